@@ -1,0 +1,299 @@
+//! The loopback control endpoint: a small authenticated HTTP/JSON API that the CLI
+//! (`status`, `story`) uses to talk to the running node, and the blocking client for it.
+//!
+//! The node writes `control.json` (address and a random bearer token, mode 0600) into its
+//! data dir; only someone who can read the data dir can steer the node. The server only
+//! forwards requests to the node loop: it never touches the document itself.
+
+use crate::identity::write_private;
+use crate::model::NewStory;
+use crate::node::{ApiRequest, StatusReport};
+use crate::state::StoryView;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+pub const CONTROL_FILE: &str = "control.json";
+
+/// Where a running node's control endpoint is, and how to authenticate to it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ControlInfo {
+    pub addr: SocketAddr,
+    pub token: String,
+    pub pid: u32,
+    pub peer_id: String,
+}
+
+#[derive(Clone)]
+struct AppState {
+    token: String,
+    node: mpsc::Sender<ApiRequest>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+fn err(code: StatusCode, msg: impl Into<String>) -> Response {
+    (code, Json(ErrorBody { error: msg.into() })).into_response()
+}
+
+fn authorized(headers: &HeaderMap, st: &AppState) -> Result<(), Response> {
+    let want = format!("Bearer {}", st.token);
+    match headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        Some(v) if v == want => Ok(()),
+        _ => Err(err(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong control token",
+        )),
+    }
+}
+
+async fn ask<T>(
+    st: &AppState,
+    make: impl FnOnce(oneshot::Sender<T>) -> ApiRequest,
+) -> Result<T, Response> {
+    let (tx, rx) = oneshot::channel();
+    st.node
+        .send(make(tx))
+        .await
+        .map_err(|_| err(StatusCode::SERVICE_UNAVAILABLE, "node is stopping"))?;
+    rx.await
+        .map_err(|_| err(StatusCode::SERVICE_UNAVAILABLE, "node is stopping"))
+}
+
+async fn status(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorized(&headers, &st) {
+        return r;
+    }
+    match ask(&st, ApiRequest::Status).await {
+        Ok(s) => Json(s).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn list_stories(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorized(&headers, &st) {
+        return r;
+    }
+    match ask(&st, ApiRequest::View).await {
+        Ok(v) => {
+            let list: Vec<StoryView> = v.stories_ordered().into_iter().cloned().collect();
+            Json(list).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+async fn show_story(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+) -> Response {
+    if let Err(r) = authorized(&headers, &st) {
+        return r;
+    }
+    match ask(&st, ApiRequest::View).await {
+        Ok(v) => match v.resolve(&id) {
+            Ok(s) => Json(s.clone()).into_response(),
+            Err(e) => err(StatusCode::NOT_FOUND, e.to_string()),
+        },
+        Err(r) => r,
+    }
+}
+
+async fn add_story(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Json(new): Json<NewStory>,
+) -> Response {
+    if let Err(r) = authorized(&headers, &st) {
+        return r;
+    }
+    match ask(&st, |tx| ApiRequest::AddStory(new, tx)).await {
+        Ok(Ok(s)) => (StatusCode::CREATED, Json(s)).into_response(),
+        Ok(Err(e)) => err(StatusCode::BAD_REQUEST, e),
+        Err(r) => r,
+    }
+}
+
+/// Binds the control endpoint and writes `control.json` into `data_dir`. The server runs
+/// until the returned task is aborted or the node's API channel closes.
+pub async fn serve(
+    bind: SocketAddr,
+    data_dir: &Path,
+    peer_id: String,
+    node: mpsc::Sender<ApiRequest>,
+) -> std::io::Result<(ControlInfo, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(bind).await?;
+    let addr = listener.local_addr()?;
+    let mut raw = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    let info = ControlInfo {
+        addr,
+        token: hex::encode(raw),
+        pid: std::process::id(),
+        peer_id,
+    };
+    let json = serde_json::to_vec_pretty(&info).map_err(std::io::Error::other)?;
+    write_private(&data_dir.join(CONTROL_FILE), &json).map_err(std::io::Error::other)?;
+    let app = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/stories", get(list_stories).post(add_story))
+        .route("/v1/stories/{id}", get(show_story))
+        .with_state(AppState {
+            token: info.token.clone(),
+            node,
+        });
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "control endpoint stopped");
+        }
+    });
+    tracing::info!(%addr, "control endpoint listening");
+    Ok((info, task))
+}
+
+/// Removes `control.json` (on clean shutdown).
+pub fn remove_control_file(data_dir: &Path) {
+    let _ = std::fs::remove_file(data_dir.join(CONTROL_FILE));
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "no node is running with data dir {dir} (start one with `mesh-agent run --data-dir {dir}`)"
+    )]
+    NotRunning { dir: String },
+    #[error("{path}: {why}")]
+    BadControlFile { path: PathBuf, why: String },
+    #[error("the node refused the request: {0}")]
+    Refused(String),
+    #[error("talking to the node at {addr} failed: {why}")]
+    Transport { addr: SocketAddr, why: String },
+}
+
+/// Blocking client for the control endpoint.
+pub struct ControlClient {
+    info: ControlInfo,
+    agent: ureq::Agent,
+}
+
+impl ControlClient {
+    /// Finds the running node of `data_dir`. `Ok(None)` when none is running.
+    pub fn for_data_dir(data_dir: &Path) -> Result<Option<ControlClient>, ClientError> {
+        let path = data_dir.join(CONTROL_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(ClientError::BadControlFile {
+                    path,
+                    why: e.to_string(),
+                })
+            }
+        };
+        let info: ControlInfo =
+            serde_json::from_str(&text).map_err(|e| ClientError::BadControlFile {
+                path: path.clone(),
+                why: e.to_string(),
+            })?;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        let client = ControlClient { info, agent };
+        // A control file left by a crashed node points at nothing: treat as not running.
+        if std::net::TcpStream::connect_timeout(&client.info.addr, Duration::from_secs(2)).is_err()
+        {
+            return Ok(None);
+        }
+        Ok(Some(client))
+    }
+
+    pub fn info(&self) -> &ControlInfo {
+        &self.info
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.info.addr, path)
+    }
+
+    fn transport(&self, e: impl std::fmt::Display) -> ClientError {
+        ClientError::Transport {
+            addr: self.info.addr,
+            why: e.to_string(),
+        }
+    }
+
+    fn finish<T: serde::de::DeserializeOwned>(
+        &self,
+        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<T, ClientError> {
+        let mut resp = resp.map_err(|e| self.transport(e))?;
+        let ok = resp.status().is_success();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(256 * 1024 * 1024)
+            .read_to_string()
+            .map_err(|e| self.transport(e))?;
+        if !ok {
+            let msg = serde_json::from_str::<ErrorBody>(&body)
+                .map(|b| b.error)
+                .unwrap_or(body);
+            return Err(ClientError::Refused(msg));
+        }
+        serde_json::from_str(&body).map_err(|e| self.transport(e))
+    }
+
+    fn auth(&self) -> String {
+        format!("Bearer {}", self.info.token)
+    }
+
+    pub fn status(&self) -> Result<StatusReport, ClientError> {
+        let r = self
+            .agent
+            .get(self.url("/v1/status"))
+            .header("authorization", self.auth())
+            .call();
+        self.finish(r)
+    }
+
+    pub fn stories(&self) -> Result<Vec<StoryView>, ClientError> {
+        let r = self
+            .agent
+            .get(self.url("/v1/stories"))
+            .header("authorization", self.auth())
+            .call();
+        self.finish(r)
+    }
+
+    pub fn story(&self, id: &str) -> Result<StoryView, ClientError> {
+        let r = self
+            .agent
+            .get(self.url(&format!("/v1/stories/{id}")))
+            .header("authorization", self.auth())
+            .call();
+        self.finish(r)
+    }
+
+    pub fn add_story(&self, new: &NewStory) -> Result<StoryView, ClientError> {
+        let r = self
+            .agent
+            .post(self.url("/v1/stories"))
+            .header("authorization", self.auth())
+            .send_json(new);
+        self.finish(r)
+    }
+}

@@ -1,0 +1,448 @@
+//! Node configuration: defaults < `config.toml` in the data dir < `MESH_*` environment
+//! variables < command-line flags. Validation names the key, the value and what is
+//! allowed, so a bad config is one clear line (the binary exits with code 2).
+
+use crate::model::Phase;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const CONFIG_FILE: &str = "config.toml";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Multiaddrs to listen on.
+    pub listen: Vec<String>,
+    /// Multiaddrs of peers to join through (one is enough).
+    pub bootstrap: Vec<String>,
+    /// Private-network pre-shared key file (relative paths are under the data dir).
+    pub psk_file: Option<PathBuf>,
+    /// Loopback address of the control endpoint used by `status` and `story`.
+    pub control_addr: String,
+    pub heartbeat_ms: u64,
+    pub suspect_after_missed: u32,
+    pub dead_after_ms: u64,
+    /// Period of the anti-entropy sync with one random alive peer.
+    pub anti_entropy_ms: u64,
+    pub roles: Vec<String>,
+    pub capacity: u32,
+    pub log_format: String,
+    pub log_level: String,
+    /// Cap on one sync message (request or response).
+    pub max_sync_message_bytes: usize,
+    /// Compact the stored document into a snapshot after this many incremental saves.
+    pub snapshot_every: u32,
+    /// Most simultaneous peer connections.
+    pub max_peers: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec!["/ip4/0.0.0.0/tcp/4001".into()],
+            bootstrap: vec![],
+            psk_file: None,
+            control_addr: "127.0.0.1:0".into(),
+            heartbeat_ms: 1000,
+            suspect_after_missed: 3,
+            dead_after_ms: 5000,
+            anti_entropy_ms: 5000,
+            roles: vec![
+                "research".into(),
+                "plan".into(),
+                "implement".into(),
+                "review".into(),
+                "rework".into(),
+                "merge".into(),
+            ],
+            capacity: 2,
+            log_format: "text".into(),
+            log_level: "info".into(),
+            max_sync_message_bytes: 32 * 1024 * 1024,
+            snapshot_every: 500,
+            max_peers: 64,
+        }
+    }
+}
+
+/// A configuration problem, phrased for the person who has to fix it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("invalid config: {key} = {value}: {allowed}")]
+    Invalid {
+        key: String,
+        value: String,
+        allowed: String,
+    },
+    #[error("invalid config file {path}: {message}")]
+    File { path: String, message: String },
+    #[error("invalid environment variable {var}={value}: {allowed}")]
+    Env {
+        var: String,
+        value: String,
+        allowed: String,
+    },
+}
+
+fn invalid(key: &str, value: impl std::fmt::Display, allowed: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        value: value.to_string(),
+        allowed: allowed.into(),
+    }
+}
+
+impl Config {
+    /// Reads `config.toml` from `data_dir` (defaults if absent), then applies `MESH_*`
+    /// variables from `env`.
+    pub fn load(
+        data_dir: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let path = data_dir.join(CONFIG_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                return Err(ConfigError::File {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })
+            }
+        };
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            message: e.message().to_string(),
+        })?;
+        apply_env(&mut table, env)?;
+        Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            message: e.message().to_string(),
+        })
+    }
+
+    /// Checks every value; the first problem wins.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for a in &self.listen {
+            if a.parse::<libp2p::Multiaddr>().is_err() {
+                return Err(invalid(
+                    "listen",
+                    format!("{a:?}"),
+                    "expected a multiaddr like /ip4/127.0.0.1/tcp/4001",
+                ));
+            }
+        }
+        if self.listen.is_empty() {
+            return Err(invalid("listen", "[]", "give at least one multiaddr"));
+        }
+        for a in &self.bootstrap {
+            if a.parse::<libp2p::Multiaddr>().is_err() {
+                return Err(invalid(
+                    "bootstrap",
+                    format!("{a:?}"),
+                    "expected a multiaddr like /ip4/10.0.0.1/tcp/4001/p2p/12D3KooW...",
+                ));
+            }
+        }
+        match self.control_addr.parse::<std::net::SocketAddr>() {
+            Ok(a) if a.ip().is_loopback() => {}
+            _ => {
+                return Err(invalid(
+                    "control_addr",
+                    format!("{:?}", self.control_addr),
+                    "expected a loopback ip:port like 127.0.0.1:7400 (port 0 picks one)",
+                ))
+            }
+        }
+        if !(50..=60_000).contains(&self.heartbeat_ms) {
+            return Err(invalid(
+                "heartbeat_ms",
+                self.heartbeat_ms,
+                "allowed 50..=60000",
+            ));
+        }
+        if !(1..=100).contains(&self.suspect_after_missed) {
+            return Err(invalid(
+                "suspect_after_missed",
+                self.suspect_after_missed,
+                "allowed 1..=100",
+            ));
+        }
+        let suspect = self.heartbeat_ms * u64::from(self.suspect_after_missed);
+        if self.dead_after_ms <= suspect {
+            return Err(invalid(
+                "dead_after_ms",
+                self.dead_after_ms,
+                &format!(
+                    "must exceed heartbeat_ms * suspect_after_missed = {suspect} (a peer is suspect before it is dead)"
+                ),
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.anti_entropy_ms) {
+            return Err(invalid(
+                "anti_entropy_ms",
+                self.anti_entropy_ms,
+                "allowed 100..=3600000",
+            ));
+        }
+        let names: Vec<&str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
+        for r in &self.roles {
+            if !names.contains(&r.as_str()) {
+                return Err(invalid(
+                    "roles",
+                    format!("{r:?}"),
+                    &format!("allowed roles are {}", names.join(", ")),
+                ));
+            }
+        }
+        if self.capacity > 1024 {
+            return Err(invalid("capacity", self.capacity, "allowed 0..=1024"));
+        }
+        if !["text", "json"].contains(&self.log_format.as_str()) {
+            return Err(invalid(
+                "log_format",
+                format!("{:?}", self.log_format),
+                "allowed values are text, json",
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            return Err(invalid(
+                "log_level",
+                format!("{:?}", self.log_level),
+                "expected error, warn, info, debug, trace or a filter like mesh_agent=debug",
+            ));
+        }
+        if !(64 * 1024..=512 * 1024 * 1024).contains(&self.max_sync_message_bytes) {
+            return Err(invalid(
+                "max_sync_message_bytes",
+                self.max_sync_message_bytes,
+                "allowed 65536..=536870912",
+            ));
+        }
+        if self.snapshot_every == 0 {
+            return Err(invalid("snapshot_every", 0, "allowed 1 and up"));
+        }
+        if !(1..=10_000).contains(&self.max_peers) {
+            return Err(invalid("max_peers", self.max_peers, "allowed 1..=10000"));
+        }
+        Ok(())
+    }
+
+    /// The commented config file `mesh-agent init` writes.
+    pub fn commented_toml(&self) -> String {
+        let list = |v: &[String]| {
+            let items: Vec<String> = v.iter().map(|s| format!("{s:?}")).collect();
+            format!("[{}]", items.join(", "))
+        };
+        let psk = match &self.psk_file {
+            Some(p) => format!("psk_file = {:?}", p.display().to_string()),
+            None => "# psk_file = \"swarm.key\"".into(),
+        };
+        format!(
+            r#"# mesh-agent node configuration.
+# Precedence: this file < MESH_* environment variables (MESH_HEARTBEAT_MS=500,
+# lists comma-separated: MESH_BOOTSTRAP=/ip4/...,/ip4/...) < command-line flags.
+
+# Multiaddrs this node listens on.
+listen = {listen}
+# Peers to join through; one reachable peer is enough (it introduces the rest).
+bootstrap = {bootstrap}
+# Private network: only nodes holding the same pre-shared key can connect.
+# Relative paths are under the data dir. Create one with `mesh-agent init --psk`.
+{psk}
+# Loopback control endpoint for `mesh-agent status` and `mesh-agent story` (port 0: any).
+control_addr = {control:?}
+
+# Membership (DESIGN.md §4): heartbeat period, suspect after this many missed
+# heartbeats, dead after this much silence.
+heartbeat_ms = {hb}
+suspect_after_missed = {sam}
+dead_after_ms = {dead}
+# Sync with one random alive peer this often, whatever the heartbeats say.
+anti_entropy_ms = {ae}
+
+# Phases this node works on: refine, research, plan, plan_review, implement, review,
+# rework, merge. And how many pieces of work it runs at once.
+roles = {roles}
+capacity = {cap}
+
+# Logs: "text" or "json"; level is a tracing filter (info, debug, mesh_agent=trace).
+log_format = {lf:?}
+log_level = {ll:?}
+
+# Limits.
+max_sync_message_bytes = {msm}
+snapshot_every = {se}
+max_peers = {mp}
+"#,
+            listen = list(&self.listen),
+            bootstrap = list(&self.bootstrap),
+            control = self.control_addr,
+            hb = self.heartbeat_ms,
+            sam = self.suspect_after_missed,
+            dead = self.dead_after_ms,
+            ae = self.anti_entropy_ms,
+            roles = list(&self.roles),
+            cap = self.capacity,
+            lf = self.log_format,
+            ll = self.log_level,
+            msm = self.max_sync_message_bytes,
+            se = self.snapshot_every,
+            mp = self.max_peers,
+        )
+    }
+
+    /// Resolves `psk_file` against the data dir.
+    pub fn psk_path(&self, data_dir: &Path) -> Option<PathBuf> {
+        self.psk_file.as_ref().map(|p| {
+            if p.is_absolute() {
+                p.clone()
+            } else {
+                data_dir.join(p)
+            }
+        })
+    }
+}
+
+/// Overlays `MESH_<KEY>` variables on the parsed file, typed by the default's shape.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let defaults = match toml::Value::try_from(Config::default()) {
+        Ok(toml::Value::Table(t)) => t,
+        _ => toml::Table::new(),
+    };
+    for (var, value) in env {
+        let Some(key) = var.strip_prefix("MESH_") else {
+            continue;
+        };
+        let key = key.to_ascii_lowercase();
+        let shape = match defaults.get(&key) {
+            Some(v) => v.clone(),
+            None if key == "psk_file" => toml::Value::String(String::new()),
+            // Not a config key (MESH_DATA_DIR and friends belong to the CLI).
+            None => continue,
+        };
+        let env_err = |allowed: &str| ConfigError::Env {
+            var: var.clone(),
+            value: value.clone(),
+            allowed: allowed.into(),
+        };
+        let parsed = match shape {
+            toml::Value::Integer(_) => toml::Value::Integer(
+                value
+                    .trim()
+                    .parse::<i64>()
+                    .map_err(|_| env_err("expected an integer"))?,
+            ),
+            toml::Value::Array(_) => toml::Value::Array(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.to_string()))
+                    .collect(),
+            ),
+            toml::Value::Boolean(_) => toml::Value::Boolean(
+                value
+                    .trim()
+                    .parse::<bool>()
+                    .map_err(|_| env_err("expected true or false"))?,
+            ),
+            _ => toml::Value::String(value.clone()),
+        };
+        table.insert(key, parsed);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_with(text: &str) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join(CONFIG_FILE), text).unwrap();
+        d
+    }
+
+    #[test]
+    fn defaults_are_valid_and_the_commented_file_round_trips() {
+        let c = Config::default();
+        c.validate().unwrap();
+        let d = dir_with(&c.commented_toml());
+        assert_eq!(Config::load(d.path(), vec![]).unwrap(), c);
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let d = dir_with("heartbeat_ms = 700\nbootstrap = [\"/ip4/1.2.3.4/tcp/1\"]\n");
+        let c = Config::load(
+            d.path(),
+            vec![
+                ("MESH_HEARTBEAT_MS".to_string(), "300".to_string()),
+                ("MESH_ROLES".to_string(), "review, plan".to_string()),
+                ("MESH_DATA_DIR".to_string(), "/x".to_string()),
+                ("HOME".to_string(), "/root".to_string()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.heartbeat_ms, 300);
+        assert_eq!(c.roles, vec!["review", "plan"]);
+        assert_eq!(c.bootstrap, vec!["/ip4/1.2.3.4/tcp/1"]);
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_allowed_values() {
+        let c = Config {
+            log_format: "xml".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "invalid config: log_format = \"xml\": allowed values are text, json"
+        );
+        let c = Config {
+            roles: vec!["deploy".into()],
+            ..Default::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("roles") && e.contains("implement, review"),
+            "{e}"
+        );
+        let c = Config {
+            dead_after_ms: 2000,
+            ..Default::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("must exceed"));
+        let c = Config {
+            control_addr: "0.0.0.0:7400".into(),
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("loopback"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_env_are_clear_errors() {
+        let d = dir_with("heartbeat = 5\n");
+        let e = Config::load(d.path(), vec![]).unwrap_err().to_string();
+        assert!(e.contains("unknown field `heartbeat`"), "{e}");
+        let d = dir_with("");
+        let e = Config::load(
+            d.path(),
+            vec![("MESH_HEARTBEAT_MS".to_string(), "fast".to_string())],
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "invalid environment variable MESH_HEARTBEAT_MS=fast: expected an integer"
+        );
+    }
+}

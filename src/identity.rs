@@ -1,0 +1,169 @@
+//! Node identity and the mesh key: the ed25519 node key (its libp2p PeerId) and the
+//! optional private-network pre-shared key, both files in the data dir with mode 0600.
+
+use libp2p::identity::Keypair;
+use libp2p::pnet::PreSharedKey;
+use libp2p::PeerId;
+use rand::RngCore;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const KEY_FILE: &str = "node.key";
+pub const PSK_FILE: &str = "swarm.key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a node key (expected 64 hex characters of an ed25519 secret); recreate it with `mesh-agent init --force`")]
+    BadKey { path: PathBuf },
+    #[error(
+        "{path}: not a pre-shared key file ({reason}); create one with `mesh-agent init --psk`"
+    )]
+    BadPsk { path: PathBuf, reason: String },
+    #[error(
+        "{path} already exists; pass --force to replace it (this changes the node's identity)"
+    )]
+    Exists { path: PathBuf },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
+    move |source| IdentityError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `contents` to `path` with mode 0600, atomically (temp file + rename).
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), IdentityError> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(contents).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// Creates a new node key in `dir`. Refuses to overwrite unless `force`.
+pub fn create_node_key(dir: &Path, force: bool) -> Result<Keypair, IdentityError> {
+    let path = dir.join(KEY_FILE);
+    if path.exists() && !force {
+        return Err(IdentityError::Exists { path });
+    }
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let signing = ed25519_dalek::SigningKey::from_bytes(&secret);
+    write_private(
+        &path,
+        format!("{}\n", hex::encode(signing.to_bytes())).as_bytes(),
+    )?;
+    keypair_from_secret(secret).ok_or(IdentityError::BadKey { path })
+}
+
+fn keypair_from_secret(secret: [u8; 32]) -> Option<Keypair> {
+    Keypair::ed25519_from_bytes(secret).ok()
+}
+
+/// Loads the node key from `dir`.
+pub fn load_node_key(dir: &Path) -> Result<Keypair, IdentityError> {
+    let path = dir.join(KEY_FILE);
+    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    let bytes =
+        hex::decode(text.trim()).map_err(|_| IdentityError::BadKey { path: path.clone() })?;
+    let secret: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| IdentityError::BadKey { path: path.clone() })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(&path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), "node key is readable by other users; chmod 600 it");
+            }
+        }
+    }
+    keypair_from_secret(secret).ok_or(IdentityError::BadKey { path })
+}
+
+pub fn peer_id(key: &Keypair) -> PeerId {
+    key.public().to_peer_id()
+}
+
+/// Creates a new random pre-shared key file (go-libp2p/IPFS `swarm.key` format).
+pub fn create_psk(path: &Path, force: bool) -> Result<PreSharedKey, IdentityError> {
+    if path.exists() && !force {
+        return Err(IdentityError::Exists {
+            path: path.to_path_buf(),
+        });
+    }
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let psk = PreSharedKey::new(bytes);
+    write_private(path, psk.to_key_file().as_bytes())?;
+    Ok(psk)
+}
+
+pub fn load_psk(path: &Path) -> Result<PreSharedKey, IdentityError> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    text.parse::<PreSharedKey>()
+        .map_err(|e| IdentityError::BadPsk {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_key_is_private_stable_and_not_overwritten() {
+        let d = tempfile::tempdir().unwrap();
+        let k = create_node_key(d.path(), false).unwrap();
+        let again = load_node_key(d.path()).unwrap();
+        assert_eq!(peer_id(&k), peer_id(&again));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(d.path().join(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert!(matches!(
+            create_node_key(d.path(), false),
+            Err(IdentityError::Exists { .. })
+        ));
+        let other = create_node_key(d.path(), true).unwrap();
+        assert_ne!(peer_id(&other), peer_id(&k));
+    }
+
+    #[test]
+    fn corrupt_keys_are_clear_errors() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join(KEY_FILE), "zz").unwrap();
+        let e = load_node_key(d.path()).unwrap_err().to_string();
+        assert!(e.contains("not a node key"), "{e}");
+        let p = d.path().join(PSK_FILE);
+        std::fs::write(&p, "hello").unwrap();
+        let e = load_psk(&p).unwrap_err().to_string();
+        assert!(e.contains("not a pre-shared key file"), "{e}");
+        let psk = create_psk(&p, true).unwrap();
+        assert_eq!(
+            load_psk(&p).unwrap().fingerprint().to_string(),
+            psk.fingerprint().to_string()
+        );
+    }
+}

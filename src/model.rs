@@ -1,0 +1,357 @@
+//! Plain data shared by every module: stories, phases, statuses, node facts and the
+//! heartbeat. No I/O, no clocks, no automerge: just types, their limits and validation.
+//!
+//! The vocabulary (ids like `S-0042`, statuses, phase names) follows ai-sdlc so a team
+//! importing a backlog from it sees the same words.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Longest story title, in characters.
+pub const MAX_TITLE_CHARS: usize = 200;
+/// Longest story body, in bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Most planned files on one story.
+pub const MAX_FILES: usize = 256;
+/// Longest planned file path, in bytes.
+pub const MAX_PATH_BYTES: usize = 1024;
+/// Most dependencies on one story.
+pub const MAX_DEPENDS: usize = 64;
+/// Most labels on one story, and the longest label.
+pub const MAX_LABELS: usize = 32;
+pub const MAX_LABEL_CHARS: usize = 64;
+/// Story priority range: lower runs first.
+pub const PRIORITY_MIN: u32 = 1;
+pub const PRIORITY_MAX: u32 = 999;
+pub const PRIORITY_DEFAULT: u32 = 100;
+
+/// The phases a story moves through, in ai-sdlc's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Refine,
+    Research,
+    Plan,
+    PlanReview,
+    Implement,
+    Review,
+    Rework,
+    Merge,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 8] = [
+        Phase::Refine,
+        Phase::Research,
+        Phase::Plan,
+        Phase::PlanReview,
+        Phase::Implement,
+        Phase::Review,
+        Phase::Rework,
+        Phase::Merge,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Refine => "refine",
+            Phase::Research => "research",
+            Phase::Plan => "plan",
+            Phase::PlanReview => "plan_review",
+            Phase::Implement => "implement",
+            Phase::Review => "review",
+            Phase::Rework => "rework",
+            Phase::Merge => "merge",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A story's derived status (never stored: the view computes it from facts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoryStatus {
+    Backlog,
+    Ready,
+    InProgress,
+    Done,
+    Blocked,
+}
+
+impl StoryStatus {
+    pub const ALL: [StoryStatus; 5] = [
+        StoryStatus::Backlog,
+        StoryStatus::Ready,
+        StoryStatus::InProgress,
+        StoryStatus::Done,
+        StoryStatus::Blocked,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoryStatus::Backlog => "backlog",
+            StoryStatus::Ready => "ready",
+            StoryStatus::InProgress => "in-progress",
+            StoryStatus::Done => "done",
+            StoryStatus::Blocked => "blocked",
+        }
+    }
+}
+
+impl fmt::Display for StoryStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a user asks for when adding a story, before validation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewStory {
+    pub title: String,
+    pub body: String,
+    pub priority: Option<u32>,
+    /// Story ids (display ids like `S-0042`, or full keys) this one depends on.
+    pub depends_on: Vec<String>,
+    pub files: Vec<String>,
+    pub labels: Vec<String>,
+}
+
+/// The story fact as stored in the document, written once by its creator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoryFact {
+    /// Number allocated by the creator (max seen + 1).
+    pub number: u32,
+    /// Creator's peer id.
+    pub created_by: String,
+    /// Creator's wall clock, milliseconds since the epoch: display and age ordering only.
+    pub created_at_ms: u64,
+    pub title: String,
+    #[serde(default)]
+    pub body: String,
+    pub priority: u32,
+    /// Story keys (not display ids) this one depends on.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    #[serde(default)]
+    pub files: Vec<String>,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default)]
+    pub source: String,
+}
+
+/// A node's slow-changing description, written on join or change (never per heartbeat).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeFact {
+    pub roles: Vec<String>,
+    pub capacity: u32,
+    pub version: String,
+}
+
+/// The gossip heartbeat (never stored in the document).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Changes on every restart (the sender's start time); with `seq` it orders beats.
+    pub incarnation: u64,
+    pub seq: u64,
+    pub roles: Vec<String>,
+    pub free_capacity: u32,
+    /// SHA-256 of the sender's sorted document heads.
+    pub heads_digest: [u8; 32],
+    /// Sender's wall clock in ms, for display only.
+    pub sent_at_ms: u64,
+}
+
+/// Errors in user-provided story input. Each names the field, the problem and the limit.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InputError {
+    #[error("title is empty: give a short summary with --title")]
+    EmptyTitle,
+    #[error("title is {0} characters; the limit is {MAX_TITLE_CHARS}")]
+    TitleTooLong(usize),
+    #[error("title contains a control character; use a single line of text")]
+    TitleControl,
+    #[error("body is {0} bytes; the limit is {MAX_BODY_BYTES}")]
+    BodyTooLong(usize),
+    #[error(
+        "priority {0} is out of range; use {PRIORITY_MIN}..={PRIORITY_MAX} (lower runs first)"
+    )]
+    Priority(u32),
+    #[error("{0} planned files; the limit is {MAX_FILES}")]
+    TooManyFiles(usize),
+    #[error("{0} dependencies; the limit is {MAX_DEPENDS}")]
+    TooManyDepends(usize),
+    #[error(
+        "{0} labels (or a label over {MAX_LABEL_CHARS} characters); the limit is {MAX_LABELS}"
+    )]
+    Labels(usize),
+    #[error("file path {path:?} {why}")]
+    BadPath { path: String, why: &'static str },
+    #[error("unknown story {0:?}: see `mesh-agent story list`")]
+    UnknownStory(String),
+    #[error("story id {0:?} is ambiguous: use the full id shown by `story show`")]
+    AmbiguousStory(String),
+}
+
+/// Normalises a repo-relative path: strips `./`, collapses `a/../b`, and rejects absolute
+/// paths and anything that escapes the repository root.
+pub fn normalize_repo_path(path: &str) -> Result<String, InputError> {
+    let bad = |why| InputError::BadPath {
+        path: path.to_string(),
+        why,
+    };
+    if path.is_empty() {
+        return Err(bad("is empty"));
+    }
+    if path.len() > MAX_PATH_BYTES {
+        return Err(bad("is longer than 1024 bytes"));
+    }
+    if path.starts_with('/') || path.starts_with('\\') || path.contains(':') {
+        return Err(bad(
+            "is absolute; use a path relative to the repository root",
+        ));
+    }
+    if path.chars().any(|c| c.is_control()) {
+        return Err(bad("contains a control character"));
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split(['/', '\\']) {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err(bad("escapes the repository root"));
+                }
+            }
+            p => parts.push(p),
+        }
+    }
+    if parts.is_empty() {
+        return Err(bad("names the repository root, not a file"));
+    }
+    Ok(parts.join("/"))
+}
+
+impl NewStory {
+    /// Checks every field against its limit and normalises file paths. Dependencies are
+    /// resolved later, against the view.
+    pub fn validate(&self) -> Result<(String, String, u32, Vec<String>, Vec<String>), InputError> {
+        let title = self.title.trim().to_string();
+        if title.is_empty() {
+            return Err(InputError::EmptyTitle);
+        }
+        let n = title.chars().count();
+        if n > MAX_TITLE_CHARS {
+            return Err(InputError::TitleTooLong(n));
+        }
+        if title.chars().any(|c| c.is_control()) {
+            return Err(InputError::TitleControl);
+        }
+        if self.body.len() > MAX_BODY_BYTES {
+            return Err(InputError::BodyTooLong(self.body.len()));
+        }
+        let priority = self.priority.unwrap_or(PRIORITY_DEFAULT);
+        if !(PRIORITY_MIN..=PRIORITY_MAX).contains(&priority) {
+            return Err(InputError::Priority(priority));
+        }
+        if self.files.len() > MAX_FILES {
+            return Err(InputError::TooManyFiles(self.files.len()));
+        }
+        if self.depends_on.len() > MAX_DEPENDS {
+            return Err(InputError::TooManyDepends(self.depends_on.len()));
+        }
+        if self.labels.len() > MAX_LABELS
+            || self
+                .labels
+                .iter()
+                .any(|l| l.chars().count() > MAX_LABEL_CHARS)
+        {
+            return Err(InputError::Labels(self.labels.len()));
+        }
+        let mut files = Vec::with_capacity(self.files.len());
+        for f in &self.files {
+            let f = normalize_repo_path(f.trim())?;
+            if !files.contains(&f) {
+                files.push(f);
+            }
+        }
+        let labels = self
+            .labels
+            .iter()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        Ok((title, self.body.clone(), priority, files, labels))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_normalised_and_escapes_rejected() {
+        assert_eq!(normalize_repo_path("./src//a/../b.rs").unwrap(), "src/b.rs");
+        assert_eq!(normalize_repo_path("src\\lib.rs").unwrap(), "src/lib.rs");
+        for bad in ["", "/etc/passwd", "../x", "a/../../x", ".", "C:/x", "a/\n"] {
+            assert!(normalize_repo_path(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn story_input_limits_name_the_field() {
+        let ok = NewStory {
+            title: "  Add login  ".into(),
+            files: vec!["src/a.rs".into(), "./src/a.rs".into()],
+            ..Default::default()
+        };
+        let (title, _, prio, files, _) = ok.validate().unwrap();
+        assert_eq!(title, "Add login");
+        assert_eq!(prio, PRIORITY_DEFAULT);
+        assert_eq!(files, vec!["src/a.rs"], "duplicate paths collapse");
+
+        let long = NewStory {
+            title: "x".repeat(MAX_TITLE_CHARS + 1),
+            ..Default::default()
+        };
+        assert!(long
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("limit is 200"));
+        let empty = NewStory::default();
+        assert_eq!(empty.validate().unwrap_err(), InputError::EmptyTitle);
+        let prio = NewStory {
+            title: "t".into(),
+            priority: Some(0),
+            ..Default::default()
+        };
+        assert!(prio.validate().unwrap_err().to_string().contains("1..=999"));
+        let esc = NewStory {
+            title: "t".into(),
+            files: vec!["../../etc/passwd".into()],
+            ..Default::default()
+        };
+        assert!(esc
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("escapes the repository root"));
+    }
+
+    #[test]
+    fn phase_names_round_trip() {
+        for p in Phase::ALL {
+            assert_eq!(Phase::parse(p.as_str()), Some(p));
+        }
+        assert_eq!(Phase::parse("deploy"), None);
+    }
+}

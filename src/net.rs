@@ -1,0 +1,688 @@
+//! The network shell: one task owns the libp2p `Swarm`; everything else talks to it
+//! through a bounded [`NetCommand`] channel and hears from it through [`NetEvent`]s.
+//!
+//! Transport: TCP, then (optionally) the libp2p private-network handshake with the mesh's
+//! pre-shared key, then noise and yamux. Behaviours: gossipsub (heartbeat and event
+//! topics), identify + kademlia (a node that knows one peer learns the rest), a
+//! request-response protocol that carries automerge sync messages, ping, and connection
+//! limits. Every inbound size is capped here or in `codec`; this module never decodes
+//! application payloads and never panics on what a peer sends.
+
+use futures::{AsyncRead, AsyncWrite, StreamExt};
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::Boxed;
+use libp2p::core::upgrade;
+use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
+use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::request_response::{self, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    connection_limits, identify, kad, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol,
+    Swarm, Transport,
+};
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+pub const HEARTBEAT_TOPIC: &str = "mesh-agent/heartbeat/1";
+pub const EVENTS_TOPIC: &str = "mesh-agent/events/1";
+pub const SYNC_PROTOCOL: &str = "/mesh-agent/sync/1";
+pub const KAD_PROTOCOL: &str = "/mesh-agent/kad/1";
+pub const IDENTIFY_PROTOCOL: &str = "/mesh-agent/id/1";
+/// Cap on one gossip message (heartbeat or event).
+pub const MAX_GOSSIP_BYTES: usize = 64 * 1024;
+
+/// Counters shared by the network task and whoever reports on it.
+#[derive(Debug, Default)]
+pub struct NetMetrics {
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub handshake_failures: AtomicU64,
+    pub oversized_dropped: AtomicU64,
+    pub sync_failures: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topic {
+    Heartbeat,
+    Events,
+}
+
+impl Topic {
+    fn ident(self) -> IdentTopic {
+        IdentTopic::new(match self {
+            Topic::Heartbeat => HEARTBEAT_TOPIC,
+            Topic::Events => EVENTS_TOPIC,
+        })
+    }
+}
+
+pub struct NetConfig {
+    pub keypair: libp2p::identity::Keypair,
+    pub psk: Option<PreSharedKey>,
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub max_sync_bytes: usize,
+    pub max_peers: u32,
+    pub request_timeout: Duration,
+}
+
+/// Commands into the network task.
+#[derive(Debug)]
+pub enum NetCommand {
+    Publish {
+        topic: Topic,
+        data: Vec<u8>,
+    },
+    /// Sends one sync request; the answer arrives as [`NetEvent::SyncResponse`] or
+    /// [`NetEvent::SyncFailed`].
+    SendSync {
+        peer: PeerId,
+        data: Vec<u8>,
+    },
+    Respond {
+        channel: ResponseChannel<Vec<u8>>,
+        data: Vec<u8>,
+    },
+    Dial(Multiaddr),
+    Info(oneshot::Sender<NetInfo>),
+}
+
+/// What the network task reports about itself.
+#[derive(Debug, Clone, Default)]
+pub struct NetInfo {
+    pub listen_addrs: Vec<Multiaddr>,
+    pub connected: Vec<PeerId>,
+}
+
+/// Events out of the network task.
+#[derive(Debug)]
+pub enum NetEvent {
+    Listening(Multiaddr),
+    Gossip {
+        topic: Topic,
+        from: PeerId,
+        data: Vec<u8>,
+    },
+    SyncRequest {
+        peer: PeerId,
+        data: Vec<u8>,
+        channel: ResponseChannel<Vec<u8>>,
+    },
+    SyncResponse {
+        peer: PeerId,
+        data: Vec<u8>,
+    },
+    SyncFailed {
+        peer: PeerId,
+        error: String,
+    },
+    Connected(PeerId),
+    Disconnected(PeerId),
+    /// A connection failed in the secure handshake (most likely a mesh key mismatch).
+    HandshakeFailed {
+        who: String,
+        error: String,
+    },
+}
+
+/// Cheap handle to the network task.
+#[derive(Clone, Debug)]
+pub struct NetClient {
+    tx: mpsc::Sender<NetCommand>,
+    pub local_peer_id: PeerId,
+    pub metrics: Arc<NetMetrics>,
+}
+
+impl NetClient {
+    /// Sends a command; returns false if the network task is gone.
+    pub async fn send(&self, cmd: NetCommand) -> bool {
+        self.tx.send(cmd).await.is_ok()
+    }
+
+    pub async fn info(&self) -> NetInfo {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(NetCommand::Info(tx)).await {
+            return NetInfo::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    limits: connection_limits::Behaviour,
+    gossipsub: gossipsub::Behaviour,
+    identify: identify::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    sync: request_response::Behaviour<SyncCodec>,
+    ping: ping::Behaviour,
+}
+
+/// Length-prefixed byte frames with a size cap checked before allocating.
+#[derive(Clone)]
+struct SyncCodec {
+    max: usize,
+}
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
+    use futures::AsyncReadExt;
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("sync frame of {len} bytes exceeds the cap of {max}"),
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, data: &[u8]) -> io::Result<()> {
+    use futures::AsyncWriteExt;
+    let len = u32::try_from(data.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(data).await?;
+    io.close().await
+}
+
+impl request_response::Codec for SyncCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io, self.max).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io, self.max).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &req).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &res).await
+    }
+}
+
+/// A TCP stream that counts the bytes it carries (for idle-traffic measurements).
+struct CountingIo<S> {
+    inner: S,
+    metrics: Arc<NetMetrics>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for CountingIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.metrics
+                .bytes_in
+                .fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for CountingIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.metrics
+                .bytes_out
+                .fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+fn build_transport(
+    key: &libp2p::identity::Keypair,
+    psk: Option<PreSharedKey>,
+    metrics: Arc<NetMetrics>,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
+    let noise = noise::Config::new(key)?;
+    let tcp =
+        tcp::tokio::Transport::new(tcp::Config::default().nodelay(true)).map(move |stream, _| {
+            CountingIo {
+                inner: stream,
+                metrics: metrics.clone(),
+            }
+        });
+    Ok(match psk {
+        Some(psk) => tcp
+            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+            .upgrade(upgrade::Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
+        None => tcp
+            .upgrade(upgrade::Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+            .boxed(),
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("network setup failed: {0}")]
+    Setup(String),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+}
+
+fn build_swarm(cfg: &NetConfig, metrics: Arc<NetMetrics>) -> Result<Swarm<Behaviour>, NetError> {
+    let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
+    let psk = cfg.psk;
+    let max_sync = cfg.max_sync_bytes;
+    let max_peers = cfg.max_peers;
+    let timeout = cfg.request_timeout;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.keypair.clone())
+        .with_tokio()
+        .with_other_transport(|key| {
+            build_transport(key, psk, metrics)
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        })
+        .map_err(|e| setup(&e))?
+        .with_behaviour(|key| {
+            let local = key.public().to_peer_id();
+            let gossip_cfg = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_millis(500))
+                .validation_mode(ValidationMode::Strict)
+                .max_transmit_size(MAX_GOSSIP_BYTES)
+                .message_id_fn(|m: &gossipsub::Message| {
+                    let mut h = Sha256::new();
+                    h.update(m.source.map(|p| p.to_bytes()).unwrap_or_default());
+                    h.update(&m.data);
+                    gossipsub::MessageId::from(hex::encode(&h.finalize()[..20]))
+                })
+                .build()?;
+            let gossipsub =
+                gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_cfg)?;
+            let identify = identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                    .with_push_listen_addr_updates(true),
+            );
+            let mut kad_cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+            kad_cfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(30)));
+            let mut kad =
+                kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), kad_cfg);
+            kad.set_mode(Some(kad::Mode::Server));
+            let sync = request_response::Behaviour::with_codec(
+                SyncCodec { max: max_sync },
+                [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
+                request_response::Config::default()
+                    .with_request_timeout(timeout)
+                    .with_max_concurrent_streams(256),
+            );
+            let limits = connection_limits::Behaviour::new(
+                connection_limits::ConnectionLimits::default()
+                    .with_max_established(Some(max_peers * 2))
+                    .with_max_established_per_peer(Some(2))
+                    .with_max_pending_incoming(Some(max_peers))
+                    .with_max_pending_outgoing(Some(max_peers)),
+            );
+            Ok(Behaviour {
+                limits,
+                gossipsub,
+                identify,
+                kad,
+                sync,
+                ping: ping::Behaviour::new(ping::Config::new()),
+            })
+        })
+        .map_err(|e| setup(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    Ok(swarm)
+}
+
+/// Starts the network task. Returns once every listen address is bound.
+pub async fn spawn(
+    cfg: NetConfig,
+) -> Result<
+    (
+        NetClient,
+        mpsc::Receiver<NetEvent>,
+        tokio::task::JoinHandle<()>,
+    ),
+    NetError,
+> {
+    let metrics = Arc::new(NetMetrics::default());
+    let mut swarm = build_swarm(&cfg, metrics.clone())?;
+    for t in [Topic::Heartbeat, Topic::Events] {
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&t.ident())
+            .map_err(|e| NetError::Setup(e.to_string()))?;
+    }
+    let (ev_tx, ev_rx) = mpsc::channel(4096);
+    for addr in &cfg.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+    }
+    // Wait until every listener is bound (or failed), so callers can print real ports.
+    let mut listening = Vec::new();
+    while listening.len() < cfg.listen.len() {
+        match swarm.select_next_some().await {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                listening.push(address.clone());
+                let _ = ev_tx.try_send(NetEvent::Listening(address));
+            }
+            SwarmEvent::ListenerClosed { reason, .. } => {
+                return Err(NetError::Listen {
+                    addr: cfg.listen[0].clone(),
+                    reason: format!("{reason:?}"),
+                });
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                return Err(NetError::Listen {
+                    addr: cfg.listen[0].clone(),
+                    reason: error.to_string(),
+                });
+            }
+            _ => {}
+        }
+    }
+    let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+    let local_peer_id = *swarm.local_peer_id();
+    let client = NetClient {
+        tx: cmd_tx,
+        local_peer_id,
+        metrics: metrics.clone(),
+    };
+    let lp = EventLoop {
+        swarm,
+        cmd_rx,
+        ev_tx,
+        bootstrap: cfg.bootstrap,
+        max_peers: cfg.max_peers as usize,
+        metrics,
+        connected: HashSet::new(),
+    };
+    let handle = tokio::spawn(lp.run());
+    Ok((client, ev_rx, handle))
+}
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    cmd_rx: mpsc::Receiver<NetCommand>,
+    ev_tx: mpsc::Sender<NetEvent>,
+    bootstrap: Vec<Multiaddr>,
+    max_peers: usize,
+    metrics: Arc<NetMetrics>,
+    connected: HashSet<PeerId>,
+}
+
+impl EventLoop {
+    async fn run(mut self) {
+        self.dial_bootstrap();
+        let mut redial = tokio::time::interval(Duration::from_secs(5));
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = self.cmd_rx.recv() => match cmd {
+                    Some(cmd) => self.handle_command(cmd),
+                    None => break,
+                },
+                ev = self.swarm.select_next_some() => self.handle_event(ev).await,
+                _ = redial.tick() => {
+                    if self.connected.is_empty() {
+                        self.dial_bootstrap();
+                    }
+                }
+            }
+        }
+        tracing::debug!("network task stopped");
+    }
+
+    fn dial_bootstrap(&mut self) {
+        for addr in self.bootstrap.clone() {
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+            }
+        }
+    }
+
+    fn handle_command(&mut self, cmd: NetCommand) {
+        let b = self.swarm.behaviour_mut();
+        match cmd {
+            NetCommand::Publish { topic, data } => {
+                if let Err(e) = b.gossipsub.publish(topic.ident(), data) {
+                    // No subscribed peers yet, or a duplicate: gossip is best effort and
+                    // the automerge sync is the reliable path.
+                    tracing::trace!(?topic, error = %e, "publish skipped");
+                }
+            }
+            NetCommand::SendSync { peer, data } => {
+                b.sync.send_request(&peer, data);
+            }
+            NetCommand::Respond { channel, data } => {
+                if b.sync.send_response(channel, data).is_err() {
+                    tracing::debug!("sync response dropped: requester gone");
+                }
+            }
+            NetCommand::Dial(addr) => {
+                if let Err(e) = self.swarm.dial(addr.clone()) {
+                    tracing::warn!(%addr, error = %e, "dial failed");
+                }
+            }
+            NetCommand::Info(tx) => {
+                let _ = tx.send(NetInfo {
+                    listen_addrs: self.swarm.listeners().cloned().collect(),
+                    connected: self.connected.iter().copied().collect(),
+                });
+            }
+        }
+    }
+
+    async fn emit(&mut self, ev: NetEvent) {
+        // Bounded: if the node loop is far behind we wait, which backpressures the swarm.
+        let _ = self.ev_tx.send(ev).await;
+    }
+
+    async fn handle_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                self.emit(NetEvent::Listening(address)).await;
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                if num_established.get() == 1 {
+                    tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
+                    self.connected.insert(peer_id);
+                    self.emit(NetEvent::Connected(peer_id)).await;
+                }
+                if endpoint.is_dialer() {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, endpoint.get_remote_address().clone());
+                    if self.connected.len() == 1 {
+                        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                    }
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established == 0 {
+                    tracing::info!(peer = %peer_id, "peer disconnected");
+                    self.connected.remove(&peer_id);
+                    self.emit(NetEvent::Disconnected(peer_id)).await;
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                let who = peer_id.map_or_else(|| "unknown peer".to_string(), |p| p.to_string());
+                self.connection_error(who, format!("{error:#}")).await;
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                self.connection_error(send_back_addr.to_string(), format!("{error:#}"))
+                    .await;
+            }
+            SwarmEvent::Behaviour(ev) => self.handle_behaviour(ev).await,
+            _ => {}
+        }
+    }
+
+    async fn connection_error(&mut self, who: String, error: String) {
+        let lower = error.to_lowercase();
+        if lower.contains("noise")
+            || lower.contains("handshake")
+            || lower.contains("decrypt")
+            || lower.contains("multistream")
+            || lower.contains("protocol negotiation")
+            || lower.contains("invalid data")
+        {
+            self.metrics
+                .handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                peer = %who,
+                error,
+                "connection refused during the secure handshake: the pre-shared mesh keys differ (or one side has none); check psk_file on both nodes"
+            );
+            self.emit(NetEvent::HandshakeFailed { who, error }).await;
+        } else {
+            tracing::debug!(peer = %who, error, "connection failed");
+        }
+    }
+
+    async fn handle_behaviour(&mut self, ev: BehaviourEvent) {
+        match ev {
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
+                let topic = if message.topic == Topic::Heartbeat.ident().hash() {
+                    Topic::Heartbeat
+                } else if message.topic == Topic::Events.ident().hash() {
+                    Topic::Events
+                } else {
+                    return;
+                };
+                let Some(from) = message.source else {
+                    return;
+                };
+                self.emit(NetEvent::Gossip {
+                    topic,
+                    from,
+                    data: message.data,
+                })
+                .await;
+            }
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }) => {
+                if !self.connected.contains(&peer) && self.connected.len() < self.max_peers {
+                    let _ = self.swarm.dial(peer);
+                }
+            }
+            BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => {
+                match message {
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => {
+                        self.emit(NetEvent::SyncRequest {
+                            peer,
+                            data: request,
+                            channel,
+                        })
+                        .await;
+                    }
+                    request_response::Message::Response { response, .. } => {
+                        self.emit(NetEvent::SyncResponse {
+                            peer,
+                            data: response,
+                        })
+                        .await;
+                    }
+                }
+            }
+            BehaviourEvent::Sync(request_response::Event::OutboundFailure {
+                peer, error, ..
+            }) => {
+                self.metrics.sync_failures.fetch_add(1, Ordering::Relaxed);
+                self.emit(NetEvent::SyncFailed {
+                    peer,
+                    error: error.to_string(),
+                })
+                .await;
+            }
+            BehaviourEvent::Sync(request_response::Event::InboundFailure {
+                peer, error, ..
+            }) => {
+                self.metrics.sync_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, %error, "inbound sync failed");
+            }
+            _ => {}
+        }
+    }
+}

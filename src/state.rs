@@ -1,0 +1,545 @@
+//! The replicated document and its typed reads and writes. Owns the automerge document;
+//! derives [`View`], a pure and deterministic fold of it.
+//!
+//! Invariants:
+//! - Facts, not status: every fact is a JSON value written once under a root key that
+//!   exactly one writer can create (`story/<number>@<creator tag>`, `node/<peer>`), so
+//!   no two nodes ever race to create the same container.
+//! - Heartbeats and progress never enter the document.
+//! - Never reads a clock and never does I/O: callers pass the time and persist the bytes
+//!   this module hands back.
+
+use crate::model::{InputError, NewStory, NodeFact, StoryFact, StoryStatus};
+use automerge::sync::{self, SyncDoc};
+use automerge::transaction::Transactable;
+use automerge::{ActorId, AutoCommit, ReadDoc, ScalarValue, Value, ROOT};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+const STORY_PREFIX: &str = "story/";
+const NODE_PREFIX: &str = "node/";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("document data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("sync message rejected: {0}")]
+    Sync(String),
+    #[error(transparent)]
+    Input(#[from] InputError),
+}
+
+/// Per-peer automerge sync state (one for each direction of a peer pair).
+pub type SyncState = sync::State;
+
+/// Resets a sync state for a new session: keeps what is known of the peer's heads but
+/// forgets in-flight bookkeeping, so a fresh session always makes progress.
+pub fn reset_sync_state(state: &SyncState) -> SyncState {
+    SyncState::decode(&state.encode()).unwrap_or_default()
+}
+
+/// The short tag of a peer id used in story keys: its last six characters.
+pub fn peer_tag(peer: &str) -> &str {
+    let n = peer.len();
+    &peer[n.saturating_sub(6)..]
+}
+
+/// The replicated document.
+pub struct Doc {
+    inner: AutoCommit,
+}
+
+impl std::fmt::Debug for Doc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Doc").finish_non_exhaustive()
+    }
+}
+
+impl Doc {
+    /// An empty document with a fresh actor id. Every process start uses a new actor, so
+    /// a node that lost unflushed changes in a crash can never reuse a sequence number.
+    pub fn new(actor: [u8; 16]) -> Doc {
+        Doc {
+            inner: AutoCommit::new().with_actor(ActorId::from(actor.as_slice())),
+        }
+    }
+
+    /// Loads a document from a snapshot (possibly empty) plus incremental chunks.
+    pub fn load(actor: [u8; 16], snapshot: &[u8], chunks: &[Vec<u8>]) -> Result<Doc, StateError> {
+        let mut inner = if snapshot.is_empty() {
+            AutoCommit::new()
+        } else {
+            AutoCommit::load(snapshot).map_err(|e| StateError::Corrupt(e.to_string()))?
+        };
+        for c in chunks {
+            inner
+                .load_incremental(c)
+                .map_err(|e| StateError::Corrupt(e.to_string()))?;
+        }
+        inner.set_actor(ActorId::from(actor.as_slice()));
+        Ok(Doc { inner })
+    }
+
+    /// Bytes of every change since the last save (empty when nothing changed).
+    pub fn save_incremental(&mut self) -> Vec<u8> {
+        self.inner.save_incremental()
+    }
+
+    /// A compacted snapshot of the whole document.
+    pub fn save(&mut self) -> Vec<u8> {
+        self.inner.save()
+    }
+
+    /// SHA-256 over the sorted heads: equal digests mean equal documents.
+    pub fn heads_digest(&mut self) -> [u8; 32] {
+        let mut heads = self.inner.get_heads();
+        heads.sort();
+        let mut h = Sha256::new();
+        for head in &heads {
+            h.update(head.as_ref());
+        }
+        h.finalize().into()
+    }
+
+    pub fn heads_hex(&mut self) -> Vec<String> {
+        let mut heads: Vec<String> = self
+            .inner
+            .get_heads()
+            .iter()
+            .map(|h| h.to_string())
+            .collect();
+        heads.sort();
+        heads
+    }
+
+    /// The next sync message for a peer, or `None` when that peer has everything.
+    pub fn sync_generate(&mut self, state: &mut SyncState) -> Option<Vec<u8>> {
+        self.inner
+            .sync()
+            .generate_sync_message(state)
+            .map(|m| m.encode())
+    }
+
+    /// Applies a sync message from a peer. Returns whether the document changed.
+    pub fn sync_receive(
+        &mut self,
+        state: &mut SyncState,
+        bytes: &[u8],
+    ) -> Result<bool, StateError> {
+        let msg = sync::Message::decode(bytes).map_err(|e| StateError::Sync(e.to_string()))?;
+        let before = self.inner.get_heads();
+        self.inner
+            .sync()
+            .receive_sync_message(state, msg)
+            .map_err(|e| StateError::Sync(e.to_string()))?;
+        Ok(self.inner.get_heads() != before)
+    }
+
+    fn put_fact<T: Serialize>(&mut self, key: &str, fact: &T) {
+        // Serialising our own plain structs to JSON cannot fail.
+        let json = serde_json::to_string(fact).unwrap_or_default();
+        // Writing a scalar at the root only fails on a corrupt op set; nothing useful to
+        // do but report, which the caller sees as "nothing changed".
+        if let Err(e) = self.inner.put(ROOT, key, json) {
+            tracing::error!(key, error = %e, "document write failed");
+        }
+        self.inner.commit();
+    }
+
+    /// Validates and writes a new story fact. `now_ms` is the creator's wall clock,
+    /// recorded for display and age ordering only.
+    pub fn add_story(
+        &mut self,
+        new: &NewStory,
+        creator: &str,
+        now_ms: u64,
+    ) -> Result<String, StateError> {
+        let (title, body, priority, files, labels) = new.validate()?;
+        let view = self.view();
+        let mut depends_on = Vec::new();
+        for d in &new.depends_on {
+            let key = view.resolve(d.trim())?.key.clone();
+            if !depends_on.contains(&key) {
+                depends_on.push(key);
+            }
+        }
+        let number = view.max_number() + 1;
+        let key = story_key(number, creator);
+        let fact = StoryFact {
+            number,
+            created_by: creator.to_string(),
+            created_at_ms: now_ms,
+            title,
+            body,
+            priority,
+            depends_on,
+            files,
+            labels,
+            source: "cli".into(),
+        };
+        self.put_fact(&format!("{STORY_PREFIX}{key}"), &fact);
+        Ok(key)
+    }
+
+    /// Records this node's description, only when it differs from what the document has.
+    /// Returns whether a write happened.
+    pub fn put_node(&mut self, peer: &str, fact: &NodeFact) -> bool {
+        let key = format!("{NODE_PREFIX}{peer}");
+        if read_json::<NodeFact>(&self.inner, &key).as_ref() == Some(fact) {
+            return false;
+        }
+        self.put_fact(&key, fact);
+        true
+    }
+
+    /// The current view: a pure function of the document.
+    pub fn view(&self) -> View {
+        View::from_doc(&self.inner)
+    }
+}
+
+/// The document key of a story: unique without coordination because it carries its
+/// creator's tag, and a creator never reuses a number.
+pub fn story_key(number: u32, creator: &str) -> String {
+    format!("S-{number:04}@{}", peer_tag(creator))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(doc: &AutoCommit, key: &str) -> Option<T> {
+    match doc.get(ROOT, key) {
+        Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
+            ScalarValue::Str(text) => serde_json::from_str(text).ok(),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// One story as every node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoryView {
+    /// The immutable document key (`S-0042@tag`).
+    pub key: String,
+    /// The display id (`S-0042`, or `S-0042-tag` when two nodes allocated one number).
+    pub id: String,
+    pub status: StoryStatus,
+    /// Display ids of the stories this one depends on (keys when not yet known).
+    pub depends_on_ids: Vec<String>,
+    /// The fact as written by its creator.
+    pub fact: StoryFact,
+}
+
+/// The derived state of the mesh: identical on every node that folded the same document.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct View {
+    /// Stories by key.
+    pub stories: BTreeMap<String, StoryView>,
+    /// Node descriptions by peer id.
+    pub nodes: BTreeMap<String, NodeFact>,
+    /// Facts that could not be decoded (from a newer or buggy peer); skipped, counted.
+    pub malformed: u64,
+}
+
+impl View {
+    pub fn from_doc(doc: &AutoCommit) -> View {
+        let mut view = View::default();
+        let mut facts: Vec<(String, StoryFact)> = Vec::new();
+        for key in doc.keys(ROOT) {
+            if let Some(skey) = key.strip_prefix(STORY_PREFIX) {
+                match read_json::<StoryFact>(doc, &key) {
+                    Some(f) if story_key(f.number, &f.created_by) == skey => {
+                        facts.push((skey.to_string(), f))
+                    }
+                    _ => view.malformed += 1,
+                }
+            } else if let Some(peer) = key.strip_prefix(NODE_PREFIX) {
+                match read_json::<NodeFact>(doc, &key) {
+                    Some(f) => {
+                        view.nodes.insert(peer.to_string(), f);
+                    }
+                    None => view.malformed += 1,
+                }
+            }
+        }
+        // Display ids: a number allocated once reads `S-0042`; when nodes allocated the
+        // same number concurrently, the lowest creator keeps the short id and the others
+        // carry their creator's tag.
+        let mut by_number: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (i, (_, f)) in facts.iter().enumerate() {
+            by_number.entry(f.number).or_default().push(i);
+        }
+        let mut ids = vec![String::new(); facts.len()];
+        for group in by_number.values_mut() {
+            group.sort_by(|&a, &b| {
+                (&facts[a].1.created_by, &facts[a].0).cmp(&(&facts[b].1.created_by, &facts[b].0))
+            });
+            for (rank, &i) in group.iter().enumerate() {
+                let f = &facts[i].1;
+                ids[i] = if rank == 0 {
+                    format!("S-{:04}", f.number)
+                } else {
+                    format!("S-{:04}-{}", f.number, peer_tag(&f.created_by))
+                };
+            }
+        }
+        let key_to_id: BTreeMap<&str, &str> = facts
+            .iter()
+            .zip(&ids)
+            .map(|((k, _), id)| (k.as_str(), id.as_str()))
+            .collect();
+        let done = |_key: &str| false; // no merges exist until the merge gate lands
+        let mut stories = BTreeMap::new();
+        for ((key, fact), id) in facts.iter().zip(&ids) {
+            let deps_done = fact.depends_on.iter().all(|d| done(d));
+            let status = if done(key) {
+                StoryStatus::Done
+            } else if deps_done {
+                StoryStatus::Ready
+            } else {
+                StoryStatus::Backlog
+            };
+            let depends_on = fact
+                .depends_on
+                .iter()
+                .map(|d| {
+                    key_to_id
+                        .get(d.as_str())
+                        .map_or(d.clone(), |s| s.to_string())
+                })
+                .collect();
+            stories.insert(
+                key.clone(),
+                StoryView {
+                    key: key.clone(),
+                    id: id.clone(),
+                    status,
+                    depends_on_ids: depends_on,
+                    fact: fact.clone(),
+                },
+            );
+        }
+        view.stories = stories;
+        view
+    }
+
+    pub fn max_number(&self) -> u32 {
+        self.stories
+            .values()
+            .map(|s| s.fact.number)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Finds a story by display id (`S-0042`, `s-42`) or by key.
+    pub fn resolve(&self, id: &str) -> Result<&StoryView, InputError> {
+        if let Some(s) = self.stories.get(id) {
+            return Ok(s);
+        }
+        let wanted = normalize_display_id(id);
+        let found: Vec<&StoryView> = self.stories.values().filter(|s| s.id == wanted).collect();
+        match found.as_slice() {
+            [one] => Ok(one),
+            [] => Err(InputError::UnknownStory(id.to_string())),
+            _ => Err(InputError::AmbiguousStory(id.to_string())),
+        }
+    }
+
+    /// Stories in backlog order: priority (lower first), then age, then id.
+    pub fn stories_ordered(&self) -> Vec<&StoryView> {
+        let mut v: Vec<&StoryView> = self.stories.values().collect();
+        v.sort_by(|a, b| {
+            (a.fact.priority, a.fact.number, &a.id).cmp(&(b.fact.priority, b.fact.number, &b.id))
+        });
+        v
+    }
+
+    /// Story counts per status, every status present (zero when empty).
+    pub fn count_by_status(&self) -> BTreeMap<StoryStatus, usize> {
+        let mut m: BTreeMap<StoryStatus, usize> =
+            StoryStatus::ALL.iter().map(|s| (*s, 0)).collect();
+        for s in self.stories.values() {
+            *m.entry(s.status).or_default() += 1;
+        }
+        m
+    }
+}
+
+/// `s-42` → `S-0042`; anything else is returned upper-cased as given.
+fn normalize_display_id(id: &str) -> String {
+    let up = id.trim().to_uppercase();
+    let Some(rest) = up.strip_prefix("S-") else {
+        return up;
+    };
+    let (num, suffix) = match rest.split_once('-') {
+        Some((n, s)) => (n, Some(s)),
+        None => (rest, None),
+    };
+    match num.parse::<u32>() {
+        Ok(n) => match suffix {
+            // Tags are case-sensitive base58; keep the suffix as the user typed it.
+            Some(_) => {
+                let orig_suffix = id.trim().rsplit_once('-').map_or("", |(_, s)| s);
+                format!("S-{n:04}-{orig_suffix}")
+            }
+            None => format!("S-{n:04}"),
+        },
+        Err(_) => up,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "12D3KooWAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAaaaaaa";
+    const B: &str = "12D3KooWBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBbbbbbb";
+
+    fn story(title: &str) -> NewStory {
+        NewStory {
+            title: title.into(),
+            ..Default::default()
+        }
+    }
+
+    fn sync_pair(a: &mut Doc, b: &mut Doc) {
+        let (mut sa, mut sb) = (SyncState::new(), SyncState::new());
+        for _ in 0..10 {
+            let m1 = a.sync_generate(&mut sa);
+            if let Some(m) = &m1 {
+                b.sync_receive(&mut sb, m).unwrap();
+            }
+            let m2 = b.sync_generate(&mut sb);
+            if let Some(m) = &m2 {
+                a.sync_receive(&mut sa, m).unwrap();
+            }
+            if m1.is_none() && m2.is_none() {
+                return;
+            }
+        }
+        panic!("sync did not finish");
+    }
+
+    #[test]
+    fn ids_are_sequential_on_one_node() {
+        let mut d = Doc::new([1; 16]);
+        let k1 = d.add_story(&story("one"), A, 1).unwrap();
+        let k2 = d.add_story(&story("two"), A, 2).unwrap();
+        let v = d.view();
+        assert_eq!(v.stories[&k1].id, "S-0001");
+        assert_eq!(v.stories[&k2].id, "S-0002");
+        assert_eq!(v.resolve("s-2").unwrap().key, k2);
+        assert_eq!(v.resolve("S-0002").unwrap().key, k2);
+    }
+
+    #[test]
+    fn concurrent_adds_get_distinct_ids_and_the_same_view_everywhere() {
+        let mut a = Doc::new([1; 16]);
+        let mut b = Doc::new([2; 16]);
+        let ka = a.add_story(&story("from a"), A, 10).unwrap();
+        let kb = b.add_story(&story("from b"), B, 10).unwrap();
+        assert_ne!(ka, kb, "keys never collide");
+        sync_pair(&mut a, &mut b);
+        let (va, vb) = (a.view(), b.view());
+        assert_eq!(va, vb);
+        assert_eq!(
+            va.stories[&ka].id, "S-0001",
+            "lowest creator keeps the short id"
+        );
+        assert_eq!(va.stories[&kb].id, "S-0001-bbbbbb");
+        assert!(matches!(
+            va.resolve("S-0001-bbbbbb"),
+            Ok(s) if s.key == kb
+        ));
+        // Both nodes then allocate past the collision.
+        let k3 = b.add_story(&story("next"), B, 11).unwrap();
+        assert_eq!(b.view().stories[&k3].id, "S-0002");
+    }
+
+    #[test]
+    fn duplicate_and_out_of_order_delivery_fold_to_the_same_view() {
+        let mut a = Doc::new([1; 16]);
+        a.add_story(&story("one"), A, 1).unwrap();
+        let c1 = a.save_incremental();
+        let k2 = a
+            .add_story(
+                &NewStory {
+                    title: "two".into(),
+                    depends_on: vec!["S-0001".into()],
+                    ..Default::default()
+                },
+                A,
+                2,
+            )
+            .unwrap();
+        let c2 = a.save_incremental();
+        // Deliver the second change first, then the first twice.
+        let b = Doc::load([2; 16], &[], &[c2.clone(), c1.clone(), c1, c2]).unwrap();
+        assert_eq!(b.view(), a.view());
+        assert_eq!(
+            b.view().stories[&k2].depends_on_ids,
+            vec!["S-0001".to_string()]
+        );
+        assert_eq!(b.view().stories[&k2].status, StoryStatus::Backlog);
+    }
+
+    #[test]
+    fn depends_on_unknown_story_is_refused() {
+        let mut a = Doc::new([1; 16]);
+        let err = a
+            .add_story(
+                &NewStory {
+                    title: "t".into(),
+                    depends_on: vec!["S-0099".into()],
+                    ..Default::default()
+                },
+                A,
+                1,
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown story \"S-0099\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn malformed_facts_are_skipped_and_counted() {
+        let mut a = Doc::new([1; 16]);
+        a.inner
+            .put(ROOT, "story/S-0001@zzzzzz", "not json")
+            .unwrap();
+        a.inner.put(ROOT, "node/x", "{}").unwrap();
+        a.add_story(&story("fine"), A, 1).unwrap();
+        let v = a.view();
+        assert_eq!(v.malformed, 2);
+        assert_eq!(v.stories.len(), 1);
+    }
+
+    #[test]
+    fn node_fact_is_written_only_on_change() {
+        let mut a = Doc::new([1; 16]);
+        let f = NodeFact {
+            roles: vec!["implement".into()],
+            capacity: 2,
+            version: "0.1.0".into(),
+        };
+        assert!(a.put_node(A, &f));
+        assert!(
+            !a.put_node(A, &f),
+            "rewriting the same fact would grow history"
+        );
+        assert!(a.put_node(A, &NodeFact { capacity: 3, ..f }));
+    }
+
+    #[test]
+    fn snapshot_plus_incrementals_restore_everything() {
+        let mut a = Doc::new([1; 16]);
+        a.add_story(&story("one"), A, 1).unwrap();
+        let snap = a.save();
+        a.add_story(&story("two"), A, 2).unwrap();
+        let inc = a.save_incremental();
+        let mut b = Doc::load([3; 16], &snap, &[inc]).unwrap();
+        assert_eq!(b.view(), a.view());
+        assert_eq!(b.heads_digest(), a.heads_digest());
+    }
+}
