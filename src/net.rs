@@ -284,6 +284,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CountingIo<S> {
     }
 }
 
+/// An error and all its sources on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
 fn build_transport(
     key: &libp2p::identity::Keypair,
     psk: Option<PreSharedKey>,
@@ -577,14 +592,14 @@ impl EventLoop {
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 let who = peer_id.map_or_else(|| "unknown peer".to_string(), |p| p.to_string());
-                self.connection_error(who, format!("{error:#}")).await;
+                self.connection_error(who, error_chain(&error)).await;
             }
             SwarmEvent::IncomingConnectionError {
                 send_back_addr,
                 error,
                 ..
             } => {
-                self.connection_error(send_back_addr.to_string(), format!("{error:#}"))
+                self.connection_error(send_back_addr.to_string(), error_chain(&error))
                     .await;
             }
             SwarmEvent::Behaviour(ev) => self.handle_behaviour(ev).await,
@@ -594,7 +609,8 @@ impl EventLoop {
 
     async fn connection_error(&mut self, who: String, error: String) {
         let lower = error.to_lowercase();
-        if lower.contains("noise")
+        if lower.contains("negotiate transport")
+            || lower.contains("noise")
             || lower.contains("handshake")
             || lower.contains("decrypt")
             || lower.contains("multistream")

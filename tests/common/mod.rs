@@ -1,0 +1,108 @@
+//! Shared helpers for the in-process multi-node tests: fast membership timings, node
+//! start-up on loopback, and waits that await node observations (never sleeps).
+
+#![allow(dead_code)]
+
+use futures::future::select_all;
+use libp2p::identity::Keypair;
+use libp2p::pnet::PreSharedKey;
+use mesh_agent::config::Config;
+use mesh_agent::node::{self, NodeHandle, NodeOptions, Observation};
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+pub const HEARTBEAT_MS: u64 = 200;
+pub const DEAD_AFTER_MS: u64 = 1500;
+
+/// A config with short timings, listening on an ephemeral loopback port.
+pub fn test_config(bootstrap: Option<String>) -> Config {
+    Config {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        bootstrap: bootstrap.into_iter().collect(),
+        heartbeat_ms: HEARTBEAT_MS,
+        suspect_after_missed: 3,
+        dead_after_ms: DEAD_AFTER_MS,
+        anti_entropy_ms: 1000,
+        ..Config::default()
+    }
+}
+
+pub fn psk(byte: u8) -> PreSharedKey {
+    PreSharedKey::new([byte; 32])
+}
+
+/// Logs to the test output when RUST_LOG is set (e.g. RUST_LOG=mesh_agent=debug).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+pub async fn start(
+    dir: &Path,
+    key: &Keypair,
+    psk: Option<PreSharedKey>,
+    bootstrap: Option<&NodeHandle>,
+) -> NodeHandle {
+    init_tracing();
+    let cfg = test_config(bootstrap.and_then(|b| b.addr()).map(|a| a.to_string()));
+    node::start(NodeOptions {
+        config: cfg,
+        data_dir: Some(dir.to_path_buf()),
+        keypair: key.clone(),
+        psk,
+        passive: false,
+    })
+    .await
+    .expect("node starts")
+}
+
+/// Safety net for awaits that should finish: a generous bound, never a synchronisation.
+pub async fn within<T>(what: &str, secs: u64, f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(secs), f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {secs}s waiting for {what}"),
+    }
+}
+
+/// Waits until every node in `nodes` sees exactly `peers` (and they are alive).
+pub async fn wait_all_alive(nodes: &[&NodeHandle]) {
+    for n in nodes {
+        let want: Vec<String> = nodes
+            .iter()
+            .filter(|m| m.peer_id != n.peer_id)
+            .map(|m| m.peer_id.to_string())
+            .collect();
+        within("all peers alive", 30, async {
+            n.wait_for(|o| want.iter().all(|p| o.alive.contains(p)))
+                .await
+                .expect("node running")
+        })
+        .await;
+    }
+}
+
+/// Waits until all nodes report the same document heads.
+pub async fn wait_converged(nodes: &[&NodeHandle]) {
+    let mut rxs: Vec<_> = nodes.iter().map(|n| n.observe()).collect();
+    within("document convergence", 30, async {
+        loop {
+            let digests: Vec<[u8; 32]> = rxs
+                .iter_mut()
+                .map(|r| r.borrow_and_update().heads_digest)
+                .collect();
+            if digests.windows(2).all(|w| w[0] == w[1]) {
+                return;
+            }
+            let changed = select_all(rxs.iter_mut().map(|r| Box::pin(r.changed()))).await;
+            changed.0.expect("node running");
+        }
+    })
+    .await;
+}
+
+pub fn observation(n: &NodeHandle) -> Observation {
+    n.observe().borrow().clone()
+}
