@@ -1,0 +1,188 @@
+//! The binary as a user meets it: init, config errors (exit code 2, one clear line),
+//! a locked data dir, and a node killed with SIGKILL that restarts with every story it
+//! acknowledged.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mesh-agent"));
+    c.env_remove("MESH_DATA_DIR");
+    c
+}
+
+fn run_ok(args: &[&str], dir: &Path) -> String {
+    let out = bin()
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .expect("spawn");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn run_err(args: &[&str], dir: &Path) -> (i32, String) {
+    let out = bin()
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .expect("spawn");
+    assert!(!out.status.success(), "{args:?} unexpectedly succeeded");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Starts `mesh-agent run` and waits for its first `listening` line and control file.
+fn spawn_node(dir: &Path) -> Child {
+    let mut child = bin()
+        .args([
+            "run",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--log-level",
+            "warn",
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn node");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("read");
+    assert!(
+        line.starts_with("listening "),
+        "unexpected first line {line:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dir.join("control.json").exists() {
+        assert!(Instant::now() < deadline, "control endpoint never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+#[test]
+fn init_creates_a_private_key_and_a_commented_config() {
+    let d = tempfile::tempdir().unwrap();
+    let out = run_ok(&["init", "--psk"], d.path());
+    assert!(out.contains("node 12D3KooW"), "{out}");
+    let cfg = std::fs::read_to_string(d.path().join("config.toml")).unwrap();
+    assert!(cfg.contains("# Private network"), "config is commented");
+    assert!(cfg.contains("psk_file = \"swarm.key\""));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["node.key", "swarm.key"] {
+            let mode = std::fs::metadata(d.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+    }
+    let (code, err) = run_err(&["init"], d.path());
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("already initialised") && err.contains("--force"),
+        "{err}"
+    );
+}
+
+#[test]
+fn invalid_config_is_one_clear_line_and_exit_code_2() {
+    let d = tempfile::tempdir().unwrap();
+    run_ok(&["init"], d.path());
+    let out = bin()
+        .args(["run", "--data-dir"])
+        .arg(d.path())
+        .env("MESH_LOG_FORMAT", "xml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim(),
+        "error: invalid config: log_format = \"xml\": allowed values are text, json"
+    );
+    std::fs::write(d.path().join("config.toml"), "heartbeat_ms = \"fast\"\n").unwrap();
+    let (code, err) = run_err(&["run"], d.path());
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("heartbeat_ms") || err.contains("invalid type"),
+        "{err}"
+    );
+    let (code, err) = run_err(
+        &["story", "add", "--title", "x", "--priority", "0"],
+        d.path(),
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("1..=999"), "{err}");
+}
+
+#[test]
+fn status_without_a_running_node_says_how_to_start_one() {
+    let d = tempfile::tempdir().unwrap();
+    run_ok(&["init"], d.path());
+    let (code, err) = run_err(&["status"], d.path());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no node is running") && err.contains("mesh-agent run"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_sigkilled_node_restarts_with_every_acknowledged_story_and_the_lock_is_clear() {
+    let d = tempfile::tempdir().unwrap();
+    run_ok(&["init"], d.path());
+    let mut node = spawn_node(d.path());
+
+    // A second node on the same data dir is refused with a clear error.
+    let (code, err) = run_err(&["run", "--listen", "/ip4/127.0.0.1/tcp/0"], d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("in use by another mesh-agent"), "{err}");
+
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let out = run_ok(
+            &["story", "add", "--title", &format!("acked {i}")],
+            d.path(),
+        );
+        ids.push(
+            out.split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    // SIGKILL right after the last acknowledgement: no chance to flush on exit.
+    node.kill().expect("kill");
+    node.wait().expect("reap");
+
+    let node = spawn_node(d.path());
+    let list = run_ok(&["story", "list"], d.path());
+    for id in &ids {
+        assert!(
+            list.contains(id.as_str()),
+            "{id} lost after SIGKILL:\n{list}"
+        );
+    }
+    let status = run_ok(&["status", "--json"], d.path());
+    let v: serde_json::Value = serde_json::from_str(&status).expect("status json");
+    assert_eq!(v["story_counts"]["ready"], 10);
+    let mut node = node;
+    node.kill().ok();
+    node.wait().ok();
+}
