@@ -248,6 +248,7 @@ mod tests {
             free_capacity: 1,
             heads_digest: [0; 32],
             sent_at_ms: 0,
+            claims: vec![],
         }
     }
 

@@ -25,6 +25,13 @@ pub const PRIORITY_MIN: u32 = 1;
 pub const PRIORITY_MAX: u32 = 999;
 pub const PRIORITY_DEFAULT: u32 = 100;
 
+/// The gossip topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Topic {
+    Heartbeat,
+    Events,
+}
+
 /// The phases a story moves through, in ai-sdlc's words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -168,6 +175,8 @@ pub struct Heartbeat {
     pub heads_digest: [u8; 32],
     /// Sender's wall clock in ms, for display only.
     pub sent_at_ms: u64,
+    /// Claims the sender holds and is working on: each beat renews their leases.
+    pub claims: Vec<String>,
 }
 
 /// Errors in user-provided story input. Each names the field, the problem and the limit.

@@ -48,19 +48,13 @@ pub struct NetMetrics {
     pub sync_failures: AtomicU64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Topic {
-    Heartbeat,
-    Events,
-}
+pub use crate::model::Topic;
 
-impl Topic {
-    fn ident(self) -> IdentTopic {
-        IdentTopic::new(match self {
-            Topic::Heartbeat => HEARTBEAT_TOPIC,
-            Topic::Events => EVENTS_TOPIC,
-        })
-    }
+fn ident(t: Topic) -> IdentTopic {
+    IdentTopic::new(match t {
+        Topic::Heartbeat => HEARTBEAT_TOPIC,
+        Topic::Events => EVENTS_TOPIC,
+    })
 }
 
 pub struct NetConfig {
@@ -420,7 +414,7 @@ pub async fn spawn(
         swarm
             .behaviour_mut()
             .gossipsub
-            .subscribe(&t.ident())
+            .subscribe(&ident(t))
             .map_err(|e| NetError::Setup(e.to_string()))?;
     }
     let (ev_tx, ev_rx) = mpsc::channel(4096);
@@ -519,7 +513,7 @@ impl EventLoop {
         let b = self.swarm.behaviour_mut();
         match cmd {
             NetCommand::Publish { topic, data } => {
-                if let Err(e) = b.gossipsub.publish(topic.ident(), data) {
+                if let Err(e) = b.gossipsub.publish(ident(topic), data) {
                     // No subscribed peers yet, or a duplicate: gossip is best effort and
                     // the automerge sync is the reliable path.
                     tracing::trace!(?topic, error = %e, "publish skipped");
@@ -634,9 +628,9 @@ impl EventLoop {
     async fn handle_behaviour(&mut self, ev: BehaviourEvent) {
         match ev {
             BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
-                let topic = if message.topic == Topic::Heartbeat.ident().hash() {
+                let topic = if message.topic == ident(Topic::Heartbeat).hash() {
                     Topic::Heartbeat
-                } else if message.topic == Topic::Events.ident().hash() {
+                } else if message.topic == ident(Topic::Events).hash() {
                     Topic::Events
                 } else {
                     return;

@@ -1,18 +1,18 @@
-//! The node runtime: one task that owns the document, the store and the membership table,
-//! feeds them network and API inputs, and carries out what they ask for. It reads the
-//! clock (and passes the time into the pure core), runs the automerge sync sessions
-//! (per-peer state, one active session per peer), persists every change and publishes
-//! heartbeats.
+//! The node runtime: the shell around the pure [`Core`]. One task owns the core and the
+//! store; it reads the clock and passes the time in, turns network events and API
+//! requests into core inputs, and carries out the core's effects (publish, send, respond,
+//! persist). Writes that a caller is told about are flushed to disk first.
 
-use crate::codec;
 use crate::config::Config;
-use crate::membership::{Membership, MembershipConfig, Observed, PeerState, PeerStatus};
-use crate::model::{Heartbeat, NewStory, NodeFact};
-use crate::net::{self, NetClient, NetCommand, NetConfig, NetEvent, Topic};
-use crate::state::{reset_sync_state, Doc, StoryView, SyncState, View};
+pub use crate::core::Counters;
+use crate::core::{Core, CoreConfig, Effect, Input};
+use crate::membership::{MembershipConfig, PeerState, PeerStatus};
+use crate::model::{NewStory, Topic};
+use crate::net::{self, NetClient, NetCommand, NetConfig, NetEvent};
+use crate::state::{Doc, StoryView, View};
 use crate::store::{Store, StoreError};
+use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
-use rand::seq::SliceRandom;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -20,18 +20,6 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
-
-/// Most request/response rounds in one sync session before it is abandoned.
-const MAX_SYNC_ROUNDS: u32 = 64;
-
-/// One sync frame on the wire (inside the codec's version byte).
-#[derive(Debug, Serialize, Deserialize)]
-struct SyncFrame {
-    /// First message of a session: the responder resets its state for us.
-    start: bool,
-    #[serde(with = "serde_bytes")]
-    msg: Vec<u8>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -64,20 +52,6 @@ pub enum ApiRequest {
     View(oneshot::Sender<View>),
     /// Flush everything and stop the node loop; answered once stopped.
     Shutdown(oneshot::Sender<()>),
-}
-
-/// Node-level counters.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Counters {
-    pub malformed_dropped: u64,
-    pub sync_sessions_started: u64,
-    pub sync_sessions_completed: u64,
-    pub sync_failures: u64,
-    pub heartbeats_sent: u64,
-    pub heartbeats_received: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub handshake_failures: u64,
 }
 
 /// A story line in the status report.
@@ -216,7 +190,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
     };
     let mut actor = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut actor);
-    let mut doc = match &store {
+    let doc = match &store {
         Some(s) => {
             let (snap, chunks) = s.load_doc()?;
             Doc::load(actor, &snap, &chunks)?
@@ -240,47 +214,41 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
     .await?;
     let listen_addrs = net.info().await.listen_addrs;
     let peer = net.local_peer_id.to_string();
-    let mut rt = Runtime {
-        peer: peer.clone(),
-        membership: Membership::new(MembershipConfig {
-            heartbeat_ms: cfg.heartbeat_ms,
-            suspect_after_missed: cfg.suspect_after_missed,
-            dead_after_ms: cfg.dead_after_ms,
-        }),
-        digest: doc.heads_digest(),
+    let core = Core::new(
+        peer.clone(),
+        CoreConfig {
+            membership: MembershipConfig {
+                heartbeat_ms: cfg.heartbeat_ms,
+                suspect_after_missed: cfg.suspect_after_missed,
+                dead_after_ms: cfg.dead_after_ms,
+            },
+            roles: cfg.roles.clone(),
+            capacity: cfg.capacity,
+            max_sync_bytes: cfg.max_sync_message_bytes,
+            passive: opts.passive,
+        },
         doc,
-        store,
-        net: net.clone(),
-        out_sync: HashMap::new(),
-        in_sync: HashMap::new(),
-        sessions: HashMap::new(),
-        incarnation: wall_ms(),
-        hb_seq: 0,
-        started: Instant::now(),
-        passive: opts.passive,
-        counters: Counters::default(),
-        listen_addrs: listen_addrs.iter().map(|a| a.to_string()).collect(),
-        connected: Vec::new(),
-        observe: None,
-        cfg,
-    };
-    if !rt.passive {
-        let fact = NodeFact {
-            roles: rt.cfg.roles.clone(),
-            capacity: rt.cfg.capacity,
-            version: env!("CARGO_PKG_VERSION").to_string(),
-        };
-        if rt.doc.put_node(&peer, &fact) {
-            rt.persist_changes();
-            rt.flush().await;
-        }
-    }
-    tracing::info!(peer = %peer, passive = rt.passive, "node started");
+        wall_ms(),
+    );
     let (obs_tx, obs_rx) = watch::channel(Observation {
-        heads_digest: rt.digest,
+        heads_digest: core.digest(),
         ..Default::default()
     });
-    rt.observe = Some(obs_tx);
+    let mut rt = Runtime {
+        core,
+        cfg,
+        store,
+        net: net.clone(),
+        started: Instant::now(),
+        listen_addrs: listen_addrs.iter().map(|a| a.to_string()).collect(),
+        observe: Some(obs_tx),
+        replies: HashMap::new(),
+        next_reply: 0,
+    };
+    rt.core.announce_node(env!("CARGO_PKG_VERSION"));
+    rt.drain_effects().await;
+    rt.flush().await;
+    tracing::info!(peer = %peer, passive = opts.passive, "node started");
     let (api_tx, api_rx) = mpsc::channel(256);
     let task = tokio::spawn(rt.run(net_rx, api_rx));
     Ok(NodeHandle {
@@ -293,47 +261,37 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
     })
 }
 
-#[derive(Debug, Default)]
-struct Session {
-    rounds: u32,
-    /// A newer reason to sync arrived while this session ran: run another after it.
-    again: bool,
-}
-
 struct Runtime {
-    peer: String,
+    core: Core,
     cfg: Config,
-    membership: Membership,
-    doc: Doc,
-    digest: [u8; 32],
     store: Option<Store>,
     net: NetClient,
-    out_sync: HashMap<PeerId, SyncState>,
-    in_sync: HashMap<PeerId, SyncState>,
-    sessions: HashMap<PeerId, Session>,
-    incarnation: u64,
-    hb_seq: u64,
     started: Instant,
-    passive: bool,
-    counters: Counters,
     listen_addrs: Vec<String>,
-    connected: Vec<PeerId>,
     observe: Option<watch::Sender<Observation>>,
+    /// Sync requests awaiting our answer, by the reply token given to the core.
+    replies: HashMap<u64, ResponseChannel<Vec<u8>>>,
+    next_reply: u64,
 }
 
 impl Runtime {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     /// Publishes the current observation (only when it changed).
     fn publish_observation(&self) {
         let Some(tx) = &self.observe else { return };
         let now = self.now_ms();
+        let c = self.core.counters();
         let mut o = Observation {
-            heads_digest: self.digest,
-            connected: self.connected.len(),
-            handshake_failures: self.counters.handshake_failures,
-            sync_sessions_completed: self.counters.sync_sessions_completed,
+            heads_digest: self.core.digest(),
+            connected: self.core.connected().len(),
+            handshake_failures: c.handshake_failures,
+            sync_sessions_completed: c.sync_sessions_completed,
             ..Default::default()
         };
-        for p in self.membership.snapshot(now) {
+        for p in self.core.peers(now) {
             match p.state {
                 PeerState::Alive => o.alive.push(p.peer),
                 PeerState::Suspect => o.suspect.push(p.peer),
@@ -348,10 +306,6 @@ impl Runtime {
                 true
             }
         });
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
     }
 
     async fn run(
@@ -370,7 +324,7 @@ impl Runtime {
         loop {
             tokio::select! {
                 ev = net_rx.recv() => match ev {
-                    Some(ev) => self.on_net(ev).await,
+                    Some(ev) => self.on_net(ev),
                     None => break,
                 },
                 req = api_rx.recv() => match req {
@@ -381,10 +335,10 @@ impl Runtime {
                     Some(req) => self.on_api(req).await,
                     None => break,
                 },
-                _ = hb.tick() => self.heartbeat().await,
+                _ = hb.tick() => self.core.heartbeat(wall_ms()),
                 _ = tick.tick() => {
                     let now = self.now_ms();
-                    for t in self.membership.tick(now) {
+                    for t in self.core.tick(now) {
                         match t.to {
                             PeerState::Dead => tracing::warn!(peer = %t.peer, "peer is dead"),
                             PeerState::Suspect => tracing::info!(peer = %t.peer, "peer is suspect"),
@@ -392,10 +346,15 @@ impl Runtime {
                         }
                     }
                 }
-                _ = ae.tick() => self.anti_entropy().await,
+                _ = ae.tick() => {
+                    let now = self.now_ms();
+                    self.core.anti_entropy(now, rand::random());
+                }
             }
+            self.drain_effects().await;
             self.publish_observation();
         }
+        self.drain_effects().await;
         self.flush().await;
         tracing::info!("node stopped");
         if let Some(done) = stopped {
@@ -403,238 +362,92 @@ impl Runtime {
         }
     }
 
-    async fn heartbeat(&mut self) {
-        if self.passive {
-            return;
+    /// Carries out everything the core asked for.
+    async fn drain_effects(&mut self) {
+        while let Some(e) = self.core.poll_effect() {
+            match e {
+                Effect::Publish { topic, data } => {
+                    self.net.send(NetCommand::Publish { topic, data }).await;
+                }
+                Effect::SendSync { to, data } => match to.parse::<PeerId>() {
+                    Ok(peer) => {
+                        self.net.send(NetCommand::SendSync { peer, data }).await;
+                    }
+                    Err(_) => tracing::error!(%to, "core addressed an invalid peer id"),
+                },
+                Effect::Respond { reply, data } => {
+                    if let Some(channel) = self.replies.remove(&reply) {
+                        self.net.send(NetCommand::Respond { channel, data }).await;
+                    }
+                }
+                Effect::Persist { chunk } => self.persist(&chunk),
+            }
         }
-        self.hb_seq += 1;
-        let beat = Heartbeat {
-            incarnation: self.incarnation,
-            seq: self.hb_seq,
-            roles: self.cfg.roles.clone(),
-            free_capacity: self.cfg.capacity,
-            heads_digest: self.digest,
-            sent_at_ms: wall_ms(),
-        };
-        self.counters.heartbeats_sent += 1;
-        self.net
-            .send(NetCommand::Publish {
-                topic: Topic::Heartbeat,
-                data: codec::encode(&beat),
-            })
-            .await;
     }
 
-    async fn anti_entropy(&mut self) {
+    fn on_net(&mut self, ev: NetEvent) {
         let now = self.now_ms();
-        let mut candidates: Vec<PeerId> = self
-            .membership
-            .alive(now)
-            .iter()
-            .filter_map(|p| p.parse().ok())
-            .collect();
-        if candidates.is_empty() {
-            candidates = self.connected.clone();
-        }
-        let pick = candidates.choose(&mut rand::thread_rng()).copied();
-        if let Some(p) = pick {
-            self.start_sync(p).await;
-        }
-    }
-
-    async fn on_net(&mut self, ev: NetEvent) {
-        match ev {
+        let input = match ev {
             NetEvent::Gossip {
                 topic: Topic::Heartbeat,
                 from,
                 data,
-            } => {
-                let beat: Heartbeat = match codec::decode(&data, net::MAX_GOSSIP_BYTES) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        self.counters.malformed_dropped += 1;
-                        tracing::debug!(peer = %from, error = %e, "malformed heartbeat dropped");
-                        return;
-                    }
-                };
-                self.counters.heartbeats_received += 1;
-                let now = self.now_ms();
-                let seen = self.membership.observe(&from.to_string(), &beat, now);
-                if seen == Observed::New || seen == Observed::Revived {
-                    tracing::info!(peer = %from, "peer joined");
-                }
-                if seen != Observed::Stale && beat.heads_digest != self.digest {
-                    self.start_sync(from).await;
-                }
-            }
-            NetEvent::Gossip { .. } => {}
+            } => Input::Heartbeat {
+                from: from.to_string(),
+                data,
+            },
+            NetEvent::Gossip { .. } => return,
             NetEvent::SyncRequest {
                 peer,
                 data,
                 channel,
             } => {
-                let reply = self.answer_sync(peer, &data);
-                self.net
-                    .send(NetCommand::Respond {
-                        channel,
-                        data: reply,
-                    })
-                    .await;
-            }
-            NetEvent::SyncResponse { peer, data } => self.continue_sync(peer, &data).await,
-            NetEvent::SyncFailed { peer, error } => {
-                self.counters.sync_failures += 1;
-                tracing::debug!(%peer, %error, "sync request failed");
-                self.sessions.remove(&peer);
-            }
-            NetEvent::Connected(p) => {
-                if !self.connected.contains(&p) {
-                    self.connected.push(p);
+                let reply = self.next_reply;
+                self.next_reply += 1;
+                self.replies.insert(reply, channel);
+                Input::SyncRequest {
+                    from: peer.to_string(),
+                    data,
+                    reply,
                 }
-                self.start_sync(p).await;
             }
-            NetEvent::Disconnected(p) => {
-                self.connected.retain(|x| *x != p);
-                self.sessions.remove(&p);
+            NetEvent::SyncResponse { peer, data } => Input::SyncResponse {
+                from: peer.to_string(),
+                data,
+            },
+            NetEvent::SyncFailed { peer, error } => {
+                tracing::debug!(%peer, %error, "sync request failed");
+                Input::SyncFailed {
+                    from: peer.to_string(),
+                }
             }
+            NetEvent::Connected(p) => Input::Connected(p.to_string()),
+            NetEvent::Disconnected(p) => Input::Disconnected(p.to_string()),
             NetEvent::HandshakeFailed { .. } => {
-                self.counters.handshake_failures += 1;
+                self.core.counters_mut().handshake_failures += 1;
+                return;
             }
             NetEvent::Listening(a) => {
                 let a = a.to_string();
                 if !self.listen_addrs.contains(&a) {
                     self.listen_addrs.push(a);
                 }
+                return;
             }
-        }
-    }
-
-    /// Opens a sync session with `peer` unless one is running (then it is re-run after).
-    async fn start_sync(&mut self, peer: PeerId) {
-        if let Some(s) = self.sessions.get_mut(&peer) {
-            s.again = true;
-            return;
-        }
-        let state = self.out_sync.entry(peer).or_default();
-        *state = reset_sync_state(state);
-        let Some(msg) = self.doc.sync_generate(state) else {
-            return;
         };
-        self.counters.sync_sessions_started += 1;
-        self.sessions.insert(peer, Session::default());
-        let frame = SyncFrame { start: true, msg };
-        self.net
-            .send(NetCommand::SendSync {
-                peer,
-                data: codec::encode(&frame),
-            })
-            .await;
+        self.core.handle(now, input);
     }
 
-    fn decode_frame(&mut self, peer: PeerId, data: &[u8]) -> Option<SyncFrame> {
-        match codec::decode::<SyncFrame>(data, self.cfg.max_sync_message_bytes + 64) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                self.counters.malformed_dropped += 1;
-                tracing::debug!(%peer, error = %e, "malformed sync frame dropped");
-                None
-            }
-        }
-    }
-
-    /// Responder side: apply the peer's message, answer with ours (empty when none).
-    fn answer_sync(&mut self, peer: PeerId, data: &[u8]) -> Vec<u8> {
-        let Some(frame) = self.decode_frame(peer, data) else {
-            return Vec::new();
-        };
-        let state = self.in_sync.entry(peer).or_default();
-        if frame.start {
-            *state = reset_sync_state(state);
-        }
-        if !frame.msg.is_empty() {
-            match self.doc.sync_receive(state, &frame.msg) {
-                Ok(true) => self.on_doc_changed(),
-                Ok(false) => {}
-                Err(e) => {
-                    self.counters.malformed_dropped += 1;
-                    tracing::debug!(%peer, error = %e, "bad sync message dropped");
-                    *state = SyncState::new();
-                    return Vec::new();
-                }
-            }
-        }
-        let state = self.in_sync.entry(peer).or_default();
-        let msg = self.doc.sync_generate(state).unwrap_or_default();
-        codec::encode(&SyncFrame { start: false, msg })
-    }
-
-    /// Initiator side: apply the answer, send the next message or end the session.
-    async fn continue_sync(&mut self, peer: PeerId, data: &[u8]) {
-        let Some(mut session) = self.sessions.remove(&peer) else {
-            return;
-        };
-        let frame = if data.is_empty() {
-            None
-        } else {
-            self.decode_frame(peer, data)
-        };
-        let Some(frame) = frame else {
-            self.counters.sync_failures += 1;
-            return;
-        };
-        let state = self.out_sync.entry(peer).or_default();
-        if !frame.msg.is_empty() {
-            match self.doc.sync_receive(state, &frame.msg) {
-                Ok(true) => self.on_doc_changed(),
-                Ok(false) => {}
-                Err(e) => {
-                    self.counters.malformed_dropped += 1;
-                    tracing::debug!(%peer, error = %e, "bad sync reply dropped");
-                    return;
-                }
-            }
-        }
-        let state = self.out_sync.entry(peer).or_default();
-        match self.doc.sync_generate(state) {
-            Some(msg) if session.rounds < MAX_SYNC_ROUNDS => {
-                session.rounds += 1;
-                self.sessions.insert(peer, session);
-                self.net
-                    .send(NetCommand::SendSync {
-                        peer,
-                        data: codec::encode(&SyncFrame { start: false, msg }),
-                    })
-                    .await;
-            }
-            Some(_) => {
-                tracing::warn!(%peer, "sync session exceeded {MAX_SYNC_ROUNDS} rounds; abandoned");
-            }
-            None => {
-                self.counters.sync_sessions_completed += 1;
-                if session.again {
-                    self.start_sync(peer).await;
-                }
-            }
-        }
-    }
-
-    /// The document changed (locally or from a peer): persist and refresh the digest.
-    fn on_doc_changed(&mut self) {
-        self.persist_changes();
-        self.digest = self.doc.heads_digest();
-    }
-
-    fn persist_changes(&mut self) {
+    fn persist(&mut self, chunk: &[u8]) {
         let Some(store) = self.store.as_mut() else {
             return;
         };
-        let chunk = self.doc.save_incremental();
-        if let Err(e) = store.append_chunk(&chunk) {
+        if let Err(e) = store.append_chunk(chunk) {
             tracing::error!(error = %e, "cannot persist document change");
             return;
         }
         if store.chunks() >= u64::from(self.cfg.snapshot_every) {
-            let snap = self.doc.save();
+            let snap = self.core.doc_mut().save();
             if let Err(e) = store.compact(&snap) {
                 tracing::error!(error = %e, "snapshot failed");
             } else {
@@ -654,33 +467,17 @@ impl Runtime {
     async fn on_api(&mut self, req: ApiRequest) {
         match req {
             ApiRequest::AddStory(new, reply) => {
-                let res = if self.passive {
-                    Err("this node is a passive observer and never writes".to_string())
-                } else {
-                    match self.doc.add_story(&new, &self.peer, wall_ms()) {
-                        Ok(key) => {
-                            self.on_doc_changed();
-                            // Acknowledge only once the change is on disk.
-                            self.flush().await;
-                            // Announce the new heads now rather than at the next beat.
-                            self.heartbeat().await;
-                            self.doc
-                                .view()
-                                .stories
-                                .get(&key)
-                                .cloned()
-                                .ok_or_else(|| "story vanished after write".to_string())
-                        }
-                        Err(e) => Err(e.to_string()),
-                    }
-                };
-                let _ = reply.send(res);
+                let res = self.core.add_story(&new, wall_ms());
+                // Acknowledge only once the change is on disk.
+                self.drain_effects().await;
+                self.flush().await;
+                let _ = reply.send(res.map_err(|e| e.to_string()));
             }
             ApiRequest::Status(reply) => {
                 let _ = reply.send(self.status());
             }
             ApiRequest::View(reply) => {
-                let _ = reply.send(self.doc.view());
+                let _ = reply.send(self.core.doc().view());
             }
             // Handled by the loop itself.
             ApiRequest::Shutdown(_) => {}
@@ -689,19 +486,22 @@ impl Runtime {
 
     fn status(&mut self) -> StatusReport {
         let now = self.now_ms();
-        let view = self.doc.view();
+        let view = self.core.doc().view();
         let m = &self.net.metrics;
-        let mut counters = self.counters.clone();
+        let mut counters = self.core.counters().clone();
         counters.bytes_in = m.bytes_in.load(Ordering::Relaxed);
         counters.bytes_out = m.bytes_out.load(Ordering::Relaxed);
+        let doc = self.core.doc_mut();
+        let heads = doc.heads_hex();
+        let doc_bytes = doc.save().len() as u64;
         StatusReport {
-            peer_id: self.peer.clone(),
+            peer_id: self.core.peer().to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            passive: self.passive,
+            passive: self.core.is_passive(),
             uptime_ms: now,
             listen_addrs: self.listen_addrs.clone(),
-            connected: self.connected.len(),
-            peers: self.membership.snapshot(now),
+            connected: self.core.connected().len(),
+            peers: self.core.peers(now),
             story_counts: view
                 .count_by_status()
                 .into_iter()
@@ -717,9 +517,9 @@ impl Runtime {
                     priority: s.fact.priority,
                 })
                 .collect(),
-            heads: self.doc.heads_hex(),
-            heads_digest: hex::encode(&self.digest[..8]),
-            doc_bytes: self.doc.save().len() as u64,
+            heads,
+            heads_digest: hex::encode(&self.core.digest()[..8]),
+            doc_bytes,
             store_bytes: self.store.as_ref().map_or(0, |s| s.size_on_disk()),
             counters,
         }

@@ -28,6 +28,8 @@ pub enum StateError {
     Sync(String),
     #[error(transparent)]
     Input(#[from] InputError),
+    #[error("this node is a passive observer and never writes")]
+    Passive,
 }
 
 /// Per-peer automerge sync state (one for each direction of a peer pair).

@@ -1,0 +1,598 @@
+//! The node's pure core: the document, membership and the automerge sync sessions, as a
+//! state machine. Inputs come in with the time (`now_ms`, the node's monotonic clock)
+//! through [`Core::handle`] and friends; effects (messages to send, bytes to persist) go
+//! out through [`Core::poll_effect`]. It never reads a clock, never does I/O and never
+//! draws randomness: the shells (`node`, and the deterministic simulator in tests) carry
+//! the effects out.
+//!
+//! Sync protocol (per peer, per direction): the initiator resets its sync state, sends
+//! `SyncFrame { start: true }`; the responder resets its own state for that peer on
+//! `start`, applies the message and answers with its own; the initiator applies the
+//! answer and sends the next message until automerge has nothing more to say. One session
+//! per peer at a time; a reason to sync that arrives mid-session runs one more after it.
+
+use crate::codec;
+use crate::membership::{
+    Membership, MembershipConfig, Observed, PeerState, PeerStatus, Transition,
+};
+use crate::model::{Heartbeat, NewStory, NodeFact, Topic};
+use crate::state::{reset_sync_state, Doc, StateError, StoryView, SyncState};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Most request/response rounds in one sync session before it is abandoned.
+pub const MAX_SYNC_ROUNDS: u32 = 64;
+/// Cap on one gossip message (heartbeat or event).
+pub const MAX_GOSSIP_BYTES: usize = 64 * 1024;
+
+/// One sync frame on the wire (inside the codec's version byte).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SyncFrame {
+    /// First message of a session: the responder resets its state for us.
+    pub start: bool,
+    #[serde(with = "serde_bytes")]
+    pub msg: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub membership: MembershipConfig,
+    pub roles: Vec<String>,
+    pub capacity: u32,
+    pub max_sync_bytes: usize,
+    /// A passive observer never writes to the document and never heartbeats.
+    pub passive: bool,
+}
+
+/// Inputs from the network. Peers are identified by their peer id string.
+#[derive(Debug)]
+pub enum Input {
+    Heartbeat {
+        from: String,
+        data: Vec<u8>,
+    },
+    SyncRequest {
+        from: String,
+        data: Vec<u8>,
+        reply: u64,
+    },
+    SyncResponse {
+        from: String,
+        data: Vec<u8>,
+    },
+    SyncFailed {
+        from: String,
+    },
+    Connected(String),
+    Disconnected(String),
+}
+
+/// What the core asks its shell to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    Publish {
+        topic: Topic,
+        data: Vec<u8>,
+    },
+    SendSync {
+        to: String,
+        data: Vec<u8>,
+    },
+    /// Answer the sync request that came with `reply`.
+    Respond {
+        reply: u64,
+        data: Vec<u8>,
+    },
+    /// Append these document bytes to durable storage.
+    Persist {
+        chunk: Vec<u8>,
+    },
+}
+
+/// Core-level counters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Counters {
+    pub malformed_dropped: u64,
+    pub sync_sessions_started: u64,
+    pub sync_sessions_completed: u64,
+    pub sync_failures: u64,
+    pub heartbeats_sent: u64,
+    pub heartbeats_received: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub handshake_failures: u64,
+}
+
+#[derive(Debug)]
+struct Session {
+    /// Sequence number of this session (for "synced since" questions).
+    id: u64,
+    rounds: u32,
+    /// A newer reason to sync arrived while this session ran: run another after it.
+    again: bool,
+}
+
+pub struct Core {
+    peer: String,
+    cfg: CoreConfig,
+    doc: Doc,
+    digest: [u8; 32],
+    membership: Membership,
+    out_sync: BTreeMap<String, SyncState>,
+    in_sync: BTreeMap<String, SyncState>,
+    sessions: BTreeMap<String, Session>,
+    next_session: u64,
+    /// Per peer, the id of the last session that completed.
+    completed: BTreeMap<String, u64>,
+    connected: BTreeSet<String>,
+    incarnation: u64,
+    hb_seq: u64,
+    counters: Counters,
+    effects: VecDeque<Effect>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    /// A core for `peer` over `doc`. `incarnation` must grow across restarts (the wall
+    /// clock at start is fine); it orders this node's heartbeats.
+    pub fn new(peer: String, cfg: CoreConfig, mut doc: Doc, incarnation: u64) -> Core {
+        let digest = doc.heads_digest();
+        Core {
+            membership: Membership::new(cfg.membership),
+            peer,
+            cfg,
+            doc,
+            digest,
+            out_sync: BTreeMap::new(),
+            in_sync: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            next_session: 1,
+            completed: BTreeMap::new(),
+            connected: BTreeSet::new(),
+            incarnation,
+            hb_seq: 0,
+            counters: Counters::default(),
+            effects: VecDeque::new(),
+        }
+    }
+
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    pub fn doc(&self) -> &Doc {
+        &self.doc
+    }
+
+    pub fn doc_mut(&mut self) -> &mut Doc {
+        &mut self.doc
+    }
+
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn counters_mut(&mut self) -> &mut Counters {
+        &mut self.counters
+    }
+
+    pub fn connected(&self) -> &BTreeSet<String> {
+        &self.connected
+    }
+
+    pub fn is_passive(&self) -> bool {
+        self.cfg.passive
+    }
+
+    /// The next effect for the shell to carry out.
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    /// Records this node's description in the document (only when it changed).
+    pub fn announce_node(&mut self, version: &str) {
+        if self.cfg.passive {
+            return;
+        }
+        let fact = NodeFact {
+            roles: self.cfg.roles.clone(),
+            capacity: self.cfg.capacity,
+            version: version.to_string(),
+        };
+        let peer = self.peer.clone();
+        if self.doc.put_node(&peer, &fact) {
+            self.doc_changed();
+        }
+    }
+
+    /// Adds a story written by this node. The caller must make the `Persist` effects
+    /// durable before acknowledging.
+    pub fn add_story(&mut self, new: &NewStory, wall_ms: u64) -> Result<StoryView, StateError> {
+        if self.cfg.passive {
+            return Err(StateError::Passive);
+        }
+        let peer = self.peer.clone();
+        let key = self.doc.add_story(new, &peer, wall_ms)?;
+        self.doc_changed();
+        // Announce the new heads now rather than at the next beat.
+        self.heartbeat(wall_ms);
+        self.doc
+            .view()
+            .stories
+            .get(&key)
+            .cloned()
+            .ok_or(StateError::Corrupt("story vanished after write".into()))
+    }
+
+    /// Publishes a heartbeat (not for passive observers).
+    pub fn heartbeat(&mut self, wall_ms: u64) {
+        if self.cfg.passive {
+            return;
+        }
+        self.hb_seq += 1;
+        let beat = Heartbeat {
+            incarnation: self.incarnation,
+            seq: self.hb_seq,
+            roles: self.cfg.roles.clone(),
+            free_capacity: self.cfg.capacity,
+            heads_digest: self.digest,
+            sent_at_ms: wall_ms,
+            claims: Vec::new(),
+        };
+        self.counters.heartbeats_sent += 1;
+        self.effects.push_back(Effect::Publish {
+            topic: Topic::Heartbeat,
+            data: codec::encode(&beat),
+        });
+    }
+
+    /// Advances membership; returns the state changes.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Transition> {
+        self.membership.tick(now_ms)
+    }
+
+    /// Anti-entropy: syncs with one alive peer (or, with none, one connected peer),
+    /// chosen by `pick` (a random number from the shell).
+    pub fn anti_entropy(&mut self, now_ms: u64, pick: u64) {
+        let mut candidates = self.membership.alive(now_ms);
+        if candidates.is_empty() {
+            candidates = self.connected.iter().cloned().collect();
+        }
+        if candidates.is_empty() {
+            return;
+        }
+        let p = candidates[(pick % candidates.len() as u64) as usize].clone();
+        self.start_sync(&p);
+    }
+
+    pub fn handle(&mut self, now_ms: u64, input: Input) {
+        match input {
+            Input::Heartbeat { from, data } => {
+                let beat: Heartbeat = match codec::decode(&data, MAX_GOSSIP_BYTES) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.counters.malformed_dropped += 1;
+                        tracing::debug!(peer = %from, error = %e, "malformed heartbeat dropped");
+                        return;
+                    }
+                };
+                if from == self.peer {
+                    return;
+                }
+                self.counters.heartbeats_received += 1;
+                let seen = self.membership.observe(&from, &beat, now_ms);
+                if seen == Observed::New || seen == Observed::Revived {
+                    tracing::info!(peer = %from, "peer joined");
+                }
+                if seen != Observed::Stale && beat.heads_digest != self.digest {
+                    self.start_sync(&from);
+                }
+            }
+            Input::SyncRequest { from, data, reply } => {
+                let data = self.answer_sync(&from, &data);
+                self.effects.push_back(Effect::Respond { reply, data });
+            }
+            Input::SyncResponse { from, data } => self.continue_sync(&from, &data),
+            Input::SyncFailed { from } => {
+                self.counters.sync_failures += 1;
+                self.sessions.remove(&from);
+            }
+            Input::Connected(p) => {
+                self.connected.insert(p.clone());
+                self.start_sync(&p);
+            }
+            Input::Disconnected(p) => {
+                self.connected.remove(&p);
+                self.sessions.remove(&p);
+            }
+        }
+    }
+
+    /// Opens a sync session with `peer` unless one is running (then one more runs after).
+    pub fn start_sync(&mut self, peer: &str) {
+        if peer == self.peer {
+            return;
+        }
+        if let Some(s) = self.sessions.get_mut(peer) {
+            s.again = true;
+            return;
+        }
+        let state = self.out_sync.entry(peer.to_string()).or_default();
+        *state = reset_sync_state(state);
+        let Some(msg) = self.doc.sync_generate(state) else {
+            return;
+        };
+        self.counters.sync_sessions_started += 1;
+        let id = self.next_session;
+        self.next_session += 1;
+        self.sessions.insert(
+            peer.to_string(),
+            Session {
+                id,
+                rounds: 0,
+                again: false,
+            },
+        );
+        self.effects.push_back(Effect::SendSync {
+            to: peer.to_string(),
+            data: codec::encode(&SyncFrame { start: true, msg }),
+        });
+    }
+
+    /// The id the next sync session will get: a session with an id at least this was
+    /// started after now.
+    pub fn session_mark(&self) -> u64 {
+        self.next_session
+    }
+
+    /// Whether a sync session with `peer` that started at or after `mark` has completed.
+    pub fn synced_since(&self, peer: &str, mark: u64) -> bool {
+        self.completed.get(peer).is_some_and(|&id| id >= mark)
+    }
+
+    fn decode_frame(&mut self, peer: &str, data: &[u8]) -> Option<SyncFrame> {
+        match codec::decode::<SyncFrame>(data, self.cfg.max_sync_bytes + 64) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                self.counters.malformed_dropped += 1;
+                tracing::debug!(%peer, error = %e, "malformed sync frame dropped");
+                None
+            }
+        }
+    }
+
+    /// Responder side: apply the peer's message, answer with ours (empty when none).
+    fn answer_sync(&mut self, peer: &str, data: &[u8]) -> Vec<u8> {
+        let Some(frame) = self.decode_frame(peer, data) else {
+            return Vec::new();
+        };
+        let state = self.in_sync.entry(peer.to_string()).or_default();
+        if frame.start {
+            *state = reset_sync_state(state);
+        }
+        if !frame.msg.is_empty() {
+            match self.doc.sync_receive(state, &frame.msg) {
+                Ok(true) => self.doc_changed(),
+                Ok(false) => {}
+                Err(e) => {
+                    self.counters.malformed_dropped += 1;
+                    tracing::debug!(%peer, error = %e, "bad sync message dropped");
+                    *state = SyncState::new();
+                    return Vec::new();
+                }
+            }
+        }
+        let state = self.in_sync.entry(peer.to_string()).or_default();
+        let msg = self.doc.sync_generate(state).unwrap_or_default();
+        codec::encode(&SyncFrame { start: false, msg })
+    }
+
+    /// Initiator side: apply the answer, send the next message or end the session.
+    fn continue_sync(&mut self, peer: &str, data: &[u8]) {
+        let Some(mut session) = self.sessions.remove(peer) else {
+            return;
+        };
+        let frame = if data.is_empty() {
+            None
+        } else {
+            self.decode_frame(peer, data)
+        };
+        let Some(frame) = frame else {
+            self.counters.sync_failures += 1;
+            return;
+        };
+        let state = self.out_sync.entry(peer.to_string()).or_default();
+        if !frame.msg.is_empty() {
+            match self.doc.sync_receive(state, &frame.msg) {
+                Ok(true) => self.doc_changed(),
+                Ok(false) => {}
+                Err(e) => {
+                    self.counters.malformed_dropped += 1;
+                    tracing::debug!(%peer, error = %e, "bad sync reply dropped");
+                    return;
+                }
+            }
+        }
+        let state = self.out_sync.entry(peer.to_string()).or_default();
+        match self.doc.sync_generate(state) {
+            Some(msg) if session.rounds < MAX_SYNC_ROUNDS => {
+                session.rounds += 1;
+                self.sessions.insert(peer.to_string(), session);
+                self.effects.push_back(Effect::SendSync {
+                    to: peer.to_string(),
+                    data: codec::encode(&SyncFrame { start: false, msg }),
+                });
+            }
+            Some(_) => {
+                tracing::warn!(%peer, "sync session exceeded {MAX_SYNC_ROUNDS} rounds; abandoned");
+            }
+            None => {
+                self.counters.sync_sessions_completed += 1;
+                self.completed.insert(peer.to_string(), session.id);
+                if session.again {
+                    self.start_sync(peer);
+                }
+            }
+        }
+    }
+
+    /// The document changed (locally or from a peer): persist and refresh the digest.
+    fn doc_changed(&mut self) {
+        let chunk = self.doc.save_incremental();
+        if !chunk.is_empty() {
+            self.effects.push_back(Effect::Persist { chunk });
+        }
+        self.digest = self.doc.heads_digest();
+    }
+
+    /// Peers by membership state.
+    pub fn peers(&self, now_ms: u64) -> Vec<PeerStatus> {
+        self.membership.snapshot(now_ms)
+    }
+
+    pub fn peer_state(&self, peer: &str, now_ms: u64) -> Option<PeerState> {
+        self.membership.state(peer, now_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn core(name: &str, actor: u8) -> Core {
+        Core::new(
+            name.to_string(),
+            CoreConfig {
+                membership: MembershipConfig::default(),
+                roles: vec!["implement".into()],
+                capacity: 1,
+                max_sync_bytes: 1 << 20,
+                passive: false,
+            },
+            Doc::new([actor; 16]),
+            1,
+        )
+    }
+
+    /// Carries `src`'s effects to `dst` (replies come straight back). True if any moved.
+    fn deliver(src: &mut Core, dst: &mut Core) -> bool {
+        let mut moved = false;
+        while let Some(e) = src.poll_effect() {
+            moved = true;
+            if let Effect::SendSync { data, .. } = e {
+                let from = src.peer().to_string();
+                dst.handle(
+                    0,
+                    Input::SyncRequest {
+                        from,
+                        data,
+                        reply: 0,
+                    },
+                );
+                while let Some(r) = dst.poll_effect() {
+                    if let Effect::Respond { data, .. } = r {
+                        let from = dst.peer().to_string();
+                        src.handle(0, Input::SyncResponse { from, data });
+                    }
+                }
+            }
+        }
+        moved
+    }
+
+    /// Delivers every message between two cores until both are quiet.
+    fn pump(a: &mut Core, b: &mut Core) {
+        for _ in 0..1000 {
+            let ab = deliver(a, b);
+            let ba = deliver(b, a);
+            if !ab && !ba {
+                return;
+            }
+        }
+        panic!("no quiescence");
+    }
+
+    #[test]
+    fn two_cores_converge_through_sync_sessions() {
+        let (mut a, mut b) = (core("A", 1), core("B", 2));
+        a.add_story(
+            &NewStory {
+                title: "a".into(),
+                ..Default::default()
+            },
+            1,
+        )
+        .unwrap();
+        b.add_story(
+            &NewStory {
+                title: "b".into(),
+                ..Default::default()
+            },
+            1,
+        )
+        .unwrap();
+        let mark = a.session_mark();
+        a.handle(0, Input::Connected("B".into()));
+        pump(&mut a, &mut b);
+        assert_eq!(a.digest(), b.digest());
+        assert_eq!(a.doc().view(), b.doc().view());
+        assert!(a.synced_since("B", mark));
+    }
+
+    #[test]
+    fn garbage_from_the_network_is_dropped_and_counted_never_a_panic() {
+        let mut a = core("A", 1);
+        let garbage: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0xff; 10],
+            vec![codec::WIRE_VERSION, 1, 2, 3],
+            codec::encode(&SyncFrame {
+                start: true,
+                msg: vec![9; 40],
+            }),
+            vec![0; MAX_GOSSIP_BYTES + 1],
+        ];
+        for g in &garbage {
+            a.handle(
+                0,
+                Input::Heartbeat {
+                    from: "X".into(),
+                    data: g.clone(),
+                },
+            );
+            a.handle(
+                0,
+                Input::SyncRequest {
+                    from: "X".into(),
+                    data: g.clone(),
+                    reply: 7,
+                },
+            );
+        }
+        assert!(a.counters().malformed_dropped >= 9, "{:?}", a.counters());
+        // Every request still got an answer, so the requester is not left hanging.
+        let responds = std::iter::from_fn(|| a.poll_effect())
+            .filter(|e| matches!(e, Effect::Respond { reply: 7, .. }))
+            .count();
+        assert_eq!(responds, garbage.len());
+        assert!(
+            a.membership().alive(0).is_empty(),
+            "garbage never admits a peer"
+        );
+    }
+}
