@@ -8,6 +8,7 @@
 pub mod api;
 pub mod codec;
 pub mod config;
+pub mod core;
 pub mod identity;
 pub mod membership;
 pub mod model;
