@@ -98,13 +98,18 @@ struct Mesh {
     _dirs: Vec<tempfile::TempDir>,
 }
 
-async fn start_node(args: &Args, bootstrap: Option<String>) -> anyhow::Result<(NodeHandle, tempfile::TempDir)> {
+async fn start_node(
+    args: &Args,
+    bootstrap: Option<String>,
+) -> anyhow::Result<(NodeHandle, tempfile::TempDir)> {
     let dir = tempfile::Builder::new().prefix("mesh-bench-").tempdir()?;
     let config = Config {
         listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
         bootstrap: bootstrap.into_iter().collect(),
         heartbeat_ms: args.heartbeat_ms,
         dead_after_ms: args.dead_after_ms,
+        // Propagation is measured alone: nodes replicate but do not claim work.
+        work: false,
         ..Config::default()
     };
     let h = node::start(NodeOptions {
@@ -113,6 +118,7 @@ async fn start_node(args: &Args, bootstrap: Option<String>) -> anyhow::Result<(N
         keypair: libp2p::identity::Keypair::generate_ed25519(),
         psk: None,
         passive: false,
+        executor: None,
     })
     .await?;
     Ok((h, dir))
@@ -217,7 +223,10 @@ async fn propagation(args: &Args, mesh: &Mesh, row: &mut Row) {
             }
             Err(_) => {
                 row.writes_timed_out += 1;
-                eprintln!("  write {w}: not on every node after {} ms", args.write_timeout_ms);
+                eprintln!(
+                    "  write {w}: not on every node after {} ms",
+                    args.write_timeout_ms
+                );
                 // Let the mesh catch up before the next sample.
                 wait_same_doc(mesh, Instant::now() + timeout).await;
             }
@@ -275,7 +284,11 @@ async fn dead_detection(args: &Args, mesh: &mut Mesh, row: &mut Row) {
                 row.dead_ms.push(Some((ms(first - t0), ms(last - t0))));
             }
             Err(_) => {
-                eprintln!("  killed …{}: not dead everywhere after {:?}", short(&id), limit);
+                eprintln!(
+                    "  killed …{}: not dead everywhere after {:?}",
+                    short(&id),
+                    limit
+                );
                 row.dead_ms.push(None);
             }
         }
@@ -293,14 +306,21 @@ async fn run_one(args: &Args, n: usize) -> anyhow::Result<Row> {
     let mut mesh = start_mesh(args, n).await?;
     let formed = wait_formed(&mesh, t0 + Duration::from_secs(args.form_timeout_secs)).await;
     if !formed {
-        eprintln!("[N={n}] mesh did not form within {} s; skipping", args.form_timeout_secs);
+        eprintln!(
+            "[N={n}] mesh did not form within {} s; skipping",
+            args.form_timeout_secs
+        );
         for h in mesh.nodes.drain(..) {
             h.shutdown().await;
         }
         return Ok(row);
     }
     row.form_ms = Some(t0.elapsed().as_millis());
-    eprintln!("[N={n}] formed in {} ms; {} writes", t0.elapsed().as_millis(), args.writes);
+    eprintln!(
+        "[N={n}] formed in {} ms; {} writes",
+        t0.elapsed().as_millis(),
+        args.writes
+    );
     propagation(args, &mesh, &mut row).await;
     eprintln!(
         "[N={n}] propagation p50 {:.1} ms, p99 {:.1} ms; idle traffic for {} s",
@@ -323,7 +343,10 @@ async fn run_one(args: &Args, n: usize) -> anyhow::Result<Row> {
     dead_detection(args, &mut mesh, &mut row).await;
     let stop = Instant::now();
     for h in mesh.nodes.drain(..) {
-        if tokio::time::timeout(Duration::from_secs(10), h.shutdown()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), h.shutdown())
+            .await
+            .is_err()
+        {
             eprintln!("[N={n}] a node did not shut down within 10 s");
         }
     }
@@ -361,7 +384,18 @@ fn print_table(args: &Args, rows: &[Row]) {
     );
     println!(
         "{:>5} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>11} {:>11} {:>10} {:>10}",
-        "", "", "ok/total", "ms", "ms", "ms", "ms", "ms", "ms (worst)", "ms (worst)", "per node", "total/+node"
+        "",
+        "",
+        "ok/total",
+        "ms",
+        "ms",
+        "ms",
+        "ms",
+        "ms",
+        "ms (worst)",
+        "ms (worst)",
+        "per node",
+        "total/+node"
     );
     for r in rows {
         let firsts: Vec<f64> = r.dead_ms.iter().flatten().map(|x| x.0).collect();
@@ -400,7 +434,10 @@ fn print_table(args: &Args, rows: &[Row]) {
         args.kills,
         args.dead_after_ms + 1000
     );
-    println!("idle B/s: TCP bytes in+out per node per second over {} s with no writes.", args.idle_secs);
+    println!(
+        "idle B/s: TCP bytes in+out per node per second over {} s with no writes.",
+        args.idle_secs
+    );
     println!("RSS: this whole process with N nodes / its growth per node since before the nodes started (not per-process figures).");
 }
 
@@ -415,7 +452,9 @@ fn main() -> anyhow::Result<()> {
     if args.nodes.iter().any(|&n| n < 2) {
         anyhow::bail!("--nodes: every mesh size must be at least 2");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let rows = rt.block_on(async {
         let mut rows = Vec::new();
         for &n in &args.nodes {

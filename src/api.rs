@@ -47,15 +47,16 @@ fn err(code: StatusCode, msg: impl Into<String>) -> Response {
     (code, Json(ErrorBody { error: msg.into() })).into_response()
 }
 
-fn authorized(headers: &HeaderMap, st: &AppState) -> Result<(), Response> {
+fn authorized(headers: &HeaderMap, st: &AppState) -> bool {
     let want = format!("Bearer {}", st.token);
-    match headers.get("authorization").and_then(|v| v.to_str().ok()) {
-        Some(v) if v == want => Ok(()),
-        _ => Err(err(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong control token",
-        )),
-    }
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == want)
+}
+
+fn unauthorized() -> Response {
+    err(StatusCode::UNAUTHORIZED, "missing or wrong control token")
 }
 
 async fn ask<T>(
@@ -72,8 +73,8 @@ async fn ask<T>(
 }
 
 async fn status(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&headers, &st) {
-        return r;
+    if !authorized(&headers, &st) {
+        return unauthorized();
     }
     match ask(&st, ApiRequest::Status).await {
         Ok(s) => Json(s).into_response(),
@@ -82,8 +83,8 @@ async fn status(State(st): State<AppState>, headers: HeaderMap) -> Response {
 }
 
 async fn list_stories(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&headers, &st) {
-        return r;
+    if !authorized(&headers, &st) {
+        return unauthorized();
     }
     match ask(&st, ApiRequest::View).await {
         Ok(v) => {
@@ -99,8 +100,8 @@ async fn show_story(
     headers: HeaderMap,
     UrlPath(id): UrlPath<String>,
 ) -> Response {
-    if let Err(r) = authorized(&headers, &st) {
-        return r;
+    if !authorized(&headers, &st) {
+        return unauthorized();
     }
     match ask(&st, ApiRequest::View).await {
         Ok(v) => match v.resolve(&id) {
@@ -116,8 +117,8 @@ async fn add_story(
     headers: HeaderMap,
     Json(new): Json<NewStory>,
 ) -> Response {
-    if let Err(r) = authorized(&headers, &st) {
-        return r;
+    if !authorized(&headers, &st) {
+        return unauthorized();
     }
     match ask(&st, |tx| ApiRequest::AddStory(new, tx)).await {
         Ok(Ok(s)) => (StatusCode::CREATED, Json(s)).into_response(),

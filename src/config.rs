@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 pub const CONFIG_FILE: &str = "config.toml";
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Multiaddrs to listen on.
@@ -34,6 +34,20 @@ pub struct Config {
     pub snapshot_every: u32,
     /// Most simultaneous peer connections.
     pub max_peers: u32,
+    /// Lease timing (DESIGN.md §5); must satisfy
+    /// lease_ttl_ms >= 2*max_clock_drift_ms + 4*message_timeout_ms.
+    pub lease_ttl_ms: u64,
+    pub lease_grace_ms: u64,
+    pub settle_timeout_ms: u64,
+    pub max_clock_drift_ms: u64,
+    pub message_timeout_ms: u64,
+    /// Claim and run work (false: a node that only replicates).
+    pub work: bool,
+    /// Which executor runs phases: "sim" (built in).
+    pub executor: String,
+    /// The sim executor: duration of one phase and probability that an attempt fails.
+    pub sim_phase_ms: u64,
+    pub sim_failure_rate: f64,
 }
 
 impl Default for Config {
@@ -61,6 +75,15 @@ impl Default for Config {
             max_sync_message_bytes: 32 * 1024 * 1024,
             snapshot_every: 500,
             max_peers: 64,
+            lease_ttl_ms: 10_000,
+            lease_grace_ms: 2_000,
+            settle_timeout_ms: 1_000,
+            max_clock_drift_ms: 1_000,
+            message_timeout_ms: 1_000,
+            work: true,
+            executor: "sim".into(),
+            sim_phase_ms: 2_000,
+            sim_failure_rate: 0.0,
         }
     }
 }
@@ -74,6 +97,8 @@ pub enum ConfigError {
         value: String,
         allowed: String,
     },
+    #[error("invalid config: {0}")]
+    Rule(String),
     #[error("invalid config file {path}: {message}")]
     File { path: String, message: String },
     #[error("invalid environment variable {var}={value}: {allowed}")]
@@ -225,6 +250,29 @@ impl Config {
         if !(1..=10_000).contains(&self.max_peers) {
             return Err(invalid("max_peers", self.max_peers, "allowed 1..=10000"));
         }
+        if let Err(e) = self.lease().validate() {
+            // The lease module phrases it: keys, values and the rule.
+            let msg = e.to_string();
+            let msg = msg
+                .strip_prefix("invalid config: ")
+                .unwrap_or(&msg)
+                .to_string();
+            return Err(ConfigError::Rule(msg));
+        }
+        if self.executor != "sim" {
+            return Err(invalid(
+                "executor",
+                format!("{:?}", self.executor),
+                "allowed values are sim (the command executor is not in this release)",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.sim_failure_rate) {
+            return Err(invalid(
+                "sim_failure_rate",
+                self.sim_failure_rate,
+                "allowed 0.0..=1.0",
+            ));
+        }
         Ok(())
     }
 
@@ -274,6 +322,22 @@ log_level = {ll:?}
 max_sync_message_bytes = {msm}
 snapshot_every = {se}
 max_peers = {mp}
+
+# Leases (DESIGN.md §5). A claim expires when no heartbeat renewed it for lease_ttl_ms
+# on the observer's clock; another node takes over lease_grace_ms later. Rule:
+# lease_ttl_ms >= 2*max_clock_drift_ms + 4*message_timeout_ms.
+lease_ttl_ms = {ttl}
+lease_grace_ms = {grace}
+# After claiming, sync with every alive peer (at most this long), then re-check.
+settle_timeout_ms = {settle}
+max_clock_drift_ms = {drift}
+message_timeout_ms = {mto}
+
+# Work: claim and run phases here? Executor "sim" is built in (deterministic, no model).
+work = {work}
+executor = {exec:?}
+sim_phase_ms = {simms}
+sim_failure_rate = {simfail:?}
 "#,
             listen = list(&self.listen),
             bootstrap = list(&self.bootstrap),
@@ -289,7 +353,27 @@ max_peers = {mp}
             msm = self.max_sync_message_bytes,
             se = self.snapshot_every,
             mp = self.max_peers,
+            ttl = self.lease_ttl_ms,
+            grace = self.lease_grace_ms,
+            settle = self.settle_timeout_ms,
+            drift = self.max_clock_drift_ms,
+            mto = self.message_timeout_ms,
+            work = self.work,
+            exec = self.executor,
+            simms = self.sim_phase_ms,
+            simfail = self.sim_failure_rate,
         )
+    }
+
+    /// The lease timing as the lease module wants it.
+    pub fn lease(&self) -> crate::lease::LeaseConfig {
+        crate::lease::LeaseConfig {
+            ttl_ms: self.lease_ttl_ms,
+            grace_ms: self.lease_grace_ms,
+            settle_timeout_ms: self.settle_timeout_ms,
+            max_clock_drift_ms: self.max_clock_drift_ms,
+            message_timeout_ms: self.message_timeout_ms,
+        }
     }
 
     /// Resolves `psk_file` against the data dir.
@@ -343,6 +427,12 @@ fn apply_env(
                     .filter(|s| !s.is_empty())
                     .map(|s| toml::Value::String(s.to_string()))
                     .collect(),
+            ),
+            toml::Value::Float(_) => toml::Value::Float(
+                value
+                    .trim()
+                    .parse::<f64>()
+                    .map_err(|_| env_err("expected a number"))?,
             ),
             toml::Value::Boolean(_) => toml::Value::Boolean(
                 value
@@ -426,6 +516,15 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("loopback"));
+        let c = Config {
+            lease_ttl_ms: 3000,
+            ..Default::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.starts_with("invalid config: lease_ttl_ms = 3000 must be at least"),
+            "{e}"
+        );
     }
 
     #[test]

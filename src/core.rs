@@ -12,11 +12,18 @@
 //! per peer at a time; a reason to sync that arrives mid-session runs one more after it.
 
 use crate::codec;
+use crate::lease::{
+    claim_id, resource_free, ClaimFact, CoChange, LeaseConfig, LeaseObserver, ReleaseFact,
+    ReleaseReason, Resource,
+};
 use crate::membership::{
     Membership, MembershipConfig, Observed, PeerState, PeerStatus, Transition,
 };
-use crate::model::{Heartbeat, NewStory, NodeFact, Topic};
-use crate::state::{reset_sync_state, Doc, StateError, StoryView, SyncState};
+use crate::model::{
+    Handoff, Heartbeat, MergeFact, NewStory, NodeFact, Phase, ResultFact, StoryFact, Topic,
+};
+use crate::scheduler;
+use crate::state::{reset_sync_state, Doc, StateError, StoryView, SyncState, View};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -42,6 +49,9 @@ pub struct CoreConfig {
     pub max_sync_bytes: usize,
     /// A passive observer never writes to the document and never heartbeats.
     pub passive: bool,
+    pub lease: LeaseConfig,
+    /// Whether this node claims work at all (tests and observers may not).
+    pub work: bool,
 }
 
 /// Inputs from the network. Peers are identified by their peer id string.
@@ -65,6 +75,27 @@ pub enum Input {
     },
     Connected(String),
     Disconnected(String),
+    /// The executor finished a job (or failed it, with a reason).
+    WorkFinished {
+        claim: String,
+        outcome: Result<Handoff, String>,
+    },
+}
+
+/// A job for an executor: one phase of one story under one claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub claim: String,
+    pub story: String,
+    pub phase: Phase,
+    /// The fencing token of the story-phase resource.
+    pub token: u64,
+    pub attempt: u32,
+    pub fact: StoryFact,
+    /// The counted results of earlier phases, in pipeline order.
+    pub handoffs: Vec<ResultFact>,
+    /// File locks held with this claim.
+    pub files: Vec<String>,
 }
 
 /// What the core asks its shell to do.
@@ -87,6 +118,71 @@ pub enum Effect {
     Persist {
         chunk: Vec<u8>,
     },
+    /// A claim settled and won: run the job.
+    StartWork(Box<Job>),
+    /// The claim was lost (taken over after expiry, or released): stop the job.
+    CancelWork {
+        claim: String,
+    },
+}
+
+/// The state of a claim this node wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LocalState {
+    /// Written; waiting to sync with every alive peer (or the settle timeout).
+    Settling {
+        mark: u64,
+        waiting: BTreeSet<String>,
+        deadline_ms: u64,
+    },
+    /// Settled and winning: the executor runs it.
+    Running,
+}
+
+#[derive(Debug, Clone)]
+struct LocalClaim {
+    story: String,
+    phase: Phase,
+    state: LocalState,
+    written_ms: u64,
+}
+
+/// A claim this node holds, for status output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldClaim {
+    pub claim: String,
+    pub story: String,
+    pub phase: Phase,
+    pub running: bool,
+    pub age_ms: u64,
+}
+
+/// One active claim in the mesh, for `status` and `claims`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimRow {
+    pub claim: String,
+    pub holder: String,
+    /// `resource=token` for each resource.
+    pub resources: Vec<String>,
+    pub attempt: u32,
+    /// Since this node first saw the claim.
+    pub age_ms: u64,
+    /// Since the last renewal this node saw.
+    pub renewed_ago_ms: u64,
+    /// Left until the lease expires on this node's clock (0: expired).
+    pub expires_in_ms: u64,
+    /// Holds every resource it names (false: it lost one and will be released).
+    pub holds: bool,
+}
+
+/// A claim this node settled and ran (for tests and the simulator's invariants).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub claim: String,
+    pub story: String,
+    pub phase: Phase,
+    pub token: u64,
+    pub started_ms: u64,
 }
 
 /// Core-level counters.
@@ -127,8 +223,16 @@ pub struct Core {
     connected: BTreeSet<String>,
     incarnation: u64,
     hb_seq: u64,
+    /// The latest time the core was given (for calls that carry no time).
+    last_now: u64,
     counters: Counters,
     effects: VecDeque<Effect>,
+    view: Option<([u8; 32], View)>,
+    observer: LeaseObserver,
+    local: BTreeMap<String, LocalClaim>,
+    next_claim: u64,
+    cochange: CoChange,
+    runs: Vec<RunRecord>,
 }
 
 impl std::fmt::Debug for Core {
@@ -158,9 +262,94 @@ impl Core {
             connected: BTreeSet::new(),
             incarnation,
             hb_seq: 0,
+            last_now: 0,
             counters: Counters::default(),
             effects: VecDeque::new(),
+            view: None,
+            observer: LeaseObserver::new(),
+            local: BTreeMap::new(),
+            // Claim ids never repeat across restarts: start from the incarnation.
+            next_claim: incarnation.saturating_mul(1000),
+            cochange: CoChange::default(),
+            runs: Vec::new(),
         }
+    }
+
+    /// The view of the current document (cached until the document changes).
+    pub fn view(&mut self) -> &View {
+        if self.view.as_ref().is_some_and(|(d, _)| *d != self.digest) {
+            self.view = None;
+        }
+        let (digest, doc) = (self.digest, &self.doc);
+        &self.view.get_or_insert_with(|| (digest, doc.view())).1
+    }
+
+    /// Historic co-change statistics for soft-conflict prediction (from the git shell).
+    pub fn set_cochange(&mut self, c: CoChange) {
+        self.cochange = c;
+    }
+
+    /// Claims this node holds (settling or running).
+    pub fn held(&self, now_ms: u64) -> Vec<HeldClaim> {
+        self.local
+            .iter()
+            .map(|(id, c)| HeldClaim {
+                claim: id.clone(),
+                story: c.story.clone(),
+                phase: c.phase,
+                running: c.state == LocalState::Running,
+                age_ms: now_ms.saturating_sub(c.written_ms),
+            })
+            .collect()
+    }
+
+    /// Every active (winning, unreleased) claim, with its lease as this node sees it.
+    pub fn claim_rows(&mut self, now_ms: u64) -> Vec<ClaimRow> {
+        let claims = self.view().claims();
+        let mut rows = Vec::new();
+        for (id, c) in claims.active() {
+            let first = self.observer.first_seen_ms(id).unwrap_or(now_ms);
+            let renewed = self.observer.last_renewed_ms(id).unwrap_or(first);
+            let dead = c.holder != self.peer
+                && self.membership.state(&c.holder, now_ms) == Some(PeerState::Dead);
+            let left = if dead {
+                0
+            } else {
+                renewed.saturating_add(c.ttl_ms).saturating_sub(now_ms)
+            };
+            rows.push(ClaimRow {
+                claim: id.to_string(),
+                holder: c.holder.clone(),
+                resources: c
+                    .resources
+                    .iter()
+                    .map(|(r, t)| format!("{r}={t}"))
+                    .collect(),
+                attempt: c.attempt,
+                age_ms: now_ms.saturating_sub(first),
+                renewed_ago_ms: now_ms.saturating_sub(renewed),
+                expires_in_ms: left,
+                holds: claims.holds(id),
+            });
+        }
+        rows
+    }
+
+    /// Starts or stops claiming new work. Starting claims at once.
+    pub fn set_work(&mut self, on: bool, now_ms: u64, wall_ms: u64) {
+        self.cfg.work = on && !self.cfg.passive;
+        if self.cfg.work {
+            self.check_claims(now_ms, wall_ms);
+        }
+    }
+
+    /// Every claim this node settled and started, in order.
+    pub fn runs(&self) -> &[RunRecord] {
+        &self.runs
+    }
+
+    pub fn observer(&self) -> &LeaseObserver {
+        &self.observer
     }
 
     pub fn peer(&self) -> &str {
@@ -252,8 +441,13 @@ impl Core {
             free_capacity: self.cfg.capacity,
             heads_digest: self.digest,
             sent_at_ms: wall_ms,
-            claims: Vec::new(),
+            claims: self.local.keys().cloned().collect(),
         };
+        let held: Vec<String> = self.local.keys().cloned().collect();
+        // Our own leases are renewed by our own beats.
+        for id in &held {
+            self.observer.renew(id, self.last_now);
+        }
         self.counters.heartbeats_sent += 1;
         self.effects.push_back(Effect::Publish {
             topic: Topic::Heartbeat,
@@ -261,9 +455,12 @@ impl Core {
         });
     }
 
-    /// Advances membership; returns the state changes.
-    pub fn tick(&mut self, now_ms: u64) -> Vec<Transition> {
-        self.membership.tick(now_ms)
+    /// Advances membership and the claim machinery; returns membership state changes.
+    pub fn tick(&mut self, now_ms: u64, wall_ms: u64) -> Vec<Transition> {
+        self.last_now = self.last_now.max(now_ms);
+        let t = self.membership.tick(now_ms);
+        self.check_claims(now_ms, wall_ms);
+        t
     }
 
     /// Anti-entropy: syncs with one alive peer (or, with none, one connected peer),
@@ -281,6 +478,7 @@ impl Core {
     }
 
     pub fn handle(&mut self, now_ms: u64, input: Input) {
+        self.last_now = self.last_now.max(now_ms);
         match input {
             Input::Heartbeat { from, data } => {
                 let beat: Heartbeat = match codec::decode(&data, MAX_GOSSIP_BYTES) {
@@ -299,19 +497,38 @@ impl Core {
                 if seen == Observed::New || seen == Observed::Revived {
                     tracing::info!(peer = %from, "peer joined");
                 }
-                if seen != Observed::Stale && beat.heads_digest != self.digest {
-                    self.start_sync(&from);
+                if seen != Observed::Stale {
+                    // A holder renews only its own claims.
+                    let own: Vec<String> = {
+                        let view = self.view();
+                        beat.claims
+                            .iter()
+                            .filter(|id| view.claims.get(*id).is_some_and(|c| c.holder == from))
+                            .cloned()
+                            .collect()
+                    };
+                    for id in own {
+                        self.observer.renew(&id, now_ms);
+                    }
+                    if beat.heads_digest != self.digest {
+                        self.start_sync(&from);
+                    }
                 }
             }
             Input::SyncRequest { from, data, reply } => {
                 let data = self.answer_sync(&from, &data);
                 self.effects.push_back(Effect::Respond { reply, data });
             }
-            Input::SyncResponse { from, data } => self.continue_sync(&from, &data),
+            Input::SyncResponse { from, data } => {
+                self.continue_sync(&from, &data);
+                self.check_settling(now_ms);
+            }
             Input::SyncFailed { from } => {
                 self.counters.sync_failures += 1;
                 self.sessions.remove(&from);
+                self.check_settling(now_ms);
             }
+            Input::WorkFinished { claim, outcome } => self.finish_work(now_ms, &claim, outcome),
             Input::Connected(p) => {
                 self.connected.insert(p.clone());
                 self.start_sync(&p);
@@ -460,6 +677,275 @@ impl Core {
         self.digest = self.doc.heads_digest();
     }
 
+    /// The claim lifecycle, run on every tick: notice new claims, settle ours, cancel
+    /// what we lost, and claim new work while there is capacity.
+    fn check_claims(&mut self, now_ms: u64, wall_ms: u64) {
+        if self.cfg.passive {
+            return;
+        }
+        // First sight of every active claim starts its lease on our clock.
+        let ids: Vec<String> = self
+            .view()
+            .claims()
+            .active()
+            .map(|(id, _)| id.to_string())
+            .collect();
+        for id in &ids {
+            self.observer.observe_claim(id, now_ms);
+        }
+        self.check_settling(now_ms);
+        // Running claims we no longer hold (taken over after expiry): stop them.
+        let claims = self.view().claims();
+        let lost: Vec<String> = self
+            .local
+            .iter()
+            .filter(|(id, c)| c.state == LocalState::Running && !claims.holds(id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in lost {
+            tracing::warn!(claim = %id, "lost a running claim; cancelling its work");
+            self.local.remove(&id);
+            self.effects
+                .push_back(Effect::CancelWork { claim: id.clone() });
+            self.release(&id, ReleaseReason::Lost, "lost the lease while running");
+        }
+        if self.cfg.work {
+            self.claim_next(now_ms, wall_ms);
+        }
+    }
+
+    /// Claims the best available work, if capacity allows (one claim per call).
+    fn claim_next(&mut self, now_ms: u64, wall_ms: u64) {
+        if self.local.len() >= self.cfg.capacity as usize {
+            return;
+        }
+        let alive = self.membership.alive(now_ms);
+        let lease = self.cfg.lease;
+        let me = self.peer.clone();
+        let roles = self.cfg.roles.clone();
+        let view = self.view().clone();
+        let claims = view.claims();
+        let dead: BTreeSet<String> = self
+            .membership
+            .snapshot(now_ms)
+            .into_iter()
+            .filter(|p| p.state == PeerState::Dead)
+            .map(|p| p.peer)
+            .collect();
+        let observer = &mut self.observer;
+        let work = scheduler::rank(
+            &view,
+            &claims,
+            &me,
+            &roles,
+            alive.len() + 1,
+            &self.cochange,
+            |r| resource_free(&claims, observer, r, now_ms, &lease, |p| dead.contains(p)),
+        );
+        let Some(w) = work.into_iter().next() else {
+            return;
+        };
+        let resources: Vec<(Resource, u64)> = w
+            .resources
+            .iter()
+            .map(|r| (r.clone(), claims.next_token(r)))
+            .collect();
+        self.next_claim += 1;
+        let id = claim_id(&self.peer, self.next_claim);
+        let fact = ClaimFact {
+            resources,
+            holder: self.peer.clone(),
+            ttl_ms: lease.ttl_ms,
+            written_at_ms: wall_ms,
+            attempt: w.attempt,
+        };
+        if !w.soft_conflicts.is_empty() {
+            tracing::info!(story = %w.story, conflicts = ?w.soft_conflicts, "claiming despite soft conflicts");
+        }
+        // A takeover: the expired winners of these resources are released on their behalf.
+        for (r, _) in &fact.resources {
+            if let Some(old) = claims.winner(r) {
+                let old = old.to_string();
+                self.doc.put_release(
+                    &old,
+                    &ReleaseFact {
+                        why: ReleaseReason::Expired,
+                        note: format!("lease expired; taken over by {}", self.peer),
+                    },
+                );
+            }
+        }
+        self.doc.put_claim(&id, &fact);
+        self.doc_changed();
+        self.observer.observe_claim(&id, now_ms);
+        let mark = self.session_mark();
+        for p in &alive {
+            self.start_sync(p);
+        }
+        tracing::debug!(claim = %id, story = %w.story, phase = %w.phase, "claimed; settling");
+        self.local.insert(
+            id,
+            LocalClaim {
+                story: w.story,
+                phase: w.phase,
+                state: LocalState::Settling {
+                    mark,
+                    waiting: alive.into_iter().collect(),
+                    deadline_ms: now_ms.saturating_add(lease.settle_timeout_ms),
+                },
+                written_ms: now_ms,
+            },
+        );
+        // With no peers there is nothing to wait for.
+        self.check_settling(now_ms);
+    }
+
+    /// Settles claims whose peers have all synced (or whose settle timeout passed): the
+    /// winner starts work, a loser releases.
+    fn check_settling(&mut self, now_ms: u64) {
+        let ready: Vec<String> = {
+            let alive: BTreeSet<String> = self.membership.alive(now_ms).into_iter().collect();
+            let completed = &self.completed;
+            let mut ready = Vec::new();
+            for (id, c) in self.local.iter_mut() {
+                if let LocalState::Settling {
+                    mark,
+                    waiting,
+                    deadline_ms,
+                } = &mut c.state
+                {
+                    waiting.retain(|p| {
+                        alive.contains(p) && completed.get(p).is_none_or(|&s| s < *mark)
+                    });
+                    if waiting.is_empty() || now_ms >= *deadline_ms {
+                        ready.push(id.clone());
+                    }
+                }
+            }
+            ready
+        };
+        if ready.is_empty() {
+            return;
+        }
+        let view = self.view().clone();
+        let claims = view.claims();
+        for id in ready {
+            if claims.holds(&id) {
+                let Some(c) = self.local.get_mut(&id) else {
+                    continue;
+                };
+                c.state = LocalState::Running;
+                let (story, phase) = (c.story.clone(), c.phase);
+                let Some(fact) = view.claims.get(&id) else {
+                    continue;
+                };
+                let token = Resource::story(&story, phase)
+                    .ok()
+                    .and_then(|r| fact.token_of(&r))
+                    .unwrap_or(0);
+                let files = fact
+                    .resources
+                    .iter()
+                    .filter_map(|(r, _)| match r {
+                        Resource::File(f) => Some(f.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let Some(sv) = view.stories.get(&story) else {
+                    continue;
+                };
+                let handoffs = crate::model::PIPELINE
+                    .iter()
+                    .filter_map(|p| view.counted_result(&story, *p).cloned())
+                    .collect();
+                self.runs.push(RunRecord {
+                    claim: id.clone(),
+                    story: story.clone(),
+                    phase,
+                    token,
+                    started_ms: now_ms,
+                });
+                tracing::info!(claim = %id, %story, %phase, token, "claim settled; starting work");
+                self.effects.push_back(Effect::StartWork(Box::new(Job {
+                    claim: id,
+                    story,
+                    phase,
+                    token,
+                    attempt: fact.attempt,
+                    fact: sv.fact.clone(),
+                    handoffs,
+                    files,
+                })));
+            } else {
+                tracing::debug!(claim = %id, "claim lost at settle; releasing");
+                self.local.remove(&id);
+                self.release(&id, ReleaseReason::Lost, "another claim won at settle");
+            }
+        }
+    }
+
+    fn release(&mut self, id: &str, why: ReleaseReason, note: &str) {
+        self.doc.put_release(
+            id,
+            &ReleaseFact {
+                why,
+                note: note.to_string(),
+            },
+        );
+        self.doc_changed();
+    }
+
+    /// Records the outcome of a job: a result (or merge) and a release. A job whose claim
+    /// this node no longer holds is still recorded; fencing in the view ignores it.
+    fn finish_work(&mut self, now_ms: u64, claim: &str, outcome: Result<Handoff, String>) {
+        let Some(c) = self.local.remove(claim) else {
+            tracing::debug!(%claim, "finished work for a claim no longer held; ignored");
+            return;
+        };
+        let token = self
+            .view()
+            .claims
+            .get(claim)
+            .and_then(|f| {
+                Resource::story(&c.story, c.phase)
+                    .ok()
+                    .and_then(|r| f.token_of(&r))
+            })
+            .unwrap_or(0);
+        let wall = self.last_now;
+        match outcome {
+            Ok(handoff) => {
+                if c.phase == Phase::Merge {
+                    self.doc.put_merge(&MergeFact {
+                        story: c.story.clone(),
+                        claim: claim.to_string(),
+                        token,
+                        holder: self.peer.clone(),
+                        commit: handoff.summary.clone(),
+                        written_at_ms: wall,
+                    });
+                }
+                self.doc.put_result(&ResultFact {
+                    story: c.story.clone(),
+                    phase: c.phase,
+                    claim: claim.to_string(),
+                    token,
+                    holder: self.peer.clone(),
+                    written_at_ms: wall,
+                    handoff,
+                });
+                self.release(claim, ReleaseReason::Done, "");
+                tracing::info!(%claim, story = %c.story, phase = %c.phase, "phase finished");
+            }
+            Err(reason) => {
+                tracing::warn!(%claim, story = %c.story, phase = %c.phase, %reason, "phase attempt failed");
+                self.release(claim, ReleaseReason::Abandoned, &reason);
+            }
+        }
+        self.observer.forget(claim);
+        let _ = now_ms;
+    }
+
     /// Peers by membership state.
     pub fn peers(&self, now_ms: u64) -> Vec<PeerStatus> {
         self.membership.snapshot(now_ms)
@@ -483,6 +969,8 @@ mod tests {
                 capacity: 1,
                 max_sync_bytes: 1 << 20,
                 passive: false,
+                lease: LeaseConfig::default(),
+                work: false,
             },
             Doc::new([actor; 16]),
             1,

@@ -337,6 +337,7 @@ fn run(dir: &Path, a: RunArgs) -> Result<()> {
             keypair,
             psk,
             passive: false,
+            executor: None,
         })
         .await?;
         let (_info, api_task) = api::serve(control, dir, handle.peer_id.to_string(), handle.api())
@@ -418,6 +419,7 @@ fn observe(dir: &Path, a: &StatusArgs) -> Result<StatusReport> {
             keypair: libp2p::identity::Keypair::generate_ed25519(),
             psk,
             passive: true,
+            executor: None,
         })
         .await?;
         let deadline = Instant::now() + Duration::from_secs(a.timeout_secs);

@@ -179,6 +179,68 @@ pub struct Heartbeat {
     pub claims: Vec<String>,
 }
 
+/// A reviewer's decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Approve,
+    Reject,
+}
+
+/// What a phase hands to the next one (DESIGN.md §7).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Handoff {
+    pub summary: String,
+    pub findings: Vec<String>,
+    pub decisions: Vec<String>,
+    pub warnings: Vec<String>,
+    pub suggested_approach: String,
+    pub files: Vec<String>,
+    pub verdict: Option<Verdict>,
+    /// 0..=100.
+    pub confidence: Option<u8>,
+    pub tokens: u64,
+    pub cost_micro_usd: u64,
+}
+
+/// A phase result, written once under its claim: `result/<story>/<phase>/<claim-id>`.
+/// It counts only if its claim is the resource's top claim (fencing in the view).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultFact {
+    pub story: String,
+    pub phase: Phase,
+    pub claim: String,
+    pub token: u64,
+    pub holder: String,
+    pub written_at_ms: u64,
+    pub handoff: Handoff,
+}
+
+/// A landing on main, written by the merge holder: `merge/<story>/<claim-id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeFact {
+    pub story: String,
+    pub claim: String,
+    pub token: u64,
+    pub holder: String,
+    pub commit: String,
+    pub written_at_ms: u64,
+}
+
+/// The phases every story runs, in order, in this release (refine and plan review are
+/// optional and off; rework follows a rejecting review once the executors land).
+pub const PIPELINE: [Phase; 5] = [
+    Phase::Research,
+    Phase::Plan,
+    Phase::Implement,
+    Phase::Review,
+    Phase::Merge,
+];
+
+/// After this many attempts at one phase, a story is blocked and needs a human.
+pub const MAX_ATTEMPTS: u32 = 3;
+
 /// Errors in user-provided story input. Each names the field, the problem and the limit.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum InputError {
@@ -249,10 +311,20 @@ pub fn normalize_repo_path(path: &str) -> Result<String, InputError> {
     Ok(parts.join("/"))
 }
 
+/// A story's fields after validation (dependencies are resolved against the view later).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidStory {
+    pub title: String,
+    pub body: String,
+    pub priority: u32,
+    pub files: Vec<String>,
+    pub labels: Vec<String>,
+}
+
 impl NewStory {
     /// Checks every field against its limit and normalises file paths. Dependencies are
     /// resolved later, against the view.
-    pub fn validate(&self) -> Result<(String, String, u32, Vec<String>, Vec<String>), InputError> {
+    pub fn validate(&self) -> Result<ValidStory, InputError> {
         let title = self.title.trim().to_string();
         if title.is_empty() {
             return Err(InputError::EmptyTitle);
@@ -298,7 +370,13 @@ impl NewStory {
             .map(|l| l.trim().to_string())
             .filter(|l| !l.is_empty())
             .collect();
-        Ok((title, self.body.clone(), priority, files, labels))
+        Ok(ValidStory {
+            title,
+            body: self.body.clone(),
+            priority,
+            files,
+            labels,
+        })
     }
 }
 
@@ -322,10 +400,10 @@ mod tests {
             files: vec!["src/a.rs".into(), "./src/a.rs".into()],
             ..Default::default()
         };
-        let (title, _, prio, files, _) = ok.validate().unwrap();
-        assert_eq!(title, "Add login");
-        assert_eq!(prio, PRIORITY_DEFAULT);
-        assert_eq!(files, vec!["src/a.rs"], "duplicate paths collapse");
+        let v = ok.validate().unwrap();
+        assert_eq!(v.title, "Add login");
+        assert_eq!(v.priority, PRIORITY_DEFAULT);
+        assert_eq!(v.files, vec!["src/a.rs"], "duplicate paths collapse");
 
         let long = NewStory {
             title: "x".repeat(MAX_TITLE_CHARS + 1),

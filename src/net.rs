@@ -575,14 +575,12 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established,
+                num_established: 0,
                 ..
             } => {
-                if num_established == 0 {
-                    tracing::info!(peer = %peer_id, "peer disconnected");
-                    self.connected.remove(&peer_id);
-                    self.emit(NetEvent::Disconnected(peer_id)).await;
-                }
+                tracing::info!(peer = %peer_id, "peer disconnected");
+                self.connected.remove(&peer_id);
+                self.emit(NetEvent::Disconnected(peer_id)).await;
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 let who = peer_id.map_or_else(|| "unknown peer".to_string(), |p| p.to_string());
@@ -650,10 +648,10 @@ impl EventLoop {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
             }
-            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }) => {
-                if !self.connected.contains(&peer) && self.connected.len() < self.max_peers {
-                    let _ = self.swarm.dial(peer);
-                }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. })
+                if !self.connected.contains(&peer) && self.connected.len() < self.max_peers =>
+            {
+                let _ = self.swarm.dial(peer);
             }
             BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => {
                 match message {

@@ -5,9 +5,10 @@
 
 use crate::config::Config;
 pub use crate::core::Counters;
-use crate::core::{Core, CoreConfig, Effect, Input};
+use crate::core::{ClaimRow, Core, CoreConfig, Effect, HeldClaim, Input, RunRecord};
+use crate::exec::{Executor, SimExecutor};
 use crate::membership::{MembershipConfig, PeerState, PeerStatus};
-use crate::model::{NewStory, Topic};
+use crate::model::{Handoff, NewStory, Topic};
 use crate::net::{self, NetClient, NetCommand, NetConfig, NetEvent};
 use crate::state::{Doc, StoryView, View};
 use crate::store::{Store, StoreError};
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -42,6 +44,8 @@ pub struct NodeOptions {
     pub psk: Option<libp2p::pnet::PreSharedKey>,
     /// A passive observer never writes to the document and never heartbeats.
     pub passive: bool,
+    /// Runs phases; None picks the one the config names.
+    pub executor: Option<Arc<dyn Executor>>,
 }
 
 /// Requests from the control API (and tests) into the node loop.
@@ -50,6 +54,11 @@ pub enum ApiRequest {
     AddStory(NewStory, oneshot::Sender<Result<StoryView, String>>),
     Status(oneshot::Sender<StatusReport>),
     View(oneshot::Sender<View>),
+    /// Start (true) or stop (false) claiming new work; running work continues. Starting
+    /// claims at once rather than at the next tick.
+    SetWork(bool, oneshot::Sender<()>),
+    /// The claims this node settled and ran.
+    Runs(oneshot::Sender<Vec<RunRecord>>),
     /// Flush everything and stop the node loop; answered once stopped.
     Shutdown(oneshot::Sender<()>),
 }
@@ -80,6 +89,10 @@ pub struct StatusReport {
     pub doc_bytes: u64,
     pub store_bytes: u64,
     pub counters: Counters,
+    /// Claims this node holds.
+    pub held: Vec<HeldClaim>,
+    /// Every active claim in the mesh, as this node sees it.
+    pub claims: Vec<ClaimRow>,
 }
 
 /// What a node currently observes, published on every change so that tests, benchmarks
@@ -144,6 +157,19 @@ impl NodeHandle {
     pub async fn status(&self) -> Option<StatusReport> {
         let (tx, rx) = oneshot::channel();
         self.api.send(ApiRequest::Status(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Starts or stops claiming new work (running work continues).
+    pub async fn set_work(&self, on: bool) -> Option<()> {
+        let (tx, rx) = oneshot::channel();
+        self.api.send(ApiRequest::SetWork(on, tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn runs(&self) -> Option<Vec<RunRecord>> {
+        let (tx, rx) = oneshot::channel();
+        self.api.send(ApiRequest::Runs(tx)).await.ok()?;
         rx.await.ok()
     }
 
@@ -226,10 +252,21 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
             capacity: cfg.capacity,
             max_sync_bytes: cfg.max_sync_message_bytes,
             passive: opts.passive,
+            lease: cfg.lease(),
+            work: cfg.work && !opts.passive,
         },
         doc,
         wall_ms(),
     );
+    let executor: Arc<dyn Executor> = match opts.executor {
+        Some(e) => e,
+        None => Arc::new(SimExecutor {
+            phase_ms: cfg.sim_phase_ms,
+            failure_rate: cfg.sim_failure_rate,
+            seed: rand::random(),
+        }),
+    };
+    let (work_tx, work_rx) = mpsc::channel(256);
     let (obs_tx, obs_rx) = watch::channel(Observation {
         heads_digest: core.digest(),
         ..Default::default()
@@ -244,13 +281,16 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
         observe: Some(obs_tx),
         replies: HashMap::new(),
         next_reply: 0,
+        executor,
+        jobs: HashMap::new(),
+        work_tx,
     };
     rt.core.announce_node(env!("CARGO_PKG_VERSION"));
     rt.drain_effects().await;
     rt.flush().await;
     tracing::info!(peer = %peer, passive = opts.passive, "node started");
     let (api_tx, api_rx) = mpsc::channel(256);
-    let task = tokio::spawn(rt.run(net_rx, api_rx));
+    let task = tokio::spawn(rt.run(net_rx, api_rx, Some(work_rx)));
     Ok(NodeHandle {
         peer_id: net.local_peer_id,
         listen_addrs,
@@ -272,6 +312,9 @@ struct Runtime {
     /// Sync requests awaiting our answer, by the reply token given to the core.
     replies: HashMap<u64, ResponseChannel<Vec<u8>>>,
     next_reply: u64,
+    executor: Arc<dyn Executor>,
+    jobs: HashMap<String, tokio::task::JoinHandle<()>>,
+    work_tx: mpsc::Sender<(String, Result<Handoff, String>)>,
 }
 
 impl Runtime {
@@ -312,6 +355,7 @@ impl Runtime {
         mut self,
         mut net_rx: mpsc::Receiver<NetEvent>,
         mut api_rx: mpsc::Receiver<ApiRequest>,
+        mut work_rx: Option<mpsc::Receiver<(String, Result<Handoff, String>)>>,
     ) {
         let hb_period = Duration::from_millis(self.cfg.heartbeat_ms);
         let mut hb = tokio::time::interval(hb_period);
@@ -321,8 +365,16 @@ impl Runtime {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         let mut stopped: Option<oneshot::Sender<()>> = None;
+        let Some(mut work_rx) = work_rx.take() else {
+            return;
+        };
         loop {
             tokio::select! {
+                done = work_rx.recv() => if let Some((claim, outcome)) = done {
+                    self.jobs.remove(&claim);
+                    let now = self.now_ms();
+                    self.core.handle(now, Input::WorkFinished { claim, outcome });
+                },
                 ev = net_rx.recv() => match ev {
                     Some(ev) => self.on_net(ev),
                     None => break,
@@ -338,7 +390,7 @@ impl Runtime {
                 _ = hb.tick() => self.core.heartbeat(wall_ms()),
                 _ = tick.tick() => {
                     let now = self.now_ms();
-                    for t in self.core.tick(now) {
+                    for t in self.core.tick(now, wall_ms()) {
                         match t.to {
                             PeerState::Dead => tracing::warn!(peer = %t.peer, "peer is dead"),
                             PeerState::Suspect => tracing::info!(peer = %t.peer, "peer is suspect"),
@@ -355,6 +407,9 @@ impl Runtime {
             self.publish_observation();
         }
         self.drain_effects().await;
+        for (_, t) in self.jobs.drain() {
+            t.abort();
+        }
         self.flush().await;
         tracing::info!("node stopped");
         if let Some(done) = stopped {
@@ -381,6 +436,22 @@ impl Runtime {
                     }
                 }
                 Effect::Persist { chunk } => self.persist(&chunk),
+                Effect::StartWork(job) => {
+                    let claim = job.claim.clone();
+                    let fut = self.executor.run(*job);
+                    let tx = self.work_tx.clone();
+                    let c = claim.clone();
+                    let task = tokio::spawn(async move {
+                        let outcome = fut.await;
+                        let _ = tx.send((c, outcome)).await;
+                    });
+                    self.jobs.insert(claim, task);
+                }
+                Effect::CancelWork { claim } => {
+                    if let Some(t) = self.jobs.remove(&claim) {
+                        t.abort();
+                    }
+                }
             }
         }
     }
@@ -477,7 +548,15 @@ impl Runtime {
                 let _ = reply.send(self.status());
             }
             ApiRequest::View(reply) => {
-                let _ = reply.send(self.core.doc().view());
+                let _ = reply.send(self.core.view().clone());
+            }
+            ApiRequest::SetWork(on, reply) => {
+                let now = self.now_ms();
+                self.core.set_work(on, now, wall_ms());
+                let _ = reply.send(());
+            }
+            ApiRequest::Runs(reply) => {
+                let _ = reply.send(self.core.runs().to_vec());
             }
             // Handled by the loop itself.
             ApiRequest::Shutdown(_) => {}
@@ -522,6 +601,8 @@ impl Runtime {
             doc_bytes,
             store_bytes: self.store.as_ref().map_or(0, |s| s.size_on_disk()),
             counters,
+            held: self.core.held(now),
+            claims: self.core.claim_rows(now),
         }
     }
 }

@@ -9,7 +9,11 @@
 //! - Never reads a clock and never does I/O: callers pass the time and persist the bytes
 //!   this module hands back.
 
-use crate::model::{InputError, NewStory, NodeFact, StoryFact, StoryStatus};
+use crate::lease::{ClaimFact, Claims, ReleaseFact, ReleaseReason, Resource};
+use crate::model::{
+    InputError, MergeFact, NewStory, NodeFact, Phase, ResultFact, StoryFact, StoryStatus, Verdict,
+    MAX_ATTEMPTS, PIPELINE,
+};
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, ReadDoc, ScalarValue, Value, ROOT};
@@ -19,6 +23,10 @@ use std::collections::BTreeMap;
 
 const STORY_PREFIX: &str = "story/";
 const NODE_PREFIX: &str = "node/";
+const CLAIM_PREFIX: &str = "claim/";
+const RELEASE_PREFIX: &str = "release/";
+const RESULT_PREFIX: &str = "result/";
+const MERGE_PREFIX: &str = "merge/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -157,7 +165,7 @@ impl Doc {
         creator: &str,
         now_ms: u64,
     ) -> Result<String, StateError> {
-        let (title, body, priority, files, labels) = new.validate()?;
+        let valid = new.validate()?;
         let view = self.view();
         let mut depends_on = Vec::new();
         for d in &new.depends_on {
@@ -172,12 +180,12 @@ impl Doc {
             number,
             created_by: creator.to_string(),
             created_at_ms: now_ms,
-            title,
-            body,
-            priority,
+            title: valid.title,
+            body: valid.body,
+            priority: valid.priority,
             depends_on,
-            files,
-            labels,
+            files: valid.files,
+            labels: valid.labels,
             source: "cli".into(),
         };
         self.put_fact(&format!("{STORY_PREFIX}{key}"), &fact);
@@ -193,6 +201,38 @@ impl Doc {
         }
         self.put_fact(&key, fact);
         true
+    }
+
+    /// Writes a claim fact. Claim ids are unique per writer, so the key has one writer.
+    pub fn put_claim(&mut self, id: &str, fact: &ClaimFact) {
+        self.put_fact(&format!("{CLAIM_PREFIX}{id}"), fact);
+    }
+
+    /// Writes a release fact for a claim (by its holder, or by a node that took it over).
+    /// Rewriting an existing release is skipped: the first reason stands.
+    pub fn put_release(&mut self, id: &str, fact: &ReleaseFact) {
+        let key = format!("{RELEASE_PREFIX}{id}");
+        if read_json::<ReleaseFact>(&self.inner, &key).is_some() {
+            return;
+        }
+        self.put_fact(&key, fact);
+    }
+
+    /// Writes a phase result under its claim.
+    pub fn put_result(&mut self, fact: &ResultFact) {
+        let key = format!(
+            "{RESULT_PREFIX}{}/{}/{}",
+            fact.story,
+            fact.phase.as_str(),
+            fact.claim
+        );
+        self.put_fact(&key, fact);
+    }
+
+    /// Records a landing on main.
+    pub fn put_merge(&mut self, fact: &MergeFact) {
+        let key = format!("{MERGE_PREFIX}{}/{}", fact.story, fact.claim);
+        self.put_fact(&key, fact);
     }
 
     /// The current view: a pure function of the document.
@@ -229,6 +269,18 @@ pub struct StoryView {
     pub depends_on_ids: Vec<String>,
     /// The fact as written by its creator.
     pub fact: StoryFact,
+    /// Phases with a counted result, in pipeline order.
+    pub phases_done: Vec<Phase>,
+    /// The phase to run next (None once merged or blocked).
+    pub next_phase: Option<Phase>,
+    /// Attempts so far at the next phase (claims ever written on it).
+    pub attempts: u32,
+    /// Why a human is needed, when blocked.
+    pub blocked_reason: Option<String>,
+    /// The counted landing, once merged.
+    pub merged: Option<MergeFact>,
+    /// Who implemented it (the counted implement result's holder): never its reviewer.
+    pub implementer: Option<String>,
 }
 
 /// The derived state of the mesh: identical on every node that folded the same document.
@@ -238,6 +290,14 @@ pub struct View {
     pub stories: BTreeMap<String, StoryView>,
     /// Node descriptions by peer id.
     pub nodes: BTreeMap<String, NodeFact>,
+    /// Claim facts by claim id.
+    pub claims: BTreeMap<String, ClaimFact>,
+    /// Release facts by claim id.
+    pub releases: BTreeMap<String, ReleaseFact>,
+    /// Every phase result written, counted or not, by document key.
+    pub results: BTreeMap<String, ResultFact>,
+    /// Every merge fact written, by document key.
+    pub merges: BTreeMap<String, MergeFact>,
     /// Facts that could not be decoded (from a newer or buggy peer); skipped, counted.
     pub malformed: u64,
 }
@@ -261,6 +321,57 @@ impl View {
                     }
                     None => view.malformed += 1,
                 }
+            } else if let Some(id) = key.strip_prefix(CLAIM_PREFIX) {
+                match read_json::<ClaimFact>(doc, &key) {
+                    Some(f) => {
+                        view.claims.insert(id.to_string(), f);
+                    }
+                    None => view.malformed += 1,
+                }
+            } else if let Some(id) = key.strip_prefix(RELEASE_PREFIX) {
+                match read_json::<ReleaseFact>(doc, &key) {
+                    Some(f) => {
+                        view.releases.insert(id.to_string(), f);
+                    }
+                    None => view.malformed += 1,
+                }
+            } else if key.starts_with(RESULT_PREFIX) {
+                match read_json::<ResultFact>(doc, &key) {
+                    Some(f) => {
+                        view.results.insert(key.clone(), f);
+                    }
+                    None => view.malformed += 1,
+                }
+            } else if key.starts_with(MERGE_PREFIX) {
+                match read_json::<MergeFact>(doc, &key) {
+                    Some(f) => {
+                        view.merges.insert(key.clone(), f);
+                    }
+                    None => view.malformed += 1,
+                }
+            }
+        }
+        let claims = Claims::new(&view.claims, &view.releases);
+        // Fencing in the view: a result (or merge) counts only if written under the top
+        // claim of its resource, whatever arrived first.
+        let mut counted: BTreeMap<(String, Phase), &ResultFact> = BTreeMap::new();
+        for r in view.results.values() {
+            let Ok(res) = Resource::story(&r.story, r.phase) else {
+                continue;
+            };
+            if claims.top(&res) == Some(r.claim.as_str())
+                && claims.token_of(&r.claim, &res) == Some(r.token)
+            {
+                counted.insert((r.story.clone(), r.phase), r);
+            }
+        }
+        let mut merged: BTreeMap<String, MergeFact> = BTreeMap::new();
+        for m in view.merges.values() {
+            let Ok(res) = Resource::story(&m.story, Phase::Merge) else {
+                continue;
+            };
+            if claims.top(&res) == Some(m.claim.as_str()) {
+                merged.insert(m.story.clone(), m.clone());
             }
         }
         // Display ids: a number allocated once reads `S-0042`; when nodes allocated the
@@ -289,17 +400,80 @@ impl View {
             .zip(&ids)
             .map(|((k, _), id)| (k.as_str(), id.as_str()))
             .collect();
-        let done = |_key: &str| false; // no merges exist until the merge gate lands
         let mut stories = BTreeMap::new();
         for ((key, fact), id) in facts.iter().zip(&ids) {
-            let deps_done = fact.depends_on.iter().all(|d| done(d));
-            let status = if done(key) {
+            let deps_done = fact.depends_on.iter().all(|d| merged.contains_key(d));
+            let phases_done: Vec<Phase> = PIPELINE
+                .iter()
+                .copied()
+                .filter(|p| counted.contains_key(&(key.clone(), *p)))
+                .collect();
+            let mut next_phase = PIPELINE
+                .iter()
+                .copied()
+                .find(|p| !counted.contains_key(&(key.clone(), *p)));
+            let mut blocked_reason = None;
+            if let Some(r) = counted.get(&(key.clone(), Phase::Review)) {
+                if r.handoff.verdict == Some(Verdict::Reject) {
+                    blocked_reason =
+                        Some(format!("review rejected the change: {}", r.handoff.summary));
+                }
+            }
+            let mut attempts = 0;
+            if let Some(p) = next_phase {
+                if let Ok(res) = Resource::story(key, p) {
+                    let on_it: Vec<(&str, &ClaimFact)> = claims
+                        .all()
+                        .filter(|(_, c)| c.resources.iter().any(|(r, _)| *r == res))
+                        .collect();
+                    attempts = on_it.len() as u32;
+                    let active = claims.winner(&res).is_some();
+                    if attempts >= MAX_ATTEMPTS && !active && blocked_reason.is_none() {
+                        let mut reasons: Vec<String> = on_it
+                            .iter()
+                            .filter_map(|(id, _)| view.releases.get(*id))
+                            .filter(|r| r.why != ReleaseReason::Done)
+                            .map(|r| {
+                                if r.note.is_empty() {
+                                    format!("{:?}", r.why).to_lowercase()
+                                } else {
+                                    r.note.clone()
+                                }
+                            })
+                            .collect();
+                        reasons.dedup();
+                        blocked_reason = Some(format!(
+                            "{p} failed {attempts} attempts: {}",
+                            reasons.join("; ")
+                        ));
+                    }
+                }
+            }
+            let is_merged = merged.get(key).cloned();
+            if is_merged.is_some() {
+                next_phase = None;
+                blocked_reason = None;
+            } else if blocked_reason.is_some() {
+                next_phase = None;
+            }
+            let started = !phases_done.is_empty()
+                || claims
+                    .active()
+                    .any(|(_, c)| c.resources.iter().any(|(r, _)| r.story_key() == Some(key)));
+            let status = if is_merged.is_some() {
                 StoryStatus::Done
+            } else if blocked_reason.is_some() {
+                StoryStatus::Blocked
+            } else if started {
+                StoryStatus::InProgress
             } else if deps_done {
                 StoryStatus::Ready
             } else {
                 StoryStatus::Backlog
             };
+            let implementer = counted
+                .get(&(key.clone(), Phase::Implement))
+                .map(|r| r.holder.clone());
             let depends_on = fact
                 .depends_on
                 .iter()
@@ -317,11 +491,32 @@ impl View {
                     status,
                     depends_on_ids: depends_on,
                     fact: fact.clone(),
+                    phases_done,
+                    next_phase,
+                    attempts,
+                    blocked_reason,
+                    merged: is_merged,
+                    implementer,
                 },
             );
         }
         view.stories = stories;
         view
+    }
+
+    /// The claim fold (winners, tokens) of this view.
+    pub fn claims(&self) -> Claims {
+        Claims::new(&self.claims, &self.releases)
+    }
+
+    /// The counted result of one phase of a story, if any.
+    pub fn counted_result(&self, story: &str, phase: Phase) -> Option<&ResultFact> {
+        let res = Resource::story(story, phase).ok()?;
+        let claims = self.claims();
+        let top = claims.top(&res)?.to_string();
+        self.results
+            .values()
+            .find(|r| r.story == story && r.phase == phase && r.claim == top)
     }
 
     pub fn max_number(&self) -> u32 {

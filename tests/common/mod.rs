@@ -24,8 +24,65 @@ pub fn test_config(bootstrap: Option<String>) -> Config {
         suspect_after_missed: 3,
         dead_after_ms: DEAD_AFTER_MS,
         anti_entropy_ms: 1000,
+        // Replication tests do not claim work unless they ask for it.
+        work: false,
         ..Config::default()
     }
+}
+
+/// Fast lease timings that satisfy ttl >= 2*drift + 4*message_timeout.
+pub fn fast_leases(c: &mut Config) {
+    c.work = true;
+    c.lease_ttl_ms = 1_000;
+    c.max_clock_drift_ms = 100;
+    c.message_timeout_ms = 200;
+    c.lease_grace_ms = 300;
+    c.settle_timeout_ms = 500;
+    c.sim_phase_ms = 100;
+}
+
+/// Starts a node with a config tweak and an optional executor.
+pub async fn start_with(
+    dir: &Path,
+    key: &Keypair,
+    bootstrap: Option<&NodeHandle>,
+    tweak: impl FnOnce(&mut Config),
+    executor: Option<std::sync::Arc<dyn mesh_agent::exec::Executor>>,
+) -> NodeHandle {
+    init_tracing();
+    let mut cfg = test_config(bootstrap.and_then(|b| b.addr()).map(|a| a.to_string()));
+    tweak(&mut cfg);
+    cfg.validate().expect("valid test config");
+    node::start(NodeOptions {
+        config: cfg,
+        data_dir: Some(dir.to_path_buf()),
+        keypair: key.clone(),
+        psk: Some(psk(7)),
+        passive: false,
+        executor,
+    })
+    .await
+    .expect("node starts")
+}
+
+/// Waits until `cond` holds for the node's view (re-checked on every document change).
+pub async fn wait_view(
+    n: &NodeHandle,
+    what: &str,
+    secs: u64,
+    mut cond: impl FnMut(&mesh_agent::state::View) -> bool,
+) -> mesh_agent::state::View {
+    let mut rx = n.observe();
+    within(what, secs, async {
+        loop {
+            let v = n.view().await.expect("node running");
+            if cond(&v) {
+                return v;
+            }
+            rx.changed().await.expect("node running");
+        }
+    })
+    .await
 }
 
 pub fn psk(byte: u8) -> PreSharedKey {
@@ -54,6 +111,7 @@ pub async fn start(
         keypair: key.clone(),
         psk,
         passive: false,
+        executor: None,
     })
     .await
     .expect("node starts")

@@ -1,0 +1,613 @@
+//! Fencing at the git origin: the one resource that must never take two writers.
+//!
+//! Leases only decide who *should* work (DESIGN.md §5); a holder that paused past its
+//! lease can still wake up and push. So before implementing, a holder records its story
+//! token in the origin, and the merge gate lands main only through this module, which
+//! refuses a token lower than the one recorded (Kleppmann: a lock without a fence is only
+//! advisory). This is an I/O shell over git2; the rules it applies are small and stated
+//! here.
+//!
+//! # Storage
+//!
+//! `refs/mesh/fence/<story>` points directly at a blob (allowed for refs outside
+//! `refs/heads/`) whose content is:
+//!
+//! ```text
+//! token 7
+//! holder 12D3KooW...
+//! landed 3f2a...        (only once the story has landed on main)
+//! ```
+//!
+//! A blob keeps the fence out of every branch's history, and the ref keeps the blob alive
+//! through `git gc`. Unknown lines are ignored, so a later version can add fields.
+//!
+//! # Rules
+//!
+//! - `record`: succeeds if no token is recorded, or the recorded one is lower; re-recording
+//!   the same token by the same holder is an idempotent success; the same token by another
+//!   holder is refused ([`Refused::TokenTaken`]), a higher recorded token is refused
+//!   ([`Refused::StaleToken`]).
+//! - `land`: the same token rules, then main must fast-forward to the new commit
+//!   ([`Refused::NotFastForward`] otherwise); main moves and the fence records
+//!   `landed <commit>`. A story lands at most once: any later land or record, except the
+//!   same holder repeating the same land, is refused ([`Refused::AlreadyLanded`]).
+//!
+//! # Guarantee
+//!
+//! Every decision is taken while holding git's lock files (`<ref>.lock`, created with
+//! `O_EXCL`) on every ref it reads, and the refs are re-read *after* the locks are taken.
+//! Two writers going through this module, or through anything else that honours git's
+//! ref locks (a `git push` to main does), are therefore serialised per story: the
+//! recorded token never decreases, two holders never both record the same token, main
+//! only moves by fast-forward from the value read under the lock, and at most one land
+//! per story succeeds. A lost race is not an error: the loser waits for the lock (with
+//! jittered backoff, up to the lock timeout), re-reads and decides again.
+//!
+//! What remains:
+//! - **A crash mid-land.** Git cannot rename two ref files atomically. Main is written
+//!   first, then the fence ref, both while the fence lock is held; a crash between them
+//!   leaves main advanced but the fence without `landed`. The same holder repeating the
+//!   land completes it (main already at the commit counts as a fast-forward); the story
+//!   is never marked landed while main lacks its commit.
+//! - **A stale lock file** left by a crashed writer blocks that ref until removed;
+//!   [`FenceError::Busy`] names the file.
+//! - **Writers that bypass lock files** (hand-edited refs, a reftable ref store) are not
+//!   fenced.
+//! - **Remote origins.** The origin must be a path git2 can open (the same machine or a
+//!   shared filesystem whose exclusive create is honest). A network origin would need a
+//!   `git push --atomic` with a lease on both refs, which libgit2 cannot express; that is
+//!   not built yet.
+
+use git2::{ErrorCode, ObjectType, Oid, Reference, Repository, Signature};
+use rand::Rng;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Where story fences live in the origin.
+pub const FENCE_REF_PREFIX: &str = "refs/mesh/fence/";
+/// The branch the merge gate lands on unless told otherwise.
+pub const DEFAULT_BRANCH_REF: &str = "refs/heads/main";
+/// How long a writer waits for another writer's ref lock before giving up.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest accepted story key and holder id, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+/// Largest fence blob read back; anything bigger is not ours.
+const MAX_FENCE_BLOB_BYTES: usize = 4096;
+
+/// What the fence ref of a story says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FenceRecord {
+    pub token: u64,
+    /// Peer id of the holder that recorded the token.
+    pub holder: String,
+    /// The commit main was fast-forwarded to, once the story landed.
+    pub landed: Option<Oid>,
+}
+
+impl FenceRecord {
+    fn to_blob(&self) -> String {
+        let mut s = format!("token {}\nholder {}\n", self.token, self.holder);
+        if let Some(c) = self.landed {
+            s.push_str(&format!("landed {c}\n"));
+        }
+        s
+    }
+
+    fn parse(data: &[u8]) -> Result<FenceRecord, String> {
+        let text = std::str::from_utf8(data).map_err(|_| "content is not UTF-8".to_string())?;
+        let (mut token, mut holder, mut landed) = (None, None, None);
+        for line in text.lines() {
+            let (key, value) = line.split_once(' ').unwrap_or((line, ""));
+            match key {
+                "token" => {
+                    token = Some(
+                        value
+                            .parse::<u64>()
+                            .map_err(|_| format!("token {value:?} is not a number"))?,
+                    )
+                }
+                "holder" => holder = Some(value.to_string()),
+                "landed" => {
+                    landed = Some(
+                        Oid::from_str(value)
+                            .map_err(|_| format!("landed {value:?} is not a commit id"))?,
+                    )
+                }
+                _ => {}
+            }
+        }
+        Ok(FenceRecord {
+            token: token.ok_or("no `token` line")?,
+            holder: holder.filter(|h| !h.is_empty()).ok_or("no `holder` line")?,
+            landed,
+        })
+    }
+}
+
+/// An expected refusal: the fence did its job. Carries what is recorded now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("fence refused: token {recorded} is already recorded for this story, higher than ours; our claim is stale, stop and release it")]
+    StaleToken { recorded: u64 },
+    #[error("fence refused: token {token} is already recorded by {holder}; another claim won this token, stop and release ours")]
+    TokenTaken { token: u64, holder: String },
+    #[error("fence refused: main is at {main}, which the new commit does not descend from; fetch, rebase and land again")]
+    NotFastForward { main: Oid },
+    #[error("fence refused: the story already landed as {commit} with token {token}")]
+    AlreadyLanded { token: u64, commit: Oid },
+}
+
+/// A failure: the fence could not be consulted or updated, so nothing is known to have
+/// happened. Each names what was being done and what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    #[error("cannot open the git origin at {origin}: {source}; check the path points to a git repository")]
+    Open {
+        origin: PathBuf,
+        source: git2::Error,
+    },
+    #[error("story key {story:?} cannot name a fence ref: {why}")]
+    BadStory { story: String, why: &'static str },
+    #[error("holder {holder:?} is not a peer id: {why}")]
+    BadHolder { holder: String, why: &'static str },
+    #[error("branch {branch:?} is not a valid ref to land on; use a full ref name such as refs/heads/main")]
+    BadBranch { branch: String },
+    #[error("commit {commit} is not in the origin at {origin}: {source}; push the commit's objects before landing")]
+    MissingCommit {
+        commit: Oid,
+        origin: PathBuf,
+        source: git2::Error,
+    },
+    #[error("{reference} in {origin} is unreadable ({why}); it was not written by mesh-agent, inspect it with `git cat-file -p {reference}`")]
+    Corrupt {
+        reference: String,
+        origin: PathBuf,
+        why: String,
+    },
+    #[error("{reference} in {origin} stayed locked for {waited_ms} ms; another writer is updating it, or one crashed: if no mesh-agent or git process is writing, delete {lock_file}")]
+    Busy {
+        reference: String,
+        origin: PathBuf,
+        waited_ms: u128,
+        lock_file: PathBuf,
+    },
+    #[error("git error while trying to {op} in {origin}: {source}")]
+    Git {
+        op: &'static str,
+        origin: PathBuf,
+        source: git2::Error,
+    },
+}
+
+/// The fence of one git origin.
+pub struct Fence {
+    repo: Repository,
+    origin: PathBuf,
+    lock_timeout: Duration,
+}
+
+impl std::fmt::Debug for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fence")
+            .field("origin", &self.origin)
+            .field("lock_timeout", &self.lock_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The fence ref of a story: `refs/mesh/fence/<story>`. Fails for keys that cannot be one
+/// path component of a ref name.
+pub fn fence_ref(story: &str) -> Result<String, FenceError> {
+    let bad = |why| FenceError::BadStory {
+        story: story.to_string(),
+        why,
+    };
+    if story.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if story.len() > MAX_NAME_BYTES {
+        return Err(bad("it is longer than 256 bytes"));
+    }
+    if story.contains('/') {
+        return Err(bad("it contains `/`"));
+    }
+    let name = format!("{FENCE_REF_PREFIX}{story}");
+    if !Reference::is_valid_name(&name) {
+        return Err(bad(
+            "git refuses it as a ref name (no spaces, `..`, `~^:?*[\\`, `@{` or control characters)",
+        ));
+    }
+    Ok(name)
+}
+
+fn check_holder(holder: &str) -> Result<(), FenceError> {
+    let bad = |why| FenceError::BadHolder {
+        holder: holder.to_string(),
+        why,
+    };
+    if holder.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if holder.len() > MAX_NAME_BYTES {
+        return Err(bad("it is longer than 256 bytes"));
+    }
+    if holder.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("it contains whitespace or control characters"));
+    }
+    Ok(())
+}
+
+/// What a decision taken under the locks wants written.
+struct Writes {
+    /// New target of the branch, if it moves.
+    branch: Option<Oid>,
+    /// New fence record, if it changes.
+    fence: Option<FenceRecord>,
+}
+
+impl Fence {
+    /// Opens the origin repository (bare or not) at `origin`.
+    pub fn open(origin: impl AsRef<Path>) -> Result<Fence, FenceError> {
+        let origin = origin.as_ref().to_path_buf();
+        let repo = Repository::open(&origin).map_err(|source| FenceError::Open {
+            origin: origin.clone(),
+            source,
+        })?;
+        Ok(Fence {
+            repo,
+            origin,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+        })
+    }
+
+    /// Sets how long to wait for another writer's ref lock (default 10 s).
+    pub fn with_lock_timeout(mut self, timeout: Duration) -> Fence {
+        self.lock_timeout = timeout;
+        self
+    }
+
+    /// The repository this fence guards.
+    pub fn repository(&self) -> &Repository {
+        &self.repo
+    }
+
+    fn git(&self, op: &'static str) -> impl Fn(git2::Error) -> FenceError + '_ {
+        move |source| FenceError::Git {
+            op,
+            origin: self.origin.clone(),
+            source,
+        }
+    }
+
+    /// The full record of a story's fence, if any.
+    pub fn read_record(&self, story: &str) -> Result<Option<FenceRecord>, FenceError> {
+        let name = fence_ref(story)?;
+        self.read_at(&name)
+    }
+
+    /// The token and holder recorded for a story, if any.
+    pub fn read(&self, story: &str) -> Result<Option<(u64, String)>, FenceError> {
+        Ok(self.read_record(story)?.map(|r| (r.token, r.holder)))
+    }
+
+    fn read_at(&self, name: &str) -> Result<Option<FenceRecord>, FenceError> {
+        let corrupt = |why: String| FenceError::Corrupt {
+            reference: name.to_string(),
+            origin: self.origin.clone(),
+            why,
+        };
+        let Some(oid) = self.target_of(name)? else {
+            return Ok(None);
+        };
+        let object = self
+            .repo
+            .find_object(oid, None)
+            .map_err(|e| corrupt(format!("its target {oid} is missing: {}", e.message())))?;
+        if object.kind() != Some(ObjectType::Blob) {
+            return Err(corrupt(format!(
+                "it points to a {:?}, not a blob",
+                object.kind()
+            )));
+        }
+        let blob = self
+            .repo
+            .find_blob(oid)
+            .map_err(self.git("read a fence blob"))?;
+        if blob.size() > MAX_FENCE_BLOB_BYTES {
+            return Err(corrupt(format!("its blob is {} bytes", blob.size())));
+        }
+        FenceRecord::parse(blob.content())
+            .map(Some)
+            .map_err(corrupt)
+    }
+
+    /// The direct target of a ref, or `None` if it does not exist.
+    fn target_of(&self, name: &str) -> Result<Option<Oid>, FenceError> {
+        match self.repo.find_reference(name) {
+            Ok(r) => r.target().map(Some).ok_or_else(|| FenceError::Corrupt {
+                reference: name.to_string(),
+                origin: self.origin.clone(),
+                why: "it is a symbolic ref".to_string(),
+            }),
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(self.git("read a ref")(e)),
+        }
+    }
+
+    /// Records `token` for `story` on behalf of `holder`, before implementing.
+    ///
+    /// `Ok(Ok(()))`: the token is recorded (or already was, by this holder).
+    /// `Ok(Err(refused))`: an expected refusal carrying what is recorded.
+    pub fn record(
+        &self,
+        story: &str,
+        token: u64,
+        holder: &str,
+    ) -> Result<Result<(), Refused>, FenceError> {
+        let name = fence_ref(story)?;
+        check_holder(holder)?;
+        self.under_locks(&name, None, |fence| {
+            let current = fence.read_at(&name)?;
+            if let Some(refused) = token_check(current.as_ref(), token, holder) {
+                return Ok(Err(refused));
+            }
+            if let Some(rec) = &current {
+                if rec.landed.is_some() || rec.token == token {
+                    // Same holder, same token: already recorded (landed is checked above).
+                    return Ok(Ok(None));
+                }
+            }
+            Ok(Ok(Some(Writes {
+                branch: None,
+                fence: Some(FenceRecord {
+                    token,
+                    holder: holder.to_string(),
+                    landed: None,
+                }),
+            })))
+        })
+    }
+
+    /// Lands `new_main` on `branch_ref` for `story`, fenced by `token`.
+    ///
+    /// `new_main` must already be in the origin's object database. Under the locks of the
+    /// fence ref and the branch: the token must pass the same checks as [`Fence::record`],
+    /// the story must not have landed already, and `new_main` must descend from the branch
+    /// (or equal it). Then the branch moves to `new_main` and the fence records
+    /// `token`, `holder` and `landed new_main`. Repeating a successful land (same token,
+    /// holder and commit) succeeds again without changes, and completes a land whose
+    /// fence write was interrupted.
+    pub fn land(
+        &self,
+        story: &str,
+        token: u64,
+        holder: &str,
+        branch_ref: &str,
+        new_main: Oid,
+    ) -> Result<Result<(), Refused>, FenceError> {
+        let name = fence_ref(story)?;
+        check_holder(holder)?;
+        if !Reference::is_valid_name(branch_ref)
+            || !branch_ref.starts_with("refs/")
+            || branch_ref.starts_with(FENCE_REF_PREFIX)
+        {
+            return Err(FenceError::BadBranch {
+                branch: branch_ref.to_string(),
+            });
+        }
+        self.repo
+            .find_commit(new_main)
+            .map_err(|source| FenceError::MissingCommit {
+                commit: new_main,
+                origin: self.origin.clone(),
+                source,
+            })?;
+        self.under_locks(&name, Some(branch_ref), |fence| {
+            let current = fence.read_at(&name)?;
+            if let Some(refused) = token_check(current.as_ref(), token, holder) {
+                return Ok(Err(refused));
+            }
+            if let Some(FenceRecord {
+                landed: Some(commit),
+                token: recorded,
+                ..
+            }) = current
+            {
+                // token_check let it through: same token and holder.
+                if commit != new_main {
+                    return Ok(Err(Refused::AlreadyLanded {
+                        token: recorded,
+                        commit,
+                    }));
+                }
+            }
+            let main = fence.target_of(branch_ref)?;
+            let descends = |commit: Oid, ancestor: Oid| {
+                fence
+                    .repo
+                    .graph_descendant_of(commit, ancestor)
+                    .map_err(fence.git("compare commits"))
+            };
+            let branch = match main {
+                None => Some(new_main),
+                Some(old) if old == new_main => None,
+                Some(old) if descends(new_main, old)? => Some(new_main),
+                // Main already contains the commit (a land interrupted after main moved,
+                // then others landed on top): the work is on main, only the fence is due.
+                Some(old) if descends(old, new_main)? => None,
+                Some(old) => return Ok(Err(Refused::NotFastForward { main: old })),
+            };
+            let record = FenceRecord {
+                token,
+                holder: holder.to_string(),
+                landed: Some(new_main),
+            };
+            let fence_write = (current.as_ref() != Some(&record)).then_some(record);
+            if branch.is_none() && fence_write.is_none() {
+                return Ok(Ok(None));
+            }
+            Ok(Ok(Some(Writes {
+                branch,
+                fence: fence_write,
+            })))
+        })
+    }
+
+    /// Takes the lock on `fence_name` (and `branch`, if any), retrying with jittered
+    /// backoff while another writer holds one, then lets `decide` read and decide, and
+    /// writes what it asks: the branch first, then the fence, the fence lock held
+    /// throughout.
+    fn under_locks(
+        &self,
+        fence_name: &str,
+        branch: Option<&str>,
+        decide: impl Fn(&Fence) -> Result<Result<Option<Writes>, Refused>, FenceError>,
+    ) -> Result<Result<(), Refused>, FenceError> {
+        let started = Instant::now();
+        let mut backoff_ms: u64 = 1;
+        loop {
+            match self.try_once(fence_name, branch, &decide) {
+                Err(Locked(reference)) => {
+                    let waited = started.elapsed();
+                    if waited >= self.lock_timeout {
+                        return Err(FenceError::Busy {
+                            lock_file: self.repo.path().join(format!("{reference}.lock")),
+                            reference,
+                            origin: self.origin.clone(),
+                            waited_ms: waited.as_millis(),
+                        });
+                    }
+                    let sleep = rand::thread_rng().gen_range(backoff_ms..=backoff_ms * 2);
+                    std::thread::sleep(Duration::from_millis(sleep));
+                    backoff_ms = (backoff_ms * 2).min(50);
+                }
+                Ok(outcome) => return outcome,
+            }
+        }
+    }
+
+    /// One attempt: `Err(Locked)` if a lock was busy (nothing was read or written).
+    fn try_once(
+        &self,
+        fence_name: &str,
+        branch: Option<&str>,
+        decide: &impl Fn(&Fence) -> Result<Result<Option<Writes>, Refused>, FenceError>,
+    ) -> Result<Result<Result<(), Refused>, FenceError>, Locked> {
+        let lock = |name: &str| -> Result<Result<git2::Transaction<'_>, FenceError>, Locked> {
+            let mut tx = match self.repo.transaction() {
+                Ok(tx) => tx,
+                Err(e) => return Ok(Err(self.git("start a ref transaction")(e))),
+            };
+            match tx.lock_ref(name) {
+                Ok(()) => Ok(Ok(tx)),
+                Err(e) if e.code() == ErrorCode::Locked => Err(Locked(name.to_string())),
+                Err(e) => Ok(Err(self.git("lock a ref")(e))),
+            }
+        };
+        // One transaction per ref, so each can be committed on its own, in order.
+        let fence_tx = match lock(fence_name)? {
+            Ok(tx) => tx,
+            Err(e) => return Ok(Err(e)),
+        };
+        let branch_tx = match branch.map(lock).transpose()? {
+            Some(Err(e)) => return Ok(Err(e)),
+            Some(Ok(tx)) => Some(tx),
+            None => None,
+        };
+        // Both locks held: what we read now cannot change until we let go.
+        let writes = match decide(self) {
+            Ok(Ok(Some(writes))) => writes,
+            Ok(Ok(None)) => return Ok(Ok(Ok(()))),
+            Ok(Err(refused)) => return Ok(Ok(Err(refused))),
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(self.write(fence_name, fence_tx, branch.zip(branch_tx), writes))
+    }
+
+    /// Writes the branch (committing its transaction, which releases its lock), then the
+    /// fence. Dropping a transaction unwritten releases its lock.
+    fn write(
+        &self,
+        fence_name: &str,
+        mut fence_tx: git2::Transaction<'_>,
+        branch: Option<(&str, git2::Transaction<'_>)>,
+        writes: Writes,
+    ) -> Result<Result<(), Refused>, FenceError> {
+        let sig = Signature::now("mesh-agent", "mesh-agent@localhost")
+            .map_err(self.git("make a reflog signature"))?;
+        if let (Some((name, mut tx)), Some(target)) = (branch, writes.branch) {
+            tx.set_target(name, target, Some(&sig), "mesh-agent: fenced land")
+                .map_err(self.git("stage the branch update"))?;
+            tx.commit().map_err(self.git("update the branch"))?;
+        }
+        if let Some(record) = writes.fence {
+            let blob = self
+                .repo
+                .blob(record.to_blob().as_bytes())
+                .map_err(self.git("write the fence blob"))?;
+            fence_tx
+                .set_target(fence_name, blob, Some(&sig), "mesh-agent: fence")
+                .map_err(self.git("stage the fence update"))?;
+            fence_tx
+                .commit()
+                .map_err(self.git("update the fence ref"))?;
+        }
+        Ok(Ok(()))
+    }
+}
+
+/// A ref lock held by someone else.
+struct Locked(String);
+
+/// The token rules shared by record and land; `None` means the token may proceed.
+fn token_check(current: Option<&FenceRecord>, token: u64, holder: &str) -> Option<Refused> {
+    let rec = current?;
+    if let Some(commit) = rec.landed {
+        if rec.token == token && rec.holder == holder {
+            return None;
+        }
+        return Some(Refused::AlreadyLanded {
+            token: rec.token,
+            commit,
+        });
+    }
+    if rec.token > token {
+        return Some(Refused::StaleToken {
+            recorded: rec.token,
+        });
+    }
+    if rec.token == token && rec.holder != holder {
+        return Some(Refused::TokenTaken {
+            token,
+            holder: rec.holder.clone(),
+        });
+    }
+    None
+}
+
+/// Opens `origin` and reads a story's fence: `(token, holder)`, if recorded.
+pub fn read(origin: impl AsRef<Path>, story: &str) -> Result<Option<(u64, String)>, FenceError> {
+    Fence::open(origin)?.read(story)
+}
+
+/// Opens `origin` and records a token for a story: see [`Fence::record`].
+pub fn record(
+    origin: impl AsRef<Path>,
+    story: &str,
+    token: u64,
+    holder: &str,
+) -> Result<Result<(), Refused>, FenceError> {
+    Fence::open(origin)?.record(story, token, holder)
+}
+
+/// Opens `origin` and lands a story on `branch_ref`: see [`Fence::land`].
+pub fn land(
+    origin: impl AsRef<Path>,
+    story: &str,
+    token: u64,
+    holder: &str,
+    branch_ref: &str,
+    new_main: Oid,
+) -> Result<Result<(), Refused>, FenceError> {
+    Fence::open(origin)?.land(story, token, holder, branch_ref, new_main)
+}

@@ -1,0 +1,174 @@
+//! "What should this node do next?" (DESIGN.md §6). A pure ranking of the work this node
+//! may claim now, from the view, the claim fold and a freeness test the caller supplies
+//! (which carries lease expiry and grace). Never reads a clock, never does I/O.
+//!
+//! Order: merge, then review/rework/implement (closest to done), then plan/research, then
+//! refine; then story priority (lower first); then age. Among the first few equals each
+//! node prefers items by a rendezvous hash of (its id, the story), so nodes spread out
+//! instead of racing for the same item.
+
+use crate::lease::{predict_conflict, Claims, CoChange, Conflict, Resource};
+use crate::model::Phase;
+use crate::state::View;
+use sha2::{Digest, Sha256};
+
+/// One piece of work this node could claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Work {
+    pub story: String,
+    pub phase: Phase,
+    /// The story-phase resource first, then any file locks (implement and rework).
+    pub resources: Vec<Resource>,
+    /// Which attempt this would be (1 for the first).
+    pub attempt: u32,
+    /// Soft conflicts with work in flight: the claim proceeds, flagged.
+    pub soft_conflicts: Vec<String>,
+}
+
+fn phase_rank(p: Phase) -> u8 {
+    match p {
+        Phase::Merge => 0,
+        Phase::Review | Phase::Rework | Phase::Implement => 1,
+        Phase::Plan | Phase::PlanReview | Phase::Research => 2,
+        Phase::Refine => 3,
+    }
+}
+
+/// Rendezvous (highest random weight) hash of a node and a story.
+pub fn rendezvous(node: &str, story: &str) -> u64 {
+    let mut h = Sha256::new();
+    h.update(node.as_bytes());
+    h.update([0]);
+    h.update(story.as_bytes());
+    let d = h.finalize();
+    u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// The files an implement (or rework) claim locks: the plan's files, else the story's.
+pub fn planned_files(view: &View, story: &str) -> Vec<String> {
+    if let Some(plan) = view.counted_result(story, Phase::Plan) {
+        if !plan.handoff.files.is_empty() {
+            return plan.handoff.files.clone();
+        }
+    }
+    view.stories
+        .get(story)
+        .map(|s| s.fact.files.clone())
+        .unwrap_or_default()
+}
+
+/// Files locked by active claims of other stories, by story.
+fn files_in_flight(claims: &Claims, except: &str) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for (_, c) in claims.active() {
+        let story = c
+            .resources
+            .iter()
+            .find_map(|(r, _)| r.story_key().map(str::to_string));
+        let Some(story) = story else { continue };
+        if story == except {
+            continue;
+        }
+        let files: Vec<String> = c
+            .resources
+            .iter()
+            .filter_map(|(r, _)| match r {
+                Resource::File(f) => Some(f.clone()),
+                _ => None,
+            })
+            .collect();
+        if !files.is_empty() {
+            out.push((story, files));
+        }
+    }
+    out
+}
+
+/// Ranks the work `me` may claim now. `spread` is how many of the top items to shuffle
+/// by rendezvous hash (about the number of nodes competing). `is_free` says whether a
+/// resource may be claimed (never claimed, released, or its lease expired past grace).
+pub fn rank(
+    view: &View,
+    claims: &Claims,
+    me: &str,
+    roles: &[String],
+    spread: usize,
+    cochange: &CoChange,
+    mut is_free: impl FnMut(&Resource) -> bool,
+) -> Vec<Work> {
+    let mut out: Vec<(u8, u32, u32, Work)> = Vec::new();
+    for s in view.stories.values() {
+        let Some(phase) = s.next_phase else { continue };
+        if !roles.iter().any(|r| r == phase.as_str()) {
+            continue;
+        }
+        if !s
+            .fact
+            .depends_on
+            .iter()
+            .all(|d| view.stories.get(d).is_some_and(|x| x.merged.is_some()))
+        {
+            continue;
+        }
+        if phase == Phase::Review && s.implementer.as_deref() == Some(me) {
+            continue; // review runs on a node other than the implementer
+        }
+        let Ok(story_res) = Resource::story(&s.key, phase) else {
+            continue;
+        };
+        if !is_free(&story_res) {
+            continue;
+        }
+        let mut resources = vec![story_res];
+        let mut soft_conflicts = Vec::new();
+        if matches!(phase, Phase::Implement | Phase::Rework) {
+            let files = planned_files(view, &s.key);
+            let mut blocked = false;
+            for f in &files {
+                match Resource::file(f) {
+                    Ok(r) => {
+                        if !is_free(&r) {
+                            blocked = true; // hard conflict: wait
+                            break;
+                        }
+                        resources.push(r);
+                    }
+                    Err(_) => continue, // rejected when written; never lock a bad path
+                }
+            }
+            if blocked {
+                continue;
+            }
+            match predict_conflict(&files, &files_in_flight(claims, &s.key), cochange) {
+                Conflict::Hard { .. } => continue,
+                Conflict::Soft { reasons } => soft_conflicts = reasons,
+                Conflict::None => {}
+            }
+        }
+        out.push((
+            phase_rank(phase),
+            s.fact.priority,
+            s.fact.number,
+            Work {
+                story: s.key.clone(),
+                phase,
+                resources,
+                attempt: s.attempts + 1,
+                soft_conflicts,
+            },
+        ));
+    }
+    out.sort_by(|a, b| (a.0, a.1, a.2, &a.3.story).cmp(&(b.0, b.1, b.2, &b.3.story)));
+    // Spread: among the first `spread` items equal in phase rank and priority, prefer by
+    // rendezvous hash, so two nodes rarely reach for the same story at once.
+    let n = match out.first() {
+        Some(first) => out
+            .iter()
+            .take(spread.max(1))
+            .take_while(|x| (x.0, x.1) == (first.0, first.1))
+            .count(),
+        None => 0,
+    };
+    out[..n].sort_by_key(|x| std::cmp::Reverse(rendezvous(me, &x.3.story)));
+    out.into_iter().map(|(_, _, _, w)| w).collect()
+}
