@@ -28,7 +28,8 @@
 //!   holder is refused ([`Refused::TokenTaken`]), a higher recorded token is refused
 //!   ([`Refused::StaleToken`]).
 //! - `land`: the same token rules, then main must fast-forward to the new commit
-//!   ([`Refused::NotFastForward`] otherwise); main moves and the fence records
+//!   ([`Refused::NotFastForward`] otherwise; a main that already contains the commit is
+//!   left as is); main moves and the fence records
 //!   `landed <commit>`. A story lands at most once: any later land or record, except the
 //!   same holder repeating the same land, is refused ([`Refused::AlreadyLanded`]).
 //!
@@ -47,8 +48,10 @@
 //! - **A crash mid-land.** Git cannot rename two ref files atomically. Main is written
 //!   first, then the fence ref, both while the fence lock is held; a crash between them
 //!   leaves main advanced but the fence without `landed`. The same holder repeating the
-//!   land completes it (main already at the commit counts as a fast-forward); the story
-//!   is never marked landed while main lacks its commit.
+//!   land completes it (a main that already contains the commit needs no move, even if
+//!   others landed on top since); the story is never marked landed while main lacks its
+//!   commit. Until then a takeover holder with a higher token may land the story again
+//!   (its rebase onto main finds the work already there, so at worst an empty change).
 //! - **A stale lock file** left by a crashed writer blocks that ref until removed;
 //!   [`FenceError::Busy`] names the file.
 //! - **Writers that bypass lock files** (hand-edited refs, a reftable ref store) are not
@@ -610,4 +613,426 @@ pub fn land(
     new_main: Oid,
 ) -> Result<Result<(), Refused>, FenceError> {
     Fence::open(origin)?.land(story, token, holder, branch_ref, new_main)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Barrier};
+
+    const MAIN: &str = DEFAULT_BRANCH_REF;
+    const STORY: &str = "S-0042@ab12cd";
+
+    /// A bare origin in a tempdir with one commit on main.
+    fn origin() -> (tempfile::TempDir, Oid) {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let root = commit(&repo, None, "root");
+        repo.reference(MAIN, root, true, "init").unwrap();
+        (dir, root)
+    }
+
+    /// A commit in the origin's object database, on top of `parent`, moving no ref.
+    fn commit(repo: &Repository, parent: Option<Oid>, msg: &str) -> Oid {
+        let blob = repo.blob(msg.as_bytes()).unwrap();
+        let mut tb = repo.treebuilder(None).unwrap();
+        tb.insert("file.txt", blob, 0o100644).unwrap();
+        let tree = repo.find_tree(tb.write().unwrap()).unwrap();
+        let sig = Signature::new("t", "t@t", &git2::Time::new(0, 0)).unwrap();
+        let parents: Vec<git2::Commit<'_>> = parent
+            .map(|p| repo.find_commit(p).unwrap())
+            .into_iter()
+            .collect();
+        let parents: Vec<&git2::Commit<'_>> = parents.iter().collect();
+        repo.commit(None, &sig, &sig, msg, &tree, &parents).unwrap()
+    }
+
+    fn main_of(dir: &Path) -> Oid {
+        Repository::open(dir).unwrap().refname_to_id(MAIN).unwrap()
+    }
+
+    fn fence_oid(dir: &Path) -> Option<Oid> {
+        Repository::open(dir)
+            .unwrap()
+            .refname_to_id(&fence_ref(STORY).unwrap())
+            .ok()
+    }
+
+    #[test]
+    fn a_first_record_creates_the_fence_and_read_returns_it() {
+        let (dir, _) = origin();
+        assert_eq!(read(dir.path(), STORY).unwrap(), None);
+        assert_eq!(record(dir.path(), STORY, 3, "peerA").unwrap(), Ok(()));
+        assert_eq!(
+            read(dir.path(), STORY).unwrap(),
+            Some((3, "peerA".to_string()))
+        );
+        // Stored as a blob pointed to directly by the ref.
+        let repo = Repository::open(dir.path()).unwrap();
+        let oid = repo.refname_to_id("refs/mesh/fence/S-0042@ab12cd").unwrap();
+        let blob = repo.find_blob(oid).unwrap();
+        assert_eq!(blob.content(), b"token 3\nholder peerA\n");
+    }
+
+    #[test]
+    fn re_recording_the_same_token_by_the_same_holder_is_idempotent() {
+        let (dir, _) = origin();
+        assert_eq!(record(dir.path(), STORY, 3, "peerA").unwrap(), Ok(()));
+        let before = fence_oid(dir.path());
+        assert_eq!(record(dir.path(), STORY, 3, "peerA").unwrap(), Ok(()));
+        assert_eq!(fence_oid(dir.path()), before);
+    }
+
+    #[test]
+    fn the_same_token_by_another_holder_is_refused() {
+        let (dir, _) = origin();
+        assert_eq!(record(dir.path(), STORY, 3, "peerA").unwrap(), Ok(()));
+        assert_eq!(
+            record(dir.path(), STORY, 3, "peerB").unwrap(),
+            Err(Refused::TokenTaken {
+                token: 3,
+                holder: "peerA".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_higher_token_replaces_a_lower_one() {
+        let (dir, _) = origin();
+        assert_eq!(record(dir.path(), STORY, 3, "peerA").unwrap(), Ok(()));
+        assert_eq!(record(dir.path(), STORY, 4, "peerB").unwrap(), Ok(()));
+        assert_eq!(
+            read(dir.path(), STORY).unwrap(),
+            Some((4, "peerB".to_string()))
+        );
+    }
+
+    #[test]
+    fn a_stale_writer_arriving_late_is_refused_and_changes_nothing() {
+        let (dir, root) = origin();
+        assert_eq!(record(dir.path(), STORY, 5, "peerB").unwrap(), Ok(()));
+        let fence_before = fence_oid(dir.path());
+        let stale = Fence::open(dir.path()).unwrap();
+        assert_eq!(
+            stale.record(STORY, 4, "peerA").unwrap(),
+            Err(Refused::StaleToken { recorded: 5 })
+        );
+        let work = commit(stale.repository(), Some(root), "stale work");
+        assert_eq!(
+            stale.land(STORY, 4, "peerA", MAIN, work).unwrap(),
+            Err(Refused::StaleToken { recorded: 5 })
+        );
+        assert_eq!(fence_oid(dir.path()), fence_before);
+        assert_eq!(main_of(dir.path()), root);
+    }
+
+    #[test]
+    fn two_writers_racing_end_with_the_higher_token() {
+        for round in 0..20 {
+            let (dir, _) = origin();
+            let barrier = Arc::new(Barrier::new(2));
+            let handles: Vec<_> = [(7u64, "peerA"), (9u64, "peerB")]
+                .into_iter()
+                .map(|(token, holder)| {
+                    let path = dir.path().to_path_buf();
+                    let barrier = barrier.clone();
+                    std::thread::spawn(move || {
+                        let fence = Fence::open(&path).unwrap();
+                        barrier.wait();
+                        (token, fence.record(STORY, token, holder).unwrap())
+                    })
+                })
+                .collect();
+            let results: Vec<(u64, Result<(), Refused>)> =
+                handles.into_iter().map(|h| h.join().unwrap()).collect();
+            for (token, outcome) in &results {
+                match (token, outcome) {
+                    (9, Ok(())) => {}
+                    // The lower writer wins only if it went first; refused otherwise.
+                    (7, Ok(())) | (7, Err(Refused::StaleToken { recorded: 9 })) => {}
+                    other => panic!("round {round}: unexpected outcome {other:?}"),
+                }
+            }
+            assert_eq!(
+                read(dir.path(), STORY).unwrap(),
+                Some((9, "peerB".to_string())),
+                "round {round}"
+            );
+        }
+    }
+
+    #[test]
+    fn many_writers_racing_never_lower_the_token_and_end_at_the_max() {
+        let (dir, _) = origin();
+        let n = 8;
+        let barrier = Arc::new(Barrier::new(n));
+        let handles: Vec<_> = (1..=n as u64)
+            .map(|token| {
+                let path = dir.path().to_path_buf();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    let fence = Fence::open(&path).unwrap();
+                    barrier.wait();
+                    let holder = format!("peer{token}");
+                    (token, fence.record(STORY, token, &holder).unwrap())
+                })
+            })
+            .collect();
+        for h in handles {
+            let (token, outcome) = h.join().unwrap();
+            match outcome {
+                Ok(()) => {}
+                Err(Refused::StaleToken { recorded }) => assert!(recorded > token),
+                Err(other) => panic!("token {token}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            read(dir.path(), STORY).unwrap(),
+            Some((n as u64, format!("peer{n}")))
+        );
+    }
+
+    #[test]
+    fn land_fast_forwards_main_and_marks_the_story_landed() {
+        let (dir, root) = origin();
+        let fence = Fence::open(dir.path()).unwrap();
+        assert_eq!(fence.record(STORY, 2, "peerA").unwrap(), Ok(()));
+        let work = commit(fence.repository(), Some(root), "work");
+        assert_eq!(fence.land(STORY, 2, "peerA", MAIN, work).unwrap(), Ok(()));
+        assert_eq!(main_of(dir.path()), work);
+        assert_eq!(
+            fence.read_record(STORY).unwrap(),
+            Some(FenceRecord {
+                token: 2,
+                holder: "peerA".into(),
+                landed: Some(work)
+            })
+        );
+    }
+
+    #[test]
+    fn a_land_without_a_prior_record_records_its_token() {
+        let (dir, root) = origin();
+        let fence = Fence::open(dir.path()).unwrap();
+        let work = commit(fence.repository(), Some(root), "work");
+        assert_eq!(fence.land(STORY, 1, "peerA", MAIN, work).unwrap(), Ok(()));
+        assert_eq!(fence.read(STORY).unwrap(), Some((1, "peerA".into())));
+    }
+
+    #[test]
+    fn a_land_with_a_lower_token_than_recorded_is_refused_and_main_stays() {
+        let (dir, root) = origin();
+        let fence = Fence::open(dir.path()).unwrap();
+        assert_eq!(fence.record(STORY, 6, "peerB").unwrap(), Ok(()));
+        let work = commit(fence.repository(), Some(root), "work");
+        assert_eq!(
+            fence.land(STORY, 5, "peerA", MAIN, work).unwrap(),
+            Err(Refused::StaleToken { recorded: 6 })
+        );
+        assert_eq!(main_of(dir.path()), root);
+        assert_eq!(fence.read(STORY).unwrap(), Some((6, "peerB".into())));
+    }
+
+    #[test]
+    fn a_non_fast_forward_land_is_refused_and_changes_nothing() {
+        let (dir, root) = origin();
+        let fence = Fence::open(dir.path()).unwrap();
+        assert_eq!(fence.record(STORY, 2, "peerA").unwrap(), Ok(()));
+        // Main moves on (another story landed) after our branch forked from root.
+        let other = commit(fence.repository(), Some(root), "other story");
+        assert_eq!(
+            land(dir.path(), "S-0001@zzzzzz", 1, "peerC", MAIN, other).unwrap(),
+            Ok(())
+        );
+        let fence_before = fence_oid(dir.path());
+        let ours = commit(fence.repository(), Some(root), "ours");
+        assert_eq!(
+            fence.land(STORY, 2, "peerA", MAIN, ours).unwrap(),
+            Err(Refused::NotFastForward { main: other })
+        );
+        assert_eq!(main_of(dir.path()), other);
+        assert_eq!(fence_oid(dir.path()), fence_before);
+        // After a rebase onto main it lands.
+        let rebased = commit(fence.repository(), Some(other), "ours, rebased");
+        assert_eq!(
+            fence.land(STORY, 2, "peerA", MAIN, rebased).unwrap(),
+            Ok(())
+        );
+        assert_eq!(main_of(dir.path()), rebased);
+    }
+
+    #[test]
+    fn a_story_lands_at_most_once() {
+        let (dir, root) = origin();
+        let fence = Fence::open(dir.path()).unwrap();
+        let work = commit(fence.repository(), Some(root), "work");
+        assert_eq!(fence.land(STORY, 2, "peerA", MAIN, work).unwrap(), Ok(()));
+        let landed = Err(Refused::AlreadyLanded {
+            token: 2,
+            commit: work,
+        });
+        let again = commit(fence.repository(), Some(work), "again");
+        assert_eq!(fence.land(STORY, 3, "peerB", MAIN, again).unwrap(), landed);
+        assert_eq!(fence.land(STORY, 2, "peerA", MAIN, again).unwrap(), landed);
+        assert_eq!(fence.record(STORY, 9, "peerB").unwrap(), landed);
+        assert_eq!(main_of(dir.path()), work);
+    }
+
+    #[test]
+    fn repeating_a_land_succeeds_even_after_main_moved_on() {
+        let (dir, root) = origin();
+        let fence = Fence::open(dir.path()).unwrap();
+        let work = commit(fence.repository(), Some(root), "work");
+        assert_eq!(fence.land(STORY, 2, "peerA", MAIN, work).unwrap(), Ok(()));
+        assert_eq!(fence.land(STORY, 2, "peerA", MAIN, work).unwrap(), Ok(()));
+        let next = commit(fence.repository(), Some(work), "next story");
+        assert_eq!(
+            land(dir.path(), "S-0043@ab12cd", 1, "peerB", MAIN, next).unwrap(),
+            Ok(())
+        );
+        assert_eq!(fence.land(STORY, 2, "peerA", MAIN, work).unwrap(), Ok(()));
+        assert_eq!(main_of(dir.path()), next);
+    }
+
+    #[test]
+    fn a_land_interrupted_after_main_moved_is_completed_by_repeating_it() {
+        let (dir, root) = origin();
+        let fence = Fence::open(dir.path()).unwrap();
+        assert_eq!(fence.record(STORY, 2, "peerA").unwrap(), Ok(()));
+        let work = commit(fence.repository(), Some(root), "work");
+        // Simulate the crash: main written, fence not.
+        fence
+            .repository()
+            .reference(MAIN, work, true, "crash")
+            .unwrap();
+        assert_eq!(fence.land(STORY, 2, "peerA", MAIN, work).unwrap(), Ok(()));
+        assert_eq!(
+            fence.read_record(STORY).unwrap().unwrap().landed,
+            Some(work)
+        );
+    }
+
+    #[test]
+    fn racing_lands_on_one_story_land_exactly_once() {
+        for round in 0..10 {
+            let (dir, root) = origin();
+            let n = 6;
+            let barrier = Arc::new(Barrier::new(n));
+            let handles: Vec<_> = (1..=n as u64)
+                .map(|token| {
+                    let path = dir.path().to_path_buf();
+                    let barrier = barrier.clone();
+                    std::thread::spawn(move || {
+                        let fence = Fence::open(&path).unwrap();
+                        let work = commit(fence.repository(), Some(root), &format!("w{token}"));
+                        barrier.wait();
+                        let holder = format!("peer{token}");
+                        let outcome = fence.land(STORY, token, &holder, MAIN, work).unwrap();
+                        (work, outcome)
+                    })
+                })
+                .collect();
+            let results: Vec<(Oid, Result<(), Refused>)> =
+                handles.into_iter().map(|h| h.join().unwrap()).collect();
+            let winners: Vec<Oid> = results
+                .iter()
+                .filter(|(_, o)| o.is_ok())
+                .map(|(w, _)| *w)
+                .collect();
+            assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+            assert_eq!(main_of(dir.path()), winners[0], "round {round}");
+            let rec = Fence::open(dir.path()).unwrap().read_record(STORY).unwrap();
+            assert_eq!(rec.and_then(|r| r.landed), Some(winners[0]));
+        }
+    }
+
+    #[test]
+    fn bad_story_keys_holders_and_branches_are_rejected() {
+        let (dir, root) = origin();
+        let fence = Fence::open(dir.path()).unwrap();
+        for story in ["", "a/b", "a..b", "a b", "x@{1}", "a\nb"] {
+            assert!(
+                matches!(
+                    fence.record(story, 1, "peerA"),
+                    Err(FenceError::BadStory { .. })
+                ),
+                "{story:?}"
+            );
+        }
+        for holder in ["", "peer A", "peer\nA"] {
+            assert!(
+                matches!(
+                    fence.record(STORY, 1, holder),
+                    Err(FenceError::BadHolder { .. })
+                ),
+                "{holder:?}"
+            );
+        }
+        for branch in ["main", "refs/heads/a..b", "refs/mesh/fence/x"] {
+            assert!(
+                matches!(
+                    fence.land(STORY, 1, "peerA", branch, root),
+                    Err(FenceError::BadBranch { .. })
+                ),
+                "{branch:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn landing_a_commit_missing_from_the_origin_is_an_error() {
+        let (dir, _) = origin();
+        let missing = Oid::from_str("1111111111111111111111111111111111111111").unwrap();
+        let err = land(dir.path(), STORY, 1, "peerA", MAIN, missing).unwrap_err();
+        assert!(matches!(err, FenceError::MissingCommit { .. }), "{err}");
+        assert!(err.to_string().contains("push the commit"), "{err}");
+        assert_eq!(fence_oid(dir.path()), None);
+    }
+
+    #[test]
+    fn a_corrupt_fence_ref_is_reported_not_trusted() {
+        let (dir, root) = origin();
+        let repo = Repository::open(dir.path()).unwrap();
+        let name = fence_ref(STORY).unwrap();
+        repo.reference(&name, root, true, "not a blob").unwrap();
+        let err = read(dir.path(), STORY).unwrap_err();
+        assert!(matches!(err, FenceError::Corrupt { .. }), "{err}");
+        let junk = repo.blob(b"token seven\nholder x\n").unwrap();
+        repo.reference(&name, junk, true, "junk").unwrap();
+        let err = record(dir.path(), STORY, 9, "peerA").unwrap_err();
+        assert!(err.to_string().contains("not a number"), "{err}");
+    }
+
+    #[test]
+    fn a_leftover_lock_file_is_reported_as_busy_naming_the_file() {
+        let (dir, _) = origin();
+        let lock = dir.path().join("refs/mesh/fence/S-0042@ab12cd.lock");
+        std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+        std::fs::write(&lock, b"").unwrap();
+        let fence = Fence::open(dir.path())
+            .unwrap()
+            .with_lock_timeout(Duration::from_millis(50));
+        let err = fence.record(STORY, 1, "peerA").unwrap_err();
+        assert!(matches!(err, FenceError::Busy { .. }), "{err}");
+        assert!(err.to_string().contains("S-0042@ab12cd.lock"), "{err}");
+        std::fs::remove_file(&lock).unwrap();
+        assert_eq!(fence.record(STORY, 1, "peerA").unwrap(), Ok(()));
+    }
+
+    #[test]
+    fn fence_records_parse_back_and_ignore_unknown_lines() {
+        let rec = FenceRecord {
+            token: 12,
+            holder: "12D3KooWxyz".into(),
+            landed: Some(Oid::from_str("2222222222222222222222222222222222222222").unwrap()),
+        };
+        assert_eq!(
+            FenceRecord::parse(rec.to_blob().as_bytes()),
+            Ok(rec.clone())
+        );
+        let extended = format!("{}future field\n", rec.to_blob());
+        assert_eq!(FenceRecord::parse(extended.as_bytes()), Ok(rec));
+        assert!(FenceRecord::parse(b"holder x\n").is_err());
+        assert!(FenceRecord::parse(b"token 1\n").is_err());
+    }
 }
