@@ -62,6 +62,34 @@ struct Row {
     rss_growth_per_node_kb: Option<u64>,
     /// Per kill: (first observer, last observer) in ms; None if not every observer saw it.
     dead_ms: Vec<Option<(f64, f64)>>,
+    /// Counter deltas summed over all nodes during the write phase.
+    write_phase: Option<node::Counters>,
+    /// Process CPU time (user+sys) per wall second while idle, in cores.
+    idle_cpu_cores: Option<f64>,
+}
+
+/// Sums the counters of every node that answers.
+async fn counters(mesh: &Mesh) -> node::Counters {
+    let mut t = node::Counters::default();
+    for s in join_all(mesh.nodes.iter().map(|h| h.status())).await.into_iter().flatten() {
+        let c = s.counters;
+        t.sync_sessions_started += c.sync_sessions_started;
+        t.sync_sessions_completed += c.sync_sessions_completed;
+        t.sync_failures += c.sync_failures;
+        t.heartbeats_received += c.heartbeats_received;
+        t.bytes_in += c.bytes_in;
+        t.bytes_out += c.bytes_out;
+    }
+    t
+}
+
+/// This process's CPU time (user + system) in seconds, from /proc/self/stat.
+fn cpu_secs() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 fn rss_kb() -> Option<u64> {
@@ -321,7 +349,18 @@ async fn run_one(args: &Args, n: usize) -> anyhow::Result<Row> {
         t0.elapsed().as_millis(),
         args.writes
     );
+    let c0 = counters(&mesh).await;
     propagation(args, &mesh, &mut row).await;
+    let c1 = counters(&mesh).await;
+    row.write_phase = Some(node::Counters {
+        sync_sessions_started: c1.sync_sessions_started - c0.sync_sessions_started,
+        sync_sessions_completed: c1.sync_sessions_completed - c0.sync_sessions_completed,
+        sync_failures: c1.sync_failures - c0.sync_failures,
+        heartbeats_received: c1.heartbeats_received - c0.heartbeats_received,
+        bytes_in: c1.bytes_in - c0.bytes_in,
+        bytes_out: c1.bytes_out - c0.bytes_out,
+        ..Default::default()
+    });
     eprintln!(
         "[N={n}] propagation p50 {:.1} ms, p99 {:.1} ms; idle traffic for {} s",
         pct(&row.prop_ms, 50.0).unwrap_or(f64::NAN),
@@ -330,7 +369,11 @@ async fn run_one(args: &Args, n: usize) -> anyhow::Result<Row> {
     );
     // Let the last syncs finish before measuring quiet.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let (cpu0, w0) = (cpu_secs(), Instant::now());
     row.idle_bytes_per_node_s = idle_traffic(args, &mesh).await;
+    if let (Some(a), Some(b)) = (cpu0, cpu_secs()) {
+        row.idle_cpu_cores = Some((b - a) / w0.elapsed().as_secs_f64());
+    }
     row.rss_total_kb = rss_kb();
     if let (Some(a), Some(b)) = (rss0, row.rss_total_kb) {
         row.rss_growth_per_node_kb = Some(b.saturating_sub(a) / n as u64);
@@ -427,6 +470,27 @@ fn print_table(args: &Args, rows: &[Row]) {
         );
     }
     println!();
+    println!(
+        "{:>5} {:>14} {:>14} {:>16} {:>16}",
+        "nodes", "sync sessions", "sync failures", "bytes in+out", "idle CPU"
+    );
+    println!(
+        "{:>5} {:>14} {:>14} {:>16} {:>16}",
+        "", "per write", "in the writes", "per write", "cores (process)"
+    );
+    for r in rows {
+        let Some(c) = &r.write_phase else { continue };
+        let w = r.writes_ok.max(1) as f64;
+        println!(
+            "{:>5} {:>14.1} {:>14} {:>16.0} {:>16}",
+            r.nodes,
+            c.sync_sessions_started as f64 / w,
+            c.sync_failures,
+            (c.bytes_in + c.bytes_out) as f64 / w,
+            f(r.idle_cpu_cores, 2),
+        );
+    }
+    println!();
     println!("prop: from add_story() on the writer until every node's heads digest equals the writer's (p50/p99/max over the writes).");
     println!("ack: add_story() round trip (change applied, flushed to disk, heads announced).");
     println!(
@@ -439,6 +503,8 @@ fn print_table(args: &Args, rows: &[Row]) {
         args.idle_secs
     );
     println!("RSS: this whole process with N nodes / its growth per node since before the nodes started (not per-process figures).");
+    println!("sync sessions / bytes per write: summed over all nodes during the write phase (includes heartbeats and gossip meanwhile).");
+    println!("idle CPU: CPU time of this process (all N nodes) per wall-clock second during the idle window; 1.00 = one core.");
 }
 
 fn main() -> anyhow::Result<()> {
