@@ -13,7 +13,7 @@
 
 use crate::codec;
 use crate::lease::{
-    claim_id, resource_free, ClaimFact, CoChange, LeaseConfig, LeaseObserver, ReleaseFact,
+    claim_id, resource_free, ClaimFact, Claims, CoChange, LeaseConfig, LeaseObserver, ReleaseFact,
     ReleaseReason, Resource,
 };
 use crate::membership::{
@@ -26,6 +26,7 @@ use crate::scheduler;
 use crate::state::{reset_sync_state, Doc, StateError, StoryView, SyncState, View};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 /// Most request/response rounds in one sync session before it is abandoned.
 pub const MAX_SYNC_ROUNDS: u32 = 64;
@@ -52,6 +53,10 @@ pub struct CoreConfig {
     pub lease: LeaseConfig,
     /// Whether this node claims work at all (tests and observers may not).
     pub work: bool,
+    /// Test hook: start work at settle without checking the claim wins. Exists only so
+    /// the simulator can prove it catches a broken winner rule; never set it otherwise.
+    #[doc(hidden)]
+    pub broken_winner_rule: bool,
 }
 
 /// Inputs from the network. Peers are identified by their peer id string.
@@ -225,9 +230,11 @@ pub struct Core {
     hb_seq: u64,
     /// The latest time the core was given (for calls that carry no time).
     last_now: u64,
+    /// When the claim machinery first ran (warm-up starts there).
+    started_ms: Option<u64>,
     counters: Counters,
     effects: VecDeque<Effect>,
-    view: Option<([u8; 32], View)>,
+    view: Option<([u8; 32], Arc<View>, Arc<Claims>)>,
     observer: LeaseObserver,
     local: BTreeMap<String, LocalClaim>,
     next_claim: u64,
@@ -263,6 +270,7 @@ impl Core {
             incarnation,
             hb_seq: 0,
             last_now: 0,
+            started_ms: None,
             counters: Counters::default(),
             effects: VecDeque::new(),
             view: None,
@@ -276,12 +284,26 @@ impl Core {
     }
 
     /// The view of the current document (cached until the document changes).
-    pub fn view(&mut self) -> &View {
-        if self.view.as_ref().is_some_and(|(d, _)| *d != self.digest) {
+    pub fn view(&mut self) -> Arc<View> {
+        self.derived().0
+    }
+
+    /// The view and its claim fold, cached until the document changes.
+    fn derived(&mut self) -> (Arc<View>, Arc<Claims>) {
+        if self
+            .view
+            .as_ref()
+            .is_some_and(|(d, _, _)| *d != self.digest)
+        {
             self.view = None;
         }
         let (digest, doc) = (self.digest, &self.doc);
-        &self.view.get_or_insert_with(|| (digest, doc.view())).1
+        let (_, v, c) = self.view.get_or_insert_with(|| {
+            let v = doc.view();
+            let c = v.claims();
+            (digest, Arc::new(v), Arc::new(c))
+        });
+        (v.clone(), c.clone())
     }
 
     /// Historic co-change statistics for soft-conflict prediction (from the git shell).
@@ -305,7 +327,7 @@ impl Core {
 
     /// Every active (winning, unreleased) claim, with its lease as this node sees it.
     pub fn claim_rows(&mut self, now_ms: u64) -> Vec<ClaimRow> {
-        let claims = self.view().claims();
+        let claims = self.derived().1;
         let mut rows = Vec::new();
         for (id, c) in claims.active() {
             let first = self.observer.first_seen_ms(id).unwrap_or(now_ms);
@@ -695,7 +717,7 @@ impl Core {
         }
         self.check_settling(now_ms);
         // Running claims we no longer hold (taken over after expiry): stop them.
-        let claims = self.view().claims();
+        let claims = self.derived().1;
         let lost: Vec<String> = self
             .local
             .iter()
@@ -719,12 +741,25 @@ impl Core {
         if self.local.len() >= self.cfg.capacity as usize {
             return;
         }
-        let alive = self.membership.alive(now_ms);
+        // Warm-up: a node that just started does not yet know who is alive (nor what
+        // they claimed), so settling with "everyone alive" would be settling with no
+        // one. Wait until every live peer has had time to heartbeat.
+        let started = *self.started_ms.get_or_insert(now_ms);
+        let m = self.cfg.membership;
+        if now_ms.saturating_sub(started) < m.heartbeat_ms * u64::from(m.suspect_after_missed) {
+            return;
+        }
+        // Settle with every peer that is alive or connected.
+        let mut alive = self.membership.alive(now_ms);
+        for p in &self.connected {
+            if !alive.contains(p) {
+                alive.push(p.clone());
+            }
+        }
         let lease = self.cfg.lease;
         let me = self.peer.clone();
         let roles = self.cfg.roles.clone();
-        let view = self.view().clone();
-        let claims = view.claims();
+        let (view, claims) = self.derived();
         let dead: BTreeSet<String> = self
             .membership
             .snapshot(now_ms)
@@ -803,8 +838,10 @@ impl Core {
     /// Settles claims whose peers have all synced (or whose settle timeout passed): the
     /// winner starts work, a loser releases.
     fn check_settling(&mut self, now_ms: u64) {
-        let ready: Vec<String> = {
-            let alive: BTreeSet<String> = self.membership.alive(now_ms).into_iter().collect();
+        // (claim, whether every alive peer synced with us since the claim was written)
+        let ready: Vec<(String, bool)> = {
+            let mut alive: BTreeSet<String> = self.membership.alive(now_ms).into_iter().collect();
+            alive.extend(self.connected.iter().cloned());
             let completed = &self.completed;
             let mut ready = Vec::new();
             for (id, c) in self.local.iter_mut() {
@@ -817,8 +854,10 @@ impl Core {
                     waiting.retain(|p| {
                         alive.contains(p) && completed.get(p).is_none_or(|&s| s < *mark)
                     });
-                    if waiting.is_empty() || now_ms >= *deadline_ms {
-                        ready.push(id.clone());
+                    if waiting.is_empty() {
+                        ready.push((id.clone(), true));
+                    } else if now_ms >= *deadline_ms {
+                        ready.push((id.clone(), false));
                     }
                 }
             }
@@ -827,10 +866,21 @@ impl Core {
         if ready.is_empty() {
             return;
         }
-        let view = self.view().clone();
-        let claims = view.claims();
-        for id in ready {
-            if claims.holds(&id) {
+        let (view, claims) = self.derived();
+        for (id, synced) in ready {
+            if !synced {
+                // An alive peer we could not sync with may hold a competing claim we
+                // cannot see: starting could double the work. Give up; retry later.
+                tracing::debug!(claim = %id, "could not settle in time; releasing");
+                self.local.remove(&id);
+                self.release(
+                    &id,
+                    ReleaseReason::Unsettled,
+                    "could not settle: peers unreachable",
+                );
+                continue;
+            }
+            if claims.holds(&id) || self.cfg.broken_winner_rule {
                 let Some(c) = self.local.get_mut(&id) else {
                     continue;
                 };
@@ -879,7 +929,7 @@ impl Core {
             } else {
                 tracing::debug!(claim = %id, "claim lost at settle; releasing");
                 self.local.remove(&id);
-                self.release(&id, ReleaseReason::Lost, "another claim won at settle");
+                self.release(&id, ReleaseReason::Unsettled, "another claim won at settle");
             }
         }
     }
@@ -971,6 +1021,7 @@ mod tests {
                 passive: false,
                 lease: LeaseConfig::default(),
                 work: false,
+                broken_winner_rule: false,
             },
             Doc::new([actor; 16]),
             1,

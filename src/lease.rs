@@ -185,6 +185,9 @@ pub enum ReleaseReason {
     Abandoned,
     /// The holder noticed its own lease had expired.
     Expired,
+    /// Never started: lost at settle, or could not sync with every alive peer in time.
+    /// Not an attempt at the work.
+    Unsettled,
 }
 
 /// A release as stored in the document under `releases/<claim-id>`.

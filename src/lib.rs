@@ -18,5 +18,6 @@ pub mod model;
 pub mod net;
 pub mod node;
 pub mod scheduler;
+pub mod sim;
 pub mod state;
 pub mod store;

@@ -254,6 +254,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
             passive: opts.passive,
             lease: cfg.lease(),
             work: cfg.work && !opts.passive,
+            broken_winner_rule: false,
         },
         doc,
         wall_ms(),
@@ -548,7 +549,7 @@ impl Runtime {
                 let _ = reply.send(self.status());
             }
             ApiRequest::View(reply) => {
-                let _ = reply.send(self.core.view().clone());
+                let _ = reply.send((*self.core.view()).clone());
             }
             ApiRequest::SetWork(on, reply) => {
                 let now = self.now_ms();

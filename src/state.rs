@@ -298,6 +298,8 @@ pub struct View {
     pub results: BTreeMap<String, ResultFact>,
     /// Every merge fact written, by document key.
     pub merges: BTreeMap<String, MergeFact>,
+    /// The counted result of each (story, phase): its key in `results`.
+    pub counted: BTreeMap<(String, Phase), String>,
     /// Facts that could not be decoded (from a newer or buggy peer); skipped, counted.
     pub malformed: u64,
 }
@@ -355,7 +357,8 @@ impl View {
         // Fencing in the view: a result (or merge) counts only if written under the top
         // claim of its resource, whatever arrived first.
         let mut counted: BTreeMap<(String, Phase), &ResultFact> = BTreeMap::new();
-        for r in view.results.values() {
+        let mut counted_keys: BTreeMap<(String, Phase), String> = BTreeMap::new();
+        for (rkey, r) in view.results.iter() {
             let Ok(res) = Resource::story(&r.story, r.phase) else {
                 continue;
             };
@@ -363,6 +366,7 @@ impl View {
                 && claims.token_of(&r.claim, &res) == Some(r.token)
             {
                 counted.insert((r.story.clone(), r.phase), r);
+                counted_keys.insert((r.story.clone(), r.phase), rkey.clone());
             }
         }
         let mut merged: BTreeMap<String, MergeFact> = BTreeMap::new();
@@ -422,9 +426,13 @@ impl View {
             let mut attempts = 0;
             if let Some(p) = next_phase {
                 if let Ok(res) = Resource::story(key, p) {
+                    // Attempts: claims that started work (not those that never settled).
                     let on_it: Vec<(&str, &ClaimFact)> = claims
                         .all()
                         .filter(|(_, c)| c.resources.iter().any(|(r, _)| *r == res))
+                        .filter(|(id, _)| {
+                            claims.release_reason(id) != Some(ReleaseReason::Unsettled)
+                        })
                         .collect();
                     attempts = on_it.len() as u32;
                     let active = claims.winner(&res).is_some();
@@ -501,6 +509,7 @@ impl View {
             );
         }
         view.stories = stories;
+        view.counted = counted_keys;
         view
     }
 
@@ -511,12 +520,8 @@ impl View {
 
     /// The counted result of one phase of a story, if any.
     pub fn counted_result(&self, story: &str, phase: Phase) -> Option<&ResultFact> {
-        let res = Resource::story(story, phase).ok()?;
-        let claims = self.claims();
-        let top = claims.top(&res)?.to_string();
-        self.results
-            .values()
-            .find(|r| r.story == story && r.phase == phase && r.claim == top)
+        let key = self.counted.get(&(story.to_string(), phase))?;
+        self.results.get(key)
     }
 
     pub fn max_number(&self) -> u32 {

@@ -42,8 +42,25 @@ fn run_err(args: &[&str], dir: &Path) -> (i32, String) {
     )
 }
 
+/// A running node process, killed when dropped (also when a test fails midway).
+struct NodeProc(Child);
+
+impl NodeProc {
+    fn sigkill(&mut self) {
+        self.0.kill().expect("kill");
+        self.0.wait().expect("reap");
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `mesh-agent run` and waits for its first `listening` line and control file.
-fn spawn_node(dir: &Path) -> Child {
+fn spawn_node(dir: &Path) -> NodeProc {
     let mut child = bin()
         .args([
             "run",
@@ -70,7 +87,7 @@ fn spawn_node(dir: &Path) -> Child {
         assert!(Instant::now() < deadline, "control endpoint never came up");
         std::thread::sleep(Duration::from_millis(20));
     }
-    child
+    NodeProc(child)
 }
 
 #[test]
@@ -168,8 +185,7 @@ fn a_sigkilled_node_restarts_with_every_acknowledged_story_and_the_lock_is_clear
         );
     }
     // SIGKILL right after the last acknowledgement: no chance to flush on exit.
-    node.kill().expect("kill");
-    node.wait().expect("reap");
+    node.sigkill();
 
     let node = spawn_node(d.path());
     let list = run_ok(&["story", "list"], d.path());
@@ -182,7 +198,5 @@ fn a_sigkilled_node_restarts_with_every_acknowledged_story_and_the_lock_is_clear
     let status = run_ok(&["status", "--json"], d.path());
     let v: serde_json::Value = serde_json::from_str(&status).expect("status json");
     assert_eq!(v["stories"].as_array().map(Vec::len), Some(10));
-    let mut node = node;
-    node.kill().ok();
-    node.wait().ok();
+    drop(node);
 }

@@ -1,0 +1,110 @@
+//! Runs the deterministic simulator over many seeds and prints the first failure with
+//! its trace. `scripts/sim --seeds 100000` wraps it.
+//!
+//!     cargo run --release --example sim -- --seeds 1000 [--start 0] [--mode clean|hostile|both]
+//!     cargo run --release --example sim -- --replay 1234 --mode hostile   # full trace
+
+use mesh_agent::sim::{run, Mode, SimConfig};
+use std::time::Instant;
+
+fn usage() -> ! {
+    eprintln!("usage: sim [--seeds N] [--start S] [--mode clean|hostile|both] [--replay SEED] [--nodes N] [--stories N]");
+    std::process::exit(2);
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (mut seeds, mut start, mut modes, mut replay) =
+        (1000u64, 0u64, vec![Mode::Clean, Mode::Hostile], None);
+    let (mut nodes, mut stories) = (None, None);
+    while let Some(a) = args.next() {
+        let mut val = || args.next().unwrap_or_else(|| usage());
+        match a.as_str() {
+            "--seeds" => seeds = val().parse().unwrap_or_else(|_| usage()),
+            "--start" => start = val().parse().unwrap_or_else(|_| usage()),
+            "--replay" => replay = Some(val().parse().unwrap_or_else(|_| usage())),
+            "--nodes" => nodes = Some(val().parse().unwrap_or_else(|_| usage())),
+            "--stories" => stories = Some(val().parse().unwrap_or_else(|_| usage())),
+            "--mode" => {
+                modes = match val().as_str() {
+                    "clean" => vec![Mode::Clean],
+                    "hostile" => vec![Mode::Hostile],
+                    "both" => vec![Mode::Clean, Mode::Hostile],
+                    _ => usage(),
+                }
+            }
+            "-h" | "--help" => usage(),
+            _ => usage(),
+        }
+    }
+    let config = |mode| {
+        let mut c = SimConfig::new(mode);
+        if let Some(n) = nodes {
+            c.nodes = n;
+        }
+        if let Some(s) = stories {
+            c.stories = s;
+        }
+        c
+    };
+    if let Some(seed) = replay {
+        for &mode in &modes {
+            let mut c = config(mode);
+            c.trace = true;
+            let r = run(seed, &c);
+            for line in &r.trace {
+                println!("{line}");
+            }
+            println!(
+                "seed {seed} {mode:?}: {} events, {} merged, {} blocked, violations: {:?}",
+                r.events, r.merged, r.blocked, r.violations
+            );
+        }
+        return;
+    }
+    let t0 = Instant::now();
+    let (mut events, mut merged, mut blocked, mut runs) = (0u64, 0usize, 0usize, 0u64);
+    for seed in start..start + seeds {
+        for &mode in &modes {
+            let r = run(seed, &config(mode));
+            runs += 1;
+            events += r.events;
+            merged += r.merged;
+            blocked += r.blocked;
+            if !r.ok() {
+                println!("FAILED seed {seed} mode {mode:?}:");
+                for v in &r.violations {
+                    println!("  {v}");
+                }
+                let mut c = config(mode);
+                c.trace = true;
+                let r = run(seed, &c);
+                println!("trace (last 200 events):");
+                for line in r.trace.iter().rev().take(200).rev() {
+                    println!("  {line}");
+                }
+                println!(
+                    "replay: cargo run --release --example sim -- --replay {seed} --mode {}",
+                    if mode == Mode::Clean {
+                        "clean"
+                    } else {
+                        "hostile"
+                    }
+                );
+                std::process::exit(1);
+            }
+        }
+        if (seed - start + 1) % 1000 == 0 {
+            eprintln!(
+                "{} seeds ok ({:.0} s)",
+                seed - start + 1,
+                t0.elapsed().as_secs_f64()
+            );
+        }
+    }
+    println!(
+        "{seeds} seeds x {} modes = {runs} runs: 0 violations; {events} events, {merged} stories merged, {blocked} blocked, {:.1} s",
+        modes.len(),
+        t0.elapsed().as_secs_f64()
+    );
+}

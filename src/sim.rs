@@ -1,0 +1,992 @@
+//! The deterministic simulator: many pure [`Core`]s driven by a virtual clock over a
+//! virtual network that delays, reorders, duplicates and drops messages, partitions and
+//! heals, crashes and restarts nodes (keeping what they persisted), and pauses nodes past
+//! their lease. One seed reproduces one run exactly; invariants are checked after every
+//! event, and a failure carries the seed and a trace.
+//!
+//! It owns no I/O and reads no clock: it is a shell whose "network" is a priority queue.
+//! The git origin is modelled as a fence register per story (the contract of `fence`):
+//! an implementation records its token, and a landing is refused when a newer
+//! implementation recorded a higher token or the story already landed.
+//!
+//! Two fault modes:
+//! - clean: delays, reordering, duplicates, crashes and restarts. Here the claim protocol
+//!   promises mutual exclusion: at most one up node runs a given phase at any instant.
+//! - hostile: everything, plus drops, partitions and pauses past the lease. The mesh is
+//!   available rather than consistent here (DESIGN.md §5): two sides may both work, but at
+//!   most one result per phase counts and no story lands twice.
+//!
+//! In both: tokens per resource never go backwards in any view; a counted result is
+//! always from the resource's highest claim; a story whose holder died is taken over
+//! within the bound (clean mode); and once the network heals and faults stop, every node
+//! derives the same view and every story is merged or blocked.
+
+use crate::core::{Core, CoreConfig, Effect, Input, Job};
+use crate::exec::sim_handoff;
+use crate::lease::{LeaseConfig, Resource};
+use crate::membership::MembershipConfig;
+use crate::model::{NewStory, Phase, StoryStatus, Topic};
+use crate::state::Doc;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Which faults a run injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Clean,
+    Hostile,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub nodes: usize,
+    pub stories: usize,
+    pub mode: Mode,
+    /// Virtual time with faults; then faults stop and the network heals.
+    pub chaos_ms: u64,
+    /// Virtual time after healing in which everything must finish.
+    pub quiet_ms: u64,
+    pub phase_ms: u64,
+    pub max_delay_ms: u64,
+    pub membership: MembershipConfig,
+    pub lease: LeaseConfig,
+    pub capacity: u32,
+    /// Make the cores start work without checking they win (to prove the checks bite).
+    pub broken_winner_rule: bool,
+    /// Keep a trace of every event (costly; for replaying one seed).
+    pub trace: bool,
+}
+
+impl SimConfig {
+    pub fn new(mode: Mode) -> SimConfig {
+        SimConfig {
+            nodes: 4,
+            stories: 6,
+            mode,
+            chaos_ms: 6_000,
+            quiet_ms: 60_000,
+            phase_ms: 150,
+            max_delay_ms: 20,
+            membership: MembershipConfig {
+                heartbeat_ms: 200,
+                suspect_after_missed: 3,
+                dead_after_ms: 1_000,
+            },
+            lease: LeaseConfig {
+                ttl_ms: 1_200,
+                grace_ms: 200,
+                settle_timeout_ms: 400,
+                max_clock_drift_ms: 100,
+                message_timeout_ms: 200,
+            },
+            capacity: 2,
+            broken_winner_rule: false,
+            trace: false,
+        }
+    }
+}
+
+/// The outcome of one seed.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub seed: u64,
+    pub violations: Vec<String>,
+    pub trace: Vec<String>,
+    pub events: u64,
+    pub merged: usize,
+    pub blocked: usize,
+    pub end_ms: u64,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+#[derive(Debug)]
+enum Ev {
+    Tick(usize),
+    Beat(usize),
+    AntiEntropy(usize),
+    Deliver {
+        to: usize,
+        from: usize,
+        msg: Msg,
+    },
+    SyncTimeout {
+        req: u64,
+    },
+    WorkDone {
+        node: usize,
+        incarnation: u64,
+        job: Box<Job>,
+    },
+    Crash(usize),
+    Restart(usize),
+    Pause(usize, u64),
+    Resume(usize),
+    Partition(Vec<u8>),
+    Heal,
+}
+
+#[derive(Debug, Clone)]
+enum Msg {
+    Beat(Vec<u8>),
+    SyncReq { req: u64, data: Vec<u8> },
+    SyncResp { req: u64, data: Vec<u8> },
+}
+
+struct Node {
+    core: Option<Core>,
+    persisted: Vec<Vec<u8>>,
+    incarnation: u64,
+    paused: bool,
+    backlog: Vec<Ev>,
+    jobs: BTreeSet<String>,
+}
+
+/// The git origin as the fence sees it.
+#[derive(Debug, Default)]
+struct Origin {
+    fence: BTreeMap<String, u64>,
+    landed: BTreeMap<String, Vec<(usize, u64)>>,
+}
+
+/// A crash: the node, when, and the phases it was running as (resource, token).
+#[derive(Debug, Clone)]
+struct Crash {
+    node: usize,
+    at: u64,
+    running: Vec<(Resource, u64)>,
+}
+
+struct Sim {
+    cfg: SimConfig,
+    rng: StdRng,
+    now: u64,
+    seq: u64,
+    queue: BTreeMap<(u64, u64), Ev>,
+    nodes: Vec<Node>,
+    names: Vec<String>,
+    groups: Vec<u8>,
+    origin: Origin,
+    /// Outstanding sync requests: id → (requester, responder).
+    pending: BTreeMap<u64, (usize, usize)>,
+    next_req: u64,
+    violations: Vec<String>,
+    trace: Vec<String>,
+    events: u64,
+    /// Highest token seen per (node, resource) in that node's view.
+    tokens: BTreeMap<(usize, Resource), u64>,
+    crashes: Vec<Crash>,
+    /// Every start of work: (node, resource, token, time).
+    starts: Vec<(usize, Resource, u64, u64)>,
+    healed_at: Option<u64>,
+    /// The document digest each node's view was last checked at.
+    checked: Vec<[u8; 32]>,
+}
+
+fn core_config(cfg: &SimConfig) -> CoreConfig {
+    CoreConfig {
+        membership: cfg.membership,
+        roles: Phase::ALL.iter().map(|p| p.as_str().to_string()).collect(),
+        capacity: cfg.capacity,
+        max_sync_bytes: 64 << 20,
+        passive: false,
+        lease: cfg.lease,
+        work: true,
+        broken_winner_rule: cfg.broken_winner_rule,
+    }
+}
+
+impl Sim {
+    fn new(seed: u64, cfg: SimConfig) -> Sim {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let names: Vec<String> = (0..cfg.nodes).map(|i| format!("node{i}")).collect();
+        let mut nodes = Vec::new();
+        for name in &names {
+            let actor: [u8; 16] = rng.gen();
+            let core = Core::new(name.clone(), core_config(&cfg), Doc::new(actor), 1);
+            nodes.push(Node {
+                core: Some(core),
+                persisted: Vec::new(),
+                incarnation: 1,
+                paused: false,
+                backlog: Vec::new(),
+                jobs: BTreeSet::new(),
+            });
+        }
+        let groups = vec![0; cfg.nodes];
+        Sim {
+            cfg,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BTreeMap::new(),
+            nodes,
+            names,
+            groups,
+            origin: Origin::default(),
+            pending: BTreeMap::new(),
+            next_req: 1,
+            violations: Vec::new(),
+            trace: Vec::new(),
+            events: 0,
+            tokens: BTreeMap::new(),
+            crashes: Vec::new(),
+            starts: Vec::new(),
+            healed_at: None,
+            checked: Vec::new(),
+        }
+    }
+
+    fn at(&mut self, t: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.insert((t, self.seq), ev);
+    }
+
+    fn note(&mut self, f: impl FnOnce() -> String) {
+        if self.cfg.trace {
+            let line = format!("{:>7} {}", self.now, f());
+            self.trace.push(line);
+        }
+    }
+
+    fn violation(&mut self, what: String) {
+        let line = format!("t={} {what}", self.now);
+        if self.cfg.trace {
+            self.trace.push(format!("{:>7} VIOLATION {what}", self.now));
+        }
+        if !self.violations.contains(&line) {
+            self.violations.push(line);
+        }
+    }
+
+    fn up(&self, i: usize) -> bool {
+        self.nodes[i].core.is_some()
+    }
+
+    fn linked(&self, a: usize, b: usize) -> bool {
+        self.up(a) && self.up(b) && self.groups[a] == self.groups[b]
+    }
+
+    fn faults(&self) -> bool {
+        self.healed_at.is_none()
+    }
+
+    /// Sends with delay, and in chaos time duplicates and (hostile) drops.
+    fn send(&mut self, from: usize, to: usize, msg: Msg) {
+        if !self.linked(from, to) {
+            return;
+        }
+        let chaos = self.faults();
+        if chaos && self.cfg.mode == Mode::Hostile && self.rng.gen_bool(0.05) {
+            self.note(|| format!("drop {from}->{to}"));
+            return;
+        }
+        let d = self.rng.gen_range(1..=self.cfg.max_delay_ms.max(1));
+        let t = self.now + d;
+        if chaos && self.rng.gen_bool(0.03) {
+            let d2 = self.rng.gen_range(1..=self.cfg.max_delay_ms.max(1) * 3);
+            let t2 = self.now + d2;
+            self.at(
+                t2,
+                Ev::Deliver {
+                    to,
+                    from,
+                    msg: msg.clone(),
+                },
+            );
+        }
+        self.at(t, Ev::Deliver { to, from, msg });
+    }
+
+    /// Carries out every effect node `i` produced.
+    fn drain(&mut self, i: usize) {
+        while let Some(e) = self.nodes[i].core.as_mut().and_then(|c| c.poll_effect()) {
+            match e {
+                Effect::Publish {
+                    topic: Topic::Heartbeat,
+                    data,
+                } => {
+                    for j in 0..self.nodes.len() {
+                        if j != i {
+                            self.send(i, j, Msg::Beat(data.clone()));
+                        }
+                    }
+                }
+                Effect::Publish { .. } => {}
+                Effect::SendSync { to, data } => {
+                    let Some(j) = self.names.iter().position(|n| *n == to) else {
+                        continue;
+                    };
+                    let req = self.next_req;
+                    self.next_req += 1;
+                    self.pending.insert(req, (i, j));
+                    self.send(i, j, Msg::SyncReq { req, data });
+                    let t = self.now + 1_000;
+                    self.at(t, Ev::SyncTimeout { req });
+                }
+                Effect::Respond { reply, data } => {
+                    if let Some(&(requester, _)) = self.pending.get(&reply) {
+                        self.send(i, requester, Msg::SyncResp { req: reply, data });
+                    }
+                }
+                Effect::Persist { chunk } => self.nodes[i].persisted.push(chunk),
+                Effect::StartWork(job) => self.start_work(i, job),
+                Effect::CancelWork { claim } => {
+                    self.nodes[i].jobs.remove(&claim);
+                }
+            }
+        }
+    }
+
+    fn start_work(&mut self, i: usize, job: Box<Job>) {
+        let res = Resource::story(&job.story, job.phase).ok();
+        if let Some(r) = res {
+            self.starts.push((i, r, job.token, self.now));
+        }
+        self.note(|| {
+            format!(
+                "node{i} starts {} {} token {}",
+                job.story, job.phase, job.token
+            )
+        });
+        self.nodes[i].jobs.insert(job.claim.clone());
+        let d = self
+            .rng
+            .gen_range(self.cfg.phase_ms / 2..=self.cfg.phase_ms * 3 / 2);
+        let t = self.now + d.max(1);
+        let incarnation = self.nodes[i].incarnation;
+        self.at(
+            t,
+            Ev::WorkDone {
+                node: i,
+                incarnation,
+                job,
+            },
+        );
+    }
+
+    /// The executor's outcome, through the origin's fence for implement and merge.
+    fn outcome(&mut self, i: usize, job: &Job) -> Result<crate::model::Handoff, String> {
+        match job.phase {
+            Phase::Implement => {
+                let recorded = self.origin.fence.get(&job.story).copied().unwrap_or(0);
+                if job.token < recorded {
+                    return Err(format!("fence refused token {} < {recorded}", job.token));
+                }
+                self.origin.fence.insert(job.story.clone(), job.token);
+                Ok(sim_handoff(job))
+            }
+            Phase::Merge => {
+                let implemented = job
+                    .handoffs
+                    .iter()
+                    .find(|h| h.phase == Phase::Implement)
+                    .map(|h| h.token);
+                let Some(token) = implemented else {
+                    return Err("nothing implemented to land".into());
+                };
+                let recorded = self.origin.fence.get(&job.story).copied().unwrap_or(0);
+                if token < recorded {
+                    return Err(format!("fence refused token {token} < {recorded}"));
+                }
+                if self.origin.landed.contains_key(&job.story) {
+                    return Err("already landed".into());
+                }
+                self.origin
+                    .landed
+                    .entry(job.story.clone())
+                    .or_default()
+                    .push((i, token));
+                Ok(sim_handoff(job))
+            }
+            _ => Ok(sim_handoff(job)),
+        }
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        // A paused node's inputs wait until it resumes (its buffers fill, as a process
+        // stopped by SIGSTOP or a long GC pause would).
+        let target = match &ev {
+            Ev::Tick(i) | Ev::Beat(i) | Ev::AntiEntropy(i) => Some(*i),
+            Ev::Deliver { to, .. } => Some(*to),
+            Ev::WorkDone { node, .. } => Some(*node),
+            _ => None,
+        };
+        if let Some(i) = target {
+            if self.nodes[i].paused {
+                self.nodes[i].backlog.push(ev);
+                return;
+            }
+        }
+        let now = self.now;
+        match ev {
+            Ev::Tick(i) => {
+                if let Some(c) = self.nodes[i].core.as_mut() {
+                    c.tick(now, now);
+                    let t = now + self.cfg.membership.heartbeat_ms / 4;
+                    self.at(t, Ev::Tick(i));
+                }
+                self.drain(i);
+            }
+            Ev::Beat(i) => {
+                if let Some(c) = self.nodes[i].core.as_mut() {
+                    c.heartbeat(now);
+                    let t = now + self.cfg.membership.heartbeat_ms;
+                    self.at(t, Ev::Beat(i));
+                }
+                self.drain(i);
+            }
+            Ev::AntiEntropy(i) => {
+                let pick: u64 = self.rng.gen();
+                if let Some(c) = self.nodes[i].core.as_mut() {
+                    c.anti_entropy(now, pick);
+                    self.at(now + 1_000, Ev::AntiEntropy(i));
+                }
+                self.drain(i);
+            }
+            Ev::Deliver { to, from, msg } => {
+                if !self.linked(from, to) {
+                    return; // cut while in flight
+                }
+                let from_name = self.names[from].clone();
+                let input = match msg {
+                    Msg::Beat(data) => Input::Heartbeat {
+                        from: from_name,
+                        data,
+                    },
+                    Msg::SyncReq { req, data } => Input::SyncRequest {
+                        from: from_name,
+                        data,
+                        reply: req,
+                    },
+                    Msg::SyncResp { req, data } => {
+                        if self.pending.remove(&req).is_none() {
+                            return; // duplicate or after the timeout
+                        }
+                        Input::SyncResponse {
+                            from: from_name,
+                            data,
+                        }
+                    }
+                };
+                if let Some(c) = self.nodes[to].core.as_mut() {
+                    c.handle(now, input);
+                }
+                self.drain(to);
+            }
+            Ev::SyncTimeout { req } => {
+                if let Some((requester, responder)) = self.pending.remove(&req) {
+                    let from = self.names[responder].clone();
+                    if self.nodes[requester].paused {
+                        // A paused requester learns of the failure once it resumes.
+                        self.pending.insert(req, (requester, responder));
+                        self.at(now + 100, Ev::SyncTimeout { req });
+                        return;
+                    }
+                    if let Some(c) = self.nodes[requester].core.as_mut() {
+                        c.handle(now, Input::SyncFailed { from });
+                    }
+                    self.drain(requester);
+                }
+            }
+            Ev::WorkDone {
+                node,
+                incarnation,
+                job,
+            } => {
+                if self.nodes[node].incarnation != incarnation
+                    || !self.nodes[node].jobs.remove(&job.claim)
+                {
+                    return; // crashed meanwhile, or cancelled
+                }
+                let outcome = self.outcome(node, &job);
+                self.note(|| {
+                    format!(
+                        "node{node} finished {} {}: {:?}",
+                        job.story,
+                        job.phase,
+                        outcome.as_ref().map(|_| "ok")
+                    )
+                });
+                if let Some(c) = self.nodes[node].core.as_mut() {
+                    c.handle(
+                        now,
+                        Input::WorkFinished {
+                            claim: job.claim.clone(),
+                            outcome,
+                        },
+                    );
+                }
+                self.drain(node);
+            }
+            Ev::Crash(i) => {
+                let Some(core) = self.nodes[i].core.take() else {
+                    return;
+                };
+                let running: Vec<(Resource, u64)> = core
+                    .runs()
+                    .iter()
+                    .filter(|r| {
+                        core.held(now)
+                            .iter()
+                            .any(|h| h.claim == r.claim && h.running)
+                    })
+                    .filter_map(|r| {
+                        Resource::story(&r.story, r.phase)
+                            .ok()
+                            .map(|x| (x, r.token))
+                    })
+                    .collect();
+                self.note(|| format!("crash node{i} running {running:?}"));
+                self.crashes.push(Crash {
+                    node: i,
+                    at: now,
+                    running,
+                });
+                self.nodes[i].jobs.clear();
+                self.nodes[i].paused = false;
+                self.nodes[i].backlog.clear();
+                for j in 0..self.nodes.len() {
+                    if j != i {
+                        let name = self.names[i].clone();
+                        if let Some(c) = self.nodes[j].core.as_mut() {
+                            c.handle(now, Input::Disconnected(name));
+                        }
+                        self.drain(j);
+                    }
+                }
+            }
+            Ev::Restart(i) => {
+                if self.up(i) {
+                    return;
+                }
+                let actor: [u8; 16] = self.rng.gen();
+                let doc = match Doc::load(actor, &[], &self.nodes[i].persisted) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        self.violation(format!("node{i} cannot reload what it persisted: {e}"));
+                        return;
+                    }
+                };
+                self.nodes[i].incarnation += 1;
+                let inc = now.max(1) + self.nodes[i].incarnation;
+                let core = Core::new(self.names[i].clone(), core_config(&self.cfg), doc, inc);
+                self.nodes[i].core = Some(core);
+                self.note(|| format!("restart node{i}"));
+                self.schedule_timers(i);
+                self.reconnect(i);
+            }
+            Ev::Pause(i, until) => {
+                if !self.up(i) || self.nodes[i].paused {
+                    return;
+                }
+                self.note(|| format!("pause node{i} until {until}"));
+                self.nodes[i].paused = true;
+                self.at(until, Ev::Resume(i));
+            }
+            Ev::Resume(i) => {
+                if !self.nodes[i].paused {
+                    return;
+                }
+                self.note(|| format!("resume node{i}"));
+                self.nodes[i].paused = false;
+                // The overdue tick fires first, then the buffered inputs in order.
+                if let Some(c) = self.nodes[i].core.as_mut() {
+                    c.tick(now, now);
+                }
+                self.drain(i);
+                let backlog = std::mem::take(&mut self.nodes[i].backlog);
+                for ev in backlog {
+                    if let Ev::Tick(_) | Ev::Beat(_) | Ev::AntiEntropy(_) = ev {
+                        // Timers re-arm from now.
+                        let t = now + 1;
+                        self.at(t, ev);
+                        continue;
+                    }
+                    self.handle(ev);
+                }
+            }
+            Ev::Partition(groups) => {
+                self.note(|| format!("partition {groups:?}"));
+                let old = std::mem::replace(&mut self.groups, groups);
+                self.regroup(&old);
+            }
+            Ev::Heal => {
+                self.note(|| "heal".to_string());
+                let old = std::mem::replace(&mut self.groups, vec![0; self.nodes.len()]);
+                self.regroup(&old);
+            }
+        }
+    }
+
+    fn schedule_timers(&mut self, i: usize) {
+        let hb = self.cfg.membership.heartbeat_ms;
+        let a = self.rng.gen_range(0..hb);
+        let b = self.rng.gen_range(0..hb);
+        let c = self.rng.gen_range(0..1_000);
+        self.at(self.now + a / 4 + 1, Ev::Tick(i));
+        self.at(self.now + b + 1, Ev::Beat(i));
+        self.at(self.now + c + 1, Ev::AntiEntropy(i));
+    }
+
+    fn reconnect(&mut self, i: usize) {
+        let now = self.now;
+        for j in 0..self.nodes.len() {
+            if j != i && self.linked(i, j) {
+                let (ni, nj) = (self.names[i].clone(), self.names[j].clone());
+                if let Some(c) = self.nodes[i].core.as_mut() {
+                    c.handle(now, Input::Connected(nj));
+                }
+                if let Some(c) = self.nodes[j].core.as_mut() {
+                    c.handle(now, Input::Connected(ni));
+                }
+                self.drain(i);
+                self.drain(j);
+            }
+        }
+    }
+
+    /// Tells every node about connections gained or lost by a change of groups.
+    fn regroup(&mut self, old: &[u8]) {
+        let now = self.now;
+        for i in 0..self.nodes.len() {
+            for j in 0..self.nodes.len() {
+                if i == j || !self.up(i) || !self.up(j) {
+                    continue;
+                }
+                let was = old[i] == old[j];
+                let is = self.groups[i] == self.groups[j];
+                if was == is {
+                    continue;
+                }
+                let name = self.names[j].clone();
+                if let Some(c) = self.nodes[i].core.as_mut() {
+                    c.handle(
+                        now,
+                        if is {
+                            Input::Connected(name)
+                        } else {
+                            Input::Disconnected(name)
+                        },
+                    );
+                }
+                self.drain(i);
+            }
+        }
+    }
+
+    /// Safety invariants, checked after every event.
+    fn check(&mut self) {
+        let now = self.now;
+        // Tokens never go backwards in any node's view (rechecked when a view changes).
+        let mut seen: Vec<((usize, Resource), u64)> = Vec::new();
+        let n = self.nodes.len();
+        self.checked.resize(n, [0; 32]);
+        for i in 0..n {
+            let Some(core) = self.nodes[i].core.as_mut() else {
+                continue;
+            };
+            let d = core.digest();
+            if self.checked[i] == d {
+                continue;
+            }
+            self.checked[i] = d;
+            let view = core.view();
+            for c in view.claims.values() {
+                for (r, t) in &c.resources {
+                    seen.push(((i, r.clone()), *t));
+                }
+            }
+        }
+        let mut top: BTreeMap<(usize, Resource), u64> = BTreeMap::new();
+        for (k, t) in seen {
+            let e = top.entry(k).or_default();
+            *e = (*e).max(t);
+        }
+        for (k, t) in top {
+            let prev = self.tokens.insert(k.clone(), t).unwrap_or(0);
+            if t < prev {
+                self.violation(format!(
+                    "node{} saw the top token of {} fall from {prev} to {t}",
+                    k.0, k.1
+                ));
+            }
+        }
+        // Clean mode: at most one up node runs a phase at any instant.
+        if self.cfg.mode == Mode::Clean {
+            let mut running: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+            for i in 0..self.nodes.len() {
+                let Some(core) = self.nodes[i].core.as_ref() else {
+                    continue;
+                };
+                for h in core.held(now).into_iter().filter(|h| h.running) {
+                    running
+                        .entry(format!("{}/{}", h.story, h.phase))
+                        .or_default()
+                        .push(i);
+                }
+            }
+            for (r, who) in running {
+                if who.len() > 1 {
+                    self.violation(format!("{r} runs on nodes {who:?} at once"));
+                }
+            }
+        }
+        // No story lands twice at the origin.
+        let twice: Vec<String> = self
+            .origin
+            .landed
+            .iter()
+            .filter(|(_, v)| v.len() > 1)
+            .map(|(s, v)| format!("{s} landed {} times: {v:?}", v.len()))
+            .collect();
+        for t in twice {
+            self.violation(t);
+        }
+    }
+
+    /// End-of-run checks: convergence, counted results, liveness, takeover bound.
+    fn finish(&mut self) -> (usize, usize) {
+        let mut digests = BTreeSet::new();
+        let mut views = Vec::new();
+        for i in 0..self.nodes.len() {
+            if let Some(c) = self.nodes[i].core.as_mut() {
+                digests.insert(c.digest());
+                views.push((i, (*c.view()).clone()));
+            }
+        }
+        if digests.len() > 1 {
+            self.violation(format!(
+                "{} different documents after healing",
+                digests.len()
+            ));
+        }
+        if views.windows(2).any(|w| w[0].1 != w[1].1) {
+            self.violation("views differ after healing".into());
+        }
+        let Some((_, view)) = views.first().cloned() else {
+            return (0, 0);
+        };
+        let claims = view.claims();
+        // A counted result is from its resource's highest claim.
+        for s in view.stories.values() {
+            for p in crate::model::PIPELINE {
+                if let Some(r) = view.counted_result(&s.key, p) {
+                    let Ok(res) = Resource::story(&s.key, p) else {
+                        continue;
+                    };
+                    let highest = view
+                        .claims
+                        .values()
+                        .filter_map(|c| c.token_of(&res))
+                        .max()
+                        .unwrap_or(0);
+                    if r.token < highest && claims.top(&res) != Some(r.claim.as_str()) {
+                        self.violation(format!(
+                            "{} {p}: counted result under token {} below {highest}",
+                            s.id, r.token
+                        ));
+                    }
+                }
+            }
+        }
+        let merged = view
+            .stories
+            .values()
+            .filter(|s| s.status == StoryStatus::Done)
+            .count();
+        let blocked = view
+            .stories
+            .values()
+            .filter(|s| s.status == StoryStatus::Blocked)
+            .count();
+        if merged + blocked != view.stories.len() {
+            let stuck: Vec<String> = view
+                .stories
+                .values()
+                .filter(|s| !matches!(s.status, StoryStatus::Done | StoryStatus::Blocked))
+                .map(|s| format!("{} ({:?}, next {:?})", s.id, s.status, s.next_phase))
+                .collect();
+            self.violation(format!(
+                "stories neither merged nor blocked after healing: {stuck:?}"
+            ));
+        }
+        for s in view.stories.values() {
+            if s.merged.is_some() && !self.origin.landed.contains_key(&s.key) {
+                self.violation(format!("{} merged in the view but never landed", s.id));
+            }
+        }
+        // Clean mode: a dead holder's work is taken over within the bound.
+        if self.cfg.mode == Mode::Clean {
+            let l = self.cfg.lease;
+            let bound = l.ttl_ms
+                + self.cfg.membership.dead_after_ms
+                + l.settle_timeout_ms
+                + l.grace_ms
+                + 2 * self.cfg.membership.heartbeat_ms;
+            let crashes = self.crashes.clone();
+            for Crash {
+                node,
+                at: t,
+                running,
+            } in crashes
+            {
+                for (res, token) in running {
+                    let taken = self.starts.iter().any(|(n, r, tk, at)| {
+                        *n != node && *r == res && *tk > token && *at <= t + bound
+                    });
+                    let done_before = res.story_key().is_some_and(|k| {
+                        let Resource::Story { phase, .. } = &res else {
+                            return false;
+                        };
+                        view.counted_result(k, *phase)
+                            .is_some_and(|c| c.token <= token)
+                    });
+                    if !taken && !done_before && t + bound < self.now {
+                        self.violation(format!(
+                            "{res} (token {token}) of node{node}, crashed at {t}, not taken over within {bound} ms"
+                        ));
+                    }
+                }
+            }
+        }
+        (merged, blocked)
+    }
+}
+
+/// Runs one seed.
+pub fn run(seed: u64, cfg: &SimConfig) -> Report {
+    let mut sim = Sim::new(seed, cfg.clone());
+    // Everyone connects, then the backlog is written on different nodes.
+    for i in 0..sim.nodes.len() {
+        sim.schedule_timers(i);
+    }
+    for i in 0..sim.nodes.len() {
+        sim.reconnect(i);
+    }
+    for k in 0..cfg.stories {
+        let i = k % cfg.nodes;
+        let title = format!("story {k}");
+        if let Some(c) = sim.nodes[i].core.as_mut() {
+            let _ = c.add_story(
+                &NewStory {
+                    title,
+                    ..Default::default()
+                },
+                0,
+            );
+        }
+        sim.drain(i);
+    }
+    // Faults during the chaos window.
+    let n = cfg.nodes;
+    let mut t = 300;
+    while t < cfg.chaos_ms {
+        t += sim.rng.gen_range(200..1_200);
+        let victim = sim.rng.gen_range(0..n);
+        let roll: u32 = sim.rng.gen_range(0..100);
+        match (cfg.mode, roll) {
+            (_, 0..=24) => {
+                sim.at(t, Ev::Crash(victim));
+                let back = t + sim.rng.gen_range(500..4_000);
+                sim.at(back, Ev::Restart(victim));
+            }
+            (Mode::Hostile, 25..=49) => {
+                let groups: Vec<u8> = (0..n).map(|_| sim.rng.gen_range(0..2)).collect();
+                sim.at(t, Ev::Partition(groups));
+                let heal = t + sim.rng.gen_range(300..3_000);
+                sim.at(heal, Ev::Heal);
+            }
+            (Mode::Hostile, 50..=69) => {
+                let long = cfg.lease.ttl_ms + cfg.membership.dead_after_ms;
+                let until = t + sim.rng.gen_range(long / 2..long * 2);
+                sim.at(t, Ev::Pause(victim, until));
+            }
+            _ => {}
+        }
+    }
+    let chaos_end = cfg.chaos_ms + 4_000;
+    let end = chaos_end + cfg.quiet_ms;
+    let mut healed = false;
+    while let Some(((time, _), ev)) = sim.queue.pop_first() {
+        if time > end {
+            break;
+        }
+        if !healed && time >= chaos_end {
+            // Faults stop: heal, resume and restart everyone.
+            healed = true;
+            sim.now = chaos_end;
+            sim.healed_at = Some(chaos_end);
+            sim.handle(Ev::Heal);
+            for i in 0..n {
+                sim.handle(Ev::Resume(i));
+                sim.handle(Ev::Restart(i));
+            }
+            sim.queue.retain(|_, e| {
+                !matches!(
+                    e,
+                    Ev::Crash(_) | Ev::Pause(..) | Ev::Partition(_) | Ev::Heal
+                )
+            });
+        }
+        sim.now = time;
+        sim.events += 1;
+        sim.handle(ev);
+        sim.check();
+        if !sim.violations.is_empty() {
+            break;
+        }
+        // Stop early once all is settled after healing.
+        if healed && sim.events.is_multiple_of(64) && sim.all_settled() {
+            break;
+        }
+    }
+    let (merged, blocked) = if sim.violations.is_empty() {
+        sim.finish()
+    } else {
+        (0, 0)
+    };
+    Report {
+        seed,
+        violations: sim.violations,
+        trace: sim.trace,
+        events: sim.events,
+        merged,
+        blocked,
+        end_ms: sim.now,
+    }
+}
+
+impl Sim {
+    /// Every node up, every story merged or blocked, and all documents equal.
+    fn all_settled(&mut self) -> bool {
+        let mut digest = None;
+        for i in 0..self.nodes.len() {
+            let Some(c) = self.nodes[i].core.as_mut() else {
+                return false;
+            };
+            if !c.held(0).is_empty() {
+                return false;
+            }
+            let d = c.digest();
+            if digest.is_some_and(|x| x != d) {
+                return false;
+            }
+            digest = Some(d);
+            if !c
+                .view()
+                .stories
+                .values()
+                .all(|s| matches!(s.status, StoryStatus::Done | StoryStatus::Blocked))
+            {
+                return false;
+            }
+        }
+        true
+    }
+}
