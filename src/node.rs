@@ -57,6 +57,9 @@ pub enum ApiRequest {
     /// Start (true) or stop (false) claiming new work; running work continues. Starting
     /// claims at once rather than at the next tick.
     SetWork(bool, oneshot::Sender<()>),
+    /// Stop the node loop for this long, as SIGSTOP or a long GC pause would: no
+    /// heartbeats, no ticks, no sync; inputs queue up. For tests of stale holders.
+    Pause(Duration),
     /// The claims this node settled and ran.
     Runs(oneshot::Sender<Vec<RunRecord>>),
     /// Flush everything and stop the node loop; answered once stopped.
@@ -158,6 +161,12 @@ impl NodeHandle {
         let (tx, rx) = oneshot::channel();
         self.api.send(ApiRequest::Status(tx)).await.ok()?;
         rx.await.ok()
+    }
+
+    /// Freezes the node loop for `d` (as SIGSTOP would): it stops heartbeating, ticking
+    /// and syncing; its executor's jobs keep running. Returns at once.
+    pub async fn pause(&self, d: Duration) -> Option<()> {
+        self.api.send(ApiRequest::Pause(d)).await.ok()
     }
 
     /// Starts or stops claiming new work (running work continues).
@@ -385,6 +394,10 @@ impl Runtime {
                         stopped = Some(done);
                         break;
                     }
+                    Some(ApiRequest::Pause(d)) => {
+                        tracing::warn!(?d, "node loop paused");
+                        tokio::time::sleep(d).await;
+                    }
                     Some(req) => self.on_api(req).await,
                     None => break,
                 },
@@ -560,7 +573,7 @@ impl Runtime {
                 let _ = reply.send(self.core.runs().to_vec());
             }
             // Handled by the loop itself.
-            ApiRequest::Shutdown(_) => {}
+            ApiRequest::Shutdown(_) | ApiRequest::Pause(_) => {}
         }
     }
 
