@@ -48,6 +48,12 @@ enum Command {
     /// Add, list and show stories.
     #[command(subcommand)]
     Story(StoryCommand),
+    /// List the active claims in the mesh (holder, fencing tokens, age, lease expiry) and
+    /// the file locks, as the local running node sees them.
+    Claims {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -196,6 +202,7 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Run(a) => run(&dir, a),
         Command::Status(a) => status(&dir, a),
         Command::Story(c) => story(&dir, c),
+        Command::Claims { json } => claims(&dir, json),
     }
 }
 
@@ -529,6 +536,7 @@ fn render_status(r: &StatusReport) -> String {
             );
         }
     }
+    render_claims(r, &mut o);
     let _ = writeln!(
         o,
         "\ndocument: {} head(s), digest {}, {} (store {})",
@@ -551,6 +559,82 @@ fn render_status(r: &StatusReport) -> String {
     o
 }
 
+fn short(peer: &str) -> &str {
+    &peer[peer.len().saturating_sub(8)..]
+}
+
+fn render_claims(r: &StatusReport, o: &mut String) {
+    use std::fmt::Write;
+    let _ = writeln!(o, "\nclaims: {} active", r.claims.len());
+    if !r.claims.is_empty() {
+        let _ = writeln!(
+            o,
+            "  {:<10} {:>7} {:>9} {:>10}  RESOURCES (=token)",
+            "HOLDER", "AGE", "RENEWED", "EXPIRES IN"
+        );
+        for c in &r.claims {
+            let _ = writeln!(
+                o,
+                "  {:<10} {:>7} {:>9} {:>10}  {}{}",
+                short(&c.holder),
+                fmt_ago(c.age_ms),
+                fmt_ago(c.renewed_ago_ms),
+                if c.expires_in_ms == 0 {
+                    "expired".to_string()
+                } else {
+                    fmt_ago(c.expires_in_ms)
+                },
+                c.resources.join(" "),
+                if c.holds { "" } else { "  (lost a resource)" }
+            );
+        }
+        let locks: Vec<&str> = r
+            .claims
+            .iter()
+            .flat_map(|c| c.resources.iter())
+            .filter(|x| x.starts_with("file:"))
+            .map(String::as_str)
+            .collect();
+        if !locks.is_empty() {
+            let _ = writeln!(o, "  file locks: {}", locks.join(", "));
+        }
+    }
+    if !r.held.is_empty() {
+        let held: Vec<String> = r
+            .held
+            .iter()
+            .map(|h| {
+                format!(
+                    "{} {} ({})",
+                    h.story,
+                    h.phase,
+                    if h.running { "running" } else { "settling" }
+                )
+            })
+            .collect();
+        let _ = writeln!(o, "  this node: {}", held.join(", "));
+    }
+}
+
+fn claims(dir: &Path, json: bool) -> Result<()> {
+    let client = ControlClient::for_data_dir(dir)?.ok_or_else(|| {
+        anyhow!(
+            "no node is running with data dir {} (start one with `mesh-agent run --data-dir {}`)",
+            dir.display(),
+            dir.display()
+        )
+    })?;
+    let r = client.status()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r.claims)?);
+    } else {
+        let mut o = String::new();
+        render_claims(&r, &mut o);
+        print!("{}", o.trim_start());
+    }
+    Ok(())
+}
+
 fn print_story(s: &StoryView) {
     println!("{}  {}", s.id, s.fact.title);
     println!("  status     {}", s.status);
@@ -563,6 +647,24 @@ fn print_story(s: &StoryView) {
     }
     if !s.fact.labels.is_empty() {
         println!("  labels     {}", s.fact.labels.join(", "));
+    }
+    if !s.phases_done.is_empty() {
+        let done: Vec<&str> = s.phases_done.iter().map(|p| p.as_str()).collect();
+        println!("  done       {}", done.join(", "));
+    }
+    if let Some(p) = s.next_phase {
+        println!("  phase      {p} (attempts so far: {})", s.attempts);
+    }
+    if let Some(why) = &s.blocked_reason {
+        println!("  blocked    {why}");
+    }
+    if let Some(m) = &s.merged {
+        println!(
+            "  merged     {} (token {}, by {})",
+            m.commit,
+            m.token,
+            short(&m.holder)
+        );
     }
     println!("  created by {} (key {})", s.fact.created_by, s.key);
     if !s.fact.body.is_empty() {
