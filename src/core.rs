@@ -460,7 +460,7 @@ impl Core {
             incarnation: self.incarnation,
             seq: self.hb_seq,
             roles: self.cfg.roles.clone(),
-            free_capacity: self.cfg.capacity,
+            free_capacity: self.cfg.capacity.saturating_sub(self.local.len() as u32),
             heads_digest: self.digest,
             sent_at_ms: wall_ms,
             claims: self.local.keys().cloned().collect(),

@@ -11,7 +11,7 @@ use mesh_agent::node::{self, NodeOptions, StatusReport};
 use mesh_agent::state::StoryView;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -429,24 +429,26 @@ fn observe(dir: &Path, a: &StatusArgs) -> Result<StatusReport> {
             executor: None,
         })
         .await?;
-        let deadline = Instant::now() + Duration::from_secs(a.timeout_secs);
-        let mut last_digest = String::new();
-        let mut stable_since = Instant::now();
-        let mut report = None;
-        while Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let Some(r) = handle.status().await else { break };
-            if r.heads_digest != last_digest {
-                last_digest = r.heads_digest.clone();
-                stable_since = Instant::now();
-            }
-            let synced = r.counters.sync_sessions_completed > 0 && !r.peers.is_empty();
-            let quiet = stable_since.elapsed() >= Duration::from_millis(hb * 2);
-            report = Some(r);
-            if synced && quiet {
+        // Wait until we have synced with the mesh and the document stayed quiet for two
+        // heartbeats (or the timeout), re-checking on every change we observe.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(a.timeout_secs);
+        let quiet = Duration::from_millis(hb * 2);
+        let mut rx = handle.observe();
+        loop {
+            let o = rx.borrow_and_update().clone();
+            let synced = o.sync_sessions_completed > 0 && !o.alive.is_empty();
+            let until = if synced {
+                (tokio::time::Instant::now() + quiet).min(deadline)
+            } else {
+                deadline
+            };
+            // Something changed: look again. Otherwise quiet long enough, timed out, or
+            // the node stopped.
+            if !matches!(tokio::time::timeout_at(until, rx.changed()).await, Ok(Ok(()))) {
                 break;
             }
         }
+        let report = handle.status().await;
         handle.kill().await;
         match report {
             Some(r) if r.connected > 0 || !r.peers.is_empty() => Ok(r),

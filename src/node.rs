@@ -33,6 +33,8 @@ pub enum NodeError {
     State(#[from] crate::state::StateError),
     #[error("invalid address {0}")]
     Addr(String),
+    #[error("the story was written but cannot be read back: the store may be corrupt")]
+    Vanished,
 }
 
 /// Everything needed to start a node.
@@ -640,7 +642,7 @@ pub fn offline_add_story(
         .stories
         .get(&key)
         .cloned()
-        .ok_or_else(|| NodeError::Addr("story vanished after write".into()))
+        .ok_or(NodeError::Vanished)
 }
 
 /// Reads the view from the store of a node that is not running.
