@@ -186,6 +186,8 @@ struct Sim {
     healed_at: Option<u64>,
     /// The document digest each node's view was last checked at.
     checked: Vec<[u8; 32]>,
+    /// Restarts: (node, time).
+    restarts: Vec<(usize, u64)>,
 }
 
 fn core_config(cfg: &SimConfig) -> CoreConfig {
@@ -239,7 +241,42 @@ impl Sim {
             starts: Vec::new(),
             healed_at: None,
             checked: Vec::new(),
+            restarts: Vec::new(),
         }
+    }
+
+    /// Whether node `n` was up (and past its warm-up) for the whole of [from, to].
+    fn up_throughout(&self, n: usize, from: u64, to: u64) -> bool {
+        let m = self.cfg.membership;
+        let warm = m.heartbeat_ms * u64::from(m.suspect_after_missed);
+        let crashed = self
+            .crashes
+            .iter()
+            .any(|c| c.node == n && c.at <= to && c.at >= from.saturating_sub(warm));
+        let restarted = self
+            .restarts
+            .iter()
+            .any(|&(r, at)| r == n && at <= to && at + warm >= from);
+        // Down before `from` and not back: the last event before `from` was a crash.
+        let last_crash = self
+            .crashes
+            .iter()
+            .filter(|c| c.node == n && c.at < from)
+            .map(|c| c.at)
+            .max();
+        let last_restart = self
+            .restarts
+            .iter()
+            .filter(|&&(r, _)| r == n)
+            .map(|&(_, at)| at)
+            .filter(|&at| at < from)
+            .max();
+        let down_at_from = match (last_crash, last_restart) {
+            (Some(c), Some(r)) => c > r,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        !crashed && !restarted && !down_at_from
     }
 
     fn at(&mut self, t: u64, ev: Ev) {
@@ -578,6 +615,7 @@ impl Sim {
                 let core = Core::new(self.names[i].clone(), core_config(&self.cfg), doc, inc);
                 self.nodes[i].core = Some(core);
                 self.note(|| format!("restart node{i}"));
+                self.restarts.push((i, now));
                 self.schedule_timers(i);
                 self.reconnect(i);
             }
@@ -837,6 +875,23 @@ impl Sim {
             } in crashes
             {
                 for (res, token) in running {
+                    // The bound runs once an eligible node is up: someone other than the
+                    // crashed holder (and, for a review, other than the implementer).
+                    let implementer = match &res {
+                        Resource::Story {
+                            story,
+                            phase: Phase::Review,
+                        } => view.stories.get(story).and_then(|s| s.implementer.clone()),
+                        _ => None,
+                    };
+                    let eligible = (0..self.nodes.len()).any(|n| {
+                        n != node
+                            && implementer.as_deref() != Some(self.names[n].as_str())
+                            && self.up_throughout(n, t, t + bound)
+                    });
+                    if !eligible {
+                        continue;
+                    }
                     let taken = self.starts.iter().any(|(n, r, tk, at)| {
                         *n != node && *r == res && *tk > token && *at <= t + bound
                     });
