@@ -143,6 +143,20 @@ story_count() { { grep -o '"id": *"S-[^"]*"' <<<"$1" || true; } | wc -l; }
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Waits until every node 1..N lists at least $2 stories, or until the deadline (ms).
+wait_stories() {
+    local n=$1 want=$2 deadline=$3 i have
+    while :; do
+        have=0
+        for ((i = 1; i <= n; i++)); do
+            if (($(story_count "$(status_json "$i")") >= want)); then have=$((have + 1)); fi
+        done
+        ((have == n)) && return 0
+        (($(now_ms) < deadline)) || return 1
+        sleep 0.05
+    done
+}
+
 # Waits until nodes 1..N report the same heads digest, or until the deadline (ms) passes.
 # Sets WANT (node 1's digest) and SAME (how many nodes match it).
 wait_same_doc() {
@@ -305,13 +319,22 @@ cmd_up() {
             # Let it reach the next writer first: story numbers are allocated from what
             # the writer has seen, so back-to-back writes on different nodes would get
             # disambiguated ids (S-0001-xxxxxx) instead of S-0001, S-0002, ...
-            wait_same_doc "$n" "$deadline" || fail_up "story $((j + 1)) did not reach every node within ${timeout}s"
+            wait_stories "$n" $((have_stories + j + 1)) "$deadline" ||
+                fail_up "story $((j + 1)) did not reach every node within ${timeout}s"
         done
         info "wrote $SEED demo stories on nodes 1..$((SEED < n ? SEED : n))"
     fi
 
-    wait_same_doc "$n" "$deadline" || fail_up "documents did not converge within ${timeout}s ($SAME of $n nodes match node1)"
-    info "documents converged (digest $WANT on all $n nodes, $(story_count "$(status_json 1)") stories)"
+    local stories
+    stories=$(story_count "$(status_json 1)")
+    wait_stories "$n" "$stories" "$deadline" || fail_up "the stories did not reach every node within ${timeout}s"
+    # Nodes that work (the default) keep writing claims and results, so the documents
+    # may be moving: report agreement, do not insist on it.
+    if wait_same_doc "$n" $(($(now_ms) + 3000)); then
+        info "documents converged: all $n nodes hold $stories stories, heads digest $WANT"
+    else
+        info "all $n nodes hold $stories stories; documents still changing ($SAME of $n match node1 right now: nodes are working)"
+    fi
 
     echo
     printf '%-7s %-6s %-8s %-54s %s\n' NODE PORT PID PEER "ALIVE PEERS"
