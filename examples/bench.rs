@@ -44,6 +44,11 @@ struct Args {
     /// Give up on one story reaching every node after this long.
     #[arg(long, default_value_t = 10_000)]
     write_timeout_ms: u64,
+    /// Let the nodes claim and run the benchmark's stories (the `work` config key). Off by
+    /// default: propagation is measured alone, executors writing claims and results
+    /// would be counted in it.
+    #[arg(long)]
+    work: bool,
     /// Give up on the mesh forming after this long.
     #[arg(long, default_value_t = 120)]
     form_timeout_secs: u64,
@@ -71,7 +76,11 @@ struct Row {
 /// Sums the counters of every node that answers.
 async fn counters(mesh: &Mesh) -> node::Counters {
     let mut t = node::Counters::default();
-    for s in join_all(mesh.nodes.iter().map(|h| h.status())).await.into_iter().flatten() {
+    for s in join_all(mesh.nodes.iter().map(|h| h.status()))
+        .await
+        .into_iter()
+        .flatten()
+    {
         let c = s.counters;
         t.sync_sessions_started += c.sync_sessions_started;
         t.sync_sessions_completed += c.sync_sessions_completed;
@@ -136,8 +145,7 @@ async fn start_node(
         bootstrap: bootstrap.into_iter().collect(),
         heartbeat_ms: args.heartbeat_ms,
         dead_after_ms: args.dead_after_ms,
-        // Propagation is measured alone: nodes replicate but do not claim work.
-        work: false,
+        work: args.work,
         ..Config::default()
     };
     let h = node::start(NodeOptions {
@@ -407,8 +415,10 @@ fn f(v: Option<f64>, prec: usize) -> String {
 fn print_table(args: &Args, rows: &[Row]) {
     println!();
     println!(
-        "In-process: all nodes in one process, loopback TCP, stores in a temp dir; heartbeat {} ms, dead_after {} ms",
-        args.heartbeat_ms, args.dead_after_ms
+        "In-process: all nodes in one process, loopback TCP, stores in a temp dir; heartbeat {} ms, dead_after {} ms, work {}",
+        args.heartbeat_ms,
+        args.dead_after_ms,
+        if args.work { "on" } else { "off (replication only)" }
     );
     println!(
         "{:>5} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>11} {:>11} {:>10} {:>10}",
