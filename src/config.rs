@@ -26,6 +26,9 @@ pub struct Config {
     pub anti_entropy_ms: u64,
     pub roles: Vec<String>,
     pub capacity: u32,
+    /// Per-role concurrency, e.g. `{ implement = 1, review = 3 }`; roles not listed may
+    /// use the whole capacity.
+    pub role_limits: std::collections::BTreeMap<String, u32>,
     pub log_format: String,
     pub log_level: String,
     /// Cap on one sync message (request or response).
@@ -70,6 +73,7 @@ impl Default for Config {
                 "merge".into(),
             ],
             capacity: 2,
+            role_limits: std::collections::BTreeMap::new(),
             log_format: "text".into(),
             log_level: "info".into(),
             max_sync_message_bytes: 32 * 1024 * 1024,
@@ -220,6 +224,18 @@ impl Config {
                 ));
             }
         }
+        for (r, n) in &self.role_limits {
+            if !self.roles.contains(r) {
+                return Err(invalid(
+                    "role_limits",
+                    format!("{r} = {n}"),
+                    &format!(
+                        "{r:?} is not one of this node's roles ({})",
+                        self.roles.join(", ")
+                    ),
+                ));
+            }
+        }
         if self.capacity > 1024 {
             return Err(invalid("capacity", self.capacity, "allowed 0..=1024"));
         }
@@ -313,6 +329,9 @@ anti_entropy_ms = {ae}
 # rework, merge. And how many pieces of work it runs at once.
 roles = {roles}
 capacity = {cap}
+# Per-role concurrency (roles not listed may use the whole capacity), e.g.
+# role_limits = {{ implement = 1, review = 3 }}
+role_limits = {{ {limits} }}
 
 # Logs: "text" or "json"; level is a tracing filter (info, debug, mesh_agent=trace).
 log_format = {lf:?}
@@ -348,6 +367,12 @@ sim_failure_rate = {simfail:?}
             ae = self.anti_entropy_ms,
             roles = list(&self.roles),
             cap = self.capacity,
+            limits = self
+                .role_limits
+                .iter()
+                .map(|(k, v)| format!("{k} = {v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             lf = self.log_format,
             ll = self.log_level,
             msm = self.max_sync_message_bytes,
@@ -428,6 +453,21 @@ fn apply_env(
                     .map(|s| toml::Value::String(s.to_string()))
                     .collect(),
             ),
+            toml::Value::Table(_) => {
+                // MESH_ROLE_LIMITS=implement=1,review=3
+                let mut t = toml::Table::new();
+                for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                    let (k, v) = pair
+                        .split_once('=')
+                        .ok_or_else(|| env_err("expected key=number pairs, comma-separated"))?;
+                    let n = v
+                        .trim()
+                        .parse::<i64>()
+                        .map_err(|_| env_err("expected key=number pairs, comma-separated"))?;
+                    t.insert(k.trim().to_string(), toml::Value::Integer(n));
+                }
+                toml::Value::Table(t)
+            }
             toml::Value::Float(_) => toml::Value::Float(
                 value
                     .trim()
@@ -473,6 +513,7 @@ mod tests {
             vec![
                 ("MESH_HEARTBEAT_MS".to_string(), "300".to_string()),
                 ("MESH_ROLES".to_string(), "review, plan".to_string()),
+                ("MESH_ROLE_LIMITS".to_string(), "review=3".to_string()),
                 ("MESH_DATA_DIR".to_string(), "/x".to_string()),
                 ("HOME".to_string(), "/root".to_string()),
             ],
@@ -480,6 +521,8 @@ mod tests {
         .unwrap();
         assert_eq!(c.heartbeat_ms, 300);
         assert_eq!(c.roles, vec!["review", "plan"]);
+        assert_eq!(c.role_limits.get("review"), Some(&3));
+        c.validate().unwrap();
         assert_eq!(c.bootstrap, vec!["/ip4/1.2.3.4/tcp/1"]);
     }
 

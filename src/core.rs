@@ -47,6 +47,8 @@ pub struct CoreConfig {
     pub membership: MembershipConfig,
     pub roles: Vec<String>,
     pub capacity: u32,
+    /// Per-role concurrency (roles not listed may use the whole capacity).
+    pub role_limits: BTreeMap<String, u32>,
     pub max_sync_bytes: usize,
     /// A passive observer never writes to the document and never heartbeats.
     pub passive: bool,
@@ -777,7 +779,15 @@ impl Core {
             &self.cochange,
             |r| resource_free(&claims, observer, r, now_ms, &lease, |p| dead.contains(p)),
         );
-        let Some(w) = work.into_iter().next() else {
+        let busy = |phase: Phase| self.local.values().filter(|c| c.phase == phase).count() as u32;
+        let limit = |phase: Phase| {
+            self.cfg
+                .role_limits
+                .get(phase.as_str())
+                .copied()
+                .unwrap_or(self.cfg.capacity)
+        };
+        let Some(w) = work.into_iter().find(|w| busy(w.phase) < limit(w.phase)) else {
             return;
         };
         let resources: Vec<(Resource, u64)> = w
@@ -1017,6 +1027,7 @@ mod tests {
                 membership: MembershipConfig::default(),
                 roles: vec!["implement".into()],
                 capacity: 1,
+                role_limits: BTreeMap::new(),
                 max_sync_bytes: 1 << 20,
                 passive: false,
                 lease: LeaseConfig::default(),

@@ -261,6 +261,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
             },
             roles: cfg.roles.clone(),
             capacity: cfg.capacity,
+            role_limits: cfg.role_limits.clone(),
             max_sync_bytes: cfg.max_sync_message_bytes,
             passive: opts.passive,
             lease: cfg.lease(),

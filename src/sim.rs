@@ -195,6 +195,7 @@ fn core_config(cfg: &SimConfig) -> CoreConfig {
         membership: cfg.membership,
         roles: Phase::ALL.iter().map(|p| p.as_str().to_string()).collect(),
         capacity: cfg.capacity,
+        role_limits: BTreeMap::new(),
         max_sync_bytes: 64 << 20,
         passive: false,
         lease: cfg.lease,
