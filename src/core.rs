@@ -626,21 +626,39 @@ impl Core {
         if frame.start {
             *state = reset_sync_state(state);
         }
-        if !frame.msg.is_empty() {
-            match self.doc.sync_receive(state, &frame.msg) {
-                Ok(true) => self.doc_changed(),
-                Ok(false) => {}
-                Err(e) => {
-                    self.counters.malformed_dropped += 1;
-                    tracing::debug!(%peer, error = %e, "bad sync message dropped");
-                    *state = SyncState::new();
-                    return Vec::new();
-                }
-            }
+        if !self.apply_sync(false, peer, &frame.msg) {
+            self.in_sync.insert(peer.to_string(), SyncState::new());
+            return Vec::new();
         }
         let state = self.in_sync.entry(peer.to_string()).or_default();
         let msg = self.doc.sync_generate(state).unwrap_or_default();
         codec::encode(&SyncFrame { start: false, msg })
+    }
+
+    /// Applies a peer's sync message under the session state of one direction
+    /// (`outgoing`: a session we started). False if the message was bad (dropped, counted).
+    fn apply_sync(&mut self, outgoing: bool, peer: &str, msg: &[u8]) -> bool {
+        if msg.is_empty() {
+            return true;
+        }
+        let states = if outgoing {
+            &mut self.out_sync
+        } else {
+            &mut self.in_sync
+        };
+        let state = states.entry(peer.to_string()).or_default();
+        match self.doc.sync_receive(state, msg) {
+            Ok(true) => {
+                self.doc_changed();
+                true
+            }
+            Ok(false) => true,
+            Err(e) => {
+                self.counters.malformed_dropped += 1;
+                tracing::debug!(%peer, error = %e, "bad sync message dropped");
+                false
+            }
+        }
     }
 
     /// Initiator side: apply the answer, send the next message or end the session.
@@ -657,17 +675,8 @@ impl Core {
             self.counters.sync_failures += 1;
             return;
         };
-        let state = self.out_sync.entry(peer.to_string()).or_default();
-        if !frame.msg.is_empty() {
-            match self.doc.sync_receive(state, &frame.msg) {
-                Ok(true) => self.doc_changed(),
-                Ok(false) => {}
-                Err(e) => {
-                    self.counters.malformed_dropped += 1;
-                    tracing::debug!(%peer, error = %e, "bad sync reply dropped");
-                    return;
-                }
-            }
+        if !self.apply_sync(true, peer, &frame.msg) {
+            return;
         }
         let state = self.out_sync.entry(peer.to_string()).or_default();
         match self.doc.sync_generate(state) {
@@ -903,14 +912,7 @@ impl Core {
                     .ok()
                     .and_then(|r| fact.token_of(&r))
                     .unwrap_or(0);
-                let files = fact
-                    .resources
-                    .iter()
-                    .filter_map(|(r, _)| match r {
-                        Resource::File(f) => Some(f.clone()),
-                        _ => None,
-                    })
-                    .collect();
+                let files = fact.files();
                 let Some(sv) = view.stories.get(&story) else {
                     continue;
                 };

@@ -163,6 +163,17 @@ pub struct ClaimFact {
 }
 
 impl ClaimFact {
+    /// The repo-relative paths of the `file:` resources this claim locks.
+    pub fn files(&self) -> Vec<String> {
+        self.resources
+            .iter()
+            .filter_map(|(r, _)| match r {
+                Resource::File(f) => Some(f.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The token this claim carries for `resource`: the highest it lists, if any.
     pub fn token_of(&self, resource: &Resource) -> Option<u64> {
         self.resources

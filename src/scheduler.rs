@@ -69,14 +69,7 @@ fn files_in_flight(claims: &Claims, except: &str) -> Vec<(String, Vec<String>)> 
         if story == except {
             continue;
         }
-        let files: Vec<String> = c
-            .resources
-            .iter()
-            .filter_map(|(r, _)| match r {
-                Resource::File(f) => Some(f.clone()),
-                _ => None,
-            })
-            .collect();
+        let files = c.files();
         if !files.is_empty() {
             out.push((story, files));
         }
