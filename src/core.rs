@@ -234,6 +234,8 @@ pub struct Core {
     last_now: u64,
     /// When the claim machinery first ran (warm-up starts there).
     started_ms: Option<u64>,
+    /// The previous tick, to notice that this node itself stalled.
+    last_tick_ms: Option<u64>,
     counters: Counters,
     effects: VecDeque<Effect>,
     view: Option<([u8; 32], Arc<View>, Arc<Claims>)>,
@@ -273,6 +275,7 @@ impl Core {
             hb_seq: 0,
             last_now: 0,
             started_ms: None,
+            last_tick_ms: None,
             counters: Counters::default(),
             effects: VecDeque::new(),
             view: None,
@@ -482,6 +485,16 @@ impl Core {
     /// Advances membership and the claim machinery; returns membership state changes.
     pub fn tick(&mut self, now_ms: u64, wall_ms: u64) -> Vec<Transition> {
         self.last_now = self.last_now.max(now_ms);
+        // A node that stalled past a lease (SIGSTOP, GC, suspend) knows nothing current
+        // about the mesh: warm up again before claiming anything.
+        let stalled = self
+            .last_tick_ms
+            .is_some_and(|l| now_ms.saturating_sub(l) > self.cfg.lease.ttl_ms);
+        if stalled && self.started_ms.is_some() {
+            tracing::warn!("stalled past the lease ttl; warming up again before claiming");
+            self.started_ms = Some(now_ms);
+        }
+        self.last_tick_ms = Some(now_ms);
         let t = self.membership.tick(now_ms);
         self.check_claims(now_ms, wall_ms);
         t
@@ -716,6 +729,11 @@ impl Core {
         if self.cfg.passive {
             return;
         }
+        // Our own leases are live while we run.
+        let mine: Vec<String> = self.local.keys().cloned().collect();
+        for id in &mine {
+            self.observer.renew(id, now_ms);
+        }
         // First sight of every active claim starts its lease on our clock.
         let ids: Vec<String> = self
             .view()
@@ -760,10 +778,11 @@ impl Core {
         if now_ms.saturating_sub(started) < m.heartbeat_ms * u64::from(m.suspect_after_missed) {
             return;
         }
-        // Settle with every peer that is alive or connected.
+        // Settle with every peer that is alive, or connected and not known dead (a
+        // frozen process keeps its TCP connections; waiting for it would stall everyone).
         let mut alive = self.membership.alive(now_ms);
         for p in &self.connected {
-            if !alive.contains(p) {
+            if !alive.contains(p) && self.membership.state(p, now_ms) != Some(PeerState::Dead) {
                 alive.push(p.clone());
             }
         }
@@ -779,6 +798,7 @@ impl Core {
             .map(|p| p.peer)
             .collect();
         let observer = &mut self.observer;
+        let local = &self.local;
         let work = scheduler::rank(
             &view,
             &claims,
@@ -786,7 +806,11 @@ impl Core {
             &roles,
             alive.len() + 1,
             &self.cochange,
-            |r| resource_free(&claims, observer, r, now_ms, &lease, |p| dead.contains(p)),
+            |r| {
+                // Never "take over" a claim of our own from a stale view.
+                !claims.winner(r).is_some_and(|w| local.contains_key(w))
+                    && resource_free(&claims, observer, r, now_ms, &lease, |p| dead.contains(p))
+            },
         );
         let busy = |phase: Phase| self.local.values().filter(|c| c.phase == phase).count() as u32;
         let limit = |phase: Phase| {
@@ -860,7 +884,13 @@ impl Core {
         // (claim, whether every alive peer synced with us since the claim was written)
         let ready: Vec<(String, bool)> = {
             let mut alive: BTreeSet<String> = self.membership.alive(now_ms).into_iter().collect();
-            alive.extend(self.connected.iter().cloned());
+            let membership = &self.membership;
+            alive.extend(
+                self.connected
+                    .iter()
+                    .filter(|p| membership.state(p, now_ms) != Some(PeerState::Dead))
+                    .cloned(),
+            );
             let completed = &self.completed;
             let mut ready = Vec::new();
             for (id, c) in self.local.iter_mut() {

@@ -104,8 +104,6 @@ fn origin() -> tempfile::TempDir {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails until core settles without connected-but-dead peers and a resumed node stops \
-            taking over its own expired claim (run with --ignored)"]
 async fn a_paused_holder_is_fenced_in_every_view_and_at_the_origin() {
     let origin = origin();
     let log: FenceLog = Arc::default();
