@@ -71,7 +71,7 @@ node_pid() {
     [[ -f $f ]] || return 0
     pid=$(cat "$f" 2>/dev/null || true)
     is_uint "$pid" || return 0
-    if [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q mesh-agent; then
+    if { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -q mesh-agent; then
         echo "$pid"
     fi
 }
