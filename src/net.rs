@@ -601,13 +601,16 @@ impl EventLoop {
 
     async fn connection_error(&mut self, who: String, error: String) {
         let lower = error.to_lowercase();
-        if lower.contains("negotiate transport")
-            || lower.contains("noise")
-            || lower.contains("handshake")
-            || lower.contains("decrypt")
-            || lower.contains("multistream")
-            || lower.contains("protocol negotiation")
-            || lower.contains("invalid data")
+        // A refused or reset TCP connection is a down peer, not a key mismatch.
+        let unreachable = lower.contains("connection refused") || lower.contains("timed out");
+        if !unreachable
+            && (lower.contains("negotiate transport")
+                || lower.contains("noise")
+                || lower.contains("handshake")
+                || lower.contains("decrypt")
+                || lower.contains("multistream")
+                || lower.contains("protocol negotiation")
+                || lower.contains("invalid data"))
         {
             self.metrics
                 .handshake_failures

@@ -556,9 +556,11 @@ impl Runtime {
         match req {
             ApiRequest::AddStory(new, reply) => {
                 let res = self.core.add_story(&new, wall_ms());
-                // Acknowledge only once the change is on disk.
+                // Acknowledge only once the change is on disk, and once observers can see
+                // the new heads (a caller may wait for convergence right after).
                 self.drain_effects().await;
                 self.flush().await;
+                self.publish_observation();
                 let _ = reply.send(res.map_err(|e| e.to_string()));
             }
             ApiRequest::Status(reply) => {
