@@ -470,11 +470,6 @@ impl Core {
             sent_at_ms: wall_ms,
             claims: self.local.keys().cloned().collect(),
         };
-        let held: Vec<String> = self.local.keys().cloned().collect();
-        // Our own leases are renewed by our own beats.
-        for id in &held {
-            self.observer.renew(id, self.last_now);
-        }
         self.counters.heartbeats_sent += 1;
         self.effects.push_back(Effect::Publish {
             topic: Topic::Heartbeat,
