@@ -89,12 +89,18 @@ pub enum Input {
     },
 }
 
-/// A job for an executor: one phase of one story under one claim.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A job for an executor: one phase of one story under one claim. Serialised as JSON
+/// for external executors (the `command` executor writes it to a file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Job {
     pub claim: String,
+    /// The story's document key (`S-0042@tag`).
     pub story: String,
+    /// The story's display id (`S-0042`).
+    pub display_id: String,
     pub phase: Phase,
+    /// Review/rework/merge round (0 until a review rejects or a merge needs rework).
+    pub round: u32,
     /// The fencing token of the story-phase resource.
     pub token: u64,
     pub attempt: u32,
@@ -103,6 +109,10 @@ pub struct Job {
     pub handoffs: Vec<ResultFact>,
     /// File locks held with this claim.
     pub files: Vec<String>,
+    /// Knowledge entries relevant to this story, most relevant first.
+    pub knowledge: Vec<crate::model::KnowledgeFact>,
+    /// Why earlier attempts at this phase failed, oldest first.
+    pub failures: Vec<String>,
 }
 
 /// What the core asks its shell to do.
@@ -189,7 +199,11 @@ pub struct RunRecord {
     pub story: String,
     pub phase: Phase,
     pub token: u64,
+    /// Core clock when the claim settled and work started.
     pub started_ms: u64,
+    /// Core clock when this node wrote the claim: `started_ms - claimed_ms` is the
+    /// write → settled latency.
+    pub claimed_ms: u64,
 }
 
 /// Core-level counters.
@@ -929,7 +943,7 @@ impl Core {
                     continue;
                 };
                 c.state = LocalState::Running;
-                let (story, phase) = (c.story.clone(), c.phase);
+                let (story, phase, claimed_ms) = (c.story.clone(), c.phase, c.written_ms);
                 let Some(fact) = view.claims.get(&id) else {
                     continue;
                 };
@@ -951,17 +965,22 @@ impl Core {
                     phase,
                     token,
                     started_ms: now_ms,
+                    claimed_ms,
                 });
                 tracing::info!(claim = %id, %story, %phase, token, "claim settled; starting work");
                 self.effects.push_back(Effect::StartWork(Box::new(Job {
                     claim: id,
                     story,
+                    display_id: sv.id.clone(),
                     phase,
+                    round: 0,
                     token,
                     attempt: fact.attempt,
                     fact: sv.fact.clone(),
                     handoffs,
                     files,
+                    knowledge: Vec::new(),
+                    failures: Vec::new(),
                 })));
             } else {
                 tracing::debug!(claim = %id, "claim lost at settle; releasing");
@@ -1015,6 +1034,7 @@ impl Core {
                 self.doc.put_result(&ResultFact {
                     story: c.story.clone(),
                     phase: c.phase,
+                    round: 0,
                     claim: claim.to_string(),
                     token,
                     holder: self.peer.clone(),

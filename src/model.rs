@@ -202,6 +202,70 @@ pub struct Handoff {
     pub confidence: Option<u8>,
     pub tokens: u64,
     pub cost_micro_usd: u64,
+    /// Conventions, patterns, testing strategies and pitfalls learned on the way: they
+    /// become knowledge facts that later jobs receive.
+    pub learnings: Vec<Learning>,
+    /// The commit this phase produced or landed (filled in by the node's git shell, not
+    /// by the executor).
+    pub commit: Option<String>,
+}
+
+/// What kind of thing a knowledge entry teaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KnowledgeKind {
+    Convention,
+    Pattern,
+    Testing,
+    Pitfall,
+}
+
+impl KnowledgeKind {
+    pub const ALL: [KnowledgeKind; 4] = [
+        KnowledgeKind::Convention,
+        KnowledgeKind::Pattern,
+        KnowledgeKind::Testing,
+        KnowledgeKind::Pitfall,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KnowledgeKind::Convention => "convention",
+            KnowledgeKind::Pattern => "pattern",
+            KnowledgeKind::Testing => "testing",
+            KnowledgeKind::Pitfall => "pitfall",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<KnowledgeKind> {
+        KnowledgeKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for KnowledgeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One thing learned, as a handoff carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Learning {
+    pub kind: KnowledgeKind,
+    pub text: String,
+}
+
+/// A knowledge entry in the document: `knowledge/<content hash>`, so the same lesson
+/// learned twice is one entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnowledgeFact {
+    pub kind: KnowledgeKind,
+    pub text: String,
+    /// The story it was learned on (empty when a human added it).
+    #[serde(default)]
+    pub story: String,
+    pub author: String,
+    pub written_at_ms: u64,
 }
 
 /// A phase result, written once under its claim: `result/<story>/<phase>/<claim-id>`.
@@ -210,6 +274,9 @@ pub struct Handoff {
 pub struct ResultFact {
     pub story: String,
     pub phase: Phase,
+    /// Review/rework/merge repeat in rounds: 0 first, one more after each rejection.
+    #[serde(default)]
+    pub round: u32,
     pub claim: String,
     pub token: u64,
     pub holder: String,

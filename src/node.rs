@@ -276,6 +276,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
         None => Arc::new(SimExecutor {
             phase_ms: cfg.sim_phase_ms,
             failure_rate: cfg.sim_failure_rate,
+            review_reject_rate: 0.0,
             seed: rand::random(),
         }),
     };
@@ -295,6 +296,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
         replies: HashMap::new(),
         next_reply: 0,
         executor,
+        data_dir: opts.data_dir.clone(),
         jobs: HashMap::new(),
         work_tx,
     };
@@ -326,6 +328,8 @@ struct Runtime {
     replies: HashMap<u64, ResponseChannel<Vec<u8>>>,
     next_reply: u64,
     executor: Arc<dyn Executor>,
+    /// None for an in-memory node.
+    data_dir: Option<PathBuf>,
     jobs: HashMap<String, tokio::task::JoinHandle<()>>,
     work_tx: mpsc::Sender<(String, Result<Handoff, String>)>,
 }
@@ -434,6 +438,29 @@ impl Runtime {
         }
     }
 
+    /// The directory a job runs in (placeholder until the git shell provides worktrees).
+    fn workspace(&self, job: &crate::core::Job) -> crate::exec::Workspace {
+        let root = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir)
+            .join("work");
+        let safe: String = job
+            .story
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .collect();
+        let dir = root.join(safe);
+        let log_dir = root.join("logs");
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::create_dir_all(&log_dir);
+        crate::exec::Workspace {
+            dir,
+            log_dir,
+            node: self.core.peer().to_string(),
+        }
+    }
+
     /// Carries out everything the core asked for.
     async fn drain_effects(&mut self) {
         while let Some(e) = self.core.poll_effect() {
@@ -455,7 +482,8 @@ impl Runtime {
                 Effect::Persist { chunk } => self.persist(&chunk),
                 Effect::StartWork(job) => {
                     let claim = job.claim.clone();
-                    let fut = self.executor.run(*job);
+                    let ws = self.workspace(&job);
+                    let fut = self.executor.run(*job, ws);
                     let tx = self.work_tx.clone();
                     let c = claim.clone();
                     let task = tokio::spawn(async move {

@@ -9,7 +9,7 @@ use common::*;
 use futures::future::BoxFuture;
 use libp2p::identity::Keypair;
 use mesh_agent::core::Job;
-use mesh_agent::exec::{sim_handoff, Executor};
+use mesh_agent::exec::{sim_handoff, Executor, Workspace};
 use mesh_agent::fence::{self, Refused};
 use mesh_agent::model::{Handoff, NewStory, Phase, StoryStatus};
 use mesh_agent::node::NodeHandle;
@@ -57,7 +57,7 @@ fn record(
 }
 
 impl Executor for FencedExecutor {
-    fn run(&self, job: Job) -> BoxFuture<'static, Result<Handoff, String>> {
+    fn run(&self, job: Job, _ws: Workspace) -> BoxFuture<'static, Result<Handoff, String>> {
         let gate = if job.phase == Phase::Implement {
             self.gate.lock().unwrap().take()
         } else {

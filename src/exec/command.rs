@@ -1,0 +1,2 @@
+//! The `command` executor: runs a configured program per phase (any agent CLI). Being
+//! written; see the issue.

@@ -1,0 +1,147 @@
+//! The built-in simulated executor: deterministic from a seed, no model. Each phase takes
+//! `phase_ms`, fails with probability `failure_rate`, and returns a plausible handoff;
+//! implement and rework append one line per planned file in the worktree (a real edit,
+//! so two stories changing one file from the same base really conflict at merge).
+
+use super::{Executor, Job, Workspace};
+use crate::model::{Handoff, KnowledgeKind, Learning, Phase, Verdict};
+use futures::future::BoxFuture;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+/// The built-in simulated executor.
+#[derive(Debug, Clone)]
+pub struct SimExecutor {
+    /// How long each phase takes.
+    pub phase_ms: u64,
+    /// Probability (0..=1) that an attempt fails.
+    pub failure_rate: f64,
+    /// Probability (0..=1) that a first-round review rejects (later rounds approve), so
+    /// rework runs without a human.
+    pub review_reject_rate: f64,
+    pub seed: u64,
+}
+
+impl Default for SimExecutor {
+    fn default() -> SimExecutor {
+        SimExecutor {
+            phase_ms: 200,
+            failure_rate: 0.0,
+            review_reject_rate: 0.0,
+            seed: 0,
+        }
+    }
+}
+
+/// A deterministic number in [0, 1) from a seed, a salt and a job.
+fn unit(seed: u64, salt: &str, job: &Job) -> f64 {
+    let mut h = Sha256::new();
+    h.update(seed.to_be_bytes());
+    h.update(salt.as_bytes());
+    h.update(job.claim.as_bytes());
+    let d = h.finalize();
+    let n = u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
+    (n >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The file a story with no planned files edits.
+pub fn default_file(job: &Job) -> String {
+    format!("changes/{}.txt", job.display_id)
+}
+
+/// The handoff the simulated executor returns for a job (no verdict randomness: reviews
+/// approve).
+pub fn sim_handoff(job: &Job) -> Handoff {
+    let title = &job.fact.title;
+    let mut h = Handoff {
+        summary: format!("{} of {:?} done (simulated)", job.phase, title),
+        confidence: Some(90),
+        files: job.fact.files.clone(),
+        ..Default::default()
+    };
+    match job.phase {
+        Phase::Research => {
+            h.findings = vec![format!("{title}: the code paths involved are known")];
+            if let Some(f) = job.fact.files.first() {
+                h.learnings = vec![Learning {
+                    kind: KnowledgeKind::Convention,
+                    text: format!("changes to {f} append one line per story"),
+                }];
+            }
+        }
+        Phase::Plan => {
+            h.decisions = vec!["change the planned files only".into()];
+            h.suggested_approach = "small, tested steps".into();
+        }
+        Phase::Review => h.verdict = Some(Verdict::Approve),
+        Phase::Rework => {
+            let why = job
+                .handoffs
+                .iter()
+                .rev()
+                .find(|r| r.handoff.verdict == Some(Verdict::Reject))
+                .map(|r| r.handoff.summary.clone())
+                .unwrap_or_default();
+            h.summary = format!("reworked {title:?} (round {}): {why}", job.round);
+        }
+        Phase::Merge => h.summary = format!("sim-{}-{}", job.story, job.token),
+        _ => {}
+    }
+    h
+}
+
+/// Appends the story's line to each planned file under `dir`.
+pub fn sim_edit(job: &Job, dir: &Path) -> Result<(), String> {
+    let mut files = job.fact.files.clone();
+    if files.is_empty() {
+        files.push(default_file(job));
+    }
+    for f in files {
+        let path = dir.join(&f);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("sim: cannot create {}: {e}", parent.display()))?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("sim: cannot open {f}: {e}"))?;
+        writeln!(
+            file,
+            "{}: {} (round {})",
+            job.display_id, job.fact.title, job.round
+        )
+        .map_err(|e| format!("sim: cannot write {f}: {e}"))?;
+    }
+    Ok(())
+}
+
+impl Executor for SimExecutor {
+    fn run(&self, job: Job, ws: Workspace) -> BoxFuture<'static, Result<Handoff, String>> {
+        let fail = unit(self.seed, "fail", &job) < self.failure_rate;
+        let reject = job.phase == Phase::Review
+            && job.round == 0
+            && unit(self.seed, "reject", &job) < self.review_reject_rate;
+        let ms = self.phase_ms;
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            if fail {
+                return Err(format!("simulated failure in {}", job.phase));
+            }
+            let mut h = sim_handoff(&job);
+            match job.phase {
+                Phase::Implement | Phase::Rework => sim_edit(&job, &ws.dir)?,
+                Phase::Review if reject => {
+                    h.verdict = Some(Verdict::Reject);
+                    h.summary = format!("{}: the change needs a test (simulated)", job.display_id);
+                    h.warnings = vec!["add a test for the new line".into()];
+                }
+                _ => {}
+            }
+            Ok(h)
+        })
+    }
+}
