@@ -11,6 +11,7 @@ pub mod config;
 pub mod core;
 pub mod exec;
 pub mod fence;
+pub mod git;
 pub mod identity;
 pub mod lease;
 pub mod membership;
