@@ -912,6 +912,7 @@ fn bullets(p: &mut String, title: &str, items: &[String]) {
     for i in items {
         let _ = writeln!(p, "- {i}");
     }
+    let _ = writeln!(p);
 }
 
 fn earlier(p: &mut String, r: &ResultFact) {
