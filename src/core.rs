@@ -20,10 +20,16 @@ use crate::membership::{
     Membership, MembershipConfig, Observed, PeerState, PeerStatus, Transition,
 };
 use crate::model::{
-    Handoff, Heartbeat, MergeFact, NewStory, NodeFact, Phase, ResultFact, StoryFact, Topic,
+    Event, EventKind, Handoff, Heartbeat, KnowledgeFact, MergeFact, NewStory, NodeFact, Phase,
+    ResultFact, StoryFact, Topic, Verdict, MAX_EVENT_DETAIL,
 };
 use crate::scheduler;
-use crate::state::{reset_sync_state, Doc, StateError, StoryView, SyncState, View};
+use crate::state::{
+    relevant_knowledge, reset_sync_state, Doc, StateError, StoryView, SyncState, View,
+};
+
+/// Most knowledge entries handed to one job.
+pub const MAX_JOB_KNOWLEDGE: usize = 12;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -79,6 +85,11 @@ pub enum Input {
     },
     SyncFailed {
         from: String,
+    },
+    /// A message on the events topic.
+    Event {
+        from: String,
+        data: Vec<u8>,
     },
     Connected(String),
     Disconnected(String),
@@ -160,6 +171,7 @@ enum LocalState {
 struct LocalClaim {
     story: String,
     phase: Phase,
+    round: u32,
     state: LocalState,
     written_ms: u64,
 }
@@ -258,7 +270,18 @@ pub struct Core {
     next_claim: u64,
     cochange: CoChange,
     runs: Vec<RunRecord>,
+    /// The latest wall clock the core was given (ms since the epoch): for timestamps on
+    /// facts and events only, never for decisions.
+    last_wall: u64,
+    /// The local event log: (local position, event), bounded.
+    events: VecDeque<(u64, Event)>,
+    events_logged: u64,
+    /// This node's own event counter.
+    event_seq: u64,
 }
+
+/// Events kept in the local log.
+pub const EVENT_LOG_CAPACITY: usize = 10_000;
 
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -288,6 +311,10 @@ impl Core {
             incarnation,
             hb_seq: 0,
             last_now: 0,
+            last_wall: incarnation,
+            events: VecDeque::new(),
+            events_logged: 0,
+            event_seq: 0,
             started_ms: None,
             last_tick_ms: None,
             counters: Counters::default(),
@@ -471,6 +498,7 @@ impl Core {
 
     /// Publishes a heartbeat (not for passive observers).
     pub fn heartbeat(&mut self, wall_ms: u64) {
+        self.last_wall = wall_ms;
         if self.cfg.passive {
             return;
         }
@@ -494,6 +522,7 @@ impl Core {
     /// Advances membership and the claim machinery; returns membership state changes.
     pub fn tick(&mut self, now_ms: u64, wall_ms: u64) -> Vec<Transition> {
         self.last_now = self.last_now.max(now_ms);
+        self.last_wall = wall_ms;
         // A node that stalled past a lease (SIGSTOP, GC, suspend) knows nothing current
         // about the mesh: warm up again before claiming anything.
         let stalled = self
@@ -505,6 +534,11 @@ impl Core {
         }
         self.last_tick_ms = Some(now_ms);
         let t = self.membership.tick(now_ms);
+        for tr in &t {
+            if tr.to == PeerState::Dead {
+                self.emit(EventKind::PeerDead, None, None, 0, tr.peer.clone());
+            }
+        }
         self.check_claims(now_ms, wall_ms);
         t
     }
@@ -526,6 +560,22 @@ impl Core {
     pub fn handle(&mut self, now_ms: u64, input: Input) {
         self.last_now = self.last_now.max(now_ms);
         match input {
+            Input::Event { from, data } => {
+                let ev: Event = match codec::decode(&data, MAX_GOSSIP_BYTES) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        self.counters.malformed_dropped += 1;
+                        tracing::debug!(peer = %from, error = %e, "malformed event dropped");
+                        return;
+                    }
+                };
+                // An event speaks for its sender only.
+                if ev.node != from || from == self.peer {
+                    self.counters.malformed_dropped += 1;
+                    return;
+                }
+                self.log_event(ev);
+            }
             Input::Heartbeat { from, data } => {
                 let beat: Heartbeat = match codec::decode(&data, MAX_GOSSIP_BYTES) {
                     Ok(b) => b,
@@ -542,6 +592,7 @@ impl Core {
                 let seen = self.membership.observe(&from, &beat, now_ms);
                 if seen == Observed::New || seen == Observed::Revived {
                     tracing::info!(peer = %from, "peer joined");
+                    self.emit(EventKind::PeerJoined, None, None, 0, from.clone());
                 }
                 if seen != Observed::Stale {
                     // A holder renews only its own claims.
@@ -850,9 +901,13 @@ impl Core {
             tracing::info!(story = %w.story, conflicts = ?w.soft_conflicts, "claiming despite soft conflicts");
         }
         // A takeover: the expired winners of these resources are released on their behalf.
+        let mut taken_from = Vec::new();
         for (r, _) in &fact.resources {
             if let Some(old) = claims.winner(r) {
                 let old = old.to_string();
+                if let Some(h) = view.claims.get(&old) {
+                    taken_from.push(crate::state::peer_tag(&h.holder).to_string());
+                }
                 self.doc.put_release(
                     &old,
                     &ReleaseFact {
@@ -870,11 +925,30 @@ impl Core {
             self.start_sync(p);
         }
         tracing::debug!(claim = %id, story = %w.story, phase = %w.phase, "claimed; settling");
+        let token = fact.resources.first().map_or(0, |(_, t)| *t);
+        let mut detail = format!("token {token}, attempt {}", w.attempt);
+        if !taken_from.is_empty() {
+            detail.push_str(&format!("; taking over from {}", taken_from.join(", ")));
+        }
+        if !w.soft_conflicts.is_empty() {
+            detail.push_str(&format!(
+                "; soft conflicts: {}",
+                w.soft_conflicts.join(", ")
+            ));
+        }
+        self.emit(
+            EventKind::Claimed,
+            Some(&w.story),
+            Some(w.phase),
+            w.round,
+            detail,
+        );
         self.local.insert(
             id,
             LocalClaim {
                 story: w.story,
                 phase: w.phase,
+                round: w.round,
                 state: LocalState::Settling {
                     mark,
                     waiting: alive.into_iter().collect(),
@@ -943,11 +1017,12 @@ impl Core {
                     continue;
                 };
                 c.state = LocalState::Running;
-                let (story, phase, claimed_ms) = (c.story.clone(), c.phase, c.written_ms);
+                let (story, phase, round, claimed_ms) =
+                    (c.story.clone(), c.phase, c.round, c.written_ms);
                 let Some(fact) = view.claims.get(&id) else {
                     continue;
                 };
-                let token = Resource::story(&story, phase)
+                let token = Resource::story_round(&story, phase, round)
                     .ok()
                     .and_then(|r| fact.token_of(&r))
                     .unwrap_or(0);
@@ -955,10 +1030,8 @@ impl Core {
                 let Some(sv) = view.stories.get(&story) else {
                     continue;
                 };
-                let handoffs = crate::model::PIPELINE
-                    .iter()
-                    .filter_map(|p| view.counted_result(&story, *p).cloned())
-                    .collect();
+                let handoffs = view.history(&story).into_iter().cloned().collect();
+                let knowledge = relevant_knowledge(&view, sv, MAX_JOB_KNOWLEDGE);
                 self.runs.push(RunRecord {
                     claim: id.clone(),
                     story: story.clone(),
@@ -968,19 +1041,31 @@ impl Core {
                     claimed_ms,
                 });
                 tracing::info!(claim = %id, %story, %phase, token, "claim settled; starting work");
+                let detail = if files.is_empty() {
+                    format!("token {token}")
+                } else {
+                    format!("token {token}, locks {}", files.join(", "))
+                };
+                self.emit(
+                    EventKind::PhaseStarted,
+                    Some(&story),
+                    Some(phase),
+                    round,
+                    detail,
+                );
                 self.effects.push_back(Effect::StartWork(Box::new(Job {
                     claim: id,
                     story,
                     display_id: sv.id.clone(),
                     phase,
-                    round: 0,
+                    round,
                     token,
                     attempt: fact.attempt,
                     fact: sv.fact.clone(),
                     handoffs,
                     files,
-                    knowledge: Vec::new(),
-                    failures: Vec::new(),
+                    knowledge,
+                    failures: sv.failures.clone(),
                 })));
             } else {
                 tracing::debug!(claim = %id, "claim lost at settle; releasing");
@@ -1013,44 +1098,187 @@ impl Core {
             .claims
             .get(claim)
             .and_then(|f| {
-                Resource::story(&c.story, c.phase)
+                Resource::story_round(&c.story, c.phase, c.round)
                     .ok()
                     .and_then(|r| f.token_of(&r))
             })
             .unwrap_or(0);
-        let wall = self.last_now;
+        let wall = self.last_wall;
         match outcome {
             Ok(handoff) => {
-                if c.phase == Phase::Merge {
+                // A merge that did not reject landed: its commit is the landing (the
+                // sim core, with no git, names a synthetic one).
+                if c.phase == Phase::Merge && handoff.verdict != Some(Verdict::Reject) {
+                    let commit = handoff
+                        .commit
+                        .clone()
+                        .unwrap_or_else(|| handoff.summary.clone());
                     self.doc.put_merge(&MergeFact {
                         story: c.story.clone(),
+                        round: c.round,
                         claim: claim.to_string(),
                         token,
                         holder: self.peer.clone(),
-                        commit: handoff.summary.clone(),
+                        commit,
+                        written_at_ms: wall,
+                    });
+                }
+                for l in &handoff.learnings {
+                    self.doc.put_knowledge(&KnowledgeFact {
+                        kind: l.kind,
+                        text: l.text.clone(),
+                        story: c.story.clone(),
+                        author: self.peer.clone(),
                         written_at_ms: wall,
                     });
                 }
                 self.doc.put_result(&ResultFact {
                     story: c.story.clone(),
                     phase: c.phase,
-                    round: 0,
+                    round: c.round,
                     claim: claim.to_string(),
                     token,
                     holder: self.peer.clone(),
                     written_at_ms: wall,
-                    handoff,
+                    handoff: handoff.clone(),
                 });
                 self.release(claim, ReleaseReason::Done, "");
                 tracing::info!(%claim, story = %c.story, phase = %c.phase, "phase finished");
+                let (p, r) = (Some(c.phase), c.round);
+                let rejected = handoff.verdict == Some(Verdict::Reject);
+                let mut detail = handoff.summary.clone();
+                if c.phase == Phase::Review {
+                    let v = if rejected { "rejected" } else { "approved" };
+                    detail = format!("{v}: {detail}");
+                }
+                self.emit(EventKind::PhaseFinished, Some(&c.story), p, r, detail);
+                for l in &handoff.learnings {
+                    self.emit(
+                        EventKind::PatternDiscovered,
+                        Some(&c.story),
+                        p,
+                        r,
+                        format!("{}: {}", l.kind, l.text),
+                    );
+                }
+                if c.phase == Phase::Merge {
+                    if rejected {
+                        self.emit(
+                            EventKind::RebaseNeeded,
+                            Some(&c.story),
+                            p,
+                            r,
+                            handoff.summary.clone(),
+                        );
+                    } else {
+                        let commit = handoff.commit.clone().unwrap_or_default();
+                        self.emit(
+                            EventKind::MainUpdated,
+                            Some(&c.story),
+                            p,
+                            r,
+                            format!("main is now {commit}"),
+                        );
+                        self.emit(
+                            EventKind::StoryCompleted,
+                            Some(&c.story),
+                            p,
+                            r,
+                            format!("landed as {commit}"),
+                        );
+                    }
+                }
             }
             Err(reason) => {
                 tracing::warn!(%claim, story = %c.story, phase = %c.phase, %reason, "phase attempt failed");
                 self.release(claim, ReleaseReason::Abandoned, &reason);
+                self.emit(
+                    EventKind::PhaseFailed,
+                    Some(&c.story),
+                    Some(c.phase),
+                    c.round,
+                    reason,
+                );
             }
+        }
+        let blocked = self
+            .view()
+            .stories
+            .get(&c.story)
+            .and_then(|s| s.blocked_reason.clone());
+        if let Some(why) = blocked {
+            self.emit(EventKind::StoryBlocked, Some(&c.story), None, c.round, why);
         }
         self.observer.forget(claim);
         let _ = now_ms;
+    }
+
+    fn log_event(&mut self, mut ev: Event) {
+        if ev.detail.len() > MAX_EVENT_DETAIL {
+            let mut cut = MAX_EVENT_DETAIL;
+            while !ev.detail.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            ev.detail.truncate(cut);
+        }
+        self.events_logged += 1;
+        self.events.push_back((self.events_logged, ev));
+        while self.events.len() > EVENT_LOG_CAPACITY {
+            self.events.pop_front();
+        }
+    }
+
+    /// Records an event of this node in the local log and, unless `local_only`,
+    /// publishes it on the events topic.
+    pub fn emit(
+        &mut self,
+        kind: EventKind,
+        story: Option<&str>,
+        phase: Option<Phase>,
+        round: u32,
+        detail: impl Into<String>,
+    ) {
+        let local_only = matches!(kind, EventKind::PeerJoined | EventKind::PeerDead);
+        if self.cfg.passive && !local_only {
+            return;
+        }
+        let story = story
+            .map(|k| {
+                self.view()
+                    .stories
+                    .get(k)
+                    .map_or_else(|| k.to_string(), |s| s.id.clone())
+            })
+            .unwrap_or_default();
+        self.event_seq += 1;
+        let ev = Event {
+            node: self.peer.clone(),
+            seq: self.event_seq,
+            at_ms: self.last_wall,
+            kind,
+            story,
+            phase,
+            round,
+            detail: detail.into(),
+        };
+        if !local_only {
+            self.effects.push_back(Effect::Publish {
+                topic: Topic::Events,
+                data: codec::encode(&ev),
+            });
+        }
+        self.log_event(ev);
+    }
+
+    /// Events logged after local position `after` (0 for all kept), oldest first, with
+    /// their positions.
+    pub fn events_after(&self, after: u64, limit: usize) -> Vec<(u64, Event)> {
+        self.events
+            .iter()
+            .filter(|(n, _)| *n > after)
+            .take(limit)
+            .cloned()
+            .collect()
     }
 
     /// Peers by membership state.

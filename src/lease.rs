@@ -30,12 +30,15 @@ use std::str::FromStr;
 /// Something a claim can hold: one phase of one story, or one file of the repository.
 ///
 /// Written as `story:<key>/<phase>` (`story:S-0042@ab12cd/implement`) or `file:<path>`
-/// (`file:src/lease.rs`), in the document and on the wire.
+/// (`file:src/lease.rs`), in the document and on the wire. Review, rework and merge repeat
+/// in rounds after a rejection; round r > 0 is written `story:<key>/<phase>.<r>`, so each
+/// round is a fresh resource with its own tokens.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Resource {
     Story {
         story: String,
         phase: Phase,
+        round: u32,
     },
     /// A normalised, repo-relative path (see [`Resource::file`]).
     File(String),
@@ -59,12 +62,18 @@ pub enum ResourceError {
 impl Resource {
     /// A story phase. Fails if `story` could not round-trip through the string form.
     pub fn story(story: &str, phase: Phase) -> Result<Resource, ResourceError> {
+        Resource::story_round(story, phase, 0)
+    }
+
+    /// A story phase in a given round (0 is the first).
+    pub fn story_round(story: &str, phase: Phase, round: u32) -> Result<Resource, ResourceError> {
         if !valid_story_key(story) {
             return Err(ResourceError::BadStory(story.to_string()));
         }
         Ok(Resource::Story {
             story: story.to_string(),
             phase,
+            round,
         })
     }
 
@@ -93,7 +102,16 @@ fn valid_story_key(key: &str) -> bool {
 impl fmt::Display for Resource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Resource::Story { story, phase } => write!(f, "story:{story}/{phase}"),
+            Resource::Story {
+                story,
+                phase,
+                round: 0,
+            } => write!(f, "story:{story}/{phase}"),
+            Resource::Story {
+                story,
+                phase,
+                round,
+            } => write!(f, "story:{story}/{phase}.{round}"),
             Resource::File(path) => write!(f, "file:{path}"),
         }
     }
@@ -107,16 +125,25 @@ impl FromStr for Resource {
             let (story, phase) = rest
                 .rsplit_once('/')
                 .ok_or_else(|| ResourceError::MissingPhase(s.to_string()))?;
-            let phase = Phase::parse(phase).ok_or_else(|| ResourceError::UnknownPhase {
+            let unknown = || ResourceError::UnknownPhase {
                 input: s.to_string(),
                 phase: phase.to_string(),
-            })?;
+            };
+            let (name, round) = match phase.split_once('.') {
+                Some((name, r)) => match r.parse::<u32>() {
+                    Ok(n) if n > 0 && !r.starts_with('0') => (name, n),
+                    _ => return Err(unknown()),
+                },
+                None => (phase, 0),
+            };
+            let phase = Phase::parse(name).ok_or_else(unknown)?;
             if !valid_story_key(story) {
                 return Err(ResourceError::BadStory(s.to_string()));
             }
             Ok(Resource::Story {
                 story: story.to_string(),
                 phase,
+                round,
             })
         } else if let Some(path) = s.strip_prefix("file:") {
             Resource::file(path).map_err(|source| ResourceError::BadPath {
@@ -934,6 +961,23 @@ mod tests {
         assert!(err.to_string().contains("implement"), "{err}");
         assert!("story:/plan".parse::<Resource>().is_err());
         assert!(Resource::story("S-1/x", Phase::Plan).is_err());
+        for bad in [
+            "story:S-1/review.0",
+            "story:S-1/review.01",
+            "story:S-1/review.x",
+        ] {
+            assert!(bad.parse::<Resource>().is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn rounds_are_distinct_resources_that_round_trip() {
+        let r2 = Resource::story_round("S-1@ab", Phase::Review, 2).unwrap();
+        assert_eq!(r2.to_string(), "story:S-1@ab/review.2");
+        assert_eq!("story:S-1@ab/review.2".parse::<Resource>().unwrap(), r2);
+        let r0 = Resource::story("S-1@ab", Phase::Review).unwrap();
+        assert_eq!(r0.to_string(), "story:S-1@ab/review");
+        assert_ne!(r0, r2);
     }
 
     #[test]

@@ -179,6 +179,69 @@ pub struct Heartbeat {
     pub claims: Vec<String>,
 }
 
+/// What happened, on the events topic (DESIGN.md §4: progress is gossip, never document).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Claimed,
+    PhaseStarted,
+    PhaseFinished,
+    PhaseFailed,
+    Progress,
+    StoryCompleted,
+    StoryBlocked,
+    RebaseNeeded,
+    MainUpdated,
+    PatternDiscovered,
+    /// Local only: a peer this node saw join or die.
+    PeerJoined,
+    PeerDead,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Claimed => "claimed",
+            EventKind::PhaseStarted => "phase_started",
+            EventKind::PhaseFinished => "phase_finished",
+            EventKind::PhaseFailed => "phase_failed",
+            EventKind::Progress => "progress",
+            EventKind::StoryCompleted => "story_completed",
+            EventKind::StoryBlocked => "story_blocked",
+            EventKind::RebaseNeeded => "rebase_needed",
+            EventKind::MainUpdated => "main_updated",
+            EventKind::PatternDiscovered => "pattern_discovered",
+            EventKind::PeerJoined => "peer_joined",
+            EventKind::PeerDead => "peer_dead",
+        }
+    }
+}
+
+/// One event of the mesh-wide timeline. `(node, seq)` identifies it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// The node it happened on.
+    pub node: String,
+    /// That node's event counter (resets on restart; with `at_ms` it orders its events).
+    pub seq: u64,
+    /// The node's wall clock, ms since the epoch.
+    pub at_ms: u64,
+    pub kind: EventKind,
+    /// The story's display id, if about a story.
+    #[serde(default)]
+    pub story: String,
+    #[serde(default)]
+    pub phase: Option<Phase>,
+    #[serde(default)]
+    pub round: u32,
+    /// One line for humans.
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// Longest event detail, in bytes (longer ones are cut).
+pub const MAX_EVENT_DETAIL: usize = 1024;
+
 /// A reviewer's decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -288,6 +351,9 @@ pub struct ResultFact {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MergeFact {
     pub story: String,
+    /// The merge round this landing was made in.
+    #[serde(default)]
+    pub round: u32,
     pub claim: String,
     pub token: u64,
     pub holder: String,

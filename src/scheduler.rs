@@ -17,6 +17,8 @@ use sha2::{Digest, Sha256};
 pub struct Work {
     pub story: String,
     pub phase: Phase,
+    /// The round of the phase (see [`View`]'s rounds of review/rework/merge).
+    pub round: u32,
     /// The story-phase resource first, then any file locks (implement and rework).
     pub resources: Vec<Resource>,
     /// Which attempt this would be (1 for the first).
@@ -106,7 +108,7 @@ pub fn rank(
         if phase == Phase::Review && s.implementer.as_deref() == Some(me) {
             continue; // review runs on a node other than the implementer
         }
-        let Ok(story_res) = Resource::story(&s.key, phase) else {
+        let Ok(story_res) = Resource::story_round(&s.key, phase, s.round) else {
             continue;
         };
         if !is_free(&story_res) {
@@ -145,6 +147,7 @@ pub fn rank(
             Work {
                 story: s.key.clone(),
                 phase,
+                round: s.round,
                 resources,
                 attempt: s.attempts + 1,
                 soft_conflicts,

@@ -382,7 +382,7 @@ impl Sim {
     }
 
     fn start_work(&mut self, i: usize, job: Box<Job>) {
-        let res = Resource::story(&job.story, job.phase).ok();
+        let res = Resource::story_round(&job.story, job.phase, job.round).ok();
         if let Some(r) = res {
             self.starts.push((i, r, job.token, self.now));
         }
@@ -813,25 +813,28 @@ impl Sim {
         };
         let claims = view.claims();
         // A counted result is from its resource's highest claim.
-        for s in view.stories.values() {
-            for p in crate::model::PIPELINE {
-                if let Some(r) = view.counted_result(&s.key, p) {
-                    let Ok(res) = Resource::story(&s.key, p) else {
-                        continue;
-                    };
-                    let highest = view
-                        .claims
-                        .values()
-                        .filter_map(|c| c.token_of(&res))
-                        .max()
-                        .unwrap_or(0);
-                    if r.token < highest && claims.top(&res) != Some(r.claim.as_str()) {
-                        self.violation(format!(
-                            "{} {p}: counted result under token {} below {highest}",
-                            s.id, r.token
-                        ));
-                    }
-                }
+        for ((story, p, round), rkey) in &view.counted {
+            let Some(r) = view.results.get(rkey) else {
+                continue;
+            };
+            let Ok(res) = Resource::story_round(story, *p, *round) else {
+                continue;
+            };
+            let highest = view
+                .claims
+                .values()
+                .filter_map(|c| c.token_of(&res))
+                .max()
+                .unwrap_or(0);
+            if r.token < highest && claims.top(&res) != Some(r.claim.as_str()) {
+                let id = view
+                    .stories
+                    .get(story)
+                    .map_or(story.as_str(), |s| s.id.as_str());
+                self.violation(format!(
+                    "{id} {res}: counted result under token {} below {highest}",
+                    r.token
+                ));
             }
         }
         let merged = view
@@ -882,6 +885,7 @@ impl Sim {
                         Resource::Story {
                             story,
                             phase: Phase::Review,
+                            ..
                         } => view.stories.get(story).and_then(|s| s.implementer.clone()),
                         _ => None,
                     };

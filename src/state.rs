@@ -11,8 +11,8 @@
 
 use crate::lease::{ClaimFact, Claims, ReleaseFact, ReleaseReason, Resource};
 use crate::model::{
-    InputError, MergeFact, NewStory, NodeFact, Phase, ResultFact, StoryFact, StoryStatus, Verdict,
-    MAX_ATTEMPTS, PIPELINE,
+    InputError, KnowledgeFact, KnowledgeKind, MergeFact, NewStory, NodeFact, Phase, ResultFact,
+    StoryFact, StoryStatus, Verdict, MAX_ATTEMPTS,
 };
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
@@ -27,6 +27,9 @@ const CLAIM_PREFIX: &str = "claim/";
 const RELEASE_PREFIX: &str = "release/";
 const RESULT_PREFIX: &str = "result/";
 const MERGE_PREFIX: &str = "merge/";
+const KNOWLEDGE_PREFIX: &str = "knowledge/";
+/// Longest knowledge entry, in bytes.
+pub const MAX_KNOWLEDGE_BYTES: usize = 2048;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -235,9 +238,152 @@ impl Doc {
         self.put_fact(&key, fact);
     }
 
+    /// Writes a knowledge entry under the hash of its kind and normalised text, so the
+    /// same lesson learned twice (by any nodes) is one entry. Returns its id; an entry
+    /// already present is left as first written. Over-long or empty text is refused.
+    pub fn put_knowledge(&mut self, fact: &KnowledgeFact) -> Option<String> {
+        let text = fact.text.trim();
+        if text.is_empty() || text.len() > MAX_KNOWLEDGE_BYTES {
+            return None;
+        }
+        let id = knowledge_id(fact.kind, text);
+        let key = format!("{KNOWLEDGE_PREFIX}{id}");
+        if self.inner.get(ROOT, key.as_str()).ok().flatten().is_none() {
+            let mut f = fact.clone();
+            f.text = text.to_string();
+            self.put_fact(&key, &f);
+        }
+        Some(id)
+    }
+
     /// The current view: a pure function of the document.
     pub fn view(&self) -> View {
         View::from_doc(&self.inner)
+    }
+}
+
+/// The id of a knowledge entry: a hash of its kind and its whitespace-normalised,
+/// lower-cased text.
+pub fn knowledge_id(kind: KnowledgeKind, text: &str) -> String {
+    let norm: Vec<String> = text.split_whitespace().map(str::to_lowercase).collect();
+    let mut h = Sha256::new();
+    h.update(kind.as_str().as_bytes());
+    h.update([0]);
+    h.update(norm.join(" ").as_bytes());
+    hex::encode(&h.finalize()[..8])
+}
+
+fn words(s: &str) -> std::collections::BTreeSet<String> {
+    s.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.len() >= 3)
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// The knowledge entries most relevant to a story, best first: entries learned on the
+/// story itself, then by words shared with its title, body, files and labels, then the
+/// most recent; pitfalls break ties. At most `limit`.
+pub fn relevant_knowledge(view: &View, story: &StoryView, limit: usize) -> Vec<KnowledgeFact> {
+    let f = &story.fact;
+    let mut mine = words(&f.title);
+    mine.extend(words(&f.body));
+    for x in f.files.iter().chain(&f.labels) {
+        mine.extend(words(x));
+    }
+    let mut scored: Vec<(u32, u64, &KnowledgeFact)> = view
+        .knowledge
+        .values()
+        .map(|k| {
+            let shared = words(&k.text).intersection(&mine).count() as u32;
+            let own = u32::from(k.story == story.key) * 100;
+            let pitfall = u32::from(k.kind == KnowledgeKind::Pitfall);
+            (own + shared * 2 + pitfall, k.written_at_ms, k)
+        })
+        .collect();
+    scored.sort_by(|a, b| (b.0, b.1, &b.2.text).cmp(&(a.0, a.1, &a.2.text)));
+    scored
+        .into_iter()
+        .take(limit)
+        .map(|(_, _, k)| k.clone())
+        .collect()
+}
+
+/// Most rework rounds before a story needs a human.
+pub const MAX_REWORKS: u32 = 3;
+
+/// Where a story stands, from its counted results alone.
+struct Walk {
+    /// Counted steps in order: (phase, round, result key).
+    steps: Vec<(Phase, u32, String)>,
+    /// The step to run next, unless blocked or merged.
+    next: Option<(Phase, u32)>,
+    /// The last round reached.
+    round: u32,
+    blocked: Option<String>,
+}
+
+/// The pipeline as a walk: research, plan, implement, then rounds of [rework,] review,
+/// merge. A rejecting review, or a merge that hit a rebase conflict or failing tests
+/// (verdict reject), opens the next round with a rework; after [`MAX_REWORKS`] rounds the
+/// story is blocked for a human with the last reason.
+fn walk_story(key: &str, counted: &BTreeMap<(String, Phase, u32), (&String, &ResultFact)>) -> Walk {
+    let mut w = Walk {
+        steps: Vec::new(),
+        next: None,
+        round: 0,
+        blocked: None,
+    };
+    let get = |p: Phase, r: u32| counted.get(&(key.to_string(), p, r)).copied();
+    for p in [Phase::Research, Phase::Plan, Phase::Implement] {
+        match get(p, 0) {
+            Some((k, _)) => w.steps.push((p, 0, k.clone())),
+            None => {
+                w.next = Some((p, 0));
+                return w;
+            }
+        }
+    }
+    let mut r = 0;
+    loop {
+        w.round = r;
+        let mut seq = vec![Phase::Review, Phase::Merge];
+        if r > 0 {
+            seq.insert(0, Phase::Rework);
+        }
+        let mut rejected = None;
+        for p in seq {
+            match get(p, r) {
+                None => {
+                    w.next = Some((p, r));
+                    return w;
+                }
+                Some((k, f)) => {
+                    w.steps.push((p, r, k.clone()));
+                    if matches!(p, Phase::Review | Phase::Merge)
+                        && f.handoff.verdict == Some(Verdict::Reject)
+                    {
+                        rejected = Some((p, f.handoff.summary.clone()));
+                        break;
+                    }
+                }
+            }
+        }
+        match rejected {
+            // A merge result that did not reject: the story landed (or is landing).
+            None => return w,
+            Some((p, why)) => {
+                if r + 1 > MAX_REWORKS {
+                    let what = if p == Phase::Review {
+                        "review rejected the change"
+                    } else {
+                        "the merge gate refused the change"
+                    };
+                    w.blocked = Some(format!("{what} {} times; last: {why}", r + 1));
+                    return w;
+                }
+                r += 1;
+            }
+        }
     }
 }
 
@@ -273,8 +419,14 @@ pub struct StoryView {
     pub phases_done: Vec<Phase>,
     /// The phase to run next (None once merged or blocked).
     pub next_phase: Option<Phase>,
+    /// The round of the next phase (0 until a review rejects or a merge needs rework).
+    pub round: u32,
+    /// Counted results in the order they happened: keys into `View::results`.
+    pub history: Vec<String>,
     /// Attempts so far at the next phase (claims ever written on it).
     pub attempts: u32,
+    /// Why earlier attempts at the next phase failed, oldest first.
+    pub failures: Vec<String>,
     /// Why a human is needed, when blocked.
     pub blocked_reason: Option<String>,
     /// The counted landing, once merged.
@@ -298,8 +450,10 @@ pub struct View {
     pub results: BTreeMap<String, ResultFact>,
     /// Every merge fact written, by document key.
     pub merges: BTreeMap<String, MergeFact>,
-    /// The counted result of each (story, phase): its key in `results`.
-    pub counted: BTreeMap<(String, Phase), String>,
+    /// The counted result of each (story, phase, round): its key in `results`.
+    pub counted: BTreeMap<(String, Phase, u32), String>,
+    /// Knowledge entries by id (a content hash).
+    pub knowledge: BTreeMap<String, KnowledgeFact>,
     /// Facts that could not be decoded (from a newer or buggy peer); skipped, counted.
     pub malformed: u64,
 }
@@ -344,6 +498,13 @@ impl View {
                     }
                     None => view.malformed += 1,
                 }
+            } else if let Some(id) = key.strip_prefix(KNOWLEDGE_PREFIX) {
+                match read_json::<KnowledgeFact>(doc, &key) {
+                    Some(f) => {
+                        view.knowledge.insert(id.to_string(), f);
+                    }
+                    None => view.malformed += 1,
+                }
             } else if key.starts_with(MERGE_PREFIX) {
                 match read_json::<MergeFact>(doc, &key) {
                     Some(f) => {
@@ -355,23 +516,21 @@ impl View {
         }
         let claims = Claims::new(&view.claims, &view.releases);
         // Fencing in the view: a result (or merge) counts only if written under the top
-        // claim of its resource, whatever arrived first.
-        let mut counted: BTreeMap<(String, Phase), &ResultFact> = BTreeMap::new();
-        let mut counted_keys: BTreeMap<(String, Phase), String> = BTreeMap::new();
+        // claim of its resource (story, phase, round), whatever arrived first.
+        let mut counted: BTreeMap<(String, Phase, u32), (&String, &ResultFact)> = BTreeMap::new();
         for (rkey, r) in view.results.iter() {
-            let Ok(res) = Resource::story(&r.story, r.phase) else {
+            let Ok(res) = Resource::story_round(&r.story, r.phase, r.round) else {
                 continue;
             };
             if claims.top(&res) == Some(r.claim.as_str())
                 && claims.token_of(&r.claim, &res) == Some(r.token)
             {
-                counted.insert((r.story.clone(), r.phase), r);
-                counted_keys.insert((r.story.clone(), r.phase), rkey.clone());
+                counted.insert((r.story.clone(), r.phase, r.round), (rkey, r));
             }
         }
         let mut merged: BTreeMap<String, MergeFact> = BTreeMap::new();
         for m in view.merges.values() {
-            let Ok(res) = Resource::story(&m.story, Phase::Merge) else {
+            let Ok(res) = Resource::story_round(&m.story, Phase::Merge, m.round) else {
                 continue;
             };
             if claims.top(&res) == Some(m.claim.as_str()) {
@@ -407,25 +566,19 @@ impl View {
         let mut stories = BTreeMap::new();
         for ((key, fact), id) in facts.iter().zip(&ids) {
             let deps_done = fact.depends_on.iter().all(|d| merged.contains_key(d));
-            let phases_done: Vec<Phase> = PIPELINE
+            let walk = walk_story(key, &counted);
+            let phases_done: Vec<Phase> = Phase::ALL
                 .iter()
                 .copied()
-                .filter(|p| counted.contains_key(&(key.clone(), *p)))
+                .filter(|p| walk.steps.iter().any(|(q, _, _)| q == p))
                 .collect();
-            let mut next_phase = PIPELINE
-                .iter()
-                .copied()
-                .find(|p| !counted.contains_key(&(key.clone(), *p)));
-            let mut blocked_reason = None;
-            if let Some(r) = counted.get(&(key.clone(), Phase::Review)) {
-                if r.handoff.verdict == Some(Verdict::Reject) {
-                    blocked_reason =
-                        Some(format!("review rejected the change: {}", r.handoff.summary));
-                }
-            }
+            let mut next_phase = walk.next.map(|(p, _)| p);
+            let round = walk.next.map_or(walk.round, |(_, r)| r);
+            let mut blocked_reason = walk.blocked;
             let mut attempts = 0;
-            if let Some(p) = next_phase {
-                if let Ok(res) = Resource::story(key, p) {
+            let mut failures = Vec::new();
+            if let Some((p, r)) = walk.next {
+                if let Ok(res) = Resource::story_round(key, p, r) {
                     // Attempts: claims that started work (not those that never settled).
                     let on_it: Vec<(&str, &ClaimFact)> = claims
                         .all()
@@ -435,20 +588,23 @@ impl View {
                         })
                         .collect();
                     attempts = on_it.len() as u32;
+                    let mut on_it_sorted = on_it.clone();
+                    on_it_sorted.sort_by_key(|(_, c)| c.written_at_ms);
+                    failures = on_it_sorted
+                        .iter()
+                        .filter_map(|(id, _)| view.releases.get(*id))
+                        .filter(|r| r.why != ReleaseReason::Done)
+                        .map(|r| {
+                            if r.note.is_empty() {
+                                format!("{:?}", r.why).to_lowercase()
+                            } else {
+                                r.note.clone()
+                            }
+                        })
+                        .collect();
                     let active = claims.winner(&res).is_some();
                     if attempts >= MAX_ATTEMPTS && !active && blocked_reason.is_none() {
-                        let mut reasons: Vec<String> = on_it
-                            .iter()
-                            .filter_map(|(id, _)| view.releases.get(*id))
-                            .filter(|r| r.why != ReleaseReason::Done)
-                            .map(|r| {
-                                if r.note.is_empty() {
-                                    format!("{:?}", r.why).to_lowercase()
-                                } else {
-                                    r.note.clone()
-                                }
-                            })
-                            .collect();
+                        let mut reasons = failures.clone();
                         reasons.dedup();
                         blocked_reason = Some(format!(
                             "{p} failed {attempts} attempts: {}",
@@ -479,9 +635,14 @@ impl View {
             } else {
                 StoryStatus::Backlog
             };
-            let implementer = counted
-                .get(&(key.clone(), Phase::Implement))
-                .map(|r| r.holder.clone());
+            // The author of the change under review: the latest implement or rework.
+            let implementer = walk
+                .steps
+                .iter()
+                .rev()
+                .find(|(p, _, _)| matches!(p, Phase::Implement | Phase::Rework))
+                .and_then(|(p, r, _)| counted.get(&(key.clone(), *p, *r)))
+                .map(|(_, f)| f.holder.clone());
             let depends_on = fact
                 .depends_on
                 .iter()
@@ -501,13 +662,20 @@ impl View {
                     fact: fact.clone(),
                     phases_done,
                     next_phase,
+                    round,
+                    history: walk.steps.iter().map(|(_, _, k)| k.clone()).collect(),
                     attempts,
+                    failures,
                     blocked_reason,
                     merged: is_merged,
                     implementer,
                 },
             );
         }
+        let counted_keys = counted
+            .into_iter()
+            .map(|(k, (rkey, _))| (k, rkey.clone()))
+            .collect();
         view.stories = stories;
         view.counted = counted_keys;
         view
@@ -518,10 +686,36 @@ impl View {
         Claims::new(&self.claims, &self.releases)
     }
 
-    /// The counted result of one phase of a story, if any.
+    /// The counted result of one phase of a story in its latest round, if any.
     pub fn counted_result(&self, story: &str, phase: Phase) -> Option<&ResultFact> {
-        let key = self.counted.get(&(story.to_string(), phase))?;
+        let lo = (story.to_string(), phase, 0);
+        let hi = (story.to_string(), phase, u32::MAX);
+        let (_, key) = self.counted.range(lo..=hi).next_back()?;
         self.results.get(key)
+    }
+
+    /// The counted result of one phase of a story in one round, if any.
+    pub fn counted_result_round(
+        &self,
+        story: &str,
+        phase: Phase,
+        round: u32,
+    ) -> Option<&ResultFact> {
+        let key = self.counted.get(&(story.to_string(), phase, round))?;
+        self.results.get(key)
+    }
+
+    /// A story's counted results in the order they happened (research first).
+    pub fn history(&self, story: &str) -> Vec<&ResultFact> {
+        self.stories
+            .get(story)
+            .map(|s| {
+                s.history
+                    .iter()
+                    .filter_map(|k| self.results.get(k))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn max_number(&self) -> u32 {
@@ -619,6 +813,180 @@ mod tests {
             }
         }
         panic!("sync did not finish");
+    }
+
+    /// Runs one step of a story's pipeline: claims (story, phase, round), writes its result
+    /// with `verdict`, releases. Returns the claim id.
+    fn step(d: &mut Doc, key: &str, phase: Phase, round: u32, verdict: Option<Verdict>) -> String {
+        use crate::lease::ReleaseReason;
+        let v = d.view();
+        let res = Resource::story_round(key, phase, round).unwrap();
+        let token = v.claims().next_token(&res);
+        let id = format!("{A}:{}", v.claims.len() + 1);
+        d.put_claim(
+            &id,
+            &ClaimFact {
+                resources: vec![(res, token)],
+                holder: A.into(),
+                ttl_ms: 1000,
+                written_at_ms: 0,
+                attempt: 1,
+            },
+        );
+        let handoff = crate::model::Handoff {
+            summary: format!("{phase} {round}"),
+            verdict,
+            ..Default::default()
+        };
+        d.put_result(&ResultFact {
+            story: key.into(),
+            phase,
+            round,
+            claim: id.clone(),
+            token,
+            holder: A.into(),
+            written_at_ms: 0,
+            handoff,
+        });
+        if phase == Phase::Merge && verdict != Some(Verdict::Reject) {
+            d.put_merge(&MergeFact {
+                story: key.into(),
+                round,
+                claim: id.clone(),
+                token,
+                holder: A.into(),
+                commit: "c0ffee".into(),
+                written_at_ms: 0,
+            });
+        }
+        d.put_release(
+            &id,
+            &crate::lease::ReleaseFact {
+                why: ReleaseReason::Done,
+                note: String::new(),
+            },
+        );
+        id
+    }
+
+    fn next(d: &Doc, key: &str) -> (Option<Phase>, u32, StoryStatus) {
+        let v = d.view();
+        let s = &v.stories[key];
+        (s.next_phase, s.round, s.status)
+    }
+
+    #[test]
+    fn a_rejected_review_opens_a_rework_round_then_review_again() {
+        let mut d = Doc::new([1; 16]);
+        let k = d.add_story(&story("rework me"), A, 1).unwrap();
+        for p in [Phase::Research, Phase::Plan, Phase::Implement] {
+            assert_eq!(next(&d, &k).0, Some(p));
+            step(&mut d, &k, p, 0, None);
+        }
+        assert_eq!(
+            next(&d, &k),
+            (Some(Phase::Review), 0, StoryStatus::InProgress)
+        );
+        step(&mut d, &k, Phase::Review, 0, Some(Verdict::Reject));
+        assert_eq!(
+            next(&d, &k),
+            (Some(Phase::Rework), 1, StoryStatus::InProgress)
+        );
+        step(&mut d, &k, Phase::Rework, 1, None);
+        assert_eq!(
+            next(&d, &k),
+            (Some(Phase::Review), 1, StoryStatus::InProgress)
+        );
+        step(&mut d, &k, Phase::Review, 1, Some(Verdict::Approve));
+        assert_eq!(
+            next(&d, &k),
+            (Some(Phase::Merge), 1, StoryStatus::InProgress)
+        );
+        // The merge gate hit a conflict: another round.
+        step(&mut d, &k, Phase::Merge, 1, Some(Verdict::Reject));
+        assert_eq!(
+            next(&d, &k),
+            (Some(Phase::Rework), 2, StoryStatus::InProgress)
+        );
+        step(&mut d, &k, Phase::Rework, 2, None);
+        step(&mut d, &k, Phase::Review, 2, Some(Verdict::Approve));
+        step(&mut d, &k, Phase::Merge, 2, None);
+        let v = d.view();
+        let s = &v.stories[&k];
+        assert_eq!(s.status, StoryStatus::Done);
+        assert_eq!(s.next_phase, None);
+        assert_eq!(s.merged.as_ref().map(|m| m.round), Some(2));
+        // History keeps every counted step in order, rejections included.
+        let h: Vec<(Phase, u32)> = v.history(&k).iter().map(|r| (r.phase, r.round)).collect();
+        assert_eq!(h.len(), 10);
+        assert_eq!(h[3], (Phase::Review, 0));
+        assert_eq!(h[4], (Phase::Rework, 1));
+        assert_eq!(h[9], (Phase::Merge, 2));
+        assert_eq!(v.counted_result(&k, Phase::Review).unwrap().round, 2);
+    }
+
+    #[test]
+    fn too_many_rejections_block_the_story_with_the_last_reason() {
+        let mut d = Doc::new([1; 16]);
+        let k = d.add_story(&story("never good"), A, 1).unwrap();
+        for p in [Phase::Research, Phase::Plan, Phase::Implement] {
+            step(&mut d, &k, p, 0, None);
+        }
+        for r in 0..=MAX_REWORKS {
+            if r > 0 {
+                step(&mut d, &k, Phase::Rework, r, None);
+            }
+            assert_eq!(next(&d, &k).0, Some(Phase::Review));
+            step(&mut d, &k, Phase::Review, r, Some(Verdict::Reject));
+        }
+        let v = d.view();
+        let s = &v.stories[&k];
+        assert_eq!(s.status, StoryStatus::Blocked);
+        let why = s.blocked_reason.clone().unwrap();
+        assert!(why.contains("review rejected the change 4 times"), "{why}");
+        assert!(why.contains("review 3"), "{why}");
+    }
+
+    #[test]
+    fn knowledge_is_deduplicated_by_content_and_ranked_by_relevance() {
+        use crate::model::{KnowledgeFact, KnowledgeKind};
+        let mut d = Doc::new([1; 16]);
+        let k = d
+            .add_story(
+                &NewStory {
+                    title: "Parser handles unicode".into(),
+                    files: vec!["src/parser.rs".into()],
+                    ..Default::default()
+                },
+                A,
+                1,
+            )
+            .unwrap();
+        let fact = |text: &str, kind| KnowledgeFact {
+            kind,
+            text: text.into(),
+            story: String::new(),
+            author: B.into(),
+            written_at_ms: 1,
+        };
+        let a = d.put_knowledge(&fact("The parser must reject BOMs", KnowledgeKind::Pitfall));
+        let b = d.put_knowledge(&fact(
+            "  the PARSER must   reject boms ",
+            KnowledgeKind::Pitfall,
+        ));
+        assert_eq!(a, b, "same lesson, one entry");
+        d.put_knowledge(&fact(
+            "Run cargo fmt before committing",
+            KnowledgeKind::Convention,
+        ));
+        assert!(d
+            .put_knowledge(&fact("   ", KnowledgeKind::Pattern))
+            .is_none());
+        let v = d.view();
+        assert_eq!(v.knowledge.len(), 2);
+        let rel = relevant_knowledge(&v, &v.stories[&k], 5);
+        assert_eq!(rel[0].text, "The parser must reject BOMs");
+        assert_eq!(relevant_knowledge(&v, &v.stories[&k], 1).len(), 1);
     }
 
     #[test]
