@@ -437,8 +437,10 @@ async fn tick_driven(a: &ClaimArgs, mesh: &Mesh, r: &mut ClaimResults) {
     let claimer = &mesh.nodes[0];
     claimer.set_work(true).await;
     for i in 0..a.tick_samples {
-        // Off the tick's phase: a random pause before each write.
-        let pause = rand::random::<u64>() % 100;
+        // A random pause over one whole claim-tick period (heartbeat / 4), so that the
+        // writes land at a uniformly random point of the claimer's tick cycle (right after
+        // a settle they would be in step with it).
+        let pause = rand::random::<u64>() % (a.heartbeat_ms / 4).max(1);
         tokio::time::sleep(Duration::from_millis(pause)).await;
         let writer = &mesh.nodes[1 + i % (n - 1)];
         let t0 = Instant::now();
