@@ -228,7 +228,7 @@ pub enum GitError {
         path: PathBuf,
         source: git2::Error,
     },
-    #[error("{reference} in {path} stayed locked for {waited_ms} ms; another writer holds it, or one crashed: if no mesh-agent or git process is writing, delete {reference}.lock")]
+    #[error("{reference} in {path} stayed locked for {waited_ms} ms; another writer holds it, or one crashed: if no mesh-agent or git process is writing, delete {path}/{reference}.lock")]
     Busy {
         reference: String,
         path: PathBuf,
@@ -487,15 +487,19 @@ impl NodeRepo {
             let url = origin_path.to_string_lossy().into_owned();
             let mut fetch = FetchOptions::new();
             fetch.download_tags(AutotagOption::None);
-            RepoBuilder::new()
+            let cloned = RepoBuilder::new()
                 .bare(true)
                 .fetch_options(fetch)
-                .clone(&url, dir)
-                .map_err(|source| GitError::Clone {
+                .clone(&url, dir);
+            if let Err(source) = cloned {
+                // The directory was empty or absent: leave nothing half-cloned behind.
+                let _ = std::fs::remove_dir_all(dir);
+                return Err(GitError::Clone {
                     origin: origin.to_string(),
                     dir: dir.to_path_buf(),
                     source,
-                })?;
+                });
+            }
         }
         let not_a_clone = |why: String| GitError::NotAClone {
             dir: dir.to_path_buf(),
@@ -1560,21 +1564,31 @@ mod tests {
     fn preparing_again_resets_the_worktree_to_the_new_base() {
         let w = world();
         let node = w.node("a");
-        let first = implement(&node, KEY_A, &[("a.txt", "a\n")]);
+        let first = implement(
+            &node,
+            KEY_A,
+            &[("a.txt", "a\n"), (".gitignore", "cache/\n")],
+        );
         let wt = node.worktree_path(KEY_A).unwrap();
         std::fs::write(wt.join("README"), "dirty\n").unwrap();
         std::fs::write(wt.join("untracked.txt"), "left over\n").unwrap();
-        std::fs::write(wt.join(".gitignore"), "cache/\n").unwrap();
         std::fs::create_dir_all(wt.join("cache")).unwrap();
         std::fs::write(wt.join("cache/x"), "kept\n").unwrap();
-        let again = node.prepare_worktree(KEY_A, w.root).unwrap();
-        assert_eq!(again, wt);
-        assert!(!wt.join("a.txt").exists(), "a file of the old base");
+        // Reset to the same commit: edits and untracked files go, ignored ones stay.
+        assert_eq!(node.prepare_worktree(KEY_A, first).unwrap(), wt);
         assert!(!wt.join("untracked.txt").exists());
         assert_eq!(
             std::fs::read_to_string(wt.join("README")).unwrap(),
             "line one\nline two\n"
         );
+        assert!(wt.join("cache/x").exists(), "ignored build output is kept");
+        std::fs::remove_dir_all(wt.join("cache")).unwrap();
+        // Reset to an older base: files of the newer one go.
+        std::fs::write(wt.join("untracked.txt"), "left over\n").unwrap();
+        assert_eq!(node.prepare_worktree(KEY_A, w.root).unwrap(), wt);
+        assert!(!wt.join("a.txt").exists(), "a file of the old base");
+        assert!(!wt.join(".gitignore").exists());
+        assert!(!wt.join("untracked.txt").exists());
         let repo = Repository::open(&wt).unwrap();
         assert_eq!(
             repo.head().unwrap().name(),
@@ -1582,9 +1596,6 @@ mod tests {
         );
         assert_eq!(repo.head().unwrap().target(), Some(w.root));
         let t = trailers(KEY_A, Phase::Implement, 1, "peerA");
-        // `.gitignore` itself is untracked and went; `cache/` stayed only while ignored.
-        assert!(!wt.join(".gitignore").exists());
-        std::fs::remove_dir_all(wt.join("cache")).ok();
         assert_eq!(node.commit_all(&wt, "x", "", &t).unwrap(), None);
         // Back to the first commit: its files return.
         node.prepare_worktree(KEY_A, first).unwrap();
@@ -1884,6 +1895,51 @@ mod tests {
                 .count();
             assert_eq!(landed, 1, "{key}");
         }
+    }
+
+    #[test]
+    fn one_node_landing_two_stories_from_two_threads_lands_both() {
+        let w = world();
+        let node = w.node("a");
+        let change_a = implement(&node, KEY_A, &[("a.txt", "a\n")]);
+        let change_b = implement(&node, KEY_B, &[("b.txt", "b\n")]);
+        let barrier = Arc::new(Barrier::new(2));
+        let handles: Vec<_> = [(KEY_A, change_a), (KEY_B, change_b)]
+            .into_iter()
+            .map(|(key, change)| {
+                let node = node.clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    let mut req = request(key, change, 1, "peerA");
+                    req.test = Some(vec!["sh".into(), "test.sh".into()]);
+                    barrier.wait();
+                    node.land(&req, &no_cancel()).unwrap()
+                })
+            })
+            .collect();
+        for h in handles {
+            let gate = h.join().unwrap();
+            assert!(matches!(gate, Gate::Landed { .. }), "{gate:?}");
+        }
+        assert_eq!(main_log(&w.origin).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_file_url_origin_is_cloned_like_a_path() {
+        let w = world();
+        let url = format!("file://{}", w.origin.display());
+        let node = NodeRepo::open_or_clone(&url, &w.home.path().join("f/clone")).unwrap();
+        assert_eq!(node.fetch_main().unwrap(), w.root);
+        assert_eq!(
+            node.origin_path(),
+            std::fs::canonicalize(&w.origin).unwrap()
+        );
+        let change = implement(&node, KEY_A, &[("a.txt", "a\n")]);
+        node.push_work(KEY_A, "c1", change).unwrap();
+        let gate = node
+            .land(&request(KEY_A, change, 1, "peerA"), &no_cancel())
+            .unwrap();
+        assert!(matches!(gate, Gate::Landed { .. }), "{gate:?}");
     }
 
     #[test]
