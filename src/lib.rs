@@ -22,4 +22,3 @@ pub mod scheduler;
 pub mod sim;
 pub mod state;
 pub mod store;
-pub mod work;
