@@ -6,7 +6,7 @@
 //! forwards requests to the node loop: it never touches the document itself.
 
 use crate::identity::write_private;
-use crate::model::NewStory;
+use crate::model::{Event, KnowledgeFact, KnowledgeKind, NewStory};
 use crate::node::{ApiRequest, StatusReport};
 use crate::state::StoryView;
 use axum::extract::{Path as UrlPath, State};
@@ -16,6 +16,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -127,6 +128,59 @@ async fn add_story(
     }
 }
 
+#[derive(Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    after: u64,
+}
+
+/// Events after a position in the node's local log, oldest first (at most 1000).
+async fn events(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<EventsQuery>,
+) -> Response {
+    if !authorized(&headers, &st) {
+        return unauthorized();
+    }
+    match ask(&st, |tx| ApiRequest::Events(q.after, tx)).await {
+        Ok(list) => Json(list).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// A knowledge entry to add.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewKnowledge {
+    pub kind: KnowledgeKind,
+    pub text: String,
+}
+
+async fn list_knowledge(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    if !authorized(&headers, &st) {
+        return unauthorized();
+    }
+    match ask(&st, ApiRequest::View).await {
+        Ok(v) => Json(v.knowledge).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn add_knowledge(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Json(new): Json<NewKnowledge>,
+) -> Response {
+    if !authorized(&headers, &st) {
+        return unauthorized();
+    }
+    match ask(&st, |tx| ApiRequest::AddKnowledge(new.kind, new.text, tx)).await {
+        Ok(Ok(id)) => (StatusCode::CREATED, Json(id)).into_response(),
+        Ok(Err(e)) => err(StatusCode::BAD_REQUEST, e),
+        Err(r) => r,
+    }
+}
+
 /// Binds the control endpoint and writes `control.json` into `data_dir`. The server runs
 /// until the returned task is aborted or the node's API channel closes.
 pub async fn serve(
@@ -151,6 +205,8 @@ pub async fn serve(
         .route("/v1/status", get(status))
         .route("/v1/stories", get(list_stories).post(add_story))
         .route("/v1/stories/{id}", get(show_story))
+        .route("/v1/events", get(events))
+        .route("/v1/knowledge", get(list_knowledge).post(add_knowledge))
         .with_state(AppState {
             token: info.token.clone(),
             node,
@@ -286,6 +342,38 @@ impl ControlClient {
             .get(self.url(&format!("/v1/stories/{id}")))
             .header("authorization", self.auth())
             .call();
+        self.finish(r)
+    }
+
+    /// Events after position `after` in the node's local log (0: all kept).
+    pub fn events(&self, after: u64) -> Result<Vec<(u64, Event)>, ClientError> {
+        let r = self
+            .agent
+            .get(self.url(&format!("/v1/events?after={after}")))
+            .header("authorization", self.auth())
+            .call();
+        self.finish(r)
+    }
+
+    pub fn knowledge(&self) -> Result<BTreeMap<String, KnowledgeFact>, ClientError> {
+        let r = self
+            .agent
+            .get(self.url("/v1/knowledge"))
+            .header("authorization", self.auth())
+            .call();
+        self.finish(r)
+    }
+
+    /// Adds a knowledge entry; returns its id.
+    pub fn add_knowledge(&self, kind: KnowledgeKind, text: &str) -> Result<String, ClientError> {
+        let r = self
+            .agent
+            .post(self.url("/v1/knowledge"))
+            .header("authorization", self.auth())
+            .send_json(&NewKnowledge {
+                kind,
+                text: text.to_string(),
+            });
         self.finish(r)
     }
 

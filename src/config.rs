@@ -51,6 +51,21 @@ pub struct Config {
     /// The sim executor: duration of one phase and probability that an attempt fails.
     pub sim_phase_ms: u64,
     pub sim_failure_rate: f64,
+    /// The sim executor: probability that a first-round review rejects (exercises rework).
+    pub sim_review_reject_rate: f64,
+    /// The `command` executor: program and arguments per phase (see examples/executors).
+    pub command: crate::exec::command::CommandConfig,
+    /// The shared git origin stories land on: a local path or file:// URL. Empty: no git
+    /// (phases run in scratch directories and merges are simulated).
+    pub origin: String,
+    /// The branch stories land on.
+    pub branch: String,
+    /// The project's test command (argv), run by the merge gate on every change before
+    /// it lands, e.g. ["sh", "test.sh"]. Empty: land without testing.
+    pub test_command: Vec<String>,
+    pub test_timeout_secs: u64,
+    /// Fetch-rebase-land attempts when main keeps moving under the merge gate.
+    pub merge_max_tries: u32,
 }
 
 impl Default for Config {
@@ -88,6 +103,13 @@ impl Default for Config {
             executor: "sim".into(),
             sim_phase_ms: 2_000,
             sim_failure_rate: 0.0,
+            sim_review_reject_rate: 0.0,
+            command: Default::default(),
+            origin: String::new(),
+            branch: "main".into(),
+            test_command: Vec::new(),
+            test_timeout_secs: 600,
+            merge_max_tries: 10,
         }
     }
 }
@@ -275,18 +297,54 @@ impl Config {
                 .to_string();
             return Err(ConfigError::Rule(msg));
         }
-        if self.executor != "sim" {
+        match self.executor.as_str() {
+            "sim" => {}
+            "command" => self.command.validate().map_err(ConfigError::Rule)?,
+            other => {
+                return Err(invalid(
+                    "executor",
+                    format!("{other:?}"),
+                    "allowed values are sim (built in) and command (any agent CLI; see [command])",
+                ))
+            }
+        }
+        for (key, v) in [
+            ("sim_failure_rate", self.sim_failure_rate),
+            ("sim_review_reject_rate", self.sim_review_reject_rate),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(invalid(key, v, "allowed 0.0..=1.0"));
+            }
+        }
+        if self.test_command.iter().any(|a| a.is_empty())
+            || self
+                .test_command
+                .first()
+                .is_some_and(|p| p.trim().is_empty())
+        {
             return Err(invalid(
-                "executor",
-                format!("{:?}", self.executor),
-                "allowed values are sim (the command executor is not in this release)",
+                "test_command",
+                format!("{:?}", self.test_command),
+                "expected a program and its arguments, e.g. [\"sh\", \"test.sh\"], or [] for none",
             ));
         }
-        if !(0.0..=1.0).contains(&self.sim_failure_rate) {
+        if self.test_timeout_secs == 0 {
+            return Err(invalid("test_timeout_secs", 0, "allowed 1 and up"));
+        }
+        if !(1..=1000).contains(&self.merge_max_tries) {
             return Err(invalid(
-                "sim_failure_rate",
-                self.sim_failure_rate,
-                "allowed 0.0..=1.0",
+                "merge_max_tries",
+                self.merge_max_tries,
+                "allowed 1..=1000",
+            ));
+        }
+        if !self.branch.is_empty()
+            && !git2::Reference::is_valid_name(&format!("refs/heads/{}", self.branch))
+        {
+            return Err(invalid(
+                "branch",
+                format!("{:?}", self.branch),
+                "expected a branch name like main",
             ));
         }
         Ok(())
@@ -352,11 +410,31 @@ settle_timeout_ms = {settle}
 max_clock_drift_ms = {drift}
 message_timeout_ms = {mto}
 
-# Work: claim and run phases here? Executor "sim" is built in (deterministic, no model).
+# Work: claim and run phases here? Executor "sim" is built in (deterministic, no model);
+# "command" runs an agent CLI per phase, configured in [command] below.
 work = {work}
 executor = {exec:?}
 sim_phase_ms = {simms}
 sim_failure_rate = {simfail:?}
+sim_review_reject_rate = {simrej:?}
+
+# Git (DESIGN.md §8). The shared origin stories land on (a local path or file:// URL;
+# empty: no git, merges are simulated), its branch, and the project's test command the
+# merge gate runs on every change before landing it (argv; [] for none).
+origin = {origin:?}
+branch = {branch:?}
+test_command = {test}
+test_timeout_secs = {tts}
+merge_max_tries = {mmt}
+
+# The command executor (executor = "command"): see examples/executors/README.md.
+# [command]
+# program = "examples/executors/claude.sh"
+# args = ["{{prompt_file}}"]
+# timeout_secs = 1800
+# env_allow = ["PATH", "HOME", "USER", "LANG", "TERM", "ANTHROPIC_API_KEY"]
+# [command.phases.review]
+# program = "examples/executors/codex.sh"
 "#,
             listen = list(&self.listen),
             bootstrap = list(&self.bootstrap),
@@ -387,6 +465,12 @@ sim_failure_rate = {simfail:?}
             exec = self.executor,
             simms = self.sim_phase_ms,
             simfail = self.sim_failure_rate,
+            simrej = self.sim_review_reject_rate,
+            origin = self.origin,
+            branch = self.branch,
+            test = list(&self.test_command),
+            tts = self.test_timeout_secs,
+            mmt = self.merge_max_tries,
         )
     }
 

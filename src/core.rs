@@ -1270,6 +1270,49 @@ impl Core {
         self.log_event(ev);
     }
 
+    /// Adds a knowledge entry by hand (an operator's lesson); returns its id.
+    pub fn add_knowledge(
+        &mut self,
+        kind: crate::model::KnowledgeKind,
+        text: &str,
+        wall_ms: u64,
+    ) -> Result<String, String> {
+        if self.cfg.passive {
+            return Err(StateError::Passive.to_string());
+        }
+        self.last_wall = wall_ms;
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("knowledge text is empty: say what was learned".into());
+        }
+        if text.len() > crate::state::MAX_KNOWLEDGE_BYTES {
+            return Err(format!(
+                "knowledge text is {} bytes; the limit is {}",
+                text.len(),
+                crate::state::MAX_KNOWLEDGE_BYTES
+            ));
+        }
+        let id = self
+            .doc
+            .put_knowledge(&KnowledgeFact {
+                kind,
+                text: text.to_string(),
+                story: String::new(),
+                author: self.peer.clone(),
+                written_at_ms: wall_ms,
+            })
+            .ok_or_else(|| "knowledge entry refused".to_string())?;
+        self.doc_changed();
+        self.emit(
+            EventKind::PatternDiscovered,
+            None,
+            None,
+            0,
+            format!("{kind}: {text}"),
+        );
+        Ok(id)
+    }
+
     /// Events logged after local position `after` (0 for all kept), oldest first, with
     /// their positions.
     pub fn events_after(&self, after: u64, limit: usize) -> Vec<(u64, Event)> {

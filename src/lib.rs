@@ -22,3 +22,4 @@ pub mod scheduler;
 pub mod sim;
 pub mod state;
 pub mod store;
+pub mod work;

@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use mesh_agent::api::{self, ControlClient};
 use mesh_agent::config::{Config, ConfigError, CONFIG_FILE};
 use mesh_agent::identity;
-use mesh_agent::model::NewStory;
+use mesh_agent::model::{Event, EventKind, KnowledgeFact, KnowledgeKind, NewStory};
 use mesh_agent::node::{self, NodeOptions, StatusReport};
 use mesh_agent::state::StoryView;
 use std::path::{Path, PathBuf};
@@ -53,6 +53,44 @@ enum Command {
     Claims {
         #[arg(long)]
         json: bool,
+    },
+    /// Print the mesh-wide timeline (claims, phases started and finished, landings,
+    /// rejections, blocked stories, lessons learned) as the local running node saw it.
+    Events(EventsArgs),
+    /// The shared knowledge base: conventions, patterns, testing strategies and pitfalls
+    /// learned on earlier stories, handed to every later job.
+    #[command(subcommand)]
+    Knowledge(KnowledgeCommand),
+}
+
+#[derive(Args)]
+struct EventsArgs {
+    /// Keep printing new events as they arrive (Ctrl-C to stop).
+    #[arg(long, short)]
+    follow: bool,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+    /// Only the last N events kept (before following).
+    #[arg(long, value_name = "N")]
+    tail: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum KnowledgeCommand {
+    /// List the knowledge entries, grouped by kind.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add an entry by hand, e.g.
+    /// `mesh-agent knowledge add --kind pitfall "tests need TZ=UTC"`.
+    Add {
+        /// convention, pattern, testing or pitfall.
+        #[arg(long, value_name = "KIND")]
+        kind: String,
+        /// What was learned, in one or two sentences.
+        text: String,
     },
 }
 
@@ -203,6 +241,8 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Status(a) => status(&dir, a),
         Command::Story(c) => story(&dir, c),
         Command::Claims { json } => claims(&dir, json),
+        Command::Events(a) => events(&dir, a),
+        Command::Knowledge(c) => knowledge(&dir, c),
     }
 }
 
@@ -637,6 +677,142 @@ fn claims(dir: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
+fn running(dir: &Path) -> Result<ControlClient> {
+    ControlClient::for_data_dir(dir)?.ok_or_else(|| {
+        anyhow!(
+            "no node is running with data dir {} (start one with `mesh-agent run --data-dir {}`)",
+            dir.display(),
+            dir.display()
+        )
+    })
+}
+
+/// One line of the timeline: time, node, story, phase, what happened.
+fn event_line(e: &Event) -> String {
+    let secs = e.at_ms / 1000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    let what = match e.kind {
+        EventKind::Claimed => "claimed",
+        EventKind::PhaseStarted => "started",
+        EventKind::PhaseFinished => "finished",
+        EventKind::PhaseFailed => "FAILED",
+        EventKind::Progress => "progress",
+        EventKind::StoryCompleted => "COMPLETED",
+        EventKind::StoryBlocked => "BLOCKED",
+        EventKind::RebaseNeeded => "REBASE NEEDED",
+        EventKind::MainUpdated => "main updated",
+        EventKind::PatternDiscovered => "learned",
+        EventKind::PeerJoined => "peer joined",
+        EventKind::PeerDead => "peer dead",
+    };
+    let phase = match e.phase {
+        Some(p) if e.round > 0 => format!("{p}.{}", e.round),
+        Some(p) => p.to_string(),
+        None => String::new(),
+    };
+    let mut line = format!(
+        "{h:02}:{m:02}:{s:02}.{:03} {:<8} {:<7} {:<12} {what}",
+        e.at_ms % 1000,
+        short(&e.node),
+        e.story,
+        phase
+    );
+    if !e.detail.is_empty() {
+        let detail = match e.kind {
+            EventKind::PeerJoined | EventKind::PeerDead => short(&e.detail).to_string(),
+            _ => e.detail.replace('\n', " "),
+        };
+        line.push_str(": ");
+        line.push_str(&detail);
+    }
+    line
+}
+
+fn events(dir: &Path, a: EventsArgs) -> Result<()> {
+    use std::io::Write;
+    let client = running(dir)?;
+    let mut after = 0;
+    let mut first = true;
+    loop {
+        let mut batch = client.events(after)?;
+        if first {
+            if let Some(n) = a.tail {
+                let skip = batch.len().saturating_sub(n);
+                batch.drain(..skip);
+            }
+            first = false;
+        }
+        let mut out = std::io::stdout().lock();
+        for (pos, e) in &batch {
+            after = after.max(*pos);
+            let line = if a.json {
+                serde_json::to_string(e)?
+            } else {
+                event_line(e)
+            };
+            // A closed pipe (`events | head`) ends the command quietly.
+            if writeln!(out, "{line}").is_err() {
+                return Ok(());
+            }
+        }
+        let _ = out.flush();
+        if !a.follow {
+            return Ok(());
+        }
+        if batch.len() < 1000 {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+fn knowledge(dir: &Path, c: KnowledgeCommand) -> Result<()> {
+    let client = running(dir)?;
+    match c {
+        KnowledgeCommand::List { json } => {
+            let all = client.knowledge()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+                return Ok(());
+            }
+            if all.is_empty() {
+                println!("no knowledge yet: phases add what they learn; add one with `mesh-agent knowledge add`");
+                return Ok(());
+            }
+            for kind in KnowledgeKind::ALL {
+                let mut of: Vec<(&String, &KnowledgeFact)> =
+                    all.iter().filter(|(_, k)| k.kind == kind).collect();
+                if of.is_empty() {
+                    continue;
+                }
+                of.sort_by_key(|(_, k)| k.written_at_ms);
+                println!("{kind}:");
+                for (id, k) in of {
+                    let from = if k.story.is_empty() {
+                        format!("by {}", short(&k.author))
+                    } else {
+                        format!("on {}", k.story.split('@').next().unwrap_or(&k.story))
+                    };
+                    println!("  {id}  {}  ({from})", k.text);
+                }
+            }
+            Ok(())
+        }
+        KnowledgeCommand::Add { kind, text } => {
+            let kind = KnowledgeKind::parse(&kind).ok_or_else(|| {
+                usage(format!(
+                    "unknown kind {kind:?}: use convention, pattern, testing or pitfall"
+                ))
+            })?;
+            let id = client.add_knowledge(kind, &text).map_err(|e| match e {
+                api::ClientError::Refused(m) => usage(m),
+                e => e.into(),
+            })?;
+            println!("{id}");
+            Ok(())
+        }
+    }
+}
+
 fn print_story(s: &StoryView) {
     println!("{}  {}", s.id, s.fact.title);
     println!("  status     {}", s.status);
@@ -655,7 +831,15 @@ fn print_story(s: &StoryView) {
         println!("  done       {}", done.join(", "));
     }
     if let Some(p) = s.next_phase {
-        println!("  phase      {p} (attempts so far: {})", s.attempts);
+        let round = if s.round > 0 {
+            format!(", round {}", s.round)
+        } else {
+            String::new()
+        };
+        println!("  phase      {p} (attempts so far: {}{round})", s.attempts);
+        for f in &s.failures {
+            println!("  failed     {f}");
+        }
     }
     if let Some(why) = &s.blocked_reason {
         println!("  blocked    {why}");

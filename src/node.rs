@@ -6,12 +6,16 @@
 use crate::config::Config;
 pub use crate::core::Counters;
 use crate::core::{ClaimRow, Core, CoreConfig, Effect, HeldClaim, Input, RunRecord};
+use crate::exec::command::CommandExecutor;
 use crate::exec::{Executor, SimExecutor};
+use crate::git::NodeRepo;
 use crate::membership::{MembershipConfig, PeerState, PeerStatus};
+use crate::model::{Event, KnowledgeKind};
 use crate::model::{Handoff, NewStory, Topic};
 use crate::net::{self, NetClient, NetCommand, NetConfig, NetEvent};
 use crate::state::{Doc, StoryView, View};
 use crate::store::{Store, StoreError};
+use crate::work::{GateConfig, WorkShell};
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
 use rand::RngCore;
@@ -35,6 +39,10 @@ pub enum NodeError {
     Addr(String),
     #[error("the story was written but cannot be read back: the store may be corrupt")]
     Vanished,
+    #[error("invalid config: {0}")]
+    Executor(String),
+    #[error("git origin: {0}")]
+    Git(String),
 }
 
 /// Everything needed to start a node.
@@ -64,6 +72,14 @@ pub enum ApiRequest {
     Pause(Duration),
     /// The claims this node settled and ran.
     Runs(oneshot::Sender<Vec<RunRecord>>),
+    /// Events in the local log after a position (0: all kept), oldest first.
+    Events(u64, oneshot::Sender<Vec<(u64, Event)>>),
+    /// Adds a knowledge entry by hand; answers its id.
+    AddKnowledge(
+        KnowledgeKind,
+        String,
+        oneshot::Sender<Result<String, String>>,
+    ),
     /// Flush everything and stop the node loop; answered once stopped.
     Shutdown(oneshot::Sender<()>),
 }
@@ -184,6 +200,23 @@ impl NodeHandle {
         rx.await.ok()
     }
 
+    /// Events in the node's local log after position `after` (0: all kept).
+    pub async fn events(&self, after: u64) -> Option<Vec<(u64, Event)>> {
+        let (tx, rx) = oneshot::channel();
+        self.api.send(ApiRequest::Events(after, tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Adds a knowledge entry; returns its id.
+    pub async fn add_knowledge(&self, kind: KnowledgeKind, text: &str) -> Result<String, String> {
+        let (tx, rx) = oneshot::channel();
+        self.api
+            .send(ApiRequest::AddKnowledge(kind, text.to_string(), tx))
+            .await
+            .map_err(|_| "node stopped".to_string())?;
+        rx.await.map_err(|_| "node stopped".to_string())?
+    }
+
     pub async fn view(&self) -> Option<View> {
         let (tx, rx) = oneshot::channel();
         self.api.send(ApiRequest::View(tx)).await.ok()?;
@@ -273,13 +306,51 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
     );
     let executor: Arc<dyn Executor> = match opts.executor {
         Some(e) => e,
+        None if cfg.executor == "command" => {
+            Arc::new(CommandExecutor::new(cfg.command.clone()).map_err(NodeError::Executor)?)
+        }
         None => Arc::new(SimExecutor {
             phase_ms: cfg.sim_phase_ms,
             failure_rate: cfg.sim_failure_rate,
-            review_reject_rate: 0.0,
+            review_reject_rate: cfg.sim_review_reject_rate,
             seed: rand::random(),
         }),
     };
+    let work_dir = opts
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("mesh-agent-{peer}")))
+        .join("work");
+    let repo = match (&opts.data_dir, cfg.origin.is_empty(), opts.passive) {
+        (Some(dir), false, false) => {
+            let clone = dir.join("git").join("clone");
+            let origin = cfg.origin.clone();
+            let branch = cfg.branch.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                NodeRepo::open_or_clone(&origin, &clone).and_then(|r| r.with_branch(&branch))
+            })
+            .await
+            .map_err(|e| NodeError::Git(e.to_string()))?
+            .map_err(|e| NodeError::Git(e.to_string()))?;
+            Some(r)
+        }
+        _ => None,
+    };
+    let shell = Arc::new(WorkShell::new(
+        executor,
+        repo,
+        work_dir,
+        peer.to_string(),
+        GateConfig {
+            test: (!cfg.test_command.is_empty()).then(|| cfg.test_command.clone()),
+            test_timeout: Duration::from_secs(cfg.test_timeout_secs),
+            max_tries: cfg.merge_max_tries,
+        },
+    ));
+    if !opts.passive {
+        let s = shell.clone();
+        let _ = tokio::task::spawn_blocking(move || s.clean_leftovers()).await;
+    }
     let (work_tx, work_rx) = mpsc::channel(256);
     let (obs_tx, obs_rx) = watch::channel(Observation {
         heads_digest: core.digest(),
@@ -295,8 +366,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
         observe: Some(obs_tx),
         replies: HashMap::new(),
         next_reply: 0,
-        executor,
-        data_dir: opts.data_dir.clone(),
+        shell,
         jobs: HashMap::new(),
         work_tx,
     };
@@ -327,9 +397,7 @@ struct Runtime {
     /// Sync requests awaiting our answer, by the reply token given to the core.
     replies: HashMap<u64, ResponseChannel<Vec<u8>>>,
     next_reply: u64,
-    executor: Arc<dyn Executor>,
-    /// None for an in-memory node.
-    data_dir: Option<PathBuf>,
+    shell: Arc<WorkShell>,
     jobs: HashMap<String, tokio::task::JoinHandle<()>>,
     work_tx: mpsc::Sender<(String, Result<Handoff, String>)>,
 }
@@ -438,29 +506,6 @@ impl Runtime {
         }
     }
 
-    /// The directory a job runs in (placeholder until the git shell provides worktrees).
-    fn workspace(&self, job: &crate::core::Job) -> crate::exec::Workspace {
-        let root = self
-            .data_dir
-            .clone()
-            .unwrap_or_else(std::env::temp_dir)
-            .join("work");
-        let safe: String = job
-            .story
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
-            .collect();
-        let dir = root.join(safe);
-        let log_dir = root.join("logs");
-        let _ = std::fs::create_dir_all(&dir);
-        let _ = std::fs::create_dir_all(&log_dir);
-        crate::exec::Workspace {
-            dir,
-            log_dir,
-            node: self.core.peer().to_string(),
-        }
-    }
-
     /// Carries out everything the core asked for.
     async fn drain_effects(&mut self) {
         while let Some(e) = self.core.poll_effect() {
@@ -482,8 +527,7 @@ impl Runtime {
                 Effect::Persist { chunk } => self.persist(&chunk),
                 Effect::StartWork(job) => {
                     let claim = job.claim.clone();
-                    let ws = self.workspace(&job);
-                    let fut = self.executor.run(*job, ws);
+                    let fut = self.shell.run(*job);
                     let tx = self.work_tx.clone();
                     let c = claim.clone();
                     let task = tokio::spawn(async move {
@@ -512,7 +556,14 @@ impl Runtime {
                 from: from.to_string(),
                 data,
             },
-            NetEvent::Gossip { .. } => return,
+            NetEvent::Gossip {
+                topic: Topic::Events,
+                from,
+                data,
+            } => Input::Event {
+                from: from.to_string(),
+                data,
+            },
             NetEvent::SyncRequest {
                 peer,
                 data,
@@ -593,6 +644,16 @@ impl Runtime {
             }
             ApiRequest::Status(reply) => {
                 let _ = reply.send(self.status());
+            }
+            ApiRequest::Events(after, reply) => {
+                let _ = reply.send(self.core.events_after(after, 1000));
+            }
+            ApiRequest::AddKnowledge(kind, text, reply) => {
+                let res = self.core.add_knowledge(kind, &text, wall_ms());
+                self.drain_effects().await;
+                self.flush().await;
+                self.publish_observation();
+                let _ = reply.send(res);
             }
             ApiRequest::View(reply) => {
                 let _ = reply.send((*self.core.view()).clone());

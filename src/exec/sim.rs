@@ -92,29 +92,48 @@ pub fn sim_handoff(job: &Job) -> Handoff {
     h
 }
 
-/// Appends the story's line to each planned file under `dir`.
+/// Writes the story's line into each planned file under `dir`: appended at the end, or
+/// replacing the story's earlier line (a rework amends its own change).
 pub fn sim_edit(job: &Job, dir: &Path) -> Result<(), String> {
     let mut files = job.fact.files.clone();
     if files.is_empty() {
         files.push(default_file(job));
     }
+    let prefix = format!("{}: ", job.display_id);
+    let line = format!("{prefix}{} (round {})", job.fact.title, job.round);
     for f in files {
         let path = dir.join(&f);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(|e| format!("sim: cannot create {}: {e}", parent.display()))?;
         }
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| format!("sim: cannot open {f}: {e}"))?;
-        writeln!(
-            file,
-            "{}: {} (round {})",
-            job.display_id, job.fact.title, job.round
-        )
-        .map_err(|e| format!("sim: cannot write {f}: {e}"))?;
+        let old = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(format!("sim: cannot read {f}: {e}")),
+        };
+        let mut out = String::with_capacity(old.len() + line.len() + 1);
+        let mut replaced = false;
+        for l in old.lines() {
+            if l.starts_with(&prefix) {
+                if !replaced {
+                    out.push_str(&line);
+                    out.push('\n');
+                    replaced = true;
+                }
+            } else {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        if !replaced {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        let mut file =
+            std::fs::File::create(&path).map_err(|e| format!("sim: cannot write {f}: {e}"))?;
+        file.write_all(out.as_bytes())
+            .map_err(|e| format!("sim: cannot write {f}: {e}"))?;
     }
     Ok(())
 }

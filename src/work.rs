@@ -1,0 +1,427 @@
+//! The work shell: runs one job end to end around an executor (DESIGN.md §7-8). It owns
+//! the glue between a settled claim and git:
+//!
+//! 1. pick the base commit: research, plan and implement start from the origin's latest
+//!    main; review, and rework after a rejecting review, start from the change under
+//!    review (the latest implement/rework commit named in the history); rework after a
+//!    refused merge (rebase conflict, failing tests) starts again from the latest main,
+//!    with the refused change and the reason in its context. Every phase starts from a
+//!    fresh fetch, so work in flight is rebased at each phase boundary;
+//! 2. prepare the story's worktree on `mesh/<story>` at that base;
+//! 3. run the executor in it (merge runs no executor: the gate is built in);
+//! 4. after implement/rework, commit everything with the `Mesh-*` trailers and push it to
+//!    the origin as `refs/mesh/work/<story>/<claim>` so whichever node runs the next phase
+//!    can fetch it; the handoff names the commit;
+//! 5. merge: the fenced gate of [`crate::git`]: squash onto main, run the tests, land under
+//!    the claim's token. A conflict or failing tests is a merge result with verdict
+//!    `reject` (the story goes to rework with the reason); a fence refusal is a failed
+//!    attempt (this holder is stale);
+//! 6. remove the worktree when the job ends, however it ends (finished, failed or
+//!    cancelled because the claim was lost): the next phase may run on another node.
+//!
+//! Without an origin configured, jobs run in a scratch directory and nothing touches git
+//! (the mesh still runs every phase; merges are simulated).
+
+use crate::core::Job;
+use crate::exec::{Executor, Workspace};
+use crate::git::{Gate, GitError, LandRequest, NodeRepo, Trailers};
+use crate::model::{Handoff, Phase, ResultFact, Verdict};
+use futures::future::BoxFuture;
+use git2::Oid;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How the merge gate lands.
+#[derive(Debug, Clone)]
+pub struct GateConfig {
+    /// The project's test command (argv), run on every squash commit before it lands.
+    pub test: Option<Vec<String>>,
+    pub test_timeout: Duration,
+    /// Fetch-rebase-push attempts when main keeps moving.
+    pub max_tries: u32,
+}
+
+/// Runs jobs for one node.
+pub struct WorkShell {
+    executor: Arc<dyn Executor>,
+    git: Option<Arc<NodeRepo>>,
+    /// Scratch directories for jobs when there is no git origin.
+    scratch: PathBuf,
+    /// Per-job logs (the executor's stdout/stderr, job and prompt files).
+    logs: PathBuf,
+    node: String,
+    gate: GateConfig,
+}
+
+/// Removes a story's worktree when dropped (the job ended or was cancelled).
+struct WorktreeGuard {
+    git: Arc<NodeRepo>,
+    story: String,
+}
+
+impl Drop for WorktreeGuard {
+    fn drop(&mut self) {
+        let (git, story) = (self.git.clone(), self.story.clone());
+        // Off the async runtime: removing a tree is blocking file work.
+        std::thread::spawn(move || {
+            if let Err(e) = git.remove_worktree(&story) {
+                tracing::warn!(%story, error = %e, "could not remove the story's worktree");
+            }
+        });
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, GitError> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("git task failed: {e}")),
+    }
+}
+
+/// The commit of the latest counted implement or rework.
+fn change_commit(job: &Job) -> Option<Oid> {
+    job.handoffs
+        .iter()
+        .rev()
+        .find(|r| matches!(r.phase, Phase::Implement | Phase::Rework))
+        .and_then(|r| r.handoff.commit.as_deref())
+        .and_then(|c| Oid::from_str(c).ok())
+}
+
+/// The latest rejection in the history, if any.
+fn last_rejection(job: &Job) -> Option<&ResultFact> {
+    job.handoffs
+        .iter()
+        .rev()
+        .find(|r| r.handoff.verdict == Some(Verdict::Reject))
+}
+
+impl WorkShell {
+    pub fn new(
+        executor: Arc<dyn Executor>,
+        git: Option<NodeRepo>,
+        work_dir: PathBuf,
+        node: String,
+        gate: GateConfig,
+    ) -> WorkShell {
+        WorkShell {
+            executor,
+            git: git.map(Arc::new),
+            scratch: work_dir.join("scratch"),
+            logs: work_dir.join("logs"),
+            node,
+            gate,
+        }
+    }
+
+    /// The node's clone, if an origin is configured.
+    pub fn repo(&self) -> Option<&NodeRepo> {
+        self.git.as_deref()
+    }
+
+    /// Removes worktrees a previous run of this node left behind (a crash mid-job): their
+    /// claims are gone with the old incarnation, so the work will be claimed afresh.
+    /// Returns the story keys cleaned.
+    pub fn clean_leftovers(&self) -> Vec<String> {
+        let Some(git) = &self.git else {
+            let _ = std::fs::remove_dir_all(&self.scratch);
+            return Vec::new();
+        };
+        let left = match git.leftover_worktrees() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list leftover worktrees");
+                return Vec::new();
+            }
+        };
+        let mut cleaned = Vec::new();
+        for story in left {
+            match git.remove_worktree(&story) {
+                Ok(()) => cleaned.push(story),
+                Err(e) => tracing::warn!(%story, error = %e, "could not clean a leftover worktree"),
+            }
+        }
+        if !cleaned.is_empty() {
+            tracing::info!(stories = ?cleaned, "cleaned worktrees left by a previous run");
+        }
+        cleaned
+    }
+
+    /// Runs one job. The future may be dropped at any point (the claim was lost): the
+    /// executor's processes are killed by the executor, the worktree is removed here.
+    pub fn run(self: &Arc<Self>, job: Job) -> BoxFuture<'static, Result<Handoff, String>> {
+        let shell = self.clone();
+        Box::pin(async move {
+            if let Err(e) = std::fs::create_dir_all(&shell.logs) {
+                return Err(format!("cannot create {}: {e}", shell.logs.display()));
+            }
+            match shell.git.clone() {
+                None => shell.run_scratch(job).await,
+                Some(git) => {
+                    let _guard = WorktreeGuard {
+                        git: git.clone(),
+                        story: job.story.clone(),
+                    };
+                    if job.phase == Phase::Merge {
+                        shell.merge(git, job).await
+                    } else {
+                        shell.run_in_worktree(git, job).await
+                    }
+                }
+            }
+        })
+    }
+
+    async fn run_scratch(&self, job: Job) -> Result<Handoff, String> {
+        let safe = crate::git::safe_dir_name(&job.story);
+        let dir = self.scratch.join(safe);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let ws = Workspace {
+            dir: dir.clone(),
+            log_dir: self.logs.clone(),
+            node: self.node.clone(),
+        };
+        let out = self.executor.run(job, ws).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        out
+    }
+
+    async fn run_in_worktree(&self, git: Arc<NodeRepo>, job: Job) -> Result<Handoff, String> {
+        let change = change_commit(&job);
+        let from_main = match job.phase {
+            Phase::Review => false,
+            Phase::Rework => {
+                // After a refused merge, start again from main; after a rejecting review,
+                // build on the change under review.
+                last_rejection(&job).is_some_and(|r| r.phase == Phase::Merge) || change.is_none()
+            }
+            _ => true,
+        };
+        let base = if from_main {
+            let g = git.clone();
+            blocking(move || g.fetch_main()).await?
+        } else {
+            let Some(c) = change else {
+                return Err(format!(
+                    "{}: no implemented commit in the history to {}",
+                    job.display_id, job.phase
+                ));
+            };
+            let g = git.clone();
+            blocking(move || g.ensure_commit(c)).await?;
+            c
+        };
+        let (g, story) = (git.clone(), job.story.clone());
+        let dir = blocking(move || g.prepare_worktree(&story, base)).await?;
+        let ws = Workspace {
+            dir: dir.clone(),
+            log_dir: self.logs.clone(),
+            node: self.node.clone(),
+        };
+        let mut handoff = self.executor.run(job.clone(), ws).await?;
+        match job.phase {
+            Phase::Implement | Phase::Rework => {
+                let trailers = Trailers {
+                    story: job.display_id.clone(),
+                    story_key: job.story.clone(),
+                    phase: job.phase,
+                    fence: job.token,
+                    node: self.node.clone(),
+                };
+                let subject = format!("{} ({})", job.fact.title, job.display_id);
+                let body = handoff.summary.clone();
+                let g = git.clone();
+                let committed =
+                    blocking(move || g.commit_all(&dir, &subject, &body, &trailers)).await?;
+                let Some(oid) = committed else {
+                    return Err(format!(
+                        "{} made no change to the worktree: nothing to review",
+                        job.phase
+                    ));
+                };
+                let (g, story, claim) = (git.clone(), job.story.clone(), job.claim.clone());
+                blocking(move || g.push_work(&story, &claim, oid)).await?;
+                handoff.commit = Some(oid.to_string());
+            }
+            _ => handoff.commit = Some(base.to_string()),
+        }
+        Ok(handoff)
+    }
+
+    async fn merge(&self, git: Arc<NodeRepo>, job: Job) -> Result<Handoff, String> {
+        let Some(change) = change_commit(&job) else {
+            return Err(format!(
+                "{}: no implemented commit in the history to merge",
+                job.display_id
+            ));
+        };
+        let g = git.clone();
+        blocking(move || g.ensure_commit(change)).await?;
+        let summary = job
+            .handoffs
+            .iter()
+            .rev()
+            .find(|r| matches!(r.phase, Phase::Implement | Phase::Rework))
+            .map(|r| r.handoff.summary.clone())
+            .unwrap_or_default();
+        let req = LandRequest {
+            story_key: job.story.clone(),
+            change,
+            token: job.token,
+            holder: self.node.clone(),
+            message: format!("{} ({})\n\n{summary}", job.fact.title, job.display_id),
+            trailers: Trailers {
+                story: job.display_id.clone(),
+                story_key: job.story.clone(),
+                phase: Phase::Merge,
+                fence: job.token,
+                node: self.node.clone(),
+            },
+            test: self.gate.test.clone(),
+            test_timeout: self.gate.test_timeout,
+            max_tries: self.gate.max_tries.max(1),
+        };
+        // Cancelled (the claim was lost) → the gate stops between steps.
+        let cancel = Arc::new(AtomicBool::new(false));
+        struct Cancel(Arc<AtomicBool>);
+        impl Drop for Cancel {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let _cancel_on_drop = Cancel(cancel.clone());
+        let g = git.clone();
+        let gate = blocking(move || g.land(&req, &cancel)).await?;
+        let id = &job.display_id;
+        let h = match gate {
+            Gate::Landed { commit, tries } => Handoff {
+                summary: format!(
+                    "landed {id} on main as {commit} (after {tries} fetch{})",
+                    if tries == 1 { "" } else { "es" }
+                ),
+                verdict: Some(Verdict::Approve),
+                commit: Some(commit.to_string()),
+                ..Default::default()
+            },
+            Gate::AlreadyLanded { commit } => Handoff {
+                summary: format!("{id} had already landed as {commit}"),
+                verdict: Some(Verdict::Approve),
+                commit: Some(commit.to_string()),
+                ..Default::default()
+            },
+            Gate::Empty { main } => Handoff {
+                summary: format!("main already contains {id}'s change; nothing to land"),
+                verdict: Some(Verdict::Approve),
+                commit: Some(main.to_string()),
+                ..Default::default()
+            },
+            Gate::Conflict { files, main } => Handoff {
+                summary: format!(
+                    "rebase onto main {main} conflicts in {}: rework on the latest main",
+                    files.join(", ")
+                ),
+                warnings: files.iter().map(|f| format!("conflict in {f}")).collect(),
+                files,
+                verdict: Some(Verdict::Reject),
+                ..Default::default()
+            },
+            Gate::TestsFailed {
+                output_tail,
+                exit_code,
+                timed_out,
+                ..
+            } => {
+                let how = if timed_out {
+                    "timed out".to_string()
+                } else {
+                    match exit_code {
+                        Some(c) => format!("exited with code {c}"),
+                        None => "was killed".to_string(),
+                    }
+                };
+                Handoff {
+                    summary: format!(
+                        "tests failed on {id} rebased onto main: the test command {how}"
+                    ),
+                    warnings: vec![output_tail],
+                    verdict: Some(Verdict::Reject),
+                    ..Default::default()
+                }
+            }
+        };
+        Ok(h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::StoryFact;
+
+    fn job(handoffs: Vec<ResultFact>, phase: Phase) -> Job {
+        Job {
+            claim: "c".into(),
+            story: "S-0001@ab".into(),
+            display_id: "S-0001".into(),
+            phase,
+            round: 1,
+            token: 1,
+            attempt: 1,
+            fact: StoryFact {
+                number: 1,
+                created_by: "n".into(),
+                created_at_ms: 0,
+                title: "t".into(),
+                body: String::new(),
+                priority: 100,
+                depends_on: vec![],
+                files: vec![],
+                labels: vec![],
+                source: String::new(),
+            },
+            handoffs,
+            files: vec![],
+            knowledge: vec![],
+            failures: vec![],
+        }
+    }
+
+    fn result(phase: Phase, commit: Option<&str>, verdict: Option<Verdict>) -> ResultFact {
+        ResultFact {
+            story: "S-0001@ab".into(),
+            phase,
+            round: 0,
+            claim: "x".into(),
+            token: 1,
+            holder: "n".into(),
+            written_at_ms: 0,
+            handoff: Handoff {
+                commit: commit.map(str::to_string),
+                verdict,
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn the_change_under_review_is_the_latest_implement_or_rework() {
+        let a = "1111111111111111111111111111111111111111";
+        let b = "2222222222222222222222222222222222222222";
+        let j = job(
+            vec![
+                result(Phase::Implement, Some(a), None),
+                result(Phase::Review, Some(a), Some(Verdict::Reject)),
+                result(Phase::Rework, Some(b), None),
+            ],
+            Phase::Review,
+        );
+        assert_eq!(change_commit(&j).map(|o| o.to_string()).as_deref(), Some(b));
+        assert_eq!(last_rejection(&j).map(|r| r.phase), Some(Phase::Review));
+        assert_eq!(change_commit(&job(vec![], Phase::Merge)), None);
+    }
+}
