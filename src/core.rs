@@ -1143,7 +1143,7 @@ impl Core {
                     handoff: handoff.clone(),
                 });
                 self.release(claim, ReleaseReason::Done, "");
-                tracing::info!(%claim, story = %c.story, phase = %c.phase, "phase finished");
+                tracing::info!(%claim, story = %c.story, phase = %c.phase, round = c.round, summary = %handoff.summary, "phase finished");
                 let (p, r) = (Some(c.phase), c.round);
                 let rejected = handoff.verdict == Some(Verdict::Reject);
                 let mut detail = handoff.summary.clone();

@@ -455,6 +455,16 @@ fn first_parent_log(
     Ok(out)
 }
 
+/// The per-clone lock that serialises fetches within this process.
+fn clone_lock(dir: &Path) -> std::sync::Arc<std::sync::Mutex<()>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> = OnceLock::new();
+    let map = LOCKS.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+    m.entry(dir.to_path_buf()).or_default().clone()
+}
+
 /// The node's clone of the shared origin and its story worktrees.
 #[derive(Debug, Clone)]
 pub struct NodeRepo {
@@ -595,6 +605,10 @@ impl NodeRepo {
     }
 
     fn fetch(&self, repo: &Repository) -> Result<(), GitError> {
+        // One fetch at a time per clone: two concurrent fetches (two jobs of one node)
+        // race for the same ref lock files and one fails.
+        let lock = clone_lock(&self.dir);
+        let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
         let specs = [
             format!("+{}:{}", self.branch, self.tracking),
             format!("+{WORK_REF_PREFIX}*:{WORK_REF_PREFIX}*"),

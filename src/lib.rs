@@ -8,6 +8,7 @@
 pub mod api;
 pub mod codec;
 pub mod config;
+pub mod demo;
 pub mod core;
 pub mod exec;
 pub mod fence;

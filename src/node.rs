@@ -327,7 +327,8 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
             let origin = cfg.origin.clone();
             let branch = cfg.branch.clone();
             let r = tokio::task::spawn_blocking(move || {
-                NodeRepo::open_or_clone(&origin, &clone).and_then(|r| r.with_branch(&branch))
+                NodeRepo::open_or_clone(&origin, &clone)
+                    .and_then(|r| r.with_branch(&format!("refs/heads/{branch}")))
             })
             .await
             .map_err(|e| NodeError::Git(e.to_string()))?

@@ -59,6 +59,19 @@ pub fn planned_files(view: &View, story: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Stories with a counted implement that have not landed and are not blocked, with the
+/// files they change.
+fn unlanded_changes(view: &View) -> impl Iterator<Item = (&str, Vec<String>)> {
+    view.stories
+        .values()
+        .filter(|s| {
+            s.merged.is_none()
+                && s.blocked_reason.is_none()
+                && s.phases_done.contains(&Phase::Implement)
+        })
+        .map(|s| (s.key.as_str(), planned_files(view, &s.key)))
+}
+
 /// Files locked by active claims of other stories, by story.
 fn files_in_flight(claims: &Claims, except: &str) -> Vec<(String, Vec<String>)> {
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
@@ -132,6 +145,13 @@ pub fn rank(
                 }
             }
             if blocked {
+                continue;
+            }
+            // A story changed but not landed yet owns its files until it lands (or is
+            // blocked): a second change to them now would only conflict at merge.
+            if unlanded_changes(view)
+                .any(|(k, f)| k != s.key.as_str() && files.iter().any(|x| f.contains(x)))
+            {
                 continue;
             }
             match predict_conflict(&files, &files_in_flight(claims, &s.key), cochange) {

@@ -672,6 +672,38 @@ impl View {
                 },
             );
         }
+        // A story waiting on a blocked dependency is blocked too (it would wait forever):
+        // say so, naming the dependency, until a human unblocks it.
+        loop {
+            let mut changed = false;
+            let keys: Vec<String> = stories.keys().cloned().collect();
+            for k in keys {
+                let Some(s) = stories.get(&k) else { continue };
+                if s.merged.is_some()
+                    || s.blocked_reason.is_some()
+                    || s.status == StoryStatus::InProgress
+                {
+                    continue;
+                }
+                let dep = s.fact.depends_on.iter().find_map(|d| {
+                    stories
+                        .get(d)
+                        .filter(|x| x.blocked_reason.is_some())
+                        .map(|x| x.id.clone())
+                });
+                if let Some(dep) = dep {
+                    if let Some(s) = stories.get_mut(&k) {
+                        s.status = StoryStatus::Blocked;
+                        s.blocked_reason = Some(format!("depends on {dep}, which is blocked"));
+                        s.next_phase = None;
+                        changed = true;
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
         let counted_keys = counted
             .into_iter()
             .map(|(k, (rkey, _))| (k, rkey.clone()))

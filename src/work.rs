@@ -24,6 +24,7 @@
 
 use crate::core::Job;
 use crate::exec::{Executor, Workspace};
+use crate::fence::Refused;
 use crate::git::{Gate, GitError, LandRequest, NodeRepo, Trailers};
 use crate::model::{Handoff, Phase, ResultFact, Verdict};
 use futures::future::BoxFuture;
@@ -80,6 +81,13 @@ async fn blocking<T: Send + 'static>(
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(e) => Err(format!("git task failed: {e}")),
     }
+}
+
+/// The token recorded at the origin's fence for a merge: rounds restart the merge
+/// resource's tokens at 1, so the round goes in the high bits to keep fence tokens
+/// increasing across rounds.
+pub fn fence_token(round: u32, token: u64) -> u64 {
+    (u64::from(round) << 32) | (token & 0xffff_ffff)
 }
 
 /// The commit of the latest counted implement or rework.
@@ -269,17 +277,18 @@ impl WorkShell {
             .find(|r| matches!(r.phase, Phase::Implement | Phase::Rework))
             .map(|r| r.handoff.summary.clone())
             .unwrap_or_default();
+        let fence = fence_token(job.round, job.token);
         let req = LandRequest {
             story_key: job.story.clone(),
             change,
-            token: job.token,
+            token: fence,
             holder: self.node.clone(),
             message: format!("{} ({})\n\n{summary}", job.fact.title, job.display_id),
             trailers: Trailers {
                 story: job.display_id.clone(),
                 story_key: job.story.clone(),
                 phase: Phase::Merge,
-                fence: job.token,
+                fence,
                 node: self.node.clone(),
             },
             test: self.gate.test.clone(),
@@ -296,7 +305,24 @@ impl WorkShell {
         }
         let _cancel_on_drop = Cancel(cancel.clone());
         let g = git.clone();
-        let gate = blocking(move || g.land(&req, &cancel)).await?;
+        let gate = match tokio::task::spawn_blocking(move || g.land(&req, &cancel)).await {
+            Ok(Ok(gate)) => gate,
+            // Landed already, by an earlier holder that died before recording it (or by
+            // a newer holder, in which case this result is fenced out of every view).
+            Ok(Err(GitError::Fenced(Refused::AlreadyLanded { commit, token }))) => {
+                return Ok(Handoff {
+                    summary: format!(
+                        "{} had already landed as {commit} (fence token {token})",
+                        job.display_id
+                    ),
+                    verdict: Some(Verdict::Approve),
+                    commit: Some(commit.to_string()),
+                    ..Default::default()
+                });
+            }
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(e) => return Err(format!("git task failed: {e}")),
+        };
         let id = &job.display_id;
         let h = match gate {
             Gate::Landed { commit, tries } => Handoff {
@@ -423,5 +449,12 @@ mod tests {
         assert_eq!(change_commit(&j).map(|o| o.to_string()).as_deref(), Some(b));
         assert_eq!(last_rejection(&j).map(|r| r.phase), Some(Phase::Review));
         assert_eq!(change_commit(&job(vec![], Phase::Merge)), None);
+    }
+
+    #[test]
+    fn fence_tokens_grow_across_rounds() {
+        assert!(fence_token(1, 1) > fence_token(0, 7));
+        assert!(fence_token(0, 2) > fence_token(0, 1));
+        assert!(fence_token(2, 1) > fence_token(1, 900));
     }
 }

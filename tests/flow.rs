@@ -1,0 +1,362 @@
+//! Real work flows end to end (issue 4): nodes on loopback with the `sim` executor, a
+//! bare origin holding the demo project, the demo backlog. Every story must end merged or
+//! blocked with a reason; main must hold each story exactly once with its trailers; the
+//! project's tests must pass at every landing; stories sharing a file never implement at
+//! once; crashes and pauses lose nothing and land nothing twice.
+
+mod common;
+
+use common::*;
+use libp2p::identity::Keypair;
+use mesh_agent::config::Config;
+use mesh_agent::demo;
+use mesh_agent::git::main_log;
+use mesh_agent::model::{Event, EventKind, Phase, StoryStatus, Verdict};
+use mesh_agent::node::NodeHandle;
+use mesh_agent::state::View;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+fn flow_config(c: &mut Config, origin: &Path) {
+    fast_leases(c);
+    c.capacity = 2;
+    c.sim_phase_ms = 150;
+    c.origin = origin.display().to_string();
+    c.test_command = vec!["sh".into(), "test.sh".into()];
+    c.test_timeout_secs = 60;
+}
+
+/// Every story is merged, or blocked with a reason.
+fn all_settled(v: &View, n: usize) -> bool {
+    v.stories.len() == n
+        && v.stories.values().all(|s| match s.status {
+            StoryStatus::Done => true,
+            StoryStatus::Blocked => s.blocked_reason.is_some(),
+            _ => false,
+        })
+}
+
+async fn add_backlog(n: &NodeHandle) -> usize {
+    let b = demo::backlog();
+    for s in &b {
+        n.add_story(s.clone()).await.expect("story added");
+    }
+    b.len()
+}
+
+/// Writes a commit's tree to `dir` and runs the project's tests there.
+fn run_tests_at(origin: &Path, commit: git2::Oid, dir: &Path) -> std::process::Output {
+    let repo = git2::Repository::open_bare(origin).expect("origin opens");
+    let tree = repo
+        .find_commit(commit)
+        .and_then(|c| c.tree())
+        .expect("commit");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).expect("dir");
+    tree.walk(git2::TreeWalkMode::PreOrder, |root, entry| {
+        if let Some(git2::ObjectType::Blob) = entry.kind() {
+            let path = dir.join(root).join(entry.name().unwrap_or("unnamed"));
+            if let Some(p) = path.parent() {
+                std::fs::create_dir_all(p).expect("dir");
+            }
+            let blob = repo.find_blob(entry.id()).expect("blob");
+            std::fs::write(&path, blob.content()).expect("write");
+        }
+        git2::TreeWalkResult::Ok
+    })
+    .expect("walk");
+    std::process::Command::new("sh")
+        .arg("test.sh")
+        .current_dir(dir)
+        .output()
+        .expect("sh runs")
+}
+
+/// Checks main: each merged story landed exactly once, with its trailers, and the
+/// project's tests pass at every landing.
+fn check_main(origin: &Path, view: &View, scratch: &Path) {
+    let log = main_log(origin).expect("main log");
+    let mut landed: BTreeMap<String, usize> = BTreeMap::new();
+    for c in &log {
+        if c.parents_is_root() {
+            continue;
+        }
+        let key = c
+            .trailer("Mesh-Story-Key")
+            .unwrap_or_else(|| panic!("commit {} has no Mesh-Story-Key", c.oid));
+        *landed.entry(key.to_string()).or_default() += 1;
+        for t in ["Mesh-Story", "Mesh-Phase", "Mesh-Fence", "Mesh-Node"] {
+            assert!(c.trailer(t).is_some(), "commit {} lacks {t}", c.oid);
+        }
+        assert_eq!(c.trailer("Mesh-Phase"), Some("merge"));
+        let out = run_tests_at(origin, c.oid, scratch);
+        assert!(
+            out.status.success(),
+            "tests fail at {} ({}): {}",
+            c.oid,
+            c.subject,
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    for s in view.stories.values() {
+        let n = landed.get(&s.key).copied().unwrap_or(0);
+        match s.status {
+            StoryStatus::Done => assert_eq!(n, 1, "{} landed {n} times", s.id),
+            _ => assert_eq!(n, 0, "{} is {} but landed {n} times", s.id, s.status),
+        }
+        if let Some(m) = &s.merged {
+            assert!(
+                log.iter().any(|c| c.oid.to_string() == m.commit),
+                "{}'s merge fact names {} which is not on main",
+                s.id,
+                m.commit
+            );
+        }
+    }
+    assert_eq!(
+        landed.len(),
+        view.count_by_status()
+            .get(&StoryStatus::Done)
+            .copied()
+            .unwrap_or(0)
+    );
+}
+
+/// Implement runs (start, end) per story from the event timeline; stories planned on one
+/// file must never overlap.
+fn check_file_exclusion(events: &[(u64, Event)], view: &View) {
+    let mut open: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut spans: Vec<(String, u64, u64)> = Vec::new();
+    for (_, e) in events {
+        if !matches!(e.phase, Some(Phase::Implement) | Some(Phase::Rework)) {
+            continue;
+        }
+        let k = (e.node.clone(), e.story.clone());
+        match e.kind {
+            EventKind::PhaseStarted => {
+                open.insert(k, e.at_ms);
+            }
+            EventKind::PhaseFinished | EventKind::PhaseFailed => {
+                if let Some(start) = open.remove(&k) {
+                    spans.push((e.story.clone(), start, e.at_ms));
+                }
+            }
+            _ => {}
+        }
+    }
+    let files: BTreeMap<&str, BTreeSet<&str>> = view
+        .stories
+        .values()
+        .map(|s| {
+            (
+                s.id.as_str(),
+                s.fact.files.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    for (i, a) in spans.iter().enumerate() {
+        for b in &spans[i + 1..] {
+            if a.0 == b.0 {
+                continue;
+            }
+            let shared = files[a.0.as_str()]
+                .intersection(&files[b.0.as_str()])
+                .count()
+                > 0;
+            // Strictly overlapping intervals (a shared millisecond at the edges is the
+            // release of one and the start of the next).
+            if shared && a.1 < b.2 && b.1 < a.2 {
+                panic!(
+                    "{} and {} share a file and implemented at once: {a:?} {b:?}",
+                    a.0, b.0
+                );
+            }
+        }
+    }
+}
+
+trait RootCheck {
+    fn parents_is_root(&self) -> bool;
+}
+impl RootCheck for mesh_agent::git::LandedCommit {
+    fn parents_is_root(&self) -> bool {
+        self.trailers.is_empty() && self.subject.starts_with("calc: an empty project")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_nodes_carry_the_demo_backlog_to_main() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let origin = tmp.path().join("origin.git");
+    demo::create_origin(&origin).expect("origin");
+    let keys: Vec<Keypair> = (0..4).map(|_| Keypair::generate_ed25519()).collect();
+    let first = start_with(
+        &tmp.path().join("n0"),
+        &keys[0],
+        None,
+        |c| {
+            flow_config(c, &origin);
+            c.sim_review_reject_rate = 0.25;
+        },
+        None,
+    )
+    .await;
+    let mut nodes = vec![first];
+    for (i, k) in keys.iter().enumerate().skip(1) {
+        let n = start_with(
+            &tmp.path().join(format!("n{i}")),
+            k,
+            Some(&nodes[0]),
+            |c| {
+                flow_config(c, &origin);
+                c.sim_review_reject_rate = 0.25;
+            },
+            None,
+        )
+        .await;
+        nodes.push(n);
+    }
+    let refs: Vec<&NodeHandle> = nodes.iter().collect();
+    wait_all_alive(&refs).await;
+    let total = add_backlog(&nodes[0]).await;
+    let view = wait_view(&nodes[0], "every story merged or blocked", 400, |v| {
+        all_settled(v, total)
+    })
+    .await;
+    wait_converged(&refs).await;
+    let merged = view
+        .count_by_status()
+        .get(&StoryStatus::Done)
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        merged >= total - 2,
+        "only {merged} of {total} merged: {:?}",
+        view.count_by_status()
+    );
+    check_main(&origin, &view, &tmp.path().join("check"));
+    // Reviews rejected some changes: they went through rework and still landed.
+    let reworked: Vec<&str> = view
+        .stories
+        .values()
+        .filter(|s| s.round > 0 && s.status == StoryStatus::Done)
+        .map(|s| s.id.as_str())
+        .collect();
+    assert!(!reworked.is_empty(), "no story went through rework");
+    let events = nodes[1].events(0).await.expect("events");
+    check_file_exclusion(&events, &view);
+    assert!(events
+        .iter()
+        .any(|(_, e)| e.kind == EventKind::StoryCompleted));
+    // Knowledge learned in research reached later jobs' context (the view has it).
+    assert!(!view.knowledge.is_empty(), "no knowledge recorded");
+    // No worktree left behind anywhere once the mesh is idle.
+    for i in 0..4 {
+        let wt = tmp.path().join(format!("n{i}/git/worktrees"));
+        let left: Vec<_> = std::fs::read_dir(&wt)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "node {i} left worktrees: {left:?}");
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_and_a_paused_node_lose_nothing_and_land_nothing_twice() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let origin = tmp.path().join("origin.git");
+    demo::create_origin(&origin).expect("origin");
+    let keys: Vec<Keypair> = (0..4).map(|_| Keypair::generate_ed25519()).collect();
+    let cfg = |c: &mut Config| {
+        flow_config(c, &origin);
+        c.sim_phase_ms = 400;
+    };
+    let mut nodes: Vec<Option<NodeHandle>> = Vec::new();
+    nodes.push(Some(
+        start_with(&tmp.path().join("n0"), &keys[0], None, cfg, None).await,
+    ));
+    for (i, k) in keys.iter().enumerate().skip(1) {
+        let boot = nodes[0].as_ref().expect("n0");
+        let n = start_with(&tmp.path().join(format!("n{i}")), k, Some(boot), cfg, None).await;
+        nodes.push(Some(n));
+    }
+    {
+        let refs: Vec<&NodeHandle> = nodes.iter().flatten().collect();
+        wait_all_alive(&refs).await;
+    }
+    let n0 = nodes[0].take().expect("n0");
+    let total = add_backlog(&n0).await;
+    // Kill node 3 while it implements something.
+    let victim = nodes[3].as_ref().expect("n3").peer_id.to_string();
+    let implementing = |v: &View, who: &str| {
+        v.claims().active().any(|(_, c)| {
+            c.holder == who
+                && c.resources.iter().any(|(r, _)| {
+                    matches!(
+                        r,
+                        mesh_agent::lease::Resource::Story {
+                            phase: Phase::Implement,
+                            ..
+                        }
+                    )
+                })
+        })
+    };
+    wait_view(&n0, "node 3 implementing", 120, |v| {
+        implementing(v, &victim)
+    })
+    .await;
+    let killed = nodes[3].take().expect("n3");
+    // A worktree of its implement exists at the moment it dies.
+    killed.kill().await;
+    let leftover: Vec<_> = std::fs::read_dir(tmp.path().join("n3/git/worktrees"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    // Pause node 2 past its lease while it implements.
+    let paused = nodes[2].as_ref().expect("n2").peer_id.to_string();
+    wait_view(&n0, "node 2 implementing", 120, |v| {
+        implementing(v, &paused)
+    })
+    .await;
+    nodes[2]
+        .as_ref()
+        .expect("n2")
+        .pause(Duration::from_millis(3_000))
+        .await
+        .expect("paused");
+    // Restart the killed node: it cleans what it left.
+    let restarted = start_with(&tmp.path().join("n3"), &keys[3], Some(&n0), cfg, None).await;
+    let after: Vec<_> = std::fs::read_dir(tmp.path().join("n3/git/worktrees"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    for l in &leftover {
+        assert!(!after.contains(l), "restart left {l:?} behind");
+    }
+    let view = wait_view(&n0, "every story merged or blocked", 600, |v| {
+        all_settled(v, total)
+    })
+    .await;
+    check_main(&origin, &view, &tmp.path().join("check"));
+    let merged = view
+        .count_by_status()
+        .get(&StoryStatus::Done)
+        .copied()
+        .unwrap_or(0);
+    assert!(merged >= total - 2, "only {merged} of {total} merged");
+    // Some work was taken over from the dead or paused node (an expired release).
+    assert!(
+        view.releases
+            .values()
+            .any(|r| r.why == mesh_agent::lease::ReleaseReason::Expired),
+        "no claim was taken over"
+    );
+    let _ = Verdict::Approve;
+    n0.shutdown().await;
+    restarted.shutdown().await;
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await;
+    }
+}
