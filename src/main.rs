@@ -5,6 +5,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use mesh_agent::api::{self, ControlClient};
 use mesh_agent::config::{Config, ConfigError, CONFIG_FILE};
+use mesh_agent::demo as demo_project;
 use mesh_agent::identity;
 use mesh_agent::model::{Event, EventKind, KnowledgeFact, KnowledgeKind, NewStory};
 use mesh_agent::node::{self, NodeOptions, StatusReport};
@@ -61,6 +62,30 @@ enum Command {
     /// learned on earlier stories, handed to every later job.
     #[command(subcommand)]
     Knowledge(KnowledgeCommand),
+    /// The demo project behind `scripts/testnet.sh up`: a bare git origin with a toy
+    /// calculator and its test.sh, and a backlog of stories over it.
+    #[command(subcommand)]
+    Demo(DemoCommand),
+}
+
+#[derive(Subcommand)]
+enum DemoCommand {
+    /// Create a bare git origin at PATH whose main holds the demo project (set `origin`
+    /// to PATH and `test_command = ["sh", "test.sh"]` in each node's config.toml).
+    Origin {
+        /// A new (or empty) directory.
+        path: PathBuf,
+    },
+    /// Add the demo backlog (24 stories, some sharing files, some depending on earlier
+    /// ones) to this node, in order. The mesh's backlog must be empty: dependencies name
+    /// S-0001, S-0002, ...
+    Backlog {
+        /// Only the first N stories.
+        #[arg(long, value_name = "N")]
+        count: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -243,6 +268,7 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Claims { json } => claims(&dir, json),
         Command::Events(a) => events(&dir, a),
         Command::Knowledge(c) => knowledge(&dir, c),
+        Command::Demo(c) => demo(&dir, c),
     }
 }
 
@@ -950,6 +976,56 @@ fn story(dir: &Path, c: StoryCommand) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
                 print_story(&s);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn demo(dir: &Path, c: DemoCommand) -> Result<()> {
+    match c {
+        DemoCommand::Origin { path } => {
+            demo_project::create_origin(&path).map_err(|e| usage(e.message().to_string()))?;
+            println!("demo origin {} (branch main)", path.display());
+        }
+        DemoCommand::Backlog { count, json } => {
+            let mut backlog = demo_project::backlog();
+            backlog.truncate(count.unwrap_or(backlog.len()));
+            let client = ControlClient::for_data_dir(dir)?;
+            let existing = match &client {
+                Some(c) => c.stories()?.len(),
+                None => node::offline_view(dir)?.stories.len(),
+            };
+            if existing > 0 {
+                bail!(usage(format!(
+                    "the backlog already has {existing} stories: the demo backlog needs an empty one \
+                     (its dependencies name S-0001, S-0002, ...)"
+                )));
+            }
+            let peer = match &client {
+                Some(_) => String::new(),
+                None => identity::peer_id(&identity::load_node_key(dir).map_err(|_| {
+                    usage(format!(
+                        "no node in {}: run `mesh-agent init --data-dir {}` first",
+                        dir.display(),
+                        dir.display()
+                    ))
+                })?)
+                .to_string(),
+            };
+            let mut added = Vec::new();
+            for new in &backlog {
+                let s = match &client {
+                    Some(c) => c.add_story(new)?,
+                    None => node::offline_add_story(dir, &peer, new)?,
+                };
+                if !json {
+                    println!("added {}  {}", s.id, s.fact.title);
+                }
+                added.push(s);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&added)?);
             }
         }
     }
