@@ -79,8 +79,8 @@ fn check_main(origin: &Path, view: &View, scratch: &Path) {
     let log = main_log(origin).expect("main log");
     let mut landed: BTreeMap<String, usize> = BTreeMap::new();
     for c in &log {
-        if c.parents_is_root() {
-            continue;
+        if c.trailers.is_empty() {
+            continue; // the initial commit, or a human's
         }
         let key = c
             .trailer("Mesh-Story-Key")
@@ -173,15 +173,6 @@ fn check_file_exclusion(events: &[(u64, Event)], view: &View) {
                 );
             }
         }
-    }
-}
-
-trait RootCheck {
-    fn parents_is_root(&self) -> bool;
-}
-impl RootCheck for mesh_agent::git::LandedCommit {
-    fn parents_is_root(&self) -> bool {
-        self.trailers.is_empty() && self.subject.starts_with("calc: an empty project")
     }
 }
 
@@ -353,10 +344,152 @@ async fn a_killed_and_a_paused_node_lose_nothing_and_land_nothing_twice() {
             .any(|r| r.why == mesh_agent::lease::ReleaseReason::Expired),
         "no claim was taken over"
     );
-    let _ = Verdict::Approve;
     n0.shutdown().await;
     restarted.shutdown().await;
     for n in nodes.into_iter().flatten() {
+        n.shutdown().await;
+    }
+}
+
+/// Commits `line` appended to `file` straight onto the origin's main (a human pushing).
+fn push_to_main(origin: &Path, file: &str, line: &str) {
+    let repo = git2::Repository::open_bare(origin).expect("origin");
+    let main = repo
+        .find_reference("refs/heads/main")
+        .and_then(|r| r.peel_to_commit())
+        .expect("main");
+    let tree = main.tree().expect("tree");
+    let old = tree
+        .get_path(Path::new(file))
+        .and_then(|e| e.to_object(&repo))
+        .and_then(|o| o.peel_to_blob())
+        .map(|b| b.content().to_vec())
+        .expect("file on main");
+    let mut new = old;
+    new.extend_from_slice(line.as_bytes());
+    new.push(b'\n');
+    let blob = repo.blob(&new).expect("blob");
+    let (dir, name) = file.split_once('/').expect("a file in a directory");
+    let sub = tree
+        .get_path(Path::new(dir))
+        .and_then(|e| e.to_object(&repo))
+        .and_then(|o| o.peel_to_tree())
+        .expect("dir");
+    let mut tb = repo.treebuilder(Some(&sub)).expect("tb");
+    tb.insert(name, blob, 0o100644).expect("insert");
+    let sub_oid = tb.write().expect("write");
+    let mut root = repo.treebuilder(Some(&tree)).expect("root");
+    root.insert(dir, sub_oid, 0o040000).expect("insert dir");
+    let new_tree = repo.find_tree(root.write().expect("root")).expect("tree");
+    let sig = git2::Signature::now("a human", "human@example.invalid").expect("sig");
+    repo.commit(
+        Some("refs/heads/main"),
+        &sig,
+        &sig,
+        "hotfix straight on main",
+        &new_tree,
+        &[&main],
+    )
+    .expect("commit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebase_conflict_sends_the_story_to_rework_with_the_conflict_and_it_lands() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let origin = tmp.path().join("origin.git");
+    demo::create_origin(&origin).expect("origin");
+    let keys: Vec<Keypair> = (0..3).map(|_| Keypair::generate_ed25519()).collect();
+    // Two workers that never merge, so the story waits at the gate.
+    let no_merge = |c: &mut Config| {
+        flow_config(c, &origin);
+        c.roles = ["research", "plan", "implement", "review", "rework"]
+            .map(String::from)
+            .to_vec();
+    };
+    let a = start_with(&tmp.path().join("a"), &keys[0], None, no_merge, None).await;
+    let b = start_with(&tmp.path().join("b"), &keys[1], Some(&a), no_merge, None).await;
+    wait_all_alive(&[&a, &b]).await;
+    let story = a
+        .add_story(mesh_agent::model::NewStory {
+            title: "Lex hexadecimal literals".into(),
+            files: vec!["src/lexer.txt".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("story");
+    wait_view(&a, "the story reviewed and waiting to merge", 60, |v| {
+        v.stories[&story.key].next_phase == Some(Phase::Merge)
+    })
+    .await;
+    // Meanwhile a human lands a change to the same place of the same file.
+    push_to_main(
+        &origin,
+        "src/lexer.txt",
+        "S-0999: hand-made hotfix (round 0)",
+    );
+    // A merger joins.
+    let merger = start_with(
+        &tmp.path().join("m"),
+        &keys[2],
+        Some(&a),
+        |c| {
+            flow_config(c, &origin);
+            c.roles = vec!["merge".into()];
+        },
+        None,
+    )
+    .await;
+    let view = wait_view(&a, "the story merged", 120, |v| {
+        v.stories[&story.key].status == StoryStatus::Done
+    })
+    .await;
+    let h = view.history(&story.key);
+    let refused = h
+        .iter()
+        .find(|r| r.phase == Phase::Merge && r.round == 0)
+        .expect("a first merge");
+    assert_eq!(refused.handoff.verdict, Some(Verdict::Reject));
+    assert!(
+        refused
+            .handoff
+            .summary
+            .contains("conflicts in src/lexer.txt"),
+        "{}",
+        refused.handoff.summary
+    );
+    let rework = h
+        .iter()
+        .find(|r| r.phase == Phase::Rework && r.round == 1)
+        .expect("a rework round");
+    // The rework job had the conflict in its context (the sim executor quotes it).
+    assert!(
+        rework
+            .handoff
+            .summary
+            .contains("conflicts in src/lexer.txt"),
+        "{}",
+        rework.handoff.summary
+    );
+    assert!(h.iter().any(|r| r.phase == Phase::Review && r.round == 1));
+    let merged = view.stories[&story.key].merged.clone().expect("merged");
+    assert_eq!(merged.round, 1);
+    // Main has the hotfix and the story, each once, and its tests pass.
+    check_main(&origin, &view, &tmp.path().join("check"));
+    let repo = git2::Repository::open_bare(&origin).expect("origin");
+    let lexer = repo
+        .find_reference("refs/heads/main")
+        .and_then(|r| r.peel_to_tree())
+        .and_then(|t| t.get_path(Path::new("src/lexer.txt")))
+        .and_then(|e| e.to_object(&repo))
+        .and_then(|o| o.peel_to_blob())
+        .map(|b| String::from_utf8_lossy(b.content()).to_string())
+        .expect("lexer on main");
+    assert!(lexer.contains("S-0999: hand-made hotfix"), "{lexer}");
+    assert!(
+        lexer.contains(&format!("{}: Lex hexadecimal literals (round 1)", story.id)),
+        "{lexer}"
+    );
+    for n in [a, b, merger] {
         n.shutdown().await;
     }
 }
