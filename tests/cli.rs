@@ -200,3 +200,50 @@ fn a_sigkilled_node_restarts_with_every_acknowledged_story_and_the_lock_is_clear
     assert_eq!(v["stories"].as_array().map(Vec::len), Some(10));
     drop(node);
 }
+
+#[test]
+fn knowledge_add_list_and_the_event_timeline_through_the_cli() {
+    let d = tempfile::tempdir().unwrap();
+    run_ok(&["init"], d.path());
+    let _node = spawn_node(d.path());
+    // A bad kind is a usage error naming the allowed kinds.
+    let (code, err) = run_err(&["knowledge", "add", "--kind", "rumour", "x"], d.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("convention, pattern, testing or pitfall"),
+        "{err}"
+    );
+    let (code, err) = run_err(&["knowledge", "add", "--kind", "pitfall", "   "], d.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("empty"), "{err}");
+    let id = run_ok(
+        &["knowledge", "add", "--kind", "pitfall", "tests need TZ=UTC"],
+        d.path(),
+    );
+    // The same lesson (case and spacing aside) is one entry.
+    let again = run_ok(
+        &[
+            "knowledge",
+            "add",
+            "--kind",
+            "pitfall",
+            "Tests  need tz=utc",
+        ],
+        d.path(),
+    );
+    assert_eq!(id.trim(), again.trim());
+    let list = run_ok(&["knowledge", "list"], d.path());
+    assert!(list.contains("pitfall:"), "{list}");
+    assert!(list.contains("tests need TZ=UTC"), "{list}");
+    assert_eq!(list.matches("TZ=UTC").count(), 1, "{list}");
+    // The addition is on the timeline.
+    let events = run_ok(&["events", "--json"], d.path());
+    let kinds: Vec<String> = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["kind"].as_str().map(str::to_string))
+        .collect();
+    assert!(kinds.iter().any(|k| k == "pattern_discovered"), "{events}");
+    let text = run_ok(&["events", "--tail", "1"], d.path());
+    assert!(text.contains("learned"), "{text}");
+}
