@@ -56,21 +56,25 @@ pub struct WorkShell {
     gate: GateConfig,
 }
 
-/// Removes a story's worktree when dropped (the job ended or was cancelled).
+/// Removes a story's worktree if the job is dropped mid-way (cancelled because the claim
+/// was lost). The normal path removes it before reporting the outcome and disarms this
+/// guard, so the next attempt (often on this very node) never races a removal.
 struct WorktreeGuard {
     git: Arc<NodeRepo>,
     story: String,
+    armed: bool,
 }
 
 impl Drop for WorktreeGuard {
     fn drop(&mut self) {
-        let (git, story) = (self.git.clone(), self.story.clone());
-        // Off the async runtime: removing a tree is blocking file work.
-        std::thread::spawn(move || {
-            if let Err(e) = git.remove_worktree(&story) {
-                tracing::warn!(%story, error = %e, "could not remove the story's worktree");
-            }
-        });
+        if !self.armed {
+            return;
+        }
+        // Synchronous on purpose: a removal finishing after the next attempt prepared
+        // the same worktree would delete it. Cancellation is rare and this is file work.
+        if let Err(e) = self.git.remove_worktree(&self.story) {
+            tracing::warn!(story = %self.story, error = %e, "could not remove the story's worktree");
+        }
     }
 }
 
@@ -170,15 +174,23 @@ impl WorkShell {
             match shell.git.clone() {
                 None => shell.run_scratch(job).await,
                 Some(git) => {
-                    let _guard = WorktreeGuard {
+                    let mut guard = WorktreeGuard {
                         git: git.clone(),
                         story: job.story.clone(),
+                        armed: true,
                     };
-                    if job.phase == Phase::Merge {
-                        shell.merge(git, job).await
+                    let story = job.story.clone();
+                    let out = if job.phase == Phase::Merge {
+                        shell.merge(git.clone(), job).await
                     } else {
-                        shell.run_in_worktree(git, job).await
+                        shell.run_in_worktree(git.clone(), job).await
+                    };
+                    // The outcome is reported only once the worktree is gone.
+                    if let Err(e) = blocking(move || git.remove_worktree(&story)).await {
+                        tracing::warn!(error = %e, "could not remove the story's worktree");
                     }
+                    guard.armed = false;
+                    out
                 }
             }
         })
