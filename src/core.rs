@@ -1012,6 +1012,28 @@ impl Core {
                 );
                 continue;
             }
+            // A claim written from a stale view may tie (or trail) a claim that already
+            // finished on one of its resources; starting would make it the resource's
+            // top claim and un-count that result. Lose instead and claim afresh.
+            let behind_finished = view.claims.get(&id).is_some_and(|mine| {
+                mine.resources.iter().any(|(r, t)| {
+                    claims.all().any(|(other, of)| {
+                        other != id.as_str()
+                            && claims.release_reason(other).is_some()
+                            && of.token_of(r).is_some_and(|ot| ot >= *t)
+                    })
+                })
+            });
+            if behind_finished && !self.cfg.broken_winner_rule {
+                tracing::debug!(claim = %id, "claim ties a released claim's token; releasing");
+                self.local.remove(&id);
+                self.release(
+                    &id,
+                    ReleaseReason::Unsettled,
+                    "written from a stale view: a released claim has this token",
+                );
+                continue;
+            }
             if claims.holds(&id) || self.cfg.broken_winner_rule {
                 let Some(c) = self.local.get_mut(&id) else {
                     continue;
