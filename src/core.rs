@@ -210,6 +210,7 @@ pub struct RunRecord {
     pub claim: String,
     pub story: String,
     pub phase: Phase,
+    pub round: u32,
     pub token: u64,
     /// Core clock when the claim settled and work started.
     pub started_ms: u64,
@@ -1058,6 +1059,7 @@ impl Core {
                     claim: id.clone(),
                     story: story.clone(),
                     phase,
+                    round,
                     token,
                     started_ms: now_ms,
                     claimed_ms,

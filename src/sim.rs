@@ -52,6 +52,9 @@ pub struct SimConfig {
     pub membership: MembershipConfig,
     pub lease: LeaseConfig,
     pub capacity: u32,
+    /// Probability that a first-round review rejects, sending the story through a
+    /// rework round (fresh resources and tokens per round).
+    pub review_reject_rate: f64,
     /// Make the cores start work without checking they win (to prove the checks bite).
     pub broken_winner_rule: bool,
     /// Keep a trace of every event (costly; for replaying one seed).
@@ -81,6 +84,7 @@ impl SimConfig {
                 message_timeout_ms: 200,
             },
             capacity: 2,
+            review_reject_rate: 0.2,
             broken_winner_rule: false,
             trace: false,
         }
@@ -442,6 +446,12 @@ impl Sim {
                     .push((i, token));
                 Ok(sim_handoff(job))
             }
+            Phase::Review if job.round == 0 && self.rng.gen_bool(self.cfg.review_reject_rate) => {
+                let mut h = sim_handoff(job);
+                h.verdict = Some(crate::model::Verdict::Reject);
+                h.summary = "needs another pass (simulated)".into();
+                Ok(h)
+            }
             _ => Ok(sim_handoff(job)),
         }
     }
@@ -575,7 +585,7 @@ impl Sim {
                             .any(|h| h.claim == r.claim && h.running)
                     })
                     .filter_map(|r| {
-                        Resource::story(&r.story, r.phase)
+                        Resource::story_round(&r.story, r.phase, r.round)
                             .ok()
                             .map(|x| (x, r.token))
                     })
