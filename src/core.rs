@@ -626,7 +626,12 @@ impl Core {
                 self.sessions.remove(&from);
                 self.check_settling(now_ms);
             }
-            Input::WorkFinished { claim, outcome } => self.finish_work(now_ms, &claim, outcome),
+            Input::WorkFinished { claim, outcome } => {
+                self.finish_work(now_ms, &claim, outcome);
+                // Capacity just freed: claim the next piece of work now, not at the tick.
+                let wall = self.last_wall;
+                self.check_claims(now_ms, wall);
+            }
             Input::Connected(p) => {
                 self.connected.insert(p.clone());
                 self.start_sync(&p);
