@@ -872,6 +872,7 @@ impl Core {
             &roles,
             alive.len() + 1,
             &self.cochange,
+            alive.is_empty(),
             |r| {
                 // Never "take over" a claim of our own from a stale view.
                 !claims.winner(r).is_some_and(|w| local.contains_key(w))

@@ -19,11 +19,11 @@ for f in $(find src docs -type f 2>/dev/null | sort); do
     if grep -n '^<<<<<<<\|^>>>>>>>\|^=======$' "$f"; then
         echo "FAIL $f: conflict markers"; fail=1
     fi
-    dup=$(grep -o '^S-[0-9][0-9]*' "$f" | sort | uniq -d)
+    dup=$(grep -o '^S-[0-9][0-9]*[-A-Za-z0-9]*:' "$f" | sort | uniq -d)
     if [ -n "$dup" ]; then
         echo "FAIL $f: applied twice: $dup"; fail=1
     fi
-    bad=$(grep -v '^#\|^S-[0-9][0-9]*: .* (round [0-9][0-9]*)$' "$f" | head -n 3)
+    bad=$(grep -v '^#\|^S-[0-9][0-9]*[-A-Za-z0-9]*: .* (round [0-9][0-9]*)$' "$f" | head -n 3)
     if [ -n "$bad" ]; then
         echo "FAIL $f: malformed lines: $bad"; fail=1
     fi

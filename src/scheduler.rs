@@ -95,6 +95,8 @@ fn files_in_flight(claims: &Claims, except: &str) -> Vec<(String, Vec<String>)> 
 /// Ranks the work `me` may claim now. `spread` is how many of the top items to shuffle
 /// by rendezvous hash (about the number of nodes competing). `is_free` says whether a
 /// resource may be claimed (never claimed, released, or its lease expired past grace).
+/// `self_review` lets the implementer review its own change: only for a node that is
+/// alone (a mesh of one would otherwise stop at every review).
 pub fn rank(
     view: &View,
     claims: &Claims,
@@ -102,6 +104,7 @@ pub fn rank(
     roles: &[String],
     spread: usize,
     cochange: &CoChange,
+    self_review: bool,
     mut is_free: impl FnMut(&Resource) -> bool,
 ) -> Vec<Work> {
     let mut out: Vec<(u8, u32, u32, Work)> = Vec::new();
@@ -118,7 +121,7 @@ pub fn rank(
         {
             continue;
         }
-        if phase == Phase::Review && s.implementer.as_deref() == Some(me) {
+        if phase == Phase::Review && !self_review && s.implementer.as_deref() == Some(me) {
             continue; // review runs on a node other than the implementer
         }
         let Ok(story_res) = Resource::story_round(&s.key, phase, s.round) else {

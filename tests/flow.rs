@@ -493,3 +493,33 @@ async fn a_rebase_conflict_sends_the_story_to_rework_with_the_conflict_and_it_la
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_alone_reviews_its_own_change_and_lands_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let origin = tmp.path().join("origin.git");
+    demo::create_origin(&origin).expect("origin");
+    let key = Keypair::generate_ed25519();
+    let n = start_with(
+        &tmp.path().join("n"),
+        &key,
+        None,
+        |c| flow_config(c, &origin),
+        None,
+    )
+    .await;
+    let s = n
+        .add_story(mesh_agent::model::NewStory {
+            title: "Lex integers".into(),
+            files: vec!["src/lexer.txt".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("story");
+    let view = wait_view(&n, "the story merged by a mesh of one", 60, |v| {
+        v.stories[&s.key].status == StoryStatus::Done
+    })
+    .await;
+    check_main(&origin, &view, &tmp.path().join("check"));
+    n.shutdown().await;
+}
