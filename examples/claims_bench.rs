@@ -3,15 +3,16 @@
 //!
 //! - `claims`: N nodes in this one process on loopback (as `examples/bench.rs`), with the
 //!   sim executor and phases that never finish, so that every claim stays held. It
-//!   measures write → settled latency of story claims
-//!   (a) uncontended: one claimer among N; the others replicate and are the peers it must
-//!       settle with. Each sample: the claimer's work is off, a story is written and
-//!       reaches every node, then `set_work(true)` makes the claimer claim it at once;
-//!   (b) contended: every node works; each round a burst of stories reaches every node and
-//!       all nodes are switched on at the same instant, so they claim the same story
-//!       first. The latency of the claims that won, and how many lost at settle;
-//!   (c) tick-driven: the claimer works all the time and a story is written on another
-//!       node; from `add_story()` until the claimer's run starts (what a user sees).
+//!   measures write → settled latency of story claims:
+//!   - (a) uncontended: one claimer among N; the others replicate and are the peers it
+//!     must settle with. Each sample: the claimer's work is off, a story is written and
+//!     reaches every node, then `set_work(true)` makes the claimer claim it at once;
+//!   - (b) contended: every node works; each round a burst of stories reaches every node
+//!     and all nodes are switched on at the same instant, so they claim the same story
+//!     first. The latency of the claims that won, and how many lost at settle;
+//!   - (c) tick-driven: the claimer works all the time and a story is written on another
+//!     node; from `add_story()` until the claimer's run starts (what a user sees).
+//!
 //!   Latencies come from the claiming node's own records (`RunRecord::started_ms -
 //!   claimed_ms`, 1 ms resolution) and, for (a), also from this process's clock:
 //!   `set_work(true)` called → the run visible in `runs()` (µs resolution, an upper bound).

@@ -8,8 +8,8 @@
 pub mod api;
 pub mod codec;
 pub mod config;
-pub mod demo;
 pub mod core;
+pub mod demo;
 pub mod exec;
 pub mod fence;
 pub mod git;

@@ -97,6 +97,7 @@ fn files_in_flight(claims: &Claims, except: &str) -> Vec<(String, Vec<String>)> 
 /// resource may be claimed (never claimed, released, or its lease expired past grace).
 /// `self_review` lets the implementer review its own change: only for a node that is
 /// alone (a mesh of one would otherwise stop at every review).
+#[allow(clippy::too_many_arguments)] // a pure function of named inputs; a struct would only rename them
 pub fn rank(
     view: &View,
     claims: &Claims,
