@@ -109,6 +109,7 @@ pub fn rank(
     mut is_free: impl FnMut(&Resource) -> bool,
 ) -> Vec<Work> {
     let mut out: Vec<(u8, u32, u32, Work)> = Vec::new();
+    let unlanded: Vec<(&str, Vec<String>)> = unlanded_changes(view).collect();
     for s in view.stories.values() {
         let Some(phase) = s.next_phase else { continue };
         if !roles.iter().any(|r| r == phase.as_str()) {
@@ -153,8 +154,9 @@ pub fn rank(
             }
             // A story changed but not landed yet owns its files until it lands (or is
             // blocked): a second change to them now would only conflict at merge.
-            if unlanded_changes(view)
-                .any(|(k, f)| k != s.key.as_str() && files.iter().any(|x| f.contains(x)))
+            if unlanded
+                .iter()
+                .any(|(k, f)| *k != s.key.as_str() && files.iter().any(|x| f.contains(x)))
             {
                 continue;
             }
