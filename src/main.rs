@@ -685,13 +685,7 @@ fn render_claims(r: &StatusReport, o: &mut String) {
 }
 
 fn claims(dir: &Path, json: bool) -> Result<()> {
-    let client = ControlClient::for_data_dir(dir)?.ok_or_else(|| {
-        anyhow!(
-            "no node is running with data dir {} (start one with `mesh-agent run --data-dir {}`)",
-            dir.display(),
-            dir.display()
-        )
-    })?;
+    let client = running(dir)?;
     let r = client.status()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&r.claims)?);
