@@ -22,6 +22,10 @@ use mesh_agent::node::{self, NodeHandle, NodeOptions, Observation};
 use rand::Rng;
 use std::time::{Duration, Instant};
 
+#[path = "common/stats.rs"]
+mod stats;
+use stats::{f, ms, pct};
+
 #[derive(Parser, Debug)]
 #[command(about = "In-process mesh benchmark (propagation, dead detection, idle traffic, RSS)")]
 struct Args {
@@ -109,21 +113,6 @@ fn rss_kb() -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
-}
-
-/// Nearest-rank percentile of an unsorted sample.
-fn pct(v: &[f64], p: f64) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let rank = ((p / 100.0) * s.len() as f64).ceil().max(1.0) as usize;
-    Some(s[rank.min(s.len()) - 1])
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 fn short(id: &str) -> &str {
@@ -403,13 +392,6 @@ async fn run_one(args: &Args, n: usize) -> anyhow::Result<Row> {
     }
     eprintln!("[N={n}] stopped in {} ms", stop.elapsed().as_millis());
     Ok(row)
-}
-
-fn f(v: Option<f64>, prec: usize) -> String {
-    match v {
-        Some(x) if x.is_finite() => format!("{x:.prec$}"),
-        _ => "-".into(),
-    }
 }
 
 fn print_table(args: &Args, rows: &[Row]) {

@@ -36,6 +36,10 @@ use std::net::TcpStream;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+#[path = "common/stats.rs"]
+mod stats;
+use stats::{f, ms, pct};
+
 #[derive(Parser, Debug)]
 #[command(about = "Claim latency (in-process mesh) and Redis / etcd lock latency")]
 struct Args {
@@ -100,28 +104,6 @@ struct LockArgs {
 }
 
 // ---- small helpers ------------------------------------------------------------------------
-
-/// Nearest-rank percentile of an unsorted sample.
-fn pct(v: &[f64], p: f64) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let rank = ((p / 100.0) * s.len() as f64).ceil().max(1.0) as usize;
-    Some(s[rank.min(s.len()) - 1])
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn f(v: Option<f64>, prec: usize) -> String {
-    match v {
-        Some(x) if x.is_finite() => format!("{x:.prec$}"),
-        _ => "-".into(),
-    }
-}
 
 /// One table row: a label, the sample count, p50 / p99 / max (ms), and a note.
 fn row(label: &str, v: &[f64], prec: usize, note: &str) {
