@@ -10,6 +10,17 @@
 //! `start`, applies the message and answers with its own; the initiator applies the
 //! answer and sends the next message until automerge has nothing more to say. One session
 //! per peer at a time; a reason to sync that arrives mid-session runs one more after it.
+//!
+//! Eager push: after a local write the core opens a session with every alive peer, and
+//! the first frame carries this node's own changes the peer has not acknowledged
+//! (`push`), so the peer applies them before answering and one round trip usually ends
+//! the exchange. Heartbeat digests are only the backstop: a peer whose digest differs
+//! from ours on two beats in a row, unchanged, gets a session.
+//!
+//! Settle evidence: a claim is settled with a peer once a sync message from that peer
+//! shows heads that contain the claim's change and that this node fully has: the peer
+//! had the claim, and we have every claim the peer wrote before it (any it writes later
+//! sees ours).
 
 use crate::codec;
 use crate::lease::{
@@ -25,7 +36,7 @@ use crate::model::{
 };
 use crate::scheduler;
 use crate::state::{
-    relevant_knowledge, reset_sync_state, Doc, StateError, StoryView, SyncState, View,
+    relevant_knowledge, reset_sync_state, ChangeHash, Doc, StateError, StoryView, SyncState, View,
 };
 
 /// Most knowledge entries handed to one job.
@@ -46,6 +57,9 @@ pub struct SyncFrame {
     pub start: bool,
     #[serde(with = "serde_bytes")]
     pub msg: Vec<u8>,
+    /// The sender's own changes the receiver may lack (first frame only), applied
+    /// before `msg`.
+    pub push: Vec<serde_bytes::ByteBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +176,8 @@ enum LocalState {
         mark: u64,
         waiting: BTreeSet<String>,
         deadline_ms: u64,
+        /// The change that wrote the claim (settle evidence: a peer's heads contain it).
+        change: Option<ChangeHash>,
     },
     /// Settled and winning: the executor runs it.
     Running,
@@ -240,6 +256,10 @@ struct Session {
     rounds: u32,
     /// A newer reason to sync arrived while this session ran: run another after it.
     again: bool,
+    /// That next session carries an eager push.
+    again_push: bool,
+    /// The highest own change sequence number this session pushed.
+    pushed_upto: u64,
 }
 
 pub struct Core {
@@ -254,6 +274,12 @@ pub struct Core {
     next_session: u64,
     /// Per peer, the id of the last session that completed.
     completed: BTreeMap<String, u64>,
+    /// Per peer, the highest own change sequence number it is known to have.
+    push_acked: BTreeMap<String, u64>,
+    /// A local write happened: push it to every alive peer before the next effect.
+    push_pending: bool,
+    /// Per peer, a heartbeat digest that differed from ours (sync if the next is the same).
+    hb_mismatch: BTreeMap<String, [u8; 32]>,
     connected: BTreeSet<String>,
     incarnation: u64,
     hb_seq: u64,
@@ -308,6 +334,9 @@ impl Core {
             sessions: BTreeMap::new(),
             next_session: 1,
             completed: BTreeMap::new(),
+            push_acked: BTreeMap::new(),
+            push_pending: false,
+            hb_mismatch: BTreeMap::new(),
             connected: BTreeSet::new(),
             incarnation,
             hb_seq: 0,
@@ -459,6 +488,13 @@ impl Core {
 
     /// The next effect for the shell to carry out.
     pub fn poll_effect(&mut self) -> Option<Effect> {
+        if self.push_pending {
+            self.push_pending = false;
+            let now = self.last_now;
+            for p in self.membership.alive(now) {
+                self.open_session(&p, true);
+            }
+        }
         self.effects.pop_front()
     }
 
@@ -474,7 +510,7 @@ impl Core {
         };
         let peer = self.peer.clone();
         if self.doc.put_node(&peer, &fact) {
-            self.doc_changed();
+            self.local_write();
         }
     }
 
@@ -486,7 +522,7 @@ impl Core {
         }
         let peer = self.peer.clone();
         let key = self.doc.add_story(new, &peer, wall_ms)?;
-        self.doc_changed();
+        self.local_write();
         // Announce the new heads now rather than at the next beat.
         self.heartbeat(wall_ms);
         self.doc
@@ -608,18 +644,31 @@ impl Core {
                     for id in own {
                         self.observer.renew(&id, now_ms);
                     }
-                    if beat.heads_digest != self.digest {
+                    // Writers push their changes; a digest that differs is only acted on
+                    // when the next beat shows the same digest (the peer went quiet and
+                    // still differs): the backstop for a lost push.
+                    if beat.heads_digest == self.digest {
+                        self.hb_mismatch.remove(&from);
+                    } else if self.hb_mismatch.get(&from) == Some(&beat.heads_digest) {
+                        self.hb_mismatch.remove(&from);
                         self.start_sync(&from);
+                    } else {
+                        self.hb_mismatch.insert(from.clone(), beat.heads_digest);
                     }
                 }
             }
             Input::SyncRequest { from, data, reply } => {
+                let before = self.digest;
                 let data = self.answer_sync(&from, &data);
                 self.effects.push_back(Effect::Respond { reply, data });
+                self.check_settling(now_ms);
+                self.claim_on_news(now_ms, before);
             }
             Input::SyncResponse { from, data } => {
+                let before = self.digest;
                 self.continue_sync(&from, &data);
                 self.check_settling(now_ms);
+                self.claim_on_news(now_ms, before);
             }
             Input::SyncFailed { from } => {
                 self.counters.sync_failures += 1;
@@ -645,17 +694,31 @@ impl Core {
 
     /// Opens a sync session with `peer` unless one is running (then one more runs after).
     pub fn start_sync(&mut self, peer: &str) {
+        self.open_session(peer, false);
+    }
+
+    /// Opens a sync session, with an eager push of our own unacknowledged changes when
+    /// `push`. With a session running, one more (pushing if either asked) runs after it.
+    fn open_session(&mut self, peer: &str, push: bool) {
         if peer == self.peer {
             return;
         }
         if let Some(s) = self.sessions.get_mut(peer) {
             s.again = true;
+            s.again_push |= push;
             return;
         }
         let state = self.out_sync.entry(peer.to_string()).or_default();
         *state = reset_sync_state(state);
         let Some(msg) = self.doc.sync_generate(state) else {
             return;
+        };
+        let acked = self.push_acked.get(peer).copied().unwrap_or(0);
+        let (pushed, pushed_upto) = if push {
+            self.doc
+                .local_changes_after(acked, self.cfg.max_sync_bytes / 2)
+        } else {
+            (Vec::new(), acked)
         };
         self.counters.sync_sessions_started += 1;
         let id = self.next_session;
@@ -666,12 +729,52 @@ impl Core {
                 id,
                 rounds: 0,
                 again: false,
+                again_push: false,
+                pushed_upto,
             },
         );
         self.effects.push_back(Effect::SendSync {
             to: peer.to_string(),
-            data: codec::encode(&SyncFrame { start: true, msg }),
+            data: codec::encode(&SyncFrame {
+                start: true,
+                msg,
+                push: pushed.into_iter().map(serde_bytes::ByteBuf::from).collect(),
+            }),
         });
+    }
+
+    /// A sync message from `peer` was applied: its heads are settle evidence for our
+    /// claims waiting on that peer (see the module docs).
+    fn saw_heads(&mut self, peer: &str, outgoing: bool) {
+        let states = if outgoing {
+            &self.out_sync
+        } else {
+            &self.in_sync
+        };
+        let Some(heads) = states.get(peer).and_then(|s| s.their_heads.clone()) else {
+            return;
+        };
+        let waiting: Vec<(String, ChangeHash)> = self
+            .local
+            .iter()
+            .filter_map(|(id, c)| match &c.state {
+                LocalState::Settling {
+                    waiting,
+                    change: Some(h),
+                    ..
+                } if waiting.contains(peer) => Some((id.clone(), *h)),
+                _ => None,
+            })
+            .collect();
+        for (id, h) in waiting {
+            if self.doc.peer_has(&heads, &h) {
+                if let Some(LocalState::Settling { waiting, .. }) =
+                    self.local.get_mut(&id).map(|c| &mut c.state)
+                {
+                    waiting.remove(peer);
+                }
+            }
+        }
     }
 
     /// The id the next sync session will get: a session with an id at least this was
@@ -705,13 +808,29 @@ impl Core {
         if frame.start {
             *state = reset_sync_state(state);
         }
+        if !frame.push.is_empty() {
+            let pushed: Vec<Vec<u8>> = frame.push.into_iter().map(|b| b.into_vec()).collect();
+            match self.doc.apply_pushed(&pushed) {
+                Ok(true) => self.doc_changed(),
+                Ok(false) => {}
+                Err(e) => {
+                    self.counters.malformed_dropped += 1;
+                    tracing::debug!(%peer, error = %e, "bad pushed changes dropped");
+                }
+            }
+        }
         if !self.apply_sync(false, peer, &frame.msg) {
             self.in_sync.insert(peer.to_string(), SyncState::new());
             return Vec::new();
         }
+        self.saw_heads(peer, false);
         let state = self.in_sync.entry(peer.to_string()).or_default();
         let msg = self.doc.sync_generate(state).unwrap_or_default();
-        codec::encode(&SyncFrame { start: false, msg })
+        codec::encode(&SyncFrame {
+            start: false,
+            msg,
+            push: Vec::new(),
+        })
     }
 
     /// Applies a peer's sync message under the session state of one direction
@@ -757,6 +876,7 @@ impl Core {
         if !self.apply_sync(true, peer, &frame.msg) {
             return;
         }
+        self.saw_heads(peer, true);
         let state = self.out_sync.entry(peer.to_string()).or_default();
         match self.doc.sync_generate(state) {
             Some(msg) if session.rounds < MAX_SYNC_ROUNDS => {
@@ -764,7 +884,11 @@ impl Core {
                 self.sessions.insert(peer.to_string(), session);
                 self.effects.push_back(Effect::SendSync {
                     to: peer.to_string(),
-                    data: codec::encode(&SyncFrame { start: false, msg }),
+                    data: codec::encode(&SyncFrame {
+                        start: false,
+                        msg,
+                        push: Vec::new(),
+                    }),
                 });
             }
             Some(_) => {
@@ -773,11 +897,20 @@ impl Core {
             None => {
                 self.counters.sync_sessions_completed += 1;
                 self.completed.insert(peer.to_string(), session.id);
+                let acked = self.push_acked.entry(peer.to_string()).or_default();
+                *acked = (*acked).max(session.pushed_upto);
                 if session.again {
-                    self.start_sync(peer);
+                    self.open_session(peer, session.again_push);
                 }
             }
         }
+    }
+
+    /// This node wrote to the document: persist, and push the change to every alive peer
+    /// (at the next `poll_effect`, so several writes in one step travel together).
+    fn local_write(&mut self) {
+        self.doc_changed();
+        self.push_pending = true;
     }
 
     /// The document changed (locally or from a peer): persist and refresh the digest.
@@ -828,6 +961,20 @@ impl Core {
         }
         if self.cfg.work {
             self.claim_next(now_ms, wall_ms);
+        }
+    }
+
+    /// A peer's changes arrived (the digest moved from `before`): with free capacity,
+    /// look for work now (a result may have made a next phase claimable) rather than at
+    /// the next tick.
+    fn claim_on_news(&mut self, now_ms: u64, before: [u8; 32]) {
+        if self.digest != before
+            && self.cfg.work
+            && !self.cfg.passive
+            && self.local.len() < self.cfg.capacity as usize
+        {
+            let wall = self.last_wall;
+            self.check_claims(now_ms, wall);
         }
     }
 
@@ -925,12 +1072,12 @@ impl Core {
             }
         }
         self.doc.put_claim(&id, &fact);
-        self.doc_changed();
+        let change = self.doc.last_local_change().map(|(_, h)| h);
+        // Pushed to every alive peer with the next effect; sessions opened from here on
+        // count for settling.
+        self.local_write();
         self.observer.observe_claim(&id, now_ms);
         let mark = self.session_mark();
-        for p in &alive {
-            self.start_sync(p);
-        }
         tracing::debug!(claim = %id, story = %w.story, phase = %w.phase, "claimed; settling");
         let token = fact.resources.first().map_or(0, |(_, t)| *t);
         let mut detail = format!("token {token}, attempt {}", w.attempt);
@@ -960,6 +1107,7 @@ impl Core {
                     mark,
                     waiting: alive.into_iter().collect(),
                     deadline_ms: now_ms.saturating_add(lease.settle_timeout_ms),
+                    change,
                 },
                 written_ms: now_ms,
             },
@@ -988,6 +1136,7 @@ impl Core {
                     mark,
                     waiting,
                     deadline_ms,
+                    ..
                 } = &mut c.state
                 {
                     waiting.retain(|p| {
@@ -1113,7 +1262,7 @@ impl Core {
                 note: note.to_string(),
             },
         );
-        self.doc_changed();
+        self.local_write();
     }
 
     /// Records the outcome of a job: a result (or merge) and a release. A job whose claim
@@ -1332,7 +1481,7 @@ impl Core {
                 written_at_ms: wall_ms,
             })
             .ok_or_else(|| "knowledge entry refused".to_string())?;
-        self.doc_changed();
+        self.local_write();
         self.emit(
             EventKind::PatternDiscovered,
             None,
@@ -1462,6 +1611,12 @@ mod tests {
             codec::encode(&SyncFrame {
                 start: true,
                 msg: vec![9; 40],
+                push: Vec::new(),
+            }),
+            codec::encode(&SyncFrame {
+                start: true,
+                msg: Vec::new(),
+                push: vec![serde_bytes::ByteBuf::from(vec![7; 64])],
             }),
             vec![0; MAX_GOSSIP_BYTES + 1],
         ];
