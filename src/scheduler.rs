@@ -2,10 +2,12 @@
 //! may claim now, from the view, the claim fold and a freeness test the caller supplies
 //! (which carries lease expiry and grace). Never reads a clock, never does I/O.
 //!
-//! Order: merge, then review/rework/implement (closest to done), then plan/research, then
-//! refine; then story priority (lower first); then age. Among the first few equals each
-//! node prefers items by a rendezvous hash of (its id, the story), so nodes spread out
-//! instead of racing for the same item.
+//! Order: merge, then review/rework/implement, then plan/research, then refine; then
+//! story priority (lower first); then continuations (the next phase of a story whose
+//! last phase this node ran: finish what is started before starting more, and no other
+//! node ranks it first, so nobody races for it); then age. Among the first few equals
+//! each node prefers items by a rendezvous hash of (its id, the story), so nodes spread
+//! out instead of racing for the same item.
 
 use crate::lease::{predict_conflict, Claims, CoChange, Conflict, Resource};
 use crate::model::Phase;
@@ -59,6 +61,14 @@ pub fn planned_files(view: &View, story: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Whether `me` ran the story's latest counted phase (its next phase continues that).
+fn continues(view: &View, s: &crate::state::StoryView, me: &str) -> bool {
+    s.history
+        .last()
+        .and_then(|k| view.results.get(k))
+        .is_some_and(|r| r.holder == me)
+}
+
 /// Stories with a counted implement that have not landed and are not blocked, with the
 /// files they change.
 fn unlanded_changes(view: &View) -> impl Iterator<Item = (&str, Vec<String>)> {
@@ -108,7 +118,7 @@ pub fn rank(
     self_review: bool,
     mut is_free: impl FnMut(&Resource) -> bool,
 ) -> Vec<Work> {
-    let mut out: Vec<(u8, u32, u32, Work)> = Vec::new();
+    let mut out: Vec<((u8, u32, u8), u32, Work)> = Vec::new();
     let unlanded: Vec<(&str, Vec<String>)> = unlanded_changes(view).collect();
     for s in view.stories.values() {
         let Some(phase) = s.next_phase else { continue };
@@ -167,8 +177,11 @@ pub fn rank(
             }
         }
         out.push((
-            phase_rank(phase),
-            s.fact.priority,
+            (
+                phase_rank(phase),
+                s.fact.priority,
+                u8::from(!continues(view, s, me)),
+            ),
             s.fact.number,
             Work {
                 story: s.key.clone(),
@@ -180,17 +193,84 @@ pub fn rank(
             },
         ));
     }
-    out.sort_by(|a, b| (a.0, a.1, a.2, &a.3.story).cmp(&(b.0, b.1, b.2, &b.3.story)));
-    // Spread: among the first `spread` items equal in phase rank and priority, prefer by
-    // rendezvous hash, so two nodes rarely reach for the same story at once.
+    out.sort_by(|a, b| (a.0, a.1, &a.2.story).cmp(&(b.0, b.1, &b.2.story)));
+    // Spread: among the first `spread` items equal in phase rank, priority and continuation,
+    // prefer by rendezvous hash, so two nodes rarely reach for the same story at once.
     let n = match out.first() {
         Some(first) => out
             .iter()
             .take(spread.max(1))
-            .take_while(|x| (x.0, x.1) == (first.0, first.1))
+            .take_while(|x| x.0 == first.0)
             .count(),
         None => 0,
     };
-    out[..n].sort_by_key(|x| std::cmp::Reverse(rendezvous(me, &x.3.story)));
-    out.into_iter().map(|(_, _, _, w)| w).collect()
+    out[..n].sort_by_key(|x| std::cmp::Reverse(rendezvous(me, &x.2.story)));
+    out.into_iter().map(|(_, _, w)| w).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::NewStory;
+    use crate::state::tests::step;
+    use crate::state::Doc;
+
+    const A: &str = "12D3KooWAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAaaaaaa";
+    const B: &str = "12D3KooWBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBbbbbbb";
+
+    fn all_roles() -> Vec<String> {
+        Phase::ALL.iter().map(|p| p.as_str().to_string()).collect()
+    }
+
+    #[test]
+    fn a_node_continues_the_story_it_just_worked_on_before_new_work() {
+        let mut d = Doc::new([1; 16]);
+        let mut keys = Vec::new();
+        for i in 1..=6 {
+            let new = NewStory {
+                title: format!("story {i}"),
+                ..Default::default()
+            };
+            keys.push(d.add_story(&new, B, 0).unwrap());
+        }
+        // Node A (the `step` helper) researched story 5 and planned story 4.
+        step(&mut d, &keys[4], Phase::Research, 0, None);
+        for p in [Phase::Research, Phase::Plan] {
+            step(&mut d, &keys[3], p, 0, None);
+        }
+        let v = d.view();
+        let c = v.claims();
+        let order = |me: &str| -> Vec<(usize, Phase)> {
+            rank(
+                &v,
+                &c,
+                me,
+                &all_roles(),
+                8,
+                &CoChange::default(),
+                false,
+                |_| true,
+            )
+            .iter()
+            .map(|w| {
+                (
+                    keys.iter().position(|k| *k == w.story).unwrap() + 1,
+                    w.phase,
+                )
+            })
+            .collect()
+        };
+        // A: its own implement first (group 1), then its own plan before the older
+        // stories' research.
+        let a = order(A);
+        assert_eq!(a[0], (4, Phase::Implement), "{a:?}");
+        assert_eq!(a[1], (5, Phase::Plan), "{a:?}");
+        // B did not run story 5's research: the plan is one of the equals it spreads
+        // over by rendezvous hash, not a must-take.
+        let b = order(B);
+        assert_eq!(b[0], (4, Phase::Implement), "{b:?}");
+        let mut rest: Vec<usize> = b[1..].iter().map(|(n, _)| *n).collect();
+        rest.sort_unstable();
+        assert_eq!(rest, vec![1, 2, 3, 5, 6], "{b:?}");
+    }
 }
