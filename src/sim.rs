@@ -436,8 +436,13 @@ impl Sim {
                 if token < recorded {
                     return Err(format!("fence refused token {token} < {recorded}"));
                 }
+                // Landed by an earlier holder that stopped before recording it: the
+                // gate answers "already landed" and the merge is done (as work.rs does).
                 if self.origin.landed.contains_key(&job.story) {
-                    return Err("already landed".into());
+                    let mut h = sim_handoff(job);
+                    h.summary = "already landed".into();
+                    h.verdict = Some(crate::model::Verdict::Approve);
+                    return Ok(h);
                 }
                 self.origin
                     .landed
@@ -857,6 +862,14 @@ impl Sim {
             .values()
             .filter(|s| s.status == StoryStatus::Blocked)
             .count();
+        if self.cfg.trace {
+            for st in view.stories.values() {
+                if let Some(why) = &st.blocked_reason {
+                    self.trace
+                        .push(format!("{:>7} {} blocked: {why}", self.now, st.id));
+                }
+            }
+        }
         if merged + blocked != view.stories.len() {
             let stuck: Vec<String> = view
                 .stories
