@@ -12,16 +12,16 @@
 //! plan, implement, review, merge (no rejections unless --reject-rate), so the ideal
 //! throughput is N × capacity stories per 5 phase durations.
 //!
-//! A mesh of one node cannot finish a story: review runs on a node other than the
-//! implementer (src/scheduler.rs), so a lone node stops at review. N = 1 is therefore
-//! skipped, and the scaling efficiency is given two ways: against the ideal (N × the best
-//! a single node could do, `capacity` stories per 5 phases: a lower bound of
-//! throughput_N / (N × throughput_1)), and against the 2-node run
-//! (throughput_N / (N/2 × throughput_2)).
+//! A mesh of one node reviews its own changes (review runs on another node whenever one
+//! is alive, src/scheduler.rs), so N = 1 runs the same pipeline. The scaling efficiency
+//! is given two ways: against the ideal (N × the best a single node could do, `capacity`
+//! stories per 5 phases) and against the measured 1-node run
+//! (throughput_N / (N × throughput_1)).
 //!
 //! Measured from the moment the backlog is written until every story is merged:
 //! - stories/hour = stories / wall time;
-//! - efficiency = throughput_N / (N × throughput_1);
+//! - efficiency = throughput_N / (N × ideal_1) and throughput_N / (N × throughput_1);
+//! - per phase, the mean wait for a claim and the mean claim → result time (stderr).
 //! - CPU seconds of this process (utime + stime from /proc/self/stat) per story: the
 //!   nodes' coordination (replication, claims, settle, scheduling) plus their git work
 //!   (worktrees, commits, pushes and fetches through libgit2) — the sim executor itself
@@ -122,6 +122,46 @@ struct Run {
     bytes_out: u64,
     latency_p50_ms: f64,
     latency_max_ms: f64,
+    /// Per phase (in walk order): mean ms from the previous step's result (or the story's
+    /// creation) to this phase's claim, and from the claim to its result.
+    phases: Vec<(String, f64, f64)>,
+    /// Mean merge-gate tries (fetch, rebase, test, push) per landing.
+    merge_tries: f64,
+    /// Claim written → settled (work started), over every claim that ran.
+    settle_p50_ms: u64,
+    settle_p90_ms: u64,
+}
+
+/// Where a story's time goes, phase by phase: waiting for a claim, then claim → result
+/// (settle, worktree, the executor's fixed duration, git, the merge gate).
+fn phase_breakdown(view: &mesh_agent::state::View) -> Vec<(String, f64, f64)> {
+    let mut acc: Vec<(String, f64, f64, u32)> = Vec::new();
+    for s in view.stories.values().filter(|s| s.merged.is_some()) {
+        let mut prev = s.fact.created_at_ms;
+        for key in &s.history {
+            let Some(r) = view.results.get(key) else {
+                continue;
+            };
+            let Some(c) = view.claims.get(&r.claim) else {
+                continue;
+            };
+            let wait = c.written_at_ms.saturating_sub(prev) as f64;
+            let run = r.written_at_ms.saturating_sub(c.written_at_ms) as f64;
+            prev = r.written_at_ms;
+            let name = r.phase.as_str().to_string();
+            match acc.iter_mut().find(|x| x.0 == name) {
+                Some(x) => {
+                    x.1 += wait;
+                    x.2 += run;
+                    x.3 += 1;
+                }
+                None => acc.push((name, wait, run, 1)),
+            }
+        }
+    }
+    acc.into_iter()
+        .map(|(p, w, r, n)| (p, w / n as f64, r / n as f64))
+        .collect()
 }
 
 async fn bytes_out(nodes: &[NodeHandle]) -> u64 {
@@ -212,6 +252,28 @@ async fn one(a: &Args, n: usize) -> anyhow::Result<Run> {
         })
         .collect();
     lat.sort_by(|x, y| x.total_cmp(y));
+    let phases = phase_breakdown(&view);
+    // The merge gate's tries per landing, from the merge handoffs ("after N fetches").
+    let tries: Vec<u32> = view
+        .stories
+        .values()
+        .filter_map(|s| s.history.last())
+        .filter_map(|k| view.results.get(k))
+        .filter(|r| r.phase == mesh_agent::model::Phase::Merge)
+        .filter_map(|r| {
+            let t = r.handoff.summary.split("(after ").nth(1)?;
+            t.split(' ').next()?.parse().ok()
+        })
+        .collect();
+    let merge_tries = tries.iter().sum::<u32>() as f64 / tries.len().max(1) as f64;
+    let mut settle: Vec<u64> = join_all(nodes.iter().map(|h| h.runs()))
+        .await
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|r| r.started_ms.saturating_sub(r.claimed_ms))
+        .collect();
+    settle.sort_unstable();
     let merged = view
         .stories
         .values()
@@ -230,6 +292,10 @@ async fn one(a: &Args, n: usize) -> anyhow::Result<Run> {
         bytes_out: b1.saturating_sub(b0),
         latency_p50_ms: lat.get(lat.len() / 2).copied().unwrap_or(f64::NAN),
         latency_max_ms: lat.last().copied().unwrap_or(f64::NAN),
+        phases,
+        merge_tries,
+        settle_p50_ms: settle.get(settle.len() / 2).copied().unwrap_or(0),
+        settle_p90_ms: settle.get(settle.len() * 9 / 10).copied().unwrap_or(0),
     })
 }
 
@@ -244,12 +310,6 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let mut runs = Vec::new();
     for &n in &a.nodes {
-        if n == 1 {
-            eprintln!(
-                "flow_bench: skipping 1 node: review runs on a node other than the implementer, so a lone node never finishes a story"
-            );
-            continue;
-        }
         eprintln!(
             "flow_bench: {n} node(s), {} stories, phase {} ms, capacity {}{}",
             a.per_node * n,
@@ -264,15 +324,27 @@ fn main() -> anyhow::Result<()> {
             r.stories,
             r.wall.as_secs_f64()
         );
+        let steps: Vec<String> = r
+            .phases
+            .iter()
+            .map(|(p, w, run)| format!("{p} {:.2}+{:.2}", w / 1000.0, run / 1000.0))
+            .collect();
+        eprintln!(
+            "flow_bench: {n} node(s): mean s waiting for a claim + claim to result, per phase: {}; merge gate tries per landing {:.2}; settle p50 {} ms, p90 {} ms",
+            steps.join(", "),
+            r.merge_tries,
+            r.settle_p50_ms,
+            r.settle_p90_ms
+        );
         runs.push(r);
     }
     // The ideal: every node keeps `capacity` stories in flight, 5 phases each.
     let per_story_s = 5.0 * a.phase_ms as f64 / 1000.0;
     let ideal_per_node = a.capacity as f64 * 3600.0 / per_story_s;
-    let base2 = runs
+    let base1 = runs
         .iter()
-        .find(|r| r.n == 2)
-        .map(|r| r.merged as f64 * 3600.0 / r.wall.as_secs_f64() / 2.0);
+        .find(|r| r.n == 1)
+        .map(|r| r.merged as f64 * 3600.0 / r.wall.as_secs_f64());
     println!();
     println!(
         "Flow: in-process nodes, sim executor {} ms/phase, capacity {}, {} stories per node on distinct files, {}",
@@ -293,7 +365,7 @@ fn main() -> anyhow::Result<()> {
         "stories/h",
         "ideal/h",
         "eff",
-        "vs 2",
+        "vs 1",
         "lat p50 s",
         "CPU s",
         "test.sh",
@@ -301,12 +373,12 @@ fn main() -> anyhow::Result<()> {
     );
     println!(
         "{:>5} {:>8} {:>8} {:>10} {:>10} {:>8} {:>8} {:>10} {:>10} {:>10} {:>11}",
-        "", "merged", "", "", "", "ideal", "N/2×2", "(max)", "/story", "CPU s/st", "/story"
+        "", "merged", "", "", "", "ideal", "N×1", "(max)", "/story", "CPU s/st", "/story"
     );
     for r in &runs {
         let tput = r.merged as f64 * 3600.0 / r.wall.as_secs_f64();
         let ideal = ideal_per_node * r.n as f64;
-        let vs1 = base2
+        let vs1 = base1
             .map(|b| format!("{:.0} %", 100.0 * tput / (r.n as f64 * b)))
             .unwrap_or_else(|| "-".into());
         let per = |x: f64| x / r.merged.max(1) as f64;
@@ -334,12 +406,10 @@ fn main() -> anyhow::Result<()> {
         "stories/h: merged stories / wall time from the first story written until every story is merged."
     );
     println!(
-        "ideal/h: N x capacity x 3600 / (5 phases x {} ms); eff: against it, a lower bound of throughput_N / (N x throughput_1)",
+        "ideal/h: N x capacity x 3600 / (5 phases x {} ms); eff: throughput against it",
         a.phase_ms
     );
-    println!(
-        "(a 1-node mesh never finishes: review runs on another node than the implementer). vs 2: throughput_N / (N/2 x throughput_2)."
-    );
+    println!("vs 1: throughput_N / (N x throughput_1), against the measured 1-node run.");
     println!(
         "lat: story written -> its merge fact written (p50, max). CPU s/story: this process (all nodes), utime+stime;"
     );
