@@ -375,8 +375,7 @@ impl Core {
         }
         let (digest, doc) = (self.digest, &self.doc);
         let (_, v, c) = self.view.get_or_insert_with(|| {
-            let v = doc.view();
-            let c = v.claims();
+            let (v, c) = doc.view_and_claims();
             (digest, Arc::new(v), Arc::new(c))
         });
         (v.clone(), c.clone())
@@ -935,8 +934,8 @@ impl Core {
         }
         // First sight of every active claim starts its lease on our clock.
         let ids: Vec<String> = self
-            .view()
-            .claims()
+            .derived()
+            .1
             .active()
             .map(|(id, _)| id.to_string())
             .collect();
@@ -966,12 +965,14 @@ impl Core {
 
     /// A peer's changes arrived (the digest moved from `before`): with free capacity,
     /// look for work now (a result may have made a next phase claimable) rather than at
-    /// the next tick.
+    /// the next tick. Not while one of our claims is settling: claims stack one at a
+    /// time, or a burst of news would have every node reach for everything at once.
     fn claim_on_news(&mut self, now_ms: u64, before: [u8; 32]) {
         if self.digest != before
             && self.cfg.work
             && !self.cfg.passive
             && self.local.len() < self.cfg.capacity as usize
+            && self.local.values().all(|c| c.state == LocalState::Running)
         {
             let wall = self.last_wall;
             self.check_claims(now_ms, wall);

@@ -20,6 +20,7 @@ use automerge::{ActorId, AutoCommit, ObjId, PatchAction, ReadDoc, ScalarValue, V
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 pub use automerge::ChangeHash;
 
@@ -91,7 +92,7 @@ enum Fact {
     Node(NodeFact),
     Claim(ClaimFact),
     Release(ReleaseFact),
-    Result(ResultFact),
+    Result(Arc<ResultFact>),
     Merge(MergeFact),
     Knowledge(KnowledgeFact),
     /// Under a known prefix but not decodable (a newer or buggy peer): counted, skipped.
@@ -122,7 +123,7 @@ impl Fact {
         } else if key.starts_with(RELEASE_PREFIX) {
             or_malformed(json(value), Fact::Release)
         } else if key.starts_with(RESULT_PREFIX) {
-            or_malformed(json(value), Fact::Result)
+            or_malformed(json(value).map(Arc::new), Fact::Result)
         } else if key.starts_with(KNOWLEDGE_PREFIX) {
             or_malformed(json(value), Fact::Knowledge)
         } else if key.starts_with(MERGE_PREFIX) {
@@ -469,6 +470,12 @@ impl Doc {
     pub fn view(&self) -> View {
         View::from_facts(&self.facts)
     }
+
+    /// The current view and its claim fold (what `view().claims()` gives, without
+    /// folding the claims twice).
+    pub fn view_and_claims(&self) -> (View, Claims) {
+        View::fold(&self.facts)
+    }
 }
 
 /// The id of a knowledge entry: a hash of its kind and its whitespace-normalised,
@@ -646,7 +653,7 @@ pub struct View {
     /// Release facts by claim id.
     pub releases: BTreeMap<String, ReleaseFact>,
     /// Every phase result written, counted or not, by document key.
-    pub results: BTreeMap<String, ResultFact>,
+    pub results: BTreeMap<String, Arc<ResultFact>>,
     /// Every merge fact written, by document key.
     pub merges: BTreeMap<String, MergeFact>,
     /// The counted result of each (story, phase, round): its key in `results`.
@@ -659,6 +666,11 @@ pub struct View {
 
 impl View {
     fn from_facts(all: &BTreeMap<String, Fact>) -> View {
+        View::fold(all).0
+    }
+
+    /// The view and the claim fold it was derived with (built once, used by both).
+    fn fold(all: &BTreeMap<String, Fact>) -> (View, Claims) {
         let mut view = View::default();
         let mut facts: Vec<(String, StoryFact)> = Vec::new();
         for (key, fact) in all {
@@ -890,7 +902,7 @@ impl View {
             .collect();
         view.stories = stories;
         view.counted = counted_keys;
-        view
+        (view, claims)
     }
 
     /// The claim fold (winners, tokens) of this view.
@@ -903,7 +915,7 @@ impl View {
         let lo = (story.to_string(), phase, 0);
         let hi = (story.to_string(), phase, u32::MAX);
         let (_, key) = self.counted.range(lo..=hi).next_back()?;
-        self.results.get(key)
+        self.results.get(key).map(Arc::as_ref)
     }
 
     /// The counted result of one phase of a story in one round, if any.
@@ -914,7 +926,7 @@ impl View {
         round: u32,
     ) -> Option<&ResultFact> {
         let key = self.counted.get(&(story.to_string(), phase, round))?;
-        self.results.get(key)
+        self.results.get(key).map(Arc::as_ref)
     }
 
     /// A story's counted results in the order they happened (research first).
@@ -924,7 +936,7 @@ impl View {
             .map(|s| {
                 s.history
                     .iter()
-                    .filter_map(|k| self.results.get(k))
+                    .filter_map(|k| self.results.get(k).map(Arc::as_ref))
                     .collect()
             })
             .unwrap_or_default()
