@@ -485,6 +485,12 @@ impl Core {
         self.cfg.passive
     }
 
+    /// The wall clock (ms since the epoch) for timestamps on facts and events written
+    /// by the next inputs; never used for decisions. The tick sets it too.
+    pub fn set_wall(&mut self, wall_ms: u64) {
+        self.last_wall = wall_ms;
+    }
+
     /// The next effect for the shell to carry out.
     pub fn poll_effect(&mut self) -> Option<Effect> {
         if self.push_pending {

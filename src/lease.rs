@@ -278,6 +278,9 @@ pub struct Claims {
     claims: BTreeMap<String, ClaimFact>,
     released: BTreeMap<String, ReleaseReason>,
     top: BTreeMap<Resource, Top>,
+    /// Claim ids with no release, in id order: the only candidates for `active` and
+    /// `losing` (most claims of a long-lived mesh are released).
+    open: Vec<String>,
 }
 
 impl Claims {
@@ -325,11 +328,18 @@ impl Claims {
                 }
             }
         }
-        let released = releases.into_iter().map(|(k, v)| (k, v.why)).collect();
+        let released: BTreeMap<String, ReleaseReason> =
+            releases.into_iter().map(|(k, v)| (k, v.why)).collect();
+        let open = claims
+            .keys()
+            .filter(|id| !released.contains_key(*id))
+            .cloned()
+            .collect();
         Claims {
             claims,
             released,
             top,
+            open,
         }
     }
 
@@ -417,7 +427,14 @@ impl Claims {
 
     /// The claims that hold (see [`Claims::holds`]), in claim id order.
     pub fn active(&self) -> impl Iterator<Item = (&str, &ClaimFact)> {
-        self.all().filter(|(id, _)| self.holds(id))
+        self.unreleased().filter(|(id, _)| self.holds(id))
+    }
+
+    /// The claims with no release, in claim id order.
+    fn unreleased(&self) -> impl Iterator<Item = (&str, &ClaimFact)> {
+        self.open
+            .iter()
+            .filter_map(|id| self.claims.get(id).map(|c| (id.as_str(), c)))
     }
 
     /// The claims that hold and belong to `holder`, in claim id order.
@@ -431,8 +448,7 @@ impl Claims {
     /// Claims that are neither released nor holding: they lost a resource (or raced into a
     /// cycle with another claim) and their holder should write a `Lost` release.
     pub fn losing(&self) -> impl Iterator<Item = (&str, &ClaimFact)> {
-        self.all()
-            .filter(|(id, _)| !self.is_released(id) && !self.holds(id))
+        self.unreleased().filter(|(id, _)| !self.holds(id))
     }
 
     /// Each resource with a current winner, and that winning claim id, in resource order.

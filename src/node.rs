@@ -459,6 +459,7 @@ impl Runtime {
                 done = work_rx.recv() => if let Some((claim, outcome)) = done {
                     self.jobs.remove(&claim);
                     let now = self.now_ms();
+                    self.core.set_wall(wall_ms());
                     self.core.handle(now, Input::WorkFinished { claim, outcome });
                 },
                 ev = net_rx.recv() => match ev {
@@ -548,6 +549,7 @@ impl Runtime {
 
     fn on_net(&mut self, ev: NetEvent) {
         let now = self.now_ms();
+        self.core.set_wall(wall_ms());
         let input = match ev {
             NetEvent::Gossip {
                 topic: Topic::Heartbeat,

@@ -755,6 +755,21 @@ impl View {
             .zip(&ids)
             .map(|((k, _), id)| (k.as_str(), id.as_str()))
             .collect();
+        // Indexes over the claims, built once (a per-story scan made the fold quadratic).
+        let mut by_resource: BTreeMap<&Resource, Vec<(&str, &ClaimFact)>> = BTreeMap::new();
+        for (id, c) in claims.all() {
+            for (r, _) in &c.resources {
+                let on = by_resource.entry(r).or_default();
+                // A claim naming one resource twice still counts once.
+                if on.last().is_none_or(|(last, _)| *last != id) {
+                    on.push((id, c));
+                }
+            }
+        }
+        let active_stories: std::collections::BTreeSet<&str> = claims
+            .active()
+            .flat_map(|(_, c)| c.resources.iter().filter_map(|(r, _)| r.story_key()))
+            .collect();
         let mut stories = BTreeMap::new();
         for ((key, fact), id) in facts.iter().zip(&ids) {
             let deps_done = fact.depends_on.iter().all(|d| merged.contains_key(d));
@@ -772,9 +787,11 @@ impl View {
             if let Some((p, r)) = walk.next {
                 if let Ok(res) = Resource::story_round(key, p, r) {
                     // Attempts: claims that started work (not those that never settled).
-                    let on_it: Vec<(&str, &ClaimFact)> = claims
-                        .all()
-                        .filter(|(_, c)| c.resources.iter().any(|(r, _)| *r == res))
+                    let on_it: Vec<(&str, &ClaimFact)> = by_resource
+                        .get(&res)
+                        .into_iter()
+                        .flatten()
+                        .copied()
                         .filter(|(id, _)| {
                             claims.release_reason(id) != Some(ReleaseReason::Unsettled)
                         })
@@ -812,10 +829,7 @@ impl View {
             } else if blocked_reason.is_some() {
                 next_phase = None;
             }
-            let started = !phases_done.is_empty()
-                || claims
-                    .active()
-                    .any(|(_, c)| c.resources.iter().any(|(r, _)| r.story_key() == Some(key)));
+            let started = !phases_done.is_empty() || active_stories.contains(key.as_str());
             let status = if is_merged.is_some() {
                 StoryStatus::Done
             } else if blocked_reason.is_some() {
