@@ -24,14 +24,14 @@ fn run_seeds(seeds: std::ops::Range<u64>, mode: Mode) -> (usize, usize) {
 #[test]
 fn clean_network_seeds_hold_every_invariant() {
     // Delays, reordering, duplicates, crashes and restarts.
-    let (merged, _) = run_seeds(0..150, Mode::Clean);
+    let (merged, _) = run_seeds(0..300, Mode::Clean);
     assert!(merged > 0, "the runs must do real work");
 }
 
 #[test]
 fn hostile_network_seeds_hold_every_invariant() {
     // Plus drops, partitions and pauses past the lease.
-    let (merged, _) = run_seeds(1_000..1_150, Mode::Hostile);
+    let (merged, _) = run_seeds(1_000..1_300, Mode::Hostile);
     assert!(merged > 0, "the runs must do real work");
 }
 
