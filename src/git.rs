@@ -943,6 +943,12 @@ impl NodeRepo {
                 Squash::Commit(c) => c,
             };
             check(cancel)?;
+            // Another landing since our fetch dooms this try: do not pay for the test
+            // (or the push) of a commit the fence would refuse as not fast-forward.
+            if self.main_moved(&fence, main) {
+                tracing::debug!(story = %req.story_key, tries, "main moved before the test, trying again");
+                continue;
+            }
             if let Some(argv) = &req.test {
                 let dir = self.checkout_detached(&req.story_key, commit)?;
                 let run = run_test(argv, &dir, req.test_timeout, cancel)?;
@@ -954,6 +960,10 @@ impl NodeRepo {
                         exit_code: run.exit_code,
                         timed_out: run.timed_out,
                     });
+                }
+                if self.main_moved(&fence, main) {
+                    tracing::debug!(story = %req.story_key, tries, "main moved during the test, trying again");
+                    continue;
                 }
             }
             let land_ref = format!("{LAND_REF_PREFIX}{}/{}", req.story_key, req.token);
@@ -971,6 +981,15 @@ impl NodeRepo {
             tries: max_tries,
             main,
         })
+    }
+
+    /// Whether the origin's main is known to have moved away from `main` (a cheap ref
+    /// read; unknown counts as not moved and the fence decides).
+    fn main_moved(&self, fence: &Fence, main: Oid) -> bool {
+        fence
+            .repository()
+            .refname_to_id(&self.branch)
+            .is_ok_and(|now| now != main)
     }
 
     /// What an existing fence record means before we start: `Some` ends the gate.
