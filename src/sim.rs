@@ -863,6 +863,25 @@ impl Sim {
             .filter(|s| s.status == StoryStatus::Blocked)
             .count();
         if self.cfg.trace {
+            for (id, c) in &view.claims {
+                let rel = view
+                    .releases
+                    .get(id)
+                    .map(|r| format!("{:?} {}", r.why, r.note))
+                    .unwrap_or_default();
+                let res: Vec<String> = c
+                    .resources
+                    .iter()
+                    .map(|(r, t)| format!("{r}#{t}"))
+                    .collect();
+                self.trace.push(format!(
+                    "{:>7} claim {id} by {} at {}: {} released: {rel}",
+                    self.now,
+                    c.holder,
+                    c.written_at_ms,
+                    res.join(",")
+                ));
+            }
             for st in view.stories.values() {
                 if let Some(why) = &st.blocked_reason {
                     self.trace
@@ -921,7 +940,9 @@ impl Sim {
                         continue;
                     }
                     let taken = self.starts.iter().any(|(n, r, tk, at)| {
-                        *n != node && *r == res && *tk > token && *at <= t + bound
+                        // By another node, or by the crashed node's next incarnation:
+                        // either way a newer claim runs the work and fences the old.
+                        (*n != node || *at > t) && *r == res && *tk > token && *at <= t + bound
                     });
                     let done_before = res.story_key().is_some_and(|k| {
                         let Resource::Story { phase, .. } = &res else {
