@@ -751,14 +751,6 @@ impl Core {
     /// A sync message from `peer` was applied: its heads are settle evidence for our
     /// claims waiting on that peer (see the module docs).
     fn saw_heads(&mut self, peer: &str, outgoing: bool) {
-        let states = if outgoing {
-            &self.out_sync
-        } else {
-            &self.in_sync
-        };
-        let Some(heads) = states.get(peer).and_then(|s| s.their_heads.clone()) else {
-            return;
-        };
         let waiting: Vec<(String, ChangeHash)> = self
             .local
             .iter()
@@ -771,6 +763,17 @@ impl Core {
                 _ => None,
             })
             .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let states = if outgoing {
+            &self.out_sync
+        } else {
+            &self.in_sync
+        };
+        let Some(heads) = states.get(peer).and_then(|s| s.their_heads.clone()) else {
+            return;
+        };
         for (id, h) in waiting {
             if self.doc.peer_has(&heads, &h) {
                 if let Some(LocalState::Settling { waiting, .. }) =
@@ -814,8 +817,8 @@ impl Core {
             *state = reset_sync_state(state);
         }
         if !frame.push.is_empty() {
-            let pushed: Vec<Vec<u8>> = frame.push.into_iter().map(|b| b.into_vec()).collect();
-            match self.doc.apply_pushed(&pushed) {
+            let pushed = frame.push.into_iter().map(|b| b.into_vec()).collect();
+            match self.doc.apply_pushed(pushed) {
                 Ok(true) => self.doc_changed(),
                 Ok(false) => {}
                 Err(e) => {
@@ -1079,7 +1082,7 @@ impl Core {
             }
         }
         self.doc.put_claim(&id, &fact);
-        let change = self.doc.last_local_change().map(|(_, h)| h);
+        let change = self.doc.last_local_change();
         // Pushed to every alive peer with the next effect; sessions opened from here on
         // count for settling.
         self.local_write();

@@ -134,16 +134,6 @@ impl Fact {
     }
 }
 
-/// Every root fact of an automerge document, decoded by a full scan (loading, tests).
-fn scan_facts(doc: &AutoCommit) -> BTreeMap<String, Fact> {
-    doc.map_range(ROOT, ..)
-        .filter_map(|item| {
-            let key = item.key.to_string();
-            Fact::decode(&key, &Value::from(item.value)).map(|f| (key, f))
-        })
-        .collect()
-}
-
 impl std::fmt::Debug for Doc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Doc").finish_non_exhaustive()
@@ -161,9 +151,9 @@ impl Doc {
         }
     }
 
-    /// The sequence number and hash of this actor's latest change, if it made one.
-    pub fn last_local_change(&self) -> Option<(u64, ChangeHash)> {
-        self.local_log.back().map(|c| (c.seq, c.hash))
+    /// The hash of this actor's latest change, if it made one.
+    pub fn last_local_change(&self) -> Option<ChangeHash> {
+        self.local_log.back().map(|c| c.hash)
     }
 
     /// This actor's changes with a sequence number above `after`, oldest first, and the
@@ -192,11 +182,11 @@ impl Doc {
     /// Applies changes a peer pushed outside a sync exchange (changes whose dependencies
     /// are missing wait in automerge's queue until the sync protocol brings them).
     /// Returns whether the document changed.
-    pub fn apply_pushed(&mut self, changes: &[Vec<u8>]) -> Result<bool, StateError> {
+    pub fn apply_pushed(&mut self, changes: Vec<Vec<u8>>) -> Result<bool, StateError> {
         let mut decoded = Vec::with_capacity(changes.len());
         for c in changes {
             decoded.push(
-                automerge::Change::from_bytes(c.clone())
+                automerge::Change::from_bytes(c)
                     .map_err(|e| StateError::Sync(format!("pushed change: {e}")))?,
             );
         }
@@ -252,7 +242,7 @@ impl Doc {
     }
 
     /// Brings the decoded facts up to date with the document: applies the patches of
-    /// every change since the last call (the first call after load sees the whole state).
+    /// every change since the last call (the first call sees the whole state).
     fn refresh(&mut self) {
         for patch in self.inner.diff_incremental() {
             if patch.obj != ObjId::Root {
@@ -288,14 +278,14 @@ impl Doc {
                 .map_err(|e| StateError::Corrupt(e.to_string()))?;
         }
         inner.set_actor(ActorId::from(actor.as_slice()));
-        let facts = scan_facts(&inner);
-        // From here on the facts follow the document through patches.
-        inner.update_diff_cursor();
-        Ok(Doc {
+        let mut doc = Doc {
             inner,
-            facts,
+            facts: BTreeMap::new(),
             local_log: VecDeque::new(),
-        })
+        };
+        // The first refresh sees the whole loaded state; later ones only what changed.
+        doc.refresh();
+        Ok(doc)
     }
 
     /// Bytes of every change since the last save (empty when nothing changed).
@@ -468,7 +458,7 @@ impl Doc {
 
     /// The current view: a pure function of the document.
     pub fn view(&self) -> View {
-        View::from_facts(&self.facts)
+        View::fold(&self.facts).0
     }
 
     /// The current view and its claim fold (what `view().claims()` gives, without
@@ -665,10 +655,6 @@ pub struct View {
 }
 
 impl View {
-    fn from_facts(all: &BTreeMap<String, Fact>) -> View {
-        View::fold(all).0
-    }
-
     /// The view and the claim fold it was derived with (built once, used by both).
     fn fold(all: &BTreeMap<String, Fact>) -> (View, Claims) {
         let mut view = View::default();
@@ -1024,6 +1010,17 @@ fn normalize_display_id(id: &str) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// Every root fact of an automerge document, decoded by a full scan (what the
+    /// patch-driven facts must always equal).
+    fn scan_facts(doc: &AutoCommit) -> BTreeMap<String, Fact> {
+        doc.map_range(ROOT, ..)
+            .filter_map(|item| {
+                let key = item.key.to_string();
+                Fact::decode(&key, &Value::from(item.value)).map(|f| (key, f))
+            })
+            .collect()
+    }
 
     const A: &str = "12D3KooWAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAaaaaaa";
     const B: &str = "12D3KooWBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBbbbbbb";
