@@ -11,10 +11,19 @@
 //! # Layout
 //!
 //! ```text
-//! <home>/clone/                   bare clone of the origin (the `dir` given to open_or_clone)
-//! <home>/worktrees/<story>/       one worktree per story, on branch mesh/<story key>
-//! <home>/clone/worktrees/<story>/ git's worktree metadata, plus mesh-story-key and mesh-base
+//! <home>/clone/                   bare clone of the origin (the `dir` given to open_or_clone);
+//!                                 it borrows the origin's objects (objects/info/alternates)
+//! <home>/worktrees/<story>/       the worktree of each story in flight, on branch mesh/<story key>
+//! <home>/worktree-pool/<wt-id>/   idle worktrees, detached, lent to the next story
+//! <home>/clone/worktrees/<wt-id>/ git's worktree metadata, plus mesh-story-key and mesh-base
+//!                                 while lent to a story
 //! ```
+//!
+//! Worktrees are recycled: removing a story's worktree moves its directory to the pool,
+//! and the next story's worktree is an idle one moved back (its git metadata re-pointed),
+//! so a phase checks out only the files that differ from the directory's last use. A
+//! full checkout (inode allocation for every file of the project) happens only when the
+//! pool is empty, which is at most once per job slot of the node.
 //!
 //! # Refs in the origin
 //!
@@ -30,14 +39,15 @@
 //! The origin is a path on this machine (or a shared filesystem), as the fence requires.
 //! Objects are pushed by copying them from the clone's object database into the origin's,
 //! children before parents (so an object present in the origin always has its whole
-//! closure), and then writing the ref under git's ref lock. Fetching goes through
-//! libgit2's local transport, which also accepts `file://` URLs.
+//! closure), and then writing the ref under git's ref lock. Nothing is fetched: the clone
+//! lists the origin's object directory as an alternate (as `git clone --shared` does), so
+//! what any node pushed is readable at once, and "fetching main" reads the origin's ref.
 //!
 //! # The merge gate
 //!
 //! [`NodeRepo::land`]: fetch main; three-way merge of the change onto main (git's merge
 //! base); a conflict goes back to the caller with the conflicting paths; otherwise one
-//! squash commit whose only parent is main, checked out detached in the story's worktree,
+//! squash commit whose only parent is main, checked out detached in a worktree of the pool,
 //! tested, pushed, and landed through [`Fence::land`]. When main moved in between, the
 //! gate starts over from the fetch, up to `max_tries` times with jittered backoff.
 
@@ -455,7 +465,31 @@ fn first_parent_log(
     Ok(out)
 }
 
-/// The per-clone lock that serialises fetches within this process.
+/// Makes the clone borrow the origin's object store (git's `objects/info/alternates`, as
+/// `git clone --shared` does): objects pushed to the origin by any node are readable in
+/// this clone at once, without a fetch. Safe because the origin is a local path the mesh
+/// owns and the gate only ever adds to it; do not prune unreachable objects in the origin
+/// (`git gc --prune=now`) while nodes run. Idempotent.
+fn share_objects(clone: &Repository, origin: &Path) -> Result<(), GitError> {
+    let origin_repo = Repository::open(origin).map_err(git_err("open the origin", origin))?;
+    let objects = std::fs::canonicalize(origin_repo.path().join("objects"))
+        .map_err(io_err("resolve", origin))?;
+    let info = clone.path().join("objects").join("info");
+    let file = info.join("alternates");
+    let want = format!("{}\n", objects.display());
+    if std::fs::read_to_string(&file).is_ok_and(|have| have == want) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&info).map_err(io_err("create", &info))?;
+    std::fs::write(&file, want).map_err(io_err("write", &file))
+}
+
+/// The per-clone lock under which worktrees move between the pool and stories.
+fn pool_lock(dir: &Path) -> std::sync::Arc<std::sync::Mutex<()>> {
+    clone_lock(&dir.join("worktree-pool"))
+}
+
+/// The per-clone lock that serialises tracking-ref updates within this process.
 fn clone_lock(dir: &Path) -> std::sync::Arc<std::sync::Mutex<()>> {
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex, OnceLock};
@@ -475,6 +509,8 @@ pub struct NodeRepo {
     origin_url: String,
     /// Where story worktrees live: `<dir>/../worktrees`.
     worktrees: PathBuf,
+    /// Idle worktrees waiting to be lent to the next story: `<dir>/../worktree-pool`.
+    pool: PathBuf,
     /// The branch stories land on in the origin, and its remote-tracking ref here.
     branch: String,
     tracking: String,
@@ -533,8 +569,10 @@ impl NodeRepo {
         let home = dir.parent().unwrap_or(Path::new("/")).to_path_buf();
         let branch = fence::DEFAULT_BRANCH_REF.to_string();
         let tracking = tracking_ref(&branch);
+        share_objects(&repo, &origin_path)?;
         Ok(NodeRepo {
             worktrees: home.join("worktrees"),
+            pool: home.join("worktree-pool"),
             dir,
             origin: origin_path,
             origin_url: url,
@@ -604,31 +642,38 @@ impl NodeRepo {
         })
     }
 
+    /// Brings the clone's idea of main up to the origin's. The clone borrows the origin's
+    /// object store ([`share_objects`]), so every object the origin has is already
+    /// readable here and fetching is one ref read and, when main moved, one ref write:
+    /// no pack is negotiated, built or indexed (libgit2's local transport did all three
+    /// on every phase boundary, an eighth of an 8-node mesh's CPU).
     fn fetch(&self, repo: &Repository) -> Result<(), GitError> {
-        // One fetch at a time per clone: two concurrent fetches (two jobs of one node)
-        // race for the same ref lock files and one fails.
-        let lock = clone_lock(&self.dir);
-        let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
-        let specs = [
-            format!("+{}:{}", self.branch, self.tracking),
-            format!("+{WORK_REF_PREFIX}*:{WORK_REF_PREFIX}*"),
-        ];
         let fetch_err = |source| GitError::Fetch {
             origin: self.origin_url.clone(),
             source,
         };
-        let mut remote = repo.find_remote(REMOTE).map_err(fetch_err)?;
+        let origin = Repository::open_bare(&self.origin)
+            .or_else(|_| Repository::open(&self.origin))
+            .map_err(fetch_err)?;
+        let main = match origin.refname_to_id(&self.branch) {
+            Ok(oid) => oid,
+            // No main in the origin: tracked_main says so.
+            Err(e) if e.code() == ErrorCode::NotFound => return Ok(()),
+            Err(e) => return Err(fetch_err(e)),
+        };
+        if repo.refname_to_id(&self.tracking).ok() == Some(main) {
+            return Ok(());
+        }
+        // Two jobs of one node may both move the tracking ref: one at a time.
+        let lock = clone_lock(&self.dir);
+        let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
         retry_locked(
             &self.tracking,
             &self.dir,
-            || {
-                let mut opts = FetchOptions::new();
-                opts.download_tags(AutotagOption::None)
-                    .update_fetchhead(false);
-                remote.fetch(&specs, Some(&mut opts), None)
-            },
+            || repo.reference(&self.tracking, main, true, "mesh-agent: fetch"),
             fetch_err,
         )
+        .map(|_| ())
     }
 
     /// Makes sure `oid` (say, a commit named in another node's handoff) is in the clone,
@@ -649,11 +694,14 @@ impl NodeRepo {
             })
     }
 
-    /// Creates the worktree of `story_key` at `<clone>/../worktrees/<key>`, on branch
-    /// `mesh/<story_key>` pointing at `base`, or resets an existing one to that state:
-    /// tracked files as in `base`, untracked files removed (ignored files, such as build
-    /// output, are kept). A worktree left half-made by a crash is removed and made again.
-    /// `base` must be in the clone (see [`NodeRepo::ensure_commit`]).
+    /// Makes the worktree of `story_key` at `<clone>/../worktrees/<key>`, on branch
+    /// `mesh/<story_key>` pointing at `base`, or resets the story's existing one to that
+    /// state: tracked files as in `base`, untracked files removed (ignored files, such as
+    /// build output, are kept). The directory is an idle worktree of the pool when there
+    /// is one (see [`NodeRepo::remove_worktree`]), so only the files that differ from its
+    /// last use are written; a new worktree (a full checkout) is made only when the pool
+    /// is empty. A worktree left half-made by a crash is removed and made again. `base`
+    /// must be in the clone (see [`NodeRepo::ensure_commit`]).
     pub fn prepare_worktree(&self, story_key: &str, base: Oid) -> Result<PathBuf, GitError> {
         let names = story_names(story_key)?;
         let repo = self.open()?;
@@ -662,28 +710,34 @@ impl NodeRepo {
                 commit: base,
                 origin: self.origin_url.clone(),
             })?;
-        let path = self.worktrees.join(&names.dir);
-        if self.worktree_is_valid(&repo, &names, &path) {
-            self.reset_worktree(&repo, &names, &path, base)?;
-        } else {
-            self.remove_in(&repo, &names)?;
-            self.create_worktree(&repo, &names, &path, base)?;
-        }
+        let (path, name) = self.lend(&repo, &names, base)?;
+        repo.reference(&names.branch, base, true, "mesh-agent: prepare worktree")
+            .map_err(git_err("move the story branch", &self.dir))?;
+        let wt = Repository::open(&path).map_err(git_err("open the worktree", &path))?;
+        wt.set_head(&names.branch)
+            .map_err(git_err("check out the story branch", &path))?;
+        force_checkout(&wt, &path, base)?;
+        self.write_meta(&repo, &name, &names, Some(base))?;
         Ok(path)
     }
 
-    /// Git's metadata directory of a story worktree.
-    fn admin_dir(&self, repo: &Repository, names: &StoryNames) -> PathBuf {
-        repo.path().join("worktrees").join(&names.dir)
+    /// Git's metadata directory of the worktree named `name`.
+    fn admin_dir(&self, repo: &Repository, name: &str) -> PathBuf {
+        repo.path().join("worktrees").join(name)
     }
 
-    fn worktree_is_valid(&self, repo: &Repository, names: &StoryNames, path: &Path) -> bool {
-        let Ok(wt) = repo.find_worktree(&names.dir) else {
-            return false;
-        };
-        if wt.validate().is_err() {
-            return false;
+    /// The git name of the worktree at `path` when `path` is a sound worktree of this
+    /// clone (its metadata and its directory agree).
+    fn worktree_at(&self, repo: &Repository, path: &Path) -> Option<String> {
+        let wt_repo = Repository::open(path).ok()?;
+        let admin = std::fs::canonicalize(wt_repo.path()).ok()?;
+        let admins = std::fs::canonicalize(repo.path().join("worktrees")).ok()?;
+        if admin.parent() != Some(admins.as_path()) {
+            return None;
         }
+        let name = admin.file_name()?.to_str()?.to_string();
+        let wt = repo.find_worktree(&name).ok()?;
+        wt.validate().ok()?;
         let same_path = match (
             std::fs::canonicalize(wt.path()),
             std::fs::canonicalize(path),
@@ -691,53 +745,83 @@ impl NodeRepo {
             (Ok(a), Ok(b)) => a == b,
             _ => false,
         };
-        same_path && Repository::open(path).is_ok()
+        same_path.then_some(name)
     }
 
-    fn create_worktree(
+    /// Gives the story a worktree directory at `<worktrees>/<dir>` and returns it with
+    /// its git name: the story's own if it has a sound one, else an idle one moved in
+    /// from the pool, else a new one on the story branch at `base`. Leftovers of the
+    /// story (a broken directory, metadata without a directory) are removed first.
+    fn lend(
         &self,
         repo: &Repository,
         names: &StoryNames,
-        path: &Path,
         base: Oid,
-    ) -> Result<(), GitError> {
+    ) -> Result<(PathBuf, String), GitError> {
+        let path = self.worktrees.join(&names.dir);
+        if let Some(name) = self.worktree_at(repo, &path) {
+            return Ok((path, name));
+        }
+        let lock = pool_lock(&self.dir);
+        let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.discard_story(repo, names)?;
         std::fs::create_dir_all(&self.worktrees).map_err(io_err("create", &self.worktrees))?;
+        let idle = match std::fs::read_dir(&self.pool) {
+            Ok(entries) => entries.flatten().map(|e| e.path()).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io_err("list", &self.pool)(e)),
+        };
+        for from in idle {
+            let Some(name) = self.worktree_at(repo, &from) else {
+                // Broken (a crash mid-move, or hands): drop it and its metadata.
+                remove_dir_if_present(&from)?;
+                if let Some(n) = from.file_name().and_then(|n| n.to_str()) {
+                    remove_dir_if_present(&self.admin_dir(repo, n))?;
+                }
+                continue;
+            };
+            std::fs::rename(&from, &path).map_err(io_err("move a pooled worktree to", &path))?;
+            self.point_admin(repo, &name, &path)?;
+            return Ok((path, name));
+        }
+        let name = format!("wt-{:016x}", rand::random::<u64>());
         let branch = repo
             .reference(&names.branch, base, true, "mesh-agent: prepare worktree")
             .map_err(git_err("create the story branch", &self.dir))?;
         let mut opts = WorktreeAddOptions::new();
         opts.reference(Some(&branch));
-        repo.worktree(&names.dir, path, Some(&opts))
+        repo.worktree(&name, &path, Some(&opts))
             .map_err(git_err("add a worktree", &self.dir))?;
-        self.write_meta(repo, names, base)?;
-        // libgit2 checks out with its default (safe) strategy; make sure the result is
-        // exactly `base`.
-        let wt = Repository::open(path).map_err(git_err("open the worktree", path))?;
-        force_checkout(&wt, path, base)
+        Ok((path, name))
     }
 
-    fn reset_worktree(
+    /// Points the metadata of worktree `name` at its directory's new place `path`.
+    fn point_admin(&self, repo: &Repository, name: &str, path: &Path) -> Result<(), GitError> {
+        let gitdir = self.admin_dir(repo, name).join("gitdir");
+        let target = std::fs::canonicalize(path).map_err(io_err("resolve", path))?;
+        std::fs::write(&gitdir, format!("{}\n", target.join(".git").display()))
+            .map_err(io_err("write", &gitdir))
+    }
+
+    /// Records which story worktree `name` is lent to (and its base): what
+    /// [`NodeRepo::leftover_worktrees`] finds after a crash.
+    fn write_meta(
         &self,
         repo: &Repository,
+        name: &str,
         names: &StoryNames,
-        path: &Path,
-        base: Oid,
+        base: Option<Oid>,
     ) -> Result<(), GitError> {
-        repo.reference(&names.branch, base, true, "mesh-agent: reset worktree")
-            .map_err(git_err("move the story branch", &self.dir))?;
-        let wt = Repository::open(path).map_err(git_err("open the worktree", path))?;
-        wt.set_head(&names.branch)
-            .map_err(git_err("check out the story branch", path))?;
-        force_checkout(&wt, path, base)?;
-        self.write_meta(repo, names, base)
-    }
-
-    fn write_meta(&self, repo: &Repository, names: &StoryNames, base: Oid) -> Result<(), GitError> {
-        let admin = self.admin_dir(repo, names);
+        let admin = self.admin_dir(repo, name);
         let key_file = admin.join(KEY_FILE);
         std::fs::write(&key_file, &names.key).map_err(io_err("write", &key_file))?;
         let base_file = admin.join(BASE_FILE);
-        std::fs::write(&base_file, base.to_string()).map_err(io_err("write", &base_file))
+        match base {
+            Some(base) => {
+                std::fs::write(&base_file, base.to_string()).map_err(io_err("write", &base_file))
+            }
+            None => remove_file_if_present(&base_file),
+        }
     }
 
     /// Stages everything in `worktree` (new, modified and deleted files; `.gitignore`
@@ -829,81 +913,134 @@ impl NodeRepo {
         Ok(())
     }
 
-    /// Removes the worktree of `story_key`: its directory, git's metadata and its branch.
-    /// Removing a worktree that is not there succeeds.
+    /// Removes the worktree of `story_key` from `<clone>/../worktrees`: its directory
+    /// goes back to the pool (HEAD detached, no story, files left as they are until the
+    /// next story's checkout), its branch is deleted. What is left of a broken one is
+    /// deleted. Removing a worktree that is not there succeeds.
     pub fn remove_worktree(&self, story_key: &str) -> Result<(), GitError> {
         let names = story_names(story_key)?;
         let repo = self.open()?;
-        self.remove_in(&repo, &names)
+        let path = self.worktrees.join(&names.dir);
+        let lock = pool_lock(&self.dir);
+        let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(name) = self.worktree_at(&repo, &path) {
+            let wt = Repository::open(&path).map_err(git_err("open the worktree", &path))?;
+            if let Some(head) = wt.head().ok().and_then(|h| h.target()) {
+                wt.set_head_detached(head)
+                    .map_err(git_err("detach HEAD", &path))?;
+            }
+            let admin = self.admin_dir(&repo, &name);
+            remove_file_if_present(&admin.join(KEY_FILE))?;
+            remove_file_if_present(&admin.join(BASE_FILE))?;
+            std::fs::create_dir_all(&self.pool).map_err(io_err("create", &self.pool))?;
+            let idle = self.pool.join(&name);
+            remove_dir_if_present(&idle)?;
+            std::fs::rename(&path, &idle).map_err(io_err("move a worktree to", &idle))?;
+            self.point_admin(&repo, &name, &idle)?;
+        }
+        self.discard_story(&repo, &names)
     }
 
-    fn remove_in(&self, repo: &Repository, names: &StoryNames) -> Result<(), GitError> {
+    /// Deletes whatever of the story's worktree is not a sound worktree in its place: a
+    /// directory git does not know, metadata lent to the story whose directory is gone,
+    /// and the story branch. Called with the pool lock held.
+    fn discard_story(&self, repo: &Repository, names: &StoryNames) -> Result<(), GitError> {
         let path = self.worktrees.join(&names.dir);
-        remove_dir_if_present(&path)?;
-        remove_dir_if_present(&self.admin_dir(repo, names))?;
+        if self.worktree_at(repo, &path).is_none() {
+            remove_dir_if_present(&path)?;
+        }
+        for (name, key) in self.lent(repo)? {
+            if key == names.key
+                && self
+                    .worktree_at(repo, &self.worktrees.join(&names.dir))
+                    .as_ref()
+                    != Some(&name)
+            {
+                remove_dir_if_present(&self.admin_dir(repo, &name))?;
+            }
+        }
         match repo.find_reference(&names.branch) {
-            Ok(mut r) => retry_locked(
-                &names.branch,
-                &self.dir,
-                || r.delete(),
-                git_err("delete the story branch", &self.dir),
-            ),
+            Ok(mut r) => {
+                if self.worktree_at(repo, &path).is_some() {
+                    return Ok(());
+                }
+                retry_locked(
+                    &names.branch,
+                    &self.dir,
+                    || r.delete(),
+                    git_err("delete the story branch", &self.dir),
+                )
+            }
             Err(e) if e.code() == ErrorCode::NotFound => Ok(()),
             Err(e) => Err(git_err("read the story branch", &self.dir)(e)),
         }
     }
 
-    /// The story keys of the worktrees on disk or in git's metadata, sorted: after a
+    /// The worktrees lent to a story, by git name, with the story key they record.
+    fn lent(&self, repo: &Repository) -> Result<Vec<(String, String)>, GitError> {
+        let names = repo
+            .worktrees()
+            .map_err(git_err("list worktrees", &self.dir))?;
+        let mut out = Vec::new();
+        // Names that are not UTF-8 were not made by us.
+        for name in names.iter().flatten().flatten() {
+            let key_file = self.admin_dir(repo, name).join(KEY_FILE);
+            if let Ok(key) = std::fs::read_to_string(key_file) {
+                out.push((name.to_string(), key.trim().to_string()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The story keys of the worktrees on disk or lent in git's metadata, sorted: after a
     /// crash, the node removes those it holds no claim for. A directory whose key is
     /// unknown (no metadata) is reported by its name, which
-    /// [`NodeRepo::remove_worktree`] accepts.
+    /// [`NodeRepo::remove_worktree`] accepts. Idle worktrees of the pool are not listed.
     pub fn leftover_worktrees(&self) -> Result<Vec<String>, GitError> {
         let repo = self.open()?;
-        let mut dirs = BTreeSet::new();
+        let mut keys = BTreeSet::new();
         match std::fs::read_dir(&self.worktrees) {
             Ok(entries) => {
                 for entry in entries {
                     let entry = entry.map_err(io_err("list", &self.worktrees))?;
-                    if entry.path().is_dir() {
-                        dirs.insert(entry.file_name().to_string_lossy().into_owned());
+                    if !entry.path().is_dir() {
+                        continue;
                     }
+                    let dir = entry.file_name().to_string_lossy().into_owned();
+                    let key = self
+                        .worktree_at(&repo, &entry.path())
+                        .and_then(|name| {
+                            std::fs::read_to_string(self.admin_dir(&repo, &name).join(KEY_FILE))
+                                .ok()
+                        })
+                        .map(|k| k.trim().to_string())
+                        .filter(|k| story_names(k).is_ok_and(|n| n.dir == dir))
+                        .unwrap_or(dir);
+                    keys.insert(key);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("list", &self.worktrees)(e)),
         }
-        let names = repo
-            .worktrees()
-            .map_err(git_err("list worktrees", &self.dir))?;
-        // Names that are not UTF-8 were not made by us.
-        dirs.extend(names.iter().flatten().flatten().map(str::to_string));
-        let mut keys = BTreeSet::new();
-        for dir in dirs {
-            let key_file = repo.path().join("worktrees").join(&dir).join(KEY_FILE);
-            let key = std::fs::read_to_string(key_file)
-                .ok()
-                .map(|k| k.trim().to_string())
-                .filter(|k| story_names(k).is_ok_and(|n| n.dir == dir))
-                .unwrap_or(dir);
-            keys.insert(key);
+        for (_, key) in self.lent(&repo)? {
+            if story_names(&key).is_ok() {
+                keys.insert(key);
+            }
         }
         Ok(keys.into_iter().collect())
     }
 
-    /// Checks `commit` out, detached, in the story's worktree (making the worktree if it
-    /// is missing), with untracked files removed.
+    /// Checks `commit` out, detached, in the story's worktree (lent from the pool if the
+    /// story has none), with untracked files removed.
     fn checkout_detached(&self, story_key: &str, commit: Oid) -> Result<PathBuf, GitError> {
         let names = story_names(story_key)?;
         let repo = self.open()?;
-        let path = self.worktrees.join(&names.dir);
-        if !self.worktree_is_valid(&repo, &names, &path) {
-            self.remove_in(&repo, &names)?;
-            self.create_worktree(&repo, &names, &path, commit)?;
-        }
+        let (path, name) = self.lend(&repo, &names, commit)?;
         let wt = Repository::open(&path).map_err(git_err("open the worktree", &path))?;
         force_checkout(&wt, &path, commit)?;
         wt.set_head_detached(commit)
             .map_err(git_err("detach HEAD", &path))?;
+        self.write_meta(&repo, &name, &names, None)?;
         Ok(path)
     }
 
@@ -1155,6 +1292,14 @@ fn force_checkout(wt: &Repository, path: &Path, commit: Oid) -> Result<(), GitEr
     co.force().remove_untracked(true);
     wt.checkout_tree(&object, Some(&mut co))
         .map_err(git_err("check out", path))
+}
+
+fn remove_file_if_present(path: &Path) -> Result<(), GitError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("remove", path)(e)),
+    }
 }
 
 fn remove_dir_if_present(path: &Path) -> Result<(), GitError> {
@@ -1995,6 +2140,68 @@ mod tests {
         // It can be made again.
         node.prepare_worktree(KEY_A, w.root).unwrap();
         assert!(wt_a.join("README").exists());
+    }
+
+    #[test]
+    fn a_removed_worktree_is_lent_to_the_next_story_with_exactly_its_base() {
+        use std::os::unix::fs::MetadataExt;
+        let w = world();
+        let node = w.node("a");
+        let a = implement(&node, KEY_A, &[("a.txt", "a\n")]);
+        let wt_a = node.worktree_path(KEY_A).unwrap();
+        std::fs::write(wt_a.join("scratch.txt"), "x").unwrap();
+        let readme = std::fs::metadata(wt_a.join("README")).unwrap().ino();
+        node.remove_worktree(KEY_A).unwrap();
+        assert!(!wt_a.exists());
+        assert!(node.leftover_worktrees().unwrap().is_empty());
+        // Story B gets the same directory, moved: files equal to its base are not
+        // written again, the rest is exactly B's base.
+        let wt_b = node.prepare_worktree(KEY_B, w.root).unwrap();
+        assert_eq!(
+            std::fs::metadata(wt_b.join("README")).unwrap().ino(),
+            readme
+        );
+        assert!(!wt_b.join("a.txt").exists(), "a file of story A's commit");
+        assert!(
+            !wt_b.join("scratch.txt").exists(),
+            "an untracked file of story A"
+        );
+        let repo = Repository::open(&wt_b).unwrap();
+        assert_eq!(
+            repo.head().unwrap().name(),
+            Ok("refs/heads/mesh/S-0002@bbbb2222")
+        );
+        assert_eq!(repo.head().unwrap().target(), Some(w.root));
+        // Story A again while B holds the only one: a new worktree.
+        let wt_a = node.prepare_worktree(KEY_A, a).unwrap();
+        assert_eq!(std::fs::read_to_string(wt_a.join("a.txt")).unwrap(), "a\n");
+        assert_eq!(node.leftover_worktrees().unwrap(), vec![KEY_A, KEY_B]);
+        node.remove_worktree(KEY_A).unwrap();
+        node.remove_worktree(KEY_B).unwrap();
+        assert!(node.leftover_worktrees().unwrap().is_empty());
+        let clone = Repository::open(node.clone_dir()).unwrap();
+        assert_eq!(clone.worktrees().unwrap().len(), 2, "both kept, idle");
+        assert!(clone
+            .find_reference("refs/heads/mesh/S-0002@bbbb2222")
+            .is_err());
+    }
+
+    #[test]
+    fn objects_pushed_by_one_node_are_readable_by_another_without_a_fetch() {
+        let w = world();
+        let (a, b) = (w.node("a"), w.node("b"));
+        let change = implement(&a, KEY_A, &[("a.txt", "a\n")]);
+        a.push_work(KEY_A, "c1", change).unwrap();
+        let clone_b = Repository::open(b.clone_dir()).unwrap();
+        assert!(clone_b.find_commit(change).is_ok());
+        // Main is read from the origin when asked, not from a copy.
+        let gate = a
+            .land(&request(KEY_A, change, 1, "peerA"), &no_cancel())
+            .unwrap();
+        let Gate::Landed { commit, .. } = gate else {
+            panic!("{gate:?}")
+        };
+        assert_eq!(b.fetch_main().unwrap(), commit);
     }
 
     #[test]

@@ -249,6 +249,16 @@ async fn four_nodes_carry_the_demo_backlog_to_main() {
             .map(|d| d.flatten().map(|e| e.file_name()).collect())
             .unwrap_or_default();
         assert!(left.is_empty(), "node {i} left worktrees: {left:?}");
+        // Recycled worktrees wait in the pool, detached: no story branch is left.
+        let clone =
+            git2::Repository::open(tmp.path().join(format!("n{i}/git/clone"))).expect("clone");
+        let branches: Vec<String> = clone
+            .references_glob("refs/heads/mesh/*")
+            .expect("refs")
+            .flatten()
+            .filter_map(|r| r.name().ok().map(str::to_string))
+            .collect();
+        assert!(branches.is_empty(), "node {i} left branches: {branches:?}");
     }
     for n in nodes {
         n.shutdown().await;
