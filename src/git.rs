@@ -50,6 +50,12 @@
 //! squash commit whose only parent is main, checked out detached in a worktree of the pool,
 //! tested, pushed, and landed through [`Fence::land`]. When main moved in between, the
 //! gate starts over from the fetch, up to `max_tries` times with jittered backoff.
+//!
+//! Gates at one origin take turns: each holds `<origin>/mesh-gate.lock` (an advisory
+//! `flock`, dropped by the kernel if its holder dies) from its fetch to its land, so a
+//! busy mesh forms a queue instead of racing and re-testing (at 8 nodes: 2 tries per
+//! landing → 1). The lock is an optimisation only: a gate that cannot take it, or waited
+//! past its test timeout plus a minute, goes on without it and the fence still decides.
 
 use crate::fence::{self, Fence, FenceError, FenceRecord, Refused};
 use crate::model::Phase;
@@ -83,6 +89,11 @@ const RECOVERY_SEARCH_DEPTH: usize = 1000;
 /// Shortest and longest pause between two tries of the gate.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_millis(2000);
+/// The origin's gate lock file, polled every [`GATE_LOCK_POLL`]; a gate waits for it at
+/// most its test timeout plus [`GATE_LOCK_SLACK`].
+const GATE_LOCK_FILE: &str = "mesh-gate.lock";
+const GATE_LOCK_POLL: Duration = Duration::from_millis(5);
+const GATE_LOCK_SLACK: Duration = Duration::from_secs(60);
 /// How long a ref write waits for another writer's lock before giving up.
 const REF_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Files this module keeps in git's metadata directory of each story worktree.
@@ -1065,6 +1076,14 @@ impl NodeRepo {
         }
         let max_tries = req.max_tries.max(1);
         let mut main = Oid::ZERO_SHA1;
+        // One gate at a time at this origin: without it, gates of a busy mesh race, and
+        // every loser pays for its squash, checkout and test again (2 tries per landing
+        // at 8 nodes). Only an optimisation: the fence decides either way.
+        let _gate = gate_lock(
+            fence.repository().path(),
+            req.test_timeout + GATE_LOCK_SLACK,
+            cancel,
+        )?;
         for tries in 1..=max_tries {
             check(cancel)?;
             if tries > 1 {
@@ -1266,6 +1285,47 @@ fn check(cancel: &AtomicBool) -> Result<(), GitError> {
         Err(GitError::Cancelled)
     } else {
         Ok(())
+    }
+}
+
+/// Takes the origin's gate lock (`<origin git dir>/mesh-gate.lock`, an advisory `flock`
+/// that the kernel drops when its holder dies), waiting up to `max_wait` and stopping
+/// when `cancel` is set. `None` (go on without it) when the lock file cannot be used or
+/// the wait ran out: a gate that hangs past its test timeout must not stop the others.
+fn gate_lock(
+    git_dir: &Path,
+    max_wait: Duration,
+    cancel: &AtomicBool,
+) -> Result<Option<std::fs::File>, GitError> {
+    let path = git_dir.join(GATE_LOCK_FILE);
+    let file = match std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::debug!(path = %path.display(), error = %e, "no gate lock; landing without it");
+            return Ok(None);
+        }
+    };
+    let until = Instant::now() + max_wait;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(e)) => {
+                tracing::debug!(path = %path.display(), error = %e, "gate lock unsupported; landing without it");
+                return Ok(None);
+            }
+        }
+        check(cancel)?;
+        if Instant::now() >= until {
+            tracing::warn!(path = %path.display(), waited_s = max_wait.as_secs(), "the gate lock stayed held; landing without it");
+            return Ok(None);
+        }
+        std::thread::sleep(GATE_LOCK_POLL);
     }
 }
 
@@ -1995,8 +2055,10 @@ mod tests {
         // B's test waits for A to land, so B's first land is refused as non-fast-forward.
         let w = world();
         let a = w.node("a");
+        // A's change must be in the origin for A to land it by hand below.
         let b = w.node("b");
         let change_a = implement(&a, KEY_A, &[("a.txt", "a\n")]);
+        a.push_work(KEY_A, "c1", change_a).unwrap();
         let change_b = implement(&b, KEY_B, &[("b.txt", "b\n")]);
         let marks = w.home.path().join("marks");
         std::fs::create_dir_all(&marks).unwrap();
@@ -2013,17 +2075,21 @@ mod tests {
             assert!(Instant::now() < deadline, "B's test never started");
             std::thread::sleep(Duration::from_millis(5));
         }
-        let gate_a = a
-            .land(&request(KEY_A, change_a, 1, "peerA"), &no_cancel())
+        // A lands without the gate lock B holds (a writer that does not take it, such
+        // as an older node): straight through the fence, as the gate would.
+        let origin = Repository::open(&w.origin).unwrap();
+        let tree = origin.find_commit(change_a).unwrap().tree().unwrap();
+        let root = origin.find_commit(w.root).unwrap();
+        let sig = Signature::now("t", "t@t").unwrap();
+        let commit_a = origin
+            .commit(None, &sig, &sig, "A", &tree, &[&root])
+            .unwrap();
+        Fence::open(&w.origin)
+            .unwrap()
+            .land(KEY_A, 1, "peerA", MAIN, commit_a)
+            .unwrap()
             .unwrap();
         std::fs::write(marks.join("a-landed"), "").unwrap();
-        let Gate::Landed {
-            commit: commit_a,
-            tries: 1,
-        } = gate_a
-        else {
-            panic!("{gate_a:?}")
-        };
         let gate_b = gate_b.join().unwrap();
         let Gate::Landed {
             commit: commit_b,
@@ -2073,6 +2139,68 @@ mod tests {
                 .count();
             assert_eq!(landed, 1, "{key}");
         }
+    }
+
+    #[test]
+    fn gates_at_one_origin_take_turns_instead_of_racing() {
+        // Each gate's test takes a while: gates racing from the same main would all but
+        // one find main moved after their test and try again.
+        let w = world();
+        let keys = [
+            "S-0021@11111111",
+            "S-0022@22222222",
+            "S-0023@33333333",
+            "S-0024@44444444",
+        ];
+        let barrier = Arc::new(Barrier::new(keys.len()));
+        let handles: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                let node = w.node(&format!("n{i}"));
+                let change = implement(&node, key, &[(&format!("g{i}.txt"), "x\n")]);
+                let mut req = request(key, change, 1, &format!("peer{i}"));
+                req.test = Some(vec!["sh".into(), "-c".into(), "sleep 0.1".into()]);
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    node.land(&req, &no_cancel()).unwrap()
+                })
+            })
+            .collect();
+        for h in handles {
+            let gate = h.join().unwrap();
+            assert!(matches!(gate, Gate::Landed { tries: 1, .. }), "{gate:?}");
+        }
+        assert_eq!(main_log(&w.origin).unwrap().len(), keys.len() + 1);
+    }
+
+    #[test]
+    fn a_gate_waiting_for_the_gate_lock_can_be_cancelled() {
+        let w = world();
+        let node = w.node("a");
+        let change = implement(&node, KEY_A, &[("a.txt", "a\n")]);
+        let held = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(w.origin.join(GATE_LOCK_FILE))
+            .unwrap();
+        held.lock().unwrap();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let gate = {
+            let (node, cancel) = (node.clone(), cancel.clone());
+            let req = request(KEY_A, change, 1, "peerA");
+            std::thread::spawn(move || node.land(&req, &cancel))
+        };
+        cancel.store(true, Ordering::SeqCst);
+        assert!(matches!(gate.join().unwrap(), Err(GitError::Cancelled)));
+        assert_eq!(w.main(), w.root, "nothing landed");
+        drop(held);
+        let gate = node
+            .land(&request(KEY_A, change, 1, "peerA"), &no_cancel())
+            .unwrap();
+        assert!(matches!(gate, Gate::Landed { tries: 1, .. }), "{gate:?}");
     }
 
     #[test]
