@@ -278,6 +278,10 @@ pub struct Core {
     push_acked: BTreeMap<String, u64>,
     /// A local write happened: push it to every alive peer before the next effect.
     push_pending: bool,
+    /// A sync message was handled and the settle check and claim-on-news it may call for
+    /// wait until the effects it produced (the reply, the next round) are out: the
+    /// digest before the first such message. See [`Core::poll_effect`].
+    news_before: Option<[u8; 32]>,
     /// Per peer, a heartbeat digest that differed from ours (sync if the next is the same).
     hb_mismatch: BTreeMap<String, [u8; 32]>,
     connected: BTreeSet<String>,
@@ -336,6 +340,7 @@ impl Core {
             completed: BTreeMap::new(),
             push_acked: BTreeMap::new(),
             push_pending: false,
+            news_before: None,
             hb_mismatch: BTreeMap::new(),
             connected: BTreeSet::new(),
             incarnation,
@@ -493,12 +498,32 @@ impl Core {
 
     /// The next effect for the shell to carry out.
     pub fn poll_effect(&mut self) -> Option<Effect> {
+        // What a sync message calls for (settling our claims on its evidence, claiming
+        // on its news) runs once the reply and the session's next round are out: the
+        // peer waiting on that reply to settle its own claim should not wait for our
+        // view fold and scheduler.
+        if self.effects.is_empty() {
+            if let Some(before) = self.news_before.take() {
+                let now = self.last_now;
+                self.check_settling(now);
+                self.claim_on_news(now, before);
+            }
+        }
         if self.push_pending {
             self.push_pending = false;
+            // The pushes go out right after the writes are persisted, ahead of the events
+            // and beats the same step queued: a claim settles on the peers' replies to
+            // them, and each gossip message costs every receiver a signature check first.
+            let queued = std::mem::take(&mut self.effects);
+            let (persist, rest): (VecDeque<Effect>, VecDeque<Effect>) = queued
+                .into_iter()
+                .partition(|e| matches!(e, Effect::Persist { .. }));
+            self.effects = persist;
             let now = self.last_now;
             for p in self.membership.alive(now) {
                 self.open_session(&p, true);
             }
+            self.effects.extend(rest);
         }
         self.effects.pop_front()
     }
@@ -638,16 +663,11 @@ impl Core {
                 }
                 if seen != Observed::Stale {
                     // A holder renews only its own claims.
-                    let own: Vec<String> = {
-                        let view = self.view();
-                        beat.claims
-                            .iter()
-                            .filter(|id| view.claims.get(*id).is_some_and(|c| c.holder == from))
-                            .cloned()
-                            .collect()
-                    };
-                    for id in own {
-                        self.observer.renew(&id, now_ms);
+                    // (From the decoded facts: a beat must not cost a view fold.)
+                    for id in &beat.claims {
+                        if self.doc.claim_holder(id) == Some(from.as_str()) {
+                            self.observer.renew(id, now_ms);
+                        }
                     }
                     // Writers push their changes; a digest that differs is only acted on
                     // when the next beat shows the same digest (the peer went quiet and
@@ -666,14 +686,12 @@ impl Core {
                 let before = self.digest;
                 let data = self.answer_sync(&from, &data);
                 self.effects.push_back(Effect::Respond { reply, data });
-                self.check_settling(now_ms);
-                self.claim_on_news(now_ms, before);
+                self.news_before.get_or_insert(before);
             }
             Input::SyncResponse { from, data } => {
                 let before = self.digest;
                 self.continue_sync(&from, &data);
-                self.check_settling(now_ms);
-                self.claim_on_news(now_ms, before);
+                self.news_before.get_or_insert(before);
             }
             Input::SyncFailed { from } => {
                 self.counters.sync_failures += 1;
@@ -1431,12 +1449,20 @@ impl Core {
         if self.cfg.passive && !local_only {
             return;
         }
+        // Display ids rarely change (only when two stories share a number), so an event
+        // uses the last folded view when it knows the story rather than folding again.
         let story = story
             .map(|k| {
-                self.view()
-                    .stories
-                    .get(k)
-                    .map_or_else(|| k.to_string(), |s| s.id.clone())
+                let cached = self
+                    .view
+                    .as_ref()
+                    .and_then(|(_, v, _)| v.stories.get(k).map(|s| s.id.clone()));
+                cached.unwrap_or_else(|| {
+                    self.view()
+                        .stories
+                        .get(k)
+                        .map_or_else(|| k.to_string(), |s| s.id.clone())
+                })
             })
             .unwrap_or_default();
         self.event_seq += 1;

@@ -411,6 +411,15 @@ impl Doc {
         self.put_fact(&format!("{CLAIM_PREFIX}{id}"), fact);
     }
 
+    /// The holder of claim `id` as written in the document (winning or not), without
+    /// folding a view.
+    pub fn claim_holder(&self, id: &str) -> Option<&str> {
+        match self.facts.get(&format!("{CLAIM_PREFIX}{id}")) {
+            Some(Fact::Claim(c)) => Some(&c.holder),
+            _ => None,
+        }
+    }
+
     /// Writes a release fact for a claim (by its holder, or by a node that took it over).
     /// Rewriting an existing release is skipped: the first reason stands.
     pub fn put_release(&mut self, id: &str, fact: &ReleaseFact) {
