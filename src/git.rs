@@ -954,34 +954,29 @@ impl NodeRepo {
 
     /// Deletes whatever of the story's worktree is not a sound worktree in its place: a
     /// directory git does not know, metadata lent to the story whose directory is gone,
-    /// and the story branch. Called with the pool lock held.
+    /// and, unless the story has a sound worktree, its branch. Called with the pool lock
+    /// held.
     fn discard_story(&self, repo: &Repository, names: &StoryNames) -> Result<(), GitError> {
         let path = self.worktrees.join(&names.dir);
-        if self.worktree_at(repo, &path).is_none() {
+        let sound = self.worktree_at(repo, &path);
+        if sound.is_none() {
             remove_dir_if_present(&path)?;
         }
         for (name, key) in self.lent(repo)? {
-            if key == names.key
-                && self
-                    .worktree_at(repo, &self.worktrees.join(&names.dir))
-                    .as_ref()
-                    != Some(&name)
-            {
+            if key == names.key && sound.as_ref() != Some(&name) {
                 remove_dir_if_present(&self.admin_dir(repo, &name))?;
             }
         }
+        if sound.is_some() {
+            return Ok(());
+        }
         match repo.find_reference(&names.branch) {
-            Ok(mut r) => {
-                if self.worktree_at(repo, &path).is_some() {
-                    return Ok(());
-                }
-                retry_locked(
-                    &names.branch,
-                    &self.dir,
-                    || r.delete(),
-                    git_err("delete the story branch", &self.dir),
-                )
-            }
+            Ok(mut r) => retry_locked(
+                &names.branch,
+                &self.dir,
+                || r.delete(),
+                git_err("delete the story branch", &self.dir),
+            ),
             Err(e) if e.code() == ErrorCode::NotFound => Ok(()),
             Err(e) => Err(git_err("read the story branch", &self.dir)(e)),
         }
