@@ -922,13 +922,19 @@ impl Sim {
             {
                 for (res, token) in running {
                     // The bound runs once an eligible node is up: someone other than the
-                    // crashed holder (and, for a review, other than the implementer).
+                    // crashed holder (and, for a review, other than the author of the
+                    // change that round reviews: its rework, else the implement — not
+                    // whoever implemented a later round, seed 90060 clean).
                     let implementer = match &res {
                         Resource::Story {
                             story,
                             phase: Phase::Review,
-                            ..
-                        } => view.stories.get(story).and_then(|s| s.implementer.clone()),
+                            round,
+                        } => (1..=*round)
+                            .rev()
+                            .find_map(|r| view.counted_result_round(story, Phase::Rework, r))
+                            .or_else(|| view.counted_result_round(story, Phase::Implement, 0))
+                            .map(|f| f.holder.clone()),
                         _ => None,
                     };
                     let eligible = (0..self.nodes.len()).any(|n| {
