@@ -2102,10 +2102,9 @@ mod tests {
         assert!(tree.get_path(Path::new("b.txt")).is_ok());
     }
 
-    #[test]
-    fn nodes_landing_different_stories_at_once_all_land_exactly_once() {
-        let w = world();
-        let keys = ["S-0011@11111111", "S-0012@22222222", "S-0013@33333333"];
+    /// Lands one change per key at once, each from its own node and thread, started
+    /// together; `test` is each gate's test command. Returns the gates' outcomes.
+    fn land_at_once(w: &World, keys: &[&str], test: Option<Vec<String>>) -> Vec<Gate> {
         let barrier = Arc::new(Barrier::new(keys.len()));
         let handles: Vec<_> = keys
             .iter()
@@ -2113,7 +2112,8 @@ mod tests {
             .map(|(i, key)| {
                 let node = w.node(&format!("n{i}"));
                 let change = implement(&node, key, &[(&format!("f{i}.txt"), "x\n")]);
-                let req = request(key, change, 1, &format!("peer{i}"));
+                let mut req = request(key, change, 1, &format!("peer{i}"));
+                req.test = test.clone();
                 let barrier = barrier.clone();
                 std::thread::spawn(move || {
                     barrier.wait();
@@ -2121,8 +2121,14 @@ mod tests {
                 })
             })
             .collect();
-        for h in handles {
-            let gate = h.join().unwrap();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    #[test]
+    fn nodes_landing_different_stories_at_once_all_land_exactly_once() {
+        let w = world();
+        let keys = ["S-0011@11111111", "S-0012@22222222", "S-0013@33333333"];
+        for gate in land_at_once(&w, &keys, None) {
             assert!(matches!(gate, Gate::Landed { .. }), "{gate:?}");
         }
         let log = main_log(&w.origin).unwrap();
@@ -2147,24 +2153,8 @@ mod tests {
             "S-0023@33333333",
             "S-0024@44444444",
         ];
-        let barrier = Arc::new(Barrier::new(keys.len()));
-        let handles: Vec<_> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, key)| {
-                let node = w.node(&format!("n{i}"));
-                let change = implement(&node, key, &[(&format!("g{i}.txt"), "x\n")]);
-                let mut req = request(key, change, 1, &format!("peer{i}"));
-                req.test = Some(vec!["sh".into(), "-c".into(), "sleep 0.1".into()]);
-                let barrier = barrier.clone();
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    node.land(&req, &no_cancel()).unwrap()
-                })
-            })
-            .collect();
-        for h in handles {
-            let gate = h.join().unwrap();
+        let test = Some(vec!["sh".into(), "-c".into(), "sleep 0.1".into()]);
+        for gate in land_at_once(&w, &keys, test) {
             assert!(matches!(gate, Gate::Landed { tries: 1, .. }), "{gate:?}");
         }
         assert_eq!(main_log(&w.origin).unwrap().len(), keys.len() + 1);
