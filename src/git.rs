@@ -663,9 +663,7 @@ impl NodeRepo {
             origin: self.origin_url.clone(),
             source,
         };
-        let origin = Repository::open_bare(&self.origin)
-            .or_else(|_| Repository::open(&self.origin))
-            .map_err(fetch_err)?;
+        let origin = Repository::open(&self.origin).map_err(fetch_err)?;
         let main = match origin.refname_to_id(&self.branch) {
             Ok(oid) => oid,
             // No main in the origin: tracked_main says so.
