@@ -327,7 +327,7 @@ impl Core {
     /// clock at start is fine); it orders this node's heartbeats.
     pub fn new(peer: String, cfg: CoreConfig, mut doc: Doc, incarnation: u64) -> Core {
         let digest = doc.heads_digest();
-        Core {
+        let mut core = Core {
             membership: Membership::new(cfg.membership),
             peer,
             cfg,
@@ -361,6 +361,30 @@ impl Core {
             next_claim: incarnation.saturating_mul(1000),
             cochange: CoChange::default(),
             runs: Vec::new(),
+        };
+        core.release_previous_incarnations();
+        core
+    }
+
+    /// A claim of this peer's that the document holds unreleased but this core does not
+    /// was written by an earlier incarnation: its work died with that process. Released
+    /// in the first change, before any sync, so peers only ever see it released. Left
+    /// standing, a claim that never left the dying process would arrive with the restart
+    /// and could win a token tie (lowest holder id) against the claim another node
+    /// settled and ran meanwhile, voiding that work.
+    fn release_previous_incarnations(&mut self) {
+        if self.cfg.passive {
+            return;
+        }
+        let claims = self.doc.view_and_claims().1;
+        let stale: Vec<String> = claims
+            .all()
+            .filter(|(id, c)| c.holder == self.peer && !claims.is_released(id))
+            .map(|(id, _)| id.to_string())
+            .collect();
+        for id in stale {
+            tracing::info!(claim = %id, "releasing a claim of this node's previous run");
+            self.release(&id, ReleaseReason::Abandoned, "holder restarted");
         }
     }
 
@@ -1196,28 +1220,8 @@ impl Core {
                 );
                 continue;
             }
-            // A claim written from a stale view may tie (or trail) a claim that already
-            // finished on one of its resources; starting would make it the resource's
-            // top claim and un-count that result. Lose instead and claim afresh.
-            let behind_finished = view.claims.get(&id).is_some_and(|mine| {
-                mine.resources.iter().any(|(r, t)| {
-                    claims.all().any(|(other, of)| {
-                        other != id.as_str()
-                            && claims.release_reason(other).is_some()
-                            && of.token_of(r).is_some_and(|ot| ot >= *t)
-                    })
-                })
-            });
-            if behind_finished && !self.cfg.broken_winner_rule {
-                tracing::debug!(claim = %id, "claim ties a released claim's token; releasing");
-                self.local.remove(&id);
-                self.release(
-                    &id,
-                    ReleaseReason::Unsettled,
-                    "written from a stale view: a released claim has this token",
-                );
-                continue;
-            }
+            // (A claim written from a stale view that ties a finished claim does not
+            // hold: a finished claim wins a token tie, see `Claims::winner`.)
             if claims.holds(&id) || self.cfg.broken_winner_rule {
                 let Some(c) = self.local.get_mut(&id) else {
                     continue;
@@ -1635,6 +1639,50 @@ mod tests {
         assert_eq!(a.digest(), b.digest());
         assert_eq!(a.doc().view(), b.doc().view());
         assert!(a.synced_since("B", mark));
+    }
+
+    #[test]
+    fn a_restart_releases_the_previous_runs_claims_before_anything_leaves() {
+        // Node A's previous run wrote a claim and died before it reached anyone; B
+        // claimed the same work with the same token and ran it. A's old claim would win
+        // the tie (lowest holder id) the moment the restarted A syncs.
+        let r = Resource::story("s1", Phase::Research).unwrap();
+        let fact = |holder: &str| ClaimFact {
+            resources: vec![(r.clone(), 1)],
+            holder: holder.to_string(),
+            ttl_ms: 10_000,
+            written_at_ms: 0,
+            attempt: 1,
+        };
+        let mut doc = Doc::new([1; 16]);
+        doc.put_claim("A-1001", &fact("A"));
+        doc.put_claim("B-1001", &fact("B"));
+        let persisted = doc.save();
+        let cfg = core("A", 1).cfg;
+        let restarted = Doc::load([3; 16], &persisted, &[]).unwrap();
+        let mut a = Core::new("A".into(), cfg.clone(), restarted, 2);
+        assert!(
+            matches!(a.poll_effect(), Some(Effect::Persist { .. })),
+            "the release is persisted first"
+        );
+        let claims = a.doc().view().claims();
+        assert_eq!(
+            claims.release_reason("A-1001"),
+            Some(ReleaseReason::Abandoned)
+        );
+        assert!(!claims.is_released("B-1001"), "only its own claims");
+        assert_eq!(claims.winner(&r), Some("B-1001"));
+        // Nothing of its own left to release: a second restart writes nothing.
+        let again = Doc::load([4; 16], &a.doc_mut().save(), &[]).unwrap();
+        let mut a2 = Core::new("A".into(), cfg.clone(), again, 3);
+        assert!(a2.poll_effect().is_none());
+        // A passive observer of the same document writes nothing either.
+        let mut passive = cfg;
+        passive.passive = true;
+        let doc = Doc::load([5; 16], &persisted, &[]).unwrap();
+        let mut p = Core::new("A".into(), passive, doc, 4);
+        assert!(p.poll_effect().is_none());
+        assert!(!p.doc().view().claims().is_released("A-1001"));
     }
 
     #[test]

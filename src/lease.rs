@@ -254,17 +254,40 @@ pub fn claim_id(peer: &str, n: u64) -> String {
 #[derive(Debug, Clone)]
 struct Top {
     token: u64,
+    rank: TieRank,
     holder: String,
     claim: String,
 }
 
+/// How a claim fares in a token tie, by its release: a finished claim keeps its result
+/// counted, an open claim may be running, and a claim released without a result (it never
+/// started, failed, lost, or its holder restarted) gives way to both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TieRank {
+    Done,
+    Open,
+    Void,
+}
+
+impl TieRank {
+    fn of(release: Option<ReleaseReason>) -> TieRank {
+        match release {
+            Some(ReleaseReason::Done) => TieRank::Done,
+            None => TieRank::Open,
+            Some(_) => TieRank::Void,
+        }
+    }
+}
+
 impl Top {
-    /// True if (token, holder, claim) beats `self`: higher token, then lower holder id, then
-    /// lower claim id. A total order, so the fold does not depend on insertion order.
-    fn beaten_by(&self, token: u64, holder: &str, claim: &str) -> bool {
-        (std::cmp::Reverse(token), holder, claim)
+    /// True if (token, rank, holder, claim) beats `self`: higher token, then the better
+    /// tie rank, then lower holder id, then lower claim id. A total order, so the fold does
+    /// not depend on insertion order.
+    fn beaten_by(&self, token: u64, rank: TieRank, holder: &str, claim: &str) -> bool {
+        (std::cmp::Reverse(token), rank, holder, claim)
             < (
                 std::cmp::Reverse(self.token),
+                self.rank,
                 self.holder.as_str(),
                 self.claim.as_str(),
             )
@@ -303,33 +326,27 @@ impl Claims {
         claims: BTreeMap<String, ClaimFact>,
         releases: BTreeMap<String, ReleaseFact>,
     ) -> Claims {
+        let released: BTreeMap<String, ReleaseReason> =
+            releases.into_iter().map(|(k, v)| (k, v.why)).collect();
         let mut top: BTreeMap<Resource, Top> = BTreeMap::new();
         for (id, claim) in &claims {
+            let rank = TieRank::of(released.get(id).copied());
             for (resource, token) in &claim.resources {
+                let candidate = || Top {
+                    token: *token,
+                    rank,
+                    holder: claim.holder.clone(),
+                    claim: id.clone(),
+                };
                 match top.get_mut(resource) {
-                    Some(t) if !t.beaten_by(*token, &claim.holder, id) => {}
-                    Some(t) => {
-                        *t = Top {
-                            token: *token,
-                            holder: claim.holder.clone(),
-                            claim: id.clone(),
-                        }
-                    }
+                    Some(t) if !t.beaten_by(*token, rank, &claim.holder, id) => {}
+                    Some(t) => *t = candidate(),
                     None => {
-                        top.insert(
-                            resource.clone(),
-                            Top {
-                                token: *token,
-                                holder: claim.holder.clone(),
-                                claim: id.clone(),
-                            },
-                        );
+                        top.insert(resource.clone(), candidate());
                     }
                 }
             }
         }
-        let released: BTreeMap<String, ReleaseReason> =
-            releases.into_iter().map(|(k, v)| (k, v.why)).collect();
         let open = claims
             .keys()
             .filter(|id| !released.contains_key(*id))
@@ -351,9 +368,16 @@ impl Claims {
             .map_or(1, |t| t.token.saturating_add(1))
     }
 
-    /// The claim id that currently wins `resource`: the claim with the highest token, ties
-    /// to the lowest holder id, then the lowest claim id. `None` if the resource was never
-    /// claimed or that top claim was released: a lower, superseded claim never comes back.
+    /// The claim id that currently wins `resource`: the claim with the highest token; among
+    /// equal tokens a finished (`Done`) claim first, then an open one, then one released
+    /// without a result; then the lowest holder id, then the lowest claim id. `None` if the
+    /// resource was never claimed or that top claim was released: a lower, superseded claim
+    /// never comes back.
+    ///
+    /// The rank in a tie is what keeps work from being voided by a claim that never ran: a
+    /// claim written from a stale view, or one a crashing node wrote and its restart
+    /// brought back, can tie a claim that settled and ran meanwhile; it must not become
+    /// the top claim and un-count that result (seed 96953 of the clean simulation).
     ///
     /// Winning one resource is not holding: see [`Claims::holds`].
     pub fn winner(&self, resource: &Resource) -> Option<&str> {
@@ -1114,6 +1138,57 @@ mod tests {
             &LeaseConfig::default(),
             |_| false
         ));
+    }
+
+    #[test]
+    fn in_a_token_tie_finished_beats_open_beats_released_without_a_result() {
+        let r = story("S-1@a", Phase::Review);
+        let tie = |releases: &[(&str, ReleaseReason)]| {
+            fold(
+                &[
+                    ("a-1", claim("a", &[(r.clone(), 2)])),
+                    ("b-1", claim("b", &[(r.clone(), 2)])),
+                ],
+                releases,
+            )
+        };
+        // No releases: the lowest holder.
+        assert_eq!(tie(&[]).winner(&r), Some("a-1"));
+        // a-1 never ran (its holder crashed, restarted and released it; or it lost at
+        // settle): b-1, which may be running, wins instead of being voided.
+        for why in [
+            ReleaseReason::Abandoned,
+            ReleaseReason::Unsettled,
+            ReleaseReason::Lost,
+            ReleaseReason::Expired,
+        ] {
+            let c = tie(&[("a-1", why)]);
+            assert_eq!(c.winner(&r), Some("b-1"), "{why:?}");
+            assert!(c.holds("b-1"));
+            assert_eq!(c.top(&r), Some("b-1"));
+        }
+        // b-1 finished: a tying claim from a stale view never un-counts its result,
+        // released or not.
+        let c = tie(&[("b-1", ReleaseReason::Done)]);
+        assert_eq!(c.top(&r), Some("b-1"));
+        assert_eq!(c.winner(&r), None, "finished: the resource is free");
+        assert!(!c.holds("a-1"));
+        let c = tie(&[("b-1", ReleaseReason::Done), ("a-1", ReleaseReason::Unsettled)]);
+        assert_eq!(c.top(&r), Some("b-1"));
+        // Both released without a result: the lowest holder, released, frees it.
+        let c = tie(&[("a-1", ReleaseReason::Lost), ("b-1", ReleaseReason::Unsettled)]);
+        assert_eq!(c.top(&r), Some("a-1"));
+        assert_eq!(c.winner(&r), None);
+        // The rank only breaks ties: a higher token still wins whatever its release.
+        let c = fold(
+            &[
+                ("a-1", claim("a", &[(r.clone(), 2)])),
+                ("b-1", claim("b", &[(r.clone(), 3)])),
+            ],
+            &[("b-1", ReleaseReason::Abandoned)],
+        );
+        assert_eq!(c.top(&r), Some("b-1"));
+        assert!(!c.holds("a-1"), "a superseded claim never comes back");
     }
 
     #[test]
