@@ -1173,10 +1173,16 @@ mod tests {
         assert_eq!(c.top(&r), Some("b-1"));
         assert_eq!(c.winner(&r), None, "finished: the resource is free");
         assert!(!c.holds("a-1"));
-        let c = tie(&[("b-1", ReleaseReason::Done), ("a-1", ReleaseReason::Unsettled)]);
+        let c = tie(&[
+            ("b-1", ReleaseReason::Done),
+            ("a-1", ReleaseReason::Unsettled),
+        ]);
         assert_eq!(c.top(&r), Some("b-1"));
         // Both released without a result: the lowest holder, released, frees it.
-        let c = tie(&[("a-1", ReleaseReason::Lost), ("b-1", ReleaseReason::Unsettled)]);
+        let c = tie(&[
+            ("a-1", ReleaseReason::Lost),
+            ("b-1", ReleaseReason::Unsettled),
+        ]);
         assert_eq!(c.top(&r), Some("a-1"));
         assert_eq!(c.winner(&r), None);
         // The rank only breaks ties: a higher token still wins whatever its release.

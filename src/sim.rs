@@ -158,12 +158,14 @@ struct Origin {
     landed: BTreeMap<String, Vec<(usize, u64)>>,
 }
 
-/// A crash: the node, when, and the phases it was running as (resource, token).
+/// A crash: the node, when, the phases it was running as (resource, token), and the
+/// claims it was settling that would have won in its view (resource, token, written at).
 #[derive(Debug, Clone)]
 struct Crash {
     node: usize,
     at: u64,
     running: Vec<(Resource, u64)>,
+    settling: Vec<(Resource, u64, u64)>,
 }
 
 struct Sim {
@@ -595,11 +597,27 @@ impl Sim {
                             .map(|x| (x, r.token))
                     })
                     .collect();
-                self.note(|| format!("crash node{i} running {running:?}"));
+                // A takeover claim whose holder dies while settling it hands the work on
+                // (its own crash then owes a takeover): remember those that would win.
+                let claims = core.doc().view_and_claims().1;
+                let settling: Vec<(Resource, u64, u64)> = core
+                    .held(now)
+                    .iter()
+                    .filter(|h| !h.running && claims.holds(&h.claim))
+                    .filter_map(|h| claims.claim(&h.claim).map(|c| (c, now - h.age_ms)))
+                    .flat_map(|(c, written)| {
+                        c.resources
+                            .iter()
+                            .filter(|(r, _)| matches!(r, Resource::Story { .. }))
+                            .map(move |(r, t)| (r.clone(), *t, written))
+                    })
+                    .collect();
+                self.note(|| format!("crash node{i} running {running:?} settling {settling:?}"));
                 self.crashes.push(Crash {
                     node: i,
                     at: now,
                     running,
+                    settling,
                 });
                 self.nodes[i].jobs.clear();
                 self.nodes[i].paused = false;
@@ -918,9 +936,15 @@ impl Sim {
                 node,
                 at: t,
                 running,
-            } in crashes
+                settling,
+            } in &crashes
             {
-                for (res, token) in running {
+                let (node, t) = (*node, *t);
+                let owed = running
+                    .iter()
+                    .cloned()
+                    .chain(settling.iter().map(|(r, tk, _)| (r.clone(), *tk)));
+                for (res, token) in owed {
                     // The bound runs once an eligible node is up: someone other than the
                     // crashed holder (and, for a review, other than the author of the
                     // change that round reviews: its rework, else the implement — not
@@ -949,6 +973,15 @@ impl Sim {
                         // By another node, or by the crashed node's next incarnation:
                         // either way a newer claim runs the work and fences the old.
                         (*n != node || *at > t) && *r == res && *tk > token && *at <= t + bound
+                    }) || crashes.iter().any(|c| {
+                        // Or claimed in time by a node that died settling it: that
+                        // crash owes the takeover now, within its own bound (seed 94391).
+                        c.settling.iter().any(|(r, tk, written)| {
+                            (c.node != node || *written > t)
+                                && *r == res
+                                && *tk > token
+                                && *written <= t + bound
+                        })
                     });
                     let done_before = res.story_key().is_some_and(|k| {
                         let Resource::Story { phase, .. } = &res else {
