@@ -219,7 +219,8 @@ pub enum ReleaseReason {
     Done,
     /// The claim lost a resource after settling (another claim won).
     Lost,
-    /// The holder gave the work up (cancelled, failed, shutting down).
+    /// The holder gave the work up (cancelled, failed, shutting down, or restarted: a
+    /// restarting node releases what its previous run held).
     Abandoned,
     /// The holder noticed its own lease had expired.
     Expired,
