@@ -1,7 +1,8 @@
 //! Runs the deterministic simulator over many seeds and prints the first failure with
-//! its trace. `scripts/sim --seeds 100000` wraps it.
+//! its trace (or, with `--keep-going`, every failure, one line each, and a list at the
+//! end). `scripts/sim --seeds 100000` wraps it.
 //!
-//!     cargo run --release --example sim -- --seeds 1000 [--start 0] [--mode clean|hostile|both]
+//!     cargo run --release --example sim -- --seeds 1000 [--start 0] [--mode clean|hostile|both] [--keep-going]
 //!     cargo run --release --example sim -- --replay 1234 --mode hostile   # full trace
 
 use mesh_agent::sim::{run, Mode, SimConfig};
@@ -13,7 +14,7 @@ use std::time::Instant;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn usage() -> ! {
-    eprintln!("usage: sim [--seeds N] [--start S] [--mode clean|hostile|both] [--replay SEED] [--nodes N] [--stories N]");
+    eprintln!("usage: sim [--seeds N] [--start S] [--mode clean|hostile|both] [--replay SEED] [--nodes N] [--stories N] [--keep-going]");
     std::process::exit(2);
 }
 
@@ -21,7 +22,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let (mut seeds, mut start, mut modes, mut replay) =
         (1000u64, 0u64, vec![Mode::Clean, Mode::Hostile], None);
-    let (mut nodes, mut stories) = (None, None);
+    let (mut nodes, mut stories, mut keep_going) = (None, None, false);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage());
         match a.as_str() {
@@ -38,6 +39,7 @@ fn main() {
                     _ => usage(),
                 }
             }
+            "--keep-going" => keep_going = true,
             "-h" | "--help" => usage(),
             _ => usage(),
         }
@@ -69,6 +71,7 @@ fn main() {
     }
     let t0 = Instant::now();
     let (mut events, mut merged, mut blocked, mut runs) = (0u64, 0usize, 0usize, 0u64);
+    let mut failed: Vec<String> = Vec::new();
     for seed in start..start + seeds {
         for &mode in &modes {
             let r = run(seed, &config(mode));
@@ -76,7 +79,15 @@ fn main() {
             events += r.events;
             merged += r.merged;
             blocked += r.blocked;
-            if !r.ok() {
+            let mode_arg = if mode == Mode::Clean {
+                "clean"
+            } else {
+                "hostile"
+            };
+            if !r.ok() && keep_going {
+                println!("FAILED seed {seed} mode {mode_arg}: {:?}", r.violations);
+                failed.push(format!("{seed} {mode_arg}"));
+            } else if !r.ok() {
                 println!("FAILED seed {seed} mode {mode:?}:");
                 for v in &r.violations {
                     println!("  {v}");
@@ -88,28 +99,27 @@ fn main() {
                 for line in r.trace.iter().rev().take(200).rev() {
                     println!("  {line}");
                 }
-                println!(
-                    "replay: cargo run --release --example sim -- --replay {seed} --mode {}",
-                    if mode == Mode::Clean {
-                        "clean"
-                    } else {
-                        "hostile"
-                    }
-                );
+                println!("replay: cargo run --release --example sim -- --replay {seed} --mode {mode_arg}");
                 std::process::exit(1);
             }
         }
         if (seed - start + 1) % 1000 == 0 {
             eprintln!(
-                "{} seeds ok ({:.0} s)",
+                "{} seeds done, {} failed ({:.0} s)",
                 seed - start + 1,
+                failed.len(),
                 t0.elapsed().as_secs_f64()
             );
         }
     }
     println!(
-        "{seeds} seeds x {} modes = {runs} runs: 0 violations; {events} events, {merged} stories merged, {blocked} blocked, {:.1} s",
+        "{seeds} seeds x {} modes = {runs} runs: {} violations; {events} events, {merged} stories merged, {blocked} blocked, {:.1} s",
         modes.len(),
+        failed.len(),
         t0.elapsed().as_secs_f64()
     );
+    if !failed.is_empty() {
+        println!("failing (seed mode): {}", failed.join(", "));
+        std::process::exit(1);
+    }
 }

@@ -983,13 +983,26 @@ impl Sim {
                                 && *written <= t + bound
                         })
                     });
-                    let done_before = res.story_key().is_some_and(|k| {
-                        let Resource::Story { phase, .. } = &res else {
-                            return false;
-                        };
-                        view.counted_result(k, *phase)
-                            .is_some_and(|c| c.token <= token)
-                    });
+                    // Done at this token or below, in this round (a later round's
+                    // result says nothing about this one: seed 5544 clean, where the
+                    // crashed claim had lost a tie the dead node never heard of).
+                    let done_before = match &res {
+                        Resource::Story {
+                            story,
+                            phase,
+                            round,
+                        } => {
+                            view.counted_result_round(story, *phase, *round)
+                                .is_some_and(|c| c.token <= token)
+                                || (*phase == Phase::Merge
+                                    && view.stories.get(story).is_some_and(|s| {
+                                        s.merged
+                                            .as_ref()
+                                            .is_some_and(|m| m.round == *round && m.token <= token)
+                                    }))
+                        }
+                        Resource::File(_) => false,
+                    };
                     // Attempts used up (crashes of its holders count: a story that keeps
                     // killing nodes must stop) blocks the story for a human by design.
                     let escalated = res
