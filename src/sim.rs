@@ -945,22 +945,31 @@ impl Sim {
                     .cloned()
                     .chain(settling.iter().map(|(r, tk, _)| (r.clone(), *tk)));
                 for (res, token) in owed {
+                    // Crashes record story resources only.
+                    let Resource::Story {
+                        story,
+                        phase,
+                        round,
+                    } = &res
+                    else {
+                        continue;
+                    };
+                    let (phase, round) = (*phase, *round);
+                    let counted = view.counted_result_round(story, phase, round);
+                    let sv = view.stories.get(story);
                     // The bound runs once an eligible node is up: someone other than the
                     // crashed holder (and, for a review, other than the author of the
                     // change that round reviews: its rework, else the implement — not
                     // whoever implemented a later round, seed 90060 clean).
-                    let implementer = match &res {
-                        Resource::Story {
-                            story,
-                            phase: Phase::Review,
-                            round,
-                        } => (1..=*round)
-                            .rev()
-                            .find_map(|r| view.counted_result_round(story, Phase::Rework, r))
-                            .or_else(|| view.counted_result_round(story, Phase::Implement, 0))
-                            .map(|f| f.holder.clone()),
-                        _ => None,
-                    };
+                    let implementer = (phase == Phase::Review)
+                        .then(|| {
+                            (1..=round)
+                                .rev()
+                                .find_map(|r| view.counted_result_round(story, Phase::Rework, r))
+                                .or_else(|| view.counted_result_round(story, Phase::Implement, 0))
+                                .map(|f| f.holder.clone())
+                        })
+                        .flatten();
                     let eligible = (0..self.nodes.len()).any(|n| {
                         n != node
                             && implementer.as_deref() != Some(self.names[n].as_str())
@@ -985,48 +994,21 @@ impl Sim {
                     });
                     // Done at this token or below, in this round (a later round's
                     // result says nothing about this one: seed 5544 clean, where the
-                    // crashed claim had lost a tie the dead node never heard of).
-                    let done_before = match &res {
-                        Resource::Story {
-                            story,
-                            phase,
-                            round,
-                        } => {
-                            view.counted_result_round(story, *phase, *round)
-                                .is_some_and(|c| c.token <= token)
-                                || (*phase == Phase::Merge
-                                    && view.stories.get(story).is_some_and(|s| {
-                                        s.merged
-                                            .as_ref()
-                                            .is_some_and(|m| m.round == *round && m.token <= token)
-                                    }))
-                        }
-                        Resource::File(_) => false,
-                    };
+                    // crashed claim had lost a tie the dead node never heard of). A
+                    // landing writes its merge result in the same change.
+                    let done_before = counted.is_some_and(|c| c.token <= token);
                     // Attempts used up (crashes of its holders count: a story that keeps
                     // killing nodes must stop) blocks the story for a human by design.
-                    let escalated = res
-                        .story_key()
-                        .and_then(|k| view.stories.get(k))
-                        .is_some_and(|s| {
-                            s.status == StoryStatus::Blocked && s.attempts >= MAX_ATTEMPTS
-                        });
+                    let escalated = sv.is_some_and(|s| {
+                        s.status == StoryStatus::Blocked && s.attempts >= MAX_ATTEMPTS
+                    });
                     // Work the story no longer needs is owed to no one: a crashed claim
                     // on a round the finished story never took (the review before it was
                     // taken over and went the other way: seed 877 clean).
-                    let moot = match &res {
-                        Resource::Story {
-                            story,
-                            phase,
-                            round,
-                        } => view.stories.get(story).is_some_and(|s| {
+                    let moot = counted.is_none()
+                        && sv.is_some_and(|s| {
                             matches!(s.status, StoryStatus::Done | StoryStatus::Blocked)
-                                && view.counted_result_round(story, *phase, *round).is_none()
-                                && !(*phase == Phase::Merge
-                                    && s.merged.as_ref().is_some_and(|m| m.round == *round))
-                        }),
-                        Resource::File(_) => false,
-                    };
+                        });
                     if !taken && !done_before && !escalated && !moot && t + bound < self.now {
                         self.violation(format!(
                             "{res} (token {token}) of node{node}, crashed at {t}, not taken over within {bound} ms"
