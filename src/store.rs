@@ -6,15 +6,27 @@
 //! the write is reported done. Compaction writes the snapshot and drops the chunks it
 //! covers in one atomic batch; loading is snapshot + chunks, and reapplying a change the
 //! snapshot already holds is a no-op, so a crash at any point loses nothing flushed.
+//!
+//! Two locks guard a data dir: ours (`node.lock`, flock, with the holder's pid: the
+//! clear "in use" error) and sled's own on `db/db`. Sled releases its lock only when the
+//! last of its background threads lets go of the files, a moment *after* the `Db` is
+//! dropped; so a store reopened in the same process right after a drop (an in-process
+//! restart) may find sled's lock still held. Holding `node.lock` proves no other live
+//! process uses the dir, so `open` then waits for sled's lock (bounded) instead of
+//! failing.
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 const SNAPSHOT_KEY: &[u8] = b"snapshot";
 const CHUNK_PREFIX: &[u8] = b"c/";
 pub const LOCK_FILE: &str = "node.lock";
 const DB_DIR: &str = "db";
+/// How long `open` waits for sled's lock once it holds the data-dir lock (see the
+/// module doc); a dropped store of this process lets go within milliseconds.
+const DB_LOCK_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -76,6 +88,33 @@ fn lock(dir: &Path) -> Result<File, StoreError> {
     Ok(f)
 }
 
+/// Whether sled failed to take its own lock on the database file. Sled 0.34 reports
+/// it only as an `Io` error of kind `Other` with this message.
+fn is_sled_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
+/// Opens the sled database, waiting (bounded, with backoff) while sled's lock is still
+/// held by a store of this process that is being dropped. Only called with the
+/// data-dir lock held.
+fn open_db(path: &Path) -> Result<sled::Db, sled::Error> {
+    let deadline = Instant::now() + DB_LOCK_WAIT;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .flush_every_ms(Some(200))
+            .open()
+        {
+            Err(e) if is_sled_lock_error(&e) && Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            r => return r,
+        }
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the store in `dir`, failing clearly if another process
     /// holds it.
@@ -90,11 +129,7 @@ impl Store {
             path: db_path.clone(),
             source,
         };
-        let db = sled::Config::new()
-            .path(&db_path)
-            .flush_every_ms(Some(200))
-            .open()
-            .map_err(db_err)?;
+        let db = open_db(&db_path).map_err(db_err)?;
         let tree = db.open_tree("doc").map_err(db_err)?;
         let mut next_chunk = 0;
         let mut chunks = 0;
@@ -188,6 +223,16 @@ impl Store {
     }
 }
 
+impl Drop for Store {
+    /// Flushes what sled still buffers (a clean stop loses nothing that was appended),
+    /// then lets sled go; the data-dir lock is released last (field order).
+    fn drop(&mut self) {
+        if let Err(e) = self.db.flush() {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "store: flush on close failed");
+        }
+    }
+}
+
 fn chunk_key(seq: u64) -> Vec<u8> {
     let mut k = CHUNK_PREFIX.to_vec();
     k.extend_from_slice(&seq.to_be_bytes());
@@ -210,6 +255,39 @@ mod tests {
         let e = Store::open(d.path()).unwrap_err().to_string();
         assert!(e.contains("in use by another mesh-agent"), "{e}");
         assert!(e.contains(&std::process::id().to_string()), "{e}");
+    }
+
+    #[test]
+    fn stores_reopened_at_once_a_hundred_times_never_find_the_lock_held() {
+        // Several stores at once, as in a test run or an in-process mesh: sled's shared
+        // background threads are busy, so a dropped store lets go of its lock late.
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                std::thread::spawn(move || {
+                    let d = tempfile::tempdir().unwrap();
+                    for i in 0..100u32 {
+                        // No explicit flush: dropping the store must make the chunk
+                        // durable and let the next open in at once.
+                        let mut s = Store::open(d.path())
+                            .unwrap_or_else(|e| panic!("store {w}, reopen {i}: {e}"));
+                        assert_eq!(s.load_doc().unwrap().1.len(), i as usize, "reopen {i}");
+                        s.append_chunk(&i.to_be_bytes()).unwrap();
+                        if i % 3 == 0 {
+                            s.flush_blocking().unwrap(); // what a node does before an ack
+                        }
+                    }
+                    let s = Store::open(d.path()).unwrap();
+                    let want: Vec<Vec<u8>> =
+                        (0..100u32).map(|i| i.to_be_bytes().to_vec()).collect();
+                    assert_eq!(s.load_doc().unwrap().1, want, "every chunk, in order");
+                })
+            })
+            .collect();
+        for w in workers {
+            if let Err(e) = w.join() {
+                std::panic::resume_unwind(e);
+            }
+        }
     }
 
     #[test]
