@@ -17,8 +17,8 @@ use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    connection_limits, identify, kad, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol,
-    Swarm, Transport,
+    allow_block_list, connection_limits, identify, kad, noise, ping, tcp, yamux, Multiaddr, PeerId,
+    StreamProtocol, Swarm, Transport,
 };
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
@@ -85,6 +85,9 @@ pub enum NetCommand {
         data: Vec<u8>,
     },
     Dial(Multiaddr),
+    /// Blocks (true) or unblocks (false) a peer: while blocked, its connections close
+    /// and new ones are denied (a partition for tests and chaos drills).
+    Block(PeerId, bool),
     Info(oneshot::Sender<NetInfo>),
 }
 
@@ -152,6 +155,7 @@ impl NetClient {
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     limits: connection_limits::Behaviour,
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     gossipsub: gossipsub::Behaviour,
     identify: identify::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -384,6 +388,7 @@ fn build_swarm(cfg: &NetConfig, metrics: Arc<NetMetrics>) -> Result<Swarm<Behavi
             );
             Ok(Behaviour {
                 limits,
+                blocked: allow_block_list::Behaviour::default(),
                 gossipsub,
                 identify,
                 kad,
@@ -531,6 +536,14 @@ impl EventLoop {
                 if let Err(e) = self.swarm.dial(addr.clone()) {
                     tracing::warn!(%addr, error = %e, "dial failed");
                 }
+            }
+            NetCommand::Block(peer, true) => {
+                tracing::info!(%peer, "peer blocked: its connections close");
+                b.blocked.block_peer(peer);
+            }
+            NetCommand::Block(peer, false) => {
+                tracing::info!(%peer, "peer unblocked");
+                b.blocked.unblock_peer(peer);
             }
             NetCommand::Info(tx) => {
                 let _ = tx.send(NetInfo {

@@ -136,6 +136,7 @@ pub struct NodeHandle {
     pub listen_addrs: Vec<Multiaddr>,
     observe: watch::Receiver<Observation>,
     api: mpsc::Sender<ApiRequest>,
+    net: NetClient,
     task: tokio::task::JoinHandle<()>,
     net_task: tokio::task::JoinHandle<()>,
 }
@@ -158,6 +159,28 @@ impl NodeHandle {
         let mut rx = self.observe.clone();
         let r = rx.wait_for(|o| cond(o)).await.ok()?;
         Some(r.clone())
+    }
+
+    /// Cuts this node's links to `peers` (a partition, for tests and chaos drills): open
+    /// connections close and new ones either way are refused until [`Self::unblock`].
+    /// Call it on both sides for a clean cut.
+    pub async fn block(&self, peers: &[PeerId]) {
+        for p in peers {
+            self.net.send(NetCommand::Block(*p, true)).await;
+        }
+    }
+
+    /// Lets `peers` connect again (the heal of [`Self::block`]); nothing redials by
+    /// itself at once, so pair it with [`Self::dial`].
+    pub async fn unblock(&self, peers: &[PeerId]) {
+        for p in peers {
+            self.net.send(NetCommand::Block(*p, false)).await;
+        }
+    }
+
+    /// Dials an address (a peer's [`Self::addr`]).
+    pub async fn dial(&self, addr: Multiaddr) {
+        self.net.send(NetCommand::Dial(addr)).await;
     }
 
     /// A dialable address with the peer id, for bootstrapping others.
@@ -382,6 +405,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
         listen_addrs,
         observe: obs_rx,
         api: api_tx,
+        net: net.clone(),
         task,
         net_task,
     })

@@ -533,3 +533,138 @@ async fn a_node_alone_reviews_its_own_change_and_lands_it() {
     check_main(&origin, &view, &tmp.path().join("check"));
     n.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_during_two_implements_of_one_file_heals_and_both_land_once() {
+    // Two sides of a 2|2 partition each implement a story on the same file. The merge
+    // gate's test is held until after the heal, so both changes are made from the same
+    // main and meet only when the mesh is whole again: the first lands, the second hits a
+    // rebase conflict, reworks on top of it and lands too. Nothing lands twice.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let origin = tmp.path().join("origin.git");
+    demo::create_origin(&origin).expect("origin");
+    let hold = tmp.path().join("hold-merges");
+    std::fs::write(&hold, "").expect("hold file");
+    let gate = format!(
+        "while [ -e '{}' ]; do sleep 0.05; done; sh test.sh",
+        hold.display()
+    );
+    let cfg = |c: &mut Config| {
+        flow_config(c, &origin);
+        c.sim_phase_ms = 200;
+        c.test_command = vec!["sh".into(), "-c".into(), gate.clone()];
+    };
+    let keys: Vec<Keypair> = (0..4).map(|_| Keypair::generate_ed25519()).collect();
+    let mut nodes = vec![start_with(&tmp.path().join("n0"), &keys[0], None, cfg, None).await];
+    for (i, k) in keys.iter().enumerate().skip(1) {
+        let n = start_with(
+            &tmp.path().join(format!("n{i}")),
+            k,
+            Some(&nodes[0]),
+            cfg,
+            None,
+        )
+        .await;
+        nodes.push(n);
+    }
+    let refs: Vec<&NodeHandle> = nodes.iter().collect();
+    wait_all_alive(&refs).await;
+
+    // Cut {n0, n1} from {n2, n3}, both ways, and wait until each side sees the other dead.
+    let (left, right) = ([0usize, 1], [2usize, 3]);
+    for (side, other) in [(left, right), (right, left)] {
+        let peers: Vec<_> = other.iter().map(|&j| nodes[j].peer_id).collect();
+        for &i in &side {
+            nodes[i].block(&peers).await;
+        }
+    }
+    for (side, other) in [(left, right), (right, left)] {
+        for &i in &side {
+            let gone: Vec<String> = other
+                .iter()
+                .map(|&j| nodes[j].peer_id.to_string())
+                .collect();
+            within(
+                "the other side marked dead",
+                30,
+                nodes[i].wait_for(|o| gone.iter().all(|p| o.dead.contains(p))),
+            )
+            .await;
+        }
+    }
+
+    let lexer = |title: &str| mesh_agent::model::NewStory {
+        title: title.into(),
+        files: vec!["src/lexer.txt".into()],
+        ..Default::default()
+    };
+    let a = nodes[0]
+        .add_story(lexer("Lex hex literals"))
+        .await
+        .expect("a added");
+    let b = nodes[2]
+        .add_story(lexer("Lex octal literals"))
+        .await
+        .expect("b added");
+    fn implemented(key: &str) -> impl Fn(&View) -> bool + '_ {
+        move |v| {
+            v.stories
+                .get(key)
+                .is_some_and(|s| s.phases_done.contains(&Phase::Implement))
+        }
+    }
+    wait_view(
+        &nodes[0],
+        "left side implemented its story",
+        120,
+        implemented(&a.key),
+    )
+    .await;
+    wait_view(
+        &nodes[2],
+        "right side implemented its story",
+        120,
+        implemented(&b.key),
+    )
+    .await;
+
+    // Heal: unblock, redial across, let the merges through.
+    for (side, other) in [(left, right), (right, left)] {
+        let peers: Vec<_> = other.iter().map(|&j| nodes[j].peer_id).collect();
+        for &i in &side {
+            nodes[i].unblock(&peers).await;
+        }
+    }
+    for &i in &left {
+        for &j in &right {
+            nodes[i].dial(nodes[j].addr().expect("addr")).await;
+        }
+    }
+    wait_all_alive(&refs).await;
+    std::fs::remove_file(&hold).expect("release the merges");
+
+    let view = wait_view(&nodes[0], "both stories merged", 240, |v| {
+        [&a.key, &b.key].iter().all(|k| {
+            v.stories
+                .get(*k)
+                .is_some_and(|s| s.status == StoryStatus::Done)
+        })
+    })
+    .await;
+    wait_converged(&refs).await;
+    check_main(&origin, &view, &tmp.path().join("check"));
+    let reworked: Vec<&str> = [&a.key, &b.key]
+        .iter()
+        .filter_map(|k| view.stories.get(*k))
+        .filter(|s| s.round > 0)
+        .map(|s| s.id.as_str())
+        .collect();
+    assert_eq!(
+        reworked.len(),
+        1,
+        "exactly one of the two went through rework after the heal: {reworked:?}"
+    );
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
