@@ -657,7 +657,8 @@ impl Core {
     /// Publishes a heartbeat (not for passive observers).
     pub fn heartbeat(&mut self, wall_ms: u64) {
         self.last_wall = wall_ms;
-        if self.cfg.passive {
+        // A stopping node said goodbye; a beat now would revive it on its peers.
+        if self.cfg.passive || self.stopping {
             return;
         }
         self.hb_seq += 1;
@@ -734,7 +735,13 @@ impl Core {
                     self.counters.malformed_dropped += 1;
                     return;
                 }
+                let left = ev.kind == EventKind::NodeLeft;
                 self.log_event(ev);
+                if left && self.membership.left(&from) {
+                    // It released its claims first: nothing of it to wait for or renew.
+                    tracing::info!(peer = %from, "peer left the mesh");
+                    self.check_settling(now_ms);
+                }
             }
             Input::Heartbeat { from, data } => {
                 let beat: Heartbeat = match codec::decode(&data, MAX_GOSSIP_BYTES) {
@@ -1727,16 +1734,35 @@ impl Core {
         }
     }
 
-    /// A clean shutdown: claim nothing more, cancel the running jobs and release every
+    /// A clean shutdown: claim nothing more, cancel the running jobs, release every
     /// claim this node holds (`Shutdown`: not a failed attempt), pushed to every alive
-    /// peer with the next effects. None when there was nothing to hand back.
+    /// peer with the next effects, and tell the peers it is leaving (`NodeLeft`: they
+    /// count it dead at once, so their claims do not wait to settle with it), then beat
+    /// no more. None when there is no one to hand anything to.
     pub fn begin_shutdown(&mut self, now_ms: u64) -> Option<Handover> {
-        self.stopping = true;
         self.cfg.work = false;
-        if self.cfg.passive || self.local.is_empty() {
+        if self.cfg.passive || self.stopping {
+            self.stopping = true;
             return None;
         }
+        self.stopping = true;
+        let peers = self.membership.alive(now_ms);
         let mark = self.session_mark();
+        if self.local.is_empty() {
+            if peers.is_empty() {
+                return None;
+            }
+            self.emit(EventKind::NodeLeft, None, None, 0, "stopping");
+            // Nothing to push: a session with each peer shows the goodbye had time to go.
+            for p in &peers {
+                self.start_sync(p);
+            }
+            return Some(Handover {
+                mark,
+                peers,
+                released: Vec::new(),
+            });
+        }
         let held = std::mem::take(&mut self.local);
         let mut released = Vec::new();
         for (id, c) in held {
@@ -1749,9 +1775,23 @@ impl Core {
             self.observer.forget(&id);
             released.push(id);
         }
+        // The goodbye leaves ahead of the pushes (not after them, as `poll_effect` would
+        // order a step's effects): once a peer answered the push, it has had the goodbye
+        // too, and the shell may stop.
+        self.push_pending = false;
+        self.emit(
+            EventKind::NodeLeft,
+            None,
+            None,
+            0,
+            format!("stopping; released {}", released.join(", ")),
+        );
+        for p in &peers {
+            self.open_session(p, true);
+        }
         Some(Handover {
             mark,
-            peers: self.membership.alive(now_ms),
+            peers,
             released,
         })
     }
@@ -2087,6 +2127,17 @@ mod tests {
         assert!(effects.contains(&Effect::CancelWork {
             claim: held[0].claim.clone()
         }));
+        let left = effects.iter().any(|e| match e {
+            Effect::Publish {
+                topic: Topic::Events,
+                data,
+            } => codec::decode::<Event>(data, MAX_GOSSIP_BYTES)
+                .is_ok_and(|ev| ev.kind == EventKind::NodeLeft),
+            _ => false,
+        });
+        assert!(left, "the peers are told it is leaving");
+        a.heartbeat(0);
+        assert!(a.poll_effect().is_none(), "no beat after the goodbye");
         let view = a.view();
         assert_eq!(
             view.claims().release_reason(&held[0].claim),
@@ -2101,6 +2152,56 @@ mod tests {
         a.tick(WARM_MS + 10, 0);
         assert!(a.held(WARM_MS + 10).is_empty());
         assert!(a.begin_shutdown(WARM_MS + 11).is_none(), "nothing left");
+    }
+
+    #[test]
+    fn a_peer_that_says_it_left_is_dead_at_once_until_it_beats_again() {
+        let mut a = core("A", 1);
+        a.handle(
+            0,
+            Input::Heartbeat {
+                from: "B".into(),
+                data: beat(1, 0),
+            },
+        );
+        assert_eq!(a.peer_state("B", 10), Some(PeerState::Alive));
+        let bye = |node: &str| Event {
+            node: node.to_string(),
+            seq: 1,
+            at_ms: 0,
+            kind: EventKind::NodeLeft,
+            story: String::new(),
+            phase: None,
+            round: 0,
+            detail: "stopping".into(),
+        };
+        // Only B can say B left.
+        a.handle(
+            20,
+            Input::Event {
+                from: "C".into(),
+                data: codec::encode(&bye("B")),
+            },
+        );
+        assert_eq!(a.peer_state("B", 20), Some(PeerState::Alive));
+        a.handle(
+            30,
+            Input::Event {
+                from: "B".into(),
+                data: codec::encode(&bye("B")),
+            },
+        );
+        assert_eq!(a.peer_state("B", 30), Some(PeerState::Dead));
+        assert!(a.membership().alive(30).is_empty());
+        // Back (a newer beat): alive again.
+        a.handle(
+            40,
+            Input::Heartbeat {
+                from: "B".into(),
+                data: beat(2, 0),
+            },
+        );
+        assert_eq!(a.peer_state("B", 40), Some(PeerState::Alive));
     }
 
     #[test]

@@ -724,6 +724,7 @@ fn event_line(e: &Event) -> String {
         EventKind::PatternDiscovered => "learned",
         EventKind::PeerJoined => "peer joined",
         EventKind::PeerDead => "peer dead",
+        EventKind::NodeLeft => "left the mesh",
     };
     let phase = match e.phase {
         Some(p) if e.round > 0 => format!("{p}.{}", e.round),
