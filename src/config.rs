@@ -24,6 +24,10 @@ pub struct Config {
     pub dead_after_ms: u64,
     /// Period of the anti-entropy sync with one random alive peer.
     pub anti_entropy_ms: u64,
+    /// After a start, a node that knows of a mesh (it remembers peers, or its document
+    /// names other nodes) claims no work until it has synced with a peer, or until this
+    /// long has passed (0: no wait).
+    pub join_wait_ms: u64,
     pub roles: Vec<String>,
     pub capacity: u32,
     /// Per-role concurrency, e.g. `{ implement = 1, review = 3 }`; roles not listed may
@@ -79,6 +83,7 @@ impl Default for Config {
             suspect_after_missed: 3,
             dead_after_ms: 5000,
             anti_entropy_ms: 5000,
+            join_wait_ms: 10_000,
             roles: vec![
                 "research".into(),
                 "plan".into(),
@@ -236,6 +241,13 @@ impl Config {
                 "allowed 100..=3600000",
             ));
         }
+        if self.join_wait_ms > 600_000 {
+            return Err(invalid(
+                "join_wait_ms",
+                self.join_wait_ms,
+                "allowed 0..=600000",
+            ));
+        }
         let names: Vec<&str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
         for r in &self.roles {
             if !names.contains(&r.as_str()) {
@@ -382,6 +394,10 @@ suspect_after_missed = {sam}
 dead_after_ms = {dead}
 # Sync with one random alive peer this often, whatever the heartbeats say.
 anti_entropy_ms = {ae}
+# After a restart, a node that knows of a mesh (peers it remembers, other nodes in its
+# document) claims no work until it synced with one of them, or until this long has
+# passed (so a mesh of one still works). 0: no wait.
+join_wait_ms = {jw}
 
 # Phases this node works on: refine, research, plan, plan_review, implement, review,
 # rework, merge. And how many pieces of work it runs at once.
@@ -443,6 +459,7 @@ merge_max_tries = {mmt}
             sam = self.suspect_after_missed,
             dead = self.dead_after_ms,
             ae = self.anti_entropy_ms,
+            jw = self.join_wait_ms,
             roles = list(&self.roles),
             cap = self.capacity,
             limits = self

@@ -235,6 +235,47 @@ pub struct RunRecord {
     pub claimed_ms: u64,
 }
 
+/// The guards against claiming from a partial picture of the mesh, set by the shell
+/// (off by default: the simulator drives cores without them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Guards {
+    /// Joining: a node that knows of a mesh (it remembers peers, or its document names
+    /// other nodes) claims nothing until it completed a sync with a peer, or until this
+    /// long after its first tick (so a mesh of one still works). 0: no wait.
+    pub join_wait_ms: u64,
+    /// The shell remembers peers from an earlier run.
+    pub remembers_peers: bool,
+    /// Compare this node's wall clock with its peers' heartbeats and claim nothing while
+    /// it is off the mesh median by more than `max_clock_drift_ms`.
+    pub clock_skew: bool,
+}
+
+/// This node's wall clock against its alive peers' (from their heartbeats).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockSkew {
+    /// Median over alive peers of (our wall clock at receipt − the beat's send time),
+    /// per peer the smallest of its last [`CLOCK_SAMPLES`] beats: our offset plus the
+    /// one-way delay. None without samples.
+    pub median_ms: Option<i64>,
+    /// Alive peers with a sample.
+    pub peers: usize,
+    /// Beyond the bound (allowing up to `message_timeout_ms` of one-way delay) with at
+    /// least two peers agreeing: with one peer there is no telling which clock is wrong.
+    pub skewed: bool,
+    /// The bound: `max_clock_drift_ms`.
+    pub bound_ms: u64,
+}
+
+/// What a clean shutdown waits for: the peers the releases were pushed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handover {
+    /// Sessions at or after this mark carry the releases.
+    pub mark: u64,
+    pub peers: Vec<String>,
+    /// The claims handed back.
+    pub released: Vec<String>,
+}
+
 /// Core-level counters.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Counters {
@@ -309,7 +350,25 @@ pub struct Core {
     events_logged: u64,
     /// This node's own event counter.
     event_seq: u64,
+    guards: Guards,
+    /// When the join wait started (the first tick).
+    join_from_ms: Option<u64>,
+    /// When the first sync session this node started completed: it has joined.
+    joined_ms: Option<u64>,
+    /// The join wait ran out without a sync (logged once).
+    join_gave_up: bool,
+    /// Per peer, our wall clock at receipt of its latest beats minus their send times
+    /// (at most [`CLOCK_SAMPLES`]).
+    clock_offsets: BTreeMap<String, VecDeque<i64>>,
+    /// The skew warning is up (logged on each change).
+    skew_warned: bool,
+    /// A clean shutdown began: claim nothing more.
+    stopping: bool,
 }
+
+/// Heartbeats per peer whose clock offsets are kept: a peer's offset is the smallest,
+/// the one least inflated by delivery delay.
+pub const CLOCK_SAMPLES: usize = 8;
 
 /// Events kept in the local log.
 pub const EVENT_LOG_CAPACITY: usize = 10_000;
@@ -361,6 +420,13 @@ impl Core {
             next_claim: incarnation.saturating_mul(1000),
             cochange: CoChange::default(),
             runs: Vec::new(),
+            guards: Guards::default(),
+            join_from_ms: None,
+            joined_ms: None,
+            join_gave_up: false,
+            clock_offsets: BTreeMap::new(),
+            skew_warned: false,
+            stopping: false,
         };
         core.release_previous_incarnations();
         core
@@ -461,9 +527,10 @@ impl Core {
         rows
     }
 
-    /// Starts or stops claiming new work. Starting claims at once.
+    /// Starts or stops claiming new work. Starting claims at once (not once a clean
+    /// shutdown began).
     pub fn set_work(&mut self, on: bool, now_ms: u64, wall_ms: u64) {
-        self.cfg.work = on && !self.cfg.passive;
+        self.cfg.work = on && !self.cfg.passive && !self.stopping;
         if self.cfg.work {
             self.check_claims(now_ms, wall_ms);
         }
@@ -590,7 +657,8 @@ impl Core {
     /// Publishes a heartbeat (not for passive observers).
     pub fn heartbeat(&mut self, wall_ms: u64) {
         self.last_wall = wall_ms;
-        if self.cfg.passive {
+        // A stopping node said goodbye; a beat now would revive it on its peers.
+        if self.cfg.passive || self.stopping {
             return;
         }
         self.hb_seq += 1;
@@ -624,6 +692,8 @@ impl Core {
             self.started_ms = Some(now_ms);
         }
         self.last_tick_ms = Some(now_ms);
+        self.join_from_ms.get_or_insert(now_ms);
+        self.report_guards(now_ms);
         let t = self.membership.tick(now_ms);
         for tr in &t {
             if tr.to == PeerState::Dead {
@@ -665,7 +735,13 @@ impl Core {
                     self.counters.malformed_dropped += 1;
                     return;
                 }
+                let left = ev.kind == EventKind::NodeLeft;
                 self.log_event(ev);
+                if left && self.membership.left(&from) {
+                    // It released its claims first: nothing of it to wait for or renew.
+                    tracing::info!(peer = %from, "peer left the mesh");
+                    self.check_settling(now_ms);
+                }
             }
             Input::Heartbeat { from, data } => {
                 let beat: Heartbeat = match codec::decode(&data, MAX_GOSSIP_BYTES) {
@@ -686,6 +762,15 @@ impl Core {
                     self.emit(EventKind::PeerJoined, None, None, 0, from.clone());
                 }
                 if seen != Observed::Stale {
+                    // Our wall clock (the shell sets it with each input) against the
+                    // sender's: our offset plus the one-way delay.
+                    let offset = i128::from(self.last_wall) - i128::from(beat.sent_at_ms);
+                    let offset = offset.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+                    let samples = self.clock_offsets.entry(from.clone()).or_default();
+                    samples.push_back(offset);
+                    while samples.len() > CLOCK_SAMPLES {
+                        samples.pop_front();
+                    }
                     // A holder renews only its own claims.
                     // (From the decoded facts: a beat must not cost a view fold.)
                     for id in &beat.claims {
@@ -947,6 +1032,10 @@ impl Core {
             None => {
                 self.counters.sync_sessions_completed += 1;
                 self.completed.insert(peer.to_string(), session.id);
+                if self.joined_ms.is_none() {
+                    tracing::info!(%peer, "synced with the mesh; joined");
+                    self.joined_ms = Some(self.last_now);
+                }
                 let acked = self.push_acked.entry(peer.to_string()).or_default();
                 *acked = (*acked).max(session.pushed_upto);
                 if session.again {
@@ -1041,6 +1130,11 @@ impl Core {
         let started = *self.started_ms.get_or_insert(now_ms);
         let m = self.cfg.membership;
         if now_ms.saturating_sub(started) < m.heartbeat_ms * u64::from(m.suspect_after_missed) {
+            return;
+        }
+        // Joining: a node that knows of a mesh claims nothing before it has synced with it
+        // (what it would claim may be done or held already). Skewed: its wall clock is off.
+        if self.joining(now_ms).is_some() || self.clock_skew(now_ms).skewed {
             return;
         }
         // Settle with every peer that is alive, or connected and not known dead (a
@@ -1543,6 +1637,172 @@ impl Core {
             .collect()
     }
 
+    /// Turns the joining and clock-skew guards on (see [`Guards`]).
+    pub fn set_guards(&mut self, guards: Guards) {
+        self.guards = guards;
+    }
+
+    /// Core clock when this node first completed a sync it started (None: not yet).
+    pub fn joined_at_ms(&self) -> Option<u64> {
+        self.joined_ms
+    }
+
+    /// While joining (it knows of a mesh it has not synced with, and the join wait is
+    /// not over), how long the wait has left; None once it may claim.
+    pub fn joining(&mut self, now_ms: u64) -> Option<u64> {
+        let wait = self.guards.join_wait_ms;
+        if wait == 0 || self.joined_ms.is_some() || self.cfg.passive {
+            return None;
+        }
+        let from = self.join_from_ms.unwrap_or(now_ms);
+        let left = from.saturating_add(wait).saturating_sub(now_ms);
+        if left == 0 {
+            return None;
+        }
+        let me = self.peer.clone();
+        let knows_mesh = self.guards.remembers_peers || self.view().nodes.keys().any(|p| *p != me);
+        knows_mesh.then_some(left)
+    }
+
+    /// This node's wall clock against the median of its alive peers' (see [`ClockSkew`]).
+    pub fn clock_skew(&self, now_ms: u64) -> ClockSkew {
+        let bound_ms = self.cfg.lease.max_clock_drift_ms;
+        let mut samples: Vec<i64> = self
+            .membership
+            .alive(now_ms)
+            .iter()
+            .filter_map(|p| self.clock_offsets.get(p)?.iter().min().copied())
+            .collect();
+        samples.sort_unstable();
+        let n = samples.len();
+        let median_ms = match n {
+            0 => None,
+            _ if n % 2 == 1 => Some(samples[n / 2]),
+            _ => Some(((i128::from(samples[n / 2 - 1]) + i128::from(samples[n / 2])) / 2) as i64),
+        };
+        // offset = skew + delay with 0 <= delay <= message_timeout: the skew is certainly
+        // beyond the bound only past it on either side, delay included.
+        let ahead = i128::from(bound_ms) + i128::from(self.cfg.lease.message_timeout_ms);
+        let behind = -i128::from(bound_ms);
+        let skewed = self.guards.clock_skew
+            && n >= 2
+            && median_ms.is_some_and(|m| i128::from(m) > ahead || i128::from(m) < behind);
+        ClockSkew {
+            median_ms,
+            peers: n,
+            skewed,
+            bound_ms,
+        }
+    }
+
+    /// Logs the guards' changes: the join wait running out, the clock going off the
+    /// mesh's and coming back.
+    fn report_guards(&mut self, now_ms: u64) {
+        if !self.join_gave_up
+            && self.joined_ms.is_none()
+            && self.guards.join_wait_ms > 0
+            && self
+                .join_from_ms
+                .is_some_and(|f| now_ms >= f.saturating_add(self.guards.join_wait_ms))
+        {
+            self.join_gave_up = true;
+            tracing::warn!(
+                wait_ms = self.guards.join_wait_ms,
+                "no known peer synced within join_wait_ms; working alone until one does"
+            );
+        }
+        if !self.guards.clock_skew {
+            return;
+        }
+        let skew = self.clock_skew(now_ms);
+        if skew.skewed != self.skew_warned {
+            self.skew_warned = skew.skewed;
+            let median_ms = skew.median_ms.unwrap_or(0);
+            if skew.skewed {
+                tracing::error!(
+                    median_ms,
+                    bound_ms = skew.bound_ms,
+                    peers = skew.peers,
+                    "CLOCK SKEW: this node's wall clock is off the mesh median by more than max_clock_drift_ms; claiming no new work until it is fixed (check NTP)"
+                );
+            } else {
+                tracing::warn!(
+                    median_ms,
+                    "clock back within max_clock_drift_ms of the mesh; claiming again"
+                );
+            }
+        }
+    }
+
+    /// A clean shutdown: claim nothing more, cancel the running jobs, release every
+    /// claim this node holds (`Shutdown`: not a failed attempt), pushed to every alive
+    /// peer with the next effects, and tell the peers it is leaving (`NodeLeft`: they
+    /// count it dead at once, so their claims do not wait to settle with it), then beat
+    /// no more. None when there is no one to hand anything to.
+    pub fn begin_shutdown(&mut self, now_ms: u64) -> Option<Handover> {
+        self.cfg.work = false;
+        if self.cfg.passive || self.stopping {
+            self.stopping = true;
+            return None;
+        }
+        self.stopping = true;
+        let peers = self.membership.alive(now_ms);
+        let mark = self.session_mark();
+        if self.local.is_empty() {
+            if peers.is_empty() {
+                return None;
+            }
+            self.emit(EventKind::NodeLeft, None, None, 0, "stopping");
+            // Nothing to push: a session with each peer shows the goodbye had time to go.
+            for p in &peers {
+                self.start_sync(p);
+            }
+            return Some(Handover {
+                mark,
+                peers,
+                released: Vec::new(),
+            });
+        }
+        let held = std::mem::take(&mut self.local);
+        let mut released = Vec::new();
+        for (id, c) in held {
+            if c.state == LocalState::Running {
+                self.effects
+                    .push_back(Effect::CancelWork { claim: id.clone() });
+            }
+            tracing::info!(claim = %id, story = %c.story, phase = %c.phase, "shutting down; handing the claim back");
+            self.release(&id, ReleaseReason::Shutdown, "holder shut down");
+            self.observer.forget(&id);
+            released.push(id);
+        }
+        // The goodbye leaves ahead of the pushes (not after them, as `poll_effect` would
+        // order a step's effects): once a peer answered the push, it has had the goodbye
+        // too, and the shell may stop.
+        self.push_pending = false;
+        self.emit(
+            EventKind::NodeLeft,
+            None,
+            None,
+            0,
+            format!("stopping; released {}", released.join(", ")),
+        );
+        for p in &peers {
+            self.open_session(p, true);
+        }
+        Some(Handover {
+            mark,
+            peers,
+            released,
+        })
+    }
+
+    /// Whether every peer the releases went to (and still connected) has synced them.
+    pub fn handed_over(&self, h: &Handover) -> bool {
+        h.peers
+            .iter()
+            .all(|p| !self.connected.contains(p) || self.synced_since(p, h.mark))
+    }
+
     /// Peers by membership state.
     pub fn peers(&self, now_ms: u64) -> Vec<PeerStatus> {
         self.membership.snapshot(now_ms)
@@ -1683,6 +1943,265 @@ mod tests {
         let mut p = Core::new("A".into(), passive, doc, 4);
         assert!(p.poll_effect().is_none());
         assert!(!p.doc().view().claims().is_released("A-1001"));
+    }
+
+    /// A core that works every phase, with the guards on.
+    fn worker(name: &str, doc: Doc, guards: Guards) -> Core {
+        let mut cfg = core(name, 9).cfg;
+        cfg.roles = Phase::ALL.iter().map(|p| p.as_str().to_string()).collect();
+        cfg.work = true;
+        let mut c = Core::new(name.to_string(), cfg, doc, 1);
+        c.set_guards(guards);
+        c
+    }
+
+    fn beat(seq: u64, sent_at_ms: u64) -> Vec<u8> {
+        codec::encode(&Heartbeat {
+            incarnation: 1,
+            seq,
+            roles: vec![],
+            free_capacity: 0,
+            heads_digest: [0; 32],
+            sent_at_ms,
+            claims: vec![],
+        })
+    }
+
+    /// Warm-up with the default membership config (3 beats of 1 s).
+    const WARM_MS: u64 = 3_000;
+
+    #[test]
+    fn a_node_that_knows_of_a_mesh_claims_nothing_before_it_synced_with_it() {
+        // B wrote a story and its node fact; A restarts over that document, alone.
+        let mut b = core("B", 2);
+        b.announce_node("test");
+        b.add_story(
+            &NewStory {
+                title: "s".into(),
+                ..Default::default()
+            },
+            1,
+        )
+        .unwrap();
+        let guards = Guards {
+            join_wait_ms: 10_000,
+            ..Guards::default()
+        };
+        let doc = Doc::load([1; 16], &b.doc_mut().save(), &[]).unwrap();
+        let mut a = worker("A", doc, guards);
+        a.tick(0, 0);
+        a.tick(WARM_MS + 1, 0);
+        assert!(a.held(WARM_MS + 1).is_empty(), "claimed before joining");
+        assert_eq!(a.joining(WARM_MS + 1), Some(10_000 - WARM_MS - 1));
+        // It connects and completes a sync with B: joined, it claims at the next tick.
+        a.handle(WARM_MS + 2, Input::Connected("B".into()));
+        pump(&mut a, &mut b);
+        assert_eq!(a.joined_at_ms(), Some(WARM_MS + 2));
+        assert_eq!(a.joining(WARM_MS + 3), None);
+        a.tick(WARM_MS + 3, 0);
+        assert_eq!(a.held(WARM_MS + 3).len(), 1, "claims once joined");
+    }
+
+    #[test]
+    fn the_join_wait_is_bounded_and_a_mesh_of_one_does_not_wait() {
+        let story = NewStory {
+            title: "s".into(),
+            ..Default::default()
+        };
+        // Remembers peers, none answers: it claims once the wait is over.
+        let guards = Guards {
+            join_wait_ms: 5_000,
+            remembers_peers: true,
+            clock_skew: false,
+        };
+        let mut a = worker("A", Doc::new([1; 16]), guards);
+        a.add_story(&story, 1).unwrap();
+        a.tick(0, 0);
+        a.tick(4_999, 0);
+        assert!(a.held(4_999).is_empty());
+        a.tick(5_000, 0);
+        assert_eq!(a.joining(5_000), None);
+        assert_eq!(a.held(5_000).len(), 1, "claims after the bounded wait");
+        // Knows of no mesh (a document with no other node, no remembered peers): no wait
+        // beyond the warm-up.
+        let mut solo = worker(
+            "S",
+            Doc::new([2; 16]),
+            Guards {
+                remembers_peers: false,
+                ..guards
+            },
+        );
+        solo.announce_node("test");
+        solo.add_story(&story, 1).unwrap();
+        solo.tick(0, 0);
+        assert_eq!(solo.joining(WARM_MS), None);
+        solo.tick(WARM_MS, 0);
+        assert_eq!(solo.held(WARM_MS).len(), 1);
+    }
+
+    #[test]
+    fn a_node_whose_clock_is_off_the_mesh_median_claims_nothing_until_it_is_back() {
+        // Defaults: max_clock_drift_ms 1000, message_timeout_ms 1000.
+        let guards = Guards {
+            clock_skew: true,
+            ..Guards::default()
+        };
+        let mut a = worker("A", Doc::new([1; 16]), guards);
+        for i in 0..4 {
+            a.add_story(
+                &NewStory {
+                    title: format!("s{i}"),
+                    ..Default::default()
+                },
+                1,
+            )
+            .unwrap();
+        }
+        let wall = 1_000_000;
+        let mut seq = 0;
+        let mut beats = |a: &mut Core, now: u64, peers: &[(&str, i64)]| {
+            seq += 1;
+            a.set_wall(wall + now);
+            for (p, ahead) in peers {
+                let sent = (wall + now) as i64 - ahead;
+                let input = Input::Heartbeat {
+                    from: p.to_string(),
+                    data: beat(seq, sent as u64),
+                };
+                a.handle(now, input);
+            }
+        };
+        a.tick(0, wall);
+        // One peer disagrees by 5 s: reported, but one peer cannot say whose clock is
+        // wrong.
+        beats(&mut a, 100, &[("B", 5_000)]);
+        let one = a.clock_skew(100);
+        assert_eq!(
+            (one.median_ms, one.peers, one.skewed),
+            (Some(5_000), 1, false)
+        );
+        // Two peers: A is 2.5 s ahead of both (more than drift + one-way delay).
+        beats(&mut a, WARM_MS, &[("B", 2_500), ("C", 2_600)]);
+        a.tick(WARM_MS + 1, wall + WARM_MS);
+        assert!(a.clock_skew(WARM_MS + 1).skewed);
+        assert!(a.held(WARM_MS + 1).is_empty(), "claimed while skewed");
+        // 1.5 s behind is beyond the bound too (a delay cannot make a clock look behind).
+        beats(&mut a, WARM_MS + 200, &[("B", -1_500), ("C", -1_400)]);
+        a.tick(WARM_MS + 201, wall + WARM_MS + 200);
+        assert!(a.clock_skew(WARM_MS + 201).skewed);
+        assert!(a.held(WARM_MS + 201).is_empty(), "claimed while skewed");
+        // Fixed: once the behind beats are out of the window, within drift + delay (a
+        // beat 1.8 s old may be 1 s of drift and 0.8 s of delivery), and one wild peer
+        // does not move the median: it claims again.
+        let mut now = WARM_MS + 200;
+        for _ in 0..CLOCK_SAMPLES {
+            now += 100;
+            beats(&mut a, now, &[("B", 1_800), ("C", 300), ("D", -60_000)]);
+        }
+        a.tick(now + 1, wall + now);
+        let back = a.clock_skew(now + 1);
+        assert_eq!((back.median_ms, back.skewed), (Some(300), false));
+        assert_eq!(a.held(now + 1).len(), 1, "claims once back in bounds");
+    }
+
+    #[test]
+    fn a_clean_shutdown_releases_every_claim_as_shutdown_and_claims_nothing_more() {
+        let mut a = worker("A", Doc::new([1; 16]), Guards::default());
+        a.add_story(
+            &NewStory {
+                title: "s".into(),
+                ..Default::default()
+            },
+            1,
+        )
+        .unwrap();
+        a.tick(0, 0);
+        a.tick(WARM_MS, 0);
+        let held = a.held(WARM_MS);
+        assert!(held.len() == 1 && held[0].running, "{held:?}");
+        while a.poll_effect().is_some() {}
+        let h = a.begin_shutdown(WARM_MS + 1).expect("a claim to hand back");
+        assert_eq!(h.released, vec![held[0].claim.clone()]);
+        let effects: Vec<Effect> = std::iter::from_fn(|| a.poll_effect()).collect();
+        assert!(effects.contains(&Effect::CancelWork {
+            claim: held[0].claim.clone()
+        }));
+        let left = effects.iter().any(|e| match e {
+            Effect::Publish {
+                topic: Topic::Events,
+                data,
+            } => codec::decode::<Event>(data, MAX_GOSSIP_BYTES)
+                .is_ok_and(|ev| ev.kind == EventKind::NodeLeft),
+            _ => false,
+        });
+        assert!(left, "the peers are told it is leaving");
+        a.heartbeat(0);
+        assert!(a.poll_effect().is_none(), "no beat after the goodbye");
+        let view = a.view();
+        assert_eq!(
+            view.claims().release_reason(&held[0].claim),
+            Some(ReleaseReason::Shutdown)
+        );
+        // Not an attempt: the story is free again, at attempt 0.
+        let s = view.stories.values().next().unwrap();
+        assert_eq!(s.attempts, 0, "{s:?}");
+        assert!(a.handed_over(&h), "no peer to wait for");
+        // It claims nothing more, even if asked to work.
+        a.set_work(true, WARM_MS + 2, 0);
+        a.tick(WARM_MS + 10, 0);
+        assert!(a.held(WARM_MS + 10).is_empty());
+        assert!(a.begin_shutdown(WARM_MS + 11).is_none(), "nothing left");
+    }
+
+    #[test]
+    fn a_peer_that_says_it_left_is_dead_at_once_until_it_beats_again() {
+        let mut a = core("A", 1);
+        a.handle(
+            0,
+            Input::Heartbeat {
+                from: "B".into(),
+                data: beat(1, 0),
+            },
+        );
+        assert_eq!(a.peer_state("B", 10), Some(PeerState::Alive));
+        let bye = |node: &str| Event {
+            node: node.to_string(),
+            seq: 1,
+            at_ms: 0,
+            kind: EventKind::NodeLeft,
+            story: String::new(),
+            phase: None,
+            round: 0,
+            detail: "stopping".into(),
+        };
+        // Only B can say B left.
+        a.handle(
+            20,
+            Input::Event {
+                from: "C".into(),
+                data: codec::encode(&bye("B")),
+            },
+        );
+        assert_eq!(a.peer_state("B", 20), Some(PeerState::Alive));
+        a.handle(
+            30,
+            Input::Event {
+                from: "B".into(),
+                data: codec::encode(&bye("B")),
+            },
+        );
+        assert_eq!(a.peer_state("B", 30), Some(PeerState::Dead));
+        assert!(a.membership().alive(30).is_empty());
+        // Back (a newer beat): alive again.
+        a.handle(
+            40,
+            Input::Heartbeat {
+                from: "B".into(),
+                data: beat(2, 0),
+            },
+        );
+        assert_eq!(a.peer_state("B", 40), Some(PeerState::Alive));
     }
 
     #[test]

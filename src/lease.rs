@@ -227,6 +227,9 @@ pub enum ReleaseReason {
     /// Never started: lost at settle, or could not sync with every alive peer in time.
     /// Not an attempt at the work.
     Unsettled,
+    /// The holder stopped cleanly (SIGTERM, Ctrl-C) and handed the work back. Not a
+    /// failed attempt: the work itself did nothing wrong.
+    Shutdown,
 }
 
 /// A release as stored in the document under `releases/<claim-id>`.

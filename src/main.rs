@@ -420,10 +420,18 @@ fn run(dir: &Path, a: RunArgs) -> Result<()> {
             println!("listening {}/p2p/{}", a, handle.peer_id);
         }
         wait_for_signal().await;
-        tracing::info!("stopping");
+        tracing::info!("stopping: handing claims back (a second Ctrl-C or SIGTERM exits at once)");
         api_task.abort();
         api::remove_control_file(dir);
-        handle.shutdown().await;
+        tokio::select! {
+            _ = handle.shutdown() => {}
+            _ = wait_for_signal() => {
+                // Acknowledged writes are on disk already; what is lost is the handover:
+                // peers take the claims over after expiry instead.
+                tracing::warn!("second signal: exiting at once");
+                std::process::exit(130);
+            }
+        }
         Ok::<(), anyhow::Error>(())
     })
 }
@@ -588,6 +596,33 @@ fn render_status(r: &StatusReport) -> String {
             );
         }
     }
+    if let Some(left) = r.joining_ms_left {
+        let _ = writeln!(
+            o,
+            "joining: waiting to sync with a known mesh, {} s left (no new work until then)",
+            left.div_ceil(1000)
+        );
+    }
+    if let Some(m) = r.clock.median_ms {
+        let (side, by) = if m >= 0 {
+            ("ahead of", m)
+        } else {
+            ("behind", -m)
+        };
+        let verdict = if r.clock.skewed {
+            format!(
+                "beyond max_clock_drift_ms = {}: CLAIMING NO NEW WORK, fix this node's clock (NTP)",
+                r.clock.bound_ms
+            )
+        } else {
+            "within bounds".to_string()
+        };
+        let _ = writeln!(
+            o,
+            "clock: {by} ms {side} the median of {} peer(s) (including delivery delay), {verdict}",
+            r.clock.peers
+        );
+    }
     let total: usize = r.story_counts.values().sum();
     let counts: Vec<String> = mesh_agent::model::StoryStatus::ALL
         .iter()
@@ -724,6 +759,7 @@ fn event_line(e: &Event) -> String {
         EventKind::PatternDiscovered => "learned",
         EventKind::PeerJoined => "peer joined",
         EventKind::PeerDead => "peer dead",
+        EventKind::NodeLeft => "left the mesh",
     };
     let phase = match e.phase {
         Some(p) if e.round > 0 => format!("{p}.{}", e.round),

@@ -87,6 +87,8 @@ struct Entry {
     first_seen_ms: u64,
     reported: PeerState,
     beat: Heartbeat,
+    /// The peer said it was leaving (a clean shutdown): dead until a newer beat.
+    left: bool,
 }
 
 /// A peer as shown to operators.
@@ -123,7 +125,7 @@ impl Membership {
 
     fn state_at(&self, e: &Entry, now_ms: u64) -> PeerState {
         let age = now_ms.saturating_sub(e.last_seen_ms);
-        if age >= self.cfg.dead_after_ms {
+        if e.left || age >= self.cfg.dead_after_ms {
             PeerState::Dead
         } else if age >= self.cfg.suspect_after_ms() {
             PeerState::Suspect
@@ -143,6 +145,7 @@ impl Membership {
                         first_seen_ms: now_ms,
                         reported: PeerState::Alive,
                         beat: beat.clone(),
+                        left: false,
                     },
                 );
                 Observed::New
@@ -155,12 +158,25 @@ impl Membership {
                 e.last_seen_ms = e.last_seen_ms.max(now_ms);
                 e.beat = beat.clone();
                 e.reported = PeerState::Alive;
+                e.left = false;
                 if was == PeerState::Dead {
                     Observed::Revived
                 } else {
                     Observed::Updated
                 }
             }
+        }
+    }
+
+    /// The peer said it is leaving (a clean shutdown): dead now rather than after
+    /// `dead_after` of silence, until a newer heartbeat says otherwise. False if unknown.
+    pub fn left(&mut self, peer: &str) -> bool {
+        match self.peers.get_mut(peer) {
+            Some(e) => {
+                e.left = true;
+                true
+            }
+            None => false,
         }
     }
 

@@ -196,6 +196,8 @@ pub enum EventKind {
     /// Local only: a peer this node saw join or die.
     PeerJoined,
     PeerDead,
+    /// The sender is stopping cleanly (its claims are released): count it dead now.
+    NodeLeft,
 }
 
 impl EventKind {
@@ -213,6 +215,7 @@ impl EventKind {
             EventKind::PatternDiscovered => "pattern_discovered",
             EventKind::PeerJoined => "peer_joined",
             EventKind::PeerDead => "peer_dead",
+            EventKind::NodeLeft => "node_left",
         }
     }
 }

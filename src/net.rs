@@ -88,6 +88,9 @@ pub enum NetCommand {
     /// Blocks (true) or unblocks (false) a peer: while blocked, its connections close
     /// and new ones are denied (a partition for tests and chaos drills).
     Block(PeerId, bool),
+    /// Replaces the remembered peers' addresses (with `/p2p/<peer>`) dialled, with the
+    /// bootstrap addresses, while this node has no connection.
+    Remember(Vec<Multiaddr>),
     Info(oneshot::Sender<NetInfo>),
 }
 
@@ -122,6 +125,11 @@ pub enum NetEvent {
     },
     Connected(PeerId),
     Disconnected(PeerId),
+    /// A peer told us (identify) the addresses it listens on.
+    PeerAddrs {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
     /// A connection failed in the secure handshake (most likely a mesh key mismatch).
     HandshakeFailed {
         who: String,
@@ -466,6 +474,7 @@ pub async fn spawn(
         cmd_rx,
         ev_tx,
         bootstrap: cfg.bootstrap,
+        remembered: Vec::new(),
         max_peers: cfg.max_peers as usize,
         metrics,
         connected: HashSet::new(),
@@ -479,26 +488,49 @@ struct EventLoop {
     cmd_rx: mpsc::Receiver<NetCommand>,
     ev_tx: mpsc::Sender<NetEvent>,
     bootstrap: Vec<Multiaddr>,
+    /// Remembered peers (from the node's store), dialled like bootstrap addresses.
+    remembered: Vec<Multiaddr>,
     max_peers: usize,
     metrics: Arc<NetMetrics>,
     connected: HashSet<PeerId>,
 }
 
+/// Redial backoff while this node has no connection: from the first to the last.
+pub const REDIAL_FIRST: Duration = Duration::from_millis(250);
+pub const REDIAL_MAX: Duration = Duration::from_secs(5);
+
 impl EventLoop {
     async fn run(mut self) {
         self.dial_bootstrap();
-        let mut redial = tokio::time::interval(Duration::from_secs(5));
-        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // While alone, redial every bootstrap and remembered address with backoff
+        // (250 ms doubling to 5 s); any connection resets it.
+        let mut backoff = REDIAL_FIRST;
+        let mut next = tokio::time::Instant::now() + backoff;
         loop {
             tokio::select! {
                 cmd = self.cmd_rx.recv() => match cmd {
                     Some(cmd) => self.handle_command(cmd),
                     None => break,
                 },
-                ev = self.swarm.select_next_some() => self.handle_event(ev).await,
-                _ = redial.tick() => {
+                ev = self.swarm.select_next_some() => {
+                    let lost_all = matches!(
+                        &ev,
+                        SwarmEvent::ConnectionClosed { num_established: 0, .. }
+                    );
+                    self.handle_event(ev).await;
+                    if lost_all && self.connected.is_empty() {
+                        backoff = REDIAL_FIRST;
+                        next = tokio::time::Instant::now() + backoff;
+                    }
+                }
+                _ = tokio::time::sleep_until(next) => {
                     if self.connected.is_empty() {
                         self.dial_bootstrap();
+                        next = tokio::time::Instant::now() + backoff;
+                        backoff = (backoff * 2).min(REDIAL_MAX);
+                    } else {
+                        backoff = REDIAL_FIRST;
+                        next = tokio::time::Instant::now() + REDIAL_MAX;
                     }
                 }
             }
@@ -510,6 +542,11 @@ impl EventLoop {
         for addr in self.bootstrap.clone() {
             if let Err(e) = self.swarm.dial(addr.clone()) {
                 tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+            }
+        }
+        for addr in self.remembered.clone() {
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::debug!(%addr, error = %e, "cannot dial remembered peer");
             }
         }
     }
@@ -544,6 +581,20 @@ impl EventLoop {
             NetCommand::Block(peer, false) => {
                 tracing::info!(%peer, "peer unblocked");
                 b.blocked.unblock_peer(peer);
+            }
+            NetCommand::Remember(addrs) => {
+                let me = *self.swarm.local_peer_id();
+                self.remembered = addrs
+                    .into_iter()
+                    .filter(|a| !a.iter().any(|p| p == libp2p::multiaddr::Protocol::P2p(me)))
+                    .collect();
+                if self.connected.is_empty() {
+                    for addr in self.remembered.clone() {
+                        if let Err(e) = self.swarm.dial(addr.clone()) {
+                            tracing::debug!(%addr, error = %e, "cannot dial remembered peer");
+                        }
+                    }
+                }
             }
             NetCommand::Info(tx) => {
                 let _ = tx.send(NetInfo {
@@ -660,9 +711,17 @@ impl EventLoop {
                 .await;
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                for addr in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                for addr in &info.listen_addrs {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, addr.clone());
                 }
+                self.emit(NetEvent::PeerAddrs {
+                    peer: peer_id,
+                    addrs: info.listen_addrs,
+                })
+                .await;
             }
             BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. })
                 if !self.connected.contains(&peer) && self.connected.len() < self.max_peers =>

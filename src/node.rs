@@ -5,7 +5,9 @@
 
 use crate::config::Config;
 pub use crate::core::Counters;
-use crate::core::{ClaimRow, Core, CoreConfig, Effect, HeldClaim, Input, RunRecord};
+use crate::core::{
+    ClaimRow, ClockSkew, Core, CoreConfig, Effect, Guards, Handover, HeldClaim, Input, RunRecord,
+};
 use crate::exec::command::CommandExecutor;
 use crate::exec::{Executor, SimExecutor};
 use crate::git::NodeRepo;
@@ -14,7 +16,7 @@ use crate::model::{Event, KnowledgeKind};
 use crate::model::{Handoff, NewStory, Topic};
 use crate::net::{self, NetClient, NetCommand, NetConfig, NetEvent};
 use crate::state::{Doc, StoryView, View};
-use crate::store::{Store, StoreError};
+use crate::store::{KnownPeer, Store, StoreError};
 use crate::work::{GateConfig, WorkShell};
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
@@ -114,6 +116,16 @@ pub struct StatusReport {
     pub held: Vec<HeldClaim>,
     /// Every active claim in the mesh, as this node sees it.
     pub claims: Vec<ClaimRow>,
+    /// Joining: this node knows of a mesh it has not synced with yet and claims nothing
+    /// for at most this much longer.
+    #[serde(default)]
+    pub joining_ms_left: Option<u64>,
+    /// Uptime at which this node first synced with a peer.
+    #[serde(default)]
+    pub joined_at_ms: Option<u64>,
+    /// This node's wall clock against its peers'.
+    #[serde(default)]
+    pub clock: ClockSkew,
 }
 
 /// What a node currently observes, published on every change so that tests, benchmarks
@@ -128,6 +140,8 @@ pub struct Observation {
     pub connected: usize,
     pub handshake_failures: u64,
     pub sync_sessions_completed: u64,
+    /// Node clock (ms since start) at which it first completed a sync with a peer.
+    pub joined_at_ms: Option<u64>,
 }
 
 /// A running node, in this process.
@@ -255,7 +269,9 @@ impl NodeHandle {
         let _ = self.net_task.await;
     }
 
-    /// Stops the node cleanly: every change flushed to disk, then the tasks end.
+    /// Stops the node cleanly: running jobs cancelled, every claim released (`Shutdown`)
+    /// and pushed to the alive peers (waiting at most [`HANDOVER_MAX`] for them to sync
+    /// it), every change flushed to disk, then the tasks end.
     pub async fn shutdown(self) {
         let (tx, rx) = oneshot::channel();
         if self.api.send(ApiRequest::Shutdown(tx)).await.is_ok() {
@@ -266,6 +282,9 @@ impl NodeHandle {
         let _ = self.net_task.await;
     }
 }
+
+/// The longest a clean shutdown waits for its peers to sync the claims it hands back.
+pub const HANDOVER_MAX: Duration = Duration::from_secs(2);
 
 fn wall_ms() -> u64 {
     SystemTime::now()
@@ -290,6 +309,18 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
         }
         None => Doc::new(actor),
     };
+    // Peers remembered from earlier runs: a hint, so an unreadable record is no reason
+    // not to start.
+    let known: BTreeMap<String, KnownPeer> = match &store {
+        Some(s) => s.load_known_peers().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the remembered peers; starting without");
+            Vec::new()
+        }),
+        None => Vec::new(),
+    }
+    .into_iter()
+    .map(|p| (p.peer.clone(), p))
+    .collect();
     let parse = |v: &[String]| -> Result<Vec<Multiaddr>, NodeError> {
         v.iter()
             .map(|a| a.parse().map_err(|_| NodeError::Addr(a.clone())))
@@ -307,7 +338,8 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
     .await?;
     let listen_addrs = net.info().await.listen_addrs;
     let peer = net.local_peer_id.to_string();
-    let core = Core::new(
+    net.send(NetCommand::Remember(dial_addrs(&known))).await;
+    let mut core = Core::new(
         peer.clone(),
         CoreConfig {
             membership: MembershipConfig {
@@ -327,6 +359,14 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
         doc,
         wall_ms(),
     );
+    core.set_guards(Guards {
+        join_wait_ms: cfg.join_wait_ms,
+        remembers_peers: !known.is_empty(),
+        clock_skew: true,
+    });
+    if !known.is_empty() {
+        tracing::info!(peers = known.len(), "redialling remembered peers");
+    }
     let executor: Arc<dyn Executor> = match opts.executor {
         Some(e) => e,
         None if cfg.executor == "command" => {
@@ -393,6 +433,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
         shell,
         jobs: HashMap::new(),
         work_tx,
+        known,
     };
     rt.core.announce_node(env!("CARGO_PKG_VERSION"));
     rt.drain_effects().await;
@@ -425,6 +466,24 @@ struct Runtime {
     shell: Arc<WorkShell>,
     jobs: HashMap<String, tokio::task::JoinHandle<()>>,
     work_tx: mpsc::Sender<(String, Result<Handoff, String>)>,
+    /// Peers this node was connected to (persisted; redialled on the next start).
+    known: BTreeMap<String, KnownPeer>,
+}
+
+/// The addresses to redial for remembered peers, each ending in `/p2p/<peer>`.
+fn dial_addrs(known: &BTreeMap<String, KnownPeer>) -> Vec<Multiaddr> {
+    let mut out = Vec::new();
+    for p in known.values() {
+        let Ok(id) = p.peer.parse::<PeerId>() else {
+            continue;
+        };
+        for a in &p.addrs {
+            if let Ok(a) = a.parse::<Multiaddr>() {
+                out.push(a.with(libp2p::multiaddr::Protocol::P2p(id)));
+            }
+        }
+    }
+    out
 }
 
 impl Runtime {
@@ -442,6 +501,7 @@ impl Runtime {
             connected: self.core.connected().len(),
             handshake_failures: c.handshake_failures,
             sync_sessions_completed: c.sync_sessions_completed,
+            joined_at_ms: self.core.joined_at_ms(),
             ..Default::default()
         };
         for p in self.core.peers(now) {
@@ -475,6 +535,8 @@ impl Runtime {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         let mut stopped: Option<oneshot::Sender<()>> = None;
+        // A clean shutdown handing claims back: what it waits for, who to answer, until when.
+        let mut handover: Option<(Handover, oneshot::Sender<()>, tokio::time::Instant)> = None;
         let Some(mut work_rx) = work_rx.take() else {
             return;
         };
@@ -487,13 +549,28 @@ impl Runtime {
                     self.core.handle(now, Input::WorkFinished { claim, outcome });
                 },
                 ev = net_rx.recv() => match ev {
-                    Some(ev) => self.on_net(ev),
+                    Some(ev) => self.on_net(ev).await,
                     None => break,
                 },
                 req = api_rx.recv() => match req {
                     Some(ApiRequest::Shutdown(done)) => {
-                        stopped = Some(done);
-                        break;
+                        if handover.is_some() {
+                            // A second request: stop at once.
+                            stopped = Some(done);
+                            break;
+                        }
+                        let now = self.now_ms();
+                        self.core.set_wall(wall_ms());
+                        match self.core.begin_shutdown(now) {
+                            Some(h) => {
+                                tracing::info!(claims = h.released.len(), peers = h.peers.len(), "stopping: handing claims back");
+                                handover = Some((h, done, tokio::time::Instant::now() + HANDOVER_MAX));
+                            }
+                            None => {
+                                stopped = Some(done);
+                                break;
+                            }
+                        }
                     }
                     Some(ApiRequest::Pause(d)) => {
                         tracing::warn!(?d, "node loop paused");
@@ -517,9 +594,26 @@ impl Runtime {
                     let now = self.now_ms();
                     self.core.anti_entropy(now, rand::random());
                 }
+                _ = sleep_until_handover(handover.as_ref().map(|h| h.2)) => {
+                    tracing::warn!("stopping: not every peer synced the released claims in time; they will see them through anti-entropy or expiry");
+                    if let Some((_, done, _)) = handover.take() {
+                        stopped = Some(done);
+                    }
+                    break;
+                }
             }
             self.drain_effects().await;
             self.publish_observation();
+            if handover
+                .as_ref()
+                .is_some_and(|(h, _, _)| self.core.handed_over(h))
+            {
+                if let Some((h, done, _)) = handover.take() {
+                    tracing::info!(claims = h.released.len(), "claims handed back; stopping");
+                    stopped = Some(done);
+                }
+                break;
+            }
         }
         self.drain_effects().await;
         for (_, t) in self.jobs.drain() {
@@ -529,6 +623,52 @@ impl Runtime {
         tracing::info!("node stopped");
         if let Some(done) = stopped {
             let _ = done.send(());
+        }
+    }
+
+    /// Remembers a peer's listen addresses (persisted, and redialled while alone).
+    async fn remember(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let Some(store) = &self.store else { return };
+        let addrs: Vec<String> = addrs
+            .iter()
+            .filter(|a| {
+                !a.iter()
+                    .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))
+            })
+            .map(|a| a.to_string())
+            .take(crate::store::MAX_PEER_ADDRS)
+            .collect();
+        if addrs.is_empty() {
+            return;
+        }
+        let entry = KnownPeer {
+            peer: peer.to_string(),
+            addrs,
+            seen_ms: wall_ms(),
+        };
+        let changed = self
+            .known
+            .get(&entry.peer)
+            .is_none_or(|k| k.addrs != entry.addrs);
+        self.known.insert(entry.peer.clone(), entry);
+        if self.known.len() > crate::store::MAX_KNOWN_PEERS {
+            if let Some(oldest) = self
+                .known
+                .values()
+                .min_by_key(|k| k.seen_ms)
+                .map(|k| k.peer.clone())
+            {
+                self.known.remove(&oldest);
+            }
+        }
+        let all: Vec<KnownPeer> = self.known.values().cloned().collect();
+        if let Err(e) = store.save_known_peers(&all) {
+            tracing::warn!(error = %e, "cannot remember peers");
+        }
+        if changed {
+            self.net
+                .send(NetCommand::Remember(dial_addrs(&self.known)))
+                .await;
         }
     }
 
@@ -571,7 +711,11 @@ impl Runtime {
         }
     }
 
-    fn on_net(&mut self, ev: NetEvent) {
+    async fn on_net(&mut self, ev: NetEvent) {
+        if let NetEvent::PeerAddrs { peer, addrs } = ev {
+            self.remember(peer, addrs).await;
+            return;
+        }
         let now = self.now_ms();
         self.core.set_wall(wall_ms());
         let input = match ev {
@@ -621,6 +765,7 @@ impl Runtime {
                 self.core.counters_mut().handshake_failures += 1;
                 return;
             }
+            NetEvent::PeerAddrs { .. } => return,
             NetEvent::Listening(a) => {
                 let a = a.to_string();
                 if !self.listen_addrs.contains(&a) {
@@ -738,7 +883,18 @@ impl Runtime {
             counters,
             held: self.core.held(now),
             claims: self.core.claim_rows(now),
+            joining_ms_left: self.core.joining(now),
+            joined_at_ms: self.core.joined_at_ms(),
+            clock: self.core.clock_skew(now),
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_handover(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

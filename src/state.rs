@@ -788,7 +788,10 @@ impl View {
                         .flatten()
                         .copied()
                         .filter(|(id, _)| {
-                            claims.release_reason(id) != Some(ReleaseReason::Unsettled)
+                            !matches!(
+                                claims.release_reason(id),
+                                Some(ReleaseReason::Unsettled | ReleaseReason::Shutdown)
+                            )
                         })
                         .collect();
                     attempts = on_it.len() as u32;

@@ -233,6 +233,53 @@ impl Drop for Store {
     }
 }
 
+/// The tree and key of the remembered peers.
+const PEERS_TREE: &str = "peers";
+const KNOWN_PEERS_KEY: &[u8] = b"known";
+/// Most peers remembered, and addresses per peer.
+pub const MAX_KNOWN_PEERS: usize = 64;
+pub const MAX_PEER_ADDRS: usize = 8;
+
+/// A peer this node was connected to, remembered across restarts so a node with no
+/// bootstrap address (or a stale one) can find its mesh again.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KnownPeer {
+    pub peer: String,
+    /// Its listen addresses (multiaddrs, without the `/p2p/` suffix).
+    pub addrs: Vec<String>,
+    /// Wall clock (ms since the epoch) when last connected: the most recent are kept.
+    pub seen_ms: u64,
+}
+
+impl Store {
+    /// Replaces the remembered peers (the most recently seen [`MAX_KNOWN_PEERS`], at most
+    /// [`MAX_PEER_ADDRS`] addresses each). Durable after the next flush.
+    pub fn save_known_peers(&self, peers: &[KnownPeer]) -> Result<(), StoreError> {
+        let mut peers = peers.to_vec();
+        peers.sort_by(|a, b| b.seen_ms.cmp(&a.seen_ms).then(a.peer.cmp(&b.peer)));
+        peers.truncate(MAX_KNOWN_PEERS);
+        for p in &mut peers {
+            p.addrs.truncate(MAX_PEER_ADDRS);
+        }
+        let bytes = serde_json::to_vec(&peers).unwrap_or_default();
+        let tree = self.db.open_tree(PEERS_TREE).map_err(self.db_err())?;
+        tree.insert(KNOWN_PEERS_KEY, bytes).map_err(self.db_err())?;
+        Ok(())
+    }
+
+    /// The remembered peers (none if never saved; an unreadable record is ignored, it is
+    /// only a hint).
+    pub fn load_known_peers(&self) -> Result<Vec<KnownPeer>, StoreError> {
+        let tree = self.db.open_tree(PEERS_TREE).map_err(self.db_err())?;
+        let Some(bytes) = tree.get(KNOWN_PEERS_KEY).map_err(self.db_err())? else {
+            return Ok(Vec::new());
+        };
+        let mut peers: Vec<KnownPeer> = serde_json::from_slice(&bytes).unwrap_or_default();
+        peers.truncate(MAX_KNOWN_PEERS);
+        Ok(peers)
+    }
+}
+
 fn chunk_key(seq: u64) -> Vec<u8> {
     let mut k = CHUNK_PREFIX.to_vec();
     k.extend_from_slice(&seq.to_be_bytes());
@@ -288,6 +335,30 @@ mod tests {
                 std::panic::resume_unwind(e);
             }
         }
+    }
+
+    #[test]
+    fn known_peers_survive_reopen_most_recent_first_and_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let peer = |i: u64| KnownPeer {
+            peer: format!("p{i}"),
+            addrs: (0..20).map(|a| format!("/ip4/127.0.0.1/tcp/{a}")).collect(),
+            seen_ms: i,
+        };
+        {
+            let s = Store::open(d.path()).unwrap();
+            assert_eq!(s.load_known_peers().unwrap(), vec![]);
+            let many: Vec<KnownPeer> = (0..100).map(peer).collect();
+            s.save_known_peers(&many).unwrap();
+            s.flush_blocking().unwrap();
+        }
+        let s = Store::open(d.path()).unwrap();
+        let known = s.load_known_peers().unwrap();
+        assert_eq!(known.len(), MAX_KNOWN_PEERS);
+        assert_eq!(known[0].peer, "p99", "most recently seen first");
+        assert!(known.iter().all(|p| p.addrs.len() == MAX_PEER_ADDRS));
+        // The document is untouched by it.
+        assert_eq!(s.load_doc().unwrap(), (vec![], vec![]));
     }
 
     #[test]
