@@ -32,7 +32,7 @@ use crate::membership::{
 };
 use crate::model::{
     Event, EventKind, Handoff, Heartbeat, KnowledgeFact, MergeFact, NewStory, NodeFact, Phase,
-    ResultFact, StoryFact, Topic, Verdict, MAX_EVENT_DETAIL,
+    ResultFact, StoryFact, StoryStatus, Topic, Verdict, MAX_EVENT_DETAIL, MAX_TAKEOVERS,
 };
 use crate::scheduler;
 use crate::state::{
@@ -1106,6 +1106,11 @@ impl Core {
         if !w.soft_conflicts.is_empty() {
             tracing::info!(story = %w.story, conflicts = ?w.soft_conflicts, "claiming despite soft conflicts");
         }
+        // The story's MAX_TAKEOVERS-th takeover: release the gone holder's claim but claim
+        // nothing, so the story stops for a human instead of killing holders forever.
+        if self.takeover_limit_reached(&view, &claims, &w.story, w.phase, w.round) {
+            return;
+        }
         // A takeover: the expired winners of these resources are released on their behalf.
         let mut taken_from = Vec::new();
         for (r, _) in &fact.resources {
@@ -1286,6 +1291,44 @@ impl Core {
         }
     }
 
+    /// If taking over `story`'s `phase` (in `round`) from its gone holder would be the
+    /// [`MAX_TAKEOVERS`]-th takeover, releases that holder's claim as expired, claims
+    /// nothing, announces the block and returns true.
+    fn takeover_limit_reached(
+        &mut self,
+        view: &View,
+        claims: &Claims,
+        story: &str,
+        phase: Phase,
+        round: u32,
+    ) -> bool {
+        let Ok(res) = Resource::story_round(story, phase, round) else {
+            return false;
+        };
+        let Some(old) = claims.winner(&res).map(str::to_string) else {
+            return false;
+        };
+        let at_limit = view.stories.get(story).is_some_and(|s| {
+            s.next_phase == Some(phase)
+                && s.round == round
+                && s.takeovers.saturating_add(1) >= MAX_TAKEOVERS
+        });
+        if !at_limit {
+            return false;
+        }
+        tracing::warn!(%story, %phase, claim = %old, "takeover limit reached; not claiming");
+        self.release(
+            &old,
+            ReleaseReason::Expired,
+            &format!(
+                "lease expired; released by {} (takeover limit reached)",
+                self.peer
+            ),
+        );
+        self.announce_if_blocked(story, false);
+        true
+    }
+
     fn release(&mut self, id: &str, why: ReleaseReason, note: &str) {
         self.doc.put_release(
             id,
@@ -1314,6 +1357,7 @@ impl Core {
                     .and_then(|r| f.token_of(&r))
             })
             .unwrap_or(0);
+        let was_blocked = self.is_blocked(&c.story);
         let wall = self.last_wall;
         match outcome {
             Ok(handoff) => {
@@ -1402,7 +1446,7 @@ impl Core {
             }
             Err(reason) => {
                 tracing::warn!(%claim, story = %c.story, phase = %c.phase, %reason, "phase attempt failed");
-                self.release(claim, ReleaseReason::Abandoned, &reason);
+                self.release(claim, ReleaseReason::Failed, &reason);
                 self.emit(
                     EventKind::PhaseFailed,
                     Some(&c.story),
@@ -1412,16 +1456,36 @@ impl Core {
                 );
             }
         }
-        let blocked = self
-            .view()
-            .stories
-            .get(&c.story)
-            .and_then(|s| s.blocked_reason.clone());
-        if let Some(why) = blocked {
-            self.emit(EventKind::StoryBlocked, Some(&c.story), None, c.round, why);
-        }
+        self.announce_if_blocked(&c.story, was_blocked);
         self.observer.forget(claim);
         let _ = now_ms;
+    }
+
+    /// Whether the view has `story` blocked for a human.
+    fn is_blocked(&mut self, story: &str) -> bool {
+        self.view()
+            .stories
+            .get(story)
+            .is_some_and(|s| s.status == StoryStatus::Blocked)
+    }
+
+    /// Emits `story_blocked` when this node's own write just moved `story` to blocked in
+    /// the view (`was_blocked`: its state before the write). Only the writer of the
+    /// change that blocked it announces it, once: never for a story that is not blocked
+    /// in the view, nor again for one that already was.
+    fn announce_if_blocked(&mut self, story: &str, was_blocked: bool) {
+        if was_blocked {
+            return;
+        }
+        let view = self.view();
+        let Some(s) = view.stories.get(story) else {
+            return;
+        };
+        if s.status != StoryStatus::Blocked {
+            return;
+        }
+        let why = s.blocked_reason.clone().unwrap_or_default();
+        self.emit(EventKind::StoryBlocked, Some(story), None, s.round, why);
     }
 
     fn log_event(&mut self, mut ev: Event) {
@@ -1683,6 +1747,120 @@ mod tests {
         let mut p = Core::new("A".into(), passive, doc, 4);
         assert!(p.poll_effect().is_none());
         assert!(!p.doc().view().claims().is_released("A-1001"));
+    }
+
+    /// A core that claims work of every phase, alone (claims settle at once).
+    fn worker(name: &str, actor: u8) -> Core {
+        let mut c = core(name, actor);
+        c.cfg.work = true;
+        c.cfg.roles = Phase::ALL.iter().map(|p| p.as_str().to_string()).collect();
+        c
+    }
+
+    /// Ticks past the warm-up until the core starts a job; returns its claim.
+    fn next_job(c: &mut Core, now: &mut u64) -> String {
+        for _ in 0..100 {
+            *now += 100;
+            c.tick(*now, *now);
+            while let Some(e) = c.poll_effect() {
+                if let Effect::StartWork(job) = e {
+                    return job.claim;
+                }
+            }
+        }
+        panic!("no job started");
+    }
+
+    fn kinds(c: &Core) -> Vec<EventKind> {
+        c.events_after(0, usize::MAX)
+            .into_iter()
+            .map(|(_, e)| e.kind)
+            .collect()
+    }
+
+    #[test]
+    fn story_blocked_fires_once_when_the_third_failure_blocks_the_story() {
+        let mut a = worker("A", 1);
+        let key = a
+            .add_story(
+                &NewStory {
+                    title: "fails".into(),
+                    ..Default::default()
+                },
+                1,
+            )
+            .unwrap()
+            .key;
+        let mut now = 0;
+        for i in 1..=crate::model::MAX_ATTEMPTS {
+            let claim = next_job(&mut a, &mut now);
+            a.handle(
+                now,
+                Input::WorkFinished {
+                    claim,
+                    outcome: Err("tests failed".into()),
+                },
+            );
+            let blocked = kinds(&a)
+                .iter()
+                .filter(|k| **k == EventKind::StoryBlocked)
+                .count();
+            let want = usize::from(i == crate::model::MAX_ATTEMPTS);
+            assert_eq!(blocked, want, "after failure {i}");
+        }
+        let v = a.view();
+        let s = &v.stories[&key];
+        assert_eq!(s.status, StoryStatus::Blocked);
+        assert_eq!((s.failed_attempts, s.takeovers), (3, 0));
+        let ev = a
+            .events_after(0, usize::MAX)
+            .into_iter()
+            .map(|(_, e)| e)
+            .find(|e| e.kind == EventKind::StoryBlocked)
+            .unwrap();
+        assert!(
+            ev.detail.starts_with("research failed 3 attempts"),
+            "{ev:?}"
+        );
+        // Nothing more happens to a blocked story: no second announcement.
+        for _ in 0..20 {
+            now += 100;
+            a.tick(now, now);
+            while a.poll_effect().is_some() {}
+        }
+        let n = kinds(&a)
+            .iter()
+            .filter(|k| **k == EventKind::StoryBlocked)
+            .count();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn restarts_of_the_holder_are_takeovers_and_do_not_block_the_story() {
+        let mut a = worker("A", 1);
+        a.add_story(
+            &NewStory {
+                title: "unlucky".into(),
+                ..Default::default()
+            },
+            1,
+        )
+        .unwrap();
+        let cfg = a.cfg.clone();
+        let mut now = 0;
+        for inc in 2..(2 + crate::model::MAX_ATTEMPTS as u64) {
+            next_job(&mut a, &mut now);
+            // The process dies mid-job and comes back over its persisted document.
+            let doc = Doc::load([inc as u8; 16], &a.doc_mut().save(), &[]).unwrap();
+            a = Core::new("A".into(), cfg.clone(), doc, inc);
+        }
+        let v = a.view();
+        let s = v.stories.values().next().unwrap();
+        assert_eq!(s.status, StoryStatus::Ready, "{:?}", s.blocked_reason);
+        assert_eq!((s.failed_attempts, s.takeovers), (0, 3));
+        // And the work goes on.
+        next_job(&mut a, &mut now);
+        assert!(!kinds(&a).contains(&EventKind::StoryBlocked));
     }
 
     #[test]
