@@ -379,6 +379,7 @@ impl Sim {
                     }
                 }
                 Effect::Persist { chunk } => self.nodes[i].persisted.push(chunk),
+                Effect::PersistEvents { .. } => {}
                 Effect::StartWork(job) => self.start_work(i, job),
                 Effect::CancelWork { claim } => {
                     self.nodes[i].jobs.remove(&claim);
