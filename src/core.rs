@@ -413,7 +413,16 @@ impl Core {
             .collect();
         for id in stale {
             tracing::info!(claim = %id, "releasing a claim of this node's previous run");
+            let story = claims
+                .claim(&id)
+                .and_then(|c| c.resources.iter().find_map(|(r, _)| r.story_key()))
+                .map(str::to_string);
+            let was_blocked = story.as_deref().is_some_and(|s| self.is_blocked(s));
             self.release(&id, ReleaseReason::Abandoned, "holder restarted");
+            // The restart may have been the story's last allowed takeover.
+            if let Some(s) = story {
+                self.announce_if_blocked(&s, was_blocked);
+            }
         }
     }
 
@@ -1928,7 +1937,7 @@ mod tests {
     }
 
     #[test]
-    fn restarts_of_the_holder_are_takeovers_and_do_not_block_the_story() {
+    fn restarts_of_the_holder_are_takeovers_and_block_only_at_the_takeover_limit() {
         let mut a = worker("A", 1);
         a.add_story(
             &NewStory {
@@ -1950,9 +1959,31 @@ mod tests {
         let s = v.stories.values().next().unwrap();
         assert_eq!(s.status, StoryStatus::Ready, "{:?}", s.blocked_reason);
         assert_eq!((s.failed_attempts, s.takeovers), (0, 3));
-        // And the work goes on.
-        next_job(&mut a, &mut now);
-        assert!(!kinds(&a).contains(&EventKind::StoryBlocked));
+        // And the work goes on... until the story has lost its holder MAX_TAKEOVERS
+        // times: then the restart that makes it so blocks it, and says so once.
+        for inc in 10..(10 + u64::from(MAX_TAKEOVERS - 3)) {
+            assert!(!kinds(&a).contains(&EventKind::StoryBlocked));
+            next_job(&mut a, &mut now);
+            let doc = Doc::load([inc as u8; 16], &a.doc_mut().save(), &[]).unwrap();
+            a = Core::new("A".into(), cfg.clone(), doc, inc);
+        }
+        let v = a.view();
+        let s = v.stories.values().next().unwrap();
+        assert_eq!(s.status, StoryStatus::Blocked);
+        assert_eq!((s.failed_attempts, s.takeovers), (0, MAX_TAKEOVERS));
+        let blocked: Vec<Event> = a
+            .events_after(0, usize::MAX)
+            .into_iter()
+            .map(|(_, e)| e)
+            .filter(|e| e.kind == EventKind::StoryBlocked)
+            .collect();
+        assert_eq!(blocked.len(), 1);
+        assert!(
+            blocked[0]
+                .detail
+                .starts_with("research lost its holder 10 times"),
+            "{blocked:?}"
+        );
     }
 
     #[test]

@@ -228,6 +228,7 @@ impl Timeline {
         let held: BTreeMap<&str, &[(u64, u64)]> = have
             .held
             .iter()
+            .take(MAX_SUMMARY_RANGES)
             .map(|(n, rs)| (n.as_str(), rs.as_slice()))
             .collect();
         let covered = |ev: &Event| {
