@@ -222,7 +222,8 @@ impl EventKind {
 pub struct Event {
     /// The node it happened on.
     pub node: String,
-    /// That node's event counter (resets on restart; with `at_ms` it orders its events).
+    /// That node's event number: from incarnation × 1000, so never reused across
+    /// restarts; local-only observations carry `timeline::LOCAL_SEQ_BIT`.
     pub seq: u64,
     /// The node's wall clock, ms since the epoch.
     pub at_ms: u64,
