@@ -134,7 +134,8 @@ struct EventsQuery {
     after: u64,
 }
 
-/// Events after a position in the node's local log, oldest first (at most 1000).
+/// The node's event timeline with arrival positions: after 0, the whole merged history in
+/// time order; after a position, what arrived since (at most 1000).
 async fn events(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -345,7 +346,8 @@ impl ControlClient {
         self.finish(r)
     }
 
-    /// Events after position `after` in the node's local log (0: all kept).
+    /// The node's event timeline: `after` 0, the merged history in time order; otherwise
+    /// what arrived after that position, in arrival order.
     pub fn events(&self, after: u64) -> Result<Vec<(u64, Event)>, ClientError> {
         let r = self
             .agent

@@ -32,12 +32,13 @@ use crate::membership::{
 };
 use crate::model::{
     Event, EventKind, Handoff, Heartbeat, KnowledgeFact, MergeFact, NewStory, NodeFact, Phase,
-    ResultFact, StoryFact, Topic, Verdict, MAX_EVENT_DETAIL,
+    ResultFact, StoryFact, StoryStatus, Topic, Verdict, MAX_TAKEOVERS,
 };
 use crate::scheduler;
 use crate::state::{
     relevant_knowledge, reset_sync_state, ChangeHash, Doc, StateError, StoryView, SyncState, View,
 };
+use crate::timeline::{accept_remote, EventsHave, Timeline, LOCAL_SEQ_BIT, MAX_EVENTS_PER_FRAME};
 
 /// Most knowledge entries handed to one job.
 pub const MAX_JOB_KNOWLEDGE: usize = 12;
@@ -60,6 +61,26 @@ pub struct SyncFrame {
     /// The sender's own changes the receiver may lack (first frame only), applied
     /// before `msg`.
     pub push: Vec<serde_bytes::ByteBuf>,
+    /// First frame only: the sender asks for the events it lacks (see `timeline`).
+    pub events_have: Option<EventsHave>,
+    /// In an answer: events the requester lacked, oldest first.
+    pub events: Vec<Event>,
+    /// In an answer: more events remain for the requester (it asks again).
+    pub events_more: bool,
+}
+
+impl SyncFrame {
+    /// A frame carrying only an automerge message.
+    fn msg(start: bool, msg: Vec<u8>) -> SyncFrame {
+        SyncFrame {
+            start,
+            msg,
+            push: Vec::new(),
+            events_have: None,
+            events: Vec::new(),
+            events_more: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -159,6 +180,10 @@ pub enum Effect {
     /// Append these document bytes to durable storage.
     Persist {
         chunk: Vec<u8>,
+    },
+    /// Add these events to the durable event log (no flush needed: progress, not facts).
+    PersistEvents {
+        events: Vec<Event>,
     },
     /// A claim settled and won: run the job.
     StartWork(Box<Job>),
@@ -345,10 +370,9 @@ pub struct Core {
     /// The latest wall clock the core was given (ms since the epoch): for timestamps on
     /// facts and events only, never for decisions.
     last_wall: u64,
-    /// The local event log: (local position, event), bounded.
-    events: VecDeque<(u64, Event)>,
-    events_logged: u64,
-    /// This node's own event counter.
+    /// The event timeline: this node's events and every peer's it heard of, bounded.
+    timeline: Timeline,
+    /// This node's last shared event number (from incarnation × 1000: never reused).
     event_seq: u64,
     guards: Guards,
     /// When the join wait started (the first tick).
@@ -364,6 +388,10 @@ pub struct Core {
     skew_warned: bool,
     /// A clean shutdown began: claim nothing more.
     stopping: bool,
+    /// This node's last local-only event number (under `LOCAL_SEQ_BIT`).
+    local_event_seq: u64,
+    /// Peers to ask for the events we lack at the next session we open with them.
+    events_pull: BTreeSet<String>,
 }
 
 /// Heartbeats per peer whose clock offsets are kept: a peer's offset is the smallest,
@@ -406,9 +434,10 @@ impl Core {
             hb_seq: 0,
             last_now: 0,
             last_wall: incarnation,
-            events: VecDeque::new(),
-            events_logged: 0,
-            event_seq: 0,
+            timeline: Timeline::new(EVENT_LOG_CAPACITY),
+            event_seq: incarnation.saturating_mul(1000).min(LOCAL_SEQ_BIT / 2),
+            local_event_seq: 0,
+            events_pull: BTreeSet::new(),
             started_ms: None,
             last_tick_ms: None,
             counters: Counters::default(),
@@ -450,7 +479,16 @@ impl Core {
             .collect();
         for id in stale {
             tracing::info!(claim = %id, "releasing a claim of this node's previous run");
+            let story = claims
+                .claim(&id)
+                .and_then(|c| c.resources.iter().find_map(|(r, _)| r.story_key()))
+                .map(str::to_string);
+            let was_blocked = story.as_deref().is_some_and(|s| self.is_blocked(s));
             self.release(&id, ReleaseReason::Abandoned, "holder restarted");
+            // The restart may have been the story's last allowed takeover.
+            if let Some(s) = story {
+                self.announce_if_blocked(&s, was_blocked);
+            }
         }
     }
 
@@ -715,6 +753,8 @@ impl Core {
             return;
         }
         let p = candidates[(pick % candidates.len() as u64) as usize].clone();
+        // The backstop for events gossip lost (a partition, a restart): pull them too.
+        self.events_pull.insert(p.clone());
         self.start_sync(&p);
     }
 
@@ -735,12 +775,18 @@ impl Core {
                     self.counters.malformed_dropped += 1;
                     return;
                 }
-                let left = ev.kind == EventKind::NodeLeft;
-                self.log_event(ev);
-                if left && self.membership.left(&from) {
-                    // It released its claims first: nothing of it to wait for or renew.
-                    tracing::info!(peer = %from, "peer left the mesh");
-                    self.check_settling(now_ms);
+                match accept_remote(ev, self.last_wall) {
+                    Some(ev) => {
+                        let left = ev.kind == EventKind::NodeLeft;
+                        self.log_event(ev);
+                        if left && self.membership.left(&from) {
+                            // It released its claims first: nothing of it to wait for or
+                            // renew.
+                            tracing::info!(peer = %from, "peer left the mesh");
+                            self.check_settling(now_ms);
+                        }
+                    }
+                    None => self.counters.malformed_dropped += 1,
                 }
             }
             Input::Heartbeat { from, data } => {
@@ -815,6 +861,8 @@ impl Core {
             }
             Input::Connected(p) => {
                 self.connected.insert(p.clone());
+                // A new connection also merges event timelines (each side pulls).
+                self.events_pull.insert(p.clone());
                 self.start_sync(&p);
             }
             Input::Disconnected(p) => {
@@ -865,12 +913,16 @@ impl Core {
                 pushed_upto,
             },
         );
+        let events_have = self
+            .events_pull
+            .remove(peer)
+            .then(|| self.timeline.summary());
         self.effects.push_back(Effect::SendSync {
             to: peer.to_string(),
             data: codec::encode(&SyncFrame {
-                start: true,
-                msg,
                 push: pushed.into_iter().map(serde_bytes::ByteBuf::from).collect(),
+                events_have,
+                ..SyncFrame::msg(true, msg)
             }),
         });
     }
@@ -961,11 +1013,15 @@ impl Core {
         self.saw_heads(peer, false);
         let state = self.in_sync.entry(peer.to_string()).or_default();
         let msg = self.doc.sync_generate(state).unwrap_or_default();
-        codec::encode(&SyncFrame {
-            start: false,
-            msg,
-            push: Vec::new(),
-        })
+        let mut answer = SyncFrame::msg(false, msg);
+        if let (true, Some(have)) = (frame.start, &frame.events_have) {
+            // What the peer lacks, within what is left of the frame cap.
+            let budget = self.cfg.max_sync_bytes.saturating_sub(answer.msg.len()) / 2;
+            let (events, more) = self.timeline.missing(have, MAX_EVENTS_PER_FRAME, budget);
+            answer.events = events;
+            answer.events_more = more;
+        }
+        codec::encode(&answer)
     }
 
     /// Applies a peer's sync message under the session state of one direction
@@ -1008,6 +1064,14 @@ impl Core {
             self.counters.sync_failures += 1;
             return;
         };
+        if !frame.events.is_empty() {
+            let added = self.merge_events(frame.events);
+            // More where those came from: ask again right after this session.
+            if frame.events_more && added > 0 {
+                self.events_pull.insert(peer.to_string());
+                session.again = true;
+            }
+        }
         if !self.apply_sync(true, peer, &frame.msg) {
             return;
         }
@@ -1019,11 +1083,7 @@ impl Core {
                 self.sessions.insert(peer.to_string(), session);
                 self.effects.push_back(Effect::SendSync {
                     to: peer.to_string(),
-                    data: codec::encode(&SyncFrame {
-                        start: false,
-                        msg,
-                        push: Vec::new(),
-                    }),
+                    data: codec::encode(&SyncFrame::msg(false, msg)),
                 });
             }
             Some(_) => {
@@ -1199,6 +1259,11 @@ impl Core {
         };
         if !w.soft_conflicts.is_empty() {
             tracing::info!(story = %w.story, conflicts = ?w.soft_conflicts, "claiming despite soft conflicts");
+        }
+        // The story's MAX_TAKEOVERS-th takeover: release the gone holder's claim but claim
+        // nothing, so the story stops for a human instead of killing holders forever.
+        if self.takeover_limit_reached(&view, &claims, &w.story, w.phase, w.round) {
+            return;
         }
         // A takeover: the expired winners of these resources are released on their behalf.
         let mut taken_from = Vec::new();
@@ -1380,6 +1445,44 @@ impl Core {
         }
     }
 
+    /// If taking over `story`'s `phase` (in `round`) from its gone holder would be the
+    /// [`MAX_TAKEOVERS`]-th takeover, releases that holder's claim as expired, claims
+    /// nothing, announces the block and returns true.
+    fn takeover_limit_reached(
+        &mut self,
+        view: &View,
+        claims: &Claims,
+        story: &str,
+        phase: Phase,
+        round: u32,
+    ) -> bool {
+        let Ok(res) = Resource::story_round(story, phase, round) else {
+            return false;
+        };
+        let Some(old) = claims.winner(&res).map(str::to_string) else {
+            return false;
+        };
+        let at_limit = view.stories.get(story).is_some_and(|s| {
+            s.next_phase == Some(phase)
+                && s.round == round
+                && s.takeovers.saturating_add(1) >= MAX_TAKEOVERS
+        });
+        if !at_limit {
+            return false;
+        }
+        tracing::warn!(%story, %phase, claim = %old, "takeover limit reached; not claiming");
+        self.release(
+            &old,
+            ReleaseReason::Expired,
+            &format!(
+                "lease expired; released by {} (takeover limit reached)",
+                self.peer
+            ),
+        );
+        self.announce_if_blocked(story, false);
+        true
+    }
+
     fn release(&mut self, id: &str, why: ReleaseReason, note: &str) {
         self.doc.put_release(
             id,
@@ -1408,6 +1511,7 @@ impl Core {
                     .and_then(|r| f.token_of(&r))
             })
             .unwrap_or(0);
+        let was_blocked = self.is_blocked(&c.story);
         let wall = self.last_wall;
         match outcome {
             Ok(handoff) => {
@@ -1496,7 +1600,7 @@ impl Core {
             }
             Err(reason) => {
                 tracing::warn!(%claim, story = %c.story, phase = %c.phase, %reason, "phase attempt failed");
-                self.release(claim, ReleaseReason::Abandoned, &reason);
+                self.release(claim, ReleaseReason::Failed, &reason);
                 self.emit(
                     EventKind::PhaseFailed,
                     Some(&c.story),
@@ -1506,30 +1610,81 @@ impl Core {
                 );
             }
         }
-        let blocked = self
-            .view()
-            .stories
-            .get(&c.story)
-            .and_then(|s| s.blocked_reason.clone());
-        if let Some(why) = blocked {
-            self.emit(EventKind::StoryBlocked, Some(&c.story), None, c.round, why);
-        }
+        self.announce_if_blocked(&c.story, was_blocked);
         self.observer.forget(claim);
         let _ = now_ms;
     }
 
-    fn log_event(&mut self, mut ev: Event) {
-        if ev.detail.len() > MAX_EVENT_DETAIL {
-            let mut cut = MAX_EVENT_DETAIL;
-            while !ev.detail.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            ev.detail.truncate(cut);
+    /// Whether the view has `story` blocked for a human.
+    fn is_blocked(&mut self, story: &str) -> bool {
+        self.view()
+            .stories
+            .get(story)
+            .is_some_and(|s| s.status == StoryStatus::Blocked)
+    }
+
+    /// Emits `story_blocked` when this node's own write just moved `story` to blocked in
+    /// the view (`was_blocked`: its state before the write). Only the writer of the
+    /// change that blocked it announces it, once: never for a story that is not blocked
+    /// in the view, nor again for one that already was.
+    fn announce_if_blocked(&mut self, story: &str, was_blocked: bool) {
+        if was_blocked {
+            return;
         }
-        self.events_logged += 1;
-        self.events.push_back((self.events_logged, ev));
-        while self.events.len() > EVENT_LOG_CAPACITY {
-            self.events.pop_front();
+        let view = self.view();
+        let Some(s) = view.stories.get(story) else {
+            return;
+        };
+        if s.status != StoryStatus::Blocked {
+            return;
+        }
+        let why = s.blocked_reason.clone().unwrap_or_default();
+        self.emit(EventKind::StoryBlocked, Some(story), None, s.round, why);
+    }
+
+    /// Adds an event to the timeline; a new one is persisted. True if it was new.
+    fn log_event(&mut self, ev: Event) -> bool {
+        if !self.timeline.insert(ev.clone()) {
+            return false;
+        }
+        self.effects
+            .push_back(Effect::PersistEvents { events: vec![ev] });
+        true
+    }
+
+    /// Merges events a peer sent (hostile input: validated, cut, deduplicated); persists
+    /// the new ones in one effect. Returns how many were new.
+    fn merge_events(&mut self, events: Vec<Event>) -> usize {
+        let mut fresh = Vec::new();
+        for ev in events.into_iter().take(MAX_EVENTS_PER_FRAME) {
+            match accept_remote(ev, self.last_wall) {
+                Some(ev) => {
+                    if self.timeline.insert(ev.clone()) {
+                        fresh.push(ev);
+                    }
+                }
+                None => self.counters.malformed_dropped += 1,
+            }
+        }
+        let n = fresh.len();
+        if n > 0 {
+            self.effects
+                .push_back(Effect::PersistEvents { events: fresh });
+        }
+        n
+    }
+
+    /// Loads events persisted by an earlier run (not persisted again). Own event numbers
+    /// continue above the restored ones.
+    pub fn restore_events(&mut self, events: Vec<Event>) {
+        for ev in events {
+            self.timeline.insert(ev);
+        }
+        if let Some(s) = self.timeline.max_seq(&self.peer, false) {
+            self.event_seq = self.event_seq.max(s);
+        }
+        if let Some(s) = self.timeline.max_seq(&self.peer, true) {
+            self.local_event_seq = self.local_event_seq.max(s & !LOCAL_SEQ_BIT);
         }
     }
 
@@ -1563,10 +1718,16 @@ impl Core {
                 })
             })
             .unwrap_or_default();
-        self.event_seq += 1;
+        let seq = if local_only {
+            self.local_event_seq += 1;
+            LOCAL_SEQ_BIT | self.local_event_seq
+        } else {
+            self.event_seq += 1;
+            self.event_seq
+        };
         let ev = Event {
             node: self.peer.clone(),
-            seq: self.event_seq,
+            seq,
             at_ms: self.last_wall,
             kind,
             story,
@@ -1626,15 +1787,20 @@ impl Core {
         Ok(id)
     }
 
-    /// Events logged after local position `after` (0 for all kept), oldest first, with
-    /// their positions.
+    /// The timeline with each event's arrival position. `after` 0: the merged history
+    /// in time order (the newest `limit`); otherwise what arrived after that position, in
+    /// arrival order (for following: an event a peer held may be older than ours).
     pub fn events_after(&self, after: u64, limit: usize) -> Vec<(u64, Event)> {
-        self.events
-            .iter()
-            .filter(|(n, _)| *n > after)
-            .take(limit)
-            .cloned()
-            .collect()
+        if after == 0 {
+            self.timeline.ordered(limit)
+        } else {
+            self.timeline.arrived_after(after, limit)
+        }
+    }
+
+    /// The arrival position of the newest event in the timeline (grows on every new one).
+    pub fn events_pos(&self) -> u64 {
+        self.timeline.last_pos()
     }
 
     /// Turns the joining and clock-skew guards on (see [`Guards`]).
@@ -2211,15 +2377,10 @@ mod tests {
             vec![],
             vec![0xff; 10],
             vec![codec::WIRE_VERSION, 1, 2, 3],
+            codec::encode(&SyncFrame::msg(true, vec![9; 40])),
             codec::encode(&SyncFrame {
-                start: true,
-                msg: vec![9; 40],
-                push: Vec::new(),
-            }),
-            codec::encode(&SyncFrame {
-                start: true,
-                msg: Vec::new(),
                 push: vec![serde_bytes::ByteBuf::from(vec![7; 64])],
+                ..SyncFrame::msg(true, Vec::new())
             }),
             vec![0; MAX_GOSSIP_BYTES + 1],
         ];
@@ -2250,5 +2411,227 @@ mod tests {
             a.membership().alive(0).is_empty(),
             "garbage never admits a peer"
         );
+    }
+
+    /// A core that claims work of every phase, alone (claims settle at once).
+    fn worker_alone(name: &str, actor: u8) -> Core {
+        let mut c = core(name, actor);
+        c.cfg.work = true;
+        c.cfg.roles = Phase::ALL.iter().map(|p| p.as_str().to_string()).collect();
+        c
+    }
+
+    /// Ticks past the warm-up until the core starts a job; returns its claim.
+    fn next_job(c: &mut Core, now: &mut u64) -> String {
+        for _ in 0..100 {
+            *now += 100;
+            c.tick(*now, *now);
+            while let Some(e) = c.poll_effect() {
+                if let Effect::StartWork(job) = e {
+                    return job.claim;
+                }
+            }
+        }
+        panic!("no job started");
+    }
+
+    fn kinds(c: &Core) -> Vec<EventKind> {
+        c.events_after(0, usize::MAX)
+            .into_iter()
+            .map(|(_, e)| e.kind)
+            .collect()
+    }
+
+    #[test]
+    fn story_blocked_fires_once_when_the_third_failure_blocks_the_story() {
+        let mut a = worker_alone("A", 1);
+        let key = a
+            .add_story(
+                &NewStory {
+                    title: "fails".into(),
+                    ..Default::default()
+                },
+                1,
+            )
+            .unwrap()
+            .key;
+        let mut now = 0;
+        for i in 1..=crate::model::MAX_ATTEMPTS {
+            let claim = next_job(&mut a, &mut now);
+            a.handle(
+                now,
+                Input::WorkFinished {
+                    claim,
+                    outcome: Err("tests failed".into()),
+                },
+            );
+            let blocked = kinds(&a)
+                .iter()
+                .filter(|k| **k == EventKind::StoryBlocked)
+                .count();
+            let want = usize::from(i == crate::model::MAX_ATTEMPTS);
+            assert_eq!(blocked, want, "after failure {i}");
+        }
+        let v = a.view();
+        let s = &v.stories[&key];
+        assert_eq!(s.status, StoryStatus::Blocked);
+        assert_eq!((s.failed_attempts, s.takeovers), (3, 0));
+        let ev = a
+            .events_after(0, usize::MAX)
+            .into_iter()
+            .map(|(_, e)| e)
+            .find(|e| e.kind == EventKind::StoryBlocked)
+            .unwrap();
+        assert!(
+            ev.detail.starts_with("research failed 3 attempts"),
+            "{ev:?}"
+        );
+        // Nothing more happens to a blocked story: no second announcement.
+        for _ in 0..20 {
+            now += 100;
+            a.tick(now, now);
+            while a.poll_effect().is_some() {}
+        }
+        let n = kinds(&a)
+            .iter()
+            .filter(|k| **k == EventKind::StoryBlocked)
+            .count();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn restarts_of_the_holder_are_takeovers_and_block_only_at_the_takeover_limit() {
+        let mut a = worker_alone("A", 1);
+        a.add_story(
+            &NewStory {
+                title: "unlucky".into(),
+                ..Default::default()
+            },
+            1,
+        )
+        .unwrap();
+        let cfg = a.cfg.clone();
+        let mut now = 0;
+        for inc in 2..(2 + crate::model::MAX_ATTEMPTS as u64) {
+            next_job(&mut a, &mut now);
+            // The process dies mid-job and comes back over its persisted document.
+            let doc = Doc::load([inc as u8; 16], &a.doc_mut().save(), &[]).unwrap();
+            a = Core::new("A".into(), cfg.clone(), doc, inc);
+        }
+        let v = a.view();
+        let s = v.stories.values().next().unwrap();
+        assert_eq!(s.status, StoryStatus::Ready, "{:?}", s.blocked_reason);
+        assert_eq!((s.failed_attempts, s.takeovers), (0, 3));
+        // And the work goes on... until the story has lost its holder MAX_TAKEOVERS
+        // times: then the restart that makes it so blocks it, and says so once.
+        for inc in 10..(10 + u64::from(MAX_TAKEOVERS - 3)) {
+            assert!(!kinds(&a).contains(&EventKind::StoryBlocked));
+            next_job(&mut a, &mut now);
+            let doc = Doc::load([inc as u8; 16], &a.doc_mut().save(), &[]).unwrap();
+            a = Core::new("A".into(), cfg.clone(), doc, inc);
+        }
+        let v = a.view();
+        let s = v.stories.values().next().unwrap();
+        assert_eq!(s.status, StoryStatus::Blocked);
+        assert_eq!((s.failed_attempts, s.takeovers), (0, MAX_TAKEOVERS));
+        let blocked: Vec<Event> = a
+            .events_after(0, usize::MAX)
+            .into_iter()
+            .map(|(_, e)| e)
+            .filter(|e| e.kind == EventKind::StoryBlocked)
+            .collect();
+        assert_eq!(blocked.len(), 1);
+        assert!(
+            blocked[0]
+                .detail
+                .starts_with("research lost its holder 10 times"),
+            "{blocked:?}"
+        );
+    }
+
+    #[test]
+    fn both_sides_of_a_healed_partition_show_the_same_history() {
+        let (mut a, mut b) = (core("A", 1), core("B", 2));
+        // Each side logs its half while apart (gossip never crossed).
+        for t in [10, 20, 30, 40] {
+            let c = if t % 20 == 10 { &mut a } else { &mut b };
+            c.set_wall(t);
+            c.emit(EventKind::PhaseStarted, None, None, 0, format!("at {t}"));
+        }
+        b.set_wall(45);
+        b.emit(EventKind::PeerDead, None, None, 0, "A");
+        // B also heard one of A's events by gossip before the split.
+        let first = a.events_after(0, 10)[0].1.clone();
+        b.handle(
+            0,
+            Input::Event {
+                from: "A".into(),
+                data: codec::encode(&first),
+            },
+        );
+        // The partition heals: they connect and sync.
+        // (One side at a time: `pump` drops a responder's own requests.)
+        a.handle(0, Input::Connected("B".into()));
+        pump(&mut a, &mut b);
+        b.handle(0, Input::Connected("A".into()));
+        pump(&mut b, &mut a);
+        let shared = |c: &Core| -> Vec<(String, u64, u64)> {
+            c.events_after(0, usize::MAX)
+                .into_iter()
+                .map(|(_, e)| e)
+                .filter(|e| e.kind != EventKind::PeerDead)
+                .map(|e| (e.node, e.seq, e.at_ms))
+                .collect()
+        };
+        let (ha, hb) = (shared(&a), shared(&b));
+        assert_eq!(ha, hb);
+        let times: Vec<u64> = ha.iter().map(|x| x.2).collect();
+        assert_eq!(times, [10, 20, 30, 40], "in time order, no duplicates");
+        // B's own observation of A's death stayed on B.
+        assert!(kinds(&b).contains(&EventKind::PeerDead));
+        assert!(!kinds(&a).contains(&EventKind::PeerDead));
+    }
+
+    #[test]
+    fn hostile_events_in_a_sync_answer_are_dropped_never_a_panic() {
+        let mut a = core("A", 1);
+        a.set_wall(1_000);
+        a.handle(0, Input::Connected("B".into()));
+        let mut good = Event {
+            node: "B".into(),
+            seq: 1,
+            at_ms: 900,
+            kind: EventKind::Claimed,
+            story: String::new(),
+            phase: None,
+            round: 0,
+            detail: "x".repeat(10 * crate::model::MAX_EVENT_DETAIL),
+        };
+        let mut future = good.clone();
+        future.seq = 2;
+        future.at_ms = u64::MAX;
+        let mut local = good.clone();
+        local.seq = LOCAL_SEQ_BIT | 3;
+        let nameless = Event {
+            node: String::new(),
+            ..good.clone()
+        };
+        let answer = SyncFrame {
+            events: vec![good.clone(), good.clone(), future, local, nameless],
+            events_more: true,
+            ..SyncFrame::msg(false, Vec::new())
+        };
+        a.handle(
+            0,
+            Input::SyncResponse {
+                from: "B".into(),
+                data: codec::encode(&answer),
+            },
+        );
+        let got = a.events_after(0, 100);
+        assert_eq!(got.len(), 1, "{got:?}");
+        good.detail.truncate(crate::model::MAX_EVENT_DETAIL);
+        assert_eq!(got[0].1, good);
+        assert!(a.counters().malformed_dropped >= 3);
     }
 }

@@ -219,10 +219,11 @@ pub enum ReleaseReason {
     Done,
     /// The claim lost a resource after settling (another claim won).
     Lost,
-    /// The holder gave the work up (cancelled, failed, shutting down, or restarted: a
-    /// restarting node releases what its previous run held).
+    /// The holder gave the work up for a reason that is not the work's fault (shutting
+    /// down, or restarted: a restarting node releases what its previous run held).
     Abandoned,
-    /// The holder noticed its own lease had expired.
+    /// The holder's lease expired (it died, stalled or was partitioned away) and another
+    /// node took the work over, or the holder noticed its own lease had expired.
     Expired,
     /// Never started: lost at settle, or could not sync with every alive peer in time.
     /// Not an attempt at the work.
@@ -230,6 +231,26 @@ pub enum ReleaseReason {
     /// The holder stopped cleanly (SIGTERM, Ctrl-C) and handed the work back. Not a
     /// failed attempt: the work itself did nothing wrong.
     Shutdown,
+    /// The work itself failed: the executor failed, tests failed, it made no change, or
+    /// the fence refused it. The note says why.
+    Failed,
+}
+
+impl ReleaseReason {
+    /// The attempt failed because of the work (counts toward `MAX_ATTEMPTS`).
+    pub fn blames_work(self) -> bool {
+        self == ReleaseReason::Failed
+    }
+
+    /// The attempt ended because its holder went away, not because of the work: it died,
+    /// stalled, restarted or lost the lease (counts toward `MAX_TAKEOVERS`). A clean
+    /// shutdown is neither: it blames nobody.
+    pub fn blames_holder(self) -> bool {
+        matches!(
+            self,
+            ReleaseReason::Abandoned | ReleaseReason::Expired | ReleaseReason::Lost
+        )
+    }
 }
 
 /// A release as stored in the document under `releases/<claim-id>`.

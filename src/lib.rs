@@ -23,4 +23,5 @@ pub mod scheduler;
 pub mod sim;
 pub mod state;
 pub mod store;
+pub mod timeline;
 pub mod work;

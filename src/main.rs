@@ -7,7 +7,9 @@ use mesh_agent::api::{self, ControlClient};
 use mesh_agent::config::{Config, ConfigError, CONFIG_FILE};
 use mesh_agent::demo as demo_project;
 use mesh_agent::identity;
-use mesh_agent::model::{Event, EventKind, KnowledgeFact, KnowledgeKind, NewStory};
+use mesh_agent::model::{
+    Event, EventKind, KnowledgeFact, KnowledgeKind, NewStory, MAX_ATTEMPTS, MAX_TAKEOVERS,
+};
 use mesh_agent::node::{self, NodeOptions, StatusReport};
 use mesh_agent::state::StoryView;
 use std::path::{Path, PathBuf};
@@ -893,6 +895,12 @@ fn print_story(s: &StoryView) {
             String::new()
         };
         println!("  phase      {p} (attempts so far: {}{round})", s.attempts);
+    }
+    if s.attempts > 0 {
+        println!(
+            "  attempts   {} failed (blocks at {MAX_ATTEMPTS}), {} lost their holder (blocks at {MAX_TAKEOVERS})",
+            s.failed_attempts, s.takeovers
+        );
         for f in &s.failures {
             println!("  failed     {f}");
         }

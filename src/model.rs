@@ -225,7 +225,8 @@ impl EventKind {
 pub struct Event {
     /// The node it happened on.
     pub node: String,
-    /// That node's event counter (resets on restart; with `at_ms` it orders its events).
+    /// That node's event number: from incarnation × 1000, so never reused across
+    /// restarts; local-only observations carry `timeline::LOCAL_SEQ_BIT`.
     pub seq: u64,
     /// The node's wall clock, ms since the epoch.
     pub at_ms: u64,
@@ -374,8 +375,14 @@ pub const PIPELINE: [Phase; 5] = [
     Phase::Merge,
 ];
 
-/// After this many attempts at one phase, a story is blocked and needs a human.
+/// After this many failed attempts at one step (the work failed: executor, tests, no
+/// change, fence refusal), a story is blocked and needs a human.
 pub const MAX_ATTEMPTS: u32 = 3;
+
+/// After this many takeovers at one step (its holder died, stalled, restarted or shut
+/// down: not the work's fault), a story is blocked too: a story that keeps killing its
+/// holders must stop.
+pub const MAX_TAKEOVERS: u32 = 10;
 
 /// Errors in user-provided story input. Each names the field, the problem and the limit.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -7,6 +7,7 @@ use crate::config::Config;
 pub use crate::core::Counters;
 use crate::core::{
     ClaimRow, ClockSkew, Core, CoreConfig, Effect, Guards, Handover, HeldClaim, Input, RunRecord,
+    EVENT_LOG_CAPACITY,
 };
 use crate::exec::command::CommandExecutor;
 use crate::exec::{Executor, SimExecutor};
@@ -16,7 +17,7 @@ use crate::model::{Event, KnowledgeKind};
 use crate::model::{Handoff, NewStory, Topic};
 use crate::net::{self, NetClient, NetCommand, NetConfig, NetEvent};
 use crate::state::{Doc, StoryView, View};
-use crate::store::{KnownPeer, Store, StoreError};
+use crate::store::{EventLog, KnownPeer, Store, StoreError};
 use crate::work::{GateConfig, WorkShell};
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
@@ -74,7 +75,8 @@ pub enum ApiRequest {
     Pause(Duration),
     /// The claims this node settled and ran.
     Runs(oneshot::Sender<Vec<RunRecord>>),
-    /// Events in the local log after a position (0: all kept), oldest first.
+    /// The event timeline with arrival positions: after 0, the whole merged history in
+    /// time order; after a position, what arrived since, in arrival order.
     Events(u64, oneshot::Sender<Vec<(u64, Event)>>),
     /// Adds a knowledge entry by hand; answers its id.
     AddKnowledge(
@@ -142,6 +144,8 @@ pub struct Observation {
     pub sync_sessions_completed: u64,
     /// Node clock (ms since start) at which it first completed a sync with a peer.
     pub joined_at_ms: Option<u64>,
+    /// Arrival position of the newest event in the timeline (grows with each new one).
+    pub events: u64,
 }
 
 /// A running node, in this process.
@@ -237,7 +241,8 @@ impl NodeHandle {
         rx.await.ok()
     }
 
-    /// Events in the node's local log after position `after` (0: all kept).
+    /// The node's event timeline: `after` 0, the merged history in time order; otherwise
+    /// what arrived after that position.
     pub async fn events(&self, after: u64) -> Option<Vec<(u64, Event)>> {
         let (tx, rx) = oneshot::channel();
         self.api.send(ApiRequest::Events(after, tx)).await.ok()?;
@@ -367,6 +372,20 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
     if !known.is_empty() {
         tracing::info!(peers = known.len(), "redialling remembered peers");
     }
+
+    // The timeline survives restarts: reload what the previous runs kept.
+    let event_log = match &store {
+        Some(s) => {
+            let log = s.events(EVENT_LOG_CAPACITY)?;
+            let (events, bad) = log.load()?;
+            if bad > 0 {
+                tracing::warn!(bad, "skipped stored events that could not be read");
+            }
+            core.restore_events(events);
+            Some(log)
+        }
+        None => None,
+    };
     let executor: Arc<dyn Executor> = match opts.executor {
         Some(e) => e,
         None if cfg.executor == "command" => {
@@ -424,6 +443,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
         core,
         cfg,
         store,
+        event_log,
         net: net.clone(),
         started: Instant::now(),
         listen_addrs: listen_addrs.iter().map(|a| a.to_string()).collect(),
@@ -456,6 +476,8 @@ struct Runtime {
     core: Core,
     cfg: Config,
     store: Option<Store>,
+    /// The durable event timeline (beside the document in the same store).
+    event_log: Option<EventLog>,
     net: NetClient,
     started: Instant,
     listen_addrs: Vec<String>,
@@ -502,6 +524,7 @@ impl Runtime {
             handshake_failures: c.handshake_failures,
             sync_sessions_completed: c.sync_sessions_completed,
             joined_at_ms: self.core.joined_at_ms(),
+            events: self.core.events_pos(),
             ..Default::default()
         };
         for p in self.core.peers(now) {
@@ -691,6 +714,13 @@ impl Runtime {
                     }
                 }
                 Effect::Persist { chunk } => self.persist(&chunk),
+                Effect::PersistEvents { events } => {
+                    if let Some(log) = self.event_log.as_mut() {
+                        if let Err(e) = log.append(&events) {
+                            tracing::error!(error = %e, "cannot persist events");
+                        }
+                    }
+                }
                 Effect::StartWork(job) => {
                     let claim = job.claim.clone();
                     let fut = self.shell.run(*job);
@@ -818,7 +848,9 @@ impl Runtime {
                 let _ = reply.send(self.status());
             }
             ApiRequest::Events(after, reply) => {
-                let _ = reply.send(self.core.events_after(after, 1000));
+                // From the start: the whole merged history; following: what is new.
+                let limit = if after == 0 { EVENT_LOG_CAPACITY } else { 1000 };
+                let _ = reply.send(self.core.events_after(after, limit));
             }
             ApiRequest::AddKnowledge(kind, text, reply) => {
                 let res = self.core.add_knowledge(kind, &text, wall_ms());

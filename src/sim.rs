@@ -25,7 +25,7 @@ use crate::core::{Core, CoreConfig, Effect, Input, Job};
 use crate::exec::sim_handoff;
 use crate::lease::{LeaseConfig, Resource};
 use crate::membership::MembershipConfig;
-use crate::model::{NewStory, Phase, StoryStatus, Topic, MAX_ATTEMPTS};
+use crate::model::{NewStory, Phase, StoryStatus, Topic, MAX_ATTEMPTS, MAX_TAKEOVERS};
 use crate::state::Doc;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -379,6 +379,7 @@ impl Sim {
                     }
                 }
                 Effect::Persist { chunk } => self.nodes[i].persisted.push(chunk),
+                Effect::PersistEvents { .. } => {}
                 Effect::StartWork(job) => self.start_work(i, job),
                 Effect::CancelWork { claim } => {
                     self.nodes[i].jobs.remove(&claim);
@@ -997,10 +998,12 @@ impl Sim {
                     // crashed claim had lost a tie the dead node never heard of). A
                     // landing writes its merge result in the same change.
                     let done_before = counted.is_some_and(|c| c.token <= token);
-                    // Attempts used up (crashes of its holders count: a story that keeps
-                    // killing nodes must stop) blocks the story for a human by design.
+                    // Attempts used up blocks the story for a human by design: failed
+                    // attempts, or takeovers (crashes of its holders: a story that keeps
+                    // killing nodes must stop).
                     let escalated = sv.is_some_and(|s| {
-                        s.status == StoryStatus::Blocked && s.attempts >= MAX_ATTEMPTS
+                        s.status == StoryStatus::Blocked
+                            && (s.failed_attempts >= MAX_ATTEMPTS || s.takeovers >= MAX_TAKEOVERS)
                     });
                     // Work the story no longer needs is owed to no one: a crashed claim
                     // on a round the finished story never took (the review before it was

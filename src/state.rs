@@ -12,7 +12,7 @@
 use crate::lease::{ClaimFact, Claims, ReleaseFact, ReleaseReason, Resource};
 use crate::model::{
     InputError, KnowledgeFact, KnowledgeKind, MergeFact, NewStory, NodeFact, Phase, ResultFact,
-    StoryFact, StoryStatus, Verdict, MAX_ATTEMPTS,
+    StoryFact, StoryStatus, Verdict, MAX_ATTEMPTS, MAX_TAKEOVERS,
 };
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
@@ -602,6 +602,15 @@ fn walk_story(key: &str, counted: &BTreeMap<(String, Phase, u32), (&String, &Res
     }
 }
 
+/// A release for humans: its note, or its reason when it has none.
+fn release_text(r: &ReleaseFact) -> String {
+    if r.note.is_empty() {
+        format!("{:?}", r.why).to_lowercase()
+    } else {
+        r.note.clone()
+    }
+}
+
 /// The document key of a story: unique without coordination because it carries its
 /// creator's tag, and a creator never reuses a number.
 pub fn story_key(number: u32, creator: &str) -> String {
@@ -628,8 +637,16 @@ pub struct StoryView {
     pub round: u32,
     /// Counted results in the order they happened: keys into `View::results`.
     pub history: Vec<String>,
-    /// Attempts so far at the next phase (claims ever written on it).
+    /// Attempts so far at the next phase (claims that started work on it, running or
+    /// ended).
     pub attempts: u32,
+    /// Of those, the ones that failed because of the work (blocked at [`MAX_ATTEMPTS`]).
+    #[serde(default)]
+    pub failed_attempts: u32,
+    /// Of those, the ones that ended because their holder went away: died, stalled,
+    /// restarted or shut down (blocked at [`MAX_TAKEOVERS`]).
+    #[serde(default)]
+    pub takeovers: u32,
     /// Why earlier attempts at the next phase failed, oldest first.
     pub failures: Vec<String>,
     /// Why a human is needed, when blocked.
@@ -778,6 +795,7 @@ impl View {
             let round = walk.next.map_or(walk.round, |(_, r)| r);
             let mut blocked_reason = walk.blocked;
             let mut attempts = 0;
+            let (mut failed_attempts, mut takeovers) = (0, 0);
             let mut failures = Vec::new();
             if let Some((p, r)) = walk.next {
                 if let Ok(res) = Resource::story_round(key, p, r) {
@@ -795,28 +813,52 @@ impl View {
                         })
                         .collect();
                     attempts = on_it.len() as u32;
+                    // Blame: the work failed, or its holder went away (the weather).
+                    for (id, _) in &on_it {
+                        match claims.release_reason(id) {
+                            Some(r) if r.blames_work() => failed_attempts += 1,
+                            Some(r) if r.blames_holder() => takeovers += 1,
+                            _ => {}
+                        }
+                    }
                     let mut on_it_sorted = on_it.clone();
                     on_it_sorted.sort_by_key(|(_, c)| c.written_at_ms);
                     failures = on_it_sorted
                         .iter()
                         .filter_map(|(id, _)| view.releases.get(*id))
                         .filter(|r| r.why != ReleaseReason::Done)
-                        .map(|r| {
-                            if r.note.is_empty() {
-                                format!("{:?}", r.why).to_lowercase()
-                            } else {
-                                r.note.clone()
-                            }
-                        })
+                        .map(release_text)
                         .collect();
                     let active = claims.winner(&res).is_some();
-                    if attempts >= MAX_ATTEMPTS && !active && blocked_reason.is_none() {
-                        let mut reasons = failures.clone();
-                        reasons.dedup();
-                        blocked_reason = Some(format!(
-                            "{p} failed {attempts} attempts: {}",
-                            reasons.join("; ")
-                        ));
+                    if !active && blocked_reason.is_none() {
+                        // The reasons of the kind that blocked, oldest first.
+                        let reasons = |work: bool| {
+                            let mut r: Vec<String> = on_it_sorted
+                                .iter()
+                                .filter_map(|(id, _)| view.releases.get(*id))
+                                .filter(|r| {
+                                    if work {
+                                        r.why.blames_work()
+                                    } else {
+                                        r.why.blames_holder()
+                                    }
+                                })
+                                .map(release_text)
+                                .collect();
+                            r.dedup();
+                            r.join("; ")
+                        };
+                        if failed_attempts >= MAX_ATTEMPTS {
+                            blocked_reason = Some(format!(
+                                "{p} failed {failed_attempts} attempts: {}",
+                                reasons(true)
+                            ));
+                        } else if takeovers >= MAX_TAKEOVERS {
+                            blocked_reason = Some(format!(
+                                "{p} lost its holder {takeovers} times: {}",
+                                reasons(false)
+                            ));
+                        }
                     }
                 }
             }
@@ -869,6 +911,8 @@ impl View {
                     round,
                     history: walk.steps.iter().map(|(_, _, k)| k.clone()).collect(),
                     attempts,
+                    failed_attempts,
+                    takeovers,
                     failures,
                     blocked_reason,
                     merged: is_merged,
@@ -1231,6 +1275,94 @@ pub(crate) mod tests {
         assert_eq!(h[4], (Phase::Rework, 1));
         assert_eq!(h[9], (Phase::Merge, 2));
         assert_eq!(v.counted_result(&k, Phase::Review).unwrap().round, 2);
+    }
+
+    /// Writes a claim on the story's research (by B) and releases it with `why`.
+    fn ended_attempt(d: &mut Doc, key: &str, why: crate::lease::ReleaseReason, note: &str) {
+        let v = d.view();
+        let res = Resource::story(key, Phase::Research).unwrap();
+        let token = v.claims().next_token(&res);
+        let id = format!("{B}-{}", v.claims.len() + 1);
+        d.put_claim(
+            &id,
+            &ClaimFact {
+                resources: vec![(res, token)],
+                holder: B.into(),
+                ttl_ms: 1000,
+                written_at_ms: v.claims.len() as u64,
+                attempt: 1,
+            },
+        );
+        d.put_release(
+            &id,
+            &crate::lease::ReleaseFact {
+                why,
+                note: note.into(),
+            },
+        );
+    }
+
+    #[test]
+    fn takeovers_of_a_gone_holder_do_not_count_as_failed_attempts() {
+        use crate::lease::ReleaseReason::{Abandoned, Expired, Lost};
+        let mut d = Doc::new([1; 16]);
+        let k = d.add_story(&story("unlucky holders"), A, 1).unwrap();
+        ended_attempt(&mut d, &k, Expired, "lease expired; taken over by A");
+        ended_attempt(&mut d, &k, Abandoned, "holder restarted");
+        ended_attempt(&mut d, &k, Lost, "lost the lease while running");
+        let v = d.view();
+        let s = &v.stories[&k];
+        assert_eq!((s.attempts, s.failed_attempts, s.takeovers), (3, 0, 3));
+        assert_eq!(s.status, StoryStatus::Ready);
+        assert_eq!(s.blocked_reason, None);
+        assert_eq!(s.next_phase, Some(Phase::Research));
+    }
+
+    #[test]
+    fn three_failed_attempts_block_the_story_and_the_reason_says_the_work_failed() {
+        use crate::lease::ReleaseReason::{Expired, Failed};
+        let mut d = Doc::new([1; 16]);
+        let k = d.add_story(&story("broken work"), A, 1).unwrap();
+        ended_attempt(&mut d, &k, Failed, "implement made no change");
+        ended_attempt(&mut d, &k, Expired, "lease expired; taken over by A");
+        ended_attempt(&mut d, &k, Failed, "tests failed");
+        assert_eq!(d.view().stories[&k].status, StoryStatus::Ready);
+        ended_attempt(&mut d, &k, Failed, "tests failed");
+        let v = d.view();
+        let s = &v.stories[&k];
+        assert_eq!((s.attempts, s.failed_attempts, s.takeovers), (4, 3, 1));
+        assert_eq!(s.status, StoryStatus::Blocked);
+        let why = s.blocked_reason.clone().unwrap();
+        assert_eq!(
+            why,
+            "research failed 3 attempts: implement made no change; tests failed"
+        );
+    }
+
+    #[test]
+    fn a_story_that_keeps_losing_its_holders_is_blocked_at_the_takeover_limit() {
+        use crate::lease::ReleaseReason::{Abandoned, Expired};
+        let mut d = Doc::new([1; 16]);
+        let k = d.add_story(&story("kills its holders"), A, 1).unwrap();
+        for i in 0..MAX_TAKEOVERS {
+            assert_eq!(d.view().stories[&k].blocked_reason, None, "after {i}");
+            if i % 2 == 0 {
+                ended_attempt(&mut d, &k, Expired, "lease expired; taken over by A");
+            } else {
+                ended_attempt(&mut d, &k, Abandoned, "holder restarted");
+            }
+        }
+        let v = d.view();
+        let s = &v.stories[&k];
+        assert_eq!(s.status, StoryStatus::Blocked);
+        assert_eq!(s.takeovers, MAX_TAKEOVERS);
+        let why = s.blocked_reason.clone().unwrap();
+        assert!(
+            why.starts_with(&format!("research lost its holder {MAX_TAKEOVERS} times: ")),
+            "{why}"
+        );
+        assert!(why.contains("holder restarted"), "{why}");
+        assert!(!why.contains("failed"), "{why}");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! process uses the dir, so `open` then waits for sled's lock (bounded) instead of
 //! failing.
 
+use crate::model::Event;
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -280,6 +281,115 @@ impl Store {
     }
 }
 
+/// The event log's tree (separate from the document's).
+const EVENTS_TREE: &str = "events";
+
+/// The durable event log: the node's timeline (its own events and those merged from
+/// peers), bounded to the newest `cap` by time, deduplicated by event id. Keys sort by
+/// (time, node, seq) like the core's timeline, so trimming drops the same oldest events.
+pub struct EventLog {
+    dir: PathBuf,
+    tree: sled::Tree,
+    cap: usize,
+    len: usize,
+}
+
+impl std::fmt::Debug for EventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLog")
+            .field("dir", &self.dir)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl Store {
+    /// The event log kept beside the document, holding at most `cap` events. Durable with
+    /// the store's flushes (sled's periodic one, every 200 ms, and [`Store::flush`]).
+    pub fn events(&self, cap: usize) -> Result<EventLog, StoreError> {
+        let tree = self.db.open_tree(EVENTS_TREE).map_err(self.db_err())?;
+        let len = tree.len();
+        Ok(EventLog {
+            dir: self.dir.clone(),
+            tree,
+            cap: cap.max(1),
+            len,
+        })
+    }
+}
+
+impl EventLog {
+    fn db_err(&self) -> impl Fn(sled::Error) -> StoreError + '_ {
+        move |source| StoreError::Db {
+            path: self.dir.join(DB_DIR),
+            source,
+        }
+    }
+
+    /// Every stored event, oldest first, and how many entries could not be decoded
+    /// (skipped: written by a newer or broken version).
+    pub fn load(&self) -> Result<(Vec<Event>, usize), StoreError> {
+        let mut out = Vec::new();
+        let mut bad = 0;
+        for item in self.tree.iter() {
+            let (_, v) = item.map_err(self.db_err())?;
+            match serde_json::from_slice::<Event>(&v) {
+                Ok(e) => out.push(e),
+                Err(_) => bad += 1,
+            }
+        }
+        Ok((out, bad))
+    }
+
+    /// Adds events (one already stored is kept once), then drops the oldest beyond the cap.
+    pub fn append(&mut self, events: &[Event]) -> Result<(), StoreError> {
+        for e in events {
+            let Ok(v) = serde_json::to_vec(e) else {
+                continue;
+            };
+            if self
+                .tree
+                .insert(event_key(e), v)
+                .map_err(self.db_err())?
+                .is_none()
+            {
+                self.len += 1;
+            }
+        }
+        if self.len > self.cap {
+            let mut batch = sled::Batch::default();
+            let mut dropped = 0;
+            for item in self.tree.iter().take(self.len - self.cap) {
+                let (k, _) = item.map_err(self.db_err())?;
+                batch.remove(k);
+                dropped += 1;
+            }
+            self.tree.apply_batch(batch).map_err(self.db_err())?;
+            self.len -= dropped;
+        }
+        Ok(())
+    }
+
+    /// Events stored.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// `at_ms ‖ node ‖ 0 ‖ seq`, big-endian: sorts by time, then node, then seq.
+fn event_key(e: &Event) -> Vec<u8> {
+    let mut k = Vec::with_capacity(e.node.len() + 17);
+    k.extend_from_slice(&e.at_ms.to_be_bytes());
+    k.extend_from_slice(e.node.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&e.seq.to_be_bytes());
+    k
+}
+
 fn chunk_key(seq: u64) -> Vec<u8> {
     let mut k = CHUNK_PREFIX.to_vec();
     k.extend_from_slice(&seq.to_be_bytes());
@@ -358,6 +468,44 @@ mod tests {
         assert_eq!(known[0].peer, "p99", "most recently seen first");
         assert!(known.iter().all(|p| p.addrs.len() == MAX_PEER_ADDRS));
         // The document is untouched by it.
+        assert_eq!(s.load_doc().unwrap(), (vec![], vec![]));
+    }
+
+    #[test]
+    fn the_event_log_survives_reopen_deduplicated_and_trimmed_to_the_newest() {
+        use crate::model::EventKind;
+        let ev = |node: &str, seq: u64, at_ms: u64| Event {
+            node: node.into(),
+            seq,
+            at_ms,
+            kind: EventKind::Claimed,
+            story: "S-0001".into(),
+            phase: None,
+            round: 0,
+            detail: String::new(),
+        };
+        let d = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(d.path()).unwrap();
+            let mut log = s.events(3).unwrap();
+            log.append(&[ev("B", 1, 20), ev("A", 1, 10), ev("A", 2, 30)])
+                .unwrap();
+            log.append(&[ev("A", 2, 30)]).unwrap();
+            assert_eq!(log.len(), 3, "a duplicate is stored once");
+            log.append(&[ev("C", 9, 40)]).unwrap();
+            s.db.flush().unwrap();
+        }
+        let s = Store::open(d.path()).unwrap();
+        let log = s.events(3).unwrap();
+        let (events, bad) = log.load().unwrap();
+        assert_eq!(bad, 0);
+        let ids: Vec<(&str, u64)> = events.iter().map(|e| (e.node.as_str(), e.seq)).collect();
+        assert_eq!(
+            ids,
+            [("B", 1), ("A", 2), ("C", 9)],
+            "oldest dropped, time order"
+        );
+        // The document's tree is untouched by the event log.
         assert_eq!(s.load_doc().unwrap(), (vec![], vec![]));
     }
 
