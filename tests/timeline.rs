@@ -94,14 +94,24 @@ async fn a_node_that_joins_later_sees_the_events_from_before_it_joined() {
         .await
         .expect("accepted");
     let both = |e: &[Event]| has(e, "from a, early") && has(e, "from b, early");
-    let on_a = wait_events(&a, "a has both", both).await;
+    wait_events(&a, "a has both", both).await;
     wait_events(&b, "b has both", both).await;
-    // B leaves: its history now lives on in A's timeline only.
+    // B leaves (its goodbye is an event too): its history now lives on in A's timeline
+    // only.
+    let b_peer = b.peer_id.to_string();
     b.shutdown().await;
+    let on_a = wait_events(&a, "a heard b leave", |e| {
+        e.iter()
+            .any(|x| x.kind == EventKind::NodeLeft && x.node == b_peer)
+    })
+    .await;
 
     // C joins afterwards, knowing only A: gossip does not replay what it missed.
     let c = start(dirs[2].path(), &keys[2], Some(psk(7)), Some(&a)).await;
-    let on_c = wait_events(&c, "c has the history", both).await;
+    let on_c = wait_events(&c, "c has the history", |e| {
+        both(e) && e.iter().any(|x| x.kind == EventKind::NodeLeft)
+    })
+    .await;
     assert_eq!(
         shared(&on_c),
         shared(&on_a),
