@@ -1123,7 +1123,33 @@ impl Sim {
                         && sv.is_some_and(|s| {
                             matches!(s.status, StoryStatus::Done | StoryStatus::Blocked)
                         });
-                    if !taken && !done_before && !escalated && !moot && t + bound < self.now {
+                    // An implement or rework yields its files when its claim expires: a
+                    // change of another story to one of them, started within the bound,
+                    // owns them until it lands, and the story rightly waits for that
+                    // (seed 215 clean, with files).
+                    let files = |k: &str| {
+                        view.stories
+                            .get(k)
+                            .map(|s| s.fact.files.clone())
+                            .unwrap_or_default()
+                    };
+                    let mine = files(story);
+                    let yielded = matches!(phase, Phase::Implement | Phase::Rework)
+                        && self.starts.iter().any(|(_, r, _, at)| {
+                            matches!(r, Resource::Story { story: o, phase: p, .. }
+                                if o != story
+                                    && matches!(p, Phase::Implement | Phase::Rework)
+                                    && files(o).iter().any(|f| mine.contains(f)))
+                                && *at >= t
+                                && *at <= t + bound
+                        });
+                    if !taken
+                        && !done_before
+                        && !escalated
+                        && !moot
+                        && !yielded
+                        && t + bound < self.now
+                    {
                         self.violation(format!(
                             "{res} (token {token}) of node{node}, crashed at {t}, not taken over within {bound} ms"
                         ));
