@@ -318,7 +318,10 @@ impl std::fmt::Display for Waiting {
                 if *round > 0 {
                     write!(f, " round {round}")?;
                 }
-                write!(f, ", since {since_ms})")
+                // The holder's wall clock, as a UTC time of day (display only).
+                let secs = since_ms / 1000;
+                let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+                write!(f, ", since {h:02}:{m:02}:{s:02} UTC)")
             }
             Waiting::Dependency { story, then } => {
                 write!(f, "waits for dependency {story}, which is {then}")
@@ -796,7 +799,7 @@ mod tests {
         assert_eq!(
             w.to_string(),
             format!(
-                "waits for dependency S-0001, which is claimed by node {B} (research, since 42)"
+                "waits for dependency S-0001, which is claimed by node {B} (research, since 00:00:00 UTC)"
             )
         );
         // No node has announced any role yet.
