@@ -3,6 +3,7 @@
 //! end). `scripts/sim --seeds 100000` wraps it.
 //!
 //!     cargo run --release --example sim -- --seeds 1000 [--start 0] [--mode clean|hostile|both] [--keep-going]
+//!         [--files N]   # planned files drawn from N names (default 4; 0: issue 3's backlog, no files)
 //!     cargo run --release --example sim -- --replay 1234 --mode hostile   # full trace
 
 use mesh_agent::sim::{run, Mode, SimConfig};
@@ -14,7 +15,7 @@ use std::time::Instant;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn usage() -> ! {
-    eprintln!("usage: sim [--seeds N] [--start S] [--mode clean|hostile|both] [--replay SEED] [--nodes N] [--stories N] [--keep-going]");
+    eprintln!("usage: sim [--seeds N] [--start S] [--mode clean|hostile|both] [--replay SEED] [--nodes N] [--stories N] [--files N] [--keep-going]");
     std::process::exit(2);
 }
 
@@ -22,7 +23,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let (mut seeds, mut start, mut modes, mut replay) =
         (1000u64, 0u64, vec![Mode::Clean, Mode::Hostile], None);
-    let (mut nodes, mut stories, mut keep_going) = (None, None, false);
+    let (mut nodes, mut stories, mut files, mut keep_going) = (None, None, None, false);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage());
         match a.as_str() {
@@ -31,6 +32,7 @@ fn main() {
             "--replay" => replay = Some(val().parse().unwrap_or_else(|_| usage())),
             "--nodes" => nodes = Some(val().parse().unwrap_or_else(|_| usage())),
             "--stories" => stories = Some(val().parse().unwrap_or_else(|_| usage())),
+            "--files" => files = Some(val().parse().unwrap_or_else(|_| usage())),
             "--mode" => {
                 modes = match val().as_str() {
                     "clean" => vec![Mode::Clean],
@@ -51,6 +53,9 @@ fn main() {
         }
         if let Some(s) = stories {
             c.stories = s;
+        }
+        if let Some(f) = files {
+            c.files = f;
         }
         c
     };

@@ -60,6 +60,27 @@ fn unauthorized() -> Response {
     err(StatusCode::UNAUTHORIZED, "missing or wrong control token")
 }
 
+/// A story as `story show` gets it: the story's view and, while it is neither merged nor
+/// blocked, why it is not moving (see [`crate::scheduler::waiting`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoryDetail {
+    #[serde(flatten)]
+    pub story: StoryView,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<crate::scheduler::Waiting>,
+}
+
+impl StoryDetail {
+    pub fn of(view: &crate::state::View, s: &StoryView) -> StoryDetail {
+        let waiting =
+            crate::scheduler::waiting(view, &view.claims(), &s.key).filter(|w| w.is_open());
+        StoryDetail {
+            story: s.clone(),
+            waiting,
+        }
+    }
+}
+
 async fn ask<T>(
     st: &AppState,
     make: impl FnOnce(oneshot::Sender<T>) -> ApiRequest,
@@ -106,7 +127,7 @@ async fn show_story(
     }
     match ask(&st, ApiRequest::View).await {
         Ok(v) => match v.resolve(&id) {
-            Ok(s) => Json(s.clone()).into_response(),
+            Ok(s) => Json(StoryDetail::of(&v, s)).into_response(),
             Err(e) => err(StatusCode::NOT_FOUND, e.to_string()),
         },
         Err(r) => r,
@@ -337,7 +358,7 @@ impl ControlClient {
         self.finish(r)
     }
 
-    pub fn story(&self, id: &str) -> Result<StoryView, ClientError> {
+    pub fn story(&self, id: &str) -> Result<StoryDetail, ClientError> {
         let r = self
             .agent
             .get(self.url(&format!("/v1/stories/{id}")))

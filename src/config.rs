@@ -70,6 +70,9 @@ pub struct Config {
     pub test_timeout_secs: u64,
     /// Fetch-rebase-land attempts when main keeps moving under the merge gate.
     pub merge_max_tries: u32,
+    /// Raise a `stalled` event for a story with no progress (no new counted result,
+    /// nothing worked on along its chain of waits) for this long. 0: never.
+    pub stall_after_ms: u64,
 }
 
 impl Default for Config {
@@ -115,6 +118,7 @@ impl Default for Config {
             test_command: Vec::new(),
             test_timeout_secs: 600,
             merge_max_tries: 10,
+            stall_after_ms: 300_000,
         }
     }
 }
@@ -343,6 +347,13 @@ impl Config {
         if self.test_timeout_secs == 0 {
             return Err(invalid("test_timeout_secs", 0, "allowed 1 and up"));
         }
+        if self.stall_after_ms != 0 && !(1_000..=604_800_000).contains(&self.stall_after_ms) {
+            return Err(invalid(
+                "stall_after_ms",
+                self.stall_after_ms,
+                "allowed 0 (never) or 1000..=604800000 (a week)",
+            ));
+        }
         if !(1..=1000).contains(&self.merge_max_tries) {
             return Err(invalid(
                 "merge_max_tries",
@@ -443,6 +454,10 @@ test_command = {test}
 test_timeout_secs = {tts}
 merge_max_tries = {mmt}
 
+# A story with no progress for this long (no new result, nothing worked on along what
+# it waits for) raises one `stalled` event naming what it waits for. 0: never.
+stall_after_ms = {stall}
+
 # The command executor (executor = "command"): see examples/executors/README.md.
 # [command]
 # program = "examples/executors/claude.sh"
@@ -488,6 +503,7 @@ merge_max_tries = {mmt}
             test = list(&self.test_command),
             tts = self.test_timeout_secs,
             mmt = self.merge_max_tries,
+            stall = self.stall_after_ms,
         )
     }
 
@@ -669,6 +685,19 @@ mod tests {
             e.starts_with("invalid config: lease_ttl_ms = 3000 must be at least"),
             "{e}"
         );
+        let c = Config {
+            stall_after_ms: 10,
+            ..Default::default()
+        };
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "invalid config: stall_after_ms = 10: allowed 0 (never) or 1000..=604800000 (a week)"
+        );
+        let c = Config {
+            stall_after_ms: 0,
+            ..Default::default()
+        };
+        assert!(c.validate().is_ok(), "0 turns stall events off");
     }
 
     #[test]

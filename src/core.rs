@@ -100,6 +100,8 @@ pub struct CoreConfig {
     /// the simulator can prove it catches a broken winner rule; never set it otherwise.
     #[doc(hidden)]
     pub broken_winner_rule: bool,
+    /// Raise a `stalled` event for a story that made no progress for this long (0: never).
+    pub stall_after_ms: u64,
 }
 
 /// Inputs from the network. Peers are identified by their peer id string.
@@ -392,6 +394,9 @@ pub struct Core {
     local_event_seq: u64,
     /// Peers to ask for the events we lack at the next session we open with them.
     events_pull: BTreeSet<String>,
+    /// Stories that stopped moving (`stalled` events), and when it last looked.
+    stalls: crate::scheduler::StallWatch,
+    stalls_checked_ms: Option<u64>,
 }
 
 /// Heartbeats per peer whose clock offsets are kept: a peer's offset is the smallest,
@@ -456,6 +461,8 @@ impl Core {
             clock_offsets: BTreeMap::new(),
             skew_warned: false,
             stopping: false,
+            stalls: Default::default(),
+            stalls_checked_ms: None,
         };
         core.release_previous_incarnations();
         core
@@ -739,7 +746,38 @@ impl Core {
             }
         }
         self.check_claims(now_ms, wall_ms);
+        self.check_stalls(now_ms);
         t
+    }
+
+    /// Raises one `stalled` event per story that stopped moving (see
+    /// [`crate::scheduler::StallWatch`]); looks once per heartbeat period at most.
+    fn check_stalls(&mut self, now_ms: u64) {
+        let after = self.cfg.stall_after_ms;
+        if after == 0
+            || self.cfg.passive
+            || self
+                .stalls_checked_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) < self.cfg.membership.heartbeat_ms)
+        {
+            return;
+        }
+        self.stalls_checked_ms = Some(now_ms);
+        let (view, claims) = self.derived();
+        for (key, why) in self.stalls.observe(&view, &claims, now_ms, after) {
+            let (phase, round) = view
+                .stories
+                .get(&key)
+                .map_or((None, 0), |s| (s.next_phase, s.round));
+            tracing::warn!(story = %key, %why, "story stalled");
+            self.emit(
+                EventKind::Stalled,
+                Some(&key),
+                phase,
+                round,
+                why.to_string(),
+            );
+        }
     }
 
     /// Anti-entropy: syncs with one alive peer (or, with none, one connected peer),
@@ -1996,6 +2034,7 @@ mod tests {
                 lease: LeaseConfig::default(),
                 work: false,
                 broken_winner_rule: false,
+                stall_after_ms: 0,
             },
             Doc::new([actor; 16]),
             1,
@@ -2633,5 +2672,41 @@ mod tests {
         good.detail.truncate(crate::model::MAX_EVENT_DETAIL);
         assert_eq!(got[0].1, good);
         assert!(a.counters().malformed_dropped >= 3);
+    }
+
+    #[test]
+    fn a_story_without_progress_past_stall_after_raises_one_stalled_event() {
+        let mut c = core("a", 9);
+        c.cfg.stall_after_ms = 5_000;
+        let new = crate::model::NewStory {
+            title: "nobody here can research".into(),
+            ..Default::default()
+        };
+        c.add_story(&new, 0).unwrap();
+        let stalled = |c: &Core| -> Vec<Event> {
+            c.events_after(0, 1_000)
+                .into_iter()
+                .map(|(_, e)| e)
+                .filter(|e| e.kind == EventKind::Stalled)
+                .collect()
+        };
+        for t in [0, 2_000, 4_000, 5_000] {
+            c.tick(t, t);
+        }
+        assert!(stalled(&c).is_empty(), "not past the bound yet");
+        c.tick(6_000, 6_000);
+        let ev = stalled(&c);
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(ev[0].story, "S-0001");
+        assert_eq!(ev[0].phase, Some(Phase::Research));
+        // This node only implements: nobody has the research role.
+        assert_eq!(
+            ev[0].detail,
+            "ready for research, no node with role research"
+        );
+        for t in [10_000, 60_000, 600_000] {
+            c.tick(t, t);
+        }
+        assert_eq!(stalled(&c).len(), 1, "one event per stall");
     }
 }

@@ -158,6 +158,9 @@ struct RunArgs {
     heartbeat_ms: Option<u64>,
     #[arg(long, value_name = "MS")]
     dead_after_ms: Option<u64>,
+    /// Raise a `stalled` event for a story with no progress for this long (0: never).
+    #[arg(long, value_name = "MS")]
+    stall_after_ms: Option<u64>,
     /// Log format: text or json.
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
@@ -376,6 +379,9 @@ fn run(dir: &Path, a: RunArgs) -> Result<()> {
     }
     if let Some(v) = a.dead_after_ms {
         cfg.dead_after_ms = v;
+    }
+    if let Some(v) = a.stall_after_ms {
+        cfg.stall_after_ms = v;
     }
     if let Some(v) = a.log_format {
         cfg.log_format = v;
@@ -639,6 +645,10 @@ fn render_status(r: &StatusReport) -> String {
                 "  {:<14} {:<12} {:>4}  {}",
                 s.id, s.status, s.priority, s.title
             );
+            // Why an open story is not moving, unless a node is working on it.
+            if let Some(w) = s.waiting.as_ref().filter(|w| !w.behind_work()) {
+                let _ = writeln!(o, "  {:<14} {w}", "");
+            }
         }
     }
     render_claims(r, &mut o);
@@ -759,6 +769,7 @@ fn event_line(e: &Event) -> String {
         EventKind::RebaseNeeded => "REBASE NEEDED",
         EventKind::MainUpdated => "main updated",
         EventKind::PatternDiscovered => "learned",
+        EventKind::Stalled => "STALLED",
         EventKind::PeerJoined => "peer joined",
         EventKind::PeerDead => "peer dead",
         EventKind::NodeLeft => "left the mesh",
@@ -1005,15 +1016,19 @@ fn story(dir: &Path, c: StoryCommand) -> Result<()> {
                     api::ClientError::Refused(m) => usage(m),
                     e => e.into(),
                 })?,
-                None => node::offline_view(dir)?
-                    .resolve(&id)
-                    .map_err(usage)?
-                    .clone(),
+                None => {
+                    let view = node::offline_view(dir)?;
+                    let s = view.resolve(&id).map_err(usage)?;
+                    api::StoryDetail::of(&view, s)
+                }
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
-                print_story(&s);
+                print_story(&s.story);
+                if let Some(w) = &s.waiting {
+                    println!("  waiting    {w}");
+                }
             }
         }
     }

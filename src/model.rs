@@ -193,6 +193,9 @@ pub enum EventKind {
     RebaseNeeded,
     MainUpdated,
     PatternDiscovered,
+    /// A story made no progress (no counted result, nothing worked on along its chain of
+    /// waits) for longer than `stall_after_ms`; the detail says what it waits for.
+    Stalled,
     /// Local only: a peer this node saw join or die.
     PeerJoined,
     PeerDead,
@@ -213,6 +216,7 @@ impl EventKind {
             EventKind::RebaseNeeded => "rebase_needed",
             EventKind::MainUpdated => "main_updated",
             EventKind::PatternDiscovered => "pattern_discovered",
+            EventKind::Stalled => "stalled",
             EventKind::PeerJoined => "peer_joined",
             EventKind::PeerDead => "peer_dead",
             EventKind::NodeLeft => "node_left",

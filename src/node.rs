@@ -95,6 +95,9 @@ pub struct StorySummary {
     pub title: String,
     pub status: String,
     pub priority: u32,
+    /// Why it is not moving, while neither merged nor blocked (`scheduler::waiting`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<crate::scheduler::Waiting>,
 }
 
 /// What `mesh-agent status` shows.
@@ -360,6 +363,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
             lease: cfg.lease(),
             work: cfg.work && !opts.passive,
             broken_winner_rule: false,
+            stall_after_ms: cfg.stall_after_ms,
         },
         doc,
         wall_ms(),
@@ -878,6 +882,7 @@ impl Runtime {
     fn status(&mut self) -> StatusReport {
         let now = self.now_ms();
         let view = self.core.doc().view();
+        let claims = view.claims();
         let m = &self.net.metrics;
         let mut counters = self.core.counters().clone();
         counters.bytes_in = m.bytes_in.load(Ordering::Relaxed);
@@ -906,6 +911,8 @@ impl Runtime {
                     title: s.fact.title.clone(),
                     status: s.status.as_str().to_string(),
                     priority: s.fact.priority,
+                    waiting: crate::scheduler::waiting(&view, &claims, &s.key)
+                        .filter(|w| w.is_open()),
                 })
                 .collect(),
             heads,

@@ -11,7 +11,8 @@
 
 use crate::lease::{predict_conflict, Claims, CoChange, Conflict, Resource};
 use crate::model::Phase;
-use crate::state::View;
+use crate::state::{StoryView, View};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// One piece of work this node could claim.
@@ -69,9 +70,21 @@ fn continues(view: &View, s: &crate::state::StoryView, me: &str) -> bool {
         .is_some_and(|r| r.holder == me)
 }
 
-/// Stories with a counted implement that have not landed and are not blocked, with the
-/// files they change.
-fn unlanded_changes(view: &View) -> impl Iterator<Item = (&str, Vec<String>)> {
+/// A story with a counted implement that has not landed and is not blocked: a change in
+/// flight, which owns its planned files until it lands or is blocked.
+struct Unlanded<'a> {
+    story: &'a StoryView,
+    files: Vec<String>,
+}
+
+/// The order in which changes to shared files go first: story priority (lower first),
+/// then story number, then key. A total order every node derives from the same view.
+fn change_order(s: &StoryView) -> (u32, u32, &str) {
+    (s.fact.priority, s.fact.number, s.key.as_str())
+}
+
+/// Stories changed but not landed (and not blocked), with the files they change.
+fn unlanded_changes(view: &View) -> Vec<Unlanded<'_>> {
     view.stories
         .values()
         .filter(|s| {
@@ -79,7 +92,38 @@ fn unlanded_changes(view: &View) -> impl Iterator<Item = (&str, Vec<String>)> {
                 && s.blocked_reason.is_none()
                 && s.phases_done.contains(&Phase::Implement)
         })
-        .map(|s| (s.key.as_str(), planned_files(view, &s.key)))
+        .map(|s| Unlanded {
+            story: s,
+            files: planned_files(view, &s.key),
+        })
+        .collect()
+}
+
+/// The unlanded change a story's implement or rework must wait for, and the shared file:
+/// waits between changes that cannot cycle. A story with no counted change yet waits for
+/// every unlanded change sharing one of its files (as a new change would only conflict at
+/// merge); a story with a change of its own waits only for changes sharing a file that are
+/// ahead of it in [`change_order`]. So the first of any set of changes to one file never
+/// waits for another, proceeds to review and merge and lands (or is blocked), and the
+/// others rework on top of it — whatever order their reviews and merges failed in (the
+/// stall of issue 11: two changes to one file made on the two sides of a partition, each
+/// in rework waiting for the other to land). Review and merge never wait on ownership.
+fn owner_ahead<'a>(
+    unlanded: &'a [Unlanded<'a>],
+    s: &StoryView,
+    files: &[String],
+) -> Option<(&'a Unlanded<'a>, String)> {
+    let changed = s.phases_done.contains(&Phase::Implement);
+    unlanded
+        .iter()
+        .filter(|u| u.story.key != s.key)
+        .filter(|u| !changed || change_order(u.story) < change_order(s))
+        .find_map(|u| {
+            files
+                .iter()
+                .find(|f| u.files.contains(f))
+                .map(|f| (u, f.clone()))
+        })
 }
 
 /// Files locked by active claims of other stories, by story.
@@ -119,7 +163,7 @@ pub fn rank(
     mut is_free: impl FnMut(&Resource) -> bool,
 ) -> Vec<Work> {
     let mut out: Vec<((u8, u32, u8), u32, Work)> = Vec::new();
-    let unlanded: Vec<(&str, Vec<String>)> = unlanded_changes(view).collect();
+    let unlanded = unlanded_changes(view);
     for s in view.stories.values() {
         let Some(phase) = s.next_phase else { continue };
         if !roles.iter().any(|r| r == phase.as_str()) {
@@ -163,11 +207,9 @@ pub fn rank(
                 continue;
             }
             // A story changed but not landed yet owns its files until it lands (or is
-            // blocked): a second change to them now would only conflict at merge.
-            if unlanded
-                .iter()
-                .any(|(k, f)| *k != s.key.as_str() && files.iter().any(|x| f.contains(x)))
-            {
+            // blocked): a second change to them now would only conflict at merge. Among
+            // changes in flight, only the ones ahead in the order are waited for.
+            if owner_ahead(&unlanded, s, &files).is_some() {
                 continue;
             }
             match predict_conflict(&files, &files_in_flight(claims, &s.key), cochange) {
@@ -208,10 +250,305 @@ pub fn rank(
     out.into_iter().map(|(_, _, w)| w).collect()
 }
 
+/// Why a story is not moving (or that it is done): what `story show` and `status` print,
+/// what the `stalled` event names and what the simulator reports when a story does not
+/// finish. A pure function of the view and the claim fold, so every node with the same
+/// view says the same thing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Waiting {
+    /// Landed: nothing to wait for.
+    Merged,
+    /// Needs a human.
+    Blocked { reason: String },
+    /// A node holds the claim on its next phase and is working on it.
+    Claimed {
+        node: String,
+        phase: Phase,
+        round: u32,
+        /// The holder's wall clock when it wrote the claim (ms since the epoch).
+        since_ms: u64,
+    },
+    /// A dependency has not landed yet (display id and its own wait).
+    Dependency { story: String, then: Box<Waiting> },
+    /// A planned file is locked by another story's running implement or rework.
+    FileLocked {
+        file: String,
+        story: String,
+        node: String,
+    },
+    /// A planned file is owned by another story's change that has not landed yet.
+    FileOwned {
+        file: String,
+        owner: String,
+        then: Box<Waiting>,
+    },
+    /// A wait that leads back to a story already on the chain (the rule in
+    /// [`owner_ahead`] is meant to make this impossible; shown rather than looped).
+    Cycle { story: String },
+    /// A story this node's view does not have (yet).
+    Unknown,
+    /// The review needs a node other than the implementer, and no other node has the role.
+    NoReviewer { phase: Phase, implementer: String },
+    /// No node in the mesh has the role for the next phase.
+    NoRole { phase: Phase },
+    /// Free to be claimed by a node with the role (and free capacity).
+    Ready { phase: Phase, round: u32 },
+}
+
+impl Waiting {
+    /// Whether the story is still expected to move (neither merged nor blocked).
+    pub fn is_open(&self) -> bool {
+        !matches!(self, Waiting::Merged | Waiting::Blocked { .. })
+    }
+}
+
+impl std::fmt::Display for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Waiting::Merged => write!(f, "merged"),
+            Waiting::Blocked { reason } => write!(f, "blocked: {reason}"),
+            Waiting::Claimed {
+                node,
+                phase,
+                round,
+                since_ms,
+            } => {
+                write!(f, "claimed by node {node} ({phase}")?;
+                if *round > 0 {
+                    write!(f, " round {round}")?;
+                }
+                // The holder's wall clock, as a UTC time of day (display only).
+                let secs = since_ms / 1000;
+                let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+                write!(f, ", since {h:02}:{m:02}:{s:02} UTC)")
+            }
+            Waiting::Dependency { story, then } => {
+                write!(f, "waits for dependency {story}, which is {then}")
+            }
+            Waiting::FileLocked { file, story, node } => write!(
+                f,
+                "waits for {file}, locked by {story}'s running claim on node {node}"
+            ),
+            Waiting::FileOwned { file, owner, then } => write!(
+                f,
+                "waits for {file}, owned by {owner} (changed, not landed), which {}",
+                Chained(then)
+            ),
+            Waiting::Cycle { story } => write!(f, "waits in a cycle back to {story}"),
+            Waiting::Unknown => write!(f, "not in this node's view yet"),
+            Waiting::NoReviewer { phase, implementer } => write!(
+                f,
+                "{phase} needs a node other than the implementer {implementer}; none has the role"
+            ),
+            Waiting::NoRole { phase } => write!(f, "ready for {phase}, no node with role {phase}"),
+            Waiting::Ready { phase, round } => {
+                write!(f, "ready for {phase}")?;
+                if *round > 0 {
+                    write!(f, " round {round}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A wait as the tail of a sentence ("…, which is ready for review").
+struct Chained<'a>(&'a Waiting);
+
+impl std::fmt::Display for Chained<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            w @ (Waiting::Dependency { .. }
+            | Waiting::FileLocked { .. }
+            | Waiting::FileOwned { .. }
+            | Waiting::Cycle { .. }) => write!(f, "{w}"),
+            w => write!(f, "is {w}"),
+        }
+    }
+}
+
+/// Why the story `key` is not moving, from the view and its claim fold: the claim on its
+/// next phase, else the first wait `rank` would skip it for (an unlanded dependency, a
+/// file locked by a running claim, a file owned by a change ahead of it — followed along
+/// the chain), else a missing role, else ready. `None` for an unknown story.
+pub fn waiting(view: &View, claims: &Claims, key: &str) -> Option<Waiting> {
+    let unlanded = unlanded_changes(view);
+    let mut chain = Vec::new();
+    view.stories
+        .get(key)
+        .map(|s| waiting_on(view, claims, &unlanded, s, &mut chain))
+}
+
+fn waiting_on(
+    view: &View,
+    claims: &Claims,
+    unlanded: &[Unlanded<'_>],
+    s: &StoryView,
+    chain: &mut Vec<String>,
+) -> Waiting {
+    if s.merged.is_some() {
+        return Waiting::Merged;
+    }
+    if let Some(reason) = &s.blocked_reason {
+        return Waiting::Blocked {
+            reason: reason.clone(),
+        };
+    }
+    let Some(phase) = s.next_phase else {
+        return Waiting::Merged; // a merge result that did not reject: landing
+    };
+    if chain.contains(&s.key) {
+        return Waiting::Cycle {
+            story: s.id.clone(),
+        };
+    }
+    chain.push(s.key.clone());
+    let follow = |other: &StoryView, chain: &mut Vec<String>| -> Box<Waiting> {
+        Box::new(waiting_on(view, claims, unlanded, other, chain))
+    };
+    if let Ok(res) = Resource::story_round(&s.key, phase, s.round) {
+        if let Some(c) = claims
+            .winner(&res)
+            .filter(|id| claims.holds(id))
+            .and_then(|id| claims.claim(id))
+        {
+            return Waiting::Claimed {
+                node: c.holder.clone(),
+                phase,
+                round: s.round,
+                since_ms: c.written_at_ms,
+            };
+        }
+    }
+    for d in &s.fact.depends_on {
+        match view.stories.get(d) {
+            Some(dep) if dep.merged.is_some() => {}
+            Some(dep) => {
+                return Waiting::Dependency {
+                    story: dep.id.clone(),
+                    then: follow(dep, chain),
+                }
+            }
+            None => {
+                return Waiting::Dependency {
+                    story: d.clone(),
+                    then: Box::new(Waiting::Unknown),
+                }
+            }
+        }
+    }
+    if matches!(phase, Phase::Implement | Phase::Rework) {
+        let files = planned_files(view, &s.key);
+        for (_, c) in claims.active() {
+            let Some(other) = c.resources.iter().find_map(|(r, _)| r.story_key()) else {
+                continue;
+            };
+            if other == s.key {
+                continue;
+            }
+            if let Some(f) = c.files().into_iter().find(|f| files.contains(f)) {
+                return Waiting::FileLocked {
+                    file: f,
+                    story: view.stories.get(other).map_or(other, |o| &o.id).to_string(),
+                    node: c.holder.clone(),
+                };
+            }
+        }
+        if let Some((u, file)) = owner_ahead(unlanded, s, &files) {
+            return Waiting::FileOwned {
+                file,
+                owner: u.story.id.clone(),
+                then: follow(u.story, chain),
+            };
+        }
+    }
+    let role = |n: &crate::model::NodeFact| n.roles.iter().any(|r| r == phase.as_str());
+    if !view.nodes.values().any(role) {
+        return Waiting::NoRole { phase };
+    }
+    if phase == Phase::Review {
+        if let Some(imp) = &s.implementer {
+            // (A node alone reviews its own change.)
+            if view.nodes.len() > 1 && !view.nodes.iter().any(|(id, n)| id != imp && role(n)) {
+                return Waiting::NoReviewer {
+                    phase,
+                    implementer: imp.clone(),
+                };
+            }
+        }
+    }
+    Waiting::Ready {
+        phase,
+        round: s.round,
+    }
+}
+
+impl Waiting {
+    /// Whether something on the chain of waits is being worked on right now (a claim on
+    /// the story or on what it waits for, or a running claim locking its file): then the
+    /// story is queued behind progress, not stalled.
+    pub fn behind_work(&self) -> bool {
+        match self {
+            Waiting::Claimed { .. } | Waiting::FileLocked { .. } => true,
+            Waiting::Dependency { then, .. } | Waiting::FileOwned { then, .. } => {
+                then.behind_work()
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Notices stories that stopped moving: no new counted result and nothing worked on along
+/// their chain of waits for longer than `stall_after_ms` (on the caller's clock, passed
+/// in). Each stall is reported once; progress re-arms it.
+#[derive(Debug, Default)]
+pub struct StallWatch {
+    /// Per story: (counted results, when that count was first seen or work last seen,
+    /// reported).
+    seen: std::collections::BTreeMap<String, (usize, u64, bool)>,
+}
+
+impl StallWatch {
+    /// The stories that just became stalled at `now_ms`, with what each waits for.
+    pub fn observe(
+        &mut self,
+        view: &View,
+        claims: &Claims,
+        now_ms: u64,
+        stall_after_ms: u64,
+    ) -> Vec<(String, Waiting)> {
+        let mut out = Vec::new();
+        self.seen.retain(|k, _| view.stories.contains_key(k));
+        let unlanded = unlanded_changes(view);
+        for s in view.stories.values() {
+            if s.merged.is_some() || s.blocked_reason.is_some() {
+                self.seen.remove(&s.key);
+                continue;
+            }
+            let w = waiting_on(view, claims, &unlanded, s, &mut Vec::new());
+            let steps = s.history.len();
+            let e = self
+                .seen
+                .entry(s.key.clone())
+                .or_insert((steps, now_ms, false));
+            if !w.is_open() || w.behind_work() || e.0 != steps {
+                *e = (steps, now_ms, false);
+                continue;
+            }
+            if !e.2 && now_ms.saturating_sub(e.1) > stall_after_ms {
+                e.2 = true;
+                out.push((s.key.clone(), w));
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::NewStory;
+    use crate::model::{NewStory, Verdict};
     use crate::state::tests::step;
     use crate::state::Doc;
 
@@ -272,5 +609,247 @@ mod tests {
         let mut rest: Vec<usize> = b[1..].iter().map(|(n, _)| *n).collect();
         rest.sort_unstable();
         assert_eq!(rest, vec![1, 2, 3, 5, 6], "{b:?}");
+    }
+
+    /// The stall of issue 11: two stories planning one file were implemented on the two
+    /// sides of a partition; after the heal one review rejected and the other's merge hit
+    /// a rebase conflict, so both are in rework round 1, each owning the file as a change
+    /// not landed. Story 1 and 2 here; a third story, not yet implemented, shares it too.
+    fn the_partition_stall() -> (Doc, Vec<String>) {
+        let mut d = Doc::new([2; 16]);
+        for n in [A, B] {
+            d.put_node(
+                n,
+                &crate::model::NodeFact {
+                    roles: all_roles(),
+                    capacity: 2,
+                    version: "test".into(),
+                },
+            );
+        }
+        let mut keys = Vec::new();
+        for i in 1..=3 {
+            let new = NewStory {
+                title: format!("story {i}"),
+                files: vec!["src/lexer.txt".into()],
+                ..Default::default()
+            };
+            keys.push(d.add_story(&new, B, 0).unwrap());
+        }
+        for k in &keys[..2] {
+            for p in [Phase::Research, Phase::Plan, Phase::Implement] {
+                step(&mut d, k, p, 0, None);
+            }
+        }
+        step(&mut d, &keys[0], Phase::Review, 0, Some(Verdict::Reject));
+        step(&mut d, &keys[1], Phase::Review, 0, Some(Verdict::Approve));
+        step(&mut d, &keys[1], Phase::Merge, 0, Some(Verdict::Reject));
+        step(&mut d, &keys[2], Phase::Research, 0, None);
+        step(&mut d, &keys[2], Phase::Plan, 0, None);
+        (d, keys)
+    }
+
+    fn ranked(d: &mut Doc, me: &str) -> Vec<(String, Phase, u32)> {
+        let v = d.view();
+        let c = v.claims();
+        rank(
+            &v,
+            &c,
+            me,
+            &all_roles(),
+            8,
+            &CoChange::default(),
+            false,
+            |_| true,
+        )
+        .into_iter()
+        .map(|w| (w.story, w.phase, w.round))
+        .collect()
+    }
+
+    #[test]
+    fn two_unlanded_changes_to_one_file_do_not_wait_for_each_other() {
+        let (mut d, keys) = the_partition_stall();
+        let v = d.view();
+        for k in &keys[..2] {
+            assert_eq!(v.stories[k].next_phase, Some(Phase::Rework));
+            assert_eq!(v.stories[k].round, 1);
+        }
+        // On every node: the first change in the order (story 1) reworks; story 2 and the
+        // new story 3 wait for it.
+        for me in [A, B] {
+            let work = ranked(&mut d, me);
+            assert_eq!(work, vec![(keys[0].clone(), Phase::Rework, 1)], "{me}");
+        }
+        let c = v.claims();
+        let w2 = waiting(&v, &c, &keys[1]).unwrap();
+        assert_eq!(
+            w2.to_string(),
+            "waits for src/lexer.txt, owned by S-0001 (changed, not landed), which is ready for rework round 1"
+        );
+        let w3 = waiting(&v, &c, &keys[2]).unwrap();
+        assert!(
+            matches!(&w3, Waiting::FileOwned { owner, .. } if owner == "S-0001"),
+            "{w3}"
+        );
+        assert_eq!(
+            waiting(&v, &c, &keys[0]),
+            Some(Waiting::Ready {
+                phase: Phase::Rework,
+                round: 1
+            })
+        );
+    }
+
+    #[test]
+    fn once_the_first_change_lands_the_next_in_order_reworks_and_new_changes_still_wait() {
+        let (mut d, keys) = the_partition_stall();
+        step(&mut d, &keys[0], Phase::Rework, 1, None);
+        // Story 1 in review: it still owns the file; story 2 still waits (not a cycle:
+        // story 1 waits for nothing).
+        assert!(ranked(&mut d, A)
+            .iter()
+            .all(|(k, p, _)| !(k == &keys[1] && *p == Phase::Rework)));
+        step(&mut d, &keys[0], Phase::Review, 1, Some(Verdict::Approve));
+        step(&mut d, &keys[0], Phase::Merge, 1, Some(Verdict::Approve));
+        let work = ranked(&mut d, A);
+        assert_eq!(work, vec![(keys[1].clone(), Phase::Rework, 1)]);
+        // Story 3 (no change yet) waits for story 2, the remaining change to its file.
+        let v = d.view();
+        let w3 = waiting(&v, &v.claims(), &keys[2]).unwrap();
+        assert!(
+            matches!(&w3, Waiting::FileOwned { owner, .. } if owner == "S-0002"),
+            "{w3}"
+        );
+        assert_eq!(waiting(&v, &v.claims(), &keys[0]), Some(Waiting::Merged));
+    }
+
+    #[test]
+    fn a_higher_priority_change_goes_first_whatever_its_number() {
+        let mut d = Doc::new([3; 16]);
+        let mut keys = Vec::new();
+        for (i, prio) in [(1, 100), (2, 10)] {
+            let new = NewStory {
+                title: format!("story {i}"),
+                priority: Some(prio),
+                files: vec!["src/a.txt".into(), format!("src/only{i}.txt")],
+                ..Default::default()
+            };
+            keys.push(d.add_story(&new, B, 0).unwrap());
+        }
+        for k in &keys {
+            for p in [Phase::Research, Phase::Plan, Phase::Implement] {
+                step(&mut d, k, p, 0, None);
+            }
+            step(&mut d, k, Phase::Review, 0, Some(Verdict::Reject));
+        }
+        assert_eq!(ranked(&mut d, A), vec![(keys[1].clone(), Phase::Rework, 1)]);
+    }
+
+    #[test]
+    fn a_story_waiting_shows_the_claim_or_the_dependency_it_waits_for() {
+        let mut d = Doc::new([4; 16]);
+        let first = d
+            .add_story(
+                &NewStory {
+                    title: "first".into(),
+                    ..Default::default()
+                },
+                B,
+                0,
+            )
+            .unwrap();
+        let second = d
+            .add_story(
+                &NewStory {
+                    title: "second".into(),
+                    depends_on: vec![first.clone()],
+                    ..Default::default()
+                },
+                B,
+                0,
+            )
+            .unwrap();
+        let res = Resource::story_round(&first, Phase::Research, 0).unwrap();
+        d.put_claim(
+            "c1",
+            &crate::lease::ClaimFact {
+                resources: vec![(res, 1)],
+                holder: B.into(),
+                ttl_ms: 1000,
+                written_at_ms: 42,
+                attempt: 1,
+            },
+        );
+        let v = d.view();
+        let c = v.claims();
+        let w = waiting(&v, &c, &second).unwrap();
+        assert_eq!(
+            w,
+            Waiting::Dependency {
+                story: "S-0001".into(),
+                then: Box::new(Waiting::Claimed {
+                    node: B.into(),
+                    phase: Phase::Research,
+                    round: 0,
+                    since_ms: 42
+                })
+            }
+        );
+        assert_eq!(
+            w.to_string(),
+            format!(
+                "waits for dependency S-0001, which is claimed by node {B} (research, since 00:00:00 UTC)"
+            )
+        );
+        // No node has announced any role yet.
+        d.put_release(
+            "c1",
+            &crate::lease::ReleaseFact {
+                why: crate::lease::ReleaseReason::Abandoned,
+                note: String::new(),
+            },
+        );
+        let v = d.view();
+        assert_eq!(
+            waiting(&v, &v.claims(), &first),
+            Some(Waiting::NoRole {
+                phase: Phase::Research
+            })
+        );
+    }
+
+    #[test]
+    fn a_story_with_nothing_moving_on_its_chain_is_reported_stalled_once() {
+        let (mut d, keys) = the_partition_stall();
+        let v = d.view();
+        let c = v.claims();
+        let mut watch = StallWatch::default();
+        assert!(watch.observe(&v, &c, 1_000, 5_000).is_empty());
+        assert!(
+            watch.observe(&v, &c, 6_000, 5_000).is_empty(),
+            "not past the bound"
+        );
+        let stalled = watch.observe(&v, &c, 6_001, 5_000);
+        let who: Vec<&String> = stalled.iter().map(|(k, _)| k).collect();
+        assert_eq!(who, vec![&keys[0], &keys[1], &keys[2]]);
+        assert!(stalled[1].1.to_string().contains("owned by S-0001"));
+        assert!(watch.observe(&v, &c, 60_000, 5_000).is_empty(), "once");
+        // Story 1 moves: it is re-armed; the others, now behind work, are not stalled.
+        step(&mut d, &keys[0], Phase::Rework, 1, None);
+        let res = Resource::story_round(&keys[0], Phase::Review, 1).unwrap();
+        d.put_claim(
+            "c-review",
+            &crate::lease::ClaimFact {
+                resources: vec![(res, 1)],
+                holder: B.into(),
+                ttl_ms: 1000,
+                written_at_ms: 0,
+                attempt: 1,
+            },
+        );
+        let v = d.view();
+        let c = v.claims();
+        assert!(watch.observe(&v, &c, 120_000, 5_000).is_empty());
     }
 }

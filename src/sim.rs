@@ -26,7 +26,7 @@ use crate::exec::sim_handoff;
 use crate::lease::{LeaseConfig, Resource};
 use crate::membership::MembershipConfig;
 use crate::model::{NewStory, Phase, StoryStatus, Topic, MAX_ATTEMPTS, MAX_TAKEOVERS};
-use crate::state::Doc;
+use crate::state::{Doc, MAX_REWORKS};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,11 +42,18 @@ pub enum Mode {
 pub struct SimConfig {
     pub nodes: usize,
     pub stories: usize,
+    /// Planned files are drawn from a pool of this many names (`src/f0.txt`, ...): each
+    /// story plans one file or two, so stories share files (with the default of 2, most
+    /// do: changes made on the two sides of a partition meet at merge), and a fifth depend
+    /// on an earlier story. The origin then models rebase conflicts: a merge whose change was
+    /// based on a main that has since landed another story touching one of its files is
+    /// refused (verdict reject). 0: no files, no dependencies, no conflicts (the backlog
+    /// of issue 3).
+    pub files: usize,
     pub mode: Mode,
-    /// Virtual time with faults; then faults stop and the network heals.
+    /// Virtual time with faults; then faults stop and the network heals. (Everything must
+    /// then finish within [`SimConfig::liveness_bound_ms`].)
     pub chaos_ms: u64,
-    /// Virtual time after healing in which everything must finish.
-    pub quiet_ms: u64,
     pub phase_ms: u64,
     pub max_delay_ms: u64,
     pub membership: MembershipConfig,
@@ -66,9 +73,9 @@ impl SimConfig {
         SimConfig {
             nodes: 4,
             stories: 6,
+            files: 2,
             mode,
             chaos_ms: 6_000,
-            quiet_ms: 60_000,
             phase_ms: 150,
             max_delay_ms: 20,
             membership: MembershipConfig {
@@ -88,6 +95,39 @@ impl SimConfig {
             broken_winner_rule: false,
             trace: false,
         }
+    }
+}
+
+/// Counted steps a story can take at most: research, plan, implement, then rounds of
+/// [rework,] review, merge — [`MAX_REWORKS`] of them after the first.
+pub const MAX_STEPS_PER_STORY: u64 = 3 + 2 + 3 * MAX_REWORKS as u64;
+
+impl SimConfig {
+    /// How long after the network heals and faults stop every story must be merged or
+    /// blocked (with a reason): the liveness invariant. Derived from the config, for the
+    /// worst case where every story waits for the one before it (all share files, or
+    /// depend on each other in a chain), so nothing runs in parallel:
+    ///
+    /// * warm-up: the restarted nodes claim nothing for `suspect_after` beats;
+    /// * one lease expiry for a claim from before the heal: `dead_after + ttl + grace`;
+    /// * then `stories × MAX_STEPS_PER_STORY` steps one after the other, each taking up to
+    ///   `MAX_ATTEMPTS` attempts (a lost settle, a refused stale change), and each attempt
+    ///   up to a settle timeout, the longest phase (`phase_ms × 3/2`), a tick
+    ///   (`heartbeat/4`) and four network delays to spread the claim and the result.
+    ///
+    /// Capacity and node count only shorten this (stories that share nothing run in
+    /// parallel), so they do not appear in the worst case.
+    pub fn liveness_bound_ms(&self) -> u64 {
+        let m = self.membership;
+        let l = self.lease;
+        let warm_up = m.heartbeat_ms * u64::from(m.suspect_after_missed);
+        let expiry = m.dead_after_ms + l.ttl_ms + l.grace_ms;
+        let attempt = l.settle_timeout_ms
+            + self.phase_ms * 3 / 2
+            + m.heartbeat_ms / 4
+            + 4 * self.max_delay_ms;
+        let steps = self.stories as u64 * MAX_STEPS_PER_STORY * u64::from(MAX_ATTEMPTS);
+        warm_up + expiry + steps * attempt
     }
 }
 
@@ -156,6 +196,52 @@ struct Node {
 struct Origin {
     fence: BTreeMap<String, u64>,
     landed: BTreeMap<String, Vec<(usize, u64)>>,
+    /// Main's history: the landed stories in order, with the files they changed.
+    main: Vec<(String, Vec<String>)>,
+    /// The main each change was made on (its length then), by the change's claim.
+    bases: BTreeMap<String, usize>,
+}
+
+impl Origin {
+    /// The base of a new implement or rework: main now, except for a rework after a
+    /// rejecting review, which amends the reviewed change on that change's base (as
+    /// `work` does).
+    fn base_of(&self, job: &Job) -> usize {
+        if job.phase == Phase::Rework {
+            let last_reject = job
+                .handoffs
+                .iter()
+                .rev()
+                .find(|h| h.handoff.verdict == Some(crate::model::Verdict::Reject));
+            if last_reject.is_some_and(|h| h.phase == Phase::Review) {
+                if let Some(b) = Self::change(job).and_then(|c| self.bases.get(&c.claim)) {
+                    return *b;
+                }
+            }
+        }
+        self.main.len()
+    }
+
+    /// The change a review or merge works on: the latest implement or rework.
+    fn change(job: &Job) -> Option<&crate::model::ResultFact> {
+        job.handoffs
+            .iter()
+            .rev()
+            .find(|h| matches!(h.phase, Phase::Implement | Phase::Rework))
+    }
+
+    /// A file of the job's story that main changed since its change's base, if any.
+    fn conflict(&self, job: &Job) -> Option<String> {
+        let base = Self::change(job)
+            .and_then(|c| self.bases.get(&c.claim))
+            .copied()
+            .unwrap_or(0);
+        self.main.get(base..)?.iter().find_map(|(story, files)| {
+            (*story != job.story)
+                .then(|| files.iter().find(|f| job.fact.files.contains(f)).cloned())
+                .flatten()
+        })
+    }
 }
 
 /// A crash: the node, when, the phases it was running as (resource, token), and the
@@ -207,6 +293,7 @@ fn core_config(cfg: &SimConfig) -> CoreConfig {
         lease: cfg.lease,
         work: true,
         broken_winner_rule: cfg.broken_winner_rule,
+        stall_after_ms: 0,
     }
 }
 
@@ -424,6 +511,13 @@ impl Sim {
                     return Err(format!("fence refused token {} < {recorded}", job.token));
                 }
                 self.origin.fence.insert(job.story.clone(), job.token);
+                let base = self.origin.base_of(job);
+                self.origin.bases.insert(job.claim.clone(), base);
+                Ok(sim_handoff(job))
+            }
+            Phase::Rework => {
+                let base = self.origin.base_of(job);
+                self.origin.bases.insert(job.claim.clone(), base);
                 Ok(sim_handoff(job))
             }
             Phase::Merge => {
@@ -447,6 +541,15 @@ impl Sim {
                     h.verdict = Some(crate::model::Verdict::Approve);
                     return Ok(h);
                 }
+                if let Some(file) = self.origin.conflict(job) {
+                    let mut h = sim_handoff(job);
+                    h.verdict = Some(crate::model::Verdict::Reject);
+                    h.summary = format!("rebase conflict in {file} (simulated)");
+                    return Ok(h);
+                }
+                self.origin
+                    .main
+                    .push((job.story.clone(), job.fact.files.clone()));
                 self.origin
                     .landed
                     .entry(job.story.clone())
@@ -909,14 +1012,25 @@ impl Sim {
             }
         }
         if merged + blocked != view.stories.len() {
+            // Each unfinished story, its next phase and what it waits for.
             let stuck: Vec<String> = view
                 .stories
                 .values()
                 .filter(|s| !matches!(s.status, StoryStatus::Done | StoryStatus::Blocked))
-                .map(|s| format!("{} ({:?}, next {:?})", s.id, s.status, s.next_phase))
+                .map(|s| {
+                    let why = crate::scheduler::waiting(&view, &claims, &s.key)
+                        .map(|w| w.to_string())
+                        .unwrap_or_default();
+                    let next = s
+                        .next_phase
+                        .map_or_else(|| "none".to_string(), |p| format!("{p} round {}", s.round));
+                    format!("{} (next {next}): {why}", s.id)
+                })
                 .collect();
             self.violation(format!(
-                "stories neither merged nor blocked after healing: {stuck:?}"
+                "stories neither merged nor blocked {} ms after healing: {}",
+                self.cfg.liveness_bound_ms(),
+                stuck.join("; ")
             ));
         }
         for s in view.stories.values() {
@@ -1012,7 +1126,33 @@ impl Sim {
                         && sv.is_some_and(|s| {
                             matches!(s.status, StoryStatus::Done | StoryStatus::Blocked)
                         });
-                    if !taken && !done_before && !escalated && !moot && t + bound < self.now {
+                    // An implement or rework yields its files when its claim expires: a
+                    // change of another story to one of them, started within the bound,
+                    // owns them until it lands, and the story rightly waits for that
+                    // (seed 215 clean, with files).
+                    let files = |k: &str| {
+                        view.stories
+                            .get(k)
+                            .map(|s| s.fact.files.clone())
+                            .unwrap_or_default()
+                    };
+                    let mine = files(story);
+                    let yielded = matches!(phase, Phase::Implement | Phase::Rework)
+                        && self.starts.iter().any(|(_, r, _, at)| {
+                            matches!(r, Resource::Story { story: o, phase: p, .. }
+                                if o != story
+                                    && matches!(p, Phase::Implement | Phase::Rework)
+                                    && files(o).iter().any(|f| mine.contains(f)))
+                                && *at >= t
+                                && *at <= t + bound
+                        });
+                    if !taken
+                        && !done_before
+                        && !escalated
+                        && !moot
+                        && !yielded
+                        && t + bound < self.now
+                    {
                         self.violation(format!(
                             "{res} (token {token}) of node{node}, crashed at {t}, not taken over within {bound} ms"
                         ));
@@ -1034,18 +1174,36 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
     for i in 0..sim.nodes.len() {
         sim.reconnect(i);
     }
+    // The backlog's shape has its own generator, so the faults of a seed do not depend
+    // on it (and `files: 0` replays the runs of issue 3 exactly).
+    let mut shape = StdRng::seed_from_u64(seed ^ 0x5eed_f11e_5eed_f11e);
+    let mut keys: Vec<Option<String>> = Vec::new();
     for k in 0..cfg.stories {
         let i = k % cfg.nodes;
-        let title = format!("story {k}");
-        if let Some(c) = sim.nodes[i].core.as_mut() {
-            let _ = c.add_story(
-                &NewStory {
-                    title,
-                    ..Default::default()
-                },
-                0,
-            );
+        let mut new = NewStory {
+            title: format!("story {k}"),
+            ..Default::default()
+        };
+        if cfg.files > 0 {
+            let first = shape.gen_range(0..cfg.files);
+            new.files.push(format!("src/f{first}.txt"));
+            if cfg.files > 1 && shape.gen_bool(0.3) {
+                let second = (first + shape.gen_range(1..cfg.files)) % cfg.files;
+                new.files.push(format!("src/f{second}.txt"));
+            }
+            // A dependency on an earlier story of the same creator (which it knows).
+            if k >= cfg.nodes && shape.gen_bool(0.2) {
+                if let Some(dep) = keys[k - cfg.nodes].clone() {
+                    new.depends_on.push(dep);
+                }
+            }
         }
+        let key = sim.nodes[i]
+            .core
+            .as_mut()
+            .and_then(|c| c.add_story(&new, 0).ok())
+            .map(|s| s.key);
+        keys.push(key);
         sim.drain(i);
     }
     // Faults during the chaos window.
@@ -1076,7 +1234,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
         }
     }
     let chaos_end = cfg.chaos_ms + 4_000;
-    let end = chaos_end + cfg.quiet_ms;
+    let end = chaos_end + cfg.liveness_bound_ms();
     let mut healed = false;
     while let Some(((time, _), ev)) = sim.queue.pop_first() {
         if time > end {

@@ -927,9 +927,12 @@ impl View {
             let keys: Vec<String> = stories.keys().cloned().collect();
             for k in keys {
                 let Some(s) = stories.get(&k) else { continue };
+                // (A story already started is blocked too unless a node is working on
+                // it: the scheduler never runs a phase of a story whose dependencies have
+                // not landed, so it would wait forever — seed 1065 hostile, 2 files.)
                 if s.merged.is_some()
                     || s.blocked_reason.is_some()
-                    || s.status == StoryStatus::InProgress
+                    || active_stories.contains(k.as_str())
                 {
                     continue;
                 }

@@ -202,6 +202,27 @@ fn a_sigkilled_node_restarts_with_every_acknowledged_story_and_the_lock_is_clear
 }
 
 #[test]
+fn story_show_says_what_a_story_waits_for() {
+    let d = tempfile::tempdir().unwrap();
+    run_ok(&["init"], d.path());
+    run_ok(&["story", "add", "--title", "lexer"], d.path());
+    run_ok(
+        &["story", "add", "--title", "parser", "--depends", "S-0001"],
+        d.path(),
+    );
+    let out = run_ok(&["story", "show", "S-0002"], d.path());
+    assert!(
+        out.contains("waiting    waits for dependency S-0001, which is ready for research"),
+        "{out}"
+    );
+    let json = run_ok(&["story", "show", "S-0002", "--json"], d.path());
+    let v: serde_json::Value = serde_json::from_str(&json).expect("story json");
+    assert_eq!(v["id"], "S-0002");
+    assert_eq!(v["waiting"]["kind"], "dependency");
+    assert_eq!(v["waiting"]["story"], "S-0001");
+}
+
+#[test]
 fn knowledge_add_list_and_the_event_timeline_through_the_cli() {
     let d = tempfile::tempdir().unwrap();
     run_ok(&["init"], d.path());

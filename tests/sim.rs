@@ -36,6 +36,42 @@ fn hostile_network_seeds_hold_every_invariant() {
 }
 
 #[test]
+fn changes_to_one_file_made_on_both_sides_of_a_partition_all_land_or_block() {
+    // Issue 11: each side of a partition implemented a story planning the same file;
+    // after the heal one review rejected and the other's merge hit a rebase conflict, and
+    // each rework waited for the other's change to land — a wait-for cycle, and every
+    // story sharing a file waited behind it. These hostile seeds (2 planned files, the
+    // default) stalled that way on 7ebbe6f; now only changes ahead in the order are
+    // waited for, so they finish.
+    let cfg = SimConfig::new(Mode::Hostile);
+    for seed in [1_021, 1_080, 1_092, 1_174, 1_288, 1_299] {
+        let r = run(seed, &cfg);
+        assert!(
+            r.ok(),
+            "seed {seed} (hostile) stalled again: {:#?}\nreplay: scripts/sim --replay {seed} --mode hostile",
+            r.violations
+        );
+        assert_eq!(r.merged + r.blocked, cfg.stories, "seed {seed}");
+    }
+}
+
+#[test]
+fn a_started_story_whose_dependency_is_blocked_is_blocked_too() {
+    // Seed 1065 hostile with 8 stories: a story that had started depended on one blocked
+    // after its merge attempts were used up; it was left waiting forever (only stories not
+    // yet started were blocked with their dependency).
+    let mut cfg = SimConfig::new(Mode::Hostile);
+    cfg.stories = 8;
+    let r = run(1_065, &cfg);
+    assert!(
+        r.ok(),
+        "{:#?}\nreplay: scripts/sim --replay 1065 --mode hostile --stories 8",
+        r.violations
+    );
+    assert!(r.blocked >= 2, "the dependency and its dependant: {r:?}");
+}
+
+#[test]
 fn the_simulator_catches_a_broken_winner_rule() {
     let mut cfg = SimConfig::new(Mode::Clean);
     cfg.broken_winner_rule = true;
