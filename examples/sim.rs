@@ -76,6 +76,7 @@ fn main() {
     }
     let t0 = Instant::now();
     let (mut events, mut merged, mut blocked, mut runs) = (0u64, 0usize, 0usize, 0u64);
+    let (mut shutdowns, mut skewed_ticks) = (0u64, 0u64);
     let mut failed: Vec<String> = Vec::new();
     for seed in start..start + seeds {
         for &mode in &modes {
@@ -84,6 +85,8 @@ fn main() {
             events += r.events;
             merged += r.merged;
             blocked += r.blocked;
+            shutdowns += r.shutdowns;
+            skewed_ticks += r.skewed_ticks;
             let mode_arg = if mode == Mode::Clean {
                 "clean"
             } else {
@@ -118,7 +121,7 @@ fn main() {
         }
     }
     println!(
-        "{seeds} seeds x {} modes = {runs} runs: {} violations; {events} events, {merged} stories merged, {blocked} blocked, {:.1} s",
+        "{seeds} seeds x {} modes = {runs} runs: {} violations; {events} events, {merged} stories merged, {blocked} blocked, {shutdowns} clean stops, {skewed_ticks} skewed ticks, {:.1} s",
         modes.len(),
         failed.len(),
         t0.elapsed().as_secs_f64()
