@@ -1,7 +1,9 @@
 //! The deterministic simulator: many pure [`Core`]s driven by a virtual clock over a
 //! virtual network that delays, reorders, duplicates and drops messages, partitions and
-//! heals, crashes and restarts nodes (keeping what they persisted), and pauses nodes past
-//! their lease. One seed reproduces one run exactly; invariants are checked after every
+//! heals, crashes and restarts nodes (keeping what they persisted), stops them cleanly
+//! (claims handed back first), pauses nodes past their lease, and runs each node on its
+//! own wall clock (within the drift bound; in hostile mode one may jump beyond it for a
+//! while). The cores run with node.rs's joining and clock-skew guards. One seed reproduces one run exactly; invariants are checked after every
 //! event, and a failure carries the seed and a trace.
 //!
 //! It owns no I/O and reads no clock: it is a shell whose "network" is a priority queue.
@@ -10,16 +12,18 @@
 //! implementation recorded a higher token or the story already landed.
 //!
 //! Two fault modes:
-//! - clean: delays, reordering, duplicates, crashes and restarts. Here the claim protocol
+//! - clean: delays, reordering, duplicates, crashes, clean stops and restarts. Here the claim protocol
 //!   promises mutual exclusion: at most one up node runs a given phase at any instant.
-//! - hostile: everything, plus drops, partitions and pauses past the lease. The mesh is
+//! - hostile: everything, plus drops, partitions, pauses past the lease and a wall clock
+//!   beyond the drift bound. The mesh is
 //!   available rather than consistent here (DESIGN.md §5): two sides may both work, but at
 //!   most one result per phase counts and no story lands twice.
 //!
-//! In both: tokens per resource never go backwards in any view; a counted result is
-//! always from the resource's highest claim; a story whose holder died is taken over
-//! within the bound (clean mode); and once the network heals and faults stop, every node
-//! derives the same view and every story is merged or blocked.
+//! In both: tokens per resource never go backwards in any view; a node that judges its
+//! clock skewed claims nothing; a counted result is always from the resource's highest
+//! claim; a story whose holder died is taken over within the bound (clean mode; a clean
+//! stop released its claims, so it owes none); and once the network heals and faults
+//! stop, every node derives the same view and every story is merged or blocked.
 
 use crate::core::{Core, CoreConfig, Effect, Guards, Handover, Input, Job};
 use crate::exec::sim_handoff;
