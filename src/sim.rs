@@ -70,6 +70,10 @@ pub struct SimConfig {
     pub broken_winner_rule: bool,
     /// Keep a trace of every event (costly; for replaying one seed).
     pub trace: bool,
+    /// Clean stops, the cores' joining and clock-skew guards, and skewed wall clocks.
+    /// false: none of them, so a seed replays the run it made before they existed (for
+    /// regression seeds found then).
+    pub stops_guards_clocks: bool,
 }
 
 impl SimConfig {
@@ -98,6 +102,7 @@ impl SimConfig {
             review_reject_rate: 0.2,
             broken_winner_rule: false,
             trace: false,
+            stops_guards_clocks: true,
         }
     }
 }
@@ -110,7 +115,11 @@ impl SimConfig {
     /// How long a node that knows of a mesh waits to sync with it before it claims
     /// anyway: a lease expiry (node.rs's default is longer; the sim's leases are short).
     pub fn join_wait_ms(&self) -> u64 {
-        self.membership.dead_after_ms
+        if self.stops_guards_clocks {
+            self.membership.dead_after_ms
+        } else {
+            0
+        }
     }
 
     /// How long after the network heals and faults stop every story must be merged or
@@ -354,9 +363,12 @@ impl Sim {
         let drift = i64::try_from(cfg.lease.max_clock_drift_ms * 2 / 5).unwrap_or(0);
         for name in &names {
             let actor: [u8; 16] = rng.gen();
-            let offset = rng.gen_range(-drift..=drift);
             let mut core = Core::new(name.clone(), core_config(&cfg), Doc::new(actor), 1);
-            core.set_guards(guards(&cfg, false));
+            let mut offset = 0;
+            if cfg.stops_guards_clocks {
+                offset = rng.gen_range(-drift..=drift);
+                core.set_guards(guards(&cfg, false));
+            }
             nodes.push(Node {
                 core: Some(core),
                 persisted: Vec::new(),
@@ -829,7 +841,9 @@ impl Sim {
                 self.nodes[i].incarnation += 1;
                 let inc = now.max(1) + self.nodes[i].incarnation;
                 let mut core = Core::new(self.names[i].clone(), core_config(&self.cfg), doc, inc);
-                core.set_guards(guards(&self.cfg, true));
+                if self.cfg.stops_guards_clocks {
+                    core.set_guards(guards(&self.cfg, true));
+                }
                 self.nodes[i].core = Some(core);
                 self.note(|| format!("restart node{i}"));
                 self.restarts.push((i, now));
@@ -1369,13 +1383,13 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
                 let until = t + sim.rng.gen_range(long / 2..long * 2);
                 sim.at(t, Ev::Pause(victim, until));
             }
-            (_, 70..=84) => {
+            (_, 70..=84) if cfg.stops_guards_clocks => {
                 // A clean stop (claims handed back), then a restart like a crash's.
                 sim.at(t, Ev::Shutdown(victim));
                 let back = t + HANDOVER_MAX_MS + sim.rng.gen_range(500..4_000);
                 sim.at(back, Ev::Restart(victim));
             }
-            (Mode::Hostile, 85..=92) => {
+            (Mode::Hostile, 85..=92) if cfg.stops_guards_clocks => {
                 // The wall clock jumps well beyond the drift bound (allowing for delays),
                 // ahead or behind, for a while.
                 let l = cfg.lease;
