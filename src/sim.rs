@@ -660,7 +660,8 @@ impl Sim {
         }
         let now = self.now;
         // The core reads its wall clock when it handles an input (heartbeat offsets).
-        if let Some(i) = target {
+        // (Before skewed clocks it saw the wall time of its last tick or beat.)
+        if let Some(i) = target.filter(|_| self.cfg.stops_guards_clocks) {
             let wall = self.wall(i);
             if let Some(c) = self.nodes[i].core.as_mut() {
                 c.set_wall(wall);
