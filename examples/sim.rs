@@ -4,6 +4,7 @@
 //!
 //!     cargo run --release --example sim -- --seeds 1000 [--start 0] [--mode clean|hostile|both] [--keep-going]
 //!         [--files N]   # planned files drawn from N names (default 4; 0: issue 3's backlog, no files)
+//!         [--no-stops]  # no clean stops, guards or skewed clocks: the runs of before them
 //!     cargo run --release --example sim -- --replay 1234 --mode hostile   # full trace
 
 use mesh_agent::sim::{run, Mode, SimConfig};
@@ -15,7 +16,7 @@ use std::time::Instant;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn usage() -> ! {
-    eprintln!("usage: sim [--seeds N] [--start S] [--mode clean|hostile|both] [--replay SEED] [--nodes N] [--stories N] [--files N] [--keep-going]");
+    eprintln!("usage: sim [--seeds N] [--start S] [--mode clean|hostile|both] [--replay SEED] [--nodes N] [--stories N] [--files N] [--no-stops] [--keep-going]");
     std::process::exit(2);
 }
 
@@ -24,6 +25,7 @@ fn main() {
     let (mut seeds, mut start, mut modes, mut replay) =
         (1000u64, 0u64, vec![Mode::Clean, Mode::Hostile], None);
     let (mut nodes, mut stories, mut files, mut keep_going) = (None, None, None, false);
+    let mut stops = true;
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage());
         match a.as_str() {
@@ -42,12 +44,14 @@ fn main() {
                 }
             }
             "--keep-going" => keep_going = true,
+            "--no-stops" => stops = false,
             "-h" | "--help" => usage(),
             _ => usage(),
         }
     }
     let config = |mode| {
         let mut c = SimConfig::new(mode);
+        c.stops_guards_clocks = stops;
         if let Some(n) = nodes {
             c.nodes = n;
         }
@@ -76,6 +80,7 @@ fn main() {
     }
     let t0 = Instant::now();
     let (mut events, mut merged, mut blocked, mut runs) = (0u64, 0usize, 0usize, 0u64);
+    let (mut shutdowns, mut skewed_ticks) = (0u64, 0u64);
     let mut failed: Vec<String> = Vec::new();
     for seed in start..start + seeds {
         for &mode in &modes {
@@ -84,6 +89,8 @@ fn main() {
             events += r.events;
             merged += r.merged;
             blocked += r.blocked;
+            shutdowns += r.shutdowns;
+            skewed_ticks += r.skewed_ticks;
             let mode_arg = if mode == Mode::Clean {
                 "clean"
             } else {
@@ -118,7 +125,7 @@ fn main() {
         }
     }
     println!(
-        "{seeds} seeds x {} modes = {runs} runs: {} violations; {events} events, {merged} stories merged, {blocked} blocked, {:.1} s",
+        "{seeds} seeds x {} modes = {runs} runs: {} violations; {events} events, {merged} stories merged, {blocked} blocked, {shutdowns} clean stops, {skewed_ticks} skewed ticks, {:.1} s",
         modes.len(),
         failed.len(),
         t0.elapsed().as_secs_f64()

@@ -1,7 +1,9 @@
 //! The deterministic simulator: many pure [`Core`]s driven by a virtual clock over a
 //! virtual network that delays, reorders, duplicates and drops messages, partitions and
-//! heals, crashes and restarts nodes (keeping what they persisted), and pauses nodes past
-//! their lease. One seed reproduces one run exactly; invariants are checked after every
+//! heals, crashes and restarts nodes (keeping what they persisted), stops them cleanly
+//! (claims handed back first), pauses nodes past their lease, and runs each node on its
+//! own wall clock (within the drift bound; in hostile mode one may jump beyond it for a
+//! while). The cores run with node.rs's joining and clock-skew guards. One seed reproduces one run exactly; invariants are checked after every
 //! event, and a failure carries the seed and a trace.
 //!
 //! It owns no I/O and reads no clock: it is a shell whose "network" is a priority queue.
@@ -10,18 +12,20 @@
 //! implementation recorded a higher token or the story already landed.
 //!
 //! Two fault modes:
-//! - clean: delays, reordering, duplicates, crashes and restarts. Here the claim protocol
+//! - clean: delays, reordering, duplicates, crashes, clean stops and restarts. Here the claim protocol
 //!   promises mutual exclusion: at most one up node runs a given phase at any instant.
-//! - hostile: everything, plus drops, partitions and pauses past the lease. The mesh is
+//! - hostile: everything, plus drops, partitions, pauses past the lease and a wall clock
+//!   beyond the drift bound. The mesh is
 //!   available rather than consistent here (DESIGN.md §5): two sides may both work, but at
 //!   most one result per phase counts and no story lands twice.
 //!
-//! In both: tokens per resource never go backwards in any view; a counted result is
-//! always from the resource's highest claim; a story whose holder died is taken over
-//! within the bound (clean mode); and once the network heals and faults stop, every node
-//! derives the same view and every story is merged or blocked.
+//! In both: tokens per resource never go backwards in any view; a node that judges its
+//! clock skewed claims nothing; a counted result is always from the resource's highest
+//! claim; a story whose holder died is taken over within the bound (clean mode; a clean
+//! stop released its claims, so it owes none); and once the network heals and faults
+//! stop, every node derives the same view and every story is merged or blocked.
 
-use crate::core::{Core, CoreConfig, Effect, Input, Job};
+use crate::core::{Core, CoreConfig, Effect, Guards, Handover, Input, Job};
 use crate::exec::sim_handoff;
 use crate::lease::{LeaseConfig, Resource};
 use crate::membership::MembershipConfig;
@@ -66,6 +70,10 @@ pub struct SimConfig {
     pub broken_winner_rule: bool,
     /// Keep a trace of every event (costly; for replaying one seed).
     pub trace: bool,
+    /// Clean stops, the cores' joining and clock-skew guards, and skewed wall clocks.
+    /// false: none of them, so a seed replays the run it made before they existed (for
+    /// regression seeds found then).
+    pub stops_guards_clocks: bool,
 }
 
 impl SimConfig {
@@ -94,6 +102,7 @@ impl SimConfig {
             review_reject_rate: 0.2,
             broken_winner_rule: false,
             trace: false,
+            stops_guards_clocks: true,
         }
     }
 }
@@ -103,12 +112,23 @@ impl SimConfig {
 pub const MAX_STEPS_PER_STORY: u64 = 3 + 2 + 3 * MAX_REWORKS as u64;
 
 impl SimConfig {
+    /// How long a node that knows of a mesh waits to sync with it before it claims
+    /// anyway: a lease expiry (node.rs's default is longer; the sim's leases are short).
+    pub fn join_wait_ms(&self) -> u64 {
+        if self.stops_guards_clocks {
+            self.membership.dead_after_ms
+        } else {
+            0
+        }
+    }
+
     /// How long after the network heals and faults stop every story must be merged or
     /// blocked (with a reason): the liveness invariant. Derived from the config, for the
     /// worst case where every story waits for the one before it (all share files, or
     /// depend on each other in a chain), so nothing runs in parallel:
     ///
-    /// * warm-up: the restarted nodes claim nothing for `suspect_after` beats;
+    /// * warm-up: the restarted nodes claim nothing for `suspect_after` beats, nor before
+    ///   they synced with a peer (at most the join wait);
     /// * one lease expiry for a claim from before the heal: `dead_after + ttl + grace`;
     /// * then `stories × MAX_STEPS_PER_STORY` steps one after the other, each taking up to
     ///   `MAX_ATTEMPTS` attempts (a lost settle, a refused stale change), and each attempt
@@ -120,7 +140,7 @@ impl SimConfig {
     pub fn liveness_bound_ms(&self) -> u64 {
         let m = self.membership;
         let l = self.lease;
-        let warm_up = m.heartbeat_ms * u64::from(m.suspect_after_missed);
+        let warm_up = (m.heartbeat_ms * u64::from(m.suspect_after_missed)).max(self.join_wait_ms());
         let expiry = m.dead_after_ms + l.ttl_ms + l.grace_ms;
         let attempt = l.settle_timeout_ms
             + self.phase_ms * 3 / 2
@@ -141,6 +161,10 @@ pub struct Report {
     pub merged: usize,
     pub blocked: usize,
     pub end_ms: u64,
+    /// Clean stops carried out (claims handed back, then down).
+    pub shutdowns: u64,
+    /// Ticks at which a node judged its own wall clock skewed (and so claimed nothing).
+    pub skewed_ticks: u64,
 }
 
 impl Report {
@@ -168,7 +192,16 @@ enum Ev {
         job: Box<Job>,
     },
     Crash(usize),
+    /// A clean stop: the node hands its claims back and says goodbye, then goes down
+    /// (at `Ev::Stop`) once its peers synced that, or after [`HANDOVER_MAX_MS`].
+    Shutdown(usize),
+    Stop {
+        node: usize,
+        deadline: u64,
+    },
     Restart(usize),
+    /// The node's wall clock is set this far from true time (ms; negative: behind).
+    Skew(usize, i64),
     Pause(usize, u64),
     Resume(usize),
     Partition(Vec<u8>),
@@ -189,7 +222,17 @@ struct Node {
     paused: bool,
     backlog: Vec<Ev>,
     jobs: BTreeSet<String>,
+    /// Its wall clock minus true time: what it passes the core as wall time.
+    offset: i64,
+    /// Its base offset (within `max_clock_drift_ms` of the others), restored at the heal.
+    base_offset: i64,
+    /// A clean stop in progress: what it waits for its peers to sync.
+    handover: Option<Handover>,
 }
+
+/// The longest a clean stop waits for its peers to sync the claims it hands back (as
+/// `node::HANDOVER_MAX` does in real time).
+pub const HANDOVER_MAX_MS: u64 = 2_000;
 
 /// The git origin as the fence sees it.
 #[derive(Debug, Default)]
@@ -280,6 +323,8 @@ struct Sim {
     checked: Vec<[u8; 32]>,
     /// Restarts: (node, time).
     restarts: Vec<(usize, u64)>,
+    shutdowns: u64,
+    skewed_ticks: u64,
 }
 
 fn core_config(cfg: &SimConfig) -> CoreConfig {
@@ -297,14 +342,33 @@ fn core_config(cfg: &SimConfig) -> CoreConfig {
     }
 }
 
+/// The guards node.rs sets: the joining rule (a node that remembers peers, after a
+/// restart, claims nothing before it synced with one or the join wait passed) and the
+/// clock-skew rule.
+fn guards(cfg: &SimConfig, remembers_peers: bool) -> Guards {
+    Guards {
+        join_wait_ms: cfg.join_wait_ms(),
+        remembers_peers,
+        clock_skew: true,
+    }
+}
+
 impl Sim {
     fn new(seed: u64, cfg: SimConfig) -> Sim {
         let mut rng = StdRng::seed_from_u64(seed);
         let names: Vec<String> = (0..cfg.nodes).map(|i| format!("node{i}")).collect();
         let mut nodes = Vec::new();
+        // Every wall clock is off true time by up to 40% of the drift bound, so any two
+        // are within it.
+        let drift = i64::try_from(cfg.lease.max_clock_drift_ms * 2 / 5).unwrap_or(0);
         for name in &names {
             let actor: [u8; 16] = rng.gen();
-            let core = Core::new(name.clone(), core_config(&cfg), Doc::new(actor), 1);
+            let mut core = Core::new(name.clone(), core_config(&cfg), Doc::new(actor), 1);
+            let mut offset = 0;
+            if cfg.stops_guards_clocks {
+                offset = rng.gen_range(-drift..=drift);
+                core.set_guards(guards(&cfg, false));
+            }
             nodes.push(Node {
                 core: Some(core),
                 persisted: Vec::new(),
@@ -312,6 +376,9 @@ impl Sim {
                 paused: false,
                 backlog: Vec::new(),
                 jobs: BTreeSet::new(),
+                offset,
+                base_offset: offset,
+                handover: None,
             });
         }
         let groups = vec![0; cfg.nodes];
@@ -336,13 +403,16 @@ impl Sim {
             healed_at: None,
             checked: Vec::new(),
             restarts: Vec::new(),
+            shutdowns: 0,
+            skewed_ticks: 0,
         }
     }
 
     /// Whether node `n` was up (and past its warm-up) for the whole of [from, to].
     fn up_throughout(&self, n: usize, from: u64, to: u64) -> bool {
         let m = self.cfg.membership;
-        let warm = m.heartbeat_ms * u64::from(m.suspect_after_missed);
+        let warm =
+            (m.heartbeat_ms * u64::from(m.suspect_after_missed)).max(self.cfg.join_wait_ms());
         let crashed = self
             .crashes
             .iter()
@@ -393,6 +463,12 @@ impl Sim {
         if !self.violations.contains(&line) {
             self.violations.push(line);
         }
+    }
+
+    /// Node `i`'s wall clock now.
+    fn wall(&self, i: usize) -> u64 {
+        u64::try_from(i64::try_from(self.now).unwrap_or(i64::MAX) + self.nodes[i].offset)
+            .unwrap_or(0)
     }
 
     fn up(&self, i: usize) -> bool {
@@ -583,18 +659,37 @@ impl Sim {
             }
         }
         let now = self.now;
+        // The core reads its wall clock when it handles an input (heartbeat offsets).
+        // (Before skewed clocks it saw the wall time of its last tick or beat.)
+        if let Some(i) = target.filter(|_| self.cfg.stops_guards_clocks) {
+            let wall = self.wall(i);
+            if let Some(c) = self.nodes[i].core.as_mut() {
+                c.set_wall(wall);
+            }
+        }
         match ev {
             Ev::Tick(i) => {
+                let wall = self.wall(i);
+                let mut skewed = false;
                 if let Some(c) = self.nodes[i].core.as_mut() {
-                    c.tick(now, now);
+                    let before = c.clock_skew(now).skewed;
+                    c.tick(now, wall);
+                    // A node that judges its clock skewed claims nothing.
+                    skewed = before && c.clock_skew(now).skewed;
+                    if skewed && c.held(now).iter().any(|h| h.age_ms == 0) {
+                        let name = self.names[i].clone();
+                        self.violation(format!("{name} claimed while its clock was skewed"));
+                    }
                     let t = now + self.cfg.membership.heartbeat_ms / 4;
                     self.at(t, Ev::Tick(i));
                 }
+                self.skewed_ticks += u64::from(skewed);
                 self.drain(i);
             }
             Ev::Beat(i) => {
+                let wall = self.wall(i);
                 if let Some(c) = self.nodes[i].core.as_mut() {
-                    c.heartbeat(now);
+                    c.heartbeat(wall);
                     let t = now + self.cfg.membership.heartbeat_ms;
                     self.at(t, Ev::Beat(i));
                 }
@@ -683,58 +778,54 @@ impl Sim {
                 }
                 self.drain(node);
             }
-            Ev::Crash(i) => {
-                let Some(core) = self.nodes[i].core.take() else {
+            Ev::Crash(i) => self.take_down(i, "crash"),
+            Ev::Shutdown(i) => {
+                if self.nodes[i].paused || self.nodes[i].handover.is_some() {
+                    return;
+                }
+                let wall = self.wall(i);
+                let Some(c) = self.nodes[i].core.as_mut() else {
                     return;
                 };
-                let running: Vec<(Resource, u64)> = core
-                    .runs()
-                    .iter()
-                    .filter(|r| {
-                        core.held(now)
-                            .iter()
-                            .any(|h| h.claim == r.claim && h.running)
-                    })
-                    .filter_map(|r| {
-                        Resource::story_round(&r.story, r.phase, r.round)
-                            .ok()
-                            .map(|x| (x, r.token))
-                    })
-                    .collect();
-                // A takeover claim whose holder dies while settling it hands the work on
-                // (its own crash then owes a takeover): remember those that would win.
-                let claims = core.doc().view_and_claims().1;
-                let settling: Vec<(Resource, u64, u64)> = core
-                    .held(now)
-                    .iter()
-                    .filter(|h| !h.running && claims.holds(&h.claim))
-                    .filter_map(|h| claims.claim(&h.claim).map(|c| (c, now - h.age_ms)))
-                    .flat_map(|(c, written)| {
-                        c.resources
-                            .iter()
-                            .filter(|(r, _)| matches!(r, Resource::Story { .. }))
-                            .map(move |(r, t)| (r.clone(), *t, written))
-                    })
-                    .collect();
-                self.note(|| format!("crash node{i} running {running:?} settling {settling:?}"));
-                self.crashes.push(Crash {
-                    node: i,
-                    at: now,
-                    running,
-                    settling,
-                });
-                self.nodes[i].jobs.clear();
-                self.nodes[i].paused = false;
-                self.nodes[i].backlog.clear();
-                for j in 0..self.nodes.len() {
-                    if j != i {
-                        let name = self.names[i].clone();
-                        if let Some(c) = self.nodes[j].core.as_mut() {
-                            c.handle(now, Input::Disconnected(name));
-                        }
-                        self.drain(j);
-                    }
+                c.set_wall(wall);
+                let handover = c.begin_shutdown(now);
+                self.note(|| format!("shutdown node{i}: {handover:?}"));
+                self.shutdowns += 1;
+                let stop = handover.is_some();
+                self.nodes[i].handover = handover;
+                // The releases and the goodbye go out before the node goes down.
+                self.drain(i);
+                if stop {
+                    let deadline = now + HANDOVER_MAX_MS;
+                    self.at(now + 1, Ev::Stop { node: i, deadline });
+                } else {
+                    self.take_down(i, "stop");
                 }
+            }
+            Ev::Stop { node, deadline } => {
+                let Some(h) = self.nodes[node].handover.clone() else {
+                    return;
+                };
+                let done = self.nodes[node]
+                    .core
+                    .as_ref()
+                    .is_none_or(|c| c.handed_over(&h));
+                if done || now >= deadline {
+                    self.take_down(
+                        node,
+                        if done {
+                            "stop"
+                        } else {
+                            "stop (handover timed out)"
+                        },
+                    );
+                } else {
+                    self.at(now + 10, Ev::Stop { node, deadline });
+                }
+            }
+            Ev::Skew(i, offset) => {
+                self.note(|| format!("node{i} wall clock offset {offset} ms"));
+                self.nodes[i].offset = offset;
             }
             Ev::Restart(i) => {
                 if self.up(i) {
@@ -750,7 +841,10 @@ impl Sim {
                 };
                 self.nodes[i].incarnation += 1;
                 let inc = now.max(1) + self.nodes[i].incarnation;
-                let core = Core::new(self.names[i].clone(), core_config(&self.cfg), doc, inc);
+                let mut core = Core::new(self.names[i].clone(), core_config(&self.cfg), doc, inc);
+                if self.cfg.stops_guards_clocks {
+                    core.set_guards(guards(&self.cfg, true));
+                }
                 self.nodes[i].core = Some(core);
                 self.note(|| format!("restart node{i}"));
                 self.restarts.push((i, now));
@@ -772,8 +866,9 @@ impl Sim {
                 self.note(|| format!("resume node{i}"));
                 self.nodes[i].paused = false;
                 // The overdue tick fires first, then the buffered inputs in order.
+                let wall = self.wall(i);
                 if let Some(c) = self.nodes[i].core.as_mut() {
-                    c.tick(now, now);
+                    c.tick(now, wall);
                 }
                 self.drain(i);
                 let backlog = std::mem::take(&mut self.nodes[i].backlog);
@@ -796,6 +891,65 @@ impl Sim {
                 self.note(|| "heal".to_string());
                 let old = std::mem::replace(&mut self.groups, vec![0; self.nodes.len()]);
                 self.regroup(&old);
+            }
+        }
+    }
+
+    /// Takes node `i` down (a crash, or the end of a clean stop), noting what it was
+    /// running and settling: a crash owes those a takeover; a clean stop released them
+    /// all first (so there is nothing to note).
+    fn take_down(&mut self, i: usize, why: &'static str) {
+        let now = self.now;
+        let Some(core) = self.nodes[i].core.take() else {
+            return;
+        };
+        let running: Vec<(Resource, u64)> = core
+            .runs()
+            .iter()
+            .filter(|r| {
+                core.held(now)
+                    .iter()
+                    .any(|h| h.claim == r.claim && h.running)
+            })
+            .filter_map(|r| {
+                Resource::story_round(&r.story, r.phase, r.round)
+                    .ok()
+                    .map(|x| (x, r.token))
+            })
+            .collect();
+        // A takeover claim whose holder dies while settling it hands the work on
+        // (its own crash then owes a takeover): remember those that would win.
+        let claims = core.doc().view_and_claims().1;
+        let settling: Vec<(Resource, u64, u64)> = core
+            .held(now)
+            .iter()
+            .filter(|h| !h.running && claims.holds(&h.claim))
+            .filter_map(|h| claims.claim(&h.claim).map(|c| (c, now - h.age_ms)))
+            .flat_map(|(c, written)| {
+                c.resources
+                    .iter()
+                    .filter(|(r, _)| matches!(r, Resource::Story { .. }))
+                    .map(move |(r, t)| (r.clone(), *t, written))
+            })
+            .collect();
+        self.note(|| format!("{why} node{i} running {running:?} settling {settling:?}"));
+        self.crashes.push(Crash {
+            node: i,
+            at: now,
+            running,
+            settling,
+        });
+        self.nodes[i].jobs.clear();
+        self.nodes[i].handover = None;
+        self.nodes[i].paused = false;
+        self.nodes[i].backlog.clear();
+        for j in 0..self.nodes.len() {
+            if j != i {
+                let name = self.names[i].clone();
+                if let Some(c) = self.nodes[j].core.as_mut() {
+                    c.handle(now, Input::Disconnected(name));
+                }
+                self.drain(j);
             }
         }
     }
@@ -1230,6 +1384,24 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
                 let until = t + sim.rng.gen_range(long / 2..long * 2);
                 sim.at(t, Ev::Pause(victim, until));
             }
+            (_, 70..=84) if cfg.stops_guards_clocks => {
+                // A clean stop (claims handed back), then a restart like a crash's.
+                sim.at(t, Ev::Shutdown(victim));
+                let back = t + HANDOVER_MAX_MS + sim.rng.gen_range(500..4_000);
+                sim.at(back, Ev::Restart(victim));
+            }
+            (Mode::Hostile, 85..=92) if cfg.stops_guards_clocks => {
+                // The wall clock jumps well beyond the drift bound (allowing for delays),
+                // ahead or behind, for a while.
+                let l = cfg.lease;
+                let beyond = l.max_clock_drift_ms + l.message_timeout_ms;
+                let by = i64::try_from(beyond + sim.rng.gen_range(100..2_000)).unwrap_or(0);
+                let by = if sim.rng.gen_bool(0.5) { by } else { -by };
+                let base = sim.nodes[victim].base_offset;
+                sim.at(t, Ev::Skew(victim, base + by));
+                let back = t + sim.rng.gen_range(500..3_000);
+                sim.at(back, Ev::Skew(victim, base));
+            }
             _ => {}
         }
     }
@@ -1247,13 +1419,23 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
             sim.healed_at = Some(chaos_end);
             sim.handle(Ev::Heal);
             for i in 0..n {
+                sim.nodes[i].offset = sim.nodes[i].base_offset;
                 sim.handle(Ev::Resume(i));
+                if sim.nodes[i].handover.is_some() {
+                    sim.take_down(i, "stop (at the heal)");
+                }
                 sim.handle(Ev::Restart(i));
             }
             sim.queue.retain(|_, e| {
                 !matches!(
                     e,
-                    Ev::Crash(_) | Ev::Pause(..) | Ev::Partition(_) | Ev::Heal
+                    Ev::Crash(_)
+                        | Ev::Shutdown(_)
+                        | Ev::Stop { .. }
+                        | Ev::Skew(..)
+                        | Ev::Pause(..)
+                        | Ev::Partition(_)
+                        | Ev::Heal
                 )
             });
         }
@@ -1282,6 +1464,8 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
         merged,
         blocked,
         end_ms: sim.now,
+        shutdowns: sim.shutdowns,
+        skewed_ticks: sim.skewed_ticks,
     }
 }
 

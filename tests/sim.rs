@@ -4,9 +4,10 @@
 
 use mesh_agent::sim::{run, Mode, SimConfig};
 
-fn run_seeds(seeds: std::ops::Range<u64>, mode: Mode) -> (usize, usize) {
+/// Totals over the seeds: stories merged, clean stops, ticks a node judged itself skewed.
+fn run_seeds(seeds: std::ops::Range<u64>, mode: Mode) -> (usize, u64, u64) {
     let cfg = SimConfig::new(mode);
-    let (mut merged, mut blocked) = (0, 0);
+    let (mut merged, mut stops, mut skewed) = (0, 0, 0);
     for seed in seeds {
         let r = run(seed, &cfg);
         assert!(
@@ -16,23 +17,36 @@ fn run_seeds(seeds: std::ops::Range<u64>, mode: Mode) -> (usize, usize) {
             if mode == Mode::Clean { "clean" } else { "hostile" }
         );
         merged += r.merged;
-        blocked += r.blocked;
+        stops += r.shutdowns;
+        skewed += r.skewed_ticks;
     }
-    (merged, blocked)
+    (merged, stops, skewed)
 }
 
 #[test]
 fn clean_network_seeds_hold_every_invariant() {
-    // Delays, reordering, duplicates, crashes and restarts.
-    let (merged, _) = run_seeds(0..300, Mode::Clean);
+    // Delays, reordering, duplicates, crashes, clean stops and restarts; wall clocks
+    // apart by less than the drift bound, with the joining and skew guards on.
+    let (merged, stops, skewed) = run_seeds(0..300, Mode::Clean);
     assert!(merged > 0, "the runs must do real work");
+    assert!(stops > 0, "the runs must stop nodes cleanly");
+    assert_eq!(
+        skewed, 0,
+        "clocks within the drift bound were judged skewed"
+    );
 }
 
 #[test]
 fn hostile_network_seeds_hold_every_invariant() {
-    // Plus drops, partitions and pauses past the lease.
-    let (merged, _) = run_seeds(1_000..1_300, Mode::Hostile);
+    // Plus drops, partitions, pauses past the lease, and a wall clock off by more than
+    // the drift bound for a while (the node must claim nothing while it sees that).
+    let (merged, stops, skewed) = run_seeds(1_000..1_300, Mode::Hostile);
     assert!(merged > 0, "the runs must do real work");
+    assert!(stops > 0, "the runs must stop nodes cleanly");
+    assert!(
+        skewed > 0,
+        "no node ever saw its clock skewed: the skew rule is untested"
+    );
 }
 
 #[test]
@@ -62,10 +76,12 @@ fn a_started_story_whose_dependency_is_blocked_is_blocked_too() {
     // yet started were blocked with their dependency).
     let mut cfg = SimConfig::new(Mode::Hostile);
     cfg.stories = 8;
+    // The run as it was found, before clean stops, guards and skewed clocks changed it.
+    cfg.stops_guards_clocks = false;
     let r = run(1_065, &cfg);
     assert!(
         r.ok(),
-        "{:#?}\nreplay: scripts/sim --replay 1065 --mode hostile --stories 8",
+        "{:#?}\nreplay: scripts/sim --replay 1065 --mode hostile --stories 8 --no-stops",
         r.violations
     );
     assert!(r.blocked >= 2, "the dependency and its dependant: {r:?}");
