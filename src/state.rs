@@ -1343,6 +1343,43 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_started_story_whose_dependency_is_blocked_is_blocked_too() {
+        // Found by the simulator (seed 1065, hostile, 8 stories, before clean stops):
+        // only stories not yet started were blocked with their dependency, so one that
+        // had started waited forever.
+        use crate::lease::ReleaseReason::Failed;
+        let mut d = Doc::new([1; 16]);
+        let first = d.add_story(&story("the dependency"), A, 1).unwrap();
+        let second = d
+            .add_story(
+                &NewStory {
+                    title: "the dependant".into(),
+                    depends_on: vec![first.clone()],
+                    ..Default::default()
+                },
+                A,
+                2,
+            )
+            .unwrap();
+        // The dependant has started (its research is done; how it got there before its
+        // dependency landed does not matter here) and nobody works on it now.
+        step(&mut d, &second, Phase::Research, 0, None);
+        assert_eq!(d.view().stories[&second].status, StoryStatus::InProgress);
+        for _ in 0..MAX_ATTEMPTS {
+            ended_attempt(&mut d, &first, Failed, "tests failed");
+        }
+        let v = d.view();
+        assert_eq!(v.stories[&first].status, StoryStatus::Blocked);
+        let s = &v.stories[&second];
+        assert_eq!(s.status, StoryStatus::Blocked);
+        assert_eq!(
+            s.blocked_reason.as_deref(),
+            Some("depends on S-0001, which is blocked")
+        );
+        assert_eq!(s.next_phase, None);
+    }
+
+    #[test]
     fn a_story_that_keeps_losing_its_holders_is_blocked_at_the_takeover_limit() {
         use crate::lease::ReleaseReason::{Abandoned, Expired};
         let mut d = Doc::new([1; 16]);

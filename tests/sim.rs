@@ -70,24 +70,6 @@ fn changes_to_one_file_made_on_both_sides_of_a_partition_all_land_or_block() {
 }
 
 #[test]
-fn a_started_story_whose_dependency_is_blocked_is_blocked_too() {
-    // Seed 1065 hostile with 8 stories: a story that had started depended on one blocked
-    // after its merge attempts were used up; it was left waiting forever (only stories not
-    // yet started were blocked with their dependency).
-    let mut cfg = SimConfig::new(Mode::Hostile);
-    cfg.stories = 8;
-    // The run as it was found, before clean stops, guards and skewed clocks changed it.
-    cfg.stops_guards_clocks = false;
-    let r = run(1_065, &cfg);
-    assert!(
-        r.ok(),
-        "{:#?}\nreplay: scripts/sim --replay 1065 --mode hostile --stories 8 --no-stops",
-        r.violations
-    );
-    assert!(r.blocked >= 2, "the dependency and its dependant: {r:?}");
-}
-
-#[test]
 fn the_simulator_catches_a_broken_winner_rule() {
     let mut cfg = SimConfig::new(Mode::Clean);
     cfg.broken_winner_rule = true;
