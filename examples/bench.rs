@@ -17,7 +17,7 @@
 use clap::Parser;
 use futures::future::join_all;
 use mesh_agent::config::Config;
-use mesh_agent::model::NewStory;
+use mesh_agent::core::model::NewStory;
 use mesh_agent::node::{self, NodeHandle, NodeOptions, Observation};
 use rand::Rng;
 use std::time::{Duration, Instant};

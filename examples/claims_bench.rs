@@ -26,9 +26,9 @@
 use clap::{Parser, Subcommand};
 use futures::future::join_all;
 use mesh_agent::config::Config;
+use mesh_agent::core::lease::ReleaseReason;
+use mesh_agent::core::model::NewStory;
 use mesh_agent::core::RunRecord;
-use mesh_agent::lease::ReleaseReason;
-use mesh_agent::model::NewStory;
 use mesh_agent::node::{self, NodeHandle, NodeOptions};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};

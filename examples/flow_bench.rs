@@ -35,8 +35,8 @@
 use clap::Parser;
 use futures::future::join_all;
 use mesh_agent::config::Config;
+use mesh_agent::core::model::{NewStory, StoryStatus};
 use mesh_agent::demo;
-use mesh_agent::model::{NewStory, StoryStatus};
 use mesh_agent::node::{self, NodeHandle, NodeOptions};
 use std::time::{Duration, Instant};
 
@@ -134,7 +134,7 @@ struct Run {
 
 /// Where a story's time goes, phase by phase: waiting for a claim, then claim → result
 /// (settle, worktree, the executor's fixed duration, git, the merge gate).
-fn phase_breakdown(view: &mesh_agent::state::View) -> Vec<(String, f64, f64)> {
+fn phase_breakdown(view: &mesh_agent::core::state::View) -> Vec<(String, f64, f64)> {
     let mut acc: Vec<(String, f64, f64, u32)> = Vec::new();
     for s in view.stories.values().filter(|s| s.merged.is_some()) {
         let mut prev = s.fact.created_at_ms;
@@ -259,7 +259,7 @@ async fn one(a: &Args, n: usize) -> anyhow::Result<Run> {
         .values()
         .filter_map(|s| s.history.last())
         .filter_map(|k| view.results.get(k))
-        .filter(|r| r.phase == mesh_agent::model::Phase::Merge)
+        .filter(|r| r.phase == mesh_agent::core::model::Phase::Merge)
         .filter_map(|r| {
             let t = r.handoff.summary.split("(after ").nth(1)?;
             t.split(' ').next()?.parse().ok()

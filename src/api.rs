@@ -5,10 +5,10 @@
 //! data dir; only someone who can read the data dir can steer the node. The server only
 //! forwards requests to the node loop: it never touches the document itself.
 
+use crate::core::model::{Event, KnowledgeFact, KnowledgeKind, NewStory};
+use crate::core::state::StoryView;
 use crate::identity::write_private;
-use crate::model::{Event, KnowledgeFact, KnowledgeKind, NewStory};
 use crate::node::{ApiRequest, StatusReport};
-use crate::state::StoryView;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -61,19 +61,19 @@ fn unauthorized() -> Response {
 }
 
 /// A story as `story show` gets it: the story's view and, while it is neither merged nor
-/// blocked, why it is not moving (see [`crate::scheduler::waiting`]).
+/// blocked, why it is not moving (see [`crate::core::scheduler::waiting`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StoryDetail {
     #[serde(flatten)]
     pub story: StoryView,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub waiting: Option<crate::scheduler::Waiting>,
+    pub waiting: Option<crate::core::scheduler::Waiting>,
 }
 
 impl StoryDetail {
-    pub fn of(view: &crate::state::View, s: &StoryView) -> StoryDetail {
+    pub fn of(view: &crate::core::state::View, s: &StoryView) -> StoryDetail {
         let waiting =
-            crate::scheduler::waiting(view, &view.claims(), &s.key).filter(|w| w.is_open());
+            crate::core::scheduler::waiting(view, &view.claims(), &s.key).filter(|w| w.is_open());
         StoryDetail {
             story: s.clone(),
             waiting,

@@ -2,7 +2,7 @@
 //! variables < command-line flags. Validation names the key, the value and what is
 //! allowed, so a bad config is one clear line (the binary exits with code 2).
 
-use crate::model::Phase;
+use crate::core::model::Phase;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -508,8 +508,8 @@ stall_after_ms = {stall}
     }
 
     /// The lease timing as the lease module wants it.
-    pub fn lease(&self) -> crate::lease::LeaseConfig {
-        crate::lease::LeaseConfig {
+    pub fn lease(&self) -> crate::core::lease::LeaseConfig {
+        crate::core::lease::LeaseConfig {
             ttl_ms: self.lease_ttl_ms,
             grace_ms: self.lease_grace_ms,
             settle_timeout_ms: self.settle_timeout_ms,

@@ -7,7 +7,7 @@
 //! test suite: no conflict markers, no story applied twice to one file, every line well
 //! formed. A broken merge (a bad conflict resolution, a story landing twice) fails it.
 
-use crate::model::NewStory;
+use crate::core::model::NewStory;
 use git2::{Repository, Signature};
 use std::path::Path;
 

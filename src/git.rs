@@ -57,8 +57,8 @@
 //! landing → 1). The lock is an optimisation only: a gate that cannot take it, or waited
 //! past its test timeout plus a minute, goes on without it and the fence still decides.
 
+use crate::core::model::Phase;
 use crate::fence::{self, Fence, FenceError, FenceRecord, Refused};
-use crate::model::Phase;
 use git2::build::{CheckoutBuilder, RepoBuilder};
 use git2::{
     AutotagOption, ErrorCode, FetchOptions, IndexAddOption, ObjectType, Oid, Reference, Repository,

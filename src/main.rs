@@ -5,13 +5,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use mesh_agent::api::{self, ControlClient};
 use mesh_agent::config::{Config, ConfigError, CONFIG_FILE};
-use mesh_agent::demo as demo_project;
-use mesh_agent::identity;
-use mesh_agent::model::{
+use mesh_agent::core::model::{
     Event, EventKind, KnowledgeFact, KnowledgeKind, NewStory, MAX_ATTEMPTS, MAX_TAKEOVERS,
 };
+use mesh_agent::core::state::StoryView;
+use mesh_agent::demo as demo_project;
+use mesh_agent::identity;
 use mesh_agent::node::{self, NodeOptions, StatusReport};
-use mesh_agent::state::StoryView;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -632,7 +632,7 @@ fn render_status(r: &StatusReport) -> String {
         );
     }
     let total: usize = r.story_counts.values().sum();
-    let counts: Vec<String> = mesh_agent::model::StoryStatus::ALL
+    let counts: Vec<String> = mesh_agent::core::model::StoryStatus::ALL
         .iter()
         .map(|s| format!("{s} {}", r.story_counts.get(s.as_str()).unwrap_or(&0)))
         .collect();

@@ -48,7 +48,7 @@ pub struct NetMetrics {
     pub sync_failures: AtomicU64,
 }
 
-pub use crate::model::Topic;
+pub use crate::core::model::Topic;
 
 fn ident(t: Topic) -> IdentTopic {
     IdentTopic::new(match t {

@@ -4,6 +4,10 @@
 //! persist). Writes that a caller is told about are flushed to disk first.
 
 use crate::config::Config;
+use crate::core::membership::{MembershipConfig, PeerState, PeerStatus};
+use crate::core::model::{Event, KnowledgeKind};
+use crate::core::model::{Handoff, NewStory, Topic};
+use crate::core::state::{Doc, StoryView, View};
 pub use crate::core::Counters;
 use crate::core::{
     ClaimRow, ClockSkew, Core, CoreConfig, Effect, Guards, Handover, HeldClaim, Input, RunRecord,
@@ -12,11 +16,7 @@ use crate::core::{
 use crate::exec::command::CommandExecutor;
 use crate::exec::{Executor, SimExecutor};
 use crate::git::NodeRepo;
-use crate::membership::{MembershipConfig, PeerState, PeerStatus};
-use crate::model::{Event, KnowledgeKind};
-use crate::model::{Handoff, NewStory, Topic};
 use crate::net::{self, NetClient, NetCommand, NetConfig, NetEvent};
-use crate::state::{Doc, StoryView, View};
 use crate::store::{EventLog, KnownPeer, Store, StoreError};
 use crate::work::{GateConfig, WorkShell};
 use libp2p::request_response::ResponseChannel;
@@ -37,7 +37,7 @@ pub enum NodeError {
     #[error(transparent)]
     Net(#[from] net::NetError),
     #[error(transparent)]
-    State(#[from] crate::state::StateError),
+    State(#[from] crate::core::state::StateError),
     #[error("invalid address {0}")]
     Addr(String),
     #[error("the story was written but cannot be read back: the store may be corrupt")]
@@ -97,7 +97,7 @@ pub struct StorySummary {
     pub priority: u32,
     /// Why it is not moving, while neither merged nor blocked (`scheduler::waiting`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub waiting: Option<crate::scheduler::Waiting>,
+    pub waiting: Option<crate::core::scheduler::Waiting>,
 }
 
 /// What `mesh-agent status` shows.
@@ -911,7 +911,7 @@ impl Runtime {
                     title: s.fact.title.clone(),
                     status: s.status.as_str().to_string(),
                     priority: s.fact.priority,
-                    waiting: crate::scheduler::waiting(&view, &claims, &s.key)
+                    waiting: crate::core::scheduler::waiting(&view, &claims, &s.key)
                         .filter(|w| w.is_open()),
                 })
                 .collect(),

@@ -15,7 +15,7 @@
 //! process uses the dir, so `open` then waits for sled's lock (bounded) instead of
 //! failing.
 
-use crate::model::Event;
+use crate::core::model::Event;
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -473,7 +473,7 @@ mod tests {
 
     #[test]
     fn the_event_log_survives_reopen_deduplicated_and_trimmed_to_the_newest() {
-        use crate::model::EventKind;
+        use crate::core::model::EventKind;
         let ev = |node: &str, seq: u64, at_ms: u64| Event {
             node: node.into(),
             seq,

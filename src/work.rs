@@ -22,11 +22,11 @@
 //! Without an origin configured, jobs run in a scratch directory and nothing touches git
 //! (the mesh still runs every phase; merges are simulated).
 
+use crate::core::model::{Handoff, Phase, ResultFact, Verdict};
 use crate::core::Job;
 use crate::exec::{Executor, Workspace};
 use crate::fence::Refused;
 use crate::git::{Gate, GitError, LandRequest, NodeRepo, Trailers};
-use crate::model::{Handoff, Phase, ResultFact, Verdict};
 use futures::future::BoxFuture;
 use git2::Oid;
 use std::path::PathBuf;
@@ -399,7 +399,7 @@ impl WorkShell {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::StoryFact;
+    use crate::core::model::StoryFact;
 
     fn job(handoffs: Vec<ResultFact>, phase: Phase) -> Job {
         Job {

@@ -8,8 +8,8 @@ mod common;
 use common::*;
 use futures::future::join_all;
 use libp2p::identity::Keypair;
-use mesh_agent::lease::Resource;
-use mesh_agent::model::{NewStory, Phase, StoryStatus, PIPELINE};
+use mesh_agent::core::lease::Resource;
+use mesh_agent::core::model::{NewStory, Phase, StoryStatus, PIPELINE};
 use mesh_agent::node::NodeHandle;
 use std::collections::BTreeMap;
 

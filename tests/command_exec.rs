@@ -3,11 +3,11 @@
 //! environment, the process group dying with the future, and the example wrappers in
 //! examples/executors/ (shell-sim.sh for real; claude.sh and codex.sh against fake CLIs).
 
-use mesh_agent::exec::command::{log_stem, CommandConfig, CommandExecutor, PhaseCommand};
-use mesh_agent::exec::{Executor, Job, Workspace};
-use mesh_agent::model::{
+use mesh_agent::core::model::{
     Handoff, KnowledgeFact, KnowledgeKind, Phase, ResultFact, StoryFact, Verdict,
 };
+use mesh_agent::exec::command::{log_stem, CommandConfig, CommandExecutor, PhaseCommand};
+use mesh_agent::exec::{Executor, Job, Workspace};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;

@@ -11,11 +11,11 @@ mod common;
 use common::*;
 use libp2p::identity::Keypair;
 use mesh_agent::config::Config;
+use mesh_agent::core::model::{EventKind, NewStory, Phase, StoryStatus, Verdict, MAX_ATTEMPTS};
+use mesh_agent::core::state::{StoryView, View};
 use mesh_agent::demo;
 use mesh_agent::git::main_log;
-use mesh_agent::model::{EventKind, NewStory, Phase, StoryStatus, Verdict, MAX_ATTEMPTS};
 use mesh_agent::node::NodeHandle;
-use mesh_agent::state::{StoryView, View};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

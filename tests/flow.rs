@@ -9,11 +9,11 @@ mod common;
 use common::*;
 use libp2p::identity::Keypair;
 use mesh_agent::config::Config;
+use mesh_agent::core::model::{Event, EventKind, Phase, StoryStatus, Verdict};
+use mesh_agent::core::state::View;
 use mesh_agent::demo;
 use mesh_agent::git::main_log;
-use mesh_agent::model::{Event, EventKind, Phase, StoryStatus, Verdict};
 use mesh_agent::node::NodeHandle;
-use mesh_agent::state::View;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
@@ -298,7 +298,7 @@ async fn a_killed_and_a_paused_node_lose_nothing_and_land_nothing_twice() {
                 && c.resources.iter().any(|(r, _)| {
                     matches!(
                         r,
-                        mesh_agent::lease::Resource::Story {
+                        mesh_agent::core::lease::Resource::Story {
                             phase: Phase::Implement,
                             ..
                         }
@@ -351,7 +351,7 @@ async fn a_killed_and_a_paused_node_lose_nothing_and_land_nothing_twice() {
     assert!(
         view.releases
             .values()
-            .any(|r| r.why == mesh_agent::lease::ReleaseReason::Expired),
+            .any(|r| r.why == mesh_agent::core::lease::ReleaseReason::Expired),
         "no claim was taken over"
     );
     n0.shutdown().await;
@@ -420,7 +420,7 @@ async fn a_rebase_conflict_sends_the_story_to_rework_with_the_conflict_and_it_la
     let b = start_with(&tmp.path().join("b"), &keys[1], Some(&a), no_merge, None).await;
     wait_all_alive(&[&a, &b]).await;
     let story = a
-        .add_story(mesh_agent::model::NewStory {
+        .add_story(mesh_agent::core::model::NewStory {
             title: "Lex hexadecimal literals".into(),
             files: vec!["src/lexer.txt".into()],
             ..Default::default()
@@ -519,7 +519,7 @@ async fn a_node_alone_reviews_its_own_change_and_lands_it() {
     )
     .await;
     let s = n
-        .add_story(mesh_agent::model::NewStory {
+        .add_story(mesh_agent::core::model::NewStory {
             title: "Lex integers".into(),
             files: vec!["src/lexer.txt".into()],
             ..Default::default()
@@ -593,7 +593,7 @@ async fn a_partition_during_two_implements_of_one_file_heals_and_both_land_once(
         }
     }
 
-    let lexer = |title: &str| mesh_agent::model::NewStory {
+    let lexer = |title: &str| mesh_agent::core::model::NewStory {
         title: title.into(),
         files: vec!["src/lexer.txt".into()],
         ..Default::default()

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use futures::future::join_all;
 use libp2p::identity::Keypair;
-use mesh_agent::model::NewStory;
+use mesh_agent::core::model::NewStory;
 use mesh_agent::node::NodeHandle;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use libp2p::identity::Keypair;
-use mesh_agent::model::{Event, EventKind, KnowledgeKind};
+use mesh_agent::core::model::{Event, EventKind, KnowledgeKind};
 use mesh_agent::node::NodeHandle;
 
 /// The node's timeline from the start (time order), once `cond` holds for it.

@@ -25,7 +25,7 @@
 //! or stories.
 
 use super::{Executor, Job, Workspace};
-use crate::model::{Handoff, Phase, ResultFact, Verdict};
+use crate::core::model::{Handoff, Phase, ResultFact, Verdict};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

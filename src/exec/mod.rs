@@ -16,9 +16,9 @@ pub mod command;
 pub mod sim;
 
 pub use crate::core::Job;
-pub use sim::{sim_handoff, SimExecutor};
+pub use sim::SimExecutor;
 
-use crate::model::Handoff;
+use crate::core::model::Handoff;
 use futures::future::BoxFuture;
 use std::path::PathBuf;
 

@@ -4,7 +4,8 @@
 //! so two stories changing one file from the same base really conflict at merge).
 
 use super::{Executor, Job, Workspace};
-use crate::model::{Handoff, KnowledgeKind, Learning, Phase, Verdict};
+use crate::core::model::{Handoff, Phase, Verdict};
+use crate::core::sim_handoff::{default_file, sim_handoff};
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -44,52 +45,6 @@ fn unit(seed: u64, salt: &str, job: &Job) -> f64 {
     let d = h.finalize();
     let n = u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
     (n >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// The file a story with no planned files edits.
-pub fn default_file(job: &Job) -> String {
-    format!("changes/{}.txt", job.display_id)
-}
-
-/// The handoff the simulated executor returns for a job (no verdict randomness: reviews
-/// approve).
-pub fn sim_handoff(job: &Job) -> Handoff {
-    let title = &job.fact.title;
-    let mut h = Handoff {
-        summary: format!("{} of {:?} done (simulated)", job.phase, title),
-        confidence: Some(90),
-        files: job.fact.files.clone(),
-        ..Default::default()
-    };
-    match job.phase {
-        Phase::Research => {
-            h.findings = vec![format!("{title}: the code paths involved are known")];
-            if let Some(f) = job.fact.files.first() {
-                h.learnings = vec![Learning {
-                    kind: KnowledgeKind::Convention,
-                    text: format!("changes to {f} append one line per story"),
-                }];
-            }
-        }
-        Phase::Plan => {
-            h.decisions = vec!["change the planned files only".into()];
-            h.suggested_approach = "small, tested steps".into();
-        }
-        Phase::Review => h.verdict = Some(Verdict::Approve),
-        Phase::Rework => {
-            let why = job
-                .handoffs
-                .iter()
-                .rev()
-                .find(|r| r.handoff.verdict == Some(Verdict::Reject))
-                .map(|r| r.handoff.summary.clone())
-                .unwrap_or_default();
-            h.summary = format!("reworked {title:?} (round {}): {why}", job.round);
-        }
-        Phase::Merge => h.summary = format!("sim-{}-{}", job.story, job.token),
-        _ => {}
-    }
-    h
 }
 
 /// Writes the story's line into each planned file under `dir`: appended at the end, or

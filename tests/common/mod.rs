@@ -70,8 +70,8 @@ pub async fn wait_view(
     n: &NodeHandle,
     what: &str,
     secs: u64,
-    mut cond: impl FnMut(&mesh_agent::state::View) -> bool,
-) -> mesh_agent::state::View {
+    mut cond: impl FnMut(&mesh_agent::core::state::View) -> bool,
+) -> mesh_agent::core::state::View {
     let mut rx = n.observe();
     within(what, secs, async {
         loop {

@@ -25,12 +25,12 @@
 //! stop released its claims, so it owes none); and once the network heals and faults
 //! stop, every node derives the same view and every story is merged or blocked.
 
+use crate::core::lease::{LeaseConfig, Resource};
+use crate::core::membership::MembershipConfig;
+use crate::core::model::{NewStory, Phase, StoryStatus, Topic, MAX_ATTEMPTS, MAX_TAKEOVERS};
+use crate::core::sim_handoff::sim_handoff;
+use crate::core::state::{Doc, MAX_REWORKS};
 use crate::core::{Core, CoreConfig, Effect, Guards, Handover, Input, Job};
-use crate::exec::sim_handoff;
-use crate::lease::{LeaseConfig, Resource};
-use crate::membership::MembershipConfig;
-use crate::model::{NewStory, Phase, StoryStatus, Topic, MAX_ATTEMPTS, MAX_TAKEOVERS};
-use crate::state::{Doc, MAX_REWORKS};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
@@ -255,7 +255,7 @@ impl Origin {
                 .handoffs
                 .iter()
                 .rev()
-                .find(|h| h.handoff.verdict == Some(crate::model::Verdict::Reject));
+                .find(|h| h.handoff.verdict == Some(crate::core::model::Verdict::Reject));
             if last_reject.is_some_and(|h| h.phase == Phase::Review) {
                 if let Some(b) = Self::change(job).and_then(|c| self.bases.get(&c.claim)) {
                     return *b;
@@ -266,7 +266,7 @@ impl Origin {
     }
 
     /// The change a review or merge works on: the latest implement or rework.
-    fn change(job: &Job) -> Option<&crate::model::ResultFact> {
+    fn change(job: &Job) -> Option<&crate::core::model::ResultFact> {
         job.handoffs
             .iter()
             .rev()
@@ -579,7 +579,7 @@ impl Sim {
     }
 
     /// The executor's outcome, through the origin's fence for implement and merge.
-    fn outcome(&mut self, i: usize, job: &Job) -> Result<crate::model::Handoff, String> {
+    fn outcome(&mut self, i: usize, job: &Job) -> Result<crate::core::model::Handoff, String> {
         match job.phase {
             Phase::Implement => {
                 let recorded = self.origin.fence.get(&job.story).copied().unwrap_or(0);
@@ -614,12 +614,12 @@ impl Sim {
                 if self.origin.landed.contains_key(&job.story) {
                     let mut h = sim_handoff(job);
                     h.summary = "already landed".into();
-                    h.verdict = Some(crate::model::Verdict::Approve);
+                    h.verdict = Some(crate::core::model::Verdict::Approve);
                     return Ok(h);
                 }
                 if let Some(file) = self.origin.conflict(job) {
                     let mut h = sim_handoff(job);
-                    h.verdict = Some(crate::model::Verdict::Reject);
+                    h.verdict = Some(crate::core::model::Verdict::Reject);
                     h.summary = format!("rebase conflict in {file} (simulated)");
                     return Ok(h);
                 }
@@ -635,7 +635,7 @@ impl Sim {
             }
             Phase::Review if job.round == 0 && self.rng.gen_bool(self.cfg.review_reject_rate) => {
                 let mut h = sim_handoff(job);
-                h.verdict = Some(crate::model::Verdict::Reject);
+                h.verdict = Some(crate::core::model::Verdict::Reject);
                 h.summary = "needs another pass (simulated)".into();
                 Ok(h)
             }
@@ -1172,7 +1172,7 @@ impl Sim {
                 .values()
                 .filter(|s| !matches!(s.status, StoryStatus::Done | StoryStatus::Blocked))
                 .map(|s| {
-                    let why = crate::scheduler::waiting(&view, &claims, &s.key)
+                    let why = crate::core::scheduler::waiting(&view, &claims, &s.key)
                         .map(|w| w.to_string())
                         .unwrap_or_default();
                     let next = s

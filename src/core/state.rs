@@ -9,8 +9,8 @@
 //! - Never reads a clock and never does I/O: callers pass the time and persist the bytes
 //!   this module hands back.
 
-use crate::lease::{ClaimFact, Claims, ReleaseFact, ReleaseReason, Resource};
-use crate::model::{
+use crate::core::lease::{ClaimFact, Claims, ReleaseFact, ReleaseReason, Resource};
+use crate::core::model::{
     InputError, KnowledgeFact, KnowledgeKind, MergeFact, NewStory, NodeFact, Phase, ResultFact,
     StoryFact, StoryStatus, Verdict, MAX_ATTEMPTS, MAX_TAKEOVERS,
 };
@@ -1173,7 +1173,7 @@ pub(crate) mod tests {
         round: u32,
         verdict: Option<Verdict>,
     ) -> String {
-        use crate::lease::ReleaseReason;
+        use crate::core::lease::ReleaseReason;
         let v = d.view();
         let res = Resource::story_round(key, phase, round).unwrap();
         let token = v.claims().next_token(&res);
@@ -1188,7 +1188,7 @@ pub(crate) mod tests {
                 attempt: 1,
             },
         );
-        let handoff = crate::model::Handoff {
+        let handoff = crate::core::model::Handoff {
             summary: format!("{phase} {round}"),
             verdict,
             ..Default::default()
@@ -1216,7 +1216,7 @@ pub(crate) mod tests {
         }
         d.put_release(
             &id,
-            &crate::lease::ReleaseFact {
+            &crate::core::lease::ReleaseFact {
                 why: ReleaseReason::Done,
                 note: String::new(),
             },
@@ -1281,7 +1281,7 @@ pub(crate) mod tests {
     }
 
     /// Writes a claim on the story's research (by B) and releases it with `why`.
-    fn ended_attempt(d: &mut Doc, key: &str, why: crate::lease::ReleaseReason, note: &str) {
+    fn ended_attempt(d: &mut Doc, key: &str, why: crate::core::lease::ReleaseReason, note: &str) {
         let v = d.view();
         let res = Resource::story(key, Phase::Research).unwrap();
         let token = v.claims().next_token(&res);
@@ -1298,7 +1298,7 @@ pub(crate) mod tests {
         );
         d.put_release(
             &id,
-            &crate::lease::ReleaseFact {
+            &crate::core::lease::ReleaseFact {
                 why,
                 note: note.into(),
             },
@@ -1307,7 +1307,7 @@ pub(crate) mod tests {
 
     #[test]
     fn takeovers_of_a_gone_holder_do_not_count_as_failed_attempts() {
-        use crate::lease::ReleaseReason::{Abandoned, Expired, Lost};
+        use crate::core::lease::ReleaseReason::{Abandoned, Expired, Lost};
         let mut d = Doc::new([1; 16]);
         let k = d.add_story(&story("unlucky holders"), A, 1).unwrap();
         ended_attempt(&mut d, &k, Expired, "lease expired; taken over by A");
@@ -1323,7 +1323,7 @@ pub(crate) mod tests {
 
     #[test]
     fn three_failed_attempts_block_the_story_and_the_reason_says_the_work_failed() {
-        use crate::lease::ReleaseReason::{Expired, Failed};
+        use crate::core::lease::ReleaseReason::{Expired, Failed};
         let mut d = Doc::new([1; 16]);
         let k = d.add_story(&story("broken work"), A, 1).unwrap();
         ended_attempt(&mut d, &k, Failed, "implement made no change");
@@ -1347,7 +1347,7 @@ pub(crate) mod tests {
         // Found by the simulator (seed 1065, hostile, 8 stories, before clean stops):
         // only stories not yet started were blocked with their dependency, so one that
         // had started waited forever.
-        use crate::lease::ReleaseReason::Failed;
+        use crate::core::lease::ReleaseReason::Failed;
         let mut d = Doc::new([1; 16]);
         let first = d.add_story(&story("the dependency"), A, 1).unwrap();
         let second = d
@@ -1381,7 +1381,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_story_that_keeps_losing_its_holders_is_blocked_at_the_takeover_limit() {
-        use crate::lease::ReleaseReason::{Abandoned, Expired};
+        use crate::core::lease::ReleaseReason::{Abandoned, Expired};
         let mut d = Doc::new([1; 16]);
         let k = d.add_story(&story("kills its holders"), A, 1).unwrap();
         for i in 0..MAX_TAKEOVERS {
@@ -1429,7 +1429,7 @@ pub(crate) mod tests {
 
     #[test]
     fn knowledge_is_deduplicated_by_content_and_ranked_by_relevance() {
-        use crate::model::{KnowledgeFact, KnowledgeKind};
+        use crate::core::model::{KnowledgeFact, KnowledgeKind};
         let mut d = Doc::new([1; 16]);
         let k = d
             .add_story(

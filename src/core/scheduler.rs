@@ -9,9 +9,9 @@
 //! each node prefers items by a rendezvous hash of (its id, the story), so nodes spread
 //! out instead of racing for the same item.
 
-use crate::lease::{predict_conflict, Claims, CoChange, Conflict, Resource};
-use crate::model::Phase;
-use crate::state::{StoryView, View};
+use crate::core::lease::{predict_conflict, Claims, CoChange, Conflict, Resource};
+use crate::core::model::Phase;
+use crate::core::state::{StoryView, View};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -63,7 +63,7 @@ pub fn planned_files(view: &View, story: &str) -> Vec<String> {
 }
 
 /// Whether `me` ran the story's latest counted phase (its next phase continues that).
-fn continues(view: &View, s: &crate::state::StoryView, me: &str) -> bool {
+fn continues(view: &View, s: &crate::core::state::StoryView, me: &str) -> bool {
     s.history
         .last()
         .and_then(|k| view.results.get(k))
@@ -463,7 +463,7 @@ fn waiting_on(
             };
         }
     }
-    let role = |n: &crate::model::NodeFact| n.roles.iter().any(|r| r == phase.as_str());
+    let role = |n: &crate::core::model::NodeFact| n.roles.iter().any(|r| r == phase.as_str());
     if !view.nodes.values().any(role) {
         return Waiting::NoRole { phase };
     }
@@ -548,9 +548,9 @@ impl StallWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{NewStory, Verdict};
-    use crate::state::tests::step;
-    use crate::state::Doc;
+    use crate::core::model::{NewStory, Verdict};
+    use crate::core::state::tests::step;
+    use crate::core::state::Doc;
 
     const A: &str = "12D3KooWAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAaaaaaa";
     const B: &str = "12D3KooWBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBbbbbbb";
@@ -620,7 +620,7 @@ mod tests {
         for n in [A, B] {
             d.put_node(
                 n,
-                &crate::model::NodeFact {
+                &crate::core::model::NodeFact {
                     roles: all_roles(),
                     capacity: 2,
                     version: "test".into(),
@@ -773,7 +773,7 @@ mod tests {
         let res = Resource::story_round(&first, Phase::Research, 0).unwrap();
         d.put_claim(
             "c1",
-            &crate::lease::ClaimFact {
+            &crate::core::lease::ClaimFact {
                 resources: vec![(res, 1)],
                 holder: B.into(),
                 ttl_ms: 1000,
@@ -805,8 +805,8 @@ mod tests {
         // No node has announced any role yet.
         d.put_release(
             "c1",
-            &crate::lease::ReleaseFact {
-                why: crate::lease::ReleaseReason::Abandoned,
+            &crate::core::lease::ReleaseFact {
+                why: crate::core::lease::ReleaseReason::Abandoned,
                 note: String::new(),
             },
         );
@@ -840,7 +840,7 @@ mod tests {
         let res = Resource::story_round(&keys[0], Phase::Review, 1).unwrap();
         d.put_claim(
             "c-review",
-            &crate::lease::ClaimFact {
+            &crate::core::lease::ClaimFact {
                 resources: vec![(res, 1)],
                 holder: B.into(),
                 ttl_ms: 1000,

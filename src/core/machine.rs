@@ -22,23 +22,25 @@
 //! had the claim, and we have every claim the peer wrote before it (any it writes later
 //! sees ours).
 
-use crate::codec;
-use crate::lease::{
+use crate::core::codec;
+use crate::core::lease::{
     claim_id, resource_free, ClaimFact, Claims, CoChange, LeaseConfig, LeaseObserver, ReleaseFact,
     ReleaseReason, Resource,
 };
-use crate::membership::{
+use crate::core::membership::{
     Membership, MembershipConfig, Observed, PeerState, PeerStatus, Transition,
 };
-use crate::model::{
+use crate::core::model::{
     Event, EventKind, Handoff, Heartbeat, KnowledgeFact, MergeFact, NewStory, NodeFact, Phase,
     ResultFact, StoryFact, StoryStatus, Topic, Verdict, MAX_TAKEOVERS,
 };
-use crate::scheduler;
-use crate::state::{
+use crate::core::scheduler;
+use crate::core::state::{
     relevant_knowledge, reset_sync_state, ChangeHash, Doc, StateError, StoryView, SyncState, View,
 };
-use crate::timeline::{accept_remote, EventsHave, Timeline, LOCAL_SEQ_BIT, MAX_EVENTS_PER_FRAME};
+use crate::core::timeline::{
+    accept_remote, EventsHave, Timeline, LOCAL_SEQ_BIT, MAX_EVENTS_PER_FRAME,
+};
 
 /// Most knowledge entries handed to one job.
 pub const MAX_JOB_KNOWLEDGE: usize = 12;
@@ -158,7 +160,7 @@ pub struct Job {
     /// File locks held with this claim.
     pub files: Vec<String>,
     /// Knowledge entries relevant to this story, most relevant first.
-    pub knowledge: Vec<crate::model::KnowledgeFact>,
+    pub knowledge: Vec<crate::core::model::KnowledgeFact>,
     /// Why earlier attempts at this phase failed, oldest first.
     pub failures: Vec<String>,
 }
@@ -395,7 +397,7 @@ pub struct Core {
     /// Peers to ask for the events we lack at the next session we open with them.
     events_pull: BTreeSet<String>,
     /// Stories that stopped moving (`stalled` events), and when it last looked.
-    stalls: crate::scheduler::StallWatch,
+    stalls: crate::core::scheduler::StallWatch,
     stalls_checked_ms: Option<u64>,
 }
 
@@ -751,7 +753,7 @@ impl Core {
     }
 
     /// Raises one `stalled` event per story that stopped moving (see
-    /// [`crate::scheduler::StallWatch`]); looks once per heartbeat period at most.
+    /// [`crate::core::scheduler::StallWatch`]); looks once per heartbeat period at most.
     fn check_stalls(&mut self, now_ms: u64) {
         let after = self.cfg.stall_after_ms;
         if after == 0
@@ -1309,7 +1311,7 @@ impl Core {
             if let Some(old) = claims.winner(r) {
                 let old = old.to_string();
                 if let Some(h) = view.claims.get(&old) {
-                    taken_from.push(crate::state::peer_tag(&h.holder).to_string());
+                    taken_from.push(crate::core::state::peer_tag(&h.holder).to_string());
                 }
                 self.doc.put_release(
                     &old,
@@ -1785,7 +1787,7 @@ impl Core {
     /// Adds a knowledge entry by hand (an operator's lesson); returns its id.
     pub fn add_knowledge(
         &mut self,
-        kind: crate::model::KnowledgeKind,
+        kind: crate::core::model::KnowledgeKind,
         text: &str,
         wall_ms: u64,
     ) -> Result<String, String> {
@@ -1797,11 +1799,11 @@ impl Core {
         if text.is_empty() {
             return Err("knowledge text is empty: say what was learned".into());
         }
-        if text.len() > crate::state::MAX_KNOWLEDGE_BYTES {
+        if text.len() > crate::core::state::MAX_KNOWLEDGE_BYTES {
             return Err(format!(
                 "knowledge text is {} bytes; the limit is {}",
                 text.len(),
-                crate::state::MAX_KNOWLEDGE_BYTES
+                crate::core::state::MAX_KNOWLEDGE_BYTES
             ));
         }
         let id = self
@@ -2495,7 +2497,7 @@ mod tests {
             .unwrap()
             .key;
         let mut now = 0;
-        for i in 1..=crate::model::MAX_ATTEMPTS {
+        for i in 1..=crate::core::model::MAX_ATTEMPTS {
             let claim = next_job(&mut a, &mut now);
             a.handle(
                 now,
@@ -2508,7 +2510,7 @@ mod tests {
                 .iter()
                 .filter(|k| **k == EventKind::StoryBlocked)
                 .count();
-            let want = usize::from(i == crate::model::MAX_ATTEMPTS);
+            let want = usize::from(i == crate::core::model::MAX_ATTEMPTS);
             assert_eq!(blocked, want, "after failure {i}");
         }
         let v = a.view();
@@ -2551,7 +2553,7 @@ mod tests {
         .unwrap();
         let cfg = a.cfg.clone();
         let mut now = 0;
-        for inc in 2..(2 + crate::model::MAX_ATTEMPTS as u64) {
+        for inc in 2..(2 + crate::core::model::MAX_ATTEMPTS as u64) {
             next_job(&mut a, &mut now);
             // The process dies mid-job and comes back over its persisted document.
             let doc = Doc::load([inc as u8; 16], &a.doc_mut().save(), &[]).unwrap();
@@ -2644,7 +2646,7 @@ mod tests {
             story: String::new(),
             phase: None,
             round: 0,
-            detail: "x".repeat(10 * crate::model::MAX_EVENT_DETAIL),
+            detail: "x".repeat(10 * crate::core::model::MAX_EVENT_DETAIL),
         };
         let mut future = good.clone();
         future.seq = 2;
@@ -2669,7 +2671,7 @@ mod tests {
         );
         let got = a.events_after(0, 100);
         assert_eq!(got.len(), 1, "{got:?}");
-        good.detail.truncate(crate::model::MAX_EVENT_DETAIL);
+        good.detail.truncate(crate::core::model::MAX_EVENT_DETAIL);
         assert_eq!(got[0].1, good);
         assert!(a.counters().malformed_dropped >= 3);
     }
@@ -2678,7 +2680,7 @@ mod tests {
     fn a_story_without_progress_past_stall_after_raises_one_stalled_event() {
         let mut c = core("a", 9);
         c.cfg.stall_after_ms = 5_000;
-        let new = crate::model::NewStory {
+        let new = crate::core::model::NewStory {
             title: "nobody here can research".into(),
             ..Default::default()
         };

@@ -10,7 +10,7 @@
 //!   asleep) does not count as a peer's silence;
 //! - a clock that appears to go backwards yields an age of zero, never an underflow.
 
-use crate::model::Heartbeat;
+use crate::core::model::Heartbeat;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

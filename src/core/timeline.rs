@@ -17,7 +17,7 @@
 //! whether more remain. Events from peers are hostile input: [`accept_remote`] validates
 //! and cuts them; duplicates merge by id (first copy wins).
 
-use crate::model::{Event, EventKind, MAX_EVENT_DETAIL};
+use crate::core::model::{Event, EventKind, MAX_EVENT_DETAIL};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

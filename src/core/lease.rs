@@ -17,7 +17,7 @@
 //! - [`LeaseConfig`]: the timing knobs and the rule that keeps them sane.
 //! - [`predict_conflict`] and [`CoChange`]: will planned files collide with work in flight?
 
-use crate::model::{normalize_repo_path, InputError, Phase};
+use crate::core::model::{normalize_repo_path, InputError, Phase};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
