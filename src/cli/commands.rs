@@ -1,0 +1,349 @@
+//! The CLI's commands that talk to a node (`status`, `claims`, `events`, `knowledge`,
+//! `story`, `demo`): each asks the running node through the control API, or reads the
+//! data dir directly when no node runs, and prints through `render`.
+
+use super::render::{event_line, print_story, render_claims, render_status, short};
+use crate::{load_psk, usage, DemoCommand, EventsArgs, KnowledgeCommand, StatusArgs, StoryCommand};
+use anyhow::{anyhow, bail, Result};
+use mesh_agent::api::{self, ControlClient};
+use mesh_agent::config::Config;
+use mesh_agent::core::model::{KnowledgeFact, KnowledgeKind, NewStory};
+use mesh_agent::demo as demo_project;
+use mesh_agent::identity;
+use mesh_agent::node::{self, NodeOptions, StatusReport};
+use std::path::Path;
+use std::time::Duration;
+
+pub(crate) fn status(dir: &Path, a: StatusArgs) -> Result<()> {
+    let report = if a.bootstrap.is_empty() {
+        let client = ControlClient::for_data_dir(dir)?.ok_or_else(|| {
+            anyhow!(
+                "no node is running with data dir {} (start one with `mesh-agent run --data-dir {}`, or observe a mesh with --bootstrap <multiaddr>)",
+                dir.display(),
+                dir.display()
+            )
+        })?;
+        client.status()?
+    } else {
+        observe(dir, &a)?
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render_status(&report));
+    }
+    Ok(())
+}
+
+/// Joins the mesh as a passive observer, waits until it has synced, and reports.
+pub(crate) fn observe(dir: &Path, a: &StatusArgs) -> Result<StatusReport> {
+    let mut cfg = Config::load(dir, std::env::vars()).unwrap_or_default();
+    cfg.bootstrap = a.bootstrap.clone();
+    cfg.listen = vec!["/ip4/0.0.0.0/tcp/0".into()];
+    if let Some(p) = &a.psk_file {
+        cfg.psk_file = Some(std::path::absolute(p).unwrap_or(p.clone()));
+    }
+    cfg.validate()?;
+    let psk = load_psk(&cfg, dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let hb = cfg.heartbeat_ms;
+        let handle = node::start(NodeOptions {
+            config: cfg,
+            data_dir: None,
+            keypair: libp2p::identity::Keypair::generate_ed25519(),
+            psk,
+            passive: true,
+            executor: None,
+        })
+        .await?;
+        // Wait until we have synced with the mesh and the document stayed quiet for two
+        // heartbeats (or the timeout), re-checking on every change we observe.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(a.timeout_secs);
+        let quiet = Duration::from_millis(hb * 2);
+        let mut rx = handle.observe();
+        loop {
+            let o = rx.borrow_and_update().clone();
+            let synced = o.sync_sessions_completed > 0 && !o.alive.is_empty();
+            let until = if synced {
+                (tokio::time::Instant::now() + quiet).min(deadline)
+            } else {
+                deadline
+            };
+            // Something changed: look again. Otherwise quiet long enough, timed out, or
+            // the node stopped.
+            if !matches!(tokio::time::timeout_at(until, rx.changed()).await, Ok(Ok(()))) {
+                break;
+            }
+        }
+        let report = handle.status().await;
+        handle.kill().await;
+        match report {
+            Some(r) if r.connected > 0 || !r.peers.is_empty() => Ok(r),
+            _ => Err(anyhow!(
+                "could not reach the mesh through {} within {}s (check the address and the pre-shared key)",
+                a.bootstrap.join(", "),
+                a.timeout_secs
+            )),
+        }
+    })
+}
+
+pub(crate) fn claims(dir: &Path, json: bool) -> Result<()> {
+    let client = running(dir)?;
+    let r = client.status()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r.claims)?);
+    } else {
+        let mut o = String::new();
+        render_claims(&r, &mut o);
+        print!("{}", o.trim_start());
+    }
+    Ok(())
+}
+
+pub(crate) fn running(dir: &Path) -> Result<ControlClient> {
+    ControlClient::for_data_dir(dir)?.ok_or_else(|| {
+        anyhow!(
+            "no node is running with data dir {} (start one with `mesh-agent run --data-dir {}`)",
+            dir.display(),
+            dir.display()
+        )
+    })
+}
+
+pub(crate) fn events(dir: &Path, a: EventsArgs) -> Result<()> {
+    use std::io::Write;
+    let client = running(dir)?;
+    let mut after = 0;
+    let mut first = true;
+    loop {
+        let mut batch = client.events(after)?;
+        if first {
+            if let Some(n) = a.tail {
+                let skip = batch.len().saturating_sub(n);
+                batch.drain(..skip);
+            }
+            first = false;
+        }
+        let mut out = std::io::stdout().lock();
+        for (pos, e) in &batch {
+            after = after.max(*pos);
+            let line = if a.json {
+                serde_json::to_string(e)?
+            } else {
+                event_line(e)
+            };
+            // A closed pipe (`events | head`) ends the command quietly.
+            if writeln!(out, "{line}").is_err() {
+                return Ok(());
+            }
+        }
+        let _ = out.flush();
+        if !a.follow {
+            return Ok(());
+        }
+        if batch.len() < 1000 {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+pub(crate) fn knowledge(dir: &Path, c: KnowledgeCommand) -> Result<()> {
+    let client = running(dir)?;
+    match c {
+        KnowledgeCommand::List { json } => {
+            let all = client.knowledge()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+                return Ok(());
+            }
+            if all.is_empty() {
+                println!("no knowledge yet: phases add what they learn; add one with `mesh-agent knowledge add`");
+                return Ok(());
+            }
+            for kind in KnowledgeKind::ALL {
+                let mut of: Vec<(&String, &KnowledgeFact)> =
+                    all.iter().filter(|(_, k)| k.kind == kind).collect();
+                if of.is_empty() {
+                    continue;
+                }
+                of.sort_by_key(|(_, k)| k.written_at_ms);
+                println!("{kind}:");
+                for (id, k) in of {
+                    let from = if k.story.is_empty() {
+                        format!("by {}", short(&k.author))
+                    } else {
+                        format!("on {}", k.story.split('@').next().unwrap_or(&k.story))
+                    };
+                    println!("  {id}  {}  ({from})", k.text);
+                }
+            }
+            Ok(())
+        }
+        KnowledgeCommand::Add { kind, text } => {
+            let kind = KnowledgeKind::parse(&kind).ok_or_else(|| {
+                usage(format!(
+                    "unknown kind {kind:?}: use convention, pattern, testing or pitfall"
+                ))
+            })?;
+            let id = client.add_knowledge(kind, &text).map_err(|e| match e {
+                api::ClientError::Refused(m) => usage(m),
+                e => e.into(),
+            })?;
+            println!("{id}");
+            Ok(())
+        }
+    }
+}
+
+pub(crate) fn story(dir: &Path, c: StoryCommand) -> Result<()> {
+    let client = ControlClient::for_data_dir(dir)?;
+    match c {
+        StoryCommand::Add {
+            title,
+            body,
+            priority,
+            depends,
+            files,
+            label,
+            json,
+        } => {
+            let new = NewStory {
+                title,
+                body,
+                priority,
+                depends_on: depends,
+                files,
+                labels: label,
+            };
+            // Validate locally first so bad input is a usage error either way.
+            new.validate().map_err(usage)?;
+            let s = match client {
+                Some(c) => c.add_story(&new).map_err(|e| match e {
+                    api::ClientError::Refused(m) => usage(m),
+                    e => e.into(),
+                })?,
+                None => {
+                    let key = identity::load_node_key(dir).map_err(|_| {
+                        usage(format!(
+                            "no node in {}: run `mesh-agent init --data-dir {}` first",
+                            dir.display(),
+                            dir.display()
+                        ))
+                    })?;
+                    let peer = identity::peer_id(&key).to_string();
+                    node::offline_add_story(dir, &peer, &new).map_err(|e| match e {
+                        node::NodeError::State(s) => usage(s),
+                        e => e.into(),
+                    })?
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!("added {}  {}", s.id, s.fact.title);
+            }
+        }
+        StoryCommand::List { json } => {
+            let list = match client {
+                Some(c) => c.stories()?,
+                None => node::offline_view(dir)?
+                    .stories_ordered()
+                    .into_iter()
+                    .cloned()
+                    .collect(),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("no stories yet: add one with `mesh-agent story add --title ...`");
+            } else {
+                println!("{:<14} {:<12} {:>4}  TITLE", "ID", "STATUS", "PRIO");
+                for s in &list {
+                    println!(
+                        "{:<14} {:<12} {:>4}  {}",
+                        s.id,
+                        s.status.as_str(),
+                        s.fact.priority,
+                        s.fact.title
+                    );
+                }
+            }
+        }
+        StoryCommand::Show { id, json } => {
+            let s = match client {
+                Some(c) => c.story(&id).map_err(|e| match e {
+                    api::ClientError::Refused(m) => usage(m),
+                    e => e.into(),
+                })?,
+                None => {
+                    let view = node::offline_view(dir)?;
+                    let s = view.resolve(&id).map_err(usage)?;
+                    api::StoryDetail::of(&view, s)
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print_story(&s.story);
+                if let Some(w) = &s.waiting {
+                    println!("  waiting    {w}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn demo(dir: &Path, c: DemoCommand) -> Result<()> {
+    match c {
+        DemoCommand::Origin { path } => {
+            demo_project::create_origin(&path).map_err(|e| usage(e.message().to_string()))?;
+            println!("demo origin {} (branch main)", path.display());
+        }
+        DemoCommand::Backlog { count, json } => {
+            let mut backlog = demo_project::backlog();
+            backlog.truncate(count.unwrap_or(backlog.len()));
+            let client = ControlClient::for_data_dir(dir)?;
+            let existing = match &client {
+                Some(c) => c.stories()?.len(),
+                None => node::offline_view(dir)?.stories.len(),
+            };
+            if existing > 0 {
+                bail!(usage(format!(
+                    "the backlog already has {existing} stories: the demo backlog needs an empty one \
+                     (its dependencies name S-0001, S-0002, ...)"
+                )));
+            }
+            let peer = match &client {
+                Some(_) => String::new(),
+                None => identity::peer_id(&identity::load_node_key(dir).map_err(|_| {
+                    usage(format!(
+                        "no node in {}: run `mesh-agent init --data-dir {}` first",
+                        dir.display(),
+                        dir.display()
+                    ))
+                })?)
+                .to_string(),
+            };
+            let mut added = Vec::new();
+            for new in &backlog {
+                let s = match &client {
+                    Some(c) => c.add_story(new)?,
+                    None => node::offline_add_story(dir, &peer, new)?,
+                };
+                if !json {
+                    println!("added {}  {}", s.id, s.fact.title);
+                }
+                added.push(s);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&added)?);
+            }
+        }
+    }
+    Ok(())
+}

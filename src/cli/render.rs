@@ -1,0 +1,291 @@
+//! How the CLI prints what a node reports: the status page, the claims table, one line
+//! per timeline event, one story. Plain text for people; `--json` bypasses all of this.
+
+use mesh_agent::core::model::{Event, EventKind, MAX_ATTEMPTS, MAX_TAKEOVERS};
+use mesh_agent::core::state::StoryView;
+use mesh_agent::node::StatusReport;
+
+pub(crate) fn fmt_ago(ms: u64) -> String {
+    if ms < 10_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else if ms < 120_000 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{}m", ms / 60_000)
+    }
+}
+
+pub(crate) fn fmt_bytes(b: u64) -> String {
+    if b < 1024 {
+        format!("{b} B")
+    } else if b < 1024 * 1024 {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+    }
+}
+
+pub(crate) fn render_status(r: &StatusReport) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "node {} (v{}{}, up {})",
+        r.peer_id,
+        r.version,
+        if r.passive { ", passive observer" } else { "" },
+        fmt_ago(r.uptime_ms)
+    );
+    for a in &r.listen_addrs {
+        let _ = writeln!(o, "  listening {a}");
+    }
+    let count = |s: &str| r.peers.iter().filter(|p| p.state.as_str() == s).count();
+    let _ = writeln!(
+        o,
+        "\npeers: {} ({} alive, {} suspect, {} dead), {} connected",
+        r.peers.len(),
+        count("alive"),
+        count("suspect"),
+        count("dead"),
+        r.connected
+    );
+    if !r.peers.is_empty() {
+        let _ = writeln!(
+            o,
+            "  {:<54} {:<8} {:>9}  ROLES",
+            "PEER", "STATE", "LAST SEEN"
+        );
+        for p in &r.peers {
+            let _ = writeln!(
+                o,
+                "  {:<54} {:<8} {:>9}  {}",
+                p.peer,
+                p.state.as_str(),
+                fmt_ago(p.last_seen_ago_ms),
+                p.roles.join(",")
+            );
+        }
+    }
+    if let Some(left) = r.joining_ms_left {
+        let _ = writeln!(
+            o,
+            "joining: waiting to sync with a known mesh, {} s left (no new work until then)",
+            left.div_ceil(1000)
+        );
+    }
+    if let Some(m) = r.clock.median_ms {
+        let (side, by) = if m >= 0 {
+            ("ahead of", m)
+        } else {
+            ("behind", -m)
+        };
+        let verdict = if r.clock.skewed {
+            format!(
+                "beyond max_clock_drift_ms = {}: CLAIMING NO NEW WORK, fix this node's clock (NTP)",
+                r.clock.bound_ms
+            )
+        } else {
+            "within bounds".to_string()
+        };
+        let _ = writeln!(
+            o,
+            "clock: {by} ms {side} the median of {} peer(s) (including delivery delay), {verdict}",
+            r.clock.peers
+        );
+    }
+    let total: usize = r.story_counts.values().sum();
+    let counts: Vec<String> = mesh_agent::core::model::StoryStatus::ALL
+        .iter()
+        .map(|s| format!("{s} {}", r.story_counts.get(s.as_str()).unwrap_or(&0)))
+        .collect();
+    let _ = writeln!(o, "\nstories: {total} ({})", counts.join(", "));
+    if !r.stories.is_empty() {
+        let _ = writeln!(o, "  {:<14} {:<12} {:>4}  TITLE", "ID", "STATUS", "PRIO");
+        for s in &r.stories {
+            let _ = writeln!(
+                o,
+                "  {:<14} {:<12} {:>4}  {}",
+                s.id, s.status, s.priority, s.title
+            );
+            // Why an open story is not moving, unless a node is working on it.
+            if let Some(w) = s.waiting.as_ref().filter(|w| !w.behind_work()) {
+                let _ = writeln!(o, "  {:<14} {w}", "");
+            }
+        }
+    }
+    render_claims(r, &mut o);
+    let _ = writeln!(
+        o,
+        "\ndocument: {} head(s), digest {}, {} (store {})",
+        r.heads.len(),
+        r.heads_digest,
+        fmt_bytes(r.doc_bytes),
+        fmt_bytes(r.store_bytes)
+    );
+    let c = &r.counters;
+    let _ = writeln!(
+        o,
+        "traffic: {} in, {} out; sync sessions {}/{} done; malformed dropped {}; handshake failures {}",
+        fmt_bytes(c.bytes_in),
+        fmt_bytes(c.bytes_out),
+        c.sync_sessions_completed,
+        c.sync_sessions_started,
+        c.malformed_dropped,
+        c.handshake_failures
+    );
+    o
+}
+
+pub(crate) fn short(peer: &str) -> &str {
+    &peer[peer.len().saturating_sub(8)..]
+}
+
+pub(crate) fn render_claims(r: &StatusReport, o: &mut String) {
+    use std::fmt::Write;
+    let _ = writeln!(o, "\nclaims: {} active", r.claims.len());
+    if !r.claims.is_empty() {
+        let _ = writeln!(
+            o,
+            "  {:<10} {:>7} {:>9} {:>10}  RESOURCES (=token)",
+            "HOLDER", "AGE", "RENEWED", "EXPIRES IN"
+        );
+        for c in &r.claims {
+            let _ = writeln!(
+                o,
+                "  {:<10} {:>7} {:>9} {:>10}  {}{}",
+                short(&c.holder),
+                fmt_ago(c.age_ms),
+                fmt_ago(c.renewed_ago_ms),
+                if c.expires_in_ms == 0 {
+                    "expired".to_string()
+                } else {
+                    fmt_ago(c.expires_in_ms)
+                },
+                c.resources.join(" "),
+                if c.holds { "" } else { "  (lost a resource)" }
+            );
+        }
+        let locks: Vec<&str> = r
+            .claims
+            .iter()
+            .flat_map(|c| c.resources.iter())
+            .filter(|x| x.starts_with("file:"))
+            .map(String::as_str)
+            .collect();
+        if !locks.is_empty() {
+            let _ = writeln!(o, "  file locks: {}", locks.join(", "));
+        }
+    }
+    if !r.held.is_empty() {
+        let held: Vec<String> = r
+            .held
+            .iter()
+            .map(|h| {
+                format!(
+                    "{} {} ({})",
+                    h.story,
+                    h.phase,
+                    if h.running { "running" } else { "settling" }
+                )
+            })
+            .collect();
+        let _ = writeln!(o, "  this node: {}", held.join(", "));
+    }
+}
+
+/// One line of the timeline: time, node, story, phase, what happened.
+pub(crate) fn event_line(e: &Event) -> String {
+    let secs = e.at_ms / 1000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    let what = match e.kind {
+        EventKind::Claimed => "claimed",
+        EventKind::PhaseStarted => "started",
+        EventKind::PhaseFinished => "finished",
+        EventKind::PhaseFailed => "FAILED",
+        EventKind::Progress => "progress",
+        EventKind::StoryCompleted => "COMPLETED",
+        EventKind::StoryBlocked => "BLOCKED",
+        EventKind::RebaseNeeded => "REBASE NEEDED",
+        EventKind::MainUpdated => "main updated",
+        EventKind::PatternDiscovered => "learned",
+        EventKind::Stalled => "STALLED",
+        EventKind::PeerJoined => "peer joined",
+        EventKind::PeerDead => "peer dead",
+        EventKind::NodeLeft => "left the mesh",
+    };
+    let phase = match e.phase {
+        Some(p) if e.round > 0 => format!("{p}.{}", e.round),
+        Some(p) => p.to_string(),
+        None => String::new(),
+    };
+    let mut line = format!(
+        "{h:02}:{m:02}:{s:02}.{:03} {:<8} {:<7} {:<12} {what}",
+        e.at_ms % 1000,
+        short(&e.node),
+        e.story,
+        phase
+    );
+    if !e.detail.is_empty() {
+        let detail = match e.kind {
+            EventKind::PeerJoined | EventKind::PeerDead => short(&e.detail).to_string(),
+            _ => e.detail.replace('\n', " "),
+        };
+        line.push_str(": ");
+        line.push_str(&detail);
+    }
+    line
+}
+
+pub(crate) fn print_story(s: &StoryView) {
+    println!("{}  {}", s.id, s.fact.title);
+    println!("  status     {}", s.status);
+    println!("  priority   {}", s.fact.priority);
+    if !s.depends_on_ids.is_empty() {
+        println!("  depends on {}", s.depends_on_ids.join(", "));
+    }
+    if !s.fact.files.is_empty() {
+        println!("  files      {}", s.fact.files.join(", "));
+    }
+    if !s.fact.labels.is_empty() {
+        println!("  labels     {}", s.fact.labels.join(", "));
+    }
+    if !s.phases_done.is_empty() {
+        let done: Vec<&str> = s.phases_done.iter().map(|p| p.as_str()).collect();
+        println!("  done       {}", done.join(", "));
+    }
+    if let Some(p) = s.next_phase {
+        let round = if s.round > 0 {
+            format!(", round {}", s.round)
+        } else {
+            String::new()
+        };
+        println!("  phase      {p} (attempts so far: {}{round})", s.attempts);
+    }
+    if s.attempts > 0 {
+        println!(
+            "  attempts   {} failed (blocks at {MAX_ATTEMPTS}), {} lost their holder (blocks at {MAX_TAKEOVERS})",
+            s.failed_attempts, s.takeovers
+        );
+        for f in &s.failures {
+            println!("  failed     {f}");
+        }
+    }
+    if let Some(why) = &s.blocked_reason {
+        println!("  blocked    {why}");
+    }
+    if let Some(m) = &s.merged {
+        println!(
+            "  merged     {} (token {}, by {})",
+            m.commit,
+            m.token,
+            short(&m.holder)
+        );
+    }
+    println!("  created by {} (key {})", s.fact.created_by, s.key);
+    if !s.fact.body.is_empty() {
+        println!();
+        for line in s.fact.body.lines() {
+            println!("  {line}");
+        }
+    }
+}
