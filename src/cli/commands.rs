@@ -2,12 +2,14 @@
 //! `story`, `demo`): each asks the running node through the control API, or reads the
 //! data dir directly when no node runs, and prints through `render`.
 
-use super::render::{event_line, print_story, render_claims, render_status, short};
+use super::render::{
+    event_line, print_knowledge, print_story, print_story_list, render_claims, render_status,
+};
 use crate::{load_psk, usage, DemoCommand, EventsArgs, KnowledgeCommand, StatusArgs, StoryCommand};
 use anyhow::{anyhow, bail, Result};
 use mesh_agent::api::{self, ControlClient};
 use mesh_agent::config::Config;
-use mesh_agent::core::model::{KnowledgeFact, KnowledgeKind, NewStory};
+use mesh_agent::core::model::{KnowledgeKind, NewStory};
 use mesh_agent::demo as demo_project;
 use mesh_agent::identity;
 use mesh_agent::node::{self, NodeOptions, StatusReport};
@@ -160,27 +162,7 @@ pub(crate) fn knowledge(dir: &Path, c: KnowledgeCommand) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&all)?);
                 return Ok(());
             }
-            if all.is_empty() {
-                println!("no knowledge yet: phases add what they learn; add one with `mesh-agent knowledge add`");
-                return Ok(());
-            }
-            for kind in KnowledgeKind::ALL {
-                let mut of: Vec<(&String, &KnowledgeFact)> =
-                    all.iter().filter(|(_, k)| k.kind == kind).collect();
-                if of.is_empty() {
-                    continue;
-                }
-                of.sort_by_key(|(_, k)| k.written_at_ms);
-                println!("{kind}:");
-                for (id, k) in of {
-                    let from = if k.story.is_empty() {
-                        format!("by {}", short(&k.author))
-                    } else {
-                        format!("on {}", k.story.split('@').next().unwrap_or(&k.story))
-                    };
-                    println!("  {id}  {}  ({from})", k.text);
-                }
-            }
+            print_knowledge(&all);
             Ok(())
         }
         KnowledgeCommand::Add { kind, text } => {
@@ -258,19 +240,8 @@ pub(crate) fn story(dir: &Path, c: StoryCommand) -> Result<()> {
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
-            } else if list.is_empty() {
-                println!("no stories yet: add one with `mesh-agent story add --title ...`");
             } else {
-                println!("{:<14} {:<12} {:>4}  TITLE", "ID", "STATUS", "PRIO");
-                for s in &list {
-                    println!(
-                        "{:<14} {:<12} {:>4}  {}",
-                        s.id,
-                        s.status.as_str(),
-                        s.fact.priority,
-                        s.fact.title
-                    );
-                }
+                print_story_list(&list);
             }
         }
         StoryCommand::Show { id, json } => {

@@ -1,9 +1,12 @@
 //! How the CLI prints what a node reports: the status page, the claims table, one line
 //! per timeline event, one story. Plain text for people; `--json` bypasses all of this.
 
-use mesh_agent::core::model::{Event, EventKind, MAX_ATTEMPTS, MAX_TAKEOVERS};
+use mesh_agent::core::model::{
+    Event, EventKind, KnowledgeFact, KnowledgeKind, MAX_ATTEMPTS, MAX_TAKEOVERS,
+};
 use mesh_agent::core::state::StoryView;
 use mesh_agent::node::StatusReport;
+use std::collections::BTreeMap;
 
 pub(crate) fn fmt_ago(ms: u64) -> String {
     if ms < 10_000 {
@@ -286,6 +289,51 @@ pub(crate) fn print_story(s: &StoryView) {
         println!();
         for line in s.fact.body.lines() {
             println!("  {line}");
+        }
+    }
+}
+
+/// `story list`: the backlog in order, one story per line.
+pub(crate) fn print_story_list(list: &[StoryView]) {
+    if list.is_empty() {
+        println!("no stories yet: add one with `mesh-agent story add --title ...`");
+        return;
+    }
+    println!("{:<14} {:<12} {:>4}  TITLE", "ID", "STATUS", "PRIO");
+    for s in list {
+        println!(
+            "{:<14} {:<12} {:>4}  {}",
+            s.id,
+            s.status.as_str(),
+            s.fact.priority,
+            s.fact.title
+        );
+    }
+}
+
+/// `knowledge list`: the entries grouped by kind, oldest first, with where each came from.
+pub(crate) fn print_knowledge(all: &BTreeMap<String, KnowledgeFact>) {
+    if all.is_empty() {
+        println!(
+            "no knowledge yet: phases add what they learn; add one with `mesh-agent knowledge add`"
+        );
+        return;
+    }
+    for kind in KnowledgeKind::ALL {
+        let mut of: Vec<(&String, &KnowledgeFact)> =
+            all.iter().filter(|(_, k)| k.kind == kind).collect();
+        if of.is_empty() {
+            continue;
+        }
+        of.sort_by_key(|(_, k)| k.written_at_ms);
+        println!("{kind}:");
+        for (id, k) in of {
+            let from = if k.story.is_empty() {
+                format!("by {}", short(&k.author))
+            } else {
+                format!("on {}", k.story.split('@').next().unwrap_or(&k.story))
+            };
+            println!("  {id}  {}  ({from})", k.text);
         }
     }
 }
