@@ -41,7 +41,7 @@ pub struct Config {
     pub snapshot_every: u32,
     /// Most simultaneous peer connections.
     pub max_peers: u32,
-    /// Lease timing (DESIGN.md §5); must satisfy
+    /// Lease timing (docs/DESIGN.md §5.4); must satisfy
     /// lease_ttl_ms >= 2*max_clock_drift_ms + 4*message_timeout_ms.
     pub lease_ttl_ms: u64,
     pub lease_grace_ms: u64,
@@ -398,7 +398,7 @@ bootstrap = {bootstrap}
 # Loopback control endpoint for `mesh-agent status` and `mesh-agent story` (port 0: any).
 control_addr = {control:?}
 
-# Membership (DESIGN.md §4): heartbeat period, suspect after this many missed
+# Membership (docs/DESIGN.md §4): heartbeat period, suspect after this many missed
 # heartbeats, dead after this much silence.
 heartbeat_ms = {hb}
 suspect_after_missed = {sam}
@@ -427,7 +427,7 @@ max_sync_message_bytes = {msm}
 snapshot_every = {se}
 max_peers = {mp}
 
-# Leases (DESIGN.md §5). A claim expires when no heartbeat renewed it for lease_ttl_ms
+# Leases (docs/DESIGN.md §5.4). A claim expires when no heartbeat renewed it for lease_ttl_ms
 # on the observer's clock; another node takes over lease_grace_ms later. Rule:
 # lease_ttl_ms >= 2*max_clock_drift_ms + 4*message_timeout_ms.
 lease_ttl_ms = {ttl}
@@ -445,7 +445,7 @@ sim_phase_ms = {simms}
 sim_failure_rate = {simfail:?}
 sim_review_reject_rate = {simrej:?}
 
-# Git (DESIGN.md §8). The shared origin stories land on (a local path or file:// URL;
+# Git (docs/DESIGN.md §8). The shared origin stories land on (a local path or file:// URL;
 # empty: no git, merges are simulated), its branch, and the project's test command the
 # merge gate runs on every change before landing it (argv; [] for none).
 origin = {origin:?}

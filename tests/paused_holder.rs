@@ -1,7 +1,7 @@
 //! A paused holder: a node stopped past its lease while implementing (as SIGSTOP or a
 //! long GC pause would), then resumed. Another node takes the story over with a higher
 //! fencing token; the paused holder's late result is ignored by every view and its late
-//! fence write is refused by the git origin (DESIGN §5).
+//! fence write is refused by the git origin (docs/DESIGN.md §1.3, §8.2).
 
 mod common;
 

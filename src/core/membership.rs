@@ -1,7 +1,7 @@
 //! Membership: heartbeats in, alive/suspect/dead out. Pure: every call takes the
 //! observer's monotonic time in milliseconds; it never reads a clock and never does I/O.
 //!
-//! Rules (DESIGN.md §4):
+//! Rules (docs/DESIGN.md §4):
 //! - alive while heartbeats arrive; suspect after `suspect_after_missed` missed intervals;
 //!   dead after `dead_after` of silence;
 //! - a heartbeat older than the newest seen from a peer (by incarnation, then sequence) is

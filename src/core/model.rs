@@ -179,7 +179,7 @@ pub struct Heartbeat {
     pub claims: Vec<String>,
 }
 
-/// What happened, on the events topic (DESIGN.md §4: progress is gossip, never document).
+/// What happened, on the events topic (docs/DESIGN.md §1.5, §9: progress is gossip, never document).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
@@ -258,7 +258,7 @@ pub enum Verdict {
     Reject,
 }
 
-/// What a phase hands to the next one (DESIGN.md §7).
+/// What a phase hands to the next one (docs/DESIGN.md §7).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Handoff {

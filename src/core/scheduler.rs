@@ -1,4 +1,4 @@
-//! "What should this node do next?" (DESIGN.md §6). A pure ranking of the work this node
+//! "What should this node do next?" (docs/DESIGN.md §6). A pure ranking of the work this node
 //! may claim now, from the view, the claim fold and a freeness test the caller supplies
 //! (which carries lease expiry and grace). Never reads a clock, never does I/O.
 //!
