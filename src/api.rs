@@ -52,8 +52,17 @@ fn authorized(headers: &HeaderMap, st: &AppState) -> bool {
     let want = format!("Bearer {}", st.token);
     headers
         .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == want)
+        .is_some_and(|v| same_secret(v.as_bytes(), want.as_bytes()))
+}
+
+/// Compares a presented secret with the expected one in time that depends only on their
+/// lengths (the expected length is public: a fixed-size hex token), so response timing
+/// tells a caller nothing about how much of a guess was right.
+fn same_secret(given: &[u8], want: &[u8]) -> bool {
+    if given.len() != want.len() {
+        return false;
+    }
+    given.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 fn unauthorized() -> Response {
@@ -407,5 +416,20 @@ impl ControlClient {
             .header("authorization", self.auth())
             .send_json(new);
         self.finish(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn a_secret_matches_only_byte_for_byte_at_the_same_length() {
+        assert!(same_secret(b"Bearer abc123", b"Bearer abc123"));
+        assert!(!same_secret(b"Bearer abc124", b"Bearer abc123"));
+        assert!(!same_secret(b"Bearer abc12", b"Bearer abc123"));
+        assert!(!same_secret(b"Bearer abc1234", b"Bearer abc123"));
+        assert!(!same_secret(b"", b"Bearer abc123"));
+        assert!(!same_secret(b"bearer abc123", b"Bearer abc123"));
     }
 }
