@@ -62,7 +62,11 @@ fn same_secret(given: &[u8], want: &[u8]) -> bool {
     if given.len() != want.len() {
         return false;
     }
-    given.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    given
+        .iter()
+        .zip(want)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
 }
 
 fn unauthorized() -> Response {
