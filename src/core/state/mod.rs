@@ -19,7 +19,7 @@ use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, ObjId, PatchAction, ReadDoc, ScalarValue, Value, ROOT};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 pub use automerge::ChangeHash;

@@ -209,6 +209,42 @@ pub struct View {
 impl View {
     /// The view and the claim fold it was derived with (built once, used by both).
     pub(super) fn fold(all: &BTreeMap<String, Fact>) -> (View, Claims) {
+        let (mut view, facts) = View::sort_facts(all);
+        let claims = Claims::new(&view.claims, &view.releases);
+        let counted = counted_results(&view.results, &claims);
+        let merged = counted_merges(&view.merges, &claims);
+        let ids = display_ids(&facts);
+        let key_to_id: BTreeMap<&str, &str> = facts
+            .iter()
+            .zip(&ids)
+            .map(|((k, _), id)| (k.as_str(), id.as_str()))
+            .collect();
+        let index = ClaimIndex::new(&claims);
+        let fold = StoryFold {
+            claims: &claims,
+            releases: &view.releases,
+            counted: &counted,
+            merged: &merged,
+            index: &index,
+            key_to_id: &key_to_id,
+        };
+        let mut stories = BTreeMap::new();
+        for ((key, fact), id) in facts.iter().zip(&ids) {
+            stories.insert(key.clone(), fold.story(key, fact, id));
+        }
+        block_dependents_of_blocked(&mut stories, &index.active_stories);
+        let counted_keys = counted
+            .into_iter()
+            .map(|(k, (rkey, _))| (k, rkey.clone()))
+            .collect();
+        view.stories = stories;
+        view.counted = counted_keys;
+        (view, claims)
+    }
+
+    /// Step 1 of the fold: every decoded fact into its map; story facts whose key does
+    /// not match their content are malformed.
+    fn sort_facts(all: &BTreeMap<String, Fact>) -> (View, Vec<(String, StoryFact)>) {
         let mut view = View::default();
         let mut facts: Vec<(String, StoryFact)> = Vec::new();
         for (key, fact) in all {
@@ -244,250 +280,7 @@ impl View {
                 Fact::Malformed => view.malformed += 1,
             }
         }
-        let claims = Claims::new(&view.claims, &view.releases);
-        // Fencing in the view: a result (or merge) counts only if written under the top
-        // claim of its resource (story, phase, round), whatever arrived first.
-        let mut counted: BTreeMap<(String, Phase, u32), (&String, &ResultFact)> = BTreeMap::new();
-        for (rkey, r) in view.results.iter() {
-            let Ok(res) = Resource::story_round(&r.story, r.phase, r.round) else {
-                continue;
-            };
-            if claims.top(&res) == Some(r.claim.as_str())
-                && claims.token_of(&r.claim, &res) == Some(r.token)
-            {
-                counted.insert((r.story.clone(), r.phase, r.round), (rkey, r));
-            }
-        }
-        let mut merged: BTreeMap<String, MergeFact> = BTreeMap::new();
-        for m in view.merges.values() {
-            let Ok(res) = Resource::story_round(&m.story, Phase::Merge, m.round) else {
-                continue;
-            };
-            if claims.top(&res) == Some(m.claim.as_str()) {
-                merged.insert(m.story.clone(), m.clone());
-            }
-        }
-        // Display ids: a number allocated once reads `S-0042`; when nodes allocated the
-        // same number concurrently, the lowest creator keeps the short id and the others
-        // carry their creator's tag.
-        let mut by_number: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-        for (i, (_, f)) in facts.iter().enumerate() {
-            by_number.entry(f.number).or_default().push(i);
-        }
-        let mut ids = vec![String::new(); facts.len()];
-        for group in by_number.values_mut() {
-            group.sort_by(|&a, &b| {
-                (&facts[a].1.created_by, &facts[a].0).cmp(&(&facts[b].1.created_by, &facts[b].0))
-            });
-            for (rank, &i) in group.iter().enumerate() {
-                let f = &facts[i].1;
-                ids[i] = if rank == 0 {
-                    format!("S-{:04}", f.number)
-                } else {
-                    format!("S-{:04}-{}", f.number, peer_tag(&f.created_by))
-                };
-            }
-        }
-        let key_to_id: BTreeMap<&str, &str> = facts
-            .iter()
-            .zip(&ids)
-            .map(|((k, _), id)| (k.as_str(), id.as_str()))
-            .collect();
-        // Indexes over the claims, built once (a per-story scan made the fold quadratic).
-        let mut by_resource: BTreeMap<&Resource, Vec<(&str, &ClaimFact)>> = BTreeMap::new();
-        for (id, c) in claims.all() {
-            for (r, _) in &c.resources {
-                let on = by_resource.entry(r).or_default();
-                // A claim naming one resource twice still counts once.
-                if on.last().is_none_or(|(last, _)| *last != id) {
-                    on.push((id, c));
-                }
-            }
-        }
-        let active_stories: std::collections::BTreeSet<&str> = claims
-            .active()
-            .flat_map(|(_, c)| c.resources.iter().filter_map(|(r, _)| r.story_key()))
-            .collect();
-        let mut stories = BTreeMap::new();
-        for ((key, fact), id) in facts.iter().zip(&ids) {
-            let deps_done = fact.depends_on.iter().all(|d| merged.contains_key(d));
-            let walk = walk_story(key, &counted);
-            let phases_done: Vec<Phase> = Phase::ALL
-                .iter()
-                .copied()
-                .filter(|p| walk.steps.iter().any(|(q, _, _)| q == p))
-                .collect();
-            let mut next_phase = walk.next.map(|(p, _)| p);
-            let round = walk.next.map_or(walk.round, |(_, r)| r);
-            let mut blocked_reason = walk.blocked;
-            let mut attempts = 0;
-            let (mut failed_attempts, mut takeovers) = (0, 0);
-            let mut failures = Vec::new();
-            if let Some((p, r)) = walk.next {
-                if let Ok(res) = Resource::story_round(key, p, r) {
-                    // Attempts: claims that started work (not those that never settled).
-                    let on_it: Vec<(&str, &ClaimFact)> = by_resource
-                        .get(&res)
-                        .into_iter()
-                        .flatten()
-                        .copied()
-                        .filter(|(id, _)| {
-                            !matches!(
-                                claims.release_reason(id),
-                                Some(ReleaseReason::Unsettled | ReleaseReason::Shutdown)
-                            )
-                        })
-                        .collect();
-                    attempts = on_it.len() as u32;
-                    // Blame: the work failed, or its holder went away (the weather).
-                    for (id, _) in &on_it {
-                        match claims.release_reason(id) {
-                            Some(r) if r.blames_work() => failed_attempts += 1,
-                            Some(r) if r.blames_holder() => takeovers += 1,
-                            _ => {}
-                        }
-                    }
-                    let mut on_it_sorted = on_it.clone();
-                    on_it_sorted.sort_by_key(|(_, c)| c.written_at_ms);
-                    failures = on_it_sorted
-                        .iter()
-                        .filter_map(|(id, _)| view.releases.get(*id))
-                        .filter(|r| r.why != ReleaseReason::Done)
-                        .map(release_text)
-                        .collect();
-                    let active = claims.winner(&res).is_some();
-                    if !active && blocked_reason.is_none() {
-                        // The reasons of the kind that blocked, oldest first.
-                        let reasons = |work: bool| {
-                            let mut r: Vec<String> = on_it_sorted
-                                .iter()
-                                .filter_map(|(id, _)| view.releases.get(*id))
-                                .filter(|r| {
-                                    if work {
-                                        r.why.blames_work()
-                                    } else {
-                                        r.why.blames_holder()
-                                    }
-                                })
-                                .map(release_text)
-                                .collect();
-                            r.dedup();
-                            r.join("; ")
-                        };
-                        if failed_attempts >= MAX_ATTEMPTS {
-                            blocked_reason = Some(format!(
-                                "{p} failed {failed_attempts} attempts: {}",
-                                reasons(true)
-                            ));
-                        } else if takeovers >= MAX_TAKEOVERS {
-                            blocked_reason = Some(format!(
-                                "{p} lost its holder {takeovers} times: {}",
-                                reasons(false)
-                            ));
-                        }
-                    }
-                }
-            }
-            let is_merged = merged.get(key).cloned();
-            if is_merged.is_some() {
-                next_phase = None;
-                blocked_reason = None;
-            } else if blocked_reason.is_some() {
-                next_phase = None;
-            }
-            let started = !phases_done.is_empty() || active_stories.contains(key.as_str());
-            let status = if is_merged.is_some() {
-                StoryStatus::Done
-            } else if blocked_reason.is_some() {
-                StoryStatus::Blocked
-            } else if started {
-                StoryStatus::InProgress
-            } else if deps_done {
-                StoryStatus::Ready
-            } else {
-                StoryStatus::Backlog
-            };
-            // The author of the change under review: the latest implement or rework.
-            let implementer = walk
-                .steps
-                .iter()
-                .rev()
-                .find(|(p, _, _)| matches!(p, Phase::Implement | Phase::Rework))
-                .and_then(|(p, r, _)| counted.get(&(key.clone(), *p, *r)))
-                .map(|(_, f)| f.holder.clone());
-            let depends_on = fact
-                .depends_on
-                .iter()
-                .map(|d| {
-                    key_to_id
-                        .get(d.as_str())
-                        .map_or(d.clone(), |s| s.to_string())
-                })
-                .collect();
-            stories.insert(
-                key.clone(),
-                StoryView {
-                    key: key.clone(),
-                    id: id.clone(),
-                    status,
-                    depends_on_ids: depends_on,
-                    fact: fact.clone(),
-                    phases_done,
-                    next_phase,
-                    round,
-                    history: walk.steps.iter().map(|(_, _, k)| k.clone()).collect(),
-                    attempts,
-                    failed_attempts,
-                    takeovers,
-                    failures,
-                    blocked_reason,
-                    merged: is_merged,
-                    implementer,
-                },
-            );
-        }
-        // A story waiting on a blocked dependency is blocked too (it would wait forever):
-        // say so, naming the dependency, until a human unblocks it.
-        loop {
-            let mut changed = false;
-            let keys: Vec<String> = stories.keys().cloned().collect();
-            for k in keys {
-                let Some(s) = stories.get(&k) else { continue };
-                // (A story already started is blocked too unless a node is working on
-                // it: the scheduler never runs a phase of a story whose dependencies have
-                // not landed, so it would wait forever — seed 1065 hostile, 2 files.)
-                if s.merged.is_some()
-                    || s.blocked_reason.is_some()
-                    || active_stories.contains(k.as_str())
-                {
-                    continue;
-                }
-                let dep = s.fact.depends_on.iter().find_map(|d| {
-                    stories
-                        .get(d)
-                        .filter(|x| x.blocked_reason.is_some())
-                        .map(|x| x.id.clone())
-                });
-                if let Some(dep) = dep {
-                    if let Some(s) = stories.get_mut(&k) {
-                        s.status = StoryStatus::Blocked;
-                        s.blocked_reason = Some(format!("depends on {dep}, which is blocked"));
-                        s.next_phase = None;
-                        changed = true;
-                    }
-                }
-            }
-            if !changed {
-                break;
-            }
-        }
-        let counted_keys = counted
-            .into_iter()
-            .map(|(k, (rkey, _))| (k, rkey.clone()))
-            .collect();
-        view.stories = stories;
-        view.counted = counted_keys;
-        (view, claims)
+        (view, facts)
     }
 
     /// The claim fold (winners, tokens) of this view.
@@ -566,6 +359,325 @@ impl View {
             *m.entry(s.status).or_default() += 1;
         }
         m
+    }
+}
+
+/// The counted results: by (story, phase, round), the result's key and the result.
+type Counted<'a> = BTreeMap<(String, Phase, u32), (&'a String, &'a ResultFact)>;
+
+/// Step 2 of the fold, fencing in the view: a result counts only if written under the
+/// top claim of its resource (story, phase, round), whatever arrived first.
+fn counted_results<'a>(
+    results: &'a BTreeMap<String, Arc<ResultFact>>,
+    claims: &Claims,
+) -> Counted<'a> {
+    let mut counted: Counted<'a> = BTreeMap::new();
+    for (rkey, r) in results.iter() {
+        let Ok(res) = Resource::story_round(&r.story, r.phase, r.round) else {
+            continue;
+        };
+        if claims.top(&res) == Some(r.claim.as_str())
+            && claims.token_of(&r.claim, &res) == Some(r.token)
+        {
+            counted.insert((r.story.clone(), r.phase, r.round), (rkey, r));
+        }
+    }
+    counted
+}
+
+/// Step 3 of the fold: the counted landing of each story (a merge written under the
+/// top claim of its merge resource).
+fn counted_merges(
+    merges: &BTreeMap<String, MergeFact>,
+    claims: &Claims,
+) -> BTreeMap<String, MergeFact> {
+    let mut merged: BTreeMap<String, MergeFact> = BTreeMap::new();
+    for m in merges.values() {
+        let Ok(res) = Resource::story_round(&m.story, Phase::Merge, m.round) else {
+            continue;
+        };
+        if claims.top(&res) == Some(m.claim.as_str()) {
+            merged.insert(m.story.clone(), m.clone());
+        }
+    }
+    merged
+}
+
+/// Step 4 of the fold, display ids: a number allocated once reads `S-0042`; when nodes
+/// allocated the same number concurrently, the lowest creator keeps the short id and
+/// the others carry their creator's tag. One id per story fact, in order.
+fn display_ids(facts: &[(String, StoryFact)]) -> Vec<String> {
+    let mut by_number: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (i, (_, f)) in facts.iter().enumerate() {
+        by_number.entry(f.number).or_default().push(i);
+    }
+    let mut ids = vec![String::new(); facts.len()];
+    for group in by_number.values_mut() {
+        group.sort_by(|&a, &b| {
+            (&facts[a].1.created_by, &facts[a].0).cmp(&(&facts[b].1.created_by, &facts[b].0))
+        });
+        for (rank, &i) in group.iter().enumerate() {
+            let f = &facts[i].1;
+            ids[i] = if rank == 0 {
+                format!("S-{:04}", f.number)
+            } else {
+                format!("S-{:04}-{}", f.number, peer_tag(&f.created_by))
+            };
+        }
+    }
+    ids
+}
+
+/// Step 5 of the fold: indexes over the claims, built once (a per-story scan made the
+/// fold quadratic).
+struct ClaimIndex<'a> {
+    /// The claims naming each resource (a claim naming one resource twice once).
+    by_resource: BTreeMap<&'a Resource, Vec<(&'a str, &'a ClaimFact)>>,
+    /// Stories with an active claim.
+    active_stories: BTreeSet<&'a str>,
+}
+
+impl<'a> ClaimIndex<'a> {
+    fn new(claims: &'a Claims) -> ClaimIndex<'a> {
+        let mut by_resource: BTreeMap<&Resource, Vec<(&str, &ClaimFact)>> = BTreeMap::new();
+        for (id, c) in claims.all() {
+            for (r, _) in &c.resources {
+                let on = by_resource.entry(r).or_default();
+                // A claim naming one resource twice still counts once.
+                if on.last().is_none_or(|(last, _)| *last != id) {
+                    on.push((id, c));
+                }
+            }
+        }
+        let active_stories: BTreeSet<&str> = claims
+            .active()
+            .flat_map(|(_, c)| c.resources.iter().filter_map(|(r, _)| r.story_key()))
+            .collect();
+        ClaimIndex {
+            by_resource,
+            active_stories,
+        }
+    }
+}
+
+/// The attempts at a story's next step, with the blame and what blocks it.
+#[derive(Default)]
+struct Attempts {
+    attempts: u32,
+    failed_attempts: u32,
+    takeovers: u32,
+    failures: Vec<String>,
+    blocked_reason: Option<String>,
+}
+
+/// Step 6 of the fold: what every story's view is built from.
+struct StoryFold<'a> {
+    claims: &'a Claims,
+    releases: &'a BTreeMap<String, ReleaseFact>,
+    counted: &'a Counted<'a>,
+    merged: &'a BTreeMap<String, MergeFact>,
+    index: &'a ClaimIndex<'a>,
+    key_to_id: &'a BTreeMap<&'a str, &'a str>,
+}
+
+impl StoryFold<'_> {
+    /// One story's view (before its dependencies' blocks are followed).
+    fn story(&self, key: &String, fact: &StoryFact, id: &str) -> StoryView {
+        let deps_done = fact.depends_on.iter().all(|d| self.merged.contains_key(d));
+        let walk = walk_story(key, self.counted);
+        let phases_done: Vec<Phase> = Phase::ALL
+            .iter()
+            .copied()
+            .filter(|p| walk.steps.iter().any(|(q, _, _)| q == p))
+            .collect();
+        let mut next_phase = walk.next.map(|(p, _)| p);
+        let round = walk.next.map_or(walk.round, |(_, r)| r);
+        let Attempts {
+            attempts,
+            failed_attempts,
+            takeovers,
+            failures,
+            mut blocked_reason,
+        } = match walk.next {
+            Some((p, r)) => self.attempts(key, p, r, walk.blocked),
+            None => Attempts {
+                blocked_reason: walk.blocked,
+                ..Attempts::default()
+            },
+        };
+        let is_merged = self.merged.get(key).cloned();
+        if is_merged.is_some() {
+            next_phase = None;
+            blocked_reason = None;
+        } else if blocked_reason.is_some() {
+            next_phase = None;
+        }
+        let started = !phases_done.is_empty() || self.index.active_stories.contains(key.as_str());
+        let status = if is_merged.is_some() {
+            StoryStatus::Done
+        } else if blocked_reason.is_some() {
+            StoryStatus::Blocked
+        } else if started {
+            StoryStatus::InProgress
+        } else if deps_done {
+            StoryStatus::Ready
+        } else {
+            StoryStatus::Backlog
+        };
+        // The author of the change under review: the latest implement or rework.
+        let implementer = walk
+            .steps
+            .iter()
+            .rev()
+            .find(|(p, _, _)| matches!(p, Phase::Implement | Phase::Rework))
+            .and_then(|(p, r, _)| self.counted.get(&(key.clone(), *p, *r)))
+            .map(|(_, f)| f.holder.clone());
+        let depends_on = fact
+            .depends_on
+            .iter()
+            .map(|d| {
+                self.key_to_id
+                    .get(d.as_str())
+                    .map_or(d.clone(), |s| s.to_string())
+            })
+            .collect();
+        StoryView {
+            key: key.clone(),
+            id: id.to_string(),
+            status,
+            depends_on_ids: depends_on,
+            fact: fact.clone(),
+            phases_done,
+            next_phase,
+            round,
+            history: walk.steps.iter().map(|(_, _, k)| k.clone()).collect(),
+            attempts,
+            failed_attempts,
+            takeovers,
+            failures,
+            blocked_reason,
+            merged: is_merged,
+            implementer,
+        }
+    }
+
+    /// The attempts at step (`p`, round `r`) of story `key`, their blame and failure
+    /// reasons, and the block they call for (unless the walk already blocked it).
+    fn attempts(&self, key: &str, p: Phase, r: u32, walk_blocked: Option<String>) -> Attempts {
+        let mut out = Attempts {
+            blocked_reason: walk_blocked,
+            ..Attempts::default()
+        };
+        let Ok(res) = Resource::story_round(key, p, r) else {
+            return out;
+        };
+        let claims = self.claims;
+        // Attempts: claims that started work (not those that never settled).
+        let on_it: Vec<(&str, &ClaimFact)> = self
+            .index
+            .by_resource
+            .get(&res)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|(id, _)| {
+                !matches!(
+                    claims.release_reason(id),
+                    Some(ReleaseReason::Unsettled | ReleaseReason::Shutdown)
+                )
+            })
+            .collect();
+        out.attempts = on_it.len() as u32;
+        // Blame: the work failed, or its holder went away (the weather).
+        for (id, _) in &on_it {
+            match claims.release_reason(id) {
+                Some(r) if r.blames_work() => out.failed_attempts += 1,
+                Some(r) if r.blames_holder() => out.takeovers += 1,
+                _ => {}
+            }
+        }
+        let mut on_it_sorted = on_it.clone();
+        on_it_sorted.sort_by_key(|(_, c)| c.written_at_ms);
+        out.failures = on_it_sorted
+            .iter()
+            .filter_map(|(id, _)| self.releases.get(*id))
+            .filter(|r| r.why != ReleaseReason::Done)
+            .map(release_text)
+            .collect();
+        let active = claims.winner(&res).is_some();
+        if !active && out.blocked_reason.is_none() {
+            // The reasons of the kind that blocked, oldest first.
+            let reasons = |work: bool| {
+                let mut r: Vec<String> = on_it_sorted
+                    .iter()
+                    .filter_map(|(id, _)| self.releases.get(*id))
+                    .filter(|r| {
+                        if work {
+                            r.why.blames_work()
+                        } else {
+                            r.why.blames_holder()
+                        }
+                    })
+                    .map(release_text)
+                    .collect();
+                r.dedup();
+                r.join("; ")
+            };
+            let (failed_attempts, takeovers) = (out.failed_attempts, out.takeovers);
+            if failed_attempts >= MAX_ATTEMPTS {
+                out.blocked_reason = Some(format!(
+                    "{p} failed {failed_attempts} attempts: {}",
+                    reasons(true)
+                ));
+            } else if takeovers >= MAX_TAKEOVERS {
+                out.blocked_reason = Some(format!(
+                    "{p} lost its holder {takeovers} times: {}",
+                    reasons(false)
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Step 7 of the fold: a story waiting on a blocked dependency is blocked too (it would
+/// wait forever): say so, naming the dependency, until a human unblocks it.
+fn block_dependents_of_blocked(
+    stories: &mut BTreeMap<String, StoryView>,
+    active_stories: &BTreeSet<&str>,
+) {
+    loop {
+        let mut changed = false;
+        let keys: Vec<String> = stories.keys().cloned().collect();
+        for k in keys {
+            let Some(s) = stories.get(&k) else { continue };
+            // (A story already started is blocked too unless a node is working on
+            // it: the scheduler never runs a phase of a story whose dependencies have
+            // not landed, so it would wait forever — seed 1065 hostile, 2 files.)
+            if s.merged.is_some()
+                || s.blocked_reason.is_some()
+                || active_stories.contains(k.as_str())
+            {
+                continue;
+            }
+            let dep = s.fact.depends_on.iter().find_map(|d| {
+                stories
+                    .get(d)
+                    .filter(|x| x.blocked_reason.is_some())
+                    .map(|x| x.id.clone())
+            });
+            if let Some(dep) = dep {
+                if let Some(s) = stories.get_mut(&k) {
+                    s.status = StoryStatus::Blocked;
+                    s.blocked_reason = Some(format!("depends on {dep}, which is blocked"));
+                    s.next_phase = None;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
     }
 }
 
