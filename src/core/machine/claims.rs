@@ -156,16 +156,24 @@ impl Core {
                 if let Some(h) = view.claims.get(&old) {
                     taken_from.push(crate::core::state::peer_tag(&h.holder).to_string());
                 }
-                self.doc.put_release(
+                let taken = self.doc.put_release(
                     &old,
                     &ReleaseFact {
                         why: ReleaseReason::Expired,
                         note: format!("lease expired; taken over by {}", self.peer),
                     },
                 );
+                if let Err(e) = taken {
+                    // Without the release the claim below would not win: write nothing.
+                    tracing::error!(claim = %old, error = %e, "cannot release an expired claim");
+                    return;
+                }
             }
         }
-        self.doc.put_claim(&id, &fact);
+        if let Err(e) = self.doc.put_claim(&id, &fact) {
+            tracing::error!(claim = %id, error = %e, "cannot write a claim");
+            return;
+        }
         let change = self.doc.last_local_change();
         // Pushed to every alive peer with the next effect; sessions opened from here on
         // count for settling.
@@ -367,13 +375,14 @@ impl Core {
     }
 
     pub(super) fn release(&mut self, id: &str, why: ReleaseReason, note: &str) {
-        self.doc.put_release(
-            id,
-            &ReleaseFact {
-                why,
-                note: note.to_string(),
-            },
-        );
+        let fact = ReleaseFact {
+            why,
+            note: note.to_string(),
+        };
+        if let Err(e) = self.doc.put_release(id, &fact) {
+            tracing::error!(claim = %id, error = %e, "cannot write a release");
+            return;
+        }
         self.local_write();
     }
 
@@ -410,7 +419,7 @@ impl Core {
                         .commit
                         .clone()
                         .unwrap_or_else(|| handoff.summary.clone());
-                    self.doc.put_merge(&MergeFact {
+                    let merge = self.doc.put_merge(&MergeFact {
                         story: c.story.clone(),
                         round: c.round,
                         claim: claim.to_string(),
@@ -419,17 +428,25 @@ impl Core {
                         commit,
                         written_at_ms: wall,
                     });
+                    if let Err(e) = merge {
+                        tracing::error!(%claim, error = %e, "cannot write a merge");
+                    }
                 }
                 for l in &handoff.learnings {
-                    self.doc.put_knowledge(&KnowledgeFact {
+                    let learned = self.doc.put_knowledge(&KnowledgeFact {
                         kind: l.kind,
                         text: l.text.clone(),
                         story: c.story.clone(),
                         author: self.peer.clone(),
                         written_at_ms: wall,
                     });
+                    match learned {
+                        // Empty or over-long learnings are skipped, as ever.
+                        Ok(_) | Err(StateError::KnowledgeRefused) => {}
+                        Err(e) => tracing::error!(%claim, error = %e, "cannot write a learning"),
+                    }
                 }
-                self.doc.put_result(&ResultFact {
+                let result = self.doc.put_result(&ResultFact {
                     story: c.story.clone(),
                     phase: c.phase,
                     round: c.round,
@@ -439,6 +456,9 @@ impl Core {
                     written_at_ms: wall,
                     handoff: handoff.clone(),
                 });
+                if let Err(e) = result {
+                    tracing::error!(%claim, error = %e, "cannot write a result");
+                }
                 self.release(claim, ReleaseReason::Done, "");
                 tracing::info!(%claim, story = %c.story, phase = %c.phase, round = c.round, summary = %handoff.summary, "phase finished");
                 let (p, r) = (Some(c.phase), c.round);

@@ -167,7 +167,7 @@ impl Core {
                 author: self.peer.clone(),
                 written_at_ms: wall_ms,
             })
-            .ok_or_else(|| "knowledge entry refused".to_string())?;
+            .map_err(|e| e.to_string())?;
         self.local_write();
         self.emit(
             EventKind::PatternDiscovered,

@@ -538,8 +538,10 @@ impl Core {
             version: version.to_string(),
         };
         let peer = self.peer.clone();
-        if self.doc.put_node(&peer, &fact) {
-            self.local_write();
+        match self.doc.put_node(&peer, &fact) {
+            Ok(true) => self.local_write(),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "cannot write this node's description"),
         }
     }
 

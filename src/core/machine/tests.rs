@@ -99,8 +99,8 @@ fn a_restart_releases_the_previous_runs_claims_before_anything_leaves() {
         attempt: 1,
     };
     let mut doc = Doc::new([1; 16]);
-    doc.put_claim("A-1001", &fact("A"));
-    doc.put_claim("B-1001", &fact("B"));
+    doc.put_claim("A-1001", &fact("A")).unwrap();
+    doc.put_claim("B-1001", &fact("B")).unwrap();
     let persisted = doc.save();
     let cfg = core("A", 1).cfg;
     let restarted = Doc::load([3; 16], &persisted, &[]).unwrap();

@@ -9,6 +9,10 @@ use super::*;
 /// from automerge's patches after each write or sync: the view is rebuilt from decoded
 /// facts, never by re-reading and re-parsing the whole document (which cost a quarter
 /// of an 8-node mesh's CPU).
+///
+/// Cloning copies the whole document: the core keeps a clone while a caller waits for
+/// a local write to be made durable, to put back if it is not.
+#[derive(Clone)]
 pub struct Doc {
     pub(super) inner: AutoCommit,
     pub(super) facts: BTreeMap<String, Fact>,
@@ -289,17 +293,22 @@ impl Doc {
         Ok(changed)
     }
 
-    pub(super) fn put_fact<T: Serialize>(&mut self, key: &str, fact: &T) {
-        // Serialising our own plain structs to JSON cannot fail.
-        let json = serde_json::to_string(fact).unwrap_or_default();
-        // Writing a scalar at the root only fails on a corrupt op set; nothing useful to
-        // do but report, which the caller sees as "nothing changed".
+    /// Writes one fact at a root key and commits it. On error nothing was written.
+    pub(super) fn put_fact<T: Serialize>(&mut self, key: &str, fact: &T) -> Result<(), StateError> {
+        let write_err = |why: String| StateError::Write {
+            key: key.to_string(),
+            why,
+        };
+        let json = serde_json::to_string(fact).map_err(|e| write_err(e.to_string()))?;
+        // Writing a scalar at the root only fails on a corrupt op set.
         if let Err(e) = self.inner.put(ROOT, key, json) {
-            tracing::error!(key, error = %e, "document write failed");
+            self.inner.rollback();
+            return Err(write_err(e.to_string()));
         }
         self.inner.commit();
         self.log_local_change();
         self.refresh();
+        Ok(())
     }
 
     /// Validates and writes a new story fact. `now_ms` is the creator's wall clock,
@@ -333,24 +342,24 @@ impl Doc {
             labels: valid.labels,
             source: "cli".into(),
         };
-        self.put_fact(&format!("{STORY_PREFIX}{key}"), &fact);
+        self.put_fact(&format!("{STORY_PREFIX}{key}"), &fact)?;
         Ok(key)
     }
 
     /// Records this node's description, only when it differs from what the document has.
     /// Returns whether a write happened.
-    pub fn put_node(&mut self, peer: &str, fact: &NodeFact) -> bool {
+    pub fn put_node(&mut self, peer: &str, fact: &NodeFact) -> Result<bool, StateError> {
         let key = format!("{NODE_PREFIX}{peer}");
         if matches!(self.facts.get(&key), Some(Fact::Node(f)) if f == fact) {
-            return false;
+            return Ok(false);
         }
-        self.put_fact(&key, fact);
-        true
+        self.put_fact(&key, fact)?;
+        Ok(true)
     }
 
     /// Writes a claim fact. Claim ids are unique per writer, so the key has one writer.
-    pub fn put_claim(&mut self, id: &str, fact: &ClaimFact) {
-        self.put_fact(&format!("{CLAIM_PREFIX}{id}"), fact);
+    pub fn put_claim(&mut self, id: &str, fact: &ClaimFact) -> Result<(), StateError> {
+        self.put_fact(&format!("{CLAIM_PREFIX}{id}"), fact)
     }
 
     /// The holder of claim `id` as written in the document (winning or not), without
@@ -364,47 +373,47 @@ impl Doc {
 
     /// Writes a release fact for a claim (by its holder, or by a node that took it over).
     /// Rewriting an existing release is skipped: the first reason stands.
-    pub fn put_release(&mut self, id: &str, fact: &ReleaseFact) {
+    pub fn put_release(&mut self, id: &str, fact: &ReleaseFact) -> Result<(), StateError> {
         let key = format!("{RELEASE_PREFIX}{id}");
         if matches!(self.facts.get(&key), Some(Fact::Release(_))) {
-            return;
+            return Ok(());
         }
-        self.put_fact(&key, fact);
+        self.put_fact(&key, fact)
     }
 
     /// Writes a phase result under its claim.
-    pub fn put_result(&mut self, fact: &ResultFact) {
+    pub fn put_result(&mut self, fact: &ResultFact) -> Result<(), StateError> {
         let key = format!(
             "{RESULT_PREFIX}{}/{}/{}",
             fact.story,
             fact.phase.as_str(),
             fact.claim
         );
-        self.put_fact(&key, fact);
+        self.put_fact(&key, fact)
     }
 
     /// Records a landing on main.
-    pub fn put_merge(&mut self, fact: &MergeFact) {
+    pub fn put_merge(&mut self, fact: &MergeFact) -> Result<(), StateError> {
         let key = format!("{MERGE_PREFIX}{}/{}", fact.story, fact.claim);
-        self.put_fact(&key, fact);
+        self.put_fact(&key, fact)
     }
 
     /// Writes a knowledge entry under the hash of its kind and normalised text, so the
     /// same lesson learned twice (by any nodes) is one entry. Returns its id; an entry
     /// already present is left as first written. Over-long or empty text is refused.
-    pub fn put_knowledge(&mut self, fact: &KnowledgeFact) -> Option<String> {
+    pub fn put_knowledge(&mut self, fact: &KnowledgeFact) -> Result<String, StateError> {
         let text = fact.text.trim();
         if text.is_empty() || text.len() > MAX_KNOWLEDGE_BYTES {
-            return None;
+            return Err(StateError::KnowledgeRefused);
         }
         let id = knowledge_id(fact.kind, text);
         let key = format!("{KNOWLEDGE_PREFIX}{id}");
         if self.inner.get(ROOT, key.as_str()).ok().flatten().is_none() {
             let mut f = fact.clone();
             f.text = text.to_string();
-            self.put_fact(&key, &f);
+            self.put_fact(&key, &f)?;
         }
-        Some(id)
+        Ok(id)
     }
 
     /// The current view: a pure function of the document.

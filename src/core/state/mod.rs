@@ -44,6 +44,12 @@ pub enum StateError {
     Input(#[from] InputError),
     #[error("this node is a passive observer and never writes")]
     Passive,
+    /// Writing a fact into the document failed (nothing was written).
+    #[error("writing {key} failed: {why}")]
+    Write { key: String, why: String },
+    /// A knowledge entry that is empty or over [`MAX_KNOWLEDGE_BYTES`].
+    #[error("knowledge entry refused: empty or over {MAX_KNOWLEDGE_BYTES} bytes")]
+    KnowledgeRefused,
 }
 
 /// Per-peer automerge sync state (one for each direction of a peer pair).

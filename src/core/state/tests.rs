@@ -44,10 +44,13 @@ fn decoded_facts_track_the_document() {
         for (i, d) in docs.iter_mut().enumerate() {
             step += 1;
             // The same key from every doc in the same round: a real conflict.
-            d.put_fact(&format!("{NODE_PREFIX}shared{round}"), &node(step));
-            d.put_fact(&format!("{NODE_PREFIX}own{i}-{round}"), &node(step));
-            d.put_fact(&format!("{CLAIM_PREFIX}bad{round}"), &"not a claim");
-            d.put_fact(&format!("other/{round}"), &step);
+            d.put_fact(&format!("{NODE_PREFIX}shared{round}"), &node(step))
+                .unwrap();
+            d.put_fact(&format!("{NODE_PREFIX}own{i}-{round}"), &node(step))
+                .unwrap();
+            d.put_fact(&format!("{CLAIM_PREFIX}bad{round}"), &"not a claim")
+                .unwrap();
+            d.put_fact(&format!("other/{round}"), &step).unwrap();
             check(d);
         }
         let (a, rest) = docs.split_at_mut(1);
@@ -71,7 +74,9 @@ fn decoded_facts_track_the_document() {
     let mut loaded = Doc::load([9; 16], &snapshot, &[]).unwrap();
     check(&loaded);
     assert_eq!(loaded.view(), views[0]);
-    loaded.put_fact(&format!("{NODE_PREFIX}after-load"), &node(99));
+    loaded
+        .put_fact(&format!("{NODE_PREFIX}after-load"), &node(99))
+        .unwrap();
     check(&loaded);
 }
 
@@ -117,7 +122,8 @@ pub(crate) fn step(
             written_at_ms: 0,
             attempt: 1,
         },
-    );
+    )
+    .unwrap();
     let handoff = crate::core::model::Handoff {
         summary: format!("{phase} {round}"),
         verdict,
@@ -132,7 +138,8 @@ pub(crate) fn step(
         holder: A.into(),
         written_at_ms: 0,
         handoff,
-    });
+    })
+    .unwrap();
     if phase == Phase::Merge && verdict != Some(Verdict::Reject) {
         d.put_merge(&MergeFact {
             story: key.into(),
@@ -142,7 +149,8 @@ pub(crate) fn step(
             holder: A.into(),
             commit: "c0ffee".into(),
             written_at_ms: 0,
-        });
+        })
+        .unwrap();
     }
     d.put_release(
         &id,
@@ -150,7 +158,8 @@ pub(crate) fn step(
             why: ReleaseReason::Done,
             note: String::new(),
         },
-    );
+    )
+    .unwrap();
     id
 }
 
@@ -225,14 +234,16 @@ fn ended_attempt(d: &mut Doc, key: &str, why: crate::core::lease::ReleaseReason,
             written_at_ms: v.claims.len() as u64,
             attempt: 1,
         },
-    );
+    )
+    .unwrap();
     d.put_release(
         &id,
         &crate::core::lease::ReleaseFact {
             why,
             note: note.into(),
         },
-    );
+    )
+    .unwrap();
 }
 
 #[test]
@@ -379,19 +390,24 @@ fn knowledge_is_deduplicated_by_content_and_ranked_by_relevance() {
         author: B.into(),
         written_at_ms: 1,
     };
-    let a = d.put_knowledge(&fact("The parser must reject BOMs", KnowledgeKind::Pitfall));
-    let b = d.put_knowledge(&fact(
-        "  the PARSER must   reject boms ",
-        KnowledgeKind::Pitfall,
-    ));
+    let a = d
+        .put_knowledge(&fact("The parser must reject BOMs", KnowledgeKind::Pitfall))
+        .unwrap();
+    let b = d
+        .put_knowledge(&fact(
+            "  the PARSER must   reject boms ",
+            KnowledgeKind::Pitfall,
+        ))
+        .unwrap();
     assert_eq!(a, b, "same lesson, one entry");
     d.put_knowledge(&fact(
         "Run cargo fmt before committing",
         KnowledgeKind::Convention,
-    ));
+    ))
+    .unwrap();
     assert!(d
         .put_knowledge(&fact("   ", KnowledgeKind::Pattern))
-        .is_none());
+        .is_err());
     let v = d.view();
     assert_eq!(v.knowledge.len(), 2);
     let rel = relevant_knowledge(&v, &v.stories[&k], 5);
@@ -503,12 +519,12 @@ fn node_fact_is_written_only_on_change() {
         capacity: 2,
         version: "0.1.0".into(),
     };
-    assert!(a.put_node(A, &f));
+    assert!(a.put_node(A, &f).unwrap());
     assert!(
-        !a.put_node(A, &f),
+        !a.put_node(A, &f).unwrap(),
         "rewriting the same fact would grow history"
     );
-    assert!(a.put_node(A, &NodeFact { capacity: 3, ..f }));
+    assert!(a.put_node(A, &NodeFact { capacity: 3, ..f }).unwrap());
 }
 
 #[test]
