@@ -12,6 +12,8 @@ pub struct NodeHandle {
     pub(super) net: NetClient,
     pub(super) task: tokio::task::JoinHandle<()>,
     pub(super) net_task: tokio::task::JoinHandle<()>,
+    /// The store's fault switches (None without a store).
+    pub(super) faults: Option<Faults>,
 }
 
 impl NodeHandle {
@@ -68,7 +70,16 @@ impl NodeHandle {
             .send(ApiRequest::AddStory(s, tx))
             .await
             .map_err(|_| "node stopped".to_string())?;
-        rx.await.map_err(|_| "node stopped".to_string())?
+        rx.await
+            .map_err(|_| "node stopped".to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// The fault switches of this node's store (None for a node without one): make its
+    /// next append or flush fail, to drill the write path.
+    #[doc(hidden)]
+    pub fn store_faults(&self) -> Option<Faults> {
+        self.faults.clone()
     }
 
     pub async fn status(&self) -> Option<StatusReport> {
@@ -111,7 +122,9 @@ impl NodeHandle {
             .send(ApiRequest::AddKnowledge(kind, text.to_string(), tx))
             .await
             .map_err(|_| "node stopped".to_string())?;
-        rx.await.map_err(|_| "node stopped".to_string())?
+        rx.await
+            .map_err(|_| "node stopped".to_string())?
+            .map_err(|e| e.to_string())
     }
 
     pub async fn view(&self) -> Option<View> {

@@ -17,7 +17,7 @@ use crate::exec::command::CommandExecutor;
 use crate::exec::{Executor, SimExecutor};
 use crate::git::NodeRepo;
 use crate::net::{self, NetClient, NetCommand, NetConfig, NetEvent};
-use crate::store::{EventLog, KnownPeer, Store, StoreError};
+use crate::store::{EventLog, Faults, KnownPeer, Store, StoreError};
 use crate::work::{GateConfig, WorkShell};
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
@@ -70,7 +70,7 @@ pub struct NodeOptions {
 /// Requests from the control API (and tests) into the node loop.
 #[derive(Debug)]
 pub enum ApiRequest {
-    AddStory(NewStory, oneshot::Sender<Result<StoryView, String>>),
+    AddStory(NewStory, oneshot::Sender<Result<StoryView, WriteError>>),
     Status(oneshot::Sender<StatusReport>),
     View(oneshot::Sender<View>),
     /// Start (true) or stop (false) claiming new work; running work continues. Starting
@@ -88,7 +88,7 @@ pub enum ApiRequest {
     AddKnowledge(
         KnowledgeKind,
         String,
-        oneshot::Sender<Result<String, String>>,
+        oneshot::Sender<Result<String, WriteError>>,
     ),
     /// Flush everything and stop the node loop; answered once stopped.
     Shutdown(oneshot::Sender<()>),
@@ -165,6 +165,19 @@ fn wall_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Why a write the caller waits on (`story add`, `knowledge add`) was not made. Either
+/// way nothing was recorded and nothing reached a peer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// The request itself was refused (bad input, a passive node).
+    #[error("{0}")]
+    Refused(String),
+    /// The write could not be made durable (appending or flushing failed): it was
+    /// undone.
+    #[error("the write could not be stored, nothing was recorded: {0}")]
+    NotDurable(String),
 }
 
 /// Starts a node: opens the store, loads the document, binds the network.
@@ -309,6 +322,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
         heads_digest: core.digest(),
         ..Default::default()
     });
+    let faults = store.as_ref().map(Store::faults);
     let mut rt = Runtime {
         core,
         cfg,
@@ -339,6 +353,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
         net: net.clone(),
         task,
         net_task,
+        faults,
     })
 }
 

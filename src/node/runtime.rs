@@ -365,16 +365,78 @@ impl Runtime {
         }
     }
 
+    /// A local write its caller waits on: acknowledged only once it is on disk, and
+    /// once observers can see the new heads (a caller may wait for convergence right
+    /// after). Its chunks are appended and flushed before anything about it leaves the
+    /// node; if either fails, the chunks are taken back out of the store and the core
+    /// puts its document back as it was, so the write leaves no fact behind.
+    pub(super) async fn durable_write<T>(
+        &mut self,
+        write: impl FnOnce(&mut Core) -> Result<T, String>,
+    ) -> Result<T, WriteError> {
+        self.drain_effects().await;
+        self.core.begin_durable_write();
+        let made = write(&mut self.core);
+        let chunks = self.core.take_write_chunks();
+        let res = match made {
+            Ok(v) => match self.make_durable(&chunks).await {
+                Ok(()) => Ok(v),
+                Err(e) => Err(WriteError::NotDurable(e)),
+            },
+            Err(e) => match self.make_durable(&chunks).await {
+                // A refused write normally wrote nothing; whatever it did write is kept
+                // only if it is durable.
+                Ok(()) => Err(WriteError::Refused(e)),
+                Err(d) => Err(WriteError::NotDurable(format!("{e}; {d}"))),
+            },
+        };
+        if matches!(res, Err(WriteError::NotDurable(_))) {
+            tracing::error!(error = %res.as_ref().err().map(ToString::to_string).unwrap_or_default(), "local write undone");
+            self.core.abort_durable_write();
+        } else {
+            self.core.commit_durable_write();
+        }
+        self.drain_effects().await;
+        self.publish_observation();
+        res
+    }
+
+    /// Appends `chunks` and flushes; on failure removes what was appended.
+    async fn make_durable(&mut self, chunks: &[Vec<u8>]) -> Result<(), String> {
+        let Some(store) = self.store.as_mut() else {
+            return Ok(());
+        };
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let mark = store.chunk_mark();
+        let mut res = Ok(());
+        for c in chunks {
+            res = store.append_chunk(c);
+            if res.is_err() {
+                break;
+            }
+        }
+        if res.is_ok() {
+            res = store.flush().await;
+        }
+        let Err(e) = res else {
+            return Ok(());
+        };
+        if let Err(undo) = store.discard_chunks_from(mark) {
+            tracing::error!(error = %undo, "cannot take an undone write back out of the store");
+        }
+        Err(e.to_string())
+    }
+
     pub(super) async fn on_api(&mut self, req: ApiRequest) {
         match req {
             ApiRequest::AddStory(new, reply) => {
-                let res = self.core.add_story(&new, wall_ms());
-                // Acknowledge only once the change is on disk, and once observers can see
-                // the new heads (a caller may wait for convergence right after).
-                self.drain_effects().await;
-                self.flush().await;
-                self.publish_observation();
-                let _ = reply.send(res.map_err(|e| e.to_string()));
+                let wall = wall_ms();
+                let res = self
+                    .durable_write(|core| core.add_story(&new, wall).map_err(|e| e.to_string()))
+                    .await;
+                let _ = reply.send(res);
             }
             ApiRequest::Status(reply) => {
                 let _ = reply.send(self.status());
@@ -385,10 +447,10 @@ impl Runtime {
                 let _ = reply.send(self.core.events_after(after, limit));
             }
             ApiRequest::AddKnowledge(kind, text, reply) => {
-                let res = self.core.add_knowledge(kind, &text, wall_ms());
-                self.drain_effects().await;
-                self.flush().await;
-                self.publish_observation();
+                let wall = wall_ms();
+                let res = self
+                    .durable_write(|core| core.add_knowledge(kind, &text, wall))
+                    .await;
                 let _ = reply.send(res);
             }
             ApiRequest::View(reply) => {

@@ -94,6 +94,17 @@ impl Core {
         if self.cfg.passive && !local_only {
             return;
         }
+        // An event of a write not yet durable waits for it (see `write.rs`).
+        if let Some(held) = self.held.as_mut() {
+            held.events.push(super::write::HeldEvent {
+                kind,
+                story: story.map(str::to_string),
+                phase,
+                round,
+                detail: detail.into(),
+            });
+            return;
+        }
         // Display ids rarely change (only when two stories share a number), so an event
         // uses the last folded view when it knows the story rather than folding again.
         let story = story

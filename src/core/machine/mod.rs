@@ -47,6 +47,7 @@ mod events;
 mod guards;
 mod status;
 mod sync;
+mod write;
 
 pub use guards::{ClockSkew, Guards, Handover, CLOCK_SAMPLES};
 pub use status::{ClaimRow, Counters, HeldClaim, RunRecord};
@@ -310,6 +311,8 @@ pub struct Core {
     /// Stories that stopped moving (`stalled` events), and when it last looked.
     stalls: crate::core::scheduler::StallWatch,
     stalls_checked_ms: Option<u64>,
+    /// A local write waiting for the shell to make it durable (see `write.rs`).
+    held: Option<write::HeldWrite>,
 }
 
 /// Events kept in the local log.
@@ -372,6 +375,7 @@ impl Core {
             stopping: false,
             stalls: Default::default(),
             stalls_checked_ms: None,
+            held: None,
         };
         core.release_previous_incarnations();
         core

@@ -1,4 +1,5 @@
 use super::*;
+use crate::core::model::KnowledgeKind;
 
 fn core(name: &str, actor: u8) -> Core {
     Core::new(
@@ -687,4 +688,71 @@ fn a_story_without_progress_past_stall_after_raises_one_stalled_event() {
         c.tick(t, t);
     }
     assert_eq!(stalled(&c).len(), 1, "one event per stall");
+}
+
+fn titled(title: &str) -> NewStory {
+    NewStory {
+        title: title.into(),
+        ..Default::default()
+    }
+}
+
+fn titles(c: &Core) -> Vec<String> {
+    let mut t: Vec<String> = c
+        .doc()
+        .view()
+        .stories
+        .values()
+        .map(|s| s.fact.title.clone())
+        .collect();
+    t.sort();
+    t
+}
+
+#[test]
+fn a_write_that_could_not_be_made_durable_leaves_no_fact_and_nothing_leaves_the_node() {
+    let (mut a, mut b) = (core("A", 1), core("B", 2));
+    a.add_story(&titled("kept"), 1).unwrap();
+    a.handle(0, Input::Connected("B".into()));
+    pump(&mut a, &mut b);
+    let digest = a.digest();
+
+    a.begin_durable_write();
+    a.add_story(&titled("lost"), 2).unwrap();
+    a.add_knowledge(KnowledgeKind::Pitfall, "a lesson never stored", 2)
+        .unwrap();
+    let chunks = a.take_write_chunks();
+    assert!(!chunks.is_empty(), "the write has chunks to persist");
+    a.abort_durable_write();
+
+    assert!(a.poll_effect().is_none(), "no push, beat or event leaves");
+    assert_eq!(titles(&a), ["kept"]);
+    assert!(a.doc().view().knowledge.is_empty());
+    assert_eq!(a.digest(), digest);
+    assert!(
+        a.events_after(0, 100)
+            .iter()
+            .all(|(_, e)| e.kind != EventKind::PatternDiscovered),
+        "the aborted write's event was never raised"
+    );
+    a.start_sync("B");
+    pump(&mut a, &mut b);
+    assert_eq!(titles(&b), ["kept"], "the peer never hears of it");
+
+    // The next write succeeds and travels as usual.
+    a.begin_durable_write();
+    a.add_story(&titled("next"), 3).unwrap();
+    a.add_knowledge(KnowledgeKind::Pitfall, "a lesson stored", 3)
+        .unwrap();
+    assert!(!a.take_write_chunks().is_empty());
+    a.commit_durable_write();
+    assert!(a
+        .events_after(0, 100)
+        .iter()
+        .any(|(_, e)| e.kind == EventKind::PatternDiscovered));
+    a.start_sync("B");
+    pump(&mut a, &mut b);
+    assert_eq!(titles(&b), ["kept", "next"]);
+    assert_eq!(a.digest(), b.digest());
+    assert_eq!(b.doc().view().knowledge.len(), 1);
 }
