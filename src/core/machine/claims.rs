@@ -273,13 +273,22 @@ impl Core {
             // (A claim written from a stale view that ties a finished claim does not
             // hold: a finished claim wins a token tie, see `Claims::winner`.)
             if claims.holds(&id) || self.cfg.broken_winner_rule {
-                let Some(c) = self.local.get_mut(&id) else {
+                // Everything the job needs is looked up before the claim is marked
+                // running: a claim marked running with no job would hold capacity forever.
+                let Some(c) = self.local.get(&id) else {
                     continue;
                 };
-                c.state = LocalState::Running;
                 let (story, phase, round, claimed_ms) =
                     (c.story.clone(), c.phase, c.round, c.written_ms);
-                let Some(fact) = view.claims.get(&id) else {
+                let (Some(fact), Some(sv)) = (view.claims.get(&id), view.stories.get(&story))
+                else {
+                    tracing::error!(claim = %id, %story, "settled claim or its story missing from the view; releasing");
+                    self.local.remove(&id);
+                    self.release(
+                        &id,
+                        ReleaseReason::Unsettled,
+                        "claim or story missing at settle",
+                    );
                     continue;
                 };
                 let token = Resource::story_round(&story, phase, round)
@@ -287,9 +296,9 @@ impl Core {
                     .and_then(|r| fact.token_of(&r))
                     .unwrap_or(0);
                 let files = fact.files();
-                let Some(sv) = view.stories.get(&story) else {
-                    continue;
-                };
+                if let Some(c) = self.local.get_mut(&id) {
+                    c.state = LocalState::Running;
+                }
                 let handoffs = view.history(&story).into_iter().cloned().collect();
                 let knowledge = relevant_knowledge(&view, sv, MAX_JOB_KNOWLEDGE);
                 self.runs.push(RunRecord {

@@ -756,3 +756,56 @@ fn a_write_that_could_not_be_made_durable_leaves_no_fact_and_nothing_leaves_the_
     assert_eq!(a.digest(), b.digest());
     assert_eq!(b.doc().view().knowledge.len(), 1);
 }
+
+#[test]
+fn a_settled_claim_whose_job_cannot_be_built_is_released_never_left_running_without_a_job() {
+    // A claim of ours on a story the view does not have: settling it cannot build a
+    // job. It must not stay "running" (holding capacity with nothing running).
+    let mut c = core("A", 1);
+    let story = crate::core::state::story_key(99, "A");
+    let r = Resource::story_round(&story, Phase::Research, 0).unwrap();
+    let id = claim_id("A", 1001);
+    c.doc_mut()
+        .put_claim(
+            &id,
+            &ClaimFact {
+                resources: vec![(r, 1)],
+                holder: "A".into(),
+                ttl_ms: 10_000,
+                written_at_ms: 0,
+                attempt: 1,
+            },
+        )
+        .unwrap();
+    c.local.insert(
+        id.clone(),
+        LocalClaim {
+            story,
+            phase: Phase::Research,
+            round: 0,
+            state: LocalState::Settling {
+                mark: 0,
+                waiting: BTreeSet::new(),
+                deadline_ms: 1_000,
+                change: None,
+            },
+            written_ms: 0,
+        },
+    );
+    c.check_settling(0);
+    let mut started = false;
+    while let Some(e) = c.poll_effect() {
+        started |= matches!(e, Effect::StartWork(_));
+    }
+    assert!(!started, "no job can be built");
+    assert!(
+        c.held(0).iter().all(|h| !h.running),
+        "no claim is running without a job: {:?}",
+        c.held(0)
+    );
+    assert!(c.held(0).is_empty(), "the claim was let go");
+    assert!(
+        c.doc().view().releases.contains_key(&id),
+        "and released, so no one waits on it"
+    );
+}
