@@ -8,7 +8,7 @@
 use crate::core::model::{Event, KnowledgeFact, KnowledgeKind, NewStory};
 use crate::core::state::StoryView;
 use crate::identity::write_private;
-use crate::node::{ApiRequest, StatusReport};
+use crate::node::{ApiRequest, StatusReport, WriteError};
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -46,6 +46,17 @@ struct ErrorBody {
 
 fn err(code: StatusCode, msg: impl Into<String>) -> Response {
     (code, Json(ErrorBody { error: msg.into() })).into_response()
+}
+
+/// A write that was not made: bad input is the caller's (400); a write the node could
+/// not store is the node's (500), and the client reports it as a failure, not a usage
+/// error.
+fn write_err(e: WriteError) -> Response {
+    let code = match e {
+        WriteError::Refused(_) => StatusCode::BAD_REQUEST,
+        WriteError::NotDurable(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    err(code, e.to_string())
 }
 
 fn authorized(headers: &HeaderMap, st: &AppState) -> bool {
@@ -157,7 +168,7 @@ async fn add_story(
     }
     match ask(&st, |tx| ApiRequest::AddStory(new, tx)).await {
         Ok(Ok(s)) => (StatusCode::CREATED, Json(s)).into_response(),
-        Ok(Err(e)) => err(StatusCode::BAD_REQUEST, e),
+        Ok(Err(e)) => write_err(e),
         Err(r) => r,
     }
 }
@@ -211,7 +222,7 @@ async fn add_knowledge(
     }
     match ask(&st, |tx| ApiRequest::AddKnowledge(new.kind, new.text, tx)).await {
         Ok(Ok(id)) => (StatusCode::CREATED, Json(id)).into_response(),
-        Ok(Err(e)) => err(StatusCode::BAD_REQUEST, e),
+        Ok(Err(e)) => write_err(e),
         Err(r) => r,
     }
 }
@@ -270,6 +281,9 @@ pub enum ClientError {
     BadControlFile { path: PathBuf, why: String },
     #[error("the node refused the request: {0}")]
     Refused(String),
+    /// The node took the request but failed to carry it out (500: e.g. its store).
+    #[error("the node failed: {0}")]
+    Failed(String),
     #[error("talking to the node at {addr} failed: {why}")]
     Transport { addr: SocketAddr, why: String },
 }
@@ -333,7 +347,8 @@ impl ControlClient {
         resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<T, ClientError> {
         let mut resp = resp.map_err(|e| self.transport(e))?;
-        let ok = resp.status().is_success();
+        let status = resp.status();
+        let ok = status.is_success();
         let body = resp
             .body_mut()
             .with_config()
@@ -344,6 +359,9 @@ impl ControlClient {
             let msg = serde_json::from_str::<ErrorBody>(&body)
                 .map(|b| b.error)
                 .unwrap_or(body);
+            if status == ureq::http::StatusCode::INTERNAL_SERVER_ERROR {
+                return Err(ClientError::Failed(msg));
+            }
             return Err(ClientError::Refused(msg));
         }
         serde_json::from_str(&body).map_err(|e| self.transport(e))

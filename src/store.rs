@@ -19,6 +19,8 @@ use crate::core::model::Event;
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SNAPSHOT_KEY: &[u8] = b"snapshot";
@@ -40,6 +42,30 @@ pub enum StoreError {
     },
     #[error("store {path}: {source}")]
     Db { path: PathBuf, source: sled::Error },
+    /// A fault injected through [`Faults`] (tests and drills).
+    #[error("store {path}: injected fault: {what} failed")]
+    Injected { path: PathBuf, what: &'static str },
+}
+
+/// Switches that make the store's next append or flush fail, for tests and drills of the
+/// write path (a full disk, a failing device). Clones share the switches.
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    append: Arc<AtomicBool>,
+    flush: Arc<AtomicBool>,
+}
+
+impl Faults {
+    /// The next [`Store::append_chunk`] fails (once).
+    pub fn fail_next_append(&self) {
+        self.append.store(true, Ordering::SeqCst);
+    }
+
+    /// The next [`Store::flush`] fails (once).
+    pub fn fail_next_flush(&self) {
+        self.flush.store(true, Ordering::SeqCst);
+    }
 }
 
 pub struct Store {
@@ -48,6 +74,7 @@ pub struct Store {
     db: sled::Db,
     next_chunk: u64,
     chunks: u64,
+    faults: Faults,
     _lock: File,
 }
 
@@ -147,6 +174,7 @@ impl Store {
             db,
             next_chunk,
             chunks,
+            faults: Faults::default(),
             _lock: lock,
         })
     }
@@ -156,6 +184,22 @@ impl Store {
             path: self.dir.join(DB_DIR),
             source,
         }
+    }
+
+    /// The fault switches of this store (see [`Faults`]).
+    #[doc(hidden)]
+    pub fn faults(&self) -> Faults {
+        self.faults.clone()
+    }
+
+    fn injected(&self, switch: &AtomicBool, what: &'static str) -> Result<(), StoreError> {
+        if switch.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::Injected {
+                path: self.dir.join(DB_DIR),
+                what,
+            });
+        }
+        Ok(())
     }
 
     /// The stored snapshot (empty if none) and every chunk saved after it, in order.
@@ -180,10 +224,32 @@ impl Store {
         if bytes.is_empty() {
             return Ok(());
         }
+        self.injected(&self.faults.append, "append")?;
         let key = chunk_key(self.next_chunk);
         self.tree.insert(key, bytes).map_err(self.db_err())?;
         self.next_chunk += 1;
         self.chunks += 1;
+        Ok(())
+    }
+
+    /// The position the next appended chunk takes: a mark for [`Store::discard_chunks_from`].
+    pub fn chunk_mark(&self) -> u64 {
+        self.next_chunk
+    }
+
+    /// Removes the chunks appended since `mark` (a write that could not be made durable
+    /// must not come back at the next start), then flushes the removal.
+    pub fn discard_chunks_from(&mut self, mark: u64) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut removed = 0;
+        for seq in mark..self.next_chunk {
+            batch.remove(chunk_key(seq));
+            removed += 1;
+        }
+        self.tree.apply_batch(batch).map_err(self.db_err())?;
+        self.next_chunk = self.next_chunk.min(mark);
+        self.chunks = self.chunks.saturating_sub(removed);
+        self.tree.flush().map_err(self.db_err())?;
         Ok(())
     }
 
@@ -208,6 +274,7 @@ impl Store {
 
     /// Makes every write so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        self.injected(&self.faults.flush, "flush")?;
         self.db.flush_async().await.map_err(self.db_err())?;
         Ok(())
     }

@@ -625,7 +625,8 @@ mod tests {
                     capacity: 2,
                     version: "test".into(),
                 },
-            );
+            )
+            .unwrap();
         }
         let mut keys = Vec::new();
         for i in 1..=3 {
@@ -780,7 +781,8 @@ mod tests {
                 written_at_ms: 42,
                 attempt: 1,
             },
-        );
+        )
+        .unwrap();
         let v = d.view();
         let c = v.claims();
         let w = waiting(&v, &c, &second).unwrap();
@@ -809,7 +811,8 @@ mod tests {
                 why: crate::core::lease::ReleaseReason::Abandoned,
                 note: String::new(),
             },
-        );
+        )
+        .unwrap();
         let v = d.view();
         assert_eq!(
             waiting(&v, &v.claims(), &first),
@@ -847,7 +850,8 @@ mod tests {
                 written_at_ms: 0,
                 attempt: 1,
             },
-        );
+        )
+        .unwrap();
         let v = d.view();
         let c = v.claims();
         assert!(watch.observe(&v, &c, 120_000, 5_000).is_empty());

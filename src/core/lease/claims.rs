@@ -1,0 +1,241 @@
+//! `Claims`: the pure, order-independent fold of claim and release facts that decides
+//! winners (fencing tokens, the tie rank, all-or-nothing holds).
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------
+// Claims: the fold that decides winners
+// ---------------------------------------------------------------------------------------
+
+/// The highest claim seen for one resource.
+#[derive(Debug, Clone)]
+struct Top {
+    token: u64,
+    rank: TieRank,
+    holder: String,
+    claim: String,
+}
+
+/// How a claim fares in a token tie, by its release: a finished claim keeps its result
+/// counted, an open claim may be running, and a claim released without a result (it never
+/// started, failed, lost, or its holder restarted) gives way to both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TieRank {
+    Done,
+    Open,
+    Void,
+}
+
+impl TieRank {
+    fn of(release: Option<ReleaseReason>) -> TieRank {
+        match release {
+            Some(ReleaseReason::Done) => TieRank::Done,
+            None => TieRank::Open,
+            Some(_) => TieRank::Void,
+        }
+    }
+}
+
+impl Top {
+    /// True if (token, rank, holder, claim) beats `self`: higher token, then the better
+    /// tie rank, then lower holder id, then lower claim id. A total order, so the fold does
+    /// not depend on insertion order.
+    fn beaten_by(&self, token: u64, rank: TieRank, holder: &str, claim: &str) -> bool {
+        (std::cmp::Reverse(token), rank, holder, claim)
+            < (
+                std::cmp::Reverse(self.token),
+                self.rank,
+                self.holder.as_str(),
+                self.claim.as_str(),
+            )
+    }
+}
+
+/// Everything the claim and release facts say, folded. Built from the document's maps; the
+/// result depends only on their contents, never on the order facts arrived in.
+#[derive(Debug, Clone, Default)]
+pub struct Claims {
+    claims: BTreeMap<String, ClaimFact>,
+    released: BTreeMap<String, ReleaseReason>,
+    top: BTreeMap<Resource, Top>,
+    /// Claim ids with no release, in id order: the only candidates for `active` and
+    /// `losing` (most claims of a long-lived mesh are released).
+    open: Vec<String>,
+}
+
+impl Claims {
+    /// Folds the claim facts (by claim id) and the release facts (by claim id).
+    pub fn new(
+        claims: &BTreeMap<String, ClaimFact>,
+        releases: &BTreeMap<String, ReleaseFact>,
+    ) -> Claims {
+        Claims::from_owned(
+            claims.clone(),
+            releases
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )
+    }
+
+    /// Like [`Claims::new`], taking ownership of the maps.
+    pub fn from_owned(
+        claims: BTreeMap<String, ClaimFact>,
+        releases: BTreeMap<String, ReleaseFact>,
+    ) -> Claims {
+        let released: BTreeMap<String, ReleaseReason> =
+            releases.into_iter().map(|(k, v)| (k, v.why)).collect();
+        let mut top: BTreeMap<Resource, Top> = BTreeMap::new();
+        for (id, claim) in &claims {
+            let rank = TieRank::of(released.get(id).copied());
+            for (resource, token) in &claim.resources {
+                let candidate = || Top {
+                    token: *token,
+                    rank,
+                    holder: claim.holder.clone(),
+                    claim: id.clone(),
+                };
+                match top.get_mut(resource) {
+                    Some(t) if !t.beaten_by(*token, rank, &claim.holder, id) => {}
+                    Some(t) => *t = candidate(),
+                    None => {
+                        top.insert(resource.clone(), candidate());
+                    }
+                }
+            }
+        }
+        let open = claims
+            .keys()
+            .filter(|id| !released.contains_key(*id))
+            .cloned()
+            .collect();
+        Claims {
+            claims,
+            released,
+            top,
+            open,
+        }
+    }
+
+    /// The token a new claim on `resource` must carry: one more than the highest token ever
+    /// seen for it, released claims included; 1 if it was never claimed.
+    pub fn next_token(&self, resource: &Resource) -> u64 {
+        self.top
+            .get(resource)
+            .map_or(1, |t| t.token.saturating_add(1))
+    }
+
+    /// The claim id that currently wins `resource`: the claim with the highest token; among
+    /// equal tokens a finished (`Done`) claim first, then an open one, then one released
+    /// without a result; then the lowest holder id, then the lowest claim id. `None` if the
+    /// resource was never claimed or that top claim was released: a lower, superseded claim
+    /// never comes back.
+    ///
+    /// The rank in a tie is what keeps work from being voided by a claim that never ran: a
+    /// claim written from a stale view, or one a crashing node wrote and its restart
+    /// brought back, can tie a claim that settled and ran meanwhile; it must not become
+    /// the top claim and un-count that result (seed 96953 of the clean simulation).
+    ///
+    /// Winning one resource is not holding: see [`Claims::holds`].
+    pub fn winner(&self, resource: &Resource) -> Option<&str> {
+        let top = self.top.get(resource)?;
+        if self.released.contains_key(&top.claim) {
+            None
+        } else {
+            Some(&top.claim)
+        }
+    }
+
+    /// The top claim of `resource` whether or not it was released: the claim whose result
+    /// counts (fencing in the view). A result written under any other claim is stale.
+    pub fn top(&self, resource: &Resource) -> Option<&str> {
+        self.top.get(resource).map(|t| t.claim.as_str())
+    }
+
+    /// The holder (peer id) of the claim that wins `resource`, if any.
+    pub fn winner_holder(&self, resource: &Resource) -> Option<&str> {
+        let top = self.top.get(resource)?;
+        if self.released.contains_key(&top.claim) {
+            None
+        } else {
+            Some(&top.holder)
+        }
+    }
+
+    /// True if `resource` has ever been claimed (released claims included).
+    pub fn ever_claimed(&self, resource: &Resource) -> bool {
+        self.top.contains_key(resource)
+    }
+
+    /// True if the claim holds: it is not released, names at least one resource, and wins
+    /// every resource it names. All-or-nothing: a claim that loses one resource holds none.
+    pub fn holds(&self, claim_id: &str) -> bool {
+        let Some(claim) = self.claims.get(claim_id) else {
+            return false;
+        };
+        !claim.resources.is_empty()
+            && !self.released.contains_key(claim_id)
+            && claim
+                .resources
+                .iter()
+                .all(|(r, _)| self.top.get(r).is_some_and(|t| t.claim == claim_id))
+    }
+
+    /// True if a release was written for the claim.
+    pub fn is_released(&self, claim_id: &str) -> bool {
+        self.released.contains_key(claim_id)
+    }
+
+    /// Why the claim was released, if it was.
+    pub fn release_reason(&self, claim_id: &str) -> Option<ReleaseReason> {
+        self.released.get(claim_id).copied()
+    }
+
+    /// The token `claim_id` carries for `resource`, if it names it.
+    pub fn token_of(&self, claim_id: &str, resource: &Resource) -> Option<u64> {
+        self.claims.get(claim_id)?.token_of(resource)
+    }
+
+    /// The claim fact with this id.
+    pub fn claim(&self, claim_id: &str) -> Option<&ClaimFact> {
+        self.claims.get(claim_id)
+    }
+
+    /// Every claim fact, by id (released and losing claims included).
+    pub fn all(&self) -> impl Iterator<Item = (&str, &ClaimFact)> {
+        self.claims.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The claims that hold (see [`Claims::holds`]), in claim id order.
+    pub fn active(&self) -> impl Iterator<Item = (&str, &ClaimFact)> {
+        self.unreleased().filter(|(id, _)| self.holds(id))
+    }
+
+    /// The claims with no release, in claim id order.
+    fn unreleased(&self) -> impl Iterator<Item = (&str, &ClaimFact)> {
+        self.open
+            .iter()
+            .filter_map(|id| self.claims.get(id).map(|c| (id.as_str(), c)))
+    }
+
+    /// The claims that hold and belong to `holder`, in claim id order.
+    pub fn active_of<'a>(
+        &'a self,
+        holder: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a ClaimFact)> + 'a {
+        self.active().filter(move |(_, c)| c.holder == holder)
+    }
+
+    /// Claims that are neither released nor holding: they lost a resource (or raced into a
+    /// cycle with another claim) and their holder should write a `Lost` release.
+    pub fn losing(&self) -> impl Iterator<Item = (&str, &ClaimFact)> {
+        self.unreleased().filter(|(id, _)| !self.holds(id))
+    }
+
+    /// Each resource with a current winner, and that winning claim id, in resource order.
+    pub fn winners(&self) -> impl Iterator<Item = (&Resource, &str)> {
+        self.top.iter().filter_map(|(r, t)| {
+            (!self.released.contains_key(&t.claim)).then_some((r, t.claim.as_str()))
+        })
+    }
+}

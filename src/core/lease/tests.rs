@@ -1,0 +1,774 @@
+use super::*;
+
+fn story(key: &str, phase: Phase) -> Resource {
+    Resource::story(key, phase).unwrap()
+}
+
+fn file(path: &str) -> Resource {
+    Resource::file(path).unwrap()
+}
+
+fn claim(holder: &str, resources: &[(Resource, u64)]) -> ClaimFact {
+    ClaimFact {
+        resources: resources.to_vec(),
+        holder: holder.to_string(),
+        ttl_ms: 10_000,
+        written_at_ms: 0,
+        attempt: 1,
+    }
+}
+
+fn released(why: ReleaseReason) -> ReleaseFact {
+    ReleaseFact {
+        why,
+        note: String::new(),
+    }
+}
+
+fn fold(claims: &[(&str, ClaimFact)], releases: &[(&str, ReleaseReason)]) -> Claims {
+    let c = claims
+        .iter()
+        .map(|(id, f)| (id.to_string(), f.clone()))
+        .collect();
+    let r = releases
+        .iter()
+        .map(|(id, why)| (id.to_string(), released(*why)))
+        .collect();
+    Claims::new(&c, &r)
+}
+
+// --- resources -----------------------------------------------------------------
+
+#[test]
+fn resources_round_trip_through_their_string_form() {
+    for r in [
+        story("S-0042@ab12cd", Phase::PlanReview),
+        story("S-0001@zzzzzz", Phase::Merge),
+        file("./src/../src/lease.rs"),
+    ] {
+        let s = r.to_string();
+        assert_eq!(s.parse::<Resource>().unwrap(), r, "{s}");
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(json, format!("\"{s}\""));
+        assert_eq!(serde_json::from_str::<Resource>(&json).unwrap(), r);
+    }
+    assert_eq!(
+        file("./src/../src/lease.rs").to_string(),
+        "file:src/lease.rs"
+    );
+    assert_eq!(
+        story("S-0042@ab12cd", Phase::PlanReview).to_string(),
+        "story:S-0042@ab12cd/plan_review"
+    );
+}
+
+#[test]
+fn file_resources_escaping_the_repository_are_rejected() {
+    let err = Resource::file("../etc/passwd").unwrap_err();
+    assert!(
+        err.to_string().contains("escapes the repository root"),
+        "{err}"
+    );
+    let err = Resource::file("/etc/passwd").unwrap_err();
+    assert!(err.to_string().contains("is absolute"), "{err}");
+    let err = "file:a/../../b".parse::<Resource>().unwrap_err();
+    assert!(
+        err.to_string().contains("escapes the repository root"),
+        "{err}"
+    );
+    assert!(serde_json::from_str::<Resource>("\"file:../x\"").is_err());
+}
+
+#[test]
+fn malformed_resource_strings_are_rejected_with_the_expected_form() {
+    let err = "stroy:S-1/plan".parse::<Resource>().unwrap_err();
+    assert!(err.to_string().contains("story:<key>/<phase>"), "{err}");
+    let err = "story:S-1".parse::<Resource>().unwrap_err();
+    assert!(matches!(err, ResourceError::MissingPhase(_)), "{err}");
+    let err = "story:S-1/coding".parse::<Resource>().unwrap_err();
+    assert!(err.to_string().contains("implement"), "{err}");
+    assert!("story:/plan".parse::<Resource>().is_err());
+    assert!(Resource::story("S-1/x", Phase::Plan).is_err());
+    for bad in [
+        "story:S-1/review.0",
+        "story:S-1/review.01",
+        "story:S-1/review.x",
+    ] {
+        assert!(bad.parse::<Resource>().is_err(), "{bad} accepted");
+    }
+}
+
+#[test]
+fn rounds_are_distinct_resources_that_round_trip() {
+    let r2 = Resource::story_round("S-1@ab", Phase::Review, 2).unwrap();
+    assert_eq!(r2.to_string(), "story:S-1@ab/review.2");
+    assert_eq!("story:S-1@ab/review.2".parse::<Resource>().unwrap(), r2);
+    let r0 = Resource::story("S-1@ab", Phase::Review).unwrap();
+    assert_eq!(r0.to_string(), "story:S-1@ab/review");
+    assert_ne!(r0, r2);
+}
+
+#[test]
+fn claim_facts_are_stored_as_json_and_read_back() {
+    let c = claim(
+        "peerA",
+        &[(story("S-1@a", Phase::Implement), 3), (file("src/a.rs"), 7)],
+    );
+    let json = serde_json::to_string(&c).unwrap();
+    assert!(json.contains("\"story:S-1@a/implement\""), "{json}");
+    assert_eq!(serde_json::from_str::<ClaimFact>(&json).unwrap(), c);
+    let r = released(ReleaseReason::Abandoned);
+    let json = serde_json::to_string(&r).unwrap();
+    assert_eq!(json, r#"{"why":"abandoned"}"#);
+    assert_eq!(serde_json::from_str::<ReleaseFact>(&json).unwrap(), r);
+}
+
+#[test]
+fn claim_ids_are_unique_per_writer() {
+    assert_eq!(claim_id("12D3KooWabc", 7), "12D3KooWabc-7");
+    assert_ne!(claim_id("peerA", 1), claim_id("peerB", 1));
+}
+
+// --- tokens and winners -----------------------------------------------------------
+
+#[test]
+fn a_never_claimed_resource_gets_token_one_and_has_no_winner() {
+    let c = fold(&[], &[]);
+    let r = story("S-1@a", Phase::Plan);
+    assert_eq!(c.next_token(&r), 1);
+    assert_eq!(c.winner(&r), None);
+    assert!(!c.ever_claimed(&r));
+}
+
+#[test]
+fn the_next_token_is_one_more_than_the_highest_ever_seen_including_released() {
+    let r = story("S-1@a", Phase::Plan);
+    let c = fold(
+        &[
+            ("a-1", claim("a", &[(r.clone(), 1)])),
+            ("b-1", claim("b", &[(r.clone(), 5)])),
+            ("c-1", claim("c", &[(r.clone(), 3)])),
+        ],
+        &[("b-1", ReleaseReason::Done)],
+    );
+    assert_eq!(c.next_token(&r), 6);
+    assert_eq!(c.next_token(&file("other.rs")), 1);
+}
+
+#[test]
+fn the_highest_token_wins() {
+    let r = story("S-1@a", Phase::Plan);
+    let c = fold(
+        &[
+            ("a-1", claim("a", &[(r.clone(), 1)])),
+            ("b-1", claim("b", &[(r.clone(), 2)])),
+        ],
+        &[],
+    );
+    assert_eq!(c.winner(&r), Some("b-1"));
+    assert_eq!(c.winner_holder(&r), Some("b"));
+    assert!(c.holds("b-1"));
+    assert!(!c.holds("a-1"));
+    assert_eq!(c.losing().map(|(id, _)| id).collect::<Vec<_>>(), ["a-1"]);
+}
+
+#[test]
+fn equal_tokens_tie_to_the_lowest_holder_id_whatever_the_claim_ids() {
+    let r = story("S-1@a", Phase::Plan);
+    // The lower holder has the higher claim id: the holder decides, not the id.
+    let c = fold(
+        &[
+            ("zzz-1", claim("alice", &[(r.clone(), 4)])),
+            ("aaa-1", claim("bob", &[(r.clone(), 4)])),
+        ],
+        &[],
+    );
+    assert_eq!(c.winner(&r), Some("zzz-1"));
+    assert_eq!(c.winner_holder(&r), Some("alice"));
+}
+
+#[test]
+fn equal_tokens_and_holders_tie_to_the_lowest_claim_id() {
+    let r = story("S-1@a", Phase::Plan);
+    let c = fold(
+        &[
+            ("alice-2", claim("alice", &[(r.clone(), 4)])),
+            ("alice-1", claim("alice", &[(r.clone(), 4)])),
+        ],
+        &[],
+    );
+    assert_eq!(c.winner(&r), Some("alice-1"));
+}
+
+#[test]
+fn a_released_winner_frees_the_resource_and_a_lower_stale_claim_does_not_resurrect() {
+    let r = story("S-1@a", Phase::Implement);
+    let c = fold(
+        &[
+            ("a-1", claim("a", &[(r.clone(), 1)])),
+            ("b-1", claim("b", &[(r.clone(), 2)])),
+        ],
+        &[("b-1", ReleaseReason::Done)],
+    );
+    assert_eq!(c.winner(&r), None);
+    assert!(!c.holds("a-1"), "the superseded claim must stay dead");
+    assert!(!c.holds("b-1"));
+    assert!(c.is_released("b-1"));
+    assert_eq!(c.release_reason("b-1"), Some(ReleaseReason::Done));
+    assert_eq!(c.active().count(), 0);
+    assert_eq!(c.next_token(&r), 3);
+    let mut obs = LeaseObserver::new();
+    assert!(resource_free(
+        &c,
+        &mut obs,
+        &r,
+        0,
+        &LeaseConfig::default(),
+        |_| false
+    ));
+}
+
+#[test]
+fn in_a_token_tie_finished_beats_open_beats_released_without_a_result() {
+    let r = story("S-1@a", Phase::Review);
+    let tie = |releases: &[(&str, ReleaseReason)]| {
+        fold(
+            &[
+                ("a-1", claim("a", &[(r.clone(), 2)])),
+                ("b-1", claim("b", &[(r.clone(), 2)])),
+            ],
+            releases,
+        )
+    };
+    // No releases: the lowest holder.
+    assert_eq!(tie(&[]).winner(&r), Some("a-1"));
+    // a-1 never ran (its holder crashed, restarted and released it; or it lost at
+    // settle): b-1, which may be running, wins instead of being voided.
+    for why in [
+        ReleaseReason::Abandoned,
+        ReleaseReason::Unsettled,
+        ReleaseReason::Lost,
+        ReleaseReason::Expired,
+    ] {
+        let c = tie(&[("a-1", why)]);
+        assert_eq!(c.winner(&r), Some("b-1"), "{why:?}");
+        assert!(c.holds("b-1"));
+        assert_eq!(c.top(&r), Some("b-1"));
+    }
+    // b-1 finished: a tying claim from a stale view never un-counts its result,
+    // released or not.
+    let c = tie(&[("b-1", ReleaseReason::Done)]);
+    assert_eq!(c.top(&r), Some("b-1"));
+    assert_eq!(c.winner(&r), None, "finished: the resource is free");
+    assert!(!c.holds("a-1"));
+    let c = tie(&[
+        ("b-1", ReleaseReason::Done),
+        ("a-1", ReleaseReason::Unsettled),
+    ]);
+    assert_eq!(c.top(&r), Some("b-1"));
+    // Both released without a result: the lowest holder, released, frees it.
+    let c = tie(&[
+        ("a-1", ReleaseReason::Lost),
+        ("b-1", ReleaseReason::Unsettled),
+    ]);
+    assert_eq!(c.top(&r), Some("a-1"));
+    assert_eq!(c.winner(&r), None);
+    // The rank only breaks ties: a higher token still wins whatever its release.
+    let c = fold(
+        &[
+            ("a-1", claim("a", &[(r.clone(), 2)])),
+            ("b-1", claim("b", &[(r.clone(), 3)])),
+        ],
+        &[("b-1", ReleaseReason::Abandoned)],
+    );
+    assert_eq!(c.top(&r), Some("b-1"));
+    assert!(!c.holds("a-1"), "a superseded claim never comes back");
+}
+
+#[test]
+fn a_claim_losing_one_resource_holds_nothing() {
+    let s = story("S-1@a", Phase::Implement);
+    let f1 = file("src/a.rs");
+    let f2 = file("src/b.rs");
+    let c = fold(
+        &[
+            (
+                "a-1",
+                claim("a", &[(s.clone(), 1), (f1.clone(), 1), (f2.clone(), 1)]),
+            ),
+            ("b-1", claim("b", &[(f2.clone(), 2)])),
+        ],
+        &[],
+    );
+    // a-1 still tops the story and f1, but lost f2: it holds none of them.
+    assert_eq!(c.winner(&s), Some("a-1"));
+    assert_eq!(c.winner(&f2), Some("b-1"));
+    assert!(!c.holds("a-1"));
+    assert!(c.holds("b-1"));
+    assert_eq!(c.active().map(|(id, _)| id).collect::<Vec<_>>(), ["b-1"]);
+    assert_eq!(c.active_of("a").count(), 0);
+    assert_eq!(c.losing().map(|(id, _)| id).collect::<Vec<_>>(), ["a-1"]);
+}
+
+#[test]
+fn two_claims_crossing_on_two_resources_both_lose_so_neither_waits_on_the_other() {
+    let r1 = file("a.rs");
+    let r2 = file("b.rs");
+    let c = fold(
+        &[
+            ("a-1", claim("a", &[(r1.clone(), 1), (r2.clone(), 2)])),
+            ("b-1", claim("b", &[(r1.clone(), 2), (r2.clone(), 1)])),
+        ],
+        &[],
+    );
+    assert!(!c.holds("a-1"));
+    assert!(!c.holds("b-1"));
+    assert_eq!(c.losing().count(), 2);
+}
+
+#[test]
+fn an_empty_or_unknown_claim_holds_nothing() {
+    let c = fold(&[("a-1", claim("a", &[]))], &[]);
+    assert!(!c.holds("a-1"));
+    assert!(!c.holds("nope"));
+    assert_eq!(c.token_of("nope", &file("a.rs")), None);
+}
+
+#[test]
+fn token_of_reports_the_token_a_claim_carries_per_resource() {
+    let s = story("S-1@a", Phase::Implement);
+    let f = file("src/a.rs");
+    let c = fold(
+        &[("a-1", claim("a", &[(s.clone(), 4), (f.clone(), 9)]))],
+        &[],
+    );
+    assert_eq!(c.token_of("a-1", &s), Some(4));
+    assert_eq!(c.token_of("a-1", &f), Some(9));
+    assert_eq!(c.token_of("a-1", &file("src/b.rs")), None);
+}
+
+fn permutations<T: Clone>(items: &[T]) -> Vec<Vec<T>> {
+    if items.len() <= 1 {
+        return vec![items.to_vec()];
+    }
+    let mut out = Vec::new();
+    for i in 0..items.len() {
+        let mut rest = items.to_vec();
+        let first = rest.remove(i);
+        for mut p in permutations(&rest) {
+            p.insert(0, first.clone());
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Everything observable about a fold, as plain data.
+fn summary(c: &Claims, resources: &[Resource]) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in resources {
+        out.push(format!(
+            "{r} next={} winner={:?}",
+            c.next_token(r),
+            c.winner(r)
+        ));
+    }
+    out.extend(c.active().map(|(id, _)| format!("active {id}")));
+    out.extend(c.losing().map(|(id, _)| format!("losing {id}")));
+    out
+}
+
+#[test]
+fn the_fold_is_the_same_under_every_insertion_order() {
+    let s = story("S-1@a", Phase::Implement);
+    let f = file("src/a.rs");
+    let g = file("src/b.rs");
+    let facts: Vec<(&str, ClaimFact)> = vec![
+        ("a-1", claim("a", &[(s.clone(), 1), (f.clone(), 1)])),
+        ("b-1", claim("b", &[(s.clone(), 2), (f.clone(), 2)])),
+        ("c-1", claim("c", &[(s.clone(), 2), (g.clone(), 1)])),
+        ("a-2", claim("a", &[(g.clone(), 1)])),
+        ("d-1", claim("d", &[(f.clone(), 3)])),
+    ];
+    let releases = [("d-1", ReleaseReason::Lost), ("a-1", ReleaseReason::Lost)];
+    let resources = [s, f, g];
+    let mut expected: Option<Vec<String>> = None;
+    for order in permutations(&facts) {
+        for rel_order in permutations(&releases) {
+            let mut cm = BTreeMap::new();
+            for (id, fact) in &order {
+                cm.insert(id.to_string(), fact.clone());
+            }
+            let mut rm = BTreeMap::new();
+            for (id, why) in &rel_order {
+                rm.insert(id.to_string(), released(*why));
+            }
+            let got = summary(&Claims::new(&cm, &rm), &resources);
+            match &expected {
+                None => expected = Some(got),
+                Some(e) => assert_eq!(&got, e),
+            }
+        }
+    }
+    let expected = expected.unwrap();
+    // b-1 and c-1 tie on the story at token 2: b < c, so b-1 wins it, and c-1 (which
+    // also tops b.rs, tied with a-2 at 1: c > a) holds nothing. d-1 topped a.rs and was
+    // released, so a.rs is free and b-1 holds nothing either.
+    assert!(expected.contains(&"story:S-1@a/implement next=3 winner=Some(\"b-1\")".to_string()));
+    assert!(expected.contains(&"file:src/a.rs next=4 winner=None".to_string()));
+    assert!(expected.contains(&"file:src/b.rs next=2 winner=Some(\"a-2\")".to_string()));
+    assert!(expected.contains(&"active a-2".to_string()));
+    assert!(!expected
+        .iter()
+        .any(|l| l == "active b-1" || l == "active c-1"));
+}
+
+// --- config -------------------------------------------------------------------------
+
+#[test]
+fn the_default_config_satisfies_its_own_rule() {
+    assert_eq!(LeaseConfig::default().validate(), Ok(()));
+}
+
+#[test]
+fn a_ttl_shorter_than_drift_and_message_delays_is_rejected_naming_the_rule() {
+    let cfg = LeaseConfig {
+        ttl_ms: 3000,
+        ..LeaseConfig::default()
+    };
+    let err = cfg.validate().unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(
+            "invalid config: lease_ttl_ms = 3000 must be at least \
+             2*max_clock_drift_ms + 4*message_timeout_ms = 6000"
+        ),
+        "{msg}"
+    );
+    assert!(msg.contains("max_clock_drift_ms = 1000"), "{msg}");
+    let exact = LeaseConfig {
+        ttl_ms: 6000,
+        ..LeaseConfig::default()
+    };
+    assert_eq!(exact.validate(), Ok(()));
+}
+
+#[test]
+fn zero_grace_and_overflowing_or_inverted_timings_are_rejected() {
+    let zero = LeaseConfig {
+        grace_ms: 0,
+        ..LeaseConfig::default()
+    };
+    assert_eq!(
+        zero.validate().unwrap_err().to_string(),
+        "invalid config: lease_grace_ms = 0 must be greater than 0"
+    );
+    let huge = LeaseConfig {
+        message_timeout_ms: u64::MAX,
+        ..LeaseConfig::default()
+    };
+    assert!(matches!(
+        huge.validate(),
+        Err(LeaseConfigError::Overflow { .. })
+    ));
+    let slow_settle = LeaseConfig {
+        settle_timeout_ms: 10_000,
+        ..LeaseConfig::default()
+    };
+    let msg = slow_settle.validate().unwrap_err().to_string();
+    assert!(msg.contains("settle_timeout_ms = 10000"), "{msg}");
+}
+
+// --- leases on the observer's clock ------------------------------------------------
+
+const TTL: u64 = 10_000;
+
+#[test]
+fn a_lease_expires_after_ttl_without_renewal_on_the_observers_clock() {
+    let mut obs = LeaseObserver::new();
+    obs.observe_claim("a-1", 1_000);
+    assert!(!obs.expired("a-1", TTL, 1_000, false));
+    assert!(!obs.expired("a-1", TTL, 10_999, false));
+    assert!(obs.expired("a-1", TTL, 11_000, false));
+}
+
+#[test]
+fn a_late_joiner_counts_a_claim_as_fresh_from_first_sight() {
+    let mut obs = LeaseObserver::new();
+    // Written long ago by the holder's clock; this node only sees it at 500_000.
+    assert!(!obs.expired("a-1", TTL, 500_000, false), "unseen is fresh");
+    obs.observe_claim("a-1", 500_000);
+    assert!(!obs.expired("a-1", TTL, 509_999, false));
+    assert!(obs.expired("a-1", TTL, 510_000, false));
+    // Observing again does not restart the lease.
+    obs.observe_claim("a-1", 509_000);
+    assert_eq!(obs.first_seen_ms("a-1"), Some(500_000));
+    assert!(obs.expired("a-1", TTL, 510_000, false));
+}
+
+#[test]
+fn renewals_push_expiry_out() {
+    let mut obs = LeaseObserver::new();
+    obs.observe_claim("a-1", 0);
+    obs.renew("a-1", 8_000);
+    assert!(!obs.expired("a-1", TTL, 17_999, false));
+    assert!(obs.expired("a-1", TTL, 18_000, false));
+    assert_eq!(obs.last_renewed_ms("a-1"), Some(8_000));
+}
+
+#[test]
+fn a_renewal_never_moves_time_backwards() {
+    let mut obs = LeaseObserver::new();
+    obs.observe_claim("a-1", 0);
+    obs.renew("a-1", 8_000);
+    obs.renew("a-1", 3_000);
+    assert_eq!(obs.last_renewed_ms("a-1"), Some(8_000));
+}
+
+#[test]
+fn a_clock_that_goes_backwards_counts_as_no_time_passed_and_never_panics() {
+    let mut obs = LeaseObserver::new();
+    obs.observe_claim("a-1", 50_000);
+    assert!(!obs.expired("a-1", TTL, 0, false));
+    assert!(!obs.expired("a-1", 0, 0, false) || obs.expired("a-1", 0, 0, false));
+    assert!(!obs.takeover_allowed("a-1", &LeaseConfig::default(), 0, false));
+    obs.renew("a-1", u64::MAX);
+    assert!(!obs.expired("a-1", u64::MAX, u64::MAX, false));
+    assert!(!obs.takeover_allowed("a-1", &LeaseConfig::default(), u64::MAX, false));
+}
+
+#[test]
+fn a_dead_holders_lease_is_expired_at_once() {
+    let mut obs = LeaseObserver::new();
+    obs.observe_claim("a-1", 0);
+    assert!(obs.expired("a-1", TTL, 1, true));
+}
+
+#[test]
+fn takeover_waits_a_further_grace_after_expiry() {
+    let cfg = LeaseConfig::default();
+    let mut obs = LeaseObserver::new();
+    obs.observe_claim("a-1", 0);
+    assert!(
+        !obs.takeover_allowed("a-1", &cfg, 10_000, false),
+        "expired, in grace"
+    );
+    assert!(!obs.takeover_allowed("a-1", &cfg, 11_999, false));
+    assert!(obs.takeover_allowed("a-1", &cfg, 12_000, false));
+}
+
+#[test]
+fn a_dead_holders_grace_counts_from_when_this_observer_was_told_it_died() {
+    let cfg = LeaseConfig::default();
+    let mut obs = LeaseObserver::new();
+    obs.observe_claim("a-1", 0);
+    obs.renew("a-1", 1_000);
+    assert!(
+        !obs.takeover_allowed("a-1", &cfg, 6_000, true),
+        "just judged dead"
+    );
+    assert!(!obs.takeover_allowed("a-1", &cfg, 7_999, true));
+    assert!(obs.takeover_allowed("a-1", &cfg, 8_000, true));
+    // Never later than a silent holder's takeover.
+    let mut obs = LeaseObserver::new();
+    obs.observe_claim("b-1", 0);
+    assert!(obs.takeover_allowed("b-1", &cfg, 12_000, true));
+}
+
+#[test]
+fn a_holder_that_comes_back_to_life_restarts_its_grace() {
+    let cfg = LeaseConfig::default();
+    let mut obs = LeaseObserver::new();
+    obs.observe_claim("a-1", 0);
+    assert!(!obs.takeover_allowed("a-1", &cfg, 5_000, true));
+    obs.renew("a-1", 6_000);
+    assert!(!obs.takeover_allowed("a-1", &cfg, 7_000, false));
+    // Judged dead again later: grace counts from the new death.
+    assert!(!obs.takeover_allowed("a-1", &cfg, 9_000, true));
+    assert!(!obs.takeover_allowed("a-1", &cfg, 10_999, true));
+    assert!(obs.takeover_allowed("a-1", &cfg, 11_000, true));
+}
+
+#[test]
+fn forgetting_and_pruning_drop_released_claims() {
+    let r = file("a.rs");
+    let c = fold(
+        &[
+            ("a-1", claim("a", &[(r.clone(), 1)])),
+            ("b-1", claim("b", &[(r.clone(), 2)])),
+        ],
+        &[("a-1", ReleaseReason::Lost)],
+    );
+    let mut obs = LeaseObserver::new();
+    obs.observe_claim("a-1", 0);
+    obs.observe_claim("b-1", 0);
+    obs.observe_claim("gone-1", 0);
+    obs.prune(&c);
+    assert_eq!(obs.len(), 1);
+    obs.forget("b-1");
+    assert!(obs.is_empty());
+}
+
+#[test]
+fn a_resource_frees_only_after_its_winners_lease_expires_and_grace_passes() {
+    let cfg = LeaseConfig::default();
+    let r = story("S-1@a", Phase::Implement);
+    let c = fold(&[("a-1", claim("a", &[(r.clone(), 1)]))], &[]);
+    let mut obs = LeaseObserver::new();
+    assert!(
+        !resource_free(&c, &mut obs, &r, 100, &cfg, |_| false),
+        "first sight"
+    );
+    obs.renew("a-1", 5_000);
+    assert!(!resource_free(&c, &mut obs, &r, 16_999, &cfg, |_| false));
+    assert!(resource_free(&c, &mut obs, &r, 17_000, &cfg, |_| false));
+    assert!(resource_free(
+        &c,
+        &mut obs,
+        &file("never.rs"),
+        0,
+        &cfg,
+        |_| false
+    ));
+}
+
+#[test]
+fn a_resource_held_by_a_dead_peer_frees_a_grace_after_the_death_is_seen() {
+    let cfg = LeaseConfig::default();
+    let r = story("S-1@a", Phase::Implement);
+    let c = fold(&[("a-1", claim("a", &[(r.clone(), 1)]))], &[]);
+    let mut obs = LeaseObserver::new();
+    obs.observe_claim("a-1", 0);
+    let dead = |p: &str| p == "a";
+    assert!(!resource_free(&c, &mut obs, &r, 3_000, &cfg, dead));
+    assert!(resource_free(&c, &mut obs, &r, 5_000, &cfg, dead));
+    assert!(
+        !resource_free(&c, &mut obs, &r, 5_000, &cfg, |_| false),
+        "alive again"
+    );
+}
+
+// --- conflict prediction ------------------------------------------------------------
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn a_planned_file_in_flight_elsewhere_is_a_hard_conflict() {
+    let in_flight = vec![
+        ("S-2@b".to_string(), strings(&["docs/x.md", "src/net.rs"])),
+        ("S-1@a".to_string(), strings(&["./src/net.rs"])),
+    ];
+    let got = predict_conflict(
+        &strings(&["src/net.rs", "README.md"]),
+        &in_flight,
+        &CoChange::default(),
+    );
+    assert_eq!(
+        got,
+        Conflict::Hard {
+            story: "S-1@a".into(),
+            file: "src/net.rs".into()
+        }
+    );
+}
+
+#[test]
+fn files_in_the_same_directory_or_module_are_a_soft_conflict() {
+    let co = CoChange::default();
+    let same_dir = predict_conflict(
+        &strings(&["src/lease.rs"]),
+        &[("S-2@b".into(), strings(&["src/fence.rs"]))],
+        &co,
+    );
+    let Conflict::Soft { reasons } = same_dir else {
+        panic!("expected soft, got {same_dir:?}");
+    };
+    assert_eq!(
+        reasons,
+        ["src/lease.rs is in the same directory (src) as src/fence.rs, in flight in S-2@b"]
+    );
+    let same_module = predict_conflict(
+        &strings(&["src/net/peer.rs"]),
+        &[("S-2@b".into(), strings(&["src/net/proto/codec.rs"]))],
+        &co,
+    );
+    assert!(
+        matches!(&same_module, Conflict::Soft { reasons } if reasons[0].contains("same module (src/net)")),
+        "{same_module:?}"
+    );
+    let file_and_its_submodule = predict_conflict(
+        &strings(&["src/net.rs"]),
+        &[("S-2@b".into(), strings(&["src/net/peer.rs"]))],
+        &co,
+    );
+    assert!(matches!(file_and_its_submodule, Conflict::Soft { .. }));
+}
+
+#[test]
+fn files_that_historically_change_together_are_a_soft_conflict() {
+    let history = vec![
+        strings(&["api/handler.go", "web/form.ts"]),
+        strings(&["web/form.ts", "api/handler.go", "README.md"]),
+        strings(&["api/handler.go"]),
+    ];
+    let co = CoChange::from_commits(&history, 2);
+    assert_eq!(co.support("web/form.ts", "api/handler.go"), 2);
+    assert!(co.changes_together("api/handler.go", "web/form.ts"));
+    assert!(!co.changes_together("api/handler.go", "README.md"));
+    let got = predict_conflict(
+        &strings(&["web/form.ts"]),
+        &[("S-9@c".into(), strings(&["api/handler.go"]))],
+        &co,
+    );
+    assert_eq!(
+        got,
+        Conflict::Soft {
+            reasons: strings(&[
+                "web/form.ts changed together with api/handler.go (in flight in S-9@c) in 2 past commits"
+            ])
+        }
+    );
+}
+
+#[test]
+fn unrelated_files_and_root_level_files_do_not_conflict() {
+    let co = CoChange::default();
+    assert_eq!(
+        predict_conflict(
+            &strings(&["docs/guide.md", "README.md"]),
+            &[("S-2@b".into(), strings(&["src/net.rs", "Cargo.toml"]))],
+            &co,
+        ),
+        Conflict::None
+    );
+    assert_eq!(
+        predict_conflict(&strings(&["a.rs"]), &[], &co),
+        Conflict::None
+    );
+}
+
+#[test]
+fn huge_commits_teach_cochange_nothing() {
+    let big: Vec<String> = (0..=COCHANGE_MAX_FILES_PER_COMMIT)
+        .map(|i| format!("f{i}.rs"))
+        .collect();
+    let co = CoChange::from_commits(&[big], 1);
+    assert_eq!(co.support("f0.rs", "f1.rs"), 0);
+}
+
+#[test]
+fn soft_reasons_are_capped() {
+    let planned: Vec<String> = (0..40).map(|i| format!("src/p{i}.rs")).collect();
+    let got = predict_conflict(
+        &planned,
+        &[("S-2@b".into(), strings(&["src/x.rs"]))],
+        &CoChange::default(),
+    );
+    let Conflict::Soft { reasons } = got else {
+        panic!("expected soft");
+    };
+    assert_eq!(reasons.len(), MAX_SOFT_REASONS + 1);
+    assert_eq!(reasons[MAX_SOFT_REASONS], "and 24 more");
+}

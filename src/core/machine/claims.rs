@@ -1,0 +1,561 @@
+//! The claim lifecycle: claim → settle → run → finish, takeover, cancellation and
+//! release, and the `story_blocked` announcement.
+
+use super::*;
+
+impl Core {
+    /// The claim lifecycle, run on every tick: notice new claims, settle ours, cancel
+    /// what we lost, and claim new work while there is capacity.
+    pub(super) fn check_claims(&mut self, now_ms: u64, wall_ms: u64) {
+        if self.cfg.passive {
+            return;
+        }
+        // Our own leases are live while we run.
+        let mine: Vec<String> = self.local.keys().cloned().collect();
+        for id in &mine {
+            self.observer.renew(id, now_ms);
+        }
+        // First sight of every active claim starts its lease on our clock.
+        let ids: Vec<String> = self
+            .derived()
+            .1
+            .active()
+            .map(|(id, _)| id.to_string())
+            .collect();
+        for id in &ids {
+            self.observer.observe_claim(id, now_ms);
+        }
+        self.check_settling(now_ms);
+        // Running claims we no longer hold (taken over after expiry): stop them.
+        let claims = self.derived().1;
+        let lost: Vec<String> = self
+            .local
+            .iter()
+            .filter(|(id, c)| c.state == LocalState::Running && !claims.holds(id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in lost {
+            tracing::warn!(claim = %id, "lost a running claim; cancelling its work");
+            self.local.remove(&id);
+            self.effects
+                .push_back(Effect::CancelWork { claim: id.clone() });
+            self.release(&id, ReleaseReason::Lost, "lost the lease while running");
+        }
+        if self.cfg.work {
+            self.claim_next(now_ms, wall_ms);
+        }
+    }
+
+    /// A peer's changes arrived (the digest moved from `before`): with free capacity,
+    /// look for work now (a result may have made a next phase claimable) rather than at
+    /// the next tick. Not while one of our claims is settling: claims stack one at a
+    /// time, or a burst of news would have every node reach for everything at once.
+    pub(super) fn claim_on_news(&mut self, now_ms: u64, before: [u8; 32]) {
+        if self.digest != before
+            && self.cfg.work
+            && !self.cfg.passive
+            && self.local.len() < self.cfg.capacity as usize
+            && self.local.values().all(|c| c.state == LocalState::Running)
+        {
+            let wall = self.last_wall;
+            self.check_claims(now_ms, wall);
+        }
+    }
+
+    /// Claims the best available work, if capacity allows (one claim per call).
+    pub(super) fn claim_next(&mut self, now_ms: u64, wall_ms: u64) {
+        if self.local.len() >= self.cfg.capacity as usize {
+            return;
+        }
+        // Warm-up: a node that just started does not yet know who is alive (nor what
+        // they claimed), so settling with "everyone alive" would be settling with no
+        // one. Wait until every live peer has had time to heartbeat.
+        let started = *self.started_ms.get_or_insert(now_ms);
+        let m = self.cfg.membership;
+        if now_ms.saturating_sub(started) < m.heartbeat_ms * u64::from(m.suspect_after_missed) {
+            return;
+        }
+        // Joining: a node that knows of a mesh claims nothing before it has synced with it
+        // (what it would claim may be done or held already). Skewed: its wall clock is off.
+        if self.joining(now_ms).is_some() || self.clock_skew(now_ms).skewed {
+            return;
+        }
+        // Settle with every peer that is alive, or connected and not known dead (a
+        // frozen process keeps its TCP connections; waiting for it would stall everyone).
+        let mut alive = self.membership.alive(now_ms);
+        for p in &self.connected {
+            if !alive.contains(p) && self.membership.state(p, now_ms) != Some(PeerState::Dead) {
+                alive.push(p.clone());
+            }
+        }
+        let lease = self.cfg.lease;
+        let me = self.peer.clone();
+        let roles = self.cfg.roles.clone();
+        let (view, claims) = self.derived();
+        let dead: BTreeSet<String> = self
+            .membership
+            .snapshot(now_ms)
+            .into_iter()
+            .filter(|p| p.state == PeerState::Dead)
+            .map(|p| p.peer)
+            .collect();
+        let observer = &mut self.observer;
+        let local = &self.local;
+        let work = scheduler::rank(
+            &view,
+            &claims,
+            &me,
+            &roles,
+            alive.len() + 1,
+            &self.cochange,
+            alive.is_empty(),
+            |r| {
+                // Never "take over" a claim of our own from a stale view.
+                !claims.winner(r).is_some_and(|w| local.contains_key(w))
+                    && resource_free(&claims, observer, r, now_ms, &lease, |p| dead.contains(p))
+            },
+        );
+        let busy = |phase: Phase| self.local.values().filter(|c| c.phase == phase).count() as u32;
+        let limit = |phase: Phase| {
+            self.cfg
+                .role_limits
+                .get(phase.as_str())
+                .copied()
+                .unwrap_or(self.cfg.capacity)
+        };
+        let Some(w) = work.into_iter().find(|w| busy(w.phase) < limit(w.phase)) else {
+            return;
+        };
+        let resources: Vec<(Resource, u64)> = w
+            .resources
+            .iter()
+            .map(|r| (r.clone(), claims.next_token(r)))
+            .collect();
+        self.next_claim += 1;
+        let id = claim_id(&self.peer, self.next_claim);
+        let fact = ClaimFact {
+            resources,
+            holder: self.peer.clone(),
+            ttl_ms: lease.ttl_ms,
+            written_at_ms: wall_ms,
+            attempt: w.attempt,
+        };
+        if !w.soft_conflicts.is_empty() {
+            tracing::info!(story = %w.story, conflicts = ?w.soft_conflicts, "claiming despite soft conflicts");
+        }
+        // The story's MAX_TAKEOVERS-th takeover: release the gone holder's claim but claim
+        // nothing, so the story stops for a human instead of killing holders forever.
+        if self.takeover_limit_reached(&view, &claims, &w.story, w.phase, w.round) {
+            return;
+        }
+        // A takeover: the expired winners of these resources are released on their behalf.
+        let mut taken_from = Vec::new();
+        for (r, _) in &fact.resources {
+            if let Some(old) = claims.winner(r) {
+                let old = old.to_string();
+                if let Some(h) = view.claims.get(&old) {
+                    taken_from.push(crate::core::state::peer_tag(&h.holder).to_string());
+                }
+                let taken = self.doc.put_release(
+                    &old,
+                    &ReleaseFact {
+                        why: ReleaseReason::Expired,
+                        note: format!("lease expired; taken over by {}", self.peer),
+                    },
+                );
+                if let Err(e) = taken {
+                    // Without the release the claim below would not win: write nothing.
+                    tracing::error!(claim = %old, error = %e, "cannot release an expired claim");
+                    return;
+                }
+            }
+        }
+        if let Err(e) = self.doc.put_claim(&id, &fact) {
+            tracing::error!(claim = %id, error = %e, "cannot write a claim");
+            return;
+        }
+        let change = self.doc.last_local_change();
+        // Pushed to every alive peer with the next effect; sessions opened from here on
+        // count for settling.
+        self.local_write();
+        self.observer.observe_claim(&id, now_ms);
+        let mark = self.session_mark();
+        tracing::debug!(claim = %id, story = %w.story, phase = %w.phase, "claimed; settling");
+        let token = fact.resources.first().map_or(0, |(_, t)| *t);
+        let mut detail = format!("token {token}, attempt {}", w.attempt);
+        if !taken_from.is_empty() {
+            detail.push_str(&format!("; taking over from {}", taken_from.join(", ")));
+        }
+        if !w.soft_conflicts.is_empty() {
+            detail.push_str(&format!(
+                "; soft conflicts: {}",
+                w.soft_conflicts.join(", ")
+            ));
+        }
+        self.emit(
+            EventKind::Claimed,
+            Some(&w.story),
+            Some(w.phase),
+            w.round,
+            detail,
+        );
+        self.local.insert(
+            id,
+            LocalClaim {
+                story: w.story,
+                phase: w.phase,
+                round: w.round,
+                state: LocalState::Settling {
+                    mark,
+                    waiting: alive.into_iter().collect(),
+                    deadline_ms: now_ms.saturating_add(lease.settle_timeout_ms),
+                    change,
+                },
+                written_ms: now_ms,
+            },
+        );
+        // With no peers there is nothing to wait for.
+        self.check_settling(now_ms);
+    }
+
+    /// Settles claims whose peers have all synced (or whose settle timeout passed): the
+    /// winner starts work, a loser releases.
+    pub(super) fn check_settling(&mut self, now_ms: u64) {
+        // (claim, whether every alive peer synced with us since the claim was written)
+        let ready: Vec<(String, bool)> = {
+            let mut alive: BTreeSet<String> = self.membership.alive(now_ms).into_iter().collect();
+            let membership = &self.membership;
+            alive.extend(
+                self.connected
+                    .iter()
+                    .filter(|p| membership.state(p, now_ms) != Some(PeerState::Dead))
+                    .cloned(),
+            );
+            let completed = &self.completed;
+            let mut ready = Vec::new();
+            for (id, c) in self.local.iter_mut() {
+                if let LocalState::Settling {
+                    mark,
+                    waiting,
+                    deadline_ms,
+                    ..
+                } = &mut c.state
+                {
+                    waiting.retain(|p| {
+                        alive.contains(p) && completed.get(p).is_none_or(|&s| s < *mark)
+                    });
+                    if waiting.is_empty() {
+                        ready.push((id.clone(), true));
+                    } else if now_ms >= *deadline_ms {
+                        ready.push((id.clone(), false));
+                    }
+                }
+            }
+            ready
+        };
+        if ready.is_empty() {
+            return;
+        }
+        let (view, claims) = self.derived();
+        for (id, synced) in ready {
+            if !synced {
+                // An alive peer we could not sync with may hold a competing claim we
+                // cannot see: starting could double the work. Give up; retry later.
+                tracing::debug!(claim = %id, "could not settle in time; releasing");
+                self.local.remove(&id);
+                self.release(
+                    &id,
+                    ReleaseReason::Unsettled,
+                    "could not settle: peers unreachable",
+                );
+                continue;
+            }
+            // (A claim written from a stale view that ties a finished claim does not
+            // hold: a finished claim wins a token tie, see `Claims::winner`.)
+            if claims.holds(&id) || self.cfg.broken_winner_rule {
+                // Everything the job needs is looked up before the claim is marked
+                // running: a claim marked running with no job would hold capacity forever.
+                let Some(c) = self.local.get(&id) else {
+                    continue;
+                };
+                let (story, phase, round, claimed_ms) =
+                    (c.story.clone(), c.phase, c.round, c.written_ms);
+                let (Some(fact), Some(sv)) = (view.claims.get(&id), view.stories.get(&story))
+                else {
+                    tracing::error!(claim = %id, %story, "settled claim or its story missing from the view; releasing");
+                    self.local.remove(&id);
+                    self.release(
+                        &id,
+                        ReleaseReason::Unsettled,
+                        "claim or story missing at settle",
+                    );
+                    continue;
+                };
+                let token = Resource::story_round(&story, phase, round)
+                    .ok()
+                    .and_then(|r| fact.token_of(&r))
+                    .unwrap_or(0);
+                let files = fact.files();
+                if let Some(c) = self.local.get_mut(&id) {
+                    c.state = LocalState::Running;
+                }
+                let handoffs = view.history(&story).into_iter().cloned().collect();
+                let knowledge = relevant_knowledge(&view, sv, MAX_JOB_KNOWLEDGE);
+                self.runs.push(RunRecord {
+                    claim: id.clone(),
+                    story: story.clone(),
+                    phase,
+                    round,
+                    token,
+                    started_ms: now_ms,
+                    claimed_ms,
+                });
+                tracing::info!(claim = %id, %story, %phase, token, "claim settled; starting work");
+                let detail = if files.is_empty() {
+                    format!("token {token}")
+                } else {
+                    format!("token {token}, locks {}", files.join(", "))
+                };
+                self.emit(
+                    EventKind::PhaseStarted,
+                    Some(&story),
+                    Some(phase),
+                    round,
+                    detail,
+                );
+                self.effects.push_back(Effect::StartWork(Box::new(Job {
+                    claim: id,
+                    story,
+                    display_id: sv.id.clone(),
+                    phase,
+                    round,
+                    token,
+                    attempt: fact.attempt,
+                    fact: sv.fact.clone(),
+                    handoffs,
+                    files,
+                    knowledge,
+                    failures: sv.failures.clone(),
+                })));
+            } else {
+                tracing::debug!(claim = %id, "claim lost at settle; releasing");
+                self.local.remove(&id);
+                self.release(&id, ReleaseReason::Unsettled, "another claim won at settle");
+            }
+        }
+    }
+
+    /// If taking over `story`'s `phase` (in `round`) from its gone holder would be the
+    /// [`MAX_TAKEOVERS`]-th takeover, releases that holder's claim as expired, claims
+    /// nothing, announces the block and returns true.
+    pub(super) fn takeover_limit_reached(
+        &mut self,
+        view: &View,
+        claims: &Claims,
+        story: &str,
+        phase: Phase,
+        round: u32,
+    ) -> bool {
+        let Ok(res) = Resource::story_round(story, phase, round) else {
+            return false;
+        };
+        let Some(old) = claims.winner(&res).map(str::to_string) else {
+            return false;
+        };
+        let at_limit = view.stories.get(story).is_some_and(|s| {
+            s.next_phase == Some(phase)
+                && s.round == round
+                && s.takeovers.saturating_add(1) >= MAX_TAKEOVERS
+        });
+        if !at_limit {
+            return false;
+        }
+        tracing::warn!(%story, %phase, claim = %old, "takeover limit reached; not claiming");
+        self.release(
+            &old,
+            ReleaseReason::Expired,
+            &format!(
+                "lease expired; released by {} (takeover limit reached)",
+                self.peer
+            ),
+        );
+        self.announce_if_blocked(story, false);
+        true
+    }
+
+    pub(super) fn release(&mut self, id: &str, why: ReleaseReason, note: &str) {
+        let fact = ReleaseFact {
+            why,
+            note: note.to_string(),
+        };
+        if let Err(e) = self.doc.put_release(id, &fact) {
+            tracing::error!(claim = %id, error = %e, "cannot write a release");
+            return;
+        }
+        self.local_write();
+    }
+
+    /// Records the outcome of a job: a result (or merge) and a release. A job whose claim
+    /// this node no longer holds is still recorded; fencing in the view ignores it.
+    pub(super) fn finish_work(
+        &mut self,
+        now_ms: u64,
+        claim: &str,
+        outcome: Result<Handoff, String>,
+    ) {
+        let Some(c) = self.local.remove(claim) else {
+            tracing::debug!(%claim, "finished work for a claim no longer held; ignored");
+            return;
+        };
+        let token = self
+            .view()
+            .claims
+            .get(claim)
+            .and_then(|f| {
+                Resource::story_round(&c.story, c.phase, c.round)
+                    .ok()
+                    .and_then(|r| f.token_of(&r))
+            })
+            .unwrap_or(0);
+        let was_blocked = self.is_blocked(&c.story);
+        let wall = self.last_wall;
+        match outcome {
+            Ok(handoff) => {
+                // A merge that did not reject landed: its commit is the landing (the
+                // sim core, with no git, names a synthetic one).
+                if c.phase == Phase::Merge && handoff.verdict != Some(Verdict::Reject) {
+                    let commit = handoff
+                        .commit
+                        .clone()
+                        .unwrap_or_else(|| handoff.summary.clone());
+                    let merge = self.doc.put_merge(&MergeFact {
+                        story: c.story.clone(),
+                        round: c.round,
+                        claim: claim.to_string(),
+                        token,
+                        holder: self.peer.clone(),
+                        commit,
+                        written_at_ms: wall,
+                    });
+                    if let Err(e) = merge {
+                        tracing::error!(%claim, error = %e, "cannot write a merge");
+                    }
+                }
+                for l in &handoff.learnings {
+                    let learned = self.doc.put_knowledge(&KnowledgeFact {
+                        kind: l.kind,
+                        text: l.text.clone(),
+                        story: c.story.clone(),
+                        author: self.peer.clone(),
+                        written_at_ms: wall,
+                    });
+                    match learned {
+                        // Empty or over-long learnings are skipped, as ever.
+                        Ok(_) | Err(StateError::KnowledgeRefused) => {}
+                        Err(e) => tracing::error!(%claim, error = %e, "cannot write a learning"),
+                    }
+                }
+                let result = self.doc.put_result(&ResultFact {
+                    story: c.story.clone(),
+                    phase: c.phase,
+                    round: c.round,
+                    claim: claim.to_string(),
+                    token,
+                    holder: self.peer.clone(),
+                    written_at_ms: wall,
+                    handoff: handoff.clone(),
+                });
+                if let Err(e) = result {
+                    tracing::error!(%claim, error = %e, "cannot write a result");
+                }
+                self.release(claim, ReleaseReason::Done, "");
+                tracing::info!(%claim, story = %c.story, phase = %c.phase, round = c.round, summary = %handoff.summary, "phase finished");
+                let (p, r) = (Some(c.phase), c.round);
+                let rejected = handoff.verdict == Some(Verdict::Reject);
+                let mut detail = handoff.summary.clone();
+                if c.phase == Phase::Review {
+                    let v = if rejected { "rejected" } else { "approved" };
+                    detail = format!("{v}: {detail}");
+                }
+                self.emit(EventKind::PhaseFinished, Some(&c.story), p, r, detail);
+                for l in &handoff.learnings {
+                    self.emit(
+                        EventKind::PatternDiscovered,
+                        Some(&c.story),
+                        p,
+                        r,
+                        format!("{}: {}", l.kind, l.text),
+                    );
+                }
+                if c.phase == Phase::Merge {
+                    if rejected {
+                        self.emit(
+                            EventKind::RebaseNeeded,
+                            Some(&c.story),
+                            p,
+                            r,
+                            handoff.summary.clone(),
+                        );
+                    } else {
+                        let commit = handoff.commit.clone().unwrap_or_default();
+                        self.emit(
+                            EventKind::MainUpdated,
+                            Some(&c.story),
+                            p,
+                            r,
+                            format!("main is now {commit}"),
+                        );
+                        self.emit(
+                            EventKind::StoryCompleted,
+                            Some(&c.story),
+                            p,
+                            r,
+                            format!("landed as {commit}"),
+                        );
+                    }
+                }
+            }
+            Err(reason) => {
+                tracing::warn!(%claim, story = %c.story, phase = %c.phase, %reason, "phase attempt failed");
+                self.release(claim, ReleaseReason::Failed, &reason);
+                self.emit(
+                    EventKind::PhaseFailed,
+                    Some(&c.story),
+                    Some(c.phase),
+                    c.round,
+                    reason,
+                );
+            }
+        }
+        self.announce_if_blocked(&c.story, was_blocked);
+        self.observer.forget(claim);
+        let _ = now_ms;
+    }
+
+    /// Whether the view has `story` blocked for a human.
+    pub(super) fn is_blocked(&mut self, story: &str) -> bool {
+        self.view()
+            .stories
+            .get(story)
+            .is_some_and(|s| s.status == StoryStatus::Blocked)
+    }
+
+    /// Emits `story_blocked` when this node's own write just moved `story` to blocked in
+    /// the view (`was_blocked`: its state before the write). Only the writer of the
+    /// change that blocked it announces it, once: never for a story that is not blocked
+    /// in the view, nor again for one that already was.
+    pub(super) fn announce_if_blocked(&mut self, story: &str, was_blocked: bool) {
+        if was_blocked {
+            return;
+        }
+        let view = self.view();
+        let Some(s) = view.stories.get(story) else {
+            return;
+        };
+        if s.status != StoryStatus::Blocked {
+            return;
+        }
+        let why = s.blocked_reason.clone().unwrap_or_default();
+        self.emit(EventKind::StoryBlocked, Some(story), None, s.round, why);
+    }
+}

@@ -1,0 +1,217 @@
+//! The guards against claiming from a partial picture of the mesh (joining, clock
+//! skew) and the clean shutdown's handover.
+
+use super::*;
+
+/// The guards against claiming from a partial picture of the mesh, set by the shell
+/// (off by default: the simulator drives cores without them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Guards {
+    /// Joining: a node that knows of a mesh (it remembers peers, or its document names
+    /// other nodes) claims nothing until it completed a sync with a peer, or until this
+    /// long after its first tick (so a mesh of one still works). 0: no wait.
+    pub join_wait_ms: u64,
+    /// The shell remembers peers from an earlier run.
+    pub remembers_peers: bool,
+    /// Compare this node's wall clock with its peers' heartbeats and claim nothing while
+    /// it is off the mesh median by more than `max_clock_drift_ms`.
+    pub clock_skew: bool,
+}
+
+/// This node's wall clock against its alive peers' (from their heartbeats).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockSkew {
+    /// Median over alive peers of (our wall clock at receipt − the beat's send time),
+    /// per peer the smallest of its last [`CLOCK_SAMPLES`] beats: our offset plus the
+    /// one-way delay. None without samples.
+    pub median_ms: Option<i64>,
+    /// Alive peers with a sample.
+    pub peers: usize,
+    /// Beyond the bound (allowing up to `message_timeout_ms` of one-way delay) with at
+    /// least two peers agreeing: with one peer there is no telling which clock is wrong.
+    pub skewed: bool,
+    /// The bound: `max_clock_drift_ms`.
+    pub bound_ms: u64,
+}
+
+/// What a clean shutdown waits for: the peers the releases were pushed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handover {
+    /// Sessions at or after this mark carry the releases.
+    pub mark: u64,
+    pub peers: Vec<String>,
+    /// The claims handed back.
+    pub released: Vec<String>,
+}
+
+/// Heartbeats per peer whose clock offsets are kept: a peer's offset is the smallest,
+/// the one least inflated by delivery delay.
+pub const CLOCK_SAMPLES: usize = 8;
+
+impl Core {
+    /// Turns the joining and clock-skew guards on (see [`Guards`]).
+    pub fn set_guards(&mut self, guards: Guards) {
+        self.guards = guards;
+    }
+
+    /// Core clock when this node first completed a sync it started (None: not yet).
+    pub fn joined_at_ms(&self) -> Option<u64> {
+        self.joined_ms
+    }
+
+    /// While joining (it knows of a mesh it has not synced with, and the join wait is
+    /// not over), how long the wait has left; None once it may claim.
+    pub fn joining(&mut self, now_ms: u64) -> Option<u64> {
+        let wait = self.guards.join_wait_ms;
+        if wait == 0 || self.joined_ms.is_some() || self.cfg.passive {
+            return None;
+        }
+        let from = self.join_from_ms.unwrap_or(now_ms);
+        let left = from.saturating_add(wait).saturating_sub(now_ms);
+        if left == 0 {
+            return None;
+        }
+        let me = self.peer.clone();
+        let knows_mesh = self.guards.remembers_peers || self.view().nodes.keys().any(|p| *p != me);
+        knows_mesh.then_some(left)
+    }
+
+    /// This node's wall clock against the median of its alive peers' (see [`ClockSkew`]).
+    pub fn clock_skew(&self, now_ms: u64) -> ClockSkew {
+        let bound_ms = self.cfg.lease.max_clock_drift_ms;
+        let mut samples: Vec<i64> = self
+            .membership
+            .alive(now_ms)
+            .iter()
+            .filter_map(|p| self.clock_offsets.get(p)?.iter().min().copied())
+            .collect();
+        samples.sort_unstable();
+        let n = samples.len();
+        let median_ms = match n {
+            0 => None,
+            _ if n % 2 == 1 => Some(samples[n / 2]),
+            _ => Some(((i128::from(samples[n / 2 - 1]) + i128::from(samples[n / 2])) / 2) as i64),
+        };
+        // offset = skew + delay with 0 <= delay <= message_timeout: the skew is certainly
+        // beyond the bound only past it on either side, delay included.
+        let ahead = i128::from(bound_ms) + i128::from(self.cfg.lease.message_timeout_ms);
+        let behind = -i128::from(bound_ms);
+        let skewed = self.guards.clock_skew
+            && n >= 2
+            && median_ms.is_some_and(|m| i128::from(m) > ahead || i128::from(m) < behind);
+        ClockSkew {
+            median_ms,
+            peers: n,
+            skewed,
+            bound_ms,
+        }
+    }
+
+    /// Logs the guards' changes: the join wait running out, the clock going off the
+    /// mesh's and coming back.
+    pub(super) fn report_guards(&mut self, now_ms: u64) {
+        if !self.join_gave_up
+            && self.joined_ms.is_none()
+            && self.guards.join_wait_ms > 0
+            && self
+                .join_from_ms
+                .is_some_and(|f| now_ms >= f.saturating_add(self.guards.join_wait_ms))
+        {
+            self.join_gave_up = true;
+            tracing::warn!(
+                wait_ms = self.guards.join_wait_ms,
+                "no known peer synced within join_wait_ms; working alone until one does"
+            );
+        }
+        if !self.guards.clock_skew {
+            return;
+        }
+        let skew = self.clock_skew(now_ms);
+        if skew.skewed != self.skew_warned {
+            self.skew_warned = skew.skewed;
+            let median_ms = skew.median_ms.unwrap_or(0);
+            if skew.skewed {
+                tracing::error!(
+                    median_ms,
+                    bound_ms = skew.bound_ms,
+                    peers = skew.peers,
+                    "CLOCK SKEW: this node's wall clock is off the mesh median by more than max_clock_drift_ms; claiming no new work until it is fixed (check NTP)"
+                );
+            } else {
+                tracing::warn!(
+                    median_ms,
+                    "clock back within max_clock_drift_ms of the mesh; claiming again"
+                );
+            }
+        }
+    }
+
+    /// A clean shutdown: claim nothing more, cancel the running jobs, release every
+    /// claim this node holds (`Shutdown`: not a failed attempt), pushed to every alive
+    /// peer with the next effects, and tell the peers it is leaving (`NodeLeft`: they
+    /// count it dead at once, so their claims do not wait to settle with it), then beat
+    /// no more. None when there is no one to hand anything to.
+    pub fn begin_shutdown(&mut self, now_ms: u64) -> Option<Handover> {
+        self.cfg.work = false;
+        if self.cfg.passive || self.stopping {
+            self.stopping = true;
+            return None;
+        }
+        self.stopping = true;
+        let peers = self.membership.alive(now_ms);
+        let mark = self.session_mark();
+        if self.local.is_empty() {
+            if peers.is_empty() {
+                return None;
+            }
+            self.emit(EventKind::NodeLeft, None, None, 0, "stopping");
+            // Nothing to push: a session with each peer shows the goodbye had time to go.
+            for p in &peers {
+                self.start_sync(p);
+            }
+            return Some(Handover {
+                mark,
+                peers,
+                released: Vec::new(),
+            });
+        }
+        let held = std::mem::take(&mut self.local);
+        let mut released = Vec::new();
+        for (id, c) in held {
+            if c.state == LocalState::Running {
+                self.effects
+                    .push_back(Effect::CancelWork { claim: id.clone() });
+            }
+            tracing::info!(claim = %id, story = %c.story, phase = %c.phase, "shutting down; handing the claim back");
+            self.release(&id, ReleaseReason::Shutdown, "holder shut down");
+            self.observer.forget(&id);
+            released.push(id);
+        }
+        // The goodbye leaves ahead of the pushes (not after them, as `poll_effect` would
+        // order a step's effects): once a peer answered the push, it has had the goodbye
+        // too, and the shell may stop.
+        self.push_pending = false;
+        self.emit(
+            EventKind::NodeLeft,
+            None,
+            None,
+            0,
+            format!("stopping; released {}", released.join(", ")),
+        );
+        for p in &peers {
+            self.open_session(p, true);
+        }
+        Some(Handover {
+            mark,
+            peers,
+            released,
+        })
+    }
+
+    /// Whether every peer the releases went to (and still connected) has synced them.
+    pub fn handed_over(&self, h: &Handover) -> bool {
+        h.peers
+            .iter()
+            .all(|p| !self.connected.contains(p) || self.synced_since(p, h.mark))
+    }
+}

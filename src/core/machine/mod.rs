@@ -1,0 +1,738 @@
+//! The node's pure core: the document, membership and the automerge sync sessions, as a
+//! state machine. Inputs come in with the time (`now_ms`, the node's monotonic clock)
+//! through [`Core::handle`] and friends; effects (messages to send, bytes to persist) go
+//! out through [`Core::poll_effect`]. It never reads a clock, never does I/O and never
+//! draws randomness: the shells (`node`, and the deterministic simulator in tests) carry
+//! the effects out.
+//!
+//! Sync protocol (per peer, per direction): the initiator resets its sync state, sends
+//! `SyncFrame { start: true }`; the responder resets its own state for that peer on
+//! `start`, applies the message and answers with its own; the initiator applies the
+//! answer and sends the next message until automerge has nothing more to say. One session
+//! per peer at a time; a reason to sync that arrives mid-session runs one more after it.
+//!
+//! Eager push: after a local write the core opens a session with every alive peer, and
+//! the first frame carries this node's own changes the peer has not acknowledged
+//! (`push`), so the peer applies them before answering and one round trip usually ends
+//! the exchange. Heartbeat digests are only the backstop: a peer whose digest differs
+//! from ours on two beats in a row, unchanged, gets a session.
+//!
+//! Settle evidence: a claim is settled with a peer once a sync message from that peer
+//! shows heads that contain the claim's change and that this node fully has: the peer
+//! had the claim, and we have every claim the peer wrote before it (any it writes later
+//! sees ours).
+
+use crate::core::codec;
+use crate::core::lease::{
+    claim_id, resource_free, ClaimFact, Claims, CoChange, LeaseConfig, LeaseObserver, ReleaseFact,
+    ReleaseReason, Resource,
+};
+use crate::core::membership::{
+    Membership, MembershipConfig, Observed, PeerState, PeerStatus, Transition,
+};
+use crate::core::model::{
+    Event, EventKind, Handoff, Heartbeat, KnowledgeFact, MergeFact, NewStory, NodeFact, Phase,
+    ResultFact, StoryFact, StoryStatus, Topic, Verdict, MAX_TAKEOVERS,
+};
+use crate::core::scheduler;
+use crate::core::state::{
+    relevant_knowledge, reset_sync_state, ChangeHash, Doc, StateError, StoryView, SyncState, View,
+};
+use crate::core::timeline::{
+    accept_remote, EventsHave, Timeline, LOCAL_SEQ_BIT, MAX_EVENTS_PER_FRAME,
+};
+
+mod claims;
+mod events;
+mod guards;
+mod status;
+mod sync;
+mod write;
+
+pub use guards::{ClockSkew, Guards, Handover, CLOCK_SAMPLES};
+pub use status::{ClaimRow, Counters, HeldClaim, RunRecord};
+
+/// Most knowledge entries handed to one job.
+pub const MAX_JOB_KNOWLEDGE: usize = 12;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+/// Most request/response rounds in one sync session before it is abandoned.
+pub const MAX_SYNC_ROUNDS: u32 = 64;
+/// Cap on one gossip message (heartbeat or event).
+pub const MAX_GOSSIP_BYTES: usize = 64 * 1024;
+
+/// One sync frame on the wire (inside the codec's version byte).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SyncFrame {
+    /// First message of a session: the responder resets its state for us.
+    pub start: bool,
+    #[serde(with = "serde_bytes")]
+    pub msg: Vec<u8>,
+    /// The sender's own changes the receiver may lack (first frame only), applied
+    /// before `msg`.
+    pub push: Vec<serde_bytes::ByteBuf>,
+    /// First frame only: the sender asks for the events it lacks (see `timeline`).
+    pub events_have: Option<EventsHave>,
+    /// In an answer: events the requester lacked, oldest first.
+    pub events: Vec<Event>,
+    /// In an answer: more events remain for the requester (it asks again).
+    pub events_more: bool,
+}
+
+impl SyncFrame {
+    /// A frame carrying only an automerge message.
+    fn msg(start: bool, msg: Vec<u8>) -> SyncFrame {
+        SyncFrame {
+            start,
+            msg,
+            push: Vec::new(),
+            events_have: None,
+            events: Vec::new(),
+            events_more: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub membership: MembershipConfig,
+    pub roles: Vec<String>,
+    pub capacity: u32,
+    /// Per-role concurrency (roles not listed may use the whole capacity).
+    pub role_limits: BTreeMap<String, u32>,
+    pub max_sync_bytes: usize,
+    /// A passive observer never writes to the document and never heartbeats.
+    pub passive: bool,
+    pub lease: LeaseConfig,
+    /// Whether this node claims work at all (tests and observers may not).
+    pub work: bool,
+    /// Test hook: start work at settle without checking the claim wins. Exists only so
+    /// the simulator can prove it catches a broken winner rule; never set it otherwise.
+    #[doc(hidden)]
+    pub broken_winner_rule: bool,
+    /// Raise a `stalled` event for a story that made no progress for this long (0: never).
+    pub stall_after_ms: u64,
+}
+
+/// Inputs from the network. Peers are identified by their peer id string.
+#[derive(Debug)]
+pub enum Input {
+    Heartbeat {
+        from: String,
+        data: Vec<u8>,
+    },
+    SyncRequest {
+        from: String,
+        data: Vec<u8>,
+        reply: u64,
+    },
+    SyncResponse {
+        from: String,
+        data: Vec<u8>,
+    },
+    SyncFailed {
+        from: String,
+    },
+    /// A message on the events topic.
+    Event {
+        from: String,
+        data: Vec<u8>,
+    },
+    Connected(String),
+    Disconnected(String),
+    /// The executor finished a job (or failed it, with a reason).
+    WorkFinished {
+        claim: String,
+        outcome: Result<Handoff, String>,
+    },
+}
+
+/// A job for an executor: one phase of one story under one claim. Serialised as JSON
+/// for external executors (the `command` executor writes it to a file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Job {
+    pub claim: String,
+    /// The story's document key (`S-0042@tag`).
+    pub story: String,
+    /// The story's display id (`S-0042`).
+    pub display_id: String,
+    pub phase: Phase,
+    /// Review/rework/merge round (0 until a review rejects or a merge needs rework).
+    pub round: u32,
+    /// The fencing token of the story-phase resource.
+    pub token: u64,
+    pub attempt: u32,
+    pub fact: StoryFact,
+    /// The counted results of earlier phases, in pipeline order.
+    pub handoffs: Vec<ResultFact>,
+    /// File locks held with this claim.
+    pub files: Vec<String>,
+    /// Knowledge entries relevant to this story, most relevant first.
+    pub knowledge: Vec<crate::core::model::KnowledgeFact>,
+    /// Why earlier attempts at this phase failed, oldest first.
+    pub failures: Vec<String>,
+}
+
+/// What the core asks its shell to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    Publish {
+        topic: Topic,
+        data: Vec<u8>,
+    },
+    SendSync {
+        to: String,
+        data: Vec<u8>,
+    },
+    /// Answer the sync request that came with `reply`.
+    Respond {
+        reply: u64,
+        data: Vec<u8>,
+    },
+    /// Append these document bytes to durable storage.
+    Persist {
+        chunk: Vec<u8>,
+    },
+    /// Add these events to the durable event log (no flush needed: progress, not facts).
+    PersistEvents {
+        events: Vec<Event>,
+    },
+    /// A claim settled and won: run the job.
+    StartWork(Box<Job>),
+    /// The claim was lost (taken over after expiry, or released): stop the job.
+    CancelWork {
+        claim: String,
+    },
+}
+
+/// The state of a claim this node wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LocalState {
+    /// Written; waiting to sync with every alive peer (or the settle timeout).
+    Settling {
+        mark: u64,
+        waiting: BTreeSet<String>,
+        deadline_ms: u64,
+        /// The change that wrote the claim (settle evidence: a peer's heads contain it).
+        change: Option<ChangeHash>,
+    },
+    /// Settled and winning: the executor runs it.
+    Running,
+}
+
+#[derive(Debug, Clone)]
+struct LocalClaim {
+    story: String,
+    phase: Phase,
+    round: u32,
+    state: LocalState,
+    written_ms: u64,
+}
+
+#[derive(Debug)]
+struct Session {
+    /// Sequence number of this session (for "synced since" questions).
+    id: u64,
+    rounds: u32,
+    /// A newer reason to sync arrived while this session ran: run another after it.
+    again: bool,
+    /// That next session carries an eager push.
+    again_push: bool,
+    /// The highest own change sequence number this session pushed.
+    pushed_upto: u64,
+}
+
+pub struct Core {
+    peer: String,
+    cfg: CoreConfig,
+    doc: Doc,
+    digest: [u8; 32],
+    membership: Membership,
+    out_sync: BTreeMap<String, SyncState>,
+    in_sync: BTreeMap<String, SyncState>,
+    sessions: BTreeMap<String, Session>,
+    next_session: u64,
+    /// Per peer, the id of the last session that completed.
+    completed: BTreeMap<String, u64>,
+    /// Per peer, the highest own change sequence number it is known to have.
+    push_acked: BTreeMap<String, u64>,
+    /// A local write happened: push it to every alive peer before the next effect.
+    push_pending: bool,
+    /// A sync message was handled and the settle check and claim-on-news it may call for
+    /// wait until the effects it produced (the reply, the next round) are out: the
+    /// digest before the first such message. See [`Core::poll_effect`].
+    news_before: Option<[u8; 32]>,
+    /// Per peer, a heartbeat digest that differed from ours (sync if the next is the same).
+    hb_mismatch: BTreeMap<String, [u8; 32]>,
+    connected: BTreeSet<String>,
+    incarnation: u64,
+    hb_seq: u64,
+    /// The latest time the core was given (for calls that carry no time).
+    last_now: u64,
+    /// When the claim machinery first ran (warm-up starts there).
+    started_ms: Option<u64>,
+    /// The previous tick, to notice that this node itself stalled.
+    last_tick_ms: Option<u64>,
+    counters: Counters,
+    effects: VecDeque<Effect>,
+    view: Option<([u8; 32], Arc<View>, Arc<Claims>)>,
+    observer: LeaseObserver,
+    local: BTreeMap<String, LocalClaim>,
+    next_claim: u64,
+    cochange: CoChange,
+    runs: Vec<RunRecord>,
+    /// The latest wall clock the core was given (ms since the epoch): for timestamps on
+    /// facts and events only, never for decisions.
+    last_wall: u64,
+    /// The event timeline: this node's events and every peer's it heard of, bounded.
+    timeline: Timeline,
+    /// This node's last shared event number (from incarnation × 1000: never reused).
+    event_seq: u64,
+    guards: Guards,
+    /// When the join wait started (the first tick).
+    join_from_ms: Option<u64>,
+    /// When the first sync session this node started completed: it has joined.
+    joined_ms: Option<u64>,
+    /// The join wait ran out without a sync (logged once).
+    join_gave_up: bool,
+    /// Per peer, our wall clock at receipt of its latest beats minus their send times
+    /// (at most [`CLOCK_SAMPLES`]).
+    clock_offsets: BTreeMap<String, VecDeque<i64>>,
+    /// The skew warning is up (logged on each change).
+    skew_warned: bool,
+    /// A clean shutdown began: claim nothing more.
+    stopping: bool,
+    /// This node's last local-only event number (under `LOCAL_SEQ_BIT`).
+    local_event_seq: u64,
+    /// Peers to ask for the events we lack at the next session we open with them.
+    events_pull: BTreeSet<String>,
+    /// Stories that stopped moving (`stalled` events), and when it last looked.
+    stalls: crate::core::scheduler::StallWatch,
+    stalls_checked_ms: Option<u64>,
+    /// A local write waiting for the shell to make it durable (see `write.rs`).
+    held: Option<write::HeldWrite>,
+}
+
+/// Events kept in the local log.
+pub const EVENT_LOG_CAPACITY: usize = 10_000;
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    /// A core for `peer` over `doc`. `incarnation` must grow across restarts (the wall
+    /// clock at start is fine); it orders this node's heartbeats.
+    pub fn new(peer: String, cfg: CoreConfig, mut doc: Doc, incarnation: u64) -> Core {
+        let digest = doc.heads_digest();
+        let mut core = Core {
+            membership: Membership::new(cfg.membership),
+            peer,
+            cfg,
+            doc,
+            digest,
+            out_sync: BTreeMap::new(),
+            in_sync: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            next_session: 1,
+            completed: BTreeMap::new(),
+            push_acked: BTreeMap::new(),
+            push_pending: false,
+            news_before: None,
+            hb_mismatch: BTreeMap::new(),
+            connected: BTreeSet::new(),
+            incarnation,
+            hb_seq: 0,
+            last_now: 0,
+            last_wall: incarnation,
+            timeline: Timeline::new(EVENT_LOG_CAPACITY),
+            event_seq: incarnation.saturating_mul(1000).min(LOCAL_SEQ_BIT / 2),
+            local_event_seq: 0,
+            events_pull: BTreeSet::new(),
+            started_ms: None,
+            last_tick_ms: None,
+            counters: Counters::default(),
+            effects: VecDeque::new(),
+            view: None,
+            observer: LeaseObserver::new(),
+            local: BTreeMap::new(),
+            // Claim ids never repeat across restarts: start from the incarnation.
+            next_claim: incarnation.saturating_mul(1000),
+            cochange: CoChange::default(),
+            runs: Vec::new(),
+            guards: Guards::default(),
+            join_from_ms: None,
+            joined_ms: None,
+            join_gave_up: false,
+            clock_offsets: BTreeMap::new(),
+            skew_warned: false,
+            stopping: false,
+            stalls: Default::default(),
+            stalls_checked_ms: None,
+            held: None,
+        };
+        core.release_previous_incarnations();
+        core
+    }
+
+    /// A claim of this peer's that the document holds unreleased but this core does not
+    /// was written by an earlier incarnation: its work died with that process. Released
+    /// in the first change, before any sync, so peers only ever see it released. Left
+    /// standing, a claim that never left the dying process would arrive with the restart
+    /// and could win a token tie (lowest holder id) against the claim another node
+    /// settled and ran meanwhile, voiding that work.
+    fn release_previous_incarnations(&mut self) {
+        if self.cfg.passive {
+            return;
+        }
+        let claims = self.doc.view_and_claims().1;
+        let stale: Vec<String> = claims
+            .all()
+            .filter(|(id, c)| c.holder == self.peer && !claims.is_released(id))
+            .map(|(id, _)| id.to_string())
+            .collect();
+        for id in stale {
+            tracing::info!(claim = %id, "releasing a claim of this node's previous run");
+            let story = claims
+                .claim(&id)
+                .and_then(|c| c.resources.iter().find_map(|(r, _)| r.story_key()))
+                .map(str::to_string);
+            let was_blocked = story.as_deref().is_some_and(|s| self.is_blocked(s));
+            self.release(&id, ReleaseReason::Abandoned, "holder restarted");
+            // The restart may have been the story's last allowed takeover.
+            if let Some(s) = story {
+                self.announce_if_blocked(&s, was_blocked);
+            }
+        }
+    }
+
+    /// The view of the current document (cached until the document changes).
+    pub fn view(&mut self) -> Arc<View> {
+        self.derived().0
+    }
+
+    /// The view and its claim fold, cached until the document changes.
+    fn derived(&mut self) -> (Arc<View>, Arc<Claims>) {
+        if self
+            .view
+            .as_ref()
+            .is_some_and(|(d, _, _)| *d != self.digest)
+        {
+            self.view = None;
+        }
+        let (digest, doc) = (self.digest, &self.doc);
+        let (_, v, c) = self.view.get_or_insert_with(|| {
+            let (v, c) = doc.view_and_claims();
+            (digest, Arc::new(v), Arc::new(c))
+        });
+        (v.clone(), c.clone())
+    }
+
+    /// Historic co-change statistics for soft-conflict prediction (from the git shell).
+    pub fn set_cochange(&mut self, c: CoChange) {
+        self.cochange = c;
+    }
+
+    /// Starts or stops claiming new work. Starting claims at once (not once a clean
+    /// shutdown began).
+    pub fn set_work(&mut self, on: bool, now_ms: u64, wall_ms: u64) {
+        self.cfg.work = on && !self.cfg.passive && !self.stopping;
+        if self.cfg.work {
+            self.check_claims(now_ms, wall_ms);
+        }
+    }
+
+    /// Every claim this node settled and started, in order.
+    pub fn runs(&self) -> &[RunRecord] {
+        &self.runs
+    }
+
+    pub fn observer(&self) -> &LeaseObserver {
+        &self.observer
+    }
+
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    pub fn doc(&self) -> &Doc {
+        &self.doc
+    }
+
+    pub fn doc_mut(&mut self) -> &mut Doc {
+        &mut self.doc
+    }
+
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn counters_mut(&mut self) -> &mut Counters {
+        &mut self.counters
+    }
+
+    pub fn connected(&self) -> &BTreeSet<String> {
+        &self.connected
+    }
+
+    pub fn is_passive(&self) -> bool {
+        self.cfg.passive
+    }
+
+    /// The wall clock (ms since the epoch) for timestamps on facts and events written
+    /// by the next inputs; never used for decisions. The tick sets it too.
+    pub fn set_wall(&mut self, wall_ms: u64) {
+        self.last_wall = wall_ms;
+    }
+
+    /// The next effect for the shell to carry out.
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        // What a sync message calls for (settling our claims on its evidence, claiming
+        // on its news) runs once the reply and the session's next round are out: the
+        // peer waiting on that reply to settle its own claim should not wait for our
+        // view fold and scheduler.
+        if self.effects.is_empty() {
+            if let Some(before) = self.news_before.take() {
+                let now = self.last_now;
+                self.check_settling(now);
+                self.claim_on_news(now, before);
+            }
+        }
+        if self.push_pending {
+            self.push_pending = false;
+            // The pushes go out right after the writes are persisted, ahead of the events
+            // and beats the same step queued: a claim settles on the peers' replies to
+            // them, and each gossip message costs every receiver a signature check first.
+            let queued = std::mem::take(&mut self.effects);
+            let (persist, rest): (VecDeque<Effect>, VecDeque<Effect>) = queued
+                .into_iter()
+                .partition(|e| matches!(e, Effect::Persist { .. }));
+            self.effects = persist;
+            let now = self.last_now;
+            for p in self.membership.alive(now) {
+                self.open_session(&p, true);
+            }
+            self.effects.extend(rest);
+        }
+        self.effects.pop_front()
+    }
+
+    /// Records this node's description in the document (only when it changed).
+    pub fn announce_node(&mut self, version: &str) {
+        if self.cfg.passive {
+            return;
+        }
+        let fact = NodeFact {
+            roles: self.cfg.roles.clone(),
+            capacity: self.cfg.capacity,
+            version: version.to_string(),
+        };
+        let peer = self.peer.clone();
+        match self.doc.put_node(&peer, &fact) {
+            Ok(true) => self.local_write(),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "cannot write this node's description"),
+        }
+    }
+
+    /// Adds a story written by this node. The caller must make the `Persist` effects
+    /// durable before acknowledging.
+    pub fn add_story(&mut self, new: &NewStory, wall_ms: u64) -> Result<StoryView, StateError> {
+        if self.cfg.passive {
+            return Err(StateError::Passive);
+        }
+        let peer = self.peer.clone();
+        let key = self.doc.add_story(new, &peer, wall_ms)?;
+        self.local_write();
+        // Announce the new heads now rather than at the next beat.
+        self.heartbeat(wall_ms);
+        self.doc
+            .view()
+            .stories
+            .get(&key)
+            .cloned()
+            .ok_or(StateError::Corrupt("story vanished after write".into()))
+    }
+
+    /// Publishes a heartbeat (not for passive observers).
+    pub fn heartbeat(&mut self, wall_ms: u64) {
+        self.last_wall = wall_ms;
+        // A stopping node said goodbye; a beat now would revive it on its peers.
+        if self.cfg.passive || self.stopping {
+            return;
+        }
+        self.hb_seq += 1;
+        let beat = Heartbeat {
+            incarnation: self.incarnation,
+            seq: self.hb_seq,
+            roles: self.cfg.roles.clone(),
+            free_capacity: self.cfg.capacity.saturating_sub(self.local.len() as u32),
+            heads_digest: self.digest,
+            sent_at_ms: wall_ms,
+            claims: self.local.keys().cloned().collect(),
+        };
+        self.counters.heartbeats_sent += 1;
+        self.effects.push_back(Effect::Publish {
+            topic: Topic::Heartbeat,
+            data: codec::encode(&beat),
+        });
+    }
+
+    /// Advances membership and the claim machinery; returns membership state changes.
+    pub fn tick(&mut self, now_ms: u64, wall_ms: u64) -> Vec<Transition> {
+        self.last_now = self.last_now.max(now_ms);
+        self.last_wall = wall_ms;
+        // A node that stalled past a lease (SIGSTOP, GC, suspend) knows nothing current
+        // about the mesh: warm up again before claiming anything.
+        let stalled = self
+            .last_tick_ms
+            .is_some_and(|l| now_ms.saturating_sub(l) > self.cfg.lease.ttl_ms);
+        if stalled && self.started_ms.is_some() {
+            tracing::warn!("stalled past the lease ttl; warming up again before claiming");
+            self.started_ms = Some(now_ms);
+        }
+        self.last_tick_ms = Some(now_ms);
+        self.join_from_ms.get_or_insert(now_ms);
+        self.report_guards(now_ms);
+        let t = self.membership.tick(now_ms);
+        for tr in &t {
+            if tr.to == PeerState::Dead {
+                self.emit(EventKind::PeerDead, None, None, 0, tr.peer.clone());
+            }
+        }
+        self.check_claims(now_ms, wall_ms);
+        self.check_stalls(now_ms);
+        t
+    }
+
+    pub fn handle(&mut self, now_ms: u64, input: Input) {
+        self.last_now = self.last_now.max(now_ms);
+        match input {
+            Input::Event { from, data } => {
+                let ev: Event = match codec::decode(&data, MAX_GOSSIP_BYTES) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        self.counters.malformed_dropped += 1;
+                        tracing::debug!(peer = %from, error = %e, "malformed event dropped");
+                        return;
+                    }
+                };
+                // An event speaks for its sender only.
+                if ev.node != from || from == self.peer {
+                    self.counters.malformed_dropped += 1;
+                    return;
+                }
+                match accept_remote(ev, self.last_wall) {
+                    Some(ev) => {
+                        let left = ev.kind == EventKind::NodeLeft;
+                        self.log_event(ev);
+                        if left && self.membership.left(&from) {
+                            // It released its claims first: nothing of it to wait for or
+                            // renew.
+                            tracing::info!(peer = %from, "peer left the mesh");
+                            self.check_settling(now_ms);
+                        }
+                    }
+                    None => self.counters.malformed_dropped += 1,
+                }
+            }
+            Input::Heartbeat { from, data } => {
+                let beat: Heartbeat = match codec::decode(&data, MAX_GOSSIP_BYTES) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.counters.malformed_dropped += 1;
+                        tracing::debug!(peer = %from, error = %e, "malformed heartbeat dropped");
+                        return;
+                    }
+                };
+                if from == self.peer {
+                    return;
+                }
+                self.counters.heartbeats_received += 1;
+                let seen = self.membership.observe(&from, &beat, now_ms);
+                if seen == Observed::New || seen == Observed::Revived {
+                    tracing::info!(peer = %from, "peer joined");
+                    self.emit(EventKind::PeerJoined, None, None, 0, from.clone());
+                }
+                if seen != Observed::Stale {
+                    // Our wall clock (the shell sets it with each input) against the
+                    // sender's: our offset plus the one-way delay.
+                    let offset = i128::from(self.last_wall) - i128::from(beat.sent_at_ms);
+                    let offset = offset.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+                    let samples = self.clock_offsets.entry(from.clone()).or_default();
+                    samples.push_back(offset);
+                    while samples.len() > CLOCK_SAMPLES {
+                        samples.pop_front();
+                    }
+                    // A holder renews only its own claims.
+                    // (From the decoded facts: a beat must not cost a view fold.)
+                    for id in &beat.claims {
+                        if self.doc.claim_holder(id) == Some(from.as_str()) {
+                            self.observer.renew(id, now_ms);
+                        }
+                    }
+                    // Writers push their changes; a digest that differs is only acted on
+                    // when the next beat shows the same digest (the peer went quiet and
+                    // still differs): the backstop for a lost push.
+                    if beat.heads_digest == self.digest {
+                        self.hb_mismatch.remove(&from);
+                    } else if self.hb_mismatch.get(&from) == Some(&beat.heads_digest) {
+                        self.hb_mismatch.remove(&from);
+                        self.start_sync(&from);
+                    } else {
+                        self.hb_mismatch.insert(from.clone(), beat.heads_digest);
+                    }
+                }
+            }
+            Input::SyncRequest { from, data, reply } => {
+                let before = self.digest;
+                let data = self.answer_sync(&from, &data);
+                self.effects.push_back(Effect::Respond { reply, data });
+                self.news_before.get_or_insert(before);
+            }
+            Input::SyncResponse { from, data } => {
+                let before = self.digest;
+                self.continue_sync(&from, &data);
+                self.news_before.get_or_insert(before);
+            }
+            Input::SyncFailed { from } => {
+                self.counters.sync_failures += 1;
+                self.sessions.remove(&from);
+                self.check_settling(now_ms);
+            }
+            Input::WorkFinished { claim, outcome } => {
+                self.finish_work(now_ms, &claim, outcome);
+                // Capacity just freed: claim the next piece of work now, not at the tick.
+                let wall = self.last_wall;
+                self.check_claims(now_ms, wall);
+            }
+            Input::Connected(p) => {
+                self.connected.insert(p.clone());
+                // A new connection also merges event timelines (each side pulls).
+                self.events_pull.insert(p.clone());
+                self.start_sync(&p);
+            }
+            Input::Disconnected(p) => {
+                self.connected.remove(&p);
+                self.sessions.remove(&p);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

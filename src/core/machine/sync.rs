@@ -1,0 +1,271 @@
+//! Sync sessions: opening them (eager push, anti-entropy), answering and continuing
+//! them, the settle evidence they carry, and persisting local writes.
+
+use super::*;
+
+impl Core {
+    /// Anti-entropy: syncs with one alive peer (or, with none, one connected peer),
+    /// chosen by `pick` (a random number from the shell).
+    pub fn anti_entropy(&mut self, now_ms: u64, pick: u64) {
+        let mut candidates = self.membership.alive(now_ms);
+        if candidates.is_empty() {
+            candidates = self.connected.iter().cloned().collect();
+        }
+        if candidates.is_empty() {
+            return;
+        }
+        let p = candidates[(pick % candidates.len() as u64) as usize].clone();
+        // The backstop for events gossip lost (a partition, a restart): pull them too.
+        self.events_pull.insert(p.clone());
+        self.start_sync(&p);
+    }
+
+    /// Opens a sync session with `peer` unless one is running (then one more runs after).
+    pub fn start_sync(&mut self, peer: &str) {
+        self.open_session(peer, false);
+    }
+
+    /// Opens a sync session, with an eager push of our own unacknowledged changes when
+    /// `push`. With a session running, one more (pushing if either asked) runs after it.
+    pub(super) fn open_session(&mut self, peer: &str, push: bool) {
+        if peer == self.peer {
+            return;
+        }
+        if let Some(s) = self.sessions.get_mut(peer) {
+            s.again = true;
+            s.again_push |= push;
+            return;
+        }
+        let state = self.out_sync.entry(peer.to_string()).or_default();
+        *state = reset_sync_state(state);
+        let Some(msg) = self.doc.sync_generate(state) else {
+            return;
+        };
+        let acked = self.push_acked.get(peer).copied().unwrap_or(0);
+        let (pushed, pushed_upto) = if push {
+            self.doc
+                .local_changes_after(acked, self.cfg.max_sync_bytes / 2)
+        } else {
+            (Vec::new(), acked)
+        };
+        self.counters.sync_sessions_started += 1;
+        let id = self.next_session;
+        self.next_session += 1;
+        self.sessions.insert(
+            peer.to_string(),
+            Session {
+                id,
+                rounds: 0,
+                again: false,
+                again_push: false,
+                pushed_upto,
+            },
+        );
+        let events_have = self
+            .events_pull
+            .remove(peer)
+            .then(|| self.timeline.summary());
+        self.effects.push_back(Effect::SendSync {
+            to: peer.to_string(),
+            data: codec::encode(&SyncFrame {
+                push: pushed.into_iter().map(serde_bytes::ByteBuf::from).collect(),
+                events_have,
+                ..SyncFrame::msg(true, msg)
+            }),
+        });
+    }
+
+    /// A sync message from `peer` was applied: its heads are settle evidence for our
+    /// claims waiting on that peer (see the module docs).
+    pub(super) fn saw_heads(&mut self, peer: &str, outgoing: bool) {
+        let waiting: Vec<(String, ChangeHash)> = self
+            .local
+            .iter()
+            .filter_map(|(id, c)| match &c.state {
+                LocalState::Settling {
+                    waiting,
+                    change: Some(h),
+                    ..
+                } if waiting.contains(peer) => Some((id.clone(), *h)),
+                _ => None,
+            })
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let states = if outgoing {
+            &self.out_sync
+        } else {
+            &self.in_sync
+        };
+        let Some(heads) = states.get(peer).and_then(|s| s.their_heads.clone()) else {
+            return;
+        };
+        for (id, h) in waiting {
+            if self.doc.peer_has(&heads, &h) {
+                if let Some(LocalState::Settling { waiting, .. }) =
+                    self.local.get_mut(&id).map(|c| &mut c.state)
+                {
+                    waiting.remove(peer);
+                }
+            }
+        }
+    }
+
+    /// The id the next sync session will get: a session with an id at least this was
+    /// started after now.
+    pub fn session_mark(&self) -> u64 {
+        self.next_session
+    }
+
+    /// Whether a sync session with `peer` that started at or after `mark` has completed.
+    pub fn synced_since(&self, peer: &str, mark: u64) -> bool {
+        self.completed.get(peer).is_some_and(|&id| id >= mark)
+    }
+
+    pub(super) fn decode_frame(&mut self, peer: &str, data: &[u8]) -> Option<SyncFrame> {
+        match codec::decode::<SyncFrame>(data, self.cfg.max_sync_bytes + 64) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                self.counters.malformed_dropped += 1;
+                tracing::debug!(%peer, error = %e, "malformed sync frame dropped");
+                None
+            }
+        }
+    }
+
+    /// Responder side: apply the peer's message, answer with ours (empty when none).
+    pub(super) fn answer_sync(&mut self, peer: &str, data: &[u8]) -> Vec<u8> {
+        let Some(frame) = self.decode_frame(peer, data) else {
+            return Vec::new();
+        };
+        let state = self.in_sync.entry(peer.to_string()).or_default();
+        if frame.start {
+            *state = reset_sync_state(state);
+        }
+        if !frame.push.is_empty() {
+            let pushed = frame.push.into_iter().map(|b| b.into_vec()).collect();
+            match self.doc.apply_pushed(pushed) {
+                Ok(true) => self.doc_changed(),
+                Ok(false) => {}
+                Err(e) => {
+                    self.counters.malformed_dropped += 1;
+                    tracing::debug!(%peer, error = %e, "bad pushed changes dropped");
+                }
+            }
+        }
+        if !self.apply_sync(false, peer, &frame.msg) {
+            self.in_sync.insert(peer.to_string(), SyncState::new());
+            return Vec::new();
+        }
+        self.saw_heads(peer, false);
+        let state = self.in_sync.entry(peer.to_string()).or_default();
+        let msg = self.doc.sync_generate(state).unwrap_or_default();
+        let mut answer = SyncFrame::msg(false, msg);
+        if let (true, Some(have)) = (frame.start, &frame.events_have) {
+            // What the peer lacks, within what is left of the frame cap.
+            let budget = self.cfg.max_sync_bytes.saturating_sub(answer.msg.len()) / 2;
+            let (events, more) = self.timeline.missing(have, MAX_EVENTS_PER_FRAME, budget);
+            answer.events = events;
+            answer.events_more = more;
+        }
+        codec::encode(&answer)
+    }
+
+    /// Applies a peer's sync message under the session state of one direction
+    /// (`outgoing`: a session we started). False if the message was bad (dropped, counted).
+    pub(super) fn apply_sync(&mut self, outgoing: bool, peer: &str, msg: &[u8]) -> bool {
+        if msg.is_empty() {
+            return true;
+        }
+        let states = if outgoing {
+            &mut self.out_sync
+        } else {
+            &mut self.in_sync
+        };
+        let state = states.entry(peer.to_string()).or_default();
+        match self.doc.sync_receive(state, msg) {
+            Ok(true) => {
+                self.doc_changed();
+                true
+            }
+            Ok(false) => true,
+            Err(e) => {
+                self.counters.malformed_dropped += 1;
+                tracing::debug!(%peer, error = %e, "bad sync message dropped");
+                false
+            }
+        }
+    }
+
+    /// Initiator side: apply the answer, send the next message or end the session.
+    pub(super) fn continue_sync(&mut self, peer: &str, data: &[u8]) {
+        let Some(mut session) = self.sessions.remove(peer) else {
+            return;
+        };
+        let frame = if data.is_empty() {
+            None
+        } else {
+            self.decode_frame(peer, data)
+        };
+        let Some(frame) = frame else {
+            self.counters.sync_failures += 1;
+            return;
+        };
+        if !frame.events.is_empty() {
+            let added = self.merge_events(frame.events);
+            // More where those came from: ask again right after this session.
+            if frame.events_more && added > 0 {
+                self.events_pull.insert(peer.to_string());
+                session.again = true;
+            }
+        }
+        if !self.apply_sync(true, peer, &frame.msg) {
+            return;
+        }
+        self.saw_heads(peer, true);
+        let state = self.out_sync.entry(peer.to_string()).or_default();
+        match self.doc.sync_generate(state) {
+            Some(msg) if session.rounds < MAX_SYNC_ROUNDS => {
+                session.rounds += 1;
+                self.sessions.insert(peer.to_string(), session);
+                self.effects.push_back(Effect::SendSync {
+                    to: peer.to_string(),
+                    data: codec::encode(&SyncFrame::msg(false, msg)),
+                });
+            }
+            Some(_) => {
+                tracing::warn!(%peer, "sync session exceeded {MAX_SYNC_ROUNDS} rounds; abandoned");
+            }
+            None => {
+                self.counters.sync_sessions_completed += 1;
+                self.completed.insert(peer.to_string(), session.id);
+                if self.joined_ms.is_none() {
+                    tracing::info!(%peer, "synced with the mesh; joined");
+                    self.joined_ms = Some(self.last_now);
+                }
+                let acked = self.push_acked.entry(peer.to_string()).or_default();
+                *acked = (*acked).max(session.pushed_upto);
+                if session.again {
+                    self.open_session(peer, session.again_push);
+                }
+            }
+        }
+    }
+
+    /// This node wrote to the document: persist, and push the change to every alive peer
+    /// (at the next `poll_effect`, so several writes in one step travel together).
+    pub(super) fn local_write(&mut self) {
+        self.doc_changed();
+        self.push_pending = true;
+    }
+
+    /// The document changed (locally or from a peer): persist and refresh the digest.
+    pub(super) fn doc_changed(&mut self) {
+        let chunk = self.doc.save_incremental();
+        if !chunk.is_empty() {
+            self.effects.push_back(Effect::Persist { chunk });
+        }
+        self.digest = self.doc.heads_digest();
+    }
+}

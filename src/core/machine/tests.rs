@@ -1,0 +1,811 @@
+use super::*;
+use crate::core::model::KnowledgeKind;
+
+fn core(name: &str, actor: u8) -> Core {
+    Core::new(
+        name.to_string(),
+        CoreConfig {
+            membership: MembershipConfig::default(),
+            roles: vec!["implement".into()],
+            capacity: 1,
+            role_limits: BTreeMap::new(),
+            max_sync_bytes: 1 << 20,
+            passive: false,
+            lease: LeaseConfig::default(),
+            work: false,
+            broken_winner_rule: false,
+            stall_after_ms: 0,
+        },
+        Doc::new([actor; 16]),
+        1,
+    )
+}
+
+/// Carries `src`'s effects to `dst` (replies come straight back). True if any moved.
+fn deliver(src: &mut Core, dst: &mut Core) -> bool {
+    let mut moved = false;
+    while let Some(e) = src.poll_effect() {
+        moved = true;
+        if let Effect::SendSync { data, .. } = e {
+            let from = src.peer().to_string();
+            dst.handle(
+                0,
+                Input::SyncRequest {
+                    from,
+                    data,
+                    reply: 0,
+                },
+            );
+            while let Some(r) = dst.poll_effect() {
+                if let Effect::Respond { data, .. } = r {
+                    let from = dst.peer().to_string();
+                    src.handle(0, Input::SyncResponse { from, data });
+                }
+            }
+        }
+    }
+    moved
+}
+
+/// Delivers every message between two cores until both are quiet.
+fn pump(a: &mut Core, b: &mut Core) {
+    for _ in 0..1000 {
+        let ab = deliver(a, b);
+        let ba = deliver(b, a);
+        if !ab && !ba {
+            return;
+        }
+    }
+    panic!("no quiescence");
+}
+
+#[test]
+fn two_cores_converge_through_sync_sessions() {
+    let (mut a, mut b) = (core("A", 1), core("B", 2));
+    a.add_story(
+        &NewStory {
+            title: "a".into(),
+            ..Default::default()
+        },
+        1,
+    )
+    .unwrap();
+    b.add_story(
+        &NewStory {
+            title: "b".into(),
+            ..Default::default()
+        },
+        1,
+    )
+    .unwrap();
+    let mark = a.session_mark();
+    a.handle(0, Input::Connected("B".into()));
+    pump(&mut a, &mut b);
+    assert_eq!(a.digest(), b.digest());
+    assert_eq!(a.doc().view(), b.doc().view());
+    assert!(a.synced_since("B", mark));
+}
+
+#[test]
+fn a_restart_releases_the_previous_runs_claims_before_anything_leaves() {
+    // Node A's previous run wrote a claim and died before it reached anyone; B
+    // claimed the same work with the same token and ran it. A's old claim would win
+    // the tie (lowest holder id) the moment the restarted A syncs.
+    let r = Resource::story("s1", Phase::Research).unwrap();
+    let fact = |holder: &str| ClaimFact {
+        resources: vec![(r.clone(), 1)],
+        holder: holder.to_string(),
+        ttl_ms: 10_000,
+        written_at_ms: 0,
+        attempt: 1,
+    };
+    let mut doc = Doc::new([1; 16]);
+    doc.put_claim("A-1001", &fact("A")).unwrap();
+    doc.put_claim("B-1001", &fact("B")).unwrap();
+    let persisted = doc.save();
+    let cfg = core("A", 1).cfg;
+    let restarted = Doc::load([3; 16], &persisted, &[]).unwrap();
+    let mut a = Core::new("A".into(), cfg.clone(), restarted, 2);
+    assert!(
+        matches!(a.poll_effect(), Some(Effect::Persist { .. })),
+        "the release is persisted first"
+    );
+    let claims = a.doc().view().claims();
+    assert_eq!(
+        claims.release_reason("A-1001"),
+        Some(ReleaseReason::Abandoned)
+    );
+    assert!(!claims.is_released("B-1001"), "only its own claims");
+    assert_eq!(claims.winner(&r), Some("B-1001"));
+    // Nothing of its own left to release: a second restart writes nothing.
+    let again = Doc::load([4; 16], &a.doc_mut().save(), &[]).unwrap();
+    let mut a2 = Core::new("A".into(), cfg.clone(), again, 3);
+    assert!(a2.poll_effect().is_none());
+    // A passive observer of the same document writes nothing either.
+    let mut passive = cfg;
+    passive.passive = true;
+    let doc = Doc::load([5; 16], &persisted, &[]).unwrap();
+    let mut p = Core::new("A".into(), passive, doc, 4);
+    assert!(p.poll_effect().is_none());
+    assert!(!p.doc().view().claims().is_released("A-1001"));
+}
+
+/// A core that works every phase, with the guards on.
+fn worker(name: &str, doc: Doc, guards: Guards) -> Core {
+    let mut cfg = core(name, 9).cfg;
+    cfg.roles = Phase::ALL.iter().map(|p| p.as_str().to_string()).collect();
+    cfg.work = true;
+    let mut c = Core::new(name.to_string(), cfg, doc, 1);
+    c.set_guards(guards);
+    c
+}
+
+fn beat(seq: u64, sent_at_ms: u64) -> Vec<u8> {
+    codec::encode(&Heartbeat {
+        incarnation: 1,
+        seq,
+        roles: vec![],
+        free_capacity: 0,
+        heads_digest: [0; 32],
+        sent_at_ms,
+        claims: vec![],
+    })
+}
+
+/// Warm-up with the default membership config (3 beats of 1 s).
+const WARM_MS: u64 = 3_000;
+
+#[test]
+fn a_node_that_knows_of_a_mesh_claims_nothing_before_it_synced_with_it() {
+    // B wrote a story and its node fact; A restarts over that document, alone.
+    let mut b = core("B", 2);
+    b.announce_node("test");
+    b.add_story(
+        &NewStory {
+            title: "s".into(),
+            ..Default::default()
+        },
+        1,
+    )
+    .unwrap();
+    let guards = Guards {
+        join_wait_ms: 10_000,
+        ..Guards::default()
+    };
+    let doc = Doc::load([1; 16], &b.doc_mut().save(), &[]).unwrap();
+    let mut a = worker("A", doc, guards);
+    a.tick(0, 0);
+    a.tick(WARM_MS + 1, 0);
+    assert!(a.held(WARM_MS + 1).is_empty(), "claimed before joining");
+    assert_eq!(a.joining(WARM_MS + 1), Some(10_000 - WARM_MS - 1));
+    // It connects and completes a sync with B: joined, it claims at the next tick.
+    a.handle(WARM_MS + 2, Input::Connected("B".into()));
+    pump(&mut a, &mut b);
+    assert_eq!(a.joined_at_ms(), Some(WARM_MS + 2));
+    assert_eq!(a.joining(WARM_MS + 3), None);
+    a.tick(WARM_MS + 3, 0);
+    assert_eq!(a.held(WARM_MS + 3).len(), 1, "claims once joined");
+}
+
+#[test]
+fn the_join_wait_is_bounded_and_a_mesh_of_one_does_not_wait() {
+    let story = NewStory {
+        title: "s".into(),
+        ..Default::default()
+    };
+    // Remembers peers, none answers: it claims once the wait is over.
+    let guards = Guards {
+        join_wait_ms: 5_000,
+        remembers_peers: true,
+        clock_skew: false,
+    };
+    let mut a = worker("A", Doc::new([1; 16]), guards);
+    a.add_story(&story, 1).unwrap();
+    a.tick(0, 0);
+    a.tick(4_999, 0);
+    assert!(a.held(4_999).is_empty());
+    a.tick(5_000, 0);
+    assert_eq!(a.joining(5_000), None);
+    assert_eq!(a.held(5_000).len(), 1, "claims after the bounded wait");
+    // Knows of no mesh (a document with no other node, no remembered peers): no wait
+    // beyond the warm-up.
+    let mut solo = worker(
+        "S",
+        Doc::new([2; 16]),
+        Guards {
+            remembers_peers: false,
+            ..guards
+        },
+    );
+    solo.announce_node("test");
+    solo.add_story(&story, 1).unwrap();
+    solo.tick(0, 0);
+    assert_eq!(solo.joining(WARM_MS), None);
+    solo.tick(WARM_MS, 0);
+    assert_eq!(solo.held(WARM_MS).len(), 1);
+}
+
+#[test]
+fn a_node_whose_clock_is_off_the_mesh_median_claims_nothing_until_it_is_back() {
+    // Defaults: max_clock_drift_ms 1000, message_timeout_ms 1000.
+    let guards = Guards {
+        clock_skew: true,
+        ..Guards::default()
+    };
+    let mut a = worker("A", Doc::new([1; 16]), guards);
+    for i in 0..4 {
+        a.add_story(
+            &NewStory {
+                title: format!("s{i}"),
+                ..Default::default()
+            },
+            1,
+        )
+        .unwrap();
+    }
+    let wall = 1_000_000;
+    let mut seq = 0;
+    let mut beats = |a: &mut Core, now: u64, peers: &[(&str, i64)]| {
+        seq += 1;
+        a.set_wall(wall + now);
+        for (p, ahead) in peers {
+            let sent = (wall + now) as i64 - ahead;
+            let input = Input::Heartbeat {
+                from: p.to_string(),
+                data: beat(seq, sent as u64),
+            };
+            a.handle(now, input);
+        }
+    };
+    a.tick(0, wall);
+    // One peer disagrees by 5 s: reported, but one peer cannot say whose clock is
+    // wrong.
+    beats(&mut a, 100, &[("B", 5_000)]);
+    let one = a.clock_skew(100);
+    assert_eq!(
+        (one.median_ms, one.peers, one.skewed),
+        (Some(5_000), 1, false)
+    );
+    // Two peers: A is 2.5 s ahead of both (more than drift + one-way delay).
+    beats(&mut a, WARM_MS, &[("B", 2_500), ("C", 2_600)]);
+    a.tick(WARM_MS + 1, wall + WARM_MS);
+    assert!(a.clock_skew(WARM_MS + 1).skewed);
+    assert!(a.held(WARM_MS + 1).is_empty(), "claimed while skewed");
+    // 1.5 s behind is beyond the bound too (a delay cannot make a clock look behind).
+    beats(&mut a, WARM_MS + 200, &[("B", -1_500), ("C", -1_400)]);
+    a.tick(WARM_MS + 201, wall + WARM_MS + 200);
+    assert!(a.clock_skew(WARM_MS + 201).skewed);
+    assert!(a.held(WARM_MS + 201).is_empty(), "claimed while skewed");
+    // Fixed: once the behind beats are out of the window, within drift + delay (a
+    // beat 1.8 s old may be 1 s of drift and 0.8 s of delivery), and one wild peer
+    // does not move the median: it claims again.
+    let mut now = WARM_MS + 200;
+    for _ in 0..CLOCK_SAMPLES {
+        now += 100;
+        beats(&mut a, now, &[("B", 1_800), ("C", 300), ("D", -60_000)]);
+    }
+    a.tick(now + 1, wall + now);
+    let back = a.clock_skew(now + 1);
+    assert_eq!((back.median_ms, back.skewed), (Some(300), false));
+    assert_eq!(a.held(now + 1).len(), 1, "claims once back in bounds");
+}
+
+#[test]
+fn a_clean_shutdown_releases_every_claim_as_shutdown_and_claims_nothing_more() {
+    let mut a = worker("A", Doc::new([1; 16]), Guards::default());
+    a.add_story(
+        &NewStory {
+            title: "s".into(),
+            ..Default::default()
+        },
+        1,
+    )
+    .unwrap();
+    a.tick(0, 0);
+    a.tick(WARM_MS, 0);
+    let held = a.held(WARM_MS);
+    assert!(held.len() == 1 && held[0].running, "{held:?}");
+    while a.poll_effect().is_some() {}
+    let h = a.begin_shutdown(WARM_MS + 1).expect("a claim to hand back");
+    assert_eq!(h.released, vec![held[0].claim.clone()]);
+    let effects: Vec<Effect> = std::iter::from_fn(|| a.poll_effect()).collect();
+    assert!(effects.contains(&Effect::CancelWork {
+        claim: held[0].claim.clone()
+    }));
+    let left = effects.iter().any(|e| match e {
+        Effect::Publish {
+            topic: Topic::Events,
+            data,
+        } => codec::decode::<Event>(data, MAX_GOSSIP_BYTES)
+            .is_ok_and(|ev| ev.kind == EventKind::NodeLeft),
+        _ => false,
+    });
+    assert!(left, "the peers are told it is leaving");
+    a.heartbeat(0);
+    assert!(a.poll_effect().is_none(), "no beat after the goodbye");
+    let view = a.view();
+    assert_eq!(
+        view.claims().release_reason(&held[0].claim),
+        Some(ReleaseReason::Shutdown)
+    );
+    // Not an attempt: the story is free again, at attempt 0.
+    let s = view.stories.values().next().unwrap();
+    assert_eq!(s.attempts, 0, "{s:?}");
+    assert!(a.handed_over(&h), "no peer to wait for");
+    // It claims nothing more, even if asked to work.
+    a.set_work(true, WARM_MS + 2, 0);
+    a.tick(WARM_MS + 10, 0);
+    assert!(a.held(WARM_MS + 10).is_empty());
+    assert!(a.begin_shutdown(WARM_MS + 11).is_none(), "nothing left");
+}
+
+#[test]
+fn a_peer_that_says_it_left_is_dead_at_once_until_it_beats_again() {
+    let mut a = core("A", 1);
+    a.handle(
+        0,
+        Input::Heartbeat {
+            from: "B".into(),
+            data: beat(1, 0),
+        },
+    );
+    assert_eq!(a.peer_state("B", 10), Some(PeerState::Alive));
+    let bye = |node: &str| Event {
+        node: node.to_string(),
+        seq: 1,
+        at_ms: 0,
+        kind: EventKind::NodeLeft,
+        story: String::new(),
+        phase: None,
+        round: 0,
+        detail: "stopping".into(),
+    };
+    // Only B can say B left.
+    a.handle(
+        20,
+        Input::Event {
+            from: "C".into(),
+            data: codec::encode(&bye("B")),
+        },
+    );
+    assert_eq!(a.peer_state("B", 20), Some(PeerState::Alive));
+    a.handle(
+        30,
+        Input::Event {
+            from: "B".into(),
+            data: codec::encode(&bye("B")),
+        },
+    );
+    assert_eq!(a.peer_state("B", 30), Some(PeerState::Dead));
+    assert!(a.membership().alive(30).is_empty());
+    // Back (a newer beat): alive again.
+    a.handle(
+        40,
+        Input::Heartbeat {
+            from: "B".into(),
+            data: beat(2, 0),
+        },
+    );
+    assert_eq!(a.peer_state("B", 40), Some(PeerState::Alive));
+}
+
+#[test]
+fn garbage_from_the_network_is_dropped_and_counted_never_a_panic() {
+    let mut a = core("A", 1);
+    let garbage: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0xff; 10],
+        vec![codec::WIRE_VERSION, 1, 2, 3],
+        codec::encode(&SyncFrame::msg(true, vec![9; 40])),
+        codec::encode(&SyncFrame {
+            push: vec![serde_bytes::ByteBuf::from(vec![7; 64])],
+            ..SyncFrame::msg(true, Vec::new())
+        }),
+        vec![0; MAX_GOSSIP_BYTES + 1],
+    ];
+    for g in &garbage {
+        a.handle(
+            0,
+            Input::Heartbeat {
+                from: "X".into(),
+                data: g.clone(),
+            },
+        );
+        a.handle(
+            0,
+            Input::SyncRequest {
+                from: "X".into(),
+                data: g.clone(),
+                reply: 7,
+            },
+        );
+    }
+    assert!(a.counters().malformed_dropped >= 9, "{:?}", a.counters());
+    // Every request still got an answer, so the requester is not left hanging.
+    let responds = std::iter::from_fn(|| a.poll_effect())
+        .filter(|e| matches!(e, Effect::Respond { reply: 7, .. }))
+        .count();
+    assert_eq!(responds, garbage.len());
+    assert!(
+        a.membership().alive(0).is_empty(),
+        "garbage never admits a peer"
+    );
+}
+
+/// A core that claims work of every phase, alone (claims settle at once).
+fn worker_alone(name: &str, actor: u8) -> Core {
+    let mut c = core(name, actor);
+    c.cfg.work = true;
+    c.cfg.roles = Phase::ALL.iter().map(|p| p.as_str().to_string()).collect();
+    c
+}
+
+/// Ticks past the warm-up until the core starts a job; returns its claim.
+fn next_job(c: &mut Core, now: &mut u64) -> String {
+    for _ in 0..100 {
+        *now += 100;
+        c.tick(*now, *now);
+        while let Some(e) = c.poll_effect() {
+            if let Effect::StartWork(job) = e {
+                return job.claim;
+            }
+        }
+    }
+    panic!("no job started");
+}
+
+fn kinds(c: &Core) -> Vec<EventKind> {
+    c.events_after(0, usize::MAX)
+        .into_iter()
+        .map(|(_, e)| e.kind)
+        .collect()
+}
+
+#[test]
+fn story_blocked_fires_once_when_the_third_failure_blocks_the_story() {
+    let mut a = worker_alone("A", 1);
+    let key = a
+        .add_story(
+            &NewStory {
+                title: "fails".into(),
+                ..Default::default()
+            },
+            1,
+        )
+        .unwrap()
+        .key;
+    let mut now = 0;
+    for i in 1..=crate::core::model::MAX_ATTEMPTS {
+        let claim = next_job(&mut a, &mut now);
+        a.handle(
+            now,
+            Input::WorkFinished {
+                claim,
+                outcome: Err("tests failed".into()),
+            },
+        );
+        let blocked = kinds(&a)
+            .iter()
+            .filter(|k| **k == EventKind::StoryBlocked)
+            .count();
+        let want = usize::from(i == crate::core::model::MAX_ATTEMPTS);
+        assert_eq!(blocked, want, "after failure {i}");
+    }
+    let v = a.view();
+    let s = &v.stories[&key];
+    assert_eq!(s.status, StoryStatus::Blocked);
+    assert_eq!((s.failed_attempts, s.takeovers), (3, 0));
+    let ev = a
+        .events_after(0, usize::MAX)
+        .into_iter()
+        .map(|(_, e)| e)
+        .find(|e| e.kind == EventKind::StoryBlocked)
+        .unwrap();
+    assert!(
+        ev.detail.starts_with("research failed 3 attempts"),
+        "{ev:?}"
+    );
+    // Nothing more happens to a blocked story: no second announcement.
+    for _ in 0..20 {
+        now += 100;
+        a.tick(now, now);
+        while a.poll_effect().is_some() {}
+    }
+    let n = kinds(&a)
+        .iter()
+        .filter(|k| **k == EventKind::StoryBlocked)
+        .count();
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn restarts_of_the_holder_are_takeovers_and_block_only_at_the_takeover_limit() {
+    let mut a = worker_alone("A", 1);
+    a.add_story(
+        &NewStory {
+            title: "unlucky".into(),
+            ..Default::default()
+        },
+        1,
+    )
+    .unwrap();
+    let cfg = a.cfg.clone();
+    let mut now = 0;
+    for inc in 2..(2 + crate::core::model::MAX_ATTEMPTS as u64) {
+        next_job(&mut a, &mut now);
+        // The process dies mid-job and comes back over its persisted document.
+        let doc = Doc::load([inc as u8; 16], &a.doc_mut().save(), &[]).unwrap();
+        a = Core::new("A".into(), cfg.clone(), doc, inc);
+    }
+    let v = a.view();
+    let s = v.stories.values().next().unwrap();
+    assert_eq!(s.status, StoryStatus::Ready, "{:?}", s.blocked_reason);
+    assert_eq!((s.failed_attempts, s.takeovers), (0, 3));
+    // And the work goes on... until the story has lost its holder MAX_TAKEOVERS
+    // times: then the restart that makes it so blocks it, and says so once.
+    for inc in 10..(10 + u64::from(MAX_TAKEOVERS - 3)) {
+        assert!(!kinds(&a).contains(&EventKind::StoryBlocked));
+        next_job(&mut a, &mut now);
+        let doc = Doc::load([inc as u8; 16], &a.doc_mut().save(), &[]).unwrap();
+        a = Core::new("A".into(), cfg.clone(), doc, inc);
+    }
+    let v = a.view();
+    let s = v.stories.values().next().unwrap();
+    assert_eq!(s.status, StoryStatus::Blocked);
+    assert_eq!((s.failed_attempts, s.takeovers), (0, MAX_TAKEOVERS));
+    let blocked: Vec<Event> = a
+        .events_after(0, usize::MAX)
+        .into_iter()
+        .map(|(_, e)| e)
+        .filter(|e| e.kind == EventKind::StoryBlocked)
+        .collect();
+    assert_eq!(blocked.len(), 1);
+    assert!(
+        blocked[0]
+            .detail
+            .starts_with("research lost its holder 10 times"),
+        "{blocked:?}"
+    );
+}
+
+#[test]
+fn both_sides_of_a_healed_partition_show_the_same_history() {
+    let (mut a, mut b) = (core("A", 1), core("B", 2));
+    // Each side logs its half while apart (gossip never crossed).
+    for t in [10, 20, 30, 40] {
+        let c = if t % 20 == 10 { &mut a } else { &mut b };
+        c.set_wall(t);
+        c.emit(EventKind::PhaseStarted, None, None, 0, format!("at {t}"));
+    }
+    b.set_wall(45);
+    b.emit(EventKind::PeerDead, None, None, 0, "A");
+    // B also heard one of A's events by gossip before the split.
+    let first = a.events_after(0, 10)[0].1.clone();
+    b.handle(
+        0,
+        Input::Event {
+            from: "A".into(),
+            data: codec::encode(&first),
+        },
+    );
+    // The partition heals: they connect and sync.
+    // (One side at a time: `pump` drops a responder's own requests.)
+    a.handle(0, Input::Connected("B".into()));
+    pump(&mut a, &mut b);
+    b.handle(0, Input::Connected("A".into()));
+    pump(&mut b, &mut a);
+    let shared = |c: &Core| -> Vec<(String, u64, u64)> {
+        c.events_after(0, usize::MAX)
+            .into_iter()
+            .map(|(_, e)| e)
+            .filter(|e| e.kind != EventKind::PeerDead)
+            .map(|e| (e.node, e.seq, e.at_ms))
+            .collect()
+    };
+    let (ha, hb) = (shared(&a), shared(&b));
+    assert_eq!(ha, hb);
+    let times: Vec<u64> = ha.iter().map(|x| x.2).collect();
+    assert_eq!(times, [10, 20, 30, 40], "in time order, no duplicates");
+    // B's own observation of A's death stayed on B.
+    assert!(kinds(&b).contains(&EventKind::PeerDead));
+    assert!(!kinds(&a).contains(&EventKind::PeerDead));
+}
+
+#[test]
+fn hostile_events_in_a_sync_answer_are_dropped_never_a_panic() {
+    let mut a = core("A", 1);
+    a.set_wall(1_000);
+    a.handle(0, Input::Connected("B".into()));
+    let mut good = Event {
+        node: "B".into(),
+        seq: 1,
+        at_ms: 900,
+        kind: EventKind::Claimed,
+        story: String::new(),
+        phase: None,
+        round: 0,
+        detail: "x".repeat(10 * crate::core::model::MAX_EVENT_DETAIL),
+    };
+    let mut future = good.clone();
+    future.seq = 2;
+    future.at_ms = u64::MAX;
+    let mut local = good.clone();
+    local.seq = LOCAL_SEQ_BIT | 3;
+    let nameless = Event {
+        node: String::new(),
+        ..good.clone()
+    };
+    let answer = SyncFrame {
+        events: vec![good.clone(), good.clone(), future, local, nameless],
+        events_more: true,
+        ..SyncFrame::msg(false, Vec::new())
+    };
+    a.handle(
+        0,
+        Input::SyncResponse {
+            from: "B".into(),
+            data: codec::encode(&answer),
+        },
+    );
+    let got = a.events_after(0, 100);
+    assert_eq!(got.len(), 1, "{got:?}");
+    good.detail.truncate(crate::core::model::MAX_EVENT_DETAIL);
+    assert_eq!(got[0].1, good);
+    assert!(a.counters().malformed_dropped >= 3);
+}
+
+#[test]
+fn a_story_without_progress_past_stall_after_raises_one_stalled_event() {
+    let mut c = core("a", 9);
+    c.cfg.stall_after_ms = 5_000;
+    let new = crate::core::model::NewStory {
+        title: "nobody here can research".into(),
+        ..Default::default()
+    };
+    c.add_story(&new, 0).unwrap();
+    let stalled = |c: &Core| -> Vec<Event> {
+        c.events_after(0, 1_000)
+            .into_iter()
+            .map(|(_, e)| e)
+            .filter(|e| e.kind == EventKind::Stalled)
+            .collect()
+    };
+    for t in [0, 2_000, 4_000, 5_000] {
+        c.tick(t, t);
+    }
+    assert!(stalled(&c).is_empty(), "not past the bound yet");
+    c.tick(6_000, 6_000);
+    let ev = stalled(&c);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].story, "S-0001");
+    assert_eq!(ev[0].phase, Some(Phase::Research));
+    // This node only implements: nobody has the research role.
+    assert_eq!(
+        ev[0].detail,
+        "ready for research, no node with role research"
+    );
+    for t in [10_000, 60_000, 600_000] {
+        c.tick(t, t);
+    }
+    assert_eq!(stalled(&c).len(), 1, "one event per stall");
+}
+
+fn titled(title: &str) -> NewStory {
+    NewStory {
+        title: title.into(),
+        ..Default::default()
+    }
+}
+
+fn titles(c: &Core) -> Vec<String> {
+    let mut t: Vec<String> = c
+        .doc()
+        .view()
+        .stories
+        .values()
+        .map(|s| s.fact.title.clone())
+        .collect();
+    t.sort();
+    t
+}
+
+#[test]
+fn a_write_that_could_not_be_made_durable_leaves_no_fact_and_nothing_leaves_the_node() {
+    let (mut a, mut b) = (core("A", 1), core("B", 2));
+    a.add_story(&titled("kept"), 1).unwrap();
+    a.handle(0, Input::Connected("B".into()));
+    pump(&mut a, &mut b);
+    let digest = a.digest();
+
+    a.begin_durable_write();
+    a.add_story(&titled("lost"), 2).unwrap();
+    a.add_knowledge(KnowledgeKind::Pitfall, "a lesson never stored", 2)
+        .unwrap();
+    let chunks = a.take_write_chunks();
+    assert!(!chunks.is_empty(), "the write has chunks to persist");
+    a.abort_durable_write();
+
+    assert!(a.poll_effect().is_none(), "no push, beat or event leaves");
+    assert_eq!(titles(&a), ["kept"]);
+    assert!(a.doc().view().knowledge.is_empty());
+    assert_eq!(a.digest(), digest);
+    assert!(
+        a.events_after(0, 100)
+            .iter()
+            .all(|(_, e)| e.kind != EventKind::PatternDiscovered),
+        "the aborted write's event was never raised"
+    );
+    a.start_sync("B");
+    pump(&mut a, &mut b);
+    assert_eq!(titles(&b), ["kept"], "the peer never hears of it");
+
+    // The next write succeeds and travels as usual.
+    a.begin_durable_write();
+    a.add_story(&titled("next"), 3).unwrap();
+    a.add_knowledge(KnowledgeKind::Pitfall, "a lesson stored", 3)
+        .unwrap();
+    assert!(!a.take_write_chunks().is_empty());
+    a.commit_durable_write();
+    assert!(a
+        .events_after(0, 100)
+        .iter()
+        .any(|(_, e)| e.kind == EventKind::PatternDiscovered));
+    a.start_sync("B");
+    pump(&mut a, &mut b);
+    assert_eq!(titles(&b), ["kept", "next"]);
+    assert_eq!(a.digest(), b.digest());
+    assert_eq!(b.doc().view().knowledge.len(), 1);
+}
+
+#[test]
+fn a_settled_claim_whose_job_cannot_be_built_is_released_never_left_running_without_a_job() {
+    // A claim of ours on a story the view does not have: settling it cannot build a
+    // job. It must not stay "running" (holding capacity with nothing running).
+    let mut c = core("A", 1);
+    let story = crate::core::state::story_key(99, "A");
+    let r = Resource::story_round(&story, Phase::Research, 0).unwrap();
+    let id = claim_id("A", 1001);
+    c.doc_mut()
+        .put_claim(
+            &id,
+            &ClaimFact {
+                resources: vec![(r, 1)],
+                holder: "A".into(),
+                ttl_ms: 10_000,
+                written_at_ms: 0,
+                attempt: 1,
+            },
+        )
+        .unwrap();
+    c.local.insert(
+        id.clone(),
+        LocalClaim {
+            story,
+            phase: Phase::Research,
+            round: 0,
+            state: LocalState::Settling {
+                mark: 0,
+                waiting: BTreeSet::new(),
+                deadline_ms: 1_000,
+                change: None,
+            },
+            written_ms: 0,
+        },
+    );
+    c.check_settling(0);
+    let mut started = false;
+    while let Some(e) = c.poll_effect() {
+        started |= matches!(e, Effect::StartWork(_));
+    }
+    assert!(!started, "no job can be built");
+    assert!(
+        c.held(0).iter().all(|h| !h.running),
+        "no claim is running without a job: {:?}",
+        c.held(0)
+    );
+    assert!(c.held(0).is_empty(), "the claim was let go");
+    assert!(
+        c.doc().view().releases.contains_key(&id),
+        "and released, so no one waits on it"
+    );
+}

@@ -1,0 +1,91 @@
+//! Durable local writes: a write a caller waits on (a story or a knowledge entry added
+//! through the API) is held until the shell has made it durable, and undone if it could
+//! not be.
+//!
+//! The shell drains the effect queue, calls [`Core::begin_durable_write`], makes the
+//! write (`add_story`, `add_knowledge`), takes its document chunks with
+//! [`Core::take_write_chunks`], appends and flushes them, then calls
+//! [`Core::commit_durable_write`] (the write's pushes, heartbeat and events flow as
+//! usual) or [`Core::abort_durable_write`] (the document is put back as it was before
+//! the write and nothing the write queued leaves the node). Between begin and end the
+//! shell hands the core no other input, so no peer can see the write before it is
+//! durable.
+
+use super::*;
+
+/// A local write held until the shell says whether it is durable.
+#[derive(Debug)]
+pub(super) struct HeldWrite {
+    /// The document before the write, put back if the write is not durable.
+    before: Doc,
+    /// Events the write raised: emitted once it is durable, dropped if not.
+    pub(super) events: Vec<HeldEvent>,
+}
+
+/// An event raised during a held write (the arguments of [`Core::emit`]).
+#[derive(Debug)]
+pub(super) struct HeldEvent {
+    pub(super) kind: EventKind,
+    pub(super) story: Option<String>,
+    pub(super) phase: Option<Phase>,
+    pub(super) round: u32,
+    pub(super) detail: String,
+}
+
+impl Core {
+    /// Starts a local write whose caller waits until it is durable. The shell must have
+    /// drained the effect queue first: everything queued from here to the end of the
+    /// write belongs to the write. A write already held is committed first.
+    pub fn begin_durable_write(&mut self) {
+        self.commit_durable_write();
+        self.held = Some(HeldWrite {
+            before: self.doc.clone(),
+            events: Vec::new(),
+        });
+    }
+
+    /// The document chunks of the held write, taken out of the effect queue: the shell
+    /// makes them durable before anything else about the write leaves the node.
+    pub fn take_write_chunks(&mut self) -> Vec<Vec<u8>> {
+        let queued = std::mem::take(&mut self.effects);
+        let mut chunks = Vec::new();
+        for e in queued {
+            match e {
+                Effect::Persist { chunk } => chunks.push(chunk),
+                other => self.effects.push_back(other),
+            }
+        }
+        chunks
+    }
+
+    /// The held write is durable: its events are raised and its pushes and heartbeat
+    /// leave with the next effects. Nothing to do without a held write.
+    pub fn commit_durable_write(&mut self) {
+        let Some(held) = self.held.take() else {
+            return;
+        };
+        for ev in held.events {
+            self.emit(ev.kind, ev.story.as_deref(), ev.phase, ev.round, ev.detail);
+        }
+    }
+
+    /// The held write could not be made durable: the document goes back to what it was
+    /// before the write, and the pushes, heartbeat, events and chunks the write queued
+    /// are dropped, so no peer and no later persist ever sees it. Nothing to do without
+    /// a held write.
+    pub fn abort_durable_write(&mut self) {
+        let Some(held) = self.held.take() else {
+            return;
+        };
+        self.doc = held.before;
+        self.digest = self.doc.heads_digest();
+        self.view = None;
+        self.effects.clear();
+        self.push_pending = false;
+    }
+
+    /// Whether a local write is held (see [`Core::begin_durable_write`]).
+    pub fn write_held(&self) -> bool {
+        self.held.is_some()
+    }
+}

@@ -1,0 +1,78 @@
+//! The replicated document and its typed reads and writes. Owns the automerge document;
+//! derives [`View`], a pure and deterministic fold of it.
+//!
+//! Invariants:
+//! - Facts, not status: every fact is a JSON value written once under a root key that
+//!   exactly one writer can create (`story/<number>@<creator tag>`, `node/<peer>`), so
+//!   no two nodes ever race to create the same container.
+//! - Heartbeats and progress never enter the document.
+//! - Never reads a clock and never does I/O: callers pass the time and persist the bytes
+//!   this module hands back.
+
+use crate::core::lease::{ClaimFact, Claims, ReleaseFact, ReleaseReason, Resource};
+use crate::core::model::{
+    InputError, KnowledgeFact, KnowledgeKind, MergeFact, NewStory, NodeFact, Phase, ResultFact,
+    StoryFact, StoryStatus, Verdict, MAX_ATTEMPTS, MAX_TAKEOVERS,
+};
+use automerge::sync::{self, SyncDoc};
+use automerge::transaction::Transactable;
+use automerge::{ActorId, AutoCommit, ObjId, PatchAction, ReadDoc, ScalarValue, Value, ROOT};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+pub use automerge::ChangeHash;
+
+const STORY_PREFIX: &str = "story/";
+const NODE_PREFIX: &str = "node/";
+const CLAIM_PREFIX: &str = "claim/";
+const RELEASE_PREFIX: &str = "release/";
+const RESULT_PREFIX: &str = "result/";
+const MERGE_PREFIX: &str = "merge/";
+const KNOWLEDGE_PREFIX: &str = "knowledge/";
+/// Longest knowledge entry, in bytes.
+pub const MAX_KNOWLEDGE_BYTES: usize = 2048;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("document data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("sync message rejected: {0}")]
+    Sync(String),
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("this node is a passive observer and never writes")]
+    Passive,
+    /// Writing a fact into the document failed (nothing was written).
+    #[error("writing {key} failed: {why}")]
+    Write { key: String, why: String },
+    /// A knowledge entry that is empty or over [`MAX_KNOWLEDGE_BYTES`].
+    #[error("knowledge entry refused: empty or over {MAX_KNOWLEDGE_BYTES} bytes")]
+    KnowledgeRefused,
+}
+
+/// Per-peer automerge sync state (one for each direction of a peer pair).
+pub type SyncState = sync::State;
+
+/// Resets a sync state for a new session: keeps what is known of the peer's heads but
+/// forgets in-flight bookkeeping, so a fresh session always makes progress.
+pub fn reset_sync_state(state: &SyncState) -> SyncState {
+    SyncState::decode(&state.encode()).unwrap_or_default()
+}
+
+/// The short tag of a peer id used in story keys: its last six characters.
+pub fn peer_tag(peer: &str) -> &str {
+    let n = peer.len();
+    &peer[n.saturating_sub(6)..]
+}
+
+mod doc;
+mod view;
+
+pub use doc::Doc;
+use doc::Fact;
+pub use view::*;
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,705 @@
+//! `View`, the pure fold of the decoded facts: stories with display ids, status, phase
+//! progress, claims, results, merges, and which result counts; knowledge relevance.
+
+use super::*;
+
+/// The id of a knowledge entry: a hash of its kind and its whitespace-normalised,
+/// lower-cased text.
+pub fn knowledge_id(kind: KnowledgeKind, text: &str) -> String {
+    let norm: Vec<String> = text.split_whitespace().map(str::to_lowercase).collect();
+    let mut h = Sha256::new();
+    h.update(kind.as_str().as_bytes());
+    h.update([0]);
+    h.update(norm.join(" ").as_bytes());
+    hex::encode(&h.finalize()[..8])
+}
+
+fn words(s: &str) -> std::collections::BTreeSet<String> {
+    s.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.len() >= 3)
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// The knowledge entries most relevant to a story, best first: entries learned on the
+/// story itself, then by words shared with its title, body, files and labels, then the
+/// most recent; pitfalls break ties. At most `limit`.
+pub fn relevant_knowledge(view: &View, story: &StoryView, limit: usize) -> Vec<KnowledgeFact> {
+    let f = &story.fact;
+    let mut mine = words(&f.title);
+    mine.extend(words(&f.body));
+    for x in f.files.iter().chain(&f.labels) {
+        mine.extend(words(x));
+    }
+    let mut scored: Vec<(u32, u64, &KnowledgeFact)> = view
+        .knowledge
+        .values()
+        .map(|k| {
+            let shared = words(&k.text).intersection(&mine).count() as u32;
+            let own = u32::from(k.story == story.key) * 100;
+            let pitfall = u32::from(k.kind == KnowledgeKind::Pitfall);
+            (own + shared * 2 + pitfall, k.written_at_ms, k)
+        })
+        .collect();
+    scored.sort_by(|a, b| (b.0, b.1, &b.2.text).cmp(&(a.0, a.1, &a.2.text)));
+    scored
+        .into_iter()
+        .take(limit)
+        .map(|(_, _, k)| k.clone())
+        .collect()
+}
+
+/// Most rework rounds before a story needs a human.
+pub const MAX_REWORKS: u32 = 3;
+
+/// Where a story stands, from its counted results alone.
+struct Walk {
+    /// Counted steps in order: (phase, round, result key).
+    steps: Vec<(Phase, u32, String)>,
+    /// The step to run next, unless blocked or merged.
+    next: Option<(Phase, u32)>,
+    /// The last round reached.
+    round: u32,
+    blocked: Option<String>,
+}
+
+/// The pipeline as a walk: research, plan, implement, then rounds of [rework,] review,
+/// merge. A rejecting review, or a merge that hit a rebase conflict or failing tests
+/// (verdict reject), opens the next round with a rework; after [`MAX_REWORKS`] rounds the
+/// story is blocked for a human with the last reason.
+fn walk_story(key: &str, counted: &BTreeMap<(String, Phase, u32), (&String, &ResultFact)>) -> Walk {
+    let mut w = Walk {
+        steps: Vec::new(),
+        next: None,
+        round: 0,
+        blocked: None,
+    };
+    let get = |p: Phase, r: u32| counted.get(&(key.to_string(), p, r)).copied();
+    for p in [Phase::Research, Phase::Plan, Phase::Implement] {
+        match get(p, 0) {
+            Some((k, _)) => w.steps.push((p, 0, k.clone())),
+            None => {
+                w.next = Some((p, 0));
+                return w;
+            }
+        }
+    }
+    let mut r = 0;
+    loop {
+        w.round = r;
+        let mut seq = vec![Phase::Review, Phase::Merge];
+        if r > 0 {
+            seq.insert(0, Phase::Rework);
+        }
+        let mut rejected = None;
+        for p in seq {
+            match get(p, r) {
+                None => {
+                    w.next = Some((p, r));
+                    return w;
+                }
+                Some((k, f)) => {
+                    w.steps.push((p, r, k.clone()));
+                    if matches!(p, Phase::Review | Phase::Merge)
+                        && f.handoff.verdict == Some(Verdict::Reject)
+                    {
+                        rejected = Some((p, f.handoff.summary.clone()));
+                        break;
+                    }
+                }
+            }
+        }
+        match rejected {
+            // A merge result that did not reject: the story landed (or is landing).
+            None => return w,
+            Some((p, why)) => {
+                if r + 1 > MAX_REWORKS {
+                    let what = if p == Phase::Review {
+                        "review rejected the change"
+                    } else {
+                        "the merge gate refused the change"
+                    };
+                    w.blocked = Some(format!("{what} {} times; last: {why}", r + 1));
+                    return w;
+                }
+                r += 1;
+            }
+        }
+    }
+}
+
+/// A release for humans: its note, or its reason when it has none.
+fn release_text(r: &ReleaseFact) -> String {
+    if r.note.is_empty() {
+        format!("{:?}", r.why).to_lowercase()
+    } else {
+        r.note.clone()
+    }
+}
+
+/// The document key of a story: unique without coordination because it carries its
+/// creator's tag, and a creator never reuses a number.
+pub fn story_key(number: u32, creator: &str) -> String {
+    format!("S-{number:04}@{}", peer_tag(creator))
+}
+
+/// One story as every node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoryView {
+    /// The immutable document key (`S-0042@tag`).
+    pub key: String,
+    /// The display id (`S-0042`, or `S-0042-tag` when two nodes allocated one number).
+    pub id: String,
+    pub status: StoryStatus,
+    /// Display ids of the stories this one depends on (keys when not yet known).
+    pub depends_on_ids: Vec<String>,
+    /// The fact as written by its creator.
+    pub fact: StoryFact,
+    /// Phases with a counted result, in pipeline order.
+    pub phases_done: Vec<Phase>,
+    /// The phase to run next (None once merged or blocked).
+    pub next_phase: Option<Phase>,
+    /// The round of the next phase (0 until a review rejects or a merge needs rework).
+    pub round: u32,
+    /// Counted results in the order they happened: keys into `View::results`.
+    pub history: Vec<String>,
+    /// Attempts so far at the next phase (claims that started work on it, running or
+    /// ended).
+    pub attempts: u32,
+    /// Of those, the ones that failed because of the work (blocked at [`MAX_ATTEMPTS`]).
+    #[serde(default)]
+    pub failed_attempts: u32,
+    /// Of those, the ones that ended because their holder went away: died, stalled,
+    /// restarted or shut down (blocked at [`MAX_TAKEOVERS`]).
+    #[serde(default)]
+    pub takeovers: u32,
+    /// Why earlier attempts at the next phase failed, oldest first.
+    pub failures: Vec<String>,
+    /// Why a human is needed, when blocked.
+    pub blocked_reason: Option<String>,
+    /// The counted landing, once merged.
+    pub merged: Option<MergeFact>,
+    /// Who implemented it (the counted implement result's holder): never its reviewer.
+    pub implementer: Option<String>,
+}
+
+/// The derived state of the mesh: identical on every node that folded the same document.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct View {
+    /// Stories by key.
+    pub stories: BTreeMap<String, StoryView>,
+    /// Node descriptions by peer id.
+    pub nodes: BTreeMap<String, NodeFact>,
+    /// Claim facts by claim id.
+    pub claims: BTreeMap<String, ClaimFact>,
+    /// Release facts by claim id.
+    pub releases: BTreeMap<String, ReleaseFact>,
+    /// Every phase result written, counted or not, by document key.
+    pub results: BTreeMap<String, Arc<ResultFact>>,
+    /// Every merge fact written, by document key.
+    pub merges: BTreeMap<String, MergeFact>,
+    /// The counted result of each (story, phase, round): its key in `results`.
+    pub counted: BTreeMap<(String, Phase, u32), String>,
+    /// Knowledge entries by id (a content hash).
+    pub knowledge: BTreeMap<String, KnowledgeFact>,
+    /// Facts that could not be decoded (from a newer or buggy peer); skipped, counted.
+    pub malformed: u64,
+}
+
+impl View {
+    /// The view and the claim fold it was derived with (built once, used by both).
+    pub(super) fn fold(all: &BTreeMap<String, Fact>) -> (View, Claims) {
+        let (mut view, facts) = View::sort_facts(all);
+        let claims = Claims::new(&view.claims, &view.releases);
+        let counted = counted_results(&view.results, &claims);
+        let merged = counted_merges(&view.merges, &claims);
+        let ids = display_ids(&facts);
+        let key_to_id: BTreeMap<&str, &str> = facts
+            .iter()
+            .zip(&ids)
+            .map(|((k, _), id)| (k.as_str(), id.as_str()))
+            .collect();
+        let index = ClaimIndex::new(&claims);
+        let fold = StoryFold {
+            claims: &claims,
+            releases: &view.releases,
+            counted: &counted,
+            merged: &merged,
+            index: &index,
+            key_to_id: &key_to_id,
+        };
+        let mut stories = BTreeMap::new();
+        for ((key, fact), id) in facts.iter().zip(&ids) {
+            stories.insert(key.clone(), fold.story(key, fact, id));
+        }
+        block_dependents_of_blocked(&mut stories, &index.active_stories);
+        let counted_keys = counted
+            .into_iter()
+            .map(|(k, (rkey, _))| (k, rkey.clone()))
+            .collect();
+        view.stories = stories;
+        view.counted = counted_keys;
+        (view, claims)
+    }
+
+    /// Step 1 of the fold: every decoded fact into its map; story facts whose key does
+    /// not match their content are malformed.
+    fn sort_facts(all: &BTreeMap<String, Fact>) -> (View, Vec<(String, StoryFact)>) {
+        let mut view = View::default();
+        let mut facts: Vec<(String, StoryFact)> = Vec::new();
+        for (key, fact) in all {
+            match fact {
+                Fact::Story(f) => match key.strip_prefix(STORY_PREFIX) {
+                    Some(skey) if story_key(f.number, &f.created_by) == skey => {
+                        facts.push((skey.to_string(), f.clone()))
+                    }
+                    _ => view.malformed += 1,
+                },
+                Fact::Node(f) => {
+                    let peer = key.strip_prefix(NODE_PREFIX).unwrap_or(key);
+                    view.nodes.insert(peer.to_string(), f.clone());
+                }
+                Fact::Claim(f) => {
+                    let id = key.strip_prefix(CLAIM_PREFIX).unwrap_or(key);
+                    view.claims.insert(id.to_string(), f.clone());
+                }
+                Fact::Release(f) => {
+                    let id = key.strip_prefix(RELEASE_PREFIX).unwrap_or(key);
+                    view.releases.insert(id.to_string(), f.clone());
+                }
+                Fact::Result(f) => {
+                    view.results.insert(key.clone(), f.clone());
+                }
+                Fact::Knowledge(f) => {
+                    let id = key.strip_prefix(KNOWLEDGE_PREFIX).unwrap_or(key);
+                    view.knowledge.insert(id.to_string(), f.clone());
+                }
+                Fact::Merge(f) => {
+                    view.merges.insert(key.clone(), f.clone());
+                }
+                Fact::Malformed => view.malformed += 1,
+            }
+        }
+        (view, facts)
+    }
+
+    /// The claim fold (winners, tokens) of this view.
+    pub fn claims(&self) -> Claims {
+        Claims::new(&self.claims, &self.releases)
+    }
+
+    /// The counted result of one phase of a story in its latest round, if any.
+    pub fn counted_result(&self, story: &str, phase: Phase) -> Option<&ResultFact> {
+        let lo = (story.to_string(), phase, 0);
+        let hi = (story.to_string(), phase, u32::MAX);
+        let (_, key) = self.counted.range(lo..=hi).next_back()?;
+        self.results.get(key).map(Arc::as_ref)
+    }
+
+    /// The counted result of one phase of a story in one round, if any.
+    pub fn counted_result_round(
+        &self,
+        story: &str,
+        phase: Phase,
+        round: u32,
+    ) -> Option<&ResultFact> {
+        let key = self.counted.get(&(story.to_string(), phase, round))?;
+        self.results.get(key).map(Arc::as_ref)
+    }
+
+    /// A story's counted results in the order they happened (research first).
+    pub fn history(&self, story: &str) -> Vec<&ResultFact> {
+        self.stories
+            .get(story)
+            .map(|s| {
+                s.history
+                    .iter()
+                    .filter_map(|k| self.results.get(k).map(Arc::as_ref))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn max_number(&self) -> u32 {
+        self.stories
+            .values()
+            .map(|s| s.fact.number)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Finds a story by display id (`S-0042`, `s-42`) or by key.
+    pub fn resolve(&self, id: &str) -> Result<&StoryView, InputError> {
+        if let Some(s) = self.stories.get(id) {
+            return Ok(s);
+        }
+        let wanted = normalize_display_id(id);
+        let found: Vec<&StoryView> = self.stories.values().filter(|s| s.id == wanted).collect();
+        match found.as_slice() {
+            [one] => Ok(one),
+            [] => Err(InputError::UnknownStory(id.to_string())),
+            _ => Err(InputError::AmbiguousStory(id.to_string())),
+        }
+    }
+
+    /// Stories in backlog order: priority (lower first), then age, then id.
+    pub fn stories_ordered(&self) -> Vec<&StoryView> {
+        let mut v: Vec<&StoryView> = self.stories.values().collect();
+        v.sort_by(|a, b| {
+            (a.fact.priority, a.fact.number, &a.id).cmp(&(b.fact.priority, b.fact.number, &b.id))
+        });
+        v
+    }
+
+    /// Story counts per status, every status present (zero when empty).
+    pub fn count_by_status(&self) -> BTreeMap<StoryStatus, usize> {
+        let mut m: BTreeMap<StoryStatus, usize> =
+            StoryStatus::ALL.iter().map(|s| (*s, 0)).collect();
+        for s in self.stories.values() {
+            *m.entry(s.status).or_default() += 1;
+        }
+        m
+    }
+}
+
+/// The counted results: by (story, phase, round), the result's key and the result.
+type Counted<'a> = BTreeMap<(String, Phase, u32), (&'a String, &'a ResultFact)>;
+
+/// Step 2 of the fold, fencing in the view: a result counts only if written under the
+/// top claim of its resource (story, phase, round), whatever arrived first.
+fn counted_results<'a>(
+    results: &'a BTreeMap<String, Arc<ResultFact>>,
+    claims: &Claims,
+) -> Counted<'a> {
+    let mut counted: Counted<'a> = BTreeMap::new();
+    for (rkey, r) in results.iter() {
+        let Ok(res) = Resource::story_round(&r.story, r.phase, r.round) else {
+            continue;
+        };
+        if claims.top(&res) == Some(r.claim.as_str())
+            && claims.token_of(&r.claim, &res) == Some(r.token)
+        {
+            counted.insert((r.story.clone(), r.phase, r.round), (rkey, r));
+        }
+    }
+    counted
+}
+
+/// Step 3 of the fold: the counted landing of each story (a merge written under the
+/// top claim of its merge resource).
+fn counted_merges(
+    merges: &BTreeMap<String, MergeFact>,
+    claims: &Claims,
+) -> BTreeMap<String, MergeFact> {
+    let mut merged: BTreeMap<String, MergeFact> = BTreeMap::new();
+    for m in merges.values() {
+        let Ok(res) = Resource::story_round(&m.story, Phase::Merge, m.round) else {
+            continue;
+        };
+        if claims.top(&res) == Some(m.claim.as_str()) {
+            merged.insert(m.story.clone(), m.clone());
+        }
+    }
+    merged
+}
+
+/// Step 4 of the fold, display ids: a number allocated once reads `S-0042`; when nodes
+/// allocated the same number concurrently, the lowest creator keeps the short id and
+/// the others carry their creator's tag. One id per story fact, in order.
+fn display_ids(facts: &[(String, StoryFact)]) -> Vec<String> {
+    let mut by_number: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (i, (_, f)) in facts.iter().enumerate() {
+        by_number.entry(f.number).or_default().push(i);
+    }
+    let mut ids = vec![String::new(); facts.len()];
+    for group in by_number.values_mut() {
+        group.sort_by(|&a, &b| {
+            (&facts[a].1.created_by, &facts[a].0).cmp(&(&facts[b].1.created_by, &facts[b].0))
+        });
+        for (rank, &i) in group.iter().enumerate() {
+            let f = &facts[i].1;
+            ids[i] = if rank == 0 {
+                format!("S-{:04}", f.number)
+            } else {
+                format!("S-{:04}-{}", f.number, peer_tag(&f.created_by))
+            };
+        }
+    }
+    ids
+}
+
+/// Step 5 of the fold: indexes over the claims, built once (a per-story scan made the
+/// fold quadratic).
+struct ClaimIndex<'a> {
+    /// The claims naming each resource (a claim naming one resource twice once).
+    by_resource: BTreeMap<&'a Resource, Vec<(&'a str, &'a ClaimFact)>>,
+    /// Stories with an active claim.
+    active_stories: BTreeSet<&'a str>,
+}
+
+impl<'a> ClaimIndex<'a> {
+    fn new(claims: &'a Claims) -> ClaimIndex<'a> {
+        let mut by_resource: BTreeMap<&Resource, Vec<(&str, &ClaimFact)>> = BTreeMap::new();
+        for (id, c) in claims.all() {
+            for (r, _) in &c.resources {
+                let on = by_resource.entry(r).or_default();
+                // A claim naming one resource twice still counts once.
+                if on.last().is_none_or(|(last, _)| *last != id) {
+                    on.push((id, c));
+                }
+            }
+        }
+        let active_stories: BTreeSet<&str> = claims
+            .active()
+            .flat_map(|(_, c)| c.resources.iter().filter_map(|(r, _)| r.story_key()))
+            .collect();
+        ClaimIndex {
+            by_resource,
+            active_stories,
+        }
+    }
+}
+
+/// The attempts at a story's next step, with the blame and what blocks it.
+#[derive(Default)]
+struct Attempts {
+    attempts: u32,
+    failed_attempts: u32,
+    takeovers: u32,
+    failures: Vec<String>,
+    blocked_reason: Option<String>,
+}
+
+/// Step 6 of the fold: what every story's view is built from.
+struct StoryFold<'a> {
+    claims: &'a Claims,
+    releases: &'a BTreeMap<String, ReleaseFact>,
+    counted: &'a Counted<'a>,
+    merged: &'a BTreeMap<String, MergeFact>,
+    index: &'a ClaimIndex<'a>,
+    key_to_id: &'a BTreeMap<&'a str, &'a str>,
+}
+
+impl StoryFold<'_> {
+    /// One story's view (before its dependencies' blocks are followed).
+    fn story(&self, key: &String, fact: &StoryFact, id: &str) -> StoryView {
+        let deps_done = fact.depends_on.iter().all(|d| self.merged.contains_key(d));
+        let walk = walk_story(key, self.counted);
+        let phases_done: Vec<Phase> = Phase::ALL
+            .iter()
+            .copied()
+            .filter(|p| walk.steps.iter().any(|(q, _, _)| q == p))
+            .collect();
+        let mut next_phase = walk.next.map(|(p, _)| p);
+        let round = walk.next.map_or(walk.round, |(_, r)| r);
+        let Attempts {
+            attempts,
+            failed_attempts,
+            takeovers,
+            failures,
+            mut blocked_reason,
+        } = match walk.next {
+            Some((p, r)) => self.attempts(key, p, r, walk.blocked),
+            None => Attempts {
+                blocked_reason: walk.blocked,
+                ..Attempts::default()
+            },
+        };
+        let is_merged = self.merged.get(key).cloned();
+        if is_merged.is_some() {
+            next_phase = None;
+            blocked_reason = None;
+        } else if blocked_reason.is_some() {
+            next_phase = None;
+        }
+        let started = !phases_done.is_empty() || self.index.active_stories.contains(key.as_str());
+        let status = if is_merged.is_some() {
+            StoryStatus::Done
+        } else if blocked_reason.is_some() {
+            StoryStatus::Blocked
+        } else if started {
+            StoryStatus::InProgress
+        } else if deps_done {
+            StoryStatus::Ready
+        } else {
+            StoryStatus::Backlog
+        };
+        // The author of the change under review: the latest implement or rework.
+        let implementer = walk
+            .steps
+            .iter()
+            .rev()
+            .find(|(p, _, _)| matches!(p, Phase::Implement | Phase::Rework))
+            .and_then(|(p, r, _)| self.counted.get(&(key.clone(), *p, *r)))
+            .map(|(_, f)| f.holder.clone());
+        let depends_on = fact
+            .depends_on
+            .iter()
+            .map(|d| {
+                self.key_to_id
+                    .get(d.as_str())
+                    .map_or(d.clone(), |s| s.to_string())
+            })
+            .collect();
+        StoryView {
+            key: key.clone(),
+            id: id.to_string(),
+            status,
+            depends_on_ids: depends_on,
+            fact: fact.clone(),
+            phases_done,
+            next_phase,
+            round,
+            history: walk.steps.iter().map(|(_, _, k)| k.clone()).collect(),
+            attempts,
+            failed_attempts,
+            takeovers,
+            failures,
+            blocked_reason,
+            merged: is_merged,
+            implementer,
+        }
+    }
+
+    /// The attempts at step (`p`, round `r`) of story `key`, their blame and failure
+    /// reasons, and the block they call for (unless the walk already blocked it).
+    fn attempts(&self, key: &str, p: Phase, r: u32, walk_blocked: Option<String>) -> Attempts {
+        let mut out = Attempts {
+            blocked_reason: walk_blocked,
+            ..Attempts::default()
+        };
+        let Ok(res) = Resource::story_round(key, p, r) else {
+            return out;
+        };
+        let claims = self.claims;
+        // Attempts: claims that started work (not those that never settled).
+        let on_it: Vec<(&str, &ClaimFact)> = self
+            .index
+            .by_resource
+            .get(&res)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|(id, _)| {
+                !matches!(
+                    claims.release_reason(id),
+                    Some(ReleaseReason::Unsettled | ReleaseReason::Shutdown)
+                )
+            })
+            .collect();
+        out.attempts = on_it.len() as u32;
+        // Blame: the work failed, or its holder went away (the weather).
+        for (id, _) in &on_it {
+            match claims.release_reason(id) {
+                Some(r) if r.blames_work() => out.failed_attempts += 1,
+                Some(r) if r.blames_holder() => out.takeovers += 1,
+                _ => {}
+            }
+        }
+        let mut on_it_sorted = on_it.clone();
+        on_it_sorted.sort_by_key(|(_, c)| c.written_at_ms);
+        out.failures = on_it_sorted
+            .iter()
+            .filter_map(|(id, _)| self.releases.get(*id))
+            .filter(|r| r.why != ReleaseReason::Done)
+            .map(release_text)
+            .collect();
+        let active = claims.winner(&res).is_some();
+        if !active && out.blocked_reason.is_none() {
+            // The reasons of the kind that blocked, oldest first.
+            let reasons = |work: bool| {
+                let mut r: Vec<String> = on_it_sorted
+                    .iter()
+                    .filter_map(|(id, _)| self.releases.get(*id))
+                    .filter(|r| {
+                        if work {
+                            r.why.blames_work()
+                        } else {
+                            r.why.blames_holder()
+                        }
+                    })
+                    .map(release_text)
+                    .collect();
+                r.dedup();
+                r.join("; ")
+            };
+            let (failed_attempts, takeovers) = (out.failed_attempts, out.takeovers);
+            if failed_attempts >= MAX_ATTEMPTS {
+                out.blocked_reason = Some(format!(
+                    "{p} failed {failed_attempts} attempts: {}",
+                    reasons(true)
+                ));
+            } else if takeovers >= MAX_TAKEOVERS {
+                out.blocked_reason = Some(format!(
+                    "{p} lost its holder {takeovers} times: {}",
+                    reasons(false)
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Step 7 of the fold: a story waiting on a blocked dependency is blocked too (it would
+/// wait forever): say so, naming the dependency, until a human unblocks it.
+fn block_dependents_of_blocked(
+    stories: &mut BTreeMap<String, StoryView>,
+    active_stories: &BTreeSet<&str>,
+) {
+    loop {
+        let mut changed = false;
+        let keys: Vec<String> = stories.keys().cloned().collect();
+        for k in keys {
+            let Some(s) = stories.get(&k) else { continue };
+            // (A story already started is blocked too unless a node is working on
+            // it: the scheduler never runs a phase of a story whose dependencies have
+            // not landed, so it would wait forever — seed 1065 hostile, 2 files.)
+            if s.merged.is_some()
+                || s.blocked_reason.is_some()
+                || active_stories.contains(k.as_str())
+            {
+                continue;
+            }
+            let dep = s.fact.depends_on.iter().find_map(|d| {
+                stories
+                    .get(d)
+                    .filter(|x| x.blocked_reason.is_some())
+                    .map(|x| x.id.clone())
+            });
+            if let Some(dep) = dep {
+                if let Some(s) = stories.get_mut(&k) {
+                    s.status = StoryStatus::Blocked;
+                    s.blocked_reason = Some(format!("depends on {dep}, which is blocked"));
+                    s.next_phase = None;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+}
+
+/// `s-42` → `S-0042`; anything else is returned upper-cased as given.
+fn normalize_display_id(id: &str) -> String {
+    let up = id.trim().to_uppercase();
+    let Some(rest) = up.strip_prefix("S-") else {
+        return up;
+    };
+    let (num, suffix) = match rest.split_once('-') {
+        Some((n, s)) => (n, Some(s)),
+        None => (rest, None),
+    };
+    match num.parse::<u32>() {
+        Ok(n) => match suffix {
+            // Tags are case-sensitive base58; keep the suffix as the user typed it.
+            Some(_) => {
+                let orig_suffix = id.trim().rsplit_once('-').map_or("", |(_, s)| s);
+                format!("S-{n:04}-{orig_suffix}")
+            }
+            None => format!("S-{n:04}"),
+        },
+        Err(_) => up,
+    }
+}

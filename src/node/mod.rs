@@ -1,0 +1,387 @@
+//! The node runtime: the shell around the pure [`Core`]. One task owns the core and the
+//! store; it reads the clock and passes the time in, turns network events and API
+//! requests into core inputs, and carries out the core's effects (publish, send, respond,
+//! persist). Writes that a caller is told about are flushed to disk first.
+
+use crate::config::Config;
+use crate::core::membership::{MembershipConfig, PeerState, PeerStatus};
+use crate::core::model::{Event, KnowledgeKind};
+use crate::core::model::{Handoff, NewStory, Topic};
+use crate::core::state::{Doc, StoryView, View};
+pub use crate::core::Counters;
+use crate::core::{
+    ClaimRow, ClockSkew, Core, CoreConfig, Effect, Guards, Handover, HeldClaim, Input, RunRecord,
+    EVENT_LOG_CAPACITY,
+};
+use crate::exec::command::CommandExecutor;
+use crate::exec::{Executor, SimExecutor};
+use crate::git::NodeRepo;
+use crate::net::{self, NetClient, NetCommand, NetConfig, NetEvent};
+use crate::store::{EventLog, Faults, KnownPeer, Store, StoreError};
+use crate::work::{GateConfig, WorkShell};
+use libp2p::request_response::ResponseChannel;
+use libp2p::{Multiaddr, PeerId};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot, watch};
+
+mod handle;
+mod runtime;
+
+pub use handle::NodeHandle;
+use runtime::{dial_addrs, Runtime};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+    #[error(transparent)]
+    State(#[from] crate::core::state::StateError),
+    #[error("invalid address {0}")]
+    Addr(String),
+    #[error("the story was written but cannot be read back: the store may be corrupt")]
+    Vanished,
+    #[error("invalid config: {0}")]
+    Executor(String),
+    #[error("git origin: {0}")]
+    Git(String),
+}
+
+/// Everything needed to start a node.
+pub struct NodeOptions {
+    pub config: Config,
+    /// None: an in-memory node (the passive observer).
+    pub data_dir: Option<PathBuf>,
+    pub keypair: libp2p::identity::Keypair,
+    pub psk: Option<libp2p::pnet::PreSharedKey>,
+    /// A passive observer never writes to the document and never heartbeats.
+    pub passive: bool,
+    /// Runs phases; None picks the one the config names.
+    pub executor: Option<Arc<dyn Executor>>,
+}
+
+/// Requests from the control API (and tests) into the node loop.
+#[derive(Debug)]
+pub enum ApiRequest {
+    AddStory(NewStory, oneshot::Sender<Result<StoryView, WriteError>>),
+    Status(oneshot::Sender<StatusReport>),
+    View(oneshot::Sender<View>),
+    /// Start (true) or stop (false) claiming new work; running work continues. Starting
+    /// claims at once rather than at the next tick.
+    SetWork(bool, oneshot::Sender<()>),
+    /// Stop the node loop for this long, as SIGSTOP or a long GC pause would: no
+    /// heartbeats, no ticks, no sync; inputs queue up. For tests of stale holders.
+    Pause(Duration),
+    /// The claims this node settled and ran.
+    Runs(oneshot::Sender<Vec<RunRecord>>),
+    /// The event timeline with arrival positions: after 0, the whole merged history in
+    /// time order; after a position, what arrived since, in arrival order.
+    Events(u64, oneshot::Sender<Vec<(u64, Event)>>),
+    /// Adds a knowledge entry by hand; answers its id.
+    AddKnowledge(
+        KnowledgeKind,
+        String,
+        oneshot::Sender<Result<String, WriteError>>,
+    ),
+    /// Flush everything and stop the node loop; answered once stopped.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A story line in the status report.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StorySummary {
+    pub id: String,
+    pub title: String,
+    pub status: String,
+    pub priority: u32,
+    /// Why it is not moving, while neither merged nor blocked (`scheduler::waiting`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<crate::core::scheduler::Waiting>,
+}
+
+/// What `mesh-agent status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatusReport {
+    pub peer_id: String,
+    pub version: String,
+    pub passive: bool,
+    pub uptime_ms: u64,
+    pub listen_addrs: Vec<String>,
+    pub connected: usize,
+    pub peers: Vec<PeerStatus>,
+    pub story_counts: BTreeMap<String, usize>,
+    pub stories: Vec<StorySummary>,
+    pub heads: Vec<String>,
+    pub heads_digest: String,
+    pub doc_bytes: u64,
+    pub store_bytes: u64,
+    pub counters: Counters,
+    /// Claims this node holds.
+    pub held: Vec<HeldClaim>,
+    /// Every active claim in the mesh, as this node sees it.
+    pub claims: Vec<ClaimRow>,
+    /// Joining: this node knows of a mesh it has not synced with yet and claims nothing
+    /// for at most this much longer.
+    #[serde(default)]
+    pub joining_ms_left: Option<u64>,
+    /// Uptime at which this node first synced with a peer.
+    #[serde(default)]
+    pub joined_at_ms: Option<u64>,
+    /// This node's wall clock against its peers'.
+    #[serde(default)]
+    pub clock: ClockSkew,
+}
+
+/// What a node currently observes, published on every change so that tests, benchmarks
+/// and the observer can await a condition instead of polling.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observation {
+    pub heads_digest: [u8; 32],
+    /// Peers in each membership state, sorted.
+    pub alive: Vec<String>,
+    pub suspect: Vec<String>,
+    pub dead: Vec<String>,
+    pub connected: usize,
+    pub handshake_failures: u64,
+    pub sync_sessions_completed: u64,
+    /// Node clock (ms since start) at which it first completed a sync with a peer.
+    pub joined_at_ms: Option<u64>,
+    /// Arrival position of the newest event in the timeline (grows with each new one).
+    pub events: u64,
+}
+
+/// The longest a clean shutdown waits for its peers to sync the claims it hands back.
+pub const HANDOVER_MAX: Duration = Duration::from_secs(2);
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Why a write the caller waits on (`story add`, `knowledge add`) was not made. Either
+/// way nothing was recorded and nothing reached a peer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// The request itself was refused (bad input, a passive node).
+    #[error("{0}")]
+    Refused(String),
+    /// The write could not be made durable (appending or flushing failed): it was
+    /// undone.
+    #[error("the write could not be stored, nothing was recorded: {0}")]
+    NotDurable(String),
+}
+
+/// Starts a node: opens the store, loads the document, binds the network.
+pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
+    let cfg = opts.config;
+    let store = match &opts.data_dir {
+        Some(dir) if !opts.passive => Some(Store::open(dir)?),
+        _ => None,
+    };
+    let mut actor = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut actor);
+    let doc = match &store {
+        Some(s) => {
+            let (snap, chunks) = s.load_doc()?;
+            Doc::load(actor, &snap, &chunks)?
+        }
+        None => Doc::new(actor),
+    };
+    // Peers remembered from earlier runs: a hint, so an unreadable record is no reason
+    // not to start.
+    let known: BTreeMap<String, KnownPeer> = match &store {
+        Some(s) => s.load_known_peers().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the remembered peers; starting without");
+            Vec::new()
+        }),
+        None => Vec::new(),
+    }
+    .into_iter()
+    .map(|p| (p.peer.clone(), p))
+    .collect();
+    let parse = |v: &[String]| -> Result<Vec<Multiaddr>, NodeError> {
+        v.iter()
+            .map(|a| a.parse().map_err(|_| NodeError::Addr(a.clone())))
+            .collect()
+    };
+    let (net, net_rx, net_task) = net::spawn(NetConfig {
+        keypair: opts.keypair.clone(),
+        psk: opts.psk,
+        listen: parse(&cfg.listen)?,
+        bootstrap: parse(&cfg.bootstrap)?,
+        max_sync_bytes: cfg.max_sync_message_bytes + 64,
+        max_peers: cfg.max_peers,
+        request_timeout: Duration::from_secs(10),
+    })
+    .await?;
+    let listen_addrs = net.info().await.listen_addrs;
+    let peer = net.local_peer_id.to_string();
+    net.send(NetCommand::Remember(dial_addrs(&known))).await;
+    let mut core = Core::new(
+        peer.clone(),
+        CoreConfig {
+            membership: MembershipConfig {
+                heartbeat_ms: cfg.heartbeat_ms,
+                suspect_after_missed: cfg.suspect_after_missed,
+                dead_after_ms: cfg.dead_after_ms,
+            },
+            roles: cfg.roles.clone(),
+            capacity: cfg.capacity,
+            role_limits: cfg.role_limits.clone(),
+            max_sync_bytes: cfg.max_sync_message_bytes,
+            passive: opts.passive,
+            lease: cfg.lease(),
+            work: cfg.work && !opts.passive,
+            broken_winner_rule: false,
+            stall_after_ms: cfg.stall_after_ms,
+        },
+        doc,
+        wall_ms(),
+    );
+    core.set_guards(Guards {
+        join_wait_ms: cfg.join_wait_ms,
+        remembers_peers: !known.is_empty(),
+        clock_skew: true,
+    });
+    if !known.is_empty() {
+        tracing::info!(peers = known.len(), "redialling remembered peers");
+    }
+
+    // The timeline survives restarts: reload what the previous runs kept.
+    let event_log = match &store {
+        Some(s) => {
+            let log = s.events(EVENT_LOG_CAPACITY)?;
+            let (events, bad) = log.load()?;
+            if bad > 0 {
+                tracing::warn!(bad, "skipped stored events that could not be read");
+            }
+            core.restore_events(events);
+            Some(log)
+        }
+        None => None,
+    };
+    let executor: Arc<dyn Executor> = match opts.executor {
+        Some(e) => e,
+        None if cfg.executor == "command" => {
+            Arc::new(CommandExecutor::new(cfg.command.clone()).map_err(NodeError::Executor)?)
+        }
+        None => Arc::new(SimExecutor {
+            phase_ms: cfg.sim_phase_ms,
+            failure_rate: cfg.sim_failure_rate,
+            review_reject_rate: cfg.sim_review_reject_rate,
+            seed: rand::random(),
+        }),
+    };
+    let work_dir = opts
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("mesh-agent-{peer}")))
+        .join("work");
+    let repo = match (&opts.data_dir, cfg.origin.is_empty(), opts.passive) {
+        (Some(dir), false, false) => {
+            let clone = dir.join("git").join("clone");
+            let origin = cfg.origin.clone();
+            let branch = cfg.branch.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                NodeRepo::open_or_clone(&origin, &clone)
+                    .and_then(|r| r.with_branch(&format!("refs/heads/{branch}")))
+            })
+            .await
+            .map_err(|e| NodeError::Git(e.to_string()))?
+            .map_err(|e| NodeError::Git(e.to_string()))?;
+            Some(r)
+        }
+        _ => None,
+    };
+    let shell = Arc::new(WorkShell::new(
+        executor,
+        repo,
+        work_dir,
+        peer.to_string(),
+        GateConfig {
+            test: (!cfg.test_command.is_empty()).then(|| cfg.test_command.clone()),
+            test_timeout: Duration::from_secs(cfg.test_timeout_secs),
+            max_tries: cfg.merge_max_tries,
+        },
+    ));
+    if !opts.passive {
+        let s = shell.clone();
+        let _ = tokio::task::spawn_blocking(move || s.clean_leftovers()).await;
+    }
+    let (work_tx, work_rx) = mpsc::channel(256);
+    let (obs_tx, obs_rx) = watch::channel(Observation {
+        heads_digest: core.digest(),
+        ..Default::default()
+    });
+    let faults = store.as_ref().map(Store::faults);
+    let mut rt = Runtime {
+        core,
+        cfg,
+        store,
+        event_log,
+        net: net.clone(),
+        started: Instant::now(),
+        listen_addrs: listen_addrs.iter().map(|a| a.to_string()).collect(),
+        observe: Some(obs_tx),
+        replies: HashMap::new(),
+        next_reply: 0,
+        shell,
+        jobs: HashMap::new(),
+        work_tx,
+        known,
+    };
+    rt.core.announce_node(env!("CARGO_PKG_VERSION"));
+    rt.drain_effects().await;
+    rt.flush().await;
+    tracing::info!(peer = %peer, passive = opts.passive, "node started");
+    let (api_tx, api_rx) = mpsc::channel(256);
+    let task = tokio::spawn(rt.run(net_rx, api_rx, Some(work_rx)));
+    Ok(NodeHandle {
+        peer_id: net.local_peer_id,
+        listen_addrs,
+        observe: obs_rx,
+        api: api_tx,
+        net: net.clone(),
+        task,
+        net_task,
+        faults,
+    })
+}
+
+/// Adds a story straight into the store of a node that is not running (the CLI's path
+/// when no control endpoint answers). Fails clearly if the data dir is locked.
+pub fn offline_add_story(
+    data_dir: &std::path::Path,
+    creator: &str,
+    new: &NewStory,
+) -> Result<StoryView, NodeError> {
+    let mut store = Store::open(data_dir)?;
+    let (snap, chunks) = store.load_doc()?;
+    let mut actor = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut actor);
+    let mut doc = Doc::load(actor, &snap, &chunks)?;
+    let key = doc.add_story(new, creator, wall_ms())?;
+    store.append_chunk(&doc.save_incremental())?;
+    store.flush_blocking()?;
+    doc.view()
+        .stories
+        .get(&key)
+        .cloned()
+        .ok_or(NodeError::Vanished)
+}
+
+/// Reads the view from the store of a node that is not running.
+pub fn offline_view(data_dir: &std::path::Path) -> Result<View, NodeError> {
+    let store = Store::open(data_dir)?;
+    let (snap, chunks) = store.load_doc()?;
+    Ok(Doc::load([0; 16], &snap, &chunks)?.view())
+}

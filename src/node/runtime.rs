@@ -1,0 +1,528 @@
+//! The node's event loop: the task that owns the core and the store, reads the clock,
+//! turns network events and API requests into core inputs and carries out the core's
+//! effects (publish, send, respond, persist, flush before acknowledging).
+
+use super::*;
+
+pub(super) struct Runtime {
+    pub(super) core: Core,
+    pub(super) cfg: Config,
+    pub(super) store: Option<Store>,
+    /// The durable event timeline (beside the document in the same store).
+    pub(super) event_log: Option<EventLog>,
+    pub(super) net: NetClient,
+    pub(super) started: Instant,
+    pub(super) listen_addrs: Vec<String>,
+    pub(super) observe: Option<watch::Sender<Observation>>,
+    /// Sync requests awaiting our answer, by the reply token given to the core.
+    pub(super) replies: HashMap<u64, ResponseChannel<Vec<u8>>>,
+    pub(super) next_reply: u64,
+    pub(super) shell: Arc<WorkShell>,
+    pub(super) jobs: HashMap<String, tokio::task::JoinHandle<()>>,
+    pub(super) work_tx: mpsc::Sender<(String, Result<Handoff, String>)>,
+    /// Peers this node was connected to (persisted; redialled on the next start).
+    pub(super) known: BTreeMap<String, KnownPeer>,
+}
+
+/// The addresses to redial for remembered peers, each ending in `/p2p/<peer>`.
+pub(super) fn dial_addrs(known: &BTreeMap<String, KnownPeer>) -> Vec<Multiaddr> {
+    let mut out = Vec::new();
+    for p in known.values() {
+        let Ok(id) = p.peer.parse::<PeerId>() else {
+            continue;
+        };
+        for a in &p.addrs {
+            if let Ok(a) = a.parse::<Multiaddr>() {
+                out.push(a.with(libp2p::multiaddr::Protocol::P2p(id)));
+            }
+        }
+    }
+    out
+}
+
+impl Runtime {
+    pub(super) fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Publishes the current observation (only when it changed).
+    pub(super) fn publish_observation(&self) {
+        let Some(tx) = &self.observe else { return };
+        let now = self.now_ms();
+        let c = self.core.counters();
+        let mut o = Observation {
+            heads_digest: self.core.digest(),
+            connected: self.core.connected().len(),
+            handshake_failures: c.handshake_failures,
+            sync_sessions_completed: c.sync_sessions_completed,
+            joined_at_ms: self.core.joined_at_ms(),
+            events: self.core.events_pos(),
+            ..Default::default()
+        };
+        for p in self.core.peers(now) {
+            match p.state {
+                PeerState::Alive => o.alive.push(p.peer),
+                PeerState::Suspect => o.suspect.push(p.peer),
+                PeerState::Dead => o.dead.push(p.peer),
+            }
+        }
+        tx.send_if_modified(|cur| {
+            if *cur == o {
+                false
+            } else {
+                *cur = o;
+                true
+            }
+        });
+    }
+
+    pub(super) async fn run(
+        mut self,
+        mut net_rx: mpsc::Receiver<NetEvent>,
+        mut api_rx: mpsc::Receiver<ApiRequest>,
+        mut work_rx: Option<mpsc::Receiver<(String, Result<Handoff, String>)>>,
+    ) {
+        let hb_period = Duration::from_millis(self.cfg.heartbeat_ms);
+        let mut hb = tokio::time::interval(hb_period);
+        let mut tick = tokio::time::interval(hb_period / 4);
+        let mut ae = tokio::time::interval(Duration::from_millis(self.cfg.anti_entropy_ms));
+        for t in [&mut hb, &mut tick, &mut ae] {
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        let mut stopped: Option<oneshot::Sender<()>> = None;
+        // A clean shutdown handing claims back: what it waits for, who to answer, until when.
+        let mut handover: Option<(Handover, oneshot::Sender<()>, tokio::time::Instant)> = None;
+        let Some(mut work_rx) = work_rx.take() else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                done = work_rx.recv() => if let Some((claim, outcome)) = done {
+                    self.jobs.remove(&claim);
+                    let now = self.now_ms();
+                    self.core.set_wall(wall_ms());
+                    self.core.handle(now, Input::WorkFinished { claim, outcome });
+                },
+                ev = net_rx.recv() => match ev {
+                    Some(ev) => self.on_net(ev).await,
+                    None => break,
+                },
+                req = api_rx.recv() => match req {
+                    Some(ApiRequest::Shutdown(done)) => {
+                        if handover.is_some() {
+                            // A second request: stop at once.
+                            stopped = Some(done);
+                            break;
+                        }
+                        let now = self.now_ms();
+                        self.core.set_wall(wall_ms());
+                        match self.core.begin_shutdown(now) {
+                            Some(h) => {
+                                tracing::info!(claims = h.released.len(), peers = h.peers.len(), "stopping: handing claims back");
+                                handover = Some((h, done, tokio::time::Instant::now() + HANDOVER_MAX));
+                            }
+                            None => {
+                                stopped = Some(done);
+                                break;
+                            }
+                        }
+                    }
+                    Some(ApiRequest::Pause(d)) => {
+                        tracing::warn!(?d, "node loop paused");
+                        tokio::time::sleep(d).await;
+                    }
+                    Some(req) => self.on_api(req).await,
+                    None => break,
+                },
+                _ = hb.tick() => self.core.heartbeat(wall_ms()),
+                _ = tick.tick() => {
+                    let now = self.now_ms();
+                    for t in self.core.tick(now, wall_ms()) {
+                        match t.to {
+                            PeerState::Dead => tracing::warn!(peer = %t.peer, "peer is dead"),
+                            PeerState::Suspect => tracing::info!(peer = %t.peer, "peer is suspect"),
+                            PeerState::Alive => tracing::info!(peer = %t.peer, "peer is alive again"),
+                        }
+                    }
+                }
+                _ = ae.tick() => {
+                    let now = self.now_ms();
+                    self.core.anti_entropy(now, rand::random());
+                }
+                _ = sleep_until_handover(handover.as_ref().map(|h| h.2)) => {
+                    tracing::warn!("stopping: not every peer synced the released claims in time; they will see them through anti-entropy or expiry");
+                    if let Some((_, done, _)) = handover.take() {
+                        stopped = Some(done);
+                    }
+                    break;
+                }
+            }
+            self.drain_effects().await;
+            self.publish_observation();
+            if handover
+                .as_ref()
+                .is_some_and(|(h, _, _)| self.core.handed_over(h))
+            {
+                if let Some((h, done, _)) = handover.take() {
+                    tracing::info!(claims = h.released.len(), "claims handed back; stopping");
+                    stopped = Some(done);
+                }
+                break;
+            }
+        }
+        self.drain_effects().await;
+        for (_, t) in self.jobs.drain() {
+            t.abort();
+        }
+        self.flush().await;
+        tracing::info!("node stopped");
+        if let Some(done) = stopped {
+            let _ = done.send(());
+        }
+    }
+
+    /// Remembers a peer's listen addresses (persisted, and redialled while alone).
+    pub(super) async fn remember(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let Some(store) = &self.store else { return };
+        let addrs: Vec<String> = addrs
+            .iter()
+            .filter(|a| {
+                !a.iter()
+                    .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))
+            })
+            .map(|a| a.to_string())
+            .take(crate::store::MAX_PEER_ADDRS)
+            .collect();
+        if addrs.is_empty() {
+            return;
+        }
+        let entry = KnownPeer {
+            peer: peer.to_string(),
+            addrs,
+            seen_ms: wall_ms(),
+        };
+        let changed = self
+            .known
+            .get(&entry.peer)
+            .is_none_or(|k| k.addrs != entry.addrs);
+        self.known.insert(entry.peer.clone(), entry);
+        if self.known.len() > crate::store::MAX_KNOWN_PEERS {
+            if let Some(oldest) = self
+                .known
+                .values()
+                .min_by_key(|k| k.seen_ms)
+                .map(|k| k.peer.clone())
+            {
+                self.known.remove(&oldest);
+            }
+        }
+        let all: Vec<KnownPeer> = self.known.values().cloned().collect();
+        if let Err(e) = store.save_known_peers(&all) {
+            tracing::warn!(error = %e, "cannot remember peers");
+        }
+        if changed {
+            self.net
+                .send(NetCommand::Remember(dial_addrs(&self.known)))
+                .await;
+        }
+    }
+
+    /// Carries out everything the core asked for.
+    pub(super) async fn drain_effects(&mut self) {
+        while let Some(e) = self.core.poll_effect() {
+            match e {
+                Effect::Publish { topic, data } => {
+                    self.net.send(NetCommand::Publish { topic, data }).await;
+                }
+                Effect::SendSync { to, data } => match to.parse::<PeerId>() {
+                    Ok(peer) => {
+                        self.net.send(NetCommand::SendSync { peer, data }).await;
+                    }
+                    Err(_) => tracing::error!(%to, "core addressed an invalid peer id"),
+                },
+                Effect::Respond { reply, data } => {
+                    if let Some(channel) = self.replies.remove(&reply) {
+                        self.net.send(NetCommand::Respond { channel, data }).await;
+                    }
+                }
+                Effect::Persist { chunk } => self.persist(&chunk),
+                Effect::PersistEvents { events } => {
+                    if let Some(log) = self.event_log.as_mut() {
+                        if let Err(e) = log.append(&events) {
+                            tracing::error!(error = %e, "cannot persist events");
+                        }
+                    }
+                }
+                Effect::StartWork(job) => {
+                    let claim = job.claim.clone();
+                    let fut = self.shell.run(*job);
+                    let tx = self.work_tx.clone();
+                    let c = claim.clone();
+                    let task = tokio::spawn(async move {
+                        let outcome = fut.await;
+                        let _ = tx.send((c, outcome)).await;
+                    });
+                    self.jobs.insert(claim, task);
+                }
+                Effect::CancelWork { claim } => {
+                    if let Some(t) = self.jobs.remove(&claim) {
+                        t.abort();
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) async fn on_net(&mut self, ev: NetEvent) {
+        if let NetEvent::PeerAddrs { peer, addrs } = ev {
+            self.remember(peer, addrs).await;
+            return;
+        }
+        let now = self.now_ms();
+        self.core.set_wall(wall_ms());
+        let input = match ev {
+            NetEvent::Gossip {
+                topic: Topic::Heartbeat,
+                from,
+                data,
+            } => Input::Heartbeat {
+                from: from.to_string(),
+                data,
+            },
+            NetEvent::Gossip {
+                topic: Topic::Events,
+                from,
+                data,
+            } => Input::Event {
+                from: from.to_string(),
+                data,
+            },
+            NetEvent::SyncRequest {
+                peer,
+                data,
+                channel,
+            } => {
+                let reply = self.next_reply;
+                self.next_reply += 1;
+                self.replies.insert(reply, channel);
+                Input::SyncRequest {
+                    from: peer.to_string(),
+                    data,
+                    reply,
+                }
+            }
+            NetEvent::SyncResponse { peer, data } => Input::SyncResponse {
+                from: peer.to_string(),
+                data,
+            },
+            NetEvent::SyncFailed { peer, error } => {
+                tracing::debug!(%peer, %error, "sync request failed");
+                Input::SyncFailed {
+                    from: peer.to_string(),
+                }
+            }
+            NetEvent::Connected(p) => Input::Connected(p.to_string()),
+            NetEvent::Disconnected(p) => Input::Disconnected(p.to_string()),
+            NetEvent::HandshakeFailed { .. } => {
+                self.core.counters_mut().handshake_failures += 1;
+                return;
+            }
+            NetEvent::PeerAddrs { .. } => return,
+            NetEvent::Listening(a) => {
+                let a = a.to_string();
+                if !self.listen_addrs.contains(&a) {
+                    self.listen_addrs.push(a);
+                }
+                return;
+            }
+        };
+        self.core.handle(now, input);
+    }
+
+    pub(super) fn persist(&mut self, chunk: &[u8]) {
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        if let Err(e) = store.append_chunk(chunk) {
+            tracing::error!(error = %e, "cannot persist document change");
+            return;
+        }
+        if store.chunks() >= u64::from(self.cfg.snapshot_every) {
+            let snap = self.core.doc_mut().save();
+            if let Err(e) = store.compact(&snap) {
+                tracing::error!(error = %e, "snapshot failed");
+            } else {
+                tracing::debug!(bytes = snap.len(), "document compacted");
+            }
+        }
+    }
+
+    pub(super) async fn flush(&self) {
+        if let Some(s) = &self.store {
+            if let Err(e) = s.flush().await {
+                tracing::error!(error = %e, "flush failed");
+            }
+        }
+    }
+
+    /// A local write its caller waits on: acknowledged only once it is on disk, and
+    /// once observers can see the new heads (a caller may wait for convergence right
+    /// after). Its chunks are appended and flushed before anything about it leaves the
+    /// node; if either fails, the chunks are taken back out of the store and the core
+    /// puts its document back as it was, so the write leaves no fact behind.
+    pub(super) async fn durable_write<T>(
+        &mut self,
+        write: impl FnOnce(&mut Core) -> Result<T, String>,
+    ) -> Result<T, WriteError> {
+        self.drain_effects().await;
+        self.core.begin_durable_write();
+        let made = write(&mut self.core);
+        let chunks = self.core.take_write_chunks();
+        let res = match made {
+            Ok(v) => match self.make_durable(&chunks).await {
+                Ok(()) => Ok(v),
+                Err(e) => Err(WriteError::NotDurable(e)),
+            },
+            Err(e) => match self.make_durable(&chunks).await {
+                // A refused write normally wrote nothing; whatever it did write is kept
+                // only if it is durable.
+                Ok(()) => Err(WriteError::Refused(e)),
+                Err(d) => Err(WriteError::NotDurable(format!("{e}; {d}"))),
+            },
+        };
+        if matches!(res, Err(WriteError::NotDurable(_))) {
+            tracing::error!(error = %res.as_ref().err().map(ToString::to_string).unwrap_or_default(), "local write undone");
+            self.core.abort_durable_write();
+        } else {
+            self.core.commit_durable_write();
+        }
+        self.drain_effects().await;
+        self.publish_observation();
+        res
+    }
+
+    /// Appends `chunks` and flushes; on failure removes what was appended.
+    async fn make_durable(&mut self, chunks: &[Vec<u8>]) -> Result<(), String> {
+        let Some(store) = self.store.as_mut() else {
+            return Ok(());
+        };
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let mark = store.chunk_mark();
+        let mut res = Ok(());
+        for c in chunks {
+            res = store.append_chunk(c);
+            if res.is_err() {
+                break;
+            }
+        }
+        if res.is_ok() {
+            res = store.flush().await;
+        }
+        let Err(e) = res else {
+            return Ok(());
+        };
+        if let Err(undo) = store.discard_chunks_from(mark) {
+            tracing::error!(error = %undo, "cannot take an undone write back out of the store");
+        }
+        Err(e.to_string())
+    }
+
+    pub(super) async fn on_api(&mut self, req: ApiRequest) {
+        match req {
+            ApiRequest::AddStory(new, reply) => {
+                let wall = wall_ms();
+                let res = self
+                    .durable_write(|core| core.add_story(&new, wall).map_err(|e| e.to_string()))
+                    .await;
+                let _ = reply.send(res);
+            }
+            ApiRequest::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            ApiRequest::Events(after, reply) => {
+                // From the start: the whole merged history; following: what is new.
+                let limit = if after == 0 { EVENT_LOG_CAPACITY } else { 1000 };
+                let _ = reply.send(self.core.events_after(after, limit));
+            }
+            ApiRequest::AddKnowledge(kind, text, reply) => {
+                let wall = wall_ms();
+                let res = self
+                    .durable_write(|core| core.add_knowledge(kind, &text, wall))
+                    .await;
+                let _ = reply.send(res);
+            }
+            ApiRequest::View(reply) => {
+                let _ = reply.send((*self.core.view()).clone());
+            }
+            ApiRequest::SetWork(on, reply) => {
+                let now = self.now_ms();
+                self.core.set_work(on, now, wall_ms());
+                let _ = reply.send(());
+            }
+            ApiRequest::Runs(reply) => {
+                let _ = reply.send(self.core.runs().to_vec());
+            }
+            // Handled by the loop itself.
+            ApiRequest::Shutdown(_) | ApiRequest::Pause(_) => {}
+        }
+    }
+
+    pub(super) fn status(&mut self) -> StatusReport {
+        let now = self.now_ms();
+        let view = self.core.doc().view();
+        let claims = view.claims();
+        let m = &self.net.metrics;
+        let mut counters = self.core.counters().clone();
+        counters.bytes_in = m.bytes_in.load(Ordering::Relaxed);
+        counters.bytes_out = m.bytes_out.load(Ordering::Relaxed);
+        let doc = self.core.doc_mut();
+        let heads = doc.heads_hex();
+        let doc_bytes = doc.save().len() as u64;
+        StatusReport {
+            peer_id: self.core.peer().to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            passive: self.core.is_passive(),
+            uptime_ms: now,
+            listen_addrs: self.listen_addrs.clone(),
+            connected: self.core.connected().len(),
+            peers: self.core.peers(now),
+            story_counts: view
+                .count_by_status()
+                .into_iter()
+                .map(|(k, v)| (k.as_str().to_string(), v))
+                .collect(),
+            stories: view
+                .stories_ordered()
+                .into_iter()
+                .map(|s| StorySummary {
+                    id: s.id.clone(),
+                    title: s.fact.title.clone(),
+                    status: s.status.as_str().to_string(),
+                    priority: s.fact.priority,
+                    waiting: crate::core::scheduler::waiting(&view, &claims, &s.key)
+                        .filter(|w| w.is_open()),
+                })
+                .collect(),
+            heads,
+            heads_digest: hex::encode(&self.core.digest()[..8]),
+            doc_bytes,
+            store_bytes: self.store.as_ref().map_or(0, |s| s.size_on_disk()),
+            counters,
+            held: self.core.held(now),
+            claims: self.core.claim_rows(now),
+            joining_ms_left: self.core.joining(now),
+            joined_at_ms: self.core.joined_at_ms(),
+            clock: self.core.clock_skew(now),
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+pub(super) async fn sleep_until_handover(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
