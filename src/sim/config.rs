@@ -1,6 +1,7 @@
 //! The scenario a run plays: its size, fault mode, timings, and the liveness bound
 //! derived from them.
 
+use crate::core::fence::{token_check, Rule};
 use crate::core::lease::LeaseConfig;
 use crate::core::membership::MembershipConfig;
 use crate::core::model::MAX_ATTEMPTS;
@@ -39,6 +40,9 @@ pub struct SimConfig {
     pub review_reject_rate: f64,
     /// Make the cores start work without checking they win (to prove the checks bite).
     pub broken_winner_rule: bool,
+    /// The rule the origin's fence applies to a landing: the product's
+    /// [`token_check`]; a test swaps in a broken one to prove the invariants catch it.
+    pub fence_rule: Rule<usize>,
     /// Keep a trace of every event (costly; for replaying one seed).
     pub trace: bool,
     /// Clean stops, the cores' joining and clock-skew guards, and skewed wall clocks.
@@ -72,6 +76,7 @@ impl SimConfig {
             capacity: 2,
             review_reject_rate: 0.2,
             broken_winner_rule: false,
+            fence_rule: token_check,
             trace: false,
             stops_guards_clocks: true,
         }

@@ -7,9 +7,9 @@
 //! event, and a failure carries the seed and a trace.
 //!
 //! It owns no I/O and reads no clock: it is a shell whose "network" is a priority queue.
-//! The git origin is modelled as a fence register per story (the contract of `fence`):
-//! an implementation records its token, and a landing is refused when a newer
-//! implementation recorded a higher token or the story already landed.
+//! The git origin is modelled with the product's fence: a merge lands under
+//! `fence_token(round, merge token)` only if [`crate::core::fence::token_check`] (or the
+//! rule a test swaps in) lets its node's token through; see `origin`.
 //!
 //! Two fault modes:
 //! - clean: delays, reordering, duplicates, crashes, clean stops and restarts. Here the claim protocol

@@ -41,6 +41,7 @@ impl Sim {
             });
         }
         let groups = vec![0; cfg.nodes];
+        let origin = Origin::new(cfg.fence_rule);
         Sim {
             cfg,
             rng,
@@ -50,7 +51,7 @@ impl Sim {
             nodes,
             names,
             groups,
-            origin: Origin::default(),
+            origin,
             pending: BTreeMap::new(),
             next_req: 1,
             violations: Vec::new(),
