@@ -1,11 +1,14 @@
 //! Fencing at the git origin: the one resource that must never take two writers.
 //!
-//! Leases only decide who *should* work (DESIGN.md §5); a holder that paused past its
-//! lease can still wake up and push. So before implementing, a holder records its story
-//! token in the origin, and the merge gate lands main only through this module, which
-//! refuses a token lower than the one recorded (Kleppmann: a lock without a fence is only
-//! advisory). This is an I/O shell over git2; the rules it applies are small and stated
-//! here.
+//! Leases only decide who *should* work; a holder that paused past its lease can still
+//! wake up and push. So the merge gate lands main only through this module, under the
+//! merge claim's token ([`crate::core::fence::fence_token`]), and the fence refuses a
+//! token the rule refuses (Kleppmann: a lock without a fence is only advisory). The rule
+//! itself, [`crate::core::fence::token_check`], and the record are pure and live in the
+//! core, where the simulator's origin model calls the same function; this module is the
+//! I/O shell over git2 that keeps the records, takes the locks and moves main.
+//! (`record` is the same check without a land; the product lands only, the tests use it
+//! to set up fences.)
 //!
 //! # Storage
 //!
@@ -61,6 +64,7 @@
 //!   `git push --atomic` with a lease on both refs, which libgit2 cannot express; that is
 //!   not built yet.
 
+use crate::core::fence::{self, token_check};
 use git2::{ErrorCode, ObjectType, Oid, Reference, Repository, Signature};
 use rand::Rng;
 use std::path::{Path, PathBuf};
@@ -77,15 +81,12 @@ pub const MAX_NAME_BYTES: usize = 256;
 /// Largest fence blob read back; anything bigger is not ours.
 const MAX_FENCE_BLOB_BYTES: usize = 4096;
 
-/// What the fence ref of a story says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FenceRecord {
-    pub token: u64,
-    /// Peer id of the holder that recorded the token.
-    pub holder: String,
-    /// The commit main was fast-forwarded to, once the story landed.
-    pub landed: Option<Oid>,
-}
+/// What the fence ref of a story says (the pure record of [`crate::core::fence`], with
+/// git commit ids).
+pub type FenceRecord = fence::FenceRecord<Oid>;
+
+/// An expected refusal: the fence did its job (see [`crate::core::fence::Refused`]).
+pub type Refused = fence::Refused<Oid>;
 
 impl FenceRecord {
     fn to_blob(&self) -> String {
@@ -125,19 +126,6 @@ impl FenceRecord {
             landed,
         })
     }
-}
-
-/// An expected refusal: the fence did its job. Carries what is recorded now.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
-    #[error("fence refused: token {recorded} is already recorded for this story, higher than ours; our claim is stale, stop and release it")]
-    StaleToken { recorded: u64 },
-    #[error("fence refused: token {token} is already recorded by {holder}; another claim won this token, stop and release ours")]
-    TokenTaken { token: u64, holder: String },
-    #[error("fence refused: main is at {main}, which the new commit does not descend from; fetch, rebase and land again")]
-    NotFastForward { main: Oid },
-    #[error("fence refused: the story already landed as {commit} with token {token}")]
-    AlreadyLanded { token: u64, commit: Oid },
 }
 
 /// A failure: the fence could not be consulted or updated, so nothing is known to have
@@ -561,32 +549,6 @@ impl Fence {
 
 /// A ref lock held by someone else.
 struct Locked(String);
-
-/// The token rules shared by record and land; `None` means the token may proceed.
-fn token_check(current: Option<&FenceRecord>, token: u64, holder: &str) -> Option<Refused> {
-    let rec = current?;
-    if let Some(commit) = rec.landed {
-        if rec.token == token && rec.holder == holder {
-            return None;
-        }
-        return Some(Refused::AlreadyLanded {
-            token: rec.token,
-            commit,
-        });
-    }
-    if rec.token > token {
-        return Some(Refused::StaleToken {
-            recorded: rec.token,
-        });
-    }
-    if rec.token == token && rec.holder != holder {
-        return Some(Refused::TokenTaken {
-            token,
-            holder: rec.holder.clone(),
-        });
-    }
-    None
-}
 
 /// Opens `origin` and reads a story's fence: `(token, holder)`, if recorded.
 pub fn read(origin: impl AsRef<Path>, story: &str) -> Result<Option<(u64, String)>, FenceError> {

@@ -22,6 +22,7 @@
 //! Without an origin configured, jobs run in a scratch directory and nothing touches git
 //! (the mesh still runs every phase; merges are simulated).
 
+use crate::core::fence::fence_token;
 use crate::core::model::{Handoff, Phase, ResultFact, Verdict};
 use crate::core::Job;
 use crate::exec::{Executor, Workspace};
@@ -85,13 +86,6 @@ async fn blocking<T: Send + 'static>(
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(e) => Err(format!("git task failed: {e}")),
     }
-}
-
-/// The token recorded at the origin's fence for a merge: rounds restart the merge
-/// resource's tokens at 1, so the round goes in the high bits to keep fence tokens
-/// increasing across rounds.
-pub fn fence_token(round: u32, token: u64) -> u64 {
-    (u64::from(round) << 32) | (token & 0xffff_ffff)
 }
 
 /// The commit of the latest counted implement or rework.
@@ -461,12 +455,5 @@ mod tests {
         assert_eq!(change_commit(&j).map(|o| o.to_string()).as_deref(), Some(b));
         assert_eq!(last_rejection(&j).map(|r| r.phase), Some(Phase::Review));
         assert_eq!(change_commit(&job(vec![], Phase::Merge)), None);
-    }
-
-    #[test]
-    fn fence_tokens_grow_across_rounds() {
-        assert!(fence_token(1, 1) > fence_token(0, 7));
-        assert!(fence_token(0, 2) > fence_token(0, 1));
-        assert!(fence_token(2, 1) > fence_token(1, 900));
     }
 }

@@ -81,6 +81,25 @@ fn the_simulator_catches_a_broken_winner_rule() {
 }
 
 #[test]
+fn the_simulator_catches_a_fence_rule_that_accepts_any_token() {
+    // The origin's fence runs the product's rule (`core::fence::token_check`, whose own
+    // unit tests fail the same broken rule). Accepting any token lets a stale or second
+    // merge land a story that already landed: the invariants must see it.
+    let mut cfg = SimConfig::new(Mode::Hostile);
+    cfg.fence_rule = |_, _, _| None;
+    let caught = (1_000..1_100).map(|seed| run(seed, &cfg)).find(|r| !r.ok());
+    let Some(r) = caught else {
+        panic!("100 hostile seeds with a fence that accepts any token and no violation: the invariants are blind");
+    };
+    assert!(
+        r.violations.iter().any(|v| v.contains("landed 2 times")),
+        "seed {} failed, but not as a double landing: {:?}",
+        r.seed,
+        r.violations
+    );
+}
+
+#[test]
 fn a_seed_reproduces_its_run_exactly() {
     let mut cfg = SimConfig::new(Mode::Hostile);
     cfg.trace = true;

@@ -12,12 +12,14 @@
 //! - [`state`]: the automerge document of write-once facts and `View`, its pure fold;
 //! - [`membership`]: heartbeats in, alive/suspect/dead out;
 //! - [`lease`]: claims, fencing tokens, the winner rule, expiry;
+//! - [`fence`]: the fencing rule at the git origin (record, token check, merge token);
 //! - [`scheduler`]: what to run next, and why a story waits;
 //! - [`timeline`]: the bounded, deduplicated mesh-wide event timeline;
 //! - [`sim_handoff`]: the simulated executor's handoffs, shared by `exec::sim` and `sim`;
 //! - the node state machine ([`Core`], [`Input`], [`Effect`]) in `machine`.
 
 pub mod codec;
+pub mod fence;
 pub mod lease;
 mod machine;
 pub mod membership;

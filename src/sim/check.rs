@@ -1,0 +1,379 @@
+//! The invariants: safety after every event (tokens never go backwards, mutual
+//! exclusion in clean mode, no story lands twice) and at the end of a run (convergence,
+//! counted results from the highest claim, liveness within the bound, takeover of a dead
+//! holder's work within the bound).
+
+use super::{Crash, Mode, Sim};
+use crate::core::lease::Resource;
+use crate::core::model::{Phase, StoryStatus, MAX_ATTEMPTS, MAX_TAKEOVERS};
+use std::collections::{BTreeMap, BTreeSet};
+
+impl Sim {
+    /// Whether node `n` was up (and past its warm-up) for the whole of [from, to].
+    fn up_throughout(&self, n: usize, from: u64, to: u64) -> bool {
+        let m = self.cfg.membership;
+        let warm =
+            (m.heartbeat_ms * u64::from(m.suspect_after_missed)).max(self.cfg.join_wait_ms());
+        let crashed = self
+            .crashes
+            .iter()
+            .any(|c| c.node == n && c.at <= to && c.at >= from.saturating_sub(warm));
+        let restarted = self
+            .restarts
+            .iter()
+            .any(|&(r, at)| r == n && at <= to && at + warm >= from);
+        // Down before `from` and not back: the last event before `from` was a crash.
+        let last_crash = self
+            .crashes
+            .iter()
+            .filter(|c| c.node == n && c.at < from)
+            .map(|c| c.at)
+            .max();
+        let last_restart = self
+            .restarts
+            .iter()
+            .filter(|&&(r, _)| r == n)
+            .map(|&(_, at)| at)
+            .filter(|&at| at < from)
+            .max();
+        let down_at_from = match (last_crash, last_restart) {
+            (Some(c), Some(r)) => c > r,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        !crashed && !restarted && !down_at_from
+    }
+    /// Safety invariants, checked after every event.
+    pub(super) fn check(&mut self) {
+        let now = self.now;
+        // Tokens never go backwards in any node's view (rechecked when a view changes).
+        let mut seen: Vec<((usize, Resource), u64)> = Vec::new();
+        let n = self.nodes.len();
+        self.checked.resize(n, [0; 32]);
+        for i in 0..n {
+            let Some(core) = self.nodes[i].core.as_mut() else {
+                continue;
+            };
+            let d = core.digest();
+            if self.checked[i] == d {
+                continue;
+            }
+            self.checked[i] = d;
+            let view = core.view();
+            for c in view.claims.values() {
+                for (r, t) in &c.resources {
+                    seen.push(((i, r.clone()), *t));
+                }
+            }
+        }
+        let mut top: BTreeMap<(usize, Resource), u64> = BTreeMap::new();
+        for (k, t) in seen {
+            let e = top.entry(k).or_default();
+            *e = (*e).max(t);
+        }
+        for (k, t) in top {
+            let prev = self.tokens.insert(k.clone(), t).unwrap_or(0);
+            if t < prev {
+                self.violation(format!(
+                    "node{} saw the top token of {} fall from {prev} to {t}",
+                    k.0, k.1
+                ));
+            }
+        }
+        // Clean mode: at most one up node runs a phase at any instant.
+        if self.cfg.mode == Mode::Clean {
+            let mut running: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+            for i in 0..self.nodes.len() {
+                let Some(core) = self.nodes[i].core.as_ref() else {
+                    continue;
+                };
+                for h in core.held(now).into_iter().filter(|h| h.running) {
+                    running
+                        .entry(format!("{}/{}", h.story, h.phase))
+                        .or_default()
+                        .push(i);
+                }
+            }
+            for (r, who) in running {
+                if who.len() > 1 {
+                    self.violation(format!("{r} runs on nodes {who:?} at once"));
+                }
+            }
+        }
+        // No story lands twice at the origin.
+        let twice: Vec<String> = self
+            .origin
+            .landed
+            .iter()
+            .filter(|(_, v)| v.len() > 1)
+            .map(|(s, v)| format!("{s} landed {} times: {v:?}", v.len()))
+            .collect();
+        for t in twice {
+            self.violation(t);
+        }
+    }
+
+    /// End-of-run checks: convergence, counted results, liveness, takeover bound.
+    pub(super) fn finish(&mut self) -> (usize, usize) {
+        let mut digests = BTreeSet::new();
+        let mut views = Vec::new();
+        for i in 0..self.nodes.len() {
+            if let Some(c) = self.nodes[i].core.as_mut() {
+                digests.insert(c.digest());
+                views.push((i, (*c.view()).clone()));
+            }
+        }
+        if digests.len() > 1 {
+            self.violation(format!(
+                "{} different documents after healing",
+                digests.len()
+            ));
+        }
+        if views.windows(2).any(|w| w[0].1 != w[1].1) {
+            self.violation("views differ after healing".into());
+        }
+        let Some((_, view)) = views.first().cloned() else {
+            return (0, 0);
+        };
+        let claims = view.claims();
+        // A counted result is from its resource's highest claim.
+        for ((story, p, round), rkey) in &view.counted {
+            let Some(r) = view.results.get(rkey) else {
+                continue;
+            };
+            let Ok(res) = Resource::story_round(story, *p, *round) else {
+                continue;
+            };
+            let highest = view
+                .claims
+                .values()
+                .filter_map(|c| c.token_of(&res))
+                .max()
+                .unwrap_or(0);
+            if r.token < highest && claims.top(&res) != Some(r.claim.as_str()) {
+                let id = view
+                    .stories
+                    .get(story)
+                    .map_or(story.as_str(), |s| s.id.as_str());
+                self.violation(format!(
+                    "{id} {res}: counted result under token {} below {highest}",
+                    r.token
+                ));
+            }
+        }
+        let merged = view
+            .stories
+            .values()
+            .filter(|s| s.status == StoryStatus::Done)
+            .count();
+        let blocked = view
+            .stories
+            .values()
+            .filter(|s| s.status == StoryStatus::Blocked)
+            .count();
+        if self.cfg.trace {
+            for (id, c) in &view.claims {
+                let rel = view
+                    .releases
+                    .get(id)
+                    .map(|r| format!("{:?} {}", r.why, r.note))
+                    .unwrap_or_default();
+                let res: Vec<String> = c
+                    .resources
+                    .iter()
+                    .map(|(r, t)| format!("{r}#{t}"))
+                    .collect();
+                self.trace.push(format!(
+                    "{:>7} claim {id} by {} at {}: {} released: {rel}",
+                    self.now,
+                    c.holder,
+                    c.written_at_ms,
+                    res.join(",")
+                ));
+            }
+            for st in view.stories.values() {
+                if let Some(why) = &st.blocked_reason {
+                    self.trace
+                        .push(format!("{:>7} {} blocked: {why}", self.now, st.id));
+                }
+            }
+        }
+        if merged + blocked != view.stories.len() {
+            // Each unfinished story, its next phase and what it waits for.
+            let stuck: Vec<String> = view
+                .stories
+                .values()
+                .filter(|s| !matches!(s.status, StoryStatus::Done | StoryStatus::Blocked))
+                .map(|s| {
+                    let why = crate::core::scheduler::waiting(&view, &claims, &s.key)
+                        .map(|w| w.to_string())
+                        .unwrap_or_default();
+                    let next = s
+                        .next_phase
+                        .map_or_else(|| "none".to_string(), |p| format!("{p} round {}", s.round));
+                    format!("{} (next {next}): {why}", s.id)
+                })
+                .collect();
+            self.violation(format!(
+                "stories neither merged nor blocked {} ms after healing: {}",
+                self.cfg.liveness_bound_ms(),
+                stuck.join("; ")
+            ));
+        }
+        for s in view.stories.values() {
+            if s.merged.is_some() && !self.origin.landed.contains_key(&s.key) {
+                self.violation(format!("{} merged in the view but never landed", s.id));
+            }
+        }
+        // Clean mode: a dead holder's work is taken over within the bound.
+        if self.cfg.mode == Mode::Clean {
+            let l = self.cfg.lease;
+            let bound = l.ttl_ms
+                + self.cfg.membership.dead_after_ms
+                + l.settle_timeout_ms
+                + l.grace_ms
+                + 2 * self.cfg.membership.heartbeat_ms;
+            let crashes = self.crashes.clone();
+            for Crash {
+                node,
+                at: t,
+                running,
+                settling,
+            } in &crashes
+            {
+                let (node, t) = (*node, *t);
+                let owed = running
+                    .iter()
+                    .cloned()
+                    .chain(settling.iter().map(|(r, tk, _)| (r.clone(), *tk)));
+                for (res, token) in owed {
+                    // Crashes record story resources only.
+                    let Resource::Story {
+                        story,
+                        phase,
+                        round,
+                    } = &res
+                    else {
+                        continue;
+                    };
+                    let (phase, round) = (*phase, *round);
+                    let counted = view.counted_result_round(story, phase, round);
+                    let sv = view.stories.get(story);
+                    // The bound runs once an eligible node is up: someone other than the
+                    // crashed holder (and, for a review, other than the author of the
+                    // change that round reviews: its rework, else the implement — not
+                    // whoever implemented a later round, seed 90060 clean).
+                    let implementer = (phase == Phase::Review)
+                        .then(|| {
+                            (1..=round)
+                                .rev()
+                                .find_map(|r| view.counted_result_round(story, Phase::Rework, r))
+                                .or_else(|| view.counted_result_round(story, Phase::Implement, 0))
+                                .map(|f| f.holder.clone())
+                        })
+                        .flatten();
+                    let eligible = (0..self.nodes.len()).any(|n| {
+                        n != node
+                            && implementer.as_deref() != Some(self.names[n].as_str())
+                            && self.up_throughout(n, t, t + bound)
+                    });
+                    if !eligible {
+                        continue;
+                    }
+                    let taken = self.starts.iter().any(|(n, r, tk, at)| {
+                        // By another node, or by the crashed node's next incarnation:
+                        // either way a newer claim runs the work and fences the old.
+                        (*n != node || *at > t) && *r == res && *tk > token && *at <= t + bound
+                    }) || crashes.iter().any(|c| {
+                        // Or claimed in time by a node that died settling it: that
+                        // crash owes the takeover now, within its own bound (seed 94391).
+                        c.settling.iter().any(|(r, tk, written)| {
+                            (c.node != node || *written > t)
+                                && *r == res
+                                && *tk > token
+                                && *written <= t + bound
+                        })
+                    });
+                    // Done at this token or below, in this round (a later round's
+                    // result says nothing about this one: seed 5544 clean, where the
+                    // crashed claim had lost a tie the dead node never heard of). A
+                    // landing writes its merge result in the same change.
+                    let done_before = counted.is_some_and(|c| c.token <= token);
+                    // Attempts used up blocks the story for a human by design: failed
+                    // attempts, or takeovers (crashes of its holders: a story that keeps
+                    // killing nodes must stop).
+                    let escalated = sv.is_some_and(|s| {
+                        s.status == StoryStatus::Blocked
+                            && (s.failed_attempts >= MAX_ATTEMPTS || s.takeovers >= MAX_TAKEOVERS)
+                    });
+                    // Work the story no longer needs is owed to no one: a crashed claim
+                    // on a round the finished story never took (the review before it was
+                    // taken over and went the other way: seed 877 clean).
+                    let moot = counted.is_none()
+                        && sv.is_some_and(|s| {
+                            matches!(s.status, StoryStatus::Done | StoryStatus::Blocked)
+                        });
+                    // An implement or rework yields its files when its claim expires: a
+                    // change of another story to one of them, started within the bound,
+                    // owns them until it lands, and the story rightly waits for that
+                    // (seed 215 clean, with files).
+                    let files = |k: &str| {
+                        view.stories
+                            .get(k)
+                            .map(|s| s.fact.files.clone())
+                            .unwrap_or_default()
+                    };
+                    let mine = files(story);
+                    let yielded = matches!(phase, Phase::Implement | Phase::Rework)
+                        && self.starts.iter().any(|(_, r, _, at)| {
+                            matches!(r, Resource::Story { story: o, phase: p, .. }
+                                if o != story
+                                    && matches!(p, Phase::Implement | Phase::Rework)
+                                    && files(o).iter().any(|f| mine.contains(f)))
+                                && *at >= t
+                                && *at <= t + bound
+                        });
+                    if !taken
+                        && !done_before
+                        && !escalated
+                        && !moot
+                        && !yielded
+                        && t + bound < self.now
+                    {
+                        self.violation(format!(
+                            "{res} (token {token}) of node{node}, crashed at {t}, not taken over within {bound} ms"
+                        ));
+                    }
+                }
+            }
+        }
+        (merged, blocked)
+    }
+
+    /// Every node up, every story merged or blocked, and all documents equal.
+    pub(super) fn all_settled(&mut self) -> bool {
+        let mut digest = None;
+        for i in 0..self.nodes.len() {
+            let Some(c) = self.nodes[i].core.as_mut() else {
+                return false;
+            };
+            if !c.held(0).is_empty() {
+                return false;
+            }
+            let d = c.digest();
+            if digest.is_some_and(|x| x != d) {
+                return false;
+            }
+            digest = Some(d);
+            if !c
+                .view()
+                .stories
+                .values()
+                .all(|s| matches!(s.status, StoryStatus::Done | StoryStatus::Blocked))
+            {
+                return false;
+            }
+        }
+        true
+    }
+}

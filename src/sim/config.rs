@@ -1,0 +1,128 @@
+//! The scenario a run plays: its size, fault mode, timings, and the liveness bound
+//! derived from them.
+
+use crate::core::fence::{token_check, Rule};
+use crate::core::lease::LeaseConfig;
+use crate::core::membership::MembershipConfig;
+use crate::core::model::MAX_ATTEMPTS;
+use crate::core::state::MAX_REWORKS;
+
+/// Which faults a run injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Clean,
+    Hostile,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub nodes: usize,
+    pub stories: usize,
+    /// Planned files are drawn from a pool of this many names (`src/f0.txt`, ...): each
+    /// story plans one file or two, so stories share files (with the default of 2, most
+    /// do: changes made on the two sides of a partition meet at merge), and a fifth depend
+    /// on an earlier story. The origin then models rebase conflicts: a merge whose change was
+    /// based on a main that has since landed another story touching one of its files is
+    /// refused (verdict reject). 0: no files, no dependencies, no conflicts (the backlog
+    /// of issue 3).
+    pub files: usize,
+    pub mode: Mode,
+    /// Virtual time with faults; then faults stop and the network heals. (Everything must
+    /// then finish within [`SimConfig::liveness_bound_ms`].)
+    pub chaos_ms: u64,
+    pub phase_ms: u64,
+    pub max_delay_ms: u64,
+    pub membership: MembershipConfig,
+    pub lease: LeaseConfig,
+    pub capacity: u32,
+    /// Probability that a first-round review rejects, sending the story through a
+    /// rework round (fresh resources and tokens per round).
+    pub review_reject_rate: f64,
+    /// Make the cores start work without checking they win (to prove the checks bite).
+    pub broken_winner_rule: bool,
+    /// The rule the origin's fence applies to a landing: the product's
+    /// [`token_check`]; a test swaps in a broken one to prove the invariants catch it.
+    pub fence_rule: Rule<usize>,
+    /// Keep a trace of every event (costly; for replaying one seed).
+    pub trace: bool,
+    /// Clean stops, the cores' joining and clock-skew guards, and skewed wall clocks.
+    /// false: none of them, so a seed replays the run it made before they existed (for
+    /// regression seeds found then).
+    pub stops_guards_clocks: bool,
+}
+
+impl SimConfig {
+    pub fn new(mode: Mode) -> SimConfig {
+        SimConfig {
+            nodes: 4,
+            stories: 6,
+            files: 2,
+            mode,
+            chaos_ms: 6_000,
+            phase_ms: 150,
+            max_delay_ms: 20,
+            membership: MembershipConfig {
+                heartbeat_ms: 200,
+                suspect_after_missed: 3,
+                dead_after_ms: 1_000,
+            },
+            lease: LeaseConfig {
+                ttl_ms: 1_200,
+                grace_ms: 200,
+                settle_timeout_ms: 400,
+                max_clock_drift_ms: 100,
+                message_timeout_ms: 200,
+            },
+            capacity: 2,
+            review_reject_rate: 0.2,
+            broken_winner_rule: false,
+            fence_rule: token_check,
+            trace: false,
+            stops_guards_clocks: true,
+        }
+    }
+}
+
+/// Counted steps a story can take at most: research, plan, implement, then rounds of
+/// [rework,] review, merge — [`MAX_REWORKS`] of them after the first.
+pub const MAX_STEPS_PER_STORY: u64 = 3 + 2 + 3 * MAX_REWORKS as u64;
+
+impl SimConfig {
+    /// How long a node that knows of a mesh waits to sync with it before it claims
+    /// anyway: a lease expiry (node.rs's default is longer; the sim's leases are short).
+    pub fn join_wait_ms(&self) -> u64 {
+        if self.stops_guards_clocks {
+            self.membership.dead_after_ms
+        } else {
+            0
+        }
+    }
+
+    /// How long after the network heals and faults stop every story must be merged or
+    /// blocked (with a reason): the liveness invariant. Derived from the config, for the
+    /// worst case where every story waits for the one before it (all share files, or
+    /// depend on each other in a chain), so nothing runs in parallel:
+    ///
+    /// * warm-up: the restarted nodes claim nothing for `suspect_after` beats, nor before
+    ///   they synced with a peer (at most the join wait);
+    /// * one lease expiry for a claim from before the heal: `dead_after + ttl + grace`;
+    /// * then `stories × MAX_STEPS_PER_STORY` steps one after the other, each taking up to
+    ///   `MAX_ATTEMPTS` attempts (a lost settle, a refused stale change), and each attempt
+    ///   up to a settle timeout, the longest phase (`phase_ms × 3/2`), a tick
+    ///   (`heartbeat/4`) and four network delays to spread the claim and the result.
+    ///
+    /// Capacity and node count only shorten this (stories that share nothing run in
+    /// parallel), so they do not appear in the worst case.
+    pub fn liveness_bound_ms(&self) -> u64 {
+        let m = self.membership;
+        let l = self.lease;
+        let warm_up = (m.heartbeat_ms * u64::from(m.suspect_after_missed)).max(self.join_wait_ms());
+        let expiry = m.dead_after_ms + l.ttl_ms + l.grace_ms;
+        let attempt = l.settle_timeout_ms
+            + self.phase_ms * 3 / 2
+            + m.heartbeat_ms / 4
+            + 4 * self.max_delay_ms;
+        let steps = self.stories as u64 * MAX_STEPS_PER_STORY * u64::from(MAX_ATTEMPTS);
+        warm_up + expiry + steps * attempt
+    }
+}

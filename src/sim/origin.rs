@@ -1,0 +1,154 @@
+//! The git origin as the simulator models it: main's history, the bases changes were
+//! made on (for rebase conflicts), and the fence, through which a merge lands.
+//!
+//! The fence is the product's: one [`FenceRecord`] per story, and a merge lands under
+//! `fence_token(round, merge token)` with its node as the holder only if the run's
+//! [`Rule`] ([`crate::core::fence::token_check`] unless a test breaks it) lets it
+//! through, exactly as `work` and `fence` land. Implement and rework record nothing at
+//! the fence (the product only pushes their commits to a work ref; a stale change is
+//! fenced out of the views, and its merge at the origin). A landed commit is named by
+//! main's length after it landed.
+//!
+//! One difference, on purpose: the product's `land` also refuses a second commit for a
+//! story the record says landed, a backstop behind the rule. The model trusts the rule
+//! alone (a token it lets through lands), so a broken rule shows as a story landed twice.
+
+use super::Sim;
+use crate::core::fence::{fence_token, FenceRecord, Refused, Rule};
+use crate::core::model::Phase;
+use crate::core::sim_handoff::sim_handoff;
+use crate::core::Job;
+use rand::Rng;
+use std::collections::BTreeMap;
+
+/// The git origin as the fence sees it.
+#[derive(Debug)]
+pub(super) struct Origin {
+    /// The rule the fence applies.
+    rule: Rule<usize>,
+    /// The fence record per story.
+    fence: BTreeMap<String, FenceRecord<usize>>,
+    /// Every landing per story: (node, fence token).
+    pub(super) landed: BTreeMap<String, Vec<(usize, u64)>>,
+    /// Main's history: the landed stories in order, with the files they changed.
+    main: Vec<(String, Vec<String>)>,
+    /// The main each change was made on (its length then), by the change's claim.
+    bases: BTreeMap<String, usize>,
+}
+
+impl Origin {
+    pub(super) fn new(rule: Rule<usize>) -> Origin {
+        Origin {
+            rule,
+            fence: BTreeMap::new(),
+            landed: BTreeMap::new(),
+            main: Vec::new(),
+            bases: BTreeMap::new(),
+        }
+    }
+
+    /// The base of a new implement or rework: main now, except for a rework after a
+    /// rejecting review, which amends the reviewed change on that change's base (as
+    /// `work` does).
+    fn base_of(&self, job: &Job) -> usize {
+        if job.phase == Phase::Rework {
+            let last_reject = job
+                .handoffs
+                .iter()
+                .rev()
+                .find(|h| h.handoff.verdict == Some(crate::core::model::Verdict::Reject));
+            if last_reject.is_some_and(|h| h.phase == Phase::Review) {
+                if let Some(b) = Self::change(job).and_then(|c| self.bases.get(&c.claim)) {
+                    return *b;
+                }
+            }
+        }
+        self.main.len()
+    }
+
+    /// The change a review or merge works on: the latest implement or rework.
+    fn change(job: &Job) -> Option<&crate::core::model::ResultFact> {
+        job.handoffs
+            .iter()
+            .rev()
+            .find(|h| matches!(h.phase, Phase::Implement | Phase::Rework))
+    }
+
+    /// A file of the job's story that main changed since its change's base, if any.
+    fn conflict(&self, job: &Job) -> Option<String> {
+        let base = Self::change(job)
+            .and_then(|c| self.bases.get(&c.claim))
+            .copied()
+            .unwrap_or(0);
+        self.main.get(base..)?.iter().find_map(|(story, files)| {
+            (*story != job.story)
+                .then(|| files.iter().find(|f| job.fact.files.contains(f)).cloned())
+                .flatten()
+        })
+    }
+}
+impl Sim {
+    /// The executor's outcome; a merge lands through the origin's fence.
+    pub(super) fn outcome(
+        &mut self,
+        i: usize,
+        job: &Job,
+    ) -> Result<crate::core::model::Handoff, String> {
+        match job.phase {
+            Phase::Implement | Phase::Rework => {
+                let base = self.origin.base_of(job);
+                self.origin.bases.insert(job.claim.clone(), base);
+                Ok(sim_handoff(job))
+            }
+            Phase::Merge => {
+                if !job.handoffs.iter().any(|h| h.phase == Phase::Implement) {
+                    return Err("nothing implemented to land".into());
+                }
+                let token = fence_token(job.round, job.token);
+                let holder = self.names[i].clone();
+                let current = self.origin.fence.get(&job.story);
+                match (self.origin.rule)(current, token, &holder) {
+                    // Landed under another claim (an earlier holder that stopped before
+                    // its result counted, or a newer one): the merge is done, as work.rs
+                    // answers a fenced `AlreadyLanded`.
+                    Some(Refused::AlreadyLanded { .. }) => {
+                        let mut h = sim_handoff(job);
+                        h.summary = "already landed".into();
+                        h.verdict = Some(crate::core::model::Verdict::Approve);
+                        return Ok(h);
+                    }
+                    Some(refused) => return Err(refused.to_string()),
+                    None => {}
+                }
+                if let Some(file) = self.origin.conflict(job) {
+                    let mut h = sim_handoff(job);
+                    h.verdict = Some(crate::core::model::Verdict::Reject);
+                    h.summary = format!("rebase conflict in {file} (simulated)");
+                    return Ok(h);
+                }
+                self.origin
+                    .main
+                    .push((job.story.clone(), job.fact.files.clone()));
+                let record = FenceRecord {
+                    token,
+                    holder,
+                    landed: Some(self.origin.main.len()),
+                };
+                self.origin.fence.insert(job.story.clone(), record);
+                self.origin
+                    .landed
+                    .entry(job.story.clone())
+                    .or_default()
+                    .push((i, token));
+                Ok(sim_handoff(job))
+            }
+            Phase::Review if job.round == 0 && self.rng.gen_bool(self.cfg.review_reject_rate) => {
+                let mut h = sim_handoff(job);
+                h.verdict = Some(crate::core::model::Verdict::Reject);
+                h.summary = "needs another pass (simulated)".into();
+                Ok(h)
+            }
+            _ => Ok(sim_handoff(job)),
+        }
+    }
+}

@@ -1,0 +1,570 @@
+//! The run's world: the virtual clock's event queue, the virtual network (delays,
+//! duplicates, drops, partitions), the nodes' lifecycles (crash, clean stop, restart,
+//! pause, skewed wall clock) and carrying out each core's effects.
+
+use super::{core_config, guards, Crash, Ev, Msg, Node, Sim, HANDOVER_MAX_MS};
+use super::{Mode, Origin, SimConfig};
+use crate::core::lease::Resource;
+use crate::core::model::Topic;
+use crate::core::state::Doc;
+use crate::core::{Core, Effect, Input, Job};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet};
+
+impl Sim {
+    pub(super) fn new(seed: u64, cfg: SimConfig) -> Sim {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let names: Vec<String> = (0..cfg.nodes).map(|i| format!("node{i}")).collect();
+        let mut nodes = Vec::new();
+        // Every wall clock is off true time by up to 40% of the drift bound, so any two
+        // are within it.
+        let drift = i64::try_from(cfg.lease.max_clock_drift_ms * 2 / 5).unwrap_or(0);
+        for name in &names {
+            let actor: [u8; 16] = rng.gen();
+            let mut core = Core::new(name.clone(), core_config(&cfg), Doc::new(actor), 1);
+            let mut offset = 0;
+            if cfg.stops_guards_clocks {
+                offset = rng.gen_range(-drift..=drift);
+                core.set_guards(guards(&cfg, false));
+            }
+            nodes.push(Node {
+                core: Some(core),
+                persisted: Vec::new(),
+                incarnation: 1,
+                paused: false,
+                backlog: Vec::new(),
+                jobs: BTreeSet::new(),
+                offset,
+                base_offset: offset,
+                handover: None,
+            });
+        }
+        let groups = vec![0; cfg.nodes];
+        let origin = Origin::new(cfg.fence_rule);
+        Sim {
+            cfg,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BTreeMap::new(),
+            nodes,
+            names,
+            groups,
+            origin,
+            pending: BTreeMap::new(),
+            next_req: 1,
+            violations: Vec::new(),
+            trace: Vec::new(),
+            events: 0,
+            tokens: BTreeMap::new(),
+            crashes: Vec::new(),
+            starts: Vec::new(),
+            healed_at: None,
+            checked: Vec::new(),
+            restarts: Vec::new(),
+            shutdowns: 0,
+            skewed_ticks: 0,
+        }
+    }
+    pub(super) fn at(&mut self, t: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.insert((t, self.seq), ev);
+    }
+
+    fn note(&mut self, f: impl FnOnce() -> String) {
+        if self.cfg.trace {
+            let line = format!("{:>7} {}", self.now, f());
+            self.trace.push(line);
+        }
+    }
+
+    pub(super) fn violation(&mut self, what: String) {
+        let line = format!("t={} {what}", self.now);
+        if self.cfg.trace {
+            self.trace.push(format!("{:>7} VIOLATION {what}", self.now));
+        }
+        if !self.violations.contains(&line) {
+            self.violations.push(line);
+        }
+    }
+
+    /// Node `i`'s wall clock now.
+    fn wall(&self, i: usize) -> u64 {
+        u64::try_from(i64::try_from(self.now).unwrap_or(i64::MAX) + self.nodes[i].offset)
+            .unwrap_or(0)
+    }
+
+    fn up(&self, i: usize) -> bool {
+        self.nodes[i].core.is_some()
+    }
+
+    fn linked(&self, a: usize, b: usize) -> bool {
+        self.up(a) && self.up(b) && self.groups[a] == self.groups[b]
+    }
+
+    fn faults(&self) -> bool {
+        self.healed_at.is_none()
+    }
+
+    /// Sends with delay, and in chaos time duplicates and (hostile) drops.
+    fn send(&mut self, from: usize, to: usize, msg: Msg) {
+        if !self.linked(from, to) {
+            return;
+        }
+        let chaos = self.faults();
+        if chaos && self.cfg.mode == Mode::Hostile && self.rng.gen_bool(0.05) {
+            self.note(|| format!("drop {from}->{to}"));
+            return;
+        }
+        let d = self.rng.gen_range(1..=self.cfg.max_delay_ms.max(1));
+        let t = self.now + d;
+        if chaos && self.rng.gen_bool(0.03) {
+            let d2 = self.rng.gen_range(1..=self.cfg.max_delay_ms.max(1) * 3);
+            let t2 = self.now + d2;
+            self.at(
+                t2,
+                Ev::Deliver {
+                    to,
+                    from,
+                    msg: msg.clone(),
+                },
+            );
+        }
+        self.at(t, Ev::Deliver { to, from, msg });
+    }
+
+    /// Carries out every effect node `i` produced.
+    pub(super) fn drain(&mut self, i: usize) {
+        while let Some(e) = self.nodes[i].core.as_mut().and_then(|c| c.poll_effect()) {
+            match e {
+                Effect::Publish {
+                    topic: Topic::Heartbeat,
+                    data,
+                } => {
+                    for j in 0..self.nodes.len() {
+                        if j != i {
+                            self.send(i, j, Msg::Beat(data.clone()));
+                        }
+                    }
+                }
+                Effect::Publish { .. } => {}
+                Effect::SendSync { to, data } => {
+                    let Some(j) = self.names.iter().position(|n| *n == to) else {
+                        continue;
+                    };
+                    let req = self.next_req;
+                    self.next_req += 1;
+                    self.pending.insert(req, (i, j));
+                    self.send(i, j, Msg::SyncReq { req, data });
+                    let t = self.now + 1_000;
+                    self.at(t, Ev::SyncTimeout { req });
+                }
+                Effect::Respond { reply, data } => {
+                    if let Some(&(requester, _)) = self.pending.get(&reply) {
+                        self.send(i, requester, Msg::SyncResp { req: reply, data });
+                    }
+                }
+                Effect::Persist { chunk } => self.nodes[i].persisted.push(chunk),
+                Effect::PersistEvents { .. } => {}
+                Effect::StartWork(job) => self.start_work(i, job),
+                Effect::CancelWork { claim } => {
+                    self.nodes[i].jobs.remove(&claim);
+                }
+            }
+        }
+    }
+
+    fn start_work(&mut self, i: usize, job: Box<Job>) {
+        let res = Resource::story_round(&job.story, job.phase, job.round).ok();
+        if let Some(r) = res {
+            self.starts.push((i, r, job.token, self.now));
+        }
+        self.note(|| {
+            format!(
+                "node{i} starts {} {} token {}",
+                job.story, job.phase, job.token
+            )
+        });
+        self.nodes[i].jobs.insert(job.claim.clone());
+        let d = self
+            .rng
+            .gen_range(self.cfg.phase_ms / 2..=self.cfg.phase_ms * 3 / 2);
+        let t = self.now + d.max(1);
+        let incarnation = self.nodes[i].incarnation;
+        self.at(
+            t,
+            Ev::WorkDone {
+                node: i,
+                incarnation,
+                job,
+            },
+        );
+    }
+    pub(super) fn handle(&mut self, ev: Ev) {
+        // A paused node's inputs wait until it resumes (its buffers fill, as a process
+        // stopped by SIGSTOP or a long GC pause would).
+        let target = match &ev {
+            Ev::Tick(i) | Ev::Beat(i) | Ev::AntiEntropy(i) => Some(*i),
+            Ev::Deliver { to, .. } => Some(*to),
+            Ev::WorkDone { node, .. } => Some(*node),
+            _ => None,
+        };
+        if let Some(i) = target {
+            if self.nodes[i].paused {
+                self.nodes[i].backlog.push(ev);
+                return;
+            }
+        }
+        let now = self.now;
+        // The core reads its wall clock when it handles an input (heartbeat offsets).
+        // (Before skewed clocks it saw the wall time of its last tick or beat.)
+        if let Some(i) = target.filter(|_| self.cfg.stops_guards_clocks) {
+            let wall = self.wall(i);
+            if let Some(c) = self.nodes[i].core.as_mut() {
+                c.set_wall(wall);
+            }
+        }
+        match ev {
+            Ev::Tick(i) => {
+                let wall = self.wall(i);
+                let mut skewed = false;
+                if let Some(c) = self.nodes[i].core.as_mut() {
+                    let before = c.clock_skew(now).skewed;
+                    c.tick(now, wall);
+                    // A node that judges its clock skewed claims nothing.
+                    skewed = before && c.clock_skew(now).skewed;
+                    if skewed && c.held(now).iter().any(|h| h.age_ms == 0) {
+                        let name = self.names[i].clone();
+                        self.violation(format!("{name} claimed while its clock was skewed"));
+                    }
+                    let t = now + self.cfg.membership.heartbeat_ms / 4;
+                    self.at(t, Ev::Tick(i));
+                }
+                self.skewed_ticks += u64::from(skewed);
+                self.drain(i);
+            }
+            Ev::Beat(i) => {
+                let wall = self.wall(i);
+                if let Some(c) = self.nodes[i].core.as_mut() {
+                    c.heartbeat(wall);
+                    let t = now + self.cfg.membership.heartbeat_ms;
+                    self.at(t, Ev::Beat(i));
+                }
+                self.drain(i);
+            }
+            Ev::AntiEntropy(i) => {
+                let pick: u64 = self.rng.gen();
+                if let Some(c) = self.nodes[i].core.as_mut() {
+                    c.anti_entropy(now, pick);
+                    self.at(now + 1_000, Ev::AntiEntropy(i));
+                }
+                self.drain(i);
+            }
+            Ev::Deliver { to, from, msg } => {
+                if !self.linked(from, to) {
+                    return; // cut while in flight
+                }
+                let from_name = self.names[from].clone();
+                let input = match msg {
+                    Msg::Beat(data) => Input::Heartbeat {
+                        from: from_name,
+                        data,
+                    },
+                    Msg::SyncReq { req, data } => Input::SyncRequest {
+                        from: from_name,
+                        data,
+                        reply: req,
+                    },
+                    Msg::SyncResp { req, data } => {
+                        if self.pending.remove(&req).is_none() {
+                            return; // duplicate or after the timeout
+                        }
+                        Input::SyncResponse {
+                            from: from_name,
+                            data,
+                        }
+                    }
+                };
+                if let Some(c) = self.nodes[to].core.as_mut() {
+                    c.handle(now, input);
+                }
+                self.drain(to);
+            }
+            Ev::SyncTimeout { req } => {
+                if let Some((requester, responder)) = self.pending.remove(&req) {
+                    let from = self.names[responder].clone();
+                    if self.nodes[requester].paused {
+                        // A paused requester learns of the failure once it resumes.
+                        self.pending.insert(req, (requester, responder));
+                        self.at(now + 100, Ev::SyncTimeout { req });
+                        return;
+                    }
+                    if let Some(c) = self.nodes[requester].core.as_mut() {
+                        c.handle(now, Input::SyncFailed { from });
+                    }
+                    self.drain(requester);
+                }
+            }
+            Ev::WorkDone {
+                node,
+                incarnation,
+                job,
+            } => {
+                if self.nodes[node].incarnation != incarnation
+                    || !self.nodes[node].jobs.remove(&job.claim)
+                {
+                    return; // crashed meanwhile, or cancelled
+                }
+                let outcome = self.outcome(node, &job);
+                self.note(|| {
+                    format!(
+                        "node{node} finished {} {}: {:?}",
+                        job.story,
+                        job.phase,
+                        outcome.as_ref().map(|_| "ok")
+                    )
+                });
+                if let Some(c) = self.nodes[node].core.as_mut() {
+                    c.handle(
+                        now,
+                        Input::WorkFinished {
+                            claim: job.claim.clone(),
+                            outcome,
+                        },
+                    );
+                }
+                self.drain(node);
+            }
+            Ev::Crash(i) => self.take_down(i, "crash"),
+            Ev::Shutdown(i) => {
+                if self.nodes[i].paused || self.nodes[i].handover.is_some() {
+                    return;
+                }
+                let wall = self.wall(i);
+                let Some(c) = self.nodes[i].core.as_mut() else {
+                    return;
+                };
+                c.set_wall(wall);
+                let handover = c.begin_shutdown(now);
+                self.note(|| format!("shutdown node{i}: {handover:?}"));
+                self.shutdowns += 1;
+                let stop = handover.is_some();
+                self.nodes[i].handover = handover;
+                // The releases and the goodbye go out before the node goes down.
+                self.drain(i);
+                if stop {
+                    let deadline = now + HANDOVER_MAX_MS;
+                    self.at(now + 1, Ev::Stop { node: i, deadline });
+                } else {
+                    self.take_down(i, "stop");
+                }
+            }
+            Ev::Stop { node, deadline } => {
+                let Some(h) = self.nodes[node].handover.clone() else {
+                    return;
+                };
+                let done = self.nodes[node]
+                    .core
+                    .as_ref()
+                    .is_none_or(|c| c.handed_over(&h));
+                if done || now >= deadline {
+                    self.take_down(
+                        node,
+                        if done {
+                            "stop"
+                        } else {
+                            "stop (handover timed out)"
+                        },
+                    );
+                } else {
+                    self.at(now + 10, Ev::Stop { node, deadline });
+                }
+            }
+            Ev::Skew(i, offset) => {
+                self.note(|| format!("node{i} wall clock offset {offset} ms"));
+                self.nodes[i].offset = offset;
+            }
+            Ev::Restart(i) => {
+                if self.up(i) {
+                    return;
+                }
+                let actor: [u8; 16] = self.rng.gen();
+                let doc = match Doc::load(actor, &[], &self.nodes[i].persisted) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        self.violation(format!("node{i} cannot reload what it persisted: {e}"));
+                        return;
+                    }
+                };
+                self.nodes[i].incarnation += 1;
+                let inc = now.max(1) + self.nodes[i].incarnation;
+                let mut core = Core::new(self.names[i].clone(), core_config(&self.cfg), doc, inc);
+                if self.cfg.stops_guards_clocks {
+                    core.set_guards(guards(&self.cfg, true));
+                }
+                self.nodes[i].core = Some(core);
+                self.note(|| format!("restart node{i}"));
+                self.restarts.push((i, now));
+                self.schedule_timers(i);
+                self.reconnect(i);
+            }
+            Ev::Pause(i, until) => {
+                if !self.up(i) || self.nodes[i].paused {
+                    return;
+                }
+                self.note(|| format!("pause node{i} until {until}"));
+                self.nodes[i].paused = true;
+                self.at(until, Ev::Resume(i));
+            }
+            Ev::Resume(i) => {
+                if !self.nodes[i].paused {
+                    return;
+                }
+                self.note(|| format!("resume node{i}"));
+                self.nodes[i].paused = false;
+                // The overdue tick fires first, then the buffered inputs in order.
+                let wall = self.wall(i);
+                if let Some(c) = self.nodes[i].core.as_mut() {
+                    c.tick(now, wall);
+                }
+                self.drain(i);
+                let backlog = std::mem::take(&mut self.nodes[i].backlog);
+                for ev in backlog {
+                    if let Ev::Tick(_) | Ev::Beat(_) | Ev::AntiEntropy(_) = ev {
+                        // Timers re-arm from now.
+                        let t = now + 1;
+                        self.at(t, ev);
+                        continue;
+                    }
+                    self.handle(ev);
+                }
+            }
+            Ev::Partition(groups) => {
+                self.note(|| format!("partition {groups:?}"));
+                let old = std::mem::replace(&mut self.groups, groups);
+                self.regroup(&old);
+            }
+            Ev::Heal => {
+                self.note(|| "heal".to_string());
+                let old = std::mem::replace(&mut self.groups, vec![0; self.nodes.len()]);
+                self.regroup(&old);
+            }
+        }
+    }
+
+    /// Takes node `i` down (a crash, or the end of a clean stop), noting what it was
+    /// running and settling: a crash owes those a takeover; a clean stop released them
+    /// all first (so there is nothing to note).
+    pub(super) fn take_down(&mut self, i: usize, why: &'static str) {
+        let now = self.now;
+        let Some(core) = self.nodes[i].core.take() else {
+            return;
+        };
+        let running: Vec<(Resource, u64)> = core
+            .runs()
+            .iter()
+            .filter(|r| {
+                core.held(now)
+                    .iter()
+                    .any(|h| h.claim == r.claim && h.running)
+            })
+            .filter_map(|r| {
+                Resource::story_round(&r.story, r.phase, r.round)
+                    .ok()
+                    .map(|x| (x, r.token))
+            })
+            .collect();
+        // A takeover claim whose holder dies while settling it hands the work on
+        // (its own crash then owes a takeover): remember those that would win.
+        let claims = core.doc().view_and_claims().1;
+        let settling: Vec<(Resource, u64, u64)> = core
+            .held(now)
+            .iter()
+            .filter(|h| !h.running && claims.holds(&h.claim))
+            .filter_map(|h| claims.claim(&h.claim).map(|c| (c, now - h.age_ms)))
+            .flat_map(|(c, written)| {
+                c.resources
+                    .iter()
+                    .filter(|(r, _)| matches!(r, Resource::Story { .. }))
+                    .map(move |(r, t)| (r.clone(), *t, written))
+            })
+            .collect();
+        self.note(|| format!("{why} node{i} running {running:?} settling {settling:?}"));
+        self.crashes.push(Crash {
+            node: i,
+            at: now,
+            running,
+            settling,
+        });
+        self.nodes[i].jobs.clear();
+        self.nodes[i].handover = None;
+        self.nodes[i].paused = false;
+        self.nodes[i].backlog.clear();
+        for j in 0..self.nodes.len() {
+            if j != i {
+                let name = self.names[i].clone();
+                if let Some(c) = self.nodes[j].core.as_mut() {
+                    c.handle(now, Input::Disconnected(name));
+                }
+                self.drain(j);
+            }
+        }
+    }
+
+    pub(super) fn schedule_timers(&mut self, i: usize) {
+        let hb = self.cfg.membership.heartbeat_ms;
+        let a = self.rng.gen_range(0..hb);
+        let b = self.rng.gen_range(0..hb);
+        let c = self.rng.gen_range(0..1_000);
+        self.at(self.now + a / 4 + 1, Ev::Tick(i));
+        self.at(self.now + b + 1, Ev::Beat(i));
+        self.at(self.now + c + 1, Ev::AntiEntropy(i));
+    }
+
+    pub(super) fn reconnect(&mut self, i: usize) {
+        let now = self.now;
+        for j in 0..self.nodes.len() {
+            if j != i && self.linked(i, j) {
+                let (ni, nj) = (self.names[i].clone(), self.names[j].clone());
+                if let Some(c) = self.nodes[i].core.as_mut() {
+                    c.handle(now, Input::Connected(nj));
+                }
+                if let Some(c) = self.nodes[j].core.as_mut() {
+                    c.handle(now, Input::Connected(ni));
+                }
+                self.drain(i);
+                self.drain(j);
+            }
+        }
+    }
+
+    /// Tells every node about connections gained or lost by a change of groups.
+    fn regroup(&mut self, old: &[u8]) {
+        let now = self.now;
+        for i in 0..self.nodes.len() {
+            for j in 0..self.nodes.len() {
+                if i == j || !self.up(i) || !self.up(j) {
+                    continue;
+                }
+                let was = old[i] == old[j];
+                let is = self.groups[i] == self.groups[j];
+                if was == is {
+                    continue;
+                }
+                let name = self.names[j].clone();
+                if let Some(c) = self.nodes[i].core.as_mut() {
+                    c.handle(
+                        now,
+                        if is {
+                            Input::Connected(name)
+                        } else {
+                            Input::Disconnected(name)
+                        },
+                    );
+                }
+                self.drain(i);
+            }
+        }
+    }
+}
