@@ -71,12 +71,14 @@ pub enum Gate {
     /// call, say after a crash): nothing was done.
     AlreadyLanded { commit: Oid },
 }
+
 /// The result of merging a change onto main.
 enum Squash {
     Conflict(Vec<String>),
     Empty,
     Commit(Oid),
 }
+
 fn check(cancel: &AtomicBool) -> Result<(), GitError> {
     if cancel.load(Ordering::Relaxed) {
         Err(GitError::Cancelled)
@@ -139,6 +141,7 @@ fn backoff(tries: u32, cancel: &AtomicBool) -> Result<(), GitError> {
     }
     Ok(())
 }
+
 /// How a test command ended.
 struct TestRun {
     passed: bool,
@@ -296,6 +299,7 @@ fn kill_group(child: &mut std::process::Child) {
     }
     let _ = child.kill();
 }
+
 impl NodeRepo {
     /// The merge gate: lands the reviewed `req.change` on main as one squash commit,
     /// fenced by `req.token` (see the module doc). Blocking; checks `cancel` between steps

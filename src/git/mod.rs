@@ -113,6 +113,7 @@ impl Trailers {
         )
     }
 }
+
 /// A failure of the git shell. Each names what was being done, on what, and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
@@ -276,6 +277,7 @@ fn check_component(what: &'static str, value: &str) -> Result<(), GitError> {
     }
     Ok(())
 }
+
 /// Retries `f` while it fails because a ref is locked by someone else.
 fn retry_locked<T>(
     reference: &str,
@@ -319,6 +321,7 @@ fn with_trailers(message: &str, t: &Trailers) -> String {
         format!("{message}\n\n{}\n", t.render())
     }
 }
+
 /// The node's clone of the shared origin and its story worktrees.
 #[derive(Debug, Clone)]
 pub struct NodeRepo {

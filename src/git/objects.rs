@@ -26,6 +26,7 @@ impl LandedCommit {
             .map(|(_, v)| v.as_str())
     }
 }
+
 /// The trailers of a commit message: the `Key: value` lines of its last paragraph, in
 /// order. Keys are letters, digits and `-`; lines of that paragraph that are not trailers
 /// are skipped. A message of one paragraph (a subject alone) has no trailers.
@@ -86,6 +87,7 @@ pub(super) fn first_parent_log(
     }
     Ok(out)
 }
+
 /// Copies `root` and every object it reaches that `to` lacks from `from` into `to`,
 /// children first: an object present in `to` always has its whole closure there, so the
 /// walk stops at the first object `to` already has.

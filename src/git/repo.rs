@@ -17,6 +17,7 @@ fn origin_to_path(origin: &str) -> Result<PathBuf, GitError> {
         source,
     })
 }
+
 /// Makes the clone borrow the origin's object store (git's `objects/info/alternates`, as
 /// `git clone --shared` does): objects pushed to the origin by any node are readable in
 /// this clone at once, without a fetch. Safe because the origin is a local path the mesh
@@ -35,6 +36,7 @@ fn share_objects(clone: &Repository, origin: &Path) -> Result<(), GitError> {
     std::fs::create_dir_all(&info).map_err(io_err("create", &info))?;
     std::fs::write(&file, want).map_err(io_err("write", &file))
 }
+
 /// The per-clone lock that serialises tracking-ref updates within this process.
 pub(super) fn clone_lock(dir: &Path) -> std::sync::Arc<std::sync::Mutex<()>> {
     use std::collections::HashMap;
@@ -44,6 +46,7 @@ pub(super) fn clone_lock(dir: &Path) -> std::sync::Arc<std::sync::Mutex<()>> {
     let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
     m.entry(dir.to_path_buf()).or_default().clone()
 }
+
 fn tracking_ref(branch: &str) -> String {
     let short = branch.strip_prefix("refs/heads/").unwrap_or(branch);
     format!("refs/remotes/{REMOTE}/{short}")

@@ -15,6 +15,7 @@ const BASE_FILE: &str = "mesh-base";
 fn pool_lock(dir: &Path) -> std::sync::Arc<std::sync::Mutex<()>> {
     clone_lock(&dir.join("worktree-pool"))
 }
+
 /// Makes the worktree's files and index exactly `commit`'s tree, untracked files removed.
 fn force_checkout(wt: &Repository, path: &Path, commit: Oid) -> Result<(), GitError> {
     let object = wt
