@@ -24,6 +24,7 @@
 //! This module owns the process and its files; it never decides anything about claims
 //! or stories.
 
+use super::process::{self, Keep, ProcessError};
 pub use super::prompt::prompt;
 use super::{Executor, Job, Workspace};
 use crate::core::model::{Handoff, Phase};
@@ -35,10 +36,10 @@ use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 /// Default for `command.timeout_secs`: how long one phase may run.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 1800;
@@ -498,63 +499,58 @@ async fn run_job(cfg: &CommandConfig, job: Job, ws: Workspace) -> Result<Handoff
         ("story", job.display_id.clone()),
         ("worktree", path_str(&ws.dir)),
     ];
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args.iter().map(|a| substitute(a, &vars)))
-        .current_dir(&ws.dir)
-        .env_clear()
-        .envs(allowed_env(&cfg.env_allow))
-        .envs(mesh_env(&job, &ws, &files))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let mut child = cmd.spawn().map_err(|e| {
-        format!(
-            "cannot start {program:?}: {e}; check command.program (a name is looked up in \
-             the allowlisted PATH)"
-        )
-    })?;
-    // From here on, dropping this future kills the program's process group.
-    let guard = GroupGuard::new(child.id());
-    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err(format!("{name}: stdout/stderr were not captured"));
+    let capture = |log: (tokio::fs::File, PathBuf), keep| process::Capture {
+        log: Some(log),
+        keep,
+        cap: Some(cfg.max_output_bytes),
     };
-    let waiter = async move {
-        let mut guard = guard;
-        let status = child.wait().await;
-        // Stray background processes die with the job, and their ends of the pipes
-        // close, so the readers see the end of the output.
-        guard.kill();
-        status.map_err(|e| format!("cannot wait for the program: {e}"))
+    let spec = process::Spec {
+        program: program.into(),
+        args: args.iter().map(|a| substitute(a, &vars).into()).collect(),
+        dir: ws.dir.clone(),
+        env: Some(
+            allowed_env(&cfg.env_allow)
+                .into_iter()
+                .chain(
+                    mesh_env(&job, &ws, &files)
+                        .into_iter()
+                        .map(|(k, v)| (k.into(), v)),
+                )
+                .collect(),
+        ),
+        timeout: Duration::from_secs(cfg.timeout_secs),
+        stdout: capture((out_log, files.stdout.clone()), Keep::All),
+        stderr: capture(
+            (err_log, files.stderr.clone()),
+            Keep::Tail(STDERR_KEEP_BYTES),
+        ),
     };
-    let cap = cfg.max_output_bytes;
-    let work = async {
-        tokio::try_join!(
-            pump(stdout, out_log, &files.stdout, cap, "stdout", None),
-            pump(
-                stderr,
-                err_log,
-                &files.stderr,
-                cap,
-                "stderr",
-                Some(STDERR_KEEP_BYTES)
-            ),
-            waiter,
-        )
+    // Dropping this future (the claim was lost) kills the program's process group.
+    let (out, err, status) = match process::run(spec).await {
+        Ok(done) => (done.stdout, done.stderr, done.status),
+        Err(ProcessError::Spawn { source, .. }) => {
+            return Err(format!(
+                "cannot start {program:?}: {source}; check command.program (a name is looked \
+                 up in the allowlisted PATH)"
+            ))
+        }
+        Err(ProcessError::TimedOut { .. }) => {
+            return Err(format!(
+                "{name}: timed out after {}s (command.timeout_secs); killed its process \
+                 group; {}",
+                cfg.timeout_secs,
+                files.logs()
+            ))
+        }
+        Err(ProcessError::OutputCap { stream, cap }) => {
+            return Err(format!(
+                "{name}: {stream} exceeded {cap} bytes (command.max_output_bytes); stopped \
+                 reading and killed its process group; {}",
+                files.logs()
+            ))
+        }
+        Err(e) => return Err(format!("{name}: {e}; {}", files.logs())),
     };
-    let (out, err, status) =
-        match tokio::time::timeout(Duration::from_secs(cfg.timeout_secs), work).await {
-            Err(_) => {
-                return Err(format!(
-                    "{name}: timed out after {}s (command.timeout_secs); killed its process \
-                     group; {}",
-                    cfg.timeout_secs,
-                    files.logs()
-                ))
-            }
-            Ok(Err(e)) => return Err(format!("{name}: {e}; {}", files.logs())),
-            Ok(Ok(done)) => done,
-        };
     if !status.success() {
         return Err(format!(
             "{name}: {}; {}",
@@ -582,88 +578,6 @@ async fn create_file(path: &Path) -> Result<tokio::fs::File, String> {
     tokio::fs::File::create(path)
         .await
         .map_err(|e| format!("cannot create {}: {e}", path.display()))
-}
-
-/// Kills a process group with SIGKILL when dropped (or on [`GroupGuard::kill`]), once.
-struct GroupGuard {
-    pgid: Option<libc::pid_t>,
-}
-
-impl GroupGuard {
-    /// `pid` leads its own group (spawned with `process_group(0)`).
-    fn new(pid: Option<u32>) -> GroupGuard {
-        let pgid = pid
-            .and_then(|p| libc::pid_t::try_from(p).ok())
-            .filter(|&p| p > 1);
-        GroupGuard { pgid }
-    }
-
-    fn kill(&mut self) {
-        if let Some(pgid) = self.pgid.take() {
-            kill_group(pgid);
-        }
-    }
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Sends SIGKILL to every process in group `pgid` (> 1, so never our own group or every
-/// process). Errors (the group is already gone) are ignored.
-fn kill_group(pgid: libc::pid_t) {
-    debug_assert!(pgid > 1);
-    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
-    }
-}
-
-/// Copies a stream to its log file, keeping it in memory (all of it, or the last
-/// `keep_tail` bytes). Over `cap` bytes it stops and fails: the caller's drop of the
-/// other futures kills the process group.
-async fn pump<R: AsyncRead + Unpin>(
-    mut from: R,
-    mut log: tokio::fs::File,
-    log_path: &Path,
-    cap: u64,
-    stream: &str,
-    keep_tail: Option<usize>,
-) -> Result<Vec<u8>, String> {
-    let log_err = |e: std::io::Error| format!("cannot write {}: {e}", log_path.display());
-    let mut kept = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut total: u64 = 0;
-    loop {
-        let n = from
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("cannot read the program's {stream}: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        let room = usize::try_from(cap.saturating_sub(total)).unwrap_or(usize::MAX);
-        let chunk = &buf[..n.min(room)];
-        log.write_all(chunk).await.map_err(log_err)?;
-        kept.extend_from_slice(chunk);
-        if let Some(tail) = keep_tail {
-            if kept.len() > 2 * tail {
-                kept.drain(..kept.len() - tail);
-            }
-        }
-        total += n as u64;
-        if total > cap {
-            log.flush().await.map_err(log_err)?;
-            return Err(format!(
-                "{stream} exceeded {cap} bytes (command.max_output_bytes); stopped reading and \
-                 killed its process group"
-            ));
-        }
-    }
-    log.flush().await.map_err(log_err)?;
-    Ok(kept)
 }
 
 /// Why a finished program failed: its exit code or signal, and the end of its stderr.

@@ -13,6 +13,7 @@
 //! must stop its work (kill its processes) when that happens.
 
 pub mod command;
+pub mod process;
 pub mod prompt;
 pub mod sim;
 

@@ -3,15 +3,14 @@
 
 use super::objects::first_parent_log;
 use super::*;
+use crate::exec::process::{self, Capture, Keep, ProcessError, Spec, Tail};
 use crate::fence::{Fence, FenceRecord, Refused};
 use git2::{Oid, Repository};
 use rand::Rng;
 use std::collections::BTreeSet;
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How much of a test command's output (stdout and stderr interleaved) is kept: the tail.
@@ -151,22 +150,10 @@ struct TestRun {
     output: String,
 }
 
-/// The last [`TEST_OUTPUT_CAP`] bytes written to it.
-#[derive(Default)]
-struct Tail(Vec<u8>);
-
-impl Tail {
-    fn push(&mut self, bytes: &[u8]) {
-        self.0.extend_from_slice(bytes);
-        if self.0.len() > TEST_OUTPUT_CAP {
-            let cut = self.0.len() - TEST_OUTPUT_CAP;
-            self.0.drain(..cut);
-        }
-    }
-}
-
-/// Runs `argv` in `dir` with stdin closed, stdout and stderr captured (the tail kept),
-/// killed (with its whole process group) after `timeout` or when `cancel` is set.
+/// Runs `argv` in `dir` (the node's environment, stdin closed) on the shared runner
+/// ([`process`]): stdout and stderr interleaved into one tail of [`TEST_OUTPUT_CAP`]
+/// bytes, the whole process group killed after `timeout`, when `cancel` is set, or when
+/// the command exits.
 fn run_test(
     argv: &[String],
     dir: &Path,
@@ -174,94 +161,42 @@ fn run_test(
     cancel: &AtomicBool,
 ) -> Result<TestRun, GitError> {
     let (program, args) = argv.split_first().ok_or(GitError::EmptyTest)?;
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::CommandExt;
-        cmd.process_group(0);
-    }
-    let mut child = cmd.spawn().map_err(|source| GitError::TestSpawn {
-        program: program.clone(),
-        dir: dir.to_path_buf(),
-        source,
-    })?;
-    let tail = Arc::new(Mutex::new(Tail::default()));
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let mut readers = 0;
-    let pipes: [Option<Box<dyn Read + Send>>; 2] = [
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    ];
-    for mut pipe in pipes.into_iter().flatten() {
-        let tail = tail.clone();
-        let done = done_tx.clone();
-        readers += 1;
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            loop {
-                match pipe.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if let Ok(mut t) = tail.lock() {
-                            t.push(&buf[..n]);
-                        }
-                    }
-                }
-            }
-            let _ = done.send(());
-        });
-    }
-    drop(done_tx);
-    let started = Instant::now();
-    let mut timed_out = false;
-    let mut cancelled = false;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) => {}
-            Err(e) => {
-                kill_group(&mut child);
-                return Err(io_err("wait for the test command in", dir)(e));
-            }
-        }
-        if cancel.load(Ordering::Relaxed) {
-            cancelled = true;
-        } else if started.elapsed() >= timeout {
-            timed_out = true;
-        }
-        if cancelled || timed_out {
-            kill_group(&mut child);
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let tail = Tail::shared(TEST_OUTPUT_CAP);
+    let capture = || Capture {
+        log: None,
+        keep: Keep::Shared(tail.clone()),
+        cap: None,
     };
-    if cancelled {
-        return Err(GitError::Cancelled);
-    }
-    // Let the readers drain what is left; a grandchild that escaped the process group
-    // and keeps a pipe open is not waited for long.
-    let drain_until = Instant::now() + Duration::from_secs(1);
-    for _ in 0..readers {
-        let left = drain_until.saturating_duration_since(Instant::now());
-        if done_rx.recv_timeout(left).is_err() {
-            break;
+    let spec = Spec {
+        program: program.into(),
+        args: args.iter().map(Into::into).collect(),
+        dir: dir.to_path_buf(),
+        env: None,
+        timeout,
+        stdout: capture(),
+        stderr: capture(),
+    };
+    let (status, timed_out) = match process::run_blocking(spec, cancel) {
+        Ok(done) => (Some(done.status), false),
+        Err(ProcessError::TimedOut { .. }) => (None, true),
+        Err(ProcessError::Stopped) => return Err(GitError::Cancelled),
+        Err(ProcessError::Spawn { source, .. }) => {
+            return Err(GitError::TestSpawn {
+                program: program.clone(),
+                dir: dir.to_path_buf(),
+                source,
+            })
         }
-    }
+        Err(source) => {
+            return Err(GitError::TestRun {
+                dir: dir.to_path_buf(),
+                source,
+            })
+        }
+    };
     let mut output = tail
         .lock()
-        .map(|t| String::from_utf8_lossy(&t.0).into_owned())
+        .map(|t| String::from_utf8_lossy(t.bytes()).into_owned())
         .unwrap_or_default();
     let exit_code = status.and_then(|s| s.code());
     let passed = status.is_some_and(|s| s.success());
@@ -283,21 +218,6 @@ fn run_test(
         timed_out,
         output,
     })
-}
-
-/// Kills the child and, on unix, its whole process group (it leads one).
-fn kill_group(child: &mut std::process::Child) {
-    #[cfg(unix)]
-    {
-        if let Ok(pid) = i32::try_from(child.id()) {
-            // SAFETY: kill(2) with a negative pid signals the process group we created
-            // for the child; it touches no memory.
-            unsafe {
-                libc::kill(-pid, libc::SIGKILL);
-            }
-        }
-    }
-    let _ = child.kill();
 }
 
 impl NodeRepo {
@@ -518,7 +438,7 @@ impl NodeRepo {
 mod tests {
     use super::*;
     use crate::git::testkit::*;
-    use std::sync::Barrier;
+    use std::sync::{Arc, Barrier};
 
     #[test]
     fn a_story_lands_as_one_squash_commit_on_main() {

@@ -155,6 +155,11 @@ pub enum GitError {
         dir: PathBuf,
         source: std::io::Error,
     },
+    #[error("the test command failed to run in {dir}: {source}")]
+    TestRun {
+        dir: PathBuf,
+        source: crate::exec::process::ProcessError,
+    },
     #[error("I/O error while trying to {op} {path}: {source}")]
     Io {
         op: &'static str,
