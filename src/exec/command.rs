@@ -26,7 +26,7 @@
 
 use super::process::{self, Keep, ProcessError};
 pub use super::prompt::prompt;
-use super::{Executor, Job, Workspace};
+use super::{ExecError, Executor, Job, Workspace};
 use crate::core::model::{Handoff, Phase};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -413,7 +413,7 @@ impl JobFiles {
 }
 
 impl Executor for CommandExecutor {
-    fn run(&self, job: Job, ws: Workspace) -> BoxFuture<'static, Result<Handoff, String>> {
+    fn run(&self, job: Job, ws: Workspace) -> BoxFuture<'static, Result<Handoff, ExecError>> {
         let cfg = Arc::clone(&self.cfg);
         Box::pin(async move { run_job(&cfg, job, ws).await })
     }
@@ -459,32 +459,35 @@ fn short_name(program: &str) -> &str {
     program.rsplit('/').next().unwrap_or(program)
 }
 
-async fn run_job(cfg: &CommandConfig, job: Job, ws: Workspace) -> Result<Handoff, String> {
+async fn run_job(cfg: &CommandConfig, job: Job, ws: Workspace) -> Result<Handoff, ExecError> {
     let (program, args) = cfg.command_for(job.phase);
     let name = short_name(program).to_string();
     if !ws.dir.is_dir() {
-        return Err(format!(
+        return Err(ExecError::Setup(format!(
             "the worktree {} does not exist; the node must create it before the job",
             ws.dir.display()
-        ));
+        )));
     }
-    tokio::fs::create_dir_all(&ws.log_dir)
-        .await
-        .map_err(|e| format!("cannot create log directory {}: {e}", ws.log_dir.display()))?;
+    tokio::fs::create_dir_all(&ws.log_dir).await.map_err(|e| {
+        ExecError::Setup(format!(
+            "cannot create log directory {}: {e}",
+            ws.log_dir.display()
+        ))
+    })?;
     let files = JobFiles::new(&job, &ws.log_dir);
 
     let job_json = serde_json::to_vec_pretty(&job)
-        .map_err(|e| format!("cannot encode the job as JSON: {e}"))?;
+        .map_err(|e| ExecError::Setup(format!("cannot encode the job as JSON: {e}")))?;
     write_file(&files.job, &job_json).await?;
     write_file(&files.prompt, prompt(&job, &files.handoff).as_bytes()).await?;
     match tokio::fs::remove_file(&files.handoff).await {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
-            return Err(format!(
+            return Err(ExecError::Setup(format!(
                 "cannot remove the stale handoff file {}: {e}",
                 files.handoff.display()
-            ))
+            )))
         }
     }
     let out_log = create_file(&files.stdout).await?;
@@ -529,55 +532,64 @@ async fn run_job(cfg: &CommandConfig, job: Job, ws: Workspace) -> Result<Handoff
     let (out, err, status) = match process::run(spec).await {
         Ok(done) => (done.stdout, done.stderr, done.status),
         Err(ProcessError::Spawn { source, .. }) => {
-            return Err(format!(
-                "cannot start {program:?}: {source}; check command.program (a name is looked \
-                 up in the allowlisted PATH)"
-            ))
+            return Err(ExecError::Spawn {
+                program: program.to_string(),
+                source,
+            })
         }
         Err(ProcessError::TimedOut { .. }) => {
-            return Err(format!(
-                "{name}: timed out after {}s (command.timeout_secs); killed its process \
-                 group; {}",
-                cfg.timeout_secs,
-                files.logs()
-            ))
+            return Err(ExecError::TimedOut {
+                program: name,
+                secs: cfg.timeout_secs,
+                logs: files.logs(),
+            })
         }
         Err(ProcessError::OutputCap { stream, cap }) => {
-            return Err(format!(
-                "{name}: {stream} exceeded {cap} bytes (command.max_output_bytes); stopped \
-                 reading and killed its process group; {}",
-                files.logs()
-            ))
+            return Err(ExecError::OutputCap {
+                program: name,
+                stream,
+                cap,
+                logs: files.logs(),
+            })
         }
-        Err(e) => return Err(format!("{name}: {e}; {}", files.logs())),
+        Err(source) => {
+            return Err(ExecError::Process {
+                program: name,
+                source,
+                logs: files.logs(),
+            })
+        }
     };
     if !status.success() {
-        return Err(format!(
-            "{name}: {}; {}",
-            exit_reason(status, &err),
-            files.logs()
-        ));
+        return Err(ExecError::Exited {
+            program: name,
+            status,
+            detail: exit_reason(status, &err),
+            logs: files.logs(),
+        });
     }
-    let from_file = read_handoff_file(&files.handoff)
-        .await
-        .map_err(|e| format!("{name}: {e}"))?;
+    let bad = |reason: String| ExecError::BadHandoff {
+        program: name.clone(),
+        reason,
+    };
+    let from_file = read_handoff_file(&files.handoff).await.map_err(bad)?;
     let handoff = match from_file {
         Some(h) => h,
-        None => handoff_from_stdout(&out).map_err(|e| format!("{name}: {e}; {}", files.logs()))?,
+        None => handoff_from_stdout(&out).map_err(|e| bad(format!("{e}; {}", files.logs())))?,
     };
-    check_handoff(job.phase, handoff).map_err(|e| format!("{name}: {e}"))
+    check_handoff(job.phase, handoff).map_err(bad)
 }
 
-async fn write_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
+async fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ExecError> {
     tokio::fs::write(path, bytes)
         .await
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        .map_err(|e| ExecError::Setup(format!("cannot write {}: {e}", path.display())))
 }
 
-async fn create_file(path: &Path) -> Result<tokio::fs::File, String> {
+async fn create_file(path: &Path) -> Result<tokio::fs::File, ExecError> {
     tokio::fs::File::create(path)
         .await
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))
+        .map_err(|e| ExecError::Setup(format!("cannot create {}: {e}", path.display())))
 }
 
 /// Why a finished program failed: its exit code or signal, and the end of its stderr.
