@@ -1,7 +1,8 @@
 //! Executors: what runs one phase of one story (DESIGN.md §7). An executor gets a
 //! [`Job`] (story, phase, earlier handoffs, knowledge, earlier failures) and a
 //! [`Workspace`] (the story's git worktree and a log directory) and returns a handoff or
-//! an [`ExecError`], whose message is the failure reason the mesh records. Two implementations:
+//! an [`ExecError`], whose message is the failure reason the mesh records. Two
+//! implementations:
 //!
 //! - [`sim::SimExecutor`]: built in, deterministic from a seed: a duration per phase, a
 //!   failure rate, plausible handoffs and real edits of the planned files during

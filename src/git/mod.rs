@@ -25,6 +25,12 @@
 //! full checkout (inode allocation for every file of the project) happens only when the
 //! pool is empty, which is at most once per job slot of the node.
 //!
+//! # Files
+//!
+//! `repo.rs` (the clone, fetch), `worktree.rs` (story worktrees, the pool, commits),
+//! `objects.rs` (object copy and refs at the origin, `main_log`), `gate.rs` (the merge
+//! gate); this file holds the public face and what they share.
+//!
 //! # Refs in the origin
 //!
 //! - `refs/heads/main`: moved only by the fenced gate ([`NodeRepo::land`]).
