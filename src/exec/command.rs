@@ -24,6 +24,8 @@
 //! This module owns the process and its files; it never decides anything about claims
 //! or stories.
 
+use super::handoff::{check_handoff, read_handoff_file};
+pub use super::handoff::{handoff_from_stdout, MAX_HANDOFF_BYTES};
 use super::process::{self, Keep, ProcessError};
 pub use super::prompt::prompt;
 use super::{ExecError, Executor, Job, Workspace};
@@ -39,7 +41,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
 
 /// Default for `command.timeout_secs`: how long one phase may run.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 1800;
@@ -47,8 +48,6 @@ pub const DEFAULT_TIMEOUT_SECS: u64 = 1800;
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 1024 * 1024;
 /// The largest `command.max_output_bytes` accepted (stdout is kept in memory).
 pub const MAX_OUTPUT_BYTES_LIMIT: u64 = 256 * 1024 * 1024;
-/// The largest handoff accepted, in bytes of JSON.
-pub const MAX_HANDOFF_BYTES: usize = 256 * 1024;
 /// Default for `command.env_allow`.
 pub const DEFAULT_ENV_ALLOW: [&str; 5] = ["PATH", "HOME", "USER", "LANG", "TERM"];
 /// The placeholders substituted in `command.args`, written `{name}`.
@@ -76,28 +75,11 @@ pub const MESH_VARS: [&str; 12] = [
     "MESH_NODE",
 ];
 
-/// The handoff fields a JSON object on stdout must have at least one of to count as the
-/// handoff (so a trailing log line such as `{"level":"info"}` is not taken for it).
-const HANDOFF_FIELDS: [&str; 11] = [
-    "summary",
-    "findings",
-    "decisions",
-    "warnings",
-    "suggested_approach",
-    "files",
-    "verdict",
-    "confidence",
-    "tokens",
-    "cost_micro_usd",
-    "learnings",
-];
 /// How much of stderr is kept in memory for the failure reason (all of it is logged).
 const STDERR_KEEP_BYTES: usize = 64 * 1024;
 /// How many lines of stderr a failure reason quotes, and at most how many characters.
 const STDERR_TAIL_LINES: usize = 15;
 const STDERR_TAIL_CHARS: usize = 2000;
-/// How much of unusable output a failure reason quotes.
-const GOT_CHARS: usize = 200;
 
 /// The `[command]` section of a node's config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -647,125 +629,6 @@ fn stderr_tail(stderr: &[u8]) -> String {
     format!("stderr (last lines):\n{tail}")
 }
 
-/// The start of some unusable output, quoted, for a failure reason.
-fn got(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let text = text.trim();
-    if text.is_empty() {
-        return "nothing (stdout was empty)".to_string();
-    }
-    let head: String = text.chars().take(GOT_CHARS).collect();
-    if head.len() < text.len() {
-        format!("{head:?}...")
-    } else {
-        format!("{head:?}")
-    }
-}
-
-/// The handoff the program wrote to `$MESH_HANDOFF_FILE`, if it wrote one (an empty
-/// file counts as none).
-async fn read_handoff_file(path: &Path) -> Result<Option<Handoff>, String> {
-    let file = match tokio::fs::File::open(path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot open {}: {e}", path.display())),
-    };
-    let mut bytes = Vec::new();
-    file.take(MAX_HANDOFF_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if bytes.len() > MAX_HANDOFF_BYTES {
-        return Err(format!(
-            "the handoff in $MESH_HANDOFF_FILE ({}) is over {MAX_HANDOFF_BYTES} bytes; keep \
-             it short (summaries, not logs)",
-            path.display()
-        ));
-    }
-    if bytes.trim_ascii().is_empty() {
-        return Ok(None);
-    }
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-        format!(
-            "invalid handoff in $MESH_HANDOFF_FILE ({}): {e}; got: {}",
-            path.display(),
-            got(&bytes)
-        )
-    })
-}
-
-/// The byte ranges of the top-level JSON objects in `text`, in order (an object inside
-/// another is not listed; text around and between them is skipped).
-fn json_objects(text: &[u8]) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while let Some(off) = text[i..].iter().position(|&b| b == b'{') {
-        let start = i + off;
-        let mut values = serde_json::Deserializer::from_slice(&text[start..])
-            .into_iter::<serde::de::IgnoredAny>();
-        match values.next() {
-            Some(Ok(_)) => {
-                let end = start + values.byte_offset();
-                out.push((start, end));
-                i = end;
-            }
-            _ => i = start + 1,
-        }
-    }
-    out
-}
-
-/// The handoff printed on stdout: the last top-level JSON object with at least one
-/// handoff field (text around it, such as a markdown code fence, is ignored).
-pub fn handoff_from_stdout(stdout: &[u8]) -> Result<Handoff, String> {
-    let objects = json_objects(stdout);
-    for &(start, end) in objects.iter().rev() {
-        let bytes = &stdout[start..end];
-        let Ok(keys) = serde_json::from_slice::<BTreeMap<String, serde::de::IgnoredAny>>(bytes)
-        else {
-            continue;
-        };
-        if !keys.keys().any(|k| HANDOFF_FIELDS.contains(&k.as_str())) {
-            continue;
-        }
-        if bytes.len() > MAX_HANDOFF_BYTES {
-            return Err(format!(
-                "the handoff on stdout is {} bytes; the limit is {MAX_HANDOFF_BYTES} (keep it \
-                 to summaries, not logs)",
-                bytes.len()
-            ));
-        }
-        return serde_json::from_slice(bytes)
-            .map_err(|e| format!("invalid handoff on stdout: {e}; got: {}", got(bytes)));
-    }
-    let hint = if objects.is_empty() {
-        String::new()
-    } else {
-        format!(
-            " (the JSON objects on stdout have none of the handoff fields: {})",
-            HANDOFF_FIELDS.join(", ")
-        )
-    };
-    Err(format!(
-        "no handoff: expected JSON on stdout or in $MESH_HANDOFF_FILE{hint}; got: {}",
-        got(stdout)
-    ))
-}
-
-/// Checks a handoff against its phase: reviews must decide. The commit is the node's to
-/// fill in, and confidence is capped at 100.
-fn check_handoff(phase: Phase, mut h: Handoff) -> Result<Handoff, String> {
-    if matches!(phase, Phase::Review | Phase::PlanReview) && h.verdict.is_none() {
-        return Err(format!(
-            "{phase} must return verdict approve or reject (\"verdict\": \"approve\" or \
-             \"reject\" in the handoff)"
-        ));
-    }
-    h.confidence = h.confidence.map(|c| c.min(100));
-    h.commit = None;
-    Ok(h)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -831,17 +694,5 @@ mod tests {
         assert_eq!(c.command_for(Phase::Review).1, ["--read-only".to_string()]);
         assert_eq!(c.command_for(Phase::Plan), ("claude.sh", &[][..]));
         assert!(toml::from_str::<CommandConfig>("programme = \"x\"").is_err());
-    }
-
-    #[test]
-    fn the_last_object_with_handoff_fields_wins() {
-        let out = b"thinking {not json}\n```json\n{\"summary\": \"a\", \"learnings\": [{\"kind\": \"pitfall\", \"text\": \"t\"}]}\n```\n{\"level\": \"info\"}\n";
-        let h = handoff_from_stdout(out).unwrap();
-        assert_eq!(h.summary, "a");
-        assert_eq!(h.learnings.len(), 1);
-        let e = handoff_from_stdout(b"{\"level\": 1}").unwrap_err();
-        assert!(e.contains("none of the handoff fields"), "{e}");
-        let e = handoff_from_stdout(b"").unwrap_err();
-        assert!(e.contains("got: nothing"), "{e}");
     }
 }

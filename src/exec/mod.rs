@@ -10,13 +10,15 @@
 //! - [`command::CommandExecutor`]: runs a configured program per phase (any agent CLI).
 //!
 //! [`process`] is the child-process runner the command executor and the merge gate's
-//! test command share; [`prompt`] writes the command executor's prompt.
+//! test command share; [`prompt`] writes the command executor's prompt and [`handoff`]
+//! reads its program's answer back.
 //!
 //! Executors are I/O shells: they may sleep, spawn and touch files; the core only sees the
 //! handoff (or the failure reason). Cancellation is dropping the future: an executor
 //! must stop its work (kill its processes) when that happens.
 
 pub mod command;
+pub mod handoff;
 pub mod process;
 pub mod prompt;
 pub mod sim;
