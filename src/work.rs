@@ -25,7 +25,7 @@
 use crate::core::fence::fence_token;
 use crate::core::model::{Handoff, Phase, ResultFact, Verdict};
 use crate::core::Job;
-use crate::exec::{Executor, Workspace};
+use crate::exec::{ExecError, Executor, Workspace};
 use crate::fence::Refused;
 use crate::git::{Gate, GitError, LandRequest, NodeRepo, Trailers};
 use futures::future::BoxFuture;
@@ -79,13 +79,36 @@ impl Drop for WorktreeGuard {
     }
 }
 
+/// Why a job ended without a handoff. Its message is the failure reason the core
+/// records ([`WorkShell::run`] hands it over as text).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkError {
+    /// The executor failed.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    /// A git step (fetch, worktree, commit, push, the gate) failed.
+    #[error(transparent)]
+    Git(#[from] GitError),
+    /// A blocking git task panicked or was cancelled.
+    #[error("git task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("cannot create {}: {source}", .path.display())]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The history names no implement/rework commit for a phase that needs one.
+    #[error("{story}: no implemented commit in the history to {what}")]
+    NoChange { story: String, what: String },
+    /// Implement or rework left the worktree as it found it.
+    #[error("{phase} made no change to the worktree: nothing to review")]
+    NothingChanged { phase: Phase },
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, GitError> + Send + 'static,
-) -> Result<T, String> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("git task failed: {e}")),
-    }
+) -> Result<T, WorkError> {
+    Ok(tokio::task::spawn_blocking(f).await??)
 }
 
 /// The commit of the latest counted implement or rework.
@@ -159,42 +182,46 @@ impl WorkShell {
 
     /// Runs one job. The future may be dropped at any point (the claim was lost): the
     /// executor's processes are killed by the executor, the worktree is removed here.
+    /// A failure comes back as the reason the core records.
     pub fn run(self: &Arc<Self>, job: Job) -> BoxFuture<'static, Result<Handoff, String>> {
         let shell = self.clone();
-        Box::pin(async move {
-            if let Err(e) = std::fs::create_dir_all(&shell.logs) {
-                return Err(format!("cannot create {}: {e}", shell.logs.display()));
-            }
-            match shell.git.clone() {
-                None => shell.run_scratch(job).await,
-                Some(git) => {
-                    let mut guard = WorktreeGuard {
-                        git: git.clone(),
-                        story: job.story.clone(),
-                        armed: true,
-                    };
-                    let story = job.story.clone();
-                    let out = if job.phase == Phase::Merge {
-                        shell.merge(git.clone(), job).await
-                    } else {
-                        shell.run_in_worktree(git.clone(), job).await
-                    };
-                    // The outcome is reported only once the worktree is gone.
-                    if let Err(e) = blocking(move || git.remove_worktree(&story)).await {
-                        tracing::warn!(error = %e, "could not remove the story's worktree");
-                    }
-                    guard.armed = false;
-                    out
-                }
-            }
-        })
+        Box::pin(async move { shell.run_job(job).await.map_err(|e| e.to_string()) })
     }
 
-    async fn run_scratch(&self, job: Job) -> Result<Handoff, String> {
+    async fn run_job(&self, job: Job) -> Result<Handoff, WorkError> {
+        std::fs::create_dir_all(&self.logs).map_err(|source| WorkError::Create {
+            path: self.logs.clone(),
+            source,
+        })?;
+        let Some(git) = self.git.clone() else {
+            return self.run_scratch(job).await;
+        };
+        let mut guard = WorktreeGuard {
+            git: git.clone(),
+            story: job.story.clone(),
+            armed: true,
+        };
+        let story = job.story.clone();
+        let out = if job.phase == Phase::Merge {
+            self.merge(git.clone(), job).await
+        } else {
+            self.run_in_worktree(git.clone(), job).await
+        };
+        // The outcome is reported only once the worktree is gone.
+        if let Err(e) = blocking(move || git.remove_worktree(&story)).await {
+            tracing::warn!(error = %e, "could not remove the story's worktree");
+        }
+        guard.armed = false;
+        out
+    }
+
+    async fn run_scratch(&self, job: Job) -> Result<Handoff, WorkError> {
         let safe = crate::git::safe_dir_name(&job.story);
         let dir = self.scratch.join(safe);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(|source| WorkError::Create {
+            path: dir.clone(),
+            source,
+        })?;
         let ws = Workspace {
             dir: dir.clone(),
             log_dir: self.logs.clone(),
@@ -202,10 +229,10 @@ impl WorkShell {
         };
         let out = self.executor.run(job, ws).await;
         let _ = std::fs::remove_dir_all(&dir);
-        out
+        Ok(out?)
     }
 
-    async fn run_in_worktree(&self, git: Arc<NodeRepo>, job: Job) -> Result<Handoff, String> {
+    async fn run_in_worktree(&self, git: Arc<NodeRepo>, job: Job) -> Result<Handoff, WorkError> {
         let change = change_commit(&job);
         let from_main = match job.phase {
             Phase::Review => false,
@@ -221,10 +248,10 @@ impl WorkShell {
             blocking(move || g.fetch_main()).await?
         } else {
             let Some(c) = change else {
-                return Err(format!(
-                    "{}: no implemented commit in the history to {}",
-                    job.display_id, job.phase
-                ));
+                return Err(WorkError::NoChange {
+                    story: job.display_id.clone(),
+                    what: job.phase.to_string(),
+                });
             };
             let g = git.clone();
             blocking(move || g.ensure_commit(c)).await?;
@@ -253,10 +280,7 @@ impl WorkShell {
                 let committed =
                     blocking(move || g.commit_all(&dir, &subject, &body, &trailers)).await?;
                 let Some(oid) = committed else {
-                    return Err(format!(
-                        "{} made no change to the worktree: nothing to review",
-                        job.phase
-                    ));
+                    return Err(WorkError::NothingChanged { phase: job.phase });
                 };
                 let (g, story, claim) = (git.clone(), job.story.clone(), job.claim.clone());
                 blocking(move || g.push_work(&story, &claim, oid)).await?;
@@ -267,12 +291,12 @@ impl WorkShell {
         Ok(handoff)
     }
 
-    async fn merge(&self, git: Arc<NodeRepo>, job: Job) -> Result<Handoff, String> {
+    async fn merge(&self, git: Arc<NodeRepo>, job: Job) -> Result<Handoff, WorkError> {
         let Some(change) = change_commit(&job) else {
-            return Err(format!(
-                "{}: no implemented commit in the history to merge",
-                job.display_id
-            ));
+            return Err(WorkError::NoChange {
+                story: job.display_id.clone(),
+                what: "merge".to_string(),
+            });
         };
         let g = git.clone();
         blocking(move || g.ensure_commit(change)).await?;
@@ -326,8 +350,8 @@ impl WorkShell {
                     ..Default::default()
                 });
             }
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(e) => return Err(format!("git task failed: {e}")),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(e) => return Err(e.into()),
         };
         let id = &job.display_id;
         let h = match gate {

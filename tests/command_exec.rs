@@ -7,7 +7,8 @@ use mesh_agent::core::model::{
     Handoff, KnowledgeFact, KnowledgeKind, Phase, ResultFact, StoryFact, Verdict,
 };
 use mesh_agent::exec::command::{log_stem, CommandConfig, CommandExecutor, PhaseCommand};
-use mesh_agent::exec::{Executor, Job, Workspace};
+use mesh_agent::exec::{ExecError, Executor, Job, Workspace};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
@@ -67,7 +68,7 @@ fn sh(script: &str, extra: &[&str]) -> CommandConfig {
     }
 }
 
-async fn run(cfg: CommandConfig, job: Job, ws: &Workspace) -> Result<Handoff, String> {
+async fn run(cfg: CommandConfig, job: Job, ws: &Workspace) -> Result<Handoff, ExecError> {
     CommandExecutor::new(cfg)
         .expect("valid config")
         .run(job, ws.clone())
@@ -178,6 +179,11 @@ async fn a_hanging_program_times_out_and_its_process_group_is_killed() {
     let started = Instant::now();
     let err = run(cfg, job(Phase::Plan, &[]), &ws).await.unwrap_err();
     assert!(
+        matches!(err, ExecError::TimedOut { secs: 1, .. }),
+        "{err:?}"
+    );
+    let err = err.to_string();
+    assert!(
         err.starts_with("sh: timed out after 1s (command.timeout_secs); killed its process group"),
         "{err}"
     );
@@ -201,6 +207,8 @@ async fn output_that_is_not_json_is_no_handoff() {
     )
     .await
     .unwrap_err();
+    assert!(matches!(err, ExecError::BadHandoff { .. }), "{err:?}");
+    let err = err.to_string();
     assert!(
         err.starts_with(
             "sh: no handoff: expected JSON on stdout or in $MESH_HANDOFF_FILE; got: \
@@ -212,6 +220,8 @@ async fn output_that_is_not_json_is_no_handoff() {
     let err = run(sh("true", &[]), job(Phase::Implement, &[]), &ws)
         .await
         .unwrap_err();
+    assert!(matches!(err, ExecError::BadHandoff { .. }), "{err:?}");
+    let err = err.to_string();
     assert!(err.contains("got: nothing (stdout was empty)"), "{err}");
 
     // JSON, but not a handoff: no handoff field at all.
@@ -222,6 +232,8 @@ async fn output_that_is_not_json_is_no_handoff() {
     )
     .await
     .unwrap_err();
+    assert!(matches!(err, ExecError::BadHandoff { .. }), "{err:?}");
+    let err = err.to_string();
     assert!(err.contains("none of the handoff fields"), "{err}");
 
     // A handoff with a field of the wrong type.
@@ -232,6 +244,8 @@ async fn output_that_is_not_json_is_no_handoff() {
     )
     .await
     .unwrap_err();
+    assert!(matches!(err, ExecError::BadHandoff { .. }), "{err:?}");
+    let err = err.to_string();
     assert!(
         err.contains("invalid handoff on stdout: unknown variant `maybe`"),
         "{err}"
@@ -251,6 +265,8 @@ async fn invalid_json_in_the_handoff_file_is_reported_as_such() {
     )
     .await
     .unwrap_err();
+    assert!(matches!(err, ExecError::BadHandoff { .. }), "{err:?}");
+    let err = err.to_string();
     assert!(
         err.starts_with("sh: invalid handoff in $MESH_HANDOFF_FILE ("),
         "{err}"
@@ -270,6 +286,11 @@ async fn a_non_zero_exit_reports_the_code_and_the_end_of_stderr() {
     let err = run(sh(script, &[]), job(Phase::Implement, &[]), &ws)
         .await
         .unwrap_err();
+    assert!(
+        matches!(err, ExecError::Exited { status, .. } if status.code() == Some(3)),
+        "{err:?}"
+    );
+    let err = err.to_string();
     assert!(
         err.starts_with("sh: exited with code 3; stderr (last lines):\n"),
         "{err}"
@@ -292,6 +313,11 @@ async fn death_by_signal_is_reported_with_its_name() {
     .await
     .unwrap_err();
     assert!(
+        matches!(err, ExecError::Exited { status, .. } if status.signal() == Some(15)),
+        "{err:?}"
+    );
+    let err = err.to_string();
+    assert!(
         err.starts_with("sh: was killed by signal 15 (SIGTERM); stderr (last lines):\ndying"),
         "{err}"
     );
@@ -305,6 +331,17 @@ async fn output_over_the_cap_stops_the_job_quickly() {
     let err = run(sh("yes | head -c 50000000", &[]), job.clone(), &ws)
         .await
         .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ExecError::OutputCap {
+                stream: "stdout",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = err.to_string();
     assert!(
         err.starts_with("sh: stdout exceeded 1048576 bytes (command.max_output_bytes)"),
         "{err}"
@@ -322,6 +359,18 @@ async fn output_over_the_cap_stops_the_job_quickly() {
     let mut cfg = sh("yes 'an error' | head -c 500000 >&2", &[]);
     cfg.max_output_bytes = 1000;
     let err = run(cfg, job, &ws).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ExecError::OutputCap {
+                stream: "stderr",
+                cap: 1000,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = err.to_string();
     assert!(err.starts_with("sh: stderr exceeded 1000 bytes"), "{err}");
 }
 
@@ -442,6 +491,8 @@ async fn a_review_must_decide() {
     )
     .await
     .unwrap_err();
+    assert!(matches!(err, ExecError::BadHandoff { .. }), "{err:?}");
+    let err = err.to_string();
     assert!(
         err.contains("review must return verdict approve or reject"),
         "{err}"
@@ -560,6 +611,8 @@ async fn a_program_that_cannot_start_is_a_failed_attempt() {
         ..CommandConfig::default()
     };
     let err = run(cfg, job(Phase::Plan, &[]), &ws).await.unwrap_err();
+    assert!(matches!(err, ExecError::Spawn { .. }), "{err:?}");
+    let err = err.to_string();
     assert!(
         err.starts_with("cannot start \"mesh-agent-no-such-program\""),
         "{err}"
@@ -712,6 +765,8 @@ echo '{"type":"result","subtype":"error_max_turns","is_error":true,"result":"Cre
     )
     .await
     .unwrap_err();
+    assert!(matches!(err, ExecError::Exited { .. }), "{err:?}");
+    let err = err.to_string();
     assert!(
         err.starts_with("sh: exited with code 1; stderr (last lines):\n"),
         "{err}"

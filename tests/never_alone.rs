@@ -12,7 +12,7 @@ use mesh_agent::config::Config;
 use mesh_agent::core::lease::{ReleaseReason, Resource};
 use mesh_agent::core::model::{EventKind, Handoff, NewStory, StoryStatus};
 use mesh_agent::core::Job;
-use mesh_agent::exec::{Executor, Workspace};
+use mesh_agent::exec::{ExecError, Executor, Workspace};
 use mesh_agent::node::NodeHandle;
 use std::sync::Arc;
 use std::time::Instant;
@@ -133,13 +133,13 @@ impl Drop for OnDrop {
 }
 
 impl Executor for Holding {
-    fn run(&self, job: Job, _ws: Workspace) -> BoxFuture<'static, Result<Handoff, String>> {
+    fn run(&self, job: Job, _ws: Workspace) -> BoxFuture<'static, Result<Handoff, ExecError>> {
         let guard = OnDrop(Some((self.cancelled.clone(), job.claim.clone())));
         let _ = self.started.send((self.node.clone(), job));
         Box::pin(async move {
             let _guard = guard;
             std::future::pending::<()>().await;
-            Err("unreachable".to_string())
+            Err(ExecError::failed("unreachable"))
         })
     }
 }

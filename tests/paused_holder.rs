@@ -11,7 +11,7 @@ use libp2p::identity::Keypair;
 use mesh_agent::core::model::{Handoff, NewStory, Phase, StoryStatus};
 use mesh_agent::core::sim_handoff::sim_handoff;
 use mesh_agent::core::Job;
-use mesh_agent::exec::{Executor, Workspace};
+use mesh_agent::exec::{ExecError, Executor, Workspace};
 use mesh_agent::fence::{self, Refused};
 use mesh_agent::node::NodeHandle;
 use std::path::{Path, PathBuf};
@@ -58,7 +58,7 @@ fn record(
 }
 
 impl Executor for FencedExecutor {
-    fn run(&self, job: Job, _ws: Workspace) -> BoxFuture<'static, Result<Handoff, String>> {
+    fn run(&self, job: Job, _ws: Workspace) -> BoxFuture<'static, Result<Handoff, ExecError>> {
         let gate = if job.phase == Phase::Implement {
             self.gate.lock().unwrap().take()
         } else {
@@ -74,7 +74,7 @@ impl Executor for FencedExecutor {
             if job.phase == Phase::Implement {
                 // Before implementing, the holder records its token at the origin.
                 if let Err(refused) = record(&origin, &log, &job.story, job.token, &holder) {
-                    return Err(format!("fence refused: {refused:?}"));
+                    return Err(ExecError::failed(format!("fence refused: {refused:?}")));
                 }
             }
             match gate {

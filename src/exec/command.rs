@@ -24,21 +24,23 @@
 //! This module owns the process and its files; it never decides anything about claims
 //! or stories.
 
-use super::{Executor, Job, Workspace};
-use crate::core::model::{Handoff, Phase, ResultFact, Verdict};
+use super::handoff::{check_handoff, read_handoff_file};
+pub use super::handoff::{handoff_from_stdout, MAX_HANDOFF_BYTES};
+use super::process::{self, Keep, ProcessError};
+pub use super::prompt::prompt;
+use super::{ExecError, Executor, Job, Workspace};
+use crate::core::model::{Handoff, Phase};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// Default for `command.timeout_secs`: how long one phase may run.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 1800;
@@ -46,8 +48,6 @@ pub const DEFAULT_TIMEOUT_SECS: u64 = 1800;
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 1024 * 1024;
 /// The largest `command.max_output_bytes` accepted (stdout is kept in memory).
 pub const MAX_OUTPUT_BYTES_LIMIT: u64 = 256 * 1024 * 1024;
-/// The largest handoff accepted, in bytes of JSON.
-pub const MAX_HANDOFF_BYTES: usize = 256 * 1024;
 /// Default for `command.env_allow`.
 pub const DEFAULT_ENV_ALLOW: [&str; 5] = ["PATH", "HOME", "USER", "LANG", "TERM"];
 /// The placeholders substituted in `command.args`, written `{name}`.
@@ -75,30 +75,11 @@ pub const MESH_VARS: [&str; 12] = [
     "MESH_NODE",
 ];
 
-/// The handoff fields a JSON object on stdout must have at least one of to count as the
-/// handoff (so a trailing log line such as `{"level":"info"}` is not taken for it).
-const HANDOFF_FIELDS: [&str; 11] = [
-    "summary",
-    "findings",
-    "decisions",
-    "warnings",
-    "suggested_approach",
-    "files",
-    "verdict",
-    "confidence",
-    "tokens",
-    "cost_micro_usd",
-    "learnings",
-];
 /// How much of stderr is kept in memory for the failure reason (all of it is logged).
 const STDERR_KEEP_BYTES: usize = 64 * 1024;
 /// How many lines of stderr a failure reason quotes, and at most how many characters.
 const STDERR_TAIL_LINES: usize = 15;
 const STDERR_TAIL_CHARS: usize = 2000;
-/// How much of unusable output a failure reason quotes.
-const GOT_CHARS: usize = 200;
-/// How much of each earlier failure reason the prompt repeats.
-const PROMPT_FAILURE_CHARS: usize = 1500;
 
 /// The `[command]` section of a node's config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -414,7 +395,7 @@ impl JobFiles {
 }
 
 impl Executor for CommandExecutor {
-    fn run(&self, job: Job, ws: Workspace) -> BoxFuture<'static, Result<Handoff, String>> {
+    fn run(&self, job: Job, ws: Workspace) -> BoxFuture<'static, Result<Handoff, ExecError>> {
         let cfg = Arc::clone(&self.cfg);
         Box::pin(async move { run_job(&cfg, job, ws).await })
     }
@@ -460,32 +441,35 @@ fn short_name(program: &str) -> &str {
     program.rsplit('/').next().unwrap_or(program)
 }
 
-async fn run_job(cfg: &CommandConfig, job: Job, ws: Workspace) -> Result<Handoff, String> {
+async fn run_job(cfg: &CommandConfig, job: Job, ws: Workspace) -> Result<Handoff, ExecError> {
     let (program, args) = cfg.command_for(job.phase);
     let name = short_name(program).to_string();
     if !ws.dir.is_dir() {
-        return Err(format!(
+        return Err(ExecError::Setup(format!(
             "the worktree {} does not exist; the node must create it before the job",
             ws.dir.display()
-        ));
+        )));
     }
-    tokio::fs::create_dir_all(&ws.log_dir)
-        .await
-        .map_err(|e| format!("cannot create log directory {}: {e}", ws.log_dir.display()))?;
+    tokio::fs::create_dir_all(&ws.log_dir).await.map_err(|e| {
+        ExecError::Setup(format!(
+            "cannot create log directory {}: {e}",
+            ws.log_dir.display()
+        ))
+    })?;
     let files = JobFiles::new(&job, &ws.log_dir);
 
     let job_json = serde_json::to_vec_pretty(&job)
-        .map_err(|e| format!("cannot encode the job as JSON: {e}"))?;
+        .map_err(|e| ExecError::Setup(format!("cannot encode the job as JSON: {e}")))?;
     write_file(&files.job, &job_json).await?;
     write_file(&files.prompt, prompt(&job, &files.handoff).as_bytes()).await?;
     match tokio::fs::remove_file(&files.handoff).await {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
-            return Err(format!(
+            return Err(ExecError::Setup(format!(
                 "cannot remove the stale handoff file {}: {e}",
                 files.handoff.display()
-            ))
+            )))
         }
     }
     let out_log = create_file(&files.stdout).await?;
@@ -500,172 +484,94 @@ async fn run_job(cfg: &CommandConfig, job: Job, ws: Workspace) -> Result<Handoff
         ("story", job.display_id.clone()),
         ("worktree", path_str(&ws.dir)),
     ];
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args.iter().map(|a| substitute(a, &vars)))
-        .current_dir(&ws.dir)
-        .env_clear()
-        .envs(allowed_env(&cfg.env_allow))
-        .envs(mesh_env(&job, &ws, &files))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let mut child = cmd.spawn().map_err(|e| {
-        format!(
-            "cannot start {program:?}: {e}; check command.program (a name is looked up in \
-             the allowlisted PATH)"
-        )
-    })?;
-    // From here on, dropping this future kills the program's process group.
-    let guard = GroupGuard::new(child.id());
-    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err(format!("{name}: stdout/stderr were not captured"));
+    let capture = |log: (tokio::fs::File, PathBuf), keep| process::Capture {
+        log: Some(log),
+        keep,
+        cap: Some(cfg.max_output_bytes),
     };
-    let waiter = async move {
-        let mut guard = guard;
-        let status = child.wait().await;
-        // Stray background processes die with the job, and their ends of the pipes
-        // close, so the readers see the end of the output.
-        guard.kill();
-        status.map_err(|e| format!("cannot wait for the program: {e}"))
+    let spec = process::Spec {
+        program: program.into(),
+        args: args.iter().map(|a| substitute(a, &vars).into()).collect(),
+        dir: ws.dir.clone(),
+        env: Some(
+            allowed_env(&cfg.env_allow)
+                .into_iter()
+                .chain(
+                    mesh_env(&job, &ws, &files)
+                        .into_iter()
+                        .map(|(k, v)| (k.into(), v)),
+                )
+                .collect(),
+        ),
+        timeout: Duration::from_secs(cfg.timeout_secs),
+        stdout: capture((out_log, files.stdout.clone()), Keep::All),
+        stderr: capture(
+            (err_log, files.stderr.clone()),
+            Keep::Tail(STDERR_KEEP_BYTES),
+        ),
     };
-    let cap = cfg.max_output_bytes;
-    let work = async {
-        tokio::try_join!(
-            pump(stdout, out_log, &files.stdout, cap, "stdout", None),
-            pump(
-                stderr,
-                err_log,
-                &files.stderr,
+    // Dropping this future (the claim was lost) kills the program's process group.
+    let (out, err, status) = match process::run(spec).await {
+        Ok(done) => (done.stdout, done.stderr, done.status),
+        Err(ProcessError::Spawn { source, .. }) => {
+            return Err(ExecError::Spawn {
+                program: program.to_string(),
+                source,
+            })
+        }
+        Err(ProcessError::TimedOut { .. }) => {
+            return Err(ExecError::TimedOut {
+                program: name,
+                secs: cfg.timeout_secs,
+                logs: files.logs(),
+            })
+        }
+        Err(ProcessError::OutputCap { stream, cap }) => {
+            return Err(ExecError::OutputCap {
+                program: name,
+                stream,
                 cap,
-                "stderr",
-                Some(STDERR_KEEP_BYTES)
-            ),
-            waiter,
-        )
+                logs: files.logs(),
+            })
+        }
+        Err(source) => {
+            return Err(ExecError::Process {
+                program: name,
+                source,
+                logs: files.logs(),
+            })
+        }
     };
-    let (out, err, status) =
-        match tokio::time::timeout(Duration::from_secs(cfg.timeout_secs), work).await {
-            Err(_) => {
-                return Err(format!(
-                    "{name}: timed out after {}s (command.timeout_secs); killed its process \
-                     group; {}",
-                    cfg.timeout_secs,
-                    files.logs()
-                ))
-            }
-            Ok(Err(e)) => return Err(format!("{name}: {e}; {}", files.logs())),
-            Ok(Ok(done)) => done,
-        };
     if !status.success() {
-        return Err(format!(
-            "{name}: {}; {}",
-            exit_reason(status, &err),
-            files.logs()
-        ));
+        return Err(ExecError::Exited {
+            program: name,
+            status,
+            detail: exit_reason(status, &err),
+            logs: files.logs(),
+        });
     }
-    let from_file = read_handoff_file(&files.handoff)
-        .await
-        .map_err(|e| format!("{name}: {e}"))?;
+    let bad = |reason: String| ExecError::BadHandoff {
+        program: name.clone(),
+        reason,
+    };
+    let from_file = read_handoff_file(&files.handoff).await.map_err(bad)?;
     let handoff = match from_file {
         Some(h) => h,
-        None => handoff_from_stdout(&out).map_err(|e| format!("{name}: {e}; {}", files.logs()))?,
+        None => handoff_from_stdout(&out).map_err(|e| bad(format!("{e}; {}", files.logs())))?,
     };
-    check_handoff(job.phase, handoff).map_err(|e| format!("{name}: {e}"))
+    check_handoff(job.phase, handoff).map_err(bad)
 }
 
-async fn write_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
+async fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ExecError> {
     tokio::fs::write(path, bytes)
         .await
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        .map_err(|e| ExecError::Setup(format!("cannot write {}: {e}", path.display())))
 }
 
-async fn create_file(path: &Path) -> Result<tokio::fs::File, String> {
+async fn create_file(path: &Path) -> Result<tokio::fs::File, ExecError> {
     tokio::fs::File::create(path)
         .await
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))
-}
-
-/// Kills a process group with SIGKILL when dropped (or on [`GroupGuard::kill`]), once.
-struct GroupGuard {
-    pgid: Option<libc::pid_t>,
-}
-
-impl GroupGuard {
-    /// `pid` leads its own group (spawned with `process_group(0)`).
-    fn new(pid: Option<u32>) -> GroupGuard {
-        let pgid = pid
-            .and_then(|p| libc::pid_t::try_from(p).ok())
-            .filter(|&p| p > 1);
-        GroupGuard { pgid }
-    }
-
-    fn kill(&mut self) {
-        if let Some(pgid) = self.pgid.take() {
-            kill_group(pgid);
-        }
-    }
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Sends SIGKILL to every process in group `pgid` (> 1, so never our own group or every
-/// process). Errors (the group is already gone) are ignored.
-fn kill_group(pgid: libc::pid_t) {
-    debug_assert!(pgid > 1);
-    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
-    }
-}
-
-/// Copies a stream to its log file, keeping it in memory (all of it, or the last
-/// `keep_tail` bytes). Over `cap` bytes it stops and fails: the caller's drop of the
-/// other futures kills the process group.
-async fn pump<R: AsyncRead + Unpin>(
-    mut from: R,
-    mut log: tokio::fs::File,
-    log_path: &Path,
-    cap: u64,
-    stream: &str,
-    keep_tail: Option<usize>,
-) -> Result<Vec<u8>, String> {
-    let log_err = |e: std::io::Error| format!("cannot write {}: {e}", log_path.display());
-    let mut kept = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut total: u64 = 0;
-    loop {
-        let n = from
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("cannot read the program's {stream}: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        let room = usize::try_from(cap.saturating_sub(total)).unwrap_or(usize::MAX);
-        let chunk = &buf[..n.min(room)];
-        log.write_all(chunk).await.map_err(log_err)?;
-        kept.extend_from_slice(chunk);
-        if let Some(tail) = keep_tail {
-            if kept.len() > 2 * tail {
-                kept.drain(..kept.len() - tail);
-            }
-        }
-        total += n as u64;
-        if total > cap {
-            log.flush().await.map_err(log_err)?;
-            return Err(format!(
-                "{stream} exceeded {cap} bytes (command.max_output_bytes); stopped reading and \
-                 killed its process group"
-            ));
-        }
-    }
-    log.flush().await.map_err(log_err)?;
-    Ok(kept)
+        .map_err(|e| ExecError::Setup(format!("cannot create {}: {e}", path.display())))
 }
 
 /// Why a finished program failed: its exit code or signal, and the end of its stderr.
@@ -721,288 +627,6 @@ fn stderr_tail(stderr: &[u8]) -> String {
         );
     }
     format!("stderr (last lines):\n{tail}")
-}
-
-/// The start of some unusable output, quoted, for a failure reason.
-fn got(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let text = text.trim();
-    if text.is_empty() {
-        return "nothing (stdout was empty)".to_string();
-    }
-    let head: String = text.chars().take(GOT_CHARS).collect();
-    if head.len() < text.len() {
-        format!("{head:?}...")
-    } else {
-        format!("{head:?}")
-    }
-}
-
-/// The handoff the program wrote to `$MESH_HANDOFF_FILE`, if it wrote one (an empty
-/// file counts as none).
-async fn read_handoff_file(path: &Path) -> Result<Option<Handoff>, String> {
-    let file = match tokio::fs::File::open(path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot open {}: {e}", path.display())),
-    };
-    let mut bytes = Vec::new();
-    file.take(MAX_HANDOFF_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if bytes.len() > MAX_HANDOFF_BYTES {
-        return Err(format!(
-            "the handoff in $MESH_HANDOFF_FILE ({}) is over {MAX_HANDOFF_BYTES} bytes; keep \
-             it short (summaries, not logs)",
-            path.display()
-        ));
-    }
-    if bytes.trim_ascii().is_empty() {
-        return Ok(None);
-    }
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-        format!(
-            "invalid handoff in $MESH_HANDOFF_FILE ({}): {e}; got: {}",
-            path.display(),
-            got(&bytes)
-        )
-    })
-}
-
-/// The byte ranges of the top-level JSON objects in `text`, in order (an object inside
-/// another is not listed; text around and between them is skipped).
-fn json_objects(text: &[u8]) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while let Some(off) = text[i..].iter().position(|&b| b == b'{') {
-        let start = i + off;
-        let mut values = serde_json::Deserializer::from_slice(&text[start..])
-            .into_iter::<serde::de::IgnoredAny>();
-        match values.next() {
-            Some(Ok(_)) => {
-                let end = start + values.byte_offset();
-                out.push((start, end));
-                i = end;
-            }
-            _ => i = start + 1,
-        }
-    }
-    out
-}
-
-/// The handoff printed on stdout: the last top-level JSON object with at least one
-/// handoff field (text around it, such as a markdown code fence, is ignored).
-pub fn handoff_from_stdout(stdout: &[u8]) -> Result<Handoff, String> {
-    let objects = json_objects(stdout);
-    for &(start, end) in objects.iter().rev() {
-        let bytes = &stdout[start..end];
-        let Ok(keys) = serde_json::from_slice::<BTreeMap<String, serde::de::IgnoredAny>>(bytes)
-        else {
-            continue;
-        };
-        if !keys.keys().any(|k| HANDOFF_FIELDS.contains(&k.as_str())) {
-            continue;
-        }
-        if bytes.len() > MAX_HANDOFF_BYTES {
-            return Err(format!(
-                "the handoff on stdout is {} bytes; the limit is {MAX_HANDOFF_BYTES} (keep it \
-                 to summaries, not logs)",
-                bytes.len()
-            ));
-        }
-        return serde_json::from_slice(bytes)
-            .map_err(|e| format!("invalid handoff on stdout: {e}; got: {}", got(bytes)));
-    }
-    let hint = if objects.is_empty() {
-        String::new()
-    } else {
-        format!(
-            " (the JSON objects on stdout have none of the handoff fields: {})",
-            HANDOFF_FIELDS.join(", ")
-        )
-    };
-    Err(format!(
-        "no handoff: expected JSON on stdout or in $MESH_HANDOFF_FILE{hint}; got: {}",
-        got(stdout)
-    ))
-}
-
-/// Checks a handoff against its phase: reviews must decide. The commit is the node's to
-/// fill in, and confidence is capped at 100.
-fn check_handoff(phase: Phase, mut h: Handoff) -> Result<Handoff, String> {
-    if matches!(phase, Phase::Review | Phase::PlanReview) && h.verdict.is_none() {
-        return Err(format!(
-            "{phase} must return verdict approve or reject (\"verdict\": \"approve\" or \
-             \"reject\" in the handoff)"
-        ));
-    }
-    h.confidence = h.confidence.map(|c| c.min(100));
-    h.commit = None;
-    Ok(h)
-}
-
-/// What each phase must produce, for the prompt.
-fn duty(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Refine => {
-            "Sharpen the story: restate its goal, acceptance criteria and open questions. \
-             Put the restated story in `summary`, acceptance criteria and open questions in \
-             `findings`. Do not change any file."
-        }
-        Phase::Research => {
-            "Study the code this story touches: the relevant files, code paths, constraints \
-             and existing tests. Report facts in `findings`, the relevant files in `files`, \
-             and lessons worth keeping for later stories in `learnings`. Do not change any \
-             file."
-        }
-        Phase::Plan => {
-            "Decide how to implement the story: the steps and their reasons in `decisions`, \
-             the overall approach in `suggested_approach`, the files to change in `files`, \
-             risks in `warnings`. Do not change any file."
-        }
-        Phase::PlanReview => {
-            "Review the plan above against the story and the code. Decide: `verdict` \
-             \"approve\" or \"reject\" (required); the reasons in `summary`, requested \
-             changes in `warnings`. Do not change any file."
-        }
-        Phase::Implement => {
-            "Make the change in the working directory (the story's git worktree), following \
-             the plan: edit the files, add or update tests, and run them. Do not commit: the \
-             node commits your changes. Report what you changed in `summary` and `files`, \
-             anything a reviewer must know in `warnings`."
-        }
-        Phase::Review => {
-            "Review the change in the working directory against the story and the plan: \
-             correctness, tests, style. Decide: `verdict` \"approve\" or \"reject\" \
-             (required); the reasons in `summary`, each requested change in `warnings`. Do \
-             not change any file."
-        }
-        Phase::Rework => {
-            "The last review (or merge) rejected the change; its reasons are above. Fix \
-             every point in the working directory and run the tests. Do not commit: the node \
-             commits your changes. Report what you changed in `summary` and `files`."
-        }
-        Phase::Merge => {
-            "Check the change is ready to land: it builds and its tests pass. If it cannot \
-             land, return `verdict` \"reject\" with the reason in `summary` (the story goes \
-             back to rework); otherwise summarise the change in `summary`."
-        }
-    }
-}
-
-/// The exact handoff schema, for the prompt.
-const SCHEMA: &str = r#"{
-  "summary": "one paragraph: what you did or found (required)",
-  "findings": ["a fact about the code or the story"],
-  "decisions": ["a decision and its reason"],
-  "warnings": ["a risk, a requested change, or a follow-up"],
-  "suggested_approach": "how to implement (plan phase)",
-  "files": ["repo/relative/path"],
-  "verdict": "approve or reject (review phases: required; merge: reject if it cannot land)",
-  "confidence": 80,
-  "learnings": [{"kind": "convention, pattern, testing or pitfall", "text": "a lesson for later stories"}]
-}"#;
-
-fn bullets(p: &mut String, title: &str, items: &[String]) {
-    if items.is_empty() {
-        return;
-    }
-    let _ = writeln!(p, "{title}:");
-    for i in items {
-        let _ = writeln!(p, "- {i}");
-    }
-    let _ = writeln!(p);
-}
-
-fn earlier(p: &mut String, r: &ResultFact) {
-    let h = &r.handoff;
-    let _ = write!(p, "\n### {}", r.phase);
-    if r.round > 0 {
-        let _ = write!(p, " (round {})", r.round);
-    }
-    let _ = writeln!(p, "\n");
-    if let Some(v) = h.verdict {
-        let v = match v {
-            Verdict::Approve => "approve",
-            Verdict::Reject => "reject",
-        };
-        let _ = writeln!(p, "Verdict: **{v}**\n");
-    }
-    if !h.summary.is_empty() {
-        let _ = writeln!(p, "{}\n", h.summary);
-    }
-    bullets(p, "Findings", &h.findings);
-    bullets(p, "Decisions", &h.decisions);
-    bullets(p, "Warnings", &h.warnings);
-    if !h.suggested_approach.is_empty() {
-        let _ = writeln!(p, "Suggested approach: {}", h.suggested_approach);
-    }
-    if !h.files.is_empty() {
-        let _ = writeln!(p, "Files: {}", h.files.join(", "));
-    }
-}
-
-/// The markdown prompt for a job: the story, the phase and what it must produce, the
-/// earlier phases' handoffs, the relevant knowledge, earlier failures, and the handoff
-/// schema to answer with.
-pub fn prompt(job: &Job, handoff_file: &Path) -> String {
-    let mut p = String::new();
-    let _ = writeln!(p, "# {}: {}\n", job.display_id, job.fact.title);
-    let _ = writeln!(
-        p,
-        "You are one agent in a mesh of agents working a shared backlog. Your task is the \
-         **{}** phase of story {} (round {}, attempt {}). Your working directory is the \
-         story's git worktree.\n",
-        job.phase, job.display_id, job.round, job.attempt
-    );
-    let _ = writeln!(p, "## Story\n");
-    if job.fact.body.trim().is_empty() {
-        let _ = writeln!(p, "(no description beyond the title)\n");
-    } else {
-        let _ = writeln!(p, "{}\n", job.fact.body.trim_end());
-    }
-    if !job.fact.files.is_empty() {
-        let _ = writeln!(p, "Planned files:");
-        for f in &job.fact.files {
-            let _ = writeln!(p, "- `{f}`");
-        }
-        let _ = writeln!(p);
-    }
-    let _ = writeln!(p, "## Your phase: {}\n\n{}\n", job.phase, duty(job.phase));
-    if !job.handoffs.is_empty() {
-        let _ = writeln!(p, "## Earlier phases");
-        for r in &job.handoffs {
-            earlier(&mut p, r);
-        }
-        let _ = writeln!(p);
-    }
-    if !job.knowledge.is_empty() {
-        let _ = writeln!(p, "## What the team has learned\n");
-        for k in &job.knowledge {
-            let _ = writeln!(p, "- {}: {}", k.kind, k.text);
-        }
-        let _ = writeln!(p);
-    }
-    if !job.failures.is_empty() {
-        let _ = writeln!(
-            p,
-            "## Earlier attempts at this phase failed\n\nAvoid repeating these:\n"
-        );
-        for f in &job.failures {
-            let short: String = f.chars().take(PROMPT_FAILURE_CHARS).collect();
-            let _ = writeln!(p, "- {}", short.replace('\n', "\n  "));
-        }
-        let _ = writeln!(p);
-    }
-    let _ = writeln!(
-        p,
-        "## Your answer\n\nWhen you are done, answer with one JSON object of this shape \
-         (omit fields you have nothing for):\n\n```json\n{SCHEMA}\n```\n\nPrint it as the \
-         last thing in your reply, or write it to `{}`. Nothing after it.",
-        handoff_file.display()
-    );
-    p
 }
 
 #[cfg(test)]
@@ -1070,17 +694,5 @@ mod tests {
         assert_eq!(c.command_for(Phase::Review).1, ["--read-only".to_string()]);
         assert_eq!(c.command_for(Phase::Plan), ("claude.sh", &[][..]));
         assert!(toml::from_str::<CommandConfig>("programme = \"x\"").is_err());
-    }
-
-    #[test]
-    fn the_last_object_with_handoff_fields_wins() {
-        let out = b"thinking {not json}\n```json\n{\"summary\": \"a\", \"learnings\": [{\"kind\": \"pitfall\", \"text\": \"t\"}]}\n```\n{\"level\": \"info\"}\n";
-        let h = handoff_from_stdout(out).unwrap();
-        assert_eq!(h.summary, "a");
-        assert_eq!(h.learnings.len(), 1);
-        let e = handoff_from_stdout(b"{\"level\": 1}").unwrap_err();
-        assert!(e.contains("none of the handoff fields"), "{e}");
-        let e = handoff_from_stdout(b"").unwrap_err();
-        assert!(e.contains("got: nothing"), "{e}");
     }
 }

@@ -3,7 +3,7 @@
 //! implement and rework append one line per planned file in the worktree (a real edit,
 //! so two stories changing one file from the same base really conflict at merge).
 
-use super::{Executor, Job, Workspace};
+use super::{ExecError, Executor, Job, Workspace};
 use crate::core::model::{Handoff, Phase, Verdict};
 use crate::core::sim_handoff::{default_file, sim_handoff};
 use futures::future::BoxFuture;
@@ -94,7 +94,7 @@ pub fn sim_edit(job: &Job, dir: &Path) -> Result<(), String> {
 }
 
 impl Executor for SimExecutor {
-    fn run(&self, job: Job, ws: Workspace) -> BoxFuture<'static, Result<Handoff, String>> {
+    fn run(&self, job: Job, ws: Workspace) -> BoxFuture<'static, Result<Handoff, ExecError>> {
         let fail = unit(self.seed, "fail", &job) < self.failure_rate;
         let reject = job.phase == Phase::Review
             && job.round == 0
@@ -103,11 +103,16 @@ impl Executor for SimExecutor {
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             if fail {
-                return Err(format!("simulated failure in {}", job.phase));
+                return Err(ExecError::failed(format!(
+                    "simulated failure in {}",
+                    job.phase
+                )));
             }
             let mut h = sim_handoff(&job);
             match job.phase {
-                Phase::Implement | Phase::Rework => sim_edit(&job, &ws.dir)?,
+                Phase::Implement | Phase::Rework => {
+                    sim_edit(&job, &ws.dir).map_err(ExecError::Failed)?
+                }
                 Phase::Review if reject => {
                     h.verdict = Some(Verdict::Reject);
                     h.summary = format!("{}: the change needs a test (simulated)", job.display_id);

@@ -51,7 +51,9 @@ pub enum NodeError {
     #[error("invalid config: {0}")]
     Executor(String),
     #[error("git origin: {0}")]
-    Git(String),
+    Git(#[from] crate::git::GitError),
+    #[error("git origin: the task opening the clone failed: {0}")]
+    GitTask(#[from] tokio::task::JoinError),
 }
 
 /// Everything needed to start a node.
@@ -295,9 +297,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
                 NodeRepo::open_or_clone(&origin, &clone)
                     .and_then(|r| r.with_branch(&format!("refs/heads/{branch}")))
             })
-            .await
-            .map_err(|e| NodeError::Git(e.to_string()))?
-            .map_err(|e| NodeError::Git(e.to_string()))?;
+            .await??;
             Some(r)
         }
         _ => None,

@@ -1,0 +1,164 @@
+//! The handoff a command executor's program returns: read from `$MESH_HANDOFF_FILE` or
+//! found as the last JSON object with a handoff field on stdout, then checked against
+//! the phase. Errors are the failure reasons a human reads.
+
+use crate::core::model::{Handoff, Phase};
+use std::collections::BTreeMap;
+use std::path::Path;
+use tokio::io::AsyncReadExt;
+
+/// The largest handoff accepted, in bytes of JSON.
+pub const MAX_HANDOFF_BYTES: usize = 256 * 1024;
+/// The handoff fields a JSON object on stdout must have at least one of to count as the
+/// handoff (so a trailing log line such as `{"level":"info"}` is not taken for it).
+const HANDOFF_FIELDS: [&str; 11] = [
+    "summary",
+    "findings",
+    "decisions",
+    "warnings",
+    "suggested_approach",
+    "files",
+    "verdict",
+    "confidence",
+    "tokens",
+    "cost_micro_usd",
+    "learnings",
+];
+/// How much of unusable output a failure reason quotes.
+const GOT_CHARS: usize = 200;
+
+/// The start of some unusable output, quoted, for a failure reason.
+fn got(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim();
+    if text.is_empty() {
+        return "nothing (stdout was empty)".to_string();
+    }
+    let head: String = text.chars().take(GOT_CHARS).collect();
+    if head.len() < text.len() {
+        format!("{head:?}...")
+    } else {
+        format!("{head:?}")
+    }
+}
+
+/// The handoff the program wrote to `$MESH_HANDOFF_FILE`, if it wrote one (an empty
+/// file counts as none).
+pub(super) async fn read_handoff_file(path: &Path) -> Result<Option<Handoff>, String> {
+    let file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot open {}: {e}", path.display())),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_HANDOFF_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() > MAX_HANDOFF_BYTES {
+        return Err(format!(
+            "the handoff in $MESH_HANDOFF_FILE ({}) is over {MAX_HANDOFF_BYTES} bytes; keep \
+             it short (summaries, not logs)",
+            path.display()
+        ));
+    }
+    if bytes.trim_ascii().is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        format!(
+            "invalid handoff in $MESH_HANDOFF_FILE ({}): {e}; got: {}",
+            path.display(),
+            got(&bytes)
+        )
+    })
+}
+
+/// The byte ranges of the top-level JSON objects in `text`, in order (an object inside
+/// another is not listed; text around and between them is skipped).
+fn json_objects(text: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(off) = text[i..].iter().position(|&b| b == b'{') {
+        let start = i + off;
+        let mut values = serde_json::Deserializer::from_slice(&text[start..])
+            .into_iter::<serde::de::IgnoredAny>();
+        match values.next() {
+            Some(Ok(_)) => {
+                let end = start + values.byte_offset();
+                out.push((start, end));
+                i = end;
+            }
+            _ => i = start + 1,
+        }
+    }
+    out
+}
+
+/// The handoff printed on stdout: the last top-level JSON object with at least one
+/// handoff field (text around it, such as a markdown code fence, is ignored).
+pub fn handoff_from_stdout(stdout: &[u8]) -> Result<Handoff, String> {
+    let objects = json_objects(stdout);
+    for &(start, end) in objects.iter().rev() {
+        let bytes = &stdout[start..end];
+        let Ok(keys) = serde_json::from_slice::<BTreeMap<String, serde::de::IgnoredAny>>(bytes)
+        else {
+            continue;
+        };
+        if !keys.keys().any(|k| HANDOFF_FIELDS.contains(&k.as_str())) {
+            continue;
+        }
+        if bytes.len() > MAX_HANDOFF_BYTES {
+            return Err(format!(
+                "the handoff on stdout is {} bytes; the limit is {MAX_HANDOFF_BYTES} (keep it \
+                 to summaries, not logs)",
+                bytes.len()
+            ));
+        }
+        return serde_json::from_slice(bytes)
+            .map_err(|e| format!("invalid handoff on stdout: {e}; got: {}", got(bytes)));
+    }
+    let hint = if objects.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (the JSON objects on stdout have none of the handoff fields: {})",
+            HANDOFF_FIELDS.join(", ")
+        )
+    };
+    Err(format!(
+        "no handoff: expected JSON on stdout or in $MESH_HANDOFF_FILE{hint}; got: {}",
+        got(stdout)
+    ))
+}
+
+/// Checks a handoff against its phase: reviews must decide. The commit is the node's to
+/// fill in, and confidence is capped at 100.
+pub(super) fn check_handoff(phase: Phase, mut h: Handoff) -> Result<Handoff, String> {
+    if matches!(phase, Phase::Review | Phase::PlanReview) && h.verdict.is_none() {
+        return Err(format!(
+            "{phase} must return verdict approve or reject (\"verdict\": \"approve\" or \
+             \"reject\" in the handoff)"
+        ));
+    }
+    h.confidence = h.confidence.map(|c| c.min(100));
+    h.commit = None;
+    Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_object_with_handoff_fields_wins() {
+        let out = b"thinking {not json}\n```json\n{\"summary\": \"a\", \"learnings\": [{\"kind\": \"pitfall\", \"text\": \"t\"}]}\n```\n{\"level\": \"info\"}\n";
+        let h = handoff_from_stdout(out).unwrap();
+        assert_eq!(h.summary, "a");
+        assert_eq!(h.learnings.len(), 1);
+        let e = handoff_from_stdout(b"{\"level\": 1}").unwrap_err();
+        assert!(e.contains("none of the handoff fields"), "{e}");
+        let e = handoff_from_stdout(b"").unwrap_err();
+        assert!(e.contains("got: nothing"), "{e}");
+    }
+}
