@@ -1,4 +1,4 @@
-//! The work shell: runs one job end to end around an executor (DESIGN.md §7-8). It owns
+//! The work shell: runs one job end to end around an executor (docs/DESIGN.md §7–§8). It owns
 //! the glue between a settled claim and git:
 //!
 //! 1. pick the base commit: research, plan and implement start from the origin's latest

@@ -1,6 +1,6 @@
 //! The `command` executor: runs a configured program per phase (any agent CLI, usually
 //! through a small wrapper such as `examples/executors/claude.sh`) in the story's
-//! worktree, and reads a JSON handoff back (DESIGN.md §7).
+//! worktree, and reads a JSON handoff back (docs/DESIGN.md §7).
 //!
 //! The contract with the program (examples/executors/README.md says it for users):
 //!

@@ -1,4 +1,4 @@
-//! Executors: what runs one phase of one story (DESIGN.md §7). An executor gets a
+//! Executors: what runs one phase of one story (docs/DESIGN.md §7). An executor gets a
 //! [`Job`] (story, phase, earlier handoffs, knowledge, earlier failures) and a
 //! [`Workspace`] (the story's git worktree and a log directory) and returns a handoff or
 //! an [`ExecError`], whose message is the failure reason the mesh records. Two

@@ -1,6 +1,6 @@
 //! The per-node git shell: the node's clone of the shared origin, one worktree per story,
 //! commits with `Mesh-*` trailers, and the merge gate that lands a story on main through
-//! the fence (DESIGN.md §5 and §8).
+//! the fence (docs/DESIGN.md §5 and §8.2).
 //!
 //! This module does I/O (disk, child processes) and blocks; the node calls it from
 //! `tokio::task::spawn_blocking`. It decides nothing about who may work: the claim rules

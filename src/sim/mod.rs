@@ -16,7 +16,7 @@
 //!   promises mutual exclusion: at most one up node runs a given phase at any instant.
 //! - hostile: everything, plus drops, partitions, pauses past the lease and a wall clock
 //!   beyond the drift bound. The mesh is
-//!   available rather than consistent here (DESIGN.md §5): two sides may both work, but at
+//!   available rather than consistent here (docs/DESIGN.md §5.7): two sides may both work, but at
 //!   most one result per phase counts and no story lands twice.
 //!
 //! In both: tokens per resource never go backwards in any view; a node that judges its

@@ -1,7 +1,7 @@
 //! Claim rules: who wins a resource, when a lease has expired, when another node may take
 //! it over, and which planned work would collide with work in flight.
 //!
-//! This module owns the one place that decides winners (DESIGN.md §5). It never reads a
+//! This module owns the one place that decides winners (docs/DESIGN.md §5.2). It never reads a
 //! clock and never does I/O: time always comes in as `now_ms`, a reading of the
 //! *observer's* monotonic clock, so the simulator can drive it with a virtual clock. The
 //! holder's wall clock (`ClaimFact::written_at_ms`) is for display only and never decides
