@@ -218,3 +218,42 @@ fn networked() {}
         vec![]
     );
 }
+
+/// Lines of a file before its unit tests (`#[cfg(test)]` at the start of a line); a file
+/// that only holds tests (`tests.rs`, `testkit.rs`) counts as none.
+fn non_test_lines(path: &Path, text: &str) -> usize {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if name == "tests.rs" || name == "testkit.rs" {
+        return 0;
+    }
+    text.lines()
+        .take_while(|l| !l.starts_with("#[cfg(test)]"))
+        .count()
+}
+
+/// Rooms small enough to live in: a file that grows past this is split along its seams.
+const MAX_NON_TEST_LINES: usize = 800;
+
+#[test]
+fn no_source_file_holds_more_than_800_lines_of_non_test_code() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut big = Vec::new();
+    for path in rust_files(&root.join("src")) {
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path:?}: {e}"));
+        let n = non_test_lines(&path, &text);
+        if n > MAX_NON_TEST_LINES {
+            big.push(format!(
+                "{}: {n} lines",
+                path.strip_prefix(root).unwrap_or(&path).display()
+            ));
+        }
+    }
+    assert!(
+        big.is_empty(),
+        "split these along their seams (limit {MAX_NON_TEST_LINES} non-test lines):\n{}",
+        big.join("\n")
+    );
+    let sample = "fn a() {}\nfn b() {}\n#[cfg(test)]\nmod tests {\n}\n";
+    assert_eq!(non_test_lines(Path::new("x.rs"), sample), 2);
+    assert_eq!(non_test_lines(Path::new("state/tests.rs"), sample), 0);
+}

@@ -271,3 +271,48 @@ async fn a_node_restarted_in_process_a_hundred_times_keeps_its_data_and_never_fi
     }
     assert!(acked.len() >= 200, "most writes were acknowledged");
 }
+
+/// Heartbeats are gossip, never document: an idle mesh's history does not grow with time
+/// (docs/DESIGN.md §1.5). Three nodes that hold a story but claim no work keep exactly
+/// the same document heads while every node receives many heartbeats from the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_mesh_writes_nothing_while_heartbeats_flow() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let keys: Vec<_> = (0..3).map(|_| Keypair::generate_ed25519()).collect();
+    let nodes = mesh(3, &dirs, &keys).await;
+    let refs: Vec<&NodeHandle> = nodes.iter().collect();
+    wait_all_alive(&refs).await;
+    // test_config claims no work: the story stays ready, nothing runs.
+    nodes[0]
+        .add_story(story("idle backlog".into()))
+        .await
+        .expect("story added");
+    wait_converged(&refs).await;
+    let before: Vec<[u8; 32]> = nodes.iter().map(|n| observation(n).heads_digest).collect();
+    let heads_before = nodes[0].status().await.expect("status").heads;
+
+    // Each node hears at least 20 more beats (10 from each peer, at least) while idle.
+    for n in &nodes {
+        let from = observation(n).heartbeats_received;
+        within("twenty more heartbeats", 60, async {
+            n.wait_for(|o| o.heartbeats_received >= from + 20)
+                .await
+                .expect("node running")
+        })
+        .await;
+    }
+
+    let after: Vec<[u8; 32]> = nodes.iter().map(|n| observation(n).heads_digest).collect();
+    assert_eq!(
+        before, after,
+        "an idle mesh's document changed while heartbeats flowed"
+    );
+    assert_eq!(
+        nodes[0].status().await.expect("status").heads,
+        heads_before,
+        "the document's heads moved on an idle mesh"
+    );
+    for n in nodes {
+        n.shutdown().await;
+    }
+}

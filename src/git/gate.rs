@@ -3,6 +3,7 @@
 
 use super::objects::first_parent_log;
 use super::*;
+use crate::core::fence::token_check;
 use crate::exec::process::{self, Capture, Keep, ProcessError, Spec, Tail};
 use crate::fence::{Fence, FenceRecord, Refused};
 use git2::{Oid, Repository};
@@ -314,24 +315,15 @@ impl NodeRepo {
             .is_ok_and(|now| now != main)
     }
 
-    /// What an existing fence record means before we start: `Some` ends the gate.
+    /// What an existing fence record means before we start: `Some` ends the gate. The
+    /// fence's own rule (`core::fence::token_check`) decides; the rule lets our own token
+    /// through even after it landed, and a landed record with our token is our earlier
+    /// land, finished.
     fn judge_record(&self, rec: &FenceRecord, req: &LandRequest) -> Result<Option<Gate>, GitError> {
-        let ours = rec.token == req.token && rec.holder == req.holder;
-        match rec.landed {
-            Some(commit) if ours => Ok(Some(Gate::AlreadyLanded { commit })),
-            Some(commit) => Err(GitError::Fenced(Refused::AlreadyLanded {
-                token: rec.token,
-                commit,
-            })),
-            None if rec.token > req.token => Err(GitError::Fenced(Refused::StaleToken {
-                recorded: rec.token,
-            })),
-            None if rec.token == req.token && !ours => Err(GitError::Fenced(Refused::TokenTaken {
-                token: rec.token,
-                holder: rec.holder.clone(),
-            })),
-            None => Ok(None),
+        if let Some(refused) = token_check(Some(rec), req.token, &req.holder) {
+            return Err(GitError::Fenced(refused));
         }
+        Ok(rec.landed.map(|commit| Gate::AlreadyLanded { commit }))
     }
 
     /// A refusal from the fence: our own earlier land is an outcome, the rest errors.

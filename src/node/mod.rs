@@ -153,6 +153,8 @@ pub struct Observation {
     pub connected: usize,
     pub handshake_failures: u64,
     pub sync_sessions_completed: u64,
+    /// Heartbeats this node has received from peers (grows with time on a live mesh).
+    pub heartbeats_received: u64,
     /// Node clock (ms since start) at which it first completed a sync with a peer.
     pub joined_at_ms: Option<u64>,
     /// Arrival position of the newest event in the timeline (grows with each new one).

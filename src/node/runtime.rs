@@ -55,6 +55,7 @@ impl Runtime {
             connected: self.core.connected().len(),
             handshake_failures: c.handshake_failures,
             sync_sessions_completed: c.sync_sessions_completed,
+            heartbeats_received: c.heartbeats_received,
             joined_at_ms: self.core.joined_at_ms(),
             events: self.core.events_pos(),
             ..Default::default()

@@ -89,7 +89,7 @@ pub const MAX_STEPS_PER_STORY: u64 = 3 + 2 + 3 * MAX_REWORKS as u64;
 
 impl SimConfig {
     /// How long a node that knows of a mesh waits to sync with it before it claims
-    /// anyway: a lease expiry (node.rs's default is longer; the sim's leases are short).
+    /// anyway: a lease expiry (the node's default is longer; the sim's leases are short).
     pub fn join_wait_ms(&self) -> u64 {
         if self.stops_guards_clocks {
             self.membership.dead_after_ms

@@ -3,7 +3,7 @@
 //! heals, crashes and restarts nodes (keeping what they persisted), stops them cleanly
 //! (claims handed back first), pauses nodes past their lease, and runs each node on its
 //! own wall clock (within the drift bound; in hostile mode one may jump beyond it for a
-//! while). The cores run with node.rs's joining and clock-skew guards. One seed reproduces one run exactly; invariants are checked after every
+//! while). The cores run with the node shell's joining and clock-skew guards. One seed reproduces one run exactly; invariants are checked after every
 //! event, and a failure carries the seed and a trace.
 //!
 //! It owns no I/O and reads no clock: it is a shell whose "network" is a priority queue.
@@ -178,7 +178,7 @@ fn core_config(cfg: &SimConfig) -> CoreConfig {
     }
 }
 
-/// The guards node.rs sets: the joining rule (a node that remembers peers, after a
+/// The guards the node shell sets: the joining rule (a node that remembers peers, after a
 /// restart, claims nothing before it synced with one or the join wait passed) and the
 /// clock-skew rule.
 fn guards(cfg: &SimConfig, remembers_peers: bool) -> Guards {
