@@ -22,6 +22,8 @@ use mesh_agent::node::{self, NodeHandle, NodeOptions, Observation};
 use rand::Rng;
 use std::time::{Duration, Instant};
 
+#[path = "common/mesh.rs"]
+mod meshkit;
 #[path = "common/stats.rs"]
 mod stats;
 use stats::{f, ms, pct};
@@ -124,11 +126,7 @@ struct Mesh {
     _dirs: Vec<tempfile::TempDir>,
 }
 
-async fn start_node(
-    args: &Args,
-    bootstrap: Option<String>,
-) -> anyhow::Result<(NodeHandle, tempfile::TempDir)> {
-    let dir = tempfile::Builder::new().prefix("mesh-bench-").tempdir()?;
+fn node_options(args: &Args, bootstrap: Option<String>, dir: &std::path::Path) -> NodeOptions {
     let config = Config {
         listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
         bootstrap: bootstrap.into_iter().collect(),
@@ -137,64 +135,29 @@ async fn start_node(
         work: args.work,
         ..Config::default()
     };
-    let h = node::start(NodeOptions {
+    NodeOptions {
         config,
-        data_dir: Some(dir.path().to_path_buf()),
+        data_dir: Some(dir.to_path_buf()),
         keypair: libp2p::identity::Keypair::generate_ed25519(),
         psk: None,
         passive: false,
         executor: None,
-    })
-    .await?;
-    Ok((h, dir))
+    }
 }
 
 async fn start_mesh(args: &Args, n: usize) -> anyhow::Result<Mesh> {
-    let mut nodes = Vec::with_capacity(n);
-    let mut dirs = Vec::with_capacity(n);
-    let (first, d) = start_node(args, None).await?;
-    let boot = first
-        .addr()
-        .ok_or_else(|| anyhow::anyhow!("first node has no address"))?
-        .to_string();
-    nodes.push(first);
-    dirs.push(d);
-    for _ in 1..n {
-        let (h, d) = start_node(args, Some(boot.clone())).await?;
-        nodes.push(h);
-        dirs.push(d);
-    }
+    let dirs = (0..n)
+        .map(|_| tempfile::Builder::new().prefix("mesh-bench-").tempdir())
+        .collect::<Result<Vec<_>, _>>()?;
+    let nodes =
+        meshkit::start_nodes(n, |i, boot| Ok(node_options(args, boot, dirs[i].path()))).await?;
     Ok(Mesh { nodes, _dirs: dirs })
 }
 
 /// Waits until every node sees all others alive and all hold one document. Bounded.
 async fn wait_formed(mesh: &Mesh, deadline: Instant) -> bool {
-    let n = mesh.nodes.len();
-    let all_alive = join_all(mesh.nodes.iter().map(|h| {
-        tokio::time::timeout_at(deadline.into(), h.wait_for(move |o| o.alive.len() >= n - 1))
-    }))
-    .await;
-    if all_alive.iter().any(|r| !matches!(r, Ok(Some(_)))) {
-        return false;
-    }
-    wait_same_doc(mesh, deadline).await
-}
-
-/// Waits until every node's heads digest is the same (checked in one stable pass).
-async fn wait_same_doc(mesh: &Mesh, deadline: Instant) -> bool {
-    while Instant::now() < deadline {
-        let target = mesh.nodes[0].observe().borrow().heads_digest;
-        let step = (Instant::now() + Duration::from_millis(500)).min(deadline);
-        let r = join_all(mesh.nodes.iter().map(|h| {
-            tokio::time::timeout_at(step.into(), h.wait_for(move |o| o.heads_digest == target))
-        }))
-        .await;
-        let same = r.iter().all(|x| matches!(x, Ok(Some(_))));
-        if same && mesh.nodes[0].observe().borrow().heads_digest == target {
-            return true;
-        }
-    }
-    false
+    meshkit::wait_alive(&mesh.nodes, deadline).await
+        && meshkit::wait_same_doc(&mesh.nodes, deadline).await
 }
 
 async fn propagation(args: &Args, mesh: &Mesh, row: &mut Row) {
@@ -253,7 +216,7 @@ async fn propagation(args: &Args, mesh: &Mesh, row: &mut Row) {
                     args.write_timeout_ms
                 );
                 // Let the mesh catch up before the next sample.
-                wait_same_doc(mesh, Instant::now() + timeout).await;
+                meshkit::wait_same_doc(&mesh.nodes, Instant::now() + timeout).await;
             }
         }
     }

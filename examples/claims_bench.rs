@@ -29,13 +29,15 @@ use mesh_agent::config::Config;
 use mesh_agent::core::lease::ReleaseReason;
 use mesh_agent::core::model::NewStory;
 use mesh_agent::core::RunRecord;
-use mesh_agent::node::{self, NodeHandle, NodeOptions};
+use mesh_agent::node::{NodeHandle, NodeOptions};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+#[path = "common/mesh.rs"]
+mod meshkit;
 #[path = "common/stats.rs"]
 mod stats;
 use stats::{f, ms, pct};
@@ -152,59 +154,27 @@ fn node_config(a: &ClaimArgs, bootstrap: Option<String>) -> Config {
 }
 
 async fn start_mesh(a: &ClaimArgs) -> anyhow::Result<Mesh> {
-    let mut nodes: Vec<NodeHandle> = Vec::new();
-    let mut dirs = Vec::new();
-    for i in 0..a.nodes {
-        let dir = tempfile::Builder::new()
-            .prefix("mesh-claims-bench-")
-            .tempdir()?;
-        let boot = if i == 0 {
-            None
-        } else {
-            nodes[0].addr().map(|x| x.to_string())
-        };
+    let dirs = (0..a.nodes)
+        .map(|_| {
+            tempfile::Builder::new()
+                .prefix("mesh-claims-bench-")
+                .tempdir()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let nodes = meshkit::start_nodes(a.nodes, |i, boot| {
         let config = node_config(a, boot);
         config.validate()?;
-        let h = node::start(NodeOptions {
+        Ok(NodeOptions {
             config,
-            data_dir: Some(dir.path().to_path_buf()),
+            data_dir: Some(dirs[i].path().to_path_buf()),
             keypair: libp2p::identity::Keypair::generate_ed25519(),
             psk: None,
             passive: false,
             executor: None,
         })
-        .await?;
-        nodes.push(h);
-        dirs.push(dir);
-    }
+    })
+    .await?;
     Ok(Mesh { nodes, _dirs: dirs })
-}
-
-async fn wait_alive(mesh: &Mesh, deadline: Instant) -> bool {
-    let n = mesh.nodes.len();
-    let r = join_all(mesh.nodes.iter().map(|h| {
-        tokio::time::timeout_at(deadline.into(), h.wait_for(move |o| o.alive.len() >= n - 1))
-    }))
-    .await;
-    r.iter().all(|x| matches!(x, Ok(Some(_))))
-}
-
-/// Waits until every node's heads digest is the same (checked in one stable pass).
-async fn wait_same_doc(mesh: &Mesh, deadline: Instant) -> bool {
-    while Instant::now() < deadline {
-        let target = mesh.nodes[0].observe().borrow().heads_digest;
-        let step = (Instant::now() + Duration::from_millis(500)).min(deadline);
-        let r = join_all(mesh.nodes.iter().map(|h| {
-            tokio::time::timeout_at(step.into(), h.wait_for(move |o| o.heads_digest == target))
-        }))
-        .await;
-        if r.iter().all(|x| matches!(x, Ok(Some(_))))
-            && mesh.nodes[0].observe().borrow().heads_digest == target
-        {
-            return true;
-        }
-    }
-    false
 }
 
 /// Waits until `node` has a run for `story` (woken by its observation changing, which
@@ -310,7 +280,7 @@ async fn uncontended(a: &ClaimArgs, mesh: &Mesh, r: &mut ClaimResults) {
             r.unc_missed += 1;
             continue;
         };
-        if !wait_same_doc(mesh, Instant::now() + Duration::from_secs(10)).await {
+        if !meshkit::wait_same_doc(&mesh.nodes, Instant::now() + Duration::from_secs(10)).await {
             eprintln!("  sample {i}: the mesh did not converge in 10 s");
         }
         let before = claimer.status().await.map(|s| s.counters);
@@ -346,7 +316,7 @@ async fn uncontended(a: &ClaimArgs, mesh: &Mesh, r: &mut ClaimResults) {
         }
     }
     claimer.set_work(false).await;
-    wait_same_doc(mesh, Instant::now() + Duration::from_secs(10)).await;
+    meshkit::wait_same_doc(&mesh.nodes, Instant::now() + Duration::from_secs(10)).await;
     let (_, l1, u1) = claim_counts(claimer).await;
     let _ = c0;
     r.unc_lost = l1 - l0;
@@ -366,7 +336,7 @@ async fn contended(a: &ClaimArgs, mesh: &Mesh, r: &mut ClaimResults) {
         for s in join_all(adds).await.into_iter().flatten() {
             round_keys.push(s.key);
         }
-        if !wait_same_doc(mesh, Instant::now() + Duration::from_secs(10)).await {
+        if !meshkit::wait_same_doc(&mesh.nodes, Instant::now() + Duration::from_secs(10)).await {
             eprintln!("  round {round}: the mesh did not converge in 10 s");
         }
         // Everyone at once: each node claims the best story it sees, the same one.
@@ -395,7 +365,7 @@ async fn contended(a: &ClaimArgs, mesh: &Mesh, r: &mut ClaimResults) {
     join_all(mesh.nodes.iter().map(|h| h.set_work(false))).await;
     // Let the releases of the losers reach node 0, then count.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    wait_same_doc(mesh, Instant::now() + Duration::from_secs(10)).await;
+    meshkit::wait_same_doc(&mesh.nodes, Instant::now() + Duration::from_secs(10)).await;
     let (c1, l1, u1) = claim_counts(&mesh.nodes[0]).await;
     r.con_claims = c1 - c0;
     r.con_lost = l1 - l0;
@@ -458,7 +428,9 @@ async fn claims(a: &ClaimArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let mut mesh = start_mesh(a).await?;
     let deadline = t0 + Duration::from_secs(a.form_timeout_secs);
-    if !wait_alive(&mesh, deadline).await || !wait_same_doc(&mesh, deadline).await {
+    if !meshkit::wait_alive(&mesh.nodes, deadline).await
+        || !meshkit::wait_same_doc(&mesh.nodes, deadline).await
+    {
         anyhow::bail!("the mesh did not form within {} s", a.form_timeout_secs);
     }
     // Warm-up: nodes claim nothing until heartbeat × suspect_after_missed after their

@@ -37,7 +37,10 @@ use futures::future::join_all;
 use mesh_agent::config::Config;
 use mesh_agent::core::model::{NewStory, StoryStatus};
 use mesh_agent::demo;
-use mesh_agent::node::{self, NodeHandle, NodeOptions};
+use mesh_agent::node::{NodeHandle, NodeOptions};
+
+#[path = "common/mesh.rs"]
+mod meshkit;
 use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
@@ -182,12 +185,10 @@ async fn one(a: &Args, n: usize) -> anyhow::Result<Run> {
         demo::create_origin(&origin)?;
     }
     let origin = (!a.no_git).then_some(origin.as_path());
-    let mut nodes: Vec<NodeHandle> = Vec::new();
-    for i in 0..n {
-        let boot = nodes.first().and_then(|h| h.addr()).map(|x| x.to_string());
+    let nodes = meshkit::start_nodes(n, |i, boot| {
         let cfg = config(a, origin, boot);
         cfg.validate()?;
-        let h = node::start(NodeOptions {
+        Ok(NodeOptions {
             config: cfg,
             data_dir: Some(tmp.path().join(format!("n{i}"))),
             keypair: libp2p::identity::Keypair::generate_ed25519(),
@@ -195,16 +196,10 @@ async fn one(a: &Args, n: usize) -> anyhow::Result<Run> {
             passive: false,
             executor: None,
         })
-        .await?;
-        nodes.push(h);
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let alive = join_all(nodes.iter().map(|h| {
-        tokio::time::timeout_at(deadline.into(), h.wait_for(move |o| o.alive.len() >= n - 1))
-    }))
-    .await;
+    })
+    .await?;
     anyhow::ensure!(
-        alive.iter().all(|x| matches!(x, Ok(Some(_)))),
+        meshkit::wait_alive(&nodes, Instant::now() + Duration::from_secs(60)).await,
         "the {n}-node mesh did not form within 60 s"
     );
     // Let every node's claim warm-up (a few heartbeats after its first tick) pass, so
