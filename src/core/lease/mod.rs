@@ -9,7 +9,7 @@
 //!
 //! The pieces:
 //! - [`Resource`], [`ClaimFact`], [`ReleaseFact`]: the facts stored in the document under
-//!   `claims/<claim-id>` and `releases/<claim-id>`.
+//!   `claim/<claim-id>` and `release/<claim-id>`.
 //! - [`Claims`]: a pure, order-independent fold of those facts: fencing tokens, winners,
 //!   all-or-nothing holds.
 //! - [`LeaseObserver`]: node-local memory of when each claim was first seen and last
@@ -181,7 +181,7 @@ impl<'de> Deserialize<'de> for Resource {
 // Facts
 // ---------------------------------------------------------------------------------------
 
-/// A claim as stored in the document under `claims/<claim-id>`, written once by its holder.
+/// A claim as stored in the document under `claim/<claim-id>`, written once by its holder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClaimFact {
     /// Every resource claimed, with its fencing token (one more than the highest token the
@@ -261,7 +261,7 @@ impl ReleaseReason {
     }
 }
 
-/// A release as stored in the document under `releases/<claim-id>`.
+/// A release as stored in the document under `release/<claim-id>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseFact {
     pub why: ReleaseReason,
