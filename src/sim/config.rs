@@ -130,7 +130,10 @@ impl SimConfig {
     ///   (`heartbeat/4`) and four network delays to spread the claim and the result.
     ///
     /// Capacity and node count only shorten this (stories that share nothing run in
-    /// parallel), so they do not appear in the worst case.
+    /// parallel), so they do not appear in the worst case. Nor does the store's flush
+    /// cadence: writes are lost only in crashes, and crashes stop with the other faults,
+    /// so a claim or result lost before the heal is one more claim from before the heal
+    /// (covered by the lease expiry) or a step not yet done (covered by the steps).
     pub fn liveness_bound_ms(&self) -> u64 {
         let m = self.membership;
         let l = self.lease;

@@ -3,8 +3,12 @@
 //! heals, crashes and restarts nodes (keeping what they persisted), stops them cleanly
 //! (claims handed back first), pauses nodes past their lease, and runs each node on its
 //! own wall clock (within the drift bound; in hostile mode one may jump beyond it for a
-//! while). The cores run with the node shell's joining and clock-skew guards. One seed reproduces one run exactly; invariants are checked after every
-//! event, and a failure carries the seed and a trace.
+//! while). The cores run with the node shell's joining and clock-skew guards. Storage
+//! faults (on unless `SimConfig::storage_faults` is off; see `store`): a crash loses what
+//! the node appended since its store's last flush, sometimes tearing the first lost
+//! chunk, and the backlog is added as users' durable writes while the mesh runs, some
+//! failing to append or flush (aborted). One seed reproduces one run exactly; invariants
+//! are checked after every event, and a failure carries the seed and a trace.
 //!
 //! It owns no I/O and reads no clock: it is a shell whose "network" is a priority queue.
 //! The git origin is modelled with the product's fence: a merge lands under
@@ -23,7 +27,9 @@
 //! clock skewed claims nothing; a counted result is always from the resource's highest
 //! claim; a story whose holder died is taken over within the bound (clean mode; a clean
 //! stop released its claims, so it owes none); and once the network heals and faults
-//! stop, every node derives the same view and every story is merged or blocked.
+//! stop, every node derives the same view and every story is merged or blocked. With
+//! storage faults: no view ever holds an aborted write, a restarted node reloads every
+//! write it acknowledged, and every acknowledged write reaches every node.
 
 mod check;
 mod config;
