@@ -1,6 +1,7 @@
 //! The deterministic simulator over hundreds of seeds (clean and hostile networks, with
 //! storage faults), and proof that it can fail: a core with a broken winner rule, a fence
-//! that accepts any token and a shell that acknowledges before flushing are caught.
+//! that accepts any token, a shell that acknowledges before flushing and one that keeps
+//! a write it reported failed are caught.
 //! `scripts/sim --seeds 100000` runs many more.
 
 use mesh_agent::sim::{run, Mode, SimConfig};
@@ -97,6 +98,28 @@ fn the_simulator_catches_a_shell_that_acknowledges_a_write_before_flushing_it() 
 }
 
 const SEEDS_TO_CATCH_AN_EARLY_ACK: u64 = 100;
+
+#[test]
+fn the_simulator_catches_a_shell_that_keeps_a_write_it_reported_failed() {
+    // A write whose append or flush failed was reported failed to its user: it must
+    // leave no fact behind. A shell that kept it would show it in the views.
+    let mut cfg = SimConfig::new(Mode::Clean);
+    cfg.keep_failed_writes = true;
+    let caught = (0..50).map(|seed| run(seed, &cfg)).find(|r| !r.ok());
+    let Some(r) = caught else {
+        panic!(
+            "no aborted write seen in 50 seeds of a shell that keeps them: the invariant is blind"
+        );
+    };
+    assert!(
+        r.violations
+            .iter()
+            .any(|v| v.contains("whose write was aborted")),
+        "seed {} failed, but not as a seen aborted write: {:?}",
+        r.seed,
+        r.violations
+    );
+}
 
 #[test]
 fn changes_to_one_file_made_on_both_sides_of_a_partition_all_land_or_block() {

@@ -60,6 +60,9 @@ pub struct SimConfig {
     /// A broken shell that acknowledges a user write before flushing it (to prove the
     /// invariants catch a lost acknowledged write).
     pub ack_before_flush: bool,
+    /// A broken shell that reports a failed user write but keeps it (no abort), to prove
+    /// the invariants catch an aborted write that is seen.
+    pub keep_failed_writes: bool,
 }
 
 /// The fraction of user writes whose append or flush fails (with storage faults).
@@ -97,6 +100,7 @@ impl SimConfig {
             stops_guards_clocks: true,
             storage_faults: true,
             ack_before_flush: false,
+            keep_failed_writes: false,
         }
     }
 }

@@ -231,7 +231,11 @@ impl Sim {
         if fails {
             // The append or the flush failed: the shell takes the chunks back out of the
             // store and the core puts its document back.
-            core.abort_durable_write();
+            if self.cfg.keep_failed_writes {
+                core.commit_durable_write();
+            } else {
+                core.abort_durable_write();
+            }
             self.note(|| format!("node{i} write of story {k} failed: aborted"));
             self.aborted.push(new.title.clone());
         } else {
