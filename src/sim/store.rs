@@ -10,9 +10,11 @@
 //!   fail (a full disk, an I/O error): the write is then aborted.
 //! * A clean stop flushes everything; a crash drops the tail appended since the last
 //!   flush, and at a seeded fraction of crashes the first lost chunk reaches the disk
-//!   torn (a prefix of it). Sled checksums its log, so the product's store never hands a
-//!   torn value back; the model is harsher and reloads the prefix, which `Doc::load`
-//!   must skip (it does: automerge ignores a truncated chunk).
+//!   torn. `Doc::load` does not survive every torn chunk (reloading the torn prefix, hostile
+//!   seed 1626 failed with "unable to parse chunk: not enough data": the node would not
+//!   start), but the product never reads one:
+//!   sled checksums its log and drops a torn record whole. The model does what sled
+//!   does: the torn chunk is lost whole ([`Tail::Torn`] counts those crashes).
 
 use rand::Rng;
 
@@ -71,19 +73,17 @@ impl SimStore {
     }
 
     /// The node dies at `now`: the unflushed tail is lost, and with probability
-    /// `tear_rate` the first lost chunk was being written and reached the disk torn.
+    /// `tear_rate` the first lost chunk was being written and reached the disk torn (and
+    /// is dropped whole, as sled's checksum does).
     pub(super) fn crash(&mut self, now: u64, tear_rate: f64, rng: &mut impl Rng) -> Tail {
         self.background(now);
         let lost = self.tail.len();
-        let first = self.tail.drain(..).next().map(|(_, c)| c);
-        match first {
-            None => Tail::Intact,
-            Some(c) if c.len() > 1 && rng.gen_bool(tear_rate) => {
-                let cut = rng.gen_range(1..c.len());
-                self.durable.push(c[..cut].to_vec());
-                Tail::Torn(lost)
-            }
-            Some(_) => Tail::Lost(lost),
+        self.tail.clear();
+        match lost {
+            0 => Tail::Intact,
+            // Torn mid-write: sled's checksum drops the record whole.
+            n if rng.gen_bool(tear_rate) => Tail::Torn(n),
+            n => Tail::Lost(n),
         }
     }
 }
@@ -91,30 +91,8 @@ impl SimStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::model::NewStory;
-    use crate::core::state::Doc;
-    use crate::core::{Core, Effect};
     use rand::rngs::StdRng;
     use rand::SeedableRng;
-
-    fn chunks_of_two_stories() -> Vec<Vec<u8>> {
-        let cfg = crate::sim::core_config(&crate::sim::SimConfig::new(crate::sim::Mode::Clean));
-        let mut core = Core::new("n".into(), cfg, Doc::new([1; 16]), 1);
-        let mut chunks = Vec::new();
-        for title in ["one", "two"] {
-            let new = NewStory {
-                title: title.into(),
-                ..Default::default()
-            };
-            core.add_story(&new, 0).expect("a story");
-            while let Some(e) = core.poll_effect() {
-                if let Effect::Persist { chunk } = e {
-                    chunks.push(chunk);
-                }
-            }
-        }
-        chunks
-    }
 
     #[test]
     fn a_crash_keeps_what_a_background_flush_reached_and_loses_the_rest() {
@@ -139,25 +117,5 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(0);
         assert_eq!(s.crash(2, 1.0, &mut rng), Tail::Intact);
         assert_eq!(s.durable.len(), 2);
-    }
-
-    #[test]
-    fn a_reload_survives_a_torn_last_chunk_and_keeps_what_came_before_it() {
-        // What the simulator's torn crashes rely on: `Doc::load` skips a truncated
-        // chunk rather than failing the restart.
-        let chunks = chunks_of_two_stories();
-        let mut torn = chunks.clone();
-        let last = torn.pop().expect("two chunks");
-        torn.push(last[..last.len() / 2].to_vec());
-        let doc = Doc::load([2; 16], &[], &torn).expect("a torn tail must not stop a restart");
-        let cfg = crate::sim::core_config(&crate::sim::SimConfig::new(crate::sim::Mode::Clean));
-        let mut core = Core::new("n".into(), cfg, doc, 2);
-        let titles: Vec<String> = core
-            .view()
-            .stories
-            .values()
-            .map(|s| s.fact.title.clone())
-            .collect();
-        assert_eq!(titles, vec!["one".to_string()]);
     }
 }
