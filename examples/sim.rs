@@ -5,6 +5,7 @@
 //!     cargo run --release --example sim -- --seeds 1000 [--start 0] [--mode clean|hostile|both] [--keep-going]
 //!         [--files N]   # planned files drawn from N names (default 4; 0: issue 3's backlog, no files)
 //!         [--no-stops]  # no clean stops, guards or skewed clocks: the runs of before them
+//!         [--no-storage-faults]  # every write durable at once, backlog written at the start
 //!     cargo run --release --example sim -- --replay 1234 --mode hostile   # full trace
 
 use mesh_agent::sim::{run, Mode, SimConfig};
@@ -16,7 +17,7 @@ use std::time::Instant;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn usage() -> ! {
-    eprintln!("usage: sim [--seeds N] [--start S] [--mode clean|hostile|both] [--replay SEED] [--nodes N] [--stories N] [--files N] [--no-stops] [--keep-going]");
+    eprintln!("usage: sim [--seeds N] [--start S] [--mode clean|hostile|both] [--replay SEED] [--nodes N] [--stories N] [--files N] [--no-stops] [--no-storage-faults] [--keep-going]");
     std::process::exit(2);
 }
 
@@ -25,7 +26,7 @@ fn main() {
     let (mut seeds, mut start, mut modes, mut replay) =
         (1000u64, 0u64, vec![Mode::Clean, Mode::Hostile], None);
     let (mut nodes, mut stories, mut files, mut keep_going) = (None, None, None, false);
-    let mut stops = true;
+    let (mut stops, mut storage_faults) = (true, true);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage());
         match a.as_str() {
@@ -45,6 +46,7 @@ fn main() {
             }
             "--keep-going" => keep_going = true,
             "--no-stops" => stops = false,
+            "--no-storage-faults" => storage_faults = false,
             "-h" | "--help" => usage(),
             _ => usage(),
         }
@@ -52,6 +54,7 @@ fn main() {
     let config = |mode| {
         let mut c = SimConfig::new(mode);
         c.stops_guards_clocks = stops;
+        c.storage_faults = storage_faults;
         if let Some(n) = nodes {
             c.nodes = n;
         }
@@ -72,8 +75,8 @@ fn main() {
                 println!("{line}");
             }
             println!(
-                "seed {seed} {mode:?}: {} events, {} merged, {} blocked, violations: {:?}",
-                r.events, r.merged, r.blocked, r.violations
+                "seed {seed} {mode:?}: {} events, {} merged, {} blocked, {} lost tails ({} torn), {} writes acknowledged, {} aborted, violations: {:?}",
+                r.events, r.merged, r.blocked, r.lost_tails, r.torn_tails, r.acked_writes, r.aborted_writes, r.violations
             );
         }
         return;
@@ -81,6 +84,7 @@ fn main() {
     let t0 = Instant::now();
     let (mut events, mut merged, mut blocked, mut runs) = (0u64, 0usize, 0usize, 0u64);
     let (mut shutdowns, mut skewed_ticks) = (0u64, 0u64);
+    let (mut lost_tails, mut torn_tails, mut acked, mut aborted) = (0u64, 0u64, 0u64, 0u64);
     let mut failed: Vec<String> = Vec::new();
     for seed in start..start + seeds {
         for &mode in &modes {
@@ -91,6 +95,10 @@ fn main() {
             blocked += r.blocked;
             shutdowns += r.shutdowns;
             skewed_ticks += r.skewed_ticks;
+            lost_tails += r.lost_tails;
+            torn_tails += r.torn_tails;
+            acked += r.acked_writes;
+            aborted += r.aborted_writes;
             let mode_arg = if mode == Mode::Clean {
                 "clean"
             } else {
@@ -125,7 +133,7 @@ fn main() {
         }
     }
     println!(
-        "{seeds} seeds x {} modes = {runs} runs: {} violations; {events} events, {merged} stories merged, {blocked} blocked, {shutdowns} clean stops, {skewed_ticks} skewed ticks, {:.1} s",
+        "{seeds} seeds x {} modes = {runs} runs: {} violations; {events} events, {merged} stories merged, {blocked} blocked, {shutdowns} clean stops, {skewed_ticks} skewed ticks; storage: {lost_tails} crashes lost a tail ({torn_tails} torn), {acked} user writes acknowledged, {aborted} aborted; {:.1} s",
         modes.len(),
         failed.len(),
         t0.elapsed().as_secs_f64()

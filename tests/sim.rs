@@ -1,13 +1,25 @@
-//! The deterministic simulator over hundreds of seeds (clean and hostile networks), and
-//! proof that it can fail: a core with a broken winner rule is caught.
+//! The deterministic simulator over hundreds of seeds (clean and hostile networks, with
+//! storage faults), and proof that it can fail: a core with a broken winner rule, a fence
+//! that accepts any token, a shell that acknowledges before flushing and one that keeps
+//! a write it reported failed are caught.
 //! `scripts/sim --seeds 100000` runs many more.
 
 use mesh_agent::sim::{run, Mode, SimConfig};
 
-/// Totals over the seeds: stories merged, clean stops, ticks a node judged itself skewed.
-fn run_seeds(seeds: std::ops::Range<u64>, mode: Mode) -> (usize, u64, u64) {
+/// Totals over the seeds.
+#[derive(Default)]
+struct Totals {
+    merged: usize,
+    stops: u64,
+    skewed: u64,
+    lost_tails: u64,
+    torn_tails: u64,
+    aborted: u64,
+}
+
+fn run_seeds(seeds: std::ops::Range<u64>, mode: Mode) -> Totals {
     let cfg = SimConfig::new(mode);
-    let (mut merged, mut stops, mut skewed) = (0, 0, 0);
+    let mut t = Totals::default();
     for seed in seeds {
         let r = run(seed, &cfg);
         assert!(
@@ -16,36 +28,96 @@ fn run_seeds(seeds: std::ops::Range<u64>, mode: Mode) -> (usize, u64, u64) {
             r.violations,
             if mode == Mode::Clean { "clean" } else { "hostile" }
         );
-        merged += r.merged;
-        stops += r.shutdowns;
-        skewed += r.skewed_ticks;
+        t.merged += r.merged;
+        t.stops += r.shutdowns;
+        t.skewed += r.skewed_ticks;
+        t.lost_tails += r.lost_tails;
+        t.torn_tails += r.torn_tails;
+        t.aborted += r.aborted_writes;
     }
-    (merged, stops, skewed)
+    t
+}
+
+/// Storage faults are on by default: the runs must have met each kind.
+fn assert_storage_faults_happened(t: &Totals) {
+    assert!(t.lost_tails > 0, "no crash lost an unflushed tail");
+    assert!(t.torn_tails > 0, "no crash tore a chunk");
+    assert!(t.aborted > 0, "no user write failed to append or flush");
 }
 
 #[test]
-fn clean_network_seeds_hold_every_invariant() {
-    // Delays, reordering, duplicates, crashes, clean stops and restarts; wall clocks
-    // apart by less than the drift bound, with the joining and skew guards on.
-    let (merged, stops, skewed) = run_seeds(0..300, Mode::Clean);
-    assert!(merged > 0, "the runs must do real work");
-    assert!(stops > 0, "the runs must stop nodes cleanly");
+fn clean_network_seeds_with_storage_faults_hold_every_invariant() {
+    // Delays, reordering, duplicates, crashes (losing what was not flushed), clean stops
+    // and restarts, user writes that fail; wall clocks apart by less than the drift
+    // bound, with the joining and skew guards on.
+    let t = run_seeds(0..300, Mode::Clean);
+    assert!(t.merged > 0, "the runs must do real work");
+    assert!(t.stops > 0, "the runs must stop nodes cleanly");
+    assert_storage_faults_happened(&t);
     assert_eq!(
-        skewed, 0,
+        t.skewed, 0,
         "clocks within the drift bound were judged skewed"
     );
 }
 
 #[test]
-fn hostile_network_seeds_hold_every_invariant() {
+fn hostile_network_seeds_with_storage_faults_hold_every_invariant() {
     // Plus drops, partitions, pauses past the lease, and a wall clock off by more than
     // the drift bound for a while (the node must claim nothing while it sees that).
-    let (merged, stops, skewed) = run_seeds(1_000..1_300, Mode::Hostile);
-    assert!(merged > 0, "the runs must do real work");
-    assert!(stops > 0, "the runs must stop nodes cleanly");
+    let t = run_seeds(1_000..1_300, Mode::Hostile);
+    assert!(t.merged > 0, "the runs must do real work");
+    assert!(t.stops > 0, "the runs must stop nodes cleanly");
+    assert_storage_faults_happened(&t);
     assert!(
-        skewed > 0,
+        t.skewed > 0,
         "no node ever saw its clock skewed: the skew rule is untested"
+    );
+}
+
+#[test]
+fn the_simulator_catches_a_shell_that_acknowledges_a_write_before_flushing_it() {
+    // The node shell flushes a user's story before it answers; one that answered first
+    // would lose an acknowledged story whenever its node crashed before the next
+    // background flush. The invariants must see that.
+    let mut cfg = SimConfig::new(Mode::Clean);
+    cfg.ack_before_flush = true;
+    let caught = (0..SEEDS_TO_CATCH_AN_EARLY_ACK)
+        .map(|seed| run(seed, &cfg))
+        .find(|r| !r.ok());
+    let Some(r) = caught else {
+        panic!("no lost acknowledged write in {SEEDS_TO_CATCH_AN_EARLY_ACK} seeds: the invariant is blind");
+    };
+    assert!(
+        r.violations
+            .iter()
+            .any(|v| v.contains("lost the acknowledged story")),
+        "seed {} failed, but not as a lost acknowledged write: {:?}",
+        r.seed,
+        r.violations
+    );
+}
+
+const SEEDS_TO_CATCH_AN_EARLY_ACK: u64 = 100;
+
+#[test]
+fn the_simulator_catches_a_shell_that_keeps_a_write_it_reported_failed() {
+    // A write whose append or flush failed was reported failed to its user: it must
+    // leave no fact behind. A shell that kept it would show it in the views.
+    let mut cfg = SimConfig::new(Mode::Clean);
+    cfg.keep_failed_writes = true;
+    let caught = (0..50).map(|seed| run(seed, &cfg)).find(|r| !r.ok());
+    let Some(r) = caught else {
+        panic!(
+            "no aborted write seen in 50 seeds of a shell that keeps them: the invariant is blind"
+        );
+    };
+    assert!(
+        r.violations
+            .iter()
+            .any(|v| v.contains("whose write was aborted")),
+        "seed {} failed, but not as a seen aborted write: {:?}",
+        r.seed,
+        r.violations
     );
 }
 
@@ -57,7 +129,9 @@ fn changes_to_one_file_made_on_both_sides_of_a_partition_all_land_or_block() {
     // story sharing a file waited behind it. These hostile seeds (2 planned files, the
     // default) stalled that way on 7ebbe6f; now only changes ahead in the order are
     // waited for, so they finish.
-    let cfg = SimConfig::new(Mode::Hostile);
+    // (The runs of then: no storage faults, the backlog written at the start.)
+    let mut cfg = SimConfig::new(Mode::Hostile);
+    cfg.storage_faults = false;
     for seed in [1_021, 1_080, 1_092, 1_174, 1_288, 1_299] {
         let r = run(seed, &cfg);
         assert!(

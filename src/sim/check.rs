@@ -3,7 +3,7 @@
 //! counted results from the highest claim, liveness within the bound, takeover of a dead
 //! holder's work within the bound).
 
-use super::{Crash, Mode, Sim};
+use super::{Crash, Mode, Sim, Titles};
 use crate::core::lease::Resource;
 use crate::core::model::{Phase, StoryStatus, MAX_ATTEMPTS, MAX_TAKEOVERS};
 use std::collections::{BTreeMap, BTreeSet};
@@ -60,10 +60,21 @@ impl Sim {
             }
             self.checked[i] = d;
             let view = core.view();
+            let leaked: Vec<String> = self
+                .aborted
+                .iter()
+                .filter(|t| view.has_story_titled(t))
+                .cloned()
+                .collect();
             for c in view.claims.values() {
                 for (r, t) in &c.resources {
                     seen.push(((i, r.clone()), *t));
                 }
+            }
+            for key in leaked {
+                self.violation(format!(
+                    "node{i} sees story {key:?}, whose write was aborted"
+                ));
             }
         }
         let mut top: BTreeMap<(usize, Resource), u64> = BTreeMap::new();
@@ -135,6 +146,16 @@ impl Sim {
         let Some((_, view)) = views.first().cloned() else {
             return (0, 0);
         };
+        // Every acknowledged write reached every node.
+        let missing: Vec<String> = self
+            .acked
+            .iter()
+            .filter(|(_, title)| views.iter().any(|(_, v)| !v.has_story_titled(title)))
+            .map(|(n, title)| format!("node{n}'s acknowledged story {title:?}"))
+            .collect();
+        for m in missing {
+            self.violation(format!("{m} did not reach every node after healing"));
+        }
         let claims = view.claims();
         // A counted result is from its resource's highest claim.
         for ((story, p, round), rkey) in &view.counted {

@@ -49,7 +49,26 @@ pub struct SimConfig {
     /// false: none of them, so a seed replays the run it made before they existed (for
     /// regression seeds found then).
     pub stops_guards_clocks: bool,
+    /// Storage faults (see `sim::store`): the core's own writes reach the disk only at
+    /// the store's background flush, so a crash loses the unflushed tail (and sometimes
+    /// tears its first chunk); the backlog is added as user writes spread over the first
+    /// half of the chaos window, each flushed before it is acknowledged, and a seeded
+    /// [`WRITE_FAIL_RATE`] of them fail to append or flush and are aborted. false: every
+    /// write is durable at once and the backlog is written at the start (the runs of
+    /// before storage faults).
+    pub storage_faults: bool,
+    /// A broken shell that acknowledges a user write before flushing it (to prove the
+    /// invariants catch a lost acknowledged write).
+    pub ack_before_flush: bool,
+    /// A broken shell that reports a failed user write but keeps it (no abort), to prove
+    /// the invariants catch an aborted write that is seen.
+    pub keep_failed_writes: bool,
 }
+
+/// The fraction of user writes whose append or flush fails (with storage faults).
+pub const WRITE_FAIL_RATE: f64 = 0.1;
+/// The fraction of crashes losing a tail whose first lost chunk reaches the disk torn.
+pub const TEAR_RATE: f64 = 0.3;
 
 impl SimConfig {
     pub fn new(mode: Mode) -> SimConfig {
@@ -79,6 +98,9 @@ impl SimConfig {
             fence_rule: token_check,
             trace: false,
             stops_guards_clocks: true,
+            storage_faults: true,
+            ack_before_flush: false,
+            keep_failed_writes: false,
         }
     }
 }
@@ -112,7 +134,10 @@ impl SimConfig {
     ///   (`heartbeat/4`) and four network delays to spread the claim and the result.
     ///
     /// Capacity and node count only shorten this (stories that share nothing run in
-    /// parallel), so they do not appear in the worst case.
+    /// parallel), so they do not appear in the worst case. Nor does the store's flush
+    /// cadence: writes are lost only in crashes, and crashes stop with the other faults,
+    /// so a claim or result lost before the heal is one more claim from before the heal
+    /// (covered by the lease expiry) or a step not yet done (covered by the steps).
     pub fn liveness_bound_ms(&self) -> u64 {
         let m = self.membership;
         let l = self.lease;

@@ -3,8 +3,12 @@
 //! heals, crashes and restarts nodes (keeping what they persisted), stops them cleanly
 //! (claims handed back first), pauses nodes past their lease, and runs each node on its
 //! own wall clock (within the drift bound; in hostile mode one may jump beyond it for a
-//! while). The cores run with the node shell's joining and clock-skew guards. One seed reproduces one run exactly; invariants are checked after every
-//! event, and a failure carries the seed and a trace.
+//! while). The cores run with the node shell's joining and clock-skew guards. Storage
+//! faults (on unless `SimConfig::storage_faults` is off; see `store`): a crash loses what
+//! the node appended since its store's last flush, sometimes tearing the first lost
+//! chunk, and the backlog is added as users' durable writes while the mesh runs, some
+//! failing to append or flush (aborted). One seed reproduces one run exactly; invariants
+//! are checked after every event, and a failure carries the seed and a trace.
 //!
 //! It owns no I/O and reads no clock: it is a shell whose "network" is a priority queue.
 //! The git origin is modelled with the product's fence: a merge lands under
@@ -23,14 +27,18 @@
 //! clock skewed claims nothing; a counted result is always from the resource's highest
 //! claim; a story whose holder died is taken over within the bound (clean mode; a clean
 //! stop released its claims, so it owes none); and once the network heals and faults
-//! stop, every node derives the same view and every story is merged or blocked.
+//! stop, every node derives the same view and every story is merged or blocked. With
+//! storage faults: no view ever holds an aborted write, a restarted node reloads every
+//! write it acknowledged, and every acknowledged write reaches every node.
 
 mod check;
 mod config;
 mod origin;
+mod store;
 mod world;
 
-pub use config::{Mode, SimConfig, MAX_STEPS_PER_STORY};
+pub use config::{Mode, SimConfig, MAX_STEPS_PER_STORY, TEAR_RATE, WRITE_FAIL_RATE};
+pub use store::FLUSH_EVERY_MS;
 
 use crate::core::lease::Resource;
 use crate::core::model::{NewStory, Phase};
@@ -54,6 +62,13 @@ pub struct Report {
     pub shutdowns: u64,
     /// Ticks at which a node judged its own wall clock skewed (and so claimed nothing).
     pub skewed_ticks: u64,
+    /// Crashes that lost an unflushed tail of the node's store.
+    pub lost_tails: u64,
+    /// Of those, crashes whose first lost chunk reached the disk torn.
+    pub torn_tails: u64,
+    /// User writes acknowledged (durable) and aborted (their append or flush failed).
+    pub acked_writes: u64,
+    pub aborted_writes: u64,
 }
 
 impl Report {
@@ -81,6 +96,8 @@ enum Ev {
         job: Box<Job>,
     },
     Crash(usize),
+    /// The user adds backlog story `k` on its node (a durable write).
+    UserWrite(usize),
     /// A clean stop: the node hands its claims back and says goodbye, then goes down
     /// (at `Ev::Stop`) once its peers synced that, or after [`HANDOVER_MAX_MS`].
     Shutdown(usize),
@@ -106,7 +123,9 @@ enum Msg {
 
 struct Node {
     core: Option<Core>,
-    persisted: Vec<Vec<u8>>,
+    store: store::SimStore,
+    /// Its last crash lost part of its store (its view may forget tokens it saw).
+    lost_writes: bool,
     incarnation: u64,
     paused: bool,
     backlog: Vec<Ev>,
@@ -161,9 +180,20 @@ struct Sim {
     restarts: Vec<(usize, u64)>,
     shutdowns: u64,
     skewed_ticks: u64,
+    /// The backlog: each story, and the earlier story it depends on (if that was added).
+    backlog: Vec<(NewStory, Option<usize>)>,
+    /// The key each backlog story got once acknowledged.
+    keys: Vec<Option<String>>,
+    /// Acknowledged user writes: (node, story title). (Titles, not keys: a story's key
+    /// comes from its node's counter, which an aborted write hands to the next one.)
+    acked: Vec<(usize, String)>,
+    /// The titles of aborted user writes: never in any view.
+    aborted: Vec<String>,
+    lost_tails: u64,
+    torn_tails: u64,
 }
 
-fn core_config(cfg: &SimConfig) -> CoreConfig {
+pub(crate) fn core_config(cfg: &SimConfig) -> CoreConfig {
     CoreConfig {
         membership: cfg.membership,
         roles: Phase::ALL.iter().map(|p| p.as_str().to_string()).collect(),
@@ -188,6 +218,17 @@ fn guards(cfg: &SimConfig, remembers_peers: bool) -> Guards {
         clock_skew: true,
     }
 }
+/// Whether a view holds a story with this title (backlog titles are unique).
+trait Titles {
+    fn has_story_titled(&self, title: &str) -> bool;
+}
+
+impl Titles for crate::core::state::View {
+    fn has_story_titled(&self, title: &str) -> bool {
+        self.stories.values().any(|s| s.fact.title == title)
+    }
+}
+
 /// Runs one seed.
 pub fn run(seed: u64, cfg: &SimConfig) -> Report {
     let mut sim = Sim::new(seed, cfg.clone());
@@ -201,13 +242,12 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
     // The backlog's shape has its own generator, so the faults of a seed do not depend
     // on it (and `files: 0` replays the runs of issue 3 exactly).
     let mut shape = StdRng::seed_from_u64(seed ^ 0x5eed_f11e_5eed_f11e);
-    let mut keys: Vec<Option<String>> = Vec::new();
     for k in 0..cfg.stories {
-        let i = k % cfg.nodes;
         let mut new = NewStory {
             title: format!("story {k}"),
             ..Default::default()
         };
+        let mut dep = None;
         if cfg.files > 0 {
             let first = shape.gen_range(0..cfg.files);
             new.files.push(format!("src/f{first}.txt"));
@@ -217,18 +257,20 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
             }
             // A dependency on an earlier story of the same creator (which it knows).
             if k >= cfg.nodes && shape.gen_bool(0.2) {
-                if let Some(dep) = keys[k - cfg.nodes].clone() {
-                    new.depends_on.push(dep);
-                }
+                dep = Some(k - cfg.nodes);
             }
         }
-        let key = sim.nodes[i]
-            .core
-            .as_mut()
-            .and_then(|c| c.add_story(&new, 0).ok())
-            .map(|s| s.key);
-        keys.push(key);
-        sim.drain(i);
+        sim.backlog.push((new, dep));
+        sim.keys.push(None);
+    }
+    for k in 0..cfg.stories {
+        if cfg.storage_faults {
+            // Users add stories while the mesh runs, so crashes meet fresh writes.
+            let t = 1 + k as u64 * cfg.chaos_ms / 2 / cfg.stories.max(1) as u64;
+            sim.at(t, Ev::UserWrite(k));
+        } else {
+            sim.user_write(k);
+        }
     }
     // Faults during the chaos window.
     let n = cfg.nodes;
@@ -336,5 +378,9 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
         end_ms: sim.now,
         shutdowns: sim.shutdowns,
         skewed_ticks: sim.skewed_ticks,
+        lost_tails: sim.lost_tails,
+        torn_tails: sim.torn_tails,
+        acked_writes: sim.acked.len() as u64,
+        aborted_writes: sim.aborted.len() as u64,
     }
 }

@@ -2,8 +2,11 @@
 //! duplicates, drops, partitions), the nodes' lifecycles (crash, clean stop, restart,
 //! pause, skewed wall clock) and carrying out each core's effects.
 
-use super::{core_config, guards, Crash, Ev, Msg, Node, Sim, HANDOVER_MAX_MS};
-use super::{Mode, Origin, SimConfig};
+use super::store::{SimStore, Tail, FLUSH_EVERY_MS};
+use super::{
+    core_config, guards, Crash, Ev, Msg, Node, Sim, HANDOVER_MAX_MS, TEAR_RATE, WRITE_FAIL_RATE,
+};
+use super::{Mode, Origin, SimConfig, Titles};
 use crate::core::lease::Resource;
 use crate::core::model::Topic;
 use crate::core::state::Doc;
@@ -28,9 +31,14 @@ impl Sim {
                 offset = rng.gen_range(-drift..=drift);
                 core.set_guards(guards(&cfg, false));
             }
+            let mut store = SimStore::default();
+            if cfg.storage_faults {
+                store.reopen(rng.gen_range(1..=FLUSH_EVERY_MS));
+            }
             nodes.push(Node {
                 core: Some(core),
-                persisted: Vec::new(),
+                store,
+                lost_writes: false,
                 incarnation: 1,
                 paused: false,
                 backlog: Vec::new(),
@@ -65,6 +73,12 @@ impl Sim {
             restarts: Vec::new(),
             shutdowns: 0,
             skewed_ticks: 0,
+            backlog: Vec::new(),
+            keys: Vec::new(),
+            acked: Vec::new(),
+            aborted: Vec::new(),
+            lost_tails: 0,
+            torn_tails: 0,
         }
     }
     pub(super) fn at(&mut self, t: u64, ev: Ev) {
@@ -165,7 +179,7 @@ impl Sim {
                         self.send(i, requester, Msg::SyncResp { req: reply, data });
                     }
                 }
-                Effect::Persist { chunk } => self.nodes[i].persisted.push(chunk),
+                Effect::Persist { chunk } => self.persist(i, chunk),
                 Effect::PersistEvents { .. } => {}
                 Effect::StartWork(job) => self.start_work(i, job),
                 Effect::CancelWork { claim } => {
@@ -173,6 +187,77 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// The core's own write: appended, durable at the store's next background flush
+    /// (at once without storage faults).
+    fn persist(&mut self, i: usize, chunk: Vec<u8>) {
+        if self.cfg.storage_faults {
+            let now = self.now;
+            self.nodes[i].store.append(now, chunk);
+        } else {
+            self.nodes[i].store.durable.push(chunk);
+        }
+    }
+
+    /// Backlog story `k` is added on its node as the node shell adds a user's story:
+    /// a durable write, acknowledged once appended and flushed, aborted if the append or
+    /// the flush fails (with storage faults, at a seeded [`WRITE_FAIL_RATE`]). A node
+    /// that is down answers no one: the user tries again a little later.
+    pub(super) fn user_write(&mut self, k: usize) {
+        let i = k % self.nodes.len();
+        let now = self.now;
+        if !self.up(i) {
+            self.at(now + FLUSH_EVERY_MS, Ev::UserWrite(k));
+            return;
+        }
+        let (mut new, dep) = self.backlog[k].clone();
+        if let Some(key) = dep.and_then(|d| self.keys[d].clone()) {
+            new.depends_on.push(key);
+        }
+        let faults = self.cfg.storage_faults;
+        let wall = if faults { self.wall(i) } else { 0 };
+        self.drain(i);
+        let Some(core) = self.nodes[i].core.as_mut() else {
+            return;
+        };
+        core.begin_durable_write();
+        let key = core.add_story(&new, wall).ok().map(|s| s.key);
+        let chunks = core.take_write_chunks();
+        let fails = faults && self.rng.gen_bool(WRITE_FAIL_RATE);
+        let Some(core) = self.nodes[i].core.as_mut() else {
+            return;
+        };
+        if fails {
+            // The append or the flush failed: the shell takes the chunks back out of the
+            // store and the core puts its document back.
+            if self.cfg.keep_failed_writes {
+                core.commit_durable_write();
+            } else {
+                core.abort_durable_write();
+            }
+            self.note(|| format!("node{i} write of story {k} failed: aborted"));
+            self.aborted.push(new.title.clone());
+        } else {
+            core.commit_durable_write();
+            let store = &mut self.nodes[i].store;
+            for c in chunks {
+                if faults {
+                    store.append(now, c);
+                } else {
+                    store.durable.push(c);
+                }
+            }
+            if !self.cfg.ack_before_flush {
+                store.flush();
+            }
+            self.note(|| format!("node{i} wrote story {k}: {key:?}"));
+            if key.is_some() {
+                self.acked.push((i, new.title.clone()));
+            }
+            self.keys[k] = key;
+        }
+        self.drain(i);
     }
 
     fn start_work(&mut self, i: usize, job: Box<Job>) {
@@ -208,6 +293,7 @@ impl Sim {
             Ev::Tick(i) | Ev::Beat(i) | Ev::AntiEntropy(i) => Some(*i),
             Ev::Deliver { to, .. } => Some(*to),
             Ev::WorkDone { node, .. } => Some(*node),
+            Ev::UserWrite(k) => Some(*k % self.nodes.len()),
             _ => None,
         };
         if let Some(i) = target {
@@ -337,6 +423,7 @@ impl Sim {
                 self.drain(node);
             }
             Ev::Crash(i) => self.take_down(i, "crash"),
+            Ev::UserWrite(k) => self.user_write(k),
             Ev::Shutdown(i) => {
                 if self.nodes[i].paused || self.nodes[i].handover.is_some() {
                     return;
@@ -390,18 +477,40 @@ impl Sim {
                     return;
                 }
                 let actor: [u8; 16] = self.rng.gen();
-                let doc = match Doc::load(actor, &[], &self.nodes[i].persisted) {
+                let doc = match Doc::load(actor, &[], &self.nodes[i].store.durable) {
                     Ok(d) => d,
                     Err(e) => {
                         self.violation(format!("node{i} cannot reload what it persisted: {e}"));
                         return;
                     }
                 };
+                if self.cfg.storage_faults {
+                    let first = now + self.rng.gen_range(1..=FLUSH_EVERY_MS);
+                    self.nodes[i].store.reopen(first);
+                }
+                if std::mem::take(&mut self.nodes[i].lost_writes) {
+                    // What it saw and never made durable is gone from its view: its
+                    // tokens are tracked afresh from what it reloaded.
+                    self.tokens.retain(|(n, _), _| *n != i);
+                }
                 self.nodes[i].incarnation += 1;
                 let inc = now.max(1) + self.nodes[i].incarnation;
                 let mut core = Core::new(self.names[i].clone(), core_config(&self.cfg), doc, inc);
                 if self.cfg.stops_guards_clocks {
                     core.set_guards(guards(&self.cfg, true));
+                }
+                // Every write acknowledged here survived the crash.
+                let reloaded = core.view().clone();
+                let lost: Vec<String> = self
+                    .acked
+                    .iter()
+                    .filter(|(n, title)| *n == i && !reloaded.has_story_titled(title))
+                    .map(|(_, title)| title.clone())
+                    .collect();
+                for title in lost {
+                    self.violation(format!(
+                        "node{i} lost the acknowledged story {title:?} in a crash"
+                    ));
                 }
                 self.nodes[i].core = Some(core);
                 self.note(|| format!("restart node{i}"));
@@ -491,6 +600,20 @@ impl Sim {
             })
             .collect();
         self.note(|| format!("{why} node{i} running {running:?} settling {settling:?}"));
+        if why == "crash" && self.cfg.storage_faults {
+            match self.nodes[i].store.crash(now, TEAR_RATE, &mut self.rng) {
+                Tail::Intact => {}
+                tail => {
+                    self.lost_tails += 1;
+                    self.torn_tails += u64::from(matches!(tail, Tail::Torn(_)));
+                    self.nodes[i].lost_writes = true;
+                    self.note(|| format!("node{i} lost its unflushed tail: {tail:?}"));
+                }
+            }
+        } else {
+            // A clean stop flushes everything first.
+            self.nodes[i].store.flush();
+        }
         self.crashes.push(Crash {
             node: i,
             at: now,

@@ -387,14 +387,38 @@ impl Core {
     /// standing, a claim that never left the dying process would arrive with the restart
     /// and could win a token tie (lowest holder id) against the claim another node
     /// settled and ran meanwhile, voiding that work.
+    ///
+    /// Run again whenever a peer's changes arrive ([`Core::release_lost_claims`]): a
+    /// claim the earlier incarnation pushed but never flushed is lost from the store in
+    /// the crash and comes back only from a peer, after the restart.
     fn release_previous_incarnations(&mut self) {
+        self.release_stale_own_claims(false);
+    }
+
+    /// A peer's changes arrived: release any claim of an earlier incarnation of this node
+    /// among them (numbered below this incarnation's claims). Its holder is alive, so its
+    /// lease would never expire and its story would wait for it forever.
+    pub(super) fn release_lost_claims(&mut self) {
+        self.release_stale_own_claims(true);
+    }
+
+    fn release_stale_own_claims(&mut self, only_earlier_numbers: bool) {
         if self.cfg.passive {
             return;
         }
-        let claims = self.doc.view_and_claims().1;
+        let first_of_this_run = self.incarnation.saturating_mul(1000);
+        let prefix = format!("{}-", self.peer);
+        let earlier = |id: &str| {
+            id.strip_prefix(&prefix)
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n <= first_of_this_run)
+        };
+        // The cached fold: after a peer's changes the next step needs it anyway.
+        let claims = self.derived().1;
         let stale: Vec<String> = claims
             .all()
             .filter(|(id, c)| c.holder == self.peer && !claims.is_released(id))
+            .filter(|(id, _)| !only_earlier_numbers || earlier(id))
             .map(|(id, _)| id.to_string())
             .collect();
         for id in stale {

@@ -146,7 +146,10 @@ impl Core {
         if !frame.push.is_empty() {
             let pushed = frame.push.into_iter().map(|b| b.into_vec()).collect();
             match self.doc.apply_pushed(pushed) {
-                Ok(true) => self.doc_changed(),
+                Ok(true) => {
+                    self.doc_changed();
+                    self.release_lost_claims();
+                }
                 Ok(false) => {}
                 Err(e) => {
                     self.counters.malformed_dropped += 1;
@@ -187,6 +190,7 @@ impl Core {
         match self.doc.sync_receive(state, msg) {
             Ok(true) => {
                 self.doc_changed();
+                self.release_lost_claims();
                 true
             }
             Ok(false) => true,

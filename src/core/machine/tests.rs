@@ -130,6 +130,39 @@ fn a_restart_releases_the_previous_runs_claims_before_anything_leaves() {
     assert!(!p.doc().view().claims().is_released("A-1001"));
 }
 
+#[test]
+fn a_claim_of_a_previous_run_that_comes_back_from_a_peer_is_released() {
+    // A's previous run (incarnation 1) pushed its claim and died before flushing it: its
+    // store lost the claim, B has it. A restarted (incarnation 2) is alive, so the claim
+    // would never expire and its story would wait forever: A releases it once it arrives.
+    let r = Resource::story("s1", Phase::Research).unwrap();
+    let mut b = core("B", 2);
+    b.doc
+        .put_claim(
+            "A-1001",
+            &ClaimFact {
+                resources: vec![(r.clone(), 1)],
+                holder: "A".into(),
+                ttl_ms: 10_000,
+                written_at_ms: 0,
+                attempt: 1,
+            },
+        )
+        .unwrap();
+    b.doc_changed();
+    let cfg = core("A", 1).cfg;
+    let mut a = Core::new("A".into(), cfg, Doc::new([3; 16]), 2);
+    a.handle(0, Input::Connected("B".into()));
+    b.handle(0, Input::Connected("A".into()));
+    pump(&mut a, &mut b);
+    assert_eq!(
+        a.doc().view().claims().release_reason("A-1001"),
+        Some(ReleaseReason::Abandoned)
+    );
+    pump(&mut a, &mut b);
+    assert!(b.doc().view().claims().is_released("A-1001"));
+}
+
 /// A core that works every phase, with the guards on.
 fn worker(name: &str, doc: Doc, guards: Guards) -> Core {
     let mut cfg = core(name, 9).cfg;
