@@ -79,8 +79,11 @@ fn the_simulator_catches_a_shell_that_acknowledges_a_write_before_flushing_it() 
     // The node shell flushes a user's story before it answers; one that answered first
     // would lose an acknowledged story whenever its node crashed before the next
     // background flush. The invariants must see that.
+    // The broken shell flushes before nothing: the flush before a sync frame leaves
+    // would otherwise cover the write, which is pushed to the peers at once.
     let mut cfg = SimConfig::new(Mode::Clean);
     cfg.ack_before_flush = true;
+    cfg.send_before_flush = true;
     let caught = (0..SEEDS_TO_CATCH_AN_EARLY_ACK)
         .map(|seed| run(seed, &cfg))
         .find(|r| !r.ok());
@@ -119,6 +122,26 @@ fn the_simulator_catches_a_shell_that_keeps_a_write_it_reported_failed() {
         r.seed,
         r.violations
     );
+}
+
+#[test]
+fn the_simulator_catches_a_shell_that_sends_heads_before_flushing_them() {
+    // A sync frame carries the sender's heads: a peer settles its claim on them ("you
+    // hold my claim") and builds on them. Seed 1577 (clean) is the run that found it: a
+    // node acknowledged a peer's settled review claim in its heads before flushing it,
+    // crashed, lost it, and later claimed the same review round with the same fencing
+    // token, so two results shared one token and the view flipped a round that later
+    // rounds were built on (two merges of one story at once). The shell now flushes
+    // before any frame leaves; the broken shell must still be caught.
+    let mut cfg = SimConfig::new(Mode::Clean);
+    cfg.send_before_flush = true;
+    let r = run(1577, &cfg);
+    assert!(
+        !r.ok(),
+        "seed 1577 with frames sent before their changes are flushed held every invariant: the invariants (or the seed) no longer see the reused token"
+    );
+    let fixed = run(1577, &SimConfig::new(Mode::Clean));
+    assert!(fixed.ok(), "seed 1577 clean: {:?}", fixed.violations);
 }
 
 #[test]

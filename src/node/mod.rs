@@ -340,6 +340,8 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
         jobs: HashMap::new(),
         work_tx,
         known,
+        unflushed: false,
+        unpersisted: Vec::new(),
     };
     rt.core.announce_node(env!("CARGO_PKG_VERSION"));
     rt.drain_effects().await;

@@ -1,6 +1,14 @@
 //! The node's event loop: the task that owns the core and the store, reads the clock,
 //! turns network events and API requests into core inputs and carries out the core's
 //! effects (publish, send, respond, persist, flush before acknowledging).
+//!
+//! Durable before it leaves: a sync frame carries this node's heads, and a peer takes
+//! them as settle evidence ("it holds my claim") and builds on them. So every change
+//! persisted before a frame is flushed before the frame is sent (the core emits a
+//! change's `Persist` before any frame whose heads contain it); a frame whose changes
+//! cannot be made durable is not sent. Without that, a crash could take back a claim a
+//! peer had settled on our word, and its fencing token could be handed out twice
+//! (simulator seed 1577, clean).
 
 use super::*;
 
@@ -22,6 +30,11 @@ pub(super) struct Runtime {
     pub(super) work_tx: mpsc::Sender<(String, Result<Handoff, String>)>,
     /// Peers this node was connected to (persisted; redialled on the next start).
     pub(super) known: BTreeMap<String, KnownPeer>,
+    /// Changes were appended since the last flush: flush before the next frame leaves.
+    pub(super) unflushed: bool,
+    /// Changes whose append failed, oldest first: retried before the next frame leaves,
+    /// and no frame leaves while any remains.
+    pub(super) unpersisted: Vec<Vec<u8>>,
 }
 
 /// The addresses to redial for remembered peers, each ending in `/p2p/<peer>`.
@@ -237,13 +250,24 @@ impl Runtime {
                 }
                 Effect::SendSync { to, data } => match to.parse::<PeerId>() {
                     Ok(peer) => {
-                        self.net.send(NetCommand::SendSync { peer, data }).await;
+                        if self.durable_before_send().await {
+                            self.net.send(NetCommand::SendSync { peer, data }).await;
+                        } else {
+                            // The session ends here; the core retries as after any
+                            // failed exchange.
+                            let now = self.now_ms();
+                            self.core.handle(now, Input::SyncFailed { from: to });
+                        }
                     }
                     Err(_) => tracing::error!(%to, "core addressed an invalid peer id"),
                 },
                 Effect::Respond { reply, data } => {
                     if let Some(channel) = self.replies.remove(&reply) {
-                        self.net.send(NetCommand::Respond { channel, data }).await;
+                        // Not durable: the channel is dropped, and the peer sees a
+                        // failed exchange.
+                        if self.durable_before_send().await {
+                            self.net.send(NetCommand::Respond { channel, data }).await;
+                        }
                     }
                 }
                 Effect::Persist { chunk } => self.persist(&chunk),
@@ -344,16 +368,52 @@ impl Runtime {
         let Some(store) = self.store.as_mut() else {
             return;
         };
-        if let Err(e) = store.append_chunk(chunk) {
-            tracing::error!(error = %e, "cannot persist document change");
+        if !self.unpersisted.is_empty() {
+            // Keep the order: this change may depend on the ones waiting.
+            self.unpersisted.push(chunk.to_vec());
             return;
         }
+        if let Err(e) = store.append_chunk(chunk) {
+            tracing::error!(error = %e, "cannot persist document change; no sync frame leaves until it is");
+            self.unpersisted.push(chunk.to_vec());
+            return;
+        }
+        self.unflushed = true;
         if store.chunks() >= u64::from(self.cfg.snapshot_every) {
             let snap = self.core.doc_mut().save();
             if let Err(e) = store.compact(&snap) {
                 tracing::error!(error = %e, "snapshot failed");
             } else {
                 tracing::debug!(bytes = snap.len(), "document compacted");
+            }
+        }
+    }
+
+    /// Makes every change persisted so far durable (retrying appends that failed, then
+    /// flushing); false if it could not, and then no sync frame may leave.
+    async fn durable_before_send(&mut self) -> bool {
+        let Some(store) = self.store.as_mut() else {
+            return true;
+        };
+        while let Some(chunk) = self.unpersisted.first() {
+            if let Err(e) = store.append_chunk(chunk) {
+                tracing::error!(error = %e, waiting = self.unpersisted.len(), "cannot persist document changes; sync frame not sent");
+                return false;
+            }
+            self.unpersisted.remove(0);
+            self.unflushed = true;
+        }
+        if !self.unflushed {
+            return true;
+        }
+        match store.flush().await {
+            Ok(()) => {
+                self.unflushed = false;
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "flush failed; sync frame not sent");
+                false
             }
         }
     }

@@ -63,6 +63,10 @@ pub struct SimConfig {
     /// A broken shell that reports a failed user write but keeps it (no abort), to prove
     /// the invariants catch an aborted write that is seen.
     pub keep_failed_writes: bool,
+    /// A broken shell that sends sync frames before the changes their heads name are
+    /// flushed (to prove the invariants catch settle evidence a crash can take back: seed
+    /// 1577 clean reused a fencing token that way).
+    pub send_before_flush: bool,
 }
 
 /// The fraction of user writes whose append or flush fails (with storage faults).
@@ -101,6 +105,7 @@ impl SimConfig {
             storage_faults: true,
             ack_before_flush: false,
             keep_failed_writes: false,
+            send_before_flush: false,
         }
     }
 }

@@ -164,6 +164,7 @@ impl Sim {
                 }
                 Effect::Publish { .. } => {}
                 Effect::SendSync { to, data } => {
+                    self.flush_before_send(i);
                     let Some(j) = self.names.iter().position(|n| *n == to) else {
                         continue;
                     };
@@ -175,6 +176,7 @@ impl Sim {
                     self.at(t, Ev::SyncTimeout { req });
                 }
                 Effect::Respond { reply, data } => {
+                    self.flush_before_send(i);
                     if let Some(&(requester, _)) = self.pending.get(&reply) {
                         self.send(i, requester, Msg::SyncResp { req: reply, data });
                     }
@@ -186,6 +188,17 @@ impl Sim {
                     self.nodes[i].jobs.remove(&claim);
                 }
             }
+        }
+    }
+
+    /// The shell's rule (`node::runtime`): a sync frame carries this node's heads, which
+    /// a peer takes as settle evidence (we hold its claim) and as a base to build on, so
+    /// everything appended is flushed before a frame leaves. Without it a crash could
+    /// take back a claim a peer had settled on our word, and the fencing token would be
+    /// handed out twice.
+    fn flush_before_send(&mut self, i: usize) {
+        if !self.cfg.send_before_flush {
+            self.nodes[i].store.flush();
         }
     }
 
