@@ -84,6 +84,7 @@ fn the_simulator_catches_a_shell_that_acknowledges_a_write_before_flushing_it() 
     let mut cfg = SimConfig::new(Mode::Clean);
     cfg.ack_before_flush = true;
     cfg.send_before_flush = true;
+    cfg.start_before_flush = true;
     let caught = (0..SEEDS_TO_CATCH_AN_EARLY_ACK)
         .map(|seed| run(seed, &cfg))
         .find(|r| !r.ok());
@@ -125,23 +126,36 @@ fn the_simulator_catches_a_shell_that_keeps_a_write_it_reported_failed() {
 }
 
 #[test]
-fn the_simulator_catches_a_shell_that_sends_heads_before_flushing_them() {
-    // A sync frame carries the sender's heads: a peer settles its claim on them ("you
-    // hold my claim") and builds on them. Seed 1577 (clean) is the run that found it: a
-    // node acknowledged a peer's settled review claim in its heads before flushing it,
-    // crashed, lost it, and later claimed the same review round with the same fencing
-    // token, so two results shared one token and the view flipped a round that later
-    // rounds were built on (two merges of one story at once). The shell now flushes
-    // before any frame leaves; the broken shell must still be caught.
-    let mut cfg = SimConfig::new(Mode::Clean);
-    cfg.send_before_flush = true;
-    let r = run(1577, &cfg);
-    assert!(
-        !r.ok(),
-        "seed 1577 with frames sent before their changes are flushed held every invariant: the invariants (or the seed) no longer see the reused token"
-    );
-    let fixed = run(1577, &SimConfig::new(Mode::Clean));
-    assert!(fixed.ok(), "seed 1577 clean: {:?}", fixed.violations);
+fn the_simulator_catches_a_shell_that_lets_things_leave_before_they_are_durable() {
+    // Nothing leaves a node before it is durable (docs/DESIGN.md §1.6). A sync frame
+    // carries the sender's heads: a peer settles its claim on them ("you hold my claim")
+    // and builds on them. A job acts outside: a merge lands at the origin under its
+    // claim's token. The two seeds that found it:
+    // - 1577 clean (neither flushed): a node acknowledged a peer's settled review claim in its heads before
+    //   flushing it, crashed, lost it, and later claimed the same review round with the
+    //   same token, so two results shared one token and the view flipped a round later
+    //   rounds were built on (two merges of one story at once);
+    // - 2362 hostile (frames flushed, jobs not): an isolated node landed a merge, crashed and lost the claim with
+    //   its tail, and later claimed the merge again with the same token: the fence took
+    //   it as the same holder repeating its land, and the story landed twice.
+    // The shell now flushes before any frame leaves and any job starts; each broken shell
+    // must still be caught.
+    // (seed, mode, frames before the flush, jobs before the flush)
+    for (seed, mode, frames, starts) in [
+        (1577, Mode::Clean, true, true),
+        (2362, Mode::Hostile, false, true),
+    ] {
+        let mut cfg = SimConfig::new(mode);
+        cfg.send_before_flush = frames;
+        cfg.start_before_flush = starts;
+        let r = run(seed, &cfg);
+        assert!(
+            !r.ok(),
+            "seed {seed} {mode:?} with nothing flushed before it leaves held every invariant: the invariants (or the seed) no longer see the reused token"
+        );
+        let fixed = run(seed, &SimConfig::new(mode));
+        assert!(fixed.ok(), "seed {seed} {mode:?}: {:?}", fixed.violations);
+    }
 }
 
 #[test]

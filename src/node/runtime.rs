@@ -3,12 +3,14 @@
 //! effects (publish, send, respond, persist, flush before acknowledging).
 //!
 //! Durable before it leaves: a sync frame carries this node's heads, and a peer takes
-//! them as settle evidence ("it holds my claim") and builds on them. So every change
-//! persisted before a frame is flushed before the frame is sent (the core emits a
-//! change's `Persist` before any frame whose heads contain it); a frame whose changes
-//! cannot be made durable is not sent. Without that, a crash could take back a claim a
-//! peer had settled on our word, and its fencing token could be handed out twice
-//! (simulator seed 1577, clean).
+//! them as settle evidence ("it holds my claim") and builds on them; a job acts outside
+//! the node (a merge lands at the origin under its claim's token). So every change
+//! persisted before a frame is sent or a job started is flushed first (the core emits a
+//! change's `Persist` before any frame whose heads contain it and before the job it
+//! starts); a frame whose changes cannot be made durable is not sent, and such a job
+//! fails without starting. Without that, a crash could take back a claim a peer had
+//! settled on our word, or one whose merge had landed, and its fencing token could be
+//! handed out again (simulator seeds 1577 clean and 2362 hostile).
 
 use super::*;
 
@@ -280,6 +282,22 @@ impl Runtime {
                 }
                 Effect::StartWork(job) => {
                     let claim = job.claim.clone();
+                    if !self.durable_before_send().await {
+                        // The job would act outside (a merge lands at the origin under
+                        // this claim's token) on a claim a crash could take back.
+                        let now = self.now_ms();
+                        self.core.handle(
+                            now,
+                            Input::WorkFinished {
+                                claim,
+                                outcome: Err(
+                                    "the store could not make the claim durable; not started"
+                                        .into(),
+                                ),
+                            },
+                        );
+                        continue;
+                    }
                     let fut = self.shell.run(*job);
                     let tx = self.work_tx.clone();
                     let c = claim.clone();
@@ -390,7 +408,8 @@ impl Runtime {
     }
 
     /// Makes every change persisted so far durable (retrying appends that failed, then
-    /// flushing); false if it could not, and then no sync frame may leave.
+    /// flushing); false if it could not, and then no sync frame may leave and no job
+    /// may start.
     async fn durable_before_send(&mut self) -> bool {
         let Some(store) = self.store.as_mut() else {
             return true;

@@ -63,10 +63,13 @@ pub struct SimConfig {
     /// A broken shell that reports a failed user write but keeps it (no abort), to prove
     /// the invariants catch an aborted write that is seen.
     pub keep_failed_writes: bool,
-    /// A broken shell that sends sync frames before the changes their heads name are
-    /// flushed (to prove the invariants catch settle evidence a crash can take back: seed
-    /// 1577 clean reused a fencing token that way).
+    /// A broken shell that sends sync frames before what their heads hold is flushed (to
+    /// prove the invariants catch a fencing token a crash can take back and hand out
+    /// again: seed 1577 clean, with `start_before_flush` too).
     pub send_before_flush: bool,
+    /// A broken shell that starts jobs before their claims are flushed (the same class:
+    /// seed 2362 hostile, frames flushed).
+    pub start_before_flush: bool,
 }
 
 /// The fraction of user writes whose append or flush fails (with storage faults).
@@ -106,6 +109,7 @@ impl SimConfig {
             ack_before_flush: false,
             keep_failed_writes: false,
             send_before_flush: false,
+            start_before_flush: false,
         }
     }
 }

@@ -4,8 +4,8 @@
 //! * The core's own writes (`Effect::Persist`: claims, results, releases, synced changes)
 //!   are appended and not flushed; sled's background flusher makes them durable every
 //!   [`FLUSH_EVERY_MS`] (the store opens sled with `flush_every_ms(200)`). The flusher's
-//!   phase is drawn per incarnation. Before a sync frame leaves, the shell flushes
-//!   (`World::flush_before_send`): the frame's heads are a peer's settle evidence.
+//!   phase is drawn per incarnation. Before a sync frame leaves or a job starts, the
+//!   shell flushes (`World::flush_before_send`): nothing leaves before it is durable.
 //! * A user write (a story added through the API) is flushed before it is acknowledged;
 //!   that flush also makes everything appended before it durable. Its append or flush may
 //!   fail (a full disk, an I/O error): the write is then aborted.

@@ -183,7 +183,13 @@ impl Sim {
                 }
                 Effect::Persist { chunk } => self.persist(i, chunk),
                 Effect::PersistEvents { .. } => {}
-                Effect::StartWork(job) => self.start_work(i, job),
+                Effect::StartWork(job) => {
+                    // The job acts outside the node (a merge lands at the origin).
+                    if !self.cfg.start_before_flush {
+                        self.nodes[i].store.flush();
+                    }
+                    self.start_work(i, job)
+                }
                 Effect::CancelWork { claim } => {
                     self.nodes[i].jobs.remove(&claim);
                 }
@@ -191,11 +197,14 @@ impl Sim {
         }
     }
 
-    /// The shell's rule (`node::runtime`): a sync frame carries this node's heads, which
-    /// a peer takes as settle evidence (we hold its claim) and as a base to build on, so
-    /// everything appended is flushed before a frame leaves. Without it a crash could
-    /// take back a claim a peer had settled on our word, and the fencing token would be
-    /// handed out twice.
+    /// The shell's rule (`node::runtime`): nothing leaves the node before it is durable.
+    /// A sync frame carries this node's heads, which a peer takes as settle evidence (we
+    /// hold its claim) and as a base to build on; a job acts outside (a merge lands at
+    /// the origin under its claim's token). So everything appended is flushed before a
+    /// frame leaves (here) or a job starts (`drain`). Without it a crash could take back a claim a peer
+    /// had settled on our word (seed 1577 clean), or a claim whose merge had landed, and
+    /// the same fencing token would be handed out again (seed 2362 hostile: the same
+    /// holder landed one story twice under one token).
     fn flush_before_send(&mut self, i: usize) {
         if !self.cfg.send_before_flush {
             self.nodes[i].store.flush();
