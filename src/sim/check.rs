@@ -43,6 +43,20 @@ impl Sim {
         };
         !crashed && !restarted && !down_at_from
     }
+    /// Whether claim `id`, which node `n` was settling when it crashed at `t`, was in
+    /// another node's view before `n` restarted.
+    fn reached_another(&self, n: usize, t: u64, id: &str) -> bool {
+        let back = self
+            .restarts
+            .iter()
+            .filter(|&&(r, at)| r == n && at > t)
+            .map(|&(_, at)| at)
+            .min();
+        self.claim_known
+            .get(id)
+            .is_some_and(|&k| back.is_none_or(|b| k < b))
+    }
+
     /// Safety invariants, checked after every event.
     pub(super) fn check(&mut self) {
         let now = self.now;
@@ -66,9 +80,12 @@ impl Sim {
                 .filter(|t| view.has_story_titled(t))
                 .cloned()
                 .collect();
-            for c in view.claims.values() {
+            for (id, c) in &view.claims {
                 for (r, t) in &c.resources {
                     seen.push(((i, r.clone()), *t));
+                }
+                if c.holder != self.names[i] {
+                    self.claim_known.entry(id.clone()).or_insert(now);
                 }
             }
             for key in leaked {
@@ -263,10 +280,17 @@ impl Sim {
             } in &crashes
             {
                 let (node, t) = (*node, *t);
-                let owed = running
-                    .iter()
-                    .cloned()
-                    .chain(settling.iter().map(|(r, tk, _)| (r.clone(), *tk)));
+                // A claim it was settling is owed only if it reached another node
+                // before this one came back: one that never left (its push queued
+                // behind a running session) is known to no one, and the restart
+                // releases it (seeds 5009 and 56960 clean).
+                let owed = running.iter().cloned().chain(
+                    settling
+                        .iter()
+                        .filter(|(_, _, _, id)| self.reached_another(node, t, id))
+                        .map(|(r, tk, _, _)| (r.clone(), *tk)),
+                );
+                let owed: Vec<(Resource, u64)> = owed.collect();
                 for (res, token) in owed {
                     // Crashes record story resources only.
                     let Resource::Story {
@@ -308,8 +332,9 @@ impl Sim {
                     }) || crashes.iter().any(|c| {
                         // Or claimed in time by a node that died settling it: that
                         // crash owes the takeover now, within its own bound (seed 94391).
-                        c.settling.iter().any(|(r, tk, written)| {
-                            (c.node != node || *written > t)
+                        c.settling.iter().any(|(r, tk, written, id)| {
+                            self.reached_another(c.node, c.at, id)
+                                && (c.node != node || *written > t)
                                 && *r == res
                                 && *tk > token
                                 && *written <= t + bound

@@ -143,13 +143,14 @@ struct Node {
 pub const HANDOVER_MAX_MS: u64 = 2_000;
 
 /// A crash: the node, when, the phases it was running as (resource, token), and the
-/// claims it was settling that would have won in its view (resource, token, written at).
+/// claims it was settling that would have won in its view (resource, token, written at,
+/// claim id).
 #[derive(Debug, Clone)]
 struct Crash {
     node: usize,
     at: u64,
     running: Vec<(Resource, u64)>,
-    settling: Vec<(Resource, u64, u64)>,
+    settling: Vec<(Resource, u64, u64, String)>,
 }
 
 struct Sim {
@@ -178,6 +179,8 @@ struct Sim {
     checked: Vec<[u8; 32]>,
     /// Restarts: (node, time).
     restarts: Vec<(usize, u64)>,
+    /// When each claim was first in the view of a node other than its holder.
+    claim_known: BTreeMap<String, u64>,
     shutdowns: u64,
     skewed_ticks: u64,
     /// The backlog: each story, and the earlier story it depends on (if that was added).

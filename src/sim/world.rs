@@ -71,6 +71,7 @@ impl Sim {
             healed_at: None,
             checked: Vec::new(),
             restarts: Vec::new(),
+            claim_known: BTreeMap::new(),
             shutdowns: 0,
             skewed_ticks: 0,
             backlog: Vec::new(),
@@ -609,16 +610,20 @@ impl Sim {
         // A takeover claim whose holder dies while settling it hands the work on
         // (its own crash then owes a takeover): remember those that would win.
         let claims = core.doc().view_and_claims().1;
-        let settling: Vec<(Resource, u64, u64)> = core
+        let settling: Vec<(Resource, u64, u64, String)> = core
             .held(now)
             .iter()
             .filter(|h| !h.running && claims.holds(&h.claim))
-            .filter_map(|h| claims.claim(&h.claim).map(|c| (c, now - h.age_ms)))
-            .flat_map(|(c, written)| {
+            .filter_map(|h| {
+                claims
+                    .claim(&h.claim)
+                    .map(|c| (c, now - h.age_ms, h.claim.clone()))
+            })
+            .flat_map(|(c, written, id)| {
                 c.resources
                     .iter()
                     .filter(|(r, _)| matches!(r, Resource::Story { .. }))
-                    .map(move |(r, t)| (r.clone(), *t, written))
+                    .map(move |(r, t)| (r.clone(), *t, written, id.clone()))
             })
             .collect();
         self.note(|| format!("{why} node{i} running {running:?} settling {settling:?}"));
