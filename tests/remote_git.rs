@@ -123,6 +123,18 @@ fn fenced_landing(h: &GitHost) {
         Ok(())
     );
     assert_eq!(h.target(&fence_ref(STORY).unwrap()), fence_blob);
+    // The same claim cannot land the story a second time with another commit.
+    let more = a.commit_on(change, "more of story one");
+    assert_eq!(
+        a.remote
+            .land(&a.clone, STORY, 2, "peerA", MAIN, more)
+            .unwrap(),
+        Err(Refused::AlreadyLanded {
+            token: 2,
+            commit: change
+        })
+    );
+    assert_eq!(h.target(&fence_ref(STORY).unwrap()), fence_blob);
     assert_eq!(h.main(), change);
 }
 
@@ -365,7 +377,9 @@ fn unknown_host_key(h: &GitHost) {
     };
     let remote = Remote::new(&h.url, creds).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let err = remote.clone_into(&dir.path().join("clone")).unwrap_err();
+    let err = remote
+        .clone_into(&dir.path().join("clone"), MAIN)
+        .unwrap_err();
     assert!(matches!(err, RemoteError::HostKey { .. }), "{err:?}");
     let text = err.to_string();
     assert!(
@@ -463,7 +477,7 @@ fn https_credentials_never_appear_in_errors_logs_or_the_clone() {
     let dir = tempfile::tempdir().unwrap();
     let err = Remote::new(&h.url, creds)
         .unwrap()
-        .clone_into(&dir.path().join("c1"))
+        .clone_into(&dir.path().join("c1"), MAIN)
         .unwrap_err();
     assert!(matches!(err, RemoteError::Auth { .. }), "{err:?}");
     texts.push(format!("{err} {err:?}"));

@@ -366,7 +366,7 @@ impl Node {
     pub fn clone_of(remote: Remote) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let clone = dir.path().join("clone");
-        remote.clone_into(&clone).unwrap();
+        remote.clone_into(&clone, MAIN).unwrap();
         Node {
             _dir: dir,
             clone,

@@ -169,11 +169,22 @@ impl Remote {
         plan: &LandPlan,
         new_main: Oid,
     ) -> Result<Landing, RemoteError> {
-        if let Some(rec) = &plan.record {
-            if rec.landed.is_some() {
-                // token_check let it through: this holder repeating its own landing.
-                return Ok(Landing::Landed);
-            }
+        if let Some(FenceRecord {
+            token,
+            landed: Some(commit),
+            ..
+        }) = &plan.record
+        {
+            // token_check let it through: this holder repeating its own landing, which
+            // is done if it landed this commit, and refused otherwise.
+            return Ok(if *commit == new_main {
+                Landing::Landed
+            } else {
+                Landing::Refused(Refused::AlreadyLanded {
+                    token: *token,
+                    commit: *commit,
+                })
+            });
         }
         let repo = Repository::open_bare(clone).map_err(self.local("open the clone", clone))?;
         if let Some(main) = plan.main {

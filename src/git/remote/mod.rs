@@ -71,11 +71,12 @@ const CREDENTIAL_HELPER: &str = "!f() { test \"$1\" = get || exit 0; \
 pub struct Credentials {
     /// The user name sent with [`Credentials::token`] over https.
     pub username: Option<String>,
-    /// An https token (or password).
+    /// An https token (or password); used only for http(s) origins.
     pub token: Option<Secret>,
     /// The ssh command git runs (`GIT_SSH_COMMAND`). `None`: the user's `GIT_SSH_COMMAND`
     /// if set, else `ssh -o BatchMode=yes` (which reads `~/.ssh/config` and uses the
-    /// agent and known_hosts as always).
+    /// agent and known_hosts as always; it takes precedence over a `core.sshCommand` in
+    /// git config, so put a custom command in `GIT_SSH_COMMAND` or here).
     pub ssh_command: Option<String>,
 }
 
@@ -302,7 +303,8 @@ impl Remote {
         let mut set = |k: &str, v: &str| env.push((k.into(), v.into()));
         set("LC_ALL", "C");
         set("GIT_TERMINAL_PROMPT", "0");
-        if let Some(token) = &self.credentials.token {
+        let https = matches!(self.url.transport(), Transport::Https | Transport::Http);
+        if let (Some(token), true) = (&self.credentials.token, https) {
             argv.extend(["-c".into(), "credential.helper=".into()]);
             argv.extend([
                 "-c".into(),
@@ -430,8 +432,8 @@ impl Remote {
     }
 
     /// Clones the origin into `dir` (a new bare repository, objects copied: never
-    /// alternates), then fetches `refs/mesh/*` too.
-    pub fn clone_into(&self, dir: &Path) -> Result<(), RemoteError> {
+    /// alternates), then fetches `branch_ref` and `refs/mesh/*` as [`Remote::fetch`] does.
+    pub fn clone_into(&self, dir: &Path, branch_ref: &str) -> Result<(), RemoteError> {
         let parent = dir.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).map_err(|e| RemoteError::Failed {
             op: "clone",
@@ -450,7 +452,7 @@ impl Remote {
             &target,
         ];
         self.git_ok("clone", parent, &args)?;
-        self.fetch(dir, "refs/heads/main")
+        self.fetch(dir, branch_ref)
     }
 
     /// Fetches `branch_ref` and `refs/mesh/*` into the clone's tracking refs
