@@ -10,7 +10,7 @@
 use git2::{Oid, Repository, Signature};
 use mesh_agent::fence::{Fence, FenceRecord};
 use mesh_agent::git::remote::{tracking_ref, Credentials, Remote, Secret};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -100,28 +100,53 @@ fn run(cmd: &mut Command) {
     );
 }
 
-/// Waits until `port` accepts connections; fails with the server's log if it exits or
-/// does not listen in time.
-fn wait_listening(port: u16, server: &mut Child, log: &Path) {
-    let deadline = Instant::now() + START_DEADLINE;
-    loop {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
+/// Starts a server on a free loopback port: `configure(port)` writes its config, and it
+/// is ready when its own logs (`logs`) say `marker`, so a port someone else took in
+/// between is never mistaken for ours: our server fails to bind, exits, and another port
+/// is tried.
+fn serve(
+    program: &Path,
+    args: &[&str],
+    logs: &[&Path],
+    marker: &str,
+    configure: impl Fn(u16),
+) -> (Child, u16) {
+    const ATTEMPTS: u32 = 5;
+    for _ in 0..ATTEMPTS {
+        let port = free_port();
+        configure(port);
+        for log in logs {
+            let _ = std::fs::remove_file(log);
         }
-        let log = || std::fs::read_to_string(log).unwrap_or_default();
-        if let Ok(Some(status)) = server.try_wait() {
-            panic!(
-                "the server exited ({status}) before listening on {port}:\n{}",
-                log()
-            );
+        let mut server = spawn(program, args, logs[0]);
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            let text: String = logs
+                .iter()
+                .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+                .collect();
+            if text.contains(marker) {
+                return (server, port);
+            }
+            if let Ok(Some(status)) = server.try_wait() {
+                assert!(
+                    text.contains("in use"),
+                    "{} exited ({status}) before listening on {port}:\n{text}",
+                    program.display()
+                );
+                break;
+            }
+            if Instant::now() >= deadline {
+                let _ = server.kill();
+                panic!("{} did not listen on {port}:\n{text}", program.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(
-            Instant::now() < deadline,
-            "nothing listens on {port}:\n{}",
-            log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
+    panic!(
+        "{} found no free port in {ATTEMPTS} tries",
+        program.display()
+    );
 }
 
 fn spawn(program: &Path, args: &[&str], log: &Path) -> Child {
@@ -188,42 +213,36 @@ impl GitHost {
             format!("{restrict} {}\n", read("user_key.pub")),
         )
         .unwrap();
-        let port = free_port();
         let host_pub: Vec<String> = read("host_key.pub")
             .split(' ')
             .take(2)
             .map(String::from)
             .collect();
         let known_hosts = d.join("known_hosts");
-        std::fs::write(
-            &known_hosts,
-            format!("[127.0.0.1]:{port} {}\n", host_pub.join(" ")),
-        )
-        .unwrap();
         let user =
             String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
         let user = user.trim().to_string();
-        let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nAuthorizedKeysFile {ak}\n\
-             PidFile none\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             PubkeyAuthentication yes\nUsePAM no\nStrictModes no\nAllowUsers {user}\n\
-             PermitRootLogin prohibit-password\nLogLevel VERBOSE\n",
-            host = d.join("host_key").display(),
-            ak = d.join("authorized_keys").display(),
-        );
-        std::fs::write(d.join("sshd_config"), config).unwrap();
         if is_root() {
             // sshd's privilege separation directory (a package install creates it too).
             let _ = std::fs::create_dir_all("/run/sshd");
         }
-        let log = d.join("sshd.log");
         let config_path = d.join("sshd_config");
-        let mut server = spawn(
-            &sshd,
-            &["-D", "-e", "-f", config_path.to_str().unwrap()],
-            &log,
-        );
-        wait_listening(port, &mut server, &log);
+        let configure = |port: u16| {
+            let line = format!("[127.0.0.1]:{port} {}\n", host_pub.join(" "));
+            std::fs::write(&known_hosts, line).unwrap();
+            let config = format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nAuthorizedKeysFile {ak}\n\
+                 PidFile none\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 PubkeyAuthentication yes\nUsePAM no\nStrictModes no\nAllowUsers {user}\n\
+                 PermitRootLogin prohibit-password\nLogLevel VERBOSE\n",
+                host = d.join("host_key").display(),
+                ak = d.join("authorized_keys").display(),
+            );
+            std::fs::write(&config_path, config).unwrap();
+        };
+        let log = d.join("sshd.log");
+        let args = ["-D", "-e", "-f", config_path.to_str().unwrap()];
+        let (server, port) = serve(&sshd, &args, &[&log], "Server listening", configure);
         let user_key = d.join("user_key");
         let credentials = Credentials {
             ssh_command: Some(ssh_command(&user_key, &known_hosts)),
@@ -256,12 +275,14 @@ impl GitHost {
         seed_origin(&origin);
         let token = format!("tok-{:016x}", rand::random::<u64>());
         std::fs::write(d.join("htpasswd"), format!("{HTTP_USER}:{token}\n")).unwrap();
-        let port = free_port();
-        let config = format!(
-            r#"server.bind = "127.0.0.1"
+        let config_path = d.join("lighttpd.conf");
+        let errorlog = d.join("lighttpd.err");
+        let configure = |port: u16| {
+            let config = format!(
+                r#"server.bind = "127.0.0.1"
 server.port = {port}
 server.document-root = "{repos}"
-server.errorlog = "{d}/lighttpd.err"
+server.errorlog = "{errorlog}"
 server.modules = ( "mod_auth", "mod_authn_file", "mod_alias", "mod_setenv", "mod_cgi" )
 auth.backend = "plain"
 auth.backend.plain.userfile = "{d}/htpasswd"
@@ -272,19 +293,17 @@ $HTTP["url"] =~ "^/git/" {{
   setenv.add-environment = ( "GIT_PROJECT_ROOT" => "{repos}", "GIT_HTTP_EXPORT_ALL" => "1" )
 }}
 "#,
-            repos = repos.display(),
-            d = d.display(),
-            backend = backend.display(),
-        );
-        let config_path = d.join("lighttpd.conf");
-        std::fs::write(&config_path, config).unwrap();
+                repos = repos.display(),
+                d = d.display(),
+                errorlog = errorlog.display(),
+                backend = backend.display(),
+            );
+            std::fs::write(&config_path, config).unwrap();
+        };
         let log = d.join("lighttpd.log");
-        let mut server = spawn(
-            &lighttpd,
-            &["-D", "-f", config_path.to_str().unwrap()],
-            &log,
-        );
-        wait_listening(port, &mut server, &log);
+        let args = ["-D", "-f", config_path.to_str().unwrap()];
+        let logs: [&Path; 2] = [&log, &errorlog];
+        let (server, port) = serve(&lighttpd, &args, &logs, "server started", configure);
         let credentials = Credentials {
             username: Some(HTTP_USER.into()),
             token: Some(Secret::new(token.clone())),
