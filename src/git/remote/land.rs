@@ -22,6 +22,10 @@ use std::path::Path;
 /// that left its token valid, before giving up with [`RemoteError::Contended`].
 pub const MAX_LEASE_TRIES: u32 = 3;
 
+fn bad_name(e: crate::fence::FenceError) -> RemoteError {
+    RemoteError::BadName(e.to_string())
+}
+
 /// What a landing read at the origin just before its push: the values the leases expect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LandPlan {
@@ -78,7 +82,7 @@ impl Remote {
         story: &str,
         branch_ref: &str,
     ) -> Result<FenceView, RemoteError> {
-        let name = fence_ref(story).map_err(|e| self.bad_name(e.to_string()))?;
+        let name = fence_ref(story).map_err(bad_name)?;
         self.fetch(clone, branch_ref)?;
         let repo = Repository::open_bare(clone).map_err(self.local("open the clone", clone))?;
         let target = |r: &str| match repo.refname_to_id(r) {
@@ -123,15 +127,6 @@ impl Remote {
         })
     }
 
-    fn bad_name(&self, why: String) -> RemoteError {
-        RemoteError::Failed {
-            op: "name the fence ref",
-            url: self.url().to_string(),
-            status: "not started".into(),
-            detail: why,
-        }
-    }
-
     /// Fetches and decides: the plan to push, or the fence's refusal.
     pub fn prepare_landing(
         &self,
@@ -141,7 +136,7 @@ impl Remote {
         holder: &str,
         branch_ref: &str,
     ) -> Result<Result<LandPlan, Refused>, RemoteError> {
-        check_holder(holder).map_err(|e| self.bad_name(e.to_string()))?;
+        check_holder(holder).map_err(bad_name)?;
         let FenceView {
             main,
             fence_blob,
@@ -235,7 +230,7 @@ impl Remote {
         new_main: Option<Oid>,
         blob: Oid,
     ) -> Result<Landing, RemoteError> {
-        let fence = fence_ref(&plan.story).map_err(|e| self.bad_name(e.to_string()))?;
+        let fence = fence_ref(&plan.story).map_err(bad_name)?;
         let lease = |r: &str, v: Option<Oid>| {
             format!(
                 "--force-with-lease={r}:{}",

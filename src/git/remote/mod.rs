@@ -95,6 +95,15 @@ impl Credentials {
 /// A failure talking to the origin. Each says what to do; none holds a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
+    /// A story key, claim id or holder that cannot name a ref (the message says why).
+    #[error("{0}")]
+    BadName(String),
+    #[error("cannot {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{url:?} is not an origin mesh-agent can use: {why}; write ssh://user@host[:port]/path.git, user@host:path.git, https://host/path.git, git://host/path.git, file:///path or a local path")]
     BadUrl { url: String, why: &'static str },
     #[error("cannot reach {url} to {op}: {detail}; check the host, the port and the network (retrying later may help)")]
@@ -435,11 +444,10 @@ impl Remote {
     /// alternates), then fetches `branch_ref` and `refs/mesh/*` as [`Remote::fetch`] does.
     pub fn clone_into(&self, dir: &Path, branch_ref: &str) -> Result<(), RemoteError> {
         let parent = dir.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent).map_err(|e| RemoteError::Failed {
-            op: "clone",
-            url: self.url.to_string(),
-            status: "not started".into(),
-            detail: format!("cannot create {}: {e}", parent.display()),
+        std::fs::create_dir_all(parent).map_err(|source| RemoteError::Io {
+            op: "create the directory of the clone",
+            path: parent.to_path_buf(),
+            source,
         })?;
         let target = dir.to_string_lossy();
         let args = [
@@ -585,14 +593,9 @@ pub fn tracking_ref(remote_ref: &str) -> String {
 
 /// `refs/mesh/work/<story>/<claim>`, both checked like every ref name of the git shell.
 pub fn work_ref(story: &str, claim: &str) -> Result<String, RemoteError> {
-    let bad = |why: String| RemoteError::Failed {
-        op: "name a work ref",
-        url: String::new(),
-        status: "not started".into(),
-        detail: why,
-    };
-    super::story_names(story).map_err(|e| bad(e.to_string()))?;
-    super::check_component("claim id", claim).map_err(|e| bad(e.to_string()))?;
+    let bad = |e: super::GitError| RemoteError::BadName(e.to_string());
+    super::story_names(story).map_err(bad)?;
+    super::check_component("claim id", claim).map_err(bad)?;
     Ok(format!("{}{story}/{claim}", super::WORK_REF_PREFIX))
 }
 
@@ -689,7 +692,8 @@ mod tests {
             "refs/remotes/origin/mesh/fence/S-1@a"
         );
         assert_eq!(work_ref("S-1@a", "c1").unwrap(), "refs/mesh/work/S-1@a/c1");
-        assert!(work_ref("S-1@a", "c/1").is_err());
+        let err = work_ref("S-1@a", "c/1").unwrap_err();
+        assert!(err.to_string().contains("claim id \"c/1\""), "{err}");
         assert!(work_ref("a..b", "c1").is_err());
     }
 }
