@@ -59,10 +59,10 @@
 //!   [`FenceError::Busy`] names the file.
 //! - **Writers that bypass lock files** (hand-edited refs, a reftable ref store) are not
 //!   fenced.
-//! - **Remote origins.** The origin must be a path git2 can open (the same machine or a
-//!   shared filesystem whose exclusive create is honest). A network origin would need a
-//!   `git push --atomic` with a lease on both refs, which libgit2 cannot express; that is
-//!   not built yet.
+//! - **Remote origins.** This module needs a path git2 can open (the same machine or a
+//!   shared filesystem whose exclusive create is honest). A network origin is fenced by
+//!   [`crate::git::remote`] instead: one `git push --atomic` with a lease on both refs,
+//!   the same record format and the same rule (not wired into the gate yet).
 
 use crate::core::fence::{self, token_check};
 use git2::{ErrorCode, ObjectType, Oid, Reference, Repository, Signature};
@@ -89,7 +89,8 @@ pub type FenceRecord = fence::FenceRecord<Oid>;
 pub type Refused = fence::Refused<Oid>;
 
 impl FenceRecord {
-    fn to_blob(&self) -> String {
+    /// The blob content of the record (the format above); `git::remote` pushes the same.
+    pub(crate) fn to_blob(&self) -> String {
         let mut s = format!("token {}\nholder {}\n", self.token, self.holder);
         if let Some(c) = self.landed {
             s.push_str(&format!("landed {c}\n"));
@@ -97,7 +98,8 @@ impl FenceRecord {
         s
     }
 
-    fn parse(data: &[u8]) -> Result<FenceRecord, String> {
+    /// Reads a fence blob back (the format above); the error says what is wrong with it.
+    pub(crate) fn parse(data: &[u8]) -> Result<FenceRecord, String> {
         let text = std::str::from_utf8(data).map_err(|_| "content is not UTF-8".to_string())?;
         let (mut token, mut holder, mut landed) = (None, None, None);
         for line in text.lines() {
@@ -211,7 +213,7 @@ pub fn fence_ref(story: &str) -> Result<String, FenceError> {
     Ok(name)
 }
 
-fn check_holder(holder: &str) -> Result<(), FenceError> {
+pub(crate) fn check_holder(holder: &str) -> Result<(), FenceError> {
     let bad = |why| FenceError::BadHolder {
         holder: holder.to_string(),
         why,

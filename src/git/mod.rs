@@ -71,6 +71,7 @@ use std::time::{Duration, Instant};
 
 mod gate;
 mod objects;
+pub mod remote;
 mod repo;
 #[cfg(test)]
 mod testkit;

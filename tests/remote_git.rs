@@ -1,0 +1,552 @@
+//! `git::remote` against real servers on loopback: OpenSSH `sshd` with `git-shell`, and
+//! smart HTTP (`git http-backend` behind lighttpd). Each scenario runs over ssh, the key
+//! ones over http too; each test starts its own server on a free port (see
+//! `remote_git/kit.rs`, which also says when a test is skipped).
+
+#[path = "remote_git/kit.rs"]
+mod kit;
+
+use git2::Oid;
+use kit::{GitHost, Node, Via, MAIN};
+use mesh_agent::fence::{fence_ref, FenceRecord, Refused};
+use mesh_agent::git::remote::{Credentials, Landing, Remote, RemoteError, Secret};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+const STORY: &str = "S-0001@ab12cd";
+const OTHER: &str = "S-0002@ab12cd";
+
+fn over(via: Via, scenario: fn(&GitHost)) {
+    if let Some(host) = GitHost::start(via) {
+        scenario(&host);
+    }
+}
+
+fn landed(token: u64, holder: &str, commit: Oid) -> Option<FenceRecord> {
+    Some(FenceRecord {
+        token,
+        holder: holder.into(),
+        landed: Some(commit),
+    })
+}
+
+// ---- clone, work refs, fetch ----
+
+fn clone_push_fetch_delete(h: &GitHost) {
+    let a = h.node();
+    let b = h.node();
+    let main = h.main();
+    assert_eq!(
+        a.tracking(MAIN),
+        Some(main),
+        "the clone tracks the origin's main"
+    );
+    assert!(
+        a.repo().find_commit(main).is_ok(),
+        "the clone holds main's objects"
+    );
+    assert!(
+        !a.clone.join("objects/info/alternates").exists(),
+        "a clone of a remote origin borrows no object store"
+    );
+
+    let work = a.commit_on(main, "work of a");
+    a.remote.push_work(&a.clone, STORY, "c1", work).unwrap();
+    let work_ref = format!("refs/mesh/work/{STORY}/c1");
+    assert_eq!(h.target(&work_ref), Some(work));
+
+    b.remote.fetch(&b.clone, MAIN).unwrap();
+    assert_eq!(
+        b.tracking(&work_ref),
+        Some(work),
+        "another clone fetches the work"
+    );
+    assert!(b.repo().find_commit(work).is_ok());
+
+    // A rework under the same claim replaces the ref, fast-forward or not.
+    let rework = a.commit_on(main, "rework of a");
+    a.remote.push_work(&a.clone, STORY, "c1", rework).unwrap();
+    assert_eq!(h.target(&work_ref), Some(rework));
+    let seen = b.remote.ls_remote(&b.clone, &[MAIN, &work_ref]).unwrap();
+    assert_eq!(seen.get(&work_ref), Some(&rework));
+    assert_eq!(seen.get(MAIN), Some(&main));
+
+    // Deleted when the story ends; deleting again is fine; fetch prunes it.
+    a.remote.delete_ref(&a.clone, &work_ref).unwrap();
+    a.remote.delete_ref(&a.clone, &work_ref).unwrap();
+    assert_eq!(h.target(&work_ref), None);
+    b.remote.fetch(&b.clone, MAIN).unwrap();
+    assert_eq!(
+        b.tracking(&work_ref),
+        None,
+        "fetch drops refs the origin deleted"
+    );
+    let seen = b.remote.ls_remote(&b.clone, &[MAIN, &work_ref]).unwrap();
+    assert_eq!(seen.len(), 1);
+}
+
+#[test]
+fn a_clone_gets_main_and_a_pushed_work_ref_reaches_another_clone_over_ssh() {
+    over(Via::Ssh, clone_push_fetch_delete);
+}
+
+#[test]
+fn a_clone_gets_main_and_a_pushed_work_ref_reaches_another_clone_over_http() {
+    over(Via::Http, clone_push_fetch_delete);
+}
+
+// ---- the fenced landing ----
+
+fn fenced_landing(h: &GitHost) {
+    let a = h.node();
+    let main = h.main();
+    a.remote.check_atomic(&a.clone, main).unwrap();
+    let change = a.commit_on(main, "story one");
+    assert_eq!(
+        a.remote
+            .land(&a.clone, STORY, 2, "peerA", MAIN, change)
+            .unwrap(),
+        Ok(())
+    );
+    assert_eq!(h.main(), change);
+    assert_eq!(
+        h.fence(STORY),
+        landed(2, "peerA", change),
+        "main and fence moved together"
+    );
+    // Repeating the same landing is a success that changes nothing.
+    let fence_blob = h.target(&fence_ref(STORY).unwrap());
+    assert_eq!(
+        a.remote
+            .land(&a.clone, STORY, 2, "peerA", MAIN, change)
+            .unwrap(),
+        Ok(())
+    );
+    assert_eq!(h.target(&fence_ref(STORY).unwrap()), fence_blob);
+    // The same claim cannot land the story a second time with another commit.
+    let more = a.commit_on(change, "more of story one");
+    assert_eq!(
+        a.remote
+            .land(&a.clone, STORY, 2, "peerA", MAIN, more)
+            .unwrap(),
+        Err(Refused::AlreadyLanded {
+            token: 2,
+            commit: change
+        })
+    );
+    assert_eq!(h.target(&fence_ref(STORY).unwrap()), fence_blob);
+    assert_eq!(h.main(), change);
+}
+
+#[test]
+fn a_fenced_landing_moves_main_and_the_fence_ref_together_over_ssh() {
+    over(Via::Ssh, fenced_landing);
+}
+
+#[test]
+fn a_fenced_landing_moves_main_and_the_fence_ref_together_over_http() {
+    over(Via::Http, fenced_landing);
+}
+
+fn stale_token(h: &GitHost) {
+    let a = h.node();
+    let b = h.node();
+    let main = h.main();
+    assert_eq!(
+        b.remote.record(&b.clone, STORY, 9, "peerB").unwrap(),
+        Ok(())
+    );
+    let change = a.commit_on(main, "stale work");
+    assert_eq!(
+        a.remote
+            .land(&a.clone, STORY, 5, "peerA", MAIN, change)
+            .unwrap(),
+        Err(Refused::StaleToken { recorded: 9 })
+    );
+    assert_eq!(h.main(), main);
+
+    // The race: a reads the fence (empty), b records a higher token, a pushes. The
+    // server refuses the whole push on the fence's lease, main included.
+    let plan = a
+        .remote
+        .prepare_landing(&a.clone, OTHER, 5, "peerA", MAIN)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        b.remote.record(&b.clone, OTHER, 9, "peerB").unwrap(),
+        Ok(())
+    );
+    let lost = a.remote.push_landing(&a.clone, &plan, change).unwrap();
+    assert_eq!(
+        lost,
+        Landing::LeaseLost {
+            reference: fence_ref(OTHER).unwrap()
+        }
+    );
+    assert_eq!(
+        h.main(),
+        main,
+        "an atomic push refused on one ref moves no ref"
+    );
+    assert_eq!(h.fence(OTHER).map(|r| r.token), Some(9));
+    assert_eq!(
+        a.remote
+            .land(&a.clone, OTHER, 5, "peerA", MAIN, change)
+            .unwrap(),
+        Err(Refused::StaleToken { recorded: 9 })
+    );
+}
+
+#[test]
+fn a_stale_token_is_refused_by_the_remote_over_ssh() {
+    over(Via::Ssh, stale_token);
+}
+
+#[test]
+fn a_stale_token_is_refused_by_the_remote_over_http() {
+    over(Via::Http, stale_token);
+}
+
+fn second_landing(h: &GitHost) {
+    let a = h.node();
+    let b = h.node();
+    let main = h.main();
+    let first = a.commit_on(main, "first landing");
+    assert_eq!(
+        a.remote
+            .land(&a.clone, STORY, 2, "peerA", MAIN, first)
+            .unwrap(),
+        Ok(())
+    );
+    b.remote.fetch(&b.clone, MAIN).unwrap();
+    let again = b.commit_on(first, "second landing");
+    let refused = Err(Refused::AlreadyLanded {
+        token: 2,
+        commit: first,
+    });
+    assert_eq!(
+        b.remote
+            .land(&b.clone, STORY, 3, "peerB", MAIN, again)
+            .unwrap(),
+        refused
+    );
+    assert_eq!(h.main(), first);
+
+    // The race: b plans its landing of OTHER, a lands OTHER first; b's push is refused.
+    let plan = b
+        .remote
+        .prepare_landing(&b.clone, OTHER, 3, "peerB", MAIN)
+        .unwrap()
+        .unwrap();
+    a.remote.fetch(&a.clone, MAIN).unwrap();
+    let a_other = a.commit_on(first, "a lands other");
+    assert_eq!(
+        a.remote
+            .land(&a.clone, OTHER, 2, "peerA", MAIN, a_other)
+            .unwrap(),
+        Ok(())
+    );
+    let b_other = b.commit_on(first, "b lands other");
+    let lost = b.remote.push_landing(&b.clone, &plan, b_other).unwrap();
+    assert!(matches!(lost, Landing::LeaseLost { .. }), "{lost:?}");
+    assert_eq!(h.main(), a_other);
+    assert_eq!(h.fence(OTHER), landed(2, "peerA", a_other));
+    assert_eq!(
+        b.remote
+            .land(&b.clone, OTHER, 3, "peerB", MAIN, b_other)
+            .unwrap(),
+        Err(Refused::AlreadyLanded {
+            token: 2,
+            commit: a_other
+        })
+    );
+}
+
+#[test]
+fn a_second_landing_of_the_same_story_is_refused_over_ssh() {
+    over(Via::Ssh, second_landing);
+}
+
+#[test]
+fn a_second_landing_of_the_same_story_is_refused_over_http() {
+    over(Via::Http, second_landing);
+}
+
+fn racing_landings(h: &GitHost) {
+    let a = h.node();
+    let b = h.node();
+    let main = h.main();
+    let b_change = b.commit_on(main, "b's story");
+    let plan = b
+        .remote
+        .prepare_landing(&b.clone, OTHER, 4, "peerB", MAIN)
+        .unwrap()
+        .unwrap();
+    assert_eq!(plan.main, Some(main));
+    // a lands its story between b's read and b's push.
+    let a_change = a.commit_on(main, "a's story");
+    assert_eq!(
+        a.remote
+            .land(&a.clone, STORY, 3, "peerA", MAIN, a_change)
+            .unwrap(),
+        Ok(())
+    );
+    let lost = b.remote.push_landing(&b.clone, &plan, b_change).unwrap();
+    assert_eq!(
+        lost,
+        Landing::LeaseLost {
+            reference: MAIN.into()
+        }
+    );
+    assert_eq!(
+        h.fence(OTHER),
+        None,
+        "the fence ref did not move without main"
+    );
+    // Landing again reads the moved main: rebase first.
+    assert_eq!(
+        b.remote
+            .land(&b.clone, OTHER, 4, "peerB", MAIN, b_change)
+            .unwrap(),
+        Err(Refused::NotFastForward { main: a_change })
+    );
+    let rebased = b.commit_on(a_change, "b's story");
+    assert_eq!(
+        b.remote
+            .land(&b.clone, OTHER, 4, "peerB", MAIN, rebased)
+            .unwrap(),
+        Ok(())
+    );
+    assert_eq!(h.main(), rebased);
+    assert_eq!(h.fence(STORY), landed(3, "peerA", a_change));
+    assert_eq!(h.fence(OTHER), landed(4, "peerB", rebased));
+}
+
+#[test]
+fn a_landing_racing_another_is_refused_on_the_moved_main_then_lands_after_a_rebase_over_ssh() {
+    over(Via::Ssh, racing_landings);
+}
+
+#[test]
+fn a_landing_racing_another_is_refused_on_the_moved_main_then_lands_after_a_rebase_over_http() {
+    over(Via::Http, racing_landings);
+}
+
+// ---- what goes wrong, said clearly ----
+
+fn no_atomic_push(h: &GitHost) {
+    h.set_config("receive.advertiseAtomic", "false");
+    let a = h.node();
+    let main = h.main();
+    let err = a.remote.check_atomic(&a.clone, main).unwrap_err();
+    assert!(matches!(err, RemoteError::NoAtomicPush { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("does not support atomic push"),
+        "{err}"
+    );
+    let change = a.commit_on(main, "work");
+    let err = a
+        .remote
+        .land(&a.clone, STORY, 1, "peerA", MAIN, change)
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::NoAtomicPush { .. }), "{err:?}");
+    assert_eq!(
+        h.main(),
+        main,
+        "no silent downgrade to a non-atomic landing"
+    );
+    assert_eq!(h.fence(STORY), None);
+}
+
+#[test]
+fn a_server_without_atomic_push_is_a_clear_error_and_nothing_lands_over_ssh() {
+    over(Via::Ssh, no_atomic_push);
+}
+
+#[test]
+fn a_server_without_atomic_push_is_a_clear_error_and_nothing_lands_over_http() {
+    over(Via::Http, no_atomic_push);
+}
+
+fn unknown_host_key(h: &GitHost) {
+    let empty = h.dir.path().join("empty_known_hosts");
+    std::fs::write(&empty, "").unwrap();
+    let creds = Credentials {
+        ssh_command: Some(kit::ssh_command(&h.user_key, &empty)),
+        ..Credentials::default()
+    };
+    let remote = Remote::new(&h.url, creds).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let err = remote
+        .clone_into(&dir.path().join("clone"), MAIN)
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::HostKey { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("known_hosts") && text.contains("never trusts"),
+        "{text}"
+    );
+    assert!(!err.is_transient());
+    assert_eq!(
+        std::fs::read_to_string(&empty).unwrap(),
+        "",
+        "the key was not added"
+    );
+}
+
+#[test]
+fn an_unknown_ssh_host_key_is_a_clear_error_and_never_trusted() {
+    over(Via::Ssh, unknown_host_key);
+}
+
+fn unauthorized_key(h: &GitHost) {
+    let other = h.dir.path().join("other_key");
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let creds = Credentials {
+        ssh_command: Some(kit::ssh_command(&other, &h.known_hosts)),
+        ..Credentials::default()
+    };
+    let remote = Remote::new(&h.url, creds).unwrap();
+    let err = remote.ls_remote(h.dir.path(), &[MAIN]).unwrap_err();
+    assert!(matches!(err, RemoteError::Auth { .. }), "{err:?}");
+    assert!(err.to_string().contains("check the key"), "{err}");
+}
+
+#[test]
+fn an_ssh_key_the_server_does_not_accept_is_an_authentication_error() {
+    over(Via::Ssh, unauthorized_key);
+}
+
+/// Collects every log line emitted on this thread while it lives.
+struct Logs {
+    buf: Arc<Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn capture() -> Logs {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || LogWriter(writer.clone()))
+            .finish();
+        Logs {
+            buf,
+            _guard: tracing::subscriber::set_default(subscriber),
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf.lock().unwrap()).into_owned()
+    }
+}
+
+#[test]
+fn https_credentials_never_appear_in_errors_logs_or_the_clone() {
+    let Some(h) = GitHost::start(Via::Http) else {
+        return;
+    };
+    let logs = Logs::capture();
+    let wrong = "wrong-Secret-4711";
+    let mut texts = Vec::new();
+
+    // A wrong token from the credentials, then a wrong password written in the URL.
+    let creds = Credentials {
+        username: Some(kit::HTTP_USER.into()),
+        token: Some(Secret::new(wrong)),
+        ssh_command: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let err = Remote::new(&h.url, creds)
+        .unwrap()
+        .clone_into(&dir.path().join("c1"), MAIN)
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::Auth { .. }), "{err:?}");
+    texts.push(format!("{err} {err:?}"));
+    let in_url = h
+        .url
+        .replacen("http://", &format!("http://{}:{wrong}@", kit::HTTP_USER), 1);
+    let remote = Remote::new(&in_url, Credentials::default()).unwrap();
+    texts.push(format!("{remote:?} {}", remote.url()));
+    let err = remote.ls_remote(dir.path(), &[MAIN]).unwrap_err();
+    assert!(matches!(err, RemoteError::Auth { .. }), "{err:?}");
+    texts.push(format!("{err} {err:?}"));
+
+    // The right token in the URL works, and lands, and is written nowhere.
+    let in_url = h.url.replacen(
+        "http://",
+        &format!("http://{}:{}@", kit::HTTP_USER, h.token),
+        1,
+    );
+    let node = Node::clone_of(Remote::new(&in_url, Credentials::default()).unwrap());
+    let change = node.commit_on(h.main(), "work");
+    assert_eq!(
+        node.remote
+            .land(&node.clone, STORY, 1, "peerA", MAIN, change)
+            .unwrap(),
+        Ok(())
+    );
+    let config = std::fs::read_to_string(node.clone.join("config")).unwrap();
+    assert!(
+        !config.contains(&h.token),
+        "the clone's config holds the token:\n{config}"
+    );
+    texts.push(format!("{:?}", node.remote));
+
+    let logged = logs.text();
+    assert!(logged.contains("git"), "the runs were logged: {logged}");
+    texts.push(logged);
+    for text in texts {
+        assert!(!text.contains(wrong), "a secret leaked: {text}");
+        assert!(!text.contains(&h.token), "a secret leaked: {text}");
+    }
+}
+
+#[test]
+fn an_unreachable_remote_is_a_clear_transient_error() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for url in [
+        format!("http://127.0.0.1:{port}/git/origin.git"),
+        format!("ssh://nobody@127.0.0.1:{port}/srv/origin.git"),
+    ] {
+        let creds = Credentials {
+            ssh_command: Some("ssh -F /dev/null -o BatchMode=yes".into()),
+            ..Credentials::default()
+        };
+        let err = Remote::new(&url, creds)
+            .unwrap()
+            .ls_remote(dir.path(), &[MAIN])
+            .unwrap_err();
+        assert!(
+            matches!(err, RemoteError::Unreachable { .. }),
+            "{url}: {err:?}"
+        );
+        assert!(err.is_transient(), "{err}");
+        assert!(
+            err.to_string().contains("check the host, the port"),
+            "{err}"
+        );
+    }
+}
