@@ -26,7 +26,22 @@ impl Core {
             self.observer.observe_claim(id, now_ms);
         }
         self.check_settling(now_ms);
-        // Running claims we no longer hold (taken over after expiry): stop them.
+        self.cancel_lost();
+        if self.cfg.work {
+            self.claim_next(now_ms, wall_ms);
+        }
+    }
+
+    /// Running claims we no longer hold — taken over after expiry, or superseded by a
+    /// higher token we just learned of (one written where we could not see it, even if
+    /// since released: a released winner frees the resource for a new claim, it does not
+    /// give it back to ours): stop them. Runs on every tick and on every peer's news
+    /// while something runs, so the work stops before our next answer can settle the
+    /// claim that replaces it (simulator seed 12084, clean).
+    pub(super) fn cancel_lost(&mut self) {
+        if !self.local.values().any(|c| c.state == LocalState::Running) {
+            return;
+        }
         let claims = self.derived().1;
         let lost: Vec<String> = self
             .local
@@ -40,9 +55,6 @@ impl Core {
             self.effects
                 .push_back(Effect::CancelWork { claim: id.clone() });
             self.release(&id, ReleaseReason::Lost, "lost the lease while running");
-        }
-        if self.cfg.work {
-            self.claim_next(now_ms, wall_ms);
         }
     }
 

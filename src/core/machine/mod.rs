@@ -533,6 +533,9 @@ impl Core {
             if let Some(before) = self.news_before.take() {
                 let now = self.last_now;
                 self.check_settling(now);
+                if self.digest != before {
+                    self.cancel_lost();
+                }
                 self.claim_on_news(now, before);
             }
         }

@@ -842,3 +842,70 @@ fn a_settled_claim_whose_job_cannot_be_built_is_released_never_left_running_with
         "and released, so no one waits on it"
     );
 }
+
+#[test]
+fn a_running_claim_superseded_by_a_peers_higher_token_is_cancelled_on_the_news_not_at_the_next_tick(
+) {
+    // Simulator seed 12084 (clean): a node ran a merge while the claims that superseded
+    // it sat on nodes that were down; when they came back it learned of a higher token,
+    // but stopped only at its next tick — and meanwhile its own answer settled a new
+    // claim elsewhere, so two nodes ran the merge at once.
+    let mut a = worker_alone("A", 1);
+    a.add_story(&titled("contested"), 1).unwrap();
+    let cfg = a.cfg.clone();
+    // B works from the same backlog where A cannot see it: its first claim (token 1)
+    // dies with a restart, its second (token 2) runs.
+    let doc = Doc::load([2; 16], &a.doc_mut().save(), &[]).unwrap();
+    let mut b = Core::new("B".into(), cfg.clone(), doc, 1);
+    let mut now = 0;
+    let mine = next_job(&mut a, &mut now);
+    let mut bnow = 0;
+    next_job(&mut b, &mut bnow);
+    let doc = Doc::load([3; 16], &b.doc_mut().save(), &[]).unwrap();
+    let mut b = Core::new("B".into(), cfg, doc, 2);
+    let theirs = next_job(&mut b, &mut bnow);
+    assert!(a.view().claims.contains_key(&mine));
+    // B syncs with A; A hears the news and gets no tick.
+    b.start_sync("A");
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        let mut moved = false;
+        while let Some(e) = b.poll_effect() {
+            let Effect::SendSync { data, .. } = e else {
+                continue;
+            };
+            moved = true;
+            a.handle(
+                now,
+                Input::SyncRequest {
+                    from: "B".into(),
+                    data,
+                    reply: 0,
+                },
+            );
+            while let Some(r) = a.poll_effect() {
+                if let Effect::Respond { data, .. } = &r {
+                    b.handle(
+                        bnow,
+                        Input::SyncResponse {
+                            from: "A".into(),
+                            data: data.clone(),
+                        },
+                    );
+                }
+                seen.push(r);
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    assert!(a.view().claims.contains_key(&theirs), "B's claim reached A");
+    assert!(
+        seen.contains(&Effect::CancelWork {
+            claim: mine.clone()
+        }),
+        "A kept running a claim B's higher token superseded: {seen:?}"
+    );
+    assert!(a.held(now).iter().all(|h| h.claim != mine || !h.running));
+}
