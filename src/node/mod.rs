@@ -23,7 +23,7 @@ use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -341,7 +341,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
         work_tx,
         known,
         unflushed: false,
-        unpersisted: Vec::new(),
+        unpersisted: VecDeque::new(),
     };
     rt.core.announce_node(env!("CARGO_PKG_VERSION"));
     rt.drain_effects().await;

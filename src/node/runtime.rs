@@ -32,11 +32,12 @@ pub(super) struct Runtime {
     pub(super) work_tx: mpsc::Sender<(String, Result<Handoff, String>)>,
     /// Peers this node was connected to (persisted; redialled on the next start).
     pub(super) known: BTreeMap<String, KnownPeer>,
-    /// Changes were appended since the last flush: flush before the next frame leaves.
+    /// Changes were appended since the last flush: flush before the next sync frame
+    /// leaves or job starts.
     pub(super) unflushed: bool,
-    /// Changes whose append failed, oldest first: retried before the next frame leaves,
-    /// and no frame leaves while any remains.
-    pub(super) unpersisted: Vec<Vec<u8>>,
+    /// Changes whose append failed, oldest first: retried before the next sync frame
+    /// leaves or job starts, and nothing leaves while any remains.
+    pub(super) unpersisted: VecDeque<Vec<u8>>,
 }
 
 /// The addresses to redial for remembered peers, each ending in `/p2p/<peer>`.
@@ -252,7 +253,7 @@ impl Runtime {
                 }
                 Effect::SendSync { to, data } => match to.parse::<PeerId>() {
                     Ok(peer) => {
-                        if self.durable_before_send().await {
+                        if self.durable_before_leaving().await {
                             self.net.send(NetCommand::SendSync { peer, data }).await;
                         } else {
                             // The session ends here; the core retries as after any
@@ -267,7 +268,7 @@ impl Runtime {
                     if let Some(channel) = self.replies.remove(&reply) {
                         // Not durable: the channel is dropped, and the peer sees a
                         // failed exchange.
-                        if self.durable_before_send().await {
+                        if self.durable_before_leaving().await {
                             self.net.send(NetCommand::Respond { channel, data }).await;
                         }
                     }
@@ -282,7 +283,7 @@ impl Runtime {
                 }
                 Effect::StartWork(job) => {
                     let claim = job.claim.clone();
-                    if !self.durable_before_send().await {
+                    if !self.durable_before_leaving().await {
                         // The job would act outside (a merge lands at the origin under
                         // this claim's token) on a claim a crash could take back.
                         let now = self.now_ms();
@@ -388,12 +389,12 @@ impl Runtime {
         };
         if !self.unpersisted.is_empty() {
             // Keep the order: this change may depend on the ones waiting.
-            self.unpersisted.push(chunk.to_vec());
+            self.unpersisted.push_back(chunk.to_vec());
             return;
         }
         if let Err(e) = store.append_chunk(chunk) {
-            tracing::error!(error = %e, "cannot persist document change; no sync frame leaves until it is");
-            self.unpersisted.push(chunk.to_vec());
+            tracing::error!(error = %e, "cannot persist document change; nothing leaves the node until it is");
+            self.unpersisted.push_back(chunk.to_vec());
             return;
         }
         self.unflushed = true;
@@ -410,16 +411,16 @@ impl Runtime {
     /// Makes every change persisted so far durable (retrying appends that failed, then
     /// flushing); false if it could not, and then no sync frame may leave and no job
     /// may start.
-    async fn durable_before_send(&mut self) -> bool {
+    async fn durable_before_leaving(&mut self) -> bool {
         let Some(store) = self.store.as_mut() else {
             return true;
         };
-        while let Some(chunk) = self.unpersisted.first() {
+        while let Some(chunk) = self.unpersisted.front() {
             if let Err(e) = store.append_chunk(chunk) {
-                tracing::error!(error = %e, waiting = self.unpersisted.len(), "cannot persist document changes; sync frame not sent");
+                tracing::error!(error = %e, waiting = self.unpersisted.len(), "cannot persist document changes; nothing leaves the node");
                 return false;
             }
-            self.unpersisted.remove(0);
+            self.unpersisted.pop_front();
             self.unflushed = true;
         }
         if !self.unflushed {
@@ -431,7 +432,7 @@ impl Runtime {
                 true
             }
             Err(e) => {
-                tracing::error!(error = %e, "flush failed; sync frame not sent");
+                tracing::error!(error = %e, "flush failed; nothing leaves the node");
                 false
             }
         }
