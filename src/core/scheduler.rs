@@ -780,6 +780,7 @@ mod tests {
                 ttl_ms: 1000,
                 written_at_ms: 42,
                 attempt: 1,
+                after: None,
             },
         )
         .unwrap();
@@ -849,6 +850,7 @@ mod tests {
                 ttl_ms: 1000,
                 written_at_ms: 0,
                 attempt: 1,
+                after: None,
             },
         )
         .unwrap();

@@ -12,6 +12,8 @@ use super::*;
 struct Top {
     token: u64,
     rank: TieRank,
+    /// The length of the longest chain of live work built on this claim (see [`depths`]).
+    depth: u32,
     holder: String,
     claim: String,
 }
@@ -37,18 +39,99 @@ impl TieRank {
 }
 
 impl Top {
-    /// True if (token, rank, holder, claim) beats `self`: higher token, then the better
-    /// tie rank, then lower holder id, then lower claim id. A total order, so the fold does
-    /// not depend on insertion order.
-    fn beaten_by(&self, token: u64, rank: TieRank, holder: &str, claim: &str) -> bool {
-        (std::cmp::Reverse(token), rank, holder, claim)
-            < (
-                std::cmp::Reverse(self.token),
-                self.rank,
-                self.holder.as_str(),
-                self.claim.as_str(),
-            )
+    /// True if `other` beats `self`: higher token, then the better tie rank, then the
+    /// longer chain of work built on it, then lower holder id, then lower claim id. A total
+    /// order, so the fold does not depend on insertion order.
+    fn beaten_by(&self, other: &Top) -> bool {
+        other.key() < self.key()
     }
+
+    fn key(
+        &self,
+    ) -> (
+        std::cmp::Reverse<u64>,
+        TieRank,
+        std::cmp::Reverse<u32>,
+        &str,
+        &str,
+    ) {
+        (
+            std::cmp::Reverse(self.token),
+            self.rank,
+            std::cmp::Reverse(self.depth),
+            self.holder.as_str(),
+            self.claim.as_str(),
+        )
+    }
+}
+
+/// Where a story step sits in the pipeline: by round, then by the order phases run in a
+/// round (a rework opens rounds after the first, before their review).
+fn step_order(phase: Phase, round: u32) -> (u32, u8) {
+    let at = match phase {
+        Phase::Refine => 0,
+        Phase::Research => 1,
+        Phase::Plan => 2,
+        Phase::PlanReview => 3,
+        Phase::Implement => 4,
+        Phase::Rework => 5,
+        Phase::Review => 6,
+        Phase::Merge => 7,
+    };
+    (round, at)
+}
+
+/// The story step a claim is for: its story resource, if it names one.
+fn step_of(claim: &ClaimFact) -> Option<(&str, (u32, u8))> {
+    claim.resources.iter().find_map(|(r, _)| match r {
+        Resource::Story {
+            story,
+            phase,
+            round,
+        } => Some((story.as_str(), step_order(*phase, *round))),
+        Resource::File(_) => None,
+    })
+}
+
+/// For every claim that later work built on, the length of the longest chain of live work
+/// (finished or open claims, each naming the one before in `after`) that starts at it; a
+/// claim nothing built on has depth 1 and is left out. A link counts only within one story
+/// and toward a later step, so chains are finite whatever the facts say.
+///
+/// Two claims can tie on a token when they were written on two sides of a partition. Both
+/// may finish, and each side builds its next steps on its own; when the sides meet, the
+/// view must keep the result the surviving work built on, or it would flip a round that
+/// later rounds (and a running merge) depend on (simulator seed 78990, clean).
+fn depths(
+    claims: &BTreeMap<String, ClaimFact>,
+    released: &BTreeMap<String, ReleaseReason>,
+) -> BTreeMap<String, u32> {
+    let mut order: Vec<(&str, (u32, u8), &str)> = claims
+        .iter()
+        .filter_map(|(id, c)| step_of(c).map(|(story, at)| (story, at, id.as_str())))
+        .collect();
+    // Later steps first: a claim's children are all done before it passes its depth on.
+    order.sort_by(|a, b| (b.1, b.0, b.2).cmp(&(a.1, a.0, a.2)));
+    let mut depth: BTreeMap<String, u32> = BTreeMap::new();
+    for (story, at, id) in order {
+        let Some(c) = claims.get(id) else { continue };
+        if TieRank::of(released.get(id).copied()) == TieRank::Void {
+            continue;
+        }
+        let Some(parent) = c.after.as_deref() else {
+            continue;
+        };
+        let Some((p_story, p_at)) = claims.get(parent).and_then(step_of) else {
+            continue;
+        };
+        if p_story != story || p_at >= at {
+            continue;
+        }
+        let mine = depth.get(id).copied().unwrap_or(1);
+        let theirs = depth.entry(parent.to_string()).or_insert(1);
+        *theirs = (*theirs).max(mine.saturating_add(1));
+    }
+    depth
 }
 
 /// Everything the claim and release facts say, folded. Built from the document's maps; the
@@ -85,21 +168,24 @@ impl Claims {
     ) -> Claims {
         let released: BTreeMap<String, ReleaseReason> =
             releases.into_iter().map(|(k, v)| (k, v.why)).collect();
+        let depth = depths(&claims, &released);
         let mut top: BTreeMap<Resource, Top> = BTreeMap::new();
         for (id, claim) in &claims {
             let rank = TieRank::of(released.get(id).copied());
+            let depth = depth.get(id).copied().unwrap_or(1);
             for (resource, token) in &claim.resources {
-                let candidate = || Top {
+                let candidate = Top {
                     token: *token,
                     rank,
+                    depth,
                     holder: claim.holder.clone(),
                     claim: id.clone(),
                 };
                 match top.get_mut(resource) {
-                    Some(t) if !t.beaten_by(*token, rank, &claim.holder, id) => {}
-                    Some(t) => *t = candidate(),
+                    Some(t) if !t.beaten_by(&candidate) => {}
+                    Some(t) => *t = candidate,
                     None => {
-                        top.insert(resource.clone(), candidate());
+                        top.insert(resource.clone(), candidate);
                     }
                 }
             }
@@ -127,7 +213,8 @@ impl Claims {
 
     /// The claim id that currently wins `resource`: the claim with the highest token; among
     /// equal tokens a finished (`Done`) claim first, then an open one, then one released
-    /// without a result; then the lowest holder id, then the lowest claim id. `None` if the
+    /// without a result; then the one with the longest chain of live work built on it
+    /// (`ClaimFact::after`); then the lowest holder id, then the lowest claim id. `None` if the
     /// resource was never claimed or that top claim was released: a lower, superseded claim
     /// never comes back.
     ///

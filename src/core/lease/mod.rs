@@ -195,6 +195,11 @@ pub struct ClaimFact {
     pub written_at_ms: u64,
     /// Which attempt at this work this is (1 for the first).
     pub attempt: u32,
+    /// The claim whose counted result this work builds on (the story's previous step when
+    /// the claim was written); `None` for a story's first step. In a token tie between
+    /// finished claims, the one later work built on wins: see [`Claims::winner`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
 impl ClaimFact {

@@ -15,6 +15,7 @@ fn claim(holder: &str, resources: &[(Resource, u64)]) -> ClaimFact {
         ttl_ms: 10_000,
         written_at_ms: 0,
         attempt: 1,
+        after: None,
     }
 }
 
@@ -283,6 +284,85 @@ fn in_a_token_tie_finished_beats_open_beats_released_without_a_result() {
     );
     assert_eq!(c.top(&r), Some("b-1"));
     assert!(!c.holds("a-1"), "a superseded claim never comes back");
+}
+
+#[test]
+fn in_a_tie_between_finished_claims_the_one_later_work_built_on_counts() {
+    // Two sides of a partition both reviewed round 0 of S-1 under token 1. Side b went
+    // on: a rework of round 1 built on b's review, then a merge of round 1 is running.
+    // When the sides meet, b's review must keep counting (the lowest holder, a, would
+    // flip round 0 back and start a second merge of the story: seed 78990, clean).
+    let review = story("S-1@a", Phase::Review);
+    let rework = Resource::story_round("S-1@a", Phase::Rework, 1).unwrap();
+    let merge = Resource::story_round("S-1@a", Phase::Merge, 1).unwrap();
+    let after = |holder: &str, r: &Resource, parent: &str| ClaimFact {
+        after: Some(parent.to_string()),
+        ..claim(holder, &[(r.clone(), 1)])
+    };
+    let claims = |child: ClaimFact| {
+        vec![
+            ("a-1", claim("a", &[(review.clone(), 1)])),
+            ("b-1", claim("b", &[(review.clone(), 1)])),
+            ("c-1", child),
+        ]
+    };
+    let done = [("a-1", ReleaseReason::Done), ("b-1", ReleaseReason::Done)];
+    // Nothing built on either: the lowest holder, as before.
+    let c = fold(&claims(claim("c", &[(rework.clone(), 1)])), &done);
+    assert_eq!(c.top(&review), Some("a-1"));
+    // A running (open) or finished step built on b-1: b-1 counts.
+    let c = fold(&claims(after("c", &rework, "b-1")), &done);
+    assert_eq!(c.top(&review), Some("b-1"));
+    let mut finished = done.to_vec();
+    finished.push(("c-1", ReleaseReason::Done));
+    let c = fold(&claims(after("c", &rework, "b-1")), &finished);
+    assert_eq!(c.top(&review), Some("b-1"));
+    // The longer chain wins: a has one step built on it, b two.
+    let mut chain = claims(after("c", &rework, "b-1"));
+    chain.push(("d-1", after("d", &merge, "c-1")));
+    chain.push((
+        "a-2",
+        after(
+            "a",
+            &Resource::story_round("S-1@a", Phase::Merge, 0).unwrap(),
+            "a-1",
+        ),
+    ));
+    let c = fold(&chain, &done);
+    assert_eq!(c.top(&review), Some("b-1"));
+    // Work that never ran builds nothing: released without a result, it is no chain.
+    for why in [
+        ReleaseReason::Unsettled,
+        ReleaseReason::Lost,
+        ReleaseReason::Abandoned,
+    ] {
+        let mut void = done.to_vec();
+        void.push(("c-1", why));
+        let c = fold(&claims(after("c", &rework, "b-1")), &void);
+        assert_eq!(c.top(&review), Some("a-1"), "{why:?}");
+    }
+    // A link to another story, or to a later or the same step, is no chain (so a
+    // hostile cycle cannot make one).
+    let other = Resource::story_round("S-2@a", Phase::Rework, 1).unwrap();
+    let c = fold(&claims(after("c", &other, "b-1")), &done);
+    assert_eq!(c.top(&review), Some("a-1"));
+    let c = fold(
+        &claims(after("c", &story("S-1@a", Phase::Plan), "b-1")),
+        &done,
+    );
+    assert_eq!(c.top(&review), Some("a-1"));
+    let c = fold(&claims(after("c", &review, "b-1")), &done);
+    assert_eq!(c.top(&review), Some("a-1"));
+    // The chain only breaks ties: a higher token, or a better rank, still wins.
+    let mut higher = claims(after("c", &rework, "b-1"));
+    higher[0].1 = claim("a", &[(review.clone(), 2)]);
+    let c = fold(&higher, &done);
+    assert_eq!(c.top(&review), Some("a-1"));
+    let c = fold(
+        &claims(after("c", &rework, "b-1")),
+        &[("a-1", ReleaseReason::Done), ("b-1", ReleaseReason::Lost)],
+    );
+    assert_eq!(c.top(&review), Some("a-1"));
 }
 
 #[test]

@@ -38,23 +38,47 @@ impl Core {
     /// give it back to ours): stop them. Runs on every tick and on every peer's news
     /// while something runs, so the work stops before our next answer can settle the
     /// claim that replaces it (simulator seed 12084, clean).
+    ///
+    /// Also stopped: running work the story no longer needs. Two sides of a partition can
+    /// each build a different chain of steps on one story; when they meet, the chain
+    /// later work built on counts (see `Claims::winner`) and a step of the other chain
+    /// still running holds its own resource, so no token stops it, yet its result would
+    /// be a second merge of the story (simulator seed 78990, clean).
     pub(super) fn cancel_lost(&mut self) {
         if !self.local.values().any(|c| c.state == LocalState::Running) {
             return;
         }
-        let claims = self.derived().1;
-        let lost: Vec<String> = self
+        let (view, claims) = self.derived();
+        let check_needed = !self.cfg.broken_winner_rule;
+        let lost: Vec<(String, bool)> = self
             .local
             .iter()
-            .filter(|(id, c)| c.state == LocalState::Running && !claims.holds(id))
-            .map(|(id, _)| id.clone())
+            .filter(|(_, c)| c.state == LocalState::Running)
+            .filter_map(|(id, c)| {
+                if !claims.holds(id) {
+                    Some((id.clone(), true))
+                } else if check_needed && !still_needed(&view, &c.story, c.phase, c.round) {
+                    Some((id.clone(), false))
+                } else {
+                    None
+                }
+            })
             .collect();
-        for id in lost {
-            tracing::warn!(claim = %id, "lost a running claim; cancelling its work");
+        for (id, lease_lost) in lost {
             self.local.remove(&id);
             self.effects
                 .push_back(Effect::CancelWork { claim: id.clone() });
-            self.release(&id, ReleaseReason::Lost, "lost the lease while running");
+            if lease_lost {
+                tracing::warn!(claim = %id, "lost a running claim; cancelling its work");
+                self.release(&id, ReleaseReason::Lost, "lost the lease while running");
+            } else {
+                tracing::warn!(claim = %id, "the story no longer needs this step; cancelling its work");
+                self.release(
+                    &id,
+                    ReleaseReason::Lost,
+                    "the story no longer needs this step",
+                );
+            }
         }
     }
 
@@ -151,6 +175,7 @@ impl Core {
             ttl_ms: lease.ttl_ms,
             written_at_ms: wall_ms,
             attempt: w.attempt,
+            after: built_on(&view, &w.story),
         };
         if !w.soft_conflicts.is_empty() {
             tracing::info!(story = %w.story, conflicts = ?w.soft_conflicts, "claiming despite soft conflicts");
@@ -279,6 +304,23 @@ impl Core {
                     &id,
                     ReleaseReason::Unsettled,
                     "could not settle: peers unreachable",
+                );
+                continue;
+            }
+            let needed = self.local.get(&id).is_some_and(|c| {
+                still_needed(&view, &c.story, c.phase, c.round)
+                    && view.claims.get(&id).and_then(|f| f.after.as_deref())
+                        == built_on(&view, &c.story).as_deref()
+            });
+            if !needed && !self.cfg.broken_winner_rule {
+                // The story moved on (or another result now counts for the step this claim
+                // built on) while it settled: its work would start from a stale handoff.
+                tracing::debug!(claim = %id, "the story moved on while the claim settled; releasing");
+                self.local.remove(&id);
+                self.release(
+                    &id,
+                    ReleaseReason::Unsettled,
+                    "the story moved on while the claim settled",
                 );
                 continue;
             }
@@ -570,4 +612,19 @@ impl Core {
         let why = s.blocked_reason.clone().unwrap_or_default();
         self.emit(EventKind::StoryBlocked, Some(story), None, s.round, why);
     }
+}
+
+/// Whether `story` still needs `phase` of `round` next: false once the step counted
+/// (from this claim or another) or the story went another way.
+fn still_needed(view: &View, story: &str, phase: Phase, round: u32) -> bool {
+    view.stories
+        .get(story)
+        .is_some_and(|s| s.next_phase == Some(phase) && s.round == round)
+}
+
+/// The claim whose counted result the story's next step builds on (the last in its
+/// history), if any: what a new claim records in `after`.
+pub(super) fn built_on(view: &View, story: &str) -> Option<String> {
+    let last = view.stories.get(story)?.history.last()?;
+    view.results.get(last).map(|r| r.claim.clone())
 }

@@ -98,6 +98,7 @@ fn a_restart_releases_the_previous_runs_claims_before_anything_leaves() {
         ttl_ms: 10_000,
         written_at_ms: 0,
         attempt: 1,
+        after: None,
     };
     let mut doc = Doc::new([1; 16]);
     doc.put_claim("A-1001", &fact("A")).unwrap();
@@ -146,6 +147,7 @@ fn a_claim_of_a_previous_run_that_comes_back_from_a_peer_is_released() {
                 ttl_ms: 10_000,
                 written_at_ms: 0,
                 attempt: 1,
+                after: None,
             },
         )
         .unwrap();
@@ -807,6 +809,7 @@ fn a_settled_claim_whose_job_cannot_be_built_is_released_never_left_running_with
                 ttl_ms: 10_000,
                 written_at_ms: 0,
                 attempt: 1,
+                after: None,
             },
         )
         .unwrap();
@@ -908,4 +911,121 @@ fn a_running_claim_superseded_by_a_peers_higher_token_is_cancelled_on_the_news_n
         "A kept running a claim B's higher token superseded: {seen:?}"
     );
     assert!(a.held(now).iter().all(|h| h.claim != mine || !h.running));
+}
+
+/// Starts `c`'s next job, checks it is `phase` in `round`, and finishes it with `verdict`.
+fn run_step(c: &mut Core, now: &mut u64, phase: Phase, round: u32, verdict: Option<Verdict>) {
+    let claim = next_job(c, now);
+    let want = Resource::story_round(c.view().stories.keys().next().unwrap(), phase, round);
+    let fact = c.view().claims[&claim].clone();
+    assert_eq!(
+        fact.resources.first().map(|(r, _)| r.clone()),
+        want.ok(),
+        "{}'s next job",
+        c.peer()
+    );
+    c.handle(
+        *now,
+        Input::WorkFinished {
+            claim,
+            outcome: Ok(Handoff {
+                summary: format!("{phase} {round} by {}", c.peer()),
+                verdict,
+                ..Handoff::default()
+            }),
+        },
+    );
+}
+
+/// Like [`deliver`], collecting the work either side cancels. True if any sync moved.
+fn exchange(src: &mut Core, dst: &mut Core, cancelled: &mut Vec<String>) -> bool {
+    let mut moved = false;
+    while let Some(e) = src.poll_effect() {
+        match e {
+            Effect::SendSync { data, .. } => {
+                moved = true;
+                let from = src.peer().to_string();
+                dst.handle(
+                    0,
+                    Input::SyncRequest {
+                        from,
+                        data,
+                        reply: 0,
+                    },
+                );
+                while let Some(r) = dst.poll_effect() {
+                    match r {
+                        Effect::Respond { data, .. } => {
+                            let from = dst.peer().to_string();
+                            src.handle(0, Input::SyncResponse { from, data });
+                        }
+                        Effect::CancelWork { claim } => cancelled.push(claim),
+                        _ => {}
+                    }
+                }
+            }
+            Effect::CancelWork { claim } => cancelled.push(claim),
+            _ => {}
+        }
+    }
+    moved
+}
+
+#[test]
+fn running_work_the_story_no_longer_needs_is_cancelled_when_two_sides_meet() {
+    // Simulator seed 78990 (clean): two sides of a partition both review round 0 of a
+    // story under token 1. A approves and starts its merge of round 0; B rejects, reworks
+    // and reviews round 1 and runs the merge of round 1. When they meet, B's review counts
+    // (later work built on it) and the story's next step is B's merge: A's merge of round
+    // 0 still holds its own resource but must stop, or the story merges twice at once.
+    let mut a = worker_alone("A", 1);
+    a.add_story(&titled("contested"), 1).unwrap();
+    let mut now = 0;
+    // Without the review role until B has its copy, or A would claim the review first.
+    let roles = std::mem::take(&mut a.cfg.roles);
+    a.cfg.roles = ["research", "plan", "implement"].map(String::from).to_vec();
+    for p in [Phase::Research, Phase::Plan, Phase::Implement] {
+        run_step(&mut a, &mut now, p, 0, None);
+    }
+    a.cfg.roles = roles;
+    let cfg = a.cfg.clone();
+    let doc = Doc::load([2; 16], &a.doc_mut().save(), &[]).unwrap();
+    let mut b = Core::new("B".into(), cfg, doc, 1);
+    let mut bnow = 0;
+    run_step(&mut a, &mut now, Phase::Review, 0, Some(Verdict::Approve));
+    let merge0 = next_job(&mut a, &mut now);
+    run_step(&mut b, &mut bnow, Phase::Review, 0, Some(Verdict::Reject));
+    run_step(&mut b, &mut bnow, Phase::Rework, 1, None);
+    run_step(&mut b, &mut bnow, Phase::Review, 1, Some(Verdict::Approve));
+    let merge1 = next_job(&mut b, &mut bnow);
+    let key = a.view().stories.keys().next().cloned().unwrap();
+    // Their claims on the two merges hold different resources: no token decides.
+    assert_eq!(a.view().stories[&key].round, 0);
+    // A dials B: its sync sessions carry both sides' changes.
+    a.handle(now, Input::Connected("B".into()));
+    let mut cancelled = Vec::new();
+    for _ in 0..100 {
+        let ab = exchange(&mut a, &mut b, &mut cancelled);
+        let ba = exchange(&mut b, &mut a, &mut cancelled);
+        if !ab && !ba {
+            break;
+        }
+    }
+    let v = a.view();
+    let s = &v.stories[&key];
+    assert_eq!(s, &b.view().stories[&key], "the sides met");
+    assert_eq!(
+        (s.next_phase, s.round),
+        (Some(Phase::Merge), 1),
+        "the review later work built on counts: {s:?}"
+    );
+    assert_eq!(
+        cancelled,
+        vec![merge0.clone()],
+        "A's merge of round 0 stops"
+    );
+    assert!(a.held(now).iter().all(|h| h.claim != merge0));
+    assert!(b.held(bnow).iter().any(|h| h.claim == merge1 && h.running));
+    let released = &v.releases[&merge0];
+    assert_eq!(released.note, "the story no longer needs this step");
 }

@@ -121,6 +121,7 @@ pub(crate) fn step(
             ttl_ms: 1000,
             written_at_ms: 0,
             attempt: 1,
+            after: None,
         },
     )
     .unwrap();
@@ -233,6 +234,7 @@ fn ended_attempt(d: &mut Doc, key: &str, why: crate::core::lease::ReleaseReason,
             ttl_ms: 1000,
             written_at_ms: v.claims.len() as u64,
             attempt: 1,
+            after: None,
         },
     )
     .unwrap();
