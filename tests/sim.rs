@@ -239,3 +239,21 @@ fn a_seed_reproduces_its_run_exactly() {
     assert_eq!(a.events, b.events);
     assert!(!a.trace.is_empty());
 }
+
+#[test]
+fn a_view_never_flips_a_round_later_rounds_built_on() {
+    // Seed 78990 (clean, on 5e108a5): node0, alone, reviewed round 0 of a story (approve,
+    // token 1) and started its merge; the others, not knowing, reviewed round 0 too
+    // (reject, token 1), reworked, reviewed round 1 and started merge round 1. When node0
+    // came back the token tie went to the lower holder, the view flipped round 0 to
+    // approved and a node merged round 0 while another merged round 1. A tie between
+    // finished claims now goes to the one later work built on, and running work the story
+    // no longer needs stops (docs/DESIGN.md §5.2, §5.4).
+    let cfg = SimConfig::new(Mode::Clean);
+    let r = run(78_990, &cfg);
+    assert!(
+        r.ok(),
+        "seed 78990 (clean): {:#?}\nreplay: scripts/sim --replay 78990 --mode clean",
+        r.violations
+    );
+}
