@@ -59,7 +59,9 @@ pub struct Config {
     pub sim_review_reject_rate: f64,
     /// The `command` executor: program and arguments per phase (see examples/executors).
     pub command: crate::exec::command::CommandConfig,
-    /// The shared git origin stories land on: a local path or file:// URL. Empty: no git
+    /// The shared git origin stories land on: a local path, a file:// URL, or a remote
+    /// (ssh://user@host[:port]/path.git, user@host:path.git, https://host/path.git,
+    /// git://host/path.git; credentials in docs/ARCHITECTURE.md "Remote origins"). Empty: no git
     /// (phases run in scratch directories and merges are simulated).
     pub origin: String,
     /// The branch stories land on.
@@ -445,9 +447,11 @@ sim_phase_ms = {simms}
 sim_failure_rate = {simfail:?}
 sim_review_reject_rate = {simrej:?}
 
-# Git (docs/DESIGN.md §8). The shared origin stories land on (a local path or file:// URL;
-# empty: no git, merges are simulated), its branch, and the project's test command the
-# merge gate runs on every change before landing it (argv; [] for none).
+# Git (docs/DESIGN.md §8). The shared origin stories land on (a local path, file:// URL,
+# or remote: ssh://user@host/path.git, user@host:path.git, https://host/path.git, with
+# MESH_GIT_TOKEN for https; empty: no git, merges are simulated), its branch, and the
+# project's test command the merge gate runs on every change before landing it (argv;
+# [] for none).
 origin = {origin:?}
 branch = {branch:?}
 test_command = {test}

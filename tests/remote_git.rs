@@ -8,10 +8,14 @@ mod kit;
 
 use git2::Oid;
 use kit::{GitHost, Node, Via, MAIN};
+use mesh_agent::core::model::Phase;
 use mesh_agent::fence::{fence_ref, FenceRecord, Refused};
 use mesh_agent::git::remote::{Credentials, Landing, Remote, RemoteError, Secret};
+use mesh_agent::git::{Gate, GitError, LandRequest, NodeRepo, Trailers};
 use std::io::Write;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 const STORY: &str = "S-0001@ab12cd";
 const OTHER: &str = "S-0002@ab12cd";
@@ -549,4 +553,143 @@ fn an_unreachable_remote_is_a_clear_transient_error() {
             "{err}"
         );
     }
+}
+
+// ---- the node's own git shell (`NodeRepo`) over a remote origin ----
+
+fn land_request(story: &str, change: Oid, token: u64, holder: &str) -> LandRequest {
+    LandRequest {
+        story_key: story.into(),
+        change,
+        token,
+        holder: holder.into(),
+        message: format!("{story}: land\n\nSquashed."),
+        trailers: Trailers {
+            story: story.split('@').next().unwrap_or(story).into(),
+            story_key: story.into(),
+            phase: Phase::Merge,
+            fence: token,
+            node: holder.into(),
+        },
+        test: Some(vec!["sh".into(), "-c".into(), "test -f story.txt".into()]),
+        test_timeout: Duration::from_secs(30),
+        max_tries: 5,
+    }
+}
+
+/// Prepares `story`'s worktree on `node` at the origin's main, writes `file` and commits.
+fn implement(node: &NodeRepo, story: &str, file: &str) -> Oid {
+    let base = node.fetch_main().unwrap();
+    let wt = node.prepare_worktree(story, base).unwrap();
+    std::fs::write(wt.join(file), format!("{story}\n")).unwrap();
+    let mut t = land_request(story, base, 1, "peerA").trailers;
+    t.phase = Phase::Implement;
+    node.commit_all(&wt, "implement", "", &t).unwrap().unwrap()
+}
+
+fn node_repo_lands_through_the_remote_fence(h: &GitHost) {
+    let home = tempfile::tempdir().unwrap();
+    let open = |name: &str| {
+        NodeRepo::open_or_clone_remote(h.remote(), &home.path().join(name).join("clone")).unwrap()
+    };
+    let (a, b) = (open("a"), open("b"));
+    assert!(a.is_remote() && a.origin_path().is_none());
+    assert!(
+        !a.clone_dir().join("objects/info/alternates").exists(),
+        "no object store is borrowed from a remote origin"
+    );
+    a.check_atomic_push().unwrap();
+    let main = h.main();
+    assert_eq!(b.fetch_main().unwrap(), main);
+
+    // a implements and pushes its work; b, another machine, fetches it and lands it.
+    let change = implement(&a, STORY, "story.txt");
+    a.push_work(STORY, "A-1001", change).unwrap();
+    assert_eq!(
+        h.target(&format!("refs/mesh/work/{STORY}/A-1001")),
+        Some(change)
+    );
+    b.ensure_commit(change).unwrap();
+    let cancel = AtomicBool::new(false);
+    let landed_as = match b.land(&land_request(STORY, change, 2, "peerB"), &cancel) {
+        Ok(Gate::Landed { commit, .. }) => commit,
+        other => panic!("the land over the remote: {other:?}"),
+    };
+    assert_eq!(h.main(), landed_as, "main moved at the origin");
+    assert_eq!(
+        h.fence(STORY),
+        landed(2, "peerB", landed_as),
+        "with the fence, in one push"
+    );
+
+    // The repeat of that landing (say after a crash) finds it done.
+    assert!(matches!(
+        b.land(&land_request(STORY, change, 2, "peerB"), &cancel),
+        Ok(Gate::AlreadyLanded { commit }) if commit == landed_as
+    ));
+    // A second landing of the story, under an older or a newer claim, is refused by the
+    // remote's fence, and main stays.
+    for token in [1, 3] {
+        match a.land(&land_request(STORY, change, token, "peerA"), &cancel) {
+            Err(GitError::Fenced(Refused::AlreadyLanded { token: 2, .. })) => {}
+            other => panic!("a second landing under token {token}: {other:?}"),
+        }
+    }
+    assert_eq!(h.main(), landed_as);
+    // A stale holder: a newer claim recorded its token at the fence first.
+    const THIRD: &str = "S-0003@ab12cd";
+    let third = implement(&a, THIRD, "third.txt");
+    let newer = h.remote().record(b.clone_dir(), THIRD, 5, "peerB").unwrap();
+    assert_eq!(newer, Ok(()));
+    match a.land(&land_request(THIRD, third, 4, "peerA"), &cancel) {
+        Err(GitError::Fenced(Refused::StaleToken { .. })) => {}
+        other => panic!("a stale token: {other:?}"),
+    }
+    assert_eq!(h.main(), landed_as);
+
+    // a's next story was based on the old main: the gate merges it onto the new one.
+    let other = {
+        let wt = a.prepare_worktree(OTHER, main).unwrap();
+        std::fs::write(wt.join("story.txt"), "not the same story\n").unwrap();
+        std::fs::write(wt.join("other.txt"), "other\n").unwrap();
+        let mut t = land_request(OTHER, main, 1, "peerA").trailers;
+        t.phase = Phase::Implement;
+        a.commit_all(&wt, "implement", "", &t).unwrap().unwrap()
+    };
+    match a.land(&land_request(OTHER, other, 1, "peerA"), &cancel) {
+        Ok(Gate::Conflict { files, .. }) => assert_eq!(files, vec!["story.txt"]),
+        other => panic!("two stories adding one file: {other:?}"),
+    }
+
+    // The clone is reopened on restart, and a clone of another origin is refused.
+    let again = open("a");
+    assert_eq!(again.fetch_main().unwrap(), landed_as);
+    let elsewhere = Remote::new("ssh://git@198.18.0.1/elsewhere.git", h.credentials()).unwrap();
+    match NodeRepo::open_or_clone_remote(elsewhere, &home.path().join("a/clone")) {
+        Err(GitError::NotAClone { why, .. }) => assert!(why.contains("its origin is"), "{why}"),
+        other => panic!("another origin's clone: {other:?}"),
+    }
+}
+
+#[test]
+fn a_node_repo_lands_through_the_remote_fence_over_ssh() {
+    over(Via::Ssh, node_repo_lands_through_the_remote_fence);
+}
+
+#[test]
+fn a_node_repo_lands_through_the_remote_fence_over_http() {
+    over(Via::Http, node_repo_lands_through_the_remote_fence);
+}
+
+#[test]
+fn an_origin_url_git_cannot_be_trusted_with_is_refused_with_the_accepted_forms() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = NodeRepo::open_or_clone("ext::sh -c evil", &dir.path().join("c")).unwrap_err();
+    assert!(err.to_string().contains("is not an origin"), "{err}");
+    let err = NodeRepo::open_or_clone("ftp://host/repo.git", &dir.path().join("c")).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("is not an origin") && msg.contains("ssh://"),
+        "{msg}"
+    );
 }

@@ -1,7 +1,9 @@
-//! The merge gate: `land`, under the origin's gate lock, with its retry and the test
-//! command.
+//! The merge gate: `land`, under a local origin's gate lock, with its retry and the test
+//! command. The fence it lands through is the origin's: `crate::fence` on a local origin,
+//! one atomic push under leases on a remote one (`remote::land`).
 
 use super::objects::first_parent_log;
+use super::repo::clone_lock;
 use super::*;
 use crate::core::fence::token_check;
 use crate::exec::process::{self, Capture, Keep, ProcessError, Spec, Tail};
@@ -70,6 +72,12 @@ pub enum Gate {
     /// The story already landed as `commit` with this very token and holder (a repeated
     /// call, say after a crash): nothing was done.
     AlreadyLanded { commit: Oid },
+}
+
+/// The fence a gate lands through: the origin's own.
+enum GateFence<'a> {
+    Local(Fence),
+    Remote(&'a super::remote::Remote),
 }
 
 /// The result of merging a change onto main.
@@ -234,9 +242,9 @@ impl NodeRepo {
         if matches!(&req.test, Some(argv) if argv.is_empty()) {
             return Err(GitError::EmptyTest);
         }
-        let fence = Fence::open(&self.origin)?;
+        let fence = self.gate_fence()?;
         // A cheap early answer; the land below decides under the fence's locks anyway.
-        if let Some(rec) = fence.read_record(&req.story_key)? {
+        if let Some(rec) = self.read_record(&fence, &req.story_key)? {
             if let Some(done) = self.judge_record(&rec, req)? {
                 return Ok(done);
             }
@@ -246,11 +254,14 @@ impl NodeRepo {
         // One gate at a time at this origin: without it, gates of a busy mesh race, and
         // every loser pays for its squash, checkout and test again (2 tries per landing
         // at 8 nodes). Only an optimisation: the fence decides either way.
-        let _gate = gate_lock(
-            fence.repository().path(),
-            req.test_timeout + GATE_LOCK_SLACK,
-            cancel,
-        )?;
+        let _gate = match &fence {
+            GateFence::Local(f) => gate_lock(
+                f.repository().path(),
+                req.test_timeout + GATE_LOCK_SLACK,
+                cancel,
+            )?,
+            GateFence::Remote(_) => None,
+        };
         for tries in 1..=max_tries {
             check(cancel)?;
             if tries > 1 {
@@ -289,10 +300,13 @@ impl NodeRepo {
                     continue;
                 }
             }
-            let land_ref = format!("{LAND_REF_PREFIX}{}/{}", req.story_key, req.token);
-            self.push(commit, &land_ref)?;
+            if let GateFence::Local(_) = &fence {
+                // (A remote landing's one push carries the objects.)
+                let land_ref = format!("{LAND_REF_PREFIX}{}/{}", req.story_key, req.token);
+                self.push(commit, &land_ref)?;
+            }
             check(cancel)?;
-            match fence.land(&req.story_key, req.token, &req.holder, &self.branch, commit)? {
+            match self.fence_land(&fence, req, commit)? {
                 Ok(()) => return Ok(Gate::Landed { commit, tries }),
                 Err(Refused::NotFastForward { main: now }) => {
                     tracing::debug!(story = %req.story_key, tries, %now, "main moved, trying again");
@@ -307,12 +321,53 @@ impl NodeRepo {
     }
 
     /// Whether the origin's main is known to have moved away from `main` (a cheap ref
-    /// read; unknown counts as not moved and the fence decides).
-    fn main_moved(&self, fence: &Fence, main: Oid) -> bool {
-        fence
-            .repository()
-            .refname_to_id(&self.branch)
-            .is_ok_and(|now| now != main)
+    /// read of a local origin; unknown, and a remote origin, count as not moved and the
+    /// fence decides).
+    fn main_moved(&self, fence: &GateFence, main: Oid) -> bool {
+        match fence {
+            GateFence::Local(f) => f
+                .repository()
+                .refname_to_id(&self.branch)
+                .is_ok_and(|now| now != main),
+            GateFence::Remote(_) => false,
+        }
+    }
+
+    fn gate_fence(&self) -> Result<GateFence<'_>, GitError> {
+        Ok(match &self.origin {
+            Origin::Local(path) => GateFence::Local(Fence::open(path)?),
+            Origin::Remote(remote) => GateFence::Remote(remote),
+        })
+    }
+
+    /// The story's fence record at the origin (a remote one is fetched first).
+    fn read_record(&self, fence: &GateFence, story: &str) -> Result<Option<FenceRecord>, GitError> {
+        match fence {
+            GateFence::Local(f) => Ok(f.read_record(story)?),
+            GateFence::Remote(remote) => {
+                let lock = clone_lock(&self.dir);
+                let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+                Ok(remote.read_fence(&self.dir, story, &self.branch)?.record)
+            }
+        }
+    }
+
+    /// Lands `commit` on the branch through the origin's fence under the request's token.
+    fn fence_land(
+        &self,
+        fence: &GateFence,
+        req: &LandRequest,
+        commit: Oid,
+    ) -> Result<Result<(), Refused>, GitError> {
+        let (story, token, holder) = (&req.story_key, req.token, &req.holder);
+        match fence {
+            GateFence::Local(f) => Ok(f.land(story, token, holder, &self.branch, commit)?),
+            GateFence::Remote(remote) => {
+                let lock = clone_lock(&self.dir);
+                let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+                Ok(remote.land(&self.dir, story, token, holder, &self.branch, commit)?)
+            }
+        }
     }
 
     /// What an existing fence record means before we start: `Some` ends the gate. The
@@ -329,12 +384,12 @@ impl NodeRepo {
     /// A refusal from the fence: our own earlier land is an outcome, the rest errors.
     fn refused(
         &self,
-        fence: &Fence,
+        fence: &GateFence,
         req: &LandRequest,
         refused: Refused,
     ) -> Result<Gate, GitError> {
         if let Refused::AlreadyLanded { .. } = refused {
-            if let Some(rec) = fence.read_record(&req.story_key)? {
+            if let Some(rec) = self.read_record(fence, &req.story_key)? {
                 if let Some(done) = self.judge_record(&rec, req)? {
                     return Ok(done);
                 }
@@ -347,7 +402,7 @@ impl NodeRepo {
     /// short between main and the fence), finish that land; else report `Empty`.
     fn empty(
         &self,
-        fence: &Fence,
+        fence: &GateFence,
         repo: &Repository,
         req: &LandRequest,
         main: Oid,
@@ -363,13 +418,7 @@ impl NodeRepo {
         let Some(ours) = ours else {
             return Ok(Gate::Empty { main });
         };
-        match fence.land(
-            &req.story_key,
-            req.token,
-            &req.holder,
-            &self.branch,
-            ours.oid,
-        )? {
+        match self.fence_land(fence, req, ours.oid)? {
             Ok(()) => Ok(Gate::Landed {
                 commit: ours.oid,
                 tries,
@@ -585,7 +634,7 @@ mod tests {
         let w = world();
         let node = w.node("a");
         let change = implement(&node, KEY_A, &[("feature.txt", "x\n")]);
-        let fence = fence::Fence::open(node.origin_path()).unwrap();
+        let fence = fence::Fence::open(node.origin_path().unwrap()).unwrap();
         assert_eq!(fence.record(KEY_A, 9, "peerB").unwrap(), Ok(()));
         let err = node
             .land(&request(KEY_A, change, 5, "peerA"), &no_cancel())

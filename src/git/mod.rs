@@ -12,7 +12,8 @@
 //!
 //! ```text
 //! <home>/clone/                   bare clone of the origin (the `dir` given to open_or_clone);
-//!                                 it borrows the origin's objects (objects/info/alternates)
+//!                                 of a local origin it borrows the objects
+//!                                 (objects/info/alternates), of a remote one it fetches
 //! <home>/worktrees/<story>/       the worktree of each story in flight, on branch mesh/<story key>
 //! <home>/worktree-pool/<wt-id>/   idle worktrees, detached, lent to the next story
 //! <home>/clone/worktrees/<wt-id>/ git's worktree metadata, plus mesh-story-key and mesh-base
@@ -37,17 +38,25 @@
 //! - `refs/mesh/work/<story key>/<claim>`: a phase's result, pushed by [`NodeRepo::push_work`]
 //!   so that the reviewer and the merger (other nodes) can fetch it.
 //! - `refs/mesh/land/<story key>/<token>`: the squash commit a gate is about to land; it
-//!   keeps the objects reachable whether or not the land succeeds.
+//!   keeps the objects reachable whether or not the land succeeds (local origins only: a
+//!   remote landing is one push that carries its objects).
 //! - `refs/mesh/fence/<story key>`: the fence ([`crate::fence`]).
 //!
-//! # Pushing
+//! # Two kinds of origin
 //!
-//! The origin is a path on this machine (or a shared filesystem), as the fence requires.
-//! Objects are pushed by copying them from the clone's object database into the origin's,
+//! A **local** origin (a path or `file://`) is opened directly: objects are pushed by copying them from the clone's object database into the origin's,
 //! children before parents (so an object present in the origin always has its whole
 //! closure), and then writing the ref under git's ref lock. Nothing is fetched: the clone
 //! lists the origin's object directory as an alternate (as `git clone --shared` does), so
 //! what any node pushed is readable at once, and "fetching main" reads the origin's ref.
+//!
+//! A **remote** origin (`ssh://`, scp-like `user@host:path`, `https://`, `git://`) is
+//! reached through the `git` binary ([`remote`]): the clone is a real one, fetched
+//! incrementally (main and `refs/mesh/*`), work refs are pushed with `git push`, and the
+//! gate lands with one atomic push that moves main and the fence ref under a lease each
+//! ([`remote::Remote::land`]), so the server itself refuses a stale token or a second
+//! landing. No file of the origin is ever opened, so no disk is shared. The same
+//! [`NodeRepo`] methods serve both.
 //!
 //! # The merge gate
 //!
@@ -57,11 +66,13 @@
 //! tested, pushed, and landed through [`Fence::land`]. When main moved in between, the
 //! gate starts over from the fetch, up to `max_tries` times with jittered backoff.
 //!
-//! Gates at one origin take turns: each holds `<origin>/mesh-gate.lock` (an advisory
+//! Gates at a local origin take turns: each holds `<origin>/mesh-gate.lock` (an advisory
 //! `flock`, dropped by the kernel if its holder dies) from its fetch to its land, so a
 //! busy mesh forms a queue instead of racing and re-testing (at 8 nodes: 2 tries per
 //! landing → 1). The lock is an optimisation only: a gate that cannot take it, or waited
 //! past its test timeout plus a minute, goes on without it and the fence still decides.
+//! Gates at a remote origin do not queue yet (a turn taken through the mesh is issue 14's
+//! next step): they race, and the remote's leases decide.
 use crate::core::model::Phase;
 use crate::fence::{self, FenceError, Refused};
 use git2::{ErrorCode, Oid, Reference, Signature};
@@ -130,7 +141,7 @@ pub enum GitError {
         origin: String,
         why: String,
     },
-    #[error("cannot clone {origin} into {dir}: {source}; the origin must be a git repository given as a local path or file:// URL")]
+    #[error("cannot clone {origin} into {dir}: {source}; the origin must be a git repository (a local path, a file:// URL, or a remote URL such as ssh://host/repo.git)")]
     Clone {
         origin: String,
         dir: PathBuf,
@@ -194,6 +205,9 @@ pub enum GitError {
     Contended { tries: u32, main: Oid },
     #[error("cancelled")]
     Cancelled,
+    /// Talking to a remote origin failed (the message says what to do; no secret in it).
+    #[error(transparent)]
+    Remote(#[from] remote::RemoteError),
 }
 
 /// Shorthand for a git2 error mapper naming the operation and the repository.
@@ -334,13 +348,22 @@ fn with_trailers(message: &str, t: &Trailers) -> String {
     }
 }
 
+/// Where the origin is, and so how it is reached.
+#[derive(Debug, Clone)]
+enum Origin {
+    /// A repository on this machine (canonical path): opened directly.
+    Local(PathBuf),
+    /// Anywhere else: through the `git` binary.
+    Remote(std::sync::Arc<remote::Remote>),
+}
+
 /// The node's clone of the shared origin and its story worktrees.
 #[derive(Debug, Clone)]
 pub struct NodeRepo {
     /// The bare clone (canonical path).
     dir: PathBuf,
-    /// The origin (canonical path) and the URL given for it.
-    origin: PathBuf,
+    /// The origin, and the URL given for it (without any password).
+    origin: Origin,
     origin_url: String,
     /// Where story worktrees live: `<dir>/../worktrees`.
     worktrees: PathBuf,

@@ -160,22 +160,29 @@ impl NodeRepo {
     pub fn push_work(&self, story_key: &str, claim: &str, oid: Oid) -> Result<(), GitError> {
         let names = story_names(story_key)?;
         check_component("claim id", claim)?;
+        if let Origin::Remote(remote) = &self.origin {
+            remote.push_work(&self.dir, &names.key, claim, oid)?;
+            return Ok(());
+        }
         let name = format!("{WORK_REF_PREFIX}{}/{claim}", names.key);
         self.push(oid, &name)
     }
 
-    /// Copies `oid` and everything it reaches that the origin lacks into the origin, then
-    /// points `ref_name` there.
+    /// Copies `oid` and everything it reaches that a local origin lacks into it, then
+    /// points `ref_name` there. (A remote origin gets objects with its pushes.)
     pub(super) fn push(&self, oid: Oid, ref_name: &str) -> Result<(), GitError> {
+        let Origin::Local(origin_path) = &self.origin else {
+            return Ok(());
+        };
         let local = self.open()?;
         let origin =
-            Repository::open(&self.origin).map_err(git_err("open the origin", &self.origin))?;
-        copy_objects(&local, &self.dir, &origin, &self.origin, oid)?;
+            Repository::open(origin_path).map_err(git_err("open the origin", origin_path))?;
+        copy_objects(&local, &self.dir, &origin, origin_path, oid)?;
         retry_locked(
             ref_name,
-            &self.origin,
+            origin_path,
             || origin.reference(ref_name, oid, true, "mesh-agent: push"),
-            git_err("write a ref", &self.origin),
+            git_err("write a ref", origin_path),
         )?;
         Ok(())
     }

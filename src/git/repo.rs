@@ -1,6 +1,7 @@
-//! The node's bare clone of the origin: opening or cloning it, borrowing the origin's
-//! objects, and "fetching" main (a ref read).
+//! The node's bare clone of the origin: opening or cloning it, borrowing a local origin's
+//! objects ("fetching" main is then a ref read), or fetching from a remote one.
 
+use super::remote::{Credentials, Remote, RemoteUrl};
 use super::*;
 use crate::fence;
 use git2::build::RepoBuilder;
@@ -47,24 +48,45 @@ pub(super) fn clone_lock(dir: &Path) -> std::sync::Arc<std::sync::Mutex<()>> {
     m.entry(dir.to_path_buf()).or_default().clone()
 }
 
+/// Whether `dir` is absent or an empty directory (where a clone may be made).
+fn is_empty_dir(dir: &Path) -> Result<bool, GitError> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(io_err("read", dir)(e)),
+    }
+}
+
 fn tracking_ref(branch: &str) -> String {
     let short = branch.strip_prefix("refs/heads/").unwrap_or(branch);
     format!("refs/remotes/{REMOTE}/{short}")
 }
 
 impl NodeRepo {
-    /// Opens the node's clone at `dir`, cloning `origin` (a local path or `file://` URL)
-    /// into it first if `dir` does not exist or is empty. The clone is bare; story
-    /// worktrees go to `<dir>/../worktrees`. A `dir` that holds anything else than a
-    /// clone of that origin is an error ([`GitError::NotAClone`]); nothing is touched.
+    /// Opens the node's clone at `dir`, cloning `origin` into it first if `dir` does not
+    /// exist or is empty. The clone is bare; story worktrees go to `<dir>/../worktrees`.
+    /// A `dir` that holds anything else than a clone of that origin is an error
+    /// ([`GitError::NotAClone`]); nothing is touched.
+    ///
+    /// `origin` is a local path or `file://` URL (opened directly), or a remote URL
+    /// (`ssh://`, `user@host:path`, `https://`, `git://`), reached through the `git`
+    /// binary with the credentials of [`Credentials::from_env`] and the user's ssh setup
+    /// (see [`NodeRepo::open_or_clone_remote`]).
     pub fn open_or_clone(origin: &str, dir: &Path) -> Result<NodeRepo, GitError> {
+        match RemoteUrl::parse(origin) {
+            Ok(url) if !url.is_local() => {
+                let remote = Remote::new(origin, Credentials::from_env())?;
+                return NodeRepo::open_or_clone_remote(remote, dir);
+            }
+            // Neither a path here nor a URL git can be trusted with: say why, rather
+            // than "no such path".
+            Err(_) if !Path::new(origin.strip_prefix("file://").unwrap_or(origin)).exists() => {
+                Remote::new(origin, Credentials::from_env())?;
+            }
+            _ => {}
+        }
         let origin_path = origin_to_path(origin)?;
-        let empty = match std::fs::read_dir(dir) {
-            Ok(mut entries) => entries.next().is_none(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
-            Err(e) => return Err(io_err("read", dir)(e)),
-        };
-        if empty {
+        if is_empty_dir(dir)? {
             std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
             let url = origin_path.to_string_lossy().into_owned();
             let mut fetch = FetchOptions::new();
@@ -110,11 +132,81 @@ impl NodeRepo {
             worktrees: home.join("worktrees"),
             pool: home.join("worktree-pool"),
             dir,
-            origin: origin_path,
+            origin: Origin::Local(origin_path),
             origin_url: url,
             branch,
             tracking,
         })
+    }
+
+    /// [`NodeRepo::open_or_clone`] for a remote origin, with the given credentials: the
+    /// clone is a real one (objects copied, never borrowed), cloned when `dir` is absent
+    /// or empty and fetched incrementally after. Checks at once that the server takes
+    /// atomic pushes: the fence cannot land without them, and a user learns it at start
+    /// rather than at the first merge.
+    pub fn open_or_clone_remote(remote: Remote, dir: &Path) -> Result<NodeRepo, GitError> {
+        let url = remote.url().to_string();
+        if remote.url().is_local() {
+            return NodeRepo::open_or_clone(&url, dir);
+        }
+        let branch = fence::DEFAULT_BRANCH_REF.to_string();
+        if is_empty_dir(dir)? {
+            if let Err(e) = remote.clone_into(dir, &branch) {
+                // The directory was empty or absent: leave nothing half-cloned behind.
+                let _ = std::fs::remove_dir_all(dir);
+                return Err(e.into());
+            }
+        }
+        let not_a_clone = |why: String| GitError::NotAClone {
+            dir: dir.to_path_buf(),
+            origin: url.clone(),
+            why,
+        };
+        let repo = Repository::open_bare(dir).map_err(|e| {
+            not_a_clone(format!("it is not a bare git repository ({})", e.message()))
+        })?;
+        let recorded = repo
+            .find_remote(REMOTE)
+            .map_err(|_| not_a_clone(format!("it has no `{REMOTE}` remote")))?
+            .url()
+            .ok()
+            .map(str::to_string);
+        if recorded.as_deref() != Some(url.as_str()) {
+            let was = recorded
+                .as_deref()
+                .map(|u| super::remote::redact(u, &[]))
+                .unwrap_or_else(|| "not UTF-8".into());
+            return Err(not_a_clone(format!("its origin is {was}")));
+        }
+        let dir = std::fs::canonicalize(dir).map_err(io_err("resolve", dir))?;
+        let home = dir.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let tracking = tracking_ref(&branch);
+        let node = NodeRepo {
+            worktrees: home.join("worktrees"),
+            pool: home.join("worktree-pool"),
+            dir,
+            origin: Origin::Remote(std::sync::Arc::new(remote)),
+            origin_url: url,
+            branch,
+            tracking,
+        };
+        Ok(node)
+    }
+
+    /// Checks that a remote origin takes atomic pushes (a dry run; nothing is written),
+    /// from main's commit. Local origins always do (the fence's ref transaction).
+    pub fn check_atomic_push(&self) -> Result<(), GitError> {
+        let Origin::Remote(remote) = &self.origin else {
+            return Ok(());
+        };
+        let main = self.fetch_main()?;
+        remote.check_atomic(&self.dir, main)?;
+        Ok(())
+    }
+
+    /// Whether the origin is reached over the network (not a path on this machine).
+    pub fn is_remote(&self) -> bool {
+        matches!(self.origin, Origin::Remote(_))
     }
 
     /// Lands on `branch` (a full ref such as `refs/heads/master`) instead of
@@ -139,9 +231,18 @@ impl NodeRepo {
         Ok(self)
     }
 
-    /// The origin as a path, for [`Fence::open`] and [`main_log`].
-    pub fn origin_path(&self) -> &Path {
-        &self.origin
+    /// A local origin's path, for [`crate::fence::Fence::open`] and [`main_log`]; `None`
+    /// for a remote origin.
+    pub fn origin_path(&self) -> Option<&Path> {
+        match &self.origin {
+            Origin::Local(path) => Some(path),
+            Origin::Remote(_) => None,
+        }
+    }
+
+    /// The origin as given (a remote URL without its password).
+    pub fn origin_url(&self) -> &str {
+        &self.origin_url
     }
 
     /// The node's clone.
@@ -173,7 +274,9 @@ impl NodeRepo {
         })
     }
 
-    /// Brings the clone's idea of main up to the origin's. The clone borrows the origin's
+    /// Brings the clone's idea of main (and, from a remote origin, of `refs/mesh/*`) up
+    /// to the origin's. A remote origin is fetched with `git fetch` (incremental: only
+    /// what the clone lacks travels). A local origin's clone borrows the origin's
     /// object store ([`share_objects`]), so every object the origin has is already
     /// readable here and fetching is one ref read and, when main moved, one ref write:
     /// no pack is negotiated, built or indexed (libgit2's local transport did all three
@@ -183,7 +286,17 @@ impl NodeRepo {
             origin: self.origin_url.clone(),
             source,
         };
-        let origin = Repository::open(&self.origin).map_err(fetch_err)?;
+        let origin_path = match &self.origin {
+            Origin::Local(path) => path,
+            Origin::Remote(remote) => {
+                // Two jobs of one node fetching into one clone would fight over its ref
+                // locks: one at a time.
+                let lock = clone_lock(&self.dir);
+                let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+                return Ok(remote.fetch(&self.dir, &self.branch)?);
+            }
+        };
+        let origin = Repository::open(origin_path).map_err(fetch_err)?;
         let main = match origin.refname_to_id(&self.branch) {
             Ok(oid) => oid,
             // No main in the origin: tracked_main says so.
@@ -237,8 +350,9 @@ mod tests {
         assert_eq!(node.fetch_main().unwrap(), w.root);
         assert_eq!(
             node.origin_path(),
-            std::fs::canonicalize(&w.origin).unwrap()
+            Some(std::fs::canonicalize(&w.origin).unwrap().as_path())
         );
+        assert!(!node.is_remote());
         let change = implement(&node, KEY_A, &[("a.txt", "a\n")]);
         node.push_work(KEY_A, "c1", change).unwrap();
         let gate = node

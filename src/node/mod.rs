@@ -15,7 +15,7 @@ use crate::core::{
 };
 use crate::exec::command::CommandExecutor;
 use crate::exec::{Executor, SimExecutor};
-use crate::git::NodeRepo;
+use crate::git::{GitError, NodeRepo};
 use crate::net::{self, NetClient, NetCommand, NetConfig, NetEvent};
 use crate::store::{EventLog, Faults, KnownPeer, Store, StoreError};
 use crate::work::{GateConfig, WorkShell};
@@ -296,8 +296,17 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
             let origin = cfg.origin.clone();
             let branch = cfg.branch.clone();
             let r = tokio::task::spawn_blocking(move || {
-                NodeRepo::open_or_clone(&origin, &clone)
-                    .and_then(|r| r.with_branch(&format!("refs/heads/{branch}")))
+                let repo = NodeRepo::open_or_clone(&origin, &clone)
+                    .and_then(|r| r.with_branch(&format!("refs/heads/{branch}")))?;
+                // A server that cannot land atomically is refused now, not at the first
+                // merge; one that is merely unreachable is retried by the work itself.
+                match repo.check_atomic_push() {
+                    Err(GitError::Remote(e)) if e.is_transient() => {
+                        tracing::warn!(origin = %repo.origin_url(), error = %e, "cannot check the origin now; going on");
+                    }
+                    other => other?,
+                }
+                Ok::<_, GitError>(repo)
             })
             .await??;
             Some(r)
