@@ -39,30 +39,42 @@ impl TieRank {
 }
 
 impl Top {
-    /// True if `other` beats `self`: higher token, then the better tie rank, then the
-    /// longer chain of work built on it, then lower holder id, then lower claim id. A total
-    /// order, so the fold does not depend on insertion order.
-    fn beaten_by(&self, other: &Top) -> bool {
-        other.key() < self.key()
+    /// True if a claim with this key beats `self`: higher token, then the better tie
+    /// rank, then the longer chain of work built on it, then lower holder id, then lower
+    /// claim id. A total order, so the fold does not depend on insertion order.
+    fn beaten_by(&self, other: TopKey<'_>) -> bool {
+        other < self.key()
     }
 
-    fn key(
-        &self,
-    ) -> (
-        std::cmp::Reverse<u64>,
-        TieRank,
-        std::cmp::Reverse<u32>,
-        &str,
-        &str,
-    ) {
-        (
-            std::cmp::Reverse(self.token),
-            self.rank,
-            std::cmp::Reverse(self.depth),
-            self.holder.as_str(),
-            self.claim.as_str(),
-        )
+    fn key(&self) -> TopKey<'_> {
+        top_key(self.token, self.rank, self.depth, &self.holder, &self.claim)
     }
+}
+
+/// What [`Top`]s are ordered by, smallest best (borrowed: a losing candidate costs no
+/// allocation).
+type TopKey<'a> = (
+    std::cmp::Reverse<u64>,
+    TieRank,
+    std::cmp::Reverse<u32>,
+    &'a str,
+    &'a str,
+);
+
+fn top_key<'a>(
+    token: u64,
+    rank: TieRank,
+    depth: u32,
+    holder: &'a str,
+    claim: &'a str,
+) -> TopKey<'a> {
+    (
+        std::cmp::Reverse(token),
+        rank,
+        std::cmp::Reverse(depth),
+        holder,
+        claim,
+    )
 }
 
 /// Where a story step sits in the pipeline: by round, then by the order phases run in a
@@ -102,17 +114,17 @@ fn step_of(claim: &ClaimFact) -> Option<(&str, (u32, u8))> {
 /// may finish, and each side builds its next steps on its own; when the sides meet, the
 /// view must keep the result the surviving work built on, or it would flip a round that
 /// later rounds (and a running merge) depend on (simulator seed 78990, clean).
-fn depths(
-    claims: &BTreeMap<String, ClaimFact>,
+fn depths<'a>(
+    claims: &'a BTreeMap<String, ClaimFact>,
     released: &BTreeMap<String, ReleaseReason>,
-) -> BTreeMap<String, u32> {
+) -> BTreeMap<&'a str, u32> {
     let mut order: Vec<(&str, (u32, u8), &str)> = claims
         .iter()
         .filter_map(|(id, c)| step_of(c).map(|(story, at)| (story, at, id.as_str())))
         .collect();
     // Later steps first: a claim's children are all done before it passes its depth on.
     order.sort_by(|a, b| (b.1, b.0, b.2).cmp(&(a.1, a.0, a.2)));
-    let mut depth: BTreeMap<String, u32> = BTreeMap::new();
+    let mut depth: BTreeMap<&str, u32> = BTreeMap::new();
     for (story, at, id) in order {
         let Some(c) = claims.get(id) else { continue };
         if TieRank::of(released.get(id).copied()) == TieRank::Void {
@@ -121,14 +133,17 @@ fn depths(
         let Some(parent) = c.after.as_deref() else {
             continue;
         };
-        let Some((p_story, p_at)) = claims.get(parent).and_then(step_of) else {
+        let Some((parent, p)) = claims.get_key_value(parent) else {
+            continue;
+        };
+        let Some((p_story, p_at)) = step_of(p) else {
             continue;
         };
         if p_story != story || p_at >= at {
             continue;
         }
         let mine = depth.get(id).copied().unwrap_or(1);
-        let theirs = depth.entry(parent.to_string()).or_insert(1);
+        let theirs = depth.entry(parent.as_str()).or_insert(1);
         *theirs = (*theirs).max(mine.saturating_add(1));
     }
     depth
@@ -172,9 +187,9 @@ impl Claims {
         let mut top: BTreeMap<Resource, Top> = BTreeMap::new();
         for (id, claim) in &claims {
             let rank = TieRank::of(released.get(id).copied());
-            let depth = depth.get(id).copied().unwrap_or(1);
+            let depth = depth.get(id.as_str()).copied().unwrap_or(1);
             for (resource, token) in &claim.resources {
-                let candidate = Top {
+                let candidate = || Top {
                     token: *token,
                     rank,
                     depth,
@@ -182,10 +197,10 @@ impl Claims {
                     claim: id.clone(),
                 };
                 match top.get_mut(resource) {
-                    Some(t) if !t.beaten_by(&candidate) => {}
-                    Some(t) => *t = candidate,
+                    Some(t) if !t.beaten_by(top_key(*token, rank, depth, &claim.holder, id)) => {}
+                    Some(t) => *t = candidate(),
                     None => {
-                        top.insert(resource.clone(), candidate);
+                        top.insert(resource.clone(), candidate());
                     }
                 }
             }
