@@ -111,6 +111,16 @@ async fn blocking<T: Send + 'static>(
     Ok(tokio::task::spawn_blocking(f).await??)
 }
 
+/// The story is on main: its work refs at the origin are no longer needed. Best effort
+/// (a failure is logged): the next landing attempt of the story, if any, tries again.
+async fn drop_work_refs(git: &Arc<NodeRepo>, story: &str) {
+    let (g, key) = (git.clone(), story.to_string());
+    match blocking(move || g.drop_work_refs(&key)).await {
+        Ok(n) => tracing::debug!(%story, refs = n, "dropped the story's work refs"),
+        Err(e) => tracing::warn!(%story, error = %e, "could not drop the story's work refs"),
+    }
+}
+
 /// The commit of the latest counted implement or rework.
 fn change_commit(job: &Job) -> Option<Oid> {
     job.handoffs
@@ -340,6 +350,7 @@ impl WorkShell {
             // Landed already, by an earlier holder that died before recording it (or by
             // a newer holder, in which case this result is fenced out of every view).
             Ok(Err(GitError::Fenced(Refused::AlreadyLanded { commit, token }))) => {
+                drop_work_refs(&git, &job.story).await;
                 return Ok(Handoff {
                     summary: format!(
                         "{} had already landed as {commit} (fence token {token})",
@@ -353,6 +364,12 @@ impl WorkShell {
             Ok(Err(e)) => return Err(e.into()),
             Err(e) => return Err(e.into()),
         };
+        if matches!(
+            gate,
+            Gate::Landed { .. } | Gate::AlreadyLanded { .. } | Gate::Empty { .. }
+        ) {
+            drop_work_refs(&git, &job.story).await;
+        }
         let id = &job.display_id;
         let h = match gate {
             Gate::Landed { commit, tries } => Handoff {

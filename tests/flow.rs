@@ -114,6 +114,16 @@ fn check_main(origin: &Path, view: &View, scratch: &Path) {
             );
         }
     }
+    // A landed story's work refs are dropped at the origin.
+    let repo = git2::Repository::open_bare(origin).expect("origin");
+    for key in landed.keys() {
+        let left: Vec<String> = repo
+            .references_glob(&format!("refs/mesh/work/{key}/*"))
+            .expect("list work refs")
+            .filter_map(|r| r.ok()?.name().ok().map(str::to_string))
+            .collect();
+        assert!(left.is_empty(), "{key} landed but left work refs: {left:?}");
+    }
     assert_eq!(
         landed.len(),
         view.count_by_status()

@@ -622,6 +622,9 @@ fn node_repo_lands_through_the_remote_fence(h: &GitHost) {
         "with the fence, in one push"
     );
 
+    // Landed: its work refs go.
+    assert_eq!(b.drop_work_refs(STORY).unwrap(), 1);
+    assert_eq!(h.target(&format!("refs/mesh/work/{STORY}/A-1001")), None);
     // The repeat of that landing (say after a crash) finds it done.
     assert!(matches!(
         b.land(&land_request(STORY, change, 2, "peerB"), &cancel),

@@ -36,7 +36,8 @@
 //!
 //! - `refs/heads/main`: moved only by the fenced gate ([`NodeRepo::land`]).
 //! - `refs/mesh/work/<story key>/<claim>`: a phase's result, pushed by [`NodeRepo::push_work`]
-//!   so that the reviewer and the merger (other nodes) can fetch it.
+//!   so that the reviewer and the merger (other nodes) can fetch it; dropped by
+//!   [`NodeRepo::drop_work_refs`] once the story landed.
 //! - `refs/mesh/land/<story key>/<token>`: the squash commit a gate is about to land; it
 //!   keeps the objects reachable whether or not the land succeeds (local origins only: a
 //!   remote landing is one push that carries its objects).

@@ -168,6 +168,59 @@ impl NodeRepo {
         self.push(oid, &name)
     }
 
+    /// Deletes the story's work refs at the origin (`refs/mesh/work/<story_key>/*`), once
+    /// the story landed: nothing needs them, and a busy mesh would otherwise pile up a
+    /// ref per phase. Returns how many were deleted; refs already gone are fine.
+    pub fn drop_work_refs(&self, story_key: &str) -> Result<usize, GitError> {
+        let names = story_names(story_key)?;
+        let prefix = format!("{WORK_REF_PREFIX}{}/", names.key);
+        match &self.origin {
+            Origin::Local(path) => {
+                let origin = Repository::open(path).map_err(git_err("open the origin", path))?;
+                let mut refs = Vec::new();
+                for r in origin
+                    .references_glob(&format!("{prefix}*"))
+                    .map_err(git_err("list work refs", path))?
+                {
+                    let r = r.map_err(git_err("list work refs", path))?;
+                    if let Ok(name) = r.name() {
+                        refs.push(name.to_string());
+                    }
+                }
+                for name in &refs {
+                    match origin.find_reference(name) {
+                        Ok(mut r) => r.delete().map_err(git_err("delete a work ref", path))?,
+                        Err(e) if e.code() == git2::ErrorCode::NotFound => {}
+                        Err(e) => return Err(git_err("delete a work ref", path)(e)),
+                    }
+                }
+                Ok(refs.len())
+            }
+            Origin::Remote(remote) => {
+                // What the origin holds, as of a fresh fetch (tracking refs mirror it).
+                self.fetch_main()?;
+                let repo = self.open()?;
+                let tracked = super::remote::tracking_ref(&prefix);
+                let mut refs = Vec::new();
+                for r in repo
+                    .references_glob(&format!("{tracked}*"))
+                    .map_err(git_err("list work refs", &self.dir))?
+                {
+                    let r = r.map_err(git_err("list work refs", &self.dir))?;
+                    if let Some(claim) =
+                        r.name().ok().and_then(|n| n.strip_prefix(tracked.as_str()))
+                    {
+                        refs.push(format!("{prefix}{claim}"));
+                    }
+                }
+                for name in &refs {
+                    remote.delete_ref(&self.dir, name)?;
+                }
+                Ok(refs.len())
+            }
+        }
+    }
+
     /// Copies `oid` and everything it reaches that a local origin lacks into it, then
     /// points `ref_name` there. (A remote origin gets objects with its pushes.)
     pub(super) fn push(&self, oid: Oid, ref_name: &str) -> Result<(), GitError> {
@@ -236,6 +289,27 @@ mod tests {
             panic!("{gate:?}")
         };
         assert_eq!(b.fetch_main().unwrap(), commit);
+    }
+
+    #[test]
+    fn a_landed_storys_work_refs_are_dropped_at_the_origin_and_no_other_storys() {
+        let w = world();
+        let a = w.node("a");
+        let change = implement(&a, KEY_A, &[("a.txt", "a\n")]);
+        a.push_work(KEY_A, "c1", change).unwrap();
+        a.push_work(KEY_A, "c2", change).unwrap();
+        a.push_work(KEY_B, "c3", change).unwrap();
+        let origin = Repository::open(&w.origin).unwrap();
+        let work = |key: &str| {
+            origin
+                .references_glob(&format!("{WORK_REF_PREFIX}{key}/*"))
+                .unwrap()
+                .count()
+        };
+        assert_eq!((work(KEY_A), work(KEY_B)), (2, 1));
+        assert_eq!(a.drop_work_refs(KEY_A).unwrap(), 2);
+        assert_eq!((work(KEY_A), work(KEY_B)), (0, 1));
+        assert_eq!(a.drop_work_refs(KEY_A).unwrap(), 0, "again: nothing left");
     }
 
     #[test]
