@@ -80,13 +80,32 @@ impl Sim {
                 .filter(|t| view.has_story_titled(t))
                 .cloned()
                 .collect();
+            let mut reused = Vec::new();
             for (id, c) in &view.claims {
                 for (r, t) in &c.resources {
                     seen.push(((i, r.clone()), *t));
                 }
                 if c.holder != self.names[i] {
                     self.claim_known.entry(id.clone()).or_insert(now);
+                } else if self.own_checked.insert(id.clone()) {
+                    // A new claim of this node: its tokens must be above every token its
+                    // frames ever acknowledged on those resources, crashes or not (a peer
+                    // settled, or built, on that acknowledgement: docs/DESIGN.md §1.6).
+                    let acked = self.frames_acked.get(i);
+                    for (r, t) in &c.resources {
+                        let known = acked.and_then(|a| a.get(r)).into_iter().flatten();
+                        if let Some((other, ot)) =
+                            known.filter(|(o, ot)| *o != id && *ot >= t).next()
+                        {
+                            reused.push(format!(
+                                "node{i} claimed {r} with token {t} ({id}) after its frames acknowledged {other} with token {ot}: a token handed out again"
+                            ));
+                        }
+                    }
                 }
+            }
+            for v in reused {
+                self.violation(v);
             }
             for key in leaked {
                 self.violation(format!(

@@ -177,6 +177,14 @@ struct Sim {
     healed_at: Option<u64>,
     /// The document digest each node's view was last checked at.
     checked: Vec<[u8; 32]>,
+    /// Per node, the claims (id → token, per resource) its frames have acknowledged: in
+    /// its document when a sync frame left, so in the heads a peer read. Ghost state: it
+    /// survives the node's crashes, which is the point (see `check`).
+    frames_acked: Vec<BTreeMap<Resource, BTreeMap<String, u64>>>,
+    /// The digest each node's `frames_acked` was last recorded at.
+    acked_at: Vec<[u8; 32]>,
+    /// The nodes' own claims already checked against `frames_acked`.
+    own_checked: BTreeSet<String>,
     /// Restarts: (node, time).
     restarts: Vec<(usize, u64)>,
     /// When each claim was first in the view of a node other than its holder.

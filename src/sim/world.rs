@@ -70,6 +70,9 @@ impl Sim {
             starts: Vec::new(),
             healed_at: None,
             checked: Vec::new(),
+            frames_acked: Vec::new(),
+            acked_at: Vec::new(),
+            own_checked: BTreeSet::new(),
             restarts: Vec::new(),
             claim_known: BTreeMap::new(),
             shutdowns: 0,
@@ -209,6 +212,31 @@ impl Sim {
     fn flush_before_send(&mut self, i: usize) {
         if !self.cfg.send_before_flush {
             self.nodes[i].store.flush();
+        }
+        self.record_acked(i);
+    }
+
+    /// What node `i`'s frame about to leave acknowledges: every claim in its document.
+    fn record_acked(&mut self, i: usize) {
+        let n = self.nodes.len();
+        self.frames_acked.resize_with(n, BTreeMap::new);
+        self.acked_at.resize(n, [0; 32]);
+        let Some(core) = self.nodes[i].core.as_mut() else {
+            return;
+        };
+        let d = core.digest();
+        if self.acked_at[i] == d {
+            return;
+        }
+        self.acked_at[i] = d;
+        let view = core.view();
+        for (id, c) in &view.claims {
+            for (r, t) in &c.resources {
+                let ids = self.frames_acked[i].entry(r.clone()).or_default();
+                if !ids.contains_key(id) {
+                    ids.insert(id.clone(), *t);
+                }
+            }
         }
     }
 
