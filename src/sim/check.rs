@@ -93,10 +93,8 @@ impl Sim {
                     // settled, or built, on that acknowledgement: docs/DESIGN.md §1.6).
                     let acked = self.frames_acked.get(i);
                     for (r, t) in &c.resources {
-                        let known = acked.and_then(|a| a.get(r)).into_iter().flatten();
-                        if let Some((other, ot)) =
-                            known.filter(|(o, ot)| *o != id && *ot >= t).next()
-                        {
+                        let mut known = acked.and_then(|a| a.get(r)).into_iter().flatten();
+                        if let Some((other, ot)) = known.find(|(o, ot)| *o != id && *ot >= t) {
                             reused.push(format!(
                                 "node{i} claimed {r} with token {t} ({id}) after its frames acknowledged {other} with token {ot}: a token handed out again"
                             ));
