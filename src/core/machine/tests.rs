@@ -23,25 +23,38 @@ fn core(name: &str, actor: u8) -> Core {
 
 /// Carries `src`'s effects to `dst` (replies come straight back). True if any moved.
 fn deliver(src: &mut Core, dst: &mut Core) -> bool {
+    exchange(src, dst, &mut Vec::new())
+}
+
+/// Like [`deliver`], collecting the work either side cancels.
+fn exchange(src: &mut Core, dst: &mut Core, cancelled: &mut Vec<String>) -> bool {
     let mut moved = false;
     while let Some(e) = src.poll_effect() {
         moved = true;
-        if let Effect::SendSync { data, .. } = e {
-            let from = src.peer().to_string();
-            dst.handle(
-                0,
-                Input::SyncRequest {
-                    from,
-                    data,
-                    reply: 0,
-                },
-            );
-            while let Some(r) = dst.poll_effect() {
-                if let Effect::Respond { data, .. } = r {
-                    let from = dst.peer().to_string();
-                    src.handle(0, Input::SyncResponse { from, data });
+        match e {
+            Effect::SendSync { data, .. } => {
+                let from = src.peer().to_string();
+                dst.handle(
+                    0,
+                    Input::SyncRequest {
+                        from,
+                        data,
+                        reply: 0,
+                    },
+                );
+                while let Some(r) = dst.poll_effect() {
+                    match r {
+                        Effect::Respond { data, .. } => {
+                            let from = dst.peer().to_string();
+                            src.handle(0, Input::SyncResponse { from, data });
+                        }
+                        Effect::CancelWork { claim } => cancelled.push(claim),
+                        _ => {}
+                    }
                 }
             }
+            Effect::CancelWork { claim } => cancelled.push(claim),
+            _ => {}
         }
     }
     moved
@@ -935,40 +948,6 @@ fn run_step(c: &mut Core, now: &mut u64, phase: Phase, round: u32, verdict: Opti
             }),
         },
     );
-}
-
-/// Like [`deliver`], collecting the work either side cancels. True if any sync moved.
-fn exchange(src: &mut Core, dst: &mut Core, cancelled: &mut Vec<String>) -> bool {
-    let mut moved = false;
-    while let Some(e) = src.poll_effect() {
-        match e {
-            Effect::SendSync { data, .. } => {
-                moved = true;
-                let from = src.peer().to_string();
-                dst.handle(
-                    0,
-                    Input::SyncRequest {
-                        from,
-                        data,
-                        reply: 0,
-                    },
-                );
-                while let Some(r) = dst.poll_effect() {
-                    match r {
-                        Effect::Respond { data, .. } => {
-                            let from = dst.peer().to_string();
-                            src.handle(0, Input::SyncResponse { from, data });
-                        }
-                        Effect::CancelWork { claim } => cancelled.push(claim),
-                        _ => {}
-                    }
-                }
-            }
-            Effect::CancelWork { claim } => cancelled.push(claim),
-            _ => {}
-        }
-    }
-    moved
 }
 
 #[test]
