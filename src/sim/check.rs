@@ -57,6 +57,32 @@ impl Sim {
             .is_some_and(|&k| back.is_none_or(|b| k < b))
     }
 
+    /// Node `i`'s claims not checked yet: their tokens must be above every token its
+    /// frames ever acknowledged on those resources, crashes or not (a peer settled, or
+    /// built, on that acknowledgement: docs/DESIGN.md §1.6). Called after every event and
+    /// before a frame's acknowledgements are recorded, so a claim is judged by what was
+    /// acknowledged before it was written.
+    pub(super) fn check_own_tokens(&mut self, i: usize, view: &crate::core::state::View) {
+        let mut reused = Vec::new();
+        for (id, c) in &view.claims {
+            if c.holder != self.names[i] || !self.own_checked.insert(id.clone()) {
+                continue;
+            }
+            let acked = self.frames_acked.get(i);
+            for (r, t) in &c.resources {
+                let mut known = acked.and_then(|a| a.get(r)).into_iter().flatten();
+                if let Some((other, ot)) = known.find(|(o, ot)| *o != id && *ot >= t) {
+                    reused.push(format!(
+                        "node{i} claimed {r} with token {t} ({id}) after its frames acknowledged {other} with token {ot}: a token handed out again"
+                    ));
+                }
+            }
+        }
+        for v in reused {
+            self.violation(v);
+        }
+    }
+
     /// Safety invariants, checked after every event.
     pub(super) fn check(&mut self) {
         let now = self.now;
@@ -80,31 +106,15 @@ impl Sim {
                 .filter(|t| view.has_story_titled(t))
                 .cloned()
                 .collect();
-            let mut reused = Vec::new();
             for (id, c) in &view.claims {
                 for (r, t) in &c.resources {
                     seen.push(((i, r.clone()), *t));
                 }
                 if c.holder != self.names[i] {
                     self.claim_known.entry(id.clone()).or_insert(now);
-                } else if self.own_checked.insert(id.clone()) {
-                    // A new claim of this node: its tokens must be above every token its
-                    // frames ever acknowledged on those resources, crashes or not (a peer
-                    // settled, or built, on that acknowledgement: docs/DESIGN.md §1.6).
-                    let acked = self.frames_acked.get(i);
-                    for (r, t) in &c.resources {
-                        let mut known = acked.and_then(|a| a.get(r)).into_iter().flatten();
-                        if let Some((other, ot)) = known.find(|(o, ot)| *o != id && *ot >= t) {
-                            reused.push(format!(
-                                "node{i} claimed {r} with token {t} ({id}) after its frames acknowledged {other} with token {ot}: a token handed out again"
-                            ));
-                        }
-                    }
                 }
             }
-            for v in reused {
-                self.violation(v);
-            }
+            self.check_own_tokens(i, &view);
             for key in leaked {
                 self.violation(format!(
                     "node{i} sees story {key:?}, whose write was aborted"

@@ -230,6 +230,7 @@ impl Sim {
         }
         self.acked_at[i] = d;
         let view = core.view();
+        self.check_own_tokens(i, &view);
         for (id, c) in &view.claims {
             for (r, t) in &c.resources {
                 let ids = self.frames_acked[i].entry(r.clone()).or_default();
