@@ -123,19 +123,23 @@ impl NodeRepo {
             Ok(p) if p == origin_path => {}
             _ => return Err(not_a_clone(format!("its origin is {url}"))),
         }
+        share_objects(&repo, &origin_path)?;
+        NodeRepo::at(dir, Origin::Local(origin_path), url)
+    }
+
+    /// The node repo of the clone at `dir`, landing on main.
+    fn at(dir: &Path, origin: Origin, origin_url: String) -> Result<NodeRepo, GitError> {
         let dir = std::fs::canonicalize(dir).map_err(io_err("resolve", dir))?;
         let home = dir.parent().unwrap_or(Path::new("/")).to_path_buf();
         let branch = fence::DEFAULT_BRANCH_REF.to_string();
-        let tracking = tracking_ref(&branch);
-        share_objects(&repo, &origin_path)?;
         Ok(NodeRepo {
             worktrees: home.join("worktrees"),
             pool: home.join("worktree-pool"),
             dir,
-            origin: Origin::Local(origin_path),
-            origin_url: url,
+            origin,
+            origin_url,
+            tracking: tracking_ref(&branch),
             branch,
-            tracking,
         })
     }
 
@@ -178,19 +182,7 @@ impl NodeRepo {
                 .unwrap_or_else(|| "not UTF-8".into());
             return Err(not_a_clone(format!("its origin is {was}")));
         }
-        let dir = std::fs::canonicalize(dir).map_err(io_err("resolve", dir))?;
-        let home = dir.parent().unwrap_or(Path::new("/")).to_path_buf();
-        let tracking = tracking_ref(&branch);
-        let node = NodeRepo {
-            worktrees: home.join("worktrees"),
-            pool: home.join("worktree-pool"),
-            dir,
-            origin: Origin::Remote(std::sync::Arc::new(remote)),
-            origin_url: url,
-            branch,
-            tracking,
-        };
-        Ok(node)
+        NodeRepo::at(dir, Origin::Remote(std::sync::Arc::new(remote)), url)
     }
 
     /// Checks that a remote origin takes atomic pushes (a dry run; nothing is written),

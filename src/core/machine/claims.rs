@@ -50,35 +50,27 @@ impl Core {
         }
         let (view, claims) = self.derived();
         let check_needed = !self.cfg.broken_winner_rule;
-        let lost: Vec<(String, bool)> = self
+        let lost: Vec<(String, &'static str)> = self
             .local
             .iter()
             .filter(|(_, c)| c.state == LocalState::Running)
             .filter_map(|(id, c)| {
-                if !claims.holds(id) {
-                    Some((id.clone(), true))
+                let why = if !claims.holds(id) {
+                    "lost the lease while running"
                 } else if check_needed && !still_needed(&view, &c.story, c.phase, c.round) {
-                    Some((id.clone(), false))
+                    "the story no longer needs this step"
                 } else {
-                    None
-                }
+                    return None;
+                };
+                Some((id.clone(), why))
             })
             .collect();
-        for (id, lease_lost) in lost {
+        for (id, why) in lost {
+            tracing::warn!(claim = %id, why, "cancelling a running claim's work");
             self.local.remove(&id);
             self.effects
                 .push_back(Effect::CancelWork { claim: id.clone() });
-            if lease_lost {
-                tracing::warn!(claim = %id, "lost a running claim; cancelling its work");
-                self.release(&id, ReleaseReason::Lost, "lost the lease while running");
-            } else {
-                tracing::warn!(claim = %id, "the story no longer needs this step; cancelling its work");
-                self.release(
-                    &id,
-                    ReleaseReason::Lost,
-                    "the story no longer needs this step",
-                );
-            }
+            self.release(&id, ReleaseReason::Lost, why);
         }
     }
 
@@ -624,7 +616,7 @@ fn still_needed(view: &View, story: &str, phase: Phase, round: u32) -> bool {
 
 /// The claim whose counted result the story's next step builds on (the last in its
 /// history), if any: what a new claim records in `after`.
-pub(super) fn built_on(view: &View, story: &str) -> Option<String> {
+fn built_on(view: &View, story: &str) -> Option<String> {
     let last = view.stories.get(story)?.history.last()?;
     view.results.get(last).map(|r| r.claim.clone())
 }
