@@ -72,6 +72,13 @@ pub struct Config {
     pub test_timeout_secs: u64,
     /// Fetch-rebase-land attempts when main keeps moving under the merge gate.
     pub merge_max_tries: u32,
+    /// Jobs in a row that could not reach the origin before this node's breaker opens
+    /// (`git_unavailable`; then one probe job at a time).
+    pub origin_failures_to_open: u32,
+    /// The backoff after an origin failure starts at `origin_backoff_ms` and doubles up
+    /// to `origin_backoff_max_ms` (each ±25 %).
+    pub origin_backoff_ms: u64,
+    pub origin_backoff_max_ms: u64,
     /// Raise a `stalled` event for a story with no progress (no new counted result,
     /// nothing worked on along its chain of waits) for this long. 0: never.
     pub stall_after_ms: u64,
@@ -120,6 +127,9 @@ impl Default for Config {
             test_command: Vec::new(),
             test_timeout_secs: 600,
             merge_max_tries: 10,
+            origin_failures_to_open: 3,
+            origin_backoff_ms: 1_000,
+            origin_backoff_max_ms: 60_000,
             stall_after_ms: 300_000,
         }
     }
@@ -356,6 +366,27 @@ impl Config {
                 "allowed 0 (never) or 1000..=604800000 (a week)",
             ));
         }
+        if !(1..=1000).contains(&self.origin_failures_to_open) {
+            return Err(invalid(
+                "origin_failures_to_open",
+                self.origin_failures_to_open,
+                "allowed 1..=1000",
+            ));
+        }
+        if !(10..=3_600_000).contains(&self.origin_backoff_ms) {
+            return Err(invalid(
+                "origin_backoff_ms",
+                self.origin_backoff_ms,
+                "allowed 10..=3600000 (an hour)",
+            ));
+        }
+        if !(self.origin_backoff_ms..=86_400_000).contains(&self.origin_backoff_max_ms) {
+            return Err(invalid(
+                "origin_backoff_max_ms",
+                self.origin_backoff_max_ms,
+                "allowed origin_backoff_ms..=86400000 (a day)",
+            ));
+        }
         if !(1..=1000).contains(&self.merge_max_tries) {
             return Err(invalid(
                 "merge_max_tries",
@@ -457,6 +488,13 @@ branch = {branch:?}
 test_command = {test}
 test_timeout_secs = {tts}
 merge_max_tries = {mmt}
+# An unavailable origin (unreachable, failing, refusing our credentials) burns no
+# attempt: the job is handed back and this node backs off from origin_backoff_ms,
+# doubling to origin_backoff_max_ms; after origin_failures_to_open jobs in a row it raises
+# `git_unavailable` and claims one job at a time until the origin answers again.
+origin_failures_to_open = {ofo}
+origin_backoff_ms = {obm}
+origin_backoff_max_ms = {obx}
 
 # A story with no progress for this long (no new result, nothing worked on along what
 # it waits for) raises one `stalled` event naming what it waits for. 0: never.
@@ -507,8 +545,20 @@ stall_after_ms = {stall}
             test = list(&self.test_command),
             tts = self.test_timeout_secs,
             mmt = self.merge_max_tries,
+            ofo = self.origin_failures_to_open,
+            obm = self.origin_backoff_ms,
+            obx = self.origin_backoff_max_ms,
             stall = self.stall_after_ms,
         )
+    }
+
+    /// The origin breaker's knobs as the core wants them.
+    pub fn origin_breaker(&self) -> crate::core::breaker::BreakerConfig {
+        crate::core::breaker::BreakerConfig {
+            open_after: self.origin_failures_to_open,
+            base_ms: self.origin_backoff_ms,
+            max_ms: self.origin_backoff_max_ms,
+        }
     }
 
     /// The lease timing as the lease module wants it.

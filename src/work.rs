@@ -24,7 +24,7 @@
 
 use crate::core::fence::fence_token;
 use crate::core::model::{Handoff, Phase, ResultFact, Verdict};
-use crate::core::Job;
+use crate::core::{Job, JobFailure};
 use crate::exec::{ExecError, Executor, Workspace};
 use crate::fence::Refused;
 use crate::git::{Gate, GitError, LandRequest, NodeRepo, Trailers};
@@ -105,10 +105,60 @@ pub enum WorkError {
     NothingChanged { phase: Phase },
 }
 
+impl WorkError {
+    /// Whether the origin, not the work, is to blame (it is unreachable, failing, or
+    /// refusing our credentials): the job is handed back without counting an attempt.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, WorkError::Git(GitError::Remote(e)) if e.is_outage())
+    }
+
+    fn is_transient(&self) -> bool {
+        matches!(self, WorkError::Git(GitError::Remote(e)) if e.is_transient())
+    }
+
+    /// The failure as the core records it.
+    pub fn into_failure(self) -> JobFailure {
+        if self.is_outage() {
+            JobFailure::Origin(self.to_string())
+        } else {
+            JobFailure::Work(self.to_string())
+        }
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, GitError> + Send + 'static,
 ) -> Result<T, WorkError> {
     Ok(tokio::task::spawn_blocking(f).await??)
+}
+
+/// Tries of an idempotent step against the origin (fetch, push of a work ref) when it
+/// fails transiently (unreachable, a 5xx, a timeout), and the pause before the second.
+const STEP_TRIES: u32 = 3;
+const STEP_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Runs an idempotent git step, trying again after a transient origin failure with a
+/// jittered pause that doubles (0.5 s, 1 s, ±25 %). What still fails is the job's failure,
+/// an outage if the origin is to blame ([`WorkError::is_outage`]).
+async fn step<T: Send + 'static>(
+    what: &'static str,
+    f: impl Fn() -> Result<T, GitError> + Send + Sync + Clone + 'static,
+) -> Result<T, WorkError> {
+    let mut pause = STEP_BACKOFF;
+    for tries in 1.. {
+        let g = f.clone();
+        match blocking(g).await {
+            Err(e) if tries < STEP_TRIES && e.is_transient() => {
+                let jittered =
+                    pause.mul_f64(rand::Rng::gen_range(&mut rand::thread_rng(), 0.75..1.25));
+                tracing::info!(step = what, tries, error = %e, retry_in_ms = jittered.as_millis() as u64, "the origin failed transiently; trying again");
+                tokio::time::sleep(jittered).await;
+                pause *= 2;
+            }
+            out => return out,
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 /// The story is on main: its work refs at the origin are no longer needed. Best effort
@@ -193,9 +243,27 @@ impl WorkShell {
     /// Runs one job. The future may be dropped at any point (the claim was lost): the
     /// executor's processes are killed by the executor, the worktree is removed here.
     /// A failure comes back as the reason the core records.
-    pub fn run(self: &Arc<Self>, job: Job) -> BoxFuture<'static, Result<Handoff, String>> {
+    pub fn run(self: &Arc<Self>, job: Job) -> BoxFuture<'static, Result<Handoff, JobFailure>> {
         let shell = self.clone();
-        Box::pin(async move { shell.run_job(job).await.map_err(|e| e.to_string()) })
+        Box::pin(async move { shell.run_job(job).await.map_err(WorkError::into_failure) })
+    }
+
+    /// Tries to reach the origin (a fetch of main, retried like any step): `Err` with
+    /// the reason when the origin is unavailable. Without an origin, or when something
+    /// else fails (this node's disk), the origin is not to blame: `Ok`.
+    pub fn probe(self: &Arc<Self>) -> BoxFuture<'static, Result<(), String>> {
+        let git = self.git.clone();
+        Box::pin(async move {
+            let Some(git) = git else { return Ok(()) };
+            match step("probe the origin", move || git.fetch_main()).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.is_outage() => Err(e.to_string()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "probing the origin failed here, not there");
+                    Ok(())
+                }
+            }
+        })
     }
 
     async fn run_job(&self, job: Job) -> Result<Handoff, WorkError> {
@@ -255,7 +323,7 @@ impl WorkShell {
         };
         let base = if from_main {
             let g = git.clone();
-            blocking(move || g.fetch_main()).await?
+            step("fetch main", move || g.fetch_main()).await?
         } else {
             let Some(c) = change else {
                 return Err(WorkError::NoChange {
@@ -264,7 +332,7 @@ impl WorkShell {
                 });
             };
             let g = git.clone();
-            blocking(move || g.ensure_commit(c)).await?;
+            step("fetch the change", move || g.ensure_commit(c)).await?;
             c
         };
         let (g, story) = (git.clone(), job.story.clone());
@@ -293,7 +361,7 @@ impl WorkShell {
                     return Err(WorkError::NothingChanged { phase: job.phase });
                 };
                 let (g, story, claim) = (git.clone(), job.story.clone(), job.claim.clone());
-                blocking(move || g.push_work(&story, &claim, oid)).await?;
+                step("push the work", move || g.push_work(&story, &claim, oid)).await?;
                 handoff.commit = Some(oid.to_string());
             }
             _ => handoff.commit = Some(base.to_string()),
@@ -309,7 +377,7 @@ impl WorkShell {
             });
         };
         let g = git.clone();
-        blocking(move || g.ensure_commit(change)).await?;
+        step("fetch the change", move || g.ensure_commit(change)).await?;
         let summary = job
             .handoffs
             .iter()

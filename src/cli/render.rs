@@ -96,6 +96,23 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
             r.clock.peers
         );
     }
+    let g = &r.origin;
+    if g.failures > 0 {
+        let state = match g.open_since_ms {
+            Some(since) => format!(
+                "UNAVAILABLE for {} s, probing with one job at a time",
+                r.uptime_ms.saturating_sub(since) / 1000
+            ),
+            None => "failing".to_string(),
+        };
+        let _ = writeln!(
+            o,
+            "git origin: {state}: {} job(s) in a row could not reach it (no attempt counted), next claim in {:.1} s; last error: {}",
+            g.failures,
+            g.retry_in_ms as f64 / 1000.0,
+            g.last_error.as_deref().unwrap_or("-")
+        );
+    }
     let total: usize = r.story_counts.values().sum();
     let counts: Vec<String> = mesh_agent::core::model::StoryStatus::ALL
         .iter()
@@ -215,6 +232,9 @@ pub(crate) fn event_line(e: &Event) -> String {
         EventKind::PeerJoined => "peer joined",
         EventKind::PeerDead => "peer dead",
         EventKind::NodeLeft => "left the mesh",
+        EventKind::PhaseDeferred => "deferred",
+        EventKind::GitUnavailable => "GIT UNAVAILABLE",
+        EventKind::GitAvailable => "git available",
     };
     let phase = match e.phase {
         Some(p) if e.round > 0 => format!("{p}.{}", e.round),

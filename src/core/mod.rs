@@ -14,10 +14,12 @@
 //! - [`lease`]: claims, fencing tokens, the winner rule, expiry;
 //! - [`fence`]: the fencing rule at the git origin (record, token check, merge token);
 //! - [`scheduler`]: what to run next, and why a story waits;
+//! - [`breaker`]: when to stop and resume claiming while the git origin is unavailable;
 //! - [`timeline`]: the bounded, deduplicated mesh-wide event timeline;
 //! - [`sim_handoff`]: the simulated executor's handoffs, shared by `exec::sim` and `sim`;
 //! - the node state machine ([`Core`], [`Input`], [`Effect`]) in `machine`.
 
+pub mod breaker;
 pub mod codec;
 pub mod fence;
 pub mod lease;

@@ -201,6 +201,13 @@ pub enum EventKind {
     PeerDead,
     /// The sender is stopping cleanly (its claims are released): count it dead now.
     NodeLeft,
+    /// A job could not reach the origin: handed back, no attempt counted.
+    PhaseDeferred,
+    /// The sender's origin breaker opened: jobs in a row could not reach the origin, so
+    /// it claims one job at a time to probe it.
+    GitUnavailable,
+    /// The origin answers the sender again after an outage.
+    GitAvailable,
 }
 
 impl EventKind {
@@ -220,6 +227,9 @@ impl EventKind {
             EventKind::PeerJoined => "peer_joined",
             EventKind::PeerDead => "peer_dead",
             EventKind::NodeLeft => "node_left",
+            EventKind::PhaseDeferred => "phase_deferred",
+            EventKind::GitUnavailable => "git_unavailable",
+            EventKind::GitAvailable => "git_available",
         }
     }
 }

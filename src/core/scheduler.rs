@@ -150,7 +150,10 @@ fn files_in_flight(claims: &Claims, except: &str) -> Vec<(String, Vec<String>)> 
 /// by rendezvous hash (about the number of nodes competing). `is_free` says whether a
 /// resource may be claimed (never claimed, released, or its lease expired past grace).
 /// `self_review` lets the implementer review its own change: only for a node that is
-/// alone (a mesh of one would otherwise stop at every review).
+/// alone (a mesh of one would otherwise stop at every review). `gate`, when the origin
+/// is remote, is the merge gate every merge claim also holds: a merge waits while another
+/// holds it, so landings take turns in this order (phase, priority, number), the same
+/// on every node.
 #[allow(clippy::too_many_arguments)] // a pure function of named inputs; a struct would only rename them
 pub fn rank(
     view: &View,
@@ -160,6 +163,7 @@ pub fn rank(
     spread: usize,
     cochange: &CoChange,
     self_review: bool,
+    gate: Option<&Resource>,
     mut is_free: impl FnMut(&Resource) -> bool,
 ) -> Vec<Work> {
     let mut out: Vec<((u8, u32, u8), u32, Work)> = Vec::new();
@@ -187,6 +191,12 @@ pub fn rank(
             continue;
         }
         let mut resources = vec![story_res];
+        if let (Phase::Merge, Some(g)) = (phase, gate) {
+            if !is_free(g) {
+                continue; // another landing holds the gate: wait for it
+            }
+            resources.push(g.clone());
+        }
         let mut soft_conflicts = Vec::new();
         if matches!(phase, Phase::Implement | Phase::Rework) {
             let files = planned_files(view, &s.key);
@@ -283,6 +293,8 @@ pub enum Waiting {
         owner: String,
         then: Box<Waiting>,
     },
+    /// Ready to land, while another story's merge holds the origin's merge gate.
+    Gate { story: String, node: String },
     /// A wait that leads back to a story already on the chain (the rule in
     /// [`owner_ahead`] is meant to make this impossible; shown rather than looped).
     Cycle { story: String },
@@ -334,6 +346,10 @@ impl std::fmt::Display for Waiting {
                 f,
                 "waits for {file}, owned by {owner} (changed, not landed), which {}",
                 Chained(then)
+            ),
+            Waiting::Gate { story, node } => write!(
+                f,
+                "ready to merge, waits for the merge gate: {story} is landing on node {node}"
             ),
             Waiting::Cycle { story } => write!(f, "waits in a cycle back to {story}"),
             Waiting::Unknown => write!(f, "not in this node's view yet"),
@@ -463,6 +479,26 @@ fn waiting_on(
             };
         }
     }
+    if phase == Phase::Merge {
+        for (_, c) in claims.active() {
+            if !c
+                .resources
+                .iter()
+                .any(|(r, _)| matches!(r, Resource::Gate(_)))
+            {
+                continue;
+            }
+            let Some(other) = c.resources.iter().find_map(|(r, _)| r.story_key()) else {
+                continue;
+            };
+            if other != s.key {
+                return Waiting::Gate {
+                    story: view.stories.get(other).map_or(other, |o| &o.id).to_string(),
+                    node: c.holder.clone(),
+                };
+            }
+        }
+    }
     let role = |n: &crate::core::model::NodeFact| n.roles.iter().any(|r| r == phase.as_str());
     if !view.nodes.values().any(role) {
         return Waiting::NoRole { phase };
@@ -490,7 +526,7 @@ impl Waiting {
     /// story is queued behind progress, not stalled.
     pub fn behind_work(&self) -> bool {
         match self {
-            Waiting::Claimed { .. } | Waiting::FileLocked { .. } => true,
+            Waiting::Claimed { .. } | Waiting::FileLocked { .. } | Waiting::Gate { .. } => true,
             Waiting::Dependency { then, .. } | Waiting::FileOwned { then, .. } => {
                 then.behind_work()
             }
@@ -586,6 +622,7 @@ mod tests {
                 8,
                 &CoChange::default(),
                 false,
+                None,
                 |_| true,
             )
             .iter()
@@ -661,6 +698,7 @@ mod tests {
             8,
             &CoChange::default(),
             false,
+            None,
             |_| true,
         )
         .into_iter()
@@ -745,6 +783,76 @@ mod tests {
             step(&mut d, k, Phase::Review, 0, Some(Verdict::Reject));
         }
         assert_eq!(ranked(&mut d, A), vec![(keys[1].clone(), Phase::Rework, 1)]);
+    }
+
+    #[test]
+    fn merges_on_a_remote_origin_take_turns_through_the_gate() {
+        let mut d = Doc::new([5; 16]);
+        let mut keys = Vec::new();
+        for i in 1..=2 {
+            let new = NewStory {
+                title: format!("story {i}"),
+                ..Default::default()
+            };
+            let k = d.add_story(&new, B, 0).unwrap();
+            for p in [Phase::Research, Phase::Plan, Phase::Implement] {
+                step(&mut d, &k, p, 0, None);
+            }
+            step(&mut d, &k, Phase::Review, 0, Some(Verdict::Approve));
+            keys.push(k);
+        }
+        let gate = Resource::gate("ssh://git@h/r.git", "main").unwrap();
+        let merges = |d: &mut Doc, gate: Option<&Resource>| {
+            let v = d.view();
+            let c = v.claims();
+            let work = rank(
+                &v,
+                &c,
+                A,
+                &all_roles(),
+                1,
+                &CoChange::default(),
+                false,
+                gate,
+                |r| c.winner(r).is_none(),
+            );
+            work.into_iter()
+                .map(|w| (w.story, w.resources))
+                .collect::<Vec<_>>()
+        };
+        // Free gate: both stories may merge, each claim also takes the gate.
+        let free = merges(&mut d, Some(&gate));
+        assert_eq!(free.len(), 2);
+        assert!(free.iter().all(|(_, r)| r.contains(&gate)), "{free:?}");
+        // Story 1's merge holds the gate: story 2 waits, and says for what.
+        let res = Resource::story_round(&keys[0], Phase::Merge, 0).unwrap();
+        d.put_claim(
+            "m1",
+            &crate::core::lease::ClaimFact {
+                resources: vec![(res, 1), (gate.clone(), 1)],
+                holder: B.into(),
+                ttl_ms: 1000,
+                written_at_ms: 0,
+                attempt: 1,
+                after: None,
+            },
+        )
+        .unwrap();
+        assert!(merges(&mut d, Some(&gate)).is_empty());
+        let v = d.view();
+        let w = waiting(&v, &v.claims(), &keys[1]).unwrap();
+        assert_eq!(
+            w,
+            Waiting::Gate {
+                story: "S-0001".into(),
+                node: B.into()
+            }
+        );
+        assert!(w.behind_work() && w.is_open());
+        // A local origin takes no gate in the document: story 2 may merge beside it.
+        let local = merges(&mut d, None);
+        assert_eq!(local.len(), 1);
+        assert_eq!(local[0].1.len(), 1, "only the story resource");
     }
 
     #[test]

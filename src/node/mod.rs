@@ -4,14 +4,15 @@
 //! persist). Writes that a caller is told about are flushed to disk first.
 
 use crate::config::Config;
+use crate::core::lease::Resource;
 use crate::core::membership::{MembershipConfig, PeerState, PeerStatus};
 use crate::core::model::{Event, KnowledgeKind};
 use crate::core::model::{Handoff, NewStory, Topic};
 use crate::core::state::{Doc, StoryView, View};
 pub use crate::core::Counters;
 use crate::core::{
-    ClaimRow, ClockSkew, Core, CoreConfig, Effect, Guards, Handover, HeldClaim, Input, RunRecord,
-    EVENT_LOG_CAPACITY,
+    ClaimRow, ClockSkew, Core, CoreConfig, Effect, Guards, Handover, HeldClaim, Input, JobFailure,
+    RunRecord, EVENT_LOG_CAPACITY,
 };
 use crate::exec::command::CommandExecutor;
 use crate::exec::{Executor, SimExecutor};
@@ -139,6 +140,9 @@ pub struct StatusReport {
     /// This node's wall clock against its peers'.
     #[serde(default)]
     pub clock: ClockSkew,
+    /// Whether the git origin answers this node (its breaker).
+    #[serde(default)]
+    pub origin: crate::core::breaker::OriginHealth,
 }
 
 /// What a node currently observes, published on every change so that tests, benchmarks
@@ -247,6 +251,8 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
             work: cfg.work && !opts.passive,
             broken_winner_rule: false,
             stall_after_ms: cfg.stall_after_ms,
+            origin_breaker: cfg.origin_breaker(),
+            merge_gate: None, // set below, once the origin is open
         },
         doc,
         wall_ms(),
@@ -313,6 +319,14 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
         }
         _ => None,
     };
+    // A remote origin has no lock file to take turns through: merges hold its gate in
+    // the document instead (the fence at the origin still decides every landing).
+    if let Some(r) = repo.as_ref().filter(|r| r.is_remote()) {
+        match Resource::gate(r.origin_url(), &cfg.branch) {
+            Ok(g) => core.set_merge_gate(Some(g)),
+            Err(e) => tracing::warn!(error = %e, "merges take no gate in the document"),
+        }
+    }
     let shell = Arc::new(WorkShell::new(
         executor,
         repo,
@@ -329,6 +343,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
         let _ = tokio::task::spawn_blocking(move || s.clean_leftovers()).await;
     }
     let (work_tx, work_rx) = mpsc::channel(256);
+    let (probe_tx, probe_rx) = mpsc::channel(4);
     let (obs_tx, obs_rx) = watch::channel(Observation {
         heads_digest: core.digest(),
         ..Default::default()
@@ -348,6 +363,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
         shell,
         jobs: HashMap::new(),
         work_tx,
+        probe_tx,
         known,
         unflushed: false,
         unpersisted: VecDeque::new(),
@@ -357,7 +373,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
     rt.flush().await;
     tracing::info!(peer = %peer, passive = opts.passive, "node started");
     let (api_tx, api_rx) = mpsc::channel(256);
-    let task = tokio::spawn(rt.run(net_rx, api_rx, Some(work_rx)));
+    let task = tokio::spawn(rt.run(net_rx, api_rx, Some(work_rx), probe_rx));
     Ok(NodeHandle {
         peer_id: net.local_peer_id,
         listen_addrs,

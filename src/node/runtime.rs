@@ -29,7 +29,9 @@ pub(super) struct Runtime {
     pub(super) next_reply: u64,
     pub(super) shell: Arc<WorkShell>,
     pub(super) jobs: HashMap<String, tokio::task::JoinHandle<()>>,
-    pub(super) work_tx: mpsc::Sender<(String, Result<Handoff, String>)>,
+    pub(super) work_tx: mpsc::Sender<(String, Result<Handoff, JobFailure>)>,
+    /// Answers to origin probes (`Effect::ProbeOrigin`).
+    pub(super) probe_tx: mpsc::Sender<Result<(), String>>,
     /// Peers this node was connected to (persisted; redialled on the next start).
     pub(super) known: BTreeMap<String, KnownPeer>,
     /// Changes were appended since the last flush: flush before the next sync frame
@@ -97,7 +99,8 @@ impl Runtime {
         mut self,
         mut net_rx: mpsc::Receiver<NetEvent>,
         mut api_rx: mpsc::Receiver<ApiRequest>,
-        mut work_rx: Option<mpsc::Receiver<(String, Result<Handoff, String>)>>,
+        mut work_rx: Option<mpsc::Receiver<(String, Result<Handoff, JobFailure>)>>,
+        mut probe_rx: mpsc::Receiver<Result<(), String>>,
     ) {
         let hb_period = Duration::from_millis(self.cfg.heartbeat_ms);
         let mut hb = tokio::time::interval(hb_period);
@@ -119,6 +122,11 @@ impl Runtime {
                     let now = self.now_ms();
                     self.core.set_wall(wall_ms());
                     self.core.handle(now, Input::WorkFinished { claim, outcome });
+                },
+                Some(probed) = probe_rx.recv() => {
+                    let now = self.now_ms();
+                    self.core.set_wall(wall_ms());
+                    self.core.handle(now, Input::OriginProbed(probed));
                 },
                 ev = net_rx.recv() => match ev {
                     Some(ev) => self.on_net(ev).await,
@@ -291,10 +299,10 @@ impl Runtime {
                             now,
                             Input::WorkFinished {
                                 claim,
-                                outcome: Err(
+                                outcome: Err(JobFailure::Work(
                                     "the store could not make the claim durable; not started"
                                         .into(),
-                                ),
+                                )),
                             },
                         );
                         continue;
@@ -312,6 +320,13 @@ impl Runtime {
                     if let Some(t) = self.jobs.remove(&claim) {
                         t.abort();
                     }
+                }
+                Effect::ProbeOrigin => {
+                    let probe = self.shell.probe();
+                    let tx = self.probe_tx.clone();
+                    tokio::spawn(async move {
+                        let _ = tx.send(probe.await).await;
+                    });
                 }
             }
         }
@@ -596,6 +611,7 @@ impl Runtime {
             joining_ms_left: self.core.joining(now),
             joined_at_ms: self.core.joined_at_ms(),
             clock: self.core.clock_skew(now),
+            origin: self.core.origin_health(now),
         }
     }
 }

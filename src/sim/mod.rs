@@ -216,6 +216,8 @@ pub(crate) fn core_config(cfg: &SimConfig) -> CoreConfig {
         work: true,
         broken_winner_rule: cfg.broken_winner_rule,
         stall_after_ms: 0,
+        origin_breaker: Default::default(),
+        merge_gate: None,
     }
 }
 

@@ -10,7 +10,7 @@ use super::{Mode, Origin, SimConfig, Titles};
 use crate::core::lease::Resource;
 use crate::core::model::Topic;
 use crate::core::state::Doc;
-use crate::core::{Core, Effect, Input, Job};
+use crate::core::{Core, Effect, Input, Job, JobFailure};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
@@ -197,6 +197,9 @@ impl Sim {
                 Effect::CancelWork { claim } => {
                     self.nodes[i].jobs.remove(&claim);
                 }
+                // The simulated origin is never unavailable: no breaker opens, so no
+                // probe is ever asked for.
+                Effect::ProbeOrigin => {}
             }
         }
     }
@@ -454,7 +457,7 @@ impl Sim {
                 {
                     return; // crashed meanwhile, or cancelled
                 }
-                let outcome = self.outcome(node, &job);
+                let outcome = self.outcome(node, &job).map_err(JobFailure::Work);
                 self.note(|| {
                     format!(
                         "node{node} finished {} {}: {:?}",

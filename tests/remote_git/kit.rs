@@ -6,6 +6,10 @@
 //! A missing `sshd`, `lighttpd` or `ssh-keygen` fails the test naming the package
 //! `.ci/run` should have installed — unless the test is not running as root, then it
 //! prints one line saying why it is skipped (CI runs as root).
+//!
+//! Shared by several test binaries, each using part of it.
+
+#![allow(dead_code)]
 
 use git2::{Oid, Repository, Signature};
 use mesh_agent::fence::{Fence, FenceRecord};
@@ -39,6 +43,13 @@ pub struct GitHost {
     /// http only: the token the server accepts.
     pub token: String,
     server: Child,
+    /// How the server was started, to start it again after [`GitHost::stop`].
+    program: PathBuf,
+    args: Vec<String>,
+    /// Where the server's output goes, and the log that says `marker` once it listens.
+    out: PathBuf,
+    ready: PathBuf,
+    marker: &'static str,
 }
 
 impl Drop for GitHost {
@@ -242,7 +253,8 @@ impl GitHost {
         };
         let log = d.join("sshd.log");
         let args = ["-D", "-e", "-f", config_path.to_str().unwrap()];
-        let (server, port) = serve(&sshd, &args, &[&log], "Server listening", configure);
+        let marker = "Server listening";
+        let (server, port) = serve(&sshd, &args, &[&log], marker, configure);
         let user_key = d.join("user_key");
         let credentials = Credentials {
             ssh_command: Some(ssh_command(&user_key, &known_hosts)),
@@ -256,6 +268,11 @@ impl GitHost {
             known_hosts,
             token: String::new(),
             server,
+            program: sshd,
+            args: args.map(String::from).to_vec(),
+            out: log.clone(),
+            ready: log,
+            marker,
             dir,
         })
     }
@@ -303,7 +320,8 @@ $HTTP["url"] =~ "^/git/" {{
         let log = d.join("lighttpd.log");
         let args = ["-D", "-f", config_path.to_str().unwrap()];
         let logs: [&Path; 2] = [&log, &errorlog];
-        let (server, port) = serve(&lighttpd, &args, &logs, "server started", configure);
+        let marker = "server started";
+        let (server, port) = serve(&lighttpd, &args, &logs, marker, configure);
         let credentials = Credentials {
             username: Some(HTTP_USER.into()),
             token: Some(Secret::new(token.clone())),
@@ -317,8 +335,42 @@ $HTTP["url"] =~ "^/git/" {{
             known_hosts: PathBuf::new(),
             token,
             server,
+            program: lighttpd,
+            args: args.map(String::from).to_vec(),
+            out: log,
+            ready: errorlog,
+            marker,
             dir,
         })
+    }
+
+    /// Stops the server (the origin is down): every connection is refused until
+    /// [`GitHost::restart`].
+    pub fn stop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+
+    /// Starts the server again on the same port and waits until it listens.
+    pub fn restart(&mut self) {
+        let _ = std::fs::remove_file(&self.ready);
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.server = spawn(&self.program, &args, &self.out);
+        let deadline = Instant::now() + START_DEADLINE;
+        while !std::fs::read_to_string(&self.ready)
+            .unwrap_or_default()
+            .contains(self.marker)
+        {
+            if let Ok(Some(status)) = self.server.try_wait() {
+                panic!("{} exited ({status}) on restart", self.program.display());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not listen again",
+                self.program.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The credentials a node of this host uses.

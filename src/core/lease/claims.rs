@@ -101,7 +101,7 @@ fn step_of(claim: &ClaimFact) -> Option<(&str, (u32, u8))> {
             phase,
             round,
         } => Some((story.as_str(), step_order(*phase, *round))),
-        Resource::File(_) => None,
+        Resource::File(_) | Resource::Gate(_) => None,
     })
 }
 

@@ -35,10 +35,12 @@ pub use expiry::*;
 // Resources
 // ---------------------------------------------------------------------------------------
 
-/// Something a claim can hold: one phase of one story, or one file of the repository.
+/// Something a claim can hold: one phase of one story, one file of the repository, or the
+/// merge gate of an origin branch.
 ///
-/// Written as `story:<key>/<phase>` (`story:S-0042@ab12cd/implement`) or `file:<path>`
-/// (`file:src/lease.rs`), in the document and on the wire. Review, rework and merge repeat
+/// Written as `story:<key>/<phase>` (`story:S-0042@ab12cd/implement`), `file:<path>`
+/// (`file:src/lease.rs`) or `gate:<origin>#<branch>` (`gate:ssh://git@host/r.git#main`),
+/// in the document and on the wire. Review, rework and merge repeat
 /// in rounds after a rejection; round r > 0 is written `story:<key>/<phase>.<r>`, so each
 /// round is a fresh resource with its own tokens.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -50,12 +52,18 @@ pub enum Resource {
     },
     /// A normalised, repo-relative path (see [`Resource::file`]).
     File(String),
+    /// The merge gate of one origin branch (see [`Resource::gate`]): merge claims on a
+    /// remote origin hold it, so landings take turns through the mesh.
+    Gate(String),
 }
+
+/// Longest gate name, in bytes.
+pub const MAX_GATE_NAME: usize = 512;
 
 /// Why a resource string was rejected. Each names the input and what a valid one is.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ResourceError {
-    #[error("resource {0:?} has no known kind; write `story:<key>/<phase>` or `file:<path>`")]
+    #[error("resource {0:?} has no known kind; write `story:<key>/<phase>`, `file:<path>` or `gate:<origin>#<branch>`")]
     UnknownKind(String),
     #[error("resource {0:?} names no phase; write `story:<key>/<phase>`, e.g. `story:S-0042@ab12cd/implement`")]
     MissingPhase(String),
@@ -65,6 +73,8 @@ pub enum ResourceError {
     BadStory(String),
     #[error("resource {input:?}: {source}")]
     BadPath { input: String, source: InputError },
+    #[error("resource {0:?} has an invalid gate name; a gate is `gate:<origin>#<branch>`, non-empty, at most 512 bytes, without whitespace or control characters")]
+    BadGate(String),
 }
 
 impl Resource {
@@ -91,13 +101,29 @@ impl Resource {
         Ok(Resource::File(normalize_repo_path(path)?))
     }
 
+    /// The merge gate of `branch` at `origin` (an origin URL without credentials):
+    /// `gate:<origin>#<branch>`.
+    pub fn gate(origin: &str, branch: &str) -> Result<Resource, ResourceError> {
+        let name = format!("{origin}#{branch}");
+        if !valid_gate_name(&name) {
+            return Err(ResourceError::BadGate(name));
+        }
+        Ok(Resource::Gate(name))
+    }
+
     /// The story this resource belongs to, if it is a story phase.
     pub fn story_key(&self) -> Option<&str> {
         match self {
             Resource::Story { story, .. } => Some(story),
-            Resource::File(_) => None,
+            Resource::File(_) | Resource::Gate(_) => None,
         }
     }
+}
+
+fn valid_gate_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_GATE_NAME
+        && !name.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 fn valid_story_key(key: &str) -> bool {
@@ -121,6 +147,7 @@ impl fmt::Display for Resource {
                 round,
             } => write!(f, "story:{story}/{phase}.{round}"),
             Resource::File(path) => write!(f, "file:{path}"),
+            Resource::Gate(name) => write!(f, "gate:{name}"),
         }
     }
 }
@@ -158,6 +185,11 @@ impl FromStr for Resource {
                 input: s.to_string(),
                 source,
             })
+        } else if let Some(name) = s.strip_prefix("gate:") {
+            if !valid_gate_name(name) {
+                return Err(ResourceError::BadGate(s.to_string()));
+            }
+            Ok(Resource::Gate(name.to_string()))
         } else {
             Err(ResourceError::UnknownKind(s.to_string()))
         }
@@ -247,6 +279,9 @@ pub enum ReleaseReason {
     /// The work itself failed: the executor failed, tests failed, it made no change, or
     /// the fence refused it. The note says why.
     Failed,
+    /// The git origin was unavailable (unreachable, failing, refusing our credentials):
+    /// not an attempt at the work, and it blames nobody.
+    Unavailable,
 }
 
 impl ReleaseReason {

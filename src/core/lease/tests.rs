@@ -46,6 +46,7 @@ fn resources_round_trip_through_their_string_form() {
         story("S-0042@ab12cd", Phase::PlanReview),
         story("S-0001@zzzzzz", Phase::Merge),
         file("./src/../src/lease.rs"),
+        Resource::gate("ssh://git@h:2222/srv/r.git", "main").unwrap(),
     ] {
         let s = r.to_string();
         assert_eq!(s.parse::<Resource>().unwrap(), r, "{s}");
@@ -97,6 +98,15 @@ fn malformed_resource_strings_are_rejected_with_the_expected_form() {
     ] {
         assert!(bad.parse::<Resource>().is_err(), "{bad} accepted");
     }
+    for bad in ["gate:", "gate:a b#main", "gate:x\n#main"] {
+        let err = bad.parse::<Resource>().unwrap_err();
+        assert!(matches!(err, ResourceError::BadGate(_)), "{bad}: {err}");
+    }
+    assert!(Resource::gate(&"x".repeat(MAX_GATE_NAME), "main").is_err());
+    assert_eq!(
+        Resource::gate("git@h:r.git", "main").unwrap().to_string(),
+        "gate:git@h:r.git#main"
+    );
 }
 
 #[test]

@@ -29,6 +29,7 @@ impl Core {
         self.cancel_lost();
         if self.cfg.work {
             self.claim_next(now_ms, wall_ms);
+            self.probe_origin_if_due(now_ms);
         }
     }
 
@@ -95,6 +96,10 @@ impl Core {
         if self.local.len() >= self.cfg.capacity as usize {
             return;
         }
+        // The origin is unavailable: back off (one probe at a time once the breaker is open).
+        if !self.origin.may_claim(now_ms, self.local.len()) {
+            return;
+        }
         // Warm-up: a node that just started does not yet know who is alive (nor what
         // they claimed), so settling with "everyone alive" would be settling with no
         // one. Wait until every live peer has had time to heartbeat.
@@ -137,6 +142,7 @@ impl Core {
             alive.len() + 1,
             &self.cochange,
             alive.is_empty(),
+            self.cfg.merge_gate.as_ref(),
             |r| {
                 // Never "take over" a claim of our own from a stale view.
                 !claims.winner(r).is_some_and(|w| local.contains_key(w))
@@ -204,6 +210,7 @@ impl Core {
             return;
         }
         let change = self.doc.last_local_change();
+        self.origin.claimed(now_ms);
         // Pushed to every alive peer with the next effect; sessions opened from here on
         // count for settling.
         self.local_write();
@@ -447,7 +454,7 @@ impl Core {
         &mut self,
         now_ms: u64,
         claim: &str,
-        outcome: Result<Handoff, String>,
+        outcome: Result<Handoff, JobFailure>,
     ) {
         let Some(c) = self.local.remove(claim) else {
             tracing::debug!(%claim, "finished work for a claim no longer held; ignored");
@@ -465,6 +472,7 @@ impl Core {
             .unwrap_or(0);
         let was_blocked = self.is_blocked(&c.story);
         let wall = self.last_wall;
+        let outcome_ok = outcome.is_ok();
         match outcome {
             Ok(handoff) => {
                 // A merge that did not reject landed: its commit is the landing (the
@@ -561,7 +569,7 @@ impl Core {
                     }
                 }
             }
-            Err(reason) => {
+            Err(JobFailure::Work(reason)) => {
                 tracing::warn!(%claim, story = %c.story, phase = %c.phase, %reason, "phase attempt failed");
                 self.release(claim, ReleaseReason::Failed, &reason);
                 self.emit(
@@ -572,10 +580,81 @@ impl Core {
                     reason,
                 );
             }
+            Err(JobFailure::Origin(reason)) => {
+                tracing::warn!(%claim, story = %c.story, phase = %c.phase, %reason, "the origin is unavailable; the work is handed back, no attempt counted");
+                self.release(claim, ReleaseReason::Unavailable, &reason);
+                self.emit(
+                    EventKind::PhaseDeferred,
+                    Some(&c.story),
+                    Some(c.phase),
+                    c.round,
+                    format!("origin unavailable, not counted as an attempt: {reason}"),
+                );
+                let opened = self.origin.failed(now_ms, &reason);
+                if let Some(OriginTransition::Opened {
+                    failures,
+                    retry_in_ms,
+                }) = opened
+                {
+                    tracing::error!(failures, retry_in_ms, %reason, "the origin is unavailable: claims paused, one probe per backoff");
+                    self.emit(
+                        EventKind::GitUnavailable,
+                        None,
+                        None,
+                        0,
+                        format!(
+                            "{failures} jobs in a row could not reach the origin; this node claims one job at a time to probe it (next in {:.1} s): {reason}",
+                            retry_in_ms as f64 / 1000.0
+                        ),
+                    );
+                }
+            }
+        }
+        if outcome_ok {
+            self.origin_answers(now_ms);
         }
         self.announce_if_blocked(&c.story, was_blocked);
         self.observer.forget(claim);
-        let _ = now_ms;
+    }
+
+    /// A job or a probe reached the origin: close the breaker if it was open.
+    fn origin_answers(&mut self, now_ms: u64) {
+        if let Some(OriginTransition::Closed { down_ms }) = self.origin.succeeded(now_ms) {
+            tracing::info!(down_ms, "the origin is back: claiming again");
+            self.emit(
+                EventKind::GitAvailable,
+                None,
+                None,
+                0,
+                format!(
+                    "the origin answers again after {:.1} s: claiming again",
+                    down_ms as f64 / 1000.0
+                ),
+            );
+        }
+    }
+
+    /// Asks the shell to probe the origin when the breaker is open and no job will.
+    pub(super) fn probe_origin_if_due(&mut self, now_ms: u64) {
+        if self.cfg.work && !self.stopping && self.origin.probe_due(now_ms, self.local.len()) {
+            self.origin.claimed(now_ms);
+            self.effects.push_back(Effect::ProbeOrigin);
+        }
+    }
+
+    /// The shell's answer to [`Effect::ProbeOrigin`].
+    pub(super) fn origin_probed(&mut self, now_ms: u64, outcome: Result<(), String>) {
+        match outcome {
+            Ok(()) => {
+                self.origin_answers(now_ms);
+                let wall = self.last_wall;
+                self.check_claims(now_ms, wall);
+            }
+            Err(reason) => {
+                tracing::debug!(%reason, "the origin still does not answer");
+                self.origin.failed(now_ms, &reason);
+            }
+        }
     }
 
     /// Whether the view has `story` blocked for a human.

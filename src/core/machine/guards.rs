@@ -54,6 +54,12 @@ impl Core {
         self.guards = guards;
     }
 
+    /// Sets the merge gate merge claims hold (see [`CoreConfig::merge_gate`]): known once
+    /// the shell has opened the origin.
+    pub fn set_merge_gate(&mut self, gate: Option<Resource>) {
+        self.cfg.merge_gate = gate;
+    }
+
     /// Core clock when this node first completed a sync it started (None: not yet).
     pub fn joined_at_ms(&self) -> Option<u64> {
         self.joined_ms

@@ -22,6 +22,7 @@
 //! had the claim, and we have every claim the peer wrote before it (any it writes later
 //! sees ours).
 
+use crate::core::breaker::{Breaker, OriginHealth, Transition as OriginTransition};
 use crate::core::codec;
 use crate::core::lease::{
     claim_id, resource_free, ClaimFact, Claims, CoChange, LeaseConfig, LeaseObserver, ReleaseFact,
@@ -114,6 +115,12 @@ pub struct CoreConfig {
     pub broken_winner_rule: bool,
     /// Raise a `stalled` event for a story that made no progress for this long (0: never).
     pub stall_after_ms: u64,
+    /// When to stop and resume claiming while the origin is unavailable.
+    pub origin_breaker: crate::core::breaker::BreakerConfig,
+    /// The merge gate every merge claim also holds (a remote origin's: landings take
+    /// turns through the mesh). `None`: merges take no gate in the document (a local
+    /// origin's gate is a lock file beside it).
+    pub merge_gate: Option<Resource>,
 }
 
 /// Inputs from the network. Peers are identified by their peer id string.
@@ -145,8 +152,42 @@ pub enum Input {
     /// The executor finished a job (or failed it, with a reason).
     WorkFinished {
         claim: String,
-        outcome: Result<Handoff, String>,
+        outcome: Result<Handoff, JobFailure>,
     },
+    /// The answer to [`Effect::ProbeOrigin`]: the origin answered, or why not.
+    OriginProbed(Result<(), String>),
+}
+
+/// Why a job ended without a handoff.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobFailure {
+    /// The work failed (the executor, the tests, the fence): a failed attempt, counted
+    /// toward the story's attempt limit.
+    Work(String),
+    /// The git origin could not be reached or refused us (network, server, credentials):
+    /// not the work's fault. No attempt is counted, the claim is released for anyone to
+    /// take again, and this node backs off (`crate::core::breaker`).
+    Origin(String),
+}
+
+impl JobFailure {
+    pub fn reason(&self) -> &str {
+        match self {
+            JobFailure::Work(r) | JobFailure::Origin(r) => r,
+        }
+    }
+}
+
+impl From<String> for JobFailure {
+    fn from(reason: String) -> JobFailure {
+        JobFailure::Work(reason)
+    }
+}
+
+impl From<&str> for JobFailure {
+    fn from(reason: &str) -> JobFailure {
+        JobFailure::Work(reason.to_string())
+    }
 }
 
 /// A job for an executor: one phase of one story under one claim. Serialised as JSON
@@ -205,6 +246,9 @@ pub enum Effect {
     CancelWork {
         claim: String,
     },
+    /// The origin was unavailable and no job runs to find out whether it is back: try
+    /// to reach it (a fetch) and answer with [`Input::OriginProbed`].
+    ProbeOrigin,
 }
 
 /// The state of a claim this node wrote.
@@ -313,6 +357,8 @@ pub struct Core {
     stalls_checked_ms: Option<u64>,
     /// A local write waiting for the shell to make it durable (see `write.rs`).
     held: Option<write::HeldWrite>,
+    /// Whether the origin answers, and when to claim again if not.
+    origin: Breaker,
 }
 
 /// Events kept in the local log.
@@ -331,6 +377,7 @@ impl Core {
     /// clock at start is fine); it orders this node's heartbeats.
     pub fn new(peer: String, cfg: CoreConfig, mut doc: Doc, incarnation: u64) -> Core {
         let digest = doc.heads_digest();
+        let origin = Breaker::new(&peer, cfg.origin_breaker);
         let mut core = Core {
             membership: Membership::new(cfg.membership),
             peer,
@@ -376,6 +423,7 @@ impl Core {
             stalls: Default::default(),
             stalls_checked_ms: None,
             held: None,
+            origin,
         };
         core.release_previous_incarnations();
         core
@@ -503,6 +551,11 @@ impl Core {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// Whether the origin answers (the breaker's state), for `status`.
+    pub fn origin_health(&self, now_ms: u64) -> OriginHealth {
+        self.origin.health(now_ms)
     }
 
     pub fn counters_mut(&mut self) -> &mut Counters {
@@ -747,6 +800,7 @@ impl Core {
                 let wall = self.last_wall;
                 self.check_claims(now_ms, wall);
             }
+            Input::OriginProbed(outcome) => self.origin_probed(now_ms, outcome),
             Input::Connected(p) => {
                 self.connected.insert(p.clone());
                 // A new connection also merges event timelines (each side pulls).

@@ -583,7 +583,11 @@ impl StoryFold<'_> {
             .filter(|(id, _)| {
                 !matches!(
                     claims.release_reason(id),
-                    Some(ReleaseReason::Unsettled | ReleaseReason::Shutdown)
+                    Some(
+                        ReleaseReason::Unsettled
+                            | ReleaseReason::Shutdown
+                            | ReleaseReason::Unavailable
+                    )
                 )
             })
             .collect();

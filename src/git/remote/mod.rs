@@ -177,6 +177,22 @@ pub enum RemoteError {
 }
 
 impl RemoteError {
+    /// Whether the origin, not the work, is to blame: it cannot be reached, fails, is
+    /// busy, or refuses us (credentials, host key, path, branch protection). A job that
+    /// ends so is handed back without counting an attempt; some need a human (the
+    /// `git_unavailable` event says which), and every one clears without touching the
+    /// story.
+    pub fn is_outage(&self) -> bool {
+        self.is_transient()
+            || matches!(
+                self,
+                RemoteError::Auth { .. }
+                    | RemoteError::HostKey { .. }
+                    | RemoteError::NotFound { .. }
+                    | RemoteError::Rejected { .. }
+            )
+    }
+
     /// Whether trying again later may succeed without anyone changing anything
     /// (the network, a busy or restarting server).
     pub fn is_transient(&self) -> bool {
