@@ -248,6 +248,14 @@ impl WorkShell {
         Box::pin(async move { shell.run_job(job).await.map_err(WorkError::into_failure) })
     }
 
+    /// Drops a blocked story's work refs at the origin in the background (best effort,
+    /// logged): nothing of it will land, and a human who unblocks it gets fresh work.
+    pub fn drop_work_refs_later(&self, story: String) {
+        if let Some(git) = self.git.clone() {
+            tokio::spawn(async move { drop_work_refs(&git, &story).await });
+        }
+    }
+
     /// Tries to reach the origin (a fetch of main, retried like any step): `Err` with
     /// the reason when the origin is unavailable. Without an origin, or when something
     /// else fails (this node's disk), the origin is not to blame: `Ok`.

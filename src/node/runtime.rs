@@ -321,6 +321,7 @@ impl Runtime {
                         t.abort();
                     }
                 }
+                Effect::DropWorkRefs { story } => self.shell.drop_work_refs_later(story),
                 Effect::ProbeOrigin => {
                     let probe = self.shell.probe();
                     let tx = self.probe_tx.clone();

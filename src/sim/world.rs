@@ -200,6 +200,8 @@ impl Sim {
                 // The simulated origin is never unavailable: no breaker opens, so no
                 // probe is ever asked for.
                 Effect::ProbeOrigin => {}
+                // The simulated origin keeps no work refs.
+                Effect::DropWorkRefs { .. } => {}
             }
         }
     }

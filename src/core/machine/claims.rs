@@ -682,6 +682,9 @@ impl Core {
         }
         let why = s.blocked_reason.clone().unwrap_or_default();
         self.emit(EventKind::StoryBlocked, Some(story), None, s.round, why);
+        self.effects.push_back(Effect::DropWorkRefs {
+            story: story.to_string(),
+        });
     }
 }
 

@@ -249,6 +249,11 @@ pub enum Effect {
     /// The origin was unavailable and no job runs to find out whether it is back: try
     /// to reach it (a fetch) and answer with [`Input::OriginProbed`].
     ProbeOrigin,
+    /// This node's write blocked the story: its work refs at the origin
+    /// (`refs/mesh/work/<story>/*`) are no longer needed. Best effort.
+    DropWorkRefs {
+        story: String,
+    },
 }
 
 /// The state of a claim this node wrote.

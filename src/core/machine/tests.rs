@@ -541,6 +541,14 @@ fn story_blocked_fires_once_when_the_third_failure_blocks_the_story() {
         let want = usize::from(i == crate::core::model::MAX_ATTEMPTS);
         assert_eq!(blocked, want, "after failure {i}");
     }
+    // The node whose write blocked the story has its work refs dropped, once.
+    let mut drops = Vec::new();
+    while let Some(e) = a.poll_effect() {
+        if let Effect::DropWorkRefs { story } = e {
+            drops.push(story);
+        }
+    }
+    assert_eq!(drops, vec![key.clone()]);
     let v = a.view();
     let s = &v.stories[&key];
     assert_eq!(s.status, StoryStatus::Blocked);
@@ -559,7 +567,9 @@ fn story_blocked_fires_once_when_the_third_failure_blocks_the_story() {
     for _ in 0..20 {
         now += 100;
         a.tick(now, now);
-        while a.poll_effect().is_some() {}
+        while let Some(e) = a.poll_effect() {
+            assert!(!matches!(e, Effect::DropWorkRefs { .. }), "dropped again");
+        }
     }
     let n = kinds(&a)
         .iter()
