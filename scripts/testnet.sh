@@ -342,7 +342,17 @@ start_githost() {
     [[ -n ${SSHD:-} ]] || require_hosts
     mkdir -p /run/sshd # sshd's privilege separation directory
     echo "=== $(date -u +%FT%TZ) testnet: starting sshd" >>"$g/sshd.log"
-    ip netns exec "$NS-git" "$SSHD" -D -e -f "$g/sshd_config" >>"$g/sshd.log" 2>&1 </dev/null &
+    # sshd runs each forced command through the user's shell, and bash started by sshd
+    # reads ~/.bashrc: the host user's shell setup (a pyenv rehash waiting on a lock a
+    # killed session left, say) must not stall the git host, so sshd gets its own mount
+    # namespace with an empty tmpfs over that home.
+    local home
+    home=$(getent passwd "$(id -un)" | cut -d: -f6)
+    [[ -n $home && $home != / ]] || home=/nonexistent
+    # shellcheck disable=SC2016
+    ip netns exec "$NS-git" unshare --mount --propagation private \
+        sh -c 'if [ -d "$1" ]; then mount -t tmpfs -o mode=0700,size=1m mesh-tn-githome "$1"; fi; shift; exec "$@"' \
+        githost "$home" "$SSHD" -D -e -f "$g/sshd_config" >>"$g/sshd.log" 2>&1 </dev/null &
     echo $! >"$g/sshd.pid"
     disown # its end (a chaos run kills it) is no news for this shell
     echo "=== $(date -u +%FT%TZ) testnet: starting lighttpd" >>"$g/lighttpd.log"
