@@ -6,6 +6,7 @@
 //!         [--files N]   # planned files drawn from N names (default 4; 0: issue 3's backlog, no files)
 //!         [--no-stops]  # no clean stops, guards or skewed clocks: the runs of before them
 //!         [--no-storage-faults]  # every write durable at once, backlog written at the start
+//!         [--remote]    # a remote origin: merges take the gate in the document, the origin has outages
 //!     cargo run --release --example sim -- --replay 1234 --mode hostile   # full trace
 
 use mesh_agent::sim::{run, Mode, SimConfig};
@@ -17,7 +18,7 @@ use std::time::Instant;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn usage() -> ! {
-    eprintln!("usage: sim [--seeds N] [--start S] [--mode clean|hostile|both] [--replay SEED] [--nodes N] [--stories N] [--files N] [--no-stops] [--no-storage-faults] [--keep-going]");
+    eprintln!("usage: sim [--seeds N] [--start S] [--mode clean|hostile|both] [--replay SEED] [--nodes N] [--stories N] [--files N] [--no-stops] [--no-storage-faults] [--remote] [--keep-going]");
     std::process::exit(2);
 }
 
@@ -26,7 +27,7 @@ fn main() {
     let (mut seeds, mut start, mut modes, mut replay) =
         (1000u64, 0u64, vec![Mode::Clean, Mode::Hostile], None);
     let (mut nodes, mut stories, mut files, mut keep_going) = (None, None, None, false);
-    let (mut stops, mut storage_faults) = (true, true);
+    let (mut stops, mut storage_faults, mut remote) = (true, true, false);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage());
         match a.as_str() {
@@ -47,6 +48,7 @@ fn main() {
             "--keep-going" => keep_going = true,
             "--no-stops" => stops = false,
             "--no-storage-faults" => storage_faults = false,
+            "--remote" => remote = true,
             "-h" | "--help" => usage(),
             _ => usage(),
         }
@@ -55,6 +57,7 @@ fn main() {
         let mut c = SimConfig::new(mode);
         c.stops_guards_clocks = stops;
         c.storage_faults = storage_faults;
+        c.remote = remote;
         if let Some(n) = nodes {
             c.nodes = n;
         }
@@ -75,8 +78,8 @@ fn main() {
                 println!("{line}");
             }
             println!(
-                "seed {seed} {mode:?}: {} events, {} merged, {} blocked, {} lost tails ({} torn), {} writes acknowledged, {} aborted, violations: {:?}",
-                r.events, r.merged, r.blocked, r.lost_tails, r.torn_tails, r.acked_writes, r.aborted_writes, r.violations
+                "seed {seed} {mode:?}: {} events, {} merged, {} blocked, {} lost tails ({} torn), {} writes acknowledged, {} aborted, {} jobs deferred by outages ({} lost answers), violations: {:?}",
+                r.events, r.merged, r.blocked, r.lost_tails, r.torn_tails, r.acked_writes, r.aborted_writes, r.deferred_jobs, r.lost_answers, r.violations
             );
         }
         return;
@@ -85,6 +88,7 @@ fn main() {
     let (mut events, mut merged, mut blocked, mut runs) = (0u64, 0usize, 0usize, 0u64);
     let (mut shutdowns, mut skewed_ticks) = (0u64, 0u64);
     let (mut lost_tails, mut torn_tails, mut acked, mut aborted) = (0u64, 0u64, 0u64, 0u64);
+    let (mut deferred, mut lost_answers) = (0u64, 0u64);
     let mut failed: Vec<String> = Vec::new();
     for seed in start..start + seeds {
         for &mode in &modes {
@@ -99,6 +103,8 @@ fn main() {
             torn_tails += r.torn_tails;
             acked += r.acked_writes;
             aborted += r.aborted_writes;
+            deferred += r.deferred_jobs;
+            lost_answers += r.lost_answers;
             let mode_arg = if mode == Mode::Clean {
                 "clean"
             } else {
@@ -119,7 +125,7 @@ fn main() {
                 for line in r.trace.iter().rev().take(200).rev() {
                     println!("  {line}");
                 }
-                println!("replay: cargo run --release --example sim -- --replay {seed} --mode {mode_arg}");
+                println!("replay: cargo run --release --example sim -- --replay {seed} --mode {mode_arg}{}", if remote { " --remote" } else { "" });
                 std::process::exit(1);
             }
         }
@@ -133,7 +139,7 @@ fn main() {
         }
     }
     println!(
-        "{seeds} seeds x {} modes = {runs} runs: {} violations; {events} events, {merged} stories merged, {blocked} blocked, {shutdowns} clean stops, {skewed_ticks} skewed ticks; storage: {lost_tails} crashes lost a tail ({torn_tails} torn), {acked} user writes acknowledged, {aborted} aborted; {:.1} s",
+        "{seeds} seeds x {} modes = {runs} runs: {} violations; {events} events, {merged} stories merged, {blocked} blocked, {shutdowns} clean stops, {skewed_ticks} skewed ticks; storage: {lost_tails} crashes lost a tail ({torn_tails} torn), {acked} user writes acknowledged, {aborted} aborted; remote origin: {deferred} jobs deferred by outages ({lost_answers} landed, answer lost); {:.1} s",
         modes.len(),
         failed.len(),
         t0.elapsed().as_secs_f64()

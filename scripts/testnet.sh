@@ -552,6 +552,11 @@ ensure_binary() {
         [[ -x $BIN ]] || die "build failed"
         info "warning: build failed; using the existing, older $BIN"
     fi
+    # A known LLVM miscompile crashes nodes with SIGSEGV (scripts/check-codegen --help).
+    if command -v objdump >/dev/null && command -v python3 >/dev/null; then
+        "$ROOT/scripts/check-codegen" "$BIN" >&2 \
+            || die "$BIN has instructions that fault at run time (a compiler bug; see scripts/check-codegen --help)"
+    fi
 }
 
 # Prints node I's `status --json`, or nothing if it does not answer.

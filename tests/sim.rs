@@ -259,3 +259,31 @@ fn a_view_never_flips_a_round_later_rounds_built_on() {
         r.violations
     );
 }
+
+#[test]
+fn a_remote_origin_with_outages_and_lost_answers_holds_every_invariant() {
+    // Merges take the gate in the document; the origin is down for a few windows of the
+    // chaos, jobs ending then are deferred (no attempt), and a third of the merges ending
+    // then had landed before their answer was lost: the next holder finds them landed.
+    // Every story still finishes within the bound, lands once, and none is blocked by an
+    // outage (a blocked story would need failed attempts, and outages are not attempts).
+    let (mut deferred, mut lost, mut blocked) = (0, 0, 0);
+    for (seeds, mode) in [(0..100, Mode::Clean), (1_000..1_100, Mode::Hostile)] {
+        let mut cfg = SimConfig::new(mode);
+        cfg.remote = true;
+        for seed in seeds {
+            let r = run(seed, &cfg);
+            assert!(
+                r.ok(),
+                "seed {seed} ({mode:?}, remote) violated invariants: {:#?}\nreplay: scripts/sim --replay {seed} --remote",
+                r.violations
+            );
+            deferred += r.deferred_jobs;
+            lost += r.lost_answers;
+            blocked += r.blocked;
+        }
+    }
+    assert!(deferred > 100, "outages deferred only {deferred} jobs");
+    assert!(lost > 0, "no merge landed with its answer lost");
+    assert_eq!(blocked, 0, "stories blocked though outages are no attempts");
+}

@@ -293,11 +293,21 @@ impl Sim {
         // Clean mode: a dead holder's work is taken over within the bound.
         if self.cfg.mode == Mode::Clean {
             let l = self.cfg.lease;
+            // A remote origin's outages may hold every node's breaker back (its longest
+            // pause, jitter included) and, once open, let each run one job at a time (the
+            // probe, up to the longest phase) before it may take over (seeds 49 and 77
+            // clean, --remote).
+            let breaker = if self.cfg.remote {
+                self.cfg.origin_breaker().max_ms * 5 / 4 + self.cfg.phase_ms * 3 / 2
+            } else {
+                0
+            };
             let bound = l.ttl_ms
                 + self.cfg.membership.dead_after_ms
                 + l.settle_timeout_ms
                 + l.grace_ms
-                + 2 * self.cfg.membership.heartbeat_ms;
+                + 2 * self.cfg.membership.heartbeat_ms
+                + breaker;
             let crashes = self.crashes.clone();
             for Crash {
                 node,

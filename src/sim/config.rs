@@ -70,6 +70,13 @@ pub struct SimConfig {
     /// A broken shell that starts jobs before their claims are flushed (the same class:
     /// seed 2362 hostile, frames flushed).
     pub start_before_flush: bool,
+    /// A remote origin: merge claims also hold the gate resource in the document, the
+    /// origin is down for a few seeded windows of the chaos (a job ending then fails as
+    /// an outage, `JobFailure::Origin`; a merge ending then has landed first in a third
+    /// of the cases: the push went through, its answer was lost), and the cores' origin
+    /// breakers run on the sim's timings. false: the runs of before (no gate, no
+    /// outages; the schedule of other faults is the same either way).
+    pub remote: bool,
 }
 
 /// The fraction of user writes whose append or flush fails (with storage faults).
@@ -110,6 +117,17 @@ impl SimConfig {
             keep_failed_writes: false,
             send_before_flush: false,
             start_before_flush: false,
+            remote: false,
+        }
+    }
+
+    /// The breaker the cores run with: open after two outages in a row, pauses of a
+    /// phase doubling to four.
+    pub fn origin_breaker(&self) -> crate::core::breaker::BreakerConfig {
+        crate::core::breaker::BreakerConfig {
+            open_after: 2,
+            base_ms: self.phase_ms,
+            max_ms: 4 * self.phase_ms,
         }
     }
 }
@@ -142,6 +160,8 @@ impl SimConfig {
     ///   up to a settle timeout, the longest phase (`phase_ms × 3/2`), a tick
     ///   (`heartbeat/4`) and four network delays to spread the claim and the result.
     ///
+    /// * with a remote origin, the longest breaker pause: outages stop with the faults.
+    ///
     /// Capacity and node count only shorten this (stories that share nothing run in
     /// parallel), so they do not appear in the worst case. Nor does the store's flush
     /// cadence: writes are lost only in crashes, and crashes stop with the other faults,
@@ -157,6 +177,13 @@ impl SimConfig {
             + m.heartbeat_ms / 4
             + 4 * self.max_delay_ms;
         let steps = self.stories as u64 * MAX_STEPS_PER_STORY * u64::from(MAX_ATTEMPTS);
-        warm_up + expiry + steps * attempt
+        // A remote origin's breaker may still hold a node back after the heal: its longest
+        // pause (+25 % jitter) before the probe that closes it.
+        let breaker = if self.remote {
+            self.origin_breaker().max_ms * 5 / 4
+        } else {
+            0
+        };
+        warm_up + expiry + breaker + steps * attempt
     }
 }

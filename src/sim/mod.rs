@@ -69,6 +69,10 @@ pub struct Report {
     /// User writes acknowledged (durable) and aborted (their append or flush failed).
     pub acked_writes: u64,
     pub aborted_writes: u64,
+    /// Jobs that ended in an origin outage (remote origin only), and of those, merges
+    /// whose push had landed before the answer was lost.
+    pub deferred_jobs: u64,
+    pub lost_answers: u64,
 }
 
 impl Report {
@@ -94,6 +98,11 @@ enum Ev {
         node: usize,
         incarnation: u64,
         job: Box<Job>,
+    },
+    /// The answer to a node's origin probe arrives.
+    Probed {
+        node: usize,
+        incarnation: u64,
     },
     Crash(usize),
     /// The user adds backlog story `k` on its node (a durable write).
@@ -216,8 +225,11 @@ pub(crate) fn core_config(cfg: &SimConfig) -> CoreConfig {
         work: true,
         broken_winner_rule: cfg.broken_winner_rule,
         stall_after_ms: 0,
-        origin_breaker: Default::default(),
-        merge_gate: None,
+        origin_breaker: cfg.origin_breaker(),
+        merge_gate: cfg
+            .remote
+            .then(|| crate::core::lease::Resource::gate("sim://origin", "main").ok())
+            .flatten(),
     }
 }
 
@@ -330,6 +342,9 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
             _ => {}
         }
     }
+    if cfg.remote {
+        sim.origin.schedule_outages(seed, cfg.chaos_ms);
+    }
     let chaos_end = cfg.chaos_ms + 4_000;
     let end = chaos_end + cfg.liveness_bound_ms();
     let mut healed = false;
@@ -395,5 +410,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
         torn_tails: sim.torn_tails,
         acked_writes: sim.acked.len() as u64,
         aborted_writes: sim.aborted.len() as u64,
+        deferred_jobs: sim.origin.deferred,
+        lost_answers: sim.origin.lost_answers,
     }
 }

@@ -18,7 +18,8 @@ use crate::core::fence::{fence_token, FenceRecord, Refused, Rule};
 use crate::core::model::Phase;
 use crate::core::sim_handoff::sim_handoff;
 use crate::core::Job;
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 
 /// The git origin as the fence sees it.
@@ -34,6 +35,12 @@ pub(super) struct Origin {
     main: Vec<(String, Vec<String>)>,
     /// The main each change was made on (its length then), by the change's claim.
     bases: BTreeMap<String, usize>,
+    /// Remote origins: the windows [from, to) it is down, and their own generator, so
+    /// the other faults of a seed stay the same.
+    down: Vec<(u64, u64)>,
+    rng: StdRng,
+    pub(super) deferred: u64,
+    pub(super) lost_answers: u64,
 }
 
 impl Origin {
@@ -44,7 +51,26 @@ impl Origin {
             landed: BTreeMap::new(),
             main: Vec::new(),
             bases: BTreeMap::new(),
+            down: Vec::new(),
+            rng: StdRng::seed_from_u64(0),
+            deferred: 0,
+            lost_answers: 0,
         }
+    }
+
+    /// One to three outages of 0.3–3 s within the chaos window.
+    pub(super) fn schedule_outages(&mut self, seed: u64, chaos_ms: u64) {
+        self.rng = StdRng::seed_from_u64(seed ^ 0x0d0e_c0de_0d0e_c0de);
+        for _ in 0..self.rng.gen_range(1..=3) {
+            let from = self.rng.gen_range(300..chaos_ms.max(301));
+            let to = (from + self.rng.gen_range(300..3_000)).min(chaos_ms);
+            self.down.push((from, to));
+        }
+    }
+
+    /// Whether the origin is down at `t`.
+    pub(super) fn is_down(&self, t: u64) -> bool {
+        self.down.iter().any(|&(from, to)| (from..to).contains(&t))
     }
 
     /// The base of a new implement or rework: main now, except for a rework after a
@@ -88,6 +114,28 @@ impl Origin {
     }
 }
 impl Sim {
+    /// A job's outcome at a remote origin that may be down: an outage fails it (after
+    /// landing, for a third of the merges: the answer was lost), else the executor's.
+    pub(super) fn remote_outcome(
+        &mut self,
+        i: usize,
+        job: &Job,
+    ) -> Result<crate::core::model::Handoff, crate::core::JobFailure> {
+        if !self.origin.is_down(self.now) {
+            return self.outcome(i, job).map_err(crate::core::JobFailure::Work);
+        }
+        self.origin.deferred += 1;
+        if job.phase == Phase::Merge && self.origin.rng.gen_bool(1.0 / 3.0) {
+            // Landed (or refused) at the origin; the node never hears.
+            if self.outcome(i, job).is_ok() {
+                self.origin.lost_answers += 1;
+            }
+        }
+        Err(crate::core::JobFailure::Origin(
+            "cannot reach the origin (simulated outage)".into(),
+        ))
+    }
+
     /// The executor's outcome; a merge lands through the origin's fence.
     pub(super) fn outcome(
         &mut self,

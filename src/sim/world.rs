@@ -197,9 +197,18 @@ impl Sim {
                 Effect::CancelWork { claim } => {
                     self.nodes[i].jobs.remove(&claim);
                 }
-                // The simulated origin is never unavailable: no breaker opens, so no
-                // probe is ever asked for.
-                Effect::ProbeOrigin => {}
+                // Answered a network delay later, as a fetch would be.
+                Effect::ProbeOrigin => {
+                    let at = self.now + self.cfg.max_delay_ms.max(1);
+                    let incarnation = self.nodes[i].incarnation;
+                    self.at(
+                        at,
+                        Ev::Probed {
+                            node: i,
+                            incarnation,
+                        },
+                    );
+                }
                 // The simulated origin keeps no work refs.
                 Effect::DropWorkRefs { .. } => {}
             }
@@ -349,7 +358,7 @@ impl Sim {
         let target = match &ev {
             Ev::Tick(i) | Ev::Beat(i) | Ev::AntiEntropy(i) => Some(*i),
             Ev::Deliver { to, .. } => Some(*to),
-            Ev::WorkDone { node, .. } => Some(*node),
+            Ev::WorkDone { node, .. } | Ev::Probed { node, .. } => Some(*node),
             Ev::UserWrite(k) => Some(*k % self.nodes.len()),
             _ => None,
         };
@@ -459,7 +468,11 @@ impl Sim {
                 {
                     return; // crashed meanwhile, or cancelled
                 }
-                let outcome = self.outcome(node, &job).map_err(JobFailure::Work);
+                let outcome = if self.cfg.remote {
+                    self.remote_outcome(node, &job)
+                } else {
+                    self.outcome(node, &job).map_err(JobFailure::Work)
+                };
                 self.note(|| {
                     format!(
                         "node{node} finished {} {}: {:?}",
@@ -476,6 +489,20 @@ impl Sim {
                             outcome,
                         },
                     );
+                }
+                self.drain(node);
+            }
+            Ev::Probed { node, incarnation } => {
+                if self.nodes[node].incarnation != incarnation {
+                    return;
+                }
+                let answer = if self.origin.is_down(now) {
+                    Err("cannot reach the origin (simulated outage)".to_string())
+                } else {
+                    Ok(())
+                };
+                if let Some(c) = self.nodes[node].core.as_mut() {
+                    c.handle(now, Input::OriginProbed(answer));
                 }
                 self.drain(node);
             }
