@@ -27,6 +27,7 @@ impl Core {
         }
         self.check_settling(now_ms);
         self.cancel_lost();
+        self.drop_stale_pushes();
         if self.cfg.work {
             self.claim_next(now_ms, wall_ms);
             self.probe_origin_if_due(now_ms);
@@ -522,6 +523,10 @@ impl Core {
                 if let Err(e) = result {
                     tracing::error!(%claim, error = %e, "cannot write a result");
                 }
+                if matches!(c.phase, Phase::Implement | Phase::Rework) && handoff.commit.is_some() {
+                    self.pushed
+                        .push((c.story.clone(), claim.to_string(), c.phase, c.round));
+                }
                 self.release(claim, ReleaseReason::Done, "");
                 tracing::info!(%claim, story = %c.story, phase = %c.phase, round = c.round, summary = %handoff.summary, "phase finished");
                 let (p, r) = (Some(c.phase), c.round);
@@ -615,46 +620,6 @@ impl Core {
         }
         self.announce_if_blocked(&c.story, was_blocked);
         self.observer.forget(claim);
-    }
-
-    /// A job or a probe reached the origin: close the breaker if it was open.
-    fn origin_answers(&mut self, now_ms: u64) {
-        if let Some(OriginTransition::Closed { down_ms }) = self.origin.succeeded(now_ms) {
-            tracing::info!(down_ms, "the origin is back: claiming again");
-            self.emit(
-                EventKind::GitAvailable,
-                None,
-                None,
-                0,
-                format!(
-                    "the origin answers again after {:.1} s: claiming again",
-                    down_ms as f64 / 1000.0
-                ),
-            );
-        }
-    }
-
-    /// Asks the shell to probe the origin when the breaker is open and no job will.
-    pub(super) fn probe_origin_if_due(&mut self, now_ms: u64) {
-        if self.cfg.work && !self.stopping && self.origin.probe_due(now_ms, self.local.len()) {
-            self.origin.claimed(now_ms);
-            self.effects.push_back(Effect::ProbeOrigin);
-        }
-    }
-
-    /// The shell's answer to [`Effect::ProbeOrigin`].
-    pub(super) fn origin_probed(&mut self, now_ms: u64, outcome: Result<(), String>) {
-        match outcome {
-            Ok(()) => {
-                self.origin_answers(now_ms);
-                let wall = self.last_wall;
-                self.check_claims(now_ms, wall);
-            }
-            Err(reason) => {
-                tracing::debug!(%reason, "the origin still does not answer");
-                self.origin.failed(now_ms, &reason);
-            }
-        }
     }
 
     /// Whether the view has `story` blocked for a human.

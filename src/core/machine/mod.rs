@@ -46,11 +46,13 @@ use crate::core::timeline::{
 mod claims;
 mod events;
 mod guards;
+mod origin;
 mod status;
 mod sync;
 mod write;
 
 pub use guards::{ClockSkew, Guards, Handover, CLOCK_SAMPLES};
+pub use origin::JobFailure;
 pub use status::{ClaimRow, Counters, HeldClaim, RunRecord};
 
 /// Most knowledge entries handed to one job.
@@ -156,38 +158,6 @@ pub enum Input {
     },
     /// The answer to [`Effect::ProbeOrigin`]: the origin answered, or why not.
     OriginProbed(Result<(), String>),
-}
-
-/// Why a job ended without a handoff.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JobFailure {
-    /// The work failed (the executor, the tests, the fence): a failed attempt, counted
-    /// toward the story's attempt limit.
-    Work(String),
-    /// The git origin could not be reached or refused us (network, server, credentials):
-    /// not the work's fault. No attempt is counted, the claim is released for anyone to
-    /// take again, and this node backs off (`crate::core::breaker`).
-    Origin(String),
-}
-
-impl JobFailure {
-    pub fn reason(&self) -> &str {
-        match self {
-            JobFailure::Work(r) | JobFailure::Origin(r) => r,
-        }
-    }
-}
-
-impl From<String> for JobFailure {
-    fn from(reason: String) -> JobFailure {
-        JobFailure::Work(reason)
-    }
-}
-
-impl From<&str> for JobFailure {
-    fn from(reason: &str) -> JobFailure {
-        JobFailure::Work(reason.to_string())
-    }
 }
 
 /// A job for an executor: one phase of one story under one claim. Serialised as JSON
@@ -364,6 +334,8 @@ pub struct Core {
     held: Option<write::HeldWrite>,
     /// Whether the origin answers, and when to claim again if not.
     origin: Breaker,
+    /// Work this node pushed (implement/rework that finished): story, claim, phase, round.
+    pushed: Vec<(String, String, Phase, u32)>,
 }
 
 /// Events kept in the local log.
@@ -429,6 +401,7 @@ impl Core {
             stalls_checked_ms: None,
             held: None,
             origin,
+            pushed: Vec::new(),
         };
         core.release_previous_incarnations();
         core
@@ -556,11 +529,6 @@ impl Core {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
-    }
-
-    /// Whether the origin answers (the breaker's state), for `status`.
-    pub fn origin_health(&self, now_ms: u64) -> OriginHealth {
-        self.origin.health(now_ms)
     }
 
     pub fn counters_mut(&mut self) -> &mut Counters {

@@ -1185,3 +1185,52 @@ fn a_node_with_nothing_to_claim_probes_the_unavailable_origin_and_says_when_it_i
         2
     );
 }
+
+#[test]
+fn work_pushed_by_a_claim_that_did_not_count_is_dropped_once_the_story_is_finished() {
+    let mut a = worker_alone("A", 1);
+    a.add_story(&titled("pushed twice"), 1).unwrap();
+    let key = a.view().stories.keys().next().unwrap().clone();
+    let mut now = 0;
+    for p in [Phase::Research, Phase::Plan] {
+        run_step(&mut a, &mut now, p, 0, None);
+    }
+    // Implement pushes its commit (the handoff names it).
+    let claim = next_job(&mut a, &mut now);
+    a.handle(
+        now,
+        Input::WorkFinished {
+            claim,
+            outcome: Ok(Handoff {
+                commit: Some("1111111111111111111111111111111111111111".into()),
+                ..Handoff::default()
+            }),
+        },
+    );
+    // A stale push of an earlier claim of ours, taken over while it ran (say).
+    a.pushed
+        .push((key.clone(), "A-stale".into(), Phase::Implement, 0));
+    let mut drops = Vec::new();
+    let mut collect = |a: &mut Core, drops: &mut Vec<String>| {
+        while let Some(e) = a.poll_effect() {
+            if let Effect::DropWorkRefs { story } = e {
+                drops.push(story);
+            }
+        }
+    };
+    run_step(&mut a, &mut now, Phase::Review, 0, Some(Verdict::Approve));
+    assert_eq!(
+        a.pushed.len(),
+        2,
+        "nothing dropped while the story is in flight"
+    );
+    run_step(&mut a, &mut now, Phase::Merge, 0, None);
+    assert!(a.view().stories[&key].merged.is_some());
+    for _ in 0..3 {
+        now += 100;
+        a.tick(now, now);
+        collect(&mut a, &mut drops);
+    }
+    assert_eq!(drops, vec![key], "once, for the push that did not count");
+    assert!(a.pushed.is_empty());
+}
