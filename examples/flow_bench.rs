@@ -73,8 +73,12 @@ use std::time::{Duration, Instant};
 enum OriginKind {
     /// A bare repository on this machine, by path.
     Local,
-    /// The same, served by an sshd on 127.0.0.1 (ssh:// URL).
+    /// The same, served by an sshd on 127.0.0.1 (ssh:// URL): a new ssh connection per
+    /// git command, as the node's default ssh command does.
     Ssh,
+    /// The same sshd, every node's git commands multiplexed over one ssh connection of
+    /// its own (ControlMaster, ControlPersist): what a node would do with multiplexing.
+    SshMux,
 }
 
 impl OriginKind {
@@ -82,6 +86,7 @@ impl OriginKind {
         match self {
             OriginKind::Local => "local",
             OriginKind::Ssh => "ssh",
+            OriginKind::SshMux => "ssh-mux",
         }
     }
 }
@@ -111,12 +116,40 @@ struct Args {
     /// (the same served by an sshd on 127.0.0.1).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "local")]
     origins: Vec<OriginKind>,
+    /// Over ssh: more options for the nodes' ssh command (e.g. "-o KexAlgorithms=…" or
+    /// ControlMaster settings), appended to it; to find where the time goes.
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    ssh_options: String,
     /// Give up on one run after this long.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
 }
 
 /// This process's CPU time so far: (self utime + stime, children cutime + cstime), seconds.
+/// CPU time every process of the machine used so far (/proc/stat: all but idle and
+/// iowait), seconds.
+fn machine_cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return f64::NAN;
+    };
+    // user nice system idle iowait irq softirq steal (guest time is in user already).
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    let busy: f64 = f
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    busy / tick
+}
+
 fn cpu_secs() -> (f64, f64) {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the ")" that ends the command name: state is field 3; utime 14,
@@ -170,6 +203,8 @@ struct Run {
     wall: Duration,
     cpu: f64,
     child_cpu: f64,
+    /// Every process of the machine (/proc/stat), seconds.
+    machine_cpu: f64,
     bytes_out: u64,
     latency_p50_ms: f64,
     latency_max_ms: f64,
@@ -288,16 +323,35 @@ fn nft(args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
 }
 
 /// The ssh origin's server, started once for the whole process.
+///
+/// The nodes' ssh command reads a client config of the bench's own: `Host mux-<i>`
+/// (HostName 127.0.0.1, sshd's port) multiplexes over one master connection per name
+/// (ControlMaster auto, ControlPath <dir>/cm-%n, ControlPersist), so node i of an
+/// `ssh-mux` run, whose origin is `ssh://<user>@mux-<i>/…`, has a master of its own as
+/// on its own machine; `ssh` runs name 127.0.0.1 and match no Host block.
 struct SshOrigin {
     /// Dropped first: its nft table goes before anything else.
     wire: Option<WireCounter>,
     server: sshd::Sshd,
-    /// Holds the keys, config and log; removed last.
-    _dir: tempfile::TempDir,
+    /// The nodes' ssh command: the server's, with the bench's client config and
+    /// --ssh-options.
+    command: String,
+    /// Holds the keys, configs, log and control sockets; removed last.
+    dir: tempfile::TempDir,
+}
+
+/// Most nodes an `ssh-mux` run may have (Host names mux-0 …).
+const MAX_MUX_NODES: usize = 256;
+
+impl Drop for SshOrigin {
+    /// Multiplexing masters outlive the git commands that started them: stop any left.
+    fn drop(&mut self) {
+        self.stop_masters(MAX_MUX_NODES);
+    }
 }
 
 impl SshOrigin {
-    fn start() -> anyhow::Result<SshOrigin> {
+    fn start(options: &str) -> anyhow::Result<SshOrigin> {
         let need = |name: &str, package: &str| {
             sshd::which(name)
                 .with_context(|| format!("--origins ssh needs `{name}`: apt-get install {package}"))
@@ -317,11 +371,52 @@ impl SshOrigin {
                 None
             }
         };
+        let config = dir.path().join("ssh_config");
+        let text = format!(
+            "Host mux-*\n  HostName 127.0.0.1\n  Port {port}\n  ControlMaster auto\n  \
+             ControlPath {dir}/cm-%n\n  ControlPersist 600\n",
+            port = server.port,
+            dir = dir.path().display()
+        );
+        std::fs::write(&config, text).with_context(|| format!("write {}", config.display()))?;
+        let command = format!("{} {options}", server.ssh_command_with_config(&config))
+            .trim_end()
+            .to_string();
         Ok(SshOrigin {
             wire,
             server,
-            _dir: dir,
+            command,
+            dir,
         })
+    }
+
+    /// Node i's origin URL for the repository at `repo`.
+    fn url(&self, kind: OriginKind, i: usize, repo: &std::path::Path) -> String {
+        match kind {
+            OriginKind::SshMux => format!("ssh://{}@mux-{i}{}", self.server.user, repo.display()),
+            _ => self.server.url(repo),
+        }
+    }
+
+    /// Stops the multiplexing masters of nodes 0..n that run (`ssh -O exit`), and waits
+    /// for them to go.
+    fn stop_masters(&self, n: usize) {
+        for i in 0..n {
+            let socket = self.dir.path().join(format!("cm-mux-{i}"));
+            if !socket.exists() {
+                continue;
+            }
+            let stop = format!("{} -O exit mux-{i}", self.command);
+            let _ = std::process::Command::new("sh")
+                .args(["-c", &stop])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while socket.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
 
     /// sshd's CPU so far, with the children it reaped (sessions, git-shell, git), s.
@@ -402,17 +497,16 @@ async fn one(a: &Args, n: usize, kind: OriginKind, ssh: Option<&SshOrigin>) -> a
         demo::create_origin(&origin_dir)?;
     }
     let ssh = match kind {
-        OriginKind::Ssh => Some(ssh.context("no sshd for the ssh origin")?),
+        OriginKind::Ssh | OriginKind::SshMux => Some(ssh.context("no sshd for the ssh origin")?),
         OriginKind::Local => None,
     };
-    let origin = match ssh {
+    let origin = |i: usize| match ssh {
         _ if a.no_git => None,
-        Some(s) => Some(s.server.url(&origin_dir)),
+        Some(s) => Some(s.url(kind, i, &origin_dir)),
         None => Some(origin_dir.display().to_string()),
     };
-    let origin = origin.as_deref();
     let nodes = meshkit::start_nodes(n, |i, boot| {
-        let cfg = config(a, origin, boot);
+        let cfg = config(a, origin(i).as_deref(), boot);
         cfg.validate()?;
         Ok(NodeOptions {
             config: cfg,
@@ -436,6 +530,7 @@ async fn one(a: &Args, n: usize, kind: OriginKind, ssh: Option<&SshOrigin>) -> a
     let b0 = bytes_out(&nodes).await;
     let s0 = ssh.map(SshOrigin::sample).transpose()?;
     let (c0, k0) = cpu_secs();
+    let m0 = machine_cpu_secs();
     let t0 = Instant::now();
     // All on node 0: stories written at once on different nodes would get disambiguated
     // ids (S-0001-xxxxxx), which the demo project's test.sh rejects as malformed lines.
@@ -463,12 +558,16 @@ async fn one(a: &Args, n: usize, kind: OriginKind, ssh: Option<&SshOrigin>) -> a
     };
     let wall = t0.elapsed();
     let (c1, k1) = cpu_secs();
+    let m1 = machine_cpu_secs();
     let b1 = bytes_out(&nodes).await;
     // The last connection's closing packets (and sshd reaping its session, for its
     // CPU) trail the client's answer by a moment: let them pass (nothing else talks to
     // sshd now).
     let s1 = match ssh {
         Some(s) => {
+            // A multiplexing master's connection is counted (bytes of its closing, and
+            // sshd's CPU for its session, reaped then) when it ends: end them now.
+            s.stop_masters(n);
             tokio::time::sleep(Duration::from_millis(300)).await;
             Some(s.sample()?)
         }
@@ -527,6 +626,7 @@ async fn one(a: &Args, n: usize, kind: OriginKind, ssh: Option<&SshOrigin>) -> a
         wall,
         cpu: c1 - c0,
         child_cpu: k1 - k0,
+        machine_cpu: m1 - m0,
         bytes_out: b1.saturating_sub(b0),
         latency_p50_ms: lat.get(lat.len() / 2).copied().unwrap_or(f64::NAN),
         latency_max_ms: lat.last().copied().unwrap_or(f64::NAN),
@@ -552,13 +652,12 @@ fn main() -> anyhow::Result<()> {
     // Before any thread exists: the server, and the ssh command every node's git runs
     // (the node reads GIT_SSH_COMMAND like a user's own setting; set once, here, while
     // this process has one thread).
-    let ssh = if origins.contains(&OriginKind::Ssh) {
-        let s = SshOrigin::start()?;
-        std::env::set_var("GIT_SSH_COMMAND", s.server.ssh_command());
+    let ssh = if origins.iter().any(|&k| k != OriginKind::Local) {
+        let s = SshOrigin::start(&a.ssh_options)?;
+        std::env::set_var("GIT_SSH_COMMAND", &s.command);
         eprintln!(
             "flow_bench: ssh origin: sshd on 127.0.0.1:{}, GIT_SSH_COMMAND={}",
-            s.server.port,
-            s.server.ssh_command()
+            s.server.port, s.command
         );
         Some(s)
     } else {
@@ -698,14 +797,30 @@ fn report(a: &Args, runs: &[Run]) {
     }
     println!();
     println!(
-        "Origin over ssh against the local path, same run and phase length (sshd on 127.0.0.1, ed25519 key, git-shell; a new ssh connection per git command):"
+        "Origin over ssh against the local path, same run and phase length (sshd on 127.0.0.1, ed25519 key, git-shell{}):",
+        if a.ssh_options.is_empty() {
+            String::new()
+        } else {
+            format!("; ssh options added: {}", a.ssh_options)
+        }
     );
     println!(
-        "{:>5} {:>10} {:>10} {:>9} {:>11} {:>11} {:>11} {:>10} {:>10}",
-        "nodes", "local", "ssh", "ssh /", "ssh conns", "KiB", "KiB", "sshd CPU", "child CPU"
+        "{:>5} {:>8} {:>10} {:>10} {:>8} {:>9} {:>10} {:>10} {:>9} {:>9} {:>13}",
+        "nodes",
+        "origin",
+        "local",
+        "over ssh",
+        "ssh /",
+        "ssh conns",
+        "KiB",
+        "KiB",
+        "sshd CPU",
+        "child CPU",
+        "machine CPU"
     );
     println!(
-        "{:>5} {:>10} {:>10} {:>9} {:>11} {:>11} {:>11} {:>10} {:>10}",
+        "{:>5} {:>8} {:>10} {:>10} {:>8} {:>9} {:>10} {:>10} {:>9} {:>9} {:>13}",
+        "",
         "",
         "stories/h",
         "stories/h",
@@ -714,7 +829,8 @@ fn report(a: &Args, runs: &[Run]) {
         "fetched/st",
         "pushed/st",
         "s/story",
-        "s/st (+)"
+        "s/st (+)",
+        "s/st loc|ssh"
     );
     for r in ssh_runs {
         let Some(t) = r.ssh else {
@@ -734,9 +850,18 @@ fn report(a: &Args, runs: &[Run]) {
         let extra_child = local.map_or(f64::NAN, |l| {
             per(r.child_cpu) - l.child_cpu / l.merged.max(1) as f64
         });
+        let machine = format!(
+            "{}|{:.2}",
+            local.map_or("-".to_string(), |l| format!(
+                "{:.2}",
+                l.machine_cpu / l.merged.max(1) as f64
+            )),
+            per(r.machine_cpu)
+        );
         println!(
-            "{:>5} {:>10} {:>10.0} {:>9} {:>11.1} {:>11} {:>11} {:>10.3} {:>10.3}",
+            "{:>5} {:>8} {:>10} {:>10.0} {:>8} {:>9.1} {:>10} {:>10} {:>9.3} {:>9.3} {:>13}",
             r.n,
+            r.origin.name(),
             local.map_or("-".to_string(), |l| format!("{:.0}", stories_per_hour(l))),
             tput,
             local.map_or("-".to_string(), |l| format!(
@@ -747,10 +872,14 @@ fn report(a: &Args, runs: &[Run]) {
             kib(t.from_server),
             kib(t.to_server),
             per(t.server_cpu),
-            extra_child
+            extra_child,
+            machine
         );
     }
     println!();
+    println!("origin ssh: a new ssh connection per git command (the node's default ssh command); ssh-mux: each node's git");
+    println!("commands share one ssh connection of its own (ControlMaster auto, ControlPersist; the master connects when the");
+    println!("node clones, before the clock starts). ssh / local: stories/h over ssh / over the local path, same mesh size.");
     println!(
         "KiB fetched / pushed: IP packets from / to sshd's port on loopback, TCP/IP headers included, counted by an"
     );
@@ -763,5 +892,7 @@ fn report(a: &Args, runs: &[Run]) {
     println!(
         "sshd with its reaped children (sessions, git-shell, upload-pack, receive-pack). child CPU (+): this process's"
     );
-    println!("children's CPU over ssh minus over the local path, per story: the nodes' git and ssh clients.");
+    println!("children's CPU over ssh minus over the local path, per story: the nodes' git and ssh clients. machine CPU:");
+    println!("every process on the machine (/proc/stat busy time) during the run, per story, local and ssh runs: includes");
+    println!("any other load on the machine and the ssh-mux masters, which are nobody's children.");
 }
