@@ -324,29 +324,32 @@ fn nft(args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
 
 /// The ssh origin's server, started once for the whole process.
 ///
-/// The nodes' ssh command reads a client config of the bench's own: `Host mux-<i>`
-/// (HostName 127.0.0.1, sshd's port) multiplexes over one master connection per name
-/// (ControlMaster auto, ControlPath <dir>/cm-%n, ControlPersist), so node i of an
-/// `ssh-mux` run, whose origin is `ssh://<user>@mux-<i>/…`, has a master of its own as
-/// on its own machine; `ssh` runs name 127.0.0.1 and match no Host block.
+/// Every run's nodes use the same URL (`ssh://<user>@127.0.0.1:<port>/…`, as nodes of one
+/// mesh would: the remote merge gate is named after it) and the same ssh command: a shell
+/// snippet, which git runs through `sh -c` with the node's clone (or its parent) as the
+/// working directory, and which finds there the node's data dir `n<i>` and its run's
+/// directory. When that directory holds the file [`MUX_MARKER`] (an `ssh-mux` run) it
+/// adds ControlMaster auto, ControlPath <sshd dir>/cm-n<i> and ControlPersist to ssh's
+/// options, so each node's git commands share one master connection of the node's own,
+/// as on its own machine; otherwise (`ssh`) every git command opens a new connection,
+/// as the node's default ssh command does. Only shell builtins run in the snippet.
 struct SshOrigin {
     /// Dropped first: its nft table goes before anything else.
     wire: Option<WireCounter>,
     server: sshd::Sshd,
-    /// The nodes' ssh command: the server's, with the bench's client config and
-    /// --ssh-options.
+    /// The nodes' ssh command (GIT_SSH_COMMAND), with --ssh-options.
     command: String,
-    /// Holds the keys, configs, log and control sockets; removed last.
+    /// Holds the keys, config, log and control sockets; removed last.
     dir: tempfile::TempDir,
 }
 
-/// Most nodes an `ssh-mux` run may have (Host names mux-0 …).
-const MAX_MUX_NODES: usize = 256;
+/// The file in a run's directory that makes its nodes' ssh multiplex.
+const MUX_MARKER: &str = "ssh-mux";
 
 impl Drop for SshOrigin {
     /// Multiplexing masters outlive the git commands that started them: stop any left.
     fn drop(&mut self) {
-        self.stop_masters(MAX_MUX_NODES);
+        self.stop_masters();
     }
 }
 
@@ -371,17 +374,16 @@ impl SshOrigin {
                 None
             }
         };
-        let config = dir.path().join("ssh_config");
-        let text = format!(
-            "Host mux-*\n  HostName 127.0.0.1\n  Port {port}\n  ControlMaster auto\n  \
-             ControlPath {dir}/cm-%n\n  ControlPersist 600\n",
-            port = server.port,
-            dir = dir.path().display()
-        );
-        std::fs::write(&config, text).with_context(|| format!("write {}", config.display()))?;
-        let command = format!("{} {options}", server.ssh_command_with_config(&config))
-            .trim_end()
-            .to_string();
+        // r: the run's directory (PWD up to "/n<digits>"), n: the node's dir name.
+        let command = format!(
+            "r=${{PWD%%/n[0-9]*}}; n=${{PWD#\"$r\"/}}; n=${{n%%/*}}; \
+             if [ -e \"$r/{MUX_MARKER}\" ]; then set -- -o ControlMaster=auto \
+             -o \"ControlPath={dir}/cm-$n\" -o ControlPersist=600 \"$@\"; fi; {ssh} {options}",
+            dir = dir.path().display(),
+            ssh = server.ssh_command(),
+        )
+        .trim_end()
+        .to_string();
         Ok(SshOrigin {
             wire,
             server,
@@ -390,25 +392,25 @@ impl SshOrigin {
         })
     }
 
-    /// Node i's origin URL for the repository at `repo`.
-    fn url(&self, kind: OriginKind, i: usize, repo: &std::path::Path) -> String {
-        match kind {
-            OriginKind::SshMux => format!("ssh://{}@mux-{i}{}", self.server.user, repo.display()),
-            _ => self.server.url(repo),
-        }
-    }
-
-    /// Stops the multiplexing masters of nodes 0..n that run (`ssh -O exit`), and waits
-    /// for them to go.
-    fn stop_masters(&self, n: usize) {
-        for i in 0..n {
-            let socket = self.dir.path().join(format!("cm-mux-{i}"));
-            if !socket.exists() {
+    /// Stops the multiplexing masters that run (`ssh -O exit`), and waits for them to go.
+    fn stop_masters(&self) {
+        let Ok(entries) = std::fs::read_dir(self.dir.path()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_name().to_string_lossy().starts_with("cm-") {
                 continue;
             }
-            let stop = format!("{} -O exit mux-{i}", self.command);
+            let socket = entry.path();
             let _ = std::process::Command::new("sh")
-                .args(["-c", &stop])
+                .arg("-c")
+                .arg(format!(
+                    "{} -o ControlPath={} -O exit -p {} {}@127.0.0.1",
+                    self.server.ssh_command(),
+                    socket.display(),
+                    self.server.port,
+                    self.server.user
+                ))
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .status();
@@ -500,13 +502,16 @@ async fn one(a: &Args, n: usize, kind: OriginKind, ssh: Option<&SshOrigin>) -> a
         OriginKind::Ssh | OriginKind::SshMux => Some(ssh.context("no sshd for the ssh origin")?),
         OriginKind::Local => None,
     };
-    let origin = |i: usize| match ssh {
+    let origin = match ssh {
         _ if a.no_git => None,
-        Some(s) => Some(s.url(kind, i, &origin_dir)),
+        Some(s) => Some(s.server.url(&origin_dir)),
         None => Some(origin_dir.display().to_string()),
     };
+    if kind == OriginKind::SshMux {
+        std::fs::write(tmp.path().join(MUX_MARKER), "")?;
+    }
     let nodes = meshkit::start_nodes(n, |i, boot| {
-        let cfg = config(a, origin(i).as_deref(), boot);
+        let cfg = config(a, origin.as_deref(), boot);
         cfg.validate()?;
         Ok(NodeOptions {
             config: cfg,
@@ -567,7 +572,7 @@ async fn one(a: &Args, n: usize, kind: OriginKind, ssh: Option<&SshOrigin>) -> a
         Some(s) => {
             // A multiplexing master's connection is counted (bytes of its closing, and
             // sshd's CPU for its session, reaped then) when it ends: end them now.
-            s.stop_masters(n);
+            s.stop_masters();
             tokio::time::sleep(Duration::from_millis(300)).await;
             Some(s.sample()?)
         }
@@ -655,6 +660,9 @@ fn main() -> anyhow::Result<()> {
     let ssh = if origins.iter().any(|&k| k != OriginKind::Local) {
         let s = SshOrigin::start(&a.ssh_options)?;
         std::env::set_var("GIT_SSH_COMMAND", &s.command);
+        // The command starts with shell code, not `ssh`: say it is OpenSSH, or git would
+        // run it with -G first to find out, on every connection.
+        std::env::set_var("GIT_SSH_VARIANT", "ssh");
         eprintln!(
             "flow_bench: ssh origin: sshd on 127.0.0.1:{}, GIT_SSH_COMMAND={}",
             s.server.port, s.command

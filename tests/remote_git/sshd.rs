@@ -187,15 +187,9 @@ pub fn serve(
 /// The ssh command of a client of this server: only this key, only this known_hosts,
 /// strict host key checking, no user config or agent.
 pub fn ssh_command(key: &Path, known_hosts: &Path) -> String {
-    ssh_command_with_config(Path::new("/dev/null"), key, known_hosts)
-}
-
-/// [`ssh_command`] reading the ssh client config `config` instead of none.
-pub fn ssh_command_with_config(config: &Path, key: &Path, known_hosts: &Path) -> String {
     format!(
-        "ssh -F {} -o BatchMode=yes -o IdentitiesOnly=yes -o IdentityAgent=none -i {} \
+        "ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o IdentityAgent=none -i {} \
          -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes",
-        config.display(),
         key.display(),
         known_hosts.display()
     )
@@ -318,11 +312,6 @@ impl Sshd {
     /// The ssh command a client of this server runs ([`ssh_command`]).
     pub fn ssh_command(&self) -> String {
         ssh_command(&self.user_key, &self.known_hosts)
-    }
-
-    /// The same, reading the ssh client config `config`.
-    pub fn ssh_command_with_config(&self, config: &Path) -> String {
-        ssh_command_with_config(config, &self.user_key, &self.known_hosts)
     }
 
     /// sshd's pid (its CPU, and its children's once reaped, is in /proc/<pid>/stat).
