@@ -30,14 +30,17 @@
 //!   reported separately (cutime + cstime);
 //! - bytes sent per story: the sum of every node's `bytes_out` counter over the run.
 //!
-//! `--origins local,ssh` runs every mesh size twice, one after the other: with the origin
-//! as a local path, and with the same kind of origin served over ssh (issue 14,
-//! acceptance 5). The ssh origin is a real OpenSSH `sshd` started by this process on a
-//! free port of 127.0.0.1 (its own host key and config in a tempdir, one client key
-//! restricted to `git-shell`, as the remote-origin tests use: `tests/remote_git/sshd.rs`),
-//! one server for the whole process; every node's origin is `ssh://<user>@127.0.0.1:<port>/…`
-//! and the nodes' git reaches it through `GIT_SSH_COMMAND` (that key, that known_hosts,
-//! strict host key checking), which the node honours like a user's own setting. Over
+//! `--origins local,ssh,ssh-mux` runs every mesh size once per origin, one after the
+//! other: the origin as a local path, then the same kind of origin served over ssh
+//! (issue 14, acceptance 5) with a new ssh connection per git command (`ssh`, what the
+//! node's default ssh command does) and with each node's git commands multiplexed over
+//! one ssh connection of its own (`ssh-mux`, ControlMaster). The ssh origin is a real
+//! OpenSSH `sshd` started by this process on a free port of 127.0.0.1 (its own host key
+//! and config in a tempdir, one client key restricted to `git-shell`, as the
+//! remote-origin tests use: `tests/remote_git/sshd.rs`), one server for the whole
+//! process; every node's origin is `ssh://<user>@127.0.0.1:<port>/…` and the nodes' git
+//! reaches it through `GIT_SSH_COMMAND` (that key, that known_hosts, strict host key
+//! checking; see [`SshOrigin`]), which the node honours like a user's own setting. Over
 //! ssh, also per story:
 //! - bytes fetched and pushed, on the wire: an nftables counter (a table of this
 //!   process's own, `inet mesh_flow_bench_<pid>`, deleted at exit) in the output hook on
