@@ -1211,7 +1211,7 @@ fn work_pushed_by_a_claim_that_did_not_count_is_dropped_once_the_story_is_finish
     a.pushed
         .push((key.clone(), "A-stale".into(), Phase::Implement, 0));
     let mut drops = Vec::new();
-    let mut collect = |a: &mut Core, drops: &mut Vec<String>| {
+    let collect = |a: &mut Core, drops: &mut Vec<String>| {
         while let Some(e) = a.poll_effect() {
             if let Effect::DropWorkRefs { story } = e {
                 drops.push(story);
