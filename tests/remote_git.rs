@@ -477,6 +477,7 @@ fn https_credentials_never_appear_in_errors_logs_or_the_clone() {
         username: Some(kit::HTTP_USER.into()),
         token: Some(Secret::new(wrong)),
         ssh_command: None,
+        ..Credentials::default()
     };
     let dir = tempfile::tempdir().unwrap();
     let err = Remote::new(&h.url, creds)

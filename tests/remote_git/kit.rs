@@ -178,6 +178,7 @@ $HTTP["url"] =~ "^/git/" {{
             username: Some(HTTP_USER.into()),
             token: Some(Secret::new(token.clone())),
             ssh_command: None,
+            ..Credentials::default()
         };
         Some(GitHost {
             url: format!("http://127.0.0.1:{port}/git/origin.git"),

@@ -48,6 +48,10 @@ pub use url::{redact, RemoteUrl, Secret, Transport};
 pub const TOKEN_ENV: &str = "MESH_GIT_TOKEN";
 /// The environment variable holding the user name sent with the token.
 pub const USERNAME_ENV: &str = "MESH_GIT_USERNAME";
+/// Set to `0` to open one ssh connection per git command instead of sharing one.
+pub const SSH_MULTIPLEX_ENV: &str = "MESH_GIT_SSH_MULTIPLEX";
+/// How long a shared ssh connection outlives its last git command, in seconds.
+const SSH_PERSIST_SECS: u32 = 60;
 /// The user name sent with a token when neither the URL nor `MESH_GIT_USERNAME` give one
 /// (GitHub and Gitea accept any name with a token; GitLab wants `oauth2` or the user).
 pub const DEFAULT_TOKEN_USER: &str = "mesh-agent";
@@ -78,6 +82,11 @@ pub struct Credentials {
     /// agent and known_hosts as always; it takes precedence over a `core.sshCommand` in
     /// git config, so put a custom command in `GIT_SSH_COMMAND` or here).
     pub ssh_command: Option<String>,
+    /// With the default ssh command: share one ssh connection per origin host among git
+    /// commands (OpenSSH `ControlMaster`, sockets in a private directory, the connection
+    /// kept [`SSH_PERSIST_SECS`] after the last use). A handshake per command costs
+    /// ~0.1 s of CPU and a round trip; a merge runs several commands in a row.
+    pub ssh_multiplex: bool,
 }
 
 impl Credentials {
@@ -88,6 +97,7 @@ impl Credentials {
             username: var(USERNAME_ENV),
             token: var(TOKEN_ENV).map(Secret::new),
             ssh_command: None,
+            ssh_multiplex: var(SSH_MULTIPLEX_ENV).as_deref() != Some("0"),
         }
     }
 }
@@ -204,6 +214,36 @@ impl RemoteError {
                 | RemoteError::Contended { .. }
         )
     }
+}
+
+/// The default ssh command with connection sharing, or `None` (one connection per
+/// command) when no private socket directory can be had: `$XDG_RUNTIME_DIR/mesh-agent-ssh`
+/// or `/tmp/mesh-agent-ssh-<uid>`, created 0700 and used only if it is a directory owned
+/// by this user that nobody else may enter (a socket there is a live login to the origin).
+fn multiplexed_ssh() -> Option<String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(d) => PathBuf::from(d).join("mesh-agent-ssh"),
+        None => PathBuf::from(format!("/tmp/mesh-agent-ssh-{uid}")),
+    };
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    let meta = std::fs::symlink_metadata(&dir).ok()?;
+    let private = meta.is_dir() && meta.uid() == uid && meta.permissions().mode() & 0o077 == 0;
+    // ssh's socket paths are limited to ~104 bytes; %C is 40 hex digits.
+    let usable = private && dir.as_os_str().len() <= 56;
+    if !usable {
+        tracing::debug!(dir = %dir.display(), "no private directory for shared ssh connections; one connection per git command");
+        return None;
+    }
+    let dir = dir.to_str()?;
+    if dir.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"') {
+        return None;
+    }
+    Some(format!(
+        "ssh -o BatchMode=yes -o ControlMaster=auto -o ControlPath={dir}/%C -o ControlPersist={SSH_PERSIST_SECS}"
+    ))
 }
 
 /// One update line of `git push --porcelain`.
@@ -342,7 +382,14 @@ impl Remote {
         match &self.credentials.ssh_command {
             Some(cmd) => set("GIT_SSH_COMMAND", cmd),
             None if std::env::var_os("GIT_SSH_COMMAND").is_none() => {
-                set("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+                let ssh = match self.url.transport() {
+                    Transport::Ssh if self.credentials.ssh_multiplex => multiplexed_ssh(),
+                    _ => None,
+                };
+                set(
+                    "GIT_SSH_COMMAND",
+                    ssh.as_deref().unwrap_or("ssh -o BatchMode=yes"),
+                )
             }
             None => {}
         }
@@ -636,6 +683,29 @@ fn detail(stderr: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_ssh_shares_one_connection_through_a_private_socket_directory() {
+        let Some(cmd) = multiplexed_ssh() else {
+            panic!("no private socket directory could be made");
+        };
+        assert!(
+            cmd.starts_with("ssh -o BatchMode=yes -o ControlMaster=auto"),
+            "{cmd}"
+        );
+        let path = cmd
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("ControlPath="))
+            .expect("a ControlPath");
+        let dir = Path::new(path).parent().expect("a directory");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is open to others", dir.display());
+        assert!(
+            path.len() + 40 <= 104,
+            "socket path too long for ssh: {path}"
+        );
+    }
 
     fn remote() -> Remote {
         let creds = Credentials {
