@@ -316,7 +316,11 @@ impl Sim {
                 settling,
             } in &crashes
             {
+                // An origin outage holds every node back (probing one job at a time, on
+                // whatever story): the bound runs from the end of the outages that began
+                // before it would run out (seeds 335 and 530 clean, --remote).
                 let (node, t) = (*node, *t);
+                let from = self.origin.outages_end(t, bound);
                 // A claim it was settling is owed only if it reached another node
                 // before this one came back: one that never left (its push queued
                 // behind a running session) is known to no one, and the restart
@@ -357,7 +361,7 @@ impl Sim {
                     let eligible = (0..self.nodes.len()).any(|n| {
                         n != node
                             && implementer.as_deref() != Some(self.names[n].as_str())
-                            && self.up_throughout(n, t, t + bound)
+                            && self.up_throughout(n, from, from + bound)
                     });
                     if !eligible {
                         continue;
@@ -365,7 +369,7 @@ impl Sim {
                     let taken = self.starts.iter().any(|(n, r, tk, at)| {
                         // By another node, or by the crashed node's next incarnation:
                         // either way a newer claim runs the work and fences the old.
-                        (*n != node || *at > t) && *r == res && *tk > token && *at <= t + bound
+                        (*n != node || *at > t) && *r == res && *tk > token && *at <= from + bound
                     }) || crashes.iter().any(|c| {
                         // Or claimed in time by a node that died settling it: that
                         // crash owes the takeover now, within its own bound (seed 94391).
@@ -374,7 +378,7 @@ impl Sim {
                                 && (c.node != node || *written > t)
                                 && *r == res
                                 && *tk > token
-                                && *written <= t + bound
+                                && *written <= from + bound
                         })
                     });
                     // Done at this token or below, in this round (a later round's
@@ -414,14 +418,14 @@ impl Sim {
                                     && matches!(p, Phase::Implement | Phase::Rework)
                                     && files(o).iter().any(|f| mine.contains(f)))
                                 && *at >= t
-                                && *at <= t + bound
+                                && *at <= from + bound
                         });
                     if !taken
                         && !done_before
                         && !escalated
                         && !moot
                         && !yielded
-                        && t + bound < self.now
+                        && from + bound < self.now
                     {
                         self.violation(format!(
                             "{res} (token {token}) of node{node}, crashed at {t}, not taken over within {bound} ms"

@@ -68,6 +68,25 @@ impl Origin {
         }
     }
 
+    /// `t`, moved past the end of every outage that starts before `t + bound` (and so on,
+    /// for outages that start before the moved deadline): when a bound that starts at `t`
+    /// should start, with the origin's downtime not counted.
+    pub(super) fn outages_end(&self, t: u64, bound: u64) -> u64 {
+        let mut start = t;
+        loop {
+            let moved = self
+                .down
+                .iter()
+                .filter(|&&(from, to)| from <= start + bound && to > start)
+                .map(|&(_, to)| to)
+                .max();
+            match moved {
+                Some(to) if to > start => start = to,
+                _ => return start,
+            }
+        }
+    }
+
     /// Whether the origin is down at `t`.
     pub(super) fn is_down(&self, t: u64) -> bool {
         self.down.iter().any(|&(from, to)| (from..to).contains(&t))

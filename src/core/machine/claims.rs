@@ -524,8 +524,7 @@ impl Core {
                     tracing::error!(%claim, error = %e, "cannot write a result");
                 }
                 if matches!(c.phase, Phase::Implement | Phase::Rework) && handoff.commit.is_some() {
-                    self.pushed
-                        .push((c.story.clone(), claim.to_string(), c.phase, c.round));
+                    self.pushed.push((c.story.clone(), claim.to_string()));
                 }
                 self.release(claim, ReleaseReason::Done, "");
                 tracing::info!(%claim, story = %c.story, phase = %c.phase, round = c.round, summary = %handoff.summary, "phase finished");

@@ -334,8 +334,8 @@ pub struct Core {
     held: Option<write::HeldWrite>,
     /// Whether the origin answers, and when to claim again if not.
     origin: Breaker,
-    /// Work this node pushed (implement/rework that finished): story, claim, phase, round.
-    pushed: Vec<(String, String, Phase, u32)>,
+    /// Work this node pushed (implement/rework that finished): story, claim.
+    pushed: Vec<(String, String)>,
 }
 
 /// Events kept in the local log.

@@ -88,16 +88,18 @@ impl Core {
         }
         let view = self.view();
         let mut drop = Vec::new();
-        self.pushed.retain(|(story, claim, phase, round)| {
+        self.pushed.retain(|(story, claim)| {
             let Some(s) = view.stories.get(story) else {
                 return true;
             };
             if !matches!(s.status, StoryStatus::Done | StoryStatus::Blocked) {
                 return true;
             }
-            let counted = view
-                .counted_result_round(story, *phase, *round)
-                .is_some_and(|r| r.claim == *claim);
+            // On the story's history, not merely the winner of its own resource: a rework
+            // of a round the finished story never took wins its round uncontested (chaos
+            // run seed 302: the round-0 merge landed on one side of a partition while the
+            // other side rejected and reworked).
+            let counted = view.history(story).iter().any(|r| r.claim == *claim);
             if !counted && !drop.contains(story) {
                 drop.push(story.clone());
             }

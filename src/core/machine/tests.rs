@@ -1208,8 +1208,7 @@ fn work_pushed_by_a_claim_that_did_not_count_is_dropped_once_the_story_is_finish
         },
     );
     // A stale push of an earlier claim of ours, taken over while it ran (say).
-    a.pushed
-        .push((key.clone(), "A-stale".into(), Phase::Implement, 0));
+    a.pushed.push((key.clone(), "A-stale".into()));
     let mut drops = Vec::new();
     let collect = |a: &mut Core, drops: &mut Vec<String>| {
         while let Some(e) = a.poll_effect() {
