@@ -161,14 +161,50 @@ async fn step<T: Send + 'static>(
     unreachable!("the loop returns")
 }
 
-/// The story is on main: its work refs at the origin are no longer needed. Best effort
-/// (a failure is logged): the next landing attempt of the story, if any, tries again.
-async fn drop_work_refs(git: &Arc<NodeRepo>, story: &str) {
+/// Work refs of a finished story are dropped again after an outage, every pause (5 s
+/// doubling to 5 min) for up to [`DROP_RETRY_FOR`].
+const DROP_RETRY_FIRST: Duration = Duration::from_secs(5);
+const DROP_RETRY_MAX: Duration = Duration::from_secs(300);
+const DROP_RETRY_FOR: Duration = Duration::from_secs(3600);
+
+/// The story is on main (or blocked): its work refs at the origin are no longer needed.
+/// Returns the failure, logged, if the origin was unavailable (the caller retries later).
+async fn drop_work_refs(git: &Arc<NodeRepo>, story: &str) -> Option<WorkError> {
     let (g, key) = (git.clone(), story.to_string());
     match blocking(move || g.drop_work_refs(&key)).await {
-        Ok(n) => tracing::debug!(%story, refs = n, "dropped the story's work refs"),
-        Err(e) => tracing::warn!(%story, error = %e, "could not drop the story's work refs"),
+        Ok(n) => {
+            tracing::debug!(%story, refs = n, "dropped the story's work refs");
+            None
+        }
+        Err(e) if e.is_outage() => {
+            tracing::info!(%story, error = %e, "could not drop the story's work refs yet; trying again later");
+            Some(e)
+        }
+        Err(e) => {
+            tracing::warn!(%story, error = %e, "could not drop the story's work refs");
+            None
+        }
     }
+}
+
+/// [`drop_work_refs`] in the background, trying again while the origin is unavailable
+/// (a landing just before an outage must not leave its refs behind: chaos seed 306).
+fn drop_work_refs_retrying(git: Arc<NodeRepo>, story: String, first_try: bool) {
+    tokio::spawn(async move {
+        let until = tokio::time::Instant::now() + DROP_RETRY_FOR;
+        let mut pause = DROP_RETRY_FIRST;
+        if !first_try {
+            tokio::time::sleep(pause).await;
+        }
+        while drop_work_refs(&git, &story).await.is_some() {
+            if tokio::time::Instant::now() + pause > until {
+                tracing::warn!(%story, "gave up dropping the story's work refs; delete refs/mesh/work/<story>/* at the origin by hand");
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(DROP_RETRY_MAX);
+        }
+    });
 }
 
 /// The commit of the latest counted implement or rework.
@@ -248,11 +284,12 @@ impl WorkShell {
         Box::pin(async move { shell.run_job(job).await.map_err(WorkError::into_failure) })
     }
 
-    /// Drops a blocked story's work refs at the origin in the background (best effort,
-    /// logged): nothing of it will land, and a human who unblocks it gets fresh work.
+    /// Drops a finished story's work refs at the origin in the background, retried while
+    /// the origin is unavailable: a blocked story's (nothing of it will land; a human who
+    /// unblocks it gets fresh work) or a push of ours that did not count.
     pub fn drop_work_refs_later(&self, story: String) {
         if let Some(git) = self.git.clone() {
-            tokio::spawn(async move { drop_work_refs(&git, &story).await });
+            drop_work_refs_retrying(git, story, true);
         }
     }
 
@@ -426,7 +463,9 @@ impl WorkShell {
             // Landed already, by an earlier holder that died before recording it (or by
             // a newer holder, in which case this result is fenced out of every view).
             Ok(Err(GitError::Fenced(Refused::AlreadyLanded { commit, token }))) => {
-                drop_work_refs(&git, &job.story).await;
+                if drop_work_refs(&git, &job.story).await.is_some() {
+                    drop_work_refs_retrying(git.clone(), job.story.clone(), false);
+                }
                 return Ok(Handoff {
                     summary: format!(
                         "{} had already landed as {commit} (fence token {token})",
@@ -440,11 +479,12 @@ impl WorkShell {
             Ok(Err(e)) => return Err(e.into()),
             Err(e) => return Err(e.into()),
         };
-        if matches!(
+        let landed = matches!(
             gate,
             Gate::Landed { .. } | Gate::AlreadyLanded { .. } | Gate::Empty { .. }
-        ) {
-            drop_work_refs(&git, &job.story).await;
+        );
+        if landed && drop_work_refs(&git, &job.story).await.is_some() {
+            drop_work_refs_retrying(git.clone(), job.story.clone(), false);
         }
         let id = &job.display_id;
         let h = match gate {

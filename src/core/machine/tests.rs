@@ -1187,7 +1187,7 @@ fn a_node_with_nothing_to_claim_probes_the_unavailable_origin_and_says_when_it_i
 }
 
 #[test]
-fn work_pushed_by_a_claim_that_did_not_count_is_dropped_once_the_story_is_finished() {
+fn work_this_node_pushed_is_dropped_once_the_story_is_finished_even_a_late_push() {
     let mut a = worker_alone("A", 1);
     a.add_story(&titled("pushed twice"), 1).unwrap();
     let key = a.view().stories.keys().next().unwrap().clone();
@@ -1230,6 +1230,6 @@ fn work_pushed_by_a_claim_that_did_not_count_is_dropped_once_the_story_is_finish
         a.tick(now, now);
         collect(&mut a, &mut drops);
     }
-    assert_eq!(drops, vec![key], "once, for the push that did not count");
+    assert_eq!(drops, vec![key], "once per story, whatever pushed it");
     assert!(a.pushed.is_empty());
 }
