@@ -365,6 +365,11 @@ impl Core {
                     claimed_ms,
                 });
                 tracing::info!(claim = %id, %story, %phase, token, "claim settled; starting work");
+                // Implement and rework push work to the origin, even when the job is then
+                // cancelled (its push may already be on its way: chaos seed 310).
+                if matches!(phase, Phase::Implement | Phase::Rework) {
+                    self.pushed.push((story.clone(), id.clone()));
+                }
                 let detail = if files.is_empty() {
                     format!("token {token}")
                 } else {
@@ -522,9 +527,6 @@ impl Core {
                 });
                 if let Err(e) = result {
                     tracing::error!(%claim, error = %e, "cannot write a result");
-                }
-                if matches!(c.phase, Phase::Implement | Phase::Rework) && handoff.commit.is_some() {
-                    self.pushed.push((c.story.clone(), claim.to_string()));
                 }
                 self.release(claim, ReleaseReason::Done, "");
                 tracing::info!(%claim, story = %c.story, phase = %c.phase, round = c.round, summary = %handoff.summary, "phase finished");

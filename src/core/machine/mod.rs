@@ -334,7 +334,7 @@ pub struct Core {
     held: Option<write::HeldWrite>,
     /// Whether the origin answers, and when to claim again if not.
     origin: Breaker,
-    /// Work this node pushed (implement/rework that finished): story, claim.
+    /// Work this node may have pushed (implement/rework it started): story, claim.
     pushed: Vec<(String, String)>,
 }
 

@@ -77,9 +77,10 @@ impl Core {
         }
     }
 
-    /// Work this node pushed may reach the origin after the story landed or was blocked
-    /// (its claim was taken over while it ran, or it ran on the losing side of a
-    /// partition), when the merge's own cleanup is done: once the story is finished in
+    /// Work this node pushed (any implement or rework it started, finished or cancelled)
+    /// may reach the origin after the story landed or was blocked (its claim was taken
+    /// over while it ran, or it ran on the losing side of a partition), when the merge's
+    /// own cleanup is done: once the story is finished in
     /// the view, this node drops the story's work refs (`Effect::DropWorkRefs`), once per
     /// story. Whether the push "counted" cannot tell: a takeover's implement with a higher
     /// token counts in the view though the landing was built on the one before it (chaos
