@@ -16,20 +16,6 @@ pub enum JobFailure {
     Origin(String),
 }
 
-impl JobFailure {
-    pub fn reason(&self) -> &str {
-        match self {
-            JobFailure::Work(r) | JobFailure::Origin(r) => r,
-        }
-    }
-}
-
-impl From<String> for JobFailure {
-    fn from(reason: String) -> JobFailure {
-        JobFailure::Work(reason)
-    }
-}
-
 impl From<&str> for JobFailure {
     fn from(reason: &str) -> JobFailure {
         JobFailure::Work(reason.to_string())

@@ -383,7 +383,11 @@ impl Remote {
             Some(cmd) => set("GIT_SSH_COMMAND", cmd),
             None if std::env::var_os("GIT_SSH_COMMAND").is_none() => {
                 let ssh = match self.url.transport() {
-                    Transport::Ssh if self.credentials.ssh_multiplex => multiplexed_ssh(),
+                    Transport::Ssh if self.credentials.ssh_multiplex => {
+                        static SHARED: std::sync::OnceLock<Option<String>> =
+                            std::sync::OnceLock::new();
+                        SHARED.get_or_init(multiplexed_ssh).clone()
+                    }
                     _ => None,
                 };
                 set(
