@@ -201,6 +201,15 @@ impl NodeRepo {
         matches!(self.origin, Origin::Remote(_))
     }
 
+    /// The remote repository's name as every node writes it, whatever form of URL it
+    /// was given ([`super::remote::RemoteUrl::repository`]); `None` for a local origin.
+    pub fn remote_repository(&self) -> Option<String> {
+        match &self.origin {
+            Origin::Local(_) => None,
+            Origin::Remote(remote) => remote.url().repository(),
+        }
+    }
+
     /// Lands on `branch` (a full ref such as `refs/heads/master`) instead of
     /// `refs/heads/main`.
     pub fn with_branch(mut self, branch: &str) -> Result<NodeRepo, GitError> {

@@ -321,8 +321,10 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
     };
     // A remote origin has no lock file to take turns through: merges hold its gate in
     // the document instead (the fence at the origin still decides every landing).
-    if let Some(r) = repo.as_ref().filter(|r| r.is_remote()) {
-        match Resource::gate(r.origin_url(), &cfg.branch) {
+    // Named after the repository, not the URL as written, so that nodes reaching it by
+    // different forms (scp-like, ssh://, https) still take turns.
+    if let Some(name) = repo.as_ref().and_then(|r| r.remote_repository()) {
+        match Resource::gate(&name, &cfg.branch) {
             Ok(g) => core.set_merge_gate(Some(g)),
             Err(e) => tracing::warn!(error = %e, "merges take no gate in the document"),
         }

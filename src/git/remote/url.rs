@@ -171,6 +171,67 @@ impl RemoteUrl {
     pub fn is_local(&self) -> bool {
         self.transport == Transport::Local
     }
+
+    /// The repository this URL names, written the same way whichever form reached it:
+    /// `host[:port]/path`, the host in lower case, no user, no scheme, the transport's
+    /// default port dropped, `//` collapsed and a trailing `/` or `.git` removed. So
+    /// `git@github.com:team/repo.git`, `ssh://git@GitHub.com/team/repo` and
+    /// `https://github.com/team/repo.git` are one repository. Nodes name their merge
+    /// gate after it; a local origin has none.
+    pub fn repository(&self) -> Option<String> {
+        let (host, port, path) = match self.transport {
+            Transport::Local => return None,
+            _ if self.url.contains("://") => {
+                let rest = self.url.split_once("://").map_or("", |(_, r)| r);
+                let slash = rest.find('/').unwrap_or(rest.len());
+                let hostport = rest[..slash]
+                    .rsplit_once('@')
+                    .map_or(&rest[..slash], |(_, h)| h);
+                let (host, port) = match hostport.strip_prefix('[') {
+                    Some(inner) => match inner.split_once(']') {
+                        Some((h, p)) => (h, p.strip_prefix(':')),
+                        None => (inner, None),
+                    },
+                    None => match hostport.split_once(':') {
+                        Some((h, p)) => (h, Some(p)),
+                        None => (hostport, None),
+                    },
+                };
+                (host, port, &rest[slash..])
+            }
+            _ => {
+                // scp-like `[user@]host:path`: the path is relative to the login's home
+                // unless it starts with `/`, as on GitHub (`git@github.com:team/repo`).
+                let (userhost, path) = self.url.split_once(':').unwrap_or((&self.url, ""));
+                let host = userhost.rsplit_once('@').map_or(userhost, |(_, h)| h);
+                (host, None, path)
+            }
+        };
+        let default_port = match self.transport {
+            Transport::Ssh => "22",
+            Transport::Https => "443",
+            Transport::Http => "80",
+            Transport::Git => "9418",
+            Transport::Local => "",
+        };
+        let mut name = host.to_ascii_lowercase();
+        if host.contains(':') {
+            name = format!("[{name}]");
+        }
+        if let Some(port) = port.filter(|p| p.trim_start_matches('0') != default_port) {
+            name.push(':');
+            name.push_str(port.trim_start_matches('0'));
+        }
+        let mut path: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        if let Some(last) = path.last_mut() {
+            *last = last.strip_suffix(".git").unwrap_or(last);
+        }
+        for part in path.into_iter().filter(|p| !p.is_empty()) {
+            name.push('/');
+            name.push_str(part);
+        }
+        Some(name)
+    }
 }
 
 /// `scheme://[user[:password]@]host[:port]/path` → the URL without the password.
@@ -266,6 +327,50 @@ mod tests {
 
     fn ok(input: &str) -> RemoteUrl {
         RemoteUrl::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"))
+    }
+
+    #[test]
+    fn every_way_of_writing_one_repository_names_it_alike() {
+        for input in [
+            "git@github.com:team/repo.git",
+            "git@github.com:team/repo",
+            "github.com:/team/repo.git/",
+            "ssh://git@GitHub.com/team/repo",
+            "ssh://git@github.com:22/team//repo.git",
+            "git+ssh://other@github.com/team/repo.git",
+            "https://github.com/team/repo.git",
+            "https://bot:s3cret@github.com:443/team/repo",
+            "git://github.com/team/repo.git",
+        ] {
+            assert_eq!(
+                ok(input).repository().as_deref(),
+                Some("github.com/team/repo"),
+                "{input}"
+            );
+        }
+        // Another port or another path is another repository, as far as the URL says.
+        assert_eq!(
+            ok("ssh://git@example.org:2222/srv/r.git")
+                .repository()
+                .as_deref(),
+            Some("example.org:2222/srv/r")
+        );
+        assert_eq!(
+            ok("http://127.0.0.1:8080/git/r.git")
+                .repository()
+                .as_deref(),
+            Some("127.0.0.1:8080/git/r")
+        );
+        assert_eq!(
+            ok("ssh://[::1]:22/srv/r.git").repository().as_deref(),
+            Some("[::1]/srv/r")
+        );
+        assert_ne!(
+            ok("git@h:a/r.git").repository(),
+            ok("git@h:b/r.git").repository()
+        );
+        assert_eq!(ok("/srv/r.git").repository(), None);
+        assert_eq!(ok("file:///srv/r.git").repository(), None);
     }
 
     #[test]
