@@ -7,6 +7,8 @@
 //!         [--no-stops]  # no clean stops, guards or skewed clocks: the runs of before them
 //!         [--no-storage-faults]  # every write durable at once, backlog written at the start
 //!         [--remote]    # a remote origin: merges take the gate in the document, the origin has outages
+//!         [--broken-send-before-flush] [--broken-start-before-flush]   # a shell that lets
+//!                       # frames or jobs leave before they are durable: finds seeds that show the checker catches it
 //!     cargo run --release --example sim -- --replay 1234 --mode hostile   # full trace
 
 use mesh_agent::sim::{run, Mode, SimConfig};
@@ -18,7 +20,7 @@ use std::time::Instant;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn usage() -> ! {
-    eprintln!("usage: sim [--seeds N] [--start S] [--mode clean|hostile|both] [--replay SEED] [--nodes N] [--stories N] [--files N] [--no-stops] [--no-storage-faults] [--remote] [--keep-going]");
+    eprintln!("usage: sim [--seeds N] [--start S] [--mode clean|hostile|both] [--replay SEED] [--nodes N] [--stories N] [--files N] [--no-stops] [--no-storage-faults] [--remote] [--broken-send-before-flush] [--broken-start-before-flush] [--keep-going]");
     std::process::exit(2);
 }
 
@@ -28,6 +30,7 @@ fn main() {
         (1000u64, 0u64, vec![Mode::Clean, Mode::Hostile], None);
     let (mut nodes, mut stories, mut files, mut keep_going) = (None, None, None, false);
     let (mut stops, mut storage_faults, mut remote) = (true, true, false);
+    let (mut send_early, mut start_early) = (false, false);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage());
         match a.as_str() {
@@ -49,6 +52,8 @@ fn main() {
             "--no-stops" => stops = false,
             "--no-storage-faults" => storage_faults = false,
             "--remote" => remote = true,
+            "--broken-send-before-flush" => send_early = true,
+            "--broken-start-before-flush" => start_early = true,
             "-h" | "--help" => usage(),
             _ => usage(),
         }
@@ -58,6 +63,8 @@ fn main() {
         c.stops_guards_clocks = stops;
         c.storage_faults = storage_faults;
         c.remote = remote;
+        c.send_before_flush = send_early;
+        c.start_before_flush = start_early;
         if let Some(n) = nodes {
             c.nodes = n;
         }

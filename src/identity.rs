@@ -24,6 +24,8 @@ pub enum IdentityError {
         "{path}: not a pre-shared key file ({reason}); create one with `mesh-agent init --psk`"
     )]
     BadPsk { path: PathBuf, reason: String },
+    #[error("the node key is not an ed25519 key; recreate it with `mesh-agent init --force`")]
+    NotEd25519,
     #[error(
         "{path} already exists; pass --force to replace it (this changes the node's identity)"
     )]
@@ -96,6 +98,23 @@ pub fn load_node_key(dir: &Path) -> Result<Keypair, IdentityError> {
     keypair_from_secret(secret).ok_or(IdentityError::BadKey { path })
 }
 
+/// The signer of this node's facts: the same ed25519 key as its peer id, so the author
+/// name in every fact it writes is its peer id.
+pub fn signer(key: &Keypair) -> Result<crate::core::trust::Signer, IdentityError> {
+    let ed = key
+        .clone()
+        .try_into_ed25519()
+        .map_err(|_| IdentityError::NotEd25519)?;
+    let secret: [u8; 32] = ed
+        .secret()
+        .as_ref()
+        .try_into()
+        .map_err(|_| IdentityError::NotEd25519)?;
+    Ok(crate::core::trust::Signer::from_key(
+        ed25519_dalek::SigningKey::from_bytes(&secret),
+    ))
+}
+
 pub fn peer_id(key: &Keypair) -> PeerId {
     key.public().to_peer_id()
 }
@@ -126,6 +145,23 @@ pub fn load_psk(path: &Path) -> Result<PreSharedKey, IdentityError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fact's author is the node's peer id as libp2p writes it, so a peer's facts and
+    /// its connections name the same node.
+    #[test]
+    fn a_node_signs_its_facts_as_its_peer_id() {
+        let d = tempfile::tempdir().unwrap();
+        for _ in 0..8 {
+            let key = create_node_key(d.path(), true).unwrap();
+            let signer = signer(&key).unwrap();
+            assert_eq!(signer.author(), peer_id(&key).to_string());
+            let sealed = signer.seal("node/x", "{}");
+            let opened =
+                crate::core::trust::open("node/x", &sealed, crate::core::trust::KeyScheme::PeerIds)
+                    .unwrap();
+            assert_eq!(opened.author, peer_id(&key).to_string());
+        }
+    }
 
     #[test]
     fn node_key_is_private_stable_and_not_overwritten() {

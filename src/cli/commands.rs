@@ -216,8 +216,7 @@ pub(crate) fn story(dir: &Path, c: StoryCommand) -> Result<()> {
                             dir.display()
                         ))
                     })?;
-                    let peer = identity::peer_id(&key).to_string();
-                    node::offline_add_story(dir, &peer, &new).map_err(|e| match e {
+                    node::offline_add_story(dir, &key, &new).map_err(|e| match e {
                         node::NodeError::State(s) => usage(s),
                         e => e.into(),
                     })?
@@ -289,22 +288,22 @@ pub(crate) fn demo(dir: &Path, c: DemoCommand) -> Result<()> {
                      (its dependencies name S-0001, S-0002, ...)"
                 )));
             }
-            let peer = match &client {
-                Some(_) => String::new(),
-                None => identity::peer_id(&identity::load_node_key(dir).map_err(|_| {
+            let key = match &client {
+                Some(_) => None,
+                None => Some(identity::load_node_key(dir).map_err(|_| {
                     usage(format!(
                         "no node in {}: run `mesh-agent init --data-dir {}` first",
                         dir.display(),
                         dir.display()
                     ))
-                })?)
-                .to_string(),
+                })?),
             };
             let mut added = Vec::new();
             for new in &backlog {
-                let s = match &client {
-                    Some(c) => c.add_story(new)?,
-                    None => node::offline_add_story(dir, &peer, new)?,
+                let s = match (&client, &key) {
+                    (Some(c), _) => c.add_story(new)?,
+                    (None, Some(key)) => node::offline_add_story(dir, key, new)?,
+                    (None, None) => bail!("no node key loaded for an offline write"),
                 };
                 if !json {
                     println!("added {}  {}", s.id, s.fact.title);

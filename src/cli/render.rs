@@ -153,6 +153,19 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
         c.malformed_dropped,
         c.handshake_failures
     );
+    if !r.rejected.is_empty() {
+        let total: u64 = r.rejected.iter().map(|x| x.count).sum();
+        let each: Vec<String> = r
+            .rejected
+            .iter()
+            .map(|x| format!("{} {} by {}", x.count, x.kind.as_str(), short(&x.author)))
+            .collect();
+        let _ = writeln!(
+            o,
+            "refused facts: {total} ({}): unsigned, mis-signed, invalid or not the author's to write",
+            each.join(", ")
+        );
+    }
     o
 }
 

@@ -30,5 +30,6 @@ pub mod scheduler;
 pub mod sim_handoff;
 pub mod state;
 pub mod timeline;
+pub mod trust;
 
 pub use machine::*;

@@ -597,7 +597,7 @@ mod tests {
 
     #[test]
     fn a_node_continues_the_story_it_just_worked_on_before_new_work() {
-        let mut d = Doc::new([1; 16]);
+        let mut d = Doc::new([1; 16]).with_test_names();
         let mut keys = Vec::new();
         for i in 1..=6 {
             let new = NewStory {
@@ -653,7 +653,7 @@ mod tests {
     /// a rebase conflict, so both are in rework round 1, each owning the file as a change
     /// not landed. Story 1 and 2 here; a third story, not yet implemented, shares it too.
     fn the_partition_stall() -> (Doc, Vec<String>) {
-        let mut d = Doc::new([2; 16]);
+        let mut d = Doc::new([2; 16]).with_test_names();
         for n in [A, B] {
             d.put_node(
                 n,
@@ -765,7 +765,7 @@ mod tests {
 
     #[test]
     fn a_higher_priority_change_goes_first_whatever_its_number() {
-        let mut d = Doc::new([3; 16]);
+        let mut d = Doc::new([3; 16]).with_test_names();
         let mut keys = Vec::new();
         for (i, prio) in [(1, 100), (2, 10)] {
             let new = NewStory {
@@ -787,7 +787,7 @@ mod tests {
 
     #[test]
     fn merges_on_a_remote_origin_take_turns_through_the_gate() {
-        let mut d = Doc::new([5; 16]);
+        let mut d = Doc::new([5; 16]).with_test_names();
         let mut keys = Vec::new();
         for i in 1..=2 {
             let new = NewStory {
@@ -827,7 +827,7 @@ mod tests {
         // Story 1's merge holds the gate: story 2 waits, and says for what.
         let res = Resource::story_round(&keys[0], Phase::Merge, 0).unwrap();
         d.put_claim(
-            "m1",
+            &format!("{B}-901"),
             &crate::core::lease::ClaimFact {
                 resources: vec![(res, 1), (gate.clone(), 1)],
                 holder: B.into(),
@@ -857,7 +857,7 @@ mod tests {
 
     #[test]
     fn a_story_waiting_shows_the_claim_or_the_dependency_it_waits_for() {
-        let mut d = Doc::new([4; 16]);
+        let mut d = Doc::new([4; 16]).with_test_names();
         let first = d
             .add_story(
                 &NewStory {
@@ -881,7 +881,7 @@ mod tests {
             .unwrap();
         let res = Resource::story_round(&first, Phase::Research, 0).unwrap();
         d.put_claim(
-            "c1",
+            &format!("{B}-902"),
             &crate::core::lease::ClaimFact {
                 resources: vec![(res, 1)],
                 holder: B.into(),
@@ -915,11 +915,12 @@ mod tests {
         );
         // No node has announced any role yet.
         d.put_release(
-            "c1",
+            &format!("{B}-902"),
             &crate::core::lease::ReleaseFact {
                 why: crate::core::lease::ReleaseReason::Abandoned,
                 note: String::new(),
             },
+            B,
         )
         .unwrap();
         let v = d.view();
@@ -951,7 +952,7 @@ mod tests {
         step(&mut d, &keys[0], Phase::Rework, 1, None);
         let res = Resource::story_round(&keys[0], Phase::Review, 1).unwrap();
         d.put_claim(
-            "c-review",
+            &format!("{B}-903"),
             &crate::core::lease::ClaimFact {
                 resources: vec![(res, 1)],
                 holder: B.into(),

@@ -45,6 +45,8 @@ pub enum NodeError {
     Net(#[from] net::NetError),
     #[error(transparent)]
     State(#[from] crate::core::state::StateError),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
     #[error("invalid address {0}")]
     Addr(String),
     #[error("the story was written but cannot be read back: the store may be corrupt")]
@@ -143,6 +145,19 @@ pub struct StatusReport {
     /// Whether the git origin answers this node (its breaker).
     #[serde(default)]
     pub origin: crate::core::breaker::OriginHealth,
+    /// Facts in the document this node refused (unsigned, mis-signed, invalid, or not
+    /// the author's to write), by the author they name and kind.
+    #[serde(default)]
+    pub rejected: Vec<RejectedFacts>,
+}
+
+/// Refused facts of one author and kind (`status`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RejectedFacts {
+    /// The author the values name (`?` when they name none).
+    pub author: String,
+    pub kind: crate::core::state::FactKind,
+    pub count: u64,
 }
 
 /// What a node currently observes, published on every change so that tests, benchmarks
@@ -203,7 +218,8 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
             Doc::load(actor, &snap, &chunks)?
         }
         None => Doc::new(actor),
-    };
+    }
+    .with_signer(crate::identity::signer(&opts.keypair)?);
     // Peers remembered from earlier runs: a hint, so an unreadable record is no reason
     // not to start.
     let known: BTreeMap<String, KnownPeer> = match &store {
@@ -392,15 +408,17 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
 /// when no control endpoint answers). Fails clearly if the data dir is locked.
 pub fn offline_add_story(
     data_dir: &std::path::Path,
-    creator: &str,
+    key: &libp2p::identity::Keypair,
     new: &NewStory,
 ) -> Result<StoryView, NodeError> {
     let mut store = Store::open(data_dir)?;
     let (snap, chunks) = store.load_doc()?;
     let mut actor = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut actor);
-    let mut doc = Doc::load(actor, &snap, &chunks)?;
-    let key = doc.add_story(new, creator, wall_ms())?;
+    let signer = crate::identity::signer(key)?;
+    let creator = signer.author().to_string();
+    let mut doc = Doc::load(actor, &snap, &chunks)?.with_signer(signer);
+    let key = doc.add_story(new, &creator, wall_ms())?;
     store.append_chunk(&doc.save_incremental())?;
     store.flush_blocking()?;
     doc.view()

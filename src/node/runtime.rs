@@ -613,6 +613,19 @@ impl Runtime {
             joined_at_ms: self.core.joined_at_ms(),
             clock: self.core.clock_skew(now),
             origin: self.core.origin_health(now),
+            rejected: self
+                .core
+                .doc()
+                .rejected()
+                .iter()
+                .flat_map(|(author, kinds)| {
+                    kinds.iter().map(|(kind, count)| super::RejectedFacts {
+                        author: author.clone(),
+                        kind: *kind,
+                        count: *count,
+                    })
+                })
+                .collect(),
         }
     }
 }

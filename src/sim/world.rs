@@ -10,6 +10,7 @@ use super::{Mode, Origin, SimConfig, Titles};
 use crate::core::lease::Resource;
 use crate::core::model::Topic;
 use crate::core::state::Doc;
+use crate::core::trust::Signer;
 use crate::core::{Core, Effect, Input, Job, JobFailure};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -25,7 +26,10 @@ impl Sim {
         let drift = i64::try_from(cfg.lease.max_clock_drift_ms * 2 / 5).unwrap_or(0);
         for name in &names {
             let actor: [u8; 16] = rng.gen();
-            let mut core = Core::new(name.clone(), core_config(&cfg), Doc::new(actor), 1);
+            let doc = Doc::new(actor)
+                .with_test_names()
+                .with_signer(Signer::for_test(name));
+            let mut core = Core::new(name.clone(), core_config(&cfg), doc, 1);
             let mut offset = 0;
             if cfg.stops_guards_clocks {
                 offset = rng.gen_range(-drift..=drift);
@@ -562,7 +566,9 @@ impl Sim {
                 }
                 let actor: [u8; 16] = self.rng.gen();
                 let doc = match Doc::load(actor, &[], &self.nodes[i].store.durable) {
-                    Ok(d) => d,
+                    Ok(d) => d
+                        .with_test_names()
+                        .with_signer(Signer::for_test(&self.names[i])),
                     Err(e) => {
                         self.violation(format!("node{i} cannot reload what it persisted: {e}"));
                         return;

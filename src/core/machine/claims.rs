@@ -198,6 +198,7 @@ impl Core {
                         why: ReleaseReason::Expired,
                         note: format!("lease expired; taken over by {}", self.peer),
                     },
+                    &self.peer,
                 );
                 if let Err(e) = taken {
                     // Without the release the claim below would not win: write nothing.
@@ -447,7 +448,7 @@ impl Core {
             why,
             note: note.to_string(),
         };
-        if let Err(e) = self.doc.put_release(id, &fact) {
+        if let Err(e) = self.doc.put_release(id, &fact, &self.peer) {
             tracing::error!(claim = %id, error = %e, "cannot write a release");
             return;
         }

@@ -353,6 +353,10 @@ impl Core {
     /// A core for `peer` over `doc`. `incarnation` must grow across restarts (the wall
     /// clock at start is fine); it orders this node's heartbeats.
     pub fn new(peer: String, cfg: CoreConfig, mut doc: Doc, incarnation: u64) -> Core {
+        if let Some(author) = doc.author().filter(|a| *a != peer) {
+            // Every fact it wrote would be refused as not its own: say why, loudly.
+            tracing::error!(%peer, %author, "the document signs as another node than this core's");
+        }
         let digest = doc.heads_digest();
         let origin = Breaker::new(&peer, cfg.origin_breaker);
         let mut core = Core {

@@ -18,7 +18,7 @@ fn core(name: &str, actor: u8) -> Core {
             origin_breaker: Default::default(),
             merge_gate: None,
         },
-        Doc::new([actor; 16]),
+        Doc::new([actor; 16]).with_test_names(),
         1,
     )
 }
@@ -115,12 +115,14 @@ fn a_restart_releases_the_previous_runs_claims_before_anything_leaves() {
         attempt: 1,
         after: None,
     };
-    let mut doc = Doc::new([1; 16]);
+    let mut doc = Doc::new([1; 16]).with_test_names();
     doc.put_claim("A-1001", &fact("A")).unwrap();
     doc.put_claim("B-1001", &fact("B")).unwrap();
     let persisted = doc.save();
     let cfg = core("A", 1).cfg;
-    let restarted = Doc::load([3; 16], &persisted, &[]).unwrap();
+    let restarted = Doc::load([3; 16], &persisted, &[])
+        .unwrap()
+        .with_test_names();
     let mut a = Core::new("A".into(), cfg.clone(), restarted, 2);
     assert!(
         matches!(a.poll_effect(), Some(Effect::Persist { .. })),
@@ -134,13 +136,17 @@ fn a_restart_releases_the_previous_runs_claims_before_anything_leaves() {
     assert!(!claims.is_released("B-1001"), "only its own claims");
     assert_eq!(claims.winner(&r), Some("B-1001"));
     // Nothing of its own left to release: a second restart writes nothing.
-    let again = Doc::load([4; 16], &a.doc_mut().save(), &[]).unwrap();
+    let again = Doc::load([4; 16], &a.doc_mut().save(), &[])
+        .unwrap()
+        .with_test_names();
     let mut a2 = Core::new("A".into(), cfg.clone(), again, 3);
     assert!(a2.poll_effect().is_none());
     // A passive observer of the same document writes nothing either.
     let mut passive = cfg;
     passive.passive = true;
-    let doc = Doc::load([5; 16], &persisted, &[]).unwrap();
+    let doc = Doc::load([5; 16], &persisted, &[])
+        .unwrap()
+        .with_test_names();
     let mut p = Core::new("A".into(), passive, doc, 4);
     assert!(p.poll_effect().is_none());
     assert!(!p.doc().view().claims().is_released("A-1001"));
@@ -168,7 +174,7 @@ fn a_claim_of_a_previous_run_that_comes_back_from_a_peer_is_released() {
         .unwrap();
     b.doc_changed();
     let cfg = core("A", 1).cfg;
-    let mut a = Core::new("A".into(), cfg, Doc::new([3; 16]), 2);
+    let mut a = Core::new("A".into(), cfg, Doc::new([3; 16]).with_test_names(), 2);
     a.handle(0, Input::Connected("B".into()));
     b.handle(0, Input::Connected("A".into()));
     pump(&mut a, &mut b);
@@ -222,7 +228,9 @@ fn a_node_that_knows_of_a_mesh_claims_nothing_before_it_synced_with_it() {
         join_wait_ms: 10_000,
         ..Guards::default()
     };
-    let doc = Doc::load([1; 16], &b.doc_mut().save(), &[]).unwrap();
+    let doc = Doc::load([1; 16], &b.doc_mut().save(), &[])
+        .unwrap()
+        .with_test_names();
     let mut a = worker("A", doc, guards);
     a.tick(0, 0);
     a.tick(WARM_MS + 1, 0);
@@ -249,7 +257,7 @@ fn the_join_wait_is_bounded_and_a_mesh_of_one_does_not_wait() {
         remembers_peers: true,
         clock_skew: false,
     };
-    let mut a = worker("A", Doc::new([1; 16]), guards);
+    let mut a = worker("A", Doc::new([1; 16]).with_test_names(), guards);
     a.add_story(&story, 1).unwrap();
     a.tick(0, 0);
     a.tick(4_999, 0);
@@ -261,7 +269,7 @@ fn the_join_wait_is_bounded_and_a_mesh_of_one_does_not_wait() {
     // beyond the warm-up.
     let mut solo = worker(
         "S",
-        Doc::new([2; 16]),
+        Doc::new([2; 16]).with_test_names(),
         Guards {
             remembers_peers: false,
             ..guards
@@ -282,7 +290,7 @@ fn a_node_whose_clock_is_off_the_mesh_median_claims_nothing_until_it_is_back() {
         clock_skew: true,
         ..Guards::default()
     };
-    let mut a = worker("A", Doc::new([1; 16]), guards);
+    let mut a = worker("A", Doc::new([1; 16]).with_test_names(), guards);
     for i in 0..4 {
         a.add_story(
             &NewStory {
@@ -342,7 +350,7 @@ fn a_node_whose_clock_is_off_the_mesh_median_claims_nothing_until_it_is_back() {
 
 #[test]
 fn a_clean_shutdown_releases_every_claim_as_shutdown_and_claims_nothing_more() {
-    let mut a = worker("A", Doc::new([1; 16]), Guards::default());
+    let mut a = worker("A", Doc::new([1; 16]).with_test_names(), Guards::default());
     a.add_story(
         &NewStory {
             title: "s".into(),
@@ -594,7 +602,9 @@ fn restarts_of_the_holder_are_takeovers_and_block_only_at_the_takeover_limit() {
     for inc in 2..(2 + crate::core::model::MAX_ATTEMPTS as u64) {
         next_job(&mut a, &mut now);
         // The process dies mid-job and comes back over its persisted document.
-        let doc = Doc::load([inc as u8; 16], &a.doc_mut().save(), &[]).unwrap();
+        let doc = Doc::load([inc as u8; 16], &a.doc_mut().save(), &[])
+            .unwrap()
+            .with_test_names();
         a = Core::new("A".into(), cfg.clone(), doc, inc);
     }
     let v = a.view();
@@ -606,7 +616,9 @@ fn restarts_of_the_holder_are_takeovers_and_block_only_at_the_takeover_limit() {
     for inc in 10..(10 + u64::from(MAX_TAKEOVERS - 3)) {
         assert!(!kinds(&a).contains(&EventKind::StoryBlocked));
         next_job(&mut a, &mut now);
-        let doc = Doc::load([inc as u8; 16], &a.doc_mut().save(), &[]).unwrap();
+        let doc = Doc::load([inc as u8; 16], &a.doc_mut().save(), &[])
+            .unwrap()
+            .with_test_names();
         a = Core::new("A".into(), cfg.clone(), doc, inc);
     }
     let v = a.view();
@@ -883,13 +895,17 @@ fn a_running_claim_superseded_by_a_peers_higher_token_is_cancelled_on_the_news_n
     let cfg = a.cfg.clone();
     // B works from the same backlog where A cannot see it: its first claim (token 1)
     // dies with a restart, its second (token 2) runs.
-    let doc = Doc::load([2; 16], &a.doc_mut().save(), &[]).unwrap();
+    let doc = Doc::load([2; 16], &a.doc_mut().save(), &[])
+        .unwrap()
+        .with_test_names();
     let mut b = Core::new("B".into(), cfg.clone(), doc, 1);
     let mut now = 0;
     let mine = next_job(&mut a, &mut now);
     let mut bnow = 0;
     next_job(&mut b, &mut bnow);
-    let doc = Doc::load([3; 16], &b.doc_mut().save(), &[]).unwrap();
+    let doc = Doc::load([3; 16], &b.doc_mut().save(), &[])
+        .unwrap()
+        .with_test_names();
     let mut b = Core::new("B".into(), cfg, doc, 2);
     let theirs = next_job(&mut b, &mut bnow);
     assert!(a.view().claims.contains_key(&mine));
@@ -980,7 +996,9 @@ fn running_work_the_story_no_longer_needs_is_cancelled_when_two_sides_meet() {
     }
     a.cfg.roles = roles;
     let cfg = a.cfg.clone();
-    let doc = Doc::load([2; 16], &a.doc_mut().save(), &[]).unwrap();
+    let doc = Doc::load([2; 16], &a.doc_mut().save(), &[])
+        .unwrap()
+        .with_test_names();
     let mut b = Core::new("B".into(), cfg, doc, 1);
     let mut bnow = 0;
     run_step(&mut a, &mut now, Phase::Review, 0, Some(Verdict::Approve));

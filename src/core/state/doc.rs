@@ -5,19 +5,57 @@ use super::*;
 
 /// The replicated document.
 ///
-/// Beside the automerge document it keeps every root fact decoded ([`Fact`]), updated
-/// from automerge's patches after each write or sync: the view is rebuilt from decoded
-/// facts, never by re-reading and re-parsing the whole document (which cost a quarter
-/// of an 8-node mesh's CPU).
+/// Beside the automerge document it keeps every admitted root fact decoded ([`Fact`]),
+/// read from each new change's operations after each write, sync or push: the view is
+/// rebuilt from decoded facts, never by re-reading and re-parsing the whole document.
+///
+/// Facts are a grow-only set: every value ever written at a root key, in any change, is
+/// a candidate ([`super::admit`] decides whether it counts); a later overwrite or a
+/// delete of a key removes nothing, and the fact a key shows is chosen among its
+/// admitted candidates by a rule every node applies alike ([`Doc::choose`]). So no
+/// writer, honest or not, can unsay a fact — and a node that joins after an overwrite
+/// reads the same facts as one that saw the original first.
 ///
 /// Cloning copies the whole document: the core keeps a clone while a caller waits for
 /// a local write to be made durable, to put back if it is not.
 #[derive(Clone)]
 pub struct Doc {
     pub(super) inner: AutoCommit,
+    /// The chosen fact of each key (what the view folds).
     pub(super) facts: BTreeMap<String, Fact>,
+    /// Every admitted value of each key.
+    candidates: BTreeMap<String, Vec<Candidate>>,
+    /// Claims with an admitted result or merge: a takeover never releases those.
+    finished: BTreeSet<String>,
+    /// The heads whose changes have been read into `candidates`.
+    scanned: Vec<ChangeHash>,
+    /// Values refused, by the author they name (`?` when they name none) and kind.
+    rejected: BTreeMap<String, BTreeMap<FactKind, u64>>,
+    /// Who signs this document's local writes, and how authors map to keys.
+    writer: Writer,
+    scheme: KeyScheme,
     /// This actor's recent changes (oldest first), for eager pushes to peers.
     local_log: VecDeque<LocalChange>,
+}
+
+/// Who signs the local writes of a document.
+#[derive(Debug, Clone)]
+enum Writer {
+    /// A read-only copy (the CLI's offline reads): writing fails.
+    None,
+    /// A node: writes only in its own name.
+    Node(Box<Signer>),
+    /// Tests and the simulator: writes in any plain name's derived key.
+    AnyTestName,
+}
+
+/// One admitted value of a key.
+#[derive(Debug, Clone)]
+struct Candidate {
+    /// The operation that wrote it (counter, actor): orders candidates alike everywhere.
+    op: (u64, Vec<u8>),
+    author: String,
+    fact: Fact,
 }
 
 /// How many of its own recent changes a document keeps for eager pushes.
@@ -31,7 +69,7 @@ struct LocalChange {
     bytes: Vec<u8>,
 }
 
-/// One root fact, decoded from its JSON. Keys outside the known prefixes are not kept.
+/// One root fact, decoded and admitted.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Fact {
     Story(StoryFact),
@@ -41,43 +79,6 @@ pub(super) enum Fact {
     Result(Arc<ResultFact>),
     Merge(MergeFact),
     Knowledge(KnowledgeFact),
-    /// Under a known prefix but not decodable (a newer or buggy peer): counted, skipped.
-    Malformed,
-}
-
-impl Fact {
-    /// Decodes the value at a root key; `None` for keys this version does not know.
-    pub(super) fn decode(key: &str, value: &Value<'_>) -> Option<Fact> {
-        fn json<T: serde::de::DeserializeOwned>(value: &Value<'_>) -> Option<T> {
-            match value {
-                Value::Scalar(s) => match s.as_ref() {
-                    ScalarValue::Str(text) => serde_json::from_str(text).ok(),
-                    _ => None,
-                },
-                _ => None,
-            }
-        }
-        fn or_malformed<T>(f: Option<T>, wrap: fn(T) -> Fact) -> Fact {
-            f.map_or(Fact::Malformed, wrap)
-        }
-        Some(if key.starts_with(STORY_PREFIX) {
-            or_malformed(json(value), Fact::Story)
-        } else if key.starts_with(NODE_PREFIX) {
-            or_malformed(json(value), Fact::Node)
-        } else if key.starts_with(CLAIM_PREFIX) {
-            or_malformed(json(value), Fact::Claim)
-        } else if key.starts_with(RELEASE_PREFIX) {
-            or_malformed(json(value), Fact::Release)
-        } else if key.starts_with(RESULT_PREFIX) {
-            or_malformed(json(value).map(Arc::new), Fact::Result)
-        } else if key.starts_with(KNOWLEDGE_PREFIX) {
-            or_malformed(json(value), Fact::Knowledge)
-        } else if key.starts_with(MERGE_PREFIX) {
-            or_malformed(json(value), Fact::Merge)
-        } else {
-            return None;
-        })
-    }
 }
 
 impl std::fmt::Debug for Doc {
@@ -89,12 +90,54 @@ impl std::fmt::Debug for Doc {
 impl Doc {
     /// An empty document with a fresh actor id. Every process start uses a new actor, so
     /// a node that lost unflushed changes in a crash can never reuse a sequence number.
+    ///
+    /// It verifies authors by peer id and cannot write until [`Doc::with_signer`] gives it
+    /// the node's key.
     pub fn new(actor: [u8; 16]) -> Doc {
+        Doc::wrap(AutoCommit::new().with_actor(ActorId::from(actor.as_slice())))
+    }
+
+    fn wrap(inner: AutoCommit) -> Doc {
         Doc {
-            inner: AutoCommit::new().with_actor(ActorId::from(actor.as_slice())),
+            inner,
             facts: BTreeMap::new(),
+            candidates: BTreeMap::new(),
+            finished: BTreeSet::new(),
+            scanned: Vec::new(),
+            rejected: BTreeMap::new(),
+            writer: Writer::None,
+            scheme: KeyScheme::PeerIds,
             local_log: VecDeque::new(),
         }
+    }
+
+    /// This document's local writes are signed by `signer`, and only in its name.
+    pub fn with_signer(mut self, signer: Signer) -> Doc {
+        self.writer = Writer::Node(Box::new(signer));
+        self
+    }
+
+    /// For tests and the simulator: plain names ("A", "node3") are authors with keys
+    /// derived from the name, and local writes may be made in any name. Never for a real
+    /// node: anyone can sign as anyone with a plain name.
+    pub fn with_test_names(mut self) -> Doc {
+        self.writer = Writer::AnyTestName;
+        self.scheme = KeyScheme::TestNames;
+        self.rescan();
+        self
+    }
+
+    /// The author this document writes as, if it writes as one node.
+    pub fn author(&self) -> Option<&str> {
+        match &self.writer {
+            Writer::Node(s) => Some(s.author()),
+            Writer::None | Writer::AnyTestName => None,
+        }
+    }
+
+    /// Values refused so far, by the author they name (`?` when none) and kind.
+    pub fn rejected(&self) -> &BTreeMap<String, BTreeMap<FactKind, u64>> {
+        &self.rejected
     }
 
     /// The hash of this actor's latest change, if it made one.
@@ -187,26 +230,135 @@ impl Doc {
         }
     }
 
-    /// Brings the decoded facts up to date with the document: applies the patches of
-    /// every change since the last call (the first call sees the whole state).
-    fn refresh(&mut self) {
-        for patch in self.inner.diff_incremental() {
-            if patch.obj != ObjId::Root {
-                continue;
-            }
-            match patch.action {
-                PatchAction::PutMap { key, value, .. } => match Fact::decode(&key, &value.0) {
-                    Some(f) => {
-                        self.facts.insert(key, f);
-                    }
-                    None => {
-                        self.facts.remove(&key);
-                    }
-                },
-                PatchAction::DeleteMap { key } => {
-                    self.facts.remove(&key);
+    /// Brings the decoded facts up to date with the document: reads every root value
+    /// written by the changes since the last call (the first call reads them all), admits
+    /// or refuses each, and re-chooses the fact of every key that gained a candidate.
+    pub(super) fn refresh(&mut self) {
+        let heads = self.inner.get_heads();
+        if heads == self.scanned {
+            return;
+        }
+        let changes = self.inner.get_changes(&self.scanned);
+        self.scanned = heads;
+        let mut touched = BTreeSet::new();
+        for change in &changes {
+            let ex = change.decode();
+            let actor = ex.actor_id.to_bytes().to_vec();
+            for (i, op) in ex.operations.iter().enumerate() {
+                if op.obj != automerge::legacy::ObjectId::Root {
+                    continue;
                 }
-                _ => {}
+                let (automerge::legacy::Key::Map(key), automerge::legacy::OpType::Put(value)) =
+                    (&op.key, &op.action)
+                else {
+                    // Deletes and anything else change no fact.
+                    continue;
+                };
+                let Some(kind) = FactKind::of_key(key) else {
+                    continue;
+                };
+                let ScalarValue::Str(value) = value else {
+                    self.reject(key, kind, None, Refusal::Malformed);
+                    continue;
+                };
+                let op = (ex.start_op.get().saturating_add(i as u64), actor.clone());
+                self.consider(key, kind, value, op, &mut touched);
+            }
+        }
+        for key in touched {
+            self.choose(&key);
+        }
+    }
+
+    /// Reads every change again (after the key scheme changed).
+    fn rescan(&mut self) {
+        self.facts.clear();
+        self.candidates.clear();
+        self.finished.clear();
+        self.rejected.clear();
+        self.scanned.clear();
+        self.refresh();
+    }
+
+    fn consider(
+        &mut self,
+        key: &str,
+        kind: FactKind,
+        value: &str,
+        op: (u64, Vec<u8>),
+        touched: &mut BTreeSet<String>,
+    ) {
+        match admit(kind, key, value, self.scheme) {
+            Ok((author, fact)) => {
+                let claim = match &fact {
+                    Fact::Result(f) => Some(f.claim.clone()),
+                    Fact::Merge(f) => Some(f.claim.clone()),
+                    _ => None,
+                };
+                if let Some(claim) = claim {
+                    // A finished claim's takeover release no longer counts.
+                    touched.insert(format!("{RELEASE_PREFIX}{claim}"));
+                    self.finished.insert(claim);
+                }
+                let all = self.candidates.entry(key.to_string()).or_default();
+                if !all.iter().any(|c| c.op == op) {
+                    all.push(Candidate { op, author, fact });
+                }
+                touched.insert(key.to_string());
+            }
+            Err(why) => self.reject(key, kind, trust::claimed_author(value), why),
+        }
+    }
+
+    /// Counts a refused value against the author it names, and says so once per author.
+    fn reject(&mut self, key: &str, kind: FactKind, author: Option<&str>, why: Refusal) {
+        let author = author.unwrap_or("?");
+        let first = !self.rejected.contains_key(author);
+        *self
+            .rejected
+            .entry(author.to_string())
+            .or_default()
+            .entry(kind)
+            .or_default() += 1;
+        if first {
+            tracing::warn!(%author, %key, kind = kind.as_str(), why = why.as_str(),
+                "fact refused (logged once per author; `status` counts them)");
+        }
+    }
+
+    /// The fact key `key` shows, among its admitted candidates: a node's description is
+    /// its latest; a release is the holder's own if it wrote one, else the first
+    /// takeover's, and none of a takeover once the claim finished; everything else is
+    /// write-once, so the first write stands (a second one by the same author cannot
+    /// replace it). "First" and "latest" are by the writing operation's id, which every
+    /// node orders alike.
+    fn choose(&mut self, key: &str) {
+        let Some(all) = self.candidates.get(key) else {
+            self.facts.remove(key);
+            return;
+        };
+        let pick = match FactKind::of_key(key) {
+            Some(FactKind::Node) => all.iter().max_by(|a, b| a.op.cmp(&b.op)),
+            Some(FactKind::Release) => {
+                let id = key.strip_prefix(RELEASE_PREFIX).unwrap_or(key);
+                let holder = claim_id_holder(id);
+                let finished = self.finished.contains(id);
+                all.iter()
+                    .filter(|c| Some(c.author.as_str()) == holder || !finished)
+                    .min_by(|a, b| {
+                        let rank = |c: &Candidate| Some(c.author.as_str()) != holder;
+                        (rank(a), &a.op).cmp(&(rank(b), &b.op))
+                    })
+            }
+            _ => all.iter().min_by(|a, b| a.op.cmp(&b.op)),
+        };
+        match pick {
+            Some(c) => {
+                let fact = c.fact.clone();
+                self.facts.insert(key.to_string(), fact);
+            }
+            None => {
+                self.facts.remove(key);
             }
         }
     }
@@ -224,11 +376,7 @@ impl Doc {
                 .map_err(|e| StateError::Corrupt(e.to_string()))?;
         }
         inner.set_actor(ActorId::from(actor.as_slice()));
-        let mut doc = Doc {
-            inner,
-            facts: BTreeMap::new(),
-            local_log: VecDeque::new(),
-        };
+        let mut doc = Doc::wrap(inner);
         // The first refresh sees the whole loaded state; later ones only what changed.
         doc.refresh();
         Ok(doc)
@@ -293,15 +441,44 @@ impl Doc {
         Ok(changed)
     }
 
-    /// Writes one fact at a root key and commits it. On error nothing was written.
-    pub(super) fn put_fact<T: Serialize>(&mut self, key: &str, fact: &T) -> Result<(), StateError> {
+    /// Seals one fact in `author`'s name, checks it as every peer will, writes it at a
+    /// root key and commits it. On error nothing was written.
+    pub(super) fn put_fact<T: Serialize>(
+        &mut self,
+        key: &str,
+        fact: &T,
+        author: &str,
+    ) -> Result<(), StateError> {
         let write_err = |why: String| StateError::Write {
             key: key.to_string(),
             why,
         };
         let json = serde_json::to_string(fact).map_err(|e| write_err(e.to_string()))?;
+        let sealed = match &self.writer {
+            Writer::Node(s) if s.author() == author => s.seal(key, &json),
+            Writer::Node(s) => {
+                return Err(write_err(format!(
+                    "this node signs as {}, not as {author}",
+                    s.author()
+                )))
+            }
+            Writer::AnyTestName => Signer::for_test(author).seal(key, &json),
+            Writer::None => {
+                return Err(write_err(
+                    "this copy of the document has no signing key".into(),
+                ))
+            }
+        };
+        // What peers would refuse is never written: the writer hears why.
+        let kind = FactKind::of_key(key).ok_or_else(|| write_err("unknown kind of fact".into()))?;
+        if let Err(why) = admit(kind, key, &sealed, self.scheme) {
+            return Err(write_err(format!(
+                "peers would refuse it: {}",
+                why.as_str()
+            )));
+        }
         // Writing a scalar at the root only fails on a corrupt op set.
-        if let Err(e) = self.inner.put(ROOT, key, json) {
+        if let Err(e) = self.inner.put(ROOT, key, sealed) {
             self.inner.rollback();
             return Err(write_err(e.to_string()));
         }
@@ -342,7 +519,7 @@ impl Doc {
             labels: valid.labels,
             source: "cli".into(),
         };
-        self.put_fact(&format!("{STORY_PREFIX}{key}"), &fact)?;
+        self.put_fact(&format!("{STORY_PREFIX}{key}"), &fact, creator)?;
         Ok(key)
     }
 
@@ -353,13 +530,13 @@ impl Doc {
         if matches!(self.facts.get(&key), Some(Fact::Node(f)) if f == fact) {
             return Ok(false);
         }
-        self.put_fact(&key, fact)?;
+        self.put_fact(&key, fact, peer)?;
         Ok(true)
     }
 
     /// Writes a claim fact. Claim ids are unique per writer, so the key has one writer.
     pub fn put_claim(&mut self, id: &str, fact: &ClaimFact) -> Result<(), StateError> {
-        self.put_fact(&format!("{CLAIM_PREFIX}{id}"), fact)
+        self.put_fact(&format!("{CLAIM_PREFIX}{id}"), fact, &fact.holder)
     }
 
     /// The holder of claim `id` as written in the document (winning or not), without
@@ -371,14 +548,19 @@ impl Doc {
         }
     }
 
-    /// Writes a release fact for a claim (by its holder, or by a node that took it over).
-    /// Rewriting an existing release is skipped: the first reason stands.
-    pub fn put_release(&mut self, id: &str, fact: &ReleaseFact) -> Result<(), StateError> {
+    /// Writes a release fact for a claim, by its holder or (`expired`) by a node `by` that
+    /// took it over. Rewriting an existing release is skipped: the first reason stands.
+    pub fn put_release(
+        &mut self,
+        id: &str,
+        fact: &ReleaseFact,
+        by: &str,
+    ) -> Result<(), StateError> {
         let key = format!("{RELEASE_PREFIX}{id}");
         if matches!(self.facts.get(&key), Some(Fact::Release(_))) {
             return Ok(());
         }
-        self.put_fact(&key, fact)
+        self.put_fact(&key, fact, by)
     }
 
     /// Writes a phase result under its claim.
@@ -389,13 +571,13 @@ impl Doc {
             fact.phase.as_str(),
             fact.claim
         );
-        self.put_fact(&key, fact)
+        self.put_fact(&key, fact, &fact.holder)
     }
 
     /// Records a landing on main.
     pub fn put_merge(&mut self, fact: &MergeFact) -> Result<(), StateError> {
         let key = format!("{MERGE_PREFIX}{}/{}", fact.story, fact.claim);
-        self.put_fact(&key, fact)
+        self.put_fact(&key, fact, &fact.holder)
     }
 
     /// Writes a knowledge entry under the hash of its kind and normalised text, so the
@@ -411,19 +593,21 @@ impl Doc {
         if self.inner.get(ROOT, key.as_str()).ok().flatten().is_none() {
             let mut f = fact.clone();
             f.text = text.to_string();
-            self.put_fact(&key, &f)?;
+            self.put_fact(&key, &f, &fact.author)?;
         }
         Ok(id)
     }
 
     /// The current view: a pure function of the document.
     pub fn view(&self) -> View {
-        View::fold(&self.facts).0
+        self.view_and_claims().0
     }
 
     /// The current view and its claim fold (what `view().claims()` gives, without
     /// folding the claims twice).
     pub fn view_and_claims(&self) -> (View, Claims) {
-        View::fold(&self.facts)
+        let (mut view, claims) = View::fold(&self.facts);
+        view.malformed += self.rejected.values().flat_map(|k| k.values()).sum::<u64>();
+        (view, claims)
     }
 }

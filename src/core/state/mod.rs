@@ -14,9 +14,10 @@ use crate::core::model::{
     InputError, KnowledgeFact, KnowledgeKind, MergeFact, NewStory, NodeFact, Phase, ResultFact,
     StoryFact, StoryStatus, Verdict, MAX_ATTEMPTS, MAX_TAKEOVERS,
 };
+use crate::core::trust::{self, KeyScheme, Signer};
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
-use automerge::{ActorId, AutoCommit, ObjId, PatchAction, ReadDoc, ScalarValue, Value, ROOT};
+use automerge::{ActorId, AutoCommit, ReadDoc, ScalarValue, ROOT};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -67,9 +68,12 @@ pub fn peer_tag(peer: &str) -> &str {
     &peer[n.saturating_sub(6)..]
 }
 
+mod admit;
 mod doc;
 mod view;
 
+use admit::admit;
+pub use admit::{claim_id_holder, FactKind, Refusal, MAX_FACT_BYTES};
 pub use doc::Doc;
 use doc::Fact;
 pub use view::*;

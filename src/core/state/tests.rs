@@ -1,16 +1,5 @@
 use super::*;
 
-/// Every root fact of an automerge document, decoded by a full scan (what the
-/// patch-driven facts must always equal).
-fn scan_facts(doc: &AutoCommit) -> BTreeMap<String, Fact> {
-    doc.map_range(ROOT, ..)
-        .filter_map(|item| {
-            let key = item.key.to_string();
-            Fact::decode(&key, &Value::from(item.value)).map(|f| (key, f))
-        })
-        .collect()
-}
-
 const A: &str = "12D3KooWAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAaaaaaa";
 const B: &str = "12D3KooWBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBbbbbbb";
 
@@ -21,19 +10,27 @@ fn story(title: &str) -> NewStory {
     }
 }
 
-/// The decoded facts follow the document through patches exactly as a full scan
-/// would see it: local writes, concurrent writes to one key (automerge picks the
-/// same winner everywhere), malformed values, syncs and reloads.
+/// A document read incrementally (local writes, syncs in any order, concurrent writes
+/// to one key) holds exactly the facts a fresh load of the same changes holds: what a
+/// key shows depends on the set of values written, never on the order they arrived in.
 #[test]
 fn decoded_facts_track_the_document() {
-    fn check(d: &Doc) {
+    fn check(d: &mut Doc) {
+        let fresh = Doc::load([9; 16], &d.save(), &[])
+            .unwrap()
+            .with_test_names();
         assert_eq!(
-            d.facts,
-            scan_facts(&d.inner),
-            "facts diverged from the document"
+            d.facts, fresh.facts,
+            "incremental facts differ from a fresh load"
         );
+        assert_eq!(d.rejected(), fresh.rejected());
     }
-    let mut docs = [Doc::new([1; 16]), Doc::new([2; 16]), Doc::new([3; 16])];
+    let names = ["A", "B", "C"];
+    let mut docs = [
+        Doc::new([1; 16]).with_test_names(),
+        Doc::new([2; 16]).with_test_names(),
+        Doc::new([3; 16]).with_test_names(),
+    ];
     let node = |n: u32| NodeFact {
         roles: vec![format!("r{n}")],
         capacity: n,
@@ -43,41 +40,56 @@ fn decoded_facts_track_the_document() {
     for round in 0..6u32 {
         for (i, d) in docs.iter_mut().enumerate() {
             step += 1;
-            // The same key from every doc in the same round: a real conflict.
-            d.put_fact(&format!("{NODE_PREFIX}shared{round}"), &node(step))
+            let me = names[i];
+            // Each node re-describes itself (the latest description stands) ...
+            d.put_node(me, &node(step)).unwrap();
+            // ... every node learns the same lesson in the same round (one key, written
+            // concurrently by three authors) ...
+            d.put_knowledge(&KnowledgeFact {
+                kind: KnowledgeKind::Pitfall,
+                text: format!("lesson {round}"),
+                story: String::new(),
+                author: me.into(),
+                written_at_ms: u64::from(step),
+            })
+            .unwrap();
+            // ... and a raw unsigned value is refused and counted.
+            d.inner
+                .put(
+                    ROOT,
+                    format!("{CLAIM_PREFIX}{me}-{round}").as_str(),
+                    "not sealed",
+                )
                 .unwrap();
-            d.put_fact(&format!("{NODE_PREFIX}own{i}-{round}"), &node(step))
-                .unwrap();
-            d.put_fact(&format!("{CLAIM_PREFIX}bad{round}"), &"not a claim")
-                .unwrap();
-            d.put_fact(&format!("other/{round}"), &step).unwrap();
+            d.inner.commit();
+            d.refresh();
             check(d);
         }
         let (a, rest) = docs.split_at_mut(1);
         let (b, c) = rest.split_at_mut(1);
         sync_pair(&mut a[0], &mut b[0]);
-        check(&a[0]);
-        check(&b[0]);
+        check(&mut a[0]);
+        check(&mut b[0]);
         if round % 2 == 1 {
             sync_pair(&mut b[0], &mut c[0]);
             sync_pair(&mut a[0], &mut c[0]);
         }
-        for d in docs.iter() {
+        for d in docs.iter_mut() {
             check(d);
         }
     }
     let views: Vec<View> = docs.iter().map(Doc::view).collect();
     assert_eq!(views[0], views[1]);
     assert_eq!(views[0], views[2]);
-    assert!(views[0].malformed >= 6, "malformed claims are counted");
-    let snapshot = docs[0].save();
-    let mut loaded = Doc::load([9; 16], &snapshot, &[]).unwrap();
-    check(&loaded);
-    assert_eq!(loaded.view(), views[0]);
-    loaded
-        .put_fact(&format!("{NODE_PREFIX}after-load"), &node(99))
-        .unwrap();
-    check(&loaded);
+    assert_eq!(
+        views[0].malformed, 18,
+        "every unsealed value is counted once"
+    );
+    assert_eq!(
+        views[0].nodes["A"].capacity, 16,
+        "a node's latest description stands"
+    );
+    assert_eq!(views[0].knowledge.len(), 6);
 }
 
 fn sync_pair(a: &mut Doc, b: &mut Doc) {
@@ -112,7 +124,7 @@ pub(crate) fn step(
     let v = d.view();
     let res = Resource::story_round(key, phase, round).unwrap();
     let token = v.claims().next_token(&res);
-    let id = format!("{A}:{}", v.claims.len() + 1);
+    let id = format!("{A}-{}", v.claims.len() + 1);
     d.put_claim(
         &id,
         &ClaimFact {
@@ -148,7 +160,7 @@ pub(crate) fn step(
             claim: id.clone(),
             token,
             holder: A.into(),
-            commit: "c0ffee".into(),
+            commit: "c0ffee00".repeat(5),
             written_at_ms: 0,
         })
         .unwrap();
@@ -159,6 +171,7 @@ pub(crate) fn step(
             why: ReleaseReason::Done,
             note: String::new(),
         },
+        A,
     )
     .unwrap();
     id
@@ -172,7 +185,7 @@ fn next(d: &Doc, key: &str) -> (Option<Phase>, u32, StoryStatus) {
 
 #[test]
 fn a_rejected_review_opens_a_rework_round_then_review_again() {
-    let mut d = Doc::new([1; 16]);
+    let mut d = Doc::new([1; 16]).with_test_names();
     let k = d.add_story(&story("rework me"), A, 1).unwrap();
     for p in [Phase::Research, Phase::Plan, Phase::Implement] {
         assert_eq!(next(&d, &k).0, Some(p));
@@ -244,6 +257,7 @@ fn ended_attempt(d: &mut Doc, key: &str, why: crate::core::lease::ReleaseReason,
             why,
             note: note.into(),
         },
+        B,
     )
     .unwrap();
 }
@@ -251,7 +265,7 @@ fn ended_attempt(d: &mut Doc, key: &str, why: crate::core::lease::ReleaseReason,
 #[test]
 fn takeovers_of_a_gone_holder_do_not_count_as_failed_attempts() {
     use crate::core::lease::ReleaseReason::{Abandoned, Expired, Lost};
-    let mut d = Doc::new([1; 16]);
+    let mut d = Doc::new([1; 16]).with_test_names();
     let k = d.add_story(&story("unlucky holders"), A, 1).unwrap();
     ended_attempt(&mut d, &k, Expired, "lease expired; taken over by A");
     ended_attempt(&mut d, &k, Abandoned, "holder restarted");
@@ -267,7 +281,7 @@ fn takeovers_of_a_gone_holder_do_not_count_as_failed_attempts() {
 #[test]
 fn three_failed_attempts_block_the_story_and_the_reason_says_the_work_failed() {
     use crate::core::lease::ReleaseReason::{Expired, Failed};
-    let mut d = Doc::new([1; 16]);
+    let mut d = Doc::new([1; 16]).with_test_names();
     let k = d.add_story(&story("broken work"), A, 1).unwrap();
     ended_attempt(&mut d, &k, Failed, "implement made no change");
     ended_attempt(&mut d, &k, Expired, "lease expired; taken over by A");
@@ -291,7 +305,7 @@ fn a_started_story_whose_dependency_is_blocked_is_blocked_too() {
     // only stories not yet started were blocked with their dependency, so one that
     // had started waited forever.
     use crate::core::lease::ReleaseReason::Failed;
-    let mut d = Doc::new([1; 16]);
+    let mut d = Doc::new([1; 16]).with_test_names();
     let first = d.add_story(&story("the dependency"), A, 1).unwrap();
     let second = d
         .add_story(
@@ -325,7 +339,7 @@ fn a_started_story_whose_dependency_is_blocked_is_blocked_too() {
 #[test]
 fn a_story_that_keeps_losing_its_holders_is_blocked_at_the_takeover_limit() {
     use crate::core::lease::ReleaseReason::{Abandoned, Expired};
-    let mut d = Doc::new([1; 16]);
+    let mut d = Doc::new([1; 16]).with_test_names();
     let k = d.add_story(&story("kills its holders"), A, 1).unwrap();
     for i in 0..MAX_TAKEOVERS {
         assert_eq!(d.view().stories[&k].blocked_reason, None, "after {i}");
@@ -350,7 +364,7 @@ fn a_story_that_keeps_losing_its_holders_is_blocked_at_the_takeover_limit() {
 
 #[test]
 fn too_many_rejections_block_the_story_with_the_last_reason() {
-    let mut d = Doc::new([1; 16]);
+    let mut d = Doc::new([1; 16]).with_test_names();
     let k = d.add_story(&story("never good"), A, 1).unwrap();
     for p in [Phase::Research, Phase::Plan, Phase::Implement] {
         step(&mut d, &k, p, 0, None);
@@ -373,7 +387,7 @@ fn too_many_rejections_block_the_story_with_the_last_reason() {
 #[test]
 fn knowledge_is_deduplicated_by_content_and_ranked_by_relevance() {
     use crate::core::model::{KnowledgeFact, KnowledgeKind};
-    let mut d = Doc::new([1; 16]);
+    let mut d = Doc::new([1; 16]).with_test_names();
     let k = d
         .add_story(
             &NewStory {
@@ -419,7 +433,7 @@ fn knowledge_is_deduplicated_by_content_and_ranked_by_relevance() {
 
 #[test]
 fn ids_are_sequential_on_one_node() {
-    let mut d = Doc::new([1; 16]);
+    let mut d = Doc::new([1; 16]).with_test_names();
     let k1 = d.add_story(&story("one"), A, 1).unwrap();
     let k2 = d.add_story(&story("two"), A, 2).unwrap();
     let v = d.view();
@@ -431,8 +445,8 @@ fn ids_are_sequential_on_one_node() {
 
 #[test]
 fn concurrent_adds_get_distinct_ids_and_the_same_view_everywhere() {
-    let mut a = Doc::new([1; 16]);
-    let mut b = Doc::new([2; 16]);
+    let mut a = Doc::new([1; 16]).with_test_names();
+    let mut b = Doc::new([2; 16]).with_test_names();
     let ka = a.add_story(&story("from a"), A, 10).unwrap();
     let kb = b.add_story(&story("from b"), B, 10).unwrap();
     assert_ne!(ka, kb, "keys never collide");
@@ -455,7 +469,7 @@ fn concurrent_adds_get_distinct_ids_and_the_same_view_everywhere() {
 
 #[test]
 fn duplicate_and_out_of_order_delivery_fold_to_the_same_view() {
-    let mut a = Doc::new([1; 16]);
+    let mut a = Doc::new([1; 16]).with_test_names();
     a.add_story(&story("one"), A, 1).unwrap();
     let c1 = a.save_incremental();
     let k2 = a
@@ -471,7 +485,9 @@ fn duplicate_and_out_of_order_delivery_fold_to_the_same_view() {
         .unwrap();
     let c2 = a.save_incremental();
     // Deliver the second change first, then the first twice.
-    let b = Doc::load([2; 16], &[], &[c2.clone(), c1.clone(), c1, c2]).unwrap();
+    let b = Doc::load([2; 16], &[], &[c2.clone(), c1.clone(), c1, c2])
+        .unwrap()
+        .with_test_names();
     assert_eq!(b.view(), a.view());
     assert_eq!(
         b.view().stories[&k2].depends_on_ids,
@@ -482,7 +498,7 @@ fn duplicate_and_out_of_order_delivery_fold_to_the_same_view() {
 
 #[test]
 fn depends_on_unknown_story_is_refused() {
-    let mut a = Doc::new([1; 16]);
+    let mut a = Doc::new([1; 16]).with_test_names();
     let err = a
         .add_story(
             &NewStory {
@@ -502,20 +518,27 @@ fn depends_on_unknown_story_is_refused() {
 
 #[test]
 fn malformed_facts_are_skipped_and_counted() {
-    let mut a = Doc::new([1; 16]);
+    let mut a = Doc::new([1; 16]).with_test_names();
     a.inner
         .put(ROOT, "story/S-0001@zzzzzz", "not json")
         .unwrap();
     a.inner.put(ROOT, "node/x", "{}").unwrap();
+    // Signed by x, but not a node fact.
+    let sealed = Signer::for_test("x").seal("node/x", "[1]");
+    a.inner.put(ROOT, "node/x", sealed).unwrap();
+    a.inner.commit();
     a.add_story(&story("fine"), A, 1).unwrap();
     let v = a.view();
-    assert_eq!(v.malformed, 2);
+    assert_eq!(v.malformed, 3);
     assert_eq!(v.stories.len(), 1);
+    assert_eq!(a.rejected()["?"][&FactKind::Story], 1);
+    assert_eq!(a.rejected()["?"][&FactKind::Node], 1);
+    assert_eq!(a.rejected()["x"][&FactKind::Node], 1);
 }
 
 #[test]
 fn node_fact_is_written_only_on_change() {
-    let mut a = Doc::new([1; 16]);
+    let mut a = Doc::new([1; 16]).with_test_names();
     let f = NodeFact {
         roles: vec!["implement".into()],
         capacity: 2,
@@ -531,12 +554,211 @@ fn node_fact_is_written_only_on_change() {
 
 #[test]
 fn snapshot_plus_incrementals_restore_everything() {
-    let mut a = Doc::new([1; 16]);
+    let mut a = Doc::new([1; 16]).with_test_names();
     a.add_story(&story("one"), A, 1).unwrap();
     let snap = a.save();
     a.add_story(&story("two"), A, 2).unwrap();
     let inc = a.save_incremental();
-    let mut b = Doc::load([3; 16], &snap, &[inc]).unwrap();
+    let mut b = Doc::load([3; 16], &snap, &[inc]).unwrap().with_test_names();
     assert_eq!(b.view(), a.view());
     assert_eq!(b.heads_digest(), a.heads_digest());
+}
+
+/// A member with a valid key of its own (what any mesh-key holder can get) forges facts
+/// in another node's name, overwrites and deletes existing facts, inflates a token,
+/// writes values a local write would refuse and floods junk: none of it changes what an
+/// honest node — or one that joins afterwards and never saw the originals — folds, and
+/// each refusal is counted against the author it names.
+#[test]
+fn a_hostile_member_cannot_forge_overwrite_delete_or_inflate() {
+    use crate::core::lease::ReleaseReason;
+    use ed25519_dalek::SigningKey;
+    let honest = Signer::from_key(SigningKey::from_bytes(&[1; 32]));
+    let evil = Signer::from_key(SigningKey::from_bytes(&[2; 32]));
+    let (a, e) = (honest.author().to_string(), evil.author().to_string());
+    let mut doc_a = Doc::new([1; 16]).with_signer(honest.clone());
+    let key = doc_a.add_story(&story("the real one"), &a, 1).unwrap();
+    let res = Resource::story(&key, Phase::Research).unwrap();
+    let claim = format!("{a}-1001");
+    doc_a
+        .put_claim(
+            &claim,
+            &ClaimFact {
+                resources: vec![(res.clone(), 1)],
+                holder: a.clone(),
+                ttl_ms: 1000,
+                written_at_ms: 1,
+                attempt: 1,
+                after: None,
+            },
+        )
+        .unwrap();
+    let result = ResultFact {
+        story: key.clone(),
+        phase: Phase::Research,
+        round: 0,
+        claim: claim.clone(),
+        token: 1,
+        holder: a.clone(),
+        written_at_ms: 2,
+        handoff: Default::default(),
+    };
+    doc_a.put_result(&result).unwrap();
+    let done = ReleaseFact {
+        why: ReleaseReason::Done,
+        note: String::new(),
+    };
+    doc_a.put_release(&claim, &done, &a).unwrap();
+    // A node cannot even write in another's name through its own document.
+    assert!(doc_a.put_release("x-1", &done, &e).is_err());
+    let before = doc_a.view();
+    assert_eq!(before.stories[&key].next_phase, Some(Phase::Plan));
+
+    let mut doc_e = Doc::new([2; 16]).with_signer(evil.clone());
+    sync_pair(&mut doc_a, &mut doc_e);
+    let raw = |d: &mut Doc, key: &str, value: String| {
+        d.inner.put(ROOT, key, value).unwrap();
+    };
+    let story_key = format!("{STORY_PREFIX}{key}");
+    let result_key = format!("{RESULT_PREFIX}{key}/research/{claim}");
+    let json = |v: &dyn erased::Json| v.json();
+    // 1. Forgeries in A's name: E's signature under A's label.
+    let mut forged_story = before.stories[&key].fact.clone();
+    forged_story.title = "rewritten".into();
+    let forged = evil
+        .seal(&story_key, &json(&forged_story))
+        .replacen(&e, &a, 1);
+    raw(&mut doc_e, &story_key, forged);
+    let forged_result = ResultFact {
+        handoff: crate::core::model::Handoff {
+            summary: "forged".into(),
+            ..Default::default()
+        },
+        ..result.clone()
+    };
+    let forged = evil
+        .seal(&result_key, &json(&forged_result))
+        .replacen(&e, &a, 1);
+    raw(&mut doc_e, &result_key, forged);
+    // 2. Overwrites in E's own name, which is not entitled to those keys.
+    let mut own = forged_story.clone();
+    own.created_by = e.clone();
+    raw(&mut doc_e, &story_key, evil.seal(&story_key, &json(&own)));
+    let release_key = format!("{RELEASE_PREFIX}{claim}");
+    let failed = ReleaseFact {
+        why: ReleaseReason::Failed,
+        note: "forged".into(),
+    };
+    raw(
+        &mut doc_e,
+        &release_key,
+        evil.seal(&release_key, &json(&failed)),
+    );
+    // A takeover release of a finished claim is E's to write, and changes nothing.
+    let expired = ReleaseFact {
+        why: ReleaseReason::Expired,
+        note: "taken".into(),
+    };
+    raw(
+        &mut doc_e,
+        &release_key,
+        evil.seal(&release_key, &json(&expired)),
+    );
+    doc_e.inner.commit();
+    // 3. Deletes.
+    doc_e.inner.delete(ROOT, story_key.as_str()).unwrap();
+    doc_e.inner.delete(ROOT, result_key.as_str()).unwrap();
+    doc_e.inner.commit();
+    // 4. A token from nowhere, in E's own name: its claim is admitted, never counted.
+    let plan = Resource::story(&key, Phase::Plan).unwrap();
+    let inflated = ClaimFact {
+        resources: vec![(plan.clone(), u64::MAX)],
+        holder: e.clone(),
+        ttl_ms: u64::MAX,
+        written_at_ms: 3,
+        attempt: 1,
+        after: None,
+    };
+    let inflated_key = format!("{CLAIM_PREFIX}{e}-1001");
+    raw(
+        &mut doc_e,
+        &inflated_key,
+        evil.seal(&inflated_key, &json(&inflated)),
+    );
+    // 5. Values a local write refuses, signed by E as its own.
+    let mut bad = own.clone();
+    bad.number = 2;
+    bad.priority = 0;
+    bad.files = vec!["../../etc/passwd".into()];
+    let bad_key = format!("{STORY_PREFIX}{}", story_key_of(2, &e));
+    raw(&mut doc_e, &bad_key, evil.seal(&bad_key, &json(&bad)));
+    // 6. Junk: 10,000 values under known prefixes, unsigned or signed nonsense.
+    for i in 0..10_000 {
+        let k = format!("{CLAIM_PREFIX}{e}-{}", 5000 + i);
+        let v = if i % 2 == 0 {
+            format!("junk {i}")
+        } else {
+            evil.seal(&k, "{\"not\":\"a claim\"}")
+        };
+        raw(&mut doc_e, &k, v);
+    }
+    doc_e.inner.commit();
+    doc_e.refresh();
+
+    // The honest node hears all of it; a node that joins now reads only the final state.
+    sync_pair(&mut doc_e, &mut doc_a);
+    let mut joiner =
+        Doc::new([3; 16]).with_signer(Signer::from_key(SigningKey::from_bytes(&[3; 32])));
+    sync_pair(&mut doc_e, &mut joiner);
+    let reloaded = Doc::load([4; 16], &doc_a.save(), &[]).unwrap();
+    for (who, d) in [
+        ("honest", &doc_a),
+        ("joiner", &joiner),
+        ("reloaded", &reloaded),
+    ] {
+        let mut v = d.view();
+        assert!(v.malformed >= 10_000, "{who}: {}", v.malformed);
+        v.malformed = 0;
+        let mut b = before.clone();
+        b.malformed = 0;
+        assert_eq!(v, b, "{who}'s view changed");
+        let by_e = &d.rejected()[&e];
+        assert_eq!(
+            by_e[&FactKind::Story],
+            2,
+            "{who}: overwrite and invalid story"
+        );
+        assert_eq!(
+            by_e[&FactKind::Release],
+            1,
+            "{who}: a failure release of A's claim"
+        );
+        assert!(by_e[&FactKind::Claim] >= 5000, "{who}");
+        assert_eq!(
+            d.rejected()[&a][&FactKind::Story],
+            1,
+            "{who}: forged in A's name"
+        );
+        assert_eq!(d.rejected()[&a][&FactKind::Result], 1, "{who}");
+        assert_eq!(d.rejected()["?"][&FactKind::Claim], 5000, "{who}");
+    }
+    // The next honest claim on the plan takes token 1, as if the inflated one were not
+    // there, and wins.
+    assert_eq!(doc_a.view().claims().next_token(&plan), 1);
+}
+
+fn story_key_of(n: u32, creator: &str) -> String {
+    story_key(n, creator)
+}
+
+/// Serialises any fact to the JSON a writer seals.
+mod erased {
+    pub trait Json {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).unwrap()
+        }
+    }
 }

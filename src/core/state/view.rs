@@ -202,14 +202,53 @@ pub struct View {
     pub counted: BTreeMap<(String, Phase, u32), String>,
     /// Knowledge entries by id (a content hash).
     pub knowledge: BTreeMap<String, KnowledgeFact>,
-    /// Facts that could not be decoded (from a newer or buggy peer); skipped, counted.
+    /// Values refused (unsigned, mis-signed, undecodable, invalid, or written by an
+    /// author not entitled to their key: `Doc::rejected` has them by author and kind);
+    /// skipped, counted.
     pub malformed: u64,
+}
+
+/// Fencing tokens cannot be inflated: a claim counts only if each of its tokens is 1 or
+/// follows an unbroken run of tokens 1, 2, … on that resource among the document's
+/// claims. Honest nodes always claim one above the highest token they see (and what they
+/// see passed this rule), so their claims always do; a claim that jumps ahead (token
+/// `u64::MAX`, say) is dropped and counted, and reaching token `t` takes `t` signed
+/// claims, which the document's caps bound. Returns how many were dropped.
+fn drop_inflated_claims(claims: &mut BTreeMap<String, ClaimFact>) -> u64 {
+    let mut tokens: BTreeMap<&Resource, BTreeSet<u64>> = BTreeMap::new();
+    for c in claims.values() {
+        for (r, t) in &c.resources {
+            tokens.entry(r).or_default().insert(*t);
+        }
+    }
+    // The highest token of each resource reached without a gap from 1.
+    let reach: BTreeMap<Resource, u64> = tokens
+        .into_iter()
+        .map(|(r, ts)| {
+            let mut top = 0u64;
+            for t in ts {
+                if t != top.saturating_add(1) {
+                    break;
+                }
+                top = t;
+            }
+            (r.clone(), top)
+        })
+        .collect();
+    let before = claims.len();
+    claims.retain(|_, c| {
+        c.resources
+            .iter()
+            .all(|(r, t)| reach.get(r).is_some_and(|top| t <= top))
+    });
+    (before - claims.len()) as u64
 }
 
 impl View {
     /// The view and the claim fold it was derived with (built once, used by both).
     pub(super) fn fold(all: &BTreeMap<String, Fact>) -> (View, Claims) {
         let (mut view, facts) = View::sort_facts(all);
+        view.malformed += drop_inflated_claims(&mut view.claims);
         let claims = Claims::new(&view.claims, &view.releases);
         let counted = counted_results(&view.results, &claims);
         let merged = counted_merges(&view.merges, &claims);
@@ -277,7 +316,6 @@ impl View {
                 Fact::Merge(f) => {
                     view.merges.insert(key.clone(), f.clone());
                 }
-                Fact::Malformed => view.malformed += 1,
             }
         }
         (view, facts)

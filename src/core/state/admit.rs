@@ -1,0 +1,280 @@
+//! What a fact must be to count: sealed by its author ([`crate::core::trust`]), decodable,
+//! as strict as a local write in every field, under the key its content names, and
+//! written by an author entitled to that key. A value that is not is rejected and
+//! counted against the author it names; it never reaches the view.
+//!
+//! Who may write what:
+//! - `story/<S-n@tag>`: its creator (`created_by`, whose tag is in the key);
+//! - `node/<peer>`: that peer;
+//! - `claim/<peer>-<n>`: that peer, as the holder;
+//! - `result/<story>/<phase>/<claim>` and `merge/<story>/<claim>`: the claim's holder
+//!   (the peer in the claim id);
+//! - `release/<claim>`: the claim's holder, or any author with reason `expired` (a
+//!   takeover) — and a takeover never un-counts a finished claim (see
+//!   [`super::doc`]'s choice among candidates);
+//! - `knowledge/<hash>`: anyone, under the hash of its own kind and text.
+
+use super::doc::Fact;
+use super::*;
+use crate::core::model::{normalize_repo_path, Handoff, MAX_DEPENDS, MAX_FILES};
+use crate::core::trust::{self, KeyScheme, Unsealed};
+
+/// Longest sealed value accepted, in bytes (a story's 64 KiB body and its sealing fit).
+pub const MAX_FACT_BYTES: usize = 128 * 1024;
+/// Most resources one claim may hold (a story phase, its files and a gate).
+const MAX_CLAIM_RESOURCES: usize = MAX_FILES + 2;
+/// Longest free-text field of a fact that has no tighter rule (notes, versions, roles).
+const MAX_SHORT_TEXT: usize = 1024;
+/// Most roles a node may announce.
+const MAX_ROLES: usize = 32;
+
+/// The kinds of fact, by key prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FactKind {
+    Story,
+    Node,
+    Claim,
+    Release,
+    Result,
+    Merge,
+    Knowledge,
+}
+
+impl FactKind {
+    /// The kind of the fact at `key`; `None` for keys this version does not know (they
+    /// are ignored, not counted: a newer peer may write them).
+    pub fn of_key(key: &str) -> Option<FactKind> {
+        Some(match key {
+            k if k.starts_with(STORY_PREFIX) => FactKind::Story,
+            k if k.starts_with(NODE_PREFIX) => FactKind::Node,
+            k if k.starts_with(CLAIM_PREFIX) => FactKind::Claim,
+            k if k.starts_with(RELEASE_PREFIX) => FactKind::Release,
+            k if k.starts_with(RESULT_PREFIX) => FactKind::Result,
+            k if k.starts_with(MERGE_PREFIX) => FactKind::Merge,
+            k if k.starts_with(KNOWLEDGE_PREFIX) => FactKind::Knowledge,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FactKind::Story => "story",
+            FactKind::Node => "node",
+            FactKind::Claim => "claim",
+            FactKind::Release => "release",
+            FactKind::Result => "result",
+            FactKind::Merge => "merge",
+            FactKind::Knowledge => "knowledge",
+        }
+    }
+}
+
+/// Why a value was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Refusal {
+    Unsealed(Unsealed),
+    /// Larger than [`MAX_FACT_BYTES`].
+    TooLarge,
+    /// Signed, but not JSON of the fact its key names.
+    Malformed,
+    /// A field outside what a local write accepts, or a key its content does not name.
+    Invalid(&'static str),
+    /// Signed by an author who may not write this key.
+    NotEntitled,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Unsealed(u) => u.as_str(),
+            Refusal::TooLarge => "too large",
+            Refusal::Malformed => "malformed",
+            Refusal::Invalid(why) => why,
+            Refusal::NotEntitled => "not entitled",
+        }
+    }
+}
+
+/// The holder named in a claim id (`<peer>-<n>`).
+pub fn claim_id_holder(id: &str) -> Option<&str> {
+    let (peer, n) = id.rsplit_once('-')?;
+    (!peer.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && n.len() <= 20)
+        .then_some(peer)
+}
+
+/// Opens, decodes and checks the value at `key`; the fact and its author, or why not.
+pub(super) fn admit(
+    kind: FactKind,
+    key: &str,
+    value: &str,
+    scheme: KeyScheme,
+) -> Result<(String, Fact), Refusal> {
+    if value.len() > MAX_FACT_BYTES {
+        return Err(Refusal::TooLarge);
+    }
+    let opened = trust::open(key, value, scheme).map_err(Refusal::Unsealed)?;
+    let author = opened.author;
+    fn json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Refusal> {
+        serde_json::from_str(text).map_err(|_| Refusal::Malformed)
+    }
+    let fact = match kind {
+        FactKind::Story => {
+            let f: StoryFact = json(opened.json)?;
+            check_story(key, author, &f)?;
+            Fact::Story(f)
+        }
+        FactKind::Node => {
+            let f: NodeFact = json(opened.json)?;
+            entitled(key.strip_prefix(NODE_PREFIX) == Some(author))?;
+            valid(
+                f.roles.len() <= MAX_ROLES
+                    && f.roles.iter().all(|r| short(r) && !r.is_empty())
+                    && short(&f.version),
+                "node roles or version out of bounds",
+            )?;
+            Fact::Node(f)
+        }
+        FactKind::Claim => {
+            let f: ClaimFact = json(opened.json)?;
+            let id = key.strip_prefix(CLAIM_PREFIX).unwrap_or(key);
+            entitled(f.holder == author && claim_id_holder(id) == Some(author))?;
+            valid(
+                !f.resources.is_empty()
+                    && f.resources.len() <= MAX_CLAIM_RESOURCES
+                    && f.resources.iter().all(|(_, t)| *t >= 1),
+                "claim resources empty, too many, or with token 0",
+            )?;
+            valid(
+                f.after
+                    .as_deref()
+                    .is_none_or(|a| claim_id_holder(a).is_some()),
+                "claim `after` is not a claim id",
+            )?;
+            Fact::Claim(f)
+        }
+        FactKind::Release => {
+            let f: ReleaseFact = json(opened.json)?;
+            let id = key.strip_prefix(RELEASE_PREFIX).unwrap_or(key);
+            let holder = claim_id_holder(id).ok_or(Refusal::Invalid("release of no claim id"))?;
+            entitled(holder == author || f.why == ReleaseReason::Expired)?;
+            valid(short(&f.note), "release note too long")?;
+            Fact::Release(f)
+        }
+        FactKind::Result => {
+            let f: ResultFact = json(opened.json)?;
+            entitled(f.holder == author && claim_id_holder(&f.claim) == Some(author))?;
+            let expected = format!(
+                "{RESULT_PREFIX}{}/{}/{}",
+                f.story,
+                f.phase.as_str(),
+                f.claim
+            );
+            valid(
+                key == expected,
+                "result key does not name its story, phase and claim",
+            )?;
+            valid(f.token >= 1, "result token 0")?;
+            check_handoff(&f.handoff)?;
+            Fact::Result(Arc::new(f))
+        }
+        FactKind::Merge => {
+            let f: MergeFact = json(opened.json)?;
+            entitled(f.holder == author && claim_id_holder(&f.claim) == Some(author))?;
+            let expected = format!("{MERGE_PREFIX}{}/{}", f.story, f.claim);
+            valid(
+                key == expected,
+                "merge key does not name its story and claim",
+            )?;
+            // A landing's commit is a hash from git; the simulator names synthetic ones.
+            valid(
+                f.token >= 1 && short(&f.commit) && !f.commit.chars().any(char::is_control),
+                "merge token 0 or commit malformed",
+            )?;
+            Fact::Merge(f)
+        }
+        FactKind::Knowledge => {
+            let f: KnowledgeFact = json(opened.json)?;
+            entitled(f.author == author)?;
+            let text = f.text.trim();
+            valid(
+                !text.is_empty() && text.len() <= MAX_KNOWLEDGE_BYTES && text == f.text,
+                "knowledge text empty, too long or not trimmed",
+            )?;
+            valid(
+                key.strip_prefix(KNOWLEDGE_PREFIX) == Some(knowledge_id(f.kind, text).as_str()),
+                "knowledge key is not the hash of its text",
+            )?;
+            valid(short(&f.story), "knowledge story too long")?;
+            Fact::Knowledge(f)
+        }
+    };
+    Ok((author.to_string(), fact))
+}
+
+fn entitled(ok: bool) -> Result<(), Refusal> {
+    ok.then_some(()).ok_or(Refusal::NotEntitled)
+}
+
+fn valid(ok: bool, why: &'static str) -> Result<(), Refusal> {
+    ok.then_some(()).ok_or(Refusal::Invalid(why))
+}
+
+fn short(text: &str) -> bool {
+    text.len() <= MAX_SHORT_TEXT
+}
+
+/// A story from a peer passes what `story add` checks, and its key is its own.
+fn check_story(key: &str, author: &str, f: &StoryFact) -> Result<(), Refusal> {
+    entitled(f.created_by == author)?;
+    valid(
+        f.number >= 1
+            && key.strip_prefix(STORY_PREFIX) == Some(story_key(f.number, author).as_str()),
+        "story key does not name its number and creator",
+    )?;
+    let new = NewStory {
+        title: f.title.clone(),
+        body: f.body.clone(),
+        priority: Some(f.priority),
+        files: f.files.clone(),
+        labels: f.labels.clone(),
+        ..Default::default()
+    };
+    let ok = new
+        .validate()
+        .map_err(|_| Refusal::Invalid("story field out of bounds"))?;
+    valid(
+        ok.title == f.title && ok.files == f.files && ok.labels == f.labels,
+        "story title, files or labels not in normal form",
+    )?;
+    valid(
+        f.depends_on.len() <= MAX_DEPENDS
+            && f.depends_on.iter().all(|d| {
+                d.split_once('@').is_some_and(|(n, tag)| {
+                    n.starts_with("S-") && !tag.is_empty() && !d.contains('/') && short(d)
+                })
+            })
+            && short(&f.source),
+        "story dependencies or source malformed",
+    )
+}
+
+/// A handoff from a peer within what a local executor's handoff may hold.
+fn check_handoff(h: &Handoff) -> Result<(), Refusal> {
+    let lists = [&h.findings, &h.decisions, &h.warnings];
+    valid(
+        lists.iter().all(|l| l.len() <= MAX_FILES)
+            && h.files.len() <= MAX_FILES
+            && h.learnings.len() <= MAX_FILES
+            && h.confidence.is_none_or(|c| c <= 100)
+            && h.commit
+                .as_deref()
+                .is_none_or(|c| short(c) && !c.chars().any(char::is_control)),
+        "handoff out of bounds",
+    )?;
+    for f in &h.files {
+        normalize_repo_path(f)
+            .map_err(|_| Refusal::Invalid("handoff file path escapes the repository"))?;
+    }
+    Ok(())
+}
