@@ -7,6 +7,7 @@
 //!         [--no-stops]  # no clean stops, guards or skewed clocks: the runs of before them
 //!         [--no-storage-faults]  # every write durable at once, backlog written at the start
 //!         [--remote]    # a remote origin: merges take the gate in the document, the origin has outages
+//!         [--byzantine] # the last node also forges, overwrites, deletes, replays and inflates facts
 //!         [--broken-send-before-flush] [--broken-start-before-flush]   # a shell that lets
 //!                       # frames or jobs leave before they are durable: finds seeds that show the checker catches it
 //!     cargo run --release --example sim -- --replay 1234 --mode hostile   # full trace
@@ -20,7 +21,7 @@ use std::time::Instant;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn usage() -> ! {
-    eprintln!("usage: sim [--seeds N] [--start S] [--mode clean|hostile|both] [--replay SEED] [--nodes N] [--stories N] [--files N] [--no-stops] [--no-storage-faults] [--remote] [--broken-send-before-flush] [--broken-start-before-flush] [--keep-going]");
+    eprintln!("usage: sim [--seeds N] [--start S] [--mode clean|hostile|both] [--replay SEED] [--nodes N] [--stories N] [--files N] [--no-stops] [--no-storage-faults] [--remote] [--byzantine] [--broken-send-before-flush] [--broken-start-before-flush] [--keep-going]");
     std::process::exit(2);
 }
 
@@ -30,7 +31,7 @@ fn main() {
         (1000u64, 0u64, vec![Mode::Clean, Mode::Hostile], None);
     let (mut nodes, mut stories, mut files, mut keep_going) = (None, None, None, false);
     let (mut stops, mut storage_faults, mut remote) = (true, true, false);
-    let (mut send_early, mut start_early) = (false, false);
+    let (mut send_early, mut start_early, mut byzantine) = (false, false, false);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage());
         match a.as_str() {
@@ -52,6 +53,7 @@ fn main() {
             "--no-stops" => stops = false,
             "--no-storage-faults" => storage_faults = false,
             "--remote" => remote = true,
+            "--byzantine" => byzantine = true,
             "--broken-send-before-flush" => send_early = true,
             "--broken-start-before-flush" => start_early = true,
             "-h" | "--help" => usage(),
@@ -63,6 +65,7 @@ fn main() {
         c.stops_guards_clocks = stops;
         c.storage_faults = storage_faults;
         c.remote = remote;
+        c.byzantine = byzantine;
         c.send_before_flush = send_early;
         c.start_before_flush = start_early;
         if let Some(n) = nodes {
@@ -93,7 +96,7 @@ fn main() {
     }
     let t0 = Instant::now();
     let (mut events, mut merged, mut blocked, mut runs) = (0u64, 0usize, 0usize, 0u64);
-    let (mut shutdowns, mut skewed_ticks) = (0u64, 0u64);
+    let (mut shutdowns, mut skewed_ticks, mut forgeries) = (0u64, 0u64, 0u64);
     let (mut lost_tails, mut torn_tails, mut acked, mut aborted) = (0u64, 0u64, 0u64, 0u64);
     let (mut deferred, mut lost_answers) = (0u64, 0u64);
     let mut failed: Vec<String> = Vec::new();
@@ -106,6 +109,7 @@ fn main() {
             blocked += r.blocked;
             shutdowns += r.shutdowns;
             skewed_ticks += r.skewed_ticks;
+            forgeries += r.forgeries;
             lost_tails += r.lost_tails;
             torn_tails += r.torn_tails;
             acked += r.acked_writes;
@@ -132,7 +136,7 @@ fn main() {
                 for line in r.trace.iter().rev().take(200).rev() {
                     println!("  {line}");
                 }
-                println!("replay: cargo run --release --example sim -- --replay {seed} --mode {mode_arg}{}", if remote { " --remote" } else { "" });
+                println!("replay: cargo run --release --example sim -- --replay {seed} --mode {mode_arg}{}{}", if remote { " --remote" } else { "" }, if byzantine { " --byzantine" } else { "" });
                 std::process::exit(1);
             }
         }
@@ -146,7 +150,7 @@ fn main() {
         }
     }
     println!(
-        "{seeds} seeds x {} modes = {runs} runs: {} violations; {events} events, {merged} stories merged, {blocked} blocked, {shutdowns} clean stops, {skewed_ticks} skewed ticks; storage: {lost_tails} crashes lost a tail ({torn_tails} torn), {acked} user writes acknowledged, {aborted} aborted; remote origin: {deferred} jobs deferred by outages ({lost_answers} landed, answer lost); {:.1} s",
+        "{seeds} seeds x {} modes = {runs} runs: {} violations; {events} events, {merged} stories merged, {blocked} blocked, {shutdowns} clean stops, {skewed_ticks} skewed ticks, {forgeries} forgeries; storage: {lost_tails} crashes lost a tail ({torn_tails} torn), {acked} user writes acknowledged, {aborted} aborted; remote origin: {deferred} jobs deferred by outages ({lost_answers} landed, answer lost); {:.1} s",
         modes.len(),
         failed.len(),
         t0.elapsed().as_secs_f64()

@@ -77,6 +77,12 @@ pub struct SimConfig {
     /// breakers run on the sim's timings. false: the runs of before (no gate, no
     /// outages; the schedule of other faults is the same either way).
     pub remote: bool,
+    /// Byzantine-lite: the last node also forges during the chaos window — overwrites
+    /// and deletes other nodes' facts, signs values in their names with its own key,
+    /// replays facts, claims with inflated tokens and releases others' claims as a
+    /// takeover would (`sim::byzantine`). Its core is honest otherwise; every invariant
+    /// must still hold for every node. false: the runs of before.
+    pub byzantine: bool,
 }
 
 /// The fraction of user writes whose append or flush fails (with storage faults).
@@ -118,6 +124,7 @@ impl SimConfig {
             send_before_flush: false,
             start_before_flush: false,
             remote: false,
+            byzantine: false,
         }
     }
 

@@ -31,6 +31,7 @@
 //! storage faults: no view ever holds an aborted write, a restarted node reloads every
 //! write it acknowledged, and every acknowledged write reaches every node.
 
+mod byzantine;
 mod check;
 mod config;
 mod origin;
@@ -62,6 +63,8 @@ pub struct Report {
     pub shutdowns: u64,
     /// Ticks at which a node judged its own wall clock skewed (and so claimed nothing).
     pub skewed_ticks: u64,
+    /// Forgeries the Byzantine-lite node wrote.
+    pub forgeries: u64,
     /// Crashes that lost an unflushed tail of the node's store.
     pub lost_tails: u64,
     /// Of those, crashes whose first lost chunk reached the disk torn.
@@ -121,6 +124,8 @@ enum Ev {
     Resume(usize),
     Partition(Vec<u8>),
     Heal,
+    /// The Byzantine-lite node forges once (`byzantine::forge`).
+    Forge(usize),
 }
 
 #[derive(Debug, Clone)]
@@ -200,6 +205,7 @@ struct Sim {
     claim_known: BTreeMap<String, u64>,
     shutdowns: u64,
     skewed_ticks: u64,
+    forgeries: u64,
     /// The backlog: each story, and the earlier story it depends on (if that was added).
     backlog: Vec<(NewStory, Option<usize>)>,
     /// The key each backlog story got once acknowledged.
@@ -345,6 +351,15 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
     if cfg.remote {
         sim.origin.schedule_outages(seed, cfg.chaos_ms);
     }
+    if cfg.byzantine {
+        // Its own generator: the other faults of a seed are the same with or without it.
+        let mut forge = StdRng::seed_from_u64(seed ^ 0xb12a_4711_b12a_4711);
+        let mut t = 200;
+        while t < cfg.chaos_ms {
+            t += forge.gen_range(50..400);
+            sim.at(t, Ev::Forge(n - 1));
+        }
+    }
     let chaos_end = cfg.chaos_ms + 4_000;
     let end = chaos_end + cfg.liveness_bound_ms();
     let mut healed = false;
@@ -376,6 +391,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
                         | Ev::Pause(..)
                         | Ev::Partition(_)
                         | Ev::Heal
+                        | Ev::Forge(_)
                 )
             });
         }
@@ -406,6 +422,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
         end_ms: sim.now,
         shutdowns: sim.shutdowns,
         skewed_ticks: sim.skewed_ticks,
+        forgeries: sim.forgeries,
         lost_tails: sim.lost_tails,
         torn_tails: sim.torn_tails,
         acked_writes: sim.acked.len() as u64,

@@ -81,6 +81,7 @@ impl Sim {
             claim_known: BTreeMap::new(),
             shutdowns: 0,
             skewed_ticks: 0,
+            forgeries: 0,
             backlog: Vec::new(),
             keys: Vec::new(),
             acked: Vec::new(),
@@ -364,6 +365,7 @@ impl Sim {
             Ev::Deliver { to, .. } => Some(*to),
             Ev::WorkDone { node, .. } | Ev::Probed { node, .. } => Some(*node),
             Ev::UserWrite(k) => Some(*k % self.nodes.len()),
+            Ev::Forge(i) => Some(*i),
             _ => None,
         };
         if let Some(i) = target {
@@ -382,6 +384,7 @@ impl Sim {
             }
         }
         match ev {
+            Ev::Forge(i) => self.forge(i),
             Ev::Tick(i) => {
                 let wall = self.wall(i);
                 let mut skewed = false;
@@ -565,10 +568,8 @@ impl Sim {
                     return;
                 }
                 let actor: [u8; 16] = self.rng.gen();
-                let doc = match Doc::load(actor, &[], &self.nodes[i].store.durable) {
-                    Ok(d) => d
-                        .with_test_names()
-                        .with_signer(Signer::for_test(&self.names[i])),
+                let doc = match Doc::load_test_names(actor, &[], &self.nodes[i].store.durable) {
+                    Ok(d) => d.with_signer(Signer::for_test(&self.names[i])),
                     Err(e) => {
                         self.violation(format!("node{i} cannot reload what it persisted: {e}"));
                         return;

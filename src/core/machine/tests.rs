@@ -120,9 +120,7 @@ fn a_restart_releases_the_previous_runs_claims_before_anything_leaves() {
     doc.put_claim("B-1001", &fact("B")).unwrap();
     let persisted = doc.save();
     let cfg = core("A", 1).cfg;
-    let restarted = Doc::load([3; 16], &persisted, &[])
-        .unwrap()
-        .with_test_names();
+    let restarted = Doc::load_test_names([3; 16], &persisted, &[]).unwrap();
     let mut a = Core::new("A".into(), cfg.clone(), restarted, 2);
     assert!(
         matches!(a.poll_effect(), Some(Effect::Persist { .. })),
@@ -136,17 +134,13 @@ fn a_restart_releases_the_previous_runs_claims_before_anything_leaves() {
     assert!(!claims.is_released("B-1001"), "only its own claims");
     assert_eq!(claims.winner(&r), Some("B-1001"));
     // Nothing of its own left to release: a second restart writes nothing.
-    let again = Doc::load([4; 16], &a.doc_mut().save(), &[])
-        .unwrap()
-        .with_test_names();
+    let again = Doc::load_test_names([4; 16], &a.doc_mut().save(), &[]).unwrap();
     let mut a2 = Core::new("A".into(), cfg.clone(), again, 3);
     assert!(a2.poll_effect().is_none());
     // A passive observer of the same document writes nothing either.
     let mut passive = cfg;
     passive.passive = true;
-    let doc = Doc::load([5; 16], &persisted, &[])
-        .unwrap()
-        .with_test_names();
+    let doc = Doc::load_test_names([5; 16], &persisted, &[]).unwrap();
     let mut p = Core::new("A".into(), passive, doc, 4);
     assert!(p.poll_effect().is_none());
     assert!(!p.doc().view().claims().is_released("A-1001"));
@@ -228,9 +222,7 @@ fn a_node_that_knows_of_a_mesh_claims_nothing_before_it_synced_with_it() {
         join_wait_ms: 10_000,
         ..Guards::default()
     };
-    let doc = Doc::load([1; 16], &b.doc_mut().save(), &[])
-        .unwrap()
-        .with_test_names();
+    let doc = Doc::load_test_names([1; 16], &b.doc_mut().save(), &[]).unwrap();
     let mut a = worker("A", doc, guards);
     a.tick(0, 0);
     a.tick(WARM_MS + 1, 0);
@@ -602,9 +594,7 @@ fn restarts_of_the_holder_are_takeovers_and_block_only_at_the_takeover_limit() {
     for inc in 2..(2 + crate::core::model::MAX_ATTEMPTS as u64) {
         next_job(&mut a, &mut now);
         // The process dies mid-job and comes back over its persisted document.
-        let doc = Doc::load([inc as u8; 16], &a.doc_mut().save(), &[])
-            .unwrap()
-            .with_test_names();
+        let doc = Doc::load_test_names([inc as u8; 16], &a.doc_mut().save(), &[]).unwrap();
         a = Core::new("A".into(), cfg.clone(), doc, inc);
     }
     let v = a.view();
@@ -616,9 +606,7 @@ fn restarts_of_the_holder_are_takeovers_and_block_only_at_the_takeover_limit() {
     for inc in 10..(10 + u64::from(MAX_TAKEOVERS - 3)) {
         assert!(!kinds(&a).contains(&EventKind::StoryBlocked));
         next_job(&mut a, &mut now);
-        let doc = Doc::load([inc as u8; 16], &a.doc_mut().save(), &[])
-            .unwrap()
-            .with_test_names();
+        let doc = Doc::load_test_names([inc as u8; 16], &a.doc_mut().save(), &[]).unwrap();
         a = Core::new("A".into(), cfg.clone(), doc, inc);
     }
     let v = a.view();
@@ -895,17 +883,13 @@ fn a_running_claim_superseded_by_a_peers_higher_token_is_cancelled_on_the_news_n
     let cfg = a.cfg.clone();
     // B works from the same backlog where A cannot see it: its first claim (token 1)
     // dies with a restart, its second (token 2) runs.
-    let doc = Doc::load([2; 16], &a.doc_mut().save(), &[])
-        .unwrap()
-        .with_test_names();
+    let doc = Doc::load_test_names([2; 16], &a.doc_mut().save(), &[]).unwrap();
     let mut b = Core::new("B".into(), cfg.clone(), doc, 1);
     let mut now = 0;
     let mine = next_job(&mut a, &mut now);
     let mut bnow = 0;
     next_job(&mut b, &mut bnow);
-    let doc = Doc::load([3; 16], &b.doc_mut().save(), &[])
-        .unwrap()
-        .with_test_names();
+    let doc = Doc::load_test_names([3; 16], &b.doc_mut().save(), &[]).unwrap();
     let mut b = Core::new("B".into(), cfg, doc, 2);
     let theirs = next_job(&mut b, &mut bnow);
     assert!(a.view().claims.contains_key(&mine));
@@ -996,9 +980,7 @@ fn running_work_the_story_no_longer_needs_is_cancelled_when_two_sides_meet() {
     }
     a.cfg.roles = roles;
     let cfg = a.cfg.clone();
-    let doc = Doc::load([2; 16], &a.doc_mut().save(), &[])
-        .unwrap()
-        .with_test_names();
+    let doc = Doc::load_test_names([2; 16], &a.doc_mut().save(), &[]).unwrap();
     let mut b = Core::new("B".into(), cfg, doc, 1);
     let mut bnow = 0;
     run_step(&mut a, &mut now, Phase::Review, 0, Some(Verdict::Approve));

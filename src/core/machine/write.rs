@@ -33,6 +33,15 @@ pub(super) struct HeldEvent {
 }
 
 impl Core {
+    /// The simulator's Byzantine-lite node: `act` writes anything into the document (raw
+    /// values, deletes), which is then persisted and pushed like a local write. A real
+    /// node never calls it.
+    #[doc(hidden)]
+    pub fn hostile_write(&mut self, act: impl FnOnce(&mut Doc)) {
+        act(&mut self.doc);
+        self.local_write();
+    }
+
     /// Starts a local write whose caller waits until it is durable. The shell must have
     /// drained the effect queue first: everything queued from here to the end of the
     /// write belongs to the write. A write already held is committed first.

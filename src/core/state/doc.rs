@@ -327,10 +327,9 @@ impl Doc {
     }
 
     /// The fact key `key` shows, among its admitted candidates: a node's description is
-    /// its latest; a release is the holder's own if it wrote one, else the first
-    /// takeover's, and none of a takeover once the claim finished; everything else is
-    /// write-once, so the first write stands (a second one by the same author cannot
-    /// replace it). "First" and "latest" are by the writing operation's id, which every
+    /// its latest; everything else is write-once, so the first write stands (a second one
+    /// by the same author cannot replace it) — and a takeover's release of a claim that
+    /// has a result or a merge does not count at all, so the holder's own release stands. "First" and "latest" are by the writing operation's id, which every
     /// node orders alike.
     fn choose(&mut self, key: &str) {
         let Some(all) = self.candidates.get(key) else {
@@ -345,10 +344,7 @@ impl Doc {
                 let finished = self.finished.contains(id);
                 all.iter()
                     .filter(|c| Some(c.author.as_str()) == holder || !finished)
-                    .min_by(|a, b| {
-                        let rank = |c: &Candidate| Some(c.author.as_str()) != holder;
-                        (rank(a), &a.op).cmp(&(rank(b), &b.op))
-                    })
+                    .min_by(|a, b| a.op.cmp(&b.op))
             }
             _ => all.iter().min_by(|a, b| a.op.cmp(&b.op)),
         };
@@ -363,8 +359,29 @@ impl Doc {
         }
     }
 
-    /// Loads a document from a snapshot (possibly empty) plus incremental chunks.
+    /// Loads a document from a snapshot (possibly empty) plus incremental chunks. It
+    /// verifies authors by peer id and cannot write until [`Doc::with_signer`].
     pub fn load(actor: [u8; 16], snapshot: &[u8], chunks: &[Vec<u8>]) -> Result<Doc, StateError> {
+        Doc::load_as(actor, snapshot, chunks, KeyScheme::PeerIds)
+    }
+
+    /// [`Doc::load`] then [`Doc::with_test_names`], reading the changes once.
+    pub fn load_test_names(
+        actor: [u8; 16],
+        snapshot: &[u8],
+        chunks: &[Vec<u8>],
+    ) -> Result<Doc, StateError> {
+        let mut doc = Doc::load_as(actor, snapshot, chunks, KeyScheme::TestNames)?;
+        doc.writer = Writer::AnyTestName;
+        Ok(doc)
+    }
+
+    fn load_as(
+        actor: [u8; 16],
+        snapshot: &[u8],
+        chunks: &[Vec<u8>],
+        scheme: KeyScheme,
+    ) -> Result<Doc, StateError> {
         let mut inner = if snapshot.is_empty() {
             AutoCommit::new()
         } else {
@@ -377,7 +394,8 @@ impl Doc {
         }
         inner.set_actor(ActorId::from(actor.as_slice()));
         let mut doc = Doc::wrap(inner);
-        // The first refresh sees the whole loaded state; later ones only what changed.
+        doc.scheme = scheme;
+        // The first refresh reads every change; later ones only the new.
         doc.refresh();
         Ok(doc)
     }
@@ -596,6 +614,44 @@ impl Doc {
             self.put_fact(&key, &f, &fact.author)?;
         }
         Ok(id)
+    }
+
+    /// Hostile writes for the simulator's Byzantine-lite node and the tests: puts `value`
+    /// at root key `key` as is, unchecked and unsigned unless it already is.
+    #[doc(hidden)]
+    pub fn raw_put(&mut self, key: &str, value: String) {
+        if self.inner.put(ROOT, key, value).is_ok() {
+            self.inner.commit();
+            self.log_local_change();
+            self.refresh();
+        }
+    }
+
+    /// Deletes root key `key` (see [`Doc::raw_put`]).
+    #[doc(hidden)]
+    pub fn raw_delete(&mut self, key: &str) {
+        if self.inner.delete(ROOT, key).is_ok() {
+            self.inner.commit();
+            self.log_local_change();
+            self.refresh();
+        }
+    }
+
+    /// The value at root key `key` as automerge has it now (sealed text, if a string).
+    #[doc(hidden)]
+    pub fn raw_get(&self, key: &str) -> Option<String> {
+        match self.inner.get(ROOT, key).ok().flatten()? {
+            (automerge::Value::Scalar(v), _) => match v.as_ref() {
+                ScalarValue::Str(s) => Some(s.to_string()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The keys of every admitted fact.
+    pub fn fact_keys(&self) -> impl Iterator<Item = &str> {
+        self.facts.keys().map(String::as_str)
     }
 
     /// The current view: a pure function of the document.

@@ -16,9 +16,7 @@ fn story(title: &str) -> NewStory {
 #[test]
 fn decoded_facts_track_the_document() {
     fn check(d: &mut Doc) {
-        let fresh = Doc::load([9; 16], &d.save(), &[])
-            .unwrap()
-            .with_test_names();
+        let fresh = Doc::load_test_names([9; 16], &d.save(), &[]).unwrap();
         assert_eq!(
             d.facts, fresh.facts,
             "incremental facts differ from a fresh load"
@@ -485,9 +483,7 @@ fn duplicate_and_out_of_order_delivery_fold_to_the_same_view() {
         .unwrap();
     let c2 = a.save_incremental();
     // Deliver the second change first, then the first twice.
-    let b = Doc::load([2; 16], &[], &[c2.clone(), c1.clone(), c1, c2])
-        .unwrap()
-        .with_test_names();
+    let b = Doc::load_test_names([2; 16], &[], &[c2.clone(), c1.clone(), c1, c2]).unwrap();
     assert_eq!(b.view(), a.view());
     assert_eq!(
         b.view().stories[&k2].depends_on_ids,
@@ -559,7 +555,7 @@ fn snapshot_plus_incrementals_restore_everything() {
     let snap = a.save();
     a.add_story(&story("two"), A, 2).unwrap();
     let inc = a.save_incremental();
-    let mut b = Doc::load([3; 16], &snap, &[inc]).unwrap().with_test_names();
+    let mut b = Doc::load_test_names([3; 16], &snap, &[inc]).unwrap();
     assert_eq!(b.view(), a.view());
     assert_eq!(b.heads_digest(), a.heads_digest());
 }
