@@ -422,7 +422,16 @@ impl WorkShell {
             });
         };
         let g = git.clone();
-        step("fetch the change", move || g.ensure_commit(change)).await?;
+        match step("fetch the change", move || g.ensure_commit(change)).await {
+            // The change is gone from the origin: its work refs are dropped once a story
+            // lands, so an earlier holder may have landed it and died before recording
+            // it. The gate reads the fence first and says so; if it did not land, the
+            // gate fails on the same missing commit.
+            Err(WorkError::Git(GitError::MissingCommit { .. })) => {
+                tracing::info!(story = %job.story, %change, "the change is not at the origin; asking the fence whether it landed");
+            }
+            other => other?,
+        }
         let summary = job
             .handoffs
             .iter()

@@ -697,3 +697,104 @@ fn an_origin_url_git_cannot_be_trusted_with_is_refused_with_the_accepted_forms()
         "{msg}"
     );
 }
+
+// ---- the work shell's merge over a remote origin ----
+
+/// A merge holder landed a story, dropped its work refs and died before recording the
+/// landing; the node taking the merge over cannot fetch the change any more (its refs
+/// are gone) and must still learn from the fence that the story landed — not fail the
+/// attempt on the missing commit (three such failures blocked a landed story in chaos
+/// run seed 406).
+fn takeover_of_a_landed_merge_whose_work_is_gone(h: &GitHost) {
+    use mesh_agent::core::fence::fence_token;
+    use mesh_agent::core::model::{Handoff, ResultFact, StoryFact, Verdict};
+    use mesh_agent::work::{GateConfig, WorkShell};
+    let home = tempfile::tempdir().unwrap();
+    let open = |name: &str| {
+        NodeRepo::open_or_clone_remote(h.remote(), &home.path().join(name).join("clone")).unwrap()
+    };
+    let (a, b) = (open("a"), open("b"));
+    let change = implement(&a, STORY, "story.txt");
+    a.push_work(STORY, "A-1001", change).unwrap();
+    let cancel = AtomicBool::new(false);
+    let landed_as = match a.land(
+        &land_request(STORY, change, fence_token(0, 1), "peerA"),
+        &cancel,
+    ) {
+        Ok(Gate::Landed { commit, .. }) => commit,
+        other => panic!("the first landing: {other:?}"),
+    };
+    assert_eq!(a.drop_work_refs(STORY).unwrap(), 1);
+    // ... and a dies. b holds the merge now, with the next token.
+    let shell = Arc::new(WorkShell::new(
+        Arc::new(mesh_agent::exec::sim::SimExecutor::default()),
+        Some(b),
+        home.path().join("b/work"),
+        "peerB".into(),
+        GateConfig {
+            test: None,
+            test_timeout: Duration::from_secs(30),
+            max_tries: 3,
+        },
+    ));
+    let implemented = ResultFact {
+        story: STORY.into(),
+        phase: Phase::Implement,
+        round: 0,
+        claim: "peerA-1000".into(),
+        token: 1,
+        holder: "peerA".into(),
+        written_at_ms: 0,
+        handoff: Handoff {
+            commit: Some(change.to_string()),
+            ..Default::default()
+        },
+    };
+    let job = mesh_agent::core::Job {
+        claim: "peerB-1001".into(),
+        story: STORY.into(),
+        display_id: "S-0001".into(),
+        phase: Phase::Merge,
+        round: 0,
+        token: 2,
+        attempt: 1,
+        fact: StoryFact {
+            number: 1,
+            created_by: "peerA".into(),
+            created_at_ms: 0,
+            title: "a story".into(),
+            body: String::new(),
+            priority: 100,
+            depends_on: vec![],
+            files: vec![],
+            labels: vec![],
+            source: String::new(),
+        },
+        handoffs: vec![implemented],
+        files: vec![],
+        knowledge: vec![],
+        failures: vec![],
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let handoff = rt
+        .block_on(shell.run(job))
+        .unwrap_or_else(|e| panic!("the merge of a landed story whose work is gone: {e:?}"));
+    assert_eq!(
+        handoff.verdict,
+        Some(Verdict::Approve),
+        "{}",
+        handoff.summary
+    );
+    assert_eq!(
+        handoff.commit,
+        Some(landed_as.to_string()),
+        "{}",
+        handoff.summary
+    );
+    assert_eq!(h.main(), landed_as, "nothing landed twice");
+}
+
+#[test]
+fn a_merge_taken_over_after_a_landing_whose_work_refs_are_gone_reports_it_landed() {
+    over(Via::Ssh, takeover_of_a_landed_merge_whose_work_is_gone);
+}
