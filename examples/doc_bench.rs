@@ -67,20 +67,21 @@ fn main() {
     for n in sizes {
         let mut a = Doc::new([1; 16]).with_test_names();
         let t = Instant::now();
-        for i in 0..n {
-            let new = NewStory {
-                title: format!("story {i}"),
-                body: "Some body text of a realistic length for a story. ".repeat(4),
-                files: vec![format!("src/f{}.rs", i % 50)],
-                ..Default::default()
-            };
-            a.add_story(&new, "node0", i as u64).expect("add");
-            if i % 500 == 0 {
-                eprintln!(
-                    "doc_bench: {i}/{n} stories ({:.0} s)",
-                    t.elapsed().as_secs_f64()
-                );
-            }
+        for start in (0..n).step_by(1000) {
+            let batch: Vec<NewStory> = (start..n.min(start + 1000))
+                .map(|i| NewStory {
+                    title: format!("story {i}"),
+                    body: "Some body text of a realistic length for a story. ".repeat(4),
+                    files: vec![format!("src/f{}.rs", i % 50)],
+                    ..Default::default()
+                })
+                .collect();
+            a.add_stories(&batch, "node0", start as u64).expect("add");
+            eprintln!(
+                "doc_bench: {}/{n} stories ({:.0} s)",
+                start + batch.len(),
+                t.elapsed().as_secs_f64()
+            );
         }
         let mut b = Doc::new([2; 16]).with_test_names();
         sync(&mut a, &mut b);

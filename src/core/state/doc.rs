@@ -459,14 +459,14 @@ impl Doc {
         Ok(changed)
     }
 
-    /// Seals one fact in `author`'s name, checks it as every peer will, writes it at a
-    /// root key and commits it. On error nothing was written.
-    pub(super) fn put_fact<T: Serialize>(
-        &mut self,
+    /// Seals one fact in `author`'s name and checks it as every peer will; the sealed
+    /// value, or why it cannot be written.
+    fn seal_checked<T: Serialize>(
+        &self,
         key: &str,
         fact: &T,
         author: &str,
-    ) -> Result<(), StateError> {
+    ) -> Result<String, StateError> {
         let write_err = |why: String| StateError::Write {
             key: key.to_string(),
             why,
@@ -495,10 +495,31 @@ impl Doc {
                 why.as_str()
             )));
         }
-        // Writing a scalar at the root only fails on a corrupt op set.
-        if let Err(e) = self.inner.put(ROOT, key, sealed) {
-            self.inner.rollback();
-            return Err(write_err(e.to_string()));
+        Ok(sealed)
+    }
+
+    /// Seals one fact in `author`'s name, checks it as every peer will, writes it at a
+    /// root key and commits it. On error nothing was written.
+    pub(super) fn put_fact<T: Serialize>(
+        &mut self,
+        key: &str,
+        fact: &T,
+        author: &str,
+    ) -> Result<(), StateError> {
+        self.put_sealed(&[(key.to_string(), self.seal_checked(key, fact, author)?)])
+    }
+
+    /// Writes sealed values in one change. On error nothing was written.
+    fn put_sealed(&mut self, values: &[(String, String)]) -> Result<(), StateError> {
+        for (key, sealed) in values {
+            // Writing a scalar at the root only fails on a corrupt op set.
+            if let Err(e) = self.inner.put(ROOT, key.as_str(), sealed.as_str()) {
+                self.inner.rollback();
+                return Err(StateError::Write {
+                    key: key.clone(),
+                    why: e.to_string(),
+                });
+            }
         }
         self.inner.commit();
         self.log_local_change();
@@ -514,31 +535,58 @@ impl Doc {
         creator: &str,
         now_ms: u64,
     ) -> Result<String, StateError> {
-        let valid = new.validate()?;
+        let mut keys = self.add_stories(std::slice::from_ref(new), creator, now_ms)?;
+        keys.pop().ok_or_else(|| StateError::Write {
+            key: STORY_PREFIX.into(),
+            why: "no story written".into(),
+        })
+    }
+
+    /// Validates and writes new stories, numbered in order, in one change: all or none.
+    /// Dependencies name stories already in the document.
+    pub fn add_stories(
+        &mut self,
+        news: &[NewStory],
+        creator: &str,
+        now_ms: u64,
+    ) -> Result<Vec<String>, StateError> {
         let view = self.view();
-        let mut depends_on = Vec::new();
-        for d in &new.depends_on {
-            let key = view.resolve(d.trim())?.key.clone();
-            if !depends_on.contains(&key) {
-                depends_on.push(key);
+        let mut number = view.max_number();
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for new in news {
+            let valid = new.validate()?;
+            let mut depends_on = Vec::new();
+            for d in &new.depends_on {
+                let key = view.resolve(d.trim())?.key.clone();
+                if !depends_on.contains(&key) {
+                    depends_on.push(key);
+                }
             }
+            number += 1;
+            let key = story_key(number, creator);
+            let fact = StoryFact {
+                number,
+                created_by: creator.to_string(),
+                created_at_ms: now_ms,
+                title: valid.title,
+                body: valid.body,
+                priority: valid.priority,
+                depends_on,
+                files: valid.files,
+                labels: valid.labels,
+                source: "cli".into(),
+            };
+            let doc_key = format!("{STORY_PREFIX}{key}");
+            values.push((
+                doc_key.clone(),
+                self.seal_checked(&doc_key, &fact, creator)?,
+            ));
+            keys.push(key);
         }
-        let number = view.max_number() + 1;
-        let key = story_key(number, creator);
-        let fact = StoryFact {
-            number,
-            created_by: creator.to_string(),
-            created_at_ms: now_ms,
-            title: valid.title,
-            body: valid.body,
-            priority: valid.priority,
-            depends_on,
-            files: valid.files,
-            labels: valid.labels,
-            source: "cli".into(),
-        };
-        self.put_fact(&format!("{STORY_PREFIX}{key}"), &fact, creator)?;
-        Ok(key)
+        if !values.is_empty() {
+            self.put_sealed(&values)?;
+        }
+        Ok(keys)
     }
 
     /// Records this node's description, only when it differs from what the document has.
