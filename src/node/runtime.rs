@@ -574,6 +574,7 @@ impl Runtime {
         let mut counters = self.core.counters().clone();
         counters.bytes_in = m.bytes_in.load(Ordering::Relaxed);
         counters.bytes_out = m.bytes_out.load(Ordering::Relaxed);
+        counters.oversized_frames = m.oversized_dropped.load(Ordering::Relaxed);
         let doc = self.core.doc_mut();
         let heads = doc.heads_hex();
         let doc_bytes = doc.save().len() as u64;
