@@ -123,6 +123,8 @@ pub struct StatusReport {
     pub stories: Vec<StorySummary>,
     pub heads: Vec<String>,
     pub heads_digest: String,
+    /// Bytes of the document in the store: the last snapshot plus the chunks appended
+    /// since (0 for a node without a store). Tracked by the store, so cheap to ask.
     pub doc_bytes: u64,
     pub store_bytes: u64,
     pub counters: Counters,
