@@ -150,7 +150,11 @@ impl Store {
     /// Opens (creating if needed) the store in `dir`, failing clearly if another process
     /// holds it.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+        let mut create = std::fs::DirBuilder::new();
+        create.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut create, 0o700);
+        create.create(dir).map_err(|source| StoreError::Io {
             path: dir.to_path_buf(),
             source,
         })?;

@@ -43,6 +43,8 @@ pub enum NodeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Net(#[from] net::NetError),
+    #[error("data dir: {0}")]
+    DataDir(#[from] crate::identity::IdentityError),
     #[error(transparent)]
     State(#[from] crate::core::state::StateError),
     #[error("invalid address {0}")]
@@ -193,6 +195,11 @@ pub enum WriteError {
 /// Starts a node: opens the store, loads the document, binds the network.
 pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
     let cfg = opts.config;
+    if let Some(dir) = &opts.data_dir {
+        // Created 0700, or tightened to it (with a warning) if an older version or a
+        // hand-made directory left it open.
+        crate::identity::ensure_private_dir(dir)?;
+    }
     let store = match &opts.data_dir {
         Some(dir) if !opts.passive => Some(Store::open(dir)?),
         _ => None,
