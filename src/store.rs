@@ -575,6 +575,49 @@ mod tests {
         assert_eq!(s.doc_bytes(), stored(&s));
     }
 
+    /// The event log and the remembered peers are read back from disk: whatever bytes
+    /// an entry holds (a newer version's, a torn write's), it is skipped or ignored,
+    /// never a panic and never an error that stops the node.
+    #[test]
+    fn garbage_events_and_peer_records_are_skipped_not_fatal() {
+        use proptest::prelude::*;
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let log = s.events(100).unwrap();
+        let peers = s.db.open_tree(PEERS_TREE).unwrap();
+        let valid = serde_json::to_vec(&Event {
+            node: "12D3KooWpeer".into(),
+            seq: 1,
+            at_ms: 2,
+            kind: crate::core::model::EventKind::Claimed,
+            story: "S-0001".into(),
+            phase: None,
+            round: 0,
+            detail: String::new(),
+        })
+        .unwrap();
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(64));
+        let garbage = (
+            proptest::collection::vec(any::<u8>(), 0..300),
+            any::<proptest::sample::Index>(),
+            any::<u8>(),
+        );
+        runner
+            .run(&garbage, |(bytes, at, byte)| {
+                let mut mutated = valid.clone();
+                mutated[at.index(valid.len())] = byte;
+                log.tree.clear().unwrap();
+                log.tree.insert(b"a", bytes.clone()).unwrap();
+                log.tree.insert(b"b", mutated).unwrap();
+                let (events, bad) = log.load().unwrap();
+                prop_assert_eq!(events.len() + bad, 2);
+                peers.insert(KNOWN_PEERS_KEY, bytes).unwrap();
+                prop_assert!(s.load_known_peers().unwrap().len() <= MAX_KNOWN_PEERS);
+                Ok(())
+            })
+            .unwrap();
+    }
+
     #[test]
     fn known_peers_survive_reopen_most_recent_first_and_bounded() {
         let d = tempfile::tempdir().unwrap();
