@@ -9,17 +9,21 @@ use crate::core::model::{Event, KnowledgeFact, KnowledgeKind, NewStory};
 use crate::core::state::StoryView;
 use crate::identity::write_private;
 use crate::node::{ApiRequest, StatusReport, WriteError};
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path as UrlPath, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
 
 pub const CONTROL_FILE: &str = "control.json";
@@ -35,7 +39,6 @@ pub struct ControlInfo {
 
 #[derive(Clone)]
 struct AppState {
-    token: String,
     node: mpsc::Sender<ApiRequest>,
 }
 
@@ -59,25 +62,32 @@ fn write_err(e: WriteError) -> Response {
     err(code, e.to_string())
 }
 
-fn authorized(headers: &HeaderMap, st: &AppState) -> bool {
-    let want = format!("Bearer {}", st.token);
-    headers
-        .get("authorization")
-        .is_some_and(|v| same_secret(v.as_bytes(), want.as_bytes()))
+/// SHA-256 of an `authorization` header value.
+fn digest(value: &[u8]) -> [u8; 32] {
+    Sha256::digest(value).into()
 }
 
-/// Compares a presented secret with the expected one in time that depends only on their
-/// lengths (the expected length is public: a fixed-size hex token), so response timing
-/// tells a caller nothing about how much of a guess was right.
-fn same_secret(given: &[u8], want: &[u8]) -> bool {
-    if given.len() != want.len() {
-        return false;
+/// Whether the request carries the control token: the SHA-256 digests of the presented
+/// header and of the expected one are compared in constant time, so neither the time
+/// taken nor an early exit on a length mismatch tells a caller how much of a guess was
+/// right, or how long the token is.
+fn authorized(headers: &HeaderMap, want: &[u8; 32]) -> bool {
+    // A missing header is an empty one: the same path as a wrong token (the expected
+    // value is never empty).
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .map_or(&b""[..], |v| v.as_bytes());
+    bool::from(digest(given).ct_eq(want))
+}
+
+/// The expected token, checked before anything else runs: before routing, and before an
+/// extractor reads or parses a body. A request without the right token gets 401 and its
+/// body is never read.
+async fn require_token(State(want): State<Arc<[u8; 32]>>, req: Request, next: Next) -> Response {
+    if !authorized(req.headers(), &want) {
+        return unauthorized();
     }
-    given
-        .iter()
-        .zip(want)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0
+    next.run(req).await
 }
 
 fn unauthorized() -> Response {
@@ -118,20 +128,14 @@ async fn ask<T>(
         .map_err(|_| err(StatusCode::SERVICE_UNAVAILABLE, "node is stopping"))
 }
 
-async fn status(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    if !authorized(&headers, &st) {
-        return unauthorized();
-    }
+async fn status(State(st): State<AppState>) -> Response {
     match ask(&st, ApiRequest::Status).await {
         Ok(s) => Json(s).into_response(),
         Err(r) => r,
     }
 }
 
-async fn list_stories(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    if !authorized(&headers, &st) {
-        return unauthorized();
-    }
+async fn list_stories(State(st): State<AppState>) -> Response {
     match ask(&st, ApiRequest::View).await {
         Ok(v) => {
             let list: Vec<StoryView> = v.stories_ordered().into_iter().cloned().collect();
@@ -141,14 +145,7 @@ async fn list_stories(State(st): State<AppState>, headers: HeaderMap) -> Respons
     }
 }
 
-async fn show_story(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    UrlPath(id): UrlPath<String>,
-) -> Response {
-    if !authorized(&headers, &st) {
-        return unauthorized();
-    }
+async fn show_story(State(st): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
     match ask(&st, ApiRequest::View).await {
         Ok(v) => match v.resolve(&id) {
             Ok(s) => Json(StoryDetail::of(&v, s)).into_response(),
@@ -158,14 +155,7 @@ async fn show_story(
     }
 }
 
-async fn add_story(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    Json(new): Json<NewStory>,
-) -> Response {
-    if !authorized(&headers, &st) {
-        return unauthorized();
-    }
+async fn add_story(State(st): State<AppState>, Json(new): Json<NewStory>) -> Response {
     match ask(&st, |tx| ApiRequest::AddStory(new, tx)).await {
         Ok(Ok(s)) => (StatusCode::CREATED, Json(s)).into_response(),
         Ok(Err(e)) => write_err(e),
@@ -183,12 +173,8 @@ struct EventsQuery {
 /// time order; after a position, what arrived since (at most 1000).
 async fn events(
     State(st): State<AppState>,
-    headers: HeaderMap,
     axum::extract::Query(q): axum::extract::Query<EventsQuery>,
 ) -> Response {
-    if !authorized(&headers, &st) {
-        return unauthorized();
-    }
     match ask(&st, |tx| ApiRequest::Events(q.after, tx)).await {
         Ok(list) => Json(list).into_response(),
         Err(r) => r,
@@ -202,24 +188,14 @@ pub struct NewKnowledge {
     pub text: String,
 }
 
-async fn list_knowledge(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    if !authorized(&headers, &st) {
-        return unauthorized();
-    }
+async fn list_knowledge(State(st): State<AppState>) -> Response {
     match ask(&st, ApiRequest::View).await {
         Ok(v) => Json(v.knowledge).into_response(),
         Err(r) => r,
     }
 }
 
-async fn add_knowledge(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    Json(new): Json<NewKnowledge>,
-) -> Response {
-    if !authorized(&headers, &st) {
-        return unauthorized();
-    }
+async fn add_knowledge(State(st): State<AppState>, Json(new): Json<NewKnowledge>) -> Response {
     match ask(&st, |tx| ApiRequest::AddKnowledge(new.kind, new.text, tx)).await {
         Ok(Ok(id)) => (StatusCode::CREATED, Json(id)).into_response(),
         Ok(Err(e)) => write_err(e),
@@ -253,10 +229,12 @@ pub async fn serve(
         .route("/v1/stories/{id}", get(show_story))
         .route("/v1/events", get(events))
         .route("/v1/knowledge", get(list_knowledge).post(add_knowledge))
-        .with_state(AppState {
-            token: info.token.clone(),
-            node,
-        });
+        .with_state(AppState { node })
+        // Outermost: the token is checked before routing and before any extractor.
+        .layer(middleware::from_fn_with_state(
+            Arc::new(digest(format!("Bearer {}", info.token).as_bytes())),
+            require_token,
+        ));
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "control endpoint stopped");
@@ -288,6 +266,17 @@ pub enum ClientError {
     Transport { addr: SocketAddr, why: String },
 }
 
+/// The largest `control.json` read (the node writes a few hundred bytes).
+const MAX_CONTROL_BYTES: usize = 64 * 1024;
+
+/// Reads `control.json`'s content; the error says what is wrong with it.
+fn parse_control(bytes: &[u8]) -> Result<ControlInfo, String> {
+    if bytes.len() > MAX_CONTROL_BYTES {
+        return Err(format!("larger than {MAX_CONTROL_BYTES} bytes"));
+    }
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
+
 /// Blocking client for the control endpoint.
 pub struct ControlClient {
     info: ControlInfo,
@@ -298,21 +287,22 @@ impl ControlClient {
     /// Finds the running node of `data_dir`. `Ok(None)` when none is running.
     pub fn for_data_dir(data_dir: &Path) -> Result<Option<ControlClient>, ClientError> {
         let path = data_dir.join(CONTROL_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(ClientError::BadControlFile {
-                    path,
-                    why: e.to_string(),
-                })
-            }
+        let bad = |why: String| ClientError::BadControlFile {
+            path: path.clone(),
+            why,
         };
-        let info: ControlInfo =
-            serde_json::from_str(&text).map_err(|e| ClientError::BadControlFile {
-                path: path.clone(),
-                why: e.to_string(),
-            })?;
+        let mut bytes = Vec::new();
+        match std::fs::File::open(&path) {
+            Ok(f) => {
+                use std::io::Read;
+                f.take(MAX_CONTROL_BYTES as u64 + 1)
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| bad(e.to_string()))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(bad(e.to_string())),
+        }
+        let info = parse_control(&bytes).map_err(bad)?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
@@ -443,15 +433,130 @@ impl ControlClient {
 
 #[cfg(test)]
 mod tests {
-    use super::same_secret;
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
-    fn a_secret_matches_only_byte_for_byte_at_the_same_length() {
-        assert!(same_secret(b"Bearer abc123", b"Bearer abc123"));
-        assert!(!same_secret(b"Bearer abc124", b"Bearer abc123"));
-        assert!(!same_secret(b"Bearer abc12", b"Bearer abc123"));
-        assert!(!same_secret(b"Bearer abc1234", b"Bearer abc123"));
-        assert!(!same_secret(b"", b"Bearer abc123"));
-        assert!(!same_secret(b"bearer abc123", b"Bearer abc123"));
+    fn only_the_exact_header_is_authorized() {
+        let want = digest(b"Bearer abc123");
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, v.parse().unwrap());
+            h
+        };
+        assert!(authorized(&with("Bearer abc123"), &want));
+        for wrong in [
+            "Bearer abc124",
+            "Bearer abc12",
+            "Bearer abc1234",
+            "bearer abc123",
+            "",
+        ] {
+            assert!(!authorized(&with(wrong), &want), "{wrong:?}");
+        }
+        assert!(!authorized(&HeaderMap::new(), &want), "no header");
+    }
+
+    /// Sends `head` (and no body) to the endpoint and returns the status line of the
+    /// answer, which must come without the body ever being sent.
+    async fn status_line_without_body(addr: SocketAddr, head: String) -> String {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        // A bound so that a regression fails instead of hanging: the server, waiting
+        // for a body that never comes, would not answer at all.
+        let read = async {
+            while !buf.windows(2).any(|w| w == b"\r\n") {
+                let n = conn.read(&mut chunk).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .expect("the server answered before the body arrived");
+        let text = String::from_utf8_lossy(&buf).to_string();
+        text.lines().next().unwrap_or_default().to_string()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn control_files_of_any_content_parse_or_fail_cleanly(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            byte in proptest::prelude::any::<u8>(),
+        ) {
+            let _ = parse_control(&bytes);
+            let valid = serde_json::to_vec(&ControlInfo {
+                addr: "127.0.0.1:4000".parse().unwrap(),
+                token: "ab".repeat(24),
+                pid: 1,
+                peer_id: "12D3KooW".into(),
+            })
+            .unwrap();
+            let mut mutated = valid.clone();
+            mutated[at.index(valid.len())] = byte;
+            let _ = parse_control(&mutated);
+            mutated.truncate(at.index(valid.len()));
+            proptest::prop_assert!(parse_control(&mutated).is_err());
+        }
+    }
+
+    #[test]
+    fn an_oversized_control_file_is_refused() {
+        let big = vec![b' '; MAX_CONTROL_BYTES + 1];
+        assert!(parse_control(&big).unwrap_err().contains("larger than"));
+    }
+
+    #[tokio::test]
+    async fn a_wrong_token_is_refused_before_the_body_is_read_or_parsed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = mpsc::channel(8);
+        let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (info, task) = serve(bind, dir.path(), "peer".into(), tx).await.unwrap();
+        let post = |auth: &str, len: usize| {
+            format!(
+                "POST /v1/stories HTTP/1.1\r\nhost: x\r\n{auth}content-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+            )
+        };
+        // A 100 MB body announced and never sent: 401 at once, without waiting for it.
+        for auth in [
+            String::new(),
+            "authorization: Bearer wrong\r\n".to_string(),
+            format!("authorization: Bearer {}x\r\n", info.token),
+        ] {
+            let line = status_line_without_body(info.addr, post(&auth, 100_000_000)).await;
+            assert!(line.contains(" 401 "), "{auth:?}: {line}");
+        }
+        // Garbage JSON with a wrong token: 401, not a parse error.
+        let mut conn = tokio::net::TcpStream::connect(info.addr).await.unwrap();
+        let body = "{not json";
+        let req = format!(
+            "{}{body}",
+            post("authorization: Bearer nope\r\n", body.len())
+        );
+        conn.write_all(req.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 64];
+        let n = conn.read(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]).to_string();
+        assert!(answer.starts_with("HTTP/1.1 401 "), "{answer}");
+        // The same garbage with the right token reaches the body parser (and is refused
+        // there): the token check comes first, and only it.
+        let mut conn = tokio::net::TcpStream::connect(info.addr).await.unwrap();
+        let auth = format!("authorization: Bearer {}\r\n", info.token);
+        let req = format!("{}{body}", post(&auth, body.len()));
+        conn.write_all(req.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 64];
+        let n = conn.read(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]).to_string();
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        // Nothing reached the node.
+        assert!(rx.try_recv().is_err());
+        task.abort();
     }
 }

@@ -771,4 +771,37 @@ mod tests {
             "invalid environment variable MESH_HEARTBEAT_MS=fast: expected an integer"
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// `config.toml` and `MESH_*` variables are whatever a user typed: loading and
+        /// validating answers with a config or an error, never a panic.
+        #[test]
+        fn any_config_file_or_variable_loads_or_fails_cleanly(
+            text in "[a-z_=\\[\\]{}\",.0-9 \n#-]{0,300}",
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            byte in proptest::prelude::any::<u8>(),
+            key in proptest::sample::select(vec![
+                "MESH_HEARTBEAT_MS", "MESH_ROLES", "MESH_ROLE_LIMITS", "MESH_LISTEN",
+                "MESH_CAPACITY", "MESH_SIM_FAILURE_RATE", "MESH_WORK", "MESH_PSK_FILE",
+                "MESH_MAX_SYNC_MESSAGE_BYTES", "MESH_COMMAND", "MESH_NOT_A_KEY",
+            ]),
+            value in ".{0,40}",
+        ) {
+            let check = |text: &[u8], env: Vec<(String, String)>| {
+                let d = tempfile::tempdir().unwrap();
+                std::fs::write(d.path().join(CONFIG_FILE), text).unwrap();
+                if let Ok(c) = Config::load(d.path(), env) {
+                    let _ = c.validate();
+                }
+            };
+            check(text.as_bytes(), vec![]);
+            let mut file = Config::default().commented_toml().into_bytes();
+            let i = at.index(file.len());
+            file[i] = byte;
+            check(&file, vec![]);
+            check(b"", vec![(key.to_string(), value)]);
+        }
+    }
 }

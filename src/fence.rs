@@ -16,10 +16,20 @@
 //! `refs/heads/`) whose content is:
 //!
 //! ```text
-//! token 7
+//! token 8589934599      (the token as versions before `round`/`claim` read it)
+//! round 2
+//! claim 7
 //! holder 12D3KooW...
 //! landed 3f2a...        (only once the story has landed on main)
 //! ```
+//!
+//! `round` and `claim` are the fence token ([`crate::core::fence::FenceToken`]): the
+//! merge round and the claim's whole 64-bit token, compared in that order. A record
+//! without them was written by an earlier version, whose `token` line packed
+//! `round << 32 | token & 0xffff_ffff`; it is read back as that pair
+//! ([`crate::core::fence::from_legacy`]), so it still refuses a lower token. Records
+//! written now keep the `token` line in that old form (saturated, never wrapped) for
+//! earlier readers.
 //!
 //! A blob keeps the fence out of every branch's history, and the ref keeps the blob alive
 //! through `git gc`. Unknown lines are ignored, so a later version can add fields.
@@ -64,7 +74,7 @@
 //!   [`crate::git::remote`] instead: one `git push --atomic` with a lease on both refs,
 //!   the same record format and the same rule (not wired into the gate yet).
 
-use crate::core::fence::{self, token_check};
+use crate::core::fence::{self, token_check, FenceToken};
 use git2::{ErrorCode, ObjectType, Oid, Reference, Repository, Signature};
 use rand::Rng;
 use std::path::{Path, PathBuf};
@@ -91,7 +101,12 @@ pub type Refused = fence::Refused<Oid>;
 impl FenceRecord {
     /// The blob content of the record (the format above); `git::remote` pushes the same.
     pub(crate) fn to_blob(&self) -> String {
-        let mut s = format!("token {}\nholder {}\n", self.token, self.holder);
+        let (round, claim) = fence::fence_parts(self.token);
+        let mut s = format!(
+            "token {}\nround {round}\nclaim {claim}\nholder {}\n",
+            fence::to_legacy(self.token),
+            self.holder
+        );
         if let Some(c) = self.landed {
             s.push_str(&format!("landed {c}\n"));
         }
@@ -101,17 +116,19 @@ impl FenceRecord {
     /// Reads a fence blob back (the format above); the error says what is wrong with it.
     pub(crate) fn parse(data: &[u8]) -> Result<FenceRecord, String> {
         let text = std::str::from_utf8(data).map_err(|_| "content is not UTF-8".to_string())?;
-        let (mut token, mut holder, mut landed) = (None, None, None);
+        let (mut legacy, mut round, mut claim, mut holder, mut landed) =
+            (None, None, None, None, None);
+        fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, String> {
+            value
+                .parse::<T>()
+                .map_err(|_| format!("{key} {value:?} is not a number"))
+        }
         for line in text.lines() {
             let (key, value) = line.split_once(' ').unwrap_or((line, ""));
             match key {
-                "token" => {
-                    token = Some(
-                        value
-                            .parse::<u64>()
-                            .map_err(|_| format!("token {value:?} is not a number"))?,
-                    )
-                }
+                "token" => legacy = Some(number::<u64>(key, value)?),
+                "round" => round = Some(number::<u32>(key, value)?),
+                "claim" => claim = Some(number::<u64>(key, value)?),
                 "holder" => holder = Some(value.to_string()),
                 "landed" => {
                     landed = Some(
@@ -122,8 +139,14 @@ impl FenceRecord {
                 _ => {}
             }
         }
+        let token: FenceToken = match (round, claim, legacy) {
+            (Some(round), Some(claim), _) => fence::fence_token(round, claim),
+            (None, None, Some(old)) => fence::from_legacy(old),
+            (None, None, None) => return Err("no `token` line".into()),
+            _ => return Err("a `round` line without a `claim` line, or the reverse".into()),
+        };
         Ok(FenceRecord {
-            token: token.ok_or("no `token` line")?,
+            token,
             holder: holder.filter(|h| !h.is_empty()).ok_or("no `holder` line")?,
             landed,
         })
@@ -279,7 +302,7 @@ impl Fence {
     }
 
     /// The token and holder recorded for a story, if any.
-    pub fn read(&self, story: &str) -> Result<Option<(u64, String)>, FenceError> {
+    pub fn read(&self, story: &str) -> Result<Option<(FenceToken, String)>, FenceError> {
         Ok(self.read_record(story)?.map(|r| (r.token, r.holder)))
     }
 
@@ -334,7 +357,7 @@ impl Fence {
     pub fn record(
         &self,
         story: &str,
-        token: u64,
+        token: FenceToken,
         holder: &str,
     ) -> Result<Result<(), Refused>, FenceError> {
         let name = fence_ref(story)?;
@@ -373,7 +396,7 @@ impl Fence {
     pub fn land(
         &self,
         story: &str,
-        token: u64,
+        token: FenceToken,
         holder: &str,
         branch_ref: &str,
         new_main: Oid,
@@ -553,7 +576,10 @@ impl Fence {
 struct Locked(String);
 
 /// Opens `origin` and reads a story's fence: `(token, holder)`, if recorded.
-pub fn read(origin: impl AsRef<Path>, story: &str) -> Result<Option<(u64, String)>, FenceError> {
+pub fn read(
+    origin: impl AsRef<Path>,
+    story: &str,
+) -> Result<Option<(FenceToken, String)>, FenceError> {
     Fence::open(origin)?.read(story)
 }
 
@@ -561,7 +587,7 @@ pub fn read(origin: impl AsRef<Path>, story: &str) -> Result<Option<(u64, String
 pub fn record(
     origin: impl AsRef<Path>,
     story: &str,
-    token: u64,
+    token: FenceToken,
     holder: &str,
 ) -> Result<Result<(), Refused>, FenceError> {
     Fence::open(origin)?.record(story, token, holder)
@@ -571,7 +597,7 @@ pub fn record(
 pub fn land(
     origin: impl AsRef<Path>,
     story: &str,
-    token: u64,
+    token: FenceToken,
     holder: &str,
     branch_ref: &str,
     new_main: Oid,
@@ -635,7 +661,7 @@ mod tests {
         let repo = Repository::open(dir.path()).unwrap();
         let oid = repo.refname_to_id("refs/mesh/fence/S-0042@ab12cd").unwrap();
         let blob = repo.find_blob(oid).unwrap();
-        assert_eq!(blob.content(), b"token 3\nholder peerA\n");
+        assert_eq!(blob.content(), b"token 3\nround 0\nclaim 3\nholder peerA\n");
     }
 
     #[test]
@@ -695,7 +721,7 @@ mod tests {
         for round in 0..20 {
             let (dir, _) = origin();
             let barrier = Arc::new(Barrier::new(2));
-            let handles: Vec<_> = [(7u64, "peerA"), (9u64, "peerB")]
+            let handles: Vec<_> = [(7, "peerA"), (9, "peerB")]
                 .into_iter()
                 .map(|(token, holder)| {
                     let path = dir.path().to_path_buf();
@@ -707,7 +733,7 @@ mod tests {
                     })
                 })
                 .collect();
-            let results: Vec<(u64, Result<(), Refused>)> =
+            let results: Vec<(FenceToken, Result<(), Refused>)> =
                 handles.into_iter().map(|h| h.join().unwrap()).collect();
             for (token, outcome) in &results {
                 match (token, outcome) {
@@ -730,7 +756,7 @@ mod tests {
         let (dir, _) = origin();
         let n = 8;
         let barrier = Arc::new(Barrier::new(n));
-        let handles: Vec<_> = (1..=n as u64)
+        let handles: Vec<_> = (1..=n as FenceToken)
             .map(|token| {
                 let path = dir.path().to_path_buf();
                 let barrier = barrier.clone();
@@ -752,7 +778,7 @@ mod tests {
         }
         assert_eq!(
             read(dir.path(), STORY).unwrap(),
-            Some((n as u64, format!("peer{n}")))
+            Some((n as FenceToken, format!("peer{n}")))
         );
     }
 
@@ -882,7 +908,7 @@ mod tests {
             let (dir, root) = origin();
             let n = 6;
             let barrier = Arc::new(Barrier::new(n));
-            let handles: Vec<_> = (1..=n as u64)
+            let handles: Vec<_> = (1..=n as FenceToken)
                 .map(|token| {
                     let path = dir.path().to_path_buf();
                     let barrier = barrier.clone();
@@ -998,5 +1024,115 @@ mod tests {
         assert_eq!(FenceRecord::parse(extended.as_bytes()), Ok(rec));
         assert!(FenceRecord::parse(b"holder x\n").is_err());
         assert!(FenceRecord::parse(b"token 1\n").is_err());
+        assert!(FenceRecord::parse(b"round 1\nholder x\n").is_err());
+        assert!(FenceRecord::parse(b"claim 1\nholder x\n").is_err());
+        assert!(FenceRecord::parse(b"round 4294967296\nclaim 1\nholder x\n").is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Fence blobs come from the origin, which anyone with push rights can write:
+        /// any content parses or is refused, never a panic; what parses writes back the
+        /// same.
+        #[test]
+        fn fence_blobs_of_any_content_parse_or_fail_cleanly(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            round in proptest::prelude::any::<u32>(),
+            claim in proptest::prelude::any::<u64>(),
+            writes in proptest::collection::vec(
+                (proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()),
+                0..6,
+            ),
+        ) {
+            if let Ok(rec) = FenceRecord::parse(&bytes) {
+                proptest::prop_assert_eq!(FenceRecord::parse(rec.to_blob().as_bytes()), Ok(rec));
+            }
+            let rec = FenceRecord {
+                token: fence::fence_token(round, claim),
+                holder: "12D3KooWholder".into(),
+                landed: Some(Oid::from_str("2222222222222222222222222222222222222222").unwrap()),
+            };
+            let blob = rec.to_blob().into_bytes();
+            proptest::prop_assert_eq!(FenceRecord::parse(&blob), Ok(rec.clone()));
+            let mut mutated = blob.clone();
+            for (at, byte) in writes {
+                let i = at.index(mutated.len());
+                mutated[i] = byte;
+            }
+            if let Ok(back) = FenceRecord::parse(&mutated) {
+                proptest::prop_assert_eq!(FenceRecord::parse(back.to_blob().as_bytes()), Ok(back));
+            }
+        }
+    }
+
+    #[test]
+    fn tokens_above_u32_max_round_trip_and_fence_lower_ones() {
+        let (dir, _) = origin();
+        let big = fence::fence_token(1, u64::MAX - 1);
+        assert_eq!(record(dir.path(), STORY, big, "peerB").unwrap(), Ok(()));
+        assert_eq!(
+            read(dir.path(), STORY).unwrap(),
+            Some((big, "peerB".into()))
+        );
+        // The token the old 32-bit encoding would have wrapped it onto is stale.
+        let wrapped = fence::fence_token(1, 0xffff_fffe);
+        assert_eq!(
+            record(dir.path(), STORY, wrapped, "peerA").unwrap(),
+            Err(Refused::StaleToken { recorded: big })
+        );
+        let next_round = fence::fence_token(2, 1);
+        assert_eq!(
+            record(dir.path(), STORY, next_round, "peerA").unwrap(),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_record_written_by_an_earlier_version_still_refuses_a_lower_token() {
+        let (dir, _) = origin();
+        let repo = Repository::open(dir.path()).unwrap();
+        // What the previous version wrote for (round 2, token 7): one packed u64.
+        let old = format!("token {}\nholder peerB\n", (2u64 << 32) | 7);
+        let blob = repo.blob(old.as_bytes()).unwrap();
+        repo.reference(&fence_ref(STORY).unwrap(), blob, true, "old")
+            .unwrap();
+        let recorded = fence::fence_token(2, 7);
+        assert_eq!(
+            read(dir.path(), STORY).unwrap(),
+            Some((recorded, "peerB".into()))
+        );
+        for lower in [fence::fence_token(2, 6), fence::fence_token(1, 1 << 40)] {
+            assert_eq!(
+                record(dir.path(), STORY, lower, "peerA").unwrap(),
+                Err(Refused::StaleToken { recorded }),
+                "{lower:#x}"
+            );
+        }
+        assert_eq!(
+            record(dir.path(), STORY, fence::fence_token(2, 7), "peerA").unwrap(),
+            Err(Refused::TokenTaken {
+                token: recorded,
+                holder: "peerB".into()
+            })
+        );
+        assert_eq!(
+            record(dir.path(), STORY, fence::fence_token(2, 8), "peerA").unwrap(),
+            Ok(())
+        );
+        // Rewritten in the new form, with the old line kept for earlier readers.
+        let blob = Repository::open(dir.path())
+            .unwrap()
+            .find_reference(&fence_ref(STORY).unwrap())
+            .unwrap()
+            .target()
+            .unwrap();
+        let repo = Repository::open(dir.path()).unwrap();
+        let text = String::from_utf8(repo.find_blob(blob).unwrap().content().to_vec()).unwrap();
+        assert!(text.contains("round 2\nclaim 8\n"), "{text}");
+        assert!(
+            text.contains(&format!("token {}\n", (2u64 << 32) | 8)),
+            "{text}"
+        );
     }
 }

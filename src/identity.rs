@@ -57,6 +57,44 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), IdentityError> 
     std::fs::rename(&tmp, path).map_err(io_err(path))
 }
 
+/// Makes `dir` a private data dir: created with mode 0700 (parents too) if missing, and
+/// tightened to 0700 if it exists with access for group or others, with a warning. The
+/// data dir holds the node key, the mesh key, the control token and the document, so
+/// nobody but the node's user may list or enter it. Returns whether it was tightened.
+pub fn ensure_private_dir(dir: &Path) -> Result<bool, IdentityError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_err(dir))?;
+        }
+        let mode = std::fs::metadata(dir)
+            .map_err(io_err(dir))?
+            .permissions()
+            .mode();
+        if mode & 0o077 == 0 {
+            return Ok(false);
+        }
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err(dir))?;
+        tracing::warn!(
+            dir = %dir.display(),
+            was = format!("{:o}", mode & 0o777),
+            "data dir was open to other users; tightened it to 0700"
+        );
+        Ok(true)
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        Ok(false)
+    }
+}
+
 /// Creates a new node key in `dir`. Refuses to overwrite unless `force`.
 pub fn create_node_key(dir: &Path, force: bool) -> Result<Keypair, IdentityError> {
     let path = dir.join(KEY_FILE);
@@ -184,6 +222,26 @@ mod tests {
         ));
         let other = create_node_key(d.path(), true).unwrap();
         assert_ne!(peer_id(&other), peer_id(&k));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_data_dir_is_created_private_and_tightened_if_open() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("a/b/data");
+        assert!(!ensure_private_dir(&dir).unwrap(), "created, not tightened");
+        assert_eq!(mode(&dir), 0o700);
+        create_node_key(&dir, false).unwrap();
+        for open in [0o755, 0o750, 0o707, 0o711] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(open)).unwrap();
+            assert!(ensure_private_dir(&dir).unwrap(), "{open:o} is tightened");
+            assert_eq!(mode(&dir), 0o700, "from {open:o}");
+        }
+        assert!(!ensure_private_dir(&dir).unwrap(), "0700 stays as it is");
+        assert_eq!(mode(&dir.join(KEY_FILE)), 0o600, "the node key stays 0600");
+        assert!(load_node_key(&dir).is_ok());
     }
 
     #[test]

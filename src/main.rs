@@ -280,7 +280,8 @@ fn load_config(dir: &Path) -> Result<Config> {
 }
 
 fn init(dir: &Path, a: InitArgs) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    identity::ensure_private_dir(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
     let cfg_path = dir.join(CONFIG_FILE);
     if cfg_path.exists() && !a.force {
         bail!(usage(format!(

@@ -74,6 +74,9 @@ pub struct Store {
     db: sled::Db,
     next_chunk: u64,
     chunks: u64,
+    /// Bytes of the document as stored: the snapshot plus every chunk since, kept up to
+    /// date by each write so `status` never has to save the document to measure it.
+    doc_bytes: u64,
     faults: Faults,
     _lock: File,
 }
@@ -147,7 +150,11 @@ impl Store {
     /// Opens (creating if needed) the store in `dir`, failing clearly if another process
     /// holds it.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+        let mut create = std::fs::DirBuilder::new();
+        create.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut create, 0o700);
+        create.create(dir).map_err(|source| StoreError::Io {
             path: dir.to_path_buf(),
             source,
         })?;
@@ -161,11 +168,16 @@ impl Store {
         let tree = db.open_tree("doc").map_err(db_err)?;
         let mut next_chunk = 0;
         let mut chunks = 0;
+        let mut doc_bytes = tree
+            .get(SNAPSHOT_KEY)
+            .map_err(db_err)?
+            .map_or(0, |v| v.len() as u64);
         for item in tree.scan_prefix(CHUNK_PREFIX) {
-            let (k, _) = item.map_err(db_err)?;
+            let (k, v) = item.map_err(db_err)?;
             if let Some(seq) = chunk_seq(&k) {
                 next_chunk = next_chunk.max(seq + 1);
                 chunks += 1;
+                doc_bytes += v.len() as u64;
             }
         }
         Ok(Store {
@@ -174,6 +186,7 @@ impl Store {
             db,
             next_chunk,
             chunks,
+            doc_bytes,
             faults: Faults::default(),
             _lock: lock,
         })
@@ -229,6 +242,7 @@ impl Store {
         self.tree.insert(key, bytes).map_err(self.db_err())?;
         self.next_chunk += 1;
         self.chunks += 1;
+        self.doc_bytes += bytes.len() as u64;
         Ok(())
     }
 
@@ -241,14 +255,19 @@ impl Store {
     /// must not come back at the next start), then flushes the removal.
     pub fn discard_chunks_from(&mut self, mark: u64) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        let mut removed = 0;
+        let (mut removed, mut removed_bytes) = (0, 0);
         for seq in mark..self.next_chunk {
-            batch.remove(chunk_key(seq));
-            removed += 1;
+            let key = chunk_key(seq);
+            if let Some(v) = self.tree.get(&key).map_err(self.db_err())? {
+                removed += 1;
+                removed_bytes += v.len() as u64;
+            }
+            batch.remove(key);
         }
         self.tree.apply_batch(batch).map_err(self.db_err())?;
         self.next_chunk = self.next_chunk.min(mark);
         self.chunks = self.chunks.saturating_sub(removed);
+        self.doc_bytes = self.doc_bytes.saturating_sub(removed_bytes);
         self.tree.flush().map_err(self.db_err())?;
         Ok(())
     }
@@ -268,6 +287,7 @@ impl Store {
         }
         self.tree.apply_batch(batch).map_err(self.db_err())?;
         self.chunks = 0;
+        self.doc_bytes = snapshot.len() as u64;
         self.tree.flush().map_err(self.db_err())?;
         Ok(())
     }
@@ -283,6 +303,13 @@ impl Store {
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
         self.db.flush().map_err(self.db_err())?;
         Ok(())
+    }
+
+    /// Bytes of the document as stored: the last snapshot plus the chunks appended since
+    /// (an upper bound of a fresh save's size, which compaction brings back down).
+    /// Tracked on every write: reading it costs nothing.
+    pub fn doc_bytes(&self) -> u64 {
+        self.doc_bytes
     }
 
     /// Bytes the store occupies on disk (approximate).
@@ -512,6 +539,83 @@ mod tests {
                 std::panic::resume_unwind(e);
             }
         }
+    }
+
+    #[test]
+    fn doc_bytes_follow_appends_undone_writes_compaction_and_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let stored = |s: &Store| {
+            let (snap, chunks) = s.load_doc().unwrap();
+            (snap.len() + chunks.iter().map(Vec::len).sum::<usize>()) as u64
+        };
+        {
+            let mut s = Store::open(d.path()).unwrap();
+            assert_eq!(s.doc_bytes(), 0);
+            s.append_chunk(&[1; 10]).unwrap();
+            s.append_chunk(&[2; 7]).unwrap();
+            assert_eq!(s.doc_bytes(), 17);
+            let mark = s.chunk_mark();
+            s.append_chunk(&[3; 100]).unwrap();
+            s.append_chunk(&[4; 5]).unwrap();
+            assert_eq!(s.doc_bytes(), 122);
+            s.discard_chunks_from(mark).unwrap();
+            assert_eq!(
+                s.doc_bytes(),
+                17,
+                "an undone write's chunks no longer count"
+            );
+            assert_eq!(s.doc_bytes(), stored(&s));
+            s.compact(&[9; 12]).unwrap();
+            assert_eq!(s.doc_bytes(), 12, "compaction: the snapshot alone");
+            s.append_chunk(&[5; 3]).unwrap();
+            assert_eq!(s.doc_bytes(), stored(&s));
+        }
+        let s = Store::open(d.path()).unwrap();
+        assert_eq!(s.doc_bytes(), 15, "reopened: snapshot + chunks, as stored");
+        assert_eq!(s.doc_bytes(), stored(&s));
+    }
+
+    /// The event log and the remembered peers are read back from disk: whatever bytes
+    /// an entry holds (a newer version's, a torn write's), it is skipped or ignored,
+    /// never a panic and never an error that stops the node.
+    #[test]
+    fn garbage_events_and_peer_records_are_skipped_not_fatal() {
+        use proptest::prelude::*;
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let log = s.events(100).unwrap();
+        let peers = s.db.open_tree(PEERS_TREE).unwrap();
+        let valid = serde_json::to_vec(&Event {
+            node: "12D3KooWpeer".into(),
+            seq: 1,
+            at_ms: 2,
+            kind: crate::core::model::EventKind::Claimed,
+            story: "S-0001".into(),
+            phase: None,
+            round: 0,
+            detail: String::new(),
+        })
+        .unwrap();
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(64));
+        let garbage = (
+            proptest::collection::vec(any::<u8>(), 0..300),
+            any::<proptest::sample::Index>(),
+            any::<u8>(),
+        );
+        runner
+            .run(&garbage, |(bytes, at, byte)| {
+                let mut mutated = valid.clone();
+                mutated[at.index(valid.len())] = byte;
+                log.tree.clear().unwrap();
+                log.tree.insert(b"a", bytes.clone()).unwrap();
+                log.tree.insert(b"b", mutated).unwrap();
+                let (events, bad) = log.load().unwrap();
+                prop_assert_eq!(events.len() + bad, 2);
+                peers.insert(KNOWN_PEERS_KEY, bytes).unwrap();
+                prop_assert!(s.load_known_peers().unwrap().len() <= MAX_KNOWN_PEERS);
+                Ok(())
+            })
+            .unwrap();
     }
 
     #[test]

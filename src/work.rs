@@ -394,7 +394,7 @@ impl WorkShell {
                     story: job.display_id.clone(),
                     story_key: job.story.clone(),
                     phase: job.phase,
-                    fence: job.token,
+                    fence: u128::from(job.token),
                     node: self.node.clone(),
                 };
                 let subject = format!("{} ({})", job.fact.title, job.display_id);

@@ -117,6 +117,22 @@ fn init_creates_a_private_key_and_a_commented_config() {
     );
 }
 
+#[cfg(unix)]
+#[test]
+fn the_data_dir_is_private_from_init_and_tightened_when_a_node_starts() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("node");
+    run_ok(&["init"], &dir);
+    assert_eq!(mode(&dir), 0o700, "created private");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _node = spawn_node(&dir);
+    assert_eq!(mode(&dir), 0o700, "tightened when the node started");
+    assert_eq!(mode(&dir.join("node.key")), 0o600);
+    assert_eq!(mode(&dir.join("control.json")), 0o600);
+}
+
 #[test]
 fn invalid_config_is_one_clear_line_and_exit_code_2() {
     let d = tempfile::tempdir().unwrap();

@@ -50,7 +50,7 @@ fn record(
     token: u64,
     holder: &str,
 ) -> Result<(), Refused> {
-    let r = fence::record(origin, story, token, holder).expect("fence works");
+    let r = fence::record(origin, story, u128::from(token), holder).expect("fence works");
     log.lock()
         .unwrap()
         .push((holder.to_string(), token, r.clone()));
@@ -159,7 +159,7 @@ async fn a_paused_holder_is_fenced_in_every_view_and_at_the_origin() {
         .expect("gate");
     assert_eq!(
         fence::read(origin.path(), &story).unwrap(),
-        Some((stale, victim_id.clone()))
+        Some((u128::from(stale), victim_id.clone()))
     );
 
     // Pause it well past ttl + grace and past dead_after: no heartbeats, no sync. The
@@ -192,7 +192,7 @@ async fn a_paused_holder_is_fenced_in_every_view_and_at_the_origin() {
     assert!(taker.token > stale, "{} <= {stale}", taker.token);
     assert_eq!(
         fence::read(origin.path(), &story).unwrap(),
-        Some((taker.token, taker.holder.clone()))
+        Some((u128::from(taker.token), taker.holder.clone()))
     );
 
     // The victim wakes up: its late fence write is refused with the taker's token.
@@ -203,7 +203,7 @@ async fn a_paused_holder_is_fenced_in_every_view_and_at_the_origin() {
     assert_eq!(
         late,
         Err(Refused::StaleToken {
-            recorded: taker.token
+            recorded: u128::from(taker.token)
         })
     );
 
@@ -246,7 +246,7 @@ async fn a_paused_holder_is_fenced_in_every_view_and_at_the_origin() {
     assert_eq!(fence_writes.len(), 3, "{fence_writes:?}");
     assert_eq!(
         fence::read(origin.path(), &story).unwrap(),
-        Some((taker.token, taker.holder.clone()))
+        Some((u128::from(taker.token), taker.holder.clone()))
     );
 
     for n in nodes {

@@ -26,7 +26,7 @@ fn over(via: Via, scenario: fn(&GitHost)) {
     }
 }
 
-fn landed(token: u64, holder: &str, commit: Oid) -> Option<FenceRecord> {
+fn landed(token: u128, holder: &str, commit: Oid) -> Option<FenceRecord> {
     Some(FenceRecord {
         token,
         holder: holder.into(),
@@ -558,7 +558,7 @@ fn an_unreachable_remote_is_a_clear_transient_error() {
 
 // ---- the node's own git shell (`NodeRepo`) over a remote origin ----
 
-fn land_request(story: &str, change: Oid, token: u64, holder: &str) -> LandRequest {
+fn land_request(story: &str, change: Oid, token: u128, holder: &str) -> LandRequest {
     LandRequest {
         story_key: story.into(),
         change,

@@ -145,12 +145,13 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
     let c = &r.counters;
     let _ = writeln!(
         o,
-        "traffic: {} in, {} out; sync sessions {}/{} done; malformed dropped {}; handshake failures {}",
+        "traffic: {} in, {} out; sync sessions {}/{} done; malformed dropped {}; oversized frames {}; handshake failures {}",
         fmt_bytes(c.bytes_in),
         fmt_bytes(c.bytes_out),
         c.sync_sessions_completed,
         c.sync_sessions_started,
         c.malformed_dropped,
+        c.oversized_frames,
         c.handshake_failures
     );
     if !r.rejected.is_empty() {

@@ -2,6 +2,20 @@
 //! a bincode (v2, serde) body. This is the one module that knows the encoding, so the
 //! format can change in one place; every decode takes a size cap and fails with a
 //! [`CodecError`] instead of panicking.
+//!
+//! # Allocation
+//!
+//! A message over its cap is refused before anything is decoded. Inside a message,
+//! strings and byte strings carry their own length prefix, and bincode allocates what a
+//! prefix announces before reading it; so a decode runs under a bincode limit chosen
+//! from the message's own length. Bincode counts against the limit the bytes a string
+//! takes and the in-memory size of each number it reads (8 for a `u64`, which the
+//! varint encoding may hold in one byte): an honest message claims at most 8 bytes per
+//! byte it carries, so the limit is the power of four at or above 8 × its length. A
+//! length prefix that announces more — up to `u64::MAX` — is refused before anything is
+//! allocated for it; what a lying prefix can allocate is below 32 × the message's own
+//! length. Sequences are preallocated by serde, which caps that at 1 MiB whatever the
+//! announced length, then grows as elements decode.
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -20,8 +34,44 @@ pub enum CodecError {
     Malformed(String),
 }
 
-fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<{ 64 * 1024 * 1024 }>()
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Decodes `body` under a bincode limit of `LIMIT` bytes (what strings and byte strings
+/// may claim, see the module doc).
+fn decode_limited<T: DeserializeOwned, const LIMIT: usize>(
+    body: &[u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    bincode::serde::decode_from_slice(body, config().with_limit::<LIMIT>())
+}
+
+/// The largest body decoded: 512 MiB, the most `max_sync_message_bytes` allows.
+const MAX_BODY: usize = 512 * 1024 * 1024 + 1024;
+
+/// Decodes `body` under the smallest limit, a power of four from 256 bytes, at or above
+/// 8 × its length (see the module doc).
+fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<(T, usize), CodecError> {
+    if body.len() > MAX_BODY {
+        return Err(CodecError::TooLarge {
+            len: body.len(),
+            cap: MAX_BODY,
+        });
+    }
+    let honest = body.len().saturating_mul(8).max(2);
+    let bits = honest.next_power_of_two().trailing_zeros();
+    // Round the exponent up to an even one: limits are powers of four.
+    let bits = (bits + 1) & !1;
+    macro_rules! by_limit {
+        ($($b:literal)*) => {
+            match bits {
+                $(b if b <= $b => decode_limited::<T, { (1u64 << $b) as usize }>(body),)*
+                _ => decode_limited::<T, { (1u64 << 34) as usize }>(body),
+            }
+        };
+    }
+    by_limit!(8 10 12 14 16 18 20 22 24 26 28 30 32)
+        .map_err(|e| CodecError::Malformed(e.to_string()))
 }
 
 /// Encodes `value` as `[WIRE_VERSION, bincode...]`.
@@ -47,8 +97,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], cap: usize) -> Result<T, CodecE
     if version != WIRE_VERSION {
         return Err(CodecError::Version(version));
     }
-    let (value, used) = bincode::serde::decode_from_slice(body, config())
-        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let (value, used) = decode_body(body)?;
     if used != body.len() {
         return Err(CodecError::Malformed(format!(
             "{} trailing bytes",

@@ -11,6 +11,16 @@
 //! The record is generic over the commit id `C`: git's `Oid` in the shell, a stand-in in
 //! the simulator. Nothing here touches git.
 //!
+//! # Fence tokens
+//!
+//! A merge claim's token restarts at 1 in every review round (the resource of round 2 is
+//! a fresh one), so the fence orders merges by `(round, token)`, lexicographically. A
+//! [`FenceToken`] packs the pair losslessly into a `u128` — the round in bits 64..96,
+//! the whole 64-bit claim token below — so comparing the numbers is comparing the pairs,
+//! and no token, however large, wraps onto another. (Versions before this one packed
+//! `round << 32 | token & 0xffff_ffff` into a `u64`, which wrapped a token above
+//! `u32::MAX` onto a small one; [`from_legacy`] reads a record they wrote.)
+//!
 //! # The rule
 //!
 //! Given what the fence records now, a token from a holder may proceed when:
@@ -26,10 +36,14 @@
 
 use std::fmt::Display;
 
+/// A fence token: `(round, claim token)` packed so that numeric order is the pair's
+/// lexicographic order (see the module doc). Build one with [`fence_token`].
+pub type FenceToken = u128;
+
 /// What the fence of a story says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FenceRecord<C> {
-    pub token: u64,
+    pub token: FenceToken,
     /// Peer id of the holder that recorded the token.
     pub holder: String,
     /// The commit main was fast-forwarded to, once the story landed.
@@ -39,25 +53,25 @@ pub struct FenceRecord<C> {
 /// An expected refusal: the fence did its job. Carries what is recorded now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused<C: Display> {
-    #[error("fence refused: token {recorded} is already recorded for this story, higher than ours; our claim is stale, stop and release it")]
-    StaleToken { recorded: u64 },
-    #[error("fence refused: token {token} is already recorded by {holder}; another claim won this token, stop and release ours")]
-    TokenTaken { token: u64, holder: String },
+    #[error("fence refused: token {} is already recorded for this story, higher than ours; our claim is stale, stop and release it", Shown(*.recorded))]
+    StaleToken { recorded: FenceToken },
+    #[error("fence refused: token {} is already recorded by {holder}; another claim won this token, stop and release ours", Shown(*.token))]
+    TokenTaken { token: FenceToken, holder: String },
     #[error("fence refused: main is at {main}, which the new commit does not descend from; fetch, rebase and land again")]
     NotFastForward { main: C },
-    #[error("fence refused: the story already landed as {commit} with token {token}")]
-    AlreadyLanded { token: u64, commit: C },
+    #[error("fence refused: the story already landed as {commit} with token {}", Shown(*.token))]
+    AlreadyLanded { token: FenceToken, commit: C },
 }
 
 /// A fencing rule: what is recorded, the token and the holder → `None` (proceed) or the
 /// refusal. [`token_check`] is the one the product runs.
-pub type Rule<C> = fn(Option<&FenceRecord<C>>, u64, &str) -> Option<Refused<C>>;
+pub type Rule<C> = fn(Option<&FenceRecord<C>>, FenceToken, &str) -> Option<Refused<C>>;
 
 /// The token rules shared by record and land (see the module doc); `None` means the
 /// token may proceed.
 pub fn token_check<C: Clone + Display>(
     current: Option<&FenceRecord<C>>,
-    token: u64,
+    token: FenceToken,
     holder: &str,
 ) -> Option<Refused<C>> {
     let rec = current?;
@@ -84,18 +98,51 @@ pub fn token_check<C: Clone + Display>(
     None
 }
 
-/// The token recorded at the origin's fence for a merge: rounds restart the merge
-/// resource's tokens at 1, so the round goes in the high bits to keep fence tokens
-/// increasing across rounds.
-pub fn fence_token(round: u32, token: u64) -> u64 {
-    (u64::from(round) << 32) | (token & 0xffff_ffff)
+/// The token recorded at the origin's fence for a merge: the round, then the merge
+/// claim's token (rounds restart the merge resource's tokens at 1), losslessly.
+pub fn fence_token(round: u32, token: u64) -> FenceToken {
+    (u128::from(round) << 64) | u128::from(token)
+}
+
+/// The round and claim token of a fence token (bits above the round are dropped: a
+/// [`fence_token`] has none).
+pub fn fence_parts(token: FenceToken) -> (u32, u64) {
+    ((token >> 64) as u32, token as u64)
+}
+
+/// A fence token as the records of earlier versions held it (`round << 32 | token &
+/// 0xffff_ffff`), read back as the pair it stood for.
+pub fn from_legacy(old: u64) -> FenceToken {
+    fence_token((old >> 32) as u32, old & 0xffff_ffff)
+}
+
+/// The earlier versions' `u64` form of a token, for their readers of a record written
+/// now: a claim token above `u32::MAX` saturates instead of wrapping, so an earlier
+/// reader never sees it lower than it is within its round.
+pub fn to_legacy(token: FenceToken) -> u64 {
+    let (round, claim) = fence_parts(token);
+    (u64::from(round) << 32) | claim.min(0xffff_ffff)
+}
+
+/// A fence token for people: the claim token alone in round 0 (as before rounds were
+/// packed), else `<claim token> (round <n>)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shown(pub FenceToken);
+
+impl Display for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match fence_parts(self.0) {
+            (0, claim) => write!(f, "{claim}"),
+            (round, claim) => write!(f, "{claim} (round {round})"),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn rec(token: u64, holder: &str, landed: Option<u64>) -> FenceRecord<u64> {
+    fn rec(token: FenceToken, holder: &str, landed: Option<u64>) -> FenceRecord<u64> {
         FenceRecord {
             token,
             holder: holder.to_string(),
@@ -107,7 +154,7 @@ mod tests {
     type Case = (
         &'static str,
         Option<FenceRecord<u64>>,
-        u64,
+        FenceToken,
         &'static str,
         Option<Refused<u64>>,
     );
@@ -215,5 +262,104 @@ mod tests {
         assert!(fence_token(1, 1) > fence_token(0, 7));
         assert!(fence_token(0, 2) > fence_token(0, 1));
         assert!(fence_token(2, 1) > fence_token(1, 900));
+        assert!(
+            fence_token(1, 0) > fence_token(0, u64::MAX),
+            "a round beats any token"
+        );
+        assert!(fence_token(u32::MAX, 0) > fence_token(u32::MAX - 1, u64::MAX));
+    }
+
+    #[test]
+    fn fence_tokens_are_lossless_and_ordered_like_their_pairs() {
+        let samples = [
+            0,
+            1,
+            2,
+            0xffff_fffe,
+            0xffff_ffff,
+            1 << 32,
+            (1 << 32) + 1,
+            u64::MAX,
+        ];
+        let rounds = [0, 1, 2, u32::MAX];
+        for &r in &rounds {
+            for &t in &samples {
+                assert_eq!(fence_parts(fence_token(r, t)), (r, t));
+                for &r2 in &rounds {
+                    for &t2 in &samples {
+                        assert_eq!(
+                            fence_token(r, t).cmp(&fence_token(r2, t2)),
+                            (r, t).cmp(&(r2, t2)),
+                            "({r}, {t}) vs ({r2}, {t2})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_token_above_u32_max_is_fenced_not_wrapped() {
+        // The old encoding kept 32 bits: (0, 2^32 + 1) became 1 and passed a fence that
+        // recorded 5. Now it is above 5, and 5 below it is stale.
+        let big = fence_token(0, (1 << 32) + 1);
+        assert_eq!(
+            token_check(Some(&rec(fence_token(0, 5), "A", None)), big, "B"),
+            None
+        );
+        assert_eq!(
+            token_check(Some(&rec(big, "B", None)), fence_token(0, 5), "A"),
+            Some(Refused::StaleToken { recorded: big })
+        );
+        assert_eq!(
+            token_check(Some(&rec(big, "B", None)), fence_token(0, 1), "A"),
+            Some(Refused::StaleToken { recorded: big }),
+            "the token the old encoding wrapped it onto is stale too"
+        );
+        assert_eq!(
+            token_check(Some(&rec(big, "B", None)), fence_token(1, 1), "A"),
+            None,
+            "a later round still wins"
+        );
+    }
+
+    #[test]
+    fn legacy_records_keep_their_order() {
+        // What an earlier version wrote for (round 2, token 7).
+        let old = (2u64 << 32) | 7;
+        assert_eq!(from_legacy(old), fence_token(2, 7));
+        assert_eq!(to_legacy(fence_token(2, 7)), old);
+        let recorded = rec(from_legacy(old), "A", None);
+        for (lower, want_stale) in [
+            (fence_token(2, 6), true),
+            (fence_token(1, 900), true),
+            (fence_token(2, 8), false),
+            (fence_token(3, 1), false),
+        ] {
+            let got = token_check(Some(&recorded), lower, "B");
+            assert_eq!(
+                matches!(got, Some(Refused::StaleToken { .. })),
+                want_stale,
+                "{lower:#x}: {got:?}"
+            );
+        }
+        // An earlier reader of a record written now never sees a big token as small.
+        assert_eq!(
+            to_legacy(fence_token(1, (1 << 32) + 1)),
+            (1 << 32) | 0xffff_ffff
+        );
+    }
+
+    #[test]
+    fn tokens_read_as_pairs() {
+        assert_eq!(Shown(fence_token(0, 7)).to_string(), "7");
+        assert_eq!(Shown(fence_token(2, 7)).to_string(), "7 (round 2)");
+        let e = Refused::<u64>::StaleToken {
+            recorded: fence_token(1, 3),
+        };
+        assert!(
+            e.to_string().contains("token 3 (round 1) is already"),
+            "{e}"
+        );
     }
 }

@@ -161,4 +161,49 @@ mod tests {
         let e = handoff_from_stdout(b"").unwrap_err();
         assert!(e.contains("got: nothing"), "{e}");
     }
+
+    /// A handoff file one byte over the cap is refused, read no further than that byte.
+    #[tokio::test]
+    async fn an_oversized_handoff_file_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("handoff.json");
+        let mut big = br#"{"summary": ""#.to_vec();
+        big.resize(MAX_HANDOFF_BYTES - 2, b'a');
+        big.extend(br#""}"#);
+        std::fs::write(&path, &big).unwrap();
+        assert!(
+            read_handoff_file(&path).await.unwrap().is_some(),
+            "at the cap: read"
+        );
+        big.insert(14, b'a');
+        std::fs::write(&path, &big).unwrap();
+        let e = read_handoff_file(&path).await.unwrap_err();
+        assert!(e.contains("is over"), "{e}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// An agent's stdout is anything a program prints: never a panic, and a handoff
+        /// found is within the cap.
+        #[test]
+        fn any_stdout_yields_a_handoff_or_a_reason(
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            text in "[{}\\[\\]\":,a-z0-9 \n]{0,200}",
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            byte in proptest::prelude::any::<u8>(),
+        ) {
+            let _ = handoff_from_stdout(&noise);
+            let _ = handoff_from_stdout(text.as_bytes());
+            let valid = br#"log line {"summary": "did it", "files": ["a.rs"], "verdict": "approve", "confidence": 250, "learnings": [{"kind": "pitfall", "text": "t"}]} trailing"#;
+            let mut mutated = valid.to_vec();
+            mutated[at.index(valid.len())] = byte;
+            if let Ok(h) = handoff_from_stdout(&mutated) {
+                let _ = check_handoff(Phase::Review, h);
+            }
+            let mut glued = noise.clone();
+            glued.extend_from_slice(&mutated);
+            let _ = handoff_from_stdout(&glued);
+        }
+    }
 }

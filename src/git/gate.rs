@@ -36,8 +36,9 @@ pub struct LandRequest {
     pub story_key: String,
     /// The reviewed change: a commit whose history forks from some earlier main.
     pub change: Oid,
-    /// The fencing token of the caller's claim.
-    pub token: u64,
+    /// The fence token of the caller's claim (`core::fence::fence_token`: round, then
+    /// the merge claim's token).
+    pub token: crate::core::fence::FenceToken,
     /// The caller's peer id, as recorded at the fence.
     pub holder: String,
     /// The squash commit's message (subject, blank line, body); trailers are appended.

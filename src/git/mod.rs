@@ -111,8 +111,9 @@ pub struct Trailers {
     pub story_key: String,
     /// The phase that produced the commit: `Mesh-Phase`.
     pub phase: Phase,
-    /// The fencing token of the claim the commit was made under: `Mesh-Fence`.
-    pub fence: u64,
+    /// The fencing token of the claim the commit was made under: `Mesh-Fence` (a
+    /// merge's is its fence token, `core::fence::fence_token`).
+    pub fence: crate::core::fence::FenceToken,
     /// The node (peer id) that made the commit: `Mesh-Node`.
     pub node: String,
 }

@@ -52,7 +52,7 @@ impl World {
     }
 }
 
-pub(super) fn trailers(key: &str, phase: Phase, fence: u64, node: &str) -> Trailers {
+pub(super) fn trailers(key: &str, phase: Phase, fence: u128, node: &str) -> Trailers {
     Trailers {
         story: key.split('@').next().unwrap().to_string(),
         story_key: key.to_string(),
@@ -73,7 +73,7 @@ pub(super) fn implement(node: &NodeRepo, key: &str, files: &[(&str, &str)]) -> O
     node.commit_all(&wt, "implement", "", &t).unwrap().unwrap()
 }
 
-pub(super) fn request(key: &str, change: Oid, token: u64, holder: &str) -> LandRequest {
+pub(super) fn request(key: &str, change: Oid, token: u128, holder: &str) -> LandRequest {
     LandRequest {
         story_key: key.to_string(),
         change,

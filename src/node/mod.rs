@@ -43,10 +43,10 @@ pub enum NodeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Net(#[from] net::NetError),
+    #[error("data dir: {0}")]
+    DataDir(#[from] crate::identity::IdentityError),
     #[error(transparent)]
     State(#[from] crate::core::state::StateError),
-    #[error(transparent)]
-    Identity(#[from] crate::identity::IdentityError),
     #[error("invalid address {0}")]
     Addr(String),
     #[error("the story was written but cannot be read back: the store may be corrupt")]
@@ -125,6 +125,8 @@ pub struct StatusReport {
     pub stories: Vec<StorySummary>,
     pub heads: Vec<String>,
     pub heads_digest: String,
+    /// Bytes of the document in the store: the last snapshot plus the chunks appended
+    /// since (0 for a node without a store). Tracked by the store, so cheap to ask.
     pub doc_bytes: u64,
     pub store_bytes: u64,
     pub counters: Counters,
@@ -206,6 +208,11 @@ pub enum WriteError {
 /// Starts a node: opens the store, loads the document, binds the network.
 pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
     let cfg = opts.config;
+    if let Some(dir) = &opts.data_dir {
+        // Created 0700, or tightened to it (with a warning) if an older version or a
+        // hand-made directory left it open.
+        crate::identity::ensure_private_dir(dir)?;
+    }
     let store = match &opts.data_dir {
         Some(dir) if !opts.passive => Some(Store::open(dir)?),
         _ => None,

@@ -574,9 +574,11 @@ impl Runtime {
         let mut counters = self.core.counters().clone();
         counters.bytes_in = m.bytes_in.load(Ordering::Relaxed);
         counters.bytes_out = m.bytes_out.load(Ordering::Relaxed);
-        let doc = self.core.doc_mut();
-        let heads = doc.heads_hex();
-        let doc_bytes = doc.save().len() as u64;
+        counters.oversized_frames = m.oversized_dropped.load(Ordering::Relaxed);
+        let heads = self.core.doc_mut().heads_hex();
+        // The store keeps the document's stored size up to date on every write: saving
+        // the whole document here made each `status` cost a full serialisation.
+        let doc_bytes = self.store.as_ref().map_or(0, Store::doc_bytes);
         StatusReport {
             peer_id: self.core.peer().to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),

@@ -14,7 +14,7 @@
 //! alone (a token it lets through lands), so a broken rule shows as a story landed twice.
 
 use super::Sim;
-use crate::core::fence::{fence_token, FenceRecord, Refused, Rule};
+use crate::core::fence::{fence_token, FenceRecord, FenceToken, Refused, Rule};
 use crate::core::model::Phase;
 use crate::core::sim_handoff::sim_handoff;
 use crate::core::Job;
@@ -30,7 +30,7 @@ pub(super) struct Origin {
     /// The fence record per story.
     fence: BTreeMap<String, FenceRecord<usize>>,
     /// Every landing per story: (node, fence token).
-    pub(super) landed: BTreeMap<String, Vec<(usize, u64)>>,
+    pub(super) landed: BTreeMap<String, Vec<(usize, FenceToken)>>,
     /// Main's history: the landed stories in order, with the files they changed.
     main: Vec<(String, Vec<String>)>,
     /// The main each change was made on (its length then), by the change's claim.

@@ -58,6 +58,10 @@ pub struct Counters {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub handshake_failures: u64,
+    /// Sync frames refused by the network shell for announcing more than the cap
+    /// (filled in by the shell, like the byte counts).
+    #[serde(default)]
+    pub oversized_frames: u64,
 }
 
 impl Core {

@@ -13,7 +13,7 @@
 //! main moved → [`Refused::NotFastForward`] (the caller rebases and lands again).
 
 use super::{tracking_ref, PushOutcome, Remote, RemoteError};
-use crate::core::fence::token_check;
+use crate::core::fence::{token_check, FenceToken};
 use crate::fence::{check_holder, fence_ref, FenceRecord, Refused};
 use git2::{ObjectType, Oid, Repository};
 use std::path::Path;
@@ -30,7 +30,7 @@ fn bad_name(e: crate::fence::FenceError) -> RemoteError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LandPlan {
     pub story: String,
-    pub token: u64,
+    pub token: FenceToken,
     pub holder: String,
     pub branch_ref: String,
     /// The branch at the origin when read (`None`: it does not exist yet).
@@ -132,7 +132,7 @@ impl Remote {
         &self,
         clone: &Path,
         story: &str,
-        token: u64,
+        token: FenceToken,
         holder: &str,
         branch_ref: &str,
     ) -> Result<Result<LandPlan, Refused>, RemoteError> {
@@ -263,7 +263,7 @@ impl Remote {
         &self,
         clone: &Path,
         story: &str,
-        token: u64,
+        token: FenceToken,
         holder: &str,
         branch_ref: &str,
         new_main: Oid,
@@ -278,7 +278,7 @@ impl Remote {
         &self,
         clone: &Path,
         story: &str,
-        token: u64,
+        token: FenceToken,
         holder: &str,
     ) -> Result<Result<(), Refused>, RemoteError> {
         self.with_leases(clone, story, token, holder, "refs/heads/main", |plan| {
@@ -290,7 +290,7 @@ impl Remote {
         &self,
         clone: &Path,
         story: &str,
-        token: u64,
+        token: FenceToken,
         holder: &str,
         branch_ref: &str,
         push: impl Fn(&LandPlan) -> Result<Landing, RemoteError>,

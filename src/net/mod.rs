@@ -30,6 +30,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
+mod codec;
+#[doc(hidden)]
+pub use codec::read_frame;
+use codec::SyncCodec;
+
 pub const HEARTBEAT_TOPIC: &str = "mesh-agent/heartbeat/1";
 pub const EVENTS_TOPIC: &str = "mesh-agent/events/1";
 pub const SYNC_PROTOCOL: &str = "/mesh-agent/sync/1";
@@ -37,6 +42,19 @@ pub const KAD_PROTOCOL: &str = "/mesh-agent/kad/1";
 pub const IDENTIFY_PROTOCOL: &str = "/mesh-agent/id/1";
 /// Cap on one gossip message (heartbeat or event).
 pub const MAX_GOSSIP_BYTES: usize = 64 * 1024;
+/// Concurrent sync streams (inbound + outbound) per connection. The core runs at most
+/// one sync session per peer at a time in each direction, and a session has one request
+/// in flight (the next round waits for the answer): two streams, plus slack for a
+/// timed-out stream that is still closing while the next session starts. A peer that
+/// opens more is refused (its extra inbound streams are dropped, our extra outbound
+/// requests fail as `SyncFailed`), so one peer cannot hold hundreds of frame buffers.
+pub const SYNC_STREAMS_PER_CONNECTION: usize = 8;
+/// Concurrent yamux streams per connection, every protocol together: gossipsub (one
+/// each way), identify (one each way, plus pushes), ping (one each way), kademlia (a few
+/// queries in flight), and the sync streams above. 32 leaves room for bursts of
+/// kademlia queries; yamux's default (512) let one peer open hundreds of streams, each
+/// with its own receive window.
+pub const YAMUX_STREAMS_PER_CONNECTION: usize = 32;
 
 /// Counters shared by the network task and whoever reports on it.
 #[derive(Debug, Default)]
@@ -171,81 +189,6 @@ struct Behaviour {
     ping: ping::Behaviour,
 }
 
-/// Length-prefixed byte frames with a size cap checked before allocating.
-#[derive(Clone)]
-struct SyncCodec {
-    max: usize,
-}
-
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
-    use futures::AsyncReadExt;
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("sync frame of {len} bytes exceeds the cap of {max}"),
-        ));
-    }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
-    Ok(buf)
-}
-
-async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, data: &[u8]) -> io::Result<()> {
-    use futures::AsyncWriteExt;
-    let len = u32::try_from(data.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
-    io.write_all(&len.to_be_bytes()).await?;
-    io.write_all(data).await?;
-    io.close().await
-}
-
-impl request_response::Codec for SyncCodec {
-    type Protocol = StreamProtocol;
-    type Request = Vec<u8>;
-    type Response = Vec<u8>;
-
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        read_frame(io, self.max).await
-    }
-
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        read_frame(io, self.max).await
-    }
-
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Vec<u8>,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        write_frame(io, &req).await
-    }
-
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: Vec<u8>,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        write_frame(io, &res).await
-    }
-}
-
 /// A TCP stream that counts the bytes it carries (for idle-traffic measurements).
 struct CountingIo<S> {
     inner: S,
@@ -305,6 +248,13 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// Yamux with at most [`YAMUX_STREAMS_PER_CONNECTION`] streams per connection.
+fn yamux_config() -> yamux::Config {
+    let mut cfg = yamux::Config::default();
+    cfg.set_max_num_streams(YAMUX_STREAMS_PER_CONNECTION);
+    cfg
+}
+
 fn build_transport(
     key: &libp2p::identity::Keypair,
     psk: Option<PreSharedKey>,
@@ -323,13 +273,13 @@ fn build_transport(
             .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
             .upgrade(upgrade::Version::V1Lazy)
             .authenticate(noise)
-            .multiplex(yamux::Config::default())
+            .multiplex(yamux_config())
             .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
             .boxed(),
         None => tcp
             .upgrade(upgrade::Version::V1Lazy)
             .authenticate(noise)
-            .multiplex(yamux::Config::default())
+            .multiplex(yamux_config())
             .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
             .boxed(),
     })
@@ -349,6 +299,7 @@ fn build_swarm(cfg: &NetConfig, metrics: Arc<NetMetrics>) -> Result<Swarm<Behavi
     let max_sync = cfg.max_sync_bytes;
     let max_peers = cfg.max_peers;
     let timeout = cfg.request_timeout;
+    let codec_metrics = metrics.clone();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.keypair.clone())
         .with_tokio()
         .with_other_transport(|key| {
@@ -381,11 +332,14 @@ fn build_swarm(cfg: &NetConfig, metrics: Arc<NetMetrics>) -> Result<Swarm<Behavi
                 kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), kad_cfg);
             kad.set_mode(Some(kad::Mode::Server));
             let sync = request_response::Behaviour::with_codec(
-                SyncCodec { max: max_sync },
+                SyncCodec {
+                    max: max_sync,
+                    metrics: codec_metrics,
+                },
                 [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
                 request_response::Config::default()
                     .with_request_timeout(timeout)
-                    .with_max_concurrent_streams(256),
+                    .with_max_concurrent_streams(SYNC_STREAMS_PER_CONNECTION),
             );
             let limits = connection_limits::Behaviour::new(
                 connection_limits::ConnectionLimits::default()
