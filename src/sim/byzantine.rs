@@ -33,7 +33,6 @@ impl Sim {
         let pick: usize = self.rng.gen();
         let token_back: u64 = self.rng.gen_range(0..3);
         let other = others[pick % others.len().max(1)].clone();
-        self.forgeries += 1;
         let Some(core) = self.nodes[i].core.as_mut() else {
             return;
         };
@@ -41,6 +40,7 @@ impl Sim {
         if keys.is_empty() {
             return;
         }
+        self.forgeries += 1;
         let key = keys[pick % keys.len()].clone();
         let current = core.doc().raw_get(&key);
         let view = core.doc().view();

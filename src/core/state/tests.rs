@@ -615,16 +615,15 @@ fn a_hostile_member_cannot_forge_overwrite_delete_or_inflate() {
     let raw = |d: &mut Doc, key: &str, value: String| {
         d.inner.put(ROOT, key, value).unwrap();
     };
-    let story_key = format!("{STORY_PREFIX}{key}");
+    let story_doc_key = format!("{STORY_PREFIX}{key}");
     let result_key = format!("{RESULT_PREFIX}{key}/research/{claim}");
-    let json = |v: &dyn erased::Json| v.json();
     // 1. Forgeries in A's name: E's signature under A's label.
     let mut forged_story = before.stories[&key].fact.clone();
     forged_story.title = "rewritten".into();
     let forged = evil
-        .seal(&story_key, &json(&forged_story))
+        .seal(&story_doc_key, &json(&forged_story))
         .replacen(&e, &a, 1);
-    raw(&mut doc_e, &story_key, forged);
+    raw(&mut doc_e, &story_doc_key, forged);
     let forged_result = ResultFact {
         handoff: crate::core::model::Handoff {
             summary: "forged".into(),
@@ -639,7 +638,11 @@ fn a_hostile_member_cannot_forge_overwrite_delete_or_inflate() {
     // 2. Overwrites in E's own name, which is not entitled to those keys.
     let mut own = forged_story.clone();
     own.created_by = e.clone();
-    raw(&mut doc_e, &story_key, evil.seal(&story_key, &json(&own)));
+    raw(
+        &mut doc_e,
+        &story_doc_key,
+        evil.seal(&story_doc_key, &json(&own)),
+    );
     let release_key = format!("{RELEASE_PREFIX}{claim}");
     let failed = ReleaseFact {
         why: ReleaseReason::Failed,
@@ -662,7 +665,7 @@ fn a_hostile_member_cannot_forge_overwrite_delete_or_inflate() {
     );
     doc_e.inner.commit();
     // 3. Deletes.
-    doc_e.inner.delete(ROOT, story_key.as_str()).unwrap();
+    doc_e.inner.delete(ROOT, story_doc_key.as_str()).unwrap();
     doc_e.inner.delete(ROOT, result_key.as_str()).unwrap();
     doc_e.inner.commit();
     // 4. A token from nowhere, in E's own name: its claim is admitted, never counted.
@@ -686,7 +689,7 @@ fn a_hostile_member_cannot_forge_overwrite_delete_or_inflate() {
     bad.number = 2;
     bad.priority = 0;
     bad.files = vec!["../../etc/passwd".into()];
-    let bad_key = format!("{STORY_PREFIX}{}", story_key_of(2, &e));
+    let bad_key = format!("{STORY_PREFIX}{}", story_key(2, &e));
     raw(&mut doc_e, &bad_key, evil.seal(&bad_key, &json(&bad)));
     // 6. Junk: 10,000 values under known prefixes, unsigned or signed nonsense.
     for i in 0..10_000 {
@@ -743,18 +746,7 @@ fn a_hostile_member_cannot_forge_overwrite_delete_or_inflate() {
     assert_eq!(doc_a.view().claims().next_token(&plan), 1);
 }
 
-fn story_key_of(n: u32, creator: &str) -> String {
-    story_key(n, creator)
-}
-
-/// Serialises any fact to the JSON a writer seals.
-mod erased {
-    pub trait Json {
-        fn json(&self) -> String;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn json(&self) -> String {
-            serde_json::to_string(self).unwrap()
-        }
-    }
+/// The JSON a writer seals.
+fn json<T: Serialize>(fact: &T) -> String {
+    serde_json::to_string(fact).unwrap()
 }
