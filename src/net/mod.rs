@@ -15,13 +15,14 @@ use libp2p::core::upgrade;
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     allow_block_list, connection_limits, identify, kad, noise, ping, tcp, yamux, Multiaddr, PeerId,
     StreamProtocol, Swarm, Transport,
 };
 use sha2::{Digest, Sha256};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -432,6 +433,7 @@ pub async fn spawn(
         max_peers: cfg.max_peers as usize,
         metrics,
         connected: HashSet::new(),
+        lookups: HashMap::new(),
     };
     let handle = tokio::spawn(lp.run());
     Ok((client, ev_rx, handle))
@@ -447,7 +449,14 @@ struct EventLoop {
     max_peers: usize,
     metrics: Arc<NetMetrics>,
     connected: HashSet<PeerId>,
+    /// Peers heard of through gossip but not connected, and when each was last looked up.
+    lookups: HashMap<PeerId, tokio::time::Instant>,
 }
+
+/// A peer heard of but not connected is looked up (kademlia) at most this often.
+pub const LOOKUP_EVERY: Duration = Duration::from_secs(5);
+/// Most peers remembered as looked up (a hostile member cannot grow the map without bound).
+const MAX_LOOKUPS: usize = 4096;
 
 /// Redial backoff while this node has no connection: from the first to the last.
 pub const REDIAL_FIRST: Duration = Duration::from_millis(250);
@@ -503,6 +512,60 @@ impl EventLoop {
                 tracing::debug!(%addr, error = %e, "cannot dial remembered peer");
             }
         }
+    }
+
+    /// A peer this node hears from through gossip (relayed by others) but has no
+    /// connection to: look it up and connect, so the mesh does not hang on one relay.
+    /// Kademlia's bootstrap alone can miss a peer that joined a moment later (a 3-node
+    /// mesh where 1 and 2 only knew each other through 0 lost both settle paths when 0
+    /// stopped), and its periodic bootstrap runs every 30 s.
+    fn reach(&mut self, peer: PeerId) {
+        if peer == *self.swarm.local_peer_id()
+            || self.connected.contains(&peer)
+            || self.connected.len() >= self.max_peers
+        {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if self
+            .lookups
+            .get(&peer)
+            .is_some_and(|&t| now.duration_since(t) < LOOKUP_EVERY)
+        {
+            return;
+        }
+        if self.lookups.len() >= MAX_LOOKUPS {
+            self.lookups
+                .retain(|_, t| now.duration_since(*t) < LOOKUP_EVERY);
+            if self.lookups.len() >= MAX_LOOKUPS {
+                return;
+            }
+        }
+        self.lookups.insert(peer, now);
+        tracing::debug!(%peer, "heard of a peer without a connection to it; looking it up");
+        // Addresses kademlia already has are dialled at once; otherwise the lookup asks
+        // the peers we have.
+        let _ = self.swarm.dial(
+            DialOpts::peer_id(peer)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build(),
+        );
+        self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+    }
+
+    fn dial_found(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if addrs.is_empty()
+            || self.connected.contains(&peer)
+            || self.connected.len() >= self.max_peers
+        {
+            return;
+        }
+        let _ = self.swarm.dial(
+            DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build(),
+        );
     }
 
     fn handle_command(&mut self, cmd: NetCommand) {
@@ -579,6 +642,7 @@ impl EventLoop {
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
                     self.connected.insert(peer_id);
+                    self.lookups.remove(&peer_id);
                     self.emit(NetEvent::Connected(peer_id)).await;
                 }
                 if endpoint.is_dialer() {
@@ -657,6 +721,7 @@ impl EventLoop {
                 let Some(from) = message.source else {
                     return;
                 };
+                self.reach(from);
                 self.emit(NetEvent::Gossip {
                     topic,
                     from,
@@ -681,6 +746,19 @@ impl EventLoop {
                 if !self.connected.contains(&peer) && self.connected.len() < self.max_peers =>
             {
                 let _ = self.swarm.dial(peer);
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                result: kad::QueryResult::GetClosestPeers(Ok(found)),
+                ..
+            }) => {
+                // A lookup started by `reach`: dial the peer it was for, if it was found
+                // (the query itself usually connected to it already).
+                let Ok(target) = PeerId::from_bytes(&found.key) else {
+                    return;
+                };
+                if let Some(info) = found.peers.into_iter().find(|p| p.peer_id == target) {
+                    self.dial_found(info.peer_id, info.addrs);
+                }
             }
             BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => {
                 match message {
