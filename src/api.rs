@@ -6,7 +6,7 @@
 //! forwards requests to the node loop: it never touches the document itself.
 
 use crate::core::model::{Event, KnowledgeFact, KnowledgeKind, NewStory};
-use crate::core::state::StoryView;
+use crate::core::state::{RosterView, StoryView};
 use crate::identity::write_private;
 use crate::node::{ApiRequest, StatusReport, WriteError};
 use axum::extract::{Path as UrlPath, Request, State};
@@ -203,6 +203,28 @@ async fn add_knowledge(State(st): State<AppState>, Json(new): Json<NewKnowledge>
     }
 }
 
+/// A roster fact sealed by an operator's key (`mesh-agent admit` / `revoke`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SealedFact {
+    pub key: String,
+    pub value: String,
+}
+
+async fn show_roster(State(st): State<AppState>) -> Response {
+    match ask(&st, ApiRequest::View).await {
+        Ok(v) => Json(v.roster).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn put_roster(State(st): State<AppState>, Json(f): Json<SealedFact>) -> Response {
+    match ask(&st, |tx| ApiRequest::PutRoster(f.key, f.value, tx)).await {
+        Ok(Ok(done)) => (StatusCode::CREATED, Json(done)).into_response(),
+        Ok(Err(e)) => write_err(e),
+        Err(r) => r,
+    }
+}
+
 /// Binds the control endpoint and writes `control.json` into `data_dir`. The server runs
 /// until the returned task is aborted or the node's API channel closes.
 pub async fn serve(
@@ -229,6 +251,7 @@ pub async fn serve(
         .route("/v1/stories/{id}", get(show_story))
         .route("/v1/events", get(events))
         .route("/v1/knowledge", get(list_knowledge).post(add_knowledge))
+        .route("/v1/roster", get(show_roster).post(put_roster))
         .with_state(AppState { node })
         // Outermost: the token is checked before routing and before any extractor.
         .layer(middleware::from_fn_with_state(
@@ -418,6 +441,26 @@ impl ControlClient {
                 kind,
                 text: text.to_string(),
             });
+        self.finish(r)
+    }
+
+    /// The roster as the node sees it.
+    pub fn roster(&self) -> Result<RosterView, ClientError> {
+        let r = self
+            .agent
+            .get(self.url("/v1/roster"))
+            .header("authorization", self.auth())
+            .call();
+        self.finish(r)
+    }
+
+    /// Writes an operator's sealed roster fact; what the node did, in one line.
+    pub fn put_roster(&self, fact: &SealedFact) -> Result<String, ClientError> {
+        let r = self
+            .agent
+            .post(self.url("/v1/roster"))
+            .header("authorization", self.auth())
+            .send_json(fact);
         self.finish(r)
     }
 

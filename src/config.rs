@@ -17,6 +17,10 @@ pub struct Config {
     pub bootstrap: Vec<String>,
     /// Private-network pre-shared key file (relative paths are under the data dir).
     pub psk_file: Option<PathBuf>,
+    /// The mesh's operators (ids printed by `mesh-agent operator init`): only nodes they
+    /// admit count, and only they admit and revoke. Every node of a mesh must list the
+    /// same. Empty: an open mesh (any holder of the mesh key is a member).
+    pub operators: Vec<String>,
     /// Loopback address of the control endpoint used by `status` and `story`.
     pub control_addr: String,
     pub heartbeat_ms: u64,
@@ -90,6 +94,7 @@ impl Default for Config {
             listen: vec!["/ip4/0.0.0.0/tcp/4001".into()],
             bootstrap: vec![],
             psk_file: None,
+            operators: Vec::new(),
             control_addr: "127.0.0.1:0".into(),
             heartbeat_ms: 1000,
             suspect_after_missed: 3,
@@ -193,8 +198,22 @@ impl Config {
         })
     }
 
+    /// The operators as a set (validated ids).
+    pub fn operator_set(&self) -> std::collections::BTreeSet<String> {
+        self.operators.iter().cloned().collect()
+    }
+
     /// Checks every value; the first problem wins.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        for o in &self.operators {
+            if crate::core::trust::key_of_peer_id(o).is_none() {
+                return Err(invalid(
+                    "operators",
+                    format!("{o:?}"),
+                    "each must be an operator id as `mesh-agent operator init` prints it (12D3KooW...)",
+                ));
+            }
+        }
         for a in &self.listen {
             if a.parse::<libp2p::Multiaddr>().is_err() {
                 return Err(invalid(
@@ -428,6 +447,10 @@ bootstrap = {bootstrap}
 # Private network: only nodes holding the same pre-shared key can connect.
 # Relative paths are under the data dir. Create one with `mesh-agent init --psk`.
 {psk}
+# The mesh's operators (`mesh-agent operator init` prints an id): only nodes they admit
+# (`mesh-agent admit <peer id>`) count, and only they admit and revoke. Every node of a
+# mesh lists the same operators. Empty: an open mesh, any holder of the mesh key joins.
+operators = {operators}
 # Loopback control endpoint for `mesh-agent status` and `mesh-agent story` (port 0: any).
 control_addr = {control:?}
 
@@ -511,6 +534,7 @@ stall_after_ms = {stall}
 "#,
             listen = list(&self.listen),
             bootstrap = list(&self.bootstrap),
+            operators = list(&self.operators),
             control = self.control_addr,
             hb = self.heartbeat_ms,
             sam = self.suspect_after_missed,

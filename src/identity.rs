@@ -24,6 +24,8 @@ pub enum IdentityError {
         "{path}: not a pre-shared key file ({reason}); create one with `mesh-agent init --psk`"
     )]
     BadPsk { path: PathBuf, reason: String },
+    #[error("{path}: not an operator key; create one with `mesh-agent operator init`")]
+    BadOperatorKey { path: PathBuf },
     #[error("the node key is not an ed25519 key; recreate it with `mesh-agent init --force`")]
     NotEd25519,
     #[error(
@@ -148,6 +150,72 @@ pub fn signer(key: &Keypair) -> Result<crate::core::trust::Signer, IdentityError
         .as_ref()
         .try_into()
         .map_err(|_| IdentityError::NotEd25519)?;
+    Ok(crate::core::trust::Signer::from_key(
+        ed25519_dalek::SigningKey::from_bytes(&secret),
+    ))
+}
+
+/// Where `mesh-agent operator init` puts the operator key unless told otherwise:
+/// `$MESH_OPERATOR_KEY`, else `~/.config/mesh-agent/operator.key` (outside every node's
+/// data dir: a human's key, not a node's).
+pub fn default_operator_key_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("MESH_OPERATOR_KEY").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".config").join("mesh-agent").join("operator.key")
+}
+
+/// The first line of an operator key file (so it is never mistaken for a node key).
+const OPERATOR_KEY_HEADER: &str = "mesh-agent operator key v1";
+
+/// Creates a new operator key at `path` (mode 0600, parent dirs 0700). Refuses to
+/// overwrite unless `force`.
+pub fn create_operator_key(
+    path: &Path,
+    force: bool,
+) -> Result<crate::core::trust::Signer, IdentityError> {
+    if path.exists() && !force {
+        return Err(IdentityError::Exists {
+            path: path.to_path_buf(),
+        });
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.exists() {
+            ensure_private_dir(parent)?;
+        }
+    }
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let signing = ed25519_dalek::SigningKey::from_bytes(&secret);
+    write_private(
+        path,
+        format!("{OPERATOR_KEY_HEADER}\n{}\n", hex::encode(signing.to_bytes())).as_bytes(),
+    )?;
+    Ok(crate::core::trust::Signer::from_key(signing))
+}
+
+/// Loads the operator key at `path`.
+pub fn load_operator_key(path: &Path) -> Result<crate::core::trust::Signer, IdentityError> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let bad = || IdentityError::BadOperatorKey {
+        path: path.to_path_buf(),
+    };
+    let mut lines = text.lines();
+    if lines.next().map(str::trim) != Some(OPERATOR_KEY_HEADER) {
+        return Err(bad());
+    }
+    let bytes = hex::decode(lines.next().unwrap_or("").trim()).map_err(|_| bad())?;
+    let secret: [u8; 32] = bytes.try_into().map_err(|_| bad())?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), "operator key is readable by other users; chmod 600 it");
+            }
+        }
+    }
     Ok(crate::core::trust::Signer::from_key(
         ed25519_dalek::SigningKey::from_bytes(&secret),
     ))

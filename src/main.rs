@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod cli;
-use cli::commands::{claims, demo, events, knowledge, status, story};
+use cli::commands::{claims, demo, events, knowledge, operator, roster, roster_change, status, story};
 
 #[derive(Parser)]
 #[command(
@@ -61,6 +61,23 @@ enum Command {
     /// learned on earlier stories, handed to every later job.
     #[command(subcommand)]
     Knowledge(KnowledgeCommand),
+    /// A human operator's key: operators admit and revoke nodes (list their ids in every
+    /// node's config, `operators = [...]`, or `init --operator ID`).
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+    /// Admit a node to the mesh's roster, signed with the operator key: from then on
+    /// its facts count and members accept its connections. Sent to the local running
+    /// node, which passes it on. The node's id is what `mesh-agent init` printed.
+    Admit(RosterArgs),
+    /// Revoke a node, signed with the operator key: members close its connections, take
+    /// its claims over, and ignore everything it writes from now on (what it finished
+    /// before stays). Final: a revoked key cannot be admitted again.
+    Revoke(RosterArgs),
+    /// Show the roster: the operators, the admitted nodes and the revoked ones.
+    Roster {
+        #[arg(long)]
+        json: bool,
+    },
     /// The demo project behind `scripts/testnet.sh up`: a bare git origin with a toy
     /// calculator and its test.sh, and a backlog of stories over it.
     #[command(subcommand)]
@@ -85,6 +102,39 @@ enum DemoCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum OperatorCommand {
+    /// Create an operator key (mode 0600) and print its id. Default place:
+    /// $MESH_OPERATOR_KEY, else ~/.config/mesh-agent/operator.key — never inside a node's
+    /// data dir (it is a person's key, not a machine's).
+    Init {
+        /// Where to write the key.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// Replace an existing key (its id changes: update every node's `operators`).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the id of an operator key (what goes into `operators = [...]`).
+    Id {
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct RosterArgs {
+    /// The node's peer id (12D3KooW...), as `mesh-agent init` or `status` print it.
+    pub peer: String,
+    /// Why, in a few words (kept on the roster and in the audit trail).
+    #[arg(long, default_value = "")]
+    pub note: String,
+    /// The operator key (default: $MESH_OPERATOR_KEY, else
+    /// ~/.config/mesh-agent/operator.key).
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -132,6 +182,11 @@ struct InitArgs {
     /// Bootstrap multiaddr to write into the config (repeatable).
     #[arg(long, value_name = "MULTIADDR")]
     bootstrap: Vec<String>,
+    /// An operator of the mesh (repeatable): its id, as `mesh-agent operator init`
+    /// prints it. Every node of a mesh lists the same operators; without any, the mesh
+    /// is open (any holder of the mesh key is a member).
+    #[arg(long, value_name = "ID")]
+    operator: Vec<String>,
     /// Replace an existing key and config (the node gets a new identity).
     #[arg(long)]
     force: bool,
@@ -271,6 +326,10 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Events(a) => events(&dir, a),
         Command::Knowledge(c) => knowledge(&dir, c),
         Command::Demo(c) => demo(&dir, c),
+        Command::Operator(c) => operator(c),
+        Command::Admit(a) => roster_change(&dir, true, a),
+        Command::Revoke(a) => roster_change(&dir, false, a),
+        Command::Roster { json } => roster(&dir, json),
     }
 }
 
@@ -296,6 +355,7 @@ fn init(dir: &Path, a: InitArgs) -> Result<()> {
         cfg.listen = a.listen;
     }
     cfg.bootstrap = a.bootstrap;
+    cfg.operators = a.operator;
     if a.psk {
         let p = dir.join(identity::PSK_FILE);
         let psk = identity::create_psk(&p, true)?;
@@ -322,6 +382,12 @@ fn init(dir: &Path, a: InitArgs) -> Result<()> {
     println!("node {}", identity::peer_id(&key));
     println!("data dir {}", dir.display());
     println!("config {}", cfg_path.display());
+    if !cfg.operators.is_empty() {
+        println!(
+            "this mesh has operators: the node joins once one of them runs `mesh-agent admit {}`",
+            identity::peer_id(&key)
+        );
+    }
     Ok(())
 }
 

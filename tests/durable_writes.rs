@@ -92,7 +92,7 @@ async fn a_story_the_store_could_not_append_or_flush_fails_with_the_reason_and_l
     // Nor does the store bring them back at the next start.
     api_task.abort();
     a.shutdown().await;
-    let stored = node::offline_view(dirs[0].path()).expect("store readable");
+    let stored = node::offline_view(dirs[0].path(), &Default::default()).expect("store readable");
     let mut t: Vec<String> = stored
         .stories
         .values()

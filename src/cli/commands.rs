@@ -3,9 +3,13 @@
 //! data dir directly when no node runs, and prints through `render`.
 
 use super::render::{
-    event_line, print_knowledge, print_story, print_story_list, render_claims, render_status,
+    event_line, print_knowledge, print_roster, print_story, print_story_list, render_claims,
+    render_status,
 };
-use crate::{load_psk, usage, DemoCommand, EventsArgs, KnowledgeCommand, StatusArgs, StoryCommand};
+use crate::{
+    load_psk, usage, DemoCommand, EventsArgs, KnowledgeCommand, OperatorCommand, RosterArgs,
+    StatusArgs, StoryCommand,
+};
 use anyhow::{anyhow, bail, Result};
 use mesh_agent::api::{self, ControlClient};
 use mesh_agent::config::Config;
@@ -15,6 +19,13 @@ use mesh_agent::identity;
 use mesh_agent::node::{self, NodeOptions, StatusReport};
 use std::path::Path;
 use std::time::Duration;
+
+/// The operators in the data dir's config (a node that is not running is read with them).
+fn operators(dir: &Path) -> Result<std::collections::BTreeSet<String>> {
+    let cfg = Config::load(dir, std::env::vars()).map_err(usage)?;
+    cfg.validate().map_err(usage)?;
+    Ok(cfg.operator_set())
+}
 
 pub(crate) fn status(dir: &Path, a: StatusArgs) -> Result<()> {
     let report = if a.bootstrap.is_empty() {
@@ -216,7 +227,7 @@ pub(crate) fn story(dir: &Path, c: StoryCommand) -> Result<()> {
                             dir.display()
                         ))
                     })?;
-                    node::offline_add_story(dir, &key, &new).map_err(|e| match e {
+                    node::offline_add_story(dir, &key, &new, &operators(dir)?).map_err(|e| match e {
                         node::NodeError::State(s) => usage(s),
                         e => e.into(),
                     })?
@@ -231,7 +242,7 @@ pub(crate) fn story(dir: &Path, c: StoryCommand) -> Result<()> {
         StoryCommand::List { json } => {
             let list = match client {
                 Some(c) => c.stories()?,
-                None => node::offline_view(dir)?
+                None => node::offline_view(dir, &operators(dir)?)?
                     .stories_ordered()
                     .into_iter()
                     .cloned()
@@ -250,7 +261,7 @@ pub(crate) fn story(dir: &Path, c: StoryCommand) -> Result<()> {
                     e => e.into(),
                 })?,
                 None => {
-                    let view = node::offline_view(dir)?;
+                    let view = node::offline_view(dir, &operators(dir)?)?;
                     let s = view.resolve(&id).map_err(usage)?;
                     api::StoryDetail::of(&view, s)
                 }
@@ -280,7 +291,7 @@ pub(crate) fn demo(dir: &Path, c: DemoCommand) -> Result<()> {
             let client = ControlClient::for_data_dir(dir)?;
             let existing = match &client {
                 Some(c) => c.stories()?.len(),
-                None => node::offline_view(dir)?.stories.len(),
+                None => node::offline_view(dir, &operators(dir)?)?.stories.len(),
             };
             if existing > 0 {
                 bail!(usage(format!(
@@ -302,7 +313,7 @@ pub(crate) fn demo(dir: &Path, c: DemoCommand) -> Result<()> {
             for new in &backlog {
                 let s = match (&client, &key) {
                     (Some(c), _) => c.add_story(new)?,
-                    (None, Some(key)) => node::offline_add_story(dir, key, new)?,
+                    (None, Some(key)) => node::offline_add_story(dir, key, new, &operators(dir)?)?,
                     (None, None) => bail!("no node key loaded for an offline write"),
                 };
                 if !json {
@@ -315,5 +326,81 @@ pub(crate) fn demo(dir: &Path, c: DemoCommand) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+pub(crate) fn operator(c: OperatorCommand) -> Result<()> {
+    match c {
+        OperatorCommand::Init { key, force } => {
+            let path = key.unwrap_or_else(identity::default_operator_key_path);
+            let signer = identity::create_operator_key(&path, force).map_err(usage)?;
+            println!("operator {}", signer.author());
+            println!("key {}", path.display());
+            println!(
+                "list the id in every node's config (`operators = [\"{}\"]`, or `mesh-agent init --operator {}`), then admit nodes with `mesh-agent admit <peer id>`",
+                signer.author(),
+                signer.author()
+            );
+        }
+        OperatorCommand::Id { key } => {
+            let path = key.unwrap_or_else(identity::default_operator_key_path);
+            let signer = identity::load_operator_key(&path).map_err(usage)?;
+            println!("{}", signer.author());
+        }
+    }
+    Ok(())
+}
+
+/// `admit` (true) or `revoke` (false): an operator-signed roster fact, written through
+/// the local running node.
+pub(crate) fn roster_change(dir: &Path, admit: bool, a: RosterArgs) -> Result<()> {
+    use mesh_agent::core::state::{admit_key, revoke_key, RosterFact};
+    let peer = a.peer.trim().to_string();
+    if mesh_agent::core::trust::key_of_peer_id(&peer).is_none() {
+        bail!(usage(format!(
+            "{peer:?} is not a node's peer id (12D3KooW..., as `mesh-agent init` prints it)"
+        )));
+    }
+    let path = a.key.unwrap_or_else(identity::default_operator_key_path);
+    let signer = identity::load_operator_key(&path).map_err(|e| {
+        usage(format!(
+            "{e} (admit and revoke are signed with an operator key: --key FILE or $MESH_OPERATOR_KEY)"
+        ))
+    })?;
+    let client = running(dir)?;
+    let key = if admit {
+        admit_key(&peer)
+    } else {
+        revoke_key(&peer)
+    };
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let fact = RosterFact {
+        peer,
+        note: a.note,
+        at_ms,
+    };
+    let json = serde_json::to_string(&fact)?;
+    let done = client
+        .put_roster(&api::SealedFact {
+            value: signer.seal(&key, &json),
+            key,
+        })
+        .map_err(|e| match e {
+            api::ClientError::Refused(m) => usage(m),
+            e => e.into(),
+        })?;
+    println!("{done}");
+    Ok(())
+}
+
+pub(crate) fn roster(dir: &Path, json: bool) -> Result<()> {
+    let r = running(dir)?.roster()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    print_roster(&r);
     Ok(())
 }

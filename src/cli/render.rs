@@ -154,6 +154,30 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
         c.oversized_frames,
         c.handshake_failures
     );
+    if r.roster.enforced {
+        let revoked = r.roster.revoked.len();
+        let members = r
+            .roster
+            .admitted
+            .iter()
+            .filter(|e| !r.roster.is_revoked(&e.peer))
+            .count();
+        let me = if r.roster.is_member(&r.peer_id) {
+            "a member".to_string()
+        } else if r.roster.is_revoked(&r.peer_id) {
+            "REVOKED: nothing it writes counts".to_string()
+        } else {
+            format!(
+                "NOT ADMITTED: it claims nothing until an operator runs `mesh-agent admit {}`",
+                r.peer_id
+            )
+        };
+        let _ = writeln!(
+            o,
+            "roster: {members} member(s), {revoked} revoked, {} operator(s); this node is {me}",
+            r.roster.operators.len()
+        );
+    }
     if !r.rejected.is_empty() {
         let total: u64 = r.rejected.iter().map(|x| x.count).sum();
         let each: Vec<String> = r
@@ -245,6 +269,7 @@ pub(crate) fn event_line(e: &Event) -> String {
         EventKind::Stalled => "STALLED",
         EventKind::PeerJoined => "peer joined",
         EventKind::PeerDead => "peer dead",
+        EventKind::PeerRefused => "peer refused",
         EventKind::NodeLeft => "left the mesh",
         EventKind::PhaseDeferred => "deferred",
         EventKind::GitUnavailable => "GIT UNAVAILABLE",
@@ -265,6 +290,7 @@ pub(crate) fn event_line(e: &Event) -> String {
     if !e.detail.is_empty() {
         let detail = match e.kind {
             EventKind::PeerJoined | EventKind::PeerDead => short(&e.detail).to_string(),
+            EventKind::PeerRefused => e.detail.clone(),
             _ => e.detail.replace('\n', " "),
         };
         line.push_str(": ");
@@ -368,6 +394,30 @@ pub(crate) fn print_knowledge(all: &BTreeMap<String, KnowledgeFact>) {
                 format!("on {}", k.story.split('@').next().unwrap_or(&k.story))
             };
             println!("  {id}  {}  ({from})", k.text);
+        }
+    }
+}
+
+pub(crate) fn print_roster(r: &mesh_agent::core::state::RosterView) {
+    if !r.enforced {
+        println!("open mesh: no operators, so any holder of the mesh key is a member");
+        println!("(list operator ids in every node's `operators` to turn the roster on)");
+        return;
+    }
+    println!("operators");
+    for o in &r.operators {
+        println!("  {o}");
+    }
+    println!("members ({})", r.admitted.len() - r.admitted.iter().filter(|e| r.is_revoked(&e.peer)).count());
+    for e in r.admitted.iter().filter(|e| !r.is_revoked(&e.peer)) {
+        let note = if e.note.is_empty() { String::new() } else { format!("  {}", e.note) };
+        println!("  {}  admitted by {}{note}", e.peer, short(&e.by));
+    }
+    if !r.revoked.is_empty() {
+        println!("revoked ({})", r.revoked.len());
+        for e in &r.revoked {
+            let note = if e.note.is_empty() { String::new() } else { format!("  {}", e.note) };
+            println!("  {}  revoked by {}{note}", e.peer, short(&e.by));
         }
     }
 }

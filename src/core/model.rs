@@ -199,6 +199,9 @@ pub enum EventKind {
     /// Local only: a peer this node saw join or die.
     PeerJoined,
     PeerDead,
+    /// Local only: a peer this node refuses (not on the roster, or revoked), or takes
+    /// back once admitted.
+    PeerRefused,
     /// The sender is stopping cleanly (its claims are released): count it dead now.
     NodeLeft,
     /// A job could not reach the origin: handed back, no attempt counted.
@@ -226,6 +229,7 @@ impl EventKind {
             EventKind::Stalled => "stalled",
             EventKind::PeerJoined => "peer_joined",
             EventKind::PeerDead => "peer_dead",
+            EventKind::PeerRefused => "peer_refused",
             EventKind::NodeLeft => "node_left",
             EventKind::PhaseDeferred => "phase_deferred",
             EventKind::GitUnavailable => "git_unavailable",

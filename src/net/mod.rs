@@ -107,6 +107,9 @@ pub enum NetCommand {
     /// Blocks (true) or unblocks (false) a peer: while blocked, its connections close
     /// and new ones are denied (a partition for tests and chaos drills).
     Block(PeerId, bool),
+    /// Refuses (true) a peer that is not on the mesh's roster, or accepts it again
+    /// (false): blocked like `Block`, kept apart from a test's partitions.
+    Refuse(PeerId, bool),
     /// Replaces the remembered peers' addresses (with `/p2p/<peer>`) dialled, with the
     /// bootstrap addresses, while this node has no connection.
     Remember(Vec<Multiaddr>),
@@ -434,6 +437,8 @@ pub async fn spawn(
         metrics,
         connected: HashSet::new(),
         lookups: HashMap::new(),
+        refused: HashSet::new(),
+        test_blocked: HashSet::new(),
     };
     let handle = tokio::spawn(lp.run());
     Ok((client, ev_rx, handle))
@@ -451,6 +456,10 @@ struct EventLoop {
     connected: HashSet<PeerId>,
     /// Peers heard of through gossip but not connected, and when each was last looked up.
     lookups: HashMap<PeerId, tokio::time::Instant>,
+    /// Peers refused as not on the roster (the core decides), and peers blocked by a
+    /// test's partition: a peer is blocked while it is in either.
+    refused: HashSet<PeerId>,
+    test_blocked: HashSet<PeerId>,
 }
 
 /// A peer heard of but not connected is looked up (kademlia) at most this often.
@@ -521,6 +530,7 @@ impl EventLoop {
     /// stopped), and its periodic bootstrap runs every 30 s.
     fn reach(&mut self, peer: PeerId) {
         if peer == *self.swarm.local_peer_id()
+            || self.refused.contains(&peer)
             || self.connected.contains(&peer)
             || self.connected.len() >= self.max_peers
         {
@@ -593,11 +603,25 @@ impl EventLoop {
             }
             NetCommand::Block(peer, true) => {
                 tracing::info!(%peer, "peer blocked: its connections close");
+                self.test_blocked.insert(peer);
                 b.blocked.block_peer(peer);
             }
             NetCommand::Block(peer, false) => {
                 tracing::info!(%peer, "peer unblocked");
-                b.blocked.unblock_peer(peer);
+                self.test_blocked.remove(&peer);
+                if !self.refused.contains(&peer) {
+                    b.blocked.unblock_peer(peer);
+                }
+            }
+            NetCommand::Refuse(peer, true) => {
+                self.refused.insert(peer);
+                b.blocked.block_peer(peer);
+            }
+            NetCommand::Refuse(peer, false) => {
+                self.refused.remove(&peer);
+                if !self.test_blocked.contains(&peer) {
+                    b.blocked.unblock_peer(peer);
+                }
             }
             NetCommand::Remember(addrs) => {
                 let me = *self.swarm.local_peer_id();

@@ -127,6 +127,18 @@ impl NodeHandle {
             .map_err(|e| e.to_string())
     }
 
+    /// Writes an operator's sealed roster fact; what it did, in one line.
+    pub async fn put_roster(&self, key: &str, sealed: &str) -> Result<String, String> {
+        let (tx, rx) = oneshot::channel();
+        self.api
+            .send(ApiRequest::PutRoster(key.to_string(), sealed.to_string(), tx))
+            .await
+            .map_err(|_| "node stopped".to_string())?;
+        rx.await
+            .map_err(|_| "node stopped".to_string())?
+            .map_err(|e| e.to_string())
+    }
+
     pub async fn view(&self) -> Option<View> {
         let (tx, rx) = oneshot::channel();
         self.api.send(ApiRequest::View(tx)).await.ok()?;

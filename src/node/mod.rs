@@ -24,7 +24,7 @@ use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -95,6 +95,8 @@ pub enum ApiRequest {
         String,
         oneshot::Sender<Result<String, WriteError>>,
     ),
+    /// Writes an operator's sealed roster fact (key, sealed value); answers what it did.
+    PutRoster(String, String, oneshot::Sender<Result<String, WriteError>>),
     /// Flush everything and stop the node loop; answered once stopped.
     Shutdown(oneshot::Sender<()>),
 }
@@ -151,6 +153,9 @@ pub struct StatusReport {
     /// the author's to write), by the author they name and kind.
     #[serde(default)]
     pub rejected: Vec<RejectedFacts>,
+    /// The mesh's roster (operators, admitted and revoked nodes).
+    #[serde(default)]
+    pub roster: crate::core::state::RosterView,
 }
 
 /// Refused facts of one author and kind (`status`).
@@ -222,9 +227,9 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
     let doc = match &store {
         Some(s) => {
             let (snap, chunks) = s.load_doc()?;
-            Doc::load(actor, &snap, &chunks)?
+            Doc::load_with_operators(actor, &snap, &chunks, cfg.operator_set())?
         }
-        None => Doc::new(actor),
+        None => Doc::new(actor).with_operators(cfg.operator_set()),
     }
     .with_signer(crate::identity::signer(&opts.keypair)?);
     // Peers remembered from earlier runs: a hint, so an unreadable record is no reason
@@ -417,6 +422,7 @@ pub fn offline_add_story(
     data_dir: &std::path::Path,
     key: &libp2p::identity::Keypair,
     new: &NewStory,
+    operators: &BTreeSet<String>,
 ) -> Result<StoryView, NodeError> {
     let mut store = Store::open(data_dir)?;
     let (snap, chunks) = store.load_doc()?;
@@ -424,7 +430,8 @@ pub fn offline_add_story(
     rand::rngs::OsRng.fill_bytes(&mut actor);
     let signer = crate::identity::signer(key)?;
     let creator = signer.author().to_string();
-    let mut doc = Doc::load(actor, &snap, &chunks)?.with_signer(signer);
+    let mut doc =
+        Doc::load_with_operators(actor, &snap, &chunks, operators.clone())?.with_signer(signer);
     let key = doc.add_story(new, &creator, wall_ms())?;
     store.append_chunk(&doc.save_incremental())?;
     store.flush_blocking()?;
@@ -435,9 +442,13 @@ pub fn offline_add_story(
         .ok_or(NodeError::Vanished)
 }
 
-/// Reads the view from the store of a node that is not running.
-pub fn offline_view(data_dir: &std::path::Path) -> Result<View, NodeError> {
+/// Reads the view from the store of a node that is not running (`operators`: its
+/// config's).
+pub fn offline_view(
+    data_dir: &std::path::Path,
+    operators: &BTreeSet<String>,
+) -> Result<View, NodeError> {
     let store = Store::open(data_dir)?;
     let (snap, chunks) = store.load_doc()?;
-    Ok(Doc::load([0; 16], &snap, &chunks)?.view())
+    Ok(Doc::load_with_operators([0; 16], &snap, &chunks, operators.clone())?.view())
 }

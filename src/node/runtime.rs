@@ -322,6 +322,12 @@ impl Runtime {
                     }
                 }
                 Effect::DropWorkRefs { story } => self.shell.drop_work_refs_later(story),
+                Effect::Refuse { peer, refuse } => match peer.parse::<PeerId>() {
+                    Ok(p) => {
+                        self.net.send(NetCommand::Refuse(p, refuse)).await;
+                    }
+                    Err(_) => tracing::error!(%peer, "core refused an invalid peer id"),
+                },
                 Effect::ProbeOrigin => {
                     let probe = self.shell.probe();
                     let tx = self.probe_tx.clone();
@@ -553,6 +559,12 @@ impl Runtime {
             ApiRequest::View(reply) => {
                 let _ = reply.send((*self.core.view()).clone());
             }
+            ApiRequest::PutRoster(key, sealed, reply) => {
+                let res = self
+                    .durable_write(|core| core.put_roster(&key, &sealed))
+                    .await;
+                let _ = reply.send(res);
+            }
             ApiRequest::SetWork(on, reply) => {
                 let now = self.now_ms();
                 self.core.set_work(on, now, wall_ms());
@@ -628,6 +640,7 @@ impl Runtime {
                     })
                 })
                 .collect(),
+            roster: view.roster.clone(),
         }
     }
 }

@@ -216,6 +216,8 @@ impl Sim {
                 }
                 // The simulated origin keeps no work refs.
                 Effect::DropWorkRefs { .. } => {}
+                // The simulator's meshes are open (no operators).
+                Effect::Refuse { .. } => {}
             }
         }
     }

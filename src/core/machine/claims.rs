@@ -114,6 +114,10 @@ impl Core {
         if self.joining(now_ms).is_some() || self.clock_skew(now_ms).skewed {
             return;
         }
+        // Not a member: nothing it claimed would count.
+        if !self.may_work_on_roster() {
+            return;
+        }
         // Settle with every peer that is alive, or connected and not known dead (a
         // frozen process keeps its TCP connections; waiting for it would stall everyone).
         let mut alive = self.membership.alive(now_ms);
@@ -122,17 +126,21 @@ impl Core {
                 alive.push(p.clone());
             }
         }
+        // Refused peers (not on the roster) are no one to settle with.
+        alive.retain(|p| !self.refused.contains(p));
         let lease = self.cfg.lease;
         let me = self.peer.clone();
         let roles = self.cfg.roles.clone();
         let (view, claims) = self.derived();
-        let dead: BTreeSet<String> = self
+        // A revoked holder is as good as dead: its claims are taken over.
+        let mut dead: BTreeSet<String> = self
             .membership
             .snapshot(now_ms)
             .into_iter()
             .filter(|p| p.state == PeerState::Dead)
             .map(|p| p.peer)
             .collect();
+        dead.extend(view.roster.revoked.iter().map(|e| e.peer.clone()));
         let observer = &mut self.observer;
         let local = &self.local;
         let work = scheduler::rank(
@@ -269,6 +277,7 @@ impl Core {
                     .filter(|p| membership.state(p, now_ms) != Some(PeerState::Dead))
                     .cloned(),
             );
+            alive.retain(|p| !self.refused.contains(p));
             let completed = &self.completed;
             let mut ready = Vec::new();
             for (id, c) in self.local.iter_mut() {

@@ -90,7 +90,10 @@ impl Core {
         round: u32,
         detail: impl Into<String>,
     ) {
-        let local_only = matches!(kind, EventKind::PeerJoined | EventKind::PeerDead);
+        let local_only = matches!(
+            kind,
+            EventKind::PeerJoined | EventKind::PeerDead | EventKind::PeerRefused
+        );
         if self.cfg.passive && !local_only {
             return;
         }

@@ -47,6 +47,7 @@ mod claims;
 mod events;
 mod guards;
 mod origin;
+mod roster;
 mod status;
 mod sync;
 mod write;
@@ -216,6 +217,12 @@ pub enum Effect {
     CancelWork {
         claim: String,
     },
+    /// Refuse this peer's connections (not on the roster, or revoked), or accept them
+    /// again (`refuse: false`, it was admitted since).
+    Refuse {
+        peer: String,
+        refuse: bool,
+    },
     /// The origin was unavailable and no job runs to find out whether it is back: try
     /// to reach it (a fetch) and answer with [`Input::OriginProbed`].
     ProbeOrigin,
@@ -336,6 +343,10 @@ pub struct Core {
     origin: Breaker,
     /// Work this node may have pushed (implement/rework it started): story, claim.
     pushed: Vec<(String, String)>,
+    /// Peers refused as not on the roster (or revoked).
+    refused: BTreeSet<String>,
+    /// How this node last found itself on the roster (logged on each change).
+    standing: roster::Standing,
 }
 
 /// Events kept in the local log.
@@ -406,6 +417,8 @@ impl Core {
             held: None,
             origin,
             pushed: Vec::new(),
+            refused: BTreeSet::new(),
+            standing: roster::Standing::Member,
         };
         core.release_previous_incarnations();
         core
@@ -665,6 +678,7 @@ impl Core {
         self.last_tick_ms = Some(now_ms);
         self.join_from_ms.get_or_insert(now_ms);
         self.report_guards(now_ms);
+        self.enforce_roster();
         let t = self.membership.tick(now_ms);
         for tr in &t {
             if tr.to == PeerState::Dead {
@@ -689,7 +703,7 @@ impl Core {
                     }
                 };
                 // An event speaks for its sender only.
-                if ev.node != from || from == self.peer {
+                if ev.node != from || from == self.peer || self.refused.contains(&from) {
                     self.counters.malformed_dropped += 1;
                     return;
                 }
@@ -716,7 +730,7 @@ impl Core {
                         return;
                     }
                 };
-                if from == self.peer {
+                if from == self.peer || self.refused.contains(&from) {
                     return;
                 }
                 self.counters.heartbeats_received += 1;
@@ -755,6 +769,15 @@ impl Core {
                     }
                 }
             }
+            Input::SyncRequest {
+                ref from, reply, ..
+            } if self.refused.contains(from) => {
+                // Nothing for a refused peer, nothing from it (its connection closes).
+                self.effects.push_back(Effect::Respond {
+                    reply,
+                    data: Vec::new(),
+                });
+            }
             Input::SyncRequest { from, data, reply } => {
                 let before = self.digest;
                 let data = self.answer_sync(&from, &data);
@@ -780,6 +803,9 @@ impl Core {
             Input::OriginProbed(outcome) => self.origin_probed(now_ms, outcome),
             Input::Connected(p) => {
                 self.connected.insert(p.clone());
+                if self.refused.contains(&p) {
+                    return;
+                }
                 // A new connection also merges event timelines (each side pulls).
                 self.events_pull.insert(p.clone());
                 self.start_sync(&p);

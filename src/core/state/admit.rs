@@ -12,9 +12,15 @@
 //! - `release/<claim>`: the claim's holder, or any author with reason `expired` (a
 //!   takeover) — and a takeover never un-counts a finished claim (see
 //!   [`super::doc`]'s choice among candidates);
-//! - `knowledge/<hash>`: anyone, under the hash of its own kind and text.
+//! - `knowledge/<hash>`: anyone, under the hash of its own kind and text;
+//! - `roster/admit/<peer>` and `roster/revoke/<peer>`: an operator (one of the mesh's
+//!   trust anchors, [`super::roster`]); in an open mesh, no one.
+//!
+//! Whether an admitted value then counts also depends on its author being a member
+//! ([`super::roster::Roster::counts`]), which the roster decides, not this module.
 
 use super::doc::Fact;
+use super::roster::{RosterFact, ADMIT_PREFIX, REVOKE_PREFIX};
 use super::*;
 use crate::core::model::{normalize_repo_path, Handoff, MAX_DEPENDS, MAX_FILES};
 use crate::core::trust::{self, KeyScheme, Unsealed};
@@ -39,6 +45,8 @@ pub enum FactKind {
     Result,
     Merge,
     Knowledge,
+    Admit,
+    Revoke,
 }
 
 impl FactKind {
@@ -53,6 +61,8 @@ impl FactKind {
             k if k.starts_with(RESULT_PREFIX) => FactKind::Result,
             k if k.starts_with(MERGE_PREFIX) => FactKind::Merge,
             k if k.starts_with(KNOWLEDGE_PREFIX) => FactKind::Knowledge,
+            k if k.starts_with(ADMIT_PREFIX) => FactKind::Admit,
+            k if k.starts_with(REVOKE_PREFIX) => FactKind::Revoke,
             _ => return None,
         })
     }
@@ -66,6 +76,8 @@ impl FactKind {
             FactKind::Result => "result",
             FactKind::Merge => "merge",
             FactKind::Knowledge => "knowledge",
+            FactKind::Admit => "admit",
+            FactKind::Revoke => "revoke",
         }
     }
 }
@@ -104,11 +116,13 @@ pub fn claim_id_holder(id: &str) -> Option<&str> {
 }
 
 /// Opens, decodes and checks the value at `key`; the fact and its author, or why not.
+/// `operators` are the mesh's trust anchors (who may write roster facts).
 pub(super) fn admit(
     kind: FactKind,
     key: &str,
     value: &str,
     scheme: KeyScheme,
+    operators: &BTreeSet<String>,
 ) -> Result<(String, Fact), Refusal> {
     if value.len() > MAX_FACT_BYTES {
         return Err(Refusal::TooLarge);
@@ -207,6 +221,29 @@ pub(super) fn admit(
             )?;
             valid(short(&f.story), "knowledge story too long")?;
             Fact::Knowledge(f)
+        }
+        FactKind::Admit | FactKind::Revoke => {
+            let f: RosterFact = json(opened.json)?;
+            entitled(operators.contains(author))?;
+            let prefix = if kind == FactKind::Admit {
+                ADMIT_PREFIX
+            } else {
+                REVOKE_PREFIX
+            };
+            valid(
+                key.strip_prefix(prefix) == Some(f.peer.as_str())
+                    && trust::key_of(&f.peer, scheme).is_some(),
+                "roster key does not name its peer, or the peer is no peer id",
+            )?;
+            valid(
+                short(&f.note) && !f.note.chars().any(char::is_control),
+                "roster note too long or with control characters",
+            )?;
+            if kind == FactKind::Admit {
+                Fact::Admit(f)
+            } else {
+                Fact::Revoke(f)
+            }
         }
     };
     Ok((author.to_string(), fact))

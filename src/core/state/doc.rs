@@ -1,7 +1,9 @@
 //! The automerge document of write-once facts: typed writes, the decoded facts kept in
 //! step with automerge's patches, eager-push changes, sync, save and load.
 
+use super::roster::{Roster, RosterEntry, ADMIT_PREFIX, REVOKE_PREFIX};
 use super::*;
+use std::collections::HashSet;
 
 /// The replicated document.
 ///
@@ -25,8 +27,13 @@ pub struct Doc {
     pub(super) facts: BTreeMap<String, Fact>,
     /// Every admitted value of each key.
     candidates: BTreeMap<String, Vec<Candidate>>,
-    /// Claims with an admitted result or merge: a takeover never releases those.
-    finished: BTreeSet<String>,
+    /// The result and merge keys written under each claim: a claim with a counted one
+    /// is finished, and a takeover never releases it.
+    finished: BTreeMap<String, BTreeSet<String>>,
+    /// Who the mesh's members and operators are (see [`super::roster`]).
+    roster: Roster,
+    /// The causal past of each revoke's change, once computed (it never changes).
+    revoke_past: BTreeMap<ChangeHash, Arc<HashSet<ChangeHash>>>,
     /// The heads whose changes have been read into `candidates`.
     scanned: Vec<ChangeHash>,
     /// Values refused, by the author they name (`?` when they name none) and kind.
@@ -54,6 +61,9 @@ enum Writer {
 struct Candidate {
     /// The operation that wrote it (counter, actor): orders candidates alike everywhere.
     op: (u64, Vec<u8>),
+    /// The change that wrote it (a revoked author's value counts only in the revoke's
+    /// causal past).
+    change: ChangeHash,
     author: String,
     fact: Fact,
 }
@@ -79,6 +89,8 @@ pub(super) enum Fact {
     Result(Arc<ResultFact>),
     Merge(MergeFact),
     Knowledge(KnowledgeFact),
+    Admit(RosterFact),
+    Revoke(RosterFact),
 }
 
 impl std::fmt::Debug for Doc {
@@ -102,7 +114,9 @@ impl Doc {
             inner,
             facts: BTreeMap::new(),
             candidates: BTreeMap::new(),
-            finished: BTreeSet::new(),
+            finished: BTreeMap::new(),
+            roster: Roster::default(),
+            revoke_past: BTreeMap::new(),
             scanned: Vec::new(),
             rejected: BTreeMap::new(),
             writer: Writer::None,
@@ -125,6 +139,20 @@ impl Doc {
         self.scheme = KeyScheme::TestNames;
         self.rescan();
         self
+    }
+
+    /// The mesh's operators (its trust anchors; every node of a mesh must list the same):
+    /// only members they admit write facts that count, and only they write the roster.
+    /// Empty (the default) is an open mesh. Reads every change again.
+    pub fn with_operators(mut self, operators: BTreeSet<String>) -> Doc {
+        self.roster.operators = operators;
+        self.rescan();
+        self
+    }
+
+    /// The roster as this document has it.
+    pub fn roster(&self) -> RosterView {
+        self.roster.view()
     }
 
     /// The author this document writes as, if it writes as one node.
@@ -242,6 +270,7 @@ impl Doc {
         self.scanned = heads;
         let mut touched = BTreeSet::new();
         for change in &changes {
+            let hash = change.hash();
             let ex = change.decode();
             let actor = ex.actor_id.to_bytes().to_vec();
             for (i, op) in ex.operations.iter().enumerate() {
@@ -262,12 +291,93 @@ impl Doc {
                     continue;
                 };
                 let op = (ex.start_op.get().saturating_add(i as u64), actor.clone());
-                self.consider(key, kind, value, op, &mut touched);
+                self.consider(key, kind, value, op, hash, &mut touched);
             }
         }
-        for key in touched {
-            self.choose(&key);
+        let roster_touched = touched
+            .iter()
+            .any(|k| k.starts_with(ADMIT_PREFIX) || k.starts_with(REVOKE_PREFIX));
+        self.choose_all(touched.iter());
+        if roster_touched && self.rebuild_roster() {
+            // Who counts changed: every key is chosen again.
+            let keys: Vec<String> = self.candidates.keys().cloned().collect();
+            self.choose_all(keys.iter());
         }
+    }
+
+    /// Chooses the fact of each key, releases last (whether a claim is finished depends
+    /// on its results and merges as chosen).
+    fn choose_all<'a>(&mut self, keys: impl Iterator<Item = &'a String> + Clone) {
+        for key in keys.clone().filter(|k| !k.starts_with(RELEASE_PREFIX)) {
+            self.choose(key);
+        }
+        for key in keys.filter(|k| k.starts_with(RELEASE_PREFIX)) {
+            self.choose(key);
+        }
+    }
+
+    /// Folds the roster from the chosen roster facts; whether it changed.
+    fn rebuild_roster(&mut self) -> bool {
+        let mut admitted = BTreeMap::new();
+        let mut revoked_at = Vec::new();
+        for key in self.candidates.keys() {
+            let Some(c) = self.chosen(key) else {
+                continue;
+            };
+            let (Fact::Admit(f) | Fact::Revoke(f)) = &c.fact else {
+                continue;
+            };
+            let entry = RosterEntry {
+                peer: f.peer.clone(),
+                by: c.author.clone(),
+                note: f.note.clone(),
+                at_ms: f.at_ms,
+            };
+            if matches!(c.fact, Fact::Admit(_)) {
+                admitted.insert(f.peer.clone(), entry);
+            } else {
+                revoked_at.push((entry, c.change));
+            }
+        }
+        let mut revoked = BTreeMap::new();
+        for (entry, change) in revoked_at {
+            let past = self.past_of(&change);
+            revoked.insert(entry.peer.clone(), (entry, past));
+        }
+        let same = admitted == self.roster.admitted
+            && revoked.len() == self.roster.revoked.len()
+            && revoked
+                .iter()
+                .zip(&self.roster.revoked)
+                .all(|((a, (ea, pa)), (b, (eb, pb)))| a == b && ea == eb && Arc::ptr_eq(pa, pb));
+        self.roster.admitted = admitted;
+        self.roster.revoked = revoked;
+        !same
+    }
+
+    /// Every change in the causal past of `change` (itself included). Computed once per
+    /// change: its past is fixed once it is applied (automerge applies a change only
+    /// after all of its dependencies).
+    fn past_of(&mut self, change: &ChangeHash) -> Arc<HashSet<ChangeHash>> {
+        if let Some(p) = self.revoke_past.get(change) {
+            return p.clone();
+        }
+        let after: HashSet<ChangeHash> = self
+            .inner
+            .get_changes_meta(&[*change])
+            .iter()
+            .map(|m| m.hash)
+            .collect();
+        let past: HashSet<ChangeHash> = self
+            .inner
+            .get_changes_meta(&[])
+            .iter()
+            .map(|m| m.hash)
+            .filter(|h| !after.contains(h))
+            .collect();
+        let past = Arc::new(past);
+        self.revoke_past.insert(*change, past.clone());
+        past
     }
 
     /// Reads every change again (after the key scheme changed).
@@ -275,6 +385,8 @@ impl Doc {
         self.facts.clear();
         self.candidates.clear();
         self.finished.clear();
+        self.roster.admitted.clear();
+        self.roster.revoked.clear();
         self.rejected.clear();
         self.scanned.clear();
         self.refresh();
@@ -286,9 +398,10 @@ impl Doc {
         kind: FactKind,
         value: &str,
         op: (u64, Vec<u8>),
+        change: ChangeHash,
         touched: &mut BTreeSet<String>,
     ) {
-        match admit(kind, key, value, self.scheme) {
+        match admit(kind, key, value, self.scheme, &self.roster.operators) {
             Ok((author, fact)) => {
                 let claim = match &fact {
                     Fact::Result(f) => Some(f.claim.clone()),
@@ -298,11 +411,19 @@ impl Doc {
                 if let Some(claim) = claim {
                     // A finished claim's takeover release no longer counts.
                     touched.insert(format!("{RELEASE_PREFIX}{claim}"));
-                    self.finished.insert(claim);
+                    self.finished
+                        .entry(claim)
+                        .or_default()
+                        .insert(key.to_string());
                 }
                 let all = self.candidates.entry(key.to_string()).or_default();
                 if !all.iter().any(|c| c.op == op) {
-                    all.push(Candidate { op, author, fact });
+                    all.push(Candidate {
+                        op,
+                        change,
+                        author,
+                        fact,
+                    });
                 }
                 touched.insert(key.to_string());
             }
@@ -326,31 +447,38 @@ impl Doc {
         }
     }
 
-    /// The fact key `key` shows, among its admitted candidates: a node's description is
-    /// its latest; everything else is write-once, so the first write stands (a second one
-    /// by the same author cannot replace it) — and a takeover's release of a claim that
-    /// has a result or a merge does not count at all, so the holder's own release stands. "First" and "latest" are by the writing operation's id, which every
-    /// node orders alike.
-    fn choose(&mut self, key: &str) {
-        let Some(all) = self.candidates.get(key) else {
-            self.facts.remove(key);
-            return;
-        };
-        let pick = match FactKind::of_key(key) {
-            Some(FactKind::Node) => all.iter().max_by(|a, b| a.op.cmp(&b.op)),
+    /// The fact key `key` shows, among its admitted candidates whose authors count (see
+    /// [`Roster::counts`]): a node's description is its latest; everything else is
+    /// write-once, so the first write stands (a second one by the same author cannot
+    /// replace it) — and a takeover's release of a claim that has a counted result or
+    /// merge does not count at all, so the holder's own release stands. "First" and
+    /// "latest" are by the writing operation's id, which every node orders alike.
+    fn chosen(&self, key: &str) -> Option<&Candidate> {
+        let all = self.candidates.get(key)?;
+        let kind = FactKind::of_key(key);
+        let roster = matches!(kind, Some(FactKind::Admit | FactKind::Revoke));
+        let counts = |c: &&Candidate| roster || self.roster.counts(&c.author, &c.change);
+        match kind {
+            Some(FactKind::Node) => all.iter().filter(counts).max_by(|a, b| a.op.cmp(&b.op)),
             Some(FactKind::Release) => {
                 let id = key.strip_prefix(RELEASE_PREFIX).unwrap_or(key);
                 let holder = claim_id_holder(id);
-                let finished = self.finished.contains(id);
+                let finished = self
+                    .finished
+                    .get(id)
+                    .is_some_and(|keys| keys.iter().any(|k| self.facts.contains_key(k)));
                 all.iter()
+                    .filter(counts)
                     .filter(|c| Some(c.author.as_str()) == holder || !finished)
                     .min_by(|a, b| a.op.cmp(&b.op))
             }
-            _ => all.iter().min_by(|a, b| a.op.cmp(&b.op)),
-        };
-        match pick {
-            Some(c) => {
-                let fact = c.fact.clone();
+            _ => all.iter().filter(counts).min_by(|a, b| a.op.cmp(&b.op)),
+        }
+    }
+
+    fn choose(&mut self, key: &str) {
+        match self.chosen(key).map(|c| c.fact.clone()) {
+            Some(fact) => {
                 self.facts.insert(key.to_string(), fact);
             }
             None => {
@@ -362,7 +490,17 @@ impl Doc {
     /// Loads a document from a snapshot (possibly empty) plus incremental chunks. It
     /// verifies authors by peer id and cannot write until [`Doc::with_signer`].
     pub fn load(actor: [u8; 16], snapshot: &[u8], chunks: &[Vec<u8>]) -> Result<Doc, StateError> {
-        Doc::load_as(actor, snapshot, chunks, KeyScheme::PeerIds)
+        Doc::load_as(actor, snapshot, chunks, KeyScheme::PeerIds, BTreeSet::new())
+    }
+
+    /// [`Doc::load`] then [`Doc::with_operators`], reading the changes once.
+    pub fn load_with_operators(
+        actor: [u8; 16],
+        snapshot: &[u8],
+        chunks: &[Vec<u8>],
+        operators: BTreeSet<String>,
+    ) -> Result<Doc, StateError> {
+        Doc::load_as(actor, snapshot, chunks, KeyScheme::PeerIds, operators)
     }
 
     /// [`Doc::load`] then [`Doc::with_test_names`], reading the changes once.
@@ -371,7 +509,13 @@ impl Doc {
         snapshot: &[u8],
         chunks: &[Vec<u8>],
     ) -> Result<Doc, StateError> {
-        let mut doc = Doc::load_as(actor, snapshot, chunks, KeyScheme::TestNames)?;
+        let mut doc = Doc::load_as(
+            actor,
+            snapshot,
+            chunks,
+            KeyScheme::TestNames,
+            BTreeSet::new(),
+        )?;
         doc.writer = Writer::AnyTestName;
         Ok(doc)
     }
@@ -381,6 +525,7 @@ impl Doc {
         snapshot: &[u8],
         chunks: &[Vec<u8>],
         scheme: KeyScheme,
+        operators: BTreeSet<String>,
     ) -> Result<Doc, StateError> {
         let mut inner = if snapshot.is_empty() {
             AutoCommit::new()
@@ -395,6 +540,7 @@ impl Doc {
         inner.set_actor(ActorId::from(actor.as_slice()));
         let mut doc = Doc::wrap(inner);
         doc.scheme = scheme;
+        doc.roster.operators = operators;
         // The first refresh reads every change; later ones only the new.
         doc.refresh();
         Ok(doc)
@@ -489,7 +635,7 @@ impl Doc {
         };
         // What peers would refuse is never written: the writer hears why.
         let kind = FactKind::of_key(key).ok_or_else(|| write_err("unknown kind of fact".into()))?;
-        if let Err(why) = admit(kind, key, &sealed, self.scheme) {
+        if let Err(why) = admit(kind, key, &sealed, self.scheme, &self.roster.operators) {
             return Err(write_err(format!(
                 "peers would refuse it: {}",
                 why.as_str()
@@ -664,6 +810,41 @@ impl Doc {
         Ok(id)
     }
 
+    /// Writes a value sealed elsewhere (an operator's roster fact: the operator's key is
+    /// not this node's), after checking it as every peer will. Only roster facts.
+    pub fn put_signed(&mut self, key: &str, sealed: &str) -> Result<(), StateError> {
+        let write_err = |why: String| StateError::Write {
+            key: key.to_string(),
+            why,
+        };
+        let kind = FactKind::of_key(key)
+            .filter(|k| matches!(k, FactKind::Admit | FactKind::Revoke))
+            .ok_or_else(|| write_err("only roster facts are written pre-signed".into()))?;
+        if !self.roster.enforced() {
+            return Err(write_err(
+                "this mesh has no operators (config `operators` is empty), so it has no roster: \
+                 list the operators' ids in every node's config first"
+                    .into(),
+            ));
+        }
+        if let Err(why) = admit(kind, key, sealed, self.scheme, &self.roster.operators) {
+            let author = trust::claimed_author(sealed).unwrap_or("?");
+            return Err(write_err(match why {
+                Refusal::NotEntitled => format!(
+                    "{author} is not an operator of this mesh (config `operators` lists {})",
+                    self.roster
+                        .operators
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                why => format!("peers would refuse it: {}", why.as_str()),
+            }));
+        }
+        self.put_sealed(&[(key.to_string(), sealed.to_string())])
+    }
+
     /// Hostile writes for the simulator's Byzantine-lite node and the tests: puts `value`
     /// at root key `key` as is, unchecked and unsigned unless it already is.
     #[doc(hidden)]
@@ -712,6 +893,7 @@ impl Doc {
     pub fn view_and_claims(&self) -> (View, Claims) {
         let (mut view, claims) = View::fold(&self.facts);
         view.malformed += self.rejected.values().flat_map(|k| k.values()).sum::<u64>();
+        view.roster = self.roster.view();
         (view, claims)
     }
 }

@@ -70,11 +70,13 @@ pub fn peer_tag(peer: &str) -> &str {
 
 mod admit;
 mod doc;
+mod roster;
 mod view;
 
 use admit::admit;
 pub use admit::{claim_id_holder, FactKind, Refusal, MAX_FACT_BYTES};
 pub use doc::Doc;
+pub use roster::{admit_key, revoke_key, RosterEntry, RosterFact, RosterView};
 use doc::Fact;
 pub use view::*;
 

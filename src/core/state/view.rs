@@ -206,6 +206,8 @@ pub struct View {
     /// author not entitled to their key: `Doc::rejected` has them by author and kind);
     /// skipped, counted.
     pub malformed: u64,
+    /// Who may write facts that count, and who may change that.
+    pub roster: RosterView,
 }
 
 /// Fencing tokens cannot be inflated: a claim counts only if each of its tokens is 1 or
@@ -316,6 +318,8 @@ impl View {
                 Fact::Merge(f) => {
                     view.merges.insert(key.clone(), f.clone());
                 }
+                // The document folds the roster itself (it needs the changes).
+                Fact::Admit(_) | Fact::Revoke(_) => {}
             }
         }
         (view, facts)

@@ -1,0 +1,155 @@
+//! The roster in the running core: in a mesh with operators, a peer that is not an
+//! admitted member (or was revoked) is refused — its connections closed by the shell,
+//! its heartbeats, events and sync requests ignored, and it counts as dead, so claims it
+//! held are taken over. A node that is not a member itself claims nothing (its facts
+//! would not count) and refuses no one (it may simply not have synced the roster yet);
+//! a node that learns it was revoked drops its work.
+//!
+//! The facts a non-member writes never count whatever this module does: that is the
+//! document's rule (`state::roster`). This is the liveness half: stop talking to it and
+//! stop waiting for it.
+
+use super::*;
+
+/// How this node finds itself on the roster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Standing {
+    /// An open mesh, or admitted and not revoked.
+    Member,
+    /// The mesh has operators and none admitted this node (yet).
+    NotAdmitted,
+    /// An operator revoked this node.
+    Revoked,
+}
+
+impl Core {
+    /// Whether this node may claim work: it is a member (always, in an open mesh).
+    pub(super) fn may_work_on_roster(&mut self) -> bool {
+        self.standing == Standing::Member
+    }
+
+    /// Brings refusals in line with the roster (called on every tick).
+    pub(super) fn enforce_roster(&mut self) {
+        let (view, _) = self.derived();
+        let roster = &view.roster;
+        let standing = if roster.is_member(&self.peer) {
+            Standing::Member
+        } else if roster.is_revoked(&self.peer) {
+            Standing::Revoked
+        } else {
+            Standing::NotAdmitted
+        };
+        if standing != self.standing {
+            self.standing = standing;
+            match standing {
+                Standing::Member => tracing::info!("this node is on the mesh's roster"),
+                Standing::NotAdmitted => tracing::warn!(
+                    peer = %self.peer,
+                    "this node is not on the mesh's roster: it claims nothing until an operator runs `mesh-agent admit {}`",
+                    self.peer
+                ),
+                Standing::Revoked => {
+                    tracing::error!(peer = %self.peer, "an operator revoked this node: nothing it writes counts any more; dropping its work");
+                    self.drop_all_work();
+                }
+            }
+        }
+        if standing != Standing::Member {
+            return;
+        }
+        let mut known: BTreeSet<String> = self.connected.clone();
+        known.extend(self.membership.snapshot(self.last_now).into_iter().map(|p| p.peer));
+        for p in known {
+            if p != self.peer && !roster.is_member(&p) && self.refused.insert(p.clone()) {
+                let why = if roster.is_revoked(&p) {
+                    "revoked by an operator"
+                } else {
+                    "not on the roster"
+                };
+                tracing::warn!(peer = %p, why, "refusing a peer");
+                self.membership.left(&p);
+                self.sessions.remove(&p);
+                self.effects.push_back(Effect::Refuse {
+                    peer: p.clone(),
+                    refuse: true,
+                });
+                self.emit(
+                    EventKind::PeerRefused,
+                    None,
+                    None,
+                    0,
+                    format!("{p}: {why}"),
+                );
+            }
+        }
+        let admitted: Vec<String> = self
+            .refused
+            .iter()
+            .filter(|p| roster.is_member(p))
+            .cloned()
+            .collect();
+        for p in admitted {
+            tracing::info!(peer = %p, "a refused peer was admitted: accepting it again");
+            self.refused.remove(&p);
+            self.effects.push_back(Effect::Refuse {
+                peer: p.clone(),
+                refuse: false,
+            });
+            self.emit(
+                EventKind::PeerRefused,
+                None,
+                None,
+                0,
+                format!("{p}: admitted, accepted again"),
+            );
+        }
+    }
+
+    /// This node was revoked: its running jobs stop and it holds nothing (its releases
+    /// would not count either; the members take its claims over as a dead node's).
+    fn drop_all_work(&mut self) {
+        self.cfg.work = false;
+        for (id, c) in std::mem::take(&mut self.local) {
+            if c.state == LocalState::Running {
+                self.effects.push_back(Effect::CancelWork { claim: id.clone() });
+            }
+            self.observer.forget(&id);
+        }
+    }
+}
+
+impl Core {
+    /// Writes an operator's roster fact (`roster/admit/<peer>` or `roster/revoke/<peer>`,
+    /// sealed by the operator's key) and pushes it; what it did, in one line. Admitting a
+    /// member or revoking a revoked peer again changes nothing and says so.
+    pub fn put_roster(&mut self, key: &str, sealed: &str) -> Result<String, String> {
+        if self.cfg.passive {
+            return Err(StateError::Passive.to_string());
+        }
+        let roster = self.view().roster.clone();
+        let (verb, peer) = if let Some(p) = key.strip_prefix("roster/admit/") {
+            ("admitted", p)
+        } else if let Some(p) = key.strip_prefix("roster/revoke/") {
+            ("revoked", p)
+        } else {
+            return Err(format!("{key} is not a roster key"));
+        };
+        if roster.is_revoked(peer) {
+            return if verb == "revoked" {
+                Ok(format!("{peer} was already revoked"))
+            } else {
+                Err(format!(
+                    "{peer} was revoked, and a revoke is final: give that node a new key \
+                     (`mesh-agent init --force` in its data dir) and admit the new peer id"
+                ))
+            };
+        }
+        if verb == "admitted" && roster.admitted.iter().any(|e| e.peer == peer) {
+            return Ok(format!("{peer} was already admitted"));
+        }
+        self.doc.put_signed(key, sealed).map_err(|e| e.to_string())?;
+        self.local_write();
+        tracing::info!(%peer, verb, "roster changed");
+        Ok(format!("{peer} {verb}"))
+    }
+}
