@@ -190,7 +190,11 @@ pub fn create_operator_key(
     let signing = ed25519_dalek::SigningKey::from_bytes(&secret);
     write_private(
         path,
-        format!("{OPERATOR_KEY_HEADER}\n{}\n", hex::encode(signing.to_bytes())).as_bytes(),
+        format!(
+            "{OPERATOR_KEY_HEADER}\n{}\n",
+            hex::encode(signing.to_bytes())
+        )
+        .as_bytes(),
     )?;
     Ok(crate::core::trust::Signer::from_key(signing))
 }

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod cli;
-use cli::commands::{claims, demo, events, knowledge, operator, roster, roster_change, status, story};
+use cli::commands::{
+    claims, demo, events, knowledge, operator, roster, roster_change, status, story,
+};
 
 #[derive(Parser)]
 #[command(

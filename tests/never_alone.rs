@@ -6,13 +6,10 @@
 mod common;
 
 use common::*;
-use futures::future::BoxFuture;
 use libp2p::identity::Keypair;
 use mesh_agent::config::Config;
 use mesh_agent::core::lease::{ReleaseReason, Resource};
-use mesh_agent::core::model::{EventKind, Handoff, NewStory, StoryStatus};
-use mesh_agent::core::Job;
-use mesh_agent::exec::{ExecError, Executor, Workspace};
+use mesh_agent::core::model::{EventKind, NewStory, StoryStatus};
 use mesh_agent::node::NodeHandle;
 use std::sync::Arc;
 use std::time::Instant;
@@ -110,37 +107,6 @@ async fn a_restarted_bootstrap_node_rejoins_through_remembered_peers_and_claims_
     boot.kill().await;
     for n in others {
         n.kill().await;
-    }
-}
-
-/// An executor whose jobs never finish on their own: each start is reported, and a
-/// dropped (cancelled) job too.
-struct Holding {
-    node: String,
-    started: mpsc::UnboundedSender<(String, Job)>,
-    cancelled: mpsc::UnboundedSender<String>,
-}
-
-/// Reports the job's cancellation when the executor future is dropped.
-struct OnDrop(Option<(mpsc::UnboundedSender<String>, String)>);
-
-impl Drop for OnDrop {
-    fn drop(&mut self) {
-        if let Some((tx, claim)) = self.0.take() {
-            let _ = tx.send(claim);
-        }
-    }
-}
-
-impl Executor for Holding {
-    fn run(&self, job: Job, _ws: Workspace) -> BoxFuture<'static, Result<Handoff, ExecError>> {
-        let guard = OnDrop(Some((self.cancelled.clone(), job.claim.clone())));
-        let _ = self.started.send((self.node.clone(), job));
-        Box::pin(async move {
-            let _guard = guard;
-            std::future::pending::<()>().await;
-            Err(ExecError::failed("unreachable"))
-        })
     }
 }
 

@@ -227,10 +227,12 @@ pub(crate) fn story(dir: &Path, c: StoryCommand) -> Result<()> {
                             dir.display()
                         ))
                     })?;
-                    node::offline_add_story(dir, &key, &new, &operators(dir)?).map_err(|e| match e {
-                        node::NodeError::State(s) => usage(s),
-                        e => e.into(),
-                    })?
+                    node::offline_add_story(dir, &key, &new, &operators(dir)?).map_err(
+                        |e| match e {
+                            node::NodeError::State(s) => usage(s),
+                            e => e.into(),
+                        },
+                    )?
                 }
             };
             if json {

@@ -408,15 +408,26 @@ pub(crate) fn print_roster(r: &mesh_agent::core::state::RosterView) {
     for o in &r.operators {
         println!("  {o}");
     }
-    println!("members ({})", r.admitted.len() - r.admitted.iter().filter(|e| r.is_revoked(&e.peer)).count());
+    println!(
+        "members ({})",
+        r.admitted.len() - r.admitted.iter().filter(|e| r.is_revoked(&e.peer)).count()
+    );
     for e in r.admitted.iter().filter(|e| !r.is_revoked(&e.peer)) {
-        let note = if e.note.is_empty() { String::new() } else { format!("  {}", e.note) };
+        let note = if e.note.is_empty() {
+            String::new()
+        } else {
+            format!("  {}", e.note)
+        };
         println!("  {}  admitted by {}{note}", e.peer, short(&e.by));
     }
     if !r.revoked.is_empty() {
         println!("revoked ({})", r.revoked.len());
         for e in &r.revoked {
-            let note = if e.note.is_empty() { String::new() } else { format!("  {}", e.note) };
+            let note = if e.note.is_empty() {
+                String::new()
+            } else {
+                format!("  {}", e.note)
+            };
             println!("  {}  revoked by {}{note}", e.peer, short(&e.by));
         }
     }

@@ -131,7 +131,11 @@ impl NodeHandle {
     pub async fn put_roster(&self, key: &str, sealed: &str) -> Result<String, String> {
         let (tx, rx) = oneshot::channel();
         self.api
-            .send(ApiRequest::PutRoster(key.to_string(), sealed.to_string(), tx))
+            .send(ApiRequest::PutRoster(
+                key.to_string(),
+                sealed.to_string(),
+                tx,
+            ))
             .await
             .map_err(|_| "node stopped".to_string())?;
         rx.await

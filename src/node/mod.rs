@@ -185,6 +185,10 @@ pub struct Observation {
     pub joined_at_ms: Option<u64>,
     /// Arrival position of the newest event in the timeline (grows with each new one).
     pub events: u64,
+    /// Peers refused as not on the roster (or revoked), sorted.
+    pub refused: Vec<String>,
+    /// The connected peers, sorted.
+    pub connected_peers: Vec<String>,
 }
 
 /// The longest a clean shutdown waits for its peers to sync the claims it hands back.

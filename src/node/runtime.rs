@@ -76,6 +76,8 @@ impl Runtime {
             heartbeats_received: c.heartbeats_received,
             joined_at_ms: self.core.joined_at_ms(),
             events: self.core.events_pos(),
+            refused: self.core.refused().iter().cloned().collect(),
+            connected_peers: self.core.connected().iter().cloned().collect(),
             ..Default::default()
         };
         for p in self.core.peers(now) {

@@ -164,3 +164,41 @@ pub async fn wait_converged(nodes: &[&NodeHandle]) {
 pub fn observation(n: &NodeHandle) -> Observation {
     n.observe().borrow().clone()
 }
+
+/// An executor whose jobs never finish on their own: each start is reported (with the
+/// node's peer id), and a dropped (cancelled) job too.
+pub struct Holding {
+    pub node: String,
+    pub started: tokio::sync::mpsc::UnboundedSender<(String, mesh_agent::core::Job)>,
+    pub cancelled: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+/// Reports the job's cancellation when the executor future is dropped.
+struct OnDrop(Option<(tokio::sync::mpsc::UnboundedSender<String>, String)>);
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        if let Some((tx, claim)) = self.0.take() {
+            let _ = tx.send(claim);
+        }
+    }
+}
+
+impl mesh_agent::exec::Executor for Holding {
+    fn run(
+        &self,
+        job: mesh_agent::core::Job,
+        _ws: mesh_agent::exec::Workspace,
+    ) -> futures::future::BoxFuture<
+        'static,
+        Result<mesh_agent::core::model::Handoff, mesh_agent::exec::ExecError>,
+    > {
+        let guard = OnDrop(Some((self.cancelled.clone(), job.claim.clone())));
+        let _ = self.started.send((self.node.clone(), job));
+        Box::pin(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+            Err(mesh_agent::exec::ExecError::failed("unreachable"))
+        })
+    }
+}

@@ -23,6 +23,11 @@ pub(super) enum Standing {
 }
 
 impl Core {
+    /// Peers refused as not on the roster (or revoked).
+    pub fn refused(&self) -> &BTreeSet<String> {
+        &self.refused
+    }
+
     /// Whether this node may claim work: it is a member (always, in an open mesh).
     pub(super) fn may_work_on_roster(&mut self) -> bool {
         self.standing == Standing::Member
@@ -58,7 +63,12 @@ impl Core {
             return;
         }
         let mut known: BTreeSet<String> = self.connected.clone();
-        known.extend(self.membership.snapshot(self.last_now).into_iter().map(|p| p.peer));
+        known.extend(
+            self.membership
+                .snapshot(self.last_now)
+                .into_iter()
+                .map(|p| p.peer),
+        );
         for p in known {
             if p != self.peer && !roster.is_member(&p) && self.refused.insert(p.clone()) {
                 let why = if roster.is_revoked(&p) {
@@ -73,13 +83,7 @@ impl Core {
                     peer: p.clone(),
                     refuse: true,
                 });
-                self.emit(
-                    EventKind::PeerRefused,
-                    None,
-                    None,
-                    0,
-                    format!("{p}: {why}"),
-                );
+                self.emit(EventKind::PeerRefused, None, None, 0, format!("{p}: {why}"));
             }
         }
         let admitted: Vec<String> = self
@@ -111,7 +115,8 @@ impl Core {
         self.cfg.work = false;
         for (id, c) in std::mem::take(&mut self.local) {
             if c.state == LocalState::Running {
-                self.effects.push_back(Effect::CancelWork { claim: id.clone() });
+                self.effects
+                    .push_back(Effect::CancelWork { claim: id.clone() });
             }
             self.observer.forget(&id);
         }
@@ -147,7 +152,9 @@ impl Core {
         if verb == "admitted" && roster.admitted.iter().any(|e| e.peer == peer) {
             return Ok(format!("{peer} was already admitted"));
         }
-        self.doc.put_signed(key, sealed).map_err(|e| e.to_string())?;
+        self.doc
+            .put_signed(key, sealed)
+            .map_err(|e| e.to_string())?;
         self.local_write();
         tracing::info!(%peer, verb, "roster changed");
         Ok(format!("{peer} {verb}"))

@@ -76,8 +76,8 @@ mod view;
 use admit::admit;
 pub use admit::{claim_id_holder, FactKind, Refusal, MAX_FACT_BYTES};
 pub use doc::Doc;
-pub use roster::{admit_key, revoke_key, RosterEntry, RosterFact, RosterView};
 use doc::Fact;
+pub use roster::{admit_key, revoke_key, RosterEntry, RosterFact, RosterView};
 pub use view::*;
 
 #[cfg(test)]

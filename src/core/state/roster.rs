@@ -192,7 +192,9 @@ mod tests {
         assert!(titles(&d).is_empty(), "not a member yet: nothing counts");
 
         // A member cannot admit anyone, itself included: refused at the writer...
-        let e = roster_fact(&mut d, true, "N1", "N1").unwrap_err().to_string();
+        let e = roster_fact(&mut d, true, "N1", "N1")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not an operator"), "{e}");
         // ...and refused and counted at every reader when written raw.
         let key = admit_key("N1");
@@ -210,7 +212,9 @@ mod tests {
 
         // An open mesh has no roster to write.
         let mut open = Doc::new([2; 16]).with_test_names();
-        let e = roster_fact(&mut open, true, "N1", "OP").unwrap_err().to_string();
+        let e = roster_fact(&mut open, true, "N1", "OP")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no operators"), "{e}");
         open.add_story(&story("open"), "anyone", 1).unwrap();
         assert_eq!(titles(&open), ["open"]);
@@ -275,7 +279,10 @@ mod tests {
         for d in [&op_node, &n2, &n3] {
             assert_eq!(titles(d), ["done before the revoke"]);
             let v = d.view();
-            assert!(v.claims.contains_key(claim), "the claim before the revoke counts");
+            assert!(
+                v.claims.contains_key(claim),
+                "the claim before the revoke counts"
+            );
             assert!(
                 !v.releases.contains_key(claim),
                 "its release after the revoke does not"
