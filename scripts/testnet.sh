@@ -736,6 +736,13 @@ cmd_up() {
             info "demo origin: $ORIGIN (main: the toy calculator and its test.sh)"
         fi
         info "creating $n nodes in $TESTNET_DIR"
+        # One operator for the testnet: every node lists it, and it admits every node
+        # below (a mesh with operators counts only the nodes they admitted).
+        out=$("$BIN" operator init --key "$TESTNET_DIR/operator.key" --force 2>&1) ||
+            die "creating the testnet's operator key failed: $out"
+        local operator
+        operator=$(grep -o '12D3Koo[1-9A-HJ-NP-Za-km-z]*' <<<"$out" | head -n1)
+        [[ -n $operator ]] || die "could not read the operator id from: $out"
         local peer1=""
         for ((i = 1; i <= n; i++)); do
             d=$(node_dir "$i")
@@ -744,7 +751,7 @@ cmd_up() {
             if ((hosts)); then
                 addr=$(node_addr "$i") addr1=$(node_addr 1) port=$HOSTS_P2P_PORT port1=$HOSTS_P2P_PORT
             fi
-            local args=(init --data-dir "$d" --listen "/ip4/$addr/tcp/$port")
+            local args=(init --data-dir "$d" --listen "/ip4/$addr/tcp/$port" --operator "$operator")
             if ((i == 1)); then
                 args+=(--psk)
             else
@@ -786,6 +793,15 @@ cmd_up() {
         (($(now_ms) < deadline)) || fail_up "node1 did not start within ${timeout}s"
         sleep 0.1
     done
+    if ((fresh)); then
+        # The operator admits every node through node 1 before the others dial it.
+        for ((i = 1; i <= n; i++)); do
+            out=$(MESH_OPERATOR_KEY="$TESTNET_DIR/operator.key" node_cli 1 admit \
+                "$(cat "$(node_dir "$i")/peer_id")" --note "testnet node$i" 2>&1) ||
+                fail_up "admitting node$i failed: $out"
+        done
+        info "operator $(MESH_OPERATOR_KEY="$TESTNET_DIR/operator.key" "$BIN" operator id) admitted $n nodes (key: $TESTNET_DIR/operator.key)"
+    fi
     for ((i = 2; i <= n; i++)); do start_node "$i" || fail_up "node$i did not start"; done
     info "started $n nodes; waiting up to ${timeout}s until every node sees $((n - 1)) peers alive"
 

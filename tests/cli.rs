@@ -284,3 +284,94 @@ fn knowledge_add_list_and_the_event_timeline_through_the_cli() {
     let text = run_ok(&["events", "--tail", "1"], d.path());
     assert!(text.contains("learned"), "{text}");
 }
+
+/// The first `12D3KooW…` id in `text`.
+fn first_id(text: &str) -> String {
+    let at = text.find("12D3KooW").expect("an id");
+    text[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .collect()
+}
+
+#[cfg(unix)]
+#[test]
+fn an_operator_admits_and_revokes_nodes_through_the_cli() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let op_key = keys.path().join("op.key");
+    let op_key = op_key.to_str().expect("utf-8 path");
+    let out = run_ok(&["operator", "init", "--key", op_key], d.path());
+    let operator = first_id(&out);
+    let mode = std::fs::metadata(op_key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(
+        run_ok(&["operator", "id", "--key", op_key], d.path()).trim(),
+        operator
+    );
+    let (code, err) = run_err(&["operator", "init", "--key", op_key], d.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("already exists"), "{err}");
+
+    let out = run_ok(&["init", "--operator", &operator], d.path());
+    let me = first_id(&out);
+    assert!(out.contains(&format!("mesh-agent admit {me}")), "{out}");
+    let _node = spawn_node(d.path());
+    let status = run_ok(&["status"], d.path());
+    assert!(status.contains("NOT ADMITTED"), "{status}");
+    let (code, err) = run_err(&["story", "add", "--title", "too early"], d.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&format!("mesh-agent admit {me}")), "{err}");
+
+    // Only an operator's key admits; bad ids are usage errors.
+    let stranger = keys.path().join("stranger.key");
+    let stranger = stranger.to_str().expect("utf-8 path");
+    run_ok(&["operator", "init", "--key", stranger], d.path());
+    let (code, err) = run_err(&["admit", &me, "--key", stranger], d.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not an operator"), "{err}");
+    let (code, err) = run_err(&["admit", "node-7", "--key", op_key], d.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a node's peer id"), "{err}");
+
+    let out = run_ok(
+        &["admit", &me, "--key", op_key, "--note", "first"],
+        d.path(),
+    );
+    assert!(out.contains("admitted"), "{out}");
+    let out = run_ok(&["admit", &me, "--key", op_key], d.path());
+    assert!(out.contains("already admitted"), "{out}");
+    run_ok(
+        &["story", "add", "--title", "written once admitted"],
+        d.path(),
+    );
+    let list = run_ok(&["story", "list"], d.path());
+    assert!(list.contains("written once admitted"), "{list}");
+    let status = run_ok(&["status"], d.path());
+    assert!(status.contains("this node is a member"), "{status}");
+
+    // A revoke is final.
+    let other = first_id(&run_ok(&["init"], tempfile::tempdir().unwrap().path()));
+    run_ok(&["admit", &other, "--key", op_key], d.path());
+    let out = run_ok(
+        &["revoke", &other, "--key", op_key, "--note", "gone"],
+        d.path(),
+    );
+    assert!(out.contains("revoked"), "{out}");
+    let (code, err) = run_err(&["admit", &other, "--key", op_key], d.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("final"), "{err}");
+    let roster: serde_json::Value =
+        serde_json::from_str(&run_ok(&["roster", "--json"], d.path())).expect("json");
+    assert_eq!(roster["enforced"], true);
+    assert_eq!(roster["operators"][0], operator.as_str());
+    assert_eq!(roster["admitted"].as_array().map(Vec::len), Some(2));
+    assert_eq!(roster["revoked"][0]["peer"], other.as_str());
+    assert_eq!(roster["revoked"][0]["note"], "gone");
+    let text = run_ok(&["roster"], d.path());
+    assert!(
+        text.contains("members (1)") && text.contains("revoked (1)"),
+        "{text}"
+    );
+}

@@ -635,6 +635,16 @@ impl Doc {
         };
         // What peers would refuse is never written: the writer hears why.
         let kind = FactKind::of_key(key).ok_or_else(|| write_err("unknown kind of fact".into()))?;
+        if !self.roster.is_member(author) {
+            return Err(write_err(if self.roster.revoked.contains_key(author) {
+                format!("{author} was revoked by an operator: nothing it writes counts")
+            } else {
+                format!(
+                    "{author} is not on the mesh's roster, so nothing it writes would count: \
+                     an operator must run `mesh-agent admit {author}` first"
+                )
+            }));
+        }
         if let Err(why) = admit(kind, key, &sealed, self.scheme, &self.roster.operators) {
             return Err(write_err(format!(
                 "peers would refuse it: {}",

@@ -98,6 +98,11 @@ impl Roster {
         !self.operators.is_empty()
     }
 
+    /// Whether `peer`'s new facts count (always, in an open mesh).
+    pub(super) fn is_member(&self, peer: &str) -> bool {
+        !self.enforced() || (self.admitted.contains_key(peer) && !self.revoked.contains_key(peer))
+    }
+
     /// Whether a fact `author` wrote in `change` counts.
     pub(super) fn counts(&self, author: &str, change: &ChangeHash) -> bool {
         if !self.enforced() {
@@ -188,8 +193,29 @@ mod tests {
     #[test]
     fn only_an_operator_writes_the_roster_and_only_members_facts_count() {
         let mut d = doc(1);
-        d.add_story(&story("before admission"), "N1", 1).unwrap();
-        assert!(titles(&d).is_empty(), "not a member yet: nothing counts");
+        // A non-member's write is refused at the writer, and counts nowhere when a peer
+        // takes it in anyway.
+        let e = d
+            .add_story(&story("before admission"), "N1", 1)
+            .unwrap_err();
+        assert!(e.to_string().contains("mesh-agent admit N1"), "{e}");
+        let mut open = Doc::new([3; 16]).with_test_names();
+        open.add_story(&story("before admission"), "N1", 1).unwrap();
+        let mut state = SyncState::new();
+        let mut back = SyncState::new();
+        while let Some(m) = open.sync_generate(&mut back) {
+            d.sync_receive(&mut state, &m).unwrap();
+            match d.sync_generate(&mut state) {
+                Some(r) => open.sync_receive(&mut back, &r).unwrap(),
+                None => break,
+            };
+        }
+        assert_eq!(
+            d.view().stories.len(),
+            0,
+            "not a member yet: nothing counts"
+        );
+        assert!(d.fact_keys().next().is_none());
 
         // A member cannot admit anyone, itself included: refused at the writer...
         let e = roster_fact(&mut d, true, "N1", "N1")
@@ -252,6 +278,7 @@ mod tests {
         roster_fact(&mut op_node, false, "N2", "OP").unwrap();
         n2.add_story(&story("concurrent with the revoke"), "N2", 2)
             .unwrap();
+        // (N2 does not know yet: its writes are accepted by its own document.)
         n2.put_release(
             claim,
             &ReleaseFact {
@@ -272,8 +299,17 @@ mod tests {
         );
         sync(&mut n3, &mut op_node);
         sync(&mut op_node, &mut n2);
-        // N2 now has the revoke, and writes after it.
-        n2.add_story(&story("after the revoke"), "N2", 3).unwrap();
+        // N2 now has the revoke: its own document refuses its writes, so a hostile N2
+        // writes through a copy that ignores the roster (same history, no operators).
+        let e = n2
+            .add_story(&story("after the revoke"), "N2", 3)
+            .unwrap_err();
+        assert!(e.to_string().contains("revoked"), "{e}");
+        let mut rogue = Doc::load_test_names([7; 16], &n2.save(), &[]).unwrap();
+        rogue
+            .add_story(&story("after the revoke"), "N2", 3)
+            .unwrap();
+        sync(&mut n2, &mut rogue);
         sync(&mut n3, &mut n2);
         sync(&mut op_node, &mut n3);
         for d in [&op_node, &n2, &n3] {
