@@ -1,12 +1,13 @@
 //! The loopback control endpoint: a small authenticated HTTP/JSON API that the CLI
-//! (`status`, `story`) uses to talk to the running node, and the blocking client for it.
+//! (`status`, `story`, `events`, `log`, ...) uses to talk to the running node, and the
+//! blocking client for it.
 //!
 //! The node writes `control.json` (address and a random bearer token, mode 0600) into its
 //! data dir; only someone who can read the data dir can steer the node. The server only
 //! forwards requests to the node loop: it never touches the document itself.
 
 use crate::core::model::{Event, KnowledgeFact, KnowledgeKind, NewStory};
-use crate::core::state::{RosterView, StoryView};
+use crate::core::state::{AuditEntry, LogQuery, RosterView, StoryView};
 use crate::identity::write_private;
 use crate::node::{ApiRequest, StatusReport, WriteError};
 use axum::extract::{Path as UrlPath, Request, State};
@@ -181,6 +182,20 @@ async fn events(
     }
 }
 
+/// The audit trail: every fact of the document with its verified author, its time and
+/// whether it counts, and the most recent refused values (`?story=ID&tail=N`). An
+/// unknown story is 404, naming it.
+async fn log(
+    State(st): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<LogQuery>,
+) -> Response {
+    match ask(&st, |tx| ApiRequest::Log(q, tx)).await {
+        Ok(Ok(list)) => Json(list).into_response(),
+        Ok(Err(e)) => err(StatusCode::NOT_FOUND, e),
+        Err(r) => r,
+    }
+}
+
 /// A knowledge entry to add.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewKnowledge {
@@ -250,6 +265,7 @@ pub async fn serve(
         .route("/v1/stories", get(list_stories).post(add_story))
         .route("/v1/stories/{id}", get(show_story))
         .route("/v1/events", get(events))
+        .route("/v1/log", get(log))
         .route("/v1/knowledge", get(list_knowledge).post(add_knowledge))
         .route("/v1/roster", get(show_roster).post(put_roster))
         .with_state(AppState { node })
@@ -420,6 +436,21 @@ impl ControlClient {
             .header("authorization", self.auth())
             .call();
         self.finish(r)
+    }
+
+    /// The audit trail, filtered and cut as `q` asks (see [`LogQuery`]).
+    pub fn log(&self, q: &LogQuery) -> Result<Vec<AuditEntry>, ClientError> {
+        let mut r = self
+            .agent
+            .get(self.url("/v1/log"))
+            .header("authorization", self.auth());
+        if let Some(story) = &q.story {
+            r = r.query("story", story);
+        }
+        if let Some(n) = q.tail {
+            r = r.query("tail", n.to_string());
+        }
+        self.finish(r.call())
     }
 
     pub fn knowledge(&self) -> Result<BTreeMap<String, KnowledgeFact>, ClientError> {

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 mod cli;
 use cli::commands::{
-    claims, demo, events, knowledge, operator, roster, roster_change, status, story,
+    claims, demo, events, knowledge, log, operator, roster, roster_change, status, story,
 };
 
 #[derive(Parser)]
@@ -59,6 +59,10 @@ enum Command {
     /// Print the mesh-wide timeline (claims, phases started and finished, landings,
     /// rejections, blocked stories, lessons learned) as the local running node saw it.
     Events(EventsArgs),
+    /// Print the audit trail: who wrote which fact of the shared document, when, and
+    /// whether it counts — refused values included — as the local running node has it.
+    #[command(long_about = LOG_ABOUT)]
+    Log(LogArgs),
     /// The shared knowledge base: conventions, patterns, testing strategies and pitfalls
     /// learned on earlier stories, handed to every later job.
     #[command(subcommand)]
@@ -148,6 +152,56 @@ struct EventsArgs {
     #[arg(long)]
     json: bool,
     /// Only the last N events kept (before following).
+    #[arg(long, value_name = "N")]
+    tail: Option<usize>,
+}
+
+const LOG_ABOUT: &str = "\
+Print the audit trail: who wrote which fact of the shared document, when, and whether it
+counts, as the local running node has it.
+
+Every fact in the document is signed by its author, and the node checks the signature
+before the fact counts. Each line is one fact (or one refused value):
+
+  TIME                     AUTHOR   STORY    STANDING    ACTION
+  2026-05-04 09:12:03.114  Xk3Qp9aB S-0003   counts      claimed implement token 2
+
+  TIME      the author's own clock when it wrote the fact, UTC, as the fact carries it;
+            `-` for facts that carry none (node descriptions, releases) and for refused
+            values, whose content is not trusted
+  AUTHOR    the verified author: the end of the peer id whose signature opened the fact
+            (`mesh-agent status` shows whole peer ids); for a refused value, the author
+            it claims, or `?`
+  STANDING  counts: the value its key shows, what the mesh acts on;
+            superseded: a later write to a write-once key, an older node description or
+            a takeover's release of a finished claim: kept, never counted;
+            NOT MEMBER: signed and valid, but the mesh has operators and the author is
+            not admitted (or was revoked before it wrote this);
+            REFUSED: unsigned, mis-signed, invalid or not its author's to write
+  ACTION    story added, claimed <phase> token N, released <phase> (reason), result
+            <phase> [approve|reject], merged <commit>, knowledge added, node description,
+            admitted/revoked <peer> (an operator's roster change), refused <kind> (reason)
+
+Order: node descriptions first, then by time (a release at its claim's time), then the
+refused values in the order this node met them. Only the most recent 1000 refused values
+are kept (a hostile peer must not grow memory without end); `mesh-agent status` counts
+all of them per author.
+
+Examples:
+  mesh-agent log --story S-0003        everything about one story
+  mesh-agent log --tail 20             the last 20 entries
+  mesh-agent log --json | jq 'select(.standing == \"refused\")'";
+
+#[derive(Args)]
+struct LogArgs {
+    /// Only the entries about this story (display id like S-0003, or its key).
+    #[arg(long, value_name = "ID")]
+    story: Option<String>,
+    /// One JSON object per line (fields: at_ms, author, action, story, standing, kind,
+    /// key, reason).
+    #[arg(long)]
+    json: bool,
+    /// Only the last N entries (after --story).
     #[arg(long, value_name = "N")]
     tail: Option<usize>,
 }
@@ -326,6 +380,7 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Story(c) => story(&dir, c),
         Command::Claims { json } => claims(&dir, json),
         Command::Events(a) => events(&dir, a),
+        Command::Log(a) => log(&dir, a),
         Command::Knowledge(c) => knowledge(&dir, c),
         Command::Demo(c) => demo(&dir, c),
         Command::Operator(c) => operator(c),

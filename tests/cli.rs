@@ -1,6 +1,6 @@
 //! The binary as a user meets it: init, config errors (exit code 2, one clear line),
-//! a locked data dir, and a node killed with SIGKILL that restarts with every story it
-//! acknowledged.
+//! a locked data dir, a node killed with SIGKILL that restarts with every story it
+//! acknowledged, and the audit trail (`log`) of a live node.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -61,6 +61,11 @@ impl Drop for NodeProc {
 
 /// Starts `mesh-agent run` and waits for its first `listening` line and control file.
 fn spawn_node(dir: &Path) -> NodeProc {
+    spawn_node_with(dir, &[])
+}
+
+/// [`spawn_node`] with more `run` flags.
+fn spawn_node_with(dir: &Path, extra: &[&str]) -> NodeProc {
     let mut child = bin()
         .args([
             "run",
@@ -69,6 +74,7 @@ fn spawn_node(dir: &Path) -> NodeProc {
             "--log-level",
             "warn",
         ])
+        .args(extra)
         .arg("--data-dir")
         .arg(dir)
         .stdout(Stdio::piped())
@@ -374,4 +380,87 @@ fn an_operator_admits_and_revokes_nodes_through_the_cli() {
         text.contains("members (1)") && text.contains("revoked (1)"),
         "{text}"
     );
+}
+
+/// `log --json` names the verified author of each fact: the node that added the story and
+/// the node that claimed it (here the same node, by its peer id).
+#[test]
+fn the_audit_trail_names_who_added_and_who_claimed_a_story() {
+    let d = tempfile::tempdir().unwrap();
+    let init = run_ok(&["init"], d.path());
+    let peer = init
+        .lines()
+        .find_map(|l| l.strip_prefix("node "))
+        .expect("init prints the node's peer id")
+        .trim()
+        .to_string();
+    let (code, err) = run_err(&["log"], d.path());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no node is running") && err.contains("mesh-agent run"),
+        "{err}"
+    );
+    // Fast heartbeats: the node's warm-up before its first claim is three of them.
+    let _node = spawn_node_with(
+        d.path(),
+        &["--heartbeat-ms", "100", "--dead-after-ms", "1000"],
+    );
+    run_ok(&["story", "add", "--title", "lexer"], d.path());
+    let parse = |out: &str| -> Vec<serde_json::Value> {
+        out.lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect()
+    };
+    // Poll the trail until the node's claim is in it (it claims after its warm-up).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let entries = loop {
+        let entries = parse(&run_ok(&["log", "--json"], d.path()));
+        if entries.iter().any(|e| e["kind"] == "claim") {
+            break entries;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node never claimed: {entries:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let story = entries
+        .iter()
+        .find(|e| e["kind"] == "story")
+        .expect("the story is in the trail");
+    assert_eq!(story["action"], "story added: lexer");
+    assert_eq!(story["author"], peer.as_str());
+    assert_eq!(story["story"], "S-0001");
+    assert_eq!(story["standing"], "counts");
+    assert!(story["at_ms"].as_u64().is_some_and(|t| t > 0), "{story}");
+    let claim = entries
+        .iter()
+        .find(|e| e["kind"] == "claim")
+        .expect("the claim is in the trail");
+    assert_eq!(claim["author"], peer.as_str());
+    assert_eq!(claim["story"], "S-0001");
+    assert!(
+        claim["action"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("claimed research token 1")),
+        "{claim}"
+    );
+    assert!(
+        entries.iter().all(|e| e["standing"] != "refused"),
+        "{entries:#?}"
+    );
+    // Text: the peer id shortened as everywhere in the CLI, one story, a tail.
+    let text = run_ok(&["log", "--story", "S-0001", "--tail", "1"], d.path());
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let all = run_ok(&["log", "--story", "s-1"], d.path());
+    let short = &peer[peer.len() - 8..];
+    assert!(
+        all.lines()
+            .any(|l| l.contains(short) && l.contains("story added: lexer")),
+        "{all}"
+    );
+    // An unknown story is a usage error naming it.
+    let (code, err) = run_err(&["log", "--story", "S-0099"], d.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("S-0099"), "{err}");
 }

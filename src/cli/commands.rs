@@ -1,19 +1,20 @@
-//! The CLI's commands that talk to a node (`status`, `claims`, `events`, `knowledge`,
-//! `story`, `demo`): each asks the running node through the control API, or reads the
-//! data dir directly when no node runs, and prints through `render`.
+//! The CLI's commands that talk to a node (`status`, `claims`, `events`, `log`,
+//! `knowledge`, `story`, `demo`): each asks the running node through the control API, or
+//! reads the data dir directly when no node runs, and prints through `render`.
 
 use super::render::{
-    event_line, print_knowledge, print_roster, print_story, print_story_list, render_claims,
-    render_status,
+    audit_line, event_line, print_knowledge, print_roster, print_story, print_story_list,
+    render_claims, render_status,
 };
 use crate::{
-    load_psk, usage, DemoCommand, EventsArgs, KnowledgeCommand, OperatorCommand, RosterArgs,
-    StatusArgs, StoryCommand,
+    load_psk, usage, DemoCommand, EventsArgs, KnowledgeCommand, LogArgs, OperatorCommand,
+    RosterArgs, StatusArgs, StoryCommand,
 };
 use anyhow::{anyhow, bail, Result};
 use mesh_agent::api::{self, ControlClient};
 use mesh_agent::config::Config;
 use mesh_agent::core::model::{KnowledgeKind, NewStory};
+use mesh_agent::core::state::LogQuery;
 use mesh_agent::demo as demo_project;
 use mesh_agent::identity;
 use mesh_agent::node::{self, NodeOptions, StatusReport};
@@ -162,6 +163,38 @@ pub(crate) fn events(dir: &Path, a: EventsArgs) -> Result<()> {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
+}
+
+/// `log`: the audit trail, one line (or JSON object) per fact.
+pub(crate) fn log(dir: &Path, a: LogArgs) -> Result<()> {
+    use std::io::Write;
+    let client = running(dir)?;
+    let q = LogQuery {
+        story: a.story,
+        tail: a.tail,
+    };
+    // An unknown story is the caller's mistake: a usage error naming it.
+    let entries = client.log(&q).map_err(|e| match e {
+        api::ClientError::Refused(m) => usage(m),
+        e => e.into(),
+    })?;
+    let mut out = std::io::stdout().lock();
+    for e in &entries {
+        let line = if a.json {
+            serde_json::to_string(e)?
+        } else {
+            audit_line(e)
+        };
+        // A closed pipe (`log | head`) ends the command quietly.
+        if writeln!(out, "{line}").is_err() {
+            return Ok(());
+        }
+    }
+    if entries.is_empty() && !a.json {
+        let _ = writeln!(out, "no facts yet");
+    }
+    let _ = out.flush();
+    Ok(())
 }
 
 pub(crate) fn knowledge(dir: &Path, c: KnowledgeCommand) -> Result<()> {

@@ -1,10 +1,11 @@
 //! How the CLI prints what a node reports: the status page, the claims table, one line
-//! per timeline event, one story. Plain text for people; `--json` bypasses all of this.
+//! per timeline event or audit-trail entry, one story. Plain text for people; `--json`
+//! bypasses all of this.
 
 use mesh_agent::core::model::{
     Event, EventKind, KnowledgeFact, KnowledgeKind, MAX_ATTEMPTS, MAX_TAKEOVERS,
 };
-use mesh_agent::core::state::StoryView;
+use mesh_agent::core::state::{AuditEntry, Standing, StoryView};
 use mesh_agent::node::StatusReport;
 use std::collections::BTreeMap;
 
@@ -297,6 +298,46 @@ pub(crate) fn event_line(e: &Event) -> String {
         line.push_str(&detail);
     }
     line
+}
+
+/// A wall-clock time in ms since the epoch as `YYYY-MM-DD HH:MM:SS.mmm` (UTC).
+pub(crate) fn fmt_utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm, for days >= 0).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03}",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// One line of the audit trail: time (UTC), author, story, standing, what it did.
+pub(crate) fn audit_line(e: &AuditEntry) -> String {
+    let at = e.at_ms.map_or_else(|| "-".to_string(), fmt_utc);
+    let standing = match e.standing {
+        Standing::Counts => "counts",
+        Standing::Superseded => "superseded",
+        Standing::NotMember => "NOT MEMBER",
+        Standing::Refused => "REFUSED",
+    };
+    format!(
+        "{at:<23}  {:<8} {:<8} {standing:<10}  {}",
+        short(&e.author),
+        e.story.as_deref().unwrap_or("-"),
+        e.action
+    )
 }
 
 pub(crate) fn print_story(s: &StoryView) {

@@ -143,6 +143,13 @@ impl NodeHandle {
             .map_err(|e| e.to_string())
     }
 
+    /// The audit trail (see [`ApiRequest::Log`]).
+    pub async fn log(&self, q: LogQuery) -> Option<Result<Vec<AuditEntry>, String>> {
+        let (tx, rx) = oneshot::channel();
+        self.api.send(ApiRequest::Log(q, tx)).await.ok()?;
+        rx.await.ok()
+    }
+
     pub async fn view(&self) -> Option<View> {
         let (tx, rx) = oneshot::channel();
         self.api.send(ApiRequest::View(tx)).await.ok()?;

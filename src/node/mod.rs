@@ -8,7 +8,7 @@ use crate::core::lease::Resource;
 use crate::core::membership::{MembershipConfig, PeerState, PeerStatus};
 use crate::core::model::{Event, KnowledgeKind};
 use crate::core::model::{Handoff, NewStory, Topic};
-use crate::core::state::{Doc, StoryView, View};
+use crate::core::state::{AuditEntry, Doc, LogQuery, StoryView, View};
 pub use crate::core::Counters;
 use crate::core::{
     ClaimRow, ClockSkew, Core, CoreConfig, Effect, Guards, Handover, HeldClaim, Input, JobFailure,
@@ -89,6 +89,9 @@ pub enum ApiRequest {
     /// The event timeline with arrival positions: after 0, the whole merged history in
     /// time order; after a position, what arrived since, in arrival order.
     Events(u64, oneshot::Sender<Vec<(u64, Event)>>),
+    /// The audit trail of the document (`mesh-agent log`): who wrote which fact, when,
+    /// and whether it counts; an unknown story in the query is an error naming it.
+    Log(LogQuery, oneshot::Sender<Result<Vec<AuditEntry>, String>>),
     /// Adds a knowledge entry by hand; answers its id.
     AddKnowledge(
         KnowledgeKind,

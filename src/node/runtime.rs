@@ -567,6 +567,11 @@ impl Runtime {
                     .await;
                 let _ = reply.send(res);
             }
+            ApiRequest::Log(q, reply) => {
+                let view = self.core.view();
+                let log = self.core.doc().audit(&view, &q);
+                let _ = reply.send(log.map_err(|e| e.to_string()));
+            }
             ApiRequest::SetWork(on, reply) => {
                 let now = self.now_ms();
                 self.core.set_work(on, now, wall_ms());

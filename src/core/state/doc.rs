@@ -38,6 +38,8 @@ pub struct Doc {
     scanned: Vec<ChangeHash>,
     /// Values refused, by the author they name (`?` when they name none) and kind.
     rejected: BTreeMap<String, BTreeMap<FactKind, u64>>,
+    /// The most recent refused values, bounded, for the audit trail ([`super::audit`]).
+    pub(super) refused: RefusedLog,
     /// Who signs this document's local writes, and how authors map to keys.
     writer: Writer,
     scheme: KeyScheme,
@@ -119,6 +121,7 @@ impl Doc {
             revoke_past: BTreeMap::new(),
             scanned: Vec::new(),
             rejected: BTreeMap::new(),
+            refused: RefusedLog::default(),
             writer: Writer::None,
             scheme: KeyScheme::PeerIds,
             local_log: VecDeque::new(),
@@ -388,6 +391,7 @@ impl Doc {
         self.roster.admitted.clear();
         self.roster.revoked.clear();
         self.rejected.clear();
+        self.refused.clear();
         self.scanned.clear();
         self.refresh();
     }
@@ -434,6 +438,7 @@ impl Doc {
     /// Counts a refused value against the author it names, and says so once per author.
     fn reject(&mut self, key: &str, kind: FactKind, author: Option<&str>, why: Refusal) {
         let author = author.unwrap_or("?");
+        self.refused.push(key, kind, author, why);
         let first = !self.rejected.contains_key(author);
         *self
             .rejected
@@ -886,6 +891,23 @@ impl Doc {
             },
             _ => None,
         }
+    }
+
+    /// Every admitted value of every key, chosen or not, as the audit trail reads them
+    /// ([`super::audit`]).
+    pub(super) fn candidates(&self) -> impl Iterator<Item = Admitted<'_>> {
+        self.candidates.iter().flat_map(move |(key, all)| {
+            let chosen = self.chosen(key);
+            let roster = key.starts_with(ADMIT_PREFIX) || key.starts_with(REVOKE_PREFIX);
+            all.iter().map(move |c| Admitted {
+                key,
+                author: &c.author,
+                fact: &c.fact,
+                op: (c.op.0, &c.op.1),
+                chosen: chosen.is_some_and(|x| std::ptr::eq(x, c)),
+                member: roster || self.roster.counts(&c.author, &c.change),
+            })
+        })
     }
 
     /// The keys of every admitted fact.

@@ -69,12 +69,15 @@ pub fn peer_tag(peer: &str) -> &str {
 }
 
 mod admit;
+mod audit;
 mod doc;
 mod roster;
 mod view;
 
 use admit::admit;
 pub use admit::{claim_id_holder, FactKind, Refusal, MAX_FACT_BYTES};
+use audit::{Admitted, RefusedLog};
+pub use audit::{AuditEntry, LogQuery, Standing, MAX_REFUSED_KEY_BYTES, REFUSED_KEPT};
 pub use doc::Doc;
 use doc::Fact;
 pub use roster::{admit_key, revoke_key, RosterEntry, RosterFact, RosterView};
