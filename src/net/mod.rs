@@ -15,7 +15,6 @@ use libp2p::core::upgrade;
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, ProtocolSupport, ResponseChannel};
-use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     allow_block_list, connection_limits, identify, kad, noise, ping, tcp, yamux, Multiaddr, PeerId,
@@ -32,6 +31,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 mod codec;
+mod discovery;
 #[doc(hidden)]
 pub use codec::read_frame;
 use codec::SyncCodec;
@@ -521,61 +521,6 @@ impl EventLoop {
                 tracing::debug!(%addr, error = %e, "cannot dial remembered peer");
             }
         }
-    }
-
-    /// A peer this node hears from through gossip (relayed by others) but has no
-    /// connection to: look it up and connect, so the mesh does not hang on one relay.
-    /// Kademlia's bootstrap alone can miss a peer that joined a moment later (a 3-node
-    /// mesh where 1 and 2 only knew each other through 0 lost both settle paths when 0
-    /// stopped), and its periodic bootstrap runs every 30 s.
-    fn reach(&mut self, peer: PeerId) {
-        if peer == *self.swarm.local_peer_id()
-            || self.refused.contains(&peer)
-            || self.connected.contains(&peer)
-            || self.connected.len() >= self.max_peers
-        {
-            return;
-        }
-        let now = tokio::time::Instant::now();
-        if self
-            .lookups
-            .get(&peer)
-            .is_some_and(|&t| now.duration_since(t) < LOOKUP_EVERY)
-        {
-            return;
-        }
-        if self.lookups.len() >= MAX_LOOKUPS {
-            self.lookups
-                .retain(|_, t| now.duration_since(*t) < LOOKUP_EVERY);
-            if self.lookups.len() >= MAX_LOOKUPS {
-                return;
-            }
-        }
-        self.lookups.insert(peer, now);
-        tracing::debug!(%peer, "heard of a peer without a connection to it; looking it up");
-        // Addresses kademlia already has are dialled at once; otherwise the lookup asks
-        // the peers we have.
-        let _ = self.swarm.dial(
-            DialOpts::peer_id(peer)
-                .condition(PeerCondition::DisconnectedAndNotDialing)
-                .build(),
-        );
-        self.swarm.behaviour_mut().kad.get_closest_peers(peer);
-    }
-
-    fn dial_found(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
-        if addrs.is_empty()
-            || self.connected.contains(&peer)
-            || self.connected.len() >= self.max_peers
-        {
-            return;
-        }
-        let _ = self.swarm.dial(
-            DialOpts::peer_id(peer)
-                .addresses(addrs)
-                .condition(PeerCondition::DisconnectedAndNotDialing)
-                .build(),
-        );
     }
 
     fn handle_command(&mut self, cmd: NetCommand) {

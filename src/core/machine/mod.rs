@@ -424,61 +424,6 @@ impl Core {
         core
     }
 
-    /// A claim of this peer's that the document holds unreleased but this core does not
-    /// was written by an earlier incarnation: its work died with that process. Released
-    /// in the first change, before any sync, so peers only ever see it released. Left
-    /// standing, a claim that never left the dying process would arrive with the restart
-    /// and could win a token tie (lowest holder id) against the claim another node
-    /// settled and ran meanwhile, voiding that work.
-    ///
-    /// Run again whenever a peer's changes arrive ([`Core::release_lost_claims`]): a
-    /// claim the earlier incarnation pushed but never flushed is lost from the store in
-    /// the crash and comes back only from a peer, after the restart.
-    fn release_previous_incarnations(&mut self) {
-        self.release_stale_own_claims(false);
-    }
-
-    /// A peer's changes arrived: release any claim of an earlier incarnation of this node
-    /// among them (numbered below this incarnation's claims). Its holder is alive, so its
-    /// lease would never expire and its story would wait for it forever.
-    pub(super) fn release_lost_claims(&mut self) {
-        self.release_stale_own_claims(true);
-    }
-
-    fn release_stale_own_claims(&mut self, only_earlier_numbers: bool) {
-        if self.cfg.passive {
-            return;
-        }
-        let first_of_this_run = self.incarnation.saturating_mul(1000);
-        let prefix = format!("{}-", self.peer);
-        let earlier = |id: &str| {
-            id.strip_prefix(&prefix)
-                .and_then(|n| n.parse::<u64>().ok())
-                .is_some_and(|n| n <= first_of_this_run)
-        };
-        // The cached fold: after a peer's changes the next step needs it anyway.
-        let claims = self.derived().1;
-        let stale: Vec<String> = claims
-            .all()
-            .filter(|(id, c)| c.holder == self.peer && !claims.is_released(id))
-            .filter(|(id, _)| !only_earlier_numbers || earlier(id))
-            .map(|(id, _)| id.to_string())
-            .collect();
-        for id in stale {
-            tracing::info!(claim = %id, "releasing a claim of this node's previous run");
-            let story = claims
-                .claim(&id)
-                .and_then(|c| c.resources.iter().find_map(|(r, _)| r.story_key()))
-                .map(str::to_string);
-            let was_blocked = story.as_deref().is_some_and(|s| self.is_blocked(s));
-            self.release(&id, ReleaseReason::Abandoned, "holder restarted");
-            // The restart may have been the story's last allowed takeover.
-            if let Some(s) = story {
-                self.announce_if_blocked(&s, was_blocked);
-            }
-        }
-    }
-
     /// The view of the current document (cached until the document changes).
     pub fn view(&mut self) -> Arc<View> {
         self.derived().0

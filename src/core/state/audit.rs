@@ -779,7 +779,13 @@ mod tests {
         d.put_signed(&key, &Signer::for_test("op").seal(&key, &json(&fact)))
             .unwrap();
         d.add_story(&new_story("lexer"), ALICE, 1_000).unwrap();
-        let s2 = d.add_story(&new_story("parser"), BOB, 1_001).unwrap();
+        // A non-member's own document refuses its write; a rogue copy that ignores the
+        // roster (same history, no operators) makes it, and it reaches `d` as a push.
+        assert!(d.add_story(&new_story("parser"), BOB, 1_001).is_err());
+        let mut rogue = Doc::load_test_names([2; 16], &d.save(), &[]).unwrap();
+        let s2 = rogue.add_story(&new_story("parser"), BOB, 1_001).unwrap();
+        let (pushed, _) = rogue.local_changes_after(0, usize::MAX);
+        assert!(d.apply_pushed(pushed).unwrap());
         let entries = log(&d, None, None);
         let lines: Vec<(&str, &str, Standing, Option<&str>)> = entries
             .iter()

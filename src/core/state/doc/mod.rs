@@ -1,0 +1,420 @@
+//! The automerge document of write-once facts: typed writes, the decoded facts kept in
+//! step with automerge's patches, eager-push changes, sync, save and load.
+
+use super::roster::{Roster, RosterEntry, ADMIT_PREFIX, REVOKE_PREFIX};
+use super::*;
+use std::collections::HashSet;
+
+mod fold;
+mod write;
+
+/// The replicated document.
+///
+/// Beside the automerge document it keeps every admitted root fact decoded ([`Fact`]),
+/// read from each new change's operations after each write, sync or push: the view is
+/// rebuilt from decoded facts, never by re-reading and re-parsing the whole document.
+///
+/// Facts are a grow-only set: every value ever written at a root key, in any change, is
+/// a candidate ([`super::admit`] decides whether it counts); a later overwrite or a
+/// delete of a key removes nothing, and the fact a key shows is chosen among its
+/// admitted candidates by a rule every node applies alike ([`Doc::choose`]). So no
+/// writer, honest or not, can unsay a fact — and a node that joins after an overwrite
+/// reads the same facts as one that saw the original first.
+///
+/// Cloning copies the whole document: the core keeps a clone while a caller waits for
+/// a local write to be made durable, to put back if it is not.
+#[derive(Clone)]
+pub struct Doc {
+    pub(super) inner: AutoCommit,
+    /// The chosen fact of each key (what the view folds).
+    pub(super) facts: BTreeMap<String, Fact>,
+    /// Every admitted value of each key.
+    candidates: BTreeMap<String, Vec<Candidate>>,
+    /// The result and merge keys written under each claim: a claim with a counted one
+    /// is finished, and a takeover never releases it.
+    finished: BTreeMap<String, BTreeSet<String>>,
+    /// Who the mesh's members and operators are (see [`super::roster`]).
+    roster: Roster,
+    /// The causal past of each revoke's change, once computed (it never changes).
+    revoke_past: BTreeMap<ChangeHash, Arc<HashSet<ChangeHash>>>,
+    /// The heads whose changes have been read into `candidates`.
+    scanned: Vec<ChangeHash>,
+    /// Values refused, by the author they name (`?` when they name none) and kind.
+    rejected: BTreeMap<String, BTreeMap<FactKind, u64>>,
+    /// The most recent refused values, bounded, for the audit trail ([`super::audit`]).
+    pub(super) refused: RefusedLog,
+    /// Who signs this document's local writes, and how authors map to keys.
+    writer: Writer,
+    scheme: KeyScheme,
+    /// This actor's recent changes (oldest first), for eager pushes to peers.
+    local_log: VecDeque<LocalChange>,
+}
+
+/// Who signs the local writes of a document.
+#[derive(Debug, Clone)]
+enum Writer {
+    /// A read-only copy (the CLI's offline reads): writing fails.
+    None,
+    /// A node: writes only in its own name.
+    Node(Box<Signer>),
+    /// Tests and the simulator: writes in any plain name's derived key.
+    AnyTestName,
+}
+
+/// One admitted value of a key.
+#[derive(Debug, Clone)]
+struct Candidate {
+    /// The operation that wrote it (counter, actor): orders candidates alike everywhere.
+    op: (u64, Vec<u8>),
+    /// The change that wrote it (a revoked author's value counts only in the revoke's
+    /// causal past).
+    change: ChangeHash,
+    author: String,
+    fact: Fact,
+}
+
+/// How many of its own recent changes a document keeps for eager pushes.
+const LOCAL_LOG_LEN: usize = 512;
+
+/// One change this node made, as pushed to peers.
+#[derive(Debug, Clone)]
+struct LocalChange {
+    seq: u64,
+    hash: ChangeHash,
+    bytes: Vec<u8>,
+}
+
+/// One root fact, decoded and admitted.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Fact {
+    Story(StoryFact),
+    Node(NodeFact),
+    Claim(ClaimFact),
+    Release(ReleaseFact),
+    Result(Arc<ResultFact>),
+    Merge(MergeFact),
+    Knowledge(KnowledgeFact),
+    Admit(RosterFact),
+    Revoke(RosterFact),
+}
+
+impl std::fmt::Debug for Doc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Doc").finish_non_exhaustive()
+    }
+}
+
+impl Doc {
+    /// An empty document with a fresh actor id. Every process start uses a new actor, so
+    /// a node that lost unflushed changes in a crash can never reuse a sequence number.
+    ///
+    /// It verifies authors by peer id and cannot write until [`Doc::with_signer`] gives it
+    /// the node's key.
+    pub fn new(actor: [u8; 16]) -> Doc {
+        Doc::wrap(AutoCommit::new().with_actor(ActorId::from(actor.as_slice())))
+    }
+
+    fn wrap(inner: AutoCommit) -> Doc {
+        Doc {
+            inner,
+            facts: BTreeMap::new(),
+            candidates: BTreeMap::new(),
+            finished: BTreeMap::new(),
+            roster: Roster::default(),
+            revoke_past: BTreeMap::new(),
+            scanned: Vec::new(),
+            rejected: BTreeMap::new(),
+            refused: RefusedLog::default(),
+            writer: Writer::None,
+            scheme: KeyScheme::PeerIds,
+            local_log: VecDeque::new(),
+        }
+    }
+
+    /// This document's local writes are signed by `signer`, and only in its name.
+    pub fn with_signer(mut self, signer: Signer) -> Doc {
+        self.writer = Writer::Node(Box::new(signer));
+        self
+    }
+
+    /// For tests and the simulator: plain names ("A", "node3") are authors with keys
+    /// derived from the name, and local writes may be made in any name. Never for a real
+    /// node: anyone can sign as anyone with a plain name.
+    pub fn with_test_names(mut self) -> Doc {
+        self.writer = Writer::AnyTestName;
+        self.scheme = KeyScheme::TestNames;
+        self.rescan();
+        self
+    }
+
+    /// The mesh's operators (its trust anchors; every node of a mesh must list the same):
+    /// only members they admit write facts that count, and only they write the roster.
+    /// Empty (the default) is an open mesh. Reads every change again.
+    pub fn with_operators(mut self, operators: BTreeSet<String>) -> Doc {
+        self.roster.operators = operators;
+        self.rescan();
+        self
+    }
+
+    /// The roster as this document has it.
+    pub fn roster(&self) -> RosterView {
+        self.roster.view()
+    }
+
+    /// The author this document writes as, if it writes as one node.
+    pub fn author(&self) -> Option<&str> {
+        match &self.writer {
+            Writer::Node(s) => Some(s.author()),
+            Writer::None | Writer::AnyTestName => None,
+        }
+    }
+
+    /// Values refused so far, by the author they name (`?` when none) and kind.
+    pub fn rejected(&self) -> &BTreeMap<String, BTreeMap<FactKind, u64>> {
+        &self.rejected
+    }
+
+    /// The hash of this actor's latest change, if it made one.
+    pub fn last_local_change(&self) -> Option<ChangeHash> {
+        self.local_log.back().map(|c| c.hash)
+    }
+
+    /// This actor's changes with a sequence number above `after`, oldest first, and the
+    /// highest sequence number among them. Empty when they would exceed `max_bytes` or
+    /// the log no longer reaches back to `after` (the sync protocol carries them then).
+    pub fn local_changes_after(&self, after: u64, max_bytes: usize) -> (Vec<Vec<u8>>, u64) {
+        let Some(first) = self.local_log.front() else {
+            return (Vec::new(), after);
+        };
+        if first.seq > after.saturating_add(1) {
+            return (Vec::new(), after);
+        }
+        let mut out = Vec::new();
+        let (mut size, mut upto) = (0, after);
+        for c in self.local_log.iter().filter(|c| c.seq > after) {
+            size += c.bytes.len();
+            if size > max_bytes {
+                return (Vec::new(), after);
+            }
+            out.push(c.bytes.clone());
+            upto = c.seq;
+        }
+        (out, upto)
+    }
+
+    /// Applies changes a peer pushed outside a sync exchange (changes whose dependencies
+    /// are missing wait in automerge's queue until the sync protocol brings them).
+    /// Returns whether the document changed.
+    pub fn apply_pushed(&mut self, changes: Vec<Vec<u8>>) -> Result<bool, StateError> {
+        let mut decoded = Vec::with_capacity(changes.len());
+        for c in changes {
+            decoded.push(
+                automerge::Change::from_bytes(c)
+                    .map_err(|e| StateError::Sync(format!("pushed change: {e}")))?,
+            );
+        }
+        let before = self.inner.get_heads();
+        self.inner
+            .apply_changes(decoded)
+            .map_err(|e| StateError::Sync(format!("pushed change: {e}")))?;
+        let changed = self.inner.get_heads() != before;
+        if changed {
+            self.refresh();
+        }
+        Ok(changed)
+    }
+
+    /// Whether a peer whose document had the heads `their_heads` had `change`, and this
+    /// document has everything that peer had: all of its heads are known here and
+    /// `change` is among their ancestors.
+    pub fn peer_has(&mut self, their_heads: &[ChangeHash], change: &ChangeHash) -> bool {
+        if their_heads.is_empty() {
+            return false;
+        }
+        for h in their_heads {
+            if self.inner.get_change_meta_by_hash(h).is_none() {
+                return false;
+            }
+        }
+        if their_heads.contains(change) {
+            return true;
+        }
+        !self
+            .inner
+            .get_changes_meta(their_heads)
+            .iter()
+            .any(|m| m.hash == *change)
+    }
+
+    /// Records the change a local write just committed.
+    fn log_local_change(&mut self) {
+        let Some(c) = self.inner.get_last_local_change() else {
+            return;
+        };
+        if self.local_log.back().is_some_and(|l| l.seq >= c.seq()) {
+            return;
+        }
+        self.local_log.push_back(LocalChange {
+            seq: c.seq(),
+            hash: c.hash(),
+            bytes: c.raw_bytes().to_vec(),
+        });
+        while self.local_log.len() > LOCAL_LOG_LEN {
+            self.local_log.pop_front();
+        }
+    }
+
+    /// Loads a document from a snapshot (possibly empty) plus incremental chunks. It
+    /// verifies authors by peer id and cannot write until [`Doc::with_signer`].
+    pub fn load(actor: [u8; 16], snapshot: &[u8], chunks: &[Vec<u8>]) -> Result<Doc, StateError> {
+        Doc::load_as(actor, snapshot, chunks, KeyScheme::PeerIds, BTreeSet::new())
+    }
+
+    /// [`Doc::load`] then [`Doc::with_operators`], reading the changes once.
+    pub fn load_with_operators(
+        actor: [u8; 16],
+        snapshot: &[u8],
+        chunks: &[Vec<u8>],
+        operators: BTreeSet<String>,
+    ) -> Result<Doc, StateError> {
+        Doc::load_as(actor, snapshot, chunks, KeyScheme::PeerIds, operators)
+    }
+
+    /// [`Doc::load`] then [`Doc::with_test_names`], reading the changes once.
+    pub fn load_test_names(
+        actor: [u8; 16],
+        snapshot: &[u8],
+        chunks: &[Vec<u8>],
+    ) -> Result<Doc, StateError> {
+        let mut doc = Doc::load_as(
+            actor,
+            snapshot,
+            chunks,
+            KeyScheme::TestNames,
+            BTreeSet::new(),
+        )?;
+        doc.writer = Writer::AnyTestName;
+        Ok(doc)
+    }
+
+    fn load_as(
+        actor: [u8; 16],
+        snapshot: &[u8],
+        chunks: &[Vec<u8>],
+        scheme: KeyScheme,
+        operators: BTreeSet<String>,
+    ) -> Result<Doc, StateError> {
+        let mut inner = if snapshot.is_empty() {
+            AutoCommit::new()
+        } else {
+            AutoCommit::load(snapshot).map_err(|e| StateError::Corrupt(e.to_string()))?
+        };
+        for c in chunks {
+            inner
+                .load_incremental(c)
+                .map_err(|e| StateError::Corrupt(e.to_string()))?;
+        }
+        inner.set_actor(ActorId::from(actor.as_slice()));
+        let mut doc = Doc::wrap(inner);
+        doc.scheme = scheme;
+        doc.roster.operators = operators;
+        // The first refresh reads every change; later ones only the new.
+        doc.refresh();
+        Ok(doc)
+    }
+
+    /// Bytes of every change since the last save (empty when nothing changed).
+    pub fn save_incremental(&mut self) -> Vec<u8> {
+        self.inner.save_incremental()
+    }
+
+    /// A compacted snapshot of the whole document.
+    pub fn save(&mut self) -> Vec<u8> {
+        self.inner.save()
+    }
+
+    /// SHA-256 over the sorted heads: equal digests mean equal documents.
+    pub fn heads_digest(&mut self) -> [u8; 32] {
+        let mut heads = self.inner.get_heads();
+        heads.sort();
+        let mut h = Sha256::new();
+        for head in &heads {
+            h.update(head.as_ref());
+        }
+        h.finalize().into()
+    }
+
+    pub fn heads_hex(&mut self) -> Vec<String> {
+        let mut heads: Vec<String> = self
+            .inner
+            .get_heads()
+            .iter()
+            .map(|h| h.to_string())
+            .collect();
+        heads.sort();
+        heads
+    }
+
+    /// The next sync message for a peer, or `None` when that peer has everything.
+    pub fn sync_generate(&mut self, state: &mut SyncState) -> Option<Vec<u8>> {
+        self.inner
+            .sync()
+            .generate_sync_message(state)
+            .map(|m| m.encode())
+    }
+
+    /// Applies a sync message from a peer. Returns whether the document changed.
+    pub fn sync_receive(
+        &mut self,
+        state: &mut SyncState,
+        bytes: &[u8],
+    ) -> Result<bool, StateError> {
+        let msg = sync::Message::decode(bytes).map_err(|e| StateError::Sync(e.to_string()))?;
+        let before = self.inner.get_heads();
+        self.inner
+            .sync()
+            .receive_sync_message(state, msg)
+            .map_err(|e| StateError::Sync(e.to_string()))?;
+        let changed = self.inner.get_heads() != before;
+        if changed {
+            self.refresh();
+        }
+        Ok(changed)
+    }
+
+    /// Every admitted value of every key, chosen or not, as the audit trail reads them
+    /// ([`super::audit`]).
+    pub(super) fn candidates(&self) -> impl Iterator<Item = Admitted<'_>> {
+        self.candidates.iter().flat_map(move |(key, all)| {
+            let chosen = self.chosen(key);
+            let roster = key.starts_with(ADMIT_PREFIX) || key.starts_with(REVOKE_PREFIX);
+            all.iter().map(move |c| Admitted {
+                key,
+                author: &c.author,
+                fact: &c.fact,
+                op: (c.op.0, &c.op.1),
+                chosen: chosen.is_some_and(|x| std::ptr::eq(x, c)),
+                member: roster || self.roster.counts(&c.author, &c.change),
+            })
+        })
+    }
+
+    /// The keys of every admitted fact.
+    pub fn fact_keys(&self) -> impl Iterator<Item = &str> {
+        self.facts.keys().map(String::as_str)
+    }
+
+    /// The current view: a pure function of the document.
+    pub fn view(&self) -> View {
+        self.view_and_claims().0
+    }
+
+    /// The current view and its claim fold (what `view().claims()` gives, without
+    /// folding the claims twice).
+    pub fn view_and_claims(&self) -> (View, Claims) {
+        let (mut view, claims) = View::fold(&self.facts);
+        view.malformed += self.rejected.values().flat_map(|k| k.values()).sum::<u64>();
+        view.roster = self.roster.view();
+        (view, claims)
+    }
+}

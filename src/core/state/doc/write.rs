@@ -1,0 +1,291 @@
+//! Typed writes: every fact is sealed in the writer's name and checked as every peer
+//! will check it before it is written (a refused write is never made), plus the
+//! operator's pre-sealed roster facts and the hostile raw writes of tests and the
+//! simulator.
+
+use super::*;
+
+impl Doc {
+    /// Seals one fact in `author`'s name and checks it as every peer will; the sealed
+    /// value, or why it cannot be written.
+    pub(super) fn seal_checked<T: Serialize>(
+        &self,
+        key: &str,
+        fact: &T,
+        author: &str,
+    ) -> Result<String, StateError> {
+        let write_err = |why: String| StateError::Write {
+            key: key.to_string(),
+            why,
+        };
+        let json = serde_json::to_string(fact).map_err(|e| write_err(e.to_string()))?;
+        let sealed = match &self.writer {
+            Writer::Node(s) if s.author() == author => s.seal(key, &json),
+            Writer::Node(s) => {
+                return Err(write_err(format!(
+                    "this node signs as {}, not as {author}",
+                    s.author()
+                )))
+            }
+            Writer::AnyTestName => Signer::for_test(author).seal(key, &json),
+            Writer::None => {
+                return Err(write_err(
+                    "this copy of the document has no signing key".into(),
+                ))
+            }
+        };
+        // What peers would refuse is never written: the writer hears why.
+        let kind = FactKind::of_key(key).ok_or_else(|| write_err("unknown kind of fact".into()))?;
+        if !self.roster.is_member(author) {
+            return Err(write_err(if self.roster.revoked.contains_key(author) {
+                format!("{author} was revoked by an operator: nothing it writes counts")
+            } else {
+                format!(
+                    "{author} is not on the mesh's roster, so nothing it writes would count: \
+                     an operator must run `mesh-agent admit {author}` first"
+                )
+            }));
+        }
+        if let Err(why) = admit(kind, key, &sealed, self.scheme, &self.roster.operators) {
+            return Err(write_err(format!(
+                "peers would refuse it: {}",
+                why.as_str()
+            )));
+        }
+        Ok(sealed)
+    }
+
+    /// Seals one fact in `author`'s name, checks it as every peer will, writes it at a
+    /// root key and commits it. On error nothing was written.
+    pub(in crate::core::state) fn put_fact<T: Serialize>(
+        &mut self,
+        key: &str,
+        fact: &T,
+        author: &str,
+    ) -> Result<(), StateError> {
+        self.put_sealed(&[(key.to_string(), self.seal_checked(key, fact, author)?)])
+    }
+
+    /// Writes sealed values in one change. On error nothing was written.
+    pub(super) fn put_sealed(&mut self, values: &[(String, String)]) -> Result<(), StateError> {
+        for (key, sealed) in values {
+            // Writing a scalar at the root only fails on a corrupt op set.
+            if let Err(e) = self.inner.put(ROOT, key.as_str(), sealed.as_str()) {
+                self.inner.rollback();
+                return Err(StateError::Write {
+                    key: key.clone(),
+                    why: e.to_string(),
+                });
+            }
+        }
+        self.inner.commit();
+        self.log_local_change();
+        self.refresh();
+        Ok(())
+    }
+
+    /// Validates and writes a new story fact. `now_ms` is the creator's wall clock,
+    /// recorded for display and age ordering only.
+    pub fn add_story(
+        &mut self,
+        new: &NewStory,
+        creator: &str,
+        now_ms: u64,
+    ) -> Result<String, StateError> {
+        let mut keys = self.add_stories(std::slice::from_ref(new), creator, now_ms)?;
+        keys.pop().ok_or_else(|| StateError::Write {
+            key: STORY_PREFIX.into(),
+            why: "no story written".into(),
+        })
+    }
+
+    /// Validates and writes new stories, numbered in order, in one change: all or none.
+    /// Dependencies name stories already in the document.
+    pub fn add_stories(
+        &mut self,
+        news: &[NewStory],
+        creator: &str,
+        now_ms: u64,
+    ) -> Result<Vec<String>, StateError> {
+        let view = self.view();
+        let mut number = view.max_number();
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for new in news {
+            let valid = new.validate()?;
+            let mut depends_on = Vec::new();
+            for d in &new.depends_on {
+                let key = view.resolve(d.trim())?.key.clone();
+                if !depends_on.contains(&key) {
+                    depends_on.push(key);
+                }
+            }
+            number += 1;
+            let key = story_key(number, creator);
+            let fact = StoryFact {
+                number,
+                created_by: creator.to_string(),
+                created_at_ms: now_ms,
+                title: valid.title,
+                body: valid.body,
+                priority: valid.priority,
+                depends_on,
+                files: valid.files,
+                labels: valid.labels,
+                source: "cli".into(),
+            };
+            let doc_key = format!("{STORY_PREFIX}{key}");
+            values.push((
+                doc_key.clone(),
+                self.seal_checked(&doc_key, &fact, creator)?,
+            ));
+            keys.push(key);
+        }
+        if !values.is_empty() {
+            self.put_sealed(&values)?;
+        }
+        Ok(keys)
+    }
+
+    /// Records this node's description, only when it differs from what the document has.
+    /// Returns whether a write happened.
+    pub fn put_node(&mut self, peer: &str, fact: &NodeFact) -> Result<bool, StateError> {
+        let key = format!("{NODE_PREFIX}{peer}");
+        if matches!(self.facts.get(&key), Some(Fact::Node(f)) if f == fact) {
+            return Ok(false);
+        }
+        self.put_fact(&key, fact, peer)?;
+        Ok(true)
+    }
+
+    /// Writes a claim fact. Claim ids are unique per writer, so the key has one writer.
+    pub fn put_claim(&mut self, id: &str, fact: &ClaimFact) -> Result<(), StateError> {
+        self.put_fact(&format!("{CLAIM_PREFIX}{id}"), fact, &fact.holder)
+    }
+
+    /// The holder of claim `id` as written in the document (winning or not), without
+    /// folding a view.
+    pub fn claim_holder(&self, id: &str) -> Option<&str> {
+        match self.facts.get(&format!("{CLAIM_PREFIX}{id}")) {
+            Some(Fact::Claim(c)) => Some(&c.holder),
+            _ => None,
+        }
+    }
+
+    /// Writes a release fact for a claim, by its holder or (`expired`) by a node `by` that
+    /// took it over. Rewriting an existing release is skipped: the first reason stands.
+    pub fn put_release(
+        &mut self,
+        id: &str,
+        fact: &ReleaseFact,
+        by: &str,
+    ) -> Result<(), StateError> {
+        let key = format!("{RELEASE_PREFIX}{id}");
+        if matches!(self.facts.get(&key), Some(Fact::Release(_))) {
+            return Ok(());
+        }
+        self.put_fact(&key, fact, by)
+    }
+
+    /// Writes a phase result under its claim.
+    pub fn put_result(&mut self, fact: &ResultFact) -> Result<(), StateError> {
+        let key = format!(
+            "{RESULT_PREFIX}{}/{}/{}",
+            fact.story,
+            fact.phase.as_str(),
+            fact.claim
+        );
+        self.put_fact(&key, fact, &fact.holder)
+    }
+
+    /// Records a landing on main.
+    pub fn put_merge(&mut self, fact: &MergeFact) -> Result<(), StateError> {
+        let key = format!("{MERGE_PREFIX}{}/{}", fact.story, fact.claim);
+        self.put_fact(&key, fact, &fact.holder)
+    }
+
+    /// Writes a knowledge entry under the hash of its kind and normalised text, so the
+    /// same lesson learned twice (by any nodes) is one entry. Returns its id; an entry
+    /// already present is left as first written. Over-long or empty text is refused.
+    pub fn put_knowledge(&mut self, fact: &KnowledgeFact) -> Result<String, StateError> {
+        let text = fact.text.trim();
+        if text.is_empty() || text.len() > MAX_KNOWLEDGE_BYTES {
+            return Err(StateError::KnowledgeRefused);
+        }
+        let id = knowledge_id(fact.kind, text);
+        let key = format!("{KNOWLEDGE_PREFIX}{id}");
+        if self.inner.get(ROOT, key.as_str()).ok().flatten().is_none() {
+            let mut f = fact.clone();
+            f.text = text.to_string();
+            self.put_fact(&key, &f, &fact.author)?;
+        }
+        Ok(id)
+    }
+
+    /// Writes a value sealed elsewhere (an operator's roster fact: the operator's key is
+    /// not this node's), after checking it as every peer will. Only roster facts.
+    pub fn put_signed(&mut self, key: &str, sealed: &str) -> Result<(), StateError> {
+        let write_err = |why: String| StateError::Write {
+            key: key.to_string(),
+            why,
+        };
+        let kind = FactKind::of_key(key)
+            .filter(|k| matches!(k, FactKind::Admit | FactKind::Revoke))
+            .ok_or_else(|| write_err("only roster facts are written pre-signed".into()))?;
+        if !self.roster.enforced() {
+            return Err(write_err(
+                "this mesh has no operators (config `operators` is empty), so it has no roster: \
+                 list the operators' ids in every node's config first"
+                    .into(),
+            ));
+        }
+        if let Err(why) = admit(kind, key, sealed, self.scheme, &self.roster.operators) {
+            let author = trust::claimed_author(sealed).unwrap_or("?");
+            return Err(write_err(match why {
+                Refusal::NotEntitled => format!(
+                    "{author} is not an operator of this mesh (config `operators` lists {})",
+                    self.roster
+                        .operators
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                why => format!("peers would refuse it: {}", why.as_str()),
+            }));
+        }
+        self.put_sealed(&[(key.to_string(), sealed.to_string())])
+    }
+
+    /// Hostile writes for the simulator's Byzantine-lite node and the tests: puts `value`
+    /// at root key `key` as is, unchecked and unsigned unless it already is.
+    #[doc(hidden)]
+    pub fn raw_put(&mut self, key: &str, value: String) {
+        if self.inner.put(ROOT, key, value).is_ok() {
+            self.inner.commit();
+            self.log_local_change();
+            self.refresh();
+        }
+    }
+
+    /// Deletes root key `key` (see [`Doc::raw_put`]).
+    #[doc(hidden)]
+    pub fn raw_delete(&mut self, key: &str) {
+        if self.inner.delete(ROOT, key).is_ok() {
+            self.inner.commit();
+            self.log_local_change();
+            self.refresh();
+        }
+    }
+
+    /// The value at root key `key` as automerge has it now (sealed text, if a string).
+    #[doc(hidden)]
+    pub fn raw_get(&self, key: &str) -> Option<String> {
+        match self.inner.get(ROOT, key).ok().flatten()? {
+            (automerge::Value::Scalar(v), _) => match v.as_ref() {
+                ScalarValue::Str(s) => Some(s.to_string()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
