@@ -687,3 +687,136 @@ async fn a_partition_during_two_implements_of_one_file_heals_and_both_land_once(
         n.shutdown().await;
     }
 }
+
+/// A member gone bad (issue 15): a node built from the library that, while three honest
+/// nodes carry the demo backlog to main, forges facts in their names, overwrites and
+/// deletes theirs, claims with token `u64::MAX`, writes values no local write accepts and
+/// 10,000 junk values. No honest view counts any of it, every refusal is counted against
+/// the forger, and main holds each story exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hostile_member_changes_no_honest_view_and_the_backlog_still_lands_once() {
+    use mesh_agent::core::lease::{ClaimFact, Resource};
+    use mesh_agent::core::trust::claimed_author;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let origin = tmp.path().join("origin.git");
+    demo::create_origin(&origin).expect("origin");
+    let keys: Vec<Keypair> = (0..4).map(|_| Keypair::generate_ed25519()).collect();
+    let mut nodes: Vec<NodeHandle> = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        let n = start_with(
+            &tmp.path().join(format!("n{i}")),
+            k,
+            nodes.first(),
+            |c| {
+                flow_config(c, &origin);
+                // The last node only replicates: it takes no work, it forges.
+                c.work = i < 3;
+            },
+            None,
+        )
+        .await;
+        nodes.push(n);
+    }
+    let refs: Vec<&NodeHandle> = nodes.iter().collect();
+    wait_all_alive(&refs).await;
+    let evil = nodes.pop().expect("four nodes");
+    let me = evil.peer_id.to_string();
+    let honest: Vec<String> = nodes.iter().map(|n| n.peer_id.to_string()).collect();
+    let total = add_backlog(&nodes[0]).await;
+    wait_view(&evil, "the backlog reached the forger", 30, |v| {
+        v.stories.len() == total
+    })
+    .await;
+
+    // Forgeries, each from the forger's own document, travelling like any change.
+    let victim = honest[0].clone();
+    let (me2, victim2) = (me.clone(), victim.clone());
+    evil.hostile(move |doc| {
+        let keys: Vec<String> = doc.fact_keys().map(str::to_string).collect();
+        for key in keys.iter().filter(|k| k.starts_with("story/")).take(6) {
+            let Some(value) = doc.raw_get(key) else {
+                continue;
+            };
+            // The value re-signed by the forger but labelled as its author: a bad
+            // signature; then signed as itself: not its key to write; then deleted.
+            let json = value.splitn(4, ' ').nth(3).unwrap_or("{}");
+            let json = json.replacen("\"title\":\"", "\"title\":\"forged ", 1);
+            let mine = mesh_agent::core::trust::Signer::for_test("x").seal(key, &json);
+            if let Some(author) = claimed_author(&value) {
+                doc.raw_put(key, mine.replacen("x", author, 1));
+            }
+            doc.raw_delete(key);
+        }
+        // A story in the victim's name, and a claim with an inflated token in its own.
+        let story = keys.iter().find(|k| k.starts_with("story/")).cloned();
+        if let Some(story) = story {
+            let s = story.trim_start_matches("story/").to_string();
+            let res =
+                Resource::story(&s, mesh_agent::core::model::Phase::Research).expect("resource");
+            let claim = ClaimFact {
+                resources: vec![(res, u64::MAX)],
+                holder: me2.clone(),
+                ttl_ms: 600_000,
+                written_at_ms: 1,
+                attempt: 1,
+                after: None,
+            };
+            let json = serde_json::to_string(&claim).expect("json");
+            let key = format!("claim/{me2}-1");
+            doc.raw_put(&key, format!("m1 {me2} AAAA {json}"));
+            let forged = format!("claim/{victim2}-99");
+            doc.raw_put(&forged, format!("m1 {victim2} AAAA {json}"));
+        }
+        // A story signed in its own name whose priority is 0 (a local write refuses it).
+        doc.raw_put(
+            "story/S-0999@bad",
+            format!("m1 {me2} AAAA {{\"number\":999,\"priority\":0}}"),
+        );
+        for i in 0..10_000 {
+            doc.raw_put(&format!("knowledge/junk{i}"), format!("junk {i}"));
+        }
+    })
+    .await
+    .expect("the forger runs");
+
+    // The honest mesh lands the backlog, exactly once, with nothing of the forger's.
+    let view = wait_view(&nodes[0], "every story merged or blocked", 400, |v| {
+        all_settled(v, total)
+    })
+    .await;
+    check_main(&origin, &view, &tmp.path().join("check"));
+    for n in &nodes {
+        let v = wait_view(n, "every story settled here too", 60, |v| {
+            all_settled(v, total)
+        })
+        .await;
+        assert_eq!(v.stories.len(), total, "no story was added, none removed");
+        assert!(v.stories.values().all(|s| !s.fact.title.starts_with("forged")));
+        assert!(
+            v.claims.values().all(|c| c.holder != me),
+            "a forged claim counted"
+        );
+        assert!(v.knowledge.keys().all(|k| !k.starts_with("junk")));
+        let s = n.status().await.expect("running");
+        let refused: u64 = s
+            .rejected
+            .iter()
+            .filter(|r| r.author == me)
+            .map(|r| r.count)
+            .sum();
+        assert!(
+            refused > 0,
+            "the forger's refusals are counted: {:?}",
+            s.rejected
+        );
+        assert!(
+            s.rejected.iter().any(|r| r.author == victim),
+            "{:?}",
+            s.rejected
+        );
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+    evil.kill().await;
+}

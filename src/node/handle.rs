@@ -127,6 +127,18 @@ impl NodeHandle {
             .map_err(|e| e.to_string())
     }
 
+    /// Tests of a hostile member: `act` writes anything into this node's document (raw
+    /// values, deletes), which is then persisted and pushed like a local write.
+    #[doc(hidden)]
+    pub async fn hostile(&self, act: impl FnOnce(&mut Doc) + Send + 'static) -> Option<()> {
+        let (tx, rx) = oneshot::channel();
+        self.api
+            .send(ApiRequest::Hostile(super::HostileWrite(Box::new(act)), tx))
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+
     /// Writes an operator's sealed roster fact; what it did, in one line.
     pub async fn put_roster(&self, key: &str, sealed: &str) -> Result<String, String> {
         let (tx, rx) = oneshot::channel();

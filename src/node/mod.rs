@@ -72,6 +72,15 @@ pub struct NodeOptions {
     pub executor: Option<Arc<dyn Executor>>,
 }
 
+/// A hostile member's raw writes ([`ApiRequest::Hostile`]).
+pub struct HostileWrite(pub Box<dyn FnOnce(&mut Doc) + Send>);
+
+impl std::fmt::Debug for HostileWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HostileWrite")
+    }
+}
+
 /// Requests from the control API (and tests) into the node loop.
 #[derive(Debug)]
 pub enum ApiRequest {
@@ -100,6 +109,10 @@ pub enum ApiRequest {
     ),
     /// Writes an operator's sealed roster fact (key, sealed value); answers what it did.
     PutRoster(String, String, oneshot::Sender<Result<String, WriteError>>),
+    /// Tests of a hostile member: writes anything into the document (raw values,
+    /// deletes), persisted and pushed like a local write. Never sent by the CLI or API.
+    #[doc(hidden)]
+    Hostile(HostileWrite, oneshot::Sender<()>),
     /// Flush everything and stop the node loop; answered once stopped.
     Shutdown(oneshot::Sender<()>),
 }

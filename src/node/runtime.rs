@@ -561,6 +561,10 @@ impl Runtime {
             ApiRequest::View(reply) => {
                 let _ = reply.send((*self.core.view()).clone());
             }
+            ApiRequest::Hostile(act, reply) => {
+                self.core.hostile_write(act.0);
+                let _ = reply.send(());
+            }
             ApiRequest::PutRoster(key, sealed, reply) => {
                 let res = self
                     .durable_write(|core| core.put_roster(&key, &sealed))
