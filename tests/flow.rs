@@ -791,7 +791,10 @@ async fn a_hostile_member_changes_no_honest_view_and_the_backlog_still_lands_onc
         })
         .await;
         assert_eq!(v.stories.len(), total, "no story was added, none removed");
-        assert!(v.stories.values().all(|s| !s.fact.title.starts_with("forged")));
+        assert!(v
+            .stories
+            .values()
+            .all(|s| !s.fact.title.starts_with("forged")));
         assert!(
             v.claims.values().all(|c| c.holder != me),
             "a forged claim counted"
