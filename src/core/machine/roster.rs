@@ -59,7 +59,9 @@ impl Core {
                 }
             }
         }
-        if standing != Standing::Member {
+        // An open mesh refuses no one (and a mesh whose operators were all removed from
+        // the config takes back anyone it refused).
+        if standing != Standing::Member || (!roster.enforced && self.refused.is_empty()) {
             return;
         }
         let mut known: BTreeSet<String> = self.connected.clone();
