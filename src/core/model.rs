@@ -161,6 +161,11 @@ pub struct NodeFact {
     pub roles: Vec<String>,
     pub capacity: u32,
     pub version: String,
+    /// The writing run's incarnation (its start time): the description of the latest run
+    /// counts, so a replay of an older one by anyone changes nothing (0: written before
+    /// the field existed).
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// The gossip heartbeat (never stored in the document).

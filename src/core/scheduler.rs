@@ -661,6 +661,7 @@ mod tests {
                     roles: all_roles(),
                     capacity: 2,
                     version: "test".into(),
+                    incarnation: 0,
                 },
             )
             .unwrap();

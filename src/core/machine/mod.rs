@@ -555,6 +555,7 @@ impl Core {
             roles: self.cfg.roles.clone(),
             capacity: self.cfg.capacity,
             version: version.to_string(),
+            incarnation: self.incarnation,
         };
         let peer = self.peer.clone();
         match self.doc.put_node(&peer, &fact) {

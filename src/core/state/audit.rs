@@ -532,6 +532,7 @@ mod tests {
                 roles: vec!["implement".into()],
                 capacity: 2,
                 version: "0.1.0".into(),
+                incarnation: 0,
             },
         )
         .unwrap();
@@ -651,6 +652,7 @@ mod tests {
                 roles: vec![],
                 capacity,
                 version: String::new(),
+                incarnation: 0,
             };
             d.put_node(BOB, &node).unwrap();
         }

@@ -33,6 +33,7 @@ fn decoded_facts_track_the_document() {
         roles: vec![format!("r{n}")],
         capacity: n,
         version: String::new(),
+        incarnation: 0,
     };
     let mut step = 0u32;
     for round in 0..6u32 {
@@ -539,13 +540,38 @@ fn node_fact_is_written_only_on_change() {
         roles: vec!["implement".into()],
         capacity: 2,
         version: "0.1.0".into(),
+        incarnation: 1,
     };
     assert!(a.put_node(A, &f).unwrap());
     assert!(
         !a.put_node(A, &f).unwrap(),
         "rewriting the same fact would grow history"
     );
-    assert!(a.put_node(A, &NodeFact { capacity: 3, ..f }).unwrap());
+    // A restart with the same description writes nothing.
+    let restarted = NodeFact {
+        incarnation: 2,
+        ..f.clone()
+    };
+    assert!(!a.put_node(A, &restarted).unwrap());
+    assert!(a
+        .put_node(
+            A,
+            &NodeFact {
+                capacity: 3,
+                incarnation: 3,
+                ..f.clone()
+            }
+        )
+        .unwrap());
+    // Anyone may put the older run's signed value again: it stays the older one.
+    let old_key = format!("{NODE_PREFIX}{A}");
+    let old = Signer::for_test(A).seal(&old_key, &json(&f));
+    a.raw_put(&old_key, old);
+    assert_eq!(
+        a.view().nodes[A].capacity,
+        3,
+        "a replayed description never wins"
+    );
 }
 
 #[test]

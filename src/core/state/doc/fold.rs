@@ -208,7 +208,12 @@ impl Doc {
         let roster = matches!(kind, Some(FactKind::Admit | FactKind::Revoke));
         let counts = |c: &&Candidate| roster || self.roster.counts(&c.author, &c.change);
         match kind {
-            Some(FactKind::Node) => all.iter().filter(counts).max_by(|a, b| a.op.cmp(&b.op)),
+            // The latest run's, then the latest write's: an older run's value replayed
+            // (re-put by anyone, as it is validly signed) never comes back.
+            Some(FactKind::Node) => all
+                .iter()
+                .filter(counts)
+                .max_by_key(|c| (node_incarnation(&c.fact), &c.op)),
             Some(FactKind::Release) => {
                 let id = key.strip_prefix(RELEASE_PREFIX).unwrap_or(key);
                 let holder = claim_id_holder(id);
@@ -234,5 +239,13 @@ impl Doc {
                 self.facts.remove(key);
             }
         }
+    }
+}
+
+/// The incarnation a node description carries (0 for any other fact).
+fn node_incarnation(f: &Fact) -> u64 {
+    match f {
+        Fact::Node(n) => n.incarnation,
+        _ => 0,
     }
 }
