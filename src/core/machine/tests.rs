@@ -758,15 +758,7 @@ fn titled(title: &str) -> NewStory {
 }
 
 fn titles(c: &Core) -> Vec<String> {
-    let mut t: Vec<String> = c
-        .doc()
-        .view()
-        .stories
-        .values()
-        .map(|s| s.fact.title.clone())
-        .collect();
-    t.sort();
-    t
+    crate::core::state::tests::titles(c.doc())
 }
 
 #[test]

@@ -131,6 +131,7 @@ impl Roster {
 mod tests {
     use super::*;
     use crate::core::lease::ReleaseReason;
+    use crate::core::state::tests::{sync_pair as sync, titles};
 
     fn doc(actor: u8) -> Doc {
         Doc::new([actor; 16])
@@ -159,35 +160,6 @@ mod tests {
         };
         let json = serde_json::to_string(&fact).unwrap();
         d.put_signed(&key, &Signer::for_test(by).seal(&key, &json))
-    }
-
-    fn sync(a: &mut Doc, b: &mut Doc) {
-        let (mut sa, mut sb) = (SyncState::new(), SyncState::new());
-        for _ in 0..10 {
-            let m1 = a.sync_generate(&mut sa);
-            if let Some(m) = &m1 {
-                b.sync_receive(&mut sb, m).unwrap();
-            }
-            let m2 = b.sync_generate(&mut sb);
-            if let Some(m) = &m2 {
-                a.sync_receive(&mut sa, m).unwrap();
-            }
-            if m1.is_none() && m2.is_none() {
-                return;
-            }
-        }
-        panic!("sync did not finish");
-    }
-
-    fn titles(d: &Doc) -> Vec<String> {
-        let mut t: Vec<String> = d
-            .view()
-            .stories
-            .values()
-            .map(|s| s.fact.title.clone())
-            .collect();
-        t.sort();
-        t
     }
 
     #[test]

@@ -91,7 +91,7 @@ fn decoded_facts_track_the_document() {
     assert_eq!(views[0].knowledge.len(), 6);
 }
 
-fn sync_pair(a: &mut Doc, b: &mut Doc) {
+pub(crate) fn sync_pair(a: &mut Doc, b: &mut Doc) {
     let (mut sa, mut sb) = (SyncState::new(), SyncState::new());
     for _ in 0..10 {
         let m1 = a.sync_generate(&mut sa);
@@ -775,4 +775,16 @@ fn a_hostile_member_cannot_forge_overwrite_delete_or_inflate() {
 /// The JSON a writer seals.
 fn json<T: Serialize>(fact: &T) -> String {
     serde_json::to_string(fact).unwrap()
+}
+
+/// The titles of a document's stories, sorted.
+pub(crate) fn titles(d: &Doc) -> Vec<String> {
+    let mut t: Vec<String> = d
+        .view()
+        .stories
+        .values()
+        .map(|s| s.fact.title.clone())
+        .collect();
+    t.sort();
+    t
 }
