@@ -725,7 +725,7 @@ cmd_up() {
         fi
     else
         for i in $(existing_nodes); do rm -rf "$(node_dir "$i")"; done
-        rm -rf "$TESTNET_DIR/origin.git" "$GITHOST" "$HOSTS_MARK" "$TESTNET_DIR/started_ms"
+        rm -rf "$TESTNET_DIR/origin.git" "$GITHOST" "$HOSTS_MARK" "$TESTNET_DIR/started_ms" "$TESTNET_DIR/operator.key"
         ORIGIN=$TESTNET_DIR/origin.git
         if ((hosts)); then
             echo "$n" >"$HOSTS_MARK"
@@ -1017,7 +1017,7 @@ cmd_down() {
     fi
     local i removed=0
     for i in $(existing_nodes); do rm -rf "$(node_dir "$i")"; removed=$((removed + 1)); done
-    rm -rf "$ORIGIN" "$GITHOST" "$HOSTS_MARK" "$TESTNET_DIR/started_ms"
+    rm -rf "$ORIGIN" "$GITHOST" "$HOSTS_MARK" "$TESTNET_DIR/started_ms" "$TESTNET_DIR/operator.key"
     ((removed == 0)) || info "removed the data of $removed node(s) and the origin from $TESTNET_DIR"
 }
 
