@@ -21,6 +21,15 @@ use mesh_agent::node::{self, NodeOptions, StatusReport};
 use std::path::Path;
 use std::time::Duration;
 
+/// The node refused the request as the caller's mistake (bad input, unknown id): a usage
+/// error (exit code 2); anything else stays a runtime failure.
+fn usage_if_refused(e: api::ClientError) -> anyhow::Error {
+    match e {
+        api::ClientError::Refused(m) => usage(m),
+        e => e.into(),
+    }
+}
+
 /// The operators in the data dir's config (a node that is not running is read with them).
 fn operators(dir: &Path) -> Result<std::collections::BTreeSet<String>> {
     let cfg = Config::load(dir, std::env::vars()).map_err(usage)?;
@@ -174,10 +183,7 @@ pub(crate) fn log(dir: &Path, a: LogArgs) -> Result<()> {
         tail: a.tail,
     };
     // An unknown story is the caller's mistake: a usage error naming it.
-    let entries = client.log(&q).map_err(|e| match e {
-        api::ClientError::Refused(m) => usage(m),
-        e => e.into(),
-    })?;
+    let entries = client.log(&q).map_err(usage_if_refused)?;
     let mut out = std::io::stdout().lock();
     for e in &entries {
         let line = if a.json {
@@ -215,10 +221,9 @@ pub(crate) fn knowledge(dir: &Path, c: KnowledgeCommand) -> Result<()> {
                     "unknown kind {kind:?}: use convention, pattern, testing or pitfall"
                 ))
             })?;
-            let id = client.add_knowledge(kind, &text).map_err(|e| match e {
-                api::ClientError::Refused(m) => usage(m),
-                e => e.into(),
-            })?;
+            let id = client
+                .add_knowledge(kind, &text)
+                .map_err(usage_if_refused)?;
             println!("{id}");
             Ok(())
         }
@@ -248,10 +253,7 @@ pub(crate) fn story(dir: &Path, c: StoryCommand) -> Result<()> {
             // Validate locally first so bad input is a usage error either way.
             new.validate().map_err(usage)?;
             let s = match client {
-                Some(c) => c.add_story(&new).map_err(|e| match e {
-                    api::ClientError::Refused(m) => usage(m),
-                    e => e.into(),
-                })?,
+                Some(c) => c.add_story(&new).map_err(usage_if_refused)?,
                 None => {
                     let key = identity::load_node_key(dir).map_err(|_| {
                         usage(format!(
@@ -291,10 +293,7 @@ pub(crate) fn story(dir: &Path, c: StoryCommand) -> Result<()> {
         }
         StoryCommand::Show { id, json } => {
             let s = match client {
-                Some(c) => c.story(&id).map_err(|e| match e {
-                    api::ClientError::Refused(m) => usage(m),
-                    e => e.into(),
-                })?,
+                Some(c) => c.story(&id).map_err(usage_if_refused)?,
                 None => {
                     let view = node::offline_view(dir, &operators(dir)?)?;
                     let s = view.resolve(&id).map_err(usage)?;
@@ -422,10 +421,7 @@ pub(crate) fn roster_change(dir: &Path, admit: bool, a: RosterArgs) -> Result<()
             value: signer.seal(&key, &json),
             key,
         })
-        .map_err(|e| match e {
-            api::ClientError::Refused(m) => usage(m),
-            e => e.into(),
-        })?;
+        .map_err(usage_if_refused)?;
     println!("{done}");
     Ok(())
 }

@@ -29,7 +29,7 @@ impl Core {
     }
 
     /// Whether this node may claim work: it is a member (always, in an open mesh).
-    pub(super) fn may_work_on_roster(&mut self) -> bool {
+    pub(super) fn may_work_on_roster(&self) -> bool {
         self.standing == Standing::Member
     }
 
