@@ -2,7 +2,7 @@
 //! 1, 2, 4, 8 nodes, the scaling efficiency against ideal, and what coordination costs
 //! per story.
 //!
-//! For each mesh size N: N nodes in this one process on loopback (as tests/flow.rs), each
+//! For each mesh size N: N nodes in this one process on loopback (as tests/nodes/flow.rs), each
 //! with its own data dir, a fresh bare origin holding the demo project
 //! (`demo::create_origin`), the `sim` executor with a fixed phase duration and the merge
 //! gate running the project's `sh test.sh` before every landing. The backlog is generated:

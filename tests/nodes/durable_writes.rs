@@ -3,9 +3,7 @@
 //! (through the real CLI and control API) with exit code 1 and the reason, and the
 //! story is then in neither its view, its peer's, nor its store.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use libp2p::identity::Keypair;
 use mesh_agent::api;
 use mesh_agent::node::{self, NodeHandle};

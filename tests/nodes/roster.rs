@@ -2,9 +2,7 @@
 //! off, its claim is taken over, and what it writes afterwards never counts — not even
 //! on a node that took it in before it heard of the revoke.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use libp2p::identity::Keypair;
 use mesh_agent::config::Config;
 use mesh_agent::core::lease::Resource;

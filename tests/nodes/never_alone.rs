@@ -3,9 +3,7 @@
 //! has synced with it; a holder stopped cleanly hands its claims back, so another node
 //! takes the work at once instead of after the lease and the dead timeout.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use libp2p::identity::Keypair;
 use mesh_agent::config::Config;
 use mesh_agent::core::lease::{ReleaseReason, Resource};

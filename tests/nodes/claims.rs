@@ -3,9 +3,7 @@
 //! finished by another node with a higher token; two nodes claiming one resource at the
 //! same instant settle on one winner.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures::future::join_all;
 use libp2p::identity::Keypair;
 use mesh_agent::core::lease::Resource;

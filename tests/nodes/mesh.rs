@@ -2,9 +2,7 @@
 //! under concurrent writes, failure detection, crash recovery from the data dir, and the
 //! private-network key as the admission gate.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures::future::join_all;
 use libp2p::identity::Keypair;
 use mesh_agent::core::model::NewStory;

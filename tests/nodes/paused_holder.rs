@@ -3,9 +3,7 @@
 //! fencing token; the paused holder's late result is ignored by every view and its late
 //! fence write is refused by the git origin (docs/DESIGN.md §1.3, §8.2).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures::future::BoxFuture;
 use libp2p::identity::Keypair;
 use mesh_agent::core::model::{Handoff, NewStory, Phase, StoryStatus};

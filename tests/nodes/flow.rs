@@ -4,9 +4,7 @@
 //! project's tests must pass at every landing; stories sharing a file never implement at
 //! once; crashes and pauses lose nothing and land nothing twice.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use libp2p::identity::Keypair;
 use mesh_agent::config::Config;
 use mesh_agent::core::model::{Event, EventKind, Phase, StoryStatus, Verdict};

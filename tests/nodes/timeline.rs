@@ -2,9 +2,7 @@
 //! document), and a node that joins later is given the history from before it joined —
 //! including that of a node already gone — in the same order every node shows.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use libp2p::identity::Keypair;
 use mesh_agent::core::model::{Event, EventKind, KnowledgeKind};
 use mesh_agent::node::NodeHandle;

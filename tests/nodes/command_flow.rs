@@ -6,9 +6,7 @@
 //! attempt with a reason a human can act on, the story is blocked after `MAX_ATTEMPTS`,
 //! no process outlives its job, and the node goes on landing other work.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use libp2p::identity::Keypair;
 use mesh_agent::config::Config;
 use mesh_agent::core::model::{EventKind, NewStory, Phase, StoryStatus, Verdict, MAX_ATTEMPTS};
