@@ -45,6 +45,14 @@ pub struct Config {
     pub snapshot_every: u32,
     /// Most simultaneous peer connections.
     pub max_peers: u32,
+    /// Cap on the stored document: past 90 % new stories and knowledge are refused,
+    /// past 100 % nothing more is written or taken in from peers.
+    pub max_document_bytes: u64,
+    /// Writes (stories, knowledge) this node takes from its users per minute.
+    pub max_writes_per_minute: u32,
+    /// Sync bytes one peer may hand this node per second (bursts of twice
+    /// `max_sync_message_bytes` pass); frames over it are dropped and counted.
+    pub max_ingress_bytes_per_sec: u64,
     /// Lease timing (docs/DESIGN.md §5.4); must satisfy
     /// lease_ttl_ms >= 2*max_clock_drift_ms + 4*message_timeout_ms.
     pub lease_ttl_ms: u64,
@@ -116,6 +124,10 @@ impl Default for Config {
             max_sync_message_bytes: 32 * 1024 * 1024,
             snapshot_every: 500,
             max_peers: 64,
+            max_document_bytes: crate::core::limits::Limits::default().max_document_bytes,
+            max_writes_per_minute: crate::core::limits::Limits::default().max_writes_per_minute,
+            max_ingress_bytes_per_sec: crate::core::limits::Limits::default()
+                .max_ingress_bytes_per_sec,
             lease_ttl_ms: 10_000,
             lease_grace_ms: 2_000,
             settle_timeout_ms: 1_000,
@@ -335,6 +347,27 @@ impl Config {
         if !(1..=10_000).contains(&self.max_peers) {
             return Err(invalid("max_peers", self.max_peers, "allowed 1..=10000"));
         }
+        if !((1 << 20)..=(1 << 40)).contains(&self.max_document_bytes) {
+            return Err(invalid(
+                "max_document_bytes",
+                self.max_document_bytes,
+                "allowed 1048576 (1 MiB)..=1099511627776 (1 TiB)",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.max_writes_per_minute) {
+            return Err(invalid(
+                "max_writes_per_minute",
+                self.max_writes_per_minute,
+                "allowed 1..=1000000",
+            ));
+        }
+        if !((64 << 10)..=(1 << 40)).contains(&self.max_ingress_bytes_per_sec) {
+            return Err(invalid(
+                "max_ingress_bytes_per_sec",
+                self.max_ingress_bytes_per_sec,
+                "allowed 65536..=1099511627776",
+            ));
+        }
         if let Err(e) = self.lease().validate() {
             // The lease module phrases it: keys, values and the rule.
             let msg = e.to_string();
@@ -482,6 +515,13 @@ log_level = {ll:?}
 max_sync_message_bytes = {msm}
 snapshot_every = {se}
 max_peers = {mp}
+# What one member can make this node spend: the stored document (past 90 % new stories
+# and knowledge are refused, past 100 % nothing more is written or taken in from peers),
+# writes this node takes from its users per minute, and sync bytes per second one peer
+# may hand it (frames over the rate are dropped and counted; the sync asks again later).
+max_document_bytes = {mdb}
+max_writes_per_minute = {mwpm}
+max_ingress_bytes_per_sec = {mibps}
 
 # Leases (docs/DESIGN.md §5.4). A claim expires when no heartbeat renewed it for lease_ttl_ms
 # on the observer's clock; another node takes over lease_grace_ms later. Rule:
@@ -554,6 +594,9 @@ stall_after_ms = {stall}
             msm = self.max_sync_message_bytes,
             se = self.snapshot_every,
             mp = self.max_peers,
+            mdb = self.max_document_bytes,
+            mwpm = self.max_writes_per_minute,
+            mibps = self.max_ingress_bytes_per_sec,
             ttl = self.lease_ttl_ms,
             grace = self.lease_grace_ms,
             settle = self.settle_timeout_ms,
@@ -574,6 +617,15 @@ stall_after_ms = {stall}
             obx = self.origin_backoff_max_ms,
             stall = self.stall_after_ms,
         )
+    }
+
+    /// The resource caps as the core wants them.
+    pub fn limits(&self) -> crate::core::limits::Limits {
+        crate::core::limits::Limits {
+            max_document_bytes: self.max_document_bytes,
+            max_writes_per_minute: self.max_writes_per_minute,
+            max_ingress_bytes_per_sec: self.max_ingress_bytes_per_sec,
+        }
     }
 
     /// The origin breaker's knobs as the core wants them.

@@ -132,6 +132,7 @@ fn core(name: &str, actor: u8) -> Core {
             stall_after_ms: 0,
             origin_breaker: Default::default(),
             merge_gate: None,
+            limits: Default::default(),
         },
         Doc::new([actor; 16]).with_test_names(),
         1,

@@ -137,22 +137,33 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
     render_claims(r, &mut o);
     let _ = writeln!(
         o,
-        "\ndocument: {} head(s), digest {}, {} (store {})",
+        "\ndocument: {} head(s), digest {}, {} of {} cap (store {})",
         r.heads.len(),
         r.heads_digest,
         fmt_bytes(r.doc_bytes),
+        fmt_bytes(r.doc_cap),
         fmt_bytes(r.store_bytes)
     );
+    if r.doc_cap > 0 && r.doc_bytes > r.doc_cap - r.doc_cap / 10 {
+        let _ = writeln!(
+            o,
+            "  NEAR ITS SIZE CAP: new stories and knowledge are refused past 90 %, changes \
+             from peers past 100 %; raise max_document_bytes on every node"
+        );
+    }
     let c = &r.counters;
     let _ = writeln!(
         o,
-        "traffic: {} in, {} out; sync sessions {}/{} done; malformed dropped {}; oversized frames {}; handshake failures {}",
+        "traffic: {} in, {} out; sync sessions {}/{} done; malformed dropped {}; oversized frames {}; \
+         over the ingress rate {}; refused at the size cap {}; handshake failures {}",
         fmt_bytes(c.bytes_in),
         fmt_bytes(c.bytes_out),
         c.sync_sessions_completed,
         c.sync_sessions_started,
         c.malformed_dropped,
         c.oversized_frames,
+        c.ingress_dropped,
+        c.full_dropped,
         c.handshake_failures
     );
     if r.roster.enforced {

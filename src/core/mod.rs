@@ -12,6 +12,8 @@
 //! - [`state`]: the automerge document of write-once facts and `View`, its pure fold;
 //! - [`membership`]: heartbeats in, alive/suspect/dead out;
 //! - [`lease`]: claims, fencing tokens, the winner rule, expiry;
+//! - [`limits`]: the caps on what one member can make a node spend (document size,
+//!   write rate, ingress rate);
 //! - [`fence`]: the fencing rule at the git origin (record, token check, merge token);
 //! - [`scheduler`]: what to run next, and why a story waits;
 //! - [`breaker`]: when to stop and resume claiming while the git origin is unavailable;
@@ -23,6 +25,7 @@ pub mod breaker;
 pub mod codec;
 pub mod fence;
 pub mod lease;
+pub mod limits;
 mod machine;
 pub mod membership;
 pub mod model;

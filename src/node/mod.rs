@@ -146,6 +146,9 @@ pub struct StatusReport {
     /// Bytes of the document in the store: the last snapshot plus the chunks appended
     /// since (0 for a node without a store). Tracked by the store, so cheap to ask.
     pub doc_bytes: u64,
+    /// The document's size cap (`max_document_bytes`).
+    #[serde(default)]
+    pub doc_cap: u64,
     pub store_bytes: u64,
     pub counters: Counters,
     /// Claims this node holds.
@@ -301,6 +304,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
             stall_after_ms: cfg.stall_after_ms,
             origin_breaker: cfg.origin_breaker(),
             merge_gate: None, // set below, once the origin is open
+            limits: cfg.limits(),
         },
         doc,
         wall_ms(),

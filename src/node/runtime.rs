@@ -630,6 +630,7 @@ impl Runtime {
             heads,
             heads_digest: hex::encode(&self.core.digest()[..8]),
             doc_bytes,
+            doc_cap: self.core.doc().size_cap(),
             store_bytes: self.store.as_ref().map_or(0, |s| s.size_on_disk()),
             counters,
             held: self.core.held(now),

@@ -236,6 +236,7 @@ pub(crate) fn core_config(cfg: &SimConfig) -> CoreConfig {
             .remote
             .then(|| crate::core::lease::Resource::gate("sim://origin", "main").ok())
             .flatten(),
+        limits: Default::default(),
     }
 }
 

@@ -172,6 +172,7 @@ impl Core {
                 crate::core::state::MAX_KNOWLEDGE_BYTES
             ));
         }
+        self.user_write(wall_ms).map_err(|e| e.to_string())?;
         let id = self
             .doc
             .put_knowledge(&KnowledgeFact {

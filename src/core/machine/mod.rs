@@ -28,6 +28,7 @@ use crate::core::lease::{
     claim_id, resource_free, ClaimFact, Claims, CoChange, LeaseConfig, LeaseObserver, ReleaseFact,
     ReleaseReason, Resource,
 };
+use crate::core::limits::Bucket;
 use crate::core::membership::{
     Membership, MembershipConfig, Observed, PeerState, PeerStatus, Transition,
 };
@@ -124,6 +125,8 @@ pub struct CoreConfig {
     /// turns through the mesh). `None`: merges take no gate in the document (a local
     /// origin's gate is a lock file beside it).
     pub merge_gate: Option<Resource>,
+    /// Document size, write-rate and ingress caps.
+    pub limits: crate::core::limits::Limits,
 }
 
 /// Inputs from the network. Peers are identified by their peer id string.
@@ -347,6 +350,11 @@ pub struct Core {
     refused: BTreeSet<String>,
     /// How this node last found itself on the roster (logged on each change).
     standing: roster::Standing,
+    /// Writes a user asked for, against `max_writes_per_minute` (wall-clock ms).
+    writes: Bucket,
+    /// Sync bytes taken in from each peer, against `max_ingress_bytes_per_sec`; frames
+    /// dropped over it (mono ms).
+    ingress: BTreeMap<String, Bucket>,
 }
 
 /// Events kept in the local log.
@@ -363,13 +371,15 @@ impl std::fmt::Debug for Core {
 impl Core {
     /// A core for `peer` over `doc`. `incarnation` must grow across restarts (the wall
     /// clock at start is fine); it orders this node's heartbeats.
-    pub fn new(peer: String, cfg: CoreConfig, mut doc: Doc, incarnation: u64) -> Core {
+    pub fn new(peer: String, cfg: CoreConfig, doc: Doc, incarnation: u64) -> Core {
+        let mut doc = doc.with_size_cap(cfg.limits.max_document_bytes);
         if let Some(author) = doc.author().filter(|a| *a != peer) {
             // Every fact it wrote would be refused as not its own: say why, loudly.
             tracing::error!(%peer, %author, "the document signs as another node than this core's");
         }
         let digest = doc.heads_digest();
         let origin = Breaker::new(&peer, cfg.origin_breaker);
+        let writes_per_min = cfg.limits.max_writes_per_minute;
         let mut core = Core {
             membership: Membership::new(cfg.membership),
             peer,
@@ -419,6 +429,12 @@ impl Core {
             pushed: Vec::new(),
             refused: BTreeSet::new(),
             standing: roster::Standing::Member,
+            writes: Bucket::new(
+                u64::from(writes_per_min),
+                f64::from(writes_per_min) / 60.0,
+                incarnation,
+            ),
+            ingress: BTreeMap::new(),
         };
         core.release_previous_incarnations();
         core
@@ -571,6 +587,7 @@ impl Core {
         if self.cfg.passive {
             return Err(StateError::Passive);
         }
+        self.user_write(wall_ms)?;
         let peer = self.peer.clone();
         let key = self.doc.add_story(new, &peer, wall_ms)?;
         self.local_write();

@@ -62,6 +62,12 @@ pub struct Counters {
     /// (filled in by the shell, like the byte counts).
     #[serde(default)]
     pub oversized_frames: u64,
+    /// Sync frames dropped for coming faster than `max_ingress_bytes_per_sec`.
+    #[serde(default)]
+    pub ingress_dropped: u64,
+    /// Sync messages and pushes refused because the document is at its size cap.
+    #[serde(default)]
+    pub full_dropped: u64,
 }
 
 impl Core {

@@ -134,8 +134,46 @@ impl Core {
         }
     }
 
+    /// Whether `peer` may hand this node a frame of `bytes` now (its ingress rate,
+    /// [`crate::core::limits`]). A frame over it is dropped whole and counted: the peer's
+    /// session fails and the sync protocol brings the same changes again later.
+    pub(super) fn ingress_ok(&mut self, peer: &str, bytes: usize) -> bool {
+        let now = self.last_now;
+        let rate = self.cfg.limits.max_ingress_bytes_per_sec;
+        let burst = (2 * self.cfg.max_sync_bytes as u64).max(rate);
+        let bucket = self
+            .ingress
+            .entry(peer.to_string())
+            .or_insert_with(|| Bucket::new(burst, rate as f64, now));
+        if bucket.take(bytes as u64, now).is_ok() {
+            return true;
+        }
+        self.counters.ingress_dropped += 1;
+        if self.counters.ingress_dropped.is_power_of_two() {
+            tracing::warn!(%peer, bytes, rate, dropped = self.counters.ingress_dropped,
+                "sync frame over the peer's ingress rate dropped (max_ingress_bytes_per_sec)");
+        }
+        false
+    }
+
+    /// A sync message or push was refused: counted by why.
+    fn sync_refused(&mut self, peer: &str, e: &StateError) {
+        if let StateError::Full { .. } = e {
+            self.counters.full_dropped += 1;
+            if self.counters.full_dropped.is_power_of_two() {
+                tracing::warn!(%peer, error = %e, "changes from a peer refused");
+            }
+        } else {
+            self.counters.malformed_dropped += 1;
+            tracing::debug!(%peer, error = %e, "bad sync message or push dropped");
+        }
+    }
+
     /// Responder side: apply the peer's message, answer with ours (empty when none).
     pub(super) fn answer_sync(&mut self, peer: &str, data: &[u8]) -> Vec<u8> {
+        if !self.ingress_ok(peer, data.len()) {
+            return Vec::new();
+        }
         let Some(frame) = self.decode_frame(peer, data) else {
             return Vec::new();
         };
@@ -151,10 +189,7 @@ impl Core {
                     self.release_lost_claims();
                 }
                 Ok(false) => {}
-                Err(e) => {
-                    self.counters.malformed_dropped += 1;
-                    tracing::debug!(%peer, error = %e, "bad pushed changes dropped");
-                }
+                Err(e) => self.sync_refused(peer, &e),
             }
         }
         if !self.apply_sync(false, peer, &frame.msg) {
@@ -195,8 +230,7 @@ impl Core {
             }
             Ok(false) => true,
             Err(e) => {
-                self.counters.malformed_dropped += 1;
-                tracing::debug!(%peer, error = %e, "bad sync message dropped");
+                self.sync_refused(peer, &e);
                 false
             }
         }
@@ -207,7 +241,7 @@ impl Core {
         let Some(mut session) = self.sessions.remove(peer) else {
             return;
         };
-        let frame = if data.is_empty() {
+        let frame = if data.is_empty() || !self.ingress_ok(peer, data.len()) {
             None
         } else {
             self.decode_frame(peer, data)

@@ -33,6 +33,24 @@ pub(super) struct HeldEvent {
 }
 
 impl Core {
+    /// Checks a write a user asked for (a story, a knowledge entry, a roster fact)
+    /// against the caps: at most `max_writes_per_minute`, and none once the document is
+    /// past 90 % of its size cap — the rest is kept for the work already in flight
+    /// (claims, results, merges), so a full document still finishes what it started.
+    pub(super) fn user_write(&mut self, wall_ms: u64) -> Result<(), StateError> {
+        let cap = self.doc.size_cap();
+        let stored = self.doc.stored_bytes();
+        if stored > cap - cap / 10 {
+            return Err(StateError::Full { stored, cap });
+        }
+        self.writes
+            .take(1, wall_ms)
+            .map_err(|retry_ms| StateError::RateLimited {
+                per_minute: self.cfg.limits.max_writes_per_minute,
+                retry_ms,
+            })
+    }
+
     /// The simulator's Byzantine-lite node: `act` writes anything into the document (raw
     /// values, deletes), which is then persisted and pushed like a local write. A real
     /// node never calls it.

@@ -51,6 +51,22 @@ pub enum StateError {
     /// A knowledge entry that is empty or over [`MAX_KNOWLEDGE_BYTES`].
     #[error("knowledge entry refused: empty or over {MAX_KNOWLEDGE_BYTES} bytes")]
     KnowledgeRefused,
+    /// The document is at its size cap (`max_document_bytes`): nothing more is written
+    /// or taken in.
+    #[error(
+        "the document is at its size cap ({} of {} MiB stored): nothing more is written \
+         or taken in from peers; raise max_document_bytes on every node (the cap guards \
+         against a member flooding the mesh)",
+        .stored / (1 << 20), .cap / (1 << 20)
+    )]
+    Full { stored: u64, cap: u64 },
+    /// This node's user asked for more writes than `max_writes_per_minute`.
+    #[error(
+        "too many writes: this node takes at most {per_minute} a minute from its users \
+         (max_writes_per_minute); try again in {} s",
+        .retry_ms.div_ceil(1000)
+    )]
+    RateLimited { per_minute: u32, retry_ms: u64 },
 }
 
 /// Per-peer automerge sync state (one for each direction of a peer pair).

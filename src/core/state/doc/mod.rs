@@ -48,6 +48,12 @@ pub struct Doc {
     scheme: KeyScheme,
     /// This actor's recent changes (oldest first), for eager pushes to peers.
     local_log: VecDeque<LocalChange>,
+    /// What the document takes on disk: the last snapshot plus every incremental save
+    /// since (what [`Doc::load`] read, then what [`Doc::save_incremental`] and
+    /// [`Doc::save`] returned).
+    stored: u64,
+    /// The size cap (see [`Doc::with_size_cap`]).
+    cap: u64,
 }
 
 /// Who signs the local writes of a document.
@@ -128,7 +134,40 @@ impl Doc {
             writer: Writer::None,
             scheme: KeyScheme::PeerIds,
             local_log: VecDeque::new(),
+            stored: 0,
+            cap: u64::MAX,
         }
+    }
+
+    /// Caps what the document may take on disk at `cap` bytes: past it, a local write
+    /// fails with [`StateError::Full`] (nothing is written) and a peer's sync message or
+    /// push that brings changes is refused whole, with the same error, before automerge
+    /// reads it. Nothing is dropped half-way, so replicas stay consistent; a mesh whose
+    /// documents reach the cap stops growing and says so (`status`).
+    pub fn with_size_cap(mut self, cap: u64) -> Doc {
+        self.cap = cap;
+        self
+    }
+
+    /// Bytes the document takes on disk (the last snapshot plus later incremental saves).
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored
+    }
+
+    /// The size cap in bytes (`u64::MAX`: none).
+    pub fn size_cap(&self) -> u64 {
+        self.cap
+    }
+
+    /// Refuses `incoming` more bytes when they would take the document past its cap.
+    pub(super) fn room_for(&self, incoming: u64) -> Result<(), StateError> {
+        if incoming > 0 && self.stored.saturating_add(incoming) > self.cap {
+            return Err(StateError::Full {
+                stored: self.stored,
+                cap: self.cap,
+            });
+        }
+        Ok(())
     }
 
     /// This document's local writes are signed by `signer`, and only in its name.
@@ -206,6 +245,7 @@ impl Doc {
     /// are missing wait in automerge's queue until the sync protocol brings them).
     /// Returns whether the document changed.
     pub fn apply_pushed(&mut self, changes: Vec<Vec<u8>>) -> Result<bool, StateError> {
+        self.room_for(changes.iter().map(|c| c.len() as u64).sum())?;
         let mut decoded = Vec::with_capacity(changes.len());
         for c in changes {
             decoded.push(
@@ -297,6 +337,25 @@ impl Doc {
         Ok(doc)
     }
 
+    /// Benchmarks only ([`KeyScheme::Unchecked`]): [`Doc::load_test_names`] with
+    /// signatures neither made nor checked, to measure what facts cost without them.
+    #[doc(hidden)]
+    pub fn load_unchecked(
+        actor: [u8; 16],
+        snapshot: &[u8],
+        chunks: &[Vec<u8>],
+    ) -> Result<Doc, StateError> {
+        let mut doc = Doc::load_as(
+            actor,
+            snapshot,
+            chunks,
+            KeyScheme::Unchecked,
+            BTreeSet::new(),
+        )?;
+        doc.writer = Writer::AnyTestName;
+        Ok(doc)
+    }
+
     fn load_as(
         actor: [u8; 16],
         snapshot: &[u8],
@@ -316,6 +375,11 @@ impl Doc {
         }
         inner.set_actor(ActorId::from(actor.as_slice()));
         let mut doc = Doc::wrap(inner);
+        doc.stored = chunks
+            .iter()
+            .map(|c| c.len() as u64)
+            .sum::<u64>()
+            .saturating_add(snapshot.len() as u64);
         doc.scheme = scheme;
         doc.roster.operators = operators;
         // The first refresh reads every change; later ones only the new.
@@ -325,12 +389,16 @@ impl Doc {
 
     /// Bytes of every change since the last save (empty when nothing changed).
     pub fn save_incremental(&mut self) -> Vec<u8> {
-        self.inner.save_incremental()
+        let chunk = self.inner.save_incremental();
+        self.stored = self.stored.saturating_add(chunk.len() as u64);
+        chunk
     }
 
-    /// A compacted snapshot of the whole document.
+    /// A compacted snapshot of the whole document (what is stored from now on).
     pub fn save(&mut self) -> Vec<u8> {
-        self.inner.save()
+        let snapshot = self.inner.save();
+        self.stored = snapshot.len() as u64;
+        snapshot
     }
 
     /// SHA-256 over the sorted heads: equal digests mean equal documents.
@@ -370,6 +438,7 @@ impl Doc {
         bytes: &[u8],
     ) -> Result<bool, StateError> {
         let msg = sync::Message::decode(bytes).map_err(|e| StateError::Sync(e.to_string()))?;
+        self.room_for(msg.changes.iter().map(|c| c.len() as u64).sum())?;
         let before = self.inner.get_heads();
         self.inner
             .sync()
