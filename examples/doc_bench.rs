@@ -1,14 +1,24 @@
-//! What a document of N stories costs one node, with every fact signed and checked:
-//! a local write (seal, check, commit, read the change back), a peer applying that
-//! write's change, the view fold, and loading the whole document from a snapshot (every
-//! value verified). `scripts/bench --doc` runs it; docs/PERFORMANCE.md "Signed facts"
-//! has the figures.
+//! What a document of N stories costs one node, with every fact signed and checked,
+//! beside the same code with signatures neither made nor checked (`KeyScheme::Unchecked`,
+//! a benchmark-only mode): a local write (seal, check, commit, read the change back), a
+//! peer applying that write's change, a claim settling among five state machines, the
+//! view fold, and loading the whole document from a snapshot. `scripts/bench --doc` runs
+//! it; docs/PERFORMANCE.md "Signed facts" has the figures.
+//!
+//! The settle column drives five `Core`s in this one thread with no network: from the
+//! claimer's tick until it starts the job, every message of every node handled in turn —
+//! the CPU a settle costs the whole mesh, which is what signatures change (on a real mesh
+//! the peers work in parallel and loopback adds ~0.1 ms a hop).
 //!
 //!     cargo run --release --example doc_bench -- [--stories 1000,10000] [--samples 50]
 
-use mesh_agent::core::lease::{ClaimFact, Resource};
-use mesh_agent::core::model::{NewStory, Phase};
+use mesh_agent::core::lease::{ClaimFact, LeaseConfig, Resource};
+use mesh_agent::core::membership::MembershipConfig;
+use mesh_agent::core::model::{NewStory, Phase, Topic};
+use mesh_agent::core::sim_handoff::sim_handoff;
 use mesh_agent::core::state::{Doc, SyncState};
+use mesh_agent::core::{Core, CoreConfig, Effect, Guards, Input, Job};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 #[global_allocator]
@@ -45,6 +55,149 @@ fn sync(a: &mut Doc, b: &mut Doc) {
     }
 }
 
+/// A document as the mode reads and writes it.
+fn load(actor: u8, snap: &[u8], unchecked: bool) -> Doc {
+    if unchecked {
+        Doc::load_unchecked([actor; 16], snap, &[]).expect("load")
+    } else {
+        Doc::load_test_names([actor; 16], snap, &[]).expect("load")
+    }
+}
+
+const NAMES: [&str; 5] = ["A", "B", "C", "D", "E"];
+const WALL: u64 = 1_800_000_000_000;
+
+/// Carries every core's effects to their destinations until none is left; the jobs
+/// started, by core.
+fn pump(cores: &mut [Core], now: u64, started: &mut Vec<(usize, Job)>) {
+    loop {
+        let mut moved = false;
+        for i in 0..cores.len() {
+            while let Some(e) = cores[i].poll_effect() {
+                moved = true;
+                let from = NAMES[i].to_string();
+                match e {
+                    Effect::Publish { topic, data } => {
+                        for (_, c) in cores.iter_mut().enumerate().filter(|(j, _)| *j != i) {
+                            let (from, data) = (from.clone(), data.clone());
+                            c.handle(
+                                now,
+                                match topic {
+                                    Topic::Heartbeat => Input::Heartbeat { from, data },
+                                    Topic::Events => Input::Event { from, data },
+                                },
+                            );
+                        }
+                    }
+                    Effect::SendSync { to, data } => {
+                        let j = NAMES.iter().position(|n| *n == to).expect("peer");
+                        let reply = i as u64;
+                        cores[j].handle(now, Input::SyncRequest { from, data, reply });
+                    }
+                    Effect::Respond { reply, data } => {
+                        cores[reply as usize].handle(now, Input::SyncResponse { from, data });
+                    }
+                    Effect::StartWork(job) => started.push((i, *job)),
+                    _ => {}
+                }
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+/// Claim settle among five cores on a document of the snapshot's stories: per sample,
+/// the wall time from the claimer's tick until it starts the job (all five cores' work).
+fn settle(snap: &[u8], unchecked: bool, samples: usize) -> Vec<f64> {
+    let mut cores: Vec<Core> = NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let cfg = CoreConfig {
+                membership: MembershipConfig::default(),
+                roles: Phase::ALL.iter().map(|p| p.as_str().to_string()).collect(),
+                capacity: 1,
+                role_limits: BTreeMap::new(),
+                max_sync_bytes: 64 << 20,
+                passive: false,
+                lease: LeaseConfig::default(),
+                work: i == 0,
+                broken_winner_rule: false,
+                stall_after_ms: 0,
+                origin_breaker: Default::default(),
+                merge_gate: None,
+                limits: Default::default(),
+            };
+            let mut c = Core::new(
+                name.to_string(),
+                cfg,
+                load(10 + i as u8, snap, unchecked),
+                1,
+            );
+            c.set_guards(Guards {
+                join_wait_ms: 0,
+                remembers_peers: false,
+                clock_skew: false,
+            });
+            c
+        })
+        .collect();
+    for (i, core) in cores.iter_mut().enumerate() {
+        for (_, peer) in NAMES.iter().enumerate().filter(|(j, _)| *j != i) {
+            core.handle(0, Input::Connected(peer.to_string()));
+        }
+    }
+    let mut started = Vec::new();
+    let mut now = 0;
+    let mut out = Vec::new();
+    for s in 0..samples + 5 {
+        // Everyone beats (untimed): the claimer's peers stay alive in its view.
+        now += 1000;
+        for c in &mut cores[1..] {
+            c.tick(now, WALL + now);
+        }
+        pump(&mut cores, now, &mut started);
+        let t = Instant::now();
+        let mut job = None;
+        for _ in 0..400 {
+            cores[0].tick(now, WALL + now);
+            pump(&mut cores, now, &mut started);
+            if let Some((_, j)) = started.pop() {
+                job = Some(j);
+                break;
+            }
+            now += 5;
+        }
+        let elapsed = ms(t.elapsed());
+        // The first rounds warm up (peers turn alive, the claimer joins).
+        let Some(job) = job else {
+            assert!(s < 5, "no claim settled in sample {s}");
+            continue;
+        };
+        if s >= 5 {
+            out.push(elapsed);
+        }
+        // The job finishes (untimed): its result frees the claimer for the next claim.
+        let outcome = Ok(sim_handoff(&job));
+        cores[0].handle(
+            now,
+            Input::WorkFinished {
+                claim: job.claim,
+                outcome,
+            },
+        );
+        pump(&mut cores, now, &mut started);
+    }
+    assert!(
+        out.len() >= samples / 2,
+        "too few claims settled: {}",
+        out.len()
+    );
+    out
+}
+
 fn main() {
     let mut sizes = vec![1_000usize, 10_000];
     let mut samples = 50usize;
@@ -62,10 +215,20 @@ fn main() {
             _ => usage(),
         }
     }
-    println!("| stories | facts | write p50 / p99 ms | peer applies it p50 ms | fold ms | load ms | snapshot |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| stories | signatures | write p50 / p99 ms | peer applies it p50 ms | settle p50 / p99 ms (5 cores) | fold p50 ms | load ms | snapshot |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for n in sizes {
-        let mut a = Doc::new([1; 16]).with_test_names();
+        for unchecked in [false, true] {
+            row(n, samples, unchecked);
+        }
+    }
+}
+
+fn row(n: usize, samples: usize, unchecked: bool) {
+    {
+        let mut a = load(1, &[], unchecked);
         let t = Instant::now();
         for start in (0..n).step_by(1000) {
             let batch: Vec<NewStory> = (start..n.min(start + 1000))
@@ -83,7 +246,7 @@ fn main() {
                 t.elapsed().as_secs_f64()
             );
         }
-        let mut b = Doc::new([2; 16]).with_test_names();
+        let mut b = load(2, &[], unchecked);
         sync(&mut a, &mut b);
         let keys: Vec<String> = a.view().stories.keys().cloned().collect();
         let (mut writes, mut applies) = (Vec::new(), Vec::new());
@@ -105,21 +268,29 @@ fn main() {
             sync(&mut a, &mut b);
             applies.push(ms(t.elapsed()));
         }
-        let t = Instant::now();
-        let view = b.view();
-        let fold = ms(t.elapsed());
-        assert_eq!(view.stories.len(), n);
+        let mut folds = Vec::new();
+        for _ in 0..samples.clamp(1, 20) {
+            let t = Instant::now();
+            let view = b.view();
+            folds.push(ms(t.elapsed()));
+            assert_eq!(view.stories.len(), n);
+        }
         let snap = a.save();
         let t = Instant::now();
-        let loaded = Doc::load_test_names([3; 16], &snap, &[]).expect("load");
-        let load = ms(t.elapsed());
+        let loaded = load(3, &snap, unchecked);
+        let load_ms = ms(t.elapsed());
         assert_eq!(loaded.view().stories.len(), n);
+        eprintln!("doc_bench: settling claims among five cores ({n} stories)");
+        let settles = settle(&snap, unchecked, samples);
         println!(
-            "| {n} | {} | {:.2} / {:.2} | {:.2} | {fold:.1} | {load:.0} | {:.1} MB |",
-            n + samples,
+            "| {n} | {} | {:.2} / {:.2} | {:.2} | {:.2} / {:.2} | {:.1} | {load_ms:.0} | {:.1} MB |",
+            if unchecked { "off" } else { "on" },
             pct(writes.clone(), 0.5),
             pct(writes, 0.99),
             pct(applies, 0.5),
+            pct(settles.clone(), 0.5),
+            pct(settles, 0.99),
+            pct(folds, 0.5),
             snap.len() as f64 / 1e6
         );
     }

@@ -143,7 +143,9 @@ impl Doc {
     /// fails with [`StateError::Full`] (nothing is written) and a peer's sync message or
     /// push that brings changes is refused whole, with the same error, before automerge
     /// reads it. Nothing is dropped half-way, so replicas stay consistent; a mesh whose
-    /// documents reach the cap stops growing and says so (`status`).
+    /// documents reach the cap stops growing and says so (`status`). A message counts
+    /// with its bytes as they arrive (compressed), so the document can pass the cap by
+    /// what one accepted message takes once stored.
     pub fn with_size_cap(mut self, cap: u64) -> Doc {
         self.cap = cap;
         self
