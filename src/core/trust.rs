@@ -32,7 +32,7 @@ const PEER_ID_PREFIX: [u8; 6] = [0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
 pub const MAX_AUTHOR_BYTES: usize = 64;
 
 /// How author names map to public keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum KeyScheme {
     /// Only peer ids: the key is in the name. What every real node uses.
     #[default]
@@ -149,8 +149,36 @@ pub fn key_of_peer_id(peer: &str) -> Option<VerifyingKey> {
     VerifyingKey::from_bytes(key).ok()
 }
 
+/// Authors whose keys were decoded lately: decoding a key (a point decompression, or
+/// for a test name a hash and a scalar multiplication) costs about as much again as
+/// checking a signature, and a document holds many facts by few authors. Bounded: a
+/// flood of authors only clears it. A cache, not state — results are the same with it
+/// or without.
+const KEY_CACHE_LEN: usize = 1024;
+
+thread_local! {
+    static KEYS: std::cell::RefCell<std::collections::HashMap<(String, KeyScheme), Option<VerifyingKey>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
 /// The key `author` signs with under `scheme`.
 pub fn key_of(author: &str, scheme: KeyScheme) -> Option<VerifyingKey> {
+    let k = (author.to_string(), scheme);
+    if let Some(found) = KEYS.with(|c| c.borrow().get(&k).copied()) {
+        return found;
+    }
+    let found = decode_key(author, scheme);
+    KEYS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= KEY_CACHE_LEN {
+            c.clear();
+        }
+        c.insert(k, found);
+    });
+    found
+}
+
+fn decode_key(author: &str, scheme: KeyScheme) -> Option<VerifyingKey> {
     match (key_of_peer_id(author), scheme) {
         (Some(k), _) => Some(k),
         (None, KeyScheme::TestNames | KeyScheme::Unchecked) if valid_author(author) => {
