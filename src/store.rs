@@ -13,7 +13,10 @@
 //! dropped; so a store reopened in the same process right after a drop (an in-process
 //! restart) may find sled's lock still held. Holding `node.lock` proves no other live
 //! process uses the dir, so `open` then waits for sled's lock (bounded) instead of
-//! failing.
+//! failing. `node.lock` itself can outlive its store for a moment in the same process
+//! (a drop still in progress, or a child being forked by another thread holding a copy
+//! of the descriptor until it execs): when the pid in it is ours, `open` waits for it
+//! too (bounded).
 
 use crate::core::model::Event;
 use std::fs::File;
@@ -30,6 +33,10 @@ const DB_DIR: &str = "db";
 /// How long `open` waits for sled's lock once it holds the data-dir lock (see the
 /// module doc); a dropped store of this process lets go within milliseconds.
 const DB_LOCK_WAIT: Duration = Duration::from_secs(10);
+/// How long `open` waits for `node.lock` while the pid in it is this process's (a store
+/// of ours being dropped; see the module docs). A second store opened on purpose in the
+/// same process fails after this long with the clear "in use" error.
+const NODE_LOCK_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -101,17 +108,31 @@ fn lock(dir: &Path) -> Result<File, StoreError> {
         .truncate(false)
         .open(&path)
         .map_err(io)?;
-    match f.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut pid = String::new();
-            let _ = f.read_to_string(&mut pid);
-            return Err(StoreError::Locked {
-                dir: dir.to_path_buf(),
-                pid: pid.trim().to_string(),
-            });
+    let deadline = Instant::now() + NODE_LOCK_WAIT;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match f.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = f.rewind().and_then(|()| f.read_to_string(&mut pid));
+                let pid = pid.trim().to_string();
+                // Our own pid: a store of this process being dropped (an in-process
+                // restart) still holds it — or a child another thread is forking
+                // holds a copy of its descriptor until it execs. Either lets go in a
+                // moment: wait (bounded), as for sled's lock.
+                if pid == std::process::id().to_string() && Instant::now() < deadline {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                    continue;
+                }
+                return Err(StoreError::Locked {
+                    dir: dir.to_path_buf(),
+                    pid,
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
-        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
     }
     f.set_len(0).map_err(io)?;
     f.rewind().map_err(io)?;
@@ -506,6 +527,21 @@ mod tests {
         let e = Store::open(d.path()).unwrap_err().to_string();
         assert!(e.contains("in use by another mesh-agent"), "{e}");
         assert!(e.contains(&std::process::id().to_string()), "{e}");
+    }
+
+    #[test]
+    fn an_opener_in_the_same_process_waits_for_a_store_still_being_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let first = Store::open(d.path()).unwrap();
+        let dropper = std::thread::spawn(move || {
+            // A drop that finishes late (the delay is the scenario, not a wait for
+            // anything): without the wait the second open fails at once.
+            std::thread::sleep(Duration::from_millis(200));
+            drop(first);
+        });
+        let second = Store::open(d.path());
+        dropper.join().unwrap();
+        assert!(second.is_ok(), "{:?}", second.err());
     }
 
     #[test]
