@@ -776,6 +776,9 @@ impl Core {
             Input::Disconnected(p) => {
                 self.connected.remove(&p);
                 self.sessions.remove(&p);
+                // The ingress allowance is per connection (and this keeps the map as
+                // small as the set of connected peers).
+                self.ingress.remove(&p);
             }
         }
     }

@@ -328,15 +328,7 @@ impl Doc {
         snapshot: &[u8],
         chunks: &[Vec<u8>],
     ) -> Result<Doc, StateError> {
-        let mut doc = Doc::load_as(
-            actor,
-            snapshot,
-            chunks,
-            KeyScheme::TestNames,
-            BTreeSet::new(),
-        )?;
-        doc.writer = Writer::AnyTestName;
-        Ok(doc)
+        Doc::load_any_name(actor, snapshot, chunks, KeyScheme::TestNames)
     }
 
     /// Benchmarks only ([`KeyScheme::Unchecked`]): [`Doc::load_test_names`] with
@@ -347,13 +339,17 @@ impl Doc {
         snapshot: &[u8],
         chunks: &[Vec<u8>],
     ) -> Result<Doc, StateError> {
-        let mut doc = Doc::load_as(
-            actor,
-            snapshot,
-            chunks,
-            KeyScheme::Unchecked,
-            BTreeSet::new(),
-        )?;
+        Doc::load_any_name(actor, snapshot, chunks, KeyScheme::Unchecked)
+    }
+
+    /// A document that writes in any plain name, under `scheme`.
+    fn load_any_name(
+        actor: [u8; 16],
+        snapshot: &[u8],
+        chunks: &[Vec<u8>],
+        scheme: KeyScheme,
+    ) -> Result<Doc, StateError> {
+        let mut doc = Doc::load_as(actor, snapshot, chunks, scheme, BTreeSet::new())?;
         doc.writer = Writer::AnyTestName;
         Ok(doc)
     }
