@@ -39,6 +39,22 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The writes a node's users may ask for, full at `now_ms` (wall clock).
+    pub fn writes_bucket(&self, now_ms: u64) -> Bucket {
+        let n = self.max_writes_per_minute;
+        Bucket::new(u64::from(n), f64::from(n) / 60.0, now_ms)
+    }
+
+    /// One connection's ingress allowance, full at `now_ms`: the rate, with bursts of
+    /// twice the sync message cap, so the largest frame always fits.
+    pub fn ingress_bucket(&self, max_sync_bytes: usize, now_ms: u64) -> Bucket {
+        let rate = self.max_ingress_bytes_per_sec;
+        let burst = (2 * max_sync_bytes as u64).max(rate);
+        Bucket::new(burst, rate as f64, now_ms)
+    }
+}
+
 /// A token bucket: `capacity` tokens, refilled at `per_sec` a second.
 #[derive(Debug, Clone)]
 pub struct Bucket {

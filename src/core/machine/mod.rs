@@ -379,7 +379,7 @@ impl Core {
         }
         let digest = doc.heads_digest();
         let origin = Breaker::new(&peer, cfg.origin_breaker);
-        let writes_per_min = cfg.limits.max_writes_per_minute;
+        let writes = cfg.limits.writes_bucket(incarnation);
         let mut core = Core {
             membership: Membership::new(cfg.membership),
             peer,
@@ -429,11 +429,7 @@ impl Core {
             pushed: Vec::new(),
             refused: BTreeSet::new(),
             standing: roster::Standing::Member,
-            writes: Bucket::new(
-                u64::from(writes_per_min),
-                f64::from(writes_per_min) / 60.0,
-                incarnation,
-            ),
+            writes,
             ingress: BTreeMap::new(),
         };
         core.release_previous_incarnations();

@@ -139,18 +139,18 @@ impl Core {
     /// session fails and the sync protocol brings the same changes again later.
     pub(super) fn ingress_ok(&mut self, peer: &str, bytes: usize) -> bool {
         let now = self.last_now;
-        let rate = self.cfg.limits.max_ingress_bytes_per_sec;
-        let burst = (2 * self.cfg.max_sync_bytes as u64).max(rate);
+        let (limits, max_sync) = (self.cfg.limits, self.cfg.max_sync_bytes);
         let bucket = self
             .ingress
             .entry(peer.to_string())
-            .or_insert_with(|| Bucket::new(burst, rate as f64, now));
+            .or_insert_with(|| limits.ingress_bucket(max_sync, now));
         if bucket.take(bytes as u64, now).is_ok() {
             return true;
         }
         self.counters.ingress_dropped += 1;
         if self.counters.ingress_dropped.is_power_of_two() {
-            tracing::warn!(%peer, bytes, rate, dropped = self.counters.ingress_dropped,
+            tracing::warn!(%peer, bytes, rate = limits.max_ingress_bytes_per_sec,
+                dropped = self.counters.ingress_dropped,
                 "sync frame over the peer's ingress rate dropped (max_ingress_bytes_per_sec)");
         }
         false

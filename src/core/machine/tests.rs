@@ -1231,11 +1231,7 @@ fn work_this_node_pushed_is_dropped_once_the_story_is_finished_even_a_late_push(
 fn capped(name: &str, actor: u8, limits: crate::core::limits::Limits) -> Core {
     let mut c = core(name, actor);
     c.cfg.limits = limits;
-    c.writes = Bucket::new(
-        u64::from(limits.max_writes_per_minute),
-        f64::from(limits.max_writes_per_minute) / 60.0,
-        0,
-    );
+    c.writes = limits.writes_bucket(0);
     c.doc =
         std::mem::replace(&mut c.doc, Doc::new([0; 16])).with_size_cap(limits.max_document_bytes);
     c
