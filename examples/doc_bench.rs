@@ -131,6 +131,7 @@ fn settle(snap: &[u8], unchecked: bool, samples: usize) -> Vec<f64> {
                 origin_breaker: Default::default(),
                 merge_gate: None,
                 limits: Default::default(),
+                triggers: Default::default(),
             };
             let mut c = Core::new(
                 name.to_string(),

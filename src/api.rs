@@ -7,14 +7,14 @@
 //! forwards requests to the node loop: it never touches the document itself.
 
 use crate::core::model::{Event, KnowledgeFact, KnowledgeKind, NewStory};
-use crate::core::state::{AuditEntry, LogQuery, RosterView, StoryView};
+use crate::core::state::{AuditEntry, CommandFact, LogQuery, RosterView, StoryView};
 use crate::identity::write_private;
 use crate::node::{ApiRequest, StatusReport, WriteError};
 use axum::extract::{Path as UrlPath, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -240,6 +240,49 @@ async fn put_roster(State(st): State<AppState>, Json(f): Json<SealedFact>) -> Re
     }
 }
 
+/// Resolves an operator's draft command against this node's view: the exact fact the
+/// operator then signs (or why it cannot apply now, 400).
+async fn prepare_command(State(st): State<AppState>, Json(draft): Json<CommandFact>) -> Response {
+    match ask(&st, ApiRequest::View).await {
+        Ok(v) => match crate::core::resolve_command(&v, draft) {
+            Ok(fact) => Json(fact).into_response(),
+            Err(e) => err(StatusCode::BAD_REQUEST, e),
+        },
+        Err(r) => r,
+    }
+}
+
+/// One attention item with its story, as `GET /v1/attention` lists it (oldest first).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttentionRow {
+    /// The story's display id and key.
+    pub story: String,
+    pub key: String,
+    pub title: String,
+    pub status: crate::core::model::StoryStatus,
+    pub item: crate::core::state::Attention,
+}
+
+async fn attention(State(st): State<AppState>) -> Response {
+    match ask(&st, ApiRequest::View).await {
+        Ok(v) => {
+            let rows: Vec<AttentionRow> = v
+                .attention()
+                .into_iter()
+                .map(|(s, a)| AttentionRow {
+                    story: s.id.clone(),
+                    key: s.key.clone(),
+                    title: s.fact.title.clone(),
+                    status: s.status,
+                    item: a.clone(),
+                })
+                .collect();
+            Json(rows).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
 /// Binds the control endpoint and writes `control.json` into `data_dir`. The server runs
 /// until the returned task is aborted or the node's API channel closes.
 pub async fn serve(
@@ -268,6 +311,10 @@ pub async fn serve(
         .route("/v1/log", get(log))
         .route("/v1/knowledge", get(list_knowledge).post(add_knowledge))
         .route("/v1/roster", get(show_roster).post(put_roster))
+        // An operator's sealed command goes through the same path as a roster fact.
+        .route("/v1/command", post(put_roster))
+        .route("/v1/command/prepare", post(prepare_command))
+        .route("/v1/attention", get(attention))
         .with_state(AppState { node })
         // Outermost: the token is checked before routing and before any extractor.
         .layer(middleware::from_fn_with_state(
@@ -480,6 +527,36 @@ impl ControlClient {
         let r = self
             .agent
             .get(self.url("/v1/roster"))
+            .header("authorization", self.auth())
+            .call();
+        self.finish(r)
+    }
+
+    /// The exact command fact to sign for `draft` (see `core::resolve_command`).
+    pub fn prepare_command(&self, draft: &CommandFact) -> Result<CommandFact, ClientError> {
+        let r = self
+            .agent
+            .post(self.url("/v1/command/prepare"))
+            .header("authorization", self.auth())
+            .send_json(draft);
+        self.finish(r)
+    }
+
+    /// Writes an operator's sealed command; what it asks, in one line.
+    pub fn put_command(&self, fact: &SealedFact) -> Result<String, ClientError> {
+        let r = self
+            .agent
+            .post(self.url("/v1/command"))
+            .header("authorization", self.auth())
+            .send_json(fact);
+        self.finish(r)
+    }
+
+    /// What needs a human, oldest first.
+    pub fn attention(&self) -> Result<Vec<AttentionRow>, ClientError> {
+        let r = self
+            .agent
+            .get(self.url("/v1/attention"))
             .header("authorization", self.auth())
             .call();
         self.finish(r)

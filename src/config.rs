@@ -53,6 +53,16 @@ pub struct Config {
     /// Sync bytes one peer may hand this node per second (bursts of twice
     /// `max_sync_message_bytes` pass); frames over it are dropped and counted.
     pub max_ingress_bytes_per_sec: u64,
+    /// Escalation triggers (docs/DESIGN.md §14), applied to the results this node
+    /// writes: a handoff's confidence under this needs a human (0: off).
+    pub min_confidence: u8,
+    /// A plan naming at least this many files needs approval before implement (0: off).
+    pub max_planned_files: usize,
+    /// A change touching at least this many files needs approval before merge (0: off).
+    pub max_changed_files: usize,
+    /// Regular expressions matched against every added line of a change: a match is a
+    /// security concern, and the change needs a human before merge.
+    pub security_patterns: Vec<String>,
     /// Lease timing (docs/DESIGN.md §5.4); must satisfy
     /// lease_ttl_ms >= 2*max_clock_drift_ms + 4*message_timeout_ms.
     pub lease_ttl_ms: u64,
@@ -128,6 +138,13 @@ impl Default for Config {
             max_writes_per_minute: crate::core::limits::Limits::default().max_writes_per_minute,
             max_ingress_bytes_per_sec: crate::core::limits::Limits::default()
                 .max_ingress_bytes_per_sec,
+            min_confidence: crate::core::attention::Triggers::default().min_confidence,
+            max_planned_files: crate::core::attention::Triggers::default().max_planned_files,
+            max_changed_files: crate::core::attention::Triggers::default().max_changed_files,
+            security_patterns: crate::core::attention::DEFAULT_SECURITY_PATTERNS
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
             lease_ttl_ms: 10_000,
             lease_grace_ms: 2_000,
             settle_timeout_ms: 1_000,
@@ -368,6 +385,18 @@ impl Config {
                 "allowed 65536..=1099511627776",
             ));
         }
+        if self.min_confidence > 100 {
+            return Err(invalid(
+                "min_confidence",
+                self.min_confidence,
+                "allowed 0..=100",
+            ));
+        }
+        if let Err(e) = crate::core::attention::compile(&self.security_patterns) {
+            return Err(ConfigError::Rule(format!(
+                "security_patterns: {e} (each is a regular expression, regex crate syntax)"
+            )));
+        }
         if let Err(e) = self.lease().validate() {
             // The lease module phrases it: keys, values and the rule.
             let msg = e.to_string();
@@ -523,6 +552,16 @@ max_document_bytes = {mdb}
 max_writes_per_minute = {mwpm}
 max_ingress_bytes_per_sec = {mibps}
 
+# Escalation triggers (a human must approve before the story goes on): a handoff whose
+# confidence is under min_confidence; a plan naming at least max_planned_files files
+# (before implement); a change touching at least max_changed_files files, or an added
+# line matching one of security_patterns (before merge). 0 turns a threshold off; an
+# empty list turns the scan off. See `mesh-agent attention`.
+min_confidence = {minconf}
+max_planned_files = {mpf}
+max_changed_files = {mcf}
+security_patterns = {secpat}
+
 # Leases (docs/DESIGN.md §5.4). A claim expires when no heartbeat renewed it for lease_ttl_ms
 # on the observer's clock; another node takes over lease_grace_ms later. Rule:
 # lease_ttl_ms >= 2*max_clock_drift_ms + 4*message_timeout_ms.
@@ -597,6 +636,10 @@ stall_after_ms = {stall}
             mdb = self.max_document_bytes,
             mwpm = self.max_writes_per_minute,
             mibps = self.max_ingress_bytes_per_sec,
+            minconf = self.min_confidence,
+            mpf = self.max_planned_files,
+            mcf = self.max_changed_files,
+            secpat = list(&self.security_patterns),
             ttl = self.lease_ttl_ms,
             grace = self.lease_grace_ms,
             settle = self.settle_timeout_ms,
@@ -625,6 +668,15 @@ stall_after_ms = {stall}
             max_document_bytes: self.max_document_bytes,
             max_writes_per_minute: self.max_writes_per_minute,
             max_ingress_bytes_per_sec: self.max_ingress_bytes_per_sec,
+        }
+    }
+
+    /// The escalation thresholds as the core wants them.
+    pub fn triggers(&self) -> crate::core::attention::Triggers {
+        crate::core::attention::Triggers {
+            min_confidence: self.min_confidence,
+            max_planned_files: self.max_planned_files,
+            max_changed_files: self.max_changed_files,
         }
     }
 

@@ -14,6 +14,7 @@ mod cli;
 use cli::commands::{
     claims, demo, events, knowledge, log, operator, roster, roster_change, status, story,
 };
+use cli::steer;
 
 #[derive(Parser)]
 #[command(
@@ -84,6 +85,41 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List what waits for a human, oldest first: plans and changes an escalation
+    /// trigger holds (low confidence, many files, a security concern, the `approval`
+    /// label) and blocked stories, each with the commands that clear it.
+    Attention {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Operator: set a story's priority (lower runs first), signed with the operator key.
+    Prioritize(steer::PrioritizeArgs),
+    /// Operator: pause a story, a node (--node) or the whole mesh (--all): no new phase
+    /// starts there (running work finishes). Undo with `resume`.
+    #[command(long_about = PAUSE_ABOUT)]
+    Pause(steer::PauseArgs),
+    /// Operator: undo a pause of a story, a node (--node) or the mesh (--all).
+    Resume(steer::PauseArgs),
+    /// Operator: cancel a story for good: its running work stops, its worktree and work
+    /// refs are removed, nothing of it lands, and stories depending on it are blocked.
+    Cancel(steer::CancelArgs),
+    /// Operator: only this node (--node) or role (--role) runs the story's phases, but
+    /// review, which never runs on the implementer; --anyone undoes it.
+    Assign(steer::AssignArgs),
+    /// Operator: add a note every later job of the story receives in its context.
+    Context(steer::TextArgs),
+    /// Operator: approve what holds a story at a gate (all its items, or those named):
+    /// the held phase (implement, or merge) may start.
+    Approve(steer::ApproveArgs),
+    /// Operator: send a story back one phase with TEXT as the next job's context: a plan
+    /// is planned again, a change is reworked.
+    RequestChanges(steer::TextArgs),
+    /// Operator: give a blocked story one more attempt at the step it is blocked on
+    /// (--reset-attempts: a full set).
+    Unblock(steer::UnblockArgs),
+    /// Operator: clear one attention item of a story (by kind or id) as no concern; a
+    /// gate it held opens.
+    Dismiss(steer::DismissArgs),
     /// The demo project behind `scripts/testnet.sh up`: a bare git origin with a toy
     /// calculator and its test.sh, and a backlog of stories over it.
     #[command(subcommand)]
@@ -155,6 +191,23 @@ struct EventsArgs {
     #[arg(long, value_name = "N")]
     tail: Option<usize>,
 }
+
+const PAUSE_ABOUT: &str = "\
+Pause a story, a node (--node PEER) or the whole mesh (--all), signed with the operator
+key and written through the local running node; every node honours it once it arrives.
+
+A paused story starts no new phase; a paused node (or mesh) claims nothing new. Work
+already running finishes and lands: pausing is not cancelling (`mesh-agent cancel`).
+A claim that was settling when the pause arrived is handed back before it starts.
+
+Commands on one target apply in the order of the operators' clocks when they signed, so
+the later of a pause and a resume wins on every node, whichever arrives first. An
+operator cut off by a partition can still pause: it applies when it arrives.
+
+  mesh-agent pause S-0007 --reason \"waiting for the API freeze\"
+  mesh-agent pause --node 3xYkQp --reason \"disk almost full\"
+  mesh-agent pause --all
+  mesh-agent resume --all";
 
 const LOG_ABOUT: &str = "\
 Print the audit trail: who wrote which fact of the shared document, when, and whether it
@@ -387,6 +440,17 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Admit(a) => roster_change(&dir, true, a),
         Command::Revoke(a) => roster_change(&dir, false, a),
         Command::Roster { json } => roster(&dir, json),
+        Command::Attention { json } => steer::attention(&dir, json),
+        Command::Prioritize(a) => steer::prioritize(&dir, a),
+        Command::Pause(a) => steer::pause(&dir, a),
+        Command::Resume(a) => steer::resume(&dir, a),
+        Command::Cancel(a) => steer::cancel(&dir, a),
+        Command::Assign(a) => steer::assign(&dir, a),
+        Command::Context(a) => steer::context(&dir, a),
+        Command::Approve(a) => steer::approve(&dir, a),
+        Command::RequestChanges(a) => steer::request_changes(&dir, a),
+        Command::Unblock(a) => steer::unblock(&dir, a),
+        Command::Dismiss(a) => steer::dismiss(&dir, a),
     }
 }
 

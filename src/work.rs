@@ -586,6 +586,7 @@ mod tests {
             files: vec![],
             knowledge: vec![],
             failures: vec![],
+            notes: vec![],
         }
     }
 
@@ -603,6 +604,7 @@ mod tests {
                 verdict,
                 ..Default::default()
             },
+            escalations: vec![],
         }
     }
 

@@ -40,6 +40,7 @@ fn job(phase: Phase, files: &[&str]) -> Job {
         files,
         knowledge: vec![],
         failures: vec![],
+        notes: vec![],
     }
 }
 
@@ -517,6 +518,7 @@ async fn the_job_and_prompt_files_carry_the_context() {
             warnings: vec!["the login form has no CSRF token".into()],
             ..Handoff::default()
         },
+        escalations: vec![],
     }];
     j.knowledge = vec![KnowledgeFact {
         kind: KnowledgeKind::Testing,
@@ -526,6 +528,7 @@ async fn the_job_and_prompt_files_carry_the_context() {
         written_at_ms: 0,
     }];
     j.failures = vec!["claude.sh: exited with code 1; rate limited".into()];
+    j.notes = vec!["keep the old login form working until March".into()];
     // Each phase may run its own program: implement runs this one.
     let mut cfg = sh("exit 7", &[]);
     cfg.phases.insert(
@@ -554,6 +557,8 @@ async fn the_job_and_prompt_files_carry_the_context() {
         "- the login form has no CSRF token",
         "- testing: integration tests live in tests/",
         "rate limited",
+        "## From the humans who steer this mesh",
+        "- keep the old login form working until March",
         "\"verdict\": \"approve or reject",
         "\"learnings\": [{\"kind\"",
         &log_file(&ws, &j, "handoff.json").display().to_string(),
@@ -567,6 +572,10 @@ async fn the_job_and_prompt_files_carry_the_context() {
         serde_json::from_str(&read(&log_file(&ws, &j, "job.json"))).expect("job JSON");
     assert_eq!(job_json["fact"]["title"], "Add login");
     assert_eq!(job_json["phase"], "implement");
+    assert_eq!(
+        job_json["notes"][0],
+        "keep the old login form working until March"
+    );
     assert_eq!(
         job_json["handoffs"][0]["handoff"]["summary"],
         "hash passwords with argon2"

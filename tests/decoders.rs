@@ -133,6 +133,7 @@ fn core(name: &str, actor: u8) -> Core {
             origin_breaker: Default::default(),
             merge_gate: None,
             limits: Default::default(),
+            triggers: Default::default(),
         },
         Doc::new([actor; 16]).with_test_names(),
         1,

@@ -749,6 +749,7 @@ fn takeover_of_a_landed_merge_whose_work_is_gone(h: &GitHost) {
             commit: Some(change.to_string()),
             ..Default::default()
         },
+        escalations: vec![],
     };
     let job = mesh_agent::core::Job {
         claim: "peerB-1001".into(),
@@ -773,6 +774,7 @@ fn takeover_of_a_landed_merge_whose_work_is_gone(h: &GitHost) {
         handoffs: vec![implemented],
         files: vec![],
         knowledge: vec![],
+        notes: vec![],
         failures: vec![],
     };
     let rt = tokio::runtime::Runtime::new().unwrap();

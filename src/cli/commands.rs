@@ -23,7 +23,7 @@ use std::time::Duration;
 
 /// The node refused the request as the caller's mistake (bad input, unknown id): a usage
 /// error (exit code 2); anything else stays a runtime failure.
-fn usage_if_refused(e: api::ClientError) -> anyhow::Error {
+pub(crate) fn usage_if_refused(e: api::ClientError) -> anyhow::Error {
     match e {
         api::ClientError::Refused(m) => usage(m),
         e => e.into(),

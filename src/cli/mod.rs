@@ -1,5 +1,7 @@
 //! The CLI behind `main.rs`'s argument definitions: `commands` carries out the commands
-//! that ask a node (or read its data dir), `render` turns what they get into text.
+//! that ask a node (or read its data dir), `render` turns what they get into text,
+//! `steer` signs and sends the operator commands.
 
 pub(crate) mod commands;
 pub(crate) mod render;
+pub(crate) mod steer;

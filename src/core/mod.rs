@@ -21,6 +21,7 @@
 //! - [`sim_handoff`]: the simulated executor's handoffs, shared by `exec::sim` and `sim`;
 //! - the node state machine ([`Core`], [`Input`], [`Effect`]) in `machine`.
 
+pub mod attention;
 pub mod breaker;
 pub mod codec;
 pub mod fence;

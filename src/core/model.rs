@@ -91,15 +91,18 @@ pub enum StoryStatus {
     InProgress,
     Done,
     Blocked,
+    /// An operator cancelled it: nothing more of it runs or lands.
+    Cancelled,
 }
 
 impl StoryStatus {
-    pub const ALL: [StoryStatus; 5] = [
+    pub const ALL: [StoryStatus; 6] = [
         StoryStatus::Backlog,
         StoryStatus::Ready,
         StoryStatus::InProgress,
         StoryStatus::Done,
         StoryStatus::Blocked,
+        StoryStatus::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -109,6 +112,7 @@ impl StoryStatus {
             StoryStatus::InProgress => "in-progress",
             StoryStatus::Done => "done",
             StoryStatus::Blocked => "blocked",
+            StoryStatus::Cancelled => "cancelled",
         }
     }
 }
@@ -298,6 +302,71 @@ pub struct Handoff {
     /// The commit this phase produced or landed (filled in by the node's git shell, not
     /// by the executor).
     pub commit: Option<String>,
+    /// The files the commit changed (filled in by the node's git shell for implement and
+    /// rework).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changed_files: Vec<String>,
+    /// What the node's security scan found in the change's added lines, one line each
+    /// (filled in by the node's git shell, never by the executor).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub concerns: Vec<String>,
+}
+
+/// What kind of thing needs a human (an attention item's kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// The executor's confidence was below the threshold.
+    LowConfidence,
+    /// The plan or the change touches at least the configured number of files (an
+    /// architecture decision).
+    LargeChange,
+    /// The security scan found something in the change.
+    Security,
+    /// The story is labelled `approval`: its plan needs a human before implement.
+    Approval,
+    /// Attempts, takeovers or review rounds ran out: the story is blocked.
+    Blocked,
+}
+
+impl AlertKind {
+    pub const ALL: [AlertKind; 5] = [
+        AlertKind::LowConfidence,
+        AlertKind::LargeChange,
+        AlertKind::Security,
+        AlertKind::Approval,
+        AlertKind::Blocked,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::LowConfidence => "low_confidence",
+            AlertKind::LargeChange => "large_change",
+            AlertKind::Security => "security",
+            AlertKind::Approval => "approval",
+            AlertKind::Blocked => "blocked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AlertKind> {
+        let s = s.replace('-', "_");
+        AlertKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for AlertKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a result needs a human before its story goes on: recorded in the result by the
+/// node that wrote it, from that node's thresholds (`core::attention`), so every node
+/// holds the same gate whatever its own config says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Escalation {
+    pub kind: AlertKind,
+    pub detail: String,
 }
 
 /// What kind of thing a knowledge entry teaches.
@@ -372,6 +441,9 @@ pub struct ResultFact {
     pub holder: String,
     pub written_at_ms: u64,
     pub handoff: Handoff,
+    /// What needs a human before the story goes on past this result (empty: nothing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub escalations: Vec<Escalation>,
 }
 
 /// A landing on main, written by the merge holder: `merge/<story>/<claim-id>`.

@@ -80,7 +80,7 @@ struct Unlanded<'a> {
 /// The order in which changes to shared files go first: story priority (lower first),
 /// then story number, then key. A total order every node derives from the same view.
 fn change_order(s: &StoryView) -> (u32, u32, &str) {
-    (s.fact.priority, s.fact.number, s.key.as_str())
+    (s.priority, s.fact.number, s.key.as_str())
 }
 
 /// Stories changed but not landed (and not blocked), with the files they change.
@@ -90,6 +90,7 @@ fn unlanded_changes(view: &View) -> Vec<Unlanded<'_>> {
         .filter(|s| {
             s.merged.is_none()
                 && s.blocked_reason.is_none()
+                && s.cancelled.is_none()
                 && s.phases_done.contains(&Phase::Implement)
         })
         .map(|s| Unlanded {
@@ -173,6 +174,20 @@ pub fn rank(
         if !roles.iter().any(|r| r == phase.as_str()) {
             continue;
         }
+        // Operators: a paused story starts nothing; a held one waits for an approval; an
+        // assigned one runs on its node or role (review excepted: never the implementer).
+        if s.paused.is_some() || s.held {
+            continue;
+        }
+        if let Some(a) = s.assigned.as_ref().filter(|_| phase != Phase::Review) {
+            if a.node.as_deref().is_some_and(|n| n != me)
+                || a.role
+                    .as_deref()
+                    .is_some_and(|r| !roles.iter().any(|x| x == r))
+            {
+                continue;
+            }
+        }
         if !s
             .fact
             .depends_on
@@ -231,7 +246,7 @@ pub fn rank(
         out.push((
             (
                 phase_rank(phase),
-                s.fact.priority,
+                s.priority,
                 u8::from(!continues(view, s, me)),
             ),
             s.fact.number,
@@ -271,6 +286,14 @@ pub enum Waiting {
     Merged,
     /// Needs a human.
     Blocked { reason: String },
+    /// An operator cancelled it.
+    Cancelled { by: String, reason: String },
+    /// An operator paused it (or the whole mesh): no new phase starts.
+    Paused { by: String, reason: String },
+    /// Its next phase waits for an operator to approve or dismiss these items.
+    Approval { phase: Phase, items: Vec<String> },
+    /// Assigned by an operator to a node or role (`to`) that is not in the mesh.
+    Assigned { phase: Phase, to: String },
     /// A node holds the claim on its next phase and is working on it.
     Claimed {
         node: String,
@@ -311,7 +334,20 @@ pub enum Waiting {
 impl Waiting {
     /// Whether the story is still expected to move (neither merged nor blocked).
     pub fn is_open(&self) -> bool {
-        !matches!(self, Waiting::Merged | Waiting::Blocked { .. })
+        !matches!(
+            self,
+            Waiting::Merged | Waiting::Blocked { .. } | Waiting::Cancelled { .. }
+        )
+    }
+
+    /// Whether it waits for a human's command (paused, or at an approval gate): not a
+    /// stall, and no fault.
+    pub fn for_human(&self) -> bool {
+        match self {
+            Waiting::Paused { .. } | Waiting::Approval { .. } => true,
+            Waiting::Dependency { then, .. } | Waiting::FileOwned { then, .. } => then.for_human(),
+            _ => false,
+        }
     }
 }
 
@@ -320,6 +356,31 @@ impl std::fmt::Display for Waiting {
         match self {
             Waiting::Merged => write!(f, "merged"),
             Waiting::Blocked { reason } => write!(f, "blocked: {reason}"),
+            Waiting::Cancelled { by, reason } => {
+                write!(f, "cancelled by operator {}", short_peer(by))?;
+                if !reason.is_empty() {
+                    write!(f, ": {reason}")?;
+                }
+                Ok(())
+            }
+            Waiting::Paused { by, reason } => {
+                write!(f, "paused by operator {}", short_peer(by))?;
+                if !reason.is_empty() {
+                    write!(f, ": {reason}")?;
+                }
+                Ok(())
+            }
+            Waiting::Approval { phase, items } => write!(
+                f,
+                "{phase} waits for an operator to approve or dismiss {}",
+                items.join(", ")
+            ),
+            Waiting::Assigned { phase, to } => {
+                write!(
+                    f,
+                    "ready for {phase}, assigned to {to}, which is not in the mesh"
+                )
+            }
             Waiting::Claimed {
                 node,
                 phase,
@@ -405,6 +466,12 @@ fn waiting_on(
 ) -> Waiting {
     if s.merged.is_some() {
         return Waiting::Merged;
+    }
+    if let Some(c) = &s.cancelled {
+        return Waiting::Cancelled {
+            by: c.by.clone(),
+            reason: c.reason.clone(),
+        };
     }
     if let Some(reason) = &s.blocked_reason {
         return Waiting::Blocked {
@@ -499,9 +566,41 @@ fn waiting_on(
             }
         }
     }
+    if let Some(p) = s.paused.as_ref().or(view.steering.all.as_ref()) {
+        return Waiting::Paused {
+            by: p.by.clone(),
+            reason: p.reason.clone(),
+        };
+    }
+    if s.held {
+        return Waiting::Approval {
+            phase,
+            items: s
+                .attention
+                .iter()
+                .filter(|a| a.holds == Some(phase))
+                .map(|a| a.id.clone())
+                .collect(),
+        };
+    }
     let role = |n: &crate::core::model::NodeFact| n.roles.iter().any(|r| r == phase.as_str());
     if !view.nodes.values().any(role) {
         return Waiting::NoRole { phase };
+    }
+    if let Some(a) = s.assigned.as_ref().filter(|_| phase != Phase::Review) {
+        let there = match (&a.node, &a.role) {
+            (Some(n), _) => view.nodes.contains_key(n),
+            (None, Some(r)) => view.nodes.values().any(|n| n.roles.iter().any(|x| x == r)),
+            (None, None) => true,
+        };
+        if !there {
+            let to = match (&a.node, &a.role) {
+                (Some(n), _) => format!("node {}", short_peer(n)),
+                (None, Some(r)) => format!("role {r}"),
+                (None, None) => String::new(),
+            };
+            return Waiting::Assigned { phase, to };
+        }
     }
     if phase == Phase::Review {
         if let Some(imp) = &s.implementer {
@@ -518,6 +617,11 @@ fn waiting_on(
         phase,
         round: s.round,
     }
+}
+
+/// A peer id cut for a sentence (its last 6 characters, as story keys tag it).
+fn short_peer(p: &str) -> &str {
+    crate::core::state::peer_tag(p)
 }
 
 impl Waiting {
@@ -568,7 +672,7 @@ impl StallWatch {
                 .seen
                 .entry(s.key.clone())
                 .or_insert((steps, now_ms, false));
-            if !w.is_open() || w.behind_work() || e.0 != steps {
+            if !w.is_open() || w.behind_work() || w.for_human() || e.0 != steps {
                 *e = (steps, now_ms, false);
                 continue;
             }

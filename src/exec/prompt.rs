@@ -145,6 +145,17 @@ pub fn prompt(job: &Job, handoff_file: &Path) -> String {
         }
         let _ = writeln!(p);
     }
+    if !job.notes.is_empty() {
+        let _ = writeln!(
+            p,
+            "## From the humans who steer this mesh\n\nTake these into account; they \
+             override earlier handoffs where they disagree:\n"
+        );
+        for n in &job.notes {
+            let _ = writeln!(p, "- {}", n.replace('\n', "\n  "));
+        }
+        let _ = writeln!(p);
+    }
     if !job.knowledge.is_empty() {
         let _ = writeln!(p, "## What the team has learned\n");
         for k in &job.knowledge {

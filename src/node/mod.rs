@@ -305,6 +305,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
             origin_breaker: cfg.origin_breaker(),
             merge_gate: None, // set below, once the origin is open
             limits: cfg.limits(),
+            triggers: cfg.triggers(),
         },
         doc,
         wall_ms(),

@@ -567,7 +567,7 @@ impl Runtime {
             }
             ApiRequest::PutRoster(key, sealed, reply) => {
                 let res = self
-                    .durable_write(|core| core.put_roster(&key, &sealed))
+                    .durable_write(|core| core.put_signed(&key, &sealed))
                     .await;
                 let _ = reply.send(res);
             }

@@ -237,6 +237,7 @@ pub(crate) fn core_config(cfg: &SimConfig) -> CoreConfig {
             .then(|| crate::core::lease::Resource::gate("sim://origin", "main").ok())
             .flatten(),
         limits: Default::default(),
+        triggers: Default::default(),
     }
 }
 

@@ -59,6 +59,12 @@ impl Core {
             .filter_map(|(id, c)| {
                 let why = if !claims.holds(id) {
                     "lost the lease while running"
+                } else if view
+                    .stories
+                    .get(&c.story)
+                    .is_some_and(|s| s.cancelled.is_some())
+                {
+                    "an operator cancelled the story"
                 } else if check_needed && !still_needed(&view, &c.story, c.phase, c.round) {
                     "the story no longer needs this step"
                 } else {
@@ -116,6 +122,10 @@ impl Core {
         }
         // Not a member: nothing it claimed would count.
         if !self.may_work_on_roster() {
+            return;
+        }
+        // An operator paused this node or the whole mesh.
+        if self.paused_here().is_some() {
             return;
         }
         // Settle with every peer that is alive, or connected and not known dead (a
@@ -334,6 +344,27 @@ impl Core {
                 );
                 continue;
             }
+            // An operator paused the story, this node or the mesh while the claim
+            // settled: the phase must not start (the pause reached this node first).
+            let paused = self.local.get(&id).and_then(|c| {
+                let s = view.stories.get(&c.story)?;
+                s.paused
+                    .as_ref()
+                    .or_else(|| view.steering.node_paused(&self.peer))
+                    .map(|p| p.reason.clone())
+                    .or_else(|| s.held.then(|| "waits for an approval".to_string()))
+            });
+            if let Some(why) = paused {
+                tracing::info!(claim = %id, %why, "paused by an operator while the claim settled; releasing");
+                self.local.remove(&id);
+                let note = if why.is_empty() {
+                    "paused by an operator before it started".to_string()
+                } else {
+                    format!("paused by an operator before it started: {why}")
+                };
+                self.release(&id, ReleaseReason::Unsettled, &note);
+                continue;
+            }
             // (A claim written from a stale view that ties a finished claim does not
             // hold: a finished claim wins a token tie, see `Claims::winner`.)
             if claims.holds(&id) || self.cfg.broken_winner_rule {
@@ -405,6 +436,7 @@ impl Core {
                     files,
                     knowledge,
                     failures: sv.failures.clone(),
+                    notes: sv.notes.iter().map(|n| n.text.clone()).collect(),
                 })));
             } else {
                 tracing::debug!(claim = %id, "claim lost at settle; releasing");
@@ -431,10 +463,16 @@ impl Core {
         let Some(old) = claims.winner(&res).map(str::to_string) else {
             return false;
         };
+        let granted = view
+            .steering
+            .story(story)
+            .and_then(|s| s.granted.get(&(phase, round)))
+            .copied()
+            .unwrap_or(0);
         let at_limit = view.stories.get(story).is_some_and(|s| {
             s.next_phase == Some(phase)
                 && s.round == round
-                && s.takeovers.saturating_add(1) >= MAX_TAKEOVERS
+                && s.takeovers.saturating_add(1) >= MAX_TAKEOVERS.saturating_add(granted)
         });
         if !at_limit {
             return false;
@@ -533,6 +571,11 @@ impl Core {
                     token,
                     holder: self.peer.clone(),
                     written_at_ms: wall,
+                    escalations: crate::core::attention::escalations(
+                        &self.cfg.triggers,
+                        c.phase,
+                        &handoff,
+                    ),
                     handoff: handoff.clone(),
                 });
                 if let Err(e) = result {

@@ -50,12 +50,14 @@ mod guards;
 mod origin;
 mod roster;
 mod status;
+mod steer;
 mod sync;
 mod write;
 
 pub use guards::{ClockSkew, Guards, Handover, CLOCK_SAMPLES};
 pub use origin::JobFailure;
 pub use status::{ClaimRow, Counters, HeldClaim, RunRecord};
+pub use steer::resolve_command;
 
 /// Most knowledge entries handed to one job.
 pub const MAX_JOB_KNOWLEDGE: usize = 12;
@@ -127,9 +129,13 @@ pub struct CoreConfig {
     pub merge_gate: Option<Resource>,
     /// Document size, write-rate and ingress caps.
     pub limits: crate::core::limits::Limits,
+    /// The escalation thresholds this node records in the results it writes.
+    pub triggers: crate::core::attention::Triggers,
 }
 
 /// Inputs from the network. Peers are identified by their peer id string.
+// (`WorkFinished` carries a whole handoff, once per job; a box would only move it.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Input {
     Heartbeat {
@@ -188,6 +194,8 @@ pub struct Job {
     pub knowledge: Vec<crate::core::model::KnowledgeFact>,
     /// Why earlier attempts at this phase failed, oldest first.
     pub failures: Vec<String>,
+    /// Operators' notes for the story's jobs (context, changes requested), in order.
+    pub notes: Vec<String>,
 }
 
 /// What the core asks its shell to do.

@@ -78,10 +78,12 @@ impl Core {
         let view = self.view();
         let mut drop = Vec::new();
         self.pushed.retain(|(story, _claim)| {
-            let finished = view
-                .stories
-                .get(story)
-                .is_none_or(|s| matches!(s.status, StoryStatus::Done | StoryStatus::Blocked));
+            let finished = view.stories.get(story).is_none_or(|s| {
+                matches!(
+                    s.status,
+                    StoryStatus::Done | StoryStatus::Blocked | StoryStatus::Cancelled
+                )
+            });
             if finished && !drop.contains(story) && view.stories.contains_key(story) {
                 drop.push(story.clone());
             }

@@ -14,11 +14,14 @@
 //!   [`super::doc`]'s choice among candidates);
 //! - `knowledge/<hash>`: anyone, under the hash of its own kind and text;
 //! - `roster/admit/<peer>` and `roster/revoke/<peer>`: an operator (one of the mesh's
-//!   trust anchors, [`super::roster`]); in an open mesh, no one.
+//!   trust anchors, [`super::roster`]); in an open mesh, no one;
+//! - `command/<operator>/<hash>`: that operator, under the hash of the command's JSON
+//!   ([`super::command`]); in an open mesh, no one.
 //!
 //! Whether an admitted value then counts also depends on its author being a member
 //! ([`super::roster::Roster::counts`]), which the roster decides, not this module.
 
+use super::command::{check_command, CommandFact, COMMAND_PREFIX};
 use super::doc::Fact;
 use super::roster::{RosterFact, ADMIT_PREFIX, REVOKE_PREFIX};
 use super::*;
@@ -47,6 +50,7 @@ pub enum FactKind {
     Knowledge,
     Admit,
     Revoke,
+    Command,
 }
 
 impl FactKind {
@@ -63,6 +67,7 @@ impl FactKind {
             k if k.starts_with(KNOWLEDGE_PREFIX) => FactKind::Knowledge,
             k if k.starts_with(ADMIT_PREFIX) => FactKind::Admit,
             k if k.starts_with(REVOKE_PREFIX) => FactKind::Revoke,
+            k if k.starts_with(COMMAND_PREFIX) => FactKind::Command,
             _ => return None,
         })
     }
@@ -78,7 +83,14 @@ impl FactKind {
             FactKind::Knowledge => "knowledge",
             FactKind::Admit => "admit",
             FactKind::Revoke => "revoke",
+            FactKind::Command => "command",
         }
+    }
+
+    /// Facts an operator writes (the roster, commands): they count by the operator's
+    /// signature alone, not by the roster's members.
+    pub fn by_operator(self) -> bool {
+        matches!(self, FactKind::Admit | FactKind::Revoke | FactKind::Command)
     }
 }
 
@@ -221,6 +233,11 @@ pub(super) fn admit(
             )?;
             valid(short(&f.story), "knowledge story too long")?;
             Fact::Knowledge(f)
+        }
+        FactKind::Command => {
+            let f: CommandFact = json(opened.json)?;
+            check_command(key, author, opened.json, &f, operators)?;
+            Fact::Command(f)
         }
         FactKind::Admit | FactKind::Revoke => {
             let f: RosterFact = json(opened.json)?;

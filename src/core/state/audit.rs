@@ -444,6 +444,12 @@ fn describe(
             }
             (Some(f.at_ms), Some(f.at_ms), None, action)
         }
+        Fact::Command(c) => (
+            Some(c.at_ms),
+            Some(c.at_ms),
+            c.story().map(str::to_string),
+            format!("operator command: {}", quote(&c.describe())),
+        ),
     }
 }
 
@@ -505,6 +511,7 @@ mod tests {
             holder: holder.into(),
             written_at_ms: at,
             handoff: Default::default(),
+            escalations: vec![],
         })
         .unwrap();
     }

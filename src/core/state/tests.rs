@@ -150,6 +150,7 @@ pub(crate) fn step(
         holder: A.into(),
         written_at_ms: 0,
         handoff,
+        escalations: vec![],
     })
     .unwrap();
     if phase == Phase::Merge && verdict != Some(Verdict::Reject) {
@@ -624,6 +625,7 @@ fn a_hostile_member_cannot_forge_overwrite_delete_or_inflate() {
         holder: a.clone(),
         written_at_ms: 2,
         handoff: Default::default(),
+        escalations: vec![],
     };
     doc_a.put_result(&result).unwrap();
     let done = ReleaseFact {

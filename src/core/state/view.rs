@@ -1,7 +1,12 @@
 //! `View`, the pure fold of the decoded facts: stories with display ids, status, phase
 //! progress, claims, results, merges, and which result counts; knowledge relevance.
 
+use super::command::{Assignment, CommandFact, Note, Steering, Stop, StorySteer};
 use super::*;
+use crate::core::model::AlertKind;
+
+/// The label that makes a story's plan wait for a human's `approve` before implement.
+pub const APPROVAL_LABEL: &str = "approval";
 
 /// The id of a knowledge entry: a hash of its kind and its whitespace-normalised,
 /// lower-cased text.
@@ -61,38 +66,67 @@ struct Walk {
     /// The last round reached.
     round: u32,
     blocked: Option<String>,
+    /// The step a human's `unblock` grants more rounds at, when the rounds ran out.
+    blocked_step: Option<(Phase, u32)>,
 }
 
 /// The pipeline as a walk: research, plan, implement, then rounds of [rework,] review,
 /// merge. A rejecting review, or a merge that hit a rebase conflict or failing tests
-/// (verdict reject), opens the next round with a rework; after [`MAX_REWORKS`] rounds the
-/// story is blocked for a human with the last reason.
-fn walk_story(key: &str, counted: &BTreeMap<(String, Phase, u32), (&String, &ResultFact)>) -> Walk {
+/// (verdict reject), opens the next round with a rework; after [`MAX_REWORKS`] such
+/// rounds (plus what operators granted with `unblock`) the story is blocked for a human
+/// with the last reason. An operator's `request-changes` on a result acts as a rejection
+/// that counts toward no limit: on a plan, the plan runs again (its next round); on an
+/// implement, rework or review, the next round reworks the change.
+fn walk_story(key: &str, counted: &Counted<'_>, steer: Option<&StorySteer>) -> Walk {
     let mut w = Walk {
         steps: Vec::new(),
         next: None,
         round: 0,
         blocked: None,
+        blocked_step: None,
     };
     let get = |p: Phase, r: u32| counted.get(&(key.to_string(), p, r)).copied();
-    for p in [Phase::Research, Phase::Plan, Phase::Implement] {
-        match get(p, 0) {
-            Some((k, _)) => w.steps.push((p, 0, k.clone())),
+    let requested = |k: &str| steer.is_some_and(|s| s.changes_requested.contains_key(k));
+    match get(Phase::Research, 0) {
+        Some((k, _)) => w.steps.push((Phase::Research, 0, k.clone())),
+        None => {
+            w.next = Some((Phase::Research, 0));
+            return w;
+        }
+    }
+    let mut pr = 0;
+    loop {
+        match get(Phase::Plan, pr) {
             None => {
-                w.next = Some((p, 0));
+                w.next = Some((Phase::Plan, pr));
                 return w;
+            }
+            Some((k, _)) => {
+                w.steps.push((Phase::Plan, pr, k.clone()));
+                if !requested(k) {
+                    break;
+                }
+                pr = pr.saturating_add(1);
             }
         }
     }
+    let granted: u32 = steer.map_or(0, |s| {
+        s.granted
+            .iter()
+            .filter(|((p, _), _)| *p == Phase::Rework)
+            .fold(0u32, |a, (_, g)| a.saturating_add(*g))
+    });
     let mut r = 0;
+    let mut rejections = 0u32;
     loop {
         w.round = r;
-        let mut seq = vec![Phase::Review, Phase::Merge];
-        if r > 0 {
-            seq.insert(0, Phase::Rework);
-        }
+        let first = if r == 0 {
+            Phase::Implement
+        } else {
+            Phase::Rework
+        };
         let mut rejected = None;
-        for p in seq {
+        for p in [first, Phase::Review, Phase::Merge] {
             match get(p, r) {
                 None => {
                     w.next = Some((p, r));
@@ -100,10 +134,14 @@ fn walk_story(key: &str, counted: &BTreeMap<(String, Phase, u32), (&String, &Res
                 }
                 Some((k, f)) => {
                     w.steps.push((p, r, k.clone()));
+                    if p != Phase::Merge && requested(k) {
+                        rejected = Some((p, None));
+                        break;
+                    }
                     if matches!(p, Phase::Review | Phase::Merge)
                         && f.handoff.verdict == Some(Verdict::Reject)
                     {
-                        rejected = Some((p, f.handoff.summary.clone()));
+                        rejected = Some((p, Some(f.handoff.summary.clone())));
                         break;
                     }
                 }
@@ -112,19 +150,23 @@ fn walk_story(key: &str, counted: &BTreeMap<(String, Phase, u32), (&String, &Res
         match rejected {
             // A merge result that did not reject: the story landed (or is landing).
             None => return w,
-            Some((p, why)) => {
-                if r + 1 > MAX_REWORKS {
+            // An operator asked for changes: the next round, counted toward no limit.
+            Some((_, None)) => {}
+            Some((p, Some(why))) => {
+                rejections += 1;
+                if rejections > MAX_REWORKS.saturating_add(granted) {
                     let what = if p == Phase::Review {
                         "review rejected the change"
                     } else {
                         "the merge gate refused the change"
                     };
-                    w.blocked = Some(format!("{what} {} times; last: {why}", r + 1));
+                    w.blocked = Some(format!("{what} {rejections} times; last: {why}"));
+                    w.blocked_step = Some((Phase::Rework, r + 1));
                     return w;
                 }
-                r += 1;
             }
         }
+        r += 1;
     }
 }
 
@@ -181,7 +223,53 @@ pub struct StoryView {
     pub merged: Option<MergeFact>,
     /// Who implemented it (the counted implement result's holder): never its reviewer.
     pub implementer: Option<String>,
+    /// The priority it runs at: an operator's `prioritize`, else the creator's.
+    pub priority: u32,
+    /// An operator paused it: no new phase starts (running work finishes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<Stop>,
+    /// An operator cancelled it (status `cancelled` unless it had landed already).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled: Option<Stop>,
+    /// An operator handed it to one node or role (review still runs elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned: Option<Assignment>,
+    /// Operators' notes for its later jobs: context, and the changes they requested.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<Note>,
+    /// What needs a human about it now, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attention: Vec<Attention>,
+    /// Its next phase waits for an attention item to be approved or dismissed.
+    #[serde(default)]
+    pub held: bool,
+    /// The step (phase, round) an `unblock` grants more attempts at, when blocked by its
+    /// own limits (not by a dependency).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_step: Option<(Phase, u32)>,
 }
+
+/// Something that needs a human (`mesh-agent attention`): a result an escalation
+/// trigger fired on, a story labelled `approval` whose plan is ready, or a blocked story.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attention {
+    /// `<kind>@<result key>`, or `blocked@<phase>.<round>`: what `approve` and `dismiss`
+    /// name.
+    pub id: String,
+    pub kind: AlertKind,
+    pub detail: String,
+    /// When it arose (the result's or the last attempt's wall clock).
+    pub since_ms: u64,
+    /// The phase that waits for it to be cleared (none for a blocked story).
+    pub holds: Option<Phase>,
+    /// What an operator may do about it, as CLI verbs.
+    pub actions: Vec<String>,
+}
+
+/// The actions on a gate's attention item.
+const GATE_ACTIONS: [&str; 4] = ["approve", "request-changes", "dismiss", "cancel"];
+/// The actions on a blocked story.
+const BLOCKED_ACTIONS: [&str; 4] = ["unblock", "unblock --reset-attempts", "cancel", "dismiss"];
 
 /// The derived state of the mesh: identical on every node that folded the same document.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -208,6 +296,8 @@ pub struct View {
     pub malformed: u64,
     /// Who may write facts that count, and who may change that.
     pub roster: RosterView,
+    /// What operators asked (commands, folded).
+    pub steering: Steering,
 }
 
 /// Fencing tokens cannot be inflated: a claim counts only if each of its tokens is 1 or
@@ -268,6 +358,7 @@ impl View {
             merged: &merged,
             index: &index,
             key_to_id: &key_to_id,
+            steering: &view.steering,
         };
         let mut stories = BTreeMap::new();
         for ((key, fact), id) in facts.iter().zip(&ids) {
@@ -288,6 +379,7 @@ impl View {
     fn sort_facts(all: &BTreeMap<String, Fact>) -> (View, Vec<(String, StoryFact)>) {
         let mut view = View::default();
         let mut facts: Vec<(String, StoryFact)> = Vec::new();
+        let mut commands: Vec<(&String, &CommandFact)> = Vec::new();
         for (key, fact) in all {
             match fact {
                 Fact::Story(f) => match key.strip_prefix(STORY_PREFIX) {
@@ -320,8 +412,10 @@ impl View {
                 }
                 // The document folds the roster itself (it needs the changes).
                 Fact::Admit(_) | Fact::Revoke(_) => {}
+                Fact::Command(f) => commands.push((key, f)),
             }
         }
+        view.steering = Steering::fold(commands.into_iter());
         (view, facts)
     }
 
@@ -388,8 +482,19 @@ impl View {
     pub fn stories_ordered(&self) -> Vec<&StoryView> {
         let mut v: Vec<&StoryView> = self.stories.values().collect();
         v.sort_by(|a, b| {
-            (a.fact.priority, a.fact.number, &a.id).cmp(&(b.fact.priority, b.fact.number, &b.id))
+            (a.priority, a.fact.number, &a.id).cmp(&(b.priority, b.fact.number, &b.id))
         });
+        v
+    }
+
+    /// Every attention item of every story, oldest first: (story, item).
+    pub fn attention(&self) -> Vec<(&StoryView, &Attention)> {
+        let mut v: Vec<(&StoryView, &Attention)> = self
+            .stories
+            .values()
+            .flat_map(|s| s.attention.iter().map(move |a| (s, a)))
+            .collect();
+        v.sort_by(|a, b| (a.1.since_ms, &a.0.id, &a.1.id).cmp(&(b.1.since_ms, &b.0.id, &b.1.id)));
         v
     }
 
@@ -510,6 +615,8 @@ struct Attempts {
     takeovers: u32,
     failures: Vec<String>,
     blocked_reason: Option<String>,
+    /// The latest attempt's claim time (when a block arose).
+    last_ms: u64,
 }
 
 /// Step 6 of the fold: what every story's view is built from.
@@ -520,13 +627,15 @@ struct StoryFold<'a> {
     merged: &'a BTreeMap<String, MergeFact>,
     index: &'a ClaimIndex<'a>,
     key_to_id: &'a BTreeMap<&'a str, &'a str>,
+    steering: &'a Steering,
 }
 
 impl StoryFold<'_> {
     /// One story's view (before its dependencies' blocks are followed).
     fn story(&self, key: &String, fact: &StoryFact, id: &str) -> StoryView {
+        let steer = self.steering.story(key);
         let deps_done = fact.depends_on.iter().all(|d| self.merged.contains_key(d));
-        let walk = walk_story(key, self.counted);
+        let walk = walk_story(key, self.counted, steer);
         let phases_done: Vec<Phase> = Phase::ALL
             .iter()
             .copied()
@@ -534,29 +643,45 @@ impl StoryFold<'_> {
             .collect();
         let mut next_phase = walk.next.map(|(p, _)| p);
         let round = walk.next.map_or(walk.round, |(_, r)| r);
+        let mut blocked_step = walk.blocked_step;
         let Attempts {
             attempts,
             failed_attempts,
             takeovers,
             failures,
             mut blocked_reason,
+            last_ms,
         } = match walk.next {
-            Some((p, r)) => self.attempts(key, p, r, walk.blocked),
+            Some((p, r)) => {
+                let granted = steer
+                    .and_then(|s| s.granted.get(&(p, r)))
+                    .copied()
+                    .unwrap_or(0);
+                let a = self.attempts(key, p, r, walk.blocked.clone(), granted);
+                if a.blocked_reason.is_some() {
+                    blocked_step = Some((p, r));
+                }
+                a
+            }
             None => Attempts {
-                blocked_reason: walk.blocked,
+                blocked_reason: walk.blocked.clone(),
                 ..Attempts::default()
             },
         };
         let is_merged = self.merged.get(key).cloned();
-        if is_merged.is_some() {
+        let cancelled = steer.and_then(|s| s.cancelled.clone());
+        if is_merged.is_some() || cancelled.is_some() {
             next_phase = None;
             blocked_reason = None;
+            blocked_step = None;
         } else if blocked_reason.is_some() {
             next_phase = None;
         }
         let started = !phases_done.is_empty() || self.index.active_stories.contains(key.as_str());
         let status = if is_merged.is_some() {
             StoryStatus::Done
+        } else if cancelled.is_some() {
+            StoryStatus::Cancelled
         } else if blocked_reason.is_some() {
             StoryStatus::Blocked
         } else if started {
@@ -583,6 +708,33 @@ impl StoryFold<'_> {
                     .map_or(d.clone(), |s| s.to_string())
             })
             .collect();
+        let mut attention = Vec::new();
+        if status != StoryStatus::Done && status != StoryStatus::Cancelled {
+            attention = self.gate_items(key, fact, &walk, next_phase);
+            if let (Some(reason), Some((p, r))) = (&blocked_reason, blocked_step) {
+                attention.push(Attention {
+                    id: format!("{}@{}.{r}", AlertKind::Blocked, p.as_str()),
+                    kind: AlertKind::Blocked,
+                    detail: reason.clone(),
+                    since_ms: last_ms.max(fact.created_at_ms),
+                    holds: None,
+                    actions: BLOCKED_ACTIONS.iter().map(|a| a.to_string()).collect(),
+                });
+            }
+            if let Some(st) = steer {
+                attention.retain(|a| !st.cleared.contains(&a.id));
+            }
+            attention.sort_by(|a, b| (a.since_ms, &a.id).cmp(&(b.since_ms, &b.id)));
+        }
+        let held = next_phase.is_some_and(|p| attention.iter().any(|a| a.holds == Some(p)));
+        // Operators' notes for later jobs: context, then the changes they requested on
+        // this story's results, in command order.
+        let notes = steer.map_or_else(Vec::new, |s| {
+            let mut n = s.notes.clone();
+            n.extend(s.changes_requested.values().cloned());
+            n.sort_by(|a, b| (a.at_ms, &a.by, &a.text).cmp(&(b.at_ms, &b.by, &b.text)));
+            n
+        });
         StoryView {
             key: key.clone(),
             id: id.to_string(),
@@ -600,12 +752,88 @@ impl StoryFold<'_> {
             blocked_reason,
             merged: is_merged,
             implementer,
+            priority: steer.and_then(|s| s.priority).unwrap_or(fact.priority),
+            paused: steer.and_then(|s| s.paused.clone()),
+            cancelled,
+            assigned: steer.and_then(|s| s.assigned.clone()),
+            notes,
+            attention,
+            held,
+            blocked_step,
         }
+    }
+
+    /// The items that hold a story's next gate: before implement, the escalations of its
+    /// latest research and plan (and the `approval` label); before merge, those of the
+    /// current round's implement or rework and review. Uncleared ones only matter to the
+    /// caller; this lists them all.
+    fn gate_items(
+        &self,
+        key: &str,
+        fact: &StoryFact,
+        walk: &Walk,
+        next: Option<Phase>,
+    ) -> Vec<Attention> {
+        let Some(next) = next else {
+            return Vec::new();
+        };
+        let before_implement = matches!(next, Phase::Research | Phase::Plan | Phase::Implement);
+        let mut latest: BTreeMap<Phase, (u32, &String)> = BTreeMap::new();
+        for (p, r, k) in &walk.steps {
+            latest.insert(*p, (*r, k));
+        }
+        let mut out = Vec::new();
+        let mut item = |kind: AlertKind, rkey: &str, detail: String, since: u64, holds: Phase| {
+            out.push(Attention {
+                id: format!("{kind}@{rkey}"),
+                kind,
+                detail,
+                since_ms: since,
+                holds: Some(holds),
+                actions: GATE_ACTIONS.iter().map(|a| a.to_string()).collect(),
+            })
+        };
+        for (p, (r, k)) in &latest {
+            let current = if before_implement {
+                matches!(p, Phase::Research | Phase::Plan)
+            } else {
+                matches!(p, Phase::Implement | Phase::Rework | Phase::Review) && *r == walk.round
+            };
+            let Some((_, f)) = self.counted.get(&(key.to_string(), *p, *r)) else {
+                continue;
+            };
+            if !current {
+                continue;
+            }
+            let Some(holds) = crate::core::attention::holds(*p) else {
+                continue;
+            };
+            for e in &f.escalations {
+                item(e.kind, k, e.detail.clone(), f.written_at_ms, holds);
+            }
+            if *p == Phase::Plan && fact.labels.iter().any(|l| l == APPROVAL_LABEL) {
+                item(
+                    AlertKind::Approval,
+                    k,
+                    format!("labelled {APPROVAL_LABEL}: the plan needs a human before implement"),
+                    f.written_at_ms,
+                    Phase::Implement,
+                );
+            }
+        }
+        out
     }
 
     /// The attempts at step (`p`, round `r`) of story `key`, their blame and failure
     /// reasons, and the block they call for (unless the walk already blocked it).
-    fn attempts(&self, key: &str, p: Phase, r: u32, walk_blocked: Option<String>) -> Attempts {
+    fn attempts(
+        &self,
+        key: &str,
+        p: Phase,
+        r: u32,
+        walk_blocked: Option<String>,
+        granted: u32,
+    ) -> Attempts {
         let mut out = Attempts {
             blocked_reason: walk_blocked,
             ..Attempts::default()
@@ -644,6 +872,7 @@ impl StoryFold<'_> {
         }
         let mut on_it_sorted = on_it.clone();
         on_it_sorted.sort_by_key(|(_, c)| c.written_at_ms);
+        out.last_ms = on_it_sorted.last().map_or(0, |(_, c)| c.written_at_ms);
         out.failures = on_it_sorted
             .iter()
             .filter_map(|(id, _)| self.releases.get(*id))
@@ -670,12 +899,12 @@ impl StoryFold<'_> {
                 r.join("; ")
             };
             let (failed_attempts, takeovers) = (out.failed_attempts, out.takeovers);
-            if failed_attempts >= MAX_ATTEMPTS {
+            if failed_attempts >= MAX_ATTEMPTS.saturating_add(granted) {
                 out.blocked_reason = Some(format!(
                     "{p} failed {failed_attempts} attempts: {}",
                     reasons(true)
                 ));
-            } else if takeovers >= MAX_TAKEOVERS {
+            } else if takeovers >= MAX_TAKEOVERS.saturating_add(granted) {
                 out.blocked_reason = Some(format!(
                     "{p} lost its holder {takeovers} times: {}",
                     reasons(false)
@@ -706,16 +935,23 @@ fn block_dependents_of_blocked(
             {
                 continue;
             }
+            if s.cancelled.is_some() {
+                continue;
+            }
             let dep = s.fact.depends_on.iter().find_map(|d| {
-                stories
-                    .get(d)
-                    .filter(|x| x.blocked_reason.is_some())
-                    .map(|x| x.id.clone())
+                let x = stories.get(d)?;
+                if x.status == StoryStatus::Cancelled {
+                    Some((x.id.clone(), "was cancelled"))
+                } else {
+                    x.blocked_reason
+                        .is_some()
+                        .then(|| (x.id.clone(), "is blocked"))
+                }
             });
-            if let Some(dep) = dep {
+            if let Some((dep, what)) = dep {
                 if let Some(s) = stories.get_mut(&k) {
                     s.status = StoryStatus::Blocked;
-                    s.blocked_reason = Some(format!("depends on {dep}, which is blocked"));
+                    s.blocked_reason = Some(format!("depends on {dep}, which {what}"));
                     s.next_phase = None;
                     changed = true;
                 }

@@ -205,7 +205,7 @@ impl Doc {
     pub(super) fn chosen(&self, key: &str) -> Option<&Candidate> {
         let all = self.candidates.get(key)?;
         let kind = FactKind::of_key(key);
-        let roster = matches!(kind, Some(FactKind::Admit | FactKind::Revoke));
+        let roster = kind.is_some_and(FactKind::by_operator);
         let counts = |c: &&Candidate| roster || self.roster.counts(&c.author, &c.change);
         match kind {
             // The latest run's, then the latest write's: an older run's value replayed

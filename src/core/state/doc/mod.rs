@@ -1,6 +1,7 @@
 //! The automerge document of write-once facts: typed writes, the decoded facts kept in
 //! step with automerge's patches, eager-push changes, sync, save and load.
 
+use super::command::CommandFact;
 use super::roster::{Roster, RosterEntry, ADMIT_PREFIX, REVOKE_PREFIX};
 use super::*;
 use std::collections::HashSet;
@@ -102,6 +103,7 @@ pub(super) enum Fact {
     Knowledge(KnowledgeFact),
     Admit(RosterFact),
     Revoke(RosterFact),
+    Command(CommandFact),
 }
 
 impl std::fmt::Debug for Doc {
@@ -454,7 +456,7 @@ impl Doc {
     pub(super) fn candidates(&self) -> impl Iterator<Item = Admitted<'_>> {
         self.candidates.iter().flat_map(move |(key, all)| {
             let chosen = self.chosen(key);
-            let roster = key.starts_with(ADMIT_PREFIX) || key.starts_with(REVOKE_PREFIX);
+            let roster = FactKind::of_key(key).is_some_and(FactKind::by_operator);
             all.iter().map(move |c| Admitted {
                 key,
                 author: &c.author,

@@ -236,22 +236,32 @@ impl Doc {
         Ok(id)
     }
 
-    /// Writes a value sealed elsewhere (an operator's roster fact: the operator's key is
-    /// not this node's), after checking it as every peer will. Only roster facts.
+    /// Writes a value sealed elsewhere (an operator's roster fact or command: the
+    /// operator's key is not this node's), after checking it as every peer will. Only
+    /// operators' facts.
     pub fn put_signed(&mut self, key: &str, sealed: &str) -> Result<(), StateError> {
         let write_err = |why: String| StateError::Write {
             key: key.to_string(),
             why,
         };
         let kind = FactKind::of_key(key)
-            .filter(|k| matches!(k, FactKind::Admit | FactKind::Revoke))
-            .ok_or_else(|| write_err("only roster facts are written pre-signed".into()))?;
+            .filter(|k| k.by_operator())
+            .ok_or_else(|| {
+                write_err(
+                    "only an operator's facts (roster, commands) are written pre-signed".into(),
+                )
+            })?;
         if !self.roster.enforced() {
-            return Err(write_err(
-                "this mesh has no operators (config `operators` is empty), so it has no roster: \
-                 list the operators' ids in every node's config first"
-                    .into(),
-            ));
+            let what = if kind == FactKind::Command {
+                "no one may steer it"
+            } else {
+                "it has no roster"
+            };
+            return Err(write_err(format!(
+                "this mesh has no operators (config `operators` is empty), so {what}: \
+                 create a key with `mesh-agent operator init` and list its id in every node's \
+                 config (`operators`) first"
+            )));
         }
         if let Err(why) = admit(kind, key, sealed, self.scheme, &self.roster.operators) {
             let author = trust::claimed_author(sealed).unwrap_or("?");
