@@ -55,6 +55,8 @@ pub struct WorkShell {
     logs: PathBuf,
     node: String,
     gate: GateConfig,
+    /// The security scan's patterns, matched against a change's added lines.
+    security: Arc<Vec<regex::Regex>>,
 }
 
 /// Removes a story's worktree if the job is dropped mid-way (cancelled because the claim
@@ -240,7 +242,15 @@ impl WorkShell {
             logs: work_dir.join("logs"),
             node,
             gate,
+            security: Arc::new(Vec::new()),
         }
+    }
+
+    /// Scans every implement and rework change for these patterns (a match is a
+    /// security concern: the change needs a human before merge).
+    pub fn with_security_patterns(mut self, patterns: Vec<regex::Regex>) -> WorkShell {
+        self.security = Arc::new(patterns);
+        self
     }
 
     /// The node's clone, if an origin is configured.
@@ -408,6 +418,20 @@ impl WorkShell {
                 let (g, story, claim) = (git.clone(), job.story.clone(), job.claim.clone());
                 step("push the work", move || g.push_work(&story, &claim, oid)).await?;
                 handoff.commit = Some(oid.to_string());
+                // What the change touched and what the scan finds in it: the node's own
+                // record, never the executor's (the triggers read them).
+                let (g, patterns) = (git.clone(), self.security.clone());
+                let (files, concerns) = blocking(move || {
+                    let c = g.change_summary(oid)?;
+                    let concerns = crate::core::attention::scan(
+                        &patterns,
+                        c.added.iter().map(|(f, l)| (f.as_str(), l.as_str())),
+                    );
+                    Ok::<_, GitError>((c.files, concerns))
+                })
+                .await?;
+                handoff.changed_files = files;
+                handoff.concerns = concerns;
             }
             _ => handoff.commit = Some(base.to_string()),
         }

@@ -6,6 +6,32 @@
 use crate::core::model::{Handoff, KnowledgeKind, Learning, Phase, Verdict};
 use crate::core::Job;
 
+/// Labels that steer the simulated executor, for tests and demos of the escalation
+/// triggers (a real executor ignores them): `sim:confidence=N` reports confidence N in
+/// every phase; `sim:secret` plants a credential in the change; `sim:fail=PHASE` fails
+/// every attempt at that phase.
+pub const CONFIDENCE_LABEL: &str = "sim:confidence=";
+pub const SECRET_LABEL: &str = "sim:secret";
+pub const FAIL_LABEL: &str = "sim:fail=";
+
+/// The line `sim:secret` plants in each edited file (the default security patterns find
+/// it: a hard-coded credential).
+pub const PLANTED_SECRET: &str = "api_key = \"sk_live_0123456789abcdef\"";
+
+fn label_value<'a>(job: &'a Job, prefix: &str) -> Option<&'a str> {
+    job.fact.labels.iter().find_map(|l| l.strip_prefix(prefix))
+}
+
+/// Whether a `sim:fail=PHASE` label fails this job.
+pub fn sim_fails(job: &Job) -> bool {
+    label_value(job, FAIL_LABEL) == Some(job.phase.as_str())
+}
+
+/// Whether a `sim:secret` label plants a credential in this job's change.
+pub fn sim_plants_secret(job: &Job) -> bool {
+    job.fact.labels.iter().any(|l| l == SECRET_LABEL)
+}
+
 /// The file a story with no planned files edits.
 pub fn default_file(job: &Job) -> String {
     format!("changes/{}.txt", job.display_id)
@@ -17,7 +43,11 @@ pub fn sim_handoff(job: &Job) -> Handoff {
     let title = &job.fact.title;
     let mut h = Handoff {
         summary: format!("{} of {:?} done (simulated)", job.phase, title),
-        confidence: Some(90),
+        confidence: Some(
+            label_value(job, CONFIDENCE_LABEL)
+                .and_then(|v| v.parse::<u8>().ok())
+                .map_or(90, |c| c.min(100)),
+        ),
         files: job.fact.files.clone(),
         ..Default::default()
     };

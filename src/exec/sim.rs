@@ -5,7 +5,9 @@
 
 use super::{ExecError, Executor, Job, Workspace};
 use crate::core::model::{Handoff, Phase, Verdict};
-use crate::core::sim_handoff::{default_file, sim_handoff};
+use crate::core::sim_handoff::{
+    default_file, sim_fails, sim_handoff, sim_plants_secret, PLANTED_SECRET,
+};
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -85,6 +87,10 @@ pub fn sim_edit(job: &Job, dir: &Path) -> Result<(), String> {
             out.push_str(&line);
             out.push('\n');
         }
+        if sim_plants_secret(job) && !out.contains(PLANTED_SECRET) {
+            out.push_str(PLANTED_SECRET);
+            out.push('\n');
+        }
         let mut file =
             std::fs::File::create(&path).map_err(|e| format!("sim: cannot write {f}: {e}"))?;
         file.write_all(out.as_bytes())
@@ -95,7 +101,7 @@ pub fn sim_edit(job: &Job, dir: &Path) -> Result<(), String> {
 
 impl Executor for SimExecutor {
     fn run(&self, job: Job, ws: Workspace) -> BoxFuture<'static, Result<Handoff, ExecError>> {
-        let fail = unit(self.seed, "fail", &job) < self.failure_rate;
+        let fail = unit(self.seed, "fail", &job) < self.failure_rate || sim_fails(&job);
         let reject = job.phase == Phase::Review
             && job.round == 0
             && unit(self.seed, "reject", &job) < self.review_reject_rate;

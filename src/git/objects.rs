@@ -154,7 +154,62 @@ fn copy_objects(
     Ok(())
 }
 
+/// What one commit changed, for the escalation triggers: the paths it touched and the
+/// lines it added (path, line), at most [`MAX_SCANNED_LINES`] lines of at most
+/// [`MAX_SCANNED_LINE`] bytes each (a generated file must not make the scan slow).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangeSummary {
+    pub files: Vec<String>,
+    pub added: Vec<(String, String)>,
+}
+
+/// Most added lines one change's scan reads.
+pub const MAX_SCANNED_LINES: usize = 50_000;
+/// Longest added line the scan reads (longer ones are cut).
+pub const MAX_SCANNED_LINE: usize = 4096;
+
 impl NodeRepo {
+    /// What `commit` changed against its first parent (all of it, for a root commit).
+    pub fn change_summary(&self, commit: Oid) -> Result<ChangeSummary, GitError> {
+        let err = |op| git_err(op, &self.dir);
+        let repo = Repository::open(&self.dir).map_err(err("open the clone"))?;
+        let c = repo.find_commit(commit).map_err(err("read the change"))?;
+        let tree = c.tree().map_err(err("read the change's tree"))?;
+        let parent = match c.parent(0) {
+            Ok(p) => Some(p.tree().map_err(err("read the parent's tree"))?),
+            Err(_) => None,
+        };
+        let diff = repo
+            .diff_tree_to_tree(parent.as_ref(), Some(&tree), None)
+            .map_err(err("diff the change"))?;
+        let mut out = ChangeSummary::default();
+        for d in diff.deltas() {
+            if let Some(p) = d.new_file().path().or_else(|| d.old_file().path()) {
+                out.files.push(p.to_string_lossy().into_owned());
+            }
+        }
+        diff.foreach(
+            &mut |_, _| true,
+            None,
+            None,
+            Some(&mut |delta, _, line| {
+                if line.origin() == '+' && out.added.len() < MAX_SCANNED_LINES {
+                    let path = delta
+                        .new_file()
+                        .path()
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    let bytes = line.content();
+                    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_SCANNED_LINE)]);
+                    out.added.push((path, text.trim_end().to_string()));
+                }
+                true
+            }),
+        )
+        .map_err(err("read the change's lines"))?;
+        Ok(out)
+    }
+
     /// Pushes `oid` to the origin as `refs/mesh/work/<story_key>/<claim>`, so that other
     /// nodes can fetch it for review and merge. Overwrites an earlier push of that claim.
     pub fn push_work(&self, story_key: &str, claim: &str, oid: Oid) -> Result<(), GitError> {

@@ -382,17 +382,22 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
             Err(e) => tracing::warn!(error = %e, "merges take no gate in the document"),
         }
     }
-    let shell = Arc::new(WorkShell::new(
-        executor,
-        repo,
-        work_dir,
-        peer.to_string(),
-        GateConfig {
-            test: (!cfg.test_command.is_empty()).then(|| cfg.test_command.clone()),
-            test_timeout: Duration::from_secs(cfg.test_timeout_secs),
-            max_tries: cfg.merge_max_tries,
-        },
-    ));
+    // (Validated with the config: a pattern that does not compile never gets here.)
+    let security = crate::core::attention::compile(&cfg.security_patterns).unwrap_or_default();
+    let shell = Arc::new(
+        WorkShell::new(
+            executor,
+            repo,
+            work_dir,
+            peer.to_string(),
+            GateConfig {
+                test: (!cfg.test_command.is_empty()).then(|| cfg.test_command.clone()),
+                test_timeout: Duration::from_secs(cfg.test_timeout_secs),
+                max_tries: cfg.merge_max_tries,
+            },
+        )
+        .with_security_patterns(security),
+    );
     if !opts.passive {
         let s = shell.clone();
         let _ = tokio::task::spawn_blocking(move || s.clean_leftovers()).await;

@@ -8,13 +8,18 @@ use super::*;
 use crate::core::model::AlertKind;
 use crate::core::state::{CommandFact, Op, Target};
 
-/// Finds a node by full peer id or by a unique ending of it (the 6-character tag
-/// `status` shows is enough).
+/// Finds a node — one that described itself, or one on the roster — by full peer id or
+/// by a unique ending of it (the 6-character tag `status` shows is enough).
 fn resolve_node(view: &View, given: &str) -> Result<String, String> {
-    if view.nodes.contains_key(given) {
+    let known: BTreeSet<&String> = view
+        .nodes
+        .keys()
+        .chain(view.roster.admitted.iter().map(|e| &e.peer))
+        .collect();
+    if known.contains(&given.to_string()) {
         return Ok(given.to_string());
     }
-    let found: Vec<&String> = view.nodes.keys().filter(|p| p.ends_with(given)).collect();
+    let found: Vec<&String> = known.into_iter().filter(|p| p.ends_with(given)).collect();
     match found.as_slice() {
         [one] if !given.is_empty() => Ok((*one).clone()),
         [] | [_] => Err(format!(
