@@ -120,6 +120,23 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
         .map(|s| format!("{s} {}", r.story_counts.get(s.as_str()).unwrap_or(&0)))
         .collect();
     let _ = writeln!(o, "\nstories: {total} ({})", counts.join(", "));
+    for (who, why) in &r.paused {
+        let who = if who == "all" {
+            "the whole mesh".to_string()
+        } else if *who == r.peer_id {
+            format!("this node ({})", short(who))
+        } else {
+            format!("node {}", short(who))
+        };
+        let _ = writeln!(o, "PAUSED by an operator: {who}{}", reason(why));
+    }
+    if r.attention > 0 {
+        let _ = writeln!(
+            o,
+            "{} item(s) need a human: `mesh-agent attention` lists them",
+            r.attention
+        );
+    }
     if !r.stories.is_empty() {
         let _ = writeln!(o, "  {:<14} {:<12} {:>4}  TITLE", "ID", "STATUS", "PRIO");
         for s in &r.stories {
@@ -354,7 +371,48 @@ pub(crate) fn audit_line(e: &AuditEntry) -> String {
 pub(crate) fn print_story(s: &StoryView) {
     println!("{}  {}", s.id, s.fact.title);
     println!("  status     {}", s.status);
-    println!("  priority   {}", s.fact.priority);
+    if s.priority != s.fact.priority {
+        println!(
+            "  priority   {} (set by an operator; created at {})",
+            s.priority, s.fact.priority
+        );
+    } else {
+        println!("  priority   {}", s.priority);
+    }
+    if let Some(c) = &s.cancelled {
+        println!(
+            "  cancelled  by operator {}{}",
+            short(&c.by),
+            reason(&c.reason)
+        );
+    }
+    if let Some(p) = &s.paused {
+        println!(
+            "  paused     by operator {}{}",
+            short(&p.by),
+            reason(&p.reason)
+        );
+    }
+    if let Some(a) = &s.assigned {
+        let to = match (&a.node, &a.role) {
+            (Some(n), _) => format!("node {n}"),
+            (None, Some(r)) => format!("role {r}"),
+            (None, None) => "anyone".into(),
+        };
+        println!("  assigned   to {to} by operator {}", short(&a.by));
+    }
+    for n in &s.notes {
+        println!("  note       {} (operator {})", n.text, short(&n.by));
+    }
+    for a in &s.attention {
+        let holds = a.holds.map_or(String::new(), |p| format!(", holds {p}"));
+        println!("  attention  {}: {}{holds}", a.kind, a.detail);
+        println!(
+            "             id {}; actions: {}",
+            a.id,
+            a.actions.join(", ")
+        );
+    }
     if !s.depends_on_ids.is_empty() {
         println!("  depends on {}", s.depends_on_ids.join(", "));
     }
@@ -405,6 +463,15 @@ pub(crate) fn print_story(s: &StoryView) {
     }
 }
 
+/// ": why" for a non-empty reason.
+fn reason(r: &str) -> String {
+    if r.is_empty() {
+        String::new()
+    } else {
+        format!(": {r}")
+    }
+}
+
 /// `story list`: the backlog in order, one story per line.
 pub(crate) fn print_story_list(list: &[StoryView]) {
     if list.is_empty() {
@@ -417,7 +484,7 @@ pub(crate) fn print_story_list(list: &[StoryView]) {
             "{:<14} {:<12} {:>4}  {}",
             s.id,
             s.status.as_str(),
-            s.fact.priority,
+            s.priority,
             s.fact.title
         );
     }

@@ -175,6 +175,12 @@ pub struct StatusReport {
     /// The mesh's roster (operators, admitted and revoked nodes).
     #[serde(default)]
     pub roster: crate::core::state::RosterView,
+    /// Items waiting for a human (`mesh-agent attention` lists them).
+    #[serde(default)]
+    pub attention: usize,
+    /// Operators' pauses of the mesh (`all`) and of nodes (by peer id), with the reason.
+    #[serde(default)]
+    pub paused: BTreeMap<String, String>,
 }
 
 /// Refused facts of one author and kind (`status`).

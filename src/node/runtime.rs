@@ -622,7 +622,7 @@ impl Runtime {
                     id: s.id.clone(),
                     title: s.fact.title.clone(),
                     status: s.status.as_str().to_string(),
-                    priority: s.fact.priority,
+                    priority: s.priority,
                     waiting: crate::core::scheduler::waiting(&view, &claims, &s.key)
                         .filter(|w| w.is_open()),
                 })
@@ -653,6 +653,19 @@ impl Runtime {
                 })
                 .collect(),
             roster: view.roster.clone(),
+            attention: view.attention().len(),
+            paused: view
+                .steering
+                .all
+                .iter()
+                .map(|s| ("all".to_string(), s.reason.clone()))
+                .chain(
+                    view.steering
+                        .nodes
+                        .iter()
+                        .map(|(p, s)| (p.clone(), s.reason.clone())),
+                )
+                .collect(),
         }
     }
 }

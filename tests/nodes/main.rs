@@ -15,4 +15,5 @@ mod mesh;
 mod never_alone;
 mod paused_holder;
 mod roster;
+mod steering;
 mod timeline;
