@@ -15,8 +15,8 @@ pub const SECRET_LABEL: &str = "sim:secret";
 pub const FAIL_LABEL: &str = "sim:fail=";
 
 /// The line `sim:secret` plants in each edited file (the default security patterns find
-/// it: a hard-coded credential).
-pub const PLANTED_SECRET: &str = "api_key = \"sk_live_0123456789abcdef\"";
+/// it: a hard-coded credential; a comment, so the demo project's tests still pass).
+pub const PLANTED_SECRET: &str = "# api_key = \"sk_live_0123456789abcdef\"";
 
 fn label_value<'a>(job: &'a Job, prefix: &str) -> Option<&'a str> {
     job.fact.labels.iter().find_map(|l| l.strip_prefix(prefix))

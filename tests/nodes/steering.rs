@@ -509,3 +509,210 @@ async fn an_operator_steers_a_live_mesh_and_a_stranger_cannot() {
         n.shutdown().await;
     }
 }
+
+/// Each escalation trigger, driven by the sim executor on one node (it reviews its own
+/// change): the attention item, the story's state and the actions; `approve`, `dismiss`
+/// and `unblock` clear them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_trigger_holds_its_story_for_a_human_and_approve_or_dismiss_clears_it() {
+    use mesh_agent::core::model::{AlertKind, NewStory};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let origin = tmp.path().join("origin.git");
+    demo::create_origin(&origin).expect("origin");
+    let op = Signer::from_key(ed25519_dalek::SigningKey::from_bytes(&rand::random()));
+    let operator = op.author().to_string();
+    let key = Keypair::generate_ed25519();
+    let id = key.public().to_peer_id().to_string();
+    let node = start_with(
+        &tmp.path().join("n0"),
+        &key,
+        None,
+        |c| {
+            flow_config(c, &origin, &operator);
+            c.sim_phase_ms = 50;
+            c.min_confidence = 50;
+            c.max_planned_files = 3;
+            c.max_changed_files = 3;
+        },
+        None,
+    )
+    .await;
+    let k = admit_key(&id);
+    let json = serde_json::to_string(&RosterFact {
+        peer: id.clone(),
+        note: String::new(),
+        at_ms: 1,
+    })
+    .expect("json");
+    node.put_roster(&k, &op.seal(&k, &json))
+        .await
+        .expect("admitted");
+    let add = |title: &str, files: &[&str], labels: &[&str]| NewStory {
+        title: title.into(),
+        files: files.iter().map(|f| f.to_string()).collect(),
+        labels: labels.iter().map(|l| l.to_string()).collect(),
+        ..Default::default()
+    };
+    for s in [
+        add("unsure", &["docs/unsure.txt"], &["sim:confidence=20"]),
+        add("wide", &["src/a.txt", "src/b.txt", "src/c.txt"], &[]),
+        add("leaky", &["src/config.txt"], &["sim:secret"]),
+        add("doomed", &["src/doomed.txt"], &["sim:fail=implement"]),
+    ] {
+        node.add_story(s).await.expect("added");
+    }
+    let items = |v: &View, t: &str| -> Vec<(AlertKind, Option<Phase>)> {
+        by_title(v, t)
+            .attention
+            .iter()
+            .map(|a| (a.kind, a.holds))
+            .collect()
+    };
+    // Low confidence: research and plan hold implement.
+    let v = wait_view(&node, "the unsure plan is held", 60, |v| {
+        by_title(v, "unsure").held
+    })
+    .await;
+    let s = by_title(&v, "unsure");
+    assert_eq!(s.next_phase, Some(Phase::Implement));
+    assert_eq!(
+        items(&v, "unsure"),
+        [
+            (AlertKind::LowConfidence, Some(Phase::Implement)),
+            (AlertKind::LowConfidence, Some(Phase::Implement))
+        ]
+    );
+    assert!(
+        s.attention[0].detail.contains("confidence 20, under 50"),
+        "{}",
+        s.attention[0].detail
+    );
+    // Many files: the plan holds implement.
+    let v = wait_view(&node, "the wide plan is held", 60, |v| {
+        by_title(v, "wide").held
+    })
+    .await;
+    assert_eq!(
+        items(&v, "wide"),
+        [(AlertKind::LargeChange, Some(Phase::Implement))]
+    );
+    // Retries: three failed implements block it, with the actions a human has.
+    let v = wait_view(&node, "the doomed story is blocked", 60, |v| {
+        by_title(v, "doomed").status == StoryStatus::Blocked
+    })
+    .await;
+    let s = by_title(&v, "doomed");
+    assert_eq!(s.attention.len(), 1);
+    assert_eq!(s.attention[0].kind, AlertKind::Blocked);
+    assert_eq!(s.attention[0].holds, None);
+    assert_eq!(
+        s.attention[0].actions,
+        ["unblock", "unblock --reset-attempts", "cancel", "dismiss"]
+    );
+    // A planted secret: the change holds merge (review still runs).
+    let v = wait_view(&node, "the leaky change is held before merge", 60, |v| {
+        let s = by_title(v, "leaky");
+        s.held && s.next_phase == Some(Phase::Merge)
+    })
+    .await;
+    let s = by_title(&v, "leaky");
+    assert_eq!(
+        items(&v, "leaky"),
+        [(AlertKind::Security, Some(Phase::Merge))]
+    );
+    assert!(
+        s.attention[0].detail.contains("src/config.txt: # api_key"),
+        "{}",
+        s.attention[0].detail
+    );
+    // The queue lists them oldest first.
+    let queue: Vec<&str> = v
+        .attention()
+        .iter()
+        .map(|(s, _)| s.fact.title.as_str())
+        .collect();
+    assert_eq!(queue.len(), 5, "{queue:?}");
+
+    // Clear them: approve the unsure and wide plans, dismiss the secret, unblock the
+    // doomed story once (it fails again) and then dismiss its block.
+    let unsure = by_title(&v, "unsure").id.clone();
+    let wide = by_title(&v, "wide").id.clone();
+    let leaky = by_title(&v, "leaky").id.clone();
+    let doomed = by_title(&v, "doomed").id.clone();
+    command(&node, &op, story(&unsure), Op::Approve { items: vec![] })
+        .await
+        .expect("approved");
+    command(
+        &node,
+        &op,
+        story(&wide),
+        Op::Approve {
+            items: vec!["large_change".into()],
+        },
+    )
+    .await
+    .expect("approved");
+    command(
+        &node,
+        &op,
+        story(&leaky),
+        Op::Dismiss {
+            item: "security".into(),
+        },
+    )
+    .await
+    .expect("dismissed");
+    let grant = Op::Unblock {
+        phase: Phase::Research,
+        round: 0,
+        grant: 1,
+    };
+    command(&node, &op, story(&doomed), grant)
+        .await
+        .expect("unblocked");
+    let v = node.view().await.expect("view");
+    assert_eq!(
+        by_title(&v, "doomed").status,
+        StoryStatus::InProgress,
+        "one more attempt"
+    );
+    let v = wait_view(&node, "the doomed story is blocked again", 60, |v| {
+        by_title(v, "doomed").status == StoryStatus::Blocked
+    })
+    .await;
+    assert_eq!(by_title(&v, "doomed").failed_attempts, 4);
+    command(
+        &node,
+        &op,
+        story(&doomed),
+        Op::Dismiss {
+            item: "blocked".into(),
+        },
+    )
+    .await
+    .expect("dismissed");
+    // The unsure story's later phases are unsure too: approve each gate as it comes.
+    // (The wide change touches three files: it is held before merge once more.)
+    let landed = |v: &View| {
+        ["unsure", "wide", "leaky"]
+            .iter()
+            .all(|t| by_title(v, t).status == StoryStatus::Done)
+    };
+    let view = loop {
+        let v = wait_view(&node, "a gate to clear, or the rest landed", 60, |v| {
+            landed(v) || v.stories.values().any(|s| s.held)
+        })
+        .await;
+        if landed(&v) {
+            break v;
+        }
+        for s in v.stories.values().filter(|s| s.held) {
+            command(&node, &op, story(&s.id), Op::Approve { items: vec![] })
+                .await
+                .expect("approved");
+        }
+    };
+    assert!(view.attention().is_empty(), "{:?}", view.attention());
+    assert_eq!(by_title(&view, "doomed").status, StoryStatus::Blocked);
+    node.shutdown().await;
+}
