@@ -152,10 +152,10 @@ async fn an_operator_steers_a_live_mesh_and_a_stranger_cannot() {
             .expect("admitted");
     }
     let mut nodes = vec![first];
-    for i in 1..4 {
+    for (i, key) in keys.iter().enumerate().skip(1) {
         let n = start_with(
             &dir(i),
-            &keys[i],
+            key,
             nodes.first(),
             |c| flow_config(c, &origin, &operator),
             Some(exec(i)),
@@ -272,7 +272,7 @@ async fn an_operator_steers_a_live_mesh_and_a_stranger_cannot() {
     // The bumped story goes first: its research is in the first wave of jobs (one per
     // working node).
     let s24 = wait_view(&nodes[0], "the bumped story starts", 60, |v| {
-        by_title(v, "Add a --version flag").history.len() > 0
+        !by_title(v, "Add a --version flag").history.is_empty()
     })
     .await;
     let key24 = by_title(&s24, "Add a --version flag").key.clone();
