@@ -120,8 +120,10 @@ impl Default for Config {
             anti_entropy_ms: 5000,
             join_wait_ms: 10_000,
             roles: vec![
+                "refine".into(),
                 "research".into(),
                 "plan".into(),
+                "plan_review".into(),
                 "implement".into(),
                 "review".into(),
                 "rework".into(),

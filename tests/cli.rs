@@ -464,3 +464,85 @@ fn the_audit_trail_names_who_added_and_who_claimed_a_story() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("S-0099"), "{err}");
 }
+
+/// The operator commands as a user types them: signed with the operator key, refused with
+/// a usage error (exit 2) for a stranger's key, a missing key or a command that cannot
+/// apply, and shown in `status`, `story show`, `attention` and the audit trail.
+#[test]
+fn an_operator_steers_through_the_cli() {
+    let d = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let op_key = keys.path().join("op.key");
+    let op_key = op_key.to_str().expect("utf-8 path");
+    let operator = first_id(&run_ok(&["operator", "init", "--key", op_key], d.path()));
+    let me = first_id(&run_ok(&["init", "--operator", &operator], d.path()));
+    let _node = spawn_node(d.path());
+    run_ok(&["admit", &me, "--key", op_key], d.path());
+    let out = run_ok(
+        &["pause", "--all", "--reason", "loading", "--key", op_key],
+        d.path(),
+    );
+    assert!(out.contains("pause the whole mesh: loading"), "{out}");
+    run_ok(&["story", "add", "--title", "steered"], d.path());
+    let out = run_ok(
+        &[
+            "pause",
+            "S-1",
+            "--reason",
+            "wait for the spec",
+            "--key",
+            op_key,
+        ],
+        d.path(),
+    );
+    assert!(out.contains("pause story S-0001@"), "{out}");
+    let show = run_ok(&["story", "show", "S-0001"], d.path());
+    assert!(show.contains("paused     by operator"), "{show}");
+    assert!(show.contains("wait for the spec"), "{show}");
+    let status = run_ok(&["status"], d.path());
+    assert!(
+        status.contains("PAUSED by an operator: the whole mesh: loading"),
+        "{status}"
+    );
+    assert!(
+        run_ok(&["attention"], d.path()).contains("nothing needs a human"),
+        "an empty queue says so"
+    );
+    // A stranger's key, no key at all, and a command that cannot apply: usage errors.
+    let stranger = keys.path().join("stranger.key");
+    let stranger = stranger.to_str().expect("utf-8 path");
+    run_ok(&["operator", "init", "--key", stranger], d.path());
+    let (code, err) = run_err(&["cancel", "S-0001", "--key", stranger], d.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not an operator"), "{err}");
+    let missing = keys.path().join("none.key");
+    let (code, err) = run_err(
+        &[
+            "cancel",
+            "S-0001",
+            "--key",
+            missing.to_str().expect("utf-8"),
+        ],
+        d.path(),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("operator init"), "{err}");
+    let (code, err) = run_err(&["approve", "S-0001", "--key", op_key], d.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("nothing to approve"), "{err}");
+    let (code, err) = run_err(&["prioritize", "S-0001", "0", "--key", op_key], d.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("out of range"), "{err}");
+    // Cancel, and the trail says who.
+    run_ok(
+        &["cancel", "S-0001", "--reason", "dup", "--key", op_key],
+        d.path(),
+    );
+    let show = run_ok(&["story", "show", "S-0001"], d.path());
+    assert!(show.contains("status     cancelled"), "{show}");
+    let log = run_ok(&["log", "--story", "S-0001"], d.path());
+    assert!(log.contains("operator command: cancel story"), "{log}");
+    run_ok(&["resume", "--all", "--key", op_key], d.path());
+    let status = run_ok(&["status"], d.path());
+    assert!(!status.contains("PAUSED"), "{status}");
+}

@@ -65,7 +65,7 @@ pub fn sim_handoff(job: &Job) -> Handoff {
             h.decisions = vec!["change the planned files only".into()];
             h.suggested_approach = "small, tested steps".into();
         }
-        Phase::Review => h.verdict = Some(Verdict::Approve),
+        Phase::Review | Phase::PlanReview => h.verdict = Some(Verdict::Approve),
         Phase::Rework => {
             let why = job
                 .handoffs

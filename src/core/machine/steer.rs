@@ -141,7 +141,11 @@ pub fn resolve_command(view: &View, draft: CommandFact) -> Result<CommandFact, S
                 .filter(|(_, r)| {
                     matches!(
                         r.phase,
-                        Phase::Plan | Phase::Implement | Phase::Rework | Phase::Review
+                        Phase::Plan
+                            | Phase::PlanReview
+                            | Phase::Implement
+                            | Phase::Rework
+                            | Phase::Review
                     )
                 });
             let Some((key, _)) = last else {

@@ -814,4 +814,37 @@ mod tests {
         assert_eq!(cmds.len(), 3, "{cmds:?}");
         assert!(cmds[0].contains("dismiss"), "{cmds:?}");
     }
+
+    #[test]
+    fn labelled_stories_refine_first_and_have_their_plans_reviewed_until_one_passes() {
+        use crate::core::model::Verdict;
+        let mut d = doc(1);
+        let k = d
+            .add_story(&new_story("s", &["refine", "plan-review"]), A, 1)
+            .unwrap();
+        let next = |d: &Doc| {
+            let v = d.view();
+            let s = &v.stories[&k];
+            (s.next_phase, s.round)
+        };
+        assert_eq!(next(&d), (Some(Phase::Refine), 0));
+        step(&mut d, &k, Phase::Refine, 0, None);
+        step(&mut d, &k, Phase::Research, 0, None);
+        step(&mut d, &k, Phase::Plan, 0, None);
+        assert_eq!(next(&d), (Some(Phase::PlanReview), 0));
+        step(&mut d, &k, Phase::PlanReview, 0, Some(Verdict::Reject));
+        assert_eq!(
+            next(&d),
+            (Some(Phase::Plan), 1),
+            "a rejected plan is planned again"
+        );
+        step(&mut d, &k, Phase::Plan, 1, None);
+        step(&mut d, &k, Phase::PlanReview, 1, Some(Verdict::Approve));
+        assert_eq!(next(&d), (Some(Phase::Implement), 0));
+        // Without the labels: research, plan, implement.
+        let k2 = d.add_story(&new_story("plain", &[]), A, 2).unwrap();
+        step(&mut d, &k2, Phase::Research, 0, None);
+        step(&mut d, &k2, Phase::Plan, 0, None);
+        assert_eq!(d.view().stories[&k2].next_phase, Some(Phase::Implement));
+    }
 }

@@ -7,6 +7,11 @@ use crate::core::model::AlertKind;
 
 /// The label that makes a story's plan wait for a human's `approve` before implement.
 pub const APPROVAL_LABEL: &str = "approval";
+/// The label that adds a `refine` phase before research (ai-sdlc's refinement).
+pub const REFINE_LABEL: &str = "refine";
+/// The label that adds a `plan_review` phase after plan: an agent reviews the plan, and
+/// a rejection plans again.
+pub const PLAN_REVIEW_LABEL: &str = "plan-review";
 
 /// The id of a knowledge entry: a hash of its kind and its whitespace-normalised,
 /// lower-cased text.
@@ -77,7 +82,16 @@ struct Walk {
 /// with the last reason. An operator's `request-changes` on a result acts as a rejection
 /// that counts toward no limit: on a plan, the plan runs again (its next round); on an
 /// implement, rework or review, the next round reworks the change.
-fn walk_story(key: &str, counted: &Counted<'_>, steer: Option<&StorySteer>) -> Walk {
+///
+/// Stories labelled [`REFINE_LABEL`] start with a refine phase; stories labelled
+/// [`PLAN_REVIEW_LABEL`] have each plan reviewed, and a rejecting plan review plans
+/// again (after [`MAX_REWORKS`] rejections the story is blocked, as for changes).
+fn walk_story(
+    key: &str,
+    labels: &[String],
+    counted: &Counted<'_>,
+    steer: Option<&StorySteer>,
+) -> Walk {
     let mut w = Walk {
         steps: Vec::new(),
         next: None,
@@ -87,35 +101,68 @@ fn walk_story(key: &str, counted: &Counted<'_>, steer: Option<&StorySteer>) -> W
     };
     let get = |p: Phase, r: u32| counted.get(&(key.to_string(), p, r)).copied();
     let requested = |k: &str| steer.is_some_and(|s| s.changes_requested.contains_key(k));
-    match get(Phase::Research, 0) {
-        Some((k, _)) => w.steps.push((Phase::Research, 0, k.clone())),
-        None => {
-            w.next = Some((Phase::Research, 0));
-            return w;
-        }
+    let labelled = |l: &str| labels.iter().any(|x| x == l);
+    let granted_at = |phase: Phase| -> u32 {
+        steer.map_or(0, |s| {
+            s.granted
+                .iter()
+                .filter(|((p, _), _)| *p == phase)
+                .fold(0u32, |a, (_, g)| a.saturating_add(*g))
+        })
+    };
+    let mut first = vec![Phase::Research];
+    if labelled(REFINE_LABEL) {
+        first.insert(0, Phase::Refine);
     }
-    let mut pr = 0;
-    loop {
-        match get(Phase::Plan, pr) {
+    for p in first {
+        match get(p, 0) {
+            Some((k, _)) => w.steps.push((p, 0, k.clone())),
             None => {
-                w.next = Some((Phase::Plan, pr));
+                w.next = Some((p, 0));
                 return w;
             }
-            Some((k, _)) => {
-                w.steps.push((Phase::Plan, pr, k.clone()));
-                if !requested(k) {
-                    break;
-                }
-                pr = pr.saturating_add(1);
-            }
         }
     }
-    let granted: u32 = steer.map_or(0, |s| {
-        s.granted
-            .iter()
-            .filter(|((p, _), _)| *p == Phase::Rework)
-            .fold(0u32, |a, (_, g)| a.saturating_add(*g))
-    });
+    let reviewed = labelled(PLAN_REVIEW_LABEL);
+    let mut pr = 0;
+    let mut plan_rejections = 0u32;
+    'plans: loop {
+        let seq: &[Phase] = if reviewed {
+            &[Phase::Plan, Phase::PlanReview]
+        } else {
+            &[Phase::Plan]
+        };
+        for &p in seq {
+            match get(p, pr) {
+                None => {
+                    w.next = Some((p, pr));
+                    return w;
+                }
+                Some((k, f)) => {
+                    w.steps.push((p, pr, k.clone()));
+                    if requested(k) {
+                        pr = pr.saturating_add(1);
+                        continue 'plans;
+                    }
+                    if p == Phase::PlanReview && f.handoff.verdict == Some(Verdict::Reject) {
+                        plan_rejections += 1;
+                        if plan_rejections > MAX_REWORKS.saturating_add(granted_at(Phase::Plan)) {
+                            w.blocked = Some(format!(
+                                "plan review rejected the plan {plan_rejections} times; last: {}",
+                                f.handoff.summary
+                            ));
+                            w.blocked_step = Some((Phase::Plan, pr + 1));
+                            return w;
+                        }
+                        pr = pr.saturating_add(1);
+                        continue 'plans;
+                    }
+                }
+            }
+        }
+        break;
+    }
+    let granted = granted_at(Phase::Rework);
     let mut r = 0;
     let mut rejections = 0u32;
     loop {
@@ -635,7 +682,7 @@ impl StoryFold<'_> {
     fn story(&self, key: &String, fact: &StoryFact, id: &str) -> StoryView {
         let steer = self.steering.story(key);
         let deps_done = fact.depends_on.iter().all(|d| self.merged.contains_key(d));
-        let walk = walk_story(key, self.counted, steer);
+        let walk = walk_story(key, &fact.labels, self.counted, steer);
         let phases_done: Vec<Phase> = Phase::ALL
             .iter()
             .copied()
@@ -777,7 +824,10 @@ impl StoryFold<'_> {
         let Some(next) = next else {
             return Vec::new();
         };
-        let before_implement = matches!(next, Phase::Research | Phase::Plan | Phase::Implement);
+        let before_implement = matches!(
+            next,
+            Phase::Refine | Phase::Research | Phase::Plan | Phase::PlanReview | Phase::Implement
+        );
         let mut latest: BTreeMap<Phase, (u32, &String)> = BTreeMap::new();
         for (p, r, k) in &walk.steps {
             latest.insert(*p, (*r, k));
@@ -795,7 +845,10 @@ impl StoryFold<'_> {
         };
         for (p, (r, k)) in &latest {
             let current = if before_implement {
-                matches!(p, Phase::Research | Phase::Plan)
+                matches!(
+                    p,
+                    Phase::Refine | Phase::Research | Phase::Plan | Phase::PlanReview
+                )
             } else {
                 matches!(p, Phase::Implement | Phase::Rework | Phase::Review) && *r == walk.round
             };
