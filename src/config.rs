@@ -63,6 +63,9 @@ pub struct Config {
     /// Regular expressions matched against every added line of a change: a match is a
     /// security concern, and the change needs a human before merge.
     pub security_patterns: Vec<String>,
+    /// A scanner (argv) run in the worktree after each implement or rework commit: a
+    /// non-zero exit is a security concern. Empty: none.
+    pub security_scanner: Vec<String>,
     /// Lease timing (docs/DESIGN.md §5.4); must satisfy
     /// lease_ttl_ms >= 2*max_clock_drift_ms + 4*message_timeout_ms.
     pub lease_ttl_ms: u64,
@@ -147,6 +150,7 @@ impl Default for Config {
                 .iter()
                 .map(|p| p.to_string())
                 .collect(),
+            security_scanner: Vec::new(),
             lease_ttl_ms: 10_000,
             lease_grace_ms: 2_000,
             settle_timeout_ms: 1_000,
@@ -563,6 +567,10 @@ min_confidence = {minconf}
 max_planned_files = {mpf}
 max_changed_files = {mcf}
 security_patterns = {secpat}
+# An external scanner run in the story's worktree after each implement or rework commit
+# (argv, e.g. ["gitleaks", "detect", "--no-git", "--source", "."]): a non-zero exit, a
+# timeout (test_timeout_secs) or a failure to start it is a security concern.
+security_scanner = {secscan}
 
 # Leases (docs/DESIGN.md §5.4). A claim expires when no heartbeat renewed it for lease_ttl_ms
 # on the observer's clock; another node takes over lease_grace_ms later. Rule:
@@ -642,6 +650,7 @@ stall_after_ms = {stall}
             mpf = self.max_planned_files,
             mcf = self.max_changed_files,
             secpat = list(&self.security_patterns),
+            secscan = list(&self.security_scanner),
             ttl = self.lease_ttl_ms,
             grace = self.lease_grace_ms,
             settle = self.settle_timeout_ms,

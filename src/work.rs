@@ -30,7 +30,7 @@ use crate::fence::Refused;
 use crate::git::{Gate, GitError, LandRequest, NodeRepo, Trailers};
 use futures::future::BoxFuture;
 use git2::Oid;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +57,9 @@ pub struct WorkShell {
     gate: GateConfig,
     /// The security scan's patterns, matched against a change's added lines.
     security: Arc<Vec<regex::Regex>>,
+    /// An external scanner run in the worktree after each implement or rework commit
+    /// (argv; a non-zero exit is a concern).
+    scanner: Option<Arc<Vec<String>>>,
 }
 
 /// Removes a story's worktree if the job is dropped mid-way (cancelled because the claim
@@ -132,6 +135,24 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, GitError> + Send + 'static,
 ) -> Result<T, WorkError> {
     Ok(tokio::task::spawn_blocking(f).await??)
+}
+
+/// Runs the external scanner `argv` in `dir`; the concern it raises, if any.
+fn scan_with(argv: &[String], dir: &Path, timeout: Duration) -> Option<String> {
+    let name = argv.first().map_or("scanner", String::as_str);
+    let never = AtomicBool::new(false);
+    match crate::git::run_test(argv, dir, timeout, &never) {
+        Ok(run) if run.passed => None,
+        Ok(run) => {
+            let tail: Vec<&str> = run.output.lines().rev().take(4).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            Some(format!(
+                "the security scanner {name} flagged the change: {}",
+                tail.join(" | ")
+            ))
+        }
+        Err(e) => Some(format!("the security scanner {name} could not run: {e}")),
+    }
 }
 
 /// Tries of an idempotent step against the origin (fetch, push of a work ref) when it
@@ -243,7 +264,16 @@ impl WorkShell {
             node,
             gate,
             security: Arc::new(Vec::new()),
+            scanner: None,
         }
+    }
+
+    /// Runs `argv` in the worktree after every implement and rework commit (with the
+    /// gate's test timeout): a non-zero exit, a timeout or a failure to start it is a
+    /// security concern (fail closed), naming the scanner and the end of its output.
+    pub fn with_security_scanner(mut self, argv: Vec<String>) -> WorkShell {
+        self.scanner = (!argv.is_empty()).then(|| Arc::new(argv));
+        self
     }
 
     /// Scans every implement and rework change for these patterns (a match is a
@@ -410,6 +440,7 @@ impl WorkShell {
                 let subject = format!("{} ({})", job.fact.title, job.display_id);
                 let body = handoff.summary.clone();
                 let g = git.clone();
+                let worktree = dir.clone();
                 let committed =
                     blocking(move || g.commit_all(&dir, &subject, &body, &trailers)).await?;
                 let Some(oid) = committed else {
@@ -432,6 +463,14 @@ impl WorkShell {
                 .await?;
                 handoff.changed_files = files;
                 handoff.concerns = concerns;
+                if let Some(argv) = self.scanner.clone() {
+                    let timeout = self.gate.test_timeout;
+                    let found =
+                        tokio::task::spawn_blocking(move || scan_with(&argv, &worktree, timeout))
+                            .await
+                            .map_err(WorkError::from)?;
+                    handoff.concerns.extend(found);
+                }
             }
             _ => handoff.commit = Some(base.to_string()),
         }

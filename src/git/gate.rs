@@ -152,19 +152,19 @@ fn backoff(tries: u32, cancel: &AtomicBool) -> Result<(), GitError> {
 }
 
 /// How a test command ended.
-struct TestRun {
-    passed: bool,
-    exit_code: Option<i32>,
-    timed_out: bool,
+pub struct TestRun {
+    pub passed: bool,
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
     /// The tail of stdout and stderr, interleaved, plus a last line saying how it ended.
-    output: String,
+    pub output: String,
 }
 
 /// Runs `argv` in `dir` (the node's environment, stdin closed) on the shared runner
 /// ([`process`]): stdout and stderr interleaved into one tail of [`TEST_OUTPUT_CAP`]
 /// bytes, the whole process group killed after `timeout`, when `cancel` is set, or when
 /// the command exits.
-fn run_test(
+pub fn run_test(
     argv: &[String],
     dir: &Path,
     timeout: Duration,

@@ -89,7 +89,7 @@ mod repo;
 mod testkit;
 mod worktree;
 
-pub use gate::{Gate, LandRequest, TEST_OUTPUT_CAP};
+pub use gate::{run_test, Gate, LandRequest, TestRun, TEST_OUTPUT_CAP};
 pub use objects::{main_log, read_trailers, LandedCommit};
 
 /// Where phase results are pushed in the origin: `refs/mesh/work/<story key>/<claim>`.

@@ -402,7 +402,8 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
                 max_tries: cfg.merge_max_tries,
             },
         )
-        .with_security_patterns(security),
+        .with_security_patterns(security)
+        .with_security_scanner(cfg.security_scanner.clone()),
     );
     if !opts.passive {
         let s = shell.clone();

@@ -533,6 +533,12 @@ async fn each_trigger_holds_its_story_for_a_human_and_approve_or_dismiss_clears_
             c.min_confidence = 50;
             c.max_planned_files = 3;
             c.max_changed_files = 3;
+            // An external scanner too: it fails on a word one story writes.
+            c.security_scanner = vec![
+                "sh".into(),
+                "-c".into(),
+                "! grep -rqs FORBIDDEN scan".into(),
+            ];
         },
         None,
     )
@@ -558,6 +564,7 @@ async fn each_trigger_holds_its_story_for_a_human_and_approve_or_dismiss_clears_
         add("wide", &["src/a.txt", "src/b.txt", "src/c.txt"], &[]),
         add("leaky", &["src/config.txt"], &["sim:secret"]),
         add("doomed", &["src/doomed.txt"], &["sim:fail=implement"]),
+        add("FORBIDDEN words", &["scan/words.txt"], &[]),
     ] {
         node.add_story(s).await.expect("added");
     }
@@ -625,13 +632,32 @@ async fn each_trigger_holds_its_story_for_a_human_and_approve_or_dismiss_clears_
         "{}",
         s.attention[0].detail
     );
-    // The queue lists them oldest first.
-    let queue: Vec<&str> = v
+    // The external scanner's verdict: the change holds merge, naming the scanner.
+    let v = wait_view(&node, "the scanned change is held before merge", 60, |v| {
+        let s = by_title(v, "FORBIDDEN words");
+        s.held && s.next_phase == Some(Phase::Merge)
+    })
+    .await;
+    let s = by_title(&v, "FORBIDDEN words");
+    assert_eq!(
+        items(&v, "FORBIDDEN words"),
+        [(AlertKind::Security, Some(Phase::Merge))]
+    );
+    assert!(
+        s.attention[0]
+            .detail
+            .contains("the security scanner sh flagged the change"),
+        "{}",
+        s.attention[0].detail
+    );
+    // The queue lists them all, oldest first.
+    let queue: Vec<(u64, &str)> = v
         .attention()
         .iter()
-        .map(|(s, _)| s.fact.title.as_str())
+        .map(|(s, a)| (a.since_ms, s.fact.title.as_str()))
         .collect();
-    assert_eq!(queue.len(), 5, "{queue:?}");
+    assert_eq!(queue.len(), 6, "{queue:?}");
+    assert!(queue.windows(2).all(|w| w[0].0 <= w[1].0), "{queue:?}");
 
     // Clear them: approve the unsure and wide plans, dismiss the secret, unblock the
     // doomed story once (it fails again) and then dismiss its block.
@@ -694,7 +720,7 @@ async fn each_trigger_holds_its_story_for_a_human_and_approve_or_dismiss_clears_
     // The unsure story's later phases are unsure too: approve each gate as it comes.
     // (The wide change touches three files: it is held before merge once more.)
     let landed = |v: &View| {
-        ["unsure", "wide", "leaky"]
+        ["unsure", "wide", "leaky", "FORBIDDEN words"]
             .iter()
             .all(|t| by_title(v, t).status == StoryStatus::Done)
     };
