@@ -90,6 +90,7 @@ mod command;
 mod doc;
 mod roster;
 mod view;
+mod walk;
 
 use admit::admit;
 pub use admit::{claim_id_holder, FactKind, Refusal, MAX_FACT_BYTES};
@@ -103,6 +104,7 @@ pub use doc::Doc;
 use doc::Fact;
 pub use roster::{admit_key, revoke_key, RosterEntry, RosterFact, RosterView};
 pub use view::*;
+pub use walk::{Attention, APPROVAL_LABEL, MAX_REWORKS, PLAN_REVIEW_LABEL, REFINE_LABEL};
 
 #[cfg(test)]
 pub(crate) mod tests;
