@@ -6,9 +6,10 @@
 //!   [`FLUSH_EVERY_MS`] (the store opens sled with `flush_every_ms(200)`). The flusher's
 //!   phase is drawn per incarnation. Before a sync frame leaves or a job starts, the
 //!   shell flushes (`World::flush_before_send`): nothing leaves before it is durable.
-//! * A user write (a story added through the API) is flushed before it is acknowledged;
-//!   that flush also makes everything appended before it durable. Its append or flush may
-//!   fail (a full disk, an I/O error): the write is then aborted.
+//! * A user write (a story added through the API: `Sim::user_write`, here) is flushed
+//!   before it is acknowledged; that flush also makes everything appended before it
+//!   durable. Its append or flush may fail (a full disk, an I/O error): the write is
+//!   then aborted.
 //! * A clean stop flushes everything; a crash drops the tail appended since the last
 //!   flush, and at a seeded fraction of crashes the first lost chunk reaches the disk
 //!   torn. `Doc::load` does not survive every torn chunk (reloading the torn prefix, hostile
@@ -17,6 +18,7 @@
 //!   sled checksums its log and drops a torn record whole. The model does what sled
 //!   does: the torn chunk is lost whole ([`Tail::Torn`] counts those crashes).
 
+use super::{Ev, Sim, WRITE_FAIL_RATE};
 use rand::Rng;
 
 /// sled's background flush period as the product's store configures it.
@@ -86,6 +88,68 @@ impl SimStore {
             n if rng.gen_bool(tear_rate) => Tail::Torn(n),
             n => Tail::Lost(n),
         }
+    }
+}
+
+impl Sim {
+    /// Backlog story `k` is added on its node as the node shell adds a user's story:
+    /// a durable write, acknowledged once appended and flushed, aborted if the append or
+    /// the flush fails (with storage faults, at a seeded [`WRITE_FAIL_RATE`]). A node
+    /// that is down answers no one: the user tries again a little later.
+    pub(super) fn user_write(&mut self, k: usize) {
+        let i = k % self.nodes.len();
+        let now = self.now;
+        if !self.up(i) {
+            self.at(now + FLUSH_EVERY_MS, Ev::UserWrite(k));
+            return;
+        }
+        let (mut new, dep) = self.backlog[k].clone();
+        if let Some(key) = dep.and_then(|d| self.keys[d].clone()) {
+            new.depends_on.push(key);
+        }
+        let faults = self.cfg.storage_faults;
+        let wall = if faults { self.wall(i) } else { 0 };
+        self.drain(i);
+        let Some(core) = self.nodes[i].core.as_mut() else {
+            return;
+        };
+        core.begin_durable_write();
+        let key = core.add_story(&new, wall).ok().map(|s| s.key);
+        let chunks = core.take_write_chunks();
+        let fails = faults && self.rng.gen_bool(WRITE_FAIL_RATE);
+        let Some(core) = self.nodes[i].core.as_mut() else {
+            return;
+        };
+        if fails {
+            // The append or the flush failed: the shell takes the chunks back out of the
+            // store and the core puts its document back.
+            if self.cfg.keep_failed_writes {
+                core.commit_durable_write();
+            } else {
+                core.abort_durable_write();
+            }
+            self.note(|| format!("node{i} write of story {k} failed: aborted"));
+            self.aborted.push(new.title.clone());
+        } else {
+            core.commit_durable_write();
+            let store = &mut self.nodes[i].store;
+            for c in chunks {
+                if faults {
+                    store.append(now, c);
+                } else {
+                    store.durable.push(c);
+                }
+            }
+            if !self.cfg.ack_before_flush {
+                store.flush();
+            }
+            self.note(|| format!("node{i} wrote story {k}: {key:?}"));
+            if key.is_some() {
+                self.acked.push((i, new.title.clone()));
+            }
+            self.keys[k] = key;
+        }
+        self.drain(i);
     }
 }
 

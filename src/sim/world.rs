@@ -3,9 +3,7 @@
 //! pause, skewed wall clock) and carrying out each core's effects.
 
 use super::store::{SimStore, Tail, FLUSH_EVERY_MS};
-use super::{
-    core_config, guards, Crash, Ev, Msg, Node, Sim, HANDOVER_MAX_MS, TEAR_RATE, WRITE_FAIL_RATE,
-};
+use super::{core_config, guards, Crash, Ev, Msg, Node, Sim, HANDOVER_MAX_MS, TEAR_RATE};
 use super::{Mode, Origin, SimConfig, Titles};
 use crate::core::lease::Resource;
 use crate::core::model::Topic;
@@ -95,7 +93,7 @@ impl Sim {
         self.queue.insert((t, self.seq), ev);
     }
 
-    fn note(&mut self, f: impl FnOnce() -> String) {
+    pub(super) fn note(&mut self, f: impl FnOnce() -> String) {
         if self.cfg.trace {
             let line = format!("{:>7} {}", self.now, f());
             self.trace.push(line);
@@ -113,12 +111,12 @@ impl Sim {
     }
 
     /// Node `i`'s wall clock now.
-    fn wall(&self, i: usize) -> u64 {
+    pub(super) fn wall(&self, i: usize) -> u64 {
         u64::try_from(i64::try_from(self.now).unwrap_or(i64::MAX) + self.nodes[i].offset)
             .unwrap_or(0)
     }
 
-    fn up(&self, i: usize) -> bool {
+    pub(super) fn up(&self, i: usize) -> bool {
         self.nodes[i].core.is_some()
     }
 
@@ -271,66 +269,6 @@ impl Sim {
         } else {
             self.nodes[i].store.durable.push(chunk);
         }
-    }
-
-    /// Backlog story `k` is added on its node as the node shell adds a user's story:
-    /// a durable write, acknowledged once appended and flushed, aborted if the append or
-    /// the flush fails (with storage faults, at a seeded [`WRITE_FAIL_RATE`]). A node
-    /// that is down answers no one: the user tries again a little later.
-    pub(super) fn user_write(&mut self, k: usize) {
-        let i = k % self.nodes.len();
-        let now = self.now;
-        if !self.up(i) {
-            self.at(now + FLUSH_EVERY_MS, Ev::UserWrite(k));
-            return;
-        }
-        let (mut new, dep) = self.backlog[k].clone();
-        if let Some(key) = dep.and_then(|d| self.keys[d].clone()) {
-            new.depends_on.push(key);
-        }
-        let faults = self.cfg.storage_faults;
-        let wall = if faults { self.wall(i) } else { 0 };
-        self.drain(i);
-        let Some(core) = self.nodes[i].core.as_mut() else {
-            return;
-        };
-        core.begin_durable_write();
-        let key = core.add_story(&new, wall).ok().map(|s| s.key);
-        let chunks = core.take_write_chunks();
-        let fails = faults && self.rng.gen_bool(WRITE_FAIL_RATE);
-        let Some(core) = self.nodes[i].core.as_mut() else {
-            return;
-        };
-        if fails {
-            // The append or the flush failed: the shell takes the chunks back out of the
-            // store and the core puts its document back.
-            if self.cfg.keep_failed_writes {
-                core.commit_durable_write();
-            } else {
-                core.abort_durable_write();
-            }
-            self.note(|| format!("node{i} write of story {k} failed: aborted"));
-            self.aborted.push(new.title.clone());
-        } else {
-            core.commit_durable_write();
-            let store = &mut self.nodes[i].store;
-            for c in chunks {
-                if faults {
-                    store.append(now, c);
-                } else {
-                    store.durable.push(c);
-                }
-            }
-            if !self.cfg.ack_before_flush {
-                store.flush();
-            }
-            self.note(|| format!("node{i} wrote story {k}: {key:?}"));
-            if key.is_some() {
-                self.acked.push((i, new.title.clone()));
-            }
-            self.keys[k] = key;
-        }
-        self.drain(i);
     }
 
     fn start_work(&mut self, i: usize, job: Box<Job>) {
