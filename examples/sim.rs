@@ -8,6 +8,10 @@
 //!         [--no-storage-faults]  # every write durable at once, backlog written at the start
 //!         [--remote]    # a remote origin: merges take the gate in the document, the origin has outages
 //!         [--byzantine] # the last node also forges, overwrites, deletes, replays and inflates facts
+//!         [--steer]     # an operator pauses, resumes, cancels, approves... through random nodes
+//!         [--broken-job-queue] [--broken-cancel]   # a shell that starts jobs late without
+//!                       # asking again, or that does not stop a job the core cancels: finds
+//!                       # seeds that show the steering invariants catch it
 //!         [--broken-send-before-flush] [--broken-start-before-flush]   # a shell that lets
 //!                       # frames or jobs leave before they are durable: finds seeds that show the checker catches it
 //!     cargo run --release --example sim -- --replay 1234 --mode hostile   # full trace
@@ -21,7 +25,7 @@ use std::time::Instant;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn usage() -> ! {
-    eprintln!("usage: sim [--seeds N] [--start S] [--mode clean|hostile|both] [--replay SEED] [--nodes N] [--stories N] [--files N] [--no-stops] [--no-storage-faults] [--remote] [--byzantine] [--broken-send-before-flush] [--broken-start-before-flush] [--keep-going]");
+    eprintln!("usage: sim [--seeds N] [--start S] [--mode clean|hostile|both] [--replay SEED] [--nodes N] [--stories N] [--files N] [--no-stops] [--no-storage-faults] [--remote] [--byzantine] [--steer] [--broken-job-queue] [--broken-cancel] [--broken-send-before-flush] [--broken-start-before-flush] [--keep-going]");
     std::process::exit(2);
 }
 
@@ -32,6 +36,7 @@ fn main() {
     let (mut nodes, mut stories, mut files, mut keep_going) = (None, None, None, false);
     let (mut stops, mut storage_faults, mut remote) = (true, true, false);
     let (mut send_early, mut start_early, mut byzantine) = (false, false, false);
+    let (mut steer, mut late_jobs, mut no_cancel) = (false, false, false);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage());
         match a.as_str() {
@@ -54,6 +59,9 @@ fn main() {
             "--no-storage-faults" => storage_faults = false,
             "--remote" => remote = true,
             "--byzantine" => byzantine = true,
+            "--steer" => steer = true,
+            "--broken-job-queue" => late_jobs = true,
+            "--broken-cancel" => no_cancel = true,
             "--broken-send-before-flush" => send_early = true,
             "--broken-start-before-flush" => start_early = true,
             "-h" | "--help" => usage(),
@@ -66,6 +74,9 @@ fn main() {
         c.storage_faults = storage_faults;
         c.remote = remote;
         c.byzantine = byzantine;
+        c.steer = steer;
+        c.broken_job_queue = late_jobs;
+        c.broken_cancel = no_cancel;
         c.send_before_flush = send_early;
         c.start_before_flush = start_early;
         if let Some(n) = nodes {
@@ -88,8 +99,8 @@ fn main() {
                 println!("{line}");
             }
             println!(
-                "seed {seed} {mode:?}: {} events, {} merged, {} blocked, {} lost tails ({} torn), {} writes acknowledged, {} aborted, {} jobs deferred by outages ({} lost answers), violations: {:?}",
-                r.events, r.merged, r.blocked, r.lost_tails, r.torn_tails, r.acked_writes, r.aborted_writes, r.deferred_jobs, r.lost_answers, r.violations
+                "seed {seed} {mode:?}: {} events, {} merged, {} blocked, {} cancelled, {} lost tails ({} torn), {} writes acknowledged, {} aborted, {} jobs deferred by outages ({} lost answers), {} operator commands ({} refused, {} outvoted), violations: {:?}",
+                r.events, r.merged, r.blocked, r.cancelled, r.lost_tails, r.torn_tails, r.acked_writes, r.aborted_writes, r.deferred_jobs, r.lost_answers, r.commands, r.refused_commands, r.outvoted_commands, r.violations
             );
         }
         return;
@@ -99,6 +110,7 @@ fn main() {
     let (mut shutdowns, mut skewed_ticks, mut forgeries) = (0u64, 0u64, 0u64);
     let (mut lost_tails, mut torn_tails, mut acked, mut aborted) = (0u64, 0u64, 0u64, 0u64);
     let (mut deferred, mut lost_answers) = (0u64, 0u64);
+    let (mut cancelled, mut commands, mut refused, mut outvoted) = (0usize, 0u64, 0u64, 0u64);
     let mut failed: Vec<String> = Vec::new();
     for seed in start..start + seeds {
         for &mode in &modes {
@@ -116,6 +128,10 @@ fn main() {
             aborted += r.aborted_writes;
             deferred += r.deferred_jobs;
             lost_answers += r.lost_answers;
+            cancelled += r.cancelled;
+            commands += r.commands;
+            refused += r.refused_commands;
+            outvoted += r.outvoted_commands;
             let mode_arg = if mode == Mode::Clean {
                 "clean"
             } else {
@@ -136,7 +152,14 @@ fn main() {
                 for line in r.trace.iter().rev().take(200).rev() {
                     println!("  {line}");
                 }
-                println!("replay: cargo run --release --example sim -- --replay {seed} --mode {mode_arg}{}{}", if remote { " --remote" } else { "" }, if byzantine { " --byzantine" } else { "" });
+                println!(
+                    "replay: cargo run --release --example sim -- --replay {seed} --mode {mode_arg}{}{}{}{}{}",
+                    if remote { " --remote" } else { "" },
+                    if byzantine { " --byzantine" } else { "" },
+                    if steer { " --steer" } else { "" },
+                    if late_jobs { " --broken-job-queue" } else { "" },
+                    if no_cancel { " --broken-cancel" } else { "" }
+                );
                 std::process::exit(1);
             }
         }
@@ -150,7 +173,7 @@ fn main() {
         }
     }
     println!(
-        "{seeds} seeds x {} modes = {runs} runs: {} violations; {events} events, {merged} stories merged, {blocked} blocked, {shutdowns} clean stops, {skewed_ticks} skewed ticks, {forgeries} forgeries; storage: {lost_tails} crashes lost a tail ({torn_tails} torn), {acked} user writes acknowledged, {aborted} aborted; remote origin: {deferred} jobs deferred by outages ({lost_answers} landed, answer lost); {:.1} s",
+        "{seeds} seeds x {} modes = {runs} runs: {} violations; {events} events, {merged} stories merged, {blocked} blocked, {shutdowns} clean stops, {skewed_ticks} skewed ticks, {forgeries} forgeries; storage: {lost_tails} crashes lost a tail ({torn_tails} torn), {acked} user writes acknowledged, {aborted} aborted; remote origin: {deferred} jobs deferred by outages ({lost_answers} landed, answer lost); operator: {commands} commands ({refused} refused, {outvoted} outvoted), {cancelled} stories cancelled; {:.1} s",
         modes.len(),
         failed.len(),
         t0.elapsed().as_secs_f64()

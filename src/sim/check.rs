@@ -168,8 +168,9 @@ impl Sim {
         }
     }
 
-    /// End-of-run checks: convergence, counted results, liveness, takeover bound.
-    pub(super) fn finish(&mut self) -> (usize, usize) {
+    /// End-of-run checks: convergence, counted results, liveness, takeover bound. Returns
+    /// the stories merged, blocked and cancelled.
+    pub(super) fn finish(&mut self) -> (usize, usize, usize) {
         let mut digests = BTreeSet::new();
         let mut views = Vec::new();
         for i in 0..self.nodes.len() {
@@ -188,7 +189,7 @@ impl Sim {
             self.violation("views differ after healing".into());
         }
         let Some((_, view)) = views.first().cloned() else {
-            return (0, 0);
+            return (0, 0, 0);
         };
         // Every acknowledged write reached every node.
         let missing: Vec<String> = self
@@ -236,6 +237,13 @@ impl Sim {
             .values()
             .filter(|s| s.status == StoryStatus::Blocked)
             .count();
+        // Cancelled by an operator: finished too (its dependents are blocked, with the
+        // reason).
+        let cancelled = view
+            .stories
+            .values()
+            .filter(|s| s.status == StoryStatus::Cancelled)
+            .count();
         if self.cfg.trace {
             for (id, c) in &view.claims {
                 let rel = view
@@ -263,12 +271,12 @@ impl Sim {
                 }
             }
         }
-        if merged + blocked != view.stories.len() {
+        if merged + blocked + cancelled != view.stories.len() {
             // Each unfinished story, its next phase and what it waits for.
             let stuck: Vec<String> = view
                 .stories
                 .values()
-                .filter(|s| !matches!(s.status, StoryStatus::Done | StoryStatus::Blocked))
+                .filter(|s| !finished(s.status))
                 .map(|s| {
                     let why = crate::core::scheduler::waiting(&view, &claims, &s.key)
                         .map(|w| w.to_string())
@@ -280,7 +288,7 @@ impl Sim {
                 })
                 .collect();
             self.violation(format!(
-                "stories neither merged nor blocked {} ms after healing: {}",
+                "stories neither merged, blocked nor cancelled {} ms after healing: {}",
                 self.cfg.liveness_bound_ms(),
                 stuck.join("; ")
             ));
@@ -358,10 +366,15 @@ impl Sim {
                                 .map(|f| f.holder.clone())
                         })
                         .flatten();
+                    // (Nor one an operator may have held back from the story meanwhile: the
+                    // story or the node paused or the story assigned elsewhere.)
                     let eligible = (0..self.nodes.len()).any(|n| {
                         n != node
                             && implementer.as_deref() != Some(self.names[n].as_str())
                             && self.up_throughout(n, from, from + bound)
+                            && !self.operator.as_ref().is_some_and(|o| {
+                                o.held_back(&self.names[n], story, t, from + bound)
+                            })
                     });
                     if !eligible {
                         continue;
@@ -396,10 +409,7 @@ impl Sim {
                     // Work the story no longer needs is owed to no one: a crashed claim
                     // on a round the finished story never took (the review before it was
                     // taken over and went the other way: seed 877 clean).
-                    let moot = counted.is_none()
-                        && sv.is_some_and(|s| {
-                            matches!(s.status, StoryStatus::Done | StoryStatus::Blocked)
-                        });
+                    let moot = counted.is_none() && sv.is_some_and(|s| finished(s.status));
                     // An implement or rework yields its files when its claim expires: a
                     // change of another story to one of them, started within the bound,
                     // owns them until it lands, and the story rightly waits for that
@@ -434,7 +444,7 @@ impl Sim {
                 }
             }
         }
-        (merged, blocked)
+        (merged, blocked, cancelled)
     }
 
     /// Every node up, every story merged or blocked, and all documents equal.
@@ -452,15 +462,18 @@ impl Sim {
                 return false;
             }
             digest = Some(d);
-            if !c
-                .view()
-                .stories
-                .values()
-                .all(|s| matches!(s.status, StoryStatus::Done | StoryStatus::Blocked))
-            {
+            if !c.view().stories.values().all(|s| finished(s.status)) {
                 return false;
             }
         }
         true
     }
+}
+
+/// Merged, blocked (with a reason) or cancelled: nothing more will happen to it.
+fn finished(status: StoryStatus) -> bool {
+    matches!(
+        status,
+        StoryStatus::Done | StoryStatus::Blocked | StoryStatus::Cancelled
+    )
 }

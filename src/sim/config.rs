@@ -1,6 +1,7 @@
 //! The scenario a run plays: its size, fault mode, timings, and the liveness bound
 //! derived from them.
 
+use super::steer::{ATTEND_MS, MAX_SEND_BACKS};
 use crate::core::fence::{token_check, Rule};
 use crate::core::lease::LeaseConfig;
 use crate::core::membership::MembershipConfig;
@@ -83,6 +84,25 @@ pub struct SimConfig {
     /// takeover would (`sim::byzantine`). Its core is honest otherwise; every invariant
     /// must still hold for every node. false: the runs of before.
     pub byzantine: bool,
+    /// An operator steers (`sim::steer`): the mesh is closed (every node admitted by
+    /// the operator at the start), a third of the backlog waits for an approval after
+    /// its plan, and at random moments of the chaos the operator gives a random command
+    /// through a random node that is up — pause and resume (a story, a node, the mesh),
+    /// prioritize, context, assign, approve, dismiss, and a few cancels, requests for
+    /// changes and unblocks; once the faults stop it resumes everything and approves
+    /// what waits. Checked: no phase starts on a node whose view has it paused (story,
+    /// node or mesh), held or cancelled, and no node lands a story its view has
+    /// cancelled. Its own generator, so the other faults of a seed stay the same.
+    /// false: the runs of before (an open mesh).
+    pub steer: bool,
+    /// A broken shell whose job queue starts each job half a phase after the core asked,
+    /// without asking again: it starts work an operator paused or cancelled meanwhile
+    /// (to prove the steering invariants catch that).
+    pub broken_job_queue: bool,
+    /// A broken shell that does not stop a job the core cancels (a lost claim, a
+    /// cancelled story): it lets a cancelled story's merge land (to prove the landing
+    /// check catches that).
+    pub broken_cancel: bool,
 }
 
 /// The fraction of user writes whose append or flush fails (with storage faults).
@@ -125,6 +145,9 @@ impl SimConfig {
             start_before_flush: false,
             remote: false,
             byzantine: false,
+            steer: false,
+            broken_job_queue: false,
+            broken_cancel: false,
         }
     }
 
@@ -168,6 +191,10 @@ impl SimConfig {
     ///   (`heartbeat/4`) and four network delays to spread the claim and the result.
     ///
     /// * with a remote origin, the longest breaker pause: outages stop with the faults.
+    /// * with an operator (`steer`): the steps its requests for changes and unblocks add
+    ///   ([`MAX_SEND_BACKS`] each, a round of rework, review and merge at most), and an
+    ///   [`ATTEND_MS`] wait per gate (one per story, and one per request for changes) and
+    ///   for the pauses to be resumed.
     ///
     /// Capacity and node count only shorten this (stories that share nothing run in
     /// parallel), so they do not appear in the worst case. Nor does the store's flush
@@ -183,7 +210,12 @@ impl SimConfig {
             + self.phase_ms * 3 / 2
             + m.heartbeat_ms / 4
             + 4 * self.max_delay_ms;
-        let steps = self.stories as u64 * MAX_STEPS_PER_STORY * u64::from(MAX_ATTEMPTS);
+        let mut steps = self.stories as u64 * MAX_STEPS_PER_STORY * u64::from(MAX_ATTEMPTS);
+        let mut attend = 0;
+        if self.steer {
+            steps += 2 * MAX_SEND_BACKS as u64 * 3 * u64::from(MAX_ATTEMPTS);
+            attend = ATTEND_MS * (1 + self.stories as u64 + MAX_SEND_BACKS as u64);
+        }
         // A remote origin's breaker may still hold a node back after the heal: its longest
         // pause (+25 % jitter) before the probe that closes it.
         let breaker = if self.remote {
@@ -191,6 +223,6 @@ impl SimConfig {
         } else {
             0
         };
-        warm_up + expiry + breaker + steps * attempt
+        warm_up + expiry + breaker + attend + steps * attempt
     }
 }

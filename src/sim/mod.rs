@@ -35,10 +35,12 @@ mod byzantine;
 mod check;
 mod config;
 mod origin;
+mod steer;
 mod store;
 mod world;
 
 pub use config::{Mode, SimConfig, MAX_STEPS_PER_STORY, TEAR_RATE, WRITE_FAIL_RATE};
+pub use steer::{ATTEND_MS, MAX_SEND_BACKS, OPERATOR};
 pub use store::FLUSH_EVERY_MS;
 
 use crate::core::lease::Resource;
@@ -58,6 +60,8 @@ pub struct Report {
     pub events: u64,
     pub merged: usize,
     pub blocked: usize,
+    /// Stories an operator cancelled (and that had not landed first).
+    pub cancelled: usize,
     pub end_ms: u64,
     /// Clean stops carried out (claims handed back, then down).
     pub shutdowns: u64,
@@ -76,6 +80,12 @@ pub struct Report {
     /// whose push had landed before the answer was lost.
     pub deferred_jobs: u64,
     pub lost_answers: u64,
+    /// Operator commands written (`steer`), drafts the node refused, and pauses or
+    /// resumes that did not take where they were written (an earlier command on the
+    /// target was signed on a clock ahead).
+    pub commands: u64,
+    pub refused_commands: u64,
+    pub outvoted_commands: u64,
 }
 
 impl Report {
@@ -126,6 +136,16 @@ enum Ev {
     Heal,
     /// The Byzantine-lite node forges once (`byzantine::forge`).
     Forge(usize),
+    /// The operator gives a random command (`steer`).
+    Command,
+    /// The operator resumes what is paused and approves what waits (after the heal).
+    Attend,
+    /// A broken job queue starts a job the core asked for a while ago.
+    StartLate {
+        node: usize,
+        incarnation: u64,
+        job: Box<Job>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -217,6 +237,8 @@ struct Sim {
     aborted: Vec<String>,
     lost_tails: u64,
     torn_tails: u64,
+    /// The operator, when the run steers.
+    operator: Option<steer::Operator>,
 }
 
 pub(crate) fn core_config(cfg: &SimConfig) -> CoreConfig {
@@ -265,6 +287,8 @@ impl Titles for crate::core::state::View {
 /// Runs one seed.
 pub fn run(seed: u64, cfg: &SimConfig) -> Report {
     let mut sim = Sim::new(seed, cfg.clone());
+    // A closed mesh: node0 carries the operator's admissions before anyone connects.
+    sim.admit_all();
     // Everyone connects, then the backlog is written on different nodes.
     for i in 0..sim.nodes.len() {
         sim.schedule_timers(i);
@@ -296,6 +320,9 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
         sim.backlog.push((new, dep));
         sim.keys.push(None);
     }
+    // Faults stop (and the network heals) at `chaos_end`.
+    let chaos_end = cfg.chaos_ms + 4_000;
+    sim.plan_steering(chaos_end);
     for k in 0..cfg.stories {
         if cfg.storage_faults {
             // Users add stories while the mesh runs, so crashes meet fresh writes.
@@ -362,7 +389,6 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
             sim.at(t, Ev::Forge(n - 1));
         }
     }
-    let chaos_end = cfg.chaos_ms + 4_000;
     let end = chaos_end + cfg.liveness_bound_ms();
     let mut healed = false;
     while let Some(((time, _), ev)) = sim.queue.pop_first() {
@@ -394,6 +420,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
                         | Ev::Partition(_)
                         | Ev::Heal
                         | Ev::Forge(_)
+                        | Ev::Command
                 )
             });
         }
@@ -409,11 +436,14 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
             break;
         }
     }
-    let (merged, blocked) = if sim.violations.is_empty() {
+    let (merged, blocked, cancelled) = if sim.violations.is_empty() {
         sim.finish()
     } else {
-        (0, 0)
+        (0, 0, 0)
     };
+    let op = sim.operator.as_ref();
+    let (commands, refused_commands, outvoted_commands) =
+        op.map_or((0, 0, 0), |o| (o.issued, o.refused, o.outvoted));
     Report {
         seed,
         violations: sim.violations,
@@ -421,6 +451,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
         events: sim.events,
         merged,
         blocked,
+        cancelled,
         end_ms: sim.now,
         shutdowns: sim.shutdowns,
         skewed_ticks: sim.skewed_ticks,
@@ -431,5 +462,8 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
         aborted_writes: sim.aborted.len() as u64,
         deferred_jobs: sim.origin.deferred,
         lost_answers: sim.origin.lost_answers,
+        commands,
+        refused_commands,
+        outvoted_commands,
     }
 }

@@ -193,6 +193,7 @@ impl Sim {
                     h.summary = format!("rebase conflict in {file} (simulated)");
                     return Ok(h);
                 }
+                self.check_landing(i, &job.story);
                 self.origin
                     .main
                     .push((job.story.clone(), job.fact.files.clone()));

@@ -24,8 +24,7 @@ impl Sim {
         let drift = i64::try_from(cfg.lease.max_clock_drift_ms * 2 / 5).unwrap_or(0);
         for name in &names {
             let actor: [u8; 16] = rng.gen();
-            let doc = Doc::new(actor)
-                .with_test_names()
+            let doc = super::steer::closed(Doc::new(actor).with_test_names(), &cfg)
                 .with_signer(Signer::for_test(name));
             let mut core = Core::new(name.clone(), core_config(&cfg), doc, 1);
             let mut offset = 0;
@@ -52,6 +51,7 @@ impl Sim {
         }
         let groups = vec![0; cfg.nodes];
         let origin = Origin::new(cfg.fence_rule);
+        let operator = cfg.steer.then(|| super::steer::Operator::new(seed));
         Sim {
             cfg,
             rng,
@@ -86,6 +86,7 @@ impl Sim {
             aborted: Vec::new(),
             lost_tails: 0,
             torn_tails: 0,
+            operator,
         }
     }
     pub(super) fn at(&mut self, t: u64, ev: Ev) {
@@ -195,11 +196,13 @@ impl Sim {
                     if !self.cfg.start_before_flush {
                         self.nodes[i].store.flush();
                     }
-                    self.start_work(i, job)
+                    self.start_or_queue(i, job)
                 }
-                Effect::CancelWork { claim } => {
+                // (A broken shell, `broken_cancel`, lets the job run on.)
+                Effect::CancelWork { claim } if !self.cfg.broken_cancel => {
                     self.nodes[i].jobs.remove(&claim);
                 }
+                Effect::CancelWork { .. } => {}
                 // Answered a network delay later, as a fetch would be.
                 Effect::ProbeOrigin => {
                     let at = self.now + self.cfg.max_delay_ms.max(1);
@@ -214,7 +217,8 @@ impl Sim {
                 }
                 // The simulated origin keeps no work refs.
                 Effect::DropWorkRefs { .. } => {}
-                // The simulator's meshes are open (no operators).
+                // Every node is admitted (with `steer`; else the mesh is open): the core
+                // ignores a peer it refuses until the roster arrives.
                 Effect::Refuse { .. } => {}
             }
         }
@@ -271,7 +275,7 @@ impl Sim {
         }
     }
 
-    fn start_work(&mut self, i: usize, job: Box<Job>) {
+    pub(super) fn start_work(&mut self, i: usize, job: Box<Job>) {
         let res = Resource::story_round(&job.story, job.phase, job.round).ok();
         if let Some(r) = res {
             self.starts.push((i, r, job.token, self.now));
@@ -325,6 +329,13 @@ impl Sim {
         }
         match ev {
             Ev::Forge(i) => self.forge(i),
+            Ev::Command => self.command(),
+            Ev::Attend => self.attend(),
+            Ev::StartLate {
+                node,
+                incarnation,
+                job,
+            } => self.start_late(node, incarnation, job),
             Ev::Tick(i) => {
                 let wall = self.wall(i);
                 let mut skewed = false;
@@ -509,7 +520,8 @@ impl Sim {
                 }
                 let actor: [u8; 16] = self.rng.gen();
                 let doc = match Doc::load_test_names(actor, &[], &self.nodes[i].store.durable) {
-                    Ok(d) => d.with_signer(Signer::for_test(&self.names[i])),
+                    Ok(d) => super::steer::closed(d, &self.cfg)
+                        .with_signer(Signer::for_test(&self.names[i])),
                     Err(e) => {
                         self.violation(format!("node{i} cannot reload what it persisted: {e}"));
                         return;
@@ -543,6 +555,7 @@ impl Sim {
                         "node{i} lost the acknowledged story {title:?} in a crash"
                     ));
                 }
+                super::steer::announce(&mut core, &self.cfg);
                 self.nodes[i].core = Some(core);
                 self.note(|| format!("restart node{i}"));
                 self.restarts.push((i, now));
