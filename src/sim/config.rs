@@ -85,15 +85,16 @@ pub struct SimConfig {
     /// must still hold for every node. false: the runs of before.
     pub byzantine: bool,
     /// An operator steers (`sim::steer`): the mesh is closed (every node admitted by
-    /// the operator at the start), a third of the backlog waits for an approval after
-    /// its plan, and at random moments of the chaos the operator gives a random command
-    /// through a random node that is up — pause and resume (a story, a node, the mesh),
-    /// prioritize, context, assign, approve, dismiss, and a few cancels, requests for
-    /// changes and unblocks; once the faults stop it resumes everything and approves
-    /// what waits. Checked: no phase starts on a node whose view has it paused (story,
-    /// node or mesh), held or cancelled, and no node lands a story its view has
-    /// cancelled. Its own generator, so the other faults of a seed stay the same.
-    /// false: the runs of before (an open mesh).
+    /// the operator at the start), part of the backlog waits at gates for approvals
+    /// (the `approval` label, and results under the confidence trigger), and at random
+    /// moments of the chaos the operator gives a random command through a random node
+    /// that is up — pause and resume (a story, a node, the mesh), prioritize, context,
+    /// assign, approve, dismiss, and a few cancels, requests for changes and unblocks;
+    /// once the faults stop it resumes everything and approves what waits. Checked: no
+    /// phase starts on a node whose view has it paused (story, node or mesh), held or
+    /// cancelled, and no node lands a story its view has cancelled. Its own generator,
+    /// so the other faults of a seed stay the same. false: the runs of before (an open
+    /// mesh).
     pub steer: bool,
     /// A broken shell whose job queue starts each job half a phase after the core asked,
     /// without asking again: it starts work an operator paused or cancelled meanwhile
@@ -193,8 +194,9 @@ impl SimConfig {
     /// * with a remote origin, the longest breaker pause: outages stop with the faults.
     /// * with an operator (`steer`): the steps its requests for changes and unblocks add
     ///   ([`MAX_SEND_BACKS`] each, a round of rework, review and merge at most), and an
-    ///   [`ATTEND_MS`] wait per gate (one per story, and one per request for changes) and
-    ///   for the pauses to be resumed.
+    ///   [`ATTEND_MS`] wait per gate — before implement, and before merge in every round
+    ///   ([`MAX_REWORKS`] + 1, and one more per send-back) — and for the pauses to be
+    ///   resumed.
     ///
     /// Capacity and node count only shorten this (stories that share nothing run in
     /// parallel), so they do not appear in the worst case. Nor does the store's flush
@@ -214,7 +216,8 @@ impl SimConfig {
         let mut attend = 0;
         if self.steer {
             steps += 2 * MAX_SEND_BACKS as u64 * 3 * u64::from(MAX_ATTEMPTS);
-            attend = ATTEND_MS * (1 + self.stories as u64 + MAX_SEND_BACKS as u64);
+            let gates = 2 + u64::from(MAX_REWORKS);
+            attend = ATTEND_MS * (1 + self.stories as u64 * gates + 2 * MAX_SEND_BACKS as u64);
         }
         // A remote origin's breaker may still hold a node back after the heal: its longest
         // pause (+25 % jitter) before the probe that closes it.

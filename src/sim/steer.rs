@@ -10,7 +10,9 @@
 //! a durable write. The commands: pause or resume a story, a node or the whole mesh,
 //! prioritize, context, assign (to a node or to anyone), approve or dismiss attention
 //! items, and — a few per run — cancel, request changes and unblock. A third of the
-//! backlog carries the `approval` label, so plans wait at a gate for an approval.
+//! backlog carries the `approval` label, so its plans wait at a gate for an approval,
+//! and a sixth `sim:confidence=30`, so every result of it is under the confidence
+//! trigger and holds its gate (implement, and merge in every round).
 //!
 //! Once the faults stop, the operator attends to the mesh every [`ATTEND_MS`]: it resumes
 //! every pause the node it uses shows and approves every open gate item, signing with a
@@ -44,6 +46,9 @@ pub const ATTEND_MS: u64 = 250;
 pub const MAX_SEND_BACKS: usize = 2;
 /// The fraction of backlog stories labelled `approval` (their plans wait for a human).
 const APPROVAL_RATE: f64 = 0.3;
+/// The fraction whose simulated results report a confidence under the trigger's 40:
+/// every result needs a human before the gate after it (implement, merge).
+const LOW_CONFIDENCE_RATE: f64 = 0.15;
 /// How long a closed pause (or assignment) is still taken to hold nodes back: a resume
 /// written through a node that crashed reaches the others when it is back (a restart
 /// within 4 s, then its join).
@@ -320,7 +325,7 @@ impl Sim {
         }
     }
 
-    /// The operator's part of the run's schedule: the `approval` label on a third of the
+    /// The operator's part of the run's schedule: the labels that gate part of the
     /// backlog, the moments it gives commands, and its attending from `heal` on.
     pub(super) fn plan_steering(&mut self, heal: u64) {
         let Some(op) = self.operator.as_mut() else {
@@ -330,6 +335,10 @@ impl Sim {
             if op.rng.gen_bool(APPROVAL_RATE) {
                 new.labels
                     .push(crate::core::state::APPROVAL_LABEL.to_string());
+            }
+            if op.rng.gen_bool(LOW_CONFIDENCE_RATE) {
+                let label = crate::core::sim_handoff::CONFIDENCE_LABEL;
+                new.labels.push(format!("{label}30"));
             }
         }
         let mut times = Vec::new();
