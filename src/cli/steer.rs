@@ -55,6 +55,7 @@ pub(crate) struct PauseArgs {
 
 #[derive(Args, Debug)]
 pub(crate) struct CancelArgs {
+    /// The story (S-0042, or its key).
     pub story: String,
     /// Why, in a few words.
     #[arg(long, default_value = "")]
@@ -65,6 +66,7 @@ pub(crate) struct CancelArgs {
 
 #[derive(Args, Debug)]
 pub(crate) struct AssignArgs {
+    /// The story (S-0042, or its key).
     pub story: String,
     /// Only this node runs the story's phases (peer id, or a unique end of it).
     #[arg(long, value_name = "PEER", required_unless_present_any = ["role", "anyone"])]
@@ -81,6 +83,7 @@ pub(crate) struct AssignArgs {
 
 #[derive(Args, Debug)]
 pub(crate) struct TextArgs {
+    /// The story (S-0042, or its key).
     pub story: String,
     /// The text (quote it), handed to every later job of the story.
     pub text: String,
@@ -90,6 +93,7 @@ pub(crate) struct TextArgs {
 
 #[derive(Args, Debug)]
 pub(crate) struct ApproveArgs {
+    /// The story (S-0042, or its key).
     pub story: String,
     /// Only these items: kinds (low_confidence, large_change, security, approval) or
     /// item ids as `attention` prints them. Default: every item holding the story.
@@ -100,6 +104,7 @@ pub(crate) struct ApproveArgs {
 
 #[derive(Args, Debug)]
 pub(crate) struct UnblockArgs {
+    /// The story (S-0042, or its key).
     pub story: String,
     /// Grant a full set of attempts (three) again; default: one more.
     #[arg(long)]
@@ -110,6 +115,7 @@ pub(crate) struct UnblockArgs {
 
 #[derive(Args, Debug)]
 pub(crate) struct DismissArgs {
+    /// The story (S-0042, or its key).
     pub story: String,
     /// The item: its kind (low_confidence, large_change, security, approval, blocked) or
     /// its id as `attention` prints it.
