@@ -205,10 +205,15 @@ impl Core {
         if self.doc.raw_get(key).is_some() {
             return Ok("that command was given already".into());
         }
+        let before = self.digest;
         self.doc
             .put_signed(key, sealed)
             .map_err(|e| e.to_string())?;
         self.local_write();
+        // Acted on as a peer's news is, once the write's effects are out: a cancel stops
+        // the story's running work now, not at the next tick, in which its merge could
+        // still land (found by the simulator's operator, `--steer`).
+        self.news_before.get_or_insert(before);
         let view = self.view();
         let what = view
             .steering
