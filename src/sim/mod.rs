@@ -29,7 +29,10 @@
 //! stop released its claims, so it owes none); and once the network heals and faults
 //! stop, every node derives the same view and every story is merged or blocked. With
 //! storage faults: no view ever holds an aborted write, a restarted node reloads every
-//! write it acknowledged, and every acknowledged write reaches every node.
+//! write it acknowledged, and every acknowledged write reaches every node. With an
+//! operator steering (`steer`): no node starts a phase its view has paused (the story,
+//! the node or the mesh), held at a gate or cancelled, no node lands a story its view
+//! has cancelled, and a cancelled story counts as finished.
 
 mod byzantine;
 mod check;

@@ -106,8 +106,14 @@ impl Operator {
     }
 
     /// A random draft command on what `view` shows, or none (nothing to do it on, or a
-    /// budget spent). `names`: the nodes.
-    fn draft(&mut self, view: &View, names: &[String], cfg: &SimConfig) -> Option<(Target, Op)> {
+    /// budget spent). `names`: the nodes; `running`: the stories the node runs now.
+    fn draft(
+        &mut self,
+        view: &View,
+        names: &[String],
+        running: &[String],
+        cfg: &SimConfig,
+    ) -> Option<(Target, Op)> {
         let rng = &mut self.rng;
         let keys: Vec<&String> = view.stories.keys().collect();
         let any_story = |rng: &mut StdRng| -> Option<Target> {
@@ -157,10 +163,18 @@ impl Operator {
                     priority: rng.gen_range(PRIORITY_MIN..=PRIORITY_MAX.min(20)),
                 },
             ),
-            // Rarely: at most one story in eight is cancelled.
+            // Rarely: at most one story in eight is cancelled; half of the time one the
+            // node runs (its work must stop before it lands anything).
             62..=66 if self.cancels < cfg.stories.div_ceil(8) && rng.gen_bool(0.5) => {
                 self.cancels += 1;
-                (any_story(rng)?, Op::Cancel { reason })
+                let here = running.get(rng.gen_range(0..running.len().max(1)));
+                let t = match here.filter(|_| rng.gen_bool(0.5)) {
+                    Some(story) => Target::Story {
+                        story: story.clone(),
+                    },
+                    None => any_story(rng)?,
+                };
+                (t, Op::Cancel { reason })
             }
             67..=72 => (
                 any_story(rng)?,
@@ -395,10 +409,18 @@ impl Sim {
         let Some(&i) = nodes.get(op.rng.gen_range(0..nodes.len().max(1))) else {
             return;
         };
-        let Some(view) = self.nodes[i].core.as_mut().map(|c| c.view()) else {
+        let now = self.now;
+        let Some(core) = self.nodes[i].core.as_mut() else {
             return;
         };
-        let Some((target, op)) = op.draft(&view, &names, &self.cfg) else {
+        let view = core.view();
+        let running: Vec<String> = core
+            .held(now)
+            .into_iter()
+            .filter(|h| h.running)
+            .map(|h| h.story)
+            .collect();
+        let Some((target, op)) = op.draft(&view, &names, &running, &self.cfg) else {
             return;
         };
         let at_ms = self.wall(i);
