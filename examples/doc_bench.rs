@@ -132,6 +132,7 @@ fn settle(snap: &[u8], unchecked: bool, samples: usize) -> Vec<f64> {
                 merge_gate: None,
                 limits: Default::default(),
                 triggers: Default::default(),
+                budget: Default::default(),
             };
             let mut c = Core::new(
                 name.to_string(),

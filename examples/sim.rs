@@ -9,6 +9,9 @@
 //!         [--remote]    # a remote origin: merges take the gate in the document, the origin has outages
 //!         [--byzantine] # the last node also forges, overwrites, deletes, replays and inflates facts
 //!         [--steer]     # an operator pauses, resumes, cancels, approves... through random nodes
+//!         [--budget USD] # an operator sets a daily budget; the mesh must never spend more
+//!         [--broken-reserve USD]   # jobs reserve less than they cost: finds seeds that
+//!                       # show the budget invariant catches the overspend
 //!         [--broken-job-queue] [--broken-cancel]   # a shell that starts jobs late without
 //!                       # asking again, or that does not stop a job the core cancels: finds
 //!                       # seeds that show the steering invariants catch it
@@ -25,7 +28,7 @@ use std::time::Instant;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn usage() -> ! {
-    eprintln!("usage: sim [--seeds N] [--start S] [--mode clean|hostile|both] [--replay SEED] [--nodes N] [--stories N] [--files N] [--no-stops] [--no-storage-faults] [--remote] [--byzantine] [--steer] [--broken-job-queue] [--broken-cancel] [--broken-send-before-flush] [--broken-start-before-flush] [--keep-going]");
+    eprintln!("usage: sim [--seeds N] [--start S] [--mode clean|hostile|both] [--replay SEED] [--nodes N] [--stories N] [--files N] [--no-stops] [--no-storage-faults] [--remote] [--byzantine] [--steer] [--budget USD] [--broken-reserve USD] [--broken-job-queue] [--broken-cancel] [--broken-send-before-flush] [--broken-start-before-flush] [--keep-going]");
     std::process::exit(2);
 }
 
@@ -37,6 +40,7 @@ fn main() {
     let (mut stops, mut storage_faults, mut remote) = (true, true, false);
     let (mut send_early, mut start_early, mut byzantine) = (false, false, false);
     let (mut steer, mut late_jobs, mut no_cancel) = (false, false, false);
+    let (mut budget, mut reserve) = (None::<f64>, None::<f64>);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage());
         match a.as_str() {
@@ -60,6 +64,8 @@ fn main() {
             "--remote" => remote = true,
             "--byzantine" => byzantine = true,
             "--steer" => steer = true,
+            "--budget" => budget = Some(val().parse().unwrap_or_else(|_| usage())),
+            "--broken-reserve" => reserve = Some(val().parse().unwrap_or_else(|_| usage())),
             "--broken-job-queue" => late_jobs = true,
             "--broken-cancel" => no_cancel = true,
             "--broken-send-before-flush" => send_early = true,
@@ -75,6 +81,10 @@ fn main() {
         c.remote = remote;
         c.byzantine = byzantine;
         c.steer = steer;
+        c.budget = budget.map(|b| (b * 1e6) as u64);
+        if let Some(r) = reserve {
+            c.reserve_micro_usd = (r * 1e6) as u64;
+        }
         c.broken_job_queue = late_jobs;
         c.broken_cancel = no_cancel;
         c.send_before_flush = send_early;
@@ -111,6 +121,7 @@ fn main() {
     let (mut lost_tails, mut torn_tails, mut acked, mut aborted) = (0u64, 0u64, 0u64, 0u64);
     let (mut deferred, mut lost_answers) = (0u64, 0u64);
     let (mut cancelled, mut commands, mut refused, mut outvoted) = (0usize, 0u64, 0u64, 0u64);
+    let (mut spent, mut max_spent, mut ran_out) = (0u64, 0u64, 0u64);
     let mut failed: Vec<String> = Vec::new();
     for seed in start..start + seeds {
         for &mode in &modes {
@@ -132,6 +143,9 @@ fn main() {
             commands += r.commands;
             refused += r.refused_commands;
             outvoted += r.outvoted_commands;
+            spent += r.spent_micro_usd;
+            max_spent = max_spent.max(r.spent_micro_usd);
+            ran_out += u64::from(r.out_of_money);
             let mode_arg = if mode == Mode::Clean {
                 "clean"
             } else {
@@ -153,10 +167,11 @@ fn main() {
                     println!("  {line}");
                 }
                 println!(
-                    "replay: cargo run --release --example sim -- --replay {seed} --mode {mode_arg}{}{}{}{}{}",
+                    "replay: cargo run --release --example sim -- --replay {seed} --mode {mode_arg}{}{}{}{}{}{}",
                     if remote { " --remote" } else { "" },
                     if byzantine { " --byzantine" } else { "" },
                     if steer { " --steer" } else { "" },
+                    budget.map_or(String::new(), |b| format!(" --budget {b}")),
                     if late_jobs { " --broken-job-queue" } else { "" },
                     if no_cancel { " --broken-cancel" } else { "" }
                 );
@@ -178,6 +193,13 @@ fn main() {
         failed.len(),
         t0.elapsed().as_secs_f64()
     );
+    if let Some(b) = budget {
+        println!(
+            "budget ${b:.2} a day: the mesh spent ${:.2} a run on average, ${:.2} at most; {ran_out} runs ran out of money before every story finished",
+            spent as f64 / runs.max(1) as f64 / 1e6,
+            max_spent as f64 / 1e6
+        );
+    }
     if !failed.is_empty() {
         println!("failing (seed mode): {}", failed.join(", "));
         std::process::exit(1);

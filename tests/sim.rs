@@ -435,3 +435,59 @@ fn the_simulator_catches_a_shell_that_lets_a_cancelled_story_land() {
         fixed.violations
     );
 }
+
+#[test]
+fn a_budget_split_into_allowances_is_never_overspent() {
+    // An operator sets a tight daily budget ($10 for a backlog that costs ~$6 when nothing
+    // goes wrong): nodes reserve before each job, ask and give allowance, crash and are
+    // cut off, and the mesh's true spend — every job started, in full — never passes
+    // it. `scripts/sim --budget 10 --seeds 10000` runs many more.
+    let (mut spent, mut ran_out, mut runs) = (0u64, 0u64, 0u64);
+    for mode in [Mode::Clean, Mode::Hostile] {
+        let mut cfg = SimConfig::new(mode);
+        cfg.budget = Some(10_000_000);
+        for seed in 0..30 {
+            let r = run(seed, &cfg);
+            assert!(
+                r.ok(),
+                "seed {seed} ({mode:?}) with a budget: {:#?}\nreplay: scripts/sim --budget 10 --replay {seed}",
+                r.violations
+            );
+            assert!(r.spent_micro_usd <= 10_000_000);
+            spent += r.spent_micro_usd;
+            ran_out += u64::from(r.out_of_money);
+            runs += 1;
+        }
+    }
+    assert!(
+        spent > 0,
+        "the budget runs spent nothing: the invariant saw no job"
+    );
+    assert!(
+        ran_out < runs,
+        "every run ran out of money: the budget is too tight to show liveness"
+    );
+}
+
+#[test]
+fn the_simulator_catches_jobs_that_cost_more_than_they_reserve() {
+    // A reservation that is no cap (5 cents, for jobs costing up to 70) lets nodes start
+    // jobs their allowance cannot pay for: the budget invariant must see the overspend
+    // (hostile seed 31 with a $9 budget).
+    let mut cfg = SimConfig::new(Mode::Hostile);
+    cfg.budget = Some(9_000_000);
+    cfg.reserve_micro_usd = 50_000;
+    let r = run(31, &cfg);
+    assert!(
+        r.violations.iter().any(|v| v.contains("over its budget")),
+        "seed 31 hostile with 5-cent reservations: {:?}",
+        r.violations
+    );
+    cfg.reserve_micro_usd = mesh_agent::core::BudgetConfig::default().reserve_micro_usd;
+    let fixed = run(31, &cfg);
+    assert!(
+        fixed.ok(),
+        "seed 31 hostile, real reservations: {:?}",
+        fixed.violations
+    );
+}

@@ -294,7 +294,14 @@ pub struct Handoff {
     pub verdict: Option<Verdict>,
     /// 0..=100.
     pub confidence: Option<u8>,
+    /// Tokens the job used in all (`tokens_in + tokens_out` when those are given).
     pub tokens: u64,
+    /// Tokens read (prompt, context) and written (completion), where the agent says.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub tokens_in: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub tokens_out: u64,
+    /// What the job cost, in millionths of a US dollar.
     pub cost_micro_usd: u64,
     /// Conventions, patterns, testing strategies and pitfalls learned on the way: they
     /// become knowledge facts that later jobs receive.
@@ -312,6 +319,10 @@ pub struct Handoff {
     pub concerns: Vec<String>,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// What kind of thing needs a human (an attention item's kind).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -327,15 +338,19 @@ pub enum AlertKind {
     Approval,
     /// Attempts, takeovers or review rounds ran out: the story is blocked.
     Blocked,
+    /// The story spent its cost limit: no phase of it starts until an operator raises
+    /// the limit or dismisses the item.
+    Budget,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 5] = [
+    pub const ALL: [AlertKind; 6] = [
         AlertKind::LowConfidence,
         AlertKind::LargeChange,
         AlertKind::Security,
         AlertKind::Approval,
         AlertKind::Blocked,
+        AlertKind::Budget,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -345,6 +360,7 @@ impl AlertKind {
             AlertKind::Security => "security",
             AlertKind::Approval => "approval",
             AlertKind::Blocked => "blocked",
+            AlertKind::Budget => "budget",
         }
     }
 

@@ -37,6 +37,35 @@ pub fn default_file(job: &Job) -> String {
     format!("changes/{}.txt", job.display_id)
 }
 
+/// What a simulated job uses: tokens by phase, like an agent's (a research or review
+/// reads much, an implement writes most), ±50 % by the job, priced like a mid-size model
+/// ($3 per million tokens in, $15 out). Under $0.70 always: below the default
+/// reservation of $1, as a reservation must be a real cap.
+pub fn sim_usage(job: &Job) -> crate::core::state::Usage {
+    let base: u64 = match job.phase {
+        Phase::Refine => 12_000,
+        Phase::Research => 40_000,
+        Phase::Plan => 30_000,
+        Phase::PlanReview => 20_000,
+        Phase::Implement => 80_000,
+        Phase::Review => 50_000,
+        Phase::Rework => 60_000,
+        Phase::Merge => 6_000,
+    };
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in job.claim.bytes().chain(job.story.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let tokens_in = base / 2 + base * (h % 1000) / 1000;
+    let tokens_out = tokens_in / 8;
+    crate::core::state::Usage {
+        tokens_in,
+        tokens_out,
+        tokens: tokens_in + tokens_out,
+        cost_micro_usd: tokens_in * 3 + tokens_out * 15,
+    }
+}
+
 /// The handoff the simulated executor returns for a job (no verdict randomness: reviews
 /// approve).
 pub fn sim_handoff(job: &Job) -> Handoff {
@@ -51,6 +80,9 @@ pub fn sim_handoff(job: &Job) -> Handoff {
         files: job.fact.files.clone(),
         ..Default::default()
     };
+    let u = sim_usage(job);
+    (h.tokens_in, h.tokens_out, h.tokens, h.cost_micro_usd) =
+        (u.tokens_in, u.tokens_out, u.tokens, u.cost_micro_usd);
     match job.phase {
         Phase::Research => {
             h.findings = vec![format!("{title}: the code paths involved are known")];

@@ -271,7 +271,10 @@ impl Sim {
                 }
             }
         }
-        if merged + blocked + cancelled != view.stories.len() {
+        let unfinished = merged + blocked + cancelled != view.stories.len();
+        // With a budget, the money may run out first: then what is unfinished waits.
+        self.ran_out = unfinished && (0..self.nodes.len()).any(|i| self.out_of_money(i));
+        if unfinished && !self.ran_out {
             // Each unfinished story, its next phase and what it waits for.
             let stuck: Vec<String> = view
                 .stories
@@ -435,6 +438,11 @@ impl Sim {
                         && !escalated
                         && !moot
                         && !yielded
+                        // (Nor with a budget: a taker short of allowance waits for a
+                        // gift, or for good once the money is gone; the run's liveness
+                        // check still holds every story to finishing or the money
+                        // running out.)
+                        && self.cfg.budget.is_none()
                         && from + bound < self.now
                     {
                         self.violation(format!(

@@ -104,6 +104,13 @@ pub struct SimConfig {
     /// cancelled story): it lets a cancelled story's merge land (to prove the landing
     /// check catches that).
     pub broken_cancel: bool,
+    /// The operator sets this daily budget (micro-USD), split evenly into the nodes'
+    /// allowances (`sim::budget`): the mesh must never spend more. Closes the mesh, as
+    /// `steer` does. None: no budget.
+    pub budget: Option<u64>,
+    /// What a job reserves (micro-USD). Below what simulated jobs cost (up to $0.70), the
+    /// reservation is no cap and the budget invariant must catch the overspend.
+    pub reserve_micro_usd: u64,
 }
 
 /// The fraction of user writes whose append or flush fails (with storage faults).
@@ -149,11 +156,18 @@ impl SimConfig {
             steer: false,
             broken_job_queue: false,
             broken_cancel: false,
+            budget: None,
+            reserve_micro_usd: crate::core::BudgetConfig::default().reserve_micro_usd,
         }
     }
 
     /// The breaker the cores run with: open after two outages in a row, pauses of a
     /// phase doubling to four.
+    /// Whether the mesh is closed (an operator admits every node).
+    pub fn closed(&self) -> bool {
+        self.steer || self.budget.is_some()
+    }
+
     pub fn origin_breaker(&self) -> crate::core::breaker::BreakerConfig {
         crate::core::breaker::BreakerConfig {
             open_after: 2,

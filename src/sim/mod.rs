@@ -34,6 +34,7 @@
 //! the node or the mesh), held at a gate or cancelled, no node lands a story its view
 //! has cancelled, and a cancelled story counts as finished.
 
+mod budget;
 mod byzantine;
 mod check;
 mod config;
@@ -89,6 +90,10 @@ pub struct Report {
     pub commands: u64,
     pub refused_commands: u64,
     pub outvoted_commands: u64,
+    /// With a budget: what the mesh spent (every job started, in full), and whether the
+    /// money ran out before every story finished.
+    pub spent_micro_usd: u64,
+    pub out_of_money: bool,
 }
 
 impl Report {
@@ -240,8 +245,12 @@ struct Sim {
     aborted: Vec<String>,
     lost_tails: u64,
     torn_tails: u64,
-    /// The operator, when the run steers.
+    /// The operator, when the run steers or has a budget.
     operator: Option<steer::Operator>,
+    /// True spend (every job started, its full cost) by budget day, with a budget.
+    spent: BTreeMap<u64, u64>,
+    /// The liveness check excused unfinished stories: the money ran out.
+    ran_out: bool,
 }
 
 pub(crate) fn core_config(cfg: &SimConfig) -> CoreConfig {
@@ -263,6 +272,10 @@ pub(crate) fn core_config(cfg: &SimConfig) -> CoreConfig {
             .flatten(),
         limits: Default::default(),
         triggers: Default::default(),
+        budget: crate::core::BudgetConfig {
+            reserve_micro_usd: cfg.reserve_micro_usd,
+            ..Default::default()
+        },
     }
 }
 
@@ -468,5 +481,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
         commands,
         refused_commands,
         outvoted_commands,
+        spent_micro_usd: sim.spent.values().sum(),
+        out_of_money: sim.ran_out,
     }
 }

@@ -290,7 +290,7 @@ impl Operator {
 
 /// A document of the run: closed (the operator's) when the run steers.
 pub(super) fn closed(doc: Doc, cfg: &SimConfig) -> Doc {
-    if cfg.steer {
+    if cfg.closed() {
         doc.with_operators([OPERATOR.to_string()].into())
     } else {
         doc
@@ -301,7 +301,7 @@ pub(super) fn closed(doc: Doc, cfg: &SimConfig) -> Doc {
 /// (`node/<peer>`: operators name nodes by it). Only when the run steers: the runs of
 /// before never wrote it.
 pub(super) fn announce(core: &mut Core, cfg: &SimConfig) {
-    if cfg.steer {
+    if cfg.closed() {
         core.announce_node("sim");
     }
 }
@@ -337,12 +337,13 @@ impl Sim {
             }
             self.drain(i);
         }
+        self.set_budget();
     }
 
     /// The operator's part of the run's schedule: the labels that gate part of the
     /// backlog, the moments it gives commands, and its attending from `heal` on.
     pub(super) fn plan_steering(&mut self, heal: u64) {
-        let Some(op) = self.operator.as_mut() else {
+        let Some(op) = self.operator.as_mut().filter(|_| self.cfg.steer) else {
             return;
         };
         for (new, _) in &mut self.backlog {
@@ -369,7 +370,12 @@ impl Sim {
 
     /// An operator's sealed fact written through node `i` as the node shell writes it
     /// (`durable_write`): appended and flushed before it is acknowledged.
-    fn write_signed(&mut self, i: usize, key: &str, sealed: &str) -> Result<String, String> {
+    pub(super) fn write_signed(
+        &mut self,
+        i: usize,
+        key: &str,
+        sealed: &str,
+    ) -> Result<String, String> {
         self.drain(i);
         let Some(core) = self.nodes[i].core.as_mut() else {
             return Err("node down".into());

@@ -51,7 +51,7 @@ impl Sim {
         }
         let groups = vec![0; cfg.nodes];
         let origin = Origin::new(cfg.fence_rule);
-        let operator = cfg.steer.then(|| super::steer::Operator::new(seed));
+        let operator = cfg.closed().then(|| super::steer::Operator::new(seed));
         Sim {
             cfg,
             rng,
@@ -87,6 +87,8 @@ impl Sim {
             lost_tails: 0,
             torn_tails: 0,
             operator,
+            spent: BTreeMap::new(),
+            ran_out: false,
         }
     }
     pub(super) fn at(&mut self, t: u64, ev: Ev) {
@@ -196,6 +198,7 @@ impl Sim {
                     if !self.cfg.start_before_flush {
                         self.nodes[i].store.flush();
                     }
+                    self.spend(i, &job);
                     self.start_or_queue(i, job)
                 }
                 // (A broken shell, `broken_cancel`, lets the job run on.)

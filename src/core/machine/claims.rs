@@ -30,6 +30,7 @@ impl Core {
         self.drop_stale_pushes();
         if self.cfg.work {
             self.claim_next(now_ms, wall_ms);
+            self.budget_tick(now_ms, wall_ms);
             self.probe_origin_if_due(now_ms);
         }
     }
@@ -128,6 +129,11 @@ impl Core {
         if self.paused_here().is_some() {
             return;
         }
+        // A provider rate-limited us: back off; and only with the job's cost reserved
+        // from this node's own allowance (with a budget set).
+        if self.paced(now_ms) {
+            return;
+        }
         // Settle with every peer that is alive, or connected and not known dead (a
         // frozen process keeps its TCP connections; waiting for it would stall everyone).
         let mut alive = self.membership.alive(now_ms);
@@ -177,6 +183,11 @@ impl Core {
                 .unwrap_or(self.cfg.capacity)
         };
         let Some(w) = work.into_iter().find(|w| busy(w.phase) < limit(w.phase)) else {
+            self.spending.idle = true;
+            return;
+        };
+        self.spending.idle = false;
+        let Ok(reserve) = self.budget_check(wall_ms) else {
             return;
         };
         let resources: Vec<(Resource, u64)> = w
@@ -225,10 +236,18 @@ impl Core {
                 }
             }
         }
-        if let Err(e) = self.doc.put_claim(&id, &fact) {
+        let written = match reserve {
+            Some(m) => {
+                let r = self.reservation(&id, &w.story, w.phase, m, wall_ms);
+                self.doc.put_claim_reserved(&id, &fact, &r)
+            }
+            None => self.doc.put_claim(&id, &fact),
+        };
+        if let Err(e) = written {
             tracing::error!(claim = %id, error = %e, "cannot write a claim");
             return;
         }
+        self.claimed_at(now_ms);
         let change = self.doc.last_local_change();
         self.origin.claimed(now_ms);
         // Pushed to every alive peer with the next effect; sessions opened from here on
@@ -500,6 +519,13 @@ impl Core {
             return;
         }
         self.local_write();
+        // A claim of ours that never ran spent nothing: its reservation is freed.
+        if why == ReleaseReason::Unsettled {
+            let entry = self.view().ledger.entries.get(id).cloned();
+            if let Some(e) = entry.filter(|e| e.node == self.peer) {
+                self.book_usage(id, &e.story, e.phase, Default::default());
+            }
+        }
     }
 
     /// Records the outcome of a job: a result (or merge) and a release. A job whose claim
@@ -529,6 +555,16 @@ impl Core {
         let outcome_ok = outcome.is_ok();
         match outcome {
             Ok(handoff) => {
+                let usage = crate::core::state::Usage {
+                    tokens_in: handoff.tokens_in,
+                    tokens_out: handoff.tokens_out,
+                    tokens: handoff
+                        .tokens
+                        .max(handoff.tokens_in.saturating_add(handoff.tokens_out)),
+                    cost_micro_usd: handoff.cost_micro_usd,
+                };
+                self.book_usage(claim, &c.story, c.phase, usage);
+                self.ran_clean();
                 // A merge that did not reject landed: its commit is the landing (the
                 // sim core, with no git, names a synthetic one).
                 if c.phase == Phase::Merge && handoff.verdict != Some(Verdict::Reject) {
@@ -637,6 +673,21 @@ impl Core {
                     Some(c.phase),
                     c.round,
                     reason,
+                );
+            }
+            Err(JobFailure::RateLimited {
+                reason,
+                retry_after_ms,
+            }) => {
+                self.release(claim, ReleaseReason::Unavailable, &reason);
+                self.book_usage(claim, &c.story, c.phase, Default::default());
+                self.rate_limited(now_ms, retry_after_ms, &reason);
+                self.emit(
+                    EventKind::PhaseDeferred,
+                    Some(&c.story),
+                    Some(c.phase),
+                    c.round,
+                    format!("rate-limited by the provider, not counted as an attempt: {reason}"),
                 );
             }
             Err(JobFailure::Origin(reason)) => {

@@ -44,6 +44,7 @@ use crate::core::timeline::{
     accept_remote, EventsHave, Timeline, LOCAL_SEQ_BIT, MAX_EVENTS_PER_FRAME,
 };
 
+mod budget;
 mod claims;
 mod events;
 mod guards;
@@ -54,6 +55,7 @@ mod steer;
 mod sync;
 mod write;
 
+pub use budget::{BudgetConfig, SpendStatus};
 pub use guards::{ClockSkew, Guards, Handover, CLOCK_SAMPLES};
 pub use origin::JobFailure;
 pub use status::{ClaimRow, Counters, HeldClaim, RunRecord};
@@ -131,6 +133,8 @@ pub struct CoreConfig {
     pub limits: crate::core::limits::Limits,
     /// The escalation thresholds this node records in the results it writes.
     pub triggers: crate::core::attention::Triggers,
+    /// What a job reserves, how often to ask for allowance, rate-limit back-off.
+    pub budget: BudgetConfig,
 }
 
 /// Inputs from the network. Peers are identified by their peer id string.
@@ -363,6 +367,8 @@ pub struct Core {
     /// Sync bytes taken in from each peer, against `max_ingress_bytes_per_sec`; frames
     /// dropped over it (mono ms).
     ingress: BTreeMap<String, Bucket>,
+    /// Allowance asks and rate-limit pacing (see `budget.rs`).
+    spending: budget::Spending,
 }
 
 /// Events kept in the local log.
@@ -439,6 +445,7 @@ impl Core {
             standing: roster::Standing::Member,
             writes,
             ingress: BTreeMap::new(),
+            spending: Default::default(),
         };
         core.release_previous_incarnations();
         core

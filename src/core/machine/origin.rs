@@ -14,6 +14,12 @@ pub enum JobFailure {
     /// not the work's fault. No attempt is counted, the claim is released for anyone to
     /// take again, and this node backs off (`crate::core::breaker`).
     Origin(String),
+    /// The agent's provider refused for its rate limit (`retry_after_ms`: when it said
+    /// to come back). No attempt is counted; this node backs off and claims more slowly.
+    RateLimited {
+        reason: String,
+        retry_after_ms: Option<u64>,
+    },
 }
 
 impl From<&str> for JobFailure {

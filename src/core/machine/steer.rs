@@ -55,6 +55,10 @@ pub fn resolve_command(view: &View, draft: CommandFact) -> Result<CommandFact, S
     };
     let s = match (&op, story) {
         (Op::Pause { .. } | Op::Resume, _) => None,
+        (Op::Budget { .. }, _) if target != Target::All => {
+            return Err("a budget is set for the whole mesh (`budget set --daily USD`)".into())
+        }
+        (Op::Budget { .. }, _) => None,
         (_, Some(s)) => Some(s),
         (op, None) => {
             return Err(format!(
@@ -181,9 +185,39 @@ pub fn resolve_command(view: &View, draft: CommandFact) -> Result<CommandFact, S
             finished(s)?;
             op
         }
+        (
+            Op::Budget {
+                daily_micro_usd: Some(daily),
+                shares,
+            },
+            _,
+        ) if shares.is_empty() => Op::Budget {
+            daily_micro_usd: Some(daily),
+            shares: split_budget(view, daily)?,
+        },
         (op, _) => op,
     };
     Ok(CommandFact { target, op, at_ms })
+}
+
+/// A daily budget split evenly into the allowances of every node the view knows (those
+/// that described themselves, and the roster's members); the odd micro-dollars go to the
+/// first ones. A node that joins later starts with none and asks its peers.
+fn split_budget(view: &View, daily: u64) -> Result<BTreeMap<String, u64>, String> {
+    let nodes: BTreeSet<&String> = view
+        .nodes
+        .keys()
+        .chain(view.roster.admitted.iter().map(|e| &e.peer))
+        .collect();
+    let n = nodes.len() as u64;
+    if n == 0 {
+        return Err("no node has described itself yet: nothing to split the budget among".into());
+    }
+    Ok(nodes
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| (p.clone(), daily / n + u64::from((i as u64) < daily % n)))
+        .collect())
 }
 
 impl Core {

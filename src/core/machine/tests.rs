@@ -19,6 +19,7 @@ fn core(name: &str, actor: u8) -> Core {
             merge_gate: None,
             limits: Default::default(),
             triggers: Default::default(),
+            budget: Default::default(),
         },
         Doc::new([actor; 16]).with_test_names(),
         1,

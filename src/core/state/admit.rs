@@ -15,12 +15,15 @@
 //! - `knowledge/<hash>`: anyone, under the hash of its own kind and text;
 //! - `roster/admit/<peer>` and `roster/revoke/<peer>`: an operator (one of the mesh's
 //!   trust anchors, [`super::roster`]); in an open mesh, no one;
+//! - `budget/…`: reservations and usage by the claim's holder, asks and gives by their
+//!   asker and giver ([`super::budget`]);
 //! - `command/<operator>/<hash>`: that operator, under the hash of the command's JSON
 //!   ([`super::command`]); in an open mesh, no one.
 //!
 //! Whether an admitted value then counts also depends on its author being a member
 //! ([`super::roster::Roster::counts`]), which the roster decides, not this module.
 
+use super::budget::{check_budget, BudgetFact, BUDGET_PREFIX};
 use super::command::{check_command, CommandFact, COMMAND_PREFIX};
 use super::doc::Fact;
 use super::roster::{RosterFact, ADMIT_PREFIX, REVOKE_PREFIX};
@@ -51,6 +54,7 @@ pub enum FactKind {
     Admit,
     Revoke,
     Command,
+    Budget,
 }
 
 impl FactKind {
@@ -68,6 +72,7 @@ impl FactKind {
             k if k.starts_with(ADMIT_PREFIX) => FactKind::Admit,
             k if k.starts_with(REVOKE_PREFIX) => FactKind::Revoke,
             k if k.starts_with(COMMAND_PREFIX) => FactKind::Command,
+            k if k.starts_with(BUDGET_PREFIX) => FactKind::Budget,
             _ => return None,
         })
     }
@@ -84,6 +89,7 @@ impl FactKind {
             FactKind::Admit => "admit",
             FactKind::Revoke => "revoke",
             FactKind::Command => "command",
+            FactKind::Budget => "budget",
         }
     }
 
@@ -233,6 +239,11 @@ pub(super) fn admit(
             )?;
             valid(short(&f.story), "knowledge story too long")?;
             Fact::Knowledge(f)
+        }
+        FactKind::Budget => {
+            let f: BudgetFact = json(opened.json)?;
+            check_budget(key, author, &f)?;
+            Fact::Budget(f)
         }
         FactKind::Command => {
             let f: CommandFact = json(opened.json)?;

@@ -444,6 +444,21 @@ fn describe(
             }
             (Some(f.at_ms), Some(f.at_ms), None, action)
         }
+        Fact::Budget(b) => {
+            let at = match b {
+                BudgetFact::Reserve { at_ms, .. }
+                | BudgetFact::Usage { at_ms, .. }
+                | BudgetFact::Ask { at_ms, .. }
+                | BudgetFact::Give { at_ms, .. } => *at_ms,
+            };
+            let story = match b {
+                BudgetFact::Reserve { story, .. } | BudgetFact::Usage { story, .. } => {
+                    Some(story.clone())
+                }
+                _ => None,
+            };
+            (Some(at), Some(at), story, b.describe())
+        }
         Fact::Command(c) => (
             Some(c.at_ms),
             Some(c.at_ms),

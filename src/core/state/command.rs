@@ -100,6 +100,15 @@ pub enum Op {
     /// Clears one attention item: the operator says it is no concern (a gate it held
     /// opens, as with an approval).
     Dismiss { item: String },
+    /// The mesh's daily budget (`None`: no budget), split into per-node allowances that
+    /// sum to it (docs/DESIGN.md §15). The whole mesh only.
+    Budget {
+        daily_micro_usd: Option<u64>,
+        #[serde(default)]
+        shares: BTreeMap<String, u64>,
+    },
+    /// The story's cost limit (`None`: no limit): past it, no phase starts.
+    Limit { micro_usd: Option<u64> },
 }
 
 impl Op {
@@ -116,6 +125,8 @@ impl Op {
             Op::RequestChanges { .. } => "request-changes",
             Op::Unblock { .. } => "unblock",
             Op::Dismiss { .. } => "dismiss",
+            Op::Budget { .. } => "budget set",
+            Op::Limit { .. } => "budget limit",
         }
     }
 }
@@ -150,6 +161,12 @@ impl CommandFact {
                 grant,
             } => format!("{grant} more at {phase} round {round}"),
             Op::Dismiss { item } => item.clone(),
+            Op::Budget {
+                daily_micro_usd: Some(d),
+                shares,
+            } => format!("{} a day in {} allowances", super::usd(*d), shares.len()),
+            Op::Budget { .. } | Op::Limit { micro_usd: None } => "none".into(),
+            Op::Limit { micro_usd: Some(m) } => super::usd(*m),
         };
         let head = format!("{} {}", self.op.verb(), self.target);
         if what.is_empty() {
@@ -210,6 +227,21 @@ pub(super) fn check_command(
     let fits = match &f.op {
         Op::Pause { reason } => short(reason),
         Op::Resume => true,
+        Op::Budget {
+            daily_micro_usd,
+            shares,
+        } => {
+            matches!(f.target, Target::All)
+                && shares.len() <= super::budget::MAX_SHARES
+                && shares.keys().all(|p| name(p))
+                && match daily_micro_usd {
+                    None => shares.is_empty(),
+                    Some(d) => {
+                        *d <= super::budget::MAX_MICRO_USD
+                            && shares.values().try_fold(0u64, |a, s| a.checked_add(*s)) == Some(*d)
+                    }
+                }
+        }
         _ if !on_story => return Err(Refusal::Invalid("command takes a story")),
         Op::Prioritize { priority } => (PRIORITY_MIN..=PRIORITY_MAX).contains(priority),
         Op::Cancel { reason } => short(reason),
@@ -225,6 +257,7 @@ pub(super) fn check_command(
         }
         Op::Unblock { grant, .. } => (1..=MAX_UNBLOCK_GRANT).contains(grant),
         Op::Dismiss { item } => !item.is_empty() && short(item),
+        Op::Limit { micro_usd } => micro_usd.is_none_or(|m| m <= super::budget::MAX_MICRO_USD),
     };
     if !fits {
         return Err(Refusal::Invalid("command field out of bounds"));
@@ -271,6 +304,9 @@ pub struct StorySteer {
     pub changes_requested: BTreeMap<String, Note>,
     /// More attempts granted at a step (phase, round), summed.
     pub granted: BTreeMap<(Phase, u32), u32>,
+    /// Its cost limit, in micro-USD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
 }
 
 /// One command as listed (`mesh-agent log` has the same from the audit trail).
@@ -290,6 +326,8 @@ pub struct Steering {
     pub nodes: BTreeMap<String, Stop>,
     /// By story key.
     pub stories: BTreeMap<String, StorySteer>,
+    /// The daily budget and its split, if an operator set one.
+    pub budget: Option<super::MeshBudget>,
     /// Every command, in the order applied.
     pub commands: Vec<CommandEntry>,
 }
@@ -334,6 +372,20 @@ impl Steering {
                 (Target::Node { peer }, Op::Resume) => {
                     s.nodes.remove(peer);
                 }
+                (
+                    Target::All,
+                    Op::Budget {
+                        daily_micro_usd,
+                        shares,
+                    },
+                ) => {
+                    s.budget = daily_micro_usd.map(|d| super::MeshBudget {
+                        daily_micro_usd: d,
+                        shares: shares.clone(),
+                        by: c.operator.clone(),
+                        at_ms: c.fact.at_ms,
+                    })
+                }
                 (Target::Story { story }, op) => {
                     let st = s.stories.entry(story.clone()).or_default();
                     match op {
@@ -368,6 +420,8 @@ impl Steering {
                             let g = st.granted.entry((*phase, *round)).or_default();
                             *g = g.saturating_add(*grant);
                         }
+                        Op::Limit { micro_usd } => st.limit = *micro_usd,
+                        Op::Budget { .. } => {}
                     }
                 }
                 // Admission refuses other ops on nodes and the mesh.

@@ -86,6 +86,7 @@ pub fn peer_tag(peer: &str) -> &str {
 
 mod admit;
 mod audit;
+mod budget;
 mod command;
 mod doc;
 mod roster;
@@ -96,6 +97,9 @@ use admit::admit;
 pub use admit::{claim_id_holder, FactKind, Refusal, MAX_FACT_BYTES};
 use audit::{Admitted, RefusedLog};
 pub use audit::{AuditEntry, LogQuery, Standing, MAX_REFUSED_KEY_BYTES, REFUSED_KEPT};
+pub use budget::{
+    day_of, usd, Allowance, AskEntry, BudgetFact, Entry, Ledger, MeshBudget, Usage, DAY_MS,
+};
 pub use command::{
     command_key, Assignment, CommandEntry, CommandFact, Note, Op, Steering, Stop, StorySteer,
     Target, MAX_COMMAND_TEXT, MAX_UNBLOCK_GRANT,

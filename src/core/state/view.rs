@@ -129,6 +129,12 @@ pub struct StoryView {
     /// own limits (not by a dependency).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked_step: Option<(Phase, u32)>,
+    /// What its jobs used, and what counts against its limit (usage, and reservations
+    /// of jobs not yet booked), in micro-USD.
+    #[serde(default)]
+    pub usage: Usage,
+    #[serde(default)]
+    pub charged_micro_usd: u64,
 }
 
 /// The derived state of the mesh: identical on every node that folded the same document.
@@ -158,6 +164,8 @@ pub struct View {
     pub roster: RosterView,
     /// What operators asked (commands, folded).
     pub steering: Steering,
+    /// What jobs reserved and used, and what nodes asked and gave (`budget/…` facts).
+    pub ledger: Ledger,
 }
 
 /// Fencing tokens cannot be inflated: a claim counts only if each of its tokens is 1 or
@@ -225,6 +233,7 @@ impl View {
             stories.insert(key.clone(), fold.story(key, fact, id));
         }
         block_dependents_of_blocked(&mut stories, &index.active_stories);
+        super::budget::hold_over_limit(&mut stories, &view.ledger, &view.steering);
         let counted_keys = counted
             .into_iter()
             .map(|(k, (rkey, _))| (k, rkey.clone()))
@@ -273,6 +282,7 @@ impl View {
                 // The document folds the roster itself (it needs the changes).
                 Fact::Admit(_) | Fact::Revoke(_) => {}
                 Fact::Command(f) => commands.push((key, f)),
+                Fact::Budget(f) => view.ledger.add(f),
             }
         }
         view.steering = Steering::fold(commands.into_iter());
@@ -620,6 +630,8 @@ impl StoryFold<'_> {
             attention,
             held,
             blocked_step,
+            usage: Usage::default(),
+            charged_micro_usd: 0,
         }
     }
 

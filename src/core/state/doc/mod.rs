@@ -1,6 +1,7 @@
 //! The automerge document of write-once facts: typed writes, the decoded facts kept in
 //! step with automerge's patches, eager-push changes, sync, save and load.
 
+use super::budget::BudgetFact;
 use super::command::CommandFact;
 use super::roster::{Roster, RosterEntry, ADMIT_PREFIX, REVOKE_PREFIX};
 use super::*;
@@ -104,6 +105,7 @@ pub(super) enum Fact {
     Admit(RosterFact),
     Revoke(RosterFact),
     Command(CommandFact),
+    Budget(BudgetFact),
 }
 
 impl std::fmt::Debug for Doc {

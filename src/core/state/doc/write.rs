@@ -177,6 +177,31 @@ impl Doc {
         self.put_fact(&format!("{CLAIM_PREFIX}{id}"), fact, &fact.holder)
     }
 
+    /// Writes a claim and the reservation of its job's budget in one change: a peer
+    /// never sees the claim without the money set aside for it.
+    pub fn put_claim_reserved(
+        &mut self,
+        id: &str,
+        fact: &ClaimFact,
+        reserve: &BudgetFact,
+    ) -> Result<(), StateError> {
+        let key = format!("{CLAIM_PREFIX}{id}");
+        let claim = self.seal_checked(&key, fact, &fact.holder)?;
+        let rkey = reserve.key();
+        let sealed = self.seal_checked(&rkey, reserve, &fact.holder)?;
+        self.put_sealed(&[(key, claim), (rkey, sealed)])
+    }
+
+    /// Writes a budget fact (usage, ask, give) in `author`'s name; one already written
+    /// under its key is left as first written.
+    pub fn put_budget(&mut self, fact: &BudgetFact, author: &str) -> Result<(), StateError> {
+        let key = fact.key();
+        if self.facts.contains_key(&key) {
+            return Ok(());
+        }
+        self.put_fact(&key, fact, author)
+    }
+
     /// The holder of claim `id` as written in the document (winning or not), without
     /// folding a view.
     pub fn claim_holder(&self, id: &str) -> Option<&str> {
