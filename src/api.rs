@@ -283,6 +283,95 @@ async fn attention(State(st): State<AppState>) -> Response {
     }
 }
 
+/// One node's money today, as `GET /v1/budget` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeMoney {
+    pub peer: String,
+    pub allowance: crate::core::state::Allowance,
+    pub usage: crate::core::state::Usage,
+}
+
+/// One story's money, over all days.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoryMoney {
+    pub story: String,
+    pub title: String,
+    pub usage: crate::core::state::Usage,
+    /// What counts against its limit: usage, and reservations of jobs not yet booked.
+    pub charged_micro_usd: u64,
+    pub limit_micro_usd: Option<u64>,
+}
+
+/// The books today (`mesh-agent budget`): the budget, every node's allowance and usage,
+/// and every story that cost something or has a limit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BudgetReport {
+    /// Days since the epoch (UTC).
+    pub day: u64,
+    pub daily_micro_usd: Option<u64>,
+    pub set_by: Option<String>,
+    pub charged_micro_usd: u64,
+    pub nodes: Vec<NodeMoney>,
+    pub stories: Vec<StoryMoney>,
+}
+
+/// The books of `view` on `day`.
+pub fn budget_report(view: &crate::core::state::View, day: u64) -> BudgetReport {
+    let budget = view.steering.budget.as_ref();
+    let usage = view.ledger.by_node_day();
+    let peers: std::collections::BTreeSet<&String> = view
+        .nodes
+        .keys()
+        .chain(budget.iter().flat_map(|b| b.shares.keys()))
+        .chain(usage.keys().filter(|(_, d)| *d == day).map(|(p, _)| p))
+        .collect();
+    let nodes = peers
+        .into_iter()
+        .map(|p| NodeMoney {
+            peer: p.clone(),
+            allowance: view.ledger.allowance(budget, p, day),
+            usage: usage.get(&(p.clone(), day)).copied().unwrap_or_default(),
+        })
+        .collect();
+    let stories = view
+        .stories_ordered()
+        .into_iter()
+        .filter_map(|s| {
+            let (usage, charged) = view.ledger.story(&s.key);
+            let limit = view.steering.story(&s.key).and_then(|st| st.limit);
+            (charged > 0 || usage.tokens > 0 || limit.is_some()).then(|| StoryMoney {
+                story: s.id.clone(),
+                title: s.fact.title.clone(),
+                usage,
+                charged_micro_usd: charged,
+                limit_micro_usd: limit,
+            })
+        })
+        .collect();
+    BudgetReport {
+        day,
+        daily_micro_usd: budget.map(|b| b.daily_micro_usd),
+        set_by: budget.map(|b| b.by.clone()),
+        charged_micro_usd: view.ledger.charged_on(day),
+        nodes,
+        stories,
+    }
+}
+
+async fn budget(State(st): State<AppState>) -> Response {
+    match ask(&st, ApiRequest::View).await {
+        Ok(v) => {
+            let day = crate::core::state::day_of(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+            );
+            Json(budget_report(&v, day)).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
 /// Binds the control endpoint and writes `control.json` into `data_dir`. The server runs
 /// until the returned task is aborted or the node's API channel closes.
 pub async fn serve(
@@ -315,6 +404,7 @@ pub async fn serve(
         .route("/v1/command", post(put_roster))
         .route("/v1/command/prepare", post(prepare_command))
         .route("/v1/attention", get(attention))
+        .route("/v1/budget", get(budget))
         .with_state(AppState { node })
         // Outermost: the token is checked before routing and before any extractor.
         .layer(middleware::from_fn_with_state(
@@ -557,6 +647,16 @@ impl ControlClient {
         let r = self
             .agent
             .get(self.url("/v1/attention"))
+            .header("authorization", self.auth())
+            .call();
+        self.finish(r)
+    }
+
+    /// The books today: budget, allowances, usage by node and story.
+    pub fn budget(&self) -> Result<BudgetReport, ClientError> {
+        let r = self
+            .agent
+            .get(self.url("/v1/budget"))
             .header("authorization", self.auth())
             .call();
         self.finish(r)

@@ -92,6 +92,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the books: the daily budget, each node's allowance (share, received, given,
+    /// left) and tokens today, and what each story cost against its limit. `budget set`
+    /// and `budget limit` are operator commands.
+    Budget {
+        #[command(subcommand)]
+        cmd: Option<cli::budget::BudgetCommand>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Operator: set a story's priority (lower runs first), signed with the operator key.
     Prioritize(steer::PrioritizeArgs),
     /// Operator: pause a story, a node (--node) or the whole mesh (--all): no new phase
@@ -441,6 +450,7 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Revoke(a) => roster_change(&dir, false, a),
         Command::Roster { json } => roster(&dir, json),
         Command::Attention { json } => steer::attention(&dir, json),
+        Command::Budget { cmd, json } => cli::budget::run(&dir, cmd, json),
         Command::Prioritize(a) => steer::prioritize(&dir, a),
         Command::Pause(a) => steer::pause(&dir, a),
         Command::Resume(a) => steer::resume(&dir, a),

@@ -123,6 +123,12 @@ impl WorkError {
 
     /// The failure as the core records it.
     pub fn into_failure(self) -> JobFailure {
+        if let WorkError::Exec(ExecError::RateLimited { retry_after_ms, .. }) = &self {
+            return JobFailure::RateLimited {
+                retry_after_ms: *retry_after_ms,
+                reason: self.to_string(),
+            };
+        }
         if self.is_outage() {
             JobFailure::Origin(self.to_string())
         } else {

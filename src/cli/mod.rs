@@ -2,6 +2,7 @@
 //! that ask a node (or read its data dir), `render` turns what they get into text,
 //! `steer` signs and sends the operator commands.
 
+pub(crate) mod budget;
 pub(crate) mod commands;
 pub(crate) mod render;
 pub(crate) mod steer;

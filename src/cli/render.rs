@@ -137,6 +137,39 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
             r.attention
         );
     }
+    let sp = &r.spend;
+    let usd = mesh_agent::core::state::usd;
+    if let (Some(d), Some(a)) = (sp.daily_micro_usd, &sp.allowance) {
+        let _ = writeln!(
+            o,
+            "budget: {} of {} a day spent or reserved; this node: {} left of its {} share              ({} received, {} given)",
+            usd(sp.mesh_charged_micro_usd),
+            usd(d),
+            usd(a.balance.max(0) as u64),
+            usd(a.share),
+            usd(a.received),
+            usd(a.given)
+        );
+    } else if sp.mesh_charged_micro_usd > 0 {
+        let _ = writeln!(
+            o,
+            "spent today: {} (no budget set)",
+            usd(sp.mesh_charged_micro_usd)
+        );
+    }
+    if let Some(why) = &sp.short {
+        let _ = writeln!(o, "NOT CLAIMING: {why}");
+    }
+    if sp.backoff_ms > 0 || sp.claim_gap_ms > 0 {
+        let _ = writeln!(
+            o,
+            "RATE-LIMITED: {} rate limit(s) from the provider; no claim for {:.1} s, then at              most one per {:.1} s until jobs run clean (last: {})",
+            sp.rate_limits,
+            sp.backoff_ms as f64 / 1000.0,
+            sp.claim_gap_ms as f64 / 1000.0,
+            sp.last_rate_limit
+        );
+    }
     if !r.stories.is_empty() {
         let _ = writeln!(o, "  {:<14} {:<12} {:>4}  TITLE", "ID", "STATUS", "PRIO");
         for s in &r.stories {
@@ -384,6 +417,15 @@ pub(crate) fn print_story(s: &StoryView) {
             "  cancelled  by operator {}{}",
             short(&c.by),
             reason(&c.reason)
+        );
+    }
+    if s.charged_micro_usd > 0 || s.usage.tokens > 0 {
+        println!(
+            "  cost       {} ({} tokens: {} in, {} out)",
+            mesh_agent::core::state::usd(s.charged_micro_usd),
+            s.usage.tokens,
+            s.usage.tokens_in,
+            s.usage.tokens_out
         );
     }
     if let Some(p) = &s.paused {

@@ -230,7 +230,7 @@ pub(crate) fn dismiss(dir: &Path, a: DismissArgs) -> Result<()> {
 
 /// Resolves the draft on the local node, signs the fact with the operator key, and
 /// writes it through the node.
-fn send(dir: &Path, key: &KeyArg, target: Target, op: Op) -> Result<()> {
+pub(crate) fn send(dir: &Path, key: &KeyArg, target: Target, op: Op) -> Result<()> {
     let verb = op.verb();
     let path = key
         .key

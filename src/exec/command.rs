@@ -101,6 +101,11 @@ pub struct CommandConfig {
     /// The variables passed on from the node's environment; `NAME_*` passes every
     /// variable starting with `NAME_`. The `MESH_*` variables are always set.
     pub env_allow: Vec<String>,
+    /// The exit code by which the program says its provider rate-limited it (75,
+    /// EX_TEMPFAIL, by default); a JSON object `{"rate_limited": true, "retry_after_s":
+    /// N}` on stdout says the same with any exit code. Not a failed attempt: the node
+    /// backs off and claims more slowly.
+    pub rate_limit_exit_code: Option<i32>,
 }
 
 impl Default for CommandConfig {
@@ -112,6 +117,7 @@ impl Default for CommandConfig {
             timeout_secs: DEFAULT_TIMEOUT_SECS,
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             env_allow: DEFAULT_ENV_ALLOW.iter().map(|s| s.to_string()).collect(),
+            rate_limit_exit_code: Some(75),
         }
     }
 }
@@ -542,6 +548,15 @@ async fn run_job(cfg: &CommandConfig, job: Job, ws: Workspace) -> Result<Handoff
             })
         }
     };
+    if let Some(retry_after_ms) = super::handoff::rate_limit_from_stdout(&out).or_else(|| {
+        (status.code().is_some() && status.code() == cfg.rate_limit_exit_code).then_some(None)
+    }) {
+        return Err(ExecError::RateLimited {
+            program: name,
+            retry_after_ms,
+            detail: exit_reason(status, &err),
+        });
+    }
     if !status.success() {
         return Err(ExecError::Exited {
             program: name,
@@ -559,7 +574,17 @@ async fn run_job(cfg: &CommandConfig, job: Job, ws: Workspace) -> Result<Handoff
         Some(h) => h,
         None => handoff_from_stdout(&out).map_err(|e| bad(format!("{e}; {}", files.logs())))?,
     };
-    check_handoff(job.phase, handoff).map_err(bad)
+    let mut handoff = check_handoff(job.phase, handoff).map_err(bad)?;
+    // The agent CLI's own report of what it used (claude's and codex's JSON output),
+    // where the handoff does not say.
+    if handoff.tokens == 0 && handoff.cost_micro_usd == 0 {
+        if let Some(u) = super::handoff::usage_from_stdout(&out) {
+            (handoff.tokens_in, handoff.tokens_out, handoff.tokens) =
+                (u.tokens_in, u.tokens_out, u.tokens);
+            handoff.cost_micro_usd = u.cost_micro_usd;
+        }
+    }
+    Ok(handoff)
 }
 
 async fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ExecError> {

@@ -132,6 +132,61 @@ pub fn handoff_from_stdout(stdout: &[u8]) -> Result<Handoff, String> {
     ))
 }
 
+/// A rate limit the program reported on stdout: a JSON object with `"rate_limited":
+/// true`, and when to come back (`"retry_after_s"`), if it said.
+pub fn rate_limit_from_stdout(stdout: &[u8]) -> Option<Option<u64>> {
+    json_objects(stdout).into_iter().rev().find_map(|(s, e)| {
+        let v: serde_json::Value = serde_json::from_slice(&stdout[s..e]).ok()?;
+        v.get("rate_limited")?.as_bool()?.then(|| {
+            v.get("retry_after_s")
+                .and_then(serde_json::Value::as_f64)
+                .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 86_400.0)
+                .map(|s| (s * 1000.0) as u64)
+        })
+    })
+}
+
+/// What the agent CLI says it used, from its own JSON output: Claude Code's final
+/// `{"type": "result", "total_cost_usd": …, "usage": {"input_tokens": …,
+/// "output_tokens": …}}`, or the `usage` of each of Codex's `turn.completed` events
+/// (summed; Codex reports no cost, so the cost stays 0 and the handoff should carry
+/// it). None when no object on stdout has a `usage`.
+pub fn usage_from_stdout(stdout: &[u8]) -> Option<crate::core::state::Usage> {
+    let mut total: Option<crate::core::state::Usage> = None;
+    for (s, e) in json_objects(stdout) {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&stdout[s..e]) else {
+            continue;
+        };
+        let Some(u) = v.get("usage") else {
+            continue;
+        };
+        let n = |k: &str| u.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        let (tin, tout) = (
+            n("input_tokens")
+                .saturating_add(n("cache_read_input_tokens"))
+                .saturating_add(n("cache_creation_input_tokens")),
+            n("output_tokens"),
+        );
+        let cost = v
+            .get("total_cost_usd")
+            .and_then(serde_json::Value::as_f64)
+            .filter(|c| c.is_finite() && *c >= 0.0 && *c < 1e6)
+            .map_or(0, |c| (c * 1e6).round() as u64);
+        let t = total.get_or_insert_with(Default::default);
+        if v.get("type").and_then(serde_json::Value::as_str) == Some("result") {
+            // Claude's result is the whole run's total: it replaces what came before.
+            *t = Default::default();
+        }
+        t.add(&crate::core::state::Usage {
+            tokens_in: tin,
+            tokens_out: tout,
+            tokens: tin.saturating_add(tout),
+            cost_micro_usd: cost,
+        });
+    }
+    total
+}
+
 /// Checks a handoff against its phase: reviews must decide. The commit is the node's to
 /// fill in, and confidence is capped at 100.
 pub(super) fn check_handoff(phase: Phase, mut h: Handoff) -> Result<Handoff, String> {
@@ -149,6 +204,28 @@ pub(super) fn check_handoff(phase: Phase, mut h: Handoff) -> Result<Handoff, Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_and_rate_limits_are_read_from_agent_output() {
+        let claude = br#"{"type":"result","subtype":"success","total_cost_usd":0.1234,"usage":{"input_tokens":1200,"cache_read_input_tokens":800,"output_tokens":300}}"#;
+        let u = usage_from_stdout(claude).unwrap();
+        assert_eq!((u.tokens_in, u.tokens_out, u.tokens), (2000, 300, 2300));
+        assert_eq!(u.cost_micro_usd, 123_400);
+        let codex = br#"{"type":"turn.completed","usage":{"input_tokens":10,"output_tokens":2}}
+{"type":"turn.completed","usage":{"input_tokens":5,"output_tokens":1}}"#;
+        let u = usage_from_stdout(codex).unwrap();
+        assert_eq!((u.tokens_in, u.tokens_out, u.cost_micro_usd), (15, 3, 0));
+        assert!(usage_from_stdout(br#"{"summary":"x"}"#).is_none());
+        assert_eq!(
+            rate_limit_from_stdout(br#"{"rate_limited": true, "retry_after_s": 1.5}"#),
+            Some(Some(1500))
+        );
+        assert_eq!(
+            rate_limit_from_stdout(br#"{"rate_limited": true}"#),
+            Some(None)
+        );
+        assert_eq!(rate_limit_from_stdout(br#"{"rate_limited": false}"#), None);
+    }
 
     #[test]
     fn the_last_object_with_handoff_fields_wins() {

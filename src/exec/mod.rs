@@ -53,6 +53,14 @@ pub trait Executor: Send + Sync + 'static {
 /// logs are, so a human can act on it.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
+    /// The program said its provider rate-limited it (its exit code, or
+    /// `"rate_limited": true` on stdout): not the work's fault.
+    #[error("{program}: rate-limited by its provider ({detail})")]
+    RateLimited {
+        program: String,
+        retry_after_ms: Option<u64>,
+        detail: String,
+    },
     /// The job's files or directories could not be made ready; the program did not run.
     #[error("{0}")]
     Setup(String),

@@ -181,6 +181,9 @@ pub struct StatusReport {
     /// Operators' pauses of the mesh (`all`) and of nodes (by peer id), with the reason.
     #[serde(default)]
     pub paused: BTreeMap<String, String>,
+    /// This node's allowance, the mesh's spend today, and rate-limit pacing.
+    #[serde(default)]
+    pub spend: crate::core::SpendStatus,
 }
 
 /// Refused facts of one author and kind (`status`).
@@ -312,6 +315,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
             merge_gate: None, // set below, once the origin is open
             limits: cfg.limits(),
             triggers: cfg.triggers(),
+            budget: cfg.budget(),
         },
         doc,
         wall_ms(),

@@ -654,6 +654,7 @@ impl Runtime {
                 .collect(),
             roster: view.roster.clone(),
             attention: view.attention().len(),
+            spend: self.core.spend_status(),
             paused: view
                 .steering
                 .all

@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod budget;
 mod claims;
 mod command_flow;
 mod durable_writes;
