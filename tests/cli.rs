@@ -545,4 +545,41 @@ fn an_operator_steers_through_the_cli() {
     run_ok(&["resume", "--all", "--key", op_key], d.path());
     let status = run_ok(&["status"], d.path());
     assert!(!status.contains("PAUSED"), "{status}");
+    // Money: the books, a budget and a story's limit, as the operator sets them.
+    assert!(
+        run_ok(&["budget"], d.path()).contains("budget   none"),
+        "no budget until an operator sets one"
+    );
+    let out = run_ok(
+        &["budget", "set", "--daily", "12.5", "--key", op_key],
+        d.path(),
+    );
+    assert!(out.contains("$12.50 a day in 1 allowances"), "{out}");
+    run_ok(&["story", "add", "--title", "priced"], d.path());
+    let out = run_ok(
+        &["budget", "limit", "S-0002", "2", "--key", op_key],
+        d.path(),
+    );
+    assert!(out.contains("budget limit story S-0002@"), "{out}");
+    let books = run_ok(&["budget"], d.path());
+    assert!(books.contains("$12.50 a day"), "{books}");
+    assert!(books.contains("$12.50"), "the node's share: {books}");
+    assert!(books.contains("S-0002"), "the story with a limit: {books}");
+    let json: serde_json::Value =
+        serde_json::from_str(&run_ok(&["budget", "--json"], d.path())).expect("json");
+    assert_eq!(json["daily_micro_usd"], 12_500_000);
+    assert_eq!(json["stories"][0]["limit_micro_usd"], 2_000_000);
+    let (code, err) = run_err(
+        &["budget", "set", "--daily", "-3", "--key", op_key],
+        d.path(),
+    );
+    assert_eq!(code, 2, "{err}");
+    let (code, err) = run_err(
+        &["budget", "set", "--daily", "5", "--key", stranger],
+        d.path(),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not an operator"), "{err}");
+    let status = run_ok(&["status"], d.path());
+    assert!(status.contains("budget: $0.00 of $12.50 a day"), "{status}");
 }

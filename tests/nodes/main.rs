@@ -15,6 +15,7 @@ mod flow;
 mod mesh;
 mod never_alone;
 mod paused_holder;
+mod rate_limits;
 mod roster;
 mod steering;
 mod timeline;
