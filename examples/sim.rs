@@ -122,6 +122,7 @@ fn main() {
     let (mut deferred, mut lost_answers) = (0u64, 0u64);
     let (mut cancelled, mut commands, mut refused, mut outvoted) = (0usize, 0u64, 0u64, 0u64);
     let (mut spent, mut max_spent, mut ran_out) = (0u64, 0u64, 0u64);
+    let (mut asks, mut gives) = (0u64, 0u64);
     let mut failed: Vec<String> = Vec::new();
     for seed in start..start + seeds {
         for &mode in &modes {
@@ -146,6 +147,8 @@ fn main() {
             spent += r.spent_micro_usd;
             max_spent = max_spent.max(r.spent_micro_usd);
             ran_out += u64::from(r.out_of_money);
+            asks += r.asks;
+            gives += r.gives;
             let mode_arg = if mode == Mode::Clean {
                 "clean"
             } else {
@@ -195,7 +198,7 @@ fn main() {
     );
     if let Some(b) = budget {
         println!(
-            "budget ${b:.2} a day: the mesh spent ${:.2} a run on average, ${:.2} at most; {ran_out} runs ran out of money before every story finished",
+            "budget ${b:.2} a day: the mesh spent ${:.2} a run on average, ${:.2} at most; {asks} asks, {gives} gives; {ran_out} runs ran out of money before every story finished",
             spent as f64 / runs.max(1) as f64 / 1e6,
             max_spent as f64 / 1e6
         );

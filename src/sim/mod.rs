@@ -94,6 +94,9 @@ pub struct Report {
     /// money ran out before every story finished.
     pub spent_micro_usd: u64,
     pub out_of_money: bool,
+    /// Asks and gives of allowance in the final view of node0.
+    pub asks: u64,
+    pub gives: u64,
 }
 
 impl Report {
@@ -457,6 +460,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
     } else {
         (0, 0, 0)
     };
+    let ledger = sim.nodes[0].core.as_mut().map(|c| c.view().ledger.clone());
     let op = sim.operator.as_ref();
     let (commands, refused_commands, outvoted_commands) =
         op.map_or((0, 0, 0), |o| (o.issued, o.refused, o.outvoted));
@@ -483,5 +487,9 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
         outvoted_commands,
         spent_micro_usd: sim.spent.values().sum(),
         out_of_money: sim.ran_out,
+        asks: ledger
+            .as_ref()
+            .map_or(0, |l| l.asks.values().map(|a| u64::from(a.n)).sum()),
+        gives: ledger.map_or(0, |l| l.gives.len() as u64),
     }
 }

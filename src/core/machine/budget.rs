@@ -242,6 +242,11 @@ impl Core {
             .iter()
             .filter(|((p, d), _)| *d == day && p != &self.peer && alive.contains(p))
             .filter(|((p, _), a)| !view.ledger.gave(&self.peer, p, day, a.n))
+            // Only to a peer that is short as far as we know: a member that asks while
+            // it has a job's worth left gets nothing (it cannot drain its peers).
+            .filter(|((p, _), _)| {
+                view.ledger.allowance(Some(&budget), p, day).balance < reserve as i64
+            })
             .filter(|((p, _), _)| !short || *p < self.peer)
             .map(|((p, _), a)| (p.clone(), a.n, a.micro_usd))
             .collect();
