@@ -47,6 +47,7 @@ use crate::core::timeline::{
 mod claims;
 mod events;
 mod guards;
+mod notify;
 mod origin;
 mod roster;
 mod status;
@@ -363,6 +364,9 @@ pub struct Core {
     /// Sync bytes taken in from each peer, against `max_ingress_bytes_per_sec`; frames
     /// dropped over it (mono ms).
     ingress: BTreeMap<String, Bucket>,
+    /// Notifications: what this node owns, retries, sends in flight (`notify.rs`).
+    notify: crate::core::notify::Notifier,
+    notify_extra: Vec<crate::core::notify::Trigger>,
 }
 
 /// Events kept in the local log.
@@ -439,6 +443,8 @@ impl Core {
             standing: roster::Standing::Member,
             writes,
             ingress: BTreeMap::new(),
+            notify: Default::default(),
+            notify_extra: Vec::new(),
         };
         core.release_previous_incarnations();
         core

@@ -158,6 +158,8 @@ pub struct View {
     pub roster: RosterView,
     /// What operators asked (commands, folded).
     pub steering: Steering,
+    /// Notifications sent (or refused for good), by the hash of their trigger id.
+    pub notified: BTreeMap<String, crate::core::notify::NotifiedFact>,
 }
 
 /// Fencing tokens cannot be inflated: a claim counts only if each of its tokens is 1 or
@@ -273,6 +275,10 @@ impl View {
                 // The document folds the roster itself (it needs the changes).
                 Fact::Admit(_) | Fact::Revoke(_) => {}
                 Fact::Command(f) => commands.push((key, f)),
+                Fact::Notified(f) => {
+                    let hash = key.strip_prefix(NOTIFIED_PREFIX).unwrap_or(key);
+                    view.notified.insert(hash.to_string(), f.clone());
+                }
             }
         }
         view.steering = Steering::fold(commands.into_iter());

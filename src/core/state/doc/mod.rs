@@ -104,6 +104,7 @@ pub(super) enum Fact {
     Admit(RosterFact),
     Revoke(RosterFact),
     Command(CommandFact),
+    Notified(crate::core::notify::NotifiedFact),
 }
 
 impl std::fmt::Debug for Doc {
