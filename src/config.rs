@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 
 pub const CONFIG_FILE: &str = "config.toml";
 
+mod env;
+use env::apply_env;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -107,6 +110,8 @@ pub struct Config {
     /// Raise a `stalled` event for a story with no progress (no new counted result,
     /// nothing worked on along its chain of waits) for this long. 0: never.
     pub stall_after_ms: u64,
+    /// Notifications (`[notify]`, `[[notify.sink]]`): see docs/DESIGN.md §15.
+    pub notify: crate::notify::NotifyConfig,
 }
 
 impl Default for Config {
@@ -171,6 +176,7 @@ impl Default for Config {
             origin_backoff_ms: 1_000,
             origin_backoff_max_ms: 60_000,
             stall_after_ms: 300_000,
+            notify: Default::default(),
         }
     }
 }
@@ -490,7 +496,7 @@ impl Config {
                 "expected a branch name like main",
             ));
         }
-        Ok(())
+        self.notify.validate()
     }
 
     /// The commented config file `mesh-agent init` writes.
@@ -612,6 +618,15 @@ origin_backoff_max_ms = {obx}
 # it waits for) raises one `stalled` event naming what it waits for. 0: never.
 stall_after_ms = {stall}
 
+# Notifications (README "Budgets and notifications"): each is sent once by the mesh,
+# by one node that has a sink for its kind. Sink URLs are secrets.
+# [notify]
+# digest_period_ms = 86400000
+# [[notify.sink]]
+# kind = "slack"   # or "webhook" (JSON POST), "command" (argv, JSON on stdin)
+# url = "https://hooks.slack.com/services/T000/B000/XXXX"
+# triggers = ["story_blocked", "security_concern", "digest"]   # default: all
+
 # The command executor (executor = "command"): see examples/executors/README.md.
 # [command]
 # program = "examples/executors/claude.sh"
@@ -721,80 +736,6 @@ stall_after_ms = {stall}
             }
         })
     }
-}
-
-/// Overlays `MESH_<KEY>` variables on the parsed file, typed by the default's shape.
-fn apply_env(
-    table: &mut toml::Table,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
-    let defaults = match toml::Value::try_from(Config::default()) {
-        Ok(toml::Value::Table(t)) => t,
-        _ => toml::Table::new(),
-    };
-    for (var, value) in env {
-        let Some(key) = var.strip_prefix("MESH_") else {
-            continue;
-        };
-        let key = key.to_ascii_lowercase();
-        let shape = match defaults.get(&key) {
-            Some(v) => v.clone(),
-            None if key == "psk_file" => toml::Value::String(String::new()),
-            // Not a config key (MESH_DATA_DIR and friends belong to the CLI).
-            None => continue,
-        };
-        let env_err = |allowed: &str| ConfigError::Env {
-            var: var.clone(),
-            value: value.clone(),
-            allowed: allowed.into(),
-        };
-        let parsed = match shape {
-            toml::Value::Integer(_) => toml::Value::Integer(
-                value
-                    .trim()
-                    .parse::<i64>()
-                    .map_err(|_| env_err("expected an integer"))?,
-            ),
-            toml::Value::Array(_) => toml::Value::Array(
-                value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| toml::Value::String(s.to_string()))
-                    .collect(),
-            ),
-            toml::Value::Table(_) => {
-                // MESH_ROLE_LIMITS=implement=1,review=3
-                let mut t = toml::Table::new();
-                for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                    let (k, v) = pair
-                        .split_once('=')
-                        .ok_or_else(|| env_err("expected key=number pairs, comma-separated"))?;
-                    let n = v
-                        .trim()
-                        .parse::<i64>()
-                        .map_err(|_| env_err("expected key=number pairs, comma-separated"))?;
-                    t.insert(k.trim().to_string(), toml::Value::Integer(n));
-                }
-                toml::Value::Table(t)
-            }
-            toml::Value::Float(_) => toml::Value::Float(
-                value
-                    .trim()
-                    .parse::<f64>()
-                    .map_err(|_| env_err("expected a number"))?,
-            ),
-            toml::Value::Boolean(_) => toml::Value::Boolean(
-                value
-                    .trim()
-                    .parse::<bool>()
-                    .map_err(|_| env_err("expected true or false"))?,
-            ),
-            _ => toml::Value::String(value.clone()),
-        };
-        table.insert(key, parsed);
-    }
-    Ok(())
 }
 
 #[cfg(test)]
