@@ -137,6 +137,17 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
             r.attention
         );
     }
+    if r.notify.pending > 0 || r.notify.last_error.is_some() {
+        let _ = writeln!(
+            o,
+            "notifications: {} this node owns not sent yet{}",
+            r.notify.pending,
+            r.notify
+                .last_error
+                .as_ref()
+                .map_or_else(String::new, |e| format!("; last failure: {e}"))
+        );
+    }
     if !r.stories.is_empty() {
         let _ = writeln!(o, "  {:<14} {:<12} {:>4}  TITLE", "ID", "STATUS", "PRIO");
         for s in &r.stories {

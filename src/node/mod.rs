@@ -303,7 +303,12 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
                 dead_after_ms: cfg.dead_after_ms,
             },
             // A node with sinks announces the kinds it sends (`notify:<kind>`).
-            roles: cfg.roles.iter().cloned().chain(cfg.notify.roles()).collect(),
+            roles: cfg
+                .roles
+                .iter()
+                .cloned()
+                .chain(cfg.notify.roles())
+                .collect(),
             capacity: cfg.capacity,
             role_limits: cfg.role_limits.clone(),
             max_sync_bytes: cfg.max_sync_message_bytes,

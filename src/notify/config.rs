@@ -108,7 +108,11 @@ impl NotifyConfig {
                         ));
                     }
                     if !s.argv.is_empty() {
-                        return Err(invalid(&key("argv"), format!("{:?}", s.argv), "only a command sink takes argv"));
+                        return Err(invalid(
+                            &key("argv"),
+                            format!("{:?}", s.argv),
+                            "only a command sink takes argv",
+                        ));
                     }
                 }
                 SinkKind::Command => {
@@ -120,7 +124,11 @@ impl NotifyConfig {
                         ));
                     }
                     if !s.url.is_empty() {
-                        return Err(invalid(&key("url"), "(hidden)", "a command sink takes argv, not url"));
+                        return Err(invalid(
+                            &key("url"),
+                            "(hidden)",
+                            "a command sink takes argv, not url",
+                        ));
                     }
                 }
             }
@@ -136,13 +144,22 @@ impl NotifyConfig {
             }
         }
         for (k, v, lo, hi) in [
-            ("digest_period_ms", self.digest_period_ms, 1_000, 31 * 86_400_000),
+            (
+                "digest_period_ms",
+                self.digest_period_ms,
+                1_000,
+                31 * 86_400_000,
+            ),
             ("max_age_ms", self.max_age_ms, 1_000, 365 * 86_400_000),
             ("retry_base_ms", self.retry_base_ms, 10, 3_600_000),
             ("timeout_ms", self.timeout_ms, 100, 600_000),
         ] {
             if !(lo..=hi).contains(&v) {
-                return Err(invalid(&format!("notify.{k}"), v, &format!("allowed {lo}..={hi}")));
+                return Err(invalid(
+                    &format!("notify.{k}"),
+                    v,
+                    &format!("allowed {lo}..={hi}"),
+                ));
             }
         }
         if !(self.retry_base_ms..=86_400_000).contains(&self.retry_max_ms) {
@@ -176,5 +193,89 @@ impl NotifyConfig {
             retry_max_ms: self.retry_max_ms,
             warmup_ms,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, CONFIG_FILE};
+
+    fn load(text: &str) -> Result<Config, String> {
+        let d = tempfile::tempdir().expect("tmp");
+        std::fs::write(d.path().join(CONFIG_FILE), text).expect("write");
+        let c = Config::load(d.path(), vec![]).map_err(|e| e.to_string())?;
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    #[test]
+    fn sinks_load_from_toml_and_announce_the_kinds_they_take() {
+        let c = load(
+            r#"
+[notify]
+digest_period_ms = 3600000
+[[notify.sink]]
+kind = "slack"
+url = "https://hooks.slack.com/services/T000/B000/XXXX"
+triggers = ["story_blocked", "digest"]
+[[notify.sink]]
+kind = "command"
+argv = ["/usr/local/bin/mail-team", "--to", "team@example.com"]
+triggers = ["security-concern"]
+"#,
+        )
+        .expect("valid");
+        assert_eq!(c.notify.sink.len(), 2);
+        assert_eq!(c.notify.digest_period_ms, 3_600_000);
+        assert_eq!(
+            c.notify.roles(),
+            [
+                "notify:story_blocked",
+                "notify:security_concern",
+                "notify:digest"
+            ]
+        );
+        assert!(
+            NotifyConfig::default().roles().is_empty(),
+            "no sinks, no role"
+        );
+        assert_eq!(
+            NotifyConfig {
+                sink: vec![SinkConfig {
+                    kind: SinkKind::Webhook,
+                    url: "http://x/".into(),
+                    argv: vec![],
+                    triggers: vec![],
+                }],
+                ..Default::default()
+            }
+            .kinds()
+            .len(),
+            TriggerKind::ALL.len(),
+            "no filter: every kind"
+        );
+    }
+
+    #[test]
+    fn bad_sinks_are_one_clear_line_that_never_shows_the_url() {
+        let e = load("[[notify.sink]]\nkind = \"slack\"\nurl = \"ftp://secret-token\"\n")
+            .expect_err("bad scheme");
+        assert!(
+            e.contains("notify.sink[0].url") && !e.contains("secret-token"),
+            "{e}"
+        );
+        let e = load("[[notify.sink]]\nkind = \"command\"\n").expect_err("no argv");
+        assert!(e.contains("notify.sink[0].argv"), "{e}");
+        let e = load(
+            "[[notify.sink]]\nkind = \"webhook\"\nurl = \"http://x/\"\ntriggers = [\"all\"]\n",
+        )
+        .expect_err("bad trigger");
+        assert!(e.contains("allowed values are story_blocked"), "{e}");
+        let e = load("[[notify.sink]]\nkind = \"pager\"\n").expect_err("bad kind");
+        assert!(e.contains("pager"), "{e}");
+        let e =
+            load("[notify]\nretry_base_ms = 5000\nretry_max_ms = 100\n").expect_err("max < base");
+        assert!(e.contains("notify.retry_max_ms"), "{e}");
     }
 }

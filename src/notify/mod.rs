@@ -165,7 +165,9 @@ impl Sinks {
             Ok(Err(e)) => SendResult::Failed(format!("{program}: {e}")),
             Ok(Ok(out)) if out.status.success() => SendResult::Delivered,
             Ok(Ok(out)) => {
-                let err = String::from_utf8_lossy(&out.stderr[..out.stderr.len().min(MAX_ANSWER as usize)]);
+                let err = String::from_utf8_lossy(
+                    &out.stderr[..out.stderr.len().min(MAX_ANSWER as usize)],
+                );
                 let err: String = err.trim().chars().take(200).collect();
                 SendResult::Failed(format!("{program} exited with {}: {err}", out.status))
             }

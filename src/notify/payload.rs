@@ -84,7 +84,10 @@ mod tests {
             assert_eq!(b["type"], "section", "{v}");
             assert_eq!(b["text"]["type"], "mrkdwn", "{v}");
             let t = b["text"]["text"].as_str().expect("section text");
-            assert!(!t.is_empty() && t.chars().count() <= SLACK_SECTION_MAX, "{v}");
+            assert!(
+                !t.is_empty() && t.chars().count() <= SLACK_SECTION_MAX,
+                "{v}"
+            );
         }
     }
 
@@ -93,7 +96,10 @@ mod tests {
         let v = slack(&trigger("implement failed 3 attempts: a & b"));
         assert_slack_shape(&v);
         let section = v["blocks"][0]["text"]["text"].as_str().expect("text");
-        assert!(section.contains("*S-0001 is blocked: Parse &lt;config&gt;*"), "{section}");
+        assert!(
+            section.contains("*S-0001 is blocked: Parse &lt;config&gt;*"),
+            "{section}"
+        );
         assert!(section.ends_with("a &amp; b"), "{section}");
         let long = slack(&trigger(&"é".repeat(10_000)));
         assert_slack_shape(&long);
@@ -108,6 +114,9 @@ mod tests {
         assert_eq!(v["detail"], "why");
         assert_eq!(v["at_ms"], 5_000);
         assert_eq!(v["node"], "12D3KooWnode");
-        assert!(v.get("story_key").is_none() && v.get("digest").is_none(), "{v}");
+        assert!(
+            v.get("story_key").is_none() && v.get("digest").is_none(),
+            "{v}"
+        );
     }
 }

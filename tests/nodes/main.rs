@@ -13,6 +13,7 @@ mod durable_writes;
 mod flow;
 mod mesh;
 mod never_alone;
+mod notify;
 mod paused_holder;
 mod roster;
 mod steering;
