@@ -26,6 +26,36 @@ pub const NODE_HEADER: &str = "X-Mesh-Node";
 /// Most bytes of a sink's answer read (and of a command's output kept).
 const MAX_ANSWER: u64 = 64 * 1024;
 
+/// The system's CA certificates for https sinks: `$SSL_CERT_FILE`, else the first of
+/// the usual bundles that holds any.
+fn root_certs() -> Vec<ureq::tls::Certificate<'static>> {
+    let paths = std::env::var_os("SSL_CERT_FILE")
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain(
+            [
+                "/etc/ssl/certs/ca-certificates.crt",
+                "/etc/pki/tls/certs/ca-bundle.crt",
+                "/etc/ssl/ca-bundle.pem",
+                "/etc/ssl/cert.pem",
+            ]
+            .map(std::path::PathBuf::from),
+        );
+    for p in paths {
+        let Ok(pem) = std::fs::read(&p) else { continue };
+        let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        if !certs.is_empty() {
+            return certs;
+        }
+    }
+    Vec::new()
+}
+
 /// This node's sinks.
 pub struct Sinks {
     sinks: Vec<SinkConfig>,
@@ -37,9 +67,22 @@ pub struct Sinks {
 impl Sinks {
     pub fn new(cfg: &NotifyConfig, node: &str) -> Arc<Sinks> {
         let timeout = Duration::from_millis(cfg.timeout_ms);
+        let https = cfg.sink.iter().any(|s| s.url.starts_with("https://"));
+        let roots = if https { root_certs() } else { Vec::new() };
+        if https && roots.is_empty() {
+            tracing::error!(
+                "no CA certificates found for the https sinks (looked at $SSL_CERT_FILE and \
+                 the usual system bundles): their sends will fail until one is installed"
+            );
+        }
+        let tls = ureq::tls::TlsConfig::builder()
+            .provider(ureq::tls::TlsProvider::Rustls)
+            .root_certs(ureq::tls::RootCerts::Specific(Arc::new(roots)))
+            .build();
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(timeout))
+            .tls_config(tls)
             .build()
             .into();
         Arc::new(Sinks {
@@ -172,5 +215,121 @@ impl Sinks {
                 SendResult::Failed(format!("{program} exited with {}: {err}", out.status))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::notify::TriggerKind;
+    use std::io::{Read, Write};
+
+    fn trigger() -> Trigger {
+        Trigger {
+            id: "digest/1".into(),
+            kind: TriggerKind::Digest,
+            story: None,
+            title: "mesh digest".into(),
+            detail: "completed 0".into(),
+            at_ms: 1,
+            digest: None,
+            story_key: String::new(),
+        }
+    }
+
+    fn sinks(sink: SinkConfig) -> Arc<Sinks> {
+        Sinks::new(
+            &NotifyConfig {
+                sink: vec![sink],
+                timeout_ms: 5_000,
+                ..Default::default()
+            },
+            "node-a",
+        )
+    }
+
+    /// A one-shot server: answers the first connection with `answer` (raw bytes).
+    fn serve_once(answer: &'static [u8]) -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = l.accept() {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(answer);
+            }
+        });
+        addr.to_string()
+    }
+
+    fn web(url: String) -> SinkConfig {
+        SinkConfig {
+            kind: SinkKind::Webhook,
+            url,
+            argv: vec![],
+            triggers: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_sort_into_delivered_refused_and_failed_and_the_url_stays_secret() {
+        let ok = serve_once(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n");
+        let r = sinks(web(format!("http://{ok}/hook")))
+            .send(trigger())
+            .await;
+        assert_eq!(r, SendResult::Delivered);
+        let gone = serve_once(b"HTTP/1.1 404 Not Found\r\ncontent-length: 4\r\n\r\nnope");
+        let r = sinks(web(format!("http://{gone}/hook")))
+            .send(trigger())
+            .await;
+        assert!(
+            matches!(&r, SendResult::Refused(w) if w.contains("404")),
+            "{r:?}"
+        );
+        let busy = serve_once(b"HTTP/1.1 429 Too Many\r\ncontent-length: 0\r\n\r\n");
+        let r = sinks(web(format!("http://{busy}/hook")))
+            .send(trigger())
+            .await;
+        assert!(
+            matches!(&r, SendResult::Failed(w) if w.contains("429")),
+            "{r:?}"
+        );
+        // Not TLS on the other end: a failure to retry, never a panic, and no URL in it.
+        let plain = serve_once(b"HTTP/1.1 200 OK\r\n\r\n");
+        let url = format!("https://{plain}/services/T000/SECRET");
+        let r = sinks(web(url)).send(trigger()).await;
+        assert!(
+            matches!(&r, SendResult::Failed(w) if !w.contains("SECRET")),
+            "{r:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_command_sink_gets_the_json_on_stdin_and_its_exit_decides() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let out = dir.path().join("got.json");
+        let cmd = |script: String| SinkConfig {
+            kind: SinkKind::Command,
+            url: String::new(),
+            argv: vec!["sh".into(), "-c".into(), script],
+            triggers: vec!["digest".into()],
+        };
+        let r = sinks(cmd(format!("cat > {}", out.display())))
+            .send(trigger())
+            .await;
+        assert_eq!(r, SendResult::Delivered);
+        let got: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&out).expect("written")).expect("json");
+        assert_eq!(
+            (got["id"].as_str(), got["node"].as_str()),
+            (Some("digest/1"), Some("node-a"))
+        );
+        let r = sinks(cmd("echo no mail server >&2; exit 3".into()))
+            .send(trigger())
+            .await;
+        assert!(
+            matches!(&r, SendResult::Failed(w) if w.contains("no mail server")),
+            "{r:?}"
+        );
     }
 }
