@@ -469,7 +469,18 @@ impl Notifier {
         out.extend(self.git.values().cloned());
         let period = self.cfg.digest_period_ms.max(1);
         if let Some(last) = (wall_ms / period).checked_sub(1) {
-            out.push(digest(view, last, period));
+            // Its figures cost a pass over the claims and results: computed only when
+            // it is sent (see `due`).
+            out.push(Trigger {
+                id: format!("digest/{last}"),
+                kind: TriggerKind::Digest,
+                story: None,
+                title: "mesh digest".into(),
+                detail: String::new(),
+                at_ms: last.saturating_add(1).saturating_mul(period),
+                digest: None,
+                story_key: String::new(),
+            });
         }
         out.extend(extra.iter().cloned());
         out
@@ -532,6 +543,13 @@ impl Notifier {
             {
                 continue;
             }
+            let t = match t.kind {
+                TriggerKind::Digest => {
+                    let period = self.cfg.digest_period_ms.max(1);
+                    digest(view, (t.at_ms / period).saturating_sub(1), period)
+                }
+                _ => t,
+            };
             self.in_flight.insert(t.id.clone(), t.clone());
             out.push(t);
         }

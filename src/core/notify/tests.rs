@@ -243,6 +243,19 @@ fn a_digest_per_period_and_its_figures() {
     assert_eq!(ids(7_999), ["digest/2"]);
     assert_eq!(ids(8_000), ["digest/3"]);
     assert!(ids(1_999).is_empty(), "no period ended yet");
+    // Sent with its figures (computed only then).
+    let mut n = Notifier::new(NotifyConfig {
+        kinds: [TriggerKind::Digest].into_iter().collect(),
+        digest_period_ms: period,
+        warmup_ms: 0,
+        ..Default::default()
+    });
+    n.tick(0);
+    let due = n.due(&v, "A", 10, 6_500, true, &[], |_| true);
+    assert_eq!(due.len(), 1);
+    assert_eq!((due[0].id.as_str(), due[0].at_ms), ("digest/2", 6_000));
+    assert_eq!(due[0].digest.as_ref().map(|d| d.completed), Some(1));
+    assert!(due[0].detail.contains("completed 1"), "{}", due[0].detail);
 }
 
 #[test]
