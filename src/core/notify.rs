@@ -518,8 +518,11 @@ impl Notifier {
         }
         let mut mine = Vec::new();
         for t in self.derive(view, wall_ms, extra) {
+            // (An id its record could not hold would be sent again forever: never sent.)
             if view.notified.contains_key(&notified_hash(&t.id))
                 || t.at_ms.saturating_add(self.cfg.max_age_ms) < wall_ms
+                || t.id.len() > MAX_ID_BYTES
+                || t.id.chars().any(char::is_control)
             {
                 continue;
             }
