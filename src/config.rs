@@ -10,6 +10,9 @@ mod template;
 
 pub const CONFIG_FILE: &str = "config.toml";
 
+mod env;
+use env::apply_env;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -69,7 +72,7 @@ pub struct Config {
     /// non-zero exit is a security concern. Empty: none.
     pub security_scanner: Vec<String>,
     /// What one job reserves from this node's allowance before it starts, in USD, when
-    /// an operator set a budget (docs/DESIGN.md §15): a job's worst cost.
+    /// an operator set a budget (docs/DESIGN.md §16): a job's worst cost.
     pub budget_reserve_usd: f64,
     /// Back-off after a provider's rate limit: the first wait, doubled on each limit in a
     /// row up to the max (jittered; at least what the provider asked).
@@ -116,6 +119,8 @@ pub struct Config {
     /// Raise a `stalled` event for a story with no progress (no new counted result,
     /// nothing worked on along its chain of waits) for this long. 0: never.
     pub stall_after_ms: u64,
+    /// Notifications (`[notify]`, `[[notify.sink]]`): see docs/DESIGN.md §15.
+    pub notify: crate::notify::NotifyConfig,
 }
 
 impl Default for Config {
@@ -183,6 +188,7 @@ impl Default for Config {
             origin_backoff_ms: 1_000,
             origin_backoff_max_ms: 60_000,
             stall_after_ms: 300_000,
+            notify: Default::default(),
         }
     }
 }
@@ -517,7 +523,7 @@ impl Config {
                 "expected a branch name like main",
             ));
         }
-        Ok(())
+        self.notify.validate()
     }
 
     /// The resource caps as the core wants them.
@@ -577,80 +583,6 @@ impl Config {
             }
         })
     }
-}
-
-/// Overlays `MESH_<KEY>` variables on the parsed file, typed by the default's shape.
-fn apply_env(
-    table: &mut toml::Table,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
-    let defaults = match toml::Value::try_from(Config::default()) {
-        Ok(toml::Value::Table(t)) => t,
-        _ => toml::Table::new(),
-    };
-    for (var, value) in env {
-        let Some(key) = var.strip_prefix("MESH_") else {
-            continue;
-        };
-        let key = key.to_ascii_lowercase();
-        let shape = match defaults.get(&key) {
-            Some(v) => v.clone(),
-            None if key == "psk_file" => toml::Value::String(String::new()),
-            // Not a config key (MESH_DATA_DIR and friends belong to the CLI).
-            None => continue,
-        };
-        let env_err = |allowed: &str| ConfigError::Env {
-            var: var.clone(),
-            value: value.clone(),
-            allowed: allowed.into(),
-        };
-        let parsed = match shape {
-            toml::Value::Integer(_) => toml::Value::Integer(
-                value
-                    .trim()
-                    .parse::<i64>()
-                    .map_err(|_| env_err("expected an integer"))?,
-            ),
-            toml::Value::Array(_) => toml::Value::Array(
-                value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| toml::Value::String(s.to_string()))
-                    .collect(),
-            ),
-            toml::Value::Table(_) => {
-                // MESH_ROLE_LIMITS=implement=1,review=3
-                let mut t = toml::Table::new();
-                for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                    let (k, v) = pair
-                        .split_once('=')
-                        .ok_or_else(|| env_err("expected key=number pairs, comma-separated"))?;
-                    let n = v
-                        .trim()
-                        .parse::<i64>()
-                        .map_err(|_| env_err("expected key=number pairs, comma-separated"))?;
-                    t.insert(k.trim().to_string(), toml::Value::Integer(n));
-                }
-                toml::Value::Table(t)
-            }
-            toml::Value::Float(_) => toml::Value::Float(
-                value
-                    .trim()
-                    .parse::<f64>()
-                    .map_err(|_| env_err("expected a number"))?,
-            ),
-            toml::Value::Boolean(_) => toml::Value::Boolean(
-                value
-                    .trim()
-                    .parse::<bool>()
-                    .map_err(|_| env_err("expected true or false"))?,
-            ),
-            _ => toml::Value::String(value.clone()),
-        };
-        table.insert(key, parsed);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

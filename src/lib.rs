@@ -17,6 +17,7 @@ pub mod git;
 pub mod identity;
 pub mod net;
 pub mod node;
+pub mod notify;
 pub mod sim;
 pub mod store;
 pub mod work;

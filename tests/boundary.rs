@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 /// Shell modules: they do I/O, so the core must never name them.
 const SHELLS: &[&str] = &[
-    "api", "config", "demo", "exec", "fence", "git", "identity", "net", "node", "store", "work",
+    "api", "config", "demo", "exec", "fence", "git", "identity", "net", "node", "notify", "store",
+    "work",
 ];
 
 /// Crates that do I/O or that would make a run depend on the world.

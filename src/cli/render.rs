@@ -142,7 +142,8 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
     if let (Some(d), Some(a)) = (sp.daily_micro_usd, &sp.allowance) {
         let _ = writeln!(
             o,
-            "budget: {} of {} a day spent or reserved; this node: {} left of its {} share              ({} received, {} given)",
+            "budget: {} of {} a day spent or reserved; this node: {} left of its {} share \
+             ({} received, {} given)",
             usd(sp.mesh_charged_micro_usd),
             usd(d),
             usd(a.balance.max(0) as u64),
@@ -163,11 +164,23 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
     if sp.backoff_ms > 0 || sp.claim_gap_ms > 0 {
         let _ = writeln!(
             o,
-            "RATE-LIMITED: {} rate limit(s) from the provider; no claim for {:.1} s, then at              most one per {:.1} s until jobs run clean (last: {})",
+            "RATE-LIMITED: {} rate limit(s) from the provider; no claim for {:.1} s, then at \
+             most one per {:.1} s until jobs run clean (last: {})",
             sp.rate_limits,
             sp.backoff_ms as f64 / 1000.0,
             sp.claim_gap_ms as f64 / 1000.0,
             sp.last_rate_limit
+        );
+    }
+    if r.notify.pending > 0 || r.notify.last_error.is_some() {
+        let _ = writeln!(
+            o,
+            "notifications: {} this node owns not sent yet{}",
+            r.notify.pending,
+            r.notify
+                .last_error
+                .as_ref()
+                .map_or_else(String::new, |e| format!("; last failure: {e}"))
         );
     }
     if !r.stories.is_empty() {

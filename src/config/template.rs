@@ -131,6 +131,15 @@ origin_backoff_max_ms = {obx}
 # it waits for) raises one `stalled` event naming what it waits for. 0: never.
 stall_after_ms = {stall}
 
+# Notifications (README "Budgets and notifications"): each is sent once by the mesh,
+# by one node that has a sink for its kind. Sink URLs are secrets.
+# [notify]
+# digest_period_ms = 86400000
+# [[notify.sink]]
+# kind = "slack"   # or "webhook" (JSON POST), "command" (argv, JSON on stdin)
+# url = "https://hooks.slack.com/services/T000/B000/XXXX"
+# triggers = ["story_blocked", "security_concern", "digest"]   # default: all
+
 # The command executor (executor = "command"): see examples/executors/README.md.
 # [command]
 # program = "examples/executors/claude.sh"

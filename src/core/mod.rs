@@ -18,6 +18,7 @@
 //! - [`scheduler`]: what to run next, and why a story waits;
 //! - [`breaker`]: when to stop and resume claiming while the git origin is unavailable;
 //! - [`timeline`]: the bounded, deduplicated mesh-wide event timeline;
+//! - [`notify`]: notification triggers, their owner, retries and the delivery record;
 //! - [`sim_handoff`]: the simulated executor's handoffs, shared by `exec::sim` and `sim`;
 //! - the node state machine ([`Core`], [`Input`], [`Effect`]) in `machine`.
 
@@ -30,6 +31,7 @@ pub mod limits;
 mod machine;
 pub mod membership;
 pub mod model;
+pub mod notify;
 pub mod scheduler;
 pub mod sim_handoff;
 pub mod state;

@@ -184,6 +184,9 @@ pub struct StatusReport {
     /// This node's allowance, the mesh's spend today, and rate-limit pacing.
     #[serde(default)]
     pub spend: crate::core::SpendStatus,
+    /// Notifications this node owns and has not sent, and the last failed send.
+    #[serde(default)]
+    pub notify: crate::core::notify::NotifyStatus,
 }
 
 /// Refused facts of one author and kind (`status`).
@@ -302,7 +305,13 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
                 suspect_after_missed: cfg.suspect_after_missed,
                 dead_after_ms: cfg.dead_after_ms,
             },
-            roles: cfg.roles.clone(),
+            // A node with sinks announces the kinds it sends (`notify:<kind>`).
+            roles: cfg
+                .roles
+                .iter()
+                .cloned()
+                .chain(cfg.notify.roles())
+                .collect(),
             capacity: cfg.capacity,
             role_limits: cfg.role_limits.clone(),
             max_sync_bytes: cfg.max_sync_message_bytes,
@@ -320,6 +329,9 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
         doc,
         wall_ms(),
     );
+    // It listens for a dead-after before it sends: a live peer has beaten by then, and a
+    // dead owner is known dead.
+    core.set_notify(cfg.notify.core(cfg.dead_after_ms));
     core.set_guards(Guards {
         join_wait_ms: cfg.join_wait_ms,
         remembers_peers: !known.is_empty(),
@@ -415,6 +427,9 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
     }
     let (work_tx, work_rx) = mpsc::channel(256);
     let (probe_tx, probe_rx) = mpsc::channel(4);
+    let (notify_tx, notify_rx) = mpsc::channel(64);
+    let sinks = (!cfg.notify.sink.is_empty() && !opts.passive)
+        .then(|| crate::notify::Sinks::new(&cfg.notify, &peer));
     let (obs_tx, obs_rx) = watch::channel(Observation {
         heads_digest: core.digest(),
         ..Default::default()
@@ -435,6 +450,8 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
         jobs: HashMap::new(),
         work_tx,
         probe_tx,
+        sinks,
+        notify_tx,
         known,
         unflushed: false,
         unpersisted: VecDeque::new(),
@@ -444,7 +461,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
     rt.flush().await;
     tracing::info!(peer = %peer, passive = opts.passive, "node started");
     let (api_tx, api_rx) = mpsc::channel(256);
-    let task = tokio::spawn(rt.run(net_rx, api_rx, Some(work_rx), probe_rx));
+    let task = tokio::spawn(rt.run(net_rx, api_rx, Some(work_rx), probe_rx, notify_rx));
     Ok(NodeHandle {
         peer_id: net.local_peer_id,
         listen_addrs,

@@ -13,6 +13,7 @@
 //! handed out again (simulator seeds 1577 clean and 2362 hostile).
 
 use super::*;
+use crate::core::notify::SendResult;
 
 pub(super) struct Runtime {
     pub(super) core: Core,
@@ -32,6 +33,9 @@ pub(super) struct Runtime {
     pub(super) work_tx: mpsc::Sender<(String, Result<Handoff, JobFailure>)>,
     /// Answers to origin probes (`Effect::ProbeOrigin`).
     pub(super) probe_tx: mpsc::Sender<Result<(), String>>,
+    /// Where notifications go (none: this node sends none), and how sends end.
+    pub(super) sinks: Option<Arc<crate::notify::Sinks>>,
+    pub(super) notify_tx: mpsc::Sender<(String, SendResult)>,
     /// Peers this node was connected to (persisted; redialled on the next start).
     pub(super) known: BTreeMap<String, KnownPeer>,
     /// Changes were appended since the last flush: flush before the next sync frame
@@ -103,6 +107,7 @@ impl Runtime {
         mut api_rx: mpsc::Receiver<ApiRequest>,
         mut work_rx: Option<mpsc::Receiver<(String, Result<Handoff, JobFailure>)>>,
         mut probe_rx: mpsc::Receiver<Result<(), String>>,
+        mut notify_rx: mpsc::Receiver<(String, SendResult)>,
     ) {
         let hb_period = Duration::from_millis(self.cfg.heartbeat_ms);
         let mut hb = tokio::time::interval(hb_period);
@@ -124,6 +129,10 @@ impl Runtime {
                     let now = self.now_ms();
                     self.core.set_wall(wall_ms());
                     self.core.handle(now, Input::WorkFinished { claim, outcome });
+                },
+                Some((id, result)) = notify_rx.recv() => {
+                    let now = self.now_ms();
+                    self.core.notify_finished(now, wall_ms(), &id, result, rand::random());
                 },
                 Some(probed) = probe_rx.recv() => {
                     let now = self.now_ms();
@@ -171,6 +180,7 @@ impl Runtime {
                             PeerState::Alive => tracing::info!(peer = %t.peer, "peer is alive again"),
                         }
                     }
+                    self.send_notifications(now);
                 }
                 _ = ae.tick() => {
                     let now = self.now_ms();
@@ -338,6 +348,19 @@ impl Runtime {
                     });
                 }
             }
+        }
+    }
+
+    /// Starts a send of every notification the core says this node owns and may send
+    /// now; each reports back on `notify_tx` (the core retries or records it).
+    fn send_notifications(&mut self, now: u64) {
+        let Some(sinks) = &self.sinks else { return };
+        for t in self.core.notify_due(now, wall_ms()) {
+            let (id, tx) = (t.id.clone(), self.notify_tx.clone());
+            let send = sinks.clone().send(t);
+            tokio::spawn(async move {
+                let _ = tx.send((id, send.await)).await;
+            });
         }
     }
 
@@ -667,6 +690,7 @@ impl Runtime {
                         .map(|(p, s)| (p.clone(), s.reason.clone())),
                 )
                 .collect(),
+            notify: self.core.notify_status(),
         }
     }
 }

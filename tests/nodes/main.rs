@@ -14,6 +14,7 @@ mod durable_writes;
 mod flow;
 mod mesh;
 mod never_alone;
+mod notify;
 mod paused_holder;
 mod rate_limits;
 mod roster;

@@ -1,4 +1,4 @@
-//! Money in the running core (docs/DESIGN.md §15): a job starts only with its cost
+//! Money in the running core (docs/DESIGN.md §16): a job starts only with its cost
 //! reserved from this node's own allowance (in the claim's change), its usage is booked
 //! when it ends, a node short of allowance asks its peers and one with spare gives; and
 //! a provider's rate limit makes this node back off and claim more slowly.

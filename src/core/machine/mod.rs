@@ -48,6 +48,7 @@ mod budget;
 mod claims;
 mod events;
 mod guards;
+mod notify;
 mod origin;
 mod roster;
 mod status;
@@ -60,6 +61,7 @@ pub use guards::{ClockSkew, Guards, Handover, CLOCK_SAMPLES};
 pub use origin::JobFailure;
 pub use status::{ClaimRow, Counters, HeldClaim, RunRecord};
 pub use steer::resolve_command;
+pub use sync::SyncFrame;
 
 /// Most knowledge entries handed to one job.
 pub const MAX_JOB_KNOWLEDGE: usize = 12;
@@ -71,38 +73,6 @@ use std::sync::Arc;
 pub const MAX_SYNC_ROUNDS: u32 = 64;
 /// Cap on one gossip message (heartbeat or event).
 pub const MAX_GOSSIP_BYTES: usize = 64 * 1024;
-
-/// One sync frame on the wire (inside the codec's version byte).
-#[derive(Debug, Serialize, Deserialize)]
-pub struct SyncFrame {
-    /// First message of a session: the responder resets its state for us.
-    pub start: bool,
-    #[serde(with = "serde_bytes")]
-    pub msg: Vec<u8>,
-    /// The sender's own changes the receiver may lack (first frame only), applied
-    /// before `msg`.
-    pub push: Vec<serde_bytes::ByteBuf>,
-    /// First frame only: the sender asks for the events it lacks (see `timeline`).
-    pub events_have: Option<EventsHave>,
-    /// In an answer: events the requester lacked, oldest first.
-    pub events: Vec<Event>,
-    /// In an answer: more events remain for the requester (it asks again).
-    pub events_more: bool,
-}
-
-impl SyncFrame {
-    /// A frame carrying only an automerge message.
-    fn msg(start: bool, msg: Vec<u8>) -> SyncFrame {
-        SyncFrame {
-            start,
-            msg,
-            push: Vec::new(),
-            events_have: None,
-            events: Vec::new(),
-            events_more: false,
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -369,6 +339,9 @@ pub struct Core {
     ingress: BTreeMap<String, Bucket>,
     /// Allowance asks and rate-limit pacing (see `budget.rs`).
     spending: budget::Spending,
+    /// Notifications: what this node owns, retries, sends in flight (`notify.rs`).
+    notify: crate::core::notify::Notifier,
+    notify_extra: Vec<crate::core::notify::Trigger>,
 }
 
 /// Events kept in the local log.
@@ -446,6 +419,8 @@ impl Core {
             writes,
             ingress: BTreeMap::new(),
             spending: Default::default(),
+            notify: Default::default(),
+            notify_extra: Vec::new(),
         };
         core.release_previous_incarnations();
         core

@@ -3,6 +3,38 @@
 
 use super::*;
 
+/// One sync frame on the wire (inside the codec's version byte).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SyncFrame {
+    /// First message of a session: the responder resets its state for us.
+    pub start: bool,
+    #[serde(with = "serde_bytes")]
+    pub msg: Vec<u8>,
+    /// The sender's own changes the receiver may lack (first frame only), applied
+    /// before `msg`.
+    pub push: Vec<serde_bytes::ByteBuf>,
+    /// First frame only: the sender asks for the events it lacks (see `timeline`).
+    pub events_have: Option<EventsHave>,
+    /// In an answer: events the requester lacked, oldest first.
+    pub events: Vec<Event>,
+    /// In an answer: more events remain for the requester (it asks again).
+    pub events_more: bool,
+}
+
+impl SyncFrame {
+    /// A frame carrying only an automerge message.
+    pub(super) fn msg(start: bool, msg: Vec<u8>) -> SyncFrame {
+        SyncFrame {
+            start,
+            msg,
+            push: Vec::new(),
+            events_have: None,
+            events: Vec::new(),
+            events_more: false,
+        }
+    }
+}
+
 impl Core {
     /// Anti-entropy: syncs with one alive peer (or, with none, one connected peer),
     /// chosen by `pick` (a random number from the shell).

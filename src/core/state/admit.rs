@@ -18,7 +18,9 @@
 //! - `budget/…`: reservations and usage by the claim's holder, asks and gives by their
 //!   asker and giver ([`super::budget`]);
 //! - `command/<operator>/<hash>`: that operator, under the hash of the command's JSON
-//!   ([`super::command`]); in an open mesh, no one.
+//!   ([`super::command`]); in an open mesh, no one;
+//! - `notified/<hash>`: the node that sent the notification (`by`), under the hash of
+//!   the trigger's id ([`crate::core::notify`]).
 //!
 //! Whether an admitted value then counts also depends on its author being a member
 //! ([`super::roster::Roster::counts`]), which the roster decides, not this module.
@@ -29,6 +31,7 @@ use super::doc::Fact;
 use super::roster::{RosterFact, ADMIT_PREFIX, REVOKE_PREFIX};
 use super::*;
 use crate::core::model::{normalize_repo_path, Handoff, MAX_DEPENDS, MAX_FILES};
+use crate::core::notify::{notified_hash, NotifiedFact, MAX_ID_BYTES};
 use crate::core::trust::{self, KeyScheme, Unsealed};
 
 /// Longest sealed value accepted, in bytes (a story's 64 KiB body and its sealing fit).
@@ -55,6 +58,7 @@ pub enum FactKind {
     Revoke,
     Command,
     Budget,
+    Notified,
 }
 
 impl FactKind {
@@ -73,6 +77,7 @@ impl FactKind {
             k if k.starts_with(REVOKE_PREFIX) => FactKind::Revoke,
             k if k.starts_with(COMMAND_PREFIX) => FactKind::Command,
             k if k.starts_with(BUDGET_PREFIX) => FactKind::Budget,
+            k if k.starts_with(NOTIFIED_PREFIX) => FactKind::Notified,
             _ => return None,
         })
     }
@@ -90,6 +95,7 @@ impl FactKind {
             FactKind::Revoke => "revoke",
             FactKind::Command => "command",
             FactKind::Budget => "budget",
+            FactKind::Notified => "notified",
         }
     }
 
@@ -249,6 +255,22 @@ pub(super) fn admit(
             let f: CommandFact = json(opened.json)?;
             check_command(key, author, opened.json, &f, operators)?;
             Fact::Command(f)
+        }
+        FactKind::Notified => {
+            let f: NotifiedFact = json(opened.json)?;
+            entitled(f.by == author)?;
+            valid(
+                !f.id.is_empty()
+                    && f.id.len() <= MAX_ID_BYTES
+                    && !f.id.chars().any(char::is_control)
+                    && short(&f.story),
+                "notified id empty, too long or with control characters",
+            )?;
+            valid(
+                key.strip_prefix(NOTIFIED_PREFIX) == Some(notified_hash(&f.id).as_str()),
+                "notified key is not the hash of its id",
+            )?;
+            Fact::Notified(f)
         }
         FactKind::Admit | FactKind::Revoke => {
             let f: RosterFact = json(opened.json)?;

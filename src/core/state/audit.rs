@@ -465,6 +465,21 @@ fn describe(
             c.story().map(str::to_string),
             format!("operator command: {}", quote(&c.describe())),
         ),
+        Fact::Notified(n) => (
+            Some(n.at_ms),
+            Some(n.at_ms),
+            (!n.story.is_empty()).then(|| n.story.clone()),
+            format!(
+                "notification {} ({}, {} attempt(s)): {}",
+                match n.outcome {
+                    crate::core::notify::Outcome::Delivered => "sent",
+                    crate::core::notify::Outcome::Refused => "refused by a sink",
+                },
+                n.kind.as_str(),
+                n.attempts,
+                quote(&n.id)
+            ),
+        ),
     }
 }
 

@@ -1,5 +1,5 @@
 //! Money: what jobs cost, and a budget that fails closed without a coordinator
-//! (docs/DESIGN.md §15).
+//! (docs/DESIGN.md §16).
 //!
 //! An operator sets a daily budget for the mesh (`mesh-agent budget set`), split into
 //! per-node *allowances* in the command itself (escrow): every node reads the same split.

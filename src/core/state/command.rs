@@ -101,7 +101,7 @@ pub enum Op {
     /// opens, as with an approval).
     Dismiss { item: String },
     /// The mesh's daily budget (`None`: no budget), split into per-node allowances that
-    /// sum to it (docs/DESIGN.md §15). The whole mesh only.
+    /// sum to it (docs/DESIGN.md §16). The whole mesh only.
     Budget {
         daily_micro_usd: Option<u64>,
         #[serde(default)]

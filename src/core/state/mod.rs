@@ -32,6 +32,8 @@ const RELEASE_PREFIX: &str = "release/";
 const RESULT_PREFIX: &str = "result/";
 const MERGE_PREFIX: &str = "merge/";
 const KNOWLEDGE_PREFIX: &str = "knowledge/";
+/// `notified/<hash of a trigger id>` (see [`crate::core::notify`]).
+pub const NOTIFIED_PREFIX: &str = "notified/";
 /// Longest knowledge entry, in bytes.
 pub const MAX_KNOWLEDGE_BYTES: usize = 2048;
 

@@ -166,6 +166,8 @@ pub struct View {
     pub steering: Steering,
     /// What jobs reserved and used, and what nodes asked and gave (`budget/…` facts).
     pub ledger: Ledger,
+    /// Notifications sent (or refused for good), by the hash of their trigger id.
+    pub notified: BTreeMap<String, crate::core::notify::NotifiedFact>,
 }
 
 /// Fencing tokens cannot be inflated: a claim counts only if each of its tokens is 1 or
@@ -283,6 +285,10 @@ impl View {
                 Fact::Admit(_) | Fact::Revoke(_) => {}
                 Fact::Command(f) => commands.push((key, f)),
                 Fact::Budget(f) => view.ledger.add(f),
+                Fact::Notified(f) => {
+                    let hash = key.strip_prefix(NOTIFIED_PREFIX).unwrap_or(key);
+                    view.notified.insert(hash.to_string(), f.clone());
+                }
             }
         }
         view.steering = Steering::fold(commands.into_iter());

@@ -106,6 +106,7 @@ pub(super) enum Fact {
     Revoke(RosterFact),
     Command(CommandFact),
     Budget(BudgetFact),
+    Notified(crate::core::notify::NotifiedFact),
 }
 
 impl std::fmt::Debug for Doc {

@@ -261,6 +261,23 @@ impl Doc {
         Ok(id)
     }
 
+    /// Records that a notification was sent (or refused for good), by its sender. A
+    /// trigger already recorded is left as first written; returns whether it wrote.
+    pub fn put_notified(
+        &mut self,
+        fact: &crate::core::notify::NotifiedFact,
+    ) -> Result<bool, StateError> {
+        let key = format!(
+            "{NOTIFIED_PREFIX}{}",
+            crate::core::notify::notified_hash(&fact.id)
+        );
+        if self.facts.contains_key(&key) {
+            return Ok(false);
+        }
+        self.put_fact(&key, fact, &fact.by)?;
+        Ok(true)
+    }
+
     /// Writes a value sealed elsewhere (an operator's roster fact or command: the
     /// operator's key is not this node's), after checking it as every peer will. Only
     /// operators' facts.
