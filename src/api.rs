@@ -313,6 +313,17 @@ pub struct BudgetReport {
     pub charged_micro_usd: u64,
     pub nodes: Vec<NodeMoney>,
     pub stories: Vec<StoryMoney>,
+    /// What each node's jobs used on each of the last seven days (today included), by
+    /// (day, node).
+    pub days: Vec<DayMoney>,
+}
+
+/// One node's usage on one day.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DayMoney {
+    pub day: u64,
+    pub peer: String,
+    pub usage: crate::core::state::Usage,
 }
 
 /// The books of `view` on `day`.
@@ -355,6 +366,15 @@ pub fn budget_report(view: &crate::core::state::View, day: u64) -> BudgetReport 
         charged_micro_usd: view.ledger.charged_on(day),
         nodes,
         stories,
+        days: usage
+            .iter()
+            .filter(|((_, d), _)| *d + 7 > day && *d <= day)
+            .map(|((p, d), u)| DayMoney {
+                day: *d,
+                peer: p.clone(),
+                usage: *u,
+            })
+            .collect(),
     }
 }
 

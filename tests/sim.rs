@@ -473,21 +473,22 @@ fn a_budget_split_into_allowances_is_never_overspent() {
 fn the_simulator_catches_jobs_that_cost_more_than_they_reserve() {
     // A reservation that is no cap (5 cents, for jobs costing up to 70) lets nodes start
     // jobs their allowance cannot pay for: the budget invariant must see the overspend
-    // (hostile seed 31 with a $9 budget).
-    let mut cfg = SimConfig::new(Mode::Hostile);
-    cfg.budget = Some(9_000_000);
+    // (clean seed 2 with a $6 budget; 19 of the 40 runs of seeds 0..20 break it,
+    // `scripts/sim --budget 6 --broken-reserve 0.05 --seeds 20 --keep-going`).
+    let mut cfg = SimConfig::new(Mode::Clean);
+    cfg.budget = Some(6_000_000);
     cfg.reserve_micro_usd = 50_000;
-    let r = run(31, &cfg);
+    let r = run(2, &cfg);
     assert!(
         r.violations.iter().any(|v| v.contains("over its budget")),
-        "seed 31 hostile with 5-cent reservations: {:?}",
+        "seed 2 clean with 5-cent reservations: {:?}",
         r.violations
     );
     cfg.reserve_micro_usd = mesh_agent::core::BudgetConfig::default().reserve_micro_usd;
-    let fixed = run(31, &cfg);
+    let fixed = run(2, &cfg);
     assert!(
         fixed.ok(),
-        "seed 31 hostile, real reservations: {:?}",
+        "seed 2 clean, real reservations: {:?}",
         fixed.violations
     );
 }

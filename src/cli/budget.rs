@@ -88,6 +88,21 @@ fn show(dir: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// A day since the epoch as YYYY-MM-DD (proleptic Gregorian, UTC).
+fn date(day: u64) -> String {
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = day as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
 fn print(r: &BudgetReport) {
     match r.daily_micro_usd {
         Some(d) => println!(
@@ -123,6 +138,24 @@ fn print(r: &BudgetReport) {
             n.usage.tokens
         );
     }
+    if !r.days.is_empty() {
+        println!(
+            "\n{:<12} {:<10} {:>12} {:>12} {:>10}",
+            "day (UTC)", "node", "tokens in", "tokens out", "cost"
+        );
+        let mut days = r.days.clone();
+        days.sort_by(|a, b| (b.day, &a.peer).cmp(&(a.day, &b.peer)));
+        for d in &days {
+            println!(
+                "{:<12} {:<10} {:>12} {:>12} {:>10}",
+                date(d.day),
+                mesh_agent::core::state::peer_tag(&d.peer),
+                d.usage.tokens_in,
+                d.usage.tokens_out,
+                usd(d.usage.cost_micro_usd)
+            );
+        }
+    }
     if r.stories.is_empty() {
         return;
     }
@@ -139,5 +172,15 @@ fn print(r: &BudgetReport) {
             s.usage.tokens,
             s.title
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn days_print_as_dates() {
+        assert_eq!(super::date(0), "1970-01-01");
+        assert_eq!(super::date(20_788), "2026-12-01");
+        assert_eq!(super::date(11_016), "2000-02-29");
     }
 }
