@@ -742,6 +742,7 @@ JSON
     assert_eq!(h.summary, "looks right");
     assert_eq!(h.verdict, Some(Verdict::Approve));
     assert_eq!(h.tokens, 120);
+    assert_eq!((h.tokens_in, h.tokens_out), (100, 20));
     assert_eq!(h.cost_micro_usd, 250_000);
 
     let args = read(&bin.join("claude.args"));
@@ -784,6 +785,28 @@ echo '{"type":"result","subtype":"error_max_turns","is_error":true,"result":"Cre
         err.contains("claude.sh: claude reported an error: Credit balance is too low"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn claude_sh_reports_a_rate_limit_as_one_not_as_a_failure() {
+    let (tmp, ws) = workspace();
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    fake_cli(
+        &bin,
+        "claude",
+        r#"#!/bin/sh
+echo '{"type":"result","subtype":"error","is_error":true,"result":"API Error: 429 rate_limit_error: Rate limit reached"}'
+"#,
+    );
+    let err = run(wrapper("claude.sh", &bin, &[]), job(Phase::Plan, &[]), &ws)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ExecError::RateLimited { .. }),
+        "a rate limit is not a failed attempt: {err:?}"
+    );
+    assert!(err.to_string().contains("rate-limited"), "{err}");
 }
 
 #[tokio::test]

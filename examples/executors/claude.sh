@@ -80,6 +80,13 @@ if [ "$reader" = jq ]; then
         head -c 2000 "$raw" >&2
         exit 1
     fi
+    # A rate limit is the provider's, not the work's: exit 75 and say so, and the node
+    # backs off without counting an attempt (README "Rate limits").
+    if jq -e '.is_error == true and ((.result // "") | test("rate.?limit|429|overloaded"; "i"))' "$raw" >/dev/null; then
+        echo '{"rate_limited": true}'
+        echo "claude.sh: rate-limited: $(jq -r '.result // ""' "$raw")" >&2
+        exit 75
+    fi
     if jq -e '.is_error == true' "$raw" >/dev/null; then
         echo "claude.sh: claude reported an error: $(jq -r '.result // .subtype // "unknown"' "$raw")" >&2
         exit 1
@@ -91,6 +98,7 @@ if [ "$reader" = jq ]; then
             | try fromjson catch null) as $h
         | select($h | type == "object")
         | $h + {tokens: ((.usage.input_tokens // 0) + (.usage.output_tokens // 0)),
+                tokens_in: (.usage.input_tokens // 0), tokens_out: (.usage.output_tokens // 0),
                 cost_micro_usd: (((.total_cost_usd // .cost_usd // 0) * 1000000) | floor)}' \
         "$raw" 2>/dev/null || true
 else
@@ -104,6 +112,11 @@ except ValueError as e:
 if not isinstance(d, dict):
     sys.stderr.write("claude.sh: claude's output is not a JSON object\n")
     sys.exit(1)
+import re
+if d.get("is_error") and re.search(r"rate.?limit|429|overloaded", str(d.get("result") or ""), re.I):
+    print(json.dumps({"rate_limited": True}))
+    sys.stderr.write("claude.sh: rate-limited: %s\n" % d.get("result"))
+    sys.exit(75)
 if d.get("is_error"):
     sys.stderr.write("claude.sh: claude reported an error: %s\n" % (d.get("result") or d.get("subtype")))
     sys.exit(1)
@@ -117,7 +130,9 @@ if 0 <= start < end:
         h = None
     if isinstance(h, dict):
         u = d.get("usage") or {}
-        h["tokens"] = int(u.get("input_tokens") or 0) + int(u.get("output_tokens") or 0)
+        h["tokens_in"] = int(u.get("input_tokens") or 0)
+        h["tokens_out"] = int(u.get("output_tokens") or 0)
+        h["tokens"] = h["tokens_in"] + h["tokens_out"]
         h["cost_micro_usd"] = int(float(d.get("total_cost_usd") or d.get("cost_usd") or 0) * 1000000)
         print(json.dumps(h))
 PY

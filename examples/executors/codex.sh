@@ -22,6 +22,11 @@
 # its final message, which ends with the handoff JSON the prompt asks for, is printed to
 # stdout, where the executor finds the last JSON object.
 #
+# Usage: this wrapper reports none. Codex reports no cost at all, and token counts only
+# in its `--json` event stream (`turn.completed` events with a `usage`; the executor
+# reads a `usage` from any JSON object on stdout). A job with no reported cost is
+# charged nothing once it ends, so with a budget set, put a cost estimate in the handoff.
+#
 # Exit codes: codex's own when it fails; 1 when it leaves no final message; 2 when this
 # wrapper is misconfigured (no codex, no MESH_* variables).
 
