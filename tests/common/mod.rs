@@ -202,3 +202,75 @@ impl mesh_agent::exec::Executor for Holding {
         })
     }
 }
+
+/// The operator `op` admits every peer of `ids` to the roster, through `node`.
+pub async fn admit_all(node: &NodeHandle, op: &mesh_agent::core::trust::Signer, ids: &[String]) {
+    use mesh_agent::core::state::{admit_key, RosterFact};
+    for id in ids {
+        let k = admit_key(id);
+        let json = serde_json::to_string(&RosterFact {
+            peer: id.clone(),
+            note: "admitted by the test's operator".into(),
+            at_ms: 1,
+        })
+        .expect("json");
+        node.put_roster(&k, &op.seal(&k, &json))
+            .await
+            .expect("admitted");
+    }
+}
+
+/// An operator's command as the CLI gives it: resolved against `node`'s view, signed
+/// with `key` on the wall clock, written through `node`; what the node said.
+pub async fn operator_command(
+    node: &NodeHandle,
+    key: &mesh_agent::core::trust::Signer,
+    target: mesh_agent::core::state::Target,
+    op: mesh_agent::core::state::Op,
+) -> Result<String, String> {
+    use mesh_agent::core::state::{command_key, CommandFact};
+    let view = node.view().await.expect("running");
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let fact = mesh_agent::core::resolve_command(&view, CommandFact { target, op, at_ms })?;
+    let json = serde_json::to_string(&fact).expect("json");
+    let k = command_key(key.author(), &json);
+    node.put_roster(&k, &key.seal(&k, &json)).await
+}
+
+/// Cuts `left` from `right` (indices into `nodes`), both ways, and waits until each side
+/// sees every node of the other dead.
+pub async fn cut(nodes: &[NodeHandle], left: &[usize], right: &[usize]) {
+    for (side, other) in [(left, right), (right, left)] {
+        let peers: Vec<_> = other.iter().map(|&j| nodes[j].peer_id).collect();
+        for &i in side {
+            nodes[i].block(&peers).await;
+        }
+    }
+    for (side, other) in [(left, right), (right, left)] {
+        for &i in side {
+            let gone: Vec<String> = other
+                .iter()
+                .map(|&j| nodes[j].peer_id.to_string())
+                .collect();
+            within(
+                "the other side marked dead",
+                30,
+                nodes[i].wait_for(|o| gone.iter().all(|p| o.dead.contains(p))),
+            )
+            .await;
+        }
+    }
+}
+
+/// Undoes [`cut`].
+pub async fn heal(nodes: &[NodeHandle], left: &[usize], right: &[usize]) {
+    for (side, other) in [(left, right), (right, left)] {
+        let peers: Vec<_> = other.iter().map(|&j| nodes[j].peer_id).collect();
+        for &i in side {
+            nodes[i].unblock(&peers).await;
+        }
+    }
+}

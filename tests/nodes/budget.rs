@@ -9,10 +9,7 @@ use crate::common::*;
 use libp2p::identity::Keypair;
 use mesh_agent::config::Config;
 use mesh_agent::core::model::AlertKind;
-use mesh_agent::core::resolve_command;
-use mesh_agent::core::state::{
-    admit_key, command_key, day_of, CommandFact, Op, RosterFact, Target, View,
-};
+use mesh_agent::core::state::{day_of, Op, Target, View};
 use mesh_agent::core::trust::Signer;
 use mesh_agent::demo;
 use mesh_agent::node::NodeHandle;
@@ -23,15 +20,7 @@ const DAILY: u64 = 6_000_000;
 const RESERVE: u64 = 1_000_000;
 
 async fn command(node: &NodeHandle, key: &Signer, target: Target, op: Op) -> String {
-    let view = node.view().await.expect("running");
-    let at_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64;
-    let fact = resolve_command(&view, CommandFact { target, op, at_ms }).expect("resolved");
-    let json = serde_json::to_string(&fact).expect("json");
-    let k = command_key(key.author(), &json);
-    node.put_roster(&k, &key.seal(&k, &json))
+    operator_command(node, key, target, op)
         .await
         .expect("command written")
 }
@@ -66,19 +55,7 @@ async fn a_partitioned_mesh_stops_at_its_allowances_and_a_story_at_its_limit() {
     };
     let dir = |i: usize| tmp.path().join(format!("n{i}"));
     let first = start_with(&dir(0), &keys[0], None, cfg, None).await;
-    for id in &ids {
-        let k = admit_key(id);
-        let json = serde_json::to_string(&RosterFact {
-            peer: id.clone(),
-            note: "budget test".into(),
-            at_ms: 1,
-        })
-        .expect("json");
-        first
-            .put_roster(&k, &op.seal(&k, &json))
-            .await
-            .expect("admitted");
-    }
+    admit_all(&first, &op, &ids).await;
     let mut nodes = vec![first];
     for (i, key) in keys.iter().enumerate().skip(1) {
         nodes.push(start_with(&dir(i), key, nodes.first(), cfg, None).await);
@@ -131,26 +108,7 @@ async fn a_partitioned_mesh_stops_at_its_allowances_and_a_story_at_its_limit() {
 
     // Cut {n0, n1} from {n2, n3}, wait until each side sees the other dead, then resume.
     let (left, right) = ([0usize, 1], [2usize, 3]);
-    for (side, other) in [(left, right), (right, left)] {
-        let peers: Vec<_> = other.iter().map(|&j| nodes[j].peer_id).collect();
-        for &i in &side {
-            nodes[i].block(&peers).await;
-        }
-    }
-    for (side, other) in [(left, right), (right, left)] {
-        for &i in &side {
-            let gone: Vec<String> = other
-                .iter()
-                .map(|&j| nodes[j].peer_id.to_string())
-                .collect();
-            within(
-                "the other side marked dead",
-                30,
-                nodes[i].wait_for(|o| gone.iter().all(|p| o.dead.contains(p))),
-            )
-            .await;
-        }
-    }
+    cut(&nodes, &left, &right).await;
     command(&nodes[0], &op, Target::All, Op::Resume).await;
     command(&nodes[2], &op, Target::All, Op::Resume).await;
 
@@ -226,12 +184,7 @@ async fn a_partitioned_mesh_stops_at_its_allowances_and_a_story_at_its_limit() {
     }
 
     // Healed, the mesh agrees it spent no more than the budget.
-    for (side, other) in [(left, right), (right, left)] {
-        let peers: Vec<_> = other.iter().map(|&j| nodes[j].peer_id).collect();
-        for &i in &side {
-            nodes[i].unblock(&peers).await;
-        }
-    }
+    heal(&nodes, &left, &right).await;
     wait_converged(&refs).await;
     let v = nodes[3].view().await.expect("view");
     let total = v.ledger.charged_on(day);

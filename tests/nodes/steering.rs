@@ -70,15 +70,7 @@ async fn command(
     target: Target,
     op: Op,
 ) -> Result<String, String> {
-    let view = node.view().await.expect("running");
-    let at_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64;
-    let fact = resolve_command(&view, CommandFact { target, op, at_ms })?;
-    let json = serde_json::to_string(&fact).expect("json");
-    let k = command_key(key.author(), &json);
-    node.put_roster(&k, &key.seal(&k, &json)).await
+    operator_command(node, key, target, op).await
 }
 
 fn story(id: &str) -> Target {
@@ -138,19 +130,7 @@ async fn an_operator_steers_a_live_mesh_and_a_stranger_cannot() {
     )
     .await;
     // The operator admits the four nodes, and pauses node 3 before it has any work.
-    for id in &ids {
-        let k = admit_key(id);
-        let json = serde_json::to_string(&RosterFact {
-            peer: id.clone(),
-            note: "steering test".into(),
-            at_ms: 1,
-        })
-        .expect("json");
-        first
-            .put_roster(&k, &op.seal(&k, &json))
-            .await
-            .expect("admitted");
-    }
+    admit_all(&first, &op, &ids).await;
     let mut nodes = vec![first];
     for (i, key) in keys.iter().enumerate().skip(1) {
         let n = start_with(
