@@ -589,26 +589,7 @@ async fn a_partition_during_two_implements_of_one_file_heals_and_both_land_once(
 
     // Cut {n0, n1} from {n2, n3}, both ways, and wait until each side sees the other dead.
     let (left, right) = ([0usize, 1], [2usize, 3]);
-    for (side, other) in [(left, right), (right, left)] {
-        let peers: Vec<_> = other.iter().map(|&j| nodes[j].peer_id).collect();
-        for &i in &side {
-            nodes[i].block(&peers).await;
-        }
-    }
-    for (side, other) in [(left, right), (right, left)] {
-        for &i in &side {
-            let gone: Vec<String> = other
-                .iter()
-                .map(|&j| nodes[j].peer_id.to_string())
-                .collect();
-            within(
-                "the other side marked dead",
-                30,
-                nodes[i].wait_for(|o| gone.iter().all(|p| o.dead.contains(p))),
-            )
-            .await;
-        }
-    }
+    cut(&nodes, &left, &right).await;
 
     let lexer = |title: &str| mesh_agent::core::model::NewStory {
         title: title.into(),
@@ -646,12 +627,7 @@ async fn a_partition_during_two_implements_of_one_file_heals_and_both_land_once(
     .await;
 
     // Heal: unblock, redial across, let the merges through.
-    for (side, other) in [(left, right), (right, left)] {
-        let peers: Vec<_> = other.iter().map(|&j| nodes[j].peer_id).collect();
-        for &i in &side {
-            nodes[i].unblock(&peers).await;
-        }
-    }
+    heal(&nodes, &left, &right).await;
     for &i in &left {
         for &j in &right {
             nodes[i].dial(nodes[j].addr().expect("addr")).await;
