@@ -337,7 +337,7 @@ impl Core {
             if !synced {
                 // An alive peer we could not sync with may hold a competing claim we
                 // cannot see: starting could double the work. Give up; retry later.
-                tracing::debug!(claim = %id, "could not settle in time; releasing");
+                tracing::info!(claim = %id, "could not settle in time (an alive peer did not answer); released");
                 self.local.remove(&id);
                 self.release(
                     &id,
@@ -354,7 +354,7 @@ impl Core {
             if !needed && !self.cfg.broken_winner_rule {
                 // The story moved on (or another result now counts for the step this claim
                 // built on) while it settled: its work would start from a stale handoff.
-                tracing::debug!(claim = %id, "the story moved on while the claim settled; releasing");
+                tracing::info!(claim = %id, "the story moved on while the claim settled; released");
                 self.local.remove(&id);
                 self.release(
                     &id,
@@ -458,7 +458,15 @@ impl Core {
                     notes: sv.notes.iter().map(|n| n.text.clone()).collect(),
                 })));
             } else {
-                tracing::debug!(claim = %id, "claim lost at settle; releasing");
+                // Info, not debug: a node that keeps losing at settle is a node whose
+                // view lags its peers', which an operator wants to see without tracing.
+                if let Some(c) = self.local.get(&id) {
+                    let shown = view
+                        .stories
+                        .get(&c.story)
+                        .map_or(c.story.as_str(), |s| s.id.as_str());
+                    tracing::info!(claim = %id, story = %shown, phase = %c.phase, round = c.round, "lost the claim at settle: another node's claim won; released");
+                }
                 self.local.remove(&id);
                 self.release(&id, ReleaseReason::Unsettled, "another claim won at settle");
             }
