@@ -34,7 +34,8 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "node {} (v{}{}, up {})",
+        "node {} ({}, v{}{}, up {})",
+        short(&r.peer_id),
         r.peer_id,
         r.version,
         if r.passive { ", passive observer" } else { "" },
@@ -56,17 +57,18 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
     if !r.peers.is_empty() {
         let _ = writeln!(
             o,
-            "  {:<54} {:<8} {:>9}  ROLES",
-            "PEER", "STATE", "LAST SEEN"
+            "  {:<8} {:<8} {:>9}  {:<24} PEER ID",
+            "NODE", "STATE", "LAST SEEN", "ROLES"
         );
         for p in &r.peers {
             let _ = writeln!(
                 o,
-                "  {:<54} {:<8} {:>9}  {}",
-                p.peer,
+                "  {:<8} {:<8} {:>9}  {:<24} {}",
+                short(&p.peer),
                 p.state.as_str(),
                 fmt_ago(p.last_seen_ago_ms),
-                p.roles.join(",")
+                p.roles.join(","),
+                p.peer
             );
         }
     }
@@ -120,6 +122,18 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
         .map(|s| format!("{s} {}", r.story_counts.get(s.as_str()).unwrap_or(&0)))
         .collect();
     let _ = writeln!(o, "\nstories: {total} ({})", counts.join(", "));
+    if r.idle && total > 0 {
+        let _ = if r.open == 0 {
+            writeln!(o, "idle: every story is finished")
+        } else {
+            writeln!(
+                o,
+                "idle: nothing running or claimable; {} open stor{} wait, each says why below (`attention` lists what a human can clear)",
+                r.open,
+                if r.open == 1 { "y" } else { "ies" }
+            )
+        };
+    }
     for (who, why) in &r.paused {
         let who = if who == "all" {
             "the whole mesh".to_string()
@@ -279,14 +293,22 @@ pub(crate) fn render_claims(r: &StatusReport, o: &mut String) {
     if !r.claims.is_empty() {
         let _ = writeln!(
             o,
-            "  {:<10} {:>7} {:>9} {:>10}  RESOURCES (=token)",
-            "HOLDER", "AGE", "RENEWED", "EXPIRES IN"
+            "  {:<8} {:<7} {:<12} {:>5} {:>7} {:>9} {:>10}  FILES",
+            "NODE", "STORY", "PHASE", "TOKEN", "AGE", "RENEWED", "EXPIRES IN"
         );
         for c in &r.claims {
+            // A claim without a story resource (none today) shows its raw resources.
+            let (story, phase) = match c.phase {
+                Some(p) => (c.id.clone(), phase_label(p, c.round)),
+                None => (c.resources.join(" "), String::new()),
+            };
             let _ = writeln!(
                 o,
-                "  {:<10} {:>7} {:>9} {:>10}  {}{}",
+                "  {:<8} {:<7} {:<12} {:>5} {:>7} {:>9} {:>10}  {}{}",
                 short(&c.holder),
+                story,
+                phase,
+                c.token,
                 fmt_ago(c.age_ms),
                 fmt_ago(c.renewed_ago_ms),
                 if c.expires_in_ms == 0 {
@@ -294,19 +316,13 @@ pub(crate) fn render_claims(r: &StatusReport, o: &mut String) {
                 } else {
                     fmt_ago(c.expires_in_ms)
                 },
-                c.resources.join(" "),
+                if c.files.is_empty() {
+                    "-".to_string()
+                } else {
+                    c.files.join(",")
+                },
                 if c.holds { "" } else { "  (lost a resource)" }
             );
-        }
-        let locks: Vec<&str> = r
-            .claims
-            .iter()
-            .flat_map(|c| c.resources.iter())
-            .filter(|x| x.starts_with("file:"))
-            .map(String::as_str)
-            .collect();
-        if !locks.is_empty() {
-            let _ = writeln!(o, "  file locks: {}", locks.join(", "));
         }
     }
     if !r.held.is_empty() {
@@ -316,13 +332,22 @@ pub(crate) fn render_claims(r: &StatusReport, o: &mut String) {
             .map(|h| {
                 format!(
                     "{} {} ({})",
-                    h.story,
-                    h.phase,
+                    h.id,
+                    phase_label(h.phase, h.round),
                     if h.running { "running" } else { "settling" }
                 )
             })
             .collect();
         let _ = writeln!(o, "  this node: {}", held.join(", "));
+    }
+}
+
+/// A phase and its round as every command prints them: `implement`, `rework.2`.
+pub(crate) fn phase_label(p: mesh_agent::core::model::Phase, round: u32) -> String {
+    if round > 0 {
+        format!("{p}.{round}")
+    } else {
+        p.to_string()
     }
 }
 
@@ -350,11 +375,9 @@ pub(crate) fn event_line(e: &Event) -> String {
         EventKind::GitUnavailable => "GIT UNAVAILABLE",
         EventKind::GitAvailable => "git available",
     };
-    let phase = match e.phase {
-        Some(p) if e.round > 0 => format!("{p}.{}", e.round),
-        Some(p) => p.to_string(),
-        None => String::new(),
-    };
+    let phase = e
+        .phase
+        .map_or_else(String::new, |p| phase_label(p, e.round));
     let mut line = format!(
         "{h:02}:{m:02}:{s:02}.{:03} {:<8} {:<7} {:<12} {what}",
         e.at_ms % 1000,

@@ -89,7 +89,9 @@ pub enum StoryStatus {
     Backlog,
     Ready,
     InProgress,
-    Done,
+    /// Landed on main. (Called `done` before 0.2; still read under that name.)
+    #[serde(alias = "done")]
+    Merged,
     Blocked,
     /// An operator cancelled it: nothing more of it runs or lands.
     Cancelled,
@@ -100,7 +102,7 @@ impl StoryStatus {
         StoryStatus::Backlog,
         StoryStatus::Ready,
         StoryStatus::InProgress,
-        StoryStatus::Done,
+        StoryStatus::Merged,
         StoryStatus::Blocked,
         StoryStatus::Cancelled,
     ];
@@ -110,7 +112,7 @@ impl StoryStatus {
             StoryStatus::Backlog => "backlog",
             StoryStatus::Ready => "ready",
             StoryStatus::InProgress => "in-progress",
-            StoryStatus::Done => "done",
+            StoryStatus::Merged => "merged",
             StoryStatus::Blocked => "blocked",
             StoryStatus::Cancelled => "cancelled",
         }

@@ -187,6 +187,16 @@ pub struct StatusReport {
     /// Notifications this node owns and has not sent, and the last failed send.
     #[serde(default)]
     pub notify: crate::core::notify::NotifyStatus,
+    /// Nothing is running and nothing can be claimed, as this node sees the mesh: no
+    /// active claim anywhere and no story ready for its next phase. What is still open
+    /// (`open` > 0) waits for a human (paused, at a gate), a role no node has, or a peer
+    /// it cannot see. Never while this node is still joining. For scripts that wait for
+    /// the mesh to finish.
+    #[serde(default)]
+    pub idle: bool,
+    /// Stories neither merged, blocked nor cancelled.
+    #[serde(default)]
+    pub open: usize,
 }
 
 /// Refused facts of one author and kind (`status`).

@@ -625,7 +625,34 @@ impl Runtime {
         // The store keeps the document's stored size up to date on every write: saving
         // the whole document here made each `status` cost a full serialisation.
         let doc_bytes = self.store.as_ref().map_or(0, Store::doc_bytes);
+        let stories: Vec<StorySummary> = view
+            .stories_ordered()
+            .into_iter()
+            .map(|s| StorySummary {
+                id: s.id.clone(),
+                title: s.fact.title.clone(),
+                status: s.status.as_str().to_string(),
+                priority: s.priority,
+                waiting: crate::core::scheduler::waiting(&view, &claims, &s.key)
+                    .filter(|w| w.is_open()),
+            })
+            .collect();
+        let held = self.core.held(now);
+        let claim_rows = self.core.claim_rows(now);
+        let open = stories
+            .iter()
+            .filter(|s| !matches!(s.status.as_str(), "merged" | "blocked" | "cancelled"))
+            .count();
+        let ready = stories.iter().any(|s| {
+            matches!(
+                s.waiting,
+                Some(crate::core::scheduler::Waiting::Ready { .. })
+            )
+        });
+        let joining_ms_left = self.core.joining(now);
         StatusReport {
+            idle: held.is_empty() && claim_rows.is_empty() && !ready && joining_ms_left.is_none(),
+            open,
             peer_id: self.core.peer().to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             passive: self.core.is_passive(),
@@ -638,27 +665,16 @@ impl Runtime {
                 .into_iter()
                 .map(|(k, v)| (k.as_str().to_string(), v))
                 .collect(),
-            stories: view
-                .stories_ordered()
-                .into_iter()
-                .map(|s| StorySummary {
-                    id: s.id.clone(),
-                    title: s.fact.title.clone(),
-                    status: s.status.as_str().to_string(),
-                    priority: s.priority,
-                    waiting: crate::core::scheduler::waiting(&view, &claims, &s.key)
-                        .filter(|w| w.is_open()),
-                })
-                .collect(),
+            stories,
             heads,
             heads_digest: hex::encode(&self.core.digest()[..8]),
             doc_bytes,
             doc_cap: self.core.doc().size_cap(),
             store_bytes: self.store.as_ref().map_or(0, |s| s.size_on_disk()),
             counters,
-            held: self.core.held(now),
-            claims: self.core.claim_rows(now),
-            joining_ms_left: self.core.joining(now),
+            held,
+            claims: claim_rows,
+            joining_ms_left,
             joined_at_ms: self.core.joined_at_ms(),
             clock: self.core.clock_skew(now),
             origin: self.core.origin_health(now),

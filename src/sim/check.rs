@@ -230,7 +230,7 @@ impl Sim {
         let merged = view
             .stories
             .values()
-            .filter(|s| s.status == StoryStatus::Done)
+            .filter(|s| s.status == StoryStatus::Merged)
             .count();
         let blocked = view
             .stories
@@ -482,6 +482,6 @@ impl Sim {
 fn finished(status: StoryStatus) -> bool {
     matches!(
         status,
-        StoryStatus::Done | StoryStatus::Blocked | StoryStatus::Cancelled
+        StoryStatus::Merged | StoryStatus::Blocked | StoryStatus::Cancelled
     )
 }

@@ -87,7 +87,7 @@ impl Core {
             let finished = view.stories.get(story).is_none_or(|s| {
                 matches!(
                     s.status,
-                    StoryStatus::Done | StoryStatus::Blocked | StoryStatus::Cancelled
+                    StoryStatus::Merged | StoryStatus::Blocked | StoryStatus::Cancelled
                 )
             });
             if finished && !drop.contains(story) && view.stories.contains_key(story) {

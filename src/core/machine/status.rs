@@ -7,8 +7,14 @@ use super::*;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeldClaim {
     pub claim: String,
+    /// The story's key (`S-0007@a1b2c3`).
     pub story: String,
+    /// The story's display id (`S-0007`), what every command prints.
+    #[serde(default)]
+    pub id: String,
     pub phase: Phase,
+    #[serde(default)]
+    pub round: u32,
     pub running: bool,
     pub age_ms: u64,
 }
@@ -20,6 +26,21 @@ pub struct ClaimRow {
     pub holder: String,
     /// `resource=token` for each resource.
     pub resources: Vec<String>,
+    /// The story it claims a phase of: display id (`S-0007`), key, phase, round and the
+    /// phase's fencing token — the structured form of the `story:` resource.
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub key: String,
+    #[serde(default)]
+    pub phase: Option<Phase>,
+    #[serde(default)]
+    pub round: u32,
+    #[serde(default)]
+    pub token: u64,
+    /// The files it locks (repo-relative paths).
+    #[serde(default)]
+    pub files: Vec<String>,
     pub attempt: u32,
     /// Since this node first saw the claim.
     pub age_ms: u64,
@@ -73,12 +94,19 @@ pub struct Counters {
 impl Core {
     /// Claims this node holds (settling or running).
     pub fn held(&self, now_ms: u64) -> Vec<HeldClaim> {
+        // The cached view names display ids; without one (never folded yet), the key's
+        // number is the display id.
+        let view = self.view.as_ref().map(|(_, v, _)| v);
         self.local
             .iter()
             .map(|(id, c)| HeldClaim {
                 claim: id.clone(),
                 story: c.story.clone(),
+                id: view
+                    .and_then(|v| v.stories.get(&c.story))
+                    .map_or_else(|| display_of(&c.story).to_string(), |s| s.id.clone()),
                 phase: c.phase,
+                round: c.round,
                 running: c.state == LocalState::Running,
                 age_ms: now_ms.saturating_sub(c.written_ms),
             })
@@ -87,9 +115,18 @@ impl Core {
 
     /// Every active (winning, unreleased) claim, with its lease as this node sees it.
     pub fn claim_rows(&mut self, now_ms: u64) -> Vec<ClaimRow> {
-        let claims = self.derived().1;
+        let (view, claims) = self.derived();
         let mut rows = Vec::new();
         for (id, c) in claims.active() {
+            let story = c.resources.iter().find_map(|(r, t)| match r {
+                Resource::Story {
+                    story,
+                    phase,
+                    round,
+                } => Some((story.clone(), *phase, *round, *t)),
+                _ => None,
+            });
+            let files = c.files();
             let first = self.observer.first_seen_ms(id).unwrap_or(now_ms);
             let renewed = self.observer.last_renewed_ms(id).unwrap_or(first);
             let dead = c.holder != self.peer
@@ -107,6 +144,16 @@ impl Core {
                     .iter()
                     .map(|(r, t)| format!("{r}={t}"))
                     .collect(),
+                id: story.as_ref().map_or_else(String::new, |(k, ..)| {
+                    view.stories
+                        .get(k)
+                        .map_or_else(|| display_of(k).to_string(), |s| s.id.clone())
+                }),
+                key: story.as_ref().map_or_else(String::new, |(k, ..)| k.clone()),
+                phase: story.as_ref().map(|(_, p, ..)| *p),
+                round: story.as_ref().map_or(0, |(_, _, r, _)| *r),
+                token: story.as_ref().map_or(0, |(.., t)| *t),
+                files,
                 attempt: c.attempt,
                 age_ms: now_ms.saturating_sub(first),
                 renewed_ago_ms: now_ms.saturating_sub(renewed),
@@ -125,4 +172,9 @@ impl Core {
     pub fn peer_state(&self, peer: &str, now_ms: u64) -> Option<PeerState> {
         self.membership.state(peer, now_ms)
     }
+}
+
+/// A story key's display id when no view names it: the part before `@`.
+fn display_of(key: &str) -> &str {
+    key.split('@').next().unwrap_or(key)
 }

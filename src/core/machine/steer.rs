@@ -68,7 +68,7 @@ pub fn resolve_command(view: &View, draft: CommandFact) -> Result<CommandFact, S
         }
     };
     let finished = |s: &StoryView| match s.status {
-        StoryStatus::Done => Err(format!("{} has landed already", s.id)),
+        StoryStatus::Merged => Err(format!("{} has landed already", s.id)),
         StoryStatus::Cancelled => Err(format!("{} was cancelled", s.id)),
         _ => Ok(()),
     };

@@ -441,7 +441,7 @@ pub(super) fn hold_over_limit(
         let Some(s) = stories.get_mut(key) else {
             continue;
         };
-        if matches!(s.status, StoryStatus::Done | StoryStatus::Cancelled) {
+        if matches!(s.status, StoryStatus::Merged | StoryStatus::Cancelled) {
             continue;
         }
         // What its jobs reported, not what running ones reserved: a reservation above

@@ -221,7 +221,7 @@ fn a_rejected_review_opens_a_rework_round_then_review_again() {
     step(&mut d, &k, Phase::Merge, 2, None);
     let v = d.view();
     let s = &v.stories[&k];
-    assert_eq!(s.status, StoryStatus::Done);
+    assert_eq!(s.status, StoryStatus::Merged);
     assert_eq!(s.next_phase, None);
     assert_eq!(s.merged.as_ref().map(|m| m.round), Some(2));
     // History keeps every counted step in order, rejections included.

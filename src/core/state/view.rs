@@ -555,7 +555,7 @@ impl StoryFold<'_> {
         }
         let started = !phases_done.is_empty() || self.index.active_stories.contains(key.as_str());
         let status = if is_merged.is_some() {
-            StoryStatus::Done
+            StoryStatus::Merged
         } else if cancelled.is_some() {
             StoryStatus::Cancelled
         } else if blocked_reason.is_some() {
@@ -585,7 +585,7 @@ impl StoryFold<'_> {
             })
             .collect();
         let mut attention = Vec::new();
-        if status != StoryStatus::Done && status != StoryStatus::Cancelled {
+        if status != StoryStatus::Merged && status != StoryStatus::Cancelled {
             attention = gate_items(self.counted, key, fact, &walk, next_phase);
             if let (Some(reason), Some((p, r))) = (&blocked_reason, blocked_step) {
                 attention.push(Attention {
