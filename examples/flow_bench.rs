@@ -558,7 +558,7 @@ async fn one(a: &Args, n: usize, kind: OriginKind, ssh: Option<&SshOrigin>) -> a
         let settled = v.stories.len() == total
             && v.stories
                 .values()
-                .all(|s| matches!(s.status, StoryStatus::Done | StoryStatus::Blocked));
+                .all(|s| matches!(s.status, StoryStatus::Merged | StoryStatus::Blocked));
         if settled || Instant::now() >= end {
             break v;
         }
@@ -616,7 +616,7 @@ async fn one(a: &Args, n: usize, kind: OriginKind, ssh: Option<&SshOrigin>) -> a
     let merged = view
         .stories
         .values()
-        .filter(|s| s.status == StoryStatus::Done)
+        .filter(|s| s.status == StoryStatus::Merged)
         .count();
     for h in nodes {
         h.shutdown().await;

@@ -574,21 +574,18 @@ story_count() { { grep -o '"id": *"S-[^"]*"' <<<"$1" || true; } | wc -l; }
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# Sets key $2 to the TOML value $3 in node I's config.toml (the line `key = ...`).
+# Sets key $2 to value $3 in node I's config.toml (`mesh-agent config set`: typed, validated).
 set_config() {
-    local f
-    f="$(node_dir "$1")/config.toml"
-    grep -q "^$2 = " "$f" || die "$f has no '$2 = ' line to set"
-    V=$3 awk -v k="$2" '$1 == k && $2 == "=" { print k " = " ENVIRON["V"]; next } { print }' "$f" >"$f.tmp" &&
-        mv "$f.tmp" "$f"
+    "$BIN" config set --data-dir "$(node_dir "$1")" "$2" "$3" >/dev/null ||
+        die "cannot set $2 = $3 in node$1's config.toml"
 }
 
-# Story counts by status from node I's JSON status, as "done blocked total".
+# Story counts by status from node I's JSON status, as "merged blocked total".
 settled_counts() {
     node_cli "$1" status --json 2>/dev/null | tr -d ' \n' |
         grep -o '"story_counts":{[^}]*}' | head -n1 |
         awk -F'[{},:"]+' '{ d = 0; b = 0; t = 0
-            for (i = 3; i < NF; i += 2) { t += $(i + 1); if ($i == "done") d = $(i + 1); if ($i == "blocked") b = $(i + 1) }
+            for (i = 3; i < NF; i += 2) { t += $(i + 1); if ($i == "merged") d = $(i + 1); if ($i == "blocked") b = $(i + 1) }
             print d, b, t }'
 }
 
@@ -741,8 +738,8 @@ cmd_up() {
         out=$("$BIN" operator init --key "$TESTNET_DIR/operator.key" --force 2>&1) ||
             die "creating the testnet's operator key failed: $out"
         local operator
-        operator=$(grep -o '12D3Koo[1-9A-HJ-NP-Za-km-z]*' <<<"$out" | head -n1)
-        [[ -n $operator ]] || die "could not read the operator id from: $out"
+        operator=$("$BIN" operator id --key "$TESTNET_DIR/operator.key" 2>&1) ||
+            die "could not read the operator id: $operator"
         local peer1=""
         for ((i = 1; i <= n; i++)); do
             d=$(node_dir "$i")
@@ -758,8 +755,8 @@ cmd_up() {
                 args+=(--psk-from "$(node_dir 1)/swarm.key" --bootstrap "/ip4/$addr1/tcp/$port1/p2p/$peer1")
             fi
             out=$("$BIN" "${args[@]}" 2>&1) || die "init of node$i failed: $out"
-            grep -o '12D3Koo[1-9A-HJ-NP-Za-km-z]*' <<<"$out" | head -n1 >"$d/peer_id"
-            [[ -s $d/peer_id ]] || die "could not read node$i's peer id from: $out"
+            "$BIN" id --data-dir "$d" >"$d/peer_id" 2>/dev/null && [[ -s $d/peer_id ]] ||
+                die "could not read node$i's peer id: $("$BIN" id --data-dir "$d" 2>&1)"
             if ((i == 1)); then peer1=$(cat "$d/peer_id"); fi
             # Work settings (MESH_* variables in the environment still override them).
             set_config "$i" sim_phase_ms "$PHASE_MS"

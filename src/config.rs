@@ -240,15 +240,23 @@ impl Config {
                 })
             }
         };
-        let mut table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::File {
-            path: path.display().to_string(),
-            message: e.message().to_string(),
-        })?;
+        Config::parse(&text, &path.display().to_string(), env)
+    }
+
+    /// Parses the text of a `config.toml` (`path` names it in errors), then applies
+    /// `MESH_*` variables from `env`.
+    pub fn parse(
+        text: &str,
+        path: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let file_err = |message: &str| ConfigError::File {
+            path: path.to_string(),
+            message: message.to_string(),
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| file_err(e.message()))?;
         apply_env(&mut table, env)?;
-        Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::File {
-            path: path.display().to_string(),
-            message: e.message().to_string(),
-        })
+        Config::deserialize(toml::Value::Table(table)).map_err(|e| file_err(e.message()))
     }
 
     /// The operators as a set (validated ids).

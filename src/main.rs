@@ -4,7 +4,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use mesh_agent::api;
-use mesh_agent::config::{Config, ConfigError, CONFIG_FILE};
+use mesh_agent::config::{Config, ConfigError};
 use mesh_agent::identity;
 use mesh_agent::node::{self, NodeOptions};
 use std::path::{Path, PathBuf};
@@ -45,6 +45,16 @@ enum Command {
     Init(InitArgs),
     /// Run the node until interrupted (Ctrl-C or SIGTERM stop it cleanly).
     Run(RunArgs),
+    /// Print this node's peer id (with --json: its label, data dir, whether it runs, and
+    /// the addresses to bootstrap through), read from the data dir: no scraping of `init`.
+    Id {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read or change one key of this node's config.toml (validated, comments kept):
+    /// `config get KEY`, `config set KEY VALUE`, `config unset KEY`.
+    #[command(subcommand)]
+    Config(cli::setup::ConfigCommand),
     /// Show peers, stories and the document, read-only, from the local running node or,
     /// with --bootstrap, by joining a mesh as a passive observer.
     Status(StatusArgs),
@@ -287,27 +297,31 @@ enum KnowledgeCommand {
 }
 
 #[derive(Args)]
-struct InitArgs {
+pub(crate) struct InitArgs {
     /// Also create a new private-network key (swarm.key) and use it.
     #[arg(long)]
-    psk: bool,
+    pub psk: bool,
     /// Use this existing pre-shared key file (copied into the data dir as swarm.key).
     #[arg(long, value_name = "FILE", conflicts_with = "psk")]
-    psk_from: Option<PathBuf>,
+    pub psk_from: Option<PathBuf>,
     /// Listen multiaddr to write into the config (repeatable).
     #[arg(long, value_name = "MULTIADDR")]
-    listen: Vec<String>,
+    pub listen: Vec<String>,
     /// Bootstrap multiaddr to write into the config (repeatable).
     #[arg(long, value_name = "MULTIADDR")]
-    bootstrap: Vec<String>,
+    pub bootstrap: Vec<String>,
     /// An operator of the mesh (repeatable): its id, as `mesh-agent operator init`
     /// prints it. Every node of a mesh lists the same operators; without any, the mesh
     /// is open (any holder of the mesh key is a member).
     #[arg(long, value_name = "ID")]
-    operator: Vec<String>,
+    pub operator: Vec<String>,
     /// Replace an existing key and config (the node gets a new identity).
     #[arg(long)]
-    force: bool,
+    pub force: bool,
+    /// Print one JSON object (peer_id, node, data_dir, config, psk_file,
+    /// psk_fingerprint, operators) instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]
@@ -436,7 +450,9 @@ fn default_data_dir() -> PathBuf {
 fn real_main(cli: Cli) -> Result<()> {
     let dir = cli.data_dir.unwrap_or_else(default_data_dir);
     match cli.command {
-        Command::Init(a) => init(&dir, a),
+        Command::Init(a) => cli::setup::init(&dir, a),
+        Command::Id { json } => cli::setup::id(&dir, json),
+        Command::Config(c) => cli::setup::config(&dir, c),
         Command::Run(a) => run(&dir, a),
         Command::Status(a) => status(&dir, a),
         Command::Story(c) => story(&dir, c),
@@ -467,59 +483,6 @@ fn real_main(cli: Cli) -> Result<()> {
 fn load_config(dir: &Path) -> Result<Config> {
     let cfg = Config::load(dir, std::env::vars())?;
     Ok(cfg)
-}
-
-fn init(dir: &Path, a: InitArgs) -> Result<()> {
-    identity::ensure_private_dir(dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
-    let cfg_path = dir.join(CONFIG_FILE);
-    if cfg_path.exists() && !a.force {
-        bail!(usage(format!(
-            "{} is already initialised ({} exists); pass --force to replace its key and config",
-            dir.display(),
-            cfg_path.display()
-        )));
-    }
-    let key = identity::create_node_key(dir, a.force).map_err(usage)?;
-    let mut cfg = Config::default();
-    if !a.listen.is_empty() {
-        cfg.listen = a.listen;
-    }
-    cfg.bootstrap = a.bootstrap;
-    cfg.operators = a.operator;
-    if a.psk {
-        let p = dir.join(identity::PSK_FILE);
-        let psk = identity::create_psk(&p, true)?;
-        cfg.psk_file = Some(PathBuf::from(identity::PSK_FILE));
-        println!(
-            "mesh key: {} (fingerprint {})",
-            p.display(),
-            psk.fingerprint()
-        );
-    } else if let Some(src) = a.psk_from {
-        let psk = identity::load_psk(&src).map_err(usage)?;
-        let p = dir.join(identity::PSK_FILE);
-        identity::write_private(&p, psk.to_key_file().as_bytes())?;
-        cfg.psk_file = Some(PathBuf::from(identity::PSK_FILE));
-        println!(
-            "mesh key: {} (fingerprint {})",
-            p.display(),
-            psk.fingerprint()
-        );
-    }
-    cfg.validate().map_err(usage)?;
-    std::fs::write(&cfg_path, cfg.commented_toml())
-        .with_context(|| format!("cannot write {}", cfg_path.display()))?;
-    println!("node {}", identity::peer_id(&key));
-    println!("data dir {}", dir.display());
-    println!("config {}", cfg_path.display());
-    if !cfg.operators.is_empty() {
-        println!(
-            "this mesh has operators: the node joins once one of them runs `mesh-agent admit {}`",
-            identity::peer_id(&key)
-        );
-    }
-    Ok(())
 }
 
 fn init_logging(cfg: &Config, file: Option<&Path>) -> Result<()> {

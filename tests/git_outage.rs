@@ -100,7 +100,7 @@ async fn the_git_host_down_mid_run_delays_landings_burns_no_attempt_and_everythi
     wait_event(&n0, EventKind::GitAvailable, 60).await;
     let deferred = wait_event(&n0, EventKind::PhaseDeferred, 10).await;
     for s in view.stories.values() {
-        assert_eq!(s.status, StoryStatus::Done, "{}", s.id);
+        assert_eq!(s.status, StoryStatus::Merged, "{}", s.id);
         assert_eq!(
             (s.failed_attempts, s.takeovers),
             (0, 0),

@@ -5,4 +5,5 @@
 pub(crate) mod budget;
 pub(crate) mod commands;
 pub(crate) mod render;
+pub(crate) mod setup;
 pub(crate) mod steer;

@@ -63,7 +63,7 @@ async fn fifty_stories_each_phase_runs_once_and_a_killed_holder_is_taken_over() 
 
     // Everything lands on the survivors.
     let view = wait_view(&nodes[0], "every story merged", 300, |v| {
-        v.stories.values().all(|s| s.status == StoryStatus::Done)
+        v.stories.values().all(|s| s.status == StoryStatus::Merged)
     })
     .await;
     wait_converged(&nodes.iter().collect::<Vec<_>>()).await;

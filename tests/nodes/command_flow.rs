@@ -227,13 +227,13 @@ args = ['-c', 'exec "$0" >"$1"', {sim:?}, '{{handoff_file}}']
     let view = wait_view(&nodes[0], "the story merged or blocked", 60, |v| {
         v.stories
             .get(&added.key)
-            .is_some_and(|s| matches!(s.status, StoryStatus::Done | StoryStatus::Blocked))
+            .is_some_and(|s| matches!(s.status, StoryStatus::Merged | StoryStatus::Blocked))
     })
     .await;
     let s = &view.stories[&added.key];
     assert_eq!(
         s.status,
-        StoryStatus::Done,
+        StoryStatus::Merged,
         "not merged: blocked_reason={:?} failures={:?}",
         s.blocked_reason,
         s.failures
@@ -406,7 +406,7 @@ program = {implement:?}
         keys.iter().all(|k| {
             v.stories
                 .get(k)
-                .is_some_and(|s| matches!(s.status, StoryStatus::Done | StoryStatus::Blocked))
+                .is_some_and(|s| matches!(s.status, StoryStatus::Merged | StoryStatus::Blocked))
         })
     };
     let view = wait_view(&nodes[0], "every misbehaving story blocked", 60, settled).await;
@@ -541,14 +541,14 @@ program = {implement:?}
         |v| {
             v.stories
                 .get(&good.key)
-                .is_some_and(|s| matches!(s.status, StoryStatus::Done | StoryStatus::Blocked))
+                .is_some_and(|s| matches!(s.status, StoryStatus::Merged | StoryStatus::Blocked))
         },
     )
     .await;
     let s = &view.stories[&good.key];
     assert_eq!(
         s.status,
-        StoryStatus::Done,
+        StoryStatus::Merged,
         "not merged: {:?} {:?}",
         s.blocked_reason,
         s.failures

@@ -29,7 +29,7 @@ fn flow_config(c: &mut Config, origin: &Path) {
 fn all_settled(v: &View, n: usize) -> bool {
     v.stories.len() == n
         && v.stories.values().all(|s| match s.status {
-            StoryStatus::Done => true,
+            StoryStatus::Merged => true,
             StoryStatus::Blocked => s.blocked_reason.is_some(),
             _ => false,
         })
@@ -100,7 +100,7 @@ fn check_main(origin: &Path, view: &View, scratch: &Path) {
     for s in view.stories.values() {
         let n = landed.get(&s.key).copied().unwrap_or(0);
         match s.status {
-            StoryStatus::Done => assert_eq!(n, 1, "{} landed {n} times", s.id),
+            StoryStatus::Merged => assert_eq!(n, 1, "{} landed {n} times", s.id),
             _ => assert_eq!(n, 0, "{} is {} but landed {n} times", s.id, s.status),
         }
         if let Some(m) = &s.merged {
@@ -125,7 +125,7 @@ fn check_main(origin: &Path, view: &View, scratch: &Path) {
     assert_eq!(
         landed.len(),
         view.count_by_status()
-            .get(&StoryStatus::Done)
+            .get(&StoryStatus::Merged)
             .copied()
             .unwrap_or(0)
     );
@@ -226,7 +226,7 @@ async fn four_nodes_carry_the_demo_backlog_to_main() {
     wait_converged(&refs).await;
     let merged = view
         .count_by_status()
-        .get(&StoryStatus::Done)
+        .get(&StoryStatus::Merged)
         .copied()
         .unwrap_or(0);
     assert!(
@@ -239,7 +239,7 @@ async fn four_nodes_carry_the_demo_backlog_to_main() {
     let reworked: Vec<&str> = view
         .stories
         .values()
-        .filter(|s| s.round > 0 && s.status == StoryStatus::Done)
+        .filter(|s| s.round > 0 && s.status == StoryStatus::Merged)
         .map(|s| s.id.as_str())
         .collect();
     assert!(!reworked.is_empty(), "no story went through rework");
@@ -351,7 +351,7 @@ async fn a_killed_and_a_paused_node_lose_nothing_and_land_nothing_twice() {
     check_main(&origin, &view, &tmp.path().join("check"));
     let merged = view
         .count_by_status()
-        .get(&StoryStatus::Done)
+        .get(&StoryStatus::Merged)
         .copied()
         .unwrap_or(0);
     assert!(merged >= total - 2, "only {merged} of {total} merged");
@@ -467,7 +467,7 @@ async fn a_rebase_conflict_sends_the_story_to_rework_with_the_conflict_and_it_la
     )
     .await;
     let view = wait_view(&a, "the story merged", 120, |v| {
-        v.stories[&story.key].status == StoryStatus::Done
+        v.stories[&story.key].status == StoryStatus::Merged
     })
     .await;
     let h = view.history(&story.key);
@@ -544,7 +544,7 @@ async fn a_node_alone_reviews_its_own_change_and_lands_it() {
         .await
         .expect("story");
     let view = wait_view(&n, "the story merged by a mesh of one", 60, |v| {
-        v.stories[&s.key].status == StoryStatus::Done
+        v.stories[&s.key].status == StoryStatus::Merged
     })
     .await;
     check_main(&origin, &view, &tmp.path().join("check"));
@@ -640,7 +640,7 @@ async fn a_partition_during_two_implements_of_one_file_heals_and_both_land_once(
         [&a.key, &b.key].iter().all(|k| {
             v.stories
                 .get(*k)
-                .is_some_and(|s| s.status == StoryStatus::Done)
+                .is_some_and(|s| s.status == StoryStatus::Merged)
         })
     })
     .await;

@@ -50,7 +50,7 @@ async fn a_restarted_bootstrap_node_rejoins_through_remembered_peers_and_claims_
     }
     // Work is under way everywhere, then the bootstrap node dies.
     wait_view(&others[0], "a story merged", 60, |v| {
-        v.stories.values().any(|s| s.status == StoryStatus::Done)
+        v.stories.values().any(|s| s.status == StoryStatus::Merged)
     })
     .await;
     let boot_id = boot.peer_id;
@@ -73,7 +73,7 @@ async fn a_restarted_bootstrap_node_rejoins_through_remembered_peers_and_claims_
 
     // The mesh finishes the backlog, the restarted node included.
     wait_view(&others[0], "every story merged", 180, |v| {
-        v.stories.values().all(|s| s.status == StoryStatus::Done)
+        v.stories.values().all(|s| s.status == StoryStatus::Merged)
     })
     .await;
     let mut all: Vec<&NodeHandle> = vec![&boot];

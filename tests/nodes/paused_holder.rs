@@ -211,7 +211,7 @@ async fn a_paused_holder_is_fenced_in_every_view_and_at_the_origin() {
         wait_view(n, "story merged", 60, |v| {
             v.stories
                 .get(&story)
-                .is_some_and(|s| s.status == StoryStatus::Done)
+                .is_some_and(|s| s.status == StoryStatus::Merged)
         })
         .await;
     }

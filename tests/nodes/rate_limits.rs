@@ -143,7 +143,7 @@ async fn a_rate_limited_node_backs_off_and_recovers_serving_high_priority_first(
 
     // Recovered: the backlog lands, the urgent story's first phase first.
     wait_view(&nodes[0], "every story landed", 300, |v| {
-        v.stories.values().all(|s| s.status == StoryStatus::Done)
+        v.stories.values().all(|s| s.status == StoryStatus::Merged)
     })
     .await;
     let mut started: Vec<(u64, String)> = Vec::new();

@@ -344,7 +344,7 @@ async fn an_operator_steers_a_live_mesh_and_a_stranger_cannot() {
         v.stories
             .values()
             .filter(|s| !waiting.contains(&s.fact.title.as_str()))
-            .all(|s| s.status == StoryStatus::Done)
+            .all(|s| s.status == StoryStatus::Merged)
     })
     .await;
     let v = nodes[0].view().await.expect("view");
@@ -370,13 +370,13 @@ async fn an_operator_steers_a_live_mesh_and_a_stranger_cannot() {
         v.stories.len() == total
             && v.stories
                 .values()
-                .all(|s| matches!(s.status, StoryStatus::Done | StoryStatus::Cancelled))
+                .all(|s| matches!(s.status, StoryStatus::Merged | StoryStatus::Cancelled))
     })
     .await;
     wait_converged(&refs).await;
 
     // The stranger's forged cancel changed nothing; it was refused and counted.
-    assert_eq!(by_title(&view, "Parse sums").status, StoryStatus::Done);
+    assert_eq!(by_title(&view, "Parse sums").status, StoryStatus::Merged);
     assert!(view.malformed >= 1);
     // Node 3 ran nothing while paused.
     let jobs = started.lock().expect("lock").clone();
@@ -702,7 +702,7 @@ async fn each_trigger_holds_its_story_for_a_human_and_approve_or_dismiss_clears_
     let landed = |v: &View| {
         ["unsure", "wide", "leaky", "FORBIDDEN words"]
             .iter()
-            .all(|t| by_title(v, t).status == StoryStatus::Done)
+            .all(|t| by_title(v, t).status == StoryStatus::Merged)
     };
     let view = loop {
         let v = wait_view(&node, "a gate to clear, or the rest landed", 60, |v| {
