@@ -97,6 +97,7 @@ Environment:
                              testnet (default all, 24; 0: none)
   MESH_TESTNET_DEMO          1 (default): nodes work against the demo origin; 0: no origin,
                              no test command (merges are simulated)
+  MESH_TESTNET_DASHBOARD     IP:PORT: node 1 serves the web dashboard and /metrics there
   MESH_TESTNET_PHASE_MS      sim executor: duration of one phase (default 1500)
   MESH_TESTNET_REJECT_RATE   sim executor: share of first reviews that reject (default 0.2)
   MESH_TESTNET_WAIT_TIMEOUT  seconds 'wait' (and 'up --wait') wait (default 900)
@@ -759,6 +760,9 @@ cmd_up() {
                 die "could not read node$i's peer id: $("$BIN" id --data-dir "$d" 2>&1)"
             if ((i == 1)); then peer1=$(cat "$d/peer_id"); fi
             # Work settings (MESH_* variables in the environment still override them).
+            if ((i == 1)) && [[ -n ${MESH_TESTNET_DASHBOARD:-} ]]; then
+                set_config 1 dashboard.addr "$MESH_TESTNET_DASHBOARD"
+            fi
             set_config "$i" sim_phase_ms "$PHASE_MS"
             set_config "$i" sim_review_reject_rate "$REJECT_RATE"
             if ((hosts)); then
@@ -893,6 +897,9 @@ cmd_up() {
     echo "  $PROG status                 # node 1's view: peers, stories by state, claims (or: status 3, status 2 --json)"
     echo "  $PROG events --follow        # the mesh-wide timeline as it happens (= $bin events --follow --data-dir $rel/node1)"
     echo "  $PROG wait                   # block until every story is merged or blocked, then a summary"
+    if [[ -n ${MESH_TESTNET_DASHBOARD:-} ]]; then
+        echo "  open http://$MESH_TESTNET_DASHBOARD/        # node 1's web dashboard (metrics: /metrics)"
+    fi
     if ((DEMO)) && [[ -d $ORIGIN ]]; then
         if command -v git >/dev/null; then
             echo "  git -C $orel log --oneline main    # what landed"
