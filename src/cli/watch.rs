@@ -403,7 +403,11 @@ mod tests {
         ]);
         let f = render_frame(&report(), &t, 6_000, 1000, (40, 100));
         let text = f.join("\n");
-        assert!(text.contains("12D3KooWpeer1111 alive"), "{text}");
+        assert!(
+            f.iter()
+                .any(|l| l.contains("12D3KooWpeer1111") && l.contains(" alive ")),
+            "{text}"
+        );
         assert!(text.contains("S-0001         ready"), "{text}");
         assert!(text.contains("work in flight: 1"), "{text}");
         assert!(text.contains("[#####.....]  50%"), "{text}");
