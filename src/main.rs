@@ -371,6 +371,13 @@ struct StatusArgs {
     /// How long the observer waits for the mesh to sync.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     timeout_secs: u64,
+    /// Redraw a live view in place (peers, work in flight, recent events) until Ctrl-C;
+    /// needs a terminal.
+    #[arg(long, conflicts_with_all = ["json", "bootstrap"])]
+    watch: bool,
+    /// How often --watch redraws.
+    #[arg(long, value_name = "N", default_value_t = 1000, requires = "watch")]
+    interval_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -454,6 +461,7 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Id { json } => cli::setup::id(&dir, json),
         Command::Config(c) => cli::setup::config(&dir, c),
         Command::Run(a) => run(&dir, a),
+        Command::Status(a) if a.watch => cli::watch::run(&dir, &a),
         Command::Status(a) => status(&dir, a),
         Command::Story(c) => story(&dir, c),
         Command::Claims { json } => claims(&dir, json),

@@ -87,9 +87,20 @@ pub(crate) fn observe(dir: &Path, a: &StatusArgs) -> Result<StatusReport> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(a.timeout_secs);
         let quiet = Duration::from_millis(hb * 2);
         let mut rx = handle.observe();
+        let mut progress = super::progress::Progress::new();
+        let started = tokio::time::Instant::now();
         loop {
             let o = rx.borrow_and_update().clone();
             let synced = o.sync_sessions_completed > 0 && !o.alive.is_empty();
+            progress.show(&format!(
+                "{} through {}: {:.0}s of {}s, {} peer(s) alive, {} connected",
+                if synced { "synced, waiting for quiet" } else { "joining the mesh" },
+                a.bootstrap.join(", "),
+                started.elapsed().as_secs_f64(),
+                a.timeout_secs,
+                o.alive.len(),
+                o.connected
+            ));
             let until = if synced {
                 (tokio::time::Instant::now() + quiet).min(deadline)
             } else {
@@ -101,6 +112,7 @@ pub(crate) fn observe(dir: &Path, a: &StatusArgs) -> Result<StatusReport> {
                 break;
             }
         }
+        progress.clear();
         let report = handle.status().await;
         handle.kill().await;
         match report {
@@ -344,13 +356,16 @@ pub(crate) fn demo(dir: &Path, c: DemoCommand) -> Result<()> {
                 })?),
             };
             let mut added = Vec::new();
-            for new in &backlog {
+            let mut progress = super::progress::Progress::new();
+            for (i, new) in backlog.iter().enumerate() {
+                progress.show(&format!("adding the demo backlog: {i}/{}", backlog.len()));
                 let s = match (&client, &key) {
                     (Some(c), _) => c.add_story(new)?,
                     (None, Some(key)) => node::offline_add_story(dir, key, new, &operators(dir)?)?,
                     (None, None) => bail!("no node key loaded for an offline write"),
                 };
                 if !json {
+                    progress.clear();
                     println!("added {}  {}", s.id, s.fact.title);
                 }
                 added.push(s);

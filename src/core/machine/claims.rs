@@ -332,6 +332,7 @@ impl Core {
         if ready.is_empty() {
             return;
         }
+        let marks = self.settle_marks(&ready);
         let (view, claims) = self.derived();
         for (id, synced) in ready {
             if !synced {
@@ -471,6 +472,7 @@ impl Core {
                 self.release(&id, ReleaseReason::Unsettled, "another claim won at settle");
             }
         }
+        self.record_settles(now_ms, marks);
     }
 
     /// If taking over `story`'s `phase` (in `round`) from its gone holder would be the

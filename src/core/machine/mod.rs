@@ -48,6 +48,7 @@ mod budget;
 mod claims;
 mod events;
 mod guards;
+mod latency;
 mod notify;
 mod origin;
 mod roster;
@@ -58,6 +59,7 @@ mod write;
 
 pub use budget::{BudgetConfig, SpendStatus};
 pub use guards::{ClockSkew, Guards, Handover, CLOCK_SAMPLES};
+pub use latency::{Histogram, Latency, SettleOutcome, PHASE_BOUNDS_MS, SETTLE_BOUNDS_MS};
 pub use origin::JobFailure;
 pub use status::{ClaimRow, Counters, HeldClaim, RunRecord};
 pub use steer::resolve_command;
@@ -744,6 +746,7 @@ impl Core {
                 self.check_settling(now_ms);
             }
             Input::WorkFinished { claim, outcome } => {
+                self.record_run_end(now_ms, &claim);
                 self.finish_work(now_ms, &claim, outcome);
                 // Capacity just freed: claim the next piece of work now, not at the tick.
                 let wall = self.last_wall;

@@ -89,6 +89,9 @@ pub struct Counters {
     /// Sync messages and pushes refused because the document is at its size cap.
     #[serde(default)]
     pub full_dropped: u64,
+    /// Settle latency and run durations (`/metrics` histograms).
+    #[serde(default)]
+    pub latency: super::Latency,
 }
 
 impl Core {
