@@ -176,7 +176,7 @@ async fn metrics_match_what_the_nodes_report() {
     }
     for n in &nodes {
         wait_view(n, "every story merged", 60, |v| {
-            v.stories.len() == 3 && v.stories.values().all(|s| s.status == StoryStatus::Done)
+            v.stories.len() == 3 && v.stories.values().all(|s| s.status == StoryStatus::Merged)
         })
         .await;
     }
