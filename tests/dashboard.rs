@@ -198,6 +198,31 @@ async fn the_dashboard_shows_a_live_mesh_and_acts_only_after_login() {
     assert_eq!(last.0, last.1, "the page's figures against status");
     assert_eq!(last.0["in_progress"], "4", "{:?}", last.0);
 
+    // Work per node: a progress bar for each node's running phase (the events of the
+    // others' starts may still be on their way: wait for them, not for a time).
+    let bars = cdp::wait_js("document.querySelectorAll('#live progress').length === 4");
+    assert!(
+        bl(|| b.eval_await(bars)).expect("bars"),
+        "one bar per running job"
+    );
+
+    // A story's page: its events and who did what.
+    bl(|| b.goto(&format!("{base}story/S-0001"))).expect("story page");
+    let h1 = bl(|| b.eval("document.querySelector('h1').textContent")).expect("h1");
+    assert!(h1.as_str().unwrap_or("").starts_with("S-0001"), "{h1}");
+    let rows = bl(|| {
+        b.eval(
+            "[...document.querySelectorAll('table tbody tr')].map(r => r.textContent).join('\\n')",
+        )
+    })
+    .expect("rows");
+    let rows = rows.as_str().unwrap_or("");
+    assert!(
+        rows.contains("story_added") || rows.contains("story added"),
+        "{rows}"
+    );
+    bl(|| b.goto(&base)).expect("back to the overview");
+
     // Live: a story added on another node appears without a reload.
     let on = bl(|| {
         b.eval_await(cdp::wait_js(

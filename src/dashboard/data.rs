@@ -209,13 +209,15 @@ pub(super) fn nodes(s: &Snapshot) -> Vec<NodeRow> {
     let active_of = |peer: &str| -> Vec<Active> {
         open.iter()
             .filter(|e| e.node == peer)
-            .filter(|e| {
-                s.status.claims.iter().any(|c| {
-                    c.holder == peer && c.resources.iter().any(|r| r.contains(e.story.as_str()))
-                })
-            })
             .filter_map(|e| {
-                let st = s.view.stories.get(&e.story)?;
+                // Events name stories by display id; claims by key.
+                let st = s.view.resolve(&e.story).ok()?;
+                let claimed = s.status.claims.iter().any(|c| {
+                    c.holder == peer && c.resources.iter().any(|r| r.contains(st.key.as_str()))
+                });
+                if !claimed {
+                    return None;
+                }
                 let phase = e.phase?;
                 let took = s.now_ms.saturating_sub(e.at_ms);
                 let u = usual.get(&phase).copied();

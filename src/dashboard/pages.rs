@@ -376,7 +376,7 @@ fn story_ctx(
     let events: Vec<data::EventRow> = s
         .events
         .iter()
-        .filter(|e| e.story == st.key)
+        .filter(|e| e.story == st.id || e.story == st.key)
         .map(data::event_row)
         .collect();
     let log: Vec<serde_json::Value> = log
