@@ -341,9 +341,7 @@ async fn the_dashboard_shows_a_live_mesh_and_acts_only_after_login() {
             .expect("back to desktop");
     }
     bl(|| {
-        b.eval(&format!(
-            "document.querySelector('form.act input[name=text]').value = 'from the dashboard'"
-        ))
+        b.eval("document.querySelector('form.act input[name=text]').value = 'from the dashboard'")
     })
     .expect("reason");
     bl(|| b.submit(&format!("{pause_button}.click()"))).expect("paused");

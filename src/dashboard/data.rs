@@ -327,11 +327,9 @@ pub(super) fn today(s: &Snapshot) -> Today {
         } else {
             dur(leads.iter().sum::<u64>() / leads.len() as u64)
         },
-        success_rate: if finished + failed == 0 {
-            "–".into()
-        } else {
-            format!("{}%", finished * 100 / (finished + failed))
-        },
+        success_rate: (finished * 100)
+            .checked_div(finished + failed)
+            .map_or_else(|| "–".to_string(), |p| format!("{p}%")),
         tokens: usage.tokens,
         cost: crate::core::state::usd(usage.cost_micro_usd),
     }

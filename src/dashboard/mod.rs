@@ -11,6 +11,7 @@
 
 pub mod config;
 
+mod actions;
 mod auth;
 mod charts;
 mod data;

@@ -3,11 +3,10 @@
 
 use super::data::{self, Snapshot};
 use super::{auth, charts, Actions, Shared};
-use crate::api::SealedFact;
 use crate::core::model::Phase;
-use crate::core::state::{CommandFact, LogQuery, Op, Target};
+use crate::core::state::LogQuery;
 use crate::node::{ApiRequest, Observation};
-use axum::extract::{FromRequest, Path as UrlPath, Query, Request, State};
+use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -60,7 +59,7 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         .route("/live", get(live))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
-        .route("/action", post(action))
+        .route("/action", post(super::actions::action))
         .route("/static/style.css", get(css))
         .route("/static/live.js", get(js))
         .layer(middleware::from_fn(security_headers))
@@ -116,7 +115,7 @@ fn render(sh: &Shared, code: StatusCode, name: &str, ctx: Value) -> Response {
 }
 
 /// A short page with one message (errors, refusals).
-fn message(sh: &Shared, code: StatusCode, title: &str, text: &str) -> Response {
+pub(super) fn message(sh: &Shared, code: StatusCode, title: &str, text: &str) -> Response {
     render(
         sh,
         code,
@@ -125,14 +124,14 @@ fn message(sh: &Shared, code: StatusCode, title: &str, text: &str) -> Response {
     )
 }
 
-fn why(sh: &Shared) -> Option<String> {
+pub(super) fn why(sh: &Shared) -> Option<String> {
     match &sh.actions {
         Actions::Available => None,
         Actions::Unavailable(w) => Some(w.clone()),
     }
 }
 
-async fn ask<T>(
+pub(super) async fn ask<T>(
     sh: &Shared,
     make: impl FnOnce(oneshot::Sender<T>) -> ApiRequest,
 ) -> Result<T, String> {
@@ -144,7 +143,7 @@ async fn ask<T>(
     rx.await.map_err(|_| "the node is stopping".to_string())
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -308,7 +307,7 @@ fn backlog_ctx(s: &Snapshot, q: &BacklogQuery) -> Value {
         .iter()
         .filter(|st| q.state.is_empty() || st.status.as_str() == q.state)
         .filter(|st| needle.is_empty() || st.fact.title.to_lowercase().contains(&needle))
-        .filter(|st| q.label.is_empty() || st.fact.labels.iter().any(|l| *l == q.label))
+        .filter(|st| q.label.is_empty() || st.fact.labels.contains(&q.label))
         .map(|st| data::story_row(st))
         .collect();
     let states: Vec<(&str, usize)> = crate::core::model::StoryStatus::ALL
@@ -540,7 +539,7 @@ async fn login(State(sh): St, Form(f): Form<LoginForm>) -> Response {
     see_other("/", Some(auth::session_cookie(&id, sh.tls)))
 }
 
-fn see_other(to: &str, cookie: Option<String>) -> Response {
+pub(super) fn see_other(to: &str, cookie: Option<String>) -> Response {
     let mut r = (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response();
     if let Some(c) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
         r.headers_mut().insert(header::SET_COOKIE, c);
@@ -561,224 +560,4 @@ async fn logout(State(sh): St, h: HeaderMap, Form(f): Form<CsrfForm>) -> Respons
         }
     }
     see_other("/", Some(auth::expired_cookie()))
-}
-
-/// An action form: a verb, what it acts on, and its words.
-#[derive(Deserialize)]
-struct ActionForm {
-    #[serde(default)]
-    csrf: String,
-    verb: String,
-    /// `story` (default), `node` or `all`.
-    #[serde(default)]
-    scope: String,
-    #[serde(default)]
-    story: String,
-    #[serde(default)]
-    node: String,
-    #[serde(default)]
-    item: String,
-    #[serde(default)]
-    text: String,
-    /// The page to go back to (a local path).
-    #[serde(default)]
-    back: String,
-}
-
-/// The command a form asks for, as the CLI would draft it.
-fn draft(f: &ActionForm) -> Result<(Target, Op), String> {
-    let story = || {
-        let s = f.story.trim();
-        if s.is_empty() {
-            Err(format!("{} needs a story", f.verb))
-        } else {
-            Ok(Target::Story {
-                story: s.to_string(),
-            })
-        }
-    };
-    let target = match f.scope.as_str() {
-        "all" if matches!(f.verb.as_str(), "pause" | "resume") => Target::All,
-        "node" if matches!(f.verb.as_str(), "pause" | "resume") => Target::Node {
-            peer: f.node.trim().to_string(),
-        },
-        "" | "story" => story()?,
-        other => return Err(format!("{} cannot act on {other:?}", f.verb)),
-    };
-    let text = f.text.trim().to_string();
-    let op = match f.verb.as_str() {
-        "pause" => Op::Pause { reason: text },
-        "resume" => Op::Resume,
-        "cancel" => Op::Cancel { reason: text },
-        "approve" => Op::Approve {
-            items: [f.item.trim()]
-                .into_iter()
-                .filter(|i| !i.is_empty())
-                .map(String::from)
-                .collect(),
-        },
-        "dismiss" => Op::Dismiss {
-            item: f.item.trim().to_string(),
-        },
-        "unblock" => Op::unblock(false),
-        "unblock-reset" => Op::unblock(true),
-        "request-changes" if !text.is_empty() => Op::RequestChanges {
-            result: String::new(),
-            text,
-        },
-        "request-changes" => {
-            return Err("request changes needs a note saying what to change".into())
-        }
-        v => return Err(format!("unknown action {v:?}")),
-    };
-    Ok((target, op))
-}
-
-/// A local path to go back to after an action (anything else: the overview).
-fn back_to(b: &str) -> &str {
-    let local = b.starts_with('/')
-        && !b.starts_with("//")
-        && !b.contains('\\')
-        && !b.chars().any(|c| c.is_control() || c.is_whitespace());
-    if local {
-        b
-    } else {
-        "/"
-    }
-}
-
-/// An action from a form: only in a session, with its CSRF token, where actions are
-/// available; the session and the transport are checked before the body is read. The
-/// draft is resolved against the node's view, signed with the operator key and written
-/// through the node — the CLI's path (`POST /v1/command/prepare`, then `/v1/command`).
-async fn action(State(sh): St, req: Request) -> Response {
-    let Some((sid, session)) = sh.sessions.of(req.headers()) else {
-        return message(
-            &sh,
-            StatusCode::FORBIDDEN,
-            "Log in first",
-            "Actions need a session: log in with the node's control token.",
-        );
-    };
-    let (Actions::Available, Some(signer)) = (&sh.actions, &sh.signer) else {
-        let w = why(&sh).unwrap_or_default();
-        return message(&sh, StatusCode::FORBIDDEN, "Actions unavailable", &w);
-    };
-    let Ok(Form(f)) = Form::<ActionForm>::from_request(req, &()).await else {
-        return message(
-            &sh,
-            StatusCode::BAD_REQUEST,
-            "Bad form",
-            "The action form was not understood.",
-        );
-    };
-    if !auth::same_secret(&f.csrf, &session.csrf) {
-        tracing::warn!("dashboard: an action without its session's CSRF token was refused");
-        return message(
-            &sh,
-            StatusCode::FORBIDDEN,
-            "Refused",
-            "The form's CSRF token does not match this session: reload the page and try again.",
-        );
-    }
-    let done = match draft(&f) {
-        Ok((target, op)) => {
-            let verb = op.verb();
-            let r = command(
-                &sh,
-                signer,
-                CommandFact {
-                    target,
-                    op,
-                    at_ms: now_ms(),
-                },
-            )
-            .await;
-            match r {
-                Ok(d) => {
-                    tracing::info!(verb, "dashboard: operator command written: {d}");
-                    d
-                }
-                Err(e) => format!("{verb} was not done: {e}"),
-            }
-        }
-        Err(e) => e,
-    };
-    sh.sessions.set_flash(&sid, done);
-    see_other(back_to(&f.back), None)
-}
-
-/// Resolve, sign, write: what `mesh-agent <verb>` does through the control endpoint.
-async fn command(
-    sh: &Shared,
-    signer: &crate::core::trust::Signer,
-    draft: CommandFact,
-) -> Result<String, String> {
-    let view = ask(sh, ApiRequest::View).await?;
-    let fact = crate::core::resolve_command(&view, draft)?;
-    let sealed = SealedFact::command(signer, &fact).map_err(|e| e.to_string())?;
-    ask(sh, |tx| ApiRequest::PutRoster(sealed.key, sealed.value, tx))
-        .await?
-        .map_err(|e| e.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn form(verb: &str, scope: &str, story: &str) -> ActionForm {
-        ActionForm {
-            csrf: String::new(),
-            verb: verb.into(),
-            scope: scope.into(),
-            story: story.into(),
-            node: "peer".into(),
-            item: String::new(),
-            text: String::new(),
-            back: String::new(),
-        }
-    }
-
-    #[test]
-    fn forms_draft_the_cli_commands() {
-        assert!(matches!(
-            draft(&form("pause", "all", "")),
-            Ok((Target::All, Op::Pause { .. }))
-        ));
-        assert!(matches!(
-            draft(&form("resume", "node", "")),
-            Ok((Target::Node { .. }, Op::Resume))
-        ));
-        assert!(matches!(
-            draft(&form("approve", "", "S-0001")),
-            Ok((Target::Story { .. }, Op::Approve { .. }))
-        ));
-        assert!(
-            draft(&form("approve", "all", "")).is_err(),
-            "only pause and resume act on the mesh"
-        );
-        assert!(
-            draft(&form("cancel", "", " ")).is_err(),
-            "a story is needed"
-        );
-        assert!(
-            draft(&form("request-changes", "", "S-0001")).is_err(),
-            "a note is needed"
-        );
-        assert!(draft(&form("rm -rf", "", "S-0001")).is_err());
-    }
-
-    #[test]
-    fn only_local_paths_are_gone_back_to() {
-        assert_eq!(back_to("/story/S-0001"), "/story/S-0001");
-        for bad in [
-            "//evil.example/",
-            "https://evil.example/",
-            "/\\evil",
-            "",
-            "/a b",
-        ] {
-            assert_eq!(back_to(bad), "/", "{bad}");
-        }
-    }
 }
