@@ -365,3 +365,141 @@ async fn the_dashboard_shows_a_live_mesh_and_acts_only_after_login() {
         n.shutdown().await;
     }
 }
+
+/// A self-signed certificate for `localhost` made by the openssl CLI: (cert, key) paths.
+fn self_signed(dir: &std::path::Path) -> Option<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !made {
+        // SAFETY: geteuid has no preconditions.
+        assert!(unsafe { libc::geteuid() } != 0, "openssl is missing");
+        eprintln!("skipped the TLS half: no openssl");
+        return None;
+    }
+    Some((cert, key))
+}
+
+/// One request over TLS to `addr`, trusting only `cert` for `localhost`.
+async fn https(addr: SocketAddr, cert: &std::path::Path, head: &str, body: &str) -> String {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls::{self, RootCertStore};
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(cert).expect("pem") {
+        roots.add(c.expect("cert")).expect("root");
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::try_from("localhost").expect("name");
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with the dashboard's certificate");
+    let req = format!(
+        "{head}\r\nhost: localhost\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    // A server may close without close_notify after `connection: close`: keep what came.
+    let _ = tls.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_loopback_the_dashboard_acts_only_over_tls() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let key_path = tmp.path().join("operator.key");
+    mesh_agent::identity::create_operator_key(&key_path, false).expect("operator key");
+    let dir = tmp.path().join("n0");
+    let node = start_with(&dir, &Keypair::generate_ed25519(), None, |_| {}, None).await;
+    let local: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let (info, _api) = mesh_agent::api::serve(local, &dir, node.peer_id.to_string(), node.api())
+        .await
+        .expect("control endpoint");
+    // All interfaces (not loopback), no TLS: readable, but no login and no action.
+    let any: SocketAddr = "0.0.0.0:0".parse().expect("addr");
+    let cfg = DashboardConfig {
+        addr: any.to_string(),
+        operator_key: Some(key_path.clone()),
+        ..Default::default()
+    };
+    let plain = dashboard::serve(any, &dir, node.api(), node.observe(), &cfg)
+        .await
+        .expect("dashboard");
+    let Actions::Unavailable(why) = &plain.actions else {
+        panic!("actions offered without TLS off loopback");
+    };
+    assert!(why.contains("not a loopback address, without TLS"), "{why}");
+    let at = SocketAddr::from(([127, 0, 0, 1], plain.addr.port()));
+    let (code, _, page) = http(at, "GET / HTTP/1.1", "").await;
+    assert_eq!(code, 200);
+    assert!(page.contains("Actions unavailable"), "the page says so");
+    let form = "content-type: application/x-www-form-urlencoded";
+    let login = format!("token={}", info.token);
+    let (code, headers, _) = http(at, &format!("POST /login HTTP/1.1\r\n{form}"), &login).await;
+    assert_eq!(code, 403, "no login in clear: {headers}");
+    assert!(!headers.contains("set-cookie"), "{headers}");
+    plain.task.abort();
+
+    // With a certificate: HTTPS, and a login gives a Secure session cookie.
+    let Some((cert, key)) = self_signed(tmp.path()) else {
+        return;
+    };
+    let cfg = DashboardConfig {
+        tls_cert: Some(cert.clone()),
+        tls_key: Some(key),
+        ..cfg
+    };
+    let tls = dashboard::serve(any, &dir, node.api(), node.observe(), &cfg)
+        .await
+        .expect("dashboard over TLS");
+    assert_eq!(tls.actions, Actions::Available);
+    assert!(tls.url().starts_with("https://"), "{}", tls.url());
+    let at = SocketAddr::from(([127, 0, 0, 1], tls.addr.port()));
+    let page = https(at, &cert, "GET / HTTP/1.1", "").await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(!page.contains("Actions unavailable"), "{page}");
+    let answer = https(
+        at,
+        &cert,
+        &format!("POST /login HTTP/1.1\r\n{form}"),
+        &login,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 303"), "{answer}");
+    let cookie = answer
+        .lines()
+        .find(|l| l.starts_with("set-cookie:"))
+        .expect("a session cookie");
+    for attr in ["HttpOnly", "SameSite=Strict", "Secure"] {
+        assert!(cookie.contains(attr), "{cookie}");
+    }
+    tls.task.abort();
+    node.shutdown().await;
+}
