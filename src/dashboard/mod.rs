@@ -172,6 +172,8 @@ pub async fn serve(
 
 /// The dashboard's routes.
 fn router(shared: Arc<Shared>) -> axum::Router {
-    // /metrics is merged here: `.merge(crate::metrics::router(api))` (issue 18's other half).
+    // /metrics is merged here (issue 18's other half), e.g.
+    // `.merge(crate::metrics::router(shared.node.clone()))` before `with_state`'s result
+    // is returned; it then shares this listener (and its TLS) but not the page headers.
     pages::routes().with_state(shared)
 }
