@@ -90,7 +90,7 @@ fn back_to(b: &str) -> &str {
     let local = b.starts_with('/')
         && !b.starts_with("//")
         && !b.contains('\\')
-        && !b.chars().any(|c| c.is_control() || c.is_whitespace());
+        && b.chars().all(|c| c.is_ascii_graphic());
     if local {
         b
     } else {
@@ -228,6 +228,8 @@ mod tests {
             "/\\evil",
             "",
             "/a b",
+            "/\u{e9}",
+            "/a\r\nlocation: x",
         ] {
             assert_eq!(back_to(bad), "/", "{bad}");
         }
