@@ -225,6 +225,23 @@ pub struct SealedFact {
     pub value: String,
 }
 
+impl SealedFact {
+    /// An operator's command, as the node resolved it (`POST /v1/command/prepare`),
+    /// sealed with the operator's key under its content's key: what `POST /v1/command`
+    /// takes. The CLI and the dashboard both sign through here.
+    pub fn command(
+        signer: &crate::core::trust::Signer,
+        fact: &CommandFact,
+    ) -> Result<SealedFact, serde_json::Error> {
+        let json = serde_json::to_string(fact)?;
+        let key = crate::core::state::command_key(signer.author(), &json);
+        Ok(SealedFact {
+            value: signer.seal(&key, &json),
+            key,
+        })
+    }
+}
+
 async fn show_roster(State(st): State<AppState>) -> Response {
     match ask(&st, ApiRequest::View).await {
         Ok(v) => Json(v.roster).into_response(),
@@ -466,7 +483,7 @@ pub enum ClientError {
 const MAX_CONTROL_BYTES: usize = 64 * 1024;
 
 /// Reads `control.json`'s content; the error says what is wrong with it.
-fn parse_control(bytes: &[u8]) -> Result<ControlInfo, String> {
+pub fn parse_control(bytes: &[u8]) -> Result<ControlInfo, String> {
     if bytes.len() > MAX_CONTROL_BYTES {
         return Err(format!("larger than {MAX_CONTROL_BYTES} bytes"));
     }

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod config;
 pub mod core;
+pub mod dashboard;
 pub mod demo;
 pub mod exec;
 pub mod fence;

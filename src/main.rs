@@ -338,6 +338,10 @@ struct RunArgs {
     /// Loopback address of the control endpoint (port 0 picks a free one).
     #[arg(long, value_name = "IP:PORT")]
     control_addr: Option<String>,
+    /// Serve the web dashboard on this address, e.g. 127.0.0.1:8080 (config:
+    /// `[dashboard] addr`). Actions need a login; off loopback they also need TLS.
+    #[arg(long, value_name = "IP:PORT")]
+    dashboard: Option<String>,
     #[arg(long, value_name = "MS")]
     heartbeat_ms: Option<u64>,
     #[arg(long, value_name = "MS")]
@@ -540,6 +544,9 @@ fn run(dir: &Path, a: RunArgs) -> Result<()> {
     if let Some(v) = a.control_addr {
         cfg.control_addr = v;
     }
+    if let Some(v) = a.dashboard {
+        cfg.dashboard.addr = v;
+    }
     if let Some(v) = a.heartbeat_ms {
         cfg.heartbeat_ms = v;
     }
@@ -578,6 +585,7 @@ fn run(dir: &Path, a: RunArgs) -> Result<()> {
         if let Some(psk) = &psk {
             tracing::info!(fingerprint = %psk.fingerprint(), "private network enabled");
         }
+        let dashboard = cfg.dashboard.clone();
         let handle = node::start(NodeOptions {
             config: cfg,
             data_dir: Some(dir.to_path_buf()),
@@ -593,9 +601,30 @@ fn run(dir: &Path, a: RunArgs) -> Result<()> {
         for a in &handle.listen_addrs {
             println!("listening {}/p2p/{}", a, handle.peer_id);
         }
+        let dashboard = match dashboard.socket_addr() {
+            Some(addr) => {
+                let d = mesh_agent::dashboard::serve(
+                    addr,
+                    dir,
+                    handle.api(),
+                    handle.observe(),
+                    &dashboard,
+                )
+                .await?;
+                println!("dashboard {}", d.url());
+                if let mesh_agent::dashboard::Actions::Unavailable(why) = &d.actions {
+                    println!("dashboard actions unavailable: {why}");
+                }
+                Some(d.task)
+            }
+            None => None,
+        };
         wait_for_signal().await;
         tracing::info!("stopping: handing claims back (a second Ctrl-C or SIGTERM exits at once)");
         api_task.abort();
+        if let Some(t) = dashboard {
+            t.abort();
+        }
         api::remove_control_file(dir);
         tokio::select! {
             _ = handle.shutdown() => {}

@@ -11,7 +11,7 @@ use super::commands::running;
 use anyhow::{bail, Result};
 use clap::Args;
 use mesh_agent::api::{self, AttentionRow};
-use mesh_agent::core::state::{command_key, CommandFact, Op, Target, MAX_UNBLOCK_GRANT};
+use mesh_agent::core::state::{CommandFact, Op, Target};
 use mesh_agent::identity;
 use std::path::{Path, PathBuf};
 
@@ -210,17 +210,7 @@ pub(crate) fn approve(dir: &Path, a: ApproveArgs) -> Result<()> {
 }
 
 pub(crate) fn unblock(dir: &Path, a: UnblockArgs) -> Result<()> {
-    // A reset grants a full set of attempts again; the node fills in the blocked step.
-    let grant = if a.reset_attempts {
-        mesh_agent::core::model::MAX_ATTEMPTS.min(MAX_UNBLOCK_GRANT)
-    } else {
-        1
-    };
-    let op = Op::Unblock {
-        phase: mesh_agent::core::model::Phase::Research,
-        round: 0,
-        grant,
-    };
+    let op = Op::unblock(a.reset_attempts);
     send(dir, &a.key, story(&a.story), op)
 }
 
@@ -251,13 +241,8 @@ pub(crate) fn send(dir: &Path, key: &KeyArg, target: Target, op: Op) -> Result<(
     let fact = client
         .prepare_command(&draft)
         .map_err(super::commands::usage_if_refused)?;
-    let json = serde_json::to_string(&fact)?;
-    let key = command_key(signer.author(), &json);
     let done = client
-        .put_command(&api::SealedFact {
-            value: signer.seal(&key, &json),
-            key,
-        })
+        .put_command(&api::SealedFact::command(&signer, &fact)?)
         .map_err(super::commands::usage_if_refused)?;
     println!("{done}");
     Ok(())

@@ -140,6 +140,15 @@ stall_after_ms = {stall}
 # url = "https://hooks.slack.com/services/T000/B000/XXXX"
 # triggers = ["story_blocked", "security_concern", "digest"]   # default: all
 
+# The web dashboard (README "Dashboard"): off unless addr is set (or `run --dashboard`).
+# Actions (pause, approve, ...) need a login with the control token and are signed with
+# the operator key; on an address other than loopback they also need tls_cert + tls_key.
+# [dashboard]
+# addr = "127.0.0.1:8080"
+# tls_cert = "/etc/mesh-agent/dashboard.crt"   # PEM chain; with tls_key: HTTPS
+# tls_key = "/etc/mesh-agent/dashboard.key"
+# operator_key = "/home/me/.config/mesh-agent/operator.key"   # default: $MESH_OPERATOR_KEY
+
 # The command executor (executor = "command"): see examples/executors/README.md.
 # [command]
 # program = "examples/executors/claude.sh"

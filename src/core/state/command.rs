@@ -112,6 +112,20 @@ pub enum Op {
 }
 
 impl Op {
+    /// `unblock` as an operator gives it: one more attempt, or (`reset_attempts`) a full
+    /// set again; the node fills in the blocked step when it resolves the draft.
+    pub fn unblock(reset_attempts: bool) -> Op {
+        Op::Unblock {
+            phase: crate::core::model::Phase::Research,
+            round: 0,
+            grant: if reset_attempts {
+                crate::core::model::MAX_ATTEMPTS.min(MAX_UNBLOCK_GRANT)
+            } else {
+                1
+            },
+        }
+    }
+
     /// The verb, as the CLI spells it.
     pub fn verb(&self) -> &'static str {
         match self {
