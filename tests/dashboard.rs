@@ -13,6 +13,8 @@
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "dashboard/cdp.rs"]
+mod cdp;
 
 use common::*;
 use libp2p::identity::Keypair;
