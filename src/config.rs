@@ -121,6 +121,8 @@ pub struct Config {
     pub stall_after_ms: u64,
     /// Notifications (`[notify]`, `[[notify.sink]]`): see docs/DESIGN.md §15.
     pub notify: crate::notify::NotifyConfig,
+    /// Work from outside (`[intake.github]`: the issues webhook).
+    pub intake: crate::intake::IntakeConfig,
 }
 
 impl Default for Config {
@@ -189,6 +191,7 @@ impl Default for Config {
             origin_backoff_max_ms: 60_000,
             stall_after_ms: 300_000,
             notify: Default::default(),
+            intake: Default::default(),
         }
     }
 }
@@ -531,7 +534,8 @@ impl Config {
                 "expected a branch name like main",
             ));
         }
-        self.notify.validate()
+        self.notify.validate()?;
+        self.intake.validate()
     }
 
     /// The resource caps as the core wants them.
