@@ -140,6 +140,12 @@ stall_after_ms = {stall}
 # url = "https://hooks.slack.com/services/T000/B000/XXXX"
 # triggers = ["story_blocked", "security_concern", "digest"]   # default: all
 
+# GitHub issues in by signed webhook (README "Issues from GitHub"): POST
+# /v1/hooks/github on the control address, HMAC-checked; off (404) without a secret.
+# [intake.github]
+# secret_file = "github-hook.secret"
+# label = "mesh"
+
 # The command executor (executor = "command"): see examples/executors/README.md.
 # [command]
 # program = "examples/executors/claude.sh"
