@@ -148,3 +148,69 @@ fn resolve_in_batch(
         None => Err(InputError::UnknownStory(d.to_string())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "12D3KooWAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAaaaaaa";
+
+    fn story(title: &str, depends: &[&str]) -> NewStory {
+        NewStory {
+            title: title.into(),
+            depends_on: depends.iter().map(|d| d.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// A batch is one change, all or none; dependencies name the document's stories or
+    /// earlier ones of the batch (by position or by the id they get); a later one, or an
+    /// unknown one, refuses the batch naming the story.
+    #[test]
+    fn a_batch_is_one_change_all_or_none_with_dependencies_inside_it() {
+        let mut d = Doc::new([1; 16]).with_test_names();
+        d.add_story(&story("first", &[]), A, 1).unwrap();
+        let heads = d.heads_hex();
+
+        for (bad, at) in [
+            (
+                vec![story("a", &[]), story("b", &["#3"]), story("c", &[])],
+                1,
+            ),
+            (vec![story("a", &[]), story("b", &["S-0003"])], 1),
+            (vec![story("a", &[]), story("", &[])], 1),
+            (vec![story("a", &["S-0099"])], 0),
+        ] {
+            let e = d.add_story_batch(&bad, "cli", A, 2).unwrap_err();
+            assert_eq!(e.index, Some(at), "{e}");
+            assert_eq!(d.heads_hex(), heads, "nothing written");
+        }
+
+        let keys = d
+            .add_story_batch(
+                &[
+                    story("a", &["S-0001"]),
+                    story("b", &["#1"]),
+                    story("c", &["S-0003", "s-2", "#2"]),
+                ],
+                "cli",
+                A,
+                3,
+            )
+            .unwrap();
+        let after = d.heads_hex();
+        assert_eq!(after.len(), 1);
+        assert_ne!(after, heads);
+        let view = d.view();
+        let ids = |k: &str| view.stories[k].depends_on_ids.clone();
+        assert_eq!(view.stories[&keys[0]].id, "S-0002");
+        assert_eq!(ids(&keys[0]), vec!["S-0001"]);
+        assert_eq!(ids(&keys[1]), vec!["S-0002"]);
+        assert_eq!(ids(&keys[2]), vec!["S-0003", "S-0002"]);
+        // One change for the three: loading the document replays one commit after the
+        // first story's.
+        assert_eq!(d.inner.get_changes(&[]).len(), 2);
+        assert!(d.story_from_source("cli").is_some());
+        assert_eq!(d.story_from_source("github:o/r#1"), None);
+    }
+}
