@@ -164,6 +164,23 @@ async fn add_story(State(st): State<AppState>, Json(new): Json<NewStory>) -> Res
     }
 }
 
+/// Stories in one change (`story add --from FILE`): 201 with each story's id, key and
+/// title in order, or 400 naming the line at fault (nothing written).
+async fn add_stories(
+    State(st): State<AppState>,
+    Json(batch): Json<crate::intake::StoryBatch>,
+) -> Response {
+    match ask(&st, |tx| ApiRequest::AddStories(batch, tx)).await {
+        Ok(Ok(list)) => {
+            let added: Vec<crate::intake::bulk::Added> =
+                list.iter().map(crate::intake::bulk::Added::of).collect();
+            (StatusCode::CREATED, Json(added)).into_response()
+        }
+        Ok(Err(e)) => write_err(e),
+        Err(r) => r,
+    }
+}
+
 #[derive(Deserialize)]
 struct EventsQuery {
     #[serde(default)]
@@ -417,6 +434,18 @@ pub async fn serve(
     peer_id: String,
     node: mpsc::Sender<ApiRequest>,
 ) -> std::io::Result<(ControlInfo, tokio::task::JoinHandle<()>)> {
+    serve_with(bind, data_dir, peer_id, node, Router::new()).await
+}
+
+/// [`serve`], with `hooks` — routes that carry their own authentication (the GitHub
+/// hook's HMAC) — merged outside the token layer.
+pub async fn serve_with(
+    bind: SocketAddr,
+    data_dir: &Path,
+    peer_id: String,
+    node: mpsc::Sender<ApiRequest>,
+    hooks: Router,
+) -> std::io::Result<(ControlInfo, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
     let mut raw = [0u8; 24];
@@ -432,6 +461,12 @@ pub async fn serve(
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/stories", get(list_stories).post(add_story))
+        .route(
+            "/v1/stories/batch",
+            post(add_stories).layer(axum::extract::DefaultBodyLimit::max(
+                crate::intake::bulk::MAX_BATCH_BODY_BYTES,
+            )),
+        )
         .route("/v1/stories/{id}", get(show_story))
         .route("/v1/events", get(events))
         .route("/v1/log", get(log))
@@ -447,7 +482,9 @@ pub async fn serve(
         .layer(middleware::from_fn_with_state(
             Arc::new(digest(format!("Bearer {}", info.token).as_bytes())),
             require_token,
-        ));
+        ))
+        // Outside the token layer: these check their own signatures.
+        .merge(hooks);
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "control endpoint stopped");
@@ -715,6 +752,19 @@ impl ControlClient {
             .post(self.url("/v1/stories"))
             .header("authorization", self.auth())
             .send_json(new);
+        self.finish(r)
+    }
+
+    /// Adds stories in one change (`story add --from FILE`).
+    pub fn add_stories(
+        &self,
+        batch: &crate::intake::StoryBatch,
+    ) -> Result<Vec<crate::intake::bulk::Added>, ClientError> {
+        let r = self
+            .agent
+            .post(self.url("/v1/stories/batch"))
+            .header("authorization", self.auth())
+            .send_json(batch);
         self.finish(r)
     }
 }

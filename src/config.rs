@@ -123,6 +123,8 @@ pub struct Config {
     pub notify: crate::notify::NotifyConfig,
     /// The web dashboard (`[dashboard]`): see `crate::dashboard::DashboardConfig`.
     pub dashboard: crate::dashboard::DashboardConfig,
+    /// Work from outside (`[intake.github]`: the issues webhook).
+    pub intake: crate::intake::IntakeConfig,
 }
 
 impl Default for Config {
@@ -192,6 +194,7 @@ impl Default for Config {
             stall_after_ms: 300_000,
             notify: Default::default(),
             dashboard: Default::default(),
+            intake: Default::default(),
         }
     }
 }
@@ -535,7 +538,8 @@ impl Config {
             ));
         }
         self.notify.validate()?;
-        self.dashboard.validate()
+        self.dashboard.validate()?;
+        self.intake.validate()
     }
 
     /// The resource caps as the core wants them.

@@ -16,6 +16,7 @@ pub mod exec;
 pub mod fence;
 pub mod git;
 pub mod identity;
+pub mod intake;
 pub mod metrics;
 pub mod net;
 pub mod node;

@@ -386,10 +386,10 @@ struct StatusArgs {
 
 #[derive(Subcommand)]
 enum StoryCommand {
-    /// Add a story to the backlog.
+    /// Add a story to the backlog, or many at once with --from.
     Add {
-        #[arg(long)]
-        title: String,
+        #[arg(long, required_unless_present = "from")]
+        title: Option<String>,
         #[arg(long, default_value = "")]
         body: String,
         /// Priority 1..=999, lower runs first (default 100).
@@ -404,6 +404,12 @@ enum StoryCommand {
         /// A label (repeatable).
         #[arg(long)]
         label: Vec<String>,
+        /// Add every story of a JSON-lines file (`-`: stdin) in one change: one story per
+        /// line with the fields of the flags (title, body, priority, depends, files,
+        /// labels; `depends` may name an earlier line as "#N"). Every line is checked
+        /// first: bad lines are reported by number and nothing is added.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["title", "body", "priority", "depends", "files", "label"])]
+        from: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -586,6 +592,8 @@ fn run(dir: &Path, a: RunArgs) -> Result<()> {
             tracing::info!(fingerprint = %psk.fingerprint(), "private network enabled");
         }
         let dashboard = cfg.dashboard.clone();
+        let hook_cfg = cfg.intake.github.clone();
+        let hook_secret = hook_cfg.load_secret(dir).map_err(usage)?;
         let handle = node::start(NodeOptions {
             config: cfg,
             data_dir: Some(dir.to_path_buf()),
@@ -595,9 +603,18 @@ fn run(dir: &Path, a: RunArgs) -> Result<()> {
             executor: None,
         })
         .await?;
-        let (_info, api_task) = api::serve(control, dir, handle.peer_id.to_string(), handle.api())
-            .await
-            .context("cannot start the control endpoint")?;
+        let hooks = mesh_agent::intake::github::router(
+            mesh_agent::intake::github::GithubHook::new(hook_secret, &hook_cfg, handle.api()),
+        );
+        let (_info, api_task) = api::serve_with(
+            control,
+            dir,
+            handle.peer_id.to_string(),
+            handle.api(),
+            hooks,
+        )
+        .await
+        .context("cannot start the control endpoint")?;
         for a in &handle.listen_addrs {
             println!("listening {}/p2p/{}", a, handle.peer_id);
         }

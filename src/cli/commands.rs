@@ -246,6 +246,11 @@ pub(crate) fn story(dir: &Path, c: StoryCommand) -> Result<()> {
     let client = ControlClient::for_data_dir(dir)?;
     match c {
         StoryCommand::Add {
+            from: Some(from),
+            json,
+            ..
+        } => super::intake::add_from(dir, &from, json)?,
+        StoryCommand::Add {
             title,
             body,
             priority,
@@ -253,9 +258,10 @@ pub(crate) fn story(dir: &Path, c: StoryCommand) -> Result<()> {
             files,
             label,
             json,
+            from: None,
         } => {
             let new = NewStory {
-                title,
+                title: title.unwrap_or_default(),
                 body,
                 priority,
                 depends_on: depends,

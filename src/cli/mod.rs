@@ -5,6 +5,7 @@
 
 pub(crate) mod budget;
 pub(crate) mod commands;
+pub(crate) mod intake;
 pub(crate) mod progress;
 pub(crate) mod render;
 pub(crate) mod setup;

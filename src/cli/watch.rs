@@ -190,8 +190,9 @@ pub(crate) fn render_frame(
         .map(|s| format!("{s} {}", r.story_counts.get(s.as_str()).unwrap_or(&0)))
         .collect();
     o.push(format!("stories: {total} ({})", counts.join(", ")));
-    let open =
-        |s: &&mesh_agent::node::StorySummary| !matches!(s.status.as_str(), "merged" | "blocked" | "cancelled");
+    let open = |s: &&mesh_agent::node::StorySummary| {
+        !matches!(s.status.as_str(), "merged" | "blocked" | "cancelled")
+    };
     let mut listed: Vec<_> = r.stories.iter().filter(open).collect();
     listed.extend(r.stories.iter().filter(|s| !open(s)));
     for s in listed.iter().take(STORY_LINES) {

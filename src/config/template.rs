@@ -149,6 +149,12 @@ stall_after_ms = {stall}
 # tls_key = "/etc/mesh-agent/dashboard.key"
 # operator_key = "/home/me/.config/mesh-agent/operator.key"   # default: $MESH_OPERATOR_KEY
 
+# GitHub issues in by signed webhook (README "Issues from GitHub"): POST
+# /v1/hooks/github on the control address, HMAC-checked; off (404) without a secret.
+# [intake.github]
+# secret_file = "github-hook.secret"
+# label = "mesh"
+
 # The command executor (executor = "command"): see examples/executors/README.md.
 # [command]
 # program = "examples/executors/claude.sh"

@@ -85,6 +85,19 @@ impl std::fmt::Debug for HostileWrite {
 #[derive(Debug)]
 pub enum ApiRequest {
     AddStory(NewStory, oneshot::Sender<Result<StoryView, WriteError>>),
+    /// Adds stories in one change, all or none (`story add --from FILE`); answers them
+    /// in order, or why not, naming the story's line.
+    AddStories(
+        crate::intake::StoryBatch,
+        oneshot::Sender<Result<Vec<StoryView>, WriteError>>,
+    ),
+    /// Adds a story from an outside source (an issue from the GitHub hook) unless one
+    /// from that source is in the document already.
+    AddSourced(
+        NewStory,
+        String,
+        oneshot::Sender<Result<crate::core::Sourced, WriteError>>,
+    ),
     Status(oneshot::Sender<StatusReport>),
     View(oneshot::Sender<View>),
     /// Start (true) or stop (false) claiming new work; running work continues. Starting

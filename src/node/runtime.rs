@@ -566,6 +566,26 @@ impl Runtime {
                     .await;
                 let _ = reply.send(res);
             }
+            ApiRequest::AddStories(batch, reply) => {
+                let wall = wall_ms();
+                let res = self
+                    .durable_write(|core| {
+                        core.add_stories(&batch.stories, wall)
+                            .map_err(|e| batch.describe(&e))
+                    })
+                    .await;
+                let _ = reply.send(res);
+            }
+            ApiRequest::AddSourced(new, source, reply) => {
+                let wall = wall_ms();
+                let res = self
+                    .durable_write(|core| {
+                        core.add_sourced_story(&new, &source, wall)
+                            .map_err(|e| e.to_string())
+                    })
+                    .await;
+                let _ = reply.send(res);
+            }
             ApiRequest::Status(reply) => {
                 let _ = reply.send(self.status());
             }

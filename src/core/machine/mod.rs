@@ -48,6 +48,7 @@ mod budget;
 mod claims;
 mod events;
 mod guards;
+mod intake;
 mod latency;
 mod notify;
 mod origin;
@@ -59,6 +60,7 @@ mod write;
 
 pub use budget::{BudgetConfig, SpendStatus};
 pub use guards::{ClockSkew, Guards, Handover, CLOCK_SAMPLES};
+pub use intake::Sourced;
 pub use latency::{Histogram, Latency, SettleOutcome, PHASE_BOUNDS_MS, SETTLE_BOUNDS_MS};
 pub use origin::JobFailure;
 pub use status::{ClaimRow, Counters, HeldClaim, RunRecord};

@@ -733,7 +733,7 @@ impl StoryFold<'_> {
 }
 
 /// `s-42` → `S-0042`; anything else is returned upper-cased as given.
-fn normalize_display_id(id: &str) -> String {
+pub(in crate::core::state) fn normalize_display_id(id: &str) -> String {
     let up = id.trim().to_uppercase();
     let Some(rest) = up.strip_prefix("S-") else {
         return up;

@@ -7,6 +7,8 @@ use super::roster::{Roster, RosterEntry, ADMIT_PREFIX, REVOKE_PREFIX};
 use super::*;
 use std::collections::HashSet;
 
+mod batch;
+pub use batch::{BatchError, BATCH_REF_PREFIX, MAX_BATCH_STORIES};
 mod fold;
 mod write;
 

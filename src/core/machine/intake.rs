@@ -1,0 +1,83 @@
+//! Stories in bulk in the running core: a batch (`story add --from FILE`) written as one
+//! change, and a story from an outside source (an issue delivered by a webhook) written
+//! once however often it is delivered.
+//!
+//! Against the user-write cap (`max_writes_per_minute`) a batch counts as **one** write:
+//! the cap bounds how many changes and pushes a node's users make, and a batch is one
+//! change and one push. Its size is bounded by
+//! [`crate::core::state::MAX_BATCH_STORIES`] and the document's
+//! size cap, which refuses a user's write once the document is past 90 % of it.
+
+use super::*;
+use crate::core::state::BatchError;
+
+/// What [`Core::add_sourced_story`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sourced {
+    /// A new story was written.
+    Added(StoryView),
+    /// A story from this source was already in the document: nothing was written.
+    Exists(StoryView),
+}
+
+impl Core {
+    /// Adds `news` written by this node in one change, all or none (see
+    /// [`Doc::add_story_batch`]); returns them in order. The caller must make the
+    /// `Persist` effects durable before acknowledging.
+    pub fn add_stories(
+        &mut self,
+        news: &[NewStory],
+        wall_ms: u64,
+    ) -> Result<Vec<StoryView>, BatchError> {
+        self.write_batch(news, "cli", wall_ms)
+    }
+
+    /// Adds `new` with its `source` recorded (`github:<owner>/<repo>#<number>`), unless a
+    /// story from that source is already in the document — a redelivery, or a second
+    /// node that received the same issue after the first one's story reached it.
+    pub fn add_sourced_story(
+        &mut self,
+        new: &NewStory,
+        source: &str,
+        wall_ms: u64,
+    ) -> Result<Sourced, BatchError> {
+        if let Some(key) = self.doc.story_from_source(source) {
+            if let Some(s) = self.doc.view().stories.get(&key) {
+                return Ok(Sourced::Exists(s.clone()));
+            }
+        }
+        let mut added = self.write_batch(std::slice::from_ref(new), source, wall_ms)?;
+        added
+            .pop()
+            .map(Sourced::Added)
+            .ok_or_else(|| BatchError::whole(StateError::Corrupt("no story written".into())))
+    }
+
+    fn write_batch(
+        &mut self,
+        news: &[NewStory],
+        source: &str,
+        wall_ms: u64,
+    ) -> Result<Vec<StoryView>, BatchError> {
+        if self.cfg.passive {
+            return Err(BatchError::whole(StateError::Passive));
+        }
+        if news.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.user_write(wall_ms).map_err(BatchError::whole)?;
+        let peer = self.peer.clone();
+        let keys = self.doc.add_story_batch(news, source, &peer, wall_ms)?;
+        self.local_write();
+        // Announce the new heads now rather than at the next beat.
+        self.heartbeat(wall_ms);
+        let view = self.doc.view();
+        keys.iter()
+            .map(|k| {
+                view.stories.get(k).cloned().ok_or_else(|| {
+                    BatchError::whole(StateError::Corrupt("story vanished after write".into()))
+                })
+            })
+            .collect()
+    }
+}

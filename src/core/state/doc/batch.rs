@@ -1,0 +1,216 @@
+//! Stories in bulk (`story add --from FILE`, `POST /v1/stories/batch`, issues from a
+//! webhook): many story facts validated, sealed and written in one change — one
+//! automerge commit, one durable write, one push — all or none.
+
+use super::*;
+use std::collections::HashMap;
+
+/// The most stories one batch may hold: a batch is one change, held in memory and sent
+/// to every peer whole.
+pub const MAX_BATCH_STORIES: usize = 100_000;
+
+/// Where a batch's dependency names a story written earlier in the same batch by its
+/// position: `#N` is the batch's N-th story (from 1).
+pub const BATCH_REF_PREFIX: char = '#';
+
+/// Why a batch was not written; `index` is the story at fault (from 0), if one is.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{error}", .index.map(|i| format!("story {} of the batch: ", i + 1)).unwrap_or_default())]
+pub struct BatchError {
+    pub index: Option<usize>,
+    pub error: StateError,
+}
+
+impl BatchError {
+    /// An error of the whole batch, not of one story in it.
+    pub fn whole(error: StateError) -> BatchError {
+        BatchError { index: None, error }
+    }
+
+    fn at(index: usize, error: impl Into<StateError>) -> BatchError {
+        BatchError {
+            index: Some(index),
+            error: error.into(),
+        }
+    }
+}
+
+impl Doc {
+    /// Validates and writes `news` in one change, numbered in order after the highest
+    /// number in the document: all or none. A dependency names a story already in the
+    /// document (display id or key) or one earlier in the batch — by the display id it
+    /// gets here (`S-<number>`, numbers assigned in order) or by its position
+    /// (`#N`, see [`BATCH_REF_PREFIX`]). `source` is recorded in every fact. Returns the
+    /// keys in order.
+    pub fn add_story_batch(
+        &mut self,
+        news: &[NewStory],
+        source: &str,
+        creator: &str,
+        now_ms: u64,
+    ) -> Result<Vec<String>, BatchError> {
+        if news.len() > MAX_BATCH_STORIES {
+            return Err(BatchError::whole(StateError::Write {
+                key: STORY_PREFIX.into(),
+                why: format!(
+                    "{} stories in one batch; the limit is {MAX_BATCH_STORIES}",
+                    news.len()
+                ),
+            }));
+        }
+        let view = self.view();
+        // Display id → key, built once: resolving each dependency by a scan of the view
+        // would make a large batch quadratic.
+        let mut by_id: HashMap<String, Option<String>> = HashMap::new();
+        for s in view.stories.values() {
+            by_id
+                .entry(s.id.clone())
+                .and_modify(|k| *k = None)
+                .or_insert_with(|| Some(s.key.clone()));
+        }
+        let first = view.max_number();
+        let (mut keys, mut values) = (Vec::with_capacity(news.len()), Vec::new());
+        for (i, new) in news.iter().enumerate() {
+            let valid = new.validate().map_err(|e| BatchError::at(i, e))?;
+            let mut depends_on = Vec::new();
+            for d in &new.depends_on {
+                let key = resolve_in_batch(d.trim(), &keys, &by_id, &view, first)
+                    .map_err(|e| BatchError::at(i, e))?;
+                if !depends_on.contains(&key) {
+                    depends_on.push(key);
+                }
+            }
+            let number = first + 1 + i as u32;
+            let key = story_key(number, creator);
+            let fact = StoryFact {
+                number,
+                created_by: creator.to_string(),
+                created_at_ms: now_ms,
+                title: valid.title,
+                body: valid.body,
+                priority: valid.priority,
+                depends_on,
+                files: valid.files,
+                labels: valid.labels,
+                source: source.to_string(),
+            };
+            let doc_key = format!("{STORY_PREFIX}{key}");
+            let sealed = self
+                .seal_checked(&doc_key, &fact, creator)
+                .map_err(|e| BatchError::at(i, e))?;
+            values.push((doc_key, sealed));
+            keys.push(key);
+        }
+        if !values.is_empty() {
+            self.put_sealed(&values).map_err(BatchError::whole)?;
+        }
+        Ok(keys)
+    }
+
+    /// The story whose fact records `source` (an issue from a tracker, say), if one
+    /// was written: the lookup that makes a redelivered issue a no-op.
+    pub fn story_from_source(&self, source: &str) -> Option<String> {
+        self.facts.iter().find_map(|(k, f)| match f {
+            Fact::Story(s) if s.source == source => k.strip_prefix(STORY_PREFIX).map(String::from),
+            _ => None,
+        })
+    }
+}
+
+/// The key of dependency `d` of a story in a batch whose earlier stories have `keys`.
+fn resolve_in_batch(
+    d: &str,
+    keys: &[String],
+    by_id: &HashMap<String, Option<String>>,
+    view: &View,
+    first: u32,
+) -> Result<String, InputError> {
+    if let Some(n) = d.strip_prefix(BATCH_REF_PREFIX) {
+        return match n.parse::<usize>() {
+            Ok(n) if n >= 1 && n <= keys.len() => Ok(keys[n - 1].clone()),
+            _ => Err(InputError::UnknownStory(format!(
+                "{d} (not an earlier story of this batch)"
+            ))),
+        };
+    }
+    if view.stories.contains_key(d) || keys.iter().any(|k| k == d) {
+        return Ok(d.to_string());
+    }
+    let id = super::super::view::normalize_display_id(d);
+    if let Some(n) = id.strip_prefix("S-").and_then(|n| n.parse::<u32>().ok()) {
+        if n > first && ((n - first) as usize) <= keys.len() {
+            return Ok(keys[(n - first - 1) as usize].clone());
+        }
+    }
+    match by_id.get(&id) {
+        Some(Some(key)) => Ok(key.clone()),
+        Some(None) => Err(InputError::AmbiguousStory(d.to_string())),
+        None => Err(InputError::UnknownStory(d.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "12D3KooWAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAaaaaaa";
+
+    fn story(title: &str, depends: &[&str]) -> NewStory {
+        NewStory {
+            title: title.into(),
+            depends_on: depends.iter().map(|d| d.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// A batch is one change, all or none; dependencies name the document's stories or
+    /// earlier ones of the batch (by position or by the id they get); a later one, or an
+    /// unknown one, refuses the batch naming the story.
+    #[test]
+    fn a_batch_is_one_change_all_or_none_with_dependencies_inside_it() {
+        let mut d = Doc::new([1; 16]).with_test_names();
+        d.add_story(&story("first", &[]), A, 1).unwrap();
+        let heads = d.heads_hex();
+
+        for (bad, at) in [
+            (
+                vec![story("a", &[]), story("b", &["#3"]), story("c", &[])],
+                1,
+            ),
+            (vec![story("a", &[]), story("b", &["S-0003"])], 1),
+            (vec![story("a", &[]), story("", &[])], 1),
+            (vec![story("a", &["S-0099"])], 0),
+        ] {
+            let e = d.add_story_batch(&bad, "cli", A, 2).unwrap_err();
+            assert_eq!(e.index, Some(at), "{e}");
+            assert_eq!(d.heads_hex(), heads, "nothing written");
+        }
+
+        let keys = d
+            .add_story_batch(
+                &[
+                    story("a", &["S-0001"]),
+                    story("b", &["#1"]),
+                    story("c", &["S-0003", "s-2", "#2"]),
+                ],
+                "cli",
+                A,
+                3,
+            )
+            .unwrap();
+        let after = d.heads_hex();
+        assert_eq!(after.len(), 1);
+        assert_ne!(after, heads);
+        let view = d.view();
+        let ids = |k: &str| view.stories[k].depends_on_ids.clone();
+        assert_eq!(view.stories[&keys[0]].id, "S-0002");
+        assert_eq!(ids(&keys[0]), vec!["S-0001"]);
+        assert_eq!(ids(&keys[1]), vec!["S-0002"]);
+        assert_eq!(ids(&keys[2]), vec!["S-0003", "S-0002"]);
+        // One change for the three: loading the document replays one commit after the
+        // first story's.
+        assert_eq!(d.inner.get_changes(&[]).len(), 2);
+        assert!(d.story_from_source("cli").is_some());
+        assert_eq!(d.story_from_source("github:o/r#1"), None);
+    }
+}
