@@ -11,10 +11,10 @@
 //! root (CI) and is skipped with one line otherwise. `MESH_DASHBOARD_SCREENSHOTS=1`
 //! (scripts/screenshots) also saves docs/dashboard-desktop.png and -phone.png.
 
-#[path = "common/mod.rs"]
-mod common;
 #[path = "dashboard/cdp.rs"]
 mod cdp;
+#[path = "common/mod.rs"]
+mod common;
 
 use common::*;
 use libp2p::identity::Keypair;
