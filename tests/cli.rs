@@ -2,6 +2,13 @@
 //! a locked data dir, a node killed with SIGKILL that restarts with every story it
 //! acknowledged, and the audit trail (`log`) of a live node.
 
+// One binary for the CLI-level tests (each test binary links the whole crate): the
+// scripting workflow and the intake paths are modules of this one.
+#[path = "cli/intake.rs"]
+mod intake;
+#[path = "cli/scripting.rs"]
+mod scripting;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
