@@ -7,7 +7,6 @@
 //! and values. The router carries no listener of its own: whoever serves HTTP (the
 //! dashboard's `--dashboard ADDR`, a test) merges it.
 
-use crate::core::lease::ReleaseReason;
 use crate::core::model::{Phase, StoryStatus, Verdict};
 use crate::core::state::View;
 use crate::core::Histogram;
@@ -80,7 +79,7 @@ impl Snapshot {
         let landings = view.stories.values().filter(|s| s.merged.is_some()).count() as u64;
         let mut releases = BTreeMap::new();
         for r in view.releases.values() {
-            *releases.entry(release_reason(r.why)).or_insert(0) += 1;
+            *releases.entry(r.why.as_str()).or_insert(0) += 1;
         }
         let mut rejections = BTreeMap::new();
         for key in view.counted.values() {
@@ -96,19 +95,6 @@ impl Snapshot {
             releases,
             rejections,
         }
-    }
-}
-
-fn release_reason(r: ReleaseReason) -> &'static str {
-    match r {
-        ReleaseReason::Done => "done",
-        ReleaseReason::Lost => "lost",
-        ReleaseReason::Abandoned => "abandoned",
-        ReleaseReason::Expired => "expired",
-        ReleaseReason::Unsettled => "unsettled",
-        ReleaseReason::Shutdown => "shutdown",
-        ReleaseReason::Failed => "failed",
-        ReleaseReason::Unavailable => "unavailable",
     }
 }
 

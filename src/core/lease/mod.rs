@@ -285,6 +285,20 @@ pub enum ReleaseReason {
 }
 
 impl ReleaseReason {
+    /// Its name, as the wire, the audit trail and `/metrics` spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseReason::Done => "done",
+            ReleaseReason::Lost => "lost",
+            ReleaseReason::Abandoned => "abandoned",
+            ReleaseReason::Expired => "expired",
+            ReleaseReason::Unsettled => "unsettled",
+            ReleaseReason::Shutdown => "shutdown",
+            ReleaseReason::Failed => "failed",
+            ReleaseReason::Unavailable => "unavailable",
+        }
+    }
+
     /// The attempt failed because of the work (counts toward `MAX_ATTEMPTS`).
     pub fn blames_work(self) -> bool {
         self == ReleaseReason::Failed

@@ -223,19 +223,6 @@ fn phase_round(phase: Phase, round: u32) -> String {
     }
 }
 
-fn reason(r: ReleaseReason) -> &'static str {
-    match r {
-        ReleaseReason::Done => "done",
-        ReleaseReason::Lost => "lost",
-        ReleaseReason::Abandoned => "abandoned",
-        ReleaseReason::Expired => "expired",
-        ReleaseReason::Unsettled => "unsettled",
-        ReleaseReason::Shutdown => "shutdown",
-        ReleaseReason::Failed => "failed",
-        ReleaseReason::Unavailable => "unavailable",
-    }
-}
-
 /// The story key a refused value's key names, where the key names one.
 fn story_of_key(key: &str, kind: FactKind) -> Option<&str> {
     let rest = match kind {
@@ -386,7 +373,7 @@ fn describe(
             let id = key.strip_prefix(RELEASE_PREFIX).unwrap_or(key);
             let info = claims.get(id);
             let what = info.map_or("a claim not seen", |c| c.phase.as_str());
-            let mut why = reason(r.why).to_string();
+            let mut why = r.why.as_str().to_string();
             if !r.note.is_empty() {
                 why.push_str(": ");
                 why.push_str(&quote(&r.note));
