@@ -88,18 +88,9 @@ fn show(dir: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// A day since the epoch as YYYY-MM-DD (proleptic Gregorian, UTC).
+/// A day since the epoch as YYYY-MM-DD (UTC).
 fn date(day: u64) -> String {
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = day as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = mesh_agent::core::calendar::civil(day);
     format!("{y:04}-{m:02}-{d:02}")
 }
 

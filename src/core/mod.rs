@@ -24,6 +24,7 @@
 
 pub mod attention;
 pub mod breaker;
+pub mod calendar;
 pub mod codec;
 pub mod fence;
 pub mod lease;
