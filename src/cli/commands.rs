@@ -31,7 +31,18 @@ pub(crate) fn usage_if_refused(e: api::ClientError) -> anyhow::Error {
 }
 
 /// The operators in the data dir's config (a node that is not running is read with them).
-fn operators(dir: &Path) -> Result<std::collections::BTreeSet<String>> {
+/// The node key of a data dir, for writing to a stopped node's store.
+pub(crate) fn offline_key(dir: &Path) -> Result<libp2p::identity::Keypair> {
+    identity::load_node_key(dir).map_err(|_| {
+        usage(format!(
+            "no node in {}: run `mesh-agent init --data-dir {}` first",
+            dir.display(),
+            dir.display()
+        ))
+    })
+}
+
+pub(crate) fn operators(dir: &Path) -> Result<std::collections::BTreeSet<String>> {
     let cfg = Config::load(dir, std::env::vars()).map_err(usage)?;
     cfg.validate().map_err(usage)?;
     Ok(cfg.operator_set())
@@ -273,13 +284,7 @@ pub(crate) fn story(dir: &Path, c: StoryCommand) -> Result<()> {
             let s = match client {
                 Some(c) => c.add_story(&new).map_err(usage_if_refused)?,
                 None => {
-                    let key = identity::load_node_key(dir).map_err(|_| {
-                        usage(format!(
-                            "no node in {}: run `mesh-agent init --data-dir {}` first",
-                            dir.display(),
-                            dir.display()
-                        ))
-                    })?;
+                    let key = offline_key(dir)?;
                     node::offline_add_story(dir, &key, &new, &operators(dir)?).map_err(
                         |e| match e {
                             node::NodeError::State(s) => usage(s),

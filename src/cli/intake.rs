@@ -3,12 +3,10 @@
 //! runs. Bad lines are all reported, each by its line number, and nothing is written
 //! (exit 2).
 
-use super::commands::usage_if_refused;
+use super::commands::{offline_key, operators, usage_if_refused};
 use crate::usage;
 use anyhow::{anyhow, Result};
 use mesh_agent::api::ControlClient;
-use mesh_agent::config::Config;
-use mesh_agent::identity;
 use mesh_agent::intake::bulk::{self, Added, OfflineError};
 use std::io::Read;
 use std::path::Path;
@@ -65,16 +63,8 @@ pub(crate) fn add_from(dir: &Path, from: &Path, json: bool) -> Result<()> {
     let added: Vec<Added> = match ControlClient::for_data_dir(dir)? {
         Some(c) => c.add_stories(&batch).map_err(usage_if_refused)?,
         None => {
-            let key = identity::load_node_key(dir).map_err(|_| {
-                usage(format!(
-                    "no node in {}: run `mesh-agent init --data-dir {}` first",
-                    dir.display(),
-                    dir.display()
-                ))
-            })?;
-            let cfg = Config::load(dir, std::env::vars()).map_err(usage)?;
-            cfg.validate().map_err(usage)?;
-            bulk::offline_add(dir, &key, &batch, &cfg.operator_set()).map_err(|e| match e {
+            let key = offline_key(dir)?;
+            bulk::offline_add(dir, &key, &batch, &operators(dir)?).map_err(|e| match e {
                 OfflineError::Refused(why) => usage(why),
                 OfflineError::Node(e) => anyhow!(e),
             })?
