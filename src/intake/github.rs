@@ -92,6 +92,17 @@ fn refuse(code: StatusCode, why: &str) -> Response {
     (code, Json(serde_json::json!({ "error": why }))).into_response()
 }
 
+/// 413 with `Connection: close`: the rest of the body is never read, so the connection
+/// cannot carry another request, and a client that pooled it would fail its next one.
+fn too_large() -> Response {
+    let mut r = refuse(StatusCode::PAYLOAD_TOO_LARGE, "body over max_body_bytes");
+    r.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    r
+}
+
 /// Whether `sig` (`sha256=<hex>`) is the HMAC-SHA256 of `body` under `secret`.
 pub fn signature_ok(secret: &[u8], sig: Option<&[u8]>, body: &[u8]) -> bool {
     let Some(hex_sig) = sig.and_then(|s| s.strip_prefix(b"sha256=")) else {
@@ -135,11 +146,11 @@ async fn handle(State(h): State<GithubHook>, req: Request) -> Response {
         );
     };
     if declared_len(req.headers()).is_some_and(|n| n > h.max_body as u64) {
-        return refuse(StatusCode::PAYLOAD_TOO_LARGE, "body over max_body_bytes");
+        return too_large();
     }
     let (parts, body) = req.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, h.max_body).await else {
-        return refuse(StatusCode::PAYLOAD_TOO_LARGE, "body over max_body_bytes");
+        return too_large();
     };
     let sig = parts
         .headers

@@ -331,8 +331,21 @@ fn github_issues_come_in_only_signed_once_each_and_with_the_label() {
     // Ping; a body over the cap is refused before it is read.
     let ping = b"{\"zen\":\"Keep it logically awesome.\"}";
     assert_eq!(hook.post("ping", ping, Some(sign(key, ping))).0, 200);
+    // The refused body is never read, so the 413 closes its connection (a pooled one
+    // would fail the client's next request).
     let big = vec![b' '; 70_000];
-    assert_eq!(hook.post("issues", &big, Some(sign(key, &big))).0, 413);
+    let resp = hook
+        .agent
+        .post(format!("{}/v1/hooks/github", hook.url))
+        .header("x-github-event", "issues")
+        .header("x-hub-signature-256", sign(key, &big))
+        .send(&big[..])
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 413);
+    assert_eq!(
+        resp.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
 
     // The rest of the control endpoint still wants its token.
     let resp = hook
