@@ -106,6 +106,7 @@ fn s(title: &str, files: &[&str], depends: &[&str], priority: u32) -> NewStory {
         depends_on: depends.iter().map(|d| d.to_string()).collect(),
         files: files.iter().map(|f| f.to_string()).collect(),
         labels: vec!["demo".into()],
+        imported: None,
     }
 }
 

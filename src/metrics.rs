@@ -76,7 +76,12 @@ impl Snapshot {
     }
 
     pub fn new(status: StatusReport, view: &View) -> Snapshot {
-        let landings = view.stories.values().filter(|s| s.merged.is_some()).count() as u64;
+        // Landings the mesh made (a story imported as done landed elsewhere: no claim).
+        let landings = view
+            .stories
+            .values()
+            .filter(|s| s.merged.as_ref().is_some_and(|m| !m.claim.is_empty()))
+            .count() as u64;
         let mut releases = BTreeMap::new();
         for r in view.releases.values() {
             *releases.entry(r.why.as_str()).or_insert(0) += 1;

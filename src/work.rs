@@ -650,6 +650,7 @@ mod tests {
                 files: vec![],
                 labels: vec![],
                 source: String::new(),
+                imported: None,
             },
             handoffs,
             files: vec![],

@@ -278,6 +278,7 @@ pub(crate) fn story(dir: &Path, c: StoryCommand) -> Result<()> {
                 depends_on: depends,
                 files,
                 labels: label,
+                imported: None,
             };
             // Validate locally first so bad input is a usage error either way.
             new.validate().map_err(usage)?;

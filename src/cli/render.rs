@@ -515,13 +515,31 @@ pub(crate) fn print_story(s: &StoryView) {
     if let Some(why) = &s.blocked_reason {
         println!("  blocked    {why}");
     }
-    if let Some(m) = &s.merged {
+    if let Some(i) = &s.fact.imported {
+        let done: Vec<&str> = i.done.iter().map(|p| p.as_str()).collect();
         println!(
+            "  imported   from {} {}{}",
+            i.from,
+            i.id,
+            if done.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} done there)", done.join(", "))
+            }
+        );
+    }
+    match &s.merged {
+        Some(m) if m.claim.is_empty() => println!(
+            "  merged     {} (before it was imported)",
+            if m.commit.is_empty() { "-" } else { &m.commit }
+        ),
+        Some(m) => println!(
             "  merged     {} (token {}, by {})",
             m.commit,
             m.token,
             short(&m.holder)
-        );
+        ),
+        None => {}
     }
     println!("  created by {} (key {})", s.fact.created_by, s.key);
     if !s.fact.body.is_empty() {

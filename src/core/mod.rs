@@ -9,6 +9,7 @@
 //!
 //! - [`model`]: plain data (stories, phases, handoffs, events, limits);
 //! - [`codec`]: the wire format (version byte + bincode, size-capped decodes);
+//! - [`imported`]: what an imported story brings (progress, the tracker's fields);
 //! - [`state`]: the automerge document of write-once facts and `View`, its pure fold;
 //! - [`membership`]: heartbeats in, alive/suspect/dead out;
 //! - [`lease`]: claims, fencing tokens, the winner rule, expiry;
@@ -27,6 +28,7 @@ pub mod breaker;
 pub mod calendar;
 pub mod codec;
 pub mod fence;
+pub mod imported;
 pub mod lease;
 pub mod limits;
 mod machine;

@@ -4,6 +4,7 @@
 //! The vocabulary (ids like `S-0042`, statuses, phase names) follows ai-sdlc so a team
 //! importing a backlog from it sees the same words.
 
+pub use super::imported::Imported;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -135,6 +136,9 @@ pub struct NewStory {
     pub depends_on: Vec<String>,
     pub files: Vec<String>,
     pub labels: Vec<String>,
+    /// Progress and fields from the tracker it is imported from (`mesh-agent import`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported: Option<Imported>,
 }
 
 /// The story fact as stored in the document, written once by its creator.
@@ -159,6 +163,9 @@ pub struct StoryFact {
     pub labels: Vec<String>,
     #[serde(default)]
     pub source: String,
+    /// Progress and fields from the tracker it was imported from, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported: Option<Imported>,
 }
 
 /// A node's slow-changing description, written on join or change (never per heartbeat).
@@ -526,6 +533,8 @@ pub enum InputError {
     UnknownStory(String),
     #[error("story id {0:?} is ambiguous: use the full id shown by `story show`")]
     AmbiguousStory(String),
+    #[error("{0}")]
+    Imported(&'static str),
 }
 
 /// Normalises a repo-relative path: strips `./`, collapses `a/../b`, and rejects absolute
@@ -575,6 +584,7 @@ pub struct ValidStory {
     pub priority: u32,
     pub files: Vec<String>,
     pub labels: Vec<String>,
+    pub imported: Option<Imported>,
 }
 
 impl NewStory {
@@ -626,12 +636,16 @@ impl NewStory {
             .map(|l| l.trim().to_string())
             .filter(|l| !l.is_empty())
             .collect();
+        if let Some(i) = &self.imported {
+            i.check().map_err(InputError::Imported)?;
+        }
         Ok(ValidStory {
             title,
             body: self.body.clone(),
             priority,
             files,
             labels,
+            imported: self.imported.clone(),
         })
     }
 }

@@ -153,6 +153,7 @@ fn parse_line(raw: &str, line: u64, ordinal: &HashMap<u64, usize>) -> Result<New
         depends_on,
         files: s.files,
         labels: s.labels,
+        imported: None,
     };
     new.validate().map_err(|e: InputError| e.to_string())?;
     Ok(new)

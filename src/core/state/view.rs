@@ -213,7 +213,12 @@ impl View {
         view.malformed += drop_inflated_claims(&mut view.claims);
         let claims = Claims::new(&view.claims, &view.releases);
         let counted = counted_results(&view.results, &claims);
-        let merged = counted_merges(&view.merges, &claims);
+        let mut merged = counted_merges(&view.merges, &claims);
+        for (key, fact) in &facts {
+            if let Some(m) = crate::core::imported::Imported::landing(key, fact) {
+                merged.entry(key.clone()).or_insert(m);
+            }
+        }
         let ids = display_ids(&facts);
         let key_to_id: BTreeMap<&str, &str> = facts
             .iter()
@@ -511,11 +516,14 @@ impl StoryFold<'_> {
     fn story(&self, key: &String, fact: &StoryFact, id: &str) -> StoryView {
         let steer = self.steering.story(key);
         let deps_done = fact.depends_on.iter().all(|d| self.merged.contains_key(d));
-        let walk = walk_story(key, &fact.labels, self.counted, steer);
+        let prior = fact.imported.as_ref();
+        let walk = walk_story(key, &fact.labels, prior, self.counted, steer);
         let phases_done: Vec<Phase> = Phase::ALL
             .iter()
             .copied()
-            .filter(|p| walk.steps.iter().any(|(q, _, _)| q == p))
+            .filter(|p| {
+                walk.steps.iter().any(|(q, _, _)| q == p) || prior.is_some_and(|i| i.did(*p))
+            })
             .collect();
         let mut next_phase = walk.next.map(|(p, _)| p);
         let round = walk.next.map_or(walk.round, |(_, r)| r);

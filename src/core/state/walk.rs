@@ -44,9 +44,13 @@ pub(super) struct Walk {
 /// Stories labelled [`REFINE_LABEL`] start with a refine phase; stories labelled
 /// [`PLAN_REVIEW_LABEL`] have each plan reviewed, and a rejecting plan review plans
 /// again (after [`MAX_REWORKS`] rejections the story is blocked, as for changes).
+///
+/// An imported story passes over the phases done in its tracker (`prior`, first round
+/// only; see [`crate::core::imported::CARRIED`]).
 pub(super) fn walk_story(
     key: &str,
     labels: &[String],
+    prior: Option<&crate::core::imported::Imported>,
     counted: &Counted<'_>,
     steer: Option<&StorySteer>,
 ) -> Walk {
@@ -58,6 +62,8 @@ pub(super) fn walk_story(
         blocked_step: None,
     };
     let get = |p: Phase, r: u32| counted.get(&(key.to_string(), p, r)).copied();
+    // Done in the tracker it was imported from: passed over, with no step of its own.
+    let before = |p: Phase, r: u32| r == 0 && prior.is_some_and(|i| i.did(p));
     let requested = |k: &str| steer.is_some_and(|s| s.changes_requested.contains_key(k));
     let labelled = |l: &str| labels.iter().any(|x| x == l);
     let granted_at = |phase: Phase| -> u32 {
@@ -75,6 +81,7 @@ pub(super) fn walk_story(
     for p in first {
         match get(p, 0) {
             Some((k, _)) => w.steps.push((p, 0, k.clone())),
+            None if before(p, 0) => {}
             None => {
                 w.next = Some((p, 0));
                 return w;
@@ -92,6 +99,7 @@ pub(super) fn walk_story(
         };
         for &p in seq {
             match get(p, pr) {
+                None if before(p, pr) => {}
                 None => {
                     w.next = Some((p, pr));
                     return w;

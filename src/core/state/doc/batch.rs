@@ -68,20 +68,23 @@ impl Doc {
                 .and_modify(|k| *k = None)
                 .or_insert_with(|| Some(s.key.clone()));
         }
-        let first = view.max_number();
+        let mut numbers = Numbers::of(&view);
+        // Number → key of the batch's stories, for dependencies naming them by display id.
+        let mut in_batch: HashMap<u32, String> = HashMap::new();
         let (mut keys, mut values) = (Vec::with_capacity(news.len()), Vec::new());
         for (i, new) in news.iter().enumerate() {
             let valid = new.validate().map_err(|e| BatchError::at(i, e))?;
             let mut depends_on = Vec::new();
             for d in &new.depends_on {
-                let key = resolve_in_batch(d.trim(), &keys, &by_id, &view, first)
+                let key = resolve_in_batch(d.trim(), &keys, &in_batch, &by_id, &view)
                     .map_err(|e| BatchError::at(i, e))?;
                 if !depends_on.contains(&key) {
                     depends_on.push(key);
                 }
             }
-            let number = first + 1 + i as u32;
+            let number = numbers.take(valid.imported.as_ref().and_then(|i| i.number()));
             let key = story_key(number, creator);
+            in_batch.insert(number, key.clone());
             let fact = StoryFact {
                 number,
                 created_by: creator.to_string(),
@@ -92,7 +95,11 @@ impl Doc {
                 depends_on,
                 files: valid.files,
                 labels: valid.labels,
-                source: source.to_string(),
+                source: valid
+                    .imported
+                    .as_ref()
+                    .map_or_else(|| source.to_string(), |i| i.source()),
+                imported: valid.imported,
             };
             let doc_key = format!("{STORY_PREFIX}{key}");
             let sealed = self
@@ -117,13 +124,47 @@ impl Doc {
     }
 }
 
-/// The key of dependency `d` of a story in a batch whose earlier stories have `keys`.
+/// The numbers a write gives its new stories: in order after the highest in the
+/// document, or the number an imported story had in its tracker when no story has it.
+pub(super) struct Numbers {
+    taken: std::collections::HashSet<u32>,
+    next: u32,
+}
+
+impl Numbers {
+    pub(super) fn of(view: &View) -> Numbers {
+        Numbers {
+            taken: view.stories.values().map(|s| s.fact.number).collect(),
+            next: view.max_number(),
+        }
+    }
+
+    /// `wanted` if free, else the next number after every one taken.
+    pub(super) fn take(&mut self, wanted: Option<u32>) -> u32 {
+        let n = match wanted {
+            Some(w) if !self.taken.contains(&w) => w,
+            _ => {
+                let mut n = self.next.saturating_add(1);
+                while self.taken.contains(&n) {
+                    n = n.saturating_add(1);
+                }
+                n
+            }
+        };
+        self.taken.insert(n);
+        self.next = self.next.max(n);
+        n
+    }
+}
+
+/// The key of dependency `d` of a story in a batch whose earlier stories have `keys`
+/// (`in_batch`: the same by number).
 fn resolve_in_batch(
     d: &str,
     keys: &[String],
+    in_batch: &HashMap<u32, String>,
     by_id: &HashMap<String, Option<String>>,
     view: &View,
-    first: u32,
 ) -> Result<String, InputError> {
     if let Some(n) = d.strip_prefix(BATCH_REF_PREFIX) {
         return match n.parse::<usize>() {
@@ -137,10 +178,12 @@ fn resolve_in_batch(
         return Ok(d.to_string());
     }
     let id = super::super::view::normalize_display_id(d);
-    if let Some(n) = id.strip_prefix("S-").and_then(|n| n.parse::<u32>().ok()) {
-        if n > first && ((n - first) as usize) <= keys.len() {
-            return Ok(keys[(n - first - 1) as usize].clone());
-        }
+    if let Some(key) = id
+        .strip_prefix("S-")
+        .and_then(|n| n.parse::<u32>().ok())
+        .and_then(|n| in_batch.get(&n))
+    {
+        return Ok(key.clone());
     }
     match by_id.get(&id) {
         Some(Some(key)) => Ok(key.clone()),

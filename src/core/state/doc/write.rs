@@ -3,6 +3,7 @@
 //! operator's pre-sealed roster facts and the hostile raw writes of tests and the
 //! simulator.
 
+use super::batch::Numbers;
 use super::*;
 
 impl Doc {
@@ -119,7 +120,7 @@ impl Doc {
         now_ms: u64,
     ) -> Result<Vec<String>, StateError> {
         let view = self.view();
-        let mut number = view.max_number();
+        let mut numbers = Numbers::of(&view);
         let (mut keys, mut values) = (Vec::new(), Vec::new());
         for new in news {
             let valid = new.validate()?;
@@ -130,7 +131,7 @@ impl Doc {
                     depends_on.push(key);
                 }
             }
-            number += 1;
+            let number = numbers.take(valid.imported.as_ref().and_then(|i| i.number()));
             let key = story_key(number, creator);
             let fact = StoryFact {
                 number,
@@ -142,7 +143,11 @@ impl Doc {
                 depends_on,
                 files: valid.files,
                 labels: valid.labels,
-                source: "cli".into(),
+                source: valid
+                    .imported
+                    .as_ref()
+                    .map_or_else(|| "cli".into(), |i| i.source()),
+                imported: valid.imported,
             };
             let doc_key = format!("{STORY_PREFIX}{key}");
             values.push((
