@@ -177,6 +177,7 @@ fn story(i: usize) -> NewStory {
         // would grow with the backlog and drown the coordination being measured.
         files: vec![format!("gen/f{i:04}.txt")],
         labels: vec!["bench".into()],
+        imported: None,
     }
 }
 

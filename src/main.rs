@@ -139,6 +139,16 @@ enum Command {
     /// Operator: clear one attention item of a story (by kind or id) as no concern; a
     /// gate it held opens.
     Dismiss(steer::DismissArgs),
+    /// Bring an ai-sdlc backlog in: every .ai-sdlc/stories/<id>/story.md under DIR, in
+    /// one change. Ids are kept where free; research and plan done there carry over; done
+    /// stays done. A file that cannot be a story is skipped and named with the reason
+    /// (exit 1 once the rest is in); what cannot be mapped is noted by path. A second
+    /// import changes nothing.
+    #[command(long_about = IMPORT_ABOUT)]
+    Import(cli::intake::ImportArgs),
+    /// Write the mesh's stories as ai-sdlc story folders under DIR, with their progress
+    /// (status, phase flags, branch, merge commit), so ai-sdlc reads them.
+    Export(cli::intake::ExportArgs),
     /// The demo project behind `scripts/testnet.sh up`: a bare git origin with a toy
     /// calculator and its test.sh, and a backlog of stories over it.
     #[command(subcommand)]
@@ -427,6 +437,25 @@ enum StoryCommand {
     },
 }
 
+const IMPORT_ABOUT: &str = "Bring an ai-sdlc backlog into the mesh.\n\n\
+DIR is the project root (holding .ai-sdlc/), its .ai-sdlc/ folder, or the stories folder. Every\n\
+<id>/story.md (YAML frontmatter + Markdown body) is read; the stories go in as one change, through\n\
+the running node or, when none runs, straight into its store.\n\n\
+Mapping:\n  \
+id             kept (S-0042 stays S-0042) unless a mesh story has that number\n  \
+title, priority, labels, dependencies, body   as written (priority brought into 1..=999)\n  \
+research_complete, plan_complete, plan_review_complete   the story starts after them\n  \
+status: done   merged (merge_sha, merged_at kept)\n  \
+implementation or reviews complete, not done   noted: the change is on ai-sdlc's branch,\n                 \
+not in the mesh's origin, so the mesh implements again\n  \
+research.md, plan.md, plan_review.md, review.md   appended to the body under their headings\n  \
+slug, type, epic, estimated_effort, created, branch, ...   kept for `mesh-agent export`\n\n\
+A file that cannot be a story (no frontmatter, bad YAML, no id, a duplicate id, no title) is\n\
+skipped and named with the reason; a field that cannot be mapped (unknown, a status outside\n\
+backlog/ready/in-progress/done/blocked, ai-sdlc's run history) is noted. Exit 0 when every story\n\
+file went in (or was already there), 1 when some were skipped (the rest is in), 2 on bad usage.\n\
+Stories imported before are left alone: a second import changes nothing. --dry-run writes nothing.";
+
 /// An error that maps to exit code 2 (bad configuration or input).
 #[derive(Debug)]
 struct UsageError(String);
@@ -474,6 +503,8 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Status(a) if a.watch => cli::watch::run(&dir, &a),
         Command::Status(a) => status(&dir, a),
         Command::Story(c) => story(&dir, c),
+        Command::Import(a) => cli::intake::import(&dir, a),
+        Command::Export(a) => cli::intake::export(&dir, a),
         Command::Claims { json } => claims(&dir, json),
         Command::Events(a) => events(&dir, a),
         Command::Log(a) => log(&dir, a),

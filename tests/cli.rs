@@ -3,7 +3,9 @@
 //! acknowledged, and the audit trail (`log`) of a live node.
 
 // One binary for the CLI-level tests (each test binary links the whole crate): the
-// scripting workflow and the intake paths are modules of this one.
+// scripting workflow, the intake paths and ai-sdlc import/export are modules of this one.
+#[path = "cli/aisdlc.rs"]
+mod aisdlc;
 #[path = "cli/intake.rs"]
 mod intake;
 #[path = "cli/scripting.rs"]

@@ -35,6 +35,7 @@ fn job(phase: Phase, files: &[&str]) -> Job {
             files: files.clone(),
             labels: vec![],
             source: String::new(),
+            imported: None,
         },
         handoffs: vec![],
         files,

@@ -149,6 +149,7 @@ fn story(title: &str) -> NewStory {
         depends_on: vec![],
         files: vec!["src/lib.rs".into()],
         labels: vec![],
+        imported: None,
     }
 }
 

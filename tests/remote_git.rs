@@ -770,6 +770,7 @@ fn takeover_of_a_landed_merge_whose_work_is_gone(h: &GitHost) {
             files: vec![],
             labels: vec![],
             source: String::new(),
+            imported: None,
         },
         handoffs: vec![implemented],
         files: vec![],

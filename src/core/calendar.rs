@@ -14,9 +14,21 @@ pub fn civil(day: u64) -> (u64, u64, u64) {
     (yoe + era * 400 + u64::from(m <= 2), m, d)
 }
 
+/// The day counted from 1970-01-01 of a civil date (the inverse of [`civil`]; for
+/// dates from 1970 on).
+pub fn days_from_civil(y: u64, m: u64, d: u64) -> u64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    (era * 146_097 + doe).saturating_sub(719_468)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::civil;
+    use super::{civil, days_from_civil};
 
     #[test]
     fn known_days() {
@@ -24,5 +36,9 @@ mod tests {
         assert_eq!(civil(59), (1970, 3, 1));
         assert_eq!(civil(11_016), (2000, 2, 29));
         assert_eq!(civil(20_788), (2026, 12, 1));
+        for day in [0, 59, 11_016, 20_788, 50_000] {
+            let (y, m, d) = civil(day);
+            assert_eq!(days_from_civil(y, m, d), day);
+        }
     }
 }

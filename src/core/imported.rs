@@ -106,8 +106,8 @@ impl Imported {
         if self.from.is_empty() || !printable(&self.from, MAX_FIELD_NAME) {
             return Err("imported story: tracker name empty or malformed");
         }
-        if self.id.is_empty() || !printable(&self.id, MAX_ID) {
-            return Err("imported story: id empty, too long or not printable");
+        if self.id.is_empty() || !printable(&self.id, MAX_ID) || self.id.contains(['/', '\\']) {
+            return Err("imported story: id empty, too long, not printable or with a slash");
         }
         if self.done.len() > CARRIED.len() || self.done.iter().any(|p| !CARRIED.contains(p)) {
             return Err("imported story: only refine, research, plan and plan review carry over");
@@ -221,9 +221,20 @@ mod tests {
             .unwrap();
         let v = d.view();
         let ids: Vec<&str> = keys.iter().map(|k| v.stories[k].id.as_str()).collect();
-        // S-0001 was taken: the next number after the highest (S-0009 is later in the
-        // batch, so 8 is next at that point).
+        // S-0001 was taken: the next number after the highest that no story of the
+        // batch keeps (8: 9 and 10 are kept for the later ones).
         assert_eq!(ids, ["S-0007", "S-0008", "S-0004", "S-0009", "S-0010"]);
+        let more = d
+            .add_story_batch(
+                &[imp("S-0004", &[], false), imp("S-0011", &[], false)],
+                "cli",
+                A,
+                3,
+            )
+            .unwrap();
+        let v2 = d.view();
+        let more: Vec<&str> = more.iter().map(|k| v2.stories[k].id.as_str()).collect();
+        assert_eq!(more, ["S-0012", "S-0011"], "11 is kept for the second");
         let s = |i: usize| &v.stories[&keys[i]];
         assert_eq!(s(0).status, StoryStatus::Merged);
         assert_eq!(

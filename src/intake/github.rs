@@ -220,7 +220,10 @@ struct Repo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Write this story once, under this source.
-    Add { source: String, story: NewStory },
+    Add {
+        source: String,
+        story: Box<NewStory>,
+    },
     /// The issue of this source was closed.
     Closed { source: String },
     /// Nothing to do, and why.
@@ -242,11 +245,11 @@ pub fn decide(body: &[u8], label: &str) -> Decision {
     let has_label = |l: &Label| l.name.trim().eq_ignore_ascii_case(label);
     match ev.action.as_str() {
         "opened" | "reopened" if ev.issue.labels.iter().any(has_label) => Decision::Add {
-            story: story_of(&ev.issue),
+            story: Box::new(story_of(&ev.issue)),
             source,
         },
         "labeled" if ev.label.as_ref().is_some_and(has_label) => Decision::Add {
-            story: story_of(&ev.issue),
+            story: Box::new(story_of(&ev.issue)),
             source,
         },
         "closed" => Decision::Closed { source },
@@ -312,7 +315,7 @@ async fn issues(h: &GithubHook, body: &Bytes, delivery: &str) -> Response {
         Decision::Ignore(why) => answer(StatusCode::ACCEPTED, "ignored", None, why),
         Decision::Add { source, story } => {
             let Some(res) = ask(&h.node, |tx| {
-                ApiRequest::AddSourced(story, source.clone(), tx)
+                ApiRequest::AddSourced(*story, source.clone(), tx)
             })
             .await
             else {

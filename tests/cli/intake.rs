@@ -15,7 +15,7 @@ fn bin() -> Command {
     c
 }
 
-fn run(args: &[&str], dir: &Path) -> std::process::Output {
+pub(super) fn run(args: &[&str], dir: &Path) -> std::process::Output {
     bin()
         .args(args)
         .arg("--data-dir")
@@ -25,7 +25,7 @@ fn run(args: &[&str], dir: &Path) -> std::process::Output {
 }
 
 /// A running node, killed when dropped.
-struct NodeProc(Child);
+pub(super) struct NodeProc(Child);
 
 impl Drop for NodeProc {
     fn drop(&mut self) {
@@ -36,7 +36,7 @@ impl Drop for NodeProc {
 
 /// `init`, `extra` appended to the config, then `run` (claiming no work) until its
 /// control file is up.
-fn node(dir: &Path, extra: &str) -> NodeProc {
+pub(super) fn node(dir: &Path, extra: &str) -> NodeProc {
     let out = run(&["init"], dir);
     assert!(
         out.status.success(),
@@ -77,7 +77,7 @@ fn node(dir: &Path, extra: &str) -> NodeProc {
     NodeProc(child)
 }
 
-fn stories(dir: &Path) -> Vec<serde_json::Value> {
+pub(super) fn stories(dir: &Path) -> Vec<serde_json::Value> {
     let out = run(&["story", "list", "--json"], dir);
     assert!(
         out.status.success(),

@@ -148,6 +148,7 @@ fn story(title: &str, file: &str) -> NewStory {
         depends_on: vec![],
         files: vec![file.into()],
         labels: vec![],
+        imported: None,
     }
 }
 

@@ -68,7 +68,7 @@ impl Doc {
                 .and_modify(|k| *k = None)
                 .or_insert_with(|| Some(s.key.clone()));
         }
-        let mut numbers = Numbers::of(&view);
+        let mut numbers = Numbers::of(&view, news);
         // Number → key of the batch's stories, for dependencies naming them by display id.
         let mut in_batch: HashMap<u32, String> = HashMap::new();
         let (mut keys, mut values) = (Vec::with_capacity(news.len()), Vec::new());
@@ -126,26 +126,39 @@ impl Doc {
 
 /// The numbers a write gives its new stories: in order after the highest in the
 /// document, or the number an imported story had in its tracker when no story has it.
+/// Numbers wanted by stories of the same write are kept for them: a story renumbered
+/// earlier in the write does not take the number a later one keeps.
 pub(super) struct Numbers {
     taken: std::collections::HashSet<u32>,
+    reserved: std::collections::HashSet<u32>,
     next: u32,
 }
 
 impl Numbers {
-    pub(super) fn of(view: &View) -> Numbers {
+    /// The numbers free in `view` for `news`, in the order they will be taken.
+    pub(super) fn of(view: &View, news: &[NewStory]) -> Numbers {
+        let taken: std::collections::HashSet<u32> =
+            view.stories.values().map(|s| s.fact.number).collect();
+        let reserved = news
+            .iter()
+            .filter_map(|n| n.imported.as_ref()?.number())
+            .filter(|n| !taken.contains(n))
+            .collect();
         Numbers {
-            taken: view.stories.values().map(|s| s.fact.number).collect(),
+            taken,
+            reserved,
             next: view.max_number(),
         }
     }
 
-    /// `wanted` if free, else the next number after every one taken.
+    /// `wanted` if free, else the next number after every one taken and not kept for
+    /// another story of the write.
     pub(super) fn take(&mut self, wanted: Option<u32>) -> u32 {
         let n = match wanted {
             Some(w) if !self.taken.contains(&w) => w,
             _ => {
                 let mut n = self.next.saturating_add(1);
-                while self.taken.contains(&n) {
+                while self.taken.contains(&n) || self.reserved.contains(&n) {
                     n = n.saturating_add(1);
                 }
                 n

@@ -120,7 +120,7 @@ impl Doc {
         now_ms: u64,
     ) -> Result<Vec<String>, StateError> {
         let view = self.view();
-        let mut numbers = Numbers::of(&view);
+        let mut numbers = Numbers::of(&view, news);
         let (mut keys, mut values) = (Vec::new(), Vec::new());
         for new in news {
             let valid = new.validate()?;
