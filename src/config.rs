@@ -539,7 +539,16 @@ impl Config {
         }
         self.notify.validate()?;
         self.dashboard.validate()?;
-        self.intake.validate()
+        self.intake.validate()?;
+        if self.intake.github.serve_on == crate::intake::config::HookListener::Dashboard
+            && self.dashboard.socket_addr().is_none()
+        {
+            return Err(ConfigError::Rule(
+                "intake.github.serve_on = \"dashboard\" needs a dashboard: set dashboard.addr"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The resource caps as the core wants them.

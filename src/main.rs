@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use mesh_agent::api;
 use mesh_agent::config::{Config, ConfigError};
 use mesh_agent::identity;
+use mesh_agent::intake::config::HookListener;
 use mesh_agent::node::{self, NodeOptions};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -625,6 +626,7 @@ fn run(dir: &Path, a: RunArgs) -> Result<()> {
         let dashboard = cfg.dashboard.clone();
         let hook_cfg = cfg.intake.github.clone();
         let hook_secret = hook_cfg.load_secret(dir).map_err(usage)?;
+        let hook_operator = hook_cfg.load_operator(dir).map_err(usage)?;
         let handle = node::start(NodeOptions {
             config: cfg,
             data_dir: Some(dir.to_path_buf()),
@@ -635,14 +637,21 @@ fn run(dir: &Path, a: RunArgs) -> Result<()> {
         })
         .await?;
         let hooks = mesh_agent::intake::github::router(
-            mesh_agent::intake::github::GithubHook::new(hook_secret, &hook_cfg, handle.api()),
+            mesh_agent::intake::github::GithubHook::new(hook_secret, &hook_cfg, handle.api())
+                .with_operator(hook_operator),
         );
+        let on_dashboard = hook_cfg.serve_on == HookListener::Dashboard;
+        let (control_hooks, dashboard_hooks) = if on_dashboard {
+            (axum::Router::new(), hooks)
+        } else {
+            (hooks, axum::Router::new())
+        };
         let (_info, api_task) = api::serve_with(
             control,
             dir,
             handle.peer_id.to_string(),
             handle.api(),
-            hooks,
+            control_hooks,
         )
         .await
         .context("cannot start the control endpoint")?;
@@ -651,12 +660,13 @@ fn run(dir: &Path, a: RunArgs) -> Result<()> {
         }
         let dashboard = match dashboard.socket_addr() {
             Some(addr) => {
-                let d = mesh_agent::dashboard::serve(
+                let d = mesh_agent::dashboard::serve_with(
                     addr,
                     dir,
                     handle.api(),
                     handle.observe(),
                     &dashboard,
+                    dashboard_hooks,
                 )
                 .await?;
                 println!("dashboard {}", d.url());

@@ -150,10 +150,14 @@ stall_after_ms = {stall}
 # operator_key = "/home/me/.config/mesh-agent/operator.key"   # default: $MESH_OPERATOR_KEY
 
 # GitHub issues in by signed webhook (README "Issues from GitHub"): POST
-# /v1/hooks/github on the control address, HMAC-checked; off (404) without a secret.
+# /v1/hooks/github on the control address (or the dashboard's: serve_on = "dashboard"),
+# HMAC-checked; off (404) without a secret. With an operator key a closed issue
+# cancels its story.
 # [intake.github]
 # secret_file = "github-hook.secret"
 # label = "mesh"
+# serve_on = "control"
+# operator_key = "/home/me/.config/mesh-agent/operator.key"
 
 # The command executor (executor = "command"): see examples/executors/README.md.
 # [command]

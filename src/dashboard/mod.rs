@@ -104,6 +104,19 @@ pub async fn serve(
     observe: watch::Receiver<Observation>,
     cfg: &DashboardConfig,
 ) -> Result<Dashboard, DashboardError> {
+    serve_with(bind, data_dir, node, observe, cfg, axum::Router::new()).await
+}
+
+/// [`serve`], with `extra` routes on the same listener (and TLS), outside the pages'
+/// sessions and headers: the GitHub hook when `intake.github.serve_on = "dashboard"`.
+pub async fn serve_with(
+    bind: SocketAddr,
+    data_dir: &Path,
+    node: mpsc::Sender<ApiRequest>,
+    observe: watch::Receiver<Observation>,
+    cfg: &DashboardConfig,
+    extra: axum::Router,
+) -> Result<Dashboard, DashboardError> {
     let control_path = data_dir.join(crate::api::CONTROL_FILE);
     let control_err = |why: String| DashboardError::Control {
         dir: data_dir.display().to_string(),
@@ -151,7 +164,7 @@ pub async fn serve(
         tls: tls.is_some(),
         env: pages::templates().map_err(|e| DashboardError::Templates(e.to_string()))?,
     });
-    let app = router(shared);
+    let app = router(shared).merge(extra);
     let task = match tls {
         Some(acceptor) => tokio::spawn(tls::serve(listener, acceptor, app)),
         None => tokio::spawn(async move {

@@ -1,6 +1,6 @@
 //! The `[intake]` section of the node's config: `[intake.github]`, the GitHub issues
-//! webhook (`POST /v1/hooks/github` on the control address). Without a secret the hook
-//! answers 404: nothing comes in unsigned.
+//! webhook (`POST /v1/hooks/github` on the control address, or the dashboard's). Without
+//! a secret the hook answers 404: nothing comes in unsigned.
 
 use crate::config::ConfigError;
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,22 @@ pub struct GithubConfig {
     pub label: String,
     /// Bodies over this are refused (413) before they are read.
     pub max_body_bytes: usize,
+    /// The listener the hook is on: `control` (the control address, loopback) or
+    /// `dashboard` (the dashboard's address and its TLS: what GitHub can reach).
+    pub serve_on: HookListener,
+    /// An operator key file (relative paths under the data dir): with it, a closed
+    /// issue cancels its story, signed by that operator; without, the hook says which
+    /// `mesh-agent cancel` to run.
+    pub operator_key: Option<PathBuf>,
+}
+
+/// Where the GitHub hook listens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookListener {
+    #[default]
+    Control,
+    Dashboard,
 }
 
 impl Default for GithubConfig {
@@ -41,6 +57,8 @@ impl Default for GithubConfig {
             secret_file: None,
             label: "mesh".into(),
             max_body_bytes: 1 << 20,
+            serve_on: HookListener::Control,
+            operator_key: None,
         }
     }
 }
@@ -53,6 +71,8 @@ impl std::fmt::Debug for GithubConfig {
             .field("secret_file", &self.secret_file)
             .field("label", &self.label)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("serve_on", &self.serve_on)
+            .field("operator_key", &self.operator_key)
             .finish()
     }
 }
@@ -88,6 +108,16 @@ impl IntakeConfig {
                 "expected a GitHub label name of 1 to 64 characters",
             ));
         }
+        if g.operator_key
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(invalid(
+                "intake.github.operator_key",
+                "(empty)",
+                "expected an operator key file; remove the key to leave closed issues to a human",
+            ));
+        }
         if g.max_body_bytes == 0 || g.max_body_bytes > MAX_HOOK_BODY_BYTES {
             return Err(invalid(
                 "intake.github.max_body_bytes",
@@ -100,6 +130,20 @@ impl IntakeConfig {
 }
 
 impl GithubConfig {
+    /// The operator key closed issues are cancelled with, if one is configured.
+    pub fn load_operator(
+        &self,
+        data_dir: &Path,
+    ) -> Result<Option<crate::core::trust::Signer>, String> {
+        let Some(file) = &self.operator_key else {
+            return Ok(None);
+        };
+        let path = data_dir.join(file);
+        crate::identity::load_operator_key(&path)
+            .map(Some)
+            .map_err(|e| format!("intake.github.operator_key: {e}"))
+    }
+
     /// The secret's bytes, if the hook is on: `secret`, or the content of `secret_file`
     /// without its trailing newline.
     pub fn load_secret(&self, data_dir: &Path) -> Result<Option<Vec<u8>>, String> {
@@ -125,5 +169,48 @@ impl GithubConfig {
             return Err(why("empty".into()));
         }
         Ok(Some(secret.as_bytes().to_vec()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    /// Each bad `[intake.github]` is one error naming the key; the hook on the dashboard
+    /// needs a dashboard.
+    #[test]
+    fn bad_hook_settings_name_their_key() {
+        for (toml, want) in [
+            (
+                "[intake.github]\nsecret = \"s\"\nsecret_file = \"f\"\n",
+                "not both",
+            ),
+            ("[intake.github]\nlabel = \"\"\n", "intake.github.label"),
+            (
+                "[intake.github]\noperator_key = \"\"\n",
+                "intake.github.operator_key",
+            ),
+            (
+                "[intake.github]\nserve_on = \"dashboard\"\n",
+                "set dashboard.addr",
+            ),
+            (
+                "[intake.github]\nserve_on = \"moon\"\n",
+                "expected `control` or `dashboard`",
+            ),
+        ] {
+            let e = Config::parse(toml, "config.toml", [])
+                .and_then(|c| c.validate())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{toml}: {e}");
+        }
+        let ok = Config::parse(
+            "[dashboard]\naddr = \"127.0.0.1:0\"\n[intake.github]\nserve_on = \"dashboard\"\n",
+            "config.toml",
+            [],
+        )
+        .and_then(|c| c.validate());
+        assert!(ok.is_ok(), "{ok:?}");
     }
 }

@@ -1,5 +1,6 @@
-//! `POST /v1/hooks/github`: GitHub issue webhooks in, on the control address but outside
-//! its bearer-token layer (GitHub cannot send the token; the HMAC stands in for it).
+//! `POST /v1/hooks/github`: GitHub issue webhooks in, on the control address (or the
+//! dashboard's, `serve_on = "dashboard"`) but outside their bearer-token and session
+//! layers (GitHub cannot send a token; the HMAC stands in for it).
 //!
 //! Every request is checked in this order, and nothing is written unless all pass:
 //! no secret configured → 404; a declared body over `max_body_bytes` → 413 before
@@ -12,12 +13,15 @@
 //!   recorded in the fact. A story with that source already in the document makes the
 //!   delivery a no-op (200), so a redelivery, or a second node receiving the same
 //!   issue once the first one's story has reached it, writes nothing.
-//! * `issues` `closed`: cancelling a story is an operator command, signed with an
-//!   operator key no node holds, so the hook does not cancel: it answers 202 naming the
-//!   story and the command to run (`mesh-agent cancel S-0042`), and logs it.
+//! * `issues` `closed`: cancelling a story is an operator command. With
+//!   `operator_key` configured the hook signs `cancel` with it (200 `cancelled`; a
+//!   redelivery finds the story cancelled and writes nothing); without, it answers 202
+//!   `not-cancelled` naming the story and the command to run (`mesh-agent cancel
+//!   S-0042`), and logs it. A story that already landed is left alone (202 `merged`).
 //! * `ping` → 200; any other event or action → 202, ignored.
 
 use crate::core::model::{NewStory, MAX_BODY_BYTES, MAX_LABELS, MAX_LABEL_CHARS, MAX_TITLE_CHARS};
+use crate::core::state::{CommandFact, Op, Target};
 use crate::core::Sourced;
 use crate::node::{ApiRequest, WriteError};
 use axum::body::Bytes;
@@ -44,6 +48,8 @@ pub struct GithubHook {
     label: String,
     max_body: usize,
     node: mpsc::Sender<ApiRequest>,
+    /// Signs the cancellation of a closed issue's story (none: a human cancels it).
+    operator: Option<crate::core::trust::Signer>,
 }
 
 impl GithubHook {
@@ -57,7 +63,14 @@ impl GithubHook {
             label: cfg.label.trim().to_string(),
             max_body: cfg.max_body_bytes,
             node,
+            operator: None,
         }
+    }
+
+    /// Closed issues cancel their stories, signed by this operator.
+    pub fn with_operator(mut self, operator: Option<crate::core::trust::Signer>) -> GithubHook {
+        self.operator = operator;
+        self
     }
 }
 
@@ -71,7 +84,7 @@ pub fn router(hook: GithubHook) -> Router {
 /// What the hook did, as it answers.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct HookAnswer {
-    /// added, exists, ignored, not-cancelled, pong.
+    /// added, exists, ignored, cancelled, not-cancelled, merged, pong.
     pub result: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub story: Option<String>,
@@ -333,31 +346,84 @@ async fn issues(h: &GithubHook, body: &Bytes, delivery: &str) -> Response {
                 Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             }
         }
-        Decision::Closed { source } => {
-            let Some(view) = ask(&h.node, ApiRequest::View).await else {
-                return stopping();
-            };
-            let Some(s) = view.stories.values().find(|s| s.fact.source == source) else {
-                return answer(
-                    StatusCode::ACCEPTED,
-                    "ignored",
-                    None,
-                    format!("no story from {source}"),
-                );
-            };
-            let detail = format!(
-                "{source} was closed; cancelling {} is an operator command this node cannot \
-                 sign: run `mesh-agent cancel {}` with an operator key",
-                s.id, s.id
-            );
-            tracing::warn!(%source, story = %s.id, %delivery, "issue closed: story not cancelled (needs an operator)");
-            answer(
+        Decision::Closed { source } => closed(h, source, delivery).await,
+    }
+}
+
+/// A closed issue: its story is cancelled when the hook holds an operator key (once: a
+/// redelivery finds it cancelled), else the answer names the command to run.
+async fn closed(h: &GithubHook, source: String, delivery: &str) -> Response {
+    let stopping = || refuse(StatusCode::SERVICE_UNAVAILABLE, "node is stopping");
+    let Some(view) = ask(&h.node, ApiRequest::View).await else {
+        return stopping();
+    };
+    let Some(s) = view.stories.values().find(|s| s.fact.source == source) else {
+        return answer(
+            StatusCode::ACCEPTED,
+            "ignored",
+            None,
+            format!("no story from {source}"),
+        );
+    };
+    let id = s.id.clone();
+    match s.status {
+        crate::core::model::StoryStatus::Cancelled => {
+            return answer(StatusCode::OK, "cancelled", Some(id), source)
+        }
+        crate::core::model::StoryStatus::Merged => {
+            return answer(
                 StatusCode::ACCEPTED,
-                "not-cancelled",
-                Some(s.id.clone()),
-                detail,
+                "merged",
+                Some(id),
+                format!("{source} was closed after its story landed: nothing to cancel"),
             )
         }
+        _ => {}
+    }
+    let Some(signer) = &h.operator else {
+        tracing::warn!(%source, story = %id, %delivery, "issue closed: story not cancelled (no intake.github.operator_key)");
+        return answer(
+            StatusCode::ACCEPTED,
+            "not-cancelled",
+            Some(id.clone()),
+            format!(
+                "{source} was closed; cancelling {id} is an operator command this node cannot \
+                 sign (set intake.github.operator_key): run `mesh-agent cancel {id}`"
+            ),
+        );
+    };
+    let draft = CommandFact {
+        target: Target::Story {
+            story: s.key.clone(),
+        },
+        op: Op::Cancel {
+            reason: format!("{source} was closed"),
+        },
+        at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    };
+    let sealed = crate::core::resolve_command(&view, draft)
+        .map_err(|e| e.to_string())
+        .and_then(|f| crate::api::SealedFact::command(signer, &f).map_err(|e| e.to_string()));
+    let sealed = match sealed {
+        Ok(s) => s,
+        Err(why) => return refuse(StatusCode::UNPROCESSABLE_ENTITY, &why),
+    };
+    match ask(&h.node, |tx| {
+        ApiRequest::PutRoster(sealed.key, sealed.value, tx)
+    })
+    .await
+    {
+        None => stopping(),
+        Some(Ok(_)) => {
+            tracing::info!(%source, story = %id, %delivery, "issue closed: story cancelled");
+            answer(StatusCode::OK, "cancelled", Some(id), source)
+        }
+        Some(Err(e @ WriteError::Refused(_))) => {
+            refuse(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string())
+        }
+        Some(Err(e)) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
 

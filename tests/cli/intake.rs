@@ -24,8 +24,8 @@ pub(super) fn run(args: &[&str], dir: &Path) -> std::process::Output {
         .expect("spawn")
 }
 
-/// A running node, killed when dropped.
-pub(super) struct NodeProc(Child);
+/// A running node, killed when dropped, with its dashboard's URL if it serves one.
+pub(super) struct NodeProc(Child, Option<String>);
 
 impl Drop for NodeProc {
     fn drop(&mut self) {
@@ -37,7 +37,15 @@ impl Drop for NodeProc {
 /// `init`, `extra` appended to the config, then `run` (claiming no work) until its
 /// control file is up.
 pub(super) fn node(dir: &Path, extra: &str) -> NodeProc {
-    let out = run(&["init"], dir);
+    node_with(dir, &[], extra)
+}
+
+/// [`node`] with more arguments to `init`; waits for the dashboard's URL too when the
+/// config has one.
+fn node_with(dir: &Path, init: &[&str], extra: &str) -> NodeProc {
+    let mut args = vec!["init"];
+    args.extend_from_slice(init);
+    let out = run(&args, dir);
     assert!(
         out.status.success(),
         "{}",
@@ -63,18 +71,30 @@ pub(super) fn node(dir: &Path, extra: &str) -> NodeProc {
         .spawn()
         .expect("spawn node");
     let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout);
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("read");
+    lines.read_line(&mut line).expect("read");
     assert!(
         line.starts_with("listening "),
         "unexpected first line {line:?}"
     );
+    let mut dashboard = None;
+    if extra.contains("[dashboard]") {
+        while line.starts_with("listening ") {
+            line.clear();
+            lines.read_line(&mut line).expect("read");
+        }
+        dashboard = line
+            .strip_prefix("dashboard ")
+            .map(|u| u.trim().trim_end_matches('/').to_string());
+        assert!(dashboard.is_some(), "no dashboard line: {line:?}");
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     while !dir.join("control.json").exists() {
         assert!(Instant::now() < deadline, "control endpoint never came up");
         std::thread::sleep(Duration::from_millis(20));
     }
-    NodeProc(child)
+    NodeProc(child, dashboard)
 }
 
 pub(super) fn stories(dir: &Path) -> Vec<serde_json::Value> {
@@ -369,4 +389,82 @@ fn without_a_secret_the_hook_is_not_there() {
     );
     assert_eq!(hook.post("issues", &opened, None).0, 404);
     assert!(stories(d.path()).is_empty());
+}
+
+/// With `operator_key`, a closed issue cancels its story, signed by that operator, once
+/// (a redelivery finds it cancelled); with `serve_on = "dashboard"` the hook is on the
+/// dashboard's listener and not on the control address.
+#[test]
+fn a_closed_issue_cancels_its_story_on_the_dashboards_listener() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let op_key = keys.path().join("op.key");
+    let op = op_key.to_str().expect("path");
+    let out = run(&["operator", "init", "--key", op], d.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let operator = run(&["operator", "id", "--key", op], d.path());
+    let operator = String::from_utf8_lossy(&operator.stdout).trim().to_string();
+    std::fs::write(d.path().join("hook.secret"), SECRET).expect("secret");
+    let n = node_with(
+        d.path(),
+        &["--operator", &operator],
+        &format!(
+            "[dashboard]\naddr = \"127.0.0.1:0\"\n\n[intake.github]\nsecret_file = \"hook.secret\"\n\
+             serve_on = \"dashboard\"\noperator_key = {op:?}\n"
+        ),
+    );
+    let me = run(&["id"], d.path());
+    let me = String::from_utf8_lossy(&me.stdout).trim().to_string();
+    let out = run(&["admit", &me, "--key", op], d.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = SECRET.as_bytes();
+    let control = Hook::of(d.path());
+    let hook = Hook {
+        url: n.1.clone().expect("dashboard url"),
+        ..Hook::of(d.path())
+    };
+    let opened = issue("opened", 12, &["mesh"], None);
+    assert_eq!(
+        control.post("issues", &opened, Some(sign(key, &opened))).0,
+        404,
+        "not on the control address"
+    );
+    let (code, body) = hook.post("issues", &opened, Some(sign(key, &opened)));
+    assert_eq!(code, 201, "{body}");
+    let id = body["story"].as_str().expect("story").to_string();
+
+    let closed = issue("closed", 12, &["mesh"], None);
+    assert_eq!(hook.post("issues", &closed, None).0, 401, "unsigned");
+    for _ in 0..2 {
+        let (code, body) = hook.post("issues", &closed, Some(sign(key, &closed)));
+        assert_eq!(
+            (code, body["result"].as_str()),
+            (200, Some("cancelled")),
+            "{body}"
+        );
+        assert_eq!(body["story"], id.as_str());
+    }
+    let list = stories(d.path());
+    let s = list.iter().find(|s| s["id"] == id.as_str()).expect("story");
+    assert_eq!(s["status"], "cancelled");
+    assert_eq!(s["cancelled"]["reason"], "github:acme/app#12 was closed");
+    assert_eq!(s["cancelled"]["by"], operator.as_str());
+    let log = run(&["log", "--story", &id, "--json"], d.path());
+    let log: Vec<serde_json::Value> = String::from_utf8_lossy(&log.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("log json line"))
+        .collect();
+    let cancels = log
+        .iter()
+        .filter(|e| e["action"].as_str().is_some_and(|w| w.contains("cancel")))
+        .count();
+    assert_eq!(cancels, 1, "one cancel for two deliveries: {log:#?}");
 }
