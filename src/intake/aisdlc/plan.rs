@@ -79,17 +79,37 @@ pub fn plan(scan: Scan, stories: &[crate::core::state::StoryView]) -> Plan {
             f.path.clone(),
         )
     });
+    let mut rank = vec![0; pending.len()];
+    for (r, &i) in order.iter().enumerate() {
+        rank[i] = r;
+    }
+    // Open dependencies in the folder per story, and who waits on each.
+    let mut open = vec![0usize; pending.len()];
+    let mut waiting: Vec<Vec<usize>> = vec![Vec::new(); pending.len()];
+    for (i, f) in pending.iter().enumerate() {
+        for d in &f.depends {
+            if let Some(&j) = in_folder.get(d).filter(|&&j| j != i) {
+                open[i] += 1;
+                waiting[j].push(i);
+            }
+        }
+    }
+    let mut ready: std::collections::BTreeSet<(usize, usize)> = (0..pending.len())
+        .filter(|&i| open[i] == 0)
+        .map(|i| (rank[i], i))
+        .collect();
     let mut position: BTreeMap<usize, usize> = BTreeMap::new();
     while position.len() < pending.len() {
-        let ready = order.iter().copied().find(|&i| {
-            !position.contains_key(&i)
-                && pending[i].depends.iter().all(|d| {
-                    in_folder
-                        .get(d)
-                        .is_none_or(|&j| j == i || position.contains_key(&j))
-                })
-        });
-        let i = ready.unwrap_or_else(|| on_a_cycle(&pending, &in_folder, &order, &position));
+        let i = match ready.pop_first() {
+            Some((_, i)) => i,
+            None => on_a_cycle(&pending, &in_folder, &order, &position),
+        };
+        for &w in &waiting[i] {
+            open[w] -= 1;
+            if open[w] == 0 && !position.contains_key(&w) {
+                ready.insert((rank[w], w));
+            }
+        }
         let f = &pending[i];
         let mut depends_on = Vec::new();
         for d in &f.depends {
