@@ -42,7 +42,7 @@ impl Core {
         wall_ms: u64,
     ) -> Result<Sourced, BatchError> {
         if let Some(key) = self.doc.story_from_source(source) {
-            if let Some(s) = self.doc.view().stories.get(&key) {
+            if let Some(s) = self.view().stories.get(&key) {
                 return Ok(Sourced::Exists(s.clone()));
             }
         }
@@ -67,11 +67,16 @@ impl Core {
         }
         self.user_write(wall_ms).map_err(BatchError::whole)?;
         let peer = self.peer.clone();
-        let keys = self.doc.add_story_batch(news, source, &peer, wall_ms)?;
+        // The cached view: one fold per write (the one after it), not three.
+        let view = self.view();
+        let keys = self
+            .doc
+            .add_story_batch_in(&view, news, source, &peer, wall_ms)?;
+        drop(view);
         self.local_write();
         // Announce the new heads now rather than at the next beat.
         self.heartbeat(wall_ms);
-        let view = self.doc.view();
+        let view = self.view();
         keys.iter()
             .map(|k| {
                 view.stories.get(k).cloned().ok_or_else(|| {

@@ -579,12 +579,14 @@ impl Core {
         }
         self.user_write(wall_ms)?;
         let peer = self.peer.clone();
-        let key = self.doc.add_story(new, &peer, wall_ms)?;
+        // The cached view: one fold per write (the one after it), not three.
+        let view = self.view();
+        let key = self.doc.add_story_in(&view, new, &peer, wall_ms)?;
+        drop(view);
         self.local_write();
         // Announce the new heads now rather than at the next beat.
         self.heartbeat(wall_ms);
-        self.doc
-            .view()
+        self.view()
             .stories
             .get(&key)
             .cloned()

@@ -16,8 +16,10 @@ use super::*;
 /// A local write held until the shell says whether it is durable.
 #[derive(Debug)]
 pub(super) struct HeldWrite {
-    /// The document before the write, put back if the write is not durable.
-    before: Doc,
+    /// The document's heads and stored size before the write: it goes back there if
+    /// the write is not durable ([`Doc::rewound`]).
+    heads: Vec<crate::core::state::ChangeHash>,
+    stored: u64,
     /// Events the write raised: emitted once it is durable, dropped if not.
     pub(super) events: Vec<HeldEvent>,
 }
@@ -66,7 +68,8 @@ impl Core {
     pub fn begin_durable_write(&mut self) {
         self.commit_durable_write();
         self.held = Some(HeldWrite {
-            before: self.doc.clone(),
+            heads: self.doc.heads(),
+            stored: self.doc.stored_bytes(),
             events: Vec::new(),
         });
     }
@@ -104,7 +107,11 @@ impl Core {
         let Some(held) = self.held.take() else {
             return;
         };
-        self.doc = held.before;
+        // The heads are this document's own, so going back cannot fail; if it somehow
+        // did, the document is left as it is rather than lost.
+        if let Ok(before) = self.doc.rewound(&held.heads, held.stored) {
+            self.doc = before;
+        }
         self.digest = self.doc.heads_digest();
         self.view = None;
         self.effects.clear();

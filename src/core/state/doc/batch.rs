@@ -49,6 +49,21 @@ impl Doc {
         creator: &str,
         now_ms: u64,
     ) -> Result<Vec<String>, BatchError> {
+        let view = self.view();
+        self.add_story_batch_in(&view, news, source, creator, now_ms)
+    }
+
+    /// [`Doc::add_story_batch`] against `view`, this document's current view (the
+    /// running core keeps one cached: a fold costs time linear in the document, and a
+    /// write should not pay for one before it and one after).
+    pub fn add_story_batch_in(
+        &mut self,
+        view: &View,
+        news: &[NewStory],
+        source: &str,
+        creator: &str,
+        now_ms: u64,
+    ) -> Result<Vec<String>, BatchError> {
         if news.len() > MAX_BATCH_STORIES {
             return Err(BatchError::whole(StateError::Write {
                 key: STORY_PREFIX.into(),
@@ -58,7 +73,6 @@ impl Doc {
                 ),
             }));
         }
-        let view = self.view();
         // Display id → key, built once: resolving each dependency by a scan of the view
         // would make a large batch quadratic.
         let mut by_id: HashMap<String, Option<String>> = HashMap::new();
@@ -68,7 +82,7 @@ impl Doc {
                 .and_modify(|k| *k = None)
                 .or_insert_with(|| Some(s.key.clone()));
         }
-        let mut numbers = Numbers::of(&view, news);
+        let mut numbers = Numbers::of(view, news);
         // Number → key of the batch's stories, for dependencies naming them by display id.
         let mut in_batch: HashMap<u32, String> = HashMap::new();
         let (mut keys, mut values) = (Vec::with_capacity(news.len()), Vec::new());
@@ -76,7 +90,7 @@ impl Doc {
             let valid = new.validate().map_err(|e| BatchError::at(i, e))?;
             let mut depends_on = Vec::new();
             for d in &new.depends_on {
-                let key = resolve_in_batch(d.trim(), &keys, &in_batch, &by_id, &view)
+                let key = resolve_in_batch(d.trim(), &keys, &in_batch, &by_id, view)
                     .map_err(|e| BatchError::at(i, e))?;
                 if !depends_on.contains(&key) {
                     depends_on.push(key);

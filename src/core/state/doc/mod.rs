@@ -406,6 +406,38 @@ impl Doc {
         snapshot
     }
 
+    /// The document's heads (what [`Doc::rewound`] goes back to).
+    pub fn heads(&mut self) -> Vec<ChangeHash> {
+        self.inner.get_heads()
+    }
+
+    /// This document as it was at `heads` (its own earlier heads), with the same writer,
+    /// key scheme, operators and size cap, `stored` bytes on disk: the automerge history
+    /// forked there and every fact read again. That costs a load, paid only on the rare
+    /// undo of a local write that could not be made durable; keeping a copy of the
+    /// document before every write instead cost a copy per write, as much as a fold.
+    pub fn rewound(&mut self, heads: &[ChangeHash], stored: u64) -> Result<Doc, StateError> {
+        let mut inner = self
+            .inner
+            .fork_at(heads)
+            .map_err(|e| StateError::Corrupt(format!("cannot go back to {heads:?}: {e}")))?;
+        inner.set_actor(self.inner.get_actor().clone());
+        let mut doc = Doc::wrap(inner);
+        doc.writer = self.writer.clone();
+        doc.scheme = self.scheme;
+        doc.roster.operators = self.roster.operators.clone();
+        doc.cap = self.cap;
+        doc.stored = stored;
+        doc.local_log = self
+            .local_log
+            .iter()
+            .filter(|c| doc.inner.get_change_by_hash(&c.hash).is_some())
+            .cloned()
+            .collect();
+        doc.refresh();
+        Ok(doc)
+    }
+
     /// SHA-256 over the sorted heads: equal digests mean equal documents.
     pub fn heads_digest(&mut self) -> [u8; 32] {
         let mut heads = self.inner.get_heads();

@@ -104,7 +104,20 @@ impl Doc {
         creator: &str,
         now_ms: u64,
     ) -> Result<String, StateError> {
-        let mut keys = self.add_stories(std::slice::from_ref(new), creator, now_ms)?;
+        let view = self.view();
+        self.add_story_in(&view, new, creator, now_ms)
+    }
+
+    /// [`Doc::add_story`] against `view`, this document's current view (see
+    /// [`Doc::add_story_batch_in`]).
+    pub fn add_story_in(
+        &mut self,
+        view: &View,
+        new: &NewStory,
+        creator: &str,
+        now_ms: u64,
+    ) -> Result<String, StateError> {
+        let mut keys = self.add_stories_in(view, std::slice::from_ref(new), creator, now_ms)?;
         keys.pop().ok_or_else(|| StateError::Write {
             key: STORY_PREFIX.into(),
             why: "no story written".into(),
@@ -120,7 +133,17 @@ impl Doc {
         now_ms: u64,
     ) -> Result<Vec<String>, StateError> {
         let view = self.view();
-        let mut numbers = Numbers::of(&view, news);
+        self.add_stories_in(&view, news, creator, now_ms)
+    }
+
+    fn add_stories_in(
+        &mut self,
+        view: &View,
+        news: &[NewStory],
+        creator: &str,
+        now_ms: u64,
+    ) -> Result<Vec<String>, StateError> {
+        let mut numbers = Numbers::of(view, news);
         let (mut keys, mut values) = (Vec::new(), Vec::new());
         for new in news {
             let valid = new.validate()?;
