@@ -12,12 +12,25 @@
     var a = document.activeElement;
     return a && live.contains(a) && /^(INPUT|TEXTAREA|SELECT)$/.test(a.tagName);
   }
+  // A form with something written in it (a reason, a note) is never swapped away: the
+  // update waits until it is sent or emptied.
+  function dirty() {
+    var els = live.querySelectorAll("input, textarea");
+    for (var i = 0; i < els.length; i++) {
+      var e = els[i];
+      var text = e.tagName === "TEXTAREA" || /^(text|search|number)$/.test(e.type);
+      if (text && e.value !== e.defaultValue) return true;
+    }
+    return false;
+  }
+  function held() { return typing() || dirty(); }
   function refresh() {
-    if (busy || typing()) { again = true; return; }
+    if (busy || held()) { again = true; if (!busy) setTimeout(retry, 2000); return; }
     busy = true;
     fetch(url, { credentials: "same-origin" })
       .then(function (r) { if (!r.ok) throw new Error(r.status); return r.text(); })
       .then(function (html) {
+        if (held()) { again = true; return; }
         live.innerHTML = html;
         updates += 1;
         live.setAttribute("data-updates", String(updates));
@@ -31,11 +44,12 @@
         if (again) { again = false; setTimeout(refresh, 500); }
       });
   }
+  function retry() { if (again && !busy) { again = false; refresh(); } }
   var es = new EventSource("/live");
   es.addEventListener("change", refresh);
   es.addEventListener("open", function () {
     document.body.setAttribute("data-live", "on");
     refresh();
   });
-  document.addEventListener("focusout", function () { if (again && !busy) { again = false; refresh(); } });
+  document.addEventListener("focusout", retry);
 })();
