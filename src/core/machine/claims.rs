@@ -451,7 +451,7 @@ impl Core {
                     round,
                     token,
                     attempt: fact.attempt,
-                    fact: sv.fact.clone(),
+                    fact: (*sv.fact).clone(),
                     handoffs,
                     files,
                     knowledge,

@@ -160,7 +160,7 @@ pub(super) fn admit(
         FactKind::Story => {
             let f: StoryFact = json(opened.json)?;
             check_story(key, author, &f)?;
-            Fact::Story(f)
+            Fact::Story(Arc::new(f))
         }
         FactKind::Node => {
             let f: NodeFact = json(opened.json)?;

@@ -626,7 +626,7 @@ mod tests {
         let mut d = Doc::new([1; 16]).with_test_names();
         let s1 = d.add_story(&new_story("lexer"), ALICE, 1_000).unwrap();
         let key = format!("{STORY_PREFIX}{s1}");
-        let mut fact = d.view().stories[&s1].fact.clone();
+        let mut fact = (*d.view().stories[&s1].fact).clone();
         fact.title = "rewritten".into();
         let forged = Signer::for_test(MALLORY)
             .seal(&key, &json(&fact))
@@ -667,7 +667,7 @@ mod tests {
         let mut d = Doc::new([1; 16]).with_test_names();
         let s1 = d.add_story(&new_story("lexer"), ALICE, 1_000).unwrap();
         let key = format!("{STORY_PREFIX}{s1}");
-        let mut fact = d.view().stories[&s1].fact.clone();
+        let mut fact = (*d.view().stories[&s1].fact).clone();
         fact.title = "second thoughts".into();
         fact.created_at_ms = 5_000;
         d.raw_put(&key, Signer::for_test(ALICE).seal(&key, &json(&fact)));

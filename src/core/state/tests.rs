@@ -646,7 +646,7 @@ fn a_hostile_member_cannot_forge_overwrite_delete_or_inflate() {
     let story_doc_key = format!("{STORY_PREFIX}{key}");
     let result_key = format!("{RESULT_PREFIX}{key}/research/{claim}");
     // 1. Forgeries in A's name: E's signature under A's label.
-    let mut forged_story = before.stories[&key].fact.clone();
+    let mut forged_story = (*before.stories[&key].fact).clone();
     forged_story.title = "rewritten".into();
     let forged = evil
         .seal(&story_doc_key, &json(&forged_story))

@@ -77,8 +77,9 @@ pub struct StoryView {
     pub status: StoryStatus,
     /// Display ids of the stories this one depends on (keys when not yet known).
     pub depends_on_ids: Vec<String>,
-    /// The fact as written by its creator.
-    pub fact: StoryFact,
+    /// The fact as written by its creator (shared with the document's decoded facts: a
+    /// fold copies no story).
+    pub fact: Arc<StoryFact>,
     /// Phases with a counted result, in pipeline order.
     pub phases_done: Vec<Phase>,
     /// The phase to run next (None once merged or blocked).
@@ -252,9 +253,9 @@ impl View {
 
     /// Step 1 of the fold: every decoded fact into its map; story facts whose key does
     /// not match their content are malformed.
-    fn sort_facts(all: &BTreeMap<String, Fact>) -> (View, Vec<(String, StoryFact)>) {
+    fn sort_facts(all: &BTreeMap<String, Fact>) -> (View, Vec<(String, Arc<StoryFact>)>) {
         let mut view = View::default();
-        let mut facts: Vec<(String, StoryFact)> = Vec::new();
+        let mut facts: Vec<(String, Arc<StoryFact>)> = Vec::new();
         let mut commands: Vec<(&String, &CommandFact)> = Vec::new();
         for (key, fact) in all {
             match fact {
@@ -434,7 +435,7 @@ fn counted_merges(
 /// Step 4 of the fold, display ids: a number allocated once reads `S-0042`; when nodes
 /// allocated the same number concurrently, the lowest creator keeps the short id and
 /// the others carry their creator's tag. One id per story fact, in order.
-fn display_ids(facts: &[(String, StoryFact)]) -> Vec<String> {
+fn display_ids(facts: &[(String, Arc<StoryFact>)]) -> Vec<String> {
     let mut by_number: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
     for (i, (_, f)) in facts.iter().enumerate() {
         by_number.entry(f.number).or_default().push(i);
@@ -513,7 +514,7 @@ struct StoryFold<'a> {
 
 impl StoryFold<'_> {
     /// One story's view (before its dependencies' blocks are followed).
-    fn story(&self, key: &String, fact: &StoryFact, id: &str) -> StoryView {
+    fn story(&self, key: &String, fact: &Arc<StoryFact>, id: &str) -> StoryView {
         let steer = self.steering.story(key);
         let deps_done = fact.depends_on.iter().all(|d| self.merged.contains_key(d));
         let prior = fact.imported.as_ref();

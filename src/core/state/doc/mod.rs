@@ -97,7 +97,7 @@ struct LocalChange {
 /// One root fact, decoded and admitted.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Fact {
-    Story(StoryFact),
+    Story(Arc<StoryFact>),
     Node(NodeFact),
     Claim(ClaimFact),
     Release(ReleaseFact),
