@@ -642,23 +642,47 @@ impl Waiting {
 /// Notices stories that stopped moving: no new counted result and nothing worked on along
 /// their chain of waits for longer than `stall_after_ms` (on the caller's clock, passed
 /// in). Each stall is reported once; progress re-arms it.
+///
+/// What each story waits for depends on the document alone, so it is worked out again
+/// only when the document changed (`digest`); between changes a look only moves the
+/// clocks — what made an idle node with a large backlog spend a fold's worth of CPU
+/// every heartbeat.
 #[derive(Debug, Default)]
 pub struct StallWatch {
     /// Per story: (counted results, when that count was first seen or work last seen,
-    /// reported).
-    seen: std::collections::BTreeMap<String, (usize, u64, bool)>,
+    /// reported, what it waits for when that is a stall in the making).
+    seen: std::collections::BTreeMap<String, (usize, u64, bool, Option<Waiting>)>,
+    /// The document the waits were worked out for.
+    digest: Option<[u8; 32]>,
 }
 
 impl StallWatch {
-    /// The stories that just became stalled at `now_ms`, with what each waits for.
+    /// The stories that just became stalled at `now_ms`, with what each waits for;
+    /// `digest` names the document `view` and `claims` come from.
     pub fn observe(
         &mut self,
         view: &View,
         claims: &Claims,
+        digest: [u8; 32],
         now_ms: u64,
         stall_after_ms: u64,
     ) -> Vec<(String, Waiting)> {
         let mut out = Vec::new();
+        if self.digest == Some(digest) {
+            for (key, e) in self.seen.iter_mut() {
+                match &e.3 {
+                    None => e.1 = now_ms,
+                    Some(w) => {
+                        if !e.2 && now_ms.saturating_sub(e.1) > stall_after_ms {
+                            e.2 = true;
+                            out.push((key.clone(), w.clone()));
+                        }
+                    }
+                }
+            }
+            return out;
+        }
+        self.digest = Some(digest);
         self.seen.retain(|k, _| view.stories.contains_key(k));
         let unlanded = unlanded_changes(view);
         for s in view.stories.values() {
@@ -671,15 +695,16 @@ impl StallWatch {
             let e = self
                 .seen
                 .entry(s.key.clone())
-                .or_insert((steps, now_ms, false));
+                .or_insert((steps, now_ms, false, None));
             if !w.is_open() || w.behind_work() || w.for_human() || e.0 != steps {
-                *e = (steps, now_ms, false);
+                *e = (steps, now_ms, false, None);
                 continue;
             }
             if !e.2 && now_ms.saturating_sub(e.1) > stall_after_ms {
                 e.2 = true;
-                out.push((s.key.clone(), w));
+                out.push((s.key.clone(), w.clone()));
             }
+            e.3 = Some(w);
         }
         out
     }
@@ -1043,16 +1068,22 @@ mod tests {
         let v = d.view();
         let c = v.claims();
         let mut watch = StallWatch::default();
-        assert!(watch.observe(&v, &c, 1_000, 5_000).is_empty());
+        // The first look works the waits out; the next ones, on the same document, only
+        // move the clocks.
+        let digest = d.heads_digest();
+        assert!(watch.observe(&v, &c, digest, 1_000, 5_000).is_empty());
         assert!(
-            watch.observe(&v, &c, 6_000, 5_000).is_empty(),
+            watch.observe(&v, &c, digest, 6_000, 5_000).is_empty(),
             "not past the bound"
         );
-        let stalled = watch.observe(&v, &c, 6_001, 5_000);
+        let stalled = watch.observe(&v, &c, digest, 6_001, 5_000);
         let who: Vec<&String> = stalled.iter().map(|(k, _)| k).collect();
         assert_eq!(who, vec![&keys[0], &keys[1], &keys[2]]);
         assert!(stalled[1].1.to_string().contains("owned by S-0001"));
-        assert!(watch.observe(&v, &c, 60_000, 5_000).is_empty(), "once");
+        assert!(
+            watch.observe(&v, &c, digest, 60_000, 5_000).is_empty(),
+            "once"
+        );
         // Story 1 moves: it is re-armed; the others, now behind work, are not stalled.
         step(&mut d, &keys[0], Phase::Rework, 1, None);
         let res = Resource::story_round(&keys[0], Phase::Review, 1).unwrap();
@@ -1070,6 +1101,7 @@ mod tests {
         .unwrap();
         let v = d.view();
         let c = v.claims();
-        assert!(watch.observe(&v, &c, 120_000, 5_000).is_empty());
+        let digest = d.heads_digest();
+        assert!(watch.observe(&v, &c, digest, 120_000, 5_000).is_empty());
     }
 }

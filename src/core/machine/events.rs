@@ -18,7 +18,8 @@ impl Core {
         }
         self.stalls_checked_ms = Some(now_ms);
         let (view, claims) = self.derived();
-        for (key, why) in self.stalls.observe(&view, &claims, now_ms, after) {
+        let digest = self.digest;
+        for (key, why) in self.stalls.observe(&view, &claims, digest, now_ms, after) {
             let (phase, round) = view
                 .stories
                 .get(&key)
