@@ -279,11 +279,16 @@ pub(super) fn block_dependents_of_blocked(
     stories: &mut BTreeMap<String, StoryView>,
     active_stories: &BTreeSet<&str>,
 ) {
+    // Only stories with dependencies can be blocked by one: most have none.
+    let keys: Vec<String> = stories
+        .iter()
+        .filter(|(_, s)| !s.fact.depends_on.is_empty())
+        .map(|(k, _)| k.clone())
+        .collect();
     loop {
         let mut changed = false;
-        let keys: Vec<String> = stories.keys().cloned().collect();
-        for k in keys {
-            let Some(s) = stories.get(&k) else { continue };
+        for k in &keys {
+            let Some(s) = stories.get(k) else { continue };
             // (A story already started is blocked too unless a node is working on
             // it: the scheduler never runs a phase of a story whose dependencies have
             // not landed, so it would wait forever — seed 1065 hostile, 2 files.)
@@ -307,7 +312,7 @@ pub(super) fn block_dependents_of_blocked(
                 }
             });
             if let Some((dep, what)) = dep {
-                if let Some(s) = stories.get_mut(&k) {
+                if let Some(s) = stories.get_mut(k) {
                     s.status = StoryStatus::Blocked;
                     s.blocked_reason = Some(format!("depends on {dep}, which {what}"));
                     s.next_phase = None;
