@@ -75,6 +75,18 @@ fn spawn_node(dir: &Path) -> NodeProc {
 
 /// [`spawn_node`] with more `run` flags.
 fn spawn_node_with(dir: &Path, extra: &[&str]) -> NodeProc {
+    spawn(dir, extra, &[], false).0
+}
+
+/// Starts `mesh-agent run` with `flags` and `env`, waits for its first `listening` line,
+/// its dashboard's URL when `dashboard` (the line after the listening ones), and its
+/// control file.
+fn spawn(
+    dir: &Path,
+    flags: &[&str],
+    env: &[(&str, &str)],
+    dashboard: bool,
+) -> (NodeProc, Option<String>) {
     let mut child = bin()
         .args([
             "run",
@@ -83,7 +95,8 @@ fn spawn_node_with(dir: &Path, extra: &[&str]) -> NodeProc {
             "--log-level",
             "warn",
         ])
-        .args(extra)
+        .args(flags)
+        .envs(env.iter().copied())
         .arg("--data-dir")
         .arg(dir)
         .stdout(Stdio::piped())
@@ -91,18 +104,30 @@ fn spawn_node_with(dir: &Path, extra: &[&str]) -> NodeProc {
         .spawn()
         .expect("spawn node");
     let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout);
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("read");
+    lines.read_line(&mut line).expect("read");
     assert!(
         line.starts_with("listening "),
         "unexpected first line {line:?}"
     );
+    let mut url = None;
+    if dashboard {
+        while line.starts_with("listening ") {
+            line.clear();
+            lines.read_line(&mut line).expect("read");
+        }
+        url = line
+            .strip_prefix("dashboard ")
+            .map(|u| u.trim().trim_end_matches('/').to_string());
+        assert!(url.is_some(), "no dashboard line: {line:?}");
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     while !dir.join("control.json").exists() {
         assert!(Instant::now() < deadline, "control endpoint never came up");
         std::thread::sleep(Duration::from_millis(20));
     }
-    NodeProc(child)
+    (NodeProc(child), url)
 }
 
 #[test]

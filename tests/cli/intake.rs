@@ -4,10 +4,9 @@
 //! filter, closed, oversized, and off without a secret).
 
 use mesh_agent::intake::github::sign;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_mesh-agent"));
@@ -24,25 +23,21 @@ pub(super) fn run(args: &[&str], dir: &Path) -> std::process::Output {
         .expect("spawn")
 }
 
-/// A running node, killed when dropped, with its dashboard's URL if it serves one.
-pub(super) struct NodeProc(Child, Option<String>);
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A running node (killed when dropped) and its dashboard's URL if it serves one.
+pub(super) struct Running {
+    _proc: super::NodeProc,
+    dashboard: Option<String>,
 }
 
 /// `init`, `extra` appended to the config, then `run` (claiming no work) until its
 /// control file is up.
-pub(super) fn node(dir: &Path, extra: &str) -> NodeProc {
+pub(super) fn node(dir: &Path, extra: &str) -> Running {
     node_with(dir, &[], extra)
 }
 
 /// [`node`] with more arguments to `init`; waits for the dashboard's URL too when the
 /// config has one.
-fn node_with(dir: &Path, init: &[&str], extra: &str) -> NodeProc {
+fn node_with(dir: &Path, init: &[&str], extra: &str) -> Running {
     let mut args = vec!["init"];
     args.extend_from_slice(init);
     let out = run(&args, dir);
@@ -55,46 +50,16 @@ fn node_with(dir: &Path, init: &[&str], extra: &str) -> NodeProc {
     let mut text = std::fs::read_to_string(&cfg).expect("config");
     text.push_str(extra);
     std::fs::write(&cfg, text).expect("write config");
-    let mut child = bin()
-        .args([
-            "run",
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--log-level",
-            "warn",
-        ])
-        .env("MESH_WORK", "false")
-        .arg("--data-dir")
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn node");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout);
-    let mut line = String::new();
-    lines.read_line(&mut line).expect("read");
-    assert!(
-        line.starts_with("listening "),
-        "unexpected first line {line:?}"
+    let (proc, url) = super::spawn(
+        dir,
+        &[],
+        &[("MESH_WORK", "false")],
+        extra.contains("[dashboard]"),
     );
-    let mut dashboard = None;
-    if extra.contains("[dashboard]") {
-        while line.starts_with("listening ") {
-            line.clear();
-            lines.read_line(&mut line).expect("read");
-        }
-        dashboard = line
-            .strip_prefix("dashboard ")
-            .map(|u| u.trim().trim_end_matches('/').to_string());
-        assert!(dashboard.is_some(), "no dashboard line: {line:?}");
+    Running {
+        _proc: proc,
+        dashboard: url,
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !dir.join("control.json").exists() {
-        assert!(Instant::now() < deadline, "control endpoint never came up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    NodeProc(child, dashboard)
 }
 
 pub(super) fn stories(dir: &Path) -> Vec<serde_json::Value> {
@@ -428,7 +393,7 @@ fn a_closed_issue_cancels_its_story_on_the_dashboards_listener() {
     let key = SECRET.as_bytes();
     let control = Hook::of(d.path());
     let hook = Hook {
-        url: n.1.clone().expect("dashboard url"),
+        url: n.dashboard.clone().expect("dashboard url"),
         ..Hook::of(d.path())
     };
     let opened = issue("opened", 12, &["mesh"], None);

@@ -142,7 +142,7 @@ impl Doc {
 /// document, or the number an imported story had in its tracker when no story has it.
 /// Numbers wanted by stories of the same write are kept for them: a story renumbered
 /// earlier in the write does not take the number a later one keeps.
-pub(super) struct Numbers {
+struct Numbers {
     taken: std::collections::HashSet<u32>,
     reserved: std::collections::HashSet<u32>,
     next: u32,
@@ -150,7 +150,7 @@ pub(super) struct Numbers {
 
 impl Numbers {
     /// The numbers free in `view` for `news`, in the order they will be taken.
-    pub(super) fn of(view: &View, news: &[NewStory]) -> Numbers {
+    fn of(view: &View, news: &[NewStory]) -> Numbers {
         let taken: std::collections::HashSet<u32> =
             view.stories.values().map(|s| s.fact.number).collect();
         let reserved = news
@@ -167,7 +167,7 @@ impl Numbers {
 
     /// `wanted` if free, else the next number after every one taken and not kept for
     /// another story of the write.
-    pub(super) fn take(&mut self, wanted: Option<u32>) -> u32 {
+    fn take(&mut self, wanted: Option<u32>) -> u32 {
         let n = match wanted {
             Some(w) if !self.taken.contains(&w) => w,
             _ => {

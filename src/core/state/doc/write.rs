@@ -3,7 +3,6 @@
 //! operator's pre-sealed roster facts and the hostile raw writes of tests and the
 //! simulator.
 
-use super::batch::Numbers;
 use super::*;
 
 impl Doc {
@@ -136,6 +135,8 @@ impl Doc {
         self.add_stories_in(&view, news, creator, now_ms)
     }
 
+    /// The stories of one user write: the batch path, without batch references to
+    /// resolve (each dependency names a story in the document).
     fn add_stories_in(
         &mut self,
         view: &View,
@@ -143,46 +144,8 @@ impl Doc {
         creator: &str,
         now_ms: u64,
     ) -> Result<Vec<String>, StateError> {
-        let mut numbers = Numbers::of(view, news);
-        let (mut keys, mut values) = (Vec::new(), Vec::new());
-        for new in news {
-            let valid = new.validate()?;
-            let mut depends_on = Vec::new();
-            for d in &new.depends_on {
-                let key = view.resolve(d.trim())?.key.clone();
-                if !depends_on.contains(&key) {
-                    depends_on.push(key);
-                }
-            }
-            let number = numbers.take(valid.imported.as_ref().and_then(|i| i.number()));
-            let key = story_key(number, creator);
-            let fact = StoryFact {
-                number,
-                created_by: creator.to_string(),
-                created_at_ms: now_ms,
-                title: valid.title,
-                body: valid.body,
-                priority: valid.priority,
-                depends_on,
-                files: valid.files,
-                labels: valid.labels,
-                source: valid
-                    .imported
-                    .as_ref()
-                    .map_or_else(|| "cli".into(), |i| i.source()),
-                imported: valid.imported,
-            };
-            let doc_key = format!("{STORY_PREFIX}{key}");
-            values.push((
-                doc_key.clone(),
-                self.seal_checked(&doc_key, &fact, creator)?,
-            ));
-            keys.push(key);
-        }
-        if !values.is_empty() {
-            self.put_sealed(&values)?;
-        }
-        Ok(keys)
+        self.add_story_batch_in(view, news, "cli", creator, now_ms)
+            .map_err(|e| e.error)
     }
 
     /// Records this node's description, only when it differs from what the document has.
