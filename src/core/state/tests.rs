@@ -790,3 +790,28 @@ pub(crate) fn titles(d: &Doc) -> Vec<String> {
     t.sort();
     t
 }
+
+/// The fold's allocation-free key check agrees with the key a story is written under.
+#[test]
+fn story_keys_are_checked_without_being_built() {
+    use super::view::names_story;
+    const A: &str = "12D3KooWAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAaaaaaa";
+    for n in [1, 7, 42, 999, 1000, 9999, 10_000, 123_456, u32::MAX] {
+        assert!(names_story(&story_key(n, A), n, A), "{n}");
+        assert!(!names_story(&story_key(n, A), n.wrapping_add(1), A), "{n}");
+        assert!(
+            !names_story(&story_key(n, A), n, "12D3KooWBBBBBBbbbbbb"),
+            "{n}"
+        );
+    }
+    for bad in [
+        "S-42@aaaaaa",
+        "S-00042@aaaaaa",
+        "S-0042",
+        "0042@aaaaaa",
+        "S-+042@aaaaaa",
+        "S-0042@",
+    ] {
+        assert!(!names_story(bad, 42, A), "{bad}");
+    }
+}

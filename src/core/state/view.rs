@@ -67,6 +67,22 @@ pub fn story_key(number: u32, creator: &str) -> String {
     format!("S-{number:04}@{}", peer_tag(creator))
 }
 
+/// Whether `key` is [`story_key`]`(number, creator)`, without building it (the fold
+/// checks every story's key on every fold).
+pub(super) fn names_story(key: &str, number: u32, creator: &str) -> bool {
+    let Some((n, tag)) = key.split_once('@') else {
+        return false;
+    };
+    let Some(digits) = n.strip_prefix("S-") else {
+        return false;
+    };
+    tag == peer_tag(creator)
+        && digits.len() >= 4
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits.len() == 4 || !digits.starts_with('0'))
+        && digits.parse::<u32>() == Ok(number)
+}
+
 /// One story as every node sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoryView {
@@ -260,7 +276,7 @@ impl View {
         for (key, fact) in all {
             match fact {
                 Fact::Story(f) => match key.strip_prefix(STORY_PREFIX) {
-                    Some(skey) if story_key(f.number, &f.created_by) == skey => {
+                    Some(skey) if names_story(skey, f.number, &f.created_by) => {
                         facts.push((skey.to_string(), f.clone()))
                     }
                     _ => view.malformed += 1,
@@ -436,23 +452,23 @@ fn counted_merges(
 /// allocated the same number concurrently, the lowest creator keeps the short id and
 /// the others carry their creator's tag. One id per story fact, in order.
 fn display_ids(facts: &[(String, Arc<StoryFact>)]) -> Vec<String> {
-    let mut by_number: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-    for (i, (_, f)) in facts.iter().enumerate() {
-        by_number.entry(f.number).or_default().push(i);
-    }
+    // One sort by (number, creator, key): each number's group is a run, its first the
+    // short id (a map of groups cost an allocation per story on every fold).
+    let mut order: Vec<usize> = (0..facts.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (fa, fb) = (&facts[a], &facts[b]);
+        (fa.1.number, &fa.1.created_by, &fa.0).cmp(&(fb.1.number, &fb.1.created_by, &fb.0))
+    });
     let mut ids = vec![String::new(); facts.len()];
-    for group in by_number.values_mut() {
-        group.sort_by(|&a, &b| {
-            (&facts[a].1.created_by, &facts[a].0).cmp(&(&facts[b].1.created_by, &facts[b].0))
-        });
-        for (rank, &i) in group.iter().enumerate() {
-            let f = &facts[i].1;
-            ids[i] = if rank == 0 {
-                format!("S-{:04}", f.number)
-            } else {
-                format!("S-{:04}-{}", f.number, peer_tag(&f.created_by))
-            };
-        }
+    let mut prev = None;
+    for i in order {
+        let f = &facts[i].1;
+        ids[i] = if prev == Some(f.number) {
+            format!("S-{:04}-{}", f.number, peer_tag(&f.created_by))
+        } else {
+            format!("S-{:04}", f.number)
+        };
+        prev = Some(f.number);
     }
     ids
 }

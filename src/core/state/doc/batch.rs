@@ -151,8 +151,16 @@ struct Numbers {
 impl Numbers {
     /// The numbers free in `view` for `news`, in the order they will be taken.
     fn of(view: &View, news: &[NewStory]) -> Numbers {
-        let taken: std::collections::HashSet<u32> =
-            view.stories.values().map(|s| s.fact.number).collect();
+        // Only a story that wants its number needs to know which are taken: the others
+        // take numbers past the highest.
+        let wants = news
+            .iter()
+            .any(|n| n.imported.as_ref().is_some_and(|i| i.number().is_some()));
+        let taken: std::collections::HashSet<u32> = if wants {
+            view.stories.values().map(|s| s.fact.number).collect()
+        } else {
+            Default::default()
+        };
         let reserved = news
             .iter()
             .filter_map(|n| n.imported.as_ref()?.number())
