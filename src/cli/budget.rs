@@ -88,12 +88,6 @@ fn show(dir: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// A day since the epoch as YYYY-MM-DD (UTC).
-fn date(day: u64) -> String {
-    let (y, m, d) = mesh_agent::core::calendar::civil(day);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
 fn print(r: &BudgetReport) {
     match r.daily_micro_usd {
         Some(d) => println!(
@@ -139,7 +133,7 @@ fn print(r: &BudgetReport) {
         for d in &days {
             println!(
                 "{:<12} {:<10} {:>12} {:>12} {:>10}",
-                date(d.day),
+                mesh_agent::core::calendar::iso_date(d.day),
                 mesh_agent::core::state::peer_tag(&d.peer),
                 d.usage.tokens_in,
                 d.usage.tokens_out,
@@ -163,15 +157,5 @@ fn print(r: &BudgetReport) {
             s.usage.tokens,
             s.title
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn days_print_as_dates() {
-        assert_eq!(super::date(0), "1970-01-01");
-        assert_eq!(super::date(20_788), "2026-12-01");
-        assert_eq!(super::date(11_016), "2000-02-29");
     }
 }

@@ -14,6 +14,12 @@ pub fn civil(day: u64) -> (u64, u64, u64) {
     (yoe + era * 400 + u64::from(m <= 2), m, d)
 }
 
+/// A day counted from 1970-01-01 as `YYYY-MM-DD`.
+pub fn iso_date(day: u64) -> String {
+    let (y, m, d) = civil(day);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
 /// The day counted from 1970-01-01 of a civil date (the inverse of [`civil`]; for
 /// dates from 1970 on).
 pub fn days_from_civil(y: u64, m: u64, d: u64) -> u64 {
@@ -28,7 +34,14 @@ pub fn days_from_civil(y: u64, m: u64, d: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{civil, days_from_civil};
+    use super::{civil, days_from_civil, iso_date};
+
+    #[test]
+    fn days_print_as_dates() {
+        assert_eq!(iso_date(0), "1970-01-01");
+        assert_eq!(iso_date(20_788), "2026-12-01");
+        assert_eq!(iso_date(11_016), "2000-02-29");
+    }
 
     #[test]
     fn known_days() {

@@ -39,9 +39,9 @@ pub(super) fn dur(ms: u64) -> String {
 pub(super) fn when(ms: u64) -> String {
     let secs = ms / 1000;
     let t = secs % 86_400;
-    let (y, m, d) = crate::core::calendar::civil(secs / 86_400);
     format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        "{} {:02}:{:02}:{:02}",
+        crate::core::calendar::iso_date(secs / 86_400),
         t / 3600,
         (t % 3600) / 60,
         t % 60

@@ -101,8 +101,7 @@ pub fn folders(stories: &[&StoryView], notes: &mut Vec<Problem>) -> BTreeMap<Str
 
 /// `YYYY-MM-DD` of a time in ms since the epoch.
 fn date(ms: u64) -> String {
-    let (y, m, d) = crate::core::calendar::civil(ms / 86_400_000);
-    format!("{y:04}-{m:02}-{d:02}")
+    crate::core::calendar::iso_date(ms / 86_400_000)
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ`, as ai-sdlc writes `merged_at`.
