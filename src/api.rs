@@ -257,6 +257,17 @@ impl SealedFact {
             key,
         })
     }
+
+    /// A draft command resolved against `view` and sealed: what a holder of the
+    /// operator key inside the node's process (the dashboard, the GitHub hook) writes.
+    pub fn resolved(
+        view: &crate::core::state::View,
+        signer: &crate::core::trust::Signer,
+        draft: CommandFact,
+    ) -> Result<SealedFact, String> {
+        let fact = crate::core::resolve_command(view, draft)?;
+        SealedFact::command(signer, &fact).map_err(|e| e.to_string())
+    }
 }
 
 async fn show_roster(State(st): State<AppState>) -> Response {
@@ -483,6 +494,7 @@ pub async fn serve_with(
             Arc::new(digest(format!("Bearer {}", info.token).as_bytes())),
             require_token,
         ))
+        .layer(middleware::map_response(close_after_413))
         // Outside the token layer: these check their own signatures.
         .merge(hooks);
     let task = tokio::spawn(async move {
@@ -492,6 +504,19 @@ pub async fn serve_with(
     });
     tracing::info!(%addr, "control endpoint listening");
     Ok((info, task))
+}
+
+/// Any 413 closes its connection: the refused body was not read to its end, so the
+/// connection cannot carry another request, and a client that pooled it would fail its
+/// next one. A layer on every router that refuses bodies by size.
+pub async fn close_after_413(mut resp: Response) -> Response {
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
 
 /// Removes `control.json` (on clean shutdown).

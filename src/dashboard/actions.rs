@@ -166,8 +166,7 @@ async fn command(
     draft: CommandFact,
 ) -> Result<String, String> {
     let view = super::pages::ask(sh, ApiRequest::View).await?;
-    let fact = crate::core::resolve_command(&view, draft)?;
-    let sealed = SealedFact::command(signer, &fact).map_err(|e| e.to_string())?;
+    let sealed = SealedFact::resolved(&view, signer, draft)?;
     super::pages::ask(sh, |tx| ApiRequest::PutRoster(sealed.key, sealed.value, tx))
         .await?
         .map_err(|e| e.to_string())

@@ -79,6 +79,7 @@ pub fn router(hook: GithubHook) -> Router {
     Router::new()
         .route(HOOK_PATH, post(handle))
         .with_state(hook)
+        .layer(axum::middleware::map_response(crate::api::close_after_413))
 }
 
 /// What the hook did, as it answers.
@@ -105,15 +106,9 @@ fn refuse(code: StatusCode, why: &str) -> Response {
     (code, Json(serde_json::json!({ "error": why }))).into_response()
 }
 
-/// 413 with `Connection: close`: the rest of the body is never read, so the connection
-/// cannot carry another request, and a client that pooled it would fail its next one.
+/// 413 (the layer from [`router`] closes its connection).
 fn too_large() -> Response {
-    let mut r = refuse(StatusCode::PAYLOAD_TOO_LARGE, "body over max_body_bytes");
-    r.headers_mut().insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("close"),
-    );
-    r
+    refuse(StatusCode::PAYLOAD_TOO_LARGE, "body over max_body_bytes")
 }
 
 /// Whether `sig` (`sha256=<hex>`) is the HMAC-SHA256 of `body` under `secret`.
@@ -403,10 +398,7 @@ async fn closed(h: &GithubHook, source: String, delivery: &str) -> Response {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
     };
-    let sealed = crate::core::resolve_command(&view, draft)
-        .map_err(|e| e.to_string())
-        .and_then(|f| crate::api::SealedFact::command(signer, &f).map_err(|e| e.to_string()));
-    let sealed = match sealed {
+    let sealed = match crate::api::SealedFact::resolved(&view, signer, draft) {
         Ok(s) => s,
         Err(why) => return refuse(StatusCode::UNPROCESSABLE_ENTITY, &why),
     };
