@@ -7,7 +7,7 @@
   if (!live || !window.EventSource || !window.fetch) return;
   var url = live.getAttribute("data-fragment");
   var status = document.getElementById("live-status");
-  var busy = false, again = false, updates = 0;
+  var busy = false, again = false, updates = 0, pending = null;
   function typing() {
     var a = document.activeElement;
     return a && live.contains(a) && /^(INPUT|TEXTAREA|SELECT)$/.test(a.tagName);
@@ -25,7 +25,12 @@
   }
   function held() { return typing() || dirty(); }
   function refresh() {
-    if (busy || held()) { again = true; if (!busy) setTimeout(retry, 2000); return; }
+    if (busy || held()) {
+      again = true;
+      // One retry pending at a time, however many changes arrive meanwhile.
+      if (!busy && !pending) pending = setTimeout(function () { pending = null; retry(); }, 2000);
+      return;
+    }
     busy = true;
     fetch(url, { credentials: "same-origin" })
       .then(function (r) { if (!r.ok) throw new Error(r.status); return r.text(); })
