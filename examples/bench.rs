@@ -94,6 +94,7 @@ async fn counters(mesh: &Mesh) -> node::Counters {
         t.heartbeats_received += c.heartbeats_received;
         t.bytes_in += c.bytes_in;
         t.bytes_out += c.bytes_out;
+        t.sync_bytes_out += c.sync_bytes_out;
     }
     t
 }
@@ -319,6 +320,7 @@ async fn run_one(args: &Args, n: usize) -> anyhow::Result<Row> {
         heartbeats_received: c1.heartbeats_received - c0.heartbeats_received,
         bytes_in: c1.bytes_in - c0.bytes_in,
         bytes_out: c1.bytes_out - c0.bytes_out,
+        sync_bytes_out: c1.sync_bytes_out - c0.sync_bytes_out,
         ..Default::default()
     });
     eprintln!(
@@ -426,22 +428,23 @@ fn print_table(args: &Args, rows: &[Row]) {
     }
     println!();
     println!(
-        "{:>5} {:>14} {:>14} {:>16} {:>16}",
-        "nodes", "sync sessions", "sync failures", "bytes in+out", "idle CPU"
+        "{:>5} {:>14} {:>14} {:>16} {:>16} {:>16}",
+        "nodes", "sync sessions", "sync failures", "bytes in+out", "sync bytes", "idle CPU"
     );
     println!(
-        "{:>5} {:>14} {:>14} {:>16} {:>16}",
-        "", "per write", "in the writes", "per write", "cores (process)"
+        "{:>5} {:>14} {:>14} {:>16} {:>16} {:>16}",
+        "", "per write", "in the writes", "per write", "per write", "cores (process)"
     );
     for r in rows {
         let Some(c) = &r.write_phase else { continue };
         let w = r.writes_ok.max(1) as f64;
         println!(
-            "{:>5} {:>14.1} {:>14} {:>16.0} {:>16}",
+            "{:>5} {:>14.1} {:>14} {:>16.0} {:>16.0} {:>16}",
             r.nodes,
             c.sync_sessions_started as f64 / w,
             c.sync_failures,
             (c.bytes_in + c.bytes_out) as f64 / w,
+            c.sync_bytes_out as f64 / w,
             f(r.idle_cpu_cores, 2),
         );
     }
@@ -459,6 +462,7 @@ fn print_table(args: &Args, rows: &[Row]) {
     );
     println!("RSS: this whole process with N nodes / its growth per node since before the nodes started (not per-process figures).");
     println!("sync sessions / bytes per write: summed over all nodes during the write phase (includes heartbeats and gossip meanwhile).");
+    println!("sync bytes per write: sync frames sent by all nodes during the write phase (once each, before encryption; anti-entropy meanwhile included).");
     println!("idle CPU: CPU time of this process (all N nodes) per wall-clock second during the idle window; 1.00 = one core.");
 }
 

@@ -258,9 +258,15 @@ impl Collector for Snapshot {
         )?;
         o.counters(
             "network_bytes",
-            "Bytes of sync traffic, by direction.",
+            "Bytes on this node's connections (every protocol, encrypted), by direction.",
             "direction",
             [("in", c.bytes_in), ("out", c.bytes_out)],
+        )?;
+        o.counters(
+            "sync_bytes",
+            "Bytes of sync frames (before encryption), by direction.",
+            "direction",
+            [("in", c.sync_bytes_in), ("out", c.sync_bytes_out)],
         )?;
         o.counters(
             "heartbeats",

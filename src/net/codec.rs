@@ -58,12 +58,24 @@ impl SyncCodec {
     /// [`read_frame`], counting a frame refused for its size.
     async fn read<T: AsyncRead + Unpin + Send>(&self, io: &mut T) -> io::Result<Vec<u8>> {
         let res = read_frame(io, self.max).await;
+        if let Ok(frame) = &res {
+            self.metrics
+                .sync_bytes_in
+                .fetch_add(frame.len() as u64 + 4, Ordering::Relaxed);
+        }
         if matches!(&res, Err(e) if e.kind() == io::ErrorKind::InvalidData) {
             self.metrics
                 .oversized_dropped
                 .fetch_add(1, Ordering::Relaxed);
         }
         res
+    }
+
+    /// Counts a frame about to be written (length prefix included).
+    fn sent(&self, frame: &[u8]) {
+        self.metrics
+            .sync_bytes_out
+            .fetch_add(frame.len() as u64 + 4, Ordering::Relaxed);
     }
 }
 
@@ -104,6 +116,7 @@ impl request_response::Codec for SyncCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
+        self.sent(&req);
         write_frame(io, &req).await
     }
 
@@ -116,6 +129,7 @@ impl request_response::Codec for SyncCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
+        self.sent(&res);
         write_frame(io, &res).await
     }
 }

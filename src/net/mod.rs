@@ -65,6 +65,9 @@ pub struct NetMetrics {
     pub handshake_failures: AtomicU64,
     pub oversized_dropped: AtomicU64,
     pub sync_failures: AtomicU64,
+    /// Sync frames' bytes (length prefix included, before encryption and muxing).
+    pub sync_bytes_in: AtomicU64,
+    pub sync_bytes_out: AtomicU64,
 }
 
 pub use crate::core::model::Topic;
@@ -104,6 +107,10 @@ pub enum NetCommand {
         data: Vec<u8>,
     },
     Dial(Multiaddr),
+    /// Closes this node's connections to a peer and dials it again: a connected peer
+    /// whose beats stopped gets fresh streams (its gossip comes over that connection
+    /// only). A peer that is really gone is simply not reached.
+    Redial(PeerId),
     /// Blocks (true) or unblocks (false) a peer: while blocked, its connections close
     /// and new ones are denied (a partition for tests and chaos drills).
     Block(PeerId, bool),
@@ -313,15 +320,25 @@ fn build_swarm(cfg: &NetConfig, metrics: Arc<NetMetrics>) -> Result<Swarm<Behavi
         .map_err(|e| setup(&e))?
         .with_behaviour(|key| {
             let local = key.public().to_peer_id();
+            // Heartbeats and events go from their author straight to every connected
+            // subscriber (flood publish) and are never relayed: each receiver checks
+            // one copy's signature instead of one per mesh neighbour, and IHAVE gossip
+            // advertises only the node's own messages. Every node already needs a
+            // direct connection to each alive peer (sync and settle run over it); a
+            // peer's beats come over that connection or not at all (a connected peer
+            // that goes quiet is redialled: `NetCommand::Redial`), and the events a
+            // node missed come back with the next sync's timeline pull.
             let gossip_cfg = gossipsub::ConfigBuilder::default()
                 .heartbeat_interval(Duration::from_millis(500))
+                .flood_publish(true)
+                .validate_messages()
                 .validation_mode(ValidationMode::Strict)
                 .max_transmit_size(MAX_GOSSIP_BYTES)
                 .message_id_fn(|m: &gossipsub::Message| {
                     let mut h = Sha256::new();
                     h.update(m.source.map(|p| p.to_bytes()).unwrap_or_default());
                     h.update(&m.data);
-                    gossipsub::MessageId::from(hex::encode(&h.finalize()[..20]))
+                    gossipsub::MessageId::from(h.finalize()[..20].to_vec())
                 })
                 .build()?;
             let gossipsub =
@@ -546,6 +563,15 @@ impl EventLoop {
                     tracing::warn!(%addr, error = %e, "dial failed");
                 }
             }
+            NetCommand::Redial(peer) => {
+                if self.swarm.is_connected(&peer) {
+                    tracing::info!(%peer, "connected peer went quiet: reconnecting");
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                    if let Err(e) = self.swarm.dial(peer) {
+                        tracing::debug!(%peer, error = %e, "cannot redial peer");
+                    }
+                }
+            }
             NetCommand::Block(peer, true) => {
                 tracing::info!(%peer, "peer blocked: its connections close");
                 self.test_blocked.insert(peer);
@@ -679,7 +705,20 @@ impl EventLoop {
 
     async fn handle_behaviour(&mut self, ev: BehaviourEvent) {
         match ev {
-            BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                message,
+                message_id,
+                propagation_source,
+            }) => {
+                // Never forwarded (see `build_swarm`): handled here, then ignored.
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(
+                        &message_id,
+                        &propagation_source,
+                        gossipsub::MessageAcceptance::Ignore,
+                    );
                 let topic = if message.topic == ident(Topic::Heartbeat).hash() {
                     Topic::Heartbeat
                 } else if message.topic == ident(Topic::Events).hash() {
@@ -697,6 +736,13 @@ impl EventLoop {
                     data: message.data,
                 })
                 .await;
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::SlowPeer {
+                peer_id,
+                failed_messages,
+            }) => {
+                // Beats that could not go out: the peer will see this node as suspect.
+                tracing::warn!(peer = %peer_id, ?failed_messages, "gossip to a slow peer dropped");
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 for addr in &info.listen_addrs {

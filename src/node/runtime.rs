@@ -176,7 +176,16 @@ impl Runtime {
                     for t in self.core.tick(now, wall_ms()) {
                         match t.to {
                             PeerState::Dead => tracing::warn!(peer = %t.peer, "peer is dead"),
-                            PeerState::Suspect => tracing::info!(peer = %t.peer, "peer is suspect"),
+                            PeerState::Suspect => {
+                                tracing::info!(peer = %t.peer, "peer is suspect");
+                                // Its beats come only over our connection to it: one
+                                // that is up but silent gets fresh streams.
+                                if self.core.connected().contains(&t.peer) {
+                                    if let Ok(p) = t.peer.parse() {
+                                        self.net.send(NetCommand::Redial(p)).await;
+                                    }
+                                }
+                            }
                             PeerState::Alive => tracing::info!(peer = %t.peer, "peer is alive again"),
                         }
                     }
@@ -640,6 +649,8 @@ impl Runtime {
         let mut counters = self.core.counters().clone();
         counters.bytes_in = m.bytes_in.load(Ordering::Relaxed);
         counters.bytes_out = m.bytes_out.load(Ordering::Relaxed);
+        counters.sync_bytes_in = m.sync_bytes_in.load(Ordering::Relaxed);
+        counters.sync_bytes_out = m.sync_bytes_out.load(Ordering::Relaxed);
         counters.oversized_frames = m.oversized_dropped.load(Ordering::Relaxed);
         let heads = self.core.doc_mut().heads_hex();
         // The store keeps the document's stored size up to date on every write: saving

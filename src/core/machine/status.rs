@@ -78,6 +78,12 @@ pub struct Counters {
     pub heartbeats_received: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// The sync protocol's share of the bytes (frames with their length prefix, before
+    /// encryption and muxing), filled in by the shell.
+    #[serde(default)]
+    pub sync_bytes_in: u64,
+    #[serde(default)]
+    pub sync_bytes_out: u64,
     pub handshake_failures: u64,
     /// Sync frames refused by the network shell for announcing more than the cap
     /// (filled in by the shell, like the byte counts).
