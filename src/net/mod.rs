@@ -107,10 +107,6 @@ pub enum NetCommand {
         data: Vec<u8>,
     },
     Dial(Multiaddr),
-    /// Closes this node's connections to a peer and dials it again: a connected peer
-    /// whose beats stopped gets fresh streams (its gossip comes over that connection
-    /// only). A peer that is really gone is simply not reached.
-    Redial(PeerId),
     /// Blocks (true) or unblocks (false) a peer: while blocked, its connections close
     /// and new ones are denied (a partition for tests and chaos drills).
     Block(PeerId, bool),
@@ -320,25 +316,15 @@ fn build_swarm(cfg: &NetConfig, metrics: Arc<NetMetrics>) -> Result<Swarm<Behavi
         .map_err(|e| setup(&e))?
         .with_behaviour(|key| {
             let local = key.public().to_peer_id();
-            // Heartbeats and events go from their author straight to every connected
-            // subscriber (flood publish) and are never relayed: each receiver checks
-            // one copy's signature instead of one per mesh neighbour, and IHAVE gossip
-            // advertises only the node's own messages. Every node already needs a
-            // direct connection to each alive peer (sync and settle run over it); a
-            // peer's beats come over that connection or not at all (a connected peer
-            // that goes quiet is redialled: `NetCommand::Redial`), and the events a
-            // node missed come back with the next sync's timeline pull.
             let gossip_cfg = gossipsub::ConfigBuilder::default()
                 .heartbeat_interval(Duration::from_millis(500))
-                .flood_publish(true)
-                .validate_messages()
                 .validation_mode(ValidationMode::Strict)
                 .max_transmit_size(MAX_GOSSIP_BYTES)
                 .message_id_fn(|m: &gossipsub::Message| {
                     let mut h = Sha256::new();
                     h.update(m.source.map(|p| p.to_bytes()).unwrap_or_default());
                     h.update(&m.data);
-                    gossipsub::MessageId::from(h.finalize()[..20].to_vec())
+                    gossipsub::MessageId::from(hex::encode(&h.finalize()[..20]))
                 })
                 .build()?;
             let gossipsub =
@@ -563,15 +549,6 @@ impl EventLoop {
                     tracing::warn!(%addr, error = %e, "dial failed");
                 }
             }
-            NetCommand::Redial(peer) => {
-                if self.swarm.is_connected(&peer) {
-                    tracing::info!(%peer, "connected peer went quiet: reconnecting");
-                    let _ = self.swarm.disconnect_peer_id(peer);
-                    if let Err(e) = self.swarm.dial(peer) {
-                        tracing::debug!(%peer, error = %e, "cannot redial peer");
-                    }
-                }
-            }
             NetCommand::Block(peer, true) => {
                 tracing::info!(%peer, "peer blocked: its connections close");
                 self.test_blocked.insert(peer);
@@ -705,20 +682,7 @@ impl EventLoop {
 
     async fn handle_behaviour(&mut self, ev: BehaviourEvent) {
         match ev {
-            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
-                message,
-                message_id,
-                propagation_source,
-            }) => {
-                // Never forwarded (see `build_swarm`): handled here, then ignored.
-                self.swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .report_message_validation_result(
-                        &message_id,
-                        &propagation_source,
-                        gossipsub::MessageAcceptance::Ignore,
-                    );
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
                 let topic = if message.topic == ident(Topic::Heartbeat).hash() {
                     Topic::Heartbeat
                 } else if message.topic == ident(Topic::Events).hash() {
@@ -741,7 +705,7 @@ impl EventLoop {
                 peer_id,
                 failed_messages,
             }) => {
-                // Beats that could not go out: the peer will see this node as suspect.
+                // Gossip this node could not hand to the peer's connection in time (beats, events).
                 tracing::warn!(peer = %peer_id, ?failed_messages, "gossip to a slow peer dropped");
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {

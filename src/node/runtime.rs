@@ -176,16 +176,7 @@ impl Runtime {
                     for t in self.core.tick(now, wall_ms()) {
                         match t.to {
                             PeerState::Dead => tracing::warn!(peer = %t.peer, "peer is dead"),
-                            PeerState::Suspect => {
-                                tracing::info!(peer = %t.peer, "peer is suspect");
-                                // Its beats come only over our connection to it: one
-                                // that is up but silent gets fresh streams.
-                                if self.core.connected().contains(&t.peer) {
-                                    if let Ok(p) = t.peer.parse() {
-                                        self.net.send(NetCommand::Redial(p)).await;
-                                    }
-                                }
-                            }
+                            PeerState::Suspect => tracing::info!(peer = %t.peer, "peer is suspect"),
                             PeerState::Alive => tracing::info!(peer = %t.peer, "peer is alive again"),
                         }
                     }
