@@ -316,7 +316,16 @@ impl Store {
     /// Makes every write so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.injected(&self.faults.flush, "flush")?;
-        self.db.flush_async().await.map_err(self.db_err())?;
+        // Not sled's `flush_async`: with several databases in one process, futures of
+        // flushes that start at nearly the same moment can stay unwoken for good (sled
+        // issue #1241), and the node's loop with them (seen as in-process meshes whose
+        // nodes stopped beating after a write all of them persisted at once). A blocking
+        // flush on tokio's blocking pool always ends.
+        let db = self.db.clone();
+        let flushed = tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .unwrap_or_else(|e| Err(sled::Error::Io(std::io::Error::other(e.to_string()))));
+        flushed.map_err(self.db_err())?;
         Ok(())
     }
 
