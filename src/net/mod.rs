@@ -316,15 +316,24 @@ fn build_swarm(cfg: &NetConfig, metrics: Arc<NetMetrics>) -> Result<Swarm<Behavi
         .map_err(|e| setup(&e))?
         .with_behaviour(|key| {
             let local = key.public().to_peer_id();
+            // Heartbeats and events go from their author straight to every connected
+            // subscriber (flood publish) and are never relayed: each receiver checks
+            // one copy's signature instead of one per mesh neighbour, and IHAVE gossip
+            // advertises only the node's own messages. Every node already needs a
+            // direct connection to each alive peer (sync and settle run over it); a
+            // peer's beats come over that connection or not at all, and the events a
+            // node missed come back with the next sync's timeline pull.
             let gossip_cfg = gossipsub::ConfigBuilder::default()
                 .heartbeat_interval(Duration::from_millis(500))
+                .flood_publish(true)
+                .validate_messages()
                 .validation_mode(ValidationMode::Strict)
                 .max_transmit_size(MAX_GOSSIP_BYTES)
                 .message_id_fn(|m: &gossipsub::Message| {
                     let mut h = Sha256::new();
                     h.update(m.source.map(|p| p.to_bytes()).unwrap_or_default());
                     h.update(&m.data);
-                    gossipsub::MessageId::from(hex::encode(&h.finalize()[..20]))
+                    gossipsub::MessageId::from(h.finalize()[..20].to_vec())
                 })
                 .build()?;
             let gossipsub =
@@ -682,7 +691,20 @@ impl EventLoop {
 
     async fn handle_behaviour(&mut self, ev: BehaviourEvent) {
         match ev {
-            BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                message,
+                message_id,
+                propagation_source,
+            }) => {
+                // Never forwarded (see `build_swarm`): handled here, then ignored.
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(
+                        &message_id,
+                        &propagation_source,
+                        gossipsub::MessageAcceptance::Ignore,
+                    );
                 let topic = if message.topic == ident(Topic::Heartbeat).hash() {
                     Topic::Heartbeat
                 } else if message.topic == ident(Topic::Events).hash() {
