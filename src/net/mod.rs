@@ -12,7 +12,7 @@ use futures::{AsyncRead, AsyncWrite, StreamExt};
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::Boxed;
 use libp2p::core::upgrade;
-use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
+use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
@@ -20,7 +20,6 @@ use libp2p::{
     allow_block_list, connection_limits, identify, kad, noise, ping, tcp, yamux, Multiaddr, PeerId,
     StreamProtocol, Swarm, Transport,
 };
-use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::pin::Pin;
@@ -32,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 mod codec;
 mod discovery;
+mod gossip;
 #[doc(hidden)]
 pub use codec::read_frame;
 use codec::SyncCodec;
@@ -316,26 +316,7 @@ fn build_swarm(cfg: &NetConfig, metrics: Arc<NetMetrics>) -> Result<Swarm<Behavi
         .map_err(|e| setup(&e))?
         .with_behaviour(|key| {
             let local = key.public().to_peer_id();
-            // Heartbeats and events go from their author straight to every connected
-            // subscriber (flood publish) and are never relayed: each receiver checks
-            // one copy's signature instead of one per mesh neighbour, and IHAVE gossip
-            // advertises only the node's own messages. Every node already needs a
-            // direct connection to each alive peer (sync and settle run over it); a
-            // peer's beats come over that connection or not at all, and the events a
-            // node missed come back with the next sync's timeline pull.
-            let gossip_cfg = gossipsub::ConfigBuilder::default()
-                .heartbeat_interval(Duration::from_millis(500))
-                .flood_publish(true)
-                .validate_messages()
-                .validation_mode(ValidationMode::Strict)
-                .max_transmit_size(MAX_GOSSIP_BYTES)
-                .message_id_fn(|m: &gossipsub::Message| {
-                    let mut h = Sha256::new();
-                    h.update(m.source.map(|p| p.to_bytes()).unwrap_or_default());
-                    h.update(&m.data);
-                    gossipsub::MessageId::from(h.finalize()[..20].to_vec())
-                })
-                .build()?;
+            let gossip_cfg = gossip::config()?;
             let gossipsub =
                 gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_cfg)?;
             let identify = identify::Behaviour::new(
