@@ -677,7 +677,7 @@ impl EventLoop {
                 message_id,
                 propagation_source,
             }) => {
-                // Never forwarded (see `build_swarm`): handled here, then ignored.
+                // Never forwarded (`gossip.rs`): handled here, then ignored.
                 self.swarm
                     .behaviour_mut()
                     .gossipsub
