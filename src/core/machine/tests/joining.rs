@@ -1,0 +1,251 @@
+//! Joining and leaving: the join wait, clock skew, clean stops and peers that say they
+//! left.
+
+use super::*;
+
+/// A core that works every phase, with the guards on.
+fn worker(name: &str, doc: Doc, guards: Guards) -> Core {
+    let mut cfg = core(name, 9).cfg;
+    cfg.roles = Phase::ALL.iter().map(|p| p.as_str().to_string()).collect();
+    cfg.work = true;
+    let mut c = Core::new(name.to_string(), cfg, doc, 1);
+    c.set_guards(guards);
+    c
+}
+
+/// Warm-up with the default membership config (3 beats of 1 s).
+const WARM_MS: u64 = 3_000;
+
+#[test]
+fn a_node_that_knows_of_a_mesh_claims_nothing_before_it_synced_with_it() {
+    // B wrote a story and its node fact; A restarts over that document, alone.
+    let mut b = core("B", 2);
+    b.announce_node("test");
+    b.add_story(
+        &NewStory {
+            title: "s".into(),
+            ..Default::default()
+        },
+        1,
+    )
+    .unwrap();
+    let guards = Guards {
+        join_wait_ms: 10_000,
+        ..Guards::default()
+    };
+    let doc = Doc::load_test_names([1; 16], &b.doc_mut().save(), &[]).unwrap();
+    let mut a = worker("A", doc, guards);
+    a.tick(0, 0);
+    a.tick(WARM_MS + 1, 0);
+    assert!(a.held(WARM_MS + 1).is_empty(), "claimed before joining");
+    assert_eq!(a.joining(WARM_MS + 1), Some(10_000 - WARM_MS - 1));
+    // It connects and completes a sync with B: joined, it claims at the next tick.
+    a.handle(WARM_MS + 2, Input::Connected("B".into()));
+    pump(&mut a, &mut b);
+    assert_eq!(a.joined_at_ms(), Some(WARM_MS + 2));
+    assert_eq!(a.joining(WARM_MS + 3), None);
+    a.tick(WARM_MS + 3, 0);
+    assert_eq!(a.held(WARM_MS + 3).len(), 1, "claims once joined");
+}
+
+#[test]
+fn the_join_wait_is_bounded_and_a_mesh_of_one_does_not_wait() {
+    let story = NewStory {
+        title: "s".into(),
+        ..Default::default()
+    };
+    // Remembers peers, none answers: it claims once the wait is over.
+    let guards = Guards {
+        join_wait_ms: 5_000,
+        remembers_peers: true,
+        clock_skew: false,
+    };
+    let mut a = worker("A", Doc::new([1; 16]).with_test_names(), guards);
+    a.add_story(&story, 1).unwrap();
+    a.tick(0, 0);
+    a.tick(4_999, 0);
+    assert!(a.held(4_999).is_empty());
+    a.tick(5_000, 0);
+    assert_eq!(a.joining(5_000), None);
+    assert_eq!(a.held(5_000).len(), 1, "claims after the bounded wait");
+    // Knows of no mesh (a document with no other node, no remembered peers): no wait
+    // beyond the warm-up.
+    let mut solo = worker(
+        "S",
+        Doc::new([2; 16]).with_test_names(),
+        Guards {
+            remembers_peers: false,
+            ..guards
+        },
+    );
+    solo.announce_node("test");
+    solo.add_story(&story, 1).unwrap();
+    solo.tick(0, 0);
+    assert_eq!(solo.joining(WARM_MS), None);
+    solo.tick(WARM_MS, 0);
+    assert_eq!(solo.held(WARM_MS).len(), 1);
+}
+
+#[test]
+fn a_node_whose_clock_is_off_the_mesh_median_claims_nothing_until_it_is_back() {
+    // Defaults: max_clock_drift_ms 1000, message_timeout_ms 1000.
+    let guards = Guards {
+        clock_skew: true,
+        ..Guards::default()
+    };
+    let mut a = worker("A", Doc::new([1; 16]).with_test_names(), guards);
+    for i in 0..4 {
+        a.add_story(
+            &NewStory {
+                title: format!("s{i}"),
+                ..Default::default()
+            },
+            1,
+        )
+        .unwrap();
+    }
+    let wall = 1_000_000;
+    let mut seq = 0;
+    let mut beats = |a: &mut Core, now: u64, peers: &[(&str, i64)]| {
+        seq += 1;
+        a.set_wall(wall + now);
+        for (p, ahead) in peers {
+            let sent = (wall + now) as i64 - ahead;
+            let input = Input::Heartbeat {
+                from: p.to_string(),
+                data: beat(seq, sent as u64),
+            };
+            a.handle(now, input);
+        }
+    };
+    a.tick(0, wall);
+    // One peer disagrees by 5 s: reported, but one peer cannot say whose clock is
+    // wrong.
+    beats(&mut a, 100, &[("B", 5_000)]);
+    let one = a.clock_skew(100);
+    assert_eq!(
+        (one.median_ms, one.peers, one.skewed),
+        (Some(5_000), 1, false)
+    );
+    // Two peers: A is 2.5 s ahead of both (more than drift + one-way delay).
+    beats(&mut a, WARM_MS, &[("B", 2_500), ("C", 2_600)]);
+    a.tick(WARM_MS + 1, wall + WARM_MS);
+    assert!(a.clock_skew(WARM_MS + 1).skewed);
+    assert!(a.held(WARM_MS + 1).is_empty(), "claimed while skewed");
+    // 1.5 s behind is beyond the bound too (a delay cannot make a clock look behind).
+    beats(&mut a, WARM_MS + 200, &[("B", -1_500), ("C", -1_400)]);
+    a.tick(WARM_MS + 201, wall + WARM_MS + 200);
+    assert!(a.clock_skew(WARM_MS + 201).skewed);
+    assert!(a.held(WARM_MS + 201).is_empty(), "claimed while skewed");
+    // Fixed: once the behind beats are out of the window, within drift + delay (a
+    // beat 1.8 s old may be 1 s of drift and 0.8 s of delivery), and one wild peer
+    // does not move the median: it claims again.
+    let mut now = WARM_MS + 200;
+    for _ in 0..CLOCK_SAMPLES {
+        now += 100;
+        beats(&mut a, now, &[("B", 1_800), ("C", 300), ("D", -60_000)]);
+    }
+    a.tick(now + 1, wall + now);
+    let back = a.clock_skew(now + 1);
+    assert_eq!((back.median_ms, back.skewed), (Some(300), false));
+    assert_eq!(a.held(now + 1).len(), 1, "claims once back in bounds");
+}
+
+#[test]
+fn a_clean_shutdown_releases_every_claim_as_shutdown_and_claims_nothing_more() {
+    let mut a = worker("A", Doc::new([1; 16]).with_test_names(), Guards::default());
+    a.add_story(
+        &NewStory {
+            title: "s".into(),
+            ..Default::default()
+        },
+        1,
+    )
+    .unwrap();
+    a.tick(0, 0);
+    a.tick(WARM_MS, 0);
+    let held = a.held(WARM_MS);
+    assert!(held.len() == 1 && held[0].running, "{held:?}");
+    while a.poll_effect().is_some() {}
+    let h = a.begin_shutdown(WARM_MS + 1).expect("a claim to hand back");
+    assert_eq!(h.released, vec![held[0].claim.clone()]);
+    let effects: Vec<Effect> = std::iter::from_fn(|| a.poll_effect()).collect();
+    assert!(effects.contains(&Effect::CancelWork {
+        claim: held[0].claim.clone()
+    }));
+    let left = effects.iter().any(|e| match e {
+        Effect::Publish {
+            topic: Topic::Events,
+            data,
+        } => codec::decode::<Event>(data, MAX_GOSSIP_BYTES)
+            .is_ok_and(|ev| ev.kind == EventKind::NodeLeft),
+        _ => false,
+    });
+    assert!(left, "the peers are told it is leaving");
+    a.heartbeat(0);
+    assert!(a.poll_effect().is_none(), "no beat after the goodbye");
+    let view = a.view();
+    assert_eq!(
+        view.claims().release_reason(&held[0].claim),
+        Some(ReleaseReason::Shutdown)
+    );
+    // Not an attempt: the story is free again, at attempt 0.
+    let s = view.stories.values().next().unwrap();
+    assert_eq!(s.attempts, 0, "{s:?}");
+    assert!(a.handed_over(&h), "no peer to wait for");
+    // It claims nothing more, even if asked to work.
+    a.set_work(true, WARM_MS + 2, 0);
+    a.tick(WARM_MS + 10, 0);
+    assert!(a.held(WARM_MS + 10).is_empty());
+    assert!(a.begin_shutdown(WARM_MS + 11).is_none(), "nothing left");
+}
+
+#[test]
+fn a_peer_that_says_it_left_is_dead_at_once_until_it_beats_again() {
+    let mut a = core("A", 1);
+    a.handle(
+        0,
+        Input::Heartbeat {
+            from: "B".into(),
+            data: beat(1, 0),
+        },
+    );
+    assert_eq!(a.peer_state("B", 10), Some(PeerState::Alive));
+    let bye = |node: &str| Event {
+        node: node.to_string(),
+        seq: 1,
+        at_ms: 0,
+        kind: EventKind::NodeLeft,
+        story: String::new(),
+        phase: None,
+        round: 0,
+        detail: "stopping".into(),
+    };
+    // Only B can say B left.
+    a.handle(
+        20,
+        Input::Event {
+            from: "C".into(),
+            data: codec::encode(&bye("B")),
+        },
+    );
+    assert_eq!(a.peer_state("B", 20), Some(PeerState::Alive));
+    a.handle(
+        30,
+        Input::Event {
+            from: "B".into(),
+            data: codec::encode(&bye("B")),
+        },
+    );
+    assert_eq!(a.peer_state("B", 30), Some(PeerState::Dead));
+    assert!(a.membership().alive(30).is_empty());
+    // Back (a newer beat): alive again.
+    a.handle(
+        40,
+        Input::Heartbeat {
+            from: "B".into(),
+            data: beat(2, 0),
+        },
+    );
+    assert_eq!(a.peer_state("B", 40), Some(PeerState::Alive));
+}

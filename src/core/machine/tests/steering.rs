@@ -1,0 +1,334 @@
+//! Steering: pauses, cancels and plan gates reaching the core's claims and jobs.
+
+use super::*;
+
+/// A core that works every phase, in a mesh whose operator is OP (it admitted the core
+/// and B).
+fn steered(name: &str) -> Core {
+    use crate::core::state::{admit_key, RosterFact};
+    let mut doc = Doc::new([7; 16])
+        .with_test_names()
+        .with_operators(["OP".to_string()].into());
+    for peer in [name, "B"] {
+        let key = admit_key(peer);
+        let json = serde_json::to_string(&RosterFact {
+            peer: peer.into(),
+            note: String::new(),
+            at_ms: 1,
+        })
+        .unwrap();
+        doc.put_signed(
+            &key,
+            &crate::core::trust::Signer::for_test("OP").seal(&key, &json),
+        )
+        .unwrap();
+    }
+    let mut cfg = worker_alone(name, 7).cfg;
+    cfg.work = true;
+    Core::new(name.to_string(), cfg, doc, 1)
+}
+
+/// OP's command, resolved against `c`'s view as the CLI does, signed and written
+/// through `c`.
+fn operate(
+    c: &mut Core,
+    target: crate::core::state::Target,
+    op: crate::core::state::Op,
+    at_ms: u64,
+) {
+    use crate::core::state::{command_key, CommandFact};
+    let fact = resolve_command(&c.view(), CommandFact { target, op, at_ms }).unwrap();
+    let json = serde_json::to_string(&fact).unwrap();
+    let key = command_key("OP", &json);
+    let sealed = crate::core::trust::Signer::for_test("OP").seal(&key, &json);
+    c.put_command(&key, &sealed).unwrap();
+}
+
+fn on(story: &str) -> crate::core::state::Target {
+    crate::core::state::Target::Story {
+        story: story.into(),
+    }
+}
+
+/// Ticks `n` times, returning the jobs started.
+fn ticks(c: &mut Core, now: &mut u64, n: usize) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    for _ in 0..n {
+        *now += 100;
+        c.tick(*now, *now);
+        while let Some(e) = c.poll_effect() {
+            if let Effect::StartWork(job) = e {
+                jobs.push(*job);
+            }
+        }
+    }
+    jobs
+}
+
+/// Ticks `a` `n` times, carrying every message between `a` and `b`; the jobs `a` started.
+fn ticks_with(a: &mut Core, b: &mut Core, now: &mut u64, n: usize) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    for _ in 0..n {
+        *now += 100;
+        // Each hears the other's heartbeat (B is alive to A: A pushes to it).
+        a.handle(
+            *now,
+            Input::Heartbeat {
+                from: "B".into(),
+                data: beat(*now, *now),
+            },
+        );
+        b.handle(
+            *now,
+            Input::Heartbeat {
+                from: "A".into(),
+                data: beat(*now, *now),
+            },
+        );
+        a.tick(*now, *now);
+        b.tick(*now, *now);
+        for _ in 0..50 {
+            let mut moved = false;
+            while let Some(e) = a.poll_effect() {
+                moved = true;
+                match e {
+                    Effect::StartWork(job) => jobs.push(*job),
+                    Effect::SendSync { data, .. } => {
+                        b.handle(
+                            *now,
+                            Input::SyncRequest {
+                                from: "A".into(),
+                                data,
+                                reply: 0,
+                            },
+                        );
+                        while let Some(r) = b.poll_effect() {
+                            if let Effect::Respond { data, .. } = r {
+                                a.handle(
+                                    *now,
+                                    Input::SyncResponse {
+                                        from: "B".into(),
+                                        data,
+                                    },
+                                );
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            moved |= deliver(b, a);
+            if !moved {
+                break;
+            }
+        }
+    }
+    jobs
+}
+
+#[test]
+fn a_paused_node_claims_nothing_and_a_pause_that_arrives_while_a_claim_settles_stops_it_before_it_starts(
+) {
+    use crate::core::state::{Op, Target};
+    let mut a = steered("A");
+    let key = a.add_story(&titled("steered"), 1).unwrap().key;
+    // B is a member that works nothing: A's claims settle only once B has them.
+    let mut cfg = a.cfg.clone();
+    cfg.work = false;
+    let doc = Doc::load_test_names([8; 16], &a.doc_mut().save(), &[])
+        .unwrap()
+        .with_operators(["OP".to_string()].into());
+    let mut b = Core::new("B".into(), cfg, doc, 1);
+    a.handle(0, Input::Connected("B".into()));
+    b.handle(0, Input::Connected("A".into()));
+    let mut now = 0;
+    // One tick at a time until A has written a claim, which waits for B (settling).
+    for _ in 0..100 {
+        now += 100;
+        a.tick(now, now);
+        if !a.held(now).is_empty() {
+            break;
+        }
+        ticks_with(&mut a, &mut b, &mut now, 1);
+    }
+    let claim = a.held(now)[0].claim.clone();
+    assert!(!a.held(now)[0].running, "still settling");
+    // The pause reaches the node now: the claim is handed back, the phase never starts.
+    operate(
+        &mut a,
+        on("S-0001"),
+        Op::Pause {
+            reason: "freeze".into(),
+        },
+        10,
+    );
+    assert!(
+        ticks_with(&mut a, &mut b, &mut now, 30).is_empty(),
+        "a paused story starts nothing"
+    );
+    let release = &a.view().releases[&claim];
+    assert_eq!(release.why, ReleaseReason::Unsettled, "not an attempt");
+    assert!(
+        release.note.contains("paused by an operator"),
+        "{}",
+        release.note
+    );
+    assert_eq!(
+        b.view().stories[&key].paused,
+        a.view().stories[&key].paused,
+        "B has it too"
+    );
+    // The story resumed, but the node itself paused: still nothing.
+    operate(&mut a, on("S-0001"), Op::Resume, 20);
+    operate(
+        &mut a,
+        Target::Node { peer: "A".into() },
+        Op::Pause {
+            reason: String::new(),
+        },
+        21,
+    );
+    assert!(
+        ticks_with(&mut a, &mut b, &mut now, 30).is_empty(),
+        "a paused node claims nothing"
+    );
+    assert!(a.held(now).is_empty());
+    // The whole mesh paused, then the node resumed: the mesh's pause still holds.
+    operate(
+        &mut a,
+        Target::All,
+        Op::Pause {
+            reason: "release day".into(),
+        },
+        22,
+    );
+    operate(&mut a, Target::Node { peer: "A".into() }, Op::Resume, 23);
+    assert!(ticks_with(&mut a, &mut b, &mut now, 30).is_empty());
+    let w = crate::core::scheduler::waiting(&a.view(), &a.view().claims(), &key).unwrap();
+    assert!(
+        w.to_string().contains("paused by operator") && w.for_human(),
+        "{w}"
+    );
+    operate(&mut a, Target::All, Op::Resume, 24);
+    let jobs = ticks_with(&mut a, &mut b, &mut now, 30);
+    assert_eq!(jobs.len(), 1, "resumed: the phase starts");
+    assert_eq!(jobs[0].phase, Phase::Research);
+}
+
+#[test]
+fn a_cancel_stops_the_running_work_and_nothing_of_it_counts() {
+    use crate::core::state::Op;
+    let mut a = steered("A");
+    let key = a.add_story(&titled("doomed"), 1).unwrap().key;
+    let mut now = 0;
+    let claim = next_job(&mut a, &mut now);
+    operate(
+        &mut a,
+        on("S-0001"),
+        Op::Cancel {
+            reason: "duplicate".into(),
+        },
+        10,
+    );
+    let mut cancelled = Vec::new();
+    // No tick: the cancel is acted on as soon as the write's effects are out (a merge
+    // running here must not get one more tick to land).
+    while let Some(e) = a.poll_effect() {
+        match e {
+            Effect::CancelWork { claim } => cancelled.push(claim),
+            Effect::StartWork(_) => panic!("a cancelled story starts nothing"),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        cancelled,
+        vec![claim.clone()],
+        "its running work is stopped"
+    );
+    // The job's answer arrives anyway: it is not recorded.
+    a.handle(
+        now,
+        Input::WorkFinished {
+            claim: claim.clone(),
+            outcome: Ok(Handoff::default()),
+        },
+    );
+    let v = a.view();
+    assert!(v.results.is_empty(), "nothing of it counts");
+    assert_eq!(v.stories[&key].status, StoryStatus::Cancelled);
+    assert!(
+        v.releases[&claim].note.contains("cancelled"),
+        "{:?}",
+        v.releases[&claim]
+    );
+    assert!(ticks(&mut a, &mut now, 20).is_empty());
+    // And the operator is told why a second command cannot apply.
+    let e = resolve_command(
+        &a.view(),
+        crate::core::state::CommandFact {
+            target: on("S-0001"),
+            op: Op::Context { text: "x".into() },
+            at_ms: 11,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(e, "S-0001 was cancelled");
+}
+
+#[test]
+fn a_low_confidence_plan_holds_implement_until_an_operator_approves_it_and_context_reaches_the_job()
+{
+    use crate::core::model::AlertKind;
+    use crate::core::state::Op;
+    let mut a = steered("A");
+    let key = a.add_story(&titled("unsure"), 1).unwrap().key;
+    let mut now = 0;
+    run_step(&mut a, &mut now, Phase::Research, 0, None);
+    let claim = next_job(&mut a, &mut now);
+    a.handle(
+        now,
+        Input::WorkFinished {
+            claim,
+            outcome: Ok(Handoff {
+                summary: "a guess".into(),
+                confidence: Some(10),
+                ..Handoff::default()
+            }),
+        },
+    );
+    let v = a.view();
+    let plan = v.counted_result(&key, Phase::Plan).unwrap();
+    assert_eq!(plan.escalations.len(), 1, "the writer recorded the trigger");
+    assert_eq!(plan.escalations[0].kind, AlertKind::LowConfidence);
+    assert!(v.stories[&key].held);
+    assert!(
+        ticks(&mut a, &mut now, 30).is_empty(),
+        "implement waits for a human"
+    );
+    // Approving with a kind that holds nothing is refused with the reason.
+    let e = resolve_command(
+        &v,
+        crate::core::state::CommandFact {
+            target: on("S-0001"),
+            op: Op::Approve {
+                items: vec!["security".into()],
+            },
+            at_ms: 5,
+        },
+    )
+    .unwrap_err();
+    assert!(e.contains("nothing to approve of security"), "{e}");
+    operate(
+        &mut a,
+        on("S-0001"),
+        Op::Context {
+            text: "prefer the small change".into(),
+        },
+        6,
+    );
+    operate(&mut a, on("S-0001"), Op::Approve { items: vec![] }, 7);
+    let jobs = ticks(&mut a, &mut now, 30);
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].phase, Phase::Implement);
+    assert_eq!(jobs[0].notes, vec!["prefer the small change".to_string()]);
+}
