@@ -67,13 +67,25 @@ impl Core {
         }
         self.user_write(wall_ms).map_err(BatchError::whole)?;
         let peer = self.peer.clone();
-        // The cached view: one fold per write (the one after it), not three.
-        let view = self.view();
-        let keys = self
-            .doc
-            .add_story_batch_in(&view, news, source, &peer, wall_ms)?;
-        drop(view);
+        // The cached view is written against and then brought up to date in place: a
+        // write costs no fold of the document, before or after (see
+        // `View::add_new_stories`; when that cannot apply, the next read folds).
+        let (_, claims) = self.derived();
+        let Some((_, view, _)) = self.view.as_mut() else {
+            return Err(BatchError::whole(StateError::Corrupt(
+                "no view after folding one".into(),
+            )));
+        };
+        let (keys, current) = self.doc.add_story_batch_onto(
+            Arc::make_mut(view),
+            &claims,
+            news,
+            source,
+            &peer,
+            wall_ms,
+        )?;
         self.local_write();
+        self.keep_view_if(current);
         // Announce the new heads now rather than at the next beat.
         self.heartbeat(wall_ms);
         let view = self.view();
@@ -85,4 +97,23 @@ impl Core {
             })
             .collect()
     }
+}
+
+/// Debug builds: a view brought up to date in place must be exactly the fold of the
+/// document (the first story that differs is named).
+#[cfg(debug_assertions)]
+pub(super) fn check_view(view: &View, doc: &Doc) {
+    let folded = doc.view();
+    if *view == folded {
+        return;
+    }
+    let story = folded
+        .stories
+        .iter()
+        .find(|(k, s)| view.stories.get(*k) != Some(*s))
+        .map(|(k, s)| format!("{k}: fold {s:?}, in place {:?}", view.stories.get(k)));
+    panic!(
+        "the view updated in place differs from the fold: {}",
+        story.unwrap_or_else(|| "outside the stories".into())
+    );
 }

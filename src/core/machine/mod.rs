@@ -577,20 +577,27 @@ impl Core {
         if self.cfg.passive {
             return Err(StateError::Passive);
         }
-        self.user_write(wall_ms)?;
-        let peer = self.peer.clone();
-        // The cached view: one fold per write (the one after it), not three.
-        let view = self.view();
-        let key = self.doc.add_story_in(&view, new, &peer, wall_ms)?;
-        drop(view);
-        self.local_write();
-        // Announce the new heads now rather than at the next beat.
-        self.heartbeat(wall_ms);
-        self.view()
-            .stories
-            .get(&key)
-            .cloned()
-            .ok_or(StateError::Corrupt("story vanished after write".into()))
+        // One story is a batch of one: the same checks, numbering and view update.
+        let mut added = self
+            .add_stories(std::slice::from_ref(new), wall_ms)
+            .map_err(|e| e.error)?;
+        added
+            .pop()
+            .ok_or(StateError::Corrupt("no story written".into()))
+    }
+
+    /// After a local write: the cached view is the new document's (it was brought up
+    /// to date in place) when `current`, else it is dropped and the next read folds.
+    /// Debug builds check an up-to-date view against a fold of the document.
+    pub(super) fn keep_view_if(&mut self, current: bool) {
+        match self.view.as_mut() {
+            Some((digest, view, _)) if current => {
+                *digest = self.digest;
+                #[cfg(debug_assertions)]
+                intake::check_view(view, &self.doc);
+            }
+            _ => self.view = None,
+        }
     }
 
     /// Publishes a heartbeat (not for passive observers).

@@ -249,6 +249,10 @@ pub struct Ledger {
     pub asks: BTreeMap<(String, u64), AskEntry>,
     /// Gives: (from, to, day, n) → amount.
     pub gives: BTreeMap<(String, String, u64, u32), u64>,
+    /// The stories named by any entry: whether a story has books is a lookup (a write
+    /// that adds a story updates the view without a fold, see `View::add_new_stories`).
+    #[serde(skip)]
+    stories: BTreeSet<String>,
 }
 
 /// One node's standing on one day.
@@ -324,7 +328,16 @@ impl Ledger {
         }
     }
 
+    /// Whether any entry is about story `key`.
+    pub fn names_story(&self, key: &str) -> bool {
+        self.stories.contains(key)
+    }
+
     fn entry(&mut self, claim: &str, story: &str, phase: Phase, day: u64, at: u64) -> &mut Entry {
+        // An entry's story is the one its first fact named; so is the index's.
+        if !self.entries.contains_key(claim) {
+            self.stories.insert(story.to_string());
+        }
         self.entries
             .entry(claim.to_string())
             .or_insert_with(|| Entry {

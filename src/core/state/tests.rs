@@ -234,7 +234,12 @@ fn a_rejected_review_opens_a_rework_round_then_review_again() {
 }
 
 /// Writes a claim on the story's research (by B) and releases it with `why`.
-fn ended_attempt(d: &mut Doc, key: &str, why: crate::core::lease::ReleaseReason, note: &str) {
+pub(crate) fn ended_attempt(
+    d: &mut Doc,
+    key: &str,
+    why: crate::core::lease::ReleaseReason,
+    note: &str,
+) {
     let v = d.view();
     let res = Resource::story(key, Phase::Research).unwrap();
     let token = v.claims().next_token(&res);

@@ -6,6 +6,8 @@ use super::walk::{block_dependents_of_blocked, gate_items, walk_story, BLOCKED_A
 use super::*;
 use crate::core::model::AlertKind;
 
+mod extend;
+
 /// The id of a knowledge entry: a hash of its kind and its whitespace-normalised,
 /// lower-cased text.
 pub fn knowledge_id(kind: KnowledgeKind, text: &str) -> String {
@@ -475,6 +477,7 @@ fn display_ids(facts: &[(String, Arc<StoryFact>)]) -> Vec<String> {
 
 /// Step 5 of the fold: indexes over the claims, built once (a per-story scan made the
 /// fold quadratic).
+#[derive(Default)]
 struct ClaimIndex<'a> {
     /// The claims naming each resource (a claim naming one resource twice once).
     by_resource: BTreeMap<&'a Resource, Vec<(&'a str, &'a ClaimFact)>>,

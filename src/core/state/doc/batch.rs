@@ -73,15 +73,10 @@ impl Doc {
                 ),
             }));
         }
-        // Display id → key, built once: resolving each dependency by a scan of the view
-        // would make a large batch quadratic.
-        let mut by_id: HashMap<String, Option<String>> = HashMap::new();
-        for s in view.stories.values() {
-            by_id
-                .entry(s.id.clone())
-                .and_modify(|k| *k = None)
-                .or_insert_with(|| Some(s.key.clone()));
-        }
+        // Display id → key, built once and only for a dependency named by display id:
+        // resolving each by a scan would make a large batch quadratic, and building it
+        // for every write would make each write linear in the document.
+        let mut by_id: Option<HashMap<String, Option<String>>> = None;
         let mut numbers = Numbers::of(view, news);
         // Number → key of the batch's stories, for dependencies naming them by display id.
         let mut in_batch: HashMap<u32, String> = HashMap::new();
@@ -90,7 +85,7 @@ impl Doc {
             let valid = new.validate().map_err(|e| BatchError::at(i, e))?;
             let mut depends_on = Vec::new();
             for d in &new.depends_on {
-                let key = resolve_in_batch(d.trim(), &keys, &in_batch, &by_id, view)
+                let key = resolve_in_batch(d.trim(), &keys, &in_batch, &mut by_id, view)
                     .map_err(|e| BatchError::at(i, e))?;
                 if !depends_on.contains(&key) {
                     depends_on.push(key);
@@ -126,6 +121,36 @@ impl Doc {
             self.put_sealed(&values).map_err(BatchError::whole)?;
         }
         Ok(keys)
+    }
+
+    /// [`Doc::add_story_batch_in`], then `view` (this document's view before the write,
+    /// with `claims` its claim fold) brought up to date with the new stories without a
+    /// fold where [`View::add_new_stories`] can. Returns the keys and whether `view` is
+    /// now this document's view; when false, `view` is unspecified and must be folded
+    /// again. On an error nothing was written and `view` is untouched.
+    pub fn add_story_batch_onto(
+        &mut self,
+        view: &mut View,
+        claims: &Claims,
+        news: &[NewStory],
+        source: &str,
+        creator: &str,
+        now_ms: u64,
+    ) -> Result<(Vec<String>, bool), BatchError> {
+        let refused = self.rejected_total();
+        let keys = self.add_story_batch_in(view, news, source, creator, now_ms)?;
+        // A value refused by the write (or another key chosen again) changes more than
+        // the new stories.
+        let added: Option<Vec<(String, Arc<StoryFact>)>> = keys
+            .iter()
+            .map(|k| match self.facts.get(&format!("{STORY_PREFIX}{k}")) {
+                Some(Fact::Story(f)) => Some((k.clone(), f.clone())),
+                _ => None,
+            })
+            .collect();
+        let current = self.rejected_total() == refused
+            && added.is_some_and(|a| view.add_new_stories(claims, &a));
+        Ok((keys, current))
     }
 
     /// The story whose fact records `source` (an issue from a tracker, say), if one
@@ -198,7 +223,7 @@ fn resolve_in_batch(
     d: &str,
     keys: &[String],
     in_batch: &HashMap<u32, String>,
-    by_id: &HashMap<String, Option<String>>,
+    by_id: &mut Option<HashMap<String, Option<String>>>,
     view: &View,
 ) -> Result<String, InputError> {
     if let Some(n) = d.strip_prefix(BATCH_REF_PREFIX) {
@@ -220,6 +245,15 @@ fn resolve_in_batch(
     {
         return Ok(key.clone());
     }
+    let by_id = by_id.get_or_insert_with(|| {
+        let mut m: HashMap<String, Option<String>> = HashMap::new();
+        for s in view.stories.values() {
+            m.entry(s.id.clone())
+                .and_modify(|k| *k = None)
+                .or_insert_with(|| Some(s.key.clone()));
+        }
+        m
+    });
     match by_id.get(&id) {
         Some(Some(key)) => Ok(key.clone()),
         Some(None) => Err(InputError::AmbiguousStory(d.to_string())),

@@ -217,6 +217,11 @@ impl Doc {
         }
     }
 
+    /// How many values were refused, all authors and kinds.
+    pub(super) fn rejected_total(&self) -> u64 {
+        self.rejected.values().flat_map(|k| k.values()).sum()
+    }
+
     /// Values refused so far, by the author they name (`?` when none) and kind.
     pub fn rejected(&self) -> &BTreeMap<String, BTreeMap<FactKind, u64>> {
         &self.rejected
@@ -519,7 +524,7 @@ impl Doc {
     /// folding the claims twice).
     pub fn view_and_claims(&self) -> (View, Claims) {
         let (mut view, claims) = View::fold(&self.facts);
-        view.malformed += self.rejected.values().flat_map(|k| k.values()).sum::<u64>();
+        view.malformed += self.rejected_total();
         view.roster = self.roster.view();
         (view, claims)
     }
