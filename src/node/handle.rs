@@ -75,6 +75,23 @@ impl NodeHandle {
             .map_err(|e| e.to_string())
     }
 
+    /// Adds `stories` in one change, all or none (what `story add --from FILE` asks of a
+    /// running node); answers them in order.
+    pub async fn add_stories(&self, stories: Vec<NewStory>) -> Result<Vec<StoryView>, String> {
+        let (tx, rx) = oneshot::channel();
+        let batch = crate::intake::StoryBatch {
+            stories,
+            lines: Vec::new(),
+        };
+        self.api
+            .send(ApiRequest::AddStories(batch, tx))
+            .await
+            .map_err(|_| "node stopped".to_string())?;
+        rx.await
+            .map_err(|_| "node stopped".to_string())?
+            .map_err(|e| e.to_string())
+    }
+
     /// The fault switches of this node's store (None for a node without one): make its
     /// next append or flush fail, to drill the write path.
     #[doc(hidden)]

@@ -1,0 +1,253 @@
+//! One node holding a large backlog: what a write, a restart and a join cost as the
+//! document grows (issue 20: a write must not cost time linear in the document).
+//!
+//! For every size N (`--stories`), a fresh node with its own store in a temporary
+//! directory is driven through the library API (`node::start`):
+//! - bulk load: N stories added in batches of `--batch` (each batch one change, one
+//!   durable write), wall time;
+//! - write: `--samples` single stories, each `add_story()` round trip — the change
+//!   written, appended and flushed to the store, the view brought up to date, the heads
+//!   announced, the answer back — p50/p99/max;
+//! - RSS of this process with the node loaded (it holds nothing else of size);
+//! - restart: the node shut down cleanly and started again on the same store, until it
+//!   answers a status holding every story;
+//! - join: a second node with an empty store bootstraps from the first, until its heads
+//!   digest equals the first's (the whole document received, checked and folded).
+//!
+//! Run it through `scripts/bench --backlog` (release build). Every wait is bounded.
+
+use clap::Parser;
+use mesh_agent::config::Config;
+use mesh_agent::core::model::NewStory;
+use mesh_agent::node::{self, NodeHandle, NodeOptions};
+use std::time::{Duration, Instant};
+
+#[path = "common/stats.rs"]
+mod stats;
+use stats::{f, ms, pct};
+
+#[derive(Parser, Debug)]
+#[command(about = "One node with a large backlog: write latency, bulk load, restart, join, RSS")]
+struct Args {
+    /// Backlog sizes to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,10000,100000")]
+    stories: Vec<usize>,
+    /// Single-story writes timed per size.
+    #[arg(long, default_value_t = 50)]
+    samples: usize,
+    /// Stories per change while loading.
+    #[arg(long, default_value_t = 10_000)]
+    batch: usize,
+    /// Skip the join (a second node receiving the whole document).
+    #[arg(long)]
+    no_join: bool,
+    /// Join only at sizes up to this: a join of 100,000 stories received as 10,000-story
+    /// changes does not finish in memory yet (see docs/PERFORMANCE.md).
+    #[arg(long, default_value_t = 10_000)]
+    join_max: usize,
+    /// Print only the rows (a script that runs one size per process prints the header
+    /// once).
+    #[arg(long)]
+    no_header: bool,
+    /// Give up on a restart or a join after this long.
+    #[arg(long, default_value_t = 120)]
+    timeout_secs: u64,
+}
+
+fn rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = s
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+fn options(
+    dir: &std::path::Path,
+    key: &libp2p::identity::Keypair,
+    boot: Option<String>,
+) -> NodeOptions {
+    NodeOptions {
+        config: Config {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            bootstrap: boot.into_iter().collect(),
+            // Generous: a node busy folding a large document must not be declared dead.
+            dead_after_ms: 30_000,
+            max_writes_per_minute: 1_000_000,
+            ..Config::default()
+        },
+        data_dir: Some(dir.to_path_buf()),
+        keypair: key.clone(),
+        psk: None,
+        passive: false,
+        executor: None,
+    }
+}
+
+fn story(i: usize) -> NewStory {
+    NewStory {
+        title: format!("story {i}: a title of a realistic length for a backlog item"),
+        body: "Some body text of a realistic length for a story. ".repeat(4),
+        files: vec![format!("src/f{}.rs", i % 50)],
+        ..Default::default()
+    }
+}
+
+struct Row {
+    n: usize,
+    load_s: f64,
+    writes: Vec<f64>,
+    rss_mb: Option<f64>,
+    restart_ms: Option<f64>,
+    join_ms: Option<f64>,
+}
+
+async fn measure(args: &Args, n: usize) -> anyhow::Result<Row> {
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let dir = tempfile::Builder::new().prefix("mesh-backlog-").tempdir()?;
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let a = node::start(options(dir.path(), &key, None)).await?;
+    let t = Instant::now();
+    let mut done = 0;
+    while done < n {
+        let k = args.batch.min(n - done);
+        a.add_stories((done..done + k).map(story).collect())
+            .await
+            .map_err(|e| anyhow::anyhow!("loading: {e}"))?;
+        done += k;
+        eprintln!(
+            "backlog_bench: {done}/{n} stories ({:.1} s, RSS {} MB)",
+            t.elapsed().as_secs_f64(),
+            f(rss_mb(), 0)
+        );
+    }
+    let load_s = t.elapsed().as_secs_f64();
+    let mut writes = Vec::with_capacity(args.samples);
+    for i in 0..args.samples {
+        let t = Instant::now();
+        a.add_story(story(n + i))
+            .await
+            .map_err(|e| anyhow::anyhow!("write {i}: {e}"))?;
+        writes.push(ms(t.elapsed()));
+        if std::env::var_os("BENCH_TRACE").is_some() {
+            eprintln!(
+                "backlog_bench: write {i}: {:.2} ms, RSS {} MB",
+                ms(t.elapsed()),
+                f(rss_mb(), 0)
+            );
+        }
+    }
+    let rss_mb = rss_mb();
+    let total = n + args.samples;
+    let join_ms = if args.no_join || n > args.join_max {
+        None
+    } else {
+        join(&a, timeout).await?
+    };
+    // Restart: a clean stop, then the same store and identity again.
+    a.shutdown().await;
+    let t = Instant::now();
+    let b = node::start(options(dir.path(), &key, None)).await?;
+    eprintln!(
+        "backlog_bench: restarted node answers after {:.0} ms",
+        ms(t.elapsed())
+    );
+    let restart_ms = tokio::time::timeout(timeout, async {
+        loop {
+            if b.status().await.is_some_and(|s| s.stories.len() == total) {
+                return ms(t.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .ok();
+    b.shutdown().await;
+    Ok(Row {
+        n,
+        load_s,
+        writes,
+        rss_mb,
+        restart_ms,
+        join_ms,
+    })
+}
+
+/// A second node with an empty store joins through `a`: time until it holds `a`'s
+/// document (same heads digest).
+async fn join(a: &NodeHandle, timeout: Duration) -> anyhow::Result<Option<f64>> {
+    let dir = tempfile::Builder::new()
+        .prefix("mesh-backlog-join-")
+        .tempdir()?;
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let boot = a
+        .addr()
+        .ok_or_else(|| anyhow::anyhow!("node has no listen address"))?
+        .to_string();
+    let t = Instant::now();
+    let c = node::start(options(dir.path(), &key, Some(boot))).await?;
+    // The same heads on both: the joiner's own description reaches the first node too.
+    let same = || {
+        let (x, y) = (
+            a.observe().borrow().heads_digest,
+            c.observe().borrow().heads_digest,
+        );
+        x == y && c.observe().borrow().alive.len() == 1
+    };
+    let got = tokio::time::timeout(timeout, async {
+        while !same() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        ms(t.elapsed())
+    })
+    .await
+    .ok();
+    if got.is_none() {
+        eprintln!("backlog_bench: no join within {timeout:?}");
+    }
+    c.shutdown().await;
+    Ok(got)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if std::env::var_os("BENCH_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("BENCH_LOG"))
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let mut rows = Vec::new();
+    for &n in &args.stories {
+        eprintln!("backlog_bench: {n} stories");
+        rows.push(measure(&args, n).await?);
+    }
+    if !args.no_header {
+        println!("write: add_story() round trip on a node holding that many stories (appended, flushed, answered).");
+        println!("RSS: this process with the node loaded, before the join. restart: clean stop, start on the same store, until a status holds every story. join: a fresh node bootstraps from it, until the same heads digest.");
+        println!();
+        println!(
+            "| stories | bulk load s | write p50 / p99 / max ms | RSS MB | restart ms | join ms |"
+        );
+        println!("|---|---|---|---|---|---|");
+    }
+    for r in rows {
+        println!(
+            "| {} | {:.2} | {} / {} / {} | {} | {} | {} |",
+            r.n,
+            r.load_s,
+            f(pct(&r.writes, 50.0), 2),
+            f(pct(&r.writes, 99.0), 2),
+            f(pct(&r.writes, 100.0), 2),
+            f(r.rss_mb, 0),
+            f(r.restart_ms, 0),
+            f(r.join_ms, 0),
+        );
+    }
+    Ok(())
+}
