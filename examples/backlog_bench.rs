@@ -216,12 +216,6 @@ async fn join(a: &NodeHandle, timeout: Duration) -> anyhow::Result<Option<f64>> 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if std::env::var_os("BENCH_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_env("BENCH_LOG"))
-            .with_writer(std::io::stderr)
-            .init();
-    }
     let mut rows = Vec::new();
     for &n in &args.stories {
         eprintln!("backlog_bench: {n} stories");
