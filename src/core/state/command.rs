@@ -461,8 +461,7 @@ impl Steering {
 mod tests {
     use super::*;
     use crate::core::model::AlertKind;
-    use crate::core::state::tests::{step, sync_pair};
-    use crate::core::state::{admit_key, RosterFact};
+    use crate::core::state::tests::{admit, command, step, sync_pair};
     use crate::core::trust::Signer;
 
     const A: &str = "12D3KooWAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAaaaaaa";
@@ -472,29 +471,8 @@ mod tests {
         let mut d = Doc::new([actor; 16])
             .with_test_names()
             .with_operators(["OP".to_string(), "OQ".to_string()].into());
-        let key = admit_key(A);
-        let json = serde_json::to_string(&RosterFact {
-            peer: A.into(),
-            note: String::new(),
-            at_ms: 1,
-        })
-        .unwrap();
-        d.put_signed(&key, &Signer::for_test("OP").seal(&key, &json))
-            .unwrap();
+        admit(&mut d, "OP", A);
         d
-    }
-
-    /// `by` signs `op` on `target` at `at_ms` and writes it through `d`.
-    fn command(
-        d: &mut Doc,
-        by: &str,
-        target: Target,
-        op: Op,
-        at_ms: u64,
-    ) -> Result<(), StateError> {
-        let json = serde_json::to_string(&CommandFact { target, op, at_ms }).unwrap();
-        let key = command_key(by, &json);
-        d.put_signed(&key, &Signer::for_test(by).seal(&key, &json))
     }
 
     fn on(story: &str) -> Target {

@@ -91,6 +91,39 @@ fn decoded_facts_track_the_document() {
     assert_eq!(views[0].knowledge.len(), 6);
 }
 
+/// `operator` admits `peer` to `d`'s roster (a test document whose operators include
+/// `operator`).
+pub(crate) fn admit(d: &mut Doc, operator: &str, peer: &str) {
+    let key = admit_key(peer);
+    let json = serde_json::to_string(&RosterFact {
+        peer: peer.into(),
+        note: String::new(),
+        at_ms: 1,
+    })
+    .unwrap();
+    d.put_signed(
+        &key,
+        &crate::core::trust::Signer::for_test(operator).seal(&key, &json),
+    )
+    .unwrap();
+}
+
+/// `by` signs `op` on `target` at `at_ms` and writes it through `d`.
+pub(crate) fn command(
+    d: &mut Doc,
+    by: &str,
+    target: Target,
+    op: Op,
+    at_ms: u64,
+) -> Result<(), StateError> {
+    let json = serde_json::to_string(&CommandFact { target, op, at_ms }).unwrap();
+    let key = command_key(by, &json);
+    d.put_signed(
+        &key,
+        &crate::core::trust::Signer::for_test(by).seal(&key, &json),
+    )
+}
+
 pub(crate) fn sync_pair(a: &mut Doc, b: &mut Doc) {
     let (mut sa, mut sb) = (SyncState::new(), SyncState::new());
     for _ in 0..10 {

@@ -5,23 +5,11 @@ use super::*;
 /// A core that works every phase, in a mesh whose operator is OP (it admitted the core
 /// and B).
 fn steered(name: &str) -> Core {
-    use crate::core::state::{admit_key, RosterFact};
     let mut doc = Doc::new([7; 16])
         .with_test_names()
         .with_operators(["OP".to_string()].into());
     for peer in [name, "B"] {
-        let key = admit_key(peer);
-        let json = serde_json::to_string(&RosterFact {
-            peer: peer.into(),
-            note: String::new(),
-            at_ms: 1,
-        })
-        .unwrap();
-        doc.put_signed(
-            &key,
-            &crate::core::trust::Signer::for_test("OP").seal(&key, &json),
-        )
-        .unwrap();
+        crate::core::state::tests::admit(&mut doc, "OP", peer);
     }
     let mut cfg = worker_alone(name, 7).cfg;
     cfg.work = true;

@@ -90,10 +90,9 @@ impl View {
 mod tests {
     use super::*;
     use crate::core::lease::ReleaseReason;
-    use crate::core::state::command::{command_key, CommandFact, Op, Target};
-    use crate::core::state::tests::{ended_attempt, step};
-    use crate::core::state::{admit_key, BudgetFact, RosterFact, Usage};
-    use crate::core::trust::Signer;
+    use crate::core::state::command::{Op, Target};
+    use crate::core::state::tests::{admit, command, ended_attempt, step};
+    use crate::core::state::{BudgetFact, Usage};
 
     const A: &str = "12D3KooWAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAaaaaaa";
     const B: &str = "12D3KooWBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBbbbbbb";
@@ -104,15 +103,7 @@ mod tests {
             .with_test_names()
             .with_operators(["OP".to_string()].into());
         for peer in [A, B] {
-            let key = admit_key(peer);
-            let json = serde_json::to_string(&RosterFact {
-                peer: peer.into(),
-                note: String::new(),
-                at_ms: 1,
-            })
-            .unwrap();
-            d.put_signed(&key, &Signer::for_test("OP").seal(&key, &json))
-                .unwrap();
+            admit(&mut d, "OP", peer);
         }
         d
     }
@@ -148,15 +139,7 @@ mod tests {
         let target = Target::Story {
             story: story.into(),
         };
-        let json = serde_json::to_string(&CommandFact {
-            target,
-            op,
-            at_ms: 3,
-        })
-        .unwrap();
-        let key = command_key("OP", &json);
-        d.put_signed(&key, &Signer::for_test("OP").seal(&key, &json))
-            .unwrap();
+        command(d, "OP", target, op, 3).unwrap();
     }
 
     #[test]
