@@ -336,6 +336,8 @@ pub struct Core {
     refused: BTreeSet<String>,
     /// How this node last found itself on the roster (logged on each change).
     standing: roster::Standing,
+    /// The version this node describes itself with (`announce_node`), once known.
+    version: Option<String>,
     /// Writes a user asked for, against `max_writes_per_minute` (wall-clock ms).
     writes: Bucket,
     /// Sync bytes taken in from each peer, against `max_ingress_bytes_per_sec`; frames
@@ -420,6 +422,7 @@ impl Core {
             pushed: Vec::new(),
             refused: BTreeSet::new(),
             standing: roster::Standing::Member,
+            version: None,
             writes,
             ingress: BTreeMap::new(),
             spending: Default::default(),
@@ -550,25 +553,6 @@ impl Core {
             self.effects.extend(rest);
         }
         self.effects.pop_front()
-    }
-
-    /// Records this node's description in the document (only when it changed).
-    pub fn announce_node(&mut self, version: &str) {
-        if self.cfg.passive {
-            return;
-        }
-        let fact = NodeFact {
-            roles: self.cfg.roles.clone(),
-            capacity: self.cfg.capacity,
-            version: version.to_string(),
-            incarnation: self.incarnation,
-        };
-        let peer = self.peer.clone();
-        match self.doc.put_node(&peer, &fact) {
-            Ok(true) => self.local_write(),
-            Ok(false) => {}
-            Err(e) => tracing::error!(error = %e, "cannot write this node's description"),
-        }
     }
 
     /// Adds a story written by this node. The caller must make the `Persist` effects

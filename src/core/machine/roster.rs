@@ -47,7 +47,13 @@ impl Core {
         if standing != self.standing {
             self.standing = standing;
             match standing {
-                Standing::Member => tracing::info!("this node is on the mesh's roster"),
+                Standing::Member => {
+                    tracing::info!("this node is on the mesh's roster");
+                    // Admitted after it started: the description it could not write then.
+                    if let Some(version) = self.version.clone() {
+                        self.announce_node(&version);
+                    }
+                }
                 Standing::NotAdmitted => tracing::warn!(
                     peer = %self.peer,
                     "this node is not on the mesh's roster: it claims nothing until an operator runs `mesh-agent admit {}`",
@@ -126,6 +132,31 @@ impl Core {
 }
 
 impl Core {
+    /// Records this node's description in the document (only when it changed). A node
+    /// not on the roster yet writes it when it learns of its admission.
+    pub fn announce_node(&mut self, version: &str) {
+        self.version = Some(version.to_string());
+        if self.cfg.passive {
+            return;
+        }
+        if !self.view().roster.is_member(&self.peer) {
+            tracing::debug!("this node's description waits for its admission");
+            return;
+        }
+        let fact = NodeFact {
+            roles: self.cfg.roles.clone(),
+            capacity: self.cfg.capacity,
+            version: version.to_string(),
+            incarnation: self.incarnation,
+        };
+        let peer = self.peer.clone();
+        match self.doc.put_node(&peer, &fact) {
+            Ok(true) => self.local_write(),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "cannot write this node's description"),
+        }
+    }
+
     /// Writes an operator's roster fact (`roster/admit/<peer>` or `roster/revoke/<peer>`,
     /// sealed by the operator's key) and pushes it; what it did, in one line. Admitting a
     /// member or revoking a revoked peer again changes nothing and says so.

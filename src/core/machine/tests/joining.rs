@@ -249,3 +249,32 @@ fn a_peer_that_says_it_left_is_dead_at_once_until_it_beats_again() {
     );
     assert_eq!(a.peer_state("B", 40), Some(PeerState::Alive));
 }
+
+#[test]
+fn a_node_admitted_after_it_started_writes_its_description_then() {
+    // A starts in a mesh whose operator has not admitted it yet: its description would
+    // not count, so it waits; the admission arrives and the description follows.
+    let doc = Doc::new([3; 16])
+        .with_test_names()
+        .with_operators(["OP".to_string()].into());
+    let mut a = worker("A", doc, Guards::default());
+    a.announce_node("1.2.3");
+    a.tick(0, 0);
+    assert!(
+        !a.view().nodes.contains_key("A"),
+        "a non-member wrote its description"
+    );
+    let key = crate::core::state::admit_key("A");
+    let json = serde_json::to_string(&crate::core::state::RosterFact {
+        peer: "A".into(),
+        note: String::new(),
+        at_ms: 1,
+    })
+    .unwrap();
+    let sealed = crate::core::trust::Signer::for_test("OP").seal(&key, &json);
+    a.put_roster(&key, &sealed).unwrap();
+    a.tick(1_000, 1_000);
+    let view = a.view();
+    let node = view.nodes.get("A").expect("the description, once admitted");
+    assert_eq!(node.version, "1.2.3");
+}
