@@ -356,7 +356,13 @@ fn build_swarm(cfg: &NetConfig, metrics: Arc<NetMetrics>) -> Result<Swarm<Behavi
             })
         })
         .map_err(|e| setup(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .with_swarm_config(|c| {
+            // Every node of the mesh speaks what another proposes, so a substream's first
+            // message rides with the proposal instead of a round trip after it (V1Lazy;
+            // a claim's settle waits on sync requests).
+            c.with_idle_connection_timeout(Duration::from_secs(60))
+                .with_substream_upgrade_protocol_override(upgrade::Version::V1Lazy)
+        })
         .build();
     Ok(swarm)
 }
