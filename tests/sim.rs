@@ -55,7 +55,10 @@ fn clean_network_seeds_with_storage_faults_hold_every_invariant() {
     let t = run_seeds(0..300, Mode::Clean);
     assert!(t.merged > 0, "the runs must do real work");
     assert!(t.stops > 0, "the runs must stop nodes cleanly");
-    assert_storage_faults_happened(&t);
+    // Here a crash seldom finds an unflushed tail (1-3 of these 300 runs: the shell
+    // flushes before anything leaves), so tails lost and torn are the hostile runs' to
+    // show (two dozen lost, a dozen torn in theirs).
+    assert!(t.aborted > 0, "no user write failed to append or flush");
     assert_eq!(
         t.skewed, 0,
         "clocks within the drift bound were judged skewed"
@@ -149,8 +152,9 @@ fn the_simulator_catches_a_shell_that_lets_things_leave_before_they_are_durable(
     // search for another seed found none in ~5 000 runs (hostile 0-999; hostile 0-1999
     // with 3 nodes; 0-999 in both modes with 3 nodes and 12 stories). Until one is found
     // (`scripts/sim --broken-start-before-flush --keep-going`), only the frames case is
-    // asserted here.
-    let (seed, mode) = (1577, Mode::Clean);
+    // asserted here. Claims on news going to one node first changed the runs again:
+    // clean seeds 116, 245 and 521 of 0-999 find the frames case now (1577 no longer).
+    let (seed, mode) = (116, Mode::Clean);
     let mut cfg = SimConfig::new(mode);
     cfg.send_before_flush = true;
     let r = run(seed, &cfg);
@@ -395,43 +399,52 @@ fn the_simulator_catches_a_shell_that_starts_work_an_operator_paused_or_cancelle
         r.seed,
         r.violations
     );
-    // A cancel is rarer (one story in eight at most); seed 19 clean starts a cancelled
-    // story's rework (`scripts/sim --steer --broken-job-queue --keep-going` finds more).
-    let r = run(19, &cfg);
+    // A cancel is rarer (one story in eight at most): seed 57 clean starts a cancelled
+    // story's research (2 of the 60 runs of `scripts/sim --steer --broken-job-queue
+    // --keep-going --seeds 60 --mode clean`; seed 19 until claims on news went to one
+    // node first).
+    let seed = 57;
+    let r = run(seed, &cfg);
     assert!(
         r.violations
             .iter()
             .any(|v| v.contains("though its view has the story cancelled")),
-        "seed 19 clean with a late job queue: {:?}",
+        "seed {seed} clean with a late job queue: {:?}",
         r.violations
     );
     cfg.broken_job_queue = false;
-    let fixed = run(19, &cfg);
-    assert!(fixed.ok(), "seed 19 clean, steer: {:?}", fixed.violations);
+    let fixed = run(seed, &cfg);
+    assert!(
+        fixed.ok(),
+        "seed {seed} clean, steer: {:?}",
+        fixed.violations
+    );
 }
 
 #[test]
 fn the_simulator_catches_a_shell_that_lets_a_cancelled_story_land() {
     // A shell that does not stop the job the core cancels lets a cancelled story's merge
-    // land: in hostile seed 191 the operator cancels S-0004 through node2 while node2
-    // merges it; the core asks to stop the job, the shell lets it run on, and it lands.
-    // (1 run in 400 of `scripts/sim --steer --broken-cancel --keep-going --seeds 200`.)
+    // land: in hostile seed 140 the operator cancels S-0005 while a node merges it; the
+    // core asks to stop the job, the shell lets it run on, and it lands. (1 run in 400
+    // of `scripts/sim --steer --broken-cancel --keep-going --seeds 200`; seed 191 until
+    // claims on news went to one node first.)
+    let seed = 140;
     let mut cfg = SimConfig::new(Mode::Hostile);
     cfg.steer = true;
     cfg.broken_cancel = true;
-    let r = run(191, &cfg);
+    let r = run(seed, &cfg);
     assert!(
         r.violations
             .iter()
             .any(|v| v.contains("which its view has cancelled")),
-        "seed 191 hostile with a shell that runs cancelled jobs on: {:?}",
+        "seed {seed} hostile with a shell that runs cancelled jobs on: {:?}",
         r.violations
     );
     cfg.broken_cancel = false;
-    let fixed = run(191, &cfg);
+    let fixed = run(seed, &cfg);
     assert!(
         fixed.ok(),
-        "seed 191 hostile, steer: {:?}",
+        "seed {seed} hostile, steer: {:?}",
         fixed.violations
     );
 }
@@ -473,22 +486,25 @@ fn a_budget_split_into_allowances_is_never_overspent() {
 fn the_simulator_catches_jobs_that_cost_more_than_they_reserve() {
     // A reservation that is no cap (5 cents, for jobs costing up to 70) lets nodes start
     // jobs their allowance cannot pay for: the budget invariant must see the overspend
-    // (clean seed 2 with a $6 budget; 19 of the 40 runs of seeds 0..20 break it,
-    // `scripts/sim --budget 6 --broken-reserve 0.05 --seeds 20 --keep-going`).
+    // (with a $6 budget, 7 of the clean seeds 0..20 break it, `scripts/sim --budget 6
+    // --broken-reserve 0.05 --seeds 20 --mode clean --keep-going`).
     let mut cfg = SimConfig::new(Mode::Clean);
     cfg.budget = Some(6_000_000);
     cfg.reserve_micro_usd = 50_000;
-    let r = run(2, &cfg);
+    let Some(r) = (0..20).map(|seed| run(seed, &cfg)).find(|r| !r.ok()) else {
+        panic!("20 seeds with 5-cent reservations and no overspend: the budget invariant is blind");
+    };
+    let seed = r.seed;
     assert!(
         r.violations.iter().any(|v| v.contains("over its budget")),
-        "seed 2 clean with 5-cent reservations: {:?}",
+        "seed {seed} clean with 5-cent reservations: {:?}",
         r.violations
     );
     cfg.reserve_micro_usd = mesh_agent::core::BudgetConfig::default().reserve_micro_usd;
-    let fixed = run(2, &cfg);
+    let fixed = run(seed, &cfg);
     assert!(
         fixed.ok(),
-        "seed 2 clean, real reservations: {:?}",
+        "seed {seed} clean, real reservations: {:?}",
         fixed.violations
     );
 }

@@ -70,6 +70,26 @@ fn continues(view: &View, s: &crate::core::state::StoryView, me: &str) -> bool {
         .is_some_and(|r| r.holder == me)
 }
 
+/// Who reaches for `story`'s next phase first when a peer's news makes it claimable:
+/// among `candidates` (this node and the alive peers with free capacity for the phase),
+/// the node that ran the story's previous phase (it continues with its context), else
+/// the one with the highest rendezvous hash. Only that node claims on the news; the
+/// others wait for their claim tick, by when its claim is usually in sight — every idle
+/// node reaching for the one story that just opened would only lose at settle.
+pub fn first_claimer<'a>(view: &View, story: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let previous = view
+        .stories
+        .get(story)
+        .and_then(|s| s.history.last())
+        .and_then(|k| view.results.get(k))
+        .map(|r| r.holder.as_str());
+    candidates
+        .iter()
+        .find(|c| Some(**c) == previous)
+        .or_else(|| candidates.iter().max_by_key(|c| rendezvous(c, story)))
+        .copied()
+}
+
 /// A story with a counted implement that has not landed and is not blocked: a change in
 /// flight, which owns its planned files until it lands or is blocked.
 struct Unlanded<'a> {
@@ -799,6 +819,35 @@ mod tests {
         let mut rest: Vec<usize> = b[1..].iter().map(|(n, _)| *n).collect();
         rest.sort_unstable();
         assert_eq!(rest, vec![1, 2, 3, 5, 6], "{b:?}");
+    }
+
+    #[test]
+    fn on_news_the_node_that_ran_the_previous_phase_claims_first_else_one_hash_pick() {
+        let mut d = Doc::new([1; 16]).with_test_names();
+        let new = |t: &str| NewStory {
+            title: t.into(),
+            ..Default::default()
+        };
+        let fresh = d.add_story(&new("fresh"), B, 0).unwrap();
+        let planned = d.add_story(&new("planned"), B, 0).unwrap();
+        step(&mut d, &planned, Phase::Research, 0, None); // by A
+        let v = d.view();
+        const C: &str = "12D3KooWCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCcccccc";
+        // A ran the research: it continues, whoever else is free, in any order.
+        for cands in [[A, B, C], [C, B, A]] {
+            assert_eq!(first_claimer(&v, &planned, &cands), Some(A));
+        }
+        // A busy (not a candidate): one pick, the same from every node's list.
+        let pick = first_claimer(&v, &planned, &[B, C]);
+        assert!(pick.is_some());
+        assert_eq!(first_claimer(&v, &planned, &[C, B]), pick);
+        // A story no one worked on: the highest rendezvous hash, whatever the order.
+        let best = [A, B, C]
+            .into_iter()
+            .max_by_key(|n| rendezvous(n, &fresh))
+            .unwrap();
+        assert_eq!(first_claimer(&v, &fresh, &[C, A, B]), Some(best));
+        assert_eq!(first_claimer(&v, &fresh, &[]), None);
     }
 
     /// The stall of issue 11: two stories planning one file were implemented on the two

@@ -95,8 +95,24 @@ impl Core {
             && self.local.values().all(|c| c.state == LocalState::Running)
         {
             let wall = self.last_wall;
+            self.on_news = true;
             self.check_claims(now_ms, wall);
+            self.on_news = false;
         }
+    }
+
+    /// Whether this node is the first to reach for `w` on news (`first_claimer`).
+    fn first_on_news(&self, view: &View, w: &scheduler::Work, now_ms: u64) -> bool {
+        let free = self.membership.snapshot(now_ms).into_iter().filter(|p| {
+            p.state == PeerState::Alive
+                && p.free_capacity > 0
+                && p.roles.iter().any(|r| r == w.phase.as_str())
+                && !self.refused.contains(&p.peer)
+        });
+        let free: Vec<String> = free.map(|p| p.peer).collect();
+        let mut candidates: Vec<&str> = free.iter().map(String::as_str).collect();
+        candidates.push(&self.peer);
+        scheduler::first_claimer(view, &w.story, &candidates) == Some(self.peer.as_str())
     }
 
     /// Claims the best available work, if capacity allows (one claim per call).
@@ -187,6 +203,9 @@ impl Core {
             return;
         };
         self.spending.idle = false;
+        if self.on_news && !self.first_on_news(&view, &w, now_ms) {
+            return; // another node reaches for it first; our tick claims it if not
+        }
         let Ok(reserve) = self.budget_check(wall_ms) else {
             return;
         };

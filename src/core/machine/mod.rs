@@ -279,6 +279,8 @@ pub struct Core {
     /// wait until the effects it produced (the reply, the next round) are out: the
     /// digest before the first such message. See [`Core::poll_effect`].
     news_before: Option<[u8; 32]>,
+    /// A claim check runs on a peer's news: only the story's first claimer claims.
+    on_news: bool,
     /// Per peer, a heartbeat digest that differed from ours (sync if the next is the same).
     hb_mismatch: BTreeMap<String, [u8; 32]>,
     connected: BTreeSet<String>,
@@ -387,6 +389,7 @@ impl Core {
             push_acked: BTreeMap::new(),
             push_pending: false,
             news_before: None,
+            on_news: false,
             hb_mismatch: BTreeMap::new(),
             connected: BTreeSet::new(),
             incarnation,
