@@ -3,10 +3,16 @@
 //! They go from their author straight to every connected subscriber (flood publish) and
 //! are never relayed: the event loop reports every message `Ignore` once it has handed
 //! it up, so each receiver checks one copy's signature instead of one per mesh
-//! neighbour, and IHAVE gossip advertises only a node's own messages. Every node already
-//! needs a direct connection to each alive peer (sync and settle run over it): a peer's
-//! beats come over that connection or not at all, and the events a node missed come
-//! back with the next sync's timeline pull (docs/DESIGN.md §4).
+//! neighbour. Every node already needs a direct connection to each alive peer (sync and
+//! settle run over it): a peer's beats come over that connection or not at all, and the
+//! events a node missed come back with the next sync's timeline pull (docs/DESIGN.md §4).
+//!
+//! So the connection is what authenticates a message: its author is the peer at the other
+//! end of the noise session it arrived on, and a message whose `from` names anyone else
+//! is dropped (`net::handle_behaviour`). Messages carry their author's id but no
+//! signature — 66 bytes less per beat and no ed25519 check per message received — and
+//! no IHAVE gossip is sent: every subscriber already got the message from its author,
+//! and a lost one is repaired by the next beat or sync, not by gossip.
 
 use super::MAX_GOSSIP_BYTES;
 use libp2p::gossipsub::{self, ConfigBuilderError, ValidationMode};
@@ -18,8 +24,12 @@ pub(super) fn config() -> Result<gossipsub::Config, ConfigBuilderError> {
     gossipsub::ConfigBuilder::default()
         .heartbeat_interval(Duration::from_millis(500))
         .flood_publish(true)
+        .gossip_lazy(0)
+        .gossip_factor(0.0)
         .validate_messages()
-        .validation_mode(ValidationMode::Strict)
+        // Author and sequence number, no signature (see above); a signature that is
+        // present is still checked, so a message must come as its author sends it.
+        .validation_mode(ValidationMode::Permissive)
         .max_transmit_size(MAX_GOSSIP_BYTES)
         .message_id_fn(message_id)
         .build()

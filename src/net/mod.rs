@@ -87,6 +87,8 @@ pub struct NetConfig {
     pub max_sync_bytes: usize,
     pub max_peers: u32,
     pub request_timeout: Duration,
+    /// Test hook: the author this node's gossip names (a forger); `None`: its own id.
+    pub gossip_author: Option<PeerId>,
 }
 
 /// Commands into the network task.
@@ -317,8 +319,10 @@ fn build_swarm(cfg: &NetConfig, metrics: Arc<NetMetrics>) -> Result<Swarm<Behavi
         .with_behaviour(|key| {
             let local = key.public().to_peer_id();
             let gossip_cfg = gossip::config()?;
-            let gossipsub =
-                gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_cfg)?;
+            let gossipsub = gossipsub::Behaviour::new(
+                MessageAuthenticity::Author(cfg.gossip_author.unwrap_or(local)),
+                gossip_cfg,
+            )?;
             let identify = identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
                     .with_push_listen_addr_updates(true),
@@ -699,7 +703,9 @@ impl EventLoop {
                 } else {
                     return;
                 };
-                let Some(from) = message.source else {
+                // The link authenticates the author: nothing is relayed (`gossip.rs`).
+                let Some(from) = message.source.filter(|s| *s == propagation_source) else {
+                    tracing::debug!(peer = %propagation_source, "gossip not from its author dropped");
                     return;
                 };
                 self.reach(from);
@@ -789,3 +795,6 @@ impl EventLoop {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

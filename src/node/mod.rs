@@ -315,6 +315,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
         max_sync_bytes: cfg.max_sync_message_bytes + 64,
         max_peers: cfg.max_peers,
         request_timeout: Duration::from_secs(10),
+        gossip_author: None,
     })
     .await?;
     let listen_addrs = net.info().await.listen_addrs;
