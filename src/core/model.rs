@@ -193,8 +193,10 @@ pub struct Heartbeat {
     pub heads_digest: [u8; 32],
     /// Sender's wall clock in ms, for display only.
     pub sent_at_ms: u64,
-    /// Claims the sender holds and is working on: each beat renews their leases.
-    pub claims: Vec<String>,
+    /// Claims the sender holds and is working on, by number (the claim id is
+    /// `claim_id(sender, n)`: a beat names only its sender's claims, and a number takes a
+    /// few bytes where an id takes ~70): each beat renews their leases.
+    pub claims: Vec<u64>,
 }
 
 /// What happened, on the events topic (docs/DESIGN.md §1.5, §9: progress is gossip, never document).

@@ -333,5 +333,11 @@ pub fn claim_id(peer: &str, n: u64) -> String {
     format!("{peer}-{n}")
 }
 
+/// The number of `peer`'s claim `id` (the inverse of [`claim_id`]); `None` for another
+/// peer's claim or an id not of that form.
+pub fn claim_number(peer: &str, id: &str) -> Option<u64> {
+    id.strip_prefix(peer)?.strip_prefix('-')?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests;

@@ -25,8 +25,8 @@
 use crate::core::breaker::{Breaker, OriginHealth, Transition as OriginTransition};
 use crate::core::codec;
 use crate::core::lease::{
-    claim_id, resource_free, ClaimFact, Claims, CoChange, LeaseConfig, LeaseObserver, ReleaseFact,
-    ReleaseReason, Resource,
+    claim_id, claim_number, resource_free, ClaimFact, Claims, CoChange, LeaseConfig, LeaseObserver,
+    ReleaseFact, ReleaseReason, Resource,
 };
 use crate::core::limits::Bucket;
 use crate::core::membership::{
@@ -602,7 +602,11 @@ impl Core {
             free_capacity: self.cfg.capacity.saturating_sub(self.local.len() as u32),
             heads_digest: self.digest,
             sent_at_ms: wall_ms,
-            claims: self.local.keys().cloned().collect(),
+            claims: self
+                .local
+                .keys()
+                .filter_map(|id| claim_number(&self.peer, id))
+                .collect(),
         };
         self.counters.heartbeats_sent += 1;
         self.effects.push_back(Effect::Publish {
@@ -700,9 +704,10 @@ impl Core {
                     }
                     // A holder renews only its own claims.
                     // (From the decoded facts: a beat must not cost a view fold.)
-                    for id in &beat.claims {
-                        if self.doc.claim_holder(id) == Some(from.as_str()) {
-                            self.observer.renew(id, now_ms);
+                    for n in &beat.claims {
+                        let id = claim_id(&from, *n);
+                        if self.doc.claim_holder(&id) == Some(from.as_str()) {
+                            self.observer.renew(&id, now_ms);
                         }
                     }
                     // Writers push their changes; a digest that differs is only acted on

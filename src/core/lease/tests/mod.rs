@@ -138,6 +138,9 @@ fn claim_facts_are_stored_as_json_and_read_back() {
 fn claim_ids_are_unique_per_writer() {
     assert_eq!(claim_id("12D3KooWabc", 7), "12D3KooWabc-7");
     assert_ne!(claim_id("peerA", 1), claim_id("peerB", 1));
+    assert_eq!(claim_number("12D3KooWabc", "12D3KooWabc-7"), Some(7));
+    assert_eq!(claim_number("12D3KooWab", "12D3KooWabc-7"), None);
+    assert_eq!(claim_number("peerA", &claim_id("peerB", 1)), None);
 }
 
 // --- tokens and winners -----------------------------------------------------------

@@ -320,3 +320,59 @@ fn a_low_confidence_plan_holds_implement_until_an_operator_approves_it_and_conte
     assert_eq!(jobs[0].phase, Phase::Implement);
     assert_eq!(jobs[0].notes, vec!["prefer the small change".to_string()]);
 }
+
+#[test]
+fn a_holders_beats_renew_its_claims_at_its_peers() {
+    // Not steering, but this module's two-member mesh: A runs a claim, and B hears only
+    // A's own heartbeats for twice the lease: the lease never runs out at B.
+    let mut a = steered("A");
+    a.add_story(&titled("held"), 1).unwrap();
+    let mut cfg = a.cfg.clone();
+    cfg.work = false;
+    let doc = Doc::load_test_names([8; 16], &a.doc_mut().save(), &[])
+        .unwrap()
+        .with_operators(["OP".to_string()].into());
+    let mut b = Core::new("B".into(), cfg, doc, 1);
+    a.handle(0, Input::Connected("B".into()));
+    b.handle(0, Input::Connected("A".into()));
+    let mut now = 0;
+    let mut started = Vec::new();
+    while started.is_empty() && now < 60_000 {
+        started = ticks_with(&mut a, &mut b, &mut now, 1);
+    }
+    let claim = a.held(now)[0].claim.clone();
+    let ttl = a.cfg.lease.ttl_ms;
+    let until = now + 2 * ttl;
+    while now < until {
+        now += 1_000;
+        a.heartbeat(now);
+        while let Some(e) = a.poll_effect() {
+            if let Effect::Publish {
+                topic: Topic::Heartbeat,
+                data,
+            } = e
+            {
+                // A's own beat, numbered past the stand-in beats `ticks_with` sent.
+                let mut hb: Heartbeat = codec::decode(&data, MAX_GOSSIP_BYTES).unwrap();
+                assert_eq!(hb.claims.len(), 1, "A's beat names its claim");
+                hb.seq += now;
+                let data = codec::encode(&hb);
+                b.handle(
+                    now,
+                    Input::Heartbeat {
+                        from: "A".into(),
+                        data,
+                    },
+                );
+            }
+        }
+        b.tick(now, now);
+    }
+    let row = b.claim_rows(now).into_iter().find(|r| r.claim == claim);
+    let row = row.expect("B sees A's claim");
+    assert!(
+        row.renewed_ago_ms <= 1_000,
+        "A's beats did not renew its claim at B: renewed {} ms ago",
+        row.renewed_ago_ms
+    );
+}
