@@ -99,7 +99,7 @@ fn heartbeat() -> Heartbeat {
         free_capacity: 2,
         heads_digest: [9; 32],
         sent_at_ms: 1_700_000_000_000,
-        claims: vec!["12D3KooWpeer-7001".into()],
+        claims: vec![7001],
     }
 }
 
