@@ -83,38 +83,6 @@ impl Core {
         }
     }
 
-    /// A peer's changes arrived (the digest moved from `before`): with free capacity,
-    /// look for work now (a result may have made a next phase claimable) rather than at
-    /// the next tick. Not while one of our claims is settling: claims stack one at a
-    /// time, or a burst of news would have every node reach for everything at once.
-    pub(super) fn claim_on_news(&mut self, now_ms: u64, before: [u8; 32]) {
-        if self.digest != before
-            && self.cfg.work
-            && !self.cfg.passive
-            && self.local.len() < self.cfg.capacity as usize
-            && self.local.values().all(|c| c.state == LocalState::Running)
-        {
-            let wall = self.last_wall;
-            self.on_news = true;
-            self.check_claims(now_ms, wall);
-            self.on_news = false;
-        }
-    }
-
-    /// Whether this node is the first to reach for `w` on news (`first_claimer`).
-    fn first_on_news(&self, view: &View, w: &scheduler::Work, now_ms: u64) -> bool {
-        let free = self.membership.snapshot(now_ms).into_iter().filter(|p| {
-            p.state == PeerState::Alive
-                && p.free_capacity > 0
-                && p.roles.iter().any(|r| r == w.phase.as_str())
-                && !self.refused.contains(&p.peer)
-        });
-        let free: Vec<String> = free.map(|p| p.peer).collect();
-        let mut candidates: Vec<&str> = free.iter().map(String::as_str).collect();
-        candidates.push(&self.peer);
-        scheduler::first_claimer(view, &w.story, &candidates) == Some(self.peer.as_str())
-    }
-
     /// Claims the best available work, if capacity allows (one claim per call).
     pub(super) fn claim_next(&mut self, now_ms: u64, wall_ms: u64) {
         if self.local.len() >= self.cfg.capacity as usize {

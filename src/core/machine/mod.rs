@@ -50,6 +50,7 @@ mod events;
 mod guards;
 mod intake;
 mod latency;
+mod news;
 mod notify;
 mod origin;
 mod roster;
