@@ -188,6 +188,8 @@ pub struct Heartbeat {
     pub incarnation: u64,
     pub seq: u64,
     pub roles: Vec<String>,
+    /// Jobs the sender would take now: 0 while it claims nothing (work off, off the
+    /// roster, out of allowance).
     pub free_capacity: u32,
     /// SHA-256 of the sender's sorted document heads.
     pub heads_digest: [u8; 32],

@@ -76,6 +76,11 @@ pub struct SpendStatus {
 }
 
 impl Core {
+    /// The last claim attempt found no allowance for a job (and none arrived since).
+    pub(super) fn out_of_allowance(&self) -> bool {
+        self.spending.short.is_some()
+    }
+
     /// The reservation this node's next job must make, or why it may not claim: `None`
     /// with no budget set. Also says why, once, when the answer changes.
     pub(super) fn budget_check(&mut self, wall_ms: u64) -> Result<Option<u64>, String> {

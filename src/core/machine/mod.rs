@@ -596,11 +596,15 @@ impl Core {
             return;
         }
         self.hb_seq += 1;
+        // None free while it claims nothing (work off, off the roster, out of allowance):
+        // a peer's first-claimer pick skips it (`news.rs`).
+        let may_claim = self.cfg.work && self.may_work_on_roster() && !self.out_of_allowance();
+        let free = self.cfg.capacity.saturating_sub(self.local.len() as u32);
         let beat = Heartbeat {
             incarnation: self.incarnation,
             seq: self.hb_seq,
             roles: self.cfg.roles.clone(),
-            free_capacity: self.cfg.capacity.saturating_sub(self.local.len() as u32),
+            free_capacity: if may_claim { free } else { 0 },
             heads_digest: self.digest,
             sent_at_ms: wall_ms,
             claims: self
