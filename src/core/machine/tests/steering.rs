@@ -53,6 +53,20 @@ fn ticks(c: &mut Core, now: &mut u64, n: usize) -> Vec<Job> {
     jobs
 }
 
+/// B: a member that works nothing, over a copy of `a`'s document, connected to `a` (A's
+/// claims settle only once B has them).
+fn member_b(a: &mut Core) -> Core {
+    let mut cfg = a.cfg.clone();
+    cfg.work = false;
+    let doc = Doc::load_test_names([8; 16], &a.doc_mut().save(), &[])
+        .unwrap()
+        .with_operators(["OP".to_string()].into());
+    let mut b = Core::new("B".into(), cfg, doc, 1);
+    a.handle(0, Input::Connected("B".into()));
+    b.handle(0, Input::Connected("A".into()));
+    b
+}
+
 /// Ticks `a` `n` times, carrying every message between `a` and `b`; the jobs `a` started.
 fn ticks_with(a: &mut Core, b: &mut Core, now: &mut u64, n: usize) -> Vec<Job> {
     let mut jobs = Vec::new();
@@ -120,15 +134,7 @@ fn a_paused_node_claims_nothing_and_a_pause_that_arrives_while_a_claim_settles_s
     use crate::core::state::{Op, Target};
     let mut a = steered("A");
     let key = a.add_story(&titled("steered"), 1).unwrap().key;
-    // B is a member that works nothing: A's claims settle only once B has them.
-    let mut cfg = a.cfg.clone();
-    cfg.work = false;
-    let doc = Doc::load_test_names([8; 16], &a.doc_mut().save(), &[])
-        .unwrap()
-        .with_operators(["OP".to_string()].into());
-    let mut b = Core::new("B".into(), cfg, doc, 1);
-    a.handle(0, Input::Connected("B".into()));
-    b.handle(0, Input::Connected("A".into()));
+    let mut b = member_b(&mut a);
     let mut now = 0;
     // One tick at a time until A has written a claim, which waits for B (settling).
     for _ in 0..100 {
@@ -327,14 +333,7 @@ fn a_holders_beats_renew_its_claims_at_its_peers() {
     // A's own heartbeats for twice the lease: the lease never runs out at B.
     let mut a = steered("A");
     a.add_story(&titled("held"), 1).unwrap();
-    let mut cfg = a.cfg.clone();
-    cfg.work = false;
-    let doc = Doc::load_test_names([8; 16], &a.doc_mut().save(), &[])
-        .unwrap()
-        .with_operators(["OP".to_string()].into());
-    let mut b = Core::new("B".into(), cfg, doc, 1);
-    a.handle(0, Input::Connected("B".into()));
-    b.handle(0, Input::Connected("A".into()));
+    let mut b = member_b(&mut a);
     let mut now = 0;
     let mut started = Vec::new();
     while started.is_empty() && now < 60_000 {
