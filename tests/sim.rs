@@ -153,8 +153,8 @@ fn the_simulator_catches_a_shell_that_lets_things_leave_before_they_are_durable(
     // with 3 nodes; 0-999 in both modes with 3 nodes and 12 stories). Until one is found
     // (`scripts/sim --broken-start-before-flush --keep-going`), only the frames case is
     // asserted here. Claims on news going to one node first changed the runs again:
-    // clean seeds 116, 245 and 521 of 0-999 find the frames case now (1577 no longer).
-    let (seed, mode) = (116, Mode::Clean);
+    // clean seed 521 finds the frames case now (the one of 0-599; 1577 no longer).
+    let (seed, mode) = (521, Mode::Clean);
     let mut cfg = SimConfig::new(mode);
     cfg.send_before_flush = true;
     let r = run(seed, &cfg);
@@ -399,11 +399,11 @@ fn the_simulator_catches_a_shell_that_starts_work_an_operator_paused_or_cancelle
         r.seed,
         r.violations
     );
-    // A cancel is rarer (one story in eight at most): seed 57 clean starts a cancelled
-    // story's research (2 of the 60 runs of `scripts/sim --steer --broken-job-queue
-    // --keep-going --seeds 60 --mode clean`; seed 19 until claims on news went to one
+    // A cancel is rarer (one story in eight at most): seed 13 clean starts a cancelled
+    // story's implement (2 of the 100 runs of `scripts/sim --steer --broken-job-queue
+    // --keep-going --seeds 100 --mode clean`; seed 19 until claims on news went to one
     // node first).
-    let seed = 57;
+    let seed = 13;
     let r = run(seed, &cfg);
     assert!(
         r.violations
@@ -424,12 +424,13 @@ fn the_simulator_catches_a_shell_that_starts_work_an_operator_paused_or_cancelle
 #[test]
 fn the_simulator_catches_a_shell_that_lets_a_cancelled_story_land() {
     // A shell that does not stop the job the core cancels lets a cancelled story's merge
-    // land: in hostile seed 140 the operator cancels S-0005 while a node merges it; the
-    // core asks to stop the job, the shell lets it run on, and it lands. (1 run in 400
-    // of `scripts/sim --steer --broken-cancel --keep-going --seeds 200`; seed 191 until
-    // claims on news went to one node first.)
-    let seed = 140;
-    let mut cfg = SimConfig::new(Mode::Hostile);
+    // land: in clean seed 412 the operator cancels S-0003 while a node merges it; the
+    // core asks to stop the job, the shell lets it run on, and it lands. (4 runs of the
+    // 1 800 of `scripts/sim --steer --broken-cancel --keep-going --start 300 --seeds 900`,
+    // none of seeds 0-299; hostile 191, then 140, before claims on news went to one node
+    // first.)
+    let seed = 412;
+    let mut cfg = SimConfig::new(Mode::Clean);
     cfg.steer = true;
     cfg.broken_cancel = true;
     let r = run(seed, &cfg);
@@ -437,14 +438,14 @@ fn the_simulator_catches_a_shell_that_lets_a_cancelled_story_land() {
         r.violations
             .iter()
             .any(|v| v.contains("which its view has cancelled")),
-        "seed {seed} hostile with a shell that runs cancelled jobs on: {:?}",
+        "seed {seed} clean with a shell that runs cancelled jobs on: {:?}",
         r.violations
     );
     cfg.broken_cancel = false;
     let fixed = run(seed, &cfg);
     assert!(
         fixed.ok(),
-        "seed {seed} hostile, steer: {:?}",
+        "seed {seed} clean, steer: {:?}",
         fixed.violations
     );
 }

@@ -73,20 +73,31 @@ fn continues(view: &View, s: &crate::core::state::StoryView, me: &str) -> bool {
 /// Who reaches for `story`'s next phase first when a peer's news makes it claimable:
 /// among `candidates` (this node and the alive peers with free capacity for the phase),
 /// the node that ran the story's previous phase (it continues with its context), else
-/// the one with the highest rendezvous hash. Only that node claims on the news; the
-/// others wait for their claim tick, by when its claim is usually in sight — every idle
-/// node reaching for the one story that just opened would only lose at settle.
-pub fn first_claimer<'a>(view: &View, story: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    let previous = view
-        .stories
-        .get(story)
+/// the one with the highest rendezvous hash; a review never goes to the implementer
+/// unless no one else is there. Only that node claims on the news; the others wait for
+/// their claim tick, by when its claim is usually in sight — every idle node reaching
+/// for the one story that just opened would only lose at settle.
+pub fn first_claimer<'a>(
+    view: &View,
+    story: &str,
+    phase: Phase,
+    candidates: &[&'a str],
+) -> Option<&'a str> {
+    let s = view.stories.get(story);
+    let implementer = s.and_then(|s| s.implementer.as_deref());
+    let may = |c: &&str| phase != Phase::Review || Some(*c) != implementer;
+    let mut eligible: Vec<&'a str> = candidates.iter().copied().filter(may).collect();
+    if eligible.is_empty() {
+        eligible = candidates.to_vec(); // alone: a node reviews its own change
+    }
+    let previous = s
         .and_then(|s| s.history.last())
         .and_then(|k| view.results.get(k))
         .map(|r| r.holder.as_str());
-    candidates
+    eligible
         .iter()
         .find(|c| Some(**c) == previous)
-        .or_else(|| candidates.iter().max_by_key(|c| rendezvous(c, story)))
+        .or_else(|| eligible.iter().max_by_key(|c| rendezvous(c, story)))
         .copied()
 }
 
@@ -835,19 +846,41 @@ mod tests {
         const C: &str = "12D3KooWCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCcccccc";
         // A ran the research: it continues, whoever else is free, in any order.
         for cands in [[A, B, C], [C, B, A]] {
-            assert_eq!(first_claimer(&v, &planned, &cands), Some(A));
+            assert_eq!(first_claimer(&v, &planned, Phase::Plan, &cands), Some(A));
         }
         // A busy (not a candidate): one pick, the same from every node's list.
-        let pick = first_claimer(&v, &planned, &[B, C]);
+        let pick = first_claimer(&v, &planned, Phase::Plan, &[B, C]);
         assert!(pick.is_some());
-        assert_eq!(first_claimer(&v, &planned, &[C, B]), pick);
+        assert_eq!(first_claimer(&v, &planned, Phase::Plan, &[C, B]), pick);
         // A story no one worked on: the highest rendezvous hash, whatever the order.
         let best = [A, B, C]
             .into_iter()
             .max_by_key(|n| rendezvous(n, &fresh))
             .unwrap();
-        assert_eq!(first_claimer(&v, &fresh, &[C, A, B]), Some(best));
-        assert_eq!(first_claimer(&v, &fresh, &[]), None);
+        assert_eq!(
+            first_claimer(&v, &fresh, Phase::Research, &[C, A, B]),
+            Some(best)
+        );
+        assert_eq!(first_claimer(&v, &fresh, Phase::Research, &[]), None);
+        // A implemented it: the review goes to another node, the same one from any list;
+        // only alone does A review its own change.
+        let mut d = d;
+        let built = d.add_story(&new("built"), B, 0).unwrap();
+        for p in [Phase::Research, Phase::Plan, Phase::Implement] {
+            step(&mut d, &built, p, 0, None);
+        }
+        let v = d.view();
+        let other = [B, C]
+            .into_iter()
+            .max_by_key(|n| rendezvous(n, &built))
+            .unwrap();
+        for cands in [[A, B, C], [C, A, B]] {
+            assert_eq!(
+                first_claimer(&v, &built, Phase::Review, &cands),
+                Some(other)
+            );
+        }
+        assert_eq!(first_claimer(&v, &built, Phase::Review, &[A]), Some(A));
     }
 
     /// The stall of issue 11: two stories planning one file were implemented on the two

@@ -34,6 +34,6 @@ impl Core {
         let free: Vec<String> = free.map(|p| p.peer).collect();
         let mut candidates: Vec<&str> = free.iter().map(String::as_str).collect();
         candidates.push(&self.peer);
-        scheduler::first_claimer(view, &w.story, &candidates) == Some(self.peer.as_str())
+        scheduler::first_claimer(view, &w.story, w.phase, &candidates) == Some(self.peer.as_str())
     }
 }
