@@ -187,6 +187,28 @@ pub struct View {
     pub ledger: Ledger,
     /// Notifications sent (or refused for good), by the hash of their trigger id.
     pub notified: BTreeMap<String, crate::core::notify::NotifiedFact>,
+    /// Kept with `stories`, so that a write of new stories needs no pass over them.
+    #[serde(skip)]
+    pub(super) story_index: StoryIndex,
+}
+
+/// What a write of new stories must know about every story (`extend.rs`): the highest
+/// number, and every key some story depends on. Maintained wherever `stories` grows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct StoryIndex {
+    pub(super) max_number: u32,
+    pub(super) depended_on: BTreeSet<String>,
+}
+
+impl StoryIndex {
+    pub(super) fn add(&mut self, fact: &StoryFact) {
+        self.max_number = self.max_number.max(fact.number);
+        for d in &fact.depends_on {
+            if !self.depended_on.contains(d) {
+                self.depended_on.insert(d.clone());
+            }
+        }
+    }
 }
 
 /// Fencing tokens cannot be inflated: a claim counts only if each of its tokens is 1 or
@@ -256,6 +278,7 @@ impl View {
         };
         let mut stories = BTreeMap::new();
         for ((key, fact), id) in facts.iter().zip(&ids) {
+            view.story_index.add(fact);
             stories.insert(key.clone(), fold.story(key, fact, id));
         }
         block_dependents_of_blocked(&mut stories, &index.active_stories);
@@ -357,11 +380,7 @@ impl View {
     }
 
     pub fn max_number(&self) -> u32 {
-        self.stories
-            .values()
-            .map(|s| s.fact.number)
-            .max()
-            .unwrap_or(0)
+        self.story_index.max_number
     }
 
     /// Finds a story by display id (`S-0042`, `s-42`) or by key.

@@ -23,14 +23,15 @@ impl View {
         if keys.len() != added.len() {
             return false;
         }
-        // One pass over the stories: the highest number, and whether any story already
-        // depends on one of the new keys (its dependency ids and blocks would change).
-        let mut max = 0;
-        for s in self.stories.values() {
-            max = max.max(s.fact.number);
-            if s.fact.depends_on.iter().any(|d| keys.contains(d.as_str())) {
-                return false;
-            }
+        // From the story index, not a pass over the stories: the highest number, and
+        // whether any story already depends on one of the new keys (its dependency ids
+        // and blocks would change).
+        let max = self.story_index.max_number;
+        if keys
+            .iter()
+            .any(|k| self.story_index.depended_on.contains(*k))
+        {
+            return false;
         }
         let mut numbers = BTreeSet::new();
         for (key, fact) in added {
@@ -80,6 +81,7 @@ impl View {
             };
             // The number is past every other: the short display id is its own.
             let story = fold.story(key, fact, &format!("S-{:04}", fact.number));
+            self.story_index.add(fact);
             self.stories.insert(key.clone(), story);
         }
         true
