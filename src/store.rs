@@ -27,6 +27,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SNAPSHOT_KEY: &[u8] = b"snapshot";
+/// The record of the snapshot's signature checks (`Doc::save_checked`), written with it.
+const SNAPSHOT_CHECKED_KEY: &[u8] = b"snapshot-checked";
 const CHUNK_PREFIX: &[u8] = b"c/";
 pub const LOCK_FILE: &str = "node.lock";
 const DB_DIR: &str = "db";
@@ -298,10 +300,26 @@ impl Store {
         self.chunks
     }
 
-    /// Replaces the snapshot and drops every chunk it covers, atomically.
-    pub fn compact(&mut self, snapshot: &[u8]) -> Result<(), StoreError> {
+    /// The record of the stored snapshot's signature checks (empty if none).
+    pub fn snapshot_checked(&self) -> Result<Vec<u8>, StoreError> {
+        Ok(self
+            .tree
+            .get(SNAPSHOT_CHECKED_KEY)
+            .map_err(self.db_err())?
+            .map(|v| v.to_vec())
+            .unwrap_or_default())
+    }
+
+    /// Replaces the snapshot and drops every chunk it covers, atomically; `checked` is
+    /// the record of its signature checks (empty for none), replaced with it.
+    pub fn compact(&mut self, snapshot: &[u8], checked: &[u8]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         batch.insert(SNAPSHOT_KEY, snapshot);
+        if checked.is_empty() {
+            batch.remove(SNAPSHOT_CHECKED_KEY);
+        } else {
+            batch.insert(SNAPSHOT_CHECKED_KEY, checked);
+        }
         for item in self.tree.scan_prefix(CHUNK_PREFIX) {
             let (k, _) = item.map_err(self.db_err())?;
             batch.remove(k);
@@ -610,7 +628,7 @@ mod tests {
                 "an undone write's chunks no longer count"
             );
             assert_eq!(s.doc_bytes(), stored(&s));
-            s.compact(&[9; 12]).unwrap();
+            s.compact(&[9; 12], &[]).unwrap();
             assert_eq!(s.doc_bytes(), 12, "compaction: the snapshot alone");
             s.append_chunk(&[5; 3]).unwrap();
             assert_eq!(s.doc_bytes(), stored(&s));
@@ -739,7 +757,7 @@ mod tests {
             s.load_doc().unwrap(),
             (vec![], vec![b"one".to_vec(), b"two".to_vec()])
         );
-        s.compact(b"snap").unwrap();
+        s.compact(b"snap", b"rec").unwrap();
         s.append_chunk(b"three").unwrap();
         s.db.flush().unwrap();
         drop(s);
@@ -749,5 +767,10 @@ mod tests {
             (b"snap".to_vec(), vec![b"three".to_vec()])
         );
         assert_eq!(s.chunks(), 1);
+        // The snapshot's record of checks comes and goes with it.
+        assert_eq!(s.snapshot_checked().unwrap(), b"rec".to_vec());
+        let mut s = s;
+        s.compact(b"snap2", &[]).unwrap();
+        assert_eq!(s.snapshot_checked().unwrap(), Vec::<u8>::new());
     }
 }

@@ -186,8 +186,9 @@ pub fn offline_add(
     rand::rngs::OsRng.fill_bytes(&mut actor);
     let signer = crate::identity::signer(key).map_err(NodeError::from)?;
     let creator = signer.author().to_string();
+    let checked = store.snapshot_checked().map_err(NodeError::from)?;
     let mut doc =
-        crate::core::state::Doc::load_with_operators(actor, &snap, &chunks, operators.clone())
+        crate::core::state::Doc::load_stored(actor, &snap, &checked, &chunks, operators.clone())
             .map_err(NodeError::from)?
             .with_signer(signer);
     let now = std::time::SystemTime::now()

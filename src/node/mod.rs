@@ -285,7 +285,8 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
     let doc = match &store {
         Some(s) => {
             let (snap, chunks) = s.load_doc()?;
-            Doc::load_with_operators(actor, &snap, &chunks, cfg.operator_set())?
+            let checked = s.snapshot_checked()?;
+            Doc::load_stored(actor, &snap, &checked, &chunks, cfg.operator_set())?
         }
         None => Doc::new(actor).with_operators(cfg.operator_set()),
     }
@@ -512,8 +513,9 @@ pub fn offline_add_story(
     rand::rngs::OsRng.fill_bytes(&mut actor);
     let signer = crate::identity::signer(key)?;
     let creator = signer.author().to_string();
+    let checked = store.snapshot_checked()?;
     let mut doc =
-        Doc::load_with_operators(actor, &snap, &chunks, operators.clone())?.with_signer(signer);
+        Doc::load_stored(actor, &snap, &checked, &chunks, operators.clone())?.with_signer(signer);
     let key = doc.add_story(new, &creator, wall_ms())?;
     store.append_chunk(&doc.save_incremental())?;
     store.flush_blocking()?;
@@ -532,5 +534,6 @@ pub fn offline_view(
 ) -> Result<View, NodeError> {
     let store = Store::open(data_dir)?;
     let (snap, chunks) = store.load_doc()?;
-    Ok(Doc::load_with_operators([0; 16], &snap, &chunks, operators.clone())?.view())
+    let checked = store.snapshot_checked()?;
+    Ok(Doc::load_stored([0; 16], &snap, &checked, &chunks, operators.clone())?.view())
 }

@@ -471,8 +471,8 @@ impl Runtime {
         if !due {
             return;
         }
-        let snap = self.core.doc_mut().save();
-        match store.compact(&snap) {
+        let (snap, checked) = self.core.doc_mut().save_checked();
+        match store.compact(&snap, &checked) {
             Ok(()) => tracing::debug!(bytes = snap.len(), "document compacted"),
             Err(e) => tracing::error!(error = %e, "snapshot failed"),
         }

@@ -149,7 +149,18 @@ impl Doc {
         change: ChangeHash,
         touched: &mut BTreeSet<String>,
     ) {
-        match admit(kind, key, value, self.scheme, &self.roster.operators) {
+        let verify = self
+            .trusted
+            .as_ref()
+            .is_none_or(|recheck| recheck.contains(&op));
+        match admit_as(
+            kind,
+            key,
+            value,
+            self.scheme,
+            &self.roster.operators,
+            verify,
+        ) {
             Ok((author, fact)) => {
                 let claim = match &fact {
                     Fact::Result(f) => Some(f.claim.clone()),
@@ -175,7 +186,12 @@ impl Doc {
                 }
                 touched.insert(key.to_string());
             }
-            Err(why) => self.reject(key, kind, trust::claimed_author(value), why),
+            Err(why) => {
+                if why == Refusal::Unsealed(trust::Unsealed::BadSignature) {
+                    self.bad_signatures.insert(op);
+                }
+                self.reject(key, kind, trust::claimed_author(value), why)
+            }
         }
     }
 

@@ -8,6 +8,7 @@ use super::*;
 use std::collections::HashSet;
 
 mod batch;
+mod checked;
 pub use batch::{BatchError, BATCH_REF_PREFIX, MAX_BATCH_STORIES};
 mod fold;
 mod write;
@@ -58,6 +59,11 @@ pub struct Doc {
     stored: u64,
     /// The size cap (see [`Doc::with_size_cap`]).
     cap: u64,
+    /// Operations (counter, actor) whose signature failed its check (`checked.rs`).
+    bad_signatures: BTreeSet<(u64, Vec<u8>)>,
+    /// During a load from a checked snapshot: the operations whose signatures are
+    /// checked again (every other one passed before, on this node).
+    trusted: Option<BTreeSet<(u64, Vec<u8>)>>,
 }
 
 /// Who signs the local writes of a document.
@@ -143,6 +149,8 @@ impl Doc {
             local_log: VecDeque::new(),
             stored: 0,
             cap: u64::MAX,
+            bad_signatures: BTreeSet::new(),
+            trusted: None,
         }
     }
 
@@ -321,7 +329,14 @@ impl Doc {
     /// Loads a document from a snapshot (possibly empty) plus incremental chunks. It
     /// verifies authors by peer id and cannot write until [`Doc::with_signer`].
     pub fn load(actor: [u8; 16], snapshot: &[u8], chunks: &[Vec<u8>]) -> Result<Doc, StateError> {
-        Doc::load_as(actor, snapshot, chunks, KeyScheme::PeerIds, BTreeSet::new())
+        Doc::load_as(
+            actor,
+            snapshot,
+            &[],
+            chunks,
+            KeyScheme::PeerIds,
+            BTreeSet::new(),
+        )
     }
 
     /// [`Doc::load`] then [`Doc::with_operators`], reading the changes once.
@@ -331,7 +346,7 @@ impl Doc {
         chunks: &[Vec<u8>],
         operators: BTreeSet<String>,
     ) -> Result<Doc, StateError> {
-        Doc::load_as(actor, snapshot, chunks, KeyScheme::PeerIds, operators)
+        Doc::load_as(actor, snapshot, &[], chunks, KeyScheme::PeerIds, operators)
     }
 
     /// [`Doc::load`] then [`Doc::with_test_names`], reading the changes once.
@@ -361,14 +376,17 @@ impl Doc {
         chunks: &[Vec<u8>],
         scheme: KeyScheme,
     ) -> Result<Doc, StateError> {
-        let mut doc = Doc::load_as(actor, snapshot, chunks, scheme, BTreeSet::new())?;
+        let mut doc = Doc::load_as(actor, snapshot, &[], chunks, scheme, BTreeSet::new())?;
         doc.writer = Writer::AnyTestName;
         Ok(doc)
     }
 
+    /// `checked`: the record of the snapshot's checks ([`Doc::save_checked`]; empty for
+    /// none).
     fn load_as(
         actor: [u8; 16],
         snapshot: &[u8],
+        checked: &[u8],
         chunks: &[Vec<u8>],
         scheme: KeyScheme,
         operators: BTreeSet<String>,
@@ -378,21 +396,28 @@ impl Doc {
         } else {
             AutoCommit::load(snapshot).map_err(|e| StateError::Corrupt(e.to_string()))?
         };
+        inner.set_actor(ActorId::from(actor.as_slice()));
+        let mut doc = Doc::wrap(inner);
+        doc.scheme = scheme;
+        doc.roster.operators = operators;
+        if let Some(recheck) = doc.trusted_by(checked) {
+            // The snapshot's facts first, with the signatures it checked spared.
+            doc.trusted = Some(recheck);
+            doc.refresh();
+            doc.trusted = None;
+        }
         for c in chunks {
-            inner
+            doc.inner
                 .load_incremental(c)
                 .map_err(|e| StateError::Corrupt(e.to_string()))?;
         }
-        inner.set_actor(ActorId::from(actor.as_slice()));
-        let mut doc = Doc::wrap(inner);
         doc.stored = chunks
             .iter()
             .map(|c| c.len() as u64)
             .sum::<u64>()
             .saturating_add(snapshot.len() as u64);
-        doc.scheme = scheme;
-        doc.roster.operators = operators;
-        // The first refresh reads every change; later ones only the new.
+        // The first refresh reads every change (or those after a checked snapshot);
+        // later ones only the new.
         doc.refresh();
         Ok(doc)
     }

@@ -1,0 +1,198 @@
+//! A restart that does not check every signature again.
+//!
+//! Loading a document reads every fact and checks its signature: at 100,000 stories that
+//! is 100,000 ed25519 checks, ~5 s of a 5.5 s restart. But a node's snapshot holds only
+//! facts it has already checked, when they first reached it. So with each snapshot it
+//! keeps a record of that check: the heads the snapshot covers (its facts all read) and
+//! the operations whose signature failed. A load whose snapshot has exactly those heads
+//! checks the signatures of those operations only — they fail again, as before — and
+//! makes every other check (format, author, entitlement, roster) as usual; the chunks
+//! stored after the snapshot are checked in full. A record that does not match (another
+//! snapshot, an older format, bytes that do not decode) is ignored: the load then checks
+//! everything, as before. The node's disk is inside its trust boundary (it holds the
+//! node's key; docs/SECURITY.md).
+
+use super::*;
+use crate::core::codec;
+
+/// What a snapshot's facts went through when this node read them.
+#[derive(Debug, Serialize, Deserialize)]
+struct Checked {
+    /// The snapshot's heads, sorted: the record speaks for that snapshot only.
+    heads: Vec<[u8; 32]>,
+    /// Operations (counter, actor) whose signature failed.
+    bad: Vec<(u64, Vec<u8>)>,
+}
+
+/// Bounds a record read from disk (a bad signature costs its writer a change, so the
+/// list is bounded by the document's own cap; this is the decoder's).
+const MAX_CHECKED_BYTES: usize = 64 << 20;
+
+fn sorted(mut heads: Vec<ChangeHash>) -> Vec<[u8; 32]> {
+    heads.sort();
+    heads.into_iter().map(|h| h.0).collect()
+}
+
+impl Doc {
+    /// A compacted snapshot (see [`Doc::save`]) and the record of its checks, for
+    /// [`Doc::load_stored`]; the record is empty when some change is not read yet.
+    pub fn save_checked(&mut self) -> (Vec<u8>, Vec<u8>) {
+        let snapshot = self.save();
+        let heads = self.inner.get_heads();
+        let record = if sorted(heads.clone()) == sorted(self.scanned.clone()) {
+            codec::encode(&Checked {
+                heads: sorted(heads),
+                bad: self.bad_signatures.iter().cloned().collect(),
+            })
+        } else {
+            Vec::new()
+        };
+        (snapshot, record)
+    }
+
+    /// [`Doc::load_with_operators`] from what a node stored: its snapshot, the record
+    /// [`Doc::save_checked`] made with it (empty for none), the chunks since.
+    pub fn load_stored(
+        actor: [u8; 16],
+        snapshot: &[u8],
+        checked: &[u8],
+        chunks: &[Vec<u8>],
+        operators: BTreeSet<String>,
+    ) -> Result<Doc, StateError> {
+        Doc::load_as(
+            actor,
+            snapshot,
+            checked,
+            chunks,
+            KeyScheme::PeerIds,
+            operators,
+        )
+    }
+
+    /// Whether `record` speaks for the document as loaded so far (its snapshot): then
+    /// the signatures to check again during the first read.
+    pub(super) fn trusted_by(&mut self, record: &[u8]) -> Option<BTreeSet<(u64, Vec<u8>)>> {
+        if record.is_empty() {
+            return None;
+        }
+        let r: Checked = match codec::decode(record, MAX_CHECKED_BYTES) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "the stored record of checked signatures does not decode; checking every one");
+                return None;
+            }
+        };
+        if r.heads != sorted(self.inner.get_heads()) {
+            tracing::warn!(
+                "the stored record of checked signatures is not the snapshot's; checking every one"
+            );
+            return None;
+        }
+        Some(r.bad.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::trust::Signer;
+
+    fn story(n: u32, by: &str) -> (String, String) {
+        let key = format!("{STORY_PREFIX}{}", crate::core::state::story_key(n, by));
+        let fact = StoryFact {
+            number: n,
+            created_by: by.to_string(),
+            created_at_ms: 0,
+            title: format!("story {n}"),
+            body: String::new(),
+            priority: crate::core::model::PRIORITY_DEFAULT,
+            depends_on: Vec::new(),
+            files: Vec::new(),
+            labels: Vec::new(),
+            source: String::new(),
+            imported: None,
+        };
+        (key, serde_json::to_string(&fact).expect("json"))
+    }
+
+    /// A node's snapshot with a good fact by A and a forged one (B's name, A's key).
+    fn stored() -> (Vec<u8>, Vec<u8>) {
+        let mut d = Doc::new([1; 16]).with_test_names();
+        let (k, v) = story(1, "A");
+        let good = Signer::for_test("A").seal(&k, &v);
+        let (k2, v2) = story(2, "B");
+        let forged = Signer::for_test("A")
+            .seal(&k2, &v2)
+            .replacen("m1 A ", "m1 B ", 1);
+        d.inner.put(automerge::ROOT, &k, good).expect("put");
+        d.inner.put(automerge::ROOT, &k2, forged).expect("put");
+        d.inner.commit();
+        d.refresh();
+        assert!(d.facts.contains_key(&k), "the good fact counts");
+        assert!(!d.facts.contains_key(&k2), "the forgery does not");
+        d.save_checked()
+    }
+
+    fn load(snapshot: &[u8], record: &[u8]) -> Doc {
+        Doc::load_as(
+            [2; 16],
+            snapshot,
+            record,
+            &[],
+            KeyScheme::TestNames,
+            BTreeSet::new(),
+        )
+        .expect("load")
+    }
+
+    #[test]
+    fn a_restart_from_a_checked_snapshot_keeps_refusing_what_failed_its_check() {
+        let (snapshot, record) = stored();
+        assert!(!record.is_empty(), "every change was read: a record");
+        for (record, what) in [(&record[..], "with the record"), (&[][..], "without")] {
+            let d = load(&snapshot, record);
+            let stories: Vec<&String> = d
+                .facts
+                .keys()
+                .filter(|k| k.starts_with(STORY_PREFIX))
+                .collect();
+            assert_eq!(stories.len(), 1, "{what}: only the good fact counts");
+            assert_eq!(
+                d.rejected_total(),
+                1,
+                "{what}: the forgery is refused again"
+            );
+            assert_eq!(
+                d.bad_signatures.len(),
+                1,
+                "{what}: and recorded for the next"
+            );
+        }
+        // The record is what spares the checks: one that forgot the failure lets the
+        // forgery through (which is why only this node's own disk may hold one).
+        let forgetful = codec::encode(&Checked {
+            heads: sorted(load(&snapshot, &[]).inner.get_heads()),
+            bad: Vec::new(),
+        });
+        let d = load(&snapshot, &forgetful);
+        assert_eq!(d.rejected_total(), 0, "no signature was checked");
+    }
+
+    #[test]
+    fn a_record_is_used_only_for_the_snapshot_it_was_made_with() {
+        let (snapshot, record) = stored();
+        let mut d = load(&snapshot, &[]);
+        assert!(d.trusted_by(&record).is_some(), "the same heads");
+        let (k, v) = story(3, "A");
+        d.inner
+            .put(automerge::ROOT, &k, Signer::for_test("A").seal(&k, &v))
+            .expect("put");
+        d.inner.commit();
+        assert!(d.trusted_by(&record).is_none(), "other heads");
+        assert!(d.trusted_by(b"\x04garbage").is_none(), "undecodable");
+        // A change not yet read: no record at all.
+        assert!(d.save_checked().1.is_empty());
+        d.refresh();
+        assert!(!d.save_checked().1.is_empty());
+    }
+}
