@@ -179,6 +179,29 @@ mod tests {
     }
 
     #[test]
+    fn a_loaded_document_saves_only_its_changes_since_the_load() {
+        let (snapshot, record) = stored();
+        let mut d = load(&snapshot, &record);
+        assert!(
+            d.save_incremental().is_empty(),
+            "nothing new since the load"
+        );
+        let (k, v) = story(3, "A");
+        d.inner
+            .put(automerge::ROOT, &k, Signer::for_test("A").seal(&k, &v))
+            .expect("put");
+        d.inner.commit();
+        let chunk = d.save_incremental();
+        assert!(
+            !chunk.is_empty() && chunk.len() < snapshot.len(),
+            "one change, not the document"
+        );
+        let mut again = load(&snapshot, &record);
+        again.inner.load_incremental(&chunk).expect("chunk");
+        assert_eq!(again.heads(), d.heads(), "snapshot + chunk is the document");
+    }
+
+    #[test]
     fn a_record_is_used_only_for_the_snapshot_it_was_made_with() {
         let (snapshot, record) = stored();
         let mut d = load(&snapshot, &[]);
