@@ -41,10 +41,13 @@ struct Args {
     /// Skip the join (a second node receiving the whole document).
     #[arg(long)]
     no_join: bool,
-    /// Join only at sizes up to this: a join of 100,000 stories received as 10,000-story
-    /// changes does not finish in memory yet (see docs/PERFORMANCE.md).
-    #[arg(long, default_value_t = 10_000)]
+    /// Join only at sizes up to this.
+    #[arg(long, default_value_t = 100_000)]
     join_max: usize,
+    /// Let the nodes work the backlog (the sim executor) while they are measured: every
+    /// result a node writes then costs each node a fold of the whole view.
+    #[arg(long)]
+    work: bool,
     /// Print only the rows (a script that runs one size per process prints the header
     /// once).
     #[arg(long)]
@@ -70,6 +73,7 @@ fn options(
     dir: &std::path::Path,
     key: &libp2p::identity::Keypair,
     boot: Option<String>,
+    work: bool,
 ) -> NodeOptions {
     NodeOptions {
         config: Config {
@@ -78,6 +82,7 @@ fn options(
             // Generous: a node busy folding a large document must not be declared dead.
             dead_after_ms: 30_000,
             max_writes_per_minute: 1_000_000,
+            work,
             ..Config::default()
         },
         data_dir: Some(dir.to_path_buf()),
@@ -110,7 +115,7 @@ async fn measure(args: &Args, n: usize) -> anyhow::Result<Row> {
     let timeout = Duration::from_secs(args.timeout_secs);
     let dir = tempfile::Builder::new().prefix("mesh-backlog-").tempdir()?;
     let key = libp2p::identity::Keypair::generate_ed25519();
-    let a = node::start(options(dir.path(), &key, None)).await?;
+    let a = node::start(options(dir.path(), &key, None, args.work)).await?;
     let t = Instant::now();
     let mut done = 0;
     while done < n {
@@ -146,12 +151,12 @@ async fn measure(args: &Args, n: usize) -> anyhow::Result<Row> {
     let join_ms = if args.no_join || n > args.join_max {
         None
     } else {
-        join(&a, timeout).await?
+        join(&a, timeout, args.work).await?
     };
     // Restart: a clean stop, then the same store and identity again.
     a.shutdown().await;
     let t = Instant::now();
-    let b = node::start(options(dir.path(), &key, None)).await?;
+    let b = node::start(options(dir.path(), &key, None, args.work)).await?;
     eprintln!(
         "backlog_bench: restarted node answers after {:.0} ms",
         ms(t.elapsed())
@@ -179,7 +184,7 @@ async fn measure(args: &Args, n: usize) -> anyhow::Result<Row> {
 
 /// A second node with an empty store joins through `a`: time until it holds `a`'s
 /// document (same heads digest).
-async fn join(a: &NodeHandle, timeout: Duration) -> anyhow::Result<Option<f64>> {
+async fn join(a: &NodeHandle, timeout: Duration, work: bool) -> anyhow::Result<Option<f64>> {
     let dir = tempfile::Builder::new()
         .prefix("mesh-backlog-join-")
         .tempdir()?;
@@ -189,7 +194,7 @@ async fn join(a: &NodeHandle, timeout: Duration) -> anyhow::Result<Option<f64>> 
         .ok_or_else(|| anyhow::anyhow!("node has no listen address"))?
         .to_string();
     let t = Instant::now();
-    let c = node::start(options(dir.path(), &key, Some(boot))).await?;
+    let c = node::start(options(dir.path(), &key, Some(boot), work)).await?;
     // The same heads on both: the joiner's own description reaches the first node too.
     let same = || {
         let (x, y) = (
@@ -216,6 +221,13 @@ async fn join(a: &NodeHandle, timeout: Duration) -> anyhow::Result<Option<f64>> 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Quiet unless asked (RUST_LOG=mesh_agent=info shows a join's snapshot, say).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let mut rows = Vec::new();
     for &n in &args.stories {
         eprintln!("backlog_bench: {n} stories");

@@ -557,6 +557,7 @@ impl Config {
             max_document_bytes: self.max_document_bytes,
             max_writes_per_minute: self.max_writes_per_minute,
             max_ingress_bytes_per_sec: self.max_ingress_bytes_per_sec,
+            ..Default::default()
         }
     }
 

@@ -280,11 +280,14 @@ fn honest_messages_still_decode_under_the_codec_limit() {
             events_have: None,
             events: vec![event(); 3],
             events_more: false,
+            fresh: true,
+            snapshot: Some(serde_bytes::ByteBuf::from(vec![2; len / 2])),
         };
         let bytes = codec::encode(&frame);
         let back: SyncFrame = codec::decode(&bytes, SYNC_CAP).unwrap();
         assert_eq!(back.msg.len(), len);
         assert_eq!(back.push[0].len(), len / 3);
+        assert_eq!(back.snapshot.map(|s| s.len()), Some(len / 2));
     }
     let beat = heartbeat();
     assert_eq!(

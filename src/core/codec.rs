@@ -22,7 +22,8 @@ use serde::{de::DeserializeOwned, Serialize};
 /// The current wire version. Bump it when a message shape changes incompatibly.
 /// 4: heartbeats name their claims by number; gossip is unsigned (authenticated by its
 /// link), so a node of version 3 would not hear a node of 4 anyway.
-pub const WIRE_VERSION: u8 = 4;
+/// 5: sync frames carry `fresh` and `snapshot` (a new node's join by snapshot).
+pub const WIRE_VERSION: u8 = 5;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {

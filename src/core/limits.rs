@@ -27,6 +27,10 @@ pub struct Limits {
     /// Sync bytes one peer may hand this node per second, sustained (bursts of twice the
     /// sync message cap pass).
     pub max_ingress_bytes_per_sec: u64,
+    /// A node whose stored document is at least this large answers a new node's first
+    /// sync with a snapshot of it rather than its changes (`machine/sync.rs`). Not a
+    /// config key: tests lower it.
+    pub snapshot_join_bytes: u64,
 }
 
 impl Default for Limits {
@@ -35,6 +39,7 @@ impl Default for Limits {
             max_document_bytes: 1 << 30,
             max_writes_per_minute: 6_000,
             max_ingress_bytes_per_sec: 16 << 20,
+            snapshot_join_bytes: 1 << 20,
         }
     }
 }

@@ -313,6 +313,8 @@ pub struct Core {
     join_from_ms: Option<u64>,
     /// When the first sync session this node started completed: it has joined.
     joined_ms: Option<u64>,
+    /// The document saved whole for joining nodes, with the digest it was saved at.
+    join_snapshot: Option<([u8; 32], serde_bytes::ByteBuf, Vec<ChangeHash>)>,
     /// The join wait ran out without a sync (logged once).
     join_gave_up: bool,
     /// Per peer, our wall clock at receipt of its latest beats minus their send times
@@ -415,6 +417,7 @@ impl Core {
             guards: Guards::default(),
             join_from_ms: None,
             joined_ms: None,
+            join_snapshot: None,
             join_gave_up: false,
             clock_offsets: BTreeMap::new(),
             skew_warned: false,

@@ -95,6 +95,11 @@ pub struct Counters {
     /// Sync messages and pushes refused because the document is at its size cap.
     #[serde(default)]
     pub full_dropped: u64,
+    /// Whole documents this node saved for a joining peer, and took in as one.
+    #[serde(default)]
+    pub snapshots_sent: u64,
+    #[serde(default)]
+    pub snapshots_taken: u64,
     /// Settle latency and run durations (`/metrics` histograms).
     #[serde(default)]
     pub latency: super::Latency,

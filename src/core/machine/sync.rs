@@ -19,7 +19,17 @@ pub struct SyncFrame {
     pub events: Vec<Event>,
     /// In an answer: more events remain for the requester (it asks again).
     pub events_more: bool,
+    /// First frame only: the sender is new (it never synced and holds next to nothing),
+    /// so a large document is better sent to it whole.
+    pub fresh: bool,
+    /// In an answer to a fresh sender, when this document is large: the document saved
+    /// whole, in place of a sync message (`Doc::merge_snapshot`).
+    pub snapshot: Option<serde_bytes::ByteBuf>,
 }
+
+/// A node whose stored document is below this and that never synced asks for a
+/// snapshot (its own description and a few releases take a few KiB).
+const FRESH_MAX_BYTES: u64 = 64 << 10;
 
 impl SyncFrame {
     /// A frame carrying only an automerge message.
@@ -31,6 +41,8 @@ impl SyncFrame {
             events_have: None,
             events: Vec::new(),
             events_more: false,
+            fresh: false,
+            snapshot: None,
         }
     }
 }
@@ -97,14 +109,39 @@ impl Core {
             .events_pull
             .remove(peer)
             .then(|| self.timeline.summary());
+        let fresh = self.joined_ms.is_none() && self.doc.stored_bytes() < FRESH_MAX_BYTES;
         self.effects.push_back(Effect::SendSync {
             to: peer.to_string(),
             data: codec::encode(&SyncFrame {
                 push: pushed.into_iter().map(serde_bytes::ByteBuf::from).collect(),
                 events_have,
+                fresh,
                 ..SyncFrame::msg(true, msg)
             }),
         });
+    }
+
+    /// This document saved whole for a fresh peer, with its heads, if it is large
+    /// enough to be worth it and fits a frame; kept until the document changes (several
+    /// peers join at once).
+    fn snapshot_for_join(&mut self) -> Option<(serde_bytes::ByteBuf, Vec<ChangeHash>)> {
+        let stored = self.doc.stored_bytes();
+        if stored == 0 || stored < self.cfg.limits.snapshot_join_bytes {
+            return None;
+        }
+        let digest = self.digest;
+        if self
+            .join_snapshot
+            .as_ref()
+            .is_none_or(|(d, ..)| *d != digest)
+        {
+            let snap = self.doc.snapshot_for_join();
+            tracing::info!(bytes = snap.len(), "document saved whole for a new node");
+            let heads = self.doc.heads();
+            self.join_snapshot = Some((digest, serde_bytes::ByteBuf::from(snap), heads));
+        }
+        let (_, snap, heads) = self.join_snapshot.as_ref()?;
+        (snap.len() <= self.cfg.max_sync_bytes / 2).then(|| (snap.clone(), heads.clone()))
     }
 
     /// A sync message from `peer` was applied: its heads are settle evidence for our
@@ -229,9 +266,28 @@ impl Core {
             return Vec::new();
         }
         self.saw_heads(peer, false);
-        let state = self.in_sync.entry(peer.to_string()).or_default();
-        let msg = self.doc.sync_generate(state).unwrap_or_default();
-        let mut answer = SyncFrame::msg(false, msg);
+        let snapshot = if frame.start && frame.fresh {
+            self.snapshot_for_join()
+        } else {
+            None
+        };
+        let mut answer = if let Some((snapshot, heads)) = snapshot {
+            // The snapshot instead of our changes. The peer syncs on from what it holds
+            // then: both sides know they share the snapshot's heads, so neither sums up
+            // (or sends) the changes before them.
+            let mut state = SyncState::new();
+            state.shared_heads = heads;
+            self.in_sync.insert(peer.to_string(), state);
+            self.counters.snapshots_sent += 1;
+            SyncFrame {
+                snapshot: Some(snapshot),
+                ..SyncFrame::msg(false, Vec::new())
+            }
+        } else {
+            let state = self.in_sync.entry(peer.to_string()).or_default();
+            let msg = self.doc.sync_generate(state).unwrap_or_default();
+            SyncFrame::msg(false, msg)
+        };
         if let (true, Some(have)) = (frame.start, &frame.events_have) {
             // What the peer lacks, within what is left of the frame cap.
             let budget = self.cfg.max_sync_bytes.saturating_sub(answer.msg.len()) / 2;
@@ -278,10 +334,13 @@ impl Core {
         } else {
             self.decode_frame(peer, data)
         };
-        let Some(frame) = frame else {
+        let Some(mut frame) = frame else {
             self.counters.sync_failures += 1;
             return;
         };
+        if let Some(snapshot) = frame.snapshot.take() {
+            self.take_snapshot(peer, &snapshot);
+        }
         if !frame.events.is_empty() {
             let added = self.merge_events(frame.events);
             // More where those came from: ask again right after this session.
@@ -321,6 +380,33 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// A peer answered our first sync with its whole document: merged while ours is
+    /// still new (a second one, from another peer joined at the same time, brings
+    /// nothing a sync would not), then the session syncs on from the heads both hold.
+    fn take_snapshot(&mut self, peer: &str, snapshot: &[u8]) {
+        let mut state = SyncState::new();
+        if self.doc.stored_bytes() < FRESH_MAX_BYTES {
+            let before = self.digest;
+            match self.doc.merge_snapshot(snapshot) {
+                Ok(taken) => {
+                    state.shared_heads = taken.theirs;
+                    if !taken.persist.is_empty() {
+                        tracing::info!(%peer, bytes = snapshot.len(), "joined from a snapshot");
+                        self.counters.snapshots_taken += 1;
+                        for chunk in taken.persist {
+                            self.effects.push_back(Effect::Persist { chunk });
+                        }
+                        self.doc_changed();
+                        self.release_lost_claims();
+                        self.news_before.get_or_insert(before);
+                    }
+                }
+                Err(e) => self.sync_refused(peer, &e),
+            }
+        }
+        self.out_sync.insert(peer.to_string(), state);
     }
 
     /// This node wrote to the document: persist, and push the change to every alive peer

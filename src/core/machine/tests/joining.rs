@@ -278,3 +278,44 @@ fn a_node_admitted_after_it_started_writes_its_description_then() {
     let node = view.nodes.get("A").expect("the description, once admitted");
     assert_eq!(node.version, "1.2.3");
 }
+
+#[test]
+fn a_new_node_takes_a_large_document_as_one_snapshot_and_converges() {
+    // A's document counts as large (any size does here); B is new.
+    let mut a = core("A", 1);
+    a.cfg.limits.snapshot_join_bytes = 1;
+    a.announce_node("test");
+    for i in 0..5 {
+        a.add_story(&titled(&format!("a{i}")), 1).unwrap();
+    }
+    let mut b = core("B", 2);
+    b.announce_node("test");
+    let mark = b.session_mark();
+    b.handle(0, Input::Connected("A".into()));
+    pump(&mut b, &mut a);
+    assert_eq!(a.counters().snapshots_sent, 1);
+    assert_eq!(
+        b.counters().snapshots_taken,
+        1,
+        "one snapshot, not the changes"
+    );
+    assert_eq!(a.digest(), b.digest(), "B's own change reached A too");
+    assert_eq!(a.doc().view(), b.doc().view());
+    assert!(b.synced_since("A", mark), "the session completed");
+    // From then on, plain syncs: B is no longer new.
+    b.add_story(&titled("b"), 1).unwrap();
+    a.add_story(&titled("a5"), 1).unwrap();
+    b.handle(0, Input::Connected("A".into()));
+    pump(&mut b, &mut a);
+    assert_eq!(a.digest(), b.digest());
+    assert_eq!(titles(&b).len(), 7);
+    assert_eq!(a.counters().snapshots_sent, 1, "no second snapshot");
+
+    // Below the size, a new node gets the changes as before.
+    let mut c = core("C", 3);
+    a.cfg.limits.snapshot_join_bytes = u64::MAX;
+    c.handle(0, Input::Connected("A".into()));
+    pump(&mut c, &mut a);
+    assert_eq!(c.digest(), a.digest());
+    assert_eq!(c.counters().snapshots_taken, 0);
+}

@@ -13,7 +13,6 @@
 //! node's key; docs/SECURITY.md).
 
 use super::*;
-use crate::core::codec;
 
 /// What a snapshot's facts went through when this node read them.
 #[derive(Debug, Serialize, Deserialize)]
@@ -28,6 +27,30 @@ struct Checked {
 /// list is bounded by the document's own cap; this is the decoder's).
 const MAX_CHECKED_BYTES: usize = 64 << 20;
 
+/// The record's own format version (it is on disk, not on the wire).
+const RECORD_VERSION: u8 = 1;
+
+fn encode(r: &Checked) -> Vec<u8> {
+    let mut out = vec![RECORD_VERSION];
+    match bincode::serde::encode_to_vec(r, bincode::config::standard()) {
+        Ok(body) => out.extend(body),
+        // Plain data cannot fail to encode; no record is always safe.
+        Err(_) => return Vec::new(),
+    }
+    out
+}
+
+fn decode(bytes: &[u8]) -> Result<Checked, String> {
+    let (&version, body) = bytes.split_first().ok_or("empty")?;
+    if version != RECORD_VERSION {
+        return Err(format!("format {version}, not {RECORD_VERSION}"));
+    }
+    let cfg = bincode::config::standard().with_limit::<MAX_CHECKED_BYTES>();
+    bincode::serde::decode_from_slice(body, cfg)
+        .map(|(r, _)| r)
+        .map_err(|e| e.to_string())
+}
+
 fn sorted(mut heads: Vec<ChangeHash>) -> Vec<[u8; 32]> {
     heads.sort();
     heads.into_iter().map(|h| h.0).collect()
@@ -40,7 +63,7 @@ impl Doc {
         let snapshot = self.save();
         let heads = self.inner.get_heads();
         let record = if sorted(heads.clone()) == sorted(self.scanned.clone()) {
-            codec::encode(&Checked {
+            encode(&Checked {
                 heads: sorted(heads),
                 bad: self.bad_signatures.iter().cloned().collect(),
             })
@@ -75,7 +98,13 @@ impl Doc {
         if record.is_empty() {
             return None;
         }
-        let r: Checked = match codec::decode(record, MAX_CHECKED_BYTES) {
+        if record.len() > MAX_CHECKED_BYTES {
+            tracing::warn!(
+                "the stored record of checked signatures is too large; checking every one"
+            );
+            return None;
+        }
+        let r = match decode(record) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "the stored record of checked signatures does not decode; checking every one");
@@ -170,7 +199,7 @@ mod tests {
         }
         // The record is what spares the checks: one that forgot the failure lets the
         // forgery through (which is why only this node's own disk may hold one).
-        let forgetful = codec::encode(&Checked {
+        let forgetful = encode(&Checked {
             heads: sorted(load(&snapshot, &[]).inner.get_heads()),
             bad: Vec::new(),
         });

@@ -9,7 +9,9 @@ use std::collections::HashSet;
 
 mod batch;
 mod checked;
+mod join;
 pub use batch::{BatchError, BATCH_REF_PREFIX, MAX_BATCH_STORIES};
+pub use join::Taken;
 mod fold;
 mod write;
 
