@@ -269,6 +269,57 @@ pub fn open_as<'a>(
     Ok(Opened { author, json })
 }
 
+/// One signature to check, everything else about its value checked already.
+#[derive(Debug, Clone)]
+pub struct SigCheck {
+    key: VerifyingKey,
+    msg: Vec<u8>,
+    sig: Signature,
+}
+
+impl SigCheck {
+    /// The check [`open`] makes.
+    pub fn holds(&self) -> bool {
+        self.key.verify_strict(&self.msg, &self.sig).is_ok()
+    }
+}
+
+/// The signature check [`open`] would make for `value` at `key`: `None` where it fails
+/// before one (or makes none, under [`KeyScheme::Unchecked`]).
+pub fn sig_check(key: &str, value: &str, scheme: KeyScheme) -> Option<SigCheck> {
+    if scheme == KeyScheme::Unchecked {
+        return None;
+    }
+    let rest = value.strip_prefix(TAG)?;
+    let (author, rest) = rest.split_once(' ')?;
+    let (sig, json) = rest.split_once(' ')?;
+    let public = key_of(author, scheme)?;
+    if sig.len() != 86 {
+        return None;
+    }
+    let sig: [u8; 64] = URL_SAFE_NO_PAD.decode(sig).ok()?.try_into().ok()?;
+    Some(SigCheck {
+        key: public,
+        msg: signed_bytes(key, author, json),
+        sig: Signature::from_bytes(&sig),
+    })
+}
+
+/// Checks many signatures: each one's verdict, in order. Pure in effect — the verdicts
+/// are [`SigCheck::holds`]'s — so a shell may run them on several cores; the core has
+/// no threads and runs them one by one without one (`Doc::with_checker`).
+#[derive(Clone)]
+pub struct Checker(pub std::sync::Arc<CheckMany>);
+
+/// What a [`Checker`] runs.
+pub type CheckMany = dyn Fn(&[SigCheck]) -> Vec<bool> + Send + Sync;
+
+impl std::fmt::Debug for Checker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Checker")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -187,10 +187,16 @@ pub fn offline_add(
     let signer = crate::identity::signer(key).map_err(NodeError::from)?;
     let creator = signer.author().to_string();
     let checked = store.snapshot_checked().map_err(NodeError::from)?;
-    let mut doc =
-        crate::core::state::Doc::load_stored(actor, &snap, &checked, &chunks, operators.clone())
-            .map_err(NodeError::from)?
-            .with_signer(signer);
+    let mut doc = crate::core::state::Doc::load_stored(
+        actor,
+        &snap,
+        &checked,
+        &chunks,
+        operators.clone(),
+        Some(crate::node::parallel_checker()),
+    )
+    .map_err(NodeError::from)?
+    .with_signer(signer);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);

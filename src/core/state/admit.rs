@@ -151,6 +151,26 @@ pub(super) fn admit(
     admit_as(kind, key, value, scheme, operators, true)
 }
 
+/// [`admit`] with the signature's verdict known: `Some(true)` it holds (checked
+/// already, see [`trust::sig_check`], or on this node's own disk before), `Some(false)`
+/// it does not, `None` check it here.
+pub(super) fn admit_with(
+    kind: FactKind,
+    key: &str,
+    value: &str,
+    scheme: KeyScheme,
+    operators: &BTreeSet<String>,
+    verdict: Option<bool>,
+) -> Result<(String, Fact), Refusal> {
+    match verdict {
+        None => admit_as(kind, key, value, scheme, operators, true),
+        Some(true) => admit_as(kind, key, value, scheme, operators, false),
+        // What `admit` says of a well-formed value whose signature fails.
+        Some(false) if value.len() > MAX_FACT_BYTES => Err(Refusal::TooLarge),
+        Some(false) => Err(Refusal::Unsealed(trust::Unsealed::BadSignature)),
+    }
+}
+
 /// [`admit`], checking the signature only when `verify` (see [`trust::open_as`]).
 pub(super) fn admit_as(
     kind: FactKind,

@@ -7,6 +7,7 @@ use super::*;
 use crate::core::model::AlertKind;
 
 mod extend;
+use extend::StoryIndex;
 
 /// The id of a knowledge entry: a hash of its kind and its whitespace-normalised,
 /// lower-cased text.
@@ -190,25 +191,6 @@ pub struct View {
     /// Kept with `stories`, so that a write of new stories needs no pass over them.
     #[serde(skip)]
     pub(super) story_index: StoryIndex,
-}
-
-/// What a write of new stories must know about every story (`extend.rs`): the highest
-/// number, and every key some story depends on. Maintained wherever `stories` grows.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(super) struct StoryIndex {
-    pub(super) max_number: u32,
-    pub(super) depended_on: BTreeSet<String>,
-}
-
-impl StoryIndex {
-    pub(super) fn add(&mut self, fact: &StoryFact) {
-        self.max_number = self.max_number.max(fact.number);
-        for d in &fact.depends_on {
-            if !self.depended_on.contains(d) {
-                self.depended_on.insert(d.clone());
-            }
-        }
-    }
 }
 
 /// Fencing tokens cannot be inflated: a claim counts only if each of its tokens is 1 or

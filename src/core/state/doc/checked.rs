@@ -74,13 +74,15 @@ impl Doc {
     }
 
     /// [`Doc::load_with_operators`] from what a node stored: its snapshot, the record
-    /// [`Doc::save_checked`] made with it (empty for none), the chunks since.
+    /// [`Doc::save_checked`] made with it (empty for none), the chunks since; the
+    /// signatures it must check checked by `checker` ([`Doc::with_checker`]).
     pub fn load_stored(
         actor: [u8; 16],
         snapshot: &[u8],
         checked: &[u8],
         chunks: &[Vec<u8>],
         operators: BTreeSet<String>,
+        checker: Option<crate::core::trust::Checker>,
     ) -> Result<Doc, StateError> {
         Doc::load_as(
             actor,
@@ -89,6 +91,7 @@ impl Doc {
             chunks,
             KeyScheme::PeerIds,
             operators,
+            checker,
         )
     }
 
@@ -170,6 +173,7 @@ mod tests {
             &[],
             KeyScheme::TestNames,
             BTreeSet::new(),
+            None,
         )
         .expect("load")
     }
@@ -205,6 +209,57 @@ mod tests {
         });
         let d = load(&snapshot, &forgetful);
         assert_eq!(d.rejected_total(), 0, "no signature was checked");
+    }
+
+    #[test]
+    fn a_batch_checker_gives_the_verdicts_checking_one_by_one_gives() {
+        use crate::core::trust::{Checker, SigCheck};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let mut d = Doc::new([1; 16]).with_test_names();
+        let a = Signer::for_test("A");
+        for n in 1..=300 {
+            let (k, v) = story(n, "A");
+            d.inner
+                .put(automerge::ROOT, &k, a.seal(&k, &v))
+                .expect("put");
+        }
+        let (k, v) = story(301, "B");
+        let forged = a.seal(&k, &v).replacen("m1 A ", "m1 B ", 1);
+        d.inner.put(automerge::ROOT, &k, forged).expect("put");
+        d.inner.commit();
+        let snapshot = d.save();
+        let checked = Arc::new(AtomicUsize::new(0));
+        let seen = checked.clone();
+        let checker = Checker(Arc::new(move |checks: &[SigCheck]| {
+            seen.fetch_add(checks.len(), Ordering::SeqCst);
+            checks.iter().map(SigCheck::holds).collect()
+        }));
+        let load = |checker| {
+            Doc::load_as(
+                [2; 16],
+                &snapshot,
+                &[],
+                &[],
+                KeyScheme::TestNames,
+                BTreeSet::new(),
+                checker,
+            )
+            .expect("load")
+        };
+        let (with, without) = (load(Some(checker)), load(None));
+        assert_eq!(
+            checked.load(Ordering::SeqCst),
+            301,
+            "one batch of every value"
+        );
+        assert_eq!(with.facts.len(), 300);
+        assert_eq!(
+            with.facts.keys().collect::<Vec<_>>(),
+            without.facts.keys().collect::<Vec<_>>()
+        );
+        assert_eq!((with.rejected_total(), without.rejected_total()), (1, 1));
+        assert_eq!(with.bad_signatures, without.bad_signatures);
     }
 
     #[test]

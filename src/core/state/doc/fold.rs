@@ -3,8 +3,29 @@
 //! admitted values whose authors count on the roster.
 
 use super::*;
+use crate::core::trust::Checker;
+
+/// A root value read from a change: key, kind, the value (`None`: not a string), the
+/// operation that wrote it, its change.
+type Value<'a> = (
+    &'a str,
+    FactKind,
+    Option<&'a str>,
+    (u64, Vec<u8>),
+    ChangeHash,
+);
+
+/// Fewer values than this are checked one by one even with a [`Checker`]: a batch is
+/// worth it for a load or a join, not for one change.
+const BATCH_CHECK_MIN: usize = 256;
 
 impl Doc {
+    /// Signatures of many values at once (a load, a join) are checked by `checker`.
+    pub fn with_checker(mut self, checker: Checker) -> Doc {
+        self.checker = Some(checker);
+        self
+    }
+
     /// Brings the decoded facts up to date with the document: reads every root value
     /// written by the changes since the last call (the first call reads them all), admits
     /// or refuses each, and re-chooses the fact of every key that gained a candidate.
@@ -15,10 +36,11 @@ impl Doc {
         }
         let changes = self.inner.get_changes(&self.scanned);
         self.scanned = heads;
-        let mut touched = BTreeSet::new();
-        for change in &changes {
-            let hash = change.hash();
-            let ex = change.decode();
+        let decoded: Vec<(ChangeHash, automerge::ExpandedChange)> =
+            changes.iter().map(|c| (c.hash(), c.decode())).collect();
+        // Every root value, in order.
+        let mut values: Vec<Value<'_>> = Vec::new();
+        for (hash, ex) in &decoded {
             let actor = ex.actor_id.to_bytes().to_vec();
             for (i, op) in ex.operations.iter().enumerate() {
                 if op.obj != automerge::legacy::ObjectId::Root {
@@ -33,13 +55,22 @@ impl Doc {
                 let Some(kind) = FactKind::of_key(key) else {
                     continue;
                 };
-                let ScalarValue::Str(value) = value else {
-                    self.reject(key, kind, None, Refusal::Malformed);
-                    continue;
+                let value = match value {
+                    ScalarValue::Str(v) => Some(v.as_str()),
+                    _ => None,
                 };
                 let op = (ex.start_op.get().saturating_add(i as u64), actor.clone());
-                self.consider(key, kind, value, op, hash, &mut touched);
+                values.push((key.as_str(), kind, value, op, *hash));
             }
+        }
+        let verdicts = self.verdicts(&values);
+        let mut touched = BTreeSet::new();
+        for ((key, kind, value, op, hash), verdict) in values.into_iter().zip(verdicts) {
+            let Some(value) = value else {
+                self.reject(key, kind, None, Refusal::Malformed);
+                continue;
+            };
+            self.consider(key, kind, value, op, hash, verdict, &mut touched);
         }
         let roster_touched = touched
             .iter()
@@ -140,6 +171,45 @@ impl Doc {
         self.refresh();
     }
 
+    /// The signature verdict of each value known before it is admitted (see
+    /// [`admit_with`]): spared for a value of a checked snapshot ([`Doc::load_stored`]),
+    /// and with a [`Checker`] and many values, all checked in one batch (the shell's
+    /// checker may use several cores).
+    fn verdicts(&self, values: &[Value<'_>]) -> Vec<Option<bool>> {
+        let spared = |op: &(u64, Vec<u8>)| {
+            self.trusted
+                .as_ref()
+                .is_some_and(|recheck| !recheck.contains(op))
+        };
+        let mut verdicts: Vec<Option<bool>> = values
+            .iter()
+            .map(|(_, _, _, op, _)| spared(op).then_some(true))
+            .collect();
+        let Some(checker) = &self.checker else {
+            return verdicts;
+        };
+        let (mut at, mut checks) = (Vec::new(), Vec::new());
+        for (i, (key, _, value, _, _)) in values.iter().enumerate() {
+            if verdicts[i].is_some() {
+                continue;
+            }
+            // A value that fails before its signature is left to `admit`.
+            if let Some(c) = value.and_then(|v| trust::sig_check(key, v, self.scheme)) {
+                at.push(i);
+                checks.push(c);
+            }
+        }
+        if checks.len() < BATCH_CHECK_MIN {
+            return verdicts;
+        }
+        let held = (checker.0)(&checks);
+        for (i, ok) in at.into_iter().zip(held) {
+            verdicts[i] = Some(ok);
+        }
+        verdicts
+    }
+
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn consider(
         &mut self,
         key: &str,
@@ -147,19 +217,16 @@ impl Doc {
         value: &str,
         op: (u64, Vec<u8>),
         change: ChangeHash,
+        verdict: Option<bool>,
         touched: &mut BTreeSet<String>,
     ) {
-        let verify = self
-            .trusted
-            .as_ref()
-            .is_none_or(|recheck| recheck.contains(&op));
-        match admit_as(
+        match admit_with(
             kind,
             key,
             value,
             self.scheme,
             &self.roster.operators,
-            verify,
+            verdict,
         ) {
             Ok((author, fact)) => {
                 let claim = match &fact {

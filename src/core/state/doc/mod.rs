@@ -66,6 +66,8 @@ pub struct Doc {
     /// empty, and its first incremental save was the whole document again (at 100,000
     /// stories, ~30 MB of changes for the first write after a restart).
     saved: Vec<ChangeHash>,
+    /// Checks the signatures of many values at once, if the shell gave one.
+    checker: Option<crate::core::trust::Checker>,
     /// Operations (counter, actor) whose signature failed its check (`checked.rs`).
     bad_signatures: BTreeSet<(u64, Vec<u8>)>,
     /// During a load from a checked snapshot: the operations whose signatures are
@@ -159,6 +161,7 @@ impl Doc {
             bad_signatures: BTreeSet::new(),
             trusted: None,
             saved: Vec::new(),
+            checker: None,
         }
     }
 
@@ -344,6 +347,7 @@ impl Doc {
             chunks,
             KeyScheme::PeerIds,
             BTreeSet::new(),
+            None,
         )
     }
 
@@ -354,7 +358,15 @@ impl Doc {
         chunks: &[Vec<u8>],
         operators: BTreeSet<String>,
     ) -> Result<Doc, StateError> {
-        Doc::load_as(actor, snapshot, &[], chunks, KeyScheme::PeerIds, operators)
+        Doc::load_as(
+            actor,
+            snapshot,
+            &[],
+            chunks,
+            KeyScheme::PeerIds,
+            operators,
+            None,
+        )
     }
 
     /// [`Doc::load`] then [`Doc::with_test_names`], reading the changes once.
@@ -384,13 +396,13 @@ impl Doc {
         chunks: &[Vec<u8>],
         scheme: KeyScheme,
     ) -> Result<Doc, StateError> {
-        let mut doc = Doc::load_as(actor, snapshot, &[], chunks, scheme, BTreeSet::new())?;
+        let mut doc = Doc::load_as(actor, snapshot, &[], chunks, scheme, BTreeSet::new(), None)?;
         doc.writer = Writer::AnyTestName;
         Ok(doc)
     }
 
     /// `checked`: the record of the snapshot's checks ([`Doc::save_checked`]; empty for
-    /// none).
+    /// none); `checker`: see [`Doc::with_checker`].
     fn load_as(
         actor: [u8; 16],
         snapshot: &[u8],
@@ -398,6 +410,7 @@ impl Doc {
         chunks: &[Vec<u8>],
         scheme: KeyScheme,
         operators: BTreeSet<String>,
+        checker: Option<crate::core::trust::Checker>,
     ) -> Result<Doc, StateError> {
         let mut inner = if snapshot.is_empty() {
             AutoCommit::new()
@@ -408,6 +421,7 @@ impl Doc {
         let mut doc = Doc::wrap(inner);
         doc.scheme = scheme;
         doc.roster.operators = operators;
+        doc.checker = checker;
         if let Some(recheck) = doc.trusted_by(checked) {
             // The snapshot's facts first, with the signatures it checked spared.
             doc.trusted = Some(recheck);
@@ -471,6 +485,7 @@ impl Doc {
         doc.scheme = self.scheme;
         doc.roster.operators = self.roster.operators.clone();
         doc.cap = self.cap;
+        doc.checker = self.checker.clone();
         doc.stored = stored;
         doc.local_log = self
             .local_log

@@ -12,6 +12,25 @@
 
 use super::*;
 
+/// What a write of new stories must know about every story (see `add_new_stories`): the highest
+/// number, and every key some story depends on. Maintained wherever `stories` grows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(in crate::core::state) struct StoryIndex {
+    pub(in crate::core::state) max_number: u32,
+    pub(in crate::core::state) depended_on: BTreeSet<String>,
+}
+
+impl StoryIndex {
+    pub(in crate::core::state) fn add(&mut self, fact: &StoryFact) {
+        self.max_number = self.max_number.max(fact.number);
+        for d in &fact.depends_on {
+            if !self.depended_on.contains(d) {
+                self.depended_on.insert(d.clone());
+            }
+        }
+    }
+}
+
 impl View {
     /// Adds the views of `added` — story facts (document key without the `story/`
     /// prefix, fact) that a write has just put into the document this view was folded
