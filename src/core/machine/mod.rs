@@ -313,8 +313,9 @@ pub struct Core {
     join_from_ms: Option<u64>,
     /// When the first sync session this node started completed: it has joined.
     joined_ms: Option<u64>,
-    /// The document saved whole for joining nodes, with the digest it was saved at.
-    join_snapshot: Option<([u8; 32], serde_bytes::ByteBuf, Vec<ChangeHash>)>,
+    /// The document saved whole for joining nodes: when (monotonic ms), the bytes, its
+    /// heads.
+    join_snapshot: Option<(u64, serde_bytes::ByteBuf, Vec<ChangeHash>)>,
     /// The join wait ran out without a sync (logged once).
     join_gave_up: bool,
     /// Per peer, our wall clock at receipt of its latest beats minus their send times

@@ -31,6 +31,9 @@ pub struct SyncFrame {
 /// snapshot (its own description and a few releases take a few KiB).
 const FRESH_MAX_BYTES: u64 = 64 << 10;
 
+/// How long a document saved whole for joining peers is served again.
+const JOIN_SNAPSHOT_KEEP_MS: u64 = 30_000;
+
 impl SyncFrame {
     /// A frame carrying only an automerge message.
     pub(super) fn msg(start: bool, msg: Vec<u8>) -> SyncFrame {
@@ -122,23 +125,26 @@ impl Core {
     }
 
     /// This document saved whole for a fresh peer, with its heads, if it is large
-    /// enough to be worth it and fits a frame; kept until the document changes (several
-    /// peers join at once).
+    /// enough to be worth it and fits a frame. A save is served again for
+    /// `JOIN_SNAPSHOT_KEEP_MS` even if the document changed since (the peer syncs the
+    /// rest from its heads): a save costs ~0.5 s at 100,000 stories, and any peer may
+    /// say it is new.
     fn snapshot_for_join(&mut self) -> Option<(serde_bytes::ByteBuf, Vec<ChangeHash>)> {
         let stored = self.doc.stored_bytes();
         if stored == 0 || stored < self.cfg.limits.snapshot_join_bytes {
             return None;
         }
-        let digest = self.digest;
+        let now = self.last_now;
+        let stale = |at: u64| now.saturating_sub(at) >= JOIN_SNAPSHOT_KEEP_MS;
         if self
             .join_snapshot
             .as_ref()
-            .is_none_or(|(d, ..)| *d != digest)
+            .is_none_or(|(at, ..)| stale(*at))
         {
             let snap = self.doc.snapshot_for_join();
             tracing::info!(bytes = snap.len(), "document saved whole for a new node");
             let heads = self.doc.heads();
-            self.join_snapshot = Some((digest, serde_bytes::ByteBuf::from(snap), heads));
+            self.join_snapshot = Some((now, serde_bytes::ByteBuf::from(snap), heads));
         }
         let (_, snap, heads) = self.join_snapshot.as_ref()?;
         (snap.len() <= self.cfg.max_sync_bytes / 2).then(|| (snap.clone(), heads.clone()))

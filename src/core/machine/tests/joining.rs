@@ -318,4 +318,14 @@ fn a_new_node_takes_a_large_document_as_one_snapshot_and_converges() {
     pump(&mut c, &mut a);
     assert_eq!(c.digest(), a.digest());
     assert_eq!(c.counters().snapshots_taken, 0);
+
+    // A save is served again for a while, though A wrote since: the new node syncs the
+    // rest from the snapshot's heads.
+    a.cfg.limits.snapshot_join_bytes = 1;
+    let mut d = core("D", 4);
+    d.handle(0, Input::Connected("A".into()));
+    pump(&mut d, &mut a);
+    assert_eq!(d.counters().snapshots_taken, 1);
+    assert_eq!(d.digest(), a.digest(), "the stories since the save came by sync");
+    assert_eq!(titles(&d).len(), 7);
 }

@@ -340,15 +340,7 @@ impl Doc {
     /// Loads a document from a snapshot (possibly empty) plus incremental chunks. It
     /// verifies authors by peer id and cannot write until [`Doc::with_signer`].
     pub fn load(actor: [u8; 16], snapshot: &[u8], chunks: &[Vec<u8>]) -> Result<Doc, StateError> {
-        Doc::load_as(
-            actor,
-            snapshot,
-            &[],
-            chunks,
-            KeyScheme::PeerIds,
-            BTreeSet::new(),
-            None,
-        )
+        Doc::load_with_operators(actor, snapshot, chunks, BTreeSet::new())
     }
 
     /// [`Doc::load`] then [`Doc::with_operators`], reading the changes once.
