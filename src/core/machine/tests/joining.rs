@@ -326,6 +326,10 @@ fn a_new_node_takes_a_large_document_as_one_snapshot_and_converges() {
     d.handle(0, Input::Connected("A".into()));
     pump(&mut d, &mut a);
     assert_eq!(d.counters().snapshots_taken, 1);
-    assert_eq!(d.digest(), a.digest(), "the stories since the save came by sync");
+    assert_eq!(
+        d.digest(),
+        a.digest(),
+        "the stories since the save came by sync"
+    );
     assert_eq!(titles(&d).len(), 7);
 }
