@@ -181,22 +181,12 @@ pub fn offline_add(
     use crate::node::NodeError;
     use rand::RngCore;
     let mut store = crate::store::Store::open(data_dir).map_err(NodeError::from)?;
-    let (snap, chunks) = store.load_doc().map_err(NodeError::from)?;
     let mut actor = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut actor);
     let signer = crate::identity::signer(key).map_err(NodeError::from)?;
     let creator = signer.author().to_string();
-    let checked = store.snapshot_checked().map_err(NodeError::from)?;
-    let mut doc = crate::core::state::Doc::load_stored(
-        actor,
-        &snap,
-        &checked,
-        &chunks,
-        operators.clone(),
-        Some(crate::node::parallel_checker()),
-    )
-    .map_err(NodeError::from)?
-    .with_signer(signer);
+    let mut doc =
+        crate::node::load_stored_doc(&store, actor, operators.clone())?.with_signer(signer);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);

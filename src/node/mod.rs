@@ -272,7 +272,7 @@ pub enum WriteError {
 /// Checks signatures on every core (up to 8): a load or a join checks one signature per
 /// value it has not checked before (~40 µs each: 100,000 stories are ~4 s on one core).
 /// The core has no threads; it hands the shell's checker a batch.
-pub fn parallel_checker() -> Checker {
+fn parallel_checker() -> Checker {
     Checker(Arc::new(|checks: &[SigCheck]| {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
         let per = checks.len().div_ceil(cores).max(1);
@@ -295,6 +295,25 @@ pub fn parallel_checker() -> Checker {
     }))
 }
 
+/// The document a store holds (its snapshot, the record of that snapshot's checks, the
+/// chunks since), its signatures checked on every core.
+pub(crate) fn load_stored_doc(
+    store: &Store,
+    actor: [u8; 16],
+    operators: BTreeSet<String>,
+) -> Result<Doc, NodeError> {
+    let (snap, chunks) = store.load_doc()?;
+    let checked = store.snapshot_checked()?;
+    Ok(Doc::load_stored(
+        actor,
+        &snap,
+        &checked,
+        &chunks,
+        operators,
+        Some(parallel_checker()),
+    )?)
+}
+
 /// Starts a node: opens the store, loads the document, binds the network.
 pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
     let cfg = opts.config;
@@ -310,18 +329,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
     let mut actor = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut actor);
     let doc = match &store {
-        Some(s) => {
-            let (snap, chunks) = s.load_doc()?;
-            let checked = s.snapshot_checked()?;
-            Doc::load_stored(
-                actor,
-                &snap,
-                &checked,
-                &chunks,
-                cfg.operator_set(),
-                Some(parallel_checker()),
-            )?
-        }
+        Some(s) => load_stored_doc(s, actor, cfg.operator_set())?,
         None => Doc::new(actor).with_operators(cfg.operator_set()),
     }
     .with_signer(crate::identity::signer(&opts.keypair)?);
@@ -542,21 +550,11 @@ pub fn offline_add_story(
     operators: &BTreeSet<String>,
 ) -> Result<StoryView, NodeError> {
     let mut store = Store::open(data_dir)?;
-    let (snap, chunks) = store.load_doc()?;
     let mut actor = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut actor);
     let signer = crate::identity::signer(key)?;
     let creator = signer.author().to_string();
-    let checked = store.snapshot_checked()?;
-    let mut doc = Doc::load_stored(
-        actor,
-        &snap,
-        &checked,
-        &chunks,
-        operators.clone(),
-        Some(parallel_checker()),
-    )?
-    .with_signer(signer);
+    let mut doc = load_stored_doc(&store, actor, operators.clone())?.with_signer(signer);
     let key = doc.add_story(new, &creator, wall_ms())?;
     store.append_chunk(&doc.save_incremental())?;
     store.flush_blocking()?;
@@ -574,15 +572,5 @@ pub fn offline_view(
     operators: &BTreeSet<String>,
 ) -> Result<View, NodeError> {
     let store = Store::open(data_dir)?;
-    let (snap, chunks) = store.load_doc()?;
-    let checked = store.snapshot_checked()?;
-    Ok(Doc::load_stored(
-        [0; 16],
-        &snap,
-        &checked,
-        &chunks,
-        operators.clone(),
-        Some(parallel_checker()),
-    )?
-    .view())
+    Ok(load_stored_doc(&store, [0; 16], operators.clone())?.view())
 }
