@@ -237,12 +237,29 @@ pub fn open_as<'a>(
     scheme: KeyScheme,
     verify: bool,
 ) -> Result<Opened<'a>, Unsealed> {
+    let (opened, check) = unseal(key, value, scheme)?;
+    if let Some(check) = check.filter(|_| verify) {
+        if !check.holds() {
+            return Err(Unsealed::BadSignature);
+        }
+    }
+    Ok(opened)
+}
+
+/// A sealed value taken apart: its author and JSON, and the signature check it needs
+/// (none under [`KeyScheme::Unchecked`]); every check but that one made.
+fn unseal<'a>(
+    key: &str,
+    value: &'a str,
+    scheme: KeyScheme,
+) -> Result<(Opened<'a>, Option<SigCheck>), Unsealed> {
     let rest = value.strip_prefix(TAG).ok_or(Unsealed::Unsigned)?;
     let (author, rest) = rest.split_once(' ').ok_or(Unsealed::Unsigned)?;
     let (sig, json) = rest.split_once(' ').ok_or(Unsealed::Unsigned)?;
+    let opened = Opened { author, json };
     if scheme == KeyScheme::Unchecked {
         return if valid_author(author) {
-            Ok(Opened { author, json })
+            Ok((opened, None))
         } else {
             Err(Unsealed::UnknownAuthor)
         };
@@ -257,16 +274,12 @@ pub fn open_as<'a>(
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or(Unsealed::BadSignature)?;
-    if !verify {
-        return Ok(Opened { author, json });
-    }
-    public
-        .verify_strict(
-            &signed_bytes(key, author, json),
-            &Signature::from_bytes(&sig),
-        )
-        .map_err(|_| Unsealed::BadSignature)?;
-    Ok(Opened { author, json })
+    let check = SigCheck {
+        key: public,
+        msg: signed_bytes(key, author, json),
+        sig: Signature::from_bytes(&sig),
+    };
+    Ok((opened, Some(check)))
 }
 
 /// One signature to check, everything else about its value checked already.
@@ -287,27 +300,12 @@ impl SigCheck {
 /// The signature check [`open`] would make for `value` at `key`: `None` where it fails
 /// before one (or makes none, under [`KeyScheme::Unchecked`]).
 pub fn sig_check(key: &str, value: &str, scheme: KeyScheme) -> Option<SigCheck> {
-    if scheme == KeyScheme::Unchecked {
-        return None;
-    }
-    let rest = value.strip_prefix(TAG)?;
-    let (author, rest) = rest.split_once(' ')?;
-    let (sig, json) = rest.split_once(' ')?;
-    let public = key_of(author, scheme)?;
-    if sig.len() != 86 {
-        return None;
-    }
-    let sig: [u8; 64] = URL_SAFE_NO_PAD.decode(sig).ok()?.try_into().ok()?;
-    Some(SigCheck {
-        key: public,
-        msg: signed_bytes(key, author, json),
-        sig: Signature::from_bytes(&sig),
-    })
+    unseal(key, value, scheme).ok()?.1
 }
 
 /// Checks many signatures: each one's verdict, in order. Pure in effect — the verdicts
 /// are [`SigCheck::holds`]'s — so a shell may run them on several cores; the core has
-/// no threads and runs them one by one without one (`Doc::with_checker`).
+/// no threads and runs them one by one without one (`Doc::load_stored`).
 #[derive(Clone)]
 pub struct Checker(pub std::sync::Arc<CheckMany>);
 

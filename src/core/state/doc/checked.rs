@@ -75,7 +75,7 @@ impl Doc {
 
     /// [`Doc::load_with_operators`] from what a node stored: its snapshot, the record
     /// [`Doc::save_checked`] made with it (empty for none), the chunks since; the
-    /// signatures it must check checked by `checker` ([`Doc::with_checker`]).
+    /// signatures it must check checked by `checker` in batches (the shell's may use several cores).
     pub fn load_stored(
         actor: [u8; 16],
         snapshot: &[u8],

@@ -3,7 +3,6 @@
 //! admitted values whose authors count on the roster.
 
 use super::*;
-use crate::core::trust::Checker;
 
 /// A root value read from a change: key, kind, the value (`None`: not a string), the
 /// operation that wrote it, its change.
@@ -15,17 +14,11 @@ type Value<'a> = (
     ChangeHash,
 );
 
-/// Fewer values than this are checked one by one even with a [`Checker`]: a batch is
+/// Fewer values than this are checked one by one even with a `Checker`: a batch is
 /// worth it for a load or a join, not for one change.
 const BATCH_CHECK_MIN: usize = 256;
 
 impl Doc {
-    /// Signatures of many values at once (a load, a join) are checked by `checker`.
-    pub fn with_checker(mut self, checker: Checker) -> Doc {
-        self.checker = Some(checker);
-        self
-    }
-
     /// Brings the decoded facts up to date with the document: reads every root value
     /// written by the changes since the last call (the first call reads them all), admits
     /// or refuses each, and re-chooses the fact of every key that gained a candidate.
@@ -173,7 +166,7 @@ impl Doc {
 
     /// The signature verdict of each value known before it is admitted (see
     /// [`admit_with`]): spared for a value of a checked snapshot ([`Doc::load_stored`]),
-    /// and with a [`Checker`] and many values, all checked in one batch (the shell's
+    /// and with a `Checker` and many values, all checked in one batch (the shell's
     /// checker may use several cores).
     fn verdicts(&self, values: &[Value<'_>]) -> Vec<Option<bool>> {
         let spared = |op: &(u64, Vec<u8>)| {

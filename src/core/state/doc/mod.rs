@@ -394,7 +394,7 @@ impl Doc {
     }
 
     /// `checked`: the record of the snapshot's checks ([`Doc::save_checked`]; empty for
-    /// none); `checker`: see [`Doc::with_checker`].
+    /// none); `checker`: checks the signatures of many values at once (a load, a join).
     fn load_as(
         actor: [u8; 16],
         snapshot: &[u8],
