@@ -98,6 +98,14 @@ fn pump(cores: &mut [Core], now: u64, started: &mut Vec<(usize, Job)>) {
                     Effect::Respond { reply, data } => {
                         cores[reply as usize].handle(now, Input::SyncResponse { from, data });
                     }
+                    Effect::Probe { to, data } => {
+                        let j = NAMES.iter().position(|n| *n == to).expect("peer");
+                        let reply = i as u64;
+                        cores[j].handle(now, Input::Probe { from, data, reply });
+                    }
+                    Effect::ProbeAnswer { reply, data } => {
+                        cores[reply as usize].handle(now, Input::ProbeAnswer { from, data });
+                    }
                     Effect::StartWork(job) => started.push((i, *job)),
                     _ => {}
                 }
@@ -157,7 +165,7 @@ fn settle(snap: &[u8], unchecked: bool, samples: usize) -> Vec<f64> {
     let mut now = 0;
     let beat = |cores: &mut Vec<Core>, now: u64, all: bool| {
         for c in cores.iter_mut() {
-            c.heartbeat(WALL + now);
+            c.heartbeat(now, WALL + now);
         }
         for c in cores.iter_mut().skip(usize::from(!all)) {
             c.tick(now, WALL + now);

@@ -19,7 +19,7 @@
 use mesh_agent::core::codec::{self, CodecError, WIRE_VERSION};
 use mesh_agent::core::lease::LeaseConfig;
 use mesh_agent::core::membership::MembershipConfig;
-use mesh_agent::core::model::{Event, EventKind, Heartbeat, NewStory, Phase};
+use mesh_agent::core::model::{Event, EventKind, Heartbeat, NewStory, Phase, Suspicion};
 use mesh_agent::core::state::Doc;
 use mesh_agent::core::{Core, CoreConfig, Effect, Input, SyncFrame};
 use proptest::prelude::*;
@@ -100,6 +100,13 @@ fn heartbeat() -> Heartbeat {
         heads_digest: [9; 32],
         sent_at_ms: 1_700_000_000_000,
         claims: vec![7001],
+        suspects: vec![Suspicion {
+            peer: "12D3KooWother".into(),
+            incarnation: 5,
+            seq: 2,
+            silent_ms: 3_000,
+        }],
+        members: 12,
     }
 }
 

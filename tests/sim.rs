@@ -153,8 +153,10 @@ fn the_simulator_catches_a_shell_that_lets_things_leave_before_they_are_durable(
     // with 3 nodes; 0-999 in both modes with 3 nodes and 12 stories). Until one is found
     // (`scripts/sim --broken-start-before-flush --keep-going`), only the frames case is
     // asserted here. Claims on news going to one node first changed the runs again:
-    // clean seed 521 finds the frames case now (the one of 0-599; 1577 no longer).
-    let (seed, mode) = (521, Mode::Clean);
+    // clean seed 521 found the frames case (the one of 0-599; 1577 no longer). SWIM-style
+    // liveness (probes instead of a beat to every peer each second) changed them once
+    // more: clean seeds 402 and 525 find it now (the two of 0-1499; 521 no longer).
+    let (seed, mode) = (402, Mode::Clean);
     let mut cfg = SimConfig::new(mode);
     cfg.send_before_flush = true;
     let r = run(seed, &cfg);

@@ -1,23 +1,36 @@
-//! Membership: heartbeats in, alive/suspect/dead out. Pure: every call takes the
-//! observer's monotonic time in milliseconds; it never reads a clock and never does I/O.
+//! Membership: who is alive, SWIM-style. Pure: every call takes the observer's monotonic
+//! time in milliseconds; it never reads a clock and never does I/O.
 //!
 //! Rules (docs/DESIGN.md §4):
-//! - alive while heartbeats arrive; suspect after `suspect_after_missed` missed intervals;
-//!   dead after `dead_after` of silence;
-//! - a heartbeat older than the newest seen from a peer (by incarnation, then sequence) is
+//! - a peer is alive from its first beat (or probe, or answer) until it is suspected;
+//!   silence alone is not evidence: a peer publishes its beat only when what it says
+//!   changes, and each period this node probes one peer (a shuffled round robin), every
+//!   peer it suspects, and every peer whose last probe went unanswered;
+//! - `suspect_after_missed` probes in a row unanswered make the peer suspect here, and
+//!   this node names it in its beat; a peer's suspicion counts here too when it is about
+//!   the peer's newest beat this node knows (a newer beat refutes it);
+//! - a suspect peer is dead `dead_after` after it went silent (the first unanswered probe,
+//!   or the silence the suspecter reported, never before this node's own last contact);
+//! - any direct contact (a beat from it, its probe, its answer) that is not older than
+//!   what this node knows clears a suspicion and revives a dead peer;
+//! - a beat older than the newest seen from a peer (by incarnation, then sequence) is
 //!   ignored, so duplicates and reordering cannot move a peer backwards;
 //! - time during which the observer itself did not run (a stall: process paused, laptop
 //!   asleep) does not count as a peer's silence;
 //! - a clock that appears to go backwards yields an age of zero, never an underflow.
 
-use crate::core::model::Heartbeat;
+use crate::core::model::{Heartbeat, Suspicion};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MembershipConfig {
+    /// The probe period.
     pub heartbeat_ms: u64,
+    /// Unanswered probes in a row before a peer is suspect.
     pub suspect_after_missed: u32,
+    /// From the start of a suspect peer's silence to its death.
     pub dead_after_ms: u64,
 }
 
@@ -32,10 +45,6 @@ impl Default for MembershipConfig {
 }
 
 impl MembershipConfig {
-    fn suspect_after_ms(&self) -> u64 {
-        self.heartbeat_ms * u64::from(self.suspect_after_missed)
-    }
-
     /// A gap between ticks longer than this means the observer stalled.
     fn stall_ms(&self) -> u64 {
         (self.heartbeat_ms * 2).max(self.dead_after_ms / 2)
@@ -60,16 +69,18 @@ impl PeerState {
     }
 }
 
-/// What a heartbeat did to the membership table.
+/// What a beat (published, or carried by a probe or its answer) did to the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Observed {
-    /// First heartbeat ever seen from this peer.
+    /// First beat ever seen from this peer.
     New,
-    /// A newer heartbeat from a known peer.
+    /// A newer beat from a known peer.
     Updated,
-    /// A newer heartbeat from a peer that was dead: it is back.
+    /// The same beat again, straight from the peer (a probe or its answer): contact.
+    Refreshed,
+    /// A beat from a peer that was dead: it is back.
     Revived,
-    /// A duplicate or older heartbeat; ignored.
+    /// An older beat; ignored.
     Stale,
 }
 
@@ -83,12 +94,20 @@ pub struct Transition {
 
 #[derive(Debug, Clone)]
 struct Entry {
+    /// The last direct contact, on the observer's clock.
     last_seen_ms: u64,
     first_seen_ms: u64,
     reported: PeerState,
     beat: Heartbeat,
     /// The peer said it was leaving (a clean shutdown): dead until a newer beat.
     left: bool,
+    /// Probes of this node's unanswered in a row.
+    missed: u32,
+    /// Since when the peer is silent, as far as this node knows (its first unanswered
+    /// probe, or a suspecter's report); `None` while answers come.
+    silent_since: Option<u64>,
+    /// Suspected (here or by a peer, about its newest beat): dead once silent long enough.
+    suspected: bool,
 }
 
 /// A peer as shown to operators.
@@ -96,7 +115,7 @@ struct Entry {
 pub struct PeerStatus {
     pub peer: String,
     pub state: PeerState,
-    /// Milliseconds since the last heartbeat, on the observer's clock.
+    /// Milliseconds since the last direct contact, on the observer's clock.
     pub last_seen_ago_ms: u64,
     pub roles: Vec<String>,
     pub free_capacity: u32,
@@ -108,6 +127,11 @@ pub struct Membership {
     cfg: MembershipConfig,
     peers: BTreeMap<String, Entry>,
     last_tick_ms: Option<u64>,
+    /// Probes sent and not answered yet: peer → when.
+    probing: BTreeMap<String, u64>,
+    /// This round's remaining round-robin targets (popped from the back).
+    round: Vec<String>,
+    rounds: u64,
 }
 
 impl Membership {
@@ -116,6 +140,9 @@ impl Membership {
             cfg,
             peers: BTreeMap::new(),
             last_tick_ms: None,
+            probing: BTreeMap::new(),
+            round: Vec::new(),
+            rounds: 0,
         }
     }
 
@@ -124,18 +151,19 @@ impl Membership {
     }
 
     fn state_at(&self, e: &Entry, now_ms: u64) -> PeerState {
-        let age = now_ms.saturating_sub(e.last_seen_ms);
-        if e.left || age >= self.cfg.dead_after_ms {
-            PeerState::Dead
-        } else if age >= self.cfg.suspect_after_ms() {
-            PeerState::Suspect
-        } else {
-            PeerState::Alive
+        match e.silent_since {
+            _ if e.left => PeerState::Dead,
+            Some(t) if e.suspected && now_ms.saturating_sub(t) >= self.cfg.dead_after_ms => {
+                PeerState::Dead
+            }
+            _ if e.suspected => PeerState::Suspect,
+            _ => PeerState::Alive,
         }
     }
 
-    /// Feeds one heartbeat from `peer`, received at `now_ms`.
+    /// A beat straight from `peer`: published, or carried by its probe or its answer.
     pub fn observe(&mut self, peer: &str, beat: &Heartbeat, now_ms: u64) -> Observed {
+        self.probing.remove(peer);
         match self.peers.get_mut(peer) {
             None => {
                 self.peers.insert(
@@ -146,12 +174,20 @@ impl Membership {
                         reported: PeerState::Alive,
                         beat: beat.clone(),
                         left: false,
+                        missed: 0,
+                        silent_since: None,
+                        suspected: false,
                     },
                 );
                 Observed::New
             }
             Some(e) => {
-                if (beat.incarnation, beat.seq) <= (e.beat.incarnation, e.beat.seq) {
+                let (new, known) = (
+                    (beat.incarnation, beat.seq),
+                    (e.beat.incarnation, e.beat.seq),
+                );
+                // A leaver's last words do not bring it back; only a newer beat does.
+                if new < known || (new == known && e.left) {
                     return Observed::Stale;
                 }
                 let was = e.reported;
@@ -159,8 +195,13 @@ impl Membership {
                 e.beat = beat.clone();
                 e.reported = PeerState::Alive;
                 e.left = false;
+                e.missed = 0;
+                e.silent_since = None;
+                e.suspected = false;
                 if was == PeerState::Dead {
                     Observed::Revived
+                } else if new == known {
+                    Observed::Refreshed
                 } else {
                     Observed::Updated
                 }
@@ -168,8 +209,6 @@ impl Membership {
         }
     }
 
-    /// The peer said it is leaving (a clean shutdown): dead now rather than after
-    /// `dead_after` of silence, until a newer heartbeat says otherwise. False if unknown.
     pub fn left(&mut self, peer: &str) -> bool {
         match self.peers.get_mut(peer) {
             Some(e) => {
@@ -180,16 +219,139 @@ impl Membership {
         }
     }
 
-    /// Advances the observer's clock. Returns the state changes since the last tick.
-    /// Call it regularly (several times per heartbeat interval).
+    /// A peer's suspicion (from its beat). Counts when it is about the newest beat this
+    /// node knows of the suspected peer; returns true if it made the peer suspect here.
+    pub fn suspect(&mut self, s: &Suspicion, now_ms: u64) -> bool {
+        let Some(e) = self.peers.get_mut(&s.peer) else {
+            return false;
+        };
+        if (s.incarnation, s.seq) < (e.beat.incarnation, e.beat.seq) || e.left {
+            return false;
+        }
+        // Silent since the suspecter's last answer, but not before our own last contact.
+        let since = now_ms
+            .saturating_sub(s.silent_ms)
+            .max(e.last_seen_ms)
+            .min(now_ms);
+        e.silent_since = Some(e.silent_since.map_or(since, |t| t.min(since)));
+        let newly = !e.suspected;
+        e.suspected = true;
+        newly
+    }
+
+    /// Peers to probe now. A probe unanswered for half a period is a miss, and is sent
+    /// again at once (with every suspect not being probed yet); `period`: also the next
+    /// of a shuffled round robin over all known peers (the dead included: a healed
+    /// partition shows that way). Called on every tick and at each period.
+    pub fn due_probes(&mut self, me: &str, now_ms: u64, period: bool) -> Vec<String> {
+        let stalled = self
+            .last_tick_ms
+            .is_some_and(|l| now_ms.saturating_sub(l) > self.cfg.stall_ms());
+        if stalled {
+            // Sent before a stall of ours: the answer may be waiting unread.
+            self.probing.clear();
+        }
+        let timeout = self.cfg.heartbeat_ms / 2;
+        let overdue: Vec<(String, u64)> = self
+            .probing
+            .iter()
+            .filter(|(_, sent)| now_ms.saturating_sub(**sent) >= timeout)
+            .map(|(p, sent)| (p.clone(), *sent))
+            .collect();
+        for (peer, sent) in overdue {
+            self.probing.remove(&peer);
+            self.missed(&peer, sent);
+        }
+        let mut out: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(p, e)| {
+                !e.left && (e.missed > 0 || e.suspected) && !self.probing.contains_key(*p)
+            })
+            .filter(|(_, e)| self.state_at(e, now_ms) != PeerState::Dead)
+            .map(|(p, _)| p.clone())
+            .collect();
+        if period {
+            if self.round.is_empty() {
+                self.rounds += 1;
+                let mut all: Vec<(u64, String)> = self
+                    .peers
+                    .keys()
+                    .map(|p| {
+                        let mut h = std::hash::DefaultHasher::new();
+                        (me, self.rounds, p).hash(&mut h);
+                        (h.finish(), p.clone())
+                    })
+                    .collect();
+                all.sort();
+                self.round = all.into_iter().map(|(_, p)| p).collect();
+            }
+            while let Some(p) = self.round.pop() {
+                if self.peers.contains_key(&p) {
+                    if !out.contains(&p) && !self.probing.contains_key(&p) {
+                        out.push(p);
+                    }
+                    break;
+                }
+            }
+        }
+        for p in &out {
+            self.probing.insert(p.clone(), now_ms);
+        }
+        out
+    }
+
+    /// A probe sent now (outside the period: a new connection, a lost one).
+    pub fn probing(&mut self, peer: &str, now_ms: u64) {
+        self.probing.entry(peer.to_string()).or_insert(now_ms);
+    }
+
+    /// `peer` answered this node's probe without a beat (a passive observer, a node
+    /// stopping): not a member, and not silent either.
+    pub fn answered(&mut self, peer: &str) {
+        self.probing.remove(peer);
+    }
+
+    /// The probe of `peer` failed at once (no connection): missed now.
+    pub fn probe_failed(&mut self, peer: &str) {
+        if let Some(sent) = self.probing.remove(peer) {
+            self.missed(peer, sent);
+        }
+    }
+
+    fn missed(&mut self, peer: &str, sent_ms: u64) {
+        let after = self.cfg.suspect_after_missed.max(1);
+        if let Some(e) = self.peers.get_mut(peer) {
+            e.missed = e.missed.saturating_add(1);
+            e.silent_since.get_or_insert(sent_ms);
+            e.suspected |= e.missed >= after;
+        }
+    }
+
+    /// What this node says about the peers it suspects (for its beat); the dead left out.
+    pub fn suspicions(&self, now_ms: u64) -> Vec<Suspicion> {
+        let after = self.cfg.suspect_after_missed.max(1);
+        self.peers
+            .iter()
+            .filter(|(_, e)| e.missed >= after && self.state_at(e, now_ms) == PeerState::Suspect)
+            .map(|(p, e)| Suspicion {
+                peer: p.clone(),
+                incarnation: e.beat.incarnation,
+                seq: e.beat.seq,
+                silent_ms: e.silent_since.map_or(0, |t| now_ms.saturating_sub(t)),
+            })
+            .collect()
+    }
+
     pub fn tick(&mut self, now_ms: u64) -> Vec<Transition> {
         if let Some(last) = self.last_tick_ms {
             let gap = now_ms.saturating_sub(last);
             if gap > self.cfg.stall_ms() {
-                // We were not running: that silence is ours, not the peers'.
                 let credit = gap - self.cfg.heartbeat_ms;
                 for e in self.peers.values_mut() {
-                    e.last_seen_ms = e.last_seen_ms.saturating_add(credit).min(now_ms);
+                    if let Some(t) = e.silent_since.as_mut() {
+                        *t = t.saturating_add(credit).min(now_ms);
+                    }
                 }
             }
         }
@@ -223,12 +385,10 @@ impl Membership {
         self.peers.get(peer).map(|e| &e.beat)
     }
 
-    /// When this observer first heard of `peer` (for "fresh from when first seen" rules).
     pub fn first_seen(&self, peer: &str) -> Option<u64> {
         self.peers.get(peer).map(|e| e.first_seen_ms)
     }
 
-    /// Peers currently alive, in id order.
     pub fn alive(&self, now_ms: u64) -> Vec<String> {
         self.peers
             .iter()
@@ -265,6 +425,8 @@ mod tests {
             heads_digest: [0; 32],
             sent_at_ms: 0,
             claims: vec![],
+            suspects: vec![],
+            members: 1,
         }
     }
 
@@ -276,54 +438,137 @@ mod tests {
         })
     }
 
-    /// Ticks every 250 ms from `from` to `to` inclusive, collecting transitions.
-    fn run(m: &mut Membership, from: u64, to: u64) -> Vec<(u64, Transition)> {
+    /// One probe period every second from `from` to `to` inclusive, ticking every 250 ms
+    /// and answering no probe; collects transitions.
+    fn silent(m: &mut Membership, from: u64, to: u64) -> Vec<(u64, Transition)> {
         let mut out = vec![];
         let mut t = from;
         while t <= to {
+            m.due_probes("me", t, t.is_multiple_of(1000));
             out.extend(m.tick(t).into_iter().map(|x| (t, x)));
             t += 250;
         }
         out
     }
 
-    #[test]
-    fn silent_peer_goes_suspect_then_dead_at_the_bounds() {
-        let mut m = m();
-        m.tick(0);
-        assert_eq!(m.observe("p", &beat(1, 1), 0), Observed::New);
-        let tr = run(&mut m, 250, 6000);
-        assert_eq!(tr.len(), 2);
-        assert_eq!((tr[0].0, tr[0].1.to), (3000, PeerState::Suspect));
-        assert_eq!((tr[1].0, tr[1].1.to), (5000, PeerState::Dead));
+    fn suspicion(peer: &str, seq: u64, silent_ms: u64) -> Suspicion {
+        Suspicion {
+            peer: peer.into(),
+            incarnation: 1,
+            seq,
+            silent_ms,
+        }
     }
 
     #[test]
-    fn heartbeats_keep_a_peer_alive_and_revive_a_dead_one() {
+    fn an_unanswering_peer_goes_suspect_then_dead_at_the_bounds() {
+        let mut m = m();
+        m.tick(0);
+        assert_eq!(m.observe("p", &beat(1, 1), 0), Observed::New);
+        // First probed at 1 s; missed at 1.5, 2, 2.5 s (each sent again at once): suspect;
+        // dead 5 s after the first.
+        let tr = silent(&mut m, 250, 8000);
+        assert_eq!(tr.len(), 2, "{tr:?}");
+        assert_eq!((tr[0].0, tr[0].1.to), (2500, PeerState::Suspect));
+        assert_eq!((tr[1].0, tr[1].1.to), (6000, PeerState::Dead));
+        assert!(m.suspicions(8000).is_empty(), "the dead are not named");
+    }
+
+    #[test]
+    fn silence_alone_is_not_death_and_answers_keep_a_peer_alive() {
         let mut m = m();
         m.tick(0);
         m.observe("p", &beat(1, 1), 0);
-        for (i, t) in (1000..=10_000).step_by(1000).enumerate() {
-            assert!(run(&mut m, t - 750, t).is_empty());
-            m.observe("p", &beat(1, 2 + i as u64), t);
+        // Nobody probes it (not this node's turn): alive however long.
+        for t in (250..60_000).step_by(250) {
+            assert!(m.tick(t).is_empty());
         }
-        run(&mut m, 10_250, 16_000);
-        assert_eq!(m.state("p", 16_000), Some(PeerState::Dead));
-        // A restart (new incarnation, seq from 1) revives it.
-        assert_eq!(m.observe("p", &beat(2, 1), 16_000), Observed::Revived);
-        assert_eq!(m.state("p", 16_000), Some(PeerState::Alive));
+        // Probed every period and answering each time: alive.
+        for t in (60_000..70_000).step_by(1000) {
+            assert_eq!(m.due_probes("me", t, true), vec!["p".to_string()]);
+            assert_eq!(m.observe("p", &beat(1, 1), t + 3), Observed::Refreshed);
+            for q in [250, 500, 750] {
+                assert!(m.due_probes("me", t + q, false).is_empty());
+                assert!(m.tick(t + q).is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn the_round_robin_probes_every_peer_once_per_round_and_retries_the_silent() {
+        let mut m = m();
+        for p in ["a", "b", "c", "d"] {
+            m.observe(p, &beat(1, 1), 0);
+        }
+        let mut seen = vec![];
+        for t in 1..=4u64 {
+            let got = m.due_probes("me", t * 1000, true);
+            assert_eq!(got.len(), 1, "{got:?}");
+            m.observe(&got[0], &beat(1, 1), t * 1000 + 5);
+            seen.push(got[0].clone());
+        }
+        seen.sort();
+        assert_eq!(seen, ["a", "b", "c", "d"]);
+        // Between periods nothing, until a probe goes unanswered for half a period: then
+        // it is sent again at once.
+        let first = m.due_probes("me", 5000, true);
+        assert!(m.due_probes("me", 5250, false).is_empty());
+        assert_eq!(m.due_probes("me", 5500, false), first);
+        // The next period: the round robin's next beside the one still unanswered.
+        let next = m.due_probes("me", 6000, true);
+        assert_eq!(next.len(), 2, "{next:?}");
+        assert_eq!(m.due_probes("me", 6000, false), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_peers_suspicion_counts_from_the_silence_it_reports_and_contact_clears_it() {
+        let mut m = m();
+        m.tick(0);
+        m.observe("p", &beat(1, 4), 0);
+        assert!(m.suspect(&suspicion("p", 4, 3000), 3500));
+        assert_eq!(m.state("p", 3500), Some(PeerState::Suspect));
+        // Silent since 500 (3 500 − 3 000): dead at 5 500.
+        assert_eq!(m.state("p", 5499), Some(PeerState::Suspect));
+        assert_eq!(m.state("p", 5500), Some(PeerState::Dead));
+        // Its answer, same beat: back.
+        for t in (250..=5500).step_by(250) {
+            m.tick(t);
+        }
+        assert_eq!(m.observe("p", &beat(1, 4), 5600), Observed::Revived);
+        assert_eq!(m.state("p", 9000), Some(PeerState::Alive));
+        // Never before our own last contact.
+        assert!(m.suspect(&suspicion("p", 4, 60_000), 9000));
+        assert_eq!(m.state("p", 10_599), Some(PeerState::Suspect));
+        assert_eq!(m.state("p", 10_600), Some(PeerState::Dead));
+    }
+
+    #[test]
+    fn a_refuted_suspicion_arriving_late_is_ignored() {
+        let mut m = m();
+        m.observe("p", &beat(1, 4), 0);
+        // The peer refuted (a newer beat) before this old suspicion arrived.
+        assert_eq!(m.observe("p", &beat(1, 5), 100), Observed::Updated);
+        assert!(!m.suspect(&suspicion("p", 4, 3000), 200));
+        assert_eq!(m.state("p", 60_000), Some(PeerState::Alive));
+        assert!(!m.suspect(&suspicion("nobody", 1, 0), 200));
     }
 
     #[test]
     fn duplicate_and_reordered_heartbeats_are_stale() {
         let mut m = m();
         m.observe("p", &beat(5, 10), 0);
-        assert_eq!(m.observe("p", &beat(5, 10), 100), Observed::Stale);
+        assert_eq!(m.observe("p", &beat(5, 10), 100), Observed::Refreshed);
         assert_eq!(m.observe("p", &beat(5, 9), 200), Observed::Stale);
         assert_eq!(m.observe("p", &beat(4, 99), 300), Observed::Stale);
         // Stale beats do not refresh liveness.
-        assert_eq!(m.snapshot(300)[0].last_seen_ago_ms, 300);
+        assert_eq!(m.snapshot(300)[0].last_seen_ago_ms, 200);
         assert_eq!(m.observe("p", &beat(5, 11), 400), Observed::Updated);
+        // A leaver is dead until a newer beat, whatever repeats its last one.
+        assert!(m.left("p"));
+        assert_eq!(m.observe("p", &beat(5, 11), 500), Observed::Stale);
+        assert_eq!(m.state("p", 500), Some(PeerState::Dead));
+        assert_eq!(m.observe("p", &beat(6, 1), 600), Observed::Updated);
+        assert_eq!(m.state("p", 600), Some(PeerState::Alive));
     }
 
     #[test]
@@ -332,20 +577,23 @@ mod tests {
         m.tick(0);
         m.observe("p", &beat(1, 1), 0);
         m.observe("q", &beat(1, 1), 0);
-        // The observer is paused for 60 s, then ticks again.
-        let tr = m.tick(60_000);
+        m.due_probes("me", 1000, true);
+        m.tick(1000);
+        // The observer is paused for 60 s with its probes out, then runs again.
+        m.due_probes("me", 61_000, true);
+        assert!(m.tick(61_000).is_empty());
+        let tr = m.tick(61_250);
         assert!(tr.is_empty(), "stall must not be blamed on peers: {tr:?}");
-        assert_eq!(m.state("p", 60_000), Some(PeerState::Alive));
+        assert_eq!(m.state("p", 61_250), Some(PeerState::Alive));
         // If they then stay silent, they die on the normal schedule after the stall.
-        let tr = run(&mut m, 60_250, 66_000);
-        assert_eq!(
-            tr.iter().filter(|(_, t)| t.to == PeerState::Dead).count(),
-            2
-        );
-        assert!(tr
+        let tr = silent(&mut m, 61_500, 75_000);
+        let dead: Vec<u64> = tr
             .iter()
             .filter(|(_, t)| t.to == PeerState::Dead)
-            .all(|(t, _)| *t >= 64_000));
+            .map(|(t, _)| *t)
+            .collect();
+        assert_eq!(dead.len(), 2, "{tr:?}");
+        assert!(dead.iter().all(|t| *t >= 66_000), "{dead:?}");
     }
 
     #[test]
@@ -359,13 +607,16 @@ mod tests {
         // A late beat stamped with an earlier local time does not move last_seen back.
         m.observe("p", &beat(1, 2), 9_000);
         assert_eq!(m.snapshot(10_000)[0].last_seen_ago_ms, 0);
+        assert!(m.suspect(&suspicion("p", 2, u64::MAX), 3_000));
+        assert_eq!(m.state("p", 3_000), Some(PeerState::Suspect));
     }
 
     #[test]
     fn alive_lists_only_alive_peers() {
         let mut m = m();
         m.observe("a", &beat(1, 1), 0);
-        m.observe("b", &beat(1, 1), 4_000);
+        m.observe("b", &beat(1, 1), 0);
+        m.suspect(&suspicion("a", 1, 0), 0);
         assert_eq!(m.alive(4_000), vec!["b".to_string()]);
         assert_eq!(m.state("zz", 0), None);
     }

@@ -199,6 +199,23 @@ pub struct Heartbeat {
     /// `claim_id(sender, n)`: a beat names only its sender's claims, and a number takes a
     /// few bytes where an id takes ~70): each beat renews their leases.
     pub claims: Vec<u64>,
+    /// Peers whose last `suspect_after_missed` probes by the sender went unanswered
+    /// (docs/DESIGN.md §4): its peers probe them too, and a named peer refutes with a
+    /// newer beat.
+    pub suspects: Vec<Suspicion>,
+    /// How many members the sender counts alive or suspect, itself included: a peer that
+    /// keeps counting more than this node knows someone it does not (discovery).
+    pub members: u32,
+}
+
+/// "I have had no answer from `peer` for `silent_ms`", about the peer's beat
+/// (`incarnation`, `seq`) the sender knew: a newer beat refutes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suspicion {
+    pub peer: String,
+    pub incarnation: u64,
+    pub seq: u64,
+    pub silent_ms: u64,
 }
 
 /// What happened, on the events topic (docs/DESIGN.md §1.5, §9: progress is gossip, never document).

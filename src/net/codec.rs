@@ -56,9 +56,13 @@ pub async fn read_frame<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> io::Res
 
 impl SyncCodec {
     /// [`read_frame`], counting a frame refused for its size.
-    async fn read<T: AsyncRead + Unpin + Send>(&self, io: &mut T) -> io::Result<Vec<u8>> {
+    async fn read<T: AsyncRead + Unpin + Send>(
+        &self,
+        proto: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
         let res = read_frame(io, self.max).await;
-        if let Ok(frame) = &res {
+        if let (Ok(frame), true) = (&res, is_sync(proto)) {
             self.metrics
                 .sync_bytes_in
                 .fetch_add(frame.len() as u64 + 4, Ordering::Relaxed);
@@ -71,12 +75,20 @@ impl SyncCodec {
         res
     }
 
-    /// Counts a frame about to be written (length prefix included).
-    fn sent(&self, frame: &[u8]) {
+    /// Counts a sync frame about to be written (length prefix included).
+    fn sent(&self, proto: &StreamProtocol, frame: &[u8]) {
+        if !is_sync(proto) {
+            return;
+        }
         self.metrics
             .sync_bytes_out
             .fetch_add(frame.len() as u64 + 4, Ordering::Relaxed);
     }
+}
+
+/// Sync frames are counted apart (the probe protocol shares the codec).
+fn is_sync(proto: &StreamProtocol) -> bool {
+    proto.as_ref() == super::SYNC_PROTOCOL
 }
 
 async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, data: &[u8]) -> io::Result<()> {
@@ -93,43 +105,43 @@ impl request_response::Codec for SyncCodec {
     type Request = Vec<u8>;
     type Response = Vec<u8>;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    async fn read_request<T>(&mut self, p: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
     where
         T: AsyncRead + Unpin + Send,
     {
-        self.read(io).await
+        self.read(p, io).await
     }
 
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    async fn read_response<T>(&mut self, p: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
     where
         T: AsyncRead + Unpin + Send,
     {
-        self.read(io).await
+        self.read(p, io).await
     }
 
     async fn write_request<T>(
         &mut self,
-        _: &StreamProtocol,
+        p: &StreamProtocol,
         io: &mut T,
         req: Vec<u8>,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        self.sent(&req);
+        self.sent(p, &req);
         write_frame(io, &req).await
     }
 
     async fn write_response<T>(
         &mut self,
-        _: &StreamProtocol,
+        p: &StreamProtocol,
         io: &mut T,
         res: Vec<u8>,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        self.sent(&res);
+        self.sent(p, &res);
         write_frame(io, &res).await
     }
 }

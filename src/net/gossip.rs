@@ -12,7 +12,10 @@
 //! is dropped (`net::handle_behaviour`). Messages carry their author's id but no
 //! signature — 66 bytes less per beat and no ed25519 check per message received — and
 //! no IHAVE gossip is sent: every subscriber already got the message from its author,
-//! and a lost one is repaired by the next beat or sync, not by gossip.
+//! and a lost one is repaired by the next probe (it carries the sender's current beat)
+//! or sync, not by gossip. Beats are published only when what they say changes
+//! (`core::membership`); gossipsub's long-lived streams are also what keeps an idle
+//! connection open (no ping runs: probes are the liveness check).
 
 use super::MAX_GOSSIP_BYTES;
 use libp2p::gossipsub::{self, ConfigBuilderError, ValidationMode};

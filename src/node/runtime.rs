@@ -27,6 +27,8 @@ pub(super) struct Runtime {
     pub(super) observe: Option<watch::Sender<Observation>>,
     /// Sync requests awaiting our answer, by the reply token given to the core.
     pub(super) replies: HashMap<u64, ResponseChannel<Vec<u8>>>,
+    /// Probes to answer (membership), by the reply id the core was given.
+    pub(super) probe_replies: HashMap<u64, ResponseChannel<Vec<u8>>>,
     pub(super) next_reply: u64,
     pub(super) shell: Arc<WorkShell>,
     pub(super) jobs: HashMap<String, tokio::task::JoinHandle<()>>,
@@ -174,7 +176,10 @@ impl Runtime {
                     Some(req) => self.on_api(req).await,
                     None => break,
                 },
-                _ = hb.tick() => self.core.heartbeat(wall_ms()),
+                _ = hb.tick() => {
+                    let now = self.now_ms();
+                    self.core.heartbeat(now, wall_ms());
+                }
                 _ = tick.tick() => {
                     let now = self.now_ms();
                     for t in self.core.tick(now, wall_ms()) {
@@ -301,6 +306,22 @@ impl Runtime {
                         }
                     }
                 }
+                Effect::Probe { to, data } => match to.parse::<PeerId>() {
+                    Ok(peer) => {
+                        self.net.send(NetCommand::Probe { peer, data }).await;
+                    }
+                    Err(_) => tracing::error!(%to, "core addressed an invalid peer id"),
+                },
+                Effect::ProbeAnswer { reply, data } => {
+                    if let Some(channel) = self.probe_replies.remove(&reply) {
+                        self.net
+                            .send(NetCommand::ProbeAnswer { channel, data })
+                            .await;
+                    }
+                }
+                Effect::Discover => {
+                    self.net.send(NetCommand::Discover).await;
+                }
                 Effect::Persist { chunk } => self.persist(&chunk),
                 Effect::PersistEvents { events } => {
                     if let Some(log) = self.event_log.as_mut() {
@@ -418,6 +439,30 @@ impl Runtime {
                 tracing::debug!(%peer, %error, "sync request failed");
                 Input::SyncFailed {
                     from: peer.to_string(),
+                }
+            }
+            NetEvent::Probe {
+                peer,
+                data,
+                channel,
+            } => {
+                let reply = self.next_reply;
+                self.next_reply += 1;
+                self.probe_replies.insert(reply, channel);
+                Input::Probe {
+                    from: peer.to_string(),
+                    data,
+                    reply,
+                }
+            }
+            NetEvent::ProbeAnswer { peer, data } => Input::ProbeAnswer {
+                from: peer.to_string(),
+                data,
+            },
+            NetEvent::ProbeFailed { peer, error } => {
+                tracing::debug!(%peer, %error, "probe failed");
+                Input::ProbeFailed {
+                    peer: peer.to_string(),
                 }
             }
             NetEvent::Connected(p) => Input::Connected(p.to_string()),

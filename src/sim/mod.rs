@@ -164,6 +164,8 @@ enum Msg {
     Beat(Vec<u8>),
     SyncReq { req: u64, data: Vec<u8> },
     SyncResp { req: u64, data: Vec<u8> },
+    Probe { req: u64, data: Vec<u8> },
+    ProbeAnswer { data: Vec<u8> },
 }
 
 struct Node {
@@ -210,6 +212,9 @@ struct Sim {
     origin: Origin,
     /// Outstanding sync requests: id → (requester, responder).
     pending: BTreeMap<u64, (usize, usize)>,
+    /// Probes in flight: request → the prober (an unanswered one stays: the core counts
+    /// the miss by its own period).
+    probes: BTreeMap<u64, usize>,
     next_req: u64,
     violations: Vec<String>,
     trace: Vec<String>,

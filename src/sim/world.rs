@@ -63,6 +63,7 @@ impl Sim {
             groups,
             origin,
             pending: BTreeMap::new(),
+            probes: BTreeMap::new(),
             next_req: 1,
             violations: Vec::new(),
             trace: Vec::new(),
@@ -191,6 +192,22 @@ impl Sim {
                         self.send(i, requester, Msg::SyncResp { req: reply, data });
                     }
                 }
+                Effect::Probe { to, data } => {
+                    let Some(j) = self.names.iter().position(|n| *n == to) else {
+                        continue;
+                    };
+                    let req = self.next_req;
+                    self.next_req += 1;
+                    self.probes.insert(req, i);
+                    self.send(i, j, Msg::Probe { req, data });
+                }
+                Effect::ProbeAnswer { reply, data } => {
+                    if let Some(requester) = self.probes.remove(&reply) {
+                        self.send(i, requester, Msg::ProbeAnswer { data });
+                    }
+                }
+                // Every simulated node can reach every other: nothing to look for.
+                Effect::Discover => {}
                 Effect::Persist { chunk } => self.persist(i, chunk),
                 Effect::PersistEvents { .. } => {}
                 Effect::StartWork(job) => {
@@ -360,7 +377,7 @@ impl Sim {
             Ev::Beat(i) => {
                 let wall = self.wall(i);
                 if let Some(c) = self.nodes[i].core.as_mut() {
-                    c.heartbeat(wall);
+                    c.heartbeat(now, wall);
                     let t = now + self.cfg.membership.heartbeat_ms;
                     self.at(t, Ev::Beat(i));
                 }
@@ -388,6 +405,15 @@ impl Sim {
                         from: from_name,
                         data,
                         reply: req,
+                    },
+                    Msg::Probe { req, data } => Input::Probe {
+                        from: from_name,
+                        data,
+                        reply: req,
+                    },
+                    Msg::ProbeAnswer { data } => Input::ProbeAnswer {
+                        from: from_name,
+                        data,
                     },
                     Msg::SyncResp { req, data } => {
                         if self.pending.remove(&req).is_none() {

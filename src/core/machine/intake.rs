@@ -86,8 +86,6 @@ impl Core {
         )?;
         self.local_write();
         self.keep_view_if(current);
-        // Announce the new heads now rather than at the next beat.
-        self.heartbeat(wall_ms);
         let view = self.view();
         keys.iter()
             .map(|k| {

@@ -50,6 +50,7 @@ mod events;
 mod guards;
 mod intake;
 mod latency;
+mod liveness;
 mod news;
 mod notify;
 mod origin;
@@ -121,6 +122,21 @@ pub enum Input {
         from: String,
         data: Vec<u8>,
     },
+    /// A peer's probe (an encoded `Option<Heartbeat>`), to answer with `reply`.
+    Probe {
+        from: String,
+        data: Vec<u8>,
+        reply: u64,
+    },
+    /// The answer to this node's [`Effect::Probe`].
+    ProbeAnswer {
+        from: String,
+        data: Vec<u8>,
+    },
+    /// This node's probe could not be delivered or was not answered in the shell's time.
+    ProbeFailed {
+        peer: String,
+    },
     SyncRequest {
         from: String,
         data: Vec<u8>,
@@ -188,6 +204,20 @@ pub enum Effect {
         to: String,
         data: Vec<u8>,
     },
+    /// Probe a peer (membership, docs/DESIGN.md §4): the answer comes back as
+    /// [`Input::ProbeAnswer`] or [`Input::ProbeFailed`].
+    Probe {
+        to: String,
+        data: Vec<u8>,
+    },
+    /// Answer the probe that came with `reply`.
+    ProbeAnswer {
+        reply: u64,
+        data: Vec<u8>,
+    },
+    /// Look for peers this node does not know (a kademlia bootstrap): a peer counts more
+    /// members than this node does.
+    Discover,
     /// Answer the sync request that came with `reply`.
     Respond {
         reply: u64,
@@ -287,6 +317,12 @@ pub struct Core {
     connected: BTreeSet<String>,
     incarnation: u64,
     hb_seq: u64,
+    /// What the last published beat said (it is published again only when that changes).
+    said: Option<liveness::Said>,
+    /// Peers whose last contact counted more members than this node knows.
+    wider: BTreeSet<String>,
+    /// When this node last asked its shell to look for the rest of the mesh.
+    discovered_ms: Option<u64>,
     /// The latest time the core was given (for calls that carry no time).
     last_now: u64,
     /// When the claim machinery first ran (warm-up starts there).
@@ -398,6 +434,9 @@ impl Core {
             connected: BTreeSet::new(),
             incarnation,
             hb_seq: 0,
+            said: None,
+            wider: BTreeSet::new(),
+            discovered_ms: None,
             last_now: 0,
             last_wall: incarnation,
             timeline: Timeline::new(EVENT_LOG_CAPACITY),
@@ -592,38 +631,6 @@ impl Core {
         }
     }
 
-    /// Publishes a heartbeat (not for passive observers).
-    pub fn heartbeat(&mut self, wall_ms: u64) {
-        self.last_wall = wall_ms;
-        // A stopping node said goodbye; a beat now would revive it on its peers.
-        if self.cfg.passive || self.stopping {
-            return;
-        }
-        self.hb_seq += 1;
-        // None free while it claims nothing (work off, off the roster, out of allowance):
-        // a peer's first-claimer pick skips it (`news.rs`).
-        let may_claim = self.cfg.work && self.may_work_on_roster() && !self.out_of_allowance();
-        let free = self.cfg.capacity.saturating_sub(self.local.len() as u32);
-        let beat = Heartbeat {
-            incarnation: self.incarnation,
-            seq: self.hb_seq,
-            roles: self.cfg.roles.clone(),
-            free_capacity: if may_claim { free } else { 0 },
-            heads_digest: self.digest,
-            sent_at_ms: wall_ms,
-            claims: self
-                .local
-                .keys()
-                .filter_map(|id| claim_number(&self.peer, id))
-                .collect(),
-        };
-        self.counters.heartbeats_sent += 1;
-        self.effects.push_back(Effect::Publish {
-            topic: Topic::Heartbeat,
-            data: codec::encode(&beat),
-        });
-    }
-
     /// Advances membership and the claim machinery; returns membership state changes.
     pub fn tick(&mut self, now_ms: u64, wall_ms: u64) -> Vec<Transition> {
         self.last_now = self.last_now.max(now_ms);
@@ -641,7 +648,12 @@ impl Core {
         self.join_from_ms.get_or_insert(now_ms);
         self.report_guards(now_ms);
         self.enforce_roster();
+        // Unanswered probes are misses (and go again) before the states are read.
+        self.send_probes(now_ms, false);
         let t = self.membership.tick(now_ms);
+        self.renew_alive_claims(now_ms);
+        // A new suspicion (or claims, capacity) goes out now rather than at the period.
+        self.publish_beat(now_ms, false);
         for tr in &t {
             if tr.to == PeerState::Dead {
                 self.emit(EventKind::PeerDead, None, None, 0, tr.peer.clone());
@@ -683,54 +695,12 @@ impl Core {
                     None => self.counters.malformed_dropped += 1,
                 }
             }
-            Input::Heartbeat { from, data } => {
-                let beat: Heartbeat = match codec::decode(&data, MAX_GOSSIP_BYTES) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        self.counters.malformed_dropped += 1;
-                        tracing::debug!(peer = %from, error = %e, "malformed heartbeat dropped");
-                        return;
-                    }
-                };
-                if from == self.peer || self.refused.contains(&from) {
-                    return;
-                }
-                self.counters.heartbeats_received += 1;
-                let seen = self.membership.observe(&from, &beat, now_ms);
-                if seen == Observed::New || seen == Observed::Revived {
-                    tracing::info!(peer = %from, "peer joined");
-                    self.emit(EventKind::PeerJoined, None, None, 0, from.clone());
-                }
-                if seen != Observed::Stale {
-                    // Our wall clock (the shell sets it with each input) against the
-                    // sender's: our offset plus the one-way delay.
-                    let offset = i128::from(self.last_wall) - i128::from(beat.sent_at_ms);
-                    let offset = offset.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
-                    let samples = self.clock_offsets.entry(from.clone()).or_default();
-                    samples.push_back(offset);
-                    while samples.len() > CLOCK_SAMPLES {
-                        samples.pop_front();
-                    }
-                    // A holder renews only its own claims.
-                    // (From the decoded facts: a beat must not cost a view fold.)
-                    for n in &beat.claims {
-                        let id = claim_id(&from, *n);
-                        if self.doc.claim_holder(&id) == Some(from.as_str()) {
-                            self.observer.renew(&id, now_ms);
-                        }
-                    }
-                    // Writers push their changes; a digest that differs is only acted on
-                    // when the next beat shows the same digest (the peer went quiet and
-                    // still differs): the backstop for a lost push.
-                    if beat.heads_digest == self.digest {
-                        self.hb_mismatch.remove(&from);
-                    } else if self.hb_mismatch.get(&from) == Some(&beat.heads_digest) {
-                        self.hb_mismatch.remove(&from);
-                        self.start_sync(&from);
-                    } else {
-                        self.hb_mismatch.insert(from.clone(), beat.heads_digest);
-                    }
-                }
+            Input::Heartbeat { from, data } => self.beat_published(from, &data, now_ms),
+            Input::Probe { from, data, reply } => self.answer_probe(from, &data, reply, now_ms),
+            Input::ProbeAnswer { from, data } => self.probe_answered(from, &data, now_ms),
+            Input::ProbeFailed { peer } => {
+                self.counters.probes_failed += 1;
+                self.membership.probe_failed(&peer);
             }
             Input::SyncRequest {
                 ref from, reply, ..
@@ -773,6 +743,7 @@ impl Core {
                 // A new connection also merges event timelines (each side pulls).
                 self.events_pull.insert(p.clone());
                 self.start_sync(&p);
+                self.probe_now(&p, now_ms);
             }
             Input::Disconnected(p) => {
                 self.connected.remove(&p);
@@ -780,6 +751,8 @@ impl Core {
                 // The ingress allowance is per connection (and this keeps the map as
                 // small as the set of connected peers).
                 self.ingress.remove(&p);
+                // Gone, or only this connection: a probe tells (it dials again).
+                self.probe_now(&p, now_ms);
             }
         }
     }

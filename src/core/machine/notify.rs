@@ -123,7 +123,8 @@ mod tests {
         c
     }
 
-    /// Carries `src`'s effects to `dst` (heartbeats; sync, replies straight back); true
+    /// Carries `src`'s effects to `dst` (heartbeats; sync and probes, answers straight
+    /// back); true
     /// if any moved.
     fn carry(src: &mut Core, dst: &mut Core, now: u64) -> bool {
         let mut moved = false;
@@ -151,6 +152,22 @@ mod tests {
                         }
                     }
                 }
+                Effect::Probe { data, .. } => {
+                    dst.handle(
+                        now,
+                        Input::Probe {
+                            from,
+                            data,
+                            reply: 0,
+                        },
+                    );
+                    while let Some(r) = dst.poll_effect() {
+                        if let Effect::ProbeAnswer { data, .. } = r {
+                            let from = dst.peer().to_string();
+                            src.handle(now, Input::ProbeAnswer { from, data });
+                        }
+                    }
+                }
                 _ => {}
             }
         }
@@ -171,8 +188,8 @@ mod tests {
 
     /// Both beat and sync at `now`; what each finds due at wall time `wall`.
     fn step(a: &mut Core, b: &mut Core, now: u64, wall: u64) -> (Vec<String>, Vec<String>) {
-        a.heartbeat(wall);
-        b.heartbeat(wall);
+        a.heartbeat(now, wall);
+        b.heartbeat(now, wall);
         pump(a, b, now);
         a.tick(now, wall);
         b.tick(now, wall);
@@ -218,7 +235,7 @@ mod tests {
         let wall = (k + 1) * PERIOD + 1;
         let mut sent = Vec::new();
         for now in [2_000, 3_000, 4_000, 5_000, 6_000, 7_000] {
-            other.heartbeat(wall);
+            other.heartbeat(now, wall);
             other.tick(now, wall);
             let due: Vec<String> = other
                 .notify_due(now, wall)

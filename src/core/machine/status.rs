@@ -76,6 +76,9 @@ pub struct Counters {
     pub sync_failures: u64,
     pub heartbeats_sent: u64,
     pub heartbeats_received: u64,
+    /// Probes this node sent, and those that failed at once in the shell (no route).
+    pub probes_sent: u64,
+    pub probes_failed: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     /// The sync protocol's share of the bytes (frames with their length prefix, before

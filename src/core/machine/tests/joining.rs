@@ -182,7 +182,7 @@ fn a_clean_shutdown_releases_every_claim_as_shutdown_and_claims_nothing_more() {
         _ => false,
     });
     assert!(left, "the peers are told it is leaving");
-    a.heartbeat(0);
+    a.heartbeat(0, 0);
     assert!(a.poll_effect().is_none(), "no beat after the goodbye");
     let view = a.view();
     assert_eq!(

@@ -192,6 +192,8 @@ fn beat(seq: u64, sent_at_ms: u64) -> Vec<u8> {
         heads_digest: [0; 32],
         sent_at_ms,
         claims: vec![],
+        suspects: vec![],
+        members: 1,
     })
 }
 
@@ -771,5 +773,6 @@ fn running_work_the_story_no_longer_needs_is_cancelled_when_two_sides_meet() {
 
 mod joining;
 mod limits;
+mod liveness;
 mod origin;
 mod steering;

@@ -5,10 +5,18 @@ use super::*;
 /// A core that works every phase, in a mesh whose operator is OP (it admitted the core
 /// and B).
 fn steered(name: &str) -> Core {
+    steered_with(name, &[])
+}
+
+/// [`steered`], with more members on the roster.
+fn steered_with(name: &str, more: &[String]) -> Core {
     let mut doc = Doc::new([7; 16])
         .with_test_names()
         .with_operators(["OP".to_string()].into());
-    for peer in [name, "B"] {
+    for peer in [name, "B"]
+        .into_iter()
+        .chain(more.iter().map(String::as_str))
+    {
         crate::core::state::tests::admit(&mut doc, "OP", peer);
     }
     let mut cfg = worker_alone(name, 7).cfg;
@@ -328,10 +336,14 @@ fn a_low_confidence_plan_holds_implement_until_an_operator_approves_it_and_conte
 }
 
 #[test]
-fn a_holders_beats_renew_its_claims_at_its_peers() {
-    // Not steering, but this module's two-member mesh: A runs a claim, and B hears only
-    // A's own heartbeats for twice the lease: the lease never runs out at B.
-    let mut a = steered("A");
+fn a_live_holder_keeps_its_claims_renewed_at_its_peers_and_a_silent_one_does_not() {
+    // Not steering, but this module's two-member mesh: A runs a claim and publishes its
+    // beat once; B probes A every period. While A answers, the lease never runs out at
+    // B (twice the lease); once A stops answering it is suspect, then dead, and its
+    // claim is no longer renewed.
+    // Twenty more members, so B probes A about every 21 periods: longer than the lease.
+    let others: Vec<String> = (0..20).map(|i| format!("C{i}")).collect();
+    let mut a = steered_with("A", &others);
     a.add_story(&titled("held"), 1).unwrap();
     let mut b = member_b(&mut a);
     let mut now = 0;
@@ -339,22 +351,44 @@ fn a_holders_beats_renew_its_claims_at_its_peers() {
     while started.is_empty() && now < 60_000 {
         started = ticks_with(&mut a, &mut b, &mut now, 1);
     }
+    for c in &others {
+        b.handle(
+            now,
+            Input::Heartbeat {
+                from: c.clone(),
+                data: beat(1, now),
+            },
+        );
+    }
     let claim = a.held(now)[0].claim.clone();
+    // A's beats, numbered past the stand-in beats `ticks_with` sent.
+    let lift = |data: &[u8]| {
+        let mut hb: Option<Heartbeat> = codec::decode(data, MAX_GOSSIP_BYTES).unwrap();
+        if let Some(hb) = hb.as_mut() {
+            hb.seq += 1 << 40;
+        }
+        codec::encode(&hb)
+    };
     let ttl = a.cfg.lease.ttl_ms;
     let until = now + 2 * ttl;
+    let mut published = 0;
     while now < until {
         now += 1_000;
-        a.heartbeat(now);
+        a.heartbeat(now, now);
         while let Some(e) = a.poll_effect() {
             if let Effect::Publish {
                 topic: Topic::Heartbeat,
                 data,
             } = e
             {
-                // A's own beat, numbered past the stand-in beats `ticks_with` sent.
-                let mut hb: Heartbeat = codec::decode(&data, MAX_GOSSIP_BYTES).unwrap();
+                let hb: Heartbeat = codec::decode(&data, MAX_GOSSIP_BYTES).unwrap();
                 assert_eq!(hb.claims.len(), 1, "A's beat names its claim");
-                hb.seq += now;
+                published += 1;
+                let data = lift(&codec::encode(&Some(hb)));
+                let Some(hb) = codec::decode::<Option<Heartbeat>>(&data, MAX_GOSSIP_BYTES).unwrap()
+                else {
+                    unreachable!()
+                };
                 let data = codec::encode(&hb);
                 b.handle(
                     now,
@@ -365,13 +399,67 @@ fn a_holders_beats_renew_its_claims_at_its_peers() {
                 );
             }
         }
-        b.tick(now, now);
+        b.heartbeat(now, now);
+        while let Some(e) = b.poll_effect() {
+            let Effect::Probe { to, data } = e else {
+                continue;
+            };
+            if to != "A" {
+                let hb: Heartbeat = codec::decode(&beat(1, now), MAX_GOSSIP_BYTES).unwrap();
+                let data = codec::encode(&Some(hb));
+                b.handle(now + 1, Input::ProbeAnswer { from: to, data });
+                continue;
+            }
+            {
+                a.handle(
+                    now,
+                    Input::Probe {
+                        from: "B".into(),
+                        data,
+                        reply: 1,
+                    },
+                );
+                while let Some(r) = a.poll_effect() {
+                    if let Effect::ProbeAnswer { data, .. } = r {
+                        let data = lift(&data);
+                        b.handle(
+                            now + 2,
+                            Input::ProbeAnswer {
+                                from: "A".into(),
+                                data,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        b.tick(now + 250, now + 250);
     }
-    let row = b.claim_rows(now).into_iter().find(|r| r.claim == claim);
-    let row = row.expect("B sees A's claim");
     assert!(
-        row.renewed_ago_ms <= 1_000,
-        "A's beats did not renew its claim at B: renewed {} ms ago",
-        row.renewed_ago_ms
+        published <= 1,
+        "A's beat is published on change only: {published}"
+    );
+    let renewed = |b: &mut Core, now| {
+        let row = b.claim_rows(now).into_iter().find(|r| r.claim == claim);
+        row.expect("B sees A's claim").renewed_ago_ms
+    };
+    assert!(
+        renewed(&mut b, now + 250) <= 1_000,
+        "A answering did not renew its claim at B: renewed {} ms ago",
+        renewed(&mut b, now + 250)
+    );
+    // A goes silent: B's probes go unanswered.
+    let silent_from = now;
+    while b.peer_state("A", now) != Some(PeerState::Dead) {
+        now += 1_000;
+        assert!(now < silent_from + 10_000, "A never declared dead at B");
+        b.heartbeat(now, now);
+        while b.poll_effect().is_some() {}
+        b.tick(now + 250, now + 250);
+    }
+    assert!(
+        renewed(&mut b, now) >= 2_000,
+        "a silent holder's claim was renewed {} ms ago",
+        renewed(&mut b, now)
     );
 }

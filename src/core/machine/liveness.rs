@@ -1,0 +1,299 @@
+//! Liveness, SWIM-style (docs/DESIGN.md §4): each period a probe to one peer (and to the
+//! silent and the suspect), a beat published only when what it says changes, suspicions
+//! named in it and refuted by a newer one, and leases renewed while their holder is alive.
+
+use super::*;
+use crate::core::model::Suspicion;
+
+/// The least time between two looks for the rest of the mesh ([`Effect::Discover`]).
+pub(super) const DISCOVER_EVERY_MS: u64 = 30_000;
+
+/// What a published beat says that its peers act on (the heads digest and the wall clock
+/// travel with probes; a change of theirs alone is not news).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Said {
+    roles: Vec<String>,
+    free_capacity: u32,
+    claims: Vec<u64>,
+    suspects: Vec<(String, u64, u64)>,
+}
+
+impl Core {
+    /// This node's beat as of now, under the sequence number of its last publication.
+    fn current_beat(&self, now_ms: u64) -> Heartbeat {
+        // None free while it claims nothing (work off, off the roster, out of allowance):
+        // a peer's first-claimer pick skips it (`news.rs`).
+        let may_claim = self.cfg.work && self.may_work_on_roster() && !self.out_of_allowance();
+        let free = self.cfg.capacity.saturating_sub(self.local.len() as u32);
+        Heartbeat {
+            incarnation: self.incarnation,
+            seq: self.hb_seq,
+            roles: self.cfg.roles.clone(),
+            free_capacity: if may_claim { free } else { 0 },
+            heads_digest: self.digest,
+            sent_at_ms: self.last_wall,
+            claims: self
+                .local
+                .keys()
+                .filter_map(|id| claim_number(&self.peer, id))
+                .collect(),
+            suspects: self.membership.suspicions(now_ms),
+            members: self.members(now_ms),
+        }
+    }
+
+    /// Members this node counts alive or suspect, itself included.
+    fn members(&self, now_ms: u64) -> u32 {
+        let known = self.membership.snapshot(now_ms);
+        let counted = known.iter().filter(|p| p.state != PeerState::Dead).count();
+        u32::try_from(counted + 1).unwrap_or(u32::MAX)
+    }
+
+    /// A peer that counted more members than this node on two contacts in a row knows
+    /// someone this node does not (two nodes that joined through a third at the same
+    /// moment): ask the shell to look for the rest of the mesh, at most every
+    /// [`DISCOVER_EVERY_MS`]. (One contact is not enough: a death is seen at slightly
+    /// different times.)
+    fn compare_members(&mut self, from: &str, theirs: u32, now_ms: u64) {
+        if theirs <= self.members(now_ms) {
+            self.wider.remove(from);
+            return;
+        }
+        if !self.wider.insert(from.to_string()) {
+            self.wider.remove(from);
+            let due = self
+                .discovered_ms
+                .is_none_or(|t| now_ms.saturating_sub(t) >= DISCOVER_EVERY_MS);
+            if due {
+                self.discovered_ms = Some(now_ms);
+                tracing::info!(peer = %from, members = theirs, "a peer knows more of the mesh: looking for the rest");
+                self.effects.push_back(Effect::Discover);
+            }
+        }
+    }
+
+    /// What a probe or its answer carries: this node's beat, or nothing from a passive
+    /// observer or a stopping node (it is not, or no longer, a member).
+    fn probe_body(&self, now_ms: u64) -> Vec<u8> {
+        let beat = (!self.cfg.passive && !self.stopping).then(|| self.current_beat(now_ms));
+        codec::encode(&beat)
+    }
+
+    /// One probe period (the shell calls it every `heartbeat_ms`): probes out, and the
+    /// beat published if what it says changed.
+    pub fn heartbeat(&mut self, now_ms: u64, wall_ms: u64) {
+        self.last_now = self.last_now.max(now_ms);
+        self.last_wall = wall_ms;
+        // A stopping node said goodbye; a beat now would revive it on its peers.
+        if self.stopping {
+            return;
+        }
+        self.send_probes(now_ms, true);
+        self.publish_beat(now_ms, false);
+    }
+
+    /// Sends the probes due now (`period`: the round robin's next too).
+    pub(super) fn send_probes(&mut self, now_ms: u64, period: bool) {
+        if self.stopping {
+            return;
+        }
+        let targets = self.membership.due_probes(&self.peer, now_ms, period);
+        if targets.is_empty() {
+            return;
+        }
+        let body = self.probe_body(now_ms);
+        for to in targets {
+            if !self.refused.contains(&to) {
+                self.counters.probes_sent += 1;
+                self.effects.push_back(Effect::Probe {
+                    to,
+                    data: body.clone(),
+                });
+            }
+        }
+    }
+
+    /// Publishes the beat if what it says changed since the last one (or `force`: a
+    /// refutation), under the next sequence number.
+    pub(super) fn publish_beat(&mut self, now_ms: u64, force: bool) {
+        if self.cfg.passive || self.stopping {
+            return;
+        }
+        let beat = self.current_beat(now_ms);
+        let said = Said {
+            roles: beat.roles.clone(),
+            free_capacity: beat.free_capacity,
+            claims: beat.claims.clone(),
+            suspects: beat
+                .suspects
+                .iter()
+                .map(|s| (s.peer.clone(), s.incarnation, s.seq))
+                .collect(),
+        };
+        if !force && self.said.as_ref() == Some(&said) {
+            return;
+        }
+        self.said = Some(said);
+        self.hb_seq += 1;
+        let beat = Heartbeat {
+            seq: self.hb_seq,
+            ..beat
+        };
+        self.counters.heartbeats_sent += 1;
+        self.effects.push_back(Effect::Publish {
+            topic: Topic::Heartbeat,
+            data: codec::encode(&beat),
+        });
+    }
+
+    /// Probes `peer` now (a new connection, a lost one), outside the period.
+    pub(super) fn probe_now(&mut self, peer: &str, now_ms: u64) {
+        if self.stopping || self.refused.contains(peer) {
+            return;
+        }
+        self.membership.probing(peer, now_ms);
+        self.counters.probes_sent += 1;
+        let data = self.probe_body(now_ms);
+        self.effects.push_back(Effect::Probe {
+            to: peer.to_string(),
+            data,
+        });
+    }
+
+    /// A peer's probe: its beat taken as contact, this node's in answer.
+    pub(super) fn answer_probe(&mut self, from: String, data: &[u8], reply: u64, now_ms: u64) {
+        let answer = if self.refused.contains(&from) {
+            codec::encode(&None::<Heartbeat>)
+        } else {
+            if let Some(Some(beat)) = self.decode_beat(&from, data) {
+                self.take_beat(from, beat, now_ms);
+            }
+            self.probe_body(now_ms)
+        };
+        self.effects.push_back(Effect::ProbeAnswer {
+            reply,
+            data: answer,
+        });
+    }
+
+    /// The answer to this node's probe.
+    pub(super) fn probe_answered(&mut self, from: String, data: &[u8], now_ms: u64) {
+        match self.decode_beat(&from, data) {
+            Some(Some(beat)) => self.take_beat(from, beat, now_ms),
+            // A passive observer or a stopping node: no member, but no silence either.
+            Some(None) => self.membership.answered(&from),
+            None => {}
+        }
+    }
+
+    fn decode_beat(&mut self, from: &str, data: &[u8]) -> Option<Option<Heartbeat>> {
+        match codec::decode(data, MAX_GOSSIP_BYTES) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                self.counters.malformed_dropped += 1;
+                tracing::debug!(peer = %from, error = %e, "malformed probe dropped");
+                None
+            }
+        }
+    }
+
+    /// A published beat.
+    pub(super) fn beat_published(&mut self, from: String, data: &[u8], now_ms: u64) {
+        let beat: Heartbeat = match codec::decode(data, MAX_GOSSIP_BYTES) {
+            Ok(b) => b,
+            Err(e) => {
+                self.counters.malformed_dropped += 1;
+                tracing::debug!(peer = %from, error = %e, "malformed heartbeat dropped");
+                return;
+            }
+        };
+        self.take_beat(from, beat, now_ms);
+    }
+
+    /// A beat straight from its sender (gossip is never relayed, and the link
+    /// authenticates the sender).
+    fn take_beat(&mut self, from: String, beat: Heartbeat, now_ms: u64) {
+        if from == self.peer || self.refused.contains(&from) {
+            return;
+        }
+        self.counters.heartbeats_received += 1;
+        let seen = self.membership.observe(&from, &beat, now_ms);
+        if seen == Observed::New || seen == Observed::Revived {
+            tracing::info!(peer = %from, "peer joined");
+            self.emit(EventKind::PeerJoined, None, None, 0, from.clone());
+        }
+        if seen == Observed::Stale {
+            return;
+        }
+        // Our wall clock (the shell sets it with each input) against the sender's: our
+        // offset plus the one-way delay.
+        let offset = i128::from(self.last_wall) - i128::from(beat.sent_at_ms);
+        let offset = offset.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+        let samples = self.clock_offsets.entry(from.clone()).or_default();
+        samples.push_back(offset);
+        while samples.len() > CLOCK_SAMPLES {
+            samples.pop_front();
+        }
+        self.renew_claims_of(&from, &beat.claims, now_ms);
+        self.compare_members(&from, beat.members, now_ms);
+        // What it suspects counts once per beat (a probe repeats the same one).
+        if seen != Observed::Refreshed {
+            self.take_suspicions(&beat.suspects, now_ms);
+        }
+        // Writers push their changes; a digest that differs is only acted on when the
+        // next contact shows the same digest (the peer went quiet and still differs):
+        // the backstop for a lost push.
+        if beat.heads_digest == self.digest {
+            self.hb_mismatch.remove(&from);
+        } else if self.hb_mismatch.get(&from) == Some(&beat.heads_digest) {
+            self.hb_mismatch.remove(&from);
+            self.start_sync(&from);
+        } else {
+            self.hb_mismatch.insert(from, beat.heads_digest);
+        }
+    }
+
+    fn take_suspicions(&mut self, suspects: &[Suspicion], now_ms: u64) {
+        let mut refute = false;
+        for s in suspects {
+            if s.peer == self.peer {
+                // About our newest beat: refute with a newer one (an older one is
+                // refuted already).
+                refute |= (s.incarnation, s.seq) == (self.incarnation, self.hb_seq);
+            } else if self.membership.suspect(s, now_ms) {
+                tracing::debug!(peer = %s.peer, silent_ms = s.silent_ms, "peer suspected by a peer");
+            }
+        }
+        if refute {
+            self.publish_beat(now_ms, true);
+        }
+    }
+
+    /// A holder renews only its own claims. (From the decoded facts: a beat must not
+    /// cost a view fold.)
+    fn renew_claims_of(&mut self, holder: &str, claims: &[u64], now_ms: u64) {
+        for n in claims {
+            let id = claim_id(holder, *n);
+            if self.doc.claim_holder(&id) == Some(holder) {
+                self.observer.renew(&id, now_ms);
+            }
+        }
+    }
+
+    /// Leases live while their holder does: every alive peer's announced claims are
+    /// renewed on each tick (its beat is published only when they change).
+    pub(super) fn renew_alive_claims(&mut self, now_ms: u64) {
+        let held: Vec<(String, Vec<u64>)> = self
+            .membership
+            .alive(now_ms)
+            .into_iter()
+            .filter_map(|p| {
+                let claims = self.membership.heartbeat(&p)?.claims.clone();
+                (!claims.is_empty()).then_some((p, claims))
+            })
+            .collect();
+        for (p, claims) in held {
+            self.renew_claims_of(&p, &claims, now_ms);
+        }
+    }
+}

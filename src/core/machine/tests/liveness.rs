@@ -1,0 +1,219 @@
+//! SWIM-style liveness in the running core (docs/DESIGN.md §4): suspicions named in
+//! beats, refuted by a newer one; probes answered with the current beat; discovery when
+//! a peer counts more members.
+
+use super::*;
+use crate::core::model::Suspicion;
+
+fn hb(seq: u64, members: u32, suspects: Vec<Suspicion>) -> Vec<u8> {
+    codec::encode(&Heartbeat {
+        incarnation: 1,
+        seq,
+        roles: vec![],
+        free_capacity: 0,
+        heads_digest: [0; 32],
+        sent_at_ms: 0,
+        claims: vec![],
+        suspects,
+        members,
+    })
+}
+
+/// The beats `c` published (decoded), other effects dropped.
+fn published(c: &mut Core) -> Vec<Heartbeat> {
+    let mut out = Vec::new();
+    while let Some(e) = c.poll_effect() {
+        if let Effect::Publish {
+            topic: Topic::Heartbeat,
+            data,
+        } = e
+        {
+            out.push(codec::decode(&data, MAX_GOSSIP_BYTES).unwrap());
+        }
+    }
+    out
+}
+
+#[test]
+fn a_suspicion_counts_everywhere_until_the_suspect_refutes_it_with_a_newer_beat() {
+    let mut a = core("A", 1);
+    let mut c = core("C", 3);
+    a.handle(
+        0,
+        Input::Heartbeat {
+            from: "B".into(),
+            data: hb(1, 3, vec![]),
+        },
+    );
+    c.heartbeat(0, 0);
+    let first = published(&mut c);
+    assert_eq!(first.len(), 1, "C's first beat");
+    let data = codec::encode(&first[0]);
+    a.handle(
+        0,
+        Input::Heartbeat {
+            from: "C".into(),
+            data,
+        },
+    );
+    assert_eq!(a.peer_state("C", 0), Some(PeerState::Alive));
+    // B has had no answer from C for 4 s, about C's newest beat.
+    let suspicion = Suspicion {
+        peer: "C".into(),
+        incarnation: first[0].incarnation,
+        seq: first[0].seq,
+        silent_ms: 4_000,
+    };
+    let b_says = hb(2, 3, vec![suspicion.clone()]);
+    a.handle(
+        100,
+        Input::Heartbeat {
+            from: "B".into(),
+            data: b_says.clone(),
+        },
+    );
+    assert_eq!(a.peer_state("C", 100), Some(PeerState::Suspect));
+    // A probes the suspect itself.
+    a.tick(100, 100);
+    let probed: Vec<String> = std::iter::from_fn(|| a.poll_effect())
+        .filter_map(|e| match e {
+            Effect::Probe { to, .. } => Some(to),
+            _ => None,
+        })
+        .collect();
+    assert!(probed.contains(&"C".to_string()), "{probed:?}");
+    // C hears B's beat naming it: it refutes with a newer beat at once.
+    c.handle(
+        100,
+        Input::Heartbeat {
+            from: "B".into(),
+            data: b_says,
+        },
+    );
+    let refuted = published(&mut c);
+    assert_eq!(refuted.len(), 1, "one refutation");
+    assert!(refuted[0].seq > first[0].seq);
+    a.handle(
+        150,
+        Input::Heartbeat {
+            from: "C".into(),
+            data: codec::encode(&refuted[0]),
+        },
+    );
+    assert_eq!(a.peer_state("C", 150), Some(PeerState::Alive));
+    // The same suspicion arriving late (another suspecter) no longer counts.
+    let late = hb(1, 3, vec![suspicion]);
+    a.handle(
+        200,
+        Input::Heartbeat {
+            from: "D".into(),
+            data: late,
+        },
+    );
+    assert_eq!(a.peer_state("C", 10_000), Some(PeerState::Alive));
+}
+
+#[test]
+fn a_probe_is_answered_with_this_nodes_beat_and_a_passive_one_with_none() {
+    let mut a = core("A", 1);
+    a.handle(
+        0,
+        Input::Probe {
+            from: "B".into(),
+            data: codec::encode(&Some(
+                codec::decode::<Heartbeat>(&hb(1, 2, vec![]), MAX_GOSSIP_BYTES).unwrap(),
+            )),
+            reply: 7,
+        },
+    );
+    assert_eq!(
+        a.peer_state("B", 0),
+        Some(PeerState::Alive),
+        "a probe is contact"
+    );
+    let answer = std::iter::from_fn(|| a.poll_effect()).find_map(|e| match e {
+        Effect::ProbeAnswer { reply: 7, data } => Some(data),
+        _ => None,
+    });
+    let beat: Option<Heartbeat> =
+        codec::decode(&answer.expect("answered"), MAX_GOSSIP_BYTES).unwrap();
+    let beat = beat.expect("A is a member: its beat");
+    assert_eq!(beat.members, 2, "A and B");
+    // A passive observer's probe carries no beat: answered, never a member.
+    a.handle(
+        10,
+        Input::Probe {
+            from: "P".into(),
+            data: codec::encode(&None::<Heartbeat>),
+            reply: 8,
+        },
+    );
+    assert_eq!(a.peer_state("P", 10), None);
+    assert!(std::iter::from_fn(|| a.poll_effect())
+        .any(|e| matches!(e, Effect::ProbeAnswer { reply: 8, .. })));
+}
+
+#[test]
+fn a_peer_counting_more_members_twice_in_a_row_makes_this_node_look_for_them() {
+    let mut a = core("A", 1);
+    let discovers = |a: &mut Core| {
+        std::iter::from_fn(|| a.poll_effect())
+            .filter(|e| matches!(e, Effect::Discover))
+            .count()
+    };
+    // B knows three members; A knows B and itself.
+    a.handle(
+        0,
+        Input::Heartbeat {
+            from: "B".into(),
+            data: hb(1, 3, vec![]),
+        },
+    );
+    assert_eq!(
+        discovers(&mut a),
+        0,
+        "once may be a death seen at different times"
+    );
+    a.handle(
+        1_000,
+        Input::ProbeAnswer {
+            from: "B".into(),
+            data: codec::encode(&Some(
+                codec::decode::<Heartbeat>(&hb(1, 3, vec![]), MAX_GOSSIP_BYTES).unwrap(),
+            )),
+        },
+    );
+    assert_eq!(discovers(&mut a), 1);
+    // Not again within 30 s, whatever B says.
+    for t in [2_000, 3_000, 4_000, 5_000] {
+        a.handle(
+            t,
+            Input::Heartbeat {
+                from: "B".into(),
+                data: hb(t, 3, vec![]),
+            },
+        );
+    }
+    assert_eq!(discovers(&mut a), 0);
+    for t in [31_000, 32_000] {
+        a.handle(
+            t,
+            Input::Heartbeat {
+                from: "B".into(),
+                data: hb(t, 3, vec![]),
+            },
+        );
+    }
+    assert_eq!(discovers(&mut a), 1, "looked again after 30 s");
+    // A peer that counts no more than this node: nothing.
+    for t in [70_000, 71_000, 72_000] {
+        a.handle(
+            t,
+            Input::Heartbeat {
+                from: "B".into(),
+                data: hb(t, 2, vec![]),
+            },
+        );
+    }
+    assert_eq!(discovers(&mut a), 0);
+}
