@@ -28,8 +28,11 @@ pub struct Config {
     pub operators: Vec<String>,
     /// Loopback address of the control endpoint used by `status` and `story`.
     pub control_addr: String,
+    /// The probe period (membership, docs/DESIGN.md §4).
     pub heartbeat_ms: u64,
+    /// Unanswered probes in a row before a peer is suspect.
     pub suspect_after_missed: u32,
+    /// From the start of a suspect peer's silence to its death.
     pub dead_after_ms: u64,
     /// Period of the anti-entropy sync with one random alive peer.
     pub anti_entropy_ms: u64,

@@ -155,8 +155,8 @@ fn the_simulator_catches_a_shell_that_lets_things_leave_before_they_are_durable(
     // asserted here. Claims on news going to one node first changed the runs again:
     // clean seed 521 found the frames case (the one of 0-599; 1577 no longer). SWIM-style
     // liveness (probes instead of a beat to every peer each second) changed them once
-    // more: clean seeds 402 and 525 find it now (the two of 0-1499; 521 no longer).
-    let (seed, mode) = (402, Mode::Clean);
+    // more: clean seeds 425 and 954 find it now (the two of 0-1499; 521 no longer).
+    let (seed, mode) = (425, Mode::Clean);
     let mut cfg = SimConfig::new(mode);
     cfg.send_before_flush = true;
     let r = run(seed, &cfg);
@@ -430,8 +430,9 @@ fn the_simulator_catches_a_shell_that_lets_a_cancelled_story_land() {
     // core asks to stop the job, the shell lets it run on, and it lands. (4 runs of the
     // 1 800 of `scripts/sim --steer --broken-cancel --keep-going --start 300 --seeds 900`,
     // none of seeds 0-299; hostile 191, then 140, before claims on news went to one node
-    // first.)
-    let seed = 412;
+    // first. Since SWIM-style liveness: clean 308, 370, 481, 650, 1001 and hostile 437,
+    // 651 of the same 1 800.)
+    let seed = 308;
     let mut cfg = SimConfig::new(Mode::Clean);
     cfg.steer = true;
     cfg.broken_cancel = true;

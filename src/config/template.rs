@@ -33,12 +33,12 @@ operators = {operators}
 # Loopback control endpoint for `mesh-agent status` and `mesh-agent story` (port 0: any).
 control_addr = {control:?}
 
-# Membership (docs/DESIGN.md §4): heartbeat period, suspect after this many missed
-# heartbeats, dead after this much silence.
+# Membership (docs/DESIGN.md §4): each period a node probes one peer; suspect after
+# this many unanswered probes in a row, dead this long after its silence began.
 heartbeat_ms = {hb}
 suspect_after_missed = {sam}
 dead_after_ms = {dead}
-# Sync with one random alive peer this often, whatever the heartbeats say.
+# Sync with one random alive peer this often, whatever the probes say.
 anti_entropy_ms = {ae}
 # After a restart, a node that knows of a mesh (peers it remembers, other nodes in its
 # document) claims no work until it synced with one of them, or until this long has

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
 
 mod handle;
+mod net_events;
 mod runtime;
 
 pub use handle::NodeHandle;

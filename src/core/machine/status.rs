@@ -77,7 +77,10 @@ pub struct Counters {
     pub heartbeats_sent: u64,
     pub heartbeats_received: u64,
     /// Probes this node sent, and those that failed at once in the shell (no route).
+    /// (Absent from an older node's report: zero.)
+    #[serde(default)]
     pub probes_sent: u64,
+    #[serde(default)]
     pub probes_failed: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,

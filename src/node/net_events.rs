@@ -1,0 +1,98 @@
+//! Network events into core inputs: gossip, sync and probe requests and answers (their
+//! reply channels kept here until the core answers), connections, and the peers'
+//! addresses the node remembers.
+
+use super::runtime::Runtime;
+use super::*;
+
+impl Runtime {
+    pub(super) async fn on_net(&mut self, ev: NetEvent) {
+        if let NetEvent::PeerAddrs { peer, addrs } = ev {
+            self.remember(peer, addrs).await;
+            return;
+        }
+        let now = self.now_ms();
+        self.core.set_wall(wall_ms());
+        let input = match ev {
+            NetEvent::Gossip {
+                topic: Topic::Heartbeat,
+                from,
+                data,
+            } => Input::Heartbeat {
+                from: from.to_string(),
+                data,
+            },
+            NetEvent::Gossip {
+                topic: Topic::Events,
+                from,
+                data,
+            } => Input::Event {
+                from: from.to_string(),
+                data,
+            },
+            NetEvent::SyncRequest {
+                peer,
+                data,
+                channel,
+            } => {
+                let reply = self.next_reply;
+                self.next_reply += 1;
+                self.replies.insert(reply, channel);
+                Input::SyncRequest {
+                    from: peer.to_string(),
+                    data,
+                    reply,
+                }
+            }
+            NetEvent::SyncResponse { peer, data } => Input::SyncResponse {
+                from: peer.to_string(),
+                data,
+            },
+            NetEvent::SyncFailed { peer, error } => {
+                tracing::debug!(%peer, %error, "sync request failed");
+                Input::SyncFailed {
+                    from: peer.to_string(),
+                }
+            }
+            NetEvent::Probe {
+                peer,
+                data,
+                channel,
+            } => {
+                let reply = self.next_reply;
+                self.next_reply += 1;
+                self.probe_replies.insert(reply, channel);
+                Input::Probe {
+                    from: peer.to_string(),
+                    data,
+                    reply,
+                }
+            }
+            NetEvent::ProbeAnswer { peer, data } => Input::ProbeAnswer {
+                from: peer.to_string(),
+                data,
+            },
+            NetEvent::ProbeFailed { peer, error } => {
+                tracing::debug!(%peer, %error, "probe failed");
+                Input::ProbeFailed {
+                    peer: peer.to_string(),
+                }
+            }
+            NetEvent::Connected(p) => Input::Connected(p.to_string()),
+            NetEvent::Disconnected(p) => Input::Disconnected(p.to_string()),
+            NetEvent::HandshakeFailed { .. } => {
+                self.core.counters_mut().handshake_failures += 1;
+                return;
+            }
+            NetEvent::PeerAddrs { .. } => return,
+            NetEvent::Listening(a) => {
+                let a = a.to_string();
+                if !self.listen_addrs.contains(&a) {
+                    self.listen_addrs.push(a);
+                }
+                return;
+            }
+        };
+        self.core.handle(now, input);
+    }
+}
