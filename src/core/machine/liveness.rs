@@ -7,6 +7,8 @@ use crate::core::model::Suspicion;
 
 /// The least time between two looks for the rest of the mesh ([`Effect::Discover`]).
 pub(super) const DISCOVER_EVERY_MS: u64 = 30_000;
+/// How long a peer must keep counting more members than this node before it looks.
+pub(super) const WIDER_FOR_MS: u64 = 10_000;
 
 /// What a published beat says that its peers act on (the heads digest and the wall clock
 /// travel with probes; a change of theirs alone is not news).
@@ -49,26 +51,28 @@ impl Core {
         u32::try_from(counted + 1).unwrap_or(u32::MAX)
     }
 
-    /// A peer that counted more members than this node on two contacts in a row knows
-    /// someone this node does not (two nodes that joined through a third at the same
-    /// moment): ask the shell to look for the rest of the mesh, at most every
-    /// [`DISCOVER_EVERY_MS`]. (One contact is not enough: a death is seen at slightly
-    /// different times.)
+    /// A peer that keeps counting more members than this node, on contacts at least
+    /// [`WIDER_FOR_MS`] apart, knows someone this node does not (two nodes that joined
+    /// through a third at the same moment): ask the shell to look for the rest of the
+    /// mesh, at most every [`DISCOVER_EVERY_MS`]. (Counts differ for a few seconds while a
+    /// mesh forms or a death is seen at slightly different times: no reason to look.)
     fn compare_members(&mut self, from: &str, theirs: u32, now_ms: u64) {
         if theirs <= self.members(now_ms) {
             self.wider.remove(from);
             return;
         }
-        if !self.wider.insert(from.to_string()) {
-            self.wider.remove(from);
-            let due = self
-                .discovered_ms
-                .is_none_or(|t| now_ms.saturating_sub(t) >= DISCOVER_EVERY_MS);
-            if due {
-                self.discovered_ms = Some(now_ms);
-                tracing::info!(peer = %from, members = theirs, "a peer knows more of the mesh: looking for the rest");
-                self.effects.push_back(Effect::Discover);
-            }
+        let since = *self.wider.entry(from.to_string()).or_insert(now_ms);
+        if now_ms.saturating_sub(since) < WIDER_FOR_MS {
+            return;
+        }
+        self.wider.remove(from);
+        let due = self
+            .discovered_ms
+            .is_none_or(|t| now_ms.saturating_sub(t) >= DISCOVER_EVERY_MS);
+        if due {
+            self.discovered_ms = Some(now_ms);
+            tracing::info!(peer = %from, members = theirs, "a peer knows more of the mesh: looking for the rest");
+            self.effects.push_back(Effect::Discover);
         }
     }
 

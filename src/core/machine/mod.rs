@@ -319,8 +319,8 @@ pub struct Core {
     hb_seq: u64,
     /// What the last published beat said (it is published again only when that changes).
     said: Option<liveness::Said>,
-    /// Peers whose last contact counted more members than this node knows.
-    wider: BTreeSet<String>,
+    /// Peers counting more members than this node knows, since when.
+    wider: BTreeMap<String, u64>,
     /// When this node last asked its shell to look for the rest of the mesh.
     discovered_ms: Option<u64>,
     /// The latest time the core was given (for calls that carry no time).
@@ -435,7 +435,7 @@ impl Core {
             incarnation,
             hb_seq: 0,
             said: None,
-            wider: BTreeSet::new(),
+            wider: BTreeMap::new(),
             discovered_ms: None,
             last_now: 0,
             last_wall: incarnation,
