@@ -4,8 +4,9 @@
 //! Rules (docs/DESIGN.md §4):
 //! - a peer is alive from its first beat (or probe, or answer) until it is suspected;
 //!   silence alone is not evidence: a peer publishes its beat only when what it says
-//!   changes, and each period this node probes one peer (a shuffled round robin), every
-//!   peer it suspects, and every peer whose last probe went unanswered;
+//!   changes, and each period this node probes one peer (a shuffled round robin); a
+//!   probe unanswered for half a period is a miss and goes again at once, and every
+//!   suspect is probed too;
 //! - `suspect_after_missed` probes in a row unanswered make the peer suspect here, and
 //!   this node names it in its beat; a peer's suspicion counts here too when it is about
 //!   the peer's newest beat this node knows (a newer beat refutes it);
