@@ -513,7 +513,6 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
         listen_addrs: listen_addrs.iter().map(|a| a.to_string()).collect(),
         observe: Some(obs_tx),
         replies: HashMap::new(),
-        probe_replies: HashMap::new(),
         next_reply: 0,
         shell,
         jobs: HashMap::new(),

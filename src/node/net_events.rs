@@ -35,9 +35,7 @@ impl Runtime {
                 data,
                 channel,
             } => {
-                let reply = self.next_reply;
-                self.next_reply += 1;
-                self.replies.insert(reply, channel);
+                let reply = self.keep_reply(channel);
                 Input::SyncRequest {
                     from: peer.to_string(),
                     data,
@@ -59,9 +57,7 @@ impl Runtime {
                 data,
                 channel,
             } => {
-                let reply = self.next_reply;
-                self.next_reply += 1;
-                self.probe_replies.insert(reply, channel);
+                let reply = self.keep_reply(channel);
                 Input::Probe {
                     from: peer.to_string(),
                     data,
@@ -94,5 +90,14 @@ impl Runtime {
             }
         };
         self.core.handle(now, input);
+    }
+
+    /// Keeps a request's answer channel (a sync request's or a probe's: the effect that
+    /// answers says which) under a new reply id for the core.
+    fn keep_reply(&mut self, channel: ResponseChannel<Vec<u8>>) -> u64 {
+        let reply = self.next_reply;
+        self.next_reply += 1;
+        self.replies.insert(reply, channel);
+        reply
     }
 }

@@ -25,10 +25,8 @@ pub(super) struct Runtime {
     pub(super) started: Instant,
     pub(super) listen_addrs: Vec<String>,
     pub(super) observe: Option<watch::Sender<Observation>>,
-    /// Sync requests awaiting our answer, by the reply token given to the core.
+    /// Sync requests and probes to answer, by the reply id the core was given.
     pub(super) replies: HashMap<u64, ResponseChannel<Vec<u8>>>,
-    /// Probes to answer (membership), by the reply id the core was given.
-    pub(super) probe_replies: HashMap<u64, ResponseChannel<Vec<u8>>>,
     pub(super) next_reply: u64,
     pub(super) shell: Arc<WorkShell>,
     pub(super) jobs: HashMap<String, tokio::task::JoinHandle<()>>,
@@ -313,7 +311,7 @@ impl Runtime {
                     Err(_) => tracing::error!(%to, "core addressed an invalid peer id"),
                 },
                 Effect::ProbeAnswer { reply, data } => {
-                    if let Some(channel) = self.probe_replies.remove(&reply) {
+                    if let Some(channel) = self.replies.remove(&reply) {
                         self.net
                             .send(NetCommand::ProbeAnswer { channel, data })
                             .await;
