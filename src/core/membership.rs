@@ -390,6 +390,14 @@ impl Membership {
         self.peers.get(peer).map(|e| e.first_seen_ms)
     }
 
+    /// How many peers are alive or suspect (not dead).
+    pub fn not_dead(&self, now_ms: u64) -> usize {
+        self.peers
+            .values()
+            .filter(|e| self.state_at(e, now_ms) != PeerState::Dead)
+            .count()
+    }
+
     pub fn alive(&self, now_ms: u64) -> Vec<String> {
         self.peers
             .iter()

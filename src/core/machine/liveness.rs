@@ -46,9 +46,7 @@ impl Core {
 
     /// Members this node counts alive or suspect, itself included.
     fn members(&self, now_ms: u64) -> u32 {
-        let known = self.membership.snapshot(now_ms);
-        let counted = known.iter().filter(|p| p.state != PeerState::Dead).count();
-        u32::try_from(counted + 1).unwrap_or(u32::MAX)
+        u32::try_from(self.membership.not_dead(now_ms) + 1).unwrap_or(u32::MAX)
     }
 
     /// A peer that keeps counting more members than this node, on contacts at least
