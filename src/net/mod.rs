@@ -18,14 +18,13 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     allow_block_list, connection_limits, identify, kad, Multiaddr, PeerId, StreamProtocol, Swarm,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 mod codec;
-mod discovery;
 mod gossip;
 mod probe;
 mod transport;
@@ -386,7 +385,6 @@ pub async fn spawn(
         max_peers: cfg.max_peers as usize,
         metrics,
         connected: HashSet::new(),
-        lookups: HashMap::new(),
         refused: HashSet::new(),
         test_blocked: HashSet::new(),
     };
@@ -404,18 +402,11 @@ struct EventLoop {
     max_peers: usize,
     metrics: Arc<NetMetrics>,
     connected: HashSet<PeerId>,
-    /// Peers heard of through gossip but not connected, and when each was last looked up.
-    lookups: HashMap<PeerId, tokio::time::Instant>,
     /// Peers refused as not on the roster (the core decides), and peers blocked by a
     /// test's partition: a peer is blocked while it is in either.
     refused: HashSet<PeerId>,
     test_blocked: HashSet<PeerId>,
 }
-
-/// A peer heard of but not connected is looked up (kademlia) at most this often.
-pub const LOOKUP_EVERY: Duration = Duration::from_secs(5);
-/// Most peers remembered as looked up (a hostile member cannot grow the map without bound).
-const MAX_LOOKUPS: usize = 4096;
 
 /// Redial backoff while this node has no connection: from the first to the last.
 pub const REDIAL_FIRST: Duration = Duration::from_millis(250);
@@ -572,7 +563,6 @@ impl EventLoop {
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
                     self.connected.insert(peer_id);
-                    self.lookups.remove(&peer_id);
                     self.emit(NetEvent::Connected(peer_id)).await;
                 }
                 if endpoint.is_dialer() {
@@ -666,7 +656,6 @@ impl EventLoop {
                     tracing::debug!(peer = %propagation_source, "gossip not from its author dropped");
                     return;
                 };
-                self.reach(from);
                 self.emit(NetEvent::Gossip {
                     topic,
                     from,
@@ -698,19 +687,6 @@ impl EventLoop {
                 if !self.connected.contains(&peer) && self.connected.len() < self.max_peers =>
             {
                 let _ = self.swarm.dial(peer);
-            }
-            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
-                result: kad::QueryResult::GetClosestPeers(Ok(found)),
-                ..
-            }) => {
-                // A lookup started by `reach`: dial the peer it was for, if it was found
-                // (the query itself usually connected to it already).
-                let Ok(target) = PeerId::from_bytes(&found.key) else {
-                    return;
-                };
-                if let Some(info) = found.peers.into_iter().find(|p| p.peer_id == target) {
-                    self.dial_found(info.peer_id, info.addrs);
-                }
             }
             BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => {
                 match message {
