@@ -399,11 +399,27 @@ impl Membership {
     }
 
     pub fn alive(&self, now_ms: u64) -> Vec<String> {
+        self.alive_iter(now_ms).map(str::to_string).collect()
+    }
+
+    /// The alive peers, without copying their ids (hot paths run this every tick).
+    pub fn alive_iter(&self, now_ms: u64) -> impl Iterator<Item = &str> + '_ {
         self.peers
             .iter()
-            .filter(|(_, e)| self.state_at(e, now_ms) == PeerState::Alive)
-            .map(|(p, _)| p.clone())
-            .collect()
+            .filter(move |(_, e)| self.state_at(e, now_ms) == PeerState::Alive)
+            .map(|(p, _)| p.as_str())
+    }
+
+    /// The alive peers with their latest beats.
+    pub fn alive_beats(&self, now_ms: u64) -> impl Iterator<Item = (&str, &Heartbeat)> + '_ {
+        self.peers
+            .iter()
+            .filter(move |(_, e)| self.state_at(e, now_ms) == PeerState::Alive)
+            .map(|(p, e)| (p.as_str(), &e.beat))
+    }
+
+    pub fn is_dead(&self, peer: &str, now_ms: u64) -> bool {
+        self.state(peer, now_ms) == Some(PeerState::Dead)
     }
 
     pub fn snapshot(&self, now_ms: u64) -> Vec<PeerStatus> {

@@ -128,19 +128,19 @@ impl Core {
         }
         // Refused peers (not on the roster) are no one to settle with.
         alive.retain(|p| !self.refused.contains(p));
+        // Our last claim could not settle: wait for the peers that did not answer.
+        if self.settle_backoff.waits(now_ms, &alive, &self.completed) {
+            return;
+        }
         let lease = self.cfg.lease;
         let me = self.peer.clone();
         let roles = self.cfg.roles.clone();
         let (view, claims) = self.derived();
         // A revoked holder is as good as dead: its claims are taken over.
-        let mut dead: BTreeSet<String> = self
-            .membership
-            .snapshot(now_ms)
-            .into_iter()
-            .filter(|p| p.state == PeerState::Dead)
-            .map(|p| p.peer)
-            .collect();
-        dead.extend(view.roster.revoked.iter().map(|e| e.peer.clone()));
+        let membership = &self.membership;
+        let dead = |p: &str| {
+            membership.is_dead(p, now_ms) || view.roster.revoked.iter().any(|e| e.peer == p)
+        };
         let observer = &mut self.observer;
         let local = &self.local;
         let work = scheduler::rank(
@@ -155,7 +155,7 @@ impl Core {
             |r| {
                 // Never "take over" a claim of our own from a stale view.
                 !claims.winner(r).is_some_and(|w| local.contains_key(w))
-                    && resource_free(&claims, observer, r, now_ms, &lease, |p| dead.contains(p))
+                    && resource_free(&claims, observer, r, now_ms, &lease, dead)
             },
         );
         let busy = |phase: Phase| self.local.values().filter(|c| c.phase == phase).count() as u32;
@@ -278,188 +278,6 @@ impl Core {
         );
         // With no peers there is nothing to wait for.
         self.check_settling(now_ms);
-    }
-
-    /// Settles claims whose peers have all synced (or whose settle timeout passed): the
-    /// winner starts work, a loser releases.
-    pub(super) fn check_settling(&mut self, now_ms: u64) {
-        // (claim, whether every alive peer synced with us since the claim was written)
-        let ready: Vec<(String, bool)> = {
-            let mut alive: BTreeSet<String> = self.membership.alive(now_ms).into_iter().collect();
-            let membership = &self.membership;
-            alive.extend(
-                self.connected
-                    .iter()
-                    .filter(|p| membership.state(p, now_ms) != Some(PeerState::Dead))
-                    .cloned(),
-            );
-            alive.retain(|p| !self.refused.contains(p));
-            let completed = &self.completed;
-            let mut ready = Vec::new();
-            for (id, c) in self.local.iter_mut() {
-                if let LocalState::Settling {
-                    mark,
-                    waiting,
-                    deadline_ms,
-                    ..
-                } = &mut c.state
-                {
-                    waiting.retain(|p| {
-                        alive.contains(p) && completed.get(p).is_none_or(|&s| s < *mark)
-                    });
-                    if waiting.is_empty() {
-                        ready.push((id.clone(), true));
-                    } else if now_ms >= *deadline_ms {
-                        ready.push((id.clone(), false));
-                    }
-                }
-            }
-            ready
-        };
-        if ready.is_empty() {
-            return;
-        }
-        let marks = self.settle_marks(&ready);
-        let (view, claims) = self.derived();
-        for (id, synced) in ready {
-            if !synced {
-                // An alive peer we could not sync with may hold a competing claim we
-                // cannot see: starting could double the work. Give up; retry later.
-                tracing::info!(claim = %id, "could not settle in time (an alive peer did not answer); released");
-                self.local.remove(&id);
-                self.release(
-                    &id,
-                    ReleaseReason::Unsettled,
-                    "could not settle: peers unreachable",
-                );
-                continue;
-            }
-            let needed = self.local.get(&id).is_some_and(|c| {
-                still_needed(&view, &c.story, c.phase, c.round)
-                    && view.claims.get(&id).and_then(|f| f.after.as_deref())
-                        == built_on(&view, &c.story).as_deref()
-            });
-            if !needed && !self.cfg.broken_winner_rule {
-                // The story moved on (or another result now counts for the step this claim
-                // built on) while it settled: its work would start from a stale handoff.
-                tracing::info!(claim = %id, "the story moved on while the claim settled; released");
-                self.local.remove(&id);
-                self.release(
-                    &id,
-                    ReleaseReason::Unsettled,
-                    "the story moved on while the claim settled",
-                );
-                continue;
-            }
-            // An operator paused the story, this node or the mesh while the claim
-            // settled: the phase must not start (the pause reached this node first).
-            let paused = self.local.get(&id).and_then(|c| {
-                let s = view.stories.get(&c.story)?;
-                s.paused
-                    .as_ref()
-                    .or_else(|| view.steering.node_paused(&self.peer))
-                    .map(|p| p.reason.clone())
-                    .or_else(|| s.held.then(|| "waits for an approval".to_string()))
-            });
-            if let Some(why) = paused {
-                tracing::info!(claim = %id, %why, "paused by an operator while the claim settled; releasing");
-                self.local.remove(&id);
-                let note = if why.is_empty() {
-                    "paused by an operator before it started".to_string()
-                } else {
-                    format!("paused by an operator before it started: {why}")
-                };
-                self.release(&id, ReleaseReason::Unsettled, &note);
-                continue;
-            }
-            // (A claim written from a stale view that ties a finished claim does not
-            // hold: a finished claim wins a token tie, see `Claims::winner`.)
-            if claims.holds(&id) || self.cfg.broken_winner_rule {
-                // Everything the job needs is looked up before the claim is marked
-                // running: a claim marked running with no job would hold capacity forever.
-                let Some(c) = self.local.get(&id) else {
-                    continue;
-                };
-                let (story, phase, round, claimed_ms) =
-                    (c.story.clone(), c.phase, c.round, c.written_ms);
-                let (Some(fact), Some(sv)) = (view.claims.get(&id), view.stories.get(&story))
-                else {
-                    tracing::error!(claim = %id, %story, "settled claim or its story missing from the view; releasing");
-                    self.local.remove(&id);
-                    self.release(
-                        &id,
-                        ReleaseReason::Unsettled,
-                        "claim or story missing at settle",
-                    );
-                    continue;
-                };
-                let token = Resource::story_round(&story, phase, round)
-                    .ok()
-                    .and_then(|r| fact.token_of(&r))
-                    .unwrap_or(0);
-                let files = fact.files();
-                if let Some(c) = self.local.get_mut(&id) {
-                    c.state = LocalState::Running;
-                }
-                let handoffs = view.history(&story).into_iter().cloned().collect();
-                let knowledge = relevant_knowledge(&view, sv, MAX_JOB_KNOWLEDGE);
-                self.runs.push(RunRecord {
-                    claim: id.clone(),
-                    story: story.clone(),
-                    phase,
-                    round,
-                    token,
-                    started_ms: now_ms,
-                    claimed_ms,
-                });
-                tracing::info!(claim = %id, %story, %phase, token, "claim settled; starting work");
-                // Implement and rework push work to the origin, even when the job is then
-                // cancelled (its push may already be on its way: chaos seed 310).
-                if matches!(phase, Phase::Implement | Phase::Rework) {
-                    self.pushed.push((story.clone(), id.clone()));
-                }
-                let detail = if files.is_empty() {
-                    format!("token {token}")
-                } else {
-                    format!("token {token}, locks {}", files.join(", "))
-                };
-                self.emit(
-                    EventKind::PhaseStarted,
-                    Some(&story),
-                    Some(phase),
-                    round,
-                    detail,
-                );
-                self.effects.push_back(Effect::StartWork(Box::new(Job {
-                    claim: id,
-                    story,
-                    display_id: sv.id.clone(),
-                    phase,
-                    round,
-                    token,
-                    attempt: fact.attempt,
-                    fact: (*sv.fact).clone(),
-                    handoffs,
-                    files,
-                    knowledge,
-                    failures: sv.failures.clone(),
-                    notes: sv.notes.iter().map(|n| n.text.clone()).collect(),
-                })));
-            } else {
-                // Info, not debug: a node that keeps losing at settle is a node whose
-                // view lags its peers', which an operator wants to see without tracing.
-                if let Some(c) = self.local.get(&id) {
-                    let shown = view
-                        .stories
-                        .get(&c.story)
-                        .map_or(c.story.as_str(), |s| s.id.as_str());
-                    tracing::info!(claim = %id, story = %shown, phase = %c.phase, round = c.round, "lost the claim at settle: another node's claim won; released");
-                }
-                self.local.remove(&id);
-                self.release(&id, ReleaseReason::Unsettled, "another claim won at settle");
-            }
-        }
-        self.record_settles(now_ms, marks);
     }
 
     /// If taking over `story`'s `phase` (in `round`) from its gone holder would be the
@@ -757,7 +575,7 @@ impl Core {
 
 /// Whether `story` still needs `phase` of `round` next: false once the step counted
 /// (from this claim or another) or the story went another way.
-fn still_needed(view: &View, story: &str, phase: Phase, round: u32) -> bool {
+pub(super) fn still_needed(view: &View, story: &str, phase: Phase, round: u32) -> bool {
     view.stories
         .get(story)
         .is_some_and(|s| s.next_phase == Some(phase) && s.round == round)
@@ -765,7 +583,7 @@ fn still_needed(view: &View, story: &str, phase: Phase, round: u32) -> bool {
 
 /// The claim whose counted result the story's next step builds on (the last in its
 /// history), if any: what a new claim records in `after`.
-fn built_on(view: &View, story: &str) -> Option<String> {
+pub(super) fn built_on(view: &View, story: &str) -> Option<String> {
     let last = view.stories.get(story)?.history.last()?;
     view.results.get(last).map(|r| r.claim.clone())
 }

@@ -87,8 +87,7 @@ impl Core {
         let bound_ms = self.cfg.lease.max_clock_drift_ms;
         let mut samples: Vec<i64> = self
             .membership
-            .alive(now_ms)
-            .iter()
+            .alive_iter(now_ms)
             .filter_map(|p| self.clock_offsets.get(p)?.iter().min().copied())
             .collect();
         samples.sort_unstable();

@@ -55,6 +55,7 @@ mod news;
 mod notify;
 mod origin;
 mod roster;
+mod settle;
 mod status;
 mod steer;
 mod sync;
@@ -334,6 +335,8 @@ pub struct Core {
     view: Option<([u8; 32], Arc<View>, Arc<Claims>)>,
     observer: LeaseObserver,
     local: BTreeMap<String, LocalClaim>,
+    /// Claims wait after one could not settle (see `settle.rs`).
+    settle_backoff: settle::SettleBackoff,
     next_claim: u64,
     cochange: CoChange,
     runs: Vec<RunRecord>,
@@ -426,6 +429,7 @@ impl Core {
             sessions: BTreeMap::new(),
             next_session: 1,
             completed: BTreeMap::new(),
+            settle_backoff: Default::default(),
             push_acked: BTreeMap::new(),
             push_pending: false,
             news_before: None,

@@ -25,14 +25,16 @@ impl Core {
 
     /// Whether this node is the first to reach for `w` on news (`first_claimer`).
     pub(super) fn first_on_news(&self, view: &View, w: &scheduler::Work, now_ms: u64) -> bool {
-        let free = self.membership.snapshot(now_ms).into_iter().filter(|p| {
-            p.state == PeerState::Alive
-                && p.free_capacity > 0
-                && p.roles.iter().any(|r| r == w.phase.as_str())
-                && !self.refused.contains(&p.peer)
-        });
-        let free: Vec<String> = free.map(|p| p.peer).collect();
-        let mut candidates: Vec<&str> = free.iter().map(String::as_str).collect();
+        let mut candidates: Vec<&str> = self
+            .membership
+            .alive_beats(now_ms)
+            .filter(|(p, b)| {
+                b.free_capacity > 0
+                    && b.roles.iter().any(|r| r == w.phase.as_str())
+                    && !self.refused.contains(*p)
+            })
+            .map(|(p, _)| p)
+            .collect();
         candidates.push(&self.peer);
         scheduler::first_claimer(view, &w.story, w.phase, &candidates) == Some(self.peer.as_str())
     }

@@ -775,4 +775,5 @@ mod joining;
 mod limits;
 mod liveness;
 mod origin;
+mod settling;
 mod steering;

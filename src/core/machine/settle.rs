@@ -1,0 +1,275 @@
+//! Settling a claim: a claim of ours starts its work only once every alive peer has
+//! synced with us since it was written (then the winner rule decides); one that cannot
+//! settle in time is released, and the node waits before it claims again until the
+//! peers that did not answer have answered or died (a bounded backoff), so a partition
+//! does not fill the document with claims that cannot settle.
+
+use super::claims::{built_on, still_needed};
+use super::*;
+
+/// The longest wait is this many settle timeouts (before `dead_after_ms` caps it).
+const MAX_DOUBLINGS: u32 = 4;
+
+/// After a claim of ours could not settle: the peers that did not answer, and until when
+/// this node claims nothing new unless each of them has answered since or is no longer
+/// alive. Each failure in a row doubles the wait, from the settle timeout up to the time
+/// a silent peer takes to be declared dead; a settle that succeeds resets it.
+#[derive(Debug, Default)]
+pub(super) struct SettleBackoff {
+    silent: BTreeSet<String>,
+    /// Sessions started at or after this mark count as an answer.
+    mark: u64,
+    until_ms: u64,
+    failures: u32,
+}
+
+impl SettleBackoff {
+    /// A settle failed at `now_ms`; `silent` did not answer. Returns the wait.
+    fn failed(
+        &mut self,
+        silent: BTreeSet<String>,
+        mark: u64,
+        now_ms: u64,
+        settle_ms: u64,
+        cap_ms: u64,
+    ) -> u64 {
+        let doublings = self.failures.min(MAX_DOUBLINGS);
+        self.failures = self.failures.saturating_add(1);
+        let wait = settle_ms
+            .max(1)
+            .saturating_mul(1 << doublings)
+            .min(cap_ms.max(settle_ms));
+        self.silent = silent;
+        self.mark = mark;
+        self.until_ms = now_ms.saturating_add(wait);
+        wait
+    }
+
+    /// A claim settled: every alive peer answered.
+    fn settled(&mut self) {
+        *self = SettleBackoff::default();
+    }
+
+    /// Whether claiming should wait: the backoff runs and a peer that did not answer is
+    /// still among those a claim would settle with, without a session since.
+    pub(super) fn waits(
+        &mut self,
+        now_ms: u64,
+        settle_with: &[String],
+        completed: &BTreeMap<String, u64>,
+    ) -> bool {
+        if now_ms >= self.until_ms || self.silent.is_empty() {
+            return false;
+        }
+        let mark = self.mark;
+        self.silent
+            .retain(|p| settle_with.contains(p) && completed.get(p).is_none_or(|&s| s < mark));
+        !self.silent.is_empty()
+    }
+}
+
+impl Core {
+    /// Settles claims whose peers have all synced (or whose settle timeout passed): the
+    /// winner starts work, a loser releases.
+    pub(super) fn check_settling(&mut self, now_ms: u64) {
+        let settling = |c: &LocalClaim| matches!(c.state, LocalState::Settling { .. });
+        if !self.local.values().any(settling) {
+            return;
+        }
+        // (claim, whether every alive peer synced with us since the claim was written)
+        let mut silent = BTreeSet::new();
+        let ready: Vec<(String, bool)> = {
+            let mut alive: BTreeSet<String> = self.membership.alive(now_ms).into_iter().collect();
+            let membership = &self.membership;
+            alive.extend(
+                self.connected
+                    .iter()
+                    .filter(|p| membership.state(p, now_ms) != Some(PeerState::Dead))
+                    .cloned(),
+            );
+            alive.retain(|p| !self.refused.contains(p));
+            let completed = &self.completed;
+            let mut ready = Vec::new();
+            let silent = &mut silent;
+            for (id, c) in self.local.iter_mut() {
+                if let LocalState::Settling {
+                    mark,
+                    waiting,
+                    deadline_ms,
+                    ..
+                } = &mut c.state
+                {
+                    waiting.retain(|p| {
+                        alive.contains(p) && completed.get(p).is_none_or(|&s| s < *mark)
+                    });
+                    if waiting.is_empty() {
+                        ready.push((id.clone(), true));
+                    } else if now_ms >= *deadline_ms {
+                        ready.push((id.clone(), false));
+                        silent.extend(waiting.iter().cloned());
+                    }
+                }
+            }
+            ready
+        };
+        if ready.is_empty() {
+            return;
+        }
+        if !silent.is_empty() {
+            let wait = self.settle_backoff.failed(
+                silent,
+                self.session_mark(),
+                now_ms,
+                self.cfg.lease.settle_timeout_ms,
+                self.cfg.membership.dead_after_ms,
+            );
+            tracing::info!(
+                wait_ms = wait,
+                "claims wait for the peers that did not answer (or until they are dead)"
+            );
+        } else if ready.iter().any(|(_, synced)| *synced) {
+            self.settle_backoff.settled();
+        }
+        let marks = self.settle_marks(&ready);
+        let (view, claims) = self.derived();
+        for (id, synced) in ready {
+            if !synced {
+                // An alive peer we could not sync with may hold a competing claim we
+                // cannot see: starting could double the work. Give up; retry later.
+                tracing::info!(claim = %id, "could not settle in time (an alive peer did not answer); released");
+                self.local.remove(&id);
+                self.release(
+                    &id,
+                    ReleaseReason::Unsettled,
+                    "could not settle: peers unreachable",
+                );
+                continue;
+            }
+            let needed = self.local.get(&id).is_some_and(|c| {
+                still_needed(&view, &c.story, c.phase, c.round)
+                    && view.claims.get(&id).and_then(|f| f.after.as_deref())
+                        == built_on(&view, &c.story).as_deref()
+            });
+            if !needed && !self.cfg.broken_winner_rule {
+                // The story moved on (or another result now counts for the step this claim
+                // built on) while it settled: its work would start from a stale handoff.
+                tracing::info!(claim = %id, "the story moved on while the claim settled; released");
+                self.local.remove(&id);
+                self.release(
+                    &id,
+                    ReleaseReason::Unsettled,
+                    "the story moved on while the claim settled",
+                );
+                continue;
+            }
+            // An operator paused the story, this node or the mesh while the claim
+            // settled: the phase must not start (the pause reached this node first).
+            let paused = self.local.get(&id).and_then(|c| {
+                let s = view.stories.get(&c.story)?;
+                s.paused
+                    .as_ref()
+                    .or_else(|| view.steering.node_paused(&self.peer))
+                    .map(|p| p.reason.clone())
+                    .or_else(|| s.held.then(|| "waits for an approval".to_string()))
+            });
+            if let Some(why) = paused {
+                tracing::info!(claim = %id, %why, "paused by an operator while the claim settled; releasing");
+                self.local.remove(&id);
+                let note = if why.is_empty() {
+                    "paused by an operator before it started".to_string()
+                } else {
+                    format!("paused by an operator before it started: {why}")
+                };
+                self.release(&id, ReleaseReason::Unsettled, &note);
+                continue;
+            }
+            // (A claim written from a stale view that ties a finished claim does not
+            // hold: a finished claim wins a token tie, see `Claims::winner`.)
+            if claims.holds(&id) || self.cfg.broken_winner_rule {
+                // Everything the job needs is looked up before the claim is marked
+                // running: a claim marked running with no job would hold capacity forever.
+                let Some(c) = self.local.get(&id) else {
+                    continue;
+                };
+                let (story, phase, round, claimed_ms) =
+                    (c.story.clone(), c.phase, c.round, c.written_ms);
+                let (Some(fact), Some(sv)) = (view.claims.get(&id), view.stories.get(&story))
+                else {
+                    tracing::error!(claim = %id, %story, "settled claim or its story missing from the view; releasing");
+                    self.local.remove(&id);
+                    self.release(
+                        &id,
+                        ReleaseReason::Unsettled,
+                        "claim or story missing at settle",
+                    );
+                    continue;
+                };
+                let token = Resource::story_round(&story, phase, round)
+                    .ok()
+                    .and_then(|r| fact.token_of(&r))
+                    .unwrap_or(0);
+                let files = fact.files();
+                if let Some(c) = self.local.get_mut(&id) {
+                    c.state = LocalState::Running;
+                }
+                let handoffs = view.history(&story).into_iter().cloned().collect();
+                let knowledge = relevant_knowledge(&view, sv, MAX_JOB_KNOWLEDGE);
+                self.runs.push(RunRecord {
+                    claim: id.clone(),
+                    story: story.clone(),
+                    phase,
+                    round,
+                    token,
+                    started_ms: now_ms,
+                    claimed_ms,
+                });
+                tracing::info!(claim = %id, %story, %phase, token, "claim settled; starting work");
+                // Implement and rework push work to the origin, even when the job is then
+                // cancelled (its push may already be on its way: chaos seed 310).
+                if matches!(phase, Phase::Implement | Phase::Rework) {
+                    self.pushed.push((story.clone(), id.clone()));
+                }
+                let detail = if files.is_empty() {
+                    format!("token {token}")
+                } else {
+                    format!("token {token}, locks {}", files.join(", "))
+                };
+                self.emit(
+                    EventKind::PhaseStarted,
+                    Some(&story),
+                    Some(phase),
+                    round,
+                    detail,
+                );
+                self.effects.push_back(Effect::StartWork(Box::new(Job {
+                    claim: id,
+                    story,
+                    display_id: sv.id.clone(),
+                    phase,
+                    round,
+                    token,
+                    attempt: fact.attempt,
+                    fact: (*sv.fact).clone(),
+                    handoffs,
+                    files,
+                    knowledge,
+                    failures: sv.failures.clone(),
+                    notes: sv.notes.iter().map(|n| n.text.clone()).collect(),
+                })));
+            } else {
+                // Info, not debug: a node that keeps losing at settle is a node whose
+                // view lags its peers', which an operator wants to see without tracing.
+                if let Some(c) = self.local.get(&id) {
+                    let shown = view
+                        .stories
+                        .get(&c.story)
+                        .map_or(c.story.as_str(), |s| s.id.as_str());
+                    tracing::info!(claim = %id, story = %shown, phase = %c.phase, round = c.round, "lost the claim at settle: another node's claim won; released");
+                }
+                self.local.remove(&id);
+                self.release(&id, ReleaseReason::Unsettled, "another claim won at settle");
+            }
+        }
+        self.record_settles(now_ms, marks);
+    }
+}

@@ -1,0 +1,101 @@
+//! Settling a claim with a peer that does not answer: the claim is released, and the
+//! node does not fill the document with claims that cannot settle either.
+
+use super::*;
+
+/// One step of A's clock with B alive (its beats arrive) but deaf: every sync session A
+/// opens with B fails. Returns whether A started a job.
+fn step_with_deaf_peer(a: &mut Core, now: u64, seq: u64) -> bool {
+    a.handle(
+        now,
+        Input::Heartbeat {
+            from: "B".into(),
+            data: beat(seq, now),
+        },
+    );
+    a.tick(now, now);
+    let mut started = false;
+    while let Some(e) = a.poll_effect() {
+        match e {
+            Effect::SendSync { to, .. } => a.handle(now, Input::SyncFailed { from: to }),
+            Effect::StartWork(_) => started = true,
+            _ => {}
+        }
+    }
+    started
+}
+
+fn claims_written(a: &Core) -> usize {
+    a.doc().view().claims.len()
+}
+
+#[test]
+fn a_node_whose_claims_cannot_settle_backs_off_and_claims_again_once_the_peer_answers() {
+    let mut a = worker_alone("A", 1);
+    let mut b = core("B", 2);
+    a.add_story(&titled("s"), 1).unwrap();
+    while a.poll_effect().is_some() {}
+    a.handle(0, Input::Connected("B".into()));
+    // 30 s with B alive but never answering a sync: settle_timeout_ms is 1 s, so a node
+    // that claimed again at each tick after a failed settle would write ~27 claims.
+    let mut now = 0;
+    for seq in 1..=300 {
+        now += 100;
+        assert!(!step_with_deaf_peer(&mut a, now, seq), "nothing settles");
+    }
+    assert_eq!(a.peer_state("B", now), Some(PeerState::Alive));
+    let tried = claims_written(&a);
+    assert!(tried >= 2, "it keeps trying (the wait is bounded): {tried}");
+    assert!(
+        tried <= 8,
+        "{tried} claims in 30 s: the waits double (1, 2, 4, 5 s) after each failure"
+    );
+    let view = a.doc().view();
+    let claims = view.claims();
+    for id in view.claims.keys() {
+        assert_eq!(claims.release_reason(id), Some(ReleaseReason::Unsettled));
+    }
+    // B answers: A syncs with it and claims again without waiting out the backoff.
+    a.handle(now, Input::Connected("B".into()));
+    pump(&mut a, &mut b);
+    let mut started = false;
+    for _ in 0..3 {
+        now += 100;
+        a.tick(now, now);
+        while let Some(e) = a.poll_effect() {
+            match e {
+                Effect::SendSync { data, .. } => {
+                    b.handle(
+                        now,
+                        Input::SyncRequest {
+                            from: "A".into(),
+                            data,
+                            reply: 0,
+                        },
+                    );
+                    while let Some(r) = b.poll_effect() {
+                        if let Effect::Respond { data, .. } = r {
+                            a.handle(
+                                now,
+                                Input::SyncResponse {
+                                    from: "B".into(),
+                                    data,
+                                },
+                            );
+                        }
+                    }
+                }
+                Effect::StartWork(_) => started = true,
+                _ => {}
+            }
+        }
+        if started {
+            break;
+        }
+    }
+    assert!(
+        started,
+        "A settled with B and started within 300 ms of B's answer"
+    );
+    assert_eq!(claims_written(&a), tried + 1);
+}
