@@ -313,6 +313,19 @@ impl Store {
     /// Replaces the snapshot and drops every chunk it covers, atomically; `checked` is
     /// the record of its signature checks (empty for none), replaced with it.
     pub fn compact(&mut self, snapshot: &[u8], checked: &[u8]) -> Result<(), StoreError> {
+        self.rebase(snapshot, checked, &[])
+    }
+
+    /// Like [`Store::compact`], with `tail` (changes the snapshot does not hold; none if
+    /// empty) stored as the one chunk after it, in the same atomic batch: a new node
+    /// keeps the document a peer sent it whole as its snapshot, and its own few changes
+    /// after it, without encoding the document again.
+    pub fn rebase(
+        &mut self,
+        snapshot: &[u8],
+        checked: &[u8],
+        tail: &[u8],
+    ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         batch.insert(SNAPSHOT_KEY, snapshot);
         if checked.is_empty() {
@@ -324,9 +337,18 @@ impl Store {
             let (k, _) = item.map_err(self.db_err())?;
             batch.remove(k);
         }
+        let tail_key = (!tail.is_empty()).then(|| chunk_key(self.next_chunk));
+        if let Some(k) = &tail_key {
+            batch.insert(k.as_slice(), tail);
+        }
         self.tree.apply_batch(batch).map_err(self.db_err())?;
         self.chunks = 0;
         self.doc_bytes = snapshot.len() as u64;
+        if tail_key.is_some() {
+            self.next_chunk += 1;
+            self.chunks = 1;
+            self.doc_bytes += tail.len() as u64;
+        }
         self.tree.flush().map_err(self.db_err())?;
         Ok(())
     }
@@ -605,7 +627,7 @@ mod tests {
     }
 
     #[test]
-    fn doc_bytes_follow_appends_undone_writes_compaction_and_reopen() {
+    fn doc_bytes_follow_appends_undone_writes_compaction_rebase_and_reopen() {
         let d = tempfile::tempdir().unwrap();
         let stored = |s: &Store| {
             let (snap, chunks) = s.load_doc().unwrap();
@@ -633,9 +655,24 @@ mod tests {
             s.append_chunk(&[5; 3]).unwrap();
             assert_eq!(s.doc_bytes(), stored(&s));
         }
-        let s = Store::open(d.path()).unwrap();
+        let mut s = Store::open(d.path()).unwrap();
         assert_eq!(s.doc_bytes(), 15, "reopened: snapshot + chunks, as stored");
         assert_eq!(s.doc_bytes(), stored(&s));
+        // A join: a peer's snapshot and our changes after it replace everything.
+        s.rebase(&[7; 20], b"record", &[8; 4]).unwrap();
+        assert_eq!(s.doc_bytes(), 24);
+        assert_eq!(s.load_doc().unwrap(), (vec![7; 20], vec![vec![8; 4]]));
+        assert_eq!(s.snapshot_checked().unwrap(), b"record");
+        s.append_chunk(&[6; 2]).unwrap();
+        drop(s);
+        let s = Store::open(d.path()).unwrap();
+        assert_eq!(
+            s.load_doc().unwrap(),
+            (vec![7; 20], vec![vec![8; 4], vec![6; 2]]),
+            "the tail first, then what came after"
+        );
+        assert_eq!(s.doc_bytes(), 26);
+        assert_eq!(s.chunks(), 2);
     }
 
     /// The event log and the remembered peers are read back from disk: whatever bytes

@@ -321,6 +321,7 @@ impl Runtime {
                     self.net.send(NetCommand::Discover).await;
                 }
                 Effect::Persist { chunk } => self.persist(&chunk),
+                Effect::Rebase(r) => self.rebase(&r),
                 Effect::PersistEvents { events } => {
                     if let Some(log) = self.event_log.as_mut() {
                         if let Err(e) = log.append(&events) {
@@ -407,6 +408,28 @@ impl Runtime {
         }
         self.unflushed = true;
         self.compact_if(chunk.len() >= BIG_CHUNK);
+    }
+
+    /// A new node joined from a peer's snapshot: the store keeps that snapshot (and the
+    /// node's own changes after it) in place of what it held, so a join does not encode
+    /// the whole document again (~1 s at 100,000 stories). If that fails, the pieces are
+    /// appended like any change.
+    fn rebase(&mut self, r: &crate::core::state::Rebase) {
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        match store.rebase(&r.snapshot, &r.checked, &r.tail) {
+            Ok(()) => {
+                // Everything waiting to be appended is in the new content.
+                self.unpersisted.clear();
+                tracing::debug!(bytes = r.snapshot.len(), "stored the snapshot joined from");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store the snapshot joined from; appending it");
+                self.persist(&r.snapshot);
+                self.persist(&r.tail);
+            }
+        }
     }
 
     /// Replaces the stored chunks with a snapshot of the document once there are

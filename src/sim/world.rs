@@ -209,6 +209,13 @@ impl Sim {
                 // Every simulated node can reach every other: nothing to look for.
                 Effect::Discover => {}
                 Effect::Persist { chunk } => self.persist(i, chunk),
+                Effect::Rebase(r) => {
+                    // Atomic and flushed, like the store's batch.
+                    let store = &mut self.nodes[i].store;
+                    store.flush();
+                    store.durable = vec![r.snapshot, r.tail];
+                    store.durable.retain(|c| !c.is_empty());
+                }
                 Effect::PersistEvents { .. } => {}
                 Effect::StartWork(job) => {
                     // The job acts outside the node (a merge lands at the origin).

@@ -228,6 +228,9 @@ pub enum Effect {
     Persist {
         chunk: Vec<u8>,
     },
+    /// Replace everything stored of the document with this, atomically (a new node
+    /// joined from a peer's snapshot: `Doc::merge_snapshot`).
+    Rebase(Box<crate::core::state::Rebase>),
     /// Add these events to the durable event log (no flush needed: progress, not facts).
     PersistEvents {
         events: Vec<Event>,
@@ -595,7 +598,7 @@ impl Core {
             let queued = std::mem::take(&mut self.effects);
             let (persist, rest): (VecDeque<Effect>, VecDeque<Effect>) = queued
                 .into_iter()
-                .partition(|e| matches!(e, Effect::Persist { .. }));
+                .partition(|e| matches!(e, Effect::Persist { .. } | Effect::Rebase(_)));
             self.effects = persist;
             let now = self.last_now;
             for p in self.membership.alive(now) {

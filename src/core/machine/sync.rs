@@ -19,8 +19,10 @@ pub struct SyncFrame {
     pub events: Vec<Event>,
     /// In an answer: more events remain for the requester (it asks again).
     pub events_more: bool,
-    /// First frame only: the sender is new (it never synced and holds next to nothing),
-    /// so a large document is better sent to it whole.
+    /// The sender is new (it never synced and holds next to nothing). On a first frame:
+    /// a large document is better sent to it whole. On an answer: its own first session
+    /// takes such a document whole, so a session that would send it change by change
+    /// ends instead.
     pub fresh: bool,
     /// In an answer to a fresh sender, when this document is large: the document saved
     /// whole, in place of a sync message (`Doc::merge_snapshot`).
@@ -88,13 +90,22 @@ impl Core {
         let Some(msg) = self.doc.sync_generate(state) else {
             return;
         };
-        let acked = self.push_acked.get(peer).copied().unwrap_or(0);
-        let (pushed, pushed_upto) = if push {
-            self.doc
-                .local_changes_after(acked, self.cfg.max_sync_bytes / 2)
-        } else {
-            (Vec::new(), acked)
+        // Pushed: our changes the peer has not acknowledged, once a session we started
+        // with it has completed. Before that (a new peer, or one since our restart) it
+        // may hold all of them or none: a node with a large backlog pushed every change
+        // of it to a new node, which then applied them one by one instead of taking the
+        // snapshot it asked for. The sync protocol finds what it lacks instead.
+        let acked = self.push_acked.get(peer).copied();
+        let pushed = match acked {
+            Some(acked) if push => {
+                self.doc
+                    .local_changes_after(acked, self.cfg.max_sync_bytes / 2)
+                    .0
+            }
+            _ => Vec::new(),
         };
+        // A completed session leaves the peer with everything we hold when it opens.
+        let pushed_upto = self.doc.last_local_seq();
         self.counters.sync_sessions_started += 1;
         let id = self.next_session;
         self.next_session += 1;
@@ -112,7 +123,7 @@ impl Core {
             .events_pull
             .remove(peer)
             .then(|| self.timeline.summary());
-        let fresh = self.joined_ms.is_none() && self.doc.stored_bytes() < FRESH_MAX_BYTES;
+        let fresh = self.is_fresh();
         self.effects.push_back(Effect::SendSync {
             to: peer.to_string(),
             data: codec::encode(&SyncFrame {
@@ -124,14 +135,24 @@ impl Core {
         });
     }
 
+    /// Whether this node is new: it never synced and holds next to nothing.
+    fn is_fresh(&self) -> bool {
+        self.joined_ms.is_none() && self.doc.stored_bytes() < FRESH_MAX_BYTES
+    }
+
+    /// Whether a fresh peer's first session gets this document whole.
+    fn large_for_joins(&self) -> bool {
+        let stored = self.doc.stored_bytes();
+        stored > 0 && stored >= self.cfg.limits.snapshot_join_bytes
+    }
+
     /// This document saved whole for a fresh peer, with its heads, if it is large
     /// enough to be worth it and fits a frame. A save is served again for
     /// `JOIN_SNAPSHOT_KEEP_MS` even if the document changed since (the peer syncs the
     /// rest from its heads): a save costs ~0.5 s at 100,000 stories, and any peer may
     /// say it is new.
     fn snapshot_for_join(&mut self) -> Option<(serde_bytes::ByteBuf, Vec<ChangeHash>)> {
-        let stored = self.doc.stored_bytes();
-        if stored == 0 || stored < self.cfg.limits.snapshot_join_bytes {
+        if !self.large_for_joins() {
             return None;
         }
         let now = self.last_now;
@@ -292,7 +313,10 @@ impl Core {
         } else {
             let state = self.in_sync.entry(peer.to_string()).or_default();
             let msg = self.doc.sync_generate(state).unwrap_or_default();
-            SyncFrame::msg(false, msg)
+            SyncFrame {
+                fresh: self.is_fresh(),
+                ..SyncFrame::msg(false, msg)
+            }
         };
         if let (true, Some(have)) = (frame.start, &frame.events_have) {
             // What the peer lacks, within what is left of the frame cap.
@@ -359,6 +383,15 @@ impl Core {
             return;
         }
         self.saw_heads(peer, true);
+        if frame.fresh && self.large_for_joins() {
+            // A new node: its own first session takes this document whole (both sides
+            // open a session on a new connection). Sending it change by change here
+            // would encode all of it (~0.5 s at 100,000 stories) for the new node to
+            // apply one by one, racing the snapshot. This session ends, not completed;
+            // the next one starts where the snapshot leaves both.
+            self.counters.sync_sessions_deferred += 1;
+            return;
+        }
         let state = self.out_sync.entry(peer.to_string()).or_default();
         match self.doc.sync_generate(state) {
             Some(msg) if session.rounds < MAX_SYNC_ROUNDS => {
@@ -398,12 +431,10 @@ impl Core {
             match self.doc.merge_snapshot(snapshot) {
                 Ok(taken) => {
                     state.shared_heads = taken.theirs;
-                    if !taken.persist.is_empty() {
+                    if let Some(stored) = taken.stored {
                         tracing::info!(%peer, bytes = snapshot.len(), "joined from a snapshot");
                         self.counters.snapshots_taken += 1;
-                        for chunk in taken.persist {
-                            self.effects.push_back(Effect::Persist { chunk });
-                        }
+                        self.effects.push_back(Effect::Rebase(Box::new(stored)));
                         self.doc_changed();
                         self.release_lost_claims();
                         self.news_before.get_or_insert(before);

@@ -333,3 +333,36 @@ fn a_new_node_takes_a_large_document_as_one_snapshot_and_converges() {
     );
     assert_eq!(titles(&d).len(), 7);
 }
+
+#[test]
+fn a_large_node_does_not_sync_its_document_change_by_change_to_a_new_node() {
+    // Both sides open a session on a new connection. A's reaches B first.
+    let mut a = core("A", 1);
+    a.cfg.limits.snapshot_join_bytes = 1;
+    a.announce_node("test");
+    for i in 0..5 {
+        a.add_story(&titled(&format!("a{i}")), 1).unwrap();
+    }
+    let mut b = core("B", 2);
+    b.announce_node("test");
+    a.handle(0, Input::Connected("B".into()));
+    deliver(&mut a, &mut b);
+    assert!(
+        titles(&b).is_empty(),
+        "B said it is new: A's session ended before sending its stories one by one"
+    );
+    assert_eq!(a.counters().sync_sessions_deferred, 1);
+    // B's own first session takes the document whole.
+    b.handle(0, Input::Connected("A".into()));
+    pump(&mut b, &mut a);
+    assert_eq!(b.counters().snapshots_taken, 1);
+    assert_eq!(a.digest(), b.digest());
+    // No longer new: A's next session with B syncs as usual.
+    let mark = a.session_mark();
+    a.add_story(&titled("a5"), 1).unwrap();
+    a.handle(0, Input::Connected("B".into()));
+    pump(&mut a, &mut b);
+    assert_eq!(a.digest(), b.digest());
+    assert!(a.synced_since("B", mark), "completed, not ended");
+    assert_eq!(a.counters().sync_sessions_deferred, 1);
+}

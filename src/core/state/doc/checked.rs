@@ -62,15 +62,20 @@ impl Doc {
     pub fn save_checked(&mut self) -> (Vec<u8>, Vec<u8>) {
         let snapshot = self.save();
         let heads = self.inner.get_heads();
-        let record = if sorted(heads.clone()) == sorted(self.scanned.clone()) {
-            encode(&Checked {
-                heads: sorted(heads),
-                bad: self.bad_signatures.iter().cloned().collect(),
-            })
-        } else {
-            Vec::new()
-        };
+        let record = self.record_for(heads);
         (snapshot, record)
+    }
+
+    /// The record for a snapshot with `heads` (one this document holds): empty unless
+    /// every change of this document has been read.
+    pub(super) fn record_for(&mut self, heads: Vec<ChangeHash>) -> Vec<u8> {
+        if sorted(self.inner.get_heads()) != sorted(self.scanned.clone()) {
+            return Vec::new();
+        }
+        encode(&Checked {
+            heads: sorted(heads),
+            bad: self.bad_signatures.iter().cloned().collect(),
+        })
     }
 
     /// [`Doc::load_with_operators`] from what a node stored: its snapshot, the record

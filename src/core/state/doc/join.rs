@@ -40,23 +40,26 @@ impl Doc {
         if merged.get_heads() == before {
             return Ok(Taken {
                 theirs,
-                persist: Vec::new(),
+                stored: None,
             });
         }
-        // What the store lacks: their snapshot as it came (no save to encode it again),
-        // and any change of ours not saved yet.
-        let mut persist = vec![bytes.to_vec()];
-        let unsaved = self.inner.document().save_after(&self.saved);
-        if !unsaved.is_empty() {
-            persist.push(unsaved);
-        }
+        // What the store keeps from now on: their snapshot as it came as its snapshot
+        // (no save to encode 100,000 stories again), every change of ours it lacks after
+        // it, and the record of the checks the read below makes.
+        let tail = merged.document().save_after(&theirs);
         self.inner = merged;
         self.saved = self.inner.get_heads();
-        self.stored = persist
-            .iter()
-            .fold(self.stored, |n, c| n.saturating_add(c.len() as u64));
+        self.stored = (bytes.len() as u64).saturating_add(tail.len() as u64);
         self.refresh();
-        Ok(Taken { theirs, persist })
+        let checked = self.record_for(theirs.clone());
+        Ok(Taken {
+            theirs,
+            stored: Some(Rebase {
+                snapshot: bytes.to_vec(),
+                checked,
+                tail,
+            }),
+        })
     }
 }
 
@@ -65,8 +68,20 @@ impl Doc {
 pub struct Taken {
     /// The snapshot's heads: what the peer that sent it holds.
     pub theirs: Vec<ChangeHash>,
-    /// Chunks for the store, in order (none when the snapshot brought nothing new).
-    pub persist: Vec<Vec<u8>>,
+    /// What the store holds from now on, in place of everything it held (none when the
+    /// snapshot brought nothing new).
+    pub stored: Option<Rebase>,
+}
+
+/// A store's whole content after a join (`Store::rebase`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rebase {
+    /// The peer's document as it came: the store's snapshot.
+    pub snapshot: Vec<u8>,
+    /// The record of its signature checks (`Doc::load_stored`; empty for none).
+    pub checked: Vec<u8>,
+    /// This node's changes the snapshot lacks (empty for none): the one chunk after it.
+    pub tail: Vec<u8>,
 }
 
 #[cfg(test)]
@@ -89,7 +104,10 @@ mod tests {
     fn a_snapshot_brings_the_peers_document_and_keeps_our_own_changes() {
         let mut big = with_stories(1, "A", 20);
         let mut new = with_stories(2, "B", 1);
-        let stored_first = new.save_incremental();
+        assert!(
+            !new.save_incremental().is_empty(),
+            "B's first change is stored before the join"
+        );
         // One change of B's not stored yet when the snapshot comes.
         new.add_story(
             &NewStory {
@@ -105,20 +123,35 @@ mod tests {
         let taken = new.merge_snapshot(&snapshot).expect("merge");
         assert_eq!(taken.theirs, big.heads());
         assert_eq!(new.view().stories.len(), 22, "theirs and ours");
+        let kept = taken.stored.expect("the snapshot brought something");
+        assert_eq!(kept.snapshot, snapshot, "their snapshot as it came");
+        assert!(!kept.tail.is_empty(), "our changes after it");
+        assert!(!kept.checked.is_empty(), "every change was read: a record");
         assert_eq!(
-            taken.persist.len(),
-            2,
-            "their snapshot, then our unsaved change"
+            new.stored_bytes(),
+            (kept.snapshot.len() + kept.tail.len()) as u64
         );
         assert!(
             new.save_incremental().is_empty(),
             "the store has it all then"
         );
-        // What the store then holds loads as the same document.
-        let mut chunks = vec![stored_first];
-        chunks.extend(taken.persist);
-        let mut reloaded = Doc::load_test_names([3; 16], &[], &chunks).expect("reload");
+        // The record speaks for the snapshot: a restart checks no signature in it again.
+        let mut snapshot_only = Doc::load_test_names([4; 16], &kept.snapshot, &[]).expect("load");
+        assert!(snapshot_only.trusted_by(&kept.checked).is_some());
+        // What the store then holds loads as the same document (the change stored
+        // before the join included: it is in the tail).
+        let mut reloaded = Doc::load_as(
+            [3; 16],
+            &kept.snapshot,
+            &kept.checked,
+            std::slice::from_ref(&kept.tail),
+            KeyScheme::TestNames,
+            BTreeSet::new(),
+            None,
+        )
+        .expect("reload");
         assert_eq!(reloaded.heads(), new.heads());
+        assert_eq!(reloaded.view(), new.view());
         // B's changes reach A as usual: the two converge.
         big.inner
             .load_incremental(&new.inner.document().save())
@@ -134,8 +167,8 @@ mod tests {
         assert!(new
             .merge_snapshot(&snapshot)
             .expect("again")
-            .persist
-            .is_empty());
+            .stored
+            .is_none());
     }
 
     #[test]
@@ -149,13 +182,27 @@ mod tests {
         a.inner.put(automerge::ROOT, &k, forged).expect("put");
         a.inner.commit();
         let mut new = Doc::new([2; 16]).with_test_names();
-        assert!(!new
+        let kept = new
             .merge_snapshot(&a.snapshot_for_join())
             .expect("merge")
-            .persist
-            .is_empty());
+            .stored
+            .expect("new facts");
         assert_eq!(new.view().stories.len(), 2);
         assert_eq!(new.rejected_total(), 1, "the forgery is refused");
+        // And again after a restart that trusts the record of the join's checks.
+        let again = Doc::load_as(
+            [4; 16],
+            &kept.snapshot,
+            &kept.checked,
+            std::slice::from_ref(&kept.tail),
+            KeyScheme::TestNames,
+            BTreeSet::new(),
+            None,
+        )
+        .expect("reload");
+        assert!(!kept.checked.is_empty());
+        assert_eq!(again.view().stories.len(), 2);
+        assert_eq!(again.rejected_total(), 1, "refused again after a restart");
         assert!(new.merge_snapshot(b"not a document").is_err());
         let capped = &mut Doc::new([3; 16]).with_test_names().with_size_cap(10);
         assert!(matches!(

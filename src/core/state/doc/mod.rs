@@ -11,7 +11,7 @@ mod batch;
 mod checked;
 mod join;
 pub use batch::{BatchError, BATCH_REF_PREFIX, MAX_BATCH_STORIES};
-pub use join::Taken;
+pub use join::{Rebase, Taken};
 mod fold;
 mod write;
 
@@ -249,6 +249,11 @@ impl Doc {
     /// The hash of this actor's latest change, if it made one.
     pub fn last_local_change(&self) -> Option<ChangeHash> {
         self.local_log.back().map(|c| c.hash)
+    }
+
+    /// The sequence number of this actor's newest change in the local log (0 for none).
+    pub fn last_local_seq(&self) -> u64 {
+        self.local_log.back().map_or(0, |c| c.seq)
     }
 
     /// This actor's changes with a sequence number above `after`, oldest first, and the
