@@ -279,9 +279,8 @@ fn a_node_admitted_after_it_started_writes_its_description_then() {
     assert_eq!(node.version, "1.2.3");
 }
 
-#[test]
-fn a_new_node_takes_a_large_document_as_one_snapshot_and_converges() {
-    // A's document counts as large (any size does here); B is new.
+/// A, whose document counts as large (any size does here) with five stories, and B, new.
+fn large_and_new() -> (Core, Core) {
     let mut a = core("A", 1);
     a.cfg.limits.snapshot_join_bytes = 1;
     a.announce_node("test");
@@ -290,6 +289,12 @@ fn a_new_node_takes_a_large_document_as_one_snapshot_and_converges() {
     }
     let mut b = core("B", 2);
     b.announce_node("test");
+    (a, b)
+}
+
+#[test]
+fn a_new_node_takes_a_large_document_as_one_snapshot_and_converges() {
+    let (mut a, mut b) = large_and_new();
     let mark = b.session_mark();
     b.handle(0, Input::Connected("A".into()));
     pump(&mut b, &mut a);
@@ -337,14 +342,7 @@ fn a_new_node_takes_a_large_document_as_one_snapshot_and_converges() {
 #[test]
 fn a_large_node_does_not_sync_its_document_change_by_change_to_a_new_node() {
     // Both sides open a session on a new connection. A's reaches B first.
-    let mut a = core("A", 1);
-    a.cfg.limits.snapshot_join_bytes = 1;
-    a.announce_node("test");
-    for i in 0..5 {
-        a.add_story(&titled(&format!("a{i}")), 1).unwrap();
-    }
-    let mut b = core("B", 2);
-    b.announce_node("test");
+    let (mut a, mut b) = large_and_new();
     a.handle(0, Input::Connected("B".into()));
     deliver(&mut a, &mut b);
     assert!(

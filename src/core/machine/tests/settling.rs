@@ -62,33 +62,8 @@ fn a_node_whose_claims_cannot_settle_backs_off_and_claims_again_once_the_peer_an
     for _ in 0..3 {
         now += 100;
         a.tick(now, now);
-        while let Some(e) = a.poll_effect() {
-            match e {
-                Effect::SendSync { data, .. } => {
-                    b.handle(
-                        now,
-                        Input::SyncRequest {
-                            from: "A".into(),
-                            data,
-                            reply: 0,
-                        },
-                    );
-                    while let Some(r) = b.poll_effect() {
-                        if let Effect::Respond { data, .. } = r {
-                            a.handle(
-                                now,
-                                Input::SyncResponse {
-                                    from: "B".into(),
-                                    data,
-                                },
-                            );
-                        }
-                    }
-                }
-                Effect::StartWork(_) => started = true,
-                _ => {}
-            }
-        }
+        deliver(&mut a, &mut b);
+        started = !a.runs().is_empty();
         if started {
             break;
         }

@@ -88,6 +88,20 @@ pub struct Rebase {
 mod tests {
     use super::*;
 
+    /// What a store holds after a join, loaded as a restart loads it.
+    fn restarted(actor: [u8; 16], kept: &Rebase) -> Doc {
+        Doc::load_as(
+            actor,
+            &kept.snapshot,
+            &kept.checked,
+            std::slice::from_ref(&kept.tail),
+            KeyScheme::TestNames,
+            BTreeSet::new(),
+            None,
+        )
+        .expect("reload")
+    }
+
     fn with_stories(actor: u8, by: &str, n: u32) -> Doc {
         let mut d = Doc::new([actor; 16]).with_test_names();
         for i in 0..n {
@@ -140,16 +154,7 @@ mod tests {
         assert!(snapshot_only.trusted_by(&kept.checked).is_some());
         // What the store then holds loads as the same document (the change stored
         // before the join included: it is in the tail).
-        let mut reloaded = Doc::load_as(
-            [3; 16],
-            &kept.snapshot,
-            &kept.checked,
-            std::slice::from_ref(&kept.tail),
-            KeyScheme::TestNames,
-            BTreeSet::new(),
-            None,
-        )
-        .expect("reload");
+        let mut reloaded = restarted([3; 16], &kept);
         assert_eq!(reloaded.heads(), new.heads());
         assert_eq!(reloaded.view(), new.view());
         // B's changes reach A as usual: the two converge.
@@ -190,16 +195,7 @@ mod tests {
         assert_eq!(new.view().stories.len(), 2);
         assert_eq!(new.rejected_total(), 1, "the forgery is refused");
         // And again after a restart that trusts the record of the join's checks.
-        let again = Doc::load_as(
-            [4; 16],
-            &kept.snapshot,
-            &kept.checked,
-            std::slice::from_ref(&kept.tail),
-            KeyScheme::TestNames,
-            BTreeSet::new(),
-            None,
-        )
-        .expect("reload");
+        let again = restarted([4; 16], &kept);
         assert!(!kept.checked.is_empty());
         assert_eq!(again.view().stories.len(), 2);
         assert_eq!(again.rejected_total(), 1, "refused again after a restart");
