@@ -118,16 +118,7 @@ impl Core {
         if self.paced(now_ms) {
             return;
         }
-        // Settle with every peer that is alive, or connected and not known dead (a
-        // frozen process keeps its TCP connections; waiting for it would stall everyone).
-        let mut alive = self.membership.alive(now_ms);
-        for p in &self.connected {
-            if !alive.contains(p) && self.membership.state(p, now_ms) != Some(PeerState::Dead) {
-                alive.push(p.clone());
-            }
-        }
-        // Refused peers (not on the roster) are no one to settle with.
-        alive.retain(|p| !self.refused.contains(p));
+        let alive = self.settle_peers(now_ms);
         // Our last claim could not settle: wait for the peers that did not answer.
         if self.settle_backoff.waits(now_ms, &alive, &self.completed) {
             return;

@@ -55,7 +55,7 @@ impl SettleBackoff {
     pub(super) fn waits(
         &mut self,
         now_ms: u64,
-        settle_with: &[String],
+        settle_with: &BTreeSet<String>,
         completed: &BTreeMap<String, u64>,
     ) -> bool {
         if now_ms >= self.until_ms || self.silent.is_empty() {
@@ -69,6 +69,24 @@ impl SettleBackoff {
 }
 
 impl Core {
+    /// The peers a claim settles with: every alive one, and every connected one not
+    /// known dead (a frozen process keeps its TCP connections; waiting for it would
+    /// stall everyone), refused peers (not on the roster) left out.
+    pub(super) fn settle_peers(&self, now_ms: u64) -> BTreeSet<String> {
+        let membership = &self.membership;
+        membership
+            .alive_iter(now_ms)
+            .map(str::to_string)
+            .chain(
+                self.connected
+                    .iter()
+                    .filter(|p| !membership.is_dead(p, now_ms))
+                    .cloned(),
+            )
+            .filter(|p| !self.refused.contains(p))
+            .collect()
+    }
+
     /// Settles claims whose peers have all synced (or whose settle timeout passed): the
     /// winner starts work, a loser releases.
     pub(super) fn check_settling(&mut self, now_ms: u64) {
@@ -79,15 +97,7 @@ impl Core {
         // (claim, whether every alive peer synced with us since the claim was written)
         let mut silent = BTreeSet::new();
         let ready: Vec<(String, bool)> = {
-            let mut alive: BTreeSet<String> = self.membership.alive(now_ms).into_iter().collect();
-            let membership = &self.membership;
-            alive.extend(
-                self.connected
-                    .iter()
-                    .filter(|p| membership.state(p, now_ms) != Some(PeerState::Dead))
-                    .cloned(),
-            );
-            alive.retain(|p| !self.refused.contains(p));
+            let alive = self.settle_peers(now_ms);
             let completed = &self.completed;
             let mut ready = Vec::new();
             let silent = &mut silent;
