@@ -537,7 +537,7 @@ fn load_config(dir: &Path) -> Result<Config> {
 
 fn init_logging(cfg: &Config, file: Option<&Path>) -> Result<()> {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(&cfg.log_level).map_err(usage)?;
+    let filter = EnvFilter::try_new(cfg.log_filter()).map_err(usage)?;
     let writer: tracing_subscriber::fmt::writer::BoxMakeWriter = match file {
         Some(p) => {
             let f = std::fs::OpenOptions::new()
