@@ -363,7 +363,8 @@ struct RunArgs {
     /// Log format: text or json.
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
-    /// Log filter: error, warn, info, debug, trace, or e.g. mesh_agent=debug.
+    /// Log filter: error, warn, info, debug, trace, or e.g. mesh_agent=debug
+    /// (automerge logs warnings only unless the filter names it: automerge=debug).
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
     /// Append logs to this file instead of stderr.

@@ -54,6 +54,8 @@ capacity = {cap}
 role_limits = {{ {limits} }}
 
 # Logs: "text" or "json"; level is a tracing filter (info, debug, mesh_agent=trace).
+# automerge logs warnings only unless the filter names it (automerge=debug): its spans
+# print the whole document history.
 log_format = {lf:?}
 log_level = {ll:?}
 

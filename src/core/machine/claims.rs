@@ -261,7 +261,7 @@ impl Core {
                 state: LocalState::Settling {
                     mark,
                     waiting: alive.into_iter().collect(),
-                    deadline_ms: now_ms.saturating_add(lease.settle_timeout_ms),
+                    deadline_ms: now_ms.saturating_add(self.settle_timeout()),
                     change,
                 },
                 written_ms: now_ms,

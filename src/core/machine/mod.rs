@@ -292,6 +292,8 @@ struct Session {
     again_push: bool,
     /// The highest own change sequence number this session pushed.
     pushed_upto: u64,
+    /// When it opened (for the settle timeout's estimate of how long a session takes).
+    opened_ms: u64,
 }
 
 pub struct Core {
@@ -340,6 +342,8 @@ pub struct Core {
     local: BTreeMap<String, LocalClaim>,
     /// Claims wait after one could not settle (see `settle.rs`).
     settle_backoff: settle::SettleBackoff,
+    /// How long our sync sessions take to complete, smoothed (see `settle_timeout`).
+    session_ms: settle::SessionTime,
     next_claim: u64,
     cochange: CoChange,
     runs: Vec<RunRecord>,
@@ -433,6 +437,7 @@ impl Core {
             next_session: 1,
             completed: BTreeMap::new(),
             settle_backoff: Default::default(),
+            session_ms: Default::default(),
             push_acked: BTreeMap::new(),
             push_pending: false,
             news_before: None,

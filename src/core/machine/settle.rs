@@ -10,6 +10,29 @@ use super::*;
 /// The longest wait is this many settle timeouts (before `dead_after_ms` caps it).
 const MAX_DOUBLINGS: u32 = 4;
 
+/// A settle waits at least this many typical session times (see [`Core::settle_timeout`]).
+const SETTLE_SESSIONS: u64 = 4;
+
+/// How long this node's sync sessions take to complete, smoothed like TCP's round-trip
+/// estimate (each sample weighs 1/8).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct SessionTime {
+    smoothed_ms: u64,
+}
+
+impl SessionTime {
+    pub(super) fn sample(&mut self, ms: u64) {
+        // A session of minutes (a paused process) moves the estimate no more than one
+        // of 60 s.
+        let ms = ms.min(60_000);
+        self.smoothed_ms = if self.smoothed_ms == 0 {
+            ms
+        } else {
+            self.smoothed_ms - self.smoothed_ms / 8 + ms / 8
+        };
+    }
+}
+
 /// After a claim of ours could not settle: the peers that did not answer, and until when
 /// this node claims nothing new unless each of them has answered since or is no longer
 /// alive. Each failure in a row doubles the wait, from the settle timeout up to the time
@@ -32,6 +55,7 @@ impl SettleBackoff {
         now_ms: u64,
         settle_ms: u64,
         cap_ms: u64,
+        me: &str,
     ) -> u64 {
         let doublings = self.failures.min(MAX_DOUBLINGS);
         self.failures = self.failures.saturating_add(1);
@@ -39,6 +63,9 @@ impl SettleBackoff {
             .max(1)
             .saturating_mul(1 << doublings)
             .min(cap_ms.max(settle_ms));
+        // Up to half again, different on every node: nodes that failed together (an
+        // overloaded machine, a partition healing) do not all claim again at once.
+        let wait = wait.saturating_add(wait * spread(me, self.failures) / 200);
         self.silent = silent;
         self.mark = mark;
         self.until_ms = now_ms.saturating_add(wait);
@@ -68,7 +95,30 @@ impl SettleBackoff {
     }
 }
 
+/// A number in 0..100 fixed by this node's id and `n` (the core draws no randomness).
+fn spread(me: &str, n: u32) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in me.bytes().chain(n.to_le_bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h % 100
+}
+
 impl Core {
+    /// How long a new claim may take to settle: `settle_timeout_ms`, or
+    /// [`SETTLE_SESSIONS`] times what a sync session takes now if that is longer (an
+    /// overloaded machine, a slow link), at most half the lease. A fixed timeout shorter
+    /// than the sessions themselves fails every claim, and each failure's release costs
+    /// as many sessions again: 50 nodes on one 2-core machine claimed and released for
+    /// half an hour and started nothing.
+    pub(super) fn settle_timeout(&self) -> u64 {
+        let lease = self.cfg.lease;
+        let adaptive = SETTLE_SESSIONS
+            .saturating_mul(self.session_ms.smoothed_ms)
+            .min(lease.ttl_ms / 2);
+        lease.settle_timeout_ms.max(adaptive)
+    }
+
     /// The peers a claim settles with: every alive one, and every connected one not
     /// known dead (a frozen process keeps its TCP connections; waiting for it would
     /// stall everyone), refused peers (not on the roster) left out.
@@ -130,8 +180,9 @@ impl Core {
                 silent,
                 self.session_mark(),
                 now_ms,
-                self.cfg.lease.settle_timeout_ms,
+                self.settle_timeout(),
                 self.cfg.membership.dead_after_ms,
+                &self.peer,
             );
             tracing::info!(
                 wait_ms = wait,

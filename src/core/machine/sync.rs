@@ -117,6 +117,7 @@ impl Core {
                 again: false,
                 again_push: false,
                 pushed_upto,
+                opened_ms: self.last_now,
             },
         );
         let events_have = self
@@ -408,6 +409,8 @@ impl Core {
             None => {
                 self.counters.sync_sessions_completed += 1;
                 self.completed.insert(peer.to_string(), session.id);
+                self.session_ms
+                    .sample(self.last_now.saturating_sub(session.opened_ms));
                 if self.joined_ms.is_none() {
                     tracing::info!(%peer, "synced with the mesh; joined");
                     self.joined_ms = Some(self.last_now);

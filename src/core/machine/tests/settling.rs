@@ -74,3 +74,77 @@ fn a_node_whose_claims_cannot_settle_backs_off_and_claims_again_once_the_peer_an
     );
     assert_eq!(claims_written(&a), tried + 1);
 }
+
+/// 30 s of A's clock with B alive and answering, but every sync message taking `lag_ms`
+/// to come back (an overloaded machine). Returns (claims A wrote, whether A started a job).
+fn run_with_slow_peer(lag_ms: u64) -> (usize, bool) {
+    let mut a = worker_alone("A", 1);
+    let mut b = core("B", 2);
+    a.add_story(&titled("s"), 1).unwrap();
+    while a.poll_effect().is_some() {}
+    a.handle(0, Input::Connected("B".into()));
+    b.handle(0, Input::Connected("A".into()));
+    // A's sync messages in flight: when B answers them.
+    let mut in_flight: Vec<(u64, String, Vec<u8>)> = Vec::new();
+    let mut started = false;
+    let mut now = 0;
+    for seq in 1..=300 {
+        now += 100;
+        a.handle(
+            now,
+            Input::Heartbeat {
+                from: "B".into(),
+                data: beat(seq, now),
+            },
+        );
+        let (due, later): (Vec<_>, Vec<_>) = in_flight.drain(..).partition(|(at, ..)| *at <= now);
+        in_flight = later;
+        for (_, from, data) in due {
+            b.handle(
+                now,
+                Input::SyncRequest {
+                    from,
+                    data,
+                    reply: 0,
+                },
+            );
+            while let Some(r) = b.poll_effect() {
+                if let Effect::Respond { data, .. } = r {
+                    a.handle(
+                        now,
+                        Input::SyncResponse {
+                            from: "B".into(),
+                            data,
+                        },
+                    );
+                }
+            }
+        }
+        a.tick(now, now);
+        while let Some(e) = a.poll_effect() {
+            match e {
+                Effect::SendSync { data, .. } => in_flight.push((now + lag_ms, "A".into(), data)),
+                Effect::StartWork(_) => started = true,
+                _ => {}
+            }
+        }
+        while b.poll_effect().is_some() {}
+        if started {
+            break;
+        }
+    }
+    (claims_written(&a), started)
+}
+
+#[test]
+fn a_node_whose_peers_answer_slowly_waits_longer_for_its_claims_to_settle() {
+    // Quick answers: the first claim settles.
+    assert_eq!(run_with_slow_peer(100), (1, true));
+    // Each round trip takes 1.5 s, longer than the 1 s settle_timeout_ms: with the
+    // timeout fixed, every claim was released unsettled (and its release cost as many
+    // sessions again). The timeout follows what sessions take, so a claim settles after
+    // a few tries at most.
+    let (claims, started) = run_with_slow_peer(1_500);
+    assert!(started, "A never settled a claim ({claims} tried)");
+    assert!(claims <= 3, "{claims} claims before one settled");
+}
