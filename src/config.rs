@@ -602,7 +602,6 @@ impl Config {
         }
     }
 
-    /// Resolves `psk_file` against the data dir.
     /// The tracing filter the node logs with: `log_level`, plus `automerge=warn` unless
     /// the filter names automerge itself. automerge 0.12 opens an INFO span on every
     /// change it loads (each sync message received) whose fields include its whole change
@@ -617,6 +616,7 @@ impl Config {
         }
     }
 
+    /// Resolves `psk_file` against the data dir.
     pub fn psk_path(&self, data_dir: &Path) -> Option<PathBuf> {
         self.psk_file.as_ref().map(|p| {
             if p.is_absolute() {
@@ -632,7 +632,8 @@ impl Config {
 mod tests {
     use super::*;
 
-    /// Whether a span at `level` from `target` is enabled under the node's log filter.
+    /// Whether an INFO span from automerge (`target` "automerge") or from this crate is
+    /// enabled under the log filter a node builds from `log_level`.
     fn span_enabled(log_level: &str, target: &str) -> bool {
         use tracing_subscriber::layer::SubscriberExt;
         let cfg = Config {

@@ -85,7 +85,7 @@ fn run_with_slow_peer(lag_ms: u64) -> (usize, bool) {
     a.handle(0, Input::Connected("B".into()));
     b.handle(0, Input::Connected("A".into()));
     // A's sync messages in flight: when B answers them.
-    let mut in_flight: Vec<(u64, String, Vec<u8>)> = Vec::new();
+    let mut in_flight: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut started = false;
     let mut now = 0;
     for seq in 1..=300 {
@@ -99,11 +99,11 @@ fn run_with_slow_peer(lag_ms: u64) -> (usize, bool) {
         );
         let (due, later): (Vec<_>, Vec<_>) = in_flight.drain(..).partition(|(at, ..)| *at <= now);
         in_flight = later;
-        for (_, from, data) in due {
+        for (_, data) in due {
             b.handle(
                 now,
                 Input::SyncRequest {
-                    from,
+                    from: "A".into(),
                     data,
                     reply: 0,
                 },
@@ -123,7 +123,7 @@ fn run_with_slow_peer(lag_ms: u64) -> (usize, bool) {
         a.tick(now, now);
         while let Some(e) = a.poll_effect() {
             match e {
-                Effect::SendSync { data, .. } => in_flight.push((now + lag_ms, "A".into(), data)),
+                Effect::SendSync { data, .. } => in_flight.push((now + lag_ms, data)),
                 Effect::StartWork(_) => started = true,
                 _ => {}
             }
