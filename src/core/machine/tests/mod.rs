@@ -31,6 +31,25 @@ fn deliver(src: &mut Core, dst: &mut Core) -> bool {
     exchange(src, dst, &mut Vec::new())
 }
 
+/// One sync frame from `src` handled by `dst` at `now`, and `dst`'s answer back.
+fn round_trip(src: &mut Core, dst: &mut Core, now: u64, data: Vec<u8>) {
+    let from = src.peer().to_string();
+    dst.handle(
+        now,
+        Input::SyncRequest {
+            from,
+            data,
+            reply: 0,
+        },
+    );
+    while let Some(r) = dst.poll_effect() {
+        if let Effect::Respond { data, .. } = r {
+            let from = dst.peer().to_string();
+            src.handle(now, Input::SyncResponse { from, data });
+        }
+    }
+}
+
 /// Like [`deliver`], collecting the work either side cancels.
 fn exchange(src: &mut Core, dst: &mut Core, cancelled: &mut Vec<String>) -> bool {
     let mut moved = false;

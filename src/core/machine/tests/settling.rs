@@ -100,25 +100,7 @@ fn run_with_slow_peer(lag_ms: u64) -> (usize, bool) {
         let (due, later): (Vec<_>, Vec<_>) = in_flight.drain(..).partition(|(at, ..)| *at <= now);
         in_flight = later;
         for (_, data) in due {
-            b.handle(
-                now,
-                Input::SyncRequest {
-                    from: "A".into(),
-                    data,
-                    reply: 0,
-                },
-            );
-            while let Some(r) = b.poll_effect() {
-                if let Effect::Respond { data, .. } = r {
-                    a.handle(
-                        now,
-                        Input::SyncResponse {
-                            from: "B".into(),
-                            data,
-                        },
-                    );
-                }
-            }
+            round_trip(&mut a, &mut b, now, data);
         }
         a.tick(now, now);
         while let Some(e) = a.poll_effect() {

@@ -103,27 +103,7 @@ fn ticks_with(a: &mut Core, b: &mut Core, now: &mut u64, n: usize) -> Vec<Job> {
                 moved = true;
                 match e {
                     Effect::StartWork(job) => jobs.push(*job),
-                    Effect::SendSync { data, .. } => {
-                        b.handle(
-                            *now,
-                            Input::SyncRequest {
-                                from: "A".into(),
-                                data,
-                                reply: 0,
-                            },
-                        );
-                        while let Some(r) = b.poll_effect() {
-                            if let Effect::Respond { data, .. } = r {
-                                a.handle(
-                                    *now,
-                                    Input::SyncResponse {
-                                        from: "B".into(),
-                                        data,
-                                    },
-                                );
-                            }
-                        }
-                    }
+                    Effect::SendSync { data, .. } => round_trip(a, b, *now, data),
                     _ => {}
                 }
             }
