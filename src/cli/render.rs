@@ -95,8 +95,9 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
         };
         let _ = writeln!(
             o,
-            "clock: {by} ms {side} the median of {} peer(s) (including delivery delay), {verdict}",
-            r.clock.peers
+            "clock: {by} ms {side} the median of {} peer(s) (including delivery delay, up to {} ms of it allowed for), {verdict}",
+            r.clock.peers,
+            r.clock.delay_ms
         );
     }
     let g = &r.origin;

@@ -27,11 +27,62 @@ pub struct ClockSkew {
     pub median_ms: Option<i64>,
     /// Alive peers with a sample.
     pub peers: usize,
-    /// Beyond the bound (allowing up to `message_timeout_ms` of one-way delay) with at
-    /// least two peers agreeing: with one peer there is no telling which clock is wrong.
+    /// Beyond the bound (allowing for `delay_ms` of one-way delay) with at least two
+    /// peers agreeing: with one peer there is no telling which clock is wrong.
     pub skewed: bool,
     /// The bound: `max_clock_drift_ms`.
     pub bound_ms: u64,
+    /// The one-way delay allowed for: `message_timeout_ms`, or this node's longest
+    /// recent probe round trip if that is longer (a loaded machine delivers beats late,
+    /// and a late beat is not a clock ahead).
+    #[serde(default)]
+    pub delay_ms: u64,
+}
+
+/// Probe round trips kept: the delay allowed for is the longest of them.
+pub const DELAY_SAMPLES: usize = 16;
+
+/// A round trip longer than this is not a sample (a probe answered after a pause).
+const MAX_DELAY_MS: u64 = 60_000;
+
+/// This node's probe round trips: from the probe leaving the core to its answer
+/// reaching it, both sides' queues included, so under load they grow as the delays of
+/// beats do.
+#[derive(Debug, Default)]
+pub(super) struct ProbeDelays {
+    /// Per peer, when the earliest unanswered probe to it left (monotonic ms): an
+    /// answer to a later one then reads as longer, never shorter.
+    out: BTreeMap<String, u64>,
+    /// The latest round trips, oldest first.
+    rtts: VecDeque<u64>,
+}
+
+impl ProbeDelays {
+    pub(super) fn sent(&mut self, peer: &str, now_ms: u64) {
+        self.out.entry(peer.to_string()).or_insert(now_ms);
+    }
+
+    pub(super) fn answered(&mut self, peer: &str, now_ms: u64) {
+        let Some(sent) = self.out.remove(peer) else {
+            return;
+        };
+        let rtt = now_ms.saturating_sub(sent);
+        if rtt <= MAX_DELAY_MS {
+            self.rtts.push_back(rtt);
+            while self.rtts.len() > DELAY_SAMPLES {
+                self.rtts.pop_front();
+            }
+        }
+    }
+
+    /// The probe will get no answer (the shell says so).
+    pub(super) fn failed(&mut self, peer: &str) {
+        self.out.remove(peer);
+    }
+
+    fn longest(&self) -> u64 {
+        self.rtts.iter().copied().max().unwrap_or(0)
+    }
 }
 
 /// What a clean shutdown waits for: the peers the releases were pushed to.
@@ -97,9 +148,14 @@ impl Core {
             _ if n % 2 == 1 => Some(samples[n / 2]),
             _ => Some(((i128::from(samples[n / 2 - 1]) + i128::from(samples[n / 2])) / 2) as i64),
         };
-        // offset = skew + delay with 0 <= delay <= message_timeout: the skew is certainly
+        // offset = skew + delay with 0 <= delay <= the allowance: the skew is certainly
         // beyond the bound only past it on either side, delay included.
-        let ahead = i128::from(bound_ms) + i128::from(self.cfg.lease.message_timeout_ms);
+        let delay_ms = self
+            .cfg
+            .lease
+            .message_timeout_ms
+            .max(self.probe_delays.longest());
+        let ahead = i128::from(bound_ms) + i128::from(delay_ms);
         let behind = -i128::from(bound_ms);
         let skewed = self.guards.clock_skew
             && n >= 2
@@ -109,6 +165,7 @@ impl Core {
             peers: n,
             skewed,
             bound_ms,
+            delay_ms,
         }
     }
 

@@ -107,6 +107,7 @@ impl Core {
         for to in targets {
             if !self.refused.contains(&to) {
                 self.counters.probes_sent += 1;
+                self.probe_delays.sent(&to, now_ms);
                 self.effects.push_back(Effect::Probe {
                     to,
                     data: body.clone(),
@@ -155,6 +156,7 @@ impl Core {
         }
         self.membership.probing(peer, now_ms);
         self.counters.probes_sent += 1;
+        self.probe_delays.sent(peer, now_ms);
         let data = self.probe_body(now_ms);
         self.effects.push_back(Effect::Probe {
             to: peer.to_string(),
@@ -180,6 +182,7 @@ impl Core {
 
     /// The answer to this node's probe.
     pub(super) fn probe_answered(&mut self, from: String, data: &[u8], now_ms: u64) {
+        self.probe_delays.answered(&from, now_ms);
         match self.decode_beat(&from, data) {
             Some(Some(beat)) => self.take_beat(from, beat, now_ms),
             // A passive observer or a stopping node: no member, but no silence either.

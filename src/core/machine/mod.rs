@@ -62,6 +62,7 @@ mod sync;
 mod write;
 
 pub use budget::{BudgetConfig, SpendStatus};
+use guards::ProbeDelays;
 pub use guards::{ClockSkew, Guards, Handover, CLOCK_SAMPLES};
 pub use intake::Sourced;
 pub use latency::{Histogram, Latency, SettleOutcome, PHASE_BOUNDS_MS, SETTLE_BOUNDS_MS};
@@ -367,6 +368,8 @@ pub struct Core {
     /// Per peer, our wall clock at receipt of its latest beats minus their send times
     /// (at most [`CLOCK_SAMPLES`]).
     clock_offsets: BTreeMap<String, VecDeque<i64>>,
+    /// Probe round trips: the one-way delay the skew rule allows for.
+    probe_delays: ProbeDelays,
     /// The skew warning is up (logged on each change).
     skew_warned: bool,
     /// A clean shutdown began: claim nothing more.
@@ -472,6 +475,7 @@ impl Core {
             join_snapshot: None,
             join_gave_up: false,
             clock_offsets: BTreeMap::new(),
+            probe_delays: ProbeDelays::default(),
             skew_warned: false,
             stopping: false,
             stalls: Default::default(),
@@ -712,6 +716,7 @@ impl Core {
             Input::ProbeAnswer { from, data } => self.probe_answered(from, &data, now_ms),
             Input::ProbeFailed { peer } => {
                 self.counters.probes_failed += 1;
+                self.probe_delays.failed(&peer);
                 self.membership.probe_failed(&peer);
             }
             Input::SyncRequest {

@@ -152,6 +152,72 @@ fn a_node_whose_clock_is_off_the_mesh_median_claims_nothing_until_it_is_back() {
 }
 
 #[test]
+fn a_loaded_node_allows_for_its_probe_round_trips_before_calling_its_clock_skewed() {
+    // Defaults: max_clock_drift_ms 1000, message_timeout_ms 1000. Every clock is right;
+    // the machine is loaded and beats arrive 2.5 s after they were sent.
+    let guards = Guards {
+        clock_skew: true,
+        ..Guards::default()
+    };
+    let mut a = worker("A", Doc::new([1; 16]).with_test_names(), guards);
+    let wall = 1_000_000;
+    let mut seq = 0;
+    let mut beats = |a: &mut Core, now: u64, late: u64| {
+        seq += 1;
+        a.set_wall(wall + now);
+        for p in ["B", "C"] {
+            let data = beat(seq, wall + now - late);
+            a.handle(
+                now,
+                Input::Heartbeat {
+                    from: p.into(),
+                    data,
+                },
+            );
+        }
+        seq
+    };
+    a.tick(0, wall);
+    beats(&mut a, 100, 2_500);
+    let before = a.clock_skew(100);
+    assert_eq!(before.delay_ms, 1_000);
+    assert!(before.skewed, "no round trip measured: late reads as ahead");
+    // A probe takes 3 s to come back: beats that late are no sign of a clock ahead.
+    while a.poll_effect().is_some() {}
+    a.heartbeat(1_000, wall + 1_000);
+    let probed: Vec<String> = std::iter::from_fn(|| a.poll_effect())
+        .filter_map(|e| match e {
+            Effect::Probe { to, .. } => Some(to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(probed.len(), 1, "{probed:?}");
+    let s = beats(&mut a, 3_900, 2_500) + 1;
+    a.set_wall(wall + 4_000);
+    let data = probe_answer(s, wall + 4_000 - 2_500);
+    a.handle(
+        4_000,
+        Input::ProbeAnswer {
+            from: probed[0].clone(),
+            data,
+        },
+    );
+    let loaded = a.clock_skew(4_000);
+    assert_eq!((loaded.delay_ms, loaded.peers), (3_000, 2));
+    assert_eq!(loaded.median_ms, Some(2_500));
+    assert!(
+        !loaded.skewed,
+        "a late beat judged a clock ahead: {loaded:?}"
+    );
+    // A clock off by more than drift and that delay is still caught.
+    for i in 0..CLOCK_SAMPLES as u64 {
+        beats(&mut a, 4_100 + i * 100, 5_000);
+    }
+    let off = a.clock_skew(5_000);
+    assert_eq!((off.median_ms, off.skewed), (Some(5_000), true));
+}
+
+#[test]
 fn a_clean_shutdown_releases_every_claim_as_shutdown_and_claims_nothing_more() {
     let mut a = worker("A", Doc::new([1; 16]).with_test_names(), Guards::default());
     a.add_story(

@@ -202,8 +202,18 @@ fn a_claim_of_a_previous_run_that_comes_back_from_a_peer_is_released() {
     assert!(b.doc().view().claims().is_released("A-1001"));
 }
 
+/// A published beat, encoded.
 fn beat(seq: u64, sent_at_ms: u64) -> Vec<u8> {
-    codec::encode(&Heartbeat {
+    codec::encode(&heartbeat(seq, sent_at_ms))
+}
+
+/// A probe's answer carrying a beat, encoded.
+fn probe_answer(seq: u64, sent_at_ms: u64) -> Vec<u8> {
+    codec::encode(&Some(heartbeat(seq, sent_at_ms)))
+}
+
+fn heartbeat(seq: u64, sent_at_ms: u64) -> Heartbeat {
+    Heartbeat {
         incarnation: 1,
         seq,
         roles: vec![],
@@ -213,7 +223,7 @@ fn beat(seq: u64, sent_at_ms: u64) -> Vec<u8> {
         claims: vec![],
         suspects: vec![],
         members: 1,
-    })
+    }
 }
 
 #[test]
