@@ -282,6 +282,7 @@ impl Core {
             let pushed = frame.push.into_iter().map(|b| b.into_vec()).collect();
             match self.doc.apply_pushed(pushed) {
                 Ok(true) => {
+                    tracing::debug!(%peer, "changes from a peer applied (pushed)");
                     self.doc_changed();
                     self.release_lost_claims();
                 }
@@ -343,6 +344,7 @@ impl Core {
         let state = states.entry(peer.to_string()).or_default();
         match self.doc.sync_receive(state, msg) {
             Ok(true) => {
+                tracing::debug!(%peer, outgoing, "changes from a peer applied");
                 self.doc_changed();
                 self.release_lost_claims();
                 true
@@ -452,6 +454,7 @@ impl Core {
     /// This node wrote to the document: persist, and push the change to every alive peer
     /// (at the next `poll_effect`, so several writes in one step travel together).
     pub(super) fn local_write(&mut self) {
+        tracing::debug!("wrote to the document");
         self.doc_changed();
         self.push_pending = true;
     }
