@@ -571,6 +571,24 @@ impl Doc {
         self.view_and_claims().0
     }
 
+    /// Whether `holder` has a claim numbered at most `upto` (ids `{holder}-N`) that no
+    /// release names: a lookup over its own claims, not a fold (it runs on every change
+    /// a peer brings).
+    pub fn has_unreleased_claims_upto(&self, holder: &str, upto: u64) -> bool {
+        let prefix = format!("{CLAIM_PREFIX}{holder}-");
+        self.facts
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .any(|(k, f)| {
+                let n = k[prefix.len()..].parse::<u64>().ok();
+                matches!(f, Fact::Claim(c) if c.holder == holder)
+                    && n.is_some_and(|n| n <= upto)
+                    && !self
+                        .facts
+                        .contains_key(&format!("{RELEASE_PREFIX}{}", &k[CLAIM_PREFIX.len()..]))
+            })
+    }
+
     /// The current view and its claim fold (what `view().claims()` gives, without
     /// folding the claims twice).
     pub fn view_and_claims(&self) -> (View, Claims) {
