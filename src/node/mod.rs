@@ -514,6 +514,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
         observe: Some(obs_tx),
         replies: HashMap::new(),
         next_reply: 0,
+        stale_requests: 0,
         shell,
         jobs: HashMap::new(),
         work_tx,

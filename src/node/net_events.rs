@@ -11,6 +11,19 @@ impl Runtime {
             self.remember(peer, addrs).await;
             return;
         }
+        if let NetEvent::SyncRequest { peer, channel, .. } = &ev {
+            if !channel.is_open() {
+                // The request waited here past `request_timeout` and its sender has
+                // given up: answering would cost a walk of the history and reach no one.
+                // An overloaded node sheds these first and catches up.
+                self.stale_requests += 1;
+                if self.stale_requests.is_power_of_two() {
+                    tracing::warn!(%peer, dropped = self.stale_requests,
+                        "sync requests dropped unanswered: their senders had stopped waiting (this node is behind on its input)");
+                }
+                return;
+            }
+        }
         let now = self.now_ms();
         self.core.set_wall(wall_ms());
         let input = match ev {

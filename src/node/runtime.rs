@@ -28,6 +28,8 @@ pub(super) struct Runtime {
     /// Sync requests and probes to answer, by the reply id the core was given.
     pub(super) replies: HashMap<u64, ResponseChannel<Vec<u8>>>,
     pub(super) next_reply: u64,
+    /// Sync requests dropped unanswered: their senders had stopped waiting.
+    pub(super) stale_requests: u64,
     pub(super) shell: Arc<WorkShell>,
     pub(super) jobs: HashMap<String, tokio::task::JoinHandle<()>>,
     pub(super) work_tx: mpsc::Sender<(String, Result<Handoff, JobFailure>)>,
