@@ -289,12 +289,15 @@ fn honest_messages_still_decode_under_the_codec_limit() {
             events_more: false,
             fresh: true,
             snapshot: Some(serde_bytes::ByteBuf::from(vec![2; len / 2])),
+            heads_digest: Some([3; 32]),
+            same: true,
         };
         let bytes = codec::encode(&frame);
         let back: SyncFrame = codec::decode(&bytes, SYNC_CAP).unwrap();
         assert_eq!(back.msg.len(), len);
         assert_eq!(back.push[0].len(), len / 3);
         assert_eq!(back.snapshot.map(|s| s.len()), Some(len / 2));
+        assert_eq!((back.heads_digest, back.same), (Some([3; 32]), true));
     }
     let beat = heartbeat();
     assert_eq!(

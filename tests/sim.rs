@@ -156,7 +156,9 @@ fn the_simulator_catches_a_shell_that_lets_things_leave_before_they_are_durable(
     // clean seed 521 found the frames case (the one of 0-599; 1577 no longer). SWIM-style
     // liveness (probes instead of a beat to every peer each second) changed them once
     // more: clean seeds 425 and 954 find it now (the two of 0-1499; 521 no longer).
-    let (seed, mode) = (425, Mode::Clean);
+    // Sessions that end at once between equal documents (`same`) changed them again:
+    // clean 109, 942 and 1187 of 0-1499.
+    let (seed, mode) = (109, Mode::Clean);
     let mut cfg = SimConfig::new(mode);
     cfg.send_before_flush = true;
     let r = run(seed, &cfg);
@@ -404,8 +406,9 @@ fn the_simulator_catches_a_shell_that_starts_work_an_operator_paused_or_cancelle
     // A cancel is rarer (one story in eight at most): seed 13 clean starts a cancelled
     // story's implement (2 of the 100 runs of `scripts/sim --steer --broken-job-queue
     // --keep-going --seeds 100 --mode clean`; seed 19 until claims on news went to one
-    // node first).
-    let seed = 13;
+    // node first; 13 until sessions between equal documents ended at once, now 88, the
+    // one of those 100).
+    let seed = 88;
     let r = run(seed, &cfg);
     assert!(
         r.violations
@@ -431,8 +434,9 @@ fn the_simulator_catches_a_shell_that_lets_a_cancelled_story_land() {
     // 1 800 of `scripts/sim --steer --broken-cancel --keep-going --start 300 --seeds 900`,
     // none of seeds 0-299; hostile 191, then 140, before claims on news went to one node
     // first. Since SWIM-style liveness: clean 308, 370, 481, 650, 1001 and hostile 437,
-    // 651 of the same 1 800.)
-    let seed = 308;
+    // 651 of the same 1 800. Since sessions between equal documents end at once: clean
+    // 276, 341, 370 and 396 of seeds 0-599.)
+    let seed = 276;
     let mut cfg = SimConfig::new(Mode::Clean);
     cfg.steer = true;
     cfg.broken_cancel = true;

@@ -23,7 +23,9 @@ use serde::{de::DeserializeOwned, Serialize};
 /// 4: heartbeats name their claims by number; gossip is unsigned (authenticated by its
 /// link), so a node of version 3 would not hear a node of 4 anyway.
 /// 5: sync frames carry `fresh` and `snapshot` (a new node's join by snapshot).
-pub const WIRE_VERSION: u8 = 5;
+/// 6: sync frames carry `heads_digest` and `same` (a session ends at once when both
+/// sides hold the same heads).
+pub const WIRE_VERSION: u8 = 6;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {

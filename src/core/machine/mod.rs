@@ -14,7 +14,10 @@
 //! Eager push: after a local write the core opens a session with every alive peer, and
 //! the first frame carries this node's own changes the peer has not acknowledged
 //! (`push`), so the peer applies them before answering and one round trip usually ends
-//! the exchange. Heartbeat digests are only the backstop: a peer whose digest differs
+//! the exchange. The first frame carries the initiator's heads digest too: a responder
+//! whose heads equal it (after the push) answers `same`, and the session ends without
+//! either side running automerge's sync, which walks the whole history on every
+//! message it receives. Heartbeat digests are only the backstop: a peer whose digest differs
 //! from ours on two beats in a row, unchanged, gets a session.
 //!
 //! Settle evidence: a claim is settled with a peer once a sync message from that peer
@@ -295,6 +298,10 @@ struct Session {
     pushed_upto: u64,
     /// When it opened (for the settle timeout's estimate of how long a session takes).
     opened_ms: u64,
+    /// This node's heads when it opened (their digest went in the first frame): what a
+    /// `same` answer says the peer holds. Not the heads at the answer: a claim written
+    /// meanwhile has not reached the peer.
+    heads: Vec<ChangeHash>,
 }
 
 pub struct Core {

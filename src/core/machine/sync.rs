@@ -27,6 +27,11 @@ pub struct SyncFrame {
     /// In an answer to a fresh sender, when this document is large: the document saved
     /// whole, in place of a sync message (`Doc::merge_snapshot`).
     pub snapshot: Option<serde_bytes::ByteBuf>,
+    /// First frame only: the digest of the sender's heads.
+    pub heads_digest: Option<[u8; 32]>,
+    /// In an answer: after the push, the responder's heads are the sender's (the same
+    /// digest). Neither side runs automerge's sync on `msg` then: the session is over.
+    pub same: bool,
 }
 
 /// A node whose stored document is below this and that never synced asks for a
@@ -48,6 +53,8 @@ impl SyncFrame {
             events_more: false,
             fresh: false,
             snapshot: None,
+            heads_digest: None,
+            same: false,
         }
     }
 }
@@ -106,6 +113,8 @@ impl Core {
         };
         // A completed session leaves the peer with everything we hold when it opens.
         let pushed_upto = self.doc.last_local_seq();
+        let heads = self.doc.heads();
+        let heads_digest = self.doc.heads_digest();
         self.counters.sync_sessions_started += 1;
         let id = self.next_session;
         self.next_session += 1;
@@ -118,6 +127,7 @@ impl Core {
                 again_push: false,
                 pushed_upto,
                 opened_ms: self.last_now,
+                heads,
             },
         );
         let events_have = self
@@ -131,6 +141,7 @@ impl Core {
                 push: pushed.into_iter().map(serde_bytes::ByteBuf::from).collect(),
                 events_have,
                 fresh,
+                heads_digest: Some(heads_digest),
                 ..SyncFrame::msg(true, msg)
             }),
         });
@@ -290,12 +301,18 @@ impl Core {
                 Err(e) => self.sync_refused(peer, &e),
             }
         }
-        if !self.apply_sync(false, peer, &frame.msg) {
+        let same = frame.start && frame.heads_digest == Some(self.doc.heads_digest());
+        if same {
+            // Both hold the same changes: no need to walk the history for automerge's
+            // sync (it does on every message it receives).
+            let heads = self.doc.heads();
+            self.same_heads(false, peer, heads);
+        } else if !self.apply_sync(false, peer, &frame.msg) {
             self.in_sync.insert(peer.to_string(), SyncState::new());
             return Vec::new();
         }
         self.saw_heads(peer, false);
-        let snapshot = if frame.start && frame.fresh {
+        let snapshot = if frame.start && frame.fresh && !same {
             self.snapshot_for_join()
         } else {
             None
@@ -310,6 +327,11 @@ impl Core {
             self.counters.snapshots_sent += 1;
             SyncFrame {
                 snapshot: Some(snapshot),
+                ..SyncFrame::msg(false, Vec::new())
+            }
+        } else if same {
+            SyncFrame {
+                same,
                 ..SyncFrame::msg(false, Vec::new())
             }
         } else {
@@ -328,6 +350,19 @@ impl Core {
             answer.events_more = more;
         }
         codec::encode(&answer)
+    }
+
+    /// The peer holds exactly `heads` (its digest said so): the sync state of one
+    /// direction records them as shared and as the peer's, as a message of theirs would.
+    fn same_heads(&mut self, outgoing: bool, peer: &str, heads: Vec<ChangeHash>) {
+        let states = if outgoing {
+            &mut self.out_sync
+        } else {
+            &mut self.in_sync
+        };
+        let state = states.entry(peer.to_string()).or_default();
+        state.shared_heads.clone_from(&heads);
+        state.their_heads = Some(heads);
     }
 
     /// Applies a peer's sync message under the session state of one direction
@@ -382,6 +417,14 @@ impl Core {
                 session.again = true;
             }
         }
+        if frame.same {
+            // Our heads when the session opened, the peer says: it had all we had then,
+            // and we have all it had.
+            self.same_heads(true, peer, session.heads.clone());
+            self.saw_heads(peer, true);
+            self.session_completed(peer, session);
+            return;
+        }
         if !self.apply_sync(true, peer, &frame.msg) {
             return;
         }
@@ -408,21 +451,25 @@ impl Core {
             Some(_) => {
                 tracing::warn!(%peer, "sync session exceeded {MAX_SYNC_ROUNDS} rounds; abandoned");
             }
-            None => {
-                self.counters.sync_sessions_completed += 1;
-                self.completed.insert(peer.to_string(), session.id);
-                self.session_ms
-                    .sample(self.last_now.saturating_sub(session.opened_ms));
-                if self.joined_ms.is_none() {
-                    tracing::info!(%peer, "synced with the mesh; joined");
-                    self.joined_ms = Some(self.last_now);
-                }
-                let acked = self.push_acked.entry(peer.to_string()).or_default();
-                *acked = (*acked).max(session.pushed_upto);
-                if session.again {
-                    self.open_session(peer, session.again_push);
-                }
-            }
+            None => self.session_completed(peer, session),
+        }
+    }
+
+    /// A session this node started ended with nothing more to say either way: the peer
+    /// has everything this node held when it opened.
+    fn session_completed(&mut self, peer: &str, session: Session) {
+        self.counters.sync_sessions_completed += 1;
+        self.completed.insert(peer.to_string(), session.id);
+        self.session_ms
+            .sample(self.last_now.saturating_sub(session.opened_ms));
+        if self.joined_ms.is_none() {
+            tracing::info!(%peer, "synced with the mesh; joined");
+            self.joined_ms = Some(self.last_now);
+        }
+        let acked = self.push_acked.entry(peer.to_string()).or_default();
+        *acked = (*acked).max(session.pushed_upto);
+        if session.again {
+            self.open_session(peer, session.again_push);
         }
     }
 

@@ -130,3 +130,52 @@ fn a_node_whose_peers_answer_slowly_waits_longer_for_its_claims_to_settle() {
     assert!(started, "A never settled a claim ({claims} tried)");
     assert!(claims <= 3, "{claims} claims before one settled");
 }
+
+#[test]
+fn a_same_answer_vouches_only_for_the_heads_the_session_opened_with() {
+    let mut a = worker_alone("A", 1);
+    let mut b = core("B", 2);
+    a.handle(0, Input::Connected("B".into()));
+    pump(&mut a, &mut b);
+    // Past the warm-up with B alive, nothing to claim yet.
+    let mut now = 0;
+    for seq in 1..=40 {
+        now += 100;
+        a.handle(
+            now,
+            Input::Heartbeat {
+                from: "B".into(),
+                data: beat(seq, now),
+            },
+        );
+        a.tick(now, now);
+        deliver(&mut a, &mut b);
+    }
+    // A session opens on equal documents. Before B's answer is back, A adds a story and
+    // claims it (the claim's push waits for the open session).
+    a.start_sync("B");
+    let first = std::iter::from_fn(|| a.poll_effect())
+        .find_map(|e| match e {
+            Effect::SendSync { data, .. } => Some(data),
+            _ => None,
+        })
+        .expect("a first frame");
+    a.add_story(&titled("s"), now).unwrap();
+    now += 100;
+    a.tick(now, now);
+    assert_eq!(a.held(now).len(), 1, "A claimed");
+    // B answers `same` (it holds what A held when the session opened), and the push of
+    // the story and the claim that follows is lost.
+    round_trip(&mut a, &mut b, now, first);
+    while let Some(e) = a.poll_effect() {
+        if let Effect::SendSync { to, .. } = e {
+            a.handle(now, Input::SyncFailed { from: to });
+        }
+    }
+    a.tick(now + 10, now + 10);
+    assert!(
+        a.runs().is_empty(),
+        "A started on the word of a peer that never had its claim"
+    );
+    assert!(b.doc().view().claims.is_empty());
+}
