@@ -3,16 +3,22 @@
 
 use super::*;
 
-/// One step of A's clock with B alive (its beats arrive) but deaf: every sync session A
-/// opens with B fails. Returns whether A started a job.
-fn step_with_deaf_peer(a: &mut Core, now: u64, seq: u64) -> bool {
+/// B's beat number `seq`, sent and received at `now`: A counts B alive.
+fn b_beats(a: &mut Core, now: u64, seq: u64) {
+    let data = beat(seq, now);
     a.handle(
         now,
         Input::Heartbeat {
             from: "B".into(),
-            data: beat(seq, now),
+            data,
         },
     );
+}
+
+/// One step of A's clock with B alive (its beats arrive) but deaf: every sync session A
+/// opens with B fails. Returns whether A started a job.
+fn step_with_deaf_peer(a: &mut Core, now: u64, seq: u64) -> bool {
+    b_beats(a, now, seq);
     a.tick(now, now);
     let mut started = false;
     while let Some(e) = a.poll_effect() {
@@ -90,13 +96,7 @@ fn run_with_slow_peer(lag_ms: u64) -> (usize, bool) {
     let mut now = 0;
     for seq in 1..=300 {
         now += 100;
-        a.handle(
-            now,
-            Input::Heartbeat {
-                from: "B".into(),
-                data: beat(seq, now),
-            },
-        );
+        b_beats(&mut a, now, seq);
         let (due, later): (Vec<_>, Vec<_>) = in_flight.drain(..).partition(|(at, ..)| *at <= now);
         in_flight = later;
         for (_, data) in due {
@@ -141,13 +141,7 @@ fn a_same_answer_vouches_only_for_the_heads_the_session_opened_with() {
     let mut now = 0;
     for seq in 1..=40 {
         now += 100;
-        a.handle(
-            now,
-            Input::Heartbeat {
-                from: "B".into(),
-                data: beat(seq, now),
-            },
-        );
+        b_beats(&mut a, now, seq);
         a.tick(now, now);
         deliver(&mut a, &mut b);
     }
