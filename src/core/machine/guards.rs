@@ -196,6 +196,7 @@ impl Core {
                 tracing::error!(
                     median_ms,
                     bound_ms = skew.bound_ms,
+                    delay_allowed_ms = skew.delay_ms,
                     peers = skew.peers,
                     "CLOCK SKEW: this node's wall clock is off the mesh median by more than max_clock_drift_ms; claiming no new work until it is fixed (check NTP)"
                 );
