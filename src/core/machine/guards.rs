@@ -40,7 +40,7 @@ pub struct ClockSkew {
 }
 
 /// Probe round trips kept: the delay allowed for is the longest of them.
-pub const DELAY_SAMPLES: usize = 16;
+const DELAY_SAMPLES: usize = 16;
 
 /// A round trip longer than this is not a sample (a probe answered after a pause).
 const MAX_DELAY_MS: u64 = 60_000;
@@ -300,21 +300,24 @@ impl Core {
     /// lease would never expire and its story would wait for it forever.
     pub(super) fn release_lost_claims(&mut self) {
         // Most changes bring none: a lookup decides that without the view's fold.
-        let first_of_this_run = self.incarnation.saturating_mul(1000);
-        if !self.cfg.passive
-            && self
-                .doc
-                .has_unreleased_claims_upto(&self.peer, first_of_this_run)
+        if self
+            .doc
+            .has_unreleased_claims_upto(&self.peer, self.first_of_this_run())
         {
             self.release_stale_own_claims(true);
         }
+    }
+
+    /// Claims of this incarnation are numbered above this; an earlier one's at or below.
+    fn first_of_this_run(&self) -> u64 {
+        self.incarnation.saturating_mul(1000)
     }
 
     fn release_stale_own_claims(&mut self, only_earlier_numbers: bool) {
         if self.cfg.passive {
             return;
         }
-        let first_of_this_run = self.incarnation.saturating_mul(1000);
+        let first_of_this_run = self.first_of_this_run();
         let prefix = format!("{}-", self.peer);
         let earlier = |id: &str| {
             id.strip_prefix(&prefix)

@@ -13,6 +13,15 @@ fn worker(name: &str, doc: Doc, guards: Guards) -> Core {
     c
 }
 
+/// A worker with the clock-skew guard on.
+fn watching_its_clock(name: &str) -> Core {
+    let guards = Guards {
+        clock_skew: true,
+        ..Guards::default()
+    };
+    worker(name, Doc::new([1; 16]).with_test_names(), guards)
+}
+
 /// Warm-up with the default membership config (3 beats of 1 s).
 const WARM_MS: u64 = 3_000;
 
@@ -89,11 +98,7 @@ fn the_join_wait_is_bounded_and_a_mesh_of_one_does_not_wait() {
 #[test]
 fn a_node_whose_clock_is_off_the_mesh_median_claims_nothing_until_it_is_back() {
     // Defaults: max_clock_drift_ms 1000, message_timeout_ms 1000.
-    let guards = Guards {
-        clock_skew: true,
-        ..Guards::default()
-    };
-    let mut a = worker("A", Doc::new([1; 16]).with_test_names(), guards);
+    let mut a = watching_its_clock("A");
     for i in 0..4 {
         a.add_story(
             &NewStory {
@@ -155,11 +160,7 @@ fn a_node_whose_clock_is_off_the_mesh_median_claims_nothing_until_it_is_back() {
 fn a_loaded_node_allows_for_its_probe_round_trips_before_calling_its_clock_skewed() {
     // Defaults: max_clock_drift_ms 1000, message_timeout_ms 1000. Every clock is right;
     // the machine is loaded and beats arrive 2.5 s after they were sent.
-    let guards = Guards {
-        clock_skew: true,
-        ..Guards::default()
-    };
-    let mut a = worker("A", Doc::new([1; 16]).with_test_names(), guards);
+    let mut a = watching_its_clock("A");
     let wall = 1_000_000;
     let mut seq = 0;
     let mut beats = |a: &mut Core, now: u64, late: u64| {
