@@ -157,8 +157,10 @@ fn the_simulator_catches_a_shell_that_lets_things_leave_before_they_are_durable(
     // liveness (probes instead of a beat to every peer each second) changed them once
     // more: clean seeds 425 and 954 find it now (the two of 0-1499; 521 no longer).
     // Sessions that end at once between equal documents (`same`) changed them again:
-    // clean 109, 942 and 1187 of 0-1499.
-    let (seed, mode) = (109, Mode::Clean);
+    // clean 109, 942 and 1187 of 0-1499. A push the peer holds ending without automerge
+    // sync (`covered`) did once more: none of clean 0-1499, hostile 81, 156, 193 and 9
+    // more of 0-1499.
+    let (seed, mode) = (81, Mode::Hostile);
     let mut cfg = SimConfig::new(mode);
     cfg.send_before_flush = true;
     let r = run(seed, &cfg);
@@ -435,8 +437,9 @@ fn the_simulator_catches_a_shell_that_lets_a_cancelled_story_land() {
     // none of seeds 0-299; hostile 191, then 140, before claims on news went to one node
     // first. Since SWIM-style liveness: clean 308, 370, 481, 650, 1001 and hostile 437,
     // 651 of the same 1 800. Since sessions between equal documents end at once: clean
-    // 276, 341, 370 and 396 of seeds 0-599.)
-    let seed = 276;
+    // 276, 341, 370 and 396 of seeds 0-599. Since a push the peer holds ends without
+    // automerge sync (`covered`): clean 140 and 143 of 0-599.)
+    let seed = 140;
     let mut cfg = SimConfig::new(Mode::Clean);
     cfg.steer = true;
     cfg.broken_cancel = true;

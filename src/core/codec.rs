@@ -25,7 +25,9 @@ use serde::{de::DeserializeOwned, Serialize};
 /// 5: sync frames carry `fresh` and `snapshot` (a new node's join by snapshot).
 /// 6: sync frames carry `heads_digest` and `same` (a session ends at once when both
 /// sides hold the same heads).
-pub const WIRE_VERSION: u8 = 6;
+/// 7: sync frames carry `mine` and `covered` (a push session ends without automerge sync
+/// when the peer holds the pushed changes).
+pub const WIRE_VERSION: u8 = 7;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {

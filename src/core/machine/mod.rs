@@ -316,6 +316,8 @@ pub struct Core {
     next_session: u64,
     /// Per peer, the id of the last session that completed.
     completed: BTreeMap<String, u64>,
+    /// Per peer, sessions answered `covered` that complete once their heads are here.
+    awaiting: BTreeMap<String, Vec<sync::Awaiting>>,
     /// Per peer, the highest own change sequence number it is known to have.
     push_acked: BTreeMap<String, u64>,
     /// A local write happened: push it to every alive peer before the next effect.
@@ -446,6 +448,7 @@ impl Core {
             sessions: BTreeMap::new(),
             next_session: 1,
             completed: BTreeMap::new(),
+            awaiting: BTreeMap::new(),
             settle_backoff: Default::default(),
             session_ms: Default::default(),
             push_acked: BTreeMap::new(),
@@ -675,6 +678,7 @@ impl Core {
         self.send_probes(now_ms, false);
         let t = self.membership.tick(now_ms);
         self.renew_alive_claims(now_ms);
+        self.expire_awaiting(now_ms);
         // A new suspicion (or claims, capacity) goes out now rather than at the period.
         self.publish_beat(now_ms, false);
         for tr in &t {
@@ -772,6 +776,7 @@ impl Core {
             Input::Disconnected(p) => {
                 self.connected.remove(&p);
                 self.sessions.remove(&p);
+                self.awaiting.remove(&p);
                 // The ingress allowance is per connection (and this keeps the map as
                 // small as the set of connected peers).
                 self.ingress.remove(&p);

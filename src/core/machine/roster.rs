@@ -87,6 +87,7 @@ impl Core {
                 tracing::warn!(peer = %p, why, "refusing a peer");
                 self.membership.left(&p);
                 self.sessions.remove(&p);
+                self.awaiting.remove(&p);
                 self.effects.push_back(Effect::Refuse {
                     peer: p.clone(),
                     refuse: true,

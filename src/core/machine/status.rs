@@ -109,6 +109,13 @@ pub struct Counters {
     pub snapshots_sent: u64,
     #[serde(default)]
     pub snapshots_taken: u64,
+    /// Sessions a peer answered `covered` (it held our pushed changes; no automerge
+    /// sync), and those of them whose heads did not reach this node in time (a full
+    /// sync ran instead).
+    #[serde(default)]
+    pub sync_covered: u64,
+    #[serde(default)]
+    pub sync_covered_late: u64,
     /// Settle latency and run durations (`/metrics` histograms).
     #[serde(default)]
     pub latency: super::Latency,

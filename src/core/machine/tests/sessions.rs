@@ -1,5 +1,5 @@
-//! Sync sessions between two cores: convergence, and the one-round-trip end of a
-//! session between equal documents.
+//! Sync sessions between two cores: convergence, the one-round-trip end of a session
+//! between equal documents, and of a push the peer holds (`covered`).
 
 use super::*;
 
@@ -32,15 +32,27 @@ fn two_cores_converge_through_sync_sessions() {
 
 #[test]
 fn a_session_between_equal_documents_ends_in_one_round_trip_without_automerge_sync() {
+    let (mut a, mut b) = pushing_pair();
+    // Anti-entropy between equal documents: `same`, no sync message back.
+    let mark = a.session_mark();
+    a.start_sync("B");
+    assert_eq!(answers(&mut a, &mut b), vec![(true, false, 0, 0)]);
+    assert!(a.synced_since("B", mark), "the session completed");
+    // A write pushed to B leaves B with A's heads: `same` again, and B has the story.
+    let mark = a.session_mark();
+    let id = a.add_story(&titled("b"), 1).unwrap().id;
+    assert_eq!(answers(&mut a, &mut b), vec![(true, false, 1, 0)]);
+    assert!(a.synced_since("B", mark));
+    assert_eq!(a.digest(), b.digest());
+    assert!(b.doc().view().resolve(&id).is_ok(), "{id} reached B");
+}
+
+/// Two cores that synced once, A counting B alive (so A's writes push to it).
+fn pushing_pair() -> (Core, Core) {
     let (mut a, mut b) = (core("A", 1), core("B", 2));
-    let story = |t: &str| NewStory {
-        title: t.into(),
-        ..Default::default()
-    };
-    a.add_story(&story("a"), 1).unwrap();
+    a.add_story(&titled("a"), 1).unwrap();
     a.handle(0, Input::Connected("B".into()));
     pump(&mut a, &mut b);
-    // B beats, so A pushes its next write to it.
     a.handle(
         0,
         Input::Heartbeat {
@@ -49,56 +61,87 @@ fn a_session_between_equal_documents_ends_in_one_round_trip_without_automerge_sy
         },
     );
     while a.poll_effect().is_some() {}
-    // Each first frame, answered: was the answer `same`, and what did it carry?
-    let answer = |a: &mut Core, b: &mut Core| -> Vec<(bool, usize, usize)> {
-        let mut seen = Vec::new();
-        while let Some(e) = a.poll_effect() {
-            let Effect::SendSync { data, .. } = e else {
-                continue;
-            };
-            let first: SyncFrame = codec::decode(&data, 1 << 20).unwrap();
-            b.handle(
-                0,
-                Input::SyncRequest {
-                    from: "A".into(),
-                    data,
-                    reply: 0,
-                },
-            );
-            while let Some(r) = b.poll_effect() {
-                if let Effect::Respond { data, .. } = r {
-                    let f: SyncFrame = codec::decode(&data, 1 << 20).unwrap();
-                    seen.push((f.same, first.push.len(), f.msg.len()));
-                    a.handle(
-                        0,
-                        Input::SyncResponse {
-                            from: "B".into(),
-                            data,
-                        },
-                    );
-                }
+    (a, b)
+}
+
+/// A's first frames, each answered by B: (the answer `same`, `covered`, changes pushed,
+/// bytes of automerge sync message in the answer).
+fn answers(a: &mut Core, b: &mut Core) -> Vec<(bool, bool, usize, usize)> {
+    let mut seen = Vec::new();
+    while let Some(e) = a.poll_effect() {
+        let Effect::SendSync { data, .. } = e else {
+            continue;
+        };
+        let first: SyncFrame = codec::decode(&data, 1 << 20).unwrap();
+        b.handle(
+            0,
+            Input::SyncRequest {
+                from: "A".into(),
+                data,
+                reply: 0,
+            },
+        );
+        while let Some(r) = b.poll_effect() {
+            if let Effect::Respond { data, .. } = r {
+                let f: SyncFrame = codec::decode(&data, 1 << 20).unwrap();
+                seen.push((f.same, f.covered.is_some(), first.push.len(), f.msg.len()));
+                a.handle(
+                    0,
+                    Input::SyncResponse {
+                        from: "B".into(),
+                        data,
+                    },
+                );
             }
         }
-        seen
+    }
+    seen
+}
+
+#[test]
+fn a_push_the_peer_holds_ends_without_automerge_sync_and_completes_once_the_peers_heads_arrive() {
+    let (mut a, mut b) = pushing_pair();
+    // B holds a change A lacks (B does not count A alive: nothing pushes it to A yet).
+    b.add_story(&titled("c"), 1).unwrap();
+    while b.poll_effect().is_some() {}
+    // A's write reaches B with the push; B answers `covered` with its heads, and carries
+    // nothing of its own: the change A lacks is its author's to push.
+    let mark = a.session_mark();
+    a.add_story(&titled("d"), 1).unwrap();
+    assert_eq!(answers(&mut a, &mut b), vec![(false, true, 1, 0)]);
+    assert_eq!(titles(&b).len(), 3, "the push reached B");
+    // A does not hold everything B held when it answered: not settle evidence yet.
+    assert!(!a.synced_since("B", mark));
+    // B's change arrives (any way: here B's own session with A), and A's session
+    // completes with no further message of its own.
+    let started = a.counters().sync_sessions_started;
+    b.start_sync("A");
+    pump(&mut b, &mut a);
+    assert!(a.synced_since("B", mark), "completed once B's heads arrived");
+    assert_eq!(a.counters().sync_sessions_started, started);
+    assert_eq!(a.digest(), b.digest());
+}
+
+#[test]
+fn a_covered_answer_whose_heads_never_arrive_falls_back_to_a_full_sync() {
+    let (mut a, mut b) = pushing_pair();
+    b.add_story(&titled("c"), 1).unwrap();
+    while b.poll_effect().is_some() {}
+    let mark = a.session_mark();
+    a.add_story(&titled("d"), 1).unwrap();
+    assert_eq!(answers(&mut a, &mut b), vec![(false, true, 1, 0)]);
+    // Half a settle timeout on, still without B's change: A syncs in full with B.
+    let late = LeaseConfig::default().settle_timeout_ms / 2;
+    let syncs = |a: &mut Core| {
+        std::iter::from_fn(|| a.poll_effect())
+            .filter(|e| matches!(e, Effect::SendSync { .. }))
+            .count()
     };
-    // Anti-entropy between equal documents: `same`, no sync message back.
-    let mark = a.session_mark();
-    a.start_sync("B");
-    assert_eq!(answer(&mut a, &mut b), vec![(true, 0, 0)]);
-    assert!(a.synced_since("B", mark), "the session completed");
-    // A write pushed to B leaves B with A's heads: `same` again, and B has the story.
-    let mark = a.session_mark();
-    let id = a.add_story(&story("b"), 1).unwrap().id;
-    assert_eq!(answer(&mut a, &mut b), vec![(true, 1, 0)]);
+    a.tick(late - 1, 0);
+    assert_eq!(syncs(&mut a), 0, "too early");
+    a.tick(late, 0);
+    pump(&mut a, &mut b);
     assert!(a.synced_since("B", mark));
     assert_eq!(a.digest(), b.digest());
-    assert!(b.doc().view().resolve(&id).is_ok(), "{id} reached B");
-    // B wrote something A lacks: the push does not make them equal, and the session
-    // syncs as before (B's answer a sync message, A's next frame after it).
-    b.add_story(&story("c"), 1).unwrap();
-    a.add_story(&story("d"), 1).unwrap();
-    let got = answer(&mut a, &mut b);
-    assert!(matches!(got[0], (false, 1, n) if n > 0), "{got:?}");
-    pump(&mut a, &mut b);
-    assert_eq!(a.digest(), b.digest());
+    assert_eq!(a.counters().sync_covered_late, 1);
 }

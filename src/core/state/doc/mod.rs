@@ -324,6 +324,14 @@ impl Doc {
             .any(|m| m.hash == *change)
     }
 
+    /// Whether this document holds every one of `hashes` (applied, not waiting in
+    /// automerge's queue for missing dependencies).
+    pub fn holds_all(&mut self, hashes: &[ChangeHash]) -> bool {
+        hashes
+            .iter()
+            .all(|h| self.inner.get_change_meta_by_hash(h).is_some())
+    }
+
     /// Records the change a local write just committed.
     fn log_local_change(&mut self) {
         let Some(c) = self.inner.get_last_local_change() else {
