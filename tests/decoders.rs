@@ -291,6 +291,8 @@ fn honest_messages_still_decode_under_the_codec_limit() {
             snapshot: Some(serde_bytes::ByteBuf::from(vec![2; len / 2])),
             heads_digest: Some([3; 32]),
             same: true,
+            mine: Some([4; 32]),
+            covered: Some(vec![[5; 32]; 64]),
         };
         let bytes = codec::encode(&frame);
         let back: SyncFrame = codec::decode(&bytes, SYNC_CAP).unwrap();
@@ -298,6 +300,8 @@ fn honest_messages_still_decode_under_the_codec_limit() {
         assert_eq!(back.push[0].len(), len / 3);
         assert_eq!(back.snapshot.map(|s| s.len()), Some(len / 2));
         assert_eq!((back.heads_digest, back.same), (Some([3; 32]), true));
+        assert_eq!(back.mine, Some([4; 32]));
+        assert_eq!(back.covered.map(|c| c.len()), Some(64));
     }
     let beat = heartbeat();
     assert_eq!(

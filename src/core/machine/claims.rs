@@ -123,6 +123,9 @@ impl Core {
         if self.settle_backoff.waits(now_ms, &alive, &self.completed) {
             return;
         }
+        if self.overloaded() {
+            return;
+        }
         let lease = self.cfg.lease;
         let me = self.peer.clone();
         let roles = self.cfg.roles.clone();

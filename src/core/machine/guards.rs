@@ -83,6 +83,14 @@ impl ProbeDelays {
     fn longest(&self) -> u64 {
         self.rtts.iter().copied().max().unwrap_or(0)
     }
+
+    /// The median of the recent round trips (0 with none): what a probe typically takes
+    /// now, not moved by one paused peer.
+    pub(super) fn median(&self) -> u64 {
+        let mut rtts: Vec<u64> = self.rtts.iter().copied().collect();
+        rtts.sort_unstable();
+        rtts.get(rtts.len() / 2).copied().unwrap_or(0)
+    }
 }
 
 /// What a clean shutdown waits for: the peers the releases were pushed to.

@@ -328,6 +328,8 @@ pub struct Core {
     news_before: Option<[u8; 32]>,
     /// A claim check runs on a peer's news: only the story's first claimer claims.
     on_news: bool,
+    /// When the last claim check on news that had to fold the view ran.
+    news_fold_ms: Option<u64>,
     /// Per peer, a heartbeat digest that differed from ours (sync if the next is the same).
     hb_mismatch: BTreeMap<String, [u8; 32]>,
     connected: BTreeSet<String>,
@@ -377,8 +379,10 @@ pub struct Core {
     /// Per peer, our wall clock at receipt of its latest beats minus their send times
     /// (at most [`CLOCK_SAMPLES`]).
     clock_offsets: BTreeMap<String, VecDeque<i64>>,
-    /// Probe round trips: the one-way delay the skew rule allows for.
+    /// Probe round trips: the one-way delay the skew rule allows for, and whether the
+    /// mesh runs too far behind to claim (`overloaded`).
     probe_delays: ProbeDelays,
+    overloaded: bool,
     /// The skew warning is up (logged on each change).
     skew_warned: bool,
     /// A clean shutdown began: claim nothing more.
@@ -455,6 +459,7 @@ impl Core {
             push_pending: false,
             news_before: None,
             on_news: false,
+            news_fold_ms: None,
             hb_mismatch: BTreeMap::new(),
             connected: BTreeSet::new(),
             incarnation,
@@ -486,6 +491,7 @@ impl Core {
             join_gave_up: false,
             clock_offsets: BTreeMap::new(),
             probe_delays: ProbeDelays::default(),
+            overloaded: false,
             skew_warned: false,
             stopping: false,
             stalls: Default::default(),

@@ -116,6 +116,9 @@ pub struct Counters {
     pub sync_covered: u64,
     #[serde(default)]
     pub sync_covered_late: u64,
+    /// Claim checks that claimed nothing because the mesh ran behind (`overloaded`).
+    #[serde(default)]
+    pub overload_holds: u64,
     /// Settle latency and run durations (`/metrics` histograms).
     #[serde(default)]
     pub latency: super::Latency,

@@ -117,7 +117,10 @@ fn a_push_the_peer_holds_ends_without_automerge_sync_and_completes_once_the_peer
     let started = a.counters().sync_sessions_started;
     b.start_sync("A");
     pump(&mut b, &mut a);
-    assert!(a.synced_since("B", mark), "completed once B's heads arrived");
+    assert!(
+        a.synced_since("B", mark),
+        "completed once B's heads arrived"
+    );
     assert_eq!(a.counters().sync_sessions_started, started);
     assert_eq!(a.digest(), b.digest());
 }
