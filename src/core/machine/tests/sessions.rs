@@ -98,18 +98,24 @@ fn answers(a: &mut Core, b: &mut Core) -> Vec<(bool, bool, usize, usize)> {
     seen
 }
 
-#[test]
-fn a_push_the_peer_holds_ends_without_automerge_sync_and_completes_once_the_peers_heads_arrive() {
+/// A pushing pair where B holds a change A lacks (B does not count A alive: nothing
+/// pushes it to A), then A's write pushed to B. B answers `covered` with its heads and
+/// carries nothing of its own: the change A lacks is its author's to push. Returns the
+/// pair and the session mark before A's write.
+fn covered_by_b() -> (Core, Core, u64) {
     let (mut a, mut b) = pushing_pair();
-    // B holds a change A lacks (B does not count A alive: nothing pushes it to A yet).
     b.add_story(&titled("c"), 1).unwrap();
     while b.poll_effect().is_some() {}
-    // A's write reaches B with the push; B answers `covered` with its heads, and carries
-    // nothing of its own: the change A lacks is its author's to push.
     let mark = a.session_mark();
     a.add_story(&titled("d"), 1).unwrap();
     assert_eq!(answers(&mut a, &mut b), vec![(false, true, 1, 0)]);
     assert_eq!(titles(&b).len(), 3, "the push reached B");
+    (a, b, mark)
+}
+
+#[test]
+fn a_push_the_peer_holds_ends_without_automerge_sync_and_completes_once_the_peers_heads_arrive() {
+    let (mut a, mut b, mark) = covered_by_b();
     // A does not hold everything B held when it answered: not settle evidence yet.
     assert!(!a.synced_since("B", mark));
     // B's change arrives (any way: here B's own session with A), and A's session
@@ -127,12 +133,7 @@ fn a_push_the_peer_holds_ends_without_automerge_sync_and_completes_once_the_peer
 
 #[test]
 fn a_covered_answer_whose_heads_never_arrive_falls_back_to_a_full_sync() {
-    let (mut a, mut b) = pushing_pair();
-    b.add_story(&titled("c"), 1).unwrap();
-    while b.poll_effect().is_some() {}
-    let mark = a.session_mark();
-    a.add_story(&titled("d"), 1).unwrap();
-    assert_eq!(answers(&mut a, &mut b), vec![(false, true, 1, 0)]);
+    let (mut a, mut b, mark) = covered_by_b();
     // Half a settle timeout on, still without B's change: A syncs in full with B.
     let late = LeaseConfig::default().settle_timeout_ms / 2;
     let syncs = |a: &mut Core| {

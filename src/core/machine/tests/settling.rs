@@ -31,17 +31,23 @@ fn step_with_deaf_peer(a: &mut Core, now: u64, seq: u64) -> bool {
     started
 }
 
+/// A worker with one story to claim, connected to B.
+fn a_with_a_story_and_b() -> (Core, Core) {
+    let mut a = worker_alone("A", 1);
+    let b = core("B", 2);
+    a.add_story(&titled("s"), 1).unwrap();
+    while a.poll_effect().is_some() {}
+    a.handle(0, Input::Connected("B".into()));
+    (a, b)
+}
+
 fn claims_written(a: &Core) -> usize {
     a.doc().view().claims.len()
 }
 
 #[test]
 fn a_node_whose_claims_cannot_settle_backs_off_and_claims_again_once_the_peer_answers() {
-    let mut a = worker_alone("A", 1);
-    let mut b = core("B", 2);
-    a.add_story(&titled("s"), 1).unwrap();
-    while a.poll_effect().is_some() {}
-    a.handle(0, Input::Connected("B".into()));
+    let (mut a, mut b) = a_with_a_story_and_b();
     // 30 s with B alive but never answering a sync: settle_timeout_ms is 1 s, so a node
     // that claimed again at each tick after a failed settle would write ~27 claims.
     let mut now = 0;
@@ -84,11 +90,7 @@ fn a_node_whose_claims_cannot_settle_backs_off_and_claims_again_once_the_peer_an
 /// 30 s of A's clock with B alive and answering, but every sync message taking `lag_ms`
 /// to come back (an overloaded machine). Returns (claims A wrote, whether A started a job).
 fn run_with_slow_peer(lag_ms: u64) -> (usize, bool) {
-    let mut a = worker_alone("A", 1);
-    let mut b = core("B", 2);
-    a.add_story(&titled("s"), 1).unwrap();
-    while a.poll_effect().is_some() {}
-    a.handle(0, Input::Connected("B".into()));
+    let (mut a, mut b) = a_with_a_story_and_b();
     b.handle(0, Input::Connected("A".into()));
     // A's sync messages in flight: when B answers them.
     let mut in_flight: Vec<(u64, Vec<u8>)> = Vec::new();
@@ -218,11 +220,7 @@ fn run_with_probe_lag(
 
 #[test]
 fn a_node_claims_nothing_while_its_probes_take_longer_than_half_a_settle() {
-    let mut a = worker_alone("A", 1);
-    let mut b = core("B", 2);
-    a.add_story(&titled("s"), 1).unwrap();
-    while a.poll_effect().is_some() {}
-    a.handle(0, Input::Connected("B".into()));
+    let (mut a, mut b) = a_with_a_story_and_b();
     b.handle(0, Input::Connected("A".into()));
     // Probes take 0.9 s to come back, from before the warm-up ends: over half the 1 s
     // settle timeout. A claim would settle here (sessions answer at once), but a mesh
