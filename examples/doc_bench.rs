@@ -135,6 +135,7 @@ fn settle(snap: &[u8], unchecked: bool, samples: usize) -> Vec<f64> {
                 lease: LeaseConfig::default(),
                 work: i == 0,
                 broken_winner_rule: false,
+                check_view: false,
                 stall_after_ms: 0,
                 origin_breaker: Default::default(),
                 merge_gate: None,

@@ -28,7 +28,7 @@ use std::time::Instant;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn usage() -> ! {
-    eprintln!("usage: sim [--seeds N] [--start S] [--mode clean|hostile|both] [--replay SEED] [--nodes N] [--stories N] [--files N] [--no-stops] [--no-storage-faults] [--remote] [--byzantine] [--steer] [--budget USD] [--broken-reserve USD] [--broken-job-queue] [--broken-cancel] [--broken-send-before-flush] [--broken-start-before-flush] [--keep-going]");
+    eprintln!("usage: sim [--seeds N] [--start S] [--mode clean|hostile|both] [--replay SEED] [--nodes N] [--stories N] [--files N] [--no-stops] [--no-storage-faults] [--remote] [--byzantine] [--steer] [--budget USD] [--broken-reserve USD] [--broken-job-queue] [--broken-cancel] [--broken-send-before-flush] [--broken-start-before-flush] [--check-view] [--keep-going]");
     std::process::exit(2);
 }
 
@@ -40,6 +40,7 @@ fn main() {
     let (mut stops, mut storage_faults, mut remote) = (true, true, false);
     let (mut send_early, mut start_early, mut byzantine) = (false, false, false);
     let (mut steer, mut late_jobs, mut no_cancel) = (false, false, false);
+    let mut check_view = false;
     let (mut budget, mut reserve) = (None::<f64>, None::<f64>);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage());
@@ -68,6 +69,7 @@ fn main() {
             "--broken-reserve" => reserve = Some(val().parse().unwrap_or_else(|_| usage())),
             "--broken-job-queue" => late_jobs = true,
             "--broken-cancel" => no_cancel = true,
+            "--check-view" => check_view = true,
             "--broken-send-before-flush" => send_early = true,
             "--broken-start-before-flush" => start_early = true,
             "-h" | "--help" => usage(),
@@ -87,6 +89,7 @@ fn main() {
         }
         c.broken_job_queue = late_jobs;
         c.broken_cancel = no_cancel;
+        c.check_view = check_view;
         c.send_before_flush = send_early;
         c.start_before_flush = start_early;
         if let Some(n) = nodes {

@@ -136,6 +136,7 @@ fn core(name: &str, actor: u8) -> Core {
             lease: LeaseConfig::default(),
             work: false,
             broken_winner_rule: false,
+            check_view: false,
             stall_after_ms: 0,
             origin_breaker: Default::default(),
             merge_gate: None,

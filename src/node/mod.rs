@@ -387,6 +387,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
             lease: cfg.lease(),
             work: cfg.work && !opts.passive,
             broken_winner_rule: false,
+            check_view: false,
             stall_after_ms: cfg.stall_after_ms,
             origin_breaker: cfg.origin_breaker(),
             merge_gate: None, // set below, once the origin is open

@@ -41,6 +41,8 @@ pub struct SimConfig {
     pub review_reject_rate: f64,
     /// Make the cores start work without checking they win (to prove the checks bite).
     pub broken_winner_rule: bool,
+    /// Check every view a core updates in place against a fold (`CoreConfig::check_view`).
+    pub check_view: bool,
     /// The rule the origin's fence applies to a landing: the product's
     /// [`token_check`]; a test swaps in a broken one to prove the invariants catch it.
     pub fence_rule: Rule<usize>,
@@ -143,6 +145,7 @@ impl SimConfig {
             capacity: 2,
             review_reject_rate: 0.2,
             broken_winner_rule: false,
+            check_view: false,
             fence_rule: token_check,
             trace: false,
             stops_guards_clocks: true,

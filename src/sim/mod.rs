@@ -272,6 +272,7 @@ pub(crate) fn core_config(cfg: &SimConfig) -> CoreConfig {
         lease: cfg.lease,
         work: true,
         broken_winner_rule: cfg.broken_winner_rule,
+        check_view: cfg.check_view,
         stall_after_ms: 0,
         origin_breaker: cfg.origin_breaker(),
         merge_gate: cfg

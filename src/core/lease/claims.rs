@@ -8,7 +8,7 @@ use super::*;
 // ---------------------------------------------------------------------------------------
 
 /// The highest claim seen for one resource.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Top {
     token: u64,
     rank: TieRank,
@@ -114,12 +114,16 @@ fn step_of(claim: &ClaimFact) -> Option<(&str, (u32, u8))> {
 /// may finish, and each side builds its next steps on its own; when the sides meet, the
 /// view must keep the result the surviving work built on, or it would flip a round that
 /// later rounds (and a running merge) depend on (simulator seed 78990, clean).
+///
+/// Links never cross stories, so the depths of one story's claims follow from that
+/// story's claims alone: `ids` may be every claim or one story's (an update).
 fn depths<'a>(
+    ids: impl Iterator<Item = &'a String>,
     claims: &'a BTreeMap<String, ClaimFact>,
     released: &BTreeMap<String, ReleaseReason>,
 ) -> BTreeMap<&'a str, u32> {
-    let mut order: Vec<(&str, (u32, u8), &str)> = claims
-        .iter()
+    let mut order: Vec<(&str, (u32, u8), &str)> = ids
+        .filter_map(|id| claims.get_key_value(id))
         .filter_map(|(id, c)| step_of(c).map(|(story, at)| (story, at, id.as_str())))
         .collect();
     // Later steps first: a claim's children are all done before it passes its depth on.
@@ -151,7 +155,7 @@ fn depths<'a>(
 
 /// Everything the claim and release facts say, folded. Built from the document's maps; the
 /// result depends only on their contents, never on the order facts arrived in.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Claims {
     claims: BTreeMap<String, ClaimFact>,
     released: BTreeMap<String, ReleaseReason>,
@@ -159,6 +163,43 @@ pub struct Claims {
     /// Claim ids with no release, in id order: the only candidates for `active` and
     /// `losing` (most claims of a long-lived mesh are released).
     open: Vec<String>,
+    /// The ids of the claims naming each resource, in id order (a claim naming one
+    /// resource twice once): what an update recomputes a resource's top from.
+    by_resource: BTreeMap<Resource, Vec<String>>,
+    /// The ids of the claims for a step of each story (see `step_of`), in id order.
+    by_story: BTreeMap<String, Vec<String>>,
+    /// Each claim later work built on, with its depth (see [`depths`]).
+    depth: BTreeMap<String, u32>,
+}
+
+/// Files claim `id` in the indexes of [`Claims`] (ids arrive in any order).
+fn index(
+    by_resource: &mut BTreeMap<Resource, Vec<String>>,
+    by_story: &mut BTreeMap<String, Vec<String>>,
+    id: &str,
+    claim: &ClaimFact,
+) {
+    let put = |ids: &mut Vec<String>| {
+        if let Err(at) = ids.binary_search_by(|x| x.as_str().cmp(id)) {
+            ids.insert(at, id.to_string());
+        }
+    };
+    for (r, _) in &claim.resources {
+        match by_resource.get_mut(r) {
+            Some(ids) => put(ids),
+            None => {
+                by_resource.insert(r.clone(), vec![id.to_string()]);
+            }
+        }
+    }
+    if let Some((story, _)) = step_of(claim) {
+        match by_story.get_mut(story) {
+            Some(ids) => put(ids),
+            None => {
+                by_story.insert(story.to_string(), vec![id.to_string()]);
+            }
+        }
+    }
 }
 
 impl Claims {
@@ -183,9 +224,15 @@ impl Claims {
     ) -> Claims {
         let released: BTreeMap<String, ReleaseReason> =
             releases.into_iter().map(|(k, v)| (k, v.why)).collect();
-        let depth = depths(&claims, &released);
+        let depth: BTreeMap<String, u32> = depths(claims.keys(), &claims, &released)
+            .into_iter()
+            .map(|(k, d)| (k.to_string(), d))
+            .collect();
+        let mut by_resource: BTreeMap<Resource, Vec<String>> = BTreeMap::new();
+        let mut by_story: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut top: BTreeMap<Resource, Top> = BTreeMap::new();
         for (id, claim) in &claims {
+            index(&mut by_resource, &mut by_story, id, claim);
             let rank = TieRank::of(released.get(id).copied());
             let depth = depth.get(id.as_str()).copied().unwrap_or(1);
             for (resource, token) in &claim.resources {
@@ -215,7 +262,133 @@ impl Claims {
             released,
             top,
             open,
+            by_resource,
+            by_story,
+            depth,
         }
+    }
+
+    /// Brings the fold up to date with claims written since (`added`: ids not in it
+    /// yet) and releases written, changed or withdrawn since (`releases`: id, reason or
+    /// `None`), as [`Claims::from_owned`] of the new maps would give: only the depths of
+    /// the stories those claims are for and the tops of the resources their claims name
+    /// are computed again. Returns those resources.
+    pub fn update(
+        &mut self,
+        added: Vec<(String, ClaimFact)>,
+        releases: Vec<(String, Option<ReleaseReason>)>,
+    ) -> BTreeSet<Resource> {
+        let mut touched: BTreeSet<String> = BTreeSet::new();
+        for (id, claim) in added {
+            index(&mut self.by_resource, &mut self.by_story, &id, &claim);
+            self.claims.insert(id.clone(), claim);
+            touched.insert(id);
+        }
+        for (id, why) in releases {
+            match why {
+                Some(w) => self.released.insert(id.clone(), w),
+                None => self.released.remove(&id),
+            };
+            touched.insert(id);
+        }
+        let mut stories: BTreeSet<String> = BTreeSet::new();
+        let mut resources: BTreeSet<Resource> = BTreeSet::new();
+        for id in &touched {
+            let open = self.claims.contains_key(id) && !self.released.contains_key(id);
+            match (self.open.binary_search(id), open) {
+                (Err(at), true) => self.open.insert(at, id.clone()),
+                (Ok(at), false) => {
+                    self.open.remove(at);
+                }
+                _ => {}
+            }
+            if let Some(c) = self.claims.get(id) {
+                resources.extend(c.resources.iter().map(|(r, _)| r.clone()));
+                if let Some((story, _)) = step_of(c) {
+                    stories.insert(story.to_string());
+                }
+            }
+        }
+        // A release changes the depths along its story's chains, and with them the tie
+        // order of every resource those claims name.
+        for story in &stories {
+            let Some(ids) = self.by_story.get(story) else {
+                continue;
+            };
+            for id in ids {
+                self.depth.remove(id);
+                if let Some(c) = self.claims.get(id) {
+                    resources.extend(c.resources.iter().map(|(r, _)| r.clone()));
+                }
+            }
+            let fresh = depths(ids.iter(), &self.claims, &self.released);
+            for (id, d) in fresh {
+                self.depth.insert(id.to_string(), d);
+            }
+        }
+        for r in &resources {
+            self.recompute_top(r);
+        }
+        resources
+    }
+
+    /// The top of one resource, from the claims naming it.
+    fn recompute_top(&mut self, resource: &Resource) {
+        let mut best: Option<Top> = None;
+        for id in self.by_resource.get(resource).into_iter().flatten() {
+            let Some(claim) = self.claims.get(id) else {
+                continue;
+            };
+            let rank = TieRank::of(self.released.get(id).copied());
+            let depth = self.depth.get(id).copied().unwrap_or(1);
+            for (r, token) in &claim.resources {
+                if r != resource {
+                    continue;
+                }
+                let key = top_key(*token, rank, depth, &claim.holder, id);
+                if best.as_ref().is_none_or(|b| b.beaten_by(key)) {
+                    best = Some(Top {
+                        token: *token,
+                        rank,
+                        depth,
+                        holder: claim.holder.clone(),
+                        claim: id.clone(),
+                    });
+                }
+            }
+        }
+        match best {
+            Some(t) => self.top.insert(resource.clone(), t),
+            None => self.top.remove(resource),
+        };
+    }
+
+    /// The ids of the claims naming `resource`, in id order.
+    pub fn naming(&self, resource: &Resource) -> &[String] {
+        self.by_resource.get(resource).map_or(&[], Vec::as_slice)
+    }
+
+    /// The resources of story `key` any claim names, with those claims' ids (one run of
+    /// the resource order).
+    pub fn story_resources<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> impl Iterator<Item = (&'a Resource, &'a [String])> + 'a {
+        let first = Resource::Story {
+            story: key.to_string(),
+            phase: Phase::Refine,
+            round: 0,
+        };
+        self.by_resource
+            .range(first..)
+            .take_while(move |(r, _)| r.story_key() == Some(key))
+            .map(|(r, ids)| (r, ids.as_slice()))
+    }
+
+    /// Whether a claim that holds names a resource of story `key`.
+    pub fn story_active(&self, key: &str) -> bool {
+        self.story_resources(key)
+            .any(|(_, ids)| ids.iter().any(|id| self.holds(id)))
     }
 
     /// The token a new claim on `resource` must carry: one more than the highest token ever

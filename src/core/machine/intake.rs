@@ -96,22 +96,3 @@ impl Core {
             .collect()
     }
 }
-
-/// Debug builds: a view brought up to date in place must be exactly the fold of the
-/// document (the first story that differs is named).
-#[cfg(debug_assertions)]
-pub(super) fn check_view(view: &View, doc: &Doc) {
-    let folded = doc.view();
-    if *view == folded {
-        return;
-    }
-    let story = folded
-        .stories
-        .iter()
-        .find(|(k, s)| view.stories.get(*k) != Some(*s))
-        .map(|(k, s)| format!("{k}: fold {s:?}, in place {:?}", view.stories.get(k)));
-    panic!(
-        "the view updated in place differs from the fold: {}",
-        story.unwrap_or_else(|| "outside the stories".into())
-    );
-}

@@ -62,6 +62,7 @@ mod settle;
 mod status;
 mod steer;
 mod sync;
+mod view;
 mod write;
 
 pub use budget::{BudgetConfig, SpendStatus};
@@ -102,6 +103,9 @@ pub struct CoreConfig {
     /// the simulator can prove it catches a broken winner rule; never set it otherwise.
     #[doc(hidden)]
     pub broken_winner_rule: bool,
+    /// Check every view updated in place against a fold of the document, and panic on
+    /// a difference (debug builds always do). The simulator's `--check-view`.
+    pub check_view: bool,
     /// Raise a `stalled` event for a story that made no progress for this long (0: never).
     pub stall_after_ms: u64,
     /// When to stop and resume claiming while the origin is unavailable.
@@ -512,28 +516,6 @@ impl Core {
         core
     }
 
-    /// The view of the current document (cached until the document changes).
-    pub fn view(&mut self) -> Arc<View> {
-        self.derived().0
-    }
-
-    /// The view and its claim fold, cached until the document changes.
-    fn derived(&mut self) -> (Arc<View>, Arc<Claims>) {
-        if self
-            .view
-            .as_ref()
-            .is_some_and(|(d, _, _)| *d != self.digest)
-        {
-            self.view = None;
-        }
-        let (digest, doc) = (self.digest, &self.doc);
-        let (_, v, c) = self.view.get_or_insert_with(|| {
-            let (v, c) = doc.view_and_claims();
-            (digest, Arc::new(v), Arc::new(c))
-        });
-        (v.clone(), c.clone())
-    }
-
     /// Historic co-change statistics for soft-conflict prediction (from the git shell).
     pub fn set_cochange(&mut self, c: CoChange) {
         self.cochange = c;
@@ -647,20 +629,6 @@ impl Core {
         added
             .pop()
             .ok_or(StateError::Corrupt("no story written".into()))
-    }
-
-    /// After a local write: the cached view is the new document's (it was brought up
-    /// to date in place) when `current`, else it is dropped and the next read folds.
-    /// Debug builds check an up-to-date view against a fold of the document.
-    pub(super) fn keep_view_if(&mut self, current: bool) {
-        match self.view.as_mut() {
-            Some((digest, view, _)) if current => {
-                *digest = self.digest;
-                #[cfg(debug_assertions)]
-                intake::check_view(view, &self.doc);
-            }
-            _ => self.view = None,
-        }
     }
 
     /// Advances membership and the claim machinery; returns membership state changes.

@@ -103,6 +103,7 @@ mod tests {
                 lease: LeaseConfig::default(),
                 work: false,
                 broken_winner_rule: false,
+                check_view: false,
                 stall_after_ms: 0,
                 origin_breaker: Default::default(),
                 merge_gate: None,

@@ -119,6 +119,12 @@ pub struct Counters {
     /// Claim checks that claimed nothing because the mesh ran behind (`overloaded`).
     #[serde(default)]
     pub overload_holds: u64,
+    /// Times the view was brought up to date with a peer's facts in place, and times
+    /// it was folded from the whole document (see `View::apply_changes`).
+    #[serde(default)]
+    pub view_updates: u64,
+    #[serde(default)]
+    pub view_folds: u64,
     /// Settle latency and run durations (`/metrics` histograms).
     #[serde(default)]
     pub latency: super::Latency,

@@ -249,10 +249,11 @@ pub struct Ledger {
     pub asks: BTreeMap<(String, u64), AskEntry>,
     /// Gives: (from, to, day, n) → amount.
     pub gives: BTreeMap<(String, String, u64, u32), u64>,
-    /// The stories named by any entry: whether a story has books is a lookup (a write
-    /// that adds a story updates the view without a fold, see `View::add_new_stories`).
+    /// The claim ids of each story's entries: whether a story has books, and what they
+    /// say, is a lookup (a write that adds a story, or an update, changes the view
+    /// without a fold, see `View::add_new_stories` and `View::apply_changes`).
     #[serde(skip)]
-    stories: BTreeSet<String>,
+    stories: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// One node's standing on one day.
@@ -330,13 +331,46 @@ impl Ledger {
 
     /// Whether any entry is about story `key`.
     pub fn names_story(&self, key: &str) -> bool {
-        self.stories.contains(key)
+        self.stories.contains_key(key)
+    }
+
+    /// The entries about story `key`, by claim id.
+    pub fn of_story<'a>(&'a self, key: &str) -> impl Iterator<Item = &'a Entry> + 'a {
+        self.stories
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|claim| self.entries.get(claim))
+    }
+
+    /// Whether adding `f` to the books now gives what a fold would, which adds every
+    /// budget fact in key order (a reservation before its usage): an update of the view
+    /// adds it only then.
+    pub(super) fn adds_in_order(&self, f: &BudgetFact) -> bool {
+        match f {
+            BudgetFact::Reserve { claim, .. } => !self.entries.contains_key(claim),
+            BudgetFact::Usage { claim, .. } => {
+                self.entries.get(claim).is_none_or(|e| e.usage.is_none())
+            }
+            BudgetFact::Ask { peer, day, n, .. } => self
+                .asks
+                .get(&(peer.clone(), *day))
+                .is_none_or(|a| a.n < *n),
+            BudgetFact::Give {
+                from, to, day, n, ..
+            } => !self
+                .gives
+                .contains_key(&(from.clone(), to.clone(), *day, *n)),
+        }
     }
 
     fn entry(&mut self, claim: &str, story: &str, phase: Phase, day: u64, at: u64) -> &mut Entry {
         // An entry's story is the one its first fact named; so is the index's.
         if !self.entries.contains_key(claim) {
-            self.stories.insert(story.to_string());
+            self.stories
+                .entry(story.to_string())
+                .or_default()
+                .insert(claim.to_string());
         }
         self.entries
             .entry(claim.to_string())
@@ -426,70 +460,69 @@ impl Ledger {
 }
 
 /// Sets each story's usage and charges, and holds every story whose jobs reported more
-/// than its cost limit: an attention item of kind budget holds its next phase until an operator raises the limit or dismisses the item (which names the
-/// limit, so a later, lower limit holds it again).
+/// than its cost limit (see [`hold_story`]).
 pub(super) fn hold_over_limit(
     stories: &mut BTreeMap<String, StoryView>,
     ledger: &Ledger,
     steering: &Steering,
 ) {
-    let mut per_story: BTreeMap<&str, (Usage, u64)> = BTreeMap::new();
-    for e in ledger.entries.values() {
-        let slot = per_story.entry(e.story.as_str()).or_default();
-        if let Some(u) = &e.usage {
-            slot.0.add(u);
-        }
-        slot.1 = slot.1.saturating_add(e.charge());
+    for s in stories.values_mut() {
+        hold_story(s, ledger, steering);
     }
-    for (key, (usage, charged)) in per_story {
-        if let Some(s) = stories.get_mut(key) {
-            s.usage = usage;
-            s.charged_micro_usd = charged;
+}
+
+/// Sets one story's usage and charges from its books, and holds it when its jobs
+/// reported more than its cost limit: an attention item of kind budget holds its next
+/// phase until an operator raises the limit or dismisses the item (which names the
+/// limit, so a later, lower limit holds it again).
+pub(super) fn hold_story(s: &mut StoryView, ledger: &Ledger, steering: &Steering) {
+    let mut since = 0;
+    if ledger.names_story(&s.key) {
+        let (mut usage, mut charged) = (Usage::default(), 0u64);
+        for e in ledger.of_story(&s.key) {
+            if let Some(u) = &e.usage {
+                usage.add(u);
+            }
+            charged = charged.saturating_add(e.charge());
+            since = since.max(e.at_ms);
         }
+        s.usage = usage;
+        s.charged_micro_usd = charged;
     }
-    for (key, st) in &steering.stories {
-        let Some(limit) = st.limit else {
-            continue;
-        };
-        let Some(s) = stories.get_mut(key) else {
-            continue;
-        };
-        if matches!(s.status, StoryStatus::Merged | StoryStatus::Cancelled) {
-            continue;
-        }
-        // What its jobs reported, not what running ones reserved: a reservation above
-        // the limit would hold the story before its first job could start.
-        let charged = s.usage.cost_micro_usd;
-        if charged < limit {
-            continue;
-        }
-        let id = format!("{}@limit-{limit}", AlertKind::Budget);
-        if st.cleared.contains(&id) {
-            continue;
-        }
-        let since = ledger
-            .entries
-            .values()
-            .filter(|e| e.story == *key)
-            .map(|e| e.at_ms)
-            .max()
-            .unwrap_or(0);
-        s.attention.push(Attention {
-            id,
-            kind: AlertKind::Budget,
-            detail: format!(
-                "spent {} of its {} limit: no phase starts until an operator raises the \
-                 limit (`mesh-agent budget limit {} USD`) or dismisses this",
-                usd(charged),
-                usd(limit),
-                s.id
-            ),
-            since_ms: since,
-            holds: s.next_phase,
-            actions: vec!["budget limit".into(), "dismiss".into(), "cancel".into()],
-        });
-        s.held = s.next_phase.is_some();
+    let Some(st) = steering.stories.get(&s.key) else {
+        return;
+    };
+    let Some(limit) = st.limit else {
+        return;
+    };
+    if matches!(s.status, StoryStatus::Merged | StoryStatus::Cancelled) {
+        return;
     }
+    // What its jobs reported, not what running ones reserved: a reservation above
+    // the limit would hold the story before its first job could start.
+    let charged = s.usage.cost_micro_usd;
+    if charged < limit {
+        return;
+    }
+    let id = format!("{}@limit-{limit}", AlertKind::Budget);
+    if st.cleared.contains(&id) {
+        return;
+    }
+    s.attention.push(Attention {
+        id,
+        kind: AlertKind::Budget,
+        detail: format!(
+            "spent {} of its {} limit: no phase starts until an operator raises the \
+             limit (`mesh-agent budget limit {} USD`) or dismisses this",
+            usd(charged),
+            usd(limit),
+            s.id
+        ),
+        since_ms: since,
+        holds: s.next_phase,
+        actions: vec!["budget limit".into(), "dismiss".into(), "cancel".into()],
+    });
+    s.held = s.next_phase.is_some();
 }
 
 #[cfg(test)]

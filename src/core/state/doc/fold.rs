@@ -153,6 +153,7 @@ impl Doc {
 
     /// Reads every change again (after the key scheme changed).
     pub(super) fn rescan(&mut self) {
+        self.changed = None;
         self.facts.clear();
         self.candidates.clear();
         self.finished.clear();
@@ -312,12 +313,32 @@ impl Doc {
     }
 
     pub(super) fn choose(&mut self, key: &str) {
-        match self.chosen(key).map(|c| c.fact.clone()) {
-            Some(fact) => {
-                self.facts.insert(key.to_string(), fact);
-            }
-            None => {
-                self.facts.remove(key);
+        let changed = match self.chosen(key).map(|c| c.fact.clone()) {
+            Some(fact) => match self.facts.get_mut(key) {
+                Some(old) if *old == fact => false,
+                Some(old) => {
+                    *old = fact;
+                    true
+                }
+                None => {
+                    self.facts.insert(key.to_string(), fact);
+                    true
+                }
+            },
+            None => self.facts.remove(key).is_some(),
+        };
+        if changed {
+            self.note_changed(key);
+        }
+    }
+
+    /// Records that the fact of `key` changed (see `Doc::changed`).
+    fn note_changed(&mut self, key: &str) {
+        if let Some(keys) = self.changed.as_mut() {
+            if keys.len() >= MAX_CHANGED {
+                self.changed = None;
+            } else if !keys.contains(key) {
+                keys.insert(key.to_string());
             }
         }
     }

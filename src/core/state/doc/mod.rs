@@ -73,7 +73,14 @@ pub struct Doc {
     /// During a load from a checked snapshot: the operations whose signatures are
     /// checked again (every other one passed before, on this node).
     trusted: Option<BTreeSet<(u64, Vec<u8>)>>,
+    /// The keys whose chosen fact changed since [`Doc::take_changes`] last ran (`None`:
+    /// every key may have, e.g. after a rescan or past [`MAX_CHANGED`]).
+    changed: Option<BTreeSet<String>>,
 }
+
+/// Past this many changed keys not yet taken, a document stops naming them (a view
+/// updated from that many is no cheaper than a fold).
+const MAX_CHANGED: usize = 4096;
 
 /// Who signs the local writes of a document.
 #[derive(Debug, Clone)]
@@ -162,6 +169,7 @@ impl Doc {
             trusted: None,
             saved: Vec::new(),
             checker: None,
+            changed: None,
         }
     }
 
@@ -604,5 +612,26 @@ impl Doc {
         view.malformed += self.rejected_total();
         view.roster = self.roster.view();
         (view, claims)
+    }
+
+    /// Forgets which keys changed: whoever folds the view next starts from here.
+    pub fn take_changes(&mut self) -> Option<BTreeSet<String>> {
+        self.changed.replace(BTreeSet::new())
+    }
+
+    /// Brings `view` and `claims` — this document's view and claim fold as they were
+    /// when [`Doc::take_changes`] or this last ran — up to date with the facts chosen
+    /// since, without a fold where [`View::apply_changes`] can. Returns false when it
+    /// cannot (the view and claims are then unspecified: fold again).
+    pub fn update_view(&mut self, view: &mut View, claims: &mut Claims) -> bool {
+        let Some(keys) = self.take_changes() else {
+            return false;
+        };
+        if !view.apply_changes(claims, &self.facts, &keys) {
+            return false;
+        }
+        view.malformed = view.notes.malformed + self.rejected_total();
+        view.roster = self.roster.view();
+        true
     }
 }

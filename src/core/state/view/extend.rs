@@ -12,20 +12,29 @@
 
 use super::*;
 
-/// What a write of new stories must know about every story (see `add_new_stories`): the highest
-/// number, and every key some story depends on. Maintained wherever `stories` grows.
+/// What a write of new stories must know about every story (see `add_new_stories`),
+/// and an update about the stories that depend on one (see `apply_changes`): the highest
+/// number, and the stories depending on each key some story depends on. Maintained
+/// wherever `stories` grows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(in crate::core::state) struct StoryIndex {
     pub(in crate::core::state) max_number: u32,
-    pub(in crate::core::state) depended_on: BTreeSet<String>,
+    /// By the key depended on: the keys of the stories depending on it.
+    pub(in crate::core::state) dependents: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl StoryIndex {
-    pub(in crate::core::state) fn add(&mut self, fact: &StoryFact) {
+    pub(in crate::core::state) fn add(&mut self, key: &str, fact: &StoryFact) {
         self.max_number = self.max_number.max(fact.number);
         for d in &fact.depends_on {
-            if !self.depended_on.contains(d) {
-                self.depended_on.insert(d.clone());
+            match self.dependents.get_mut(d) {
+                Some(on) => {
+                    on.insert(key.to_string());
+                }
+                None => {
+                    self.dependents
+                        .insert(d.clone(), BTreeSet::from([key.to_string()]));
+                }
             }
         }
     }
@@ -48,7 +57,7 @@ impl View {
         let max = self.story_index.max_number;
         if keys
             .iter()
-            .any(|k| self.story_index.depended_on.contains(*k))
+            .any(|k| self.story_index.dependents.contains_key(*k))
         {
             return false;
         }
@@ -100,7 +109,7 @@ impl View {
             };
             // The number is past every other: the short display id is its own.
             let story = fold.story(key, fact, &format!("S-{:04}", fact.number));
-            self.story_index.add(fact);
+            self.story_index.add(key, fact);
             self.stories.insert(key.clone(), story);
         }
         true
