@@ -42,6 +42,21 @@ impl Sim {
         }
         self.forgeries += 1;
         let key = keys[pick % keys.len()].clone();
+        let (now, trace) = (self.now, self.cfg.trace);
+        if trace {
+            let what = [
+                "overwrites, labelled as its author,",
+                "overwrites, as itself,",
+                "deletes",
+                "replays",
+                "copies",
+                "claims in another's name beside",
+                "claims with an inflated token beside",
+                "releases (takeover) a claim beside",
+            ][act.min(7) as usize];
+            self.trace
+                .push(format!("{now:>7} node{i} forges: {what} {key}"));
+        }
         let current = core.doc().raw_get(&key);
         let view = core.doc().view();
         let story = view
