@@ -65,9 +65,10 @@ impl Sim {
     pub(super) fn check_own_tokens(&mut self, i: usize, view: &crate::core::state::View) {
         let mut reused = Vec::new();
         for (id, c) in &view.claims {
-            if c.holder != self.names[i] || !self.own_checked.insert(id.clone()) {
+            if c.holder != self.names[i] || self.own_checked.contains(id) {
                 continue;
             }
+            self.own_checked.insert(id.clone());
             let acked = self.frames_acked.get(i);
             for (r, t) in &c.resources {
                 let mut known = acked.and_then(|a| a.get(r)).into_iter().flatten();
@@ -87,9 +88,10 @@ impl Sim {
     pub(super) fn check(&mut self) {
         let now = self.now;
         // Tokens never go backwards in any node's view (rechecked when a view changes).
-        let mut seen: Vec<((usize, Resource), u64)> = Vec::new();
         let n = self.nodes.len();
         self.checked.resize(n, [0; 32]);
+        self.tokens.resize_with(n, BTreeMap::new);
+        let mut fell: Vec<String> = Vec::new();
         for i in 0..n {
             let Some(core) = self.nodes[i].core.as_mut() else {
                 continue;
@@ -106,12 +108,29 @@ impl Sim {
                 .filter(|t| view.has_story_titled(t))
                 .cloned()
                 .collect();
+            let mut top: BTreeMap<&Resource, u64> = BTreeMap::new();
             for (id, c) in &view.claims {
                 for (r, t) in &c.resources {
-                    seen.push(((i, r.clone()), *t));
+                    let e = top.entry(r).or_default();
+                    *e = (*e).max(*t);
                 }
-                if c.holder != self.names[i] {
-                    self.claim_known.entry(id.clone()).or_insert(now);
+                if c.holder != self.names[i] && !self.claim_known.contains_key(id) {
+                    self.claim_known.insert(id.clone(), now);
+                }
+            }
+            let known = &mut self.tokens[i];
+            for (r, t) in top {
+                match known.get_mut(r) {
+                    Some(prev) if t < *prev => {
+                        fell.push(format!(
+                            "node{i} saw the top token of {r} fall from {prev} to {t}"
+                        ));
+                        *prev = t;
+                    }
+                    Some(prev) => *prev = t,
+                    None => {
+                        known.insert(r.clone(), t);
+                    }
                 }
             }
             self.check_own_tokens(i, &view);
@@ -121,19 +140,8 @@ impl Sim {
                 ));
             }
         }
-        let mut top: BTreeMap<(usize, Resource), u64> = BTreeMap::new();
-        for (k, t) in seen {
-            let e = top.entry(k).or_default();
-            *e = (*e).max(t);
-        }
-        for (k, t) in top {
-            let prev = self.tokens.insert(k.clone(), t).unwrap_or(0);
-            if t < prev {
-                self.violation(format!(
-                    "node{} saw the top token of {} fall from {prev} to {t}",
-                    k.0, k.1
-                ));
-            }
+        for v in fell {
+            self.violation(v);
         }
         // Clean mode: at most one up node runs a phase at any instant.
         if self.cfg.mode == Mode::Clean {

@@ -219,8 +219,8 @@ struct Sim {
     violations: Vec<String>,
     trace: Vec<String>,
     events: u64,
-    /// Highest token seen per (node, resource) in that node's view.
-    tokens: BTreeMap<(usize, Resource), u64>,
+    /// Highest token seen per resource in each node's view (by node).
+    tokens: Vec<BTreeMap<Resource, u64>>,
     crashes: Vec<Crash>,
     /// Every start of work: (node, resource, token, time).
     starts: Vec<(usize, Resource, u64, u64)>,
@@ -233,6 +233,11 @@ struct Sim {
     frames_acked: Vec<BTreeMap<Resource, BTreeMap<String, u64>>>,
     /// The digest each node's `frames_acked` was last recorded at.
     acked_at: Vec<[u8; 32]>,
+    /// How many claims that node's view held then: a view in the simulator only ever
+    /// gains claims (no revokes; an inflated claim dropped never comes back), so the
+    /// same count is the same claims, and a frame needs no pass over them. Forgotten
+    /// when the node restarts.
+    acked_claims: Vec<usize>,
     /// The nodes' own claims already checked against `frames_acked`.
     own_checked: BTreeSet<String>,
     /// Restarts: (node, time).

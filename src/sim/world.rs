@@ -68,13 +68,14 @@ impl Sim {
             violations: Vec::new(),
             trace: Vec::new(),
             events: 0,
-            tokens: BTreeMap::new(),
+            tokens: Vec::new(),
             crashes: Vec::new(),
             starts: Vec::new(),
             healed_at: None,
             checked: Vec::new(),
             frames_acked: Vec::new(),
             acked_at: Vec::new(),
+            acked_claims: Vec::new(),
             own_checked: BTreeSet::new(),
             restarts: Vec::new(),
             claim_known: BTreeMap::new(),
@@ -271,6 +272,7 @@ impl Sim {
         let n = self.nodes.len();
         self.frames_acked.resize_with(n, BTreeMap::new);
         self.acked_at.resize(n, [0; 32]);
+        self.acked_claims.resize(n, usize::MAX);
         let Some(core) = self.nodes[i].core.as_mut() else {
             return;
         };
@@ -280,12 +282,33 @@ impl Sim {
         }
         self.acked_at[i] = d;
         let view = core.view();
+        if self.acked_claims[i] == view.claims.len() {
+            return;
+        }
+        self.acked_claims[i] = view.claims.len();
         self.check_own_tokens(i, &view);
+        // A claim's resources are all recorded at once: one lookup tells (no clone of
+        // any claim already recorded, which most are).
+        let acked = &mut self.frames_acked[i];
         for (id, c) in &view.claims {
+            let recorded = c
+                .resources
+                .first()
+                .and_then(|(r, _)| acked.get(r))
+                .is_some_and(|ids| ids.contains_key(id));
+            if recorded {
+                continue;
+            }
             for (r, t) in &c.resources {
-                let ids = self.frames_acked[i].entry(r.clone()).or_default();
-                if !ids.contains_key(id) {
-                    ids.insert(id.clone(), *t);
+                match acked.get_mut(r) {
+                    Some(ids) => {
+                        if !ids.contains_key(id) {
+                            ids.insert(id.clone(), *t);
+                        }
+                    }
+                    None => {
+                        acked.insert(r.clone(), BTreeMap::from([(id.clone(), *t)]));
+                    }
                 }
             }
         }
@@ -570,7 +593,12 @@ impl Sim {
                 if std::mem::take(&mut self.nodes[i].lost_writes) {
                     // What it saw and never made durable is gone from its view: its
                     // tokens are tracked afresh from what it reloaded.
-                    self.tokens.retain(|(n, _), _| *n != i);
+                    if let Some(t) = self.tokens.get_mut(i) {
+                        t.clear();
+                    }
+                }
+                if let Some(c) = self.acked_claims.get_mut(i) {
+                    *c = usize::MAX;
                 }
                 self.nodes[i].incarnation += 1;
                 let inc = now.max(1) + self.nodes[i].incarnation;
