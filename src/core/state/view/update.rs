@@ -82,8 +82,8 @@ impl View {
                 affected.extend(on.iter().cloned());
             }
         }
+        // (A key with no story still has its counted results, as in the fold.)
         affected.extend(touched);
-        affected.retain(|k| self.stories.contains_key(k));
         self.rebuild_stories(claims, &affected)
     }
 
@@ -400,6 +400,11 @@ mod tests {
         assert!(update(&mut d, &mut v, &mut c));
         assert_eq!(v.stories[&second].failed_attempts, 1);
         assert!(update(&mut d, &mut v, &mut c));
+        // Work on a key no story has (yet): its result counts in the view all the same.
+        let orphan = story_key(99, B);
+        step(&mut d, &orphan, Phase::Research, 0, None);
+        assert!(update(&mut d, &mut v, &mut c));
+        assert!(v.counted_result(&orphan, Phase::Research).is_some());
     }
 
     #[test]
