@@ -19,8 +19,13 @@ struct Top {
 }
 
 /// How a claim fares in a token tie, by its release: a finished claim keeps its result
-/// counted, an open claim may be running, and a claim released without a result (it never
-/// started, failed, lost, or its holder restarted) gives way to both.
+/// counted, an open claim may be running, and a claim its holder released without a
+/// result (it never started, failed, lost, or its holder restarted) gives way to both.
+/// A takeover's release (`Expired`, which any member may write) proves nothing about the
+/// holder, which may still be running until it hears of it: it stands as an open claim
+/// would. Were it to give way, a concurrent claim with the same token would win and start
+/// while the holder still ran (simulator seed 5059, clean, `--byzantine`: a member forged
+/// a takeover of a claim that had just won its tie).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum TieRank {
     Done,
@@ -32,7 +37,7 @@ impl TieRank {
     fn of(release: Option<ReleaseReason>) -> TieRank {
         match release {
             Some(ReleaseReason::Done) => TieRank::Done,
-            None => TieRank::Open,
+            None | Some(ReleaseReason::Expired) => TieRank::Open,
             Some(_) => TieRank::Void,
         }
     }
@@ -131,7 +136,8 @@ fn depths<'a>(
     let mut depth: BTreeMap<&str, u32> = BTreeMap::new();
     for (story, at, id) in order {
         let Some(c) = claims.get(id) else { continue };
-        if TieRank::of(released.get(id).copied()) == TieRank::Void {
+        // Live work only: finished or open (a takeover's release ends it too).
+        if released.get(id).is_some_and(|r| *r != ReleaseReason::Done) {
             continue;
         }
         let Some(parent) = c.after.as_deref() else {

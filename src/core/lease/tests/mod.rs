@@ -262,13 +262,20 @@ fn in_a_token_tie_finished_beats_open_beats_released_without_a_result() {
         ReleaseReason::Abandoned,
         ReleaseReason::Unsettled,
         ReleaseReason::Lost,
-        ReleaseReason::Expired,
     ] {
         let c = tie(&[("a-1", why)]);
         assert_eq!(c.winner(&r), Some("b-1"), "{why:?}");
         assert!(c.holds("b-1"));
         assert_eq!(c.top(&r), Some("b-1"));
     }
+    // a-1 taken over (a release any member may write, forged or not): its holder may
+    // still be running until it hears of it, so b-1 does not win the tie and start
+    // beside it; the resource is free for a claim with the next token.
+    let c = tie(&[("a-1", ReleaseReason::Expired)]);
+    assert_eq!(c.top(&r), Some("a-1"));
+    assert_eq!(c.winner(&r), None);
+    assert!(!c.holds("b-1"));
+    assert_eq!(c.next_token(&r), 3);
     // b-1 finished: a tying claim from a stale view never un-counts its result,
     // released or not.
     let c = tie(&[("b-1", ReleaseReason::Done)]);
