@@ -84,6 +84,53 @@ impl Sim {
         }
     }
 
+    /// What node `i`'s frame about to leave acknowledges: every claim in its document.
+    pub(super) fn record_acked(&mut self, i: usize) {
+        let n = self.nodes.len();
+        self.frames_acked.resize_with(n, BTreeMap::new);
+        self.acked_at.resize(n, [0; 32]);
+        self.acked_claims.resize(n, usize::MAX);
+        let Some(core) = self.nodes[i].core.as_mut() else {
+            return;
+        };
+        let d = core.digest();
+        if self.acked_at[i] == d {
+            return;
+        }
+        self.acked_at[i] = d;
+        let view = core.view();
+        if self.acked_claims[i] == view.claims.len() {
+            return;
+        }
+        self.acked_claims[i] = view.claims.len();
+        self.check_own_tokens(i, &view);
+        // A claim's resources are all recorded at once: one lookup tells (no clone of
+        // any claim already recorded, which most are).
+        let acked = &mut self.frames_acked[i];
+        for (id, c) in &view.claims {
+            let recorded = c
+                .resources
+                .first()
+                .and_then(|(r, _)| acked.get(r))
+                .is_some_and(|ids| ids.contains_key(id));
+            if recorded {
+                continue;
+            }
+            for (r, t) in &c.resources {
+                match acked.get_mut(r) {
+                    Some(ids) => {
+                        if !ids.contains_key(id) {
+                            ids.insert(id.clone(), *t);
+                        }
+                    }
+                    None => {
+                        acked.insert(r.clone(), BTreeMap::from([(id.clone(), *t)]));
+                    }
+                }
+            }
+        }
+    }
+
     /// Safety invariants, checked after every event.
     pub(super) fn check(&mut self) {
         let now = self.now;
