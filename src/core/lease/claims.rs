@@ -490,15 +490,7 @@ impl Claims {
     /// Whether any claim names a resource of story `key` (a lookup, not a scan: the
     /// story resources of one key are one run of the resource order).
     pub fn names_story(&self, key: &str) -> bool {
-        let first = Resource::Story {
-            story: key.to_string(),
-            phase: Phase::Refine,
-            round: 0,
-        };
-        self.top
-            .range(first..)
-            .next()
-            .is_some_and(|(r, _)| r.story_key() == Some(key))
+        self.story_resources(key).next().is_some()
     }
 
     /// The claims that hold (see [`Claims::holds`]), in claim id order.

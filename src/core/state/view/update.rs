@@ -16,6 +16,7 @@
 //! left to a fold: [`View::apply_changes`] says so. Debug builds (and the simulator's
 //! `--check-view`) check the result against a fold on every update.
 
+use super::super::budget::hold_story;
 use super::*;
 
 impl View {
@@ -40,25 +41,20 @@ impl View {
                 return false;
             }
         }
-        let new_claims: Vec<(String, Vec<Resource>)> = added
-            .iter()
-            .map(|(id, c)| {
-                (
-                    id.clone(),
-                    c.resources.iter().map(|(r, _)| r.clone()).collect(),
-                )
-            })
-            .collect();
+        let new_ids: Vec<String> = added.iter().map(|(id, _)| id.clone()).collect();
         for (id, c) in &added {
             self.claims.insert(id.clone(), c.clone());
         }
         let resources = claims.update(added, released);
         // A new claim must not jump ahead on any resource it names (the fold would drop
         // it, and maybe bring one back that it dropped before).
-        for (_, names) in &new_claims {
-            if names.iter().any(|r| !tokens_unbroken(claims, r)) {
-                return false;
-            }
+        let jumps = new_ids
+            .iter()
+            .filter_map(|id| claims.claim(id))
+            .flat_map(|c| &c.resources)
+            .any(|(r, _)| !tokens_unbroken(claims, r));
+        if jumps {
+            return false;
         }
         // The stories whose claims name a resource whose top may have changed: whether
         // their claims hold (and so whether they are active) and which result counts.
@@ -195,11 +191,7 @@ impl View {
         let results: Vec<(&String, &Arc<ResultFact>)> = affected
             .iter()
             .flat_map(|s| {
-                let prefix = format!("{RESULT_PREFIX}{s}/");
-                self.results
-                    .range(prefix.clone()..)
-                    .take_while(move |(k, _)| k.starts_with(&prefix))
-                    .filter(move |(_, r)| r.story == *s)
+                under(&self.results, RESULT_PREFIX, s).filter(move |(_, r)| r.story == *s)
             })
             .collect();
         let counted = counted_results(results.into_iter(), claims);
@@ -213,14 +205,8 @@ impl View {
         }
         let merges: Vec<&MergeFact> = wanted
             .iter()
-            .flat_map(|s| {
-                let prefix = format!("{MERGE_PREFIX}{s}/");
-                self.merges
-                    .range(prefix.clone()..)
-                    .take_while(move |(k, _)| k.starts_with(&prefix))
-                    .filter(move |(_, m)| m.story == *s)
-                    .map(|(_, m)| m)
-            })
+            .flat_map(|s| under(&self.merges, MERGE_PREFIX, s).filter(move |(_, m)| m.story == *s))
+            .map(|(_, m)| m)
             .collect();
         let mut merged = counted_merges(merges.into_iter(), claims);
         for k in &wanted {
@@ -310,11 +296,23 @@ impl View {
         }
         self.counted.extend(counted_keys);
         for mut s in built {
-            super::super::budget::hold_story(&mut s, &self.ledger, &self.steering);
+            hold_story(&mut s, &self.ledger, &self.steering);
             self.stories.insert(s.key.clone(), s);
         }
         true
     }
+}
+
+/// The entries of `map` whose keys are `{prefix}{story}/…`: the results or merges
+/// written about one story (their keys name it; the caller checks the fact does too).
+fn under<'a, V>(
+    map: &'a BTreeMap<String, V>,
+    prefix: &str,
+    story: &str,
+) -> impl Iterator<Item = (&'a String, &'a V)> + 'a {
+    let from = format!("{prefix}{story}/");
+    map.range(from.clone()..)
+        .take_while(move |(k, _)| k.starts_with(&from))
 }
 
 /// Whether the tokens of the claims on `resource` run 1, 2, … without a gap (what
