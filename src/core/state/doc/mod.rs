@@ -10,6 +10,7 @@ use std::collections::HashSet;
 mod batch;
 mod checked;
 mod join;
+mod receive;
 pub use batch::{BatchError, BATCH_REF_PREFIX, MAX_BATCH_STORIES};
 pub use join::{Rebase, Taken};
 mod fold;
@@ -534,10 +535,15 @@ impl Doc {
 
     /// The next sync message for a peer, or `None` when that peer has everything.
     pub fn sync_generate(&mut self, state: &mut SyncState) -> Option<Vec<u8>> {
-        self.inner
-            .sync()
-            .generate_sync_message(state)
-            .map(|m| m.encode())
+        self.sync_generate_sized(state).map(|(m, _)| m)
+    }
+
+    /// [`Doc::sync_generate`], with the bytes of the changes the message carries.
+    pub fn sync_generate_sized(&mut self, state: &mut SyncState) -> Option<(Vec<u8>, u64)> {
+        self.inner.sync().generate_sync_message(state).map(|m| {
+            let changes = m.changes.iter().map(|c| c.len() as u64).sum();
+            (m.encode(), changes)
+        })
     }
 
     /// Applies a sync message from a peer. Returns whether the document changed.
@@ -549,9 +555,7 @@ impl Doc {
         let msg = sync::Message::decode(bytes).map_err(|e| StateError::Sync(e.to_string()))?;
         self.room_for(msg.changes.iter().map(|c| c.len() as u64).sum())?;
         let before = self.inner.get_heads();
-        self.inner
-            .sync()
-            .receive_sync_message(state, msg)
+        receive::receive(&mut self.inner, state, msg)
             .map_err(|e| StateError::Sync(e.to_string()))?;
         let changed = self.inner.get_heads() != before;
         if changed {
