@@ -298,6 +298,8 @@ struct Session {
     again: bool,
     /// That next session carries an eager push.
     again_push: bool,
+    /// That next session syncs in full (no `covered` answer).
+    again_full: bool,
     /// The highest own change sequence number this session pushed.
     pushed_upto: u64,
     /// When it opened (for the settle timeout's estimate of how long a session takes).

@@ -116,6 +116,18 @@ pub struct Counters {
     pub sync_covered: u64,
     #[serde(default)]
     pub sync_covered_late: u64,
+    /// Sessions this node opened with a push of its own changes (the rest: anti-entropy,
+    /// a new connection, a digest that differed, a `covered` answer's late heads), and
+    /// those a peer answered `same`.
+    #[serde(default)]
+    pub sync_push_sessions: u64,
+    #[serde(default)]
+    pub sync_same: u64,
+    /// Bytes of changes this node sent inside automerge sync messages, and pushed.
+    #[serde(default)]
+    pub sync_change_bytes_out: u64,
+    #[serde(default)]
+    pub push_bytes_out: u64,
     /// Claim checks that claimed nothing because the mesh ran behind (`overloaded`).
     #[serde(default)]
     pub overload_holds: u64,

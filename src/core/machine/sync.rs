@@ -32,7 +32,8 @@ pub struct SyncFrame {
     /// In an answer: after the push, the responder's heads are the sender's (the same
     /// digest). Neither side runs automerge's sync on `msg` then: the session is over.
     pub same: bool,
-    /// First frame of a session that pushes: the hash of the sender's latest own change.
+    /// First frame, once a session with the receiver has completed (and but for a
+    /// session that must sync in full): the hash of the sender's latest own change.
     pub mine: Option<[u8; 32]>,
     /// In an answer: the responder holds `mine` (so every own change of the sender's up
     /// to it), and these are its heads. No automerge sync on either side: the sender's
@@ -104,26 +105,39 @@ impl Core {
     }
 
     /// Opens a sync session with `peer` unless one is running (then one more runs after).
+    /// The peer may answer `covered` (see [`Core::covered_answer`]).
     pub fn start_sync(&mut self, peer: &str) {
-        self.open_session(peer, false);
+        self.open_session_as(peer, false, false);
     }
 
     /// Opens a sync session, with an eager push of our own unacknowledged changes when
     /// `push`. With a session running, one more (pushing if either asked) runs after it.
     pub(super) fn open_session(&mut self, peer: &str, push: bool) {
+        self.open_session_as(peer, push, false);
+    }
+
+    /// Opens a session that syncs in full: automerge's protocol fetches what either side
+    /// lacks, whoever wrote it (for `covered` heads that did not arrive).
+    fn full_sync(&mut self, peer: &str) {
+        self.open_session_as(peer, false, true);
+    }
+
+    fn open_session_as(&mut self, peer: &str, push: bool, full: bool) {
         if peer == self.peer {
             return;
         }
         if let Some(s) = self.sessions.get_mut(peer) {
             s.again = true;
             s.again_push |= push;
+            s.again_full |= full;
             return;
         }
         let state = self.out_sync.entry(peer.to_string()).or_default();
         *state = reset_sync_state(state);
-        let Some(msg) = self.doc.sync_generate(state) else {
+        let Some((msg, change_bytes)) = self.doc.sync_generate_sized(state) else {
             return;
         };
+        self.counters.sync_change_bytes_out += change_bytes;
         // Pushed: our changes the peer has not acknowledged, once a session we started
         // with it has completed. Before that (a new peer, or one since our restart) it
         // may hold all of them or none: a node with a large backlog pushed every change
@@ -138,10 +152,14 @@ impl Core {
             }
             _ => Vec::new(),
         };
-        // A peer that holds our latest change may answer `covered` (pushes only: anti-
-        // entropy and a new peer's first sessions sync in full).
+        // A peer that holds our latest change may answer `covered`: a session of any
+        // kind, once one with the peer has completed (a new peer's first sessions and
+        // the fallback for `covered` heads that did not arrive sync in full). Anti-entropy
+        // and a differing digest synced in full too, and under load each such session
+        // carried ~80 changes the peer's authors were pushing to it anyway (50 processes:
+        // nearly all of the ~60 KB sync messages).
         let mine = match acked {
-            Some(_) if push => self.doc.last_local_change().map(|h| h.0),
+            Some(_) if !full => self.doc.last_local_change().map(|h| h.0),
             _ => None,
         };
         // A completed session leaves the peer with everything we hold when it opens.
@@ -149,6 +167,8 @@ impl Core {
         let heads = self.doc.heads();
         let heads_digest = self.doc.heads_digest();
         self.counters.sync_sessions_started += 1;
+        self.counters.sync_push_sessions += u64::from(push);
+        self.counters.push_bytes_out += pushed.iter().map(|c| c.len() as u64).sum::<u64>();
         let id = self.next_session;
         self.next_session += 1;
         self.sessions.insert(
@@ -158,6 +178,7 @@ impl Core {
                 rounds: 0,
                 again: false,
                 again_push: false,
+                again_full: false,
                 pushed_upto,
                 opened_ms: self.last_now,
                 heads,
@@ -399,7 +420,8 @@ impl Core {
             }
         } else {
             let state = self.in_sync.entry(peer.to_string()).or_default();
-            let msg = self.doc.sync_generate(state).unwrap_or_default();
+            let (msg, change_bytes) = self.doc.sync_generate_sized(state).unwrap_or_default();
+            self.counters.sync_change_bytes_out += change_bytes;
             SyncFrame {
                 fresh: self.is_fresh(),
                 ..SyncFrame::msg(false, msg)
@@ -498,6 +520,7 @@ impl Core {
             }
         }
         if frame.same {
+            self.counters.sync_same += 1;
             // Our heads when the session opened, the peer says: it had all we had then,
             // and we have all it had.
             self.same_heads(true, peer, session.heads.clone());
@@ -523,8 +546,9 @@ impl Core {
             return;
         }
         let state = self.out_sync.entry(peer.to_string()).or_default();
-        match self.doc.sync_generate(state) {
-            Some(msg) if session.rounds < MAX_SYNC_ROUNDS => {
+        match self.doc.sync_generate_sized(state) {
+            Some((msg, change_bytes)) if session.rounds < MAX_SYNC_ROUNDS => {
+                self.counters.sync_change_bytes_out += change_bytes;
                 session.rounds += 1;
                 self.sessions.insert(peer.to_string(), session);
                 self.effects.push_back(Effect::SendSync {
@@ -546,7 +570,7 @@ impl Core {
         let acked = self.push_acked.entry(peer.to_string()).or_default();
         *acked = (*acked).max(session.pushed_upto);
         if session.again {
-            self.open_session(peer, session.again_push);
+            self.open_session_as(peer, session.again_push, session.again_full);
         }
     }
 
@@ -592,7 +616,7 @@ impl Core {
         }
         self.check_awaiting();
         if session.again {
-            self.open_session(peer, session.again_push);
+            self.open_session_as(peer, session.again_push, session.again_full);
         }
     }
 
@@ -653,7 +677,7 @@ impl Core {
                     self.awaiting.remove(&peer);
                 }
             }
-            self.start_sync(&peer);
+            self.full_sync(&peer);
         }
     }
 
