@@ -159,8 +159,9 @@ fn the_simulator_catches_a_shell_that_lets_things_leave_before_they_are_durable(
     // Sessions that end at once between equal documents (`same`) changed them again:
     // clean 109, 942 and 1187 of 0-1499. A push the peer holds ending without automerge
     // sync (`covered`) did once more: none of clean 0-1499, hostile 81, 156, 193 and 9
-    // more of 0-1499.
-    let (seed, mode) = (81, Mode::Hostile);
+    // more of 0-1499. Any session answered `covered` (and sync received without
+    // automerge's history walk): hostile 101, 156, 262, 439, 491 and 572 of 0-599.
+    let (seed, mode) = (101, Mode::Hostile);
     let mut cfg = SimConfig::new(mode);
     cfg.send_before_flush = true;
     let r = run(seed, &cfg);
@@ -444,8 +445,9 @@ fn the_simulator_catches_a_shell_that_lets_a_cancelled_story_land() {
     // first. Since SWIM-style liveness: clean 308, 370, 481, 650, 1001 and hostile 437,
     // 651 of the same 1 800. Since sessions between equal documents end at once: clean
     // 276, 341, 370 and 396 of seeds 0-599. Since a push the peer holds ends without
-    // automerge sync (`covered`): clean 140 and 143 of 0-599.)
-    let seed = 140;
+    // automerge sync (`covered`): clean 140 and 143 of 0-599. Since any session may be
+    // answered `covered`: clean 101 of 0-599.)
+    let seed = 101;
     let mut cfg = SimConfig::new(Mode::Clean);
     cfg.steer = true;
     cfg.broken_cancel = true;
