@@ -156,8 +156,7 @@ impl Core {
         // kind, once one with the peer has completed (a new peer's first sessions and
         // the fallback for `covered` heads that did not arrive sync in full). Anti-entropy
         // and a differing digest synced in full too, and under load each such session
-        // carried ~80 changes the peer's authors were pushing to it anyway (50 processes:
-        // nearly all of the ~60 KB sync messages).
+        // carried ~80 changes (~60 KB) the peer's authors were pushing to it anyway.
         let mine = match acked {
             Some(_) if !full => self.doc.last_local_change().map(|h| h.0),
             _ => None,

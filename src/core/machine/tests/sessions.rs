@@ -132,6 +132,30 @@ fn a_push_the_peer_holds_ends_without_automerge_sync_and_completes_once_the_peer
 }
 
 #[test]
+fn a_session_that_pushes_nothing_is_answered_covered_too_and_its_fallback_syncs_in_full() {
+    let (mut a, mut b) = pushing_pair();
+    // B writes; its push to A is lost. A's anti-entropy session with B pushes nothing:
+    // B holds every change of A's, so it answers `covered` without B's change (its
+    // author's push, or the fallback, brings that).
+    b.add_story(&titled("c"), 1).unwrap();
+    while b.poll_effect().is_some() {}
+    let mark = a.session_mark();
+    a.start_sync("B");
+    assert_eq!(answers(&mut a, &mut b), vec![(false, true, 0, 0)]);
+    assert!(!a.synced_since("B", mark), "A lacks B's heads");
+    // Half a settle timeout on, the fallback syncs in full: B's change comes with it.
+    a.tick(LeaseConfig::default().settle_timeout_ms / 2, 0);
+    let full = answers(&mut a, &mut b);
+    assert!(
+        !full.is_empty() && full.iter().all(|f| !f.1) && full[0].3 > 0,
+        "automerge sync, no `covered`: {full:?}"
+    );
+    pump(&mut a, &mut b);
+    assert_eq!(a.digest(), b.digest());
+    assert!(a.synced_since("B", mark));
+}
+
+#[test]
 fn a_covered_answer_whose_heads_never_arrive_falls_back_to_a_full_sync() {
     let (mut a, mut b, mark) = covered_by_b();
     // Half a settle timeout on, still without B's change: A syncs in full with B.
