@@ -128,6 +128,15 @@ pub struct Counters {
     pub sync_change_bytes_out: u64,
     #[serde(default)]
     pub push_bytes_out: u64,
+    /// First frames this node answered with automerge's sync, by why not `covered`: the
+    /// frame named no latest change (a new peer, a fallback), this node lacked it, or
+    /// this node had more than `MAX_COVERED_HEADS` heads.
+    #[serde(default)]
+    pub full_no_mine: u64,
+    #[serde(default)]
+    pub full_mine_missing: u64,
+    #[serde(default)]
+    pub full_many_heads: u64,
     /// Claim checks that claimed nothing because the mesh ran behind (`overloaded`).
     #[serde(default)]
     pub overload_holds: u64,

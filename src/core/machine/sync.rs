@@ -444,12 +444,23 @@ impl Core {
         fresh: bool,
         mine: Option<[u8; 32]>,
     ) -> Option<Vec<ChangeHash>> {
-        let mine = mine.filter(|_| start && !fresh)?;
+        if !start {
+            return None;
+        }
+        let Some(mine) = mine.filter(|_| !fresh) else {
+            self.counters.full_no_mine += 1;
+            return None;
+        };
         if !self.doc.holds_all(&[ChangeHash(mine)]) {
+            self.counters.full_mine_missing += 1;
             return None;
         }
         let heads = self.doc.heads();
-        (heads.len() <= MAX_COVERED_HEADS).then_some(heads)
+        if heads.len() > MAX_COVERED_HEADS {
+            self.counters.full_many_heads += 1;
+            return None;
+        }
+        Some(heads)
     }
 
     /// The peer holds exactly `heads` (its digest said so): the sync state of one
