@@ -205,6 +205,7 @@ impl Core {
             return;
         }
         if !silent.is_empty() {
+            let silent_peers = silent.len();
             let wait = self.settle_backoff.failed(
                 silent,
                 self.session_mark(),
@@ -215,6 +216,7 @@ impl Core {
             );
             tracing::info!(
                 wait_ms = wait,
+                silent = silent_peers,
                 "claims wait for the peers that did not answer (or until they are dead)"
             );
         } else if ready.iter().any(|(_, synced)| *synced) {
