@@ -294,6 +294,7 @@ fn honest_messages_still_decode_under_the_codec_limit() {
             same: true,
             mine: Some([4; 32]),
             covered: Some(vec![[5; 32]; 64]),
+            need: vec![[6; 32]; 64],
         };
         let bytes = codec::encode(&frame);
         let back: SyncFrame = codec::decode(&bytes, SYNC_CAP).unwrap();
@@ -303,6 +304,7 @@ fn honest_messages_still_decode_under_the_codec_limit() {
         assert_eq!((back.heads_digest, back.same), (Some([3; 32]), true));
         assert_eq!(back.mine, Some([4; 32]));
         assert_eq!(back.covered.map(|c| c.len()), Some(64));
+        assert_eq!(back.need.len(), 64);
     }
     let beat = heartbeat();
     assert_eq!(

@@ -27,7 +27,9 @@ use serde::{de::DeserializeOwned, Serialize};
 /// sides hold the same heads).
 /// 7: sync frames carry `mine` and `covered` (a push session ends without automerge sync
 /// when the peer holds the pushed changes).
-pub const WIRE_VERSION: u8 = 7;
+/// 8: sync frames carry `need` (the responder asks for the dependencies of a push it
+/// could not apply instead of syncing in full).
+pub const WIRE_VERSION: u8 = 8;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {

@@ -49,6 +49,7 @@ use crate::core::timeline::{
 
 mod budget;
 mod claims;
+mod covered;
 mod events;
 mod guards;
 mod intake;
@@ -308,6 +309,10 @@ struct Session {
     /// `same` answer says the peer holds. Not the heads at the answer: a claim written
     /// meanwhile has not reached the peer.
     heads: Vec<ChangeHash>,
+    /// The latest own change the first frame named (`SyncFrame::mine`), and how many
+    /// `need` rounds the session has run.
+    mine: Option<[u8; 32]>,
+    need_rounds: u32,
 }
 
 pub struct Core {
@@ -323,7 +328,7 @@ pub struct Core {
     /// Per peer, the id of the last session that completed.
     completed: BTreeMap<String, u64>,
     /// Per peer, sessions answered `covered` that complete once their heads are here.
-    awaiting: BTreeMap<String, Vec<sync::Awaiting>>,
+    awaiting: BTreeMap<String, Vec<covered::Awaiting>>,
     /// Per peer, the highest own change sequence number it is known to have.
     push_acked: BTreeMap<String, u64>,
     /// A local write happened: push it to every alive peer before the next effect.
@@ -744,9 +749,11 @@ impl Core {
                 if self.refused.contains(&p) {
                     return;
                 }
-                // A new connection also merges event timelines (each side pulls).
+                // A new connection also merges event timelines (each side pulls), and
+                // syncs in full: after a partition or a restart the peer holds what its
+                // authors could not push to us.
                 self.events_pull.insert(p.clone());
-                self.start_sync(&p);
+                self.full_sync(&p);
                 self.probe_now(&p, now_ms);
             }
             Input::Disconnected(p) => {

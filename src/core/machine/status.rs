@@ -116,6 +116,19 @@ pub struct Counters {
     pub sync_covered: u64,
     #[serde(default)]
     pub sync_covered_late: u64,
+    /// `need` answers this node sent (a peer's latest change or its dependencies
+    /// missing), rounds it sent in reply to one, and sessions that fell back to a full
+    /// sync after too many rounds.
+    #[serde(default)]
+    pub need_answers: u64,
+    #[serde(default)]
+    pub need_rounds: u64,
+    #[serde(default)]
+    pub need_fallbacks: u64,
+    /// Of `need_answers`: the latest change had arrived but waited in automerge's queue
+    /// for dependencies this node lacked (the rest: it had not arrived).
+    #[serde(default)]
+    pub need_queued: u64,
     /// Sessions this node opened with a push of its own changes (the rest: anti-entropy,
     /// a new connection, a digest that differed, a `covered` answer's late heads), and
     /// those a peer answered `same`.
@@ -128,9 +141,10 @@ pub struct Counters {
     pub sync_change_bytes_out: u64,
     #[serde(default)]
     pub push_bytes_out: u64,
-    /// First frames this node answered with automerge's sync, by why not `covered`: the
-    /// frame named no latest change (a new peer, a fallback), this node lacked it, or
-    /// this node had more than `MAX_COVERED_HEADS` heads.
+    /// First frames this node answered with automerge's sync, by why not `covered` or
+    /// `need`: the frame named no latest change (a new peer, a fallback), this node
+    /// lacked more than `MAX_NEED` changes on the way back to it, or this node had more
+    /// than `MAX_COVERED_HEADS` heads.
     #[serde(default)]
     pub full_no_mine: u64,
     #[serde(default)]

@@ -1,6 +1,7 @@
 //! Sync sessions: opening them (eager push, anti-entropy), answering and continuing
 //! them, the settle evidence they carry, and persisting local writes.
 
+use super::covered::Reply;
 use super::*;
 
 /// One sync frame on the wire (inside the codec's version byte).
@@ -40,6 +41,13 @@ pub struct SyncFrame {
     /// session completes once it holds these heads itself, which the changes' own
     /// authors' pushes normally bring (see [`Core::covered_answer`]).
     pub covered: Option<Vec<[u8; 32]>>,
+    /// In an answer: the responder lacks `mine` (or it waits for dependencies), and
+    /// these are the first changes it lacks on the way back from it. The sender replies
+    /// with a frame carrying them (`push`, and `mine` again, not `start`); the responder
+    /// answers that the same way as a first frame: `covered`, or `need` once more. Only
+    /// what the sender's own changes depend on crosses, not everything either side
+    /// lacks (see [`Core::need_answer`]).
+    pub need: Vec<[u8; 32]>,
 }
 
 /// A node whose stored document is below this and that never synced asks for a
@@ -65,26 +73,9 @@ impl SyncFrame {
             same: false,
             mine: None,
             covered: None,
+            need: Vec::new(),
         }
     }
-}
-
-/// A `covered` answer is sent only by a responder with at most this many heads (each
-/// is 32 bytes on the wire; a document with more is syncing a storm anyway).
-const MAX_COVERED_HEADS: usize = 64;
-
-/// How many `covered` answers per peer may wait for their heads at once (the newest
-/// kept).
-const MAX_AWAITING: usize = 4;
-
-/// A session whose peer answered `covered`: it completes once this node holds `heads`.
-#[derive(Debug, Clone)]
-pub(super) struct Awaiting {
-    id: u64,
-    opened_ms: u64,
-    /// When the answer came (a fallback full sync runs if the heads do not arrive).
-    answered_ms: u64,
-    heads: Vec<ChangeHash>,
 }
 
 impl Core {
@@ -117,12 +108,12 @@ impl Core {
     }
 
     /// Opens a session that syncs in full: automerge's protocol fetches what either side
-    /// lacks, whoever wrote it (for `covered` heads that did not arrive).
-    fn full_sync(&mut self, peer: &str) {
+    /// lacks, whoever wrote it (a new connection; `covered` heads that did not arrive).
+    pub(super) fn full_sync(&mut self, peer: &str) {
         self.open_session_as(peer, false, true);
     }
 
-    fn open_session_as(&mut self, peer: &str, push: bool, full: bool) {
+    pub(super) fn open_session_as(&mut self, peer: &str, push: bool, full: bool) {
         if peer == self.peer {
             return;
         }
@@ -143,9 +134,11 @@ impl Core {
         // may hold all of them or none: a node with a large backlog pushed every change
         // of it to a new node, which then applied them one by one instead of taking the
         // snapshot it asked for. The sync protocol finds what it lacks instead.
+        // Every session that names our latest change pushes what the peer has not
+        // acknowledged, so that the peer can answer `covered`.
         let acked = self.push_acked.get(peer).copied();
         let pushed = match acked {
-            Some(acked) if push => {
+            Some(acked) if push || !full => {
                 self.doc
                     .local_changes_after(acked, self.cfg.max_sync_bytes / 2)
                     .0
@@ -181,6 +174,8 @@ impl Core {
                 pushed_upto,
                 opened_ms: self.last_now,
                 heads,
+                mine,
+                need_rounds: 0,
             },
         );
         let events_have = self
@@ -257,7 +252,7 @@ impl Core {
 
     /// `peer` held `heads`: settle evidence for each of `waiting` (claim, its change)
     /// whose change is among them, once this node holds them all.
-    fn heads_evidence(
+    pub(super) fn heads_evidence(
         &mut self,
         peer: &str,
         heads: &[ChangeHash],
@@ -275,7 +270,7 @@ impl Core {
     }
 
     /// Our settling claims (and their changes) that still wait on `peer`.
-    fn waiting_on(&self, peer: &str) -> Vec<(String, ChangeHash)> {
+    pub(super) fn waiting_on(&self, peer: &str) -> Vec<(String, ChangeHash)> {
         self.local
             .iter()
             .filter_map(|(id, c)| match &c.state {
@@ -371,29 +366,32 @@ impl Core {
                 Err(e) => self.sync_refused(peer, &e),
             }
         }
-        let same = frame.start && frame.heads_digest == Some(self.doc.heads_digest());
-        let covered = if same {
-            None
+        let reply = if frame.start && frame.heads_digest == Some(self.doc.heads_digest()) {
+            Reply::Same
         } else {
             self.covers(frame.start, frame.fresh, frame.mine)
         };
-        if same {
+        match &reply {
             // Both hold the same changes: no need to walk the history for automerge's
             // sync (it does on every message it receives).
-            let heads = self.doc.heads();
-            self.same_heads(false, peer, heads);
-        } else if covered.is_some() {
-            // We hold all the peer pushed: nothing of its message needs reading (a first
-            // message carries no changes).
-        } else if !self.apply_sync(false, peer, &frame.msg) {
-            self.in_sync.insert(peer.to_string(), SyncState::new());
-            return Vec::new();
+            Reply::Same => {
+                let heads = self.doc.heads();
+                self.same_heads(false, peer, heads);
+            }
+            // Nothing of the peer's message needs reading (a first message carries no
+            // changes; a `need` round carries none for automerge).
+            Reply::Covered(_) | Reply::Need(_) | Reply::GiveUp => {}
+            Reply::Sync => {
+                if !self.apply_sync(false, peer, &frame.msg) {
+                    self.in_sync.insert(peer.to_string(), SyncState::new());
+                    return Vec::new();
+                }
+            }
         }
         self.saw_heads(peer, false);
-        let snapshot = if frame.start && frame.fresh && !same {
-            self.snapshot_for_join()
-        } else {
-            None
+        let snapshot = match reply {
+            Reply::Sync if frame.start && frame.fresh => self.snapshot_for_join(),
+            _ => None,
         };
         let mut answer = if let Some((snapshot, heads)) = snapshot {
             // The snapshot instead of our changes. The peer syncs on from what it holds
@@ -407,23 +405,31 @@ impl Core {
                 snapshot: Some(snapshot),
                 ..SyncFrame::msg(false, Vec::new())
             }
-        } else if same {
-            SyncFrame {
-                same,
-                ..SyncFrame::msg(false, Vec::new())
-            }
-        } else if let Some(heads) = covered {
-            SyncFrame {
-                covered: Some(heads.iter().map(|h| h.0).collect()),
-                ..SyncFrame::msg(false, Vec::new())
-            }
         } else {
-            let state = self.in_sync.entry(peer.to_string()).or_default();
-            let (msg, change_bytes) = self.doc.sync_generate_sized(state).unwrap_or_default();
-            self.counters.sync_change_bytes_out += change_bytes;
-            SyncFrame {
-                fresh: self.is_fresh(),
-                ..SyncFrame::msg(false, msg)
+            match reply {
+                Reply::Same => SyncFrame {
+                    same: true,
+                    ..SyncFrame::msg(false, Vec::new())
+                },
+                Reply::Covered(heads) => SyncFrame {
+                    covered: Some(heads.iter().map(|h| h.0).collect()),
+                    ..SyncFrame::msg(false, Vec::new())
+                },
+                Reply::Need(missing) => SyncFrame {
+                    need: missing.iter().map(|h| h.0).collect(),
+                    ..SyncFrame::msg(false, Vec::new())
+                },
+                Reply::GiveUp => SyncFrame::msg(false, Vec::new()),
+                Reply::Sync => {
+                    let state = self.in_sync.entry(peer.to_string()).or_default();
+                    let (msg, change_bytes) =
+                        self.doc.sync_generate_sized(state).unwrap_or_default();
+                    self.counters.sync_change_bytes_out += change_bytes;
+                    SyncFrame {
+                        fresh: self.is_fresh(),
+                        ..SyncFrame::msg(false, msg)
+                    }
+                }
             }
         };
         if let (true, Some(have)) = (frame.start, &frame.events_have) {
@@ -434,33 +440,6 @@ impl Core {
             answer.events_more = more;
         }
         codec::encode(&answer)
-    }
-
-    /// Our heads, if a peer's first frame may be answered `covered`: it pushed, we hold
-    /// its latest own change, and our heads are few enough to send.
-    fn covers(
-        &mut self,
-        start: bool,
-        fresh: bool,
-        mine: Option<[u8; 32]>,
-    ) -> Option<Vec<ChangeHash>> {
-        if !start {
-            return None;
-        }
-        let Some(mine) = mine.filter(|_| !fresh) else {
-            self.counters.full_no_mine += 1;
-            return None;
-        };
-        if !self.doc.holds_all(&[ChangeHash(mine)]) {
-            self.counters.full_mine_missing += 1;
-            return None;
-        }
-        let heads = self.doc.heads();
-        if heads.len() > MAX_COVERED_HEADS {
-            self.counters.full_many_heads += 1;
-            return None;
-        }
-        Some(heads)
     }
 
     /// The peer holds exactly `heads` (its digest said so): the sync state of one
@@ -542,6 +521,10 @@ impl Core {
             self.covered_answer(peer, session, heads);
             return;
         }
+        if !frame.need.is_empty() || session.need_rounds > 0 {
+            self.need_answer(peer, session, &frame.need);
+            return;
+        }
         if !self.apply_sync(true, peer, &frame.msg) {
             return;
         }
@@ -586,7 +569,7 @@ impl Core {
 
     /// Session `id` with `peer` completed: the peer held every own change of ours up to
     /// the session's opening, and we hold everything it held when it answered.
-    fn record_completion(&mut self, peer: &str, id: u64, opened_ms: u64) {
+    pub(super) fn record_completion(&mut self, peer: &str, id: u64, opened_ms: u64) {
         self.counters.sync_sessions_completed += 1;
         let done = self.completed.entry(peer.to_string()).or_default();
         *done = (*done).max(id);
@@ -595,99 +578,6 @@ impl Core {
         if self.joined_ms.is_none() {
             tracing::info!(%peer, "synced with the mesh; joined");
             self.joined_ms = Some(self.last_now);
-        }
-    }
-
-    /// The peer answered `covered`: it holds our pushed changes, and `heads` are its
-    /// heads. The session completes once this node holds those heads too: the changes
-    /// behind them are other nodes' (or the peer's own), and their authors push them to
-    /// every alive peer, so a session need not carry them again. Under load every
-    /// session carried the same third-party changes: 50 nodes on one machine received
-    /// each change ~30 times. Heads that do not arrive within half a settle timeout are
-    /// fetched by a full sync ([`Core::expire_awaiting`]).
-    fn covered_answer(&mut self, peer: &str, session: Session, heads: Vec<[u8; 32]>) {
-        if heads.len() > MAX_COVERED_HEADS {
-            self.counters.malformed_dropped += 1;
-            self.counters.sync_failures += 1;
-            return;
-        }
-        self.counters.sync_covered += 1;
-        let acked = self.push_acked.entry(peer.to_string()).or_default();
-        *acked = (*acked).max(session.pushed_upto);
-        let list = self.awaiting.entry(peer.to_string()).or_default();
-        list.push(Awaiting {
-            id: session.id,
-            opened_ms: session.opened_ms,
-            answered_ms: self.last_now,
-            heads: heads.into_iter().map(ChangeHash).collect(),
-        });
-        if list.len() > MAX_AWAITING {
-            list.remove(0);
-        }
-        self.check_awaiting();
-        if session.again {
-            self.open_session_as(peer, session.again_push, session.again_full);
-        }
-    }
-
-    /// Completes the `covered` sessions whose peers' heads this node now holds.
-    pub(super) fn check_awaiting(&mut self) {
-        if self.awaiting.is_empty() {
-            return;
-        }
-        let peers: Vec<String> = self.awaiting.keys().cloned().collect();
-        for peer in peers {
-            let Some(list) = self.awaiting.get(&peer) else {
-                continue;
-            };
-            // The newest session whose heads are all here (it vouches for the older).
-            let Some(held) = list
-                .iter()
-                .rev()
-                .find(|a| self.doc.holds_all(&a.heads))
-                .cloned()
-            else {
-                continue;
-            };
-            if let Some(list) = self.awaiting.get_mut(&peer) {
-                list.retain(|a| a.id > held.id);
-                if list.is_empty() {
-                    self.awaiting.remove(&peer);
-                }
-            }
-            self.record_completion(&peer, held.id, held.opened_ms);
-            let waiting = self.waiting_on(&peer);
-            if !waiting.is_empty() {
-                self.heads_evidence(&peer, &held.heads, waiting);
-            }
-        }
-    }
-
-    /// `covered` sessions whose heads did not arrive within half a settle timeout (an
-    /// author's push lost, or it does not count this node alive): a full sync with the
-    /// peer fetches what they lack.
-    pub(super) fn expire_awaiting(&mut self, now_ms: u64) {
-        if self.awaiting.is_empty() {
-            return;
-        }
-        let limit = self.settle_timeout() / 2;
-        let late = |a: &Awaiting| now_ms.saturating_sub(a.answered_ms) >= limit;
-        let peers: Vec<String> = self
-            .awaiting
-            .iter()
-            .filter(|(_, l)| l.iter().any(late))
-            .map(|(p, _)| p.clone())
-            .collect();
-        for peer in peers {
-            if let Some(list) = self.awaiting.get_mut(&peer) {
-                let before = list.len();
-                list.retain(|a| !late(a));
-                self.counters.sync_covered_late += (before - list.len()) as u64;
-                if list.is_empty() {
-                    self.awaiting.remove(&peer);
-                }
-            }
-            self.full_sync(&peer);
         }
     }
 

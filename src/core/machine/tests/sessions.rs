@@ -1,5 +1,6 @@
 //! Sync sessions between two cores: convergence, the one-round-trip end of a session
-//! between equal documents, and of a push the peer holds (`covered`).
+//! between equal documents, of a push the peer holds (`covered`), and of one whose
+//! dependencies it lacks (`need`).
 
 use super::*;
 
@@ -172,4 +173,126 @@ fn a_covered_answer_whose_heads_never_arrive_falls_back_to_a_full_sync() {
     assert!(a.synced_since("B", mark));
     assert_eq!(a.digest(), b.digest());
     assert_eq!(a.counters().sync_covered_late, 1);
+}
+
+/// A's frames to B, each answered by B: (what A sent, B's answer).
+fn rounds(a: &mut Core, b: &mut Core) -> Vec<(SyncFrame, SyncFrame)> {
+    let mut seen = Vec::new();
+    while let Some(e) = a.poll_effect() {
+        let Effect::SendSync { data, .. } = e else {
+            continue;
+        };
+        let sent: SyncFrame = codec::decode(&data, 1 << 20).unwrap();
+        b.handle(
+            0,
+            Input::SyncRequest {
+                from: "A".into(),
+                data,
+                reply: 0,
+            },
+        );
+        while let Some(r) = b.poll_effect() {
+            if let Effect::Respond { data, .. } = r {
+                let answer: SyncFrame = codec::decode(&data, 1 << 20).unwrap();
+                a.handle(
+                    0,
+                    Input::SyncResponse {
+                        from: "B".into(),
+                        data,
+                    },
+                );
+                seen.push((sent, answer));
+                break;
+            }
+        }
+    }
+    seen
+}
+
+/// A pushing pair where A holds a change of C's that B lacks, and the hash of C's change.
+fn with_a_change_b_lacks() -> (Core, Core, ChangeHash) {
+    let (mut a, b) = pushing_pair();
+    let mut c = core("C", 3);
+    c.add_story(&titled("c"), 1).unwrap();
+    while c.poll_effect().is_some() {}
+    let hash = c.doc().last_local_change().unwrap();
+    a.handle(0, Input::Connected("C".into()));
+    pump(&mut a, &mut c);
+    assert_eq!(titles(&a).len(), 2, "C's story reached A");
+    (a, b, hash)
+}
+
+#[test]
+fn a_push_that_depends_on_a_change_the_peer_lacks_fetches_that_change_alone() {
+    let (mut a, mut b, c_change) = with_a_change_b_lacks();
+    // A's write depends on C's change: B cannot apply the push and asks for what it
+    // lacks on the way back (`need`), not for a full sync. A sends C's change alone,
+    // and B, now holding A's, answers `covered`.
+    let mark = a.session_mark();
+    let synced_bytes = |a: &Core, b: &Core| {
+        a.counters().sync_change_bytes_out + b.counters().sync_change_bytes_out
+    };
+    let before = synced_bytes(&a, &b);
+    a.add_story(&titled("d"), 1).unwrap();
+    let seen = rounds(&mut a, &mut b);
+    let shape: Vec<_> = seen
+        .iter()
+        .map(|(s, r)| {
+            (
+                s.start,
+                s.push.len(),
+                r.need.len(),
+                r.covered.is_some(),
+                r.msg.len(),
+            )
+        })
+        .collect();
+    assert_eq!(shape, vec![(true, 1, 1, false, 0), (false, 1, 0, true, 0)]);
+    assert_eq!(seen[0].1.need, vec![c_change.0], "B named C's change");
+    assert!(
+        a.synced_since("B", mark),
+        "B held A's write and A holds B's heads"
+    );
+    assert_eq!(a.digest(), b.digest());
+    assert_eq!(titles(&b).len(), 3);
+    assert_eq!(
+        (b.counters().need_answers, b.counters().need_queued),
+        (1, 1)
+    );
+    assert_eq!(a.counters().need_rounds, 1);
+    assert_eq!(
+        synced_bytes(&a, &b),
+        before,
+        "no automerge sync carried changes"
+    );
+}
+
+#[test]
+fn a_need_answer_naming_a_change_the_sender_does_not_hold_falls_back_to_a_full_sync() {
+    let (mut a, mut b, _) = with_a_change_b_lacks();
+    a.add_story(&titled("d"), 1).unwrap();
+    assert!(
+        std::iter::from_fn(|| a.poll_effect()).any(|e| matches!(e, Effect::SendSync { .. })),
+        "A pushes to B"
+    );
+    // B (lying, or confused) asks for a change nobody wrote.
+    let answer = SyncFrame {
+        need: vec![[7; 32]],
+        ..SyncFrame::msg(false, Vec::new())
+    };
+    a.handle(
+        0,
+        Input::SyncResponse {
+            from: "B".into(),
+            data: codec::encode(&answer),
+        },
+    );
+    assert_eq!(a.counters().need_fallbacks, 1);
+    let seen = rounds(&mut a, &mut b);
+    assert!(
+        seen[0].0.start && seen[0].0.mine.is_none() && !seen[0].1.msg.is_empty(),
+        "a full sync: automerge's message, no latest change named"
+    );
+    pump(&mut a, &mut b);
+    assert_eq!(a.digest(), b.digest());
 }

@@ -341,6 +341,29 @@ impl Doc {
             .all(|h| self.inner.get_change_meta_by_hash(h).is_some())
     }
 
+    /// The first changes this document lacks on each path back from `hashes`, through
+    /// changes waiting in automerge's queue (`hashes` themselves when not received).
+    pub fn missing_deps(&mut self, hashes: &[ChangeHash]) -> Vec<ChangeHash> {
+        self.inner.get_missing_deps(hashes)
+    }
+
+    /// The bytes of those of `hashes` this document holds, unless they exceed
+    /// `max_bytes` together (None then).
+    pub fn changes_by_hash(&self, hashes: &[ChangeHash], max_bytes: usize) -> Option<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        let mut size = 0;
+        for h in hashes {
+            if let Some(c) = self.inner.get_change_by_hash(h) {
+                size += c.raw_bytes().len();
+                if size > max_bytes {
+                    return None;
+                }
+                out.push(c.raw_bytes().to_vec());
+            }
+        }
+        Some(out)
+    }
+
     /// Records the change a local write just committed.
     fn log_local_change(&mut self) {
         let Some(c) = self.inner.get_last_local_change() else {
