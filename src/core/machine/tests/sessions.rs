@@ -65,38 +65,13 @@ fn pushing_pair() -> (Core, Core) {
     (a, b)
 }
 
-/// A's first frames, each answered by B: (the answer `same`, `covered`, changes pushed,
-/// bytes of automerge sync message in the answer).
+/// A's frames, each answered by B: (the answer `same`, `covered`, changes pushed, bytes
+/// of automerge sync message in the answer).
 fn answers(a: &mut Core, b: &mut Core) -> Vec<(bool, bool, usize, usize)> {
-    let mut seen = Vec::new();
-    while let Some(e) = a.poll_effect() {
-        let Effect::SendSync { data, .. } = e else {
-            continue;
-        };
-        let first: SyncFrame = codec::decode(&data, 1 << 20).unwrap();
-        b.handle(
-            0,
-            Input::SyncRequest {
-                from: "A".into(),
-                data,
-                reply: 0,
-            },
-        );
-        while let Some(r) = b.poll_effect() {
-            if let Effect::Respond { data, .. } = r {
-                let f: SyncFrame = codec::decode(&data, 1 << 20).unwrap();
-                seen.push((f.same, f.covered.is_some(), first.push.len(), f.msg.len()));
-                a.handle(
-                    0,
-                    Input::SyncResponse {
-                        from: "B".into(),
-                        data,
-                    },
-                );
-            }
-        }
-    }
-    seen
+    rounds(a, b)
+        .into_iter()
+        .map(|(sent, r)| (r.same, r.covered.is_some(), sent.push.len(), r.msg.len()))
+        .collect()
 }
 
 /// A pushing pair where B holds a change A lacks (B does not count A alive: nothing
