@@ -410,6 +410,14 @@ impl Membership {
             .map(|(p, _)| p.as_str())
     }
 
+    /// Every known peer with its state, in peer order (no allocation: the node publishes
+    /// this after every step it takes).
+    pub fn states(&self, now_ms: u64) -> impl Iterator<Item = (&str, PeerState)> + '_ {
+        self.peers
+            .iter()
+            .map(move |(p, e)| (p.as_str(), self.state_at(e, now_ms)))
+    }
+
     /// The alive peers with their latest beats.
     pub fn alive_beats(&self, now_ms: u64) -> impl Iterator<Item = (&str, &Heartbeat)> + '_ {
         self.peers

@@ -243,6 +243,12 @@ impl Core {
         self.membership.snapshot(now_ms)
     }
 
+    /// Every known peer and its state, in peer order, without building a
+    /// [`PeerStatus`] for each.
+    pub fn peer_states(&self, now_ms: u64) -> impl Iterator<Item = (&str, PeerState)> + '_ {
+        self.membership.states(now_ms)
+    }
+
     pub fn peer_state(&self, peer: &str, now_ms: u64) -> Option<PeerState> {
         self.membership.state(peer, now_ms)
     }
