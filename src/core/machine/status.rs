@@ -116,6 +116,10 @@ pub struct Counters {
     pub sync_covered: u64,
     #[serde(default)]
     pub sync_covered_late: u64,
+    /// `covered` answers that were settle evidence before the peer's heads arrived: this
+    /// node held the peer's own latest change (DESIGN.md §5.3).
+    #[serde(default)]
+    pub covered_vouched: u64,
     /// `need` answers this node sent (a peer's latest change or its dependencies
     /// missing), rounds it sent in reply to one, and sessions that fell back to a full
     /// sync after too many rounds.

@@ -35,6 +35,9 @@ pub struct SyncFrame {
     pub same: bool,
     /// First frame, once a session with the receiver has completed (and but for a
     /// session that must sync in full): the hash of the sender's latest own change.
+    /// In a `covered` answer: the responder's latest own change since it started, if it
+    /// made one (settle evidence once the initiator holds it, see
+    /// [`Core::covered_answer`]).
     pub mine: Option<[u8; 32]>,
     /// In an answer: the responder holds `mine` (so every own change of the sender's up
     /// to it), and these are its heads. No automerge sync on either side: the sender's
@@ -413,6 +416,7 @@ impl Core {
                 },
                 Reply::Covered(heads) => SyncFrame {
                     covered: Some(heads.iter().map(|h| h.0).collect()),
+                    mine: self.doc.last_local_change().map(|h| h.0),
                     ..SyncFrame::msg(false, Vec::new())
                 },
                 Reply::Need(missing) => SyncFrame {
@@ -518,7 +522,7 @@ impl Core {
             return;
         }
         if let Some(heads) = frame.covered.take() {
-            self.covered_answer(peer, session, heads);
+            self.covered_answer(peer, session, heads, frame.mine);
             return;
         }
         if !frame.need.is_empty() || session.need_rounds > 0 {
