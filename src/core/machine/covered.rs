@@ -42,10 +42,9 @@ pub(super) struct Awaiting {
     answered_ms: u64,
     heads: Vec<ChangeHash>,
     /// The peer's latest own change when it answered (None: it made none since it
-    /// started): once held here, the answer is settle evidence.
+    /// started, or the answer has counted as settle evidence already): once held here,
+    /// the answer is settle evidence.
     theirs: Option<ChangeHash>,
-    /// Whether it has counted as settle evidence.
-    vouched: bool,
 }
 
 impl Core {
@@ -126,7 +125,6 @@ impl Core {
             answered_ms: self.last_now,
             heads: heads.into_iter().map(ChangeHash).collect(),
             theirs: theirs.map(ChangeHash),
-            vouched: false,
         });
         if list.len() > MAX_AWAITING {
             list.remove(0);
@@ -221,15 +219,15 @@ impl Core {
         };
         let Some(pos) = list
             .iter()
-            .rposition(|a| !a.vouched && a.theirs.is_some_and(|h| self.doc.holds_all(&[h])))
+            .rposition(|a| a.theirs.is_some_and(|h| self.doc.holds_all(&[h])))
         else {
             return;
         };
-        let (id, heads) = (list[pos].id, list[pos].heads.clone());
-        let early = !self.doc.holds_all(&heads);
+        let id = list[pos].id;
+        let early = !self.doc.holds_all(&list[pos].heads);
         if let Some(list) = self.awaiting.get_mut(peer) {
             for a in list.iter_mut().take(pos + 1) {
-                a.vouched = true;
+                a.theirs = None;
             }
         }
         let mut vouched = false;
