@@ -271,3 +271,35 @@ fn a_need_answer_naming_a_change_the_sender_does_not_hold_falls_back_to_a_full_s
     pump(&mut a, &mut b);
     assert_eq!(a.digest(), b.digest());
 }
+
+#[test]
+fn a_frame_naming_our_latest_change_carries_no_automerge_message_and_a_full_sync_still_ends() {
+    let (mut a, mut b) = pushing_pair();
+    // B holds more heads than a `covered` answer may name: 65 writers it synced with,
+    // none of whose changes A holds.
+    for i in 0..65u8 {
+        let mut x = core(&format!("X{i}"), 10 + i);
+        x.add_story(&titled(&format!("x{i}")), 1).unwrap();
+        while x.poll_effect().is_some() {}
+        x.handle(0, Input::Connected("B".into()));
+        pump(&mut x, &mut b);
+    }
+    assert!(b.doc_mut().heads().len() > 64);
+    let mark = a.session_mark();
+    a.add_story(&titled("d"), 1).unwrap();
+    let seen = rounds(&mut a, &mut b);
+    let (first, answer) = &seen[0];
+    assert!(
+        first.start && first.mine.is_some() && first.msg.is_empty() && first.push.len() == 1,
+        "the push names A's latest change and carries no Bloom filter"
+    );
+    assert!(
+        answer.covered.is_none() && !answer.msg.is_empty(),
+        "B syncs in full: its answer opens automerge's exchange"
+    );
+    assert_eq!(b.counters().full_many_heads, 1);
+    pump(&mut a, &mut b);
+    assert_eq!(a.digest(), b.digest());
+    assert_eq!(titles(&a).len(), 67, "B's writers' stories reached A");
+    assert!(a.synced_since("B", mark), "the session completed");
+}
