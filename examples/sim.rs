@@ -18,8 +18,12 @@
 //!         [--broken-send-before-flush] [--broken-start-before-flush]   # a shell that lets
 //!                       # frames or jobs leave before they are durable: finds seeds that show the checker catches it
 //!     cargo run --release --example sim -- --replay 1234 --mode hostile   # full trace
+//!     cargo run --release --example sim -- --cost 10,30,50,100 [--writes 10] [--idle-secs 60]
+//!         [--stories N]  # the cost model: what the protocol sends idle, per write and (with
+//!                       # --stories) per story carried to merge, at each mesh size, with the
+//!                       # product's timings and no faults (docs/PERFORMANCE.md "Cost model")
 
-use mesh_agent::sim::{run, Mode, SimConfig};
+use mesh_agent::sim::{cost, run, Mode, SimConfig};
 use std::time::Instant;
 
 // A fifth of a run's time went to glibc's malloc and free (small, short-lived automerge
@@ -28,7 +32,7 @@ use std::time::Instant;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn usage() -> ! {
-    eprintln!("usage: sim [--seeds N] [--start S] [--mode clean|hostile|both] [--replay SEED] [--nodes N] [--stories N] [--files N] [--no-stops] [--no-storage-faults] [--remote] [--byzantine] [--steer] [--budget USD] [--broken-reserve USD] [--broken-job-queue] [--broken-cancel] [--broken-send-before-flush] [--broken-start-before-flush] [--check-view] [--keep-going]");
+    eprintln!("usage: sim [--seeds N] [--start S] [--mode clean|hostile|both] [--replay SEED] [--nodes N] [--stories N] [--files N] [--no-stops] [--no-storage-faults] [--remote] [--byzantine] [--steer] [--budget USD] [--broken-reserve USD] [--broken-job-queue] [--broken-cancel] [--broken-send-before-flush] [--broken-start-before-flush] [--check-view] [--keep-going]\n       sim --cost N[,N...] [--writes N] [--idle-secs S] [--stories N] [--start SEED]");
     std::process::exit(2);
 }
 
@@ -41,6 +45,7 @@ fn main() {
     let (mut send_early, mut start_early, mut byzantine) = (false, false, false);
     let (mut steer, mut late_jobs, mut no_cancel) = (false, false, false);
     let mut check_view = false;
+    let (mut cost_nodes, mut writes, mut idle_secs) = (None::<Vec<usize>>, 10u64, 60u64);
     let (mut budget, mut reserve) = (None::<f64>, None::<f64>);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage());
@@ -70,6 +75,13 @@ fn main() {
             "--broken-job-queue" => late_jobs = true,
             "--broken-cancel" => no_cancel = true,
             "--check-view" => check_view = true,
+            "--cost" => {
+                let list = val();
+                let parsed: Result<Vec<usize>, _> = list.split(',').map(str::parse).collect();
+                cost_nodes = Some(parsed.unwrap_or_else(|_| usage()));
+            }
+            "--writes" => writes = val().parse().unwrap_or_else(|_| usage()),
+            "--idle-secs" => idle_secs = val().parse().unwrap_or_else(|_| usage()),
             "--broken-send-before-flush" => send_early = true,
             "--broken-start-before-flush" => start_early = true,
             "-h" | "--help" => usage(),
@@ -103,6 +115,10 @@ fn main() {
         }
         c
     };
+    if let Some(list) = cost_nodes {
+        costs(&list, start, writes, idle_secs, stories);
+        return;
+    }
     if let Some(seed) = replay {
         for &mode in &modes {
             let mut c = config(mode);
@@ -209,5 +225,76 @@ fn main() {
     if !failed.is_empty() {
         println!("failing (seed mode): {}", failed.join(", "));
         std::process::exit(1);
+    }
+}
+
+/// `--cost`: the cost model's figures at each mesh size (see `mesh_agent::sim::cost`).
+fn costs(list: &[usize], seed: u64, writes: u64, idle_secs: u64, stories: Option<usize>) {
+    println!("| nodes | formed s | idle B/s per node (beats / sync / probes) | idle msgs/s per node | per write: push sessions (all sessions), sync frames, sync KB, beats | write reaches all, p50 / max ms | run s |");
+    println!("|---|---|---|---|---|---|---|");
+    for &n in list {
+        let t0 = Instant::now();
+        let c = cost::measure(seed, n, idle_secs * 1000, writes, 3_000);
+        let per_s = |b: u64| b as f64 * 1000.0 / c.idle_ms.max(1) as f64 / n.max(1) as f64;
+        let (sync_m, sync_b) = c.per_write(cost::Traffic::sync);
+        let (beat_m, _) = c.per_write(|t| t.beat);
+        let mut spread: Vec<u64> = c.spread_ms.iter().flatten().copied().collect();
+        spread.sort_unstable();
+        let reached = if spread.len() as u64 == c.writes && !spread.is_empty() {
+            format!(
+                "{} / {}",
+                spread[spread.len() / 2],
+                spread[spread.len() - 1]
+            )
+        } else {
+            format!("{} of {} reached all", spread.len(), c.writes)
+        };
+        println!(
+            "| {n} | {} | {:.0} ({:.0} / {:.0} / {:.0}) | {:.2} | {:.1} ({:.1}), {:.1}, {:.1}, {:.1} | {reached} | {:.1} |",
+            c.formed_ms.map_or("not formed".to_string(), |ms| format!("{:.0}", ms as f64 / 1000.0)),
+            c.idle_bytes_per_node_s(),
+            per_s(c.idle.beat.1),
+            per_s(c.idle.sync().1),
+            per_s(c.idle.probes().1),
+            c.idle_msgs_per_node_s(),
+            c.pushes as f64 / c.writes.max(1) as f64,
+            c.sessions_per_write(),
+            sync_m,
+            sync_b / 1024.0,
+            beat_m,
+            t0.elapsed().as_secs_f64(),
+        );
+    }
+    let Some(stories) = stories else {
+        return;
+    };
+    println!();
+    println!("| nodes | stories merged | virtual s | claims per story | per story: KB sent (sync / beats / probes), messages | sync KB per story: automerge / pushed / heads / events / snapshots | violations | run s |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for &n in list {
+        let t0 = Instant::now();
+        let r = cost::lifecycle(seed, n, stories);
+        let (t, merged) = (r.traffic, r.merged);
+        let per = |b: u64| b as f64 / 1024.0 / merged.max(1) as f64;
+        println!(
+            "| {n} | {merged} of {stories} | {:.0} | {:.1} | {:.1} ({:.1} / {:.1} / {:.1}), {:.0} | {} | {} | {:.1} |",
+            r.took_ms as f64 / 1000.0,
+            r.claims as f64 / merged.max(1) as f64,
+            per(t.bytes()),
+            per(t.sync().1),
+            per(t.beat.1),
+            per(t.probes().1),
+            t.messages() as f64 / merged.max(1) as f64,
+            t.parts.map_or(String::new(), |p| format!(
+                "{:.1} / {:.1} / {:.1} / {:.1} / {:.1}",
+                per(p.msg),
+                per(p.push),
+                per(p.heads),
+                per(p.events),
+                per(p.snapshot)
+            )),
+            r.violations.len(),
+            t0.elapsed().as_secs_f64(),
+        );
     }
 }

@@ -36,6 +36,12 @@ pub struct SimConfig {
     pub membership: MembershipConfig,
     pub lease: LeaseConfig,
     pub capacity: u32,
+    /// How often each node syncs with a random alive peer (the node's `anti_entropy_ms`).
+    pub anti_entropy_ms: u64,
+    /// How long a sync request waits for its answer (the transport's request timeout).
+    pub sync_timeout_ms: u64,
+    /// Count sync frames' bytes by field (`cost::FrameParts`; decodes every frame).
+    pub count_frames: bool,
     /// Probability that a first-round review rejects, sending the story through a
     /// rework round (fresh resources and tokens per round).
     pub review_reject_rate: f64,
@@ -143,6 +149,9 @@ impl SimConfig {
                 message_timeout_ms: 200,
             },
             capacity: 2,
+            anti_entropy_ms: 1_000,
+            sync_timeout_ms: 1_000,
+            count_frames: false,
             review_reject_rate: 0.2,
             broken_winner_rule: false,
             check_view: false,

@@ -38,6 +38,7 @@ mod budget;
 mod byzantine;
 mod check;
 mod config;
+pub mod cost;
 mod origin;
 mod steer;
 mod store;
@@ -97,6 +98,8 @@ pub struct Report {
     /// Asks and gives of allowance in the final view of node0.
     pub asks: u64,
     pub gives: u64,
+    /// What the network carried, by message kind (see `cost`).
+    pub traffic: cost::Traffic,
 }
 
 impl Report {
@@ -264,6 +267,8 @@ struct Sim {
     spent: BTreeMap<u64, u64>,
     /// The liveness check excused unfinished stories: the money ran out.
     ran_out: bool,
+    /// Every message sent, by kind.
+    traffic: cost::Traffic,
 }
 
 pub(crate) fn core_config(cfg: &SimConfig) -> CoreConfig {
@@ -502,5 +507,6 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
             .as_ref()
             .map_or(0, |l| l.asks.values().map(|a| u64::from(a.n)).sum()),
         gives: ledger.map_or(0, |l| l.gives.len() as u64),
+        traffic: sim.traffic,
     }
 }

@@ -4,7 +4,7 @@
 
 use super::store::{SimStore, Tail, FLUSH_EVERY_MS};
 use super::{core_config, guards, Crash, Ev, Msg, Node, Sim, HANDOVER_MAX_MS, TEAR_RATE};
-use super::{Mode, Origin, SimConfig, Titles};
+use super::{cost, Mode, Origin, SimConfig, Titles};
 use crate::core::lease::Resource;
 use crate::core::model::Topic;
 use crate::core::state::Doc;
@@ -50,6 +50,7 @@ impl Sim {
             });
         }
         let groups = vec![0; cfg.nodes];
+        let cfg_count_frames = cfg.count_frames;
         let origin = Origin::new(cfg.fence_rule);
         let operator = cfg.closed().then(|| super::steer::Operator::new(seed));
         Sim {
@@ -91,6 +92,10 @@ impl Sim {
             operator,
             spent: BTreeMap::new(),
             ran_out: false,
+            traffic: cost::Traffic {
+                parts: cfg_count_frames.then(cost::FrameParts::default),
+                ..Default::default()
+            },
         }
     }
     pub(super) fn at(&mut self, t: u64, ev: Ev) {
@@ -138,6 +143,7 @@ impl Sim {
         if !self.linked(from, to) {
             return;
         }
+        self.traffic.count(&msg);
         let chaos = self.faults();
         if chaos && self.cfg.mode == Mode::Hostile && self.rng.gen_bool(0.05) {
             self.note(|| format!("drop {from}->{to}"));
@@ -184,7 +190,7 @@ impl Sim {
                     self.next_req += 1;
                     self.pending.insert(req, (i, j));
                     self.send(i, j, Msg::SyncReq { req, data });
-                    let t = self.now + 1_000;
+                    let t = self.now + self.cfg.sync_timeout_ms;
                     self.at(t, Ev::SyncTimeout { req });
                 }
                 Effect::Respond { reply, data } => {
@@ -370,7 +376,7 @@ impl Sim {
                 let pick: u64 = self.rng.gen();
                 if let Some(c) = self.nodes[i].core.as_mut() {
                     c.anti_entropy(now, pick);
-                    self.at(now + 1_000, Ev::AntiEntropy(i));
+                    self.at(now + self.cfg.anti_entropy_ms, Ev::AntiEntropy(i));
                 }
                 self.drain(i);
             }
@@ -704,7 +710,7 @@ impl Sim {
         let hb = self.cfg.membership.heartbeat_ms;
         let a = self.rng.gen_range(0..hb);
         let b = self.rng.gen_range(0..hb);
-        let c = self.rng.gen_range(0..1_000);
+        let c = self.rng.gen_range(0..self.cfg.anti_entropy_ms);
         self.at(self.now + a / 4 + 1, Ev::Tick(i));
         self.at(self.now + b + 1, Ev::Beat(i));
         self.at(self.now + c + 1, Ev::AntiEntropy(i));
