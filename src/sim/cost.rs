@@ -206,14 +206,7 @@ pub fn measure(seed: u64, nodes: usize, idle_ms: u64, writes: u64, window_ms: u6
     let mut cfg = product_config(nodes);
     cfg.capacity = 0;
     cfg.stories = 0;
-    cfg.count_frames = true;
-    let mut sim = Sim::new(seed, cfg);
-    for i in 0..nodes {
-        sim.schedule_timers(i);
-    }
-    for i in 0..nodes {
-        sim.reconnect(i);
-    }
+    let mut sim = Sim::connected(seed, cfg);
     // Formed: every node counts every other alive (checked once a virtual second).
     let mut formed_ms = None;
     let give_up = 120_000;
@@ -245,18 +238,7 @@ pub fn measure(seed: u64, nodes: usize, idle_ms: u64, writes: u64, window_ms: u6
     let mut spread_ms = Vec::new();
     for w in 0..writes {
         let start = sim.now;
-        let k = sim.backlog.len();
-        sim.backlog.push((
-            NewStory {
-                title: format!("cost {w}"),
-                ..Default::default()
-            },
-            None,
-        ));
-        sim.keys.push(None);
-        // Rotating writers: story k is written on node k % nodes.
-        sim.user_write(k);
-        let writer = k % nodes;
+        let writer = sim.write_story(format!("cost {w}"));
         let target = sim.nodes[writer].core.as_ref().map(|c| c.digest());
         spread_ms.push(sim.run_until_all_hold(target, start + window_ms));
         sim.run_until(start + window_ms);
@@ -294,29 +276,14 @@ pub struct Lifecycle {
 /// the mesh of `nodes` formed, carried to merge with the product's timings and no faults;
 /// the invariants are checked after every event.
 pub fn lifecycle(seed: u64, nodes: usize, stories: usize) -> Lifecycle {
-    let mut cfg = product_config(nodes);
-    cfg.count_frames = true;
-    let mut sim = Sim::new(seed, cfg);
-    for i in 0..nodes {
-        sim.schedule_timers(i);
-    }
-    for i in 0..nodes {
-        sim.reconnect(i);
-    }
+    let cfg = product_config(nodes);
+    let mut sim = Sim::connected(seed, cfg);
     // Formation (every pair syncs in full on connecting) is not the backlog's cost.
     sim.run_until(15_000);
     let before = sim.traffic;
     let start = sim.now;
     for k in 0..stories {
-        sim.backlog.push((
-            NewStory {
-                title: format!("story {k}"),
-                ..Default::default()
-            },
-            None,
-        ));
-        sim.keys.push(None);
-        sim.user_write(k);
+        sim.write_story(format!("story {k}"));
     }
     let deadline = start + 60_000 + stories as u64 * 10_000;
     while let Some(entry) = sim.queue.first_entry() {
@@ -368,6 +335,36 @@ fn sessions(sim: &Sim) -> u64 {
 }
 
 impl Sim {
+    /// A simulator with every node connected to every other, frames counted by field.
+    fn connected(seed: u64, mut cfg: SimConfig) -> Sim {
+        cfg.count_frames = true;
+        let nodes = cfg.nodes;
+        let mut sim = Sim::new(seed, cfg);
+        for i in 0..nodes {
+            sim.schedule_timers(i);
+        }
+        for i in 0..nodes {
+            sim.reconnect(i);
+        }
+        sim
+    }
+
+    /// Adds a story to the backlog and writes it on its node (story k on node k % N,
+    /// so writers rotate); returns the writer.
+    fn write_story(&mut self, title: String) -> usize {
+        let k = self.backlog.len();
+        self.backlog.push((
+            NewStory {
+                title,
+                ..Default::default()
+            },
+            None,
+        ));
+        self.keys.push(None);
+        self.user_write(k);
+        k % self.nodes.len()
+    }
+
     /// Handles every event due by `t` (no invariant checks: a cost run has no faults);
     /// the clock ends at `t`.
     fn run_until(&mut self, t: u64) {
