@@ -286,14 +286,7 @@ pub fn lifecycle(seed: u64, nodes: usize, stories: usize) -> Lifecycle {
         sim.write_story(format!("story {k}"));
     }
     let deadline = start + 60_000 + stories as u64 * 10_000;
-    while let Some(entry) = sim.queue.first_entry() {
-        if entry.key().0 > deadline {
-            break;
-        }
-        let ((time, _), ev) = entry.remove_entry();
-        sim.now = time;
-        sim.events += 1;
-        sim.handle(ev);
+    while sim.step(deadline).is_some() {
         sim.check();
         if !sim.violations.is_empty() || (sim.events.is_multiple_of(64) && sim.all_settled()) {
             break;
@@ -365,18 +358,28 @@ impl Sim {
         k % self.nodes.len()
     }
 
+    /// Handles the next event if it is due by `deadline`: None if none is, else the
+    /// node a delivered message reached (if it was a delivery).
+    fn step(&mut self, deadline: u64) -> Option<Option<usize>> {
+        let entry = self.queue.first_entry()?;
+        if entry.key().0 > deadline {
+            return None;
+        }
+        let ((time, _), ev) = entry.remove_entry();
+        self.now = time;
+        self.events += 1;
+        let to = match &ev {
+            Ev::Deliver { to, .. } => Some(*to),
+            _ => None,
+        };
+        self.handle(ev);
+        Some(to)
+    }
+
     /// Handles every event due by `t` (no invariant checks: a cost run has no faults);
     /// the clock ends at `t`.
     fn run_until(&mut self, t: u64) {
-        while let Some(entry) = self.queue.first_entry() {
-            if entry.key().0 > t {
-                break;
-            }
-            let ((time, _), ev) = entry.remove_entry();
-            self.now = time;
-            self.events += 1;
-            self.handle(ev);
-        }
+        while self.step(t).is_some() {}
         self.now = self.now.max(t);
     }
 
@@ -394,19 +397,7 @@ impl Sim {
         let mut missing: BTreeSet<usize> =
             (0..self.nodes.len()).filter(|&i| !holds(self, i)).collect();
         while !missing.is_empty() {
-            let entry = self.queue.first_entry()?;
-            if entry.key().0 > deadline {
-                return None;
-            }
-            let ((time, _), ev) = entry.remove_entry();
-            self.now = time;
-            self.events += 1;
-            let to = match &ev {
-                Ev::Deliver { to, .. } => Some(*to),
-                _ => None,
-            };
-            self.handle(ev);
-            if let Some(to) = to {
+            if let Some(to) = self.step(deadline)? {
                 if holds(self, to) {
                     missing.remove(&to);
                 }
