@@ -286,8 +286,8 @@ pub fn lifecycle(seed: u64, nodes: usize, stories: usize) -> Lifecycle {
         sim.write_story(format!("story {k}"));
     }
     let deadline = start + 60_000 + stories as u64 * 10_000;
-    while sim.step(deadline).is_some() {
-        sim.check();
+    while let Some(node) = sim.step(deadline) {
+        sim.check(node);
         if !sim.violations.is_empty() || (sim.events.is_multiple_of(64) && sim.all_settled()) {
             break;
         }
@@ -359,7 +359,7 @@ impl Sim {
     }
 
     /// Handles the next event if it is due by `deadline`: None if none is, else the
-    /// node a delivered message reached (if it was a delivery).
+    /// one node it could change ([`Ev::node`]).
     fn step(&mut self, deadline: u64) -> Option<Option<usize>> {
         let entry = self.queue.first_entry()?;
         if entry.key().0 > deadline {
@@ -368,12 +368,9 @@ impl Sim {
         let ((time, _), ev) = entry.remove_entry();
         self.now = time;
         self.events += 1;
-        let to = match &ev {
-            Ev::Deliver { to, .. } => Some(*to),
-            _ => None,
-        };
+        let node = ev.node();
         self.handle(ev);
-        Some(to)
+        Some(node)
     }
 
     /// Handles every event due by `t` (no invariant checks: a cost run has no faults);

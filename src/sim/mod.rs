@@ -162,6 +162,20 @@ enum Ev {
     },
 }
 
+impl Ev {
+    /// The one node this event can change (its core, its jobs, its store): the others
+    /// keep their views and what they run. None: it may change several (a crash, a
+    /// partition, a restart, an operator's command, a user's write: the rare ones).
+    fn node(&self) -> Option<usize> {
+        match self {
+            Ev::Tick(i) | Ev::Beat(i) | Ev::AntiEntropy(i) => Some(*i),
+            Ev::Deliver { to, .. } => Some(*to),
+            Ev::WorkDone { node, .. } | Ev::Probed { node, .. } => Some(*node),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Msg {
     Beat(Vec<u8>),
@@ -230,6 +244,8 @@ struct Sim {
     healed_at: Option<u64>,
     /// The document digest each node's view was last checked at.
     checked: Vec<[u8; 32]>,
+    /// What each node ran when last checked ("story/phase" of its running claims).
+    running: Vec<Vec<String>>,
     /// Per node, the claims (id → token, per resource) its frames have acknowledged: in
     /// its document when a sync frame left, so in the heads a peer read. Ghost state: it
     /// survives the node's crashes, which is the point (see `check`).
@@ -461,8 +477,9 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
         }
         sim.now = time;
         sim.events += 1;
+        let scope = ev.node();
         sim.handle(ev);
-        sim.check();
+        sim.check(scope);
         if !sim.violations.is_empty() {
             break;
         }

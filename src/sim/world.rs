@@ -74,6 +74,7 @@ impl Sim {
             starts: Vec::new(),
             healed_at: None,
             checked: Vec::new(),
+            running: Vec::new(),
             frames_acked: Vec::new(),
             acked_at: Vec::new(),
             acked_claims: Vec::new(),
