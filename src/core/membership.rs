@@ -329,6 +329,19 @@ impl Membership {
         }
     }
 
+    /// Whether an alive peer other than `peer` names it suspect, at this incarnation and
+    /// sequence number, in its latest beat.
+    pub fn named_by_another(&self, peer: &str, incarnation: u64, seq: u64, now_ms: u64) -> bool {
+        self.peers.iter().any(|(p, e)| {
+            p != peer
+                && self.state_at(e, now_ms) == PeerState::Alive
+                && e.beat
+                    .suspects
+                    .iter()
+                    .any(|s| s.peer == peer && (s.incarnation, s.seq) == (incarnation, seq))
+        })
+    }
+
     /// What this node says about the peers it suspects (for its beat); the dead left out.
     pub fn suspicions(&self, now_ms: u64) -> Vec<Suspicion> {
         let after = self.cfg.suspect_after_missed.max(1);

@@ -348,6 +348,8 @@ pub struct Core {
     hb_seq: u64,
     /// What the last published beat said (it is published again only when that changes).
     said: Option<liveness::Said>,
+    /// What it would say now but kept back as no news (judged once, not on every tick).
+    unsaid: Option<liveness::Said>,
     /// Peers counting more members than this node knows, since when.
     wider: BTreeMap<String, u64>,
     /// When this node last asked its shell to look for the rest of the mesh.
@@ -476,6 +478,7 @@ impl Core {
             incarnation,
             hb_seq: 0,
             said: None,
+            unsaid: None,
             wider: BTreeMap::new(),
             discovered_ms: None,
             last_now: 0,

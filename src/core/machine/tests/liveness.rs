@@ -113,6 +113,86 @@ fn a_suspicion_counts_everywhere_until_the_suspect_refutes_it_with_a_newer_beat(
     assert_eq!(a.peer_state("C", 10_000), Some(PeerState::Alive));
 }
 
+/// Runs `n`'s ticks and periods from `from` to `to` (ms): B answers its probes with its
+/// beat 1, C answers none. The beats `n` published, and whether a probe of its to B
+/// named C suspect.
+fn silent_c(n: &mut Core, from: u64, to: u64) -> (Vec<Heartbeat>, bool) {
+    let (mut beats, mut named) = (Vec::new(), false);
+    for t in (from..to).step_by(100) {
+        if t % 1_000 == 0 {
+            n.heartbeat(t, t);
+        }
+        n.tick(t, t);
+        let effects: Vec<Effect> = std::iter::from_fn(|| n.poll_effect()).collect();
+        for e in effects {
+            match e {
+                Effect::Publish {
+                    topic: Topic::Heartbeat,
+                    data,
+                } => beats.push(codec::decode(&data, MAX_GOSSIP_BYTES).unwrap()),
+                Effect::Probe { to, data } if to == "B" => {
+                    let said: Option<Heartbeat> = codec::decode(&data, MAX_GOSSIP_BYTES).unwrap();
+                    named |= said.is_some_and(|b| b.suspects.iter().any(|s| s.peer == "C"));
+                    let beat = codec::decode::<Heartbeat>(&hb(1, 4, vec![]), MAX_GOSSIP_BYTES);
+                    n.handle(
+                        t,
+                        Input::ProbeAnswer {
+                            from: "B".into(),
+                            data: codec::encode(&Some(beat.unwrap())),
+                        },
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    (beats, named)
+}
+
+#[test]
+fn a_suspicion_an_alive_peer_named_already_is_no_news_and_is_not_published_again() {
+    // A and D know B and C; C falls silent. B names C suspect to A only.
+    let (mut a, mut d) = (core("A", 1), core("D", 4));
+    for n in [&mut a, &mut d] {
+        for p in ["B", "C"] {
+            n.handle(
+                0,
+                Input::Heartbeat {
+                    from: p.into(),
+                    data: hb(1, 4, vec![]),
+                },
+            );
+        }
+        n.heartbeat(0, 0);
+        published(n);
+    }
+    let suspicion = Suspicion {
+        peer: "C".into(),
+        incarnation: 1,
+        seq: 1,
+        silent_ms: 1_500,
+    };
+    a.handle(
+        50,
+        Input::Heartbeat {
+            from: "B".into(),
+            data: hb(2, 4, vec![suspicion]),
+        },
+    );
+    let (from_a, a_named) = silent_c(&mut a, 100, 9_000);
+    let (from_d, _) = silent_c(&mut d, 100, 9_000);
+    // D heard of no suspicion: its own is news, published once; C's death later is not.
+    let names_c = |b: &Heartbeat| b.suspects.iter().any(|s| s.peer == "C");
+    assert_eq!(from_d.len(), 1, "{from_d:?}");
+    assert!(names_c(&from_d[0]), "{from_d:?}");
+    assert_eq!(d.peer_state("C", 9_000), Some(PeerState::Dead));
+    // A suspects C on its own misses too, but B's beat said so already: A publishes
+    // nothing, and its suspicion rides along with what it sends anyway (its probes).
+    assert!(from_a.is_empty(), "{from_a:?}");
+    assert_eq!(a.peer_state("C", 9_000), Some(PeerState::Dead));
+    assert!(a_named);
+}
+
 #[test]
 fn a_probe_is_answered_with_this_nodes_beat_and_a_passive_one_with_none() {
     let mut a = core("A", 1);
