@@ -22,7 +22,7 @@
 
 use crate::core::model::{Heartbeat, Suspicion};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::hash::{Hash, Hasher};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +107,8 @@ struct Entry {
     /// Since when the peer is silent, as far as this node knows (its first unanswered
     /// probe, or a suspecter's report); `None` while answers come.
     silent_since: Option<u64>,
+    /// Our wall clock at receipt of its latest beats minus their send times (newest last).
+    clock: VecDeque<i64>,
     /// Suspected (here or by a peer, about its newest beat): dead once silent long enough.
     suspected: bool,
 }
@@ -178,6 +180,7 @@ impl Membership {
                         missed: 0,
                         silent_since: None,
                         suspected: false,
+                        clock: VecDeque::new(),
                     },
                 );
                 Observed::New
@@ -327,6 +330,24 @@ impl Membership {
             e.silent_since.get_or_insert(sent_ms);
             e.suspected |= e.missed >= after;
         }
+    }
+
+    /// A sample of our wall clock minus `peer`'s (from its beat); the last `keep` are kept.
+    pub fn clock_sample(&mut self, peer: &str, offset: i64, keep: usize) {
+        if let Some(e) = self.peers.get_mut(peer) {
+            e.clock.push_back(offset);
+            while e.clock.len() > keep {
+                e.clock.pop_front();
+            }
+        }
+    }
+
+    /// Per alive peer with clock samples, the smallest of them (`Core::clock_skew`).
+    pub fn alive_clock_offsets(&self, now_ms: u64) -> impl Iterator<Item = i64> + '_ {
+        self.peers
+            .values()
+            .filter(move |e| self.state_at(e, now_ms) == PeerState::Alive)
+            .filter_map(|e| e.clock.iter().min().copied())
     }
 
     /// Whether an alive peer other than `peer` names it suspect, at this incarnation and

@@ -1,6 +1,7 @@
 //! The claim lifecycle: claim → settle → run → finish, takeover, cancellation and
 //! release, and the `story_blocked` announcement.
 
+use super::settle::settle_peers;
 use super::*;
 
 impl Core {
@@ -118,9 +119,13 @@ impl Core {
         if self.paced(now_ms) {
             return;
         }
-        let alive = self.settle_peers(now_ms);
-        // Our last claim could not settle: wait for the peers that did not answer.
-        if self.settle_backoff.waits(now_ms, &alive, &self.completed) {
+        let (peers, wait) = {
+            let alive = settle_peers(&self.membership, &self.connected, &self.refused, now_ms);
+            // Our last claim could not settle: wait for the peers that did not answer.
+            let wait = self.settle_backoff.waits(now_ms, &alive, &self.completed);
+            (alive.len(), wait)
+        };
+        if wait {
             return;
         }
         if self.overloaded() {
@@ -142,9 +147,9 @@ impl Core {
             &claims,
             &me,
             &roles,
-            alive.len() + 1,
+            peers + 1,
             &self.cochange,
-            alive.is_empty(),
+            peers == 0,
             self.cfg.merge_gate.as_ref(),
             |r| {
                 // Never "take over" a claim of our own from a stale view.
@@ -263,7 +268,11 @@ impl Core {
                 round: w.round,
                 state: LocalState::Settling {
                     mark,
-                    waiting: alive.into_iter().collect(),
+                    waiting: self
+                        .settle_with(now_ms)
+                        .into_iter()
+                        .map(str::to_string)
+                        .collect(),
                     deadline_ms: now_ms.saturating_add(self.settle_timeout()),
                     change,
                 },

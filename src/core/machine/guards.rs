@@ -144,11 +144,9 @@ impl Core {
     /// This node's wall clock against the median of its alive peers' (see [`ClockSkew`]).
     pub fn clock_skew(&self, now_ms: u64) -> ClockSkew {
         let bound_ms = self.cfg.lease.max_clock_drift_ms;
-        let mut samples: Vec<i64> = self
-            .membership
-            .alive_iter(now_ms)
-            .filter_map(|p| self.clock_offsets.get(p)?.iter().min().copied())
-            .collect();
+        // (Kept with each peer's membership: this runs on every tick, and a lookup per
+        // alive peer was 15 % of the simulator's time at 150 nodes.)
+        let mut samples: Vec<i64> = self.membership.alive_clock_offsets(now_ms).collect();
         samples.sort_unstable();
         let n = samples.len();
         let median_ms = match n {

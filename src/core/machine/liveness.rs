@@ -259,11 +259,7 @@ impl Core {
         // offset plus the one-way delay.
         let offset = i128::from(self.last_wall) - i128::from(beat.sent_at_ms);
         let offset = offset.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
-        let samples = self.clock_offsets.entry(from.clone()).or_default();
-        samples.push_back(offset);
-        while samples.len() > CLOCK_SAMPLES {
-            samples.pop_front();
-        }
+        self.membership.clock_sample(&from, offset, CLOCK_SAMPLES);
         self.renew_claims_of(&from, &beat.claims, now_ms);
         self.compare_members(&from, beat.members, now_ms);
         // What it suspects counts once per beat (a probe repeats the same one).
@@ -313,17 +309,14 @@ impl Core {
     /// Leases live while their holder does: every alive peer's announced claims are
     /// renewed on each tick (its beat is published only when they change).
     pub(super) fn renew_alive_claims(&mut self, now_ms: u64) {
-        let held: Vec<(String, Vec<u64>)> = self
-            .membership
-            .alive(now_ms)
-            .into_iter()
-            .filter_map(|p| {
-                let claims = self.membership.heartbeat(&p)?.claims.clone();
-                (!claims.is_empty()).then_some((p, claims))
-            })
-            .collect();
-        for (p, claims) in held {
-            self.renew_claims_of(&p, &claims, now_ms);
+        // One pass, nothing copied (every tick, over every alive peer).
+        for (holder, beat) in self.membership.alive_beats(now_ms) {
+            for n in &beat.claims {
+                let id = claim_id(holder, *n);
+                if self.doc.claim_holder(&id) == Some(holder) {
+                    self.observer.renew(&id, now_ms);
+                }
+            }
         }
     }
 }

@@ -389,9 +389,6 @@ pub struct Core {
     join_snapshot: Option<(u64, serde_bytes::ByteBuf, Vec<ChangeHash>)>,
     /// The join wait ran out without a sync (logged once).
     join_gave_up: bool,
-    /// Per peer, our wall clock at receipt of its latest beats minus their send times
-    /// (at most [`CLOCK_SAMPLES`]).
-    clock_offsets: BTreeMap<String, VecDeque<i64>>,
     /// Probe round trips: the one-way delay the skew rule allows for, and whether the
     /// mesh runs too far behind to claim (`overloaded`).
     probe_delays: ProbeDelays,
@@ -503,7 +500,6 @@ impl Core {
             joined_ms: None,
             join_snapshot: None,
             join_gave_up: false,
-            clock_offsets: BTreeMap::new(),
             probe_delays: ProbeDelays::default(),
             overloaded: false,
             skew_warned: false,

@@ -83,17 +83,54 @@ impl SettleBackoff {
     pub(super) fn waits(
         &mut self,
         now_ms: u64,
-        settle_with: &BTreeSet<String>,
+        settle_with: &[&str],
         completed: &BTreeMap<String, u64>,
     ) -> bool {
         if now_ms >= self.until_ms || self.silent.is_empty() {
             return false;
         }
         let mark = self.mark;
-        self.silent
-            .retain(|p| settle_with.contains(p) && completed.get(p).is_none_or(|&s| s < mark));
+        self.silent.retain(|p| {
+            settle_with.binary_search(&p.as_str()).is_ok()
+                && completed.get(p).is_none_or(|&s| s < mark)
+        });
         !self.silent.is_empty()
     }
+}
+
+/// The peers a claim settles with, in peer order: every alive one, and every connected one
+/// not known dead (a frozen process keeps its TCP connections; waiting for it would stall
+/// everyone), refused peers (not on the roster) left out. One pass over the peers and the
+/// connections (both in peer order): it runs on every tick, so no lookup per peer and no
+/// string copied (those were 10 % of the simulator's time at 150 nodes).
+pub(super) fn settle_peers<'a>(
+    membership: &'a Membership,
+    connected: &'a BTreeSet<String>,
+    refused: &BTreeSet<String>,
+    now_ms: u64,
+) -> Vec<&'a str> {
+    let mut known = membership.states(now_ms).peekable();
+    let mut out = Vec::new();
+    for c in connected {
+        while let Some((p, state)) = known.next_if(|(p, _)| *p < c.as_str()) {
+            if state == PeerState::Alive {
+                out.push(p);
+            }
+        }
+        match known.next_if(|(p, _)| *p == c.as_str()) {
+            Some((_, PeerState::Dead)) => {}
+            _ => out.push(c.as_str()),
+        }
+    }
+    out.extend(
+        known
+            .filter(|(_, s)| *s == PeerState::Alive)
+            .map(|(p, _)| p),
+    );
+    if !refused.is_empty() {
+        out.retain(|p| !refused.contains(*p));
+    }
+    out
 }
 
 /// A number in 0..100 fixed by this node's id and `n` (the core draws no randomness).
@@ -149,22 +186,9 @@ impl Core {
         over
     }
 
-    /// The peers a claim settles with: every alive one, and every connected one not
-    /// known dead (a frozen process keeps its TCP connections; waiting for it would
-    /// stall everyone), refused peers (not on the roster) left out.
-    pub(super) fn settle_peers(&self, now_ms: u64) -> BTreeSet<String> {
-        let membership = &self.membership;
-        membership
-            .alive_iter(now_ms)
-            .map(str::to_string)
-            .chain(
-                self.connected
-                    .iter()
-                    .filter(|p| !membership.is_dead(p, now_ms))
-                    .cloned(),
-            )
-            .filter(|p| !self.refused.contains(p))
-            .collect()
+    /// The peers a claim settles with (see [`settle_peers`]).
+    pub(super) fn settle_with(&self, now_ms: u64) -> Vec<&str> {
+        settle_peers(&self.membership, &self.connected, &self.refused, now_ms)
     }
 
     /// Settles claims whose peers have all synced (or whose settle timeout passed): the
@@ -177,7 +201,7 @@ impl Core {
         // (claim, whether every alive peer synced with us since the claim was written)
         let mut silent = BTreeSet::new();
         let ready: Vec<(String, bool)> = {
-            let alive = self.settle_peers(now_ms);
+            let alive = settle_peers(&self.membership, &self.connected, &self.refused, now_ms);
             let completed = &self.completed;
             let mut ready = Vec::new();
             let silent = &mut silent;
@@ -190,7 +214,8 @@ impl Core {
                 } = &mut c.state
                 {
                     waiting.retain(|p| {
-                        alive.contains(p) && completed.get(p).is_none_or(|&s| s < *mark)
+                        alive.binary_search(&p.as_str()).is_ok()
+                            && completed.get(p).is_none_or(|&s| s < *mark)
                     });
                     if waiting.is_empty() {
                         ready.push((id.clone(), true));
