@@ -268,8 +268,7 @@ impl Core {
                 round: w.round,
                 state: LocalState::Settling {
                     mark,
-                    waiting: self
-                        .settle_with(now_ms)
+                    waiting: settle_peers(&self.membership, &self.connected, &self.refused, now_ms)
                         .into_iter()
                         .map(str::to_string)
                         .collect(),

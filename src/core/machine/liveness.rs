@@ -260,7 +260,7 @@ impl Core {
         let offset = i128::from(self.last_wall) - i128::from(beat.sent_at_ms);
         let offset = offset.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
         self.membership.clock_sample(&from, offset, CLOCK_SAMPLES);
-        self.renew_claims_of(&from, &beat.claims, now_ms);
+        renew_claims_of(&self.doc, &mut self.observer, &from, &beat.claims, now_ms);
         self.compare_members(&from, beat.members, now_ms);
         // What it suspects counts once per beat (a probe repeats the same one).
         if seen != Observed::Refreshed {
@@ -295,28 +295,29 @@ impl Core {
         }
     }
 
-    /// A holder renews only its own claims. (From the decoded facts: a beat must not
-    /// cost a view fold.)
-    fn renew_claims_of(&mut self, holder: &str, claims: &[u64], now_ms: u64) {
-        for n in claims {
-            let id = claim_id(holder, *n);
-            if self.doc.claim_holder(&id) == Some(holder) {
-                self.observer.renew(&id, now_ms);
-            }
-        }
-    }
-
     /// Leases live while their holder does: every alive peer's announced claims are
     /// renewed on each tick (its beat is published only when they change).
     pub(super) fn renew_alive_claims(&mut self, now_ms: u64) {
         // One pass, nothing copied (every tick, over every alive peer).
         for (holder, beat) in self.membership.alive_beats(now_ms) {
-            for n in &beat.claims {
-                let id = claim_id(holder, *n);
-                if self.doc.claim_holder(&id) == Some(holder) {
-                    self.observer.renew(&id, now_ms);
-                }
-            }
+            renew_claims_of(&self.doc, &mut self.observer, holder, &beat.claims, now_ms);
+        }
+    }
+}
+
+/// A holder renews only its own claims. (From the decoded facts: a beat must not cost a
+/// view fold.)
+fn renew_claims_of(
+    doc: &Doc,
+    observer: &mut LeaseObserver,
+    holder: &str,
+    claims: &[u64],
+    now_ms: u64,
+) {
+    for n in claims {
+        let id = claim_id(holder, *n);
+        if doc.claim_holder(&id) == Some(holder) {
+            observer.renew(&id, now_ms);
         }
     }
 }

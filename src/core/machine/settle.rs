@@ -186,11 +186,6 @@ impl Core {
         over
     }
 
-    /// The peers a claim settles with (see [`settle_peers`]).
-    pub(super) fn settle_with(&self, now_ms: u64) -> Vec<&str> {
-        settle_peers(&self.membership, &self.connected, &self.refused, now_ms)
-    }
-
     /// Settles claims whose peers have all synced (or whose settle timeout passed): the
     /// winner starts work, a loser releases.
     pub(super) fn check_settling(&mut self, now_ms: u64) {
