@@ -469,6 +469,43 @@ fn knowledge_is_deduplicated_by_content_and_ranked_by_relevance() {
     assert_eq!(relevant_knowledge(&v, &v.stories[&k], 1).len(), 1);
 }
 
+/// The log of local changes kept for pushes is bounded in bytes, not only in count:
+/// after three bulk writes of ~3.5 MB the oldest is left to sync, and what is pushed
+/// still starts right after what the peer has.
+#[test]
+fn the_push_log_keeps_bulk_writes_within_its_byte_bound() {
+    let mut d = Doc::new([1; 16]).with_test_names();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut body = || {
+        (0..crate::core::model::MAX_BODY_BYTES / 16)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                format!("{x:016x}")
+            })
+            .collect::<String>()
+    };
+    for batch in 0..3 {
+        let news: Vec<NewStory> = (0..55)
+            .map(|i| NewStory {
+                body: body(),
+                ..story(&format!("bulk {batch}.{i}"))
+            })
+            .collect();
+        d.add_story_batch(&news, "cli", A, 1).unwrap();
+    }
+    let (all, _) = d.local_changes_after(0, usize::MAX);
+    assert!(all.is_empty(), "the first bulk change is still kept");
+    let (rest, upto) = d.local_changes_after(1, usize::MAX);
+    assert_eq!((rest.len(), upto), (2, 3));
+    let kept: usize = rest.iter().map(Vec::len).sum();
+    assert!(kept > 6 << 20, "{kept} bytes: the bodies compressed");
+    d.add_story(&story("small"), A, 2).unwrap();
+    let (last, upto) = d.local_changes_after(3, usize::MAX);
+    assert_eq!((last.len(), upto), (1, 4));
+}
+
 #[test]
 fn ids_are_sequential_on_one_node() {
     let mut d = Doc::new([1; 16]).with_test_names();

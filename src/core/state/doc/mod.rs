@@ -109,6 +109,11 @@ struct Candidate {
 /// How many of its own recent changes a document keeps for eager pushes.
 const LOCAL_LOG_LEN: usize = 512;
 
+/// And at most this many bytes of them (but always the newest): a bulk write's change
+/// (10,000 stories are ~6 MB) is pushed while it is the newest, older ones are left to
+/// sync. Without the bound, ten bulk loads kept ~63 MB of pushes nobody would ask for.
+const LOCAL_LOG_BYTES: usize = 8 << 20;
+
 /// One change this node made, as pushed to peers.
 #[derive(Debug, Clone)]
 struct LocalChange {
@@ -377,8 +382,13 @@ impl Doc {
             hash: c.hash(),
             bytes: c.raw_bytes().to_vec(),
         });
-        while self.local_log.len() > LOCAL_LOG_LEN {
-            self.local_log.pop_front();
+        let mut bytes: usize = self.local_log.iter().map(|c| c.bytes.len()).sum();
+        while self.local_log.len() > LOCAL_LOG_LEN
+            || (bytes > LOCAL_LOG_BYTES && self.local_log.len() > 1)
+        {
+            if let Some(c) = self.local_log.pop_front() {
+                bytes -= c.bytes.len();
+            }
         }
     }
 
