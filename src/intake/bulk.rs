@@ -199,7 +199,7 @@ pub fn offline_add(
     store.flush_blocking().map_err(NodeError::from)?;
     let view = doc.view();
     keys.iter()
-        .map(|k| view.stories.get(k).map(Added::of))
+        .map(|k| view.stories.get(k).map(|s| Added::of(s)))
         .collect::<Option<Vec<_>>>()
         .ok_or(OfflineError::Node(NodeError::Vanished))
 }

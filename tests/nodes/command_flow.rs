@@ -153,7 +153,10 @@ fn story(title: &str, file: &str) -> NewStory {
 }
 
 fn by_title<'a>(v: &'a View, title: &str) -> Option<&'a StoryView> {
-    v.stories.values().find(|s| s.fact.title == title)
+    v.stories
+        .values()
+        .map(|s| &**s)
+        .find(|s| s.fact.title == title)
 }
 
 /// Whether the story with `key` landed on main (a commit with its `Mesh-Story-Key`).

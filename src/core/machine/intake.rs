@@ -43,7 +43,7 @@ impl Core {
     ) -> Result<Sourced, BatchError> {
         if let Some(key) = self.doc.story_from_source(source) {
             if let Some(s) = self.view().stories.get(&key) {
-                return Ok(Sourced::Exists(s.clone()));
+                return Ok(Sourced::Exists((**s).clone()));
             }
         }
         let mut added = self.write_batch(std::slice::from_ref(new), source, wall_ms)?;
@@ -89,7 +89,7 @@ impl Core {
         let view = self.view();
         keys.iter()
             .map(|k| {
-                view.stories.get(k).cloned().ok_or_else(|| {
+                view.stories.get(k).map(|s| (**s).clone()).ok_or_else(|| {
                     BatchError::whole(StateError::Corrupt("story vanished after write".into()))
                 })
             })

@@ -32,7 +32,7 @@ fn view(peers: &[&str], kind: &str) -> View {
                         "holds": null, "actions": [] }],
     }))
     .expect("story view");
-    v.stories.insert(story.key.clone(), story);
+    v.stories.insert(story.key.clone(), Box::new(story));
     v
 }
 
@@ -220,7 +220,7 @@ fn a_digest_per_period_and_its_figures() {
         commit: "c".into(),
         written_at_ms: 5_000,
     });
-    v.stories.insert(s.key.clone(), s);
+    v.stories.insert(s.key.clone(), Box::new(s));
     let d = digest(&v, 2, period);
     assert_eq!(d.id, "digest/2");
     assert_eq!(d.at_ms, 6_000);

@@ -462,7 +462,7 @@ impl Ledger {
 /// Sets each story's usage and charges, and holds every story whose jobs reported more
 /// than its cost limit (see [`hold_story`]).
 pub(super) fn hold_over_limit(
-    stories: &mut BTreeMap<String, StoryView>,
+    stories: &mut BTreeMap<String, Box<StoryView>>,
     ledger: &Ledger,
     steering: &Steering,
 ) {

@@ -276,7 +276,7 @@ pub(super) fn gate_items(
 /// Step 7 of the fold: a story waiting on a blocked dependency is blocked too (it would
 /// wait forever): say so, naming the dependency, until a human unblocks it.
 pub(super) fn block_dependents_of_blocked(
-    stories: &mut BTreeMap<String, StoryView>,
+    stories: &mut BTreeMap<String, Box<StoryView>>,
     active_stories: &BTreeSet<&str>,
 ) {
     // Only stories with dependencies can be blocked by one: most have none.

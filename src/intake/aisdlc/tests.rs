@@ -117,7 +117,7 @@ fn the_plan_orders_by_dependency_and_drops_what_cannot_hold() {
     };
     let p = plan(first, &[]);
     doc.add_story_batch(&p.batch.stories, "cli", A, 1).unwrap();
-    let mesh: Vec<_> = doc.view().stories.values().cloned().collect();
+    let mesh: Vec<_> = doc.view().stories.values().map(|s| (**s).clone()).collect();
 
     let scan = Scan {
         found: vec![
@@ -184,7 +184,7 @@ fn export_folders_stay_inside_and_apart() {
     doc.add_story(&native, A, 1).unwrap();
     doc.add_story_batch(&p.batch.stories, "cli", A, 2).unwrap();
     let view = doc.view();
-    let all: Vec<&crate::core::state::StoryView> = view.stories.values().collect();
+    let all: Vec<&crate::core::state::StoryView> = view.stories.values().map(|s| &**s).collect();
     let mut notes = Vec::new();
     let f = folders(&all, &mut notes);
     let names: std::collections::BTreeSet<&String> = f.values().collect();

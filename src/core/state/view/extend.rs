@@ -110,7 +110,7 @@ impl View {
             // The number is past every other: the short display id is its own.
             let story = fold.story(key, fact, &format!("S-{:04}", fact.number));
             self.story_index.add(key, fact);
-            self.stories.insert(key.clone(), story);
+            self.stories.insert(key.clone(), Box::new(story));
         }
         true
     }

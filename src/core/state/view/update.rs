@@ -259,7 +259,7 @@ impl View {
         for s in &built {
             let blocks =
                 |v: &StoryView| v.blocked_reason.is_some() || v.status == StoryStatus::Cancelled;
-            let before = self.stories.get(&s.key).is_some_and(blocks);
+            let before = self.stories.get(&s.key).is_some_and(|v| blocks(v));
             if blocks(s) != before && self.story_index.dependents.contains_key(&s.key) {
                 return false;
             }
@@ -274,7 +274,7 @@ impl View {
                     built
                         .iter()
                         .find(|b| &b.key == d)
-                        .or_else(|| self.stories.get(d))
+                        .or_else(|| self.stories.get(d).map(|v| &**v))
                 };
                 v.is_some_and(blocks)
             });
@@ -297,7 +297,7 @@ impl View {
         self.counted.extend(counted_keys);
         for mut s in built {
             hold_story(&mut s, &self.ledger, &self.steering);
-            self.stories.insert(s.key.clone(), s);
+            self.stories.insert(s.key.clone(), Box::new(s));
         }
         true
     }
