@@ -9,6 +9,9 @@
 //!   written, appended and flushed to the store, the view brought up to date, the heads
 //!   announced, the answer back — p50/p99/max;
 //! - RSS of this process with the node loaded (it holds nothing else of size);
+//! - RSS after a restart: a fresh process opens the same store as the node's owner and
+//!   reports its RSS once a status holds every story and the node's periodic release of
+//!   free memory ran (what a restarted node holds, without the bulk load's allocations);
 //! - restart: the node shut down cleanly and started again on the same store, until it
 //!   answers a status holding every story;
 //! - join: a second node with an empty store bootstraps from the first, until its heads
@@ -55,6 +58,14 @@ struct Args {
     /// Give up on a restart or a join after this long.
     #[arg(long, default_value_t = 120)]
     timeout_secs: u64,
+    /// Internal: open the store in this directory with the key `--key` (hex protobuf),
+    /// wait for a status holding `--expect` stories, print this process's RSS in MB.
+    #[arg(long, hide = true, requires_all = ["key", "expect"])]
+    reopen: Option<std::path::PathBuf>,
+    #[arg(long, hide = true)]
+    key: Option<String>,
+    #[arg(long, hide = true)]
+    expect: Option<usize>,
 }
 
 fn rss_mb() -> Option<f64> {
@@ -108,7 +119,81 @@ struct Row {
     writes: Vec<f64>,
     rss_mb: Option<f64>,
     restart_ms: Option<f64>,
+    reopened_rss_mb: Option<f64>,
     join_ms: Option<f64>,
+}
+
+/// Waits (bounded) until `node`'s status holds `total` stories; the time it took.
+async fn holds_all(
+    node: &NodeHandle,
+    total: usize,
+    since: Instant,
+    timeout: Duration,
+) -> Option<f64> {
+    tokio::time::timeout(timeout, async {
+        loop {
+            if node
+                .status()
+                .await
+                .is_some_and(|s| s.stories.len() == total)
+            {
+                return ms(since.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .ok()
+}
+
+/// The `--reopen` child: the node on an existing store, its RSS once it holds it all.
+async fn reopen(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
+    let (Some(key), Some(expect)) = (&args.key, args.expect) else {
+        anyhow::bail!("--reopen needs --key and --expect");
+    };
+    let key = libp2p::identity::Keypair::from_protobuf_encoding(&hex::decode(key)?)?;
+    let node = node::start(options(dir, &key, None, false)).await?;
+    let timeout = Duration::from_secs(args.timeout_secs);
+    if holds_all(&node, expect, Instant::now(), timeout)
+        .await
+        .is_none()
+    {
+        anyhow::bail!("the reopened node did not hold {expect} stories within {timeout:?}");
+    }
+    // What the node holds once its periodic release of free memory ran (every minute):
+    // without it, the RSS includes the last status's transient copies.
+    node::release_free_memory();
+    println!("{}", f(rss_mb(), 1));
+    node.shutdown().await;
+    Ok(())
+}
+
+/// RSS of a fresh process holding the store in `dir` (see `--reopen`).
+fn reopened_rss(
+    args: &Args,
+    dir: &std::path::Path,
+    key: &libp2p::identity::Keypair,
+    total: usize,
+) -> anyhow::Result<Option<f64>> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .arg("--reopen")
+        .arg(dir)
+        .arg("--key")
+        .arg(hex::encode(key.to_protobuf_encoding()?))
+        .arg("--expect")
+        .arg(total.to_string())
+        .arg("--timeout-secs")
+        .arg(args.timeout_secs.to_string())
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        eprintln!(
+            "backlog_bench: the reopening process failed ({})",
+            out.status
+        );
+        return Ok(None);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse().ok())
 }
 
 async fn measure(args: &Args, n: usize) -> anyhow::Result<Row> {
@@ -161,23 +246,16 @@ async fn measure(args: &Args, n: usize) -> anyhow::Result<Row> {
         "backlog_bench: restarted node answers after {:.0} ms",
         ms(t.elapsed())
     );
-    let restart_ms = tokio::time::timeout(timeout, async {
-        loop {
-            if b.status().await.is_some_and(|s| s.stories.len() == total) {
-                return ms(t.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .ok();
+    let restart_ms = holds_all(&b, total, t, timeout).await;
     b.shutdown().await;
+    let reopened_rss_mb = reopened_rss(args, dir.path(), &key, total)?;
     Ok(Row {
         n,
         load_s,
         writes,
         rss_mb,
         restart_ms,
+        reopened_rss_mb,
         join_ms,
     })
 }
@@ -221,6 +299,9 @@ async fn join(a: &NodeHandle, timeout: Duration, work: bool) -> anyhow::Result<O
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(dir) = &args.reopen {
+        return reopen(&args, dir).await;
+    }
     // Quiet unless asked (RUST_LOG=mesh_agent=info shows a join's snapshot, say).
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
@@ -235,22 +316,23 @@ async fn main() -> anyhow::Result<()> {
     }
     if !args.no_header {
         println!("write: add_story() round trip on a node holding that many stories (appended, flushed, answered).");
-        println!("RSS: this process with the node loaded, before the join. restart: clean stop, start on the same store, until a status holds every story. join: a fresh node bootstraps from it, until the same heads digest.");
+        println!("RSS: this process with the node loaded, before the join. restart: clean stop, start on the same store, until a status holds every story; RSS restarted: a fresh process holding that store, after the node released free memory (it does every minute). join: a fresh node bootstraps from it, until the same heads digest.");
         println!();
         println!(
-            "| stories | bulk load s | write p50 / p99 / max ms | RSS MB | restart ms | join ms |"
+            "| stories | bulk load s | write p50 / p99 / max ms | RSS MB | RSS restarted MB | restart ms | join ms |"
         );
-        println!("|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|");
     }
     for r in rows {
         println!(
-            "| {} | {:.2} | {} / {} / {} | {} | {} | {} |",
+            "| {} | {:.2} | {} / {} / {} | {} | {} | {} | {} |",
             r.n,
             r.load_s,
             f(pct(&r.writes, 50.0), 2),
             f(pct(&r.writes, 99.0), 2),
             f(pct(&r.writes, 100.0), 2),
             f(r.rss_mb, 0),
+            f(r.reopened_rss_mb, 0),
             f(r.restart_ms, 0),
             f(r.join_ms, 0),
         );

@@ -140,6 +140,7 @@ impl Runtime {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         let mut stopped: Option<oneshot::Sender<()>> = None;
+        let mut released_memory: Option<tokio::time::Instant> = None;
         // A clean shutdown handing claims back: what it waits for, who to answer, until when.
         let mut handover: Option<(Handover, oneshot::Sender<()>, tokio::time::Instant)> = None;
         let Some(mut work_rx) = work_rx.take() else {
@@ -211,6 +212,11 @@ impl Runtime {
                 _ = ae.tick() => {
                     let now = self.now_ms();
                     self.core.anti_entropy(now, rand::random());
+                    // The first tick is at once: right after the store was loaded.
+                    if released_memory.is_none_or(|t| t.elapsed() >= RELEASE_MEMORY_EVERY) {
+                        released_memory = Some(tokio::time::Instant::now());
+                        tokio::task::spawn_blocking(release_free_memory);
+                    }
                 }
                 _ = sleep_until_handover(handover.as_ref().map(|h| h.2)) => {
                     tracing::warn!("stopping: not every peer synced the released claims in time; they will see them through anti-entropy or expiry");
