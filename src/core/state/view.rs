@@ -258,7 +258,7 @@ fn drop_inflated_claims(claims: &mut BTreeMap<String, ClaimFact>) -> u64 {
 
 impl View {
     /// The view and the claim fold it was derived with (built once, used by both).
-    pub(super) fn fold(all: &BTreeMap<String, Fact>) -> (View, Claims) {
+    pub(super) fn fold(all: &BTreeMap<String, Arc<Fact>>) -> (View, Claims) {
         let (mut view, facts) = View::sort_facts(all);
         view.notes.inflated = drop_inflated_claims(&mut view.claims);
         view.malformed += view.notes.inflated;
@@ -305,12 +305,12 @@ impl View {
 
     /// Step 1 of the fold: every decoded fact into its map; story facts whose key does
     /// not match their content are malformed.
-    fn sort_facts(all: &BTreeMap<String, Fact>) -> (View, Vec<(String, Arc<StoryFact>)>) {
+    fn sort_facts(all: &BTreeMap<String, Arc<Fact>>) -> (View, Vec<(String, Arc<StoryFact>)>) {
         let mut view = View::default();
         let mut facts: Vec<(String, Arc<StoryFact>)> = Vec::new();
         let mut commands: Vec<(&String, &CommandFact)> = Vec::new();
         for (key, fact) in all {
-            match fact {
+            match &**fact {
                 Fact::Story(f) => match key.strip_prefix(STORY_PREFIX) {
                     Some(skey) if names_story(skey, f.number, &f.created_by) => {
                         facts.push((skey.to_string(), f.clone()))

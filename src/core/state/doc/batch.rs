@@ -143,10 +143,12 @@ impl Doc {
         // the new stories.
         let added: Option<Vec<(String, Arc<StoryFact>)>> = keys
             .iter()
-            .map(|k| match self.facts.get(&format!("{STORY_PREFIX}{k}")) {
-                Some(Fact::Story(f)) => Some((k.clone(), f.clone())),
-                _ => None,
-            })
+            .map(
+                |k| match self.facts.get(&format!("{STORY_PREFIX}{k}")).map(|f| &**f) {
+                    Some(Fact::Story(f)) => Some((k.clone(), f.clone())),
+                    _ => None,
+                },
+            )
             .collect();
         let current = self.rejected_total() == refused
             && added.is_some_and(|a| view.add_new_stories(claims, &a));
@@ -156,7 +158,7 @@ impl Doc {
     /// The story whose fact records `source` (an issue from a tracker, say), if one
     /// was written: the lookup that makes a redelivered issue a no-op.
     pub fn story_from_source(&self, source: &str) -> Option<String> {
-        self.facts.iter().find_map(|(k, f)| match f {
+        self.facts.iter().find_map(|(k, f)| match &**f {
             Fact::Story(s) if s.source == source => k.strip_prefix(STORY_PREFIX).map(String::from),
             _ => None,
         })

@@ -95,16 +95,16 @@ impl Doc {
             let Some(c) = self.chosen(key) else {
                 continue;
             };
-            let (Fact::Admit(f) | Fact::Revoke(f)) = &c.fact else {
+            let (Fact::Admit(f) | Fact::Revoke(f)) = &*c.fact else {
                 continue;
             };
             let entry = RosterEntry {
                 peer: f.peer.clone(),
-                by: c.author.clone(),
+                by: c.author.to_string(),
                 note: f.note.clone(),
                 at_ms: f.at_ms,
             };
-            if matches!(c.fact, Fact::Admit(_)) {
+            if matches!(*c.fact, Fact::Admit(_)) {
                 admitted.insert(f.peer.clone(), entry);
             } else {
                 revoked_at.push((entry, c.change));
@@ -156,6 +156,7 @@ impl Doc {
         self.changed = None;
         self.facts.clear();
         self.candidates.clear();
+        self.authors.clear();
         self.finished.clear();
         self.roster.admitted.clear();
         self.roster.revoked.clear();
@@ -236,6 +237,14 @@ impl Doc {
                         .or_default()
                         .insert(key.to_string());
                 }
+                let author = match self.authors.get(author.as_str()) {
+                    Some(known) => known.clone(),
+                    None => {
+                        let new: Arc<str> = author.into();
+                        self.authors.insert(new.clone());
+                        new
+                    }
+                };
                 // Most keys only ever have one value: room for one (a default Vec grows
                 // to four, 0.8 KiB per key, ~60 MB unused at 100,000 stories).
                 let all = self
@@ -247,7 +256,7 @@ impl Doc {
                         op,
                         change,
                         author,
-                        fact,
+                        fact: Arc::new(fact),
                     });
                 }
                 touched.insert(key.to_string());
@@ -305,7 +314,7 @@ impl Doc {
                     .is_some_and(|keys| keys.iter().any(|k| self.facts.contains_key(k)));
                 all.iter()
                     .filter(counts)
-                    .filter(|c| Some(c.author.as_str()) == holder || !finished)
+                    .filter(|c| Some(&*c.author) == holder || !finished)
                     .min_by(|a, b| a.op.cmp(&b.op))
             }
             _ => all.iter().filter(counts).min_by(|a, b| a.op.cmp(&b.op)),

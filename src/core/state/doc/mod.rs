@@ -35,9 +35,12 @@ mod write;
 pub struct Doc {
     pub(super) inner: AutoCommit,
     /// The chosen fact of each key (what the view folds).
-    pub(super) facts: BTreeMap<String, Fact>,
+    pub(super) facts: BTreeMap<String, Arc<Fact>>,
     /// Every admitted value of each key.
     candidates: BTreeMap<String, Vec<Candidate>>,
+    /// Every author of a candidate, once (each candidate shares its copy: ~70 bytes a
+    /// fact saved, 7 MB at 100,000 stories).
+    authors: BTreeSet<Arc<str>>,
     /// The result and merge keys written under each claim: a claim with a counted one
     /// is finished, and a takeover never releases it.
     finished: BTreeMap<String, BTreeSet<String>>,
@@ -102,8 +105,9 @@ struct Candidate {
     /// The change that wrote it (a revoked author's value counts only in the revoke's
     /// causal past).
     change: ChangeHash,
-    author: String,
-    fact: Fact,
+    /// Interned ([`Doc::authors`]): a mesh has few authors and many facts.
+    author: Arc<str>,
+    fact: Arc<Fact>,
 }
 
 /// How many of its own recent changes a document keeps for eager pushes.
@@ -160,6 +164,7 @@ impl Doc {
             inner,
             facts: BTreeMap::new(),
             candidates: BTreeMap::new(),
+            authors: BTreeSet::new(),
             finished: BTreeMap::new(),
             roster: Roster::default(),
             revoke_past: BTreeMap::new(),
@@ -634,7 +639,7 @@ impl Doc {
             .take_while(|(k, _)| k.starts_with(&prefix))
             .any(|(k, f)| {
                 let n = k[prefix.len()..].parse::<u64>().ok();
-                matches!(f, Fact::Claim(c) if c.holder == holder)
+                matches!(&**f, Fact::Claim(c) if c.holder == holder)
                     && n.is_some_and(|n| n <= upto)
                     && !self
                         .facts

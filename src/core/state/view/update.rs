@@ -27,7 +27,7 @@ impl View {
     pub(in crate::core::state) fn apply_changes(
         &mut self,
         claims: &mut Claims,
-        facts: &BTreeMap<String, Fact>,
+        facts: &BTreeMap<String, Arc<Fact>>,
         keys: &BTreeSet<String>,
     ) -> bool {
         if self.notes.inflated > 0 {
@@ -37,7 +37,13 @@ impl View {
         let mut released: Vec<(String, Option<ReleaseReason>)> = Vec::new();
         let mut touched: BTreeSet<String> = BTreeSet::new();
         for key in keys {
-            if !self.take_fact(key, facts.get(key), &mut added, &mut released, &mut touched) {
+            if !self.take_fact(
+                key,
+                facts.get(key).map(|f| &**f),
+                &mut added,
+                &mut released,
+                &mut touched,
+            ) {
                 return false;
             }
         }
