@@ -621,7 +621,7 @@ fn waiting_on(
             }
         }
     }
-    if let Some(p) = s.paused.as_ref().or(view.steering.all.as_ref()) {
+    if let Some(p) = s.paused.as_deref().or(view.steering.all.as_ref()) {
         return Waiting::Paused {
             by: p.by.clone(),
             reason: p.reason.clone(),

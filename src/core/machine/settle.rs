@@ -279,7 +279,7 @@ impl Core {
             let paused = self.local.get(&id).and_then(|c| {
                 let s = view.stories.get(&c.story)?;
                 s.paused
-                    .as_ref()
+                    .as_deref()
                     .or_else(|| view.steering.node_paused(&self.peer))
                     .map(|p| p.reason.clone())
                     .or_else(|| s.held.then(|| "waits for an approval".to_string()))

@@ -211,7 +211,7 @@ fn a_digest_per_period_and_its_figures() {
                   "priority": 1 },
     }))
     .expect("story view");
-    s.merged = Some(crate::core::model::MergeFact {
+    s.merged = Some(Box::new(crate::core::model::MergeFact {
         story: s.key.clone(),
         round: 0,
         claim: "A-1".into(),
@@ -219,7 +219,7 @@ fn a_digest_per_period_and_its_figures() {
         holder: "A".into(),
         commit: "c".into(),
         written_at_ms: 5_000,
-    });
+    }));
     v.stories.insert(s.key.clone(), Box::new(s));
     let d = digest(&v, 2, period);
     assert_eq!(d.id, "digest/2");

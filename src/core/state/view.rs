@@ -123,21 +123,22 @@ pub struct StoryView {
     pub failures: Vec<String>,
     /// Why a human is needed, when blocked.
     pub blocked_reason: Option<String>,
-    /// The counted landing, once merged.
-    pub merged: Option<MergeFact>,
+    /// The counted landing, once merged. (This and the operators' marks below are boxed:
+    /// most stories have none, and inline they took 300 of a story view's 620 bytes.)
+    pub merged: Option<Box<MergeFact>>,
     /// Who implemented it (the counted implement result's holder): never its reviewer.
     pub implementer: Option<String>,
     /// The priority it runs at: an operator's `prioritize`, else the creator's.
     pub priority: u32,
     /// An operator paused it: no new phase starts (running work finishes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub paused: Option<Stop>,
+    pub paused: Option<Box<Stop>>,
     /// An operator cancelled it (status `cancelled` unless it had landed already).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cancelled: Option<Stop>,
+    pub cancelled: Option<Box<Stop>>,
     /// An operator handed it to one node or role (review still runs elsewhere).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub assigned: Option<Assignment>,
+    pub assigned: Option<Box<Assignment>>,
     /// Operators' notes for its later jobs: context, and the changes they requested.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<Note>,

@@ -94,7 +94,7 @@ impl View {
                     return false;
                 }
                 if let Some(m) = &dep.merged {
-                    merged.insert(d.clone(), m.clone());
+                    merged.insert(d.clone(), (**m).clone());
                 }
                 ids.insert(d.as_str(), dep.id.as_str());
             }

@@ -70,8 +70,8 @@ impl StoryFold<'_> {
                 ..Attempts::default()
             },
         };
-        let is_merged = self.merged.get(key).cloned();
-        let cancelled = steer.and_then(|s| s.cancelled.clone());
+        let is_merged = self.merged.get(key).cloned().map(Box::new);
+        let cancelled = steer.and_then(|s| s.cancelled.clone()).map(Box::new);
         if is_merged.is_some() || cancelled.is_some() {
             next_phase = None;
             blocked_reason = None;
@@ -155,9 +155,9 @@ impl StoryFold<'_> {
             merged: is_merged,
             implementer,
             priority: steer.and_then(|s| s.priority).unwrap_or(fact.priority),
-            paused: steer.and_then(|s| s.paused.clone()),
+            paused: steer.and_then(|s| s.paused.clone()).map(Box::new),
             cancelled,
-            assigned: steer.and_then(|s| s.assigned.clone()),
+            assigned: steer.and_then(|s| s.assigned.clone()).map(Box::new),
             notes,
             attention,
             held,
