@@ -163,9 +163,10 @@ pub struct StoryFact {
     pub labels: Vec<String>,
     #[serde(default)]
     pub source: String,
-    /// Progress and fields from the tracker it was imported from, if it was.
+    /// Progress and fields from the tracker it was imported from, if it was. (Boxed:
+    /// most stories are not, and inline it took 128 of the fact's 312 bytes.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub imported: Option<Imported>,
+    pub imported: Option<Box<Imported>>,
 }
 
 /// A node's slow-changing description, written on join or change (never per heartbeat).

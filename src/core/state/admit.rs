@@ -357,7 +357,7 @@ fn check_story(key: &str, author: &str, f: &StoryFact) -> Result<(), Refusal> {
         priority: Some(f.priority),
         files: f.files.clone(),
         labels: f.labels.clone(),
-        imported: f.imported.clone(),
+        imported: f.imported.as_deref().cloned(),
         ..Default::default()
     };
     let ok = new

@@ -108,7 +108,7 @@ impl Doc {
                     .imported
                     .as_ref()
                     .map_or_else(|| source.to_string(), |i| i.source()),
-                imported: valid.imported,
+                imported: valid.imported.map(Box::new),
             };
             let doc_key = format!("{STORY_PREFIX}{key}");
             let sealed = self

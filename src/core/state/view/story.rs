@@ -34,7 +34,7 @@ impl StoryFold<'_> {
     pub(super) fn story(&self, key: &String, fact: &Arc<StoryFact>, id: &str) -> StoryView {
         let steer = self.steering.story(key);
         let deps_done = fact.depends_on.iter().all(|d| self.merged.contains_key(d));
-        let prior = fact.imported.as_ref();
+        let prior = fact.imported.as_deref();
         let walk = walk_story(key, &fact.labels, prior, self.counted, steer);
         let phases_done: Vec<Phase> = Phase::ALL
             .iter()
