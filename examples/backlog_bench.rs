@@ -21,10 +21,12 @@
 
 use clap::Parser;
 use mesh_agent::config::Config;
-use mesh_agent::core::model::NewStory;
 use mesh_agent::node::{self, NodeHandle, NodeOptions};
 use std::time::{Duration, Instant};
 
+#[path = "common/backlog.rs"]
+mod backlog;
+use backlog::story;
 #[path = "common/stats.rs"]
 mod stats;
 use stats::{f, ms, pct};
@@ -101,15 +103,6 @@ fn options(
         psk: None,
         passive: false,
         executor: None,
-    }
-}
-
-fn story(i: usize) -> NewStory {
-    NewStory {
-        title: format!("story {i}: a title of a realistic length for a backlog item"),
-        body: "Some body text of a realistic length for a story. ".repeat(4),
-        files: vec![format!("src/f{}.rs", i % 50)],
-        ..Default::default()
     }
 }
 

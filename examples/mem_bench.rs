@@ -13,6 +13,9 @@
 //! `backlog_bench`.
 
 use clap::Parser;
+#[path = "common/backlog.rs"]
+mod backlog;
+use backlog::story;
 use mesh_agent::core::model::NewStory;
 use mesh_agent::core::state::Doc;
 use mesh_agent::core::trust::Signer;
@@ -57,16 +60,6 @@ struct Args {
     /// Stories in the document.
     #[arg(long, default_value_t = 100_000)]
     stories: usize,
-}
-
-/// The same stories as `backlog_bench` writes.
-fn story(i: usize) -> NewStory {
-    NewStory {
-        title: format!("story {i}: a title of a realistic length for a backlog item"),
-        body: "Some body text of a realistic length for a story. ".repeat(4),
-        files: vec![format!("src/f{}.rs", i % 50)],
-        ..Default::default()
-    }
 }
 
 fn main() -> anyhow::Result<()> {
