@@ -203,7 +203,7 @@ pub(super) fn admit_as(
                     && short(&f.version),
                 "node roles or version out of bounds",
             )?;
-            Fact::Node(f)
+            Fact::Node(Box::new(f))
         }
         FactKind::Claim => {
             let f: ClaimFact = json(opened.json)?;
@@ -221,7 +221,7 @@ pub(super) fn admit_as(
                     .is_none_or(|a| claim_id_holder(a).is_some()),
                 "claim `after` is not a claim id",
             )?;
-            Fact::Claim(f)
+            Fact::Claim(Box::new(f))
         }
         FactKind::Release => {
             let f: ReleaseFact = json(opened.json)?;
@@ -229,7 +229,7 @@ pub(super) fn admit_as(
             let holder = claim_id_holder(id).ok_or(Refusal::Invalid("release of no claim id"))?;
             entitled(holder == author || f.why == ReleaseReason::Expired)?;
             valid(short(&f.note), "release note too long")?;
-            Fact::Release(f)
+            Fact::Release(Box::new(f))
         }
         FactKind::Result => {
             let f: ResultFact = json(opened.json)?;
@@ -261,7 +261,7 @@ pub(super) fn admit_as(
                 f.token >= 1 && short(&f.commit) && !f.commit.chars().any(char::is_control),
                 "merge token 0 or commit malformed",
             )?;
-            Fact::Merge(f)
+            Fact::Merge(Box::new(f))
         }
         FactKind::Knowledge => {
             let f: KnowledgeFact = json(opened.json)?;
@@ -276,17 +276,17 @@ pub(super) fn admit_as(
                 "knowledge key is not the hash of its text",
             )?;
             valid(short(&f.story), "knowledge story too long")?;
-            Fact::Knowledge(f)
+            Fact::Knowledge(Box::new(f))
         }
         FactKind::Budget => {
             let f: BudgetFact = json(opened.json)?;
             check_budget(key, author, &f)?;
-            Fact::Budget(f)
+            Fact::Budget(Box::new(f))
         }
         FactKind::Command => {
             let f: CommandFact = json(opened.json)?;
             check_command(key, author, opened.json, &f, operators)?;
-            Fact::Command(f)
+            Fact::Command(Box::new(f))
         }
         FactKind::Notified => {
             let f: NotifiedFact = json(opened.json)?;
@@ -302,7 +302,7 @@ pub(super) fn admit_as(
                 key.strip_prefix(NOTIFIED_PREFIX) == Some(notified_hash(&f.id).as_str()),
                 "notified key is not the hash of its id",
             )?;
-            Fact::Notified(f)
+            Fact::Notified(Box::new(f))
         }
         FactKind::Admit | FactKind::Revoke => {
             let f: RosterFact = json(opened.json)?;
@@ -322,9 +322,9 @@ pub(super) fn admit_as(
                 "roster note too long or with control characters",
             )?;
             if kind == FactKind::Admit {
-                Fact::Admit(f)
+                Fact::Admit(Box::new(f))
             } else {
-                Fact::Revoke(f)
+                Fact::Revoke(Box::new(f))
             }
         }
     };

@@ -432,13 +432,13 @@ fn describe(
             (Some(f.at_ms), Some(f.at_ms), None, action)
         }
         Fact::Budget(b) => {
-            let at = match b {
+            let at = match &**b {
                 BudgetFact::Reserve { at_ms, .. }
                 | BudgetFact::Usage { at_ms, .. }
                 | BudgetFact::Ask { at_ms, .. }
                 | BudgetFact::Give { at_ms, .. } => *at_ms,
             };
-            let story = match b {
+            let story = match &**b {
                 BudgetFact::Reserve { story, .. } | BudgetFact::Usage { story, .. } => {
                     Some(story.clone())
                 }

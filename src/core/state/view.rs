@@ -320,25 +320,25 @@ impl View {
                 },
                 Fact::Node(f) => {
                     let peer = key.strip_prefix(NODE_PREFIX).unwrap_or(key);
-                    view.nodes.insert(peer.to_string(), f.clone());
+                    view.nodes.insert(peer.to_string(), (**f).clone());
                 }
                 Fact::Claim(f) => {
                     let id = key.strip_prefix(CLAIM_PREFIX).unwrap_or(key);
-                    view.claims.insert(id.to_string(), f.clone());
+                    view.claims.insert(id.to_string(), (**f).clone());
                 }
                 Fact::Release(f) => {
                     let id = key.strip_prefix(RELEASE_PREFIX).unwrap_or(key);
-                    view.releases.insert(id.to_string(), f.clone());
+                    view.releases.insert(id.to_string(), (**f).clone());
                 }
                 Fact::Result(f) => {
                     view.results.insert(key.clone(), f.clone());
                 }
                 Fact::Knowledge(f) => {
                     let id = key.strip_prefix(KNOWLEDGE_PREFIX).unwrap_or(key);
-                    view.knowledge.insert(id.to_string(), f.clone());
+                    view.knowledge.insert(id.to_string(), (**f).clone());
                 }
                 Fact::Merge(f) => {
-                    view.merges.insert(key.clone(), f.clone());
+                    view.merges.insert(key.clone(), (**f).clone());
                 }
                 // The document folds the roster itself (it needs the changes).
                 Fact::Admit(_) | Fact::Revoke(_) => {}
@@ -346,7 +346,7 @@ impl View {
                 Fact::Budget(f) => view.ledger.add(f),
                 Fact::Notified(f) => {
                     let hash = key.strip_prefix(NOTIFIED_PREFIX).unwrap_or(key);
-                    view.notified.insert(hash.to_string(), f.clone());
+                    view.notified.insert(hash.to_string(), (**f).clone());
                 }
             }
         }

@@ -130,17 +130,17 @@ struct LocalChange {
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Fact {
     Story(Arc<StoryFact>),
-    Node(NodeFact),
-    Claim(ClaimFact),
-    Release(ReleaseFact),
+    Node(Box<NodeFact>),
+    Claim(Box<ClaimFact>),
+    Release(Box<ReleaseFact>),
     Result(Arc<ResultFact>),
-    Merge(MergeFact),
-    Knowledge(KnowledgeFact),
-    Admit(RosterFact),
-    Revoke(RosterFact),
-    Command(CommandFact),
-    Budget(BudgetFact),
-    Notified(crate::core::notify::NotifiedFact),
+    Merge(Box<MergeFact>),
+    Knowledge(Box<KnowledgeFact>),
+    Admit(Box<RosterFact>),
+    Revoke(Box<RosterFact>),
+    Command(Box<CommandFact>),
+    Budget(Box<BudgetFact>),
+    Notified(Box<crate::core::notify::NotifiedFact>),
 }
 
 impl std::fmt::Debug for Doc {

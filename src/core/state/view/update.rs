@@ -104,9 +104,9 @@ impl View {
             (_, Some(Fact::Claim(c))) => {
                 let id = id(CLAIM_PREFIX);
                 match self.claims.get(&id) {
-                    Some(old) => old == c,
+                    Some(old) => old == &**c,
                     None => {
-                        added.push((id, c.clone()));
+                        added.push((id, (**c).clone()));
                         true
                     }
                 }
@@ -114,8 +114,8 @@ impl View {
             (Some(FactKind::Claim), None) => !self.claims.contains_key(&id(CLAIM_PREFIX)),
             (_, Some(Fact::Release(r))) => {
                 let id = id(RELEASE_PREFIX);
-                if self.releases.get(&id) != Some(r) {
-                    self.releases.insert(id.clone(), r.clone());
+                if self.releases.get(&id) != Some(&**r) {
+                    self.releases.insert(id.clone(), (**r).clone());
                     released.push((id, Some(r.why)));
                 }
                 true
@@ -136,9 +136,9 @@ impl View {
                 }
             },
             (_, Some(Fact::Merge(m))) => match self.merges.get(key) {
-                Some(old) => old == m,
+                Some(old) => old == &**m,
                 None => {
-                    self.merges.insert(key.to_string(), m.clone());
+                    self.merges.insert(key.to_string(), (**m).clone());
                     touched.insert(m.story.clone());
                     true
                 }
@@ -146,7 +146,7 @@ impl View {
             (Some(FactKind::Result), None) => !self.results.contains_key(key),
             (Some(FactKind::Merge), None) => !self.merges.contains_key(key),
             (_, Some(Fact::Node(n))) => {
-                self.nodes.insert(id(NODE_PREFIX), n.clone());
+                self.nodes.insert(id(NODE_PREFIX), (**n).clone());
                 true
             }
             (Some(FactKind::Node), None) => {
@@ -154,7 +154,7 @@ impl View {
                 true
             }
             (_, Some(Fact::Knowledge(k))) => {
-                self.knowledge.insert(id(KNOWLEDGE_PREFIX), k.clone());
+                self.knowledge.insert(id(KNOWLEDGE_PREFIX), (**k).clone());
                 true
             }
             (Some(FactKind::Knowledge), None) => {
@@ -162,7 +162,7 @@ impl View {
                 true
             }
             (_, Some(Fact::Notified(n))) => {
-                self.notified.insert(id(NOTIFIED_PREFIX), n.clone());
+                self.notified.insert(id(NOTIFIED_PREFIX), (**n).clone());
                 true
             }
             (Some(FactKind::Notified), None) => {
@@ -174,7 +174,7 @@ impl View {
                     return false;
                 }
                 self.ledger.add(b);
-                if let BudgetFact::Reserve { story, .. } | BudgetFact::Usage { story, .. } = b {
+                if let BudgetFact::Reserve { story, .. } | BudgetFact::Usage { story, .. } = &**b {
                     touched.insert(story.clone());
                 }
                 true
