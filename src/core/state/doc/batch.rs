@@ -143,12 +143,10 @@ impl Doc {
         // the new stories.
         let added: Option<Vec<(String, Arc<StoryFact>)>> = keys
             .iter()
-            .map(
-                |k| match self.facts.get(&format!("{STORY_PREFIX}{k}")).map(|f| &**f) {
-                    Some(Fact::Story(f)) => Some((k.clone(), f.clone())),
-                    _ => None,
-                },
-            )
+            .map(|k| match self.fact(&format!("{STORY_PREFIX}{k}")) {
+                Some(Fact::Story(f)) => Some((k.clone(), f.clone())),
+                _ => None,
+            })
             .collect();
         let current = self.rejected_total() == refused
             && added.is_some_and(|a| view.add_new_stories(claims, &a));

@@ -619,6 +619,11 @@ impl Doc {
         })
     }
 
+    /// The chosen fact of `key`, if any.
+    pub(super) fn fact(&self, key: &str) -> Option<&Fact> {
+        self.facts.get(key).map(|f| &**f)
+    }
+
     /// The keys of every admitted fact.
     pub fn fact_keys(&self) -> impl Iterator<Item = &str> {
         self.facts.keys().map(String::as_str)

@@ -156,7 +156,7 @@ impl Doc {
         let same = |f: &NodeFact| {
             f.roles == fact.roles && f.capacity == fact.capacity && f.version == fact.version
         };
-        if matches!(self.facts.get(&key).map(|f| &**f), Some(Fact::Node(f)) if same(f)) {
+        if matches!(self.fact(&key), Some(Fact::Node(f)) if same(f)) {
             return Ok(false);
         }
         self.put_fact(&key, fact, peer)?;
@@ -196,7 +196,7 @@ impl Doc {
     /// The holder of claim `id` as written in the document (winning or not), without
     /// folding a view.
     pub fn claim_holder(&self, id: &str) -> Option<&str> {
-        match self.facts.get(&format!("{CLAIM_PREFIX}{id}")).map(|f| &**f) {
+        match self.fact(&format!("{CLAIM_PREFIX}{id}")) {
             Some(Fact::Claim(c)) => Some(&c.holder),
             _ => None,
         }
@@ -211,7 +211,7 @@ impl Doc {
         by: &str,
     ) -> Result<(), StateError> {
         let key = format!("{RELEASE_PREFIX}{id}");
-        if matches!(self.facts.get(&key).map(|f| &**f), Some(Fact::Release(_))) {
+        if matches!(self.fact(&key), Some(Fact::Release(_))) {
             return Ok(());
         }
         self.put_fact(&key, fact, by)
