@@ -142,18 +142,11 @@ impl Core {
     }
 
     /// This node's wall clock against the median of its alive peers' (see [`ClockSkew`]).
-    pub fn clock_skew(&self, now_ms: u64) -> ClockSkew {
+    pub fn clock_skew(&self, _now_ms: u64) -> ClockSkew {
         let bound_ms = self.cfg.lease.max_clock_drift_ms;
-        // (Kept with each peer's membership: this runs on every tick, and a lookup per
-        // alive peer was 15 % of the simulator's time at 150 nodes.)
-        let mut samples: Vec<i64> = self.membership.alive_clock_offsets(now_ms).collect();
-        samples.sort_unstable();
-        let n = samples.len();
-        let median_ms = match n {
-            0 => None,
-            _ if n % 2 == 1 => Some(samples[n / 2]),
-            _ => Some(((i128::from(samples[n / 2 - 1]) + i128::from(samples[n / 2])) / 2) as i64),
-        };
+        // (Kept with each peer's membership and computed again only when a sample or
+        // who is alive changed: this runs several times a tick.)
+        let (median_ms, n) = self.membership.clock_median();
         // offset = skew + delay with 0 <= delay <= the allowance: the skew is certainly
         // beyond the bound only past it on either side, delay included.
         let delay_ms = self
