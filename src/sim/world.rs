@@ -168,6 +168,13 @@ impl Sim {
     }
 
     /// Carries out every effect node `i` produced.
+    /// The node named `name` (`node{i}`): a lookup, not a walk over 1,000 names per
+    /// message.
+    fn index_of(&self, name: &str) -> Option<usize> {
+        let i: usize = name.strip_prefix("node")?.parse().ok()?;
+        (self.names.get(i)? == name).then_some(i)
+    }
+
     pub(super) fn drain(&mut self, i: usize) {
         while let Some(e) = self.nodes[i].core.as_mut().and_then(|c| c.poll_effect()) {
             match e {
@@ -184,7 +191,7 @@ impl Sim {
                 Effect::Publish { .. } => {}
                 Effect::SendSync { to, data } => {
                     self.flush_before_send(i);
-                    let Some(j) = self.names.iter().position(|n| *n == to) else {
+                    let Some(j) = self.index_of(&to) else {
                         continue;
                     };
                     let req = self.next_req;
@@ -201,7 +208,7 @@ impl Sim {
                     }
                 }
                 Effect::Probe { to, data } => {
-                    let Some(j) = self.names.iter().position(|n| *n == to) else {
+                    let Some(j) = self.index_of(&to) else {
                         continue;
                     };
                     let req = self.next_req;
