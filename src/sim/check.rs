@@ -199,26 +199,32 @@ impl Sim {
         // Clean mode: at most one up node runs a phase at any instant.
         if self.cfg.mode == Mode::Clean {
             for i in nodes {
-                self.running[i] = self.nodes[i].core.as_ref().map_or_else(Vec::new, |core| {
+                let now_running = self.nodes[i].core.as_ref().map_or_else(Vec::new, |core| {
                     core.held(now)
                         .into_iter()
                         .filter(|h| h.running)
                         .map(|h| format!("{}/{}", h.story, h.phase))
                         .collect()
                 });
-            }
-            let mut running: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-            for (i, phases) in self.running.iter().enumerate() {
-                for r in phases {
-                    running.entry(r).or_default().push(i);
+                let was = std::mem::replace(&mut self.running[i], now_running);
+                for r in &was {
+                    if let Some(on) = self.running_on.get_mut(r) {
+                        on.remove(&i);
+                        if on.is_empty() {
+                            self.running_on.remove(r);
+                        }
+                    }
+                }
+                for r in &self.running[i] {
+                    self.running_on.entry(r.clone()).or_default().insert(i);
                 }
             }
-            let mut twice = Vec::new();
-            for (r, who) in running {
-                if who.len() > 1 {
-                    twice.push(format!("{r} runs on nodes {who:?} at once"));
-                }
-            }
+            let twice: Vec<String> = self
+                .running_on
+                .iter()
+                .filter(|(_, who)| who.len() > 1)
+                .map(|(r, who)| format!("{r} runs on nodes {who:?} at once"))
+                .collect();
             for t in twice {
                 self.violation(t);
             }

@@ -246,6 +246,9 @@ struct Sim {
     checked: Vec<[u8; 32]>,
     /// What each node ran when last checked ("story/phase" of its running claims).
     running: Vec<Vec<String>>,
+    /// The same by phase: which nodes run it (kept in step with `running`, so a check
+    /// after one node's step looks at that node only, not at all 1,000).
+    running_on: BTreeMap<String, BTreeSet<usize>>,
     /// Per node, the claims (id → token, per resource) its frames have acknowledged: in
     /// its document when a sync frame left, so in the heads a peer read. Ghost state: it
     /// survives the node's crashes, which is the point (see `check`).

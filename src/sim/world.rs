@@ -75,6 +75,7 @@ impl Sim {
             healed_at: None,
             checked: Vec::new(),
             running: Vec::new(),
+            running_on: BTreeMap::new(),
             frames_acked: Vec::new(),
             acked_at: Vec::new(),
             acked_claims: Vec::new(),
