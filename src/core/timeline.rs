@@ -98,6 +98,9 @@ pub struct Timeline {
     /// Arrival order: position → time key (for "what is new since").
     arrivals: BTreeMap<u64, Key>,
     last_pos: u64,
+    /// The last [`Timeline::summary`], until an insert changes what is held (every
+    /// sync session sends one; building it walks every event kept).
+    summary_memo: Option<EventsHave>,
 }
 
 impl Timeline {
@@ -109,6 +112,7 @@ impl Timeline {
             by_id: BTreeMap::new(),
             arrivals: BTreeMap::new(),
             last_pos: 0,
+            summary_memo: None,
         }
     }
 
@@ -143,6 +147,7 @@ impl Timeline {
             return false;
         }
         self.last_pos += 1;
+        self.summary_memo = None;
         self.by_id.insert(id, ev.at_ms);
         self.arrivals.insert(self.last_pos, k.clone());
         self.by_time.insert(k, (self.last_pos, ev));
@@ -181,7 +186,10 @@ impl Timeline {
     }
 
     /// What this log holds, to ask a peer for the rest.
-    pub fn summary(&self) -> EventsHave {
+    pub fn summary(&mut self) -> EventsHave {
+        if let Some(memo) = &self.summary_memo {
+            return memo.clone();
+        }
         let mut held: Vec<(String, Vec<(u64, u64)>)> = Vec::new();
         let mut ranges = 0;
         for (node, seq) in self.by_id.keys() {
@@ -213,7 +221,9 @@ impl Timeline {
         } else {
             None
         };
-        EventsHave { floor, held }
+        let summary = EventsHave { floor, held };
+        self.summary_memo = Some(summary.clone());
+        summary
     }
 
     /// The shareable events a peer that holds `have` lacks, oldest first: at most
