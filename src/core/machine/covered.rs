@@ -129,7 +129,10 @@ impl Core {
         if list.len() > MAX_AWAITING {
             list.remove(0);
         }
-        self.check_awaiting();
+        // Only this peer's sessions changed: the others were checked when the document
+        // last did (at 1,000 nodes, checking every peer's on each answer was 6 % of the
+        // simulator's time).
+        self.check_awaiting_of(peer);
         if session.again {
             self.open_session_as(peer, session.again_push, session.again_full);
         }
@@ -184,30 +187,35 @@ impl Core {
         }
         let peers: Vec<String> = self.awaiting.keys().cloned().collect();
         for peer in peers {
-            self.vouch_from_own_changes(&peer);
-            let Some(list) = self.awaiting.get(&peer) else {
-                continue;
-            };
-            // The newest session whose heads are all here (it vouches for the older).
-            let Some(held) = list
-                .iter()
-                .rev()
-                .find(|a| self.doc.holds_all(&a.heads))
-                .cloned()
-            else {
-                continue;
-            };
-            if let Some(list) = self.awaiting.get_mut(&peer) {
-                list.retain(|a| a.id > held.id);
-                if list.is_empty() {
-                    self.awaiting.remove(&peer);
-                }
+            self.check_awaiting_of(&peer);
+        }
+    }
+
+    /// [`Core::check_awaiting`] for one peer's sessions.
+    fn check_awaiting_of(&mut self, peer: &str) {
+        self.vouch_from_own_changes(peer);
+        let Some(list) = self.awaiting.get(peer) else {
+            return;
+        };
+        // The newest session whose heads are all here (it vouches for the older).
+        let Some(held) = list
+            .iter()
+            .rev()
+            .find(|a| self.doc.holds_all(&a.heads))
+            .cloned()
+        else {
+            return;
+        };
+        if let Some(list) = self.awaiting.get_mut(peer) {
+            list.retain(|a| a.id > held.id);
+            if list.is_empty() {
+                self.awaiting.remove(peer);
             }
-            self.record_completion(&peer, held.id, held.opened_ms);
-            let waiting = self.waiting_on(&peer);
-            if !waiting.is_empty() {
-                self.heads_evidence(&peer, &held.heads, waiting);
-            }
+        }
+        self.record_completion(peer, held.id, held.opened_ms);
+        let waiting = self.waiting_on(peer);
+        if !waiting.is_empty() {
+            self.heads_evidence(peer, &held.heads, waiting);
         }
     }
 
