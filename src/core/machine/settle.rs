@@ -133,6 +133,22 @@ pub(super) fn settle_peers<'a>(
     out
 }
 
+/// Whether a claim settles with `peer`: [`settle_peers`] for one peer, by lookups (a
+/// settling claim's waiting peers are checked on every answer; building the whole list
+/// each time cost O(N) per answer, O(N²) per claim).
+pub(super) fn settles_with(
+    membership: &Membership,
+    connected: &BTreeSet<String>,
+    refused: &BTreeSet<String>,
+    peer: &str,
+    now_ms: u64,
+) -> bool {
+    let state = membership.state(peer, now_ms);
+    let counted = state == Some(PeerState::Alive)
+        || (connected.contains(peer) && state != Some(PeerState::Dead));
+    counted && !refused.contains(peer)
+}
+
 /// A number in 0..100 fixed by this node's id and `n` (the core draws no randomness).
 fn spread(me: &str, n: u32) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -193,10 +209,30 @@ impl Core {
         if !self.local.values().any(settling) {
             return;
         }
+        // Debug builds (the tests, their simulator runs): the lookup agrees with the list.
+        #[cfg(debug_assertions)]
+        {
+            let alive = settle_peers(&self.membership, &self.connected, &self.refused, now_ms);
+            for c in self.local.values() {
+                if let LocalState::Settling { waiting, .. } = &c.state {
+                    for p in waiting {
+                        let with = settles_with(
+                            &self.membership,
+                            &self.connected,
+                            &self.refused,
+                            p,
+                            now_ms,
+                        );
+                        assert_eq!(alive.binary_search(&p.as_str()).is_ok(), with, "{p}");
+                    }
+                }
+            }
+        }
         // (claim, whether every alive peer synced with us since the claim was written)
         let mut silent = BTreeSet::new();
         let ready: Vec<(String, bool)> = {
-            let alive = settle_peers(&self.membership, &self.connected, &self.refused, now_ms);
+            let (membership, connected, refused) =
+                (&self.membership, &self.connected, &self.refused);
             let completed = &self.completed;
             let mut ready = Vec::new();
             let silent = &mut silent;
@@ -209,7 +245,7 @@ impl Core {
                 } = &mut c.state
                 {
                     waiting.retain(|p| {
-                        alive.binary_search(&p.as_str()).is_ok()
+                        settles_with(membership, connected, refused, p, now_ms)
                             && completed.get(p).is_none_or(|&s| s < *mark)
                     });
                     if waiting.is_empty() {
