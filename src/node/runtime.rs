@@ -727,7 +727,7 @@ impl Runtime {
             claims: claim_rows,
             joining_ms_left,
             joined_at_ms: self.core.joined_at_ms(),
-            clock: self.core.clock_skew(now),
+            clock: self.core.clock_skew(),
             origin: self.core.origin_health(now),
             rejected: self
                 .core

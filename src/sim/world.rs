@@ -358,10 +358,10 @@ impl Sim {
                 let wall = self.wall(i);
                 let mut skewed = false;
                 if let Some(c) = self.nodes[i].core.as_mut() {
-                    let before = c.clock_skew(now).skewed;
+                    let before = c.clock_skew().skewed;
                     c.tick(now, wall);
                     // A node that judges its clock skewed claims nothing.
-                    skewed = before && c.clock_skew(now).skewed;
+                    skewed = before && c.clock_skew().skewed;
                     if skewed && c.held(now).iter().any(|h| h.age_ms == 0) {
                         let name = self.names[i].clone();
                         self.violation(format!("{name} claimed while its clock was skewed"));

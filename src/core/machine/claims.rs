@@ -103,7 +103,7 @@ impl Core {
         }
         // Joining: a node that knows of a mesh claims nothing before it has synced with it
         // (what it would claim may be done or held already). Skewed: its wall clock is off.
-        if self.joining(now_ms).is_some() || self.clock_skew(now_ms).skewed {
+        if self.joining(now_ms).is_some() || self.clock_skew().skewed {
             return;
         }
         // Not a member: nothing it claimed would count.

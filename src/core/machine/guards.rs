@@ -142,7 +142,7 @@ impl Core {
     }
 
     /// This node's wall clock against the median of its alive peers' (see [`ClockSkew`]).
-    pub fn clock_skew(&self, _now_ms: u64) -> ClockSkew {
+    pub fn clock_skew(&self) -> ClockSkew {
         let bound_ms = self.cfg.lease.max_clock_drift_ms;
         // (Kept with each peer's membership and computed again only when a sample or
         // who is alive changed: this runs several times a tick.)
@@ -187,7 +187,7 @@ impl Core {
         if !self.guards.clock_skew {
             return;
         }
-        let skew = self.clock_skew(now_ms);
+        let skew = self.clock_skew();
         if skew.skewed != self.skew_warned {
             self.skew_warned = skew.skewed;
             let median_ms = skew.median_ms.unwrap_or(0);

@@ -127,7 +127,7 @@ fn a_node_whose_clock_is_off_the_mesh_median_claims_nothing_until_it_is_back() {
     // One peer disagrees by 5 s: reported, but one peer cannot say whose clock is
     // wrong.
     beats(&mut a, 100, &[("B", 5_000)]);
-    let one = a.clock_skew(100);
+    let one = a.clock_skew();
     assert_eq!(
         (one.median_ms, one.peers, one.skewed),
         (Some(5_000), 1, false)
@@ -135,12 +135,12 @@ fn a_node_whose_clock_is_off_the_mesh_median_claims_nothing_until_it_is_back() {
     // Two peers: A is 2.5 s ahead of both (more than drift + one-way delay).
     beats(&mut a, WARM_MS, &[("B", 2_500), ("C", 2_600)]);
     a.tick(WARM_MS + 1, wall + WARM_MS);
-    assert!(a.clock_skew(WARM_MS + 1).skewed);
+    assert!(a.clock_skew().skewed);
     assert!(a.held(WARM_MS + 1).is_empty(), "claimed while skewed");
     // 1.5 s behind is beyond the bound too (a delay cannot make a clock look behind).
     beats(&mut a, WARM_MS + 200, &[("B", -1_500), ("C", -1_400)]);
     a.tick(WARM_MS + 201, wall + WARM_MS + 200);
-    assert!(a.clock_skew(WARM_MS + 201).skewed);
+    assert!(a.clock_skew().skewed);
     assert!(a.held(WARM_MS + 201).is_empty(), "claimed while skewed");
     // Fixed: once the behind beats are out of the window, within drift + delay (a
     // beat 1.8 s old may be 1 s of drift and 0.8 s of delivery), and one wild peer
@@ -151,7 +151,7 @@ fn a_node_whose_clock_is_off_the_mesh_median_claims_nothing_until_it_is_back() {
         beats(&mut a, now, &[("B", 1_800), ("C", 300), ("D", -60_000)]);
     }
     a.tick(now + 1, wall + now);
-    let back = a.clock_skew(now + 1);
+    let back = a.clock_skew();
     assert_eq!((back.median_ms, back.skewed), (Some(300), false));
     assert_eq!(a.held(now + 1).len(), 1, "claims once back in bounds");
 }
@@ -180,7 +180,7 @@ fn a_loaded_node_allows_for_its_probe_round_trips_before_calling_its_clock_skewe
     };
     a.tick(0, wall);
     beats(&mut a, 100, 2_500);
-    let before = a.clock_skew(100);
+    let before = a.clock_skew();
     assert_eq!(before.delay_ms, 1_000);
     assert!(before.skewed, "no round trip measured: late reads as ahead");
     // A probe takes 3 s to come back: beats that late are no sign of a clock ahead.
@@ -203,7 +203,7 @@ fn a_loaded_node_allows_for_its_probe_round_trips_before_calling_its_clock_skewe
             data,
         },
     );
-    let loaded = a.clock_skew(4_000);
+    let loaded = a.clock_skew();
     assert_eq!((loaded.delay_ms, loaded.peers), (3_000, 2));
     assert_eq!(loaded.median_ms, Some(2_500));
     assert!(
@@ -214,7 +214,7 @@ fn a_loaded_node_allows_for_its_probe_round_trips_before_calling_its_clock_skewe
     for i in 0..CLOCK_SAMPLES as u64 {
         beats(&mut a, 4_100 + i * 100, 5_000);
     }
-    let off = a.clock_skew(5_000);
+    let off = a.clock_skew();
     assert_eq!((off.median_ms, off.skewed), (Some(5_000), true));
 }
 
