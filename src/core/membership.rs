@@ -549,6 +549,26 @@ impl Membership {
         self.peers.get(peer).map(|e| e.first_seen_ms)
     }
 
+    /// Whether `peer` has an entry (entries are never removed).
+    pub fn knows(&self, peer: &str) -> bool {
+        self.peers.contains_key(peer)
+    }
+
+    /// How many peers are alive: all but the troubled ones not alive (walks only those).
+    pub fn alive_count(&self, now_ms: u64) -> usize {
+        let not_alive = self
+            .troubled_entries()
+            .filter(|(_, e)| self.state_at(e, now_ms) != PeerState::Alive)
+            .count();
+        self.peers.len() - not_alive
+    }
+
+    /// The troubled peers with their states, in peer order; every other peer is alive.
+    pub fn troubled_states(&self, now_ms: u64) -> impl Iterator<Item = (&str, PeerState)> + '_ {
+        self.troubled_entries()
+            .map(move |(p, e)| (p, self.state_at(e, now_ms)))
+    }
+
     /// How many peers are alive or suspect (not dead).
     pub fn not_dead(&self, now_ms: u64) -> usize {
         let dead = self

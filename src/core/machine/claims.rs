@@ -1,7 +1,7 @@
 //! The claim lifecycle: claim → settle → run → finish, takeover, cancellation and
 //! release, and the `story_blocked` announcement.
 
-use super::settle::settle_peers;
+use super::settle::{settle_count, settle_peers, settles_with};
 use super::*;
 
 impl Core {
@@ -119,15 +119,13 @@ impl Core {
         if self.paced(now_ms) {
             return;
         }
-        let (peers, wait) = {
-            let alive = settle_peers(&self.membership, &self.connected, &self.refused, now_ms);
-            // Our last claim could not settle: wait for the peers that did not answer.
-            let wait = self.settle_backoff.waits(now_ms, &alive, &self.completed);
-            (alive.len(), wait)
-        };
-        if wait {
+        let (membership, connected, refused) = (&self.membership, &self.connected, &self.refused);
+        // Our last claim could not settle: wait for the peers that did not answer.
+        let with = |p: &str| settles_with(membership, connected, refused, p, now_ms);
+        if self.settle_backoff.waits(now_ms, with, &self.completed) {
             return;
         }
+        let peers = settle_count(membership, connected, &self.strangers, refused, now_ms);
         if self.overloaded() {
             return;
         }

@@ -344,6 +344,8 @@ pub struct Core {
     /// Per peer, a heartbeat digest that differed from ours (sync if the next is the same).
     hb_mismatch: BTreeMap<String, [u8; 32]>,
     connected: BTreeSet<String>,
+    /// Peers the membership did not know when they connected (see `settle::settle_count`).
+    strangers: BTreeSet<String>,
     incarnation: u64,
     hb_seq: u64,
     /// What the last published beat said (it is published again only when that changes).
@@ -472,6 +474,7 @@ impl Core {
             news_fold_ms: None,
             hb_mismatch: BTreeMap::new(),
             connected: BTreeSet::new(),
+            strangers: BTreeSet::new(),
             incarnation,
             hb_seq: 0,
             said: None,
@@ -657,6 +660,8 @@ impl Core {
         // Unanswered probes are misses (and go again) before the states are read.
         self.send_probes(now_ms, false);
         let t = self.membership.tick(now_ms);
+        let membership = &self.membership;
+        self.strangers.retain(|p| !membership.knows(p));
         self.renew_alive_claims(now_ms);
         self.expire_awaiting(now_ms);
         // A new suspicion (or claims, capacity) goes out now rather than at the period.
@@ -745,6 +750,9 @@ impl Core {
             Input::OriginProbed(outcome) => self.origin_probed(now_ms, outcome),
             Input::Connected(p) => {
                 self.connected.insert(p.clone());
+                if !self.membership.knows(&p) {
+                    self.strangers.insert(p.clone());
+                }
                 if self.refused.contains(&p) {
                     return;
                 }
@@ -757,6 +765,7 @@ impl Core {
             }
             Input::Disconnected(p) => {
                 self.connected.remove(&p);
+                self.strangers.remove(&p);
                 self.sessions.remove(&p);
                 self.awaiting.remove(&p);
                 // The ingress allowance is per connection (and this keeps the map as
