@@ -131,6 +131,11 @@ fn main() {
                 "seed {seed} {mode:?}: {} events, {} merged, {} blocked, {} cancelled, {} lost tails ({} torn), {} writes acknowledged, {} aborted, {} jobs deferred by outages ({} lost answers), {} operator commands ({} refused, {} outvoted), violations: {:?}",
                 r.events, r.merged, r.blocked, r.cancelled, r.lost_tails, r.torn_tails, r.acked_writes, r.aborted_writes, r.deferred_jobs, r.lost_answers, r.commands, r.refused_commands, r.outvoted_commands, r.violations
             );
+            let t = &r.traffic;
+            println!(
+                "messages (count, bytes): beats {:?}, sync requests {:?}, sync answers {:?}, probes {:?}, probe answers {:?}",
+                t.beat, t.sync_req, t.sync_resp, t.probe, t.probe_answer
+            );
         }
         return;
     }

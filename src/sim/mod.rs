@@ -245,7 +245,7 @@ struct Sim {
     /// The document digest each node's view was last checked at.
     checked: Vec<[u8; 32]>,
     /// What each node ran when last checked ("story/phase" of its running claims).
-    running: Vec<Vec<String>>,
+    running: Vec<Vec<(String, Phase)>>,
     /// The same by phase: which nodes run it (kept in step with `running`, so a check
     /// after one node's step looks at that node only, not at all 1,000).
     running_on: BTreeMap<String, BTreeSet<usize>>,

@@ -191,6 +191,15 @@ impl Core {
             .collect()
     }
 
+    /// The phases this node runs now, as (story key, phase), in claim order: [`Core::held`]'s
+    /// running ones without copying anything (the simulator asks after every event).
+    pub fn running(&self) -> impl Iterator<Item = (&str, Phase)> + '_ {
+        self.local
+            .values()
+            .filter(|c| c.state == LocalState::Running)
+            .map(|c| (c.story.as_str(), c.phase))
+    }
+
     /// Every active (winning, unreleased) claim, with its lease as this node sees it.
     pub fn claim_rows(&mut self, now_ms: u64) -> Vec<ClaimRow> {
         let (view, claims) = self.derived();
