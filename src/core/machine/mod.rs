@@ -346,6 +346,10 @@ pub struct Core {
     connected: BTreeSet<String>,
     /// Peers the membership did not know when they connected (see `settle::settle_count`).
     strangers: BTreeSet<String>,
+    /// Peers with a session completed or a connection lost since settling claims were
+    /// last checked, and the claims checked against every peer once (`check_settling`).
+    settle_dirty: BTreeSet<String>,
+    settle_checked: BTreeSet<String>,
     incarnation: u64,
     hb_seq: u64,
     /// What the last published beat said (it is published again only when that changes).
@@ -475,6 +479,8 @@ impl Core {
             hb_mismatch: BTreeMap::new(),
             connected: BTreeSet::new(),
             strangers: BTreeSet::new(),
+            settle_dirty: BTreeSet::new(),
+            settle_checked: BTreeSet::new(),
             incarnation,
             hb_seq: 0,
             said: None,
@@ -766,6 +772,7 @@ impl Core {
             Input::Disconnected(p) => {
                 self.connected.remove(&p);
                 self.strangers.remove(&p);
+                self.settle_dirty.insert(p.clone());
                 self.sessions.remove(&p);
                 self.awaiting.remove(&p);
                 // The ingress allowance is per connection (and this keeps the map as

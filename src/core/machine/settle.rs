@@ -244,9 +244,15 @@ impl Core {
     /// winner starts work, a loser releases.
     pub(super) fn check_settling(&mut self, now_ms: u64) {
         let settling = |c: &LocalClaim| matches!(c.state, LocalState::Settling { .. });
+        // Peers whose standing may have changed since the last check (see below).
+        let dirty = std::mem::take(&mut self.settle_dirty);
         if !self.local.values().any(settling) {
+            self.settle_checked.clear();
             return;
         }
+        let local = &self.local;
+        self.settle_checked
+            .retain(|id| local.get(id).is_some_and(settling));
         // Debug builds (the tests, their simulator runs): the lookup agrees with the list.
         #[cfg(debug_assertions)]
         {
@@ -272,8 +278,22 @@ impl Core {
             let (membership, connected, refused) =
                 (&self.membership, &self.connected, &self.refused);
             let completed = &self.completed;
+            let checked = &mut self.settle_checked;
             let mut ready = Vec::new();
             let silent = &mut silent;
+            // A peer stops being waited on when it completes a session started after
+            // the claim, or no longer counts (not alive and not connected, refused).
+            // A claim's first check looks at every peer; after that only the peers
+            // that may have changed either way: those with a new session or a lost
+            // connection since the last check, the troubled and the refused (every
+            // other peer is alive). Looking at every waiting peer on every answer was
+            // O(N) an answer, O(N²) a claim: 6 % of a 700-node simulator run.
+            let relook: Vec<&str> = dirty
+                .iter()
+                .map(String::as_str)
+                .chain(membership.troubled_states(now_ms).map(|(p, _)| p))
+                .chain(refused.iter().map(String::as_str))
+                .collect();
             for (id, c) in self.local.iter_mut() {
                 if let LocalState::Settling {
                     mark,
@@ -282,10 +302,22 @@ impl Core {
                     ..
                 } = &mut c.state
                 {
-                    waiting.retain(|p| {
+                    let keep = |p: &str| {
                         settles_with(membership, connected, refused, p, now_ms)
                             && completed.get(p).is_none_or(|&s| s < *mark)
-                    });
+                    };
+                    if checked.contains(id) {
+                        for p in &relook {
+                            if waiting.contains(*p) && !keep(p) {
+                                waiting.remove(*p);
+                            }
+                        }
+                        #[cfg(debug_assertions)]
+                        assert!(waiting.iter().all(|p| keep(p)), "a waiting peer missed");
+                    } else {
+                        waiting.retain(|p| keep(p));
+                        checked.insert(id.clone());
+                    }
                     if waiting.is_empty() {
                         ready.push((id.clone(), true));
                     } else if now_ms >= *deadline_ms {

@@ -588,6 +588,9 @@ impl Core {
         self.counters.sync_sessions_completed += 1;
         let done = self.completed.entry(peer.to_string()).or_default();
         *done = (*done).max(id);
+        if !self.settle_checked.is_empty() && !self.settle_dirty.contains(peer) {
+            self.settle_dirty.insert(peer.to_string());
+        }
         self.session_ms
             .sample(self.last_now.saturating_sub(opened_ms));
         if self.joined_ms.is_none() {
