@@ -326,10 +326,14 @@ impl Core {
     pub(super) fn ingress_ok(&mut self, peer: &str, bytes: usize) -> bool {
         let now = self.last_now;
         let (limits, max_sync) = (self.cfg.limits, self.cfg.max_sync_bytes);
-        let bucket = self
-            .ingress
-            .entry(peer.to_string())
-            .or_insert_with(|| limits.ingress_bucket(max_sync, now));
+        // Looked up before any insert: no copy of the peer's id per message.
+        if !self.ingress.contains_key(peer) {
+            let fresh = limits.ingress_bucket(max_sync, now);
+            self.ingress.insert(peer.to_string(), fresh);
+        }
+        let Some(bucket) = self.ingress.get_mut(peer) else {
+            return false;
+        };
         if bucket.take(bytes as u64, now).is_ok() {
             return true;
         }
