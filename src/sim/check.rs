@@ -98,11 +98,14 @@ impl Sim {
             return;
         }
         self.acked_at[i] = d;
-        let view = core.view();
-        if self.acked_claims[i] == view.claims.len() {
+        // Counted in the document: bringing the view up to date for every frame after
+        // a change was 7 % of a 700-node run, and most changes add no claim.
+        let count = core.doc().claim_count();
+        if self.acked_claims[i] == count {
             return;
         }
-        self.acked_claims[i] = view.claims.len();
+        self.acked_claims[i] = count;
+        let view = core.view();
         self.check_own_tokens(i, &view);
         // A claim's resources are all recorded at once: one lookup tells (no clone of
         // any claim already recorded, which most are).

@@ -255,10 +255,10 @@ struct Sim {
     frames_acked: Vec<BTreeMap<Resource, BTreeMap<String, u64>>>,
     /// The digest each node's `frames_acked` was last recorded at.
     acked_at: Vec<[u8; 32]>,
-    /// How many claims that node's view held then: a view in the simulator only ever
-    /// gains claims (no revokes; an inflated claim dropped never comes back), so the
-    /// same count is the same claims, and a frame needs no pass over them. Forgotten
-    /// when the node restarts.
+    /// How many claims that node's document held then: a document only ever gains
+    /// claims, and its view gains one only with its document (no revokes; an inflated
+    /// claim the view dropped never comes back), so the same count is the same claims,
+    /// and a frame needs no pass over them. Forgotten when the node restarts.
     acked_claims: Vec<usize>,
     /// The nodes' own claims already checked against `frames_acked`.
     own_checked: BTreeSet<String>,

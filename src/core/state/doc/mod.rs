@@ -624,6 +624,16 @@ impl Doc {
         self.facts.get(key).map(|f| &**f)
     }
 
+    /// How many claims the document holds (a chosen fact per claim key): a walk over
+    /// the claim keys, no fold.
+    pub fn claim_count(&self) -> usize {
+        use std::ops::Bound;
+        self.facts
+            .range::<str, _>((Bound::Included(CLAIM_PREFIX), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(CLAIM_PREFIX))
+            .count()
+    }
+
     /// The keys of every admitted fact.
     pub fn fact_keys(&self) -> impl Iterator<Item = &str> {
         self.facts.keys().map(String::as_str)
