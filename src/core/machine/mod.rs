@@ -772,7 +772,9 @@ impl Core {
             Input::Disconnected(p) => {
                 self.connected.remove(&p);
                 self.strangers.remove(&p);
-                self.settle_dirty.insert(p.clone());
+                if !self.settle_checked.is_empty() {
+                    self.settle_dirty.insert(p.clone());
+                }
                 self.sessions.remove(&p);
                 self.awaiting.remove(&p);
                 // The ingress allowance is per connection (and this keeps the map as
