@@ -218,27 +218,23 @@ impl Sim {
                     c.running().map(|(s, p)| (s.to_string(), p)).collect()
                 });
                 let was = std::mem::replace(&mut self.running[i], now_running);
-                for (s, p) in &was {
-                    let r = format!("{s}/{p}");
-                    if let Some(on) = self.running_on.get_mut(&r) {
+                for r in &was {
+                    if let Some(on) = self.running_on.get_mut(r) {
                         on.remove(&i);
                         if on.is_empty() {
-                            self.running_on.remove(&r);
+                            self.running_on.remove(r);
                         }
                     }
                 }
-                for (s, p) in &self.running[i] {
-                    self.running_on
-                        .entry(format!("{s}/{p}"))
-                        .or_default()
-                        .insert(i);
+                for r in &self.running[i] {
+                    self.running_on.entry(r.clone()).or_default().insert(i);
                 }
             }
             let twice: Vec<String> = self
                 .running_on
                 .iter()
                 .filter(|(_, who)| who.len() > 1)
-                .map(|(r, who)| format!("{r} runs on nodes {who:?} at once"))
+                .map(|((s, p), who)| format!("{s}/{p} runs on nodes {who:?} at once"))
                 .collect();
             for t in twice {
                 self.violation(t);

@@ -244,11 +244,11 @@ struct Sim {
     healed_at: Option<u64>,
     /// The document digest each node's view was last checked at.
     checked: Vec<[u8; 32]>,
-    /// What each node ran when last checked ("story/phase" of its running claims).
+    /// What each node ran when last checked: (story, phase) of its running claims.
     running: Vec<Vec<(String, Phase)>>,
     /// The same by phase: which nodes run it (kept in step with `running`, so a check
     /// after one node's step looks at that node only, not at all 1,000).
-    running_on: BTreeMap<String, BTreeSet<usize>>,
+    running_on: BTreeMap<(String, Phase), BTreeSet<usize>>,
     /// Per node, the claims (id → token, per resource) its frames have acknowledged: in
     /// its document when a sync frame left, so in the heads a peer read. Ghost state: it
     /// survives the node's crashes, which is the point (see `check`).
