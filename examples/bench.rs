@@ -58,6 +58,10 @@ struct Args {
     /// Give up on the mesh forming after this long.
     #[arg(long, default_value_t = 120)]
     form_timeout_secs: u64,
+    /// Seconds to wait after the mesh formed before the writes, so that the repairs of
+    /// its formation (every new connection syncs) are not counted in the writes' bytes.
+    #[arg(long, default_value_t = 0)]
+    settle_secs: u64,
 }
 
 #[derive(Debug, Default)]
@@ -80,6 +84,29 @@ struct Row {
 }
 
 /// Sums the counters of every node that answers.
+/// The counters the write phase reports, combined field by field (sum, difference).
+macro_rules! counter_fields {
+    ($c:expr, $t:expr, $op:expr) => {{
+        let op = $op;
+        $t.sync_sessions_started = op($t.sync_sessions_started, $c.sync_sessions_started);
+        $t.sync_sessions_completed = op($t.sync_sessions_completed, $c.sync_sessions_completed);
+        $t.sync_failures = op($t.sync_failures, $c.sync_failures);
+        $t.heartbeats_received = op($t.heartbeats_received, $c.heartbeats_received);
+        $t.bytes_in = op($t.bytes_in, $c.bytes_in);
+        $t.bytes_out = op($t.bytes_out, $c.bytes_out);
+        $t.sync_bytes_out = op($t.sync_bytes_out, $c.sync_bytes_out);
+        $t.sync_push_sessions = op($t.sync_push_sessions, $c.sync_push_sessions);
+        $t.push_bytes_out = op($t.push_bytes_out, $c.push_bytes_out);
+        $t.sync_change_bytes_out = op($t.sync_change_bytes_out, $c.sync_change_bytes_out);
+        $t.sync_covered = op($t.sync_covered, $c.sync_covered);
+        $t.sync_same = op($t.sync_same, $c.sync_same);
+        $t.need_answers = op($t.need_answers, $c.need_answers);
+        $t.full_no_mine = op($t.full_no_mine, $c.full_no_mine);
+        $t.full_mine_missing = op($t.full_mine_missing, $c.full_mine_missing);
+        $t.full_many_heads = op($t.full_many_heads, $c.full_many_heads);
+    }};
+}
+
 async fn counters(mesh: &Mesh) -> node::Counters {
     let mut t = node::Counters::default();
     for s in join_all(mesh.nodes.iter().map(|h| h.status()))
@@ -88,13 +115,7 @@ async fn counters(mesh: &Mesh) -> node::Counters {
         .flatten()
     {
         let c = s.counters;
-        t.sync_sessions_started += c.sync_sessions_started;
-        t.sync_sessions_completed += c.sync_sessions_completed;
-        t.sync_failures += c.sync_failures;
-        t.heartbeats_received += c.heartbeats_received;
-        t.bytes_in += c.bytes_in;
-        t.bytes_out += c.bytes_out;
-        t.sync_bytes_out += c.sync_bytes_out;
+        counter_fields!(c, t, |a, b| a + b);
     }
     t
 }
@@ -310,19 +331,13 @@ async fn run_one(args: &Args, n: usize) -> anyhow::Result<Row> {
         t0.elapsed().as_millis(),
         args.writes
     );
+    tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
     let c0 = counters(&mesh).await;
     propagation(args, &mesh, &mut row).await;
     let c1 = counters(&mesh).await;
-    row.write_phase = Some(node::Counters {
-        sync_sessions_started: c1.sync_sessions_started - c0.sync_sessions_started,
-        sync_sessions_completed: c1.sync_sessions_completed - c0.sync_sessions_completed,
-        sync_failures: c1.sync_failures - c0.sync_failures,
-        heartbeats_received: c1.heartbeats_received - c0.heartbeats_received,
-        bytes_in: c1.bytes_in - c0.bytes_in,
-        bytes_out: c1.bytes_out - c0.bytes_out,
-        sync_bytes_out: c1.sync_bytes_out - c0.sync_bytes_out,
-        ..Default::default()
-    });
+    let mut phase = c1;
+    counter_fields!(c0, phase, |a: u64, b: u64| a.saturating_sub(b));
+    row.write_phase = Some(phase);
     eprintln!(
         "[N={n}] propagation p50 {:.1} ms, p99 {:.1} ms; idle traffic for {} s",
         pct(&row.prop_ms, 50.0).unwrap_or(f64::NAN),
@@ -449,6 +464,37 @@ fn print_table(args: &Args, rows: &[Row]) {
         );
     }
     println!();
+    println!(
+        "{:>5} {:>9} {:>9} {:>10} {:>10} {:>8} {:>6} {:>6} {:>16}",
+        "nodes", "push", "other", "pushed", "in sync", "covered", "same", "need", "full answers"
+    );
+    println!(
+        "{:>5} {:>9} {:>9} {:>10} {:>10} {:>8} {:>6} {:>6} {:>16}",
+        "", "sessions", "sessions", "KB", "msgs KB", "", "", "", "new/miss/heads"
+    );
+    for r in rows {
+        let Some(c) = &r.write_phase else { continue };
+        let w = r.writes_ok.max(1) as f64;
+        let per = |x: u64| x as f64 / w;
+        println!(
+            "{:>5} {:>9.1} {:>9.1} {:>10.2} {:>10.2} {:>8.1} {:>6.1} {:>6.1} {:>16}",
+            r.nodes,
+            per(c.sync_push_sessions),
+            per(c.sync_sessions_started - c.sync_push_sessions.min(c.sync_sessions_started)),
+            per(c.push_bytes_out) / 1000.0,
+            per(c.sync_change_bytes_out) / 1000.0,
+            per(c.sync_covered),
+            per(c.sync_same),
+            per(c.need_answers),
+            format!(
+                "{:.1}/{:.1}/{:.1}",
+                per(c.full_no_mine),
+                per(c.full_mine_missing),
+                per(c.full_many_heads)
+            ),
+        );
+    }
+    println!();
     println!("prop: from add_story() on the writer until every node's heads digest equals the writer's (p50/p99/max over the writes).");
     println!("ack: add_story() round trip (change applied, flushed to disk, heads announced).");
     println!(
@@ -463,6 +509,7 @@ fn print_table(args: &Args, rows: &[Row]) {
     println!("RSS: this whole process with N nodes / its growth per node since before the nodes started (not per-process figures).");
     println!("sync sessions / bytes per write: summed over all nodes during the write phase (includes heartbeats and gossip meanwhile).");
     println!("sync bytes per write: sync frames sent by all nodes during the write phase (once each, before encryption; anti-entropy meanwhile included).");
+    println!("push/other sessions, pushed KB, in sync msgs KB (changes inside automerge sync messages), covered/same/need answers, full answers (automerge sync: a peer new to the responder / the latest change missing / too many heads): per write, all nodes, during the write phase.");
     println!("idle CPU: CPU time of this process (all N nodes) per wall-clock second during the idle window; 1.00 = one core.");
 }
 
