@@ -239,7 +239,7 @@ impl Core {
         self.local_write();
         self.observer.observe_claim(&id, now_ms);
         let mark = self.session_mark();
-        tracing::debug!(claim = %id, story = %w.story, phase = %w.phase, "claimed; settling");
+        tracing::info!(claim = %id, story = %w.story, phase = %w.phase, "claimed; settling");
         let token = fact.resources.first().map_or(0, |(_, t)| *t);
         let mut detail = format!("token {token}, attempt {}", w.attempt);
         if !taken_from.is_empty() {
