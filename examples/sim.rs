@@ -274,15 +274,15 @@ fn costs(list: &[usize], seed: u64, writes: u64, idle_secs: u64, stories: Option
         return;
     };
     println!();
-    println!("| nodes | stories merged | virtual s | claims per story | per story: KB sent (sync / beats / probes), messages | sync KB per story: automerge / pushed / heads / events / snapshots | violations | run s |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| nodes | stories merged | virtual s | claims per story | per story: KB sent (sync / beats / probes), messages | sync KB per story: automerge / pushed / heads / events / snapshots | document KB, whole / new epoch's seed | violations | run s |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for &n in list {
         let t0 = Instant::now();
         let r = cost::lifecycle(seed, n, stories);
         let (t, merged) = (r.traffic, r.merged);
         let per = |b: u64| b as f64 / 1024.0 / merged.max(1) as f64;
         println!(
-            "| {n} | {merged} of {stories} | {:.0} | {:.1} | {:.1} ({:.1} / {:.1} / {:.1}), {:.0} | {} | {} | {:.1} |",
+            "| {n} | {merged} of {stories} | {:.0} | {:.1} | {:.1} ({:.1} / {:.1} / {:.1}), {:.0} | {} | {:.1} / {:.1} | {} | {:.1} |",
             r.took_ms as f64 / 1000.0,
             r.claims as f64 / merged.max(1) as f64,
             per(t.bytes()),
@@ -298,6 +298,8 @@ fn costs(list: &[usize], seed: u64, writes: u64, idle_secs: u64, stories: Option
                 per(p.events),
                 per(p.snapshot)
             )),
+            r.doc_bytes as f64 / 1024.0,
+            r.seed_bytes as f64 / 1024.0,
             r.violations.len(),
             t0.elapsed().as_secs_f64(),
         );

@@ -270,6 +270,10 @@ pub struct Lifecycle {
     /// Virtual ms from the first write until every node agreed all finished.
     pub took_ms: u64,
     pub violations: Vec<String>,
+    /// The first node's document at the end, saved whole, and the seed of a new epoch
+    /// cut from it (`Doc::seed`: merged stories' work left behind), in bytes.
+    pub doc_bytes: usize,
+    pub seed_bytes: usize,
 }
 
 /// A backlog of `stories` (no files, no dependencies), written on rotating nodes once
@@ -302,12 +306,24 @@ pub fn lifecycle(seed: u64, nodes: usize, stories: usize) -> Lifecycle {
         .flat_map(|c| c.counters().latency.settle.values())
         .map(|h| h.count)
         .sum();
+    let (doc_bytes, seed_bytes) = sim
+        .nodes
+        .iter_mut()
+        .find_map(|n| n.core.as_mut())
+        .map(|c| {
+            let mut doc = c.doc_mut().clone();
+            let seed = doc.seed(1).map_or(0, |s| s.bytes.len());
+            (doc.save().len(), seed)
+        })
+        .unwrap_or_default();
     Lifecycle {
         traffic,
         merged,
         claims,
         took_ms,
         violations: sim.violations,
+        doc_bytes,
+        seed_bytes,
     }
 }
 

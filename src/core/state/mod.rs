@@ -107,7 +107,7 @@ pub use command::{
     Target, MAX_COMMAND_TEXT, MAX_UNBLOCK_GRANT,
 };
 use doc::Fact;
-pub use doc::{BatchError, Doc, Rebase, Taken, BATCH_REF_PREFIX, MAX_BATCH_STORIES};
+pub use doc::{BatchError, Doc, Rebase, Seed, Taken, BATCH_REF_PREFIX, MAX_BATCH_STORIES};
 pub use roster::{admit_key, revoke_key, RosterEntry, RosterFact, RosterView};
 pub use view::*;
 pub use walk::{Attention, APPROVAL_LABEL, MAX_REWORKS, PLAN_REVIEW_LABEL, REFINE_LABEL};

@@ -9,6 +9,8 @@ use std::collections::HashSet;
 
 mod batch;
 mod checked;
+mod epoch;
+pub use epoch::Seed;
 mod join;
 mod receive;
 pub use batch::{BatchError, BATCH_REF_PREFIX, MAX_BATCH_STORIES};
