@@ -306,6 +306,41 @@ fn a_remote_origin_with_outages_and_lost_answers_holds_every_invariant() {
 }
 
 #[test]
+fn a_new_epoch_cut_after_a_run_keeps_every_live_story_and_every_merge() {
+    // At the end of each run a node's document is cut into a new epoch's seed
+    // (`Doc::seed`: merged stories' settled work left behind) and folded again: stories
+    // not merged read the same, merged ones still merged, roster and knowledge the same.
+    // Files make claims share resources across stories (their token runs must stay
+    // whole), the remote origin adds gates, the byzantine member inflated and forged
+    // claims; every kind of run is cut.
+    let mut merged = 0;
+    for (i, mode) in [Mode::Clean, Mode::Hostile].into_iter().enumerate() {
+        for (j, seed) in (0..30u64).enumerate() {
+            let mut cfg = SimConfig::new(mode);
+            cfg.check_seed = true;
+            cfg.files = 3;
+            cfg.remote = j % 2 == 0;
+            cfg.byzantine = (i + j) % 3 == 0;
+            let seed = 72_000 + seed;
+            let r = run(seed, &cfg);
+            assert!(
+                r.ok(),
+                "seed {seed} ({mode:?}) violated invariants: {:#?}\nreplay: scripts/sim --replay {seed} --mode {} --check-seed --files 3{}{}",
+                r.violations,
+                if mode == Mode::Clean { "clean" } else { "hostile" },
+                if cfg.remote { " --remote" } else { "" },
+                if cfg.byzantine { " --byzantine" } else { "" },
+            );
+            merged += r.merged;
+        }
+    }
+    assert!(
+        merged > 300,
+        "only {merged} stories merged: the seeds retired little"
+    );
+}
+
+#[test]
 fn a_byzantine_member_forging_overwriting_and_inflating_breaks_no_invariant() {
     // The last node also forges through the run: facts re-signed in other nodes' names,
     // overwritten, deleted, replayed or copied, claims in others' names and with

@@ -6,6 +6,7 @@
 use super::{Crash, Mode, Sim, Titles};
 use crate::core::lease::Resource;
 use crate::core::model::{Phase, StoryStatus, MAX_ATTEMPTS, MAX_TAKEOVERS};
+use crate::core::state::{Doc, View};
 use std::collections::{BTreeMap, BTreeSet};
 
 impl Sim {
@@ -273,9 +274,12 @@ impl Sim {
         if views.windows(2).any(|w| w[0].1 != w[1].1) {
             self.violation("views differ after healing".into());
         }
-        let Some((_, view)) = views.first().cloned() else {
+        let Some((first, view)) = views.first().cloned() else {
             return (0, 0, 0);
         };
+        if self.cfg.check_seed {
+            self.check_seed(first, &view);
+        }
         // Every acknowledged write reached every node.
         let missing: Vec<String> = self
             .acked
@@ -564,6 +568,56 @@ impl Sim {
 }
 
 /// Merged, blocked (with a reason) or cancelled: nothing more will happen to it.
+impl Sim {
+    /// A new epoch cut from node `i`'s document keeps the live mesh: every story not
+    /// merged folds to the same view, every merged one still reads merged (the same
+    /// counted merge), and the roster and knowledge are the same.
+    fn check_seed(&mut self, i: usize, before: &View) {
+        let Some(core) = self.nodes[i].core.as_mut() else {
+            return;
+        };
+        let mut doc = core.doc_mut().clone();
+        let seed = match doc.seed(1) {
+            Ok(s) => s,
+            Err(e) => return self.violation(format!("node{i} cannot seed a new epoch: {e}")),
+        };
+        let after = match Doc::load_test_names([0xE5; 16], &seed.bytes, &[]) {
+            Ok(d) => super::steer::closed(d, &self.cfg).view(),
+            Err(e) => return self.violation(format!("node{i}'s epoch seed does not load: {e}")),
+        };
+        let mut wrong = Vec::new();
+        for (key, s) in &before.stories {
+            let same = match after.stories.get(key) {
+                None => false,
+                Some(a) if s.status == StoryStatus::Merged => {
+                    a.status == StoryStatus::Merged && a.merged == s.merged && a.id == s.id
+                }
+                Some(a) => **a == **s,
+            };
+            if !same {
+                wrong.push(s.id.clone());
+            }
+        }
+        if !wrong.is_empty() {
+            self.violation(format!(
+                "node{i}'s epoch seed changes stories {wrong:?} ({} of {} facts kept)",
+                seed.kept,
+                seed.kept + seed.retired
+            ));
+        }
+        if after.stories.len() != before.stories.len()
+            || after.roster != before.roster
+            || after.knowledge != before.knowledge
+        {
+            self.violation(format!(
+                "node{i}'s epoch seed changes the mesh: {} stories (was {}), roster or knowledge",
+                after.stories.len(),
+                before.stories.len()
+            ));
+        }
+    }
+}
+
 fn finished(status: StoryStatus) -> bool {
     matches!(
         status,

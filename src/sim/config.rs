@@ -49,6 +49,9 @@ pub struct SimConfig {
     pub broken_winner_rule: bool,
     /// Check every view a core updates in place against a fold (`CoreConfig::check_view`).
     pub check_view: bool,
+    /// At the end of a run, cut a new epoch's seed from a node's document (`Doc::seed`)
+    /// and check it folds to the same live stories, merged ones still merged.
+    pub check_seed: bool,
     /// The rule the origin's fence applies to a landing: the product's
     /// [`token_check`]; a test swaps in a broken one to prove the invariants catch it.
     pub fence_rule: Rule<usize>,
@@ -155,6 +158,7 @@ impl SimConfig {
             review_reject_rate: 0.2,
             broken_winner_rule: false,
             check_view: false,
+            check_seed: false,
             fence_rule: token_check,
             trace: false,
             stops_guards_clocks: true,

@@ -12,8 +12,13 @@
 //! - every story fact, merged or not: display ids and dependencies read them;
 //! - of a merged story, the merge that counted, the claim it was written under and that
 //!   claim's release (the story reads merged, and its dependents are free);
-//! - the top claim of every file and gate ever claimed, with its release: a fencing
-//!   token only grows.
+//! - every claim that names anything but a merged story (a file, a gate, an open
+//!   story), with its release;
+//! - below every kept claim, the claims with lower tokens on the same resources: a token
+//!   counts only at the end of an unbroken run from 1 (the view drops inflated claims),
+//!   so a kept claim's run stays whole. Tokens only grow, so this keeps a file's whole
+//!   history of claims: a later epoch format that carries each resource's reached token
+//!   instead would let it go.
 //!
 //! A seed is a function of the document's heads alone. It is one change by an actor
 //! derived from the epoch's number, dated 0, the kept keys in order, each holding the
@@ -54,7 +59,7 @@ impl Doc {
     /// The keys whose facts a new epoch leaves behind: a merged story's work that no
     /// longer decides anything (see the module's documentation for what stays).
     pub fn retired_keys(&self) -> BTreeSet<String> {
-        let (view, claims) = self.view_and_claims();
+        let (view, _) = self.view_and_claims();
         // Each merged story's counted merge, by the claim it was written under.
         let merged: BTreeMap<&str, &str> = view
             .stories
@@ -62,41 +67,69 @@ impl Doc {
             .filter_map(|(k, s)| Some((k.as_str(), s.merged.as_ref()?.claim.as_str())))
             .collect();
         let merge_claims: BTreeSet<&str> = merged.values().copied().collect();
+        let claims: BTreeMap<&str, &ClaimFact> = self
+            .facts
+            .iter()
+            .filter_map(|(k, f)| match &**f {
+                Fact::Claim(c) => Some((k.strip_prefix(CLAIM_PREFIX).unwrap_or(k), &**c)),
+                _ => None,
+            })
+            .collect();
+        // A claim may go when every resource it names is a merged story's and its merge
+        // is not the one that counted. The rest stay, and so does every claim below a
+        // kept one's token on the same resource: a token counts only at the end of an
+        // unbroken run from 1 (the view drops inflated claims), so the run stays whole.
+        let of_merged = |c: &ClaimFact| {
+            !c.resources.is_empty()
+                && c.resources.iter().all(|(r, _)| match r {
+                    Resource::Story { story, .. } => merged.contains_key(story.as_str()),
+                    _ => false,
+                })
+        };
+        let mut kept: BTreeSet<&str> = claims
+            .iter()
+            .filter(|(id, c)| !of_merged(c) || merge_claims.contains(**id))
+            .map(|(id, _)| *id)
+            .collect();
+        loop {
+            let mut reach: BTreeMap<&Resource, u64> = BTreeMap::new();
+            for id in &kept {
+                for (r, t) in &claims[id].resources {
+                    let top = reach.entry(r).or_default();
+                    *top = (*top).max(*t);
+                }
+            }
+            let more: Vec<&str> = claims
+                .iter()
+                .filter(|(id, c)| {
+                    !kept.contains(**id)
+                        && c.resources
+                            .iter()
+                            .any(|(r, t)| reach.get(r).is_some_and(|top| t <= top))
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            if more.is_empty() {
+                break;
+            }
+            kept.extend(more);
+        }
         let mut retired = BTreeSet::new();
-        let mut retired_claims = BTreeSet::new();
         for (key, fact) in &self.facts {
             let leave = match &**fact {
                 Fact::Result(r) => merged.contains_key(r.story.as_str()),
                 Fact::Merge(m) => merged
                     .get(m.story.as_str())
                     .is_some_and(|&counted| counted != m.claim),
-                Fact::Claim(c) => {
-                    let id = key.strip_prefix(CLAIM_PREFIX).unwrap_or(key);
-                    let mut stories = c.resources.iter().filter_map(|(r, _)| match r {
-                        Resource::Story { story, .. } => Some(story.as_str()),
-                        _ => None,
-                    });
-                    let of_merged =
-                        stories.clone().next().is_some() && stories.all(|s| merged.contains_key(s));
-                    let tops_other = c.resources.iter().any(|(r, _)| {
-                        !matches!(r, Resource::Story { .. }) && claims.top(r) == Some(id)
-                    });
-                    let leave = of_merged && !merge_claims.contains(id) && !tops_other;
-                    if leave {
-                        retired_claims.insert(id.to_string());
-                    }
-                    leave
+                Fact::Claim(_) => !kept.contains(key.strip_prefix(CLAIM_PREFIX).unwrap_or(key)),
+                Fact::Release(_) => {
+                    let id = key.strip_prefix(RELEASE_PREFIX).unwrap_or(key);
+                    claims.contains_key(id) && !kept.contains(id)
                 }
                 _ => false,
             };
             if leave {
                 retired.insert(key.clone());
-            }
-        }
-        for id in &retired_claims {
-            let release = format!("{RELEASE_PREFIX}{id}");
-            if self.facts.contains_key(&release) {
-                retired.insert(release);
             }
         }
         retired
@@ -246,6 +279,52 @@ mod tests {
         assert!(after.claims.len() < before.claims.len());
         assert_eq!(after.knowledge, before.knowledge);
         assert_eq!(after.nodes, before.nodes);
+    }
+
+    #[test]
+    fn a_kept_claim_keeps_the_run_of_tokens_below_it() {
+        use crate::core::lease::{ClaimFact, ReleaseFact, ReleaseReason};
+        let mut a = Doc::new([1; 16]).with_test_names();
+        let k = story(&mut a, "merged at the second try", vec![]);
+        for phase in [Phase::Research, Phase::Plan, Phase::Implement] {
+            step(&mut a, &k, phase, 0, None);
+        }
+        step(&mut a, &k, Phase::Review, 0, Some(Verdict::Approve));
+        // A claim on the merge lost at settle (token 1), then the merge under token 2:
+        // the counted merge's claim counts only above an unbroken run from 1.
+        let lost = format!("{A}-99");
+        let res = Resource::story_round(&k, Phase::Merge, 0).unwrap();
+        a.put_claim(
+            &lost,
+            &ClaimFact {
+                resources: vec![(res, 1)],
+                holder: A.into(),
+                ttl_ms: 1000,
+                written_at_ms: 0,
+                attempt: 1,
+                after: None,
+            },
+        )
+        .unwrap();
+        let why = ReleaseFact {
+            why: ReleaseReason::Unsettled,
+            note: String::new(),
+        };
+        a.put_release(&lost, &why, A).unwrap();
+        let winner = step(&mut a, &k, Phase::Merge, 0, None);
+        let before = a.view();
+        assert_eq!(before.stories[&k].merged.as_ref().unwrap().claim, winner);
+        assert_eq!(before.stories[&k].merged.as_ref().unwrap().token, 2);
+
+        let seed = a.seed(1).unwrap();
+        let b = Doc::load_test_names([9; 16], &seed.bytes, &[]).unwrap();
+        let after = b.view();
+        assert_eq!(after.notes.inflated, 0, "no kept claim lost its run");
+        assert_eq!(after.stories[&k].status, StoryStatus::Merged);
+        assert_eq!(after.stories[&k].merged, before.stories[&k].merged);
+        assert!(after.claims.contains_key(&lost) && after.releases.contains_key(&lost));
+        // The phases before the merge are gone.
+        assert_eq!(after.claims.len(), 2, "{:?}", after.claims.keys());
     }
 
     #[test]
