@@ -328,6 +328,21 @@ mod tests {
     }
 
     #[test]
+    fn a_chosen_value_overwritten_since_is_copied_from_the_history() {
+        let mut a = Doc::new([1; 16]).with_test_names();
+        let k = story(&mut a, "overwritten", vec![]);
+        let before = a.view();
+        // A hostile writer puts something else at the key: the story stays as written,
+        // but automerge now shows the overwrite there.
+        a.raw_put(&format!("story/{k}"), "not a sealed value".into());
+        assert_eq!(a.view().stories[&k], before.stories[&k]);
+        let seed = a.seed(1).unwrap();
+        let b = Doc::load_test_names([9; 16], &seed.bytes, &[]).unwrap();
+        assert_eq!(b.view().stories[&k], before.stories[&k]);
+        assert_eq!(b.rejected_total(), 0, "the overwrite was not copied");
+    }
+
+    #[test]
     fn two_replicas_at_the_same_heads_build_the_same_seed() {
         let (mut a, mut b) = (
             Doc::new([1; 16]).with_test_names(),
