@@ -20,7 +20,7 @@ use clap::Parser;
 mod backlog;
 use backlog::story;
 use mesh_agent::core::lease::{ClaimFact, ReleaseFact, ReleaseReason, Resource};
-use mesh_agent::core::model::{Handoff, MergeFact, NewStory, Phase, ResultFact, Verdict};
+use mesh_agent::core::model::{Handoff, MergeFact, NewStory, Phase, ResultFact, Verdict, PIPELINE};
 use mesh_agent::core::state::Doc;
 use mesh_agent::core::trust::Signer;
 use std::collections::BTreeMap;
@@ -88,13 +88,7 @@ fn row(n: usize, pad: usize) -> anyhow::Result<()> {
     let mut seed_rng = 0x9E37_79B9_7F4A_7C15u64;
     for (i, key) in keys.iter().enumerate() {
         let file = story(i).files[0].clone();
-        for phase in [
-            Phase::Research,
-            Phase::Plan,
-            Phase::Implement,
-            Phase::Review,
-            Phase::Merge,
-        ] {
+        for phase in PIPELINE {
             claim_no += 1;
             let id = format!("{me}-{claim_no}");
             let mut resources = vec![(Resource::story_round(key, phase, 0)?, 1)];

@@ -47,11 +47,12 @@ pub struct Seed {
     pub stories: usize,
 }
 
-/// The actor that writes epoch `epoch`'s seed: the same on every node.
+/// The actor that writes epoch `epoch`'s seed, the same on every node: `mesh-epo` and
+/// the number, 16 bytes.
 fn seed_actor(epoch: u64) -> automerge::ActorId {
-    let mut id = *b"mesh-epoch\0\0\0\0\0\0";
-    let n = epoch.to_be_bytes();
-    id[8..].copy_from_slice(&n);
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(b"mesh-epo");
+    id[8..].copy_from_slice(&epoch.to_be_bytes());
     automerge::ActorId::from(id.to_vec())
 }
 
@@ -234,13 +235,7 @@ mod tests {
 
     /// Carries a story through every phase to a counted merge.
     fn merge(d: &mut Doc, key: &str) {
-        for phase in [
-            Phase::Research,
-            Phase::Plan,
-            Phase::Implement,
-            Phase::Review,
-            Phase::Merge,
-        ] {
+        for phase in crate::core::model::PIPELINE {
             let verdict = (phase == Phase::Review).then_some(Verdict::Approve);
             step(d, key, phase, 0, verdict);
         }
