@@ -308,11 +308,12 @@ fn a_remote_origin_with_outages_and_lost_answers_holds_every_invariant() {
 #[test]
 fn a_new_epoch_cut_after_a_run_keeps_every_live_story_and_every_merge() {
     // At the end of each run a node's document is cut into a new epoch's seed
-    // (`Doc::seed`: merged stories' settled work left behind) and folded again: stories
-    // not merged read the same, merged ones still merged, roster and knowledge the same.
-    // Files make claims share resources across stories (their token runs must stay
-    // whole), the remote origin adds gates, the byzantine member inflated and forged
-    // claims; every kind of run is cut.
+    // (`Doc::seed`: merged stories retired whole, their files' tokens kept as floors)
+    // and folded again: stories not merged read the same, merged ones merged (or retired
+    // with the same id and commit), every resource's next token the same, roster and
+    // knowledge the same. Files make claims share resources across stories (a merged
+    // story above a live claim on its file must stay), the remote origin adds gates,
+    // the byzantine member inflated and forged claims; every kind of run is cut.
     let mut merged = 0;
     for (i, mode) in [Mode::Clean, Mode::Hostile].into_iter().enumerate() {
         for (j, seed) in (0..30u64).enumerate() {

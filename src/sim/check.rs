@@ -570,8 +570,16 @@ impl Sim {
 /// Merged, blocked (with a reason) or cancelled: nothing more will happen to it.
 impl Sim {
     /// A new epoch cut from node `i`'s document keeps the live mesh: every story not
-    /// merged folds to the same view, every merged one still reads merged (the same
-    /// counted merge), and the roster and knowledge are the same.
+    /// merged folds to the same view, every merged one still reads merged (in the view
+    /// with the same counted merge, or retired with the same id and commit), every
+    /// resource's next token is the same, and the roster and knowledge are the same.
+    /// [`Sim::check_seed`] of node `i` against its own document's view now.
+    pub(super) fn check_seed_now(&mut self, i: usize) {
+        if let Some(view) = self.nodes[i].core.as_mut().map(|c| c.doc_mut().view()) {
+            self.check_seed(i, &view);
+        }
+    }
+
     fn check_seed(&mut self, i: usize, before: &View) {
         let Some(core) = self.nodes[i].core.as_mut() else {
             return;
@@ -581,18 +589,26 @@ impl Sim {
             Ok(s) => s,
             Err(e) => return self.violation(format!("node{i} cannot seed a new epoch: {e}")),
         };
-        let after = match Doc::load_test_names([0xE5; 16], &seed.bytes, &[]) {
+        let after = match Doc::load_test_names([0xE5; 16], &seed.bytes, &[])
+            .and_then(|d| d.with_epoch_root(&seed.root))
+        {
             Ok(d) => super::steer::closed(d, &self.cfg).view(),
             Err(e) => return self.violation(format!("node{i}'s epoch seed does not load: {e}")),
         };
+        let retired = after.base().map(|b| &b.retired);
         let mut wrong = Vec::new();
         for (key, s) in &before.stories {
-            let same = match after.stories.get(key) {
-                None => false,
-                Some(a) if s.status == StoryStatus::Merged => {
+            let same = match (after.stories.get(key), retired.and_then(|r| r.get(key))) {
+                (Some(_), Some(_)) | (None, None) => false,
+                (None, Some(r)) => {
+                    s.status == StoryStatus::Merged
+                        && r.id == s.id
+                        && s.merged.as_ref().is_some_and(|m| m.commit == r.commit)
+                }
+                (Some(a), None) if s.status == StoryStatus::Merged => {
                     a.status == StoryStatus::Merged && a.merged == s.merged && a.id == s.id
                 }
-                Some(a) => **a == **s,
+                (Some(a), None) => **a == **s,
             };
             if !same {
                 wrong.push(s.id.clone());
@@ -605,13 +621,30 @@ impl Sim {
                 seed.kept + seed.retired
             ));
         }
-        if after.stories.len() != before.stories.len()
+        // Fencing goes on: no resource a live story or a file can be claimed on goes
+        // back to a lower token.
+        let (was, now) = (before.claims(), after.claims());
+        let back: BTreeSet<String> = before
+            .claims
+            .values()
+            .flat_map(|c| &c.resources)
+            .filter(|(r, _)| {
+                !r.story_key()
+                    .is_some_and(|k| retired.is_some_and(|m| m.contains_key(k)))
+            })
+            .filter(|(r, _)| now.next_token(r) != was.next_token(r))
+            .map(|(r, _)| format!("{r}: {} then {}", was.next_token(r), now.next_token(r)))
+            .collect();
+        if !back.is_empty() {
+            self.violation(format!("node{i}'s epoch seed moves next tokens: {back:?}"));
+        }
+        let stories = after.stories.len() + retired.map_or(0, |r| r.len());
+        if stories != before.stories.len()
             || after.roster != before.roster
             || after.knowledge != before.knowledge
         {
             self.violation(format!(
-                "node{i}'s epoch seed changes the mesh: {} stories (was {}), roster or knowledge",
-                after.stories.len(),
+                "node{i}'s epoch seed changes the mesh: {stories} stories (was {}), roster or knowledge",
                 before.stories.len()
             ));
         }

@@ -477,6 +477,10 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
                         | Ev::Command
                 )
             });
+            if cfg.check_seed {
+                // Mid-flight too: stories half done, claims open, some merged.
+                sim.check_seed_now(0);
+            }
         }
         sim.now = time;
         sim.events += 1;

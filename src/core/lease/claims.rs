@@ -176,6 +176,9 @@ pub struct Claims {
     by_story: BTreeMap<String, Vec<String>>,
     /// Each claim later work built on, with its depth (see [`depths`]).
     depth: BTreeMap<String, u32>,
+    /// The highest token of each resource among claims an earlier epoch left behind
+    /// (see [`Claims::with_floors`]).
+    floors: BTreeMap<Resource, u64>,
 }
 
 /// Files claim `id` in the indexes of [`Claims`] (ids arrive in any order).
@@ -271,6 +274,7 @@ impl Claims {
             by_resource,
             by_story,
             depth,
+            floors: BTreeMap::new(),
         }
     }
 
@@ -398,11 +402,27 @@ impl Claims {
     }
 
     /// The token a new claim on `resource` must carry: one more than the highest token ever
-    /// seen for it, released claims included; 1 if it was never claimed.
+    /// seen for it, released claims included, and above its floor; 1 if it was never
+    /// claimed.
     pub fn next_token(&self, resource: &Resource) -> u64 {
         self.top
             .get(resource)
-            .map_or(1, |t| t.token.saturating_add(1))
+            .map_or(0, |t| t.token)
+            .max(self.floor(resource))
+            .saturating_add(1)
+    }
+
+    /// The same fold, on a document whose epoch left claims behind: `floors` holds each
+    /// resource's highest token among them. A new claim's token is above it; the claims
+    /// here are all above it (the view counts no other).
+    pub fn with_floors(mut self, floors: BTreeMap<Resource, u64>) -> Claims {
+        self.floors = floors;
+        self
+    }
+
+    /// The highest token an earlier epoch reached on `resource` (0: none).
+    pub fn floor(&self, resource: &Resource) -> u64 {
+        self.floors.get(resource).copied().unwrap_or(0)
     }
 
     /// The claim id that currently wins `resource`: the claim with the highest token; among

@@ -88,6 +88,7 @@ pub fn peer_tag(peer: &str) -> &str {
 
 mod admit;
 mod audit;
+mod base;
 mod budget;
 mod command;
 mod doc;
@@ -99,6 +100,7 @@ use admit::{admit, admit_with};
 pub use admit::{claim_id_holder, FactKind, Refusal, MAX_FACT_BYTES};
 use audit::{Admitted, RefusedLog};
 pub use audit::{AuditEntry, LogQuery, Standing, MAX_REFUSED_KEY_BYTES, REFUSED_KEPT};
+pub use base::{Base, Retired, BASE_KEY};
 pub use budget::{
     day_of, usd, Allowance, AskEntry, BudgetFact, Entry, Ledger, MeshBudget, Usage, DAY_MS,
 };

@@ -3,7 +3,7 @@ use super::*;
 mod hostile;
 
 pub(crate) const A: &str = "12D3KooWAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAaaaaaa";
-const B: &str = "12D3KooWBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBbbbbbb";
+pub(crate) const B: &str = "12D3KooWBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBbbbbbb";
 
 fn story(title: &str) -> NewStory {
     NewStory {
@@ -154,15 +154,41 @@ pub(crate) fn step(
     round: u32,
     verdict: Option<Verdict>,
 ) -> String {
+    step_files(d, key, phase, round, verdict, &[])
+}
+
+/// [`step`], its claim also naming `files` (each at its next token).
+pub(crate) fn step_files(
+    d: &mut Doc,
+    key: &str,
+    phase: Phase,
+    round: u32,
+    verdict: Option<Verdict>,
+    files: &[&str],
+) -> String {
     use crate::core::lease::ReleaseReason;
     let v = d.view();
+    let claims = v.claims();
     let res = Resource::story_round(key, phase, round).unwrap();
-    let token = v.claims().next_token(&res);
-    let id = format!("{A}-{}", v.claims.len() + 1);
+    let token = claims.next_token(&res);
+    let mut resources = vec![(res, token)];
+    for f in files {
+        let r = Resource::file(f).unwrap();
+        resources.push((r.clone(), claims.next_token(&r)));
+    }
+    // One past this holder's highest claim number (a seeded document holds fewer
+    // claims than numbers used).
+    let mine = format!("{CLAIM_PREFIX}{A}-");
+    let n = d
+        .fact_keys()
+        .filter_map(|k| k.strip_prefix(&mine)?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    let id = format!("{A}-{}", n + 1);
     d.put_claim(
         &id,
         &ClaimFact {
-            resources: vec![(res, token)],
+            resources,
             holder: A.into(),
             ttl_ms: 1000,
             written_at_ms: 0,

@@ -196,6 +196,10 @@ pub struct View {
     /// Kept with `stories`, so that a write of new stories needs no pass over them.
     #[serde(skip)]
     pub(super) story_index: StoryIndex,
+    /// What this epoch inherited: stories merged before it, tokens reached (see
+    /// [`Base`]); `None` in a mesh's first document.
+    #[serde(skip)]
+    pub(super) base: Option<Arc<Base>>,
     /// What the fold found that an update must know.
     #[serde(skip)]
     pub(super) notes: FoldNotes,
@@ -227,18 +231,26 @@ impl Eq for FoldNotes {}
 /// see passed this rule), so their claims always do; a claim that jumps ahead (token
 /// `u64::MAX`, say) is dropped and counted, and reaching token `t` takes `t` signed
 /// claims, which the document's caps bound. Returns how many were dropped.
-fn drop_inflated_claims(claims: &mut BTreeMap<String, ClaimFact>) -> u64 {
+///
+/// In an epoch with a [`Base`], the run starts above each resource's floor, and a claim
+/// the base refuses (a retired story's, or at or below a floor) is dropped too.
+fn drop_inflated_claims(claims: &mut BTreeMap<String, ClaimFact>, base: Option<&Base>) -> u64 {
+    let before = claims.len();
+    if let Some(b) = base {
+        claims.retain(|_, c| !b.refuses(c));
+    }
+    let floor = |r: &Resource| base.map_or(0, |b| b.floor(r));
     let mut tokens: BTreeMap<&Resource, BTreeSet<u64>> = BTreeMap::new();
     for c in claims.values() {
         for (r, t) in &c.resources {
             tokens.entry(r).or_default().insert(*t);
         }
     }
-    // The highest token of each resource reached without a gap from 1.
+    // The highest token of each resource reached without a gap from 1 (or its floor).
     let reach: BTreeMap<Resource, u64> = tokens
         .into_iter()
         .map(|(r, ts)| {
-            let mut top = 0u64;
+            let mut top = floor(r);
             for t in ts {
                 if t != top.saturating_add(1) {
                     break;
@@ -248,7 +260,6 @@ fn drop_inflated_claims(claims: &mut BTreeMap<String, ClaimFact>) -> u64 {
             (r.clone(), top)
         })
         .collect();
-    let before = claims.len();
     claims.retain(|_, c| {
         c.resources
             .iter()
@@ -259,12 +270,17 @@ fn drop_inflated_claims(claims: &mut BTreeMap<String, ClaimFact>) -> u64 {
 
 impl View {
     /// The view and the claim fold it was derived with (built once, used by both).
-    pub(super) fn fold(all: &BTreeMap<String, Arc<Fact>>) -> (View, Claims) {
+    pub(super) fn fold(
+        all: &BTreeMap<String, Arc<Fact>>,
+        base: Option<&Arc<Base>>,
+    ) -> (View, Claims) {
         let (mut view, facts) = View::sort_facts(all);
-        view.notes.inflated = drop_inflated_claims(&mut view.claims);
+        view.base = base.cloned();
+        let base = base.map(|b| &**b);
+        view.notes.inflated = drop_inflated_claims(&mut view.claims, base);
         view.malformed += view.notes.inflated;
         view.notes.malformed = view.malformed;
-        let claims = Claims::new(&view.claims, &view.releases);
+        let claims = view.claims();
         let counted = counted_results(view.results.iter(), &claims);
         let mut merged = counted_merges(view.merges.values(), &claims);
         for (key, fact) in &facts {
@@ -272,12 +288,21 @@ impl View {
                 merged.entry(key.clone()).or_insert(m);
             }
         }
-        let ids = display_ids(&facts);
-        let key_to_id: BTreeMap<&str, &str> = facts
+        let ids = display_ids(&facts, base);
+        let mut key_to_id: BTreeMap<&str, &str> = facts
             .iter()
             .zip(&ids)
             .map(|((k, _), id)| (k.as_str(), id.as_str()))
             .collect();
+        if let Some(b) = base {
+            for (key, r) in &b.retired {
+                merged
+                    .entry(key.clone())
+                    .or_insert_with(|| Base::landing(key, r));
+                key_to_id.entry(key).or_insert(&r.id);
+            }
+            view.story_index.max_number = b.max_number();
+        }
         let index = ClaimIndex::new(&claims);
         let fold = StoryFold {
             claims: &claims,
@@ -356,7 +381,17 @@ impl View {
 
     /// The claim fold (winners, tokens) of this view.
     pub fn claims(&self) -> Claims {
-        Claims::new(&self.claims, &self.releases)
+        let claims = Claims::new(&self.claims, &self.releases);
+        match &self.base {
+            Some(b) if !b.floors.is_empty() => claims.with_floors(b.floors.clone()),
+            _ => claims,
+        }
+    }
+
+    /// What this epoch inherited from the ones before it (`None` in a mesh's first
+    /// document): the stories merged before it are there, not in `stories`.
+    pub fn base(&self) -> Option<&Base> {
+        self.base.as_deref()
     }
 
     /// The counted result of one phase of a story in its latest round, if any.
@@ -488,8 +523,9 @@ fn counted_merges<'a>(
 
 /// Step 4 of the fold, display ids: a number allocated once reads `S-0042`; when nodes
 /// allocated the same number concurrently, the lowest creator keeps the short id and
-/// the others carry their creator's tag. One id per story fact, in order.
-fn display_ids(facts: &[(String, Arc<StoryFact>)]) -> Vec<String> {
+/// the others carry their creator's tag (and all do when a story retired in an earlier
+/// epoch holds the short id). One id per story fact, in order.
+fn display_ids(facts: &[(String, Arc<StoryFact>)], base: Option<&Base>) -> Vec<String> {
     // One sort by (number, creator, key): each number's group is a run, its first the
     // short id (a map of groups cost an allocation per story on every fold).
     let mut order: Vec<usize> = (0..facts.len()).collect();
@@ -501,7 +537,7 @@ fn display_ids(facts: &[(String, Arc<StoryFact>)]) -> Vec<String> {
     let mut prev = None;
     for i in order {
         let f = &facts[i].1;
-        ids[i] = if prev == Some(f.number) {
+        ids[i] = if prev == Some(f.number) || base.is_some_and(|b| b.holds_short_id(f.number)) {
             format!("S-{:04}-{}", f.number, peer_tag(&f.created_by))
         } else {
             format!("S-{:04}", f.number)

@@ -182,7 +182,12 @@ impl Numbers {
             .iter()
             .any(|n| n.imported.as_ref().is_some_and(|i| i.number().is_some()));
         let taken: std::collections::HashSet<u32> = if wants {
-            view.stories.values().map(|s| s.fact.number).collect()
+            let retired = view.base().into_iter().flat_map(Base::numbers);
+            view.stories
+                .values()
+                .map(|s| s.fact.number)
+                .chain(retired)
+                .collect()
         } else {
             Default::default()
         };
@@ -234,7 +239,11 @@ fn resolve_in_batch(
             ))),
         };
     }
-    if view.stories.contains_key(d) || keys.iter().any(|k| k == d) {
+    let retired = view.base().map(|b| &b.retired);
+    if view.stories.contains_key(d)
+        || keys.iter().any(|k| k == d)
+        || retired.is_some_and(|r| r.contains_key(d))
+    {
         return Ok(d.to_string());
     }
     let id = super::super::view::normalize_display_id(d);
@@ -247,10 +256,13 @@ fn resolve_in_batch(
     }
     let by_id = by_id.get_or_insert_with(|| {
         let mut m: HashMap<String, Option<String>> = HashMap::new();
-        for s in view.stories.values() {
-            m.entry(s.id.clone())
+        let live = view.stories.values().map(|s| (&s.id, &s.key));
+        // A story merged in an earlier epoch is a dependency as good as any.
+        let gone = retired.into_iter().flatten().map(|(key, r)| (&r.id, key));
+        for (id, key) in live.chain(gone) {
+            m.entry(id.clone())
                 .and_modify(|k| *k = None)
-                .or_insert_with(|| Some(s.key.clone()));
+                .or_insert_with(|| Some(key.clone()));
         }
         m
     });

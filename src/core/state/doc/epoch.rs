@@ -1,33 +1,32 @@
-//! Retiring settled history (DESIGN.md §12): a new epoch's document, seeded with the
+//! Retiring settled history (DESIGN.md §3.5): a new epoch's document, seeded with the
 //! live facts of this one.
 //!
 //! Automerge keeps every change forever, so a document only grows; the only way to shed
-//! a finished story's work is a new document. What a merged story leaves behind — its
-//! claims, their results (with the handoffs, most of a story's bytes), their releases,
-//! the merges that did not count — decides nothing any more, so the seed leaves it out
-//! (for the archive). It keeps every fact a view of the live mesh reads:
+//! a finished story's history is a new document. A merged story decides nothing any
+//! more but that it landed, so its whole history stays behind (for the archive): its
+//! story fact, its results (with the handoffs, most of a story's bytes) and merges, and
+//! the claims naming it with their releases. The new document's [`Base`] says what the
+//! live mesh still reads of it: its key, display id and landed commit, and the highest
+//! token each file or gate reached among the claims left behind (its floor).
 //!
-//! - every fact of a story not merged, and every fact of a kind that is not a story's
-//!   work (nodes, knowledge, roster, commands, budget, notifications);
-//! - every story fact, merged or not: display ids and dependencies read them;
-//! - of a merged story, the merge that counted, the claim it was written under and that
-//!   claim's release (the story reads merged, and its dependents are free);
-//! - every claim that names anything but a merged story (a file, a gate, an open
-//!   story), with its release;
-//! - below every kept claim, the claims with lower tokens on the same resources: a token
-//!   counts only at the end of an unbroken run from 1 (the view drops inflated claims),
-//!   so a kept claim's run stays whole. Tokens only grow, so this keeps a file's whole
-//!   history of claims: a later epoch format that carries each resource's reached token
-//!   instead would let it go.
+//! The seed keeps every other fact: every fact of a story not merged, every fact of a
+//! kind that is not a story's work (nodes, knowledge, roster, commands, budget,
+//! notifications), every claim that counts and names no merged story, with its release.
+//! A merged story stays live (it retires at a later epoch) when one of its claims holds
+//! a token at or above a kept claim's on a shared file: the kept claims on a resource
+//! must all lie above its floor, in an unbroken run from it (the view drops inflated
+//! claims, counting from the floor). Claims that do not count here are not copied.
 //!
 //! A seed is a function of the document's heads alone. It is one change by an actor
 //! derived from the epoch's number, dated 0, the kept keys in order, each holding the
-//! value its chosen candidate holds here, byte for byte as its author sealed it: any
-//! two nodes at the same heads build the same change (the same hash), so proposals cut
-//! at the same heads converge, and every copied value is still checked against its
-//! author's signature where it lands. A revoked author's facts that counted are copied
-//! into the same change as the revoke, which is its own causal past: they count there
-//! too, and nothing the author writes after the seed does.
+//! value its chosen candidate holds here, byte for byte as its author sealed it, and the
+//! base under [`BASE_KEY`]: any two nodes at the same heads build the same change (the
+//! same hash), so proposals cut at the same heads converge, and every copied value is
+//! still checked against its author's signature where it lands. The base is signed by
+//! no one: a document trusts it only in the change it knows by hash as its root
+//! ([`Doc::with_epoch_root`]). A revoked author's facts that counted are copied into the
+//! same change as the revoke, which is its own causal past: they count there too, and
+//! nothing the author writes after the seed does.
 
 use super::*;
 use automerge::transaction::CommitOptions;
@@ -38,12 +37,14 @@ use std::collections::HashMap;
 pub struct Seed {
     /// The new document, saved whole.
     pub bytes: Vec<u8>,
+    /// Its one change: what a node opens it with ([`Doc::with_epoch_root`]).
+    pub root: ChangeHash,
     /// This document's heads it was cut at.
     pub cut: Vec<ChangeHash>,
     /// Facts copied into the seed, and facts left behind.
     pub kept: usize,
     pub retired: usize,
-    /// Merged stories whose work was left behind.
+    /// Merged stories retired by this seed (their whole history left behind).
     pub stories: usize,
 }
 
@@ -56,18 +57,72 @@ fn seed_actor(epoch: u64) -> automerge::ActorId {
     automerge::ActorId::from(id.to_vec())
 }
 
+/// What a new epoch leaves behind, and what it inherits.
+struct Retirement {
+    /// The keys whose facts the seed does not copy.
+    keys: BTreeSet<String>,
+    base: Base,
+    /// Stories retired now (not by an earlier epoch).
+    stories: usize,
+}
+
 impl Doc {
-    /// The keys whose facts a new epoch leaves behind: a merged story's work that no
-    /// longer decides anything (see the module's documentation for what stays).
-    pub fn retired_keys(&self) -> BTreeSet<String> {
+    /// Opens this document as an epoch's: `root` is the hash of its seed change (which
+    /// this node built itself from the agreed cut, [`Seed::root`]), whose [`Base`] the
+    /// view then folds with. Fails when no such change is here or it is not a seed.
+    pub fn with_epoch_root(mut self, root: &ChangeHash) -> Result<Doc, StateError> {
+        let corrupt = |why: String| StateError::Corrupt(format!("epoch root {root}: {why}"));
+        let change = self
+            .inner
+            .get_change_by_hash(root)
+            .ok_or_else(|| corrupt("not in this document".into()))?;
+        if !change.deps().is_empty() {
+            return Err(corrupt(
+                "has dependencies: a seed is a document's first change".into(),
+            ));
+        }
+        let ex = change.decode();
+        let json = ex
+            .operations
+            .iter()
+            .find_map(|op| match (&op.key, &op.action) {
+                (
+                    automerge::legacy::Key::Map(k),
+                    automerge::legacy::OpType::Put(ScalarValue::Str(v)),
+                ) if op.obj == automerge::legacy::ObjectId::Root && k == BASE_KEY => {
+                    Some(v.to_string())
+                }
+                _ => None,
+            });
+        let json = json.ok_or_else(|| corrupt(format!("writes no {BASE_KEY:?}")))?;
+        let base = Base::parse(&json).map_err(|e| corrupt(format!("its base: {e}")))?;
+        if ex.actor_id != seed_actor(base.epoch) {
+            return Err(corrupt(format!(
+                "not written by epoch {}'s seed actor",
+                base.epoch
+            )));
+        }
+        self.base = Some(Arc::new(base));
+        self.changed = None;
+        Ok(self)
+    }
+
+    /// What this document's epoch inherited (`None` in a mesh's first document).
+    pub fn base(&self) -> Option<&Base> {
+        self.base.as_deref()
+    }
+
+    /// What epoch `epoch`'s seed leaves behind (see the module's documentation).
+    fn retirement(&self, epoch: u64) -> Retirement {
         let (view, _) = self.view_and_claims();
-        // Each merged story's counted merge, by the claim it was written under.
-        let merged: BTreeMap<&str, &str> = view
+        let old = self.base.as_deref();
+        let was_retired = |k: &str| old.is_some_and(|b| b.retired.contains_key(k));
+        let mut retire: BTreeSet<&str> = view
             .stories
             .iter()
-            .filter_map(|(k, s)| Some((k.as_str(), s.merged.as_ref()?.claim.as_str())))
+            .filter(|(_, s)| s.status == StoryStatus::Merged && s.merged.is_some())
+            .map(|(k, _)| k.as_str())
             .collect();
-        let merge_claims: BTreeSet<&str> = merged.values().copied().collect();
         let claims: BTreeMap<&str, &ClaimFact> = self
             .facts
             .iter()
@@ -76,72 +131,117 @@ impl Doc {
                 _ => None,
             })
             .collect();
-        // A claim may go when every resource it names is a merged story's and its merge
-        // is not the one that counted. The rest stay, and so does every claim below a
-        // kept one's token on the same resource: a token counts only at the end of an
-        // unbroken run from 1 (the view drops inflated claims), so the run stays whole.
-        let of_merged = |c: &ClaimFact| {
-            !c.resources.is_empty()
-                && c.resources.iter().all(|(r, _)| match r {
-                    Resource::Story { story, .. } => merged.contains_key(story.as_str()),
-                    _ => false,
-                })
+        let stories_of = |c: &'_ ClaimFact| -> Vec<String> {
+            c.resources
+                .iter()
+                .filter_map(|(r, _)| r.story_key().map(str::to_string))
+                .collect()
         };
-        let mut kept: BTreeSet<&str> = claims
-            .iter()
-            .filter(|(id, c)| !of_merged(c) || merge_claims.contains(**id))
-            .map(|(id, _)| *id)
-            .collect();
+        // A merged story whose claims hold a token at or above a kept claim's on a
+        // shared resource stays: the kept claims on a resource must lie above its floor.
         loop {
-            let mut reach: BTreeMap<&Resource, u64> = BTreeMap::new();
-            for id in &kept {
-                for (r, t) in &claims[id].resources {
-                    let top = reach.entry(r).or_default();
-                    *top = (*top).max(*t);
+            let leaves = |c: &ClaimFact| {
+                stories_of(c)
+                    .iter()
+                    .any(|k| retire.contains(k.as_str()) || was_retired(k))
+            };
+            let mut lowest: BTreeMap<&Resource, u64> = BTreeMap::new();
+            for c in view.claims.values().filter(|c| !leaves(c)) {
+                for (r, t) in &c.resources {
+                    let low = lowest.entry(r).or_insert(*t);
+                    *low = (*low).min(*t);
                 }
             }
-            let more: Vec<&str> = claims
-                .iter()
-                .filter(|(id, c)| {
-                    !kept.contains(**id)
-                        && c.resources
-                            .iter()
-                            .any(|(r, t)| reach.get(r).is_some_and(|top| t <= top))
+            let pinned: BTreeSet<String> = view
+                .claims
+                .values()
+                .filter(|c| leaves(c))
+                .filter(|c| {
+                    c.resources
+                        .iter()
+                        .any(|(r, t)| lowest.get(r).is_some_and(|low| t >= low))
                 })
-                .map(|(id, _)| *id)
+                .flat_map(stories_of)
+                .filter(|k| retire.contains(k.as_str()))
                 .collect();
-            if more.is_empty() {
+            if pinned.is_empty() {
                 break;
             }
-            kept.extend(more);
+            retire.retain(|k| !pinned.contains(*k));
         }
-        let mut retired = BTreeSet::new();
+        let leaves = |k: &str| retire.contains(k) || was_retired(k);
+        // Claims that stay behind: those naming a retired story, and those that do not
+        // count. Each file's and gate's highest token among them is its floor.
+        let mut floors = old.map(|b| b.floors.clone()).unwrap_or_default();
+        let mut gone: BTreeSet<&str> = BTreeSet::new();
+        for (id, c) in &claims {
+            let counts = view.claims.contains_key(*id);
+            if counts && !stories_of(c).iter().any(|k| leaves(k)) {
+                continue;
+            }
+            gone.insert(id);
+            if !counts {
+                continue;
+            }
+            for (r, t) in &c.resources {
+                if r.story_key().is_none() {
+                    let floor = floors.entry(r.clone()).or_insert(*t);
+                    *floor = (*floor).max(*t);
+                }
+            }
+        }
+        let mut retired = old.map(|b| b.retired.clone()).unwrap_or_default();
+        for k in &retire {
+            let s = &view.stories[*k];
+            let commit = s
+                .merged
+                .as_ref()
+                .map(|m| m.commit.clone())
+                .unwrap_or_default();
+            retired.insert(
+                k.to_string(),
+                Retired {
+                    id: s.id.clone(),
+                    commit,
+                },
+            );
+        }
+        let mut keys = BTreeSet::new();
         for (key, fact) in &self.facts {
             let leave = match &**fact {
-                Fact::Result(r) => merged.contains_key(r.story.as_str()),
-                Fact::Merge(m) => merged
-                    .get(m.story.as_str())
-                    .is_some_and(|&counted| counted != m.claim),
-                Fact::Claim(_) => !kept.contains(key.strip_prefix(CLAIM_PREFIX).unwrap_or(key)),
-                Fact::Release(_) => {
-                    let id = key.strip_prefix(RELEASE_PREFIX).unwrap_or(key);
-                    claims.contains_key(id) && !kept.contains(id)
-                }
+                Fact::Story(_) => key.strip_prefix(STORY_PREFIX).is_some_and(leaves),
+                Fact::Result(r) => leaves(&r.story),
+                Fact::Merge(m) => leaves(&m.story),
+                Fact::Claim(_) => gone.contains(key.strip_prefix(CLAIM_PREFIX).unwrap_or(key)),
+                Fact::Release(_) => gone.contains(key.strip_prefix(RELEASE_PREFIX).unwrap_or(key)),
                 _ => false,
             };
             if leave {
-                retired.insert(key.clone());
+                keys.insert(key.clone());
             }
         }
-        retired
+        let stories = retire.len();
+        // Every key checked when it was read; the retired keys are story keys of this
+        // document's views.
+        let base = Base::new(epoch, retired, floors).unwrap_or_default();
+        Retirement {
+            keys,
+            base,
+            stories,
+        }
     }
 
-    /// The document epoch `epoch` starts from: this one's chosen facts but those
-    /// [`Doc::retired_keys`] names, in one deterministic change (see the module's
-    /// documentation). Reads the whole history once: for a rare transition, not a write.
+    /// The document epoch `epoch` starts from: this one's chosen facts but the settled
+    /// history of its merged stories, and their [`Base`], in one deterministic change
+    /// (see the module's documentation). Open it with [`Doc::with_epoch_root`] of
+    /// [`Seed::root`]. Reads the whole history once: for a rare transition, not a write.
     pub fn seed(&mut self, epoch: u64) -> Result<Seed, StateError> {
         self.refresh();
-        let retired = self.retired_keys();
+        let Retirement {
+            keys: retired,
+            base,
+            stories,
+        } = self.retirement(epoch);
         let cut = self.inner.get_heads();
         // The operation that wrote each kept key's chosen value.
         let mut wanted: HashMap<(u64, Vec<u8>), &str> = HashMap::new();
@@ -185,26 +285,26 @@ impl Doc {
             });
         }
         let mut seed = AutoCommit::new().with_actor(seed_actor(epoch));
-        for (key, value) in &values {
-            seed.put(automerge::ROOT, *key, value.as_str())
+        let put = |seed: &mut AutoCommit, key: &str, value: &str| {
+            seed.put(automerge::ROOT, key, value)
                 .map_err(|e| StateError::Write {
                     key: key.to_string(),
                     why: e.to_string(),
-                })?;
+                })
+        };
+        for (key, value) in &values {
+            put(&mut seed, key, value)?;
         }
-        seed.commit_with(CommitOptions::default().with_time(0));
-        let stories = retired
-            .iter()
-            .filter(|k| k.starts_with(MERGE_PREFIX) || k.starts_with(RESULT_PREFIX))
-            .filter_map(|k| match self.facts.get(k).map(|f| &**f) {
-                Some(Fact::Result(r)) => Some(r.story.clone()),
-                Some(Fact::Merge(m)) => Some(m.story.clone()),
-                _ => None,
-            })
-            .collect::<BTreeSet<_>>()
-            .len();
+        put(&mut seed, BASE_KEY, &base.to_json())?;
+        let root = seed
+            .commit_with(CommitOptions::default().with_time(0))
+            .ok_or_else(|| StateError::Write {
+                key: "epoch seed".into(),
+                why: "the seed change is empty".into(),
+            })?;
         Ok(Seed {
             bytes: seed.save(),
+            root,
             cut,
             kept: values.len(),
             retired: retired.len(),
@@ -216,8 +316,9 @@ impl Doc {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::lease::ClaimFact;
     use crate::core::model::{NewStory, Verdict};
-    use crate::core::state::tests::{step, sync_pair, A};
+    use crate::core::state::tests::{step, step_files, sync_pair, A};
 
     fn story(d: &mut Doc, title: &str, depends_on: Vec<String>) -> String {
         d.add_story(
@@ -233,93 +334,267 @@ mod tests {
         .unwrap()
     }
 
-    /// Carries a story through every phase to a counted merge.
-    fn merge(d: &mut Doc, key: &str) {
+    /// Carries a story through every phase to a counted merge, implement and merge
+    /// claims also naming `files`.
+    fn merge_files(d: &mut Doc, key: &str, files: &[&str]) {
         for phase in crate::core::model::PIPELINE {
             let verdict = (phase == Phase::Review).then_some(Verdict::Approve);
-            step(d, key, phase, 0, verdict);
+            let files = if matches!(phase, Phase::Implement | Phase::Merge) {
+                files
+            } else {
+                &[]
+            };
+            step_files(d, key, phase, 0, verdict, files);
         }
         assert_eq!(d.view().stories[key].status, StoryStatus::Merged, "{key}");
     }
 
+    fn merge(d: &mut Doc, key: &str) {
+        merge_files(d, key, &[]);
+    }
+
+    /// The seed of `d` opened as epoch `epoch`'s document, by a node that built it.
+    fn open(d: &mut Doc, epoch: u64) -> (Seed, Doc) {
+        let seed = d.seed(epoch).unwrap();
+        let e = Doc::load_test_names([9; 16], &seed.bytes, &[])
+            .unwrap()
+            .with_epoch_root(&seed.root)
+            .unwrap();
+        (seed, e)
+    }
+
+    fn file(path: &str) -> Resource {
+        Resource::file(path).unwrap()
+    }
+
     #[test]
-    fn a_seed_keeps_the_live_mesh_and_leaves_merged_work_behind() {
+    fn a_seed_keeps_the_live_mesh_and_retires_merged_stories_whole() {
         let mut a = Doc::new([1; 16]).with_test_names();
         let done = story(&mut a, "done", vec![]);
         merge(&mut a, &done);
-        let open = story(&mut a, "half way", vec![]);
-        step(&mut a, &open, Phase::Research, 0, None);
+        let half = story(&mut a, "half way", vec![]);
+        step(&mut a, &half, Phase::Research, 0, None);
         let waiting = story(&mut a, "waits on done", vec![done.clone()]);
         let before = a.view();
 
-        let seed = a.seed(1).unwrap();
-        assert_eq!(seed.stories, 1);
-        assert!(seed.retired > 0 && seed.kept > 0, "{seed:?}");
-        let b = Doc::load_test_names([9; 16], &seed.bytes, &[]).unwrap();
-        let after = b.view();
+        let (seed, b) = open(&mut a, 1);
         assert_eq!(
             b.rejected_total(),
             0,
             "every copied value passes its checks"
         );
-        // The live stories read exactly as before; the merged one still reads merged.
-        assert_eq!(after.stories[&open], before.stories[&open]);
+        assert_eq!(seed.stories, 1);
+        assert!(seed.retired > 0 && seed.kept > 0, "{seed:?}");
+        let after = b.view();
+        // The live stories read exactly as before, the dependent's ready and names its
+        // dependency by display id.
+        assert_eq!(after.stories[&half], before.stories[&half]);
         assert_eq!(after.stories[&waiting], before.stories[&waiting]);
-        assert_eq!(after.stories[&done].status, StoryStatus::Merged);
-        assert_eq!(after.stories[&done].merged, before.stories[&done].merged);
-        assert_eq!(after.stories[&done].id, before.stories[&done].id);
-        // Its work is gone: only the counted merge's claim and result-free facts remain.
+        assert_eq!(after.stories[&waiting].status, StoryStatus::Ready);
+        assert_eq!(after.stories[&waiting].depends_on_ids, ["S-0001"]);
+        // The merged one left whole; the base says it landed, as what.
+        assert!(!after.stories.contains_key(&done));
+        let base = after.base().unwrap();
+        assert_eq!(base.epoch, 1);
+        let was = before.stories[&done].merged.as_ref().unwrap();
+        assert_eq!(base.retired[&done].id, before.stories[&done].id);
+        assert_eq!(base.retired[&done].commit, was.commit);
         assert!(after.results.keys().all(|k| !k.contains(&done)));
-        assert_eq!(after.merges.len(), 1);
-        assert!(after.claims.len() < before.claims.len());
+        assert!(after.merges.is_empty());
+        assert!(after
+            .claims
+            .values()
+            .all(|c| c.resources[0].0.story_key() == Some(&half)));
         assert_eq!(after.knowledge, before.knowledge);
         assert_eq!(after.nodes, before.nodes);
+        // Numbers go on above the retired ones.
+        assert!(after.max_number() >= before.stories[&done].fact.number);
     }
 
     #[test]
-    fn a_kept_claim_keeps_the_run_of_tokens_below_it() {
-        use crate::core::lease::{ClaimFact, ReleaseFact, ReleaseReason};
+    fn a_story_numbered_like_a_retired_one_keeps_its_display_id() {
+        use crate::core::state::tests::B;
+        let (mut a, mut b) = (
+            Doc::new([1; 16]).with_test_names(),
+            Doc::new([2; 16]).with_test_names(),
+        );
+        // Two nodes number a story 1 at once: A's (the lower creator) reads S-0001.
+        let ka = story(&mut a, "by A", vec![]);
+        let kb = b
+            .add_story(
+                &NewStory {
+                    title: "by B".into(),
+                    ..Default::default()
+                },
+                B,
+                1,
+            )
+            .unwrap();
+        sync_pair(&mut a, &mut b);
+        let before = a.view();
+        assert_eq!(before.stories[&ka].id, "S-0001");
+        assert_ne!(before.stories[&kb].id, "S-0001");
+        merge(&mut a, &ka);
+        let before = a.view();
+        let (_, mut e) = open(&mut a, 1);
+        let after = e.view();
+        assert!(!after.stories.contains_key(&ka));
+        assert_eq!(after.stories[&kb], before.stories[&kb], "still suffixed");
+        // And the next story is numbered past both.
+        let next = story(&mut e, "next", vec![ka.clone()]);
+        let v = e.view();
+        assert_eq!(v.stories[&next].fact.number, 2);
+        assert_eq!(v.stories[&next].id, "S-0002");
+        assert_eq!(v.stories[&next].depends_on_ids, ["S-0001"]);
+        assert_eq!(v.stories[&next].status, StoryStatus::Ready);
+    }
+
+    #[test]
+    fn a_files_claims_retire_below_its_floor_and_new_claims_go_on_above_it() {
         let mut a = Doc::new([1; 16]).with_test_names();
-        let k = story(&mut a, "merged at the second try", vec![]);
-        for phase in [Phase::Research, Phase::Plan, Phase::Implement] {
-            step(&mut a, &k, phase, 0, None);
+        // X lands first (src/x.rs at tokens 1 and 2), then Y implements on it (3) and
+        // waits for review.
+        let x = story(&mut a, "x", vec![]);
+        merge_files(&mut a, &x, &["src/x.rs", "src/only_x.rs"]);
+        let y = story(&mut a, "y", vec![]);
+        for p in [Phase::Research, Phase::Plan] {
+            step(&mut a, &y, p, 0, None);
         }
-        step(&mut a, &k, Phase::Review, 0, Some(Verdict::Approve));
-        // A claim on the merge lost at settle (token 1), then the merge under token 2:
-        // the counted merge's claim counts only above an unbroken run from 1.
-        let lost = format!("{A}-99");
-        let res = Resource::story_round(&k, Phase::Merge, 0).unwrap();
-        a.put_claim(
-            &lost,
-            &ClaimFact {
-                resources: vec![(res, 1)],
-                holder: A.into(),
-                ttl_ms: 1000,
-                written_at_ms: 0,
-                attempt: 1,
-                after: None,
-            },
+        step_files(&mut a, &y, Phase::Implement, 0, None, &["src/x.rs"]);
+        let before = a.view();
+        let (seed, mut e) = open(&mut a, 1);
+        assert_eq!(seed.stories, 1);
+        let after = e.view();
+        assert_eq!(after.stories[&y], before.stories[&y]);
+        let base = after.base().unwrap();
+        assert_eq!(base.floor(&file("src/x.rs")), 2);
+        assert_eq!(base.floor(&file("src/only_x.rs")), 2);
+        assert_eq!(
+            after.notes.inflated, 0,
+            "Y's claim (token 3) runs on from the floor"
+        );
+        let claims = after.claims();
+        assert_eq!(claims.next_token(&file("src/x.rs")), 4);
+        assert_eq!(claims.next_token(&file("src/only_x.rs")), 3);
+        // Work goes on: Y's review and merge, the merge on the file at token 4.
+        step(&mut e, &y, Phase::Review, 0, Some(Verdict::Approve));
+        step_files(&mut e, &y, Phase::Merge, 0, None, &["src/x.rs"]);
+        let v = e.view();
+        assert_eq!(v.stories[&y].status, StoryStatus::Merged);
+        assert_eq!(v.notes.inflated, 0);
+        assert_eq!(v.claims().next_token(&file("src/x.rs")), 5);
+    }
+
+    #[test]
+    fn a_merged_story_above_a_live_claim_on_its_file_stays_until_a_later_epoch() {
+        let mut a = Doc::new([1; 16]).with_test_names();
+        // Y implements on src/x.rs first (token 1) and waits; X lands after it (2, 3).
+        let y = story(&mut a, "y", vec![]);
+        step_files(&mut a, &y, Phase::Implement, 0, None, &["src/x.rs"]);
+        let x = story(&mut a, "x", vec![]);
+        merge_files(&mut a, &x, &["src/x.rs"]);
+        let before = a.view();
+        let (seed, mut e) = open(&mut a, 1);
+        assert_eq!(
+            seed.stories, 0,
+            "X's claims lie above Y's: its history stays"
+        );
+        let after = e.view();
+        assert_eq!(after.stories, before.stories);
+        assert_eq!(after.notes.inflated, 0);
+        assert_eq!(after.claims().next_token(&file("src/x.rs")), 4);
+        // Once Y has landed too, both retire.
+        for p in [Phase::Review, Phase::Merge] {
+            let verdict = (p == Phase::Review).then_some(Verdict::Approve);
+            step(&mut e, &y, p, 0, verdict);
+        }
+        let (seed, f) = open(&mut e, 2);
+        assert_eq!(seed.stories, 2);
+        let v = f.view();
+        assert!(v.stories.is_empty());
+        assert_eq!(v.base().unwrap().floor(&file("src/x.rs")), 3);
+        assert_eq!(v.claims().next_token(&file("src/x.rs")), 4);
+    }
+
+    #[test]
+    fn a_claim_on_a_retired_story_or_below_a_floor_never_counts_and_updates_agree() {
+        let mut a = Doc::new([1; 16]).with_test_names();
+        let x = story(&mut a, "x", vec![]);
+        merge_files(&mut a, &x, &["src/x.rs"]);
+        let y = story(&mut a, "y", vec![]);
+        let (seed, mut e) = open(&mut a, 1);
+        let mut other = Doc::load_test_names([7; 16], &seed.bytes, &[])
+            .unwrap()
+            .with_epoch_root(&seed.root)
+            .unwrap();
+        e.take_changes();
+        let (mut v, mut c) = e.view_and_claims();
+        // An honest claim on from the floor: taken in place, exactly as the fold has it.
+        step_files(&mut e, &y, Phase::Implement, 0, None, &["src/x.rs"]);
+        assert!(e.update_view(&mut v, &mut c), "in place");
+        let (fv, fc) = e.view_and_claims();
+        assert_eq!(v, fv);
+        assert!(c == fc);
+        assert_eq!(v.claims.len(), 1);
+        assert_eq!(c.next_token(&file("src/x.rs")), 4);
+        // A stale node's claims: the retired story's merge again, and Y's research at a
+        // file token the floor already passed. Neither counts, in a fold or an update.
+        let stale = |resources: Vec<(Resource, u64)>| ClaimFact {
+            resources,
+            holder: A.into(),
+            ttl_ms: 1000,
+            written_at_ms: 0,
+            attempt: 1,
+            after: None,
+        };
+        let merge_again = Resource::story_round(&x, Phase::Merge, 0).unwrap();
+        e.put_claim(&format!("{A}-900"), &stale(vec![(merge_again, 9)]))
+            .unwrap();
+        let research = Resource::story(&y, Phase::Research).unwrap();
+        e.put_claim(
+            &format!("{A}-901"),
+            &stale(vec![(research, 1), (file("src/x.rs"), 2)]),
         )
         .unwrap();
-        let why = ReleaseFact {
-            why: ReleaseReason::Unsettled,
-            note: String::new(),
-        };
-        a.put_release(&lost, &why, A).unwrap();
-        let winner = step(&mut a, &k, Phase::Merge, 0, None);
-        let before = a.view();
-        assert_eq!(before.stories[&k].merged.as_ref().unwrap().claim, winner);
-        assert_eq!(before.stories[&k].merged.as_ref().unwrap().token, 2);
+        assert!(!e.update_view(&mut v, &mut c), "left to the fold");
+        let v = e.view();
+        assert_eq!(v.claims.len(), 1, "{:?}", v.claims.keys());
+        assert_eq!(v.malformed, 2);
+        assert!(!v.stories.contains_key(&x));
+        assert_eq!(v.stories[&y].next_phase, Some(Phase::Research));
+        // A replica of the same epoch reads the same.
+        sync_pair(&mut e, &mut other);
+        assert_eq!(other.view(), v);
+    }
 
+    #[test]
+    fn a_document_trusts_a_base_only_in_its_known_root() {
+        let mut a = Doc::new([1; 16]).with_test_names();
+        let x = story(&mut a, "x", vec![]);
+        merge(&mut a, &x);
         let seed = a.seed(1).unwrap();
-        let b = Doc::load_test_names([9; 16], &seed.bytes, &[]).unwrap();
-        let after = b.view();
-        assert_eq!(after.notes.inflated, 0, "no kept claim lost its run");
-        assert_eq!(after.stories[&k].status, StoryStatus::Merged);
-        assert_eq!(after.stories[&k].merged, before.stories[&k].merged);
-        assert!(after.claims.contains_key(&lost) && after.releases.contains_key(&lost));
-        // The phases before the merge are gone.
-        assert_eq!(after.claims.len(), 2, "{:?}", after.claims.keys());
+        let load = || Doc::load_test_names([9; 16], &seed.bytes, &[]).unwrap();
+        // Not opened as an epoch: the base is no fact, and nothing retires.
+        assert!(load().view().base().is_none());
+        // A hash that is not in the document, or a change that is not a seed.
+        let err = load().with_epoch_root(&a.heads()[0]).err().unwrap();
+        assert!(err.to_string().contains("not in this document"), "{err}");
+        let mut e = load().with_epoch_root(&seed.root).unwrap();
+        let y = story(&mut e, "y", vec![]);
+        let later = e.heads()[0];
+        let err = load_from(&mut e).with_epoch_root(&later).err().unwrap();
+        assert!(err.to_string().contains("has dependencies"), "{err}");
+        // A member's own `epoch` value changes nothing: the base is read from the root.
+        let forged = Base::new(1, BTreeMap::new(), BTreeMap::new()).unwrap();
+        e.raw_put(BASE_KEY, forged.to_json());
+        let f = load_from(&mut e).with_epoch_root(&seed.root).unwrap();
+        assert!(f.view().base().unwrap().retired.contains_key(&x));
+        assert!(f.view().stories.contains_key(&y));
+        assert_eq!(f.rejected_total(), 0, "an unknown key is no refused fact");
+    }
+
+    fn load_from(d: &mut Doc) -> Doc {
+        Doc::load_test_names([9; 16], &d.save(), &[]).unwrap()
     }
 
     #[test]
@@ -331,10 +606,8 @@ mod tests {
         // but automerge now shows the overwrite there.
         a.raw_put(&format!("story/{k}"), "not a sealed value".into());
         assert_eq!(a.view().stories[&k], before.stories[&k]);
-        let seed = a.seed(1).unwrap();
-        let b = Doc::load_test_names([9; 16], &seed.bytes, &[]).unwrap();
+        let (_, b) = open(&mut a, 1);
         assert_eq!(b.view().stories[&k], before.stories[&k]);
-        assert_eq!(b.rejected_total(), 0, "the overwrite was not copied");
     }
 
     #[test]
@@ -344,15 +617,15 @@ mod tests {
             Doc::new([2; 16]).with_test_names(),
         );
         let k = story(&mut a, "one", vec![]);
-        merge(&mut a, &k);
+        merge_files(&mut a, &k, &["src/one.rs"]);
         story(&mut b, "two", vec![]);
         sync_pair(&mut a, &mut b);
         assert_eq!(a.heads(), b.heads());
         let (sa, sb) = (a.seed(7).unwrap(), b.seed(7).unwrap());
         assert_eq!(sa.bytes, sb.bytes, "the same change, the same hash");
-        assert_eq!(sa.cut, sb.cut);
+        assert_eq!((sa.root, &sa.cut), (sb.root, &sb.cut));
         // Another epoch number is another document.
-        assert_ne!(a.seed(8).unwrap().bytes, sa.bytes);
+        assert_ne!(a.seed(8).unwrap().root, sa.root);
     }
 
     #[test]
@@ -381,10 +654,8 @@ mod tests {
             .unwrap();
         assert!(d.view().stories.contains_key(&before));
 
-        let seed = d.seed(1).unwrap();
-        let mut e = Doc::load_test_names([9; 16], &seed.bytes, &[])
-            .unwrap()
-            .with_operators(ops);
+        let (seed, e) = open(&mut d, 1);
+        let mut e = e.with_operators(ops);
         assert!(
             e.view().stories.contains_key(&before),
             "it counted before the revoke, so it counts in the seed"
@@ -403,16 +674,17 @@ mod tests {
         let mut a = Doc::new([1; 16]).with_test_names();
         for i in 0..40 {
             let k = story(&mut a, &format!("story {i}"), vec![]);
-            merge(&mut a, &k);
+            merge_files(&mut a, &k, &[&format!("src/{}.rs", i % 5)]);
         }
         let whole = a.save().len();
-        let seed = a.seed(1).unwrap();
+        let (seed, e) = open(&mut a, 1);
         assert_eq!(seed.stories, 40);
-        // Each story keeps its own fact, its counted merge, that claim and its release
-        // of ~20 facts; the handoffs here are tiny, so the share is larger than a real
-        // story's.
+        assert_eq!(seed.kept, 0);
+        assert_eq!(e.view().base().unwrap().retired.len(), 40);
+        // Each story leaves a key, a display id and a commit of ~20 facts; five files
+        // keep a floor each.
         assert!(
-            seed.bytes.len() * 2 < whole,
+            seed.bytes.len() * 10 < whole,
             "seed {} of {whole} bytes",
             seed.bytes.len()
         );

@@ -82,6 +82,9 @@ pub struct Doc {
     /// The keys whose chosen fact changed since [`Doc::take_changes`] last ran (`None`:
     /// every key may have, e.g. after a rescan or past [`MAX_CHANGED`]).
     changed: Option<BTreeSet<String>>,
+    /// What this document's epoch inherited, read from its root change
+    /// ([`Doc::with_epoch_root`]); `None` in a mesh's first document.
+    base: Option<Arc<Base>>,
 }
 
 /// Past this many changed keys not yet taken, a document stops naming them (a view
@@ -183,6 +186,7 @@ impl Doc {
             saved: Vec::new(),
             checker: None,
             changed: None,
+            base: None,
         }
     }
 
@@ -540,6 +544,7 @@ impl Doc {
         doc.roster.operators = self.roster.operators.clone();
         doc.cap = self.cap;
         doc.checker = self.checker.clone();
+        doc.base = self.base.clone();
         doc.stored = stored;
         doc.local_log = self
             .local_log
@@ -667,7 +672,7 @@ impl Doc {
     /// The current view and its claim fold (what `view().claims()` gives, without
     /// folding the claims twice).
     pub fn view_and_claims(&self) -> (View, Claims) {
-        let (mut view, claims) = View::fold(&self.facts);
+        let (mut view, claims) = View::fold(&self.facts, self.base.as_ref());
         view.malformed += self.rejected_total();
         view.roster = self.roster.view();
         (view, claims)

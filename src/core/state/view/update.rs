@@ -47,6 +47,12 @@ impl View {
                 return false;
             }
         }
+        // A claim the epoch's base refuses: the fold drops and counts it.
+        if let Some(b) = &self.base {
+            if added.iter().any(|(_, c)| b.refuses(c)) {
+                return false;
+            }
+        }
         let new_ids: Vec<String> = added.iter().map(|(id, _)| id.clone()).collect();
         for (id, c) in &added {
             self.claims.insert(id.clone(), c.clone());
@@ -215,6 +221,15 @@ impl View {
             .map(|(_, m)| m)
             .collect();
         let mut merged = counted_merges(merges.into_iter(), claims);
+        if let Some(b) = &self.base {
+            for k in &wanted {
+                if let Some(r) = b.retired.get(*k) {
+                    merged
+                        .entry(k.to_string())
+                        .or_insert_with(|| Base::landing(k, r));
+                }
+            }
+        }
         for k in &wanted {
             if let Some((key, s)) = self.stories.get_key_value(*k) {
                 if let Some(m) = crate::core::imported::Imported::landing(key, &s.fact) {
@@ -222,11 +237,18 @@ impl View {
                 }
             }
         }
-        let key_to_id: BTreeMap<&str, &str> = wanted
+        let mut key_to_id: BTreeMap<&str, &str> = wanted
             .iter()
             .filter_map(|k| self.stories.get_key_value(*k))
             .map(|(k, s)| (k.as_str(), s.id.as_str()))
             .collect();
+        if let Some(b) = &self.base {
+            for k in &wanted {
+                if let Some((key, r)) = b.retired.get_key_value(*k) {
+                    key_to_id.entry(key).or_insert(&r.id);
+                }
+            }
+        }
         let mut index = ClaimIndex::default();
         for k in affected {
             for (r, ids) in claims.story_resources(k) {
@@ -321,8 +343,8 @@ fn under<'a, V>(
         .take_while(move |(k, _)| k.starts_with(&from))
 }
 
-/// Whether the tokens of the claims on `resource` run 1, 2, … without a gap (what
-/// `drop_inflated_claims` keeps).
+/// Whether the tokens of the claims on `resource` run 1, 2, … (or on from its floor)
+/// without a gap (what `drop_inflated_claims` keeps).
 fn tokens_unbroken(claims: &Claims, resource: &Resource) -> bool {
     let tokens: BTreeSet<u64> = claims
         .naming(resource)
@@ -331,7 +353,8 @@ fn tokens_unbroken(claims: &Claims, resource: &Resource) -> bool {
         .flat_map(|c| c.resources.iter().filter(|(r, _)| r == resource))
         .map(|(_, t)| *t)
         .collect();
-    tokens.iter().zip(1u64..).all(|(t, want)| *t == want)
+    let from = claims.floor(resource).saturating_add(1);
+    tokens.iter().zip(from..).all(|(t, want)| *t == want)
 }
 
 #[cfg(test)]

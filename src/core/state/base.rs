@@ -1,0 +1,214 @@
+//! What an epoch's document inherits besides the facts its seed copies (DESIGN.md §3.5):
+//! the stories merged before it, and the tokens its resources had reached.
+//!
+//! A merged story's whole history leaves the live document at an epoch: its story fact,
+//! its results and merges, and its claims and their releases. What the live mesh still
+//! reads of it is small — that it landed (its dependents are free), its display id (a
+//! dependent shows it; a live story with the same number keeps its suffix) and its number
+//! (no story is numbered at or below it again). Its claims decide nothing more, but they
+//! held tokens: a file's next claim must still carry a token above every claim left
+//! behind, so each resource's highest token left behind is kept as its floor.
+//!
+//! The base is not a fact: no node signs it, so no node can forge it. It is written by
+//! the seed change itself, under the root key [`BASE_KEY`] (a key no fact kind has, so a
+//! peer's value there is ignored), and a document reads it only from the change it knows
+//! as its epoch's root by hash ([`super::Doc::with_epoch_root`]): every node builds that
+//! change itself, identically, from the same cut.
+//!
+//! What the view makes of it: a retired story counts as merged for its dependents; a
+//! claim naming a retired story's resource does not count (none is written by an honest
+//! node: the story had landed); on a resource with a floor, claims count only above it
+//! and their tokens run unbroken from it (the anti-inflation run starts there, not at 1),
+//! and a new claim's token is above it.
+
+use super::*;
+
+/// The root key the seed change writes its base under.
+pub const BASE_KEY: &str = "epoch";
+
+/// What an epoch inherits (see the module's documentation).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Base {
+    /// The epoch's number (the first document is epoch 0 and has no base).
+    pub epoch: u64,
+    /// Stories merged before this epoch, by document key.
+    pub retired: BTreeMap<String, Retired>,
+    /// Each resource's highest token among the claims left behind.
+    pub floors: BTreeMap<Resource, u64>,
+    /// The highest number of a retired story.
+    #[serde(skip)]
+    max_number: u32,
+    /// Numbers whose short display id (`S-0042`) a retired story holds.
+    #[serde(skip)]
+    short_ids: BTreeSet<u32>,
+}
+
+/// A story merged before the epoch: its display id, and the commit it landed as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "(String, String)", into = "(String, String)")]
+pub struct Retired {
+    pub id: String,
+    pub commit: String,
+}
+
+impl From<(String, String)> for Retired {
+    fn from((id, commit): (String, String)) -> Retired {
+        Retired { id, commit }
+    }
+}
+
+impl From<Retired> for (String, String) {
+    fn from(r: Retired) -> (String, String) {
+        (r.id, r.commit)
+    }
+}
+
+/// The number in a story key (`S-0042@tag` → 42).
+fn key_number(key: &str) -> Option<u32> {
+    let (n, tag) = key.split_once('@')?;
+    let digits = n.strip_prefix("S-")?;
+    (!tag.is_empty() && digits.len() >= 4 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+impl Base {
+    /// A base of epoch `epoch` (its derived indexes built).
+    pub fn new(
+        epoch: u64,
+        retired: BTreeMap<String, Retired>,
+        floors: BTreeMap<Resource, u64>,
+    ) -> Result<Base, String> {
+        let mut base = Base {
+            epoch,
+            retired,
+            floors,
+            ..Base::default()
+        };
+        for (key, r) in &base.retired {
+            let n = key_number(key).ok_or_else(|| format!("retired {key:?} is no story key"))?;
+            base.max_number = base.max_number.max(n);
+            if r.id == format!("S-{n:04}") {
+                base.short_ids.insert(n);
+            } else if !r.id.starts_with(&format!("S-{n:04}-")) {
+                return Err(format!("retired {key:?} has display id {:?}", r.id));
+            }
+        }
+        if let Some((r, _)) = base.floors.iter().find(|(_, t)| **t == 0) {
+            return Err(format!("floor 0 for {r}"));
+        }
+        Ok(base)
+    }
+
+    /// The base a document's root change wrote, as JSON.
+    pub fn parse(json: &str) -> Result<Base, String> {
+        let raw: Base = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        Base::new(raw.epoch, raw.retired, raw.floors)
+    }
+
+    pub fn to_json(&self) -> String {
+        // A map of strings and numbers always serialises.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The highest number of a retired story (0 when none).
+    pub fn max_number(&self) -> u32 {
+        self.max_number
+    }
+
+    /// The numbers of the retired stories (taken for good).
+    pub fn numbers(&self) -> impl Iterator<Item = u32> + '_ {
+        self.retired.keys().filter_map(|k| key_number(k))
+    }
+
+    /// Whether a retired story holds the short display id of `number`.
+    pub fn holds_short_id(&self, number: u32) -> bool {
+        self.short_ids.contains(&number)
+    }
+
+    /// Whether `claim` names a resource of a retired story (it cannot count).
+    pub fn names_retired(&self, claim: &ClaimFact) -> bool {
+        !self.retired.is_empty()
+            && claim
+                .resources
+                .iter()
+                .any(|(r, _)| r.story_key().is_some_and(|k| self.retired.contains_key(k)))
+    }
+
+    /// The floor of `resource` (0: none).
+    pub fn floor(&self, resource: &Resource) -> u64 {
+        self.floors.get(resource).copied().unwrap_or(0)
+    }
+
+    /// Whether `claim` cannot count here: it names a retired story, or a token at or
+    /// below its resource's floor (settled before the epoch).
+    pub fn refuses(&self, claim: &ClaimFact) -> bool {
+        self.names_retired(claim) || claim.resources.iter().any(|(r, t)| *t <= self.floor(r))
+    }
+
+    /// A retired story as the view's landings hold it: only its commit is known here.
+    pub fn landing(key: &str, r: &Retired) -> MergeFact {
+        MergeFact {
+            story: key.to_string(),
+            round: 0,
+            claim: String::new(),
+            token: 0,
+            holder: String::new(),
+            commit: r.commit.clone(),
+            written_at_ms: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_base_reads_back_what_it_wrote_and_refuses_what_no_seed_writes() {
+        let retired = BTreeMap::from([
+            (
+                "S-0042@abcdef".to_string(),
+                ("S-0042".into(), "c1".into()).into(),
+            ),
+            (
+                "S-0042@zzzzzz".to_string(),
+                ("S-0042-zzzzzz".into(), "c2".into()).into(),
+            ),
+            (
+                "S-0007@abcdef".to_string(),
+                ("S-0007".into(), "c3".into()).into(),
+            ),
+        ]);
+        let floors = BTreeMap::from([(Resource::file("src/a.rs").unwrap(), 4)]);
+        let base = Base::new(3, retired, floors).unwrap();
+        let back = Base::parse(&base.to_json()).unwrap();
+        assert_eq!(back, base);
+        assert_eq!(back.max_number(), 42);
+        assert!(back.holds_short_id(42) && back.holds_short_id(7) && !back.holds_short_id(8));
+        assert_eq!(back.floor(&Resource::file("src/a.rs").unwrap()), 4);
+        assert_eq!(back.floor(&Resource::file("src/b.rs").unwrap()), 0);
+
+        for (json, why) in [
+            (
+                r#"{"epoch":1,"retired":{"x":["S-0001","c"]},"floors":{}}"#,
+                "no story key",
+            ),
+            (
+                r#"{"epoch":1,"retired":{"S-0001@ab":["S-0002","c"]},"floors":{}}"#,
+                "display id",
+            ),
+            (
+                r#"{"epoch":1,"retired":{},"floors":{"file:a":0}}"#,
+                "floor 0",
+            ),
+            (
+                r#"{"epoch":1,"retired":{},"floors":{"nonsense":1}}"#,
+                "no known kind",
+            ),
+        ] {
+            let err = Base::parse(json).unwrap_err();
+            assert!(err.contains(why), "{json}: {err}");
+        }
+    }
+}
