@@ -289,18 +289,12 @@ impl View {
             }
         }
         let ids = display_ids(&facts, base);
-        let mut key_to_id: BTreeMap<&str, &str> = facts
+        let key_to_id: BTreeMap<&str, &str> = facts
             .iter()
             .zip(&ids)
             .map(|((k, _), id)| (k.as_str(), id.as_str()))
             .collect();
         if let Some(b) = base {
-            for (key, r) in &b.retired {
-                merged
-                    .entry(key.clone())
-                    .or_insert_with(|| Base::landing(key, r));
-                key_to_id.entry(key).or_insert(&r.id);
-            }
             view.story_index.max_number = b.max_number();
         }
         let index = ClaimIndex::new(&claims);
@@ -312,6 +306,7 @@ impl View {
             index: &index,
             key_to_id: &key_to_id,
             steering: &view.steering,
+            base,
         };
         let mut stories = BTreeMap::new();
         for ((key, fact), id) in facts.iter().zip(&ids) {

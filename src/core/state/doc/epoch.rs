@@ -440,9 +440,13 @@ mod tests {
         let after = e.view();
         assert!(!after.stories.contains_key(&ka));
         assert_eq!(after.stories[&kb], before.stories[&kb], "still suffixed");
-        // And the next story is numbered past both.
+        // And the next story is numbered past both; a view takes it in place.
+        let (mut cached, claims) = e.view_and_claims();
         let next = story(&mut e, "next", vec![ka.clone()]);
         let v = e.view();
+        let fact = v.stories[&next].fact.clone();
+        assert!(cached.add_new_stories(&claims, &[(next.clone(), fact)]));
+        assert_eq!(cached, v);
         assert_eq!(v.stories[&next].fact.number, 2);
         assert_eq!(v.stories[&next].id, "S-0002");
         assert_eq!(v.stories[&next].depends_on_ids, ["S-0001"]);

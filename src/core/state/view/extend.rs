@@ -86,6 +86,14 @@ impl View {
             let mut ids: BTreeMap<&str, &str> = BTreeMap::new();
             for d in &fact.depends_on {
                 let Some(dep) = self.stories.get(d) else {
+                    // Merged in an earlier epoch: the base answers for it.
+                    if self
+                        .base
+                        .as_ref()
+                        .is_some_and(|b| b.retired.contains_key(d))
+                    {
+                        continue;
+                    }
                     return false;
                 };
                 // A dependency blocked or cancelled blocks its dependents, in a fixpoint
@@ -106,6 +114,7 @@ impl View {
                 index: &index,
                 key_to_id: &ids,
                 steering: &self.steering,
+                base: self.base.as_deref(),
             };
             // The number is past every other: the short display id is its own.
             let story = fold.story(key, fact, &format!("S-{:04}", fact.number));

@@ -27,13 +27,20 @@ pub(super) struct StoryFold<'a> {
     pub(super) index: &'a ClaimIndex<'a>,
     pub(super) key_to_id: &'a BTreeMap<&'a str, &'a str>,
     pub(super) steering: &'a Steering,
+    /// What the epoch inherited: stories merged before it count as landed (looked up
+    /// here, not copied into `merged` and `key_to_id` on every fold).
+    pub(super) base: Option<&'a Base>,
 }
 
 impl StoryFold<'_> {
     /// One story's view (before its dependencies' blocks are followed).
     pub(super) fn story(&self, key: &String, fact: &Arc<StoryFact>, id: &str) -> StoryView {
         let steer = self.steering.story(key);
-        let deps_done = fact.depends_on.iter().all(|d| self.merged.contains_key(d));
+        let retired = |d: &str| self.base.and_then(|b| b.retired.get_key_value(d));
+        let deps_done = fact
+            .depends_on
+            .iter()
+            .all(|d| self.merged.contains_key(d) || retired(d).is_some());
         let prior = fact.imported.as_deref();
         let walk = walk_story(key, &fact.labels, prior, self.counted, steer);
         let phases_done: Vec<Phase> = Phase::ALL
@@ -70,7 +77,12 @@ impl StoryFold<'_> {
                 ..Attempts::default()
             },
         };
-        let is_merged = self.merged.get(key).cloned().map(Box::new);
+        let is_merged = self
+            .merged
+            .get(key)
+            .cloned()
+            .or_else(|| retired(key).map(|(k, r)| Base::landing(k, r)))
+            .map(Box::new);
         let cancelled = steer.and_then(|s| s.cancelled.clone()).map(Box::new);
         if is_merged.is_some() || cancelled.is_some() {
             next_phase = None;
@@ -107,7 +119,9 @@ impl StoryFold<'_> {
             .map(|d| {
                 self.key_to_id
                     .get(d.as_str())
-                    .map_or(d.clone(), |s| s.to_string())
+                    .copied()
+                    .or_else(|| retired(d).map(|(_, r)| r.id.as_str()))
+                    .map_or(d.clone(), str::to_string)
             })
             .collect();
         let mut attention = Vec::new();

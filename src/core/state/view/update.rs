@@ -221,15 +221,6 @@ impl View {
             .map(|(_, m)| m)
             .collect();
         let mut merged = counted_merges(merges.into_iter(), claims);
-        if let Some(b) = &self.base {
-            for k in &wanted {
-                if let Some(r) = b.retired.get(*k) {
-                    merged
-                        .entry(k.to_string())
-                        .or_insert_with(|| Base::landing(k, r));
-                }
-            }
-        }
         for k in &wanted {
             if let Some((key, s)) = self.stories.get_key_value(*k) {
                 if let Some(m) = crate::core::imported::Imported::landing(key, &s.fact) {
@@ -237,18 +228,11 @@ impl View {
                 }
             }
         }
-        let mut key_to_id: BTreeMap<&str, &str> = wanted
+        let key_to_id: BTreeMap<&str, &str> = wanted
             .iter()
             .filter_map(|k| self.stories.get_key_value(*k))
             .map(|(k, s)| (k.as_str(), s.id.as_str()))
             .collect();
-        if let Some(b) = &self.base {
-            for k in &wanted {
-                if let Some((key, r)) = b.retired.get_key_value(*k) {
-                    key_to_id.entry(key).or_insert(&r.id);
-                }
-            }
-        }
         let mut index = ClaimIndex::default();
         for k in affected {
             for (r, ids) in claims.story_resources(k) {
@@ -270,6 +254,7 @@ impl View {
             index: &index,
             key_to_id: &key_to_id,
             steering: &self.steering,
+            base: self.base.as_deref(),
         };
         let mut built: Vec<StoryView> = Vec::with_capacity(affected.len());
         for k in affected {
