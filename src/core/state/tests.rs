@@ -157,6 +157,18 @@ pub(crate) fn step(
     step_files(d, key, phase, round, verdict, &[])
 }
 
+/// A first attempt's claim by `A` on `resources`, written at 0.
+pub(crate) fn claim_by_a(resources: Vec<(Resource, u64)>) -> ClaimFact {
+    ClaimFact {
+        resources,
+        holder: A.into(),
+        ttl_ms: 1000,
+        written_at_ms: 0,
+        attempt: 1,
+        after: None,
+    }
+}
+
 /// [`step`], its claim also naming `files` (each at its next token).
 pub(crate) fn step_files(
     d: &mut Doc,
@@ -185,18 +197,7 @@ pub(crate) fn step_files(
         .max()
         .unwrap_or(0);
     let id = format!("{A}-{}", n + 1);
-    d.put_claim(
-        &id,
-        &ClaimFact {
-            resources,
-            holder: A.into(),
-            ttl_ms: 1000,
-            written_at_ms: 0,
-            attempt: 1,
-            after: None,
-        },
-    )
-    .unwrap();
+    d.put_claim(&id, &claim_by_a(resources)).unwrap();
     let handoff = crate::core::model::Handoff {
         summary: format!("{phase} {round}"),
         verdict,

@@ -316,9 +316,8 @@ impl Doc {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::lease::ClaimFact;
     use crate::core::model::{NewStory, Verdict};
-    use crate::core::state::tests::{step, step_files, sync_pair, A};
+    use crate::core::state::tests::{claim_by_a, step, step_files, sync_pair, A};
 
     fn story(d: &mut Doc, title: &str, depends_on: Vec<String>) -> String {
         d.add_story(
@@ -543,14 +542,7 @@ mod tests {
         assert_eq!(c.next_token(&file("src/x.rs")), 4);
         // A stale node's claims: the retired story's merge again, and Y's research at a
         // file token the floor already passed. Neither counts, in a fold or an update.
-        let stale = |resources: Vec<(Resource, u64)>| ClaimFact {
-            resources,
-            holder: A.into(),
-            ttl_ms: 1000,
-            written_at_ms: 0,
-            attempt: 1,
-            after: None,
-        };
+        let stale = claim_by_a;
         let merge_again = Resource::story_round(&x, Phase::Merge, 0).unwrap();
         e.put_claim(&format!("{A}-900"), &stale(vec![(merge_again, 9)]))
             .unwrap();
