@@ -486,6 +486,16 @@ mod tests {
         assert_eq!(v.stories[&y].status, StoryStatus::Merged);
         assert_eq!(v.notes.inflated, 0);
         assert_eq!(v.claims().next_token(&file("src/x.rs")), 5);
+        // The next epoch inherits this one's base and adds to it.
+        let (seed, f) = open(&mut e, 2);
+        assert_eq!(seed.stories, 1);
+        let v = f.view();
+        let base = v.base().unwrap();
+        assert_eq!(base.epoch, 2);
+        assert_eq!(base.retired.keys().collect::<Vec<_>>(), [&x, &y]);
+        assert_eq!(base.floor(&file("src/x.rs")), 4);
+        assert_eq!(base.floor(&file("src/only_x.rs")), 2);
+        assert!(v.stories.is_empty() && v.claims.is_empty());
     }
 
     #[test]
