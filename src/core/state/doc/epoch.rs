@@ -113,7 +113,7 @@ impl Doc {
     }
 
     /// What epoch `epoch`'s seed leaves behind (see the module's documentation).
-    fn retirement(&self, epoch: u64) -> Retirement {
+    fn retirement(&self, epoch: u64) -> Result<Retirement, StateError> {
         let (view, _) = self.view_and_claims();
         let old = self.base.as_deref();
         let was_retired = |k: &str| old.is_some_and(|b| b.retired.contains_key(k));
@@ -221,14 +221,18 @@ impl Doc {
             }
         }
         let stories = retire.len();
-        // Every key checked when it was read; the retired keys are story keys of this
-        // document's views.
-        let base = Base::new(epoch, retired, floors).unwrap_or_default();
-        Retirement {
+        // Story keys and display ids of this document's view, tokens of admitted claims
+        // (never 0): a base that does not build is a bug, and no seed is better than one
+        // that loses the stories it retired.
+        let base = Base::new(epoch, retired, floors).map_err(|why| StateError::Write {
+            key: BASE_KEY.into(),
+            why,
+        })?;
+        Ok(Retirement {
             keys,
             base,
             stories,
-        }
+        })
     }
 
     /// The document epoch `epoch` starts from: this one's chosen facts but the settled
@@ -241,7 +245,7 @@ impl Doc {
             keys: retired,
             base,
             stories,
-        } = self.retirement(epoch);
+        } = self.retirement(epoch)?;
         let cut = self.inner.get_heads();
         // The operation that wrote each kept key's chosen value.
         let mut wanted: HashMap<(u64, Vec<u8>), &str> = HashMap::new();
