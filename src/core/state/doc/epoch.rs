@@ -235,6 +235,18 @@ impl Doc {
         })
     }
 
+    /// The seed of epoch `epoch` cut at `cut`, heads this document holds (it may have
+    /// moved past them): what every node builds, whatever it has heard since, once the
+    /// mesh has agreed where to cut. Forks the history there and reads it again (a load).
+    pub fn seed_at(&mut self, epoch: u64, cut: &[ChangeHash]) -> Result<Seed, StateError> {
+        if !self.holds_all(cut) {
+            return Err(StateError::Corrupt(format!(
+                "cannot cut epoch {epoch} at heads this document does not hold: {cut:?}"
+            )));
+        }
+        self.rewound(cut, 0)?.seed(epoch)
+    }
+
     /// The document epoch `epoch` starts from: this one's chosen facts but the settled
     /// history of its merged stories, and their [`Base`], in one deterministic change
     /// (see the module's documentation). Open it with [`Doc::with_epoch_root`] of
@@ -636,6 +648,33 @@ mod tests {
         assert_eq!((sa.root, &sa.cut), (sb.root, &sb.cut));
         // Another epoch number is another document.
         assert_ne!(a.seed(8).unwrap().root, sa.root);
+    }
+
+    #[test]
+    fn a_node_that_moved_past_the_cut_builds_the_same_seed_at_it() {
+        let (mut a, mut b) = (
+            Doc::new([1; 16]).with_test_names(),
+            Doc::new([2; 16]).with_test_names(),
+        );
+        let k = story(&mut a, "one", vec![]);
+        merge_files(&mut a, &k, &["src/one.rs"]);
+        sync_pair(&mut a, &mut b);
+        let cut = a.heads();
+        let at_cut = a.seed(3).unwrap();
+        // b hears more before it cuts: another story, and work on a file.
+        let later = story(&mut b, "later", vec![]);
+        step_files(&mut b, &later, Phase::Implement, 0, None, &["src/one.rs"]);
+        let seed = b.seed_at(3, &cut).unwrap();
+        assert_eq!(seed.root, at_cut.root);
+        assert_eq!(seed.cut, cut);
+        assert!(
+            b.view().stories.contains_key(&later),
+            "b itself is unchanged"
+        );
+        // Heads it does not hold: refused.
+        let mut c = Doc::new([3; 16]).with_test_names();
+        let err = c.seed_at(3, &cut).unwrap_err();
+        assert!(err.to_string().contains("does not hold"), "{err}");
     }
 
     #[test]
