@@ -247,6 +247,85 @@ impl Doc {
         self.rewound(cut, 0)?.seed(epoch)
     }
 
+    /// Copies into this epoch's document, cut from `old` at `cut` ([`Seed::cut`]), every
+    /// value `old` admitted after the cut and counts, byte for byte as its author sealed
+    /// it (checked again here), in one change; values this document already chose, and
+    /// facts of stories its base retired, are not copied. Returns how many were.
+    ///
+    /// The facts written in the old epoch while the mesh moves are carried this way, by
+    /// whichever node sees them. A copy has a new operation id, and a key with several
+    /// candidates chooses among them by operation id ([`Doc::chosen`]): the new epoch
+    /// chooses as the old one did only where the cut was quiet — no claim, release or
+    /// takeover in flight across it (see DESIGN.md §3.5).
+    pub fn carry_from(&mut self, old: &mut Doc, cut: &[ChangeHash]) -> Result<usize, StateError> {
+        old.refresh();
+        let base = self.base.clone();
+        let retired = |key: &str, fact: &Fact| {
+            let Some(b) = &base else { return false };
+            let story = match fact {
+                Fact::Story(_) => key.strip_prefix(STORY_PREFIX),
+                Fact::Result(r) => Some(r.story.as_str()),
+                Fact::Merge(m) => Some(m.story.as_str()),
+                Fact::Claim(c) => return b.names_retired(c),
+                _ => None,
+            };
+            story.is_some_and(|k| b.retired.contains_key(k))
+        };
+        // The admitted values that count in `old`, by the operation that wrote them.
+        let mut counting: HashMap<(u64, Vec<u8>), &Arc<Fact>> = HashMap::new();
+        for (key, all) in &old.candidates {
+            let roster = FactKind::of_key(key).is_some_and(FactKind::by_operator);
+            for c in all {
+                if (roster || old.roster.counts(&c.author, &c.change))
+                    && !retired(key, &c.fact)
+                    && self.facts.get(key) != Some(&c.fact)
+                {
+                    counting.insert(c.op.clone(), &c.fact);
+                }
+            }
+        }
+        let mut values: Vec<((u64, Vec<u8>), String, String)> = Vec::new();
+        for change in old.inner.get_changes(cut) {
+            let ex = change.decode();
+            let actor = ex.actor_id.to_bytes().to_vec();
+            for (i, op) in ex.operations.iter().enumerate() {
+                let (
+                    automerge::legacy::Key::Map(key),
+                    automerge::legacy::OpType::Put(ScalarValue::Str(v)),
+                ) = (&op.key, &op.action)
+                else {
+                    continue;
+                };
+                let id = (ex.start_op.get().saturating_add(i as u64), actor.clone());
+                if op.obj == automerge::legacy::ObjectId::Root && counting.contains_key(&id) {
+                    values.push((id, key.to_string(), v.to_string()));
+                }
+            }
+        }
+        if values.is_empty() {
+            return Ok(0);
+        }
+        // In the old epoch's order of operations: keys with several candidates keep it.
+        values.sort_by(|a, b| a.0.cmp(&b.0));
+        let bytes = values
+            .iter()
+            .map(|(_, k, v)| k.len() + v.len())
+            .sum::<usize>();
+        self.room_for(bytes as u64)?;
+        for (_, key, value) in &values {
+            self.inner
+                .put(ROOT, key.as_str(), value.as_str())
+                .map_err(|e| StateError::Write {
+                    key: key.clone(),
+                    why: e.to_string(),
+                })?;
+        }
+        self.inner.commit();
+        self.log_local_change();
+        self.refresh();
+        Ok(values.len())
+    }
+
     /// The document epoch `epoch` starts from: this one's chosen facts but the settled
     /// history of its merged stories, and their [`Base`], in one deterministic change
     /// (see the module's documentation). Open it with [`Doc::with_epoch_root`] of
@@ -675,6 +754,46 @@ mod tests {
         let mut c = Doc::new([3; 16]).with_test_names();
         let err = c.seed_at(3, &cut).unwrap_err();
         assert!(err.to_string().contains("does not hold"), "{err}");
+    }
+
+    #[test]
+    fn facts_written_after_a_quiet_cut_are_carried_into_the_new_epoch() {
+        let mut a = Doc::new([1; 16]).with_test_names();
+        let done = story(&mut a, "done", vec![]);
+        merge_files(&mut a, &done, &["src/a.rs"]);
+        let half = story(&mut a, "half way", vec![done.clone()]);
+        step(&mut a, &half, Phase::Research, 0, None);
+        let (seed, mut e) = open(&mut a, 1);
+        // The old epoch goes on: the half-way story lands (on the file the retired one
+        // used), a new story arrives.
+        for p in [Phase::Plan, Phase::Implement, Phase::Review, Phase::Merge] {
+            let verdict = (p == Phase::Review).then_some(Verdict::Approve);
+            let files: &[&str] = if p == Phase::Implement {
+                &["src/a.rs"]
+            } else {
+                &[]
+            };
+            step_files(&mut a, &half, p, 0, verdict, files);
+        }
+        let new = story(&mut a, "new", vec![half.clone()]);
+        let before = a.view();
+        let carried = e.carry_from(&mut a, &seed.cut).unwrap();
+        assert!(carried > 10, "{carried}");
+        assert_eq!(e.rejected_total(), 0);
+        let after = e.view();
+        assert_eq!(after.stories[&half], before.stories[&half]);
+        assert_eq!(after.stories[&new], before.stories[&new]);
+        assert!(!after.stories.contains_key(&done));
+        assert_eq!(
+            after.notes.inflated, 0,
+            "the file's run goes on from its floor"
+        );
+        assert_eq!(
+            after.claims().next_token(&file("src/a.rs")),
+            before.claims().next_token(&file("src/a.rs"))
+        );
+        // Carrying again copies nothing new.
+        assert_eq!(e.carry_from(&mut a, &seed.cut).unwrap(), 0);
     }
 
     #[test]
