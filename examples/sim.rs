@@ -32,7 +32,7 @@ use std::time::Instant;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn usage() -> ! {
-    eprintln!("usage: sim [--seeds N] [--start S] [--mode clean|hostile|both] [--replay SEED] [--nodes N] [--stories N] [--files N] [--no-stops] [--no-storage-faults] [--remote] [--byzantine] [--steer] [--budget USD] [--broken-reserve USD] [--broken-job-queue] [--broken-cancel] [--broken-send-before-flush] [--broken-start-before-flush] [--check-view] [--check-seed] [--keep-going]\n       sim --cost N[,N...] [--writes N] [--idle-secs S] [--stories N] [--start SEED]");
+    eprintln!("usage: sim [--seeds N] [--start S] [--mode clean|hostile|both] [--replay SEED] [--nodes N] [--stories N] [--files N] [--no-stops] [--no-storage-faults] [--remote] [--byzantine] [--steer] [--budget USD] [--broken-reserve USD] [--broken-job-queue] [--broken-cancel] [--broken-send-before-flush] [--broken-start-before-flush] [--check-view] [--check-seed] [--check-carry] [--keep-going]\n       sim --cost N[,N...] [--writes N] [--idle-secs S] [--stories N] [--start SEED]");
     std::process::exit(2);
 }
 
@@ -46,6 +46,7 @@ fn main() {
     let (mut steer, mut late_jobs, mut no_cancel) = (false, false, false);
     let mut check_view = false;
     let mut check_seed = false;
+    let mut check_carry = false;
     let (mut cost_nodes, mut writes, mut idle_secs) = (None::<Vec<usize>>, 10u64, 60u64);
     let (mut budget, mut reserve) = (None::<f64>, None::<f64>);
     while let Some(a) = args.next() {
@@ -77,6 +78,7 @@ fn main() {
             "--broken-cancel" => no_cancel = true,
             "--check-view" => check_view = true,
             "--check-seed" => check_seed = true,
+            "--check-carry" => check_carry = true,
             "--cost" => {
                 let list = val();
                 let parsed: Result<Vec<usize>, _> = list.split(',').map(str::parse).collect();
@@ -104,7 +106,8 @@ fn main() {
         c.broken_job_queue = late_jobs;
         c.broken_cancel = no_cancel;
         c.check_view = check_view;
-        c.check_seed = check_seed;
+        c.check_seed = check_seed || check_carry;
+        c.check_carry = check_carry;
         c.send_before_flush = send_early;
         c.start_before_flush = start_early;
         if let Some(n) = nodes {

@@ -6,7 +6,7 @@
 use super::{Crash, Mode, Sim, Titles};
 use crate::core::lease::Resource;
 use crate::core::model::{Phase, StoryStatus, MAX_ATTEMPTS, MAX_TAKEOVERS};
-use crate::core::state::{Doc, View};
+use crate::core::state::{ChangeHash, Doc, View};
 use std::collections::{BTreeMap, BTreeSet};
 
 impl Sim {
@@ -278,7 +278,8 @@ impl Sim {
             return (0, 0, 0);
         };
         if self.cfg.check_seed {
-            self.check_seed(first, &view);
+            // (The new epoch itself is not needed after the run.)
+            let _ = self.check_seed(first, &view);
         }
         // Every acknowledged write reached every node.
         let missing: Vec<String> = self
@@ -573,28 +574,67 @@ impl Sim {
     /// merged folds to the same view, every merged one still reads merged (in the view
     /// with the same counted merge, or retired with the same id and commit), every
     /// resource's next token is the same, and the roster and knowledge are the same.
-    /// [`Sim::check_seed`] of node `i` against its own document's view now.
+    /// [`Sim::check_seed`] of node `i` against its own document's view now; the epoch
+    /// is kept, and the end of the run carries what node `i` hears later into it.
     pub(super) fn check_seed_now(&mut self, i: usize) {
         if let Some(view) = self.nodes[i].core.as_mut().map(|c| c.doc_mut().view()) {
-            self.check_seed(i, &view);
+            self.epoch = self.check_seed(i, &view);
         }
     }
 
-    fn check_seed(&mut self, i: usize, before: &View) {
-        let Some(core) = self.nodes[i].core.as_mut() else {
-            return;
-        };
-        let mut doc = core.doc_mut().clone();
+    /// A new epoch cut from node `i`'s document keeps the live mesh (see
+    /// [`Sim::same_mesh`]); and with `check_carry`, the epoch cut at the heal, with the
+    /// facts written since carried into it (`Doc::carry_from`), reads as node `i` does
+    /// now. Returns the new epoch's cut and document.
+    fn check_seed(&mut self, i: usize, before: &View) -> Option<(Vec<ChangeHash>, Doc)> {
+        let mut doc = self.nodes[i].core.as_mut()?.doc_mut().clone();
+        let carry = self.epoch.take().filter(|_| self.cfg.check_carry);
+        if let Some((cut, mut epoch)) = carry {
+            match epoch.carry_from(&mut doc, &cut) {
+                Ok(_) => {
+                    let after = super::steer::closed(epoch, &self.cfg).view();
+                    self.same_mesh(
+                        i,
+                        before,
+                        &after,
+                        "the heal's epoch with what followed carried",
+                    );
+                }
+                Err(e) => self.violation(format!("node{i}: carrying into the heal's epoch: {e}")),
+            }
+        }
         let seed = match doc.seed(1) {
             Ok(s) => s,
-            Err(e) => return self.violation(format!("node{i} cannot seed a new epoch: {e}")),
+            Err(e) => {
+                self.violation(format!("node{i} cannot seed a new epoch: {e}"));
+                return None;
+            }
         };
-        let after = match Doc::load_test_names([0xE5; 16], &seed.bytes, &[])
-            .and_then(|d| d.with_epoch_root(&seed.root))
-        {
-            Ok(d) => super::steer::closed(d, &self.cfg).view(),
-            Err(e) => return self.violation(format!("node{i}'s epoch seed does not load: {e}")),
+        let opened = Doc::load_test_names([0xE5; 16], &seed.bytes, &[])
+            .and_then(|d| d.with_epoch_root(&seed.root));
+        let epoch = match opened {
+            Ok(d) => super::steer::closed(d, &self.cfg),
+            Err(e) => {
+                self.violation(format!("node{i}'s epoch seed does not load: {e}"));
+                return None;
+            }
         };
+        let after = epoch.view();
+        let what = format!(
+            "epoch seed ({} of {} facts kept)",
+            seed.kept,
+            seed.kept + seed.retired
+        );
+        self.same_mesh(i, before, &after, &what);
+        Some((seed.cut, epoch))
+    }
+
+    /// Whether `after`, a new epoch's view, keeps the live mesh `before` showed: every
+    /// story not merged folds to the same view, every merged one still reads merged (in
+    /// the view with the same counted merge, or retired with the same id and commit),
+    /// every resource's next token is the same, and the roster and knowledge are the
+    /// same.
+    fn same_mesh(&mut self, i: usize, before: &View, after: &View, what: &str) {
         let retired = after.base().map(|b| &b.retired);
         let mut wrong = Vec::new();
         for (key, s) in &before.stories {
@@ -615,28 +655,24 @@ impl Sim {
             }
         }
         if !wrong.is_empty() {
-            self.violation(format!(
-                "node{i}'s epoch seed changes stories {wrong:?} ({} of {} facts kept)",
-                seed.kept,
-                seed.kept + seed.retired
-            ));
+            self.violation(format!("node{i}'s {what} changes stories {wrong:?}"));
         }
         // Fencing goes on: no resource a live story or a file can be claimed on goes
         // back to a lower token.
         let (was, now) = (before.claims(), after.claims());
+        let gone = |r: &Resource| {
+            r.story_key()
+                .is_some_and(|k| retired.is_some_and(|m| m.contains_key(k)))
+        };
         let back: BTreeSet<String> = before
             .claims
             .values()
             .flat_map(|c| &c.resources)
-            .filter(|(r, _)| {
-                !r.story_key()
-                    .is_some_and(|k| retired.is_some_and(|m| m.contains_key(k)))
-            })
-            .filter(|(r, _)| now.next_token(r) != was.next_token(r))
+            .filter(|(r, _)| !gone(r) && now.next_token(r) != was.next_token(r))
             .map(|(r, _)| format!("{r}: {} then {}", was.next_token(r), now.next_token(r)))
             .collect();
         if !back.is_empty() {
-            self.violation(format!("node{i}'s epoch seed moves next tokens: {back:?}"));
+            self.violation(format!("node{i}'s {what} moves next tokens: {back:?}"));
         }
         let stories = after.stories.len() + retired.map_or(0, |r| r.len());
         if stories != before.stories.len()
@@ -644,7 +680,7 @@ impl Sim {
             || after.knowledge != before.knowledge
         {
             self.violation(format!(
-                "node{i}'s epoch seed changes the mesh: {stories} stories (was {}), roster or knowledge",
+                "node{i}'s {what} changes the mesh: {stories} stories (was {}), roster or knowledge",
                 before.stories.len()
             ));
         }

@@ -242,6 +242,9 @@ struct Sim {
     /// Every start of work: (node, resource, token, time).
     starts: Vec<(usize, Resource, u64, u64)>,
     healed_at: Option<u64>,
+    /// With `check_seed`: the epoch cut at the heal (its cut heads and document), which
+    /// the end of the run carries node0's later facts into.
+    epoch: Option<(Vec<crate::core::state::ChangeHash>, crate::core::state::Doc)>,
     /// The document digest each node's view was last checked at.
     checked: Vec<[u8; 32]>,
     /// What each node ran when last checked: (story, phase) of its running claims.

@@ -73,6 +73,7 @@ impl Sim {
             crashes: Vec::new(),
             starts: Vec::new(),
             healed_at: None,
+            epoch: None,
             checked: Vec::new(),
             running: Vec::new(),
             running_on: BTreeMap::new(),

@@ -15,7 +15,8 @@
 //! A merged story stays live (it retires at a later epoch) when one of its claims holds
 //! a token at or above a kept claim's on a shared file: the kept claims on a resource
 //! must all lie above its floor, in an unbroken run from it (the view drops inflated
-//! claims, counting from the floor). Claims that do not count here are not copied.
+//! claims, counting from the floor). A claim that does not count yet is copied all the
+//! same (a late claim filling the gap below it would make it count).
 //!
 //! A seed is a function of the document's heads alone. It is one change by an actor
 //! derived from the epoch's number, dated 0, the kept keys in order, each holding the
@@ -170,17 +171,17 @@ impl Doc {
             retire.retain(|k| !pinned.contains(*k));
         }
         let leaves = |k: &str| retire.contains(k) || was_retired(k);
-        // Claims that stay behind: those naming a retired story, and those that do not
-        // count. Each file's and gate's highest token among them is its floor.
+        // Claims that stay behind: those naming a retired story. Each file's and gate's
+        // highest token among those that count is its floor. (A claim that does not count
+        // yet stays: a late claim filling the gap below it would make it count.)
         let mut floors = old.map(|b| b.floors.clone()).unwrap_or_default();
         let mut gone: BTreeSet<&str> = BTreeSet::new();
         for (id, c) in &claims {
-            let counts = view.claims.contains_key(*id);
-            if counts && !stories_of(c).iter().any(|k| leaves(k)) {
+            if !stories_of(c).iter().any(|k| leaves(k)) {
                 continue;
             }
             gone.insert(id);
-            if !counts {
+            if !view.claims.contains_key(*id) {
                 continue;
             }
             for (r, t) in &c.resources {
