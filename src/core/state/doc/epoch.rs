@@ -29,6 +29,7 @@
 //! same change as the revoke, which is its own causal past: they count there too, and
 //! nothing the author writes after the seed does.
 
+use super::fold::root_puts;
 use super::*;
 use automerge::transaction::CommitOptions;
 use std::collections::HashMap;
@@ -83,18 +84,10 @@ impl Doc {
             ));
         }
         let ex = change.decode();
-        let json = ex
-            .operations
-            .iter()
-            .find_map(|op| match (&op.key, &op.action) {
-                (
-                    automerge::legacy::Key::Map(k),
-                    automerge::legacy::OpType::Put(ScalarValue::Str(v)),
-                ) if op.obj == automerge::legacy::ObjectId::Root && k == BASE_KEY => {
-                    Some(v.to_string())
-                }
-                _ => None,
-            });
+        let json = root_puts(&ex).find_map(|(_, key, value)| match value {
+            ScalarValue::Str(v) if key == BASE_KEY => Some(v.to_string()),
+            _ => None,
+        });
         let json = json.ok_or_else(|| corrupt(format!("writes no {BASE_KEY:?}")))?;
         let base = Base::parse(&json).map_err(|e| corrupt(format!("its base: {e}")))?;
         if ex.actor_id != seed_actor(base.epoch) {
@@ -287,18 +280,8 @@ impl Doc {
         }
         let mut values: Vec<((u64, Vec<u8>), String, String)> = Vec::new();
         for change in old.inner.get_changes(cut) {
-            let ex = change.decode();
-            let actor = ex.actor_id.to_bytes().to_vec();
-            for (i, op) in ex.operations.iter().enumerate() {
-                let (
-                    automerge::legacy::Key::Map(key),
-                    automerge::legacy::OpType::Put(ScalarValue::Str(v)),
-                ) = (&op.key, &op.action)
-                else {
-                    continue;
-                };
-                let id = (ex.start_op.get().saturating_add(i as u64), actor.clone());
-                if op.obj == automerge::legacy::ObjectId::Root && counting.contains_key(&id) {
+            for (id, key, value) in root_puts(&change.decode()) {
+                if let (ScalarValue::Str(v), true) = (value, counting.contains_key(&id)) {
                     values.push((id, key.to_string(), v.to_string()));
                 }
             }
@@ -351,19 +334,8 @@ impl Doc {
         }
         let mut values: BTreeMap<&str, String> = BTreeMap::new();
         for change in self.inner.get_changes(&[]) {
-            let ex = change.decode();
-            let actor = ex.actor_id.to_bytes().to_vec();
-            for (i, op) in ex.operations.iter().enumerate() {
-                let (automerge::legacy::Key::Map(_), automerge::legacy::OpType::Put(v)) =
-                    (&op.key, &op.action)
-                else {
-                    continue;
-                };
-                if op.obj != automerge::legacy::ObjectId::Root {
-                    continue;
-                }
-                let id = (ex.start_op.get().saturating_add(i as u64), actor.clone());
-                if let (Some(key), ScalarValue::Str(v)) = (wanted.get(&id), v) {
+            for (id, _, value) in root_puts(&change.decode()) {
+                if let (Some(key), ScalarValue::Str(v)) = (wanted.get(&id), value) {
                     values.insert(key, v.to_string());
                 }
             }

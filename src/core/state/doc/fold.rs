@@ -18,6 +18,27 @@ type Value<'a> = (
 /// worth it for a load or a join, not for one change.
 const BATCH_CHECK_MIN: usize = 256;
 
+/// The values a change puts at root keys, in order: the operation that wrote each
+/// (counter, actor), its key and its value. (Deletes and anything else change no fact.)
+pub(super) fn root_puts(
+    ex: &automerge::ExpandedChange,
+) -> impl Iterator<Item = ((u64, Vec<u8>), &str, &ScalarValue)> + '_ {
+    let actor = ex.actor_id.to_bytes().to_vec();
+    ex.operations.iter().enumerate().filter_map(move |(i, op)| {
+        if op.obj != automerge::legacy::ObjectId::Root {
+            return None;
+        }
+        match (&op.key, &op.action) {
+            (automerge::legacy::Key::Map(key), automerge::legacy::OpType::Put(value)) => Some((
+                (ex.start_op.get().saturating_add(i as u64), actor.clone()),
+                key.as_str(),
+                value,
+            )),
+            _ => None,
+        }
+    })
+}
+
 impl Doc {
     /// Brings the decoded facts up to date with the document: reads every root value
     /// written by the changes since the last call (the first call reads them all), admits
@@ -34,17 +55,7 @@ impl Doc {
         // Every root value, in order.
         let mut values: Vec<Value<'_>> = Vec::new();
         for (hash, ex) in &decoded {
-            let actor = ex.actor_id.to_bytes().to_vec();
-            for (i, op) in ex.operations.iter().enumerate() {
-                if op.obj != automerge::legacy::ObjectId::Root {
-                    continue;
-                }
-                let (automerge::legacy::Key::Map(key), automerge::legacy::OpType::Put(value)) =
-                    (&op.key, &op.action)
-                else {
-                    // Deletes and anything else change no fact.
-                    continue;
-                };
+            for (op, key, value) in root_puts(ex) {
                 let Some(kind) = FactKind::of_key(key) else {
                     continue;
                 };
@@ -52,8 +63,7 @@ impl Doc {
                     ScalarValue::Str(v) => Some(v.as_str()),
                     _ => None,
                 };
-                let op = (ex.start_op.get().saturating_add(i as u64), actor.clone());
-                values.push((key.as_str(), kind, value, op, *hash));
+                values.push((key, kind, value, op, *hash));
             }
         }
         let verdicts = self.verdicts(&values);
