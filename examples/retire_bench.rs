@@ -58,27 +58,26 @@ fn prose(state: &mut u64, len: usize) -> String {
     ];
     let mut out = String::with_capacity(len + 16);
     while out.len() < len {
-        // xorshift64: deterministic, no dependency.
-        *state ^= *state << 13;
-        *state ^= *state >> 7;
-        *state ^= *state << 17;
-        out.push_str(WORDS[(*state % 32) as usize]);
+        out.push_str(WORDS[(xorshift(state) % 32) as usize]);
         out.push(' ');
     }
     out
 }
 
+/// The next number of a xorshift64 generator: deterministic, no dependency.
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
 /// A random 40-hex-digit commit id.
 fn commit_id(state: &mut u64) -> String {
-    (0..3)
-        .map(|_| {
-            *state ^= *state << 13;
-            *state ^= *state >> 7;
-            *state ^= *state << 17;
-            format!("{:016x}", *state)
-        })
-        .collect::<String>()[..40]
-        .to_string()
+    let hex: String = (0..3)
+        .map(|_| format!("{:016x}", xorshift(state)))
+        .collect();
+    hex[..40].to_string()
 }
 
 fn row(n: usize, pad: usize) -> anyhow::Result<()> {

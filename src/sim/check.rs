@@ -574,11 +574,15 @@ impl Sim {
     /// merged folds to the same view, every merged one still reads merged (in the view
     /// with the same counted merge, or retired with the same id and commit), every
     /// resource's next token is the same, and the roster and knowledge are the same.
-    /// [`Sim::check_seed`] of node `i` against its own document's view now; the epoch
-    /// is kept, and the end of the run carries what node `i` hears later into it.
+    /// [`Sim::check_seed`] of node `i` against its own document's view now; with
+    /// `check_carry` the epoch is kept, and the end of the run carries what node `i`
+    /// hears later into it.
     pub(super) fn check_seed_now(&mut self, i: usize) {
         if let Some(view) = self.nodes[i].core.as_mut().map(|c| c.doc_mut().view()) {
-            self.epoch = self.check_seed(i, &view);
+            let epoch = self.check_seed(i, &view);
+            if self.cfg.check_carry {
+                self.epoch = epoch;
+            }
         }
     }
 
@@ -588,8 +592,7 @@ impl Sim {
     /// now. Returns the new epoch's cut and document.
     fn check_seed(&mut self, i: usize, before: &View) -> Option<(Vec<ChangeHash>, Doc)> {
         let mut doc = self.nodes[i].core.as_mut()?.doc_mut().clone();
-        let carry = self.epoch.take().filter(|_| self.cfg.check_carry);
-        if let Some((cut, mut epoch)) = carry {
+        if let Some((cut, mut epoch)) = self.epoch.take() {
             match epoch.carry_from(&mut doc, &cut) {
                 Ok(_) => {
                     let after = super::steer::closed(epoch, &self.cfg).view();
