@@ -31,6 +31,8 @@ pub(super) struct Origin {
     fence: BTreeMap<String, FenceRecord<usize>>,
     /// Every landing per story: (node, fence token).
     pub(super) landed: BTreeMap<String, Vec<(usize, FenceToken)>>,
+    /// The synthetic commit each story landed as (its landing merge's).
+    commits: BTreeMap<String, String>,
     /// Main's history: the landed stories in order, with the files they changed.
     main: Vec<(String, Vec<String>)>,
     /// The main each change was made on (its length then), by the change's claim.
@@ -49,6 +51,7 @@ impl Origin {
             rule,
             fence: BTreeMap::new(),
             landed: BTreeMap::new(),
+            commits: BTreeMap::new(),
             main: Vec::new(),
             bases: BTreeMap::new(),
             down: Vec::new(),
@@ -177,10 +180,11 @@ impl Sim {
                 match (self.origin.rule)(current, token, &holder) {
                     // Landed under another claim (an earlier holder that stopped before
                     // its result counted, or a newer one): the merge is done, as work.rs
-                    // answers a fenced `AlreadyLanded`.
+                    // answers a fenced `AlreadyLanded`: with the commit it landed as.
                     Some(Refused::AlreadyLanded { .. }) => {
                         let mut h = sim_handoff(job);
                         h.summary = "already landed".into();
+                        h.commit = self.origin.commits.get(&job.story).cloned();
                         h.verdict = Some(crate::core::model::Verdict::Approve);
                         return Ok(h);
                     }
@@ -208,7 +212,11 @@ impl Sim {
                     .entry(job.story.clone())
                     .or_default()
                     .push((i, token));
-                Ok(sim_handoff(job))
+                let h = sim_handoff(job);
+                self.origin
+                    .commits
+                    .insert(job.story.clone(), h.summary.clone());
+                Ok(h)
             }
             Phase::Review if job.round == 0 && self.rng.gen_bool(self.cfg.review_reject_rate) => {
                 let mut h = sim_handoff(job);
