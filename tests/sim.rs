@@ -307,18 +307,22 @@ fn a_remote_origin_with_outages_and_lost_answers_holds_every_invariant() {
 
 #[test]
 fn a_new_epoch_cut_after_a_run_keeps_every_live_story_and_every_merge() {
-    // At the end of each run a node's document is cut into a new epoch's seed
-    // (`Doc::seed`: merged stories retired whole, their files' tokens kept as floors)
-    // and folded again: stories not merged read the same, merged ones merged (or retired
-    // with the same id and commit), every resource's next token the same, roster and
-    // knowledge the same. Files make claims share resources across stories (a merged
-    // story above a live claim on its file must stay), the remote origin adds gates,
-    // the byzantine member inflated and forged claims; every kind of run is cut.
+    // At the heal and at the end of each run a node's document is cut into a new
+    // epoch's seed (`Doc::seed`: merged stories retired whole, each file's top claim
+    // among theirs kept as its floor) and folded again: stories not merged read the
+    // same, merged ones merged (or retired with the same id and commit), every
+    // resource's next token the same, roster and knowledge the same. And the heal's
+    // epoch, with all the node heard after the heal carried in (`Doc::carry_from`),
+    // reads as the node does at the end. Files make claims share resources across
+    // stories (a live claim below a file's floor still counts, and loses to it), the
+    // remote origin adds gates, the byzantine member inflated and forged claims; every
+    // kind of run is cut.
     let mut merged = 0;
     for (i, mode) in [Mode::Clean, Mode::Hostile].into_iter().enumerate() {
         for (j, seed) in (0..30u64).enumerate() {
             let mut cfg = SimConfig::new(mode);
             cfg.check_seed = true;
+            cfg.check_carry = true;
             cfg.files = 3;
             cfg.remote = j % 2 == 0;
             cfg.byzantine = (i + j) % 3 == 0;
@@ -326,7 +330,7 @@ fn a_new_epoch_cut_after_a_run_keeps_every_live_story_and_every_merge() {
             let r = run(seed, &cfg);
             assert!(
                 r.ok(),
-                "seed {seed} ({mode:?}) violated invariants: {:#?}\nreplay: scripts/sim --replay {seed} --mode {} --check-seed --files 3{}{}",
+                "seed {seed} ({mode:?}) violated invariants: {:#?}\nreplay: scripts/sim --replay {seed} --mode {} --check-carry --files 3{}{}",
                 r.violations,
                 if mode == Mode::Clean { "clean" } else { "hostile" },
                 if cfg.remote { " --remote" } else { "" },

@@ -4,7 +4,7 @@
 //! holder's work within the bound).
 
 use super::{Crash, Mode, Sim, Titles};
-use crate::core::lease::Resource;
+use crate::core::lease::{Claims, Resource};
 use crate::core::model::{Phase, StoryStatus, MAX_ATTEMPTS, MAX_TAKEOVERS};
 use crate::core::state::{ChangeHash, Doc, View};
 use std::collections::{BTreeMap, BTreeSet};
@@ -601,6 +601,7 @@ impl Sim {
                         before,
                         &after,
                         "the heal's epoch with what followed carried",
+                        true,
                     );
                 }
                 Err(e) => self.violation(format!("node{i}: carrying into the heal's epoch: {e}")),
@@ -628,7 +629,7 @@ impl Sim {
             seed.kept,
             seed.kept + seed.retired
         );
-        self.same_mesh(i, before, &after, &what);
+        self.same_mesh(i, before, &after, &what, false);
         Some((seed.cut, epoch))
     }
 
@@ -636,20 +637,42 @@ impl Sim {
     /// story not merged folds to the same view, every merged one still reads merged (in
     /// the view with the same counted merge, or retired with the same id and commit),
     /// every resource's next token is the same, and the roster and knowledge are the
-    /// same.
-    fn same_mesh(&mut self, i: usize, before: &View, after: &View, what: &str) {
+    /// same. With `carried`, `after` is an epoch cut earlier, with what followed carried
+    /// in: a claim naming a story it retired, written before the cut and heard after,
+    /// counts in `before` but never in `after` (the story landed; DESIGN.md §3.5), so the
+    /// next tokens `after` must give are those of `before`'s other claims, or above its
+    /// floors; a retired story keeps the display id it had at the cut, so two stories
+    /// given one number concurrently may show their ids the other way round; and of two
+    /// nodes that wrote one knowledge entry, the one credited may differ (the first
+    /// write stands, and a copy is written later).
+    fn same_mesh(&mut self, i: usize, before: &View, after: &View, what: &str, carried: bool) {
         let retired = after.base().map(|b| &b.retired);
+        let mut numbers: BTreeMap<u32, usize> = BTreeMap::new();
+        for s in before.stories.values() {
+            *numbers.entry(s.fact.number).or_default() += 1;
+        }
+        let shared = |n: u32| carried && numbers.get(&n).is_some_and(|c| *c > 1);
+        let any_shared = numbers.keys().any(|n| shared(*n));
         let mut wrong = Vec::new();
         for (key, s) in &before.stories {
+            let same_id = |id: &str| id == s.id || shared(s.fact.number);
             let same = match (after.stories.get(key), retired.and_then(|r| r.get(key))) {
                 (Some(_), Some(_)) | (None, None) => false,
                 (None, Some(r)) => {
                     s.status == StoryStatus::Merged
-                        && r.id == s.id
+                        && same_id(&r.id)
                         && s.merged.as_ref().is_some_and(|m| m.commit == r.commit)
                 }
                 (Some(a), None) if s.status == StoryStatus::Merged => {
-                    a.status == StoryStatus::Merged && a.merged == s.merged && a.id == s.id
+                    a.status == StoryStatus::Merged && a.merged == s.merged && same_id(&a.id)
+                }
+                (Some(a), None) if any_shared => {
+                    let mut a = (**a).clone();
+                    if same_id(&a.id) {
+                        a.id = s.id.clone();
+                    }
+                    a.depends_on_ids = s.depends_on_ids.clone();
+                    a == **s
                 }
                 (Some(a), None) => **a == **s,
             };
@@ -662,26 +685,45 @@ impl Sim {
         }
         // Fencing goes on: no resource a live story or a file can be claimed on goes
         // back to a lower token.
-        let (was, now) = (before.claims(), after.claims());
         let gone = |r: &Resource| {
             r.story_key()
                 .is_some_and(|k| retired.is_some_and(|m| m.contains_key(k)))
+        };
+        let was = if carried {
+            let mut kept = before.claims.clone();
+            kept.retain(|_, c| !c.resources.iter().any(|(r, _)| gone(r)));
+            Claims::new(&kept, &before.releases)
+        } else {
+            before.claims()
+        };
+        let now = after.claims();
+        let want = |r: &Resource| match after.base() {
+            Some(b) if carried => was.next_token(r).max(b.floor(r) + 1),
+            _ => was.next_token(r),
         };
         let back: BTreeSet<String> = before
             .claims
             .values()
             .flat_map(|c| &c.resources)
-            .filter(|(r, _)| !gone(r) && now.next_token(r) != was.next_token(r))
-            .map(|(r, _)| format!("{r}: {} then {}", was.next_token(r), now.next_token(r)))
+            .filter(|(r, _)| !gone(r) && now.next_token(r) != want(r))
+            .map(|(r, _)| format!("{r}: {} then {}", want(r), now.next_token(r)))
             .collect();
         if !back.is_empty() {
             self.violation(format!("node{i}'s {what} moves next tokens: {back:?}"));
         }
         let stories = after.stories.len() + retired.map_or(0, |r| r.len());
-        if stories != before.stories.len()
-            || after.roster != before.roster
-            || after.knowledge != before.knowledge
-        {
+        let entries = |v: &View| -> Vec<(String, String, String)> {
+            v.knowledge
+                .iter()
+                .map(|(k, f)| (k.clone(), format!("{:?}", f.kind), f.text.clone()))
+                .collect()
+        };
+        let same_knowledge = if carried {
+            entries(after) == entries(before)
+        } else {
+            after.knowledge == before.knowledge
+        };
+        if stories != before.stories.len() || after.roster != before.roster || !same_knowledge {
             self.violation(format!(
                 "node{i}'s {what} changes the mesh: {stories} stories (was {}), roster or knowledge",
                 before.stories.len()

@@ -53,10 +53,10 @@ pub struct SimConfig {
     /// document (`Doc::seed`) and check it keeps the live mesh (`Sim::same_mesh`).
     pub check_seed: bool,
     /// With `check_seed`, also carry what node0 heard after the heal into the epoch cut
-    /// at the heal (`Doc::carry_from`) and check it reads as node0 then does. Not an
-    /// invariant yet: the heal is no quiet cut (a claim written before it, heard after
-    /// it, at or below a file's floor does not count in the new epoch — seeds 70062 and
-    /// 70274 hostile with `--files 3`).
+    /// at the heal (`Doc::carry_from`) and check it reads as node0 then does (but for
+    /// what DESIGN.md §3.5 says an epoch may show otherwise: see `Sim::same_mesh`). The
+    /// heal is no quiet cut: a release racing a takeover across it could be chosen the
+    /// other way round (none has been seen).
     pub check_carry: bool,
     /// The rule the origin's fence applies to a landing: the product's
     /// [`token_check`]; a test swaps in a broken one to prove the invariants catch it.

@@ -16,6 +16,42 @@ struct Top {
     depth: u32,
     holder: String,
     claim: String,
+    /// An earlier epoch's claim (a [`Floor`]): not in this document, released.
+    floor: bool,
+}
+
+/// The top claim an earlier epoch left behind on a file or gate (DESIGN.md §3.5). The
+/// claim is not in this epoch's document (its story retired), but it still ranks among the
+/// claims on its resource exactly as it did there: a claim at or below its token still
+/// counts and loses to it, as in the old epoch, and a new claim's token is above it. Only
+/// a released claim is left behind (an open one could be taken over only where it is).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Floor {
+    pub token: u64,
+    /// Its release, at the cut.
+    pub why: ReleaseReason,
+    /// Its depth at the cut (see [`depths`]).
+    pub depth: u32,
+    pub holder: String,
+    pub claim: String,
+}
+
+impl Floor {
+    fn top(&self) -> Top {
+        Top {
+            token: self.token,
+            rank: TieRank::of(Some(self.why)),
+            depth: self.depth,
+            holder: self.holder.clone(),
+            claim: self.claim.clone(),
+            floor: true,
+        }
+    }
+
+    /// Whether `self` ranks above `other` as the top claim of one resource.
+    pub fn beats(&self, other: &Floor) -> bool {
+        other.top().beaten_by(self.top().key())
+    }
 }
 
 /// How a claim fares in a token tie, by its release: a finished claim keeps its result
@@ -176,9 +212,9 @@ pub struct Claims {
     by_story: BTreeMap<String, Vec<String>>,
     /// Each claim later work built on, with its depth (see [`depths`]).
     depth: BTreeMap<String, u32>,
-    /// The highest token of each resource among claims an earlier epoch left behind
-    /// (see [`Claims::with_floors`]).
-    floors: BTreeMap<Resource, u64>,
+    /// The top claim of each resource among those an earlier epoch left behind (see
+    /// [`Claims::with_floors`]).
+    floors: BTreeMap<Resource, Floor>,
 }
 
 /// Files claim `id` in the indexes of [`Claims`] (ids arrive in any order).
@@ -251,6 +287,7 @@ impl Claims {
                     depth,
                     holder: claim.holder.clone(),
                     claim: id.clone(),
+                    floor: false,
                 };
                 match top.get_mut(resource) {
                     Some(t) if !t.beaten_by(top_key(*token, rank, depth, &claim.holder, id)) => {}
@@ -344,7 +381,7 @@ impl Claims {
 
     /// The top of one resource, from the claims naming it.
     fn recompute_top(&mut self, resource: &Resource) {
-        let mut best: Option<Top> = None;
+        let mut best: Option<Top> = self.floors.get(resource).map(Floor::top);
         for id in self.by_resource.get(resource).into_iter().flatten() {
             let Some(claim) = self.claims.get(id) else {
                 continue;
@@ -363,6 +400,7 @@ impl Claims {
                         depth,
                         holder: claim.holder.clone(),
                         claim: id.clone(),
+                        floor: false,
                     });
                 }
             }
@@ -402,27 +440,55 @@ impl Claims {
     }
 
     /// The token a new claim on `resource` must carry: one more than the highest token ever
-    /// seen for it, released claims included, and above its floor; 1 if it was never
+    /// seen for it, released claims included (and an earlier epoch's); 1 if it was never
     /// claimed.
     pub fn next_token(&self, resource: &Resource) -> u64 {
         self.top
             .get(resource)
             .map_or(0, |t| t.token)
-            .max(self.floor(resource))
             .saturating_add(1)
     }
 
     /// The same fold, on a document whose epoch left claims behind: `floors` holds each
-    /// resource's highest token among them. A new claim's token is above it; the claims
-    /// here are all above it (the view counts no other).
-    pub fn with_floors(mut self, floors: BTreeMap<Resource, u64>) -> Claims {
+    /// resource's top claim among them, which ranks with the claims here as it did in the
+    /// epoch it was written in.
+    pub fn with_floors(mut self, floors: BTreeMap<Resource, Floor>) -> Claims {
+        for (r, f) in &floors {
+            let phantom = f.top();
+            match self.top.get_mut(r) {
+                Some(t) if !t.beaten_by(phantom.key()) => {}
+                Some(t) => *t = phantom,
+                None => {
+                    self.top.insert(r.clone(), phantom);
+                }
+            }
+        }
         self.floors = floors;
         self
     }
 
-    /// The highest token an earlier epoch reached on `resource` (0: none).
+    /// The highest token an earlier epoch reached on `resource` (0: none): every token up
+    /// to it was reached there.
     pub fn floor(&self, resource: &Resource) -> u64 {
-        self.floors.get(resource).copied().unwrap_or(0)
+        self.floors.get(resource).map_or(0, |f| f.token)
+    }
+
+    /// Claim `claim_id`, released, as the floor it leaves on `resource` when its story
+    /// retires (`None`: it is not here, not released, or does not name `resource`).
+    pub fn floor_of(&self, claim_id: &str, resource: &Resource) -> Option<Floor> {
+        let claim = self.claims.get(claim_id)?;
+        Some(Floor {
+            token: claim.token_of(resource)?,
+            why: *self.released.get(claim_id)?,
+            depth: self.depth.get(claim_id).copied().unwrap_or(1),
+            holder: claim.holder.clone(),
+            claim: claim_id.to_string(),
+        })
+    }
+
+    /// Whether `top` is released (an earlier epoch's always is).
+    fn top_released(&self, top: &Top) -> bool {
+        top.floor || self.released.contains_key(&top.claim)
     }
 
     /// The claim id that currently wins `resource`: the claim with the highest token; among
@@ -440,7 +506,7 @@ impl Claims {
     /// Winning one resource is not holding: see [`Claims::holds`].
     pub fn winner(&self, resource: &Resource) -> Option<&str> {
         let top = self.top.get(resource)?;
-        if self.released.contains_key(&top.claim) {
+        if self.top_released(top) {
             None
         } else {
             Some(&top.claim)
@@ -456,7 +522,7 @@ impl Claims {
     /// The holder (peer id) of the claim that wins `resource`, if any.
     pub fn winner_holder(&self, resource: &Resource) -> Option<&str> {
         let top = self.top.get(resource)?;
-        if self.released.contains_key(&top.claim) {
+        if self.top_released(top) {
             None
         } else {
             Some(&top.holder)
@@ -476,10 +542,11 @@ impl Claims {
         };
         !claim.resources.is_empty()
             && !self.released.contains_key(claim_id)
-            && claim
-                .resources
-                .iter()
-                .all(|(r, _)| self.top.get(r).is_some_and(|t| t.claim == claim_id))
+            && claim.resources.iter().all(|(r, _)| {
+                self.top
+                    .get(r)
+                    .is_some_and(|t| !t.floor && t.claim == claim_id)
+            })
     }
 
     /// True if a release was written for the claim.
@@ -541,8 +608,8 @@ impl Claims {
 
     /// Each resource with a current winner, and that winning claim id, in resource order.
     pub fn winners(&self) -> impl Iterator<Item = (&Resource, &str)> {
-        self.top.iter().filter_map(|(r, t)| {
-            (!self.released.contains_key(&t.claim)).then_some((r, t.claim.as_str()))
-        })
+        self.top
+            .iter()
+            .filter_map(|(r, t)| (!self.top_released(t)).then_some((r, t.claim.as_str())))
     }
 }

@@ -27,7 +27,7 @@ mod claims;
 mod conflict;
 mod expiry;
 
-pub use claims::Claims;
+pub use claims::{Claims, Floor};
 pub use conflict::*;
 pub use expiry::*;
 

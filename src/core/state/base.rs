@@ -7,7 +7,9 @@
 //! dependent shows it; a live story with the same number keeps its suffix) and its number
 //! (no story is numbered at or below it again). Its claims decide nothing more, but they
 //! held tokens: a file's next claim must still carry a token above every claim left
-//! behind, so each resource's highest token left behind is kept as its floor.
+//! behind, and a claim written before the cut but heard after it must rank against them
+//! as it would have there, so each resource's top claim among those left behind is kept
+//! as its floor ([`Floor`]: token, release, tie rank and ids).
 //!
 //! The base is not a fact: no node signs it, so no node can forge it. It is written by
 //! the seed change itself, under the root key [`BASE_KEY`] (a key no fact kind has, so a
@@ -17,9 +19,10 @@
 //!
 //! What the view makes of it: a retired story counts as merged for its dependents; a
 //! claim naming a retired story's resource does not count (none is written by an honest
-//! node: the story had landed); on a resource with a floor, claims count only above it
-//! and their tokens run unbroken from it (the anti-inflation run starts there, not at 1),
-//! and a new claim's token is above it.
+//! node: the story had landed); on a resource with a floor, the floor ranks among the
+//! claims as the claim it stands for (it wins a tie as it did, and holds nothing: it was
+//! released), every token up to it counts as reached (the anti-inflation run goes on
+//! from it), and a new claim's token is above it.
 
 use super::*;
 
@@ -33,8 +36,8 @@ pub struct Base {
     pub epoch: u64,
     /// Stories merged before this epoch, by document key.
     pub retired: BTreeMap<String, Retired>,
-    /// Each resource's highest token among the claims left behind.
-    pub floors: BTreeMap<Resource, u64>,
+    /// Each file's and gate's top claim among the claims left behind.
+    pub floors: BTreeMap<Resource, Floor>,
     /// The highest number of a retired story.
     #[serde(skip)]
     max_number: u32,
@@ -77,7 +80,7 @@ impl Base {
     pub fn new(
         epoch: u64,
         retired: BTreeMap<String, Retired>,
-        floors: BTreeMap<Resource, u64>,
+        floors: BTreeMap<Resource, Floor>,
     ) -> Result<Base, String> {
         let mut base = Base {
             epoch,
@@ -94,8 +97,16 @@ impl Base {
                 return Err(format!("retired {key:?} has display id {:?}", r.id));
             }
         }
-        if let Some((r, _)) = base.floors.iter().find(|(_, t)| **t == 0) {
-            return Err(format!("floor 0 for {r}"));
+        for (r, f) in &base.floors {
+            if f.token == 0 || f.depth == 0 {
+                return Err(format!(
+                    "floor of {r} at token {}, depth {}",
+                    f.token, f.depth
+                ));
+            }
+            if r.story_key().is_some() {
+                return Err(format!("floor of {r}: a story's step has none"));
+            }
         }
         Ok(base)
     }
@@ -135,15 +146,9 @@ impl Base {
                 .any(|(r, _)| r.story_key().is_some_and(|k| self.retired.contains_key(k)))
     }
 
-    /// The floor of `resource` (0: none).
+    /// The token of `resource`'s floor (0: none).
     pub fn floor(&self, resource: &Resource) -> u64 {
-        self.floors.get(resource).copied().unwrap_or(0)
-    }
-
-    /// Whether `claim` cannot count here: it names a retired story, or a token at or
-    /// below its resource's floor (settled before the epoch).
-    pub fn refuses(&self, claim: &ClaimFact) -> bool {
-        self.names_retired(claim) || claim.resources.iter().any(|(r, t)| *t <= self.floor(r))
+        self.floors.get(resource).map_or(0, |f| f.token)
     }
 
     /// A retired story as the view's landings hold it: only its commit is known here.
@@ -180,7 +185,14 @@ mod tests {
                 ("S-0007".into(), "c3".into()).into(),
             ),
         ]);
-        let floors = BTreeMap::from([(Resource::file("src/a.rs").unwrap(), 4)]);
+        let floor = |token| Floor {
+            token,
+            why: ReleaseReason::Done,
+            depth: 1,
+            holder: "h".into(),
+            claim: "c".into(),
+        };
+        let floors = BTreeMap::from([(Resource::file("src/a.rs").unwrap(), floor(4))]);
         let base = Base::new(3, retired, floors).unwrap();
         let back = Base::parse(&base.to_json()).unwrap();
         assert_eq!(back, base);
@@ -199,11 +211,15 @@ mod tests {
                 "display id",
             ),
             (
-                r#"{"epoch":1,"retired":{},"floors":{"file:a":0}}"#,
-                "floor 0",
+                r#"{"epoch":1,"retired":{},"floors":{"file:a":{"token":0,"why":"done","depth":1,"holder":"h","claim":"c"}}}"#,
+                "at token 0",
             ),
             (
-                r#"{"epoch":1,"retired":{},"floors":{"nonsense":1}}"#,
+                r#"{"epoch":1,"retired":{},"floors":{"story:S-0001@ab/merge":{"token":1,"why":"done","depth":1,"holder":"h","claim":"c"}}}"#,
+                "a story's step",
+            ),
+            (
+                r#"{"epoch":1,"retired":{},"floors":{"nonsense":{"token":1,"why":"done","depth":1,"holder":"h","claim":"c"}}}"#,
                 "no known kind",
             ),
         ] {

@@ -9,7 +9,7 @@
 //! - Never reads a clock and never does I/O: callers pass the time and persist the bytes
 //!   this module hands back.
 
-use crate::core::lease::{ClaimFact, Claims, ReleaseFact, ReleaseReason, Resource};
+use crate::core::lease::{ClaimFact, Claims, Floor, ReleaseFact, ReleaseReason, Resource};
 use crate::core::model::{
     InputError, KnowledgeFact, KnowledgeKind, MergeFact, NewStory, NodeFact, Phase, ResultFact,
     StoryFact, StoryStatus, Verdict, MAX_ATTEMPTS, MAX_TAKEOVERS,

@@ -232,13 +232,13 @@ impl Eq for FoldNotes {}
 /// `u64::MAX`, say) is dropped and counted, and reaching token `t` takes `t` signed
 /// claims, which the document's caps bound. Returns how many were dropped.
 ///
-/// In an epoch with a [`Base`], the run starts above each resource's floor, and a claim
-/// the base refuses (a retired story's, or at or below a floor) is dropped too.
+/// In an epoch with a [`Base`], every token up to a resource's floor was reached (in the
+/// epoch the floor was left behind by), so the run goes on from it; a claim naming a
+/// retired story is dropped too, but the tokens it carries are reached all the same (it
+/// was written before the cut and heard after it: in the old epoch it counted, and the
+/// claims above it on its files count here as they did there).
 fn drop_inflated_claims(claims: &mut BTreeMap<String, ClaimFact>, base: Option<&Base>) -> u64 {
     let before = claims.len();
-    if let Some(b) = base {
-        claims.retain(|_, c| !b.refuses(c));
-    }
     let floor = |r: &Resource| base.map_or(0, |b| b.floor(r));
     let mut tokens: BTreeMap<&Resource, BTreeSet<u64>> = BTreeMap::new();
     for c in claims.values() {
@@ -250,8 +250,9 @@ fn drop_inflated_claims(claims: &mut BTreeMap<String, ClaimFact>, base: Option<&
     let reach: BTreeMap<Resource, u64> = tokens
         .into_iter()
         .map(|(r, ts)| {
-            let mut top = floor(r);
-            for t in ts {
+            let from = floor(r);
+            let mut top = from;
+            for t in ts.into_iter().filter(|t| *t > from) {
                 if t != top.saturating_add(1) {
                     break;
                 }
@@ -261,9 +262,10 @@ fn drop_inflated_claims(claims: &mut BTreeMap<String, ClaimFact>, base: Option<&
         })
         .collect();
     claims.retain(|_, c| {
-        c.resources
-            .iter()
-            .all(|(r, t)| reach.get(r).is_some_and(|top| t <= top))
+        !base.is_some_and(|b| b.names_retired(c))
+            && c.resources
+                .iter()
+                .all(|(r, t)| reach.get(r).is_some_and(|top| t <= top))
     });
     (before - claims.len()) as u64
 }

@@ -12,11 +12,11 @@
 //! The seed keeps every other fact: every fact of a story not merged, every fact of a
 //! kind that is not a story's work (nodes, knowledge, roster, commands, budget,
 //! notifications), every claim that counts and names no merged story, with its release.
-//! A merged story stays live (it retires at a later epoch) when one of its claims holds
-//! a token at or above a kept claim's on a shared file: the kept claims on a resource
-//! must all lie above its floor, in an unbroken run from it (the view drops inflated
-//! claims, counting from the floor). A claim that does not count yet is copied all the
-//! same (a late claim filling the gap below it would make it count).
+//! A merged story stays live (it retires at a later epoch) while a claim of it that
+//! counts is not released. A file's floor ranks with the claims kept on it as the claim
+//! it stands for did, so a kept claim below it, or one written before the cut and heard
+//! after, counts and fares as it did here. A claim that does not count yet is copied
+//! all the same (a late claim filling the gap below it would make it count).
 //!
 //! A seed is a function of the document's heads alone. It is one change by an actor
 //! derived from the epoch's number, dated 0, the kept keys in order, each holding the
@@ -108,15 +108,9 @@ impl Doc {
 
     /// What epoch `epoch`'s seed leaves behind (see the module's documentation).
     fn retirement(&self, epoch: u64) -> Result<Retirement, StateError> {
-        let (view, _) = self.view_and_claims();
+        let (view, counted) = self.view_and_claims();
         let old = self.base.as_deref();
         let was_retired = |k: &str| old.is_some_and(|b| b.retired.contains_key(k));
-        let mut retire: BTreeSet<&str> = view
-            .stories
-            .iter()
-            .filter(|(_, s)| s.status == StoryStatus::Merged && s.merged.is_some())
-            .map(|(k, _)| k.as_str())
-            .collect();
         let claims: BTreeMap<&str, &ClaimFact> = self
             .facts
             .iter()
@@ -131,42 +125,27 @@ impl Doc {
                 .filter_map(|(r, _)| r.story_key().map(str::to_string))
                 .collect()
         };
-        // A merged story whose claims hold a token at or above a kept claim's on a
-        // shared resource stays: the kept claims on a resource must lie above its floor.
-        loop {
-            let leaves = |c: &ClaimFact| {
-                stories_of(c)
-                    .iter()
-                    .any(|k| retire.contains(k.as_str()) || was_retired(k))
-            };
-            let mut lowest: BTreeMap<&Resource, u64> = BTreeMap::new();
-            for c in view.claims.values().filter(|c| !leaves(c)) {
-                for (r, t) in &c.resources {
-                    let low = lowest.entry(r).or_insert(*t);
-                    *low = (*low).min(*t);
-                }
-            }
-            let pinned: BTreeSet<String> = view
-                .claims
-                .values()
-                .filter(|c| leaves(c))
-                .filter(|c| {
-                    c.resources
-                        .iter()
-                        .any(|(r, t)| lowest.get(r).is_some_and(|low| t >= low))
-                })
-                .flat_map(stories_of)
-                .filter(|k| retire.contains(k.as_str()))
-                .collect();
-            if pinned.is_empty() {
-                break;
-            }
-            retire.retain(|k| !pinned.contains(*k));
-        }
+        // A merged story retires once every claim of it that counts is released: an open
+        // one may still hold a file, and only this document can take it over.
+        let open: BTreeSet<String> = view
+            .claims
+            .iter()
+            .filter(|(id, _)| !counted.is_released(id))
+            .flat_map(|(_, c)| stories_of(c))
+            .collect();
+        let retire: BTreeSet<&str> = view
+            .stories
+            .iter()
+            .filter(|(k, s)| {
+                s.status == StoryStatus::Merged && s.merged.is_some() && !open.contains(*k)
+            })
+            .map(|(k, _)| k.as_str())
+            .collect();
         let leaves = |k: &str| retire.contains(k) || was_retired(k);
         // Claims that stay behind: those naming a retired story. Each file's and gate's
-        // highest token among those that count is its floor. (A claim that does not count
-        // yet stays: a late claim filling the gap below it would make it count.)
+        // top claim among those that count is its floor (ranked with the earlier epochs'
+        // floors as the fold ranks claims). A claim that does not count stays behind
+        // with its story, and no floor stands for it.
         let mut floors = old.map(|b| b.floors.clone()).unwrap_or_default();
         let mut gone: BTreeSet<&str> = BTreeSet::new();
         for (id, c) in &claims {
@@ -177,10 +156,16 @@ impl Doc {
             if !view.claims.contains_key(*id) {
                 continue;
             }
-            for (r, t) in &c.resources {
-                if r.story_key().is_none() {
-                    let floor = floors.entry(r.clone()).or_insert(*t);
-                    *floor = (*floor).max(*t);
+            for (r, _) in c.resources.iter().filter(|(r, _)| r.story_key().is_none()) {
+                let floor = counted.floor_of(id, r).ok_or_else(|| StateError::Write {
+                    key: BASE_KEY.into(),
+                    why: format!("claim {id} on {r} retires unreleased"),
+                })?;
+                match floors.get(r) {
+                    Some(f) if !floor.beats(f) => {}
+                    _ => {
+                        floors.insert(r.clone(), floor);
+                    }
                 }
             }
         }
@@ -244,7 +229,10 @@ impl Doc {
     /// Copies into this epoch's document, cut from `old` at `cut` ([`Seed::cut`]), every
     /// value `old` admitted after the cut and counts, byte for byte as its author sealed
     /// it (checked again here), in one change; values this document already chose, and
-    /// facts of stories its base retired, are not copied. Returns how many were.
+    /// the story facts, results and merges of stories its base retired, are not copied.
+    /// A claim naming a retired story is: it never counts here, but the file tokens it
+    /// carries were reached in the old epoch, and the claims above them count only if
+    /// they are reached here too. Returns how many were.
     ///
     /// The facts written in the old epoch while the mesh moves are carried this way, by
     /// whichever node sees them. A copy has a new operation id, and a key with several
@@ -260,7 +248,6 @@ impl Doc {
                 Fact::Story(_) => key.strip_prefix(STORY_PREFIX),
                 Fact::Result(r) => Some(r.story.as_str()),
                 Fact::Merge(m) => Some(m.story.as_str()),
-                Fact::Claim(c) => return b.names_retired(c),
                 _ => None,
             };
             story.is_some_and(|k| b.retired.contains_key(k))
@@ -385,7 +372,7 @@ impl Doc {
 mod tests {
     use super::*;
     use crate::core::model::{NewStory, Verdict};
-    use crate::core::state::tests::{claim_by_a, step, step_files, sync_pair, A};
+    use crate::core::state::tests::{claim_by_a, step, step_files, sync_pair, A, B};
 
     fn story(d: &mut Doc, title: &str, depends_on: Vec<String>) -> String {
         d.add_story(
@@ -567,38 +554,147 @@ mod tests {
     }
 
     #[test]
-    fn a_merged_story_above_a_live_claim_on_its_file_stays_until_a_later_epoch() {
+    fn a_merged_story_retires_above_a_live_claim_on_its_file_which_still_counts_below_it() {
         let mut a = Doc::new([1; 16]).with_test_names();
         // Y implements on src/x.rs first (token 1) and waits; X lands after it (2, 3).
         let y = story(&mut a, "y", vec![]);
-        step_files(&mut a, &y, Phase::Implement, 0, None, &["src/x.rs"]);
+        let y_impl = step_files(&mut a, &y, Phase::Implement, 0, None, &["src/x.rs"]);
         let x = story(&mut a, "x", vec![]);
         merge_files(&mut a, &x, &["src/x.rs"]);
         let before = a.view();
         let (seed, mut e) = open(&mut a, 1);
-        assert_eq!(
-            seed.stories, 0,
-            "X's claims lie above Y's: its history stays"
-        );
+        assert_eq!(seed.stories, 1, "X retires");
         let after = e.view();
-        assert_eq!(after.stories, before.stories);
+        assert_eq!(after.stories[&y], before.stories[&y]);
+        assert!(!after.stories.contains_key(&x));
         assert_eq!(after.notes.inflated, 0);
-        assert_eq!(after.claims().next_token(&file("src/x.rs")), 4);
-        // Once Y has landed too, both retire.
+        assert!(
+            after.claims.contains_key(&y_impl),
+            "Y's claim counts below the floor"
+        );
+        let floor = &after.base().unwrap().floors[&file("src/x.rs")];
+        assert_eq!((floor.token, floor.why), (3, ReleaseReason::Done));
+        let claims = after.claims();
+        assert_eq!(claims.next_token(&file("src/x.rs")), 4);
+        assert_eq!(claims.top(&file("src/x.rs")), Some(floor.claim.as_str()));
+        assert_eq!(
+            claims.winner(&file("src/x.rs")),
+            None,
+            "the floor holds nothing"
+        );
+        // Once Y has landed too, it retires, and the file's floor is Y's merge.
         for p in [Phase::Review, Phase::Merge] {
             let verdict = (p == Phase::Review).then_some(Verdict::Approve);
-            step(&mut e, &y, p, 0, verdict);
+            let files: &[&str] = if p == Phase::Merge {
+                &["src/x.rs"]
+            } else {
+                &[]
+            };
+            step_files(&mut e, &y, p, 0, verdict, files);
         }
         let (seed, f) = open(&mut e, 2);
-        assert_eq!(seed.stories, 2);
+        assert_eq!(seed.stories, 1);
         let v = f.view();
         assert!(v.stories.is_empty());
-        assert_eq!(v.base().unwrap().floor(&file("src/x.rs")), 3);
-        assert_eq!(v.claims().next_token(&file("src/x.rs")), 4);
+        assert_eq!(v.base().unwrap().floor(&file("src/x.rs")), 4);
+        assert_eq!(v.claims().next_token(&file("src/x.rs")), 5);
     }
 
     #[test]
-    fn a_claim_on_a_retired_story_or_below_a_floor_never_counts_and_updates_agree() {
+    fn a_merged_story_with_an_open_claim_stays_until_it_is_released() {
+        let mut a = Doc::new([1; 16]).with_test_names();
+        let x = story(&mut a, "x", vec![]);
+        merge_files(&mut a, &x, &["src/x.rs"]);
+        // A claim of X's that counts and was never released (a stale node's, say): only
+        // this document could take it over.
+        let review = Resource::story_round(&x, Phase::Review, 1).unwrap();
+        let open_id = format!("{A}-77");
+        let claim = claim_by_a(vec![(review, 1), (file("src/x.rs"), 3)]);
+        a.put_claim(&open_id, &claim).unwrap();
+        assert!(a.view().claims.contains_key(&open_id));
+        let (seed, _) = open(&mut a, 1);
+        assert_eq!(seed.stories, 0, "X stays while its claim is open");
+        let expired = ReleaseFact {
+            why: ReleaseReason::Expired,
+            note: String::new(),
+        };
+        a.put_release(&open_id, &expired, A).unwrap();
+        let (seed, e) = open(&mut a, 1);
+        assert_eq!(seed.stories, 1);
+        let v = e.view();
+        let floor = &v.base().unwrap().floors[&file("src/x.rs")];
+        assert_eq!(
+            (floor.token, floor.why, floor.claim.as_str()),
+            (3, ReleaseReason::Expired, open_id.as_str()),
+            "the file's top claim, as it was released"
+        );
+    }
+
+    #[test]
+    fn claims_written_before_the_cut_and_heard_after_fare_as_in_the_old_epoch() {
+        let (mut a, mut b) = (
+            Doc::new([1; 16]).with_test_names(),
+            Doc::new([2; 16]).with_test_names(),
+        );
+        let y = story(&mut a, "y", vec![]);
+        let x = story(&mut a, "x", vec![]);
+        merge_files(&mut a, &x, &["src/x.rs"]);
+        sync_pair(&mut a, &mut b);
+        // B, behind on what A decided, claims Y's research on the file at a token the
+        // floor passed (1), X's review again above it (3: X has landed, B has not heard),
+        // and Y's implement above that (4). A cuts before it hears any of them.
+        let f = file("src/x.rs");
+        let by_b = |d: &mut Doc, n: u32, resources: Vec<(Resource, u64)>| {
+            let id = format!("{B}-{n}");
+            let claim = ClaimFact {
+                holder: B.into(),
+                ..claim_by_a(resources)
+            };
+            d.put_claim(&id, &claim).unwrap();
+            id
+        };
+        let research = Resource::story(&y, Phase::Research).unwrap();
+        let below = by_b(&mut b, 1, vec![(research, 1), (f.clone(), 1)]);
+        let review = Resource::story_round(&x, Phase::Review, 1).unwrap();
+        let stale = by_b(&mut b, 2, vec![(review, 1), (f.clone(), 3)]);
+        let implement = Resource::story(&y, Phase::Implement).unwrap();
+        let above = by_b(&mut b, 3, vec![(implement, 1), (f.clone(), 4)]);
+        let (seed, mut e) = open(&mut a, 1);
+        assert_eq!(seed.stories, 1);
+        assert_eq!(e.view().base().unwrap().floor(&f), 2);
+        // A hears B's claims after the cut; the new epoch carries them in.
+        sync_pair(&mut a, &mut b);
+        assert_eq!(e.carry_from(&mut a, &seed.cut).unwrap(), 3);
+        let (old, new) = (a.view(), e.view());
+        assert!(old.claims.contains_key(&stale), "it counts where X is live");
+        assert!(
+            !new.claims.contains_key(&stale),
+            "X retired: it never counts"
+        );
+        for id in [&below, &above] {
+            assert!(new.claims.contains_key(id), "{id} counts in the new epoch");
+        }
+        assert_eq!(new.stories[&y], old.stories[&y]);
+        let (oc, nc) = (old.claims(), new.claims());
+        assert_eq!(nc.top(&f), Some(above.as_str()));
+        assert_eq!(
+            (
+                nc.top(&f),
+                nc.holds(&below),
+                nc.holds(&above),
+                nc.next_token(&f)
+            ),
+            (
+                oc.top(&f),
+                oc.holds(&below),
+                oc.holds(&above),
+                oc.next_token(&f)
+            ),
+        );
+    }
+
+    #[test]
+    fn a_claim_on_a_retired_story_never_counts_and_updates_agree() {
         let mut a = Doc::new([1; 16]).with_test_names();
         let x = story(&mut a, "x", vec![]);
         merge_files(&mut a, &x, &["src/x.rs"]);
@@ -618,22 +714,25 @@ mod tests {
         assert!(c == fc);
         assert_eq!(v.claims.len(), 1);
         assert_eq!(c.next_token(&file("src/x.rs")), 4);
-        // A stale node's claims: the retired story's merge again, and Y's research at a
-        // file token the floor already passed. Neither counts, in a fold or an update.
-        let stale = claim_by_a;
-        let merge_again = Resource::story_round(&x, Phase::Merge, 0).unwrap();
-        e.put_claim(&format!("{A}-900"), &stale(vec![(merge_again, 9)]))
-            .unwrap();
+        // A stale node's claim at a file token the floor already passed counts, and
+        // loses the file (in place too).
         let research = Resource::story(&y, Phase::Research).unwrap();
-        e.put_claim(
-            &format!("{A}-901"),
-            &stale(vec![(research, 1), (file("src/x.rs"), 2)]),
-        )
-        .unwrap();
+        let stale = format!("{A}-901");
+        let claim = claim_by_a(vec![(research, 1), (file("src/x.rs"), 2)]);
+        e.put_claim(&stale, &claim).unwrap();
+        assert!(e.update_view(&mut v, &mut c), "in place");
+        let (fv, fc) = e.view_and_claims();
+        assert_eq!(v, fv);
+        assert!(c == fc);
+        assert!(v.claims.contains_key(&stale) && !c.holds(&stale));
+        // The retired story's merge claimed again: never counts, in a fold or an update.
+        let merge_again = Resource::story_round(&x, Phase::Merge, 0).unwrap();
+        e.put_claim(&format!("{A}-900"), &claim_by_a(vec![(merge_again, 9)]))
+            .unwrap();
         assert!(!e.update_view(&mut v, &mut c), "left to the fold");
         let v = e.view();
-        assert_eq!(v.claims.len(), 1, "{:?}", v.claims.keys());
-        assert_eq!(v.malformed, 2);
+        assert_eq!(v.claims.len(), 2, "{:?}", v.claims.keys());
+        assert_eq!(v.malformed, 1);
         assert!(!v.stories.contains_key(&x));
         assert_eq!(v.stories[&y].next_phase, Some(Phase::Research));
         // A replica of the same epoch reads the same.

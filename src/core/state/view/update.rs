@@ -47,9 +47,9 @@ impl View {
                 return false;
             }
         }
-        // A claim the epoch's base refuses: the fold drops and counts it.
+        // A claim naming a story the epoch retired: the fold drops and counts it.
         if let Some(b) = &self.base {
-            if added.iter().any(|(_, c)| b.refuses(c)) {
+            if added.iter().any(|(_, c)| b.names_retired(c)) {
                 return false;
             }
         }
@@ -328,18 +328,22 @@ fn under<'a, V>(
         .take_while(move |(k, _)| k.starts_with(&from))
 }
 
-/// Whether the tokens of the claims on `resource` run 1, 2, … (or on from its floor)
-/// without a gap (what `drop_inflated_claims` keeps).
+/// Whether the tokens of the claims on `resource` run 1, 2, … (or on from its floor:
+/// every token up to it was reached) without a gap (what `drop_inflated_claims` keeps).
 fn tokens_unbroken(claims: &Claims, resource: &Resource) -> bool {
+    let floor = claims.floor(resource);
     let tokens: BTreeSet<u64> = claims
         .naming(resource)
         .iter()
         .filter_map(|id| claims.claim(id))
         .flat_map(|c| c.resources.iter().filter(|(r, _)| r == resource))
         .map(|(_, t)| *t)
+        .filter(|t| *t > floor)
         .collect();
-    let from = claims.floor(resource).saturating_add(1);
-    tokens.iter().zip(from..).all(|(t, want)| *t == want)
+    tokens
+        .iter()
+        .zip(floor.saturating_add(1)..)
+        .all(|(t, want)| *t == want)
 }
 
 #[cfg(test)]
