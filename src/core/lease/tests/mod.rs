@@ -523,6 +523,121 @@ fn the_fold_is_the_same_under_every_insertion_order() {
         .any(|l| l == "active b-1" || l == "active c-1"));
 }
 
+/// An earlier epoch's claims folded as [`Floor`]s decide every live claim as the whole
+/// fold does (DESIGN.md §3.5), and an update of a fold with floors is that fold: random
+/// claims on shared files, some stories retired whole once all their claims are released.
+#[test]
+fn floors_rank_as_the_claims_they_stand_for_and_updates_agree() {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rnd = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let files: Vec<Resource> = (0..3).map(|i| file(&format!("src/f{i}.rs"))).collect();
+    let reasons = [
+        ReleaseReason::Done,
+        ReleaseReason::Lost,
+        ReleaseReason::Abandoned,
+        ReleaseReason::Expired,
+    ];
+    let mut floors_seen = 0;
+    for _ in 0..2000 {
+        let mut claims: BTreeMap<String, ClaimFact> = BTreeMap::new();
+        let mut story_of: BTreeMap<String, u64> = BTreeMap::new();
+        let mut releases: BTreeMap<String, ReleaseFact> = BTreeMap::new();
+        for k in 0..1 + rnd(12) {
+            let holder = ["a", "b", "c"][rnd(3) as usize];
+            let st = rnd(5);
+            let mut resources = vec![(story(&format!("S-{st}@a"), Phase::Implement), 1 + rnd(3))];
+            for f in &files {
+                if rnd(2) == 0 {
+                    resources.push((f.clone(), 1 + rnd(6)));
+                }
+            }
+            let id = format!("{holder}-{k}");
+            claims.insert(id.clone(), claim(holder, &resources));
+            story_of.insert(id.clone(), st);
+            if rnd(3) > 0 {
+                releases.insert(id, released(reasons[rnd(4) as usize]));
+            }
+        }
+        // Stories retire whole, and only when every claim of theirs is released.
+        let retired: BTreeSet<u64> = (0..5)
+            .filter(|_| rnd(2) == 0)
+            .filter(|st| {
+                story_of
+                    .iter()
+                    .all(|(id, s)| s != st || releases.contains_key(id))
+            })
+            .collect();
+        let gone = |id: &str| retired.contains(&story_of[id]);
+        let full = Claims::new(&claims, &releases);
+        let mut floors: BTreeMap<Resource, Floor> = BTreeMap::new();
+        for id in claims.keys().filter(|id| gone(id)) {
+            for f in &files {
+                if let Some(floor) = full.floor_of(id, f) {
+                    if floors.get(f).is_none_or(|old| floor.beats(old)) {
+                        floors.insert(f.clone(), floor);
+                    }
+                }
+            }
+        }
+        floors_seen += floors.len();
+        let kept: BTreeMap<String, ClaimFact> = claims
+            .iter()
+            .filter(|(id, _)| !gone(id))
+            .map(|(id, c)| (id.clone(), c.clone()))
+            .collect();
+        let kept_releases: BTreeMap<String, ReleaseFact> = releases
+            .iter()
+            .filter(|(id, _)| !gone(id))
+            .map(|(id, r)| (id.clone(), r.clone()))
+            .collect();
+        let epoch = Claims::new(&kept, &kept_releases).with_floors(floors.clone());
+        for f in &files {
+            assert_eq!(epoch.top(f), full.top(f), "{f}: {claims:#?} {releases:#?}");
+            assert_eq!(epoch.winner(f), full.winner(f));
+            assert_eq!(epoch.next_token(f), full.next_token(f));
+        }
+        for id in kept.keys() {
+            assert_eq!(epoch.holds(id), full.holds(id), "{id}");
+        }
+        // Built up by updates: half the claims and releases first, the rest after.
+        let half = |m: &BTreeMap<String, ClaimFact>, first: bool| -> BTreeMap<String, ClaimFact> {
+            m.iter()
+                .enumerate()
+                .filter(|(i, _)| (i % 2 == 0) == first)
+                .map(|(_, (k, v))| (k.clone(), v.clone()))
+                .collect()
+        };
+        let (early, late) = (half(&kept, true), half(&kept, false));
+        let early_releases: BTreeMap<String, ReleaseFact> = kept_releases
+            .iter()
+            .filter(|(id, _)| early.contains_key(*id))
+            .map(|(id, r)| (id.clone(), r.clone()))
+            .collect();
+        let mut updated = Claims::new(&early, &early_releases).with_floors(floors);
+        updated.update(
+            late.into_iter().collect(),
+            kept_releases
+                .iter()
+                .filter(|(id, _)| !early.contains_key(*id))
+                .map(|(id, r)| (id.clone(), Some(r.why)))
+                .collect(),
+        );
+        assert!(
+            updated == epoch,
+            "an update of a fold with floors is that fold"
+        );
+    }
+    assert!(
+        floors_seen > 1000,
+        "only {floors_seen} floors: the test retires too little"
+    );
+}
+
 // --- config -------------------------------------------------------------------------
 
 #[test]
