@@ -286,6 +286,7 @@ impl Collector for Snapshot {
                 ("oversized", c.oversized_frames),
                 ("ingress_rate", c.ingress_dropped),
                 ("size_cap", c.full_dropped),
+                ("other_epoch", c.other_epoch_dropped),
             ],
         )?;
         o.counter(

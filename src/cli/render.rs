@@ -233,7 +233,7 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
     let _ = writeln!(
         o,
         "traffic: {} in, {} out; sync sessions {}/{} done; malformed dropped {}; oversized frames {}; \
-         over the ingress rate {}; refused at the size cap {}; handshake failures {}",
+         over the ingress rate {}; refused at the size cap {}; of another epoch {}; handshake failures {}",
         fmt_bytes(c.bytes_in),
         fmt_bytes(c.bytes_out),
         c.sync_sessions_completed,
@@ -242,6 +242,7 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
         c.oversized_frames,
         c.ingress_dropped,
         c.full_dropped,
+        c.other_epoch_dropped,
         c.handshake_failures
     );
     if r.roster.enforced {

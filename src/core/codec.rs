@@ -29,7 +29,8 @@ use serde::{de::DeserializeOwned, Serialize};
 /// when the peer holds the pushed changes).
 /// 8: sync frames carry `need` (the responder asks for the dependencies of a push it
 /// could not apply instead of syncing in full).
-pub const WIRE_VERSION: u8 = 8;
+/// 9: sync frames and heartbeats name the sender's epoch (`epoch`).
+pub const WIRE_VERSION: u8 = 9;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {

@@ -640,6 +640,7 @@ mod tests {
             claims: vec![],
             suspects: vec![],
             members: 1,
+            epoch: None,
         }
     }
 

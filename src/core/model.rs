@@ -207,6 +207,9 @@ pub struct Heartbeat {
     /// How many members the sender counts alive or suspect, itself included: a peer that
     /// keeps counting more than this node knows someone it does not (discovery).
     pub members: u32,
+    /// The sender's epoch (`Doc::epoch_root`; `None`: a mesh's first document). A peer
+    /// on another epoch is alive, but no node syncs with it (DESIGN.md §3.5).
+    pub epoch: Option<[u8; 32]>,
 }
 
 /// "I have had no answer from `peer` for `silent_ms`", about the peer's beat

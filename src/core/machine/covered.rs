@@ -167,16 +167,17 @@ impl Core {
         session.need_rounds += 1;
         let mine = session.mine;
         self.sessions.insert(peer.to_string(), session);
+        let data = self.encode_frame(SyncFrame {
+            push: changes
+                .into_iter()
+                .map(serde_bytes::ByteBuf::from)
+                .collect(),
+            mine,
+            ..SyncFrame::msg(false, Vec::new())
+        });
         self.effects.push_back(Effect::SendSync {
             to: peer.to_string(),
-            data: codec::encode(&SyncFrame {
-                push: changes
-                    .into_iter()
-                    .map(serde_bytes::ByteBuf::from)
-                    .collect(),
-                mine,
-                ..SyncFrame::msg(false, Vec::new())
-            }),
+            data,
         });
     }
 

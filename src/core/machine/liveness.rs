@@ -41,6 +41,7 @@ impl Core {
                 .collect(),
             suspects: self.membership.suspicions(now_ms),
             members: self.members(now_ms),
+            epoch: self.doc.epoch_root(),
         }
     }
 
@@ -266,6 +267,13 @@ impl Core {
         if seen != Observed::Refreshed {
             self.take_suspicions(&beat.suspects, now_ms);
         }
+        // A peer on another epoch holds another document: no digest of its compares.
+        if beat.epoch != self.doc.epoch_root() {
+            self.hb_mismatch.remove(&from);
+            self.other_epoch.insert(from);
+            return;
+        }
+        self.other_epoch.remove(&from);
         // Writers push their changes; a digest that differs is only acted on when the
         // next contact shows the same digest (the peer went quiet and still differs):
         // the backstop for a lost push.

@@ -343,6 +343,9 @@ pub struct Core {
     news_fold_ms: Option<u64>,
     /// Per peer, a heartbeat digest that differed from ours (sync if the next is the same).
     hb_mismatch: BTreeMap<String, [u8; 32]>,
+    /// Peers whose latest beat named another epoch: alive, but no session is opened with
+    /// them (their frames would be dropped, as theirs are here).
+    other_epoch: BTreeSet<String>,
     connected: BTreeSet<String>,
     /// Peers the membership did not know when they connected (see `settle::settle_count`).
     strangers: BTreeSet<String>,
@@ -477,6 +480,7 @@ impl Core {
             on_news: false,
             news_fold_ms: None,
             hb_mismatch: BTreeMap::new(),
+            other_epoch: BTreeSet::new(),
             connected: BTreeSet::new(),
             strangers: BTreeSet::new(),
             settle_dirty: BTreeSet::new(),

@@ -101,6 +101,9 @@ pub struct Counters {
     /// Sync messages and pushes refused because the document is at its size cap.
     #[serde(default)]
     pub full_dropped: u64,
+    /// Sync frames dropped for naming another epoch's document (DESIGN.md §3.5).
+    #[serde(default)]
+    pub other_epoch_dropped: u64,
     /// Sessions this node ended because the peer was new and takes its document whole.
     #[serde(default)]
     pub sync_sessions_deferred: u64,

@@ -51,6 +51,9 @@ pub struct SyncFrame {
     /// what the sender's own changes depend on crosses, not everything either side
     /// lacks (see [`Core::need_answer`]).
     pub need: Vec<[u8; 32]>,
+    /// The sender's epoch (`Doc::epoch_root`; `None`: a mesh's first document). A frame
+    /// of another epoch is dropped whole: its changes belong to another document.
+    pub epoch: Option<[u8; 32]>,
 }
 
 /// A node whose stored document is below this and that never synced asks for a
@@ -77,6 +80,7 @@ impl SyncFrame {
             mine: None,
             covered: None,
             need: Vec::new(),
+            epoch: None,
         }
     }
 }
@@ -117,7 +121,7 @@ impl Core {
     }
 
     pub(super) fn open_session_as(&mut self, peer: &str, push: bool, full: bool) {
-        if peer == self.peer {
+        if peer == self.peer || self.other_epoch.contains(peer) {
             return;
         }
         if let Some(s) = self.sessions.get_mut(peer) {
@@ -197,16 +201,17 @@ impl Core {
             .remove(peer)
             .then(|| self.timeline.summary());
         let fresh = self.is_fresh();
+        let data = self.encode_frame(SyncFrame {
+            push: pushed.into_iter().map(serde_bytes::ByteBuf::from).collect(),
+            events_have,
+            fresh,
+            heads_digest: Some(heads_digest),
+            mine,
+            ..SyncFrame::msg(true, msg)
+        });
         self.effects.push_back(Effect::SendSync {
             to: peer.to_string(),
-            data: codec::encode(&SyncFrame {
-                push: pushed.into_iter().map(serde_bytes::ByteBuf::from).collect(),
-                events_have,
-                fresh,
-                heads_digest: Some(heads_digest),
-                mine,
-                ..SyncFrame::msg(true, msg)
-            }),
+            data,
         });
     }
 
@@ -311,6 +316,11 @@ impl Core {
 
     pub(super) fn decode_frame(&mut self, peer: &str, data: &[u8]) -> Option<SyncFrame> {
         match codec::decode::<SyncFrame>(data, self.cfg.max_sync_bytes + 64) {
+            Ok(f) if f.epoch != self.doc.epoch_root() => {
+                self.counters.other_epoch_dropped += 1;
+                tracing::debug!(%peer, "sync frame of another epoch dropped");
+                None
+            }
             Ok(f) => Some(f),
             Err(e) => {
                 self.counters.malformed_dropped += 1;
@@ -458,7 +468,15 @@ impl Core {
             answer.events = events;
             answer.events_more = more;
         }
-        codec::encode(&answer)
+        self.encode_frame(answer)
+    }
+
+    /// A frame on the wire, naming this node's epoch.
+    pub(super) fn encode_frame(&self, frame: SyncFrame) -> Vec<u8> {
+        codec::encode(&SyncFrame {
+            epoch: self.doc.epoch_root(),
+            ..frame
+        })
     }
 
     /// The peer holds exactly `heads` (its digest said so): the sync state of one
@@ -563,9 +581,10 @@ impl Core {
                 self.counters.sync_change_bytes_out += change_bytes;
                 session.rounds += 1;
                 self.sessions.insert(peer.to_string(), session);
+                let data = self.encode_frame(SyncFrame::msg(false, msg));
                 self.effects.push_back(Effect::SendSync {
                     to: peer.to_string(),
-                    data: codec::encode(&SyncFrame::msg(false, msg)),
+                    data,
                 });
             }
             Some(_) => {

@@ -16,6 +16,7 @@ fn hb(seq: u64, members: u32, suspects: Vec<Suspicion>) -> Vec<u8> {
         claims: vec![],
         suspects,
         members,
+        epoch: None,
     })
 }
 

@@ -2,6 +2,11 @@ use super::*;
 use crate::core::model::KnowledgeKind;
 
 fn core(name: &str, actor: u8) -> Core {
+    core_with(name, Doc::new([actor; 16]).with_test_names())
+}
+
+/// A core named `name` over `doc`.
+fn core_with(name: &str, doc: Doc) -> Core {
     Core::new(
         name.to_string(),
         CoreConfig {
@@ -22,7 +27,7 @@ fn core(name: &str, actor: u8) -> Core {
             triggers: Default::default(),
             budget: Default::default(),
         },
-        Doc::new([actor; 16]).with_test_names(),
+        doc,
         1,
     )
 }
@@ -197,6 +202,7 @@ fn heartbeat(seq: u64, sent_at_ms: u64) -> Heartbeat {
         claims: vec![],
         suspects: vec![],
         members: 1,
+        epoch: None,
     }
 }
 
@@ -774,6 +780,7 @@ fn running_work_the_story_no_longer_needs_is_cancelled_when_two_sides_meet() {
     assert_eq!(released.note, "the story no longer needs this step");
 }
 
+mod epochs;
 mod joining;
 mod limits;
 mod liveness;

@@ -97,6 +97,7 @@ impl Doc {
             )));
         }
         self.base = Some(Arc::new(base));
+        self.root = Some(*root);
         self.changed = None;
         Ok(self)
     }
@@ -104,6 +105,13 @@ impl Doc {
     /// What this document's epoch inherited (`None` in a mesh's first document).
     pub fn base(&self) -> Option<&Base> {
         self.base.as_deref()
+    }
+
+    /// The hash of this epoch's root change (`None` in a mesh's first document): the
+    /// epoch a sync frame or beat names, so that no node takes in another epoch's
+    /// changes (DESIGN.md §3.5).
+    pub fn epoch_root(&self) -> Option<[u8; 32]> {
+        self.root.map(|h| h.0)
     }
 
     /// What epoch `epoch`'s seed leaves behind (see the module's documentation).

@@ -85,6 +85,9 @@ pub struct Doc {
     /// What this document's epoch inherited, read from its root change
     /// ([`Doc::with_epoch_root`]); `None` in a mesh's first document.
     base: Option<Arc<Base>>,
+    /// The hash of the change [`Self::base`] was read from: the epoch's identity on the
+    /// wire (sync and beats are scoped by it).
+    root: Option<ChangeHash>,
 }
 
 /// Past this many changed keys not yet taken, a document stops naming them (a view
@@ -187,6 +190,7 @@ impl Doc {
             checker: None,
             changed: None,
             base: None,
+            root: None,
         }
     }
 
@@ -545,6 +549,7 @@ impl Doc {
         doc.cap = self.cap;
         doc.checker = self.checker.clone();
         doc.base = self.base.clone();
+        doc.root = self.root;
         doc.stored = stored;
         doc.local_log = self
             .local_log

@@ -1,0 +1,116 @@
+//! Sync is scoped by epoch (DESIGN.md §3.5): a node never takes in changes from another
+//! epoch's document, and opens no session with a peer whose beat names another epoch.
+
+use super::*;
+
+/// Two nodes on epoch 1 (seeded from one document with a story), and one still on the
+/// document the epoch was cut from.
+fn mesh() -> (Core, Core, Core) {
+    let mut d = Doc::new([1; 16]).with_test_names();
+    d.add_story(&titled("before the cut"), "O", 1).unwrap();
+    let seed = d.seed(1).unwrap();
+    let epoch = |actor: u8| {
+        Doc::load_test_names([actor; 16], &seed.bytes, &[])
+            .and_then(|e| e.with_epoch_root(&seed.root))
+            .unwrap()
+    };
+    let a = core_with("A", epoch(2));
+    let b = core_with("B", epoch(3));
+    (a, b, core_with("O", d))
+}
+
+/// Carries the sync frames `src` addresses to `dst`, and the answers back, until `src`
+/// sends `dst` nothing more; what `src` addresses to others is dropped.
+fn route(src: &mut Core, dst: &mut Core) -> usize {
+    let mut frames = 0;
+    for _ in 0..100 {
+        let effects: Vec<Effect> = std::iter::from_fn(|| src.poll_effect()).collect();
+        let mut moved = false;
+        for e in effects {
+            let Effect::SendSync { to, data } = e else {
+                continue;
+            };
+            if to != dst.peer() {
+                continue;
+            }
+            (moved, frames) = (true, frames + 1);
+            let from = src.peer().to_string();
+            dst.handle(
+                0,
+                Input::SyncRequest {
+                    from,
+                    data,
+                    reply: 0,
+                },
+            );
+            while let Some(r) = dst.poll_effect() {
+                if let Effect::Respond { data, .. } = r {
+                    let from = dst.peer().to_string();
+                    src.handle(0, Input::SyncResponse { from, data });
+                }
+            }
+        }
+        if !moved {
+            return frames;
+        }
+    }
+    panic!("no quiescence");
+}
+
+fn sessions_opened(c: &mut Core) -> usize {
+    std::iter::from_fn(|| c.poll_effect())
+        .filter(|e| matches!(e, Effect::SendSync { .. }))
+        .count()
+}
+
+fn hear_beat(from: &mut Core, to: &mut Core) {
+    from.publish_beat(0, true);
+    while let Some(e) = from.poll_effect() {
+        if let Effect::Publish {
+            topic: Topic::Heartbeat,
+            data,
+        } = e
+        {
+            let from = from.peer().to_string();
+            to.handle(0, Input::Heartbeat { from, data });
+        }
+    }
+}
+
+#[test]
+fn a_frame_of_another_epoch_is_dropped_and_one_epoch_syncs_as_before() {
+    let (mut a, mut b, mut old) = mesh();
+    assert_eq!(a.doc().epoch_root(), b.doc().epoch_root());
+    assert!(a.doc().epoch_root().is_some() && old.doc().epoch_root().is_none());
+    old.add_story(&titled("old epoch"), 1).unwrap();
+    a.add_story(&titled("new epoch"), 1).unwrap();
+    // Neither document takes in the other's changes, whichever side opens the session.
+    old.start_sync("A");
+    assert!(route(&mut old, &mut a) > 0);
+    a.start_sync("O");
+    assert!(route(&mut a, &mut old) > 0);
+    assert!(a.counters().other_epoch_dropped > 0);
+    assert!(old.counters().other_epoch_dropped > 0);
+    assert_eq!(titles(&a), ["before the cut", "new epoch"]);
+    assert_eq!(titles(&old), ["before the cut", "old epoch"]);
+    // Within the epoch, sync goes on.
+    a.start_sync("B");
+    assert!(route(&mut a, &mut b) > 0);
+    assert_eq!(titles(&b), ["before the cut", "new epoch"]);
+    assert_eq!(b.counters().other_epoch_dropped, 0);
+}
+
+#[test]
+fn a_peer_whose_beat_names_another_epoch_gets_no_session_until_it_moves() {
+    let (mut a, _, mut old) = mesh();
+    hear_beat(&mut old, &mut a);
+    a.start_sync("O");
+    assert_eq!(sessions_opened(&mut a), 0, "a peer on another epoch");
+    // Its next beat names this epoch (it moved): sessions open again. (Its first beat
+    // repeats the sequence number `a` heard already.)
+    let mut moved = core_with("O", a.doc().clone());
+    hear_beat(&mut moved, &mut a);
+    hear_beat(&mut moved, &mut a);
+    a.start_sync("O");
+    assert_eq!(sessions_opened(&mut a), 1);
+}
