@@ -72,6 +72,17 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
             );
         }
     }
+    if r.epoch > 0 {
+        let _ = writeln!(o, "epoch: {} (history before it retired)", r.epoch);
+    }
+    if !r.other_epoch.is_empty() {
+        let peers: Vec<&str> = r.other_epoch.iter().map(|p| short(p)).collect();
+        let _ = writeln!(
+            o,
+            "on another epoch: {} (not synced with; claims wait until they move or die)",
+            peers.join(", ")
+        );
+    }
     if let Some(left) = r.joining_ms_left {
         let _ = writeln!(
             o,

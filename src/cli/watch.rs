@@ -386,6 +386,24 @@ mod tests {
     }
 
     #[test]
+    fn status_names_this_nodes_epoch_and_the_peers_on_another() {
+        let mut r = report();
+        let plain = super::super::render::render_status(&r);
+        assert!(
+            !plain.contains("epoch: ") && !plain.contains("on another epoch"),
+            "{plain}"
+        );
+        r.epoch = 2;
+        r.other_epoch = vec!["12D3KooWpeer1111".into()];
+        let text = super::super::render::render_status(&r);
+        assert!(text.contains("epoch: 2"), "{text}");
+        assert!(
+            text.contains("on another epoch: ") && text.contains("claims wait"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_frame_shows_peers_stories_work_in_flight_with_progress_and_events() {
         let mut t = Tracker::default();
         t.add(vec![

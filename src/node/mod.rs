@@ -212,6 +212,13 @@ pub struct StatusReport {
     /// Stories neither merged, blocked nor cancelled.
     #[serde(default)]
     pub open: usize,
+    /// This node's epoch (0: the mesh's first document; DESIGN.md §3.5).
+    #[serde(default)]
+    pub epoch: u64,
+    /// Alive peers whose latest beat named another epoch: no sync with them, and claims
+    /// wait for them (settle hears from every alive peer).
+    #[serde(default)]
+    pub other_epoch: Vec<String>,
 }
 
 /// Refused facts of one author and kind (`status`).

@@ -704,6 +704,8 @@ impl Runtime {
         StatusReport {
             idle: held.is_empty() && claim_rows.is_empty() && !ready && joining_ms_left.is_none(),
             open,
+            epoch: self.core.doc().base().map_or(0, |b| b.epoch),
+            other_epoch: self.core.other_epoch_peers(now),
             peer_id: self.core.peer().to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             passive: self.core.is_passive(),

@@ -106,6 +106,7 @@ fn a_peer_whose_beat_names_another_epoch_gets_no_session_until_it_moves() {
     hear_beat(&mut old, &mut a);
     a.start_sync("O");
     assert_eq!(sessions_opened(&mut a), 0, "a peer on another epoch");
+    assert_eq!(a.other_epoch_peers(0), ["O"], "shown in status");
     // Its next beat names this epoch (it moved): sessions open again. (Its first beat
     // repeats the sequence number `a` heard already.)
     let mut moved = core_with("O", a.doc().clone());
@@ -113,4 +114,5 @@ fn a_peer_whose_beat_names_another_epoch_gets_no_session_until_it_moves() {
     hear_beat(&mut moved, &mut a);
     a.start_sync("O");
     assert_eq!(sessions_opened(&mut a), 1);
+    assert!(a.other_epoch_peers(0).is_empty());
 }
