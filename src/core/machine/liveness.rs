@@ -45,6 +45,16 @@ impl Core {
         }
     }
 
+    /// Alive peers whose latest beat named another epoch than this node's.
+    pub fn other_epoch_peers(&self, now_ms: u64) -> Vec<String> {
+        let alive = self.membership.alive(now_ms);
+        self.other_epoch
+            .iter()
+            .filter(|p| alive.contains(p))
+            .cloned()
+            .collect()
+    }
+
     /// Members this node counts alive or suspect, itself included.
     fn members(&self, now_ms: u64) -> u32 {
         u32::try_from(self.membership.not_dead(now_ms) + 1).unwrap_or(u32::MAX)

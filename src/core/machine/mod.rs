@@ -578,16 +578,6 @@ impl Core {
         &self.membership
     }
 
-    /// Alive peers whose latest beat named another epoch than this node's.
-    pub fn other_epoch_peers(&self, now_ms: u64) -> Vec<String> {
-        let alive = self.membership.alive(now_ms);
-        self.other_epoch
-            .iter()
-            .filter(|p| alive.contains(p))
-            .cloned()
-            .collect()
-    }
-
     pub fn counters(&self) -> &Counters {
         &self.counters
     }
