@@ -30,6 +30,12 @@ const SNAPSHOT_KEY: &[u8] = b"snapshot";
 /// The record of the snapshot's signature checks (`Doc::save_checked`), written with it.
 const SNAPSHOT_CHECKED_KEY: &[u8] = b"snapshot-checked";
 const CHUNK_PREFIX: &[u8] = b"c/";
+/// The hash of the epoch's root change the stored document is opened with (absent: a
+/// mesh's first document; DESIGN.md §3.5).
+const EPOCH_ROOT_KEY: &[u8] = b"epoch-root";
+/// Earlier epochs' documents, each saved whole (snapshot and chunks, concatenated: what
+/// automerge loads as one), by the number of the epoch that retired them.
+const ARCHIVE_TREE: &str = "archive";
 pub const LOCK_FILE: &str = "node.lock";
 const DB_DIR: &str = "db";
 /// How long `open` waits for sled's lock once it holds the data-dir lock (see the
@@ -54,6 +60,9 @@ pub enum StoreError {
     /// A fault injected through [`Faults`] (tests and drills).
     #[error("store {path}: injected fault: {what} failed")]
     Injected { path: PathBuf, what: &'static str },
+    /// Something the store holds is not what it wrote.
+    #[error("store {path}: corrupt: {what}")]
+    Corrupt { path: PathBuf, what: String },
 }
 
 /// Switches that make the store's next append or flush fail, for tests and drills of the
@@ -320,6 +329,62 @@ impl Store {
     /// empty) stored as the one chunk after it, in the same atomic batch: a new node
     /// keeps the document a peer sent it whole as its snapshot, and its own few changes
     /// after it, without encoding the document again.
+    /// Moves the store to a new epoch's document: the document held so far is archived
+    /// whole under `epoch` (first, and flushed: a crash before the switch leaves the old
+    /// document in place and an archive written again next time), then `seed` becomes
+    /// the snapshot with no chunks and `root` the epoch's root, in one atomic batch.
+    pub fn begin_epoch(
+        &mut self,
+        epoch: u64,
+        seed: &[u8],
+        root: [u8; 32],
+    ) -> Result<(), StoreError> {
+        let (snapshot, chunks) = self.load_doc()?;
+        let mut old = snapshot;
+        for c in chunks {
+            old.extend_from_slice(&c);
+        }
+        let archive = self.db.open_tree(ARCHIVE_TREE).map_err(self.db_err())?;
+        archive
+            .insert(epoch.to_be_bytes(), old)
+            .map_err(self.db_err())?;
+        archive.flush().map_err(self.db_err())?;
+        let mut batch = sled::Batch::default();
+        batch.insert(SNAPSHOT_KEY, seed);
+        batch.remove(SNAPSHOT_CHECKED_KEY);
+        batch.insert(EPOCH_ROOT_KEY, &root[..]);
+        for item in self.tree.scan_prefix(CHUNK_PREFIX) {
+            let (k, _) = item.map_err(self.db_err())?;
+            batch.remove(k);
+        }
+        self.tree.apply_batch(batch).map_err(self.db_err())?;
+        self.chunks = 0;
+        self.doc_bytes = seed.len() as u64;
+        self.tree.flush().map_err(self.db_err())?;
+        Ok(())
+    }
+
+    /// The root the stored document is an epoch of (`None`: a mesh's first document).
+    pub fn epoch_root(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        let Some(v) = self.tree.get(EPOCH_ROOT_KEY).map_err(self.db_err())? else {
+            return Ok(None);
+        };
+        let root: [u8; 32] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+            path: self.dir.join(DB_DIR),
+            what: format!("the epoch root is {} bytes, not 32", v.len()),
+        })?;
+        Ok(Some(root))
+    }
+
+    /// The document epoch `epoch` retired, saved whole (`None`: no such epoch here).
+    pub fn archived(&self, epoch: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let archive = self.db.open_tree(ARCHIVE_TREE).map_err(self.db_err())?;
+        Ok(archive
+            .get(epoch.to_be_bytes())
+            .map_err(self.db_err())?
+            .map(|v| v.to_vec()))
+    }
+
     pub fn rebase(
         &mut self,
         snapshot: &[u8],
@@ -568,6 +633,53 @@ fn chunk_seq(key: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_epoch_archives_the_old_document_and_reopens_with_its_root() {
+        use crate::core::model::NewStory;
+        use crate::core::state::Doc;
+        use std::collections::BTreeSet;
+        let d = tempfile::tempdir().unwrap();
+        let mut old = Doc::new([1; 16]).with_test_names();
+        let story = NewStory {
+            title: "kept".into(),
+            ..Default::default()
+        };
+        old.add_story(&story, "A", 1).unwrap();
+        let seed = old.seed(1).unwrap();
+        {
+            let mut s = Store::open(d.path()).unwrap();
+            s.compact(&old.save(), &[]).unwrap();
+            s.append_chunk(b"a chunk after the snapshot").unwrap();
+            assert_eq!(s.epoch_root().unwrap(), None);
+            s.begin_epoch(1, &seed.bytes, seed.root.0).unwrap();
+            assert_eq!(s.doc_bytes(), seed.bytes.len() as u64);
+            // The epoch's own writes go on as chunks after the seed.
+            let mut e = Doc::load_test_names([2; 16], &seed.bytes, &[]).unwrap();
+            e.add_story(
+                &NewStory {
+                    title: "after".into(),
+                    ..Default::default()
+                },
+                "A",
+                2,
+            )
+            .unwrap();
+            s.append_chunk(&e.save_incremental()).unwrap();
+        }
+        let s = Store::open(d.path()).unwrap();
+        assert_eq!(s.epoch_root().unwrap(), Some(seed.root.0));
+        let (snap, chunks) = s.load_doc().unwrap();
+        assert_eq!((snap, chunks.len()), (seed.bytes.clone(), 1));
+        let mut archived = old.save();
+        archived.extend_from_slice(b"a chunk after the snapshot");
+        assert_eq!(s.archived(1).unwrap(), Some(archived));
+        assert_eq!(s.archived(2).unwrap(), None);
+        // A node opens it as the epoch's document: the base read from its root.
+        let doc = crate::node::load_stored_doc(&s, [3; 16], BTreeSet::new()).unwrap();
+        assert_eq!(doc.base().map(|b| b.epoch), Some(1));
+        assert_eq!(doc.epoch_root(), Some(seed.root.0));
+    }
 
     #[test]
     fn a_second_opener_gets_a_clear_error() {

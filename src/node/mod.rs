@@ -329,14 +329,19 @@ pub(crate) fn load_stored_doc(
 ) -> Result<Doc, NodeError> {
     let (snap, chunks) = store.load_doc()?;
     let checked = store.snapshot_checked()?;
-    Ok(Doc::load_stored(
+    let doc = Doc::load_stored(
         actor,
         &snap,
         &checked,
         &chunks,
         operators,
         Some(parallel_checker()),
-    )?)
+    )?;
+    // An epoch's document reads what it inherited from the root it was opened with.
+    Ok(match store.epoch_root()? {
+        Some(root) => doc.with_epoch_root(&crate::core::state::ChangeHash(root))?,
+        None => doc,
+    })
 }
 
 /// Starts a node: opens the store, loads the document, binds the network.
