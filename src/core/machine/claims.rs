@@ -106,6 +106,11 @@ impl Core {
         if self.joining(now_ms).is_some() || self.clock_skew().skewed {
             return;
         }
+        // An alive peer on another epoch: no session with it opens, so nothing claimed
+        // could settle (DESIGN.md §3.5); claim nothing until it has moved or died.
+        if !self.other_epoch.is_empty() && !self.other_epoch_peers(now_ms).is_empty() {
+            return;
+        }
         // Not a member: nothing it claimed would count.
         if !self.may_work_on_roster() {
             return;

@@ -116,3 +116,65 @@ fn a_peer_whose_beat_names_another_epoch_gets_no_session_until_it_moves() {
     assert_eq!(sessions_opened(&mut a), 1);
     assert!(a.other_epoch_peers(0).is_empty());
 }
+
+#[test]
+fn a_node_claims_nothing_while_an_alive_peer_is_on_another_epoch() {
+    let (mut a, _, mut old) = mesh();
+    a.cfg.work = true;
+    a.cfg.roles = Phase::ALL.iter().map(|p| p.as_str().to_string()).collect();
+    a.add_story(&titled("work"), 1).unwrap();
+    // Ten seconds with the old node beating: long past the warm-up, no claim written.
+    let mut now = 0;
+    for _ in 0..100 {
+        now += 100;
+        if now % 500 == 0 {
+            old.publish_beat(now, true);
+            while let Some(e) = old.poll_effect() {
+                if let Effect::Publish {
+                    topic: Topic::Heartbeat,
+                    data,
+                } = e
+                {
+                    a.handle(
+                        now,
+                        Input::Heartbeat {
+                            from: "O".into(),
+                            data,
+                        },
+                    );
+                }
+            }
+        }
+        a.tick(now, now);
+        while a.poll_effect().is_some() {}
+        assert!(a.doc().view().claims.is_empty(), "a claim at {now} ms");
+    }
+    // It moves to this epoch (its beat says so): the node claims again.
+    let mut moved = core_with("O", a.doc().clone());
+    for _ in 0..30 {
+        now += 100;
+        moved.publish_beat(now, true);
+        while let Some(e) = moved.poll_effect() {
+            if let Effect::Publish {
+                topic: Topic::Heartbeat,
+                data,
+            } = e
+            {
+                a.handle(
+                    now,
+                    Input::Heartbeat {
+                        from: "O".into(),
+                        data,
+                    },
+                );
+            }
+        }
+        a.tick(now, now);
+        while a.poll_effect().is_some() {}
+    }
+    assert!(a.other_epoch_peers(now).is_empty());
+    assert!(
+        !a.doc().view().claims.is_empty(),
+        "claims again once the peer moved"
+    );
+}
