@@ -63,8 +63,9 @@ fn sessions_opened(c: &mut Core) -> usize {
         .count()
 }
 
-fn hear_beat(from: &mut Core, to: &mut Core) {
-    from.publish_beat(0, true);
+/// `from` publishes a beat at `now`, and `to` hears it.
+fn hear_beat(from: &mut Core, to: &mut Core, now: u64) {
+    from.publish_beat(now, true);
     while let Some(e) = from.poll_effect() {
         if let Effect::Publish {
             topic: Topic::Heartbeat,
@@ -72,7 +73,7 @@ fn hear_beat(from: &mut Core, to: &mut Core) {
         } = e
         {
             let from = from.peer().to_string();
-            to.handle(0, Input::Heartbeat { from, data });
+            to.handle(now, Input::Heartbeat { from, data });
         }
     }
 }
@@ -103,15 +104,15 @@ fn a_frame_of_another_epoch_is_dropped_and_one_epoch_syncs_as_before() {
 #[test]
 fn a_peer_whose_beat_names_another_epoch_gets_no_session_until_it_moves() {
     let (mut a, _, mut old) = mesh();
-    hear_beat(&mut old, &mut a);
+    hear_beat(&mut old, &mut a, 0);
     a.start_sync("O");
     assert_eq!(sessions_opened(&mut a), 0, "a peer on another epoch");
     assert_eq!(a.other_epoch_peers(0), ["O"], "shown in status");
     // Its next beat names this epoch (it moved): sessions open again. (Its first beat
     // repeats the sequence number `a` heard already.)
     let mut moved = core_with("O", a.doc().clone());
-    hear_beat(&mut moved, &mut a);
-    hear_beat(&mut moved, &mut a);
+    hear_beat(&mut moved, &mut a, 0);
+    hear_beat(&mut moved, &mut a, 0);
     a.start_sync("O");
     assert_eq!(sessions_opened(&mut a), 1);
     assert!(a.other_epoch_peers(0).is_empty());
@@ -128,22 +129,7 @@ fn a_node_claims_nothing_while_an_alive_peer_is_on_another_epoch() {
     for _ in 0..100 {
         now += 100;
         if now % 500 == 0 {
-            old.publish_beat(now, true);
-            while let Some(e) = old.poll_effect() {
-                if let Effect::Publish {
-                    topic: Topic::Heartbeat,
-                    data,
-                } = e
-                {
-                    a.handle(
-                        now,
-                        Input::Heartbeat {
-                            from: "O".into(),
-                            data,
-                        },
-                    );
-                }
-            }
+            hear_beat(&mut old, &mut a, now);
         }
         a.tick(now, now);
         while a.poll_effect().is_some() {}
@@ -153,22 +139,7 @@ fn a_node_claims_nothing_while_an_alive_peer_is_on_another_epoch() {
     let mut moved = core_with("O", a.doc().clone());
     for _ in 0..30 {
         now += 100;
-        moved.publish_beat(now, true);
-        while let Some(e) = moved.poll_effect() {
-            if let Effect::Publish {
-                topic: Topic::Heartbeat,
-                data,
-            } = e
-            {
-                a.handle(
-                    now,
-                    Input::Heartbeat {
-                        from: "O".into(),
-                        data,
-                    },
-                );
-            }
-        }
+        hear_beat(&mut moved, &mut a, now);
         a.tick(now, now);
         while a.poll_effect().is_some() {}
     }
