@@ -219,12 +219,7 @@ pub fn rank(
                 continue;
             }
         }
-        if !s
-            .fact
-            .depends_on
-            .iter()
-            .all(|d| view.stories.get(d).is_some_and(|x| x.merged.is_some()))
-        {
+        if !s.fact.depends_on.iter().all(|d| view.landed(d)) {
             continue;
         }
         if phase == Phase::Review && !self_review && s.implementer.as_deref() == Some(me) {
@@ -559,22 +554,17 @@ fn waiting_on(
             };
         }
     }
-    for d in &s.fact.depends_on {
-        match view.stories.get(d) {
-            Some(dep) if dep.merged.is_some() => {}
-            Some(dep) => {
-                return Waiting::Dependency {
-                    story: dep.id.clone(),
-                    then: follow(dep, chain),
-                }
-            }
-            None => {
-                return Waiting::Dependency {
-                    story: d.clone(),
-                    then: Box::new(Waiting::Unknown),
-                }
-            }
-        }
+    if let Some(d) = s.fact.depends_on.iter().find(|d| !view.landed(d)) {
+        return match view.stories.get(d) {
+            Some(dep) => Waiting::Dependency {
+                story: dep.id.clone(),
+                then: follow(dep, chain),
+            },
+            None => Waiting::Dependency {
+                story: d.clone(),
+                then: Box::new(Waiting::Unknown),
+            },
+        };
     }
     if matches!(phase, Phase::Implement | Phase::Rework) {
         let files = planned_files(view, &s.key);

@@ -142,7 +142,7 @@ fn step_of(claim: &ClaimFact) -> Option<(&str, (u32, u8))> {
             phase,
             round,
         } => Some((story.as_str(), step_order(*phase, *round))),
-        Resource::File(_) | Resource::Gate(_) => None,
+        Resource::File(_) | Resource::Gate(_) | Resource::Epoch(_) => None,
     })
 }
 

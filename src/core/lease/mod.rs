@@ -35,12 +35,12 @@ pub use expiry::*;
 // Resources
 // ---------------------------------------------------------------------------------------
 
-/// Something a claim can hold: one phase of one story, one file of the repository, or the
-/// merge gate of an origin branch.
+/// Something a claim can hold: one phase of one story, one file of the repository, the
+/// merge gate of an origin branch, or the move to a new epoch.
 ///
 /// Written as `story:<key>/<phase>` (`story:S-0042@ab12cd/implement`), `file:<path>`
-/// (`file:src/lease.rs`) or `gate:<origin>#<branch>` (`gate:ssh://git@host/r.git#main`),
-/// in the document and on the wire. Review, rework and merge repeat
+/// (`file:src/lease.rs`), `gate:<origin>#<branch>` (`gate:ssh://git@host/r.git#main`) or
+/// `epoch:<n>`, in the document and on the wire. Review, rework and merge repeat
 /// in rounds after a rejection; round r > 0 is written `story:<key>/<phase>.<r>`, so each
 /// round is a fresh resource with its own tokens.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -55,6 +55,9 @@ pub enum Resource {
     /// The merge gate of one origin branch (see [`Resource::gate`]): merge claims on a
     /// remote origin hold it, so landings take turns through the mesh.
     Gate(String),
+    /// The move to epoch `n` (docs/DESIGN.md §3.5): one proposer wins it through settle,
+    /// and while it is open no node claims or takes over anything else.
+    Epoch(u64),
 }
 
 /// Longest gate name, in bytes.
@@ -63,7 +66,7 @@ pub const MAX_GATE_NAME: usize = 512;
 /// Why a resource string was rejected. Each names the input and what a valid one is.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ResourceError {
-    #[error("resource {0:?} has no known kind; write `story:<key>/<phase>`, `file:<path>` or `gate:<origin>#<branch>`")]
+    #[error("resource {0:?} has no known kind; write `story:<key>/<phase>`, `file:<path>`, `gate:<origin>#<branch>` or `epoch:<n>`")]
     UnknownKind(String),
     #[error("resource {0:?} names no phase; write `story:<key>/<phase>`, e.g. `story:S-0042@ab12cd/implement`")]
     MissingPhase(String),
@@ -75,6 +78,8 @@ pub enum ResourceError {
     BadPath { input: String, source: InputError },
     #[error("resource {0:?} has an invalid gate name; a gate is `gate:<origin>#<branch>`, non-empty, at most 512 bytes, without whitespace or control characters")]
     BadGate(String),
+    #[error("resource {0:?} names no epoch; an epoch is `epoch:<n>`, n from 1")]
+    BadEpoch(String),
 }
 
 impl Resource {
@@ -115,7 +120,15 @@ impl Resource {
     pub fn story_key(&self) -> Option<&str> {
         match self {
             Resource::Story { story, .. } => Some(story),
-            Resource::File(_) | Resource::Gate(_) => None,
+            Resource::File(_) | Resource::Gate(_) | Resource::Epoch(_) => None,
+        }
+    }
+
+    /// The epoch this resource moves to, if it is an epoch's.
+    pub fn epoch(&self) -> Option<u64> {
+        match self {
+            Resource::Epoch(n) => Some(*n),
+            _ => None,
         }
     }
 }
@@ -148,6 +161,7 @@ impl fmt::Display for Resource {
             } => write!(f, "story:{story}/{phase}.{round}"),
             Resource::File(path) => write!(f, "file:{path}"),
             Resource::Gate(name) => write!(f, "gate:{name}"),
+            Resource::Epoch(n) => write!(f, "epoch:{n}"),
         }
     }
 }
@@ -190,6 +204,11 @@ impl FromStr for Resource {
                 return Err(ResourceError::BadGate(s.to_string()));
             }
             Ok(Resource::Gate(name.to_string()))
+        } else if let Some(n) = s.strip_prefix("epoch:") {
+            match n.parse::<u64>() {
+                Ok(n) if n >= 1 && n.to_string() == s["epoch:".len()..] => Ok(Resource::Epoch(n)),
+                _ => Err(ResourceError::BadEpoch(s.to_string())),
+            }
         } else {
             Err(ResourceError::UnknownKind(s.to_string()))
         }

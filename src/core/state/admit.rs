@@ -59,6 +59,7 @@ pub enum FactKind {
     Command,
     Budget,
     Notified,
+    Epoch,
 }
 
 impl FactKind {
@@ -78,6 +79,7 @@ impl FactKind {
             k if k.starts_with(COMMAND_PREFIX) => FactKind::Command,
             k if k.starts_with(BUDGET_PREFIX) => FactKind::Budget,
             k if k.starts_with(NOTIFIED_PREFIX) => FactKind::Notified,
+            k if k.starts_with(EPOCH_PREFIX) => FactKind::Epoch,
             _ => return None,
         })
     }
@@ -96,6 +98,7 @@ impl FactKind {
             FactKind::Command => "command",
             FactKind::Budget => "budget",
             FactKind::Notified => "notified",
+            FactKind::Epoch => "epoch",
         }
     }
 
@@ -216,6 +219,10 @@ pub(super) fn admit_as(
                 "claim resources empty, too many, or with token 0",
             )?;
             valid(
+                f.resources.len() == 1 || f.resources.iter().all(|(r, _)| r.epoch().is_none()),
+                "an epoch's claim names other resources",
+            )?;
+            valid(
                 f.after
                     .as_deref()
                     .is_none_or(|a| claim_id_holder(a).is_some()),
@@ -303,6 +310,19 @@ pub(super) fn admit_as(
                 "notified key is not the hash of its id",
             )?;
             Fact::Notified(Box::new(f))
+        }
+        FactKind::Epoch => {
+            let f: EpochFact = json(opened.json)?;
+            entitled(f.holder == author && claim_id_holder(&f.claim) == Some(author))?;
+            valid(
+                f.epoch >= 1 && key == f.key(),
+                "epoch key does not name its epoch and claim",
+            )?;
+            valid(
+                !f.cut.is_empty() && f.cut.len() <= MAX_CUT_HEADS && f.hashes().is_some(),
+                "epoch cut empty, too long, or not change hashes",
+            )?;
+            Fact::Epoch(Box::new(f))
         }
         FactKind::Admit | FactKind::Revoke => {
             let f: RosterFact = json(opened.json)?;

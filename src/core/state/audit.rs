@@ -452,6 +452,18 @@ fn describe(
             c.story().map(str::to_string),
             format!("operator command: {}", quote(&c.describe())),
         ),
+        Fact::Epoch(e) => (
+            Some(e.at_ms),
+            Some(e.at_ms),
+            None,
+            format!(
+                "the move to epoch {} (claim {}): cut at {} head(s), root {}",
+                e.epoch,
+                e.claim,
+                e.cut.len(),
+                e.root.get(..12).unwrap_or(&e.root)
+            ),
+        ),
         Fact::Notified(n) => (
             Some(n.at_ms),
             Some(n.at_ms),

@@ -29,6 +29,47 @@ use super::*;
 /// The root key the seed change writes its base under.
 pub const BASE_KEY: &str = "epoch";
 
+/// `epoch/<n>/<claim-id>`: where the mesh moves to epoch `n` ([`EpochFact`]).
+pub const EPOCH_PREFIX: &str = "epoch/";
+
+/// Where the mesh moves to epoch `epoch`: written once the proposal `claim` (on
+/// `epoch:<epoch>`) settled and won and no other claim was open, by its holder. Every
+/// node builds the seed at `cut` itself and moves only if it gets `root` (the seed
+/// change's hash); the fact itself is never trusted for the base (DESIGN.md §3.5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochFact {
+    pub epoch: u64,
+    pub claim: String,
+    pub holder: String,
+    /// The old document's heads the seed is cut at, hex.
+    pub cut: Vec<String>,
+    /// The seed change's hash, hex.
+    pub root: String,
+    /// The holder's wall clock when it wrote it (display only).
+    pub at_ms: u64,
+}
+
+/// Most heads a cut may name (a document has one head per concurrent writer).
+pub const MAX_CUT_HEADS: usize = 256;
+
+impl EpochFact {
+    /// The document key this fact is written under.
+    pub fn key(&self) -> String {
+        format!("{EPOCH_PREFIX}{}/{}", self.epoch, self.claim)
+    }
+
+    /// The cut's heads and the root, parsed; `None` if any is not a change hash.
+    pub fn hashes(&self) -> Option<(Vec<ChangeHash>, ChangeHash)> {
+        let parse = |h: &str| h.parse::<ChangeHash>().ok();
+        let cut = self
+            .cut
+            .iter()
+            .map(|h| parse(h))
+            .collect::<Option<Vec<_>>>()?;
+        Some((cut, parse(&self.root)?))
+    }
+}
+
 /// What an epoch inherits (see the module's documentation).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Base {

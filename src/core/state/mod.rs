@@ -100,7 +100,7 @@ use admit::{admit, admit_with};
 pub use admit::{claim_id_holder, FactKind, Refusal, MAX_FACT_BYTES};
 use audit::{Admitted, RefusedLog};
 pub use audit::{AuditEntry, LogQuery, Standing, MAX_REFUSED_KEY_BYTES, REFUSED_KEPT};
-pub use base::{Base, Retired, BASE_KEY};
+pub use base::{Base, EpochFact, Retired, BASE_KEY, EPOCH_PREFIX, MAX_CUT_HEADS};
 pub use budget::{
     day_of, usd, Allowance, AskEntry, BudgetFact, Entry, Ledger, MeshBudget, Usage, DAY_MS,
 };

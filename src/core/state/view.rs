@@ -193,6 +193,9 @@ pub struct View {
     pub ledger: Ledger,
     /// Notifications sent (or refused for good), by the hash of their trigger id.
     pub notified: BTreeMap<String, crate::core::notify::NotifiedFact>,
+    /// Where the mesh moves to a new epoch (`epoch/<n>/<claim>`), by `<n>/<claim>`.
+    #[serde(default)]
+    pub epochs: BTreeMap<String, EpochFact>,
     /// Kept with `stories`, so that a write of new stories needs no pass over them.
     #[serde(skip)]
     pub(super) story_index: StoryIndex,
@@ -370,6 +373,10 @@ impl View {
                     let hash = key.strip_prefix(NOTIFIED_PREFIX).unwrap_or(key);
                     view.notified.insert(hash.to_string(), (**f).clone());
                 }
+                Fact::Epoch(f) => {
+                    let id = key.strip_prefix(EPOCH_PREFIX).unwrap_or(key);
+                    view.epochs.insert(id.to_string(), (**f).clone());
+                }
             }
         }
         view.steering = Steering::fold(commands.into_iter());
@@ -389,6 +396,12 @@ impl View {
     /// document): the stories merged before it are there, not in `stories`.
     pub fn base(&self) -> Option<&Base> {
         self.base.as_deref()
+    }
+
+    /// Whether story `key` landed: merged here, or retired by an earlier epoch.
+    pub fn landed(&self, key: &str) -> bool {
+        self.stories.get(key).is_some_and(|s| s.merged.is_some())
+            || self.base().is_some_and(|b| b.retired.contains_key(key))
     }
 
     /// The counted result of one phase of a story in its latest round, if any.

@@ -47,6 +47,7 @@ fn resources_round_trip_through_their_string_form() {
         story("S-0001@zzzzzz", Phase::Merge),
         file("./src/../src/lease.rs"),
         Resource::gate("ssh://git@h:2222/srv/r.git", "main").unwrap(),
+        Resource::Epoch(7),
     ] {
         let s = r.to_string();
         assert_eq!(s.parse::<Resource>().unwrap(), r, "{s}");
@@ -103,6 +104,10 @@ fn malformed_resource_strings_are_rejected_with_the_expected_form() {
         assert!(matches!(err, ResourceError::BadGate(_)), "{bad}: {err}");
     }
     assert!(Resource::gate(&"x".repeat(MAX_GATE_NAME), "main").is_err());
+    for bad in ["epoch:", "epoch:0", "epoch:07", "epoch:+7", "epoch:x"] {
+        let err = bad.parse::<Resource>().unwrap_err();
+        assert!(matches!(err, ResourceError::BadEpoch(_)), "{bad}: {err}");
+    }
     assert_eq!(
         Resource::gate("git@h:r.git", "main").unwrap().to_string(),
         "gate:git@h:r.git#main"

@@ -59,6 +59,15 @@ fn seed_actor(epoch: u64) -> automerge::ActorId {
     automerge::ActorId::from(id.to_vec())
 }
 
+/// Whether `claim` proposed a move to epoch `epoch` or an earlier one: such claims (and
+/// their releases and cuts) stay behind in the epoch they moved from.
+fn moved_here(claim: &ClaimFact, epoch: u64) -> bool {
+    claim
+        .resources
+        .iter()
+        .any(|(r, _)| r.epoch().is_some_and(|n| n <= epoch))
+}
+
 /// What a new epoch leaves behind, and what it inherits.
 struct Retirement {
     /// The keys whose facts the seed does not copy.
@@ -157,6 +166,11 @@ impl Doc {
         let mut floors = old.map(|b| b.floors.clone()).unwrap_or_default();
         let mut gone: BTreeSet<&str> = BTreeSet::new();
         for (id, c) in &claims {
+            // The proposals that moved the mesh here decide nothing in the new epoch.
+            if moved_here(c, epoch) {
+                gone.insert(id);
+                continue;
+            }
             if !stories_of(c).iter().any(|k| leaves(k)) {
                 continue;
             }
@@ -201,6 +215,7 @@ impl Doc {
                 Fact::Merge(m) => leaves(&m.story),
                 Fact::Claim(_) => gone.contains(key.strip_prefix(CLAIM_PREFIX).unwrap_or(key)),
                 Fact::Release(_) => gone.contains(key.strip_prefix(RELEASE_PREFIX).unwrap_or(key)),
+                Fact::Epoch(e) => e.epoch <= epoch,
                 _ => false,
             };
             if leave {
@@ -234,6 +249,41 @@ impl Doc {
         self.rewound(cut, 0)?.seed(epoch)
     }
 
+    /// Epoch `epoch`'s document, moved to from this one: the seed cut at `cut` (heads
+    /// this document holds), which must build as `root` — every node builds it itself
+    /// and refuses a root that differs, so no peer's word decides what a base retires —
+    /// opened with that root, with every value admitted here after the cut carried in
+    /// ([`Doc::carry_from`]). Same actor, writer, key scheme, operators, size cap and
+    /// checker as this one. Reads the whole history (a load): a rare transition.
+    pub fn next_epoch(
+        &mut self,
+        epoch: u64,
+        cut: &[ChangeHash],
+        root: &ChangeHash,
+    ) -> Result<Doc, StateError> {
+        let seed = self.seed_at(epoch, cut)?;
+        if seed.root != *root {
+            return Err(StateError::Corrupt(format!(
+                "epoch {epoch}'s seed, cut at {} head(s), builds as {}, not {root}: not moving",
+                cut.len(),
+                seed.root
+            )));
+        }
+        let mut inner = AutoCommit::load(&seed.bytes)
+            .map_err(|e| StateError::Corrupt(format!("epoch {epoch}'s seed: {e}")))?;
+        inner.set_actor(self.inner.get_actor().clone());
+        let mut doc = Doc::wrap(inner);
+        doc.writer = self.writer.clone();
+        doc.scheme = self.scheme;
+        doc.roster.operators = self.roster.operators.clone();
+        doc.cap = self.cap;
+        doc.checker = self.checker.clone();
+        doc.refresh();
+        let mut doc = doc.with_epoch_root(root)?;
+        doc.carry_from(self, cut)?;
+        Ok(doc)
+    }
+
     /// Copies into this epoch's document, cut from `old` at `cut` ([`Seed::cut`]), every
     /// value `old` admitted after the cut and counts, byte for byte as its author sealed
     /// it (checked again here), in one change; values this document already chose, and
@@ -250,7 +300,23 @@ impl Doc {
     pub fn carry_from(&mut self, old: &mut Doc, cut: &[ChangeHash]) -> Result<usize, StateError> {
         old.refresh();
         let base = self.base.clone();
+        let epoch = base.as_ref().map_or(0, |b| b.epoch);
+        let old_facts = &old.facts;
         let retired = |key: &str, fact: &Fact| {
+            // The move itself (its proposals, their releases, its cut) stays behind.
+            let claim = |id: &str| match old_facts.get(&format!("{CLAIM_PREFIX}{id}")).map(|f| &**f)
+            {
+                Some(Fact::Claim(c)) => moved_here(c, epoch),
+                _ => false,
+            };
+            match fact {
+                Fact::Epoch(e) if e.epoch <= epoch => return true,
+                Fact::Claim(c) if moved_here(c, epoch) => return true,
+                Fact::Release(_) if key.strip_prefix(RELEASE_PREFIX).is_some_and(claim) => {
+                    return true
+                }
+                _ => {}
+            }
             let Some(b) = &base else { return false };
             let story = match fact {
                 Fact::Story(_) => key.strip_prefix(STORY_PREFIX),
@@ -789,6 +855,62 @@ mod tests {
         assert_eq!(a.view().stories[&k], before.stories[&k]);
         let (_, b) = open(&mut a, 1);
         assert_eq!(b.view().stories[&k], before.stories[&k]);
+    }
+
+    #[test]
+    fn a_move_leaves_its_proposal_and_cut_behind_and_refuses_a_root_it_does_not_build() {
+        let mut a = Doc::new([1; 16]).with_test_names();
+        let done = story(&mut a, "one", vec![]);
+        merge(&mut a, &done);
+        let live = story(&mut a, "two", vec![]);
+        // A's proposal of epoch 1 (settled and won), and the cut it writes at its heads.
+        let proposal = ClaimFact {
+            resources: vec![(Resource::Epoch(1), 1)],
+            holder: A.into(),
+            ttl_ms: 10_000,
+            written_at_ms: 0,
+            attempt: 1,
+            after: None,
+        };
+        a.put_claim(&format!("{A}-900"), &proposal).unwrap();
+        let cut = a.heads();
+        let root = a.seed_at(1, &cut).unwrap().root;
+        let fact = EpochFact {
+            epoch: 1,
+            claim: format!("{A}-900"),
+            holder: A.into(),
+            cut: cut.iter().map(|h| h.to_string()).collect(),
+            root: root.to_string(),
+            at_ms: 0,
+        };
+        assert!(a.put_epoch(&fact).unwrap());
+        assert!(!a.put_epoch(&fact).unwrap(), "a cut is written once");
+        assert_eq!(
+            a.view().epochs.len(),
+            1,
+            "the cut is in the old document's view"
+        );
+        // Written after the cut: carried over.
+        let after = story(&mut a, "three", vec![]);
+        // A root the cut does not build is refused, whoever wrote it.
+        let other = a.seed_at(2, &cut).unwrap().root;
+        let err = a.next_epoch(1, &cut, &other).unwrap_err().to_string();
+        assert!(err.contains("not moving"), "{err}");
+        let e = a.next_epoch(1, &cut, &root).unwrap();
+        let v = e.view();
+        assert_eq!(e.epoch_root(), Some(root.0));
+        assert!(v.landed(&done) && !v.stories.contains_key(&done), "retired");
+        assert!(v.stories.contains_key(&live) && v.stories.contains_key(&after));
+        // The move itself stays behind: no proposal to release, no cut to move on again.
+        assert!(v.epochs.is_empty(), "{:?}", v.epochs);
+        assert!(
+            !v.claims
+                .values()
+                .any(|c| c.token_of(&Resource::Epoch(1)).is_some()),
+            "the proposal was carried"
+        );
+        // The next proposal starts afresh on its own resource.
+        assert_eq!(v.claims().next_token(&Resource::Epoch(2)), 1);
     }
 
     #[test]

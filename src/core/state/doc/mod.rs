@@ -149,6 +149,7 @@ pub(super) enum Fact {
     Command(Box<CommandFact>),
     Budget(Box<BudgetFact>),
     Notified(Box<crate::core::notify::NotifiedFact>),
+    Epoch(Box<EpochFact>),
 }
 
 impl std::fmt::Debug for Doc {

@@ -269,6 +269,17 @@ impl Doc {
         Ok(true)
     }
 
+    /// Writes where the mesh moves to a new epoch (by the holder of the claim that won
+    /// its proposal). Once per key: returns whether it wrote.
+    pub fn put_epoch(&mut self, fact: &EpochFact) -> Result<bool, StateError> {
+        let key = fact.key();
+        if self.facts.contains_key(&key) {
+            return Ok(false);
+        }
+        self.put_fact(&key, fact, &fact.holder)?;
+        Ok(true)
+    }
+
     /// Writes a value sealed elsewhere (an operator's roster fact or command: the
     /// operator's key is not this node's), after checking it as every peer will. Only
     /// operators' facts.

@@ -175,6 +175,14 @@ impl View {
                 self.notified.remove(&id(NOTIFIED_PREFIX));
                 true
             }
+            (_, Some(Fact::Epoch(e))) => {
+                self.epochs.insert(id(EPOCH_PREFIX), (**e).clone());
+                true
+            }
+            (Some(FactKind::Epoch), None) => {
+                self.epochs.remove(&id(EPOCH_PREFIX));
+                true
+            }
             (_, Some(Fact::Budget(b))) => {
                 if !self.ledger.adds_in_order(b) {
                     return false;
