@@ -139,6 +139,7 @@ fn settle(snap: &[u8], unchecked: bool, samples: usize) -> Vec<f64> {
                 stall_after_ms: 0,
                 origin_breaker: Default::default(),
                 merge_gate: None,
+                epoch_after: 0,
                 limits: Default::default(),
                 triggers: Default::default(),
                 budget: Default::default(),

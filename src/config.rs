@@ -122,6 +122,9 @@ pub struct Config {
     /// Raise a `stalled` event for a story with no progress (no new counted result,
     /// nothing worked on along its chain of waits) for this long. 0: never.
     pub stall_after_ms: u64,
+    /// Move the mesh to a new epoch (retiring merged stories' history, docs/DESIGN.md
+    /// §3.5) once this many merged stories are live in the document. 0: never.
+    pub epoch_after: u32,
     /// Notifications (`[notify]`, `[[notify.sink]]`): see docs/DESIGN.md §15.
     pub notify: crate::notify::NotifyConfig,
     /// The web dashboard (`[dashboard]`): see `crate::dashboard::DashboardConfig`.
@@ -195,6 +198,7 @@ impl Default for Config {
             origin_backoff_ms: 1_000,
             origin_backoff_max_ms: 60_000,
             stall_after_ms: 300_000,
+            epoch_after: 0,
             notify: Default::default(),
             dashboard: Default::default(),
             intake: Default::default(),
@@ -501,6 +505,13 @@ impl Config {
                 "stall_after_ms",
                 self.stall_after_ms,
                 "allowed 0 (never) or 1000..=604800000 (a week)",
+            ));
+        }
+        if self.epoch_after != 0 && !(10..=10_000_000).contains(&self.epoch_after) {
+            return Err(invalid(
+                "epoch_after",
+                self.epoch_after,
+                "allowed 0 (never) or 10..=10000000",
             ));
         }
         if !(1..=1000).contains(&self.origin_failures_to_open) {

@@ -141,6 +141,7 @@ fn core(name: &str, actor: u8) -> Core {
             stall_after_ms: 0,
             origin_breaker: Default::default(),
             merge_gate: None,
+            epoch_after: 0,
             limits: Default::default(),
             triggers: Default::default(),
             budget: Default::default(),

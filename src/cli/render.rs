@@ -75,6 +75,13 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
     if r.epoch > 0 {
         let _ = writeln!(o, "epoch: {} (history before it retired)", r.epoch);
     }
+    if r.moving {
+        let _ = writeln!(
+            o,
+            "moving to epoch {}: no new claims until every node has moved (or the move is given up)",
+            r.epoch + 1
+        );
+    }
     if !r.other_epoch.is_empty() {
         let peers: Vec<&str> = r.other_epoch.iter().map(|p| short(p)).collect();
         let _ = writeln!(

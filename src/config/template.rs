@@ -133,6 +133,11 @@ origin_backoff_max_ms = {obx}
 # it waits for) raises one `stalled` event naming what it waits for. 0: never.
 stall_after_ms = {stall}
 
+# Retire settled history: once this many merged stories are in the document, the mesh
+# moves to a new one seeded with the live facts (claims pause while it moves; the old
+# document is archived in the store). Every node should run the same version. 0: never.
+epoch_after = {epoch}
+
 # Notifications (README "Budgets and notifications"): each is sent once by the mesh,
 # by one node that has a sink for its kind. Sink URLs are secrets.
 # [notify]
@@ -222,6 +227,7 @@ stall_after_ms = {stall}
             obm = self.origin_backoff_ms,
             obx = self.origin_backoff_max_ms,
             stall = self.stall_after_ms,
+            epoch = self.epoch_after,
         )
     }
 }

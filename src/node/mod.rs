@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
 
+mod durable;
 mod handle;
 mod net_events;
 mod runtime;
@@ -219,6 +220,10 @@ pub struct StatusReport {
     /// wait for them (settle hears from every alive peer).
     #[serde(default)]
     pub other_epoch: Vec<String>,
+    /// The mesh moves to the next epoch as this node sees it (a proposal open or a cut
+    /// written): it claims nothing until the move is done or given up.
+    #[serde(default)]
+    pub moving: bool,
 }
 
 /// Refused facts of one author and kind (`status`).
@@ -420,6 +425,7 @@ pub async fn start(opts: NodeOptions) -> Result<NodeHandle, NodeError> {
             stall_after_ms: cfg.stall_after_ms,
             origin_breaker: cfg.origin_breaker(),
             merge_gate: None, // set below, once the origin is open
+            epoch_after: cfg.epoch_after,
             limits: cfg.limits(),
             triggers: cfg.triggers(),
             budget: cfg.budget(),

@@ -158,6 +158,17 @@ impl Sim {
                 continue;
             }
             self.checked[i] = d;
+            if self.cfg.epoch_after > 0 {
+                self.moving_since.resize(n, None);
+                match (core.is_moving(now), self.moving_since[i]) {
+                    (true, None) => self.moving_since[i] = Some(now),
+                    (false, Some(from)) => {
+                        self.pauses.push((from, now));
+                        self.moving_since[i] = None;
+                    }
+                    _ => {}
+                }
+            }
             let view = core.view();
             let leaked: Vec<String> = self
                 .aborted
@@ -173,6 +184,12 @@ impl Sim {
                 }
                 if c.holder != self.names[i] && !self.claim_known.contains_key(id) {
                     self.claim_known.insert(id.clone(), now);
+                }
+            }
+            // An epoch's floors stand for the claims it left behind.
+            for (r, f) in view.base().map(|b| &b.floors).into_iter().flatten() {
+                if let Some(e) = top.get_mut(r) {
+                    *e = (*e).max(f.token);
                 }
             }
             let known = &mut self.tokens[i];
@@ -285,7 +302,10 @@ impl Sim {
         let missing: Vec<String> = self
             .acked
             .iter()
-            .filter(|(_, title)| views.iter().any(|(_, v)| !v.has_story_titled(title)))
+            .filter(|(_, title)| {
+                let key = self.acked_keys.get(title);
+                views.iter().any(|(_, v)| !v.holds_story(title, key))
+            })
             .map(|(n, title)| format!("node{n}'s acknowledged story {title:?}"))
             .collect();
         for m in missing {
@@ -422,6 +442,8 @@ impl Sim {
                 // before it would run out (seeds 335 and 530 clean, --remote).
                 let (node, t) = (*node, *t);
                 let from = self.origin.outages_end(t, bound);
+                // A move to a new epoch holds claims back too (DESIGN.md §3.5).
+                let from = self.pauses_end(from, bound);
                 // A claim it was settling is owed only if it reached another node
                 // before this one came back: one that never left (its push queued
                 // behind a running session) is known to no one, and the restart
@@ -502,7 +524,9 @@ impl Sim {
                     // Work the story no longer needs is owed to no one: a crashed claim
                     // on a round the finished story never took (the review before it was
                     // taken over and went the other way: seed 877 clean).
-                    let moot = counted.is_none() && sv.is_some_and(|s| finished(s.status));
+                    // So is a story an epoch retired: it landed.
+                    let moot = (counted.is_none() && sv.is_some_and(|s| finished(s.status)))
+                        || view.base().is_some_and(|b| b.retired.contains_key(story));
                     // An implement or rework yields its files when its claim expires: a
                     // change of another story to one of them, started within the bound,
                     // owns them until it lands, and the story rightly waits for that
@@ -542,7 +566,9 @@ impl Sim {
                 }
             }
         }
-        (merged, blocked, cancelled)
+        // Stories an epoch retired had merged.
+        let retired = view.base().map_or(0, |b| b.retired.len());
+        (merged + retired, blocked, cancelled)
     }
 
     /// Every node up, every story merged or blocked, and all documents equal.
@@ -737,4 +763,26 @@ fn finished(status: StoryStatus) -> bool {
         status,
         StoryStatus::Merged | StoryStatus::Blocked | StoryStatus::Cancelled
     )
+}
+
+impl Sim {
+    /// `t`, or the end of the moves to a new epoch that began before `bound` from it
+    /// ran out (each holds every node's claims back while it lasts), as
+    /// `Origin::outages_end` does for outages.
+    fn pauses_end(&self, t: u64, bound: u64) -> u64 {
+        let mut start = t;
+        let open = self.moving_since.iter().flatten().map(|&f| (f, self.now));
+        let pauses: Vec<(u64, u64)> = self.pauses.iter().copied().chain(open).collect();
+        loop {
+            let later = pauses
+                .iter()
+                .filter(|&&(from, to)| from <= start + bound && to > start)
+                .map(|&(_, to)| to)
+                .max();
+            match later {
+                Some(to) if to > start => start = to,
+                _ => return start,
+            }
+        }
+    }
 }

@@ -58,6 +58,9 @@ pub struct SimConfig {
     /// heal is no quiet cut: a release racing a takeover across it could be chosen the
     /// other way round (none has been seen).
     pub check_carry: bool,
+    /// Nodes propose a new epoch once this many merged stories are live (0: never):
+    /// the mesh moves while it works (`CoreConfig::epoch_after`).
+    pub epoch_after: u32,
     /// The rule the origin's fence applies to a landing: the product's
     /// [`token_check`]; a test swaps in a broken one to prove the invariants catch it.
     pub fence_rule: Rule<usize>,
@@ -166,6 +169,7 @@ impl SimConfig {
             check_view: false,
             check_seed: false,
             check_carry: false,
+            epoch_after: 0,
             fence_rule: token_check,
             trace: false,
             stops_guards_clocks: true,

@@ -63,8 +63,12 @@ pub struct Report {
     pub violations: Vec<String>,
     pub trace: Vec<String>,
     pub events: u64,
+    /// Stories merged (those a new epoch retired included).
     pub merged: usize,
     pub blocked: usize,
+    /// Moves to a new epoch nodes made, and the epoch node0 ended on.
+    pub moves: u64,
+    pub epoch: u64,
     /// Stories an operator cancelled (and that had not landed first).
     pub cancelled: usize,
     pub end_ms: u64,
@@ -247,6 +251,11 @@ struct Sim {
     epoch: Option<(Vec<crate::core::state::ChangeHash>, crate::core::state::Doc)>,
     /// The document digest each node's view was last checked at.
     checked: Vec<[u8; 32]>,
+    /// Per node, since when it holds claims back for a move to a new epoch; and every
+    /// such pause that ended (from, to): takeovers wait for them.
+    moving_since: Vec<Option<u64>>,
+    moves: u64,
+    pauses: Vec<(u64, u64)>,
     /// What each node ran when last checked: (story, phase) of its running claims.
     running: Vec<Vec<(String, Phase)>>,
     /// The same by phase: which nodes run it (kept in step with `running`, so a check
@@ -279,6 +288,8 @@ struct Sim {
     /// Acknowledged user writes: (node, story title). (Titles, not keys: a story's key
     /// comes from its node's counter, which an aborted write hands to the next one.)
     acked: Vec<(usize, String)>,
+    /// The key each acknowledged title got: a new epoch retires a merged story by key.
+    acked_keys: BTreeMap<String, String>,
     /// The titles of aborted user writes: never in any view.
     aborted: Vec<String>,
     lost_tails: u64,
@@ -311,6 +322,7 @@ pub(crate) fn core_config(cfg: &SimConfig) -> CoreConfig {
             .remote
             .then(|| crate::core::lease::Resource::gate("sim://origin", "main").ok())
             .flatten(),
+        epoch_after: cfg.epoch_after,
         limits: Default::default(),
         triggers: Default::default(),
         budget: crate::core::BudgetConfig {
@@ -330,14 +342,21 @@ fn guards(cfg: &SimConfig, remembers_peers: bool) -> Guards {
         clock_skew: true,
     }
 }
-/// Whether a view holds a story with this title (backlog titles are unique).
+/// Whether a view holds a story with this title (backlog titles are unique), or its
+/// epoch retired it (by its key, when known).
 trait Titles {
     fn has_story_titled(&self, title: &str) -> bool;
+    fn holds_story(&self, title: &str, key: Option<&String>) -> bool;
 }
 
 impl Titles for crate::core::state::View {
     fn has_story_titled(&self, title: &str) -> bool {
         self.stories.values().any(|s| s.fact.title == title)
+    }
+
+    fn holds_story(&self, title: &str, key: Option<&String>) -> bool {
+        let retired = |k: &String| self.base().is_some_and(|b| b.retired.contains_key(k));
+        self.has_story_titled(title) || key.is_some_and(retired)
     }
 }
 
@@ -515,6 +534,8 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
         merged,
         blocked,
         cancelled,
+        moves: sim.moves,
+        epoch: sim.nodes[0].core.as_ref().map_or(0, |c| c.epoch()),
         end_ms: sim.now,
         shutdowns: sim.shutdowns,
         skewed_ticks: sim.skewed_ticks,

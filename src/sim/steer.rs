@@ -301,7 +301,8 @@ pub(super) fn closed(doc: Doc, cfg: &SimConfig) -> Doc {
 /// (`node/<peer>`: operators name nodes by it). Only when the run steers: the runs of
 /// before never wrote it.
 pub(super) fn announce(core: &mut Core, cfg: &SimConfig) {
-    if cfg.closed() {
+    // (As a real node always does: a new epoch is cut only with every announced node.)
+    if cfg.closed() || cfg.epoch_after > 0 {
         core.announce_node("sim");
     }
 }
@@ -311,6 +312,13 @@ impl Sim {
     /// then every node describes itself.
     pub(super) fn admit_all(&mut self) {
         if self.operator.is_none() {
+            // (No roster: with epochs on, the nodes still describe themselves.)
+            for i in 0..self.nodes.len() {
+                if let Some(core) = self.nodes[i].core.as_mut() {
+                    announce(core, &self.cfg);
+                }
+                self.drain(i);
+            }
             return;
         }
         let signer = Signer::for_test(OPERATOR);

@@ -39,6 +39,8 @@ pub(super) enum Tail {
 pub(super) struct SimStore {
     /// What a restart reloads.
     pub(super) durable: Vec<Vec<u8>>,
+    /// The root of the epoch `durable` holds (`None`: the mesh's first document).
+    pub(super) root: Option<[u8; 32]>,
     /// Appended and not yet flushed: (appended at, chunk).
     tail: Vec<(u64, Vec<u8>)>,
     /// This incarnation's first background flush; then every [`FLUSH_EVERY_MS`].
@@ -144,8 +146,9 @@ impl Sim {
                 store.flush();
             }
             self.note(|| format!("node{i} wrote story {k}: {key:?}"));
-            if key.is_some() {
+            if let Some(key) = &key {
                 self.acked.push((i, new.title.clone()));
+                self.acked_keys.insert(new.title.clone(), key.clone());
             }
             self.keys[k] = key;
         }

@@ -75,6 +75,9 @@ impl Sim {
             healed_at: None,
             epoch: None,
             checked: Vec::new(),
+            moving_since: Vec::new(),
+            moves: 0,
+            pauses: Vec::new(),
             running: Vec::new(),
             running_on: BTreeMap::new(),
             frames_acked: Vec::new(),
@@ -90,6 +93,7 @@ impl Sim {
             keys: Vec::new(),
             acked: Vec::new(),
             aborted: Vec::new(),
+            acked_keys: BTreeMap::new(),
             lost_tails: 0,
             torn_tails: 0,
             operator,
@@ -232,6 +236,17 @@ impl Sim {
                     store.flush();
                     store.durable = vec![r.snapshot, r.tail];
                     store.durable.retain(|c| !c.is_empty());
+                }
+                Effect::BeginEpoch(s) => {
+                    // Atomic and flushed, like the store's batch (the archive is not
+                    // read by the simulator).
+                    let store = &mut self.nodes[i].store;
+                    store.flush();
+                    store.durable = vec![s.snapshot];
+                    store.root = Some(s.root);
+                    let n = s.epoch;
+                    self.moves += 1;
+                    self.note(|| format!("node{i} moved to epoch {n}"));
                 }
                 Effect::PersistEvents { .. } => {}
                 Effect::StartWork(job) => {
@@ -547,7 +562,13 @@ impl Sim {
                     return;
                 }
                 let actor: [u8; 16] = self.rng.gen();
-                let doc = match Doc::load_test_names(actor, &[], &self.nodes[i].store.durable) {
+                let root = self.nodes[i].store.root;
+                let loaded = Doc::load_test_names(actor, &[], &self.nodes[i].store.durable)
+                    .and_then(|d| match root {
+                        Some(r) => d.with_epoch_root(&crate::core::state::ChangeHash(r)),
+                        None => Ok(d),
+                    });
+                let doc = match loaded {
                     Ok(d) => super::steer::closed(d, &self.cfg)
                         .with_signer(Signer::for_test(&self.names[i])),
                     Err(e) => {
@@ -580,7 +601,9 @@ impl Sim {
                 let lost: Vec<String> = self
                     .acked
                     .iter()
-                    .filter(|(n, title)| *n == i && !reloaded.has_story_titled(title))
+                    .filter(|(n, title)| {
+                        *n == i && !reloaded.holds_story(title, self.acked_keys.get(title))
+                    })
                     .map(|(_, title)| title.clone())
                     .collect();
                 for title in lost {

@@ -12,7 +12,13 @@ impl Core {
             return;
         }
         // Our own leases are live while we run.
-        let mine: Vec<String> = self.local.keys().cloned().collect();
+        let mine: Vec<String> = self
+            .local
+            .keys()
+            .map(String::as_str)
+            .chain(self.proposal())
+            .map(str::to_string)
+            .collect();
         for id in &mine {
             self.observer.renew(id, now_ms);
         }
@@ -27,6 +33,7 @@ impl Core {
             self.observer.observe_claim(id, now_ms);
         }
         self.check_settling(now_ms);
+        self.epoch_tick(now_ms, wall_ms);
         self.cancel_lost();
         self.drop_stale_pushes();
         if self.cfg.work {
@@ -93,30 +100,7 @@ impl Core {
         if !self.origin.may_claim(now_ms, self.local.len()) {
             return;
         }
-        // Warm-up: a node that just started does not yet know who is alive (nor what
-        // they claimed), so settling with "everyone alive" would be settling with no
-        // one. Wait until every live peer has had time to heartbeat.
-        let started = *self.started_ms.get_or_insert(now_ms);
-        let m = self.cfg.membership;
-        if now_ms.saturating_sub(started) < m.heartbeat_ms * u64::from(m.suspect_after_missed) {
-            return;
-        }
-        // Joining: a node that knows of a mesh claims nothing before it has synced with it
-        // (what it would claim may be done or held already). Skewed: its wall clock is off.
-        if self.joining(now_ms).is_some() || self.clock_skew().skewed {
-            return;
-        }
-        // An alive peer on another epoch: no session with it opens, so nothing claimed
-        // could settle (DESIGN.md §3.5); claim nothing until it has moved or died.
-        if !self.other_epoch.is_empty() && !self.other_epoch_peers(now_ms).is_empty() {
-            return;
-        }
-        // Not a member: nothing it claimed would count.
-        if !self.may_work_on_roster() {
-            return;
-        }
-        // An operator paused this node or the whole mesh.
-        if self.paused_here().is_some() {
+        if !self.may_claim_now(now_ms) {
             return;
         }
         // A provider rate-limited us: back off; and only with the job's cost reserved
@@ -132,6 +116,10 @@ impl Core {
         }
         let peers = settle_count(membership, connected, &self.strangers, refused, now_ms);
         if self.overloaded() {
+            return;
+        }
+        // The mesh moves to a new epoch: nothing is claimed or taken over meanwhile.
+        if self.moving(now_ms) {
             return;
         }
         let lease = self.cfg.lease;
@@ -160,7 +148,11 @@ impl Core {
                     && resource_free(&claims, observer, r, now_ms, &lease, dead)
             },
         );
-        let busy = |phase: Phase| self.local.values().filter(|c| c.phase == phase).count() as u32;
+        let busy = |phase: Phase| {
+            let mine = self.local.values();
+            mine.filter(|c| c.phase == phase && c.epoch.is_none())
+                .count() as u32
+        };
         let limit = |phase: Phase| {
             self.cfg
                 .role_limits
@@ -269,6 +261,7 @@ impl Core {
                 story: w.story,
                 phase: w.phase,
                 round: w.round,
+                epoch: None,
                 state: LocalState::Settling {
                     mark,
                     waiting: settle_peers(&self.membership, &self.connected, &self.refused, now_ms)
@@ -283,6 +276,37 @@ impl Core {
         );
         // With no peers there is nothing to wait for.
         self.check_settling(now_ms);
+    }
+
+    /// The gates every claim passes, work or an epoch's proposal.
+    pub(super) fn may_claim_now(&mut self, now_ms: u64) -> bool {
+        // Warm-up: a node that just started does not yet know who is alive (nor what
+        // they claimed), so settling with "everyone alive" would be settling with no
+        // one. Wait until every live peer has had time to heartbeat.
+        let started = *self.started_ms.get_or_insert(now_ms);
+        let m = self.cfg.membership;
+        if now_ms.saturating_sub(started) < m.heartbeat_ms * u64::from(m.suspect_after_missed) {
+            return false;
+        }
+        // Joining: a node that knows of a mesh claims nothing before it has synced with it
+        // (what it would claim may be done or held already). Skewed: its wall clock is off.
+        if self.joining(now_ms).is_some() || self.clock_skew().skewed {
+            return false;
+        }
+        // An alive peer on another epoch: no session with it opens, so nothing claimed
+        // could settle (DESIGN.md §3.5); claim nothing until it has moved or died.
+        if !self.other_epoch.is_empty() && !self.other_epoch_peers(now_ms).is_empty() {
+            return false;
+        }
+        // Not a member: nothing it claimed would count.
+        if !self.may_work_on_roster() {
+            return false;
+        }
+        // An operator paused this node or the whole mesh.
+        if self.paused_here().is_some() {
+            return false;
+        }
+        true
     }
 
     /// If taking over `story`'s `phase` (in `round`) from its gone holder would be the

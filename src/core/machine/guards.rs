@@ -222,6 +222,7 @@ impl Core {
         self.stopping = true;
         let peers = self.membership.alive(now_ms);
         let mark = self.session_mark();
+        self.drop_proposal(Some(ReleaseReason::Shutdown), "holder shut down");
         if self.local.is_empty() {
             if peers.is_empty() {
                 return None;

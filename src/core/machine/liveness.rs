@@ -37,6 +37,8 @@ impl Core {
             claims: self
                 .local
                 .keys()
+                .map(String::as_str)
+                .chain(self.proposal())
                 .filter_map(|id| claim_number(&self.peer, id))
                 .collect(),
             suspects: self.membership.suspicions(now_ms),
@@ -277,6 +279,7 @@ impl Core {
         if seen != Observed::Refreshed {
             self.take_suspicions(&beat.suspects, now_ms);
         }
+        self.heard_epoch(&from, beat.epoch);
         // A peer on another epoch holds another document: no digest of its compares.
         if beat.epoch != self.doc.epoch_root() {
             self.hb_mismatch.remove(&from);

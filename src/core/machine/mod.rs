@@ -50,6 +50,7 @@ use crate::core::timeline::{
 mod budget;
 mod claims;
 mod covered;
+mod epoch;
 mod events;
 mod guards;
 mod intake;
@@ -67,6 +68,7 @@ mod view;
 mod write;
 
 pub use budget::{BudgetConfig, SpendStatus};
+pub use epoch::EpochSwitch;
 use guards::ProbeDelays;
 pub use guards::{ClockSkew, Guards, Handover, CLOCK_SAMPLES};
 pub use intake::Sourced;
@@ -74,6 +76,7 @@ pub use latency::{Histogram, Latency, SettleOutcome, PHASE_BOUNDS_MS, SETTLE_BOU
 pub use origin::JobFailure;
 pub use status::{ClaimRow, Counters, HeldClaim, RunRecord};
 pub use steer::resolve_command;
+use sync::Session;
 pub use sync::SyncFrame;
 
 /// Most knowledge entries handed to one job.
@@ -115,6 +118,9 @@ pub struct CoreConfig {
     /// turns through the mesh). `None`: merges take no gate in the document (a local
     /// origin's gate is a lock file beside it).
     pub merge_gate: Option<Resource>,
+    /// Propose a new epoch once this many merged stories are live in the document
+    /// (docs/DESIGN.md §3.5; 0: never).
+    pub epoch_after: u32,
     /// Document size, write-rate and ingress caps.
     pub limits: crate::core::limits::Limits,
     /// The escalation thresholds this node records in the results it writes.
@@ -240,6 +246,8 @@ pub enum Effect {
     /// Replace everything stored of the document with this, atomically (a new node
     /// joined from a peer's snapshot: `Doc::merge_snapshot`).
     Rebase(Box<crate::core::state::Rebase>),
+    /// The mesh moved to a new epoch: archive the stored document, keep this one.
+    BeginEpoch(Box<EpochSwitch>),
     /// Add these events to the durable event log (no flush needed: progress, not facts).
     PersistEvents {
         events: Vec<Event>,
@@ -286,33 +294,10 @@ struct LocalClaim {
     story: String,
     phase: Phase,
     round: u32,
+    /// A proposal of this epoch (story and phase say nothing then).
+    epoch: Option<u64>,
     state: LocalState,
     written_ms: u64,
-}
-
-#[derive(Debug)]
-struct Session {
-    /// Sequence number of this session (for "synced since" questions).
-    id: u64,
-    rounds: u32,
-    /// A newer reason to sync arrived while this session ran: run another after it.
-    again: bool,
-    /// That next session carries an eager push.
-    again_push: bool,
-    /// That next session syncs in full (no `covered` answer).
-    again_full: bool,
-    /// The highest own change sequence number this session pushed.
-    pushed_upto: u64,
-    /// When it opened (for the settle timeout's estimate of how long a session takes).
-    opened_ms: u64,
-    /// This node's heads when it opened (their digest went in the first frame): what a
-    /// `same` answer says the peer holds. Not the heads at the answer: a claim written
-    /// meanwhile has not reached the peer.
-    heads: Vec<ChangeHash>,
-    /// The latest own change the first frame named (`SyncFrame::mine`), and how many
-    /// `need` rounds the session has run.
-    mine: Option<[u8; 32]>,
-    need_rounds: u32,
 }
 
 pub struct Core {
@@ -346,6 +331,7 @@ pub struct Core {
     /// Peers whose latest beat named another epoch: alive, but no session is opened with
     /// them (their frames would be dropped, as theirs are here).
     other_epoch: BTreeSet<String>,
+    moving: epoch::Moving,
     connected: BTreeSet<String>,
     /// Peers the membership did not know when they connected (see `settle::settle_count`).
     strangers: BTreeSet<String>,
@@ -481,6 +467,7 @@ impl Core {
             news_fold_ms: None,
             hb_mismatch: BTreeMap::new(),
             other_epoch: BTreeSet::new(),
+            moving: Default::default(),
             connected: BTreeSet::new(),
             strangers: BTreeSet::new(),
             settle_dirty: BTreeSet::new(),
@@ -622,9 +609,13 @@ impl Core {
             // and beats the same step queued: a claim settles on the peers' replies to
             // them, and each gossip message costs every receiver a signature check first.
             let queued = std::mem::take(&mut self.effects);
-            let (persist, rest): (VecDeque<Effect>, VecDeque<Effect>) = queued
-                .into_iter()
-                .partition(|e| matches!(e, Effect::Persist { .. } | Effect::Rebase(_)));
+            let (persist, rest): (VecDeque<Effect>, VecDeque<Effect>) =
+                queued.into_iter().partition(|e| {
+                    matches!(
+                        e,
+                        Effect::Persist { .. } | Effect::Rebase(_) | Effect::BeginEpoch(_)
+                    )
+                });
             self.effects = persist;
             let now = self.last_now;
             for p in self.membership.alive(now) {
@@ -740,6 +731,7 @@ impl Core {
                 self.effects.push_back(Effect::Respond { reply, data });
                 self.news_before.get_or_insert(before);
             }
+            Input::SyncResponse { from, data } if self.prev_answered(&from, &data) => {}
             Input::SyncResponse { from, data } => {
                 let before = self.digest;
                 self.continue_sync(&from, &data);
@@ -747,6 +739,7 @@ impl Core {
             }
             Input::SyncFailed { from } => {
                 self.counters.sync_failures += 1;
+                self.prev_failed(&from);
                 self.sessions.remove(&from);
                 self.check_settling(now_ms);
             }

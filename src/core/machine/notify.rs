@@ -107,6 +107,7 @@ mod tests {
                 stall_after_ms: 0,
                 origin_breaker: Default::default(),
                 merge_gate: None,
+                epoch_after: 0,
                 limits: Default::default(),
                 triggers: Default::default(),
                 budget: Default::default(),

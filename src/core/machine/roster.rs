@@ -123,6 +123,7 @@ impl Core {
     /// would not count either; the members take its claims over as a dead node's).
     fn drop_all_work(&mut self) {
         self.cfg.work = false;
+        self.drop_proposal(None, "");
         for (id, c) in std::mem::take(&mut self.local) {
             if c.state == LocalState::Running {
                 self.effects

@@ -363,6 +363,10 @@ impl Core {
                 );
                 continue;
             }
+            if let Some(epoch) = self.local.get(&id).and_then(|c| c.epoch) {
+                self.proposal_settled(id, epoch, now_ms);
+                continue;
+            }
             let needed = self.local.get(&id).is_some_and(|c| {
                 still_needed(&view, &c.story, c.phase, c.round)
                     && view.claims.get(&id).and_then(|f| f.after.as_deref())

@@ -104,6 +104,9 @@ pub struct Counters {
     /// Sync frames dropped for naming another epoch's document (DESIGN.md §3.5).
     #[serde(default)]
     pub other_epoch_dropped: u64,
+    /// Moves to a new epoch this node made.
+    #[serde(default)]
+    pub epochs_moved: u64,
     /// Sessions this node ended because the peer was new and takes its document whole.
     #[serde(default)]
     pub sync_sessions_deferred: u64,
@@ -180,6 +183,7 @@ impl Core {
         let view = self.view.as_ref().map(|(_, v, _)| v);
         self.local
             .iter()
+            .filter(|(_, c)| c.epoch.is_none())
             .map(|(id, c)| HeldClaim {
                 claim: id.clone(),
                 story: c.story.clone(),

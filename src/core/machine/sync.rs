@@ -56,6 +56,32 @@ pub struct SyncFrame {
     pub epoch: Option<[u8; 32]>,
 }
 
+/// One sync session this node opened with a peer.
+#[derive(Debug)]
+pub(super) struct Session {
+    /// Sequence number of this session (for "synced since" questions).
+    pub(super) id: u64,
+    pub(super) rounds: u32,
+    /// A newer reason to sync arrived while this session ran: run another after it.
+    pub(super) again: bool,
+    /// That next session carries an eager push.
+    pub(super) again_push: bool,
+    /// That next session syncs in full (no `covered` answer).
+    pub(super) again_full: bool,
+    /// The highest own change sequence number this session pushed.
+    pub(super) pushed_upto: u64,
+    /// When it opened (for the settle timeout's estimate of how long a session takes).
+    pub(super) opened_ms: u64,
+    /// This node's heads when it opened (their digest went in the first frame): what a
+    /// `same` answer says the peer holds. Not the heads at the answer: a claim written
+    /// meanwhile has not reached the peer.
+    pub(super) heads: Vec<ChangeHash>,
+    /// The latest own change the first frame named (`SyncFrame::mine`), and how many
+    /// `need` rounds the session has run.
+    pub(super) mine: Option<[u8; 32]>,
+    pub(super) need_rounds: u32,
+}
+
 /// A node whose stored document is below this and that never synced asks for a
 /// snapshot (its own description and a few releases take a few KiB).
 const FRESH_MAX_BYTES: u64 = 64 << 10;

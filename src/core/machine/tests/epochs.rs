@@ -149,3 +149,62 @@ fn a_node_claims_nothing_while_an_alive_peer_is_on_another_epoch() {
         "claims again once the peer moved"
     );
 }
+
+#[test]
+fn a_node_claims_nothing_while_a_peer_proposes_the_next_epoch() {
+    let (mut a, mut b, _) = mesh();
+    a.cfg.work = true;
+    a.cfg.roles = Phase::ALL.iter().map(|p| p.as_str().to_string()).collect();
+    a.add_story(&titled("work"), 1).unwrap();
+    // B proposes epoch 2: while that claim is open and B alive, A claims nothing (nor
+    // takes anything over), so the cut B waits for comes.
+    let proposal = ClaimFact {
+        resources: vec![(Resource::Epoch(2), 1)],
+        holder: "B".into(),
+        ttl_ms: 10_000,
+        written_at_ms: 0,
+        attempt: 1,
+        after: None,
+    };
+    b.next_claim += 1;
+    let id = claim_id("B", b.next_claim);
+    b.doc.put_claim(&id, &proposal).unwrap();
+    b.local_write();
+    b.start_sync("A");
+    route(&mut b, &mut a);
+    assert!(a.derived().1.holds(&id), "the proposal reached A");
+
+    let mut now = 0;
+    for _ in 0..100 {
+        now += 100;
+        if now % 500 == 0 {
+            hear_beat(&mut b, &mut a, now);
+        }
+        a.tick(now, now);
+        while a.poll_effect().is_some() {}
+        let mine = a
+            .doc()
+            .view()
+            .claims
+            .into_values()
+            .filter(|c| c.holder == "A");
+        assert_eq!(mine.count(), 0, "a claim at {now} ms");
+    }
+    // B gives the proposal up: A claims again.
+    b.release(&id, ReleaseReason::Abandoned, "the mesh did not go quiet");
+    b.start_sync("A");
+    route(&mut b, &mut a);
+    for _ in 0..30 {
+        now += 100;
+        hear_beat(&mut b, &mut a, now);
+        a.tick(now, now);
+        while a.poll_effect().is_some() {}
+    }
+    let mine = a
+        .doc()
+        .view()
+        .claims
+        .into_values()
+        .filter(|c| c.holder == "A");
+    assert!(mine.count() > 0, "claims again once the proposal ended");
+}

@@ -23,6 +23,7 @@ fn core_with(name: &str, doc: Doc) -> Core {
             stall_after_ms: 0,
             origin_breaker: Default::default(),
             merge_gate: None,
+            epoch_after: 0,
             limits: Default::default(),
             triggers: Default::default(),
             budget: Default::default(),
@@ -603,6 +604,7 @@ fn a_settled_claim_whose_job_cannot_be_built_is_released_never_left_running_with
             story,
             phase: Phase::Research,
             round: 0,
+            epoch: None,
             state: LocalState::Settling {
                 mark: 0,
                 waiting: BTreeSet::new(),
