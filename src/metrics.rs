@@ -241,6 +241,16 @@ impl Collector for Snapshot {
             "Items waiting for a human.",
             gauge_of(r.attention),
         )?;
+        o.gauge(
+            "epoch",
+            "This node's epoch (0: the mesh's first document).",
+            gauge_of(r.epoch),
+        )?;
+        o.gauge(
+            "epoch_moving",
+            "1 while the mesh moves to the next epoch as this node sees it (no new claims).",
+            i64::from(r.moving),
+        )?;
         o.counter(
             "sync_sessions_started",
             "Sync sessions this node started.",

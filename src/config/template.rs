@@ -135,7 +135,8 @@ stall_after_ms = {stall}
 
 # Retire settled history: once this many merged stories are in the document, the mesh
 # moves to a new one seeded with the live facts (claims pause while it moves; the old
-# document is archived in the store). Every node should run the same version. 0: never.
+# document is archived in the store). 10..=10000; every node should run the same
+# version, and a fresh node cannot join a mesh that has moved yet. 0: never.
 epoch_after = {epoch}
 
 # Notifications (README "Budgets and notifications"): each is sent once by the mesh,

@@ -133,14 +133,17 @@ impl Core {
         if view.epochs.values().any(|e| e.epoch > n) {
             return true;
         }
+        // (A proposal names its own resource: a lookup, not a scan of every claim.)
         let membership = &self.membership;
-        let open = claims.active().any(|(_, c)| {
-            c.resources
-                .iter()
-                .any(|(r, _)| r.epoch().is_some_and(|k| k > n))
-                && !membership.is_dead(&c.holder, now_ms)
-                && !view.roster.revoked.iter().any(|e| e.peer == c.holder)
-        });
+        let open = claims
+            .naming(&Resource::Epoch(n + 1))
+            .iter()
+            .filter(|id| claims.holds(id))
+            .filter_map(|id| claims.claim(id))
+            .any(|c| {
+                !membership.is_dead(&c.holder, now_ms)
+                    && !view.roster.revoked.iter().any(|e| e.peer == c.holder)
+            });
         open
     }
 
@@ -150,6 +153,13 @@ impl Core {
     /// previous document ([`Prev`]). A node that left for good must be revoked, or no
     /// new epoch is cut.
     fn all_here(&mut self, now_ms: u64) -> bool {
+        self.every_known(now_ms, true)
+    }
+
+    /// Whether every node this one knows of but the revoked last named this epoch in a
+    /// beat, and, with `alive`, is alive. (In a closed mesh every admitted node counts:
+    /// one stopped before its own description counted is known by its admission.)
+    fn every_known(&mut self, now_ms: u64, alive: bool) -> bool {
         let here = self.doc.epoch_root();
         let view = self.derived().0;
         let (membership, roots) = (&self.membership, &self.moving.roots);
@@ -157,18 +167,17 @@ impl Core {
         let here_now = |p: &str| {
             p == self.peer
                 || revoked(p)
-                || (membership.state(p, now_ms) == Some(PeerState::Alive)
+                || ((!alive || membership.state(p, now_ms) == Some(PeerState::Alive))
                     && roots.get(p) == Some(&here))
         };
-        // (In a closed mesh every admitted node counts: one stopped before its own
-        // description counted is known by its admission.)
         membership.states(now_ms).all(|(p, _)| here_now(p))
             && view.nodes.keys().all(|p| here_now(p))
             && view.roster.admitted.iter().all(|e| here_now(&e.peer))
     }
 
-    /// Serves the previous document to peers still on it, and drops it once every
-    /// node that announced itself is here. Once a beat period.
+    /// Serves the previous document to peers still on it, and drops it once every node
+    /// this one knows of has named this epoch (a node down since before the move keeps
+    /// it: it comes back on the old one). Once a beat period.
     fn serve_prev(&mut self, now_ms: u64) {
         if self.moving.prev.is_none()
             || now_ms < self.moving.prev_checked_ms + self.cfg.membership.heartbeat_ms
@@ -176,7 +185,7 @@ impl Core {
             return;
         }
         self.moving.prev_checked_ms = now_ms;
-        if self.all_here(now_ms) {
+        if self.every_known(now_ms, false) {
             tracing::info!("every node is on this epoch; the previous document is let go");
             self.moving.prev = None;
             return;
