@@ -150,7 +150,15 @@ async fn show_story(State(st): State<AppState>, UrlPath(id): UrlPath<String>) ->
     match ask(&st, ApiRequest::View).await {
         Ok(v) => match v.resolve(&id) {
             Ok(s) => Json(StoryDetail::of(&v, s)).into_response(),
-            Err(e) => err(StatusCode::NOT_FOUND, e.to_string()),
+            // Merged and retired by an epoch: the archive has it.
+            Err(e) => match v.retired_key(&id).map(str::to_string) {
+                Some(key) => match ask(&st, |tx| ApiRequest::Archived(key, tx)).await {
+                    Ok(Some(d)) => Json(d).into_response(),
+                    Ok(None) => err(StatusCode::NOT_FOUND, e.to_string()),
+                    Err(r) => r,
+                },
+                None => err(StatusCode::NOT_FOUND, e.to_string()),
+            },
         },
         Err(r) => r,
     }

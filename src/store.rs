@@ -635,6 +635,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_story_is_read_from_the_newest_archived_document_that_holds_it() {
+        use crate::core::model::NewStory;
+        use crate::core::state::Doc;
+        use crate::core::trust::Signer;
+        use std::collections::BTreeSet;
+        let d = tempfile::tempdir().unwrap();
+        let signer = Signer::from_key(ed25519_dalek::SigningKey::from_bytes(&[7; 32]));
+        let me = signer.author().to_string();
+        let mut doc = Doc::new([1; 16]).with_signer(signer.clone());
+        let titled = |t: &str| NewStory {
+            title: t.into(),
+            ..Default::default()
+        };
+        let early = doc.add_story(&titled("early"), &me, 1).unwrap();
+        let mut s = Store::open(d.path()).unwrap();
+        s.compact(&doc.save(), &[]).unwrap();
+        // Epoch 1 (the archive keeps the first document), and a story written in it.
+        let seed = doc.seed(1).unwrap();
+        s.begin_epoch(1, &seed.bytes, seed.root.0).unwrap();
+        let mut e = Doc::load([2; 16], &seed.bytes, &[])
+            .unwrap()
+            .with_signer(signer);
+        let late = e.add_story(&titled("late"), &me, 2).unwrap();
+        s.append_chunk(&e.save_incremental()).unwrap();
+        let seed = e.seed(2).unwrap();
+        s.begin_epoch(2, &seed.bytes, seed.root.0).unwrap();
+        let ops = BTreeSet::new();
+        let show = |key: &str| crate::node::archived_story(&s, 2, key, &ops).unwrap();
+        assert_eq!(
+            show(&early).map(|d| d.story.fact.title.clone()),
+            Some("early".into())
+        );
+        assert_eq!(
+            show(&late).map(|d| d.story.fact.title.clone()),
+            Some("late".into())
+        );
+        assert!(show("S-0099@nobody").is_none());
+        // Only the epochs this store went through are read.
+        assert!(crate::node::archived_story(&s, 1, &late, &ops)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
     fn a_new_epoch_archives_the_old_document_and_reopens_with_its_root() {
         use crate::core::model::NewStory;
         use crate::core::state::Doc;

@@ -318,11 +318,12 @@ pub(crate) fn story(dir: &Path, c: StoryCommand) -> Result<()> {
         StoryCommand::Show { id, json } => {
             let s = match client {
                 Some(c) => c.story(&id).map_err(usage_if_refused)?,
-                None => {
-                    let view = node::offline_view(dir, &operators(dir)?)?;
-                    let s = view.resolve(&id).map_err(usage)?;
-                    api::StoryDetail::of(&view, s)
-                }
+                None => node::offline_story(dir, &operators(dir)?, &id).map_err(|e| match e {
+                    node::NodeError::State(mesh_agent::core::state::StateError::Input(e)) => {
+                        usage(e)
+                    }
+                    e => e.into(),
+                })?,
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);

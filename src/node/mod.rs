@@ -103,6 +103,9 @@ pub enum ApiRequest {
     ),
     Status(oneshot::Sender<StatusReport>),
     View(oneshot::Sender<View>),
+    /// A story an epoch retired (by key), read from the store's archive of the documents
+    /// before (`story show`); `None` if no archived document has it.
+    Archived(String, oneshot::Sender<Option<crate::api::StoryDetail>>),
     /// Start (true) or stop (false) claiming new work; running work continues. Starting
     /// claims at once rather than at the next tick.
     SetWork(bool, oneshot::Sender<()>),
@@ -605,6 +608,49 @@ pub fn offline_add_story(
 
 /// Reads the view from the store of a node that is not running (`operators`: its
 /// config's).
+/// Story `key` as the newest archived document that holds it shows it (DESIGN.md §3.5:
+/// a merged story leaves the live document at an epoch; the store keeps the document
+/// before each epoch whole). Reads and folds whole documents: for `story show`, not a
+/// hot path. `epoch`: the store's current epoch.
+pub(crate) fn archived_story(
+    store: &Store,
+    epoch: u64,
+    key: &str,
+    operators: &BTreeSet<String>,
+) -> Result<Option<crate::api::StoryDetail>, NodeError> {
+    for e in (1..=epoch).rev() {
+        let Some(bytes) = store.archived(e)? else {
+            continue;
+        };
+        let view = Doc::load_with_operators([0; 16], &bytes, &[], operators.clone())?.view();
+        if let Some(s) = view.stories.get(key) {
+            return Ok(Some(crate::api::StoryDetail::of(&view, s)));
+        }
+    }
+    Ok(None)
+}
+
+/// `story show` with no node running: the live document, else the archive.
+pub fn offline_story(
+    data_dir: &std::path::Path,
+    operators: &BTreeSet<String>,
+    id: &str,
+) -> Result<crate::api::StoryDetail, NodeError> {
+    let store = Store::open(data_dir)?;
+    let view = load_stored_doc(&store, [0; 16], operators.clone())?.view();
+    match view.resolve(id) {
+        Ok(s) => Ok(crate::api::StoryDetail::of(&view, s)),
+        Err(e) => {
+            let epoch = view.base().map_or(0, |b| b.epoch);
+            let found = match view.retired_key(id) {
+                Some(k) => archived_story(&store, epoch, k, operators)?,
+                None => None,
+            };
+            found.ok_or_else(|| crate::core::state::StateError::Input(e).into())
+        }
+    }
+}
+
 pub fn offline_view(
     data_dir: &std::path::Path,
     operators: &BTreeSet<String>,

@@ -461,6 +461,16 @@ impl Runtime {
             ApiRequest::View(reply) => {
                 let _ = reply.send((*self.core.view()).clone());
             }
+            ApiRequest::Archived(key, reply) => {
+                let ops = self.cfg.operator_set();
+                let found = self.store.as_ref().and_then(|s| {
+                    super::archived_story(s, self.core.epoch(), &key, &ops)
+                        .map_err(|e| tracing::warn!(%key, error = %e, "cannot read the archive"))
+                        .ok()
+                        .flatten()
+                });
+                let _ = reply.send(found);
+            }
             ApiRequest::Hostile(act, reply) => {
                 self.core.hostile_write(act.0);
                 let _ = reply.send(());

@@ -120,9 +120,9 @@ impl Core {
         }
     }
 
-    /// Whether the mesh is moving as this node sees it: a proposal for a later epoch is
-    /// open and its holder not dead, a cut is written, or this node proposed. Nothing is claimed or taken
-    /// over meanwhile.
+    /// Whether the mesh is moving as this node sees it: a proposal for the next epoch is
+    /// open and its holder not dead, a cut is written, or this node proposed. Nothing
+    /// is claimed or taken over meanwhile.
     pub(super) fn moving(&mut self, now_ms: u64) -> bool {
         if self.moving.cutting.is_some() {
             return true;
@@ -148,10 +148,10 @@ impl Core {
     }
 
     /// Whether every node this one knows of (its members, every node that announced
-    /// itself, every admitted node), but the revoked, is alive and on this epoch: a cut is made only then, so no node misses two moves, and one that
-    /// misses one (it crashed right after the cut) is served the cut from the
-    /// previous document ([`Prev`]). A node that left for good must be revoked, or no
-    /// new epoch is cut.
+    /// itself, every admitted node), but the revoked, is alive and on this epoch: a
+    /// cut is made only then, so no node misses two moves, and one that misses one (it
+    /// crashed right after the cut) is served the cut from the previous document
+    /// ([`Prev`]). A node that left for good must be revoked, or no new epoch is cut.
     fn all_here(&mut self, now_ms: u64) -> bool {
         self.every_known(now_ms, true)
     }

@@ -459,6 +459,21 @@ impl View {
         }
     }
 
+    /// The key of the story an earlier epoch retired under `id` (its key or display
+    /// id), if one did: it is read from the archive (`story show`).
+    pub fn retired_key(&self, id: &str) -> Option<&str> {
+        let base = self.base()?;
+        if let Some((k, _)) = base.retired.get_key_value(id) {
+            return Some(k);
+        }
+        let wanted = normalize_display_id(id);
+        let mut found = base.retired.iter().filter(|(_, r)| r.id == wanted);
+        match (found.next(), found.next()) {
+            (Some((k, _)), None) => Some(k),
+            _ => None,
+        }
+    }
+
     /// Stories in backlog order: priority (lower first), then age, then id.
     pub fn stories_ordered(&self) -> Vec<&StoryView> {
         let mut v: Vec<&StoryView> = self.stories.values().map(|s| &**s).collect();

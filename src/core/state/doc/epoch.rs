@@ -900,6 +900,10 @@ mod tests {
         let v = e.view();
         assert_eq!(e.epoch_root(), Some(root.0));
         assert!(v.landed(&done) && !v.stories.contains_key(&done), "retired");
+        // `story show` finds it in the archive by its key or display id.
+        assert_eq!(v.retired_key(&done), Some(done.as_str()));
+        assert_eq!(v.retired_key("s-1"), Some(done.as_str()));
+        assert_eq!(v.retired_key(&live), None);
         assert!(v.stories.contains_key(&live) && v.stories.contains_key(&after));
         // The move itself stays behind: no proposal to release, no cut to move on again.
         assert!(v.epochs.is_empty(), "{:?}", v.epochs);
