@@ -770,19 +770,8 @@ impl Sim {
     /// ran out (each holds every node's claims back while it lasts), as
     /// `Origin::outages_end` does for outages.
     fn pauses_end(&self, t: u64, bound: u64) -> u64 {
-        let mut start = t;
         let open = self.moving_since.iter().flatten().map(|&f| (f, self.now));
         let pauses: Vec<(u64, u64)> = self.pauses.iter().copied().chain(open).collect();
-        loop {
-            let later = pauses
-                .iter()
-                .filter(|&&(from, to)| from <= start + bound && to > start)
-                .map(|&(_, to)| to)
-                .max();
-            match later {
-                Some(to) if to > start => start = to,
-                _ => return start,
-            }
-        }
+        super::origin::windows_end(&pauses, t, bound)
     }
 }

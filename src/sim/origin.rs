@@ -75,19 +75,7 @@ impl Origin {
     /// for outages that start before the moved deadline): when a bound that starts at `t`
     /// should start, with the origin's downtime not counted.
     pub(super) fn outages_end(&self, t: u64, bound: u64) -> u64 {
-        let mut start = t;
-        loop {
-            let moved = self
-                .down
-                .iter()
-                .filter(|&&(from, to)| from <= start + bound && to > start)
-                .map(|&(_, to)| to)
-                .max();
-            match moved {
-                Some(to) if to > start => start = to,
-                _ => return start,
-            }
-        }
+        windows_end(&self.down, t, bound)
     }
 
     /// Whether the origin is down at `t`.
@@ -225,6 +213,23 @@ impl Sim {
                 Ok(h)
             }
             _ => Ok(sim_handoff(job)),
+        }
+    }
+}
+
+/// `t`, moved past the end of every window (from, to) that starts before `t + bound`,
+/// and so on for windows that start before the moved deadline.
+pub(super) fn windows_end(windows: &[(u64, u64)], t: u64, bound: u64) -> u64 {
+    let mut start = t;
+    loop {
+        let moved = windows
+            .iter()
+            .filter(|&&(from, to)| from <= start + bound && to > start)
+            .map(|&(_, to)| to)
+            .max();
+        match moved {
+            Some(to) if to > start => start = to,
+            _ => return start,
         }
     }
 }

@@ -269,15 +269,9 @@ impl Doc {
                 seed.root
             )));
         }
-        let mut inner = AutoCommit::load(&seed.bytes)
+        let inner = AutoCommit::load(&seed.bytes)
             .map_err(|e| StateError::Corrupt(format!("epoch {epoch}'s seed: {e}")))?;
-        inner.set_actor(self.inner.get_actor().clone());
-        let mut doc = Doc::wrap(inner);
-        doc.writer = self.writer.clone();
-        doc.scheme = self.scheme;
-        doc.roster.operators = self.roster.operators.clone();
-        doc.cap = self.cap;
-        doc.checker = self.checker.clone();
+        let mut doc = self.sibling(inner);
         doc.refresh();
         let mut doc = doc.with_epoch_root(root)?;
         doc.carry_from(self, cut)?;

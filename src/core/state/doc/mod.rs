@@ -538,17 +538,11 @@ impl Doc {
     /// undo of a local write that could not be made durable; keeping a copy of the
     /// document before every write instead cost a copy per write, as much as a fold.
     pub fn rewound(&mut self, heads: &[ChangeHash], stored: u64) -> Result<Doc, StateError> {
-        let mut inner = self
+        let inner = self
             .inner
             .fork_at(heads)
             .map_err(|e| StateError::Corrupt(format!("cannot go back to {heads:?}: {e}")))?;
-        inner.set_actor(self.inner.get_actor().clone());
-        let mut doc = Doc::wrap(inner);
-        doc.writer = self.writer.clone();
-        doc.scheme = self.scheme;
-        doc.roster.operators = self.roster.operators.clone();
-        doc.cap = self.cap;
-        doc.checker = self.checker.clone();
+        let mut doc = self.sibling(inner);
         doc.base = self.base.clone();
         doc.root = self.root;
         doc.stored = stored;
@@ -560,6 +554,19 @@ impl Doc {
             .collect();
         doc.refresh();
         Ok(doc)
+    }
+
+    /// A document over `inner`, under this one's actor, that writes, checks and caps as
+    /// this one does (same writer, key scheme, operators, size cap and checker).
+    pub(super) fn sibling(&self, mut inner: AutoCommit) -> Doc {
+        inner.set_actor(self.inner.get_actor().clone());
+        let mut doc = Doc::wrap(inner);
+        doc.writer = self.writer.clone();
+        doc.scheme = self.scheme;
+        doc.roster.operators = self.roster.operators.clone();
+        doc.cap = self.cap;
+        doc.checker = self.checker.clone();
+        doc
     }
 
     /// SHA-256 over the sorted heads: equal digests mean equal documents.
