@@ -118,31 +118,51 @@ fn a_peer_whose_beat_names_another_epoch_gets_no_session_until_it_moves() {
     assert!(a.other_epoch_peers(0).is_empty());
 }
 
+/// `c` works: every role, and one story to claim.
+fn ready_to_work(c: &mut Core) {
+    c.cfg.work = true;
+    c.cfg.roles = Phase::ALL.iter().map(|p| p.as_str().to_string()).collect();
+    c.add_story(&titled("work"), 1).unwrap();
+}
+
+/// `steps` ticks of `c`, 100 ms apart from `*now`, with `peer`'s beat heard every
+/// `beat_every` ms; `check` after each tick.
+fn tick_beside(
+    c: &mut Core,
+    peer: &mut Core,
+    now: &mut u64,
+    (steps, beat_every): (usize, u64),
+    mut check: impl FnMut(&mut Core, u64),
+) {
+    for _ in 0..steps {
+        *now += 100;
+        if now.is_multiple_of(beat_every) {
+            hear_beat(peer, c, *now);
+        }
+        c.tick(*now, *now);
+        while c.poll_effect().is_some() {}
+        check(c, *now);
+    }
+}
+
+/// Claims `holder` wrote, in `c`'s view.
+fn claims_by(c: &Core, holder: &str) -> usize {
+    let view = c.doc().view();
+    view.claims.values().filter(|f| f.holder == holder).count()
+}
+
 #[test]
 fn a_node_claims_nothing_while_an_alive_peer_is_on_another_epoch() {
     let (mut a, _, mut old) = mesh();
-    a.cfg.work = true;
-    a.cfg.roles = Phase::ALL.iter().map(|p| p.as_str().to_string()).collect();
-    a.add_story(&titled("work"), 1).unwrap();
+    ready_to_work(&mut a);
     // Ten seconds with the old node beating: long past the warm-up, no claim written.
     let mut now = 0;
-    for _ in 0..100 {
-        now += 100;
-        if now % 500 == 0 {
-            hear_beat(&mut old, &mut a, now);
-        }
-        a.tick(now, now);
-        while a.poll_effect().is_some() {}
+    tick_beside(&mut a, &mut old, &mut now, (100, 500), |a, now| {
         assert!(a.doc().view().claims.is_empty(), "a claim at {now} ms");
-    }
+    });
     // It moves to this epoch (its beat says so): the node claims again.
     let mut moved = core_with("O", a.doc().clone());
-    for _ in 0..30 {
-        now += 100;
-        hear_beat(&mut moved, &mut a, now);
-        a.tick(now, now);
-        while a.poll_effect().is_some() {}
-    }
+    tick_beside(&mut a, &mut moved, &mut now, (30, 100), |_, _| {});
     assert!(a.other_epoch_peers(now).is_empty());
     assert!(
         !a.doc().view().claims.is_empty(),
@@ -153,9 +173,7 @@ fn a_node_claims_nothing_while_an_alive_peer_is_on_another_epoch() {
 #[test]
 fn a_node_claims_nothing_while_a_peer_proposes_the_next_epoch() {
     let (mut a, mut b, _) = mesh();
-    a.cfg.work = true;
-    a.cfg.roles = Phase::ALL.iter().map(|p| p.as_str().to_string()).collect();
-    a.add_story(&titled("work"), 1).unwrap();
+    ready_to_work(&mut a);
     // B proposes epoch 2: while that claim is open and B alive, A claims nothing (nor
     // takes anything over), so the cut B waits for comes.
     let proposal = ClaimFact {
@@ -175,36 +193,16 @@ fn a_node_claims_nothing_while_a_peer_proposes_the_next_epoch() {
     assert!(a.derived().1.holds(&id), "the proposal reached A");
 
     let mut now = 0;
-    for _ in 0..100 {
-        now += 100;
-        if now % 500 == 0 {
-            hear_beat(&mut b, &mut a, now);
-        }
-        a.tick(now, now);
-        while a.poll_effect().is_some() {}
-        let mine = a
-            .doc()
-            .view()
-            .claims
-            .into_values()
-            .filter(|c| c.holder == "A");
-        assert_eq!(mine.count(), 0, "a claim at {now} ms");
-    }
+    tick_beside(&mut a, &mut b, &mut now, (100, 500), |a, now| {
+        assert_eq!(claims_by(a, "A"), 0, "a claim at {now} ms");
+    });
     // B gives the proposal up: A claims again.
     b.release(&id, ReleaseReason::Abandoned, "the mesh did not go quiet");
     b.start_sync("A");
     route(&mut b, &mut a);
-    for _ in 0..30 {
-        now += 100;
-        hear_beat(&mut b, &mut a, now);
-        a.tick(now, now);
-        while a.poll_effect().is_some() {}
-    }
-    let mine = a
-        .doc()
-        .view()
-        .claims
-        .into_values()
-        .filter(|c| c.holder == "A");
-    assert!(mine.count() > 0, "claims again once the proposal ended");
+    tick_beside(&mut a, &mut b, &mut now, (30, 100), |_, _| {});
+    assert!(
+        claims_by(&a, "A") > 0,
+        "claims again once the proposal ended"
+    );
 }
