@@ -298,6 +298,7 @@ fn honest_messages_still_decode_under_the_codec_limit() {
             covered: Some(vec![[5; 32]; 64]),
             need: vec![[6; 32]; 64],
             epoch: Some([7; 32]),
+            adopt: true,
         };
         let bytes = codec::encode(&frame);
         let back: SyncFrame = codec::decode(&bytes, SYNC_CAP).unwrap();
@@ -306,7 +307,7 @@ fn honest_messages_still_decode_under_the_codec_limit() {
         assert_eq!(back.snapshot.map(|s| s.len()), Some(len / 2));
         assert_eq!((back.heads_digest, back.same), (Some([3; 32]), true));
         assert_eq!(back.mine, Some([4; 32]));
-        assert_eq!(back.epoch, Some([7; 32]));
+        assert_eq!((back.epoch, back.adopt), (Some([7; 32]), true));
         assert_eq!(back.covered.map(|c| c.len()), Some(64));
         assert_eq!(back.need.len(), 64);
     }

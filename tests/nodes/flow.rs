@@ -797,3 +797,81 @@ async fn a_hostile_member_changes_no_honest_view_and_the_backlog_still_lands_onc
     }
     evil.kill().await;
 }
+
+/// Every story is merged or blocked with a reason, counting those an epoch retired
+/// (merged, and gone from the live document).
+fn all_settled_across_epochs(v: &View, n: usize) -> bool {
+    let retired = v.base().map_or(0, |b| b.retired.len());
+    retired + v.stories.len() == n
+        && v.stories.values().all(|s| match s.status {
+            StoryStatus::Merged => true,
+            StoryStatus::Blocked => s.blocked_reason.is_some(),
+            _ => false,
+        })
+}
+
+fn epoch_of(v: &View) -> u64 {
+    v.base().map_or(0, |b| b.epoch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_node_joins_a_mesh_that_moved_to_a_new_epoch_and_the_backlog_lands_once() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let origin = tmp.path().join("origin.git");
+    demo::create_origin(&origin).expect("origin");
+    let keys: Vec<Keypair> = (0..3).map(|_| Keypair::generate_ed25519()).collect();
+    let cfg = |c: &mut Config| {
+        flow_config(c, &origin);
+        c.epoch_after = 10;
+    };
+    let first = start_with(&tmp.path().join("n0"), &keys[0], None, cfg, None).await;
+    let second = start_with(&tmp.path().join("n1"), &keys[1], Some(&first), cfg, None).await;
+    wait_all_alive(&[&first, &second]).await;
+    let total = add_backlog(&first).await;
+    // Each ten stories merged, the mesh moves to a new epoch and they leave the live
+    // document. (Right after a move, a node on the first document is served the cut
+    // from the document the mesh moved from, and moves itself: two moves on, no node
+    // holds the first document any more.)
+    wait_view(&first, "the mesh moved to epoch 2", 300, |v| {
+        epoch_of(v) >= 2
+    })
+    .await;
+    // A node with an empty store joins: it cannot build the seed (it lacks the history);
+    // it takes the epoch's document up whole from a peer, and the mesh, which claims
+    // nothing while an alive peer is on another epoch, goes on.
+    let new = start_with(&tmp.path().join("n2"), &keys[2], Some(&first), cfg, None).await;
+    wait_view(&new, "the new node on the mesh's epoch", 120, |v| {
+        epoch_of(v) >= 2
+    })
+    .await;
+    let status = new.status().await.expect("status");
+    assert_eq!(status.counters.epochs_joined, 1);
+    assert_eq!(status.counters.epochs_moved, 0);
+    let nodes = [first, second, new];
+    let refs: Vec<&NodeHandle> = nodes.iter().collect();
+    wait_all_alive(&refs).await;
+    let view = wait_view(&nodes[2], "every story merged or blocked", 400, |v| {
+        all_settled_across_epochs(v, total)
+    })
+    .await;
+    wait_converged(&refs).await;
+    // Each landed once: on main as many stories as merged, retired or live, none twice.
+    let merged = view.base().map_or(0, |b| b.retired.len())
+        + view
+            .count_by_status()
+            .get(&StoryStatus::Merged)
+            .copied()
+            .unwrap_or(0);
+    assert!(merged >= total - 2, "only {merged} of {total} merged");
+    let mut landed: BTreeMap<String, usize> = BTreeMap::new();
+    for c in main_log(&origin).expect("main log") {
+        if let Some(key) = c.trailer("Mesh-Story-Key") {
+            *landed.entry(key.to_string()).or_default() += 1;
+        }
+    }
+    assert!(landed.values().all(|&n| n == 1), "landed twice: {landed:?}");
+    assert_eq!(landed.len(), merged);
+    for n in nodes {
+        n.shutdown().await;
+    }
+}

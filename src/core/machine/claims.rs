@@ -9,6 +9,9 @@ impl Core {
     /// what we lost, and claim new work while there is capacity.
     pub(super) fn check_claims(&mut self, now_ms: u64, wall_ms: u64) {
         if self.cfg.passive {
+            // An observer (`mesh-agent status`) takes the mesh's epoch up as a new node
+            // does; it claims, proposes and cuts nothing.
+            self.adopt_tick(now_ms);
             return;
         }
         // Our own leases are live while we run.

@@ -50,7 +50,22 @@ pub(super) struct Moving {
     prev: Option<Prev>,
     /// When peers on the previous epoch were last looked for (mono ms).
     prev_checked_ms: u64,
+    /// A new node's request for the document of the epoch the mesh is on.
+    adopting: Option<Adopting>,
+    /// Requests sent so far (the next goes to the next peer naming the epoch).
+    adopt_tries: usize,
 }
+
+/// A new node asked `peer` for epoch `root`'s document whole (see [`Core::adopt_tick`]).
+#[derive(Debug)]
+struct Adopting {
+    peer: String,
+    root: [u8; 32],
+    sent_ms: u64,
+}
+
+/// How long a new node waits for a peer's document before it asks another.
+const ADOPT_WAIT_MS: u64 = 10_000;
 
 /// The previous epoch's document, kept while a node that announced itself is not on
 /// this one: a node that missed the move (it crashed after the cut) gets the cut from
@@ -220,8 +235,118 @@ impl Core {
         }
     }
 
-    /// An answer in a session on the previous document: true if it was one.
+    /// A new node that holds nothing of a mesh but its own facts (a first document)
+    /// while most alive peers name one later epoch in their beats: it cannot build that
+    /// epoch's seed (it lacks the history), so it asks one of them for the document
+    /// whole (`SyncFrame::adopt`) and takes it up ([`Doc::join_epoch`]). Until then the
+    /// mesh claims nothing (an alive peer on another epoch), so this waits only for the
+    /// warm-up in which every alive peer has beaten once. Most of them, not one: a single
+    /// peer's word (the bootstrap's) does not choose the history a node takes.
+    pub(super) fn adopt_tick(&mut self, now_ms: u64) {
+        if self.doc.epoch_root().is_some() || !self.is_fresh() {
+            self.moving.adopting = None;
+            return;
+        }
+        if let Some(a) = &self.moving.adopting {
+            if now_ms < a.sent_ms + ADOPT_WAIT_MS {
+                return;
+            }
+            tracing::warn!(peer = %a.peer, "no answer with the mesh's document; asking another peer");
+            self.moving.adopting = None;
+        }
+        let started = *self.started_ms.get_or_insert(now_ms);
+        let m = self.cfg.membership;
+        if now_ms.saturating_sub(started) < m.heartbeat_ms * u64::from(m.suspect_after_missed) {
+            return;
+        }
+        let alive = self.membership.alive(now_ms);
+        let mut named: BTreeMap<[u8; 32], Vec<String>> = BTreeMap::new();
+        for p in &alive {
+            if let Some(Some(root)) = self.moving.roots.get(p) {
+                named.entry(*root).or_default().push(p.clone());
+            }
+        }
+        let Some((root, peers)) = named.into_iter().find(|(_, ps)| ps.len() * 2 > alive.len())
+        else {
+            return;
+        };
+        if !self.doc.holds_only_own() {
+            return; // it synced with nodes on the first document: it moves as they do
+        }
+        let peer = peers[self.moving.adopt_tries % peers.len()].clone();
+        self.moving.adopt_tries += 1;
+        tracing::info!(%peer, of = alive.len(), naming = peers.len(),
+            "the mesh is on a later epoch; asking for its document whole");
+        let data = codec::encode(&SyncFrame {
+            adopt: true,
+            fresh: true,
+            epoch: Some(root),
+            ..SyncFrame::msg(true, Vec::new())
+        });
+        self.moving.adopting = Some(Adopting {
+            peer: peer.clone(),
+            root,
+            sent_ms: now_ms,
+        });
+        self.effects.push_back(Effect::SendSync { to: peer, data });
+    }
+
+    /// The answer to a new node's request for a moved mesh's document: takes it up.
+    /// False if `data` was not that answer.
+    fn adopt_answered(&mut self, peer: &str, data: &[u8]) -> bool {
+        let Some(root) = self
+            .moving
+            .adopting
+            .as_ref()
+            .filter(|a| a.peer == peer)
+            .map(|a| a.root)
+        else {
+            return false;
+        };
+        let snapshot = match codec::decode::<SyncFrame>(data, self.cfg.max_sync_bytes + 64) {
+            Ok(f) if f.epoch == Some(root) => f.snapshot,
+            _ => return false,
+        };
+        self.moving.adopting = None;
+        let Some(snapshot) = snapshot else {
+            tracing::warn!(%peer, "the peer did not send its document whole");
+            return true;
+        };
+        let root = ChangeHash(root);
+        match self.doc.join_epoch(&snapshot, &root) {
+            Ok(doc) => {
+                let epoch = doc.base().map_or(0, |b| b.epoch);
+                tracing::info!(%peer, epoch, bytes = snapshot.len(), "took up the mesh's epoch");
+                self.counters.epochs_joined += 1;
+                self.switch_to(doc, epoch, root, false, self.last_now);
+            }
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "refusing the peer's document of the mesh's epoch");
+            }
+        }
+        true
+    }
+
+    /// A request of [`Core::adopt_tick`]'s to `peer`, answered whole.
+    pub(super) fn answer_adopt(&mut self, peer: &str) -> Vec<u8> {
+        let Some(snapshot) = self.whole_document() else {
+            tracing::warn!(%peer, "a new node asked for this document whole; too large for a frame (max_sync_bytes)");
+            return Vec::new();
+        };
+        tracing::info!(%peer, bytes = snapshot.len(), "a new node takes this epoch's document whole");
+        self.counters.snapshots_sent += 1;
+        self.encode_frame(SyncFrame {
+            snapshot: Some(snapshot),
+            ..SyncFrame::msg(false, Vec::new())
+        })
+    }
+
+    /// An answer in a session on the previous document, or to a request for this
+    /// epoch's: true if it was one.
     pub(super) fn prev_answered(&mut self, peer: &str, data: &[u8]) -> bool {
+        if self.adopt_answered(peer, data) {
+            return true;
+        }
         let Some(prev) = self.moving.prev.as_mut() else {
             return false;
         };
@@ -254,6 +379,14 @@ impl Core {
 
     /// A session on the previous document failed: the next look opens another.
     pub(super) fn prev_failed(&mut self, peer: &str) {
+        if self
+            .moving
+            .adopting
+            .as_ref()
+            .is_some_and(|a| a.peer == peer)
+        {
+            self.moving.adopting = None;
+        }
         if let Some(prev) = self.moving.prev.as_mut() {
             prev.sessions.remove(peer);
         }
@@ -262,6 +395,7 @@ impl Core {
     /// The move's part of a tick: propose, cut, or follow a cut.
     pub(super) fn epoch_tick(&mut self, now_ms: u64, wall_ms: u64) {
         self.serve_prev(now_ms);
+        self.adopt_tick(now_ms);
         if self.moving.cutting.is_some() {
             self.cut(now_ms, wall_ms);
         } else {
@@ -546,7 +680,7 @@ impl Core {
         if !self.doc.holds_all(&cut) {
             return; // the cut's changes come with the fact; sync brings them
         }
-        let mut doc = match self.doc.next_epoch(fact.epoch, &cut, &root) {
+        let doc = match self.doc.next_epoch(fact.epoch, &cut, &root) {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(epoch = fact.epoch, by = %fact.holder, error = %e, "refusing to move to the new epoch");
@@ -554,20 +688,39 @@ impl Core {
                 return;
             }
         };
+        self.counters.epochs_moved += 1;
+        tracing::info!(epoch = fact.epoch, %root, cut_by = %fact.holder, "moved to the new epoch");
+        self.switch_to(doc, fact.epoch, root, true, now_ms);
+    }
+
+    /// Makes `doc`, epoch `epoch`'s opened at `root`, this node's document: stored
+    /// (the old one archived), the old one kept to serve peers still on it when
+    /// `keep_prev`, sync state reset, the beat published, sessions opened with the
+    /// peers already there.
+    fn switch_to(
+        &mut self,
+        mut doc: Doc,
+        epoch: u64,
+        root: ChangeHash,
+        keep_prev: bool,
+        now_ms: u64,
+    ) {
         let snapshot = doc.save();
         self.effects
             .push_back(Effect::BeginEpoch(Box::new(EpochSwitch {
-                epoch: fact.epoch,
+                epoch,
                 snapshot,
                 root: root.0,
             })));
         let old = std::mem::replace(&mut self.doc, doc);
-        self.moving.prev = Some(Prev {
-            root: old.epoch_root(),
-            doc: old,
-            sessions: BTreeMap::new(),
-        });
-        self.moving.prev_checked_ms = now_ms;
+        if keep_prev {
+            self.moving.prev = Some(Prev {
+                root: old.epoch_root(),
+                doc: old,
+                sessions: BTreeMap::new(),
+            });
+            self.moving.prev_checked_ms = now_ms;
+        }
         // The old document's sync state means nothing in the new one.
         self.out_sync.clear();
         self.in_sync.clear();
@@ -590,8 +743,6 @@ impl Core {
         self.moving.cutting = None;
         self.moving.refused = None;
         self.local.retain(|_, c| c.epoch.is_none());
-        self.counters.epochs_moved += 1;
-        tracing::info!(epoch = fact.epoch, %root, cut_by = %fact.holder, "moved to the new epoch");
         // Its peers learn it from the beat; sync with those already there.
         self.publish_beat(now_ms, true);
         let mut peers: Vec<String> = self.membership.alive(now_ms);

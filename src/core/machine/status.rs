@@ -107,6 +107,9 @@ pub struct Counters {
     /// Moves to a new epoch this node made.
     #[serde(default)]
     pub epochs_moved: u64,
+    /// Epochs this node took up whole from a peer: it was new, and the mesh had moved.
+    #[serde(default)]
+    pub epochs_joined: u64,
     /// Sessions this node ended because the peer was new and takes its document whole.
     #[serde(default)]
     pub sync_sessions_deferred: u64,

@@ -54,6 +54,10 @@ pub struct SyncFrame {
     /// The sender's epoch (`Doc::epoch_root`; `None`: a mesh's first document). A frame
     /// of another epoch is dropped whole: its changes belong to another document.
     pub epoch: Option<[u8; 32]>,
+    /// First frame only, from a new node that holds nothing of the mesh's but its own
+    /// facts and whose peers moved on (`epoch` names theirs): it asks for the document
+    /// whole, to take that epoch up (`Doc::join_epoch`). Answered with `snapshot`.
+    pub adopt: bool,
 }
 
 /// One sync session this node opened with a peer.
@@ -107,6 +111,7 @@ impl SyncFrame {
             covered: None,
             need: Vec::new(),
             epoch: None,
+            adopt: false,
         }
     }
 }
@@ -242,7 +247,7 @@ impl Core {
     }
 
     /// Whether this node is new: it never synced and holds next to nothing.
-    fn is_fresh(&self) -> bool {
+    pub(super) fn is_fresh(&self) -> bool {
         self.joined_ms.is_none() && self.doc.stored_bytes() < FRESH_MAX_BYTES
     }
 
@@ -261,6 +266,13 @@ impl Core {
         if !self.large_for_joins() {
             return None;
         }
+        self.whole_document()
+            .and_then(|snap| Some((snap, self.join_snapshot.as_ref()?.2.clone())))
+    }
+
+    /// This document saved whole for new peers (the save kept for
+    /// `JOIN_SNAPSHOT_KEEP_MS`), if it fits a frame.
+    pub(super) fn whole_document(&mut self) -> Option<serde_bytes::ByteBuf> {
         let now = self.last_now;
         let stale = |at: u64| now.saturating_sub(at) >= JOIN_SNAPSHOT_KEEP_MS;
         if self
@@ -273,8 +285,8 @@ impl Core {
             let heads = self.doc.heads();
             self.join_snapshot = Some((now, serde_bytes::ByteBuf::from(snap), heads));
         }
-        let (_, snap, heads) = self.join_snapshot.as_ref()?;
-        (snap.len() <= self.cfg.max_sync_bytes / 2).then(|| (snap.clone(), heads.clone()))
+        let (_, snap, _) = self.join_snapshot.as_ref()?;
+        (snap.len() <= self.cfg.max_sync_bytes / 2).then(|| snap.clone())
     }
 
     /// A sync message from `peer` was applied: its heads are settle evidence for our
@@ -403,6 +415,9 @@ impl Core {
         let Some(frame) = self.decode_frame(peer, data) else {
             return Vec::new();
         };
+        if frame.start && frame.adopt {
+            return self.answer_adopt(peer);
+        }
         let state = self.in_sync.entry(peer.to_string()).or_default();
         if frame.start {
             *state = reset_sync_state(state);

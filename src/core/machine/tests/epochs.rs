@@ -206,3 +206,121 @@ fn a_node_claims_nothing_while_a_peer_proposes_the_next_epoch() {
         "claims again once the proposal ended"
     );
 }
+
+/// Ticks `c` for `steps` × 100 ms from `*now`, hearing every one of `peers` beat each
+/// 500 ms; returns the requests for a document whole it sent (`SyncFrame::adopt`), by
+/// peer.
+fn tick_hearing(
+    c: &mut Core,
+    peers: &mut [&mut Core],
+    now: &mut u64,
+    steps: usize,
+) -> Vec<(String, Vec<u8>)> {
+    let mut sent = Vec::new();
+    for _ in 0..steps {
+        *now += 100;
+        if now.is_multiple_of(500) {
+            for p in peers.iter_mut() {
+                hear_beat(p, c, *now);
+            }
+        }
+        c.tick(*now, *now);
+        while let Some(e) = c.poll_effect() {
+            if let Effect::SendSync { to, data } = e {
+                if codec::decode::<SyncFrame>(&data, 1 << 20).is_ok_and(|f| f.adopt) {
+                    sent.push((to, data));
+                }
+            }
+        }
+    }
+    sent
+}
+
+#[test]
+fn a_new_node_takes_up_the_epoch_most_alive_peers_name_with_its_own_facts() {
+    let (mut a, mut b, mut old) = mesh();
+    let mut new = core_with("N", Doc::new([5; 16]).with_test_names());
+    new.add_story(&titled("the new node's own"), 1).unwrap();
+    while new.poll_effect().is_some() {}
+    // One of two alive peers names epoch 1: not most of them, nothing asked.
+    let mut now = 0;
+    let sent = tick_hearing(&mut new, &mut [&mut a, &mut old], &mut now, 60);
+    assert!(sent.is_empty(), "asked with one of two peers on the epoch");
+    assert_eq!(new.doc().epoch_root(), None);
+    // Two of three: it asks one of them for the document whole.
+    let sent = tick_hearing(&mut new, &mut [&mut a, &mut b, &mut old], &mut now, 10);
+    let [(to, data)] = &sent[..] else {
+        panic!("one request, not {sent:?}");
+    };
+    assert_eq!(to, "A");
+    let frame: SyncFrame = codec::decode(data, 1 << 20).unwrap();
+    assert!(frame.adopt && frame.start);
+    assert_eq!(frame.epoch, a.doc().epoch_root());
+    // A's answer: its document, which the new node takes up with its own facts.
+    a.handle(
+        now,
+        Input::SyncRequest {
+            from: "N".into(),
+            data: data.clone(),
+            reply: 0,
+        },
+    );
+    let answer = std::iter::from_fn(|| a.poll_effect())
+        .find_map(|e| match e {
+            Effect::Respond { data, .. } => Some(data),
+            _ => None,
+        })
+        .unwrap();
+    new.handle(
+        now,
+        Input::SyncResponse {
+            from: "A".into(),
+            data: answer,
+        },
+    );
+    assert_eq!(new.doc().epoch_root(), a.doc().epoch_root());
+    assert_eq!(new.epoch(), 1);
+    assert_eq!(new.counters().epochs_joined, 1);
+    assert_eq!(titles(&new), ["before the cut", "the new node's own"]);
+    // Stored, and a session opened with the peers on it.
+    let effects: Vec<Effect> = std::iter::from_fn(|| new.poll_effect()).collect();
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::BeginEpoch(s) if s.epoch == 1)),
+        "the new epoch's document goes to the store"
+    );
+    let opened = effects.into_iter().find_map(|e| match e {
+        Effect::SendSync { to, data } if to == "A" => Some(data),
+        _ => None,
+    });
+    // The mesh sees it on its epoch and syncs with it: its own fact reaches A.
+    let data = opened.expect("a session with A");
+    a.handle(
+        now,
+        Input::SyncRequest {
+            from: "N".into(),
+            data,
+            reply: 0,
+        },
+    );
+    while let Some(e) = a.poll_effect() {
+        if let Effect::Respond { data, .. } = e {
+            new.handle(
+                now,
+                Input::SyncResponse {
+                    from: "A".into(),
+                    data,
+                },
+            );
+        }
+    }
+    route(&mut new, &mut a);
+    assert_eq!(titles(&a), ["before the cut", "the new node's own"]);
+    hear_beat(&mut new, &mut a, now + 100);
+    hear_beat(&mut new, &mut a, now + 200);
+    assert!(a.other_epoch_peers(now + 200).is_empty());
+    // Nothing more is asked.
+    let sent = tick_hearing(&mut new, &mut [&mut a, &mut b], &mut now, 200);
+    assert!(sent.is_empty(), "asked again: {sent:?}");
+}

@@ -63,6 +63,37 @@ impl Doc {
     }
 }
 
+impl Doc {
+    /// Whether every change here is this node's own: it never took in anything of a
+    /// mesh (a new node's first document holds its own description and little more).
+    /// Reads every change: meant for a document that holds next to nothing.
+    pub fn holds_only_own(&mut self) -> bool {
+        let me = self.inner.get_actor().clone();
+        self.inner
+            .get_changes(&[])
+            .iter()
+            .all(|c| *c.actor_id() == me)
+    }
+
+    /// A new node's way into a mesh that moved on: epoch `root`'s document as a peer
+    /// saved it whole, opened with that root ([`Doc::with_epoch_root`]: its first
+    /// change, a seed), with every value of this document carried in
+    /// ([`Doc::carry_from`]). Meant for a document that [`Doc::holds_only_own`]: no
+    /// other candidate of any key here could be carried. Same actor, writer, key
+    /// scheme, operators, size cap and checker as this one; every value in it is read
+    /// and checked as a change's would be. What root to take is the caller's choice
+    /// (the machine takes the one most alive peers name, DESIGN.md §3.5).
+    pub fn join_epoch(&mut self, bytes: &[u8], root: &ChangeHash) -> Result<Doc, StateError> {
+        self.room_for(bytes.len() as u64)?;
+        let inner = AutoCommit::load(bytes).map_err(|e| StateError::Sync(e.to_string()))?;
+        let mut doc = self.sibling(inner);
+        doc.refresh();
+        let mut doc = doc.with_epoch_root(root)?;
+        doc.carry_from(self, &[])?;
+        Ok(doc)
+    }
+}
+
 /// What [`Doc::merge_snapshot`] took in.
 #[derive(Debug)]
 pub struct Taken {
@@ -205,5 +236,30 @@ mod tests {
             capped.merge_snapshot(&a.snapshot_for_join()),
             Err(StateError::Full { .. })
         ));
+    }
+
+    #[test]
+    fn a_new_node_takes_up_a_moved_meshs_document_only_at_its_seed() {
+        let mut mesh = with_stories(1, "A", 3);
+        let seed = mesh.seed(1).unwrap();
+        let moved = Doc::load_test_names([1; 16], &seed.bytes, &[])
+            .unwrap()
+            .with_epoch_root(&seed.root)
+            .unwrap()
+            .snapshot_for_join();
+        let mut new = with_stories(2, "B", 1);
+        assert!(new.holds_only_own());
+        // Opened at a root that is not the seed: refused, nothing taken.
+        let not_seed = mesh.heads()[0];
+        assert!(new.join_epoch(&moved, &not_seed).is_err());
+        // At the seed: the mesh's document with the new node's own story carried in.
+        let mut joined = new.join_epoch(&moved, &seed.root).unwrap();
+        assert_eq!(joined.epoch_root(), Some(seed.root.0));
+        assert_eq!(joined.base().map(|b| b.epoch), Some(1));
+        assert_eq!(crate::core::state::tests::titles(&joined).len(), 4);
+        assert!(!joined.holds_only_own(), "it holds the mesh's changes");
+        // A node that took in anything of a mesh's is not new.
+        crate::core::state::tests::sync_pair(&mut new, &mut mesh);
+        assert!(!new.holds_only_own());
     }
 }
