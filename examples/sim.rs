@@ -32,7 +32,7 @@ use std::time::Instant;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn usage() -> ! {
-    eprintln!("usage: sim [--seeds N] [--start S] [--mode clean|hostile|both] [--replay SEED] [--nodes N] [--stories N] [--files N] [--no-stops] [--no-storage-faults] [--remote] [--byzantine] [--steer] [--budget USD] [--broken-reserve USD] [--broken-job-queue] [--broken-cancel] [--broken-send-before-flush] [--broken-start-before-flush] [--check-view] [--check-seed] [--check-carry] [--epoch-after N] [--keep-going]\n       sim --cost N[,N...] [--writes N] [--idle-secs S] [--stories N] [--start SEED]");
+    eprintln!("usage: sim [--seeds N] [--start S] [--mode clean|hostile|both] [--replay SEED] [--nodes N] [--stories N] [--files N] [--no-stops] [--no-storage-faults] [--remote] [--byzantine] [--steer] [--budget USD] [--broken-reserve USD] [--broken-job-queue] [--broken-cancel] [--broken-send-before-flush] [--broken-start-before-flush] [--check-view] [--check-seed] [--check-carry] [--epoch-after N] [--late-join] [--keep-going]\n       sim --cost N[,N...] [--writes N] [--idle-secs S] [--stories N] [--start SEED]");
     std::process::exit(2);
 }
 
@@ -48,6 +48,7 @@ fn main() {
     let mut check_seed = false;
     let mut check_carry = false;
     let mut epoch_after = 0u32;
+    let mut late_join = false;
     let (mut cost_nodes, mut writes, mut idle_secs) = (None::<Vec<usize>>, 10u64, 60u64);
     let (mut budget, mut reserve) = (None::<f64>, None::<f64>);
     while let Some(a) = args.next() {
@@ -81,6 +82,7 @@ fn main() {
             "--check-seed" => check_seed = true,
             "--check-carry" => check_carry = true,
             "--epoch-after" => epoch_after = val().parse().unwrap_or_else(|_| usage()),
+            "--late-join" => late_join = true,
             "--cost" => {
                 let list = val();
                 let parsed: Result<Vec<usize>, _> = list.split(',').map(str::parse).collect();
@@ -111,6 +113,7 @@ fn main() {
         c.check_seed = check_seed || check_carry;
         c.check_carry = check_carry;
         c.epoch_after = epoch_after;
+        c.late_join = late_join;
         c.send_before_flush = send_early;
         c.start_before_flush = start_early;
         if let Some(n) = nodes {
@@ -156,7 +159,7 @@ fn main() {
     let (mut cancelled, mut commands, mut refused, mut outvoted) = (0usize, 0u64, 0u64, 0u64);
     let (mut spent, mut max_spent, mut ran_out) = (0u64, 0u64, 0u64);
     let (mut asks, mut gives) = (0u64, 0u64);
-    let (mut moves, mut epochs) = (0u64, 0u64);
+    let (mut moves, mut epochs, mut joins) = (0u64, 0u64, 0u64);
     let mut failed: Vec<String> = Vec::new();
     for seed in start..start + seeds {
         for &mode in &modes {
@@ -167,6 +170,7 @@ fn main() {
             blocked += r.blocked;
             shutdowns += r.shutdowns;
             moves += r.moves;
+            joins += r.joins;
             epochs += r.epoch;
             skewed_ticks += r.skewed_ticks;
             forgeries += r.forgeries;
@@ -233,7 +237,7 @@ fn main() {
         t0.elapsed().as_secs_f64()
     );
     if epoch_after > 0 {
-        println!("epochs: {moves} moves by nodes; node0 ended {epochs} epochs past the first, over all runs");
+        println!("epochs: {moves} moves by nodes, {joins} taken up whole by a new node; node0 ended {epochs} epochs past the first, over all runs");
     }
     if let Some(b) = budget {
         println!(

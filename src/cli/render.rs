@@ -82,6 +82,15 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
             r.epoch + 1
         );
     }
+    if !r.epoch_waits_for.is_empty() {
+        let peers: Vec<&str> = r.epoch_waits_for.iter().map(|p| short(p)).collect();
+        let _ = writeln!(
+            o,
+            "epoch {} is due but waits for: {} (down or on another epoch; revoke a node that left for good)",
+            r.epoch + 1,
+            peers.join(", ")
+        );
+    }
     if !r.other_epoch.is_empty() {
         let peers: Vec<&str> = r.other_epoch.iter().map(|p| short(p)).collect();
         let _ = writeln!(

@@ -395,8 +395,13 @@ mod tests {
         );
         r.epoch = 2;
         r.other_epoch = vec!["12D3KooWpeer1111".into()];
+        r.epoch_waits_for = vec!["12D3KooWgone2222".into()];
         let text = super::super::render::render_status(&r);
         assert!(text.contains("epoch: 2"), "{text}");
+        assert!(
+            text.contains("epoch 3 is due but waits for: ") && text.contains("revoke"),
+            "{text}"
+        );
         assert!(
             text.contains("on another epoch: ") && text.contains("claims wait"),
             "{text}"

@@ -227,6 +227,10 @@ pub struct StatusReport {
     /// written): it claims nothing until the move is done or given up.
     #[serde(default)]
     pub moving: bool,
+    /// A move to the next epoch is due (`epoch_after` merged stories) and waits for these
+    /// known nodes: down, or on another epoch. One that left for good must be revoked.
+    #[serde(default)]
+    pub epoch_waits_for: Vec<String>,
 }
 
 /// Refused facts of one author and kind (`status`).

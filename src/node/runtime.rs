@@ -546,6 +546,7 @@ impl Runtime {
             epoch: self.core.doc().base().map_or(0, |b| b.epoch),
             other_epoch: self.core.other_epoch_peers(now),
             moving: self.core.is_moving(now),
+            epoch_waits_for: self.core.epoch_waits_for().to_vec(),
             peer_id: self.core.peer().to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             passive: self.core.is_passive(),

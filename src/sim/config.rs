@@ -61,6 +61,9 @@ pub struct SimConfig {
     /// Nodes propose a new epoch once this many merged stories are live (0: never):
     /// the mesh moves while it works (`CoreConfig::epoch_after`).
     pub epoch_after: u32,
+    /// node1 starts late, with an empty store, at a seeded moment in the second half of
+    /// the chaos window: a new node meeting a mesh that has (with `epoch_after`) moved.
+    pub late_join: bool,
     /// The rule the origin's fence applies to a landing: the product's
     /// [`token_check`]; a test swaps in a broken one to prove the invariants catch it.
     pub fence_rule: Rule<usize>,
@@ -170,6 +173,7 @@ impl SimConfig {
             check_seed: false,
             check_carry: false,
             epoch_after: 0,
+            late_join: false,
             fence_rule: token_check,
             trace: false,
             stops_guards_clocks: true,

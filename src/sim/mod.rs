@@ -69,6 +69,8 @@ pub struct Report {
     /// Moves to a new epoch nodes made, and the epoch node0 ended on.
     pub moves: u64,
     pub epoch: u64,
+    /// Epochs a new node took up whole from a peer (`SimConfig::late_join`).
+    pub joins: u64,
     /// Stories an operator cancelled (and that had not landed first).
     pub cancelled: usize,
     pub end_ms: u64,
@@ -255,6 +257,8 @@ struct Sim {
     /// such pause that ended (from, to): takeovers wait for them.
     moving_since: Vec<Option<u64>>,
     moves: u64,
+    /// Epochs a node took up whole from a peer (a new node, `SimConfig::late_join`).
+    joins: u64,
     pauses: Vec<(u64, u64)>,
     /// What each node ran when last checked: (story, phase) of its running claims.
     running: Vec<Vec<(String, Phase)>>,
@@ -366,11 +370,24 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
     // A closed mesh: node0 carries the operator's admissions before anyone connects.
     sim.admit_all();
     // Everyone connects, then the backlog is written on different nodes.
-    for i in 0..sim.nodes.len() {
-        sim.schedule_timers(i);
+    // A late node starts down, its store empty, and comes up once, mid-chaos.
+    let late = (cfg.late_join && cfg.nodes > 1).then(|| {
+        let mut when = StdRng::seed_from_u64(seed ^ 0x1a7e_101e_1a7e_101e);
+        (1, when.gen_range(cfg.chaos_ms / 2..cfg.chaos_ms.max(2)))
+    });
+    if let Some((l, at)) = late {
+        sim.nodes[l].core = None;
+        sim.at(at, Ev::Restart(l));
     }
     for i in 0..sim.nodes.len() {
-        sim.reconnect(i);
+        if sim.up(i) {
+            sim.schedule_timers(i);
+        }
+    }
+    for i in 0..sim.nodes.len() {
+        if sim.up(i) {
+            sim.reconnect(i);
+        }
     }
     // The backlog's shape has its own generator, so the faults of a seed do not depend
     // on it (and `files: 0` replays the runs of issue 3 exactly).
@@ -452,6 +469,11 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
             }
             _ => {}
         }
+    }
+    if let Some((l, at)) = late {
+        // No fault brings it up before its time.
+        sim.queue
+            .retain(|(t, _), e| *t >= at || !matches!(e, Ev::Restart(j) if *j == l));
     }
     if cfg.remote {
         sim.origin.schedule_outages(seed, cfg.chaos_ms);
@@ -535,6 +557,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
         blocked,
         cancelled,
         moves: sim.moves,
+        joins: sim.joins,
         epoch: sim.nodes[0].core.as_ref().map_or(0, |c| c.epoch()),
         end_ms: sim.now,
         shutdowns: sim.shutdowns,

@@ -94,6 +94,23 @@ impl SimStore {
 }
 
 impl Sim {
+    /// A node's store takes a new epoch's document (`Effect::BeginEpoch`): atomic and
+    /// flushed, like the store's batch (the archive is not read by the simulator).
+    pub(super) fn begin_epoch(&mut self, i: usize, s: &crate::core::EpochSwitch) {
+        let store = &mut self.nodes[i].store;
+        store.flush();
+        store.durable = vec![s.snapshot.clone()];
+        store.root = Some(s.root);
+        let n = s.epoch;
+        if s.whole {
+            self.joins += 1;
+            self.note(|| format!("node{i} took up epoch {n} whole"));
+        } else {
+            self.moves += 1;
+            self.note(|| format!("node{i} moved to epoch {n}"));
+        }
+    }
+
     /// Backlog story `k` is added on its node as the node shell adds a user's story:
     /// a durable write, acknowledged once appended and flushed, aborted if the append or
     /// the flush fails (with storage faults, at a seeded [`WRITE_FAIL_RATE`]). A node

@@ -77,6 +77,7 @@ impl Sim {
             checked: Vec::new(),
             moving_since: Vec::new(),
             moves: 0,
+            joins: 0,
             pauses: Vec::new(),
             running: Vec::new(),
             running_on: BTreeMap::new(),
@@ -237,17 +238,7 @@ impl Sim {
                     store.durable = vec![r.snapshot, r.tail];
                     store.durable.retain(|c| !c.is_empty());
                 }
-                Effect::BeginEpoch(s) => {
-                    // Atomic and flushed, like the store's batch (the archive is not
-                    // read by the simulator).
-                    let store = &mut self.nodes[i].store;
-                    store.flush();
-                    store.durable = vec![s.snapshot];
-                    store.root = Some(s.root);
-                    let n = s.epoch;
-                    self.moves += 1;
-                    self.note(|| format!("node{i} moved to epoch {n}"));
-                }
+                Effect::BeginEpoch(s) => self.begin_epoch(i, &s),
                 Effect::PersistEvents { .. } => {}
                 Effect::StartWork(job) => {
                     // The job acts outside the node (a merge lands at the origin).

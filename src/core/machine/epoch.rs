@@ -32,6 +32,8 @@ pub struct EpochSwitch {
     pub snapshot: Vec<u8>,
     /// Its root change's hash (what a restart opens it with).
     pub root: [u8; 32],
+    /// Taken up whole from a peer (a new node, [`Core::adopt_tick`]), not built here.
+    pub whole: bool,
 }
 
 /// What this node knows of the move (see the module's documentation).
@@ -40,32 +42,21 @@ pub(super) struct Moving {
     /// This node's proposal, settled and won.
     cutting: Option<Cutting>,
     /// Per peer, the epoch root its latest beat named.
-    roots: BTreeMap<String, Option<[u8; 32]>>,
+    pub(super) roots: BTreeMap<String, Option<[u8; 32]>>,
     /// A cut this node could not build as written (its key): not tried again.
     refused: Option<String>,
     /// No proposal from this node before then (mono ms): the last gave up, or the
     /// document was looked at.
     quiet_until: u64,
+    /// A move is due, and waits for these nodes ([`Core::epoch_waits_for`]).
+    waits_for: Vec<String>,
     /// The document this node moved from, served to peers still on it.
     prev: Option<Prev>,
     /// When peers on the previous epoch were last looked for (mono ms).
     prev_checked_ms: u64,
     /// A new node's request for the document of the epoch the mesh is on.
-    adopting: Option<Adopting>,
-    /// Requests sent so far (the next goes to the next peer naming the epoch).
-    adopt_tries: usize,
+    pub(super) adopt: super::adopt::Adopt,
 }
-
-/// A new node asked `peer` for epoch `root`'s document whole (see [`Core::adopt_tick`]).
-#[derive(Debug)]
-struct Adopting {
-    peer: String,
-    root: [u8; 32],
-    sent_ms: u64,
-}
-
-/// How long a new node waits for a peer's document before it asks another.
-const ADOPT_WAIT_MS: u64 = 10_000;
 
 /// The previous epoch's document, kept while a node that announced itself is not on
 /// this one: a node that missed the move (it crashed after the cut) gets the cut from
@@ -175,6 +166,11 @@ impl Core {
     /// beat, and, with `alive`, is alive. (In a closed mesh every admitted node counts:
     /// one stopped before its own description counted is known by its admission.)
     fn every_known(&mut self, now_ms: u64, alive: bool) -> bool {
+        self.not_here(now_ms, alive, 1).is_empty()
+    }
+
+    /// Up to `max` of the nodes [`Core::every_known`] waits for.
+    fn not_here(&mut self, now_ms: u64, alive: bool, max: usize) -> Vec<String> {
         let here = self.doc.epoch_root();
         let view = self.derived().0;
         let (membership, roots) = (&self.membership, &self.moving.roots);
@@ -185,9 +181,26 @@ impl Core {
                 || ((!alive || membership.state(p, now_ms) == Some(PeerState::Alive))
                     && roots.get(p) == Some(&here))
         };
-        membership.states(now_ms).all(|(p, _)| here_now(p))
-            && view.nodes.keys().all(|p| here_now(p))
-            && view.roster.admitted.iter().all(|e| here_now(&e.peer))
+        let mut missing: Vec<String> = membership
+            .states(now_ms)
+            .map(|(p, _)| p)
+            .chain(view.nodes.keys().map(String::as_str))
+            .chain(view.roster.admitted.iter().map(|e| e.peer.as_str()))
+            .filter(|p| !here_now(p))
+            .take(max.saturating_mul(3))
+            .map(str::to_string)
+            .collect();
+        missing.sort();
+        missing.dedup();
+        missing.truncate(max);
+        missing
+    }
+
+    /// The nodes a due move waits for (`status`): this node's view holds `epoch_after`
+    /// merged stories, and these known nodes are down or on another epoch (a node that
+    /// left for good must be revoked). Empty when no move is due or none is missing.
+    pub fn epoch_waits_for(&self) -> &[String] {
+        &self.moving.waits_for
     }
 
     /// Serves the previous document to peers still on it, and drops it once every node
@@ -235,112 +248,6 @@ impl Core {
         }
     }
 
-    /// A new node that holds nothing of a mesh but its own facts (a first document)
-    /// while most alive peers name one later epoch in their beats: it cannot build that
-    /// epoch's seed (it lacks the history), so it asks one of them for the document
-    /// whole (`SyncFrame::adopt`) and takes it up ([`Doc::join_epoch`]). Until then the
-    /// mesh claims nothing (an alive peer on another epoch), so this waits only for the
-    /// warm-up in which every alive peer has beaten once. Most of them, not one: a single
-    /// peer's word (the bootstrap's) does not choose the history a node takes.
-    pub(super) fn adopt_tick(&mut self, now_ms: u64) {
-        if self.doc.epoch_root().is_some() || !self.is_fresh() {
-            self.moving.adopting = None;
-            return;
-        }
-        if let Some(a) = &self.moving.adopting {
-            if now_ms < a.sent_ms + ADOPT_WAIT_MS {
-                return;
-            }
-            tracing::warn!(peer = %a.peer, "no answer with the mesh's document; asking another peer");
-            self.moving.adopting = None;
-        }
-        let started = *self.started_ms.get_or_insert(now_ms);
-        let m = self.cfg.membership;
-        if now_ms.saturating_sub(started) < m.heartbeat_ms * u64::from(m.suspect_after_missed) {
-            return;
-        }
-        let alive = self.membership.alive(now_ms);
-        let mut named: BTreeMap<[u8; 32], Vec<String>> = BTreeMap::new();
-        for p in &alive {
-            if let Some(Some(root)) = self.moving.roots.get(p) {
-                named.entry(*root).or_default().push(p.clone());
-            }
-        }
-        let Some((root, peers)) = named.into_iter().find(|(_, ps)| ps.len() * 2 > alive.len())
-        else {
-            return;
-        };
-        if !self.doc.holds_only_own() {
-            return; // it synced with nodes on the first document: it moves as they do
-        }
-        let peer = peers[self.moving.adopt_tries % peers.len()].clone();
-        self.moving.adopt_tries += 1;
-        tracing::info!(%peer, of = alive.len(), naming = peers.len(),
-            "the mesh is on a later epoch; asking for its document whole");
-        let data = codec::encode(&SyncFrame {
-            adopt: true,
-            fresh: true,
-            epoch: Some(root),
-            ..SyncFrame::msg(true, Vec::new())
-        });
-        self.moving.adopting = Some(Adopting {
-            peer: peer.clone(),
-            root,
-            sent_ms: now_ms,
-        });
-        self.effects.push_back(Effect::SendSync { to: peer, data });
-    }
-
-    /// The answer to a new node's request for a moved mesh's document: takes it up.
-    /// False if `data` was not that answer.
-    fn adopt_answered(&mut self, peer: &str, data: &[u8]) -> bool {
-        let Some(root) = self
-            .moving
-            .adopting
-            .as_ref()
-            .filter(|a| a.peer == peer)
-            .map(|a| a.root)
-        else {
-            return false;
-        };
-        let snapshot = match codec::decode::<SyncFrame>(data, self.cfg.max_sync_bytes + 64) {
-            Ok(f) if f.epoch == Some(root) => f.snapshot,
-            _ => return false,
-        };
-        self.moving.adopting = None;
-        let Some(snapshot) = snapshot else {
-            tracing::warn!(%peer, "the peer did not send its document whole");
-            return true;
-        };
-        let root = ChangeHash(root);
-        match self.doc.join_epoch(&snapshot, &root) {
-            Ok(doc) => {
-                let epoch = doc.base().map_or(0, |b| b.epoch);
-                tracing::info!(%peer, epoch, bytes = snapshot.len(), "took up the mesh's epoch");
-                self.counters.epochs_joined += 1;
-                self.switch_to(doc, epoch, root, false, self.last_now);
-            }
-            Err(e) => {
-                tracing::warn!(%peer, error = %e, "refusing the peer's document of the mesh's epoch");
-            }
-        }
-        true
-    }
-
-    /// A request of [`Core::adopt_tick`]'s to `peer`, answered whole.
-    pub(super) fn answer_adopt(&mut self, peer: &str) -> Vec<u8> {
-        let Some(snapshot) = self.whole_document() else {
-            tracing::warn!(%peer, "a new node asked for this document whole; too large for a frame (max_sync_bytes)");
-            return Vec::new();
-        };
-        tracing::info!(%peer, bytes = snapshot.len(), "a new node takes this epoch's document whole");
-        self.counters.snapshots_sent += 1;
-        self.encode_frame(SyncFrame {
-            snapshot: Some(snapshot),
-            ..SyncFrame::msg(false, Vec::new())
-        })
-    }
-
     /// An answer in a session on the previous document, or to a request for this
     /// epoch's: true if it was one.
     pub(super) fn prev_answered(&mut self, peer: &str, data: &[u8]) -> bool {
@@ -379,14 +286,7 @@ impl Core {
 
     /// A session on the previous document failed: the next look opens another.
     pub(super) fn prev_failed(&mut self, peer: &str) {
-        if self
-            .moving
-            .adopting
-            .as_ref()
-            .is_some_and(|a| a.peer == peer)
-        {
-            self.moving.adopting = None;
-        }
+        self.adopt_failed(peer);
         if let Some(prev) = self.moving.prev.as_mut() {
             prev.sessions.remove(peer);
         }
@@ -416,11 +316,14 @@ impl Core {
         }
         // Counting merged stories reads every story: once a beat period.
         self.moving.quiet_until = now_ms + self.cfg.membership.heartbeat_ms;
-        if !self.may_claim_now(now_ms) || self.moving(now_ms) || !self.all_here(now_ms) {
+        // Not before this node has synced with a peer since it started: alone, it may
+        // not know of the mesh it will meet (a new node cut off from it by a partition
+        // worked alone, moved alone, and its history and the mesh's never met again).
+        if self.joined_ms.is_none() || !self.may_claim_now(now_ms) || self.moving(now_ms) {
             return;
         }
         let next = self.epoch() + 1;
-        let (view, claims) = self.derived();
+        let view = self.derived().0;
         if view.epochs.values().any(|e| e.epoch >= next) {
             return;
         }
@@ -430,8 +333,19 @@ impl Core {
             .filter(|s| s.status == StoryStatus::Merged)
             .count();
         if merged < self.cfg.epoch_after as usize {
+            self.moving.waits_for.clear();
             return;
         }
+        let missing = self.not_here(now_ms, true, 8);
+        if missing != self.moving.waits_for && !missing.is_empty() {
+            tracing::info!(epoch = next, merged, waits_for = ?missing,
+                "a new epoch is due; waiting for every known node to be up and here (revoke a node that left for good)");
+        }
+        self.moving.waits_for = missing;
+        if !self.moving.waits_for.is_empty() {
+            return;
+        }
+        let claims = self.derived().1;
         let resource = Resource::Epoch(next);
         // A dead proposer's claim is released for it, as a takeover does.
         if let Some(old) = claims.winner(&resource).map(str::to_string) {
@@ -697,7 +611,7 @@ impl Core {
     /// (the old one archived), the old one kept to serve peers still on it when
     /// `keep_prev`, sync state reset, the beat published, sessions opened with the
     /// peers already there.
-    fn switch_to(
+    pub(super) fn switch_to(
         &mut self,
         mut doc: Doc,
         epoch: u64,
@@ -711,6 +625,7 @@ impl Core {
                 epoch,
                 snapshot,
                 root: root.0,
+                whole: !keep_prev,
             })));
         let old = std::mem::replace(&mut self.doc, doc);
         if keep_prev {

@@ -47,6 +47,7 @@ use crate::core::timeline::{
     accept_remote, EventsHave, Timeline, LOCAL_SEQ_BIT, MAX_EVENTS_PER_FRAME,
 };
 
+mod adopt;
 mod budget;
 mod claims;
 mod covered;

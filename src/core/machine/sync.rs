@@ -416,7 +416,9 @@ impl Core {
             return Vec::new();
         };
         if frame.start && frame.adopt {
-            return self.answer_adopt(peer);
+            if let Some(answer) = self.answer_adopt(peer) {
+                return answer;
+            }
         }
         let state = self.in_sync.entry(peer.to_string()).or_default();
         if frame.start {

@@ -324,3 +324,97 @@ fn a_new_node_takes_up_the_epoch_most_alive_peers_name_with_its_own_facts() {
     let sent = tick_hearing(&mut new, &mut [&mut a, &mut b], &mut now, 200);
     assert!(sent.is_empty(), "asked again: {sent:?}");
 }
+
+#[test]
+fn a_new_node_builds_a_document_too_large_to_send_whole_round_by_round() {
+    let (mut a, mut b, _) = mesh();
+    // A's document does not fit one of its frames: A answers the request as any first
+    // frame, and the new node syncs it into an empty document, then takes it up.
+    a.cfg.max_sync_bytes = 256;
+    let mut new = core_with("N", Doc::new([5; 16]).with_test_names());
+    new.add_story(&titled("the new node's own"), 1).unwrap();
+    while new.poll_effect().is_some() {}
+    let mut now = 0;
+    let sent = tick_hearing(&mut new, &mut [&mut a, &mut b], &mut now, 60);
+    let [(to, data)] = &sent[..] else {
+        panic!("one request, not {sent:?}");
+    };
+    assert_eq!(to, "A");
+    a.handle(
+        now,
+        Input::SyncRequest {
+            from: "N".into(),
+            data: data.clone(),
+            reply: 0,
+        },
+    );
+    while let Some(e) = a.poll_effect() {
+        if let Effect::Respond { data, .. } = e {
+            new.handle(
+                now,
+                Input::SyncResponse {
+                    from: "A".into(),
+                    data,
+                },
+            );
+        }
+    }
+    assert!(route(&mut new, &mut a) > 0, "rounds after the first");
+    assert_eq!(a.counters().snapshots_sent, 0);
+    assert_eq!(new.doc().epoch_root(), a.doc().epoch_root());
+    assert_eq!(new.counters().epochs_joined, 1);
+    assert_eq!(titles(&new), ["before the cut", "the new node's own"]);
+}
+
+#[test]
+fn a_due_move_names_the_known_node_it_waits_for_and_proposes_once_it_is_back() {
+    use crate::core::model::{Verdict, PIPELINE};
+    use crate::core::state::tests::{step, A};
+    let mut d = Doc::new([1; 16]).with_test_names();
+    let key = d.add_story(&titled("landed"), A, 1).unwrap();
+    for phase in PIPELINE {
+        step(
+            &mut d,
+            &key,
+            phase,
+            0,
+            (phase == Phase::Review).then_some(Verdict::Approve),
+        );
+    }
+    let mut a = core_with(A, d);
+    a.cfg.work = true;
+    let mut b = core_with("B", Doc::new([2; 16]).with_test_names());
+    b.announce_node("test");
+    // They sync (A has joined a mesh), then B falls silent: the move is due, and waits.
+    hear_beat(&mut b, &mut a, 0);
+    a.start_sync("B");
+    route(&mut a, &mut b);
+    let proposed = |a: &mut Core| !a.derived().1.naming(&Resource::Epoch(1)).is_empty();
+    let mut now: u64 = 0;
+    for i in 0..300 {
+        if i == 200 {
+            a.cfg.epoch_after = 1; // B is dead by now
+        }
+        now += 100;
+        if now.is_multiple_of(500) {
+            a.heartbeat(now, now);
+        }
+        a.tick(now, now);
+        // B answers no probe.
+        while let Some(e) = a.poll_effect() {
+            if let Effect::Probe { to, .. } = e {
+                a.handle(now, Input::ProbeFailed { peer: to });
+            }
+        }
+    }
+    assert_eq!(a.membership.state("B", now), Some(PeerState::Dead));
+    assert_eq!(a.epoch_waits_for(), ["B"]);
+    assert!(!proposed(&mut a), "proposed with a known node down");
+    // B is back: nothing is missing, and A proposes the next epoch.
+    tick_beside(&mut a, &mut b, &mut now, (40, 100), |_, _| {});
+    assert!(a.epoch_waits_for().is_empty());
+    assert!(
+        proposed(&mut a),
+        "no proposal once every known node is back"
+    );
+}

@@ -64,33 +64,45 @@ impl Doc {
 }
 
 impl Doc {
-    /// Whether every change here is this node's own: it never took in anything of a
-    /// mesh (a new node's first document holds its own description and little more).
-    /// Reads every change: meant for a document that holds next to nothing.
-    pub fn holds_only_own(&mut self) -> bool {
-        let me = self.inner.get_actor().clone();
-        self.inner
-            .get_changes(&[])
-            .iter()
-            .all(|c| *c.actor_id() == me)
+    /// Whether every value admitted here was written by `author`: the node never took in
+    /// anything of a mesh (a new node's first document holds its own description and
+    /// little more). By verified author, not automerge actor: a node writes under a new
+    /// actor each time it starts.
+    pub fn holds_only_own(&mut self, author: &str) -> bool {
+        self.refresh();
+        self.candidates
+            .values()
+            .flatten()
+            .all(|c| &*c.author == author)
     }
 
     /// A new node's way into a mesh that moved on: epoch `root`'s document as a peer
     /// saved it whole, opened with that root ([`Doc::with_epoch_root`]: its first
     /// change, a seed), with every value of this document carried in
     /// ([`Doc::carry_from`]). Meant for a document that [`Doc::holds_only_own`]: no
-    /// other candidate of any key here could be carried. Same actor, writer, key
+    /// other author's value could be carried. Same actor, writer, key
     /// scheme, operators, size cap and checker as this one; every value in it is read
     /// and checked as a change's would be. What root to take is the caller's choice
     /// (the machine takes the one most alive peers name, DESIGN.md §3.5).
     pub fn join_epoch(&mut self, bytes: &[u8], root: &ChangeHash) -> Result<Doc, StateError> {
         self.room_for(bytes.len() as u64)?;
         let inner = AutoCommit::load(bytes).map_err(|e| StateError::Sync(e.to_string()))?;
-        let mut doc = self.sibling(inner);
+        self.take_up(self.sibling(inner), root)
+    }
+
+    /// [`Doc::join_epoch`] of a document synced from a peer into [`Doc::empty_sibling`]
+    /// (one too large to send whole).
+    pub fn take_up(&mut self, mut doc: Doc, root: &ChangeHash) -> Result<Doc, StateError> {
         doc.refresh();
         let mut doc = doc.with_epoch_root(root)?;
         doc.carry_from(self, &[])?;
         Ok(doc)
+    }
+
+    /// An empty document under this one's actor, that writes, checks and caps as this
+    /// one does: what a new node syncs a moved mesh's document into.
+    pub fn empty_sibling(&self) -> Doc {
+        self.sibling(AutoCommit::new())
     }
 }
 
@@ -248,7 +260,19 @@ mod tests {
             .unwrap()
             .snapshot_for_join();
         let mut new = with_stories(2, "B", 1);
-        assert!(new.holds_only_own());
+        assert!(new.holds_only_own("B"));
+        // Under another actor (a restart) it is still its own.
+        let mut new = Doc::load_test_names([3; 16], &new.save(), &[]).unwrap();
+        new.add_story(
+            &NewStory {
+                title: "after a restart".into(),
+                ..Default::default()
+            },
+            "B",
+            0,
+        )
+        .unwrap();
+        assert!(new.holds_only_own("B"));
         // Opened at a root that is not the seed: refused, nothing taken.
         let not_seed = mesh.heads()[0];
         assert!(new.join_epoch(&moved, &not_seed).is_err());
@@ -256,10 +280,10 @@ mod tests {
         let mut joined = new.join_epoch(&moved, &seed.root).unwrap();
         assert_eq!(joined.epoch_root(), Some(seed.root.0));
         assert_eq!(joined.base().map(|b| b.epoch), Some(1));
-        assert_eq!(crate::core::state::tests::titles(&joined).len(), 4);
-        assert!(!joined.holds_only_own(), "it holds the mesh's changes");
+        assert_eq!(crate::core::state::tests::titles(&joined).len(), 5);
+        assert!(!joined.holds_only_own("B"), "it holds the mesh's facts");
         // A node that took in anything of a mesh's is not new.
         crate::core::state::tests::sync_pair(&mut new, &mut mesh);
-        assert!(!new.holds_only_own());
+        assert!(!new.holds_only_own("B"));
     }
 }
