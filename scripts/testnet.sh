@@ -101,7 +101,7 @@ Environment:
   MESH_TESTNET_PHASE_MS      sim executor: duration of one phase (default 1500)
   MESH_TESTNET_REJECT_RATE   sim executor: share of first reviews that reject (default 0.2)
   MESH_TESTNET_EPOCH_AFTER   epoch_after: move to a new epoch every N merged stories
-                             (default 0: never; docs/DESIGN.md §3.5)
+                             (0: never; default: the node's, 1000; docs/DESIGN.md §3.5)
   MESH_TESTNET_WAIT_TIMEOUT  seconds 'wait' (and 'up --wait') wait (default 900)
   MESH_TESTNET_NS            --hosts: prefix of the namespaces' names (default mesh-tn)
   MESH_HEARTBEAT_MS, MESH_DEAD_AFTER_MS, ...   passed to the nodes (see mesh-agent run --help)
@@ -767,7 +767,7 @@ cmd_up() {
             fi
             set_config "$i" sim_phase_ms "$PHASE_MS"
             set_config "$i" sim_review_reject_rate "$REJECT_RATE"
-            if [[ ${MESH_TESTNET_EPOCH_AFTER:-0} != 0 ]]; then
+            if [[ -n ${MESH_TESTNET_EPOCH_AFTER:-} ]]; then
                 set_config "$i" epoch_after "$MESH_TESTNET_EPOCH_AFTER"
             fi
             if ((hosts)); then

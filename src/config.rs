@@ -123,7 +123,8 @@ pub struct Config {
     /// nothing worked on along its chain of waits) for this long. 0: never.
     pub stall_after_ms: u64,
     /// Move the mesh to a new epoch (retiring merged stories' history, docs/DESIGN.md
-    /// §3.5) once this many merged stories are live in the document. 0: never.
+    /// §3.5) once this many merged stories are live in the document. 0: never. On by
+    /// default: without it the document, and every node's memory, only grow.
     pub epoch_after: u32,
     /// Notifications (`[notify]`, `[[notify.sink]]`): see docs/DESIGN.md §15.
     pub notify: crate::notify::NotifyConfig,
@@ -198,7 +199,7 @@ impl Default for Config {
             origin_backoff_ms: 1_000,
             origin_backoff_max_ms: 60_000,
             stall_after_ms: 300_000,
-            epoch_after: 0,
+            epoch_after: 1_000,
             notify: Default::default(),
             dashboard: Default::default(),
             intake: Default::default(),

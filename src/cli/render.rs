@@ -73,7 +73,11 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
         }
     }
     if r.epoch > 0 {
-        let _ = writeln!(o, "epoch: {} (history before it retired)", r.epoch);
+        let _ = writeln!(
+            o,
+            "epoch: {} ({} merged stories retired to the archive; story show still reads them)",
+            r.epoch, r.retired
+        );
     }
     if r.moving {
         let _ = writeln!(

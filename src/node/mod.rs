@@ -231,6 +231,10 @@ pub struct StatusReport {
     /// known nodes: down, or on another epoch. One that left for good must be revoked.
     #[serde(default)]
     pub epoch_waits_for: Vec<String>,
+    /// Merged stories earlier epochs retired (counted as merged in `story_counts`; `story
+    /// show` reads them from the archive).
+    #[serde(default)]
+    pub retired: usize,
 }
 
 /// Refused facts of one author and kind (`status`).

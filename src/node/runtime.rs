@@ -504,6 +504,7 @@ impl Runtime {
         // The core's cached view: a status costs no fold of the document.
         let view = self.core.view();
         let claims = view.claims();
+        let retired = view.base().map_or(0, |b| b.retired.len());
         let m = &self.net.metrics;
         let mut counters = self.core.counters().clone();
         counters.bytes_in = m.bytes_in.load(Ordering::Relaxed);
@@ -557,8 +558,14 @@ impl Runtime {
             story_counts: view
                 .count_by_status()
                 .into_iter()
-                .map(|(k, v)| (k.as_str().to_string(), v))
+                .map(|(k, v)| match k {
+                    crate::core::model::StoryStatus::Merged => {
+                        (k.as_str().to_string(), v + retired)
+                    }
+                    _ => (k.as_str().to_string(), v),
+                })
                 .collect(),
+            retired,
             stories,
             heads,
             heads_digest: hex::encode(&self.core.digest()[..8]),
