@@ -15,6 +15,9 @@ use super::*;
 #[derive(Debug, Default)]
 pub(super) struct Adopt {
     current: Option<Adopting>,
+    /// Per peer, the epoch its latest sync frame of another epoch named: a passive
+    /// observer probes no one, and an idle mesh beats rarely, so frames tell it too.
+    framed: BTreeMap<String, [u8; 32]>,
     /// Requests sent so far (the next goes to the next peer naming the epoch).
     tries: usize,
 }
@@ -48,7 +51,8 @@ const ADOPT_WAIT_MS: u64 = 10_000;
 
 impl Core {
     /// A new node that holds nothing of the mesh's but its own facts (a first document)
-    /// while most alive peers name one later epoch in their beats: it cannot build that
+    /// while most peers it hears from (alive, or connected) name one later epoch in their
+    /// beats or, for an observer that probes no one, their sync frames: it cannot build that
     /// epoch's seed (it lacks the history), so it asks one of them for that epoch's
     /// document (`SyncFrame::adopt`) and takes it up at that root ([`Doc::take_up`]).
     /// Until then the mesh claims nothing (an alive peer on another epoch), so this waits
@@ -71,11 +75,16 @@ impl Core {
         if now_ms.saturating_sub(started) < m.heartbeat_ms * u64::from(m.suspect_after_missed) {
             return;
         }
-        let alive = self.membership.alive(now_ms);
+        // The peers it hears from: alive, or connected (an observer probes no one).
+        let mut alive = self.membership.alive(now_ms);
+        alive.extend(self.connected.iter().cloned());
+        alive.sort();
+        alive.dedup();
         let mut named: BTreeMap<[u8; 32], Vec<String>> = BTreeMap::new();
         for p in &alive {
-            if let Some(Some(root)) = self.moving.roots.get(p) {
-                named.entry(*root).or_default().push(p.clone());
+            let beat = self.moving.roots.get(p).copied().flatten();
+            if let Some(root) = beat.or_else(|| self.moving.adopt.framed.get(p).copied()) {
+                named.entry(root).or_default().push(p.clone());
             }
         }
         let Some((root, peers)) = named.into_iter().find(|(_, ps)| ps.len() * 2 > alive.len())
@@ -193,6 +202,13 @@ impl Core {
             snapshot: Some(snapshot),
             ..SyncFrame::msg(false, Vec::new())
         }))
+    }
+
+    /// `peer` sent a sync frame of epoch `root`, not this node's.
+    pub(super) fn framed_epoch(&mut self, peer: &str, root: Option<[u8; 32]>) {
+        if let (Some(root), true) = (root, self.doc.epoch_root().is_none() && self.is_fresh()) {
+            self.moving.adopt.framed.insert(peer.to_string(), root);
+        }
     }
 
     /// A request's session with `peer` failed: the next tick asks again.

@@ -355,6 +355,7 @@ impl Core {
     pub(super) fn decode_frame(&mut self, peer: &str, data: &[u8]) -> Option<SyncFrame> {
         match codec::decode::<SyncFrame>(data, self.cfg.max_sync_bytes + 64) {
             Ok(f) if f.epoch != self.doc.epoch_root() => {
+                self.framed_epoch(peer, f.epoch);
                 self.counters.other_epoch_dropped += 1;
                 tracing::debug!(%peer, "sync frame of another epoch dropped");
                 None

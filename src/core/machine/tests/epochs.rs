@@ -418,3 +418,52 @@ fn a_due_move_names_the_known_node_it_waits_for_and_proposes_once_it_is_back() {
         "no proposal once every known node is back"
     );
 }
+
+#[test]
+fn an_observer_that_hears_no_beat_takes_the_epoch_its_peers_frames_name() {
+    let (mut a, _, _) = mesh();
+    // A passive observer (`status --bootstrap`) probes no one, and an idle mesh beats
+    // rarely: what it learns of A's epoch is the frame A's session opened with.
+    let mut obs = core_with("N", Doc::new([5; 16]).with_test_names());
+    obs.cfg.passive = true;
+    obs.handle(0, Input::Connected("A".into()));
+    a.start_sync("N");
+    route(&mut a, &mut obs);
+    assert!(obs.counters().other_epoch_dropped > 0);
+    let mut now: u64 = 0;
+    let mut request = None;
+    while request.is_none() && now < 20_000 {
+        now += 100;
+        obs.tick(now, now);
+        while let Some(e) = obs.poll_effect() {
+            if let Effect::SendSync { to, data } = e {
+                let adopt = codec::decode::<SyncFrame>(&data, 1 << 20).is_ok_and(|f| f.adopt);
+                if adopt && to == "A" {
+                    request = Some(data);
+                }
+            }
+        }
+    }
+    let data = request.expect("the observer asked A for its epoch's document");
+    a.handle(
+        now,
+        Input::SyncRequest {
+            from: "N".into(),
+            data,
+            reply: 0,
+        },
+    );
+    while let Some(e) = a.poll_effect() {
+        if let Effect::Respond { data, .. } = e {
+            obs.handle(
+                now,
+                Input::SyncResponse {
+                    from: "A".into(),
+                    data,
+                },
+            );
+        }
+    }
+    assert_eq!(obs.doc().epoch_root(), a.doc().epoch_root());
+    assert_eq!(titles(&obs), ["before the cut"]);
+}
