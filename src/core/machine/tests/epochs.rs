@@ -34,32 +34,13 @@ fn route(src: &mut Core, dst: &mut Core) -> usize {
                 continue;
             }
             (moved, frames) = (true, frames + 1);
-            deliver(src, dst, data, 0);
+            round_trip(src, dst, 0, data);
         }
         if !moved {
             return frames;
         }
     }
     panic!("no quiescence");
-}
-
-/// `src`'s sync frame `data` handed to `dst`, and `dst`'s answer back to `src`.
-fn deliver(src: &mut Core, dst: &mut Core, data: Vec<u8>, now: u64) {
-    let from = src.peer().to_string();
-    dst.handle(
-        now,
-        Input::SyncRequest {
-            from,
-            data,
-            reply: 0,
-        },
-    );
-    while let Some(e) = dst.poll_effect() {
-        if let Effect::Respond { data, .. } = e {
-            let from = dst.peer().to_string();
-            src.handle(now, Input::SyncResponse { from, data });
-        }
-    }
 }
 
 fn sessions_opened(c: &mut Core) -> usize {
@@ -262,7 +243,7 @@ fn a_new_node_takes_up_the_epoch_most_alive_peers_name_with_its_own_facts() {
     assert!(frame.adopt && frame.start);
     assert_eq!(frame.epoch, a.doc().epoch_root());
     // A's answer: its document, which the new node takes up with its own facts.
-    deliver(&mut new, &mut a, data.clone(), now);
+    round_trip(&mut new, &mut a, now, data.clone());
     assert_eq!(new.doc().epoch_root(), a.doc().epoch_root());
     assert_eq!(new.epoch(), 1);
     assert_eq!(new.counters().epochs_joined, 1);
@@ -281,7 +262,7 @@ fn a_new_node_takes_up_the_epoch_most_alive_peers_name_with_its_own_facts() {
     });
     // The mesh sees it on its epoch and syncs with it: its own fact reaches A.
     let data = opened.expect("a session with A");
-    deliver(&mut new, &mut a, data, now);
+    round_trip(&mut new, &mut a, now, data);
     route(&mut new, &mut a);
     assert_eq!(titles(&a), ["before the cut", "the new node's own"]);
     hear_beat(&mut new, &mut a, now + 100);
@@ -307,7 +288,7 @@ fn a_new_node_builds_a_document_too_large_to_send_whole_round_by_round() {
         panic!("one request, not {sent:?}");
     };
     assert_eq!(to, "A");
-    deliver(&mut new, &mut a, data.clone(), now);
+    round_trip(&mut new, &mut a, now, data.clone());
     assert!(route(&mut new, &mut a) > 0, "rounds after the first");
     assert_eq!(a.counters().snapshots_sent, 0);
     assert_eq!(new.doc().epoch_root(), a.doc().epoch_root());
@@ -394,7 +375,7 @@ fn an_observer_that_hears_no_beat_takes_the_epoch_its_peers_frames_name() {
         }
     }
     let data = request.expect("the observer asked A for its epoch's document");
-    deliver(&mut obs, &mut a, data, now);
+    round_trip(&mut obs, &mut a, now, data);
     assert_eq!(obs.doc().epoch_root(), a.doc().epoch_root());
     assert_eq!(titles(&obs), ["before the cut"]);
 }
