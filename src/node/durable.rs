@@ -74,6 +74,20 @@ impl Runtime {
         }
     }
 
+    /// Hands the core the document the move to `epoch` archived (a peer is still on
+    /// it: `Effect::LoadPrevious`).
+    pub(super) fn load_previous(&mut self, epoch: u64) {
+        let bytes = match self.store.as_ref().map(|s| s.archived(epoch)) {
+            Some(Ok(bytes)) => bytes,
+            Some(Err(e)) => {
+                tracing::error!(epoch, error = %e, "cannot read the archived document");
+                None
+            }
+            None => None,
+        };
+        self.core.previous_loaded(bytes.as_deref());
+    }
+
     /// Replaces the stored chunks with a snapshot of the document once there are
     /// `snapshot_every` of them, or at once when `now` (and there are any). A load
     /// replays chunks change by change, and automerge applies a large change to a large

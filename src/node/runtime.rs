@@ -344,6 +344,7 @@ impl Runtime {
                 Effect::Persist { chunk } => self.persist(&chunk),
                 Effect::Rebase(r) => self.rebase(&r),
                 Effect::BeginEpoch(s) => self.begin_epoch(&s),
+                Effect::LoadPrevious { epoch } => self.load_previous(epoch),
                 Effect::PersistEvents { events } => {
                     if let Some(log) = self.event_log.as_mut() {
                         if let Err(e) = log.append(&events) {

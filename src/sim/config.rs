@@ -63,6 +63,8 @@ pub struct SimConfig {
     pub epoch_after: u32,
     /// node1 starts late, with an empty store, at a seeded moment in the second half of
     /// the chaos window: a new node meeting a mesh that has (with `epoch_after`) moved.
+    /// With epochs, half the seeds bring it up instead as the first node moves to epoch 2
+    /// (its peers on two epochs), or once faults stop if none did by then.
     pub late_join: bool,
     /// The rule the origin's fence applies to a landing: the product's
     /// [`token_check`]; a test swaps in a broken one to prove the invariants catch it.

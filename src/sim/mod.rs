@@ -259,6 +259,8 @@ struct Sim {
     moves: u64,
     /// Epochs a node took up whole from a peer (a new node, `SimConfig::late_join`).
     joins: u64,
+    /// The late node that comes up as the first node moves (`SimConfig::late_join`).
+    join_on_move: Option<usize>,
     pauses: Vec<(u64, u64)>,
     /// What each node ran when last checked: (story, phase) of its running claims.
     running: Vec<Vec<(String, Phase)>>,
@@ -370,13 +372,20 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
     // A closed mesh: node0 carries the operator's admissions before anyone connects.
     sim.admit_all();
     // Everyone connects, then the backlog is written on different nodes.
+    // Faults stop (and the network heals) at `chaos_end`.
+    let chaos_end = cfg.chaos_ms + 4_000;
     // A late node starts down, its store empty, and comes up once, mid-chaos.
+    // With epochs, half the seeds bring it up as the first node moves to epoch 2, while its
+    // peers are on two epochs (or, no such move by then, once faults stop).
     let late = (cfg.late_join && cfg.nodes > 1).then(|| {
         let mut when = StdRng::seed_from_u64(seed ^ 0x1a7e_101e_1a7e_101e);
-        (1, when.gen_range(cfg.chaos_ms / 2..cfg.chaos_ms.max(2)))
+        let at = when.gen_range(cfg.chaos_ms / 2..cfg.chaos_ms.max(2));
+        let on_move = cfg.epoch_after > 0 && when.gen_bool(0.5);
+        (1, if on_move { chaos_end } else { at }, on_move)
     });
-    if let Some((l, at)) = late {
+    if let Some((l, at, on_move)) = late {
         sim.nodes[l].core = None;
+        sim.join_on_move = on_move.then_some(l);
         sim.at(at, Ev::Restart(l));
     }
     for i in 0..sim.nodes.len() {
@@ -413,8 +422,6 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
         sim.backlog.push((new, dep));
         sim.keys.push(None);
     }
-    // Faults stop (and the network heals) at `chaos_end`.
-    let chaos_end = cfg.chaos_ms + 4_000;
     sim.plan_steering(chaos_end);
     for k in 0..cfg.stories {
         if cfg.storage_faults {
@@ -470,7 +477,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
             _ => {}
         }
     }
-    if let Some((l, at)) = late {
+    if let Some((l, at, _)) = late {
         // No fault brings it up before its time.
         sim.queue
             .retain(|(t, _), e| *t >= at || !matches!(e, Ev::Restart(j) if *j == l));

@@ -41,6 +41,8 @@ pub(super) struct SimStore {
     pub(super) durable: Vec<Vec<u8>>,
     /// The root of the epoch `durable` holds (`None`: the mesh's first document).
     pub(super) root: Option<[u8; 32]>,
+    /// The documents moves left behind, by the epoch moved to (`Store::archived`).
+    pub(super) archive: std::collections::BTreeMap<u64, Vec<u8>>,
     /// Appended and not yet flushed: (appended at, chunk).
     tail: Vec<(u64, Vec<u8>)>,
     /// This incarnation's first background flush; then every [`FLUSH_EVERY_MS`].
@@ -99,6 +101,8 @@ impl Sim {
     pub(super) fn begin_epoch(&mut self, i: usize, s: &crate::core::EpochSwitch) {
         let store = &mut self.nodes[i].store;
         store.flush();
+        let old = store.durable.concat();
+        store.archive.insert(s.epoch, old);
         store.durable = vec![s.snapshot.clone()];
         store.root = Some(s.root);
         let n = s.epoch;
@@ -108,6 +112,23 @@ impl Sim {
         } else {
             self.moves += 1;
             self.note(|| format!("node{i} moved to epoch {n}"));
+            // A new node meets peers on two epochs past the first (moving from the
+            // first, they would sync it the first document as any peer's).
+            if let Some(l) = self.join_on_move.filter(|_| n >= 2) {
+                self.join_on_move = None;
+                let at = self.now + self.rng.gen_range(0..40);
+                self.at(at, super::Ev::Restart(l));
+            }
+        }
+    }
+
+    /// A node reads the document a move archived (`Effect::LoadPrevious`), as the store's
+    /// `archived` does.
+    pub(super) fn load_previous(&mut self, i: usize, epoch: u64) {
+        let node = &mut self.nodes[i];
+        let bytes = node.store.archive.get(&epoch);
+        if let Some(core) = node.core.as_mut() {
+            core.previous_loaded(bytes.map(Vec::as_slice));
         }
     }
 

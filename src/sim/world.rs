@@ -78,6 +78,7 @@ impl Sim {
             moving_since: Vec::new(),
             moves: 0,
             joins: 0,
+            join_on_move: None,
             pauses: Vec::new(),
             running: Vec::new(),
             running_on: BTreeMap::new(),
@@ -239,6 +240,7 @@ impl Sim {
                     store.durable.retain(|c| !c.is_empty());
                 }
                 Effect::BeginEpoch(s) => self.begin_epoch(i, &s),
+                Effect::LoadPrevious { epoch } => self.load_previous(i, epoch),
                 Effect::PersistEvents { .. } => {}
                 Effect::StartWork(job) => {
                     // The job acts outside the node (a merge lands at the origin).

@@ -117,6 +117,20 @@ impl Core {
         self.effects.push_back(Effect::SendSync { to: peer, data });
     }
 
+    /// Whether a frame of this node's first document from `peer`, whose beat names a
+    /// later epoch, is one a new node refuses: the peer serves the document it moved
+    /// from to nodes still on it (`serve_prev`). Taken in, it would give the new node
+    /// that epoch's history without the later cuts: it could neither follow the mesh
+    /// (two epochs behind) nor take its epoch up (no longer only its own). It takes up
+    /// the epoch most peers name instead ([`Core::adopt_tick`]).
+    pub(super) fn served_the_past(&mut self, peer: &str) -> bool {
+        let later = self.moving.roots.get(peer).is_some_and(Option::is_some);
+        later
+            && self.doc.epoch_root().is_none()
+            && self.is_fresh()
+            && self.doc.holds_only_own(&self.peer)
+    }
+
     /// An answer to a new node's request for a moved mesh's document: the document
     /// whole, taken up at once, or a sync message for the document being built, answered
     /// until the peer has nothing more to send. False if `data` was no such answer.

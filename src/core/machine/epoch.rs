@@ -50,8 +50,11 @@ pub(super) struct Moving {
     quiet_until: u64,
     /// A move is due, and waits for these nodes ([`Core::epoch_waits_for`]).
     waits_for: Vec<String>,
-    /// The document this node moved from, served to peers still on it.
+    /// The document this node moved from, served to peers still on it: kept from the
+    /// move, or read from the store's archive after a restart (once per start).
     prev: Option<Prev>,
+    /// The archived document was asked for, or the previous one let go: not again.
+    prev_done: bool,
     /// When peers on the previous epoch were last looked for (mono ms).
     prev_checked_ms: u64,
     /// A new node's request for the document of the epoch the mesh is on.
@@ -207,15 +210,17 @@ impl Core {
     /// this one knows of has named this epoch (a node down since before the move keeps
     /// it: it comes back on the old one). Once a beat period.
     fn serve_prev(&mut self, now_ms: u64) {
-        if self.moving.prev.is_none()
-            || now_ms < self.moving.prev_checked_ms + self.cfg.membership.heartbeat_ms
-        {
+        if now_ms < self.moving.prev_checked_ms + self.cfg.membership.heartbeat_ms {
+            return;
+        }
+        if self.moving.prev.is_none() {
+            self.ask_previous(now_ms);
             return;
         }
         self.moving.prev_checked_ms = now_ms;
         if self.every_known(now_ms, false) {
             tracing::info!("every node is on this epoch; the previous document is let go");
-            self.moving.prev = None;
+            (self.moving.prev, self.moving.prev_done) = (None, true);
             return;
         }
         let Some(prev) = self.moving.prev.as_mut() else {
@@ -245,6 +250,58 @@ impl Core {
             });
             prev.sessions.insert(p.clone(), (state, 0));
             self.effects.push_back(Effect::SendSync { to: p, data });
+        }
+    }
+
+    /// After a restart, the document this node moved from is in the store's archive
+    /// only: read it once an alive peer's beat names another epoch (a straggler that
+    /// crashed after the cut comes back on the previous one, and no node that moved may
+    /// be up with it in memory: without it, that peer never moves).
+    fn ask_previous(&mut self, now_ms: u64) {
+        let epoch = self.epoch();
+        if self.moving.prev_done || epoch == 0 {
+            return;
+        }
+        // (Past epoch 1, a peer on the first document is a new node: see `adopt_tick`.)
+        let (here, membership) = (self.doc.epoch_root(), &self.membership);
+        let behind = self.moving.roots.iter().any(|(p, r)| {
+            *r != here
+                && (r.is_some() || epoch == 1)
+                && membership.state(p, now_ms) == Some(PeerState::Alive)
+        });
+        if behind {
+            self.moving.prev_done = true;
+            self.effects.push_back(Effect::LoadPrevious { epoch });
+        }
+    }
+
+    /// The shell's answer to [`Effect::LoadPrevious`]: the archived document, served to
+    /// peers still on it as if this node had just moved.
+    pub fn previous_loaded(&mut self, bytes: Option<&[u8]>) {
+        let epoch = self.epoch();
+        let Some(bytes) = bytes else {
+            tracing::warn!(
+                epoch,
+                "a peer is on an earlier epoch, and this node archived no document it moved from"
+            );
+            return;
+        };
+        match self.doc.previous(bytes, epoch) {
+            // (A node that took its epoch up archived its own first document instead.)
+            Ok(doc) if epoch > 1 && doc.base().map(|b| b.epoch) != Some(epoch - 1) => {}
+            Ok(doc) => {
+                tracing::info!(epoch, "a peer is on an earlier epoch: serving it the archived document this node moved from");
+                let root = doc.epoch_root();
+                self.moving.prev = Some(Prev {
+                    doc,
+                    root,
+                    sessions: BTreeMap::new(),
+                });
+                self.moving.prev_checked_ms = 0;
+            }
+            Err(e) => {
+                tracing::error!(epoch, error = %e, "cannot open the archived document this node moved from")
+            }
         }
     }
 
@@ -554,8 +611,14 @@ impl Core {
             .map(|(_, e)| e.clone())?;
         let (here, there) = (self.doc.epoch_root(), fact.hashes().map(|(_, r)| r.0));
         let membership = &self.membership;
+        // A peer on the first document (no root) is not on another cut: it is new, and
+        // takes up the epoch most of its peers name (`adopt_tick`) — this one's, once
+        // it moved. Waiting for it, neither would move.
         let foreign = self.moving.roots.iter().any(|(p, r)| {
-            *r != here && *r != there && membership.state(p, now_ms) == Some(PeerState::Alive)
+            r.is_some()
+                && *r != here
+                && *r != there
+                && membership.state(p, now_ms) == Some(PeerState::Alive)
         });
         (!foreign).then_some(fact)
     }
@@ -628,6 +691,8 @@ impl Core {
                 whole: !keep_prev,
             })));
         let old = std::mem::replace(&mut self.doc, doc);
+        // A node that took its epoch up holds no document the mesh moved from.
+        self.moving.prev_done = !keep_prev;
         if keep_prev {
             self.moving.prev = Some(Prev {
                 root: old.epoch_root(),

@@ -249,6 +249,11 @@ pub enum Effect {
     Rebase(Box<crate::core::state::Rebase>),
     /// The mesh moved to a new epoch: archive the stored document, keep this one.
     BeginEpoch(Box<EpochSwitch>),
+    /// Read the document the move to `epoch` archived and hand it (`None`: none here)
+    /// to [`Core::previous_loaded`]: a peer is still on it.
+    LoadPrevious {
+        epoch: u64,
+    },
     /// Add these events to the durable event log (no flush needed: progress, not facts).
     PersistEvents {
         events: Vec<Event>,

@@ -360,6 +360,10 @@ impl Core {
                 tracing::debug!(%peer, "sync frame of another epoch dropped");
                 None
             }
+            Ok(_) if self.served_the_past(peer) => {
+                self.counters.other_epoch_dropped += 1;
+                None
+            }
             Ok(f) => Some(f),
             Err(e) => {
                 self.counters.malformed_dropped += 1;

@@ -379,3 +379,123 @@ fn an_observer_that_hears_no_beat_takes_the_epoch_its_peers_frames_name() {
     assert_eq!(obs.doc().epoch_root(), a.doc().epoch_root());
     assert_eq!(titles(&obs), ["before the cut"]);
 }
+
+/// `a` (on epoch 1) claims epoch 2 and writes its cut at its heads; returns the cut and
+/// the root of the seed it builds.
+fn write_cut(a: &mut Core) -> (Vec<ChangeHash>, ChangeHash) {
+    let id = claim_id(a.peer(), 1);
+    let claim = ClaimFact {
+        resources: vec![(Resource::Epoch(2), 1)],
+        holder: a.peer().to_string(),
+        ttl_ms: 10_000,
+        written_at_ms: 0,
+        attempt: 1,
+        after: None,
+    };
+    a.doc.put_claim(&id, &claim).unwrap();
+    let cut = a.doc.heads();
+    let root = a.doc.seed_at(2, &cut).unwrap().root;
+    let fact = crate::core::state::EpochFact {
+        epoch: 2,
+        claim: id,
+        holder: a.peer().to_string(),
+        cut: cut.iter().map(|h| h.to_string()).collect(),
+        root: root.to_string(),
+        at_ms: 0,
+    };
+    a.doc.put_epoch(&fact).unwrap();
+    (cut, root)
+}
+
+#[test]
+fn a_node_holding_the_cut_moves_though_a_new_node_on_the_first_document_is_alive() {
+    // A (on epoch 1) cut epoch 2 and moved; B holds the cut, still on epoch 1. N, new,
+    // beats from the first document: it is behind, not on another cut, and waits for
+    // most of its peers to name one epoch. Were B to wait for N, neither would move.
+    let (mut a, mut b, _) = mesh();
+    let (cut, root) = write_cut(&mut a);
+    a.start_sync("B");
+    route(&mut a, &mut b);
+    assert!(b.doc.holds_all(&cut));
+    let moved = a.doc.next_epoch(2, &cut, &root).unwrap();
+    let mut a = core_with(a.peer(), moved);
+    let mut new = core_with("N", Doc::new([5; 16]).with_test_names());
+    let mut now = 0;
+    tick_hearing(&mut b, &mut [&mut new, &mut a], &mut now, 20);
+    assert_eq!(b.counters().epochs_moved, 1, "B waited for the new node");
+    assert_eq!(b.doc().epoch_root(), Some(root.0));
+    // Both peers name epoch 2 now: the new node asks for it.
+    let sent = tick_hearing(&mut new, &mut [&mut a, &mut b], &mut now, 40);
+    assert!(!sent.is_empty(), "the new node asked for no document");
+}
+
+#[test]
+fn a_restarted_node_serves_the_archived_document_it_moved_from_to_a_peer_still_on_it() {
+    // A cut epoch 2 and moved while B was down, then restarted: the document it moved
+    // from is in its store's archive only. B comes back on epoch 1 without the cut; A
+    // reads the archive and serves it, and B moves. (Seed 88 of `sim --nodes 3
+    // --late-join --epoch-after 2` in hostile mode: no node had it in memory, and two
+    // of three nodes stayed on the old epoch for good.)
+    let (mut a, mut b, _) = mesh();
+    let (cut, root) = write_cut(&mut a);
+    let archived = a.doc.save();
+    let moved = a.doc.next_epoch(2, &cut, &root).unwrap();
+    let mut a = core_with(a.peer(), moved);
+    let mut now: u64 = 0;
+    let mut asked = Vec::new();
+    for _ in 0..20 {
+        now += 100;
+        if now.is_multiple_of(500) {
+            hear_beat(&mut b, &mut a, now);
+        }
+        a.tick(now, now);
+        while let Some(e) = a.poll_effect() {
+            if let Effect::LoadPrevious { epoch } = e {
+                asked.push(epoch);
+            }
+        }
+    }
+    assert_eq!(asked, [2], "the archive of the move to epoch 2, asked once");
+    a.previous_loaded(Some(&archived));
+    now += 1_000;
+    a.tick(now, now);
+    assert!(route(&mut a, &mut b) > 0, "A served B nothing");
+    assert!(b.doc.holds_all(&cut));
+    tick_hearing(&mut b, &mut [&mut a], &mut now, 20);
+    assert_eq!(b.doc().epoch_root(), Some(root.0));
+    assert_eq!(b.counters().epochs_moved, 1);
+}
+
+#[test]
+fn a_new_node_refuses_the_document_a_peer_moved_from_and_takes_up_the_peers_epoch() {
+    // A moved to epoch 1 and serves the first document to nodes still on it. Taken in by
+    // a new node, that document would leave it on the first epoch with history of the
+    // mesh's, unable to take an epoch up, and two epochs behind once the mesh moves again
+    // (seed 93 of `sim --nodes 3 --late-join --epoch-after 2`, clean: a restarted node on
+    // epoch 1 served it its archive while another node was on epoch 2).
+    let mut first = Doc::new([1; 16]).with_test_names();
+    first.add_story(&titled("before the cut"), "O", 1).unwrap();
+    let seed = first.seed(1).unwrap();
+    let moved = Doc::load_test_names([2; 16], &seed.bytes, &[])
+        .and_then(|e| e.with_epoch_root(&seed.root))
+        .unwrap();
+    let (mut served, mut a) = (core_with("A", first), core_with("A", moved));
+    let mut new = core_with("N", Doc::new([5; 16]).with_test_names());
+    new.add_story(&titled("the new node's own"), 1).unwrap();
+    while new.poll_effect().is_some() {}
+    hear_beat(&mut a, &mut new, 0);
+    served.start_sync("N");
+    route(&mut served, &mut new);
+    assert!(new.counters().other_epoch_dropped > 0);
+    assert_eq!(titles(&new), ["the new node's own"]);
+    // It takes up the epoch A names instead.
+    let mut now = 0;
+    let sent = tick_hearing(&mut new, &mut [&mut a], &mut now, 40);
+    let [(to, data)] = &sent[..] else {
+        panic!("one request, not {sent:?}");
+    };
+    assert_eq!(to, "A");
+    round_trip(&mut new, &mut a, now, data.clone());
+    assert_eq!(new.doc().epoch_root(), Some(seed.root.0));
+    assert_eq!(titles(&new), ["before the cut", "the new node's own"]);
+}

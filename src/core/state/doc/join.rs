@@ -104,6 +104,31 @@ impl Doc {
     pub fn empty_sibling(&self) -> Doc {
         self.sibling(AutoCommit::new())
     }
+
+    /// The document epoch `epoch` (this one's) was cut from, as the store archived it at
+    /// the move (`Store::archived`): what a node that moved serves a peer still on it
+    /// after a restart (DESIGN.md §3.5, step 6). Opened at its own seed, its one change
+    /// without dependencies, or as the first document when `epoch` is 1. Same actor,
+    /// writer, checks and cap as this one.
+    pub fn previous(&self, bytes: &[u8], epoch: u64) -> Result<Doc, StateError> {
+        let corrupt = |why: String| {
+            StateError::Corrupt(format!("archived epoch {}: {why}", epoch.saturating_sub(1)))
+        };
+        let inner = AutoCommit::load(bytes).map_err(|e| corrupt(e.to_string()))?;
+        let mut doc = self.sibling(inner);
+        doc.refresh();
+        if epoch <= 1 {
+            return Ok(doc);
+        }
+        let root = doc
+            .inner
+            .get_changes(&[])
+            .iter()
+            .find(|c| c.deps().is_empty())
+            .map(|c| c.hash())
+            .ok_or_else(|| corrupt("no seed".into()))?;
+        doc.with_epoch_root(&root)
+    }
 }
 
 /// What [`Doc::merge_snapshot`] took in.
