@@ -18,10 +18,10 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     allow_block_list, connection_limits, identify, kad, Multiaddr, PeerId, StreamProtocol, Swarm,
 };
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 mod codec;
@@ -385,6 +385,8 @@ pub async fn spawn(
         max_peers: cfg.max_peers as usize,
         metrics,
         connected: HashSet::new(),
+        up_since: HashMap::new(),
+        lost_brief: false,
         refused: HashSet::new(),
         test_blocked: HashSet::new(),
     };
@@ -402,6 +404,11 @@ struct EventLoop {
     max_peers: usize,
     metrics: Arc<NetMetrics>,
     connected: HashSet<PeerId>,
+    /// When each connected peer's first connection opened.
+    up_since: HashMap<PeerId, Instant>,
+    /// The last peer lost had been connected for less than [`BRIEF`]: it closes this
+    /// node's connections at once (a closed mesh refusing a non-member, a revoked node).
+    lost_brief: bool,
     /// Peers refused as not on the roster (the core decides), and peers blocked by a
     /// test's partition: a peer is blocked while it is in either.
     refused: HashSet<PeerId>,
@@ -411,6 +418,10 @@ struct EventLoop {
 /// Redial backoff while this node has no connection: from the first to the last.
 pub const REDIAL_FIRST: Duration = Duration::from_millis(250);
 pub const REDIAL_MAX: Duration = Duration::from_secs(5);
+/// A connection closed sooner than this was refused, not lost: its peer is not dialled
+/// again at once (kademlia forgets it; the redial backoff goes on doubling). Dialled at
+/// once, a refusing peer took ~400 connections a second (3.4 MB sent in 10 s).
+pub const BRIEF: Duration = Duration::from_secs(2);
 
 impl EventLoop {
     async fn run(mut self) {
@@ -431,7 +442,7 @@ impl EventLoop {
                         SwarmEvent::ConnectionClosed { num_established: 0, .. }
                     );
                     self.handle_event(ev).await;
-                    if lost_all && self.connected.is_empty() {
+                    if lost_all && self.connected.is_empty() && !self.lost_brief {
                         backoff = REDIAL_FIRST;
                         next = tokio::time::Instant::now() + backoff;
                     }
@@ -563,6 +574,7 @@ impl EventLoop {
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
                     self.connected.insert(peer_id);
+                    self.up_since.insert(peer_id, Instant::now());
                     self.emit(NetEvent::Connected(peer_id)).await;
                 }
                 if endpoint.is_dialer() {
@@ -582,6 +594,13 @@ impl EventLoop {
             } => {
                 tracing::info!(peer = %peer_id, "peer disconnected");
                 self.connected.remove(&peer_id);
+                let up = self.up_since.remove(&peer_id);
+                self.lost_brief = up.is_some_and(|t| t.elapsed() < BRIEF);
+                if self.lost_brief {
+                    // Kademlia would dial it again at once (its queries, the
+                    // routing update): it comes back only through a later dial.
+                    self.swarm.behaviour_mut().kad.remove_peer(&peer_id);
+                }
                 self.emit(NetEvent::Disconnected(peer_id)).await;
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {

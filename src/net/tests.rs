@@ -74,3 +74,48 @@ async fn gossip_that_names_an_author_other_than_the_sender_is_dropped() {
     forging.abort();
     publishing.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_refuses_this_node_is_dialled_ever_more_rarely_not_in_a_loop() {
+    // A closed mesh refuses a node not on its roster (`status --bootstrap` against the
+    // testnet), as it does a revoked one: each connection closes right after it opens.
+    // Dialled again at once (kademlia's queries, the redial reset), a refused node made
+    // ~400 connections a second and sent 3.4 MB in 10 s; with its backoff doubling from
+    // 250 ms, it makes a handful in a few seconds, and still tries.
+    let (listener, mut events, _task) = spawn(config("/ip4/127.0.0.1/tcp/0", vec![], None))
+        .await
+        .expect("listener");
+    let addr = listener.info().await.listen_addrs[0].clone();
+    let (refused, mut refused_events, _rt) =
+        spawn(config("/ip4/127.0.0.1/tcp/0", vec![addr], None))
+            .await
+            .expect("refused node");
+    let id = refused.local_peer_id;
+    let first = async {
+        while let Some(ev) = events.recv().await {
+            if matches!(ev, NetEvent::Connected(p) if p == id) {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), first)
+        .await
+        .expect("the node connects within 30 s");
+    assert!(listener.send(NetCommand::Refuse(id, true)).await);
+    // Count its connections over a window (a measure, not a wait for an event).
+    let window = tokio::time::Instant::now() + Duration::from_secs(4);
+    let mut connections = 0;
+    while let Ok(ev) = tokio::time::timeout_at(window, refused_events.recv()).await {
+        match ev {
+            Some(NetEvent::Connected(_)) => connections += 1,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    assert!(
+        (1..=12).contains(&connections),
+        "{connections} connections in 4 s to a peer that refuses each at once"
+    );
+    let sent = refused.metrics.bytes_out.load(Ordering::Relaxed);
+    assert!(sent < 64 * 1024, "{sent} bytes sent to a refusing peer");
+}
