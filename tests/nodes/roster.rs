@@ -214,3 +214,56 @@ async fn a_revoked_node_is_cut_off_its_claim_taken_over_and_what_it_writes_later
         n.kill().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_a_closed_mesh_refuses_does_not_flood_it() {
+    // `status --bootstrap` against a closed mesh (the testnet): the member refuses the
+    // observer, closing each connection as it opens. The observer probed each loss at
+    // once, which dialled again at once: ~870 sync sessions and 1.1 MB a second, until
+    // it gave up. Now its connections follow its probe period.
+    let op = Signer::from_key(ed25519_dalek::SigningKey::from_bytes(&rand::random()));
+    let operator = op.author().to_string();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let keys: Vec<_> = (0..2).map(|_| Keypair::generate_ed25519()).collect();
+    let member = keys[0].public().to_peer_id();
+    let tweak = |c: &mut Config| c.operators = vec![operator.clone()];
+    let first = start_with(dirs[0].path(), &keys[0], None, tweak, None).await;
+    let (k, v) = sealed(&op, true, &member.to_string());
+    first.put_roster(&k, &v).await.expect("admitted");
+    let mut cfg = test_config(first.addr().map(|a| a.to_string()));
+    tweak(&mut cfg);
+    let observer = mesh_agent::node::start(mesh_agent::node::NodeOptions {
+        config: cfg,
+        data_dir: Some(dirs[1].path().to_path_buf()),
+        keypair: keys[1].clone(),
+        psk: Some(psk(7)),
+        passive: true,
+        executor: None,
+    })
+    .await
+    .expect("observer starts");
+    let id = observer.peer_id.to_string();
+    within("the member refuses the observer", 30, async {
+        first
+            .wait_for(|o| o.refused.contains(&id))
+            .await
+            .expect("node running")
+    })
+    .await;
+    // What it sends over a few seconds once refused (a measure, not a wait).
+    let before = observer.status().await.expect("status").counters;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let after = observer.status().await.expect("status").counters;
+    let sessions = after.sync_sessions_started - before.sync_sessions_started;
+    let sent = after.bytes_out - before.bytes_out;
+    assert!(
+        sessions <= 100,
+        "{sessions} sync sessions in 3 s with a peer that refuses"
+    );
+    assert!(
+        sent <= 200_000,
+        "{sent} bytes sent in 3 s to a peer that refuses"
+    );
+    observer.shutdown().await;
+    first.shutdown().await;
+}

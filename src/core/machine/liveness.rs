@@ -5,6 +5,9 @@
 use super::*;
 use crate::core::model::Suspicion;
 
+/// A connection that closes sooner than this after it opened was refused, not lost.
+const BRIEF_CONNECTION_MS: u64 = 2_000;
+
 /// The least time between two looks for the rest of the mesh ([`Effect::Discover`]).
 pub(super) const DISCOVER_EVERY_MS: u64 = 30_000;
 /// How long a peer must keep counting more members than this node before it looks.
@@ -185,6 +188,46 @@ impl Core {
             && new.suspects.iter().all(|s| {
                 old.suspects.contains(s) || self.membership.named_by_another(&s.0, s.1, s.2, now_ms)
             })
+    }
+
+    /// A connection to `p` opened.
+    pub(super) fn connection_opened(&mut self, p: String, now_ms: u64) {
+        self.connected.insert(p.clone());
+        self.connected_at.insert(p.clone(), now_ms);
+        if !self.membership.knows(&p) {
+            self.strangers.insert(p.clone());
+        }
+        if self.refused.contains(&p) {
+            return;
+        }
+        // A new connection also merges event timelines (each side pulls), and syncs in
+        // full: after a partition or a restart the peer holds what its authors could not
+        // push to us.
+        self.events_pull.insert(p.clone());
+        self.full_sync(&p);
+        self.probe_now(&p, now_ms);
+    }
+
+    /// The connection to `p` closed.
+    pub(super) fn connection_lost(&mut self, p: String, now_ms: u64) {
+        self.connected.remove(&p);
+        self.strangers.remove(&p);
+        if !self.settle_checked.is_empty() {
+            self.settle_dirty.insert(p.clone());
+        }
+        self.sessions.remove(&p);
+        self.awaiting.remove(&p);
+        // The ingress allowance is per connection (and this keeps the map as small as
+        // the set of connected peers).
+        self.ingress.remove(&p);
+        // Gone, or only this connection: a probe tells (it dials again). Not one that
+        // closed as soon as it opened: the peer refuses this node (a closed mesh it is
+        // not a member of, a revoke), and probed at once it was dialled again at once,
+        // ~900 times a second; the probes of each period go on.
+        let opened = self.connected_at.remove(&p);
+        if opened.is_none_or(|t| now_ms.saturating_sub(t) >= BRIEF_CONNECTION_MS) {
+            self.probe_now(&p, now_ms);
+        }
     }
 
     /// Probes `peer` now (a new connection, a lost one), outside the period.

@@ -339,6 +339,9 @@ pub struct Core {
     other_epoch: BTreeSet<String>,
     moving: epoch::Moving,
     connected: BTreeSet<String>,
+    /// When each connected peer's connection opened (mono ms): one that closes at once
+    /// was refused (see [`Core::connection_lost`]).
+    connected_at: BTreeMap<String, u64>,
     /// Peers the membership did not know when they connected (see `settle::settle_count`).
     strangers: BTreeSet<String>,
     /// Peers with a session completed or a connection lost since settling claims were
@@ -475,6 +478,7 @@ impl Core {
             other_epoch: BTreeSet::new(),
             moving: Default::default(),
             connected: BTreeSet::new(),
+            connected_at: BTreeMap::new(),
             strangers: BTreeSet::new(),
             settle_dirty: BTreeSet::new(),
             settle_checked: BTreeSet::new(),
@@ -757,35 +761,8 @@ impl Core {
                 self.check_claims(now_ms, wall);
             }
             Input::OriginProbed(outcome) => self.origin_probed(now_ms, outcome),
-            Input::Connected(p) => {
-                self.connected.insert(p.clone());
-                if !self.membership.knows(&p) {
-                    self.strangers.insert(p.clone());
-                }
-                if self.refused.contains(&p) {
-                    return;
-                }
-                // A new connection also merges event timelines (each side pulls), and
-                // syncs in full: after a partition or a restart the peer holds what its
-                // authors could not push to us.
-                self.events_pull.insert(p.clone());
-                self.full_sync(&p);
-                self.probe_now(&p, now_ms);
-            }
-            Input::Disconnected(p) => {
-                self.connected.remove(&p);
-                self.strangers.remove(&p);
-                if !self.settle_checked.is_empty() {
-                    self.settle_dirty.insert(p.clone());
-                }
-                self.sessions.remove(&p);
-                self.awaiting.remove(&p);
-                // The ingress allowance is per connection (and this keeps the map as
-                // small as the set of connected peers).
-                self.ingress.remove(&p);
-                // Gone, or only this connection: a probe tells (it dials again).
-                self.probe_now(&p, now_ms);
-            }
+            Input::Connected(p) => self.connection_opened(p, now_ms),
+            Input::Disconnected(p) => self.connection_lost(p, now_ms),
         }
     }
 }

@@ -270,3 +270,28 @@ fn a_peer_counting_more_members_for_ten_seconds_makes_this_node_look_for_them() 
     a.handle(70_000, answer(70_001, 3));
     assert_eq!(discovers(&mut a), 0);
 }
+
+#[test]
+fn a_lost_connection_is_probed_at_once_but_not_one_the_peer_closed_as_it_opened() {
+    // A peer that refuses this node (a closed mesh it is not a member of, a revoke)
+    // closes each connection as it opens. Probing that loss at once dialled it again at
+    // once: ~900 connections a second from `status --bootstrap` against the testnet.
+    let mut a = core("A", 1);
+    let probes = |c: &mut Core| {
+        std::iter::from_fn(|| c.poll_effect())
+            .filter(|e| matches!(e, Effect::Probe { to, .. } if to == "B"))
+            .count()
+    };
+    a.handle(1_000, Input::Connected("B".into()));
+    assert_eq!(probes(&mut a), 1, "a new connection is probed");
+    a.handle(1_010, Input::Disconnected("B".into()));
+    assert_eq!(probes(&mut a), 0, "refused: not dialled again at once");
+    a.handle(2_000, Input::Connected("B".into()));
+    probes(&mut a);
+    a.handle(9_000, Input::Disconnected("B".into()));
+    assert_eq!(
+        probes(&mut a),
+        1,
+        "a connection that lasted is probed when lost"
+    );
+}
