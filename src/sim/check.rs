@@ -40,6 +40,8 @@ impl Sim {
         let down_at_from = match (last_crash, last_restart) {
             (Some(c), Some(r)) => c > r,
             (Some(_), None) => true,
+            // The late node (`SimConfig::late_join`) is down until it first comes up.
+            (None, None) => self.late == Some(n),
             _ => false,
         };
         !crashed && !restarted && !down_at_from

@@ -259,7 +259,9 @@ struct Sim {
     moves: u64,
     /// Epochs a node took up whole from a peer (a new node, `SimConfig::late_join`).
     joins: u64,
-    /// The late node that comes up as the first node moves (`SimConfig::late_join`).
+    /// The late node (`SimConfig::late_join`), and that it comes up as the first node
+    /// moves to epoch 2.
+    late: Option<usize>,
     join_on_move: Option<usize>,
     pauses: Vec<(u64, u64)>,
     /// What each node ran when last checked: (story, phase) of its running claims.
@@ -385,6 +387,7 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
     });
     if let Some((l, at, on_move)) = late {
         sim.nodes[l].core = None;
+        sim.late = Some(l);
         sim.join_on_move = on_move.then_some(l);
         sim.at(at, Ev::Restart(l));
     }

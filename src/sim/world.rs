@@ -78,6 +78,7 @@ impl Sim {
             moving_since: Vec::new(),
             moves: 0,
             joins: 0,
+            late: None,
             join_on_move: None,
             pauses: Vec::new(),
             running: Vec::new(),
