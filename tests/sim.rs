@@ -57,7 +57,7 @@ fn clean_network_seeds_with_storage_faults_hold_every_invariant() {
     assert!(t.stops > 0, "the runs must stop nodes cleanly");
     // Here a crash seldom finds an unflushed tail (1-3 of these 300 runs: the shell
     // flushes before anything leaves), so tails lost and torn are the hostile runs' to
-    // show (two dozen lost, a dozen torn in theirs).
+    // show (about a dozen lost, a few torn in theirs).
     assert!(t.aborted > 0, "no user write failed to append or flush");
     assert_eq!(
         t.skewed, 0,
@@ -69,7 +69,9 @@ fn clean_network_seeds_with_storage_faults_hold_every_invariant() {
 fn hostile_network_seeds_with_storage_faults_hold_every_invariant() {
     // Plus drops, partitions, pauses past the lease, and a wall clock off by more than
     // the drift bound for a while (the node must claim nothing while it sees that).
-    let t = run_seeds(1_000..1_300, Mode::Hostile);
+    // (Seeds 1 000-1 299 lost 11 tails and tore none once a connection closed as it
+    // opened was no longer probed at once: 0-299 lost 11 and tore 6.)
+    let t = run_seeds(0..300, Mode::Hostile);
     assert!(t.merged > 0, "the runs must do real work");
     assert!(t.stops > 0, "the runs must stop nodes cleanly");
     assert_storage_faults_happened(&t);
@@ -581,8 +583,9 @@ fn the_simulator_catches_a_shell_that_lets_a_cancelled_story_land() {
     // 276, 341, 370 and 396 of seeds 0-599. Since a push the peer holds ends without
     // automerge sync (`covered`): clean 140 and 143 of 0-599. Since any session may be
     // answered `covered`: clean 101 of 0-599. Since a suspicion another peer named
-    // already stays unpublished: clean 276, 377, 408 and hostile 307 of 0-599.)
-    let seed = 276;
+    // already stays unpublished: clean 276, 377, 408 and hostile 307 of 0-599. Since a
+    // connection closed as it opened is not probed at once: clean 408 of 0-599.)
+    let seed = 408;
     let mut cfg = SimConfig::new(Mode::Clean);
     cfg.steer = true;
     cfg.broken_cancel = true;
