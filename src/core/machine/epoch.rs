@@ -213,11 +213,11 @@ impl Core {
         if now_ms < self.moving.prev_checked_ms + self.cfg.membership.heartbeat_ms {
             return;
         }
+        self.moving.prev_checked_ms = now_ms;
         if self.moving.prev.is_none() {
             self.ask_previous(now_ms);
             return;
         }
-        self.moving.prev_checked_ms = now_ms;
         if self.every_known(now_ms, false) {
             tracing::info!("every node is on this epoch; the previous document is let go");
             (self.moving.prev, self.moving.prev_done) = (None, true);
