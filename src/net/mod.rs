@@ -384,8 +384,7 @@ pub async fn spawn(
         remembered: Vec::new(),
         max_peers: cfg.max_peers as usize,
         metrics,
-        connected: HashSet::new(),
-        up_since: HashMap::new(),
+        connected: HashMap::new(),
         lost_brief: false,
         refused: HashSet::new(),
         test_blocked: HashSet::new(),
@@ -403,9 +402,8 @@ struct EventLoop {
     remembered: Vec<Multiaddr>,
     max_peers: usize,
     metrics: Arc<NetMetrics>,
-    connected: HashSet<PeerId>,
-    /// When each connected peer's first connection opened.
-    up_since: HashMap<PeerId, Instant>,
+    /// Connected peers, and when each one's first connection opened.
+    connected: HashMap<PeerId, Instant>,
     /// The last peer lost had been connected for less than [`BRIEF`]: it closes this
     /// node's connections at once (a closed mesh refusing a non-member, a revoked node).
     lost_brief: bool,
@@ -548,7 +546,7 @@ impl EventLoop {
             NetCommand::Info(tx) => {
                 let _ = tx.send(NetInfo {
                     listen_addrs: self.swarm.listeners().cloned().collect(),
-                    connected: self.connected.iter().copied().collect(),
+                    connected: self.connected.keys().copied().collect(),
                 });
             }
         }
@@ -573,8 +571,7 @@ impl EventLoop {
             } => {
                 if num_established.get() == 1 {
                     tracing::info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
-                    self.connected.insert(peer_id);
-                    self.up_since.insert(peer_id, Instant::now());
+                    self.connected.insert(peer_id, Instant::now());
                     self.emit(NetEvent::Connected(peer_id)).await;
                 }
                 if endpoint.is_dialer() {
@@ -593,8 +590,7 @@ impl EventLoop {
                 ..
             } => {
                 tracing::info!(peer = %peer_id, "peer disconnected");
-                self.connected.remove(&peer_id);
-                let up = self.up_since.remove(&peer_id);
+                let up = self.connected.remove(&peer_id);
                 self.lost_brief = up.is_some_and(|t| t.elapsed() < BRIEF);
                 if self.lost_brief {
                     // Kademlia would dial it again at once (its queries, the
@@ -703,7 +699,7 @@ impl EventLoop {
                 .await;
             }
             BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. })
-                if !self.connected.contains(&peer) && self.connected.len() < self.max_peers =>
+                if !self.connected.contains_key(&peer) && self.connected.len() < self.max_peers =>
             {
                 let _ = self.swarm.dial(peer);
             }
