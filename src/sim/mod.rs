@@ -370,6 +370,14 @@ impl Titles for crate::core::state::View {
 
 /// Runs one seed.
 pub fn run(seed: u64, cfg: &SimConfig) -> Report {
+    // Five nodes on one thread check each value five times and again on each restart.
+    crate::core::trust::remember_checks(true);
+    let report = run_seed(seed, cfg);
+    crate::core::trust::remember_checks(false);
+    report
+}
+
+fn run_seed(seed: u64, cfg: &SimConfig) -> Report {
     let mut sim = Sim::new(seed, cfg.clone());
     // A closed mesh: node0 carries the operator's admissions before anyone connects.
     sim.admit_all();
