@@ -326,9 +326,12 @@ const REMEMBERED: usize = 1 << 16;
 std::thread_local! {
     /// The signatures [`SigCheck::holds`] found good on this thread, by signature, each
     /// with its key and message; `None` unless [`remember_checks`] asked for it.
-    static GOOD: std::cell::RefCell<Option<HashMap<[u8; 64], (VerifyingKey, Vec<u8>)>>> =
+    static GOOD: std::cell::RefCell<Option<GoodChecks>> =
         const { std::cell::RefCell::new(None) };
 }
+
+/// Good signatures, each with the key and message it was checked against.
+type GoodChecks = HashMap<[u8; 64], (VerifyingKey, Vec<u8>)>;
 
 /// Makes [`SigCheck::holds`] on this thread remember each signature it finds good and
 /// answer the same check again (the same key, message and signature, compared whole)
