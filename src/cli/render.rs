@@ -44,6 +44,13 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
     for a in &r.listen_addrs {
         let _ = writeln!(o, "  listening {a}");
     }
+    if let Some(why) = super::commands::observer_cut_off(r) {
+        let _ = writeln!(
+            o,
+            "  {why}:\n  this is the mesh as first synced (peers and claims as of then). For a live view\n  \
+             run `mesh-agent status` on a member's machine, or open its dashboard"
+        );
+    }
     let count = |s: &str| r.peers.iter().filter(|p| p.state.as_str() == s).count();
     let _ = writeln!(
         o,
@@ -286,6 +293,8 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
             .count();
         let me = if r.roster.is_member(&r.peer_id) {
             "a member".to_string()
+        } else if r.passive {
+            "an observer, not on it (members refuse it)".to_string()
         } else if r.roster.is_revoked(&r.peer_id) {
             "REVOKED: nothing it writes counts".to_string()
         } else {
