@@ -436,6 +436,11 @@ fn an_operator_admits_and_revokes_nodes_through_the_cli() {
     );
     assert!(seen.contains("the mesh as first synced"), "{seen}");
     assert!(seen.contains("written once admitted"), "{seen}");
+    // Without the operators it counts none of their admissions, and says why.
+    assert!(
+        seen.contains("it has none, so it takes the mesh for an open one"),
+        "{seen}"
+    );
     assert!(seen.contains("(1 alive, 0 suspect, 0 dead)"), "{seen}");
     // With the mesh's operators in its config, it knows why at once.
     std::fs::write(
@@ -456,6 +461,7 @@ fn an_operator_admits_and_revokes_nodes_through_the_cli() {
         "{seen}"
     );
     assert!(seen.contains("(1 alive, 0 suspect, 0 dead)"), "{seen}");
+    assert!(!seen.contains("refused facts"), "{seen}");
 }
 
 /// `log --json` names the verified author of each fact: the node that added the story and

@@ -5,7 +5,7 @@
 use mesh_agent::core::model::{
     Event, EventKind, KnowledgeFact, KnowledgeKind, MAX_ATTEMPTS, MAX_TAKEOVERS,
 };
-use mesh_agent::core::state::{AuditEntry, Standing, StoryView};
+use mesh_agent::core::state::{AuditEntry, FactKind, Standing, StoryView};
 use mesh_agent::node::StatusReport;
 use std::collections::BTreeMap;
 
@@ -321,6 +321,16 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
             "refused facts: {total} ({}): unsigned, mis-signed, invalid or not the author's to write",
             each.join(", ")
         );
+        let operators_only = [FactKind::Admit, FactKind::Revoke, FactKind::Command];
+        if r.roster.operators.is_empty()
+            && r.rejected.iter().any(|x| operators_only.contains(&x.kind))
+        {
+            let _ = writeln!(
+                o,
+                "  roster facts and commands count only by an operator this node's config names\n  \
+                 (`operators` in config.toml): it has none, so it takes the mesh for an open one"
+            );
+        }
     }
     o
 }
