@@ -304,6 +304,11 @@ impl Collector for Snapshot {
             "Connections refused at the handshake (wrong mesh key, not a member).",
             c.handshake_failures,
         )?;
+        o.counter(
+            "closed_on_open",
+            "Connections a peer closed as they opened: it refuses this node (not on a closed mesh's roster).",
+            c.closed_on_open,
+        )?;
         o.gauge(
             "document_bytes",
             "Bytes of the document in the store.",

@@ -98,24 +98,22 @@ pub(crate) fn observe(dir: &Path, a: &StatusArgs) -> Result<StatusReport> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(a.timeout_secs);
         let quiet = Duration::from_millis(hb * 2);
         let mut rx = handle.observe();
+        let mut refused = false;
         let mut progress = super::progress::Progress::new();
         let started = tokio::time::Instant::now();
-        let mut roster_checked = false;
         loop {
             let o = rx.borrow_and_update().clone();
             let synced = o.sync_sessions_completed > 0 && !o.alive.is_empty();
-            // A mesh with operators refuses an observer not on its roster (an observer's
-            // key is fresh) once its members see it: waiting on, it would watch its peers
-            // go dead and their claims expire. Report the mesh as first synced: at once
-            // where its config names the operators, else when its connections close.
-            if synced && o.connected == 0 {
+            // A mesh with operators refuses an observer (its key is fresh, so not on the
+            // roster) as it connects: say so, rather than wait out the timeout.
+            if !synced && o.closed_on_open >= REFUSALS {
+                refused = true;
                 break;
             }
-            if synced && !roster_checked {
-                roster_checked = true;
-                if handle.status().await.is_some_and(|r| refused_observer(&r)) {
-                    break;
-                }
+            // Cut off after it synced: report the mesh as then, not after watching its
+            // peers go dead and their claims expire.
+            if synced && o.connected == 0 {
+                break;
             }
             progress.show(&format!(
                 "{} through {}: {:.0}s of {}s, {} peer(s) alive, {} connected",
@@ -142,8 +140,12 @@ pub(crate) fn observe(dir: &Path, a: &StatusArgs) -> Result<StatusReport> {
         handle.kill().await;
         match report {
             Some(r) if r.connected > 0 || !r.peers.is_empty() => Ok(r),
+            _ if refused => Err(anyhow!(
+                "the mesh through {} closed each connection as it opened: a mesh with operators refuses an observer, whose key is fresh and so not on its roster (run `mesh-agent status` on a member's machine, or open its dashboard)",
+                a.bootstrap.join(", ")
+            )),
             _ => Err(anyhow!(
-                "could not reach the mesh through {} within {}s (check the address and the pre-shared key; a mesh with operators may refuse an observer before it syncs: run `mesh-agent status` on a member's machine)",
+                "could not reach the mesh through {} within {}s (check the address and the pre-shared key)",
                 a.bootstrap.join(", "),
                 a.timeout_secs
             )),
@@ -151,22 +153,14 @@ pub(crate) fn observe(dir: &Path, a: &StatusArgs) -> Result<StatusReport> {
     })
 }
 
-/// A passive observer the mesh's roster does not hold (as its config's operators have
-/// it): its members refuse it.
-pub(crate) fn refused_observer(r: &StatusReport) -> bool {
-    r.passive && r.roster.enforced && !r.roster.is_member(&r.peer_id)
-}
+/// Connections closed as they opened before an observer gives up on a mesh: it refuses
+/// the observer.
+const REFUSALS: u64 = 2;
 
-/// What an observer's report is, when it is not the live mesh: refused, or cut off after
-/// it synced (`status --bootstrap` reports then, not once its peers look dead).
-pub(crate) fn observer_cut_off(r: &StatusReport) -> Option<&'static str> {
-    if refused_observer(r) {
-        Some("not on the mesh's roster, so its members refuse this observer once they see it")
-    } else if r.passive && r.connected == 0 && !r.peers.is_empty() {
-        Some("its peers closed this observer's connections after it synced (a mesh with operators refuses an observer not on its roster)")
-    } else {
-        None
-    }
+/// An observer cut off from the mesh after it synced: `status --bootstrap` reports then,
+/// not once its peers look dead.
+pub(crate) fn observer_cut_off(r: &StatusReport) -> bool {
+    r.passive && r.connected == 0 && !r.peers.is_empty()
 }
 
 pub(crate) fn claims(dir: &Path, json: bool) -> Result<()> {

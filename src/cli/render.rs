@@ -44,11 +44,12 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
     for a in &r.listen_addrs {
         let _ = writeln!(o, "  listening {a}");
     }
-    if let Some(why) = super::commands::observer_cut_off(r) {
+    if super::commands::observer_cut_off(r) {
         let _ = writeln!(
             o,
-            "  {why}:\n  this is the mesh as first synced (peers and claims as of then). For a live view\n  \
-             run `mesh-agent status` on a member's machine, or open its dashboard"
+            "  its peers closed this observer's connections after it synced: this is the mesh as\n  \
+             first synced (peers and claims as of then). For a live view run `mesh-agent status`\n  \
+             on a member's machine, or open its dashboard"
         );
     }
     let count = |s: &str| r.peers.iter().filter(|p| p.state.as_str() == s).count();
@@ -271,7 +272,8 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
     let _ = writeln!(
         o,
         "traffic: {} in, {} out; sync sessions {}/{} done; malformed dropped {}; oversized frames {}; \
-         over the ingress rate {}; refused at the size cap {}; of another epoch {}; handshake failures {}",
+         over the ingress rate {}; refused at the size cap {}; of another epoch {}; handshake failures {}; \
+         closed by the peer as they opened {}",
         fmt_bytes(c.bytes_in),
         fmt_bytes(c.bytes_out),
         c.sync_sessions_completed,
@@ -281,7 +283,8 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
         c.ingress_dropped,
         c.full_dropped,
         c.other_epoch_dropped,
-        c.handshake_failures
+        c.handshake_failures,
+        c.closed_on_open
     );
     if r.roster.enforced {
         let revoked = r.roster.revoked.len();

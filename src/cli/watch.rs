@@ -386,6 +386,40 @@ mod tests {
     }
 
     #[test]
+    fn an_observer_cut_off_after_it_synced_says_its_report_is_not_live() {
+        let mut r = report();
+        assert!(!super::super::render::render_status(&r).contains("as first synced"));
+        r.passive = true;
+        r.connected = 0;
+        let text = super::super::render::render_status(&r);
+        assert!(
+            text.contains("closed this observer's connections after it synced")
+                && text.contains("the mesh as\n  first synced"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_node_without_the_operators_says_why_it_refused_their_roster_facts() {
+        use mesh_agent::core::state::FactKind;
+        use mesh_agent::node::RejectedFacts;
+        let mut r = report();
+        let fact = |kind| RejectedFacts {
+            author: "12D3KooWoperator".into(),
+            kind,
+            count: 2,
+        };
+        r.rejected = vec![fact(FactKind::Story)];
+        let hint = "it has none, so it takes the mesh for an open one";
+        assert!(!super::super::render::render_status(&r).contains(hint));
+        r.rejected.push(fact(FactKind::Admit));
+        let text = super::super::render::render_status(&r);
+        assert!(text.contains(hint), "{text}");
+        r.roster.operators = vec!["12D3KooWoperator".into()];
+        assert!(!super::super::render::render_status(&r).contains(hint));
+    }
+
+    #[test]
     fn status_names_this_nodes_epoch_and_the_peers_on_another() {
         let mut r = report();
         let plain = super::super::render::render_status(&r);

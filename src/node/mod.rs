@@ -257,6 +257,8 @@ pub struct Observation {
     pub dead: Vec<String>,
     pub connected: usize,
     pub handshake_failures: u64,
+    /// Connections a peer closed as they opened (`Counters::closed_on_open`).
+    pub closed_on_open: u64,
     pub sync_sessions_completed: u64,
     /// Heartbeats this node has received from peers (grows with time on a live mesh).
     pub heartbeats_received: u64,

@@ -96,6 +96,7 @@ impl Runtime {
         set!(heads_digest, core.digest());
         set!(connected, core.connected().len());
         set!(handshake_failures, c.handshake_failures);
+        set!(closed_on_open, c.closed_on_open);
         set!(sync_sessions_completed, c.sync_sessions_completed);
         set!(heartbeats_received, c.heartbeats_received);
         set!(joined_at_ms, core.joined_at_ms());

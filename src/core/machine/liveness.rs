@@ -197,7 +197,7 @@ impl Core {
         if !self.membership.knows(&p) {
             self.strangers.insert(p.clone());
         }
-        if self.refused.contains(&p) {
+        if self.refused_on_connect(&p) {
             return;
         }
         // A new connection also merges event timelines (each side pulls), and syncs in
@@ -227,6 +227,8 @@ impl Core {
         let opened = self.connected_at.remove(&p);
         if opened.is_none_or(|t| now_ms.saturating_sub(t) >= BRIEF_CONNECTION_MS) {
             self.probe_now(&p, now_ms);
+        } else {
+            self.counters.closed_on_open += 1;
         }
     }
 

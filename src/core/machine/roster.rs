@@ -10,6 +10,7 @@
 //! stop waiting for it.
 
 use super::*;
+use crate::core::state::RosterView;
 
 /// How this node finds itself on the roster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,22 +80,7 @@ impl Core {
                 .map(|p| p.peer),
         );
         for p in known {
-            if p != self.peer && !roster.is_member(&p) && self.refused.insert(p.clone()) {
-                let why = if roster.is_revoked(&p) {
-                    "revoked by an operator"
-                } else {
-                    "not on the roster"
-                };
-                tracing::warn!(peer = %p, why, "refusing a peer");
-                self.membership.left(&p);
-                self.sessions.remove(&p);
-                self.awaiting.remove(&p);
-                self.effects.push_back(Effect::Refuse {
-                    peer: p.clone(),
-                    refuse: true,
-                });
-                self.emit(EventKind::PeerRefused, None, None, 0, format!("{p}: {why}"));
-            }
+            self.refuse_unless_member(p, roster);
         }
         let admitted: Vec<String> = self
             .refused
@@ -117,6 +103,44 @@ impl Core {
                 format!("{p}: admitted, accepted again"),
             );
         }
+    }
+
+    /// Refuses `p` if `roster` (enforced, holding this node) does not hold it.
+    fn refuse_unless_member(&mut self, p: String, roster: &RosterView) {
+        if p == self.peer || roster.is_member(&p) || !self.refused.insert(p.clone()) {
+            return;
+        }
+        let why = if roster.is_revoked(&p) {
+            "revoked by an operator"
+        } else {
+            "not on the roster"
+        };
+        tracing::warn!(peer = %p, why, "refusing a peer");
+        self.membership.left(&p);
+        self.sessions.remove(&p);
+        self.awaiting.remove(&p);
+        self.effects.push_back(Effect::Refuse {
+            peer: p.clone(),
+            refuse: true,
+        });
+        self.emit(EventKind::PeerRefused, None, None, 0, format!("{p}: {why}"));
+    }
+
+    /// A peer just connected: refused at once, before a byte of the document goes to it,
+    /// if this node is a member of a mesh with operators and the roster does not hold the
+    /// peer (the tick would refuse it too, but only after a first sync had handed a
+    /// non-member — a fresh key, a revoked node under a new one — the whole document).
+    /// Whether it was refused.
+    pub(super) fn refused_on_connect(&mut self, p: &str) -> bool {
+        if self.refused.contains(p) {
+            return true;
+        }
+        let roster = self.doc.roster();
+        if !roster.enforced || !roster.is_member(&self.peer) || roster.is_member(p) {
+            return false;
+        }
+        self.refuse_unless_member(p.to_string(), &roster);
+        true
     }
 
     /// This node was revoked: its running jobs stop and it holds nothing (its releases

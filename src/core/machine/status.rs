@@ -91,6 +91,10 @@ pub struct Counters {
     #[serde(default)]
     pub sync_bytes_out: u64,
     pub handshake_failures: u64,
+    /// Connections a peer closed as they opened (within 2 s): it refuses this node (a
+    /// mesh with operators refuses a node not on its roster).
+    #[serde(default)]
+    pub closed_on_open: u64,
     /// Sync frames refused by the network shell for announcing more than the cap
     /// (filled in by the shell, like the byte counts).
     #[serde(default)]

@@ -443,3 +443,75 @@ fn a_live_holder_keeps_its_claims_renewed_at_its_peers_and_a_silent_one_does_not
         renewed(&mut b, now)
     );
 }
+
+/// Where effects went: the peers sent a sync frame and the peers refused.
+fn sent_and_refused(c: &mut Core) -> (Vec<String>, Vec<String>) {
+    let (mut sent, mut refused) = (Vec::new(), Vec::new());
+    while let Some(e) = c.poll_effect() {
+        match e {
+            Effect::SendSync { to, .. } => sent.push(to),
+            Effect::Refuse { peer, refuse: true } => refused.push(peer),
+            _ => {}
+        }
+    }
+    (sent, refused)
+}
+
+#[test]
+fn a_member_refuses_a_peer_off_the_roster_as_it_connects_before_any_of_the_document_leaves() {
+    // The tick refused a non-member, but only after the connection's first sync had handed
+    // it the whole document: any mesh-key holder read a closed mesh with a fresh key.
+    let mut a = steered("A");
+    let mut now = 0;
+    ticks(&mut a, &mut now, 2);
+    a.handle(now, Input::Connected("C".into()));
+    let (sent, refused) = sent_and_refused(&mut a);
+    assert_eq!(refused, vec!["C".to_string()]);
+    assert!(sent.is_empty(), "sent to a non-member: {sent:?}");
+    assert!(a.refused().contains("C"));
+    // Its sync frame gets an empty answer (the shell closes the connection).
+    let mut c = core("C", 9);
+    c.handle(now, Input::Connected("A".into()));
+    let frame = std::iter::from_fn(|| c.poll_effect())
+        .find_map(|e| match e {
+            Effect::SendSync { data, .. } => Some(data),
+            _ => None,
+        })
+        .expect("C's first sync frame");
+    a.handle(
+        now,
+        Input::SyncRequest {
+            from: "C".into(),
+            data: frame,
+            reply: 0,
+        },
+    );
+    let answers: Vec<usize> = std::iter::from_fn(|| a.poll_effect())
+        .filter_map(|e| match e {
+            Effect::Respond { data, .. } => Some(data.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers, vec![0], "answered a non-member");
+    // A member connects as before: a full sync goes to it.
+    a.handle(now, Input::Connected("B".into()));
+    let (sent, refused) = sent_and_refused(&mut a);
+    assert!(refused.is_empty(), "{refused:?}");
+    assert_eq!(sent, vec!["B".to_string()]);
+}
+
+#[test]
+fn a_node_not_on_its_own_roster_yet_refuses_no_one_as_it_connects() {
+    // A new node's document holds no roster yet: it cannot tell members from strangers,
+    // and refusing its bootstrap peer would keep it out for good.
+    let mut cfg = worker_alone("N", 5).cfg;
+    cfg.work = false;
+    let doc = Doc::new([5; 16])
+        .with_test_names()
+        .with_operators(["OP".to_string()].into());
+    let mut n = Core::new("N".into(), cfg, doc, 1);
+    n.handle(0, Input::Connected("A".into()));
+    let (sent, refused) = sent_and_refused(&mut n);
+    assert!(refused.is_empty(), "{refused:?}");
+    assert_eq!(sent, vec!["A".to_string()]);
+}
