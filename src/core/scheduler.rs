@@ -423,7 +423,7 @@ impl std::fmt::Display for Waiting {
                 write!(f, ", since {h:02}:{m:02}:{s:02} UTC)")
             }
             Waiting::Dependency { story, then } => {
-                write!(f, "waits for dependency {story}, which is {then}")
+                write!(f, "waits for dependency {story}, which {}", Chained(then))
             }
             Waiting::FileLocked { file, story, node } => write!(
                 f,
@@ -1138,6 +1138,17 @@ mod tests {
             format!(
                 "waits for dependency S-0001, which is claimed by node {B} (research, since 00:00:00 UTC)"
             )
+        );
+        // Along a chain, each link reads on from the last.
+        let chain = Waiting::Dependency {
+            story: "S-0002".into(),
+            then: Box::new(w),
+        };
+        assert!(
+            chain.to_string().starts_with(
+                "waits for dependency S-0002, which waits for dependency S-0001, which is claimed"
+            ),
+            "{chain}"
         );
         // No node has announced any role yet.
         d.put_release(
