@@ -75,7 +75,7 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
                 short(&p.peer),
                 p.state.as_str(),
                 fmt_ago(p.last_seen_ago_ms),
-                p.roles.join(","),
+                roles(&p.roles),
                 p.peer
             );
         }
@@ -336,6 +336,19 @@ pub(crate) fn render_status(r: &StatusReport) -> String {
         }
     }
     o
+}
+
+/// A node's roles for a table: `all` when it takes every phase (the default, eight names
+/// wide), else their names.
+pub(crate) fn roles(roles: &[String]) -> String {
+    let every = mesh_agent::core::model::Phase::ALL
+        .iter()
+        .all(|p| roles.iter().any(|r| r == p.as_str()));
+    if every {
+        "all".to_string()
+    } else {
+        roles.join(",")
+    }
 }
 
 pub(crate) fn short(peer: &str) -> &str {

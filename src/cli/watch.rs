@@ -180,7 +180,7 @@ pub(crate) fn render_frame(
             p.peer,
             p.state.as_str(),
             fmt_ago(p.last_seen_ago_ms),
-            p.roles.join(",")
+            super::render::roles(&p.roles)
         ));
     }
     o.push(String::new());
@@ -383,6 +383,20 @@ mod tests {
             round: 0,
             detail: detail.into(),
         }
+    }
+
+    #[test]
+    fn a_node_taking_every_phase_shows_its_roles_as_all() {
+        let mut r = report();
+        r.peers[0].roles = vec!["research".into(), "merge".into()];
+        let text = super::super::render::render_status(&r);
+        assert!(text.contains(" research,merge "), "{text}");
+        r.peers[0].roles = Phase::ALL.iter().map(|p| p.as_str().to_string()).collect();
+        let text = super::super::render::render_status(&r);
+        assert!(
+            text.contains(" all ") && !text.contains("refine,"),
+            "{text}"
+        );
     }
 
     #[test]
