@@ -141,7 +141,7 @@ pub(crate) fn observe(dir: &Path, a: &StatusArgs) -> Result<StatusReport> {
         match report {
             Some(r) if r.connected > 0 || !r.peers.is_empty() => Ok(r),
             _ if refused => Err(anyhow!(
-                "the mesh through {} closed each connection as it opened: a mesh with operators refuses an observer, whose key is fresh and so not on its roster (run `mesh-agent status` on a member's machine, or open its dashboard)",
+                "the mesh through {} closed each connection as it opened: a mesh with operators refuses an observer, whose key is fresh and so not on its roster (or the peer is at its `max_peers`); run `mesh-agent status` on a member's machine, or open its dashboard",
                 a.bootstrap.join(", ")
             )),
             _ => Err(anyhow!(
