@@ -750,7 +750,14 @@ impl Core {
             Input::SyncFailed { from } => {
                 self.counters.sync_failures += 1;
                 self.prev_failed(&from);
-                self.sessions.remove(&from);
+                // A sync asked for while this one was out (a new connection's full sync, a
+                // push) still goes to a peer that is connected: it went down with the
+                // failed session, and a node waiting for that peer to settle waited on
+                // for anti-entropy or its backoff (clean seed 85328: a takeover late).
+                let failed = self.sessions.remove(&from);
+                if let Some(s) = failed.filter(|s| s.again && self.connected.contains(&from)) {
+                    self.open_session_as(&from, s.again_push, s.again_full);
+                }
                 self.check_settling(now_ms);
             }
             Input::WorkFinished { claim, outcome } => {

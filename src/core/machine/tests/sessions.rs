@@ -303,3 +303,33 @@ fn a_frame_naming_our_latest_change_carries_no_automerge_message_and_a_full_sync
     assert_eq!(titles(&a).len(), 67, "B's writers' stories reached A");
     assert!(a.synced_since("B", mark), "the session completed");
 }
+
+#[test]
+fn a_sync_asked_for_while_one_was_out_still_goes_when_that_one_fails() {
+    // A peer reconnected while a session with it was out (opened while it was down):
+    // the new connection's full sync waited behind it, and went down with it when it
+    // failed, so the node never synced with the peer until anti-entropy; a claim waiting
+    // for that peer to settle waited too (clean seed 85328: a takeover late).
+    let mut a = core("A", 1);
+    a.handle(0, Input::Connected("B".into()));
+    let sent = |a: &mut Core| {
+        std::iter::from_fn(|| a.poll_effect())
+            .filter(|e| matches!(e, Effect::SendSync { to, .. } if to == "B"))
+            .count()
+    };
+    assert_eq!(sent(&mut a), 1, "the connection's first sync");
+    // Asked again while it is out: it waits for the one out.
+    a.full_sync("B");
+    assert_eq!(sent(&mut a), 0);
+    a.handle(10, Input::SyncFailed { from: "B".into() });
+    assert_eq!(
+        sent(&mut a),
+        1,
+        "the sync asked for went down with the failed one"
+    );
+    // Not to a peer that is gone: its next connection syncs in full anyway.
+    a.full_sync("B");
+    a.handle(20, Input::Disconnected("B".into()));
+    a.handle(30, Input::SyncFailed { from: "B".into() });
+    assert_eq!(sent(&mut a), 0);
+}
