@@ -227,7 +227,7 @@ fn a_sync_lost_with_a_failed_session_does_not_delay_a_takeover() {
     // node3 was down; node3 came back and the new connection's full sync waited behind
     // that session, then went down with it when it failed. node1 never synced with node3,
     // so its claims waited for node3 to answer until a backoff ran out, and its takeover
-    // of a crashed node's review started 260 ms past the bound. A sync asked for while
+    // of a crashed node's review started 286 ms past the bound. A sync asked for while
     // one was out now goes when that one fails.
     let r = run(85_328, &SimConfig::new(Mode::Clean));
     assert!(
