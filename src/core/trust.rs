@@ -323,7 +323,7 @@ impl SigCheck {
 /// at once and remembered afresh).
 const REMEMBERED: usize = 1 << 16;
 
-std::thread_local! {
+thread_local! {
     /// The signatures [`SigCheck::holds`] found good on this thread, by signature, each
     /// with its key and message; `None` unless [`remember_checks`] asked for it.
     static GOOD: std::cell::RefCell<Option<GoodChecks>> =
