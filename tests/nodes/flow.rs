@@ -7,7 +7,7 @@
 use crate::common::*;
 use libp2p::identity::Keypair;
 use mesh_agent::config::Config;
-use mesh_agent::core::model::{Event, EventKind, Phase, StoryStatus, Verdict};
+use mesh_agent::core::model::{Event, EventKind, NewStory, Phase, StoryStatus, Verdict};
 use mesh_agent::core::state::View;
 use mesh_agent::demo;
 use mesh_agent::git::main_log;
@@ -866,6 +866,150 @@ async fn a_new_node_joins_a_mesh_that_moved_to_a_new_epoch_and_the_backlog_lands
     let mut landed: BTreeMap<String, usize> = BTreeMap::new();
     for c in main_log(&origin).expect("main log") {
         if let Some(key) = c.trailer("Mesh-Story-Key") {
+            *landed.entry(key.to_string()).or_default() += 1;
+        }
+    }
+    assert!(landed.values().all(|&n| n == 1), "landed twice: {landed:?}");
+    assert_eq!(landed.len(), merged);
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+/// A story whose body is `len` bytes of text that compresses poorly (so a few of them
+/// make a document of a known stored size).
+fn bulky(i: usize, len: usize) -> NewStory {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ i as u64;
+    let body: String = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(
+                b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                    [(x % 62) as usize],
+            )
+        })
+        .collect();
+    NewStory {
+        title: format!("bulky story {i}"),
+        body,
+        files: vec![format!("src/bulky{i}.txt")],
+        ..Default::default()
+    }
+}
+
+/// Copies a stopped node's data directory (a backup of its store as it was then).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("backup dir");
+    for entry in std::fs::read_dir(from).expect("data dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_back_on_the_document_its_peers_moved_from_is_served_their_archive_and_moves_itself()
+{
+    // A, B and C move to epoch 1 together, and all stop: the document they moved from
+    // is in their stores' archives only. C comes back with its store as it was before
+    // the cut (a backup taken then: a node that crashed right after the cut, before it
+    // synced it). A restarted peer reads its archive (`Effect::LoadPrevious`) and serves
+    // it the cut, and C builds the seed itself and moves. No node holds the previous
+    // document in memory any more, so C can only move if a peer read its archive. (C
+    // holds more than a new node's few KiB: no new node, which would take the epoch up
+    // whole instead; it claims no work, so its backup lacks none of its own claims.)
+    let tmp = tempfile::tempdir().expect("tmp");
+    let origin = tmp.path().join("origin.git");
+    demo::create_origin(&origin).expect("origin");
+    let keys: Vec<Keypair> = (0..3).map(|_| Keypair::generate_ed25519()).collect();
+    let dirs: Vec<_> = (0..3).map(|i| tmp.path().join(format!("n{i}"))).collect();
+    let backup = tmp.path().join("n2-before-the-cut");
+    let cfg = |c: &mut Config| {
+        flow_config(c, &origin);
+        c.epoch_after = 10;
+    };
+    let idle = |c: &mut Config| {
+        cfg(c);
+        c.work = false;
+    };
+    let a = start_with(&dirs[0], &keys[0], None, cfg, None).await;
+    let b = start_with(&dirs[1], &keys[1], Some(&a), cfg, None).await;
+    let c = start_with(&dirs[2], &keys[2], Some(&a), idle, None).await;
+    wait_all_alive(&[&a, &b, &c]).await;
+    let bulky: Vec<NewStory> = (0..3).map(|i| bulky(i, 60_000)).collect();
+    for s in &bulky {
+        a.add_story(s.clone()).await.expect("story added");
+    }
+    wait_view(&c, "C holds the first stories", 60, |v| {
+        v.stories.len() == bulky.len()
+    })
+    .await;
+    c.shutdown().await;
+    copy_dir(&dirs[2], &backup);
+    let c = start_with(&dirs[2], &keys[2], Some(&a), idle, None).await;
+    wait_all_alive(&[&a, &b, &c]).await;
+    // Nine more: the mesh moves once ten are merged, and not again (two merged since).
+    for i in 0..9 {
+        a.add_story(NewStory {
+            title: format!("story {i} after the backup"),
+            body: "A story carried to a move.".into(),
+            files: vec![format!("src/after{i}.txt")],
+            ..Default::default()
+        })
+        .await
+        .expect("story added");
+    }
+    let total = bulky.len() + 9;
+    for n in [&a, &b, &c] {
+        wait_view(n, "the backlog settled on epoch 1", 300, |v| {
+            epoch_of(v) == 1 && all_settled_across_epochs(v, total)
+        })
+        .await;
+    }
+    for n in [a, b, c] {
+        n.shutdown().await;
+    }
+    let a = start_with(&dirs[0], &keys[0], None, cfg, None).await;
+    let b = start_with(&dirs[1], &keys[1], Some(&a), cfg, None).await;
+    for n in [&a, &b] {
+        wait_view(n, "a restarted node on epoch 1", 60, |v| epoch_of(v) == 1).await;
+    }
+    let c = start_with(&backup, &keys[2], Some(&a), idle, None).await;
+    assert_eq!(
+        epoch_of(&c.view().await.expect("view")),
+        0,
+        "the backup is from before the move"
+    );
+    let view = wait_view(&c, "C on epoch 1", 120, |v| {
+        epoch_of(v) == 1 && all_settled_across_epochs(v, total)
+    })
+    .await;
+    let status = c.status().await.expect("status");
+    assert_eq!(
+        (status.counters.epochs_moved, status.counters.epochs_joined),
+        (1, 0),
+        "C built the seed at the cut itself, not took the epoch up whole"
+    );
+    let nodes = [a, b, c];
+    let refs: Vec<&NodeHandle> = nodes.iter().collect();
+    wait_all_alive(&refs).await;
+    wait_converged(&refs).await;
+    // Nothing landed twice across the move and the restarts.
+    let merged = view.base().map_or(0, |b| b.retired.len())
+        + view
+            .count_by_status()
+            .get(&StoryStatus::Merged)
+            .copied()
+            .unwrap_or(0);
+    let mut landed: BTreeMap<String, usize> = BTreeMap::new();
+    for commit in main_log(&origin).expect("main log") {
+        if let Some(key) = commit.trailer("Mesh-Story-Key") {
             *landed.entry(key.to_string()).or_default() += 1;
         }
     }
