@@ -6,6 +6,7 @@
 // scripting workflow, the intake paths and ai-sdlc import/export are modules of this one.
 #[path = "cli/aisdlc.rs"]
 mod aisdlc;
+mod common;
 #[path = "cli/intake.rs"]
 mod intake;
 #[path = "cli/scripting.rs"]

@@ -4,6 +4,7 @@
 //! in, a second import a no-op, and export → import → export the identity.
 
 use super::intake::{node, run, stories};
+use crate::common::copy_tree;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -11,19 +12,6 @@ const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/ai-sdlc/project"
 );
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read fixture") {
-        let e = e.expect("entry");
-        let dest = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_tree(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), &dest).expect("copy");
-        }
-    }
-}
 
 /// `mesh-agent init` in `dir`.
 fn init(dir: &Path) {

@@ -65,6 +65,20 @@ pub async fn start_with(
     .expect("node starts")
 }
 
+/// Copies a directory tree (a fixture, or a stopped node's data directory as a backup).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let e = e.expect("entry");
+        let dest = to.join(e.file_name());
+        if e.file_type().expect("file type").is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), &dest).expect("copy");
+        }
+    }
+}
+
 /// Waits until `cond` holds for the node's view (re-checked on every document change).
 pub async fn wait_view(
     n: &NodeHandle,

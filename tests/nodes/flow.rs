@@ -899,20 +899,6 @@ fn bulky(i: usize, len: usize) -> NewStory {
     }
 }
 
-/// Copies a stopped node's data directory (a backup of its store as it was then).
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("backup dir");
-    for entry in std::fs::read_dir(from).expect("data dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_back_on_the_document_its_peers_moved_from_is_served_their_archive_and_moves_itself()
 {
@@ -951,7 +937,7 @@ async fn a_node_back_on_the_document_its_peers_moved_from_is_served_their_archiv
     })
     .await;
     c.shutdown().await;
-    copy_dir(&dirs[2], &backup);
+    copy_tree(&dirs[2], &backup);
     let c = start_with(&dirs[2], &keys[2], Some(&a), idle, None).await;
     wait_all_alive(&[&a, &b, &c]).await;
     // Nine more: the mesh moves once ten are merged, and not again (two merged since).
