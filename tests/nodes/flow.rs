@@ -810,6 +810,26 @@ fn all_settled_across_epochs(v: &View, n: usize) -> bool {
         })
 }
 
+/// Checks that main holds each merged story (retired by an epoch, or live) exactly once;
+/// returns how many merged.
+fn landed_once_across_epochs(origin: &Path, view: &View) -> usize {
+    let merged = view.base().map_or(0, |b| b.retired.len())
+        + view
+            .count_by_status()
+            .get(&StoryStatus::Merged)
+            .copied()
+            .unwrap_or(0);
+    let mut landed: BTreeMap<String, usize> = BTreeMap::new();
+    for commit in main_log(origin).expect("main log") {
+        if let Some(key) = commit.trailer("Mesh-Story-Key") {
+            *landed.entry(key.to_string()).or_default() += 1;
+        }
+    }
+    assert!(landed.values().all(|&n| n == 1), "landed twice: {landed:?}");
+    assert_eq!(landed.len(), merged);
+    merged
+}
+
 fn epoch_of(v: &View) -> u64 {
     v.base().map_or(0, |b| b.epoch)
 }
@@ -856,21 +876,8 @@ async fn a_new_node_joins_a_mesh_that_moved_to_a_new_epoch_and_the_backlog_lands
     .await;
     wait_converged(&refs).await;
     // Each landed once: on main as many stories as merged, retired or live, none twice.
-    let merged = view.base().map_or(0, |b| b.retired.len())
-        + view
-            .count_by_status()
-            .get(&StoryStatus::Merged)
-            .copied()
-            .unwrap_or(0);
+    let merged = landed_once_across_epochs(&origin, &view);
     assert!(merged >= total - 2, "only {merged} of {total} merged");
-    let mut landed: BTreeMap<String, usize> = BTreeMap::new();
-    for c in main_log(&origin).expect("main log") {
-        if let Some(key) = c.trailer("Mesh-Story-Key") {
-            *landed.entry(key.to_string()).or_default() += 1;
-        }
-    }
-    assert!(landed.values().all(|&n| n == 1), "landed twice: {landed:?}");
-    assert_eq!(landed.len(), merged);
     for n in nodes {
         n.shutdown().await;
     }
@@ -983,20 +990,7 @@ async fn a_node_back_on_the_document_its_peers_moved_from_is_served_their_archiv
     wait_all_alive(&refs).await;
     wait_converged(&refs).await;
     // Nothing landed twice across the move and the restarts.
-    let merged = view.base().map_or(0, |b| b.retired.len())
-        + view
-            .count_by_status()
-            .get(&StoryStatus::Merged)
-            .copied()
-            .unwrap_or(0);
-    let mut landed: BTreeMap<String, usize> = BTreeMap::new();
-    for commit in main_log(&origin).expect("main log") {
-        if let Some(key) = commit.trailer("Mesh-Story-Key") {
-            *landed.entry(key.to_string()).or_default() += 1;
-        }
-    }
-    assert!(landed.values().all(|&n| n == 1), "landed twice: {landed:?}");
-    assert_eq!(landed.len(), merged);
+    landed_once_across_epochs(&origin, &view);
     for n in nodes {
         n.shutdown().await;
     }
