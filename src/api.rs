@@ -142,7 +142,10 @@ async fn status(State(st): State<AppState>) -> Response {
 async fn list_stories(State(st): State<AppState>) -> Response {
     match ask(&st, ApiRequest::View).await {
         Ok(v) => {
-            let list: Vec<StoryView> = v.stories_ordered().into_iter().cloned().collect();
+            let mut list: Vec<StoryView> = v.stories_ordered().into_iter().cloned().collect();
+            if let Err(r) = with_bodies(&st, &mut list).await {
+                return r;
+            }
             Json(list).into_response()
         }
         Err(r) => r,
@@ -152,7 +155,13 @@ async fn list_stories(State(st): State<AppState>) -> Response {
 async fn show_story(State(st): State<AppState>, UrlPath(id): UrlPath<String>) -> Response {
     match ask(&st, ApiRequest::View).await {
         Ok(v) => match v.resolve(&id) {
-            Ok(s) => Json(StoryDetail::of(&v, s)).into_response(),
+            Ok(s) => {
+                let mut d = StoryDetail::of(&v, s);
+                if let Err(r) = with_bodies(&st, std::slice::from_mut(&mut d.story)).await {
+                    return r;
+                }
+                Json(d).into_response()
+            }
             // Merged and retired by an epoch: the archive has it.
             Err(e) => match v.retired_key(&id).map(str::to_string) {
                 Some(key) => match ask(&st, |tx| ApiRequest::Archived(key, tx)).await {
@@ -165,6 +174,18 @@ async fn show_story(State(st): State<AppState>, UrlPath(id): UrlPath<String>) ->
         },
         Err(r) => r,
     }
+}
+
+/// Gives the stories their bodies, read from the node's document (the view keeps none).
+async fn with_bodies(st: &AppState, stories: &mut [StoryView]) -> Result<(), Response> {
+    let keys = stories.iter().map(|s| s.key.clone()).collect();
+    let mut bodies = ask(st, |tx| ApiRequest::Bodies(keys, tx)).await?;
+    for s in stories {
+        if let Some(body) = bodies.remove(&s.key) {
+            s.set_body(body);
+        }
+    }
+    Ok(())
 }
 
 async fn add_story(State(st): State<AppState>, Json(new): Json<NewStory>) -> Response {

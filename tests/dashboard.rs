@@ -275,6 +275,14 @@ async fn the_dashboard_shows_a_live_mesh_and_acts_only_after_login() {
     bl(|| b.goto(&format!("{base}story/S-0001"))).expect("story page");
     let h1 = bl(|| b.eval("document.querySelector('h1').textContent")).expect("h1");
     assert!(h1.as_str().unwrap_or("").starts_with("S-0001"), "{h1}");
+    // Its description, which the node reads from its document (the view keeps none).
+    let text = bl(|| b.eval("document.querySelector('main').textContent")).expect("page");
+    assert!(
+        text.as_str()
+            .unwrap_or("")
+            .contains("Lex integers. Keep the change small"),
+        "{text}"
+    );
     let rows = bl(|| {
         b.eval(
             "[...document.querySelectorAll('table tbody tr')].map(r => r.textContent).join('\\n')",

@@ -329,11 +329,7 @@ pub(crate) fn story(dir: &Path, c: StoryCommand) -> Result<()> {
         StoryCommand::List { json } => {
             let list = match client {
                 Some(c) => c.stories()?,
-                None => node::offline_view(dir, &operators(dir)?)?
-                    .stories_ordered()
-                    .into_iter()
-                    .cloned()
-                    .collect(),
+                None => node::offline_stories(dir, &operators(dir)?)?,
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);

@@ -142,11 +142,7 @@ struct ImportReport {
 fn mesh_stories(dir: &Path) -> Result<Vec<StoryView>> {
     Ok(match ControlClient::for_data_dir(dir)? {
         Some(c) => c.stories()?,
-        None => mesh_agent::node::offline_view(dir, &operators(dir)?)?
-            .stories_ordered()
-            .into_iter()
-            .cloned()
-            .collect(),
+        None => mesh_agent::node::offline_stories(dir, &operators(dir)?)?,
     })
 }
 

@@ -92,7 +92,7 @@ impl Imported {
             round: 0,
             claim: String::new(),
             token: 0,
-            holder: fact.created_by.clone(),
+            holder: fact.created_by.to_string(),
             commit: m.commit.clone(),
             written_at_ms: m.at_ms,
         })

@@ -238,13 +238,19 @@ async fn page(sh: &Shared, headers: &HeaderMap, p: Page, fragment: bool) -> Resp
             .ok()
             .and_then(Result::ok)
             .unwrap_or_default();
+            // The view keeps no body: the node reads it from its document.
+            let body = ask(sh, |tx| ApiRequest::Bodies(vec![st.key.clone()], tx))
+                .await
+                .ok()
+                .and_then(|mut b| b.remove(&st.key))
+                .unwrap_or_default();
             let url = format!("/fragment/story/{}", st.id);
             (
                 "_story.html",
                 format!("{} {}", st.id, st.fact.title),
                 url,
                 None,
-                story_ctx(&snap, st, log),
+                story_ctx(&snap, st, &body, log),
             )
         }
     };
@@ -339,6 +345,7 @@ struct ResultRow {
 fn story_ctx(
     s: &Snapshot,
     st: &crate::core::state::StoryView,
+    body: &str,
     log: Vec<crate::core::state::AuditEntry>,
 ) -> Value {
     let results: Vec<ResultRow> = s
@@ -393,7 +400,7 @@ fn story_ctx(
         "page": "story",
         "story": data::story_row(st),
         "key": st.key,
-        "body": st.fact.body,
+        "body": body,
         "files": st.fact.files,
         "depends": st.depends_on_ids,
         "round": st.round,

@@ -103,6 +103,9 @@ pub enum ApiRequest {
     ),
     Status(oneshot::Sender<StatusReport>),
     View(oneshot::Sender<View>),
+    /// The bodies of these stories (by key), read from the document: the view keeps
+    /// none (`Doc::story_body`). A key the document has no story for is left out.
+    Bodies(Vec<String>, oneshot::Sender<BTreeMap<String, String>>),
     /// A story an epoch retired (by key), read from the store's archive of the documents
     /// before (`story show`); `None` if no archived document has it.
     Archived(String, oneshot::Sender<Option<crate::api::StoryDetail>>),
@@ -612,7 +615,7 @@ pub fn offline_add_story(
     doc.view()
         .stories
         .get(&key)
-        .map(|s| (**s).clone())
+        .map(|s| doc.with_body(s))
         .ok_or(NodeError::Vanished)
 }
 
@@ -632,9 +635,12 @@ pub(crate) fn archived_story(
         let Some(bytes) = store.archived(e)? else {
             continue;
         };
-        let view = Doc::load_with_operators([0; 16], &bytes, &[], operators.clone())?.view();
+        let doc = Doc::load_with_operators([0; 16], &bytes, &[], operators.clone())?;
+        let view = doc.view();
         if let Some(s) = view.stories.get(key) {
-            return Ok(Some(crate::api::StoryDetail::of(&view, s)));
+            let mut d = crate::api::StoryDetail::of(&view, s);
+            doc.fill_body(&mut d.story);
+            return Ok(Some(d));
         }
     }
     Ok(None)
@@ -647,9 +653,14 @@ pub fn offline_story(
     id: &str,
 ) -> Result<crate::api::StoryDetail, NodeError> {
     let store = Store::open(data_dir)?;
-    let view = load_stored_doc(&store, [0; 16], operators.clone())?.view();
+    let doc = load_stored_doc(&store, [0; 16], operators.clone())?;
+    let view = doc.view();
     match view.resolve(id) {
-        Ok(s) => Ok(crate::api::StoryDetail::of(&view, s)),
+        Ok(s) => {
+            let mut d = crate::api::StoryDetail::of(&view, s);
+            doc.fill_body(&mut d.story);
+            Ok(d)
+        }
         Err(e) => {
             let epoch = view.base().map_or(0, |b| b.epoch);
             let found = match view.retired_key(id) {
@@ -667,4 +678,20 @@ pub fn offline_view(
 ) -> Result<View, NodeError> {
     let store = Store::open(data_dir)?;
     Ok(load_stored_doc(&store, [0; 16], operators.clone())?.view())
+}
+
+/// Every story, in display order and with its body, from the store of a node that is
+/// not running (what the API's story list answers when one is).
+pub fn offline_stories(
+    data_dir: &std::path::Path,
+    operators: &BTreeSet<String>,
+) -> Result<Vec<StoryView>, NodeError> {
+    let store = Store::open(data_dir)?;
+    let doc = load_stored_doc(&store, [0; 16], operators.clone())?;
+    let view = doc.view();
+    Ok(view
+        .stories_ordered()
+        .into_iter()
+        .map(|s| doc.with_body(s))
+        .collect())
 }

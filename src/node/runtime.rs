@@ -463,6 +463,14 @@ impl Runtime {
             ApiRequest::View(reply) => {
                 let _ = reply.send((*self.core.view()).clone());
             }
+            ApiRequest::Bodies(keys, reply) => {
+                let doc = self.core.doc();
+                let bodies = keys
+                    .into_iter()
+                    .filter_map(|k| doc.story_body(&k).map(|b| (k, b)))
+                    .collect();
+                let _ = reply.send(bodies);
+            }
             ApiRequest::Archived(key, reply) => {
                 let ops = self.cfg.operator_set();
                 let found = self.store.as_ref().and_then(|s| {

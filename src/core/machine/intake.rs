@@ -43,7 +43,7 @@ impl Core {
     ) -> Result<Sourced, BatchError> {
         if let Some(key) = self.doc.story_from_source(source) {
             if let Some(s) = self.view().stories.get(&key) {
-                return Ok(Sourced::Exists((**s).clone()));
+                return Ok(Sourced::Exists(self.doc.with_body(s)));
             }
         }
         let mut added = self.write_batch(std::slice::from_ref(new), source, wall_ms)?;
@@ -87,11 +87,16 @@ impl Core {
         self.local_write();
         self.keep_view_if(current);
         let view = self.view();
+        // Answered with their bodies, as written (a story's body is stored unchanged;
+        // the view keeps none).
         keys.iter()
-            .map(|k| {
-                view.stories.get(k).map(|s| (**s).clone()).ok_or_else(|| {
+            .zip(news)
+            .map(|(k, new)| {
+                let mut s = view.stories.get(k).map(|s| (**s).clone()).ok_or_else(|| {
                     BatchError::whole(StateError::Corrupt("story vanished after write".into()))
-                })
+                })?;
+                s.set_body(new.body.clone());
+                Ok(s)
             })
             .collect()
     }

@@ -435,6 +435,9 @@ impl Core {
                     c.state = LocalState::Running;
                 }
                 let handoffs = view.history(&story).into_iter().cloned().collect();
+                // The view keeps no story body: the job's prompt and the knowledge chosen
+                // for it read it from the document.
+                let sv = &self.doc.with_body(sv);
                 let knowledge = relevant_knowledge(&view, sv, MAX_JOB_KNOWLEDGE);
                 self.runs.push(RunRecord {
                     claim: id.clone(),

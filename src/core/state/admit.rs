@@ -365,7 +365,7 @@ fn short(text: &str) -> bool {
 
 /// A story from a peer passes what `story add` checks, and its key is its own.
 fn check_story(key: &str, author: &str, f: &StoryFact) -> Result<(), Refusal> {
-    entitled(f.created_by == author)?;
+    entitled(*f.created_by == *author)?;
     valid(
         f.number >= 1
             && key.strip_prefix(STORY_PREFIX) == Some(story_key(f.number, author).as_str()),

@@ -99,7 +99,8 @@ pub struct StoryView {
     /// Display ids of the stories this one depends on (keys when not yet known).
     pub depends_on_ids: Vec<String>,
     /// The fact as written by its creator (shared with the document's decoded facts: a
-    /// fold copies no story).
+    /// fold copies no story), but for its body: empty here, read from the document when
+    /// shown ([`Doc::story_body`], [`StoryView::set_body`]).
     pub fact: Arc<StoryFact>,
     /// Phases with a counted result, in pipeline order.
     pub phases_done: Vec<Phase>,
@@ -158,6 +159,15 @@ pub struct StoryView {
     pub usage: Usage,
     #[serde(default)]
     pub charged_micro_usd: u64,
+}
+
+impl StoryView {
+    /// Gives the story its body (read with [`Doc::story_body`]: the view keeps none).
+    pub fn set_body(&mut self, body: String) {
+        if body != self.fact.body {
+            Arc::make_mut(&mut self.fact).body = body;
+        }
+    }
 }
 
 /// The derived state of the mesh: identical on every node that folded the same document.

@@ -783,6 +783,7 @@ fn running_work_the_story_no_longer_needs_is_cancelled_when_two_sides_meet() {
 }
 
 mod epochs;
+mod jobs;
 mod joining;
 mod limits;
 mod liveness;

@@ -96,7 +96,7 @@ impl Doc {
             in_batch.insert(number, key.clone());
             let fact = StoryFact {
                 number,
-                created_by: creator.to_string(),
+                created_by: creator.into(),
                 created_at_ms: now_ms,
                 title: valid.title,
                 body: valid.body,

@@ -138,7 +138,7 @@ mod tests {
         let key = format!("{STORY_PREFIX}{}", crate::core::state::story_key(n, by));
         let fact = StoryFact {
             number: n,
-            created_by: by.to_string(),
+            created_by: by.into(),
             created_at_ms: 0,
             title: format!("story {n}"),
             body: String::new(),

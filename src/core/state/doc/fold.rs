@@ -233,7 +233,7 @@ impl Doc {
             &self.roster.operators,
             verdict,
         ) {
-            Ok((author, fact)) => {
+            Ok((author, mut fact)) => {
                 let claim = match &fact {
                     Fact::Result(f) => Some(f.claim.clone()),
                     Fact::Merge(f) => Some(f.claim.clone()),
@@ -255,6 +255,13 @@ impl Doc {
                         new
                     }
                 };
+                if let Fact::Story(s) = &mut fact {
+                    let s = Arc::make_mut(s);
+                    // Its creator is its author (`admit` checked): one shared copy.
+                    s.created_by = author.clone();
+                    // Kept out of memory: read from the document when shown (`body.rs`).
+                    s.body = String::new();
+                }
                 // Most keys only ever have one value: room for one (a default Vec grows
                 // to four, 0.8 KiB per key, ~60 MB unused at 100,000 stories).
                 let all = self

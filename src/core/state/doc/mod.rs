@@ -8,6 +8,7 @@ use super::*;
 use std::collections::HashSet;
 
 mod batch;
+mod body;
 mod checked;
 mod epoch;
 pub use epoch::Seed;

@@ -81,7 +81,7 @@ fn a_hostile_member_cannot_forge_overwrite_delete_or_inflate() {
     raw(&mut doc_e, &result_key, forged);
     // 2. Overwrites in E's own name, which is not entitled to those keys.
     let mut own = forged_story.clone();
-    own.created_by = e.clone();
+    own.created_by = e.as_str().into();
     raw(
         &mut doc_e,
         &story_doc_key,
