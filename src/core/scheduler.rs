@@ -684,6 +684,9 @@ impl Waiting {
     }
 }
 
+/// A story's entry in the [`StallWatch`].
+type Seen = (usize, u64, bool, Option<Box<Waiting>>);
+
 /// Notices stories that stopped moving: no new counted result and nothing worked on along
 /// their chain of waits for longer than `stall_after_ms` (on the caller's clock, passed
 /// in). Each stall is reported once; progress re-arms it.
@@ -695,8 +698,10 @@ impl Waiting {
 #[derive(Debug, Default)]
 pub struct StallWatch {
     /// Per story: (counted results, when that count was first seen or work last seen,
-    /// reported, what it waits for when that is a stall in the making).
-    seen: std::collections::BTreeMap<String, (usize, u64, bool, Option<Waiting>)>,
+    /// reported, what it waits for when that is a stall in the making). Boxed: most
+    /// stories wait for nothing that can stall, and inline every entry had room for it
+    /// (~50 bytes a story).
+    seen: std::collections::BTreeMap<String, Seen>,
     /// The document the waits were worked out for.
     digest: Option<[u8; 32]>,
 }
@@ -720,7 +725,7 @@ impl StallWatch {
                     Some(w) => {
                         if !e.2 && now_ms.saturating_sub(e.1) > stall_after_ms {
                             e.2 = true;
-                            out.push((key.clone(), w.clone()));
+                            out.push((key.clone(), (**w).clone()));
                         }
                     }
                 }
@@ -749,7 +754,7 @@ impl StallWatch {
                 e.2 = true;
                 out.push((s.key.clone(), w.clone()));
             }
-            e.3 = Some(w);
+            e.3 = Some(Box::new(w));
         }
         out
     }

@@ -348,9 +348,7 @@ pub struct Steering {
 
 impl Steering {
     /// Folds the commands (key → fact; the operator is in the key) in their order.
-    pub(super) fn fold<'a>(
-        commands: impl Iterator<Item = (&'a String, &'a CommandFact)>,
-    ) -> Steering {
+    pub(super) fn fold<'a>(commands: impl Iterator<Item = (&'a str, &'a CommandFact)>) -> Steering {
         let mut all: Vec<CommandEntry> = commands
             .map(|(key, fact)| CommandEntry {
                 operator: key
@@ -358,7 +356,7 @@ impl Steering {
                     .and_then(|r| r.split_once('/'))
                     .map_or("", |(op, _)| op)
                     .to_string(),
-                key: key.clone(),
+                key: key.to_string(),
                 fact: fact.clone(),
             })
             .collect();

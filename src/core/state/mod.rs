@@ -25,6 +25,10 @@ use std::sync::Arc;
 
 pub use automerge::ChangeHash;
 
+/// A root key of the document, as the decoded facts hold it: inline up to 23 bytes (a
+/// story's key, `story/S-0042@tag12345`, needs no allocation), shared when longer.
+pub(crate) type FactKey = smol_str::SmolStr;
+
 const STORY_PREFIX: &str = "story/";
 const NODE_PREFIX: &str = "node/";
 const CLAIM_PREFIX: &str = "claim/";

@@ -286,7 +286,7 @@ fn drop_inflated_claims(claims: &mut BTreeMap<String, ClaimFact>, base: Option<&
 impl View {
     /// The view and the claim fold it was derived with (built once, used by both).
     pub(super) fn fold(
-        all: &BTreeMap<String, Arc<Fact>>,
+        all: &BTreeMap<FactKey, Arc<Fact>>,
         base: Option<&Arc<Base>>,
     ) -> (View, Claims) {
         let (mut view, facts) = View::sort_facts(all);
@@ -341,10 +341,10 @@ impl View {
 
     /// Step 1 of the fold: every decoded fact into its map; story facts whose key does
     /// not match their content are malformed.
-    fn sort_facts(all: &BTreeMap<String, Arc<Fact>>) -> (View, Vec<(String, Arc<StoryFact>)>) {
+    fn sort_facts(all: &BTreeMap<FactKey, Arc<Fact>>) -> (View, Vec<(String, Arc<StoryFact>)>) {
         let mut view = View::default();
         let mut facts: Vec<(String, Arc<StoryFact>)> = Vec::new();
-        let mut commands: Vec<(&String, &CommandFact)> = Vec::new();
+        let mut commands: Vec<(&str, &CommandFact)> = Vec::new();
         for (key, fact) in all {
             match &**fact {
                 Fact::Story(f) => match key.strip_prefix(STORY_PREFIX) {
@@ -366,14 +366,14 @@ impl View {
                     view.releases.insert(id.to_string(), (**f).clone());
                 }
                 Fact::Result(f) => {
-                    view.results.insert(key.clone(), f.clone());
+                    view.results.insert(key.to_string(), f.clone());
                 }
                 Fact::Knowledge(f) => {
                     let id = key.strip_prefix(KNOWLEDGE_PREFIX).unwrap_or(key);
                     view.knowledge.insert(id.to_string(), (**f).clone());
                 }
                 Fact::Merge(f) => {
-                    view.merges.insert(key.clone(), (**f).clone());
+                    view.merges.insert(key.to_string(), (**f).clone());
                 }
                 // The document folds the roster itself (it needs the changes).
                 Fact::Admit(_) | Fact::Revoke(_) => {}

@@ -165,8 +165,8 @@ mod tests {
         d.inner.put(automerge::ROOT, &k2, forged).expect("put");
         d.inner.commit();
         d.refresh();
-        assert!(d.facts.contains_key(&k), "the good fact counts");
-        assert!(!d.facts.contains_key(&k2), "the forgery does not");
+        assert!(d.facts.contains_key(k.as_str()), "the good fact counts");
+        assert!(!d.facts.contains_key(k2.as_str()), "the forgery does not");
         d.save_checked()
     }
 
@@ -189,7 +189,7 @@ mod tests {
         assert!(!record.is_empty(), "every change was read: a record");
         for (record, what) in [(&record[..], "with the record"), (&[][..], "without")] {
             let d = load(&snapshot, record);
-            let stories: Vec<&String> = d
+            let stories: Vec<&FactKey> = d
                 .facts
                 .keys()
                 .filter(|k| k.starts_with(STORY_PREFIX))

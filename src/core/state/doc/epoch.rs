@@ -71,7 +71,7 @@ fn moved_here(claim: &ClaimFact, epoch: u64) -> bool {
 /// What a new epoch leaves behind, and what it inherits.
 struct Retirement {
     /// The keys whose facts the seed does not copy.
-    keys: BTreeSet<String>,
+    keys: BTreeSet<FactKey>,
     base: Base,
     /// Stories retired now (not by an earlier epoch).
     stories: usize,
@@ -298,7 +298,9 @@ impl Doc {
         let old_facts = &old.facts;
         let retired = |key: &str, fact: &Fact| {
             // The move itself (its proposals, their releases, its cut) stays behind.
-            let claim = |id: &str| match old_facts.get(&format!("{CLAIM_PREFIX}{id}")).map(|f| &**f)
+            let claim = |id: &str| match old_facts
+                .get(format!("{CLAIM_PREFIX}{id}").as_str())
+                .map(|f| &**f)
             {
                 Some(Fact::Claim(c)) => moved_here(c, epoch),
                 _ => false,

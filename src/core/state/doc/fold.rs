@@ -78,17 +78,17 @@ impl Doc {
         let roster_touched = touched
             .iter()
             .any(|k| k.starts_with(ADMIT_PREFIX) || k.starts_with(REVOKE_PREFIX));
-        self.choose_all(touched.iter());
+        self.choose_all(touched.iter().map(String::as_str));
         if roster_touched && self.rebuild_roster() {
             // Who counts changed: every key is chosen again.
-            let keys: Vec<String> = self.candidates.keys().cloned().collect();
-            self.choose_all(keys.iter());
+            let keys: Vec<FactKey> = self.candidates.keys().cloned().collect();
+            self.choose_all(keys.iter().map(FactKey::as_str));
         }
     }
 
     /// Chooses the fact of each key, releases last (whether a claim is finished depends
     /// on its results and merges as chosen).
-    pub(super) fn choose_all<'a>(&mut self, keys: impl Iterator<Item = &'a String> + Clone) {
+    pub(super) fn choose_all<'a>(&mut self, keys: impl Iterator<Item = &'a str> + Clone) {
         for key in keys.clone().filter(|k| !k.starts_with(RELEASE_PREFIX)) {
             self.choose(key);
         }
@@ -266,7 +266,7 @@ impl Doc {
                 // to four, 0.8 KiB per key, ~60 MB unused at 100,000 stories).
                 let all = self
                     .candidates
-                    .entry(key.to_string())
+                    .entry(FactKey::from(key))
                     .or_insert_with(|| Vec::with_capacity(1));
                 if !all.iter().any(|c| c.op == op) {
                     all.push(Candidate {
@@ -328,7 +328,7 @@ impl Doc {
                 let finished = self
                     .finished
                     .get(id)
-                    .is_some_and(|keys| keys.iter().any(|k| self.facts.contains_key(k)));
+                    .is_some_and(|keys| keys.iter().any(|k| self.facts.contains_key(k.as_str())));
                 all.iter()
                     .filter(counts)
                     .filter(|c| Some(&*c.author) == holder || !finished)
@@ -347,7 +347,12 @@ impl Doc {
                     true
                 }
                 None => {
-                    self.facts.insert(key.to_string(), fact);
+                    // The candidates' copy of the key: a long key is shared, not copied.
+                    let key = self
+                        .candidates
+                        .get_key_value(key)
+                        .map_or_else(|| FactKey::from(key), |(k, _)| k.clone());
+                    self.facts.insert(key, fact);
                     true
                 }
             },

@@ -27,7 +27,7 @@ impl View {
     pub(in crate::core::state) fn apply_changes(
         &mut self,
         claims: &mut Claims,
-        facts: &BTreeMap<String, Arc<Fact>>,
+        facts: &BTreeMap<FactKey, Arc<Fact>>,
         keys: &BTreeSet<String>,
     ) -> bool {
         if self.notes.inflated > 0 {
@@ -39,7 +39,7 @@ impl View {
         for key in keys {
             if !self.take_fact(
                 key,
-                facts.get(key).map(|f| &**f),
+                facts.get(key.as_str()).map(|f| &**f),
                 &mut added,
                 &mut released,
                 &mut touched,
