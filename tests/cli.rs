@@ -45,7 +45,11 @@ fn run_err(args: &[&str], dir: &Path) -> (i32, String) {
         .arg(dir)
         .output()
         .expect("spawn");
-    assert!(!out.status.success(), "{args:?} unexpectedly succeeded");
+    assert!(
+        !out.status.success(),
+        "{args:?} unexpectedly succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -139,11 +139,13 @@ pub(crate) fn observe(dir: &Path, a: &StatusArgs) -> Result<StatusReport> {
         let report = handle.status().await;
         handle.kill().await;
         match report {
-            Some(r) if r.connected > 0 || !r.peers.is_empty() => Ok(r),
+            // First: a refused observer never synced, and a redial the peer is about to
+            // close again can show as a connection in the report.
             _ if refused => Err(anyhow!(
                 "the mesh through {} closed each connection as it opened: a mesh with operators refuses an observer, whose key is fresh and so not on its roster (or the peer is at its `max_peers`); run `mesh-agent status` on a member's machine, or open its dashboard",
                 a.bootstrap.join(", ")
             )),
+            Some(r) if r.connected > 0 || !r.peers.is_empty() => Ok(r),
             _ => Err(anyhow!(
                 "could not reach the mesh through {} within {}s (check the address and the pre-shared key)",
                 a.bootstrap.join(", "),
