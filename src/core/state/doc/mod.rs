@@ -138,6 +138,7 @@ struct LocalChange {
 /// One root fact, decoded and admitted.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Fact {
+    /// Without its body, which is read from the document when shown (`body.rs`).
     Story(Arc<StoryFact>),
     Node(Box<NodeFact>),
     Claim(Box<ClaimFact>),
