@@ -54,7 +54,7 @@ impl Doc {
         op: &(u64, Vec<u8>),
         change: &ChangeHash,
     ) -> Option<String> {
-        let find = |values: Vec<(automerge::Value<'_>, automerge::ObjId)>| {
+        let find = |values: Vec<(automerge::Value<'_>, ObjId)>| {
             values.into_iter().find_map(|(v, id)| match &id {
                 ObjId::Id(counter, actor, _) if *counter == op.0 && actor.to_bytes() == op.1 => {
                     v.as_str().map(str::to_string)
