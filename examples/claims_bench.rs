@@ -360,7 +360,7 @@ async fn contended(a: &ClaimArgs, mesh: &Mesh, r: &mut ClaimResults) {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        keys.extend(round_keys);
+        keys.extend(round_keys.iter().map(|k| k.to_string()));
     }
     join_all(mesh.nodes.iter().map(|h| h.set_work(false))).await;
     // Let the releases of the losers reach node 0, then count.

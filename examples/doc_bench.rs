@@ -268,7 +268,7 @@ fn row(n: usize, samples: usize, unchecked: bool) {
         }
         let mut b = load(2, &[], unchecked);
         sync(&mut a, &mut b);
-        let keys: Vec<String> = a.view().stories.keys().cloned().collect();
+        let keys: Vec<String> = a.view().stories.keys().map(|k| k.to_string()).collect();
         let (mut writes, mut applies) = (Vec::new(), Vec::new());
         for (k, key) in keys.iter().take(samples).enumerate() {
             let res = Resource::story(key, Phase::Research).expect("resource");

@@ -178,10 +178,10 @@ async fn show_story(State(st): State<AppState>, UrlPath(id): UrlPath<String>) ->
 
 /// Gives the stories their bodies, read from the node's document (the view keeps none).
 async fn with_bodies(st: &AppState, stories: &mut [StoryView]) -> Result<(), Response> {
-    let keys = stories.iter().map(|s| s.key.clone()).collect();
+    let keys = stories.iter().map(|s| s.key.to_string()).collect();
     let mut bodies = ask(st, |tx| ApiRequest::Bodies(keys, tx)).await?;
     for s in stories {
-        if let Some(body) = bodies.remove(&s.key) {
+        if let Some(body) = bodies.remove(s.key.as_str()) {
             s.set_body(body);
         }
     }
@@ -347,8 +347,8 @@ async fn attention(State(st): State<AppState>) -> Response {
                 .attention()
                 .into_iter()
                 .map(|(s, a)| AttentionRow {
-                    story: s.id.clone(),
-                    key: s.key.clone(),
+                    story: s.id.to_string(),
+                    key: s.key.to_string(),
                     title: s.fact.title.clone(),
                     status: s.status,
                     item: a.clone(),

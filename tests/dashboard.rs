@@ -208,7 +208,7 @@ async fn the_dashboard_shows_a_live_mesh_and_acts_only_after_login() {
     .await;
     wait_view(&nodes[0], "the gated story's approval item", 30, |v| {
         v.stories
-            .get(&gated.key)
+            .get(gated.key.as_str())
             .is_some_and(|s| !s.attention.is_empty())
     })
     .await;
@@ -425,7 +425,7 @@ async fn the_dashboard_shows_a_live_mesh_and_acts_only_after_login() {
     bl(|| b.submit(&format!("{approve}.click()"))).expect("approved");
     wait_view(&nodes[3], "the approval on another node", 30, |v| {
         v.stories
-            .get(&gated.key)
+            .get(gated.key.as_str())
             .is_some_and(|s| s.attention.is_empty())
     })
     .await;

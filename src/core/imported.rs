@@ -220,7 +220,10 @@ mod tests {
             )
             .unwrap();
         let v = d.view();
-        let ids: Vec<&str> = keys.iter().map(|k| v.stories[k].id.as_str()).collect();
+        let ids: Vec<&str> = keys
+            .iter()
+            .map(|k| v.stories[k.as_str()].id.as_str())
+            .collect();
         // S-0001 was taken: the next number after the highest that no story of the
         // batch keeps (8: 9 and 10 are kept for the later ones).
         assert_eq!(ids, ["S-0007", "S-0008", "S-0004", "S-0009", "S-0010"]);
@@ -233,9 +236,12 @@ mod tests {
             )
             .unwrap();
         let v2 = d.view();
-        let more: Vec<&str> = more.iter().map(|k| v2.stories[k].id.as_str()).collect();
+        let more: Vec<&str> = more
+            .iter()
+            .map(|k| v2.stories[k.as_str()].id.as_str())
+            .collect();
         assert_eq!(more, ["S-0012", "S-0011"], "11 is kept for the second");
-        let s = |i: usize| &v.stories[&keys[i]];
+        let s = |i: usize| &v.stories[keys[i].as_str()];
         assert_eq!(s(0).status, StoryStatus::Merged);
         assert_eq!(
             s(0).merged.as_ref().map(|m| m.commit.as_str()),

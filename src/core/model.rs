@@ -8,6 +8,7 @@ pub use super::imported::Imported;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::sync::Arc;
+pub use thin_vec::ThinVec;
 
 /// Longest story title, in characters.
 pub const MAX_TITLE_CHARS: usize = 200;
@@ -158,13 +159,15 @@ pub struct StoryFact {
     pub priority: u32,
     /// Story keys (not display ids) this one depends on.
     #[serde(default)]
-    pub depends_on: Vec<String>,
+    pub depends_on: ThinVec<String>,
     #[serde(default)]
-    pub files: Vec<String>,
+    pub files: ThinVec<String>,
     #[serde(default)]
-    pub labels: Vec<String>,
+    pub labels: ThinVec<String>,
+    /// Where it came from (`cli`, `github:owner/repo#7`, ...): inline when short, as most
+    /// are (no allocation).
     #[serde(default)]
-    pub source: String,
+    pub source: smol_str::SmolStr,
     /// Progress and fields from the tracker it was imported from, if it was. (Boxed:
     /// most stories are not, and inline it took 128 of the fact's 312 bytes.)
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -268,12 +268,12 @@ pub fn attention_triggers(view: &View) -> Vec<Trigger> {
             Trigger {
                 id: format!("attention/{}/{}/{}", s.key, a.id, a.since_ms),
                 kind,
-                story: Some(s.id.clone()),
+                story: Some(s.id.to_string()),
                 title,
                 detail: cut(&a.detail),
                 at_ms: a.since_ms,
                 digest: None,
-                story_key: s.key.clone(),
+                story_key: s.key.to_string(),
             }
         })
         .collect()

@@ -58,7 +58,7 @@ pub fn planned_files(view: &View, story: &str) -> Vec<String> {
     }
     view.stories
         .get(story)
-        .map(|s| s.fact.files.clone())
+        .map(|s| s.fact.files.to_vec())
         .unwrap_or_default()
 }
 
@@ -277,7 +277,7 @@ pub fn rank(
             ),
             s.fact.number,
             Work {
-                story: s.key.clone(),
+                story: s.key.to_string(),
                 phase,
                 round: s.round,
                 resources,
@@ -531,12 +531,12 @@ fn waiting_on(
     let Some(phase) = s.next_phase else {
         return Waiting::Merged; // a merge result that did not reject: landing
     };
-    if chain.contains(&s.key) {
+    if chain.iter().any(|k| *k == s.key) {
         return Waiting::Cycle {
-            story: s.id.clone(),
+            story: s.id.to_string(),
         };
     }
-    chain.push(s.key.clone());
+    chain.push(s.key.to_string());
     let follow = |other: &StoryView, chain: &mut Vec<String>| -> Box<Waiting> {
         Box::new(waiting_on(view, claims, unlanded, other, chain))
     };
@@ -555,9 +555,9 @@ fn waiting_on(
         }
     }
     if let Some(d) = s.fact.depends_on.iter().find(|d| !view.landed(d)) {
-        return match view.stories.get(d) {
+        return match view.stories.get(d.as_str()) {
             Some(dep) => Waiting::Dependency {
-                story: dep.id.clone(),
+                story: dep.id.to_string(),
                 then: follow(dep, chain),
             },
             None => Waiting::Dependency {
@@ -586,7 +586,7 @@ fn waiting_on(
         if let Some((u, file)) = owner_ahead(unlanded, s, &files) {
             return Waiting::FileOwned {
                 file,
-                owner: u.story.id.clone(),
+                owner: u.story.id.to_string(),
                 then: follow(u.story, chain),
             };
         }
@@ -733,18 +733,19 @@ impl StallWatch {
             return out;
         }
         self.digest = Some(digest);
-        self.seen.retain(|k, _| view.stories.contains_key(k));
+        self.seen
+            .retain(|k, _| view.stories.contains_key(k.as_str()));
         let unlanded = unlanded_changes(view);
         for s in view.stories.values() {
             if s.merged.is_some() || s.blocked_reason.is_some() {
-                self.seen.remove(&s.key);
+                self.seen.remove(s.key.as_str());
                 continue;
             }
             let w = waiting_on(view, claims, &unlanded, s, &mut Vec::new());
             let steps = s.history.len();
             let e = self
                 .seen
-                .entry(s.key.clone())
+                .entry(s.key.to_string())
                 .or_insert((steps, now_ms, false, None));
             if !w.is_open() || w.behind_work() || w.for_human() || e.0 != steps {
                 *e = (steps, now_ms, false, None);
@@ -752,7 +753,7 @@ impl StallWatch {
             }
             if !e.2 && now_ms.saturating_sub(e.1) > stall_after_ms {
                 e.2 = true;
-                out.push((s.key.clone(), w.clone()));
+                out.push((s.key.to_string(), w.clone()));
             }
             e.3 = Some(Box::new(w));
         }
@@ -942,8 +943,8 @@ mod tests {
         let (mut d, keys) = the_partition_stall();
         let v = d.view();
         for k in &keys[..2] {
-            assert_eq!(v.stories[k].next_phase, Some(Phase::Rework));
-            assert_eq!(v.stories[k].round, 1);
+            assert_eq!(v.stories[k.as_str()].next_phase, Some(Phase::Rework));
+            assert_eq!(v.stories[k.as_str()].round, 1);
         }
         // On every node: the first change in the order (story 1) reworks; story 2 and the
         // new story 3 wait for it.

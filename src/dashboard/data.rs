@@ -214,7 +214,7 @@ pub(super) fn nodes(s: &Snapshot) -> Vec<NodeRow> {
                 let max = u.map_or(took.max(1), |u| u.max(1)).div_ceil(1000).max(1);
                 let value = took.div_ceil(1000).min(max);
                 Some(Active {
-                    story: st.id.clone(),
+                    story: st.id.to_string(),
                     title: st.fact.title.clone(),
                     phase: phase.as_str(),
                     round: e.round,
@@ -299,7 +299,7 @@ pub(super) fn today(s: &Snapshot) -> Today {
         .values()
         .filter(|m| m.written_at_ms >= start)
         .filter_map(|m| {
-            let st = s.view.stories.get(&m.story)?;
+            let st = s.view.stories.get(m.story.as_str())?;
             Some(m.written_at_ms.saturating_sub(st.fact.created_at_ms))
         })
         .collect();
@@ -365,7 +365,7 @@ pub(super) fn attention(s: &Snapshot) -> Vec<AttentionRow> {
         .attention()
         .into_iter()
         .map(|(st, a)| AttentionRow {
-            story: st.id.clone(),
+            story: st.id.to_string(),
             title: st.fact.title.clone(),
             kind: a.kind.as_str(),
             detail: a.detail.clone(),
@@ -406,12 +406,12 @@ pub(super) struct StoryRow {
 
 pub(super) fn story_row(s: &StoryView) -> StoryRow {
     StoryRow {
-        id: s.id.clone(),
+        id: s.id.to_string(),
         title: s.fact.title.clone(),
         status: s.status.as_str(),
         priority: s.priority,
         next: s.next_phase.map(Phase::as_str),
-        labels: s.fact.labels.clone(),
+        labels: s.fact.labels.to_vec(),
         paused: s.paused.is_some(),
         attention: s.attention.len(),
     }

@@ -228,7 +228,7 @@ async fn page(sh: &Shared, headers: &HeaderMap, p: Page, fragment: bool) -> Resp
             let log = ask(sh, |tx| {
                 ApiRequest::Log(
                     LogQuery {
-                        story: Some(st.key.clone()),
+                        story: Some(st.key.to_string()),
                         tail: Some(200),
                     },
                     tx,
@@ -239,10 +239,10 @@ async fn page(sh: &Shared, headers: &HeaderMap, p: Page, fragment: bool) -> Resp
             .and_then(Result::ok)
             .unwrap_or_default();
             // The view keeps no body: the node reads it from its document.
-            let body = ask(sh, |tx| ApiRequest::Bodies(vec![st.key.clone()], tx))
+            let body = ask(sh, |tx| ApiRequest::Bodies(vec![st.key.to_string()], tx))
                 .await
                 .ok()
-                .and_then(|mut b| b.remove(&st.key))
+                .and_then(|mut b| b.remove(st.key.as_str()))
                 .unwrap_or_default();
             let url = format!("/fragment/story/{}", st.id);
             (

@@ -50,8 +50,8 @@ pub struct Added {
 impl Added {
     pub fn of(s: &crate::core::state::StoryView) -> Added {
         Added {
-            id: s.id.clone(),
-            key: s.key.clone(),
+            id: s.id.to_string(),
+            key: s.key.to_string(),
             title: s.fact.title.clone(),
         }
     }
@@ -199,7 +199,7 @@ pub fn offline_add(
     store.flush_blocking().map_err(NodeError::from)?;
     let view = doc.view();
     keys.iter()
-        .map(|k| view.stories.get(k).map(|s| Added::of(s)))
+        .map(|k| view.stories.get(k.as_str()).map(|s| Added::of(s)))
         .collect::<Option<Vec<_>>>()
         .ok_or(OfflineError::Node(NodeError::Vanished))
 }

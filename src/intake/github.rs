@@ -332,9 +332,11 @@ async fn issues(h: &GithubHook, body: &Bytes, delivery: &str) -> Response {
             match res {
                 Ok(Sourced::Added(s)) => {
                     tracing::info!(%source, story = %s.id, %delivery, "story from a GitHub issue");
-                    answer(StatusCode::CREATED, "added", Some(s.id), source)
+                    answer(StatusCode::CREATED, "added", Some(s.id.to_string()), source)
                 }
-                Ok(Sourced::Exists(s)) => answer(StatusCode::OK, "exists", Some(s.id), source),
+                Ok(Sourced::Exists(s)) => {
+                    answer(StatusCode::OK, "exists", Some(s.id.to_string()), source)
+                }
                 Err(e @ WriteError::Refused(_)) => {
                     refuse(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string())
                 }
@@ -363,13 +365,13 @@ async fn closed(h: &GithubHook, source: String, delivery: &str) -> Response {
     let id = s.id.clone();
     match s.status {
         crate::core::model::StoryStatus::Cancelled => {
-            return answer(StatusCode::OK, "cancelled", Some(id), source)
+            return answer(StatusCode::OK, "cancelled", Some(id.to_string()), source)
         }
         crate::core::model::StoryStatus::Merged => {
             return answer(
                 StatusCode::ACCEPTED,
                 "merged",
-                Some(id),
+                Some(id.to_string()),
                 format!("{source} was closed after its story landed: nothing to cancel"),
             )
         }
@@ -380,7 +382,7 @@ async fn closed(h: &GithubHook, source: String, delivery: &str) -> Response {
         return answer(
             StatusCode::ACCEPTED,
             "not-cancelled",
-            Some(id.clone()),
+            Some(id.to_string()),
             format!(
                 "{source} was closed; cancelling {id} is an operator command this node cannot \
                  sign (set intake.github.operator_key): run `mesh-agent cancel {id}`"
@@ -389,7 +391,7 @@ async fn closed(h: &GithubHook, source: String, delivery: &str) -> Response {
     };
     let draft = CommandFact {
         target: Target::Story {
-            story: s.key.clone(),
+            story: s.key.to_string(),
         },
         op: Op::Cancel {
             reason: format!("{source} was closed"),
@@ -410,7 +412,7 @@ async fn closed(h: &GithubHook, source: String, delivery: &str) -> Response {
         None => stopping(),
         Some(Ok(_)) => {
             tracing::info!(%source, story = %id, %delivery, "issue closed: story cancelled");
-            answer(StatusCode::OK, "cancelled", Some(id), source)
+            answer(StatusCode::OK, "cancelled", Some(id.to_string()), source)
         }
         Some(Err(e @ WriteError::Refused(_))) => {
             refuse(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string())

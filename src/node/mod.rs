@@ -614,7 +614,7 @@ pub fn offline_add_story(
     store.flush_blocking()?;
     doc.view()
         .stories
-        .get(&key)
+        .get(key.as_str())
         .map(|s| doc.with_body(s))
         .ok_or(NodeError::Vanished)
 }

@@ -531,7 +531,7 @@ impl Runtime {
             .stories_ordered()
             .into_iter()
             .map(|s| StorySummary {
-                id: s.id.clone(),
+                id: s.id.to_string(),
                 title: s.fact.title.clone(),
                 status: s.status.as_str().to_string(),
                 priority: s.priority,

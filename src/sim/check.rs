@@ -331,7 +331,7 @@ impl Sim {
             if r.token < highest && claims.top(&res) != Some(r.claim.as_str()) {
                 let id = view
                     .stories
-                    .get(story)
+                    .get(story.as_str())
                     .map_or(story.as_str(), |s| s.id.as_str());
                 self.violation(format!(
                     "{id} {res}: counted result under token {} below {highest}",
@@ -409,7 +409,7 @@ impl Sim {
             ));
         }
         for s in view.stories.values() {
-            if s.merged.is_some() && !self.origin.landed.contains_key(&s.key) {
+            if s.merged.is_some() && !self.origin.landed.contains_key(s.key.as_str()) {
                 self.violation(format!("{} merged in the view but never landed", s.id));
             }
         }
@@ -469,7 +469,7 @@ impl Sim {
                     };
                     let (phase, round) = (*phase, *round);
                     let counted = view.counted_result_round(story, phase, round);
-                    let sv = view.stories.get(story);
+                    let sv = view.stories.get(story.as_str());
                     // The bound runs once an eligible node is up: someone other than the
                     // crashed holder (and, for a review, other than the author of the
                     // change that round reviews: its rework, else the implement — not
@@ -684,7 +684,10 @@ impl Sim {
         let mut wrong = Vec::new();
         for (key, s) in &before.stories {
             let same_id = |id: &str| id == s.id || shared(s.fact.number);
-            let same = match (after.stories.get(key), retired.and_then(|r| r.get(key))) {
+            let same = match (
+                after.stories.get(key),
+                retired.and_then(|r| r.get(key.as_str())),
+            ) {
                 (Some(_), Some(_)) | (None, None) => false,
                 (None, Some(r)) => {
                     s.status == StoryStatus::Merged

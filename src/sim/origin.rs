@@ -188,7 +188,7 @@ impl Sim {
                 self.check_landing(i, &job.story);
                 self.origin
                     .main
-                    .push((job.story.clone(), job.fact.files.clone()));
+                    .push((job.story.clone(), job.fact.files.to_vec()));
                 let record = FenceRecord {
                     token,
                     holder,

@@ -36,6 +36,7 @@ use crate::core::trust::Signer;
 use crate::core::{resolve_command, Core, Job};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use smol_str::SmolStr;
 use std::collections::BTreeMap;
 
 /// The mesh's one operator (a test name: its key derives from it).
@@ -115,16 +116,16 @@ impl Operator {
         cfg: &SimConfig,
     ) -> Option<(Target, Op)> {
         let rng = &mut self.rng;
-        let keys: Vec<&String> = view.stories.keys().collect();
+        let keys: Vec<&SmolStr> = view.stories.keys().collect();
         let any_story = |rng: &mut StdRng| -> Option<Target> {
             let k = keys.get(rng.gen_range(0..keys.len().max(1)))?;
             Some(Target::Story {
-                story: (*k).clone(),
+                story: k.to_string(),
             })
         };
         // A story that matches, else none.
         let pick = |rng: &mut StdRng, f: &dyn Fn(&crate::core::state::StoryView) -> bool| {
-            let fit: Vec<&String> = view
+            let fit: Vec<&SmolStr> = view
                 .stories
                 .values()
                 .filter(|s| f(s))
@@ -132,7 +133,7 @@ impl Operator {
                 .collect();
             fit.get(rng.gen_range(0..fit.len().max(1)))
                 .map(|k| Target::Story {
-                    story: (*k).clone(),
+                    story: k.to_string(),
                 })
         };
         let node = |rng: &mut StdRng| Target::Node {
@@ -199,7 +200,7 @@ impl Operator {
                 let Target::Story { story } = &t else {
                     return None;
                 };
-                let s = view.stories.get(story)?;
+                let s = view.stories.get(story.as_str())?;
                 match s.attention.iter().find(|a| a.kind != AlertKind::Blocked) {
                     // All open gate items (the node fills them in).
                     Some(_) if rng.gen_bool(0.8) => (t, Op::Approve { items: Vec::new() }),
@@ -464,7 +465,7 @@ impl Sim {
         }
         for s in view.stories.values() {
             let story = || Target::Story {
-                story: s.key.clone(),
+                story: s.key.to_string(),
             };
             if s.paused.is_some() {
                 todo.push((story(), Op::Resume));
@@ -523,7 +524,7 @@ impl Sim {
         let paused = after.as_ref().and_then(|v| match &fact.target {
             Target::All => Some(v.steering.all.is_some()),
             Target::Node { peer } => Some(v.steering.nodes.contains_key(peer)),
-            Target::Story { story } => v.stories.get(story).map(|s| s.paused.is_some()),
+            Target::Story { story } => v.stories.get(story.as_str()).map(|s| s.paused.is_some()),
         });
         let wanted = match fact.op {
             Op::Pause { .. } => Some(true),
@@ -568,7 +569,7 @@ impl Sim {
         let Some(view) = self.nodes[i].core.as_mut().map(|c| c.view()) else {
             return;
         };
-        let s = view.stories.get(&job.story);
+        let s = view.stories.get(job.story.as_str());
         let why = if let Some(c) = s.and_then(|s| s.cancelled.as_ref()) {
             format!("the story cancelled (at {})", c.at_ms)
         } else if let Some(p) = s.and_then(|s| s.paused.as_ref()) {

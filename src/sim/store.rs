@@ -186,9 +186,9 @@ impl Sim {
             self.note(|| format!("node{i} wrote story {k}: {key:?}"));
             if let Some(key) = &key {
                 self.acked.push((i, new.title.clone()));
-                self.acked_keys.insert(new.title.clone(), key.clone());
+                self.acked_keys.insert(new.title.clone(), key.to_string());
             }
-            self.keys[k] = key;
+            self.keys[k] = key.map(String::from);
         }
         self.drain(i);
     }

@@ -101,7 +101,7 @@ async fn fifty_stories_each_phase_runs_once_and_a_killed_holder_is_taken_over() 
         .collect();
     for s in view.stories.values() {
         for p in PIPELINE {
-            let key = (s.key.clone(), p);
+            let key = (s.key.to_string(), p);
             let want = if dead_finished.contains(&key) { 0 } else { 1 };
             let got = runs.get(&key).copied().unwrap_or(0);
             assert_eq!(got, want, "{} {p} ran {got} times on survivors", s.id);

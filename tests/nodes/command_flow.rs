@@ -230,11 +230,11 @@ args = ['-c', 'exec "$0" >"$1"', {sim:?}, '{{handoff_file}}']
         .expect("story added");
     let view = wait_view(&nodes[0], "the story merged or blocked", 60, |v| {
         v.stories
-            .get(&added.key)
+            .get(added.key.as_str())
             .is_some_and(|s| matches!(s.status, StoryStatus::Merged | StoryStatus::Blocked))
     })
     .await;
-    let s = &view.stories[&added.key];
+    let s = &view.stories[added.key.as_str()];
     assert_eq!(
         s.status,
         StoryStatus::Merged,
@@ -544,12 +544,12 @@ program = {implement:?}
         60,
         |v| {
             v.stories
-                .get(&good.key)
+                .get(good.key.as_str())
                 .is_some_and(|s| matches!(s.status, StoryStatus::Merged | StoryStatus::Blocked))
         },
     )
     .await;
-    let s = &view.stories[&good.key];
+    let s = &view.stories[good.key.as_str()];
     assert_eq!(
         s.status,
         StoryStatus::Merged,

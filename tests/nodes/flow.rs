@@ -98,7 +98,7 @@ fn check_main(origin: &Path, view: &View, scratch: &Path) {
         );
     }
     for s in view.stories.values() {
-        let n = landed.get(&s.key).copied().unwrap_or(0);
+        let n = landed.get(s.key.as_str()).copied().unwrap_or(0);
         match s.status {
             StoryStatus::Merged => assert_eq!(n, 1, "{} landed {n} times", s.id),
             _ => assert_eq!(n, 0, "{} is {} but landed {n} times", s.id, s.status),
@@ -445,7 +445,7 @@ async fn a_rebase_conflict_sends_the_story_to_rework_with_the_conflict_and_it_la
         .await
         .expect("story");
     wait_view(&a, "the story reviewed and waiting to merge", 60, |v| {
-        v.stories[&story.key].next_phase == Some(Phase::Merge)
+        v.stories[story.key.as_str()].next_phase == Some(Phase::Merge)
     })
     .await;
     // Meanwhile a human lands a change to the same place of the same file.
@@ -467,7 +467,7 @@ async fn a_rebase_conflict_sends_the_story_to_rework_with_the_conflict_and_it_la
     )
     .await;
     let view = wait_view(&a, "the story merged", 120, |v| {
-        v.stories[&story.key].status == StoryStatus::Merged
+        v.stories[story.key.as_str()].status == StoryStatus::Merged
     })
     .await;
     let h = view.history(&story.key);
@@ -498,7 +498,10 @@ async fn a_rebase_conflict_sends_the_story_to_rework_with_the_conflict_and_it_la
         rework.handoff.summary
     );
     assert!(h.iter().any(|r| r.phase == Phase::Review && r.round == 1));
-    let merged = view.stories[&story.key].merged.clone().expect("merged");
+    let merged = view.stories[story.key.as_str()]
+        .merged
+        .clone()
+        .expect("merged");
     assert_eq!(merged.round, 1);
     // Main has the hotfix and the story, each once, and its tests pass.
     check_main(&origin, &view, &tmp.path().join("check"));
@@ -544,7 +547,7 @@ async fn a_node_alone_reviews_its_own_change_and_lands_it() {
         .await
         .expect("story");
     let view = wait_view(&n, "the story merged by a mesh of one", 60, |v| {
-        v.stories[&s.key].status == StoryStatus::Merged
+        v.stories[s.key.as_str()].status == StoryStatus::Merged
     })
     .await;
     check_main(&origin, &view, &tmp.path().join("check"));

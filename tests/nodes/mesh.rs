@@ -64,7 +64,11 @@ async fn five_nodes_bootstrapped_from_one_peer_converge_on_concurrent_writes() {
         "display ids are unique even when allocated concurrently"
     );
     for w in &written {
-        assert!(first.stories.contains_key(&w.key), "{} missing", w.key);
+        assert!(
+            first.stories.contains_key(w.key.as_str()),
+            "{} missing",
+            w.key
+        );
     }
     for n in nodes {
         n.kill().await;
@@ -234,7 +238,7 @@ async fn a_node_restarted_in_process_a_hundred_times_keeps_its_data_and_never_fi
         let view = node.view().await.expect("view");
         for k in &acked {
             assert!(
-                view.stories.contains_key(k),
+                view.stories.contains_key(k.as_str()),
                 "start {i}: acknowledged {k} lost"
             );
         }
@@ -248,7 +252,7 @@ async fn a_node_restarted_in_process_a_hundred_times_keeps_its_data_and_never_fi
         if i % 2 == 0 {
             for rx in answers {
                 let s = rx.await.expect("answered").expect("write accepted");
-                acked.insert(s.key);
+                acked.insert(s.key.to_string());
             }
             node.shutdown().await;
         } else {
@@ -257,12 +261,12 @@ async fn a_node_restarted_in_process_a_hundred_times_keeps_its_data_and_never_fi
             let mut answers = answers.into_iter();
             if let Some(first) = answers.next() {
                 let s = first.await.expect("answered").expect("write accepted");
-                acked.insert(s.key);
+                acked.insert(s.key.to_string());
             }
             node.kill().await;
             for rx in answers {
                 if let Ok(Ok(s)) = rx.await {
-                    acked.insert(s.key);
+                    acked.insert(s.key.to_string());
                 }
             }
         }

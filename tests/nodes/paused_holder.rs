@@ -210,7 +210,7 @@ async fn a_paused_holder_is_fenced_in_every_view_and_at_the_origin() {
     for n in &nodes {
         wait_view(n, "story merged", 60, |v| {
             v.stories
-                .get(&story)
+                .get(story.as_str())
                 .is_some_and(|s| s.status == StoryStatus::Merged)
         })
         .await;

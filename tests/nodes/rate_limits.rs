@@ -92,7 +92,7 @@ async fn a_rate_limited_node_backs_off_and_recovers_serving_high_priority_first(
             .await
             .expect("story added");
         if k == 7 {
-            urgent = s.id.clone();
+            urgent = s.id.to_string();
         }
     }
 

@@ -73,7 +73,7 @@ impl Core {
                     "lost the lease while running"
                 } else if view
                     .stories
-                    .get(&c.story)
+                    .get(c.story.as_str())
                     .is_some_and(|s| s.cancelled.is_some())
                 {
                     "an operator cancelled the story"

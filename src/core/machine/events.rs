@@ -22,7 +22,7 @@ impl Core {
         for (key, why) in self.stalls.observe(&view, &claims, digest, now_ms, after) {
             let (phase, round) = view
                 .stories
-                .get(&key)
+                .get(key.as_str())
                 .map_or((None, 0), |s| (s.next_phase, s.round));
             tracing::warn!(story = %key, %why, "story stalled");
             self.emit(
@@ -116,12 +116,12 @@ impl Core {
                 let cached = self
                     .view
                     .as_ref()
-                    .and_then(|(_, v, _)| v.stories.get(k).map(|s| s.id.clone()));
+                    .and_then(|(_, v, _)| v.stories.get(k).map(|s| s.id.to_string()));
                 cached.unwrap_or_else(|| {
                     self.view()
                         .stories
                         .get(k)
-                        .map_or_else(|| k.to_string(), |s| s.id.clone())
+                        .map_or_else(|| k.to_string(), |s| s.id.to_string())
                 })
             })
             .unwrap_or_default();

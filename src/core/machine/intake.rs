@@ -42,7 +42,7 @@ impl Core {
         wall_ms: u64,
     ) -> Result<Sourced, BatchError> {
         if let Some(key) = self.doc.story_from_source(source) {
-            if let Some(s) = self.view().stories.get(&key) {
+            if let Some(s) = self.view().stories.get(key.as_str()) {
                 return Ok(Sourced::Exists(self.doc.with_body(s)));
             }
         }
@@ -92,9 +92,13 @@ impl Core {
         keys.iter()
             .zip(news)
             .map(|(k, new)| {
-                let mut s = view.stories.get(k).map(|s| (**s).clone()).ok_or_else(|| {
-                    BatchError::whole(StateError::Corrupt("story vanished after write".into()))
-                })?;
+                let mut s = view
+                    .stories
+                    .get(k.as_str())
+                    .map(|s| (**s).clone())
+                    .ok_or_else(|| {
+                        BatchError::whole(StateError::Corrupt("story vanished after write".into()))
+                    })?;
                 s.set_body(new.body.clone());
                 Ok(s)
             })

@@ -84,13 +84,13 @@ impl Core {
         let view = self.view();
         let mut drop = Vec::new();
         self.pushed.retain(|(story, _claim)| {
-            let finished = view.stories.get(story).is_none_or(|s| {
+            let finished = view.stories.get(story.as_str()).is_none_or(|s| {
                 matches!(
                     s.status,
                     StoryStatus::Merged | StoryStatus::Blocked | StoryStatus::Cancelled
                 )
             });
-            if finished && !drop.contains(story) && view.stories.contains_key(story) {
+            if finished && !drop.contains(story) && view.stories.contains_key(story.as_str()) {
                 drop.push(story.clone());
             }
             !finished

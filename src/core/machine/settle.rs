@@ -387,7 +387,7 @@ impl Core {
             // An operator paused the story, this node or the mesh while the claim
             // settled: the phase must not start (the pause reached this node first).
             let paused = self.local.get(&id).and_then(|c| {
-                let s = view.stories.get(&c.story)?;
+                let s = view.stories.get(c.story.as_str())?;
                 s.paused
                     .as_deref()
                     .or_else(|| view.steering.node_paused(&self.peer))
@@ -415,7 +415,8 @@ impl Core {
                 };
                 let (story, phase, round, claimed_ms) =
                     (c.story.clone(), c.phase, c.round, c.written_ms);
-                let (Some(fact), Some(sv)) = (view.claims.get(&id), view.stories.get(&story))
+                let (Some(fact), Some(sv)) =
+                    (view.claims.get(&id), view.stories.get(story.as_str()))
                 else {
                     tracing::error!(claim = %id, %story, "settled claim or its story missing from the view; releasing");
                     self.local.remove(&id);
@@ -469,7 +470,7 @@ impl Core {
                 self.effects.push_back(Effect::StartWork(Box::new(Job {
                     claim: id,
                     story,
-                    display_id: sv.id.clone(),
+                    display_id: sv.id.to_string(),
                     phase,
                     round,
                     token,
@@ -478,7 +479,7 @@ impl Core {
                     handoffs,
                     files,
                     knowledge,
-                    failures: sv.failures.clone(),
+                    failures: sv.failures.to_vec(),
                     notes: sv.notes.iter().map(|n| n.text.clone()).collect(),
                 })));
             } else {
@@ -487,7 +488,7 @@ impl Core {
                 if let Some(c) = self.local.get(&id) {
                     let shown = view
                         .stories
-                        .get(&c.story)
+                        .get(c.story.as_str())
                         .map_or(c.story.as_str(), |s| s.id.as_str());
                     tracing::info!(claim = %id, story = %shown, phase = %c.phase, round = c.round, "lost the claim at settle: another node's claim won; released");
                 }

@@ -195,8 +195,8 @@ impl Core {
                 claim: id.clone(),
                 story: c.story.clone(),
                 id: view
-                    .and_then(|v| v.stories.get(&c.story))
-                    .map_or_else(|| display_of(&c.story).to_string(), |s| s.id.clone()),
+                    .and_then(|v| v.stories.get(c.story.as_str()))
+                    .map_or_else(|| display_of(&c.story).to_string(), |s| s.id.to_string()),
                 phase: c.phase,
                 round: c.round,
                 running: c.state == LocalState::Running,
@@ -247,8 +247,8 @@ impl Core {
                     .collect(),
                 id: story.as_ref().map_or_else(String::new, |(k, ..)| {
                     view.stories
-                        .get(k)
-                        .map_or_else(|| display_of(k).to_string(), |s| s.id.clone())
+                        .get(k.as_str())
+                        .map_or_else(|| display_of(k).to_string(), |s| s.id.to_string())
                 }),
                 key: story.as_ref().map_or_else(String::new, |(k, ..)| k.clone()),
                 phase: story.as_ref().map(|(_, p, ..)| *p),

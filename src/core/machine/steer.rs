@@ -42,7 +42,11 @@ pub fn resolve_command(view: &View, draft: CommandFact) -> Result<CommandFact, S
     let CommandFact { target, op, at_ms } = draft;
     let target = match target {
         Target::Story { story } => Target::Story {
-            story: view.resolve(&story).map_err(|e| e.to_string())?.key.clone(),
+            story: view
+                .resolve(&story)
+                .map_err(|e| e.to_string())?
+                .key
+                .to_string(),
         },
         Target::Node { peer } => Target::Node {
             peer: resolve_node(view, &peer)?,
@@ -50,7 +54,7 @@ pub fn resolve_command(view: &View, draft: CommandFact) -> Result<CommandFact, S
         Target::All => Target::All,
     };
     let story = match &target {
-        Target::Story { story } => view.stories.get(story),
+        Target::Story { story } => view.stories.get(story.as_str()),
         _ => None,
     };
     let s = match (&op, story) {

@@ -212,7 +212,7 @@ fn a_digest_per_period_and_its_figures() {
     }))
     .expect("story view");
     s.merged = Some(Box::new(crate::core::model::MergeFact {
-        story: s.key.clone(),
+        story: s.key.to_string(),
         round: 0,
         claim: "A-1".into(),
         token: 1,

@@ -206,7 +206,7 @@ pub(super) fn admit_as(
                     && short(&f.version),
                 "node roles or version out of bounds",
             )?;
-            Fact::Node(Box::new(f))
+            Fact::Node(Arc::new(f))
         }
         FactKind::Claim => {
             let f: ClaimFact = json(opened.json)?;
@@ -228,7 +228,7 @@ pub(super) fn admit_as(
                     .is_none_or(|a| claim_id_holder(a).is_some()),
                 "claim `after` is not a claim id",
             )?;
-            Fact::Claim(Box::new(f))
+            Fact::Claim(Arc::new(f))
         }
         FactKind::Release => {
             let f: ReleaseFact = json(opened.json)?;
@@ -236,7 +236,7 @@ pub(super) fn admit_as(
             let holder = claim_id_holder(id).ok_or(Refusal::Invalid("release of no claim id"))?;
             entitled(holder == author || f.why == ReleaseReason::Expired)?;
             valid(short(&f.note), "release note too long")?;
-            Fact::Release(Box::new(f))
+            Fact::Release(Arc::new(f))
         }
         FactKind::Result => {
             let f: ResultFact = json(opened.json)?;
@@ -268,7 +268,7 @@ pub(super) fn admit_as(
                 f.token >= 1 && short(&f.commit) && !f.commit.chars().any(char::is_control),
                 "merge token 0 or commit malformed",
             )?;
-            Fact::Merge(Box::new(f))
+            Fact::Merge(Arc::new(f))
         }
         FactKind::Knowledge => {
             let f: KnowledgeFact = json(opened.json)?;
@@ -283,17 +283,17 @@ pub(super) fn admit_as(
                 "knowledge key is not the hash of its text",
             )?;
             valid(short(&f.story), "knowledge story too long")?;
-            Fact::Knowledge(Box::new(f))
+            Fact::Knowledge(Arc::new(f))
         }
         FactKind::Budget => {
             let f: BudgetFact = json(opened.json)?;
             check_budget(key, author, &f)?;
-            Fact::Budget(Box::new(f))
+            Fact::Budget(Arc::new(f))
         }
         FactKind::Command => {
             let f: CommandFact = json(opened.json)?;
             check_command(key, author, opened.json, &f, operators)?;
-            Fact::Command(Box::new(f))
+            Fact::Command(Arc::new(f))
         }
         FactKind::Notified => {
             let f: NotifiedFact = json(opened.json)?;
@@ -309,7 +309,7 @@ pub(super) fn admit_as(
                 key.strip_prefix(NOTIFIED_PREFIX) == Some(notified_hash(&f.id).as_str()),
                 "notified key is not the hash of its id",
             )?;
-            Fact::Notified(Box::new(f))
+            Fact::Notified(Arc::new(f))
         }
         FactKind::Epoch => {
             let f: EpochFact = json(opened.json)?;
@@ -322,7 +322,7 @@ pub(super) fn admit_as(
                 !f.cut.is_empty() && f.cut.len() <= MAX_CUT_HEADS && f.hashes().is_some(),
                 "epoch cut empty, too long, or not change hashes",
             )?;
-            Fact::Epoch(Box::new(f))
+            Fact::Epoch(Arc::new(f))
         }
         FactKind::Admit | FactKind::Revoke => {
             let f: RosterFact = json(opened.json)?;
@@ -342,9 +342,9 @@ pub(super) fn admit_as(
                 "roster note too long or with control characters",
             )?;
             if kind == FactKind::Admit {
-                Fact::Admit(Box::new(f))
+                Fact::Admit(Arc::new(f))
             } else {
-                Fact::Revoke(Box::new(f))
+                Fact::Revoke(Arc::new(f))
             }
         }
     };
@@ -375,8 +375,8 @@ fn check_story(key: &str, author: &str, f: &StoryFact) -> Result<(), Refusal> {
         title: f.title.clone(),
         body: f.body.clone(),
         priority: Some(f.priority),
-        files: f.files.clone(),
-        labels: f.labels.clone(),
+        files: f.files.to_vec(),
+        labels: f.labels.to_vec(),
         imported: f.imported.as_deref().cloned(),
         ..Default::default()
     };
@@ -384,7 +384,7 @@ fn check_story(key: &str, author: &str, f: &StoryFact) -> Result<(), Refusal> {
         .validate()
         .map_err(|_| Refusal::Invalid("story field out of bounds"))?;
     valid(
-        ok.title == f.title && ok.files == f.files && ok.labels == f.labels,
+        ok.title == f.title && f.files == ok.files && f.labels == ok.labels,
         "story title, files or labels not in normal form",
     )?;
     valid(

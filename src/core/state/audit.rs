@@ -245,7 +245,7 @@ impl Doc {
     /// `q.story` is an error naming it.
     pub fn audit(&self, view: &View, q: &LogQuery) -> Result<Vec<AuditEntry>, InputError> {
         let want = match q.story.as_deref() {
-            Some(id) => Some(view.resolve(id.trim())?.key.clone()),
+            Some(id) => Some(view.resolve(id.trim())?.key.to_string()),
             None => None,
         };
         let values: Vec<Admitted> = self.candidates().collect();
@@ -262,7 +262,7 @@ impl Doc {
             }
         }
         let display = |skey: &str| match view.stories.get(skey) {
-            Some(s) => s.id.clone(),
+            Some(s) => s.id.to_string(),
             None => skey.to_string(),
         };
         let mut out: Vec<(SortKey, Option<String>, AuditEntry)> = Vec::new();
@@ -638,7 +638,7 @@ mod tests {
         let mut d = Doc::new([1; 16]).with_test_names();
         let s1 = d.add_story(&new_story("lexer"), ALICE, 1_000).unwrap();
         let key = format!("{STORY_PREFIX}{s1}");
-        let mut fact = (*d.view().stories[&s1].fact).clone();
+        let mut fact = (*d.view().stories[s1.as_str()].fact).clone();
         fact.title = "rewritten".into();
         let forged = Signer::for_test(MALLORY)
             .seal(&key, &json(&fact))
@@ -679,7 +679,7 @@ mod tests {
         let mut d = Doc::new([1; 16]).with_test_names();
         let s1 = d.add_story(&new_story("lexer"), ALICE, 1_000).unwrap();
         let key = format!("{STORY_PREFIX}{s1}");
-        let mut fact = (*d.view().stories[&s1].fact).clone();
+        let mut fact = (*d.view().stories[s1.as_str()].fact).clone();
         fact.title = "second thoughts".into();
         fact.created_at_ms = 5_000;
         d.raw_put(&key, Signer::for_test(ALICE).seal(&key, &json(&fact)));

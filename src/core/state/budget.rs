@@ -462,7 +462,7 @@ impl Ledger {
 /// Sets each story's usage and charges, and holds every story whose jobs reported more
 /// than its cost limit (see [`hold_story`]).
 pub(super) fn hold_over_limit(
-    stories: &mut BTreeMap<String, Box<StoryView>>,
+    stories: &mut BTreeMap<smol_str::SmolStr, Box<StoryView>>,
     ledger: &Ledger,
     steering: &Steering,
 ) {
@@ -489,7 +489,7 @@ pub(super) fn hold_story(s: &mut StoryView, ledger: &Ledger, steering: &Steering
         s.usage = usage;
         s.charged_micro_usd = charged;
     }
-    let Some(st) = steering.stories.get(&s.key) else {
+    let Some(st) = steering.stories.get(s.key.as_str()) else {
         return;
     };
     let Some(limit) = st.limit else {

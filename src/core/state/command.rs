@@ -516,7 +516,7 @@ mod tests {
         d.raw_put(&command_key("OQ", &json), sealed.clone());
         d.raw_put(&format!("{COMMAND_PREFIX}OP/0000"), sealed);
         let v = d.view();
-        assert!(v.stories[&k].paused.is_none());
+        assert!(v.stories[k.as_str()].paused.is_none());
         assert!(v.steering.commands.is_empty());
         assert_eq!(
             v.malformed,
@@ -548,7 +548,7 @@ mod tests {
         sync_pair(&mut a, &mut b);
         let (va, vb) = (a.view(), b.view());
         assert_eq!(va, vb);
-        let s = &va.stories[&k];
+        let s = &va.stories[k.as_str()];
         assert!(s.paused.is_none(), "the later resume wins");
         // Equal clocks: the operator id breaks the tie (OQ after OP).
         assert_eq!(s.priority, 7);
@@ -559,7 +559,7 @@ mod tests {
         // A pause signed after the resume, arriving now, pauses it again.
         command(&mut a, "OP", on(&k), pause("again"), 300).unwrap();
         assert_eq!(
-            a.view().stories[&k]
+            a.view().stories[k.as_str()]
                 .paused
                 .as_ref()
                 .map(|p| p.reason.as_str()),
@@ -578,8 +578,8 @@ mod tests {
         .unwrap();
         sync_pair(&mut a, &mut b);
         let v = a.view();
-        assert_eq!(v.stories[&k].status, StoryStatus::Cancelled);
-        assert_eq!(v.stories[&k].next_phase, None);
+        assert_eq!(v.stories[k.as_str()].status, StoryStatus::Cancelled);
+        assert_eq!(v.stories[k.as_str()].next_phase, None);
         assert_eq!(v, b.view());
     }
 
@@ -605,9 +605,9 @@ mod tests {
         )
         .unwrap();
         let v = d.view();
-        assert_eq!(v.stories[&k].status, StoryStatus::Cancelled);
-        assert!(v.stories[&k].attention.is_empty());
-        let s2 = &v.stories[&k2];
+        assert_eq!(v.stories[k.as_str()].status, StoryStatus::Cancelled);
+        assert!(v.stories[k.as_str()].attention.is_empty());
+        let s2 = &v.stories[k2.as_str()];
         assert_eq!(s2.status, StoryStatus::Blocked);
         assert_eq!(
             s2.blocked_reason.as_deref(),
@@ -624,7 +624,7 @@ mod tests {
         step(&mut d, &k, Phase::Research, 0, None);
         let plan = step(&mut d, &k, Phase::Plan, 0, None);
         let v = d.view();
-        let s = &v.stories[&k];
+        let s = &v.stories[k.as_str()];
         assert_eq!(s.next_phase, Some(Phase::Implement));
         assert!(s.held, "the plan waits for a human");
         assert_eq!(s.attention.len(), 1);
@@ -637,7 +637,7 @@ mod tests {
             ["approve", "request-changes", "dismiss", "cancel"]
         );
         // Changes requested on the plan: it is planned again (round 1) with the note.
-        let rkey = v.stories[&k].history.last().unwrap().clone();
+        let rkey = v.stories[k.as_str()].history.last().unwrap().clone();
         command(
             &mut d,
             "OP",
@@ -650,7 +650,7 @@ mod tests {
         )
         .unwrap();
         let v = d.view();
-        let s = &v.stories[&k];
+        let s = &v.stories[k.as_str()];
         assert_eq!((s.next_phase, s.round), (Some(Phase::Plan), 1));
         assert!(!s.held);
         assert_eq!(
@@ -660,12 +660,12 @@ mod tests {
         // The new plan is held again; approving it lets implement start.
         step(&mut d, &k, Phase::Plan, 1, None);
         let v = d.view();
-        let s = &v.stories[&k];
+        let s = &v.stories[k.as_str()];
         assert!(s.held);
         let items: Vec<String> = s.attention.iter().map(|a| a.id.clone()).collect();
         command(&mut d, "OP", on(&k), Op::Approve { items }, 30).unwrap();
         let v = d.view();
-        let s = &v.stories[&k];
+        let s = &v.stories[k.as_str()];
         assert!(!s.held && s.attention.is_empty());
         assert_eq!(s.next_phase, Some(Phase::Implement));
     }
@@ -684,7 +684,7 @@ mod tests {
             0,
             Some(crate::core::model::Verdict::Approve),
         );
-        let last = d.view().stories[&k].history.last().unwrap().clone();
+        let last = d.view().stories[k.as_str()].history.last().unwrap().clone();
         command(
             &mut d,
             "OP",
@@ -698,7 +698,10 @@ mod tests {
         .unwrap();
         let v = d.view();
         assert_eq!(
-            (v.stories[&k].next_phase, v.stories[&k].round),
+            (
+                v.stories[k.as_str()].next_phase,
+                v.stories[k.as_str()].round
+            ),
             (Some(Phase::Rework), 1)
         );
         // Three machine rejections still block it (the human's round is not counted).
@@ -713,7 +716,7 @@ mod tests {
             );
         }
         let v = d.view();
-        let s = &v.stories[&k];
+        let s = &v.stories[k.as_str()];
         assert_eq!(s.next_phase, Some(Phase::Rework), "{:?}", s.blocked_reason);
         step(&mut d, &k, Phase::Rework, 4, None);
         step(
@@ -724,7 +727,7 @@ mod tests {
             Some(crate::core::model::Verdict::Reject),
         );
         let v = d.view();
-        let s = &v.stories[&k];
+        let s = &v.stories[k.as_str()];
         assert_eq!(s.status, StoryStatus::Blocked);
         assert_eq!(s.blocked_step, Some((Phase::Rework, 5)));
         let item = s
@@ -748,7 +751,7 @@ mod tests {
         )
         .unwrap();
         let v = d.view();
-        let s = &v.stories[&k];
+        let s = &v.stories[k.as_str()];
         assert_eq!(
             (s.status, s.next_phase, s.round),
             (StoryStatus::InProgress, Some(Phase::Rework), 5)
@@ -796,7 +799,7 @@ mod tests {
         })
         .unwrap();
         let v = d.view();
-        let s = &v.stories[&k];
+        let s = &v.stories[k.as_str()];
         assert_eq!(s.next_phase, Some(Phase::Review));
         assert!(!s.held, "review runs; the item holds merge");
         assert_eq!(s.attention[0].holds, Some(Phase::Merge));
@@ -809,9 +812,9 @@ mod tests {
             Some(crate::core::model::Verdict::Approve),
         );
         let v = d.view();
-        assert!(v.stories[&k].held);
+        assert!(v.stories[k.as_str()].held);
         assert_eq!(v.attention().len(), 1);
-        let item = v.stories[&k].attention[0].id.clone();
+        let item = v.stories[k.as_str()].attention[0].id.clone();
         command(&mut d, "OP", on(&k), Op::Dismiss { item }, 60).unwrap();
         command(
             &mut d,
@@ -835,7 +838,7 @@ mod tests {
         )
         .unwrap();
         let v = d.view();
-        let s = &v.stories[&k];
+        let s = &v.stories[k.as_str()];
         assert!(!s.held && s.attention.is_empty());
         assert_eq!(s.next_phase, Some(Phase::Merge));
         assert_eq!(s.notes[0].text, "ship it");
@@ -868,7 +871,7 @@ mod tests {
             .unwrap();
         let next = |d: &Doc| {
             let v = d.view();
-            let s = &v.stories[&k];
+            let s = &v.stories[k.as_str()];
             (s.next_phase, s.round)
         };
         assert_eq!(next(&d), (Some(Phase::Refine), 0));
@@ -889,6 +892,9 @@ mod tests {
         let k2 = d.add_story(&new_story("plain", &[]), A, 2).unwrap();
         step(&mut d, &k2, Phase::Research, 0, None);
         step(&mut d, &k2, Phase::Plan, 0, None);
-        assert_eq!(d.view().stories[&k2].next_phase, Some(Phase::Implement));
+        assert_eq!(
+            d.view().stories[k2.as_str()].next_phase,
+            Some(Phase::Implement)
+        );
     }
 }

@@ -282,7 +282,7 @@ fn a_rejected_review_opens_a_rework_round_then_review_again() {
     step(&mut d, &k, Phase::Review, 2, Some(Verdict::Approve));
     step(&mut d, &k, Phase::Merge, 2, None);
     let v = d.view();
-    let s = &v.stories[&k];
+    let s = &v.stories[k.as_str()];
     assert_eq!(s.status, StoryStatus::Merged);
     assert_eq!(s.next_phase, None);
     assert_eq!(s.merged.as_ref().map(|m| m.round), Some(2));
@@ -338,7 +338,7 @@ fn takeovers_of_a_gone_holder_do_not_count_as_failed_attempts() {
     ended_attempt(&mut d, &k, Abandoned, "holder restarted");
     ended_attempt(&mut d, &k, Lost, "lost the lease while running");
     let v = d.view();
-    let s = &v.stories[&k];
+    let s = &v.stories[k.as_str()];
     assert_eq!((s.attempts, s.failed_attempts, s.takeovers), (3, 0, 3));
     assert_eq!(s.status, StoryStatus::Ready);
     assert_eq!(s.blocked_reason, None);
@@ -353,10 +353,10 @@ fn three_failed_attempts_block_the_story_and_the_reason_says_the_work_failed() {
     ended_attempt(&mut d, &k, Failed, "implement made no change");
     ended_attempt(&mut d, &k, Expired, "lease expired; taken over by A");
     ended_attempt(&mut d, &k, Failed, "tests failed");
-    assert_eq!(d.view().stories[&k].status, StoryStatus::Ready);
+    assert_eq!(d.view().stories[k.as_str()].status, StoryStatus::Ready);
     ended_attempt(&mut d, &k, Failed, "tests failed");
     let v = d.view();
-    let s = &v.stories[&k];
+    let s = &v.stories[k.as_str()];
     assert_eq!((s.attempts, s.failed_attempts, s.takeovers), (4, 3, 1));
     assert_eq!(s.status, StoryStatus::Blocked);
     let why = s.blocked_reason.clone().unwrap();
@@ -388,13 +388,16 @@ fn a_started_story_whose_dependency_is_blocked_is_blocked_too() {
     // The dependant has started (its research is done; how it got there before its
     // dependency landed does not matter here) and nobody works on it now.
     step(&mut d, &second, Phase::Research, 0, None);
-    assert_eq!(d.view().stories[&second].status, StoryStatus::InProgress);
+    assert_eq!(
+        d.view().stories[second.as_str()].status,
+        StoryStatus::InProgress
+    );
     for _ in 0..MAX_ATTEMPTS {
         ended_attempt(&mut d, &first, Failed, "tests failed");
     }
     let v = d.view();
-    assert_eq!(v.stories[&first].status, StoryStatus::Blocked);
-    let s = &v.stories[&second];
+    assert_eq!(v.stories[first.as_str()].status, StoryStatus::Blocked);
+    let s = &v.stories[second.as_str()];
     assert_eq!(s.status, StoryStatus::Blocked);
     assert_eq!(
         s.blocked_reason.as_deref(),
@@ -409,7 +412,11 @@ fn a_story_that_keeps_losing_its_holders_is_blocked_at_the_takeover_limit() {
     let mut d = Doc::new([1; 16]).with_test_names();
     let k = d.add_story(&story("kills its holders"), A, 1).unwrap();
     for i in 0..MAX_TAKEOVERS {
-        assert_eq!(d.view().stories[&k].blocked_reason, None, "after {i}");
+        assert_eq!(
+            d.view().stories[k.as_str()].blocked_reason,
+            None,
+            "after {i}"
+        );
         if i % 2 == 0 {
             ended_attempt(&mut d, &k, Expired, "lease expired; taken over by A");
         } else {
@@ -417,7 +424,7 @@ fn a_story_that_keeps_losing_its_holders_is_blocked_at_the_takeover_limit() {
         }
     }
     let v = d.view();
-    let s = &v.stories[&k];
+    let s = &v.stories[k.as_str()];
     assert_eq!(s.status, StoryStatus::Blocked);
     assert_eq!(s.takeovers, MAX_TAKEOVERS);
     let why = s.blocked_reason.clone().unwrap();
@@ -444,7 +451,7 @@ fn too_many_rejections_block_the_story_with_the_last_reason() {
         step(&mut d, &k, Phase::Review, r, Some(Verdict::Reject));
     }
     let v = d.view();
-    let s = &v.stories[&k];
+    let s = &v.stories[k.as_str()];
     assert_eq!(s.status, StoryStatus::Blocked);
     let why = s.blocked_reason.clone().unwrap();
     assert!(why.contains("review rejected the change 4 times"), "{why}");
@@ -493,9 +500,9 @@ fn knowledge_is_deduplicated_by_content_and_ranked_by_relevance() {
         .is_err());
     let v = d.view();
     assert_eq!(v.knowledge.len(), 2);
-    let rel = relevant_knowledge(&v, &v.stories[&k], 5);
+    let rel = relevant_knowledge(&v, &v.stories[k.as_str()], 5);
     assert_eq!(rel[0].text, "The parser must reject BOMs");
-    assert_eq!(relevant_knowledge(&v, &v.stories[&k], 1).len(), 1);
+    assert_eq!(relevant_knowledge(&v, &v.stories[k.as_str()], 1).len(), 1);
 }
 
 /// The log of local changes kept for pushes is bounded in bytes, not only in count:
@@ -541,8 +548,8 @@ fn ids_are_sequential_on_one_node() {
     let k1 = d.add_story(&story("one"), A, 1).unwrap();
     let k2 = d.add_story(&story("two"), A, 2).unwrap();
     let v = d.view();
-    assert_eq!(v.stories[&k1].id, "S-0001");
-    assert_eq!(v.stories[&k2].id, "S-0002");
+    assert_eq!(v.stories[k1.as_str()].id, "S-0001");
+    assert_eq!(v.stories[k2.as_str()].id, "S-0002");
     assert_eq!(v.resolve("s-2").unwrap().key, k2);
     assert_eq!(v.resolve("S-0002").unwrap().key, k2);
 }
@@ -558,17 +565,18 @@ fn concurrent_adds_get_distinct_ids_and_the_same_view_everywhere() {
     let (va, vb) = (a.view(), b.view());
     assert_eq!(va, vb);
     assert_eq!(
-        va.stories[&ka].id, "S-0001",
+        va.stories[ka.as_str()].id,
+        "S-0001",
         "lowest creator keeps the short id"
     );
-    assert_eq!(va.stories[&kb].id, "S-0001-bbbbbb");
+    assert_eq!(va.stories[kb.as_str()].id, "S-0001-bbbbbb");
     assert!(matches!(
         va.resolve("S-0001-bbbbbb"),
         Ok(s) if s.key == kb
     ));
     // Both nodes then allocate past the collision.
     let k3 = b.add_story(&story("next"), B, 11).unwrap();
-    assert_eq!(b.view().stories[&k3].id, "S-0002");
+    assert_eq!(b.view().stories[k3.as_str()].id, "S-0002");
 }
 
 #[test]
@@ -592,10 +600,10 @@ fn duplicate_and_out_of_order_delivery_fold_to_the_same_view() {
     let b = Doc::load_test_names([2; 16], &[], &[c2.clone(), c1.clone(), c1, c2]).unwrap();
     assert_eq!(b.view(), a.view());
     assert_eq!(
-        b.view().stories[&k2].depends_on_ids,
+        b.view().stories[k2.as_str()].depends_on_ids,
         vec!["S-0001".to_string()]
     );
-    assert_eq!(b.view().stories[&k2].status, StoryStatus::Backlog);
+    assert_eq!(b.view().stories[k2.as_str()].status, StoryStatus::Backlog);
 }
 
 #[test]

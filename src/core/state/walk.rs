@@ -276,11 +276,11 @@ pub(super) fn gate_items(
 /// Step 7 of the fold: a story waiting on a blocked dependency is blocked too (it would
 /// wait forever): say so, naming the dependency, until a human unblocks it.
 pub(super) fn block_dependents_of_blocked(
-    stories: &mut BTreeMap<String, Box<StoryView>>,
+    stories: &mut BTreeMap<smol_str::SmolStr, Box<StoryView>>,
     active_stories: &BTreeSet<&str>,
 ) {
     // Only stories with dependencies can be blocked by one: most have none.
-    let keys: Vec<String> = stories
+    let keys: Vec<smol_str::SmolStr> = stories
         .iter()
         .filter(|(_, s)| !s.fact.depends_on.is_empty())
         .map(|(k, _)| k.clone())
@@ -288,7 +288,9 @@ pub(super) fn block_dependents_of_blocked(
     loop {
         let mut changed = false;
         for k in &keys {
-            let Some(s) = stories.get(k) else { continue };
+            let Some(s) = stories.get(k.as_str()) else {
+                continue;
+            };
             // (A story already started is blocked too unless a node is working on
             // it: the scheduler never runs a phase of a story whose dependencies have
             // not landed, so it would wait forever — seed 1065 hostile, 2 files.)
@@ -302,7 +304,7 @@ pub(super) fn block_dependents_of_blocked(
                 continue;
             }
             let dep = s.fact.depends_on.iter().find_map(|d| {
-                let x = stories.get(d)?;
+                let x = stories.get(d.as_str())?;
                 if x.status == StoryStatus::Cancelled {
                     Some((x.id.clone(), "was cancelled"))
                 } else {
@@ -312,7 +314,7 @@ pub(super) fn block_dependents_of_blocked(
                 }
             });
             if let Some((dep, what)) = dep {
-                if let Some(s) = stories.get_mut(k) {
+                if let Some(s) = stories.get_mut(k.as_str()) {
                     s.status = StoryStatus::Blocked;
                     s.blocked_reason = Some(format!("depends on {dep}, which {what}"));
                     s.next_phase = None;

@@ -70,8 +70,8 @@ pub fn folders(stories: &[&StoryView], notes: &mut Vec<Problem>) -> BTreeMap<Str
             .fact
             .imported
             .as_ref()
-            .map_or_else(|| s.id.clone(), |i| i.id.clone());
-        let name = if safe_folder(&wanted) && !taken.contains_key(&wanted) {
+            .map_or_else(|| s.id.to_string(), |i| i.id.clone());
+        let name = if safe_folder(&wanted) && !taken.contains_key(wanted.as_str()) {
             wanted
         } else {
             let fallback: String = s
@@ -84,7 +84,7 @@ pub fn folders(stories: &[&StoryView], notes: &mut Vec<Problem>) -> BTreeMap<Str
                 why: format!(
                     "{} cannot use the folder {wanted:?} ({}): written as {fallback}",
                     s.id,
-                    if taken.contains_key(&wanted) {
+                    if taken.contains_key(wanted.as_str()) {
                         "another story has it"
                     } else {
                         "not a safe folder name"
@@ -93,8 +93,8 @@ pub fn folders(stories: &[&StoryView], notes: &mut Vec<Problem>) -> BTreeMap<Str
             });
             fallback
         };
-        taken.insert(name.clone(), s.key.clone());
-        out.insert(s.key.clone(), name);
+        taken.insert(name.clone(), s.key.to_string());
+        out.insert(s.key.to_string(), name);
     }
     out
 }
@@ -139,7 +139,11 @@ pub fn render(s: &StoryView, folders: &BTreeMap<String, String>) -> String {
     let text = |t: &str| Value::String(t.to_string());
     put(
         "id",
-        text(folders.get(&s.key).map_or(s.id.as_str(), String::as_str)),
+        text(
+            folders
+                .get(s.key.as_str())
+                .map_or(s.id.as_str(), String::as_str),
+        ),
     );
     put("title", text(&s.fact.title));
     put(
@@ -323,7 +327,7 @@ pub fn export(dir: &Path, stories: &[&StoryView]) -> Result<ExportReport, String
     };
     let folders = folders(stories, &mut report.notes);
     for s in stories {
-        let Some(name) = folders.get(&s.key) else {
+        let Some(name) = folders.get(s.key.as_str()) else {
             continue;
         };
         let folder = root.join(name);
@@ -332,7 +336,7 @@ pub fn export(dir: &Path, stories: &[&StoryView]) -> Result<ExportReport, String
             .map_err(|e| format!("{}: {e}", path.display()))?;
         report.written.push(Written {
             path,
-            story: s.id.clone(),
+            story: s.id.to_string(),
             id: name.clone(),
         });
     }

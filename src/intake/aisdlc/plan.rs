@@ -14,7 +14,7 @@ pub fn imported_ids(
         .iter()
         .filter_map(|s| {
             let i = s.fact.imported.as_ref().filter(|i| i.from == AI_SDLC)?;
-            Some((i.id.clone(), (s.key.clone(), s.id.clone())))
+            Some((i.id.clone(), (s.key.to_string(), s.id.to_string())))
         })
         .collect()
 }

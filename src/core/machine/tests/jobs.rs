@@ -25,7 +25,7 @@ fn a_job_carries_its_storys_body_and_the_knowledge_its_body_calls_for() {
         )
         .unwrap()
         .key;
-    assert_eq!(a.view().stories[&key].fact.body, "");
+    assert_eq!(a.view().stories[key.as_str()].fact.body, "");
     let mut now = 0;
     let job = (0..100)
         .find_map(|_| {

@@ -318,7 +318,7 @@ fn story_blocked_fires_once_when_the_third_failure_blocks_the_story() {
     }
     assert_eq!(drops, vec![key.clone()]);
     let v = a.view();
-    let s = &v.stories[&key];
+    let s = &v.stories[key.as_str()];
     assert_eq!(s.status, StoryStatus::Blocked);
     assert_eq!((s.failed_attempts, s.takeovers), (3, 0));
     let ev = a

@@ -99,7 +99,7 @@ fn an_unavailable_origin_burns_no_attempt_backs_off_and_work_resumes_when_it_ans
         }
     }
     assert_eq!(started, 2, "both stories' next steps run side by side");
-    assert!(a.view().stories[&key].failures.is_empty());
+    assert!(a.view().stories[key.as_str()].failures.is_empty());
 }
 
 #[test]
@@ -190,7 +190,7 @@ fn work_this_node_pushed_is_dropped_once_the_story_is_finished_even_a_late_push(
         },
     );
     // A stale push of an earlier claim of ours, taken over while it ran (say).
-    a.pushed.push((key.clone(), "A-stale".into()));
+    a.pushed.push((key.to_string(), "A-stale".into()));
     let mut drops = Vec::new();
     let collect = |a: &mut Core, drops: &mut Vec<String>| {
         while let Some(e) = a.poll_effect() {

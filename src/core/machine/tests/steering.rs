@@ -156,8 +156,8 @@ fn a_paused_node_claims_nothing_and_a_pause_that_arrives_while_a_claim_settles_s
         release.note
     );
     assert_eq!(
-        b.view().stories[&key].paused,
-        a.view().stories[&key].paused,
+        b.view().stories[key.as_str()].paused,
+        a.view().stories[key.as_str()].paused,
         "B has it too"
     );
     // The story resumed, but the node itself paused: still nothing.
@@ -237,7 +237,7 @@ fn a_cancel_stops_the_running_work_and_nothing_of_it_counts() {
     );
     let v = a.view();
     assert!(v.results.is_empty(), "nothing of it counts");
-    assert_eq!(v.stories[&key].status, StoryStatus::Cancelled);
+    assert_eq!(v.stories[key.as_str()].status, StoryStatus::Cancelled);
     assert!(
         v.releases[&claim].note.contains("cancelled"),
         "{:?}",
@@ -282,7 +282,7 @@ fn a_low_confidence_plan_holds_implement_until_an_operator_approves_it_and_conte
     let plan = v.counted_result(&key, Phase::Plan).unwrap();
     assert_eq!(plan.escalations.len(), 1, "the writer recorded the trigger");
     assert_eq!(plan.escalations[0].kind, AlertKind::LowConfidence);
-    assert!(v.stories[&key].held);
+    assert!(v.stories[key.as_str()].held);
     assert!(
         ticks(&mut a, &mut now, 30).is_empty(),
         "implement waits for a human"

@@ -101,13 +101,13 @@ impl Doc {
                 title: valid.title,
                 body: valid.body,
                 priority: valid.priority,
-                depends_on,
-                files: valid.files,
-                labels: valid.labels,
+                depends_on: depends_on.into(),
+                files: valid.files.into(),
+                labels: valid.labels.into(),
                 source: valid
                     .imported
                     .as_ref()
-                    .map_or_else(|| source.to_string(), |i| i.source()),
+                    .map_or_else(|| source.into(), |i| i.source().into()),
                 imported: valid.imported.map(Box::new),
             };
             let doc_key = format!("{STORY_PREFIX}{key}");
@@ -156,7 +156,7 @@ impl Doc {
     /// The story whose fact records `source` (an issue from a tracker, say), if one
     /// was written: the lookup that makes a redelivered issue a no-op.
     pub fn story_from_source(&self, source: &str) -> Option<String> {
-        self.facts.iter().find_map(|(k, f)| match &**f {
+        self.facts.iter().find_map(|(k, f)| match f {
             Fact::Story(s) if s.source == source => k.strip_prefix(STORY_PREFIX).map(String::from),
             _ => None,
         })
@@ -256,13 +256,19 @@ fn resolve_in_batch(
     }
     let by_id = by_id.get_or_insert_with(|| {
         let mut m: HashMap<String, Option<String>> = HashMap::new();
-        let live = view.stories.values().map(|s| (&s.id, &s.key));
+        let live = view
+            .stories
+            .values()
+            .map(|s| (s.id.as_str(), s.key.as_str()));
         // A story merged in an earlier epoch is a dependency as good as any.
-        let gone = retired.into_iter().flatten().map(|(key, r)| (&r.id, key));
+        let gone = retired
+            .into_iter()
+            .flatten()
+            .map(|(key, r)| (r.id.as_str(), key.as_str()));
         for (id, key) in live.chain(gone) {
-            m.entry(id.clone())
+            m.entry(id.to_string())
                 .and_modify(|k| *k = None)
-                .or_insert_with(|| Some(key.clone()));
+                .or_insert_with(|| Some(key.to_string()));
         }
         m
     });
@@ -327,7 +333,7 @@ mod tests {
         assert_ne!(after, heads);
         let view = d.view();
         let ids = |k: &str| view.stories[k].depends_on_ids.clone();
-        assert_eq!(view.stories[&keys[0]].id, "S-0002");
+        assert_eq!(view.stories[keys[0].as_str()].id, "S-0002");
         assert_eq!(ids(&keys[0]), vec!["S-0001"]);
         assert_eq!(ids(&keys[1]), vec!["S-0002"]);
         assert_eq!(ids(&keys[2]), vec!["S-0003", "S-0002"]);

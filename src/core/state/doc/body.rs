@@ -19,7 +19,7 @@ impl Doc {
     pub fn story_body(&self, key: &str) -> Option<String> {
         let doc_key = format!("{STORY_PREFIX}{key}");
         let c = self.chosen(&doc_key)?;
-        if !matches!(&*c.fact, Fact::Story(_)) {
+        if !matches!(&c.fact, Fact::Story(_)) {
             return None;
         }
         let value = self.value_written_by(&doc_key, &c.op, &c.change)?;
@@ -100,15 +100,19 @@ mod tests {
         let key = story(&mut d, "with a body", &body, 1);
         let plain = story(&mut d, "no body", "", 2);
         let view = d.view();
-        assert_eq!(view.stories[&key].fact.body, "", "the view keeps no body");
-        assert_eq!(view.stories[&key].fact.title, "with a body");
+        assert_eq!(
+            view.stories[key.as_str()].fact.body,
+            "",
+            "the view keeps no body"
+        );
+        assert_eq!(view.stories[key.as_str()].fact.title, "with a body");
         assert_eq!(d.story_body(&key).as_deref(), Some(body.as_str()));
-        assert_eq!(d.with_body(&view.stories[&key]).fact.body, body);
+        assert_eq!(d.with_body(&view.stories[key.as_str()]).fact.body, body);
         assert_eq!(d.story_body(&plain).as_deref(), Some(""));
         assert_eq!(d.story_body("S-9999@nobody"), None);
         // The same after a reload: the body comes from the saved document.
         let loaded = Doc::load_test_names([9; 16], &d.save(), &[]).unwrap();
-        assert_eq!(loaded.view().stories[&key].fact.body, "");
+        assert_eq!(loaded.view().stories[key.as_str()].fact.body, "");
         assert_eq!(loaded.story_body(&key).as_deref(), Some(body.as_str()));
     }
 
@@ -119,7 +123,7 @@ mod tests {
         // A second value at the same key (not a valid one): the first stays chosen,
         // and automerge's current value at the key is the second.
         d.raw_put(&format!("{STORY_PREFIX}{key}"), "not a sealed value".into());
-        assert_eq!(d.view().stories[&key].fact.title, "first");
+        assert_eq!(d.view().stories[key.as_str()].fact.title, "first");
         assert_eq!(d.story_body(&key).as_deref(), Some("the first body"));
     }
 }

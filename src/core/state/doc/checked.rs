@@ -143,10 +143,10 @@ mod tests {
             title: format!("story {n}"),
             body: String::new(),
             priority: crate::core::model::PRIORITY_DEFAULT,
-            depends_on: Vec::new(),
-            files: Vec::new(),
-            labels: Vec::new(),
-            source: String::new(),
+            depends_on: crate::core::model::ThinVec::new(),
+            files: crate::core::model::ThinVec::new(),
+            labels: crate::core::model::ThinVec::new(),
+            source: Default::default(),
             imported: None,
         };
         (key, serde_json::to_string(&fact).expect("json"))

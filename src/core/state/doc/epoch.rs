@@ -131,7 +131,7 @@ impl Doc {
         let claims: BTreeMap<&str, &ClaimFact> = self
             .facts
             .iter()
-            .filter_map(|(k, f)| match &**f {
+            .filter_map(|(k, f)| match f {
                 Fact::Claim(c) => Some((k.strip_prefix(CLAIM_PREFIX).unwrap_or(k), &**c)),
                 _ => None,
             })
@@ -154,7 +154,7 @@ impl Doc {
             .stories
             .iter()
             .filter(|(k, s)| {
-                s.status == StoryStatus::Merged && s.merged.is_some() && !open.contains(*k)
+                s.status == StoryStatus::Merged && s.merged.is_some() && !open.contains(k.as_str())
             })
             .map(|(k, _)| k.as_str())
             .collect();
@@ -202,14 +202,14 @@ impl Doc {
             retired.insert(
                 k.to_string(),
                 Retired {
-                    id: s.id.clone(),
+                    id: s.id.to_string(),
                     commit,
                 },
             );
         }
         let mut keys = BTreeSet::new();
         for (key, fact) in &self.facts {
-            let leave = match &**fact {
+            let leave = match fact {
                 Fact::Story(_) => key.strip_prefix(STORY_PREFIX).is_some_and(leaves),
                 Fact::Result(r) => leaves(&r.story),
                 Fact::Merge(m) => leaves(&m.story),
@@ -300,7 +300,6 @@ impl Doc {
             // The move itself (its proposals, their releases, its cut) stays behind.
             let claim = |id: &str| match old_facts
                 .get(format!("{CLAIM_PREFIX}{id}").as_str())
-                .map(|f| &**f)
             {
                 Some(Fact::Claim(c)) => moved_here(c, epoch),
                 _ => false,
@@ -323,7 +322,7 @@ impl Doc {
             story.is_some_and(|k| b.retired.contains_key(k))
         };
         // The admitted values that count in `old`, by the operation that wrote them.
-        let mut counting: HashMap<(u64, Vec<u8>), &Arc<Fact>> = HashMap::new();
+        let mut counting: HashMap<(u64, Vec<u8>), &Fact> = HashMap::new();
         for (key, all) in &old.candidates {
             let roster = FactKind::of_key(key).is_some_and(FactKind::by_operator);
             for c in all {
@@ -512,16 +511,19 @@ mod tests {
         let after = b.view();
         // The live stories read exactly as before, the dependent's ready and names its
         // dependency by display id.
-        assert_eq!(after.stories[&half], before.stories[&half]);
-        assert_eq!(after.stories[&waiting], before.stories[&waiting]);
-        assert_eq!(after.stories[&waiting].status, StoryStatus::Ready);
-        assert_eq!(after.stories[&waiting].depends_on_ids, ["S-0001"]);
+        assert_eq!(after.stories[half.as_str()], before.stories[half.as_str()]);
+        assert_eq!(
+            after.stories[waiting.as_str()],
+            before.stories[waiting.as_str()]
+        );
+        assert_eq!(after.stories[waiting.as_str()].status, StoryStatus::Ready);
+        assert_eq!(after.stories[waiting.as_str()].depends_on_ids, ["S-0001"]);
         // The merged one left whole; the base says it landed, as what.
-        assert!(!after.stories.contains_key(&done));
+        assert!(!after.stories.contains_key(done.as_str()));
         let base = after.base().unwrap();
         assert_eq!(base.epoch, 1);
-        let was = before.stories[&done].merged.as_ref().unwrap();
-        assert_eq!(base.retired[&done].id, before.stories[&done].id);
+        let was = before.stories[done.as_str()].merged.as_ref().unwrap();
+        assert_eq!(base.retired[&done].id, before.stories[done.as_str()].id);
         assert_eq!(base.retired[&done].commit, was.commit);
         assert!(after.results.keys().all(|k| !k.contains(&done)));
         assert!(after.merges.is_empty());
@@ -532,7 +534,7 @@ mod tests {
         assert_eq!(after.knowledge, before.knowledge);
         assert_eq!(after.nodes, before.nodes);
         // Numbers go on above the retired ones.
-        assert!(after.max_number() >= before.stories[&done].fact.number);
+        assert!(after.max_number() >= before.stories[done.as_str()].fact.number);
     }
 
     #[test]
@@ -556,25 +558,29 @@ mod tests {
             .unwrap();
         sync_pair(&mut a, &mut b);
         let before = a.view();
-        assert_eq!(before.stories[&ka].id, "S-0001");
-        assert_ne!(before.stories[&kb].id, "S-0001");
+        assert_eq!(before.stories[ka.as_str()].id, "S-0001");
+        assert_ne!(before.stories[kb.as_str()].id, "S-0001");
         merge(&mut a, &ka);
         let before = a.view();
         let (_, mut e) = open(&mut a, 1);
         let after = e.view();
-        assert!(!after.stories.contains_key(&ka));
-        assert_eq!(after.stories[&kb], before.stories[&kb], "still suffixed");
+        assert!(!after.stories.contains_key(ka.as_str()));
+        assert_eq!(
+            after.stories[kb.as_str()],
+            before.stories[kb.as_str()],
+            "still suffixed"
+        );
         // And the next story is numbered past both; a view takes it in place.
         let (mut cached, claims) = e.view_and_claims();
         let next = story(&mut e, "next", vec![ka.clone()]);
         let v = e.view();
-        let fact = v.stories[&next].fact.clone();
+        let fact = v.stories[next.as_str()].fact.clone();
         assert!(cached.add_new_stories(&claims, &[(next.clone(), fact)]));
         assert_eq!(cached, v);
-        assert_eq!(v.stories[&next].fact.number, 2);
-        assert_eq!(v.stories[&next].id, "S-0002");
-        assert_eq!(v.stories[&next].depends_on_ids, ["S-0001"]);
-        assert_eq!(v.stories[&next].status, StoryStatus::Ready);
+        assert_eq!(v.stories[next.as_str()].fact.number, 2);
+        assert_eq!(v.stories[next.as_str()].id, "S-0002");
+        assert_eq!(v.stories[next.as_str()].depends_on_ids, ["S-0001"]);
+        assert_eq!(v.stories[next.as_str()].status, StoryStatus::Ready);
     }
 
     #[test]
@@ -593,7 +599,7 @@ mod tests {
         let (seed, mut e) = open(&mut a, 1);
         assert_eq!(seed.stories, 1);
         let after = e.view();
-        assert_eq!(after.stories[&y], before.stories[&y]);
+        assert_eq!(after.stories[y.as_str()], before.stories[y.as_str()]);
         let base = after.base().unwrap();
         assert_eq!(base.floor(&file("src/x.rs")), 2);
         assert_eq!(base.floor(&file("src/only_x.rs")), 2);
@@ -608,7 +614,7 @@ mod tests {
         step(&mut e, &y, Phase::Review, 0, Some(Verdict::Approve));
         step_files(&mut e, &y, Phase::Merge, 0, None, &["src/x.rs"]);
         let v = e.view();
-        assert_eq!(v.stories[&y].status, StoryStatus::Merged);
+        assert_eq!(v.stories[y.as_str()].status, StoryStatus::Merged);
         assert_eq!(v.notes.inflated, 0);
         assert_eq!(v.claims().next_token(&file("src/x.rs")), 5);
         // The next epoch inherits this one's base and adds to it.
@@ -635,8 +641,8 @@ mod tests {
         let (seed, mut e) = open(&mut a, 1);
         assert_eq!(seed.stories, 1, "X retires");
         let after = e.view();
-        assert_eq!(after.stories[&y], before.stories[&y]);
-        assert!(!after.stories.contains_key(&x));
+        assert_eq!(after.stories[y.as_str()], before.stories[y.as_str()]);
+        assert!(!after.stories.contains_key(x.as_str()));
         assert_eq!(after.notes.inflated, 0);
         assert!(
             after.claims.contains_key(&y_impl),
@@ -744,7 +750,7 @@ mod tests {
         for id in [&below, &above] {
             assert!(new.claims.contains_key(id), "{id} counts in the new epoch");
         }
-        assert_eq!(new.stories[&y], old.stories[&y]);
+        assert_eq!(new.stories[y.as_str()], old.stories[y.as_str()]);
         let (oc, nc) = (old.claims(), new.claims());
         assert_eq!(nc.top(&f), Some(above.as_str()));
         assert_eq!(
@@ -803,8 +809,8 @@ mod tests {
         let v = e.view();
         assert_eq!(v.claims.len(), 2, "{:?}", v.claims.keys());
         assert_eq!(v.malformed, 1);
-        assert!(!v.stories.contains_key(&x));
-        assert_eq!(v.stories[&y].next_phase, Some(Phase::Research));
+        assert!(!v.stories.contains_key(x.as_str()));
+        assert_eq!(v.stories[y.as_str()].next_phase, Some(Phase::Research));
         // A replica of the same epoch reads the same.
         sync_pair(&mut e, &mut other);
         assert_eq!(other.view(), v);
@@ -832,7 +838,7 @@ mod tests {
         e.raw_put(BASE_KEY, forged.to_json());
         let f = load_from(&mut e).with_epoch_root(&seed.root).unwrap();
         assert!(f.view().base().unwrap().retired.contains_key(&x));
-        assert!(f.view().stories.contains_key(&y));
+        assert!(f.view().stories.contains_key(y.as_str()));
         assert_eq!(f.rejected_total(), 0, "an unknown key is no refused fact");
     }
 
@@ -848,9 +854,9 @@ mod tests {
         // A hostile writer puts something else at the key: the story stays as written,
         // but automerge now shows the overwrite there.
         a.raw_put(&format!("story/{k}"), "not a sealed value".into());
-        assert_eq!(a.view().stories[&k], before.stories[&k]);
+        assert_eq!(a.view().stories[k.as_str()], before.stories[k.as_str()]);
         let (_, b) = open(&mut a, 1);
-        assert_eq!(b.view().stories[&k], before.stories[&k]);
+        assert_eq!(b.view().stories[k.as_str()], before.stories[k.as_str()]);
     }
 
     #[test]
@@ -895,12 +901,15 @@ mod tests {
         let e = a.next_epoch(1, &cut, &root).unwrap();
         let v = e.view();
         assert_eq!(e.epoch_root(), Some(root.0));
-        assert!(v.landed(&done) && !v.stories.contains_key(&done), "retired");
+        assert!(
+            v.landed(&done) && !v.stories.contains_key(done.as_str()),
+            "retired"
+        );
         // `story show` finds it in the archive by its key or display id.
         assert_eq!(v.retired_key(&done), Some(done.as_str()));
         assert_eq!(v.retired_key("s-1"), Some(done.as_str()));
         assert_eq!(v.retired_key(&live), None);
-        assert!(v.stories.contains_key(&live) && v.stories.contains_key(&after));
+        assert!(v.stories.contains_key(live.as_str()) && v.stories.contains_key(after.as_str()));
         // The move itself stays behind: no proposal to release, no cut to move on again.
         assert!(v.epochs.is_empty(), "{:?}", v.epochs);
         assert!(
@@ -949,7 +958,7 @@ mod tests {
         assert_eq!(seed.root, at_cut.root);
         assert_eq!(seed.cut, cut);
         assert!(
-            b.view().stories.contains_key(&later),
+            b.view().stories.contains_key(later.as_str()),
             "b itself is unchanged"
         );
         // Heads it does not hold: refused.
@@ -983,9 +992,9 @@ mod tests {
         assert!(carried > 10, "{carried}");
         assert_eq!(e.rejected_total(), 0);
         let after = e.view();
-        assert_eq!(after.stories[&half], before.stories[&half]);
-        assert_eq!(after.stories[&new], before.stories[&new]);
-        assert!(!after.stories.contains_key(&done));
+        assert_eq!(after.stories[half.as_str()], before.stories[half.as_str()]);
+        assert_eq!(after.stories[new.as_str()], before.stories[new.as_str()]);
+        assert!(!after.stories.contains_key(done.as_str()));
         assert_eq!(
             after.notes.inflated, 0,
             "the file's run goes on from its floor"
@@ -1022,12 +1031,12 @@ mod tests {
         .unwrap();
         d.put_signed(&key, &Signer::for_test("OP").seal(&key, &json))
             .unwrap();
-        assert!(d.view().stories.contains_key(&before));
+        assert!(d.view().stories.contains_key(before.as_str()));
 
         let (seed, e) = open(&mut d, 1);
         let mut e = e.with_operators(ops);
         assert!(
-            e.view().stories.contains_key(&before),
+            e.view().stories.contains_key(before.as_str()),
             "it counted before the revoke, so it counts in the seed"
         );
         // N1 writes on after the seed (a copy that does not enforce the roster lets it):
@@ -1036,7 +1045,7 @@ mod tests {
         let late = n1.add_story(&new("after the revoke"), "N1", 3).unwrap();
         sync_pair(&mut n1, &mut e);
         assert!(e.fact_keys().any(|k| k.ends_with(&before)));
-        assert!(!e.view().stories.contains_key(&late));
+        assert!(!e.view().stories.contains_key(late.as_str()));
     }
 
     #[test]

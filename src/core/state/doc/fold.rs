@@ -18,6 +18,9 @@ type Value<'a> = (
 /// worth it for a load or a join, not for one change.
 const BATCH_CHECK_MIN: usize = 256;
 
+/// Maps smaller than this are not worth rebuilding (`Doc::repack`).
+const REPACK_MIN: usize = 1024;
+
 /// The values a change puts at root keys, in order: the operation that wrote each
 /// (counter, actor), its key and its value. (Deletes and anything else change no fact.)
 pub(super) fn root_puts(
@@ -84,6 +87,21 @@ impl Doc {
             let keys: Vec<FactKey> = self.candidates.keys().cloned().collect();
             self.choose_all(keys.iter().map(FactKey::as_str));
         }
+        self.repack();
+    }
+
+    /// Rebuilds `candidates` and `facts` with full nodes once they have doubled since
+    /// the last time. Keys mostly arrive in order (a load, a join, a bulk write), and a
+    /// map filled in order leaves its nodes half empty: ~7 MB at 100,000 stories.
+    /// Amortised, a key costs O(1) more.
+    fn repack(&mut self) {
+        let len = self.candidates.len();
+        if len < REPACK_MIN || len < self.packed.saturating_mul(2) {
+            return;
+        }
+        self.candidates = std::mem::take(&mut self.candidates).into_iter().collect();
+        self.facts = std::mem::take(&mut self.facts).into_iter().collect();
+        self.packed = len;
     }
 
     /// Chooses the fact of each key, releases last (whether a claim is finished depends
@@ -105,7 +123,7 @@ impl Doc {
             let Some(c) = self.chosen(key) else {
                 continue;
             };
-            let (Fact::Admit(f) | Fact::Revoke(f)) = &*c.fact else {
+            let (Fact::Admit(f) | Fact::Revoke(f)) = &c.fact else {
                 continue;
             };
             let entry = RosterEntry {
@@ -114,7 +132,7 @@ impl Doc {
                 note: f.note.clone(),
                 at_ms: f.at_ms,
             };
-            if matches!(*c.fact, Fact::Admit(_)) {
+            if matches!(c.fact, Fact::Admit(_)) {
                 admitted.insert(f.peer.clone(), entry);
             } else {
                 revoked_at.push((entry, c.change));
@@ -166,6 +184,7 @@ impl Doc {
         self.changed = None;
         self.facts.clear();
         self.candidates.clear();
+        self.packed = 0;
         self.authors.clear();
         self.finished.clear();
         self.roster.admitted.clear();
@@ -278,7 +297,7 @@ impl Doc {
                         op,
                         change,
                         author,
-                        fact: Arc::new(fact),
+                        fact,
                     });
                 }
                 touched.insert(key.to_string());

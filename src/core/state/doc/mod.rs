@@ -38,9 +38,12 @@ mod write;
 pub struct Doc {
     pub(super) inner: AutoCommit,
     /// The chosen fact of each key (what the view folds).
-    pub(super) facts: BTreeMap<FactKey, Arc<Fact>>,
+    pub(super) facts: BTreeMap<FactKey, Fact>,
     /// Every admitted value of each key.
     candidates: BTreeMap<FactKey, Vec<Candidate>>,
+    /// How many keys `candidates` had when it and `facts` were last rebuilt with full
+    /// nodes (`Doc::repack`).
+    packed: usize,
     /// Every author of a candidate, once (each candidate shares its copy: ~70 bytes a
     /// fact saved, 7 MB at 100,000 stories).
     authors: BTreeSet<Arc<str>>,
@@ -116,7 +119,7 @@ struct Candidate {
     change: ChangeHash,
     /// Interned ([`Doc::authors`]): a mesh has few authors and many facts.
     author: Arc<str>,
-    fact: Arc<Fact>,
+    fact: Fact,
 }
 
 /// How many of its own recent changes a document keeps for eager pushes.
@@ -140,18 +143,18 @@ struct LocalChange {
 pub(super) enum Fact {
     /// Without its body, which is read from the document when shown (`body.rs`).
     Story(Arc<StoryFact>),
-    Node(Box<NodeFact>),
-    Claim(Box<ClaimFact>),
-    Release(Box<ReleaseFact>),
+    Node(Arc<NodeFact>),
+    Claim(Arc<ClaimFact>),
+    Release(Arc<ReleaseFact>),
     Result(Arc<ResultFact>),
-    Merge(Box<MergeFact>),
-    Knowledge(Box<KnowledgeFact>),
-    Admit(Box<RosterFact>),
-    Revoke(Box<RosterFact>),
-    Command(Box<CommandFact>),
-    Budget(Box<BudgetFact>),
-    Notified(Box<crate::core::notify::NotifiedFact>),
-    Epoch(Box<EpochFact>),
+    Merge(Arc<MergeFact>),
+    Knowledge(Arc<KnowledgeFact>),
+    Admit(Arc<RosterFact>),
+    Revoke(Arc<RosterFact>),
+    Command(Arc<CommandFact>),
+    Budget(Arc<BudgetFact>),
+    Notified(Arc<crate::core::notify::NotifiedFact>),
+    Epoch(Arc<EpochFact>),
 }
 
 impl std::fmt::Debug for Doc {
@@ -175,6 +178,7 @@ impl Doc {
             inner,
             facts: BTreeMap::new(),
             candidates: BTreeMap::new(),
+            packed: 0,
             authors: BTreeSet::new(),
             finished: BTreeMap::new(),
             roster: Roster::default(),
@@ -643,7 +647,7 @@ impl Doc {
 
     /// The chosen fact of `key`, if any.
     pub(super) fn fact(&self, key: &str) -> Option<&Fact> {
-        self.facts.get(key).map(|f| &**f)
+        self.facts.get(key)
     }
 
     /// How many claims the document holds (a chosen fact per claim key): a walk over
@@ -679,7 +683,7 @@ impl Doc {
             .take_while(|(k, _)| k.starts_with(&prefix))
             .any(|(k, f)| {
                 let n = k[prefix.len()..].parse::<u64>().ok();
-                matches!(&**f, Fact::Claim(c) if c.holder == holder)
+                matches!(f, Fact::Claim(c) if c.holder == holder)
                     && n.is_some_and(|n| n <= upto)
                     && !self.facts.contains_key(
                         format!("{RELEASE_PREFIX}{}", &k[CLAIM_PREFIX.len()..]).as_str(),

@@ -52,7 +52,7 @@ fn a_hostile_member_cannot_forge_overwrite_delete_or_inflate() {
     // A node cannot even write in another's name through its own document.
     assert!(doc_a.put_release("x-1", &done, &e).is_err());
     let before = doc_a.view();
-    assert_eq!(before.stories[&key].next_phase, Some(Phase::Plan));
+    assert_eq!(before.stories[key.as_str()].next_phase, Some(Phase::Plan));
 
     let mut doc_e = Doc::new([2; 16]).with_signer(evil.clone());
     sync_pair(&mut doc_a, &mut doc_e);
@@ -62,7 +62,7 @@ fn a_hostile_member_cannot_forge_overwrite_delete_or_inflate() {
     let story_doc_key = format!("{STORY_PREFIX}{key}");
     let result_key = format!("{RESULT_PREFIX}{key}/research/{claim}");
     // 1. Forgeries in A's name: E's signature under A's label.
-    let mut forged_story = (*before.stories[&key].fact).clone();
+    let mut forged_story = (*before.stories[key.as_str()].fact).clone();
     forged_story.title = "rewritten".into();
     let forged = evil
         .seal(&story_doc_key, &json(&forged_story))
@@ -132,7 +132,7 @@ fn a_hostile_member_cannot_forge_overwrite_delete_or_inflate() {
     let mut bad = own.clone();
     bad.number = 2;
     bad.priority = 0;
-    bad.files = vec!["../../etc/passwd".into()];
+    bad.files = thin_vec::thin_vec!["../../etc/passwd".into()];
     let bad_key = format!("{STORY_PREFIX}{}", story_key(2, &e));
     raw(&mut doc_e, &bad_key, evil.seal(&bad_key, &json(&bad)));
     // 6. Junk: 10,000 values under known prefixes, unsigned or signed nonsense.

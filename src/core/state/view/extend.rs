@@ -63,7 +63,7 @@ impl View {
         }
         let mut numbers = BTreeSet::new();
         for (key, fact) in added {
-            let named_elsewhere = self.stories.contains_key(key)
+            let named_elsewhere = self.stories.contains_key(key.as_str())
                 || self.steering.story(key).is_some()
                 || claims.names_story(key)
                 || self.ledger.names_story(key);
@@ -85,7 +85,7 @@ impl View {
             let mut merged = BTreeMap::new();
             let mut ids: BTreeMap<&str, &str> = BTreeMap::new();
             for d in &fact.depends_on {
-                let Some(dep) = self.stories.get(d) else {
+                let Some(dep) = self.stories.get(d.as_str()) else {
                     // Merged in an earlier epoch: the base answers for it.
                     if self
                         .base
@@ -119,7 +119,7 @@ impl View {
             // The number is past every other: the short display id is its own.
             let story = fold.story(key, fact, &format!("S-{:04}", fact.number));
             self.story_index.add(key, fact);
-            self.stories.insert(key.clone(), Box::new(story));
+            self.stories.insert(key.as_str().into(), Box::new(story));
         }
         true
     }
@@ -190,8 +190,8 @@ mod tests {
         // On a story not landed yet: waits in the backlog, its dependency by display id.
         let (k, current) = add(&mut d, &[new("after first", &["S-0001"])]);
         assert!(current);
-        assert_eq!(d.view().stories[&k[0]].status, StoryStatus::Backlog);
-        assert_eq!(d.view().stories[&k[0]].depends_on_ids, ["S-0001"]);
+        assert_eq!(d.view().stories[k[0].as_str()].status, StoryStatus::Backlog);
+        assert_eq!(d.view().stories[k[0].as_str()].depends_on_ids, ["S-0001"]);
         // On a story in progress, and on one that landed (ready at once).
         step(&mut d, &first, Phase::Research, 0, None);
         assert!(add(&mut d, &[new("on in progress", &[&first])]).1);
@@ -202,7 +202,7 @@ mod tests {
         step(&mut d, &first, Phase::Merge, 0, None);
         let (k, current) = add(&mut d, &[new("on landed", &[&first])]);
         assert!(current);
-        assert_eq!(d.view().stories[&k[0]].status, StoryStatus::Ready);
+        assert_eq!(d.view().stories[k[0].as_str()].status, StoryStatus::Ready);
         // A batch whose stories depend on each other, by position and by display id.
         let (k, current) = add(
             &mut d,
@@ -213,7 +213,7 @@ mod tests {
             ],
         );
         assert!(current);
-        assert_eq!(d.view().stories[&k[2]].depends_on_ids.len(), 2);
+        assert_eq!(d.view().stories[k[2].as_str()].depends_on_ids.len(), 2);
         // Operators' commands on other stories change nothing of a new one.
         operator(&mut d, &first, Op::Prioritize { priority: 5 });
         assert!(add(&mut d, &[new("after a command", &[])]).1);
@@ -238,7 +238,7 @@ mod tests {
         for dep in &k {
             let (n, current) = add(&mut d, &[new("dependant", &[dep])]);
             assert!(!current);
-            assert_eq!(d.view().stories[&n[0]].status, StoryStatus::Blocked);
+            assert_eq!(d.view().stories[n[0].as_str()].status, StoryStatus::Blocked);
         }
         // Something in the document already names the key the story will get: a
         // claim (on its first phase or its last), a budget entry, a command, another
@@ -271,7 +271,7 @@ mod tests {
         operator(&mut d, &key, Op::Prioritize { priority: 1 });
         let (k, current) = add(&mut d, &[new("commanded before written", &[])]);
         assert!(!current);
-        assert_eq!(d.view().stories[&k[0]].priority, 1);
+        assert_eq!(d.view().stories[k[0].as_str()].priority, 1);
         let key = next_key(&d);
         let waiting = StoryFact {
             number: 1,
@@ -280,10 +280,10 @@ mod tests {
             title: "waits for a story not written yet".into(),
             body: String::new(),
             priority: 100,
-            depends_on: vec![key.clone()],
-            files: vec![],
-            labels: vec![],
-            source: String::new(),
+            depends_on: thin_vec::thin_vec![key.clone()],
+            files: crate::core::model::ThinVec::new(),
+            labels: crate::core::model::ThinVec::new(),
+            source: Default::default(),
             imported: None,
         };
         d.put_fact(&format!("{STORY_PREFIX}{}", story_key(1, B)), &waiting, B)
@@ -291,8 +291,8 @@ mod tests {
         assert!(!add(&mut d, &[new("awaited", &[])]).1);
         let v = d.view();
         assert_eq!(
-            v.stories[&story_key(1, B)].depends_on_ids,
-            [v.stories[&key].id.clone()]
+            v.stories[story_key(1, B).as_str()].depends_on_ids,
+            [v.stories[key.as_str()].id.clone()]
         );
     }
 }

@@ -123,7 +123,7 @@ impl StoryFold<'_> {
                     .or_else(|| retired(d).map(|(_, r)| r.id.as_str()))
                     .map_or(d.clone(), str::to_string)
             })
-            .collect();
+            .collect::<ThinVec<String>>();
         let mut attention = Vec::new();
         if status != StoryStatus::Merged && status != StoryStatus::Cancelled {
             attention = gate_items(self.counted, key, fact, &walk, next_phase);
@@ -152,19 +152,19 @@ impl StoryFold<'_> {
             n
         });
         StoryView {
-            key: key.clone(),
-            id: id.to_string(),
+            key: key.as_str().into(),
+            id: id.into(),
             status,
             depends_on_ids: depends_on,
             fact: fact.clone(),
-            phases_done,
+            phases_done: phases_done.into(),
             next_phase,
             round,
             history: walk.steps.iter().map(|(_, _, k)| k.clone()).collect(),
             attempts,
             failed_attempts,
             takeovers,
-            failures,
+            failures: failures.into(),
             blocked_reason,
             merged: is_merged,
             implementer,
@@ -172,8 +172,8 @@ impl StoryFold<'_> {
             paused: steer.and_then(|s| s.paused.clone()).map(Box::new),
             cancelled,
             assigned: steer.and_then(|s| s.assigned.clone()).map(Box::new),
-            notes,
-            attention,
+            notes: notes.into(),
+            attention: attention.into(),
             held,
             blocked_step,
             usage: Usage::default(),

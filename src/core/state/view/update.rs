@@ -27,7 +27,7 @@ impl View {
     pub(in crate::core::state) fn apply_changes(
         &mut self,
         claims: &mut Claims,
-        facts: &BTreeMap<FactKey, Arc<Fact>>,
+        facts: &BTreeMap<FactKey, Fact>,
         keys: &BTreeSet<String>,
     ) -> bool {
         if self.notes.inflated > 0 {
@@ -39,7 +39,7 @@ impl View {
         for key in keys {
             if !self.take_fact(
                 key,
-                facts.get(key.as_str()).map(|f| &**f),
+                facts.get(key.as_str()),
                 &mut added,
                 &mut released,
                 &mut touched,
@@ -219,7 +219,7 @@ impl View {
         let mut wanted: BTreeSet<&str> = BTreeSet::new();
         for k in affected {
             wanted.insert(k);
-            if let Some(s) = self.stories.get(k) {
+            if let Some(s) = self.stories.get(k.as_str()) {
                 wanted.extend(s.fact.depends_on.iter().map(String::as_str));
             }
         }
@@ -266,7 +266,7 @@ impl View {
         };
         let mut built: Vec<StoryView> = Vec::with_capacity(affected.len());
         for k in affected {
-            if let Some(s) = self.stories.get(k) {
+            if let Some(s) = self.stories.get(k.as_str()) {
                 built.push(fold.story(k, &s.fact, &s.id));
             }
         }
@@ -280,22 +280,22 @@ impl View {
         for s in &built {
             let blocks =
                 |v: &StoryView| v.blocked_reason.is_some() || v.status == StoryStatus::Cancelled;
-            let before = self.stories.get(&s.key).is_some_and(|v| blocks(v));
-            if blocks(s) != before && self.story_index.dependents.contains_key(&s.key) {
+            let before = self.stories.get(s.key.as_str()).is_some_and(|v| blocks(v));
+            if blocks(s) != before && self.story_index.dependents.contains_key(s.key.as_str()) {
                 return false;
             }
             let open = s.merged.is_none()
                 && s.blocked_reason.is_none()
                 && s.cancelled.is_none()
-                && !active.contains(&s.key);
+                && !active.contains(s.key.as_str());
             let dep_blocks = s.fact.depends_on.iter().any(|d| {
-                let v = if d == &s.key {
+                let v = if *d == s.key {
                     Some(s)
                 } else {
                     built
                         .iter()
-                        .find(|b| &b.key == d)
-                        .or_else(|| self.stories.get(d).map(|v| &**v))
+                        .find(|b| b.key == *d)
+                        .or_else(|| self.stories.get(d.as_str()).map(|v| &**v))
                 };
                 v.is_some_and(blocks)
             });
@@ -410,19 +410,19 @@ mod tests {
         for p in [Phase::Research, Phase::Plan, Phase::Implement] {
             step(&mut d, &first, p, 0, None);
             assert!(update(&mut d, &mut v, &mut c), "{p}");
-            assert_eq!(v.stories[&first].status, StoryStatus::InProgress);
+            assert_eq!(v.stories[first.as_str()].status, StoryStatus::InProgress);
         }
         step(&mut d, &first, Phase::Review, 0, Some(Verdict::Approve));
         assert!(update(&mut d, &mut v, &mut c));
-        assert_eq!(v.stories[&second].status, StoryStatus::Backlog);
+        assert_eq!(v.stories[second.as_str()].status, StoryStatus::Backlog);
         step(&mut d, &first, Phase::Merge, 0, None);
         assert!(update(&mut d, &mut v, &mut c));
-        assert_eq!(v.stories[&first].status, StoryStatus::Merged);
-        assert_eq!(v.stories[&second].status, StoryStatus::Ready);
+        assert_eq!(v.stories[first.as_str()].status, StoryStatus::Merged);
+        assert_eq!(v.stories[second.as_str()].status, StoryStatus::Ready);
         // Attempts that ended without a result, below the limit; and nothing at all.
         ended_attempt(&mut d, &second, ReleaseReason::Failed, "tests failed");
         assert!(update(&mut d, &mut v, &mut c));
-        assert_eq!(v.stories[&second].failed_attempts, 1);
+        assert_eq!(v.stories[second.as_str()].failed_attempts, 1);
         assert!(update(&mut d, &mut v, &mut c));
         // Work on a key no story has (yet): its result counts in the view all the same.
         let orphan = story_key(99, B);
@@ -440,7 +440,7 @@ mod tests {
         };
         command(&mut d, "OP", target, Op::Prioritize { priority: 5 }, 3).unwrap();
         assert!(!update(&mut d, &mut v, &mut c));
-        assert_eq!(v.stories[&second].priority, 5);
+        assert_eq!(v.stories[second.as_str()].priority, 5);
         // A story another node wrote.
         d.add_story(&new("by B", &[]), B, 4).unwrap();
         assert!(!update(&mut d, &mut v, &mut c));
@@ -449,7 +449,7 @@ mod tests {
             ended_attempt(&mut d, &first, ReleaseReason::Failed, "tests failed");
         }
         assert!(!update(&mut d, &mut v, &mut c));
-        assert_eq!(v.stories[&second].status, StoryStatus::Blocked);
+        assert_eq!(v.stories[second.as_str()].status, StoryStatus::Blocked);
         // A claim that jumps ahead on its resource (and every update after it).
         let claim = ClaimFact {
             resources: vec![(Resource::story(&second, Phase::Research).unwrap(), 9)],
