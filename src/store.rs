@@ -26,8 +26,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod snapshot;
+
+/// The generation of the snapshot file in force (u64, big-endian; `snapshot.rs`).
+const SNAPSHOT_FILE_KEY: &[u8] = b"snapshot-file";
+/// Where stores written before snapshot files kept the snapshot, and the record of its
+/// signature checks (`Doc::save_checked`): read until the next compaction moves them.
 const SNAPSHOT_KEY: &[u8] = b"snapshot";
-/// The record of the snapshot's signature checks (`Doc::save_checked`), written with it.
 const SNAPSHOT_CHECKED_KEY: &[u8] = b"snapshot-checked";
 const CHUNK_PREFIX: &[u8] = b"c/";
 /// The hash of the epoch's root change the stored document is opened with (absent: a
@@ -95,6 +100,10 @@ pub struct Store {
     /// Bytes of the document as stored: the snapshot plus every chunk since, kept up to
     /// date by each write so `status` never has to save the document to measure it.
     doc_bytes: u64,
+    /// The directory of snapshot files, and the generation in force (`None`: the
+    /// snapshot is still in sled, or there is none yet).
+    snapshots: PathBuf,
+    generation: Option<u64>,
     faults: Faults,
     _lock: File,
 }
@@ -198,12 +207,27 @@ impl Store {
         };
         let db = open_db(&db_path).map_err(db_err)?;
         let tree = db.open_tree("doc").map_err(db_err)?;
+        let snapshots = dir.join(snapshot::DIR);
+        let generation = match tree.get(SNAPSHOT_FILE_KEY).map_err(db_err)? {
+            None => None,
+            Some(v) => Some(u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+                StoreError::Corrupt {
+                    path: db_path.clone(),
+                    what: format!("the snapshot generation is {} bytes, not 8", v.len()),
+                }
+            })?)),
+        };
+        // Files a crash left before sled pointed at them, and generations replaced.
+        snapshot::remove_others(&snapshots, generation);
+        let mut doc_bytes = match generation {
+            Some(g) => snapshot::snapshot_len(&snapshots, g).map_err(snapshot_err)?,
+            None => tree
+                .get(SNAPSHOT_KEY)
+                .map_err(db_err)?
+                .map_or(0, |v| v.len() as u64),
+        };
         let mut next_chunk = 0;
         let mut chunks = 0;
-        let mut doc_bytes = tree
-            .get(SNAPSHOT_KEY)
-            .map_err(db_err)?
-            .map_or(0, |v| v.len() as u64);
         for item in tree.scan_prefix(CHUNK_PREFIX) {
             let (k, v) = item.map_err(db_err)?;
             if let Some(seq) = chunk_seq(&k) {
@@ -219,6 +243,8 @@ impl Store {
             next_chunk,
             chunks,
             doc_bytes,
+            snapshots,
+            generation,
             faults: Faults::default(),
             _lock: lock,
         })
@@ -249,12 +275,15 @@ impl Store {
 
     /// The stored snapshot (empty if none) and every chunk saved after it, in order.
     pub fn load_doc(&self) -> Result<(Vec<u8>, Vec<Vec<u8>>), StoreError> {
-        let snapshot = self
-            .tree
-            .get(SNAPSHOT_KEY)
-            .map_err(self.db_err())?
-            .map(|v| v.to_vec())
-            .unwrap_or_default();
+        let snapshot = match self.generation {
+            Some(g) => snapshot::snapshot(&self.snapshots, g).map_err(snapshot_err)?,
+            None => self
+                .tree
+                .get(SNAPSHOT_KEY)
+                .map_err(self.db_err())?
+                .map(|v| v.to_vec())
+                .unwrap_or_default(),
+        };
         let mut chunks = Vec::new();
         for item in self.tree.scan_prefix(CHUNK_PREFIX) {
             let (_, v) = item.map_err(self.db_err())?;
@@ -311,12 +340,42 @@ impl Store {
 
     /// The record of the stored snapshot's signature checks (empty if none).
     pub fn snapshot_checked(&self) -> Result<Vec<u8>, StoreError> {
+        if let Some(g) = self.generation {
+            return snapshot::checked(&self.snapshots, g).map_err(snapshot_err);
+        }
         Ok(self
             .tree
             .get(SNAPSHOT_CHECKED_KEY)
             .map_err(self.db_err())?
             .map(|v| v.to_vec())
             .unwrap_or_default())
+    }
+
+    /// Puts `snapshot` (with its check record) in force in one atomic step with `batch`
+    /// (which drops the chunks it covers): the next generation's file is written and
+    /// synced, the batch switches sled to it, and once that is flushed the old file goes.
+    fn switch(
+        &mut self,
+        snapshot: &[u8],
+        checked: &[u8],
+        mut batch: sled::Batch,
+    ) -> Result<(), StoreError> {
+        let next = self.generation.map_or(1, |g| g + 1);
+        snapshot::write(&self.snapshots, next, snapshot, checked).map_err(snapshot_err)?;
+        batch.insert(SNAPSHOT_FILE_KEY, &next.to_be_bytes()[..]);
+        batch.remove(SNAPSHOT_KEY);
+        batch.remove(SNAPSHOT_CHECKED_KEY);
+        if let Err(e) = self.tree.apply_batch(batch) {
+            // Nothing switched: the new file goes again.
+            snapshot::remove_others(&self.snapshots, self.generation);
+            return Err(self.db_err()(e));
+        }
+        // Sled reads the new generation from now on; until the switch is flushed, both
+        // files stay (the next open keeps the one sled holds and removes the other).
+        self.generation = Some(next);
+        self.tree.flush().map_err(self.db_err())?;
+        snapshot::remove_others(&self.snapshots, self.generation);
+        Ok(())
     }
 
     /// Replaces the snapshot and drops every chunk it covers, atomically; `checked` is
@@ -350,17 +409,14 @@ impl Store {
             .map_err(self.db_err())?;
         archive.flush().map_err(self.db_err())?;
         let mut batch = sled::Batch::default();
-        batch.insert(SNAPSHOT_KEY, seed);
-        batch.remove(SNAPSHOT_CHECKED_KEY);
         batch.insert(EPOCH_ROOT_KEY, &root[..]);
         for item in self.tree.scan_prefix(CHUNK_PREFIX) {
             let (k, _) = item.map_err(self.db_err())?;
             batch.remove(k);
         }
-        self.tree.apply_batch(batch).map_err(self.db_err())?;
+        self.switch(seed, &[], batch)?;
         self.chunks = 0;
         self.doc_bytes = seed.len() as u64;
-        self.tree.flush().map_err(self.db_err())?;
         Ok(())
     }
 
@@ -392,12 +448,6 @@ impl Store {
         tail: &[u8],
     ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        batch.insert(SNAPSHOT_KEY, snapshot);
-        if checked.is_empty() {
-            batch.remove(SNAPSHOT_CHECKED_KEY);
-        } else {
-            batch.insert(SNAPSHOT_CHECKED_KEY, checked);
-        }
         for item in self.tree.scan_prefix(CHUNK_PREFIX) {
             let (k, _) = item.map_err(self.db_err())?;
             batch.remove(k);
@@ -406,7 +456,7 @@ impl Store {
         if let Some(k) = &tail_key {
             batch.insert(k.as_slice(), tail);
         }
-        self.tree.apply_batch(batch).map_err(self.db_err())?;
+        self.switch(snapshot, checked, batch)?;
         self.chunks = 0;
         self.doc_bytes = snapshot.len() as u64;
         if tail_key.is_some() {
@@ -414,7 +464,6 @@ impl Store {
             self.chunks = 1;
             self.doc_bytes += tail.len() as u64;
         }
-        self.tree.flush().map_err(self.db_err())?;
         Ok(())
     }
 
@@ -449,7 +498,7 @@ impl Store {
 
     /// Bytes the store occupies on disk (approximate).
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.db.size_on_disk().unwrap_or(0) + snapshot::size_on_disk(&self.snapshots)
     }
 }
 
@@ -619,6 +668,16 @@ fn event_key(e: &Event) -> Vec<u8> {
     k
 }
 
+fn snapshot_err(e: snapshot::Error) -> StoreError {
+    match e {
+        snapshot::Error::Io(path, source) => StoreError::Io { path, source },
+        snapshot::Error::Corrupt(path, what) => StoreError::Corrupt {
+            path,
+            what: format!("snapshot file: {what}"),
+        },
+    }
+}
+
 fn chunk_key(seq: u64) -> Vec<u8> {
     let mut k = CHUNK_PREFIX.to_vec();
     k.extend_from_slice(&seq.to_be_bytes());
@@ -633,6 +692,101 @@ fn chunk_seq(key: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn snapshot_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join(snapshot::DIR))
+            .map(|es| {
+                es.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_snapshot_lives_in_one_file_and_a_crash_before_the_switch_keeps_the_old_one() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let mut s = Store::open(d.path()).unwrap();
+            s.compact(b"snapshot one", b"checks one").unwrap();
+            s.append_chunk(b"a chunk").unwrap();
+            assert_eq!(s.doc_bytes(), 12 + 7);
+        }
+        assert_eq!(snapshot_files(d.path()), ["snapshot-0000000000000001"]);
+        // A crash while the next compaction wrote its file: sled never pointed at it.
+        let snapshots = d.path().join(snapshot::DIR);
+        snapshot::write(&snapshots, 2, b"never switched", b"").unwrap();
+        std::fs::write(snapshots.join("snapshot-0000000000000003.tmp"), b"torn").unwrap();
+        let mut s = Store::open(d.path()).unwrap();
+        assert_eq!(
+            s.load_doc().unwrap(),
+            (b"snapshot one".to_vec(), vec![b"a chunk".to_vec()])
+        );
+        assert_eq!(s.snapshot_checked().unwrap(), b"checks one");
+        assert_eq!(s.doc_bytes(), 12 + 7);
+        assert_eq!(snapshot_files(d.path()), ["snapshot-0000000000000001"]);
+        // The next compaction switches, and the old file goes.
+        s.compact(b"snapshot two", b"").unwrap();
+        assert_eq!(snapshot_files(d.path()), ["snapshot-0000000000000002"]);
+        drop(s);
+        let s = Store::open(d.path()).unwrap();
+        assert_eq!(s.load_doc().unwrap(), (b"snapshot two".to_vec(), vec![]));
+        assert!(s.snapshot_checked().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_kept_in_sled_by_an_older_store_is_read_then_moved_to_a_file() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(d.path()).unwrap();
+            // What a store written before snapshot files holds.
+            s.tree.insert(SNAPSHOT_KEY, &b"old snapshot"[..]).unwrap();
+            s.tree
+                .insert(SNAPSHOT_CHECKED_KEY, &b"old checks"[..])
+                .unwrap();
+            s.flush_blocking().unwrap();
+        }
+        let mut s = Store::open(d.path()).unwrap();
+        assert_eq!(s.doc_bytes(), 12);
+        assert_eq!(s.load_doc().unwrap().0, b"old snapshot");
+        assert_eq!(s.snapshot_checked().unwrap(), b"old checks");
+        s.compact(b"new snapshot", b"new checks").unwrap();
+        assert_eq!(s.tree.get(SNAPSHOT_KEY).unwrap(), None);
+        assert_eq!(s.tree.get(SNAPSHOT_CHECKED_KEY).unwrap(), None);
+        drop(s);
+        let s = Store::open(d.path()).unwrap();
+        assert_eq!(s.load_doc().unwrap().0, b"new snapshot");
+        assert_eq!(s.snapshot_checked().unwrap(), b"new checks");
+    }
+
+    #[test]
+    fn a_damaged_snapshot_file_is_reported_corrupt_not_loaded() {
+        let d = tempfile::tempdir().unwrap();
+        Store::open(d.path())
+            .unwrap()
+            .compact(b"a snapshot", b"its checks")
+            .unwrap();
+        let file = snapshot::path(&d.path().join(snapshot::DIR), 1);
+        let mut bytes = std::fs::read(&file).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&file, &bytes).unwrap();
+        let s = Store::open(d.path()).unwrap();
+        assert_eq!(s.load_doc().unwrap().0, b"a snapshot");
+        let err = s.snapshot_checked().unwrap_err().to_string();
+        assert!(err.contains("corrupt") && err.contains("digest"), "{err}");
+        drop(s);
+        // Cut short: the header no longer matches.
+        std::fs::write(&file, &bytes[..bytes.len() - 3]).unwrap();
+        let err = Store::open(d.path()).unwrap_err().to_string();
+        assert!(err.contains("length does not match"), "{err}");
+        // Gone: the error names the file.
+        std::fs::remove_file(&file).unwrap();
+        let err = Store::open(d.path()).unwrap_err().to_string();
+        assert!(err.contains("snapshot-0000000000000001"), "{err}");
+    }
 
     #[test]
     fn a_story_is_read_from_the_newest_archived_document_that_holds_it() {
