@@ -700,8 +700,8 @@ pub struct StallWatch {
     /// Per story: (counted results, when that count was first seen or work last seen,
     /// reported, what it waits for when that is a stall in the making). Boxed: most
     /// stories wait for nothing that can stall, and inline every entry had room for it
-    /// (~50 bytes a story).
-    seen: std::collections::BTreeMap<String, Seen>,
+    /// (~50 bytes a story); keyed inline, as the view is.
+    seen: std::collections::BTreeMap<smol_str::SmolStr, Seen>,
     /// The document the waits were worked out for.
     digest: Option<[u8; 32]>,
 }
@@ -725,7 +725,7 @@ impl StallWatch {
                     Some(w) => {
                         if !e.2 && now_ms.saturating_sub(e.1) > stall_after_ms {
                             e.2 = true;
-                            out.push((key.clone(), (**w).clone()));
+                            out.push((key.to_string(), (**w).clone()));
                         }
                     }
                 }
@@ -745,7 +745,7 @@ impl StallWatch {
             let steps = s.history.len();
             let e = self
                 .seen
-                .entry(s.key.to_string())
+                .entry(s.key.clone())
                 .or_insert((steps, now_ms, false, None));
             if !w.is_open() || w.behind_work() || w.for_human() || e.0 != steps {
                 *e = (steps, now_ms, false, None);

@@ -288,10 +288,7 @@ fn drop_inflated_claims(claims: &mut BTreeMap<String, ClaimFact>, base: Option<&
 
 impl View {
     /// The view and the claim fold it was derived with (built once, used by both).
-    pub(super) fn fold(
-        all: &BTreeMap<FactKey, Fact>,
-        base: Option<&Arc<Base>>,
-    ) -> (View, Claims) {
+    pub(super) fn fold(all: &BTreeMap<FactKey, Fact>, base: Option<&Arc<Base>>) -> (View, Claims) {
         let (mut view, facts) = View::sort_facts(all);
         view.base = base.cloned();
         let base = base.map(|b| &**b);

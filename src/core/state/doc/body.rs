@@ -48,15 +48,10 @@ impl Doc {
     /// The value the operation `op` (of change `change`) put at root key `key`: the
     /// key's current value, or, when a later write hid it, the key's value as of that
     /// change (a historical read: rare, a story key is written once).
-    fn value_written_by(
-        &self,
-        key: &str,
-        op: &(u64, Vec<u8>),
-        change: &ChangeHash,
-    ) -> Option<String> {
+    fn value_written_by(&self, key: &str, op: &OpId, change: &ChangeHash) -> Option<String> {
         let find = |values: Vec<(automerge::Value<'_>, ObjId)>| {
             values.into_iter().find_map(|(v, id)| match &id {
-                ObjId::Id(counter, actor, _) if *counter == op.0 && actor.to_bytes() == op.1 => {
+                ObjId::Id(counter, actor, _) if *counter == op.0 && actor.to_bytes() == &*op.1 => {
                     v.as_str().map(str::to_string)
                 }
                 _ => None,

@@ -74,7 +74,11 @@ impl Doc {
         }
         encode(&Checked {
             heads: sorted(heads),
-            bad: self.bad_signatures.iter().cloned().collect(),
+            bad: self
+                .bad_signatures
+                .iter()
+                .map(|(n, a)| (*n, a.to_vec()))
+                .collect(),
         })
     }
 
@@ -102,7 +106,7 @@ impl Doc {
 
     /// Whether `record` speaks for the document as loaded so far (its snapshot): then
     /// the signatures to check again during the first read.
-    pub(super) fn trusted_by(&mut self, record: &[u8]) -> Option<BTreeSet<(u64, Vec<u8>)>> {
+    pub(super) fn trusted_by(&mut self, record: &[u8]) -> Option<BTreeSet<OpId>> {
         if record.is_empty() {
             return None;
         }
@@ -125,7 +129,7 @@ impl Doc {
             );
             return None;
         }
-        Some(r.bad.into_iter().collect())
+        Some(r.bad.into_iter().map(|(n, a)| (n, a.into())).collect())
     }
 }
 

@@ -298,9 +298,7 @@ impl Doc {
         let old_facts = &old.facts;
         let retired = |key: &str, fact: &Fact| {
             // The move itself (its proposals, their releases, its cut) stays behind.
-            let claim = |id: &str| match old_facts
-                .get(format!("{CLAIM_PREFIX}{id}").as_str())
-            {
+            let claim = |id: &str| match old_facts.get(format!("{CLAIM_PREFIX}{id}").as_str()) {
                 Some(Fact::Claim(c)) => moved_here(c, epoch),
                 _ => false,
             };
@@ -322,7 +320,7 @@ impl Doc {
             story.is_some_and(|k| b.retired.contains_key(k))
         };
         // The admitted values that count in `old`, by the operation that wrote them.
-        let mut counting: HashMap<(u64, Vec<u8>), &Fact> = HashMap::new();
+        let mut counting: HashMap<OpId, &Fact> = HashMap::new();
         for (key, all) in &old.candidates {
             let roster = FactKind::of_key(key).is_some_and(FactKind::by_operator);
             for c in all {
@@ -334,7 +332,7 @@ impl Doc {
                 }
             }
         }
-        let mut values: Vec<((u64, Vec<u8>), String, String)> = Vec::new();
+        let mut values: Vec<(OpId, String, String)> = Vec::new();
         for change in old.inner.get_changes(cut) {
             for (id, key, value) in root_puts(&change.decode()) {
                 if let (ScalarValue::Str(v), true) = (value, counting.contains_key(&id)) {
@@ -379,7 +377,7 @@ impl Doc {
         } = self.retirement(epoch)?;
         let cut = self.inner.get_heads();
         // The operation that wrote each kept key's chosen value.
-        let mut wanted: HashMap<(u64, Vec<u8>), &str> = HashMap::new();
+        let mut wanted: HashMap<OpId, &str> = HashMap::new();
         for key in self.facts.keys() {
             if retired.contains(key) {
                 continue;
