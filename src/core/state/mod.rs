@@ -112,8 +112,8 @@ pub use command::{
     command_key, Assignment, CommandEntry, CommandFact, Note, Op, Steering, Stop, StorySteer,
     Target, MAX_COMMAND_TEXT, MAX_UNBLOCK_GRANT,
 };
-use doc::Fact;
 pub use doc::{BatchError, Doc, Rebase, Seed, Taken, BATCH_REF_PREFIX, MAX_BATCH_STORIES};
+use doc::{Fact, Facts};
 pub use roster::{admit_key, revoke_key, RosterEntry, RosterFact, RosterView};
 pub use view::*;
 pub use walk::{Attention, APPROVAL_LABEL, MAX_REWORKS, PLAN_REVIEW_LABEL, REFINE_LABEL};

@@ -20,7 +20,8 @@ fn decoded_facts_track_the_document() {
     fn check(d: &mut Doc) {
         let fresh = Doc::load_test_names([9; 16], &d.save(), &[]).unwrap();
         assert_eq!(
-            d.facts, fresh.facts,
+            d.facts().iter().collect::<Vec<_>>(),
+            fresh.facts().iter().collect::<Vec<_>>(),
             "incremental facts differ from a fresh load"
         );
         assert_eq!(d.rejected(), fresh.rejected());

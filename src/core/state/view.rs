@@ -288,7 +288,7 @@ fn drop_inflated_claims(claims: &mut BTreeMap<String, ClaimFact>, base: Option<&
 
 impl View {
     /// The view and the claim fold it was derived with (built once, used by both).
-    pub(super) fn fold(all: &BTreeMap<FactKey, Fact>, base: Option<&Arc<Base>>) -> (View, Claims) {
+    pub(super) fn fold(all: Facts<'_>, base: Option<&Arc<Base>>) -> (View, Claims) {
         let (mut view, facts) = View::sort_facts(all);
         view.base = base.cloned();
         let base = base.map(|b| &**b);
@@ -350,11 +350,11 @@ impl View {
 
     /// Step 1 of the fold: every decoded fact into its map; story facts whose key does
     /// not match their content are malformed.
-    fn sort_facts(all: &BTreeMap<FactKey, Fact>) -> (View, Vec<(String, Arc<StoryFact>)>) {
+    fn sort_facts(all: Facts<'_>) -> (View, Vec<(String, Arc<StoryFact>)>) {
         let mut view = View::default();
         let mut facts: Vec<(String, Arc<StoryFact>)> = Vec::new();
         let mut commands: Vec<(&str, &CommandFact)> = Vec::new();
-        for (key, fact) in all {
+        for (key, fact) in all.iter() {
             match fact {
                 Fact::Story(f) => match key.strip_prefix(STORY_PREFIX) {
                     Some(skey) if names_story(skey, f.number, &f.created_by) => {

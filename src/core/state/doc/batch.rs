@@ -156,7 +156,7 @@ impl Doc {
     /// The story whose fact records `source` (an issue from a tracker, say), if one
     /// was written: the lookup that makes a redelivered issue a no-op.
     pub fn story_from_source(&self, source: &str) -> Option<String> {
-        self.facts.iter().find_map(|(k, f)| match f {
+        self.facts().iter().find_map(|(k, f)| match f {
             Fact::Story(s) if s.source == source => k.strip_prefix(STORY_PREFIX).map(String::from),
             _ => None,
         })

@@ -169,8 +169,8 @@ mod tests {
         d.inner.put(automerge::ROOT, &k2, forged).expect("put");
         d.inner.commit();
         d.refresh();
-        assert!(d.facts.contains_key(k.as_str()), "the good fact counts");
-        assert!(!d.facts.contains_key(k2.as_str()), "the forgery does not");
+        assert!(d.facts().contains_key(k.as_str()), "the good fact counts");
+        assert!(!d.facts().contains_key(k2.as_str()), "the forgery does not");
         d.save_checked()
     }
 
@@ -194,7 +194,7 @@ mod tests {
         for (record, what) in [(&record[..], "with the record"), (&[][..], "without")] {
             let d = load(&snapshot, record);
             let stories: Vec<&FactKey> = d
-                .facts
+                .facts()
                 .keys()
                 .filter(|k| k.starts_with(STORY_PREFIX))
                 .collect();
@@ -262,10 +262,10 @@ mod tests {
             301,
             "one batch of every value"
         );
-        assert_eq!(with.facts.len(), 300);
+        assert_eq!(with.facts().iter().count(), 300);
         assert_eq!(
-            with.facts.keys().collect::<Vec<_>>(),
-            without.facts.keys().collect::<Vec<_>>()
+            with.facts().keys().collect::<Vec<_>>(),
+            without.facts().keys().collect::<Vec<_>>()
         );
         assert_eq!((with.rejected_total(), without.rejected_total()), (1, 1));
         assert_eq!(with.bad_signatures, without.bad_signatures);

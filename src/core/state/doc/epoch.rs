@@ -129,7 +129,7 @@ impl Doc {
         let old = self.base.as_deref();
         let was_retired = |k: &str| old.is_some_and(|b| b.retired.contains_key(k));
         let claims: BTreeMap<&str, &ClaimFact> = self
-            .facts
+            .facts()
             .iter()
             .filter_map(|(k, f)| match f {
                 Fact::Claim(c) => Some((k.strip_prefix(CLAIM_PREFIX).unwrap_or(k), &**c)),
@@ -208,7 +208,7 @@ impl Doc {
             );
         }
         let mut keys = BTreeSet::new();
-        for (key, fact) in &self.facts {
+        for (key, fact) in self.facts().iter() {
             let leave = match fact {
                 Fact::Story(_) => key.strip_prefix(STORY_PREFIX).is_some_and(leaves),
                 Fact::Result(r) => leaves(&r.story),
@@ -295,7 +295,7 @@ impl Doc {
         old.refresh();
         let base = self.base.clone();
         let epoch = base.as_ref().map_or(0, |b| b.epoch);
-        let old_facts = &old.facts;
+        let old_facts = old.facts();
         let retired = |key: &str, fact: &Fact| {
             // The move itself (its proposals, their releases, its cut) stays behind.
             let claim = |id: &str| match old_facts.get(format!("{CLAIM_PREFIX}{id}").as_str()) {
@@ -321,12 +321,13 @@ impl Doc {
         };
         // The admitted values that count in `old`, by the operation that wrote them.
         let mut counting: HashMap<OpId, &Fact> = HashMap::new();
-        for (key, all) in &old.candidates {
+        for (key, e) in &old.candidates {
+            let all = &e.all;
             let roster = FactKind::of_key(key).is_some_and(FactKind::by_operator);
             for c in all {
                 if (roster || old.roster.counts(&c.author, &c.change))
                     && !retired(key, &c.fact)
-                    && self.facts.get(key) != Some(&c.fact)
+                    && self.facts().get(key) != Some(&c.fact)
                 {
                     counting.insert(c.op.clone(), &c.fact);
                 }
@@ -378,7 +379,8 @@ impl Doc {
         let cut = self.inner.get_heads();
         // The operation that wrote each kept key's chosen value.
         let mut wanted: HashMap<OpId, &str> = HashMap::new();
-        for key in self.facts.keys() {
+        // (Over the candidates' field alone: the changes are read below.)
+        for key in Facts(&self.candidates).keys() {
             if retired.contains(key) {
                 continue;
             }

@@ -84,7 +84,7 @@ impl Doc {
         self.repack();
     }
 
-    /// Rebuilds `candidates` and `facts` with full nodes once they have doubled since
+    /// Rebuilds `candidates` with full nodes once it has doubled since
     /// the last time. Keys mostly arrive in order (a load, a join, a bulk write), and a
     /// map filled in order leaves its nodes half empty: ~7 MB at 100,000 stories.
     /// Amortised, a key costs O(1) more.
@@ -94,7 +94,6 @@ impl Doc {
             return;
         }
         self.candidates = std::mem::take(&mut self.candidates).into_iter().collect();
-        self.facts = std::mem::take(&mut self.facts).into_iter().collect();
         self.packed = len;
     }
 
@@ -176,7 +175,6 @@ impl Doc {
     /// Reads every change again (after the key scheme changed).
     pub(super) fn rescan(&mut self) {
         self.changed = None;
-        self.facts.clear();
         self.candidates.clear();
         self.packed = 0;
         self.authors.clear();
@@ -287,7 +285,7 @@ impl Doc {
                         self.actors.insert(op.1.clone());
                     }
                 }
-                let all = self.candidates.entry(FactKey::from(key)).or_default();
+                let all = &mut self.candidates.entry(FactKey::from(key)).or_default().all;
                 if !all.iter().any(|c| c.op == op) {
                     all.push(Candidate {
                         op,
@@ -331,54 +329,49 @@ impl Doc {
     /// merge does not count at all, so the holder's own release stands. "First" and
     /// "latest" are by the writing operation's id, which every node orders alike.
     pub(super) fn chosen(&self, key: &str) -> Option<&Candidate> {
-        let all = self.candidates.get(key)?;
+        let i = self.chosen_at(key)?;
+        self.candidates.get(key)?.all.get(i)
+    }
+
+    /// [`Doc::chosen`]'s index among the key's candidates.
+    fn chosen_at(&self, key: &str) -> Option<usize> {
+        let all = self.candidates.get(key)?.all.iter().enumerate();
         let kind = FactKind::of_key(key);
         let roster = kind.is_some_and(FactKind::by_operator);
-        let counts = |c: &&Candidate| roster || self.roster.counts(&c.author, &c.change);
-        match kind {
+        let counts =
+            |(_, c): &(usize, &Candidate)| roster || self.roster.counts(&c.author, &c.change);
+        let first = |(_, a): &(usize, &Candidate), (_, b): &(usize, &Candidate)| a.op.cmp(&b.op);
+        let chosen = match kind {
             // The latest run's, then the latest write's: an older run's value replayed
             // (re-put by anyone, as it is validly signed) never comes back.
             Some(FactKind::Node) => all
-                .iter()
                 .filter(counts)
-                .max_by_key(|c| (node_incarnation(&c.fact), &c.op)),
+                .max_by_key(|(_, c)| (node_incarnation(&c.fact), &c.op)),
             Some(FactKind::Release) => {
                 let id = key.strip_prefix(RELEASE_PREFIX).unwrap_or(key);
                 let holder = claim_id_holder(id);
                 let finished = self
                     .finished
                     .get(id)
-                    .is_some_and(|keys| keys.iter().any(|k| self.facts.contains_key(k.as_str())));
-                all.iter()
-                    .filter(counts)
-                    .filter(|c| Some(&*c.author) == holder || !finished)
-                    .min_by(|a, b| a.op.cmp(&b.op))
+                    .is_some_and(|keys| keys.iter().any(|k| self.facts().contains_key(k.as_str())));
+                all.filter(counts)
+                    .filter(|(_, c)| Some(&*c.author) == holder || !finished)
+                    .min_by(first)
             }
-            _ => all.iter().filter(counts).min_by(|a, b| a.op.cmp(&b.op)),
-        }
+            _ => all.filter(counts).min_by(first),
+        };
+        chosen.map(|(i, _)| i)
     }
 
     pub(super) fn choose(&mut self, key: &str) {
-        let changed = match self.chosen(key).map(|c| c.fact.clone()) {
-            Some(fact) => match self.facts.get_mut(key) {
-                Some(old) if *old == fact => false,
-                Some(old) => {
-                    *old = fact;
-                    true
-                }
-                None => {
-                    // The candidates' copy of the key: a long key is shared, not copied.
-                    let key = self
-                        .candidates
-                        .get_key_value(key)
-                        .map_or_else(|| FactKey::from(key), |(k, _)| k.clone());
-                    self.facts.insert(key, fact);
-                    true
-                }
-            },
-            None => self.facts.remove(key).is_some(),
+        let chosen = self.chosen_at(key).and_then(|i| u32::try_from(i).ok());
+        let Some(e) = self.candidates.get_mut(key) else {
+            return;
         };
-        if changed {
+        let old = e.fact().cloned();
+        e.chosen = chosen;
+        // A different value, not a different candidate with the same one.
+        if old.as_ref() != e.fact() {
             self.note_changed(key);
         }
     }

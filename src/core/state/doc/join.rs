@@ -72,7 +72,7 @@ impl Doc {
         self.refresh();
         self.candidates
             .values()
-            .flatten()
+            .flat_map(|e| &e.all)
             .all(|c| &*c.author == author)
     }
 

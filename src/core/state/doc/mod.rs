@@ -38,13 +38,12 @@ mod write;
 #[derive(Clone)]
 pub struct Doc {
     pub(super) inner: AutoCommit,
-    /// The chosen fact of each key (what the view folds).
-    pub(super) facts: BTreeMap<FactKey, Fact>,
-    /// Every admitted value of each key. Inline when there is one, as for most keys: a
-    /// separate allocation took ~110 bytes a story more.
-    candidates: BTreeMap<FactKey, SmallVec<[Candidate; 1]>>,
-    /// How many keys `candidates` had when it and `facts` were last rebuilt with full
-    /// nodes (`Doc::repack`).
+    /// Every admitted value of each key, and which is its fact (what the view folds:
+    /// [`Doc::facts`]). One map, not a second one of chosen facts beside it: ~40 bytes a
+    /// key.
+    candidates: BTreeMap<FactKey, Entry>,
+    /// How many keys `candidates` had when it was last rebuilt with full nodes
+    /// (`Doc::repack`).
     packed: usize,
     /// Every author of a candidate, once (each candidate shares its copy: ~70 bytes a
     /// fact saved, 7 MB at 100,000 stories).
@@ -112,6 +111,65 @@ enum Writer {
     Node(Box<Signer>),
     /// Tests and the simulator: writes in any plain name's derived key.
     AnyTestName,
+}
+
+/// A key's admitted values, and the one chosen as its fact.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Entry {
+    /// Inline when there is one, as for most keys: a separate allocation took ~110
+    /// bytes a story more.
+    all: SmallVec<[Candidate; 1]>,
+    /// The index in `all` of the chosen candidate ([`Doc::choose`]).
+    chosen: Option<u32>,
+}
+
+impl Entry {
+    fn fact(&self) -> Option<&Fact> {
+        let i = usize::try_from(self.chosen?).ok()?;
+        self.all.get(i).map(|c| &c.fact)
+    }
+}
+
+/// The chosen fact of each key, read from [`Doc::candidates`]: what the view folds.
+#[derive(Clone, Copy)]
+pub(in crate::core::state) struct Facts<'a>(&'a BTreeMap<FactKey, Entry>);
+
+impl<'a> Facts<'a> {
+    pub(in crate::core::state) fn get(&self, key: &str) -> Option<&'a Fact> {
+        self.0.get(key)?.fact()
+    }
+
+    pub(in crate::core::state) fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Every key's chosen fact, in key order.
+    pub(in crate::core::state) fn iter(
+        &self,
+    ) -> impl Iterator<Item = (&'a FactKey, &'a Fact)> + 'a {
+        self.0.iter().filter_map(|(k, e)| Some((k, e.fact()?)))
+    }
+
+    pub(in crate::core::state) fn keys(&self) -> impl Iterator<Item = &'a FactKey> + 'a {
+        self.iter().map(|(k, _)| k)
+    }
+
+    /// The chosen facts of the keys starting with `prefix`, in key order.
+    pub(in crate::core::state) fn with_prefix<'p>(
+        &self,
+        prefix: &'p str,
+    ) -> impl Iterator<Item = (&'a FactKey, &'a Fact)> + 'p
+    where
+        'a: 'p,
+    {
+        self.0
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .filter_map(|(k, e)| Some((k, e.fact()?)))
+    }
 }
 
 /// An operation's id: its counter and its actor's bytes (interned, [`Doc::actors`]).
@@ -184,7 +242,6 @@ impl Doc {
     fn wrap(inner: AutoCommit) -> Doc {
         Doc {
             inner,
-            facts: BTreeMap::new(),
             candidates: BTreeMap::new(),
             packed: 0,
             authors: BTreeSet::new(),
@@ -640,10 +697,10 @@ impl Doc {
     /// Every admitted value of every key, chosen or not, as the audit trail reads them
     /// ([`super::audit`]).
     pub(super) fn candidates(&self) -> impl Iterator<Item = Admitted<'_>> {
-        self.candidates.iter().flat_map(move |(key, all)| {
+        self.candidates.iter().flat_map(move |(key, e)| {
             let chosen = self.chosen(key);
             let roster = FactKind::of_key(key).is_some_and(FactKind::by_operator);
-            all.iter().map(move |c| Admitted {
+            e.all.iter().map(move |c| Admitted {
                 key,
                 author: &c.author,
                 fact: &c.fact,
@@ -656,22 +713,23 @@ impl Doc {
 
     /// The chosen fact of `key`, if any.
     pub(super) fn fact(&self, key: &str) -> Option<&Fact> {
-        self.facts.get(key)
+        self.facts().get(key)
+    }
+
+    /// The chosen fact of every key.
+    pub(in crate::core::state) fn facts(&self) -> Facts<'_> {
+        Facts(&self.candidates)
     }
 
     /// How many claims the document holds (a chosen fact per claim key): a walk over
     /// the claim keys, no fold.
     pub fn claim_count(&self) -> usize {
-        use std::ops::Bound;
-        self.facts
-            .range::<str, _>((Bound::Included(CLAIM_PREFIX), Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(CLAIM_PREFIX))
-            .count()
+        self.facts().with_prefix(CLAIM_PREFIX).count()
     }
 
     /// The keys of every admitted fact.
     pub fn fact_keys(&self) -> impl Iterator<Item = &str> {
-        self.facts.keys().map(FactKey::as_str)
+        self.facts().keys().map(FactKey::as_str)
     }
 
     /// The current view: a pure function of the document.
@@ -684,26 +742,21 @@ impl Doc {
     /// a peer brings).
     pub fn has_unreleased_claims_upto(&self, holder: &str, upto: u64) -> bool {
         let prefix = format!("{CLAIM_PREFIX}{holder}-");
-        self.facts
-            .range::<str, _>((
-                std::ops::Bound::Included(prefix.as_str()),
-                std::ops::Bound::Unbounded,
-            ))
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .any(|(k, f)| {
-                let n = k[prefix.len()..].parse::<u64>().ok();
-                matches!(f, Fact::Claim(c) if c.holder == holder)
-                    && n.is_some_and(|n| n <= upto)
-                    && !self.facts.contains_key(
-                        format!("{RELEASE_PREFIX}{}", &k[CLAIM_PREFIX.len()..]).as_str(),
-                    )
-            })
+        let facts = self.facts();
+        let unreleased = facts.with_prefix(&prefix).any(|(k, f)| {
+            let n = k[prefix.len()..].parse::<u64>().ok();
+            matches!(f, Fact::Claim(c) if c.holder == holder)
+                && n.is_some_and(|n| n <= upto)
+                && !facts
+                    .contains_key(format!("{RELEASE_PREFIX}{}", &k[CLAIM_PREFIX.len()..]).as_str())
+        });
+        unreleased
     }
 
     /// The current view and its claim fold (what `view().claims()` gives, without
     /// folding the claims twice).
     pub fn view_and_claims(&self) -> (View, Claims) {
-        let (mut view, claims) = View::fold(&self.facts, self.base.as_ref());
+        let (mut view, claims) = View::fold(self.facts(), self.base.as_ref());
         view.malformed += self.rejected_total();
         view.roster = self.roster.view();
         (view, claims)
@@ -722,7 +775,7 @@ impl Doc {
         let Some(keys) = self.take_changes() else {
             return false;
         };
-        if !view.apply_changes(claims, &self.facts, &keys) {
+        if !view.apply_changes(claims, self.facts(), &keys) {
             return false;
         }
         view.malformed = view.notes.malformed + self.rejected_total();

@@ -187,7 +187,7 @@ impl Doc {
     /// under its key is left as first written.
     pub fn put_budget(&mut self, fact: &BudgetFact, author: &str) -> Result<(), StateError> {
         let key = fact.key();
-        if self.facts.contains_key(key.as_str()) {
+        if self.facts().contains_key(key.as_str()) {
             return Ok(());
         }
         self.put_fact(&key, fact, author)
@@ -262,7 +262,7 @@ impl Doc {
             "{NOTIFIED_PREFIX}{}",
             crate::core::notify::notified_hash(&fact.id)
         );
-        if self.facts.contains_key(key.as_str()) {
+        if self.facts().contains_key(key.as_str()) {
             return Ok(false);
         }
         self.put_fact(&key, fact, &fact.by)?;
@@ -273,7 +273,7 @@ impl Doc {
     /// its proposal). Once per key: returns whether it wrote.
     pub fn put_epoch(&mut self, fact: &EpochFact) -> Result<bool, StateError> {
         let key = fact.key();
-        if self.facts.contains_key(key.as_str()) {
+        if self.facts().contains_key(key.as_str()) {
             return Ok(false);
         }
         self.put_fact(&key, fact, &fact.holder)?;

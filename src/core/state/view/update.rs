@@ -27,7 +27,7 @@ impl View {
     pub(in crate::core::state) fn apply_changes(
         &mut self,
         claims: &mut Claims,
-        facts: &BTreeMap<FactKey, Fact>,
+        facts: Facts<'_>,
         keys: &BTreeSet<String>,
     ) -> bool {
         if self.notes.inflated > 0 {
