@@ -514,13 +514,13 @@ pub(crate) fn print_story(s: &StoryView) {
             reason(&c.reason)
         );
     }
-    if s.charged_micro_usd > 0 || s.usage.tokens > 0 {
+    if s.charged_micro_usd() > 0 || s.usage().tokens > 0 {
         println!(
             "  cost       {} ({} tokens: {} in, {} out)",
-            mesh_agent::core::state::usd(s.charged_micro_usd),
-            s.usage.tokens,
-            s.usage.tokens_in,
-            s.usage.tokens_out
+            mesh_agent::core::state::usd(s.charged_micro_usd()),
+            s.usage().tokens,
+            s.usage().tokens_in,
+            s.usage().tokens_out
         );
     }
     if let Some(p) = &s.paused {

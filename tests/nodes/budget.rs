@@ -175,7 +175,7 @@ async fn a_partitioned_mesh_stops_at_its_allowances_and_a_story_at_its_limit() {
         .find(|s| s.id == "S-0001")
         .expect("S-0001");
     assert_ne!(s1.status, mesh_agent::core::model::StoryStatus::Merged);
-    if s1.usage.cost_micro_usd > 0 {
+    if s1.usage().cost_micro_usd > 0 {
         assert!(
             s1.attention.iter().any(|a| a.kind == AlertKind::Budget) && s1.held,
             "{:?}",

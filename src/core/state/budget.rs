@@ -486,8 +486,7 @@ pub(super) fn hold_story(s: &mut StoryView, ledger: &Ledger, steering: &Steering
             charged = charged.saturating_add(e.charge());
             since = since.max(e.at_ms);
         }
-        s.usage = usage;
-        s.charged_micro_usd = charged;
+        s.set_spend(usage, charged);
     }
     let Some(st) = steering.stories.get(s.key.as_str()) else {
         return;
@@ -500,7 +499,7 @@ pub(super) fn hold_story(s: &mut StoryView, ledger: &Ledger, steering: &Steering
     }
     // What its jobs reported, not what running ones reserved: a reservation above
     // the limit would hold the story before its first job could start.
-    let charged = s.usage.cost_micro_usd;
+    let charged = s.usage().cost_micro_usd;
     if charged < limit {
         return;
     }

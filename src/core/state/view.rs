@@ -156,15 +156,45 @@ pub struct StoryView {
     /// own limits (not by a dependency).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked_step: Option<(Phase, u32)>,
-    /// What its jobs used, and what counts against its limit (usage, and reservations
-    /// of jobs not yet booked), in micro-USD.
-    #[serde(default)]
+    /// What its jobs used, and what counts against its limit: none until a job of it
+    /// reserved or reported something (boxed: most stories of a large backlog have not
+    /// run, and inline it took 40 of a story view's 256 bytes). Read through
+    /// [`StoryView::usage`] and [`StoryView::charged_micro_usd`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend: Option<Box<StorySpend>>,
+}
+
+/// What a story's jobs used and what counts against its limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorySpend {
     pub usage: Usage,
-    #[serde(default)]
+    /// Usage, and the reservations of jobs not yet booked, in micro-USD.
     pub charged_micro_usd: u64,
 }
 
 impl StoryView {
+    /// What its jobs used (zero until one reported).
+    pub fn usage(&self) -> Usage {
+        self.spend.as_ref().map(|s| s.usage).unwrap_or_default()
+    }
+
+    /// What counts against its limit, in micro-USD: usage, and reservations of jobs not
+    /// yet booked.
+    pub fn charged_micro_usd(&self) -> u64 {
+        self.spend.as_ref().map_or(0, |s| s.charged_micro_usd)
+    }
+
+    /// Sets what its jobs used and what counts against its limit (nothing kept for
+    /// zeros, so a fold and an update hold the same).
+    pub fn set_spend(&mut self, usage: Usage, charged_micro_usd: u64) {
+        self.spend = (usage != Usage::default() || charged_micro_usd != 0).then(|| {
+            Box::new(StorySpend {
+                usage,
+                charged_micro_usd,
+            })
+        });
+    }
+
     /// Gives the story its body (read with [`Doc::story_body`]: the view keeps none).
     pub fn set_body(&mut self, body: String) {
         if body != self.fact.body {

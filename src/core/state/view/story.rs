@@ -176,8 +176,7 @@ impl StoryFold<'_> {
             attention: attention.into(),
             held,
             blocked_step,
-            usage: Usage::default(),
-            charged_micro_usd: 0,
+            spend: None,
         }
     }
 
