@@ -84,10 +84,9 @@ impl Doc {
         self.repack();
     }
 
-    /// Rebuilds `candidates` with full nodes once it has doubled since
-    /// the last time. Keys mostly arrive in order (a load, a join, a bulk write), and a
-    /// map filled in order leaves its nodes half empty: ~7 MB at 100,000 stories.
-    /// Amortised, a key costs O(1) more.
+    /// Rebuilds `candidates` with full nodes once it has doubled since the last time.
+    /// Keys mostly arrive in order (a load, a join, a bulk write), and a map filled in
+    /// order leaves its nodes half empty. Amortised, a key costs O(1) more.
     fn repack(&mut self) {
         let len = self.candidates.len();
         if len < REPACK_MIN || len < self.packed.saturating_mul(2) {
