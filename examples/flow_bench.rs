@@ -457,7 +457,7 @@ impl SshOrigin {
 /// (settle, worktree, the executor's fixed duration, git, the merge gate).
 fn phase_breakdown(view: &mesh_agent::core::state::View) -> Vec<(String, f64, f64)> {
     let mut acc: Vec<(String, f64, f64, u32)> = Vec::new();
-    for s in view.stories.values().filter(|s| s.merged.is_some()) {
+    for s in view.stories.values().filter(|s| s.more.merged.is_some()) {
         let mut prev = s.fact.created_at_ms;
         for key in &s.history {
             let Some(r) = view.results.get(key) else {
@@ -586,7 +586,8 @@ async fn one(a: &Args, n: usize, kind: OriginKind, ssh: Option<&SshOrigin>) -> a
         .stories
         .values()
         .filter_map(|s| {
-            s.merged
+            s.more
+                .merged
                 .as_ref()
                 .map(|m| m.written_at_ms.saturating_sub(s.fact.created_at_ms) as f64)
         })

@@ -166,7 +166,11 @@ fn row(n: usize, pad: usize) -> anyhow::Result<()> {
     let t2 = Instant::now();
     let loaded = Doc::load([2; 16], &seed.bytes, &[])?.with_epoch_root(&seed.root)?;
     let view = loaded.view();
-    let live = view.stories.values().filter(|s| s.merged.is_some()).count();
+    let live = view
+        .stories
+        .values()
+        .filter(|s| s.more.merged.is_some())
+        .count();
     let merged = live + view.base().map_or(0, |b| b.retired.len());
     let load = t2.elapsed();
     anyhow::ensure!(merged == n, "the seed shows {merged} of {n} stories merged");

@@ -80,7 +80,7 @@ impl Snapshot {
         let landings = view
             .stories
             .values()
-            .filter(|s| s.merged.as_ref().is_some_and(|m| !m.claim.is_empty()))
+            .filter(|s| s.more.merged.as_ref().is_some_and(|m| !m.claim.is_empty()))
             .count() as u64;
         let mut releases = BTreeMap::new();
         for r in view.releases.values() {

@@ -209,7 +209,7 @@ async fn the_dashboard_shows_a_live_mesh_and_acts_only_after_login() {
     wait_view(&nodes[0], "the gated story's approval item", 30, |v| {
         v.stories
             .get(gated.key.as_str())
-            .is_some_and(|s| !s.attention.is_empty())
+            .is_some_and(|s| !s.more.attention.is_empty())
     })
     .await;
     wait_converged(&refs).await;
@@ -426,7 +426,7 @@ async fn the_dashboard_shows_a_live_mesh_and_acts_only_after_login() {
     wait_view(&nodes[3], "the approval on another node", 30, |v| {
         v.stories
             .get(gated.key.as_str())
-            .is_some_and(|s| s.attention.is_empty())
+            .is_some_and(|s| s.more.attention.is_empty())
     })
     .await;
     bl(|| {

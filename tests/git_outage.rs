@@ -77,7 +77,7 @@ async fn the_git_host_down_mid_run_delays_landings_burns_no_attempt_and_everythi
 
     // Mid-run: the first story landed, the others are on their way.
     wait_view(&n0, "a first landing", 120, |v| {
-        v.stories.values().any(|s| s.merged.is_some())
+        v.stories.values().any(|s| s.more.merged.is_some())
     })
     .await;
     host.stop();
@@ -94,7 +94,7 @@ async fn the_git_host_down_mid_run_delays_landings_burns_no_attempt_and_everythi
     host.restart();
 
     let view = wait_view(&n0, "every story merged after the host is back", 300, |v| {
-        v.stories.len() == STORIES && v.stories.values().all(|s| s.merged.is_some())
+        v.stories.len() == STORIES && v.stories.values().all(|s| s.more.merged.is_some())
     })
     .await;
     wait_event(&n0, EventKind::GitAvailable, 60).await;
@@ -106,7 +106,7 @@ async fn the_git_host_down_mid_run_delays_landings_burns_no_attempt_and_everythi
             (0, 0),
             "{}: the outage burnt an attempt ({:?})",
             s.id,
-            s.failures
+            s.more.failures
         );
     }
     // Main holds each story exactly once; no work ref is left behind.

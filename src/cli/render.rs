@@ -507,7 +507,7 @@ pub(crate) fn print_story(s: &StoryView) {
     } else {
         println!("  priority   {}", s.priority);
     }
-    if let Some(c) = &s.cancelled {
+    if let Some(c) = &s.more.cancelled {
         println!(
             "  cancelled  by operator {}{}",
             short(&c.by),
@@ -523,14 +523,14 @@ pub(crate) fn print_story(s: &StoryView) {
             s.usage().tokens_out
         );
     }
-    if let Some(p) = &s.paused {
+    if let Some(p) = &s.more.paused {
         println!(
             "  paused     by operator {}{}",
             short(&p.by),
             reason(&p.reason)
         );
     }
-    if let Some(a) = &s.assigned {
+    if let Some(a) = &s.more.assigned {
         let to = match (&a.node, &a.role) {
             (Some(n), _) => format!("node {n}"),
             (None, Some(r)) => format!("role {r}"),
@@ -538,10 +538,10 @@ pub(crate) fn print_story(s: &StoryView) {
         };
         println!("  assigned   to {to} by operator {}", short(&a.by));
     }
-    for n in &s.notes {
+    for n in &s.more.notes {
         println!("  note       {} (operator {})", n.text, short(&n.by));
     }
-    for a in &s.attention {
+    for a in &s.more.attention {
         let holds = a.holds.map_or(String::new(), |p| format!(", holds {p}"));
         println!("  attention  {}: {}{holds}", a.kind, a.detail);
         println!(
@@ -576,11 +576,11 @@ pub(crate) fn print_story(s: &StoryView) {
             "  attempts   {} failed (blocks at {MAX_ATTEMPTS}), {} lost their holder (blocks at {MAX_TAKEOVERS})",
             s.failed_attempts, s.takeovers
         );
-        for f in &s.failures {
+        for f in &s.more.failures {
             println!("  failed     {f}");
         }
     }
-    if let Some(why) = &s.blocked_reason {
+    if let Some(why) = &s.more.blocked_reason {
         println!("  blocked    {why}");
     }
     if let Some(i) = &s.fact.imported {
@@ -596,7 +596,7 @@ pub(crate) fn print_story(s: &StoryView) {
             }
         );
     }
-    match &s.merged {
+    match &s.more.merged {
         Some(m) if m.claim.is_empty() => println!(
             "  merged     {} (before it was imported)",
             if m.commit.is_empty() { "-" } else { &m.commit }

@@ -244,7 +244,7 @@ mod tests {
         let s = |i: usize| &v.stories[keys[i].as_str()];
         assert_eq!(s(0).status, StoryStatus::Merged);
         assert_eq!(
-            s(0).merged.as_ref().map(|m| m.commit.as_str()),
+            s(0).more.merged.as_ref().map(|m| m.commit.as_str()),
             Some("abc123")
         );
         assert_eq!(s(0).fact.source, "ai-sdlc:S-0007");

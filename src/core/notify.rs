@@ -308,7 +308,7 @@ pub fn digest(view: &View, index: u64, period_ms: u64) -> Trigger {
         if s.status == StoryStatus::Blocked {
             d.blocked += 1;
         }
-        if let Some(m) = s.merged.as_ref().filter(|m| within(m.written_at_ms)) {
+        if let Some(m) = s.more.merged.as_ref().filter(|m| within(m.written_at_ms)) {
             d.completed += 1;
             took += m.written_at_ms.saturating_sub(s.fact.created_at_ms);
         }

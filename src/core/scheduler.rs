@@ -84,7 +84,7 @@ pub fn first_claimer<'a>(
     candidates: &[&'a str],
 ) -> Option<&'a str> {
     let s = view.stories.get(story);
-    let implementer = s.and_then(|s| s.implementer.as_deref());
+    let implementer = s.and_then(|s| s.more.implementer.as_deref());
     let may = |c: &&str| phase != Phase::Review || Some(*c) != implementer;
     let mut eligible: Vec<&'a str> = candidates.iter().copied().filter(may).collect();
     if eligible.is_empty() {
@@ -119,9 +119,9 @@ fn unlanded_changes(view: &View) -> Vec<Unlanded<'_>> {
     view.stories
         .values()
         .filter(|s| {
-            s.merged.is_none()
-                && s.blocked_reason.is_none()
-                && s.cancelled.is_none()
+            s.more.merged.is_none()
+                && s.more.blocked_reason.is_none()
+                && s.more.cancelled.is_none()
                 && s.phases_done.contains(&Phase::Implement)
         })
         .map(|s| Unlanded {
@@ -207,10 +207,10 @@ pub fn rank(
         }
         // Operators: a paused story starts nothing; a held one waits for an approval; an
         // assigned one runs on its node or role (review excepted: never the implementer).
-        if s.paused.is_some() || s.held {
+        if s.more.paused.is_some() || s.held {
             continue;
         }
-        if let Some(a) = s.assigned.as_ref().filter(|_| phase != Phase::Review) {
+        if let Some(a) = s.more.assigned.as_ref().filter(|_| phase != Phase::Review) {
             if a.node.as_deref().is_some_and(|n| n != me)
                 || a.role
                     .as_deref()
@@ -222,7 +222,7 @@ pub fn rank(
         if !s.fact.depends_on.iter().all(|d| view.landed(d)) {
             continue;
         }
-        if phase == Phase::Review && !self_review && s.implementer.as_deref() == Some(me) {
+        if phase == Phase::Review && !self_review && s.more.implementer.as_deref() == Some(me) {
             continue; // review runs on a node other than the implementer
         }
         let Ok(story_res) = Resource::story_round(&s.key, phase, s.round) else {
@@ -514,16 +514,16 @@ fn waiting_on(
     s: &StoryView,
     chain: &mut Vec<String>,
 ) -> Waiting {
-    if s.merged.is_some() {
+    if s.more.merged.is_some() {
         return Waiting::Merged;
     }
-    if let Some(c) = &s.cancelled {
+    if let Some(c) = &s.more.cancelled {
         return Waiting::Cancelled {
             by: c.by.clone(),
             reason: c.reason.clone(),
         };
     }
-    if let Some(reason) = &s.blocked_reason {
+    if let Some(reason) = &s.more.blocked_reason {
         return Waiting::Blocked {
             reason: reason.clone(),
         };
@@ -611,7 +611,7 @@ fn waiting_on(
             }
         }
     }
-    if let Some(p) = s.paused.as_deref().or(view.steering.all.as_ref()) {
+    if let Some(p) = s.more.paused.as_deref().or(view.steering.all.as_ref()) {
         return Waiting::Paused {
             by: p.by.clone(),
             reason: p.reason.clone(),
@@ -621,6 +621,7 @@ fn waiting_on(
         return Waiting::Approval {
             phase,
             items: s
+                .more
                 .attention
                 .iter()
                 .filter(|a| a.holds == Some(phase))
@@ -632,7 +633,7 @@ fn waiting_on(
     if !view.nodes.values().any(role) {
         return Waiting::NoRole { phase };
     }
-    if let Some(a) = s.assigned.as_ref().filter(|_| phase != Phase::Review) {
+    if let Some(a) = s.more.assigned.as_ref().filter(|_| phase != Phase::Review) {
         let there = match (&a.node, &a.role) {
             (Some(n), _) => view.nodes.contains_key(n),
             (None, Some(r)) => view.nodes.values().any(|n| n.roles.iter().any(|x| x == r)),
@@ -648,7 +649,7 @@ fn waiting_on(
         }
     }
     if phase == Phase::Review {
-        if let Some(imp) = &s.implementer {
+        if let Some(imp) = &s.more.implementer {
             // (A node alone reviews its own change.)
             if view.nodes.len() > 1 && !view.nodes.iter().any(|(id, n)| id != imp && role(n)) {
                 return Waiting::NoReviewer {
@@ -737,7 +738,7 @@ impl StallWatch {
             .retain(|k, _| view.stories.contains_key(k.as_str()));
         let unlanded = unlanded_changes(view);
         for s in view.stories.values() {
-            if s.merged.is_some() || s.blocked_reason.is_some() {
+            if s.more.merged.is_some() || s.more.blocked_reason.is_some() {
                 self.seen.remove(s.key.as_str());
                 continue;
             }

@@ -412,8 +412,8 @@ pub(super) fn story_row(s: &StoryView) -> StoryRow {
         priority: s.priority,
         next: s.next_phase.map(Phase::as_str),
         labels: s.fact.labels.to_vec(),
-        paused: s.paused.is_some(),
-        attention: s.attention.len(),
+        paused: s.more.paused.is_some(),
+        attention: s.more.attention.len(),
     }
 }
 

@@ -377,7 +377,7 @@ impl Sim {
                 ));
             }
             for st in view.stories.values() {
-                if let Some(why) = &st.blocked_reason {
+                if let Some(why) = &st.more.blocked_reason {
                     self.trace
                         .push(format!("{:>7} {} blocked: {why}", self.now, st.id));
                 }
@@ -409,7 +409,7 @@ impl Sim {
             ));
         }
         for s in view.stories.values() {
-            if s.merged.is_some() && !self.origin.landed.contains_key(s.key.as_str()) {
+            if s.more.merged.is_some() && !self.origin.landed.contains_key(s.key.as_str()) {
                 self.violation(format!("{} merged in the view but never landed", s.id));
             }
         }
@@ -692,10 +692,12 @@ impl Sim {
                 (None, Some(r)) => {
                     s.status == StoryStatus::Merged
                         && same_id(&r.id)
-                        && s.merged.as_ref().is_some_and(|m| m.commit == r.commit)
+                        && s.more.merged.as_ref().is_some_and(|m| m.commit == r.commit)
                 }
                 (Some(a), None) if s.status == StoryStatus::Merged => {
-                    a.status == StoryStatus::Merged && a.merged == s.merged && same_id(&a.id)
+                    a.status == StoryStatus::Merged
+                        && a.more.merged == s.more.merged
+                        && same_id(&a.id)
                 }
                 (Some(a), None) if any_shared => {
                     let mut a = (**a).clone();

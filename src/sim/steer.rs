@@ -144,7 +144,7 @@ impl Operator {
         Some(match roll {
             0..=14 => (any_story(rng)?, Op::Pause { reason }),
             15..=26 => {
-                let t = pick(rng, &|s| s.paused.is_some()).or_else(|| any_story(rng))?;
+                let t = pick(rng, &|s| s.more.paused.is_some()).or_else(|| any_story(rng))?;
                 (t, Op::Resume)
             }
             27..=34 => (node(rng), Op::Pause { reason }),
@@ -196,16 +196,21 @@ impl Operator {
                 )
             }
             80..=87 => {
-                let t = pick(rng, &|s| !s.attention.is_empty())?;
+                let t = pick(rng, &|s| !s.more.attention.is_empty())?;
                 let Target::Story { story } = &t else {
                     return None;
                 };
                 let s = view.stories.get(story.as_str())?;
-                match s.attention.iter().find(|a| a.kind != AlertKind::Blocked) {
+                match s
+                    .more
+                    .attention
+                    .iter()
+                    .find(|a| a.kind != AlertKind::Blocked)
+                {
                     // All open gate items (the node fills them in).
                     Some(_) if rng.gen_bool(0.8) => (t, Op::Approve { items: Vec::new() }),
                     _ => {
-                        let a = &s.attention[rng.gen_range(0..s.attention.len())];
+                        let a = &s.more.attention[rng.gen_range(0..s.more.attention.len())];
                         let item = a.id.clone();
                         (t, Op::Dismiss { item })
                     }
@@ -467,10 +472,14 @@ impl Sim {
             let story = || Target::Story {
                 story: s.key.to_string(),
             };
-            if s.paused.is_some() {
+            if s.more.paused.is_some() {
                 todo.push((story(), Op::Resume));
             }
-            if s.attention.iter().any(|a| a.kind != AlertKind::Blocked) {
+            if s.more
+                .attention
+                .iter()
+                .any(|a| a.kind != AlertKind::Blocked)
+            {
                 todo.push((story(), Op::Approve { items: Vec::new() }));
             }
         }
@@ -524,7 +533,10 @@ impl Sim {
         let paused = after.as_ref().and_then(|v| match &fact.target {
             Target::All => Some(v.steering.all.is_some()),
             Target::Node { peer } => Some(v.steering.nodes.contains_key(peer)),
-            Target::Story { story } => v.stories.get(story.as_str()).map(|s| s.paused.is_some()),
+            Target::Story { story } => v
+                .stories
+                .get(story.as_str())
+                .map(|s| s.more.paused.is_some()),
         });
         let wanted = match fact.op {
             Op::Pause { .. } => Some(true),
@@ -570,9 +582,9 @@ impl Sim {
             return;
         };
         let s = view.stories.get(job.story.as_str());
-        let why = if let Some(c) = s.and_then(|s| s.cancelled.as_ref()) {
+        let why = if let Some(c) = s.and_then(|s| s.more.cancelled.as_ref()) {
             format!("the story cancelled (at {})", c.at_ms)
-        } else if let Some(p) = s.and_then(|s| s.paused.as_ref()) {
+        } else if let Some(p) = s.and_then(|s| s.more.paused.as_ref()) {
             format!("the story paused (at {})", p.at_ms)
         } else if let Some(p) = view.steering.node_paused(&self.names[i]) {
             let whom = if view.steering.all.is_some() {
@@ -598,7 +610,7 @@ impl Sim {
         let cancelled = self.nodes[i].core.as_mut().map(|c| c.view()).and_then(|v| {
             v.stories
                 .get(story)
-                .map(|s| (s.id.clone(), s.cancelled.clone()))
+                .map(|s| (s.id.clone(), s.more.cancelled.clone()))
         });
         if let Some((id, Some(c))) = cancelled {
             self.violation(format!(

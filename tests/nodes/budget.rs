@@ -177,9 +177,13 @@ async fn a_partitioned_mesh_stops_at_its_allowances_and_a_story_at_its_limit() {
     assert_ne!(s1.status, mesh_agent::core::model::StoryStatus::Merged);
     if s1.usage().cost_micro_usd > 0 {
         assert!(
-            s1.attention.iter().any(|a| a.kind == AlertKind::Budget) && s1.held,
+            s1.more
+                .attention
+                .iter()
+                .any(|a| a.kind == AlertKind::Budget)
+                && s1.held,
             "{:?}",
-            s1.attention
+            s1.more.attention
         );
     }
 

@@ -239,10 +239,10 @@ args = ['-c', 'exec "$0" >"$1"', {sim:?}, '{{handoff_file}}']
         s.status,
         StoryStatus::Merged,
         "not merged: blocked_reason={:?} failures={:?}",
-        s.blocked_reason,
-        s.failures
+        s.more.blocked_reason,
+        s.more.failures
     );
-    assert!(s.blocked_reason.is_none());
+    assert!(s.more.blocked_reason.is_none());
 
     // Main holds the change once, with its trailers, and the edit shell-sim made.
     assert_eq!(landed(&origin, &s.key), 1, "{} not on main once", s.key);
@@ -257,7 +257,7 @@ args = ['-c', 'exec "$0" >"$1"', {sim:?}, '{{handoff_file}}']
     let line = format!("{}: edited by shell-sim (round 0)", s.id);
     assert!(cli.contains(&line), "src/cli.txt on main: {cli:?}");
     assert_eq!(
-        s.merged.as_ref().map(|m| m.commit.clone()),
+        s.more.merged.as_ref().map(|m| m.commit.clone()),
         Some(c.oid.to_string())
     );
 
@@ -300,7 +300,10 @@ args = ['-c', 'exec "$0" >"$1"', {sim:?}, '{{handoff_file}}']
         review.holder, implement.holder,
         "review ran on the implementer"
     );
-    assert_eq!(s.implementer.as_deref(), Some(implement.holder.as_str()));
+    assert_eq!(
+        s.more.implementer.as_deref(),
+        Some(implement.holder.as_str())
+    );
 
     // Research answered through the handoff file: it is in the node's logs, and its
     // stdout (redirected into the file) is empty.
@@ -422,9 +425,9 @@ program = {implement:?}
             StoryStatus::Blocked,
             "{title} is {} (failures {:?})",
             s.status,
-            s.failures
+            s.more.failures
         );
-        let reason = s.blocked_reason.as_deref().expect("a blocked reason");
+        let reason = s.more.blocked_reason.as_deref().expect("a blocked reason");
         assert!(
             reason.starts_with("implement failed"),
             "{title}: blocked reason {reason:?}"
@@ -440,25 +443,31 @@ program = {implement:?}
             "{title}: {} attempts",
             s.attempts
         );
-        assert!(!s.failures.is_empty(), "{title}: no failures listed");
+        assert!(!s.more.failures.is_empty(), "{title}: no failures listed");
         // Every failure is the program's (or, on a loaded machine, a lost lease); the
         // program's reason names the logs to read. A git error here ("reference ... not
         // found", "already checked out") means the next attempt raced the removal of the
         // previous attempt's worktree: an attempt wasted by the node, not the program.
-        let own = s.failures.iter().filter(|f| f.contains(markers[0])).count();
-        assert!(own >= 1, "{title}: failures {:?}", s.failures);
-        for f in &s.failures {
+        let own = s
+            .more
+            .failures
+            .iter()
+            .filter(|f| f.contains(markers[0]))
+            .count();
+        assert!(own >= 1, "{title}: failures {:?}", s.more.failures);
+        for f in &s.more.failures {
             assert!(
                 f.contains(markers[0]) || f.contains("lease"),
                 "{title}: unexpected failure {f:?}"
             );
         }
         assert!(
-            s.failures
+            s.more
+                .failures
                 .iter()
                 .any(|f| f.contains("logs: ") && f.contains(".stdout/.stderr")),
             "{title}: no failure names its logs: {:?}",
-            s.failures
+            s.more.failures
         );
         assert_eq!(s.phases_done, vec![Phase::Research, Phase::Plan]);
         assert!(s.next_phase.is_none());
@@ -490,7 +499,7 @@ program = {implement:?}
             .find(|(_, e)| e.kind == EventKind::StoryBlocked && e.story == s.id)
             .unwrap_or_else(|| panic!("no story_blocked event for {}", s.id));
         // The detail is the reason (cut at MAX_EVENT_DETAIL bytes).
-        let reason = s.blocked_reason.as_deref().unwrap_or_default();
+        let reason = s.more.blocked_reason.as_deref().unwrap_or_default();
         let detail = &blocked.1.detail;
         let common = detail
             .bytes()
@@ -554,8 +563,8 @@ program = {implement:?}
         s.status,
         StoryStatus::Merged,
         "not merged: {:?} {:?}",
-        s.blocked_reason,
-        s.failures
+        s.more.blocked_reason,
+        s.more.failures
     );
     assert_eq!(landed(&origin, &good.key), 1);
     let cli = on_main(&origin, "src/cli.txt");

@@ -30,7 +30,7 @@ fn all_settled(v: &View, n: usize) -> bool {
     v.stories.len() == n
         && v.stories.values().all(|s| match s.status {
             StoryStatus::Merged => true,
-            StoryStatus::Blocked => s.blocked_reason.is_some(),
+            StoryStatus::Blocked => s.more.blocked_reason.is_some(),
             _ => false,
         })
 }
@@ -103,7 +103,7 @@ fn check_main(origin: &Path, view: &View, scratch: &Path) {
             StoryStatus::Merged => assert_eq!(n, 1, "{} landed {n} times", s.id),
             _ => assert_eq!(n, 0, "{} is {} but landed {n} times", s.id, s.status),
         }
-        if let Some(m) = &s.merged {
+        if let Some(m) = &s.more.merged {
             assert!(
                 log.iter().any(|c| c.oid.to_string() == m.commit),
                 "{}'s merge fact names {} which is not on main",
@@ -499,6 +499,7 @@ async fn a_rebase_conflict_sends_the_story_to_rework_with_the_conflict_and_it_la
     );
     assert!(h.iter().any(|r| r.phase == Phase::Review && r.round == 1));
     let merged = view.stories[story.key.as_str()]
+        .more
         .merged
         .clone()
         .expect("merged");
@@ -808,7 +809,7 @@ fn all_settled_across_epochs(v: &View, n: usize) -> bool {
     retired + v.stories.len() == n
         && v.stories.values().all(|s| match s.status {
             StoryStatus::Merged => true,
-            StoryStatus::Blocked => s.blocked_reason.is_some(),
+            StoryStatus::Blocked => s.more.blocked_reason.is_some(),
             _ => false,
         })
 }

@@ -298,7 +298,7 @@ async fn an_operator_steers_a_live_mesh_and_a_stranger_cannot() {
         .id
         .clone();
     let send_back = by_title(&gated, "Report unknown characters").id.clone();
-    let item = &by_title(&gated, "Report unknown characters").attention[0];
+    let item = &by_title(&gated, "Report unknown characters").more.attention[0];
     assert_eq!(item.holds, Some(Phase::Implement));
     assert_eq!(
         item.actions,
@@ -423,7 +423,7 @@ async fn an_operator_steers_a_live_mesh_and_a_stranger_cannot() {
     // The cancelled story: nothing landed, no work ref, no worktree anywhere.
     let cancelled = by_title(&view, CANCELLED);
     assert_eq!(cancelled.status, StoryStatus::Cancelled);
-    assert!(cancelled.merged.is_none());
+    assert!(cancelled.more.merged.is_none());
     let log = mesh_agent::git::main_log(&origin).expect("main log");
     assert!(
         !log.iter()
@@ -550,6 +550,7 @@ async fn each_trigger_holds_its_story_for_a_human_and_approve_or_dismiss_clears_
     }
     let items = |v: &View, t: &str| -> Vec<(AlertKind, Option<Phase>)> {
         by_title(v, t)
+            .more
             .attention
             .iter()
             .map(|a| (a.kind, a.holds))
@@ -570,9 +571,11 @@ async fn each_trigger_holds_its_story_for_a_human_and_approve_or_dismiss_clears_
         ]
     );
     assert!(
-        s.attention[0].detail.contains("confidence 20, under 50"),
+        s.more.attention[0]
+            .detail
+            .contains("confidence 20, under 50"),
         "{}",
-        s.attention[0].detail
+        s.more.attention[0].detail
     );
     // Many files: the plan holds implement.
     let v = wait_view(&node, "the wide plan is held", 60, |v| {
@@ -589,11 +592,11 @@ async fn each_trigger_holds_its_story_for_a_human_and_approve_or_dismiss_clears_
     })
     .await;
     let s = by_title(&v, "doomed");
-    assert_eq!(s.attention.len(), 1);
-    assert_eq!(s.attention[0].kind, AlertKind::Blocked);
-    assert_eq!(s.attention[0].holds, None);
+    assert_eq!(s.more.attention.len(), 1);
+    assert_eq!(s.more.attention[0].kind, AlertKind::Blocked);
+    assert_eq!(s.more.attention[0].holds, None);
     assert_eq!(
-        s.attention[0].actions,
+        s.more.attention[0].actions,
         ["unblock", "unblock --reset-attempts", "cancel", "dismiss"]
     );
     // A planted secret: the change holds merge (review still runs).
@@ -608,9 +611,11 @@ async fn each_trigger_holds_its_story_for_a_human_and_approve_or_dismiss_clears_
         [(AlertKind::Security, Some(Phase::Merge))]
     );
     assert!(
-        s.attention[0].detail.contains("src/config.txt: # api_key"),
+        s.more.attention[0]
+            .detail
+            .contains("src/config.txt: # api_key"),
         "{}",
-        s.attention[0].detail
+        s.more.attention[0].detail
     );
     // The external scanner's verdict: the change holds merge, naming the scanner.
     let v = wait_view(&node, "the scanned change is held before merge", 60, |v| {
@@ -624,11 +629,11 @@ async fn each_trigger_holds_its_story_for_a_human_and_approve_or_dismiss_clears_
         [(AlertKind::Security, Some(Phase::Merge))]
     );
     assert!(
-        s.attention[0]
+        s.more.attention[0]
             .detail
             .contains("the security scanner sh flagged the change"),
         "{}",
-        s.attention[0].detail
+        s.more.attention[0].detail
     );
     // The queue lists them all, oldest first.
     let queue: Vec<(u64, &str)> = v

@@ -74,7 +74,7 @@ impl Core {
                 } else if view
                     .stories
                     .get(c.story.as_str())
-                    .is_some_and(|s| s.cancelled.is_some())
+                    .is_some_and(|s| s.more.cancelled.is_some())
                 {
                     "an operator cancelled the story"
                 } else if check_needed && !still_needed(&view, &c.story, c.phase, c.round) {
@@ -597,7 +597,7 @@ impl Core {
         if s.status != StoryStatus::Blocked {
             return;
         }
-        let why = s.blocked_reason.clone().unwrap_or_default();
+        let why = s.more.blocked_reason.clone().unwrap_or_default();
         self.emit(EventKind::StoryBlocked, Some(story), None, s.round, why);
         self.effects.push_back(Effect::DropWorkRefs {
             story: story.to_string(),

@@ -388,7 +388,8 @@ impl Core {
             // settled: the phase must not start (the pause reached this node first).
             let paused = self.local.get(&id).and_then(|c| {
                 let s = view.stories.get(c.story.as_str())?;
-                s.paused
+                s.more
+                    .paused
                     .as_deref()
                     .or_else(|| view.steering.node_paused(&self.peer))
                     .map(|p| p.reason.clone())
@@ -479,8 +480,8 @@ impl Core {
                     handoffs,
                     files,
                     knowledge,
-                    failures: sv.failures.to_vec(),
-                    notes: sv.notes.iter().map(|n| n.text.clone()).collect(),
+                    failures: sv.more.failures.to_vec(),
+                    notes: sv.more.notes.iter().map(|n| n.text.clone()).collect(),
                 })));
             } else {
                 // Info, not debug: a node that keeps losing at settle is a node whose

@@ -85,6 +85,7 @@ pub fn resolve_command(view: &View, draft: CommandFact) -> Result<CommandFact, S
         (Op::Approve { items }, Some(s)) => {
             finished(s)?;
             let open: Vec<&str> = s
+                .more
                 .attention
                 .iter()
                 .filter(|a| a.kind != AlertKind::Blocked)
@@ -109,6 +110,7 @@ pub fn resolve_command(view: &View, draft: CommandFact) -> Result<CommandFact, S
         }
         (Op::Dismiss { item }, Some(s)) => {
             let found: Vec<&str> = s
+                .more
                 .attention
                 .iter()
                 .filter(|a| a.id == item || AlertKind::parse(&item) == Some(a.kind))
@@ -119,7 +121,8 @@ pub fn resolve_command(view: &View, draft: CommandFact) -> Result<CommandFact, S
                     item: one.to_string(),
                 },
                 [] => {
-                    let have: Vec<&str> = s.attention.iter().map(|a| a.kind.as_str()).collect();
+                    let have: Vec<&str> =
+                        s.more.attention.iter().map(|a| a.kind.as_str()).collect();
                     return Err(format!(
                         "{} has no attention item {item:?}{}",
                         s.id,
@@ -172,11 +175,11 @@ pub fn resolve_command(view: &View, draft: CommandFact) -> Result<CommandFact, S
             if s.status != StoryStatus::Blocked {
                 return Err(format!("{} is not blocked", s.id));
             }
-            let Some((phase, round)) = s.blocked_step else {
+            let Some((phase, round)) = s.more.blocked_step else {
                 return Err(format!(
                     "{} is blocked by a dependency ({}): unblock that one",
                     s.id,
-                    s.blocked_reason.as_deref().unwrap_or("?")
+                    s.more.blocked_reason.as_deref().unwrap_or("?")
                 ));
             };
             Op::Unblock {

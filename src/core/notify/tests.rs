@@ -211,7 +211,7 @@ fn a_digest_per_period_and_its_figures() {
                   "priority": 1 },
     }))
     .expect("story view");
-    s.merged = Some(Box::new(crate::core::model::MergeFact {
+    s.more.merged = Some(Box::new(crate::core::model::MergeFact {
         story: s.key.to_string(),
         round: 0,
         claim: "A-1".into(),

@@ -507,7 +507,7 @@ pub(super) fn hold_story(s: &mut StoryView, ledger: &Ledger, steering: &Steering
     if st.cleared.contains(&id) {
         return;
     }
-    s.attention.push(Attention {
+    s.more.attention.push(Attention {
         id,
         kind: AlertKind::Budget,
         detail: format!(

@@ -516,7 +516,7 @@ mod tests {
         d.raw_put(&command_key("OQ", &json), sealed.clone());
         d.raw_put(&format!("{COMMAND_PREFIX}OP/0000"), sealed);
         let v = d.view();
-        assert!(v.stories[k.as_str()].paused.is_none());
+        assert!(v.stories[k.as_str()].more.paused.is_none());
         assert!(v.steering.commands.is_empty());
         assert_eq!(
             v.malformed,
@@ -549,7 +549,7 @@ mod tests {
         let (va, vb) = (a.view(), b.view());
         assert_eq!(va, vb);
         let s = &va.stories[k.as_str()];
-        assert!(s.paused.is_none(), "the later resume wins");
+        assert!(s.more.paused.is_none(), "the later resume wins");
         // Equal clocks: the operator id breaks the tie (OQ after OP).
         assert_eq!(s.priority, 7);
         assert_eq!(
@@ -560,6 +560,7 @@ mod tests {
         command(&mut a, "OP", on(&k), pause("again"), 300).unwrap();
         assert_eq!(
             a.view().stories[k.as_str()]
+                .more
                 .paused
                 .as_ref()
                 .map(|p| p.reason.as_str()),
@@ -606,11 +607,11 @@ mod tests {
         .unwrap();
         let v = d.view();
         assert_eq!(v.stories[k.as_str()].status, StoryStatus::Cancelled);
-        assert!(v.stories[k.as_str()].attention.is_empty());
+        assert!(v.stories[k.as_str()].more.attention.is_empty());
         let s2 = &v.stories[k2.as_str()];
         assert_eq!(s2.status, StoryStatus::Blocked);
         assert_eq!(
-            s2.blocked_reason.as_deref(),
+            s2.more.blocked_reason.as_deref(),
             Some("depends on S-0001, which was cancelled")
         );
     }
@@ -627,8 +628,8 @@ mod tests {
         let s = &v.stories[k.as_str()];
         assert_eq!(s.next_phase, Some(Phase::Implement));
         assert!(s.held, "the plan waits for a human");
-        assert_eq!(s.attention.len(), 1);
-        let item = s.attention[0].clone();
+        assert_eq!(s.more.attention.len(), 1);
+        let item = s.more.attention[0].clone();
         assert_eq!(item.kind, AlertKind::Approval);
         assert_eq!(item.holds, Some(Phase::Implement));
         assert!(item.id.contains(&plan), "{}", item.id);
@@ -654,7 +655,11 @@ mod tests {
         assert_eq!((s.next_phase, s.round), (Some(Phase::Plan), 1));
         assert!(!s.held);
         assert_eq!(
-            s.notes.iter().map(|n| n.text.as_str()).collect::<Vec<_>>(),
+            s.more
+                .notes
+                .iter()
+                .map(|n| n.text.as_str())
+                .collect::<Vec<_>>(),
             ["split it in two"]
         );
         // The new plan is held again; approving it lets implement start.
@@ -662,11 +667,11 @@ mod tests {
         let v = d.view();
         let s = &v.stories[k.as_str()];
         assert!(s.held);
-        let items: Vec<String> = s.attention.iter().map(|a| a.id.clone()).collect();
+        let items: Vec<String> = s.more.attention.iter().map(|a| a.id.clone()).collect();
         command(&mut d, "OP", on(&k), Op::Approve { items }, 30).unwrap();
         let v = d.view();
         let s = &v.stories[k.as_str()];
-        assert!(!s.held && s.attention.is_empty());
+        assert!(!s.held && s.more.attention.is_empty());
         assert_eq!(s.next_phase, Some(Phase::Implement));
     }
 
@@ -717,7 +722,12 @@ mod tests {
         }
         let v = d.view();
         let s = &v.stories[k.as_str()];
-        assert_eq!(s.next_phase, Some(Phase::Rework), "{:?}", s.blocked_reason);
+        assert_eq!(
+            s.next_phase,
+            Some(Phase::Rework),
+            "{:?}",
+            s.more.blocked_reason
+        );
         step(&mut d, &k, Phase::Rework, 4, None);
         step(
             &mut d,
@@ -729,8 +739,9 @@ mod tests {
         let v = d.view();
         let s = &v.stories[k.as_str()];
         assert_eq!(s.status, StoryStatus::Blocked);
-        assert_eq!(s.blocked_step, Some((Phase::Rework, 5)));
+        assert_eq!(s.more.blocked_step, Some((Phase::Rework, 5)));
         let item = s
+            .more
             .attention
             .iter()
             .find(|a| a.kind == AlertKind::Blocked)
@@ -756,7 +767,7 @@ mod tests {
             (s.status, s.next_phase, s.round),
             (StoryStatus::InProgress, Some(Phase::Rework), 5)
         );
-        assert!(s.attention.is_empty());
+        assert!(s.more.attention.is_empty());
     }
 
     #[test]
@@ -802,8 +813,8 @@ mod tests {
         let s = &v.stories[k.as_str()];
         assert_eq!(s.next_phase, Some(Phase::Review));
         assert!(!s.held, "review runs; the item holds merge");
-        assert_eq!(s.attention[0].holds, Some(Phase::Merge));
-        assert_eq!(s.attention[0].since_ms, 42);
+        assert_eq!(s.more.attention[0].holds, Some(Phase::Merge));
+        assert_eq!(s.more.attention[0].since_ms, 42);
         step(
             &mut d,
             &k,
@@ -814,7 +825,7 @@ mod tests {
         let v = d.view();
         assert!(v.stories[k.as_str()].held);
         assert_eq!(v.attention().len(), 1);
-        let item = v.stories[k.as_str()].attention[0].id.clone();
+        let item = v.stories[k.as_str()].more.attention[0].id.clone();
         command(&mut d, "OP", on(&k), Op::Dismiss { item }, 60).unwrap();
         command(
             &mut d,
@@ -839,10 +850,13 @@ mod tests {
         .unwrap();
         let v = d.view();
         let s = &v.stories[k.as_str()];
-        assert!(!s.held && s.attention.is_empty());
+        assert!(!s.held && s.more.attention.is_empty());
         assert_eq!(s.next_phase, Some(Phase::Merge));
-        assert_eq!(s.notes[0].text, "ship it");
-        assert_eq!(s.assigned.as_ref().and_then(|a| a.node.as_deref()), Some(A));
+        assert_eq!(s.more.notes[0].text, "ship it");
+        assert_eq!(
+            s.more.assigned.as_ref().and_then(|a| a.node.as_deref()),
+            Some(A)
+        );
         // Every command is in the audit trail, signed by its operator.
         let log = d
             .audit(

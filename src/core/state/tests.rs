@@ -286,7 +286,7 @@ fn a_rejected_review_opens_a_rework_round_then_review_again() {
     let s = &v.stories[k.as_str()];
     assert_eq!(s.status, StoryStatus::Merged);
     assert_eq!(s.next_phase, None);
-    assert_eq!(s.merged.as_ref().map(|m| m.round), Some(2));
+    assert_eq!(s.more.merged.as_ref().map(|m| m.round), Some(2));
     // History keeps every counted step in order, rejections included.
     let h: Vec<(Phase, u32)> = v.history(&k).iter().map(|r| (r.phase, r.round)).collect();
     assert_eq!(h.len(), 10);
@@ -342,7 +342,7 @@ fn takeovers_of_a_gone_holder_do_not_count_as_failed_attempts() {
     let s = &v.stories[k.as_str()];
     assert_eq!((s.attempts, s.failed_attempts, s.takeovers), (3, 0, 3));
     assert_eq!(s.status, StoryStatus::Ready);
-    assert_eq!(s.blocked_reason, None);
+    assert_eq!(s.more.blocked_reason, None);
     assert_eq!(s.next_phase, Some(Phase::Research));
 }
 
@@ -360,7 +360,7 @@ fn three_failed_attempts_block_the_story_and_the_reason_says_the_work_failed() {
     let s = &v.stories[k.as_str()];
     assert_eq!((s.attempts, s.failed_attempts, s.takeovers), (4, 3, 1));
     assert_eq!(s.status, StoryStatus::Blocked);
-    let why = s.blocked_reason.clone().unwrap();
+    let why = s.more.blocked_reason.clone().unwrap();
     assert_eq!(
         why,
         "research failed 3 attempts: implement made no change; tests failed"
@@ -401,7 +401,7 @@ fn a_started_story_whose_dependency_is_blocked_is_blocked_too() {
     let s = &v.stories[second.as_str()];
     assert_eq!(s.status, StoryStatus::Blocked);
     assert_eq!(
-        s.blocked_reason.as_deref(),
+        s.more.blocked_reason.as_deref(),
         Some("depends on S-0001, which is blocked")
     );
     assert_eq!(s.next_phase, None);
@@ -414,7 +414,7 @@ fn a_story_that_keeps_losing_its_holders_is_blocked_at_the_takeover_limit() {
     let k = d.add_story(&story("kills its holders"), A, 1).unwrap();
     for i in 0..MAX_TAKEOVERS {
         assert_eq!(
-            d.view().stories[k.as_str()].blocked_reason,
+            d.view().stories[k.as_str()].more.blocked_reason,
             None,
             "after {i}"
         );
@@ -428,7 +428,7 @@ fn a_story_that_keeps_losing_its_holders_is_blocked_at_the_takeover_limit() {
     let s = &v.stories[k.as_str()];
     assert_eq!(s.status, StoryStatus::Blocked);
     assert_eq!(s.takeovers, MAX_TAKEOVERS);
-    let why = s.blocked_reason.clone().unwrap();
+    let why = s.more.blocked_reason.clone().unwrap();
     assert!(
         why.starts_with(&format!("research lost its holder {MAX_TAKEOVERS} times: ")),
         "{why}"
@@ -454,7 +454,7 @@ fn too_many_rejections_block_the_story_with_the_last_reason() {
     let v = d.view();
     let s = &v.stories[k.as_str()];
     assert_eq!(s.status, StoryStatus::Blocked);
-    let why = s.blocked_reason.clone().unwrap();
+    let why = s.more.blocked_reason.clone().unwrap();
     assert!(why.contains("review rejected the change 4 times"), "{why}");
     assert!(why.contains("review 3"), "{why}");
 }

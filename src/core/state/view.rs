@@ -123,17 +123,36 @@ pub struct StoryView {
     /// restarted or shut down (blocked at [`MAX_TAKEOVERS`]).
     #[serde(default)]
     pub takeovers: u32,
+    /// The priority it runs at: an operator's `prioritize`, else the creator's.
+    pub priority: u32,
+    /// Its next phase waits for an attention item to be approved or dismissed.
+    #[serde(default)]
+    pub held: bool,
+    /// What most stories have none of (failures, a block, a landing, an implementer,
+    /// operators' marks, notes and attention items): one pointer until a story has any
+    /// (inline it took 112 of a story view's 224 bytes). Serialized flat, as fields of
+    /// the story.
+    #[serde(flatten)]
+    pub more: More,
+    /// What its jobs used, and what counts against its limit: none until a job of it
+    /// reserved or reported something (boxed: most stories of a large backlog have not
+    /// run, and inline it took 40 of a story view's 256 bytes). Read through
+    /// [`StoryView::usage`] and [`StoryView::charged_micro_usd`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend: Option<Box<StorySpend>>,
+}
+
+/// The parts of a story view most stories have none of ([`StoryView::more`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoryMore {
     /// Why earlier attempts at the next phase failed, oldest first.
     pub failures: ThinVec<String>,
     /// Why a human is needed, when blocked.
     pub blocked_reason: Option<String>,
-    /// The counted landing, once merged. (This and the operators' marks below are boxed:
-    /// most stories have none, and inline they took 300 of a story view's 620 bytes.)
+    /// The counted landing, once merged. (Boxed: kept for every landed story.)
     pub merged: Option<Box<MergeFact>>,
     /// Who implemented it (the counted implement result's holder): never its reviewer.
     pub implementer: Option<String>,
-    /// The priority it runs at: an operator's `prioritize`, else the creator's.
-    pub priority: u32,
     /// An operator paused it: no new phase starts (running work finishes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<Box<Stop>>,
@@ -149,19 +168,83 @@ pub struct StoryView {
     /// What needs a human about it now, oldest first.
     #[serde(default, skip_serializing_if = "ThinVec::is_empty")]
     pub attention: ThinVec<Attention>,
-    /// Its next phase waits for an attention item to be approved or dismissed.
-    #[serde(default)]
-    pub held: bool,
     /// The step (phase, round) an `unblock` grants more attempts at, when blocked by its
     /// own limits (not by a dependency).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked_step: Option<(Phase, u32)>,
-    /// What its jobs used, and what counts against its limit: none until a job of it
-    /// reserved or reported something (boxed: most stories of a large backlog have not
-    /// run, and inline it took 40 of a story view's 256 bytes). Read through
-    /// [`StoryView::usage`] and [`StoryView::charged_micro_usd`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spend: Option<Box<StorySpend>>,
+}
+
+/// None of it, for a story that has none ([`More`]'s deref).
+static NO_MORE: StoryMore = StoryMore {
+    failures: ThinVec::new(),
+    blocked_reason: None,
+    merged: None,
+    implementer: None,
+    paused: None,
+    cancelled: None,
+    assigned: None,
+    notes: ThinVec::new(),
+    attention: ThinVec::new(),
+    blocked_step: None,
+};
+
+/// A story's [`StoryMore`], allocated only once it has any: reads see an empty one,
+/// writes allocate it. Equal when the contents are equal (an emptied one equals none, so
+/// a fold and an update agree).
+#[derive(Clone, Default)]
+pub struct More(Option<Box<StoryMore>>);
+
+impl More {
+    /// `more`, kept only when it holds anything.
+    pub fn new(more: StoryMore) -> More {
+        More((more != NO_MORE).then(|| Box::new(more)))
+    }
+
+    /// Frees it when emptied.
+    pub fn shrink(&mut self) {
+        if self.0.as_deref().is_some_and(|m| *m == NO_MORE) {
+            self.0 = None;
+        }
+    }
+}
+
+impl std::ops::Deref for More {
+    type Target = StoryMore;
+    fn deref(&self) -> &StoryMore {
+        self.0.as_deref().unwrap_or(&NO_MORE)
+    }
+}
+
+impl std::ops::DerefMut for More {
+    fn deref_mut(&mut self) -> &mut StoryMore {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl PartialEq for More {
+    fn eq(&self, other: &More) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for More {}
+
+impl std::fmt::Debug for More {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl Serialize for More {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for More {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<More, D::Error> {
+        StoryMore::deserialize(d).map(More::new)
+    }
 }
 
 /// What a story's jobs used and what counts against its limit.
@@ -449,7 +532,9 @@ impl View {
 
     /// Whether story `key` landed: merged here, or retired by an earlier epoch.
     pub fn landed(&self, key: &str) -> bool {
-        self.stories.get(key).is_some_and(|s| s.merged.is_some())
+        self.stories
+            .get(key)
+            .is_some_and(|s| s.more.merged.is_some())
             || self.base().is_some_and(|b| b.retired.contains_key(key))
     }
 
@@ -537,7 +622,7 @@ impl View {
         let mut v: Vec<(&StoryView, &Attention)> = self
             .stories
             .values()
-            .flat_map(|s| s.attention.iter().map(move |a| (&**s, a)))
+            .flat_map(|s| s.more.attention.iter().map(move |a| (&**s, a)))
             .collect();
         v.sort_by(|a, b| (a.1.since_ms, &a.0.id, &a.1.id).cmp(&(b.1.since_ms, &b.0.id, &b.1.id)));
         v

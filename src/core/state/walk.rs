@@ -294,13 +294,13 @@ pub(super) fn block_dependents_of_blocked(
             // (A story already started is blocked too unless a node is working on
             // it: the scheduler never runs a phase of a story whose dependencies have
             // not landed, so it would wait forever — seed 1065 hostile, 2 files.)
-            if s.merged.is_some()
-                || s.blocked_reason.is_some()
+            if s.more.merged.is_some()
+                || s.more.blocked_reason.is_some()
                 || active_stories.contains(k.as_str())
             {
                 continue;
             }
-            if s.cancelled.is_some() {
+            if s.more.cancelled.is_some() {
                 continue;
             }
             let dep = s.fact.depends_on.iter().find_map(|d| {
@@ -308,7 +308,8 @@ pub(super) fn block_dependents_of_blocked(
                 if x.status == StoryStatus::Cancelled {
                     Some((x.id.clone(), "was cancelled"))
                 } else {
-                    x.blocked_reason
+                    x.more
+                        .blocked_reason
                         .is_some()
                         .then(|| (x.id.clone(), "is blocked"))
                 }
@@ -316,7 +317,7 @@ pub(super) fn block_dependents_of_blocked(
             if let Some((dep, what)) = dep {
                 if let Some(s) = stories.get_mut(k.as_str()) {
                     s.status = StoryStatus::Blocked;
-                    s.blocked_reason = Some(format!("depends on {dep}, which {what}"));
+                    s.more.blocked_reason = Some(format!("depends on {dep}, which {what}"));
                     s.next_phase = None;
                     changed = true;
                 }

@@ -131,7 +131,7 @@ pub fn render(s: &StoryView, folders: &BTreeMap<String, String>) -> String {
             .map(|t| field_value(t))
     };
     let done = |p: Phase| s.phases_done.contains(&p);
-    let landed = s.merged.is_some();
+    let landed = s.more.merged.is_some();
     let mut m = Mapping::new();
     let mut put = |k: &str, v: Value| {
         m.insert(Value::String(k.to_string()), v);
@@ -166,10 +166,10 @@ pub fn render(s: &StoryView, folders: &BTreeMap<String, String>) -> String {
             "blocked",
             Some(format!(
                 "cancelled in the mesh: {}",
-                s.cancelled.as_ref().map_or("", |c| c.reason.as_str())
+                s.more.cancelled.as_ref().map_or("", |c| c.reason.as_str())
             )),
         ),
-        StoryStatus::Blocked => ("blocked", s.blocked_reason.clone()),
+        StoryStatus::Blocked => ("blocked", s.more.blocked_reason.clone()),
         StoryStatus::InProgress => ("in-progress", None),
         StoryStatus::Ready => ("ready", None),
         StoryStatus::Backlog => ("backlog", None),
@@ -222,7 +222,7 @@ pub fn render(s: &StoryView, folders: &BTreeMap<String, String>) -> String {
             put(k, v);
         }
     }
-    if let Some(mf) = &s.merged {
+    if let Some(mf) = &s.more.merged {
         if !mf.commit.is_empty() {
             put("merge_sha", text(&mf.commit));
         }
@@ -231,7 +231,7 @@ pub fn render(s: &StoryView, folders: &BTreeMap<String, String>) -> String {
         }
     }
     let mesh_branch =
-        done(Phase::Implement) && s.merged.as_ref().is_none_or(|m| !m.claim.is_empty());
+        done(Phase::Implement) && s.more.merged.as_ref().is_none_or(|m| !m.claim.is_empty());
     if mesh_branch {
         put(
             "branch",

@@ -367,7 +367,7 @@ fn restarts_of_the_holder_are_takeovers_and_block_only_at_the_takeover_limit() {
     }
     let v = a.view();
     let s = v.stories.values().next().unwrap();
-    assert_eq!(s.status, StoryStatus::Ready, "{:?}", s.blocked_reason);
+    assert_eq!(s.status, StoryStatus::Ready, "{:?}", s.more.blocked_reason);
     assert_eq!((s.failed_attempts, s.takeovers), (0, 3));
     // And the work goes on... until the story has lost its holder MAX_TAKEOVERS
     // times: then the restart that makes it so blocks it, and says so once.

@@ -99,7 +99,7 @@ fn an_unavailable_origin_burns_no_attempt_backs_off_and_work_resumes_when_it_ans
         }
     }
     assert_eq!(started, 2, "both stories' next steps run side by side");
-    assert!(a.view().stories[key.as_str()].failures.is_empty());
+    assert!(a.view().stories[key.as_str()].more.failures.is_empty());
 }
 
 #[test]
@@ -206,7 +206,7 @@ fn work_this_node_pushed_is_dropped_once_the_story_is_finished_even_a_late_push(
         "nothing dropped while the story is in flight"
     );
     run_step(&mut a, &mut now, Phase::Merge, 0, None);
-    assert!(a.view().stories[&key].merged.is_some());
+    assert!(a.view().stories[&key].more.merged.is_some());
     for _ in 0..3 {
         now += 100;
         a.tick(now, now);

@@ -156,8 +156,8 @@ fn a_paused_node_claims_nothing_and_a_pause_that_arrives_while_a_claim_settles_s
         release.note
     );
     assert_eq!(
-        b.view().stories[key.as_str()].paused,
-        a.view().stories[key.as_str()].paused,
+        b.view().stories[key.as_str()].more.paused,
+        a.view().stories[key.as_str()].more.paused,
         "B has it too"
     );
     // The story resumed, but the node itself paused: still nothing.

@@ -154,7 +154,9 @@ impl Doc {
             .stories
             .iter()
             .filter(|(k, s)| {
-                s.status == StoryStatus::Merged && s.merged.is_some() && !open.contains(k.as_str())
+                s.status == StoryStatus::Merged
+                    && s.more.merged.is_some()
+                    && !open.contains(k.as_str())
             })
             .map(|(k, _)| k.as_str())
             .collect();
@@ -195,6 +197,7 @@ impl Doc {
         for k in &retire {
             let s = &view.stories[*k];
             let commit = s
+                .more
                 .merged
                 .as_ref()
                 .map(|m| m.commit.clone())
@@ -522,7 +525,7 @@ mod tests {
         assert!(!after.stories.contains_key(done.as_str()));
         let base = after.base().unwrap();
         assert_eq!(base.epoch, 1);
-        let was = before.stories[done.as_str()].merged.as_ref().unwrap();
+        let was = before.stories[done.as_str()].more.merged.as_ref().unwrap();
         assert_eq!(base.retired[&done].id, before.stories[done.as_str()].id);
         assert_eq!(base.retired[&done].commit, was.commit);
         assert!(after.results.keys().all(|k| !k.contains(&done)));

@@ -98,10 +98,10 @@ impl View {
                 };
                 // A dependency blocked or cancelled blocks its dependents, in a fixpoint
                 // whose reasons depend on the order it runs in: left to the fold.
-                if dep.blocked_reason.is_some() || dep.status == StoryStatus::Cancelled {
+                if dep.more.blocked_reason.is_some() || dep.status == StoryStatus::Cancelled {
                     return false;
                 }
-                if let Some(m) = &dep.merged {
+                if let Some(m) = &dep.more.merged {
                     merged.insert(d.clone(), (**m).clone());
                 }
                 ids.insert(d.as_str(), dep.id.as_str());

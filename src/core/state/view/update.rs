@@ -278,15 +278,16 @@ impl View {
         // A story that starts or stops blocking its dependents, or one a blocked or
         // cancelled dependency would block: the fold's fixpoint.
         for s in &built {
-            let blocks =
-                |v: &StoryView| v.blocked_reason.is_some() || v.status == StoryStatus::Cancelled;
+            let blocks = |v: &StoryView| {
+                v.more.blocked_reason.is_some() || v.status == StoryStatus::Cancelled
+            };
             let before = self.stories.get(s.key.as_str()).is_some_and(|v| blocks(v));
             if blocks(s) != before && self.story_index.dependents.contains_key(s.key.as_str()) {
                 return false;
             }
-            let open = s.merged.is_none()
-                && s.blocked_reason.is_none()
-                && s.cancelled.is_none()
+            let open = s.more.merged.is_none()
+                && s.more.blocked_reason.is_none()
+                && s.more.cancelled.is_none()
                 && !active.contains(s.key.as_str());
             let dep_blocks = s.fact.depends_on.iter().any(|d| {
                 let v = if *d == s.key {
