@@ -112,7 +112,7 @@ impl Doc {
             };
             let doc_key = format!("{STORY_PREFIX}{key}");
             let sealed = self
-                .seal_checked(&doc_key, &fact, creator)
+                .seal_checked(&doc_key, &fact.for_document(), creator)
                 .map_err(|e| BatchError::at(i, e))?;
             values.push((doc_key, sealed));
             keys.push(key);
