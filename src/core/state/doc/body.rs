@@ -22,7 +22,7 @@ impl Doc {
         if !matches!(&c.fact, Fact::Story(_)) {
             return None;
         }
-        let value = self.value_written_by(&doc_key, &c.op, &c.change)?;
+        let value = self.value_written_by(&doc_key, &c.op, self.change_of(c))?;
         // The value was admitted when it was read: its signature held then, and its
         // bytes have not changed since.
         let opened = trust::open_as(&doc_key, &value, self.scheme, false).ok()?;

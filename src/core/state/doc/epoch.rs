@@ -328,7 +328,7 @@ impl Doc {
             let all = &e.all;
             let roster = FactKind::of_key(key).is_some_and(FactKind::by_operator);
             for c in all {
-                if (roster || old.roster.counts(&c.author, &c.change))
+                if (roster || old.roster.counts(&c.author, old.change_of(c)))
                     && !retired(key, &c.fact)
                     && self.facts().get(key) != Some(&c.fact)
                 {

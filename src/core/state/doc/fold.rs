@@ -97,6 +97,7 @@ impl Doc {
             return;
         }
         self.candidates = std::mem::take(&mut self.candidates).into_iter().collect();
+        self.changes.shrink_to_fit();
         self.packed = len;
     }
 
@@ -131,7 +132,7 @@ impl Doc {
             if matches!(c.fact, Fact::Admit(_)) {
                 admitted.insert(f.peer.clone(), entry);
             } else {
-                revoked_at.push((entry, c.change));
+                revoked_at.push((entry, *self.change_of(c)));
             }
         }
         let mut revoked = BTreeMap::new();
@@ -182,6 +183,7 @@ impl Doc {
         self.packed = 0;
         self.authors.clear();
         self.actors.clear();
+        self.changes.clear();
         self.finished.clear();
         self.roster.admitted.clear();
         self.roster.revoked.clear();
@@ -288,6 +290,11 @@ impl Doc {
                         self.actors.insert(op.1.clone());
                     }
                 }
+                // A change's values are read one after another.
+                if self.changes.last() != Some(&change) {
+                    self.changes.push(change);
+                }
+                let change = u32::try_from(self.changes.len() - 1).unwrap_or(u32::MAX);
                 let all = &mut self.candidates.entry(FactKey::from(key)).or_default().all;
                 if !all.iter().any(|c| c.op == op) {
                     all.push(Candidate {
@@ -331,6 +338,13 @@ impl Doc {
     /// replace it) — and a takeover's release of a claim that has a counted result or
     /// merge does not count at all, so the holder's own release stands. "First" and
     /// "latest" are by the writing operation's id, which every node orders alike.
+    /// The change that wrote candidate `c`.
+    pub(super) fn change_of(&self, c: &Candidate) -> &ChangeHash {
+        // Every index was pushed with its candidate (`consider`); none can be missing.
+        static NONE: ChangeHash = ChangeHash([0; 32]);
+        self.changes.get(c.change as usize).unwrap_or(&NONE)
+    }
+
     pub(super) fn chosen(&self, key: &str) -> Option<&Candidate> {
         let i = self.chosen_at(key)?;
         self.candidates.get(key)?.all.get(i)
@@ -341,8 +355,9 @@ impl Doc {
         let all = self.candidates.get(key)?.all.iter().enumerate();
         let kind = FactKind::of_key(key);
         let roster = kind.is_some_and(FactKind::by_operator);
-        let counts =
-            |(_, c): &(usize, &Candidate)| roster || self.roster.counts(&c.author, &c.change);
+        let counts = |(_, c): &(usize, &Candidate)| {
+            roster || self.roster.counts(&c.author, self.change_of(c))
+        };
         let first = |(_, a): &(usize, &Candidate), (_, b): &(usize, &Candidate)| a.op.cmp(&b.op);
         let chosen = match kind {
             // The latest run's, then the latest write's: an older run's value replayed
