@@ -32,7 +32,7 @@ fn job(phase: Phase, files: &[&str]) -> Job {
             body: "Users log in with a password.".into(),
             priority: 100,
             depends_on: Default::default(),
-            files: files.as_slice().into(),
+            files: files.iter().map(|f| f.as_str().into()).collect(),
             labels: Default::default(),
             source: Default::default(),
             imported: None,

@@ -161,7 +161,7 @@ pub struct StoryFact {
     #[serde(default)]
     pub depends_on: ThinVec<String>,
     #[serde(default)]
-    pub files: ThinVec<String>,
+    pub files: ThinVec<Arc<str>>,
     #[serde(default)]
     pub labels: ThinVec<String>,
     /// Where it came from (`cli`, `github:owner/repo#7`, ...): inline when short, as most
@@ -208,8 +208,8 @@ struct StoryInDocument<'a> {
     priority: u32,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     depends_on: &'a [String],
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    files: &'a [String],
+    #[serde(skip_serializing_if = "<[Arc<str>]>::is_empty")]
+    files: &'a [Arc<str>],
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     labels: &'a [String],
     #[serde(skip_serializing_if = "str::is_empty")]
@@ -738,7 +738,7 @@ mod tests {
             body: "the body".into(),
             priority: 3,
             depends_on: ["S-0001@aaaa".to_string()].into_iter().collect(),
-            files: ["src/a.rs".to_string()].into_iter().collect(),
+            files: ["src/a.rs".into()].into_iter().collect(),
             labels: ["ui".to_string()].into_iter().collect(),
             source: "github:o/r#7".into(),
             imported: Some(Box::default()),

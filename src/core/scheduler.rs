@@ -58,7 +58,7 @@ pub fn planned_files(view: &View, story: &str) -> Vec<String> {
     }
     view.stories
         .get(story)
-        .map(|s| s.fact.files.to_vec())
+        .map(|s| s.fact.files.iter().map(|f| f.to_string()).collect())
         .unwrap_or_default()
 }
 

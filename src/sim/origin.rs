@@ -118,7 +118,12 @@ impl Origin {
             .unwrap_or(0);
         self.main.get(base..)?.iter().find_map(|(story, files)| {
             (*story != job.story)
-                .then(|| files.iter().find(|f| job.fact.files.contains(f)).cloned())
+                .then(|| {
+                    files
+                        .iter()
+                        .find(|f| job.fact.files.iter().any(|g| **g == ***f))
+                        .cloned()
+                })
                 .flatten()
         })
     }
@@ -186,9 +191,10 @@ impl Sim {
                     return Ok(h);
                 }
                 self.check_landing(i, &job.story);
-                self.origin
-                    .main
-                    .push((job.story.clone(), job.fact.files.to_vec()));
+                self.origin.main.push((
+                    job.story.clone(),
+                    job.fact.files.iter().map(|f| f.to_string()).collect(),
+                ));
                 let record = FenceRecord {
                     token,
                     holder,

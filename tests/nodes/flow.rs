@@ -156,12 +156,7 @@ fn check_file_exclusion(events: &[(u64, Event)], view: &View) {
     let files: BTreeMap<&str, BTreeSet<&str>> = view
         .stories
         .values()
-        .map(|s| {
-            (
-                s.id.as_str(),
-                s.fact.files.iter().map(String::as_str).collect(),
-            )
-        })
+        .map(|s| (s.id.as_str(), s.fact.files.iter().map(|f| &**f).collect()))
         .collect();
     for (i, a) in spans.iter().enumerate() {
         for b in &spans[i + 1..] {

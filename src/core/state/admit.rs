@@ -375,7 +375,7 @@ fn check_story(key: &str, author: &str, f: &StoryFact) -> Result<(), Refusal> {
         title: f.title.clone(),
         body: f.body.clone(),
         priority: Some(f.priority),
-        files: f.files.to_vec(),
+        files: f.files.iter().map(|f| f.to_string()).collect(),
         labels: f.labels.to_vec(),
         imported: f.imported.as_deref().cloned(),
         ..Default::default()
@@ -384,7 +384,12 @@ fn check_story(key: &str, author: &str, f: &StoryFact) -> Result<(), Refusal> {
         .validate()
         .map_err(|_| Refusal::Invalid("story field out of bounds"))?;
     valid(
-        ok.title == f.title && f.files == ok.files && f.labels == ok.labels,
+        ok.title == f.title
+            && f.files
+                .iter()
+                .map(|f| &**f)
+                .eq(ok.files.iter().map(String::as_str))
+            && f.labels == ok.labels,
         "story title, files or labels not in normal form",
     )?;
     valid(

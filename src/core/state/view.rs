@@ -38,7 +38,12 @@ pub fn relevant_knowledge(view: &View, story: &StoryView, limit: usize) -> Vec<K
     let f = &story.fact;
     let mut mine = words(&f.title);
     mine.extend(words(&f.body));
-    for x in f.files.iter().chain(&f.labels) {
+    for x in f
+        .files
+        .iter()
+        .map(|f| &**f)
+        .chain(f.labels.iter().map(String::as_str))
+    {
         mine.extend(words(x));
     }
     let mut scored: Vec<(u32, u64, &KnowledgeFact)> = view

@@ -102,7 +102,7 @@ impl Doc {
                 body: valid.body,
                 priority: valid.priority,
                 depends_on: depends_on.into(),
-                files: valid.files.into(),
+                files: valid.files.into_iter().map(Arc::from).collect(),
                 labels: valid.labels.into(),
                 source: valid
                     .imported

@@ -183,6 +183,7 @@ impl Doc {
         self.packed = 0;
         self.authors.clear();
         self.actors.clear();
+        self.paths.clear();
         self.changes.clear();
         self.finished.clear();
         self.roster.admitted.clear();
@@ -281,6 +282,14 @@ impl Doc {
                     // Decoded into room for four (serde cannot know JSON's lengths): most
                     // stories plan one file (~6 MB at 100,000 stories).
                     s.files.shrink_to_fit();
+                    for f in s.files.iter_mut() {
+                        match self.paths.get(&**f) {
+                            Some(known) => *f = known.clone(),
+                            None => {
+                                self.paths.insert(f.clone());
+                            }
+                        }
+                    }
                     s.labels.shrink_to_fit();
                     s.depends_on.shrink_to_fit();
                 }

@@ -51,6 +51,8 @@ pub struct Doc {
     /// Every actor of a candidate's operation, once (a node's run has one actor, and
     /// writes many facts).
     actors: BTreeSet<Arc<[u8]>>,
+    /// Every file a story plans, once (stories of one codebase plan the same files).
+    paths: BTreeSet<Arc<str>>,
     /// The change of each candidate, by index ([`Candidate::change`]): the facts of a
     /// change are read together, and a bulk write's thousand stories share one hash
     /// (32 bytes a candidate otherwise; ~3 MB at 100,000 stories).
@@ -250,6 +252,7 @@ impl Doc {
             packed: 0,
             authors: BTreeSet::new(),
             actors: BTreeSet::new(),
+            paths: BTreeSet::new(),
             changes: Vec::new(),
             finished: BTreeMap::new(),
             roster: Roster::default(),
