@@ -349,7 +349,7 @@ async fn attention(State(st): State<AppState>) -> Response {
                 .map(|(s, a)| AttentionRow {
                     story: s.id.to_string(),
                     key: s.key.to_string(),
-                    title: s.fact.title.clone(),
+                    title: s.fact.title.to_string(),
                     status: s.status,
                     item: a.clone(),
                 })

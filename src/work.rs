@@ -644,7 +644,7 @@ mod tests {
                 created_by: "n".into(),
                 created_at_ms: 0,
                 title: "t".into(),
-                body: String::new(),
+                body: Default::default(),
                 priority: 100,
                 depends_on: crate::core::model::ThinVec::new(),
                 files: crate::core::model::ThinVec::new(),

@@ -47,7 +47,7 @@ impl Executor for GatedOrHeld {
         job: Job,
         ws: Workspace,
     ) -> futures::future::BoxFuture<'static, Result<Handoff, ExecError>> {
-        if job.fact.title == GATED {
+        if &*job.fact.title == GATED {
             let sim = SimExecutor {
                 phase_ms: 50,
                 failure_rate: 0.0,

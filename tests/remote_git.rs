@@ -764,7 +764,7 @@ fn takeover_of_a_landed_merge_whose_work_is_gone(h: &GitHost) {
             created_by: "peerA".into(),
             created_at_ms: 0,
             title: "a story".into(),
-            body: String::new(),
+            body: Default::default(),
             priority: 100,
             depends_on: Default::default(),
             files: Default::default(),

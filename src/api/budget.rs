@@ -72,7 +72,7 @@ pub fn budget_report(view: &crate::core::state::View, day: u64) -> BudgetReport 
             let limit = view.steering.story(&s.key).and_then(|st| st.limit);
             (charged > 0 || usage.tokens > 0 || limit.is_some()).then(|| StoryMoney {
                 story: s.id.to_string(),
-                title: s.fact.title.clone(),
+                title: s.fact.title.to_string(),
                 usage,
                 charged_micro_usd: charged,
                 limit_micro_usd: limit,

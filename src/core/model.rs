@@ -153,9 +153,9 @@ pub struct StoryFact {
     pub created_by: Arc<str>,
     /// Creator's wall clock, milliseconds since the epoch: display and age ordering only.
     pub created_at_ms: u64,
-    pub title: String,
+    pub title: Box<str>,
     #[serde(default)]
-    pub body: String,
+    pub body: Box<str>,
     pub priority: u32,
     /// Story keys (not display ids) this one depends on.
     #[serde(default)]
@@ -748,7 +748,7 @@ mod tests {
         let doc = serde_json::to_string(&full.for_document()).unwrap();
         assert_eq!(doc, serde_json::to_string(&full).unwrap());
         let bare = StoryFact {
-            body: String::new(),
+            body: Default::default(),
             depends_on: ThinVec::new(),
             files: ThinVec::new(),
             labels: ThinVec::new(),

@@ -215,7 +215,7 @@ pub(super) fn nodes(s: &Snapshot) -> Vec<NodeRow> {
                 let value = took.div_ceil(1000).min(max);
                 Some(Active {
                     story: st.id.to_string(),
-                    title: st.fact.title.clone(),
+                    title: st.fact.title.to_string(),
                     phase: phase.as_str(),
                     round: e.round,
                     elapsed: dur(took),
@@ -366,7 +366,7 @@ pub(super) fn attention(s: &Snapshot) -> Vec<AttentionRow> {
         .into_iter()
         .map(|(st, a)| AttentionRow {
             story: st.id.to_string(),
-            title: st.fact.title.clone(),
+            title: st.fact.title.to_string(),
             kind: a.kind.as_str(),
             detail: a.detail.clone(),
             id: a.id.clone(),
@@ -407,7 +407,7 @@ pub(super) struct StoryRow {
 pub(super) fn story_row(s: &StoryView) -> StoryRow {
     StoryRow {
         id: s.id.to_string(),
-        title: s.fact.title.clone(),
+        title: s.fact.title.to_string(),
         status: s.status.as_str(),
         priority: s.priority,
         next: s.next_phase.map(Phase::as_str),

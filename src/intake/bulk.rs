@@ -52,7 +52,7 @@ impl Added {
         Added {
             id: s.id.to_string(),
             key: s.key.to_string(),
-            title: s.fact.title.clone(),
+            title: s.fact.title.to_string(),
         }
     }
 }

@@ -532,7 +532,7 @@ impl Runtime {
             .into_iter()
             .map(|s| StorySummary {
                 id: s.id.to_string(),
-                title: s.fact.title.clone(),
+                title: s.fact.title.to_string(),
                 status: s.status.as_str().to_string(),
                 priority: s.priority,
                 waiting: waits.of(&s.key).filter(|w| w.is_open()),

@@ -359,7 +359,7 @@ trait Titles {
 
 impl Titles for crate::core::state::View {
     fn has_story_titled(&self, title: &str) -> bool {
-        self.stories.values().any(|s| s.fact.title == title)
+        self.stories.values().any(|s| &*s.fact.title == title)
     }
 
     fn holds_story(&self, title: &str, key: Option<&String>) -> bool {

@@ -156,7 +156,7 @@ fn by_title<'a>(v: &'a View, title: &str) -> Option<&'a StoryView> {
     v.stories
         .values()
         .map(|s| &**s)
-        .find(|s| s.fact.title == title)
+        .find(|s| &*s.fact.title == title)
 }
 
 /// Whether the story with `key` landed on main (a commit with its `Mesh-Story-Key`).

@@ -37,7 +37,7 @@ async fn titles(n: &NodeHandle) -> Vec<String> {
         .expect("node running")
         .stories
         .values()
-        .map(|s| s.fact.title.clone())
+        .map(|s| s.fact.title.to_string())
         .collect();
     t.sort();
     t
@@ -94,7 +94,7 @@ async fn a_story_the_store_could_not_append_or_flush_fails_with_the_reason_and_l
     let mut t: Vec<String> = stored
         .stories
         .values()
-        .map(|s| s.fact.title.clone())
+        .map(|s| s.fact.title.to_string())
         .collect();
     t.sort();
     assert_eq!(t, ["first", "next"]);

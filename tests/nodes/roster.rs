@@ -38,7 +38,11 @@ fn sealed(op: &Signer, admit: bool, peer: &str) -> (String, String) {
 }
 
 fn titles(v: &mesh_agent::core::state::View) -> Vec<String> {
-    let mut t: Vec<String> = v.stories.values().map(|s| s.fact.title.clone()).collect();
+    let mut t: Vec<String> = v
+        .stories
+        .values()
+        .map(|s| s.fact.title.to_string())
+        .collect();
     t.sort();
     t
 }

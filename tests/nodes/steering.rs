@@ -51,7 +51,7 @@ impl Executor for Recording {
             self.resumed.load(Ordering::SeqCst),
             job.clone(),
         ));
-        if job.fact.title == CANCELLED && job.phase == Phase::Review {
+        if &*job.fact.title == CANCELLED && job.phase == Phase::Review {
             let _ = self.held.send(job);
             return Box::pin(async {
                 std::future::pending::<()>().await;
@@ -80,7 +80,7 @@ fn story(id: &str) -> Target {
 fn by_title<'a>(v: &'a View, title: &str) -> &'a mesh_agent::core::state::StoryView {
     v.stories
         .values()
-        .find(|s| s.fact.title == title)
+        .find(|s| &*s.fact.title == title)
         .unwrap_or_else(|| panic!("no story {title:?}"))
 }
 
@@ -343,7 +343,7 @@ async fn an_operator_steers_a_live_mesh_and_a_stranger_cannot() {
     wait_view(&nodes[0], "every other story merged", 400, |v| {
         v.stories
             .values()
-            .filter(|s| !waiting.contains(&s.fact.title.as_str()))
+            .filter(|s| !waiting.contains(&&*s.fact.title))
             .all(|s| s.status == StoryStatus::Merged)
     })
     .await;
@@ -639,7 +639,7 @@ async fn each_trigger_holds_its_story_for_a_human_and_approve_or_dismiss_clears_
     let queue: Vec<(u64, &str)> = v
         .attention()
         .iter()
-        .map(|(s, a)| (a.since_ms, s.fact.title.as_str()))
+        .map(|(s, a)| (a.since_ms, &*s.fact.title))
         .collect();
     assert_eq!(queue.len(), 6, "{queue:?}");
     assert!(queue.windows(2).all(|w| w[0].0 <= w[1].0), "{queue:?}");

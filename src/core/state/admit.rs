@@ -372,8 +372,8 @@ fn check_story(key: &str, author: &str, f: &StoryFact) -> Result<(), Refusal> {
         "story key does not name its number and creator",
     )?;
     let new = NewStory {
-        title: f.title.clone(),
-        body: f.body.clone(),
+        title: f.title.to_string(),
+        body: f.body.to_string(),
         priority: Some(f.priority),
         files: f.files.iter().map(|f| f.to_string()).collect(),
         labels: f.labels.to_vec(),
@@ -384,7 +384,7 @@ fn check_story(key: &str, author: &str, f: &StoryFact) -> Result<(), Refusal> {
         .validate()
         .map_err(|_| Refusal::Invalid("story field out of bounds"))?;
     valid(
-        ok.title == f.title
+        *ok.title == *f.title
             && f.files
                 .iter()
                 .map(|f| &**f)

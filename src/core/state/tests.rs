@@ -711,7 +711,7 @@ pub(crate) fn titles(d: &Doc) -> Vec<String> {
         .view()
         .stories
         .values()
-        .map(|s| s.fact.title.clone())
+        .map(|s| s.fact.title.to_string())
         .collect();
     t.sort();
     t

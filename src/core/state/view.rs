@@ -285,8 +285,8 @@ impl StoryView {
 
     /// Gives the story its body (read with [`Doc::story_body`]: the view keeps none).
     pub fn set_body(&mut self, body: String) {
-        if body != self.fact.body {
-            Arc::make_mut(&mut self.fact).body = body;
+        if *body != *self.fact.body {
+            Arc::make_mut(&mut self.fact).body = body.into();
         }
     }
 }

@@ -25,7 +25,7 @@ fn a_job_carries_its_storys_body_and_the_knowledge_its_body_calls_for() {
         )
         .unwrap()
         .key;
-    assert_eq!(a.view().stories[key.as_str()].fact.body, "");
+    assert_eq!(&*a.view().stories[key.as_str()].fact.body, "");
     let mut now = 0;
     let job = (0..100)
         .find_map(|_| {
@@ -37,6 +37,6 @@ fn a_job_carries_its_storys_body_and_the_knowledge_its_body_calls_for() {
             })
         })
         .expect("a job starts");
-    assert_eq!(job.fact.body, body);
+    assert_eq!(&*job.fact.body, body);
     assert_eq!(job.knowledge[0].text, "ledger reconciles in one batch");
 }

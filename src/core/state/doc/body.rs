@@ -96,18 +96,18 @@ mod tests {
         let plain = story(&mut d, "no body", "", 2);
         let view = d.view();
         assert_eq!(
-            view.stories[key.as_str()].fact.body,
+            &*view.stories[key.as_str()].fact.body,
             "",
             "the view keeps no body"
         );
-        assert_eq!(view.stories[key.as_str()].fact.title, "with a body");
+        assert_eq!(&*view.stories[key.as_str()].fact.title, "with a body");
         assert_eq!(d.story_body(&key).as_deref(), Some(body.as_str()));
-        assert_eq!(d.with_body(&view.stories[key.as_str()]).fact.body, body);
+        assert_eq!(&*d.with_body(&view.stories[key.as_str()]).fact.body, body);
         assert_eq!(d.story_body(&plain).as_deref(), Some(""));
         assert_eq!(d.story_body("S-9999@nobody"), None);
         // The same after a reload: the body comes from the saved document.
         let loaded = Doc::load_test_names([9; 16], &d.save(), &[]).unwrap();
-        assert_eq!(loaded.view().stories[key.as_str()].fact.body, "");
+        assert_eq!(&*loaded.view().stories[key.as_str()].fact.body, "");
         assert_eq!(loaded.story_body(&key).as_deref(), Some(body.as_str()));
     }
 
@@ -118,7 +118,7 @@ mod tests {
         // A second value at the same key (not a valid one): the first stays chosen,
         // and automerge's current value at the key is the second.
         d.raw_put(&format!("{STORY_PREFIX}{key}"), "not a sealed value".into());
-        assert_eq!(d.view().stories[key.as_str()].fact.title, "first");
+        assert_eq!(&*d.view().stories[key.as_str()].fact.title, "first");
         assert_eq!(d.story_body(&key).as_deref(), Some("the first body"));
     }
 }

@@ -278,7 +278,7 @@ impl Doc {
                     // Its creator is its author (`admit` checked): one shared copy.
                     s.created_by = author.clone();
                     // Kept out of memory: read from the document when shown (`body.rs`).
-                    s.body = String::new();
+                    s.body = Box::default();
                     // Decoded into room for four (serde cannot know JSON's lengths): most
                     // stories plan one file (~6 MB at 100,000 stories).
                     s.files.shrink_to_fit();

@@ -278,7 +278,7 @@ mod tests {
             created_by: B.into(),
             created_at_ms: 1,
             title: "waits for a story not written yet".into(),
-            body: String::new(),
+            body: Default::default(),
             priority: 100,
             depends_on: thin_vec::thin_vec![key.clone()],
             files: crate::core::model::ThinVec::new(),
