@@ -287,9 +287,11 @@ const MMAP_THRESHOLD: i32 = 128 * 1024;
 /// raises them (up to 32 and 64 MiB): a node's transient large buffers (a snapshot, a
 /// load's decoded changes, sync messages) then settle inside the heaps, and a worker
 /// thread's arena keeps its freed top for good, as [`release_free_memory`] trims only
-/// the main one. Fixed, a restarted 100,000-story node holds 143-148 MB instead of
-/// 149-167, one that just bulk-loaded them 312 MB instead of 441 (docs/PERFORMANCE.md).
-pub fn tune_allocator() {
+/// the main one. Fixed, a restarted 100,000-story node holds 142-150 MB instead of
+/// 155-169, one that just bulk-loaded them 308-349 MB instead of 419-444; large blocks
+/// are mapped afresh each time, so a join or a restart takes ~10 % longer
+/// (docs/PERFORMANCE.md). Setting them again (every node start) changes nothing.
+fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let set_by_user = std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("malloc"))

@@ -204,13 +204,6 @@ impl More {
     pub fn new(more: StoryMore) -> More {
         More((more != NO_MORE).then(|| Box::new(more)))
     }
-
-    /// Frees it when emptied.
-    pub fn shrink(&mut self) {
-        if self.0.as_deref().is_some_and(|m| *m == NO_MORE) {
-            self.0 = None;
-        }
-    }
 }
 
 impl std::ops::Deref for More {

@@ -65,9 +65,7 @@ impl Doc {
             }
         }
         let verdicts = self.verdicts(&values);
-        // Borrowed from the decoded changes: an owned key per value, alive through the
-        // whole pass, left a hole between the facts for each one freed (~3 MB of a
-        // 100,000-story load that no trim returns).
+        // Keys borrowed from the decoded changes, not copied: they outlive the pass.
         let mut touched: BTreeSet<Cow<'_, str>> = BTreeSet::new();
         for ((key, kind, value, op, hash), verdict) in values.into_iter().zip(verdicts) {
             let Some(value) = value else {
@@ -341,12 +339,6 @@ impl Doc {
         }
     }
 
-    /// The fact key `key` shows, among its admitted candidates whose authors count (see
-    /// [`Roster::counts`]): a node's description is its latest; everything else is
-    /// write-once, so the first write stands (a second one by the same author cannot
-    /// replace it) — and a takeover's release of a claim that has a counted result or
-    /// merge does not count at all, so the holder's own release stands. "First" and
-    /// "latest" are by the writing operation's id, which every node orders alike.
     /// The change that wrote candidate `c`.
     pub(super) fn change_of(&self, c: &Candidate) -> &ChangeHash {
         // Every index was pushed with its candidate (`consider`); none can be missing.
@@ -354,6 +346,12 @@ impl Doc {
         self.changes.get(c.change as usize).unwrap_or(&NONE)
     }
 
+    /// The fact key `key` shows, among its admitted candidates whose authors count (see
+    /// [`Roster::counts`]): a node's description is its latest; everything else is
+    /// write-once, so the first write stands (a second one by the same author cannot
+    /// replace it) — and a takeover's release of a claim that has a counted result or
+    /// merge does not count at all, so the holder's own release stands. "First" and
+    /// "latest" are by the writing operation's id, which every node orders alike.
     pub(super) fn chosen(&self, key: &str) -> Option<&Candidate> {
         let i = self.chosen_at(key)?;
         self.candidates.get(key)?.all.get(i)
