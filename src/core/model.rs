@@ -175,6 +175,11 @@ pub struct StoryFact {
 }
 
 impl StoryFact {
+    /// Its planned files, as owned paths.
+    pub fn planned_files(&self) -> Vec<String> {
+        self.files.iter().map(|f| f.to_string()).collect()
+    }
+
     /// The fact as its creator writes it into the document: fields at their defaults
     /// left out (every reader, since the first, defaults them), ~40 bytes of a typical
     /// story's ~560 that every replica keeps in memory, on disk and on the wire. The

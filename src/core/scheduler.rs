@@ -58,7 +58,7 @@ pub fn planned_files(view: &View, story: &str) -> Vec<String> {
     }
     view.stories
         .get(story)
-        .map(|s| s.fact.files.iter().map(|f| f.to_string()).collect())
+        .map(|s| s.fact.planned_files())
         .unwrap_or_default()
 }
 

@@ -77,7 +77,7 @@ pub fn sim_handoff(job: &Job) -> Handoff {
                 .and_then(|v| v.parse::<u8>().ok())
                 .map_or(90, |c| c.min(100)),
         ),
-        files: job.fact.files.iter().map(|f| f.to_string()).collect(),
+        files: job.fact.planned_files(),
         ..Default::default()
     };
     let u = sim_usage(job);

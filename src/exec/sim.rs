@@ -52,7 +52,7 @@ fn unit(seed: u64, salt: &str, job: &Job) -> f64 {
 /// Writes the story's line into each planned file under `dir`: appended at the end, or
 /// replacing the story's earlier line (a rework amends its own change).
 pub fn sim_edit(job: &Job, dir: &Path) -> Result<(), String> {
-    let mut files: Vec<String> = job.fact.files.iter().map(|f| f.to_string()).collect();
+    let mut files = job.fact.planned_files();
     if files.is_empty() {
         files.push(default_file(job));
     }

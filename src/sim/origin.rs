@@ -191,10 +191,9 @@ impl Sim {
                     return Ok(h);
                 }
                 self.check_landing(i, &job.story);
-                self.origin.main.push((
-                    job.story.clone(),
-                    job.fact.files.iter().map(|f| f.to_string()).collect(),
-                ));
+                self.origin
+                    .main
+                    .push((job.story.clone(), job.fact.planned_files()));
                 let record = FenceRecord {
                     token,
                     holder,

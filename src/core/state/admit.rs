@@ -375,7 +375,7 @@ fn check_story(key: &str, author: &str, f: &StoryFact) -> Result<(), Refusal> {
         title: f.title.to_string(),
         body: f.body.to_string(),
         priority: Some(f.priority),
-        files: f.files.iter().map(|f| f.to_string()).collect(),
+        files: f.planned_files(),
         labels: f.labels.to_vec(),
         imported: f.imported.as_deref().cloned(),
         ..Default::default()
