@@ -36,6 +36,7 @@ impl View {
         let mut added: Vec<(String, ClaimFact)> = Vec::new();
         let mut released: Vec<(String, Option<ReleaseReason>)> = Vec::new();
         let mut touched: BTreeSet<String> = BTreeSet::new();
+        let mut new_stories: Vec<(String, Arc<StoryFact>)> = Vec::new();
         for key in keys {
             if !self.take_fact(
                 key,
@@ -43,7 +44,18 @@ impl View {
                 &mut added,
                 &mut released,
                 &mut touched,
+                &mut new_stories,
             ) {
+                return false;
+            }
+        }
+        // Stories new to this view (a peer's writes) go in as a local write's do, as
+        // if they had come before the rest: a claim of the same batch on one then
+        // touches it below like a claim on any story. In number order: one may depend
+        // on an earlier one.
+        if !new_stories.is_empty() {
+            new_stories.sort_by_key(|(_, f)| f.number);
+            if !self.add_new_stories(claims, &new_stories) {
                 return false;
             }
         }
@@ -104,6 +116,7 @@ impl View {
         added: &mut Vec<(String, ClaimFact)>,
         released: &mut Vec<(String, Option<ReleaseReason>)>,
         touched: &mut BTreeSet<String>,
+        new_stories: &mut Vec<(String, Arc<StoryFact>)>,
     ) -> bool {
         let id = |prefix: &str| key.strip_prefix(prefix).unwrap_or(key).to_string();
         match (FactKind::of_key(key), fact) {
@@ -194,11 +207,18 @@ impl View {
                 true
             }
             // A story the view already has as it is (this node's own write, taken in
-            // place by `add_new_stories`).
-            (_, Some(Fact::Story(f))) => key
-                .strip_prefix(STORY_PREFIX)
-                .and_then(|k| self.stories.get(k))
-                .is_some_and(|s| Arc::ptr_eq(&s.fact, f) || s.fact == *f),
+            // place by `add_new_stories`), or one it has not seen (a peer's write: taken
+            // in place once every changed fact is read, where `add_new_stories` can).
+            (_, Some(Fact::Story(f))) => match key.strip_prefix(STORY_PREFIX) {
+                Some(k) => match self.stories.get(k) {
+                    Some(s) => Arc::ptr_eq(&s.fact, f) || s.fact == *f,
+                    None => {
+                        new_stories.push((k.to_string(), f.clone()));
+                        true
+                    }
+                },
+                None => false,
+            },
             // Commands, the roster, a story or budget line gone: a fold.
             _ => false,
         }
@@ -433,6 +453,42 @@ mod tests {
     }
 
     #[test]
+    fn a_peers_new_stories_update_the_view_in_place_exactly_as_a_fold() {
+        // Every node took a story another node wrote by folding its whole view again:
+        // a fold per story per node, ~1 s at 100,000 stories.
+        let (mut d, mut v, mut c, [first, _]) = doc();
+        let alone = d.add_story(&new("by B", &[]), B, 3).unwrap();
+        assert!(update(&mut d, &mut v, &mut c));
+        assert_eq!(v.stories[alone.as_str()].status, StoryStatus::Ready);
+        // On a story not landed yet: waits, its dependency by display id.
+        let on_first = d.add_story(&new("on first", &[&first]), B, 4).unwrap();
+        assert!(update(&mut d, &mut v, &mut c));
+        assert_eq!(v.stories[on_first.as_str()].status, StoryStatus::Backlog);
+        assert_eq!(v.stories[on_first.as_str()].depends_on_ids, ["S-0001"]);
+        // Two in one update, the second on the first.
+        let one = d.add_story(&new("one", &[]), B, 5).unwrap();
+        let two = d.add_story(&new("two", &[&one]), B, 6).unwrap();
+        assert!(update(&mut d, &mut v, &mut c));
+        assert_eq!(v.stories[two.as_str()].status, StoryStatus::Backlog);
+        // A story with a claim on it, a result and a release, in the same update (the
+        // first claimer claims on the news and pushes both at once).
+        let claimed = d.add_story(&new("claimed at once", &[]), B, 7).unwrap();
+        step(&mut d, &claimed, Phase::Research, 0, None);
+        assert!(update(&mut d, &mut v, &mut c));
+        assert!(v.counted_result(&claimed, Phase::Research).is_some());
+        // A new story depending on one that landed: ready at once.
+        for p in [Phase::Research, Phase::Plan, Phase::Implement] {
+            step(&mut d, &first, p, 0, None);
+        }
+        step(&mut d, &first, Phase::Review, 0, Some(Verdict::Approve));
+        step(&mut d, &first, Phase::Merge, 0, None);
+        assert!(update(&mut d, &mut v, &mut c));
+        let on_landed = d.add_story(&new("on landed", &[&first]), B, 8).unwrap();
+        assert!(update(&mut d, &mut v, &mut c));
+        assert_eq!(v.stories[on_landed.as_str()].status, StoryStatus::Ready);
+    }
+
+    #[test]
     fn what_an_update_cannot_take_is_left_to_the_fold() {
         let (mut d, mut v, mut c, [first, second]) = doc();
         // An operator's command.
@@ -442,15 +498,16 @@ mod tests {
         command(&mut d, "OP", target, Op::Prioritize { priority: 5 }, 3).unwrap();
         assert!(!update(&mut d, &mut v, &mut c));
         assert_eq!(v.stories[second.as_str()].priority, 5);
-        // A story another node wrote.
-        d.add_story(&new("by B", &[]), B, 4).unwrap();
-        assert!(!update(&mut d, &mut v, &mut c));
         // A block that spreads to a dependent: the fold's fixpoint.
         for _ in 0..MAX_ATTEMPTS {
             ended_attempt(&mut d, &first, ReleaseReason::Failed, "tests failed");
         }
         assert!(!update(&mut d, &mut v, &mut c));
         assert_eq!(v.stories[second.as_str()].status, StoryStatus::Blocked);
+        // A new story depending on a blocked one (blocked in turn, by the fixpoint).
+        let on_blocked = d.add_story(&new("on blocked", &[&second]), B, 4).unwrap();
+        assert!(!update(&mut d, &mut v, &mut c));
+        assert_eq!(v.stories[on_blocked.as_str()].status, StoryStatus::Blocked);
         // A claim that jumps ahead on its resource (and every update after it).
         let claim = ClaimFact {
             resources: vec![(Resource::story(&second, Phase::Research).unwrap(), 9)],
