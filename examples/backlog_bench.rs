@@ -15,7 +15,10 @@
 //! - restart: the node shut down cleanly and started again on the same store, until it
 //!   answers a status holding every story;
 //! - join: a second node with an empty store bootstraps from the first, until its heads
-//!   digest equals the first's (the whole document received, checked and folded).
+//!   digest equals the first's (the whole document received, checked and folded);
+//! - peer story: then `--samples` stories written on the first node, each timed on the
+//!   joiner from holding its change until a status answers (its view brought up to date
+//!   with a peer's story), beside a status right after with nothing new.
 //!
 //! Run it through `scripts/bench --backlog` (release build). Every wait is bounded.
 
@@ -114,6 +117,11 @@ struct Row {
     restart_ms: Option<f64>,
     reopened_rss_mb: Option<f64>,
     join_ms: Option<f64>,
+    /// After the join: a story written on the first node, once the joiner holds its
+    /// change, until a status on the joiner answers (the view brought up to date).
+    peer_story: Vec<f64>,
+    /// A status on the joiner right after, nothing new: what the status itself costs.
+    status_again: Vec<f64>,
 }
 
 /// Waits (bounded) until `node`'s status holds `total` stories; the time it took.
@@ -225,12 +233,12 @@ async fn measure(args: &Args, n: usize) -> anyhow::Result<Row> {
         }
     }
     let rss_mb = rss_mb();
-    let total = n + args.samples;
-    let join_ms = if args.no_join || n > args.join_max {
-        None
+    let (join_ms, peer_story, status_again) = if args.no_join || n > args.join_max {
+        (None, Vec::new(), Vec::new())
     } else {
-        join(&a, timeout, args.work).await?
+        join(&a, timeout, args.work, n + args.samples, args.samples).await?
     };
+    let total = n + args.samples + peer_story.len();
     // Restart: a clean stop, then the same store and identity again.
     a.shutdown().await;
     let t = Instant::now();
@@ -250,12 +258,21 @@ async fn measure(args: &Args, n: usize) -> anyhow::Result<Row> {
         restart_ms,
         reopened_rss_mb,
         join_ms,
+        peer_story,
+        status_again,
     })
 }
 
 /// A second node with an empty store joins through `a`: time until it holds `a`'s
-/// document (same heads digest).
-async fn join(a: &NodeHandle, timeout: Duration, work: bool) -> anyhow::Result<Option<f64>> {
+/// document (same heads digest). Then `samples` stories (numbered from `next`) written on
+/// `a`, each timed on the joiner from holding its change to a status answered.
+async fn join(
+    a: &NodeHandle,
+    timeout: Duration,
+    work: bool,
+    next: usize,
+    samples: usize,
+) -> anyhow::Result<(Option<f64>, Vec<f64>, Vec<f64>)> {
     let dir = tempfile::Builder::new()
         .prefix("mesh-backlog-join-")
         .tempdir()?;
@@ -284,9 +301,35 @@ async fn join(a: &NodeHandle, timeout: Duration, work: bool) -> anyhow::Result<O
     .ok();
     if got.is_none() {
         eprintln!("backlog_bench: no join within {timeout:?}");
+        c.shutdown().await;
+        return Ok((None, Vec::new(), Vec::new()));
+    }
+    // The joiner's view as of the join, so that each sample takes in one story.
+    let _ = c.status().await;
+    let (mut peer_story, mut again) = (Vec::with_capacity(samples), Vec::new());
+    for i in 0..samples {
+        a.add_story(story(next + i))
+            .await
+            .map_err(|e| anyhow::anyhow!("peer write {i}: {e}"))?;
+        let arrived = tokio::time::timeout(timeout, async {
+            while !same() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+        if arrived.is_err() {
+            eprintln!("backlog_bench: story {i} did not reach the joiner within {timeout:?}");
+            break;
+        }
+        let t = Instant::now();
+        let _ = c.status().await;
+        peer_story.push(ms(t.elapsed()));
+        let t = Instant::now();
+        let _ = c.status().await;
+        again.push(ms(t.elapsed()));
     }
     c.shutdown().await;
-    Ok(got)
+    Ok((got, peer_story, again))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -309,16 +352,16 @@ async fn main() -> anyhow::Result<()> {
     }
     if !args.no_header {
         println!("write: add_story() round trip on a node holding that many stories (appended, flushed, answered).");
-        println!("RSS: this process with the node loaded, before the join. restart: clean stop, start on the same store, until a status holds every story; RSS restarted: a fresh process holding that store, after the node released free memory (it does every minute). join: a fresh node bootstraps from it, until the same heads digest.");
+        println!("RSS: this process with the node loaded, before the join. restart: clean stop, start on the same store, until a status holds every story; RSS restarted: a fresh process holding that store, after the node released free memory (it does every minute). join: a fresh node bootstraps from it, until the same heads digest. peer story: then a story written on the first node, from the joiner holding its change until a status on the joiner answers (beside a status with nothing new).");
         println!();
         println!(
-            "| stories | bulk load s | write p50 / p99 / max ms | RSS MB | RSS restarted MB | restart ms | join ms |"
+            "| stories | bulk load s | write p50 / p99 / max ms | RSS MB | RSS restarted MB | restart ms | join ms | peer story p50 / max ms | status alone p50 ms |"
         );
-        println!("|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|");
     }
     for r in rows {
         println!(
-            "| {} | {:.2} | {} / {} / {} | {} | {} | {} | {} |",
+            "| {} | {:.2} | {} / {} / {} | {} | {} | {} | {} | {} / {} | {} |",
             r.n,
             r.load_s,
             f(pct(&r.writes, 50.0), 2),
@@ -328,6 +371,9 @@ async fn main() -> anyhow::Result<()> {
             f(r.reopened_rss_mb, 0),
             f(r.restart_ms, 0),
             f(r.join_ms, 0),
+            f(pct(&r.peer_story, 50.0), 2),
+            f(pct(&r.peer_story, 100.0), 2),
+            f(pct(&r.status_again, 50.0), 2),
         );
     }
     Ok(())
