@@ -52,8 +52,9 @@ struct Args {
     /// Join only at sizes up to this.
     #[arg(long, default_value_t = 100_000)]
     join_max: usize,
-    /// Let the nodes work the backlog (the sim executor) while they are measured: every
-    /// result a node writes then costs each node a fold of the whole view.
+    /// Let the nodes work the backlog (the sim executor) while they are measured: their
+    /// claims, results and releases then reach each other's views too (in place, or by a
+    /// fold of the whole view where an update cannot take them).
     #[arg(long)]
     work: bool,
     /// Print only the rows (a script that runs one size per process prints the header
