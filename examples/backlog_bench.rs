@@ -319,8 +319,10 @@ async fn join(
         })
         .await;
         if arrived.is_err() {
-            eprintln!("backlog_bench: story {i} did not reach the joiner within {timeout:?}");
-            break;
+            c.shutdown().await;
+            anyhow::bail!(
+                "story {i} written on the first node did not reach the joiner within {timeout:?}"
+            );
         }
         let t = Instant::now();
         let _ = c.status().await;
