@@ -100,7 +100,7 @@ mod roster;
 mod view;
 mod walk;
 
-use admit::{admit, admit_with};
+use admit::{admit, admit_as, admit_with};
 pub use admit::{claim_id_holder, FactKind, Refusal, MAX_FACT_BYTES};
 use audit::{Admitted, RefusedLog};
 pub use audit::{AuditEntry, LogQuery, Standing, MAX_REFUSED_KEY_BYTES, REFUSED_KEPT};

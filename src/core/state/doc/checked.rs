@@ -271,6 +271,57 @@ mod tests {
         assert_eq!(with.bad_signatures, without.bad_signatures);
     }
 
+    /// A node's own write is admitted (signature included) as it is made, so reading
+    /// its change back checks no signature again; the same change reaching a peer is
+    /// checked there in full, and both hold the same facts.
+    #[test]
+    fn a_local_write_is_not_checked_again_as_it_is_read_back_but_a_peers_copy_is() {
+        use crate::core::model::NewStory;
+        use crate::core::trust::{Checker, SigCheck};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let counted = |n: &Arc<AtomicUsize>| {
+            let seen = n.clone();
+            Some(Checker(Arc::new(move |checks: &[SigCheck]| {
+                seen.fetch_add(checks.len(), Ordering::SeqCst);
+                checks.iter().map(SigCheck::holds).collect()
+            })))
+        };
+        let (at_a, at_b) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut a = Doc::new([1; 16])
+            .with_test_names()
+            .with_signer(Signer::for_test("A"));
+        a.checker = counted(&at_a);
+        let mut b = Doc::new([2; 16]).with_test_names();
+        b.checker = counted(&at_b);
+        let news: Vec<NewStory> = (1..=300)
+            .map(|n| NewStory {
+                title: format!("story {n}"),
+                ..Default::default()
+            })
+            .collect();
+        let keys = a.add_stories(&news, "A", 0).expect("written");
+        assert_eq!(keys.len(), 300);
+        assert_eq!(at_a.load(Ordering::SeqCst), 0, "no signature checked again");
+        let (changes, _) = a.local_changes_after(0, usize::MAX);
+        assert!(b.apply_pushed(changes).expect("applied"));
+        assert_eq!(
+            at_b.load(Ordering::SeqCst),
+            300,
+            "the peer checks every one"
+        );
+        let stories = |d: &Doc| {
+            d.facts()
+                .keys()
+                .filter(|k| k.starts_with(STORY_PREFIX))
+                .map(|k| k.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(stories(&a).len(), 300);
+        assert_eq!(stories(&a), stories(&b), "the same facts on both");
+        assert_eq!((a.rejected_total(), b.rejected_total()), (0, 0));
+    }
+
     #[test]
     fn a_loaded_document_saves_only_its_changes_since_the_load() {
         let (snapshot, record) = stored();

@@ -193,7 +193,8 @@ impl Doc {
     }
 
     /// The signature verdict of each value known before it is admitted (see
-    /// [`admit_with`]): spared for a value of a checked snapshot ([`Doc::load_stored`]),
+    /// [`admit_with`]): spared for a value of a checked snapshot ([`Doc::load_stored`])
+    /// and for a local write read back (admitted as it was written, `Doc::put_sealed`),
     /// and with a `Checker` and many values, all checked in one batch (the shell's
     /// checker may use several cores).
     fn verdicts(&self, values: &[Value<'_>]) -> Vec<Option<bool>> {
@@ -204,7 +205,9 @@ impl Doc {
         };
         let mut verdicts: Vec<Option<bool>> = values
             .iter()
-            .map(|(_, _, _, op, _)| spared(op).then_some(true))
+            .map(|(_, _, _, op, change)| {
+                (spared(op) || self.local_change == Some(*change)).then_some(true)
+            })
             .collect();
         let Some(checker) = &self.checker else {
             return verdicts;

@@ -73,6 +73,13 @@ pub struct Doc {
     /// Who signs this document's local writes, and how authors map to keys.
     writer: Writer,
     scheme: KeyScheme,
+    /// The scheme under which a seal of this document's signer was checked as peers
+    /// check it and held: its later seals are made the same way, so their signatures are
+    /// not checked again (every other check of a local write still is).
+    own_seals_hold: Option<KeyScheme>,
+    /// While [`Doc::put_sealed`] reads its own change back: that change, whose values
+    /// were admitted (signatures checked) just before it was written.
+    local_change: Option<ChangeHash>,
     /// This actor's recent changes (oldest first), for eager pushes to peers.
     local_log: VecDeque<LocalChange>,
     /// What the document takes on disk: the last snapshot plus every incremental save
@@ -262,6 +269,8 @@ impl Doc {
             refused: RefusedLog::default(),
             writer: Writer::None,
             scheme: KeyScheme::PeerIds,
+            own_seals_hold: None,
+            local_change: None,
             local_log: VecDeque::new(),
             stored: 0,
             cap: u64::MAX,
@@ -311,6 +320,7 @@ impl Doc {
     /// This document's local writes are signed by `signer`, and only in its name.
     pub fn with_signer(mut self, signer: Signer) -> Doc {
         self.writer = Writer::Node(Box::new(signer));
+        self.own_seals_hold = None;
         self
     }
 
@@ -643,6 +653,7 @@ impl Doc {
         let mut doc = Doc::wrap(inner);
         doc.writer = self.writer.clone();
         doc.scheme = self.scheme;
+        doc.own_seals_hold = self.own_seals_hold;
         doc.roster.operators = self.roster.operators.clone();
         doc.cap = self.cap;
         doc.checker = self.checker.clone();
