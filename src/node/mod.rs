@@ -345,28 +345,50 @@ pub enum WriteError {
 
 /// Checks signatures on every core (up to 8): a load or a join checks one signature per
 /// value it has not checked before (~40 µs each: 100,000 stories are ~4 s on one core).
-/// The core has no threads; it hands the shell's checker a batch.
+/// The core has no threads; it hands the shell's checker a batch. The batch is taken in
+/// pieces of [`CHECK_PIECE`], each thread (the caller's among them) taking the next until
+/// none is left: with equal shares, the share of a thread that got less of the machine
+/// was left to one core at the end (~0.6 s of a 100,000-story join here).
 fn parallel_checker() -> Checker {
-    Checker(Arc::new(|checks: &[SigCheck]| {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-        let per = checks.len().div_ceil(cores).max(1);
-        std::thread::scope(|s| {
-            let parts: Vec<_> = checks
-                .chunks(per)
-                .map(|part| {
-                    (
-                        part.len(),
-                        s.spawn(move || part.iter().map(SigCheck::holds).collect::<Vec<bool>>()),
-                    )
-                })
-                .collect();
-            parts
-                .into_iter()
-                // A check that panicked holds nothing: its values are refused.
-                .flat_map(|(n, h)| h.join().unwrap_or_else(|_| vec![false; n]))
-                .collect()
-        })
-    }))
+    Checker(Arc::new(check_in_pieces))
+}
+
+/// Checks handed out at a time by [`parallel_checker`].
+const CHECK_PIECE: usize = 256;
+
+fn check_in_pieces(checks: &[SigCheck]) -> Vec<bool> {
+    use std::sync::atomic::AtomicUsize;
+    let pieces = checks.len().div_ceil(CHECK_PIECE);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get().min(8))
+        .min(pieces);
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let at = next.fetch_add(1, Ordering::Relaxed) * CHECK_PIECE;
+            if at >= checks.len() {
+                return done;
+            }
+            let piece = &checks[at..(at + CHECK_PIECE).min(checks.len())];
+            done.push((at, piece.iter().map(SigCheck::holds).collect::<Vec<bool>>()));
+        }
+    };
+    // A check that panicked holds nothing: the values of its thread's pieces are refused.
+    let mut out = vec![false; checks.len()];
+    std::thread::scope(|s| {
+        let others: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+        let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+        for done in std::iter::once(mine.ok())
+            .chain(others.into_iter().map(|h| h.join().ok()))
+            .flatten()
+        {
+            for (at, verdicts) in done {
+                out[at..at + verdicts.len()].copy_from_slice(&verdicts);
+            }
+        }
+    });
+    out
 }
 
 /// The document a store holds (its snapshot, the record of that snapshot's checks, the
@@ -723,4 +745,34 @@ pub fn offline_stories(
         .into_iter()
         .map(|s| doc.with_body(s))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::trust::{self, KeyScheme, Signer};
+
+    /// The checker hands out pieces to threads: every verdict lands at its own value's
+    /// place, whatever thread checked it, as checking one by one gives it.
+    #[test]
+    fn checking_in_pieces_gives_each_value_the_verdict_one_by_one_gives() {
+        let a = Signer::for_test("A");
+        let n = CHECK_PIECE * 5 + 17;
+        let checks: Vec<SigCheck> = (0..n)
+            .map(|i| {
+                let key = format!("k{i}");
+                let mut sealed = a.seal(&key, &format!("{{\"n\":{i}}}"));
+                if i % 7 == 3 {
+                    // Signed for another value: its check fails.
+                    sealed = sealed.replace(&format!("\"n\":{i}"), "\"n\":-1");
+                }
+                trust::sig_check(&key, &sealed, KeyScheme::TestNames).expect("well formed")
+            })
+            .collect();
+        let one_by_one: Vec<bool> = checks.iter().map(SigCheck::holds).collect();
+        let forged = (0..n).filter(|i| i % 7 == 3).count();
+        assert_eq!(one_by_one.iter().filter(|ok| !**ok).count(), forged);
+        assert_eq!(check_in_pieces(&checks), one_by_one);
+        assert!(check_in_pieces(&[]).is_empty());
+    }
 }
