@@ -18,8 +18,10 @@
 //!   `set_work(true)` called → the run visible in `runs()` (µs resolution, an upper bound).
 //! - `locks`: a Redis `SET NX PX` and an etcd lock (v3 JSON gateway: txn "create revision
 //!   = 0 → put with lease"), uncontended and with `--clients` clients racing for one key
-//!   per round. The servers are started (and stopped) by `scripts/bench --locks`; this
-//!   only speaks to them (RESP by hand over TcpStream, etcd through ureq).
+//!   per round; the same against an etcd cluster of five members (`--etcd-cluster`: as
+//!   many processes on the same cores as a 5-node mesh, a write committed on a quorum of
+//!   three). The servers are started (and stopped) by `scripts/bench --locks`; this only
+//!   speaks to them (RESP by hand over TcpStream, etcd through ureq).
 //!
 //! Run it through `scripts/bench --claims` / `--locks` (release build).
 
@@ -91,6 +93,11 @@ struct LockArgs {
     /// etcd client URL (http://host:port); omitted: etcd is skipped.
     #[arg(long)]
     etcd: Option<String>,
+    /// Client URL of a member of an etcd cluster of five on this machine (the same
+    /// processes and cores as a 5-node mesh; a write commits on a quorum of three, each
+    /// fsyncing its log); omitted: skipped.
+    #[arg(long)]
+    etcd_cluster: Option<String>,
     /// Uncontended acquires per server.
     #[arg(long, default_value_t = 2000)]
     samples: usize,
@@ -863,25 +870,33 @@ fn locks(a: &LockArgs) -> anyhow::Result<()> {
         None => println!("redis: skipped (no --redis address)"),
     }
     match &a.etcd {
-        Some(url) => {
-            eprintln!("[locks] etcd at {url}");
-            let grant_client = EtcdLock::connect(url, a.ttl_ms)?;
-            let grant = || grant_client.grant(a.ttl_ms).map(|_| ());
-            let r = run_locks(
-                "etcd",
-                a,
-                || Ok(Box::new(EtcdLock::connect(url, a.ttl_ms)?) as Box<dyn Lock>),
-                Some(&grant),
-            )?;
-            print_lock(
-                "etcd",
-                "txn create_revision=0 → put with a session lease (etcd's Mutex)",
-                a,
-                &r,
-            );
-        }
+        Some(url) => etcd_locks("etcd", url, a)?,
         None => println!("etcd: skipped (no --etcd URL)"),
     }
+    match &a.etcd_cluster {
+        Some(url) => etcd_locks("etcd-5", url, a)?,
+        None => println!("etcd-5: skipped (no --etcd-cluster URL)"),
+    }
+    Ok(())
+}
+
+/// The etcd rows, as `name`, against the etcd whose client URL is `url`.
+fn etcd_locks(name: &str, url: &str, a: &LockArgs) -> anyhow::Result<()> {
+    eprintln!("[locks] {name} at {url}");
+    let grant_client = EtcdLock::connect(url, a.ttl_ms)?;
+    let grant = || grant_client.grant(a.ttl_ms).map(|_| ());
+    let r = run_locks(
+        name,
+        a,
+        || Ok(Box::new(EtcdLock::connect(url, a.ttl_ms)?) as Box<dyn Lock>),
+        Some(&grant),
+    )?;
+    print_lock(
+        name,
+        "txn create_revision=0 → put with a session lease (etcd's Mutex)",
+        a,
+        &r,
+    );
     Ok(())
 }
 
