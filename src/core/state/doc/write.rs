@@ -56,7 +56,7 @@ impl Doc {
         // The node's signer is checked on its first seal under this scheme, as peers will
         // check it (an author whose key the scheme does not map to its signing key would
         // be refused); a signature it makes after that is made the same way (~50 µs a
-        // check: half of a bulk load's time at 100,000 stories was checking its own).
+        // check: ~40 % of a bulk load's time at 100,000 stories was checking its own).
         let verify = !(own && self.own_seals_hold == Some(self.scheme));
         if let Err(why) = admit_as(
             kind,
