@@ -218,7 +218,9 @@ pub struct Opened<'a> {
 /// The author's name in a sealed value, unchecked: to count a rejected value against the
 /// name it claims.
 pub fn claimed_author(value: &str) -> Option<&str> {
-    let rest = value.strip_prefix(TAG)?;
+    let rest = value
+        .strip_prefix(TAG)
+        .or_else(|| value.strip_prefix(VOUCHED_TAG))?;
     let (author, _) = rest.split_once(' ')?;
     valid_author(author).then_some(author)
 }
@@ -238,29 +240,54 @@ pub fn open_as<'a>(
     scheme: KeyScheme,
     verify: bool,
 ) -> Result<Opened<'a>, Unsealed> {
-    let (opened, check) = unseal(key, value, scheme)?;
-    if let Some(check) = check.filter(|_| verify) {
-        if !check.holds() {
-            return Err(Unsealed::BadSignature);
-        }
+    let (opened, proof) = unseal(key, value, scheme)?;
+    match proof {
+        Proof::Signature(check) if verify && !check.holds() => Err(Unsealed::BadSignature),
+        // Its seal is in its change, which only the document's reader has at hand
+        // (`Doc::refresh`): a vouched value alone proves nothing.
+        Proof::Seal if verify => Err(Unsealed::BadSignature),
+        _ => Ok(opened),
     }
-    Ok(opened)
 }
 
-/// A sealed value taken apart: its author and JSON, and the signature check it needs
-/// (none under [`KeyScheme::Unchecked`]); every check but that one made.
+/// What proves a value its author's, once every other check of [`unseal`] passed.
+// Returned by value and taken apart at once, never stored: no box for the check.
+#[allow(clippy::large_enum_variant)]
+enum Proof {
+    /// Its own signature.
+    Signature(SigCheck),
+    /// A seal in the same change that lists it ([`vouch`]): checkable only with that
+    /// change at hand.
+    Seal,
+    /// Nothing ([`KeyScheme::Unchecked`]).
+    Nothing,
+}
+
+/// A sealed value taken apart: its author and JSON, and what proves it theirs (nothing
+/// under [`KeyScheme::Unchecked`]); every check but that proof's made.
 fn unseal<'a>(
     key: &str,
     value: &'a str,
     scheme: KeyScheme,
-) -> Result<(Opened<'a>, Option<SigCheck>), Unsealed> {
+) -> Result<(Opened<'a>, Proof), Unsealed> {
+    if let Some((author, id, json)) = open_vouched(value) {
+        let opened = Opened { author, json };
+        if !valid_author(author) || !valid_digest(id) {
+            return Err(Unsealed::Unsigned);
+        }
+        if scheme == KeyScheme::Unchecked {
+            return Ok((opened, Proof::Nothing));
+        }
+        key_of(author, scheme).ok_or(Unsealed::UnknownAuthor)?;
+        return Ok((opened, Proof::Seal));
+    }
     let rest = value.strip_prefix(TAG).ok_or(Unsealed::Unsigned)?;
     let (author, rest) = rest.split_once(' ').ok_or(Unsealed::Unsigned)?;
     let (sig, json) = rest.split_once(' ').ok_or(Unsealed::Unsigned)?;
     let opened = Opened { author, json };
     if scheme == KeyScheme::Unchecked {
         return if valid_author(author) {
-            Ok((opened, None))
+            Ok((opened, Proof::Nothing))
         } else {
             Err(Unsealed::UnknownAuthor)
         };
@@ -280,7 +307,176 @@ fn unseal<'a>(
         msg: signed_bytes(key, author, json),
         sig: Signature::from_bytes(&sig),
     };
-    Ok((opened, Some(check)))
+    Ok((opened, Proof::Signature(check)))
+}
+
+// Values sealed together. A change that writes many values (a bulk load of stories)
+// carries one signature per `MAX_VOUCHED` of them instead of one each: each value is
+// written as `m2 <author> <id> <json>`, and beside it, in the same change, a seal at
+// `seal/<author>/<id>`: a value sealed as any other (`m1`, the author's signature over
+// its key and JSON) whose JSON lists a digest of each value it vouches for. A reader
+// admits a vouched value only if a seal in the value's own change, by its author, with
+// its id, checks and lists its digest: the verdict is a function of that change alone,
+// which every node holds byte for byte, so every node gives the same one. A new epoch
+// copies a vouched value with its seal, into one change, and it checks there as it did.
+
+/// The format tag of a value vouched for by a seal beside it.
+const VOUCHED_TAG: &str = "m2 ";
+/// Where seals are: `seal/<author>/<id>`.
+pub const SEAL_PREFIX: &str = "seal/";
+/// The most values one seal vouches for. A new epoch copies a seal whole with any one
+/// of its values, so a seal is kept small (~23 KB): at 100 000 stories a join checks
+/// ~100 signatures instead of 100 000.
+pub const MAX_VOUCHED: usize = 1024;
+/// What a vouched value's digest covers first.
+const VOUCH_DOMAIN: &[u8] = b"mesh-agent/vouched/v1\n";
+/// A digest (and a seal's id) in base64url: 16 bytes. Forging a value that a seal
+/// vouches for is finding a second preimage of one of its digests: 2^128 work.
+const DIGEST_BYTES: usize = 16;
+/// A seal of `MAX_VOUCHED` digests is ~25 KB; anything longer is not read.
+const MAX_SEAL_BYTES: usize = 64 * 1024;
+const DIGEST_CHARS: usize = 22;
+
+type Digest16 = [u8; DIGEST_BYTES];
+
+/// What a seal vouches for: a value's key, author and JSON, as its signature would.
+fn digest(key: &str, author: &str, json: &str) -> Digest16 {
+    let full = Sha256::new()
+        .chain_update(VOUCH_DOMAIN)
+        .chain_update(key.as_bytes())
+        .chain_update(b"\n")
+        .chain_update(author.as_bytes())
+        .chain_update(b"\n")
+        .chain_update(json.as_bytes())
+        .finalize();
+    let mut d = [0; DIGEST_BYTES];
+    d.copy_from_slice(&full[..DIGEST_BYTES]);
+    d
+}
+
+fn valid_digest(id: &str) -> bool {
+    id.len() == DIGEST_CHARS
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A seal's JSON.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SealJson {
+    vouches: Vec<String>,
+}
+
+/// Values sealed together ([`vouch`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vouched {
+    /// Each value as written, in the order given.
+    pub values: Vec<String>,
+    /// The seals to write beside them, in the same change: (key, sealed value).
+    pub seals: Vec<(String, String)>,
+}
+
+/// `values` (document key, JSON) in `author`'s name, with one seal per [`MAX_VOUCHED`]
+/// of them, each sealed by `seal` (key, JSON → sealed value: the author's signer, or
+/// [`seal_unchecked`]). All of them must be written in one change.
+pub fn vouch(
+    author: &str,
+    values: &[(&str, &str)],
+    seal: impl Fn(&str, &str) -> String,
+) -> Vouched {
+    let mut out = Vouched {
+        values: Vec::with_capacity(values.len()),
+        seals: Vec::new(),
+    };
+    for chunk in values.chunks(MAX_VOUCHED) {
+        let vouches = chunk
+            .iter()
+            .map(|(key, json)| URL_SAFE_NO_PAD.encode(digest(key, author, json)))
+            .collect();
+        // Serialising a list of strings cannot fail.
+        let json = serde_json::to_string(&SealJson { vouches }).unwrap_or_default();
+        let id = URL_SAFE_NO_PAD.encode(&Sha256::digest(json.as_bytes())[..DIGEST_BYTES]);
+        let key = format!("{SEAL_PREFIX}{author}/{id}");
+        out.seals.push((key.clone(), seal(&key, &json)));
+        out.values.extend(
+            chunk
+                .iter()
+                .map(|(_, json)| format!("{VOUCHED_TAG}{author} {id} {json}")),
+        );
+    }
+    out
+}
+
+/// Whether `value` at `key` is a vouched value that passes every check but its seal's
+/// (which needs its change: `Doc::refresh`).
+pub fn needs_seal(key: &str, value: &str, scheme: KeyScheme) -> bool {
+    value.starts_with(VOUCHED_TAG) && matches!(unseal(key, value, scheme), Ok((_, Proof::Seal)))
+}
+
+/// A vouched value's author, seal id and JSON, unchecked; `None` if it is not one.
+pub fn open_vouched(value: &str) -> Option<(&str, &str, &str)> {
+    let rest = value.strip_prefix(VOUCHED_TAG)?;
+    let (author, rest) = rest.split_once(' ')?;
+    let (id, json) = rest.split_once(' ')?;
+    Some((author, id, json))
+}
+
+/// A seal taken apart: whose it is, its id, the digests it lists and the check of its
+/// own signature (none under [`KeyScheme::Unchecked`]).
+pub struct OpenedSeal<'a> {
+    author: &'a str,
+    id: &'a str,
+    digests: std::collections::HashSet<Digest16>,
+    pub check: Option<SigCheck>,
+}
+
+impl OpenedSeal<'_> {
+    /// Whether this seal (its signature checked apart) vouches for `value` at `key`.
+    pub fn vouches(&self, key: &str, value: &str) -> bool {
+        open_vouched(value).is_some_and(|(author, id, json)| {
+            author == self.author
+                && id == self.id
+                && self.digests.contains(&digest(key, author, json))
+        })
+    }
+}
+
+/// The seal `value` at `key` (`seal/<author>/<id>`, sealed by that author), its
+/// signature not checked yet; `None` if it is not a well-formed one.
+pub fn open_seal<'a>(key: &'a str, value: &'a str, scheme: KeyScheme) -> Option<OpenedSeal<'a>> {
+    let (author, id) = key.strip_prefix(SEAL_PREFIX)?.split_once('/')?;
+    if !valid_digest(id) || value.len() > MAX_SEAL_BYTES {
+        return None;
+    }
+    let (opened, proof) = unseal(key, value, scheme).ok()?;
+    let check = match proof {
+        Proof::Signature(check) => Some(check),
+        Proof::Nothing => None,
+        Proof::Seal => return None,
+    };
+    if opened.author != author {
+        return None;
+    }
+    // A seal's id is its list's: one author's seals at one key vouch for the same.
+    if URL_SAFE_NO_PAD.encode(&Sha256::digest(opened.json.as_bytes())[..DIGEST_BYTES]) != id {
+        return None;
+    }
+    let list: SealJson = serde_json::from_str(opened.json).ok()?;
+    if list.vouches.len() > MAX_VOUCHED {
+        return None;
+    }
+    let mut digests = std::collections::HashSet::with_capacity(list.vouches.len());
+    for d in &list.vouches {
+        let bytes = URL_SAFE_NO_PAD.decode(d).ok()?;
+        digests.insert(bytes.try_into().ok()?);
+    }
+    Some(OpenedSeal {
+        author,
+        id,
+        digests,
+        check,
+    })
 }
 
 /// One signature to check, everything else about its value checked already.
@@ -348,7 +544,10 @@ pub fn remember_checks(on: bool) {
 /// The signature check [`open`] would make for `value` at `key`: `None` where it fails
 /// before one (or makes none, under [`KeyScheme::Unchecked`]).
 pub fn sig_check(key: &str, value: &str, scheme: KeyScheme) -> Option<SigCheck> {
-    unseal(key, value, scheme).ok()?.1
+    match unseal(key, value, scheme).ok()?.1 {
+        Proof::Signature(check) => Some(check),
+        Proof::Seal | Proof::Nothing => None,
+    }
 }
 
 /// Checks many signatures: each one's verdict, in order. Pure in effect — the verdicts
@@ -405,6 +604,79 @@ mod tests {
         );
         for junk in ["", "{\"x\":1}", "m1 ", "m1 A", "m1 A sig", "m1 A  {}"] {
             assert!(open("k", junk, KeyScheme::TestNames).is_err(), "{junk:?}");
+        }
+    }
+
+    /// Values sealed together: one seal per `MAX_VOUCHED`, each listing the digests of
+    /// its values under an id that is its list's; a vouched value alone proves nothing.
+    #[test]
+    fn a_seal_vouches_for_exactly_the_values_it_lists() {
+        let a = Signer::for_test("A");
+        let jsons: Vec<String> = (0..MAX_VOUCHED + 1)
+            .map(|i| format!("{{\"n\":{i}}}"))
+            .collect();
+        let keys: Vec<String> = (0..jsons.len()).map(|i| format!("story/S-{i}@A")).collect();
+        let values: Vec<(&str, &str)> = keys
+            .iter()
+            .zip(&jsons)
+            .map(|(k, j)| (k.as_str(), j.as_str()))
+            .collect();
+        let v = vouch("A", &values, |k, j| a.seal(k, j));
+        assert_eq!(v.values.len(), values.len());
+        assert_eq!(v.seals.len(), 2, "one seal per {MAX_VOUCHED}");
+        let opened: Vec<OpenedSeal<'_>> = v
+            .seals
+            .iter()
+            .map(|(k, s)| open_seal(k, s, KeyScheme::TestNames).expect("well formed"))
+            .collect();
+        assert!(opened
+            .iter()
+            .all(|s| s.check.as_ref().is_some_and(SigCheck::holds)));
+        for (i, value) in v.values.iter().enumerate() {
+            let by = usize::from(i >= MAX_VOUCHED);
+            assert!(opened[by].vouches(&keys[i], value), "{i}");
+            assert!(
+                !opened[1 - by].vouches(&keys[i], value),
+                "{i}: the other seal"
+            );
+            assert!(
+                !opened[by].vouches(&keys[(i + 1) % keys.len()], value),
+                "another key"
+            );
+        }
+        let first = &v.values[0];
+        assert_eq!(claimed_author(first), Some("A"));
+        assert!(!opened[0].vouches(&keys[0], &first.replace("\"n\":0", "\"n\":9")));
+        assert!(!opened[0].vouches(&keys[0], &first.replacen("m2 A ", "m2 B ", 1)));
+        // Alone, a vouched value is refused: its seal is in its change.
+        assert_eq!(
+            open(&keys[0], first, KeyScheme::TestNames),
+            Err(Unsealed::BadSignature)
+        );
+        assert!(needs_seal(&keys[0], first, KeyScheme::TestNames));
+        assert!(!needs_seal(
+            &keys[0],
+            &a.seal(&keys[0], "{}"),
+            KeyScheme::TestNames
+        ));
+        // A seal signed by another, moved to another id, or at another author's key.
+        let (key, seal) = &v.seals[0];
+        let json = seal.splitn(4, ' ').nth(3).unwrap();
+        let by_b = Signer::for_test("B").seal(key, json);
+        let check = open_seal(key, &by_b, KeyScheme::TestNames).map(|s| s.check.unwrap().holds());
+        assert_eq!(check, None, "B's seal at A's key");
+        let (_, id) = key.rsplit_once('/').unwrap();
+        let other_id = format!("seal/A/{}", "x".repeat(id.len()));
+        assert!(open_seal(&other_id, &a.seal(&other_id, json), KeyScheme::TestNames).is_none());
+        let forged = seal.replacen("m1 A ", "m1 B ", 1);
+        let b_key = key.replacen("seal/A/", "seal/B/", 1);
+        let b = open_seal(&b_key, &forged, KeyScheme::TestNames).expect("well formed");
+        assert!(!b.check.unwrap().holds(), "relabelled: its signature fails");
+        for junk in ["", "m1 A", "{}"] {
+            assert!(
+                open_seal(key, junk, KeyScheme::TestNames).is_none(),
+                "{junk:?}"
+            );
         }
     }
 

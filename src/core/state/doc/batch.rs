@@ -3,6 +3,7 @@
 //! automerge commit, one durable write, one push — all or none.
 
 use super::*;
+use crate::core::trust::{self, Vouched};
 use std::collections::HashMap;
 
 /// The most stories one batch may hold: a batch is one change, held in memory and sent
@@ -111,16 +112,103 @@ impl Doc {
                 imported: valid.imported.map(Box::new),
             };
             let doc_key = format!("{STORY_PREFIX}{key}");
-            let sealed = self
-                .seal_checked(&doc_key, &fact.for_document(), creator)
-                .map_err(|e| BatchError::at(i, e))?;
-            values.push((doc_key, sealed));
+            let json = serde_json::to_string(&fact.for_document()).map_err(|e| {
+                BatchError::at(
+                    i,
+                    StateError::Write {
+                        key: doc_key.clone(),
+                        why: e.to_string(),
+                    },
+                )
+            })?;
+            values.push((doc_key, json));
             keys.push(key);
         }
+        let values = self.seal_batch(values, creator)?;
         if !values.is_empty() {
             self.put_sealed(&values).map_err(BatchError::whole)?;
         }
         Ok(keys)
+    }
+
+    /// `values` (document key, JSON) sealed in `author`'s name and checked as every
+    /// peer will check them: one alone with its own signature, more vouched for by a
+    /// seal per `trust::MAX_VOUCHED` of them (one signature each), the seals last. What
+    /// to write in one change.
+    fn seal_batch(
+        &mut self,
+        values: Vec<(String, String)>,
+        author: &str,
+    ) -> Result<Vec<(String, String)>, BatchError> {
+        let whole = |why: String| {
+            BatchError::whole(StateError::Write {
+                key: STORY_PREFIX.into(),
+                why,
+            })
+        };
+        if values.len() < 2 {
+            let mut sealed = Vec::with_capacity(values.len());
+            for (key, json) in values {
+                let value = self
+                    .seal_json_checked(&key, &json, author)
+                    .map_err(|e| BatchError::at(0, e))?;
+                sealed.push((key, value));
+            }
+            return Ok(sealed);
+        }
+        let sealer = self.sealer(author).map_err(whole)?;
+        self.may_write(author).map_err(whole)?;
+        let own = sealer.is_own();
+        let refs: Vec<(&str, &str)> = values
+            .iter()
+            .map(|(k, j)| (k.as_str(), j.as_str()))
+            .collect();
+        let vouched = trust::vouch(author, &refs, |k, j| sealer.seal(k, j));
+        // Every check a peer makes but the proof, value by value; then each seal's
+        // signature, and that it vouches for its values.
+        for (i, ((key, _), value)) in values.iter().zip(&vouched.values).enumerate() {
+            let kind = FactKind::of_key(key).unwrap_or(FactKind::Story);
+            admit_as(kind, key, value, self.scheme, &self.roster.operators, false).map_err(
+                |why| {
+                    BatchError::at(
+                        i,
+                        StateError::Write {
+                            key: key.clone(),
+                            why: format!("peers would refuse it: {}", why.as_str()),
+                        },
+                    )
+                },
+            )?;
+        }
+        let check = self.check_own(own);
+        for (n, (key, seal)) in vouched.seals.iter().enumerate() {
+            let opened = trust::open_seal(key, seal, self.scheme)
+                .filter(|s| !check || s.check.as_ref().is_none_or(trust::SigCheck::holds))
+                .ok_or_else(|| whole("peers would refuse its seal: bad signature".into()))?;
+            let first = n * trust::MAX_VOUCHED;
+            let chunk = values.iter().zip(&vouched.values).skip(first);
+            if !chunk
+                .take(trust::MAX_VOUCHED)
+                .all(|((k, _), v)| opened.vouches(k, v))
+            {
+                return Err(whole(
+                    "peers would refuse its seal: it does not list its values".into(),
+                ));
+            }
+        }
+        if own {
+            self.own_seals_hold = Some(self.scheme);
+        }
+        let Vouched {
+            values: sealed,
+            seals,
+        } = vouched;
+        Ok(values
+            .into_iter()
+            .zip(sealed)
+            .map(|((key, _), value)| (key, value))
+            .chain(seals)
+            .collect())
     }
 
     /// [`Doc::add_story_batch_in`], then `view` (this document's view before the write,
@@ -291,6 +379,117 @@ mod tests {
             depends_on: depends.iter().map(|d| d.to_string()).collect(),
             ..Default::default()
         }
+    }
+
+    /// Puts `puts` at root keys in one change, unchecked: a hostile peer's change.
+    fn hostile(d: &mut Doc, puts: &[(&str, &str)]) {
+        for (k, v) in puts {
+            d.inner.put(automerge::ROOT, *k, *v).unwrap();
+        }
+        d.inner.commit();
+        d.refresh();
+    }
+
+    /// The root keys of `d` under `prefix`.
+    fn keys_under(d: &Doc, prefix: &str) -> Vec<String> {
+        d.inner
+            .keys(automerge::ROOT)
+            .filter(|k| k.starts_with(prefix))
+            .collect()
+    }
+
+    /// A batch carries one signature per `trust::MAX_VOUCHED` stories: a seal beside
+    /// them in their change, listing their digests. A reader admits a story only beside
+    /// a seal of its own change, by its author, that checks and lists it: copied alone
+    /// into another change, edited, relabelled, or beside a seal someone else signed,
+    /// it is refused (and what counted still counts).
+    #[test]
+    fn a_batch_is_vouched_for_by_one_seal_and_counts_only_beside_it() {
+        let mut a = Doc::new([1; 16]).with_test_names();
+        let news: Vec<NewStory> = (0..3).map(|i| story(&format!("s{i}"), &[])).collect();
+        let keys = a.add_stories(&news, "A", 1).unwrap();
+        let seals = keys_under(&a, trust::SEAL_PREFIX);
+        assert_eq!(seals.len(), 1, "one seal for the batch: {seals:?}");
+        let seal = a.raw_get(&seals[0]).unwrap();
+        let key = format!("{STORY_PREFIX}{}", keys[0]);
+        let value = a.raw_get(&key).unwrap();
+        assert!(value.starts_with("m2 A "), "{value}");
+        // One story alone keeps its own signature.
+        let one = a.add_stories(&news[..1], "A", 2).unwrap();
+        let single = a.raw_get(&format!("{STORY_PREFIX}{}", one[0])).unwrap();
+        assert!(single.starts_with("m1 A "), "{single}");
+
+        let b = Doc::load_test_names([2; 16], &a.save(), &[]).unwrap();
+        assert_eq!(b.rejected_total(), 0);
+        for k in keys.iter().chain(&one) {
+            assert!(
+                b.facts()
+                    .contains_key(format!("{STORY_PREFIX}{k}").as_str()),
+                "{k}"
+            );
+        }
+
+        let edited = value.replacen("\"s0\"", "\"forged\"", 1);
+        assert_ne!(edited, value);
+        let relabelled = value.replacen("m2 A ", "m2 B ", 1);
+        let key_b = format!("{STORY_PREFIX}{}", keys[0].replace("@A", "@B"));
+        let by_b = {
+            let json = seal.split_once(' ').unwrap().1.split_once(' ').unwrap().1;
+            let json = json.split_once(' ').unwrap().1;
+            Signer::for_test("B").seal(&seals[0], json)
+        };
+        let other = format!("{STORY_PREFIX}S-0099@A");
+        for (what, puts) in [
+            (
+                "copied alone into another change",
+                vec![(key.as_str(), value.as_str())],
+            ),
+            (
+                "moved to another key beside its seal",
+                vec![
+                    (other.as_str(), value.as_str()),
+                    (seals[0].as_str(), seal.as_str()),
+                ],
+            ),
+            (
+                "edited beside its seal",
+                vec![
+                    (key.as_str(), edited.as_str()),
+                    (seals[0].as_str(), seal.as_str()),
+                ],
+            ),
+            (
+                "relabelled beside its seal",
+                vec![
+                    (key_b.as_str(), relabelled.as_str()),
+                    (seals[0].as_str(), seal.as_str()),
+                ],
+            ),
+            (
+                "beside a seal at its author's key signed by another",
+                vec![
+                    (key.as_str(), value.as_str()),
+                    (seals[0].as_str(), by_b.as_str()),
+                ],
+            ),
+        ] {
+            let mut m = Doc::new([3; 16]).with_test_names();
+            hostile(&mut m, &puts);
+            assert_eq!(m.rejected_total(), 1, "{what}");
+            assert_eq!(m.facts().iter().count(), 0, "{what}: nothing counts");
+            assert_eq!(m.bad_signatures.len(), 1, "{what}: a bad signature");
+        }
+        // Its seal copied beside it, it counts (an epoch's copy, say).
+        let mut m = Doc::new([3; 16]).with_test_names();
+        hostile(
+            &mut m,
+            &[
+                (key.as_str(), value.as_str()),
+                (seals[0].as_str(), seal.as_str()),
+            ],
+        );
+        assert_eq!(m.rejected_total(), 0);
+        assert!(m.facts().contains_key(key.as_str()));
     }
 
     /// A batch is one change, all or none; dependencies name the document's stories or

@@ -50,6 +50,45 @@ pub struct Seed {
     pub stories: usize,
 }
 
+/// A change's root values that are strings: the operation, key and value.
+fn string_puts(ex: &automerge::ExpandedChange) -> Vec<(OpId, &str, &str)> {
+    root_puts(ex)
+        .filter_map(|(id, key, value)| match value {
+            ScalarValue::Str(v) => Some((id, key, v.as_str())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The seals to copy into a new epoch's change with the vouched values copied there
+/// (`trust::vouch`), by key: a vouched value checks only beside a seal of its own change.
+#[derive(Default)]
+struct Seals(BTreeMap<String, String>);
+
+impl Seals {
+    /// For each vouched value of `copied` (key, value), all from the change whose
+    /// string root values are `puts`: the first seal of that change that checks and
+    /// vouches for it, as `Doc::refresh` found it when it admitted the value.
+    fn add(&mut self, puts: &[(OpId, &str, &str)], copied: &[(&str, &str)], scheme: KeyScheme) {
+        if !copied.iter().any(|(_, v)| trust::open_vouched(v).is_some()) {
+            return;
+        }
+        let opened: Vec<(&str, &str, trust::OpenedSeal<'_>)> = puts
+            .iter()
+            .filter(|(_, k, _)| k.starts_with(trust::SEAL_PREFIX))
+            .filter_map(|(_, k, v)| Some((*k, *v, trust::open_seal(k, v, scheme)?)))
+            .filter(|(_, _, s)| s.check.as_ref().is_none_or(trust::SigCheck::holds))
+            .collect();
+        for (key, value) in copied {
+            if let Some((k, v, _)) = opened.iter().find(|(_, _, s)| s.vouches(key, value)) {
+                self.0
+                    .entry((*k).to_string())
+                    .or_insert_with(|| (*v).to_string());
+            }
+        }
+    }
+}
+
 /// The actor that writes epoch `epoch`'s seed, the same on every node: `mesh-epo` and
 /// the number, 16 bytes.
 fn seed_actor(epoch: u64) -> automerge::ActorId {
@@ -337,24 +376,38 @@ impl Doc {
             }
         }
         let mut values: Vec<(OpId, String, String)> = Vec::new();
+        let mut seals = Seals::default();
         for change in old.inner.get_changes(cut) {
-            for (id, key, value) in root_puts(&change.decode()) {
-                if let (ScalarValue::Str(v), true) = (value, counting.contains_key(&id)) {
-                    values.push((id, key.to_string(), v.to_string()));
-                }
-            }
+            let ex = change.decode();
+            let puts = string_puts(&ex);
+            let copied: Vec<(&str, &str)> = puts
+                .iter()
+                .filter(|(id, _, _)| counting.contains_key(id))
+                .map(|(id, k, v)| {
+                    values.push((id.clone(), k.to_string(), v.to_string()));
+                    (*k, *v)
+                })
+                .collect();
+            seals.add(&puts, &copied, old.scheme);
         }
         if values.is_empty() {
             return Ok(0);
         }
         // In the old epoch's order of operations: keys with several candidates keep it.
         values.sort_by(|a, b| a.0.cmp(&b.0));
+        // The seals vouching for copied values go with them, into the same change.
+        let seals: Vec<(OpId, String, String)> = seals
+            .0
+            .into_iter()
+            .map(|(k, v)| (OpId::default(), k, v))
+            .collect();
         let bytes = values
             .iter()
+            .chain(&seals)
             .map(|(_, k, v)| k.len() + v.len())
             .sum::<usize>();
         self.room_for(bytes as u64)?;
-        for (_, key, value) in &values {
+        for (_, key, value) in values.iter().chain(&seals) {
             self.inner
                 .put(ROOT, key.as_str(), value.as_str())
                 .map_err(|e| StateError::Write {
@@ -392,12 +445,19 @@ impl Doc {
             }
         }
         let mut values: BTreeMap<&str, String> = BTreeMap::new();
+        let mut seals = Seals::default();
         for change in self.inner.get_changes(&[]) {
-            for (id, _, value) in root_puts(&change.decode()) {
-                if let (Some(key), ScalarValue::Str(v)) = (wanted.get(&id), value) {
+            let ex = change.decode();
+            let puts = string_puts(&ex);
+            let copied: Vec<(&str, &str)> = puts
+                .iter()
+                .filter_map(|(id, _, v)| {
+                    let key = wanted.get(id)?;
                     values.insert(key, v.to_string());
-                }
-            }
+                    Some((*key, *v))
+                })
+                .collect();
+            seals.add(&puts, &copied, self.scheme);
         }
         if values.len() != wanted.len() {
             // Every chosen candidate was read from these changes: one missing means the
@@ -420,6 +480,10 @@ impl Doc {
                 })
         };
         for (key, value) in &values {
+            put(&mut seed, key, value)?;
+        }
+        // The seals vouching for copied values (`trust::vouch`), in the same change.
+        for (key, value) in &seals.0 {
             put(&mut seed, key, value)?;
         }
         put(&mut seed, BASE_KEY, &base.to_json())?;
@@ -1008,6 +1072,60 @@ mod tests {
         );
         // Carrying again copies nothing new.
         assert_eq!(e.carry_from(&mut a, &seed.cut).unwrap(), 0);
+    }
+
+    /// Stories written in one batch are vouched for by a seal beside them
+    /// (`trust::vouch`): a seed copies the seal with the live ones, a carry with those
+    /// written after the cut, and they check where they land as they did.
+    #[test]
+    fn stories_written_in_a_batch_keep_their_seal_in_a_new_epoch() {
+        let news = |t: &str| {
+            (0..3)
+                .map(|i| NewStory {
+                    title: format!("{t} {i}"),
+                    ..Default::default()
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut a = Doc::new([1; 16]).with_test_names();
+        let first = a.add_stories(&news("first"), A, 1).unwrap();
+        merge(&mut a, &first[0]);
+        let (seed, mut e) = open(&mut a, 1);
+        assert_eq!(e.rejected_total(), 0);
+        let view = e.view();
+        assert!(
+            !view.stories.contains_key(first[0].as_str()),
+            "merged: retired"
+        );
+        for k in &first[1..] {
+            assert_eq!(
+                view.stories[k.as_str()],
+                a.view().stories[k.as_str()],
+                "{k}"
+            );
+            let value = e.raw_get(&format!("{STORY_PREFIX}{k}")).unwrap();
+            assert!(value.starts_with("m2 "), "copied as written: {value}");
+        }
+        let later = a.add_stories(&news("later"), A, 2).unwrap();
+        assert!(e.carry_from(&mut a, &seed.cut).unwrap() >= later.len());
+        assert_eq!(e.rejected_total(), 0);
+        for k in &later {
+            assert_eq!(
+                e.view().stories[k.as_str()],
+                a.view().stories[k.as_str()],
+                "{k}"
+            );
+        }
+        // A seed that left a seal behind would refuse the stories it vouches for.
+        let mut bare = AutoCommit::new();
+        for k in &first[1..] {
+            let key = format!("{STORY_PREFIX}{k}");
+            bare.put(automerge::ROOT, key.as_str(), e.raw_get(&key).unwrap())
+                .unwrap();
+        }
+        bare.commit();
+        let lone = Doc::load_test_names([8; 16], &bare.save(), &[]).unwrap();
+        assert_eq!(lone.rejected_total(), 2, "no seal beside them: refused");
     }
 
     #[test]

@@ -4,10 +4,14 @@
 
 use super::*;
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 /// A root value read from a change: key, kind, the value (`None`: not a string), the
 /// operation that wrote it, its change.
 type Value<'a> = (&'a str, FactKind, Option<&'a str>, OpId, ChangeHash);
+
+/// A seal read from a change (see `trust::vouch`): its change, key and value.
+type Seal<'a> = (ChangeHash, &'a str, &'a str);
 
 /// Fewer values than this are checked one by one even with a `Checker`: a batch is
 /// worth it for a load or a join, not for one change.
@@ -50,11 +54,17 @@ impl Doc {
         self.scanned = heads;
         let decoded: Vec<(ChangeHash, automerge::ExpandedChange)> =
             changes.iter().map(|c| (c.hash(), c.decode())).collect();
-        // Every root value, in order.
+        // Every root value, in order, and the seals beside them (no facts themselves).
         let mut values: Vec<Value<'_>> = Vec::new();
+        let mut seals: Vec<Seal<'_>> = Vec::new();
         for (hash, ex) in &decoded {
             for (op, key, value) in root_puts(ex) {
                 let Some(kind) = FactKind::of_key(key) else {
+                    if let (true, ScalarValue::Str(v)) =
+                        (key.starts_with(trust::SEAL_PREFIX), value)
+                    {
+                        seals.push((*hash, key, v.as_str()));
+                    }
                     continue;
                 };
                 let value = match value {
@@ -64,7 +74,7 @@ impl Doc {
                 values.push((key, kind, value, op, *hash));
             }
         }
-        let verdicts = self.verdicts(&values);
+        let verdicts = self.verdicts(&values, &seals);
         // Keys borrowed from the decoded changes, not copied: they outlive the pass.
         let mut touched: BTreeSet<Cow<'_, str>> = BTreeSet::new();
         for ((key, kind, value, op, hash), verdict) in values.into_iter().zip(verdicts) {
@@ -194,10 +204,11 @@ impl Doc {
 
     /// The signature verdict of each value known before it is admitted (see
     /// [`admit_with`]): spared for a value of a checked snapshot ([`Doc::load_stored`])
-    /// and for a local write read back (admitted as it was written, `Doc::put_sealed`),
-    /// and with a `Checker` and many values, all checked in one batch (the shell's
-    /// checker may use several cores).
-    fn verdicts(&self, values: &[Value<'_>]) -> Vec<Option<bool>> {
+    /// and for a local write read back (admitted as it was written, `Doc::put_sealed`);
+    /// for a vouched value, whether a seal of its own change vouches for it (each seal
+    /// checked once); and with a `Checker` and many values, all checked in one batch
+    /// (the shell's checker may use several cores).
+    fn verdicts(&self, values: &[Value<'_>], seals: &[Seal<'_>]) -> Vec<Option<bool>> {
         let spared = |op: &OpId| {
             self.trusted
                 .as_ref()
@@ -209,6 +220,7 @@ impl Doc {
                 (spared(op) || self.local_change == Some(*change)).then_some(true)
             })
             .collect();
+        self.vouched_verdicts(values, seals, &mut verdicts);
         let Some(checker) = &self.checker else {
             return verdicts;
         };
@@ -231,6 +243,57 @@ impl Doc {
             verdicts[i] = Some(ok);
         }
         verdicts
+    }
+
+    /// The verdicts of the vouched values among `values` not decided yet: held if a
+    /// seal in the value's own change checks and lists it (a function of that change
+    /// alone, so every node gives the same). A value that fails before its proof is left
+    /// to `admit`, which says why.
+    fn vouched_verdicts(
+        &self,
+        values: &[Value<'_>],
+        seals: &[Seal<'_>],
+        verdicts: &mut [Option<bool>],
+    ) {
+        let vouched: Vec<usize> = (0..values.len())
+            .filter(|&i| {
+                let (key, _, value, _, _) = &values[i];
+                verdicts[i].is_none()
+                    && value.is_some_and(|v| trust::needs_seal(key, v, self.scheme))
+            })
+            .collect();
+        if vouched.is_empty() {
+            return;
+        }
+        let changes: HashSet<&ChangeHash> = vouched.iter().map(|&i| &values[i].4).collect();
+        // The seals of those changes, each signature checked once (by the checker if
+        // there is one: a join may bring a hundred).
+        let mut opened: Vec<(ChangeHash, trust::OpenedSeal<'_>)> = seals
+            .iter()
+            .filter(|(c, _, _)| changes.contains(c))
+            .filter_map(|(c, k, v)| Some((*c, trust::open_seal(k, v, self.scheme)?)))
+            .collect();
+        let checks: Vec<trust::SigCheck> =
+            opened.iter().filter_map(|(_, s)| s.check.clone()).collect();
+        let mut held = match &self.checker {
+            Some(checker) if !checks.is_empty() => (checker.0)(&checks),
+            _ => checks.iter().map(trust::SigCheck::holds).collect(),
+        }
+        .into_iter();
+        opened.retain(|(_, s)| s.check.is_none() || held.next() == Some(true));
+        let mut by_change: HashMap<ChangeHash, Vec<&trust::OpenedSeal<'_>>> = HashMap::new();
+        for (c, s) in &opened {
+            by_change.entry(*c).or_default().push(s);
+        }
+        for i in vouched {
+            let (key, _, value, _, change) = &values[i];
+            let holds = value.is_some_and(|v| {
+                by_change
+                    .get(change)
+                    .is_some_and(|seals| seals.iter().any(|s| s.vouches(key, v)))
+            });
+            verdicts[i] = Some(holds);
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -6,6 +6,46 @@
 use super::*;
 
 impl Doc {
+    /// How this document's writer seals in `author`'s name, or why it cannot.
+    pub(super) fn sealer(&self, author: &str) -> Result<Sealer<'_>, String> {
+        match &self.writer {
+            Writer::Node(s) if s.author() == author => Ok(Sealer::Own(s)),
+            Writer::Node(s) => Err(format!(
+                "this node signs as {}, not as {author}",
+                s.author()
+            )),
+            Writer::AnyTestName if self.scheme == KeyScheme::Unchecked => {
+                Ok(Sealer::Unchecked(author.to_string()))
+            }
+            Writer::AnyTestName => Ok(Sealer::Test(Box::new(Signer::for_test(author)))),
+            Writer::None => Err("this copy of the document has no signing key".into()),
+        }
+    }
+
+    /// Why nothing `author` writes would count on this document's roster, if so.
+    pub(super) fn may_write(&self, author: &str) -> Result<(), String> {
+        if self.roster.is_member(author) {
+            return Ok(());
+        }
+        Err(if self.roster.revoked.contains_key(author) {
+            format!("{author} was revoked by an operator: nothing it writes counts")
+        } else {
+            format!(
+                "{author} is not on the mesh's roster, so nothing it writes would count: \
+                 an operator must run `mesh-agent admit {author}` first"
+            )
+        })
+    }
+
+    /// Whether a signature by this node's signer needs checking: its first under this
+    /// document's key scheme is checked as peers will check it (an author whose key the
+    /// scheme does not map to its signing key would be refused); one it makes after that
+    /// is made the same way (~50 µs a check: ~40 % of a bulk load's time at 100,000
+    /// stories was checking its own).
+    pub(super) fn check_own(&self, own: bool) -> bool {
+        !(own && self.own_seals_hold == Some(self.scheme))
+    }
+
     /// Seals one fact in `author`'s name and checks it as every peer will; the sealed
     /// value, or why it cannot be written.
     pub(super) fn seal_checked<T: Serialize>(
@@ -19,52 +59,33 @@ impl Doc {
             why,
         };
         let json = serde_json::to_string(fact).map_err(|e| write_err(e.to_string()))?;
-        let mut own = false;
-        let sealed = match &self.writer {
-            Writer::Node(s) if s.author() == author => {
-                own = true;
-                s.seal(key, &json)
-            }
-            Writer::Node(s) => {
-                return Err(write_err(format!(
-                    "this node signs as {}, not as {author}",
-                    s.author()
-                )))
-            }
-            Writer::AnyTestName if self.scheme == KeyScheme::Unchecked => {
-                crate::core::trust::seal_unchecked(author, &json)
-            }
-            Writer::AnyTestName => Signer::for_test(author).seal(key, &json),
-            Writer::None => {
-                return Err(write_err(
-                    "this copy of the document has no signing key".into(),
-                ))
-            }
+        self.seal_json_checked(key, &json, author)
+    }
+
+    /// [`Doc::seal_checked`] of a fact already in JSON.
+    pub(super) fn seal_json_checked(
+        &mut self,
+        key: &str,
+        json: &str,
+        author: &str,
+    ) -> Result<String, StateError> {
+        let write_err = |why: String| StateError::Write {
+            key: key.to_string(),
+            why,
         };
+        let sealer = self.sealer(author).map_err(write_err)?;
+        let own = sealer.is_own();
+        let sealed = sealer.seal(key, json);
         // What peers would refuse is never written: the writer hears why.
         let kind = FactKind::of_key(key).ok_or_else(|| write_err("unknown kind of fact".into()))?;
-        if !self.roster.is_member(author) {
-            return Err(write_err(if self.roster.revoked.contains_key(author) {
-                format!("{author} was revoked by an operator: nothing it writes counts")
-            } else {
-                format!(
-                    "{author} is not on the mesh's roster, so nothing it writes would count: \
-                     an operator must run `mesh-agent admit {author}` first"
-                )
-            }));
-        }
-        // The node's signer is checked on its first seal under this scheme, as peers will
-        // check it (an author whose key the scheme does not map to its signing key would
-        // be refused); a signature it makes after that is made the same way (~50 µs a
-        // check: ~40 % of a bulk load's time at 100,000 stories was checking its own).
-        let verify = !(own && self.own_seals_hold == Some(self.scheme));
+        self.may_write(author).map_err(write_err)?;
         if let Err(why) = admit_as(
             kind,
             key,
             &sealed,
             self.scheme,
             &self.roster.operators,
-            verify,
+            self.check_own(own),
         ) {
             return Err(write_err(format!(
                 "peers would refuse it: {}",
@@ -380,5 +401,29 @@ impl Doc {
             },
             _ => None,
         }
+    }
+}
+
+/// How a document's writer seals a value ([`Doc::sealer`]).
+pub(super) enum Sealer<'a> {
+    /// The node's own signer.
+    Own(&'a Signer),
+    /// A test name's derived key.
+    Test(Box<Signer>),
+    /// No signature ([`KeyScheme::Unchecked`], benchmarks).
+    Unchecked(String),
+}
+
+impl Sealer<'_> {
+    pub(super) fn seal(&self, key: &str, json: &str) -> String {
+        match self {
+            Sealer::Own(s) => s.seal(key, json),
+            Sealer::Test(s) => s.seal(key, json),
+            Sealer::Unchecked(author) => crate::core::trust::seal_unchecked(author, json),
+        }
+    }
+
+    pub(super) fn is_own(&self) -> bool {
+        matches!(self, Sealer::Own(_))
     }
 }
