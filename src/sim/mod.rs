@@ -225,6 +225,8 @@ struct Crash {
 
 struct Sim {
     cfg: SimConfig,
+    /// This run's seed (what else it decides is drawn from `rng`).
+    seed: u64,
     rng: StdRng,
     now: u64,
     seq: u64,

@@ -112,7 +112,9 @@ pub use command::{
     command_key, Assignment, CommandEntry, CommandFact, Note, Op, Steering, Stop, StorySteer,
     Target, MAX_COMMAND_TEXT, MAX_UNBLOCK_GRANT,
 };
-pub use doc::{BatchError, Doc, Rebase, Seed, Taken, BATCH_REF_PREFIX, MAX_BATCH_STORIES};
+pub use doc::{
+    BatchError, Doc, Rebase, Seed, Taken, BATCH_REF_PREFIX, MAX_BATCH_STORIES, VOUCH_FROM,
+};
 use doc::{Fact, Facts};
 pub use roster::{admit_key, revoke_key, RosterEntry, RosterFact, RosterView};
 pub use view::*;

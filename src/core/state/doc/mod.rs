@@ -15,7 +15,7 @@ mod epoch;
 pub use epoch::Seed;
 mod join;
 mod receive;
-pub use batch::{BatchError, BATCH_REF_PREFIX, MAX_BATCH_STORIES};
+pub use batch::{BatchError, BATCH_REF_PREFIX, MAX_BATCH_STORIES, VOUCH_FROM};
 pub use join::{Rebase, Taken};
 mod fold;
 mod push;
@@ -79,6 +79,9 @@ pub struct Doc {
     /// check it and held: its later seals are made the same way, so their signatures are
     /// not checked again (every other check of a local write still is).
     own_seals_hold: Option<KeyScheme>,
+    /// A write of this many stories or more is vouched for by seals (`trust::vouch`),
+    /// fewer are signed one by one: [`VOUCH_FROM`], but for the simulator.
+    vouch_from: usize,
     /// While [`Doc::put_sealed`] reads its own change back: that change, whose values
     /// were admitted (signatures checked) just before it was written.
     local_change: Option<ChangeHash>,
@@ -256,6 +259,7 @@ impl Doc {
             writer: Writer::None,
             scheme: KeyScheme::PeerIds,
             own_seals_hold: None,
+            vouch_from: VOUCH_FROM,
             local_change: None,
             local_log: VecDeque::new(),
             stored: 0,
@@ -502,12 +506,21 @@ impl Doc {
 
     /// A document over `inner`, under this one's actor, that writes, checks and caps as
     /// this one does (same writer, key scheme, operators, size cap and checker).
+    /// The simulator's: a write of `n` stories or more is vouched for by seals (1: every
+    /// one, so that its runs take seals down every path a bulk write's take).
+    #[doc(hidden)]
+    pub fn vouching_from(mut self, n: usize) -> Doc {
+        self.vouch_from = n.max(1);
+        self
+    }
+
     pub(super) fn sibling(&self, mut inner: AutoCommit) -> Doc {
         inner.set_actor(self.inner.get_actor().clone());
         let mut doc = Doc::wrap(inner);
         doc.writer = self.writer.clone();
         doc.scheme = self.scheme;
         doc.own_seals_hold = self.own_seals_hold;
+        doc.vouch_from = self.vouch_from;
         doc.roster.operators = self.roster.operators.clone();
         doc.cap = self.cap;
         doc.checker = self.checker.clone();
