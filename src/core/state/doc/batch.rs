@@ -153,10 +153,10 @@ impl Doc {
         };
         if values.len() < self.vouch_from {
             let mut sealed = Vec::with_capacity(values.len());
-            for (key, json) in values {
+            for (i, (key, json)) in values.into_iter().enumerate() {
                 let value = self
                     .seal_json_checked(&key, &json, author)
-                    .map_err(|e| BatchError::at(0, e))?;
+                    .map_err(|e| BatchError::at(i, e))?;
                 sealed.push((key, value));
             }
             return Ok(sealed);
@@ -406,8 +406,8 @@ mod tests {
     /// A batch carries one signature per `trust::MAX_VOUCHED` stories: a seal beside
     /// them in their change, listing their digests. A reader admits a story only beside
     /// a seal of its own change, by its author, that checks and lists it: copied alone
-    /// into another change, edited, relabelled, or beside a seal someone else signed,
-    /// it is refused (and what counted still counts).
+    /// into another change, moved, edited, relabelled, or beside a seal someone else
+    /// signed at its author's key, it is refused as a bad signature.
     #[test]
     fn a_batch_is_vouched_for_by_one_seal_and_counts_only_beside_it() {
         let mut a = Doc::new([1; 16]).with_test_names();
