@@ -14,17 +14,6 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// On odd seeds every story a node writes is vouched for by a seal (`trust::vouch`), as
-/// a bulk write's are, on even ones signed alone, as a single story is: a sweep takes
-/// both down every path (admission, forgeries, restarts, epochs).
-fn vouch_from(seed: u64) -> usize {
-    if seed % 2 == 1 {
-        1
-    } else {
-        crate::core::state::VOUCH_FROM
-    }
-}
-
 impl Sim {
     pub(super) fn new(seed: u64, cfg: SimConfig) -> Sim {
         let mut rng = StdRng::seed_from_u64(seed);
@@ -37,7 +26,7 @@ impl Sim {
             let actor: [u8; 16] = rng.gen();
             let doc = super::steer::closed(Doc::new(actor).with_test_names(), &cfg)
                 .with_signer(Signer::for_test(name))
-                .vouching_from(vouch_from(seed));
+                .vouching_from(super::config::vouch_from(seed));
             let mut core = Core::new(name.clone(), core_config(&cfg), doc, 1);
             let mut offset = 0;
             if cfg.stops_guards_clocks {
@@ -578,7 +567,7 @@ impl Sim {
                 let doc = match loaded {
                     Ok(d) => super::steer::closed(d, &self.cfg)
                         .with_signer(Signer::for_test(&self.names[i]))
-                        .vouching_from(vouch_from(self.seed)),
+                        .vouching_from(super::config::vouch_from(self.seed)),
                     Err(e) => {
                         self.violation(format!("node{i} cannot reload what it persisted: {e}"));
                         return;

@@ -504,16 +504,16 @@ impl Doc {
         Ok(doc)
     }
 
-    /// A document over `inner`, under this one's actor, that writes, checks and caps as
-    /// this one does (same writer, key scheme, operators, size cap and checker).
     /// The simulator's: a write of `n` stories or more is vouched for by seals (1: every
     /// one, so that its runs take seals down every path a bulk write's take).
-    #[doc(hidden)]
-    pub fn vouching_from(mut self, n: usize) -> Doc {
+    pub(crate) fn vouching_from(mut self, n: usize) -> Doc {
         self.vouch_from = n.max(1);
         self
     }
 
+    /// A document over `inner`, under this one's actor, that writes, checks and caps as
+    /// this one does (same writer, key scheme, operators, size cap, checker and the
+    /// size from which a write is vouched for).
     pub(super) fn sibling(&self, mut inner: AutoCommit) -> Doc {
         inner.set_actor(self.inner.get_actor().clone());
         let mut doc = Doc::wrap(inner);
