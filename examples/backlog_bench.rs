@@ -305,8 +305,15 @@ async fn join(
         c.shutdown().await;
         return Ok((None, Vec::new(), Vec::new()));
     }
-    // The joiner's view as of the join, so that each sample takes in one story.
-    let _ = c.status().await;
+    // The joiner's view as of the join, so that each sample takes in one story; and a
+    // join is one only if the joiner admitted every story the first node holds (the same
+    // heads with facts refused would be fast and wrong).
+    let held = c.status().await.map(|s| s.stories.len());
+    let want = a.status().await.map(|s| s.stories.len());
+    if held != want {
+        c.shutdown().await;
+        anyhow::bail!("the joiner holds {held:?} stories after the join, the first node {want:?}");
+    }
     let (mut peer_story, mut again) = (Vec::with_capacity(samples), Vec::new());
     for i in 0..samples {
         a.add_story(story(next + i))
