@@ -396,18 +396,14 @@ impl Doc {
         // In the old epoch's order of operations: keys with several candidates keep it.
         values.sort_by(|a, b| a.0.cmp(&b.0));
         // The seals vouching for copied values go with them, into the same change.
-        let seals: Vec<(OpId, String, String)> = seals
-            .0
-            .into_iter()
-            .map(|(k, v)| (OpId::default(), k, v))
-            .collect();
-        let bytes = values
+        let puts: Vec<(&String, &String)> = values
             .iter()
-            .chain(&seals)
-            .map(|(_, k, v)| k.len() + v.len())
-            .sum::<usize>();
+            .map(|(_, k, v)| (k, v))
+            .chain(&seals.0)
+            .collect();
+        let bytes = puts.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         self.room_for(bytes as u64)?;
-        for (_, key, value) in values.iter().chain(&seals) {
+        for (key, value) in puts {
             self.inner
                 .put(ROOT, key.as_str(), value.as_str())
                 .map_err(|e| StateError::Write {
