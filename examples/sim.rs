@@ -96,6 +96,16 @@ fn main() {
             _ => usage(),
         }
     }
+    if (check_seed || check_carry) && epoch_after > 0 {
+        // The checks cut epoch 1 from node0's document as it stands; with
+        // `--epoch-after` the mesh moves itself, and what it moves to is checked by the
+        // run's own invariants (and every view by `--check-view`).
+        eprintln!(
+            "sim: --check-seed/--check-carry cut epoch 1 from a document that has not moved; \
+             with --epoch-after the mesh moves itself: use --check-view instead"
+        );
+        std::process::exit(2);
+    }
     let config = |mode| {
         let mut c = SimConfig::new(mode);
         c.stops_guards_clocks = stops;
