@@ -54,11 +54,10 @@ impl Doc {
         fact: &T,
         author: &str,
     ) -> Result<String, StateError> {
-        let write_err = |why: String| StateError::Write {
+        let json = serde_json::to_string(fact).map_err(|e| StateError::Write {
             key: key.to_string(),
-            why,
-        };
-        let json = serde_json::to_string(fact).map_err(|e| write_err(e.to_string()))?;
+            why: e.to_string(),
+        })?;
         self.seal_json_checked(key, &json, author)
     }
 
